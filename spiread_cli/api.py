@@ -1,0 +1,135 @@
+"""The library API: what the commands do, callable without the command line.
+
+    >>> from spiread_cli import api
+    >>> run = api.run_file("examples/seed.ad")
+    >>> result = api.gradients(run, ["weights"])
+    >>> result.gradients["weights"]
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import syntax
+from .data import load_array, parse_set_option
+from .diagnostics import Source, SpireadError, did_you_mean, shape_str
+from .interpreter import Const, Interpreter, Run
+
+MAX_SOURCE_BYTES = 64 << 20
+
+
+def read_source(path: str) -> Source:
+    """Read a program from a path, or from standard input for `-`."""
+    if path == "-":
+        raw = sys.stdin.buffer.read()
+        name = "<stdin>"
+    else:
+        p = Path(path)
+        if p.is_dir():
+            raise SpireadError(f"{path}: is a directory, not a program", exit_code=1)
+        try:
+            with open(p, "rb") as f:
+                raw = f.read(MAX_SOURCE_BYTES + 1)
+        except FileNotFoundError:
+            raise SpireadError(f"{path}: no such file") from None
+        except OSError as err:
+            raise SpireadError(f"{path}: cannot read it: {err.strerror or err}") from None
+        name = path
+    if len(raw) > MAX_SOURCE_BYTES:
+        raise SpireadError(f"{name}: larger than {MAX_SOURCE_BYTES >> 20} MB; this is not a program")
+    if b"\0" in raw:
+        raise SpireadError(f"{name}: holds NUL bytes; this looks like a binary file, not a program")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SpireadError(f"{name}: not UTF-8 text (byte {err.start} is 0x{raw[err.start]:02x})") from None
+    return Source(name, text)
+
+
+def base_dir_of(source: Source) -> Path:
+    """Relative paths in a program resolve from its file's folder (stdin: the working directory)."""
+    return Path.cwd() if source.name == "<stdin>" else Path(source.name).resolve().parent
+
+
+def parse_overrides(options: list[str], base_dir: Path | None = None) -> dict[str, np.ndarray]:
+    """`--set NAME=VALUE` options: a number, a literal, or a path to a data file."""
+    overrides = {}
+    for option in options:
+        name, text = parse_set_option(option)
+        if Path(text).suffix.lower() in (".npy", ".npz", ".csv", ".tsv", ".txt", ".json"):
+            overrides[name] = load_array(Path(text), name=name)
+            continue
+        try:
+            expr = syntax.parse_expression(text)
+            interpreter = Interpreter(Source(f"--set {name}", text), base_dir=base_dir)
+            value = interpreter.evaluate(expr)
+        except SpireadError as err:
+            raise SpireadError(f"`--set {option}`: {err.diagnostic.message}", exit_code=2,
+                               notes=["VALUE is a number, a literal like [[1,2],[3,4]], or a .npy/.npz/.csv/.json path"]) from None
+        if not isinstance(value, Const):
+            raise SpireadError(f"`--set {option}`: the value must be a constant", exit_code=2)
+        overrides[name] = value.value
+    return overrides
+
+
+def run_source(source: Source, overrides: dict[str, np.ndarray] | None = None, of: str | None = None,
+               base_dir: Path | None = None) -> Run:
+    module = syntax.parse(source)
+    return Interpreter(source, overrides, base_dir or base_dir_of(source)).run(module, of)
+
+
+def run_file(path: str, sets: list[str] = (), of: str | None = None) -> Run:
+    source = read_source(path)
+    base = base_dir_of(source)
+    return run_source(source, parse_overrides(list(sets), base), of, base)
+
+
+@dataclass
+class Gradients:
+    output_name: str
+    value: np.ndarray
+    gradients: dict[str, np.ndarray]
+    mode: str
+
+
+def resolve_wrt(run: Run, wrt: list[str] | None) -> list[str]:
+    """The names to differentiate by: as given, else `.backward(...)`'s, else
+    every input the output depends on. A name the output does not depend on
+    gets a warning (and, later, a zero gradient)."""
+    names = list(wrt) if wrt else (run.backward_wrt or run.inputs_of_output())
+    for name in names:
+        if name not in run.bindings:
+            raise SpireadError(f"`--wrt {name}`: the program binds no `{name}`",
+                               notes=did_you_mean(name, run.bindings), exit_code=2)
+    for name in names:
+        if not run.depends_on(run.bindings[name]):
+            run.diagnostics.warn(f"the output `{run.output_name}` does not depend on `{name}`; its gradient is zero",
+                                 run.binding_spans[name])
+    return list(dict.fromkeys(names))
+
+
+def require_scalar_output(run: Run) -> None:
+    shape = run.tape.nodes[run.output].value.shape
+    if shape != ():
+        node = run.tape.nodes[run.output]
+        raise SpireadError(f"the output `{run.output_name}` is {shape_str(shape)}, but gradients need a scalar",
+                           node.span, [f"reduce it, e.g. `loss = {run.output_name}.sum` or `.mean`, "
+                                       "or pick a scalar with `--of NAME`"])
+
+
+def gradients(run: Run, wrt: list[str] | None = None, mode: str = "reverse") -> Gradients:
+    """Gradients of the run's scalar output with respect to `wrt` (names)."""
+    require_scalar_output(run)
+    names = resolve_wrt(run, wrt)
+    ids = [run.bindings[n] for n in names]
+    if mode == "forward":
+        from .forward import jacobian_forward
+        by_id = jacobian_forward(run.tape, run.output, ids, run.diagnostics)
+    else:
+        by_id = run.tape.backward(run.output, ids, run.diagnostics)
+    return Gradients(run.output_name, run.tape.nodes[run.output].value,
+                     {n: by_id[i] for n, i in zip(names, ids)}, mode)

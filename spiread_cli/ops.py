@@ -1,0 +1,417 @@
+"""The op table: every primitive's forward, derivative and shape rules, together.
+
+Each `Op` is a name with four rules, as in JAX:
+
+- ``forward(*xs, **params)`` computes the value (numpy);
+- ``vjp(i, g, out, *xs, **params)`` pulls the output cotangent `g` back to
+  input `i` (reverse mode); it is only called for inputs that need a gradient;
+- ``jvp(ts, out, *xs, **params)`` pushes input tangents forward (forward mode).
+  Tangents carry one extra *leading* batch axis, one slice per seed direction,
+  so a single call computes every directional derivative; ``ts[i]`` is None for
+  an input with no tangent;
+- ``shape(*shapes, **params)`` gives the output shape or raises ShapeError, so
+  bad programs are refused (and huge results sized) before anything is computed.
+
+Adding a primitive means adding one entry here. Broadcasting is undone by one
+shared helper, `unbroadcast`, as in HIPS autograd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+class ShapeError(Exception):
+    """A shape rule refused its operands. `{0}`, `{1}` in the message stand for
+    the operands as they appear in the source; the caller fills them in."""
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    name: str
+    forward: Callable
+    vjp: Callable
+    jvp: Callable
+    shape: Callable
+    # How the op is written as a method `x.m(args)`: its spellings, and the
+    # names of the number parameters its arguments bind (after the tensor
+    # operands). Ops reached only through other syntax have no spellings.
+    methods: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
+    arity: int = 1  # array operands, the receiver included
+
+
+OPS: dict[str, Op] = {}
+METHODS: dict[str, Op] = {}
+
+
+def defop(name, forward, vjp, jvp, shape, methods=None, params=(), arity=1) -> Op:
+    op = Op(name, forward, vjp, jvp, shape, (name,) if methods is None else methods, params, arity)
+    OPS[name] = op
+    METHODS.update((spelling, op) for spelling in op.methods)
+    return op
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def unbroadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum `g` over the axes that broadcasting added or stretched to reach `shape`."""
+    while g.ndim > len(shape):
+        g = g.sum(axis=0)
+    for axis, size in enumerate(shape):
+        if size == 1 and g.shape[axis] != 1:
+            g = g.sum(axis=axis, keepdims=True)
+    return g
+
+
+def lift(t: np.ndarray, ndim: int) -> np.ndarray:
+    """Give a batched tangent (k, *s) singleton axes after the batch axis so it
+    broadcasts against values of rank `ndim` the way its primal does."""
+    missing = ndim - (t.ndim - 1)
+    return t.reshape(t.shape[:1] + (1,) * missing + t.shape[1:]) if missing > 0 else t
+
+
+def scale(t: np.ndarray, d) -> np.ndarray:
+    """t * d, except that a zero (co)tangent stays zero where d is infinite or
+    nan: an entry that does not move has no derivative to scale. This keeps a
+    gradient finite when it flows around a -inf that the output never sees
+    (the seed example's empty row), in both modes alike."""
+    r = t * d
+    with np.errstate(invalid="ignore", over="ignore"):
+        if np.isfinite(np.sum(r)):
+            return r
+    return np.where(t == 0, 0.0, r)
+
+
+def same_shape(s, **_):
+    return s
+
+
+def broadcast_shape(a, b, **_):
+    try:
+        return np.broadcast_shapes(a, b)
+    except ValueError:
+        raise ShapeError("shapes do not broadcast, {0} is {s0}, {1} is {s1}") from None
+
+
+def scalar_shape(s, **_):
+    return ()
+
+
+def require_matrix(s, what: str):
+    if len(s) != 2:
+        raise ShapeError(f"{what} needs a matrix, but {{0}} is {{s0}}")
+
+
+def batch_sum(t: np.ndarray) -> np.ndarray:
+    """Sum a batched tangent over everything but its batch axis."""
+    return t.reshape(t.shape[0], -1).sum(axis=1)
+
+
+# ------------------------------------------------------------ elementwise
+
+
+def elementwise(name: str, f: Callable, df: Callable) -> Op:
+    """A unary elementwise op from its function and its derivative df(x, out)."""
+    return defop(name, f,
+                 vjp=lambda i, g, out, x: scale(g, df(x, out)),
+                 jvp=lambda ts, out, x: scale(ts[0], df(x, out)),
+                 shape=same_shape)
+
+
+def _sigmoid(x):
+    # exp of a negative number only, so neither branch overflows.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+elementwise("exp", np.exp, lambda x, out: out)
+elementwise("log", np.log, lambda x, out: 1 / x)
+elementwise("sin", np.sin, lambda x, out: np.cos(x))
+elementwise("cos", np.cos, lambda x, out: -np.sin(x))
+elementwise("tan", np.tan, lambda x, out: 1 + out * out)
+elementwise("tanh", np.tanh, lambda x, out: 1 - out * out)
+elementwise("sinh", np.sinh, lambda x, out: np.cosh(x))
+elementwise("cosh", np.cosh, lambda x, out: np.sinh(x))
+elementwise("sqrt", np.sqrt, lambda x, out: 0.5 / out)
+elementwise("abs", np.abs, lambda x, out: np.sign(x))
+elementwise("square", np.square, lambda x, out: 2 * x)
+elementwise("sigmoid", _sigmoid, lambda x, out: out * (1 - out))
+elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out: (x > 0).astype(float))
+elementwise("log1p", np.log1p, lambda x, out: 1 / (1 + x))
+elementwise("neg", np.negative, lambda x, out: -np.ones_like(x))
+# clamps: the gradient passes where the bound is not active, and at the bound
+# itself, as torch.clamp does.
+defop("clampMin", lambda x, t: np.maximum(x, t),
+      vjp=lambda i, g, out, x, t: g * (x >= t),
+      jvp=lambda ts, out, x, t: ts[0] * (x >= t),
+      shape=same_shape, params=("t",))
+defop("clampMax", lambda x, t: np.minimum(x, t),
+      vjp=lambda i, g, out, x, t: g * (x <= t),
+      jvp=lambda ts, out, x, t: ts[0] * (x <= t),
+      shape=same_shape, params=("t",))
+
+
+def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], methods=()) -> Op:
+    """A broadcasting binary op from its function and the partial derivative
+    with respect to each operand, partials[i](out, a, b)."""
+    def vjp(i, g, out, a, b):
+        return unbroadcast(scale(g, partials[i](out, a, b)), (a, b)[i].shape)
+
+    def jvp(ts, out, a, b):
+        total = None
+        for i, t in enumerate(ts):
+            if t is not None:
+                term = scale(lift(t, out.ndim), partials[i](out, a, b))
+                total = term if total is None else total + term
+        return np.broadcast_to(total, total.shape[:1] + out.shape)
+
+    return defop(name, f, vjp, jvp, broadcast_shape, methods, arity=2)
+
+
+def _log_base(out, a, b):
+    # d(a**b)/db = a**b log a; where a == 0 and the result is 0, the limit is 0.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(out == 0, 0.0, out * np.log(a))
+
+
+elementwise2("add", np.add, (lambda out, a, b: 1.0, lambda out, a, b: 1.0))
+elementwise2("sub", np.subtract, (lambda out, a, b: 1.0, lambda out, a, b: -1.0))
+elementwise2("mul", np.multiply, (lambda out, a, b: b, lambda out, a, b: a))
+elementwise2("div", np.divide, (lambda out, a, b: 1 / b, lambda out, a, b: -a / (b * b)), methods=("div",))
+elementwise2("pow", np.power, (lambda out, a, b: b * np.power(a, b - 1), _log_base), methods=("pow",))
+
+
+# ------------------------------------------------------------------ matmul
+
+
+def _as_matrices(a, b):
+    """numpy.matmul's promotion of vectors: a (n,) is (1, n), b (n,) is (n, 1)."""
+    return (a[None, :] if a.ndim == 1 else a), (b[:, None] if b.ndim == 1 else b)
+
+
+def _matmul_vjp(i, g, out, a, b):
+    a2, b2 = _as_matrices(a, b)
+    g2 = np.reshape(g, (a2.shape[0], b2.shape[1]))
+    return (g2 @ b2.T).reshape(a.shape) if i == 0 else (a2.T @ g2).reshape(b.shape)
+
+
+def _matmul_jvp(ts, out, a, b):
+    a2, b2 = _as_matrices(a, b)
+    total = 0.0
+    if ts[0] is not None:
+        total = total + ts[0].reshape((-1,) + a2.shape) @ b2
+    if ts[1] is not None:
+        total = total + a2 @ ts[1].reshape((-1,) + b2.shape)
+    return total.reshape(total.shape[:1] + out.shape)
+
+
+def _matmul_shape(a, b, **_):
+    if len(a) == 0 or len(b) == 0:
+        raise ShapeError("`@@` needs vectors or matrices, but {0} is {s0} and {1} is {s1}; use `*` to scale")
+    inner_a, inner_b = a[-1], (b[0] if len(b) == 1 else b[-2])
+    if inner_a != inner_b:
+        raise ShapeError("inner sizes differ, {0} is {s0}, {1} is {s1}")
+    return a[:-1] + b[1:] if len(b) == 2 else a[:-1]
+
+
+defop("matmul", np.matmul, _matmul_vjp, _matmul_jvp, _matmul_shape, methods=("matmul", "dot"), arity=2)
+
+
+def _transpose_shape(s, **_):
+    return s[::-1]
+
+
+defop("transpose", lambda x: x.T,
+      vjp=lambda i, g, out, x: g.T,
+      jvp=lambda ts, out, x: np.swapaxes(ts[0], -1, -2) if x.ndim == 2 else ts[0],
+      shape=_transpose_shape, methods=("T", "transpose"))
+
+
+# --------------------------------------------------------------- reductions
+
+
+def _exclusive_products(x: np.ndarray, axis: int) -> np.ndarray:
+    """For each entry, the product of the others along `axis`, without
+    dividing (so zeros are handled exactly)."""
+    ones = np.ones_like(np.take(x, [0], axis=axis))
+    left = np.cumprod(np.concatenate([ones, x], axis=axis), axis=axis)
+    right = np.flip(np.cumprod(np.flip(np.concatenate([x, ones], axis=axis), axis), axis=axis), axis)
+    n = x.shape[axis]
+    return np.take(left, range(n), axis=axis) * np.take(right, range(1, n + 1), axis=axis)
+
+
+defop("sum", lambda x: np.sum(x),
+      vjp=lambda i, g, out, x: np.broadcast_to(g, x.shape),
+      jvp=lambda ts, out, x: batch_sum(ts[0]),
+      shape=scalar_shape)
+defop("mean", lambda x: np.mean(x),
+      vjp=lambda i, g, out, x: np.broadcast_to(g / max(x.size, 1), x.shape),
+      jvp=lambda ts, out, x: batch_sum(ts[0]) / max(x.size, 1),
+      shape=scalar_shape)
+defop("product", lambda x: np.prod(x),
+      vjp=lambda i, g, out, x: g * _exclusive_products(x.ravel(), 0).reshape(x.shape),
+      jvp=lambda ts, out, x: ts[0].reshape(ts[0].shape[0], -1) @ _exclusive_products(x.ravel(), 0),
+      shape=scalar_shape)
+
+
+def _rows_shape(s, **_):
+    require_matrix(s, "a row reduction")
+    return s[:1]
+
+
+defop("rowSum", lambda x: x.sum(axis=1),
+      vjp=lambda i, g, out, x: np.broadcast_to(g[:, None], x.shape),
+      jvp=lambda ts, out, x: ts[0].sum(axis=-1),
+      shape=_rows_shape, methods=())
+defop("rowMean", lambda x: x.mean(axis=1),
+      vjp=lambda i, g, out, x: np.broadcast_to(g[:, None] / x.shape[1], x.shape),
+      jvp=lambda ts, out, x: ts[0].mean(axis=-1),
+      shape=_rows_shape, methods=())
+defop("rowProduct", lambda x: x.prod(axis=1),
+      vjp=lambda i, g, out, x: g[:, None] * _exclusive_products(x, 1),
+      jvp=lambda ts, out, x: (ts[0] * _exclusive_products(x, 1)).sum(axis=-1),
+      shape=_rows_shape, methods=())
+
+
+# ------------------------------------------------------- row normalisations
+# A vector is normalised as a single row. The jvp rules use axis=-1 so the
+# leading tangent batch axis passes through.
+
+
+def _row_total(x):
+    return np.sum(x, axis=-1, keepdims=True)
+
+
+def _l1(x):
+    return _row_total(np.abs(x))
+
+
+def _l2(x):
+    return np.sqrt(_row_total(x * x))
+
+
+def _softmax(x):
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / _row_total(e)
+
+
+def _log_softmax(x):
+    shifted = x - np.max(x, axis=-1, keepdims=True)
+    return shifted - np.log(_row_total(np.exp(shifted)))
+
+
+def _row_shape(s, **_):
+    if len(s) == 0:
+        raise ShapeError("a row normalisation needs a vector or matrix, but {0} is {s0}")
+    return s
+
+
+defop("normaliseRowsL1", lambda x: x / _l1(x), methods=("normaliseRowsL1", "normalizeRowsL1"),
+      vjp=lambda i, g, out, x: (g - np.sign(x) * _row_total(g * out)) / _l1(x),
+      jvp=lambda ts, out, x: (ts[0] - out * _row_total(np.sign(x) * ts[0])) / _l1(x),
+      shape=_row_shape)
+defop("normaliseRowsL2", lambda x: x / _l2(x), methods=("normaliseRowsL2", "normalizeRowsL2"),
+      vjp=lambda i, g, out, x: (g - out * _row_total(g * out)) / _l2(x),
+      jvp=lambda ts, out, x: (ts[0] - out * _row_total(out * ts[0])) / _l2(x),
+      shape=_row_shape)
+defop("softmaxRows", _softmax,
+      vjp=lambda i, g, out, x: out * (g - _row_total(g * out)),
+      jvp=lambda ts, out, x: out * (ts[0] - _row_total(out * ts[0])),
+      shape=_row_shape)
+defop("logSoftmaxRows", _log_softmax,
+      vjp=lambda i, g, out, x: g - np.exp(out) * _row_total(g),
+      jvp=lambda ts, out, x: ts[0] - _row_total(np.exp(out) * ts[0]),
+      shape=_row_shape)
+
+
+# ---------------------------------------------------------------- indexing
+# Index parameters are fixed when the tape is recorded. `key` is a tuple of
+# ints and slices (basic indexing); `rows`/`cols` are int arrays.
+
+
+def _index_vjp(i, g, out, x, key):
+    grad = np.zeros_like(x)
+    grad[key] = g
+    return grad
+
+
+def _index_shape(s, key):
+    return np.broadcast_to(np.empty((), np.bool_), s)[key].shape  # a view of one byte: sizes only
+
+
+defop("index", lambda x, key: np.array(x[key]),
+      vjp=_index_vjp,
+      jvp=lambda ts, out, x, key: ts[0][(slice(None),) + key],
+      shape=_index_shape, methods=())
+
+
+def _select(x, rows, cols):
+    """vecxt selection: zeros except the chosen entries."""
+    out = np.zeros_like(x)
+    out[rows, cols] = x[rows, cols]
+    return out
+
+
+def _select_jvp(ts, out, x, rows, cols):
+    t = ts[0]
+    result = np.zeros_like(t)
+    result[:, rows, cols] = t[:, rows, cols]
+    return result
+
+
+def _pairs_shape(s, rows, cols):
+    require_matrix(s, "selecting (row, col) entries")
+    return s
+
+
+# The gradient of a selection is a scatter of the upstream gradient onto the
+# chosen entries. It never multiplies the rest by zero, so an infinite
+# upstream gradient at an unchosen entry stays out of the result.
+defop("select", _select,
+      vjp=lambda i, g, out, x, rows, cols: _select(g, rows, cols),
+      jvp=_select_jvp,
+      shape=_pairs_shape, methods=())
+
+
+def _arrange_vjp(i, g, out, x, rows, cols):
+    grad = np.zeros_like(x)
+    np.add.at(grad, (rows, cols), g)  # a scatter-add: an entry chosen twice gets both
+    return grad
+
+
+defop("arrange", lambda x, rows, cols: x[rows, cols],
+      vjp=_arrange_vjp,
+      jvp=lambda ts, out, x, rows, cols: ts[0][:, rows, cols],
+      shape=lambda s, rows, cols: (_pairs_shape(s, rows, cols), (len(rows),))[1], methods=())
+
+
+# ------------------------------------------------------------- construction
+
+
+def _stack_shape(*shapes, axis):
+    if any(s != shapes[0] for s in shapes):
+        raise ShapeError("the pieces differ in shape: " + ", ".join("{%d} is {s%d}" % (i, i) for i in range(len(shapes))))
+    if len(shapes[0]) > 1:
+        raise ShapeError("only scalars and vectors can be stacked, but {0} is {s0}")
+    shape = list(shapes[0])
+    shape.insert(axis, len(shapes))
+    return tuple(shape)
+
+
+def _stack_jvp(ts, out, *xs, axis):
+    k = next(t for t in ts if t is not None).shape[0]
+    parts = [t if t is not None else np.zeros((k,) + x.shape) for t, x in zip(ts, xs)]
+    return np.stack(parts, axis=axis + 1)
+
+
+# `[a, b]`, `Array(a, b)`, `Matrix.fromRows(r1, r2)` (axis 0) and
+# `Matrix.fromColumns(c1, c2)` (axis 1).
+defop("stack", lambda *xs, axis: np.stack(xs, axis=axis),
+      vjp=lambda i, g, out, *xs, axis: np.take(g, i, axis=axis),
+      jvp=_stack_jvp,
+      shape=_stack_shape, methods=())

@@ -1,0 +1,131 @@
+"""The tape: a flat, topologically ordered list of nodes, and the sweeps over it.
+
+A program is recorded once; evaluation order is tape order, so the reverse
+sweep is a plain loop backwards over the nodes (micrograd's topological sort
+comes for free). The same tape can be replayed forward with new leaf values,
+which is how `train` runs without re-parsing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .diagnostics import Diagnostics, Span
+from .ops import Op
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    id: int
+    kind: str                     # "input" (a bound leaf), "const" (an unnamed literal) or "op"
+    op: Op | None
+    inputs: tuple[int, ...]
+    params: dict
+    value: np.ndarray
+    span: Span | None             # where diagnostics about this node point
+    text: str                     # the source text that produced it
+    label: str                    # how the op is written: `log`, `@@`, `select`; the value for a leaf
+    name: str | None = None       # the name it is bound to, if any
+    finite: bool = True           # every entry finite
+
+
+def all_finite(value: np.ndarray) -> bool:
+    # A sum is finite exactly when every entry is, unless it overflows; only
+    # then is the full elementwise check needed. This keeps the check to one
+    # cheap pass over large arrays.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.sum(value)):
+            return True
+    return bool(np.isfinite(value).all())
+
+
+def first_bad(value: np.ndarray) -> tuple[int, tuple[int, ...], float]:
+    """How many entries are not finite, where the first is, and what it is."""
+    bad = ~np.isfinite(value)
+    where = tuple(int(i) for i in np.argwhere(bad)[0]) if value.ndim else ()
+    return int(bad.sum()), where, float(value[where])
+
+
+def describe_nonfinite(what: str, value: np.ndarray, inputs: list[np.ndarray]) -> str:
+    count, where, bad = first_bad(value)
+    message = f"{what} gave {_fmt_float(bad)} at {count} of {value.size} entries"
+    if value.ndim:
+        message += f", first at {list(where)}"
+    ins = [x for x in inputs if x.shape == value.shape]
+    if len(ins) == 1:
+        message += f"; its input was {_fmt_float(float(ins[0][where]))} there"
+    return message
+
+
+def _fmt_float(x: float) -> str:
+    return f"{x:g}"
+
+
+@dataclass
+class Tape:
+    nodes: list[Node] = field(default_factory=list)
+
+    def leaf(self, value: np.ndarray, kind: str, span: Span | None, text: str, name: str | None = None) -> Node:
+        node = Node(len(self.nodes), kind, None, (), {}, value, span, text, text, name, all_finite(value))
+        self.nodes.append(node)
+        return node
+
+    def apply(self, op: Op, inputs: tuple[int, ...], params: dict, span: Span | None, text: str,
+              label: str, diagnostics: Diagnostics) -> Node:
+        node = Node(len(self.nodes), "op", op, inputs, params, None, span, text, label)
+        self.nodes.append(node)
+        self._compute(node, diagnostics)
+        return node
+
+    def _compute(self, node: Node, diagnostics: Diagnostics | None) -> None:
+        args = [self.nodes[i].value for i in node.inputs]
+        with np.errstate(all="ignore"):
+            node.value = np.asarray(node.op.forward(*args, **node.params), dtype=np.float64)
+        inputs_finite = all(self.nodes[i].finite for i in node.inputs)
+        node.finite = all_finite(node.value) if inputs_finite else False
+        if inputs_finite and not node.finite and diagnostics is not None:
+            diagnostics.warn(describe_nonfinite(f"`{node.label}`", node.value, args), node.span)
+
+    def replay(self, diagnostics: Diagnostics | None = None, start: int = 0) -> None:
+        """Recompute every op node from `start` on from the current leaf values."""
+        for node in self.nodes[start:]:
+            if node.op is not None:
+                self._compute(node, diagnostics)
+
+    def backward(self, output: int, wrt: list[int], diagnostics: Diagnostics | None = None) -> dict[int, np.ndarray]:
+        """Reverse sweep: the gradient of the (scalar) output with respect to
+        each node in `wrt`. Only nodes between `wrt` and the output are visited,
+        and a vjp is evaluated only for inputs that lead back to a `wrt` node."""
+        nodes = self.nodes
+        needs = np.zeros(len(nodes), dtype=bool)
+        needs[list(wrt)] = True
+        lowest = min(wrt, default=output + 1)
+        for node in nodes[lowest:output + 1]:
+            if node.op is not None and not needs[node.id]:
+                needs[node.id] = any(needs[i] for i in node.inputs)
+        grads: dict[int, np.ndarray] = {}
+        if needs[output]:
+            grads[output] = np.ones_like(nodes[output].value)
+        wanted = set(wrt)
+        births = []  # (node, input) whose vjp first produced a non-finite gradient
+        for node in reversed(nodes[lowest:output + 1]):
+            g = grads.get(node.id) if node.id in wanted else grads.pop(node.id, None)
+            if g is None or node.op is None:
+                continue
+            args = [nodes[i].value for i in node.inputs]
+            g_finite = all_finite(g)
+            for k, i in enumerate(node.inputs):
+                if not needs[i]:
+                    continue
+                with np.errstate(all="ignore"):
+                    gi = node.op.vjp(k, g, node.value, *args, **node.params)
+                if g_finite and node.finite and not all_finite(gi):
+                    births.append((node, gi, args))
+                grads[i] = gi if i not in grads else grads[i] + gi
+        result = {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}
+        if diagnostics is not None and births and not all(all_finite(g) for g in result.values()):
+            node, gi, args = births[0]  # the first op, sweeping back from the output, to make one
+            diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", gi, args), node.span)
+        return result
