@@ -60,7 +60,8 @@ def to_dot(run: Run, gradients: dict[str, np.ndarray] | None = None) -> str:
             rows.append(f'<font point-size="13"><b>{html.escape(node.name)}</b></font>')
         if node.kind != "const":
             rows.append(f'<font color="#6b7280">{short_shape(node.value.shape)}</font>')
-        rows.append(f'<font face="Courier">{_lines(_value_text(node.value))}</font>')
+        colour = "#111827" if node.finite else "#dc2626"  # inf and nan stand out in red
+        rows.append(f'<font face="Courier" color="{colour}">{_lines(_value_text(node.value))}</font>')
         if node.id in wrt_ids:
             grad = gradients[wrt_ids[node.id]]
             rows.append(f'<font face="Courier" color="#b45309">∇ {_lines(_value_text(grad))}</font>')

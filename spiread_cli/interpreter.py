@@ -441,8 +441,10 @@ class Interpreter:
                 if not (-shape[0] <= r < shape[0] and -shape[1] <= c < shape[1]):
                     raise SpireadError(f"index ({r}, {c}) is out of range for `{self.text(receiver_node)}`, "
                                        f"which is {shape_str(shape)}", call.span)
+        shown = " ".join(f"({r},{c})" for r, c in zip(pairs.rows[:4], pairs.cols[:4]))
+        label = f"{op_name} {shown}{' …' if len(pairs.rows) > 4 else ''}"
         return self.apply(OPS[op_name], [x], {"rows": pairs.rows, "cols": pairs.cols},
-                          _At(call.span, call.at), [receiver_node], op_name)
+                          _At(call.span, call.at), [receiver_node], label)
 
     def subscript(self, receiver, args, node: ast.Subscript):
         if args and all(isinstance(a, (TupleValue, Pairs)) for a in args):

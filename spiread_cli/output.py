@@ -41,7 +41,7 @@ def format_array(array: np.ndarray, precision: int = 6) -> str:
     array = np.asarray(array)
     if array.ndim == 0:
         return str(json_number(float(array)))
-    return np.array2string(array, precision=precision, suppress_small=False, threshold=SUMMARY_THRESHOLD,
+    return np.array2string(array, precision=precision, suppress_small=True, threshold=SUMMARY_THRESHOLD,
                            edgeitems=3, max_line_width=120, separator=" ")
 
 
