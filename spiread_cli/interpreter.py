@@ -141,16 +141,18 @@ class Interpreter:
         if unknown:
             raise SpireadError(f"`--set {unknown[0]}=…`: the program binds no `{unknown[0]}`",
                                notes=did_you_mean(unknown[0], self.later), exit_code=2)
-        output = output_name = backward_wrt = None
+        output = output_name = backward_wrt = declared = None
         for statement in module.statements:
             if isinstance(statement, ast.Binding):
                 node = self.bind(statement)
                 output, output_name = node, statement.name
             elif _is_backward(statement.value):
-                output, output_name, backward_wrt = self.backward_statement(statement.value)
+                declared = self.backward_statement(statement.value)
             else:
                 output = self.materialize(self.evaluate(statement.value), statement.value)
                 output_name = self.text(statement.value)
+        if declared is not None:  # `.backward(...)` names the output, whatever follows it
+            output, output_name, backward_wrt = declared
         if of is not None:
             if of not in self.env:
                 raise SpireadError(f"`--of {of}`: the program binds no `{of}`",
@@ -570,7 +572,7 @@ def _constant(maker):
         name = self.text(call.callee)
         if keywords:
             _positional(self, name, args, keywords, call, (len(args),))
-        return Const(maker(*_sizes(self, name, args, call)))
+        return Const(maker(_sizes(self, name, args, call)))
     return function
 
 
