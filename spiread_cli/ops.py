@@ -42,14 +42,18 @@ class Op:
     methods: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
     arity: int = 1  # array operands, the receiver included
+    # Where the op has no derivative: kink(*xs, **params) -> bool mask over the
+    # first operand. `check` names these points when finite differences and
+    # AD disagree there.
+    kink: Callable | None = None
 
 
 OPS: dict[str, Op] = {}
 METHODS: dict[str, Op] = {}
 
 
-def defop(name, forward, vjp, jvp, shape, methods=None, params=(), arity=1) -> Op:
-    op = Op(name, forward, vjp, jvp, shape, (name,) if methods is None else methods, params, arity)
+def defop(name, forward, vjp, jvp, shape, methods=None, params=(), arity=1, kink=None) -> Op:
+    op = Op(name, forward, vjp, jvp, shape, (name,) if methods is None else methods, params, arity, kink)
     OPS[name] = op
     METHODS.update((spelling, op) for spelling in op.methods)
     return op
@@ -115,12 +119,12 @@ def batch_sum(t: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------ elementwise
 
 
-def elementwise(name: str, f: Callable, df: Callable) -> Op:
+def elementwise(name: str, f: Callable, df: Callable, kink: Callable | None = None) -> Op:
     """A unary elementwise op from its function and its derivative df(x, out)."""
     return defop(name, f,
                  vjp=lambda i, g, out, x: scale(g, df(x, out)),
                  jvp=lambda ts, out, x: scale(ts[0], df(x, out)),
-                 shape=same_shape)
+                 shape=same_shape, kink=kink)
 
 
 def _sigmoid(x):
@@ -138,10 +142,10 @@ elementwise("tanh", np.tanh, lambda x, out: 1 - out * out)
 elementwise("sinh", np.sinh, lambda x, out: np.cosh(x))
 elementwise("cosh", np.cosh, lambda x, out: np.sinh(x))
 elementwise("sqrt", np.sqrt, lambda x, out: 0.5 / out)
-elementwise("abs", np.abs, lambda x, out: np.sign(x))
+elementwise("abs", np.abs, lambda x, out: np.sign(x), kink=lambda x: x == 0)
 elementwise("square", np.square, lambda x, out: 2 * x)
 elementwise("sigmoid", _sigmoid, lambda x, out: out * (1 - out))
-elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out: (x > 0).astype(float))
+elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out: (x > 0).astype(float), kink=lambda x: x == 0)
 elementwise("log1p", np.log1p, lambda x, out: 1 / (1 + x))
 elementwise("neg", np.negative, lambda x, out: -np.ones_like(x))
 # clamps: the gradient passes where the bound is not active, and at the bound
@@ -149,11 +153,11 @@ elementwise("neg", np.negative, lambda x, out: -np.ones_like(x))
 defop("clampMin", lambda x, t: np.maximum(x, t),
       vjp=lambda i, g, out, x, t: g * (x >= t),
       jvp=lambda ts, out, x, t: ts[0] * (x >= t),
-      shape=same_shape, params=("t",))
+      shape=same_shape, params=("t",), kink=lambda x, t: x == t)
 defop("clampMax", lambda x, t: np.minimum(x, t),
       vjp=lambda i, g, out, x, t: g * (x <= t),
       jvp=lambda ts, out, x, t: ts[0] * (x <= t),
-      shape=same_shape, params=("t",))
+      shape=same_shape, params=("t",), kink=lambda x, t: x == t)
 
 
 def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], methods=()) -> Op:
@@ -314,7 +318,7 @@ def _row_shape(s, **_):
 defop("normaliseRowsL1", lambda x: x / _l1(x), methods=("normaliseRowsL1", "normalizeRowsL1"),
       vjp=lambda i, g, out, x: (g - np.sign(x) * _row_total(g * out)) / _l1(x),
       jvp=lambda ts, out, x: (ts[0] - out * _row_total(np.sign(x) * ts[0])) / _l1(x),
-      shape=_row_shape)
+      shape=_row_shape, kink=lambda x: x == 0)
 defop("normaliseRowsL2", lambda x: x / _l2(x), methods=("normaliseRowsL2", "normalizeRowsL2"),
       vjp=lambda i, g, out, x: (g - out * _row_total(g * out)) / _l2(x),
       jvp=lambda ts, out, x: (ts[0] - out * _row_total(out * ts[0])) / _l2(x),
