@@ -18,34 +18,31 @@ from .diagnostics import SpireadError, Source, Span
 # ---------------------------------------------------------------- AST nodes
 
 
+class _WholeSpan:
+    """For nodes whose diagnostics point at the whole node."""
+    __slots__ = ()
+
+    @property
+    def at(self) -> Span:
+        return self.span
+
+
 @dataclass(slots=True)
-class Number:
+class Number(_WholeSpan):
     value: float
     span: Span
 
-    @property
-    def at(self) -> Span:
-        return self.span
-
 
 @dataclass(slots=True)
-class String:
+class String(_WholeSpan):
     value: str
     span: Span
 
-    @property
-    def at(self) -> Span:
-        return self.span
-
 
 @dataclass(slots=True)
-class Name:
+class Name(_WholeSpan):
     id: str
     span: Span
-
-    @property
-    def at(self) -> Span:
-        return self.span
 
 
 @dataclass(slots=True)
@@ -101,34 +98,22 @@ class Subscript:
 
 
 @dataclass(slots=True)
-class TupleLit:
+class TupleLit(_WholeSpan):
     items: list
     span: Span
 
-    @property
-    def at(self) -> Span:
-        return self.span
-
 
 @dataclass(slots=True)
-class NamedTuple:
+class NamedTuple(_WholeSpan):
     """`(w1 = w1, w2 = w2)`, as in `loss.backward((weights = weights))`."""
     items: list[Keyword]
     span: Span
 
-    @property
-    def at(self) -> Span:
-        return self.span
-
 
 @dataclass(slots=True)
-class ListLit:
+class ListLit(_WholeSpan):
     items: list
     span: Span
-
-    @property
-    def at(self) -> Span:
-        return self.span
 
 
 @dataclass(slots=True)
