@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -50,13 +52,10 @@ class Session:
     def finish_warnings(self, run) -> list[dict]:
         """Print warnings (text mode) or return them for the JSON document;
         under --strict the first warning is an error."""
-        from .diagnostics import Diagnostic, SpireadError
+        from .diagnostics import SpireadError
         warnings = run.diagnostics.warnings
         if self.strict and warnings:
-            first = warnings[0]
-            error = SpireadError(first.message, first.span, first.notes)
-            error.diagnostic = Diagnostic("error", first.message, first.span, first.notes)
-            raise error
+            raise SpireadError.from_warning(warnings[0])
         if not self.json:
             for warning in warnings:
                 print_diagnostic(warning, run.source)
@@ -64,13 +63,8 @@ class Session:
 
 
 def print_diagnostic(diagnostic, source) -> None:
-    from rich.text import Text
-    from .diagnostics import render
-    from .output import stderr_console
-    text = Text(render(diagnostic, source))
-    text.highlight_words([f"{diagnostic.severity}:"], "bold red" if diagnostic.severity == "error" else "bold yellow")
-    text.highlight_regex(r"\^+", "bold red" if diagnostic.severity == "error" else "bold yellow")
-    stderr_console().print(text, soft_wrap=True)
+    from .diagnostics import emit
+    emit(diagnostic, source)
 
 
 @contextmanager
@@ -174,6 +168,103 @@ def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOp
         grads = api.gradients(run, wrt).gradients if wrt else None
         s.finish_warnings(run)
         sys.stdout.write(to_dot(run, grads))
+
+
+@app.command("check")
+def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
+                  eps: Annotated[Optional[float], typer.Option("--eps", metavar="E", help="Finite-difference step (default 1e-6).")] = None,
+                  tol: Annotated[Optional[float], typer.Option("--tol", metavar="T", help="Tolerance, relative to the gradient's scale (default 1e-5; see docs/check.md).")] = None,
+                  set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
+                  debug: DebugOpt = False):
+    """Compare AD gradients (reverse and forward) with central finite differences; exit 1 if any disagree."""
+    from .check import check_gradients, check_table
+    from .output import json_number, stdout_console
+    with session(file, fmt, strict, debug) as s:
+        run = _load(s, file, set_, of)
+        report = check_gradients(run, wrt, eps, tol)
+        warnings = s.finish_warnings(run)
+        if s.json:
+            _emit_json({"file": file, "output": run.output_name, "ok": report.ok,
+                        "results": {n: r.as_json() for n, r in report.results.items()},
+                        "value": json_number(report.value), "eps": report.eps, "tol": report.tol,
+                        "problem": report.problem, "warnings": warnings})
+        else:
+            stdout_console().print(check_table(report))
+        for failure in report.failures(run):
+            print_diagnostic(failure, run.source)
+        if not report.ok:
+            raise typer.Exit(1)
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+
+
+@app.command("train")
+def train_command(
+        file: FileArg,
+        wrt: Annotated[list[str], typer.Option("--wrt", metavar="NAME",
+                                               help="A value to train (repeatable); it must be bound to a constant.")],
+        steps: Annotated[int, typer.Option("--steps", min=0, help="How many steps.")] = 100,
+        lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate. Default: sgd 0.01, adam 0.001.")] = None,
+        optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="sgd (with --momentum) or adam.")] = Optimizer.sgd,
+        momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum; 0 is plain SGD.")] = 0.0,
+        save: Annotated[Optional[Path], typer.Option("--save", metavar="PATH.npz",
+                                                     help="Write the trained values here, keyed by name.")] = None,
+        log: Annotated[Optional[Path], typer.Option("--log", metavar="PATH.csv", help="Write step,loss here.")] = None,
+        plot: Annotated[Optional[Path], typer.Option("--plot", metavar="PATH.png",
+                                                     help="Draw the loss curve (needs spiread[plot]).")] = None,
+        of: OfOpt = None, set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
+        debug: DebugOpt = False):
+    """Train: repeat forward, backward and an optimizer step on the --wrt values."""
+    from dataclasses import replace
+    from . import train as training
+    from .diagnostics import usage_error
+    from .optim import make_optimizer
+    try:
+        with session(file, fmt, strict, debug) as s, training.stop_on_interrupt(_stopping_notice) as stop_requested:
+            chosen = make_optimizer(optimizer.value, lr, momentum)
+            for path, option, suffix in ((save, "--save", ".npz"), (log, "--log", ".csv"), (plot, "--plot", ".png")):
+                if path is not None:
+                    training.check_output_path(path, option, (suffix,))
+            if plot is not None and not training.plot_available():
+                raise usage_error("`--plot` needs matplotlib, which is not installed",
+                                  ["pip install 'spiread[plot]'; the summary's sparkline needs nothing"])
+            run = _load(s, file, set_, of)
+            s.finish_warnings(run)
+            with training.StepReporter(steps) as reporter:
+                result = training.train(run, wrt, steps, chosen, strict=strict, on_step=reporter,
+                                        stop_requested=stop_requested)
+            written = []
+            if save is not None:
+                training.save_values(save, result.values)
+                written.append(f"saved {', '.join(result.names)} to {save}")
+            if log is not None:
+                training.write_log(log, result.losses)
+                written.append(f"wrote the losses to {log}")
+            if plot is not None:
+                training.plot_losses(plot, result.losses, f"{file}: {run.output_name}, {chosen.describe()}")
+                written.append(f"drew the loss curve in {plot}")
+            if result.error is not None:
+                error = result.error
+                error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + tuple(written))
+                raise error
+            if s.json:
+                _emit_json({"file": file, "output": run.output_name, "steps": len(result.losses),
+                            "loss": result.losses, "saved": str(save) if save is not None else None})
+            else:
+                print(training.summary(result, run, steps, chosen) + "".join(f"\n{w}" for w in written))
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, keeping no partial files
+        print("spiread: interrupted; nothing saved", file=sys.stderr)
+        raise typer.Exit(130) from None
+    if result.status == "interrupted":
+        raise typer.Exit(130)
+
+
+def _stopping_notice() -> None:
+    # Called from the signal handler: one plain write, no locks.
+    os.write(2, b"\nspiread: stopping after this step (Ctrl-C again to quit without saving)\n")
 
 
 def _version(value: bool):

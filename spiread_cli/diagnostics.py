@@ -3,14 +3,19 @@
 Every diagnostic spiread emits points at a place in the user's source and is
 rendered the same way, compiler style::
 
-    model.ad:3:17: error: `data @@ weights`: inner sizes differ, data is 3×2, weights is 3×2
+    model.ad:3:17: error: `data @@ weights`: inner sizes differ, `data` is 3×2, `weights` is 3×2
         3 | probits = (data @@ weights).exp
           |                 ^^
+          = note: ...
+
+On a terminal the same text is coloured (rich); anywhere else it is plain.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -48,21 +53,30 @@ class Source:
         return self.text[span.start:span.end]
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
-        return lines[line - 1] if 0 < line <= len(lines) else ""
+        # Lines end at "\n" only, as the parser counts them (str.splitlines
+        # would also split at form feeds and other separators).
+        start = 0
+        for _ in range(line - 1):
+            start = self.text.find("\n", start) + 1
+            if start == 0:
+                return ""
+        end = self.text.find("\n", start)
+        return self.text[start:] if end < 0 else self.text[start:end].rstrip("\r")
 
 
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
-    severity: str  # "error" | "warning"
+    severity: str                                  # "error" | "warning"
     message: str
     span: Span | None = None
     notes: tuple[str, ...] = ()
+    related: tuple[tuple[Span, str], ...] = ()     # other places worth showing, with a label
+    origin: str | None = None                      # the file, when there is no source to show
 
     def as_json(self) -> dict:
         return {"line": self.span.line if self.span else None,
                 "column": self.span.column if self.span else None,
-                "message": self.message}
+                "message": tidy(self.message)}
 
 
 class SpireadError(Exception):
@@ -72,10 +86,20 @@ class SpireadError(Exception):
     """
 
     def __init__(self, message: str, span: Span | None = None, notes: Iterable[str] = (),
-                 exit_code: int = 1):
+                 exit_code: int = 1, related: Iterable[tuple[Span, str]] = (), origin: str | None = None):
         super().__init__(message)
-        self.diagnostic = Diagnostic("error", message, span, tuple(notes))
+        self.diagnostic = Diagnostic("error", message, span, tuple(notes), tuple(related), origin)
         self.exit_code = exit_code
+
+    @staticmethod
+    def from_warning(warning: Diagnostic) -> "SpireadError":
+        """A warning promoted to an error (`--strict`)."""
+        error = SpireadError(warning.message, warning.span, warning.notes, related=warning.related,
+                             origin=warning.origin)
+        error.diagnostic = Diagnostic("error", warning.message, warning.span,
+                                      warning.notes + ("--strict makes this warning an error",),
+                                      warning.related, warning.origin)
+        return error
 
 
 def usage_error(message: str, notes: Iterable[str] = ()) -> SpireadError:
@@ -83,9 +107,15 @@ def usage_error(message: str, notes: Iterable[str] = ()) -> SpireadError:
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> tuple[str, ...]:
-    """A note suggesting the closest known spelling, or nothing."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return (f"did you mean `{close[0]}`?",) if close else ()
+    """A note suggesting the closest known spellings, or nothing.
+
+    Case slips (`Exp` for `exp`) count as close, whatever the length."""
+    known = sorted(set(known))
+    folded = [k for k in known if k.lower() == name.lower() and k != name]
+    close = folded or difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+    if not close:
+        return ()
+    return ("did you mean " + " or ".join(f"`{c}`" for c in close) + "?",)
 
 
 @dataclass
@@ -98,25 +128,114 @@ class Diagnostics:
         self.warnings.append(Diagnostic("warning", message, span, tuple(notes)))
 
 
-def render(diagnostic: Diagnostic, source: Source | None) -> str:
-    """Plain-text rendering: header, source line, caret underline, notes."""
-    where = source.name if source else "spiread"
+# ------------------------------------------------------------- rendering
+
+MAX_SHOWN_WIDTH = 100   # longer source lines are shown as a window around the span
+MAX_QUOTED = 48         # longer `code` in a message is shortened in the middle
+_QUOTED = re.compile(r"`([^`]*)`")
+
+
+def tidy(message: str) -> str:
+    """One line, with long quoted source shortened: messages quote the user's
+    code, which may span lines or run to thousands of characters."""
+    def shorten(match: re.Match) -> str:
+        code = " ".join(match.group(1).split())
+        if len(code) > MAX_QUOTED:
+            half = MAX_QUOTED // 2 - 1
+            code = f"{code[:half]} … {code[-half:]}"
+        return f"`{code}`"
+    return _QUOTED.sub(shorten, " ".join(message.split()) if "\n" in message else message)
+
+
+def _printable(text: str) -> str:
+    """Source shown to a terminal: tabs and control characters become spaces
+    (one character each, so columns still line up) and never reach the terminal."""
+    return "".join(c if c.isprintable() else " " for c in text)
+
+
+def _window(text: str, column: int, width: int) -> tuple[str, int, int]:
+    """A slice of a long line around `column` (1-based): (shown text, where
+    the span starts in it, how much of the span fits)."""
+    start = 0
+    if len(text) > MAX_SHOWN_WIDTH:
+        start = max(0, min(column - 1 - MAX_SHOWN_WIDTH // 3, len(text) - MAX_SHOWN_WIDTH))
+    shown = text[start:start + MAX_SHOWN_WIDTH]
+    lead = "…" if start > 0 else ""
+    tail = "…" if start + MAX_SHOWN_WIDTH < len(text) else ""
+    offset = column - 1 - start + len(lead)
+    fits = max(1, min(width, len(shown) + len(lead) - offset))
+    return lead + shown + tail, offset, fits
+
+
+def _source_line(source: Source, line: int, places: list, gutter: int) -> list[tuple[str, str]]:
+    """One source line, an underline row marking each place on it (`^` for the
+    error, `-` for related places), and the places' labels."""
+    text = _printable(source.line_text(line))
+    marks = []  # (offset in the shown text, width, mark, style, label)
+    for place, label, mark, style in sorted(places, key=lambda p: p[0].column):
+        width = (place.end_column - place.column if place.end_line == place.line
+                 else len(text) - place.column + 1)
+        shown, offset, fits = _window(text, places[0][0].column, max(1, width))
+        offset += place.column - places[0][0].column
+        marks.append((offset, fits, mark, style, label))
+    out = [("\n", ""), (f"{line:>{gutter}} | ", "bold blue"), (shown, ""), ("\n", ""), (f"{'':>{gutter}} | ", "bold blue")]
+    at = 0
+    for offset, fits, mark, style, _ in marks:
+        if offset >= at:
+            out += [(" " * (offset - at), ""), (mark * fits, f"bold {style}")]
+            at = offset + fits
+    *earlier, (_, _, _, last_style, last_label) = marks
+    if last_label:
+        out.append((f" {last_label}", f"bold {last_style}"))
+    for offset, _, _, style, label in earlier:
+        if label:
+            out += [("\n", ""), (f"{'':>{gutter}} | ", "bold blue"), (" " * offset + label, f"bold {style}")]
+    return out
+
+
+def _segments(diagnostic: Diagnostic, source: Source | None) -> list[tuple[str, str]]:
+    """The rendering as (text, style) pieces; styles are rich style names."""
+    colour = "red" if diagnostic.severity == "error" else "yellow"
     span = diagnostic.span
-    if span is not None and source is not None:
+    where = source.name if source is not None else (diagnostic.origin or "spiread")
+    if span is not None and (source is not None or diagnostic.origin):
         where = f"{where}:{span.line}:{span.column}"
-    out = [f"{where}: {diagnostic.severity}: {diagnostic.message}"]
-    if span is not None and source is not None:
-        text = source.line_text(span.line).replace("\t", " ")
-        gutter = f"{span.line:>5} | "
-        width = (span.end_column - span.column) if span.end_line == span.line else len(text) - span.column + 1
-        out.append(gutter + text)
-        out.append(" " * (len(gutter) - 2) + "| " + " " * (span.column - 1) + "^" * max(1, width))
-    out.extend(f"      = note: {note}" for note in diagnostic.notes)
-    return "\n".join(out)
+    out = [(f"{where}: ", "bold"), (f"{diagnostic.severity}:", f"bold {colour}"),
+           (f" {tidy(diagnostic.message)}", "bold")]
+    if source is not None:
+        places = ([(span, "", "^", colour)] if span is not None else []) + \
+                 [(s, label, "-", "cyan") for s, label in diagnostic.related]
+        gutter = max((len(str(s.line)) for s, *_ in places), default=1) + 1
+        for line in sorted({place[0].line for place in places}):
+            out += _source_line(source, line, [p for p in places if p[0].line == line], gutter)
+    indent = " " * (max(len(str(span.line)) + 1, 2) if span is not None else 2)
+    for note in diagnostic.notes:
+        out += [("\n", ""), (f"{indent}= ", "bold blue"), ("note:", "bold"), (f" {tidy(note)}", "")]
+    return out
+
+
+def render(diagnostic: Diagnostic, source: Source | None) -> str:
+    """Plain text: header, the source line(s), an underline under the whole span, notes."""
+    return "".join(text for text, _ in _segments(diagnostic, source))
+
+
+def emit(diagnostic: Diagnostic, source: Source | None, file=None) -> None:
+    """Write a diagnostic to stderr: coloured on a terminal, plain otherwise."""
+    file = file or sys.stderr
+    if not file.isatty():
+        file.write(render(diagnostic, source) + "\n")
+        file.flush()
+        return
+    from rich.console import Console
+    from rich.text import Text
+    text = Text()
+    for piece, style in _segments(diagnostic, source):
+        text.append(piece, style=style or None)
+    Console(file=file, highlight=False, soft_wrap=True).print(text)
 
 
 def shape_str(shape: tuple[int, ...]) -> str:
-    """3×2 for a matrix, `vector of 3` for a vector, `scalar` for rank 0."""
+    """3×2 for a matrix, `a vector of 3` for a vector, `a scalar` for rank 0."""
     if len(shape) == 0:
         return "a scalar"
     if len(shape) == 1:

@@ -169,7 +169,8 @@ class Interpreter:
         if name in self.env:
             first = self.binding_spans[name]
             raise SpireadError(f"`{name}` is already bound, at {first.line}:{first.column}", statement.at,
-                               [f"names are bound once; give this value another name, e.g. `{name}2`"])
+                               [f"names are bound once; give this value another name, e.g. `{name}2`"],
+                               related=[(first, "first bound here")])
         if name in self.overrides:
             node = self.tape.leaf(self.overrides.pop(name), "input", statement.at, name, name)
         else:
@@ -554,7 +555,10 @@ def _positional(self: Interpreter, name, args, keywords, call, counts, allowed_k
         raise SpireadError(f"`{name}` has no argument `{sorted(extra)[0]}`", call.span,
                            did_you_mean(sorted(extra)[0], allowed_keywords))
     if len(args) not in counts:
-        wanted = " or ".join(str(c) for c in counts)
+        if isinstance(counts, range):
+            wanted = f"at least {counts.start}"
+        else:
+            wanted = " or ".join(str(c) for c in counts)
         raise SpireadError(f"`{name}` takes {wanted} argument{'s' * (max(counts) != 1)}, got {len(args)}", call.span)
 
 

@@ -7,11 +7,13 @@ needed however deeply the program nests.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
 from .diagnostics import SpireadError, Source, Span
 
@@ -142,18 +144,19 @@ _BRACKETS = {"LPAR": "RPAR", "LSQB": "RSQB"}
 
 
 class _BracketPostLexer:
-    """Drops newlines inside () and [] and remembers what is still open,
-    so an unclosed bracket can be reported where it was opened."""
+    """Drops newlines inside () and [] and remembers what is still open, so an
+    unclosed bracket can be reported where it was opened; also keeps the last
+    two tokens, so a syntax error can say what came before the bad one."""
 
     always_accept = ("_NL",)
 
     def __init__(self):
         self.open: list[Token] = []
-        self.last: Token | None = None
+        self.recent: list[Token] = []
 
     def process(self, stream):
         self.open = []
-        self.last = None
+        self.recent = []
         for token in stream:
             if token.type in _BRACKETS:
                 self.open.append(token)
@@ -161,8 +164,18 @@ class _BracketPostLexer:
                 self.open.pop()
             elif token.type == "_NL" and self.open:
                 continue
-            self.last = token
+            self.recent = [*self.recent[-1:], token]
             yield token
+
+
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def _unescape(match: re.Match) -> str:
+    """`\\"`, `\\\\`, `\\n`, `\\t`; any other backslash stays as written, so a
+    Windows path like "C:\\data\\x.csv" means what it says."""
+    char = match.group(1)
+    return {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}.get(char, "\\" + char)
 
 
 def _span(node) -> Span:
@@ -175,7 +188,7 @@ class _ToAst(Transformer):
         return Number(float(tok), Span.of_token(tok))
 
     def string(self, tok):
-        return String(bytes(tok[1:-1], "utf-8").decode("unicode_escape"), Span.of_token(tok))
+        return String(_ESCAPE.sub(_unescape, tok[1:-1]), Span.of_token(tok))
 
     def name(self, tok):
         return Name(str(tok), Span.of_token(tok))
@@ -251,67 +264,173 @@ def _get_parser() -> Lark:
     return _parser
 
 
-# What users call the terminals Lark reports.
+# ------------------------------------------------------- syntax errors
+# Lark reports terminals by grammar name and an LALR "expected" set that is
+# often wider than what could really come next; these turn both into the
+# words a user knows.
+
 _WORDS = {
     "PLUS": "`+`", "MINUS": "`-`", "STAR": "`*`", "SLASH": "`/`", "POW": "`**`", "MATMUL": "`@@`",
     "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`", "COMMA": "`,`", "DOT": "`.`",
     "EQUAL": "`=`", "SEMICOLON": "`;`", "NUMBER": "a number", "STRING": "a string", "NAME": "a name",
-    "_NL": "end of line", "$END": "end of file", "VAL": "`val`", "IGNORED": "an import",
+    "IGNORED": "an import",
 }
-_EXPRESSION_STARTS = {"NUMBER", "NAME", "LPAR", "LSQB", "MINUS", "STRING"}
-_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "POW", "MATMUL", "EQUAL", "COMMA"}
+_BINARY = {"PLUS", "MINUS", "STAR", "SLASH", "POW", "MATMUL"}
+_POSTFIX = {"DOT", "LPAR", "LSQB"}
+_STATEMENT_END = {"_NL", "SEMICOLON", "$END"}
+_VALUE_TOKENS = {"NUMBER", "NAME", "STRING", "LPAR", "LSQB"}
+
+# Characters people type from other languages or word processors.
+_CHARACTER_HINTS = {
+    "×": "multiply with `*`", "·": "multiply with `*`", "÷": "divide with `/`",
+    "−": "subtract with `-` (this is a Unicode minus)", "–": "subtract with `-` (this is a dash)",
+    "—": "subtract with `-` (this is a dash)", "“": 'strings use plain double quotes `"`',
+    "”": 'strings use plain double quotes `"`', "'": 'strings use double quotes: `"x.csv"`',
+    "^": "powers are written `x ** 2`", "%": "there is no `%` operator", "!": "there is no `!` operator",
+    ":": "type annotations are not needed: write `val x = …`",
+    "{": "blocks `{ … }` are not part of the language; write one expression per line",
+    "}": "blocks `{ … }` are not part of the language; write one expression per line",
+    "@": "the matrix product is `@@` (or `@`) between two values",
+}
 
 
-def _describe(token: Token) -> str:
-    if token.type in ("$END",):
-        return "end of file"
+def _describe(token: Token | None) -> str:
+    if token is None or token.type == "$END":
+        return "the end of the file"
     if token.type == "_NL":
-        return "end of line"
+        return "the end of the line"
     return f"`{token}`"
+
+
+def _describe_char(char: str) -> str:
+    if char.isprintable() and not char.isspace():
+        return f"`{char}`"
+    return f"U+{ord(char):04X} ({unicodedata.name(char, 'a control character').lower()})"
+
+
+def _words(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _plausible(expected: set[str], opened: list[Token]) -> set[str]:
+    """Drop what cannot come next given the open brackets: a `)` only inside
+    `(`, a `,` only inside brackets, an end of line only outside them."""
+    keep = set(expected)
+    inner = opened[-1].type if opened else None
+    if inner != "LPAR":
+        keep.discard("RPAR")
+    if inner != "LSQB":
+        keep.discard("RSQB")
+    if inner is None:
+        keep.discard("COMMA")
+    else:
+        keep -= _STATEMENT_END
+    return keep or set(expected)
+
+
+def _expected_words(expected: set[str]) -> list[str]:
+    """A short list in a user's words: operators are one item, not six."""
+    words = []
+    if len(expected & _BINARY) >= 2:
+        words.append("an operator")
+        expected = expected - _BINARY - _POSTFIX
+    for terminal in ("RPAR", "RSQB", "COMMA", "EQUAL", "NAME", "NUMBER", "STRING", "LPAR", "LSQB", "DOT"):
+        if terminal in expected:
+            words.append(_WORDS[terminal])
+    if expected & _STATEMENT_END:
+        words.append("the end of the line")
+    return words
+
+
+def _end_span(source: Source, last: Token | None) -> Span:
+    """Just after the last token: where the missing piece should have been."""
+    if last is None:
+        return Span(1, 1, 1, 2, 0, 0)
+    return Span(last.end_line, last.end_column, last.end_line, last.end_column + 1, last.end_pos, last.end_pos)
+
+
+def _bad_character(err: UnexpectedCharacters, source: Source) -> SpireadError:
+    pos = err.pos_in_stream
+    char = source.text[pos] if pos < len(source.text) else ""
+    span = Span(err.line, err.column, err.line, err.column + 1, pos, pos + 1)
+    if char == '"':
+        line_end = source.text.find("\n", pos)
+        line_end = len(source.text) if line_end < 0 else line_end
+        return SpireadError("unterminated string: no closing `\"` on this line",
+                            Span(err.line, err.column, err.line, err.column + line_end - pos, pos, line_end),
+                            ['a string ends with `"` on the line where it starts'])
+    hint = _CHARACTER_HINTS.get(char)
+    return SpireadError(f"unexpected character {_describe_char(char)}", span, [hint] if hint else [])
 
 
 def _syntax_error(err: UnexpectedInput, source: Source) -> SpireadError:
     if isinstance(err, UnexpectedCharacters):
-        char = source.text[err.pos_in_stream] if err.pos_in_stream < len(source.text) else ""
-        span = Span(err.line, err.column, err.line, err.column + 1, err.pos_in_stream, err.pos_in_stream + 1)
-        if char == '"':
-            return SpireadError("unterminated string", span, ["a string ends with `\"` on the same line"])
-        return SpireadError(f"unexpected character `{char}`", span)
-
+        return _bad_character(err, source)
     token = getattr(err, "token", None)
-    expected = set(getattr(err, "expected", ()) or ())
     at_end = token is None or token.type == "$END"
-    if at_end or (isinstance(err, UnexpectedEOF)):
-        pos = len(source.text)
-        lines = source.text.splitlines() or [""]
-        span = Span(len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2, pos, pos)
-    else:
-        span = Span.of_token(token)
-    if _postlexer.open and (at_end or token.type in ("RPAR", "RSQB")):
-        opener = _postlexer.open[-1]
-        closer = ")" if opener.type == "LPAR" else "]"
-        return SpireadError(f"unclosed `{opener}` opened at {opener.line}:{opener.column}",
-                            Span.of_token(opener), [f"add a `{closer}` to close it"])
-    found = "end of file" if at_end else _describe(token)
-    if expected & _EXPRESSION_STARTS and expected >= {"NUMBER", "NAME"}:
-        prev = previous_token(source, span)
-        after = f" after `{prev}`" if prev else ""
+    opened = list(_postlexer.open)
+    recent = [t for t in _postlexer.recent if at_end or t is not token]
+    previous = recent[-1] if recent else None
+    span = _end_span(source, previous) if at_end else Span.of_token(token)
+    found = _describe(None if at_end else token)
+
+    if at_end and opened:
+        return _unclosed(opened[-1])
+    if not at_end and token.type in ("RPAR", "RSQB"):
+        closer = _unmatched(token, opened)
+        if closer is not None:
+            return closer
+    expected = _plausible(set(getattr(err, "expected", ()) or ()), opened)
+    after = f" after `{previous}`" if previous is not None and previous.type != "_NL" else ""
+    if {"NAME", "NUMBER"} <= expected:
         return SpireadError(f"expected an expression{after}, found {found}", span)
-    words = sorted({_WORDS.get(e, f"`{e}`") for e in expected})
-    hint = f"; expected {', '.join(words[:-1]) + ' or ' + words[-1] if len(words) > 1 else words[0]}" if words else ""
-    return SpireadError(f"unexpected {found}{hint}", span)
+    if previous is not None and previous.type == "DOT":
+        return SpireadError(f"expected a method name after `.`, found {found}", span,
+                            ["e.g. `x.exp` or `x.pow(2)`"])
+    words = _expected_words(expected)
+    message = f"unexpected {found}{after}" + (f"; expected {_words(words)}" if words else "")
+    return SpireadError(message, span, _syntax_notes(token, previous, opened, expected))
 
 
-def previous_token(source: Source, span: Span) -> str:
-    """The last non-blank piece of text before `span` on the same line (for messages)."""
-    before = source.text[:span.start].rstrip(" \t")
-    if not before or before.endswith("\n"):
-        return ""
-    for op in ("**", "@@", "+", "-", "*", "/", "@", "=", ",", "(", "["):
-        if before.endswith(op):
-            return op
-    return ""
+def _syntax_notes(token: Token | None, previous: Token | None, opened: list[Token], expected: set[str]) -> list[str]:
+    """A hint for the usual causes of an unexpected token."""
+    if token is None or token.type == "$END":
+        return []
+    if token.type in _VALUE_TOKENS and expected & _BINARY:
+        if opened and previous is not None and token.line != previous.line:
+            return [f"is a `,` missing at the end of line {previous.line}?"]
+        if opened:
+            return ["is a `,` or an operator missing between them?"]
+        return ["two values side by side need an operator between them, e.g. `a * b`"]
+    if token.type == "EQUAL":
+        if opened:
+            return ["a `name=value` argument needs a plain name before `=`"]
+        return ["`=` binds a name and comes first on its line, e.g. `y = x * 2`; "
+                "each binding is a statement of its own"]
+    if token.type == "COMMA" and not opened:
+        return ["to make a vector, write `[1, 2]`; a statement holds one expression"]
+    return []
 
+
+def _unclosed(opener: Token) -> SpireadError:
+    closer = ")" if opener.type == "LPAR" else "]"
+    return SpireadError(f"unclosed `{opener}` opened at {opener.line}:{opener.column}",
+                        Span.of_token(opener), [f"add a `{closer}` to close it"])
+
+
+def _unmatched(token: Token, opened: list[Token]) -> SpireadError | None:
+    """A closing bracket that closes nothing, or closes the wrong thing."""
+    opener = "(" if token.type == "RPAR" else "["
+    if not opened:
+        return SpireadError(f"unmatched `{token}`: there is no `{opener}` to close", Span.of_token(token),
+                            [f"remove it, or add the `{opener}` it should close"])
+    inner = opened[-1]
+    if _BRACKETS[inner.type] != token.type:
+        closer = ")" if inner.type == "LPAR" else "]"
+        return SpireadError(f"`{token}` cannot close the `{inner}` opened at {inner.line}:{inner.column}",
+                            Span.of_token(token), [f"close the `{inner}` with `{closer}` first"],
+                            related=[(Span.of_token(inner), "opened here")])
+    return None
 
 def parse(source: Source) -> Module:
     """Parse a whole program; raises SpireadError with a located message."""
