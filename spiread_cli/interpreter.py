@@ -556,10 +556,10 @@ def _positional(self: Interpreter, name, args, keywords, call, counts, allowed_k
                            did_you_mean(sorted(extra)[0], allowed_keywords))
     if len(args) not in counts:
         if isinstance(counts, range):
-            wanted = f"at least {counts.start}"
+            wanted, most = f"at least {counts.start}", 2
         else:
-            wanted = " or ".join(str(c) for c in counts)
-        raise SpireadError(f"`{name}` takes {wanted} argument{'s' * (max(counts) != 1)}, got {len(args)}", call.span)
+            wanted, most = " or ".join(str(c) for c in counts), max(counts)
+        raise SpireadError(f"`{name}` takes {wanted} argument{'s' * (most != 1)}, got {len(args)}", call.span)
 
 
 def _sizes(self: Interpreter, name, args, call, counts=(1, 2)):
