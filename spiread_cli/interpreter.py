@@ -556,7 +556,7 @@ def _positional(self: Interpreter, name, args, keywords, call, counts, allowed_k
                            did_you_mean(sorted(extra)[0], allowed_keywords))
     if len(args) not in counts:
         if isinstance(counts, range):
-            wanted, most = f"at least {counts.start}", 2
+            wanted, most = f"at least {counts.start}", counts.start
         else:
             wanted, most = " or ".join(str(c) for c in counts), max(counts)
         raise SpireadError(f"`{name}` takes {wanted} argument{'s' * (most != 1)}, got {len(args)}", call.span)
