@@ -1,66 +1,137 @@
 """Forward mode: push tangents through the tape with each op's jvp rule.
 
 All seed directions travel together as a leading batch axis, so one sweep of
-vectorised jvp calls computes a whole block of the Jacobian; the block size is
-chosen so the tangents fit a memory budget. Forward mode costs one sweep per
-block of input entries, reverse mode one sweep in all: `benchmarks/` shows
-where each wins.
+vectorised jvp calls computes a whole block of directional derivatives; the
+block size is chosen so the live tangents fit a memory budget, and a tangent
+is freed as soon as its last consumer has run. Forward mode costs one sweep per
+block of input entries, reverse mode one sweep in all: `benchmarks/` and
+docs/forward-vs-reverse.md show where each wins.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from .diagnostics import Diagnostics
-from .tape import Tape, all_finite, describe_nonfinite
+from .tape import Node, Tape, all_finite, describe_nonfinite
 
 TANGENT_BUDGET_BYTES = 256 << 20
 
 
-def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,
-                     budget_bytes: int = TANGENT_BUDGET_BYTES) -> dict[int, np.ndarray]:
-    """The gradient of the scalar `output` with respect to each node in `wrt`."""
-    nodes = tape.nodes
-    lowest = min(wrt, default=output + 1)
-    carries = np.zeros(len(nodes), dtype=bool)
-    carries[list(wrt)] = True
-    for node in nodes[lowest:output + 1]:
-        if node.op is not None and not carries[node.id]:
-            carries[node.id] = any(carries[i] for i in node.inputs)
-    offsets = np.cumsum([0] + [nodes[i].value.size for i in wrt])
-    total = int(offsets[-1])
-    per_direction = 8 * sum(n.value.size for n in nodes[lowest:output + 1] if carries[n.id])
-    block = max(1, min(total, budget_bytes // max(per_direction, 1)))
-    flat = np.zeros(total)
-    reported = False
-    for start in range(0, total, block):
-        k = min(block, total - start)
-        seeds = {i: _seed(nodes[i].value.shape, int(offsets[p]), start, k) for p, i in enumerate(wrt)}
-        tangents: dict[int, np.ndarray] = {}
+class ForwardSweep:
+    """The part of the tape that carries tangents from the `seeded` nodes to
+    `output`, planned once and pushed through block after block."""
+
+    def __init__(self, tape: Tape, output: int, seeded: list[int]):
+        nodes = tape.nodes
+        self.nodes = nodes
+        self.output = output
+        self.seeded = set(seeded)
+        lowest = min(seeded, default=output + 1)
+        carries = np.zeros(len(nodes), dtype=bool)
+        carries[list(seeded)] = True
         for node in nodes[lowest:output + 1]:
+            if node.op is not None and not carries[node.id]:
+                carries[node.id] = any(carries[i] for i in node.inputs)
+        self.plan: list[Node] = [n for n in nodes[lowest:output + 1] if carries[n.id]]
+        # After plan[p] has run, the tangents of free_after[p] are needed no more.
+        last_use = {n.id: len(self.plan) for n in self.plan}  # never used: kept to the end
+        for p, node in enumerate(self.plan):
+            for i in node.inputs:
+                if carries[i]:
+                    last_use[i] = p
+        last_use[output] = len(self.plan)
+        self.free_after: list[list[int]] = [[] for _ in self.plan]
+        for i, p in last_use.items():
+            if p < len(self.plan):
+                self.free_after[p].append(i)
+        self.bytes_per_direction = 8 * self._peak_live_entries()
+
+    def _peak_live_entries(self) -> int:
+        """Entries of tangent alive at once, at worst, for one direction; plus
+        room for the temporaries of the largest jvp (about two results' worth)."""
+        live = peak = 0
+        for p, node in enumerate(self.plan):
+            live += node.value.size
+            peak = max(peak, live + 2 * node.value.size)
+            live -= sum(self.nodes[i].value.size for i in self.free_after[p])
+        return max(peak, 1)
+
+    def block_size(self, total: int, budget_bytes: int) -> int:
+        return max(1, min(total, budget_bytes // self.bytes_per_direction))
+
+    def push(self, seeds: dict[int, np.ndarray], diagnostics: Diagnostics | None = None) -> np.ndarray:
+        """Tangents of the output, shape (k,) + output shape, for seed tangents
+        seeds[id] of shape (k,) + that node's shape (one per seeded node)."""
+        nodes = self.nodes
+        k = next(iter(seeds.values())).shape[0]
+        tangents: dict[int, np.ndarray] = {}
+        warned = diagnostics is None
+        for p, node in enumerate(self.plan):
             ts = [tangents.get(i) for i in node.inputs]
             if node.op is None or all(t is None for t in ts):
-                if node.id in seeds:
-                    tangents[node.id] = seeds[node.id]
-                continue
-            args = [nodes[i].value for i in node.inputs]
-            with np.errstate(all="ignore"):
-                t = node.op.jvp(ts, node.value, *args, **node.params)
-            t = np.broadcast_to(t, (k,) + node.value.shape)
-            if diagnostics is not None and not reported and node.finite and \
-                    all(x is None or all_finite(x) for x in ts) and not all_finite(t):
-                diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", t[0] if k == 1 else t, []),
-                                 node.span)
-                reported = True
-            # A wrt node that is an intermediate gets its own seed on top of
-            # what flows into it, as reverse mode's adjoints add up.
-            tangents[node.id] = t + seeds[node.id] if node.id in seeds else t
-        if output in tangents:
-            flat[start:start + k] = tangents[output].reshape(k)
+                tangents[node.id] = seeds[node.id]
+            else:
+                args = [nodes[i].value for i in node.inputs]
+                with np.errstate(all="ignore"):
+                    t = node.op.jvp(ts, node.value, *args, **node.params)
+                t = np.broadcast_to(t, (k,) + node.value.shape)
+                if not warned and node.finite and all(x is None or all_finite(x) for x in ts) \
+                        and not all_finite(t):
+                    diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`",
+                                                        t[0] if k == 1 else t, []), node.span)
+                    warned = True
+                # A seeded node that is an intermediate gets its own seed on top
+                # of what flows into it, as reverse mode's adjoints add up.
+                tangents[node.id] = t + seeds[node.id] if node.id in self.seeded else t
+            for i in self.free_after[p]:
+                tangents.pop(i, None)
+        if self.output in tangents:
+            return tangents[self.output]
+        return np.zeros((k,) + nodes[self.output].value.shape)
+
+    def push_blocks(self, total: int, seed_block: Callable[[int, int], dict[int, np.ndarray]],
+                    diagnostics: Diagnostics | None = None, budget_bytes: int = TANGENT_BUDGET_BYTES) -> np.ndarray:
+        """Directional derivatives of the scalar output for `total` directions,
+        seed_block(start, k) giving directions start..start+k; shape (total,)."""
+        result = np.zeros(total)
+        block = self.block_size(total, budget_bytes)
+        for start in range(0, total, block):
+            k = min(block, total - start)
+            before = len(diagnostics.warnings) if diagnostics is not None else 0
+            result[start:start + k] = self.push(seed_block(start, k), diagnostics).reshape(k)
+            if diagnostics is not None and len(diagnostics.warnings) > before:
+                diagnostics = None  # one warning about the derivative is enough
+        return result
+
+
+def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,
+                     budget_bytes: int = TANGENT_BUDGET_BYTES) -> dict[int, np.ndarray]:
+    """The gradient of the scalar `output` with respect to each node in `wrt`:
+    one direction per input entry (rows of the identity), in blocks."""
+    nodes = tape.nodes
+    sweep = ForwardSweep(tape, output, wrt)
+    offsets = np.cumsum([0] + [nodes[i].value.size for i in wrt])
+
+    def seed_block(start: int, k: int) -> dict[int, np.ndarray]:
+        return {i: _identity_rows(nodes[i].value.shape, int(offsets[p]), start, k) for p, i in enumerate(wrt)}
+
+    flat = sweep.push_blocks(int(offsets[-1]), seed_block, diagnostics, budget_bytes)
     return {i: flat[offsets[p]:offsets[p + 1]].reshape(nodes[i].value.shape) for p, i in enumerate(wrt)}
 
 
-def _seed(shape: tuple, offset: int, start: int, k: int) -> np.ndarray:
+def directional_forward(tape: Tape, output: int, node: int, directions: np.ndarray,
+                        budget_bytes: int = TANGENT_BUDGET_BYTES) -> np.ndarray:
+    """Derivatives of the scalar `output` along each of `directions` (shape
+    (k,) + the node's shape) in the value of `node`: k Jacobian-vector products."""
+    sweep = ForwardSweep(tape, output, [node])
+    return sweep.push_blocks(len(directions), lambda start, k: {node: directions[start:start + k]},
+                             budget_bytes=budget_bytes)
+
+
+def _identity_rows(shape: tuple, offset: int, start: int, k: int) -> np.ndarray:
     """Rows start..start+k of the identity, restricted to this value's entries."""
     size = int(np.prod(shape, dtype=np.int64))
     seed = np.zeros((k, size))

@@ -1,0 +1,354 @@
+"""`spiread check`: compare AD gradients with central finite differences.
+
+For each `--wrt` value the output is re-evaluated at x ± eps·v, recomputing
+only the tape nodes downstream of that value, for every unit vector v (every
+entry) when that is affordable, else for a few random unit directions (as
+`torch.autograd.gradcheck`'s fast mode does). The same points give one-sided
+slopes, which expose kinks that central differences alone would average away
+(|x| at 0 has a central difference of 0, exactly what AD says). Forward mode
+is compared with reverse mode along the same directions.
+
+The tolerance rule (docs/check.md): an entry passes when
+
+    |ad - fd| <= tol * (|fd| + scale) + noise
+
+where `scale` is the largest |ad| among the numbers compared for that value,
+and `noise` = 64 · 2⁻⁵² · (|f(x+h)| + |f(x-h)|) / (2h) allows for rounding in
+the difference quotient.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .api import require_scalar_output, resolve_wrt
+from .diagnostics import Diagnostic, SpireadError
+from .forward import directional_forward, jacobian_forward
+from .interpreter import Run
+from .tape import Node, Tape
+
+DEFAULT_EPS = 1e-6
+DEFAULT_TOL = 1e-5
+# Every entry is checked when a value has at most this many entries and the
+# 2·n evaluations fit the time budget; otherwise DIRECTIONS random directions.
+ELEMENTWISE_MAX_ENTRIES = 1000
+ELEMENTWISE_BUDGET_SECONDS = 2.0
+DIRECTIONS = 8
+NOISE_ULPS = 64
+# A gap between the right and left slopes larger than this share of the
+# gradient's scale makes an entry a kink candidate; it is a kink when the gap
+# stays as the step shrinks 100-fold (curvature makes it shrink with the step).
+KINK_GAP = 1e-3
+KINK_SHRINK = 100
+FORWARD_TOL = 1e-8
+ULP = float(np.finfo(np.float64).eps)
+
+
+@dataclass
+class KinkSite:
+    """An op on the path from a checked value to the output whose input sits
+    exactly at a point where the op has no derivative."""
+    node: Node
+    count: int
+    size: int
+    where: tuple[int, ...]
+    value: float
+
+    def note(self) -> str:
+        span = self.node.span
+        at = f" (line {span.line}, column {span.column})" if span else ""
+        where = f" at {list(self.where)}" if self.where else ""
+        return (f"`{self.node.label}`{at} has input {self.value:g}{where} ({self.count} of {self.size} entries), "
+                "where it has no derivative: AD takes one side's slope there by convention (LANGUAGE.md §6), "
+                "finite differences see both sides; check at a point off the kink")
+
+
+@dataclass
+class ValueCheck:
+    name: str
+    shape: tuple[int, ...]
+    method: str                      # "elementwise" or "directional"
+    checked: int                     # entries, or random directions, compared
+    max_abs_error: float
+    max_rel_error: float
+    forward_vs_reverse: float        # largest |forward - reverse| among the same numbers
+    worst: tuple[int, ...] | int     # entry index (elementwise) or direction number
+    ad: float                        # reverse-mode AD at the worst entry / direction
+    fd: float                        # central finite difference there
+    ok: bool
+    problem: str | None = None       # why it failed, in words
+    kink: bool = False               # the failure is a point with no derivative
+
+    def where(self) -> str:
+        if self.method == "directional":
+            return f"`{self.name}` along random direction {self.worst} of {self.checked}"
+        return f"`{self.name}{list(self.worst) if self.worst else ''}`"
+
+    def as_json(self) -> dict:
+        from .output import json_number
+        doc = {"max_abs_error": json_number(self.max_abs_error), "max_rel_error": json_number(self.max_rel_error),
+               "ok": self.ok, "method": self.method, "checked": self.checked,
+               "forward_vs_reverse": json_number(self.forward_vs_reverse),
+               "ad": json_number(self.ad), "fd": json_number(self.fd)}
+        if self.method == "directional":
+            doc["worst_direction"] = self.worst
+        else:
+            doc["worst_entry"] = list(self.worst)
+        doc["problem"] = self.problem
+        return doc
+
+
+@dataclass
+class CheckReport:
+    output_name: str
+    value: float
+    eps: float
+    tol: float
+    results: dict[str, ValueCheck]
+    kink_sites: list[KinkSite] = field(default_factory=list)
+    problem: str | None = None       # about the whole check (a non-finite output)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None and all(r.ok for r in self.results.values())
+
+    def failures(self, run: Run) -> list[Diagnostic]:
+        """One located error per failed value, with kink notes where they apply."""
+        out = []
+        if self.problem:  # then every value fails for the same reason: say it once
+            return [Diagnostic("error", self.problem, run.tape.nodes[run.output].span)]
+        for result in self.results.values():
+            if result.ok:
+                continue
+            notes = [site.note() for site in self.kink_sites]
+            if result.kink and not notes:
+                notes = ["the slopes to either side differ: the function has a kink here"]
+            span = self.kink_sites[0].node.span if notes and self.kink_sites else run.binding_spans.get(result.name)
+            out.append(Diagnostic("error", f"gradient check failed for {result.where()}: {result.problem}",
+                                  span, tuple(notes)))
+        return out
+
+
+class Probe:
+    """Evaluates the output with one node's value replaced, recomputing only
+    the nodes between it and the output that depend on it; `restore` puts
+    every value back."""
+
+    def __init__(self, tape: Tape, node_id: int, output: int):
+        nodes = tape.nodes
+        self.nodes = nodes
+        self.node = nodes[node_id]
+        self.output = nodes[output]
+        moved = {node_id}
+        self.chain = []
+        for node in nodes[node_id + 1:output + 1]:
+            if node.op is not None and any(i in moved for i in node.inputs):
+                moved.add(node.id)
+                self.chain.append(node)
+        self.saved = [(n, n.value) for n in [self.node] + self.chain]
+
+    def __call__(self, value: np.ndarray) -> float:
+        self.node.value = value
+        with np.errstate(all="ignore"):
+            for node in self.chain:
+                node.value = np.asarray(node.op.forward(*(self.nodes[i].value for i in node.inputs), **node.params),
+                                        dtype=np.float64)
+        return float(self.output.value)
+
+    def restore(self) -> None:
+        for node, value in self.saved:
+            node.value = value
+
+
+def check_gradients(run: Run, wrt: list[str] | None = None, eps: float | None = None, tol: float | None = None,
+                    max_entries: int = ELEMENTWISE_MAX_ENTRIES, directions: int = DIRECTIONS,
+                    seed: int = 0) -> CheckReport:
+    """Check reverse-mode (and forward-mode) gradients of the run's scalar
+    output against central finite differences, value by value."""
+    eps = DEFAULT_EPS if eps is None else eps
+    tol = DEFAULT_TOL if tol is None else tol
+    if not (np.isfinite(eps) and eps > 0):
+        raise SpireadError(f"`--eps {eps:g}`: the step must be a positive number", exit_code=2)
+    if not (np.isfinite(tol) and tol > 0):
+        raise SpireadError(f"`--tol {tol:g}`: the tolerance must be a positive number", exit_code=2)
+    require_scalar_output(run)
+    names = resolve_wrt(run, wrt)
+    ids = [run.bindings[n] for n in names]
+    tape = run.tape
+    reverse = tape.backward(run.output, ids, run.diagnostics)
+    f0 = float(tape.nodes[run.output].value)
+    problem = None
+    if not np.isfinite(f0):
+        problem = (f"the output `{run.output_name}` is {f0:g}: finite differences need a finite output, "
+                   "so its gradients cannot be checked here")
+    rng = np.random.default_rng(seed)
+    results = {name: _check_value(tape, run.output, name, i, reverse[i], f0, eps, tol, max_entries, directions, rng)
+               for name, i in zip(names, ids)}
+    failed = [run.bindings[name] for name, r in results.items() if not r.ok]
+    return CheckReport(run.output_name, f0, eps, tol, results, kink_sites(tape, failed, run.output), problem)
+
+
+def _check_value(tape: Tape, output: int, name: str, node_id: int, grad: np.ndarray, f0: float, eps: float,
+                 tol: float, max_entries: int, directions: int, rng: np.random.Generator) -> ValueCheck:
+    x = tape.nodes[node_id].value
+    probe = Probe(tape, node_id, output)
+    try:
+        started = time.perf_counter()
+        probe(x)
+        seconds = time.perf_counter() - started
+        elementwise = x.size <= max_entries and 2 * x.size * seconds <= ELEMENTWISE_BUDGET_SECONDS
+        probe.restore()
+        if elementwise:
+            count = x.size
+            ad = grad.ravel().astype(np.float64)
+            fwd = jacobian_forward(tape, output, [node_id])[node_id].ravel()
+
+            def moved(j: int, h: float) -> np.ndarray:
+                y = x.copy()
+                y.flat[j] += h
+                return y
+        else:
+            count = directions
+            v = rng.standard_normal((directions, x.size))
+            v /= np.linalg.norm(v, axis=1, keepdims=True)
+            v = v.reshape((directions,) + x.shape)
+            ad = np.array([np.sum(grad * d) for d in v])
+            fwd = directional_forward(tape, output, node_id, v)
+
+            def moved(j: int, h: float) -> np.ndarray:
+                return x + h * v[j]
+
+        def differences(h: float, which) -> tuple[np.ndarray, np.ndarray]:
+            plus = np.array([probe(moved(j, h)) for j in which])
+            minus = np.array([probe(moved(j, -h)) for j in which])
+            return plus, minus
+
+        plus, minus = differences(eps, range(count))
+        with np.errstate(all="ignore"):
+            fd = (plus - minus) / (2 * eps)
+            gap = (plus - 2 * f0 + minus) / eps                  # right slope minus left slope
+            noise = NOISE_ULPS * ULP * (np.abs(plus) + np.abs(minus)) / (2 * eps)
+            finite_ad = np.abs(ad[np.isfinite(ad)])
+            scale = float(finite_ad.max()) if finite_ad.size else 0.0
+            candidates = np.flatnonzero((np.abs(gap) > KINK_GAP * (scale + np.abs(fd))) & (np.abs(gap) > 4 * noise))
+            kink = np.zeros(count, dtype=bool)
+            if candidates.size:
+                h = eps / KINK_SHRINK
+                p2, m2 = differences(h, candidates)
+                gap2 = (p2 - 2 * f0 + m2) / h
+                kink[candidates] = (np.abs(gap2) > 0.5 * np.abs(gap[candidates])) & \
+                    (np.abs(gap2) > 4 * KINK_SHRINK * noise[candidates])
+            err = np.abs(ad - fd)
+            allowed = tol * (np.abs(fd) + scale) + noise
+            rel = np.where(err == 0, 0.0, err / (np.abs(fd) + scale))
+            fvr = np.where(fwd == ad, 0.0, np.abs(fwd - ad))
+            fvr_bad = ~(fvr <= FORWARD_TOL * (scale + np.abs(ad)))
+            nonfinite = ~(np.isfinite(ad) & np.isfinite(fd))
+            bad = ~(err <= allowed) | kink | nonfinite
+            ratio = np.where(err == 0, 0.0, err / allowed)
+    finally:
+        probe.restore()
+
+    if nonfinite.any():
+        j = int(np.flatnonzero(nonfinite)[0])
+    elif kink.any():
+        j = int(np.flatnonzero(kink)[0])
+    elif fvr_bad.any() and not bad.any():
+        j = int(np.flatnonzero(fvr_bad)[0])
+    else:
+        j = int(np.nanargmax(np.where(np.isnan(ratio), np.inf, ratio))) if count else 0
+    worst = (tuple(int(i) for i in np.unravel_index(j, x.shape)) if x.ndim else ()) if elementwise else j
+    result = ValueCheck(name, x.shape, "elementwise" if elementwise else "directional", count,
+                        _max(err), _max(rel), _max(fvr), worst,
+                        float(ad[j]) if count else 0.0, float(fd[j]) if count else 0.0, ok=True)
+    if bad.any() or fvr_bad.any():
+        result.ok = False
+        result.kink = bool(kink[j])
+        if not np.isfinite(ad[j]):
+            result.problem = f"the AD gradient is {ad[j]:g} there"
+        elif not np.isfinite(fd[j]):
+            result.problem = (f"finite differences give {fd[j]:g} there: the output is not finite "
+                              f"a step of {eps:g} away in that direction")
+        elif kink[j]:
+            result.problem = (f"not differentiable there: the slope is {(plus[j] - f0) / eps:.6g} to the right and "
+                              f"{(f0 - minus[j]) / eps:.6g} to the left; AD gives {ad[j]:.6g}, "
+                              f"central differences {fd[j]:.6g}")
+        elif bad[j]:
+            result.problem = (f"AD gives {ad[j]:.6g} but finite differences {fd[j]:.6g} "
+                              f"(error {err[j]:.3g}, allowed {allowed[j]:.3g})")
+        else:
+            result.problem = f"forward mode gives {fwd[j]:.17g} but reverse mode {ad[j]:.17g}"
+    return result
+
+
+def _max(a: np.ndarray) -> float:
+    """The largest entry; nan if any entry is nan (a failed comparison must show)."""
+    if a.size == 0:
+        return 0.0
+    return float(np.nan) if np.isnan(a).any() else float(a.max())
+
+
+def kink_sites(tape: Tape, wrt: list[int], output: int) -> list[KinkSite]:
+    """Ops between the `wrt` nodes and the output whose input sits exactly at a kink."""
+    nodes = tape.nodes
+    if not wrt:
+        return []
+    downstream = np.zeros(len(nodes), dtype=bool)
+    downstream[wrt] = True
+    for node in nodes[min(wrt):output + 1]:
+        if node.op is not None and not downstream[node.id]:
+            downstream[node.id] = any(downstream[i] for i in node.inputs)
+    upstream = np.zeros(len(nodes), dtype=bool)
+    upstream[output] = True
+    for node in reversed(nodes[:output + 1]):
+        if upstream[node.id]:
+            upstream[list(node.inputs)] = True
+    sites = []
+    for node in nodes[:output + 1]:
+        if node.op is None or node.op.kink is None or not (downstream[node.id] and upstream[node.id]):
+            continue
+        x = nodes[node.inputs[0]].value
+        mask = np.asarray(node.op.kink(x, **node.params))
+        if mask.any():
+            where = tuple(int(i) for i in np.argwhere(mask)[0]) if x.ndim else ()
+            sites.append(KinkSite(node, int(mask.sum()), x.size, where, float(x[where])))
+    return sites
+
+
+def check_table(report: CheckReport):
+    """The report for people: one row per value, then a verdict line."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from .output import short_shape
+
+    table = Table(title=f"gradient check of `{report.output_name}` = {report.value:.10g}  "
+                        f"(central differences, eps {report.eps:g}, tol {report.tol:g})",
+                  title_justify="left", header_style="bold")
+    for column in ("value", "shape", "compared", "max abs error", "max rel error", "worst", "AD", "finite diff",
+                   "forward − reverse", ""):
+        table.add_column(column, justify="right" if column not in ("value", "compared", "worst", "") else "left")
+    for r in report.results.values():
+        compared = (f"{r.checked} entr{'y' if r.checked == 1 else 'ies'}" if r.method == "elementwise"
+                    else f"{r.checked} random directions")
+        worst = (str(list(r.worst)) if r.worst else "·") if r.method == "elementwise" else f"direction {r.worst}"
+        table.add_row(r.name, short_shape(r.shape), compared, f"{r.max_abs_error:.2e}", f"{r.max_rel_error:.2e}",
+                      worst, f"{r.ad:.6g}", f"{r.fd:.6g}", f"{r.forward_vs_reverse:.1e}",
+                      Text("ok", style="bold green") if r.ok else Text("FAIL", style="bold red"))
+    lines = [table]
+    directional = [f"`{r.name}` ({int(np.prod(r.shape))} entries)" for r in report.results.values()
+                   if r.method == "directional"]
+    if directional:
+        lines.append(Text("directional mode: " + ", ".join(directional) + " would take too long to check entry by "
+                          "entry, so derivatives along random unit directions were compared instead"))
+    failed = [n for n, r in report.results.items() if not r.ok]
+    if report.ok:
+        lines.append(Text(f"check passed: {len(report.results)} value(s) agree", style="bold green"))
+    else:
+        lines.append(Text("check FAILED" + (": " + ", ".join(f"`{n}`" for n in failed) if failed else ""),
+                          style="bold red"))
+    return Group(*lines)
