@@ -88,9 +88,10 @@ class Tape:
         if inputs_finite and not node.finite and diagnostics is not None:
             diagnostics.warn(describe_nonfinite(f"`{node.label}`", node.value, args), node.span)
 
-    def replay(self, diagnostics: Diagnostics | None = None, start: int = 0) -> None:
-        """Recompute every op node from `start` on from the current leaf values."""
-        for node in self.nodes[start:]:
+    def replay(self, diagnostics: Diagnostics | None = None, start: int = 0, stop: int | None = None) -> None:
+        """Recompute the op nodes from `start` up to (not including) `stop`
+        from the current leaf values."""
+        for node in self.nodes[start:stop]:
             if node.op is not None:
                 self._compute(node, diagnostics)
 

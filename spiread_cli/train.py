@@ -1,0 +1,311 @@
+"""Training: a program is parsed and recorded once, then forward, backward and
+an optimizer step are repeated on the tape with new leaf values.
+
+    >>> from spiread_cli import api, train, optim
+    >>> run = api.run_file("examples/regression.ad")
+    >>> result = train.train(run, ["weights"], 100, optim.SGD(0.01))
+    >>> result.losses[0], result.values["weights"]
+
+The loss reported for a step is the one computed before that step's update.
+Output files (the `.npz` of trained values, the CSV log, the plot) are written
+whole or not at all: to a temporary file in the same folder, then renamed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .api import require_scalar_output, resolve_wrt
+from .diagnostics import Diagnostics, SpireadError, shape_str, usage_error
+from .interpreter import Run
+from .tape import all_finite, describe_nonfinite
+
+
+@dataclass
+class TrainResult:
+    names: list[str]                      # the trained values, in --wrt order
+    losses: list[float]                   # one per completed step, before its update
+    values: dict[str, np.ndarray]         # what to keep (see `train`)
+    status: str                           # "done", "interrupted" or "stopped" (an error)
+    seconds: float
+    error: SpireadError | None = None
+
+
+def trainable_names(run: Run, wrt: list[str]) -> list[str]:
+    """The --wrt names, checked: train can only change values that are bound to
+    constants (inputs); anything computed is recomputed from them each step."""
+    names = resolve_wrt(run, wrt)
+    for name in names:
+        node = run.node(name)
+        if node.kind != "input":
+            raise usage_error(f"`--wrt {name}`: `{name}` is computed from other values, so training cannot set it",
+                              [f"train a value bound to a constant, e.g. `{name}0 = randn(…)`, and compute `{name}` from it"])
+    return names
+
+
+def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = False,
+          on_step: Callable[[int, float], None] | None = None,
+          stop_requested: Callable[[], bool] = lambda: False) -> TrainResult:
+    """Run `steps` steps of forward, backward and `optimizer.step` on the `wrt` values.
+
+    Stops early when `stop_requested()` turns true (after the step in
+    progress), or with `result.error` set when the loss or a gradient is not
+    finite (or, with `strict`, on any warning). `result.values` is what to
+    keep: after a normal or requested stop, the values after the last update;
+    after an error, the values at which the last finite loss was computed.
+    """
+    require_scalar_output(run)
+    names = trainable_names(run, wrt)
+    ids = [run.bindings[n] for n in names]
+    nodes = run.tape.nodes
+    output = nodes[run.output]
+    # Nodes before the first trained value cannot depend on it, and nodes after
+    # the output do not feed it: a step recomputes only what lies between.
+    start, stop = min(ids), run.output + 1
+    values = {n: nodes[i].value for n, i in zip(names, ids)}
+    previous = values
+    losses: list[float] = []
+    began = time.perf_counter()
+
+    def finish(status, kept, error=None, kept_note=None):
+        if error is not None:
+            error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + (kept_note,))
+        return TrainResult(names, losses, kept, status, time.perf_counter() - began, error)
+
+    for step in range(1, steps + 1):
+        diagnostics = Diagnostics()
+        if step > 1:  # the first forward pass is the one recorded when the program ran
+            run.tape.replay(diagnostics, start, stop)
+        loss = float(output.value)
+        if not math.isfinite(loss):
+            kept = previous if step > 1 else values
+            return finish("stopped", kept, _nonfinite_loss(run, step, loss), _kept_note(step - 1, losses))
+        grads_by_id = run.tape.backward(run.output, ids, diagnostics)
+        losses.append(loss)
+        bad = [n for n, i in zip(names, ids) if not all_finite(grads_by_id[i])]
+        if bad:
+            return finish("stopped", values, _nonfinite_gradient(step, loss, bad[0], diagnostics),
+                          _kept_note(step, losses))
+        warnings = (run.diagnostics.warnings if step == 1 else []) + diagnostics.warnings
+        if strict and warnings:
+            first = warnings[0]
+            return finish("stopped", values,
+                          SpireadError(f"training stopped at step {step}: {first.message}", first.span, first.notes),
+                          _kept_note(step, losses))
+        previous = values
+        values = optimizer.step(values, {n: grads_by_id[i] for n, i in zip(names, ids)})
+        for name, i in zip(names, ids):
+            nodes[i].value = values[name]
+            nodes[i].finite = all_finite(values[name])
+        if on_step is not None:
+            on_step(step, loss)
+        if stop_requested():
+            return finish("interrupted", values)
+    return finish("done", values)
+
+
+def _kept_note(step: int, losses: list[float]) -> str:
+    if step == 0:
+        return "the values kept are the starting ones"
+    return f"the values kept are those of step {step}, whose loss was {losses[step - 1]:.6g}"
+
+
+def _nonfinite_loss(run: Run, step: int, loss: float) -> SpireadError:
+    """Name the first node, in evaluation order, whose value went non-finite
+    although its inputs were finite: where the inf or nan was born."""
+    message = f"training stopped at step {step}: the loss is {loss:g}"
+    for node in run.tape.nodes[:run.output + 1]:
+        if node.finite:
+            continue
+        if node.op is None:
+            what = f"`{node.name or node.text}`" + (" (a trained value)" if node.kind == "input" else "")
+            return SpireadError(f"{message}; {what} holds non-finite entries", node.span)
+        args = [run.tape.nodes[i] for i in node.inputs]
+        if all(a.finite for a in args):
+            detail = describe_nonfinite(f"`{node.label}`", node.value, [a.value for a in args])
+            return SpireadError(f"{message}; {detail}", node.span,
+                                ["a smaller --lr often keeps the values in range"] if step > 1 else [])
+    return SpireadError(message, run.tape.nodes[run.output].span)
+
+
+def _nonfinite_gradient(step: int, loss: float, name: str, diagnostics: Diagnostics) -> SpireadError:
+    message = f"training stopped at step {step}: the gradient of `{name}` is not finite (the loss was {loss:.6g})"
+    born = diagnostics.warnings[-1] if diagnostics.warnings else None  # the backward sweep's warning
+    if born is None:
+        return SpireadError(message)
+    return SpireadError(f"{message}; {born.message}", born.span, born.notes)
+
+
+# ------------------------------------------------------------ Ctrl-C
+
+
+@contextmanager
+def stop_on_interrupt(notice: Callable[[], None] = lambda: None):
+    """While active, the first Ctrl-C asks training to stop after the step in
+    progress (yields the question `stop requested?`); a second one interrupts
+    at once with KeyboardInterrupt."""
+    requested = False
+
+    def handler(signum, frame):
+        nonlocal requested
+        if requested:
+            raise KeyboardInterrupt
+        requested = True
+        notice()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ------------------------------------------------------------ output files
+
+
+def check_output_path(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
+    """Refuse, before training, an output path that cannot be written."""
+    if path.suffix.lower() not in suffixes:
+        raise usage_error(f"`{option} {path}`: the file name must end in {' or '.join(suffixes)}",
+                          [f"e.g. `{option} {path.with_suffix(suffixes[0]).name}`"])
+    folder = path.parent
+    if not folder.is_dir():
+        raise usage_error(f"`{option} {path}`: the folder `{folder}` does not exist")
+    if path.is_dir():
+        raise usage_error(f"`{option} {path}`: it is a directory")
+    if not os.access(folder, os.W_OK):
+        raise usage_error(f"`{option} {path}`: cannot write to the folder `{folder}`")
+
+
+@contextmanager
+def atomic_output(path: Path):
+    """Yield a binary file object whose contents replace `path` only once the
+    block completes: a crash, a Ctrl-C or an error leaves `path` as it was."""
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def save_values(path: Path, values: dict[str, np.ndarray]) -> None:
+    """An `.npz` archive keyed by name, as `--set NAME=PATH.npz` reads it."""
+    with atomic_output(path) as f:
+        np.savez(f, **values)
+
+
+def write_log(path: Path, losses: list[float]) -> None:
+    """`step,loss` per completed step, steps counted from 1."""
+    lines = ["step,loss"] + [f"{step},{loss!r}" for step, loss in enumerate(losses, start=1)]
+    with atomic_output(path) as f:
+        f.write(("\n".join(lines) + "\n").encode())
+
+
+def plot_available() -> bool:
+    from importlib.util import find_spec
+    return find_spec("matplotlib") is not None
+
+
+def plot_losses(path: Path, losses: list[float], title: str) -> None:
+    """A PNG of the loss curve (needs the optional `plot` extra: matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    axes.plot(range(1, len(losses) + 1), losses, color="#1f77b4", linewidth=1.8)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    with atomic_output(path) as f:
+        figure.savefig(f, format="png")
+
+
+# ------------------------------------------------------------ progress and summary
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(losses: list[float], width: int = 24) -> str:
+    """The loss curve in one line of block characters (a terminal plot)."""
+    if len(losses) < 2:
+        return ""
+    picks = np.asarray(losses)[np.linspace(0, len(losses) - 1, min(width, len(losses))).round().astype(int)]
+    low, high = picks.min(), picks.max()
+    if high == low:
+        return SPARKS[0] * len(picks)
+    levels = ((picks - low) / (high - low) * (len(SPARKS) - 1)).round().astype(int)
+    return "".join(SPARKS[k] for k in levels)
+
+
+class StepReporter:
+    """Progress on stderr: a rich bar (step, loss, steps/s, ETA) on a terminal,
+    else a plain line every tenth of the run."""
+
+    def __init__(self, steps: int, live: bool | None = None):
+        self.steps = steps
+        self.live = sys.stderr.isatty() if live is None else live
+        self.every = max(1, steps // 10)
+        self.began = time.perf_counter()
+        self.bar = None
+
+    def __enter__(self):
+        if self.live:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            from .output import stderr_console
+            self.bar = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(),
+                                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                console=stderr_console())
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=self.steps, loss="…", rate="")
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, step: int, loss: float) -> None:
+        rate = step / max(time.perf_counter() - self.began, 1e-9)
+        speed = f"{rate:.1f} steps/s" if rate >= 1 else f"{1 / rate:.2f} s a step"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=f"{loss:.6g}", rate=speed)
+        elif step % self.every == 0 or step == self.steps or step == 1:
+            print(f"step {step}/{self.steps}  loss {loss:.6g}  {speed}", file=sys.stderr, flush=True)
+
+    def say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+
+def summary(result: TrainResult, run: Run, steps: int, optimizer) -> str:
+    shapes = ", ".join(f"{n} ({shape_str(result.values[n].shape)})" for n in result.names)
+    done = len(result.losses)
+    per_step = result.seconds / done if done else 0.0
+    head = f"trained {shapes} with {optimizer.describe()}: {done} step{'s' * (done != 1)}"
+    if result.status == "interrupted":
+        head = f"interrupted: {head} of {steps}"
+    lines = [f"{head} in {result.seconds:.3g} s ({per_step * 1000:.3g} ms a step)"]
+    if result.losses:
+        lines.append(f"{run.output_name}: {result.losses[0]:.6g} → {result.losses[-1]:.6g}  {sparkline(result.losses)}")
+    return "\n".join(lines)
