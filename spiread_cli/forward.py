@@ -80,8 +80,9 @@ class ForwardSweep:
                 t = np.broadcast_to(t, (k,) + node.value.shape)
                 if not warned and node.finite and all(x is None or all_finite(x) for x in ts) \
                         and not all_finite(t):
-                    diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`",
-                                                        t[0] if k == 1 else t, []), node.span)
+                    direction = int(np.argwhere(~np.isfinite(t))[0][0])  # the first seed that met it
+                    diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", t[direction], args),
+                                     node.span)
                     warned = True
                 # A seeded node that is an intermediate gets its own seed on top
                 # of what flows into it, as reverse mode's adjoints add up.

@@ -50,10 +50,11 @@ def first_bad(value: np.ndarray) -> tuple[int, tuple[int, ...], float]:
 
 def describe_nonfinite(what: str, value: np.ndarray, inputs: list[np.ndarray]) -> str:
     count, where, bad = first_bad(value)
-    message = f"{what} gave {_fmt_float(bad)} at {count} of {value.size} entries"
-    if value.ndim:
-        message += f", first at {list(where)}"
     ins = [x for x in inputs if x.shape == value.shape]
+    if value.ndim == 0:
+        message = f"{what} gave {_fmt_float(bad)}"
+        return message + (f"; its input was {_fmt_float(float(ins[0]))}" if len(ins) == 1 else "")
+    message = f"{what} gave {_fmt_float(bad)} at {count} of {value.size} entries, first at {list(where)}"
     if len(ins) == 1:
         message += f"; its input was {_fmt_float(float(ins[0][where]))} there"
     return message
