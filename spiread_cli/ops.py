@@ -419,3 +419,53 @@ defop("stack", lambda *xs, axis: np.stack(xs, axis=axis),
       vjp=lambda i, g, out, *xs, axis: np.take(g, i, axis=axis),
       jvp=_stack_jvp,
       shape=_stack_shape, methods=())
+
+
+# ------------------------------------------------------------- fused ops
+# Never written in a program: spiread_cli/rewrite.py puts them on a tape in
+# place of the slower patterns named below.
+
+
+def _scatter_rows(g: np.ndarray, index: np.ndarray, rows: int) -> np.ndarray:
+    """The sum of the rows of `g` that `index` sends to each of `rows` rows
+    (np.add.at's result). bincount over flat positions is several times
+    faster than np.add.at or a one-hot matmul."""
+    if g.ndim == 1:
+        return np.bincount(index, weights=g, minlength=rows)
+    k = g.shape[1]
+    flat = (index[:, None] * k + np.arange(k)).ravel()
+    return np.bincount(flat, weights=g.ravel(), minlength=rows * k).reshape(rows, k)
+
+
+# `onehot(labels, n) @@ W` with a constant one-hot: a row gather, W[index].
+defop("gatherRows", lambda x, index: np.take(x, index, axis=0),
+      vjp=lambda i, g, out, x, index: _scatter_rows(g, index, x.shape[0]),
+      jvp=lambda ts, out, x, index: np.take(ts[0], index, axis=1),
+      shape=lambda s, index: (len(index),) + s[1:], methods=())
+
+
+def _log_sum_exp(z):
+    m = np.max(z, axis=-1, keepdims=True)
+    return (m + np.log(_row_total(np.exp(z - m))))[..., 0]
+
+
+def _mean_log_softmax_pick(z, rows, cols):
+    return np.mean(z[rows, cols] - _log_sum_exp(z)[rows])
+
+
+def _mean_log_softmax_pick_grad(z, rows, cols):
+    """d/dz of mean(log softmax(z)[rows, cols]): (picks − counts · softmax(z)) / n,
+    where counts[r] is how often row r is picked."""
+    n = len(rows)
+    counts = np.bincount(rows, minlength=z.shape[0])
+    picks = np.bincount(rows * z.shape[1] + cols, minlength=z.size).reshape(z.shape)
+    return (picks - counts[:, None] * _softmax(z)) / n
+
+
+# `softmaxRows(z)` (or `exp` → `normaliseRowsL1`) → pick (rows, cols) → `log`
+# → `mean`, and `logSoftmaxRows(z)` → pick → `mean`: the mean log-likelihood
+# (minus the cross-entropy), computed with log-sum-exp so it stays finite.
+defop("meanLogSoftmaxPick", _mean_log_softmax_pick,
+      vjp=lambda i, g, out, z, rows, cols: g * _mean_log_softmax_pick_grad(z, rows, cols),
+      jvp=lambda ts, out, z, rows, cols: batch_sum(ts[0] * _mean_log_softmax_pick_grad(z, rows, cols)),
+      shape=scalar_shape, methods=())

@@ -1,0 +1,68 @@
+"""Shared pieces of the benchmark harness: timing, peak memory, peers.
+
+Every workload module exposes `implementations(ctx)`: a dict from
+implementation name to a zero-argument *factory*; calling the factory does
+the set-up (compile, jit, build arrays) and returns `step()`, one timed unit
+of work. Peers whose library is not installed are simply absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = ROOT.parent / "shared" / "data" / "names.txt"
+
+
+def have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def time_steps(step, repeats: int, warmup: int = 2) -> float:
+    """Median seconds per call of `step` after `warmup` untimed calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc), in MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_rss_in_child(workload: str, impl: str, steps: int = 3) -> dict:
+    """Peak RSS of one implementation, in a fresh process (a peak never goes
+    down, so each implementation needs its own). `base` is the RSS after the
+    imports and before the work; `peak - base` is what the work itself costs."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--rss-child", workload, impl,
+                          str(steps)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def blas_kernel() -> str:
+    """Which BLAS numpy runs and its kernel (OPENBLAS_CORETYPE changes it)."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "unknown (threadpoolctl not installed)"
+    infos = threadpoolctl.threadpool_info()
+    return ", ".join(f"{i['internal_api']} {i.get('architecture', '?')} ×{i['num_threads']}" for i in infos
+                     if i.get("user_api") == "blas") or "none found"

@@ -1,0 +1,208 @@
+"""Graph rewrites: a recorded tape, specialised to one output and its
+gradient, with slow patterns replaced by fused ops (spiread_cli/ops.py).
+
+`optimize(tape, output, wrt)` rewrites the tape *in place*, keeping node ids,
+so a caller that replays it (`train`, the benchmarks) changes nothing else.
+It assumes what `train` guarantees: between replays only the `wrt` leaves
+change. Afterwards only the output, the `wrt` nodes, the leaves and what the
+output still needs are kept current; every other node is dropped (its value
+freed), named intermediates included.
+
+The rules, each proved equal to the unfused path in tests/test_rewrite.py:
+
+- `onehot @@ W` with a constant one-hot matrix is a row gather `W[labels]`,
+  whose backward is a scatter-add (`gatherRows`).
+- `exp` → `normaliseRowsL1` is `softmaxRows`, computed stably.
+- `select(rows, cols)` → `mapRowsToScalar(sum)`, one pick per row, is the
+  gather `arrange`.
+- A row-wise op of a row gather is the gather of the row-wise op, computed on
+  the smaller source: `softmax(W[labels]) = softmax(W)[labels]`. Applied only
+  when the gather makes more rows than its source has.
+- A pick from a row gather is a pick from its source.
+- `softmaxRows` → pick → `log` → `mean` (and `logSoftmaxRows` → pick →
+  `mean`) is the mean log-likelihood, computed with log-sum-exp
+  (`meanLogSoftmaxPick`).
+
+A rewrite only fuses nodes whose values nothing else needs: an interior node
+that is the output, a `wrt` node, or used twice blocks it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .ops import OPS
+from .tape import Node, Tape
+
+# Ops that act on each row of a matrix on its own: they commute with a row gather.
+ROW_WISE = {"exp", "log", "sin", "cos", "tan", "tanh", "sinh", "cosh", "sqrt", "abs", "square", "sigmoid",
+            "relu", "log1p", "neg", "normaliseRowsL1", "normaliseRowsL2", "softmaxRows", "logSoftmaxRows"}
+
+
+def optimize(tape: Tape, output: int, wrt: list[int], hoist: bool = True) -> Tape:
+    """Rewrite `tape` in place for computing `output` and its gradient with
+    respect to the nodes `wrt`; returns the same tape. `hoist=False` keeps
+    every gather where it was written (the benchmarks measure both)."""
+    Rewriter(tape, output, set(wrt), hoist).run()
+    tape.replay()  # the rewritten nodes' values, so backward may run before the next replay
+    return tape
+
+
+class Rewriter:
+    def __init__(self, tape: Tape, output: int, wrt: set[int], hoist: bool = True):
+        self.nodes = tape.nodes
+        self.hoist = hoist
+        self.output = output
+        self.wrt = wrt
+        self.users: list[int] = []
+        # Values go stale as nodes are rewritten; shapes are kept current.
+        self.shapes = [None if node.value is None else node.value.shape for node in self.nodes]
+
+    def run(self) -> None:
+        local = (self.onehot_matmul, self.exp_normalise, self.select_row_sum)
+        # Fuse each pattern where it was written first, so that hoisting moves
+        # whole fused ops (a softmax) rather than their pieces.
+        for rules in (local, local + (self.hoist_row_wise, self.pick_of_gather, self.log_likelihood)):
+            changed = True
+            while changed:
+                self.count_users()
+                changed = False
+                for node in self.nodes[:self.output + 1]:
+                    if node.op is not None and self.live[node.id] and any(rule(node) for rule in rules):
+                        changed = True
+                        self.count_users()
+        self.drop_unused()
+
+    # ------------------------------------------------------------ helpers
+
+    def count_users(self) -> None:
+        """How many live nodes read each node (the output counts as a user of itself)."""
+        live = np.zeros(len(self.nodes), dtype=bool)
+        live[self.output] = True
+        users = [0] * len(self.nodes)
+        for node in reversed(self.nodes[:self.output + 1]):
+            if live[node.id]:
+                for i in node.inputs:
+                    live[i] = True
+                    users[i] += 1
+        users[self.output] += 1
+        self.live = live
+        self.users = users
+
+    def fusable(self, i: int, op_name: str | None = None) -> Node | None:
+        """Node `i`, if it is an op node (named `op_name`) whose value only one
+        node reads and nobody asked for."""
+        node = self.nodes[i]
+        if node.op is None or (op_name and node.op.name != op_name):
+            return None
+        if self.users[i] != 1 or i in self.wrt or i == self.output:
+            return None
+        return node
+
+    def replace(self, node: Node, op_name: str, inputs: tuple[int, ...], params: dict, label: str) -> bool:
+        node.op, node.inputs, node.params, node.label = OPS[op_name], inputs, params, label
+        self.shapes[node.id] = node.op.shape(*(self.shapes[i] for i in inputs), **params)
+        return True
+
+    def fixed(self, i: int) -> bool:
+        """A leaf whose value stays as it is between replays."""
+        node = self.nodes[i]
+        return node.op is None and i not in self.wrt and node.value is not None
+
+    # -------------------------------------------------------------- rules
+
+    def onehot_matmul(self, node: Node) -> bool:
+        if node.op.name != "matmul" or not self.fixed(node.inputs[0]):
+            return False
+        a = self.nodes[node.inputs[0]].value
+        if a.ndim != 2 or len(self.shapes[node.inputs[1]]) != 2:
+            return False
+        labels = one_hot_labels(a)
+        if labels is None:
+            return False
+        return self.replace(node, "gatherRows", (node.inputs[1],), {"index": labels}, "gather rows (one-hot @@)")
+
+    def exp_normalise(self, node: Node) -> bool:
+        if node.op.name != "normaliseRowsL1":
+            return False
+        exp = self.fusable(node.inputs[0], "exp")
+        if exp is None:
+            return False
+        return self.replace(node, "softmaxRows", exp.inputs, {}, "softmax (exp → normaliseRowsL1)")
+
+    def select_row_sum(self, node: Node) -> bool:
+        if node.op.name != "rowSum":
+            return False
+        select = self.fusable(node.inputs[0], "select")
+        if select is None:
+            return False
+        rows, cols = select.params["rows"], select.params["cols"]
+        m = self.shapes[select.inputs[0]][0]
+        rows = np.where(rows < 0, rows + m, rows)
+        if len(rows) != m or not np.array_equal(np.sort(rows), np.arange(m)):
+            return False  # only one pick in every row makes the row sum that pick
+        picked = np.empty(m, dtype=np.intp)
+        picked[rows] = cols
+        return self.replace(node, "arrange", select.inputs, {"rows": np.arange(m), "cols": picked},
+                            "pick (select → mapRowsToScalar(sum))")
+
+    def hoist_row_wise(self, node: Node) -> bool:
+        if not self.hoist or node.op.name not in ROW_WISE or node.params:
+            return False
+        gather = self.fusable(node.inputs[0], "gatherRows")
+        if gather is None:
+            return False
+        index = gather.params["index"]
+        if len(index) <= self.shapes[gather.inputs[0]][0]:
+            return False  # it pays only when the gather makes more rows than its source has
+        # The gather's slot, which precedes this node, now holds the row-wise op.
+        self.replace(gather, node.op.name, gather.inputs, {}, f"{node.label} (before the gather)")
+        return self.replace(node, "gatherRows", (gather.id,), {"index": index}, "gather rows")
+
+    def pick_of_gather(self, node: Node) -> bool:
+        if node.op.name != "arrange":
+            return False
+        gather = self.fusable(node.inputs[0], "gatherRows")
+        if gather is None or len(self.shapes[gather.inputs[0]]) != 2:
+            return False
+        rows = gather.params["index"][node.params["rows"]]
+        return self.replace(node, "arrange", gather.inputs, {"rows": rows, "cols": node.params["cols"]},
+                            "pick (through the gather)")
+
+    def log_likelihood(self, node: Node) -> bool:
+        if node.op.name != "mean":
+            return False
+        inner = self.fusable(node.inputs[0])
+        if inner is not None and inner.op.name == "log":
+            pick = self.fusable(inner.inputs[0], "arrange")
+            source = "softmaxRows"
+        else:
+            pick, source = (inner, "logSoftmaxRows") if inner is not None and inner.op.name == "arrange" else (None, "")
+        if pick is None or len(pick.params["rows"]) == 0:
+            return False
+        soft = self.fusable(pick.inputs[0], source)
+        if soft is None or len(self.shapes[soft.inputs[0]]) != 2:
+            return False
+        m, k = self.shapes[soft.inputs[0]]
+        rows, cols = pick.params["rows"], pick.params["cols"]
+        params = {"rows": np.where(rows < 0, rows + m, rows), "cols": np.where(cols < 0, cols + k, cols)}
+        return self.replace(node, "meanLogSoftmaxPick", soft.inputs, params,
+                            f"mean log-likelihood ({source} → pick → mean)")
+
+    def drop_unused(self) -> None:
+        """Nodes the output no longer reads are not computed again; their values are freed."""
+        self.count_users()
+        for node in self.nodes:
+            if node.op is not None and not self.live[node.id] and node.id not in self.wrt:
+                node.op, node.inputs, node.params, node.value, node.kind = None, (), {}, None, "dropped"
+
+
+def one_hot_labels(a: np.ndarray) -> np.ndarray | None:
+    """The column of the single 1 in each row of `a`, if `a` is one-hot."""
+    if a.shape[1] == 0:
+        return None
+    labels = np.argmax(a, axis=1)
+    rows = np.arange(a.shape[0])
+    if not np.all(a[rows, labels] == 1.0) or np.count_nonzero(a) != a.shape[0]:
+        return None
+    return labels
