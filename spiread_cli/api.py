@@ -16,7 +16,7 @@ import numpy as np
 
 from . import syntax
 from .data import load_array, parse_set_option
-from .diagnostics import Source, SpireadError, did_you_mean, shape_str
+from .diagnostics import Source, Span, SpireadError, did_you_mean, shape_str
 from .interpreter import Const, Interpreter, Run
 
 MAX_SOURCE_BYTES = 64 << 20
@@ -41,13 +41,25 @@ def read_source(path: str) -> Source:
         name = path
     if len(raw) > MAX_SOURCE_BYTES:
         raise SpireadError(f"{name}: larger than {MAX_SOURCE_BYTES >> 20} MB; this is not a program")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SpireadError("this file is UTF-16 text; save it as UTF-8", origin=name)
     if b"\0" in raw:
-        raise SpireadError(f"{name}: holds NUL bytes; this looks like a binary file, not a program")
+        raise SpireadError("this file holds a NUL byte; it looks like a binary file, not a program",
+                           _byte_span(raw, raw.index(b"\0")), origin=name)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise SpireadError(f"{name}: not UTF-8 text (byte {err.start} is 0x{raw[err.start]:02x})") from None
+        raise SpireadError(f"this file is not UTF-8 text: the byte 0x{raw[err.start]:02x} cannot be read here",
+                           _byte_span(raw, err.start), ["save the file as UTF-8"], origin=name) from None
     return Source(name, text)
+
+
+def _byte_span(raw: bytes, offset: int) -> Span:
+    """Where a byte sits, as a line and column of the (undecodable) text."""
+    line_start = raw.rfind(b"\n", 0, offset) + 1
+    line = raw.count(b"\n", 0, offset) + 1
+    column = len(raw[line_start:offset].decode("utf-8", errors="replace")) + 1
+    return Span(line, column, line, column + 1, offset, offset + 1)
 
 
 def base_dir_of(source: Source) -> Path:
