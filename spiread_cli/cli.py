@@ -232,9 +232,10 @@ def train_command(
                 raise usage_error("`--plot` needs matplotlib, which is not installed",
                                   ["pip install 'spiread[plot]'; the summary's sparkline needs nothing"])
             run = _load(s, file, set_, of)
+            names = training.trainable_names(run, wrt)
             s.finish_warnings(run)
             with training.StepReporter(steps) as reporter:
-                result = training.train(run, wrt, steps, chosen, strict=strict, on_step=reporter,
+                result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
                                         stop_requested=stop_requested)
             written = []
             if save is not None:

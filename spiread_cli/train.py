@@ -43,21 +43,29 @@ class TrainResult:
 
 
 def trainable_names(run: Run, wrt: list[str]) -> list[str]:
-    """The --wrt names, checked: train can only change values that are bound to
-    constants (inputs); anything computed is recomputed from them each step."""
-    names = resolve_wrt(run, wrt)
+    """The --wrt names, checked, with a warning (in run.diagnostics) for any
+    the output does not depend on."""
+    return _check_trainable(run, resolve_wrt(run, wrt))
+
+
+def _check_trainable(run: Run, names: list[str]) -> list[str]:
+    """Train can only change values bound to constants (inputs); anything
+    computed is recomputed from them each step."""
     for name in names:
+        if name not in run.bindings:
+            raise usage_error(f"`--wrt {name}`: the program binds no `{name}`")
         node = run.node(name)
         if node.kind != "input":
             raise usage_error(f"`--wrt {name}`: `{name}` is computed from other values, so training cannot set it",
                               [f"train a value bound to a constant, e.g. `{name}0 = randn(…)`, and compute `{name}` from it"])
-    return names
+    return list(dict.fromkeys(names))
 
 
 def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = False,
           on_step: Callable[[int, float], None] | None = None,
           stop_requested: Callable[[], bool] = lambda: False) -> TrainResult:
-    """Run `steps` steps of forward, backward and `optimizer.step` on the `wrt` values.
+    """Run `steps` steps of forward, backward and `optimizer.step` on the `wrt`
+    values (names; `trainable_names` checks them and warns about unused ones).
 
     Stops early when `stop_requested()` turns true (after the step in
     progress), or with `result.error` set when the loss or a gradient is not
@@ -66,7 +74,7 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     after an error, the values at which the last finite loss was computed.
     """
     require_scalar_output(run)
-    names = trainable_names(run, wrt)
+    names = _check_trainable(run, wrt)
     ids = [run.bindings[n] for n in names]
     nodes = run.tape.nodes
     output = nodes[run.output]
@@ -305,7 +313,8 @@ def summary(result: TrainResult, run: Run, steps: int, optimizer) -> str:
     head = f"trained {shapes} with {optimizer.describe()}: {done} step{'s' * (done != 1)}"
     if result.status == "interrupted":
         head = f"interrupted: {head} of {steps}"
-    lines = [f"{head} in {result.seconds:.3g} s ({per_step * 1000:.3g} ms a step)"]
+    each = f"{per_step * 1000:.3g} ms" if per_step < 1 else f"{per_step:.3g} s"
+    lines = [f"{head} in {result.seconds:.3g} s ({each} a step)"]
     if result.losses:
         lines.append(f"{run.output_name}: {result.losses[0]:.6g} → {result.losses[-1]:.6g}  {sparkline(result.losses)}")
     return "\n".join(lines)
