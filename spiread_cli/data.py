@@ -23,16 +23,16 @@ def load_array(path: Path, span: Span | None = None, name: str | None = None) ->
     """Read a rank-0, -1 or -2 float64 array; `name` picks one from an `.npz`."""
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise SpireadError(f"cannot load `{path}`: unknown file type `{suffix or path.name}`", span,
+        raise SpireadError(f"cannot load `{shown(path)}`: unknown file type `{suffix or path.name}`", span,
                            [f"spiread reads {', '.join(SUFFIXES)}"])
     if path.is_dir():
-        raise SpireadError(f"cannot load `{path}`: it is a directory", span)
+        raise SpireadError(f"cannot load `{shown(path)}`: it is a directory", span)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise SpireadError(f"cannot load `{path}`: no such file", span) from None
+        raise SpireadError(f"cannot load `{shown(path)}`: no such file", span) from None
     except OSError as err:
-        raise SpireadError(f"cannot load `{path}`: {err.strerror or err}", span) from None
+        raise SpireadError(f"cannot load `{shown(path)}`: {err.strerror or err}", span) from None
     try:
         if suffix == ".npy":
             array = _from_npy(raw)
@@ -43,9 +43,9 @@ def load_array(path: Path, span: Span | None = None, name: str | None = None) ->
         else:
             array = _from_text(_decode(raw), suffix)
     except _Unreadable as err:
-        raise SpireadError(f"cannot load `{path}`: {err}", span) from None
+        raise SpireadError(f"cannot load `{shown(path)}`: {err}", span) from None
     except (ValueError, zipfile.BadZipFile, OSError, EOFError) as err:
-        raise SpireadError(f"cannot load `{path}`: {_first_line(str(err))}", span) from None
+        raise SpireadError(f"cannot load `{shown(path)}`: {_first_line(str(err))}", span) from None
     return checked(array, path, span)
 
 
@@ -53,10 +53,19 @@ def checked(array: np.ndarray, path, span: Span | None) -> np.ndarray:
     if array.dtype.kind not in "biuf":
         kind = {"U": "text", "S": "text", "c": "complex numbers", "M": "dates", "m": "time spans"}.get(
             array.dtype.kind, f"{array.dtype} values")
-        raise SpireadError(f"cannot load `{path}`: it holds {kind}, not real numbers", span)
+        raise SpireadError(f"cannot load `{shown(path)}`: it holds {kind}, not real numbers", span)
     if array.ndim > 2:
-        raise SpireadError(f"cannot load `{path}`: it is {array.ndim}-dimensional, spiread handles at most 2", span)
+        raise SpireadError(f"cannot load `{shown(path)}`: it is {array.ndim}-dimensional, spiread handles at most 2", span)
     return np.ascontiguousarray(array, dtype=np.float64)
+
+
+def shown(path) -> str:
+    """A path as messages show it: relative to the working directory when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return str(path)
 
 
 def _first_line(text: str) -> str:
@@ -116,7 +125,7 @@ def _from_npz(raw: bytes, path: Path, name: str | None, span: Span | None) -> np
         if name is None and len(keys) == 1:
             return archive[keys[0]]
     wanted = f"no array called `{name}`" if name else "more than one array"
-    raise SpireadError(f"cannot load `{path}`: it has {wanted}", span,
+    raise SpireadError(f"cannot load `{shown(path)}`: it has {wanted}", span,
                        [f"it holds: {', '.join(keys) or 'nothing'}"])
 
 

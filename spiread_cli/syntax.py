@@ -389,7 +389,9 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> SpireadError:
                             ["e.g. `x.exp` or `x.pow(2)`"])
     words = _expected_words(expected)
     message = f"unexpected {found}{after}" + (f"; expected {_words(words)}" if words else "")
-    return SpireadError(message, span, _syntax_notes(token, previous, opened, expected))
+    still_open = opened and not at_end and token.line != opened[-1].line
+    related = [(Span.of_token(opened[-1]), "opened here")] if still_open else []
+    return SpireadError(message, span, _syntax_notes(token, previous, opened, expected), related=related)
 
 
 def _syntax_notes(token: Token | None, previous: Token | None, opened: list[Token], expected: set[str]) -> list[str]:
@@ -397,8 +399,10 @@ def _syntax_notes(token: Token | None, previous: Token | None, opened: list[Toke
     if token is None or token.type == "$END":
         return []
     if token.type in _VALUE_TOKENS and expected & _BINARY:
-        if opened and previous is not None and token.line != previous.line:
-            return [f"is a `,` missing at the end of line {previous.line}?"]
+    if opened and token.line != opened[-1].line:
+        inner = opened[-1]
+        return [f"the `{inner}` opened at {inner.line}:{inner.column} is still open here; "
+                f"is a `,` or a closing `{')' if inner.type == 'LPAR' else ']'}` missing?"]
         if opened:
             return ["is a `,` or an operator missing between them?"]
         return ["two values side by side need an operator between them, e.g. `a * b`"]
