@@ -107,12 +107,12 @@ def usage_error(message: str, notes: Iterable[str] = ()) -> SpireadError:
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> tuple[str, ...]:
-    """A note suggesting the closest known spellings, or nothing.
+    """A note suggesting the closest known spelling, or nothing.
 
     Case slips (`Exp` for `exp`) count as close, whatever the length."""
     known = sorted(set(known))
     folded = [k for k in known if k.lower() == name.lower() and k != name]
-    close = folded or difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+    close = folded or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if not close:
         return ()
     return ("did you mean " + " or ".join(f"`{c}`" for c in close) + "?",)

@@ -160,7 +160,7 @@ class Interpreter:
             output, output_name = self.env[of], of
         if output is None:
             raise SpireadError("the program computes nothing", None,
-                               ["write an expression, e.g. `loss = (x * x).sum`"])
+                               ["write an expression, e.g. `loss = (x * x).sum`"], origin=self.source.name)
         return Run(self.source, self.tape, {n: v.id for n, v in self.env.items()}, self.binding_spans,
                    output.id, output_name, backward_wrt, self.diagnostics)
 
@@ -301,7 +301,8 @@ class Interpreter:
             return Symbol(name.id)
         if name.id in self.later:
             at = self.later[name.id]
-            raise SpireadError(f"`{name.id}` is used before it is bound (at {at.line}:{at.column})", name.span)
+            raise SpireadError(f"`{name.id}` is used before it is bound (at {at.line}:{at.column})", name.span,
+                               related=[(at, "bound here, later")])
         raise SpireadError(f"unknown name `{name.id}`", name.span, did_you_mean(name.id, self.env))
 
     # ----------------------------------------------------------- tensors
@@ -316,7 +317,8 @@ class Interpreter:
         if isinstance(value, TupleValue):
             return Const(self.stacked_constants(value.items, node))
         kind = {Pairs: "index pairs", Symbol: "a reduction name", Text: "a string"}[type(value)]
-        raise SpireadError(f"`{self.text(node)}` is {kind}, not an array", node.span)
+        hint = [f"to read a file, write `load({self.text(node)})`"] if isinstance(value, Text) else []
+        raise SpireadError(f"`{self.text(node)}` is {kind}, not an array", node.span, hint)
 
     def stacked_constants(self, items, node) -> np.ndarray:
         if all(isinstance(v, Const) and v.value.ndim == 0 for v in items):
@@ -420,8 +422,9 @@ class Interpreter:
             rows = self.integers(args[0], arg_nodes[0], "the row positions")
             cols = self.integers(args[1], arg_nodes[1], "the column positions")
             if len(rows) != len(cols):
-                raise SpireadError(f"rows and columns differ in length: {len(rows)} rows, {len(cols)} columns",
-                                   call.span)
+                raise SpireadError(f"the row positions `{self.text(arg_nodes[0])}` and the column positions "
+                                   f"`{self.text(arg_nodes[1])}` differ in length: {len(rows)} and {len(cols)}",
+                                   call.span, ["entry k is taken from row rows[k] and column cols[k]"])
             return Pairs(rows, cols)
         raise SpireadError("a selection takes (row, col) pairs, or a vector of rows and one of columns",
                            call.span, ["e.g. `x[(0, 0), (1, 1)]`, `x(Array((0, 0)))` or `x.select(rows, cols)`"])
@@ -443,7 +446,8 @@ class Interpreter:
             for r, c in zip(pairs.rows, pairs.cols):
                 if not (-shape[0] <= r < shape[0] and -shape[1] <= c < shape[1]):
                     raise SpireadError(f"index ({r}, {c}) is out of range for `{self.text(receiver_node)}`, "
-                                       f"which is {shape_str(shape)}", call.span)
+                                       f"which is {shape_str(shape)}", call.span,
+                                       [f"rows count from 0 to {shape[0] - 1}, columns from 0 to {shape[1] - 1}"])
         shown = " ".join(f"({r},{c})" for r, c in zip(pairs.rows[:4], pairs.cols[:4]))
         label = f"{op_name} {shown}{' …' if len(pairs.rows) > 4 else ''}"
         return self.apply(OPS[op_name], [x], {"rows": pairs.rows, "cols": pairs.cols},
@@ -460,11 +464,14 @@ class Interpreter:
         shape = x.value.shape
         if len(key) > len(shape):
             raise SpireadError(f"`{self.text(receiver_node)}` is {shape_str(shape)}; it takes at most "
-                               f"{len(shape)} position{'s' * (len(shape) != 1)}, got {len(key)}", node.span)
+                               f"{len(shape)} position{'s' * (len(shape) != 1)}, got {len(key)}", node.span,
+                               _missing_comma(receiver_node, node))
         for axis, k in enumerate(key):
             if isinstance(k, int) and not -shape[axis] <= k < shape[axis]:
                 raise SpireadError(f"index {k} is out of range for `{self.text(receiver_node)}`, which is "
-                                   f"{shape_str(shape)}", node.span)
+                                   f"{shape_str(shape)}", node.span,
+                                   _missing_comma(receiver_node, node) or
+                                   [f"positions count from 0, so the last of {shape[axis]} is {shape[axis] - 1}"])
         return self.apply(OPS["index"], [x], {"key": key}, node, [receiver_node], label)
 
     # -------------------------------------------------------- functions
@@ -493,6 +500,13 @@ class _At:
     expression (its source text), `at` where diagnostics point."""
     span: Span
     at: Span
+
+
+def _missing_comma(receiver_node, node) -> list[str]:
+    """`[[1, 2]\n [3, 4]]` parses as indexing the row `[1, 2]` by `3, 4`: say so."""
+    if isinstance(receiver_node, ast.ListLit) and isinstance(node, ast.Subscript):
+        return ["is a `,` missing between two rows? Without it, a `[...]` right after a list picks entries from it"]
+    return []
 
 
 def _is_backward(expr) -> bool:
