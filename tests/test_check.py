@@ -1,0 +1,222 @@
+"""`spiread check`: AD against central finite differences, kinks, directional
+mode, the tolerance rule, JSON and exit codes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from conftest import EXAMPLES, REPO, run, spiread, strict_json
+from programs import programs
+from spiread_cli import api
+from spiread_cli.check import check_gradients
+from spiread_cli.diagnostics import SpireadError
+
+
+def example_files():
+    return sorted(p.relative_to(REPO) for p in EXAMPLES.rglob("*.ad"))
+
+
+@pytest.mark.parametrize("path", example_files(), ids=str)
+def test_every_example_checks_out(path):
+    """Every example with a finite output passes; a non-finite output (the
+    spireAD seed's `inf` loss) cannot be checked and must fail, saying why."""
+    try:
+        r = api.run_file(str(REPO / path))
+    except SpireadError as err:
+        if "no such file" in err.diagnostic.message or "cannot read" in err.diagnostic.message:
+            pytest.skip(f"data absent: {err.diagnostic.message}")
+        raise
+    report = check_gradients(r)
+    assert report.results, path
+    if math.isfinite(report.value):
+        assert report.ok, {n: v.problem for n, v in report.results.items()}
+        for result in report.results.values():
+            assert result.max_rel_error <= report.tol
+    else:
+        assert not report.ok and "finite differences need a finite output" in report.problem
+
+
+def test_random_smooth_programs_pass_unless_a_kink_is_hit():
+    """On generated programs check passes, except where an op's input sits
+    exactly on its kink; then the failure names that op."""
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(programs())
+    def check(program):
+        r = run(program.source, name="generated.ad")
+        report = check_gradients(r, [n for n in program.names if n != "loss"])
+        assert report.ok or report.kink_sites, (program.source, [v.problem for v in report.results.values()])
+
+    check()
+
+
+# --------------------------------------------------------------------- kinks
+
+
+@pytest.mark.parametrize("text, entry, op, ad, fd", [
+    ("x = [1, 0, -2]\nloss = x.relu.sum", (1,), "relu", 0.0, 0.5),
+    ("x = [[1, 0.5], [0.25, 2]]\nloss = (x.clampMin(0.5) * 3).sum", (0, 1), "clampMin", 3.0, 1.5),
+    ("x = [[1, 0.5], [0.25, 2]]\nloss = x.clampMax(0.25).sum", (1, 0), "clampMax", 1.0, 0.5),
+    # Central differences of |x| at 0 are 0, as AD says: only the one-sided
+    # slopes show the kink.
+    ("x = [0.5, 0]\nloss = (x.abs * 2 + x.square).sum", (1,), "abs", 0.0, 0.0),
+    ("x = 0\nloss = x.abs + x * 2", (), "abs", 2.0, 2.0),
+])
+def test_kinks_fail_with_the_entry_and_the_op_named(text, entry, op, ad, fd):
+    r = run(text)
+    report = check_gradients(r, ["x"])
+    result = report.results["x"]
+    assert not report.ok and not result.ok and result.kink
+    assert result.method == "elementwise" and result.worst == entry
+    assert result.ad == pytest.approx(ad) and result.fd == pytest.approx(fd, abs=1e-5)
+    assert [s.node.label for s in report.kink_sites] == [op]
+    (failure,) = report.failures(r)
+    assert f"`x{list(entry) if entry else ''}`" in failure.message and "not differentiable" in failure.message
+    assert failure.span == report.kink_sites[0].node.span  # the caret goes under the op
+    assert any(f"`{op}`" in note and "no derivative" in note for note in failure.notes)
+
+
+def test_a_kink_the_output_does_not_see_is_no_failure():
+    report = check_gradients(run("x = [1, 0, -2]\nloss = (x.relu * 0).sum + x.sin.sum"), ["x"])
+    assert report.ok
+
+
+def test_directional_mode_for_large_values():
+    text = "x = randn(40, 30, seed=1)\nloss = (x.tanh @@ x.T).sin.mean + x.square.sum * 0.5"
+    report = check_gradients(run(text), ["x"])
+    result = report.results["x"]
+    assert report.ok and result.method == "directional" and result.checked == 8
+    assert result.max_rel_error < report.tol and result.forward_vs_reverse < 1e-12
+
+
+def test_directional_mode_still_finds_a_kink():
+    report = check_gradients(run("x = zeros(40, 30)\nloss = (x.relu + x.sin).sum"), ["x"])
+    result = report.results["x"]
+    assert result.method == "directional" and not result.ok
+    assert [s.node.label for s in report.kink_sites] == ["relu"] and report.kink_sites[0].count == 1200
+
+
+def test_directional_mode_can_be_asked_for_small_values():
+    r = run("M = [[1, 2], [3, 0.5]]\nloss = (M @@ M.T).logSoftmaxRows.mean")
+    report = check_gradients(r, ["M"], max_entries=0)
+    assert report.ok and report.results["M"].method == "directional"
+
+
+# -------------------------------------------------------- wrong gradients
+
+
+def test_a_wrong_vjp_is_caught_at_the_right_entry():
+    """Break `cos`'s reverse rule for one node: check fails for the value that
+    flows through it, forward mode disagrees with reverse, and the worst entry
+    is the one whose derivative is wrong."""
+    r = run("v = [0.3, 1.2, -0.7]\nu = [2, 1]\nloss = (v * [1, 0, 0]).cos.sum + v.sin.sum + u.exp.sum")
+    node = next(n for n in r.tape.nodes if n.op is not None and n.op.name == "cos")
+    node.op = dataclasses.replace(node.op, vjp=lambda i, g, out, x: g * np.sin(x))  # sign flipped
+    report = check_gradients(r)
+    v, u = report.results["v"], report.results["u"]
+    assert u.ok and not v.ok
+    assert v.worst == (0,) and "AD gives" in v.problem
+    assert v.forward_vs_reverse == pytest.approx(2 * math.sin(0.3))
+
+
+def test_scalars_vectors_matrices_and_intermediates():
+    text = """
+s = 0.5
+v = [0.1, -0.4, 0.9]
+M = [[1, 0.2, -0.3], [0.4, -1, 0.6]]
+h = (M @@ v.exp) * s
+loss = h.logSoftmaxRows.sum + s.cos
+"""
+    report = check_gradients(run(text), ["s", "v", "M", "h"])
+    assert report.ok
+    assert {n: r.shape for n, r in report.results.items()} == {"s": (), "v": (3,), "M": (2, 3), "h": (2,)}
+    assert all(r.method == "elementwise" and r.checked == max(1, math.prod(r.shape)) for r in report.results.values())
+
+
+def test_a_value_the_output_does_not_depend_on_passes_with_zero_gradient():
+    r = run("a = [1, 2]\nb = 3\nloss = a.sum")
+    report = check_gradients(r, ["a", "b"])
+    assert report.ok and report.results["b"].ad == 0 and report.results["b"].fd == 0
+    assert any("does not depend on `b`" in w.message for w in r.diagnostics.warnings)
+
+
+# ------------------------------------------------------------ tolerance rule
+
+
+def test_eps_and_tol_follow_the_documented_rule():
+    """exp at 1 with eps 1e-2: the central difference is off by eps²/6 · e
+    (relative 1.7e-5); that fails tol 1e-5 and passes tol 1e-4."""
+    text = "x = 1\nloss = x.exp"
+    loose = check_gradients(run(text), eps=1e-2, tol=1e-4)
+    tight = check_gradients(run(text), eps=1e-2, tol=1e-5)
+    expected = math.e * 1e-4 / 6
+    assert loose.ok and not tight.ok
+    assert loose.results["x"].max_abs_error == pytest.approx(expected, rel=1e-3)
+    assert tight.results["x"].max_rel_error == pytest.approx(expected / math.e, rel=1e-3)
+
+
+def test_bad_eps_and_tol_are_usage_errors():
+    for kwargs in ({"eps": 0.0}, {"eps": -1e-6}, {"tol": float("nan")}):
+        with pytest.raises(SpireadError) as err:
+            check_gradients(run("x = 1\nloss = x.exp"), **kwargs)
+        assert err.value.exit_code == 2
+
+
+def test_non_finite_gradient_fails():
+    report = check_gradients(run("x = [0, 1]\nloss = x.sqrt.sum"), ["x"])
+    assert not report.ok and report.results["x"].worst == (0,)
+
+
+# ---------------------------------------------------------- command line
+
+
+def test_cli_pass_prints_a_table_and_exits_0():
+    result = spiread("check", "examples/least_squares.ad")
+    assert result.returncode == 0, result.stderr
+    assert "check passed" in result.stdout and "w" in result.stdout and "\x1b[" not in result.stdout
+
+
+def test_cli_kink_fails_with_a_located_error(tmp_program):
+    path = tmp_program("x = [1, 0, -2]\nloss = x.relu.sum\n")
+    result = spiread("check", path)
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout
+    assert f"{path}:2:10: error: gradient check failed for `x[1]`" in result.stderr
+    assert "^^^^" in result.stderr and "`relu`" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_json_follows_the_contract(tmp_program):
+    path = tmp_program("W = [[1, 2], [3, 4]]\nb = 0.5\nloss = ((W * b).tanh).sum\n")
+    result = spiread("check", path, "--format", "json", "--eps", "1e-5", "--tol", "1e-6")
+    assert result.returncode == 0, result.stderr
+    doc = strict_json(result.stdout)
+    assert doc["file"] == str(path) and doc["output"] == "loss" and doc["ok"] is True
+    assert list(doc["results"]) == ["W", "b"]
+    for entry in doc["results"].values():
+        assert entry["ok"] is True and 0 <= entry["max_abs_error"] and 0 <= entry["max_rel_error"] < 1e-6
+    assert doc["results"]["W"]["worst_entry"] in ([0, 0], [0, 1], [1, 0], [1, 1])
+
+
+def test_cli_non_finite_output_fails_in_json_too():
+    result = spiread("check", "examples/seed.ad", "--format", "json")
+    assert result.returncode == 1
+    doc = strict_json(result.stdout)
+    assert doc["ok"] is False and doc["results"]["weights"]["ok"] is False
+    assert doc["results"]["weights"]["max_abs_error"] == "nan"
+    assert "error: the output `loss` is inf" in result.stderr
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["--wrt", "nope"], 2, "binds no `nope`"),
+    (["--eps", "-1"], 2, "positive"),
+    (["--of", "residual"], 1, "gradients need a scalar"),
+    (["--strict", "--set", "w=[1e200, 1e200]"], 1, "error: `**` gave inf"),
+])
+def test_cli_exit_codes(args, code, words):
+    result = spiread("check", "examples/least_squares.ad", *args)
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert words in result.stderr and "Traceback" not in result.stderr
