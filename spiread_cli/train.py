@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -206,10 +207,22 @@ def atomic_output(path: Path):
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        # Temporary files are private (0600); the result gets the permissions
+        # a plain open() would give it, or keeps those of the file it replaces.
+        os.chmod(handle.name, _mode_for(path))
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def save_values(path: Path, values: dict[str, np.ndarray]) -> None:

@@ -4,6 +4,7 @@ and stopping at the first non-finite loss or gradient."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -120,6 +121,13 @@ def test_save_then_set_continues_exactly(tmp_path):
     assert rows[0] == "step,loss" and len(rows) == 11
     assert float(rows[1].split(",")[1]) == pytest.approx(direct.losses[10], rel=1e-14)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz", "loss.csv"]  # no temp files left
+    assert first.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not the temporary file's 0600
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def test_text_summary_and_plot(tmp_path):
