@@ -205,12 +205,16 @@ def _matmul_vjp(i, g, out, a, b):
 
 
 def _matmul_jvp(ts, out, a, b):
+    # Each term is one BLAS product over the whole tangent batch, not k small
+    # ones: the batch axis is folded into the rows of ta, the columns of tb.
     a2, b2 = _as_matrices(a, b)
+    (r, n), c = a2.shape, b2.shape[1]
     total = 0.0
     if ts[0] is not None:
-        total = total + ts[0].reshape((-1,) + a2.shape) @ b2
-    if ts[1] is not None:
-        total = total + a2 @ ts[1].reshape((-1,) + b2.shape)
+        total = total + (ts[0].reshape(-1, n) @ b2).reshape(-1, r, c)
+    if ts[1] is not None:  # (tb_k a2ᵀ)ᵀ for each k, as one (k·c)×n by n×r product
+        tb = np.swapaxes(ts[1].reshape(-1, n, c), 1, 2).reshape(-1, n)
+        total = total + np.swapaxes((tb @ a2.T).reshape(-1, c, r), 1, 2)
     return total.reshape(total.shape[:1] + out.shape)
 
 
