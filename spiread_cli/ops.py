@@ -206,7 +206,7 @@ def _matmul_vjp(i, g, out, a, b):
 
 def _matmul_jvp(ts, out, a, b):
     # Each term is one BLAS product over the whole tangent batch, not k small
-    # ones: the batch axis is folded into the rows of ta, the columns of tb.
+    # ones: the batch axis is folded into the rows of the product.
     a2, b2 = _as_matrices(a, b)
     (r, n), c = a2.shape, b2.shape[1]
     total = 0.0
