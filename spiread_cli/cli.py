@@ -190,6 +190,7 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                         "problem": report.problem, "warnings": warnings})
         else:
             stdout_console().print(check_table(report))
+        sys.stdout.flush()  # the table before the errors, when both go to one pipe
         for failure in report.failures(run):
             print_diagnostic(failure, run.source)
         if not report.ok:
