@@ -93,6 +93,8 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
         return TrainResult(names, losses, kept, status, time.perf_counter() - began, error)
 
     for step in range(1, steps + 1):
+        if stop_requested():  # checked before a step, so a stop asked for while loading takes no step
+            return finish("interrupted", values)
         diagnostics = Diagnostics()
         if step > 1:  # the first forward pass is the one recorded when the program ran
             run.tape.replay(diagnostics, start, stop)
@@ -119,9 +121,7 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
             nodes[i].finite = all_finite(values[name])
         if on_step is not None:
             on_step(step, loss)
-        if stop_requested():
-            return finish("interrupted", values)
-    return finish("done", values)
+    return finish("interrupted" if stop_requested() else "done", values)
 
 
 def _kept_note(step: int, losses: list[float]) -> str:

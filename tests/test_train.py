@@ -205,6 +205,17 @@ def test_strict_stops_at_a_warning_even_with_a_finite_loss():
 # ------------------------------------------------------------ Ctrl-C
 
 
+def test_a_requested_stop_ends_after_the_step_in_progress():
+    calls = []
+    result = train.train(api.run_file(str(REGRESSION)), ["weights"], 100, optim.SGD(0.01),
+                         on_step=lambda step, loss: calls.append(step), stop_requested=lambda: len(calls) >= 3)
+    assert result.status == "interrupted" and calls == [1, 2, 3] and len(result.losses) == 3
+    np.testing.assert_allclose(result.values["weights"], [[0.96 ** 3], [1.0]], rtol=1e-14)
+    before = train.train(api.run_file(str(REGRESSION)), ["weights"], 100, optim.SGD(0.01), stop_requested=lambda: True)
+    assert before.status == "interrupted" and before.losses == []
+    np.testing.assert_array_equal(before.values["weights"], [[1.0], [1.0]])
+
+
 def test_ctrl_c_saves_a_whole_archive_and_exits_130(tmp_path):
     save = tmp_path / "w.npz"
     process = subprocess.Popen(spiread_command() + ["train", str(REGRESSION), "--wrt", "weights", "--lr", "0.001",
