@@ -1,0 +1,146 @@
+"""Fuzzing: whatever the input, spiread answers with a result or a located
+error, never a traceback, a hang or a crash.
+
+Most examples go through the library API (fast); the command line is fuzzed
+in-process with the real Typer app, and a few examples through a real
+subprocess, where a traceback or a bad exit code would show as a user sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+from typer.testing import CliRunner
+
+from spiread_cli import api
+from spiread_cli.cli import app
+from spiread_cli.diagnostics import Source, SpireadError, render
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+PROGRAMS = {path.name: path.read_text("utf-8") for path in sorted(EXAMPLES.glob("*.ad"))}
+TOKEN = re.compile(r'"[^"\n]*"|\d+\.\d+|\d+|[A-Za-z_]\w*|\*\*|@@|//[^\n]*|#[^\n]*|\n|\S')
+# Pieces a mutation may insert, beyond the program's own tokens.
+EXTRA = ["(", ")", "[", "]", ",", ".", "=", "+", "-", "*", "/", "**", "@@", ";", "\n", "0", "-1", "2.5",
+         "1e308", "0.0", "x", "sum", "T", "row", "load", '"nope.csv"', "select", "arange", "backward",
+         "ReductionOps.Sum", "Array", "(0, 0)", "zeros", "log", "sqrt", "val", "import"]
+# Results stay small, so a mutation that builds a huge array is refused fast.
+os.environ.setdefault("SPIREAD_MAX_BYTES", str(64 << 20))
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+
+
+@st.composite
+def mutated_programs(draw) -> str:
+    """An example with a few tokens deleted, duplicated, swapped or replaced."""
+    tokens = TOKEN.findall(PROGRAMS[draw(st.sampled_from(sorted(PROGRAMS)))])
+    for _ in range(draw(st.integers(1, 4))):
+        if not tokens:
+            break
+        i = draw(st.integers(0, len(tokens) - 1))
+        j = draw(st.integers(0, len(tokens) - 1))
+        kind = draw(st.sampled_from(["delete", "duplicate", "swap", "replace"]))
+        if kind == "delete":
+            del tokens[i]
+        elif kind == "duplicate":
+            tokens.insert(i, tokens[j])
+        elif kind == "swap":
+            tokens[i], tokens[j] = tokens[j], tokens[i]
+        else:
+            tokens[i] = draw(st.sampled_from(EXTRA))
+    return " ".join(tokens)
+
+
+PIECES = list("xyw01.5e+-*/@()[],=;\n \"#") + ["**", ".exp", ".sum", "val ", "Array"]
+language_text = st.lists(st.sampled_from(PIECES), max_size=40).map("".join)
+
+
+def run_everything(source: Source) -> None:
+    """Evaluate and differentiate in both modes; only SpireadError may escape,
+    and it must render."""
+    try:
+        run = api.run_source(source, base_dir=EXAMPLES)
+        for mode in ("reverse", "forward"):
+            api.gradients(run, None, mode)
+    except SpireadError as err:
+        text = render(err.diagnostic, source)
+        if err.diagnostic.span is not None:
+            span = err.diagnostic.span
+            assert text.startswith(f"{source.name}:{span.line}:{span.column}: error: ")
+
+
+@settings(FUZZ, max_examples=250)
+@given(mutated_programs())
+def test_mutated_examples_through_the_library(text):
+    run_everything(Source("fuzz.ad", text))
+
+
+@settings(FUZZ, max_examples=150)
+@given(language_text)
+def test_random_program_text_through_the_library(text):
+    run_everything(Source("fuzz.ad", text))
+
+
+SCRATCH = Path(tempfile.mkdtemp(prefix="spiread-fuzz-"))
+
+
+@settings(FUZZ, max_examples=150)
+@given(st.binary(max_size=120) | st.builds(lambda b, t: t.encode() + b, st.binary(max_size=8), language_text))
+def test_random_bytes_through_read_source(raw):
+    path = SCRATCH / "bytes.ad"
+    path.write_bytes(raw)
+    try:
+        source = api.read_source(str(path))
+    except SpireadError as err:
+        assert render(err.diagnostic, None).startswith(str(path))
+        return
+    run_everything(source)
+
+
+def strict_json(text: str):
+    """RFC 8259: no NaN or Infinity literals."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def check_cli_outcome(code: int, stdout: str, stderr: str, json_mode: bool) -> None:
+    assert "Traceback" not in stderr + stdout
+    assert "internal error" not in stderr, stderr
+    assert code in (0, 1, 2)
+    if json_mode:
+        assert stdout == "" or isinstance(strict_json(stdout), dict)
+    if code != 0:
+        assert "error: " in stderr
+
+
+@settings(FUZZ, max_examples=60)
+@given(mutated_programs(), st.sampled_from(["eval", "grad", "dot"]), st.booleans())
+def test_mutated_examples_through_the_command_line(text, command, json_mode):
+    path = EXAMPLES / "__fuzz__.ad"  # beside the examples, so their relative paths resolve
+    args = [command, str(path)] + (["--format", "json"] if json_mode and command != "dot" else [])
+    try:
+        path.write_text(text, "utf-8")
+        result = CliRunner().invoke(app, args)
+    finally:
+        path.unlink(missing_ok=True)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    check_cli_outcome(result.exit_code, result.stdout, result.stderr, json_mode and command != "dot")
+
+
+@settings(FUZZ, max_examples=3)
+@given(mutated_programs())
+def test_mutated_examples_through_a_real_process(text):
+    """A real `spiread` process per example, text and JSON, within a time bound."""
+    path = SCRATCH / "process.ad"
+    path.write_text(text, "utf-8")
+    for json_mode in (False, True):
+        args = ["grad", str(path)] + (["--format", "json"] if json_mode else [])
+        done = subprocess.run([sys.executable, "-m", "spiread_cli", *args], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "SPIREAD_MAX_BYTES": str(64 << 20)})
+        check_cli_outcome(done.returncode, done.stdout, done.stderr, json_mode)
