@@ -262,7 +262,7 @@ def _check_value(tape: Tape, output: int, name: str, node_id: int, grad: np.ndar
         j = int(np.flatnonzero(fvr_bad)[0])
     else:
         j = int(np.nanargmax(np.where(np.isnan(ratio), np.inf, ratio))) if count else 0
-    worst = (tuple(int(i) for i in np.unravel_index(j, x.shape)) if x.ndim else ()) if elementwise else j
+    worst = (tuple(int(i) for i in np.unravel_index(j, x.shape)) if x.ndim and count else ()) if elementwise else j
     result = ValueCheck(name, x.shape, "elementwise" if elementwise else "directional", count,
                         _max(err), _max(rel), _max(fvr), worst,
                         float(ad[j]) if count else 0.0, float(fd[j]) if count else 0.0, ok=True)

@@ -272,7 +272,10 @@ class Interpreter:
                 if qualified:
                     if qualified in QUALIFIED_SYMBOLS:
                         return Symbol(QUALIFIED_SYMBOLS[qualified])
-                    raise SpireadError(f"`{qualified}` is a function; call it with arguments", node.span)
+                    if qualified in FUNCTIONS:
+                        raise SpireadError(f"`{qualified}` is a function; call it with arguments", node.span)
+                    raise SpireadError(f"unknown name `{qualified}`", node.span,
+                                       did_you_mean(qualified, list(FUNCTIONS) + list(QUALIFIED_SYMBOLS)))
                 return self.method(args[0], node, [], {}, [])
             case ast.Call():
                 kw_count = len(node.keywords)
@@ -353,7 +356,7 @@ class Interpreter:
         nbytes = float(np.prod(shape, dtype=np.float64)) * 8
         if nbytes > self.max_bytes:
             raise SpireadError(
-                f"`{self.text(node)}` would be {'×'.join(map(str, shape))} ({_human_bytes(nbytes)}), "
+                f"`{self.text(node)}` would be {shape_str(tuple(shape))} ({_human_bytes(nbytes)}), "
                 f"more than the limit of {_human_bytes(self.max_bytes)}", node.at,
                 ["set SPIREAD_MAX_BYTES (in bytes) to raise the limit"])
 
@@ -462,6 +465,9 @@ class Interpreter:
 
     def index(self, x, key: tuple, receiver_node, node, label):
         shape = x.value.shape
+        if not shape:
+            raise SpireadError(f"`{self.text(receiver_node)}` is a scalar; it has no positions to index",
+                               node.span, _missing_comma(receiver_node, node))
         if len(key) > len(shape):
             raise SpireadError(f"`{self.text(receiver_node)}` is {shape_str(shape)}; it takes at most "
                                f"{len(shape)} position{'s' * (len(shape) != 1)}, got {len(key)}", node.span,

@@ -44,7 +44,7 @@ def test_every_example_checks_out(path):
 def test_random_smooth_programs_pass_unless_a_kink_is_hit():
     """On generated programs check passes, except where an op's input sits
     exactly on its kink; then the failure names that op."""
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(programs())
     def check(program):
         r = run(program.source, name="generated.ad")
@@ -135,6 +135,11 @@ loss = h.logSoftmaxRows.sum + s.cos
     assert report.ok
     assert {n: r.shape for n, r in report.results.items()} == {"s": (), "v": (3,), "M": (2, 3), "h": (2,)}
     assert all(r.method == "elementwise" and r.checked == max(1, math.prod(r.shape)) for r in report.results.values())
+
+
+def test_an_empty_value_has_nothing_to_disagree_with():
+    report = check_gradients(run("x = zeros(0)\ny = [1, 2]\nloss = x.sum + y.exp.sum"), ["x", "y"])
+    assert report.ok and report.results["x"].checked == 0 and report.results["x"].worst == ()
 
 
 def test_a_value_the_output_does_not_depend_on_passes_with_zero_gradient():
