@@ -227,7 +227,7 @@ class Interpreter:
                 return [] if self.qualified(node) else [node.receiver]
             case ast.Call():
                 rest = node.args + [k.value for k in node.keywords]
-                if isinstance(node.callee, ast.Attribute) and not self.qualified(node.callee):
+                if isinstance(node.callee, ast.Attribute) and not node.callee.grouped and not self.qualified(node.callee):
                     return [node.callee.receiver] + rest
                 if self.function_name(node.callee):
                     return rest
@@ -281,7 +281,7 @@ class Interpreter:
                 kw_count = len(node.keywords)
                 positional = args[:len(args) - kw_count]
                 keywords = {k.name: v for k, v in zip(node.keywords, args[len(args) - kw_count:])}
-                if isinstance(node.callee, ast.Attribute) and not self.qualified(node.callee):
+                if isinstance(node.callee, ast.Attribute) and not node.callee.grouped and not self.qualified(node.callee):
                     return self.method(positional[0], node.callee, positional[1:], keywords, node.args, node)
                 function = self.function_name(node.callee)
                 if function:

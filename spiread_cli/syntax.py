@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 
 from lark import Lark, Token, Transformer, v_args
@@ -71,6 +71,7 @@ class Attribute:
     name: str
     span: Span
     at: Span         # the name after the dot
+    grouped: bool = False  # written `(x.m)`: then `(x.m)(args)` selects from its value
 
 
 @dataclass(slots=True)
@@ -226,7 +227,7 @@ class _ToAst(Transformer):
         return Keyword(str(name), value, Span.of_token(name).to(value.span))
 
     def paren(self, lpar, expr, rpar):
-        return expr
+        return replace(expr, grouped=True) if isinstance(expr, Attribute) else expr
 
     def tuple(self, lpar, *rest):
         return TupleLit(list(rest[:-1]), Span.of_token(lpar).to(Span.of_token(rest[-1])))

@@ -1,0 +1,143 @@
+"""Shared helpers for the core tests: running programs through the library API
+and the real `spiread` binary, central finite differences, strict JSON, and a
+record of how closely gradients agree (printed at the end of the run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spiread_cli import api
+from spiread_cli.diagnostics import Source
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+
+# ------------------------------------------------------------- library API
+
+
+def run(text: str, of: str | None = None, sets: dict | None = None, name: str = "test.ad",
+        base_dir: Path | None = None):
+    """Run program text through the library, as the CLI does."""
+    return api.run_source(Source(name, text), sets, of, base_dir or REPO)
+
+
+def value(text: str, **kwargs) -> np.ndarray:
+    r = run(text, **kwargs)
+    return r.tape.nodes[r.output].value
+
+
+def gradients(text: str, wrt: list[str] | None = None, of: str | None = None, mode: str = "reverse",
+              sets: dict | None = None):
+    return api.gradients(run(text, of=of, sets=sets), wrt, mode)
+
+
+def central_difference(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """∂f/∂x for a scalar function of an array, entry by entry."""
+    x = np.asarray(x, dtype=float)
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[index] = eps
+        grad[index] = (float(f(x + step)) - float(f(x - step))) / (2 * eps)
+    return grad
+
+
+def program_fd(text: str, name: str, of: str | None = None, eps: float = 1e-6) -> np.ndarray:
+    """Finite differences of a program's output with respect to a binding,
+    by re-running it with the binding replaced (`--set`'s mechanism)."""
+    x0 = run(text, of=of).node(name).value
+    return central_difference(lambda x: value(text, of=of, sets={name: x}), x0, eps)
+
+
+# ------------------------------------------------------------ command line
+
+
+def spiread_command() -> list[str]:
+    """The installed `spiread` entry point next to this interpreter."""
+    beside = Path(sys.executable).with_name("spiread")
+    found = str(beside) if beside.exists() else shutil.which("spiread")
+    return [found] if found else [sys.executable, "-m", "spiread_cli"]
+
+
+def spiread(*args: str, stdin: str | None = None, cwd: Path | None = None, env: dict | None = None):
+    """Run the real binary; stdout and stderr are pipes (not a terminal)."""
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(spiread_command() + [str(a) for a in args], input=stdin, capture_output=True,
+                          text=True, cwd=cwd or REPO, env=environment, timeout=60)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"not RFC 8259 JSON: bare {name}")
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity (RFC 8259 has neither)."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+# ---------------------------------------------------------------- figures
+
+
+class Agreement:
+    """The worst disagreement seen between two gradient computations:
+    max |a − b| over entries, and that divided by max(|b|) of the same
+    gradient (a scale-relative error, meaningful where b has zeros; skipped
+    for gradients that are zero up to rounding)."""
+
+    def __init__(self):
+        self.max_abs = 0.0
+        self.max_rel = 0.0
+        self.count = 0
+
+    def update(self, got, expected) -> None:
+        got, expected = np.asarray(got, dtype=float), np.asarray(expected, dtype=float)
+        if got.size == 0:
+            return
+        diff = float(np.max(np.abs(got - expected)))
+        scale = float(np.max(np.abs(expected)))
+        self.max_abs = max(self.max_abs, diff)
+        if scale > 1e-8:  # a gradient that is zero up to rounding has no relative error
+            self.max_rel = max(self.max_rel, diff / scale)
+        self.count += 1
+
+    def record(self, record_property, kind: str) -> None:
+        record_property(f"agreement:{kind}", (self.max_abs, self.max_rel, self.count))
+
+
+_FIGURES: dict[str, list] = {}
+
+
+def pytest_runtest_logreport(report):
+    # user_properties travel from xdist workers to the controller with the report.
+    if report.when == "call":
+        for key, (max_abs, max_rel, count) in [(k, v) for k, v in report.user_properties
+                                               if str(k).startswith("agreement:")]:
+            worst = _FIGURES.setdefault(key.split(":", 1)[1], [0.0, 0.0, 0])
+            worst[0], worst[1], worst[2] = max(worst[0], max_abs), max(worst[1], max_rel), worst[2] + count
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("gradient agreement")
+        for kind, (max_abs, max_rel, count) in sorted(_FIGURES.items()):
+            terminalreporter.write_line(f"{kind:>28}: {count:5d} gradients, max abs diff {max_abs:.3g}, "
+                                        f"max scale-relative diff {max_rel:.3g}")
+
+
+@pytest.fixture
+def tmp_program(tmp_path):
+    """Write a program (and optional data files) into a temporary folder."""
+    def write(text: str, name: str = "prog.ad") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+    return write

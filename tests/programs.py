@@ -1,0 +1,623 @@
+"""Random well-shaped `.ad` programs, for property tests.
+
+`programs()` is a hypothesis strategy. Each example is a `Program`: the `.ad`
+source text, the values of its inputs, and an expression tree per binding that
+`Program.evaluate` runs with plain numpy or with `autograd.numpy`, so the same
+program can be differentiated by an independent AD library::
+
+    @given(programs())
+    def test_something(program):
+        run = api.run_source(Source("gen.ad", program.source))
+        expected = program.autograd_gradients(["w0", "h1"])
+
+A program binds inputs (`w0`, `w1`, … as literals, `Matrix.fromRows`,
+`randn(…, seed=…)`, …), then intermediates (`h0`, `h1`, … which later
+statements reuse, so the graph is a DAG, not a tree), then a scalar `loss`,
+sometimes declared with `loss.backward(…)`. Shapes are chosen first and every
+expression is generated to have its shape (broadcasting r×c with c, r×1, 1×c
+and scalars; matmul of every rank pair; selections, row reductions, stacking).
+Values are kept in the smooth interior of every op: denominators and
+logarithms see values bounded away from 0, `exp`/`sinh`/`cosh` see bounded
+arguments, so any disagreement is a real bug, not a rounding accident.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+from hypothesis import strategies as st
+
+# ------------------------------------------------------------------ the tree
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+
+
+@dataclass(frozen=True)
+class Num:
+    value: float
+
+
+@dataclass(frozen=True)
+class Const:
+    """An inline constant from a constructor function: `ones(2, 3)`, `eye(2)`…"""
+    text: str
+    value: np.ndarray = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Bin:
+    op: str            # + - * / ** @@ @, or a method spelling: div pow matmul dot
+    left: object
+    right: object
+
+
+@dataclass(frozen=True)
+class Neg:
+    operand: object
+
+
+@dataclass(frozen=True)
+class Method:
+    """`x.name` / `x.name()` / `x.name(t)` for a unary op, a number parameter `t`."""
+    name: str
+    receiver: object
+    param: float | None = None
+    parens: bool = False
+
+
+@dataclass(frozen=True)
+class RowReduce:
+    kind: str          # sum mean product
+    spelling: str      # how the argument is written: `sum`, `ReductionOps.Sum`
+    receiver: object
+
+
+@dataclass(frozen=True)
+class Index:
+    receiver: object
+    key: tuple         # ints: x[i, j], v[i]; or ("row", i) / ("col", j)
+
+
+@dataclass(frozen=True)
+class Select:
+    form: str          # brackets, call, method, rowscols
+    receiver: object
+    rows: tuple
+    cols: tuple
+
+
+@dataclass(frozen=True)
+class Arrange:
+    form: str          # pairs, rowscols
+    receiver: object
+    rows: tuple
+    cols: tuple
+
+
+@dataclass(frozen=True)
+class Stack:
+    form: str          # list, Array, fromRows, fromColumns
+    items: tuple
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def fmt(x: float) -> str:
+    text = repr(float(x))
+    return f"({text})" if text.startswith("-") else text
+
+
+def render(e) -> str:
+    """The `.ad` text. Operators are fully parenthesised (precedence has its
+    own tests); postfix chains attach directly."""
+    match e:
+        case Var(name):
+            return name
+        case Num(value):
+            return fmt(value)
+        case Const(text):
+            return text
+        case Bin(op, a, b) if op in ("div", "pow", "matmul", "dot"):
+            return f"{render(a)}.{op}({render(b)})"
+        case Bin(op, a, b):
+            return f"({render(a)} {op} {render(b)})"
+        case Neg(a):
+            return f"(-{render(a)})"
+        case Method(name, r, param, parens):
+            args = f"({fmt(param)})" if param is not None else ("()" if parens else "")
+            return f"{render(r)}.{name}{args}"
+        case RowReduce(_, spelling, r):
+            return f"{render(r)}.mapRowsToScalar({spelling})"
+        case Index(r, ("row", i)) | Index(r, ("col", i)):
+            return f"{render(r)}.{e.key[0]}({i})"
+        case Index(r, key):
+            return f"{render(r)}[{', '.join(map(str, key))}]"
+        case Select(form, r, rows, cols):
+            pairs = ", ".join(f"({i}, {j})" for i, j in zip(rows, cols))
+            if form == "brackets":
+                return f"{render(r)}[{pairs}]"
+            if form == "call":  # x(Array(...)) needs a name or parentheses before it
+                target = render(r) if isinstance(r, Var) else f"({render(r)})"
+                return f"{target}(Array({pairs}))"
+            if form == "method":
+                return f"{render(r)}.select({pairs})"
+            return f"{render(r)}.select({list(rows)}, Array({', '.join(map(str, cols))}))"
+        case Arrange(form, r, rows, cols):
+            if form == "pairs":
+                return f"{render(r)}.arrange({', '.join(f'({i}, {j})' for i, j in zip(rows, cols))})"
+            return f"{render(r)}.arrange({list(rows)}, {list(cols)})"
+        case Stack(form, items):
+            inner = ", ".join(render(i) for i in items)
+            return {"list": f"[{inner}]", "Array": f"Array({inner})",
+                    "fromRows": f"Matrix.fromRows({inner})", "fromColumns": f"Matrix.fromColumns({inner})"}[form]
+    raise TypeError(e)
+
+
+# --------------------------------------------------------------- evaluation
+
+
+def _product(xp, x, axis):
+    """Product by repeated multiplication: exact at zeros, and differentiable by
+    autograd there (autograd's own prod divides by x)."""
+    if axis is None:
+        x = xp.reshape(x, (-1,))
+        axis = 0
+    parts = [x[..., i] if axis == 1 else x[i] for i in range(x.shape[axis])]
+    return functools.reduce(operator.mul, parts, 1.0)
+
+
+def _unary(xp, name, x, t):
+    row_total = functools.partial(xp.sum, axis=-1, keepdims=True)
+    match name:
+        case "exp" | "log" | "sin" | "cos" | "tan" | "tanh" | "sinh" | "cosh" | "sqrt" | "abs" | "square" | "log1p":
+            return getattr(xp, name)(x)
+        case "sigmoid":
+            return 1.0 / (1.0 + xp.exp(-x))
+        case "relu":
+            return xp.where(x > 0, x, 0.0)
+        case "neg":
+            return -x
+        case "clampMin":
+            return xp.where(x >= t, x, t)
+        case "clampMax":
+            return xp.where(x <= t, x, t)
+        case "sum":
+            return xp.sum(x)
+        case "mean":
+            return xp.mean(x)
+        case "product":
+            return _product(xp, x, None)
+        case "T" | "transpose":
+            return xp.transpose(x)
+        case "normaliseRowsL1" | "normalizeRowsL1":
+            return x / row_total(xp.abs(x))
+        case "normaliseRowsL2" | "normalizeRowsL2":
+            return x / xp.sqrt(row_total(x * x))
+        case "softmaxRows":
+            e = xp.exp(x - xp.max(x, axis=-1, keepdims=True))
+            return e / row_total(e)
+        case "logSoftmaxRows":
+            shifted = x - xp.max(x, axis=-1, keepdims=True)
+            return shifted - xp.log(row_total(xp.exp(shifted)))
+        case "tej":
+            return x
+    raise ValueError(name)
+
+
+BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+          "div": operator.truediv, "**": operator.pow, "pow": operator.pow}
+
+
+def evaluate(e, env: dict, xp=np):
+    """The value of `e` with `xp` (numpy or autograd.numpy); names from `env`."""
+    ev = functools.partial(evaluate, env=env, xp=xp)
+    match e:
+        case Var(name):
+            return env[name]
+        case Num(value):
+            return value
+        case Const(_, value):
+            return value
+        case Bin(op, a, b) if op in ("@@", "@", "matmul", "dot"):
+            return xp.matmul(ev(a), ev(b))
+        case Bin(op, a, b):
+            return BINARY[op](ev(a), ev(b))
+        case Neg(a):
+            return -ev(a)
+        case Method(name, r, param, _):
+            return _unary(xp, name, ev(r), param)
+        case RowReduce(kind, _, r):
+            x = ev(r)
+            return {"sum": lambda: xp.sum(x, axis=1), "mean": lambda: xp.mean(x, axis=1),
+                    "product": lambda: _product(xp, x, 1)}[kind]()
+        case Index(r, ("row", i)):
+            return ev(r)[i, :]
+        case Index(r, ("col", j)):
+            return ev(r)[:, j]
+        case Index(r, key):
+            return ev(r)[key]
+        case Select(_, r, rows, cols):
+            x = ev(r)
+            mask = np.zeros(np.shape(x))
+            mask[list(rows), list(cols)] = 1.0
+            return x * mask
+        case Arrange(_, r, rows, cols):
+            return ev(r)[list(rows), list(cols)]
+        case Stack(form, items):
+            return xp.stack([ev(i) for i in items], axis=1 if form == "fromColumns" else 0)
+    raise TypeError(e)
+
+
+NODES = (Var, Num, Const, Bin, Neg, Method, RowReduce, Index, Select, Arrange, Stack)
+
+
+def free_names(e) -> set[str]:
+    """The bound names an expression reads."""
+    if isinstance(e, Var):
+        return {e.name}
+    out = set()
+    for value in vars(e).values():
+        for item in (value if isinstance(value, tuple) else (value,)):
+            if isinstance(item, NODES):
+                out |= free_names(item)
+    return out
+
+
+# ------------------------------------------------------------------ programs
+
+
+@dataclass
+class Program:
+    source: str
+    bindings: list[tuple[str, object]]   # (name, expression), in the order bound
+    inputs: dict[str, np.ndarray]        # the values of the input leaves
+    output: str = "loss"
+    backward_names: list[str] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.bindings]
+
+    def evaluate(self, xp=np, replace: dict | None = None) -> dict:
+        """Every binding's value; names in `replace` take the given values."""
+        replace = replace or {}
+        env = {}
+        for name, e in self.bindings:
+            env[name] = replace[name] if name in replace else (
+                self.inputs[name] if name in self.inputs else evaluate(e, env, xp))
+        return env
+
+    def depends_on(self, name: str) -> bool:
+        """Does the output depend on the binding `name`, structurally?"""
+        reach = {self.output}
+        for bound, e in reversed(self.bindings):
+            if bound in reach:
+                reach |= free_names(e)
+        return name in reach
+
+    def default_wrt(self) -> list[str]:
+        if self.backward_names:
+            return list(self.backward_names)
+        return [n for n in self.names if n in self.inputs and self.depends_on(n)]
+
+    def autograd_gradients(self, wrt: list[str]) -> dict[str, np.ndarray]:
+        """∂output/∂name for each name, each binding seen as a variable: an
+        intermediate's gradient sums over every path from it to the output."""
+        import autograd
+        import autograd.numpy as anp
+
+        values = self.evaluate()
+        grads = {}
+        for name in wrt:  # one at a time: replacing several would cut the paths between them
+            def output(x, name=name):
+                return self.evaluate(anp, {name: x})[self.output]
+            grads[name] = np.asarray(autograd.grad(output)(np.asarray(values[name], dtype=float)), dtype=float)
+        return grads
+
+
+# --------------------------------------------------------------- generation
+
+UNARY_FREE = ["sin", "cos", "tanh", "abs", "square", "sigmoid", "relu", "neg", "tej"]
+UNARY_BOUNDED = ["exp", "sinh", "cosh"]        # argument kept within ±BOUND_EXP
+UNARY_POSITIVE = ["log", "sqrt", "log1p"]       # argument kept above POSITIVE
+ROW_NORMS = ["normaliseRowsL1", "normalizeRowsL1", "normaliseRowsL2", "normalizeRowsL2",
+             "softmaxRows", "logSoftmaxRows"]
+REDUCTION_SPELLINGS = {"sum": ["sum", "ReductionOps.Sum"], "mean": ["mean", "ReductionOps.Mean"],
+                       "product": ["product", "ReductionOps.Product"]}
+BOUND_EXP = 3.0
+POSITIVE = 0.2
+MAX_MAGNITUDE = 50.0
+MAX_INPUTS = 5
+
+
+class _Builder:
+    """Draws one program; keeps the names bound so far and their values."""
+
+    def __init__(self, draw):
+        self.draw = draw
+        self.rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        self.dims = [draw(st.integers(1, 3)) for _ in range(3)]
+        self.bindings: list[tuple[str, object]] = []
+        self.inputs: dict[str, np.ndarray] = {}
+        self.lines: list[str] = []
+        self.env: dict[str, np.ndarray] = {}
+        self.used: set[str] = set()
+
+    # -- values and safety
+
+    def value(self, e):
+        with np.errstate(all="ignore"):
+            return np.asarray(evaluate(e, self.env), dtype=float)
+
+    def magnitude(self, e) -> float:
+        v = self.value(e)
+        return float(np.max(np.abs(v))) if v.size else 0.0
+
+    def bounded(self, e, limit):
+        """`e`, or `e.tanh` (scaled) when its values can reach past `limit`."""
+        if self.magnitude(e) <= limit:
+            return e
+        return Bin("*", Method("tanh", e), Num(limit / 2))
+
+    def positive(self, e):
+        """`e` when all its values exceed POSITIVE, else a positive expression of it."""
+        v = self.value(e)
+        if v.size == 0 or np.min(v) > POSITIVE:
+            return e
+        choice = self.draw(st.sampled_from(["square", "exp", "sigmoid", "abs"]))
+        if choice == "square":
+            return Bin("+", Method("square", e), Num(0.5))
+        if choice == "exp":
+            return Method("exp", self.bounded(e, BOUND_EXP))
+        if choice == "sigmoid":
+            return Bin("+", Method("sigmoid", e), Num(0.25))
+        return Bin("+", Method("abs", e), Num(0.5))
+
+    def away_from_zero(self, e):
+        v = self.value(e)
+        return e if v.size == 0 or np.min(np.abs(v)) > POSITIVE else self.positive(e)
+
+    def rows_not_small(self, e):
+        """Row norms bounded away from zero (for the row normalisations)."""
+        v = self.value(e)
+        norms = np.abs(np.atleast_2d(v)).sum(axis=-1) if v.size else np.ones(1)
+        return e if np.min(norms) > 0.5 else self.positive(e)
+
+    # -- leaves
+
+    def new_input(self, shape) -> Var:
+        name = f"w{len(self.inputs)}"
+        form = self.draw(st.sampled_from(["literal", "literal", "array", "random"] if shape else ["literal"]))
+        if form == "random":  # numpy.random.default_rng(seed), as LANGUAGE.md §7 promises
+            seed = self.draw(st.integers(0, 1000))
+            normal = self.draw(st.booleans())
+            rng = np.random.default_rng(seed)
+            value = rng.standard_normal(shape) if normal else rng.random(shape)
+            text = f"{'randn' if normal else 'rand'}({', '.join(map(str, shape))}, seed={seed})"
+        else:
+            value = np.round(self.rng.normal(size=shape) * 1.5, self.draw(st.sampled_from([2, 17])))
+            text = self.literal(value, array_form=form == "array")
+        value = np.asarray(value, dtype=float)
+        keyword = self.draw(st.sampled_from(["", "val "]))
+        self.lines.append(f"{keyword}{name} = {text}")
+        self.inputs[name] = value
+        self.env[name] = value
+        self.bindings.append((name, Var(name)))
+        return Var(name)
+
+    def literal(self, value, array_form: bool) -> str:
+        if value.ndim == 0:
+            return fmt(value)
+        if value.ndim == 1:
+            inner = ", ".join(fmt(x) for x in value)
+            return f"Array({inner})" if array_form else f"[{inner}]"
+        rows = [", ".join(fmt(x) for x in row) for row in value]
+        if array_form:
+            if self.draw(st.booleans()):
+                return "Matrix.fromRows(" + ", ".join(f"Array({r})" for r in rows) + ")"
+            cols = [", ".join(fmt(x) for x in col) for col in value.T]
+            return "Matrix.fromColumns(" + ", ".join(f"Array({c})" for c in cols) + ")"
+        return "[" + ",\n  ".join(f"[{r}]" for r in rows) + "]"
+
+    def constant(self, shape):
+        if shape == ():
+            return Num(self.draw(st.sampled_from([0.5, -1.5, 2.0, 3.0, 0.25])))
+        size = ", ".join(map(str, shape))
+        options = [(f"ones({size})", np.ones(shape)),
+                   (f"full({size}, 0.75)", np.full(shape, 0.75)),
+                   (f"randn({size}, seed=3)", np.random.default_rng(3).standard_normal(shape))]
+        if len(shape) == 1:
+            options.append((f"arange({shape[0]})", np.arange(shape[0], dtype=float)))
+        if len(shape) == 2 and shape[0] == shape[1]:
+            options.append((f"eye({shape[0]})", np.eye(shape[0])))
+        text, value = self.draw(st.sampled_from(options))
+        return Const(text, value)
+
+    def leaf(self, shape):
+        existing = [Var(n) for n, _ in self.bindings if np.shape(self.env[n]) == shape]
+        unused = [v for v in existing if v.name not in self.used]
+        existing = unused or existing  # prefer what nothing reads yet: a denser graph
+        choices = ["new"] * (2 * (len(self.inputs) < MAX_INPUTS)) + ["old"] * (3 * bool(existing)) + ["const"]
+        kind = self.draw(st.sampled_from(choices))
+        if kind == "old":
+            var = self.draw(st.sampled_from(existing))
+            self.used.add(var.name)
+            return var
+        if kind == "new":
+            return self.new_input(shape)
+        return self.constant(shape)
+
+    # -- expressions
+
+    def shape_choice(self):
+        d = self.dims
+        return self.draw(st.sampled_from([(), (d[0],), (d[1],), (d[0], d[1]), (d[1], d[2]), (d[0], d[2])]))
+
+    def expr(self, shape, depth, composite=False):
+        if depth <= 0 and not composite:
+            return self.leaf(shape)
+        kinds = ["leaf"] * (not composite) + ["unary"] * 3 + ["binary"] * 3 + ["power", "clamp", "matmul"]
+        kinds += {0: ["reduce", "reduce", "index"],
+                  1: ["rowreduce", "rowreduce", "rowcol", "arrange", "stack", "rownorm", "T"],
+                  2: ["T", "select", "rownorm", "rownorm", "stack"]}[len(shape)]
+        kind = self.draw(st.sampled_from(kinds))
+        sub = functools.partial(self.expr, depth=depth - 1)
+        d = self.dims
+        if kind == "leaf":
+            return self.leaf(shape)
+        if kind == "unary":
+            name = self.draw(st.sampled_from(UNARY_FREE + UNARY_BOUNDED + UNARY_POSITIVE + ["tan", "-"]))
+            x = sub(shape)
+            if name == "-":
+                return Neg(x)
+            if name in UNARY_BOUNDED:
+                x = self.bounded(x, BOUND_EXP)
+            elif name in UNARY_POSITIVE:
+                x = self.positive(x)
+            elif name == "tan":
+                x = self.bounded(x, 1.2)
+            return Method(name, x, parens=self.draw(st.booleans()))
+        if kind == "binary":
+            a_shape, b_shape = self.broadcast_pair(shape)
+            op = self.draw(st.sampled_from(["+", "-", "*", "/", "div"]))
+            a, b = sub(a_shape), sub(b_shape)
+            if op in ("/", "div"):
+                b = self.away_from_zero(b)
+            if op == "*":
+                a, b = self.bounded(a, 10.0), self.bounded(b, 10.0)
+            return Bin(op, a, b)
+        if kind == "power":
+            form = self.draw(st.sampled_from(["int", "real", "tensor"]))
+            spelling = self.draw(st.sampled_from(["**", "pow"]))
+            if form == "int":
+                return Bin(spelling, self.bounded(sub(shape), 5.0), Num(self.draw(st.sampled_from([2.0, 3.0]))))
+            base = self.positive(self.bounded(sub(shape), 5.0))
+            if form == "real":
+                return Bin(spelling, base, Num(self.draw(st.sampled_from([0.5, -1.0, 1.5]))))
+            _, e_shape = self.broadcast_pair(shape)
+            return Bin(spelling, base, self.bounded(sub(e_shape), 2.0))
+        if kind == "clamp":
+            name = self.draw(st.sampled_from(["clampMin", "clampMax"]))
+            return Method(name, sub(shape), param=self.draw(st.sampled_from([0.0, 0.5, -0.3])))
+        if kind == "matmul":
+            k = self.draw(st.sampled_from(d))
+            if len(shape) == 0:
+                a_shape, b_shape = (k,), (k,)                           # vector · vector
+            elif len(shape) == 1:                                       # matrix · vector, vector · matrix
+                a_shape, b_shape = self.draw(st.sampled_from([((shape[0], k), (k,)), ((k,), (k, shape[0]))]))
+            else:
+                a_shape, b_shape = (shape[0], k), (k, shape[1])         # matrix · matrix
+            op = self.draw(st.sampled_from(["@@", "@@", "@", "matmul", "dot"]))
+            return Bin(op, self.bounded(sub(a_shape), 5.0), self.bounded(sub(b_shape), 5.0))
+        if kind == "reduce":
+            name = self.draw(st.sampled_from(["sum", "mean", "product"]))
+            x = sub(self.shape_choice())
+            if name == "product":
+                x = self.bounded(x, 1.5)
+            return Method(name, x, parens=self.draw(st.booleans()))
+        if kind == "index":
+            x_shape = self.draw(st.sampled_from([(d[0],), (d[0], d[1])]))
+            key = tuple(self.draw(st.integers(0, n - 1)) for n in x_shape)
+            return Index(sub(x_shape), key)
+        if kind == "rowreduce":
+            reduction = self.draw(st.sampled_from(["sum", "mean", "product"]))
+            x = sub((shape[0], self.draw(st.sampled_from(d))))
+            if reduction == "product":
+                x = self.bounded(x, 1.5)
+            return RowReduce(reduction, self.draw(st.sampled_from(REDUCTION_SPELLINGS[reduction])), x)
+        if kind == "rowcol":
+            other = self.draw(st.sampled_from(d))
+            if self.draw(st.booleans()):
+                return Index(sub((other, shape[0])), ("row", self.draw(st.integers(0, other - 1))))
+            return Index(sub((shape[0], other)), ("col", self.draw(st.integers(0, other - 1))))
+        if kind == "arrange":
+            x_shape = (self.draw(st.sampled_from(d)), self.draw(st.sampled_from(d)))
+            rows, cols = self.positions(x_shape, shape[0])
+            return Arrange(self.draw(st.sampled_from(["pairs", "rowscols"])), sub(x_shape), rows, cols)
+        if kind == "select":
+            rows, cols = self.positions(shape, self.draw(st.integers(1, 4)))
+            form = self.draw(st.sampled_from(["brackets", "call", "method", "rowscols"]))
+            return Select(form, sub(shape), rows, cols)
+        if kind == "stack":
+            if len(shape) == 1:
+                return Stack(self.draw(st.sampled_from(["list", "Array"])),
+                             tuple(sub(()) for _ in range(shape[0])))
+            form = self.draw(st.sampled_from(["list", "fromRows", "fromColumns"]))
+            if form == "fromColumns":
+                return Stack(form, tuple(sub((shape[0],)) for _ in range(shape[1])))
+            return Stack(form, tuple(sub((shape[1],)) for _ in range(shape[0])))
+        if kind == "rownorm":
+            name = self.draw(st.sampled_from(ROW_NORMS))
+            x = self.bounded(sub(shape), 10.0)
+            return Method(name, self.rows_not_small(x) if "Rows" in name and "oftmax" not in name else x)
+        if kind == "T":
+            spelling = self.draw(st.sampled_from(["T", "transpose"]))
+            return Method(spelling, sub(shape[::-1]), parens=spelling == "transpose" and self.draw(st.booleans()))
+        raise AssertionError(kind)
+
+    def broadcast_pair(self, shape):
+        """Operand shapes that broadcast to `shape`: r×c with c, r×1, 1×c, scalars."""
+        options = [shape, shape, ()]
+        if len(shape) == 2:
+            options += [shape, (shape[1],), (shape[0], 1), (1, shape[1])]
+        while True:
+            a, b = self.draw(st.sampled_from(options)), self.draw(st.sampled_from(options))
+            if np.broadcast_shapes(a, b) == shape:
+                return (a, b) if self.draw(st.booleans()) else (b, a)
+
+    def positions(self, shape, n):
+        pairs = [(self.draw(st.integers(0, shape[0] - 1)), self.draw(st.integers(0, shape[1] - 1)))
+                 for _ in range(n)]
+        return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+    # -- statements
+
+    def bind(self, name, e) -> None:
+        if isinstance(e, Method) and e.name == "tej":  # `h = w.tej` would alias `w`'s node
+            e = Bin("*", e, Num(2.0))
+        value = self.value(e)
+        assert np.all(np.isfinite(value)), (render(e), value)
+        self.bindings.append((name, e))
+        self.env[name] = value
+        self.lines.append(f"{name} = {render(e)}")
+
+    def program(self) -> Program:
+        for k in range(self.draw(st.integers(1, 4))):
+            shape = self.shape_choice()
+            self.bind(f"h{k}", self.bounded(self.expr(shape, self.draw(st.integers(1, 3)), composite=True),
+                                            MAX_MAGNITUDE))
+        loss = self.expr((), self.draw(st.integers(2, 4)), composite=True)
+        # Most intermediates feed the loss; sometimes one is left over (a zero gradient).
+        for name, e in self.bindings:
+            if name.startswith("h") and name not in self.used and self.draw(st.integers(0, 3)):
+                loss = Bin("+", loss, Method(self.draw(st.sampled_from(["sum", "mean"])), Var(name)))
+        if not free_names(loss):
+            last = Var(self.bindings[-1][0]) if self.bindings else self.new_input(self.shape_choice())
+            loss = Bin("+", loss, Method("mean", last))
+        self.bind("loss", self.bounded(loss, 1e6))
+        backward = None
+        if self.draw(st.integers(0, 3)) == 0:
+            candidates = [n for n, _ in self.bindings[:-1]]
+            backward = self.draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=3, unique=True))
+            if self.draw(st.booleans()):
+                self.lines.append(f"loss.backward({', '.join(backward)})")
+            else:
+                self.lines.append(f"loss.backward(({', '.join(f'{n} = {n}' for n in backward)}))")
+        # Constant intermediates are inputs too: the interpreter folds them into leaves.
+        for name, e in self.bindings:
+            if name not in self.inputs and not free_names(e):
+                self.inputs[name] = self.env[name]
+        return Program("\n".join(self.lines) + "\n", self.bindings, self.inputs, "loss", backward)
+
+
+@st.composite
+def programs(draw) -> Program:
+    """A random well-shaped program with a scalar output `loss`."""
+    return _Builder(draw).program()

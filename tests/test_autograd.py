@@ -1,0 +1,72 @@
+"""Random well-shaped programs: spiread's values and reverse-mode gradients
+against numpy and the independent HIPS `autograd` library."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import Agreement, run
+from programs import programs
+from spiread_cli import api
+
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_values_match_numpy():
+    @SETTINGS
+    @given(programs())
+    def check(program):
+        r = run(program.source, name="generated.ad")
+        expected = program.evaluate()
+        assert list(r.bindings) == program.names
+        for name in program.names:
+            np.testing.assert_allclose(r.node(name).value, expected[name], rtol=1e-12, atol=1e-12,
+                                       err_msg=f"{name} in\n{program.source}")
+        assert r.output_name == "loss"
+        assert r.diagnostics.warnings == [], program.source  # generated values are all finite
+
+    check()
+
+
+def test_gradients_match_autograd(record_property):
+    worst = Agreement()
+
+    @settings(SETTINGS, max_examples=200)
+    @given(programs(), st.data())
+    def check(program, data):
+        r = run(program.source, name="generated.ad")
+        wrt = data.draw(st.lists(st.sampled_from(program.names), min_size=1, max_size=4, unique=True), label="wrt")
+        result = api.gradients(r, wrt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # autograd: "Output seems independent of input"
+            expected = program.autograd_gradients(wrt)
+        assert list(result.gradients) == wrt
+        for name in wrt:
+            got = result.gradients[name]
+            assert np.shape(got) == np.shape(expected[name]), (name, program.source)
+            scale = 1.0 + np.max(np.abs(expected[name]), initial=0.0)
+            np.testing.assert_allclose(got, expected[name], rtol=1e-7, atol=1e-10 * scale,
+                                       err_msg=f"∂loss/∂{name} in\n{program.source}")
+            worst.update(got, expected[name])
+        # A name the output does not depend on: a zero gradient (checked above) and a warning there.
+        unrelated = {n for n in wrt if not program.depends_on(n)}
+        warned = {w.message.split("`")[3] for w in r.diagnostics.warnings if "does not depend on" in w.message}
+        assert warned == unrelated, program.source
+
+    check()
+    worst.record(record_property, "reverse vs autograd")
+
+
+def test_default_wrt_is_backward_names_else_inputs():
+    @SETTINGS
+    @given(programs())
+    def check(program):
+        r = run(program.source, name="generated.ad")
+        assert r.backward_wrt == program.backward_names
+        assert api.resolve_wrt(r, None) == program.default_wrt(), program.source
+
+    check()
