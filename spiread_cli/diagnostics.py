@@ -153,32 +153,30 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else " " for c in text)
 
 
-def _window(text: str, column: int, width: int) -> tuple[str, int, int]:
-    """A slice of a long line around `column` (1-based): (shown text, where
-    the span starts in it, how much of the span fits)."""
-    start = 0
-    if len(text) > MAX_SHOWN_WIDTH:
-        start = max(0, min(column - 1 - MAX_SHOWN_WIDTH // 3, len(text) - MAX_SHOWN_WIDTH))
-    shown = text[start:start + MAX_SHOWN_WIDTH]
+def _window(text: str, column: int) -> tuple[str, int]:
+    """The part of a long line to show, around `column` (1-based), and how far
+    the text's column 1 moves in it (negative when the window starts later)."""
+    if len(text) <= MAX_SHOWN_WIDTH:
+        return text, 0
+    start = max(0, min(column - 1 - MAX_SHOWN_WIDTH // 3, len(text) - MAX_SHOWN_WIDTH))
     lead = "…" if start > 0 else ""
     tail = "…" if start + MAX_SHOWN_WIDTH < len(text) else ""
-    offset = column - 1 - start + len(lead)
-    fits = max(1, min(width, len(shown) + len(lead) - offset))
-    return lead + shown + tail, offset, fits
+    return lead + text[start:start + MAX_SHOWN_WIDTH] + tail, len(lead) - start
 
 
 def _source_line(source: Source, line: int, places: list, gutter: int) -> list[tuple[str, str]]:
     """One source line, an underline row marking each place on it (`^` for the
     error, `-` for related places), and the places' labels."""
     text = _printable(source.line_text(line))
+    places = sorted(places, key=lambda p: p[0].column)
+    shown, shift = _window(text, places[0][0].column)
     marks = []  # (offset in the shown text, width, mark, style, label)
-    for place, label, mark, style in sorted(places, key=lambda p: p[0].column):
-        width = (place.end_column - place.column if place.end_line == place.line
-                 else len(text) - place.column + 1)
-        shown, offset, fits = _window(text, places[0][0].column, max(1, width))
-        offset += place.column - places[0][0].column
-        marks.append((offset, fits, mark, style, label))
-    out = [("\n", ""), (f"{line:>{gutter}} | ", "bold blue"), (shown, ""), ("\n", ""), (f"{'':>{gutter}} | ", "bold blue")]
+    for place, label, mark, style in places:
+        width = place.end_column - place.column if place.end_line == place.line else len(text) - place.column + 1
+        offset = max(0, place.column - 1 + shift)
+        marks.append((offset, max(1, min(width, len(shown) - offset)), mark, style, label))
+    blank = (f"{'':>{gutter}} | ", "bold blue")
+    out = [("\n", ""), (f"{line:>{gutter}} | ", "bold blue"), (shown, ""), ("\n", ""), blank]
     at = 0
     for offset, fits, mark, style, _ in marks:
         if offset >= at:
@@ -189,7 +187,7 @@ def _source_line(source: Source, line: int, places: list, gutter: int) -> list[t
         out.append((f" {last_label}", f"bold {last_style}"))
     for offset, _, _, style, label in earlier:
         if label:
-            out += [("\n", ""), (f"{'':>{gutter}} | ", "bold blue"), (" " * offset + label, f"bold {style}")]
+            out += [("\n", ""), blank, (" " * offset + label, f"bold {style}")]
     return out
 
 
