@@ -90,6 +90,16 @@ SCRATCH = Path(tempfile.mkdtemp(prefix="spiread-fuzz-"))
 
 
 @settings(FUZZ, max_examples=150)
+@given(st.text(max_size=30) | language_text)
+def test_random_set_options(value):
+    """`--set` values are parsed by the language's parser: same guarantee."""
+    try:
+        api.parse_overrides([f"x={value}", value], SCRATCH)
+    except SpireadError as err:
+        assert err.exit_code in (1, 2)
+
+
+@settings(FUZZ, max_examples=150)
 @given(st.binary(max_size=120) | st.builds(lambda b, t: t.encode() + b, st.binary(max_size=8), language_text))
 def test_random_bytes_through_read_source(raw):
     path = SCRATCH / "bytes.ad"
