@@ -70,7 +70,9 @@ def spiread_step(xs, ys, ctx):
     (folder / "bigram.ad").write_text(PROGRAM)
     run = api.run_file(str(folder / "bigram.ad"))
     w = run.bindings["W"]
-    tape = optimize(run.tape, run.output, [w]) if ctx.get("rewrite", True) else run.tape
+    tape = run.tape
+    if ctx.get("rewrite", True):
+        optimize(tape, run.output, [w], hoist=ctx.get("hoist", True))
     diagnostics = Diagnostics()
     weights = tape.nodes[w]
 

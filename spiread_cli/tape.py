@@ -8,6 +8,7 @@ which is how `train` runs without re-parsing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,9 +37,13 @@ def all_finite(value: np.ndarray) -> bool:
     # then is the full elementwise check needed. This keeps the check to one
     # cheap pass over large arrays.
     with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.sum(value)):
-            return True
-    return bool(np.isfinite(value).all())
+        return _all_finite(value)
+
+
+def _all_finite(value: np.ndarray) -> bool:
+    """all_finite for callers already inside np.errstate(all="ignore"): the
+    sweeps, where this check runs once per node and its overhead counts."""
+    return math.isfinite(value.sum()) or bool(np.isfinite(value).all())
 
 
 def first_bad(value: np.ndarray) -> tuple[int, tuple[int, ...], float]:
@@ -77,57 +82,77 @@ class Tape:
               label: str, diagnostics: Diagnostics) -> Node:
         node = Node(len(self.nodes), "op", op, inputs, params, None, span, text, label)
         self.nodes.append(node)
-        self._compute(node, diagnostics)
+        with np.errstate(all="ignore"):
+            self._compute(node, diagnostics)
         return node
 
     def _compute(self, node: Node, diagnostics: Diagnostics | None) -> None:
-        args = [self.nodes[i].value for i in node.inputs]
-        with np.errstate(all="ignore"):
-            node.value = np.asarray(node.op.forward(*args, **node.params), dtype=np.float64)
-        inputs_finite = all(self.nodes[i].finite for i in node.inputs)
-        node.finite = all_finite(node.value) if inputs_finite else False
+        """Evaluate one op node; the caller holds np.errstate(all="ignore")."""
+        nodes = self.nodes
+        args = [nodes[i].value for i in node.inputs]
+        value = node.op.forward(*args, **node.params)
+        if type(value) is not np.ndarray or value.dtype != np.float64:
+            value = np.asarray(value, dtype=np.float64)
+        node.value = value
+        inputs_finite = all([nodes[i].finite for i in node.inputs])
+        node.finite = _all_finite(value) if inputs_finite else False
         if inputs_finite and not node.finite and diagnostics is not None:
-            diagnostics.warn(describe_nonfinite(f"`{node.label}`", node.value, args), node.span)
+            diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args), node.span)
 
     def replay(self, diagnostics: Diagnostics | None = None, start: int = 0, stop: int | None = None) -> None:
         """Recompute the op nodes from `start` up to (not including) `stop`
         from the current leaf values."""
-        for node in self.nodes[start:stop]:
-            if node.op is not None:
-                self._compute(node, diagnostics)
+        compute = self._compute
+        with np.errstate(all="ignore"):
+            for node in self.nodes[start:stop]:
+                if node.op is not None:
+                    compute(node, diagnostics)
 
     def backward(self, output: int, wrt: list[int], diagnostics: Diagnostics | None = None) -> dict[int, np.ndarray]:
         """Reverse sweep: the gradient of the (scalar) output with respect to
         each node in `wrt`. Only nodes between `wrt` and the output are visited,
         and a vjp is evaluated only for inputs that lead back to a `wrt` node."""
         nodes = self.nodes
-        needs = np.zeros(len(nodes), dtype=bool)
-        needs[list(wrt)] = True
         lowest = min(wrt, default=output + 1)
+        needs = [False] * len(nodes)
+        for w in wrt:
+            needs[w] = True
         for node in nodes[lowest:output + 1]:
             if node.op is not None and not needs[node.id]:
-                needs[node.id] = any(needs[i] for i in node.inputs)
+                needs[node.id] = any([needs[i] for i in node.inputs])
+        with np.errstate(all="ignore"):
+            result = self._sweep(output, wrt, needs, None)
+            # Finiteness is checked only when a gradient came out non-finite:
+            # then a second, checking sweep finds the op that made it.
+            if diagnostics is not None and not all(_all_finite(g) for g in result.values()):
+                births: list = []
+                self._sweep(output, wrt, needs, births)
+                if births:
+                    node, gi, args = births[0]  # the first op, sweeping back from the output, to make one
+                    diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", gi, args), node.span)
+        return result
+
+    def _sweep(self, output: int, wrt: list[int], needs: list[bool], births: list | None) -> dict[int, np.ndarray]:
+        """The reverse loop. With a `births` list, also record each (node,
+        gradient, inputs) whose vjp turned finite values into non-finite ones."""
+        nodes = self.nodes
+        lowest = min(wrt, default=output + 1)
         grads: dict[int, np.ndarray] = {}
         if needs[output]:
             grads[output] = np.ones_like(nodes[output].value)
         wanted = set(wrt)
-        births = []  # (node, input) whose vjp first produced a non-finite gradient
         for node in reversed(nodes[lowest:output + 1]):
             g = grads.get(node.id) if node.id in wanted else grads.pop(node.id, None)
             if g is None or node.op is None:
                 continue
             args = [nodes[i].value for i in node.inputs]
-            g_finite = all_finite(g)
+            vjp, out, params = node.op.vjp, node.value, node.params
+            check = births is not None and node.finite and _all_finite(g)
             for k, i in enumerate(node.inputs):
                 if not needs[i]:
                     continue
-                with np.errstate(all="ignore"):
-                    gi = node.op.vjp(k, g, node.value, *args, **node.params)
-                if g_finite and node.finite and not all_finite(gi):
+                gi = vjp(k, g, out, *args, **params)
+                if check and not _all_finite(gi):
                     births.append((node, gi, args))
                 grads[i] = gi if i not in grads else grads[i] + gi
-        result = {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}
-        if diagnostics is not None and births and not all(all_finite(g) for g in result.values()):
-            node, gi, args = births[0]  # the first op, sweeping back from the output, to make one
-            diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", gi, args), node.span)
-        return result
+        return {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}

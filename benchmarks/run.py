@@ -1,0 +1,208 @@
+"""Run every benchmark and print (or write) the results table.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py [--quick] [--write-docs]
+
+Peers (numpy by hand, PyTorch eager float64, JAX jit float64, HIPS autograd)
+run in the same process when installed: `pip install -e ".[bench]"`.
+Implementations are timed in interleaved rounds, so a change in machine load
+hits them all alike; each figure is the median over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+DOCS = common.ROOT / "docs" / "performance.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def interleaved(factories: dict, rounds: int, per_round: int) -> dict[str, float]:
+    """Median seconds per step of each implementation, timed round-robin."""
+    steps = {name: make() for name, make in factories.items()}
+    for step in steps.values():
+        step(), step()  # warm-up (and JAX's compile)
+    samples = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                step()
+            samples[name].append((time.perf_counter() - start) / per_round)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def step_benchmarks(quick: bool) -> dict:
+    import bigram
+    import chain
+    import mlp
+    results = {}
+    ctx: dict = {}
+    rounds = 3 if quick else 7
+    bigram_impls = bigram.implementations(ctx)
+    xs_ys = bigram.pairs()
+    bigram_impls["spiread, no hoisting"] = lambda: bigram.spiread_step(*xs_ys, ctx | {"hoist": False})
+    bigram_impls["spiread, no rewrites"] = lambda: bigram.spiread_step(*xs_ys, ctx | {"rewrite": False})
+    results["bigram"] = interleaved(bigram_impls, rounds, 2)
+    mlp_impls = mlp.implementations(ctx)
+    mlp_impls["spiread, no rewrites"] = lambda: mlp.spiread_step(mlp.data(), ctx | {"rewrite": False})
+    results["mlp"] = interleaved(mlp_impls, rounds, 3)
+    results["chain"] = interleaved(chain.implementations(ctx), rounds, 1)
+    for folder in ctx.get("cleanup", []):
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+def parse_lines(n: int = 10_000) -> str:
+    lines = ["x = [[1, 2], [3, 4]]", "w = randn(2, 2, seed=1)"]
+    for i in range(n - 2):
+        prev = f"a{i - 1}" if i else "x"
+        lines.append(f"a{i} = ({prev} @@ w + x * 0.5).tanh.normaliseRowsL1 - {prev}[(0, 1), (1, 0)] / 2.0  // line {i}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_benchmark(repeats: int) -> dict:
+    from spiread_cli import api, syntax
+    from spiread_cli.diagnostics import Source
+    source = Source("parse.ad", parse_lines())
+    parse = min(_timed(lambda: syntax.parse(source)) for _ in range(repeats))
+    compile_ = min(_timed(lambda: api.run_source(source)) for _ in range(max(1, repeats // 2)))
+    return {"parse": parse, "parse + record": compile_, "lines": source.text.count("\n")}
+
+
+def _timed(f) -> float:
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
+
+
+def cold_start(repeats: int) -> dict:
+    spiread = shutil.which("spiread") or "spiread"
+    seed = str(common.ROOT / "examples" / "seed.ad")
+    commands = {"spiread eval examples/seed.ad": [spiread, "eval", seed],
+                "python -c 'import numpy'": [sys.executable, "-c", "import numpy"],
+                "python -c 'pass'": [sys.executable, "-c", "pass"]}
+    times = {name: [] for name in commands}
+    for _ in range(repeats):
+        for name, argv in commands.items():
+            start = time.perf_counter()
+            subprocess.run(argv, capture_output=True, check=False)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def rss_benchmarks(workloads=("bigram", "mlp")) -> dict:
+    import bigram
+    import mlp
+    out = {}
+    for workload, module in (("bigram", bigram), ("mlp", mlp)):
+        if workload not in workloads:
+            continue
+        names = list(module.implementations({}).keys())
+        out[workload] = {name: common.measure_rss_in_child(workload, name) for name in names}
+    return out
+
+
+def rss_child(workload: str, impl: str, steps: int) -> None:
+    """Run in a fresh process: import, set up, take steps, report memory."""
+    import bigram
+    import mlp
+    module = {"bigram": bigram, "mlp": mlp}[workload]
+    ctx: dict = {}
+    factories = module.implementations(ctx)
+    base = common.rss_mb()
+    step = factories[impl]()
+    for _ in range(steps):
+        step()
+    for folder in ctx.get("cleanup", []):
+        shutil.rmtree(folder, ignore_errors=True)
+    print(json.dumps({"base_mb": base, "peak_mb": common.peak_rss_mb()}))
+
+
+# ------------------------------------------------------------------ table
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def table(results: dict) -> str:
+    out = [f"Machine: {common.blas_kernel()}; Python {sys.version.split()[0]}; "
+           f"numpy {_version('numpy')}, torch {_version('torch')}, jax {_version('jax')}, autograd {_version('autograd')}.",
+           ""]
+    for workload, unit in (("bigram", "step"), ("mlp", "step"), ("chain", "step")):
+        timings = results["steps"][workload]
+        ours = timings["spiread"]
+        out += [f"**{workload}** (forward + backward{' + SGD' if workload != 'chain' else ''}, median per {unit})", "",
+                "| implementation | time | spiread ÷ it |", "|---|---:|---:|"]
+        for name, t in timings.items():
+            extra = f" ({t / _chain_ops() * 1e6:.2f} µs/op)" if workload == "chain" else ""
+            out.append(f"| {name} | {ms(t)}{extra} | {ours / t:.3f}× |")
+        out.append("")
+    p = results["parse"]
+    out += [f"**parse** ({p['lines']:,} lines): parse {ms(p['parse'])}, parse + record on the tape {ms(p['parse + record'])}", ""]
+    c = results["cold"]
+    ratio = c["spiread eval examples/seed.ad"] / c["python -c 'import numpy'"]
+    out += ["**cold start** (whole process, median)", "", "| command | time |", "|---|---:|"]
+    out += [f"| `{name}` | {ms(t)} |" for name, t in c.items()]
+    out += ["", f"spiread ÷ numpy import: {ratio:.2f}×", ""]
+    if "rss" in results:
+        out += ["**peak memory** (RSS, fresh process per implementation; *work* = peak − RSS after imports)", "",
+                "| workload | implementation | peak | work |", "|---|---|---:|---:|"]
+        for workload, impls in results["rss"].items():
+            for name, r in impls.items():
+                out.append(f"| {workload} | {name} | {r['peak_mb']:.0f} MB | {r['peak_mb'] - r['base_mb']:.0f} MB |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _chain_ops() -> int:
+    import chain
+    return chain.OPS
+
+
+def _version(module: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--write-docs", action="store_true", help=f"replace the results section of {DOCS}")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--rss-child", nargs=3, metavar=("WORKLOAD", "IMPL", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child[0], args.rss_child[1], int(args.rss_child[2]))
+        return
+    results = {"steps": step_benchmarks(args.quick), "parse": parse_benchmark(3 if args.quick else 5),
+               "cold": cold_start(5 if args.quick else 15)}
+    if not args.no_rss:
+        results["rss"] = rss_benchmarks()
+    text = table(results)
+    print(text)
+    (Path(tempfile.gettempdir()) / "spiread-bench.json").write_text(json.dumps(results, indent=1))
+    if args.write_docs:
+        doc = DOCS.read_text()
+        head, rest = doc.split(START)
+        _, tail = rest.split(END)
+        DOCS.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()
