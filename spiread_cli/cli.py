@@ -226,9 +226,10 @@ def train_command(
     try:
         with session(file, fmt, strict, debug) as s, training.stop_on_interrupt(_stopping_notice) as stop_requested:
             chosen = make_optimizer(optimizer.value, lr, momentum)
-            for path, option, suffix in ((save, "--save", ".npz"), (log, "--log", ".csv"), (plot, "--plot", ".png")):
+            for path, option, suffixes in ((save, "--save", (".npz",)), (log, "--log", (".csv", ".txt")),
+                                           (plot, "--plot", (".png",))):
                 if path is not None:
-                    training.check_output_path(path, option, (suffix,))
+                    training.check_output_path(path, option, suffixes)
             if plot is not None and not training.plot_available():
                 raise usage_error("`--plot` needs matplotlib, which is not installed",
                                   ["pip install 'spiread[plot]'; the summary's sparkline needs nothing"])

@@ -183,11 +183,17 @@ def stop_on_interrupt(notice: Callable[[], None] = lambda: None):
 # ------------------------------------------------------------ output files
 
 
+# File name endings that promise a format; an output file may have any other
+# name, but not one that promises a format it is not written in.
+FORMAT_SUFFIXES = {".npy", ".npz", ".csv", ".tsv", ".txt", ".json", ".png", ".svg", ".pdf", ".jpg", ".jpeg"}
+
+
 def check_output_path(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
-    """Refuse, before training, an output path that cannot be written."""
-    if path.suffix.lower() not in suffixes:
-        raise usage_error(f"`{option} {path}`: the file name must end in {' or '.join(suffixes)}",
-                          [f"e.g. `{option} {path.with_suffix(suffixes[0]).name}`"])
+    """Refuse, before training, an output path that cannot be written, or
+    whose ending names another format (`--save w.npy` would not load as .npy)."""
+    if path.suffix.lower() in FORMAT_SUFFIXES - set(suffixes):
+        raise usage_error(f"`{option} {path}`: it writes {' or '.join(suffixes)}, not {path.suffix}",
+                          [f"e.g. `{option} {path.with_suffix(suffixes[0])}`"])
     folder = path.parent
     if not folder.is_dir():
         raise usage_error(f"`{option} {path}`: the folder `{folder}` does not exist")

@@ -106,7 +106,7 @@ def test_cli_json_document():
 
 def test_save_then_set_continues_exactly(tmp_path):
     """10 steps, saved, then 10 more from the save equal 20 in one go."""
-    first, second, log = tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "loss.csv"
+    first, second, log = tmp_path / "a.npz", tmp_path / "b", tmp_path / "loss.csv"  # any name but another format's
     common = [REGRESSION, "--wrt", "weights", "--lr", "0.01", "--format", "json"]
     assert spiread("train", *common, "--steps", "10", "--save", first).returncode == 0
     with np.load(first, allow_pickle=False) as archive:
@@ -120,7 +120,7 @@ def test_save_then_set_continues_exactly(tmp_path):
     rows = log.read_text().splitlines()
     assert rows[0] == "step,loss" and len(rows) == 11
     assert float(rows[1].split(",")[1]) == pytest.approx(direct.losses[10], rel=1e-14)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz", "loss.csv"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b", "loss.csv"]  # no temp files left
     assert first.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not the temporary file's 0600
 
 
@@ -143,7 +143,8 @@ def test_text_summary_and_plot(tmp_path):
     (["--wrt", "errors"], "computed from other values"),
     (["--wrt", "wieghts"], "did you mean `weights`"),
     ([], "--wrt"),
-    (["--wrt", "weights", "--save", "w.npy"], "must end in .npz"),
+    (["--wrt", "weights", "--save", "w.npy"], "it writes .npz, not .npy"),
+    (["--wrt", "weights", "--log", "no/such/folder/loss.csv"], "does not exist"),
     (["--wrt", "weights", "--optimizer", "rmsprop"], "rmsprop"),
 ])
 def test_usage_errors(args, words):
