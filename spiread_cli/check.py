@@ -13,8 +13,10 @@ The tolerance rule (docs/check.md): an entry passes when
     |ad - fd| <= tol * max(|fd|, scale) + noise
 
 where `scale` is the largest |ad| among the numbers compared for that value,
-and `noise` = 64 · 2⁻⁵² · (|f(x+h)| + |f(x-h)|) / (2h) allows for rounding in
-the difference quotient.
+and `noise` = 64 · 2⁻⁵² · max(|f(x±h)|, M) / h allows for rounding in the
+difference quotient, M being the largest magnitude among the numbers the
+output is computed from (its op's operands): a small output made by
+cancelling large terms is only as exact as those terms.
 """
 
 from __future__ import annotations
@@ -180,19 +182,21 @@ def check_gradients(run: Run, wrt: list[str] | None = None, eps: float | None = 
     tape = run.tape
     reverse = tape.backward(run.output, ids, run.diagnostics)
     f0 = float(tape.nodes[run.output].value)
+    magnitude = output_magnitude(tape, run.output)
     problem = None
     if not np.isfinite(f0):
         problem = (f"the output `{run.output_name}` is {f0:g}: finite differences need a finite output, "
                    "so its gradients cannot be checked here")
     rng = np.random.default_rng(seed)
-    results = {name: _check_value(tape, run.output, name, i, reverse[i], f0, eps, tol, max_entries, directions, rng)
+    results = {name: _check_value(tape, run.output, name, i, reverse[i], f0, magnitude, eps, tol, max_entries,
+                                  directions, rng)
                for name, i in zip(names, ids)}
     failed = [run.bindings[name] for name, r in results.items() if not r.ok]
     return CheckReport(run.output_name, f0, eps, tol, results, kink_sites(tape, failed, run.output), problem)
 
 
-def _check_value(tape: Tape, output: int, name: str, node_id: int, grad: np.ndarray, f0: float, eps: float,
-                 tol: float, max_entries: int, directions: int, rng: np.random.Generator) -> ValueCheck:
+def _check_value(tape: Tape, output: int, name: str, node_id: int, grad: np.ndarray, f0: float,
+                 magnitude: float, eps: float, tol: float, max_entries: int, directions: int, rng: np.random.Generator) -> ValueCheck:
     x = tape.nodes[node_id].value
     probe = Probe(tape, node_id, output)
     try:
@@ -230,7 +234,7 @@ def _check_value(tape: Tape, output: int, name: str, node_id: int, grad: np.ndar
         with np.errstate(all="ignore"):
             fd = (plus - minus) / (2 * eps)
             gap = (plus - 2 * f0 + minus) / eps                  # right slope minus left slope
-            noise = NOISE_ULPS * ULP * (np.abs(plus) + np.abs(minus)) / (2 * eps)
+            noise = NOISE_ULPS * ULP * np.maximum(np.maximum(np.abs(plus), np.abs(minus)), magnitude) / eps
             finite_ad = np.abs(ad[np.isfinite(ad)])
             scale = float(finite_ad.max()) if finite_ad.size else 0.0
             candidates = np.flatnonzero((np.abs(gap) > KINK_GAP * np.maximum(scale, np.abs(fd))) & (np.abs(gap) > 4 * noise))
@@ -247,7 +251,7 @@ def _check_value(tape: Tape, output: int, name: str, node_id: int, grad: np.ndar
             fvr = np.where(fwd == ad, 0.0, np.abs(fwd - ad))
             # Forward and reverse mode sum the same terms in other orders: they
             # agree to rounding, relative to the gradient and to the output.
-            fvr_bad = ~(fvr <= FORWARD_TOL * (scale + np.abs(ad)) + NOISE_ULPS * ULP * (1 + abs(f0)))
+            fvr_bad = ~(fvr <= FORWARD_TOL * (scale + np.abs(ad)) + NOISE_ULPS * ULP * (1 + magnitude))
             nonfinite = ~(np.isfinite(ad) & np.isfinite(fd))
             bad = ~(err <= allowed) | kink | nonfinite
             ratio = np.where(err == 0, 0.0, err / allowed)
@@ -284,6 +288,14 @@ def _check_value(tape: Tape, output: int, name: str, node_id: int, grad: np.ndar
         else:
             result.problem = f"forward mode gives {fwd[j]:.17g} but reverse mode {ad[j]:.17g}"
     return result
+
+
+def output_magnitude(tape: Tape, output: int) -> float:
+    """The largest finite magnitude among the output and its op's operands."""
+    node = tape.nodes[output]
+    values = [tape.nodes[i].value for i in node.inputs] + [node.value]
+    finite = [np.abs(v[np.isfinite(v)]) for v in values]
+    return max((float(f.max()) for f in finite if f.size), default=0.0)
 
 
 def _max(a: np.ndarray) -> float:
