@@ -399,11 +399,11 @@ def _syntax_notes(token: Token | None, previous: Token | None, opened: list[Toke
     """A hint for the usual causes of an unexpected token."""
     if token is None or token.type == "$END":
         return []
-    if token.type in _VALUE_TOKENS and expected & _BINARY:
     if opened and token.line != opened[-1].line:
         inner = opened[-1]
         return [f"the `{inner}` opened at {inner.line}:{inner.column} is still open here; "
                 f"is a `,` or a closing `{')' if inner.type == 'LPAR' else ']'}` missing?"]
+    if token.type in _VALUE_TOKENS and expected & _BINARY:
         if opened:
             return ["is a `,` or an operator missing between them?"]
         return ["two values side by side need an operator between them, e.g. `a * b`"]
