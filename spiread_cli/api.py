@@ -128,8 +128,9 @@ def require_scalar_output(run: Run) -> None:
     shape = run.tape.nodes[run.output].value.shape
     if shape != ():
         node = run.tape.nodes[run.output]
+        receiver = run.output_name if run.output_name.isidentifier() else f"({run.output_name})"
         raise SpireadError(f"the output `{run.output_name}` is {shape_str(shape)}, but gradients need a scalar",
-                           node.span, [f"reduce it, e.g. `loss = {run.output_name}.sum` or `.mean`, "
+                           node.span, [f"reduce it, e.g. `loss = {receiver}.sum` or `.mean`, "
                                        "or pick a scalar with `--of NAME`"])
 
 
