@@ -13,9 +13,9 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from typer.testing import CliRunner
 
@@ -31,7 +31,7 @@ EXTRA = ["(", ")", "[", "]", ",", ".", "=", "+", "-", "*", "/", "**", "@@", ";",
          "1e308", "0.0", "x", "sum", "T", "row", "load", '"nope.csv"', "select", "arange", "backward",
          "ReductionOps.Sum", "Array", "(0, 0)", "zeros", "log", "sqrt", "val", "import"]
 # Results stay small, so a mutation that builds a huge array is refused fast.
-os.environ.setdefault("SPIREAD_MAX_BYTES", str(64 << 20))
+SMALL_LIMIT = {"SPIREAD_MAX_BYTES": str(64 << 20)}
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 
 
@@ -86,23 +86,37 @@ def test_random_program_text_through_the_library(text):
     run_everything(Source("fuzz.ad", text))
 
 
-SCRATCH = Path(tempfile.mkdtemp(prefix="spiread-fuzz-"))
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_limit():
+    saved = {key: os.environ.get(key) for key in SMALL_LIMIT}
+    os.environ.update(SMALL_LIMIT)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = value
 
 
 @settings(FUZZ, max_examples=150)
 @given(st.text(max_size=30) | language_text)
-def test_random_set_options(value):
+def test_random_set_options(scratch, value):
     """`--set` values are parsed by the language's parser: same guarantee."""
     try:
-        api.parse_overrides([f"x={value}", value], SCRATCH)
+        api.parse_overrides([f"x={value}", value], scratch)
     except SpireadError as err:
         assert err.exit_code in (1, 2)
 
 
 @settings(FUZZ, max_examples=150)
 @given(st.binary(max_size=120) | st.builds(lambda b, t: t.encode() + b, st.binary(max_size=8), language_text))
-def test_random_bytes_through_read_source(raw):
-    path = SCRATCH / "bytes.ad"
+def test_random_bytes_through_read_source(scratch, raw):
+    path = scratch / "bytes.ad"
     path.write_bytes(raw)
     try:
         source = api.read_source(str(path))
@@ -145,12 +159,12 @@ def test_mutated_examples_through_the_command_line(text, command, json_mode):
 
 @settings(FUZZ, max_examples=3)
 @given(mutated_programs())
-def test_mutated_examples_through_a_real_process(text):
+def test_mutated_examples_through_a_real_process(scratch, text):
     """A real `spiread` process per example, text and JSON, within a time bound."""
-    path = SCRATCH / "process.ad"
+    path = scratch / "process.ad"
     path.write_text(text, "utf-8")
     for json_mode in (False, True):
         args = ["grad", str(path)] + (["--format", "json"] if json_mode else [])
         done = subprocess.run([sys.executable, "-m", "spiread_cli", *args], capture_output=True, text=True,
-                              timeout=60, env={**os.environ, "SPIREAD_MAX_BYTES": str(64 << 20)})
+                              timeout=60, env={**os.environ, **SMALL_LIMIT})
         check_cli_outcome(done.returncode, done.stdout, done.stderr, json_mode)
