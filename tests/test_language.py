@@ -380,3 +380,39 @@ def test_constants_and_inputs():
     kinds = {name: r.node(name).kind for name in r.bindings}
     assert kinds == {"w": "input", "k": "input", "h": "op", "loss": "op"}
     assert r.node("k").value == 6.0
+
+
+@pytest.mark.parametrize("text,words", [
+    ("zeros(2.5)", "whole"), ("ones(2, 1.5)", "whole"), ("onehot([0.5, 1], 3)", "whole"),
+    ("onehot([0, 1], 2.5)", "whole"), ("onehot([0, 3], 3)", "out of range"), ("eye(-1)", "negative"),
+])
+def test_sizes_and_labels_must_be_whole_numbers_in_range(text, words):
+    err = error(text)
+    assert words in err.diagnostic.message and err.diagnostic.span.line == 1
+
+
+def test_matmul_mismatch_names_both_shapes_at_the_operator():
+    err = error("a = [[1, 2], [3, 4]]\nb = [[1, 2, 3]]\nc = a @@ b")
+    assert "2×2" in err.diagnostic.message and "1×3" in err.diagnostic.message
+    assert (err.diagnostic.span.line, err.diagnostic.span.column) == (3, 7)
+
+
+def test_a_vector_takes_one_position():
+    assert "1 position" in error("v = [1, 2]\nv[0, 1]").diagnostic.message
+
+
+def test_non_finite_warning_counts_and_locates():
+    r = run("x = [1.0, 0.0, -1.0, 0.0]\ny = x.log")
+    [warning] = r.diagnostics.warnings
+    assert "3 of 4 entries" in warning.message and "first at [1]" in warning.message
+    assert (warning.span.line, warning.span.column) == (2, 7)
+
+
+def test_only_the_first_op_to_make_a_non_finite_value_warns():
+    r = run("x = [1.0, 0.0]\ny = x.log * 2 + 1\nz = y.exp")
+    assert len(r.diagnostics.warnings) == 1
+
+
+def test_load_txt_with_a_header(tmp_path):
+    (tmp_path / "d.txt").write_text("a b\n1 2\n3 4\n")
+    np.testing.assert_array_equal(value('load("d.txt")', base_dir=tmp_path), [[1.0, 2.0], [3.0, 4.0]])
