@@ -287,3 +287,22 @@ def test_readme_commands():
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "test_seed.py" in result.stdout, result.stdout
+
+
+def test_error_shows_the_source_line_and_a_caret_under_the_place():
+    result = spiread("eval", "-", stdin="x = [1, 2]\ny = x + [1, 2, 3]\n")
+    assert result.returncode == 1
+    header, source, caret = result.stderr.splitlines()[:3]
+    assert header.startswith("<stdin>:2:7: error:") and "vector of 2" in header and "vector of 3" in header
+    assert source.endswith("y = x + [1, 2, 3]")
+    assert caret.index("^") - caret.index("|") == source.index("+") - source.index("|")
+
+
+def test_json_carries_non_finite_numbers_as_strings():
+    program = "x = [1.0, 0.0, -1.0]\ny = x.log\nz = [[1.0, 0.0]] / 0\nloss = y.sum\n"
+    result = spiread("eval", "-", "--format", "json", stdin=program)
+    assert result.returncode == 0
+    values = strict_json(result.stdout)["values"]
+    assert values["y"]["value"] == [0.0, "-inf", "nan"]
+    assert values["z"]["value"] == [["inf", "nan"]]
+    assert values["loss"]["value"] == "nan"
