@@ -24,7 +24,7 @@ def test_values_match_numpy():
         expected = program.evaluate()
         assert list(r.bindings) == program.names
         for name in program.names:
-            np.testing.assert_allclose(r.node(name).value, expected[name], rtol=1e-12, atol=1e-12,
+            np.testing.assert_allclose(r.node(name).value, expected[name], rtol=1e-10, atol=1e-12,
                                        err_msg=f"{name} in\n{program.source}")
         assert r.output_name == "loss"
         assert r.diagnostics.warnings == [], program.source  # generated values are all finite
