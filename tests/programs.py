@@ -464,7 +464,7 @@ class _Builder:
         if depth <= 0 and not composite:
             return self.leaf(shape)
         kinds = ["leaf"] * (not composite) + ["unary"] * 3 + ["binary"] * 3 + ["power", "clamp", "matmul"]
-        kinds += {0: ["reduce", "reduce", "index"],
+        kinds += {0: ["reduce", "reduce", "index", "likelihood"],
                   1: ["rowreduce", "rowreduce", "rowcol", "arrange", "stack", "rownorm", "T"],
                   2: ["T", "select", "rownorm", "rownorm", "stack"]}[len(shape)]
         kind = self.draw(st.sampled_from(kinds))
@@ -515,6 +515,10 @@ class _Builder:
             else:
                 a_shape, b_shape = (shape[0], k), (k, shape[1])         # matrix · matrix
             op = self.draw(st.sampled_from(["@@", "@@", "@", "matmul", "dot"]))
+            if len(shape) == 2 and self.draw(st.booleans()):  # a constant one-hot @@ W: a row gather
+                labels = [self.draw(st.integers(0, k - 1)) for _ in range(shape[0])]
+                onehot = Const(f"onehot({labels}, {k})", np.eye(k)[labels])
+                return Bin(op, onehot, self.bounded(sub(b_shape), 5.0))
             return Bin(op, self.bounded(sub(a_shape), 5.0), self.bounded(sub(b_shape), 5.0))
         if kind == "reduce":
             name = self.draw(st.sampled_from(["sum", "mean", "product"]))
@@ -522,6 +526,8 @@ class _Builder:
             if name == "product":
                 x = self.bounded(x, 1.5)
             return Method(name, x, parens=self.draw(st.booleans()))
+        if kind == "likelihood":
+            return self.log_likelihood(sub((self.draw(st.sampled_from(d)), self.draw(st.sampled_from(d)))))
         if kind == "index":
             x_shape = self.draw(st.sampled_from([(d[0],), (d[0], d[1])]))
             key = tuple(self.draw(st.integers(0, n - 1)) for n in x_shape)
@@ -561,6 +567,25 @@ class _Builder:
             spelling = self.draw(st.sampled_from(["T", "transpose"]))
             return Method(spelling, sub(shape[::-1]), parens=spelling == "transpose" and self.draw(st.booleans()))
         raise AssertionError(kind)
+
+    def log_likelihood(self, logits):
+        """The seed's pattern: probabilities by rows, pick entries (at least one
+        per row, so no log of 0), row sums, log, mean; or the same through
+        logSoftmaxRows and a gather."""
+        logits = self.bounded(logits, 5.0)
+        r, c = self.value(logits).shape
+        rows = list(range(r)) + [self.draw(st.integers(0, r - 1)) for _ in range(self.draw(st.integers(0, 2)))]
+        cols = [self.draw(st.integers(0, c - 1)) for _ in rows]
+        form = self.draw(st.sampled_from(["exp", "softmax", "logsoftmax"]))
+        if form == "logsoftmax":
+            picked = Arrange(self.draw(st.sampled_from(["pairs", "rowscols"])), Method("logSoftmaxRows", logits),
+                             tuple(rows), tuple(cols))
+            return Method("mean", picked)
+        probs = Method("normaliseRowsL1", Method("exp", logits)) if form == "exp" else Method("softmaxRows", logits)
+        picked = Select(self.draw(st.sampled_from(["brackets", "call", "method", "rowscols"])), probs,
+                        tuple(rows), tuple(cols))
+        spelling = self.draw(st.sampled_from(REDUCTION_SPELLINGS["sum"]))
+        return Method("mean", Method("log", RowReduce("sum", spelling, picked)))
 
     def broadcast_pair(self, shape):
         """Operand shapes that broadcast to `shape`: r×c with c, r×1, 1×c, scalars."""
