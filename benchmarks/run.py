@@ -158,7 +158,7 @@ def table(results: dict) -> str:
     out += [f"| `{name}` | {ms(t)} |" for name, t in c.items()]
     out += ["", f"spiread ÷ numpy import: {ratio:.2f}×", ""]
     if "rss" in results:
-        out += ["**peak memory** (RSS, fresh process per implementation; *work* = peak − RSS after imports)", "",
+        out += ["**peak memory** (RSS, fresh process per implementation; *work* = peak − RSS before set-up, which includes a peer's own imports)", "",
                 "| workload | implementation | peak | work |", "|---|---|---:|---:|"]
         for workload, impls in results["rss"].items():
             for name, r in impls.items():
