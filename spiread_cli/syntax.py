@@ -11,6 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, replace
 from importlib import resources
+from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
@@ -256,10 +257,20 @@ _parser: Lark | None = None
 _postlexer = _BracketPostLexer()
 
 
+def grammar_text() -> str:
+    """The grammar file. Installed, it travels inside the package as
+    `spiread_cli.grammar`; imported straight from a source checkout (as
+    `python -m pytest` at the top of the repository does), it sits in grammar/."""
+    try:
+        return resources.files("spiread_cli.grammar").joinpath("spiread.lark").read_text("utf-8")
+    except ModuleNotFoundError:
+        return (Path(__file__).resolve().parent.parent / "grammar" / "spiread.lark").read_text("utf-8")
+
+
 def _get_parser() -> Lark:
     global _parser
     if _parser is None:
-        grammar = resources.files("spiread_cli.grammar").joinpath("spiread.lark").read_text("utf-8")
+        grammar = grammar_text()
         _parser = Lark(grammar, parser="lalr", postlex=_postlexer, transformer=_ToAst(),
                        maybe_placeholders=True, cache=True)
     return _parser

@@ -29,7 +29,19 @@ class Node:
     text: str                     # the source text that produced it
     label: str                    # how the op is written: `log`, `@@`, `select`; the value for a leaf
     name: str | None = None       # the name it is bound to, if any
-    finite: bool = True           # every entry finite
+    known_finite: bool | None = None  # cache for `finite`; None until someone asks
+
+    @property
+    def finite(self) -> bool:
+        """Every entry is finite. Computed when first asked, so a replay that
+        nobody inspects pays no extra pass over its values."""
+        if self.known_finite is None:
+            self.known_finite = all_finite(self.value)
+        return self.known_finite
+
+    @finite.setter
+    def finite(self, value: bool) -> None:
+        self.known_finite = value
 
 
 def all_finite(value: np.ndarray) -> bool:
@@ -74,7 +86,7 @@ class Tape:
     nodes: list[Node] = field(default_factory=list)
 
     def leaf(self, value: np.ndarray, kind: str, span: Span | None, text: str, name: str | None = None) -> Node:
-        node = Node(len(self.nodes), kind, None, (), {}, value, span, text, text, name, all_finite(value))
+        node = Node(len(self.nodes), kind, None, (), {}, value, span, text, text, name)
         self.nodes.append(node)
         return node
 
@@ -94,9 +106,8 @@ class Tape:
         if type(value) is not np.ndarray or value.dtype != np.float64:
             value = np.asarray(value, dtype=np.float64)
         node.value = value
-        inputs_finite = all([nodes[i].finite for i in node.inputs])
-        node.finite = _all_finite(value) if inputs_finite else False
-        if inputs_finite and not node.finite and diagnostics is not None:
+        node.known_finite = None
+        if diagnostics is not None and not node.finite and all([nodes[i].finite for i in node.inputs]):
             diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args), node.span)
 
     def replay(self, diagnostics: Diagnostics | None = None, start: int = 0, stop: int | None = None) -> None:

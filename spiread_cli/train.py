@@ -97,7 +97,9 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
             return finish("interrupted", values)
         diagnostics = Diagnostics()
         if step > 1:  # the first forward pass is the one recorded when the program ran
-            run.tape.replay(diagnostics, start, stop)
+            # Warnings from a step only matter under --strict; without it the
+            # replay skips the finiteness pass over every value.
+            run.tape.replay(diagnostics if strict else None, start, stop)
         loss = float(output.value)
         if not math.isfinite(loss):
             kept = previous if step > 1 else values
