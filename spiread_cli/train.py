@@ -30,6 +30,7 @@ import numpy as np
 from .api import require_scalar_output, resolve_wrt
 from .diagnostics import Diagnostics, SpireadError, shape_str, usage_error
 from .interpreter import Run
+from .rewrite import optimize
 from .tape import all_finite, describe_nonfinite
 
 
@@ -77,6 +78,9 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     require_scalar_output(run)
     names = _check_trainable(run, wrt)
     ids = [run.bindings[n] for n in names]
+    # Only the trained leaves change between steps, which is what the fused
+    # rewrites assume (the bigram model becomes one log-softmax-pick op).
+    optimize(run.tape, run.output, ids)
     nodes = run.tape.nodes
     output = nodes[run.output]
     # Nodes before the first trained value cannot depend on it, and nodes after
@@ -137,7 +141,7 @@ def _nonfinite_loss(run: Run, step: int, loss: float) -> SpireadError:
     although its inputs were finite: where the inf or nan was born."""
     message = f"training stopped at step {step}: the loss is {loss:g}"
     for node in run.tape.nodes[:run.output + 1]:
-        if node.finite:
+        if node.kind == "dropped" or node.finite:  # dropped: fused away by the rewrites
             continue
         if node.op is None:
             what = f"`{node.name or node.text}`" + (" (a trained value)" if node.kind == "input" else "")
