@@ -19,6 +19,22 @@ from spiread_cli.diagnostics import Source
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
+# The makemore names: CI lays shared/ beside the repository; it is not ours to ship.
+NAMES = REPO.parent / "shared" / "data" / "names.txt"
+
+
+@pytest.fixture(scope="session")
+def bigram_slice(tmp_path_factory):
+    """examples/bigram/bigram.ad with its data prepared from the first 300 names."""
+    if not NAMES.exists():
+        pytest.skip(f"{NAMES} is not here")
+    folder = tmp_path_factory.mktemp("bigram")
+    shutil.copy(EXAMPLES / "bigram" / "bigram.ad", folder)
+    prepared = subprocess.run([sys.executable, str(EXAMPLES / "bigram" / "prepare.py"), str(NAMES),
+                               "--limit", "300", "--out", str(folder)], capture_output=True, text=True)
+    assert prepared.returncode == 0, prepared.stderr
+    assert "skipping the header line 'name'" in prepared.stderr
+    return folder
 
 
 # ------------------------------------------------------------- library API

@@ -15,11 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import EXAMPLES, REPO, run, spiread, spiread_command, strict_json
+from conftest import EXAMPLES, NAMES, REPO, run, spiread, spiread_command, strict_json
 from spiread_cli import api, optim, train
 from spiread_cli.diagnostics import SpireadError
 
-NAMES = REPO.parent / "shared" / "data" / "names.txt"
 needs_names = pytest.mark.skipif(not NAMES.exists(), reason=f"{NAMES} is not here (it is not ours to ship)")
 REGRESSION = EXAMPLES / "regression.ad"
 
@@ -257,20 +256,6 @@ def bigram_reference(xs: np.ndarray, ys: np.ndarray, W: np.ndarray, steps: int, 
         np.add.at(grad, xs, dlogits / len(xs))
         W = W - lr * grad
     return losses
-
-
-@pytest.fixture(scope="module")
-def bigram_slice(tmp_path_factory):
-    """bigram.ad with its data prepared from the first 300 names."""
-    if not NAMES.exists():
-        pytest.skip(f"{NAMES} is not here")
-    folder = tmp_path_factory.mktemp("bigram")
-    shutil.copy(EXAMPLES / "bigram" / "bigram.ad", folder)
-    prepared = subprocess.run([sys.executable, str(EXAMPLES / "bigram" / "prepare.py"), str(NAMES),
-                               "--limit", "300", "--out", str(folder)], capture_output=True, text=True)
-    assert prepared.returncode == 0, prepared.stderr
-    assert "skipping the header line 'name'" in prepared.stderr
-    return folder
 
 
 def test_bigram_slice_trains_like_numpy_by_hand(bigram_slice):
