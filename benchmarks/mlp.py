@@ -70,7 +70,7 @@ def spiread_step(arrays, ctx):
     leaves = [tape.nodes[i] for i in ids]
 
     def step():
-        tape.replay(None)
+        tape.replay(None)  # as `train` replays: warnings are checked when a program is first run
         grads = tape.backward(run.output, ids, diagnostics)
         for leaf in leaves:
             leaf.value -= LR * grads[leaf.id]
