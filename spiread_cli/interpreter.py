@@ -9,6 +9,7 @@ leaf, the things gradients are usually asked for.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,7 +354,7 @@ class Interpreter:
         return self.tape.apply(op, inputs, params, node.at, self.text(node), label, self.diagnostics)
 
     def check_size(self, shape, node) -> None:
-        nbytes = float(np.prod(shape, dtype=np.float64)) * 8
+        nbytes = math.prod(shape) * 8
         if nbytes > self.max_bytes:
             raise SpireadError(
                 f"`{self.text(node)}` would be {shape_str(tuple(shape))} ({_human_bytes(nbytes)}), "
@@ -446,11 +447,14 @@ class Interpreter:
         x = self.tensor(receiver, receiver_node)
         shape = x.value.shape
         if len(shape) == 2:
-            for r, c in zip(pairs.rows, pairs.cols):
-                if not (-shape[0] <= r < shape[0] and -shape[1] <= c < shape[1]):
-                    raise SpireadError(f"index ({r}, {c}) is out of range for `{self.text(receiver_node)}`, "
-                                       f"which is {shape_str(shape)}", call.span,
-                                       [f"rows count from 0 to {shape[0] - 1}, columns from 0 to {shape[1] - 1}"])
+            outside = ((pairs.rows < -shape[0]) | (pairs.rows >= shape[0])
+                       | (pairs.cols < -shape[1]) | (pairs.cols >= shape[1]))
+            if outside.any():
+                first = int(np.argmax(outside))
+                r, c = int(pairs.rows[first]), int(pairs.cols[first])
+                raise SpireadError(f"index ({r}, {c}) is out of range for `{self.text(receiver_node)}`, "
+                                   f"which is {shape_str(shape)}", call.span,
+                                   [f"rows count from 0 to {shape[0] - 1}, columns from 0 to {shape[1] - 1}"])
         shown = " ".join(f"({r},{c})" for r, c in zip(pairs.rows[:4], pairs.cols[:4]))
         label = f"{op_name} {shown}{' …' if len(pairs.rows) > 4 else ''}"
         return self.apply(OPS[op_name], [x], {"rows": pairs.rows, "cols": pairs.cols},

@@ -106,8 +106,11 @@ class Tape:
         if type(value) is not np.ndarray or value.dtype != np.float64:
             value = np.asarray(value, dtype=np.float64)
         node.value = value
-        node.known_finite = None
-        if diagnostics is not None and not node.finite and all([nodes[i].finite for i in node.inputs]):
+        if diagnostics is None:
+            node.known_finite = None  # found out if anyone asks
+            return
+        node.known_finite = _all_finite(value)
+        if not node.known_finite and all([nodes[i].finite for i in node.inputs]):
             diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args), node.span)
 
     def replay(self, diagnostics: Diagnostics | None = None, start: int = 0, stop: int | None = None) -> None:
