@@ -307,13 +307,28 @@ def _l2(x):
     return np.sqrt(_row_total(x * x))
 
 
+def _row_max(x):
+    """np.max(x, axis=-1, keepdims=True), exactly. numpy reduces a short last
+    axis slowly (228,146 rows of 27: 36 ms); halving the rows with elementwise
+    maximum takes 14 ms, so narrow rows go that way."""
+    if not 1 < x.shape[-1] <= 64:
+        return np.max(x, axis=-1, keepdims=True)
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        folded = np.maximum(x[..., :half], x[..., half:2 * half])
+        if x.shape[-1] % 2:
+            folded[..., :1] = np.maximum(folded[..., :1], x[..., -1:])
+        x = folded
+    return x
+
+
 def _softmax(x):
-    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    e = np.exp(x - _row_max(x))
     return e / _row_total(e)
 
 
 def _log_softmax(x):
-    shifted = x - np.max(x, axis=-1, keepdims=True)
+    shifted = x - _row_max(x)
     return shifted - np.log(_row_total(np.exp(shifted)))
 
 
@@ -453,7 +468,7 @@ defop("gatherRows", lambda x, index: np.take(x, index, axis=0),
 
 
 def _log_sum_exp(z):
-    m = np.max(z, axis=-1, keepdims=True)
+    m = _row_max(z)
     return (m + np.log(_row_total(np.exp(z - m))))[..., 0]
 
 
@@ -466,8 +481,14 @@ def _mean_log_softmax_pick_grad(z, rows, cols):
     where counts[r] is how often row r is picked."""
     n = len(rows)
     counts = np.bincount(rows, minlength=z.shape[0])
-    picks = np.bincount(rows * z.shape[1] + cols, minlength=z.size).reshape(z.shape)
-    return (picks - counts[:, None] * _softmax(z)) / n
+    grad = _softmax(z)
+    grad *= -counts[:, None]
+    if counts.max(initial=0) <= 1:  # each row picked once at most (a batch): the pairs are distinct
+        grad[rows, cols] += 1.0
+    else:  # rows picked many times (z is a small table): count the picks
+        grad += np.bincount(rows * z.shape[1] + cols, minlength=z.size).reshape(z.shape)
+    grad /= n
+    return grad
 
 
 # `softmaxRows(z)` (or `exp` → `normaliseRowsL1`) → pick (rows, cols) → `log`
