@@ -123,11 +123,15 @@ def batch_sum(t: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------ elementwise
 
 
-def elementwise(name: str, f: Callable, df: Callable, kink: Callable | None = None) -> Op:
-    """A unary elementwise op from its function and its derivative df(x, out)."""
+def elementwise(name: str, f: Callable, df: Callable, kink: Callable | None = None,
+                bounded: bool = False) -> Op:
+    """A unary elementwise op from its function and its derivative df(x, out).
+    `bounded`: df is finite at every input, ±inf included, so a zero
+    (co)tangent needs no guard and the product is a plain one."""
+    times = np.multiply if bounded else scale
     return defop(name, f,
-                 vjp=lambda i, g, out, x: scale(g, df(x, out)),
-                 jvp=lambda ts, out, x: scale(ts[0], df(x, out)),
+                 vjp=lambda i, g, out, x: times(g, df(x, out)),
+                 jvp=lambda ts, out, x: times(ts[0], df(x, out)),
                  shape=same_shape, kink=kink)
 
 
@@ -139,19 +143,20 @@ def _sigmoid(x):
 
 elementwise("exp", np.exp, lambda x, out: out)
 elementwise("log", np.log, lambda x, out: 1 / x)
-elementwise("sin", np.sin, lambda x, out: np.cos(x))
-elementwise("cos", np.cos, lambda x, out: -np.sin(x))
+elementwise("sin", np.sin, lambda x, out: np.cos(x), bounded=True)
+elementwise("cos", np.cos, lambda x, out: -np.sin(x), bounded=True)
 elementwise("tan", np.tan, lambda x, out: 1 + out * out)
-elementwise("tanh", np.tanh, lambda x, out: 1 - out * out)
+elementwise("tanh", np.tanh, lambda x, out: 1 - out * out, bounded=True)
 elementwise("sinh", np.sinh, lambda x, out: np.cosh(x))
 elementwise("cosh", np.cosh, lambda x, out: np.sinh(x))
 elementwise("sqrt", np.sqrt, lambda x, out: 0.5 / out)
-elementwise("abs", np.abs, lambda x, out: np.sign(x), kink=lambda x: x == 0)
+elementwise("abs", np.abs, lambda x, out: np.sign(x), kink=lambda x: x == 0, bounded=True)
 elementwise("square", np.square, lambda x, out: 2 * x)
-elementwise("sigmoid", _sigmoid, lambda x, out: out * (1 - out))
-elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out: (x > 0).astype(float), kink=lambda x: x == 0)
+elementwise("sigmoid", _sigmoid, lambda x, out: out * (1 - out), bounded=True)
+elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out: (x > 0).astype(float), kink=lambda x: x == 0,
+            bounded=True)
 elementwise("log1p", np.log1p, lambda x, out: 1 / (1 + x))
-elementwise("neg", np.negative, lambda x, out: -np.ones_like(x))
+elementwise("neg", np.negative, lambda x, out: -1.0)
 # clamps: the gradient passes where the bound is not active, and at the bound
 # itself, as torch.clamp does.
 defop("clampMin", lambda x, t: np.maximum(x, t),
