@@ -257,7 +257,9 @@ def train_command(
                 _emit_json({"file": file, "output": run.output_name, "steps": len(result.losses),
                             "loss": result.losses, "saved": str(save) if save is not None else None})
             else:
-                print(training.summary(result, run, steps, chosen) + "".join(f"\n{w}" for w in written))
+                from .output import stdout_console, values_table
+                print(training.summary(result, run, steps, chosen) + "".join(f"\n{w}" for w in written) + "\n")
+                stdout_console().print(values_table([(name, result.values[name]) for name in result.names]))
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once, keeping no partial files
         print("spiread: interrupted; nothing saved", file=sys.stderr)
         raise typer.Exit(130) from None
