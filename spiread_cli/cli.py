@@ -159,15 +159,25 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
 
 @app.command("dot")
 def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOpt = None,
+                out: Annotated[Optional[Path], typer.Option("--out", metavar="PATH",
+                                                            help="Write the DOT to PATH (whole or not at all) instead of stdout.")] = None,
                 debug: DebugOpt = False):
     """The computation graph as Graphviz DOT: spiread dot f.ad | dot -Tpng > g.png"""
     from . import api
     from .dot import to_dot
+    from .files import atomic_output, check_output_path
     with session(file, Format.text, False, debug) as s:
+        if out is not None:
+            check_output_path(out, "--out", (".dot", ".gv"))
         run = _load(s, file, set_, of)
         grads = api.gradients(run, wrt).gradients if wrt else None
         s.finish_warnings(run)
-        sys.stdout.write(to_dot(run, grads))
+        text = to_dot(run, grads)
+        if out is None:
+            sys.stdout.write(text)
+        else:
+            with atomic_output(out) as f:
+                f.write(text.encode("utf-8"))
 
 
 @app.command("check")
@@ -222,6 +232,7 @@ def train_command(
     from dataclasses import replace
     from . import train as training
     from .diagnostics import usage_error
+    from .files import check_output_path
     from .optim import make_optimizer
     try:
         with session(file, fmt, strict, debug) as s, training.stop_on_interrupt(_stopping_notice) as stop_requested:
@@ -229,7 +240,7 @@ def train_command(
             for path, option, suffixes in ((save, "--save", (".npz",)), (log, "--log", (".csv", ".txt")),
                                            (plot, "--plot", (".png",))):
                 if path is not None:
-                    training.check_output_path(path, option, suffixes)
+                    check_output_path(path, option, suffixes)
             if plot is not None and not training.plot_available():
                 raise usage_error("`--plot` needs matplotlib, which is not installed",
                                   ["pip install 'spiread[plot]'; the summary's sparkline needs nothing"])

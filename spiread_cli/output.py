@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 
-from .diagnostics import shape_str
 
 # Arrays larger than this are summarised with `...`, as numpy prints them.
 SUMMARY_THRESHOLD = 100

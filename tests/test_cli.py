@@ -249,6 +249,21 @@ def test_dot_writes_only_dot_and_tells_kinds_apart():
     assert len(re.findall(r"^\s*n\d+ -> n\d+;$", out, re.M)) >= len(nodes) - 1
 
 
+def test_dot_out_writes_the_file_whole_and_checks_the_path(tmp_path):
+    target = tmp_path / "seed.dot"
+    result = spiread("dot", str(SEED), "--out", str(target))
+    assert result.returncode == 0 and result.stdout == ""
+    rendered = subprocess.run(["dot", "-Tsvg", str(target)], capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0 and ET.fromstring(rendered.stdout).tag.endswith("svg")
+    assert [p.name for p in tmp_path.iterdir()] == ["seed.dot"]  # no temporary file left behind
+    refused = spiread("dot", str(SEED), "--out", str(tmp_path / "seed.png"))
+    assert refused.returncode == 2 and "writes .dot or .gv" in refused.stderr
+    broken = tmp_path / "broken.ad"
+    broken.write_text("x = [1, 2] @@ [1, 2, 3]\n")
+    failed = spiread("dot", str(broken), "--out", str(tmp_path / "broken.dot"))
+    assert failed.returncode == 1 and not (tmp_path / "broken.dot").exists()  # nothing written on an error
+
+
 # ---------------------------------------------------------------- README
 
 
