@@ -52,26 +52,21 @@ class Session:
     def finish_warnings(self, run) -> list[dict]:
         """Print warnings (text mode) or return them for the JSON document;
         under --strict the first warning is an error."""
-        from .diagnostics import SpireadError
+        from .diagnostics import SpireadError, emit
         warnings = run.diagnostics.warnings
         if self.strict and warnings:
             raise SpireadError.from_warning(warnings[0])
         if not self.json:
             for warning in warnings:
-                print_diagnostic(warning, run.source)
+                emit(warning, run.source)
         return [w.as_json() for w in warnings]
-
-
-def print_diagnostic(diagnostic, source) -> None:
-    from .diagnostics import emit
-    emit(diagnostic, source)
 
 
 @contextmanager
 def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: bool = False):
     """Run a command body; turn our errors into located messages and exit codes,
     and anything else into an internal-error report (never a bare traceback)."""
-    from .diagnostics import SpireadError
+    from .diagnostics import SpireadError, emit
     s = Session(file, fmt, strict)
     try:
         yield s
@@ -79,7 +74,7 @@ def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: b
         if debug:
             traceback.print_exc()
         source = s.source if err.diagnostic.span is not None else None
-        print_diagnostic(err.diagnostic, source)
+        emit(err.diagnostic, source)
         raise typer.Exit(err.exit_code) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
@@ -188,6 +183,7 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                   debug: DebugOpt = False):
     """Compare AD gradients (reverse and forward) with central finite differences; exit 1 if any disagree."""
     from .check import check_gradients, check_table
+    from .diagnostics import emit
     from .output import json_number, stdout_console
     with session(file, fmt, strict, debug) as s:
         run = _load(s, file, set_, of)
@@ -202,7 +198,7 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
             stdout_console().print(check_table(report))
         sys.stdout.flush()  # the table before the errors, when both go to one pipe
         for failure in report.failures(run):
-            print_diagnostic(failure, run.source)
+            emit(failure, run.source)
         if not report.ok:
             raise typer.Exit(1)
 
