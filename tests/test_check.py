@@ -223,3 +223,15 @@ def test_cli_exit_codes(args, code, words):
     result = spiread("check", "examples/least_squares.ad", *args)
     assert result.returncode == code, (result.stdout, result.stderr)
     assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_rounding_deep_in_the_program_is_allowed_for():
+    """The loss is log(1) = 0 up to rounding: every row keeps all of its
+    normalised probabilities. Finite differences see only rounding noise
+    (~1e-11) and AD gives exactly 0; the allowance must come from the row
+    sums that are 1, not from the output's own operands, which are all 0."""
+    r = run("w = [[0.96, 0.16], [-0.8, 0.54]]\n"
+            "loss = w.exp.normaliseRowsL1[(0, 0), (1, 0), (0, 1), (1, 1)].mapRowsToScalar(sum).log.mean\n")
+    report = check_gradients(r, ["w"])
+    assert report.ok, {n: v.problem for n, v in report.results.items()}
+    assert report.results["w"].max_abs_error < 1e-9
