@@ -204,18 +204,18 @@ class Interpreter:
 
     def evaluate(self, root):
         """Post-order evaluation with an explicit stack."""
-        stack = [(root, False)]
+        stack = [(root, -1)]  # (node, -1) to expand; (node, n) to visit with its n children's values
         results = []
         while stack:
-            node, ready = stack.pop()
-            if ready:
-                n = len(self.children(node))
+            node, n = stack.pop()
+            if n >= 0:
                 args = results[len(results) - n:] if n else []
                 del results[len(results) - n:]
                 results.append(self.visit(node, args))
             else:
-                stack.append((node, True))
-                stack.extend((child, False) for child in reversed(self.children(node)))
+                children = self.children(node)
+                stack.append((node, len(children)))
+                stack.extend((child, -1) for child in reversed(children))
         return results[0]
 
     def children(self, node) -> list:
