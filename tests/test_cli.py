@@ -249,6 +249,7 @@ def test_dot_writes_only_dot_and_tells_kinds_apart():
     assert len(re.findall(r"^\s*n\d+ -> n\d+;$", out, re.M)) >= len(nodes) - 1
 
 
+@needs_dot
 def test_dot_out_writes_the_file_whole_and_checks_the_path(tmp_path):
     target = tmp_path / "seed.dot"
     result = spiread("dot", str(SEED), "--out", str(target))
