@@ -214,7 +214,10 @@ def _wrt_for(path) -> list[str]:
     return api.resolve_wrt(api.run_file(str(path)), None)
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
+
+
+@needs_dot
 @pytest.mark.parametrize("path", _examples(), ids=lambda p: p.name)
 def test_dot_through_graphviz(path):
     wrt = _wrt_for(path)
