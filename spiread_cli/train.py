@@ -184,6 +184,9 @@ def stop_on_interrupt(notice: Callable[[], None] = lambda: None):
         signal.signal(signal.SIGINT, previous)
 
 
+# ------------------------------------------------------------ output files
+
+
 def save_values(path: Path, values: dict[str, np.ndarray]) -> None:
     """An `.npz` archive keyed by name, as `--set NAME=PATH.npz` reads it."""
     with atomic_output(path) as f:
