@@ -297,12 +297,8 @@ def output_magnitude(tape: Tape, output: int) -> float:
     by cancelling larger terms (the log of a row sum that is 1 up to rounding)
     gets the allowance those terms need; a well-conditioned one gets little."""
     nodes = tape.nodes
-    feeds = np.zeros(output + 1, dtype=bool)
-    feeds[output] = True
-    for node in reversed(nodes[:output + 1]):
-        if feeds[node.id]:
-            feeds[list(node.inputs)] = True
-    ids = [int(i) for i in np.flatnonzero(feeds)]
+    feeds = tape.feeding(output)
+    ids = [i for i in range(output + 1) if feeds[i]]
     adjoints = tape.backward(output, ids)
     with np.errstate(all="ignore"):
         terms = [np.abs(nodes[i].value) * np.abs(adjoints[i]) for i in ids]

@@ -40,11 +40,7 @@ def to_dot(run: Run, gradients: dict[str, np.ndarray] | None = None) -> str:
     """DOT for the part of the tape the output depends on."""
     gradients = gradients or {}
     nodes = run.tape.nodes
-    needed = np.zeros(len(nodes), dtype=bool)
-    needed[run.output] = True
-    for node in reversed(nodes[:run.output + 1]):
-        if needed[node.id]:
-            needed[list(node.inputs)] = True
+    needed = run.tape.feeding(run.output)
     wrt_ids = {run.bindings[name]: name for name in gradients}
     lines = ["digraph spiread {",
              '  graph [rankdir=TB, fontname="Helvetica", nodesep=0.3, ranksep=0.35];',

@@ -30,11 +30,7 @@ class ForwardSweep:
         self.output = output
         self.seeded = set(seeded)
         lowest = min(seeded, default=output + 1)
-        carries = np.zeros(len(nodes), dtype=bool)
-        carries[list(seeded)] = True
-        for node in nodes[lowest:output + 1]:
-            if node.op is not None and not carries[node.id]:
-                carries[node.id] = any(carries[i] for i in node.inputs)
+        carries = tape.fed_by(seeded, output)
         self.plan: list[Node] = [n for n in nodes[lowest:output + 1] if carries[n.id]]
         # After plan[p] has run, the tangents of free_after[p] are needed no more.
         last_use = {n.id: len(self.plan) for n in self.plan}  # never used: kept to the end

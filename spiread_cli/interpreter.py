@@ -105,20 +105,12 @@ class Run:
 
     def inputs_of_output(self) -> list[str]:
         """The bound input leaves the output depends on, in the order bound."""
-        reach = np.zeros(len(self.tape.nodes), dtype=bool)
-        reach[self.output] = True
-        for node in reversed(self.tape.nodes[:self.output + 1]):
-            if reach[node.id]:
-                reach[list(node.inputs)] = True
+        reach = self.tape.feeding(self.output)
         return [name for name, i in self.bindings.items()
                 if reach[i] and self.tape.nodes[i].kind == "input" and self.tape.nodes[i].name == name]
 
     def depends_on(self, node_id: int) -> bool:
-        reach = {node_id}
-        for node in self.tape.nodes[node_id + 1:self.output + 1]:
-            if any(i in reach for i in node.inputs):
-                reach.add(node.id)
-        return self.output in reach
+        return self.tape.fed_by([node_id], self.output)[self.output]
 
 
 class Interpreter:

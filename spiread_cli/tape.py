@@ -122,18 +122,32 @@ class Tape:
                 if node.op is not None:
                     compute(node, diagnostics)
 
+    def feeding(self, output: int) -> list[bool]:
+        """For each node, whether `output` is computed from it (itself included)."""
+        feeds = [False] * len(self.nodes)
+        feeds[output] = True
+        for node in reversed(self.nodes[:output + 1]):
+            if feeds[node.id]:
+                for i in node.inputs:
+                    feeds[i] = True
+        return feeds
+
+    def fed_by(self, sources: list[int], stop: int) -> list[bool]:
+        """For each node up to `stop`, whether it is one of `sources` or is
+        computed from one; nodes after `stop` are left False."""
+        fed = [False] * len(self.nodes)
+        for s in sources:
+            fed[s] = True
+        for node in self.nodes[min(sources, default=stop + 1):stop + 1]:
+            if node.op is not None and not fed[node.id]:
+                fed[node.id] = any([fed[i] for i in node.inputs])
+        return fed
+
     def backward(self, output: int, wrt: list[int], diagnostics: Diagnostics | None = None) -> dict[int, np.ndarray]:
         """Reverse sweep: the gradient of the (scalar) output with respect to
         each node in `wrt`. Only nodes between `wrt` and the output are visited,
         and a vjp is evaluated only for inputs that lead back to a `wrt` node."""
-        nodes = self.nodes
-        lowest = min(wrt, default=output + 1)
-        needs = [False] * len(nodes)
-        for w in wrt:
-            needs[w] = True
-        for node in nodes[lowest:output + 1]:
-            if node.op is not None and not needs[node.id]:
-                needs[node.id] = any([needs[i] for i in node.inputs])
+        needs = self.fed_by(wrt, output)
         with np.errstate(all="ignore"):
             result = self._sweep(output, wrt, needs, None)
             # Finiteness is checked only when a gradient came out non-finite:
