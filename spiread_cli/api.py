@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import syntax
-from .data import load_array, parse_set_option
+from .data import SUFFIXES, load_array, parse_set_option
 from .diagnostics import Source, Span, SpireadError, did_you_mean, shape_str
 from .interpreter import Const, Interpreter, Run
 
@@ -72,7 +72,7 @@ def parse_overrides(options: list[str], base_dir: Path | None = None) -> dict[st
     overrides = {}
     for option in options:
         name, text = parse_set_option(option)
-        if Path(text).suffix.lower() in (".npy", ".npz", ".csv", ".tsv", ".txt", ".json"):
+        if Path(text).suffix.lower() in SUFFIXES:
             overrides[name] = load_array(Path(text), name=name)
             continue
         try:

@@ -9,11 +9,12 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .data import SUFFIXES
 from .diagnostics import usage_error
 
 # File name endings that promise a format; an output file may have any other
 # name, but not one that promises a format it is not written in.
-FORMAT_SUFFIXES = {".npy", ".npz", ".csv", ".tsv", ".txt", ".json", ".png", ".svg", ".pdf", ".jpg", ".jpeg"}
+FORMAT_SUFFIXES = set(SUFFIXES) | {".png", ".svg", ".pdf", ".jpg", ".jpeg"}
 
 
 def check_output_path(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
