@@ -410,10 +410,16 @@ defop("select", _select,
       shape=_pairs_shape, methods=())
 
 
+def _scatter_pairs(shape: tuple, rows: np.ndarray, cols: np.ndarray, weights=None) -> np.ndarray:
+    """A `shape` matrix of zeros with each weight (1 if none) added at its
+    (row, col): an entry chosen twice gets both. np.add.at's result, by one
+    bincount over flat positions, which is several times faster."""
+    flat = np.ravel_multi_index((rows, cols), shape, mode="wrap")  # wrap: negative positions count from the end
+    return np.bincount(flat, weights=weights, minlength=shape[0] * shape[1]).reshape(shape).astype(np.float64)
+
+
 def _arrange_vjp(i, g, out, x, rows, cols):
-    grad = np.zeros_like(x)
-    np.add.at(grad, (rows, cols), g)  # a scatter-add: an entry chosen twice gets both
-    return grad
+    return _scatter_pairs(x.shape, rows, cols, g)
 
 
 defop("arrange", lambda x, rows, cols: x[rows, cols],
@@ -491,7 +497,7 @@ def _mean_log_softmax_pick_grad(z, rows, cols):
     if counts.max(initial=0) <= 1:  # each row picked once at most (a batch): the pairs are distinct
         grad[rows, cols] += 1.0
     else:  # rows picked many times (z is a small table): count the picks
-        grad += np.bincount(rows * z.shape[1] + cols, minlength=z.size).reshape(z.shape)
+        grad += _scatter_pairs(z.shape, rows, cols)
     grad /= n
     return grad
 
