@@ -220,7 +220,7 @@ class Interpreter:
                 return [] if self.qualified(node) else [node.receiver]
             case ast.Call():
                 rest = node.args + [k.value for k in node.keywords]
-                if isinstance(node.callee, ast.Attribute) and not node.callee.grouped and not self.qualified(node.callee):
+                if self.is_method_call(node):
                     return [node.callee.receiver] + rest
                 if self.function_name(node.callee):
                     return rest
@@ -232,6 +232,11 @@ class Interpreter:
             case ast.NamedTuple():
                 return [k.value for k in node.items]
         return []
+
+    def is_method_call(self, call: ast.Call) -> bool:
+        """`x.m(args)`, as against `Matrix.fromRows(args)` or `(x.T)(pairs)`."""
+        callee = call.callee
+        return isinstance(callee, ast.Attribute) and not callee.grouped and not self.qualified(callee)
 
     def qualified(self, node) -> str | None:
         """`Matrix.fromRows`, `ReductionOps.Sum`: a dotted name, not a method call."""
@@ -274,7 +279,7 @@ class Interpreter:
                 kw_count = len(node.keywords)
                 positional = args[:len(args) - kw_count]
                 keywords = {k.name: v for k, v in zip(node.keywords, args[len(args) - kw_count:])}
-                if isinstance(node.callee, ast.Attribute) and not node.callee.grouped and not self.qualified(node.callee):
+                if self.is_method_call(node):
                     return self.method(positional[0], node.callee, positional[1:], keywords, node.args, node)
                 function = self.function_name(node.callee)
                 if function:
