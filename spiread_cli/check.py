@@ -156,7 +156,7 @@ class Probe:
         self.node.value = value
         with np.errstate(all="ignore"):
             for node in self.chain:
-                node.value = np.asarray(node.op.forward(*(self.nodes[i].value for i in node.inputs), **node.params),
+                node.value = np.asarray(node.op.impl(*(self.nodes[i].value for i in node.inputs), **node.params),
                                         dtype=np.float64)
         return float(self.output.value)
 

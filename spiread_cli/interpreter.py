@@ -9,8 +9,6 @@ leaf, the things gradients are usually asked for.
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 from . import syntax as ast
 from .data import load_array
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
+from .limits import check_shape, max_bytes
 from .ops import METHODS, OPS, Op, ShapeError
 from .tape import Node, Tape
 
@@ -61,33 +60,6 @@ QUALIFIED_SYMBOLS = {f"ReductionOps.{k.capitalize()}": k for k in REDUCTIONS}
 OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@@": "matmul", "**": "pow"}
 
 
-def max_result_bytes() -> int:
-    """Refuse results larger than this (SPIREAD_MAX_BYTES, else half of the
-    memory available now) before allocating them."""
-    configured = os.environ.get("SPIREAD_MAX_BYTES")
-    if configured:
-        try:
-            return int(float(configured))
-        except ValueError:
-            raise SpireadError(f"SPIREAD_MAX_BYTES={configured!r} is not a number of bytes", exit_code=2) from None
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 // 2
-    except OSError:
-        pass
-    return 8 << 30
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1024 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} bytes"
-
-
 @dataclass
 class Run:
     """A program run: its tape and what the command line needs to report."""
@@ -124,7 +96,7 @@ class Interpreter:
         self.env: dict[str, Node] = {}
         self.binding_spans: dict[str, Span] = {}
         self.later: dict[str, Span] = {}
-        self.max_bytes = max_result_bytes()
+        self.max_bytes = max_bytes()
 
     # ------------------------------------------------------- statements
 
@@ -346,17 +318,12 @@ class Interpreter:
         self.check_size(shape, node)
         if all(isinstance(a, Const) for a in args):
             with np.errstate(all="ignore"):
-                return Const(np.asarray(op.forward(*[a.value for a in args], **params), dtype=np.float64))
+                return Const(np.asarray(op.impl(*[a.value for a in args], **params), dtype=np.float64))
         inputs = tuple(self.materialize(a, o).id for a, o in zip(args, operands))
         return self.tape.apply(op, inputs, params, node.at, self.text(node), label, self.diagnostics)
 
     def check_size(self, shape, node) -> None:
-        nbytes = math.prod(shape) * 8
-        if nbytes > self.max_bytes:
-            raise SpireadError(
-                f"`{self.text(node)}` would be {shape_str(tuple(shape))} ({_human_bytes(nbytes)}), "
-                f"more than the limit of {_human_bytes(self.max_bytes)}", node.at,
-                ["set SPIREAD_MAX_BYTES (in bytes) to raise the limit"])
+        check_shape(shape, f"`{self.text(node)}`", node.at, self.max_bytes)
 
     # ---------------------------------------------------------- methods
 

@@ -1,8 +1,10 @@
 """The op table: every primitive's forward, derivative and shape rules, together.
 
-Each `Op` is a name with four rules, as in JAX:
+Each `Op` is a name with its rules side by side, one entry per primitive
+(micrograd's and `torch.autograd.Function`'s style: the forward rule and the
+derivative rules of an op written together):
 
-- ``forward(*xs, **params)`` computes the value (numpy);
+- ``impl(*xs, **params)`` computes the value (numpy), the primal rule;
 - ``vjp(i, g, out, *xs, **params)`` pulls the output cotangent `g` back to
   input `i` (reverse mode); it is only called for inputs that need a gradient;
 - ``jvp(ts, out, *xs, **params)`` pushes input tangents forward (forward mode).
@@ -33,7 +35,7 @@ class ShapeError(Exception):
 @dataclass(frozen=True, slots=True)
 class Op:
     name: str
-    forward: Callable
+    impl: Callable
     vjp: Callable
     jvp: Callable
     shape: Callable
@@ -47,14 +49,17 @@ class Op:
     # first operand. `check` names these points when finite differences and
     # AD disagree there.
     kink: Callable | None = None
+    # Acts on each row of a matrix on its own, so it commutes with a row
+    # gather (spiread_cli/rewrite.py hoists it before one).
+    row_wise: bool = False
 
 
 OPS: dict[str, Op] = {}
 METHODS: dict[str, Op] = {}
 
 
-def defop(name, forward, vjp, jvp, shape, methods=None, params=(), arity=1, kink=None) -> Op:
-    op = Op(name, forward, vjp, jvp, shape, (name,) if methods is None else methods, params, arity, kink)
+def defop(name, impl, vjp, jvp, shape, methods=None, params=(), arity=1, kink=None, row_wise=False) -> Op:
+    op = Op(name, impl, vjp, jvp, shape, (name,) if methods is None else methods, params, arity, kink, row_wise)
     OPS[name] = op
     METHODS.update((spelling, op) for spelling in op.methods)
     return op
@@ -132,7 +137,7 @@ def elementwise(name: str, f: Callable, df: Callable, kink: Callable | None = No
     return defop(name, f,
                  vjp=lambda i, g, out, x: times(g, df(x, out)),
                  jvp=lambda ts, out, x: times(ts[0], df(x, out)),
-                 shape=same_shape, kink=kink)
+                 shape=same_shape, kink=kink, row_wise=True)
 
 
 def _sigmoid(x):
@@ -346,19 +351,19 @@ def _row_shape(s, **_):
 defop("normaliseRowsL1", lambda x: x / _l1(x), methods=("normaliseRowsL1", "normalizeRowsL1"),
       vjp=lambda i, g, out, x: (g - np.sign(x) * _row_total(g * out)) / _l1(x),
       jvp=lambda ts, out, x: (ts[0] - out * _row_total(np.sign(x) * ts[0])) / _l1(x),
-      shape=_row_shape, kink=lambda x: x == 0)
+      shape=_row_shape, kink=lambda x: x == 0, row_wise=True)
 defop("normaliseRowsL2", lambda x: x / _l2(x), methods=("normaliseRowsL2", "normalizeRowsL2"),
       vjp=lambda i, g, out, x: (g - out * _row_total(g * out)) / _l2(x),
       jvp=lambda ts, out, x: (ts[0] - out * _row_total(out * ts[0])) / _l2(x),
-      shape=_row_shape)
+      shape=_row_shape, row_wise=True)
 defop("softmaxRows", _softmax,
       vjp=lambda i, g, out, x: out * (g - _row_total(g * out)),
       jvp=lambda ts, out, x: out * (ts[0] - _row_total(out * ts[0])),
-      shape=_row_shape)
+      shape=_row_shape, row_wise=True)
 defop("logSoftmaxRows", _log_softmax,
       vjp=lambda i, g, out, x: g - np.exp(out) * _row_total(g),
       jvp=lambda ts, out, x: ts[0] - _row_total(np.exp(out) * ts[0]),
-      shape=_row_shape)
+      shape=_row_shape, row_wise=True)
 
 
 # ---------------------------------------------------------------- indexing

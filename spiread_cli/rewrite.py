@@ -34,10 +34,6 @@ import numpy as np
 from .ops import OPS
 from .tape import Node, Tape
 
-# Ops that act on each row of a matrix on its own: they commute with a row gather.
-ROW_WISE = {"exp", "log", "sin", "cos", "tan", "tanh", "sinh", "cosh", "sqrt", "abs", "square", "sigmoid",
-            "relu", "log1p", "neg", "normaliseRowsL1", "normaliseRowsL2", "softmaxRows", "logSoftmaxRows"}
-
 
 def optimize(tape: Tape, output: int, wrt: list[int], hoist: bool = True) -> Tape:
     """Rewrite `tape` in place for computing `output` and its gradient with
@@ -147,7 +143,7 @@ class Rewriter:
                             "pick (select → mapRowsToScalar(sum))")
 
     def hoist_row_wise(self, node: Node) -> bool:
-        if not self.hoist or node.op.name not in ROW_WISE or node.params:
+        if not self.hoist or not node.op.row_wise or node.params:
             return False
         gather = self.fusable(node.inputs[0], "gatherRows")
         if gather is None:

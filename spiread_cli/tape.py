@@ -102,7 +102,7 @@ class Tape:
         """Evaluate one op node; the caller holds np.errstate(all="ignore")."""
         nodes = self.nodes
         args = [nodes[i].value for i in node.inputs]
-        value = node.op.forward(*args, **node.params)
+        value = node.op.impl(*args, **node.params)
         if type(value) is not np.ndarray or value.dtype != np.float64:
             value = np.asarray(value, dtype=np.float64)
         node.value = value

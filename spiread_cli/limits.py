@@ -1,0 +1,59 @@
+"""Resource limits: how large a value may be before spiread refuses it.
+
+Every allocation whose size the user controls (a constructor's result, an
+op's result, a data file's declared contents) is checked here first, so an
+oversized request is a located error rather than an out-of-memory crash.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Iterable
+
+from .diagnostics import Span, SpireadError, shape_str
+
+FALLBACK_BYTES = 8 << 30
+
+
+def max_bytes() -> int:
+    """The largest result allowed, in bytes: SPIREAD_MAX_BYTES, else half of
+    the memory available now."""
+    configured = os.environ.get("SPIREAD_MAX_BYTES")
+    if configured:
+        try:
+            limit = float(configured)
+        except ValueError:
+            limit = math.nan
+        if not (math.isfinite(limit) and limit >= 0):
+            raise SpireadError(f"SPIREAD_MAX_BYTES={configured!r} is not a number of bytes",
+                               notes=["e.g. SPIREAD_MAX_BYTES=2e9 for 2 GB"], exit_code=2)
+        return int(limit)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    return FALLBACK_BYTES
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
+def check_shape(shape: Iterable[int], what: str, span: Span | None, limit: int | None = None) -> None:
+    """Refuse a float64 array of `shape` larger than the limit; `what` names
+    it in the message (`zeros(3, 4)`, a file)."""
+    shape = tuple(int(s) for s in shape)
+    nbytes = math.prod(shape) * 8
+    limit = max_bytes() if limit is None else limit
+    if nbytes > limit:
+        raise SpireadError(f"{what} would be {shape_str(shape)} ({human_bytes(nbytes)}), "
+                           f"more than the limit of {human_bytes(limit)}", span,
+                           ["set SPIREAD_MAX_BYTES (in bytes) to raise the limit"])
