@@ -61,7 +61,7 @@ def implementations(ctx: dict) -> dict:
 def spiread_step(xs, ys, ctx):
     from spiread_cli import api
     from spiread_cli.diagnostics import Diagnostics
-    from spiread_cli.rewrite import optimize
+    from spiread_cli.rewrite import fuse
 
     folder = Path(tempfile.mkdtemp(prefix="spiread-bigram-"))
     ctx.setdefault("cleanup", []).append(folder)
@@ -69,18 +69,19 @@ def spiread_step(xs, ys, ctx):
     np.save(folder / "ys.npy", ys.astype(float))
     (folder / "bigram.ad").write_text(PROGRAM)
     run = api.run_file(str(folder / "bigram.ad"))
-    w = run.bindings["W"]
-    tape = run.tape
+    tape, output, (w,) = run.tape, run.output, [run.bindings["W"]]
     if ctx.get("rewrite", True):
-        optimize(tape, run.output, [w], hoist=ctx.get("hoist", True))
+        fused = fuse(tape, output, [w], hoist=ctx.get("hoist", True))
+        tape, output, (w,) = fused.tape, fused.output, fused.wrt
     diagnostics = Diagnostics()
     weights = tape.nodes[w]
+    moved = tape.between([w], output)
 
     def step():
-        tape.replay(None)  # as `train` replays: warnings are checked when a program is first run
-        grad = tape.backward(run.output, [w], diagnostics)[w]
-        weights.value -= LR * grad
-        return tape.nodes[run.output].value
+        tape.replay(moved)  # as `train` replays: warnings are checked when a program is first run
+        grad = tape.backward(output, [w], diagnostics)[w]
+        weights.set_value(weights.value - LR * grad)
+        return tape.nodes[output].value
     return step
 
 

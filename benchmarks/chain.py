@@ -43,9 +43,10 @@ def spiread_step(ctx):
     assert ops == OPS, ops
     wrt = [run.bindings["v0"], run.bindings["s0"]]
     diagnostics = Diagnostics()
+    moved = run.tape.between(wrt, run.output)
 
     def step():
-        run.tape.replay(None)  # as `train` replays: warnings are checked when a program is first run
+        run.tape.replay(moved)  # as `train` replays: warnings are checked when a program is first run
         return run.tape.backward(run.output, wrt, diagnostics)
     return step
 

@@ -54,7 +54,7 @@ def implementations(ctx: dict) -> dict:
 def spiread_step(arrays, ctx):
     from spiread_cli import api
     from spiread_cli.diagnostics import Diagnostics
-    from spiread_cli.rewrite import optimize
+    from spiread_cli.rewrite import fuse
 
     folder = Path(tempfile.mkdtemp(prefix="spiread-mlp-"))
     ctx.setdefault("cleanup", []).append(folder)
@@ -62,19 +62,20 @@ def spiread_step(arrays, ctx):
         np.save(folder / f"{name}.npy", value)
     (folder / "mlp.ad").write_text(PROGRAM)
     run = api.run_file(str(folder / "mlp.ad"))
-    ids = [run.bindings[p] for p in PARAMS]
-    tape = run.tape
+    tape, output, ids = run.tape, run.output, [run.bindings[p] for p in PARAMS]
     if ctx.get("rewrite", True):
-        optimize(tape, run.output, ids)
+        fused = fuse(tape, output, ids)
+        tape, output, ids = fused.tape, fused.output, fused.wrt
     diagnostics = Diagnostics()
     leaves = [tape.nodes[i] for i in ids]
+    moved = tape.between(ids, output)
 
     def step():
-        tape.replay(None)  # as `train` replays: warnings are checked when a program is first run
-        grads = tape.backward(run.output, ids, diagnostics)
+        tape.replay(moved)  # as `train` replays: warnings are checked when a program is first run
+        grads = tape.backward(output, ids, diagnostics)
         for leaf in leaves:
-            leaf.value -= LR * grads[leaf.id]
-        return tape.nodes[run.output].value
+            leaf.set_value(leaf.value - LR * grads[leaf.id])
+        return tape.nodes[output].value
     return step
 
 

@@ -16,8 +16,9 @@ import numpy as np
 
 from . import syntax
 from .data import SUFFIXES, load_array, parse_set_option
-from .diagnostics import Source, Span, SpireadError, did_you_mean, shape_str
-from .interpreter import Const, Interpreter, Run
+from .diagnostics import Source, Span, SpireadError
+from .interpreter import Const, Interpreter
+from .tape import Run
 
 MAX_SOURCE_BYTES = 64 << 20
 
@@ -108,41 +109,12 @@ class Gradients:
     mode: str
 
 
-def resolve_wrt(run: Run, wrt: list[str] | None) -> list[str]:
-    """The names to differentiate by: as given, else `.backward(...)`'s, else
-    every input the output depends on. A name the output does not depend on
-    gets a warning (and, later, a zero gradient)."""
-    names = list(wrt) if wrt else (run.backward_wrt or run.inputs_of_output())
-    for name in names:
-        if name not in run.bindings:
-            raise SpireadError(f"`--wrt {name}`: the program binds no `{name}`",
-                               notes=did_you_mean(name, run.bindings), exit_code=2)
-    for name in names:
-        if not run.depends_on(run.bindings[name]):
-            run.diagnostics.warn(f"the output `{run.output_name}` does not depend on `{name}`; its gradient is zero",
-                                 run.binding_spans[name])
-    return list(dict.fromkeys(names))
-
-
-def require_scalar_output(run: Run) -> None:
-    shape = run.tape.nodes[run.output].value.shape
-    if shape != ():
-        node = run.tape.nodes[run.output]
-        receiver = run.output_name if run.output_name.isidentifier() else f"({run.output_name})"
-        raise SpireadError(f"the output `{run.output_name}` is {shape_str(shape)}, but gradients need a scalar",
-                           node.span, [f"reduce it, e.g. `loss = {receiver}.sum` or `.mean`, "
-                                       "or pick a scalar with `--of NAME`"])
-
-
 def gradients(run: Run, wrt: list[str] | None = None, mode: str = "reverse") -> Gradients:
     """Gradients of the run's scalar output with respect to `wrt` (names)."""
-    require_scalar_output(run)
-    names = resolve_wrt(run, wrt)
-    ids = [run.bindings[n] for n in names]
+    ids = run.wrt_ids(wrt)
     if mode == "forward":
         from .forward import jacobian_forward
-        by_id = jacobian_forward(run.tape, run.output, ids, run.diagnostics)
+        by_id = jacobian_forward(run.tape, run.output, list(ids.values()), run.diagnostics)
     else:
-        by_id = run.tape.backward(run.output, ids, run.diagnostics)
-    return Gradients(run.output_name, run.tape.nodes[run.output].value,
-                     {n: by_id[i] for n, i in zip(names, ids)}, mode)
+        by_id = run.tape.backward(run.output, list(ids.values()), run.diagnostics)
+    return Gradients(run.output_name, run.value, {n: by_id[i] for n, i in ids.items()}, mode)

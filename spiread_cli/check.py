@@ -26,11 +26,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .api import require_scalar_output, resolve_wrt
 from .diagnostics import Diagnostic, SpireadError
-from .forward import directional_forward, jacobian_forward
-from .interpreter import Run
-from .tape import Node, Tape
+from .forward import directional_forward
+from .tape import Node, Run, Tape
 
 DEFAULT_EPS = 1e-6
 DEFAULT_TOL = 1e-5
@@ -64,7 +62,7 @@ class KinkSite:
         at = f" (line {span.line}, column {span.column})" if span else ""
         where = f" at {list(self.where)}" if self.where else ""
         return (f"`{self.node.label}`{at} has input {self.value:g}{where} ({self.count} of {self.size} entries), "
-                "where it has no derivative: AD takes one side's slope there by convention (LANGUAGE.md §6), "
+                "where it has no derivative: AD takes one side's slope there by convention (as PyTorch does), "
                 "finite differences see both sides; check at a point off the kink")
 
 
@@ -135,34 +133,24 @@ class CheckReport:
 
 
 class Probe:
-    """Evaluates the output with one node's value replaced, recomputing only
-    the nodes between it and the output that depend on it; `restore` puts
-    every value back."""
+    """Evaluates the output with one node's value replaced, replaying only
+    the nodes between it and the output; `restore` puts every value back."""
 
     def __init__(self, tape: Tape, node_id: int, output: int):
-        nodes = tape.nodes
-        self.nodes = nodes
-        self.node = nodes[node_id]
-        self.output = nodes[output]
-        moved = {node_id}
-        self.chain = []
-        for node in nodes[node_id + 1:output + 1]:
-            if node.op is not None and any(i in moved for i in node.inputs):
-                moved.add(node.id)
-                self.chain.append(node)
-        self.saved = [(n, n.value) for n in [self.node] + self.chain]
+        self.tape = tape
+        self.node = tape.nodes[node_id]
+        self.output = tape.nodes[output]
+        self.chain = [node for node in tape.between([node_id], output)[1:] if node.op is not None]
+        self.saved = [(n, n.value, n.known_finite) for n in [self.node] + self.chain]
 
     def __call__(self, value: np.ndarray) -> float:
-        self.node.value = value
-        with np.errstate(all="ignore"):
-            for node in self.chain:
-                node.value = np.asarray(node.op.impl(*(self.nodes[i].value for i in node.inputs), **node.params),
-                                        dtype=np.float64)
+        self.node.set_value(value)
+        self.tape.replay(self.chain)
         return float(self.output.value)
 
     def restore(self) -> None:
-        for node, value in self.saved:
-            node.value = value
+        for node, value, finite in self.saved:
+            node.value, node.known_finite = value, finite
 
 
 def check_gradients(run: Run, wrt: list[str] | None = None, eps: float | None = None, tol: float | None = None,
@@ -176,117 +164,142 @@ def check_gradients(run: Run, wrt: list[str] | None = None, eps: float | None = 
         raise SpireadError(f"`--eps {eps:g}`: the step must be a positive number", exit_code=2)
     if not (np.isfinite(tol) and tol > 0):
         raise SpireadError(f"`--tol {tol:g}`: the tolerance must be a positive number", exit_code=2)
-    require_scalar_output(run)
-    names = resolve_wrt(run, wrt)
-    ids = [run.bindings[n] for n in names]
+    ids = run.wrt_ids(wrt)
     tape = run.tape
-    reverse = tape.backward(run.output, ids, run.diagnostics)
-    f0 = float(tape.nodes[run.output].value)
+    reverse = tape.backward(run.output, list(ids.values()), run.diagnostics)
+    f0 = float(run.value)
     magnitude = output_magnitude(tape, run.output)
     problem = None
     if not np.isfinite(f0):
         problem = (f"the output `{run.output_name}` is {f0:g}: finite differences need a finite output, "
                    "so its gradients cannot be checked here")
     rng = np.random.default_rng(seed)
-    results = {name: _check_value(tape, run.output, name, i, reverse[i], f0, magnitude, eps, tol, max_entries,
-                                  directions, rng)
-               for name, i in zip(names, ids)}
+    results = {}
+    for name, i in ids.items():
+        probe = Probe(tape, i, run.output)
+        try:
+            method, v = _directions(probe, max_entries, directions, rng)
+            measured = measure(probe, reverse[i], v, f0, magnitude, eps)
+        finally:
+            probe.restore()
+        results[name] = judge(name, tape.nodes[i].value.shape, method, measured, tol, eps)
     failed = [run.bindings[name] for name, r in results.items() if not r.ok]
     return CheckReport(run.output_name, f0, eps, tol, results, kink_sites(tape, failed, run.output), problem)
 
 
-def _check_value(tape: Tape, output: int, name: str, node_id: int, grad: np.ndarray, f0: float,
-                 magnitude: float, eps: float, tol: float, max_entries: int, directions: int, rng: np.random.Generator) -> ValueCheck:
-    x = tape.nodes[node_id].value
-    probe = Probe(tape, node_id, output)
-    try:
-        started = time.perf_counter()
-        probe(x)
-        seconds = time.perf_counter() - started
-        elementwise = x.size <= max_entries and 2 * x.size * seconds <= ELEMENTWISE_BUDGET_SECONDS
-        probe.restore()
-        if elementwise:
-            count = x.size
-            ad = grad.ravel().astype(np.float64)
-            fwd = jacobian_forward(tape, output, [node_id])[node_id].ravel()
+def _directions(probe: Probe, max_entries: int, directions: int,
+                rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """The directions to differentiate along, shape (k,) + the value's shape:
+    every entry (the rows of the identity) when the value is small and 2·n
+    evaluations fit the time budget, else a few random unit directions."""
+    x = probe.node.value
+    started = time.perf_counter()
+    probe(x)
+    seconds = time.perf_counter() - started
+    if x.size <= max_entries and 2 * x.size * seconds <= ELEMENTWISE_BUDGET_SECONDS:
+        return "elementwise", np.eye(x.size).reshape((x.size,) + x.shape)
+    v = rng.standard_normal((directions, x.size))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return "directional", v.reshape((directions,) + x.shape)
 
-            def moved(j: int, h: float) -> np.ndarray:
-                y = x.copy()
-                y.flat[j] += h
-                return y
-        else:
-            count = directions
-            v = rng.standard_normal((directions, x.size))
-            v /= np.linalg.norm(v, axis=1, keepdims=True)
-            v = v.reshape((directions,) + x.shape)
-            ad = np.array([np.sum(grad * d) for d in v])
-            fwd = directional_forward(tape, output, node_id, v)
 
-            def moved(j: int, h: float) -> np.ndarray:
-                return x + h * v[j]
+@dataclass
+class Measurement:
+    """Per direction: AD (reverse and forward), the central difference, the
+    one-sided slopes' gap, the rounding allowance and whether it is a kink."""
+    ad: np.ndarray
+    forward: np.ndarray
+    fd: np.ndarray
+    right: np.ndarray           # one-sided slopes
+    left: np.ndarray
+    noise: np.ndarray
+    kink: np.ndarray
+    scale: float                # the largest finite |ad|
+    magnitude: float            # the output's rounding bound (output_magnitude)
 
-        def differences(h: float, which) -> tuple[np.ndarray, np.ndarray]:
-            plus = np.array([probe(moved(j, h)) for j in which])
-            minus = np.array([probe(moved(j, -h)) for j in which])
-            return plus, minus
 
-        plus, minus = differences(eps, range(count))
-        with np.errstate(all="ignore"):
-            fd = (plus - minus) / (2 * eps)
-            gap = (plus - 2 * f0 + minus) / eps                  # right slope minus left slope
-            noise = NOISE_ULPS * ULP * np.maximum(np.maximum(np.abs(plus), np.abs(minus)), magnitude) / eps
-            finite_ad = np.abs(ad[np.isfinite(ad)])
-            scale = float(finite_ad.max()) if finite_ad.size else 0.0
-            candidates = np.flatnonzero((np.abs(gap) > KINK_GAP * np.maximum(scale, np.abs(fd))) & (np.abs(gap) > 4 * noise))
-            kink = np.zeros(count, dtype=bool)
-            if candidates.size:
-                h = eps / KINK_SHRINK
-                p2, m2 = differences(h, candidates)
-                gap2 = (p2 - 2 * f0 + m2) / h
-                kink[candidates] = (np.abs(gap2) > 0.5 * np.abs(gap[candidates])) & \
-                    (np.abs(gap2) > 4 * KINK_SHRINK * noise[candidates])
-            err = np.abs(ad - fd)
-            allowed = tol * np.maximum(np.abs(fd), scale) + noise
-            rel = np.where(err == 0, 0.0, err / np.maximum(np.abs(fd), scale))
-            fvr = np.where(fwd == ad, 0.0, np.abs(fwd - ad))
-            # Forward and reverse mode sum the same terms in other orders: they
-            # agree to rounding, relative to the gradient and to the output.
-            fvr_bad = ~(fvr <= FORWARD_TOL * (scale + np.abs(ad)) + NOISE_ULPS * ULP * (1 + magnitude))
-            nonfinite = ~(np.isfinite(ad) & np.isfinite(fd))
-            bad = ~(err <= allowed) | kink | nonfinite
-            ratio = np.where(err == 0, 0.0, err / allowed)
-    finally:
-        probe.restore()
+def measure(probe: Probe, grad: np.ndarray, v: np.ndarray, f0: float, magnitude: float, eps: float) -> Measurement:
+    """Differentiate along each direction in `v` by AD (the reverse gradient
+    projected, and forward mode) and by central differences, and look for
+    kinks: a gap between the one-sided slopes that stays as the step shrinks
+    (curvature makes it shrink with the step)."""
+    x = probe.node.value
+    count = len(v)
+    flat = v.reshape(count, x.size)
+    with np.errstate(all="ignore"):
+        # 0 · inf is 0 here: an entry a direction does not move has no say.
+        ad = np.where(flat != 0, flat * grad.ravel(), 0.0).sum(axis=1)
+    forward = directional_forward(probe.tape, probe.output.id, probe.node.id, v)
 
+    def differences(h: float, which) -> tuple[np.ndarray, np.ndarray]:
+        plus = np.array([probe(x + h * v[j]) for j in which])
+        minus = np.array([probe(x - h * v[j]) for j in which])
+        return plus, minus
+
+    plus, minus = differences(eps, range(count))
+    with np.errstate(all="ignore"):
+        fd = (plus - minus) / (2 * eps)
+        gap = (plus - 2 * f0 + minus) / eps                  # right slope minus left slope
+        noise = NOISE_ULPS * ULP * np.maximum(np.maximum(np.abs(plus), np.abs(minus)), magnitude) / eps
+        finite_ad = np.abs(ad[np.isfinite(ad)])
+        scale = float(finite_ad.max()) if finite_ad.size else 0.0
+        candidates = np.flatnonzero((np.abs(gap) > KINK_GAP * np.maximum(scale, np.abs(fd))) & (np.abs(gap) > 4 * noise))
+        kink = np.zeros(count, dtype=bool)
+        if candidates.size:
+            h = eps / KINK_SHRINK
+            p2, m2 = differences(h, candidates)
+            gap2 = (p2 - 2 * f0 + m2) / h
+            kink[candidates] = (np.abs(gap2) > 0.5 * np.abs(gap[candidates])) & \
+                (np.abs(gap2) > 4 * KINK_SHRINK * noise[candidates])
+        right, left = (plus - f0) / eps, (f0 - minus) / eps
+    return Measurement(ad, forward, fd, right, left, noise, kink, scale, magnitude)
+
+
+def judge(name: str, shape: tuple[int, ...], method: str, m: Measurement, tol: float, eps: float) -> ValueCheck:
+    """Apply the tolerance rule to a measurement: the worst direction, and in
+    words why it fails if it does."""
+    count = len(m.ad)
+    with np.errstate(all="ignore"):
+        err = np.abs(m.ad - m.fd)
+        allowed = tol * np.maximum(np.abs(m.fd), m.scale) + m.noise
+        rel = np.where(err == 0, 0.0, err / np.maximum(np.abs(m.fd), m.scale))
+        fvr = np.where(m.forward == m.ad, 0.0, np.abs(m.forward - m.ad))
+        # Forward and reverse mode sum the same terms in other orders: they
+        # agree to rounding, relative to the gradient and to the output.
+        fvr_bad = ~(fvr <= FORWARD_TOL * (m.scale + np.abs(m.ad)) + NOISE_ULPS * ULP * (1 + m.magnitude))
+        nonfinite = ~(np.isfinite(m.ad) & np.isfinite(m.fd))
+        bad = ~(err <= allowed) | m.kink | nonfinite
+        ratio = np.where(err == 0, 0.0, err / allowed)
     if nonfinite.any():
         j = int(np.flatnonzero(nonfinite)[0])
-    elif kink.any():
-        j = int(np.flatnonzero(kink)[0])
+    elif m.kink.any():
+        j = int(np.flatnonzero(m.kink)[0])
     elif fvr_bad.any() and not bad.any():
         j = int(np.flatnonzero(fvr_bad)[0])
     else:
         j = int(np.nanargmax(np.where(np.isnan(ratio), np.inf, ratio))) if count else 0
-    worst = (tuple(int(i) for i in np.unravel_index(j, x.shape)) if x.ndim and count else ()) if elementwise else j
-    result = ValueCheck(name, x.shape, "elementwise" if elementwise else "directional", count,
-                        _max(err), _max(rel), _max(fvr), worst,
-                        float(ad[j]) if count else 0.0, float(fd[j]) if count else 0.0, ok=True)
+    if method == "elementwise":
+        worst = tuple(int(i) for i in np.unravel_index(j, shape)) if shape and count else ()
+    else:
+        worst = j
+    ad, fd = (float(m.ad[j]), float(m.fd[j])) if count else (0.0, 0.0)
+    result = ValueCheck(name, shape, method, count, _max(err), _max(rel), _max(fvr), worst, ad, fd, ok=True)
     if bad.any() or fvr_bad.any():
         result.ok = False
-        result.kink = bool(kink[j])
-        if not np.isfinite(ad[j]):
-            result.problem = f"the AD gradient is {ad[j]:g} there"
-        elif not np.isfinite(fd[j]):
-            result.problem = (f"finite differences give {fd[j]:g} there: the output is not finite "
+        result.kink = bool(m.kink[j])
+        if not np.isfinite(ad):
+            result.problem = f"the AD gradient is {ad:g} there"
+        elif not np.isfinite(fd):
+            result.problem = (f"finite differences give {fd:g} there: the output is not finite "
                               f"a step of {eps:g} away in that direction")
-        elif kink[j]:
-            result.problem = (f"not differentiable there: the slope is {(plus[j] - f0) / eps:.6g} to the right and "
-                              f"{(f0 - minus[j]) / eps:.6g} to the left; AD gives {ad[j]:.6g}, "
-                              f"central differences {fd[j]:.6g}")
+        elif m.kink[j]:
+            result.problem = (f"not differentiable there: the slope is {m.right[j]:.6g} to the right and "
+                              f"{m.left[j]:.6g} to the left; AD gives {ad:.6g}, central differences {fd:.6g}")
         elif bad[j]:
-            result.problem = (f"AD gives {ad[j]:.6g} but finite differences {fd[j]:.6g} "
+            result.problem = (f"AD gives {ad:.6g} but finite differences {fd:.6g} "
                               f"(error {err[j]:.3g}, allowed {allowed[j]:.3g})")
         else:
-            result.problem = f"forward mode gives {fwd[j]:.17g} but reverse mode {ad[j]:.17g}"
+            result.problem = f"forward mode gives {m.forward[j]:.17g} but reverse mode {ad:.17g}"
     return result
 
 
@@ -314,24 +327,11 @@ def _max(a: np.ndarray) -> float:
 
 def kink_sites(tape: Tape, wrt: list[int], output: int) -> list[KinkSite]:
     """Ops between the `wrt` nodes and the output whose input sits exactly at a kink."""
-    nodes = tape.nodes
-    if not wrt:
-        return []
-    downstream = np.zeros(len(nodes), dtype=bool)
-    downstream[wrt] = True
-    for node in nodes[min(wrt):output + 1]:
-        if node.op is not None and not downstream[node.id]:
-            downstream[node.id] = any(downstream[i] for i in node.inputs)
-    upstream = np.zeros(len(nodes), dtype=bool)
-    upstream[output] = True
-    for node in reversed(nodes[:output + 1]):
-        if upstream[node.id]:
-            upstream[list(node.inputs)] = True
     sites = []
-    for node in nodes[:output + 1]:
-        if node.op is None or node.op.kink is None or not (downstream[node.id] and upstream[node.id]):
+    for node in tape.between(wrt, output) if wrt else []:
+        if node.op is None or node.op.kink is None:
             continue
-        x = nodes[node.inputs[0]].value
+        x = tape.nodes[node.inputs[0]].value
         mask = np.asarray(node.op.kink(x, **node.params))
         if mask.any():
             where = tuple(int(i) for i in np.argwhere(mask)[0]) if x.ndim else ()

@@ -125,7 +125,11 @@ class Diagnostics:
     warnings: list[Diagnostic] = field(default_factory=list)
 
     def warn(self, message: str, span: Span | None, notes: Iterable[str] = ()) -> None:
-        self.warnings.append(Diagnostic("warning", message, span, tuple(notes)))
+        """Record a warning; the same warning at the same place is kept once
+        (a query asked twice, or a replay, does not repeat it)."""
+        warning = Diagnostic("warning", message, span, tuple(notes))
+        if warning not in self.warnings:
+            self.warnings.append(warning)
 
 
 # ------------------------------------------------------------- rendering

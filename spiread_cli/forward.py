@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .diagnostics import Diagnostics
-from .tape import Node, Tape, all_finite, describe_nonfinite
+from .tape import Node, Tape, all_finite, derivative_born, warn_derivative
 
 TANGENT_BUDGET_BYTES = 256 << 20
 
@@ -29,14 +29,12 @@ class ForwardSweep:
         self.nodes = nodes
         self.output = output
         self.seeded = set(seeded)
-        lowest = min(seeded, default=output + 1)
-        carries = tape.fed_by(seeded, output)
-        self.plan: list[Node] = [n for n in nodes[lowest:output + 1] if carries[n.id]]
+        self.plan: list[Node] = tape.between(seeded, output)
         # After plan[p] has run, the tangents of free_after[p] are needed no more.
         last_use = {n.id: len(self.plan) for n in self.plan}  # never used: kept to the end
         for p, node in enumerate(self.plan):
             for i in node.inputs:
-                if carries[i]:
+                if i in last_use:
                     last_use[i] = p
         last_use[output] = len(self.plan)
         self.free_after: list[list[int]] = [[] for _ in self.plan]
@@ -58,13 +56,14 @@ class ForwardSweep:
     def block_size(self, total: int, budget_bytes: int) -> int:
         return max(1, min(total, budget_bytes // self.bytes_per_direction))
 
-    def push(self, seeds: dict[int, np.ndarray], diagnostics: Diagnostics | None = None) -> np.ndarray:
+    def push(self, seeds: dict[int, np.ndarray], births: list | None = None) -> np.ndarray:
         """Tangents of the output, shape (k,) + output shape, for seed tangents
-        seeds[id] of shape (k,) + that node's shape (one per seeded node)."""
+        seeds[id] of shape (k,) + that node's shape (one per seeded node).
+        With a `births` list, also record each (node, tangent, inputs) whose
+        jvp turned finite values into non-finite ones."""
         nodes = self.nodes
         k = next(iter(seeds.values())).shape[0]
         tangents: dict[int, np.ndarray] = {}
-        warned = diagnostics is None
         for p, node in enumerate(self.plan):
             ts = [tangents.get(i) for i in node.inputs]
             if node.op is None or all(t is None for t in ts):
@@ -73,13 +72,10 @@ class ForwardSweep:
                 args = [nodes[i].value for i in node.inputs]
                 with np.errstate(all="ignore"):
                     t = node.op.jvp(ts, node.value, *args, **node.params)
-                t = np.broadcast_to(t, (k,) + node.value.shape)
-                if not warned and node.finite and all(x is None or all_finite(x) for x in ts) \
-                        and not all_finite(t):
-                    direction = int(np.argwhere(~np.isfinite(t))[0][0])  # the first seed that met it
-                    diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", t[direction], args),
-                                     node.span)
-                    warned = True
+                    t = np.broadcast_to(t, (k,) + node.value.shape)
+                    if births is not None and derivative_born(node, nodes, ts, t):
+                        direction = int(np.argwhere(~np.isfinite(t))[0][0])  # the first seed that met it
+                        births.append((node, t[direction], args))
                 # A seeded node that is an intermediate gets its own seed on top
                 # of what flows into it, as reverse mode's adjoints add up.
                 tangents[node.id] = t + seeds[node.id] if node.id in self.seeded else t
@@ -92,14 +88,20 @@ class ForwardSweep:
     def push_blocks(self, total: int, seed_block: Callable[[int, int], dict[int, np.ndarray]],
                     diagnostics: Diagnostics | None = None, budget_bytes: int = TANGENT_BUDGET_BYTES) -> np.ndarray:
         """Directional derivatives of the scalar output for `total` directions,
-        seed_block(start, k) giving directions start..start+k; shape (total,)."""
+        seed_block(start, k) giving directions start..start+k; shape (total,).
+        As in reverse mode, a block whose result is not finite is pushed again
+        with checks, to warn where the first non-finite derivative was born."""
         result = np.zeros(total)
         block = self.block_size(total, budget_bytes)
         for start in range(0, total, block):
             k = min(block, total - start)
-            before = len(diagnostics.warnings) if diagnostics is not None else 0
-            result[start:start + k] = self.push(seed_block(start, k), diagnostics).reshape(k)
-            if diagnostics is not None and len(diagnostics.warnings) > before:
+            seeds = seed_block(start, k)
+            result[start:start + k] = self.push(seeds).reshape(k)
+            if diagnostics is not None and not all_finite(result[start:start + k]):
+                births: list = []
+                self.push(seeds, births)
+                if births:
+                    warn_derivative(diagnostics, *births[0])
                 diagnostics = None  # one warning about the derivative is enough
         return result
 

@@ -19,7 +19,7 @@ from .data import load_array
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
 from .limits import check_shape, max_bytes
 from .ops import METHODS, OPS, Op, ShapeError
-from .tape import Node, Tape
+from .tape import Node, Run, Tape
 
 
 # ------------------------------------------------------------ value kinds
@@ -60,38 +60,13 @@ QUALIFIED_SYMBOLS = {f"ReductionOps.{k.capitalize()}": k for k in REDUCTIONS}
 OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@@": "matmul", "**": "pow"}
 
 
-@dataclass
-class Run:
-    """A program run: its tape and what the command line needs to report."""
-    source: Source
-    tape: Tape
-    bindings: dict[str, int]            # name -> node id, in the order bound
-    binding_spans: dict[str, Span]
-    output: int
-    output_name: str
-    backward_wrt: list[str] | None      # names given to `.backward(...)`
-    diagnostics: Diagnostics
-
-    def node(self, name: str) -> Node:
-        return self.tape.nodes[self.bindings[name]]
-
-    def inputs_of_output(self) -> list[str]:
-        """The bound input leaves the output depends on, in the order bound."""
-        reach = self.tape.feeding(self.output)
-        return [name for name, i in self.bindings.items()
-                if reach[i] and self.tape.nodes[i].kind == "input" and self.tape.nodes[i].name == name]
-
-    def depends_on(self, node_id: int) -> bool:
-        return self.tape.fed_by([node_id], self.output)[self.output]
-
-
 class Interpreter:
     def __init__(self, source: Source, overrides: dict[str, np.ndarray] | None = None,
                  base_dir: Path | None = None):
         self.source = source
         self.overrides = dict(overrides or {})
         self.base_dir = base_dir or Path.cwd()
-        self.tape = Tape()
+        self.tape = Tape(source=source)
         self.diagnostics = Diagnostics()
         self.env: dict[str, Node] = {}
         self.binding_spans: dict[str, Span] = {}
@@ -137,11 +112,11 @@ class Interpreter:
                                [f"names are bound once; give this value another name, e.g. `{name}2`"],
                                related=[(first, "first bound here")])
         if name in self.overrides:
-            node = self.tape.leaf(self.overrides.pop(name), "input", statement.at, name, name)
+            node = self.tape.leaf(self.overrides.pop(name), "input", statement.at, name)
         else:
             value = self.evaluate(statement.value)
             if isinstance(value, Const):
-                node = self.tape.leaf(value.value, "input", statement.at, name, name)
+                node = self.tape.leaf(value.value, "input", statement.at, name)
             else:
                 node = self.materialize(value, statement.value)
                 if node.name is None:
@@ -301,7 +276,7 @@ class Interpreter:
     def materialize(self, value, node) -> Node:
         value = self.tensor(value, node)
         if isinstance(value, Const):
-            return self.tape.leaf(value.value, "const", node.span, self.text(node))
+            return self.tape.leaf(value.value, "const", node.span)
         return value
 
     def apply(self, op: Op, args, params: dict, node, operands: list, label: str):
@@ -317,10 +292,9 @@ class Interpreter:
             raise SpireadError(f"`{self.text(node)}`: {message}", node.at) from None
         self.check_size(shape, node)
         if all(isinstance(a, Const) for a in args):
-            with np.errstate(all="ignore"):
-                return Const(np.asarray(op.impl(*[a.value for a in args], **params), dtype=np.float64))
+            return Const(self.tape.fold(op, [a.value for a in args], params, node.at, label, self.diagnostics))
         inputs = tuple(self.materialize(a, o).id for a, o in zip(args, operands))
-        return self.tape.apply(op, inputs, params, node.at, self.text(node), label, self.diagnostics)
+        return self.tape.record(op, inputs, params, node.at, label, self.diagnostics)
 
     def check_size(self, shape, node) -> None:
         check_shape(shape, f"`{self.text(node)}`", node.at, self.max_bytes)

@@ -1,12 +1,12 @@
 """Graph rewrites: a recorded tape, specialised to one output and its
 gradient, with slow patterns replaced by fused ops (spiread_cli/ops.py).
 
-`optimize(tape, output, wrt)` rewrites the tape *in place*, keeping node ids,
-so a caller that replays it (`train`, the benchmarks) changes nothing else.
-It assumes what `train` guarantees: between replays only the `wrt` leaves
-change. Afterwards only the output, the `wrt` nodes, the leaves and what the
-output still needs are kept current; every other node is dropped (its value
-freed), named intermediates included.
+`fuse(tape, output, wrt)` is a pass: it returns a new tape (the node list
+copied, the arrays shared) and leaves the caller's as written, as a JAX
+transformation returns a new jaxpr. The new tape holds only what the output
+and the gradients with respect to `wrt` need, renumbered; `Fused` says where
+the output and the `wrt` nodes went. It assumes what `train` guarantees:
+between replays only the `wrt` leaves change.
 
 The rules, each proved equal to the unfused path in tests/test_rewrite.py:
 
@@ -15,9 +15,9 @@ The rules, each proved equal to the unfused path in tests/test_rewrite.py:
 - `exp` → `normaliseRowsL1` is `softmaxRows`, computed stably.
 - `select(rows, cols)` → `mapRowsToScalar(sum)`, one pick per row, is the
   gather `arrange`.
-- A row-wise op of a row gather is the gather of the row-wise op, computed on
-  the smaller source: `softmax(W[labels]) = softmax(W)[labels]`. Applied only
-  when the gather makes more rows than its source has.
+- A row-wise op (`Op.row_wise`) of a row gather is the gather of the row-wise
+  op, computed on the smaller source: `softmax(W[labels]) = softmax(W)[labels]`.
+  Applied only when the gather makes more rows than its source has.
 - A pick from a row gather is a pick from its source.
 - `softmaxRows` → pick → `log` → `mean` (and `logSoftmaxRows` → pick →
   `mean`) is the mean log-likelihood, computed with log-sum-exp
@@ -29,23 +29,44 @@ that is the output, a `wrt` node, or used twice blocks it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 from .ops import OPS
 from .tape import Node, Tape
 
 
-def optimize(tape: Tape, output: int, wrt: list[int], hoist: bool = True) -> Tape:
-    """Rewrite `tape` in place for computing `output` and its gradient with
-    respect to the nodes `wrt`; returns the same tape. `hoist=False` keeps
-    every gather where it was written (the benchmarks measure both)."""
-    Rewriter(tape, output, set(wrt), hoist).run()
-    tape.replay()  # the rewritten nodes' values, so backward may run before the next replay
-    return tape
+@dataclass
+class Fused:
+    tape: Tape          # a new tape; the one given to `fuse` is unchanged
+    output: int         # the output's id on it
+    wrt: list[int]      # the `wrt` nodes' ids on it, in the order given
+
+
+def fuse(tape: Tape, output: int, wrt: list[int], hoist: bool = True) -> Fused:
+    """A new tape for computing `output` and its gradient with respect to the
+    nodes `wrt`, with the fused rewrites applied. `hoist=False` keeps every
+    gather where it was written (the benchmarks measure both)."""
+    copy = Tape([replace(node) for node in tape.nodes[:max([output, *wrt]) + 1]], tape.source)
+    rewriter = Rewriter(copy, output, set(wrt), hoist)
+    rewriter.run()
+    needed = copy.feeding(output)
+    for i in wrt:  # a `wrt` node the output does not read is kept, with what it is computed from
+        if not needed[i]:
+            needed = [a or b for a, b in zip(needed, copy.feeding(i))]
+    kept = [node for node in copy.nodes if needed[node.id]]
+    where = {node.id: new_id for new_id, node in enumerate(kept)}
+    for node in kept:
+        node.id, node.inputs = where[node.id], tuple(where[i] for i in node.inputs)
+    fused = Tape(kept, tape.source)
+    fused.replay(kept)  # the rewritten nodes' values, so backward may run before the next replay
+    return Fused(fused, where[output], [where[i] for i in wrt])
 
 
 class Rewriter:
     def __init__(self, tape: Tape, output: int, wrt: set[int], hoist: bool = True):
+        self.tape = tape
         self.nodes = tape.nodes
         self.hoist = hoist
         self.output = output
@@ -67,22 +88,18 @@ class Rewriter:
                     if node.op is not None and self.live[node.id] and any(rule(node) for rule in rules):
                         changed = True
                         self.count_users()
-        self.drop_unused()
 
     # ------------------------------------------------------------ helpers
 
     def count_users(self) -> None:
         """How many live nodes read each node (the output counts as a user of itself)."""
-        live = np.zeros(len(self.nodes), dtype=bool)
-        live[self.output] = True
+        self.live = self.tape.feeding(self.output)
         users = [0] * len(self.nodes)
-        for node in reversed(self.nodes[:self.output + 1]):
-            if live[node.id]:
+        for node in self.nodes:
+            if self.live[node.id]:
                 for i in node.inputs:
-                    live[i] = True
                     users[i] += 1
         users[self.output] += 1
-        self.live = live
         self.users = users
 
     def fusable(self, i: int, op_name: str | None = None) -> Node | None:
@@ -184,13 +201,6 @@ class Rewriter:
         params = {"rows": np.where(rows < 0, rows + m, rows), "cols": np.where(cols < 0, cols + k, cols)}
         return self.replace(node, "meanLogSoftmaxPick", soft.inputs, params,
                             f"mean log-likelihood ({source} → pick → mean)")
-
-    def drop_unused(self) -> None:
-        """Nodes the output no longer reads are not computed again; their values are freed."""
-        self.count_users()
-        for node in self.nodes:
-            if node.op is not None and not self.live[node.id] and node.id not in self.wrt:
-                node.op, node.inputs, node.params, node.value, node.kind = None, (), {}, None, "dropped"
 
 
 def one_hot_labels(a: np.ndarray) -> np.ndarray | None:

@@ -2,18 +2,23 @@
 
 A program is recorded once; evaluation order is tape order, so the reverse
 sweep is a plain loop backwards over the nodes (micrograd's topological sort
-comes for free). The same tape can be replayed forward with new leaf values,
-which is how `train` runs without re-parsing.
+comes for free). The tape is the one evaluator: recording, constant folding,
+replay with new leaf values (`train`, `check`'s probes) and the rewrites all
+compute an op through `Tape.evaluate`/`Tape.fold`, so every op is converted
+to float64 and checked for inf and nan the same way, wherever it runs.
+
+`Run` is the result of running a program: its tape, its names and its output.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
-from .diagnostics import Diagnostics, Span
+from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
 from .ops import Op
 
 
@@ -25,9 +30,8 @@ class Node:
     inputs: tuple[int, ...]
     params: dict
     value: np.ndarray
-    span: Span | None             # where diagnostics about this node point
-    text: str                     # the source text that produced it
-    label: str                    # how the op is written: `log`, `@@`, `select`; the value for a leaf
+    span: Span | None             # where diagnostics about this node point; its source text is sliced from there
+    label: str                    # how the op is written: `log`, `@@`, `select`; "input" or "constant" for a leaf
     name: str | None = None       # the name it is bound to, if any
     known_finite: bool | None = None  # cache for `finite`; None until someone asks
 
@@ -39,9 +43,9 @@ class Node:
             self.known_finite = all_finite(self.value)
         return self.known_finite
 
-    @finite.setter
-    def finite(self, value: bool) -> None:
-        self.known_finite = value
+    def set_value(self, value: np.ndarray) -> None:
+        self.value = value
+        self.known_finite = None
 
 
 def all_finite(value: np.ndarray) -> bool:
@@ -69,43 +73,77 @@ def describe_nonfinite(what: str, value: np.ndarray, inputs: list[np.ndarray]) -
     count, where, bad = first_bad(value)
     ins = [x for x in inputs if x.shape == value.shape]
     if value.ndim == 0:
-        message = f"{what} gave {_fmt_float(bad)}"
-        return message + (f"; its input was {_fmt_float(float(ins[0]))}" if len(ins) == 1 else "")
-    message = f"{what} gave {_fmt_float(bad)} at {count} of {value.size} entries, first at {list(where)}"
+        message = f"{what} gave {bad:g}"
+        return message + (f"; its input was {float(ins[0]):g}" if len(ins) == 1 else "")
+    message = f"{what} gave {bad:g} at {count} of {value.size} entries, first at {list(where)}"
     if len(ins) == 1:
-        message += f"; its input was {_fmt_float(float(ins[0][where]))} there"
+        message += f"; its input was {float(ins[0][where]):g} there"
     return message
 
 
-def _fmt_float(x: float) -> str:
-    return f"{x:g}"
+def compute(op: Op, args: list[np.ndarray], params: dict) -> np.ndarray:
+    """An op's primal rule, as float64: the one place any op is evaluated.
+    Callers hold np.errstate(all="ignore"); inf and nan are reported by the
+    tape at the op's span, not by numpy."""
+    value = op.impl(*args, **params)
+    if type(value) is not np.ndarray or value.dtype != np.float64:
+        value = np.asarray(value, dtype=np.float64)
+    return value
 
 
 @dataclass
 class Tape:
     nodes: list[Node] = field(default_factory=list)
+    source: Source | None = None  # the program, for the source text of a node's span
 
-    def leaf(self, value: np.ndarray, kind: str, span: Span | None, text: str, name: str | None = None) -> Node:
-        node = Node(len(self.nodes), kind, None, (), {}, value, span, text, text, name)
+    # ------------------------------------------------------------ recording
+
+    def leaf(self, value: np.ndarray, kind: str, span: Span | None, name: str | None = None) -> Node:
+        node = Node(len(self.nodes), kind, None, (), {}, value, span,
+                    "input" if kind == "input" else "constant", name)
         self.nodes.append(node)
         return node
 
-    def apply(self, op: Op, inputs: tuple[int, ...], params: dict, span: Span | None, text: str,
-              label: str, diagnostics: Diagnostics) -> Node:
-        node = Node(len(self.nodes), "op", op, inputs, params, None, span, text, label)
+    def record(self, op: Op, inputs: tuple[int, ...], params: dict, span: Span | None, label: str,
+               diagnostics: Diagnostics | None) -> Node:
+        """Append an op node and evaluate it, warning if it makes inf or nan."""
+        node = Node(len(self.nodes), "op", op, inputs, params, None, span, label)
         self.nodes.append(node)
+        self.replay([node], diagnostics)
+        return node
+
+    def fold(self, op: Op, args: list[np.ndarray], params: dict, span: Span | None, label: str,
+             diagnostics: Diagnostics | None) -> np.ndarray:
+        """Evaluate an op of constants without recording it (constant
+        folding), warning exactly as a recorded op would."""
+        inputs = [Node(-1, "const", None, (), {}, a, None, "constant") for a in args]
+        node = Node(-1, "op", op, tuple(range(len(args))), params, None, span, label)
         with np.errstate(all="ignore"):
-            self._compute(node, diagnostics)
-        return node
+            self._evaluate(node, inputs, diagnostics)
+        return node.value
 
-    def _compute(self, node: Node, diagnostics: Diagnostics | None) -> None:
-        """Evaluate one op node; the caller holds np.errstate(all="ignore")."""
-        nodes = self.nodes
+    def text(self, node: Node) -> str:
+        """The source text that produced a node (sliced when asked, never stored)."""
+        if self.source is None or node.span is None:
+            return node.name or node.label
+        return self.source.snippet(node.span)
+
+    # ----------------------------------------------------------- evaluation
+
+    def replay(self, nodes: Iterable[Node], diagnostics: Diagnostics | None = None) -> None:
+        """Recompute the op nodes among `nodes` (in tape order) from their
+        inputs' current values. With `diagnostics`, an op that turns finite
+        inputs into inf or nan warns at its span."""
+        evaluate, tape_nodes = self._evaluate, self.nodes
+        with np.errstate(all="ignore"):
+            for node in nodes:
+                if node.op is not None:
+                    evaluate(node, tape_nodes, diagnostics)
+
+    @staticmethod
+    def _evaluate(node: Node, nodes: list[Node], diagnostics: Diagnostics | None) -> None:
         args = [nodes[i].value for i in node.inputs]
-        value = node.op.impl(*args, **node.params)
-        if type(value) is not np.ndarray or value.dtype != np.float64:
-            value = np.asarray(value, dtype=np.float64)
-        node.value = value
+        node.value = value = compute(node.op, args, node.params)
         if diagnostics is None:
             node.known_finite = None  # found out if anyone asks
             return
@@ -113,14 +151,16 @@ class Tape:
         if not node.known_finite and all([nodes[i].finite for i in node.inputs]):
             diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args), node.span)
 
-    def replay(self, diagnostics: Diagnostics | None = None, start: int = 0, stop: int | None = None) -> None:
-        """Recompute the op nodes from `start` up to (not including) `stop`
-        from the current leaf values."""
-        compute = self._compute
-        with np.errstate(all="ignore"):
-            for node in self.nodes[start:stop]:
-                if node.op is not None:
-                    compute(node, diagnostics)
+    def first_nonfinite(self, nodes: Iterable[Node]) -> Node | None:
+        """The first of `nodes` whose value is not finite although its inputs
+        are: where an inf or nan was born (a leaf is its own origin)."""
+        tape_nodes = self.nodes
+        for node in nodes:
+            if not node.finite and all(tape_nodes[i].finite for i in node.inputs):
+                return node
+        return None
+
+    # ---------------------------------------------------------- graph queries
 
     def feeding(self, output: int) -> list[bool]:
         """For each node, whether `output` is computed from it (itself included)."""
@@ -132,16 +172,28 @@ class Tape:
                     feeds[i] = True
         return feeds
 
-    def fed_by(self, sources: list[int], stop: int) -> list[bool]:
+    def fed_by(self, sources: Iterable[int], stop: int) -> list[bool]:
         """For each node up to `stop`, whether it is one of `sources` or is
         computed from one; nodes after `stop` are left False."""
         fed = [False] * len(self.nodes)
+        sources = list(sources)
         for s in sources:
             fed[s] = True
         for node in self.nodes[min(sources, default=stop + 1):stop + 1]:
             if node.op is not None and not fed[node.id]:
                 fed[node.id] = any([fed[i] for i in node.inputs])
         return fed
+
+    def between(self, sources: Iterable[int], output: int) -> list[Node]:
+        """The nodes that are computed from `sources` (or are one) and that
+        `output` is computed from, in tape order: what a change of the
+        sources moves, and what a derivative flows through."""
+        sources = list(sources)
+        fed, feeds = self.fed_by(sources, output), self.feeding(output)
+        return [node for node in self.nodes[min(sources, default=output + 1):output + 1]
+                if fed[node.id] and feeds[node.id]]
+
+    # --------------------------------------------------------- reverse mode
 
     def backward(self, output: int, wrt: list[int], diagnostics: Diagnostics | None = None) -> dict[int, np.ndarray]:
         """Reverse sweep: the gradient of the (scalar) output with respect to
@@ -156,8 +208,7 @@ class Tape:
                 births: list = []
                 self._sweep(output, wrt, needs, births)
                 if births:
-                    node, gi, args = births[0]  # the first op, sweeping back from the output, to make one
-                    diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", gi, args), node.span)
+                    warn_derivative(diagnostics, *births[0])  # the first op, sweeping back from the output
         return result
 
     def _sweep(self, output: int, wrt: list[int], needs: list[bool], births: list | None) -> dict[int, np.ndarray]:
@@ -175,12 +226,82 @@ class Tape:
                 continue
             args = [nodes[i].value for i in node.inputs]
             vjp, out, params = node.op.vjp, node.value, node.params
-            check = births is not None and node.finite and _all_finite(g)
             for k, i in enumerate(node.inputs):
                 if not needs[i]:
                     continue
                 gi = vjp(k, g, out, *args, **params)
-                if check and not _all_finite(gi):
+                if births is not None and derivative_born(node, nodes, [g], gi):
                     births.append((node, gi, args))
                 grads[i] = gi if i not in grads else grads[i] + gi
         return {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}
+
+
+def derivative_born(node: Node, nodes: list[Node], incoming: Iterable[np.ndarray | None], produced: np.ndarray) -> bool:
+    """Whether a derivative rule of `node` turned finite values (its inputs'
+    values and the incoming (co)tangents) into a non-finite result: the test
+    both sweeps use to say where a non-finite derivative was born."""
+    return (not _all_finite(produced) and all(nodes[i].finite for i in node.inputs)
+            and all(t is None or _all_finite(t) for t in incoming))
+
+
+def warn_derivative(diagnostics: Diagnostics, node: Node, produced: np.ndarray, args: list[np.ndarray]) -> None:
+    diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", produced, args), node.span)
+
+
+# ------------------------------------------------------------------ runs
+
+
+@dataclass
+class Run:
+    """A program run: its tape, its bound names and its output."""
+    source: Source
+    tape: Tape
+    bindings: dict[str, int]            # name -> node id, in the order bound
+    binding_spans: dict[str, Span]
+    output: int
+    output_name: str
+    backward_wrt: list[str] | None      # names given to `.backward(...)`
+    diagnostics: Diagnostics
+
+    def node(self, name: str) -> Node:
+        return self.tape.nodes[self.bindings[name]]
+
+    @property
+    def value(self) -> np.ndarray:
+        return self.tape.nodes[self.output].value
+
+    def inputs_of_output(self) -> list[str]:
+        """The bound input leaves the output depends on, in the order bound."""
+        reach = self.tape.feeding(self.output)
+        return [name for name, i in self.bindings.items()
+                if reach[i] and self.tape.nodes[i].kind == "input" and self.tape.nodes[i].name == name]
+
+    def depends_on(self, node_id: int) -> bool:
+        return self.tape.fed_by([node_id], self.output)[self.output]
+
+    def require_scalar(self) -> None:
+        """Gradients need a scalar output; say how to get one."""
+        shape = self.value.shape
+        if shape != ():
+            receiver = self.output_name if self.output_name.isidentifier() else f"({self.output_name})"
+            raise SpireadError(f"the output `{self.output_name}` is {shape_str(shape)}, but gradients need a scalar",
+                               self.tape.nodes[self.output].span,
+                               [f"reduce it, e.g. `loss = {receiver}.sum` or `.mean`, "
+                                "or pick a scalar with `--of NAME`"])
+
+    def wrt_ids(self, wrt: list[str] | None = None) -> dict[str, int]:
+        """What to differentiate the scalar output by, name -> node id: the
+        names given, else `.backward(...)`'s, else every input the output
+        depends on. A name the output does not depend on gets a warning
+        (and a zero gradient)."""
+        self.require_scalar()
+        names = list(dict.fromkeys(wrt if wrt else (self.backward_wrt or self.inputs_of_output())))
+        for name in names:
+            if name not in self.bindings:
+                raise SpireadError(f"`--wrt {name}`: the program binds no `{name}`",
+                                   notes=did_you_mean(name, self.bindings), exit_code=2)
+        for name in names:
+            if not self.depends_on(self.bindings[name]):
+                self.diagnostics.warn(f"the output `{self.output_name}` does not depend on `{name}`; "
+                                      "its gradient is zero", self.binding_spans[name])
+        return {name: self.bindings[name] for name in names}

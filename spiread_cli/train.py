@@ -24,12 +24,10 @@ from typing import Callable
 
 import numpy as np
 
-from .api import require_scalar_output, resolve_wrt
 from .diagnostics import Diagnostics, SpireadError, shape_str, usage_error
 from .files import atomic_output
-from .interpreter import Run
-from .rewrite import optimize
-from .tape import all_finite, describe_nonfinite
+from .rewrite import fuse
+from .tape import Node, Run, Tape, all_finite, describe_nonfinite
 
 
 @dataclass
@@ -43,29 +41,23 @@ class TrainResult:
 
 
 def trainable_names(run: Run, wrt: list[str]) -> list[str]:
-    """The --wrt names, checked, with a warning (in run.diagnostics) for any
-    the output does not depend on."""
-    return _check_trainable(run, resolve_wrt(run, wrt))
-
-
-def _check_trainable(run: Run, names: list[str]) -> list[str]:
-    """Train can only change values bound to constants (inputs); anything
-    computed is recomputed from them each step."""
+    """The --wrt names, checked: each must be bound to a constant (an input
+    leaf), since anything computed is recomputed from the inputs each step.
+    A name the output does not depend on gets a warning (in run.diagnostics)."""
+    names = list(run.wrt_ids(wrt))
     for name in names:
-        if name not in run.bindings:
-            raise usage_error(f"`--wrt {name}`: the program binds no `{name}`")
-        node = run.node(name)
-        if node.kind != "input":
+        if run.node(name).kind != "input":
             raise usage_error(f"`--wrt {name}`: `{name}` is computed from other values, so training cannot set it",
                               [f"train a value bound to a constant, e.g. `{name}0 = randn(…)`, and compute `{name}` from it"])
-    return list(dict.fromkeys(names))
+    return names
 
 
 def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = False,
           on_step: Callable[[int, float], None] | None = None,
           stop_requested: Callable[[], bool] = lambda: False) -> TrainResult:
     """Run `steps` steps of forward, backward and `optimizer.step` on the `wrt`
-    values (names; `trainable_names` checks them and warns about unused ones).
+    values (names, checked by `trainable_names`). The run itself is left as it
+    was: training works on a fused copy of its tape.
 
     Stops early when `stop_requested()` turns true (after the step in
     progress), or with `result.error` set when the loss or a gradient is not
@@ -73,17 +65,15 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     keep: after a normal or requested stop, the values after the last update;
     after an error, the values at which the last finite loss was computed.
     """
-    require_scalar_output(run)
-    names = _check_trainable(run, wrt)
-    ids = [run.bindings[n] for n in names]
+    names = trainable_names(run, wrt)
     # Only the trained leaves change between steps, which is what the fused
     # rewrites assume (the bigram model becomes one log-softmax-pick op).
-    optimize(run.tape, run.output, ids)
-    nodes = run.tape.nodes
-    output = nodes[run.output]
-    # Nodes before the first trained value cannot depend on it, and nodes after
-    # the output do not feed it: a step recomputes only what lies between.
-    start, stop = min(ids), run.output + 1
+    fused = fuse(run.tape, run.output, [run.bindings[n] for n in names])
+    tape, ids = fused.tape, fused.wrt
+    nodes = tape.nodes
+    output = nodes[fused.output]
+    # A step recomputes only what lies between the trained values and the output.
+    moved = tape.between(ids, fused.output)
     values = {n: nodes[i].value for n, i in zip(names, ids)}
     previous = values
     losses: list[float] = []
@@ -101,12 +91,12 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
         if step > 1:  # the first forward pass is the one recorded when the program ran
             # Warnings from a step only matter under --strict; without it the
             # replay skips the finiteness pass over every value.
-            run.tape.replay(diagnostics if strict else None, start, stop)
+            tape.replay(moved, diagnostics if strict else None)
         loss = float(output.value)
         if not math.isfinite(loss):
             kept = previous if step > 1 else values
-            return finish("stopped", kept, _nonfinite_loss(run, step, loss), _kept_note(step - 1, losses))
-        grads_by_id = run.tape.backward(run.output, ids, diagnostics)
+            return finish("stopped", kept, _nonfinite_loss(tape, step, loss, output), _kept_note(step - 1, losses))
+        grads_by_id = tape.backward(fused.output, ids, diagnostics)
         losses.append(loss)
         bad = [n for n, i in zip(names, ids) if not all_finite(grads_by_id[i])]
         if bad:
@@ -119,10 +109,10 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
                           SpireadError(f"training stopped at step {step}: {first.message}", first.span, first.notes),
                           _kept_note(step, losses))
         previous = values
-        values = optimizer.step(values, {n: grads_by_id[i] for n, i in zip(names, ids)})
+        with np.errstate(all="ignore"):  # an update that overflows shows as a non-finite loss next step
+            values = optimizer.step(values, {n: grads_by_id[i] for n, i in zip(names, ids)})
         for name, i in zip(names, ids):
-            nodes[i].value = values[name]
-            nodes[i].finite = all_finite(values[name])
+            nodes[i].set_value(values[name])
         if on_step is not None:
             on_step(step, loss)
     return finish("interrupted" if stop_requested() else "done", values)
@@ -134,22 +124,19 @@ def _kept_note(step: int, losses: list[float]) -> str:
     return f"the values kept are those of step {step}, whose loss was {losses[step - 1]:.6g}"
 
 
-def _nonfinite_loss(run: Run, step: int, loss: float) -> SpireadError:
-    """Name the first node, in evaluation order, whose value went non-finite
-    although its inputs were finite: where the inf or nan was born."""
+def _nonfinite_loss(tape: Tape, step: int, loss: float, output: Node) -> SpireadError:
+    """Name the node where the inf or nan was born: the first, in evaluation
+    order, whose value went non-finite although its inputs were finite."""
     message = f"training stopped at step {step}: the loss is {loss:g}"
-    for node in run.tape.nodes[:run.output + 1]:
-        if node.kind == "dropped" or node.finite:  # dropped: fused away by the rewrites
-            continue
-        if node.op is None:
-            what = f"`{node.name or node.text}`" + (" (a trained value)" if node.kind == "input" else "")
-            return SpireadError(f"{message}; {what} holds non-finite entries", node.span)
-        args = [run.tape.nodes[i] for i in node.inputs]
-        if all(a.finite for a in args):
-            detail = describe_nonfinite(f"`{node.label}`", node.value, [a.value for a in args])
-            return SpireadError(f"{message}; {detail}", node.span,
-                                ["a smaller --lr often keeps the values in range"] if step > 1 else [])
-    return SpireadError(message, run.tape.nodes[run.output].span)
+    node = tape.first_nonfinite(tape.nodes[:output.id + 1])
+    if node is None:
+        return SpireadError(message, output.span)
+    if node.op is None:
+        what = f"`{tape.text(node)}`" + (" (a trained value)" if node.kind == "input" else "")
+        return SpireadError(f"{message}; {what} holds non-finite entries", node.span)
+    detail = describe_nonfinite(f"`{node.label}`", node.value, [tape.nodes[i].value for i in node.inputs])
+    return SpireadError(f"{message}; {detail}", node.span,
+                        ["a smaller --lr often keeps the values in range"] if step > 1 else [])
 
 
 def _nonfinite_gradient(step: int, loss: float, name: str, diagnostics: Diagnostics) -> SpireadError:

@@ -211,7 +211,7 @@ def _examples():
 
 
 def _wrt_for(path) -> list[str]:
-    return api.resolve_wrt(api.run_file(str(path)), None)
+    return list(api.run_file(str(path)).wrt_ids())
 
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")

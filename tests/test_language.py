@@ -124,7 +124,7 @@ def test_backward_names_are_the_default_wrt(statement):
 def test_default_wrt_is_every_input_the_output_depends_on():
     text = "w = [1.0, 2.0]\nunused = 7\nk = 2\nh = w * k\nloss = h.sum + 1"
     r = run(text)
-    assert api.resolve_wrt(r, None) == ["w", "k"]  # not the intermediate h, not the unused input
+    assert list(r.wrt_ids()) == ["w", "k"]  # not the intermediate h, not the unused input
     assert r.diagnostics.warnings == []
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from spiread_cli import api
 from spiread_cli.diagnostics import Diagnostics, Source
 from spiread_cli.forward import jacobian_forward
-from spiread_cli.rewrite import one_hot_labels, optimize
+from spiread_cli.rewrite import fuse, one_hot_labels
 
 SEEDS = st.integers(0, 2**32 - 1)
 FEW = settings(max_examples=20, deadline=None)
@@ -27,9 +27,7 @@ def literal(a: np.ndarray) -> str:
 
 def compiled(text: str, wrt: list[str], hoist: bool = True):
     run = api.run_source(Source("rewrite.ad", text))
-    ids = [run.bindings[n] for n in wrt]
-    optimize(run.tape, run.output, ids, hoist)
-    return run, ids
+    return fuse(run.tape, run.output, [run.bindings[n] for n in wrt], hoist)
 
 
 def unfused(text: str, wrt: list[str]) -> tuple[np.ndarray, dict]:
@@ -37,21 +35,22 @@ def unfused(text: str, wrt: list[str]) -> tuple[np.ndarray, dict]:
     return result.value, result.gradients
 
 
-def ops_on(run) -> list[str]:
-    return [n.op.name for n in run.tape.nodes if n.op is not None]
+def ops_on(fused) -> list[str]:
+    return [n.op.name for n in fused.tape.nodes if n.op is not None]
 
 
 def assert_same(text: str, wrt: list[str], hoist: bool = True):
     """The rewritten tape's output and gradients (both modes) equal the unfused ones."""
     want_value, want = unfused(text, wrt)
-    run, ids = compiled(text, wrt, hoist)
-    np.testing.assert_allclose(run.tape.nodes[run.output].value, want_value, rtol=1e-10, atol=1e-12)
-    reverse = run.tape.backward(run.output, ids, Diagnostics())
-    forward = jacobian_forward(run.tape, run.output, ids, Diagnostics())
+    fused = compiled(text, wrt, hoist)
+    tape, output, ids = fused.tape, fused.output, fused.wrt
+    np.testing.assert_allclose(tape.nodes[output].value, want_value, rtol=1e-10, atol=1e-12)
+    reverse = tape.backward(output, ids, Diagnostics())
+    forward = jacobian_forward(tape, output, ids, Diagnostics())
     for name, i in zip(wrt, ids):
         np.testing.assert_allclose(reverse[i], want[name], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(forward[i], want[name], rtol=1e-9, atol=1e-12)
-    return run
+    return fused
 
 
 def bigram_text(xs, ys, w, k) -> str:
@@ -106,11 +105,11 @@ def test_exp_then_normalise_l1_is_softmax(seed):
 
 def test_the_fused_softmax_is_stable_where_the_unfused_overflows():
     text = "x = [[1000, 1001], [0, 1]]\nloss = (x.exp.normaliseRowsL1 * [[1, 2], [3, 4]]).sum\n"
-    run, ids = compiled(text, ["x"])
+    fused = compiled(text, ["x"])
     e = np.exp([-1.0, 0.0])
     expected = (e / e.sum()) @ [1, 2] + (e / e.sum()) @ [3, 4]
-    assert run.tape.nodes[run.output].value == pytest.approx(expected)
-    assert np.all(np.isfinite(run.tape.backward(run.output, ids)[ids[0]]))
+    assert fused.tape.nodes[fused.output].value == pytest.approx(expected)
+    assert np.all(np.isfinite(fused.tape.backward(fused.output, fused.wrt)[fused.wrt[0]]))
 
 
 @FEW
@@ -140,7 +139,7 @@ def test_the_bigram_model_fuses_to_one_log_likelihood_on_the_weights(seed, n, k)
         run = assert_same(text, ["W"], hoist)
         assert "meanLogSoftmaxPick" in ops_on(run)
     # Hoisted: the softmax runs on W itself, before (instead of) the gather.
-    assert ops_on(compiled(text, ["W"])[0]) == ["meanLogSoftmaxPick", "mul"] or n <= k
+    assert ops_on(compiled(text, ["W"])) == ["meanLogSoftmaxPick", "mul"] or n <= k
 
 
 def test_a_gather_with_fewer_rows_than_its_source_is_not_hoisted():
@@ -176,27 +175,38 @@ def test_an_interior_node_asked_for_blocks_the_fusion():
 def test_a_replayed_rewritten_tape_follows_new_weights_like_a_fresh_run():
     xs, ys, w = bigram_data(1, 40, 5)
     text = bigram_text(xs, ys, w, 5)
-    run, (wid,) = compiled(text, ["W"])
-    weights = run.tape.nodes[wid]
+    fused = compiled(text, ["W"])
+    tape, output, (wid,) = fused.tape, fused.output, fused.wrt
+    weights = tape.nodes[wid]
     for _ in range(3):  # SGD steps, as `train` takes them
-        weights.value = weights.value - 2.0 * run.tape.backward(run.output, [wid])[wid]
-        run.tape.replay(Diagnostics())
+        weights.set_value(weights.value - 2.0 * tape.backward(output, [wid])[wid])
+        tape.replay(tape.nodes, Diagnostics())
     value, grads = unfused(bigram_text(xs, ys, weights.value, 5), ["W"])
-    assert run.tape.nodes[run.output].value == pytest.approx(float(value), rel=1e-12)
-    np.testing.assert_allclose(run.tape.backward(run.output, [wid])[wid], grads["W"], rtol=1e-9, atol=1e-13)
+    assert tape.nodes[output].value == pytest.approx(float(value), rel=1e-12)
+    np.testing.assert_allclose(tape.backward(output, [wid])[wid], grads["W"], rtol=1e-9, atol=1e-13)
 
 
-def test_nodes_the_output_does_not_need_are_dropped():
-    run, _ = compiled("x = [1, 2]\nunused = x.exp\nloss = (x * x).sum\n", ["x"])
-    dropped = run.tape.nodes[run.bindings["unused"]]
-    assert dropped.op is None and dropped.value is None
-    run.tape.replay()
-    assert run.tape.nodes[run.output].value == 5.0
+def test_the_new_tape_holds_only_what_the_output_and_gradients_need():
+    fused = compiled("x = [1, 2]\nunused = x.exp\nloss = (x * x).sum\n", ["x"])
+    assert ops_on(fused) == ["mul", "sum"] and [n.id for n in fused.tape.nodes] == [0, 1, 2]
+    fused.tape.replay(fused.tape.nodes)
+    assert fused.tape.nodes[fused.output].value == 5.0
+
+
+def test_a_pass_leaves_the_callers_tape_as_written():
+    xs, ys, w = bigram_data(2, 12, 4)
+    run = api.run_source(Source("bigram.ad", bigram_text(xs, ys, w, 4)))
+    before = [(n.op, n.inputs, n.value) for n in run.tape.nodes]
+    want = api.gradients(run, ["probs"]).gradients["probs"]
+    fused = fuse(run.tape, run.output, [run.bindings["W"]])
+    fused.tape.nodes[fused.wrt[0]].set_value(np.zeros((4, 4)))
+    fused.tape.replay(fused.tape.nodes)
+    assert [(n.op, n.inputs, n.value) for n in run.tape.nodes] == before
+    np.testing.assert_array_equal(api.gradients(run, ["probs"]).gradients["probs"], want)
 
 
 def test_the_seed_program_is_unchanged_by_rewriting():
     run = api.run_file("examples/seed.ad")
-    wid = run.bindings["weights"]
-    optimize(run.tape, run.output, [wid])
-    np.testing.assert_allclose(run.tape.backward(run.output, [wid])[wid],
+    fused = fuse(run.tape, run.output, [run.bindings["weights"]])
+    np.testing.assert_allclose(fused.tape.backward(fused.output, fused.wrt)[fused.wrt[0]],
                                [[-0.291882, 0.291882], [-0.583765, 0.583765]], atol=1e-6)
