@@ -79,7 +79,7 @@ def parse_overrides(options: list[str], base_dir: Path | None = None) -> dict[st
         try:
             expr = syntax.parse_expression(text)
             interpreter = Interpreter(Source(f"--set {name}", text), base_dir=base_dir)
-            value = interpreter.evaluate(expr)
+            value = interpreter.evaluate(expr).value
         except SpireadError as err:
             raise SpireadError(f"`--set {option}`: {err.diagnostic.message}", exit_code=2,
                                notes=["VALUE is a number, a literal like [[1,2],[3,4]], or a .npy/.npz/.csv/.json path"]) from None

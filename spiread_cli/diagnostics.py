@@ -241,5 +241,11 @@ def shape_str(shape: tuple[int, ...]) -> str:
     if len(shape) == 0:
         return "a scalar"
     if len(shape) == 1:
-        return f"a vector of {shape[0]}"
-    return "×".join(str(n) for n in shape)
+        return f"a vector of {_count(shape[0])}"
+    return "×".join(_count(n) for n in shape)
+
+
+def _count(n: int) -> str:
+    """A size in at most about 15 characters (1.23e+300 when longer)."""
+    digits = str(n)
+    return digits if len(digits) <= 15 else f"{digits[0]}.{digits[1:3]}e+{len(digits) - 1}"

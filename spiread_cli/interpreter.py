@@ -1,61 +1,30 @@
-"""Runs a parsed program, recording every operation on a tape.
+"""Elaboration: runs a parsed program, recording every operation on a tape.
 
 Expressions are evaluated with an explicit stack (post-order), so a
 10,000-link method chain or deeply nested parentheses never meet Python's
-recursion limit. Sub-expressions built only from literals and constructor
-functions are folded into constants; a bound constant becomes an *input*
-leaf, the things gradients are usually asked for.
+recursion limit; each value travels paired with its expression (`Arg`), so
+every message can quote and point at what produced it. What a call is (a
+method, a function, a selection) is decided once, when it is expanded.
+Sub-expressions built only from literals and constructor functions are
+folded into constants (through the tape's own evaluator, so they warn
+alike); a bound constant becomes an *input* leaf, the things gradients are
+usually asked for. Builtin functions and method sugar live in builtins.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import syntax as ast
-from .data import load_array
+from .builtins import FUNCTIONS, METHOD_SUGAR, REDUCTIONS, check_arguments
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
 from .limits import check_shape, max_bytes
 from .ops import METHODS, OPS, Op, ShapeError
 from .tape import Node, Run, Tape
+from .values import Arg, Const, Pairs, Symbol, Text, TupleValue
 
-
-# ------------------------------------------------------------ value kinds
-# What an expression evaluates to before it is on the tape.
-
-
-@dataclass(slots=True)
-class Const:
-    """A value that depends on no input: folded now, put on the tape when used."""
-    value: np.ndarray
-
-
-@dataclass(slots=True)
-class Pairs:
-    """(row, col) index pairs: `Array((0, 0), (1, 1))`."""
-    rows: np.ndarray
-    cols: np.ndarray
-
-
-@dataclass(slots=True)
-class Symbol:
-    """A reduction named as an argument: `sum`, `ReductionOps.Sum`."""
-    name: str
-
-
-@dataclass(slots=True)
-class Text:
-    value: str
-
-
-@dataclass(slots=True)
-class TupleValue:
-    items: list
-
-
-REDUCTIONS = {"sum": "rowSum", "mean": "rowMean", "product": "rowProduct"}
 QUALIFIED_SYMBOLS = {f"ReductionOps.{k.capitalize()}": k for k in REDUCTIONS}
 OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@@": "matmul", "**": "pow"}
 
@@ -89,7 +58,7 @@ class Interpreter:
             elif _is_backward(statement.value):
                 declared = self.backward_statement(statement.value)
             else:
-                output = self.materialize(self.evaluate(statement.value), statement.value)
+                output = self.materialize(self.evaluate(statement.value))
                 output_name = self.text(statement.value)
         if declared is not None:  # `.backward(...)` names the output, whatever follows it
             output, output_name, backward_wrt = declared
@@ -114,11 +83,11 @@ class Interpreter:
         if name in self.overrides:
             node = self.tape.leaf(self.overrides.pop(name), "input", statement.at, name)
         else:
-            value = self.evaluate(statement.value)
-            if isinstance(value, Const):
-                node = self.tape.leaf(value.value, "input", statement.at, name)
+            arg = self.evaluate(statement.value)
+            if isinstance(arg.value, Const):
+                node = self.tape.leaf(arg.value.value, "input", statement.at, name)
             else:
-                node = self.materialize(value, statement.value)
+                node = self.materialize(arg)
                 if node.name is None:
                     node.name = name
         self.env[name] = node
@@ -127,7 +96,7 @@ class Interpreter:
 
     def backward_statement(self, call):
         receiver = call.callee.receiver if isinstance(call, ast.Call) else call.receiver
-        output = self.materialize(self.evaluate(receiver), receiver)
+        output = self.materialize(self.evaluate(receiver))
         names = []
         for arg in (call.args if isinstance(call, ast.Call) else []):
             items = [k.value for k in arg.items] if isinstance(arg, ast.NamedTuple) else [arg]
@@ -141,49 +110,46 @@ class Interpreter:
 
     # ------------------------------------------------------ expressions
 
-    def evaluate(self, root):
+    def evaluate(self, root) -> Arg:
         """Post-order evaluation with an explicit stack."""
-        stack = [(root, -1)]  # (node, -1) to expand; (node, n) to visit with its n children's values
-        results = []
+        stack = [(root, None, -1)]  # (node, kind, -1) to expand; (node, kind, n) to visit with n children's values
+        results: list[Arg] = []
         while stack:
-            node, n = stack.pop()
+            node, kind, n = stack.pop()
             if n >= 0:
                 args = results[len(results) - n:] if n else []
                 del results[len(results) - n:]
-                results.append(self.visit(node, args))
+                results.append(Arg(self.visit(node, kind, args), node))
             else:
-                children = self.children(node)
-                stack.append((node, len(children)))
-                stack.extend((child, -1) for child in reversed(children))
+                kind, children = self.expand(node)
+                stack.append((node, kind, len(children)))
+                stack.extend((child, None, -1) for child in reversed(children))
         return results[0]
 
-    def children(self, node) -> list:
+    def expand(self, node) -> tuple[str | None, list]:
+        """What a node is, decided once, and the children to evaluate first."""
         match node:
             case ast.BinOp():
-                return [node.left, node.right]
+                return "operator", [node.left, node.right]
             case ast.UnaryOp():
-                return [node.operand]
+                return "operator", [node.operand]
             case ast.Attribute():
-                return [] if self.qualified(node) else [node.receiver]
+                return ("qualified", []) if self.qualified(node) else ("method", [node.receiver])
             case ast.Call():
                 rest = node.args + [k.value for k in node.keywords]
-                if self.is_method_call(node):
-                    return [node.callee.receiver] + rest
-                if self.function_name(node.callee):
-                    return rest
-                return [node.callee] + rest
+                callee = node.callee
+                if isinstance(callee, ast.Attribute) and not callee.grouped and not self.qualified(callee):
+                    return "method", [callee.receiver] + rest   # `x.m(args)`
+                if self.function_name(callee):
+                    return "function", rest                       # `zeros(2)`, `Matrix.fromRows(…)`
+                return "selection", [callee] + rest               # `x(pairs)`, `(x.T)(pairs)`
             case ast.Subscript():
-                return [node.receiver] + node.args
+                return "subscript", [node.receiver] + node.args
             case ast.TupleLit() | ast.ListLit():
-                return node.items
+                return None, node.items
             case ast.NamedTuple():
-                return [k.value for k in node.items]
-        return []
-
-    def is_method_call(self, call: ast.Call) -> bool:
-        """`x.m(args)`, as against `Matrix.fromRows(args)` or `(x.T)(pairs)`."""
-        callee = call.callee
-        return isinstance(callee, ast.Attribute) and not callee.grouped and not self.qualified(callee)
+                return None, [k.value for k in node.items]
+        return None, []
 
     def qualified(self, node) -> str | None:
         """`Matrix.fromRows`, `ReductionOps.Sum`: a dotted name, not a method call."""
@@ -198,7 +164,7 @@ class Interpreter:
             return callee.id
         return self.qualified(callee)
 
-    def visit(self, node, args):
+    def visit(self, node, kind: str | None, args: list[Arg]):
         match node:
             case ast.Number():
                 return Const(np.array(node.value))
@@ -207,31 +173,32 @@ class Interpreter:
             case ast.Name():
                 return self.lookup(node)
             case ast.BinOp():
-                return self.apply(OPS[OPERATORS[node.op]], args, {}, node, [node.left, node.right], node.op)
+                return self.apply(OPS[OPERATORS[node.op]], args, {}, node.span, node.at, node.op)
             case ast.UnaryOp():
                 if node.op == "+":
-                    return self.tensor(args[0], node.operand)
-                return self.apply(OPS["neg"], args, {}, node, [node.operand], "-")
-            case ast.Attribute():
+                    return self.tensor(args[0])
+                return self.apply(OPS["neg"], args, {}, node.span, node.at, "-")
+            case ast.Attribute() if kind == "qualified":
                 qualified = self.qualified(node)
-                if qualified:
-                    if qualified in QUALIFIED_SYMBOLS:
-                        return Symbol(QUALIFIED_SYMBOLS[qualified])
-                    if qualified in FUNCTIONS:
-                        raise SpireadError(f"`{qualified}` is a function; call it with arguments", node.span)
-                    raise SpireadError(f"unknown name `{qualified}`", node.span,
-                                       did_you_mean(qualified, list(FUNCTIONS) + list(QUALIFIED_SYMBOLS)))
-                return self.method(args[0], node, [], {}, [])
+                if qualified in QUALIFIED_SYMBOLS:
+                    return Symbol(QUALIFIED_SYMBOLS[qualified])
+                if qualified in FUNCTIONS:
+                    raise SpireadError(f"`{qualified}` is a function; call it with arguments", node.span)
+                raise SpireadError(f"unknown name `{qualified}`", node.span,
+                                   did_you_mean(qualified, list(FUNCTIONS) + list(QUALIFIED_SYMBOLS)))
+            case ast.Attribute():
+                return self.method(args[0], node, [], {}, None)
             case ast.Call():
-                kw_count = len(node.keywords)
-                positional = args[:len(args) - kw_count]
-                keywords = {k.name: v for k, v in zip(node.keywords, args[len(args) - kw_count:])}
-                if self.is_method_call(node):
-                    return self.method(positional[0], node.callee, positional[1:], keywords, node.args, node)
-                function = self.function_name(node.callee)
-                if function:
-                    return self.call_function(function, positional, keywords, node)
-                return self.selection(positional[0], positional[1:], node.callee, node, "select")
+                count = len(args) - len(node.keywords)
+                positional = args[:count]
+                keywords = {k.name: a for k, a in zip(node.keywords, args[count:])}
+                if kind == "method":
+                    return self.method(positional[0], node.callee, positional[1:], keywords, node)
+                if kind == "function":
+                    return self.call_function(self.function_name(node.callee), positional, keywords, node)
+                if isinstance(node.callee, ast.Name):
+                    self.refuse_hidden_function(node.callee, node.callee.id)
+                return self.selection(positional[0], positional[1:], node, "select")
             case ast.Subscript():
                 return self.subscript(args[0], args[1:], node)
             case ast.TupleLit():
@@ -241,6 +208,16 @@ class Interpreter:
             case ast.NamedTuple():
                 raise SpireadError("a named tuple `(a = …)` is only for `.backward((a = a))`", node.span)
         raise AssertionError(f"no rule for {type(node).__name__}")
+
+    def refuse_hidden_function(self, name: ast.Name, function: str) -> None:
+        """`zeros = 3` then `zeros(2, 2)`: the binding hides the function; say
+        so rather than treat the call as a selection from the value."""
+        if function in FUNCTIONS and name.id in self.env:
+            bound = self.binding_spans[name.id]
+            raise SpireadError(f"`{name.id}` here is the value bound at {bound.line}:{bound.column}, which hides "
+                               f"the function `{function}`", name.span,
+                               [f"give the value another name, e.g. `{name.id}2`, to call `{function}`"],
+                               related=[(bound, "bound here")])
 
     def lookup(self, name: ast.Name):
         if name.id in self.env:
@@ -258,379 +235,178 @@ class Interpreter:
     def text(self, node) -> str:
         return self.source.snippet(node.span)
 
-    def tensor(self, value, node) -> Node | Const:
-        """An array operand, or an error saying what `node` is instead."""
+    def tensor(self, arg: Arg) -> Node | Const:
+        """An array operand, or an error saying what the argument is instead."""
+        value = arg.value
         if isinstance(value, (Node, Const)):
             return value
         if isinstance(value, TupleValue):
-            return Const(self.stacked_constants(value.items, node))
+            if all(isinstance(a.value, Const) and a.value.value.ndim == 0 for a in value.items):
+                return Const(np.array([float(a.value.value) for a in value.items]))
+            raise SpireadError("a tuple here must hold numbers", arg.expr.span)
         kind = {Pairs: "index pairs", Symbol: "a reduction name", Text: "a string"}[type(value)]
-        hint = [f"to read a file, write `load({self.text(node)})`"] if isinstance(value, Text) else []
-        raise SpireadError(f"`{self.text(node)}` is {kind}, not an array", node.span, hint)
+        hint = [f"to read a file, write `load({self.text(arg.expr)})`"] if isinstance(value, Text) else []
+        raise SpireadError(f"`{self.text(arg.expr)}` is {kind}, not an array", arg.expr.span, hint)
 
-    def stacked_constants(self, items, node) -> np.ndarray:
-        if all(isinstance(v, Const) and v.value.ndim == 0 for v in items):
-            return np.array([float(v.value) for v in items])
-        raise SpireadError("a tuple here must hold numbers", node.span)
-
-    def materialize(self, value, node) -> Node:
-        value = self.tensor(value, node)
+    def materialize(self, arg: Arg) -> Node:
+        value = self.tensor(arg)
         if isinstance(value, Const):
-            return self.tape.leaf(value.value, "const", node.span)
+            return self.tape.leaf(value.value, "const", arg.expr.span)
         return value
 
-    def apply(self, op: Op, args, params: dict, node, operands: list, label: str):
-        """Check shapes, then fold constants or record the op on the tape."""
-        args = [self.tensor(a, o) for a, o in zip(args, operands)]
-        shapes = [a.value.shape for a in args]
+    def apply(self, op: Op, operands: list[Arg], params: dict, span: Span, at: Span, label: str):
+        """Check shapes, then fold constants or record the op on the tape.
+        `span` is the whole expression (quoted in messages), `at` where they point."""
+        values = [self.tensor(a) for a in operands]
+        shapes = [v.value.shape for v in values]
         try:
             shape = op.shape(*shapes, **params)
         except ShapeError as err:
-            texts = {str(i): f"`{self.text(o)}`" for i, o in enumerate(operands)}
+            texts = {str(i): f"`{self.text(a.expr)}`" for i, a in enumerate(operands)}
             texts.update({f"s{i}": shape_str(s) for i, s in enumerate(shapes)})
             message = str(err).format(*[texts[str(i)] for i in range(len(operands))], **texts)
-            raise SpireadError(f"`{self.text(node)}`: {message}", node.at) from None
-        self.check_size(shape, node)
-        if all(isinstance(a, Const) for a in args):
-            return Const(self.tape.fold(op, [a.value for a in args], params, node.at, label, self.diagnostics))
-        inputs = tuple(self.materialize(a, o).id for a, o in zip(args, operands))
-        return self.tape.record(op, inputs, params, node.at, label, self.diagnostics)
+            raise SpireadError(f"`{self.source.snippet(span)}`: {message}", at) from None
+        self.check_size(shape, span, at)
+        if all(isinstance(v, Const) for v in values):
+            return Const(self.tape.fold(op, [v.value for v in values], params, at, label, self.diagnostics))
+        inputs = tuple(self.materialize(Arg(v, a.expr)).id for v, a in zip(values, operands))
+        return self.tape.record(op, inputs, params, at, label, self.diagnostics)
 
-    def check_size(self, shape, node) -> None:
-        check_shape(shape, f"`{self.text(node)}`", node.at, self.max_bytes)
+    def check_size(self, shape, span: Span, at: Span) -> None:
+        check_shape(shape, f"`{self.source.snippet(span)}`", at, self.max_bytes)
 
     # ---------------------------------------------------------- methods
 
-    def method(self, receiver, attr: ast.Attribute, args, keywords, arg_nodes, call=None):
+    def method(self, receiver: Arg, attr: ast.Attribute, args: list[Arg], keywords: dict[str, Arg], call):
         name = attr.name
-        node = call or attr
-        at_node = _At(node.span, attr.at if call is None else attr.at.to(call.span))
-        if keywords:
-            raise SpireadError(f"`.{name}` takes no `name=value` arguments", node.span)
+        span = (call or attr).span
         if name == "backward":
             raise SpireadError("`.backward(...)` must be a statement of its own", attr.at,
                                ["e.g. `loss.backward(weights)` on its own line"])
-        if name == "tej":
-            self.arity(name, args, 0, attr)
-            return self.tensor(receiver, attr.receiver)
-        if name in SUGAR:
-            return SUGAR[name](self, receiver, args, attr, node, arg_nodes)
+        sugar = METHOD_SUGAR.get(name)
         op = METHODS.get(name)
-        if op is None:
+        if isinstance(attr.receiver, ast.Name):
+            self.refuse_hidden_function(attr.receiver, f"{attr.receiver.id}.{name}")
+        if sugar is None and op is None:
             raise SpireadError(f"unknown method `.{name}`", attr.at,
-                               did_you_mean(name, list(METHODS) + list(SUGAR) + ["tej", "backward"]))
+                               did_you_mean(name, list(METHODS) + list(METHOD_SUGAR) + ["backward"]))
+        counts = sugar.counts if sugar else (op.arity - 1 + len(op.params),)
+        check_arguments(f"`.{name}`", counts, len(args), attr.at if not keywords else span, keywords)
+        if sugar is not None:
+            return sugar.body(self, receiver, args, attr, call)
         operands = op.arity - 1  # after the receiver
-        self.arity(name, args, operands + len(op.params), attr)
-        params = {p: self.number(v, n, f"the argument of `.{name}`")
-                  for p, v, n in zip(op.params, args[operands:], arg_nodes[operands:])}
-        return self.apply(op, [receiver, *args[:operands]], params, at_node, [attr.receiver, *arg_nodes[:operands]], name)
+        params = {p: self.number(a, f"the argument of `.{name}`") for p, a in zip(op.params, args[operands:])}
+        at = attr.at if call is None else attr.at.to(call.span)
+        return self.apply(op, [receiver, *args[:operands]], params, span, at, name)
 
-    def arity(self, name, args, expected, attr) -> None:
-        if len(args) != expected:
-            wanted = "no arguments" if expected == 0 else f"{expected} argument{'s' * (expected > 1)}"
-            raise SpireadError(f"`.{name}` takes {wanted}, got {len(args)}", attr.at)
-
-    def number(self, value, node, what) -> float:
-        value = self.tensor(value, node)
+    def number(self, arg: Arg, what: str) -> float:
+        value = self.tensor(arg)
         if value.value.ndim != 0:
-            raise SpireadError(f"{what} must be a number, but `{self.text(node)}` is {shape_str(value.value.shape)}",
-                               node.span)
+            raise SpireadError(f"{what} must be a number, but `{self.text(arg.expr)}` is "
+                               f"{shape_str(value.value.shape)}", arg.expr.span)
         return float(value.value)
 
-    def integer(self, value, node, what) -> int:
-        x = self.number(value, node, what)
+    def integer(self, arg: Arg, what: str) -> int:
+        x = self.number(arg, what)
         if not float(x).is_integer():
-            raise SpireadError(f"{what} must be a whole number, but `{self.text(node)}` is {x:g}", node.span)
+            raise SpireadError(f"{what} must be a whole number, but `{self.text(arg.expr)}` is {x:g}", arg.expr.span)
         return int(x)
 
-    def integers(self, value, node, what) -> np.ndarray:
-        array = self.tensor(value, node).value
+    def integers(self, arg: Arg, what: str) -> np.ndarray:
+        array = self.tensor(arg).value
         if array.ndim != 1:
-            raise SpireadError(f"{what} must be a vector of positions, but `{self.text(node)}` is {shape_str(array.shape)}",
-                               node.span)
+            raise SpireadError(f"{what} must be a vector of positions, but `{self.text(arg.expr)}` is "
+                               f"{shape_str(array.shape)}", arg.expr.span)
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise SpireadError(f"{what} must hold whole numbers: `{self.text(node)}`", node.span)
+            raise SpireadError(f"{what} must hold whole numbers: `{self.text(arg.expr)}`", arg.expr.span)
         return array.astype(np.intp)
 
     # -------------------------------------------------------- selection
 
-    def pairs(self, args, arg_nodes, call) -> Pairs:
+    def pairs(self, args: list[Arg], call) -> Pairs:
         """(row, col) pairs from `(i, j), …`, `Array((i, j), …)`, or `rows, cols`."""
-        if len(args) == 1 and isinstance(args[0], Pairs):
-            return args[0]
-        if args and all(isinstance(a, TupleValue) for a in args):
-            return self.tuples_to_pairs(args, arg_nodes)
+        if len(args) == 1 and isinstance(args[0].value, Pairs):
+            return args[0].value
+        if args and all(isinstance(a.value, TupleValue) for a in args):
+            return self.tuples_to_pairs(args)
         if len(args) == 2:
-            rows = self.integers(args[0], arg_nodes[0], "the row positions")
-            cols = self.integers(args[1], arg_nodes[1], "the column positions")
+            rows = self.integers(args[0], "the row positions")
+            cols = self.integers(args[1], "the column positions")
             if len(rows) != len(cols):
-                raise SpireadError(f"the row positions `{self.text(arg_nodes[0])}` and the column positions "
-                                   f"`{self.text(arg_nodes[1])}` differ in length: {len(rows)} and {len(cols)}",
+                raise SpireadError(f"the row positions `{self.text(args[0].expr)}` and the column positions "
+                                   f"`{self.text(args[1].expr)}` differ in length: {len(rows)} and {len(cols)}",
                                    call.span, ["entry k is taken from row rows[k] and column cols[k]"])
             return Pairs(rows, cols)
         raise SpireadError("a selection takes (row, col) pairs, or a vector of rows and one of columns",
                            call.span, ["e.g. `x[(0, 0), (1, 1)]`, `x(Array((0, 0)))` or `x.select(rows, cols)`"])
 
-    def tuples_to_pairs(self, tuples, nodes) -> Pairs:
+    def tuples_to_pairs(self, tuples: list[Arg]) -> Pairs:
         rows, cols = [], []
-        for t, n in zip(tuples, nodes):
-            if len(t.items) != 2:
-                raise SpireadError(f"an index pair has two positions, `{self.text(n)}` has {len(t.items)}", n.span)
-            rows.append(self.integer(t.items[0], n.items[0], "a row position"))
-            cols.append(self.integer(t.items[1], n.items[1], "a column position"))
+        for t in tuples:
+            if len(t.value.items) != 2:
+                raise SpireadError(f"an index pair has two positions, `{self.text(t.expr)}` has "
+                                   f"{len(t.value.items)}", t.expr.span)
+            rows.append(self.integer(t.value.items[0], "a row position"))
+            cols.append(self.integer(t.value.items[1], "a column position"))
         return Pairs(np.array(rows, dtype=np.intp), np.array(cols, dtype=np.intp))
 
-    def selection(self, receiver, args, receiver_node, call, op_name):
-        pairs = self.pairs(args, call.args, call)
-        x = self.tensor(receiver, receiver_node)
-        shape = x.value.shape
+    def selection(self, receiver: Arg, args: list[Arg], call, op_name: str):
+        pairs = self.pairs(args, call)
+        shape = self.tensor(receiver).value.shape
         if len(shape) == 2:
             outside = ((pairs.rows < -shape[0]) | (pairs.rows >= shape[0])
                        | (pairs.cols < -shape[1]) | (pairs.cols >= shape[1]))
             if outside.any():
                 first = int(np.argmax(outside))
                 r, c = int(pairs.rows[first]), int(pairs.cols[first])
-                raise SpireadError(f"index ({r}, {c}) is out of range for `{self.text(receiver_node)}`, "
+                raise SpireadError(f"index ({r}, {c}) is out of range for `{self.text(receiver.expr)}`, "
                                    f"which is {shape_str(shape)}", call.span,
                                    [f"rows count from 0 to {shape[0] - 1}, columns from 0 to {shape[1] - 1}"])
         shown = " ".join(f"({r},{c})" for r, c in zip(pairs.rows[:4], pairs.cols[:4]))
         label = f"{op_name} {shown}{' …' if len(pairs.rows) > 4 else ''}"
-        return self.apply(OPS[op_name], [x], {"rows": pairs.rows, "cols": pairs.cols},
-                          _At(call.span, call.at), [receiver_node], label)
+        return self.apply(OPS[op_name], [receiver], {"rows": pairs.rows, "cols": pairs.cols},
+                          call.span, call.at, label)
 
-    def subscript(self, receiver, args, node: ast.Subscript):
-        if args and all(isinstance(a, (TupleValue, Pairs)) for a in args):
-            return self.selection(receiver, args, node.receiver, node, "select")
-        x = self.tensor(receiver, node.receiver)
-        positions = [self.integer(a, n, "a position") for a, n in zip(args, node.args)]
-        return self.index(x, tuple(positions), node.receiver, node, "[]")
-
-    def index(self, x, key: tuple, receiver_node, node, label):
-        shape = x.value.shape
+    def subscript(self, receiver: Arg, args: list[Arg], node: ast.Subscript):
+        if args and all(isinstance(a.value, (TupleValue, Pairs)) for a in args):
+            return self.selection(receiver, args, node, "select")
+        shape = self.tensor(receiver).value.shape
+        key = tuple(self.integer(a, "a position") for a in args)
+        hint = ["is a `,` missing between two rows? Without it, a `[...]` right after a list picks entries from it"] \
+            if isinstance(receiver.expr, ast.ListLit) else []
         if not shape:
-            raise SpireadError(f"`{self.text(receiver_node)}` is a scalar; it has no positions to index",
-                               node.span, _missing_comma(receiver_node, node))
+            raise SpireadError(f"`{self.text(receiver.expr)}` is a scalar; it has no positions to index",
+                               node.span, hint)
         if len(key) > len(shape):
-            raise SpireadError(f"`{self.text(receiver_node)}` is {shape_str(shape)}; it takes at most "
-                               f"{len(shape)} position{'s' * (len(shape) != 1)}, got {len(key)}", node.span,
-                               _missing_comma(receiver_node, node))
+            raise SpireadError(f"`{self.text(receiver.expr)}` is {shape_str(shape)}; it takes at most "
+                               f"{len(shape)} position{'s' * (len(shape) != 1)}, got {len(key)}", node.span, hint)
         for axis, k in enumerate(key):
-            if isinstance(k, int) and not -shape[axis] <= k < shape[axis]:
-                raise SpireadError(f"index {k} is out of range for `{self.text(receiver_node)}`, which is "
+            if not -shape[axis] <= k < shape[axis]:
+                raise SpireadError(f"index {k} is out of range for `{self.text(receiver.expr)}`, which is "
                                    f"{shape_str(shape)}", node.span,
-                                   _missing_comma(receiver_node, node) or
-                                   [f"positions count from 0, so the last of {shape[axis]} is {shape[axis] - 1}"])
-        return self.apply(OPS["index"], [x], {"key": key}, node, [receiver_node], label)
+                                   hint or [f"positions count from 0, so the last of {shape[axis]} is {shape[axis] - 1}"])
+        return self.apply(OPS["index"], [receiver], {"key": key}, node.span, node.at, "[]")
 
     # -------------------------------------------------------- functions
 
-    def call_function(self, name, args, keywords, call):
+    def call_function(self, name: str, args: list[Arg], keywords: dict[str, Arg], call):
         function = FUNCTIONS.get(name)
         if function is None:
             raise SpireadError(f"unknown function `{name}`", call.callee.span,
                                did_you_mean(name, list(FUNCTIONS) + list(self.env)))
-        return function(self, args, keywords, call)
+        check_arguments(f"`{name}`", function.counts, len(args), call.span, keywords, function.keywords)
+        return function.body(self, args, keywords, call)
 
-    def array_literal(self, items, node):
+    def array_literal(self, items: list[Arg], node):
         """`[1, 2]`, `[[1, 2], [3, 4]]`, `Array(1, 2)`: stack the items (a
         differentiable op when an item depends on an input)."""
         if not items:
             return Const(np.zeros(0))
-        if all(isinstance(v, TupleValue) for v in items):
-            return self.tuples_to_pairs(items, node.args if isinstance(node, ast.Call) else node.items)
-        item_nodes = node.args if isinstance(node, ast.Call) else node.items
-        return self.apply(OPS["stack"], items, {"axis": 0}, node, item_nodes, "stack")
-
-
-@dataclass(frozen=True, slots=True)
-class _At:
-    """An AST-like place for ops written as methods: `span` is the whole
-    expression (its source text), `at` where diagnostics point."""
-    span: Span
-    at: Span
-
-
-def _missing_comma(receiver_node, node) -> list[str]:
-    """`[[1, 2]\n [3, 4]]` parses as indexing the row `[1, 2]` by `3, 4`: say so."""
-    if isinstance(receiver_node, ast.ListLit) and isinstance(node, ast.Subscript):
-        return ["is a `,` missing between two rows? Without it, a `[...]` right after a list picks entries from it"]
-    return []
+        if all(isinstance(a.value, TupleValue) for a in items):
+            return self.tuples_to_pairs(items)
+        return self.apply(OPS["stack"], items, {"axis": 0}, node.span, node.at, "stack")
 
 
 def _is_backward(expr) -> bool:
     callee = expr.callee if isinstance(expr, ast.Call) else expr
     return isinstance(callee, ast.Attribute) and callee.name == "backward"
-
-
-# --------------------------------------------------- sugar methods
-# Methods that are other syntax for ops in the table (row → index, …).
-
-
-def _map_rows(self: Interpreter, receiver, args, attr, node, arg_nodes):
-    self.arity(attr.name, args, 1, attr)
-    if not isinstance(args[0], Symbol):
-        raise SpireadError(f"`.{attr.name}` takes a reduction: `sum`, `mean` or `product`", arg_nodes[0].span,
-                           ["e.g. `x.mapRowsToScalar(ReductionOps.Sum)`"])
-    op = OPS[REDUCTIONS[args[0].name]]
-    return self.apply(op, [receiver], {}, _At(node.span, attr.at), [attr.receiver], f"mapRowsToScalar({args[0].name})")
-
-
-def _row_or_col(self: Interpreter, receiver, args, attr, node, arg_nodes):
-    self.arity(attr.name, args, 1, attr)
-    x = self.tensor(receiver, attr.receiver)
-    if x.value.ndim != 2:
-        raise SpireadError(f"`.{attr.name}` needs a matrix, but `{self.text(attr.receiver)}` is "
-                           f"{shape_str(x.value.shape)}", attr.at)
-    i = self.integer(args[0], arg_nodes[0], f"the argument of `.{attr.name}`")
-    key = (i, slice(None)) if attr.name == "row" else (slice(None), i)
-    axis = 0 if attr.name == "row" else 1
-    if not -x.value.shape[axis] <= i < x.value.shape[axis]:
-        raise SpireadError(f"{attr.name} {i} is out of range for `{self.text(attr.receiver)}`, which is "
-                           f"{shape_str(x.value.shape)}", node.span)
-    return self.apply(OPS["index"], [x], {"key": key}, _At(node.span, attr.at), [attr.receiver], f"{attr.name}({i})")
-
-
-def _select_method(op_name):
-    def method(self: Interpreter, receiver, args, attr, node, arg_nodes):
-        if not isinstance(node, ast.Call):
-            raise SpireadError(f"`.{attr.name}` needs (row, col) pairs", attr.at)
-        return self.selection(receiver, args, attr.receiver, node, op_name)
-    return method
-
-
-SUGAR = {
-    "mapRowsToScalar": _map_rows,
-    "row": _row_or_col,
-    "col": _row_or_col,
-    "select": _select_method("select"),
-    "arrange": _select_method("arrange"),
-}
-
-
-# ----------------------------------------------------------- functions
-# Each takes (interpreter, positional values, keyword values, call node).
-
-
-def _positional(self: Interpreter, name, args, keywords, call, counts, allowed_keywords=()):
-    extra = set(keywords) - set(allowed_keywords)
-    if extra:
-        raise SpireadError(f"`{name}` has no argument `{sorted(extra)[0]}`", call.span,
-                           did_you_mean(sorted(extra)[0], allowed_keywords))
-    if len(args) not in counts:
-        if isinstance(counts, range):
-            wanted, most = f"at least {counts.start}", counts.start
-        else:
-            wanted, most = " or ".join(str(c) for c in counts), max(counts)
-        raise SpireadError(f"`{name}` takes {wanted} argument{'s' * (most != 1)}, got {len(args)}", call.span)
-
-
-def _sizes(self: Interpreter, name, args, call, counts=(1, 2)):
-    _positional(self, name, args, {}, call, counts)
-    sizes = tuple(self.integer(a, n, f"a size for `{name}`") for a, n in zip(args, call.args))
-    if any(s < 0 for s in sizes):
-        raise SpireadError(f"`{name}`: sizes cannot be negative", call.span)
-    self.check_size(sizes, call)
-    return sizes
-
-
-def _constant(maker):
-    def function(self: Interpreter, args, keywords, call):
-        name = self.text(call.callee)
-        if keywords:
-            _positional(self, name, args, keywords, call, (len(args),))
-        return Const(maker(_sizes(self, name, args, call)))
-    return function
-
-
-def _full(self, args, keywords, call):
-    _positional(self, "full", args, keywords, call, (2, 3))
-    sizes = _sizes(self, "full", args[:-1], _Args(call, call.args[:-1]), (1, 2))
-    return Const(np.full(sizes, self.number(args[-1], call.args[-1], "the fill value of `full`")))
-
-
-@dataclass(frozen=True, slots=True)
-class _Args:
-    """A call node seen with only some of its arguments."""
-    call: ast.Call
-    args: list
-
-    @property
-    def span(self):
-        return self.call.span
-
-    @property
-    def at(self):
-        return self.call.at
-
-
-def _random(kind):
-    def function(self: Interpreter, args, keywords, call):
-        name = self.text(call.callee)
-        _positional(self, name, args, keywords, call, (1, 2), ("seed",))
-        sizes = _sizes(self, name, args, call)
-        seed = self.integer(keywords["seed"], call.keywords[0].value, "the seed") if "seed" in keywords else 0
-        rng = np.random.default_rng(seed)
-        return Const(rng.standard_normal(sizes) if kind == "normal" else rng.random(sizes))
-    return function
-
-
-def _onehot(self: Interpreter, args, keywords, call):
-    _positional(self, "onehot", args, keywords, call, (2,))
-    labels = self.integers(args[0], call.args[0], "the labels of `onehot`")
-    n = self.integer(args[1], call.args[1], "the width of `onehot`")
-    if len(labels) and (labels.min() < 0 or labels.max() >= n):
-        bad = labels[(labels < 0) | (labels >= n)][0]
-        raise SpireadError(f"`onehot`: label {bad} is out of range for width {n}", call.args[0].span)
-    self.check_size((len(labels), n), call)
-    out = np.zeros((len(labels), n))
-    out[np.arange(len(labels)), labels] = 1.0
-    return Const(out)
-
-
-def _load(self: Interpreter, args, keywords, call):
-    _positional(self, "load", args, keywords, call, (1,))
-    if not isinstance(args[0], Text):
-        raise SpireadError("`load` takes a path in quotes, e.g. `load(\"x.csv\")`", call.span)
-    path = Path(args[0].value)
-    return Const(load_array(path if path.is_absolute() else self.base_dir / path, call.args[0].span))
-
-
-def _measure(what):
-    def function(self: Interpreter, args, keywords, call):
-        _positional(self, what, args, keywords, call, (1,))
-        shape = self.tensor(args[0], call.args[0]).value.shape
-        return Const(np.array(float({"rows": shape[0] if shape else 1,
-                                     "cols": shape[1] if len(shape) == 2 else (shape[0] if shape else 1),
-                                     "size": int(np.prod(shape))}[what])))
-    return function
-
-
-def _from(axis):
-    def function(self: Interpreter, args, keywords, call):
-        _positional(self, self.text(call.callee), args, keywords, call, range(1, 1 << 30))
-        return self.apply(OPS["stack"], args, {"axis": axis}, call, call.args, self.text(call.callee))
-    return function
-
-
-def _array(self: Interpreter, args, keywords, call):
-    _positional(self, "Array", args, keywords, call, range(0, 1 << 30))
-    return self.array_literal(args, call)
-
-
-FUNCTIONS = {
-    "Array": _array,
-    "Matrix.fromRows": _from(0),
-    "Matrix.fromColumns": _from(1),
-    "zeros": _constant(np.zeros),
-    "ones": _constant(np.ones),
-    "full": _full,
-    "eye": lambda self, args, keywords, call: Const(np.eye(*_sizes(self, "eye", args, call, (1,)))),
-    "arange": lambda self, args, keywords, call: Const(np.arange(*_sizes(self, "arange", args, call, (1,)), dtype=float)),
-    "randn": _random("normal"),
-    "rand": _random("uniform"),
-    "onehot": _onehot,
-    "load": _load,
-    "rows": _measure("rows"),
-    "cols": _measure("cols"),
-    "size": _measure("size"),
-}

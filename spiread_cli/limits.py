@@ -39,12 +39,14 @@ def max_bytes() -> int:
     return FALLBACK_BYTES
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1024 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} bytes"
+def human_bytes(n: int) -> str:
+    """1.5 GB; exact integer arithmetic, so a size of 10³⁰⁰ bytes prints too."""
+    n = int(n)
+    units = ("bytes", "KB", "MB", "GB", "TB", "PB")
+    for power, unit in enumerate(units):
+        if n < 1024 ** (power + 1):
+            return f"{n} bytes" if power == 0 else f"{n / 1024 ** power:.1f} {unit}"
+    return f"{n / 1024 ** 5:.3g} PB" if n < 1024 ** 100 else "more than 10³⁰⁰ PB"
 
 
 def check_shape(shape: Iterable[int], what: str, span: Span | None, limit: int | None = None) -> None:

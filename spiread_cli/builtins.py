@@ -1,0 +1,215 @@
+"""Builtin functions (`zeros`, `load`, `onehot`, …) and method sugar (`row`,
+`select`, `mapRowsToScalar`, …): what a program can call that is not an op
+of the table itself.
+
+Each entry declares its signature — how many positional arguments it takes
+and which keywords — and `check_arguments`, the one routine that checks every
+call (table ops' methods included), refuses a call that does not fit before
+the body runs. Bodies turn their arguments into constants or into table ops
+recorded through the interpreter's `apply`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from .data import load_array
+from .diagnostics import Span, SpireadError, did_you_mean, shape_str
+from .ops import OPS
+from .values import Arg, Const, Symbol, Text
+
+if TYPE_CHECKING:
+    from .interpreter import Interpreter
+
+ANY = range(0, 1 << 30)
+
+
+@dataclass(frozen=True, slots=True)
+class Builtin:
+    """body(interpreter, positional args, keyword args, call) -> a value."""
+    body: Callable
+    counts: tuple[int, ...] | range      # how many positional arguments it takes
+    keywords: tuple[str, ...] = ()
+
+
+def check_arguments(what: str, counts: tuple[int, ...] | range, given: int, at: Span | None,
+                    keywords: dict[str, Arg] | None = None, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse a call whose arguments do not fit its signature. `what` is how
+    the callee is written in messages: `` `zeros` ``, `` `.pow` ``."""
+    extra = sorted(set(keywords or ()) - set(allowed))
+    if extra:
+        raise SpireadError(f"{what} has no argument `{extra[0]}`", at, did_you_mean(extra[0], allowed))
+    if given in counts:
+        return
+    if isinstance(counts, range):
+        wanted, most = f"at least {counts.start}", counts.start
+    else:
+        wanted, most = " or ".join(str(c) for c in counts), max(counts)
+    wanted = "no arguments" if counts == (0,) else f"{wanted} argument{'s' * (most != 1)}"
+    raise SpireadError(f"{what} takes {wanted}, got {given}", at)
+
+
+# ------------------------------------------------------------- functions
+# Each body takes (interpreter, positional args, keyword args, call node).
+
+
+def _sizes(self: Interpreter, args: list[Arg], name: str, call) -> tuple[int, ...]:
+    sizes = tuple(self.integer(a, f"a size for `{name}`") for a in args)
+    if any(s < 0 for s in sizes):
+        raise SpireadError(f"`{name}`: sizes cannot be negative", call.span)
+    return sizes
+
+
+def _filled(name: str, maker: Callable) -> Callable:
+    """zeros, ones: a constant of the given sizes."""
+    def body(self: Interpreter, args, keywords, call):
+        sizes = _sizes(self, args, name, call)
+        self.check_size(sizes, call.span, call.at)
+        return Const(maker(sizes))
+    return body
+
+
+def _full(self: Interpreter, args, keywords, call):
+    sizes = _sizes(self, args[:-1], "full", call)
+    self.check_size(sizes, call.span, call.at)
+    return Const(np.full(sizes, self.number(args[-1], "the fill value of `full`")))
+
+
+def _eye(self: Interpreter, args, keywords, call):
+    (n,) = _sizes(self, args, "eye", call)
+    self.check_size((n, n), call.span, call.at)
+    return Const(np.eye(n))
+
+
+def _arange(self: Interpreter, args, keywords, call):
+    (n,) = _sizes(self, args, "arange", call)
+    self.check_size((n,), call.span, call.at)
+    return Const(np.arange(n, dtype=float))
+
+
+def _random(name: str, kind: str) -> Callable:
+    def body(self: Interpreter, args, keywords, call):
+        sizes = _sizes(self, args, name, call)
+        seed = self.integer(keywords["seed"], "the seed") if "seed" in keywords else 0
+        if seed < 0:
+            raise SpireadError(f"the seed must be 0 or more, but `{self.text(keywords['seed'].expr)}` is {seed}",
+                               keywords["seed"].expr.span)
+        self.check_size(sizes, call.span, call.at)
+        rng = np.random.default_rng(seed)
+        return Const(rng.standard_normal(sizes) if kind == "normal" else rng.random(sizes))
+    return body
+
+
+def _onehot(self: Interpreter, args, keywords, call):
+    labels = self.integers(args[0], "the labels of `onehot`")
+    n = self.integer(args[1], "the width of `onehot`")
+    if n < 0:
+        raise SpireadError(f"`onehot`: the width cannot be negative, but it is {n}", args[1].expr.span)
+    if len(labels) and (labels.min() < 0 or labels.max() >= n):
+        bad = labels[(labels < 0) | (labels >= n)][0]
+        raise SpireadError(f"`onehot`: label {bad} is out of range for width {n}", args[0].expr.span)
+    self.check_size((len(labels), n), call.span, call.at)
+    out = np.zeros((len(labels), n))
+    out[np.arange(len(labels)), labels] = 1.0
+    return Const(out)
+
+
+def _load(self: Interpreter, args, keywords, call):
+    if not isinstance(args[0].value, Text):
+        raise SpireadError("`load` takes a path in quotes, e.g. `load(\"x.csv\")`", call.span)
+    path = Path(args[0].value.value)
+    return Const(load_array(path if path.is_absolute() else self.base_dir / path, args[0].expr.span))
+
+
+def _measure(what: str) -> Callable:
+    def body(self: Interpreter, args, keywords, call):
+        shape = self.tensor(args[0]).value.shape
+        return Const(np.array(float({"rows": shape[0] if shape else 1,
+                                     "cols": shape[1] if len(shape) == 2 else (shape[0] if shape else 1),
+                                     "size": int(np.prod(shape))}[what])))
+    return body
+
+
+def _from(axis: int) -> Callable:
+    """Matrix.fromRows (axis 0) and Matrix.fromColumns (axis 1): stack vectors."""
+    def body(self: Interpreter, args, keywords, call):
+        return self.apply(OPS["stack"], args, {"axis": axis}, call.span, call.at, self.text(call.callee))
+    return body
+
+
+def _array(self: Interpreter, args, keywords, call):
+    return self.array_literal(args, call)
+
+
+FUNCTIONS: dict[str, Builtin] = {
+    "Array": Builtin(_array, ANY),
+    "Matrix.fromRows": Builtin(_from(0), range(1, 1 << 30)),
+    "Matrix.fromColumns": Builtin(_from(1), range(1, 1 << 30)),
+    "zeros": Builtin(_filled("zeros", np.zeros), (1, 2)),
+    "ones": Builtin(_filled("ones", np.ones), (1, 2)),
+    "full": Builtin(_full, (2, 3)),
+    "eye": Builtin(_eye, (1,)),
+    "arange": Builtin(_arange, (1,)),
+    "randn": Builtin(_random("randn", "normal"), (1, 2), ("seed",)),
+    "rand": Builtin(_random("rand", "uniform"), (1, 2), ("seed",)),
+    "onehot": Builtin(_onehot, (2,)),
+    "load": Builtin(_load, (1,)),
+    "rows": Builtin(_measure("rows"), (1,)),
+    "cols": Builtin(_measure("cols"), (1,)),
+    "size": Builtin(_measure("size"), (1,)),
+}
+
+
+# --------------------------------------------------------- method sugar
+# Methods that are other syntax for ops in the table. Each body takes
+# (interpreter, receiver, args, attribute node, call node or None).
+
+REDUCTIONS = {"sum": "rowSum", "mean": "rowMean", "product": "rowProduct"}
+
+
+def _map_rows(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+    if not isinstance(args[0].value, Symbol):
+        raise SpireadError(f"`.{attr.name}` takes a reduction: `sum`, `mean` or `product`", args[0].expr.span,
+                           ["e.g. `x.mapRowsToScalar(ReductionOps.Sum)`"])
+    name = args[0].value.name
+    return self.apply(OPS[REDUCTIONS[name]], [receiver], {}, call.span, attr.at, f"mapRowsToScalar({name})")
+
+
+def _row_or_col(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+    x = self.tensor(receiver)
+    if x.value.ndim != 2:
+        raise SpireadError(f"`.{attr.name}` needs a matrix, but `{self.text(receiver.expr)}` is "
+                           f"{shape_str(x.value.shape)}", attr.at)
+    i = self.integer(args[0], f"the argument of `.{attr.name}`")
+    key = (i, slice(None)) if attr.name == "row" else (slice(None), i)
+    axis = 0 if attr.name == "row" else 1
+    if not -x.value.shape[axis] <= i < x.value.shape[axis]:
+        raise SpireadError(f"{attr.name} {i} is out of range for `{self.text(receiver.expr)}`, which is "
+                           f"{shape_str(x.value.shape)}", call.span)
+    return self.apply(OPS["index"], [receiver], {"key": key}, call.span, attr.at, f"{attr.name}({i})")
+
+
+def _selection(op_name: str) -> Callable:
+    def body(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+        if call is None:
+            raise SpireadError(f"`.{attr.name}` needs (row, col) pairs", attr.at)
+        return self.selection(receiver, args, call, op_name)
+    return body
+
+
+def _tej(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+    return self.tensor(receiver)
+
+
+METHOD_SUGAR: dict[str, Builtin] = {
+    "mapRowsToScalar": Builtin(_map_rows, (1,)),
+    "row": Builtin(_row_or_col, (1,)),
+    "col": Builtin(_row_or_col, (1,)),
+    "select": Builtin(_selection("select"), ANY),
+    "arrange": Builtin(_selection("arrange"), ANY),
+    "tej": Builtin(_tej, (0,)),   # spire's Jet conversion: a no-op on numbers
+}
