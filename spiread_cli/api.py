@@ -91,8 +91,12 @@ def parse_overrides(options: list[str], base_dir: Path | None = None) -> dict[st
 
 def run_source(source: Source, overrides: dict[str, np.ndarray] | None = None, of: str | None = None,
                base_dir: Path | None = None) -> Run:
-    module = syntax.parse(source)
-    return Interpreter(source, overrides, base_dir or base_dir_of(source)).run(module, of)
+    """Parse and run a program. An error carries the source it points into."""
+    try:
+        module = syntax.parse(source)
+        return Interpreter(source, overrides, base_dir or base_dir_of(source)).run(module, of)
+    except SpireadError as err:
+        raise err.located_in(source)
 
 
 def run_file(path: str, sets: list[str] = (), of: str | None = None) -> Run:
@@ -103,10 +107,8 @@ def run_file(path: str, sets: list[str] = (), of: str | None = None) -> Run:
 
 @dataclass
 class Gradients:
-    output_name: str
-    value: np.ndarray
-    gradients: dict[str, np.ndarray]
-    mode: str
+    value: np.ndarray                   # the output's value
+    gradients: dict[str, np.ndarray]    # name -> gradient, in --wrt order
 
 
 def gradients(run: Run, wrt: list[str] | None = None, mode: str = "reverse") -> Gradients:
@@ -117,4 +119,4 @@ def gradients(run: Run, wrt: list[str] | None = None, mode: str = "reverse") -> 
         by_id = jacobian_forward(run.tape, run.output, list(ids.values()), run.diagnostics)
     else:
         by_id = run.tape.backward(run.output, list(ids.values()), run.diagnostics)
-    return Gradients(run.output_name, run.value, {n: by_id[i] for n, i in ids.items()}, mode)
+    return Gradients(run.value, {n: by_id[i] for n, i in ids.items()})

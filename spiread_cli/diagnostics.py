@@ -82,7 +82,8 @@ class Diagnostic:
 class SpireadError(Exception):
     """An error in the user's program, data or command line (never a bug of ours).
 
-    `exit_code` follows LANGUAGE.md §8: 1 for the program or its data, 2 for usage.
+    `exit_code`: 1 for the program or its data, 2 for usage. `source` is the
+    program the span points into, once known (`located_in`).
     """
 
     def __init__(self, message: str, span: Span | None = None, notes: Iterable[str] = (),
@@ -90,6 +91,18 @@ class SpireadError(Exception):
         super().__init__(message)
         self.diagnostic = Diagnostic("error", message, span, tuple(notes), tuple(related), origin)
         self.exit_code = exit_code
+        self.source: Source | None = None
+
+    def located_in(self, source: Source) -> "SpireadError":
+        """This error, with `source` as the program its span points into
+        (unless it already has one, or has no span)."""
+        if self.source is None and self.diagnostic.span is not None:
+            self.source = source
+        return self
+
+    def render(self) -> str:
+        """The plain-text rendering, as the command line prints it without colour."""
+        return render(self.diagnostic, self.source)
 
     @staticmethod
     def from_warning(warning: Diagnostic) -> "SpireadError":
