@@ -134,3 +134,13 @@ def test_a_bad_seed_is_located(seed):
     with pytest.raises(SpireadError) as caught:
         run(f"x = randn(2, seed={seed})\n")
     assert caught.value.diagnostic.span.column == 19
+
+
+@pytest.mark.parametrize("limit", ["lots", "inf", "-inf", "nan", "-1", "1e400", ""])
+def test_a_size_limit_that_is_not_a_byte_count_is_a_usage_error(tmp_program, limit):
+    result = spiread("eval", tmp_program("x = zeros(3, 3)\n"), env={"SPIREAD_MAX_BYTES": limit})
+    if limit == "":  # unset in effect: the default limit applies
+        assert result.returncode == 0
+    else:
+        assert result.returncode == 2 and "SPIREAD_MAX_BYTES" in result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 2
