@@ -122,7 +122,13 @@ def require_matrix(s, what: str):
 
 def batch_sum(t: np.ndarray) -> np.ndarray:
     """Sum a batched tangent over everything but its batch axis."""
-    return t.reshape(t.shape[0], -1).sum(axis=1)
+    return batch_rows(t).sum(axis=1)
+
+
+def batch_rows(t: np.ndarray) -> np.ndarray:
+    """A batched tangent (k, *s) as a k × size(s) matrix. The sizes are
+    spelled out: reshape cannot infer a -1 when either one is 0."""
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
 # ------------------------------------------------------------ elementwise
@@ -191,17 +197,25 @@ def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], me
     return defop(name, f, vjp, jvp, broadcast_shape, methods, arity=2)
 
 
-def _log_base(out, a, b):
-    # d(a**b)/db = a**b log a; where a == 0 and the result is 0, the limit is 0.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(out == 0, 0.0, out * np.log(a))
+# The partials of a**b follow PyTorch's autograd (pow_backward_self and
+# pow_backward_exponent) at every input, 0, negative and non-finite ones
+# included: d/da is 0 wherever b == 0 (a**0 is 1 for every a, so the 0 · a**-1
+# that the formula gives at a = 0 is no nan); d/db = a**b log a is 0 where
+# a == 0 and b >= 0 (the limit of 0**b log 0 from above), and nan for a < 0,
+# where a**b has no real derivative in b.
+def _pow_base(out, a, b):
+    return np.where(b == 0, 0.0, b * np.power(a, b - 1))
+
+
+def _pow_exponent(out, a, b):
+    return np.where((a == 0) & (b >= 0), 0.0, out * np.log(a))
 
 
 elementwise2("add", np.add, (lambda out, a, b: 1.0, lambda out, a, b: 1.0))
 elementwise2("sub", np.subtract, (lambda out, a, b: 1.0, lambda out, a, b: -1.0))
 elementwise2("mul", np.multiply, (lambda out, a, b: b, lambda out, a, b: a))
 elementwise2("div", np.divide, (lambda out, a, b: 1 / b, lambda out, a, b: -a / (b * b)), methods=("div",))
-elementwise2("pow", np.power, (lambda out, a, b: b * np.power(a, b - 1), _log_base), methods=("pow",))
+elementwise2("pow", np.power, (_pow_base, _pow_exponent), methods=("pow",))
 
 
 # ------------------------------------------------------------------ matmul
@@ -221,15 +235,17 @@ def _matmul_vjp(i, g, out, a, b):
 def _matmul_jvp(ts, out, a, b):
     # Each term is one BLAS product over the whole tangent batch, not k small
     # ones: the batch axis is folded into the rows of the product.
+    # Sizes are spelled out, never -1: reshape cannot infer one when a size is 0.
     a2, b2 = _as_matrices(a, b)
     (r, n), c = a2.shape, b2.shape[1]
-    total = 0.0
+    k = next(t for t in ts if t is not None).shape[0]
+    total = np.zeros((k, r, c))
     if ts[0] is not None:
-        total = total + (ts[0].reshape(-1, n) @ b2).reshape(-1, r, c)
+        total += (ts[0].reshape(k * r, n) @ b2).reshape(k, r, c)
     if ts[1] is not None:  # (tb_k a2ᵀ)ᵀ for each k, as one (k·c)×n by n×r product
-        tb = np.swapaxes(ts[1].reshape(-1, n, c), 1, 2).reshape(-1, n)
-        total = total + np.swapaxes((tb @ a2.T).reshape(-1, c, r), 1, 2)
-    return total.reshape(total.shape[:1] + out.shape)
+        tb = np.swapaxes(ts[1].reshape(k, n, c), 1, 2).reshape(k * c, n)
+        total += np.swapaxes((tb @ a2.T).reshape(k, c, r), 1, 2)
+    return total.reshape((k,) + out.shape)
 
 
 def _matmul_shape(a, b, **_):
@@ -260,24 +276,28 @@ defop("transpose", lambda x: x.T,
 def _exclusive_products(x: np.ndarray, axis: int) -> np.ndarray:
     """For each entry, the product of the others along `axis`, without
     dividing (so zeros are handled exactly)."""
-    ones = np.ones_like(np.take(x, [0], axis=axis))
+    ones = np.ones(x.shape[:axis] + (1,) + x.shape[axis + 1:])
     left = np.cumprod(np.concatenate([ones, x], axis=axis), axis=axis)
     right = np.flip(np.cumprod(np.flip(np.concatenate([x, ones], axis=axis), axis), axis=axis), axis)
     n = x.shape[axis]
     return np.take(left, range(n), axis=axis) * np.take(right, range(1, n + 1), axis=axis)
 
 
+# Of nothing, as numpy and PyTorch have it: the sum is 0, the product 1 and
+# the mean nan. A mean is a sum divided by the count, not np.mean, which
+# warns about an empty slice through Python's warnings, past np.errstate.
+# Derivatives over no entries are empty sums: 0, whatever the value.
 defop("sum", lambda x: np.sum(x),
       vjp=lambda i, g, out, x: np.broadcast_to(g, x.shape),
       jvp=lambda ts, out, x: batch_sum(ts[0]),
       shape=scalar_shape)
-defop("mean", lambda x: np.mean(x),
+defop("mean", lambda x: np.sum(x) / x.size,
       vjp=lambda i, g, out, x: np.broadcast_to(g / max(x.size, 1), x.shape),
       jvp=lambda ts, out, x: batch_sum(ts[0]) / max(x.size, 1),
       shape=scalar_shape)
 defop("product", lambda x: np.prod(x),
       vjp=lambda i, g, out, x: g * _exclusive_products(x.ravel(), 0).reshape(x.shape),
-      jvp=lambda ts, out, x: ts[0].reshape(ts[0].shape[0], -1) @ _exclusive_products(x.ravel(), 0),
+      jvp=lambda ts, out, x: batch_rows(ts[0]) @ _exclusive_products(x.ravel(), 0),
       shape=scalar_shape)
 
 
@@ -290,9 +310,9 @@ defop("rowSum", lambda x: x.sum(axis=1),
       vjp=lambda i, g, out, x: np.broadcast_to(g[:, None], x.shape),
       jvp=lambda ts, out, x: ts[0].sum(axis=-1),
       shape=_rows_shape, methods=())
-defop("rowMean", lambda x: x.mean(axis=1),
-      vjp=lambda i, g, out, x: np.broadcast_to(g[:, None] / x.shape[1], x.shape),
-      jvp=lambda ts, out, x: ts[0].mean(axis=-1),
+defop("rowMean", lambda x: x.sum(axis=1) / x.shape[1],
+      vjp=lambda i, g, out, x: np.broadcast_to(g[:, None] / max(x.shape[1], 1), x.shape),
+      jvp=lambda ts, out, x: ts[0].sum(axis=-1) / max(x.shape[1], 1),
       shape=_rows_shape, methods=())
 defop("rowProduct", lambda x: x.prod(axis=1),
       vjp=lambda i, g, out, x: g[:, None] * _exclusive_products(x, 1),
@@ -320,9 +340,10 @@ def _l2(x):
 def _row_max(x):
     """np.max(x, axis=-1, keepdims=True), exactly. numpy reduces a short last
     axis slowly (228,146 rows of 27: 36 ms); halving the rows with elementwise
-    maximum takes 14 ms, so narrow rows go that way."""
+    maximum takes 14 ms, so narrow rows go that way. The maximum of an
+    empty row is -inf, max's identity (so log-sum-exp of nothing is -inf)."""
     if not 1 < x.shape[-1] <= 64:
-        return np.max(x, axis=-1, keepdims=True)
+        return np.max(x, axis=-1, keepdims=True, initial=-np.inf)
     while x.shape[-1] > 1:
         half = x.shape[-1] // 2
         folded = np.maximum(x[..., :half], x[..., half:2 * half])
@@ -401,9 +422,11 @@ def _select_jvp(ts, out, x, rows, cols):
     return result
 
 
-def _pairs_shape(s, rows, cols):
+def _pairs_shape(s, rows, cols, picked=None):
+    """The shape of (row, col) entries picked from a matrix: a matrix like it
+    (select), a vector (arrange) or a scalar (their mean)."""
     require_matrix(s, "selecting (row, col) entries")
-    return s
+    return s if picked is None else picked
 
 
 # The gradient of a selection is a scatter of the upstream gradient onto the
@@ -430,17 +453,21 @@ def _arrange_vjp(i, g, out, x, rows, cols):
 defop("arrange", lambda x, rows, cols: x[rows, cols],
       vjp=_arrange_vjp,
       jvp=lambda ts, out, x, rows, cols: ts[0][:, rows, cols],
-      shape=lambda s, rows, cols: (_pairs_shape(s, rows, cols), (len(rows),))[1], methods=())
+      shape=lambda s, rows, cols: _pairs_shape(s, rows, cols, (len(rows),)), methods=())
 
 
 # ------------------------------------------------------------- construction
 
 
 def _stack_shape(*shapes, axis):
+    if not shapes:
+        raise ShapeError("there is nothing to stack")
     if any(s != shapes[0] for s in shapes):
         raise ShapeError("the pieces differ in shape: " + ", ".join("{%d} is {s%d}" % (i, i) for i in range(len(shapes))))
     if len(shapes[0]) > 1:
         raise ShapeError("only scalars and vectors can be stacked, but {0} is {s0}")
+    if axis > len(shapes[0]):  # columns of scalars
+        raise ShapeError("columns are vectors, but {0} is {s0}")
     shape = list(shapes[0])
     shape.insert(axis, len(shapes))
     return tuple(shape)
@@ -476,11 +503,17 @@ def _scatter_rows(g: np.ndarray, index: np.ndarray, rows: int) -> np.ndarray:
     return np.bincount(flat, weights=g.ravel(), minlength=rows * k).reshape(rows, k)
 
 
+def _gather_shape(s, index):
+    if not s:
+        raise ShapeError("gathering rows needs a vector or matrix, but {0} is {s0}")
+    return (len(index),) + s[1:]
+
+
 # `onehot(labels, n) @@ W` with a constant one-hot: a row gather, W[index].
 defop("gatherRows", lambda x, index: np.take(x, index, axis=0),
       vjp=lambda i, g, out, x, index: _scatter_rows(g, index, x.shape[0]),
       jvp=lambda ts, out, x, index: np.take(ts[0], index, axis=1),
-      shape=lambda s, index: (len(index),) + s[1:], methods=())
+      shape=_gather_shape, methods=())
 
 
 def _log_sum_exp(z):
@@ -489,13 +522,13 @@ def _log_sum_exp(z):
 
 
 def _mean_log_softmax_pick(z, rows, cols):
-    return np.mean(z[rows, cols] - _log_sum_exp(z)[rows])
+    return np.sum(z[rows, cols] - _log_sum_exp(z)[rows]) / len(rows)  # nan for no picks, as `mean`
 
 
 def _mean_log_softmax_pick_grad(z, rows, cols):
     """d/dz of mean(log softmax(z)[rows, cols]): (picks − counts · softmax(z)) / n,
     where counts[r] is how often row r is picked."""
-    n = len(rows)
+    n = max(len(rows), 1)  # no picks: the mean is nan, a constant; its gradient is 0
     counts = np.bincount(rows, minlength=z.shape[0])
     grad = _softmax(z)
     grad *= -counts[:, None]
@@ -513,4 +546,4 @@ def _mean_log_softmax_pick_grad(z, rows, cols):
 defop("meanLogSoftmaxPick", _mean_log_softmax_pick,
       vjp=lambda i, g, out, z, rows, cols: g * _mean_log_softmax_pick_grad(z, rows, cols),
       jvp=lambda ts, out, z, rows, cols: batch_sum(ts[0] * _mean_log_softmax_pick_grad(z, rows, cols)),
-      shape=scalar_shape, methods=())
+      shape=lambda s, rows, cols: _pairs_shape(s, rows, cols, ()), methods=())
