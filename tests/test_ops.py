@@ -11,13 +11,19 @@ Two layers:
 
 from __future__ import annotations
 
+import contextlib
+import math
+import inspect
+import itertools
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
-from conftest import Agreement, central_difference, gradients, program_fd, value
-from spiread_cli.ops import METHODS, OPS
+from conftest import Agreement, central_difference, gradients, program_fd, run, spiread, strict_json, value
+from spiread_cli import api
+from spiread_cli.ops import METHODS, OPS, ShapeError
 
 RNG = np.random.default_rng(20240611)
 S, V, M = (), (3,), (2, 3)
@@ -399,3 +405,267 @@ def test_sugar_value_and_gradient(expr, reference, record_property):
 def test_gradient_at_kinks(expr, expected):
     got = gradients(f"x = [0.0, 2.0, -2.0]\nloss = {expr}.sum", ["x"]).gradients["x"]
     np.testing.assert_array_equal(got, expected)
+
+
+# ------------------------------------------------- every op at its edges
+# Swept over the whole table, so a new op is covered without being listed
+# here: its operands and parameters are read off its vjp's signature, its
+# operand shapes drawn from SHAPES, its parameters from EDGE_PARAMS (a new
+# kind of parameter fails until it is given edge values there).
+
+
+def operands_and_params(op) -> tuple[int | None, tuple[str, ...]]:
+    """How many array operands `op` takes (None: any number) and the names of
+    its parameters, from vjp(i, g, out, *operands, *params)."""
+    after = list(inspect.signature(op.vjp).parameters.values())[3:]
+    if after[0].kind is inspect.Parameter.VAR_POSITIONAL:
+        return None, tuple(p.name for p in after[1:])
+    assert len(after) >= op.arity, f"`{op.name}`: its vjp takes fewer operands than its arity {op.arity}"
+    return op.arity, tuple(p.name for p in after[op.arity:])
+
+
+def _keys(shape):
+    """Basic-indexing keys into `shape`: an int (first and last) or a whole
+    axis, for one axis or more."""
+    options = [[slice(None)] + ([0, -1] if n else []) for n in shape]
+    return [{"key": key} for depth in range(1, len(shape) + 1) for key in itertools.product(*options[:depth])]
+
+
+# Positions are the first and the last, counted from 0: the fused ops take
+# them so (rewrite.py turns positions counted from the end into these).
+def _pairs(shape):
+    none = np.zeros(0, dtype=np.intp)
+    if len(shape) != 2 or 0 in shape:
+        return [{"rows": none, "cols": none}]
+    return [{"rows": none, "cols": none}, {"rows": np.array([0, shape[0] - 1, 0]), "cols": np.array([shape[1] - 1, 0, 0])}]
+
+
+EDGE_PARAMS = {  # parameter names -> the values to try, given the first operand's shape
+    (): lambda shape: [{}],
+    ("t",): lambda shape: [{"t": 0.0}, {"t": -np.inf}, {"t": np.nan}],
+    ("key",): _keys,
+    ("rows", "cols"): _pairs,
+    ("axis",): lambda shape: [{"axis": 0}, {"axis": 1}],
+    ("index",): lambda shape: [{"index": np.zeros(0, dtype=np.intp)}]
+    + ([{"index": np.array([0, shape[0] - 1, 0])}] if shape and shape[0] else []),
+}
+
+SHAPES = [(), (1,), (3,), (0,), (1, 0), (0, 1), (0, 0), (0, 3), (3, 0), (3, 1), (1, 3), (2, 3)]
+# What an op gives for operands with no entries, where its result has some:
+# numpy's and PyTorch's conventions (torch 2.13 gives the same for
+# zeros(0).sum/prod/mean, zeros(3, 0).sum(1)/prod(1)/mean(1), and a matmul
+# over an inner size of 0).
+VALUE_OF_NOTHING = {"sum": 0.0, "rowSum": 0.0, "matmul": 0.0, "product": 1.0, "rowProduct": 1.0,
+                    "mean": np.nan, "rowMean": np.nan, "meanLogSoftmaxPick": np.nan}
+
+
+def operand_shapes(op, pool):
+    count, _ = operands_and_params(op)
+    if count is not None:
+        return list(itertools.product(pool, repeat=count))
+    return [()] + [(s,) * k for s in pool for k in (1, 2, 3)] + [(pool[0], pool[-1])]
+
+
+def calls(op, pool):
+    """(operand shapes, params, output shape) for each call the shape rule
+    accepts; a refusal must be a ShapeError whose message formats."""
+    _, names = operands_and_params(op)
+    assert names in EDGE_PARAMS, f"`{op.name}` takes parameters {names}: give them edge values in EDGE_PARAMS"
+    accepted = []
+    for shapes in operand_shapes(op, pool):
+        for params in EDGE_PARAMS[names](shapes[0] if shapes else ()):
+            try:
+                accepted.append((shapes, params, tuple(op.shape(*shapes, **params))))
+            except ShapeError as err:  # formatted as the interpreter does, with every operand named
+                str(err).format(*[f"`x{i}`" for i in range(len(shapes))],
+                                **{f"s{i}": str(s) for i, s in enumerate(shapes)})
+    return accepted
+
+
+@contextlib.contextmanager
+def numerics_as_on_the_tape():
+    """The tape's numpy state (np.errstate(all="ignore")), with every Python
+    warning an error: ops report nothing themselves; the tape reports
+    non-finite values as spiread's own located warnings."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("error")
+        yield
+
+
+def call_rules(op, xs, params, out_shape, g, tangent):
+    """impl, every vjp and jvp (each operand's tangent alone, then all at
+    once) with their shapes checked; returns the values for more checks."""
+    out = np.asarray(op.impl(*xs, **params), dtype=float)
+    assert out.shape == out_shape, f"impl gives {out.shape}, the shape rule {out_shape}"
+    vjps = []
+    for i, x in enumerate(xs):
+        vjps.append(np.asarray(op.vjp(i, g, out, *xs, **params), dtype=float))
+        assert vjps[-1].shape == x.shape, f"vjp {i} gives {vjps[-1].shape} for an operand of {x.shape}"
+    jvps = {}
+    for k in (2, 0):  # forward mode seeds one direction per entry of its inputs: an empty one seeds none
+        alone = []
+        for i, x in enumerate(xs):
+            ts = [None] * len(xs)
+            ts[i] = tangent((k,) + x.shape)
+            alone.append((ts[i], np.asarray(op.jvp(ts, out, *xs, **params), dtype=float)))
+            assert alone[-1][1].shape == (k,) + out.shape, f"jvp {i} gives {alone[-1][1].shape}"
+        if len(xs) > 1:
+            together = np.asarray(op.jvp([t for t, _ in alone], out, *xs, **params), dtype=float)
+            assert together.shape == (k,) + out.shape
+        jvps[k] = alone
+    return out, vjps, jvps
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_every_op_handles_operands_with_no_entries(name):
+    """Operands of size 0: the value follows numpy's and PyTorch's
+    conventions, each vjp is finite differences' answer (an empty sum: 0) and
+    a jvp from an empty operand is 0, in the shapes of the operands and the
+    output. The shape rule may refuse, with a ShapeError."""
+    op = OPS[name]
+    cases = [c for c in calls(op, SHAPES) if any(0 in s for s in c[0])]
+    assert cases or name in OPS_THAT_REFUSE_EVERY_EMPTY_OPERAND, f"`{name}` accepts no empty operand"
+    with numerics_as_on_the_tape():
+        for shapes, params, out_shape in cases:
+            where = f"{name}{shapes} {params}"
+            xs = [positive(s) for s in shapes]
+            g = RNG.normal(size=out_shape)
+            out, vjps, jvps = call_rules(op, xs, params, out_shape, g, normal)
+            if out.size:
+                assert name in VALUE_OF_NOTHING, f"{where}: give its value of nothing in VALUE_OF_NOTHING"
+                np.testing.assert_array_equal(out, np.full(out_shape, VALUE_OF_NOTHING[name]), err_msg=where)
+            for i, x in enumerate(xs):
+                if x.size:  # nothing reaches it through an empty operand: finite differences give 0
+                    def pulled(xi, i=i):
+                        return np.sum(g * op.impl(*xs[:i], xi, *xs[i + 1:], **params))
+                    np.testing.assert_allclose(vjps[i], central_difference(pulled, x), atol=1e-7, err_msg=where)
+            for k, alone in jvps.items():
+                for i, (t, jvp) in enumerate(alone):
+                    if xs[i].size == 0:  # a linear map from no entries is 0
+                        np.testing.assert_array_equal(jvp, np.zeros_like(jvp), err_msg=f"{where} jvp {i}")
+                    else:
+                        for j in range(k):
+                            eps = 1e-6
+                            step = op.impl(*xs[:i], xs[i] + eps * t[j], *xs[i + 1:], **params)
+                            back = op.impl(*xs[:i], xs[i] - eps * t[j], *xs[i + 1:], **params)
+                            np.testing.assert_allclose(jvp[j], (step - back) / (2 * eps), atol=1e-7,
+                                                       err_msg=f"{where} jvp {i}")
+
+
+# Ops whose shape rule turns down every operand with no entries (none yet):
+# each must say why here.
+OPS_THAT_REFUSE_EVERY_EMPTY_OPERAND: dict[str, str] = {}
+
+EDGE_VALUES = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 1e308, -1e-308])
+EDGE_SHAPES = [(), (1,), (4,), (2, 4), (4, 1), (1, 4), (0,), (2, 0)]
+
+
+def edge_filled(shape, shift=0):
+    """Every edge value in turn (from `shift` on), as many times as `shape` holds."""
+    return np.resize(np.roll(EDGE_VALUES, shift), shape)
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_every_op_is_silent_and_shaped_at_edge_values(name):
+    """0, -0, ±inf, nan, huge and tiny entries (all alike, or mixed; zero
+    rows among them), with edge cotangents and tangents: no rule raises or
+    warns (Python warnings are errors here), and every result has its shape.
+    Non-finite results are the tape's to report, not the ops'."""
+    op = OPS[name]
+    with numerics_as_on_the_tape():
+        for shapes, params, out_shape in calls(op, EDGE_SHAPES):
+            fills = [[np.full(s, v) for s in shapes] for v in EDGE_VALUES]
+            fills.append([edge_filled(s, 3 * i + 1) for i, s in enumerate(shapes)])
+            for xs in fills:
+                for g, tangent in ((np.ones(out_shape), np.ones), (edge_filled(out_shape), edge_filled)):
+                    try:
+                        call_rules(op, xs, params, out_shape, g, tangent)
+                    except Exception as err:
+                        raise AssertionError(f"{name}{shapes} {params} at {xs}: {err!r}") from err
+
+
+# ------------------------------------------------ pow at 0 and below 0
+# (a, b, ∂(a**b)/∂a, ∂(a**b)/∂b): these match torch 2.13's autograd of
+# `a ** b` for float64 tensors a and b (pow_backward_self and
+# pow_backward_exponent), read off once and written here in closed form.
+LN2, R2 = math.log(2.0), math.sqrt(2.0)
+INF, NAN = math.inf, math.nan
+POW_PARTIALS = [
+    # a = 0: a**0 is 1 for every a, so ∂a is 0 there; ∂b is 0 wherever b >= 0.
+    (0.0, 0.0, 0.0, 0.0), (0.0, 1.0, 1.0, 0.0), (0.0, 2.0, 0.0, 0.0), (0.0, 3.0, 0.0, 0.0),
+    (0.0, -1.0, -INF, -INF), (0.0, -2.0, -INF, -INF), (0.0, 0.5, INF, 0.0), (0.0, -0.5, -INF, -INF),
+    (0.0, 1.5, 0.0, 0.0), (-0.0, 0.0, 0.0, 0.0), (-0.0, 1.0, 1.0, 0.0), (-0.0, -1.0, -INF, INF),
+    # a < 0: integer exponents have ∂a; ∂b (a**b log a) is nan, log of a negative number.
+    (-2.0, 0.0, 0.0, NAN), (-2.0, 1.0, 1.0, NAN), (-2.0, 2.0, -4.0, NAN), (-2.0, 3.0, 12.0, NAN),
+    (-2.0, -1.0, -0.25, NAN), (-2.0, -2.0, 0.25, NAN), (-2.0, 0.5, NAN, NAN), (-2.0, -0.5, NAN, NAN),
+    (-0.5, 2.0, -1.0, NAN), (-0.5, -1.0, -4.0, NAN), (-0.5, -2.0, 16.0, NAN), (-1.0, 3.0, 3.0, NAN),
+    # a > 0, integer and fractional exponents.
+    (2.0, 0.0, 0.0, LN2), (2.0, 1.0, 1.0, 2 * LN2), (2.0, 2.0, 4.0, 4 * LN2), (2.0, 3.0, 12.0, 8 * LN2),
+    (2.0, -1.0, -0.25, LN2 / 2), (2.0, -2.0, -0.25, LN2 / 4), (2.0, 0.5, 0.5 / R2, R2 * LN2),
+    (2.0, -0.5, -0.25 / R2, LN2 / R2), (2.0, 1.5, 1.5 * R2, 2 * R2 * LN2), (0.5, -1.0, -4.0, -2 * LN2),
+    (1.0, NAN, NAN, 0.0),
+    # Non-finite operands.
+    (INF, 0.0, 0.0, INF), (INF, 2.0, INF, INF), (INF, -1.0, 0.0, NAN), (-INF, 2.0, -INF, NAN),
+    (-INF, 3.0, INF, NAN), (NAN, 0.0, 0.0, NAN), (0.0, NAN, NAN, NAN),
+]
+
+
+def test_pow_partials_match_pytorch_at_zero_negative_and_integer_points():
+    """Both partials of `a ** b`, through the vjp and the jvp alike."""
+    a, b, da, db = (np.array(column) for column in zip(*POW_PARTIALS))
+    op = OPS["pow"]
+    with numerics_as_on_the_tape():
+        out = op.impl(a, b)
+        ones = np.ones_like(out)
+        reverse = [op.vjp(i, ones, out, a, b) for i in (0, 1)]
+        forward = [op.jvp([ones[None], None], out, a, b)[0], op.jvp([None, ones[None]], out, a, b)[0]]
+    for got in (reverse, forward):
+        np.testing.assert_allclose(got[0], da, rtol=1e-15, err_msg="∂/∂a")
+        np.testing.assert_allclose(got[1], db, rtol=1e-15, err_msg="∂/∂b")
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+@pytest.mark.parametrize("p, expected", [(0, [0.0, 0.0, 0.0]), (1, [1.0, 1.0, 1.0]), (2, [0.0, -4.0, 4.0]),
+                                         (3, [0.0, 12.0, 12.0])])
+def test_integer_powers_differentiate_at_zero_and_below(p, expected, mode):
+    """`x ** p` in a program, at 0 and at ±2, as PyTorch differentiates it."""
+    got = gradients(f"x = [0, -2, 2]\nloss = (x ** {p}).sum", ["x"], mode=mode).gradients["x"]
+    np.testing.assert_array_equal(got, expected)
+
+
+# ------------------------------------------- programs on empty values
+EMPTY_PROGRAMS = [  # (program, its value, the shape of x; its gradient is zeros of that shape)
+    ("x = zeros(3, 0)\nloss = x.softmaxRows.sum", 0.0, (3, 0)),
+    ("x = zeros(3, 0)\nloss = x.logSoftmaxRows.sum", 0.0, (3, 0)),
+    ("x = zeros(0)\nloss = x.product", 1.0, (0,)),
+    ("x = zeros(3, 0)\nloss = x.mapRowsToScalar(product).sum", 3.0, (3, 0)),
+    ("x = zeros(3, 0)\nloss = x.mapRowsToScalar(mean).mean", math.nan, (3, 0)),
+    ("x = zeros(0)\nloss = x.mean", math.nan, (0,)),
+    ("x = zeros(3, 0)\nloss = (x @@ zeros(0, 2)).sum + 1", 1.0, (3, 0)),
+    ("x = zeros(0)\nloss = Matrix.fromColumns(x, x).sum", 0.0, (0,)),
+    ("x = zeros(2, 3)\nloss = x.select([], []).sum + x.arrange([], []).sum", 0.0, (2, 3)),
+    ("x = zeros(3, 0)\nloss = x.normaliseRowsL2.sum + x.normaliseRowsL1.sum", 0.0, (3, 0)),
+]
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+@pytest.mark.parametrize("text, expected, shape", EMPTY_PROGRAMS, ids=[p[0].split("\n")[1] for p in EMPTY_PROGRAMS])
+def test_programs_on_empty_values(text, expected, shape, mode):
+    """The issue's examples and their kind: a value, a zero gradient of x's
+    shape, and nothing from numpy on the way (its warnings are errors here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = run(text)
+        result = api.gradients(r, ["x"], mode)
+    np.testing.assert_array_equal(result.value, expected)
+    np.testing.assert_array_equal(result.gradients["x"], np.zeros(shape))
+    if math.isnan(expected):  # the tape's own warning, located at the op
+        first = r.diagnostics.warnings[0]
+        assert first.message.startswith("`") and " gave nan" in first.message and first.span.line == 2
+
+
+def test_the_command_line_differentiates_an_empty_softmax(tmp_program):
+    path = tmp_program("x = zeros(3, 0)\nloss = x.softmaxRows.sum\n")
+    result = spiread("grad", path, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert strict_json(result.stdout)["gradients"]["x"] == {"shape": [3, 0], "value": [[], [], []]}
