@@ -512,6 +512,9 @@ def call_rules(op, xs, params, out_shape, g, tangent):
         if len(xs) > 1:
             together = np.asarray(op.jvp([t for t, _ in alone], out, *xs, **params), dtype=float)
             assert together.shape == (k,) + out.shape
+            if np.isfinite(together).all():
+                np.testing.assert_allclose(together, sum(jvp for _, jvp in alone), rtol=1e-12, atol=1e-300,
+                                           err_msg="the jvp of all operands at once is the sum of each one's")
         jvps[k] = alone
     return out, vjps, jvps
 
