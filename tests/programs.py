@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import strategies as st
 
+from spiread_cli.ops import METHODS, OPS
+
 # ------------------------------------------------------------------ the tree
 
 
@@ -52,7 +54,7 @@ class Const:
 
 @dataclass(frozen=True)
 class Bin:
-    op: str            # + - * / ** @@ @, or a method spelling: div pow matmul dot
+    op: str            # an operator (+ - * / ** @@ @) or a method spelling (div pow matmul dot)
     left: object
     right: object
 
@@ -73,7 +75,7 @@ class Method:
 
 @dataclass(frozen=True)
 class RowReduce:
-    kind: str          # sum mean product
+    op: str            # rowSum rowMean rowProduct
     spelling: str      # how the argument is written: `sum`, `ReductionOps.Sum`
     receiver: object
 
@@ -124,7 +126,7 @@ def render(e) -> str:
             return fmt(value)
         case Const(text):
             return text
-        case Bin(op, a, b) if op in ("div", "pow", "matmul", "dot"):
+        case Bin(op, a, b) if op in METHODS:
             return f"{render(a)}.{op}({render(b)})"
         case Bin(op, a, b):
             return f"({render(a)} {op} {render(b)})"
@@ -173,9 +175,13 @@ def _product(xp, x, axis):
     return functools.reduce(operator.mul, parts, 1.0)
 
 
-def _unary(xp, name, x, t):
+def _unary(xp, spelling, x, t):
+    """The reference for a method `x.spelling` or `x.spelling(t)`, written
+    here by op (the table only says which op a spelling names)."""
+    if spelling == "tej":  # the interpreter's identity method, no op of the table
+        return x
     row_total = functools.partial(xp.sum, axis=-1, keepdims=True)
-    match name:
+    match name := METHODS[spelling].name:
         case "exp" | "log" | "sin" | "cos" | "tan" | "tanh" | "sinh" | "cosh" | "sqrt" | "abs" | "square" | "log1p":
             return getattr(xp, name)(x)
         case "sigmoid":
@@ -194,11 +200,11 @@ def _unary(xp, name, x, t):
             return xp.mean(x)
         case "product":
             return _product(xp, x, None)
-        case "T" | "transpose":
+        case "transpose":
             return xp.transpose(x)
-        case "normaliseRowsL1" | "normalizeRowsL1":
+        case "normaliseRowsL1":
             return x / row_total(xp.abs(x))
-        case "normaliseRowsL2" | "normalizeRowsL2":
+        case "normaliseRowsL2":
             return x / xp.sqrt(row_total(x * x))
         case "softmaxRows":
             e = xp.exp(x - xp.max(x, axis=-1, keepdims=True))
@@ -206,13 +212,22 @@ def _unary(xp, name, x, t):
         case "logSoftmaxRows":
             shifted = x - xp.max(x, axis=-1, keepdims=True)
             return shifted - xp.log(row_total(xp.exp(shifted)))
-        case "tej":
-            return x
-    raise ValueError(name)
+    raise ValueError(f"no reference for `.{spelling}`")
 
 
-BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
-          "div": operator.truediv, "**": operator.pow, "pow": operator.pow}
+# The operators that write binary ops; their method spellings are the table's.
+OPERATORS = {"add": ("+",), "sub": ("-",), "mul": ("*",), "div": ("/",), "pow": ("**",), "matmul": ("@@", "@")}
+BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
+          "pow": operator.pow}
+
+
+def written(*names: str) -> list[str]:
+    """Every way a program writes these ops: operators, then method spellings."""
+    return [s for name in names for s in OPERATORS.get(name, ()) + OPS[name].methods]
+
+
+def binary_op(spelling: str) -> str:
+    return next(name for name in OPERATORS if spelling in written(name))
 
 
 def evaluate(e, env: dict, xp=np):
@@ -225,18 +240,18 @@ def evaluate(e, env: dict, xp=np):
             return value
         case Const(_, value):
             return value
-        case Bin(op, a, b) if op in ("@@", "@", "matmul", "dot"):
+        case Bin(op, a, b) if binary_op(op) == "matmul":
             return xp.matmul(ev(a), ev(b))
         case Bin(op, a, b):
-            return BINARY[op](ev(a), ev(b))
+            return BINARY[binary_op(op)](ev(a), ev(b))
         case Neg(a):
             return -ev(a)
         case Method(name, r, param, _):
             return _unary(xp, name, ev(r), param)
-        case RowReduce(kind, _, r):
+        case RowReduce(op, _, r):
             x = ev(r)
-            return {"sum": lambda: xp.sum(x, axis=1), "mean": lambda: xp.mean(x, axis=1),
-                    "product": lambda: _product(xp, x, 1)}[kind]()
+            return {"rowSum": lambda: xp.sum(x, axis=1), "rowMean": lambda: xp.mean(x, axis=1),
+                    "rowProduct": lambda: _product(xp, x, 1)}[op]()
         case Index(r, ("row", i)):
             return ev(r)[i, :]
         case Index(r, ("col", j)):
@@ -324,13 +339,48 @@ class Program:
 
 # --------------------------------------------------------------- generation
 
-UNARY_FREE = ["sin", "cos", "tanh", "abs", "square", "sigmoid", "relu", "neg", "tej"]
-UNARY_BOUNDED = ["exp", "sinh", "cosh"]        # argument kept within ±BOUND_EXP
-UNARY_POSITIVE = ["log", "sqrt", "log1p"]       # argument kept above POSITIVE
-ROW_NORMS = ["normaliseRowsL1", "normalizeRowsL1", "normaliseRowsL2", "normalizeRowsL2",
-             "softmaxRows", "logSoftmaxRows"]
-REDUCTION_SPELLINGS = {"sum": ["sum", "ReductionOps.Sum"], "mean": ["mean", "ReductionOps.Mean"],
-                       "product": ["product", "ReductionOps.Product"]}
+# Every op of the table (spiread_cli.ops.OPS) is generated, in the way
+# written beside it, or is in NOT_GENERATED; method spellings come from the
+# table. test_autograd.py checks that this covers the table, so a new op is
+# a failing test until it is placed here.
+UNARY_DOMAINS = {  # elementwise ops, by the arguments they are kept to
+    "sin": "free", "cos": "free", "tanh": "free", "abs": "free", "square": "free", "sigmoid": "free",
+    "relu": "free", "neg": "free",
+    "exp": "bounded", "sinh": "bounded", "cosh": "bounded",   # within ±BOUND_EXP
+    "log": "positive", "sqrt": "positive", "log1p": "positive",  # above POSITIVE
+    "tan": "tan",                                              # within ±1.2
+}
+ROW_NORMS = {"normaliseRowsL1": "rows not small", "normaliseRowsL2": "rows not small",
+             "softmaxRows": "any rows", "logSoftmaxRows": "any rows"}
+ROW_REDUCTIONS = {  # `x.mapRowsToScalar(arg)`: how the argument is written
+    "rowSum": ["sum", "ReductionOps.Sum"], "rowMean": ["mean", "ReductionOps.Mean"],
+    "rowProduct": ["product", "ReductionOps.Product"]}
+OTHER_OPS = {  # op: the generator's `kind` that writes it
+    "add": "binary", "sub": "binary", "mul": "binary", "div": "binary", "pow": "power", "matmul": "matmul",
+    "clampMin": "clamp", "clampMax": "clamp", "transpose": "T", "sum": "reduce", "mean": "reduce",
+    "product": "reduce", "index": "index, rowcol", "select": "select, likelihood",
+    "arrange": "arrange, likelihood", "stack": "stack",
+}
+NOT_GENERATED = {  # op: why no program writes it
+    "gatherRows": "fused by rewrite.py from `onehot(labels, n) @@ W`; it has no syntax of its own",
+    "meanLogSoftmaxPick": "fused by rewrite.py from the log-likelihood pattern; it has no syntax of its own",
+}
+GENERATED = {**UNARY_DOMAINS, **ROW_NORMS, **ROW_REDUCTIONS, **OTHER_OPS}
+
+UNARY = {domain: written(*(n for n, d in UNARY_DOMAINS.items() if d == domain))
+         for domain in set(UNARY_DOMAINS.values())}
+UNARY["free"] += ["tej"]  # the interpreter's identity method
+UNARY_CHOICES = [(domain, s) for domain in sorted(UNARY) for s in UNARY[domain]] + [("-", "-")]
+BINARY_SPELLINGS = written("add", "sub", "mul", "div")
+POWER_SPELLINGS = written("pow")
+MATMUL_SPELLINGS = written("matmul")
+CLAMP_SPELLINGS = written("clampMin", "clampMax")
+REDUCE_SPELLINGS = written("sum", "mean", "product")
+ROW_NORM_SPELLINGS = written(*ROW_NORMS)
+TRANSPOSE_SPELLINGS = written("transpose")
+# Every method spelling and operator the generator draws.
+DRAWN = {*(s for spellings in UNARY.values() for s in spellings), *BINARY_SPELLINGS, *POWER_SPELLINGS,
+         *MATMUL_SPELLINGS, *CLAMP_SPELLINGS, *REDUCE_SPELLINGS, *ROW_NORM_SPELLINGS, *TRANSPOSE_SPELLINGS}
 BOUND_EXP = 3.0
 POSITIVE = 0.2
 MAX_MAGNITUDE = 50.0
@@ -473,29 +523,29 @@ class _Builder:
         if kind == "leaf":
             return self.leaf(shape)
         if kind == "unary":
-            name = self.draw(st.sampled_from(UNARY_FREE + UNARY_BOUNDED + UNARY_POSITIVE + ["tan", "-"]))
+            domain, name = self.draw(st.sampled_from(UNARY_CHOICES))
             x = sub(shape)
-            if name == "-":
+            if domain == "-":
                 return Neg(x)
-            if name in UNARY_BOUNDED:
+            if domain == "bounded":
                 x = self.bounded(x, BOUND_EXP)
-            elif name in UNARY_POSITIVE:
+            elif domain == "positive":
                 x = self.positive(x)
-            elif name == "tan":
+            elif domain == "tan":
                 x = self.bounded(x, 1.2)
             return Method(name, x, parens=self.draw(st.booleans()))
         if kind == "binary":
             a_shape, b_shape = self.broadcast_pair(shape)
-            op = self.draw(st.sampled_from(["+", "-", "*", "/", "div"]))
+            op = self.draw(st.sampled_from(BINARY_SPELLINGS))
             a, b = sub(a_shape), sub(b_shape)
-            if op in ("/", "div"):
+            if binary_op(op) == "div":
                 b = self.away_from_zero(b)
-            if op == "*":
+            if binary_op(op) == "mul":
                 a, b = self.bounded(a, 10.0), self.bounded(b, 10.0)
             return Bin(op, a, b)
         if kind == "power":
             form = self.draw(st.sampled_from(["int", "real", "tensor"]))
-            spelling = self.draw(st.sampled_from(["**", "pow"]))
+            spelling = self.draw(st.sampled_from(POWER_SPELLINGS))
             if form == "int":
                 return Bin(spelling, self.bounded(sub(shape), 5.0), Num(self.draw(st.sampled_from([2.0, 3.0]))))
             base = self.positive(self.bounded(sub(shape), 5.0))
@@ -504,7 +554,7 @@ class _Builder:
             _, e_shape = self.broadcast_pair(shape)
             return Bin(spelling, base, self.bounded(sub(e_shape), 2.0))
         if kind == "clamp":
-            name = self.draw(st.sampled_from(["clampMin", "clampMax"]))
+            name = self.draw(st.sampled_from(CLAMP_SPELLINGS))
             return Method(name, sub(shape), param=self.draw(st.sampled_from([0.0, 0.5, -0.3])))
         if kind == "matmul":
             k = self.draw(st.sampled_from(d))
@@ -514,16 +564,16 @@ class _Builder:
                 a_shape, b_shape = self.draw(st.sampled_from([((shape[0], k), (k,)), ((k,), (k, shape[0]))]))
             else:
                 a_shape, b_shape = (shape[0], k), (k, shape[1])         # matrix · matrix
-            op = self.draw(st.sampled_from(["@@", "@@", "@", "matmul", "dot"]))
+            op = self.draw(st.sampled_from(MATMUL_SPELLINGS))
             if len(shape) == 2 and self.draw(st.booleans()):  # a constant one-hot @@ W: a row gather
                 labels = [self.draw(st.integers(0, k - 1)) for _ in range(shape[0])]
                 onehot = Const(f"onehot({labels}, {k})", np.eye(k)[labels])
                 return Bin(op, onehot, self.bounded(sub(b_shape), 5.0))
             return Bin(op, self.bounded(sub(a_shape), 5.0), self.bounded(sub(b_shape), 5.0))
         if kind == "reduce":
-            name = self.draw(st.sampled_from(["sum", "mean", "product"]))
+            name = self.draw(st.sampled_from(REDUCE_SPELLINGS))
             x = sub(self.shape_choice())
-            if name == "product":
+            if METHODS[name].name == "product":
                 x = self.bounded(x, 1.5)
             return Method(name, x, parens=self.draw(st.booleans()))
         if kind == "likelihood":
@@ -533,11 +583,11 @@ class _Builder:
             key = tuple(self.draw(st.integers(0, n - 1)) for n in x_shape)
             return Index(sub(x_shape), key)
         if kind == "rowreduce":
-            reduction = self.draw(st.sampled_from(["sum", "mean", "product"]))
+            op = self.draw(st.sampled_from(sorted(ROW_REDUCTIONS)))
             x = sub((shape[0], self.draw(st.sampled_from(d))))
-            if reduction == "product":
+            if op == "rowProduct":
                 x = self.bounded(x, 1.5)
-            return RowReduce(reduction, self.draw(st.sampled_from(REDUCTION_SPELLINGS[reduction])), x)
+            return RowReduce(op, self.draw(st.sampled_from(ROW_REDUCTIONS[op])), x)
         if kind == "rowcol":
             other = self.draw(st.sampled_from(d))
             if self.draw(st.booleans()):
@@ -560,12 +610,12 @@ class _Builder:
                 return Stack(form, tuple(sub((shape[0],)) for _ in range(shape[1])))
             return Stack(form, tuple(sub((shape[1],)) for _ in range(shape[0])))
         if kind == "rownorm":
-            name = self.draw(st.sampled_from(ROW_NORMS))
+            name = self.draw(st.sampled_from(ROW_NORM_SPELLINGS))
             x = self.bounded(sub(shape), 10.0)
-            return Method(name, self.rows_not_small(x) if "Rows" in name and "oftmax" not in name else x)
+            return Method(name, self.rows_not_small(x) if ROW_NORMS[METHODS[name].name] == "rows not small" else x)
         if kind == "T":
-            spelling = self.draw(st.sampled_from(["T", "transpose"]))
-            return Method(spelling, sub(shape[::-1]), parens=spelling == "transpose" and self.draw(st.booleans()))
+            spelling = self.draw(st.sampled_from(TRANSPOSE_SPELLINGS))
+            return Method(spelling, sub(shape[::-1]), parens=spelling != "T" and self.draw(st.booleans()))
         raise AssertionError(kind)
 
     def log_likelihood(self, logits):
@@ -584,8 +634,8 @@ class _Builder:
         probs = Method("normaliseRowsL1", Method("exp", logits)) if form == "exp" else Method("softmaxRows", logits)
         picked = Select(self.draw(st.sampled_from(["brackets", "call", "method", "rowscols"])), probs,
                         tuple(rows), tuple(cols))
-        spelling = self.draw(st.sampled_from(REDUCTION_SPELLINGS["sum"]))
-        return Method("mean", Method("log", RowReduce("sum", spelling, picked)))
+        spelling = self.draw(st.sampled_from(ROW_REDUCTIONS["rowSum"]))
+        return Method("mean", Method("log", RowReduce("rowSum", spelling, picked)))
 
     def broadcast_pair(self, shape):
         """Operand shapes that broadcast to `shape`: r×c with c, r×1, 1×c, scalars."""

@@ -6,12 +6,15 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Agreement, run
-from programs import programs
+from programs import (DRAWN, GENERATED, NOT_GENERATED, OPERATORS, Bin, Method, Var, evaluate, programs,
+                      written)
 from spiread_cli import api
+from spiread_cli.ops import METHODS, OPS
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -70,3 +73,29 @@ def test_default_wrt_is_backward_names_else_inputs():
         assert list(r.wrt_ids()) == program.default_wrt(), program.source
 
     check()
+
+
+def test_the_generator_covers_the_op_table():
+    """Every op in spiread_cli.ops.OPS is generated, or deliberately not (a
+    fused op, which has no syntax), and every method spelling is drawn: an
+    op added to the table fails here until programs.py writes it."""
+    assert not set(GENERATED) & set(NOT_GENERATED)
+    assert set(GENERATED) | set(NOT_GENERATED) == set(OPS)
+    assert all(OPS[name].methods == () for name in NOT_GENERATED)
+    assert set(METHODS) <= DRAWN
+
+
+@pytest.mark.parametrize("spelling", sorted(DRAWN & set(METHODS)))
+def test_the_generator_has_a_reference_for_every_method(spelling):
+    """Each drawn method evaluates in the generator's own numpy reference to
+    the table's value (the generated tests compare everything else)."""
+    op = METHODS[spelling]
+    env = {"x": np.array([[0.5, 1.25, 2.0], [1.5, 0.75, 0.2]]),
+           "y": np.array([[1.5], [0.5], [2.0]]) if op.name == "matmul" else np.array([1.5, -0.5, 2.0])}
+    if spelling in written(*OPERATORS):
+        got, expected = evaluate(Bin(spelling, Var("x"), Var("y")), env), op.impl(env["x"], env["y"])
+    else:
+        t = 0.6 if op.params else None
+        got = evaluate(Method(spelling, Var("x"), t), env)
+        expected = op.impl(env["x"], *([t] if op.params else []))
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
