@@ -1,6 +1,7 @@
 """Shared helpers for the core tests: running programs through the library API
-and the real `spiread` binary, central finite differences, strict JSON, and a
-record of how closely gradients agree (printed at the end of the run)."""
+and the real `spiread` binary, central finite differences, `.ad` literals of
+arrays, strict JSON, and a record of how closely gradients agree (printed at
+the end of the run)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,14 @@ def spiread(*args: str, stdin: str | None = None, cwd: Path | None = None, env: 
     environment = {**os.environ, **(env or {})}
     return subprocess.run(spiread_command() + [str(a) for a in args], input=stdin, capture_output=True,
                           text=True, cwd=cwd or REPO, env=environment, timeout=60)
+
+
+def lit(x) -> str:
+    """An `.ad` literal for an array, exact (shortest round-trip floats)."""
+    x = np.asarray(x, dtype=float)
+    if x.ndim == 0:
+        return repr(float(x))
+    return "[" + ", ".join(lit(v) for v in x) + "]"
 
 
 def _reject_constant(name: str):

@@ -8,9 +8,9 @@ subprocess, where a traceback or a bad exit code would show as a user sees it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,11 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from typer.testing import CliRunner
 
+from conftest import EXAMPLES, strict_json
 from spiread_cli import api
 from spiread_cli.cli import app
 from spiread_cli.diagnostics import Source, SpireadError, render
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
 PROGRAMS = {path.name: path.read_text("utf-8") for path in sorted(EXAMPLES.glob("*.ad"))}
 TOKEN = re.compile(r'"[^"\n]*"|\d+\.\d+|\d+|[A-Za-z_]\w*|\*\*|@@|//[^\n]*|#[^\n]*|\n|\S')
 # Pieces a mutation may insert, beyond the program's own tokens.
@@ -91,6 +91,16 @@ def scratch(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
+@pytest.fixture(scope="module")
+def examples_copy(tmp_path_factory) -> Path:
+    """A copy of the examples that PROGRAMS mutates, for a mutated one to be
+    written beside, as in examples/, without touching the repository."""
+    folder = tmp_path_factory.mktemp("examples")
+    for path in EXAMPLES.glob("*.ad"):
+        shutil.copy(path, folder)
+    return folder
+
+
 @pytest.fixture(scope="module", autouse=True)
 def small_limit():
     saved = {key: os.environ.get(key) for key in SMALL_LIMIT}
@@ -126,13 +136,6 @@ def test_random_bytes_through_read_source(scratch, raw):
     run_everything(source)
 
 
-def strict_json(text: str):
-    """RFC 8259: no NaN or Infinity literals."""
-    def refuse(constant):
-        raise ValueError(f"not JSON: {constant}")
-    return json.loads(text, parse_constant=refuse)
-
-
 def check_cli_outcome(code: int, stdout: str, stderr: str, json_mode: bool) -> None:
     assert "Traceback" not in stderr + stdout
     assert "internal error" not in stderr, stderr
@@ -145,14 +148,11 @@ def check_cli_outcome(code: int, stdout: str, stderr: str, json_mode: bool) -> N
 
 @settings(FUZZ, max_examples=60)
 @given(mutated_programs(), st.sampled_from(["eval", "grad", "dot"]), st.booleans())
-def test_mutated_examples_through_the_command_line(text, command, json_mode):
-    path = EXAMPLES / "__fuzz__.ad"  # beside the examples, so their relative paths resolve
+def test_mutated_examples_through_the_command_line(examples_copy, text, command, json_mode):
+    path = examples_copy / "__fuzz__.ad"
     args = [command, str(path)] + (["--format", "json"] if json_mode and command != "dot" else [])
-    try:
-        path.write_text(text, "utf-8")
-        result = CliRunner().invoke(app, args)
-    finally:
-        path.unlink(missing_ok=True)
+    path.write_text(text, "utf-8")
+    result = CliRunner().invoke(app, args)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     check_cli_outcome(result.exit_code, result.stdout, result.stderr, json_mode and command != "dot")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from conftest import Agreement, central_difference, gradients, program_fd, run, spiread, strict_json, value
+from conftest import Agreement, central_difference, gradients, lit, program_fd, run, spiread, strict_json, value
 from spiread_cli import api
 from spiread_cli.ops import METHODS, OPS, ShapeError
 
@@ -238,14 +238,6 @@ def test_jvp_adds_the_tangents_of_both_operands():
 
 
 # ------------------------------------------------------------- language
-
-
-def lit(x) -> str:
-    """An `.ad` literal for an array, exact (shortest round-trip floats)."""
-    x = np.asarray(x, dtype=float)
-    if x.ndim == 0:
-        return repr(float(x))
-    return "[" + ", ".join(lit(v) for v in x) + "]"
 
 
 def assert_program_gradients(text: str, names: list[str], record_property=None, kind="program vs central FD"):

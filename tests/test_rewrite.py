@@ -5,13 +5,12 @@ reverse and forward mode, also after the leaves change and the tape is replayed
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import lit
 from spiread_cli import api
 from spiread_cli.diagnostics import Diagnostics, Source
 from spiread_cli.forward import jacobian_forward
@@ -19,10 +18,6 @@ from spiread_cli.rewrite import fuse, one_hot_labels
 
 SEEDS = st.integers(0, 2**32 - 1)
 FEW = settings(max_examples=20, deadline=None)
-
-
-def literal(a: np.ndarray) -> str:
-    return json.dumps(np.asarray(a).tolist())
 
 
 def compiled(text: str, wrt: list[str], hoist: bool = True):
@@ -55,7 +50,7 @@ def assert_same(text: str, wrt: list[str], hoist: bool = True):
 
 def bigram_text(xs, ys, w, k) -> str:
     # The examples/bigram/bigram.ad model, data inline.
-    return (f"xs = {literal(xs)}\nys = {literal(ys)}\nW = {literal(w)}\n"
+    return (f"xs = {lit(xs)}\nys = {lit(ys)}\nW = {lit(w)}\n"
             f"probs = (onehot(xs, {k}) @@ W).exp.normaliseRowsL1\n"
             "picked = probs.select(arange(rows(xs)), ys).mapRowsToScalar(ReductionOps.Sum)\n"
             "loss = picked.log.mean * -1.0\n")
@@ -74,8 +69,8 @@ def bigram_data(seed: int, n: int, k: int):
 def test_onehot_matmul_is_a_row_gather_with_scatter_add_backward(seed, n, k):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, k, n)  # repeats: the scatter must add them up
-    text = (f"W = {literal(rng.standard_normal((k, 3)))}\nC = {literal(rng.standard_normal((n, 3)))}\n"
-            f"loss = ((onehot({literal(labels)}, {k}) @@ W) * C).sum\n")
+    text = (f"W = {lit(rng.standard_normal((k, 3)))}\nC = {lit(rng.standard_normal((n, 3)))}\n"
+            f"loss = ((onehot({lit(labels)}, {k}) @@ W) * C).sum\n")
     run = assert_same(text, ["W"])
     assert "gatherRows" in ops_on(run) and "matmul" not in ops_on(run)
 
@@ -97,7 +92,7 @@ def test_a_one_hot_we_differentiate_by_stays_a_matmul():
 @given(SEEDS)
 def test_exp_then_normalise_l1_is_softmax(seed):
     rng = np.random.default_rng(seed)
-    text = (f"x = {literal(rng.standard_normal((3, 4)) * 3)}\nC = {literal(rng.standard_normal((3, 4)))}\n"
+    text = (f"x = {lit(rng.standard_normal((3, 4)) * 3)}\nC = {lit(rng.standard_normal((3, 4)))}\n"
             "loss = (x.exp.normaliseRowsL1 * C).sum\n")
     run = assert_same(text, ["x"])
     assert "softmaxRows" in ops_on(run) and "exp" not in ops_on(run)
@@ -117,8 +112,8 @@ def test_the_fused_softmax_is_stable_where_the_unfused_overflows():
 def test_selection_then_row_sum_is_a_gather(seed, m):
     rng = np.random.default_rng(seed)
     rows, cols = rng.permutation(m), rng.integers(0, 3, m)
-    text = (f"x = {literal(rng.standard_normal((m, 3)))}\nc = {literal(rng.standard_normal(m))}\n"
-            f"loss = (x.select({literal(rows)}, {literal(cols)}).mapRowsToScalar(sum) * c).sum\n")
+    text = (f"x = {lit(rng.standard_normal((m, 3)))}\nc = {lit(rng.standard_normal(m))}\n"
+            f"loss = (x.select({lit(rows)}, {lit(cols)}).mapRowsToScalar(sum) * c).sum\n")
     run = assert_same(text, ["x"])
     assert "arrange" in ops_on(run) and "select" not in ops_on(run)
 
@@ -156,8 +151,8 @@ def test_row_wise_ops_are_hoisted_above_a_bigger_gather():
 @given(SEEDS)
 def test_log_softmax_then_pick_then_mean_is_the_log_likelihood(seed):
     rng = np.random.default_rng(seed)
-    text = (f"X = {literal(rng.standard_normal((5, 3)))}\nW = {literal(rng.standard_normal((3, 4)))}\n"
-            f"loss = -(X @@ W).logSoftmaxRows.arrange({literal(np.arange(5))}, {literal(rng.integers(0, 4, 5))}).mean\n")
+    text = (f"X = {lit(rng.standard_normal((5, 3)))}\nW = {lit(rng.standard_normal((3, 4)))}\n"
+            f"loss = -(X @@ W).logSoftmaxRows.arrange({lit(np.arange(5))}, {lit(rng.integers(0, 4, 5))}).mean\n")
     run = assert_same(text, ["W", "X"])
     assert "meanLogSoftmaxPick" in ops_on(run)
 
