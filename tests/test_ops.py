@@ -486,7 +486,8 @@ def numerics_as_on_the_tape():
 
 def call_rules(op, xs, params, out_shape, g, tangent):
     """impl, every vjp and jvp (each operand's tangent alone, then all at
-    once) with their shapes checked; returns the values for more checks."""
+    once) and the kink mask, with their shapes checked; returns the values
+    for more checks."""
     out = np.asarray(op.impl(*xs, **params), dtype=float)
     assert out.shape == out_shape, f"impl gives {out.shape}, the shape rule {out_shape}"
     vjps = []
@@ -508,6 +509,8 @@ def call_rules(op, xs, params, out_shape, g, tangent):
                 np.testing.assert_allclose(together, sum(jvp for _, jvp in alone), rtol=1e-12, atol=1e-300,
                                            err_msg="the jvp of all operands at once is the sum of each one's")
         jvps[k] = alone
+    if op.kink is not None:  # `check` asks where the first operand sits on a kink
+        assert np.shape(op.kink(xs[0], **params)) == xs[0].shape
     return out, vjps, jvps
 
 
