@@ -29,7 +29,8 @@ TOKEN = re.compile(r'"[^"\n]*"|\d+\.\d+|\d+|[A-Za-z_]\w*|\*\*|@@|//[^\n]*|#[^\n]
 # Pieces a mutation may insert, beyond the program's own tokens.
 EXTRA = ["(", ")", "[", "]", ",", ".", "=", "+", "-", "*", "/", "**", "@@", ";", "\n", "0", "-1", "2.5",
          "1e308", "0.0", "x", "sum", "T", "row", "load", '"nope.csv"', "select", "arange", "backward",
-         "ReductionOps.Sum", "Array", "(0, 0)", "zeros", "log", "sqrt", "val", "import"]
+         "ReductionOps.Sum", "Array", "(0, 0)", "zeros", "log", "sqrt", "val", "import", "zeros(0)", "zeros(3, 0)",
+         "** 0", "softmaxRows", "product"]
 # Results stay small, so a mutation that builds a huge array is refused fast.
 SMALL_LIMIT = {"SPIREAD_MAX_BYTES": str(64 << 20)}
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)

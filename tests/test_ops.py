@@ -667,3 +667,24 @@ def test_the_command_line_differentiates_an_empty_softmax(tmp_program):
     result = spiread("grad", path, "--format", "json")
     assert result.returncode == 0, result.stderr
     assert strict_json(result.stdout)["gradients"]["x"] == {"shape": [3, 0], "value": [[], [], []]}
+
+
+@pytest.mark.parametrize("spelling", sorted(METHODS))
+def test_every_method_on_empty_receivers_through_the_language(spelling):
+    """Each method spelling of the table on values with no entries, evaluated
+    and differentiated in both modes: a result with a gradient of the
+    receiver's shape, or a located error, and no numpy warning."""
+    from spiread_cli.diagnostics import SpireadError
+    op = METHODS[spelling]
+    argument = "(0.5)" if op.params else ("(zeros(0, 2))" if op.name == "matmul" else ("(2)" if op.arity == 2 else ""))
+    for receiver, shape in (("zeros(0)", (0,)), ("zeros(3, 0)", (3, 0)), ("zeros(0, 3)", (0, 3))):
+        text = f"x = {receiver}\nloss = x.{spelling}{argument}.sum"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                r = run(text)
+            except SpireadError as err:  # a shape rule's refusal, at the method
+                assert err.diagnostic.span is not None and err.diagnostic.span.line == 2, text
+                continue
+            for mode in ("reverse", "forward"):
+                assert api.gradients(r, ["x"], mode).gradients["x"].shape == shape, (text, mode)
