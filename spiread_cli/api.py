@@ -74,7 +74,10 @@ def parse_overrides(options: list[str], base_dir: Path | None = None) -> dict[st
     for option in options:
         name, text = parse_set_option(option)
         if Path(text).suffix.lower() in SUFFIXES:
-            overrides[name] = load_array(Path(text), name=name)
+            try:
+                overrides[name] = load_array(Path(text), name=name)
+            except SpireadError as err:  # no program to point into: name the option
+                raise SpireadError(f"`--set {option}`: {err.diagnostic.message}", notes=err.diagnostic.notes) from None
             continue
         try:
             expr = syntax.parse_expression(text)

@@ -1,93 +1,335 @@
 """Reading arrays from files: `load("path")` in programs and `--set NAME=PATH`.
 
-Every failure is a SpireadError naming the file. Pickled `.npy` files are
-refused: loading one can run arbitrary code.
+Data files may be hostile or careless, so every failure is a SpireadError
+naming the file, in one sentence of bounded length, and nothing is allocated
+before its size is known to be within the limit (limits.py): the shape in an
+`.npy` header, a zip member's uncompressed size, and for text the most
+numbers a file of its size could hold. Only regular files are read (a FIFO
+would block forever, a device never ends), and never more bytes than the
+limit allows. Pickled `.npy` files are refused: loading one can run
+arbitrary code.
 """
 
 from __future__ import annotations
 
+import ast
 import io
 import json
+import math
+import os
+import stat
+import struct
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .diagnostics import SpireadError, Span
+from .limits import check_shape, human_bytes, max_bytes
 
 SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".txt", ".json")
+
+# A number in text takes at least two bytes (`1,`), so a text file of n bytes
+# holds at most n/2 numbers: 4n bytes as float64. JSON is first parsed into
+# Python floats (32 bytes each, with the list's pointer): up to 16n bytes.
+_TEXT_MEMORY_PER_BYTE = {".json": 16}
+_TEXT_MEMORY_PER_BYTE_DEFAULT = 4
+
+# `.npy` headers written by numpy are ~100 bytes; the format allows more, and
+# anything up to this is read (its literal is parsed safely, without eval).
+_NPY_MAX_HEADER = 1 << 16
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_HEADER_LENGTH = {1: ("<H", "latin1"), 2: ("<I", "latin1"), 3: ("<I", "utf8")}
+
+_LIMIT_NOTE = "set SPIREAD_MAX_BYTES (in bytes) to raise the limit"
+_SHOWN_NAMES = 5  # how many names an error lists before saying how many more
 
 
 def load_array(path: Path, span: Span | None = None, name: str | None = None) -> np.ndarray:
     """Read a rank-0, -1 or -2 float64 array; `name` picks one from an `.npz`."""
+    prefix = f"cannot load `{shown(path)}`"
     suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise SpireadError(f"cannot load `{shown(path)}`: unknown file type `{suffix or path.name}`", span,
+    if suffix not in SUFFIXES and not path.is_dir():
+        raise SpireadError(f"{prefix}: unknown file type `{_clip(suffix or path.name)}`", span,
                            [f"spiread reads {', '.join(SUFFIXES)}"])
-    if path.is_dir():
-        raise SpireadError(f"cannot load `{shown(path)}`: it is a directory", span)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SpireadError(f"cannot load `{shown(path)}`: no such file", span) from None
-    except OSError as err:
-        raise SpireadError(f"cannot load `{shown(path)}`: {err.strerror or err}", span) from None
-    try:
-        if suffix == ".npy":
-            array = _from_npy(raw)
-        elif suffix == ".npz":
-            array = _from_npz(raw, path, name, span)
-        elif suffix == ".json":
-            array = _from_json(raw)
-        else:
-            array = _from_text(_decode(raw), suffix)
-    except _Unreadable as err:
-        raise SpireadError(f"cannot load `{shown(path)}`: {err}", span) from None
-    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as err:
-        raise SpireadError(f"cannot load `{shown(path)}`: {_first_line(str(err))}", span) from None
+    with _open_regular(path, prefix, span) as file:
+        try:
+            if suffix == ".npy":
+                array = _from_npy(file, prefix, span)
+            elif suffix == ".npz":
+                array = _from_npz(file, name, prefix, span)
+            else:
+                raw = _read_text_bytes(file, suffix, prefix, span)
+                array = _from_json(raw) if suffix == ".json" else _from_text(_decode(raw), suffix, prefix, span)
+        except _Unreadable as err:
+            raise SpireadError(f"{prefix}: {err}", span) from None
+        except MemoryError:
+            raise SpireadError(f"{prefix}: there is not enough memory to read it", span,
+                               ["the data may be too big for one process"]) from None
     return checked(array, path, span)
 
 
 def checked(array: np.ndarray, path, span: Span | None) -> np.ndarray:
+    """`array` as spiread holds it: float64, C order, its rank kept (a scalar stays a scalar)."""
     if array.dtype.kind not in "biuf":
-        kind = {"U": "text", "S": "text", "c": "complex numbers", "M": "dates", "m": "time spans"}.get(
-            array.dtype.kind, f"{array.dtype} values")
-        raise SpireadError(f"cannot load `{shown(path)}`: it holds {kind}, not real numbers", span)
+        raise SpireadError(f"cannot load `{shown(path)}`: it holds {_kind_of(array.dtype)}, not real numbers", span)
     if array.ndim > 2:
         raise SpireadError(f"cannot load `{shown(path)}`: it is {array.ndim}-dimensional, spiread handles at most 2", span)
-    return np.ascontiguousarray(array, dtype=np.float64)
+    return np.asarray(array, dtype=np.float64, order="C")
 
 
 def shown(path) -> str:
     """A path as messages show it: relative to the working directory when inside it."""
     path = Path(path)
     try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except (ValueError, OSError):
-        return str(path)
+        text = str(path.resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError, RuntimeError):
+        text = str(path)
+    return _clip(text, 200)
 
 
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else "unreadable"
+def _clip(text: str, width: int = 40) -> str:
+    """At most `width` characters of `text` from a file, with its control characters visible."""
+    text = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _kind_of(dtype: np.dtype) -> str:
+    if dtype.hasobject:
+        return "Python objects"
+    if dtype.fields is not None:
+        return "records with named fields"
+    if dtype.subdtype is not None:
+        return "nested arrays"
+    return {"U": "text", "S": "text", "c": "complex numbers", "M": "dates", "m": "time spans"}.get(
+        dtype.kind, f"{dtype} values")
 
 
 class _Unreadable(Exception):
     """Why a data file cannot be read, in words for its owner."""
 
 
-_NPY_MAGIC = b"\x93NUMPY"
+# ------------------------------------------------------------ opening a file
 
 
-def _from_npy(raw: bytes) -> np.ndarray:
-    if not raw.startswith(_NPY_MAGIC):
-        raise _Unreadable("it is not a NumPy .npy file")
+def _open_regular(path: Path, prefix: str, span: Span | None) -> io.BufferedReader:
+    """`path` opened for reading if (after following links) it is a regular file."""
     try:
-        return np.load(io.BytesIO(raw), allow_pickle=False)
-    except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise _Unreadable("it holds Python objects (pickled), which spiread never loads") from None
-        raise
+        # O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise SpireadError(f"{prefix}: no such file", span) from None
+    except OSError as err:
+        raise SpireadError(f"{prefix}: {err.strerror or err}", span) from None
+    except ValueError:  # a NUL byte in the name
+        raise SpireadError(f"{prefix}: a file name cannot hold a NUL byte", span) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise SpireadError(f"{prefix}: it is a directory", span)
+        what = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "something")
+        raise SpireadError(f"{prefix}: it is {what}, not a regular file", span)
+    return os.fdopen(fd, "rb")
+
+
+def _read_exactly(stream, size: int, what: str) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise _Unreadable(f"it is cut short: {what} needs {size:,} bytes, but only {len(data):,} are there")
+    return data
+
+
+def _read_text_bytes(file, suffix: str, prefix: str, span: Span | None) -> bytes:
+    """The whole of a text file, refused (before reading) if a file of its
+    size could hold more than the limit allows; the read is capped too, in
+    case the file grows or its size is not what the system reports."""
+    limit = max_bytes()
+    per_byte = _TEXT_MEMORY_PER_BYTE.get(suffix, _TEXT_MEMORY_PER_BYTE_DEFAULT)
+    cap = limit // per_byte
+
+    def too_big(size: int) -> SpireadError:
+        return SpireadError(f"{prefix}: reading {human_bytes(size)} of {'JSON' if suffix == '.json' else 'text'} "
+                            f"may take up to {human_bytes(size * per_byte)}, more than the limit of "
+                            f"{human_bytes(limit)}", span,
+                            [_LIMIT_NOTE, "a number can be as short as 2 bytes (`1,`); .npy holds large arrays compactly"])
+
+    size = os.fstat(file.fileno()).st_size
+    if size > cap:
+        raise too_big(size)
+    raw = file.read(cap + 1)
+    if len(raw) > cap:
+        raise too_big(len(raw))
+    return raw
+
+
+# ------------------------------------------------------------------ .npy
+
+
+def _from_npy(stream, prefix: str, span: Span | None, member: str = "") -> np.ndarray:
+    """An array from an `.npy` stream (a file or a zip member), its declared
+    size checked against the limit before the data is read."""
+    where = f"its member `{_clip(member)}`" if member else "it"
+    start = stream.read(8)
+    if not start.startswith(_NPY_MAGIC):
+        raise _Unreadable(f"{where} is not a NumPy .npy file")
+    major = start[6] if len(start) > 6 else None
+    if major not in _NPY_HEADER_LENGTH:
+        raise _Unreadable(f"{where} is a .npy file of a version spiread does not know ({major})")
+    length_format, encoding = _NPY_HEADER_LENGTH[major]
+    (length,) = struct.unpack(length_format, _read_exactly(stream, struct.calcsize(length_format), "the .npy header"))
+    if length > _NPY_MAX_HEADER:
+        raise _Unreadable(f"{where} has a .npy header of {length:,} bytes, more than the "
+                          f"{_NPY_MAX_HEADER:,} spiread reads; it is probably damaged")
+    shape, fortran_order, dtype = _npy_header(_read_exactly(stream, length, "the .npy header"), encoding, where)
+    if dtype.hasobject:
+        raise _Unreadable(f"{where} holds Python objects (pickled), which spiread never loads")
+    if dtype.kind not in "biuf" or dtype.subdtype is not None:
+        raise _Unreadable(f"{where} holds {_kind_of(dtype)}, not real numbers")
+    if len(shape) > 2:
+        raise _Unreadable(f"{where} is {len(shape)}-dimensional, spiread handles at most 2")
+    check_shape(shape, f"{prefix}: {'its array' if not member else where}", span)
+    array = np.empty(shape[::-1] if fortran_order else shape, dtype=dtype)  # within the limit, checked above
+    wanted = array.nbytes
+    got = stream.readinto(array.reshape(-1).view(np.uint8)) if wanted else 0
+    if got != wanted:
+        raise _Unreadable(f"{where} is cut short: its {'×'.join(map(str, shape)) or 'scalar'} array needs "
+                          f"{wanted:,} bytes, but only {got:,} are there")
+    return array.T if fortran_order else array
+
+
+def _npy_header(header: bytes, encoding: str, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    bad = _Unreadable(f"{where} has a damaged .npy header")
+    try:
+        fields = ast.literal_eval(header.decode(encoding))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
+        raise bad
+    shape, fortran_order = fields["shape"], fields["fortran_order"]
+    if (not isinstance(shape, tuple) or not isinstance(fortran_order, bool)
+            or not all(type(n) is int for n in shape)):
+        raise bad
+    if any(n < 0 for n in shape):
+        raise _Unreadable(f"{where} has a .npy header declaring a negative size")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dtype = np.lib.format.descr_to_dtype(fields["descr"])
+    except Exception:  # numpy's dtype parser raises many kinds on hostile descriptors
+        raise _Unreadable(f"{where} has a .npy header naming no valid element type") from None
+    return shape, fortran_order, dtype
+
+
+# ------------------------------------------------------------------ .npz
+
+
+def _from_npz(file, name: str | None, prefix: str, span: Span | None) -> np.ndarray:
+    if file.read(2) != b"PK":
+        raise _Unreadable("it is not a NumPy .npz archive")
+    file.seek(0)
+    try:
+        with zipfile.ZipFile(file) as archive:
+            arrays = {info.filename.removesuffix(".npy"): info
+                      for info in archive.infolist() if info.filename.endswith(".npy")}
+            if not arrays:
+                count = len(archive.infolist())
+                raise _Unreadable("it holds no arrays" + (f" (none of its {count} members is a .npy file)"
+                                                          if count else ""))
+            if name is not None and name in arrays:
+                chosen = arrays[name]
+            elif name is None and len(arrays) == 1:
+                chosen = next(iter(arrays.values()))
+            else:
+                wanted = f"no array called `{_clip(name)}`" if name else "more than one array"
+                raise SpireadError(f"{prefix}: it has {wanted}", span, [f"it holds: {_listed(arrays)}"])
+            limit = max_bytes()
+            if chosen.file_size > limit + _NPY_MAX_HEADER:
+                raise SpireadError(f"{prefix}: its member `{_clip(chosen.filename)}` unpacks to "
+                                   f"{human_bytes(chosen.file_size)}, more than the limit of {human_bytes(limit)}",
+                                   span, [_LIMIT_NOTE])
+            with archive.open(chosen) as member:
+                return _from_npy(member, prefix, span, chosen.filename)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error, NotImplementedError,
+            RuntimeError) as err:
+        # damaged, encrypted, or compressed in a way Python cannot undo
+        raise _Unreadable(f"it is a damaged or unsupported .npz archive ({_clip(_first_line(str(err)), 80)})") from None
+
+
+def _listed(names) -> str:
+    names = [f"{_clip(n)}" for n in names]
+    more = len(names) - _SHOWN_NAMES
+    return ", ".join(names[:_SHOWN_NAMES]) + (f" and {more:,} more" if more > 0 else "")
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unreadable"
+
+
+# ------------------------------------------------------------------ JSON
+
+
+class _OutOfRange:
+    """A JSON number too large for a float64, kept so the walk can say where it is."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+def _json_number(text: str):
+    number = float(text)
+    return _OutOfRange(text) if math.isinf(number) else number
+
+
+def _from_json(raw: bytes) -> np.ndarray:
+    try:
+        data = json.loads(_decode(raw), parse_float=_json_number, parse_int=_json_number)
+    except json.JSONDecodeError as err:
+        raise _Unreadable(f"it is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    except RecursionError:
+        raise _Unreadable("its lists nest too deeply") from None
+    if type(data) is float:
+        return np.array(data)
+    if not isinstance(data, list):
+        raise _Unreadable(f"it holds {_json_kind(data)}, not a number or lists of numbers")
+    rank = 2 if data and isinstance(data[0], list) else 1
+    rows = data if rank == 2 else [data]
+    for i, row in enumerate(rows):
+        at = f"[{i}]" if rank == 2 else ""
+        if not isinstance(row, list):
+            raise _Unreadable(f"`{at}` is {_json_kind(row)}, but `[0]` is a list (a row)")
+        if rank == 2 and len(row) != len(rows[0]):
+            raise _Unreadable(f"its rows have different lengths: `{at}` has {_entries(len(row))}, `[0]` has {_entries(len(rows[0]))}")
+        if not all(type(x) is float for x in row):
+            j, x = next((j, x) for j, x in enumerate(row) if type(x) is not float)
+            if isinstance(x, list):
+                raise _Unreadable(f"`[{j}]` is a list, but `[0]` is a number" if rank == 1 else
+                                  f"`{at}[{j}]` is a list: it is 3-dimensional, spiread handles at most 2")
+            raise _Unreadable(f"`{at}[{j}]` is {_json_kind(x)}, not a number spiread can hold")
+    return np.array(data, dtype=np.float64)
+
+
+def _entries(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
+
+
+def _json_kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, _OutOfRange):
+        digits = value.text if len(value.text) <= 20 else f"{value.text[:12]}… ({len(value.text)} characters)"
+        return f"{digits}, beyond the range of a float64 (about ±1.8e308)"
+    if isinstance(value, str):
+        return f"text (`{_clip(value, 20)}`)"
+    return {dict: "an object (`{…}`)", list: "a list"}.get(type(value), "a number")
+
+
+# ------------------------------------------------------------------ text
 
 
 def _decode(raw: bytes) -> str:
@@ -98,75 +340,60 @@ def _decode(raw: bytes) -> str:
         raise _Unreadable(f"it is not UTF-8 text (line {line} holds the byte 0x{raw[err.start]:02x})") from None
 
 
-def _from_json(raw: bytes) -> np.ndarray:
+def _is_number(cell: str) -> bool:
     try:
-        data = json.loads(_decode(raw))
-    except json.JSONDecodeError as err:
-        raise _Unreadable(f"it is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
-    except RecursionError:
-        raise _Unreadable("its lists nest too deeply") from None
-    try:
-        return np.array(data, dtype=np.float64)
-    except (ValueError, TypeError) as err:
-        if "inhomogeneous" in str(err):
-            raise _Unreadable("its rows have different lengths") from None
-        raise _Unreadable("it must hold a number, a list of numbers, or a list of equal-length lists") from None
-    except RecursionError:
-        raise _Unreadable("its lists nest too deeply") from None
-
-
-def _from_npz(raw: bytes, path: Path, name: str | None, span: Span | None) -> np.ndarray:
-    if not raw.startswith(b"PK"):
-        raise _Unreadable("it is not a NumPy .npz archive")
-    with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
-        keys = list(archive.keys())
-        if name is not None and name in keys:
-            return archive[name]
-        if name is None and len(keys) == 1:
-            return archive[keys[0]]
-    wanted = f"no array called `{name}`" if name else "more than one array"
-    raise SpireadError(f"cannot load `{shown(path)}`: it has {wanted}", span,
-                       [f"it holds: {', '.join(keys) or 'nothing'}"])
-
-
-def _from_text(text: str, suffix: str) -> np.ndarray:
-    lines = text.splitlines()
-    first = next((line for line in lines if line.strip()), "")
-    if not first:
-        raise _Unreadable("it holds no numbers")
-    delimiter = "\t" if suffix == ".tsv" else "," if (suffix == ".csv" or "," in first) else None
-    try:
-        [float(cell) for cell in first.split(delimiter)]
-        skip = 0
+        float(cell)
+        return True
     except ValueError:
-        skip = 1  # a non-numeric first row is a header
+        return False
+
+
+def _from_text(text: str, suffix: str, prefix: str, span: Span | None) -> np.ndarray:
+    """A table of numbers. Its first row is a header, skipped, only when none
+    of its cells is a number; a single number is a scalar; one column a vector."""
+    first = next(((number, content) for number, content in _contents(text) if content.strip()), None)
+    if first is None:
+        raise _Unreadable("it holds no numbers")
+    delimiter = "\t" if suffix == ".tsv" else "," if (suffix == ".csv" or "," in first[1]) else None
+    cells = first[1].split(delimiter)
+    numeric = [_is_number(cell) for cell in cells]
+    header_line = 0
+    if not any(numeric):
+        header_line = first[0]
+    elif not all(numeric):
+        column = numeric.index(False)
+        raise _Unreadable(f"line {first[0]}, column {column + 1}: `{_clip(cells[column].strip())}` is not a number")
+    rows = sum(1 for number, content in _contents(text) if number > header_line and content.strip())
+    check_shape((rows, len(cells)), f"{prefix}: its table", span)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # numpy only warns about a file with no rows
-            array = np.loadtxt(io.StringIO(text), delimiter=delimiter, skiprows=skip, dtype=np.float64, ndmin=2)
+            array = np.loadtxt(io.StringIO(text), delimiter=delimiter, skiprows=header_line,
+                               dtype=np.float64, ndmin=2, comments="#")
     except (ValueError, UserWarning):
-        raise _Unreadable(_text_problem(lines, delimiter, skip)) from None
+        raise _Unreadable(_text_problem(text, delimiter, header_line)) from None
+    if array.shape == (1, 1):
+        return array.reshape(())
     return array[:, 0] if array.shape[1] == 1 else array
 
 
-def _text_problem(lines: list[str], delimiter: str | None, skip: int) -> str:
+def _contents(text: str):
+    """(line number, the line without its comment), one line at a time."""
+    for number, line in enumerate(io.StringIO(text), start=1):
+        yield number, line.split("#", 1)[0]
+
+
+def _text_problem(text: str, delimiter: str | None, header_line: int) -> str:
     """What is wrong with a table numpy refused, by line and column (the
     slow path, taken only on error)."""
     width = None
-    skipped = 0
-    for number, line in enumerate(lines, start=1):
-        content = line.split("#", 1)[0]
-        if not content.strip():
-            continue
-        if skipped < skip:
-            skipped += 1
+    for number, content in _contents(text):
+        if number <= header_line or not content.strip():
             continue
         cells = content.split(delimiter)
         for column, cell in enumerate(cells, start=1):
-            try:
-                float(cell)
-            except ValueError:
-                return f"line {number}, column {column}: `{cell.strip()}` is not a number"
+            if not _is_number(cell):
+                return f"line {number}, column {column}: `{_clip(cell.strip())}` is not a number"
         if width is None:
             width = (number, len(cells))
         elif len(cells) != width[1]:
