@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import lzma
 import math
 import os
 import stat
@@ -26,16 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .diagnostics import SpireadError, Span
+from .diagnostics import SpireadError, Span, shape_str
 from .limits import check_shape, human_bytes, max_bytes
 
 SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".txt", ".json")
 
 # A number in text takes at least two bytes (`1,`), so a text file of n bytes
-# holds at most n/2 numbers: 4n bytes as float64. JSON is first parsed into
-# Python floats (32 bytes each, with the list's pointer): up to 16n bytes.
-_TEXT_MEMORY_PER_BYTE = {".json": 16}
-_TEXT_MEMORY_PER_BYTE_DEFAULT = 4
+# holds at most (n+1)/2 numbers, each 8 bytes as float64; JSON first parses
+# each into a Python float of 24 bytes plus its list's 8-byte pointer.
+_BYTES_PER_NUMBER = {".json": 32}
+_BYTES_PER_NUMBER_DEFAULT = 8
 
 # `.npy` headers written by numpy are ~100 bytes; the format allows more, and
 # anything up to this is read (its literal is parsed safely, without eval).
@@ -57,26 +58,18 @@ def load_array(path: Path, span: Span | None = None, name: str | None = None) ->
     with _open_regular(path, prefix, span) as file:
         try:
             if suffix == ".npy":
-                array = _from_npy(file, prefix, span)
+                array = _from_npy(file, os.fstat(file.fileno()).st_size, prefix, span)
             elif suffix == ".npz":
                 array = _from_npz(file, name, prefix, span)
             else:
                 raw = _read_text_bytes(file, suffix, prefix, span)
-                array = _from_json(raw) if suffix == ".json" else _from_text(_decode(raw), suffix, prefix, span)
+                array = _from_json(raw) if suffix == ".json" else _from_text(_decode(raw), suffix)
         except _Unreadable as err:
             raise SpireadError(f"{prefix}: {err}", span) from None
         except MemoryError:
             raise SpireadError(f"{prefix}: there is not enough memory to read it", span,
                                ["the data may be too big for one process"]) from None
-    return checked(array, path, span)
-
-
-def checked(array: np.ndarray, path, span: Span | None) -> np.ndarray:
-    """`array` as spiread holds it: float64, C order, its rank kept (a scalar stays a scalar)."""
-    if array.dtype.kind not in "biuf":
-        raise SpireadError(f"cannot load `{shown(path)}`: it holds {_kind_of(array.dtype)}, not real numbers", span)
-    if array.ndim > 2:
-        raise SpireadError(f"cannot load `{shown(path)}`: it is {array.ndim}-dimensional, spiread handles at most 2", span)
+    # float64 in C order, its rank kept (np.ascontiguousarray would make a scalar a vector of 1)
     return np.asarray(array, dtype=np.float64, order="C")
 
 
@@ -84,8 +77,8 @@ def shown(path) -> str:
     """A path as messages show it: relative to the working directory when inside it."""
     path = Path(path)
     try:
-        text = str(path.resolve().relative_to(Path.cwd()))
-    except (ValueError, OSError, RuntimeError):
+        text = str(Path(os.path.abspath(path)).relative_to(Path.cwd()))  # links not followed: the name given
+    except (ValueError, OSError):
         text = str(path)
     return _clip(text, 200)
 
@@ -136,42 +129,40 @@ def _open_regular(path: Path, prefix: str, span: Span | None) -> io.BufferedRead
     return os.fdopen(fd, "rb")
 
 
-def _read_exactly(stream, size: int, what: str) -> bytes:
+def _read_header(stream, size: int, where: str) -> bytes:
     data = stream.read(size)
     if len(data) != size:
-        raise _Unreadable(f"it is cut short: {what} needs {size:,} bytes, but only {len(data):,} are there")
+        raise _Unreadable(f"{where} is cut short in its .npy header")
     return data
 
 
 def _read_text_bytes(file, suffix: str, prefix: str, span: Span | None) -> bytes:
-    """The whole of a text file, refused (before reading) if a file of its
-    size could hold more than the limit allows; the read is capped too, in
-    case the file grows or its size is not what the system reports."""
+    """The whole of a text file, refused before reading if a file of its size
+    could hold more numbers than the limit allows. The read is capped too, in
+    case the file grows or the system does not report its size (/proc)."""
     limit = max_bytes()
-    per_byte = _TEXT_MEMORY_PER_BYTE.get(suffix, _TEXT_MEMORY_PER_BYTE_DEFAULT)
-    cap = limit // per_byte
+    per_number = _BYTES_PER_NUMBER.get(suffix, _BYTES_PER_NUMBER_DEFAULT)
 
-    def too_big(size: int) -> SpireadError:
-        return SpireadError(f"{prefix}: reading {human_bytes(size)} of {'JSON' if suffix == '.json' else 'text'} "
-                            f"may take up to {human_bytes(size * per_byte)}, more than the limit of "
-                            f"{human_bytes(limit)}", span,
-                            [_LIMIT_NOTE, "a number can be as short as 2 bytes (`1,`); .npy holds large arrays compactly"])
+    def refuse_if_too_big(size: int) -> None:
+        most = (size + 1) // 2 * per_number
+        if most > limit:
+            raise SpireadError(f"{prefix}: reading {human_bytes(size)} of {'JSON' if suffix == '.json' else 'text'} "
+                               f"may take up to {human_bytes(most)}, more than the limit of {human_bytes(limit)}",
+                               span, [_LIMIT_NOTE, "a number can be as short as 2 bytes (`1,`); "
+                                      ".npy holds large arrays compactly"])
 
-    size = os.fstat(file.fileno()).st_size
-    if size > cap:
-        raise too_big(size)
-    raw = file.read(cap + 1)
-    if len(raw) > cap:
-        raise too_big(len(raw))
+    refuse_if_too_big(os.fstat(file.fileno()).st_size)
+    raw = file.read(2 * (limit // per_number))  # one byte more than the largest size allowed
+    refuse_if_too_big(len(raw))
     return raw
 
 
 # ------------------------------------------------------------------ .npy
 
 
-def _from_npy(stream, prefix: str, span: Span | None, member: str = "") -> np.ndarray:
-    """An array from an `.npy` stream (a file or a zip member), its declared
-    size checked against the limit before the data is read."""
+def _from_npy(stream, size: int, prefix: str, span: Span | None, member: str = "") -> np.ndarray:
+    """An array from an `.npy` stream of `size` bytes (a file or a zip member),
+    its declared size checked against the limit before the data is read."""
     where = f"its member `{_clip(member)}`" if member else "it"
     start = stream.read(8)
     if not start.startswith(_NPY_MAGIC):
@@ -180,11 +171,11 @@ def _from_npy(stream, prefix: str, span: Span | None, member: str = "") -> np.nd
     if major not in _NPY_HEADER_LENGTH:
         raise _Unreadable(f"{where} is a .npy file of a version spiread does not know ({major})")
     length_format, encoding = _NPY_HEADER_LENGTH[major]
-    (length,) = struct.unpack(length_format, _read_exactly(stream, struct.calcsize(length_format), "the .npy header"))
+    (length,) = struct.unpack(length_format, _read_header(stream, struct.calcsize(length_format), where))
     if length > _NPY_MAX_HEADER:
         raise _Unreadable(f"{where} has a .npy header of {length:,} bytes, more than the "
                           f"{_NPY_MAX_HEADER:,} spiread reads; it is probably damaged")
-    shape, fortran_order, dtype = _npy_header(_read_exactly(stream, length, "the .npy header"), encoding, where)
+    shape, fortran_order, dtype = _npy_header(_read_header(stream, length, where), encoding, where)
     if dtype.hasobject:
         raise _Unreadable(f"{where} holds Python objects (pickled), which spiread never loads")
     if dtype.kind not in "biuf" or dtype.subdtype is not None:
@@ -192,13 +183,24 @@ def _from_npy(stream, prefix: str, span: Span | None, member: str = "") -> np.nd
     if len(shape) > 2:
         raise _Unreadable(f"{where} is {len(shape)}-dimensional, spiread handles at most 2")
     check_shape(shape, f"{prefix}: {'its array' if not member else where}", span)
-    array = np.empty(shape[::-1] if fortran_order else shape, dtype=dtype)  # within the limit, checked above
-    wanted = array.nbytes
+    wanted = math.prod(shape) * dtype.itemsize
+    if size - stream.tell() < wanted:  # before allocating: a header may promise more than the file has
+        _cut_short(where, shape, wanted, size - stream.tell())
+    try:
+        array = np.empty(shape[::-1] if fortran_order else shape, dtype=dtype)  # within the limit, checked above
+    except MemoryError:
+        raise SpireadError(f"{prefix}: {'its array' if not member else where} would be {shape_str(shape)} "
+                           f"({human_bytes(math.prod(shape) * dtype.itemsize)}), and there is not that much memory",
+                           span, ["the data may be too big for one process"]) from None
     got = stream.readinto(array.reshape(-1).view(np.uint8)) if wanted else 0
     if got != wanted:
-        raise _Unreadable(f"{where} is cut short: its {'×'.join(map(str, shape)) or 'scalar'} array needs "
-                          f"{wanted:,} bytes, but only {got:,} are there")
+        _cut_short(where, shape, wanted, got)
     return array.T if fortran_order else array
+
+
+def _cut_short(where: str, shape: tuple[int, ...], wanted: int, there: int):
+    raise _Unreadable(f"{where} is cut short: its {'×'.join(map(str, shape)) or 'scalar'} array needs "
+                      f"{wanted:,} bytes, but only {max(there, 0):,} are there")
 
 
 def _npy_header(header: bytes, encoding: str, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -213,8 +215,8 @@ def _npy_header(header: bytes, encoding: str, where: str) -> tuple[tuple[int, ..
     if (not isinstance(shape, tuple) or not isinstance(fortran_order, bool)
             or not all(type(n) is int for n in shape)):
         raise bad
-    if any(n < 0 for n in shape):
-        raise _Unreadable(f"{where} has a .npy header declaring a negative size")
+    if not all(0 <= n < 1 << 63 for n in shape):
+        raise _Unreadable(f"{where} has a .npy header declaring an impossible size")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -237,8 +239,8 @@ def _from_npz(file, name: str | None, prefix: str, span: Span | None) -> np.ndar
                       for info in archive.infolist() if info.filename.endswith(".npy")}
             if not arrays:
                 count = len(archive.infolist())
-                raise _Unreadable("it holds no arrays" + (f" (none of its {count} members is a .npy file)"
-                                                          if count else ""))
+                raise _Unreadable("it holds no arrays" + ("" if not count else " (its only member is not a .npy file)"
+                                                          if count == 1 else f" (none of its {count:,} members is a .npy file)"))
             if name is not None and name in arrays:
                 chosen = arrays[name]
             elif name is None and len(arrays) == 1:
@@ -252,9 +254,9 @@ def _from_npz(file, name: str | None, prefix: str, span: Span | None) -> np.ndar
                                    f"{human_bytes(chosen.file_size)}, more than the limit of {human_bytes(limit)}",
                                    span, [_LIMIT_NOTE])
             with archive.open(chosen) as member:
-                return _from_npy(member, prefix, span, chosen.filename)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error, NotImplementedError,
-            RuntimeError) as err:
+                return _from_npy(member, chosen.file_size, prefix, span, chosen.filename)
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError, struct.error,
+            NotImplementedError, RuntimeError) as err:
         # damaged, encrypted, or compressed in a way Python cannot undo
         raise _Unreadable(f"it is a damaged or unsupported .npz archive ({_clip(_first_line(str(err)), 80)})") from None
 
@@ -294,7 +296,8 @@ def _from_json(raw: bytes) -> np.ndarray:
     if type(data) is float:
         return np.array(data)
     if not isinstance(data, list):
-        raise _Unreadable(f"it holds {_json_kind(data)}, not a number or lists of numbers")
+        raise _Unreadable(_not_a_number("it", data) if isinstance(data, _OutOfRange) else
+                          f"it holds {_json_kind(data)}, not a number or lists of numbers")
     rank = 2 if data and isinstance(data[0], list) else 1
     rows = data if rank == 2 else [data]
     for i, row in enumerate(rows):
@@ -308,7 +311,7 @@ def _from_json(raw: bytes) -> np.ndarray:
             if isinstance(x, list):
                 raise _Unreadable(f"`[{j}]` is a list, but `[0]` is a number" if rank == 1 else
                                   f"`{at}[{j}]` is a list: it is 3-dimensional, spiread handles at most 2")
-            raise _Unreadable(f"`{at}[{j}]` is {_json_kind(x)}, not a number spiread can hold")
+            raise _Unreadable(_not_a_number(f"`{at}[{j}]`", x))
     return np.array(data, dtype=np.float64)
 
 
@@ -316,14 +319,18 @@ def _entries(n: int) -> str:
     return f"{n} entr{'y' if n == 1 else 'ies'}"
 
 
+def _not_a_number(where: str, value) -> str:
+    if isinstance(value, _OutOfRange):
+        text = value.text if len(value.text) <= 20 else f"{value.text[:12]}… ({len(value.text)} characters)"
+        return f"{where} is {text}, beyond the range spiread can hold (a float64 reaches about ±1.8e308)"
+    return f"{where} is {_json_kind(value)}, not a number"
+
+
 def _json_kind(value) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, _OutOfRange):
-        digits = value.text if len(value.text) <= 20 else f"{value.text[:12]}… ({len(value.text)} characters)"
-        return f"{digits}, beyond the range of a float64 (about ±1.8e308)"
     if isinstance(value, str):
         return f"text (`{_clip(value, 20)}`)"
     return {dict: "an object (`{…}`)", list: "a list"}.get(type(value), "a number")
@@ -348,7 +355,7 @@ def _is_number(cell: str) -> bool:
         return False
 
 
-def _from_text(text: str, suffix: str, prefix: str, span: Span | None) -> np.ndarray:
+def _from_text(text: str, suffix: str) -> np.ndarray:
     """A table of numbers. Its first row is a header, skipped, only when none
     of its cells is a number; a single number is a scalar; one column a vector."""
     first = next(((number, content) for number, content in _contents(text) if content.strip()), None)
@@ -363,8 +370,6 @@ def _from_text(text: str, suffix: str, prefix: str, span: Span | None) -> np.nda
     elif not all(numeric):
         column = numeric.index(False)
         raise _Unreadable(f"line {first[0]}, column {column + 1}: `{_clip(cells[column].strip())}` is not a number")
-    rows = sum(1 for number, content in _contents(text) if number > header_line and content.strip())
-    check_shape((rows, len(cells)), f"{prefix}: its table", span)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # numpy only warns about a file with no rows
