@@ -152,7 +152,7 @@ def _read_text_bytes(file, suffix: str, prefix: str, span: Span | None) -> bytes
                                       ".npy holds large arrays compactly"])
 
     refuse_if_too_big(os.fstat(file.fileno()).st_size)
-    raw = file.read(2 * (limit // per_number))  # one byte more than the largest size allowed
+    raw = file.read(2 * (limit // per_number) + 1)  # one byte more than the largest size allowed
     refuse_if_too_big(len(raw))
     return raw
 
@@ -248,6 +248,10 @@ def _from_npz(file, name: str | None, prefix: str, span: Span | None) -> np.ndar
             else:
                 wanted = f"no array called `{_clip(name)}`" if name else "more than one array"
                 raise SpireadError(f"{prefix}: it has {wanted}", span, [f"it holds: {_listed(arrays)}"])
+            if chosen.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                # numpy writes only these; LZMA's decoder allocates what the file asks for
+                raise _Unreadable(f"its member `{_clip(chosen.filename)}` is compressed in a way numpy never "
+                                  f"writes (zip method {chosen.compress_type})")
             limit = max_bytes()
             if chosen.file_size > limit + _NPY_MAX_HEADER:
                 raise SpireadError(f"{prefix}: its member `{_clip(chosen.filename)}` unpacks to "
@@ -373,8 +377,8 @@ def _from_text(text: str, suffix: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # numpy only warns about a file with no rows
-            array = np.loadtxt(io.StringIO(text), delimiter=delimiter, skiprows=header_line,
-                               dtype=np.float64, ndmin=2, comments="#")
+            array = np.loadtxt(_rows(text, header_line), delimiter=delimiter, dtype=np.float64, ndmin=2,
+                               comments=None)
     except (ValueError, UserWarning):
         raise _Unreadable(_text_problem(text, delimiter, header_line)) from None
     if array.shape == (1, 1):
@@ -388,13 +392,21 @@ def _contents(text: str):
         yield number, line.split("#", 1)[0]
 
 
+def _rows(text: str, header_line: int):
+    """The lines of the table proper: not the header, nor blank or comment-only
+    lines (numpy would read a line of spaces in a CSV as an empty cell)."""
+    for number, content in _contents(text):
+        if number > header_line and content.strip():
+            yield content
+
+
 def _text_problem(text: str, delimiter: str | None, header_line: int) -> str:
     """What is wrong with a table numpy refused, by line and column (the
     slow path, taken only on error)."""
     width = None
     for number, content in _contents(text):
         if number <= header_line or not content.strip():
-            continue
+            continue  # as _rows skips
         cells = content.split(delimiter)
         for column, cell in enumerate(cells, start=1):
             if not _is_number(cell):
