@@ -96,7 +96,8 @@ def _kind_of(dtype: np.dtype) -> str:
         return "records with named fields"
     if dtype.subdtype is not None:
         return "nested arrays"
-    return {"U": "text", "S": "text", "c": "complex numbers", "M": "dates", "m": "time spans"}.get(
+    return {"U": "text", "S": "text", "c": "complex numbers", "M": "dates", "m": "time spans",
+            "V": "raw bytes"}.get(
         dtype.kind, f"{dtype} values")
 
 
@@ -165,6 +166,8 @@ def _from_npy(stream, size: int, prefix: str, span: Span | None, member: str = "
     its declared size checked against the limit before the data is read."""
     where = f"its member `{_clip(member)}`" if member else "it"
     start = stream.read(8)
+    if not start:
+        raise _Unreadable(f"{where} is empty")
     if not start.startswith(_NPY_MAGIC):
         raise _Unreadable(f"{where} is not a NumPy .npy file")
     major = start[6] if len(start) > 6 else None
@@ -230,8 +233,9 @@ def _npy_header(header: bytes, encoding: str, where: str) -> tuple[tuple[int, ..
 
 
 def _from_npz(file, name: str | None, prefix: str, span: Span | None) -> np.ndarray:
-    if file.read(2) != b"PK":
-        raise _Unreadable("it is not a NumPy .npz archive")
+    start = file.read(2)
+    if start != b"PK":
+        raise _Unreadable("it is not a NumPy .npz archive" if start else "it is empty")
     file.seek(0)
     try:
         with zipfile.ZipFile(file) as archive:

@@ -12,6 +12,7 @@ import os
 import struct
 import tracemalloc
 import zipfile
+from math import prod
 from pathlib import Path
 
 import numpy as np
@@ -322,6 +323,7 @@ def test_json_numbers_of_every_spelling(in_tmp):
     (b"\x93NUMPY\x02\x00\xff\xff\xff\xff", "it has a .npy header of 4,294,967,295 bytes, more than the 65,536"),
     (b"\x93NUMPY", "it is a .npy file of a version spiread does not know (None)"),
     (b"PK\x03\x04", "it is not a NumPy .npy file"),
+    (b"", "it is empty"),
 ])
 def test_a_damaged_npy_is_one_sentence(in_tmp, content, says):
     assert message(write(in_tmp, "d.npy", content)).startswith(f"cannot load `d.npy`: {says}")
@@ -361,6 +363,7 @@ def test_a_corrupt_or_truncated_npz_is_one_sentence(in_tmp):
     assert message(write(in_tmp, "t.npz", good[:len(good) // 2])).startswith(
         "cannot load `t.npz`: it is a damaged or unsupported .npz archive")
     assert message(write(in_tmp, "n.npz", "not a zip")) == "cannot load `n.npz`: it is not a NumPy .npz archive"
+    assert message(write(in_tmp, "e.npz", "")) == "cannot load `e.npz`: it is empty"
 
 
 # ------------------------------------------------ 7. fuzzing
@@ -374,12 +377,12 @@ def small_limit(monkeypatch):
     monkeypatch.setenv("SPIREAD_MAX_BYTES", str(LIMIT))
 
 
-def load_within_limit(path: Path) -> None:
+def load_within_limit(path: Path, name: str | None = None) -> None:
     """The property: a float64 array of rank ≤ 2 or a SpireadError, and no
     allocation far beyond the limit (numpy's buffers are traced too)."""
     tracemalloc.start()
     try:
-        value = load_array(path)
+        value = load_array(path, name=name)
     except SpireadError as err:
         assert len(err.diagnostic.message) < 300 and "\n" not in err.diagnostic.message
     else:
@@ -398,8 +401,12 @@ DESCRS = st.sampled_from(["'<f8'", "'>f4'", "'|u1'", "'|b1'", "'<i8'", "'<f16'",
 
 @st.composite
 def npy_files(draw) -> bytes:
-    text = header(repr(draw(SHAPES)), draw(DESCRS), draw(st.sampled_from(["False", "True", "1", "None"])))
-    content = npy_with_header(text, draw(st.binary(max_size=400)), draw(st.sampled_from([1, 2, 3])))
+    shape = draw(SHAPES)
+    text = header(repr(shape), draw(DESCRS), draw(st.sampled_from(["False", "True", "1", "None"])))
+    fits = all(0 <= n <= 40 for n in shape) and len(shape) <= 2  # then often exactly the data it declares
+    data = draw(st.binary(min_size=8 * prod(shape), max_size=8 * prod(shape)) if fits and draw(st.booleans())
+                else st.binary(max_size=400))
+    content = npy_with_header(text, data, draw(st.sampled_from([1, 2, 3])))
     for _ in range(draw(st.integers(0, 3))):  # mutate: flip, cut, or insert bytes
         at = draw(st.integers(0, len(content)))
         content = draw(st.sampled_from([
@@ -419,13 +426,13 @@ def test_fuzz_npy(tmp_path, small_limit, content):
 @given(st.dictionaries(st.sampled_from(["a.npy", "b.npy", "c", "d/e.npy", ".npy"]),
                        st.one_of(npy_files(), st.binary(max_size=64)), max_size=3),
        st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]),
-       st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3))
+       st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3), st.sampled_from([None, "a"]))
 @FUZZ
-def test_fuzz_npz(tmp_path, small_limit, members, compression, flips):
+def test_fuzz_npz(tmp_path, small_limit, members, compression, flips, name):
     content = bytearray(npz_bytes(members, compression))
     for at, byte in flips:
         content[at % len(content)] = byte
-    load_within_limit(write(tmp_path, "f.npz", bytes(content)))
+    load_within_limit(write(tmp_path, "f.npz", bytes(content)), name)
 
 
 TEXT = st.lists(st.sampled_from(list("0123456789.,;-+eE \t\n#\"[]{}:xnaif") + ["null", "true", "NaN", "1e999",
