@@ -32,11 +32,13 @@ from .limits import check_shape, human_bytes, max_bytes
 
 SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".txt", ".json")
 
-# A number in text takes at least two bytes (`1,`), so a text file of n bytes
-# holds at most (n+1)/2 numbers, each 8 bytes as float64; JSON first parses
-# each into a Python float of 24 bytes plus its list's 8-byte pointer.
-_BYTES_PER_NUMBER = {".json": 32}
-_BYTES_PER_NUMBER_DEFAULT = 8
+# The most memory reading a byte of text may take: a number takes at least
+# 2 bytes (`1,`) and 8 as float64; JSON is parsed into Python objects first,
+# and `[]` (2 bytes) is a list of 56 bytes plus its 8-byte pointer.
+_MEMORY_PER_TEXT_BYTE = {".json": 32}
+_MEMORY_PER_TEXT_BYTE_DEFAULT = 4
+# zipfile keeps a ZipInfo of ~500 bytes for each member its directory lists in ≥ 46.
+_MEMORY_PER_ZIP_DIRECTORY_BYTE = 16
 
 # `.npy` headers written by numpy are ~100 bytes; the format allows more, and
 # anything up to this is read (its literal is parsed safely, without eval).
@@ -142,10 +144,10 @@ def _read_text_bytes(file, suffix: str, prefix: str, span: Span | None) -> bytes
     could hold more numbers than the limit allows. The read is capped too, in
     case the file grows or the system does not report its size (/proc)."""
     limit = max_bytes()
-    per_number = _BYTES_PER_NUMBER.get(suffix, _BYTES_PER_NUMBER_DEFAULT)
+    per_byte = _MEMORY_PER_TEXT_BYTE.get(suffix, _MEMORY_PER_TEXT_BYTE_DEFAULT)
 
     def refuse_if_too_big(size: int) -> None:
-        most = (size + 1) // 2 * per_number
+        most = size * per_byte
         if most > limit:
             raise SpireadError(f"{prefix}: reading {human_bytes(size)} of {'JSON' if suffix == '.json' else 'text'} "
                                f"may take up to {human_bytes(most)}, more than the limit of {human_bytes(limit)}",
@@ -153,7 +155,7 @@ def _read_text_bytes(file, suffix: str, prefix: str, span: Span | None) -> bytes
                                       ".npy holds large arrays compactly"])
 
     refuse_if_too_big(os.fstat(file.fileno()).st_size)
-    raw = file.read(2 * (limit // per_number) + 1)  # one byte more than the largest size allowed
+    raw = file.read(limit // per_byte + 1)  # one byte more than the largest size allowed
     refuse_if_too_big(len(raw))
     return raw
 
@@ -238,6 +240,13 @@ def _from_npz(file, name: str | None, prefix: str, span: Span | None) -> np.ndar
         raise _Unreadable("it is not a NumPy .npz archive" if start else "it is empty")
     file.seek(0)
     try:
+        # the end record says how long the list of members is, before zipfile reads it all
+        end = zipfile._EndRecData(file)
+        limit = max_bytes()
+        if end and end[zipfile._ECD_SIZE] * _MEMORY_PER_ZIP_DIRECTORY_BYTE > limit:
+            raise SpireadError(f"{prefix}: its list of {end[zipfile._ECD_ENTRIES_TOTAL]:,} members may take up to "
+                               f"{human_bytes(end[zipfile._ECD_SIZE] * _MEMORY_PER_ZIP_DIRECTORY_BYTE)} to read, "
+                               f"more than the limit of {human_bytes(limit)}", span, [_LIMIT_NOTE])
         with zipfile.ZipFile(file) as archive:
             arrays = {info.filename.removesuffix(".npy"): info
                       for info in archive.infolist() if info.filename.endswith(".npy")}
@@ -256,7 +265,6 @@ def _from_npz(file, name: str | None, prefix: str, span: Span | None) -> np.ndar
                 # numpy writes only these; LZMA's decoder allocates what the file asks for
                 raise _Unreadable(f"its member `{_clip(chosen.filename)}` is compressed in a way numpy never "
                                   f"writes (zip method {chosen.compress_type})")
-            limit = max_bytes()
             if chosen.file_size > limit + _NPY_MAX_HEADER:
                 raise SpireadError(f"{prefix}: its member `{_clip(chosen.filename)}` unpacks to "
                                    f"{human_bytes(chosen.file_size)}, more than the limit of {human_bytes(limit)}",

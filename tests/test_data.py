@@ -111,14 +111,14 @@ def test_an_npz_member_header_declaring_too_much_is_refused(in_tmp, monkeypatch)
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".txt", ".json"])
 def test_text_is_refused_by_the_most_numbers_its_size_allows(in_tmp, monkeypatch, suffix):
-    # a number takes at least 2 bytes (`1,`): n bytes hold (n+1)/2 numbers of 8 bytes (32 parsing JSON)
+    # a number takes at least 2 bytes (`1,`): a byte may cost 4 as float64 (32 parsing JSON)
     monkeypatch.setenv("SPIREAD_MAX_BYTES", "4096")
-    largest = ("[" + ",".join(["1"] * 127) + "]").ljust(256) if suffix == ".json" else "1\n" * 512
-    assert load_array(write(in_tmp, "ok" + suffix, largest)).size == (127 if suffix == ".json" else 512)
+    largest = ("[" + ",".join(["1"] * 63) + "]").ljust(128) if suffix == ".json" else "1\n" * 512
+    assert load_array(write(in_tmp, "ok" + suffix, largest)).size == (63 if suffix == ".json" else 512)
     kind = "JSON" if suffix == ".json" else "text"
     assert message(write(in_tmp, "big" + suffix, largest + "1")) == (
-        f"cannot load `big{suffix}`: reading {'257 bytes' if suffix == '.json' else '1.0 KB'} of {kind} "
-        "may take up to 4.0 KB, more than the limit of 4.0 KB")  # 4,104 and 4,128 bytes, rounded
+        f"cannot load `big{suffix}`: reading {'129 bytes' if suffix == '.json' else '1.0 KB'} of {kind} "
+        "may take up to 4.0 KB, more than the limit of 4.0 KB")  # 4,100 and 4,128 bytes, rounded
 
 
 def test_set_names_the_option_when_a_file_is_too_big(in_tmp):
@@ -177,7 +177,7 @@ def test_a_file_whose_size_is_not_reported_is_read_only_up_to_the_limit(in_tmp, 
     monkeypatch.setenv("SPIREAD_MAX_BYTES", "64")
     (in_tmp / "status.txt").symlink_to("/proc/self/status")
     assert message(in_tmp / "status.txt") == ("cannot load `status.txt`: reading 17 bytes of text may take up to "
-                                              "72 bytes, more than the limit of 64 bytes")
+                                              "68 bytes, more than the limit of 64 bytes")
 
 
 def test_unreadable_and_oddly_named_paths(in_tmp):
@@ -353,6 +353,13 @@ def test_an_npz_with_many_members_lists_a_few(in_tmp):
         load_array(path, name="w")
     assert err.value.diagnostic.message == "cannot load `many.npz`: it has no array called `w`"
     assert err.value.diagnostic.notes == ("it holds: m0, m1, m2, m3, m4 and 19,995 more",)
+
+
+def test_an_npz_listing_too_many_members_is_refused_before_listing_them(in_tmp, monkeypatch):
+    monkeypatch.setenv("SPIREAD_MAX_BYTES", str(1 << 20))
+    path = write(in_tmp, "many.npz", npz_bytes({f"m{i}.npy": b"" for i in range(2_000)}))
+    assert message(path) == ("cannot load `many.npz`: its list of 2,000 members may take up to 1.7 MB to read, "
+                             "more than the limit of 1.0 MB")
 
 
 def test_a_corrupt_or_truncated_npz_is_one_sentence(in_tmp):
