@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import spiread
 from spiread_cli import api
-from spiread_cli.data import load_array
-from spiread_cli.diagnostics import Source, SpireadError
+from spiread_cli.data import load_array, shown
+from spiread_cli.diagnostics import SpireadError
 
 FUZZ = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -266,12 +266,7 @@ def test_header_rule(tmp_path, cells):
         np.testing.assert_array_equal(load_array(path), expected, strict=True)
     else:
         column = numeric.index(False) + 1
-        assert message(path).startswith(f"cannot load `{shown_tmp(path)}`: line 1, column {column}: ")
-
-
-def shown_tmp(path: Path) -> str:
-    from spiread_cli.data import shown
-    return shown(path)
+        assert message(path).startswith(f"cannot load `{shown(path)}`: line 1, column {column}: ")
 
 
 # ------------------------------------------------ 5. JSON values that are not numbers
