@@ -72,7 +72,14 @@ def load_array(path: Path, span: Span | None = None, name: str | None = None) ->
             raise SpireadError(f"{prefix}: there is not enough memory to read it", span,
                                ["the data may be too big for one process"]) from None
     # float64 in C order, its rank kept (np.ascontiguousarray would make a scalar a vector of 1)
-    return np.asarray(array, dtype=np.float64, order="C")
+    with np.errstate(all="ignore"):
+        result = np.asarray(array, dtype=np.float64, order="C")
+    if array.dtype.itemsize > 8 and np.isinf(result).any():  # long double: its range is wider
+        beyond = np.argwhere(np.isinf(result) & ~np.isinf(array))
+        if beyond.size:
+            raise SpireadError(f"{prefix}: the number at {beyond[0].tolist()} is beyond the range spiread can hold "
+                               f"(a float64 reaches about ±1.8e308)", span)
+    return result
 
 
 def shown(path) -> str:
