@@ -268,6 +268,8 @@ def _from_npz(file, name: str | None, prefix: str, span: Span | None) -> np.ndar
             else:
                 wanted = f"no array called `{_clip(name)}`" if name else "more than one array"
                 raise SpireadError(f"{prefix}: it has {wanted}", span, [f"it holds: {_listed(arrays)}"])
+            if chosen.flag_bits & 0x1:
+                raise _Unreadable(f"its member `{_clip(chosen.filename)}` is encrypted")
             if chosen.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 # numpy writes only these; LZMA's decoder allocates what the file asks for
                 raise _Unreadable(f"its member `{_clip(chosen.filename)}` is compressed in a way numpy never "

@@ -371,8 +371,12 @@ def test_a_corrupt_or_truncated_npz_is_one_sentence(in_tmp):
     assert message(write(in_tmp, "c.npz", corrupt)).startswith("cannot load `c.npz`: it is a damaged or unsupported")
     assert message(write(in_tmp, "t.npz", good[:len(good) // 2])).startswith(
         "cannot load `t.npz`: it is a damaged or unsupported .npz archive")
+    encrypted = bytearray(npz_bytes({"x.npy": npy_bytes(np.arange(3.0))}))
+    encrypted[6] |= 1  # the "encrypted" flag, in the member's header and in the archive's list
+    encrypted[encrypted.index(b"PK\x01\x02") + 8] |= 1
+    assert message(write(in_tmp, "e.npz", bytes(encrypted))) == "cannot load `e.npz`: its member `x.npy` is encrypted"
     assert message(write(in_tmp, "n.npz", "not a zip")) == "cannot load `n.npz`: it is not a NumPy .npz archive"
-    assert message(write(in_tmp, "e.npz", "")) == "cannot load `e.npz`: it is empty"
+    assert message(write(in_tmp, "empty.npz", "")) == "cannot load `empty.npz`: it is empty"
 
 
 # ------------------------------------------------ 7. fuzzing
