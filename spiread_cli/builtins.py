@@ -121,6 +121,9 @@ def _onehot(self: Interpreter, args, keywords, call):
 def _load(self: Interpreter, args, keywords, call):
     if not isinstance(args[0].value, Text):
         raise SpireadError("`load` takes a path in quotes, e.g. `load(\"x.csv\")`", call.span)
+    if not args[0].value.value.strip():
+        raise SpireadError("`load` names no file: the path is empty", args[0].expr.span,
+                           ["e.g. `load(\"data.csv\")`, relative to the program's folder"])
     path = Path(args[0].value.value)
     return Const(load_array(path if path.is_absolute() else self.base_dir / path, args[0].expr.span))
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import spiread
+from conftest import run, spiread
 from spiread_cli import api
 from spiread_cli.data import load_array, shown
 from spiread_cli.diagnostics import SpireadError
@@ -472,3 +472,10 @@ def test_fuzz_text(tmp_path, small_limit, text, suffix):
 @FUZZ
 def test_fuzz_json_values(tmp_path, small_limit, data):
     load_within_limit(write(tmp_path, "f.json", json.dumps(data)))
+
+
+@pytest.mark.parametrize("path", ['""', '"  "'])
+def test_load_of_an_empty_path_names_no_file(path):
+    with pytest.raises(SpireadError, match="`load` names no file") as caught:
+        run(f"x = load({path})\n")
+    assert caught.value.diagnostic.span.column == 10
