@@ -87,19 +87,6 @@ class ValueCheck:
             return f"`{self.name}` along random direction {self.worst} of {self.checked}"
         return f"`{self.name}{list(self.worst) if self.worst else ''}`"
 
-    def as_json(self) -> dict:
-        from .output import json_number
-        doc = {"max_abs_error": json_number(self.max_abs_error), "max_rel_error": json_number(self.max_rel_error),
-               "ok": self.ok, "method": self.method, "checked": self.checked,
-               "forward_vs_reverse": json_number(self.forward_vs_reverse),
-               "ad": json_number(self.ad), "fd": json_number(self.fd)}
-        if self.method == "directional":
-            doc["worst_direction"] = self.worst
-        else:
-            doc["worst_entry"] = list(self.worst)
-        doc["problem"] = self.problem
-        return doc
-
 
 @dataclass
 class CheckReport:
@@ -337,44 +324,3 @@ def kink_sites(tape: Tape, wrt: list[int], output: int) -> list[KinkSite]:
             where = tuple(int(i) for i in np.argwhere(mask)[0]) if x.ndim else ()
             sites.append(KinkSite(node, int(mask.sum()), x.size, where, float(x[where])))
     return sites
-
-
-def check_table(report: CheckReport):
-    """The report for people: one row per value, then a verdict line."""
-    from rich import box
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    from .output import short_shape
-
-    rows = []
-    for r in report.results.values():
-        # Every entry is compared, or (directional mode, said below the table) random directions.
-        worst = (str(list(r.worst)) if r.worst else "·") if r.method == "elementwise" else f"dir {r.worst}"
-        rows.append([r.name, short_shape(r.shape), f"{r.max_abs_error:.1e}", f"{r.max_rel_error:.1e}",
-                     worst, f"{r.ad:.6g}", f"{r.fd:.6g}", f"{r.forward_vs_reverse:.0e}", "ok" if r.ok else "FAIL"])
-    # Narrow enough for an 80-column terminal, and no number is ever cut short.
-    table = Table(title=f"gradient check of `{report.output_name}` = {report.value:.10g}  "
-                        f"(central differences, eps {report.eps:g}, tol {report.tol:g})",
-                  title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True)
-    headers = ("value", "shape", "abs err", "rel err", "worst", "AD", "FD", "fwd−rev", "")
-    for i, column in enumerate(headers):
-        table.add_column(column, no_wrap=True, min_width=max([len(column)] + [len(row[i]) for row in rows]),
-                         justify="left" if column in ("value", "worst", "") else "right")
-    for row in rows:
-        table.add_row(*row[:-1], Text(row[-1], style="bold green" if row[-1] == "ok" else "bold red"))
-    lines = [table]
-    directional = [f"`{r.name}` ({int(np.prod(r.shape))} entries)" for r in report.results.values()
-                   if r.method == "directional"]
-    if directional:
-        lines.append(Text("directional mode: " + ", ".join(directional) + " would take too long to check entry by "
-                          "entry, so derivatives along random unit directions were compared instead"))
-    failed = [n for n, r in report.results.items() if not r.ok]
-    if report.ok:
-        lines.append(Text(f"check passed: {len(report.results)} value(s) agree", style="bold green"))
-    else:
-        lines.append(Text("check FAILED" + (": " + ", ".join(f"`{n}`" for n in failed) if failed else ""),
-                          style="bold red"))
-    return Group(*lines)

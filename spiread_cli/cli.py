@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
 from . import __version__
 
+# rich_markup_mode=None: help texts are plain text (rich markup would eat `[plot]`).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Evaluate and differentiate matrix expression files (.ad).")
+                  rich_markup_mode=None, help="Evaluate and differentiate matrix expression files (.ad).")
 
 
 class Format(str, Enum):
@@ -48,17 +50,19 @@ class Session:
         self.json = fmt == Format.json
         self.strict = strict
         self.source = None
+        self.shown = 0  # warnings already printed
 
     def finish_warnings(self, run) -> list[dict]:
-        """Print warnings (text mode) or return them for the JSON document;
-        under --strict the first warning is an error."""
+        """Print the warnings not printed yet (text mode), and return all of
+        them for the JSON document; under --strict the first is an error."""
         from .diagnostics import SpireadError, emit
         warnings = run.diagnostics.warnings
         if self.strict and warnings:
             raise SpireadError.from_warning(warnings[0])
         if not self.json:
-            for warning in warnings:
+            for warning in warnings[self.shown:]:
                 emit(warning, run.source)
+        self.shown = len(warnings)
         return [w.as_json() for w in warnings]
 
 
@@ -76,8 +80,10 @@ def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: b
         source = s.source if err.diagnostic.span is not None else None
         emit(err.diagnostic, source)
         raise typer.Exit(err.exit_code) from None
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
-        raise
+    except BrokenPipeError:  # the reader went away (`| head -1`): end quietly, as Unix tools do
+        from .output import silence_standard_streams
+        silence_standard_streams()
+        raise typer.Exit(141) from None
     except RecursionError:
         if debug:
             traceback.print_exc()
@@ -95,16 +101,36 @@ def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: b
         raise typer.Exit(1) from None
 
 
-def _load(s: Session, file: str, sets, of):
+def run_command(file: str, sets, of, *, compute: Callable, text: Callable, document: Callable | None = None,
+                fmt: Format = Format.text, strict: bool = False, debug: bool = False,
+                outputs=(), prepare: Callable[[], None] = lambda: None):
+    """The skeleton every command shares: check the output paths and `prepare`
+    (both before any work), load, `compute(session, run)`, the warnings, then
+    `document(run, result)` as JSON or `text(run, result)`. Returns (run, result)."""
+    from .files import check_outputs, command_inputs
+    from .output import write_json
+    sets = list(sets or [])
+    with session(file, fmt, strict, debug) as s:
+        check_outputs([o for o in outputs if o.path is not None], command_inputs(file, sets))
+        prepare()
+        run = _load(s, file, sets, of)
+        result = compute(s, run)
+        warnings = s.finish_warnings(run)
+        if s.json:
+            write_json({"file": file, "output": run.output_name, **document(run, result), "warnings": warnings})
+        else:
+            text(run, result)
+    return run, result
+
+
+def _load(s: Session, file: str, sets: list[str], of):
     from . import api
+    from .diagnostics import SpireadError
+    if file == "-" and sys.stdin is None:  # started with `<&-`
+        raise SpireadError("-: standard input is closed; there is no program to read")
     s.source = api.read_source(file)
     base = api.base_dir_of(s.source)
-    return api.run_source(s.source, api.parse_overrides(list(sets or []), base), of, base)
-
-
-def _emit_json(document: dict) -> None:
-    from .output import dumps
-    sys.stdout.write(dumps(document) + "\n")
+    return api.run_source(s.source, api.parse_overrides(sets, base), of, base)
 
 
 @app.command("eval")
@@ -112,21 +138,23 @@ def eval_command(file: FileArg, of: OfOpt = None, set_: SetOpt = None, fmt: Form
                  strict: StrictOpt = False, debug: DebugOpt = False):
     """Evaluate a program: every bound value, then the output."""
     from .output import json_value, stdout_console, values_table
-    with session(file, fmt, strict, debug) as s:
-        run = _load(s, file, set_, of)
-        rows = [(name, run.tape.nodes[i].value) for name, i in run.bindings.items()]
-        output_value = run.tape.nodes[run.output].value
-        warnings = s.finish_warnings(run)
-        if s.json:
-            values = {name: json_value(v) for name, v in rows}
-            values.setdefault(run.output_name, json_value(output_value))
-            _emit_json({"file": file, "output": run.output_name, "values": values, "warnings": warnings})
-        else:
-            console = stdout_console()
-            if rows:
-                console.print(values_table(rows))
-                console.print()
-            console.print(values_table([(f"output {run.output_name}", output_value)]))
+
+    def compute(s, run):
+        return [(name, run.tape.nodes[i].value) for name, i in run.bindings.items()]
+
+    def document(run, rows):
+        values = {name: json_value(v) for name, v in rows}
+        values.setdefault(run.output_name, json_value(run.tape.nodes[run.output].value))
+        return {"values": values}
+
+    def text(run, rows):
+        console = stdout_console()
+        if rows:
+            console.print(values_table(rows))
+            console.print()
+        console.print(values_table([(f"output {run.output_name}", run.tape.nodes[run.output].value)]))
+
+    run_command(file, set_, of, compute=compute, document=document, text=text, fmt=fmt, strict=strict, debug=debug)
 
 
 @app.command("grad")
@@ -137,19 +165,19 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     """Gradients of the scalar output with respect to --wrt values."""
     from . import api
     from .output import json_value, stdout_console, values_table
-    with session(file, fmt, strict, debug) as s:
-        run = _load(s, file, set_, of)
-        result = api.gradients(run, wrt, mode.value)
-        warnings = s.finish_warnings(run)
-        if s.json:
-            _emit_json({"file": file, "output": run.output_name, "value": json_value(result.value),
-                        "mode": mode.value, "gradients": {n: json_value(g) for n, g in result.gradients.items()},
-                        "warnings": warnings})
-        else:
-            console = stdout_console()
-            console.print(values_table([(run.output_name, result.value)]))
-            console.print()
-            console.print(values_table([(f"∂{run.output_name}/∂{n}", g) for n, g in result.gradients.items()]))
+
+    def document(run, result):
+        return {"value": json_value(result.value), "mode": mode.value,
+                "gradients": {n: json_value(g) for n, g in result.gradients.items()}}
+
+    def text(run, result):
+        console = stdout_console()
+        console.print(values_table([(run.output_name, result.value)]))
+        console.print()
+        console.print(values_table([(f"∂{run.output_name}/∂{n}", g) for n, g in result.gradients.items()]))
+
+    run_command(file, set_, of, compute=lambda s, run: api.gradients(run, wrt, mode.value), document=document,
+                text=text, fmt=fmt, strict=strict, debug=debug)
 
 
 @app.command("dot")
@@ -160,19 +188,19 @@ def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOp
     """The computation graph as Graphviz DOT: spiread dot f.ad | dot -Tpng > g.png"""
     from . import api
     from .dot import to_dot
-    from .files import atomic_output, check_output_path
-    with session(file, Format.text, False, debug) as s:
-        if out is not None:
-            check_output_path(out, "--out", (".dot", ".gv"))
-        run = _load(s, file, set_, of)
-        grads = api.gradients(run, wrt).gradients if wrt else None
-        s.finish_warnings(run)
-        text = to_dot(run, grads)
+    from .files import Output, atomic_output
+    from .output import write_stdout
+
+    def text(run, grads):
+        dot = to_dot(run, grads)
         if out is None:
-            sys.stdout.write(text)
+            write_stdout(dot)
         else:
             with atomic_output(out) as f:
-                f.write(text.encode("utf-8"))
+                f.write(dot.encode("utf-8"))
+
+    run_command(file, set_, of, compute=lambda s, run: api.gradients(run, wrt).gradients if wrt else None,
+                text=text, debug=debug, outputs=[Output("--out", out, (".dot", ".gv"))])
 
 
 @app.command("check")
@@ -182,25 +210,18 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                   set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
                   debug: DebugOpt = False):
     """Compare AD gradients (reverse and forward) with central finite differences; exit 1 if any disagree."""
-    from .check import check_gradients, check_table
+    from .check import check_gradients
     from .diagnostics import emit
-    from .output import json_number, stdout_console
-    with session(file, fmt, strict, debug) as s:
-        run = _load(s, file, set_, of)
-        report = check_gradients(run, wrt, eps, tol)
-        warnings = s.finish_warnings(run)
-        if s.json:
-            _emit_json({"file": file, "output": run.output_name, "ok": report.ok,
-                        "results": {n: r.as_json() for n, r in report.results.items()},
-                        "value": json_number(report.value), "eps": report.eps, "tol": report.tol,
-                        "problem": report.problem, "warnings": warnings})
-        else:
-            stdout_console().print(check_table(report))
-        sys.stdout.flush()  # the table before the errors, when both go to one pipe
-        for failure in report.failures(run):
-            emit(failure, run.source)
-        if not report.ok:
-            raise typer.Exit(1)
+    from .output import check_document, check_table, stdout_console
+
+    run, report = run_command(file, set_, of, compute=lambda s, run: check_gradients(run, wrt, eps, tol),
+                              document=lambda run, report: check_document(report),
+                              text=lambda run, report: stdout_console().print(check_table(report)),
+                              fmt=fmt, strict=strict, debug=debug)
+    for failure in report.failures(run):  # after the table: it is on stdout already
+        emit(failure, run.source)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 class Optimizer(str, Enum):
@@ -226,57 +247,87 @@ def train_command(
         debug: DebugOpt = False):
     """Train: repeat forward, backward and an optimizer step on the --wrt values."""
     from dataclasses import replace
+    from . import files
     from . import train as training
-    from .diagnostics import usage_error
-    from .files import check_output_path
+    from .diagnostics import emit, usage_error
+    from .interrupts import Interrupted, exit_code, stop_on_interrupt
     from .optim import make_optimizer
-    try:
-        with session(file, fmt, strict, debug) as s, training.stop_on_interrupt(_stopping_notice) as stop_requested:
-            chosen = make_optimizer(optimizer.value, lr, momentum)
-            for path, option, suffixes in ((save, "--save", (".npz",)), (log, "--log", (".csv", ".txt")),
-                                           (plot, "--plot", (".png",))):
-                if path is not None:
-                    check_output_path(path, option, suffixes)
-            if plot is not None and not training.plot_available():
-                raise usage_error("`--plot` needs matplotlib, which is not installed",
-                                  ["pip install 'spiread[plot]'; the summary's sparkline needs nothing"])
-            run = _load(s, file, set_, of)
-            names = training.trainable_names(run, wrt)
-            s.finish_warnings(run)
-            with training.StepReporter(steps) as reporter:
-                result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
-                                        stop_requested=stop_requested)
-            written = []
-            if save is not None:
-                training.save_values(save, result.values)
+    from .output import StepReporter, json_value, stdout_console, train_summary, values_table
+    chosen = None
+
+    def prepare():
+        nonlocal chosen
+        chosen = make_optimizer(optimizer.value, lr, momentum)
+        if plot is not None and not files.plot_available():
+            raise usage_error("`--plot` needs matplotlib, which is not installed",
+                              ["pip install 'spiread[plot]'; the summary's sparkline needs nothing"])
+
+    def compute(s, run):
+        names = training.trainable_names(run, wrt)
+        s.finish_warnings(run)  # before the progress lines
+        with StepReporter(steps) as reporter:
+            result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
+                                    stop_requested=stop_requested)
+        written, failed, saved = [], [], None
+        # Each file on its own: one that cannot be written does not keep the others from being written.
+        if save is not None:
+            error = files.save_values_somewhere(save, result.values)
+            if error is None:
+                saved = str(save)
                 written.append(f"saved {', '.join(result.names)} to {save}")
-            if log is not None:
-                training.write_log(log, result.losses)
-                written.append(f"wrote the losses to {log}")
-            if plot is not None:
-                training.plot_losses(plot, result.losses, f"{file}: {run.output_name}, {chosen.describe()}")
-                written.append(f"drew the loss curve in {plot}")
-            if result.error is not None:
-                error = result.error
-                error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + tuple(written))
-                raise error
-            if s.json:
-                _emit_json({"file": file, "output": run.output_name, "steps": len(result.losses),
-                            "loss": result.losses, "saved": str(save) if save is not None else None})
             else:
-                from .output import stdout_console, values_table
-                print(training.summary(result, run, steps, chosen) + "".join(f"\n{w}" for w in written) + "\n")
-                stdout_console().print(values_table([(name, result.values[name]) for name in result.names]))
-    except KeyboardInterrupt:  # a second Ctrl-C: stop at once, keeping no partial files
+                failed.append(error)
+        for path, write, done in ((log, lambda: files.write_log(log, result.losses), f"wrote the losses to {log}"),
+                                  (plot, lambda: files.plot_losses(plot, result.losses,
+                                                                   f"{file}: {run.output_name}, {chosen.describe()}"),
+                                   f"drew the loss curve in {plot}")):
+            if path is not None:
+                try:
+                    write()
+                    written.append(done)
+                except files.SpireadError as error:
+                    failed.append(error)
+        if result.error is not None:
+            for error in failed:
+                emit(error.diagnostic, None)
+            error = result.error
+            error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + tuple(written))
+            raise error
+        return result, written, failed, saved
+
+    def document(run, outcome):
+        result, written, failed, saved = outcome
+        return {"steps": len(result.losses), "loss": result.losses, "saved": saved,
+                "values": {name: json_value(result.values[name]) for name in result.names}}
+
+    def text(run, outcome):
+        result, written, failed, saved = outcome
+        stdout_console().print(train_summary(result, run, steps, chosen) + "".join(f"\n{w}" for w in written) + "\n",
+                               markup=False)
+        stdout_console().print(values_table([(name, result.values[name]) for name in result.names]))
+
+    try:
+        with stop_on_interrupt(_stopping_notice) as stop_requested:
+            run, (result, written, failed, saved) = run_command(
+                file, set_, of, compute=compute, document=document, text=text, fmt=fmt, strict=strict, debug=debug,
+                prepare=prepare, outputs=[files.Output("--save", save, (".npz",)),
+                                          files.Output("--log", log, (".csv", ".txt")),
+                                          files.Output("--plot", plot, (".png",))])
+    except Interrupted as again:  # a second signal: stop at once, keeping no partial files
         print("spiread: interrupted; nothing saved", file=sys.stderr)
-        raise typer.Exit(130) from None
+        raise typer.Exit(again.exit_code) from None
+    for error in failed:
+        emit(error.diagnostic, None)
+    if failed:
+        raise typer.Exit(1)
     if result.status == "interrupted":
-        raise typer.Exit(130)
+        raise typer.Exit(exit_code(stop_requested.signum))
 
 
-def _stopping_notice() -> None:
+def _stopping_notice(signum: int) -> None:
     # Called from the signal handler: one plain write, no locks.
-    os.write(2, b"\nspiread: stopping after this step (Ctrl-C again to quit without saving)\n")
+    again = "Ctrl-C again" if signum == signal.SIGINT else "a second signal"
+    os.write(2, f"\nspiread: stopping after this step ({again} to quit without saving)\n".encode())
 
 
 def _version(value: bool):
@@ -289,7 +340,3 @@ def _version(value: bool):
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Show the version and exit.")] = False):
     """spiread: evaluate and differentiate matrix expression files."""
-
-
-def main() -> None:
-    app()

@@ -1,5 +1,8 @@
-"""Output files (`--save`, `--log`, `--plot`, `--out`): checked before any
-work starts, and written whole or not at all (a temporary file, renamed)."""
+"""Output files (`--save`, `--log`, `--plot`, `--out`): the one place that
+checks and writes them. Checked before any work starts (a path that cannot
+be written, or that is also an input or another output, is refused), and
+written whole or not at all (a temporary file, renamed), even when a signal
+arrives during the write."""
 
 from __future__ import annotations
 
@@ -7,48 +10,134 @@ import os
 import stat
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .data import SUFFIXES
-from .diagnostics import usage_error
+import numpy as np
+
+from .data import SUFFIXES, parse_set_option
+from .diagnostics import SpireadError, usage_error
+from .interrupts import signals_deferred
 
 # File name endings that promise a format; an output file may have any other
 # name, but not one that promises a format it is not written in.
 FORMAT_SUFFIXES = set(SUFFIXES) | {".png", ".svg", ".pdf", ".jpg", ".jpeg"}
 
 
-def check_output_path(path: Path, option: str, suffixes: tuple[str, ...]) -> None:
-    """Refuse, before any work, an output path that cannot be written, or
-    whose ending names another format (`--save w.npy` would not load as .npy)."""
+@dataclass(frozen=True)
+class Output:
+    option: str                  # "--save"
+    path: Path
+    suffixes: tuple[str, ...]    # the formats it is written in, the first the usual one
+
+    def __str__(self) -> str:
+        return f"`{self.option} {self.path}`"
+
+
+def command_inputs(file: str, sets: list[str]) -> list[tuple[str, Path]]:
+    """The files a command reads, by role: the program and `--set` data files."""
+    inputs = [("the program", Path(file))] if file != "-" else []
+    for option in sets:
+        try:
+            name, text = parse_set_option(option)
+        except SpireadError:
+            continue  # reported when the options are read
+        if Path(text).suffix.lower() in SUFFIXES:
+            inputs.append((f"`--set {name}=…`'s data", Path(text)))
+    return inputs
+
+
+def check_outputs(outputs: list[Output], inputs: list[tuple[str, Path]]) -> None:
+    """Refuse, before any work, an output path that cannot be written, whose
+    ending names another format (`--save w.npy` would not load as .npy), or
+    that is also an input or another output (it would destroy the one or
+    overwrite the other)."""
+    for output in outputs:
+        _check_writable(output)
+    for i, output in enumerate(outputs):
+        for role, path in inputs:
+            if _same_file(output.path, path):
+                raise usage_error(f"{output} would overwrite {role}, `{path}`",
+                                  [f"write to another file, e.g. `{output.option} "
+                                   f"{_another_name(output)}`"])
+        for other in outputs[:i]:
+            if _same_file(output.path, other.path):
+                raise usage_error(f"{other} and {output} name the same file; one would overwrite the other")
+
+
+def _check_writable(output: Output) -> None:
+    path, option, suffixes = output.path, output.option, output.suffixes
     if path.suffix.lower() in FORMAT_SUFFIXES - set(suffixes):
-        raise usage_error(f"`{option} {path}`: it writes {' or '.join(suffixes)}, not {path.suffix}",
+        raise usage_error(f"{output}: it writes {' or '.join(suffixes)}, not {path.suffix}",
                           [f"e.g. `{option} {path.with_suffix(suffixes[0])}`"])
     folder = path.parent
     if not folder.is_dir():
-        raise usage_error(f"`{option} {path}`: the folder `{folder}` does not exist")
+        raise usage_error(f"{output}: the folder `{folder}` does not exist")
     if path.is_dir():
-        raise usage_error(f"`{option} {path}`: it is a directory")
-    if not os.access(folder, os.W_OK):
-        raise usage_error(f"`{option} {path}`: cannot write to the folder `{folder}`")
+        raise usage_error(f"{output}: it is a directory")
+    if not os.access(folder, os.W_OK) and not _special(path):
+        raise usage_error(f"{output}: cannot write to the folder `{folder}`")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file by resolved path (`./w.ad` is `w.ad`, symbolic links
+    followed), or, where both exist, by device and inode (hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _another_name(output: Output) -> Path:
+    return output.path.with_name(f"{output.path.stem}-out{output.suffixes[0]}")
+
+
+def _special(path: Path) -> bool:
+    """A device or pipe (/dev/stdout, a FIFO): written in place, never replaced."""
+    try:
+        return not stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
 
 
 @contextmanager
 def atomic_output(path: Path):
     """Yield a binary file object whose contents replace `path` only once the
-    block completes: a crash, a Ctrl-C or an error leaves `path` as it was."""
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    block completes: a crash, a signal or an error leaves `path` as it was
+    and removes the temporary file. A failed write is a SpireadError naming
+    the path and the reason. A device or pipe is written in place."""
+    if _special(path):
+        with _reported(path), open(path, "wb") as f:
+            yield f
+        return
+    with signals_deferred():  # so a signal cannot come between creating the file and knowing its name
+        with _reported(path):
+            handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                                 delete=False)
     try:
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        # Temporary files are private (0600); the result gets the permissions
-        # a plain open() would give it, or keeps those of the file it replaces.
-        os.chmod(handle.name, _mode_for(path))
-        os.replace(handle.name, path)
+        with _reported(path):
+            with handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            # Temporary files are private (0600); the result gets the permissions
+            # a plain open() would give it, or keeps those of the file it replaces.
+            os.chmod(handle.name, _mode_for(path))
+            os.replace(handle.name, path)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        with signals_deferred():  # a second signal now must not leave the file behind
+            Path(handle.name).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def _reported(path: Path):
+    try:
+        yield
+    except OSError as err:
+        raise SpireadError(f"cannot write `{path}`: {err.strerror or err}") from None
 
 
 def _mode_for(path: Path) -> int:
@@ -58,3 +147,61 @@ def _mode_for(path: Path) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
+
+
+# ------------------------------------------------------------ train's files
+
+
+def save_values(path: Path, values: dict[str, np.ndarray]) -> None:
+    """An `.npz` archive keyed by name, as `--set NAME=PATH.npz` reads it."""
+    with atomic_output(path) as f:
+        np.savez(f, **values)
+
+
+def save_values_somewhere(path: Path, values: dict[str, np.ndarray]) -> SpireadError | None:
+    """`save_values`, and when that fails, the same archive in the system's
+    temporary folder: the error returned says where the values are."""
+    try:
+        save_values(path, values)
+        return None
+    except SpireadError as err:
+        error = err
+    try:
+        with signals_deferred():
+            handle, rescue = tempfile.mkstemp(prefix=f"{Path(path).stem}-", suffix=".npz")
+        os.close(handle)
+        save_values(Path(rescue), values)
+        note = f"the trained values are saved in `{rescue}` instead"
+    except (OSError, SpireadError) as err:
+        note = f"they could not be saved in the temporary folder either ({getattr(err, 'strerror', None) or err})"
+    error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + (note,))
+    return error
+
+
+def write_log(path: Path, losses: list[float]) -> None:
+    """`step,loss` per completed step, steps counted from 1."""
+    lines = ["step,loss"] + [f"{step},{loss!r}" for step, loss in enumerate(losses, start=1)]
+    with atomic_output(path) as f:
+        f.write(("\n".join(lines) + "\n").encode())
+
+
+def plot_available() -> bool:
+    from importlib.util import find_spec
+    return find_spec("matplotlib") is not None
+
+
+def plot_losses(path: Path, losses: list[float], title: str) -> None:
+    """A PNG of the loss curve (needs the optional `plot` extra: matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    axes.plot(range(1, len(losses) + 1), losses, color="#1f77b4", linewidth=1.8)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    # The title holds a file name, which is text, not mathtext (`$x$`).
+    axes.set_title(title, fontsize=10, parse_math=False)
+    axes.grid(alpha=0.3)
+    with atomic_output(path) as f:
+        figure.savefig(f, format="png")

@@ -1,11 +1,18 @@
-"""Showing results: text through rich for people, strict JSON for scripts."""
+"""Presenting results: text through rich for people, strict JSON for scripts,
+the training progress and summary, check's table. Everything meant for
+standard output goes through `write_stdout`."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
+import time
 
 import numpy as np
+
+from .diagnostics import SpireadError, shape_str
 
 
 # Arrays larger than this are summarised with `...`, as numpy prints them.
@@ -67,13 +74,198 @@ def values_table(rows: list[tuple[str, np.ndarray]]):
     return out
 
 
+# ------------------------------------------------------------ standard output
+
+
+def write_stdout(text: str) -> None:
+    """Write and flush at once, so a failure surfaces here and not in the
+    interpreter's last flush. A reader that went away raises BrokenPipeError
+    (the command ends quietly, as Unix tools do); any other failure, or a
+    closed stdout, is a one-line error."""
+    stream = sys.stdout
+    if stream is None:  # started with `>&-`
+        raise SpireadError("cannot write the results: standard output is closed")
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as err:
+        silence_standard_streams(stderr=False)  # what is still buffered cannot be written either
+        reason = getattr(err, "strerror", None) or str(err)
+        raise SpireadError(f"cannot write the results to standard output: {reason}") from None
+
+
+def silence_standard_streams(stderr: bool = True) -> None:
+    """Point standard output (and error) at /dev/null, so that the
+    interpreter's final flush of a broken stream prints no "Exception
+    ignored" (the Python documentation's advice for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr) if stderr else (sys.stdout,):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (AttributeError, OSError, ValueError):  # closed or not a real file
+            pass
+    os.close(devnull)
+
+
+class _StandardOutput:
+    """A file for rich that writes through `write_stdout`."""
+    encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        write_stdout(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return sys.stdout is not None and sys.stdout.isatty()
+
+    def fileno(self) -> int:
+        return sys.stdout.fileno()
+
+
 def stdout_console():
     from rich.console import Console
-    import sys
     # Piped output is not wrapped at 80 columns: a script reads whole lines.
-    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
+    out = _StandardOutput()
+    return Console(file=out, highlight=False, soft_wrap=True, width=None if out.isatty() else 10_000)
+
+
+def write_json(document: dict) -> None:
+    write_stdout(dumps(document) + "\n")
 
 
 def stderr_console():
     from rich.console import Console
     return Console(stderr=True, highlight=False)
+
+
+# ------------------------------------------------------------ check
+
+
+def check_document(report) -> dict:
+    """`spiread check --format json`'s fields (besides file, output, warnings)."""
+    return {"ok": report.ok, "results": {name: _value_check_json(r) for name, r in report.results.items()},
+            "value": json_number(report.value), "eps": report.eps, "tol": report.tol, "problem": report.problem}
+
+
+def _value_check_json(r) -> dict:
+    doc = {"max_abs_error": json_number(r.max_abs_error), "max_rel_error": json_number(r.max_rel_error),
+           "ok": r.ok, "method": r.method, "checked": r.checked,
+           "forward_vs_reverse": json_number(r.forward_vs_reverse),
+           "ad": json_number(r.ad), "fd": json_number(r.fd)}
+    if r.method == "directional":
+        doc["worst_direction"] = r.worst
+    else:
+        doc["worst_entry"] = list(r.worst)
+    doc["problem"] = r.problem
+    return doc
+
+
+def check_table(report):
+    """The report for people: one row per value, then a verdict line."""
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    rows = []
+    for r in report.results.values():
+        # Every entry is compared, or (directional mode, said below the table) random directions.
+        worst = (str(list(r.worst)) if r.worst else "·") if r.method == "elementwise" else f"dir {r.worst}"
+        rows.append([r.name, short_shape(r.shape), f"{r.max_abs_error:.1e}", f"{r.max_rel_error:.1e}",
+                     worst, f"{r.ad:.6g}", f"{r.fd:.6g}", f"{r.forward_vs_reverse:.0e}", "ok" if r.ok else "FAIL"])
+    # Narrow enough for an 80-column terminal, and no number is ever cut short.
+    table = Table(title=f"gradient check of `{report.output_name}` = {report.value:.10g}  "
+                        f"(central differences, eps {report.eps:g}, tol {report.tol:g})",
+                  title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    headers = ("value", "shape", "abs err", "rel err", "worst", "AD", "FD", "fwd−rev", "")
+    for i, column in enumerate(headers):
+        table.add_column(column, no_wrap=True, min_width=max([len(column)] + [len(row[i]) for row in rows]),
+                         justify="left" if column in ("value", "worst", "") else "right")
+    for row in rows:
+        table.add_row(*row[:-1], Text(row[-1], style="bold green" if row[-1] == "ok" else "bold red"))
+    lines = [table]
+    directional = [f"`{r.name}` ({int(np.prod(r.shape))} entries)" for r in report.results.values()
+                   if r.method == "directional"]
+    if directional:
+        lines.append(Text("directional mode: " + ", ".join(directional) + " would take too long to check entry by "
+                          "entry, so derivatives along random unit directions were compared instead"))
+    failed = [n for n, r in report.results.items() if not r.ok]
+    if report.ok:
+        lines.append(Text(f"check passed: {len(report.results)} value(s) agree", style="bold green"))
+    else:
+        lines.append(Text("check FAILED" + (": " + ", ".join(f"`{n}`" for n in failed) if failed else ""),
+                          style="bold red"))
+    return Group(*lines)
+
+
+# ------------------------------------------------------------ train: progress and summary
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(losses: list[float], width: int = 24) -> str:
+    """The loss curve in one line of block characters (a terminal plot)."""
+    if len(losses) < 2:
+        return ""
+    picks = np.asarray(losses)[np.linspace(0, len(losses) - 1, min(width, len(losses))).round().astype(int)]
+    low, high = picks.min(), picks.max()
+    if high == low:
+        return SPARKS[0] * len(picks)
+    levels = ((picks - low) / (high - low) * (len(SPARKS) - 1)).round().astype(int)
+    return "".join(SPARKS[k] for k in levels)
+
+
+class StepReporter:
+    """Progress on stderr: a rich bar (step, loss, steps/s, ETA) on a terminal,
+    else a plain line every tenth of the run."""
+
+    def __init__(self, steps: int, live: bool | None = None):
+        self.steps = steps
+        self.live = sys.stderr.isatty() if live is None else live
+        self.every = max(1, steps // 10)
+        self.began = time.perf_counter()
+        self.bar = None
+
+    def __enter__(self):
+        if self.live:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            self.bar = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(),
+                                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                console=stderr_console())
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=self.steps, loss="…", rate="")
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, step: int, loss: float) -> None:
+        rate = step / max(time.perf_counter() - self.began, 1e-9)
+        speed = f"{rate:.1f} steps/s" if rate >= 1 else f"{1 / rate:.2f} s a step"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=f"{loss:.6g}", rate=speed)
+        elif step % self.every == 0 or step == self.steps or step == 1:
+            print(f"step {step}/{self.steps}  loss {loss:.6g}  {speed}", file=sys.stderr, flush=True)
+
+
+def train_summary(result, run, steps: int, optimizer) -> str:
+    shapes = ", ".join(f"{n} ({shape_str(result.values[n].shape)})" for n in result.names)
+    done = len(result.losses)
+    per_step = result.seconds / done if done else 0.0
+    head = f"trained {shapes} with {optimizer.describe()}: {done} step{'s' * (done != 1)}"
+    if result.status == "interrupted":
+        head = f"interrupted: {head} of {steps}"
+    each = f"{per_step * 1000:.3g} ms" if per_step < 1 else f"{per_step:.3g} s"
+    lines = [f"{head} in {result.seconds:.3g} s ({each} a step)"]
+    if result.losses:
+        lines.append(f"{run.output_name}: {result.losses[0]:.6g} → {result.losses[-1]:.6g}  {sparkline(result.losses)}")
+    return "\n".join(lines)

@@ -7,25 +7,19 @@ an optimizer step are repeated on the tape with new leaf values.
     >>> result.losses[0], result.values["weights"]
 
 The loss reported for a step is the one computed before that step's update.
-Output files (the `.npz` of trained values, the CSV log, the plot) are written
-whole or not at all: to a temporary file in the same folder, then renamed.
+The output files are files.py's, the progress and summary output.py's.
 """
 
 from __future__ import annotations
 
 import math
-import signal
-import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .diagnostics import Diagnostics, SpireadError, shape_str, usage_error
-from .files import atomic_output
+from .diagnostics import Diagnostics, SpireadError, usage_error
 from .rewrite import fuse
 from .tape import Node, Run, Tape, all_finite, describe_nonfinite
 
@@ -145,138 +139,3 @@ def _nonfinite_gradient(step: int, loss: float, name: str, diagnostics: Diagnost
     if born is None:
         return SpireadError(message)
     return SpireadError(f"{message}; {born.message}", born.span, born.notes)
-
-
-# ------------------------------------------------------------ Ctrl-C
-
-
-@contextmanager
-def stop_on_interrupt(notice: Callable[[], None] = lambda: None):
-    """While active, the first Ctrl-C asks training to stop after the step in
-    progress (yields the question `stop requested?`); a second one interrupts
-    at once with KeyboardInterrupt."""
-    requested = False
-
-    def handler(signum, frame):
-        nonlocal requested
-        if requested:
-            raise KeyboardInterrupt
-        requested = True
-        notice()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield lambda: requested
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-# ------------------------------------------------------------ output files
-
-
-def save_values(path: Path, values: dict[str, np.ndarray]) -> None:
-    """An `.npz` archive keyed by name, as `--set NAME=PATH.npz` reads it."""
-    with atomic_output(path) as f:
-        np.savez(f, **values)
-
-
-def write_log(path: Path, losses: list[float]) -> None:
-    """`step,loss` per completed step, steps counted from 1."""
-    lines = ["step,loss"] + [f"{step},{loss!r}" for step, loss in enumerate(losses, start=1)]
-    with atomic_output(path) as f:
-        f.write(("\n".join(lines) + "\n").encode())
-
-
-def plot_available() -> bool:
-    from importlib.util import find_spec
-    return find_spec("matplotlib") is not None
-
-
-def plot_losses(path: Path, losses: list[float], title: str) -> None:
-    """A PNG of the loss curve (needs the optional `plot` extra: matplotlib)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    figure = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
-    axes = figure.subplots()
-    axes.plot(range(1, len(losses) + 1), losses, color="#1f77b4", linewidth=1.8)
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
-    axes.set_title(title, fontsize=10)
-    axes.grid(alpha=0.3)
-    with atomic_output(path) as f:
-        figure.savefig(f, format="png")
-
-
-# ------------------------------------------------------------ progress and summary
-
-SPARKS = "▁▂▃▄▅▆▇█"
-
-
-def sparkline(losses: list[float], width: int = 24) -> str:
-    """The loss curve in one line of block characters (a terminal plot)."""
-    if len(losses) < 2:
-        return ""
-    picks = np.asarray(losses)[np.linspace(0, len(losses) - 1, min(width, len(losses))).round().astype(int)]
-    low, high = picks.min(), picks.max()
-    if high == low:
-        return SPARKS[0] * len(picks)
-    levels = ((picks - low) / (high - low) * (len(SPARKS) - 1)).round().astype(int)
-    return "".join(SPARKS[k] for k in levels)
-
-
-class StepReporter:
-    """Progress on stderr: a rich bar (step, loss, steps/s, ETA) on a terminal,
-    else a plain line every tenth of the run."""
-
-    def __init__(self, steps: int, live: bool | None = None):
-        self.steps = steps
-        self.live = sys.stderr.isatty() if live is None else live
-        self.every = max(1, steps // 10)
-        self.began = time.perf_counter()
-        self.bar = None
-
-    def __enter__(self):
-        if self.live:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-            from .output import stderr_console
-            self.bar = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(),
-                                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                console=stderr_console())
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=self.steps, loss="…", rate="")
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
-
-    def __call__(self, step: int, loss: float) -> None:
-        rate = step / max(time.perf_counter() - self.began, 1e-9)
-        speed = f"{rate:.1f} steps/s" if rate >= 1 else f"{1 / rate:.2f} s a step"
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.6g}", rate=speed)
-        elif step % self.every == 0 or step == self.steps or step == 1:
-            print(f"step {step}/{self.steps}  loss {loss:.6g}  {speed}", file=sys.stderr, flush=True)
-
-    def say(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.console.print(text)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-
-def summary(result: TrainResult, run: Run, steps: int, optimizer) -> str:
-    shapes = ", ".join(f"{n} ({shape_str(result.values[n].shape)})" for n in result.names)
-    done = len(result.losses)
-    per_step = result.seconds / done if done else 0.0
-    head = f"trained {shapes} with {optimizer.describe()}: {done} step{'s' * (done != 1)}"
-    if result.status == "interrupted":
-        head = f"interrupted: {head} of {steps}"
-    each = f"{per_step * 1000:.3g} ms" if per_step < 1 else f"{per_step:.3g} s"
-    lines = [f"{head} in {result.seconds:.3g} s ({each} a step)"]
-    if result.losses:
-        lines.append(f"{run.output_name}: {result.losses[0]:.6g} → {result.losses[-1]:.6g}  {sparkline(result.losses)}")
-    return "\n".join(lines)

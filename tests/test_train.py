@@ -97,8 +97,10 @@ def test_cli_json_document():
     done = spiread("train", REGRESSION, "--wrt", "weights", "--steps", "100", "--lr", "0.01", "--format", "json")
     assert done.returncode == 0, done.stderr
     document = strict_json(done.stdout)
-    assert set(document) == {"file", "output", "steps", "loss", "saved"}
+    assert set(document) == {"file", "output", "steps", "loss", "saved", "values", "warnings"}
     assert document["output"] == "loss" and document["steps"] == 100 and document["saved"] is None
+    assert document["warnings"] == []
+    np.testing.assert_allclose(document["values"]["weights"]["value"], [[0.96 ** 100], [1.0]], rtol=1e-12)
     assert document["loss"][0] == 2.0 and document["loss"][-1] == pytest.approx(2.0 * 0.96 ** 198, rel=1e-12)
     assert "step 100/100" in done.stderr  # not a terminal: plain progress lines
 
