@@ -58,7 +58,7 @@ def measure_rss_in_child(workload: str, impl: str, steps: int = 3) -> dict:
     down, so each implementation needs its own). `base` is the RSS after the
     imports and before the work; `peak - base` is what the work itself costs."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--rss-child", workload, impl,
-                          str(steps)], capture_output=True, text=True, check=True)
+                          str(steps), "--data", str(NAMES)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

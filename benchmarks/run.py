@@ -1,9 +1,11 @@
 """Run every benchmark and print (or write) the results table.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py [--quick] [--write-docs]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py [--quick] [--write-docs] [--data PATH]
 
 Peers (numpy by hand, PyTorch eager float64, JAX jit float64, HIPS autograd)
-run in the same process when installed: `pip install -e ".[bench]"`.
+run in the same process when installed: `pip install -e ".[bench]"`; a peer
+that is not installed has no rows (a note says so). spiread itself runs from
+this interpreter (`python -m spiread_cli`), not from whatever is on PATH.
 Implementations are timed in interleaved rounds, so a change in machine load
 hits them all alike; each figure is the median over rounds.
 """
@@ -25,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 DOCS = common.ROOT / "docs" / "performance.md"
+PEERS = {"torch": "pip install -e '.[bench]'", "jax": "pip install -e '.[bench]'",
+         "autograd": "pip install -e '.[bench]'"}
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -88,9 +92,8 @@ def _timed(f) -> float:
 
 
 def cold_start(repeats: int) -> dict:
-    spiread = shutil.which("spiread") or "spiread"
     seed = str(common.ROOT / "examples" / "seed.ad")
-    commands = {"spiread eval examples/seed.ad": [spiread, "eval", seed],
+    commands = {"spiread eval examples/seed.ad": [sys.executable, "-m", "spiread_cli", "eval", seed],
                 "python -c 'import numpy'": [sys.executable, "-c", "import numpy"],
                 "python -c 'pass'": [sys.executable, "-c", "pass"]}
     times = {name: [] for name in commands}
@@ -185,11 +188,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
     parser.add_argument("--write-docs", action="store_true", help=f"replace the results section of {DOCS}")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--data", type=Path, default=common.NAMES, metavar="PATH",
+                        help=f"the makemore names file for the bigram workload (default: {common.NAMES})")
     parser.add_argument("--rss-child", nargs=3, metavar=("WORKLOAD", "IMPL", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.data.is_file():
+        parser.error(f"the names file {args.data} is not here (give it with --data PATH)")
+    if not common.have("spiread_cli"):
+        parser.error(f"spiread is not installed in {sys.executable}: pip install -e .")
+    common.NAMES = args.data.resolve()  # read when the workloads are imported, and by the memory runs' children
     if args.rss_child:
         rss_child(args.rss_child[0], args.rss_child[1], int(args.rss_child[2]))
         return
+    for peer, extra in PEERS.items():
+        if not common.have(peer):
+            print(f"note: {peer} is not installed, so its rows are skipped ({extra})", file=sys.stderr)
     results = {"steps": step_benchmarks(args.quick), "parse": parse_benchmark(3 if args.quick else 5),
                "cold": cold_start(5 if args.quick else 15)}
     if not args.no_rss:

@@ -285,7 +285,7 @@ def train_command(
                 try:
                     write()
                     written.append(done)
-                except files.SpireadError as error:
+                except files.WriteError as error:
                     failed.append(error)
         if result.error is not None:
             for error in failed:

@@ -132,12 +132,21 @@ def atomic_output(path: Path):
         raise
 
 
+class WriteError(SpireadError):
+    """An output file could not be written; `reason` is the system's word."""
+
+    def __init__(self, path: Path, reason: str):
+        # The path unquoted: a quoted one would be shortened in the middle.
+        super().__init__(f"cannot write {path}: {reason}")
+        self.reason = reason
+
+
 @contextmanager
 def _reported(path: Path):
     try:
         yield
     except OSError as err:
-        raise SpireadError(f"cannot write `{path}`: {err.strerror or err}") from None
+        raise WriteError(path, err.strerror or str(err)) from None
 
 
 def _mode_for(path: Path) -> int:
@@ -164,16 +173,20 @@ def save_values_somewhere(path: Path, values: dict[str, np.ndarray]) -> SpireadE
     try:
         save_values(path, values)
         return None
-    except SpireadError as err:
+    except WriteError as err:
         error = err
+    rescue = None
     try:
         with signals_deferred():
             handle, rescue = tempfile.mkstemp(prefix=f"{Path(path).stem}-", suffix=".npz")
         os.close(handle)
         save_values(Path(rescue), values)
-        note = f"the trained values are saved in `{rescue}` instead"
-    except (OSError, SpireadError) as err:
-        note = f"they could not be saved in the temporary folder either ({getattr(err, 'strerror', None) or err})"
+        note = f"the trained values are saved in {rescue} instead"
+    except (OSError, WriteError) as err:
+        if rescue is not None:
+            Path(rescue).unlink(missing_ok=True)
+        reason = err.reason if isinstance(err, WriteError) else err.strerror or str(err)
+        note = f"they could not be saved in the temporary folder either ({reason})"
     error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + (note,))
     return error
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 from contextlib import contextmanager
-from typing import Callable
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -60,7 +59,7 @@ class StopRequest:
 
 
 @contextmanager
-def stop_on_interrupt(notice: Callable[[int], None] = lambda signum: None):
+def stop_on_interrupt(notice=lambda signum: None):
     """While active, the first SIGINT or SIGTERM asks training to stop after
     the step in progress (yields a StopRequest: call it to ask); a second one
     raises Interrupted at once."""

@@ -129,9 +129,14 @@ class _StandardOutput:
 
 def stdout_console():
     from rich.console import Console
+
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:  # rich's own would exit 1
+            raise BrokenPipeError
+
     # Piped output is not wrapped at 80 columns: a script reads whole lines.
     out = _StandardOutput()
-    return Console(file=out, highlight=False, soft_wrap=True, width=None if out.isatty() else 10_000)
+    return StdoutConsole(file=out, highlight=False, soft_wrap=True, width=None if out.isatty() else 10_000)
 
 
 def write_json(document: dict) -> None:
