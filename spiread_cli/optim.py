@@ -25,6 +25,9 @@ class SGD:
         self.momentum = momentum
         self.velocity: dict[str, np.ndarray] = {}
 
+    # An update that overflows is reported by train as a non-finite loss at its
+    # place in the program, not as numpy's RuntimeWarning.
+    @np.errstate(over="ignore", invalid="ignore")
     def step(self, values: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         updated = {}
         for name, w in values.items():
@@ -56,6 +59,7 @@ class Adam:
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
 
+    @np.errstate(over="ignore", invalid="ignore")  # as SGD.step
     def step(self, values: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.t += 1
         correction1 = 1 - self.beta1 ** self.t
