@@ -55,6 +55,8 @@ def check_outputs(outputs: list[Output], inputs: list[tuple[str, Path]]) -> None
     for output in outputs:
         _check_writable(output)
     for i, output in enumerate(outputs):
+        if _special(output.path):  # `--save /dev/null --log /dev/null` overwrites nothing
+            continue
         for role, path in inputs:
             if _same_file(output.path, path):
                 raise usage_error(f"{output} would overwrite {role}, `{path}`",
@@ -112,6 +114,7 @@ def atomic_output(path: Path):
         with _reported(path), open(path, "wb") as f:
             yield f
         return
+    path = path.resolve()  # through a symbolic link: the file it points to is replaced, not the link
     with signals_deferred():  # so a signal cannot come between creating the file and knowing its name
         with _reported(path):
             handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
