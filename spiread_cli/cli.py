@@ -137,24 +137,9 @@ def _load(s: Session, file: str, sets: list[str], of):
 def eval_command(file: FileArg, of: OfOpt = None, set_: SetOpt = None, fmt: FormatOpt = Format.text,
                  strict: StrictOpt = False, debug: DebugOpt = False):
     """Evaluate a program: every bound value, then the output."""
-    from .output import json_value, stdout_console, values_table
-
-    def compute(s, run):
-        return [(name, run.tape.nodes[i].value) for name, i in run.bindings.items()]
-
-    def document(run, rows):
-        values = {name: json_value(v) for name, v in rows}
-        values.setdefault(run.output_name, json_value(run.tape.nodes[run.output].value))
-        return {"values": values}
-
-    def text(run, rows):
-        console = stdout_console()
-        if rows:
-            console.print(values_table(rows))
-            console.print()
-        console.print(values_table([(f"output {run.output_name}", run.tape.nodes[run.output].value)]))
-
-    run_command(file, set_, of, compute=compute, document=document, text=text, fmt=fmt, strict=strict, debug=debug)
+    from .output import eval_document, eval_text
+    run_command(file, set_, of, compute=lambda s, run: None, document=lambda run, _: eval_document(run),
+                text=lambda run, _: eval_text(run), fmt=fmt, strict=strict, debug=debug)
 
 
 @app.command("grad")
@@ -164,20 +149,10 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                  debug: DebugOpt = False):
     """Gradients of the scalar output with respect to --wrt values."""
     from . import api
-    from .output import json_value, stdout_console, values_table
-
-    def document(run, result):
-        return {"value": json_value(result.value), "mode": mode.value,
-                "gradients": {n: json_value(g) for n, g in result.gradients.items()}}
-
-    def text(run, result):
-        console = stdout_console()
-        console.print(values_table([(run.output_name, result.value)]))
-        console.print()
-        console.print(values_table([(f"∂{run.output_name}/∂{n}", g) for n, g in result.gradients.items()]))
-
-    run_command(file, set_, of, compute=lambda s, run: api.gradients(run, wrt, mode.value), document=document,
-                text=text, fmt=fmt, strict=strict, debug=debug)
+    from .output import grad_document, grad_text
+    run_command(file, set_, of, compute=lambda s, run: api.gradients(run, wrt, mode.value),
+                document=lambda run, result: grad_document(result, mode.value), text=grad_text,
+                fmt=fmt, strict=strict, debug=debug)
 
 
 @app.command("dot")
@@ -252,7 +227,7 @@ def train_command(
     from .diagnostics import emit, usage_error
     from .interrupts import Interrupted, exit_code, stop_on_interrupt
     from .optim import make_optimizer
-    from .output import StepReporter, json_value, stdout_console, train_summary, values_table
+    from .output import StepReporter, train_document, train_text
     chosen = None
 
     def prepare():
@@ -268,57 +243,30 @@ def train_command(
         with StepReporter(steps) as reporter:
             result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
                                     stop_requested=stop_requested)
-        written, failed, saved = [], [], None
-        # Each file on its own: one that cannot be written does not keep the others from being written.
-        if save is not None:
-            error = files.save_values_somewhere(save, result.values)
-            if error is None:
-                saved = str(save)
-                written.append(f"saved {', '.join(result.names)} to {save}")
-            else:
-                failed.append(error)
-        for path, write, done in ((log, lambda: files.write_log(log, result.losses), f"wrote the losses to {log}"),
-                                  (plot, lambda: files.plot_losses(plot, result.losses,
-                                                                   f"{file}: {run.output_name}, {chosen.describe()}"),
-                                   f"drew the loss curve in {plot}")):
-            if path is not None:
-                try:
-                    write()
-                    written.append(done)
-                except files.WriteError as error:
-                    failed.append(error)
+        written = files.write_training_files(result, save, log, plot,
+                                             f"{file}: {run.output_name}, {chosen.describe()}")
         if result.error is not None:
-            for error in failed:
+            for error in written.failed:
                 emit(error.diagnostic, None)
             error = result.error
-            error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + tuple(written))
+            error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + tuple(written.done))
             raise error
-        return result, written, failed, saved
-
-    def document(run, outcome):
-        result, written, failed, saved = outcome
-        return {"steps": len(result.losses), "loss": result.losses, "saved": saved,
-                "values": {name: json_value(result.values[name]) for name in result.names}}
-
-    def text(run, outcome):
-        result, written, failed, saved = outcome
-        stdout_console().print(train_summary(result, run, steps, chosen) + "".join(f"\n{w}" for w in written) + "\n",
-                               markup=False)
-        stdout_console().print(values_table([(name, result.values[name]) for name in result.names]))
+        return result, written
 
     try:
         with stop_on_interrupt(_stopping_notice) as stop_requested:
-            run, (result, written, failed, saved) = run_command(
-                file, set_, of, compute=compute, document=document, text=text, fmt=fmt, strict=strict, debug=debug,
+            run, (result, written) = run_command(
+                file, set_, of, compute=compute, document=lambda run, outcome: train_document(*outcome),
+                text=lambda run, outcome: train_text(run, *outcome, steps, chosen), fmt=fmt, strict=strict, debug=debug,
                 prepare=prepare, outputs=[files.Output("--save", save, (".npz",)),
                                           files.Output("--log", log, (".csv", ".txt")),
                                           files.Output("--plot", plot, (".png",))])
     except Interrupted as again:  # a second signal: stop at once, keeping no partial files
         print("spiread: interrupted; nothing saved", file=sys.stderr)
         raise typer.Exit(again.exit_code) from None
-    for error in failed:
+    for error in written.failed:
         emit(error.diagnostic, None)
-    if failed:
+    if written.failed:
         raise typer.Exit(1)
     if result.status == "interrupted":
         raise typer.Exit(exit_code(stop_requested.signum))

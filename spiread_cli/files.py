@@ -6,6 +6,7 @@ arrives during the write."""
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tempfile
@@ -111,8 +112,12 @@ def atomic_output(path: Path):
     and removes the temporary file. A failed write is a SpireadError naming
     the path and the reason. A device or pipe is written in place."""
     if _special(path):
+        # Built in memory first: an archive seeks back to write its index,
+        # which a pipe cannot do and /dev/null does wrongly.
+        buffer = io.BytesIO()
+        yield buffer
         with _reported(path), open(path, "wb") as f:
-            yield f
+            f.write(buffer.getvalue())
         return
     path = path.resolve()  # through a symbolic link: the file it points to is replaced, not the link
     with signals_deferred():  # so a signal cannot come between creating the file and knowing its name
@@ -192,6 +197,37 @@ def save_values_somewhere(path: Path, values: dict[str, np.ndarray]) -> SpireadE
         note = f"they could not be saved in the temporary folder either ({reason})"
     error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + (note,))
     return error
+
+
+@dataclass
+class Written:
+    """What became of train's output files."""
+    done: list[str]                    # "saved W to w.npz", for the summary
+    failed: list[SpireadError]
+    saved: Path | None = None          # where --save wrote, if it did
+
+
+def write_training_files(result, save: Path | None, log: Path | None, plot: Path | None,
+                         title: str) -> Written:
+    """--save, --log and --plot of a training result, each on its own: one
+    that cannot be written does not keep the others from being written."""
+    written = Written([], [])
+    if save is not None:
+        error = save_values_somewhere(save, result.values)
+        if error is None:
+            written.saved = save
+            written.done.append(f"saved {', '.join(result.names)} to {save}")
+        else:
+            written.failed.append(error)
+    for path, write, done in ((log, lambda: write_log(log, result.losses), f"wrote the losses to {log}"),
+                              (plot, lambda: plot_losses(plot, result.losses, title), f"drew the loss curve in {plot}")):
+        if path is not None:
+            try:
+                write()
+                written.done.append(done)
+            except WriteError as error:
+                written.failed.append(error)
+    return written
 
 
 def write_log(path: Path, losses: list[float]) -> None:

@@ -274,3 +274,48 @@ def train_summary(result, run, steps: int, optimizer) -> str:
     if result.losses:
         lines.append(f"{run.output_name}: {result.losses[0]:.6g} → {result.losses[-1]:.6g}  {sparkline(result.losses)}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------ the commands' results
+
+
+def eval_document(run) -> dict:
+    values = {name: json_value(run.tape.nodes[i].value) for name, i in run.bindings.items()}
+    values.setdefault(run.output_name, json_value(run.tape.nodes[run.output].value))
+    return {"values": values}
+
+
+def eval_text(run) -> None:
+    """Every bound value, then the output."""
+    console = stdout_console()
+    rows = [(name, run.tape.nodes[i].value) for name, i in run.bindings.items()]
+    if rows:
+        console.print(values_table(rows))
+        console.print()
+    console.print(values_table([(f"output {run.output_name}", run.tape.nodes[run.output].value)]))
+
+
+def grad_document(result, mode: str) -> dict:
+    return {"value": json_value(result.value), "mode": mode,
+            "gradients": {n: json_value(g) for n, g in result.gradients.items()}}
+
+
+def grad_text(run, result) -> None:
+    console = stdout_console()
+    console.print(values_table([(run.output_name, result.value)]))
+    console.print()
+    console.print(values_table([(f"∂{run.output_name}/∂{n}", g) for n, g in result.gradients.items()]))
+
+
+def train_document(result, written) -> dict:
+    return {"steps": len(result.losses), "loss": result.losses,
+            "saved": str(written.saved) if written.saved is not None else None,
+            "values": {name: json_value(result.values[name]) for name in result.names}}
+
+
+def train_text(run, result, written, steps: int, optimizer) -> None:
+    """The summary, the files written, then the trained values."""
+    console = stdout_console()
+    console.print(train_summary(result, run, steps, optimizer) + "".join(f"\n{w}" for w in written.done) + "\n",
+                  markup=False)
+    console.print(values_table([(name, result.values[name]) for name in result.names]))

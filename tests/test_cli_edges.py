@@ -5,6 +5,7 @@ and nothing ends in an internal error or a Python traceback or warning
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import resource
@@ -321,3 +322,27 @@ def test_benchmarks_say_what_is_missing(tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == (f"run.py: error: the names file {tmp_path / 'none.txt'} is not here "
                                             "(give it with --data PATH)")
+
+
+# ------------------------------------------------------------ devices, pipes and links as outputs
+
+
+def test_devices_pipes_and_links_as_outputs(tmp_path):
+    """/dev/null may take several outputs; a FIFO receives a whole archive (it
+    cannot seek, so the archive is built first); a symbolic link's target is
+    replaced, and the link stays."""
+    both = spiread("train", REGRESSION, *TRAIN, "--save", "/dev/null", "--log", "/dev/null")
+    assert both.returncode == 0, both.stderr
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    piped = spiread("train", REGRESSION, *TRAIN, "--save", fifo)
+    received = reader.communicate(timeout=60)[0]
+    assert piped.returncode == 0, piped.stderr
+    with np.load(io.BytesIO(received)) as archive:
+        np.testing.assert_allclose(archive["weights"], [[0.96 ** 3], [1.0]], rtol=1e-12)
+    real, link = tmp_path / "real.npz", tmp_path / "link.npz"
+    real.write_text("old")
+    link.symlink_to(real.name)
+    assert spiread("train", REGRESSION, *TRAIN, "--save", link).returncode == 0
+    assert link.is_symlink() and np.load(real)["weights"].shape == (2, 1)
