@@ -5,6 +5,7 @@ before anything heavy is imported, so a Ctrl-C or a SIGTERM at any moment
 ends the process with the conventional exit code and no Python traceback.
 """
 
+import os
 import sys
 import warnings
 
@@ -13,6 +14,8 @@ from .interrupts import Interrupted, install
 
 def main() -> None:
     install()
+    if sys.stderr is None:  # started with `2>&-`: errors go nowhere, the exit code still tells
+        sys.stderr = open(os.devnull, "w")
     if "--debug" not in sys.argv[1:]:
         # numpy's RuntimeWarnings name library files; what matters to the user
         # spiread reports itself, at a place in the program.

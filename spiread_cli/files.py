@@ -190,9 +190,12 @@ def save_values_somewhere(path: Path, values: dict[str, np.ndarray]) -> SpireadE
         os.close(handle)
         save_values(Path(rescue), values)
         note = f"the trained values are saved in {rescue} instead"
-    except (OSError, WriteError) as err:
+    except BaseException as err:  # a signal too: no empty rescue file is left behind
         if rescue is not None:
-            Path(rescue).unlink(missing_ok=True)
+            with signals_deferred():
+                Path(rescue).unlink(missing_ok=True)
+        if not isinstance(err, (OSError, WriteError)):
+            raise
         reason = err.reason if isinstance(err, WriteError) else err.strerror or str(err)
         note = f"they could not be saved in the temporary folder either ({reason})"
     error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + (note,))
