@@ -186,7 +186,7 @@ def test_unreadable_and_oddly_named_paths(in_tmp):
     write(in_tmp, "p.ad", 'x = load("")\n')
     with pytest.raises(SpireadError) as err:
         api.run_file(str(in_tmp / "p.ad"))
-    assert err.value.diagnostic.message == "cannot load `.`: it is a directory"
+    assert err.value.diagnostic.message == "`load` names no file: the path is empty"
     assert (err.value.diagnostic.span.line, err.value.diagnostic.span.column) == (1, 10)
     locked = write(in_tmp, "locked.csv", "1\n")
     locked.chmod(0)
@@ -204,7 +204,7 @@ def test_unreadable_and_oddly_named_paths(in_tmp):
     ("s.json", "2.5"),
     ("s.csv", "2.5\n"),
     ("s.txt", "# a learning rate\n2.5"),
-])
+], ids=["npy", "npz", "json", "csv", "txt"])  # an npz's bytes hold a timestamp: not an id xdist workers agree on
 def test_a_scalar_stays_a_scalar_in_every_format(in_tmp, name, content):
     value = load_array(write(in_tmp, name, content))
     assert value.shape == () and value.dtype == np.float64 and float(value) == 2.5
