@@ -7,12 +7,14 @@ needed however deeply the program nests.
 
 from __future__ import annotations
 
+import gc
 import re
 import unicodedata
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
@@ -120,6 +122,14 @@ class ListLit(_WholeSpan):
     span: Span
 
 
+@dataclass(slots=True, eq=False)
+class NumberArray(_WholeSpan):
+    """A literal of plain numbers, `[1, -2.5]` or `[[1, 2], [3, 4]]`, read as
+    one array (the NUMBERS terminal): a long literal is data."""
+    value: np.ndarray
+    span: Span
+
+
 @dataclass(slots=True)
 class Binding:
     name: str
@@ -180,6 +190,39 @@ def _unescape(match: re.Match) -> str:
     return {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}.get(char, "\\" + char)
 
 
+_COMMENT = re.compile(r"(?:#|//)[^\n]*")
+_BRACKET_OR_COMMENT = re.compile(r"(?:#|//)[^\n]*|[\[\]\n]")
+
+
+def _numbers(text: str) -> np.ndarray:
+    """The entries of one NUMBERS row, `[1, -2.5, 3,]`: between the brackets
+    there are only signed numbers, commas, blanks and comments."""
+    parts = text[text.index("[") + 1:text.rindex("]")].split(",")
+    if not parts[-1].strip():
+        parts.pop()  # a trailing comma
+    return np.fromiter(map(float, parts), dtype=np.float64, count=len(parts))
+
+
+def _rows(tok: Token) -> list[tuple[str, Span]]:
+    """The rows of a NUMBERS matrix token, each with its text and span."""
+    rows, line, line_start, depth, opened = [], tok.line, tok.start_pos - (tok.column - 1), 0, None
+    for match in _BRACKET_OR_COMMENT.finditer(tok.value):
+        char, pos = match.group(), tok.start_pos + match.start()
+        if char == "\n":
+            line, line_start = line + 1, pos + 1
+        elif char == "[":
+            depth += 1
+            if depth == 2:
+                opened = (line, pos - line_start + 1, pos)
+        elif char == "]":
+            if depth == 2:
+                start = opened[2] - tok.start_pos
+                span = Span(opened[0], opened[1], line, pos - line_start + 2, opened[2], pos + 1)
+                rows.append((tok.value[start:match.end()], span))
+            depth -= 1
+    return rows
+
+
 def _span(node) -> Span:
     return node.span if not isinstance(node, Token) else Span.of_token(node)
 
@@ -188,6 +231,19 @@ def _span(node) -> Span:
 class _ToAst(Transformer):
     def number(self, tok):
         return Number(float(tok), Span.of_token(tok))
+
+    def numbers(self, tok):
+        text = _COMMENT.sub("", tok.value) if "#" in tok.value or "/" in tok.value else tok.value
+        span = Span.of_token(tok)
+        if text[text.index("[") + 1:].lstrip()[0] != "[":
+            return NumberArray(_numbers(text), span)
+        rows = _rows(tok)
+        values = [_numbers(_COMMENT.sub("", row)) for row, _ in rows]
+        if len({len(v) for v in values}) == 1:
+            return NumberArray(np.stack(values), span)
+        # Rows of different lengths: a list of rows, so the error is the one
+        # any other list of vectors gets.
+        return ListLit([NumberArray(v, row_span) for v, (_, row_span) in zip(values, rows)], span)
 
     def string(self, tok):
         return String(_ESCAPE.sub(_unescape, tok[1:-1]), Span.of_token(tok))
@@ -375,6 +431,19 @@ def _bad_character(err: UnexpectedCharacters, source: Source) -> SpireadError:
     return SpireadError(f"unexpected character {_describe_char(char)}", span, [hint] if hint else [])
 
 
+def _bracket_of(token: Token | None, closing: bool) -> Token | None:
+    """A NUMBERS token stands for its `[` where it was unexpected and for its
+    `]` where it came just before the error: a message never quotes a whole
+    literal, and reads as it would had the literal been read token by token."""
+    if token is None or token.type != "NUMBERS":
+        return token
+    if closing:
+        return Token("RSQB", "]", token.end_pos - 1, token.end_line, token.end_column - 1,
+                     token.end_line, token.end_column, token.end_pos)
+    return Token("LSQB", "[", token.start_pos, token.line, token.column,
+                 token.line, token.column + 1, token.start_pos + 1)
+
+
 def _syntax_error(err: UnexpectedInput, source: Source) -> SpireadError:
     if isinstance(err, UnexpectedCharacters):
         return _bad_character(err, source)
@@ -382,7 +451,8 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> SpireadError:
     at_end = token is None or token.type == "$END"
     opened = list(_postlexer.open)
     recent = [t for t in _postlexer.recent if at_end or t is not token]
-    previous = recent[-1] if recent else None
+    previous = _bracket_of(recent[-1], closing=True) if recent else None
+    token = _bracket_of(token, closing=False)
     span = _end_span(source, previous) if at_end else Span.of_token(token)
     found = _describe(None if at_end else token)
 
@@ -450,6 +520,11 @@ def _unmatched(token: Token, opened: list[Token]) -> SpireadError | None:
 
 def parse(source: Source) -> Module:
     """Parse a whole program; raises SpireadError with a located message."""
+    # Parsing allocates many long-lived objects (tokens, nodes, spans) and no
+    # reference cycles, so the cyclic collector would only re-scan the growing
+    # AST again and again: with it on, parse time grew faster than the program.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         statements = _get_parser().parse(source.text)
     except UnexpectedInput as err:
@@ -459,6 +534,9 @@ def parse(source: Source) -> Module:
         if isinstance(inner, SpireadError):
             raise inner from None
         raise
+    finally:
+        if collecting:
+            gc.enable()
     return Module(statements, source)
 
 
