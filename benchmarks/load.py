@@ -17,7 +17,7 @@ Workloads:
   chains, `@@`, selections, comments, and a `.backward` at the end.
 - *chain*: one statement, `x.sin.tanh.cos...` with N links.
 - *literal*: one binding of a flat numeric literal of N entries; *matrix*:
-  an N-entry literal written as rows of 100; *--set*: the flat literal given
+  an N-entry literal written as rows of 100; *set*: the flat literal given
   as `--set x=[...]` (parsed by `syntax.parse_expression`, then evaluated).
 """
 
@@ -88,7 +88,7 @@ def matrix_program(n: int) -> str:
 
 
 PROGRAMS = {"lines": lines_program, "chain": chain_program, "literal": literal_program,
-            "matrix": matrix_program, "--set": lambda n: f"x = 0\nloss = x.sum\n"}
+            "matrix": matrix_program, "set": lambda n: f"x = 0\nloss = x.sum\n"}
 
 
 # ------------------------------------------------------------ one measurement
@@ -115,7 +115,7 @@ def child(workload: str, n: int, job: str) -> dict:
     text = PROGRAMS[workload](n)
     source = Source(f"{workload}.ad", text)
     syntax.parse(Source("warm.ad", "x = 1\n"))  # build (or load) the parser outside the measurement
-    if workload == "--set":
+    if workload == "set":
         literal = flat_literal(n)
         job_fn = (lambda: syntax.parse_expression(literal)) if job == "parse" else \
                  (lambda: api.run_source(source, api.parse_overrides([f"x={literal}"])))
@@ -127,7 +127,7 @@ def child(workload: str, n: int, job: str) -> dict:
     job_fn()
     seconds, wall = time.process_time() - start, time.perf_counter() - start_wall
     return {"seconds": seconds, "wall": wall, "peak_mb": (peak_kb() - base) / 1024, "lines": text.count("\n"),
-            "bytes": len(text.encode()) + (len(literal) if workload == "--set" else 0)}
+            "bytes": len(text.encode()) + (len(literal) if workload == "set" else 0)}
 
 
 def measure(workload: str, n: int, job: str) -> dict:
@@ -165,13 +165,13 @@ def cases(quick: bool):
     yield from (("chain", n, "link") for n in chain)
     yield from (("literal", n, "entry") for n in literal)
     yield from (("matrix", n, "entry") for n in literal)
-    yield from (("--set", n, "entry") for n in literal)
+    yield from (("set", n, "entry") for n in literal)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the smaller sizes only")
-    parser.add_argument("--only", help="run only this workload (lines, chain, literal, matrix, --set)")
+    parser.add_argument("--only", help="run only this workload (lines, chain, literal, matrix, set)")
     parser.add_argument("--child", nargs=3, metavar=("WORKLOAD", "N", "JOB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
