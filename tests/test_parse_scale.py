@@ -185,3 +185,14 @@ def test_parse_memory_grows_linearly_with_a_chain():
     small, large = parse_peak(chain(5_000)), parse_peak(chain(20_000))
     # Linear: four times the links, about four times the memory (quadratic would be sixteen).
     assert large < 6 * small, (small, large)
+
+
+def test_the_possessive_entry_repeat_is_spelled_from_gap_and_number():
+    """_MORE is (_GAP "," _GAP _SIGNED)* made possessive, written out by hand
+    because the grammar's operators cannot say possessive: it must not drift."""
+    terminals = {t.name: t.pattern.value for t in syntax._get_parser().terminals}
+    grammar = syntax.grammar_text()
+    gap = next(line for line in grammar.splitlines() if line.startswith("_GAP:"))
+    more = next(line for line in grammar.splitlines() if line.startswith("_MORE:"))
+    gap_regex = gap.split("/", 1)[1].rsplit("/", 1)[0]
+    assert more == f"_MORE: /(?:{gap_regex},{gap_regex}[-+]?{terminals['NUMBER']})*+/"
