@@ -168,6 +168,9 @@ class Interpreter:
         match node:
             case ast.Number():
                 return Const(np.array(node.value))
+            case ast.NumberArray():
+                self.check_size(node.value.shape, node.span, node.span)
+                return Const(node.value.copy())  # the tape may update it in place; the AST stays as parsed
             case ast.String():
                 return Text(node.value)
             case ast.Name():
@@ -373,7 +376,7 @@ class Interpreter:
         shape = self.tensor(receiver).value.shape
         key = tuple(self.integer(a, "a position") for a in args)
         hint = ["is a `,` missing between two rows? Without it, a `[...]` right after a list picks entries from it"] \
-            if isinstance(receiver.expr, ast.ListLit) else []
+            if isinstance(receiver.expr, (ast.ListLit, ast.NumberArray)) else []
         if not shape:
             raise SpireadError(f"`{self.text(receiver.expr)}` is a scalar; it has no positions to index",
                                node.span, hint)
