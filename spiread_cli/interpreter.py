@@ -276,7 +276,7 @@ class Interpreter:
         return self.tape.record(op, inputs, params, at, label, self.diagnostics)
 
     def check_size(self, shape, span: Span, at: Span) -> None:
-        check_shape(shape, f"`{self.source.snippet(span)}`", at, self.max_bytes)
+        check_shape(shape, lambda: f"`{self.source.snippet(span)}`", at, self.max_bytes)
 
     # ---------------------------------------------------------- methods
 

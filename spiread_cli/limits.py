@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .diagnostics import Span, SpireadError, shape_str
 
@@ -49,13 +49,17 @@ def human_bytes(n: int) -> str:
     return f"{n / 1024 ** 5:.3g} PB" if n < 1024 ** 100 else "more than 10³⁰⁰ PB"
 
 
-def check_shape(shape: Iterable[int], what: str, span: Span | None, limit: int | None = None) -> None:
+def check_shape(shape: Iterable[int], what: str | Callable[[], str], span: Span | None,
+                limit: int | None = None) -> None:
     """Refuse a float64 array of `shape` larger than the limit; `what` names
-    it in the message (`zeros(3, 4)`, a file)."""
+    it in the message (`zeros(3, 4)`, a file), or makes that name only when it
+    is needed (quoting source text for every op of a long chain would cost
+    time quadratic in its length)."""
     shape = tuple(int(s) for s in shape)
     nbytes = math.prod(shape) * 8
     limit = max_bytes() if limit is None else limit
     if nbytes > limit:
+        what = what() if callable(what) else what
         raise SpireadError(f"{what} would be {shape_str(shape)} ({human_bytes(nbytes)}), "
                            f"more than the limit of {human_bytes(limit)}", span,
                            ["set SPIREAD_MAX_BYTES (in bytes) to raise the limit"])
