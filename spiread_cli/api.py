@@ -26,6 +26,8 @@ MAX_SOURCE_BYTES = 64 << 20
 def read_source(path: str) -> Source:
     """Read a program from a path, or from standard input for `-`."""
     if path == "-":
+        if sys.stdin is None:  # started with `<&-`
+            raise SpireadError("-: standard input is closed; there is no program to read")
         raw = sys.stdin.buffer.read()
         name = "<stdin>"
     else:

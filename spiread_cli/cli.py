@@ -49,8 +49,8 @@ class Session:
         self.file = file
         self.json = fmt == Format.json
         self.strict = strict
-        self.source = None
-        self.shown = 0  # warnings already printed
+        self.run = None   # once loaded: errors after loading point into its source
+        self.shown = 0    # warnings already printed
 
     def finish_warnings(self, run) -> list[dict]:
         """Print the warnings not printed yet (text mode), and return all of
@@ -77,8 +77,9 @@ def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: b
     except SpireadError as err:
         if debug:
             traceback.print_exc()
-        source = s.source if err.diagnostic.span is not None else None
-        emit(err.diagnostic, source)
+        if err.source is None and s.run is not None:
+            err.located_in(s.run.source)
+        emit(err.diagnostic, err.source)
         raise typer.Exit(err.exit_code) from None
     except BrokenPipeError:  # the reader went away (`| head -1`): end quietly, as Unix tools do
         from .output import silence_standard_streams
@@ -113,7 +114,8 @@ def run_command(file: str, sets, of, *, compute: Callable, text: Callable, docum
     with session(file, fmt, strict, debug) as s:
         check_outputs([o for o in outputs if o.path is not None], command_inputs(file, sets))
         prepare()
-        run = _load(s, file, sets, of)
+        from . import api
+        run = s.run = api.run_file(file, sets, of)
         result = compute(s, run)
         warnings = s.finish_warnings(run)
         if s.json:
@@ -121,16 +123,6 @@ def run_command(file: str, sets, of, *, compute: Callable, text: Callable, docum
         else:
             text(run, result)
     return run, result
-
-
-def _load(s: Session, file: str, sets: list[str], of):
-    from . import api
-    from .diagnostics import SpireadError
-    if file == "-" and sys.stdin is None:  # started with `<&-`
-        raise SpireadError("-: standard input is closed; there is no program to read")
-    s.source = api.read_source(file)
-    base = api.base_dir_of(s.source)
-    return api.run_source(s.source, api.parse_overrides(sets, base), of, base)
 
 
 @app.command("eval")
