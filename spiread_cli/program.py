@@ -2,8 +2,8 @@
 
     >>> import spiread_cli
     >>> prog = spiread_cli.load("examples/least_squares.ad")
-    >>> prog.eval()["loss"]
-    0.6675
+    >>> prog.grad(w=[0.5, 1.0])["w"]
+    array([-0.1  , -0.445])
 
 docs/python.md is the tutorial (its examples run as tests). Everything here
 is a thin layer over the library the command line uses (api.py, check.py,
@@ -25,16 +25,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Union
+from typing import Any, Literal, Mapping, Union
 
 import numpy as np
 
 from . import syntax
 from .diagnostics import Diagnostic, Source, SpireadError, did_you_mean, render, shape_str
+from .check import CheckReport
 from .tape import Run
-
-if TYPE_CHECKING:
-    from .check import CheckReport
 
 __all__ = ["load", "compile", "Program", "Gradients", "CheckResult", "Training", "Graph",
            "SpireadError", "SpireadWarning"]
