@@ -206,7 +206,8 @@ def test_the_error_filter_is_strict(path, monkeypatch):
     assert golden.splitlines()[0] == f"{path.name}:{err.span.line}:{err.span.column}: error: {err.diagnostic.message}"
 
 
-def test_error_text_matches_a_real_process():
+def test_error_text_matches_a_real_process(monkeypatch):
+    monkeypatch.chdir(REPO)
     done = spiread("grad", "examples/least_squares.ad", "--set", "w=[1, 2, 3]")
     with pytest.raises(SpireadError) as caught:
         load("examples/least_squares.ad").grad(w=[1, 2, 3])
@@ -399,3 +400,41 @@ def test_the_public_surface_is_typed():
         assert set(parameters) | {"return"} <= set(hints), function.__qualname__
     for cls in (Gradients, CheckResult, Training):
         assert typing.get_type_hints(cls)
+
+
+# ------------------------------------------------------------------ a notebook
+
+
+NOTEBOOK = [
+    "import sys\nfrom spiread_cli import load, compile\nprog = load('examples/least_squares.ad')\nsys.executable",
+    "prog.dot(wrt='w')",
+    "cell = compile('x = [1, 0]\\ny = x.log.sum', name='<cell>')\nfor _ in range(3):\n    y = cell.eval()['y']\ny",
+    "trained = prog.train(wrt='w', steps=50, lr=0.1)\ntrained.losses[-1]",
+    "prog.eval(w=[1, 2, 3])",
+]
+
+
+def test_a_notebook_run_headless(monkeypatch):
+    """The API in a real Jupyter kernel: the graph is drawn as SVG, a warning
+    shows once, the progress bar is a live widget, an error reads as on the
+    command line."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in NOTEBOOK])
+    nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(REPO)}}).execute()
+    start, graph, warned, trained, failed = [cell.outputs for cell in notebook.cells]
+    assert start[-1]["data"]["text/plain"] == repr(sys.executable)  # the kernel runs this interpreter
+    if __import__("shutil").which("dot"):
+        assert "<svg" in graph[0]["data"]["image/svg+xml"] and "text/markdown" not in graph[0]["data"]
+    shown = "".join(o.get("text", "") for o in warned if o["output_type"] == "stream")
+    assert shown.count("SpireadWarning: <cell>:2:7: warning: `log` gave -inf") == 1
+    assert warned[-1]["data"]["text/plain"] == "-inf"
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in trained)
+    assert float(trained[-1]["data"]["text/plain"]) == pytest.approx(0.0166514, rel=1e-5)
+    error = failed[-1]
+    monkeypatch.chdir(REPO)
+    assert error["ename"] == "SpireadError"
+    with pytest.raises(SpireadError) as caught:
+        load("examples/least_squares.ad").eval(w=[1, 2, 3])
+    assert error["evalue"] == str(caught.value)
