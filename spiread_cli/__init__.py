@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+__all__ = ["CheckResult", "Gradients", "Graph", "Program", "SpireadError", "SpireadWarning", "Training",
+           "compile", "load"]
 # name -> the module that defines it
-_PUBLIC = {name: "program" for name in ("load", "compile", "Program", "Gradients", "CheckResult", "Training",
-                                        "Graph", "SpireadWarning")}
-_PUBLIC["SpireadError"] = "diagnostics"
-__all__ = sorted(_PUBLIC)
+_PUBLIC = {name: "diagnostics" if name == "SpireadError" else "program" for name in __all__}
 
 if TYPE_CHECKING:
     from .diagnostics import SpireadError

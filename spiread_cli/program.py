@@ -25,7 +25,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Callable, ContextManager, Literal, Mapping, ParamSpec, TypeVar, Union
 
 import numpy as np
 
@@ -40,6 +40,8 @@ __all__ = ["load", "compile", "Program", "Gradients", "CheckResult", "Training",
 # What a binding may be given as: a number, nested lists of numbers, or
 # anything numpy reads as an array of real numbers (rank 0, 1 or 2).
 ArrayLike = Union[float, int, "list[Any]", "tuple[Any, ...]", np.ndarray]
+P = ParamSpec("P")
+T = TypeVar("T")
 # What a result is: a float for a scalar, else a float64 array the caller owns.
 Value = Union[float, np.ndarray]
 
@@ -59,7 +61,8 @@ class SpireadWarning(SpireadError, UserWarning):
         issued = cls(warning.message, warning.span, warning.notes, related=warning.related,
                      origin=warning.origin)
         issued.diagnostic = warning
-        return issued.located_in(source)
+        issued.located_in(source)
+        return issued
 
 
 def load(path: str | PathLike[str]) -> "Program":
@@ -174,7 +177,7 @@ class Program:
             raise SpireadError(f"steps={steps!r}: the number of steps is a whole number, at least 0", exit_code=2)
         chosen = make_optimizer(optimizer, lr, momentum)
         run = self._run(bindings, more, of)
-        names = self._located(training.trainable_names, run, _names(wrt))
+        names = self._located(training.trainable_names, run, _names(wrt) or [])
         self._warn(run)  # before the steps, as the command line does
         show = _interactive() if progress is None else progress
         reporter = training.StepReporter(steps, live=True) if show else None
@@ -227,10 +230,10 @@ class Program:
                                "vectors and matrices", exit_code=2)
         return np.array(raw, dtype=np.float64, order="C", copy=True)
 
-    def _located(self, call, *args):
+    def _located(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Call into the library; an error comes out pointing into this program."""
         try:
-            return call(*args)
+            return call(*args, **kwargs)
         except SpireadError as err:
             raise err.located_in(self.source) from None
 
@@ -353,7 +356,7 @@ def _first_line(err: object) -> str:
     return (str(err).strip().splitlines() or [""])[0]
 
 
-def _plain(renderable) -> str:
+def _plain(renderable: Any) -> str:
     """A rich renderable as plain text, unwrapped (as the command line prints it to a pipe)."""
     from rich.console import Console
     out = io.StringIO()
@@ -370,7 +373,7 @@ def _interactive() -> bool:
     return (Console(stderr=True).is_jupyter and find_spec("ipywidgets") is not None) or sys.stderr.isatty()
 
 
-def _stop_on_interrupt():
+def _stop_on_interrupt() -> ContextManager[Callable[[], bool]]:
     """The first interrupt asks training to stop after the step in progress
     (train.stop_on_interrupt); signals can only be caught in the main thread,
     so elsewhere an interrupt is not asked about."""
