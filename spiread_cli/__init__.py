@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = ["CheckResult", "Gradients", "Graph", "Program", "SpireadError", "SpireadWarning", "Training",
-           "compile", "load"]
+           "TrainingStopped", "compile", "load"]
 # name -> the module that defines it
 _PUBLIC = {name: "diagnostics" if name == "SpireadError" else "program" for name in __all__}
 
 if TYPE_CHECKING:
     from .diagnostics import SpireadError
-    from .program import CheckResult, Gradients, Graph, Program, SpireadWarning, Training, compile, load
+    from .program import (CheckResult, Gradients, Graph, Program, SpireadWarning, Training, TrainingStopped,
+                          compile, load)
 
 
 def __getattr__(name: str) -> Any:

@@ -35,7 +35,7 @@ from .check import CheckReport
 from .tape import Run
 
 __all__ = ["load", "compile", "Program", "Gradients", "CheckResult", "Training", "Graph",
-           "SpireadError", "SpireadWarning"]
+           "SpireadError", "SpireadWarning", "TrainingStopped"]
 
 # What a binding may be given as: a number, nested lists of numbers, or
 # anything numpy reads as an array of real numbers (rank 0, 1 or 2).
@@ -63,6 +63,21 @@ class SpireadWarning(SpireadError, UserWarning):
         issued.diagnostic = warning
         issued.located_in(source)
         return issued
+
+
+class TrainingStopped(SpireadError):
+    """Training stopped because a loss or gradient was not finite. The
+    message says where the inf or nan was born; `.training` is what was done
+    (status "stopped"): the finite losses, and the values kept, those at which
+    the last finite loss was computed."""
+
+    training: "Training"
+
+    @classmethod
+    def of(cls, error: SpireadError, training: "Training") -> "TrainingStopped":
+        stopped = cls(error.diagnostic.message, exit_code=error.exit_code)
+        stopped.diagnostic, stopped.source, stopped.training = error.diagnostic, error.source, training
+        return stopped
 
 
 def load(path: str | PathLike[str]) -> "Program":
@@ -166,8 +181,9 @@ class Program:
         when the session is interactive. Interrupting (Ctrl-C, or the
         notebook's stop button) once stops after the current step and returns
         what was trained so far (`.status == "interrupted"`). A loss or
-        gradient that stops being finite raises a SpireadError saying where
-        it was born."""
+        gradient that stops being finite raises `TrainingStopped` (a
+        SpireadError) saying where it was born; its `.training` holds the
+        losses so far and the values kept."""
         from . import train as training
         from .optim import OPTIMIZERS, make_optimizer
         if optimizer not in OPTIMIZERS:
@@ -183,10 +199,11 @@ class Program:
         reporter = training.StepReporter(steps, live=True) if show else None
         with _stop_on_interrupt() as stop_requested, reporter or nullcontext():
             result = training.train(run, names, steps, chosen, on_step=reporter, stop_requested=stop_requested)
+        trained = Training(result.names, list(result.losses), {n: _array(v) for n, v in result.values.items()},
+                           result.status, result.seconds, training.summary(result, run, steps, chosen))
         if result.error is not None:
-            raise result.error.located_in(self.source)
-        return Training(result.names, list(result.losses), {n: _array(v) for n, v in result.values.items()},
-                        result.status, result.seconds, training.summary(result, run, steps, chosen))
+            raise TrainingStopped.of(result.error.located_in(self.source), trained)
+        return trained
 
     def dot(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
             of: str | None = None, **more: ArrayLike) -> "Graph":

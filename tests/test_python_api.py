@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import spiread_cli
-from spiread_cli import (CheckResult, Gradients, Graph, Program, SpireadError, SpireadWarning, Training, compile,
-                         load)
+from spiread_cli import (CheckResult, Gradients, Graph, Program, SpireadError, SpireadWarning, Training,
+                         TrainingStopped, compile, load)
 from conftest import EXAMPLES, REPO, spiread
 
 BAD = Path(__file__).parent / "bad"
@@ -310,11 +310,16 @@ def test_training_matches_the_command_line(tmp_path):
     np.testing.assert_array_equal(np.load(saved)["weights"], trained.values["weights"])
 
 
-def test_training_that_diverges_raises_located():
-    with pytest.raises(SpireadError) as caught:
-        load(LEAST_SQUARES).train(wrt="w", steps=2000, lr=10.0)
-    assert caught.value.diagnostic.message.startswith("training stopped at step ")
-    assert str(caught.value).startswith(f"{LEAST_SQUARES}:{caught.value.span.line}:")
+def test_training_that_diverges_raises_located_and_keeps_what_was_done():
+    prog = load(LEAST_SQUARES)
+    with pytest.raises(TrainingStopped) as caught:
+        prog.train(wrt="w", steps=2000, lr=10.0)
+    err = caught.value
+    assert isinstance(err, SpireadError) and err.exit_code == 1
+    assert err.diagnostic.message.startswith(f"training stopped at step {len(err.training.losses) + 1}: the loss is ")
+    assert str(err).startswith(f"{LEAST_SQUARES}:{err.span.line}:{err.span.column}: error: training stopped")
+    assert err.training.status == "stopped" and all(np.isfinite(err.training.losses))
+    assert prog.eval(**err.training.values)["loss"] == err.training.losses[-1]
 
 
 @pytest.mark.parametrize("options, message", [
@@ -438,3 +443,14 @@ def test_a_notebook_run_headless(monkeypatch):
     with pytest.raises(SpireadError) as caught:
         load("examples/least_squares.ad").eval(w=[1, 2, 3])
     assert error["evalue"] == str(caught.value)
+
+
+def test_paths_in_a_program_resolve_from_its_folder(tmp_path, monkeypatch):
+    (tmp_path / "a.csv").write_text("1,2\n3,4\n")
+    (tmp_path / "model.ad").write_text('a = load("a.csv")\ntotal = a.sum\n')
+    monkeypatch.chdir(REPO)
+    assert load(tmp_path / "model.ad").eval()["total"] == 10.0
+    assert compile('a = load("a.csv")\ntotal = a.sum', base_dir=tmp_path).eval()["total"] == 10.0
+    with pytest.raises(SpireadError) as caught:
+        compile('a = load("a.csv")\ntotal = a.sum', name="<cell>").eval()
+    assert str(caught.value).startswith("<cell>:1:10: error: cannot load `a.csv`: no such file")
