@@ -183,7 +183,8 @@ class Program:
         what was trained so far (`.status == "interrupted"`). A loss or
         gradient that stops being finite raises `TrainingStopped` (a
         SpireadError) saying where it was born; its `.training` holds the
-        losses so far and the values kept."""
+        losses so far and the values kept. When the warning filters make a
+        SpireadWarning an error, so does a warning in any step (`--strict`)."""
         from . import train as training
         from .optim import OPTIMIZERS, make_optimizer
         if optimizer not in OPTIMIZERS:
@@ -195,10 +196,12 @@ class Program:
         run = self._run(bindings, more, of)
         names = self._located(training.trainable_names, run, _names(wrt) or [])
         self._warn(run)  # before the steps, as the command line does
+        strict = _warnings_raise()
         show = _interactive() if progress is None else progress
         reporter = training.StepReporter(steps, live=True) if show else None
         with _stop_on_interrupt() as stop_requested, reporter or nullcontext():
-            result = training.train(run, names, steps, chosen, on_step=reporter, stop_requested=stop_requested)
+            result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
+                                    stop_requested=stop_requested)
         trained = Training(result.names, list(result.losses), {n: _array(v) for n, v in result.values.items()},
                            result.status, result.seconds, training.summary(result, run, steps, chosen))
         if result.error is not None:
@@ -380,6 +383,20 @@ def _plain(renderable: Any) -> str:
     Console(file=out, width=10_000, soft_wrap=True, color_system=None, highlight=False, force_terminal=False,
             force_jupyter=False).print(renderable)
     return "\n".join(line.rstrip() for line in out.getvalue().strip("\n").splitlines())
+
+
+def _warnings_raise() -> bool:
+    """Whether the warning filters turn a SpireadWarning into an exception
+    (`simplefilter("error", SpireadWarning)`): training then stops at any
+    warning in a step, as `--strict` does. The steps warn only when asked,
+    since looking for inf and nan costs a pass over every value, so the
+    filters are asked first, with a warning that is never shown."""
+    with warnings.catch_warnings(record=True):
+        try:
+            warnings.warn(SpireadWarning("would a warning be an error?"), stacklevel=3)
+        except SpireadWarning:
+            return True
+    return False
 
 
 def _interactive() -> bool:

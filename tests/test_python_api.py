@@ -335,6 +335,25 @@ def test_training_options_are_checked(options, message):
     assert caught.value.diagnostic.message == message and caught.value.exit_code == 2
 
 
+def test_the_error_filter_makes_training_strict(tmp_program):
+    """A warning in a later step (exp overflows where the loss does not look)
+    stops training under the filter, as `train --strict` does."""
+    path = tmp_program("w = [[1, 709]]\nloss = w.exp.select([0], [0]).sum - (w * [[0, 1]]).sum\n")
+    prog = load(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert prog.train(wrt="w", steps=3, lr=1.0).status == "done"
+    assert caught == []  # the question asked of the filters is never shown
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpireadWarning)
+        with pytest.raises(TrainingStopped) as caught_error:
+            prog.train(wrt="w", steps=3, lr=1.0)
+    cli = spiread("train", path, "--wrt", "w", "--steps", "3", "--lr", "1", "--strict")
+    assert cli.returncode == caught_error.value.exit_code == 1
+    assert "training stopped at step 2: `exp` gave inf" in caught_error.value.diagnostic.message
+    assert cli.stderr.endswith(str(caught_error.value) + "\n")
+
+
 def test_progress_is_off_unless_asked_when_not_interactive(capfd):
     prog = load(LEAST_SQUARES)
     prog.train(wrt="w", steps=5)
