@@ -436,24 +436,27 @@ NOTEBOOK = [
     "trained = prog.train(wrt='w', steps=50, lr=0.1)\ntrained.losses[-1]",
     "prog.eval(w=[1, 2, 3])",
 ]
+NOTEBOOK.append(NOTEBOOK[2])  # the warning's cell, run again
 
 
 def test_a_notebook_run_headless(monkeypatch):
     """The API in a real Jupyter kernel: the graph is drawn as SVG, a warning
-    shows once, the progress bar is a live widget, an error reads as on the
+    shows once per run of its cell, the progress bar is a live widget, an error reads as on the
     command line."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in NOTEBOOK])
     nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(REPO)}}).execute()
-    start, graph, warned, trained, failed = [cell.outputs for cell in notebook.cells]
+    start, graph, warned, trained, failed, warned_again = [cell.outputs for cell in notebook.cells]
     assert start[-1]["data"]["text/plain"] == repr(sys.executable)  # the kernel runs this interpreter
     if __import__("shutil").which("dot"):
         assert "<svg" in graph[0]["data"]["image/svg+xml"] and "text/markdown" not in graph[0]["data"]
     shown = "".join(o.get("text", "") for o in warned if o["output_type"] == "stream")
     assert shown.count("SpireadWarning: <cell>:2:7: warning: `log` gave -inf") == 1
     assert warned[-1]["data"]["text/plain"] == "-inf"
+    # Each run of a cell is a new place to Python's filter, as for numpy's warnings: shown once again.
+    assert "".join(o.get("text", "") for o in warned_again).count("SpireadWarning: <cell>:2:7") == 1
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in trained)
     assert float(trained[-1]["data"]["text/plain"]) == pytest.approx(0.0166514, rel=1e-5)
     error = failed[-1]
