@@ -30,8 +30,8 @@ from typing import Any, Callable, ContextManager, Literal, Mapping, ParamSpec, T
 import numpy as np
 
 from . import syntax
-from .diagnostics import Diagnostic, Source, SpireadError, did_you_mean, render, shape_str
 from .check import CheckReport
+from .diagnostics import Diagnostic, Source, SpireadError, did_you_mean, render
 from .tape import Run
 
 __all__ = ["load", "compile", "Program", "Gradients", "CheckResult", "Training", "Graph",
@@ -107,8 +107,8 @@ class Program:
         self.source = source
         self._module = module
         self._base_dir = base_dir
+        # The names the program binds, in order: what bindings may replace.
         self.names: list[str] = [s.name for s in module.statements if isinstance(s, syntax.Binding)]
-        """The names the program binds, in order."""
 
     @classmethod
     def _parse(cls, source: Source, base_dir: Path) -> "Program":
@@ -240,9 +240,9 @@ class Program:
                                exit_code=2)
         try:
             raw = np.asarray(value)
-        except ValueError as err:  # ragged nested lists
-            raise SpireadError(f"binding `{name}`: {_first_line(err)}", notes=["rows must all have the same length"],
-                               exit_code=2) from None
+        except ValueError as err:
+            problem = "its rows differ in length" if "inhomogeneous" in str(err) else _first_line(err)
+            raise SpireadError(f"binding `{name}`: {problem}", exit_code=2) from None
         if raw.dtype.kind not in "biuf":
             raise SpireadError(f"binding `{name}`: the value must be real numbers, not {_kind(raw)}", exit_code=2)
         if raw.ndim > 2:
@@ -289,7 +289,7 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
-        return bool(self.report.ok)
+        return self.report.ok
 
     def __str__(self) -> str:
         return "\n".join([self.table, *self.failures])
@@ -301,8 +301,8 @@ class CheckResult:
 @dataclass(frozen=True)
 class Training:
     """What `Program.train` returns: the loss of each completed step (before
-    its update), the trained values by name, and how it ended ("done", or
-    "interrupted" when asked to stop)."""
+    its update), the trained values by name, and how it ended: "done",
+    "interrupted" when asked to stop, or "stopped" (in `TrainingStopped`)."""
     names: list[str]
     losses: list[float]
     values: dict[str, np.ndarray]

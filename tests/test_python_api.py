@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import doctest
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import typing
 import warnings
 from pathlib import Path
@@ -111,8 +114,9 @@ def test_a_mapping_binds_names_that_clash_with_parameters():
 
 
 @pytest.mark.parametrize("value, message", [
-    ([[1, 2], [3]], "binding `a`: setting an array element with a sequence. The requested array has an "
-                    "inhomogeneous shape after 1 dimensions. The detected shape was (2,) + inhomogeneous part."),
+    ([[1, 2], [3]], "binding `a`: its rows differ in length"),
+    ([[1, 2], 3], "binding `a`: its rows differ in length"),
+    ([1, None], "binding `a`: the value must be real numbers, not Python objects"),
     ([[[1.0]]], "binding `a`: the value is 3-dimensional; spiread values are scalars, vectors and matrices"),
     (["1", "2"], "binding `a`: the value must be real numbers, not text"),
     (1 + 2j, "binding `a`: the value must be real numbers, not complex numbers"),
@@ -352,6 +356,29 @@ def test_the_error_filter_makes_training_strict(tmp_program):
     assert cli.returncode == caught_error.value.exit_code == 1
     assert "training stopped at step 2: `exp` gave inf" in caught_error.value.diagnostic.message
     assert cli.stderr.endswith(str(caught_error.value) + "\n")
+
+
+def test_an_interrupt_stops_training_after_the_step_in_progress():
+    """Ctrl-C (a notebook's stop button sends the same SIGINT) returns what
+    was trained so far instead of losing it."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach only the main thread")
+    before = signal.getsignal(signal.SIGINT)
+
+    def interrupt_once_training_listens():
+        for _ in range(10_000):  # until train() has put its handler in place
+            if signal.getsignal(signal.SIGINT) is not before:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.001)
+
+    interrupter = threading.Thread(target=interrupt_once_training_listens)
+    interrupter.start()
+    trained = load(LEAST_SQUARES).train(wrt="w", steps=10**8, lr=0.01, progress=False)
+    interrupter.join()
+    assert trained.status == "interrupted" and 0 < len(trained.losses) < 10**8
+    assert trained.summary.startswith("interrupted: trained w")
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_progress_is_off_unless_asked_when_not_interactive(capfd):
