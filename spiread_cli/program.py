@@ -161,7 +161,8 @@ class Program:
         """Compare reverse-mode (and forward-mode) gradients with central finite
         differences, as `spiread check` does (docs/check.md). A failed check is
         not an exception: see `.ok` and `.failures`."""
-        from .check import check_gradients, check_table
+        from .check import check_gradients
+        from .output import check_table
         run = self._run(bindings, more, of)
         report = self._located(check_gradients, run, _names(wrt), eps, tol)
         result = CheckResult(report, _plain(check_table(report)),
@@ -178,8 +179,8 @@ class Program:
 
         `lr` defaults to the optimizer's (sgd 0.01, adam 0.001). `progress`
         shows a bar (in a notebook, or on a terminal); by default it is on
-        when the session is interactive. Interrupting (Ctrl-C, or the
-        notebook's stop button) once stops after the current step and returns
+        when the session is interactive. Interrupting (Ctrl-C, the notebook's
+        stop button, SIGTERM) once stops after the current step and returns
         what was trained so far (`.status == "interrupted"`). A loss or
         gradient that stops being finite raises `TrainingStopped` (a
         SpireadError) saying where it was born; its `.training` holds the
@@ -187,6 +188,7 @@ class Program:
         SpireadWarning an error, so does a warning in any step (`--strict`)."""
         from . import train as training
         from .optim import OPTIMIZERS, make_optimizer
+        from .output import StepReporter, train_summary
         if optimizer not in OPTIMIZERS:
             raise SpireadError(f"optimizer={optimizer!r}: the optimizer is one of "
                                + ", ".join(f'"{k}"' for k in OPTIMIZERS), exit_code=2)
@@ -198,12 +200,12 @@ class Program:
         self._warn(run)  # before the steps, as the command line does
         strict = _warnings_raise()
         show = _interactive() if progress is None else progress
-        reporter = training.StepReporter(steps, live=True) if show else None
+        reporter = StepReporter(steps, live=True) if show else None
         with _stop_on_interrupt() as stop_requested, reporter or nullcontext():
             result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
                                     stop_requested=stop_requested)
         trained = Training(result.names, list(result.losses), {n: _array(v) for n, v in result.values.items()},
-                           result.status, result.seconds, training.summary(result, run, steps, chosen))
+                           result.status, result.seconds, train_summary(result, run, steps, chosen))
         if result.error is not None:
             raise TrainingStopped.of(result.error.located_in(self.source), trained)
         return trained
@@ -409,9 +411,9 @@ def _interactive() -> bool:
 
 def _stop_on_interrupt() -> ContextManager[Callable[[], bool]]:
     """The first interrupt asks training to stop after the step in progress
-    (train.stop_on_interrupt); signals can only be caught in the main thread,
-    so elsewhere an interrupt is not asked about."""
-    from . import train as training
+    (interrupts.stop_on_interrupt); signals can only be caught in the main
+    thread, so elsewhere an interrupt is not asked about."""
+    from .interrupts import stop_on_interrupt
     if threading.current_thread() is threading.main_thread():
-        return training.stop_on_interrupt()
+        return stop_on_interrupt()
     return nullcontext(lambda: False)
