@@ -93,6 +93,19 @@ class SpireadError(Exception):
         self.exit_code = exit_code
         self.source: Source | None = None
 
+    def __str__(self) -> str:
+        # The same text the command line prints (plain), so a traceback or a
+        # notebook shows the located message; `.diagnostic.message` is the bare one.
+        return self.render()
+
+    @property
+    def span(self) -> Span | None:
+        return self.diagnostic.span
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.diagnostic.notes
+
     def located_in(self, source: Source) -> "SpireadError":
         """This error, with `source` as the program its span points into
         (unless it already has one, or has no span)."""

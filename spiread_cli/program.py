@@ -1,0 +1,419 @@
+"""The public Python API: parse a program once, then run it with new data.
+
+    >>> import spiread_cli
+    >>> prog = spiread_cli.load("examples/least_squares.ad")
+    >>> prog.grad(w=[0.5, 1.0])["w"]
+    array([-0.1  , -0.445])
+
+docs/python.md is the tutorial (its examples run as tests). Everything here
+is a thin layer over the library the command line uses (api.py, check.py,
+train.py, dot.py): bindings become `--set` overrides, results come back as
+fresh float64 arrays or floats, errors are `SpireadError`s with the same
+located text the command line prints, and warnings go through Python's
+`warnings` module as `SpireadWarning`s.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+import threading
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Literal, Mapping, ParamSpec, TypeVar, Union
+
+import numpy as np
+
+from . import syntax
+from .check import CheckReport
+from .diagnostics import Diagnostic, Source, SpireadError, did_you_mean, render
+from .tape import Run
+
+__all__ = ["load", "compile", "Program", "Gradients", "CheckResult", "Training", "Graph",
+           "SpireadError", "SpireadWarning", "TrainingStopped"]
+
+# What a binding may be given as: a number, nested lists of numbers, or
+# anything numpy reads as an array of real numbers (rank 0, 1 or 2).
+ArrayLike = Union[float, int, "list[Any]", "tuple[Any, ...]", np.ndarray]
+P = ParamSpec("P")
+T = TypeVar("T")
+# What a result is: a float for a scalar, else a float64 array the caller owns.
+Value = Union[float, np.ndarray]
+
+
+class SpireadWarning(SpireadError, UserWarning):
+    """A warning from a program run (an op that made inf or nan, a gradient
+    that is zero because the output does not depend on a value).
+
+    It is issued through `warnings.warn`, so the usual filters apply;
+    `warnings.simplefilter("error", SpireadWarning)` is the command line's
+    `--strict`: the warning is raised, and, being a `SpireadError` too, is
+    caught wherever errors are.
+    """
+
+    @classmethod
+    def of(cls, warning: Diagnostic, source: Source) -> "SpireadWarning":
+        issued = cls(warning.message, warning.span, warning.notes, related=warning.related,
+                     origin=warning.origin)
+        issued.diagnostic = warning
+        issued.located_in(source)
+        return issued
+
+
+class TrainingStopped(SpireadError):
+    """Training stopped because a loss or gradient was not finite. The
+    message says where the inf or nan was born; `.training` is what was done
+    (status "stopped"): the finite losses, and the values kept, those at which
+    the last finite loss was computed."""
+
+    training: "Training"
+
+    @classmethod
+    def of(cls, error: SpireadError, training: "Training") -> "TrainingStopped":
+        stopped = cls(error.diagnostic.message, exit_code=error.exit_code)
+        stopped.diagnostic, stopped.source, stopped.training = error.diagnostic, error.source, training
+        return stopped
+
+
+def load(path: str | PathLike[str]) -> "Program":
+    """Read and parse a `.ad` file. Paths inside it (`load("x.csv")`) resolve
+    from the file's folder, as on the command line."""
+    from . import api
+    source = api.read_source(str(path))
+    return Program._parse(source, api.base_dir_of(source))
+
+
+def compile(text: str, name: str = "<string>", base_dir: str | PathLike[str] | None = None) -> "Program":
+    """Parse program text (a notebook cell, a string); `name` is what messages
+    call it. Paths inside it resolve from `base_dir` (default: the working
+    directory)."""
+    return Program._parse(Source(name, text), Path(base_dir) if base_dir is not None else Path.cwd())
+
+
+class Program:
+    """A parsed program. Each call runs it afresh with the given bindings,
+    which replace the program's own values of those names (like `--set`).
+
+    Bindings are keyword arguments, or a mapping passed first for names that
+    are not Python identifiers or clash with a parameter: `prog.eval({"lr": 0.5})`.
+    """
+
+    def __init__(self, source: Source, module: syntax.Module, base_dir: Path):
+        self.source = source
+        self._module = module
+        self._base_dir = base_dir
+        # The names the program binds, in order: what bindings may replace.
+        self.names: list[str] = [s.name for s in module.statements if isinstance(s, syntax.Binding)]
+
+    @classmethod
+    def _parse(cls, source: Source, base_dir: Path) -> "Program":
+        try:
+            module = syntax.parse(source)
+        except SpireadError as err:
+            raise err.located_in(source) from None
+        return cls(source, module, base_dir)
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    def __repr__(self) -> str:
+        return f"<spiread Program {self.name!r}: {', '.join(self.names) or 'no bindings'}>"
+
+    # ------------------------------------------------------------ the calls
+
+    def eval(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, of: str | None = None,
+             **more: ArrayLike) -> dict[str, Value]:
+        """Every bound value, then the output (when it is not a bound name),
+        name → float or array.
+
+        `of` picks the output among the bound names (default: the last
+        binding, or `.backward(...)`'s receiver)."""
+        run = self._run(bindings, more, of)
+        values = {name: _result(run.tape.nodes[i].value) for name, i in run.bindings.items()}
+        values.setdefault(run.output_name, _result(run.value))
+        self._warn(run)
+        return values
+
+    def grad(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
+             of: str | None = None, mode: Literal["reverse", "forward"] = "reverse",
+             **more: ArrayLike) -> "Gradients":
+        """The scalar output and its gradient with respect to each `wrt` name
+        (default: `.backward(...)`'s names, else every input the output depends on)."""
+        from . import api
+        if mode not in ("reverse", "forward"):
+            raise SpireadError(f"mode={mode!r}: the mode is \"reverse\" or \"forward\"", exit_code=2)
+        run = self._run(bindings, more, of)
+        result = self._located(api.gradients, run, _names(wrt), mode)
+        gradients = Gradients(run.output_name, float(result.value),
+                              {n: _array(g) for n, g in result.gradients.items()})
+        self._warn(run)
+        return gradients
+
+    def check(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
+              of: str | None = None, eps: float | None = None, tol: float | None = None,
+              **more: ArrayLike) -> "CheckResult":
+        """Compare reverse-mode (and forward-mode) gradients with central finite
+        differences, as `spiread check` does (docs/check.md). A failed check is
+        not an exception: see `.ok` and `.failures`."""
+        from .check import check_gradients
+        from .output import check_table
+        run = self._run(bindings, more, of)
+        report = self._located(check_gradients, run, _names(wrt), eps, tol)
+        result = CheckResult(report, _plain(check_table(report)),
+                             [render(failure, run.source) for failure in report.failures(run)])
+        self._warn(run)
+        return result
+
+    def train(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str,
+              steps: int = 100, lr: float | None = None, optimizer: Literal["sgd", "adam"] = "sgd",
+              momentum: float = 0.0, of: str | None = None, progress: bool | None = None,
+              **more: ArrayLike) -> "Training":
+        """Repeat forward, backward and an optimizer step on the `wrt` values
+        (each bound to a constant), from one run of the program.
+
+        `lr` defaults to the optimizer's (sgd 0.01, adam 0.001). `progress`
+        shows a bar (in a notebook, or on a terminal); by default it is on
+        when the session is interactive. Interrupting (Ctrl-C, the notebook's
+        stop button, SIGTERM) once stops after the current step and returns
+        what was trained so far (`.status == "interrupted"`). A loss or
+        gradient that stops being finite raises `TrainingStopped` (a
+        SpireadError) saying where it was born; its `.training` holds the
+        losses so far and the values kept. When the warning filters make a
+        SpireadWarning an error, so does a warning in any step (`--strict`)."""
+        from . import train as training
+        from .optim import OPTIMIZERS, make_optimizer
+        from .output import StepReporter, train_summary
+        if optimizer not in OPTIMIZERS:
+            raise SpireadError(f"optimizer={optimizer!r}: the optimizer is one of "
+                               + ", ".join(f'"{k}"' for k in OPTIMIZERS), exit_code=2)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise SpireadError(f"steps={steps!r}: the number of steps is a whole number, at least 0", exit_code=2)
+        chosen = make_optimizer(optimizer, lr, momentum)
+        run = self._run(bindings, more, of)
+        names = self._located(training.trainable_names, run, _names(wrt) or [])
+        self._warn(run)  # before the steps, as the command line does
+        strict = _warnings_raise()
+        show = _interactive() if progress is None else progress
+        reporter = StepReporter(steps, live=True) if show else None
+        with _stop_on_interrupt() as stop_requested, reporter or nullcontext():
+            result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
+                                    stop_requested=stop_requested)
+        trained = Training(result.names, list(result.losses), {n: _array(v) for n, v in result.values.items()},
+                           result.status, result.seconds, train_summary(result, run, steps, chosen))
+        if result.error is not None:
+            raise TrainingStopped.of(result.error.located_in(self.source), trained)
+        return trained
+
+    def dot(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
+            of: str | None = None, **more: ArrayLike) -> "Graph":
+        """The computation graph (as `spiread dot`): with `wrt`, those values
+        are highlighted and show their gradients. Renders itself in Jupyter."""
+        from . import api
+        from .dot import to_dot
+        run = self._run(bindings, more, of)
+        names = _names(wrt)
+        grads = self._located(api.gradients, run, names).gradients if names else None
+        graph = Graph(to_dot(run, grads))
+        self._warn(run)
+        return graph
+
+    # ------------------------------------------------------------ plumbing
+
+    def _run(self, bindings: Mapping[str, ArrayLike] | None, more: dict[str, ArrayLike], of: str | None) -> Run:
+        from .interpreter import Interpreter
+        given = {**(bindings or {}), **more}
+        overrides = {name: self._binding(name, value) for name, value in given.items()}
+        if of is not None and of not in self.names:
+            raise SpireadError(f"of={of!r}: the program binds no `{of}`", notes=did_you_mean(of, self.names),
+                               exit_code=2)
+        return self._located(Interpreter(self.source, overrides, self._base_dir).run, self._module, of)
+
+    def _binding(self, name: str, value: ArrayLike) -> np.ndarray:
+        """A binding as the float64 array (of rank ≤ 2) the program gets: always a
+        copy, so nothing the caller holds is shared with the run."""
+        if name not in self.names:
+            raise SpireadError(f"binding `{name}`: the program binds no `{name}`", notes=did_you_mean(name, self.names),
+                               exit_code=2)
+        try:
+            raw = np.asarray(value)
+        except ValueError as err:
+            problem = "its rows differ in length" if "inhomogeneous" in str(err) else _first_line(err)
+            raise SpireadError(f"binding `{name}`: {problem}", exit_code=2) from None
+        if raw.dtype.kind not in "biuf":
+            raise SpireadError(f"binding `{name}`: the value must be real numbers, not {_kind(raw)}", exit_code=2)
+        if raw.ndim > 2:
+            raise SpireadError(f"binding `{name}`: the value is {raw.ndim}-dimensional; spiread values are scalars, "
+                               "vectors and matrices", exit_code=2)
+        return np.array(raw, dtype=np.float64, order="C", copy=True)
+
+    def _located(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call into the library; an error comes out pointing into this program."""
+        try:
+            return call(*args, **kwargs)
+        except SpireadError as err:
+            raise err.located_in(self.source) from None
+
+    def _warn(self, run: Run) -> None:
+        # stacklevel 3: past this method and the public one, at the user's call.
+        for warning in run.diagnostics.warnings:
+            warnings.warn(SpireadWarning.of(warning, self.source), stacklevel=3)
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """What `Program.grad` returns: the output's name and value, and one
+    gradient per `wrt` name (in that order). `g["W"]` is `g.gradients["W"]`."""
+    output: str
+    value: float
+    gradients: dict[str, np.ndarray]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.gradients[name]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What `Program.check` returns. `ok` is the verdict; `table` is the text
+    `spiread check` prints; `failures` are the located errors it prints for the
+    values that failed; `report` has every figure (check.CheckReport)."""
+    report: CheckReport
+    table: str
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    def __str__(self) -> str:
+        return "\n".join([self.table, *self.failures])
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+@dataclass(frozen=True)
+class Training:
+    """What `Program.train` returns: the loss of each completed step (before
+    its update), the trained values by name, and how it ended: "done",
+    "interrupted" when asked to stop, or "stopped" (in `TrainingStopped`)."""
+    names: list[str]
+    losses: list[float]
+    values: dict[str, np.ndarray]
+    status: str
+    seconds: float
+    summary: str
+
+    def __repr__(self) -> str:
+        return self.summary
+
+
+class Graph:
+    """A computation graph: `.source` is the DOT text. In Jupyter it draws
+    itself as SVG through Graphviz's `dot` when that is installed, else shows
+    the DOT text with a note saying how to get pictures."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self._svg: str | None = None
+
+    def pipe(self, format: str = "svg") -> bytes:
+        """The graph drawn by `dot -T<format>` (svg, png, pdf, ...)."""
+        dot = shutil.which("dot")
+        if dot is None:
+            raise SpireadError("Graphviz's `dot` is not installed, so the graph cannot be drawn",
+                               notes=["install Graphviz (https://graphviz.org/download/), or use `.source`"])
+        done = subprocess.run([dot, f"-T{format}"], input=self.source.encode("utf-8"), capture_output=True)
+        if done.returncode != 0:
+            raise SpireadError(f"`dot -T{format}` failed: {_first_line(done.stderr.decode(errors='replace'))}")
+        return done.stdout
+
+    def _repr_svg_(self) -> str | None:
+        if shutil.which("dot") is None:
+            return None  # then Jupyter shows _repr_markdown_
+        if self._svg is None:
+            self._svg = self.pipe("svg").decode("utf-8")
+        return self._svg
+
+    def _repr_markdown_(self) -> str | None:
+        if shutil.which("dot") is not None:
+            return None  # the SVG is shown (a markdown rendering would be preferred to it)
+        return ("Graphviz's `dot` is not installed, so this graph is shown as DOT text "
+                "(install Graphviz to see it drawn):\n\n```dot\n" + self.source + "```\n")
+
+    def __repr__(self) -> str:
+        nodes = sum(1 for line in self.source.splitlines() if "[label=" in line)
+        return f"<spiread Graph: {nodes} nodes; .source is the DOT text>"
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _names(wrt: list[str] | str | None) -> list[str] | None:
+    return [wrt] if isinstance(wrt, str) else (list(wrt) if wrt else None)
+
+
+def _array(value: np.ndarray) -> np.ndarray:
+    return np.array(value, dtype=np.float64, copy=True)
+
+
+def _result(value: np.ndarray) -> Value:
+    return float(value) if np.ndim(value) == 0 else _array(value)
+
+
+def _kind(array: np.ndarray) -> str:
+    return {"U": "text", "S": "text", "c": "complex numbers", "O": "Python objects",
+            "M": "dates", "m": "time spans"}.get(array.dtype.kind, f"{array.dtype} values")
+
+
+def _first_line(err: object) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
+
+
+def _plain(renderable: Any) -> str:
+    """A rich renderable as plain text, unwrapped (as the command line prints it to a pipe)."""
+    from rich.console import Console
+    out = io.StringIO()
+    Console(file=out, width=10_000, soft_wrap=True, color_system=None, highlight=False, force_terminal=False,
+            force_jupyter=False).print(renderable)
+    return "\n".join(line.rstrip() for line in out.getvalue().strip("\n").splitlines())
+
+
+def _warnings_raise() -> bool:
+    """Whether the warning filters turn a SpireadWarning into an exception
+    (`simplefilter("error", SpireadWarning)`): training then stops at any
+    warning in a step, as `--strict` does. The steps warn only when asked,
+    since looking for inf and nan costs a pass over every value, so the
+    filters are asked first, with a warning that is never shown."""
+    with warnings.catch_warnings(record=True):
+        try:
+            warnings.warn(SpireadWarning("would a warning be an error?"), stacklevel=3)
+        except SpireadWarning:
+            return True
+    return False
+
+
+def _interactive() -> bool:
+    """In a Jupyter kernel that can show a live bar (rich draws it with
+    ipywidgets), or with stderr on a terminal."""
+    from importlib.util import find_spec
+    from rich.console import Console
+    return (Console(stderr=True).is_jupyter and find_spec("ipywidgets") is not None) or sys.stderr.isatty()
+
+
+def _stop_on_interrupt() -> ContextManager[Callable[[], bool]]:
+    """The first interrupt asks training to stop after the step in progress
+    (interrupts.stop_on_interrupt); signals can only be caught in the main
+    thread, so elsewhere an interrupt is not asked about."""
+    from .interrupts import stop_on_interrupt
+    if threading.current_thread() is threading.main_thread():
+        return stop_on_interrupt()
+    return nullcontext(lambda: False)
