@@ -175,12 +175,13 @@ class Interpreter:
                 return Text(node.value)
             case ast.Name():
                 return self.lookup(node)
-            case ast.BinOp():
-                return self.apply(OPS[OPERATORS[node.op]], args, {}, node.span, node.at, node.op)
+            case ast.BinOp():  # quoted as `a @@ b`, without brackets around the whole
+                return self.apply(OPS[OPERATORS[node.op]], args, {}, node.left.span.to(node.right.span),
+                                  node.at, node.op)
             case ast.UnaryOp():
                 if node.op == "+":
                     return self.tensor(args[0])
-                return self.apply(OPS["neg"], args, {}, node.span, node.at, "-")
+                return self.apply(OPS["neg"], args, {}, node.at.to(node.operand.span), node.at, "-")
             case ast.Attribute() if kind == "qualified":
                 qualified = self.qualified(node)
                 if qualified in QUALIFIED_SYMBOLS:

@@ -307,7 +307,9 @@ class _ToAst(Transformer):
 
     def paren(self, children):
         lpar, expr, rpar = children
-        return replace(expr, grouped=True) if isinstance(expr, Attribute) else expr
+        # The span takes in the brackets, so `(x * x).sum` is quoted whole.
+        span = Span.of_token(lpar).to(Span.of_token(rpar))
+        return replace(expr, span=span, grouped=True) if isinstance(expr, Attribute) else replace(expr, span=span)
 
     def tuple(self, children):
         lpar, *items, rpar = children

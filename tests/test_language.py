@@ -416,3 +416,10 @@ def test_only_the_first_op_to_make_a_non_finite_value_warns():
 def test_load_txt_with_a_header(tmp_path):
     (tmp_path / "d.txt").write_text("a b\n1 2\n3 4\n")
     np.testing.assert_array_equal(value('load("d.txt")', base_dir=tmp_path), [[1.0, 2.0], [3.0, 4.0]])
+
+
+@pytest.mark.parametrize("statement, name", [("(x * x).sum", "(x * x).sum"), ("((x)).exp.sum", "((x)).exp.sum"),
+                                             ("(x + 1)[0]", "(x + 1)[0]"), ("-(x).sum", "-(x).sum")])
+def test_an_unbound_output_is_named_as_written_brackets_and_all(statement, name):
+    r = run(f"x = [1.0, 2.0]\n{statement}\n")
+    assert r.output_name == name
