@@ -12,7 +12,15 @@ derivative rules of an op written together):
   so a single call computes every directional derivative; ``ts[i]`` is None for
   an input with no tangent;
 - ``shape(*shapes, **params)`` gives the output shape or raises ShapeError, so
-  bad programs are refused (and huge results sized) before anything is computed.
+  bad programs are refused (and huge results sized) before anything is computed;
+- ``vjp_graph(i, g, out, *xs, emit, **params)`` is the vjp written over the
+  table's own ops, so a backward pass can be *recorded* on the tape and
+  differentiated again (PyTorch's create_graph, JAX's grad-of-grad). `g`,
+  `out` and `xs` are node ids; ``emit(op_name, inputs, **params)`` records an
+  op and returns its id, ``emit.const(value)`` a constant, ``emit.shape(id)``
+  a node's shape. It returns the id of the cotangent for input `i`, or None
+  where it is zero. The numeric `vjp` stays the fast path for first order;
+  tests/test_second_order.py holds the two equal for every op.
 
 Adding a primitive means adding one entry here. Broadcasting is undone by one
 shared helper, `unbroadcast`, as in HIPS autograd.
@@ -52,14 +60,19 @@ class Op:
     # Acts on each row of a matrix on its own, so it commutes with a row
     # gather (spiread_cli/rewrite.py hoists it before one).
     row_wise: bool = False
+    # The vjp as recorded ops (see the module docstring); None only for the
+    # ops in BACKWARD_ONLY.
+    vjp_graph: Callable | None = None
 
 
 OPS: dict[str, Op] = {}
 METHODS: dict[str, Op] = {}
 
 
-def defop(name, impl, vjp, jvp, shape, methods=None, params=(), arity=1, kink=None, row_wise=False) -> Op:
-    op = Op(name, impl, vjp, jvp, shape, (name,) if methods is None else methods, params, arity, kink, row_wise)
+def defop(name, impl, vjp, jvp, shape, methods=None, params=(), arity=1, kink=None, row_wise=False,
+          vjp_graph=None) -> Op:
+    op = Op(name, impl, vjp, jvp, shape, (name,) if methods is None else methods, params, arity, kink, row_wise,
+            vjp_graph)
     OPS[name] = op
     METHODS.update((spelling, op) for spelling in op.methods)
     return op
@@ -134,16 +147,29 @@ def batch_rows(t: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------ elementwise
 
 
-def elementwise(name: str, f: Callable, df: Callable, kink: Callable | None = None,
+def elementwise(name: str, f: Callable, df: Callable, dgraph: Callable, kink: Callable | None = None,
                 bounded: bool = False) -> Op:
-    """A unary elementwise op from its function and its derivative df(x, out).
-    `bounded`: df is finite at every input, ±inf included, so a zero
-    (co)tangent needs no guard and the product is a plain one."""
+    """A unary elementwise op from its function, its derivative df(x, out),
+    and the same derivative as recorded ops, dgraph(x, out, emit) -> node id
+    (or a constant factor). `bounded`: df is finite at every input, ±inf
+    included, so a zero (co)tangent needs no guard and the product is a plain one."""
     times = np.multiply if bounded else scale
     return defop(name, f,
                  vjp=lambda i, g, out, x: times(g, df(x, out)),
                  jvp=lambda ts, out, x: times(ts[0], df(x, out)),
-                 shape=same_shape, kink=kink, row_wise=True)
+                 shape=same_shape, kink=kink, row_wise=True,
+                 vjp_graph=lambda i, g, out, x, emit: times_graph(emit, g, dgraph(x, out, emit), not bounded))
+
+
+def times_graph(emit, g: int, d, guarded: bool = True) -> int:
+    """g · d as recorded ops, for a node d or a constant factor d. `guarded`
+    records `scale` (a zero cotangent stays zero where d is not finite, as the
+    numeric rules' `scale` helper) rather than a plain `mul`."""
+    if type(d) is float:
+        if d == 1.0:
+            return g
+        return emit("neg", [g]) if d == -1.0 else emit("mul", [g, emit.const(d)])
+    return emit("scale" if guarded else "mul", [g, d])
 
 
 def _sigmoid(x):
@@ -152,37 +178,77 @@ def _sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
-elementwise("exp", np.exp, lambda x, out: out)
-elementwise("log", np.log, lambda x, out: 1 / x)
-elementwise("sin", np.sin, lambda x, out: np.cos(x), bounded=True)
-elementwise("cos", np.cos, lambda x, out: -np.sin(x), bounded=True)
-elementwise("tan", np.tan, lambda x, out: 1 + out * out)
-elementwise("tanh", np.tanh, lambda x, out: 1 - out * out, bounded=True)
-elementwise("sinh", np.sinh, lambda x, out: np.cosh(x))
-elementwise("cosh", np.cosh, lambda x, out: np.sinh(x))
-elementwise("sqrt", np.sqrt, lambda x, out: 0.5 / out)
-elementwise("abs", np.abs, lambda x, out: np.sign(x), kink=lambda x: x == 0, bounded=True)
-elementwise("square", np.square, lambda x, out: 2 * x)
-elementwise("sigmoid", _sigmoid, lambda x, out: out * (1 - out), bounded=True)
-elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out: (x > 0).astype(float), kink=lambda x: x == 0,
+def _one(emit):
+    return emit.const(1.0)
+
+
+elementwise("exp", np.exp, lambda x, out: out, lambda x, out, e: out)
+elementwise("log", np.log, lambda x, out: 1 / x, lambda x, out, e: e("div", [_one(e), x]))
+elementwise("sin", np.sin, lambda x, out: np.cos(x), lambda x, out, e: e("cos", [x]), bounded=True)
+elementwise("cos", np.cos, lambda x, out: -np.sin(x), lambda x, out, e: e("neg", [e("sin", [x])]), bounded=True)
+elementwise("tan", np.tan, lambda x, out: 1 + out * out, lambda x, out, e: e("add", [_one(e), e("square", [out])]))
+elementwise("tanh", np.tanh, lambda x, out: 1 - out * out, lambda x, out, e: e("sub", [_one(e), e("square", [out])]),
             bounded=True)
-elementwise("log1p", np.log1p, lambda x, out: 1 / (1 + x))
-elementwise("neg", np.negative, lambda x, out: -1.0)
+elementwise("sinh", np.sinh, lambda x, out: np.cosh(x), lambda x, out, e: e("cosh", [x]))
+elementwise("cosh", np.cosh, lambda x, out: np.sinh(x), lambda x, out, e: e("sinh", [x]))
+elementwise("sqrt", np.sqrt, lambda x, out: 0.5 / out, lambda x, out, e: e("div", [e.const(0.5), out]))
+elementwise("abs", np.abs, lambda x, out: np.sign(x), lambda x, out, e: e("sign", [x]), kink=lambda x: x == 0,
+            bounded=True)
+elementwise("square", np.square, lambda x, out: 2 * x, lambda x, out, e: e("mul", [e.const(2.0), x]))
+elementwise("sigmoid", _sigmoid, lambda x, out: out * (1 - out),
+            lambda x, out, e: e("mul", [out, e("sub", [_one(e), out])]), bounded=True)
+elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out: (x > 0).astype(float),
+            lambda x, out, e: e("indicator", [x], relation=">", t=0.0), kink=lambda x: x == 0, bounded=True)
+elementwise("log1p", np.log1p, lambda x, out: 1 / (1 + x),
+            lambda x, out, e: e("div", [_one(e), e("add", [_one(e), x])]))
+elementwise("neg", np.negative, lambda x, out: -1.0, lambda x, out, e: -1.0)
 # clamps: the gradient passes where the bound is not active, and at the bound
 # itself, as torch.clamp does.
 defop("clampMin", lambda x, t: np.maximum(x, t),
       vjp=lambda i, g, out, x, t: g * (x >= t),
       jvp=lambda ts, out, x, t: ts[0] * (x >= t),
-      shape=same_shape, params=("t",), kink=lambda x, t: x == t)
+      shape=same_shape, params=("t",), kink=lambda x, t: x == t,
+      vjp_graph=lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x], relation=">=", t=t)]))
 defop("clampMax", lambda x, t: np.minimum(x, t),
       vjp=lambda i, g, out, x, t: g * (x <= t),
       jvp=lambda ts, out, x, t: ts[0] * (x <= t),
-      shape=same_shape, params=("t",), kink=lambda x, t: x == t)
+      shape=same_shape, params=("t",), kink=lambda x, t: x == t,
+      vjp_graph=lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x], relation="<=", t=t)]))
 
 
-def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], methods=()) -> Op:
+# Ops with a derivative of 0 wherever they have one: the masks that the
+# derivative rules of relu, abs, the clamps and L1 normalisation multiply by.
+# At the jump itself the derivative is taken as 0 too (PyTorch's choice), so a
+# second derivative through a kink is 0 away from it; `check` reports the jump.
+_RELATIONS = {">": np.greater, ">=": np.greater_equal, "<=": np.less_equal}
+
+
+def _zero_vjp(i, g, out, *xs, **params):
+    return np.zeros_like(xs[i])
+
+
+def _zero_jvp(ts, out, *xs, **params):
+    return np.zeros((next(t for t in ts if t is not None).shape[0],) + out.shape)
+
+
+def _no_cotangent(i, g, out, *xs, emit, **params):
+    return None
+
+
+defop("sign", np.sign, _zero_vjp, _zero_jvp, same_shape, methods=(), kink=lambda x: x == 0,
+      vjp_graph=_no_cotangent)
+defop("indicator", lambda x, relation, t: _RELATIONS[relation](x, t).astype(np.float64),
+      _zero_vjp, _zero_jvp, same_shape, methods=(), kink=lambda x, relation, t: x == t, vjp_graph=_no_cotangent)
+# `x.value`: x without its history. Its value is x, its derivative 0.
+defop("stopGradient", lambda x: np.array(x), _zero_vjp, _zero_jvp, same_shape, methods=(),
+      vjp_graph=_no_cotangent)
+
+
+def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], methods=(),
+                 partials_graph: tuple[Callable, Callable] | None = None) -> Op:
     """A broadcasting binary op from its function and the partial derivative
-    with respect to each operand, partials[i](out, a, b)."""
+    with respect to each operand, partials[i](out, a, b); partials_graph[i](out,
+    a, b, emit) is the same partial as recorded ops (or a constant factor)."""
     def vjp(i, g, out, a, b):
         return unbroadcast(scale(g, partials[i](out, a, b)), (a, b)[i].shape)
 
@@ -194,7 +260,16 @@ def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], me
                 total = term if total is None else total + term
         return np.broadcast_to(total, total.shape[:1] + out.shape)
 
-    return defop(name, f, vjp, jvp, broadcast_shape, methods, arity=2)
+    def vjp_graph(i, g, out, a, b, emit):
+        return sum_to_graph(emit, times_graph(emit, g, partials_graph[i](out, a, b, emit)), emit.shape((a, b)[i]))
+
+    return defop(name, f, vjp, jvp, broadcast_shape, methods, arity=2,
+                 vjp_graph=vjp_graph if partials_graph else None)
+
+
+def sum_to_graph(emit, g: int, shape: tuple) -> int:
+    """unbroadcast as a recorded op, when there is broadcasting to undo."""
+    return g if emit.shape(g) == shape else emit("sumTo", [g], shape=shape)
 
 
 # The partials of a**b follow PyTorch's autograd (pow_backward_self and
@@ -217,11 +292,35 @@ def _zero_where(mask: np.ndarray, d: np.ndarray) -> np.ndarray:
     return np.where(mask, 0.0, d) if mask.any() else d
 
 
-elementwise2("add", np.add, (lambda out, a, b: 1.0, lambda out, a, b: 1.0))
-elementwise2("sub", np.subtract, (lambda out, a, b: 1.0, lambda out, a, b: -1.0))
-elementwise2("mul", np.multiply, (lambda out, a, b: b, lambda out, a, b: a))
-elementwise2("div", np.divide, (lambda out, a, b: 1 / b, lambda out, a, b: -a / (b * b)), methods=("div",))
-elementwise2("pow", np.power, (_pow_base, _pow_exponent), methods=("pow",))
+def _pow_log_partials(out, a, b):
+    """The partials of powLog(a, b) = d(a**b)/db = a**b log a: a**(b-1)(b log a + 1)
+    and a**b (log a)², 0 where powLog itself is held at 0."""
+    held = (a == 0) & (b >= 0)  # where _pow_exponent holds the partial at 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log = np.log(a)
+        return (np.where(held, 0.0, np.power(a, b - 1) * (b * log + 1)),
+                np.where(held, 0.0, np.power(a, b) * log * log))
+
+
+elementwise2("add", np.add, (lambda out, a, b: 1.0, lambda out, a, b: 1.0),
+             partials_graph=(lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0))
+elementwise2("sub", np.subtract, (lambda out, a, b: 1.0, lambda out, a, b: -1.0),
+             partials_graph=(lambda out, a, b, e: 1.0, lambda out, a, b, e: -1.0))
+elementwise2("mul", np.multiply, (lambda out, a, b: b, lambda out, a, b: a),
+             partials_graph=(lambda out, a, b, e: b, lambda out, a, b, e: a))
+elementwise2("div", np.divide, (lambda out, a, b: 1 / b, lambda out, a, b: -a / (b * b)), methods=("div",),
+             partials_graph=(lambda out, a, b, e: e("div", [_one(e), b]),
+                             lambda out, a, b, e: e("div", [e("neg", [a]), e("mul", [b, b])])))
+elementwise2("pow", np.power, (_pow_base, _pow_exponent), methods=("pow",),
+             partials_graph=(lambda out, a, b, e: e("scale", [b, e("pow", [a, e("sub", [b, _one(e)])])]),
+                             lambda out, a, b, e: e("powLog", [a, b])))
+# Only in recorded backward passes: `scale` is `mul` whose zero first operand
+# stays zero against an infinite second (the numeric rules' `scale` helper);
+# `powLog` is pow's partial in the exponent.
+elementwise2("scale", scale, (lambda out, t, d: d, lambda out, t, d: t),
+             partials_graph=(lambda out, t, d, e: d, lambda out, t, d, e: t))
+elementwise2("powLog", lambda a, b: _pow_exponent(np.power(a, b), a, b),
+             (lambda out, a, b: _pow_log_partials(out, a, b)[0], lambda out, a, b: _pow_log_partials(out, a, b)[1]))
 
 
 # ------------------------------------------------------------------ matmul
@@ -263,7 +362,24 @@ def _matmul_shape(a, b, **_):
     return a[:-1] + b[1:] if len(b) == 2 else a[:-1]
 
 
-defop("matmul", np.matmul, _matmul_vjp, _matmul_jvp, _matmul_shape, methods=("matmul", "dot"), arity=2)
+def _matmul_vjp_graph(i, g, out, a, b, emit):
+    """The numeric rule's products, with vectors reshaped to matrices and back."""
+    sa, sb = emit.shape(a), emit.shape(b)
+    r, c = (sa[0] if len(sa) == 2 else 1), (sb[1] if len(sb) == 2 else 1)
+    g2 = reshape_graph(emit, g, (r, c))
+    if i == 0:
+        b2 = reshape_graph(emit, b, (sb[0], c))
+        return reshape_graph(emit, emit("matmul", [g2, emit("transpose", [b2])]), sa)
+    a2 = reshape_graph(emit, a, (r, sa[-1]))
+    return reshape_graph(emit, emit("matmul", [emit("transpose", [a2]), g2]), sb)
+
+
+def reshape_graph(emit, x: int, shape: tuple) -> int:
+    return x if emit.shape(x) == shape else emit("reshape", [x], shape=shape)
+
+
+defop("matmul", np.matmul, _matmul_vjp, _matmul_jvp, _matmul_shape, methods=("matmul", "dot"), arity=2,
+      vjp_graph=_matmul_vjp_graph)
 
 
 def _transpose_shape(s, **_):
@@ -273,7 +389,8 @@ def _transpose_shape(s, **_):
 defop("transpose", lambda x: x.T,
       vjp=lambda i, g, out, x: g.T,
       jvp=lambda ts, out, x: np.swapaxes(ts[0], -1, -2) if x.ndim == 2 else ts[0],
-      shape=_transpose_shape, methods=("T", "transpose"))
+      shape=_transpose_shape, methods=("T", "transpose"),
+      vjp_graph=lambda i, g, out, x, emit: emit("transpose", [g]))
 
 
 # --------------------------------------------------------------- reductions
@@ -296,15 +413,30 @@ def _exclusive_products(x: np.ndarray, axis: int) -> np.ndarray:
 defop("sum", lambda x: np.sum(x),
       vjp=lambda i, g, out, x: np.broadcast_to(g, x.shape),
       jvp=lambda ts, out, x: batch_sum(ts[0]),
-      shape=scalar_shape)
+      shape=scalar_shape,
+      vjp_graph=lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)))
 defop("mean", lambda x: np.sum(x) / x.size,
       vjp=lambda i, g, out, x: np.broadcast_to(g / max(x.size, 1), x.shape),
       jvp=lambda ts, out, x: batch_sum(ts[0]) / max(x.size, 1),
-      shape=scalar_shape)
+      shape=scalar_shape,
+      vjp_graph=lambda i, g, out, x, emit: emit("broadcastTo", [_divide_by_count(emit, g, x, None)],
+                                                shape=emit.shape(x)))
 defop("product", lambda x: np.prod(x),
       vjp=lambda i, g, out, x: g * _exclusive_products(x.ravel(), 0).reshape(x.shape),
       jvp=lambda ts, out, x: batch_rows(ts[0]) @ _exclusive_products(x.ravel(), 0),
-      shape=scalar_shape)
+      shape=scalar_shape,
+      vjp_graph=lambda i, g, out, x, emit: emit("mul", [g, emit("exclusiveProducts", [x], axis=None)]))
+
+
+def _divide_by_count(emit, g: int, x: int, axis: int | None) -> int:
+    """g / the number of entries a mean (over everything, or along `axis`) averages."""
+    shape = emit.shape(x)
+    return emit("div", [g, emit.const(float(max(math.prod(shape) if axis is None else shape[axis], 1)))])
+
+
+def _per_row_graph(emit, g: int, x: int) -> int:
+    """A row reduction's cotangent (r,) as a column (r, 1), to broadcast along rows."""
+    return emit("reshape", [g], shape=(emit.shape(x)[0], 1))
 
 
 def _rows_shape(s, **_):
@@ -315,15 +447,20 @@ def _rows_shape(s, **_):
 defop("rowSum", lambda x: x.sum(axis=1),
       vjp=lambda i, g, out, x: np.broadcast_to(g[:, None], x.shape),
       jvp=lambda ts, out, x: ts[0].sum(axis=-1),
-      shape=_rows_shape, methods=())
+      shape=_rows_shape, methods=(),
+      vjp_graph=lambda i, g, out, x, emit: emit("broadcastTo", [_per_row_graph(emit, g, x)], shape=emit.shape(x)))
 defop("rowMean", lambda x: x.sum(axis=1) / x.shape[1],
       vjp=lambda i, g, out, x: np.broadcast_to(g[:, None] / max(x.shape[1], 1), x.shape),
       jvp=lambda ts, out, x: ts[0].sum(axis=-1) / max(x.shape[1], 1),
-      shape=_rows_shape, methods=())
+      shape=_rows_shape, methods=(),
+      vjp_graph=lambda i, g, out, x, emit: emit(
+          "broadcastTo", [_per_row_graph(emit, _divide_by_count(emit, g, x, 1), x)], shape=emit.shape(x)))
 defop("rowProduct", lambda x: x.prod(axis=1),
       vjp=lambda i, g, out, x: g[:, None] * _exclusive_products(x, 1),
       jvp=lambda ts, out, x: (ts[0] * _exclusive_products(x, 1)).sum(axis=-1),
-      shape=_rows_shape, methods=())
+      shape=_rows_shape, methods=(),
+      vjp_graph=lambda i, g, out, x, emit: emit("mul", [_per_row_graph(emit, g, x),
+                                                       emit("exclusiveProducts", [x], axis=1)]))
 
 
 # ------------------------------------------------------- row normalisations
@@ -378,19 +515,27 @@ def _row_shape(s, **_):
 defop("normaliseRowsL1", lambda x: x / _l1(x), methods=("normaliseRowsL1", "normalizeRowsL1"),
       vjp=lambda i, g, out, x: (g - np.sign(x) * _row_total(g * out)) / _l1(x),
       jvp=lambda ts, out, x: (ts[0] - out * _row_total(np.sign(x) * ts[0])) / _l1(x),
-      shape=_row_shape, kink=lambda x: x == 0, row_wise=True)
+      shape=_row_shape, kink=lambda x: x == 0, row_wise=True,
+      vjp_graph=lambda i, g, out, x, e: e("div", [
+          e("sub", [g, e("mul", [e("sign", [x]), e("rowTotal", [e("mul", [g, out])])])]),
+          e("rowTotal", [e("abs", [x])])]))
 defop("normaliseRowsL2", lambda x: x / _l2(x), methods=("normaliseRowsL2", "normalizeRowsL2"),
       vjp=lambda i, g, out, x: (g - out * _row_total(g * out)) / _l2(x),
       jvp=lambda ts, out, x: (ts[0] - out * _row_total(out * ts[0])) / _l2(x),
-      shape=_row_shape, row_wise=True)
+      shape=_row_shape, row_wise=True,
+      vjp_graph=lambda i, g, out, x, e: e("div", [
+          e("sub", [g, e("mul", [out, e("rowTotal", [e("mul", [g, out])])])]),
+          e("sqrt", [e("rowTotal", [e("mul", [x, x])])])]))
 defop("softmaxRows", _softmax,
       vjp=lambda i, g, out, x: out * (g - _row_total(g * out)),
       jvp=lambda ts, out, x: out * (ts[0] - _row_total(out * ts[0])),
-      shape=_row_shape, row_wise=True)
+      shape=_row_shape, row_wise=True,
+      vjp_graph=lambda i, g, out, x, e: e("mul", [out, e("sub", [g, e("rowTotal", [e("mul", [g, out])])])]))
 defop("logSoftmaxRows", _log_softmax,
       vjp=lambda i, g, out, x: g - np.exp(out) * _row_total(g),
       jvp=lambda ts, out, x: ts[0] - _row_total(np.exp(out) * ts[0]),
-      shape=_row_shape, row_wise=True)
+      shape=_row_shape, row_wise=True,
+      vjp_graph=lambda i, g, out, x, e: e("sub", [g, e("mul", [e("exp", [out]), e("rowTotal", [g])])]))
 
 
 # ---------------------------------------------------------------- indexing
@@ -411,7 +556,8 @@ def _index_shape(s, key):
 defop("index", lambda x, key: np.array(x[key]),
       vjp=_index_vjp,
       jvp=lambda ts, out, x, key: ts[0][(slice(None),) + key],
-      shape=_index_shape, methods=())
+      shape=_index_shape, methods=(),
+      vjp_graph=lambda i, g, out, x, emit, key: emit("indexScatter", [g], key=key, shape=emit.shape(x)))
 
 
 def _select(x, rows, cols):
@@ -441,7 +587,8 @@ def _pairs_shape(s, rows, cols, picked=None):
 defop("select", _select,
       vjp=lambda i, g, out, x, rows, cols: _select(g, rows, cols),
       jvp=_select_jvp,
-      shape=_pairs_shape, methods=())
+      shape=_pairs_shape, methods=(),
+      vjp_graph=lambda i, g, out, x, emit, rows, cols: emit("select", [g], rows=rows, cols=cols))
 
 
 def _scatter_pairs(shape: tuple, rows: np.ndarray, cols: np.ndarray, weights=None) -> np.ndarray:
@@ -459,7 +606,9 @@ def _arrange_vjp(i, g, out, x, rows, cols):
 defop("arrange", lambda x, rows, cols: x[rows, cols],
       vjp=_arrange_vjp,
       jvp=lambda ts, out, x, rows, cols: ts[0][:, rows, cols],
-      shape=lambda s, rows, cols: _pairs_shape(s, rows, cols, (len(rows),)), methods=())
+      shape=lambda s, rows, cols: _pairs_shape(s, rows, cols, (len(rows),)), methods=(),
+      vjp_graph=lambda i, g, out, x, emit, rows, cols: emit("scatterPairs", [g], rows=rows, cols=cols,
+                                                            shape=emit.shape(x)))
 
 
 # ------------------------------------------------------------- construction
@@ -490,7 +639,8 @@ def _stack_jvp(ts, out, *xs, axis):
 defop("stack", lambda *xs, axis: np.stack(xs, axis=axis),
       vjp=lambda i, g, out, *xs, axis: np.take(g, i, axis=axis),
       jvp=_stack_jvp,
-      shape=_stack_shape, methods=())
+      shape=_stack_shape, methods=(),
+      vjp_graph=lambda i, g, out, *xs, emit, axis: emit("index", [g], key=(slice(None),) * axis + (i,)))
 
 
 # ------------------------------------------------------------- fused ops
@@ -519,7 +669,8 @@ def _gather_shape(s, index):
 defop("gatherRows", lambda x, index: np.take(x, index, axis=0),
       vjp=lambda i, g, out, x, index: _scatter_rows(g, index, x.shape[0]),
       jvp=lambda ts, out, x, index: np.take(ts[0], index, axis=1),
-      shape=_gather_shape, methods=())
+      shape=_gather_shape, methods=(),
+      vjp_graph=lambda i, g, out, x, emit, index: emit("scatterRows", [g], index=index, rows=emit.shape(x)[0]))
 
 
 def _log_sum_exp(z):
@@ -552,4 +703,163 @@ def _mean_log_softmax_pick_grad(z, rows, cols):
 defop("meanLogSoftmaxPick", _mean_log_softmax_pick,
       vjp=lambda i, g, out, z, rows, cols: g * _mean_log_softmax_pick_grad(z, rows, cols),
       jvp=lambda ts, out, z, rows, cols: batch_sum(ts[0] * _mean_log_softmax_pick_grad(z, rows, cols)),
-      shape=lambda s, rows, cols: _pairs_shape(s, rows, cols, ()), methods=())
+      shape=lambda s, rows, cols: _pairs_shape(s, rows, cols, ()), methods=(),
+      vjp_graph=lambda i, g, out, z, emit, rows, cols: emit("mul", [g, _mean_log_softmax_pick_grad_graph(
+          emit, z, rows, cols)]))
+
+
+def _mean_log_softmax_pick_grad_graph(emit, z: int, rows: np.ndarray, cols: np.ndarray) -> int:
+    """_mean_log_softmax_pick_grad as recorded ops: the picks and their counts
+    are fixed with the tape, softmax(z) is an op."""
+    shape = emit.shape(z)
+    counts = np.bincount(rows, minlength=shape[0]).astype(np.float64)[:, None]
+    picks = emit.const(_scatter_pairs(shape, rows, cols))
+    spread = emit("mul", [emit.const(counts), emit("softmaxRows", [z])])
+    return emit("div", [emit("sub", [picks, spread]), emit.const(float(max(len(rows), 1)))])
+
+
+# ------------------------------------------- transposes for recorded passes
+# The ops that the graph rules above record, beyond the ones programs write:
+# each is the transpose of another op (so its own graph rule is that op),
+# except `exclusiveProducts` and `powLog`, the derivatives of `product`'s and
+# `pow`'s rules. Those two have numeric vjp and jvp rules, which is what a
+# second derivative sweeps through, and no graph rule of their own: a third
+# derivative through them is refused (BACKWARD_ONLY).
+
+
+def _sum_to_batched(t: np.ndarray, shape: tuple) -> np.ndarray:
+    """unbroadcast for a batched tangent (k, *s): the batch axis stays."""
+    extra = t.ndim - 1 - len(shape)
+    if extra > 0:
+        t = t.sum(axis=tuple(range(1, 1 + extra)))
+    for axis, size in enumerate(shape):
+        if size == 1 and t.shape[axis + 1] != 1:
+            t = t.sum(axis=axis + 1, keepdims=True)
+    return t
+
+
+def _to_shape(s, shape):
+    return tuple(shape)
+
+
+# unbroadcast and its transpose, broadcasting.
+defop("sumTo", lambda x, shape: unbroadcast(x, shape),
+      vjp=lambda i, g, out, x, shape: np.broadcast_to(g, x.shape),
+      jvp=lambda ts, out, x, shape: _sum_to_batched(ts[0], shape),
+      shape=_to_shape, methods=(),
+      vjp_graph=lambda i, g, out, x, emit, shape: emit("broadcastTo", [g], shape=emit.shape(x)))
+defop("broadcastTo", lambda x, shape: np.broadcast_to(x, shape),
+      vjp=lambda i, g, out, x, shape: unbroadcast(g, x.shape),
+      jvp=lambda ts, out, x, shape: np.broadcast_to(lift(ts[0], len(shape)), ts[0].shape[:1] + tuple(shape)),
+      shape=_to_shape, methods=(),
+      vjp_graph=lambda i, g, out, x, emit, shape: sum_to_graph(emit, g, emit.shape(x)))
+defop("reshape", lambda x, shape: x.reshape(shape),
+      vjp=lambda i, g, out, x, shape: g.reshape(x.shape),
+      jvp=lambda ts, out, x, shape: ts[0].reshape(ts[0].shape[:1] + tuple(shape)),
+      shape=_to_shape, methods=(),
+      vjp_graph=lambda i, g, out, x, emit, shape: emit("reshape", [g], shape=emit.shape(x)))
+
+
+def _row_total_shape(s, **_):
+    if len(s) == 0:
+        raise ShapeError("a row total needs a vector or matrix, but {0} is {s0}")
+    return s[:-1] + (1,)
+
+
+# The sum of each row, kept as a column: the row normalisations' rules use it.
+defop("rowTotal", _row_total,
+      vjp=lambda i, g, out, x: np.broadcast_to(g, x.shape),
+      jvp=lambda ts, out, x: _row_total(ts[0]),
+      shape=_row_total_shape, methods=(),
+      vjp_graph=lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)))
+
+
+def _pairwise_exclusive(rows: np.ndarray) -> np.ndarray:
+    """For a (r, n) matrix, P[r, j, i] = the product of row r's entries other
+    than i and j (0 where i == j): ∂(product of the others than i)/∂x_j."""
+    r, n = rows.shape
+    tiled = np.repeat(rows[:, None, :], n, axis=1)
+    diagonal = np.arange(n)
+    tiled[:, diagonal, diagonal] = 1.0
+    pairwise = _exclusive_products(tiled, 2)
+    pairwise[:, diagonal, diagonal] = 0.0
+    return pairwise
+
+
+def _as_rows(x: np.ndarray, axis) -> np.ndarray:
+    return x.reshape(1, x.size) if axis is None else x
+
+
+def _exclusive_vjp(i, g, out, x, axis):
+    pairwise = _pairwise_exclusive(_as_rows(x, axis))
+    return np.einsum("rji,ri->rj", pairwise, _as_rows(g, axis)).reshape(x.shape)
+
+
+def _exclusive_jvp(ts, out, x, axis):
+    t = ts[0]
+    pairwise = _pairwise_exclusive(_as_rows(x, axis))
+    k = t.shape[0]
+    rows = t.reshape(k, 1, x.size) if axis is None else t
+    return np.einsum("krj,rji->kri", rows, pairwise).reshape((k,) + x.shape)
+
+
+# `product`'s partials: each entry's product of the others (over everything,
+# or along each row for axis 1), without dividing, so zeros are exact.
+defop("exclusiveProducts",
+      lambda x, axis: (_exclusive_products(x.ravel(), 0).reshape(x.shape) if axis is None
+                       else _exclusive_products(x, axis)),
+      vjp=_exclusive_vjp, jvp=_exclusive_jvp, shape=lambda s, axis: s, methods=())
+
+
+def _index_scatter(x, key, shape):
+    out = np.zeros(shape)
+    out[key] = x
+    return out
+
+
+def _index_scatter_jvp(ts, out, x, key, shape):
+    t = ts[0]
+    result = np.zeros(t.shape[:1] + tuple(shape))
+    result[(slice(None),) + key] = t
+    return result
+
+
+# index's transpose: zeros with the entries at `key` set.
+defop("indexScatter", _index_scatter,
+      vjp=lambda i, g, out, x, key, shape: np.array(g[key]),
+      jvp=_index_scatter_jvp,
+      shape=lambda s, key, shape: tuple(shape), methods=(),
+      vjp_graph=lambda i, g, out, x, emit, key, shape: emit("index", [g], key=key))
+
+
+def _scatter_pairs_jvp(ts, out, x, rows, cols, shape):
+    t = ts[0]
+    result = np.zeros(t.shape[:1] + tuple(shape))
+    np.add.at(result, (slice(None), rows, cols), t)
+    return result
+
+
+# arrange's transpose: each entry added at its (row, col).
+defop("scatterPairs", lambda x, rows, cols, shape: _scatter_pairs(shape, rows, cols, x),
+      vjp=lambda i, g, out, x, rows, cols, shape: g[rows, cols],
+      jvp=_scatter_pairs_jvp,
+      shape=lambda s, rows, cols, shape: tuple(shape), methods=(),
+      vjp_graph=lambda i, g, out, x, emit, rows, cols, shape: emit("arrange", [g], rows=rows, cols=cols))
+
+
+def _scatter_rows_jvp(ts, out, x, index, rows):
+    t = ts[0]
+    result = np.zeros((t.shape[0], rows) + x.shape[1:])
+    np.add.at(result, (slice(None), index), t)
+    return result
+
+
+# gatherRows's transpose: each row added into the row `index` sends it to.
+defop("scatterRows", lambda x, index, rows: _scatter_rows(x, index, rows),
+      vjp=lambda i, g, out, x, index, rows: np.take(g, index, axis=0),
+      jvp=_scatter_rows_jvp,
+      shape=lambda s, index, rows: (rows,) + s[1:], methods=(),
+      vjp_graph=lambda i, g, out, x, emit, index, rows: emit("gatherRows", [g], index=index))
+
+# The ops a backward pass records that have no graph rule of their own.
+BACKWARD_ONLY = frozenset({"exclusiveProducts", "powLog"})

@@ -19,7 +19,7 @@ from typing import Iterable
 import numpy as np
 
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
-from .ops import Op
+from .ops import OPS, Op
 
 
 @dataclass(slots=True, eq=False)
@@ -234,6 +234,81 @@ class Tape:
                     births.append((node, gi, args))
                 grads[i] = gi if i not in grads else grads[i] + gi
         return {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}
+
+
+    # ------------------------------------------------- recorded reverse mode
+
+    def backward_graph(self, output: int, wrt: list[int], diagnostics: Diagnostics | None = None) -> dict[int, int]:
+        """Reverse sweep that records instead of computing: for each node in
+        `wrt`, the id of a node on this tape whose value is the gradient of
+        the (scalar) output, built from the table's ops by each op's graph
+        rule (`vjp_graph`), so it can be differentiated again. It visits the
+        same nodes as `backward`; contributions meeting at a node are summed
+        by `add` nodes. Each recorded node carries the span of the op whose
+        rule made it and a label naming the rule (`∂log/∂x`)."""
+        needs = self.fed_by(wrt, output)
+        nodes = self.nodes
+        lowest = min(wrt, default=output + 1)
+        out_node = nodes[output]
+        adjoints: dict[int, int] = {}
+        if needs[output]:
+            adjoints[output] = self.leaf(np.ones_like(out_node.value), "const", out_node.span).id
+        wanted = set(wrt)
+        born = None
+        for node in reversed(nodes[lowest:output + 1]):
+            g = adjoints.get(node.id) if node.id in wanted else adjoints.pop(node.id, None)
+            if g is None or node.op is None:
+                continue
+            if node.op.vjp_graph is None:
+                raise SpireadError(f"`{self.text(node)}`: a derivative of `{node.label}` cannot be differentiated "
+                                   "again (third derivatives through it are not supported)", node.span)
+            for k, i in enumerate(node.inputs):
+                if not needs[i]:
+                    continue
+                emit = Emitter(self, node.span, rule_label(node, k))
+                gi = node.op.vjp_graph(k, g, node.id, *node.inputs, emit=emit, **node.params)
+                if gi is None:  # a derivative that is 0 (stopGradient, a mask)
+                    continue
+                if diagnostics is not None and born is None and derivative_born(node, nodes, [nodes[g].value],
+                                                                                   nodes[gi].value):
+                    born = (node, nodes[gi].value, [nodes[j].value for j in node.inputs])
+                if i in adjoints:
+                    gi = Emitter(self, nodes[i].span, f"Σ∂ {nodes[i].name or nodes[i].label}")("add", [adjoints[i], gi])
+                adjoints[i] = gi
+        if born is not None:
+            warn_derivative(diagnostics, *born)  # the first op, sweeping back from the output
+        return {w: adjoints[w] if w in adjoints else self.leaf(np.zeros_like(nodes[w].value), "const", nodes[w].span).id
+                for w in wrt}
+
+
+class Emitter:
+    """What a graph rule records through: `emit(op_name, inputs, **params)`
+    appends an op (evaluated at once) and returns its id; `const` a constant;
+    `shape` a node's shape. Every node it makes has the span and label of the
+    rule it records. Non-finite values are not reported node by node: the
+    sweep warns where a rule's result is born non-finite, as `backward` does."""
+
+    def __init__(self, tape: Tape, span: Span | None, label: str):
+        self.tape, self.span, self.label = tape, span, label
+
+    def __call__(self, op_name: str, inputs: list[int], **params) -> int:
+        return self.tape.record(OPS[op_name], tuple(inputs), params, self.span, self.label, None).id
+
+    def const(self, value) -> int:
+        return self.tape.leaf(np.asarray(value, dtype=np.float64), "const", self.span).id
+
+    def shape(self, node_id: int) -> tuple:
+        return self.tape.nodes[node_id].value.shape
+
+
+def rule_label(node: Node, k: int) -> str:
+    """How a recorded derivative is named: `∂log/∂x`, `∂(@@)/∂a`, `∂stack/∂x2`."""
+    name = node.op.name if " " in node.label else node.label
+    if not name.replace("_", "").isalnum():
+        name = f"({name})"
+    arity = len(node.inputs)
+    arg = "x" if arity == 1 else ("a", "b")[k] if arity == 2 else f"x{k}"
+    return f"∂{name}/∂{arg}"
 
 
 def derivative_born(node: Node, nodes: list[Node], incoming: Iterable[np.ndarray | None], produced: np.ndarray) -> bool:

@@ -1,0 +1,131 @@
+"""Second derivatives: Hessians and Hessian-vector products, exactly.
+
+Both start from the gradient *recorded* on the run's tape
+(`Tape.backward_graph`: each op's vjp written over the table's own ops), so
+the gradient is itself a part of the graph and can be differentiated again:
+
+- a Hessian-vector product H·v is reverse over reverse: record
+  h = Σ_B ⟨∂f/∂B, v_B⟩ and sweep back from h (PyTorch's double backward);
+- a Hessian block ∂²f/∂A∂B is forward over reverse: push identity seeds over
+  B's entries through the recorded ∂f/∂A with the batched jvp rules, one
+  sweep of blocks per A (as jax.hessian = jacfwd(jacrev)).
+
+No finite differences anywhere; `check --order 2` compares these with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .diagnostics import SpireadError, shape_str
+from .ops import OPS
+from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, _identity_rows
+from .tape import Run, all_finite, warn_derivative
+
+
+class SecondOrder:
+    """The gradient of a run's scalar output with respect to `wrt` (names),
+    recorded on its tape once; Hessian blocks and Hessian-vector products
+    from it. Recording appends nodes to the run's tape; the run's output and
+    values are unchanged."""
+
+    def __init__(self, run: Run, wrt: list[str] | None = None, also: list[str] = ()):
+        self.run = run
+        self.ids = run.wrt_ids(wrt)
+        # Names an HVP direction is given for, differentiated by as well.
+        extra = [name for name in also if name not in self.ids]
+        self.all_ids = {**self.ids, **(run.wrt_ids(extra) if extra else {})}
+        self.grad_ids = run.tape.backward_graph(run.output, list(self.all_ids.values()), run.diagnostics)
+        self._product: tuple[int, dict[str, int]] | None = None  # h and its direction leaves, made once
+
+    def gradient(self, name: str) -> np.ndarray:
+        return self.run.tape.nodes[self.grad_ids[self.all_ids[name]]].value
+
+    # ------------------------------------------------------------ Hessian
+
+    def hessian(self, budget_bytes: int = TANGENT_BUDGET_BYTES) -> dict[str, dict[str, np.ndarray]]:
+        """Every block ∂²f/∂A∂B (A, B in wrt), shape shape(A) + shape(B), as
+        torch.autograd.functional.hessian lays it out."""
+        tape, nodes = self.run.tape, self.run.tape.nodes
+        names, seeded = list(self.ids), list(self.ids.values())
+        sizes = [nodes[i].value.size for i in seeded]
+        offsets = np.cumsum([0] + sizes)
+        total = int(offsets[-1])
+        diagnostics = self.run.diagnostics
+        blocks: dict[str, dict[str, np.ndarray]] = {}
+        for a, a_id in self.ids.items():
+            g = self.grad_ids[a_id]
+            shape_a = nodes[a_id].value.shape
+            sweep = ForwardSweep(tape, g, seeded)
+            rows = np.zeros((total,) + shape_a)  # row j: ∂(∂f/∂A)/∂(entry j of the seeded values)
+            block = sweep.block_size(total, budget_bytes)
+            for start in range(0, total, block):
+                k = min(block, total - start)
+                seeds = {i: _identity_rows(nodes[i].value.shape, int(offsets[p]), start, k)
+                         for p, i in enumerate(seeded)}
+                rows[start:start + k] = sweep.push(seeds)
+                if diagnostics is not None and not all_finite(rows[start:start + k]):
+                    births: list = []
+                    sweep.push(seeds, births)
+                    if births:
+                        warn_derivative(diagnostics, *births[0])
+                    diagnostics = None  # one warning about the second derivative is enough
+            blocks[a] = {}
+            for p, b in enumerate(names):
+                part = rows[offsets[p]:offsets[p + 1]].reshape(sizes[p], -1)  # (entries of B, entries of A)
+                blocks[a][b] = np.ascontiguousarray(part.T).reshape(shape_a + nodes[seeded[p]].value.shape)
+        return blocks
+
+    # ------------------------------------------- Hessian-vector products
+
+    def hvp(self, vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """H·v for the wrt names, where v is `vectors` (name -> array shaped
+        like that value; names not given are zero). The product
+        h = Σ ⟨∂f/∂B, v_B⟩ is recorded once, with a leaf per direction;
+        later calls set the leaves and replay only h's part of the tape."""
+        tape, nodes = self.run.tape, self.run.tape.nodes
+        for name, v in vectors.items():
+            if name not in self.all_ids:
+                raise SpireadError(f"`--hvp {name}=…`: `{name}` is not among the values differentiated by",
+                                   exit_code=2)
+            shape = nodes[self.all_ids[name]].value.shape
+            if np.shape(v) != shape:
+                raise SpireadError(f"`--hvp {name}=…`: the direction is {shape_str(np.shape(v))}, but `{name}` "
+                                   f"is {shape_str(shape)}", exit_code=2)
+        h, leaves = self._recorded_product()
+        for name, leaf in leaves.items():
+            nodes[leaf].set_value(np.asarray(vectors.get(name, np.zeros(nodes[leaf].value.shape)), dtype=np.float64))
+        tape.replay(tape.between(list(leaves.values()), h))
+        by_id = tape.backward(h, list(self.ids.values()), self.run.diagnostics)
+        return {name: by_id[i] for name, i in self.ids.items()}
+
+    def _recorded_product(self) -> tuple[int, dict[str, int]]:
+        if self._product is None:
+            tape, nodes = self.run.tape, self.run.tape.nodes
+            leaves, h = {}, None
+            for name, i in self.all_ids.items():
+                span = self.run.binding_spans.get(name)
+                leaves[name] = tape.leaf(np.zeros(nodes[i].value.shape), "const", span).id
+                term = tape.record(OPS["mul"], (self.grad_ids[i], leaves[name]), {}, span, f"∂f/∂{name} · v", None)
+                term = tape.record(OPS["sum"], (term.id,), {}, span, f"⟨∂f/∂{name}, v⟩", None)
+                h = term if h is None else tape.record(OPS["add"], (h.id, term.id), {}, span, "Σ ⟨∂f/∂·, v⟩", None)
+            self._product = (h.id, leaves)
+        return self._product
+
+
+@dataclass
+class Hessian:
+    value: np.ndarray                             # the output's value
+    blocks: dict[str, dict[str, np.ndarray]]      # A -> B -> ∂²f/∂A∂B
+
+
+def hessian(run: Run, wrt: list[str] | None = None) -> Hessian:
+    """Every Hessian block of the run's scalar output with respect to `wrt` (names)."""
+    return Hessian(run.value, SecondOrder(run, wrt).hessian())
+
+
+def hvp(run: Run, vectors: dict[str, np.ndarray], wrt: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The Hessian-vector product for each wrt name, without forming H."""
+    return SecondOrder(run, wrt, also=list(vectors)).hvp(vectors)
