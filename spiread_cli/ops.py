@@ -516,26 +516,26 @@ defop("normaliseRowsL1", lambda x: x / _l1(x), methods=("normaliseRowsL1", "norm
       vjp=lambda i, g, out, x: (g - np.sign(x) * _row_total(g * out)) / _l1(x),
       jvp=lambda ts, out, x: (ts[0] - out * _row_total(np.sign(x) * ts[0])) / _l1(x),
       shape=_row_shape, kink=lambda x: x == 0, row_wise=True,
-      vjp_graph=lambda i, g, out, x, e: e("div", [
-          e("sub", [g, e("mul", [e("sign", [x]), e("rowTotal", [e("mul", [g, out])])])]),
-          e("rowTotal", [e("abs", [x])])]))
+      vjp_graph=lambda i, g, out, x, emit: emit("div", [
+          emit("sub", [g, emit("mul", [emit("sign", [x]), emit("rowTotal", [emit("mul", [g, out])])])]),
+          emit("rowTotal", [emit("abs", [x])])]))
 defop("normaliseRowsL2", lambda x: x / _l2(x), methods=("normaliseRowsL2", "normalizeRowsL2"),
       vjp=lambda i, g, out, x: (g - out * _row_total(g * out)) / _l2(x),
       jvp=lambda ts, out, x: (ts[0] - out * _row_total(out * ts[0])) / _l2(x),
       shape=_row_shape, row_wise=True,
-      vjp_graph=lambda i, g, out, x, e: e("div", [
-          e("sub", [g, e("mul", [out, e("rowTotal", [e("mul", [g, out])])])]),
-          e("sqrt", [e("rowTotal", [e("mul", [x, x])])])]))
+      vjp_graph=lambda i, g, out, x, emit: emit("div", [
+          emit("sub", [g, emit("mul", [out, emit("rowTotal", [emit("mul", [g, out])])])]),
+          emit("sqrt", [emit("rowTotal", [emit("mul", [x, x])])])]))
 defop("softmaxRows", _softmax,
       vjp=lambda i, g, out, x: out * (g - _row_total(g * out)),
       jvp=lambda ts, out, x: out * (ts[0] - _row_total(out * ts[0])),
       shape=_row_shape, row_wise=True,
-      vjp_graph=lambda i, g, out, x, e: e("mul", [out, e("sub", [g, e("rowTotal", [e("mul", [g, out])])])]))
+      vjp_graph=lambda i, g, out, x, emit: emit("mul", [out, emit("sub", [g, emit("rowTotal", [emit("mul", [g, out])])])]))
 defop("logSoftmaxRows", _log_softmax,
       vjp=lambda i, g, out, x: g - np.exp(out) * _row_total(g),
       jvp=lambda ts, out, x: ts[0] - _row_total(np.exp(out) * ts[0]),
       shape=_row_shape, row_wise=True,
-      vjp_graph=lambda i, g, out, x, e: e("sub", [g, e("mul", [e("exp", [out]), e("rowTotal", [g])])]))
+      vjp_graph=lambda i, g, out, x, emit: emit("sub", [g, emit("mul", [emit("exp", [out]), emit("rowTotal", [g])])]))
 
 
 # ---------------------------------------------------------------- indexing

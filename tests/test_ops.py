@@ -180,7 +180,62 @@ def _cases() -> list[Case]:
     return cases
 
 
-CASES = _cases()
+def _backward_pass_cases() -> list[Case]:
+    """The ops that only recorded backward passes use (spiread_cli/second.py)."""
+    cases = [Case("sumTo", [normal(M)], lambda x, shape: np.array([sum(col) for col in x.T]), {"shape": (3,)}),
+             Case("sumTo", [normal(M)], lambda x, shape: np.array([[sum(col) for col in x.T]]), {"shape": (1, 3)}),
+             Case("sumTo", [normal(M)], lambda x, shape: np.array([[sum(row)] for row in x]), {"shape": (2, 1)}),
+             Case("sumTo", [normal(M)], lambda x, shape: sum(np.ravel(x)), {"shape": ()}),
+             Case("broadcastTo", [normal(V)], lambda x, shape: np.array([list(x), list(x)]), {"shape": M}),
+             Case("broadcastTo", [normal((2, 1))], lambda x, shape: np.array([[r[0]] * 3 for r in x]), {"shape": M}),
+             Case("broadcastTo", [normal(S)], lambda x, shape: np.full(shape, float(x)), {"shape": M}),
+             Case("reshape", [normal(M)], lambda x, shape: np.array(list(np.ravel(x))).reshape(shape), {"shape": (3, 2)}),
+             Case("reshape", [normal((6,))], lambda x, shape: np.array([list(x[:3]), list(x[3:])]), {"shape": M}),
+             Case("rowTotal", [normal(M)], lambda x: np.array([[sum(r)] for r in x])),
+             Case("rowTotal", [normal(V)], lambda x: np.array([sum(x)])),
+             Case("sign", [signed_away_from_zero(M)], lambda x: np.where(x > 0, 1.0, -1.0)),
+             Case("stopGradient", [normal(M)], lambda x: x)]
+    for relation, ref in ((">", lambda x, t: x > t), (">=", lambda x, t: x >= t), ("<=", lambda x, t: x <= t)):
+        cases.append(Case("indicator", [0.1 + signed_away_from_zero(M)],
+                          lambda x, relation, t, ref=ref: ref(x, t).astype(float), {"relation": relation, "t": 0.1}))
+    for sa, sb in [(M, M), (M, (3,)), (S, M), ((2, 1), (1, 3))]:
+        cases.append(Case("scale", [normal(sa), normal(sb)], lambda t, d: t * d))
+    for sa, sb in [(M, M), (M, (3,)), (S, V)]:
+        cases.append(Case("powLog", [positive(sa), normal(sb)], lambda a, b: a ** b * np.log(a)))
+    others = lambda v: np.array([np.prod(np.delete(v, i)) for i in range(len(v))])  # noqa: E731
+    with_zero = normal(M)
+    with_zero[1, 1] = 0.0
+    for x in (normal(V), normal(M), with_zero):
+        cases.append(Case("exclusiveProducts", [x], lambda x, axis: others(np.ravel(x)).reshape(x.shape),
+                          {"axis": None}))
+    cases += [Case("exclusiveProducts", [x], lambda x, axis: np.array([others(r) for r in x]), {"axis": 1})
+              for x in (normal(M), with_zero)]
+    cases += [Case("indexScatter", [normal(S)], lambda x, key, shape: np.where(np.arange(6).reshape(M) == 5, x, 0.0),
+                   {"key": (1, 2), "shape": M}),
+              Case("indexScatter", [normal(V)], lambda x, key, shape: np.array([[0.0] * 3, list(x)]),
+                   {"key": (1, slice(None)), "shape": M})]
+
+    def scatter_pairs(x, rows, cols, shape):
+        out = np.zeros(shape)
+        for v, r, c in zip(x, rows, cols):
+            out[r, c] += v
+        return out
+
+    def scatter_rows(x, index, rows):
+        out = np.zeros((rows,) + x.shape[1:])
+        for v, r in zip(x, index):
+            out[r] += v
+        return out
+
+    index = np.array([2, 0, 2, 2])
+    cases += [Case("scatterPairs", [normal(V)], scatter_pairs,
+                   {"rows": np.array([1, 0, 1]), "cols": np.array([2, 0, 2]), "shape": M}),
+              Case("scatterRows", [normal((4, 3))], scatter_rows, {"index": index, "rows": 3}),
+              Case("scatterRows", [normal((4,))], scatter_rows, {"index": index, "rows": 3})]
+    return cases
+
+
+CASES = _cases() + _backward_pass_cases()
 
 
 def test_every_op_has_cases():
@@ -203,7 +258,8 @@ def test_op_forward_shape_vjp_jvp(case, record_property):
             args[i] = xi
             return np.sum(g * op.impl(*args, **case.params))
 
-        fd = central_difference(pulled, x)
+        # stopGradient's derivative is 0 by definition, not by its values.
+        fd = np.zeros_like(x) if case.op == "stopGradient" else central_difference(pulled, x)
         vjp = np.asarray(op.vjp(i, g, out, *xs, **case.params), dtype=float)
         assert vjp.shape == x.shape, f"vjp {i} has shape {vjp.shape}, operand {x.shape}"
         np.testing.assert_allclose(vjp, fd, rtol=1e-6, atol=1e-7, err_msg=f"vjp of operand {i}")
@@ -221,6 +277,8 @@ def test_op_forward_shape_vjp_jvp(case, record_property):
             back = list(xs)
             back[i] = x - eps * ts[i][k]
             fd_dir = (op.impl(*step, **case.params) - op.impl(*back, **case.params)) / (2 * eps)
+            if case.op == "stopGradient":
+                fd_dir = np.zeros_like(fd_dir)
             np.testing.assert_allclose(jvp[k], fd_dir, rtol=1e-6, atol=1e-7, err_msg=f"jvp of operand {i}")
     worst.record(record_property, "op vjp vs central FD")
 

@@ -1,0 +1,234 @@
+"""Second derivatives: every op's recorded (graph) vjp against its numeric
+vjp, and Hessians and Hessian-vector products of random programs against
+HIPS autograd's and against central differences of the exact gradient."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from conftest import Agreement, run
+from programs import programs
+from spiread_cli import second
+from spiread_cli.check import kink_sites
+from spiread_cli.diagnostics import SpireadError
+from spiread_cli.ops import BACKWARD_ONLY, OPS
+from spiread_cli.tape import Emitter, Tape
+from test_ops import CASES
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ------------------------------------------------- graph rule = numeric rule
+
+
+def test_every_op_has_a_graph_rule_except_the_backward_only_ones():
+    missing = {name for name, op in OPS.items() if op.vjp_graph is None}
+    assert missing == BACKWARD_ONLY
+    assert BACKWARD_ONLY <= set(OPS)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.op not in BACKWARD_ONLY], ids=lambda c: c.id)
+def test_graph_vjp_records_the_numeric_vjp(case):
+    """For every op (the cases cover the whole table, test_ops checks), the
+    vjp recorded as ops evaluates to the numeric vjp at random inputs and a
+    random cotangent, so the two rules cannot drift apart."""
+    op = OPS[case.op]
+    tape = Tape()
+    xs = [tape.leaf(np.asarray(x, dtype=float), "input", None).id for x in case.xs]
+    out = tape.record(op, tuple(xs), case.params, None, case.op, None)
+    g = tape.leaf(np.random.default_rng(7).normal(size=out.value.shape), "input", None).id
+    for i, x in enumerate(xs):
+        emitted = op.vjp_graph(i, g, out.id, *xs, emit=Emitter(tape, None, "rule"), **case.params)
+        expected = np.asarray(op.vjp(i, tape.nodes[g].value, out.value, *[tape.nodes[j].value for j in xs],
+                                     **case.params), dtype=float)
+        got = np.zeros_like(expected) if emitted is None else tape.nodes[emitted].value
+        assert got.shape == expected.shape, f"operand {i}"
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13, err_msg=f"operand {i}")
+
+
+def test_recorded_gradient_names_each_node_by_the_rule_that_made_it():
+    r = run("w = [[1.0, 2.0], [3.0, 0.5]]\nx = [0.3, -0.2]\nloss = (w @@ x).log.sum\n")
+    first = len(r.tape.nodes)
+    grads = r.tape.backward_graph(r.output, [r.bindings["w"]])
+    labels = {n.label for n in r.tape.nodes[first:] if n.op is not None}
+    assert labels == {"∂sum/∂x", "∂log/∂x", "∂(@@)/∂a"}
+    np.testing.assert_allclose(r.tape.nodes[grads[r.bindings["w"]]].value,
+                               r.tape.backward(r.output, [r.bindings["w"]])[r.bindings["w"]])
+    log = next(n for n in r.tape.nodes[:first] if n.label == "log")
+    assert all(n.span == log.span for n in r.tape.nodes[first:] if n.label == "∂log/∂x")
+
+
+# ---------------------------------------------------------- random programs
+
+
+def _inputs_used(program) -> list[str]:
+    return [n for n in program.names if n in program.inputs and program.depends_on(n)]
+
+
+def autograd_hessian(program, a: str, b: str) -> np.ndarray:
+    """∂²output/∂a∂b by HIPS autograd, with both inputs as variables."""
+    import autograd
+
+    values = program.evaluate()
+
+    def output(x, y):
+        return program.evaluate(__import__("autograd.numpy").numpy, {a: x, b: y} if a != b else {a: x})[program.output]
+
+    grad_a = autograd.grad(output, 0)
+    x0, y0 = np.asarray(values[a], dtype=float), np.asarray(values[b], dtype=float)
+    if a == b:
+        return np.asarray(autograd.jacobian(lambda x: grad_a(x, x))(x0), dtype=float)
+    return np.asarray(autograd.jacobian(grad_a, 1)(x0, y0), dtype=float)
+
+
+def test_hessians_match_autograd(record_property):
+    worst = Agreement()
+
+    @SETTINGS
+    @given(programs(), st.data())
+    def check(program, data):
+        names = _inputs_used(program)
+        if not names:
+            return
+        wrt = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True), label="wrt")
+        r = run(program.source, name="generated.ad")
+        h = second.hessian(r, wrt)
+        for a, b in itertools.product(wrt, wrt):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # autograd: "Output seems independent of input"
+                expected = autograd_hessian(program, a, b)
+            got = h.blocks[a][b]
+            assert got.shape == r.node(a).value.shape + r.node(b).value.shape
+            scale = 1.0 + np.max(np.abs(expected), initial=0.0)
+            np.testing.assert_allclose(got, expected.reshape(got.shape), rtol=1e-7, atol=1e-9 * scale,
+                                       err_msg=f"∂²loss/∂{a}∂{b} in\n{program.source}")
+            worst.update(got, expected.reshape(got.shape))
+        # Symmetry: ∂²/∂A∂B is ∂²/∂B∂A with the axes swapped.
+        for a, b in itertools.combinations(wrt, 2):
+            na = r.node(a).value.ndim
+            swapped = np.moveaxis(h.blocks[b][a], list(range(h.blocks[b][a].ndim - na, h.blocks[b][a].ndim)),
+                                  list(range(na)))
+            np.testing.assert_allclose(h.blocks[a][b], swapped, rtol=1e-9, atol=1e-10 * (1 + np.abs(swapped).max(initial=0)))
+        assert r.diagnostics.warnings == [] or any("does not depend" in w.message for w in r.diagnostics.warnings)
+
+    check()
+    worst.record(record_property, "hessian vs autograd")
+
+
+def test_hvp_is_the_hessian_times_the_direction():
+    @SETTINGS
+    @given(programs(), st.data())
+    def check(program, data):
+        names = _inputs_used(program)
+        if not names:
+            return
+        wrt = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True), label="wrt")
+        given_names = data.draw(st.lists(st.sampled_from(wrt), min_size=1, unique=True), label="directions")
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+        r = run(program.source, name="generated.ad")
+        vectors = {n: rng.normal(size=r.node(n).value.shape) for n in given_names}
+        hv = second.hvp(run(program.source, name="generated.ad"), vectors, wrt)
+        h = second.hessian(r, wrt).blocks
+        for a in wrt:
+            size_a = r.node(a).value.size
+            expected = sum(h[a][b].reshape(size_a, -1) @ v.ravel() for b, v in vectors.items())
+            np.testing.assert_allclose(hv[a].ravel(), expected, rtol=1e-9,
+                                       atol=1e-10 * (1 + np.abs(expected).max(initial=0)), err_msg=program.source)
+
+    check()
+
+
+def test_hessian_matches_central_differences_of_the_gradient(record_property):
+    """The recorded gradient is part of the tape, so moving an input and
+    replaying the tape gives the exact gradient there: its central
+    differences are the Hessian's columns. Programs with an op sitting on a
+    kink are skipped (a difference across a kink is no derivative)."""
+    worst = Agreement()
+
+    @settings(SETTINGS, max_examples=40)
+    @given(programs())
+    def check(program):
+        names = _inputs_used(program)
+        assume(names and sum(np.size(program.inputs[n]) for n in names) <= 40)
+        r = run(program.source, name="generated.ad")
+        ids = [r.bindings[n] for n in names]
+        assume(not kink_sites(r.tape, ids, r.output))
+        state = second.SecondOrder(r, names)
+        h = state.hessian()
+        tape = r.tape
+        for b, b_id in zip(names, ids):
+            node = tape.nodes[b_id]
+            x0 = node.value
+            eps = 1e-5
+
+            def gradients_at(x):
+                node.set_value(x)
+                tape.replay(tape.nodes[b_id + 1:])
+                return {a: state.gradient(a).copy() for a in names}
+
+            for j in np.ndindex(x0.shape):
+                step = np.zeros(x0.shape)
+                step[j] = eps
+                plus, minus = gradients_at(x0 + step), gradients_at(x0 - step)
+                for a in names:
+                    fd = (plus[a] - minus[a]) / (2 * eps)
+                    got = h[a][b][(...,) + j]
+                    scale = 1.0 + np.abs(fd).max(initial=0)
+                    np.testing.assert_allclose(got, fd, rtol=1e-4, atol=1e-5 * scale, err_msg=program.source)
+                    worst.update(got, fd)
+            gradients_at(x0)
+
+    check()
+    worst.record(record_property, "hessian vs FD of gradient")
+
+
+# ------------------------------------------------------------------ cases
+
+
+def test_least_squares_hessian_is_twice_the_gram_matrix():
+    a = np.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.25]])
+    text = f"A = {a.tolist()}\ny = [1.0, 2.0, 3.0]\nw = [0.1, -0.2]\nloss = ((A @@ w - y) ** 2).sum\n"
+    h = second.hessian(run(text), ["w"])
+    np.testing.assert_allclose(h.blocks["w"]["w"], 2 * a.T @ a, rtol=1e-14)
+
+
+@pytest.mark.parametrize("expr, at, expected", [
+    ("x.relu * x", 1.5, 2.0), ("x.relu * x", -1.5, 0.0),
+    ("x.abs * x", -2.0, -2.0), ("x.clampMin(0.5) * x", 1.0, 2.0), ("x.clampMax(0.5) * x", 1.0, 0.0),
+])
+def test_second_derivative_through_a_kink_is_zero_away_from_it(expr, at, expected):
+    h = second.hessian(run(f"x = {at}\nloss = {expr}\n"), ["x"])
+    assert float(h.blocks["x"]["x"]) == expected
+
+
+def test_pow_in_both_operands_and_product_with_zeros():
+    h = second.hessian(run("a = 1.5\nb = 2.5\nloss = a ** b\n"), ["a", "b"]).blocks
+    a, b = 1.5, 2.5
+    assert float(h["a"]["a"]) == pytest.approx(b * (b - 1) * a ** (b - 2))
+    assert float(h["a"]["b"]) == pytest.approx(a ** (b - 1) * (1 + b * np.log(a)))
+    assert float(h["b"]["b"]) == pytest.approx(a ** b * np.log(a) ** 2)
+    x = np.array([2.0, 0.0, 3.0, 0.0])
+    h = second.hessian(run(f"x = {x.tolist()}\nloss = x.product\n"), ["x"]).blocks["x"]["x"]
+    expected = np.array([[0.0 if i == j else np.prod(np.delete(x, [i, j])) for j in range(4)] for i in range(4)])
+    np.testing.assert_array_equal(h, expected)
+
+
+def test_a_hessian_of_a_non_scalar_is_refused_where_the_output_is():
+    with pytest.raises(SpireadError) as err:
+        second.hessian(run("x = [1.0, 2.0]\ny = x * x\n"), ["x"])
+    assert "the output `y` is a vector of 2, but gradients need a scalar" in err.value.diagnostic.message
+    assert (err.value.diagnostic.span.line, err.value.diagnostic.span.column) == (2, 7)
+
+
+def test_a_nonfinite_second_derivative_warns_where_it_is_born():
+    r = run("x = 0.0\nloss = x.sqrt\n")
+    h = second.hessian(r, ["x"])
+    assert not np.isfinite(h.blocks["x"]["x"])
+    messages = [(w.message, w.span.line) for w in r.diagnostics.warnings]
+    assert any("derivative" in m and line == 2 for m, line in messages), messages
