@@ -223,25 +223,19 @@ defop("clampMax", lambda x, t: np.minimum(x, t),
 _RELATIONS = {">": np.greater, ">=": np.greater_equal, "<=": np.less_equal}
 
 
-def _zero_vjp(i, g, out, *xs, **params):
-    return np.zeros_like(xs[i])
+def _zero_jvp(ts, out):
+    return np.zeros((ts[0].shape[0],) + out.shape)
 
 
-def _zero_jvp(ts, out, *xs, **params):
-    return np.zeros((next(t for t in ts if t is not None).shape[0],) + out.shape)
-
-
-def _no_cotangent(i, g, out, *xs, emit, **params):
-    return None
-
-
-defop("sign", np.sign, _zero_vjp, _zero_jvp, same_shape, methods=(), kink=lambda x: x == 0,
-      vjp_graph=_no_cotangent)
+defop("sign", np.sign, lambda i, g, out, x: np.zeros_like(x), lambda ts, out, x: _zero_jvp(ts, out),
+      same_shape, methods=(), kink=lambda x: x == 0, vjp_graph=lambda i, g, out, x, emit: None)
 defop("indicator", lambda x, relation, t: _RELATIONS[relation](x, t).astype(np.float64),
-      _zero_vjp, _zero_jvp, same_shape, methods=(), kink=lambda x, relation, t: x == t, vjp_graph=_no_cotangent)
+      lambda i, g, out, x, relation, t: np.zeros_like(x), lambda ts, out, x, relation, t: _zero_jvp(ts, out),
+      same_shape, methods=(), kink=lambda x, relation, t: x == t,
+      vjp_graph=lambda i, g, out, x, emit, relation, t: None)
 # `x.value`: x without its history. Its value is x, its derivative 0.
-defop("stopGradient", lambda x: np.array(x), _zero_vjp, _zero_jvp, same_shape, methods=(),
-      vjp_graph=_no_cotangent)
+defop("stopGradient", lambda x: np.array(x), lambda i, g, out, x: np.zeros_like(x),
+      lambda ts, out, x: _zero_jvp(ts, out), same_shape, methods=(), vjp_graph=lambda i, g, out, x, emit: None)
 
 
 def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], methods=(),
@@ -425,7 +419,7 @@ defop("product", lambda x: np.prod(x),
       vjp=lambda i, g, out, x: g * _exclusive_products(x.ravel(), 0).reshape(x.shape),
       jvp=lambda ts, out, x: batch_rows(ts[0]) @ _exclusive_products(x.ravel(), 0),
       shape=scalar_shape,
-      vjp_graph=lambda i, g, out, x, emit: emit("mul", [g, emit("exclusiveProducts", [x], axis=None)]))
+      vjp_graph=lambda i, g, out, x, emit: emit("mul", [g, emit("exclusiveProducts", [x], over="all")]))
 
 
 def _divide_by_count(emit, g: int, x: int, axis: int | None) -> int:
@@ -460,7 +454,7 @@ defop("rowProduct", lambda x: x.prod(axis=1),
       jvp=lambda ts, out, x: (ts[0] * _exclusive_products(x, 1)).sum(axis=-1),
       shape=_rows_shape, methods=(),
       vjp_graph=lambda i, g, out, x, emit: emit("mul", [_per_row_graph(emit, g, x),
-                                                       emit("exclusiveProducts", [x], axis=1)]))
+                                                       emit("exclusiveProducts", [x], over="rows")]))
 
 
 # ------------------------------------------------------- row normalisations
@@ -738,7 +732,29 @@ def _sum_to_batched(t: np.ndarray, shape: tuple) -> np.ndarray:
     return t
 
 
-def _to_shape(s, shape):
+def _sum_to_shape(s, shape):
+    if not _broadcasts(shape, s) or np.broadcast_shapes(tuple(shape), s) != s:
+        raise ShapeError(f"{{0}} is {{s0}}, which does not sum to {tuple(shape)}")
+    return tuple(shape)
+
+
+def _broadcast_to_shape(s, shape):
+    if not _broadcasts(s, shape) or np.broadcast_shapes(s, tuple(shape)) != tuple(shape):
+        raise ShapeError(f"{{0}} is {{s0}}, which does not broadcast to {tuple(shape)}")
+    return tuple(shape)
+
+
+def _broadcasts(a, b) -> bool:
+    try:
+        np.broadcast_shapes(tuple(a), tuple(b))
+        return True
+    except ValueError:
+        return False
+
+
+def _reshape_shape(s, shape):
+    if math.prod(s) != math.prod(shape):
+        raise ShapeError(f"{{0}} is {{s0}}, which has another number of entries than {tuple(shape)}")
     return tuple(shape)
 
 
@@ -746,17 +762,17 @@ def _to_shape(s, shape):
 defop("sumTo", lambda x, shape: unbroadcast(x, shape),
       vjp=lambda i, g, out, x, shape: np.broadcast_to(g, x.shape),
       jvp=lambda ts, out, x, shape: _sum_to_batched(ts[0], shape),
-      shape=_to_shape, methods=(),
+      shape=_sum_to_shape, methods=(),
       vjp_graph=lambda i, g, out, x, emit, shape: emit("broadcastTo", [g], shape=emit.shape(x)))
 defop("broadcastTo", lambda x, shape: np.broadcast_to(x, shape),
       vjp=lambda i, g, out, x, shape: unbroadcast(g, x.shape),
       jvp=lambda ts, out, x, shape: np.broadcast_to(lift(ts[0], len(shape)), ts[0].shape[:1] + tuple(shape)),
-      shape=_to_shape, methods=(),
+      shape=_broadcast_to_shape, methods=(),
       vjp_graph=lambda i, g, out, x, emit, shape: sum_to_graph(emit, g, emit.shape(x)))
 defop("reshape", lambda x, shape: x.reshape(shape),
       vjp=lambda i, g, out, x, shape: g.reshape(x.shape),
       jvp=lambda ts, out, x, shape: ts[0].reshape(ts[0].shape[:1] + tuple(shape)),
-      shape=_to_shape, methods=(),
+      shape=_reshape_shape, methods=(),
       vjp_graph=lambda i, g, out, x, emit, shape: emit("reshape", [g], shape=emit.shape(x)))
 
 
@@ -786,29 +802,49 @@ def _pairwise_exclusive(rows: np.ndarray) -> np.ndarray:
     return pairwise
 
 
-def _as_rows(x: np.ndarray, axis) -> np.ndarray:
-    return x.reshape(1, x.size) if axis is None else x
+def _as_rows(x: np.ndarray, over: str) -> np.ndarray:
+    return x.reshape(1, x.size) if over == "all" else x
 
 
-def _exclusive_vjp(i, g, out, x, axis):
-    pairwise = _pairwise_exclusive(_as_rows(x, axis))
-    return np.einsum("rji,ri->rj", pairwise, _as_rows(g, axis)).reshape(x.shape)
+def _exclusive_vjp(i, g, out, x, over):
+    pairwise = _pairwise_exclusive(_as_rows(x, over))
+    return np.einsum("rji,ri->rj", pairwise, _as_rows(g, over)).reshape(x.shape)
 
 
-def _exclusive_jvp(ts, out, x, axis):
+def _exclusive_jvp(ts, out, x, over):
     t = ts[0]
-    pairwise = _pairwise_exclusive(_as_rows(x, axis))
+    pairwise = _pairwise_exclusive(_as_rows(x, over))
     k = t.shape[0]
-    rows = t.reshape(k, 1, x.size) if axis is None else t
+    rows = t.reshape(k, 1, x.size) if over == "all" else t
     return np.einsum("krj,rji->kri", rows, pairwise).reshape((k,) + x.shape)
 
 
-# `product`'s partials: each entry's product of the others (over everything,
-# or along each row for axis 1), without dividing, so zeros are exact.
+def _exclusive_shape(s, over):
+    if over == "rows":
+        require_matrix(s, "products along rows")
+    return s
+
+
+# `product`'s partials: each entry's product of the others (over "all"
+# entries, or along each of the "rows"), without dividing, so zeros are exact.
 defop("exclusiveProducts",
-      lambda x, axis: (_exclusive_products(x.ravel(), 0).reshape(x.shape) if axis is None
-                       else _exclusive_products(x, axis)),
-      vjp=_exclusive_vjp, jvp=_exclusive_jvp, shape=lambda s, axis: s, methods=())
+      lambda x, over: (_exclusive_products(x.ravel(), 0).reshape(x.shape) if over == "all"
+                       else _exclusive_products(x, 1)),
+      vjp=_exclusive_vjp, jvp=_exclusive_jvp, shape=_exclusive_shape, methods=())
+
+
+def _placed_shape(expected: tuple, s: tuple, result: tuple) -> tuple:
+    """A scatter's result shape, when its operand has the shape the positions
+    say it places (`expected`)."""
+    if s != expected:
+        raise ShapeError(f"{{0}} is {{s0}}, but the positions place {expected}")
+    return tuple(result)
+
+
+def _key_shape(shape: tuple, key: tuple) -> tuple:
+    if len(key) > len(shape):
+        raise ShapeError(f"{len(key)} positions do not fit {shape}")
+    return _index_shape(shape, key)
 
 
 def _index_scatter(x, key, shape):
@@ -828,7 +864,7 @@ def _index_scatter_jvp(ts, out, x, key, shape):
 defop("indexScatter", _index_scatter,
       vjp=lambda i, g, out, x, key, shape: np.array(g[key]),
       jvp=_index_scatter_jvp,
-      shape=lambda s, key, shape: tuple(shape), methods=(),
+      shape=lambda s, key, shape: _placed_shape(_key_shape(tuple(shape), key), s, shape), methods=(),
       vjp_graph=lambda i, g, out, x, emit, key, shape: emit("index", [g], key=key))
 
 
@@ -843,7 +879,8 @@ def _scatter_pairs_jvp(ts, out, x, rows, cols, shape):
 defop("scatterPairs", lambda x, rows, cols, shape: _scatter_pairs(shape, rows, cols, x),
       vjp=lambda i, g, out, x, rows, cols, shape: g[rows, cols],
       jvp=_scatter_pairs_jvp,
-      shape=lambda s, rows, cols, shape: tuple(shape), methods=(),
+      shape=lambda s, rows, cols, shape: _placed_shape((len(rows),), s, _pairs_shape(tuple(shape), rows, cols)),
+      methods=(),
       vjp_graph=lambda i, g, out, x, emit, rows, cols, shape: emit("arrange", [g], rows=rows, cols=cols))
 
 
@@ -858,7 +895,7 @@ def _scatter_rows_jvp(ts, out, x, index, rows):
 defop("scatterRows", lambda x, index, rows: _scatter_rows(x, index, rows),
       vjp=lambda i, g, out, x, index, rows: np.take(g, index, axis=0),
       jvp=_scatter_rows_jvp,
-      shape=lambda s, index, rows: (rows,) + s[1:], methods=(),
+      shape=lambda s, index, rows: _placed_shape((len(index),) + s[1:], s, (rows,) + s[1:]), methods=(),
       vjp_graph=lambda i, g, out, x, emit, index, rows: emit("gatherRows", [g], index=index))
 
 # The ops a backward pass records that have no graph rule of their own.

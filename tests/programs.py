@@ -364,6 +364,9 @@ OTHER_OPS = {  # op: the generator's `kind` that writes it
 NOT_GENERATED = {  # op: why no program writes it
     "gatherRows": "fused by rewrite.py from `onehot(labels, n) @@ W`; it has no syntax of its own",
     "meanLogSoftmaxPick": "fused by rewrite.py from the log-likelihood pattern; it has no syntax of its own",
+    **{name: "recorded by the derivative rules (Tape.backward_graph), for second derivatives; no syntax"
+       for name in ("sumTo", "broadcastTo", "reshape", "rowTotal", "sign", "indicator", "scale", "powLog",
+                    "exclusiveProducts", "indexScatter", "scatterPairs", "scatterRows", "stopGradient")},
 }
 GENERATED = {**UNARY_DOMAINS, **ROW_NORMS, **ROW_REDUCTIONS, **OTHER_OPS}
 

@@ -206,9 +206,9 @@ def _backward_pass_cases() -> list[Case]:
     with_zero = normal(M)
     with_zero[1, 1] = 0.0
     for x in (normal(V), normal(M), with_zero):
-        cases.append(Case("exclusiveProducts", [x], lambda x, axis: others(np.ravel(x)).reshape(x.shape),
-                          {"axis": None}))
-    cases += [Case("exclusiveProducts", [x], lambda x, axis: np.array([others(r) for r in x]), {"axis": 1})
+        cases.append(Case("exclusiveProducts", [x], lambda x, over: others(np.ravel(x)).reshape(x.shape),
+                          {"over": "all"}))
+    cases += [Case("exclusiveProducts", [x], lambda x, over: np.array([others(r) for r in x]), {"over": "rows"})
               for x in (normal(M), with_zero)]
     cases += [Case("indexScatter", [normal(S)], lambda x, key, shape: np.where(np.arange(6).reshape(M) == 5, x, 0.0),
                    {"key": (1, 2), "shape": M}),
@@ -498,6 +498,16 @@ EDGE_PARAMS = {  # parameter names -> the values to try, given the first operand
     ("axis",): lambda shape: [{"axis": 0}, {"axis": 1}],
     ("index",): lambda shape: [{"index": np.zeros(0, dtype=np.intp)}]
     + ([{"index": np.array([0, shape[0] - 1, 0])}] if shape and shape[0] else []),
+    # The ops that recorded backward passes use (their shape rules refuse
+    # parameters that do not fit the operand).
+    ("shape",): lambda shape: [{"shape": shape}, {"shape": ()}, {"shape": (1,) + shape}, {"shape": (2,) + shape},
+                               {"shape": shape[1:]}, {"shape": shape[::-1]}, {"shape": (math.prod(shape),)}],
+    ("relation", "t"): lambda shape: [{"relation": r, "t": t} for r in (">", ">=", "<=") for t in (0.0, -np.inf, np.nan)],
+    ("over",): lambda shape: [{"over": "all"}, {"over": "rows"}],
+    ("key", "shape"): lambda shape: [{"key": (0,), "shape": (2,) + shape}, {"key": (-1,), "shape": (1,) + shape},
+                                     {"key": (slice(None),), "shape": shape}],
+    ("rows", "cols", "shape"): lambda shape: [{**pairs, "shape": (2, 3)} for pairs in _pairs((2, 3))],
+    ("index", "rows"): lambda shape: [{"index": np.arange(shape[0] if shape else 0) % 2, "rows": 2}],
 }
 
 SHAPES = [(), (1,), (3,), (0,), (1, 0), (0, 1), (0, 0), (0, 3), (3, 0), (3, 1), (1, 3), (2, 3)]
@@ -506,7 +516,8 @@ SHAPES = [(), (1,), (3,), (0,), (1, 0), (0, 1), (0, 0), (0, 3), (3, 0), (3, 1), 
 # zeros(0).sum/prod/mean, zeros(3, 0).sum(1)/prod(1)/mean(1), and a matmul
 # over an inner size of 0).
 VALUE_OF_NOTHING = {"sum": 0.0, "rowSum": 0.0, "matmul": 0.0, "product": 1.0, "rowProduct": 1.0,
-                    "mean": np.nan, "rowMean": np.nan, "meanLogSoftmaxPick": np.nan}
+                    "mean": np.nan, "rowMean": np.nan, "meanLogSoftmaxPick": np.nan,
+                    "sumTo": 0.0, "rowTotal": 0.0, "indexScatter": 0.0, "scatterPairs": 0.0, "scatterRows": 0.0}
 
 
 def operand_shapes(op, pool):
