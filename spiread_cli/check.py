@@ -97,6 +97,7 @@ class CheckReport:
     results: dict[str, ValueCheck]
     kink_sites: list[KinkSite] = field(default_factory=list)
     problem: str | None = None       # about the whole check (a non-finite output)
+    order: int = 1                   # 2: second derivatives (check_second_order)
 
     @property
     def ok(self) -> bool:
@@ -114,7 +115,8 @@ class CheckReport:
             if result.kink and not notes:
                 notes = ["the slopes to either side differ: the function has a kink here"]
             span = self.kink_sites[0].node.span if notes and self.kink_sites else run.binding_spans.get(result.name)
-            out.append(Diagnostic("error", f"gradient check failed for {result.where()}: {result.problem}",
+            what = "gradient" if self.order == 1 else "second-derivative"
+            out.append(Diagnostic("error", f"{what} check failed for {result.where()}: {result.problem}",
                                   span, tuple(notes)))
         return out
 
@@ -145,12 +147,7 @@ def check_gradients(run: Run, wrt: list[str] | None = None, eps: float | None = 
                     seed: int = 0) -> CheckReport:
     """Check reverse-mode (and forward-mode) gradients of the run's scalar
     output against central finite differences, value by value."""
-    eps = DEFAULT_EPS if eps is None else eps
-    tol = DEFAULT_TOL if tol is None else tol
-    if not (np.isfinite(eps) and eps > 0):
-        raise SpireadError(f"`--eps {eps:g}`: the step must be a positive number", exit_code=2)
-    if not (np.isfinite(tol) and tol > 0):
-        raise SpireadError(f"`--tol {tol:g}`: the tolerance must be a positive number", exit_code=2)
+    eps, tol = _steps(eps, tol)
     ids = run.wrt_ids(wrt)
     tape = run.tape
     reverse = tape.backward(run.output, list(ids.values()), run.diagnostics)
@@ -172,6 +169,86 @@ def check_gradients(run: Run, wrt: list[str] | None = None, eps: float | None = 
         results[name] = judge(name, tape.nodes[i].value.shape, method, measured, tol, eps)
     failed = [run.bindings[name] for name, r in results.items() if not r.ok]
     return CheckReport(run.output_name, f0, eps, tol, results, kink_sites(tape, failed, run.output), problem)
+
+
+def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None = None, tol: float | None = None,
+                       max_entries: int = ELEMENTWISE_MAX_ENTRIES, directions: int = DIRECTIONS,
+                       seed: int = 0) -> CheckReport:
+    """Check the exact second derivatives against central differences of the
+    exact gradient, with the first-order check's own machinery: for a row
+    direction u over A, φ = ⟨∂f/∂A, u⟩ is a scalar recorded on the tape (the
+    gradient is recorded by `Tape.backward_graph`), so its derivative along v
+    over B is uᵀ(∂²f/∂A∂B)v by reverse mode (an HVP), by forward mode over the
+    recorded gradient, and by central differences of φ; `measure` and `judge`
+    compare them. Every entry of each block ∂²f/∂A∂B (u, v running over unit
+    vectors) when the block has at most `max_entries` entries, else random
+    unit directions u and v."""
+    from .second import SecondOrder
+    from .ops import OPS
+    eps, tol = _steps(eps, tol)
+    state = SecondOrder(run, wrt)
+    tape, nodes = run.tape, run.tape.nodes
+    f0 = float(run.value)
+    problem = None
+    if not np.isfinite(f0):
+        problem = (f"the output `{run.output_name}` is {f0:g}: finite differences need a finite output, "
+                   "so its second derivatives cannot be checked here")
+    rng = np.random.default_rng(seed)
+    results, sites = {}, {}
+    for a, a_id in state.ids.items():
+        shape_a = nodes[a_id].value.shape
+        u_leaf = tape.leaf(np.zeros(shape_a), "const", run.binding_spans.get(a))
+        weighted = tape.record(OPS["mul"], (state.grad_ids[a_id], u_leaf.id), {}, u_leaf.span, f"∂f/∂{a} · u", None)
+        phi = tape.record(OPS["sum"], (weighted.id,), {}, u_leaf.span, f"⟨∂f/∂{a}, u⟩", None)
+        for b, b_id in state.ids.items():
+            shape_b = nodes[b_id].value.shape
+            elementwise = int(np.prod(shape_a)) * int(np.prod(shape_b)) <= max_entries
+            rows = (np.eye(u_leaf.value.size).reshape((-1,) + shape_a) if elementwise
+                    else _unit_directions(rng, 1, shape_a))
+            v = np.eye(int(np.prod(shape_b))).reshape((-1,) + shape_b) if elementwise \
+                else _unit_directions(rng, directions, shape_b)
+            parts = []
+            for u in rows:
+                u_leaf.set_value(u)
+                tape.replay([weighted, phi])
+                grad = tape.backward(phi.id, [b_id], run.diagnostics)[b_id]
+                probe = Probe(tape, b_id, phi.id)
+                try:
+                    parts.append(measure(probe, grad, v, float(phi.value), output_magnitude(tape, phi.id), eps))
+                finally:
+                    probe.restore()
+            name = f"∂²{run.output_name}/∂{a}∂{b}"
+            shape = shape_a + shape_b if elementwise else ()
+            results[name] = judge(name, shape, "elementwise" if elementwise else "directional",
+                                  _joined(parts), tol, eps)
+            if not results[name].ok:  # one note per place in the source (an op and its rule share one)
+                for site in kink_sites(tape, [b_id], phi.id):
+                    sites.setdefault(site.node.span, site)
+    return CheckReport(run.output_name, f0, eps, tol, results, list(sites.values()), problem, order=2)
+
+
+def _unit_directions(rng: np.random.Generator, count: int, shape: tuple) -> np.ndarray:
+    v = rng.standard_normal((count, int(np.prod(shape))))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v.reshape((count,) + shape)
+
+
+def _joined(parts: list[Measurement]) -> Measurement:
+    """Measurements along several row directions as one, direction after direction."""
+    def cat(field_name):
+        return np.concatenate([getattr(p, field_name) for p in parts])
+    return Measurement(cat("ad"), cat("forward"), cat("fd"), cat("right"), cat("left"), cat("noise"), cat("kink"),
+                       max(p.scale for p in parts), max(p.magnitude for p in parts))
+
+
+def _steps(eps: float | None, tol: float | None) -> tuple[float, float]:
+    eps = DEFAULT_EPS if eps is None else eps
+    tol = DEFAULT_TOL if tol is None else tol
+    if not (np.isfinite(eps) and eps > 0):
+        raise SpireadError(f"`--eps {eps:g}`: the step must be a positive number", exit_code=2)
+    if not (np.isfinite(tol) and tol > 0):
+        raise SpireadError(f"`--tol {tol:g}`: the tolerance must be a positive number", exit_code=2)
+    return eps, tol
 
 
 def _directions(probe: Probe, max_entries: int, directions: int,

@@ -184,7 +184,8 @@ def check_table(report):
         rows.append([r.name, short_shape(r.shape), f"{r.max_abs_error:.1e}", f"{r.max_rel_error:.1e}",
                      worst, f"{r.ad:.6g}", f"{r.fd:.6g}", f"{r.forward_vs_reverse:.0e}", "ok" if r.ok else "FAIL"])
     # Narrow enough for an 80-column terminal, and no number is ever cut short.
-    table = Table(title=f"gradient check of `{report.output_name}` = {report.value:.10g}  "
+    what = "gradient" if report.order == 1 else "second-derivative"
+    table = Table(title=f"{what} check of `{report.output_name}` = {report.value:.10g}  "
                         f"(central differences, eps {report.eps:g}, tol {report.tol:g})",
                   title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
