@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .diagnostics import SpireadError, shape_str
-from .ops import OPS
+from .diagnostics import Diagnostics, SpireadError, shape_str
 from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, _identity_rows
-from .tape import Run, all_finite, warn_derivative
+from .ops import OPS
+from .tape import Run, Tape, all_finite, warn_derivative
 
 
 class SecondOrder:
@@ -38,7 +38,7 @@ class SecondOrder:
         extra = [name for name in also if name not in self.ids]
         self.all_ids = {**self.ids, **(run.wrt_ids(extra) if extra else {})}
         self.grad_ids = run.tape.backward_graph(run.output, list(self.all_ids.values()), run.diagnostics)
-        self._product: tuple[int, dict[str, int]] | None = None  # h and its direction leaves, made once
+        self._products: HessianVectorProducts | None = None  # recorded at the first hvp
 
     def gradient(self, name: str) -> np.ndarray:
         return self.run.tape.nodes[self.grad_ids[self.all_ids[name]]].value
@@ -82,10 +82,8 @@ class SecondOrder:
 
     def hvp(self, vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """H·v for the wrt names, where v is `vectors` (name -> array shaped
-        like that value; names not given are zero). The product
-        h = Σ ⟨∂f/∂B, v_B⟩ is recorded once, with a leaf per direction;
-        later calls set the leaves and replay only h's part of the tape."""
-        tape, nodes = self.run.tape, self.run.tape.nodes
+        like that value; names not given are zero)."""
+        nodes = self.run.tape.nodes
         for name, v in vectors.items():
             if name not in self.all_ids:
                 raise SpireadError(f"`--hvp {name}=…`: `{name}` is not among the values differentiated by",
@@ -94,25 +92,48 @@ class SecondOrder:
             if np.shape(v) != shape:
                 raise SpireadError(f"`--hvp {name}=…`: the direction is {shape_str(np.shape(v))}, but `{name}` "
                                    f"is {shape_str(shape)}", exit_code=2)
-        h, leaves = self._recorded_product()
-        for name, leaf in leaves.items():
-            nodes[leaf].set_value(np.asarray(vectors.get(name, np.zeros(nodes[leaf].value.shape)), dtype=np.float64))
-        tape.replay(tape.between(list(leaves.values()), h))
-        by_id = tape.backward(h, list(self.ids.values()), self.run.diagnostics)
+        if self._products is None:
+            self._products = HessianVectorProducts(self.run.tape, self.grad_ids, self.run.diagnostics)
+        by_id = self._products({self.all_ids[n]: v for n, v in vectors.items()}, list(self.ids.values()))
         return {name: by_id[i] for name, i in self.ids.items()}
 
-    def _recorded_product(self) -> tuple[int, dict[str, int]]:
-        if self._product is None:
-            tape, nodes = self.run.tape, self.run.tape.nodes
-            leaves, h = {}, None
-            for name, i in self.all_ids.items():
-                span = self.run.binding_spans.get(name)
-                leaves[name] = tape.leaf(np.zeros(nodes[i].value.shape), "const", span).id
-                term = tape.record(OPS["mul"], (self.grad_ids[i], leaves[name]), {}, span, f"∂f/∂{name} · v", None)
-                term = tape.record(OPS["sum"], (term.id,), {}, span, f"⟨∂f/∂{name}, v⟩", None)
-                h = term if h is None else tape.record(OPS["add"], (h.id, term.id), {}, span, "Σ ⟨∂f/∂·, v⟩", None)
-            self._product = (h.id, leaves)
-        return self._product
+
+class HessianVectorProducts:
+    """H·v on a tape whose gradient is recorded (grad_ids: value id ->
+    gradient node id): h = Σ ⟨∂f/∂x, v_x⟩ is recorded once, with a leaf per
+    direction; each product sets the leaves, replays only h's part of the
+    tape and sweeps back from h (reverse over reverse, PyTorch's double
+    backward). After the values change, `refresh` recomputes the recorded
+    gradient."""
+
+    def __init__(self, tape: Tape, grad_ids: dict[int, int], diagnostics: Diagnostics | None = None):
+        self.tape, self.diagnostics = tape, diagnostics
+        nodes = tape.nodes
+        self.leaves: dict[int, int] = {}
+        h = None
+        for x, g in grad_ids.items():
+            span = nodes[x].span
+            leaf = tape.leaf(np.zeros(nodes[x].value.shape), "const", span)
+            self.leaves[x] = leaf.id
+            term = tape.record(OPS["mul"], (g, leaf.id), {}, span, "∂f/∂x · v", None)
+            term = tape.record(OPS["sum"], (term.id,), {}, span, "⟨∂f/∂x, v⟩", None)
+            h = term if h is None else tape.record(OPS["add"], (h.id, term.id), {}, span, "Σ ⟨∂f/∂x, v⟩", None)
+        self.h = h.id
+        self.from_directions = tape.between(list(self.leaves.values()), self.h)
+        self.from_values = tape.between(list(grad_ids), self.h)
+
+    def refresh(self) -> None:
+        self.tape.replay(self.from_values)
+
+    def __call__(self, directions: dict[int, np.ndarray], wrt: list[int]) -> dict[int, np.ndarray]:
+        """H·v with respect to each node in `wrt`; v is `directions` (value id
+        -> array; values not given are zero)."""
+        nodes = self.tape.nodes
+        for x, leaf in self.leaves.items():
+            v = directions.get(x)
+            nodes[leaf].set_value(np.zeros(nodes[leaf].value.shape) if v is None else np.asarray(v, dtype=np.float64))
+        self.tape.replay(self.from_directions)
+        return self.tape.backward(self.h, wrt, self.diagnostics)
 
 
 @dataclass
