@@ -1,4 +1,4 @@
-"""Optimizers for `spiread train`: plain and momentum SGD, and Adam.
+"""Optimizers for `spiread train`: plain and momentum SGD, Adam, and Newton.
 
 Both follow PyTorch's definitions (torch.optim.SGD with dampening 0 and no
 Nesterov; torch.optim.Adam without weight decay), so a user can compare runs.
@@ -77,7 +77,103 @@ class Adam:
         return f"adam (lr {self.lr:g}, betas ({self.beta1:g}, {self.beta2:g}), eps {self.eps:g})"
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+class Newton:
+    """Newton steps by conjugate gradients on Hessian-vector products, never a
+    dense Hessian (truncated Newton, Nocedal & Wright's Algorithm 7.1, with
+    Levenberg–Marquardt damping as in Martens' Hessian-free optimisation):
+
+        solve (H + λI) p = −g by CG,   w ← w + lr · p
+
+    CG stops when the residual is 1e-10 of |g|, after as many iterations as
+    there are entries (exact arithmetic needs no more), or at a direction of
+    non-positive curvature (then the step so far, or −g before the first).
+    The damping λ starts at `damping` (0: a pure Newton step, so a quadratic
+    such as least squares is solved in one step, up to rounding) and follows
+    the ratio ρ of the loss's actual decrease to the quadratic model's
+    prediction, seen at the next step: ρ < 1/4 doubles λ (at least 1e-3 of
+    the curvature pᵀHp/|p|² seen), ρ > 3/4 divides it by 3.
+    """
+
+    default_lr = 1.0
+    needs_curvature = True
+
+    def __init__(self, lr: float = default_lr, damping: float = 0.0):
+        self.lr, self.damping = lr, damping
+        self.products = None
+        self.predicted: float | None = None    # the model's decrease for the last step
+        self.last_loss: float | None = None
+        self.curvature = 0.0                   # pᵀHp/|p|² of the last step
+
+    def attach(self, tape, output: int, ids: dict[str, int]) -> None:
+        """Record the gradient of `output` on `tape` (a copy the trainer owns)
+        and the product h = Σ⟨∂f/∂w, v⟩ that every HVP sweeps back from."""
+        from .second import HessianVectorProducts
+        self.tape, self.output, self.ids = tape, output, ids
+        self.products = HessianVectorProducts(tape, tape.backward_graph(output, list(ids.values())))
+
+    def step(self, values: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.products.refresh()  # the recorded gradient at the current values
+        loss = float(self.tape.nodes[self.output].value)
+        self._adapt(loss)
+        names = list(values)
+        shapes = [np.shape(values[n]) for n in names]
+        sizes = [int(np.prod(s)) for s in shapes]
+        cuts = np.cumsum(sizes)[:-1]
+        g = np.concatenate([np.ravel(grads[n]) for n in names])
+
+        def curvature_times(v: np.ndarray) -> np.ndarray:
+            parts = {self.ids[n]: part.reshape(s) for n, part, s in zip(names, np.split(v, cuts), shapes)}
+            by_id = self.products(parts, [self.ids[n] for n in names])
+            return np.concatenate([np.ravel(by_id[self.ids[n]]) for n in names]) + self.damping * v
+
+        p = conjugate_gradients(curvature_times, -g, len(g))
+        hp = curvature_times(p)
+        pp = float(p @ p)
+        self.curvature = float(p @ hp) / pp if pp else 0.0
+        self.predicted = -float(g @ p + 0.5 * (p @ hp)) * self.lr
+        self.last_loss = loss
+        return {n: values[n] + self.lr * part.reshape(s) for n, part, s in zip(names, np.split(p, cuts), shapes)}
+
+    def _adapt(self, loss: float) -> None:
+        """Levenberg–Marquardt: trust the quadratic model more or less by how
+        well it predicted the last step's decrease."""
+        if self.predicted is None or not self.predicted > 0:
+            return
+        rho = (self.last_loss - loss) / self.predicted
+        if rho < 0.25:
+            self.damping = max(2 * self.damping, 1e-3 * abs(self.curvature))
+        elif rho > 0.75:
+            self.damping /= 3
+
+    def describe(self) -> str:
+        return f"newton (conjugate gradients on Hessian-vector products, lr {self.lr:g}, damping from {self.damping:g})"
+
+
+def conjugate_gradients(a_times, b: np.ndarray, max_iterations: int, rtol: float = 1e-10) -> np.ndarray:
+    """Solve A x = b for a symmetric A given as a product, from x = 0; stop at
+    a direction of non-positive curvature (truncated Newton), returning the
+    iterate so far, or b itself before the first step."""
+    x = np.zeros_like(b)
+    r = b.copy()
+    d = r.copy()
+    rr = float(r @ r)
+    stop = (rtol * np.sqrt(rr)) ** 2
+    for _ in range(max_iterations):
+        if rr <= stop:
+            break
+        ad = a_times(d)
+        curvature = float(d @ ad)
+        if not curvature > 0:
+            return x if x.any() else b
+        alpha = rr / curvature
+        x = x + alpha * d
+        r = r - alpha * ad
+        rr, previous = float(r @ r), rr
+        d = r + (rr / previous) * d
+    return x
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "newton": Newton}
 
 
 def make_optimizer(name: str, lr: float | None = None, momentum: float = 0.0):
@@ -91,5 +187,6 @@ def make_optimizer(name: str, lr: float | None = None, momentum: float = 0.0):
     if kind is SGD:
         return SGD(lr, momentum)
     if momentum:
-        raise usage_error("`--momentum` is for sgd; adam has its own (beta1 = 0.9)")
-    return Adam(lr)
+        raise usage_error("`--momentum` is for sgd; " + ("adam has its own (beta1 = 0.9)" if kind is Adam
+                                                          else f"{name} has none"))
+    return kind(lr)

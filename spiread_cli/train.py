@@ -64,6 +64,8 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     # rewrites assume (the bigram model becomes one log-softmax-pick op).
     fused = fuse(run.tape, run.output, [run.bindings[n] for n in names])
     tape, ids = fused.tape, fused.wrt
+    if getattr(optimizer, "needs_curvature", False):  # Newton: the gradient recorded on the copy, for HVPs
+        optimizer.attach(tape, fused.output, dict(zip(names, ids)))
     nodes = tape.nodes
     output = nodes[fused.output]
     # A step recomputes only what lies between the trained values and the output.
