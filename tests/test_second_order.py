@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from conftest import Agreement, run
 from programs import programs
-from spiread_cli import second
-from spiread_cli.check import kink_sites
+from spiread_cli import optim, second, train
+from spiread_cli.check import check_second_order, kink_sites
 from spiread_cli.diagnostics import SpireadError
 from spiread_cli.ops import BACKWARD_ONLY, OPS
 from spiread_cli.tape import Emitter, Tape
@@ -232,3 +232,64 @@ def test_a_nonfinite_second_derivative_warns_where_it_is_born():
     assert not np.isfinite(h.blocks["x"]["x"])
     messages = [(w.message, w.span.line) for w in r.diagnostics.warnings]
     assert any("derivative" in m and line == 2 for m, line in messages), messages
+
+
+# ------------------------------------------------------- check --order 2
+
+
+def test_second_order_check_passes_on_smooth_programs_entry_by_entry_and_along_directions():
+    text = ("w = [[1.0, 2.0], [3.0, 0.5]]\nx = [0.3, -0.2]\n"
+            "loss = ((w @@ x).tanh.exp * w.sum).sum + (x * x).product.log + (w.softmaxRows ** 1.5).mean\n")
+    report = check_second_order(run(text))
+    assert report.ok and report.order == 2
+    assert {n: r.method for n, r in report.results.items()} == {
+        "∂²loss/∂w∂w": "elementwise", "∂²loss/∂w∂x": "elementwise",
+        "∂²loss/∂x∂w": "elementwise", "∂²loss/∂x∂x": "elementwise"}
+    assert report.results["∂²loss/∂w∂x"].checked == 8
+    directional = check_second_order(run(text), max_entries=3)
+    assert directional.ok
+    assert {r.method for r in directional.results.values()} == {"directional"}
+
+
+def test_second_order_check_names_the_kink_it_meets():
+    r = run("x = [0.0, 1.0]\nloss = (x.relu * x).sum\n")
+    report = check_second_order(r)
+    assert not report.ok
+    [failure] = report.failures(r)
+    assert failure.message.startswith("second-derivative check failed for `∂²loss/∂x∂x[0, 0]`: not differentiable")
+    assert (failure.span.line, failure.span.column) == (2, 11)
+    assert len(failure.notes) == 1 and failure.notes[0].startswith("`relu` (line 2, column 11) has input 0 at [0]")
+
+
+# ------------------------------------------------------------------ Newton
+
+
+def test_newton_reaches_the_least_squares_solution_in_two_steps():
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((20, 4)), rng.standard_normal(20)
+    text = f"X = {x.tolist()}\ny = {y.tolist()}\nw = [0.0, 0.0, 0.0, 0.0]\nloss = ((X @@ w - y) ** 2).mean\n"
+    result = train.train(run(text), ["w"], 2, optim.Newton())
+    solution = np.linalg.lstsq(x, y, rcond=None)[0]
+    np.testing.assert_allclose(result.values["w"], solution, rtol=1e-10, atol=1e-12)
+    assert result.status == "done" and result.error is None
+
+
+def test_newton_decreases_a_nonconvex_loss_and_damps_itself():
+    text = "w = [1.5, -0.5]\nloss = (w[0] - 1.0) ** 2 * 0.1 + (w[0] * w[1]).sin + (w * w).sum * 0.05\n"
+    newton = optim.Newton()
+    result = train.train(run(text), ["w"], 15, newton)
+    assert result.error is None
+    assert result.losses[-1] < result.losses[0]
+    sgd = train.train(run(text), ["w"], 15, optim.SGD(0.1))
+    assert result.losses[-1] <= sgd.losses[-1] + 1e-9
+
+
+def test_conjugate_gradients_solves_a_symmetric_positive_system_and_stops_at_negative_curvature():
+    rng = np.random.default_rng(1)
+    m = rng.standard_normal((6, 6))
+    a = m @ m.T + np.eye(6)
+    b = rng.standard_normal(6)
+    np.testing.assert_allclose(optim.conjugate_gradients(lambda v: a @ v, b, 6), np.linalg.solve(a, b), rtol=1e-8)
+    indefinite = np.diag([1.0, -1.0])
+    np.testing.assert_array_equal(optim.conjugate_gradients(lambda v: indefinite @ v, np.array([0.0, 1.0]), 2),
+                                  [0.0, 1.0])
