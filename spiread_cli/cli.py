@@ -170,18 +170,41 @@ def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOp
                 text=text, debug=debug, outputs=[Output("--out", out, (".dot", ".gv"))])
 
 
+@app.command("hessian")
+def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
+                    hvp: Annotated[Optional[list[str]], typer.Option(
+                        "--hvp", metavar="NAME=V", help="Give H·v instead of H, without forming H: the direction "
+                                                        "for NAME, in any --set form (repeatable; names not given are "
+                                                        "zero).")] = None,
+                    set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
+                    debug: DebugOpt = False):
+    """Exact second derivatives of the scalar output: every block ∂²out/∂A∂B, or H·v with --hvp."""
+    from . import api, second
+    from .output import hessian_document, hessian_text
+
+    def compute(s, run):
+        if hvp:
+            return second.hvp(run, api.parse_overrides(hvp, api.base_dir_of(s.source)), wrt)
+        return second.hessian(run, wrt)
+
+    run_command(file, set_, of, compute=compute, document=lambda run, result: hessian_document(result),
+                text=hessian_text, fmt=fmt, strict=strict, debug=debug)
+
+
 @app.command("check")
 def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                   eps: Annotated[Optional[float], typer.Option("--eps", metavar="E", help="Finite-difference step (default 1e-6).")] = None,
                   tol: Annotated[Optional[float], typer.Option("--tol", metavar="T", help="Tolerance, relative to the gradient's scale (default 1e-5; see docs/check.md).")] = None,
+                  order: Annotated[int, typer.Option("--order", min=1, max=2, help="1: gradients; 2: second derivatives, against differences of the exact gradient.")] = 1,
                   set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
                   debug: DebugOpt = False):
     """Compare AD gradients (reverse and forward) with central finite differences; exit 1 if any disagree."""
-    from .check import check_gradients
+    from .check import check_gradients, check_second_order
     from .diagnostics import emit
     from .output import check_document, check_table, stdout_console
 
-    run, report = run_command(file, set_, of, compute=lambda s, run: check_gradients(run, wrt, eps, tol),
+    checker = check_gradients if order == 1 else check_second_order
+    run, report = run_command(file, set_, of, compute=lambda s, run: checker(run, wrt, eps, tol),
                               document=lambda run, report: check_document(report),
                               text=lambda run, report: stdout_console().print(check_table(report)),
                               fmt=fmt, strict=strict, debug=debug)
@@ -194,6 +217,7 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
 class Optimizer(str, Enum):
     sgd = "sgd"
     adam = "adam"
+    newton = "newton"
 
 
 @app.command("train")
@@ -202,8 +226,8 @@ def train_command(
         wrt: Annotated[list[str], typer.Option("--wrt", metavar="NAME",
                                                help="A value to train (repeatable); it must be bound to a constant.")],
         steps: Annotated[int, typer.Option("--steps", min=0, help="How many steps.")] = 100,
-        lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate. Default: sgd 0.01, adam 0.001.")] = None,
-        optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="sgd (with --momentum) or adam.")] = Optimizer.sgd,
+        lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate. Default: sgd 0.01, adam 0.001, newton 1 (a full Newton step).")] = None,
+        optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="sgd (with --momentum), adam, or newton (conjugate gradients on Hessian-vector products).")] = Optimizer.sgd,
         momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum; 0 is plain SGD.")] = 0.0,
         save: Annotated[Optional[Path], typer.Option("--save", metavar="PATH.npz",
                                                      help="Write the trained values here, keyed by name.")] = None,

@@ -308,6 +308,26 @@ def grad_text(run, result) -> None:
     console.print(values_table([(f"∂{run.output_name}/∂{n}", g) for n, g in result.gradients.items()]))
 
 
+def hessian_document(result) -> dict:
+    """`spiread hessian --format json`'s fields: every block, or the HVPs."""
+    if hasattr(result, "blocks"):
+        return {"value": json_value(result.value),
+                "hessian": {a: {b: json_value(h) for b, h in row.items()} for a, row in result.blocks.items()}}
+    return {"value": json_value(result.value), "hvp": {a: json_value(p) for a, p in result.products.items()}}
+
+
+def hessian_text(run, result) -> None:
+    console = stdout_console()
+    console.print(values_table([(run.output_name, result.value)]))
+    console.print()
+    out = run.output_name
+    if hasattr(result, "blocks"):
+        rows = [(f"∂²{out}/∂{a}∂{b}", h) for a, row in result.blocks.items() for b, h in row.items()]
+    else:
+        rows = [(f"(H·v) for {a}", p) for a, p in result.products.items()]
+    console.print(values_table(rows))
+
+
 def train_document(result, written) -> dict:
     return {"steps": len(result.losses), "loss": result.losses,
             "saved": str(written.saved) if written.saved is not None else None,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .diagnostics import Diagnostics, SpireadError, shape_str
+from .diagnostics import Diagnostics, SpireadError, did_you_mean, shape_str
 from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, _identity_rows
 from .ops import OPS
 from .tape import Run, Tape, all_finite, warn_derivative
@@ -147,6 +147,16 @@ def hessian(run: Run, wrt: list[str] | None = None) -> Hessian:
     return Hessian(run.value, SecondOrder(run, wrt).hessian())
 
 
-def hvp(run: Run, vectors: dict[str, np.ndarray], wrt: list[str] | None = None) -> dict[str, np.ndarray]:
+@dataclass
+class HessianVector:
+    value: np.ndarray                 # the output's value
+    products: dict[str, np.ndarray]   # A -> Σ_B ∂²f/∂A∂B · v_B
+
+
+def hvp(run: Run, vectors: dict[str, np.ndarray], wrt: list[str] | None = None) -> HessianVector:
     """The Hessian-vector product for each wrt name, without forming H."""
-    return SecondOrder(run, wrt, also=list(vectors)).hvp(vectors)
+    for name in vectors:
+        if name not in run.bindings:
+            raise SpireadError(f"`--hvp {name}=…`: the program binds no `{name}`",
+                               notes=did_you_mean(name, run.bindings), exit_code=2)
+    return HessianVector(run.value, SecondOrder(run, wrt, also=list(vectors)).hvp(vectors))

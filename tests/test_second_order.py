@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import Agreement, run
+from conftest import Agreement, run, spiread, strict_json
 from programs import programs
 from spiread_cli import optim, second, train
 from spiread_cli.check import check_second_order, kink_sites
@@ -133,7 +133,7 @@ def test_hvp_is_the_hessian_times_the_direction():
         rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
         r = run(program.source, name="generated.ad")
         vectors = {n: rng.normal(size=r.node(n).value.shape) for n in given_names}
-        hv = second.hvp(run(program.source, name="generated.ad"), vectors, wrt)
+        hv = second.hvp(run(program.source, name="generated.ad"), vectors, wrt).products
         h = second.hessian(r, wrt).blocks
         for a in wrt:
             size_a = r.node(a).value.size
@@ -293,3 +293,82 @@ def test_conjugate_gradients_solves_a_symmetric_positive_system_and_stops_at_neg
     indefinite = np.diag([1.0, -1.0])
     np.testing.assert_array_equal(optim.conjugate_gradients(lambda v: indefinite @ v, np.array([0.0, 1.0]), 2),
                                   [0.0, 1.0])
+
+
+# ------------------------------------------------------------ command line
+
+
+LEAST_SQUARES = "X = [[1.0, 0.5], [1.0, -1.2], [1.0, 2.3]]\ny = [1.2, -0.8, 3.1]\nw = [0.1, 0.2]\nb = 0.5\n" \
+                "loss = ((X @@ w + b - y) ** 2).sum\n"
+
+
+def test_hessian_command_json_has_every_block_in_torchs_layout(tmp_program):
+    path = tmp_program(LEAST_SQUARES)
+    result = spiread("hessian", path, "--wrt", "w", "--wrt", "b", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    doc = strict_json(result.stdout)
+    assert set(doc) == {"file", "output", "value", "hessian", "warnings"}
+    x = np.array([[1.0, 0.5], [1.0, -1.2], [1.0, 2.3]])
+    assert doc["output"] == "loss" and doc["warnings"] == []
+    assert doc["hessian"]["w"]["w"] == {"shape": [2, 2], "value": (2 * x.T @ x).tolist()}
+    assert doc["hessian"]["w"]["b"] == {"shape": [2], "value": (2 * x.sum(axis=0)).tolist()}
+    assert doc["hessian"]["b"]["w"]["value"] == doc["hessian"]["w"]["b"]["value"]
+    assert doc["hessian"]["b"]["b"] == {"shape": [], "value": 6.0}
+
+
+def test_hessian_command_hvp_matches_the_hessian_and_reads_any_set_form(tmp_program, tmp_path):
+    path = tmp_program(LEAST_SQUARES)
+    np.save(tmp_path / "v.npy", np.array([1.0, -2.0]))
+    result = spiread("hessian", path, "--wrt", "w", "--wrt", "b", "--hvp", f"w={tmp_path / 'v.npy'}", "--hvp", "b=3",
+                     "--format", "json")
+    assert result.returncode == 0, result.stderr
+    doc = strict_json(result.stdout)
+    assert set(doc) == {"file", "output", "value", "hvp", "warnings"}
+    x = np.array([[1.0, 0.5], [1.0, -1.2], [1.0, 2.3]])
+    v, vb = np.array([1.0, -2.0]), 3.0
+    np.testing.assert_allclose(doc["hvp"]["w"]["value"], 2 * x.T @ x @ v + 2 * x.sum(axis=0) * vb)
+    np.testing.assert_allclose(doc["hvp"]["b"]["value"], 2 * x.sum(axis=0) @ v + 6.0 * vb)
+
+
+def test_hessian_command_text(tmp_program):
+    result = spiread("hessian", tmp_program("x = 3.0\nloss = x ** 3\n"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["loss", "scalar", "27.0", "∂²loss/∂x∂x", "scalar", "18.0"]
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["--hvp", "xx=1"], "`--hvp xx=…`: the program binds no `xx`", 2),
+    (["--hvp", "x=[1, 2, 3]"], "`--hvp x=…`: the direction is a vector of 3, but `x` is a vector of 2", 2),
+])
+def test_hessian_command_refuses_bad_directions(tmp_program, args, message, code):
+    result = spiread("hessian", tmp_program("x = [1.0, 2.0]\nloss = (x * x).sum\n"), *args)
+    assert result.returncode == code
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_hessian_of_a_non_scalar_is_a_located_error(tmp_program):
+    path = tmp_program("x = [1.0, 2.0]\ny = x * x\n")
+    result = spiread("hessian", path)
+    assert result.returncode == 1
+    assert f"{path}:2:7: error: the output `y` is a vector of 2, but gradients need a scalar" in result.stderr
+
+
+def test_check_order_two_command(tmp_program):
+    ok = spiread("check", "--order", "2", tmp_program("x = [0.5, 1.5]\nloss = (x.tanh * x.exp).sum\n"))
+    assert ok.returncode == 0, ok.stderr
+    assert "second-derivative check of `loss`" in ok.stdout and "check passed" in ok.stdout
+    path = tmp_program("x = [0.0, 1.0]\nloss = (x.relu * x).sum\n", "kink.ad")
+    failed = spiread("check", "--order", "2", path, "--format", "json")
+    assert failed.returncode == 1
+    assert strict_json(failed.stdout)["results"]["∂²loss/∂x∂x"]["ok"] is False
+    assert f"{path}:2:11: error: second-derivative check failed for `∂²loss/∂x∂x[0, 0]`" in failed.stderr
+
+
+def test_train_newton_command_solves_least_squares_in_two_steps(tmp_program, tmp_path):
+    path = tmp_program(LEAST_SQUARES.replace("b = 0.5\n", "").replace(" + b", ""))
+    result = spiread("train", path, "--wrt", "w", "--optimizer", "newton", "--steps", "2", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    x, y = np.array([[1.0, 0.5], [1.0, -1.2], [1.0, 2.3]]), np.array([1.2, -0.8, 3.1])
+    np.testing.assert_allclose(strict_json(result.stdout)["values"]["w"]["value"], np.linalg.solve(x.T @ x, x.T @ y),
+                               rtol=1e-12)
