@@ -2,7 +2,10 @@
 
 Inputs, `--wrt` nodes, the output, constants and ops are told apart by shape
 and colour; each node shows the op, the bound name, the shape and the value
-(and, for `--wrt` nodes, the gradient).
+(and, for `--wrt` nodes, the gradient). When the program computes with its
+gradients, the recorded backward pass is part of the graph: each of its
+nodes is drawn dashed in violet, named by the rule that made it
+(`∂log/∂x`) above the op it recorded.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 
 from .interpreter import Run
 from .output import format_array, short_shape
+from .tape import made_by_rule
 
 STYLE = {
     "input": 'shape=box, style="rounded,filled", fillcolor="#dbeafe", color="#1d4ed8"',
@@ -20,6 +24,7 @@ STYLE = {
     "op": 'shape=box, style="filled", fillcolor="#ffffff", color="#374151"',
     "wrt": 'shape=box, style="rounded,filled,bold", fillcolor="#fde68a", color="#b45309", penwidth=2',
     "output": 'shape=box, style="filled,bold", fillcolor="#bbf7d0", color="#15803d", penwidth=2',
+    "adjoint": 'shape=box, style="filled,dashed", fillcolor="#f5f3ff", color="#7c3aed"',
 }
 # Arrays with more entries than this show a summary in the graph.
 LABEL_ENTRIES = 12
@@ -49,9 +54,13 @@ def to_dot(run: Run, gradients: dict[str, np.ndarray] | None = None) -> str:
     for node in nodes:
         if not needed[node.id]:
             continue
-        kind = ("output" if node.id == run.output else "wrt" if node.id in wrt_ids else node.kind)
+        adjoint = node.op is not None and made_by_rule(node)
+        kind = ("output" if node.id == run.output else "wrt" if node.id in wrt_ids
+                else "adjoint" if adjoint else node.kind)
         head = node.label if node.op is not None else ("input" if node.kind == "input" else "constant")
         rows = [f"<b>{html.escape(head)}</b>"]
+        if adjoint:
+            rows.append(f'<font color="#7c3aed">{html.escape(node.op.name)}</font>')
         if node.name:
             rows.append(f'<font point-size="13"><b>{html.escape(node.name)}</b></font>')
         if node.kind != "const":

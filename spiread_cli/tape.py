@@ -301,6 +301,12 @@ class Emitter:
         return self.tape.nodes[node_id].value.shape
 
 
+def made_by_rule(node: Node) -> bool:
+    """Whether a node was recorded by a derivative rule (`backward_graph`):
+    part of a backward pass, which `dot` draws as such."""
+    return node.label.startswith(("∂", "Σ∂"))
+
+
 def rule_label(node: Node, k: int) -> str:
     """How a recorded derivative is named: `∂log/∂x`, `∂(@@)/∂a`, `∂stack/∂x2`."""
     name = node.op.name if " " in node.label else node.label

@@ -372,3 +372,17 @@ def test_train_newton_command_solves_least_squares_in_two_steps(tmp_program, tmp
     x, y = np.array([[1.0, 0.5], [1.0, -1.2], [1.0, 2.3]]), np.array([1.2, -0.8, 3.1])
     np.testing.assert_allclose(strict_json(result.stdout)["values"]["w"]["value"], np.linalg.solve(x.T @ x, x.T @ y),
                                rtol=1e-12)
+
+
+def test_dot_draws_a_recorded_backward_pass_named_by_its_rules():
+    from dataclasses import replace
+
+    from spiread_cli.dot import to_dot
+    r = run("w = [1.0, 2.0]\nloss = (w.log * w).sum\n")
+    w = r.bindings["w"]
+    grad = r.tape.backward_graph(r.output, [w])[w]
+    dot = to_dot(replace(r, output=grad))
+    assert "<b>∂log/∂x</b><br/><font color=\"#7c3aed\">scale</font>" in dot
+    assert dot.count('style="filled,dashed"') == sum(1 for n in r.tape.nodes if n.op is not None and n.label[0] in "∂Σ"
+                                                    and r.tape.feeding(grad)[n.id] and n.id != grad)
+    assert "<b>log</b>" in dot  # the forward ops the gradient reads are drawn too
