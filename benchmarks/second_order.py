@@ -46,7 +46,8 @@ def spiread_hvp(arrays, v):
     run = api.run_file(str(folder / "mlp.ad"))
     fused = fuse(run.tape, run.output, [run.bindings[p] for p in mlp.PARAMS])
     tape, ids = fused.tape, fused.wrt
-    products = HessianVectorProducts(tape, tape.backward_graph(fused.output, ids))
+    recorded_from = len(tape.nodes)
+    products = HessianVectorProducts(tape, tape.backward_graph(fused.output, ids), recorded_from)
     forward = tape.between(ids, fused.output)
     directions = dict(zip(ids, v))
 

@@ -109,10 +109,11 @@ class Newton:
         and the product h = Σ⟨∂f/∂w, v⟩ that every HVP sweeps back from."""
         from .second import HessianVectorProducts
         self.tape, self.output, self.ids = tape, output, ids
-        self.products = HessianVectorProducts(tape, tape.backward_graph(output, list(ids.values())))
+        recorded_from = len(tape.nodes)
+        self.products = HessianVectorProducts(tape, tape.backward_graph(output, list(ids.values())), recorded_from)
 
     def step(self, values: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.products.refresh()  # the recorded gradient at the current values
+        self.products.refresh()  # the recorded gradient at the current values (train replayed the forward pass)
         loss = float(self.tape.nodes[self.output].value)
         self._adapt(loss)
         names = list(values)

@@ -37,6 +37,7 @@ class SecondOrder:
         # Names an HVP direction is given for, differentiated by as well.
         extra = [name for name in also if name not in self.ids]
         self.all_ids = {**self.ids, **(run.wrt_ids(extra) if extra else {})}
+        self.recorded_from = len(run.tape.nodes)
         self.grad_ids = run.tape.backward_graph(run.output, list(self.all_ids.values()), run.diagnostics)
         self._products: HessianVectorProducts | None = None  # recorded at the first hvp
 
@@ -93,7 +94,8 @@ class SecondOrder:
                 raise SpireadError(f"`--hvp {name}=…`: the direction is {shape_str(np.shape(v))}, but `{name}` "
                                    f"is {shape_str(shape)}", exit_code=2)
         if self._products is None:
-            self._products = HessianVectorProducts(self.run.tape, self.grad_ids, self.run.diagnostics)
+            self._products = HessianVectorProducts(self.run.tape, self.grad_ids, self.recorded_from,
+                                                   self.run.diagnostics)
         by_id = self._products({self.all_ids[n]: v for n, v in vectors.items()}, list(self.ids.values()))
         return {name: by_id[i] for name, i in self.ids.items()}
 
@@ -103,10 +105,12 @@ class HessianVectorProducts:
     gradient node id): h = Σ ⟨∂f/∂x, v_x⟩ is recorded once, with a leaf per
     direction; each product sets the leaves, replays only h's part of the
     tape and sweeps back from h (reverse over reverse, PyTorch's double
-    backward). After the values change, `refresh` recomputes the recorded
-    gradient."""
+    backward). After the values change and the forward nodes are replayed,
+    `refresh` recomputes the recorded gradient: the nodes from
+    `recorded_from` (the tape's length before `backward_graph`) on."""
 
-    def __init__(self, tape: Tape, grad_ids: dict[int, int], diagnostics: Diagnostics | None = None):
+    def __init__(self, tape: Tape, grad_ids: dict[int, int], recorded_from: int,
+                 diagnostics: Diagnostics | None = None):
         self.tape, self.diagnostics = tape, diagnostics
         nodes = tape.nodes
         self.leaves: dict[int, int] = {}
@@ -120,7 +124,7 @@ class HessianVectorProducts:
             h = term if h is None else tape.record(OPS["add"], (h.id, term.id), {}, span, "Σ ⟨∂f/∂x, v⟩", None)
         self.h = h.id
         self.from_directions = tape.between(list(self.leaves.values()), self.h)
-        self.from_values = tape.between(list(grad_ids), self.h)
+        self.from_values = [n for n in tape.between(list(grad_ids), self.h) if n.id >= recorded_from]
 
     def refresh(self) -> None:
         self.tape.replay(self.from_values)
