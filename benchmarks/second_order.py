@@ -13,8 +13,10 @@
   gradient with 100 identity seeds in one batched sweep;
   torch.autograd.functional.hessian(vectorize=True); jit(jax.hessian).
 
-Peers that are not installed are left out. Prints seconds per step and
-each peer's time over spiread's.
+Peers that are not installed are left out. Prints the median time per step
+over interleaved rounds and spiread's time over each peer's. Set
+OPENBLAS_NUM_THREADS and OMP_NUM_THREADS alike for a fair comparison
+(the figures in docs/performance.md say which).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mlp  # noqa: E402
-from common import have, time_steps  # noqa: E402
+from common import have  # noqa: E402
+from run import interleaved  # noqa: E402
 
 # ------------------------------------------------------------- HVP on mlp
 
@@ -154,11 +157,11 @@ def jax_hessian(arrays):
 # ------------------------------------------------------------------- main
 
 
-def compare(title: str, factories: dict, repeats: int, check) -> None:
-    steps = {name: make() for name, make in factories.items()}
-    results = {name: step() for name, step in steps.items()}
-    check(results)
-    times = {name: time_steps(step, repeats) for name, step in steps.items()}
+def compare(title: str, factories: dict, rounds: int, check) -> None:
+    """Check that every implementation computes the same, then time them in
+    interleaved rounds (run.py's harness), so load on the machine hits all alike."""
+    check({name: make()() for name, make in factories.items()})
+    times = interleaved(factories, rounds, per_round=1)
     base = times["spiread"]
     print(f"\n{title}")
     for name, seconds in times.items():
@@ -169,7 +172,7 @@ def compare(title: str, factories: dict, repeats: int, check) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    repeats = 3 if parser.parse_args().quick else 9
+    repeats = 3 if parser.parse_args().quick else 9  # interleaved rounds
 
     arrays = mlp.data()
     rng = np.random.default_rng(3)
