@@ -184,7 +184,7 @@ def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
 
     def compute(s, run):
         if hvp:
-            return second.hvp(run, api.parse_overrides(hvp, api.base_dir_of(s.source)), wrt)
+            return second.hvp(run, api.parse_overrides(hvp, api.base_dir_of(run.source)), wrt)
         return second.hessian(run, wrt)
 
     run_command(file, set_, of, compute=compute, document=lambda run, result: hessian_document(result),

@@ -171,13 +171,13 @@ class Program:
         return result
 
     def train(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str,
-              steps: int = 100, lr: float | None = None, optimizer: Literal["sgd", "adam"] = "sgd",
+              steps: int = 100, lr: float | None = None, optimizer: Literal["sgd", "adam", "newton"] = "sgd",
               momentum: float = 0.0, of: str | None = None, progress: bool | None = None,
               **more: ArrayLike) -> "Training":
         """Repeat forward, backward and an optimizer step on the `wrt` values
         (each bound to a constant), from one run of the program.
 
-        `lr` defaults to the optimizer's (sgd 0.01, adam 0.001). `progress`
+        `lr` defaults to the optimizer's (sgd 0.01, adam 0.001, newton 1). `progress`
         shows a bar (in a notebook, or on a terminal); by default it is on
         when the session is interactive. Interrupting (Ctrl-C, the notebook's
         stop button, SIGTERM) once stops after the current step and returns

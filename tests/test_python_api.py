@@ -327,7 +327,7 @@ def test_training_that_diverges_raises_located_and_keeps_what_was_done():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"optimizer": "newton"}, "optimizer='newton': the optimizer is one of \"sgd\", \"adam\""),
+    ({"optimizer": "lbfgs"}, "optimizer='lbfgs': the optimizer is one of \"sgd\", \"adam\", \"newton\""),
     ({"steps": -1}, "steps=-1: the number of steps is a whole number, at least 0"),
     ({"steps": 2.5}, "steps=2.5: the number of steps is a whole number, at least 0"),
     ({"lr": -1.0}, "`--lr -1`: the learning rate must be a positive number"),
