@@ -1,6 +1,6 @@
-"""Second derivatives against PyTorch and JAX (float64, CPU, 2 threads).
+"""Second derivatives against PyTorch and JAX (float64, CPU).
 
-    python benchmarks/second_order.py [--quick]
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/second_order.py [--quick]
 
 - HVP on the mlp workload (benchmarks/mlp.py: 4096 × 256 data, two tanh
   layers, softmax cross-entropy, six parameters): one step is the loss, its
@@ -22,6 +22,7 @@ OPENBLAS_NUM_THREADS and OMP_NUM_THREADS alike for a fair comparison
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mlp  # noqa: E402
 from common import have  # noqa: E402
 from run import interleaved  # noqa: E402
+
+# PyTorch's threads; set OPENBLAS_NUM_THREADS (numpy's) to the same number.
+THREADS = int(os.environ.get("OMP_NUM_THREADS", "2"))
 
 # ------------------------------------------------------------- HVP on mlp
 
@@ -64,7 +68,7 @@ def spiread_hvp(arrays, v):
 def torch_hvp(arrays, v):
     import torch
     import torch.nn.functional as F
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     X, y = torch.from_numpy(arrays["X"]), torch.from_numpy(arrays["y"]).long()
     p = [torch.tensor(arrays[name], requires_grad=True) for name in mlp.PARAMS]
     vs = [torch.from_numpy(x) for x in v]
@@ -134,7 +138,7 @@ def spiread_hessian(arrays):
 
 def torch_hessian(arrays):
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     X, y, w = (torch.from_numpy(arrays[k]) for k in ("X", "y", "w"))
 
     def f(w):
