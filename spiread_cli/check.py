@@ -218,8 +218,7 @@ def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None
                 finally:
                     probe.restore()
             name = f"∂²{run.output_name}/∂{a}∂{b}"
-            shape = shape_a + shape_b if elementwise else ()
-            results[name] = judge(name, shape, "elementwise" if elementwise else "directional",
+            results[name] = judge(name, shape_a + shape_b, "elementwise" if elementwise else "directional",
                                   _joined(parts), tol, eps)
             if not results[name].ok:  # one note per place in the source (an op and its rule share one)
                 for site in kink_sites(tape, [b_id], phi.id):
