@@ -239,18 +239,19 @@ defop("stopGradient", lambda x: np.array(x), lambda i, g, out, x: np.zeros_like(
 
 
 def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], methods=(),
-                 partials_graph: tuple[Callable, Callable] | None = None) -> Op:
+                 partials_graph: tuple[Callable, Callable] | None = None, times: Callable = scale) -> Op:
     """A broadcasting binary op from its function and the partial derivative
     with respect to each operand, partials[i](out, a, b); partials_graph[i](out,
-    a, b, emit) is the same partial as recorded ops (or a constant factor)."""
+    a, b, emit) is the same partial as recorded ops (or a constant factor).
+    `times` multiplies a (co)tangent by a partial."""
     def vjp(i, g, out, a, b):
-        return unbroadcast(scale(g, partials[i](out, a, b)), (a, b)[i].shape)
+        return unbroadcast(times(g, partials[i](out, a, b)), (a, b)[i].shape)
 
     def jvp(ts, out, a, b):
         total = None
         for i, t in enumerate(ts):
             if t is not None:
-                term = scale(lift(t, out.ndim), partials[i](out, a, b))
+                term = times(lift(t, out.ndim), partials[i](out, a, b))
                 total = term if total is None else total + term
         return np.broadcast_to(total, total.shape[:1] + out.shape)
 
@@ -286,6 +287,16 @@ def _zero_where(mask: np.ndarray, d: np.ndarray) -> np.ndarray:
     return np.where(mask, 0.0, d) if mask.any() else d
 
 
+def _scale_either(t: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """`scale`'s own derivative products: 0 where either factor is 0. scale(t, d)
+    is 0 wherever t is, whatever d does, so an infinite change of d there moves
+    nothing (the seed example's log(0), which a selection drops)."""
+    r = t * d
+    if math.isfinite(r.sum()):
+        return r
+    return np.where((t == 0) | (d == 0), 0.0, r)
+
+
 def _pow_log_partials(out, a, b):
     """The partials of powLog(a, b) = d(a**b)/db = a**b log a: a**(b-1)(b log a + 1)
     and a**b (log a)², 0 where powLog itself is held at 0."""
@@ -312,7 +323,7 @@ elementwise2("pow", np.power, (_pow_base, _pow_exponent), methods=("pow",),
 # stays zero against an infinite second (the numeric rules' `scale` helper);
 # `powLog` is pow's partial in the exponent.
 elementwise2("scale", scale, (lambda out, t, d: d, lambda out, t, d: t),
-             partials_graph=(lambda out, t, d, e: d, lambda out, t, d, e: t))
+             partials_graph=(lambda out, t, d, e: d, lambda out, t, d, e: t), times=_scale_either)
 elementwise2("powLog", lambda a, b: _pow_exponent(np.power(a, b), a, b),
              (lambda out, a, b: _pow_log_partials(out, a, b)[0], lambda out, a, b: _pow_log_partials(out, a, b)[1]))
 
