@@ -155,6 +155,27 @@ class Program:
         self._warn(run)
         return gradients
 
+    def hessian(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
+                of: str | None = None, hvp: Mapping[str, ArrayLike] | None = None,
+                **more: ArrayLike) -> "Hessian":
+        """Second derivatives of the scalar output, exact (docs/design.md):
+        every block ∂²out/∂A∂B with the shape shape(A) + shape(B), as
+        `torch.autograd.functional.hessian` gives it; or, with `hvp={A: V}`,
+        the Hessian-vector products Σ_B ∂²out/∂A∂B · V_B without forming the
+        Hessian (names not given are zero), as `spiread hessian --hvp` does."""
+        from . import second
+        run = self._run(bindings, more, of)
+        if hvp is None:
+            result = self._located(second.hessian, run, _names(wrt))
+            blocks = {a: {b: _array(h) for b, h in row.items()} for a, row in result.blocks.items()}
+            products = None
+        else:
+            vectors = {name: self._binding(name, v) for name, v in hvp.items()}
+            result = self._located(second.hvp, run, vectors, _names(wrt))
+            blocks, products = None, {a: _array(p) for a, p in result.products.items()}
+        self._warn(run)
+        return Hessian(run.output_name, float(result.value), blocks, products)
+
     def check(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
               of: str | None = None, eps: float | None = None, tol: float | None = None,
               **more: ArrayLike) -> "CheckResult":
@@ -278,6 +299,17 @@ class Gradients:
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.gradients[name]
+
+
+@dataclass(frozen=True)
+class Hessian:
+    """What `Program.hessian` returns: the output's name and value, and either
+    every block (`blocks[A][B]`, shape shape(A) + shape(B)) or, when asked with
+    `hvp=`, the Hessian-vector product for each name (`products[A]`)."""
+    output: str
+    value: float
+    blocks: dict[str, dict[str, np.ndarray]] | None
+    products: dict[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)

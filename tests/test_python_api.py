@@ -503,3 +503,16 @@ def test_paths_in_a_program_resolve_from_its_folder(tmp_path, monkeypatch):
     with pytest.raises(SpireadError) as caught:
         compile('a = load("a.csv")\ntotal = a.sum', name="<cell>").eval()
     assert str(caught.value).startswith("<cell>:1:10: error: cannot load `a.csv`: no such file")
+
+
+def test_hessian_and_hvp_are_the_closed_form_of_least_squares():
+    rng = np.random.default_rng(3)
+    X, y, w = rng.standard_normal((6, 3)), rng.standard_normal(6), rng.standard_normal(3)
+    prog = compile("X = zeros(6, 3)\ny = zeros(6)\nw = zeros(3)\nloss = ((X @@ w - y) ** 2).mean\n")
+    h = prog.hessian(X=X, y=y, w=w, wrt=["w"])
+    expected = 2 / 6 * X.T @ X
+    np.testing.assert_allclose(h.blocks["w"]["w"], expected, rtol=1e-12)
+    v = rng.standard_normal(3)
+    np.testing.assert_allclose(prog.hessian(X=X, y=y, w=w, hvp={"w": v}).products["w"], expected @ v, rtol=1e-12)
+    h.blocks["w"]["w"][:] = 0  # results are the caller's own
+    np.testing.assert_allclose(prog.hessian(X=X, y=y, w=w, wrt=["w"]).blocks["w"]["w"], expected, rtol=1e-12)
