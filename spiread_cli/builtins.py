@@ -20,7 +20,8 @@ import numpy as np
 from .data import load_array
 from .diagnostics import Span, SpireadError, did_you_mean, shape_str
 from .ops import OPS
-from .values import Arg, Const, Symbol, Text
+from .output import format_array
+from .values import Arg, Const, Function, Jet, JetDim, Record, Symbol, Text, Unit, jet_text
 
 if TYPE_CHECKING:
     from .interpreter import Interpreter
@@ -148,8 +149,60 @@ def _array(self: Interpreter, args, keywords, call):
     return self.array_literal(args, call)
 
 
+def shown(self: Interpreter, arg: Arg) -> str:
+    """A value's text, as `eval` shows it (a Jet as spire does): what
+    `println` writes and `.printMat` gives."""
+    value = arg.value
+    if isinstance(value, Text):
+        return value.value
+    if isinstance(value, Record):
+        return "\n".join(f"{key}: {format_array(node.value)}" for key, node in value.fields.items())
+    value = self.tensor(arg)
+    return jet_text(value.value, value.tangents) if isinstance(value, Jet) else format_array(value.value)
+
+
+def _println(self: Interpreter, args, keywords, call):
+    self.printed.append(shown(self, args[0]))
+    return Unit()
+
+
+def _jet_dim(self: Interpreter, call) -> int:
+    if self.jet_dim is None:
+        raise SpireadError(f"`{self.text(call.callee)}` needs to know how many infinitesimal parts a Jet has",
+                           call.span, ["give it first: `given jd: JetDim = JetDim(1)`"])
+    return self.jet_dim[0]
+
+
+def _jet(self: Interpreter, args, keywords, call):
+    """`Jet(c)`: the number c, with no infinitesimal part."""
+    n = _jet_dim(self, call)
+    return Jet(np.array(self.number(args[0], "the real part of `Jet`")), np.zeros(n))
+
+
+def _jet_h(self: Interpreter, args, keywords, call):
+    """`Jet.h[Double](k)`: the k-th infinitesimal, h_k (real part 0)."""
+    n = _jet_dim(self, call)
+    k = self.integer(args[0], "the part of `Jet.h`")
+    if not 0 <= k < n:
+        raise SpireadError(f"`Jet.h`: part {k} is out of range for a JetDim of {n}", args[0].expr.span,
+                           [f"parts count from 0 to {n - 1}"])
+    return Jet(np.array(0.0), np.eye(n)[k])
+
+
+def _make_jet_dim(self: Interpreter, args, keywords, call):
+    n = self.integer(args[0], "the dimension of `JetDim`")
+    if n < 1:
+        raise SpireadError(f"`JetDim`: a Jet has at least 1 infinitesimal part, not {n}", args[0].expr.span)
+    return JetDim(n)
+
+
 FUNCTIONS: dict[str, Builtin] = {
     "Array": Builtin(_array, ANY),
+    "List": Builtin(_array, ANY),
+    "println": Builtin(_println, (1,)),
+    "Jet": Builtin(_jet, (1,)),
+    "Jet.h": Builtin(_jet_h, (1,)),
+    "JetDim": Builtin(_make_jet_dim, (1,)),
     "Matrix.fromRows": Builtin(_from(0), range(1, 1 << 30)),
     "Matrix.fromColumns": Builtin(_from(1), range(1, 1 << 30)),
     "zeros": Builtin(_filled("zeros", np.zeros), (1, 2)),
@@ -208,6 +261,44 @@ def _tej(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
     return self.tensor(receiver)
 
 
+def _stop_gradient(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+    return self.apply(OPS["stopGradient"], [receiver], {}, (call or attr).span, attr.at, "value")
+
+
+def _print_mat(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+    return Text(shown(self, receiver))
+
+
+def _map(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+    """`v.map(f)`: f applied to each entry (each is a scalar), the results
+    stacked back into v's shape; f is inlined once per entry."""
+    f = args[0].value
+    if not isinstance(f, Function):
+        raise SpireadError(f"`.map` takes a function, but `{self.text(args[0].expr)}` is not one", args[0].expr.span,
+                           ["e.g. `v.map(sq)` after `def sq(x: Double) = x * x`, or `v.map(x => x * x)`"])
+    shape = self.tensor(receiver).value.shape
+    if not shape:
+        raise SpireadError(f"`.map` needs a vector or a matrix, but `{self.text(receiver.expr)}` is a scalar",
+                           attr.at, [f"call the function on it instead: `{self.text(args[0].expr)}(…)`"])
+
+    def entry(key) -> Arg:
+        x = self.apply(OPS["index"], [receiver], {"key": key}, call.span, attr.at, f"[{', '.join(map(str, key))}]")
+        y = Arg(self.inline(f, [Arg(x, receiver.expr)], call), call)
+        if self.tensor(y).value.shape != ():
+            raise SpireadError(f"`.map`: `{self.text(args[0].expr)}` must give a number for each entry, but it gives "
+                               f"{shape_str(self.tensor(y).value.shape)}", call.span)
+        return y
+
+    def stacked(prefix: tuple) -> Arg:
+        axis = len(prefix)
+        items = [entry(prefix + (i,)) if axis == len(shape) - 1 else stacked(prefix + (i,)) for i in range(shape[axis])]
+        if not items:
+            return Arg(Const(np.zeros(shape[axis:])), call)
+        return Arg(self.apply(OPS["stack"], items, {"axis": 0}, call.span, attr.at, "map"), call)
+
+    return stacked(()).value
+
+
 METHOD_SUGAR: dict[str, Builtin] = {
     "mapRowsToScalar": Builtin(_map_rows, (1,)),
     "row": Builtin(_row_or_col, (1,)),
@@ -215,4 +306,7 @@ METHOD_SUGAR: dict[str, Builtin] = {
     "select": Builtin(_selection("select"), ANY),
     "arrange": Builtin(_selection("arrange"), ANY),
     "tej": Builtin(_tej, (0,)),   # spire's Jet conversion: a no-op on numbers
+    "value": Builtin(_stop_gradient, (0,)),
+    "printMat": Builtin(_print_mat, (0,)),
+    "map": Builtin(_map, (1,)),
 }

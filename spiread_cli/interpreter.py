@@ -23,7 +23,7 @@ from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, 
 from .limits import check_shape, max_bytes
 from .ops import METHODS, OPS, Op, ShapeError
 from .tape import Node, Run, Tape
-from .values import Arg, Const, Pairs, Symbol, Text, TupleValue
+from .values import Arg, Const, Function, Jet, JetDim, Pairs, Record, Symbol, Text, TupleValue, Unit
 
 QUALIFIED_SYMBOLS = {f"ReductionOps.{k.capitalize()}": k for k in REDUCTIONS}
 OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@@": "matmul", "**": "pow"}
@@ -37,76 +37,149 @@ class Interpreter:
         self.base_dir = base_dir or Path.cwd()
         self.tape = Tape(source=source)
         self.diagnostics = Diagnostics()
-        self.env: dict[str, Node] = {}
+        self.env: dict[str, object] = {}            # name -> value: a Node, a Record, a Jet or a Function
+        self.bindings: dict[str, int] = {}          # the tape nodes a run shows by name: `w`, `g.w`
         self.binding_spans: dict[str, Span] = {}
         self.later: dict[str, Span] = {}
+        self.scope: dict[str, object] | None = None  # a function's parameters and a block's `val`s, inside one
+        self.inlining: list[Function] = []          # the functions being inlined, outermost first
+        self.printed: list[str] = []                # `println` lines, in program order
+        self.jets: dict[int, np.ndarray] = {}       # node id -> the infinitesimal parts of a Jet shown by name
+        self.jet_dim: tuple[int, Span] | None = None  # from `given jd: JetDim = JetDim(n)`
+        self.declared = None                        # (output node, its text, wrt names) from `.backward(...)`
         self.max_bytes = max_bytes()
 
     # ------------------------------------------------------- statements
 
     def run(self, module: ast.Module, of: str | None = None) -> Run:
-        self.later = {s.name: s.at for s in reversed(module.statements) if isinstance(s, ast.Binding)}
+        self.later = {s.name: s.at for s in reversed(module.statements) if isinstance(s, (ast.Binding, ast.Definition))}
         unknown = [name for name in self.overrides if name not in self.later]
         if unknown:
             raise SpireadError(f"`--set {unknown[0]}=…`: the program binds no `{unknown[0]}`",
                                notes=did_you_mean(unknown[0], self.later), exit_code=2)
-        output = output_name = backward_wrt = declared = None
+        output = output_name = backward_wrt = None
         for statement in module.statements:
-            if isinstance(statement, ast.Binding):
-                node = self.bind(statement)
-                output, output_name = node, statement.name
-            elif _is_backward(statement.value):
-                declared = self.backward_statement(statement.value)
-            else:
-                output = self.materialize(self.evaluate(statement.value))
-                output_name = self.text(statement.value)
-        if declared is not None:  # `.backward(...)` names the output, whatever follows it
-            output, output_name, backward_wrt = declared
+            match statement:
+                case ast.Binding():
+                    node = self.bind(statement)
+                    if node is not None:
+                        output, output_name = node, statement.name
+                case ast.Definition():
+                    self.define(statement)
+                case ast.Given():
+                    self.given(statement)
+                case ast.ExprStmt() if _is_backward(statement.value):
+                    self.declare_backward(statement.value)
+                case ast.ExprStmt():
+                    arg = self.evaluate(statement.value)
+                    if not isinstance(arg.value, Unit):  # `println(x)` shows nothing
+                        output, output_name = self.materialize(arg), self.text(statement.value)
+        if self.declared is not None:  # `.backward(...)` names the output, whatever follows it
+            output, output_name, backward_wrt = self.declared
         if of is not None:
-            if of not in self.env:
+            if of not in self.bindings:
                 raise SpireadError(f"`--of {of}`: the program binds no `{of}`",
-                                   notes=did_you_mean(of, self.env), exit_code=2)
-            output, output_name = self.env[of], of
+                                   notes=did_you_mean(of, self.bindings), exit_code=2)
+            output, output_name = self.tape.nodes[self.bindings[of]], of
         if output is None:
             raise SpireadError("the program computes nothing", None,
                                ["write an expression, e.g. `loss = (x * x).sum`"], origin=self.source.name)
-        return Run(self.source, self.tape, {n: v.id for n, v in self.env.items()}, self.binding_spans,
-                   output.id, output_name, backward_wrt, self.diagnostics)
+        return Run(self.source, self.tape, self.bindings, self.binding_spans, output.id, output_name,
+                   backward_wrt, self.diagnostics, self.printed, self.jets)
 
-    def bind(self, statement: ast.Binding) -> Node:
+    def bind(self, statement: ast.Binding) -> Node | None:
+        """Bind a top-level name; returns the node it names, if it names one."""
         name = statement.name
         if name in self.env:
             first = self.binding_spans[name]
             raise SpireadError(f"`{name}` is already bound, at {first.line}:{first.column}", statement.at,
                                [f"names are bound once; give this value another name, e.g. `{name}2`"],
                                related=[(first, "first bound here")])
+        self.binding_spans[name] = statement.at
         if name in self.overrides:
-            node = self.tape.leaf(self.overrides.pop(name), "input", statement.at, name)
+            value = node = self.tape.leaf(self.overrides.pop(name), "input", statement.at, name)
+        elif _is_backward(statement.value):
+            value, node = self.gradient_record(name, statement.value), None
         else:
             arg = self.evaluate(statement.value)
-            if isinstance(arg.value, Const):
-                node = self.tape.leaf(arg.value.value, "input", statement.at, name)
+            value = arg.value
+            if isinstance(value, Const):
+                value = node = self.tape.leaf(value.value, "input", statement.at, name)
+            elif isinstance(value, (Record, Function)):
+                node = None
             else:
+                self.refuse_unit(arg, f"`{name}`")
                 node = self.materialize(arg)
                 if node.name is None:
                     node.name = name
-        self.env[name] = node
-        self.binding_spans[name] = statement.at
+        self.env[name] = value
+        if isinstance(value, Record):
+            self.bindings.update((f"{name}.{key}", field.id) for key, field in value.fields.items())
+        if node is not None:
+            self.bindings[name] = node.id
         return node
 
-    def backward_statement(self, call):
+    def define(self, definition: ast.Definition) -> None:
+        if definition.name in self.env:
+            first = self.binding_spans[definition.name]
+            raise SpireadError(f"`{definition.name}` is already bound, at {first.line}:{first.column}", definition.at,
+                               related=[(first, "first bound here")])
+        self.env[definition.name] = Function(definition.name, definition.params, definition.body)
+        self.binding_spans[definition.name] = definition.at
+
+    def given(self, statement: ast.Given) -> None:
+        """Scala's `given`s are context for the compiler; the one that changes
+        what a program computes is a JetDim, the number of a Jet's parts."""
+        if statement.type.name != "JetDim":
+            return
+        value = self.evaluate(statement.value)
+        if not isinstance(value.value, JetDim):
+            raise SpireadError(f"a given JetDim is made by `JetDim(n)`, not `{self.text(statement.value)}`",
+                               statement.value.span, ["e.g. `given jd: JetDim = JetDim(1)`"])
+        if self.jet_dim is not None:
+            first = self.jet_dim[1]
+            raise SpireadError(f"a JetDim is already given, at {first.line}:{first.column}", statement.at,
+                               related=[(first, "given here")])
+        self.jet_dim = (value.value.n, statement.at)
+
+    # ---------------------------------------------------------- gradients
+
+    def declare_backward(self, call) -> tuple[Node, list[tuple[str, Node]]]:
+        """`f.backward(a, b)` / `f.backward((x = a))`: names `f` the output and
+        `a`, `b` the default --wrt. Returns `f` and each (key, value) asked for."""
+        if self.scope is not None:
+            raise SpireadError("`.backward(...)` is for the program's own statements, not inside a function",
+                               call.span)
         receiver = call.callee.receiver if isinstance(call, ast.Call) else call.receiver
         output = self.materialize(self.evaluate(receiver))
-        names = []
+        pairs = []
         for arg in (call.args if isinstance(call, ast.Call) else []):
-            items = [k.value for k in arg.items] if isinstance(arg, ast.NamedTuple) else [arg]
-            for item in items:
-                if not isinstance(item, ast.Name):
+            items = [(k.name, k.value) for k in arg.items] if isinstance(arg, ast.NamedTuple) else [(None, arg)]
+            for key, item in items:
+                if not isinstance(item, ast.Name) or not isinstance(self.lookup(item), Node):
                     raise SpireadError("`.backward(...)` takes the names of the values to differentiate by",
                                        item.span, ["e.g. `loss.backward(weights)` or `loss.backward((weights = weights))`"])
-                self.lookup(item)
-                names.append(item.id)
-        return output, self.text(receiver), names or None
+                pairs.append((key or item.id, item))
+        self.declared = (output, self.text(receiver), [item.id for _, item in pairs] or None)
+        return output, [(key, self.lookup(item)) for key, item in pairs]
+
+    def gradient_record(self, name: str, call) -> Record:
+        """`g = f.backward((a = a))`: the gradients of the scalar `f`, as values."""
+        output, pairs = self.declare_backward(call)
+        receiver = call.callee.receiver if isinstance(call, ast.Call) else call.receiver
+        if output.value.shape != ():
+            text = self.text(receiver)
+            shown = text if isinstance(receiver, ast.Name) else f"({text})"
+            raise SpireadError(f"`{text}` is {shape_str(output.value.shape)}, but a gradient is taken of a scalar",
+                               receiver.span, [f"reduce it first, e.g. `{shown}.sum.backward(…)` or `.mean`"])
+        if not pairs:
+            raise SpireadError("`.backward()` bound to a name needs the values to differentiate by", call.span,
+                               [f"e.g. `{name} = {self.text(receiver)}.backward((w = w))`"])
+        # First order only for now: the gradients are computed by the reverse
+        # sweep and bound as constants (not differentiable again).
+        grads = self.tape.backward(output.id, [node.id for _, node in pairs], self.diagnostics)
+        fields = {key: self.tape.leaf(grads[node.id], "const", call.span, f"{name}.{key}") for key, node in pairs}
+        return Record(self.text(receiver), fields)
 
     # ------------------------------------------------------ expressions
 
@@ -140,6 +213,8 @@ class Interpreter:
                 callee = node.callee
                 if isinstance(callee, ast.Attribute) and not callee.grouped and not self.qualified(callee):
                     return "method", [callee.receiver] + rest   # `x.m(args)`
+                if isinstance(callee, ast.Name) and isinstance(self.find(callee.id), Function):
+                    return "apply", rest                          # `sq(2.0)`: a `def` or a lambda
                 if self.function_name(callee):
                     return "function", rest                       # `zeros(2)`, `Matrix.fromRows(…)`
                 return "selection", [callee] + rest               # `x(pairs)`, `(x.T)(pairs)`
@@ -153,15 +228,18 @@ class Interpreter:
 
     def qualified(self, node) -> str | None:
         """`Matrix.fromRows`, `ReductionOps.Sum`: a dotted name, not a method call."""
-        if isinstance(node, ast.Attribute) and isinstance(node.receiver, ast.Name) and node.receiver.id not in self.env:
+        if isinstance(node, ast.Attribute) and isinstance(node.receiver, ast.Name) and self.find(node.receiver.id) is None:
             name = f"{node.receiver.id}.{node.name}"
-            if name in FUNCTIONS or name in QUALIFIED_SYMBOLS or node.receiver.id in ("Matrix", "ReductionOps"):
+            if name in FUNCTIONS or name in QUALIFIED_SYMBOLS or node.receiver.id in ("Matrix", "ReductionOps", "Jet"):
                 return name
         return None
 
     def function_name(self, callee) -> str | None:
-        if isinstance(callee, ast.Name) and callee.id not in self.env:
+        if isinstance(callee, ast.Name) and self.find(callee.id) is None:
             return callee.id
+        if isinstance(callee, ast.Subscript) and callee.args and all(
+                isinstance(a, ast.Name) and self.find(a.id) is None for a in callee.args):
+            return self.qualified(callee.receiver)  # `Jet.h[Double](0)`: Scala's type argument, ignored
         return self.qualified(callee)
 
     def visit(self, node, kind: str | None, args: list[Arg]):
@@ -200,6 +278,8 @@ class Interpreter:
                     return self.method(positional[0], node.callee, positional[1:], keywords, node)
                 if kind == "function":
                     return self.call_function(self.function_name(node.callee), positional, keywords, node)
+                if kind == "apply":
+                    return self.inline(self.find(node.callee.id), positional, node, keywords)
                 if isinstance(node.callee, ast.Name):
                     self.refuse_hidden_function(node.callee, node.callee.id)
                 return self.selection(positional[0], positional[1:], node, "select")
@@ -211,6 +291,8 @@ class Interpreter:
                 return self.array_literal(args, node)
             case ast.NamedTuple():
                 raise SpireadError("a named tuple `(a = …)` is only for `.backward((a = a))`", node.span)
+            case ast.Lambda():
+                return Function(self.text(node), [node.param], node.body, dict(self.scope or {}))
         raise AssertionError(f"no rule for {type(node).__name__}")
 
     def refuse_hidden_function(self, name: ast.Name, function: str) -> None:
@@ -223,9 +305,16 @@ class Interpreter:
                                [f"give the value another name, e.g. `{name.id}2`, to call `{function}`"],
                                related=[(bound, "bound here")])
 
+    def find(self, name: str):
+        """What a name means here: a parameter or block `val`, else a program binding."""
+        if self.scope is not None and name in self.scope:
+            return self.scope[name]
+        return self.env.get(name)
+
     def lookup(self, name: ast.Name):
-        if name.id in self.env:
-            return self.env[name.id]
+        found = self.find(name.id)
+        if found is not None:
+            return found
         if name.id in REDUCTIONS:
             return Symbol(name.id)
         if name.id in self.later:
@@ -242,18 +331,34 @@ class Interpreter:
     def tensor(self, arg: Arg) -> Node | Const:
         """An array operand, or an error saying what the argument is instead."""
         value = arg.value
-        if isinstance(value, (Node, Const)):
+        if isinstance(value, (Node, Const, Jet)):
             return value
         if isinstance(value, TupleValue):
             if all(isinstance(a.value, Const) and a.value.value.ndim == 0 for a in value.items):
                 return Const(np.array([float(a.value.value) for a in value.items]))
             raise SpireadError("a tuple here must hold numbers", arg.expr.span)
-        kind = {Pairs: "index pairs", Symbol: "a reduction name", Text: "a string"}[type(value)]
-        hint = [f"to read a file, write `load({self.text(arg.expr)})`"] if isinstance(value, Text) else []
-        raise SpireadError(f"`{self.text(arg.expr)}` is {kind}, not an array", arg.expr.span, hint)
+        self.refuse_unit(arg, "it")
+        text = self.text(arg.expr)
+        kind = {Pairs: "index pairs", Symbol: "a reduction name", Text: "a string", Record: "a record of gradients",
+                Function: "a function", JetDim: "a JetDim"}[type(value)]
+        hint = {Text: [f"to read a file, write `load({text})`"],
+                Record: [f"pick one gradient: {', '.join(f'`{text}.{k}`' for k in value.fields)}"]
+                if isinstance(value, Record) else [],
+                Function: [f"call it, e.g. `{text}(x)`, or apply it to each entry with `v.map({text})`"],
+                JetDim: ["give it to the program with `given jd: JetDim = JetDim(1)`"]}.get(type(value), [])
+        raise SpireadError(f"`{text}` is {kind}, not an array", arg.expr.span, hint)
+
+    def refuse_unit(self, arg: Arg, what: str) -> None:
+        if isinstance(arg.value, Unit):
+            raise SpireadError(f"`{self.text(arg.expr)}` gives no value for {what} to use", arg.expr.span,
+                               ["`println(x)` prints `x` and gives nothing back"])
 
     def materialize(self, arg: Arg) -> Node:
         value = self.tensor(arg)
+        if isinstance(value, Jet):  # its real part goes on the tape; the run shows its infinitesimal parts too
+            node = self.tape.leaf(value.value, "const", arg.expr.span)
+            self.jets[node.id] = value.tangents
+            return node
         if isinstance(value, Const):
             return self.tape.leaf(value.value, "const", arg.expr.span)
         return value
@@ -271,10 +376,25 @@ class Interpreter:
             message = str(err).format(*[texts[str(i)] for i in range(len(operands))], **texts)
             raise SpireadError(f"`{self.source.snippet(span)}`: {message}", at) from None
         self.check_size(shape, span, at)
+        if any(isinstance(v, Jet) for v in values):
+            return self.jet_apply(op, values, params, span, at, label)
         if all(isinstance(v, Const) for v in values):
             return Const(self.tape.fold(op, [v.value for v in values], params, at, label, self.diagnostics))
         inputs = tuple(self.materialize(Arg(v, a.expr)).id for v, a in zip(values, operands))
         return self.tape.record(op, inputs, params, at, label, self.diagnostics)
+
+    def jet_apply(self, op: Op, values: list, params: dict, span: Span, at: Span, label: str) -> Jet:
+        """An op on Jets: the real part by the op's primal rule, the
+        infinitesimal parts by its forward-mode (jvp) rule, one per JetDim
+        direction (the tangents' batch axis). Other operands are constants."""
+        reals = [v.value for v in values]
+        value = self.tape.fold(op, reals, params, at, label, self.diagnostics)
+        if value.shape != ():
+            raise SpireadError(f"`{self.source.snippet(span)}` would be a Jet of {shape_str(value.shape)}; "
+                               "a Jet is a number", at)
+        with np.errstate(all="ignore"):
+            tangents = op.jvp([v.tangents if isinstance(v, Jet) else None for v in values], value, *reals, **params)
+        return Jet(value, np.asarray(tangents, dtype=np.float64))
 
     def check_size(self, shape, span: Span, at: Span) -> None:
         check_shape(shape, lambda: f"`{self.source.snippet(span)}`", at, self.max_bytes)
@@ -284,6 +404,8 @@ class Interpreter:
     def method(self, receiver: Arg, attr: ast.Attribute, args: list[Arg], keywords: dict[str, Arg], call):
         name = attr.name
         span = (call or attr).span
+        if isinstance(receiver.value, Record) and call is None:
+            return self.gradient_field(receiver, attr)
         if name == "backward":
             raise SpireadError("`.backward(...)` must be a statement of its own", attr.at,
                                ["e.g. `loss.backward(weights)` on its own line"])
@@ -302,6 +424,14 @@ class Interpreter:
         params = {p: self.number(a, f"the argument of `.{name}`") for p, a in zip(op.params, args[operands:])}
         at = attr.at if call is None else attr.at.to(call.span)
         return self.apply(op, [receiver, *args[:operands]], params, span, at, name)
+
+    def gradient_field(self, record: Arg, attr: ast.Attribute) -> Node:
+        """`g.a`: the gradient of `g`'s output with respect to `a`."""
+        fields = record.value.fields
+        if attr.name not in fields:
+            raise SpireadError(f"`{self.text(record.expr)}` holds no gradient `{attr.name}`; it holds "
+                               + ", ".join(f"`{k}`" for k in fields), attr.at, did_you_mean(attr.name, fields))
+        return fields[attr.name]
 
     def number(self, arg: Arg, what: str) -> float:
         value = self.tensor(arg)
@@ -400,6 +530,35 @@ class Interpreter:
                                did_you_mean(name, list(FUNCTIONS) + list(self.env)))
         check_arguments(f"`{name}`", function.counts, len(args), call.span, keywords, function.keywords)
         return function.body(self, args, keywords, call)
+
+    def inline(self, function: Function, args: list[Arg], call, keywords: dict[str, Arg] | None = None):
+        """A call of a `def` or a lambda: its body is evaluated here, with its
+        parameters bound to the arguments, so its ops go on the tape pointing
+        at the body's source."""
+        check_arguments(f"`{function.name}`", (len(function.params),), len(args), call.span, keywords)
+        if any(f is function for f in self.inlining):
+            raise SpireadError(f"`{function.name}` calls itself; functions are inlined, so they cannot be recursive",
+                               call.span)
+        saved = self.scope
+        self.scope = {**(function.scope or {}), **{p.id: a.value for p, a in zip(function.params, args)}}
+        self.inlining.append(function)
+        try:
+            body = function.body
+            if isinstance(body, ast.Block):
+                bound: set[str] = set()
+                for statement in body.bindings:
+                    if statement.name in bound:
+                        raise SpireadError(f"`{statement.name}` is already bound in this block", statement.at,
+                                           ["names are bound once; give this value another name"])
+                    arg = self.evaluate(statement.value)
+                    self.refuse_unit(arg, f"`{statement.name}`")
+                    self.scope[statement.name] = arg.value
+                    bound.add(statement.name)
+                body = body.value
+            return self.evaluate(body).value
+        finally:
+            self.scope = saved
+            self.inlining.pop()
 
     def array_literal(self, items: list[Arg], node):
         """`[1, 2]`, `[[1, 2], [3, 4]]`, `Array(1, 2)`: stack the items (a

@@ -140,6 +140,48 @@ class Binding:
 
 
 @dataclass(slots=True)
+class TypeName(_WholeSpan):
+    """A Scala type, read and ignored but for its name: `JetDim`, `Tej[Double]` (`Tej`)."""
+    name: str
+    span: Span
+
+
+@dataclass(slots=True)
+class Block(_WholeSpan):
+    """`{ val a = …; a * a }`: bindings, then the expression that is its value."""
+    bindings: list[Binding]
+    value: object
+    span: Span
+
+
+@dataclass(slots=True)
+class Definition:
+    """`def name(x: Double, y) = body`: inlined wherever it is called."""
+    name: str
+    params: list[Name]
+    body: object         # an expression or a Block
+    span: Span
+    at: Span             # the name
+
+
+@dataclass(slots=True)
+class Lambda(_WholeSpan):
+    """`x => x * x`, as an argument of `.map`."""
+    param: Name
+    body: object
+    span: Span
+
+
+@dataclass(slots=True)
+class Given:
+    """`given jd: JetDim = JetDim(1)`: only a JetDim's is read."""
+    type: TypeName
+    value: object
+    span: Span
+    at: Span             # the word `given`
+
+
+@dataclass(slots=True)
 class ExprStmt:
     value: object
     span: Span
@@ -324,9 +366,45 @@ class _ToAst(Transformer):
         return ListLit([item for item in items if item is not None], Span.of_token(lsqb).to(Span.of_token(rsqb)))
 
     def binding(self, children):
-        name, value = children
+        name, type_, value = children
         at = Span.of_token(name)
         return Binding(str(name), value, at.to(value.span), at)
+
+    def type(self, children):
+        names = [p for p in children if isinstance(p, Token) and p.type == "NAME"]
+        end = children[-1] if children[-1] is not None else names[-1]
+        return TypeName(".".join(str(n) for n in names), Span.of_token(names[0]).to(_span(end)))
+
+    def param(self, children):
+        name, type_ = children
+        return Name(str(name), Span.of_token(name))
+
+    def params(self, children):
+        return children
+
+    def type_params(self, children):
+        return None
+
+    def type_param(self, children):
+        return None
+
+    def block(self, children):
+        lbrace, *bindings, value, rbrace = children
+        return Block(bindings, value, Span.of_token(lbrace).to(Span.of_token(rbrace)))
+
+    def definition(self, children):
+        name, type_params, lpar, params, rpar, result_type, body = children
+        return Definition(str(name), params or [], body, Span.of_token(name).to(body.span), Span.of_token(name))
+
+    def given(self, children):
+        keyword, name, type_, value = children
+        at = Span.of_token(keyword)
+        return Given(type_, value, at.to(value.span), at)
+
+    def lambda_(self, children):
+        name, arrow, body = children
+        param = Name(str(name), Span.of_token(name))
+        return Lambda(param, body, param.span.to(body.span))
 
     def expr_stmt(self, children):
         value, = children
@@ -371,7 +449,8 @@ _WORDS = {
     "PLUS": "`+`", "MINUS": "`-`", "STAR": "`*`", "SLASH": "`/`", "POW": "`**`", "MATMUL": "`@@`",
     "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`", "COMMA": "`,`", "DOT": "`.`",
     "EQUAL": "`=`", "SEMICOLON": "`;`", "NUMBER": "a number", "STRING": "a string", "NAME": "a name",
-    "IGNORED": "an import",
+    "IGNORED": "an import", "LBRACE": "`{`", "RBRACE": "`}`", "COLON": "`:`", "ARROW": "`=>`",
+    "GIVEN": "`given`", "DEF": "`def`", "VAL": "`val`",
 }
 _BINARY = {"PLUS", "MINUS", "STAR", "SLASH", "POW", "MATMUL"}
 _POSTFIX = {"DOT", "LPAR", "LSQB"}
@@ -385,10 +464,17 @@ _CHARACTER_HINTS = {
     "—": "subtract with `-` (this is a dash)", "“": 'strings use plain double quotes `"`',
     "”": 'strings use plain double quotes `"`', "'": 'strings use double quotes: `"x.csv"`',
     "^": "powers are written `x ** 2`", "%": "there is no `%` operator", "!": "there is no `!` operator",
-    ":": "type annotations are not needed: write `val x = …`",
-    "{": "blocks `{ … }` are not part of the language; write one expression per line",
-    "}": "blocks `{ … }` are not part of the language; write one expression per line",
     "@": "the matrix product is `@@` (or `@`) between two values",
+}
+
+
+_BRACE_NOTE = ["a block `{ … }` is only the body of a `def`, e.g. `def f(x: Double) = { val y = x * x; y + 1 }`"]
+# A statement that starts with one of these words is not a binding of it.
+_KEYWORD_NOTES = {
+    "GIVEN": "a statement that starts with `given` is a Scala given, e.g. `given jd: JetDim = JetDim(1)`; "
+             "to bind the name `given`, write `val given = …`",
+    "DEF": "a statement that starts with `def` defines a function, e.g. `def sq(x: Double) = x * x`; "
+           "to bind the name `def`, write `val def = …`",
 }
 
 
@@ -495,7 +581,10 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> SpireadError:
     expected = _plausible(set(getattr(err, "expected", ()) or ()), opened)
     after = f" after `{previous}`" if previous is not None and previous.type != "_NL" else ""
     if {"NAME", "NUMBER"} <= expected:
-        return SpireadError(f"expected an expression{after}, found {found}", span)
+        return SpireadError(f"expected an expression{after}, found {found}", span,
+                            _BRACE_NOTE if token is not None and token.type == "LBRACE" else [])
+    if previous is not None and previous.type in _KEYWORD_NOTES:
+        return SpireadError(f"unexpected {found} after `{previous}`", span, [_KEYWORD_NOTES[previous.type]])
     if previous is not None and previous.type == "DOT":
         return SpireadError(f"expected a method name after `.`, found {found}", span,
                             ["e.g. `x.exp` or `x.pow(2)`"])
@@ -510,6 +599,8 @@ def _syntax_notes(token: Token | None, previous: Token | None, opened: list[Toke
     """A hint for the usual causes of an unexpected token."""
     if token is None or token.type == "$END":
         return []
+    if token.type == "LBRACE":
+        return _BRACE_NOTE
     if opened and token.line != opened[-1].line:
         inner = opened[-1]
         return [f"the `{inner}` opened at {inner.line}:{inner.column} is still open here; "

@@ -343,6 +343,8 @@ class Run:
     output_name: str
     backward_wrt: list[str] | None      # names given to `.backward(...)`
     diagnostics: Diagnostics
+    printed: list[str] = field(default_factory=list)  # `println` lines, in program order
+    jets: dict[int, np.ndarray] = field(default_factory=dict)  # node id -> a Jet's infinitesimal parts
 
     def node(self, name: str) -> Node:
         return self.tape.nodes[self.bindings[name]]

@@ -6,6 +6,7 @@ The interpreter pairs each value with the expression that produced it
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,60 @@ class TupleValue:
     items: list[Arg]
 
 
-Value = Node | Const | Pairs | Symbol | Text | TupleValue
+@dataclass(slots=True)
+class Record:
+    """`g = f.backward((a = a))`: the gradients of `f`, one tape node per key."""
+    of: str                        # how the differentiated value is written, for messages
+    fields: dict[str, Node]
+
+
+@dataclass(slots=True)
+class Function:
+    """A `def` or a lambda: inlined at each call. `scope` is what a lambda
+    sees of the block it was written in (a `def` sees the program's names)."""
+    name: str
+    params: list                   # ast.Name
+    body: object                   # an expression or an ast.Block
+    scope: dict | None = None
+
+
+@dataclass(slots=True)
+class Jet:
+    """A forward-mode number, spire's `Jet`: a real part and one
+    infinitesimal part per JetDim direction (`tangents[k]`)."""
+    value: np.ndarray
+    tangents: np.ndarray
+
+
+@dataclass(slots=True)
+class JetDim:
+    """`JetDim(n)`: how many infinitesimal parts a Jet carries."""
+    n: int
+
+
+@dataclass(slots=True)
+class Unit:
+    """What `println(…)` gives: nothing."""
+
+
+Value = Node | Const | Pairs | Symbol | Text | TupleValue | Record | Function | Jet | JetDim | Unit
+
+
+def scala_double(x: float) -> str:
+    """A Double as Scala (Java) prints it: `100.0`, `1.0E-5`, `NaN`, `Infinity`."""
+    if math.isnan(x):
+        return "NaN"
+    if math.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    if x == 0 or 1e-3 <= abs(x) < 1e7:
+        return repr(float(x))  # positional in this range, shortest round-trip digits, as Java's
+    mantissa, exponent = np.format_float_scientific(x, unique=True, trim="0").split("e")
+    return f"{mantissa}E{int(exponent)}"
+
+
+def jet_text(value: np.ndarray, tangents: np.ndarray) -> str:
+    """spire's `Jet.toString`, `(100.0 + [20.0]h)`: a Jet's real part and its infinitesimal parts."""
+    return f"({scala_double(float(value))} + [{', '.join(scala_double(float(t)) for t in tangents)}]h)"
 
 
 @dataclass(slots=True)
