@@ -96,6 +96,10 @@ class Interpreter:
                                [f"names are bound once; give this value another name, e.g. `{name}2`"],
                                related=[(first, "first bound here")])
         self.binding_spans[name] = statement.at
+        if name in self.overrides and _is_backward(statement.value):
+            raise SpireadError(f"`--set {name}=…`: `{name}` is bound to gradients, which the program computes",
+                               notes=[f"replace the values `{self.text(statement.value)}` is computed from"],
+                               exit_code=2)
         if name in self.overrides:
             value = node = self.tape.leaf(self.overrides.pop(name), "input", statement.at, name)
         elif _is_backward(statement.value):
