@@ -182,3 +182,9 @@ def test_jet_errors():
 
 def test_type_annotations_on_val_are_ignored():
     assert value("val x: Double = 1.5\nval m: Matrix[Double] = [[1.0]]\nx * m.sum") == 1.5
+
+
+def test_scala_words_as_names():
+    assert value("import = 2\nimport * 3") == 2.0   # a binding; the next line is an import, ignored
+    assert value("val given = 2\nval def = 3\ngiven * def") == 6.0
+    assert "write `val given = …`" in error("given = 2").diagnostic.notes[0]
