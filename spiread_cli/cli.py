@@ -104,22 +104,27 @@ def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: b
 
 def run_command(file: str, sets, of, *, compute: Callable, text: Callable, document: Callable | None = None,
                 fmt: Format = Format.text, strict: bool = False, debug: bool = False,
-                outputs=(), prepare: Callable[[], None] = lambda: None):
+                outputs=(), prepare: Callable[[], None] = lambda: None, stdout_is_data: bool = False):
     """The skeleton every command shares: check the output paths and `prepare`
-    (both before any work), load, `compute(session, run)`, the warnings, then
-    `document(run, result)` as JSON or `text(run, result)`. Returns (run, result)."""
+    (both before any work), load, the program's `println` lines (text mode;
+    on stderr when `stdout_is_data`), `compute(session, run)`, the warnings,
+    then `document(run, result)` as JSON or `text(run, result)`. Returns (run, result)."""
     from .files import check_outputs, command_inputs
-    from .output import write_json
+    from .output import write_json, write_printed
     sets = list(sets or [])
     with session(file, fmt, strict, debug) as s:
         check_outputs([o for o in outputs if o.path is not None], command_inputs(file, sets))
         prepare()
         from . import api
         run = s.run = api.run_file(file, sets, of)
+        if not s.json:
+            write_printed(run, to_stderr=stdout_is_data)
         result = compute(s, run)
         warnings = s.finish_warnings(run)
         if s.json:
-            write_json({"file": file, "output": run.output_name, **document(run, result), "warnings": warnings})
+            printed = {"printed": run.printed} if run.printed else {}
+            write_json({"file": file, "output": run.output_name, **document(run, result), **printed,
+                        "warnings": warnings})
         else:
             text(run, result)
     return run, result
@@ -167,7 +172,7 @@ def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOp
                 f.write(dot.encode("utf-8"))
 
     run_command(file, set_, of, compute=lambda s, run: api.gradients(run, wrt).gradients if wrt else None,
-                text=text, debug=debug, outputs=[Output("--out", out, (".dot", ".gv"))])
+                text=text, debug=debug, outputs=[Output("--out", out, (".dot", ".gv"))], stdout_is_data=True)
 
 
 @app.command("hessian")

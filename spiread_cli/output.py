@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from .diagnostics import SpireadError, shape_str
+from .values import jet_text
 
 
 # Arrays larger than this are summarised with `...`, as numpy prints them.
@@ -55,20 +56,21 @@ def short_shape(shape: tuple) -> str:
     return "scalar" if not shape else "×".join(map(str, shape))
 
 
-def values_table(rows: list[tuple[str, np.ndarray]]):
-    """Aligned `name  shape  value` lines; a matrix continues on the lines below."""
+def values_table(rows: list[tuple]):
+    """Aligned `name  shape  value` lines; a matrix continues on the lines below.
+    A row is (name, array), or (name, array, text) to show the value as `text`."""
     from rich.text import Text
 
-    name_width = max((len(name) for name, _ in rows), default=0)
-    shape_width = max((len(short_shape(np.shape(v))) for _, v in rows), default=0)
+    name_width = max((len(row[0]) for row in rows), default=0)
+    shape_width = max((len(short_shape(np.shape(row[1]))) for row in rows), default=0)
     indent = " " * (name_width + shape_width + 4)
     out = Text()
-    for name, value in rows:
+    for name, value, *text in rows:
         out.append(name.ljust(name_width), style="bold cyan")
         out.append("  ")
         out.append(short_shape(np.shape(value)).ljust(shape_width), style="magenta")
         out.append("  ")
-        out.append(format_array(value).replace("\n", "\n" + indent))
+        out.append((text[0] if text and text[0] is not None else format_array(value)).replace("\n", "\n" + indent))
         out.append("\n")
     out.rstrip()
     return out
@@ -281,19 +283,46 @@ def train_summary(result, run, steps: int, optimizer) -> str:
 
 
 def eval_document(run) -> dict:
-    values = {name: json_value(run.tape.nodes[i].value) for name, i in run.bindings.items()}
-    values.setdefault(run.output_name, json_value(run.tape.nodes[run.output].value))
+    values = {name: _run_value_json(run, i) for name, i in run.bindings.items()}
+    values.setdefault(run.output_name, _run_value_json(run, run.output))
     return {"values": values}
+
+
+def _run_value_json(run, node_id: int) -> dict:
+    """A value; a Jet's infinitesimal parts as `"jet"` beside its real part."""
+    shown = json_value(run.tape.nodes[node_id].value)
+    if node_id in run.jets:
+        shown["jet"] = _map_numbers(run.jets[node_id].tolist())
+    return shown
+
+
+def _run_value_row(run, name: str, node_id: int) -> tuple:
+    """A values_table row; a Jet is shown as spire shows it."""
+    value = run.tape.nodes[node_id].value
+    return name, value, (jet_text(value, run.jets[node_id]) if node_id in run.jets else None)
 
 
 def eval_text(run) -> None:
     """Every bound value, then the output."""
     console = stdout_console()
-    rows = [(name, run.tape.nodes[i].value) for name, i in run.bindings.items()]
+    rows = [_run_value_row(run, name, i) for name, i in run.bindings.items()]
     if rows:
         console.print(values_table(rows))
         console.print()
-    console.print(values_table([(f"output {run.output_name}", run.tape.nodes[run.output].value)]))
+    console.print(values_table([_run_value_row(run, f"output {run.output_name}", run.output)]))
+
+
+def write_printed(run, to_stderr: bool = False) -> None:
+    """The program's `println` lines, in order: on stdout before the command's
+    own output, or on stderr where stdout holds only data (DOT)."""
+    if not run.printed:
+        return
+    text = "".join(line + "\n" for line in run.printed)
+    if to_stderr:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    else:
+        write_stdout(text)
 
 
 def grad_document(result, mode: str) -> dict:

@@ -20,6 +20,10 @@ from spiread_cli.diagnostics import Source
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
+# spireAD's basics page: a `def` mapped over a list and a Jet. They compute
+# from constants only, so there is nothing for grad, check or dot --wrt to
+# differentiate by.
+CONSTANT_EXAMPLES = {"basics_def.ad", "basics_jet.ad"}
 # The makemore names: CI lays shared/ beside the repository; it is not ours to ship.
 NAMES = REPO.parent / "shared" / "data" / "names.txt"
 
