@@ -166,8 +166,7 @@ def _cases() -> list[Case]:
               Case("select", [x], _select_reference,
                    {"rows": np.array([0, 1, 1, 0]), "cols": np.array([0, 2, 2, 1])}),
               Case("arrange", [x], lambda x, rows, cols: np.array([x[r, c] for r, c in zip(rows, cols)]),
-                   {"rows": np.array([1, 0, 1]), "cols": np.array([2, 0, 2])}),
-              Case("stopGradient", [np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]])], lambda x: x)]
+                   {"rows": np.array([1, 0, 1]), "cols": np.array([2, 0, 2])})]
     for axis in (0, 1):
         cases.append(Case("stack", [normal(V), normal(V)], lambda *xs, axis: np.array([list(v) for v in xs]).T
                           if axis else np.array([list(v) for v in xs]), {"axis": axis}))
