@@ -179,10 +179,14 @@ class Interpreter:
         if not pairs:
             raise SpireadError("`.backward()` bound to a name needs the values to differentiate by", call.span,
                                [f"e.g. `{name} = {self.text(receiver)}.backward((w = w))`"])
-        # First order only for now: the gradients are computed by the reverse
-        # sweep and bound as constants (not differentiable again).
-        grads = self.tape.backward(output.id, [node.id for _, node in pairs], self.diagnostics)
-        fields = {key: self.tape.leaf(grads[node.id], "const", call.span, f"{name}.{key}") for key, node in pairs}
+        # The backward pass is recorded on the tape (each op's graph rule), so
+        # a gradient is a value like any other and can be differentiated again.
+        ids = self.tape.backward_graph(output.id, [node.id for _, node in pairs], self.diagnostics)
+        fields = {}
+        for key, node in pairs:
+            field = fields[key] = self.tape.nodes[ids[node.id]]
+            if field.name is None:
+                field.name = f"{name}.{key}"
         return Record(self.text(receiver), fields)
 
     # ------------------------------------------------------ expressions

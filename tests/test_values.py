@@ -51,12 +51,27 @@ def test_gradient_of_a_chain_against_the_hand_derivative():
     assert float(r.node("g.w").value) == pytest.approx(expected, rel=1e-14)
 
 
-def test_gradient_values_are_first_order_constants_for_now():
-    """Until the recorded backward pass lands, a gradient is bound as a
-    constant: the output does not depend on it through the tape."""
-    r = run("w = 3.0\nloss = w * w * w\ng = loss.backward(w)\nh = g.w * 1")
+def test_a_gradient_of_a_gradient_is_the_second_derivative():
+    r = run("w = 3.0\nloss = w * w * w\ng = loss.backward(w)\nslope = g.w\nslope.backward(w)")
     assert float(r.node("g.w").value) == 27.0                         # 3w²
-    assert r.tape.nodes[r.bindings["g.w"]].kind == "const"
+    assert r.output_name == "slope"                                   # the last `.backward` names the output
+    assert float(api.gradients(r).gradients["w"]) == 18.0             # 6w
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_hessian_vector_product_from_a_gradient_value(mode):
+    # f = Σ w³ + w0·w1: H = diag(6w) + [[0, 1], [1, 0]], so H·v at w = (1, 2), v = (0.5, -1) is (2, -11.5)
+    text = ("w = [1.0, 2.0]\nv = [0.5, -1.0]\nloss = (w * w * w).sum + w[0] * w[1]\n"
+            "g = loss.backward((w = w))\nh = (g.w * v).sum\nh.backward(w)")
+    r = run(text)
+    assert r.node("g.w").value.tolist() == [3.0 + 2.0, 12.0 + 1.0]    # 3w² + (w1, w0)
+    assert api.gradients(r, mode=mode).gradients["w"].tolist() == [2.0, -11.5]
+
+
+def test_value_inside_a_gradient_stops_the_second_derivative():
+    r = run("w = 2.0\nloss = w * w * w.value\ng = loss.backward(w)\nh = g.w\nh.backward(w)")
+    assert float(r.node("g.w").value) == 8.0                          # 2w·stop(w)
+    assert float(api.gradients(r).gradients["w"]) == 4.0              # 2·stop(w)
 
 
 def test_gradient_of_a_non_scalar_and_unknown_keys_are_located():
