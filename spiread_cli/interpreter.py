@@ -187,7 +187,7 @@ class Interpreter:
             field = fields[key] = self.tape.nodes[ids[node.id]]
             if field.name is None:
                 field.name = f"{name}.{key}"
-        return Record(self.text(receiver), fields)
+        return Record(fields)
 
     # ------------------------------------------------------ expressions
 
@@ -209,6 +209,11 @@ class Interpreter:
 
     def expand(self, node) -> tuple[str | None, list]:
         """What a node is, decided once, and the children to evaluate first."""
+        if isinstance(node, (ast.Call, ast.Attribute)) and _is_backward(node):
+            at = (node.callee if isinstance(node, ast.Call) else node).at
+            raise SpireadError("`.backward(...)` must be a statement of its own, or the value of a binding", at,
+                               ["e.g. `loss.backward(weights)` on its own line, or `g = loss.backward(weights)` "
+                                "and then `g.weights`"])
         match node:
             case ast.BinOp():
                 return "operator", [node.left, node.right]
@@ -414,9 +419,6 @@ class Interpreter:
         span = (call or attr).span
         if isinstance(receiver.value, Record) and call is None:
             return self.gradient_field(receiver, attr)
-        if name == "backward":
-            raise SpireadError("`.backward(...)` must be a statement of its own", attr.at,
-                               ["e.g. `loss.backward(weights)` on its own line"])
         sugar = METHOD_SUGAR.get(name)
         op = METHODS.get(name)
         if isinstance(attr.receiver, ast.Name):

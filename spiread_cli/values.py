@@ -46,7 +46,6 @@ class TupleValue:
 @dataclass(slots=True)
 class Record:
     """`g = f.backward((a = a))`: the gradients of `f`, one tape node per key."""
-    of: str                        # how the differentiated value is written, for messages
     fields: dict[str, Node]
 
 
