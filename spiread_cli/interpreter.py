@@ -53,10 +53,11 @@ class Interpreter:
 
     def run(self, module: ast.Module, of: str | None = None) -> Run:
         self.later = {s.name: s.at for s in reversed(module.statements) if isinstance(s, (ast.Binding, ast.Definition))}
-        unknown = [name for name in self.overrides if name not in self.later]
+        values = [s.name for s in module.statements if isinstance(s, ast.Binding)]
+        unknown = [name for name in self.overrides if name not in values]
         if unknown:
             raise SpireadError(f"`--set {unknown[0]}=…`: the program binds no `{unknown[0]}`",
-                               notes=did_you_mean(unknown[0], self.later), exit_code=2)
+                               notes=did_you_mean(unknown[0], values), exit_code=2)
         output = output_name = backward_wrt = None
         for statement in module.statements:
             match statement:
