@@ -116,12 +116,13 @@ class Gradients:
     gradients: dict[str, np.ndarray]    # name -> gradient, in --wrt order
 
 
-def gradients(run: Run, wrt: list[str] | None = None, mode: str = "reverse") -> Gradients:
-    """Gradients of the run's scalar output with respect to `wrt` (names)."""
+def gradients(run: Run, wrt: list[str] | None = None, mode: str = "reverse", observe=None) -> Gradients:
+    """Gradients of the run's scalar output with respect to `wrt` (names).
+    `observe` watches the sweep (`grad --explain`; see spiread_cli/explain.py)."""
     ids = run.wrt_ids(wrt)
     if mode == "forward":
         from .forward import jacobian_forward
-        by_id = jacobian_forward(run.tape, run.output, list(ids.values()), run.diagnostics)
+        by_id = jacobian_forward(run.tape, run.output, list(ids.values()), run.diagnostics, observe=observe)
     else:
-        by_id = run.tape.backward(run.output, list(ids.values()), run.diagnostics)
+        by_id = run.tape.backward(run.output, list(ids.values()), run.diagnostics, observe)
     return Gradients(run.value, {n: by_id[i] for n, i in ids.items()})

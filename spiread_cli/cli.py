@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -102,13 +103,14 @@ def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: b
         raise typer.Exit(1) from None
 
 
-def run_command(file: str, sets, of, *, compute: Callable, text: Callable, document: Callable | None = None,
+def run_command(file: str, sets, of, *, command: str, compute: Callable, text: Callable, document: Callable | None = None,
                 fmt: Format = Format.text, strict: bool = False, debug: bool = False,
                 outputs=(), prepare: Callable[[], None] = lambda: None, stdout_is_data: bool = False):
     """The skeleton every command shares: check the output paths and `prepare`
     (both before any work), load, the program's `println` lines (text mode;
     on stderr when `stdout_is_data`), `compute(session, run)`, the warnings,
-    then `document(run, result)` as JSON or `text(run, result)`. Returns (run, result)."""
+    then `document(run, result)` as JSON (tagged with `command`'s schema) or
+    `text(run, result)`. Returns (run, result)."""
     from .files import check_outputs, command_inputs
     from .output import write_json, write_printed
     sets = list(sets or [])
@@ -122,9 +124,10 @@ def run_command(file: str, sets, of, *, compute: Callable, text: Callable, docum
         result = compute(s, run)
         warnings = s.finish_warnings(run)
         if s.json:
+            from .schemas import tag
             printed = {"printed": run.printed} if run.printed else {}
-            write_json({"file": file, "output": run.output_name, **document(run, result), **printed,
-                        "warnings": warnings})
+            write_json({"schema": tag(command), "file": file, "output": run.output_name, **document(run, result),
+                        **printed, "warnings": warnings})
         else:
             text(run, result)
     return run, result
@@ -135,21 +138,31 @@ def eval_command(file: FileArg, of: OfOpt = None, set_: SetOpt = None, fmt: Form
                  strict: StrictOpt = False, debug: DebugOpt = False):
     """Evaluate a program: every bound value, then the output."""
     from .output import eval_document, eval_text
-    run_command(file, set_, of, compute=lambda s, run: None, document=lambda run, _: eval_document(run),
+    run_command(file, set_, of, command="eval", compute=lambda s, run: None, document=lambda run, _: eval_document(run),
                 text=lambda run, _: eval_text(run), fmt=fmt, strict=strict, debug=debug)
 
 
 @app.command("grad")
 def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                  mode: Annotated[Mode, typer.Option("--mode", help="reverse (one sweep) or forward (one per input entry).")] = Mode.reverse,
+                 explain: Annotated[bool, typer.Option(
+                     "--explain", help="Show the sweep step by step: each node, the rule its op applies, and what it "
+                                       "passes on (docs/explain.md).")] = False,
                  set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
                  debug: DebugOpt = False):
     """Gradients of the scalar output with respect to --wrt values."""
     from . import api
     from .output import grad_document, grad_text
-    run_command(file, set_, of, compute=lambda s, run: api.gradients(run, wrt, mode.value),
-                document=lambda run, result: grad_document(result, mode.value), text=grad_text,
-                fmt=fmt, strict=strict, debug=debug)
+
+    def compute(s, run):
+        if explain:
+            from .explain import explain as explained
+            return explained(run, wrt, mode.value)
+        return api.gradients(run, wrt, mode.value), None
+
+    run_command(file, set_, of, command="grad", compute=compute,
+                document=lambda run, outcome: grad_document(run, outcome[0], mode.value, outcome[1]),
+                text=lambda run, outcome: grad_text(run, *outcome), fmt=fmt, strict=strict, debug=debug)
 
 
 @app.command("dot")
@@ -171,7 +184,7 @@ def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOp
             with atomic_output(out) as f:
                 f.write(dot.encode("utf-8"))
 
-    run_command(file, set_, of, compute=lambda s, run: api.gradients(run, wrt).gradients if wrt else None,
+    run_command(file, set_, of, command="dot", compute=lambda s, run: api.gradients(run, wrt).gradients if wrt else None,
                 text=text, debug=debug, outputs=[Output("--out", out, (".dot", ".gv"))], stdout_is_data=True)
 
 
@@ -192,7 +205,7 @@ def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
             return second.hvp(run, api.parse_overrides(hvp, api.base_dir_of(run.source)), wrt)
         return second.hessian(run, wrt)
 
-    run_command(file, set_, of, compute=compute, document=lambda run, result: hessian_document(result),
+    run_command(file, set_, of, command="hessian", compute=compute, document=lambda run, result: hessian_document(result),
                 text=hessian_text, fmt=fmt, strict=strict, debug=debug)
 
 
@@ -209,7 +222,7 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     from .output import check_document, check_table, stdout_console
 
     checker = check_gradients if order == 1 else check_second_order
-    run, report = run_command(file, set_, of, compute=lambda s, run: checker(run, wrt, eps, tol),
+    run, report = run_command(file, set_, of, command="check", compute=lambda s, run: checker(run, wrt, eps, tol),
                               document=lambda run, report: check_document(report),
                               text=lambda run, report: stdout_console().print(check_table(report)),
                               fmt=fmt, strict=strict, debug=debug)
@@ -277,7 +290,7 @@ def train_command(
     try:
         with stop_on_interrupt(_stopping_notice) as stop_requested:
             run, (result, written) = run_command(
-                file, set_, of, compute=compute, document=lambda run, outcome: train_document(*outcome),
+                file, set_, of, command="train", compute=compute, document=lambda run, outcome: train_document(*outcome),
                 text=lambda run, outcome: train_text(run, *outcome, steps, chosen), fmt=fmt, strict=strict, debug=debug,
                 prepare=prepare, outputs=[files.Output("--save", save, (".npz",)),
                                           files.Output("--log", log, (".csv", ".txt")),
@@ -291,6 +304,23 @@ def train_command(
         raise typer.Exit(1)
     if result.status == "interrupted":
         raise typer.Exit(exit_code(stop_requested.signum))
+
+
+@app.command("schema")
+def schema_command(command: Annotated[str, typer.Argument(metavar="COMMAND",
+                                                          help="The command whose --format json document to describe.")],
+                   debug: DebugOpt = False):
+    """The JSON Schema (draft 2020-12) of a command's --format json document."""
+    from . import schemas
+    from .diagnostics import did_you_mean, usage_error
+    from .output import write_stdout
+    with session("-", debug=debug):
+        here = {c.name for c in app.registered_commands}  # hessian.json waits for `spiread hessian`
+        known = [c for c in schemas.commands() if c in here]
+        if command not in known:
+            raise usage_error(f"`{command}` has no --format json document; the commands with one are "
+                              f"{', '.join(known)}", list(did_you_mean(command, known)))
+        write_stdout(json.dumps(schemas.bundled(command), indent=2, ensure_ascii=False) + "\n")
 
 
 def _stopping_notice(signum: int) -> None:

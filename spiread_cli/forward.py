@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .diagnostics import Diagnostics
-from .tape import Node, Tape, all_finite, derivative_born, warn_derivative
+from .tape import Node, SweepObserver, Tape, all_finite, derivative_born, warn_derivative
 
 TANGENT_BUDGET_BYTES = 256 << 20
 
@@ -56,37 +56,39 @@ class ForwardSweep:
     def block_size(self, total: int, budget_bytes: int) -> int:
         return max(1, min(total, budget_bytes // self.bytes_per_direction))
 
-    def push(self, seeds: dict[int, np.ndarray], births: list | None = None) -> np.ndarray:
+    def push(self, seeds: dict[int, np.ndarray], observe: SweepObserver | None = None) -> np.ndarray:
         """Tangents of the output, shape (k,) + output shape, for seed tangents
         seeds[id] of shape (k,) + that node's shape (one per seeded node).
-        With a `births` list, also record each (node, tangent, inputs) whose
-        jvp turned finite values into non-finite ones."""
+        `observe(node, ts, t)`, if given, sees each node's tangent t as it is
+        made, from the input tangents ts (None for an input without one; all
+        None where t is a seed)."""
         nodes = self.nodes
         k = next(iter(seeds.values())).shape[0]
         tangents: dict[int, np.ndarray] = {}
-        for p, node in enumerate(self.plan):
-            ts = [tangents.get(i) for i in node.inputs]
-            if node.op is None or all(t is None for t in ts):
-                tangents[node.id] = seeds[node.id]
-            else:
-                args = [nodes[i].value for i in node.inputs]
-                with np.errstate(all="ignore"):
-                    t = node.op.jvp(ts, node.value, *args, **node.params)
+        with np.errstate(all="ignore"):
+            for p, node in enumerate(self.plan):
+                ts = [tangents.get(i) for i in node.inputs]
+                if node.op is None or all(t is None for t in ts):
+                    t = seeds[node.id]
+                else:
+                    t = node.op.jvp(ts, node.value, *[nodes[i].value for i in node.inputs], **node.params)
                     t = np.broadcast_to(t, (k,) + node.value.shape)
-                    if births is not None and derivative_born(node, nodes, ts, t):
-                        direction = int(np.argwhere(~np.isfinite(t))[0][0])  # the first seed that met it
-                        births.append((node, t[direction], args))
-                # A seeded node that is an intermediate gets its own seed on top
-                # of what flows into it, as reverse mode's adjoints add up.
-                tangents[node.id] = t + seeds[node.id] if node.id in self.seeded else t
-            for i in self.free_after[p]:
-                tangents.pop(i, None)
+                    # A seeded node that is an intermediate gets its own seed on top
+                    # of what flows into it, as reverse mode's adjoints add up.
+                    if node.id in self.seeded:
+                        t = t + seeds[node.id]
+                if observe is not None:
+                    observe(node, ts, t)
+                tangents[node.id] = t
+                for i in self.free_after[p]:
+                    tangents.pop(i, None)
         if self.output in tangents:
             return tangents[self.output]
         return np.zeros((k,) + nodes[self.output].value.shape)
 
     def push_blocks(self, total: int, seed_block: Callable[[int, int], dict[int, np.ndarray]],
-                    diagnostics: Diagnostics | None = None, budget_bytes: int = TANGENT_BUDGET_BYTES) -> np.ndarray:
+                    diagnostics: Diagnostics | None = None, budget_bytes: int = TANGENT_BUDGET_BYTES,
+                    observe: SweepObserver | None = None) -> np.ndarray:
         """Directional derivatives of the scalar output for `total` directions,
         seed_block(start, k) giving directions start..start+k; shape (total,).
         As in reverse mode, a block whose result is not finite is pushed again
@@ -96,10 +98,16 @@ class ForwardSweep:
         for start in range(0, total, block):
             k = min(block, total - start)
             seeds = seed_block(start, k)
-            result[start:start + k] = self.push(seeds).reshape(k)
+            result[start:start + k] = self.push(seeds, observe).reshape(k)
             if diagnostics is not None and not all_finite(result[start:start + k]):
                 births: list = []
-                self.push(seeds, births)
+
+                def find_births(node, ts, t):
+                    if derivative_born(node, self.nodes, ts, t):
+                        direction = int(np.argwhere(~np.isfinite(t))[0][0])  # the first seed that met it
+                        births.append((node, t[direction], [self.nodes[i].value for i in node.inputs]))
+
+                self.push(seeds, find_births)
                 if births:
                     warn_derivative(diagnostics, *births[0])
                 diagnostics = None  # one warning about the derivative is enough
@@ -107,9 +115,11 @@ class ForwardSweep:
 
 
 def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,
-                     budget_bytes: int = TANGENT_BUDGET_BYTES) -> dict[int, np.ndarray]:
+                     budget_bytes: int = TANGENT_BUDGET_BYTES,
+                     observe: SweepObserver | None = None) -> dict[int, np.ndarray]:
     """The gradient of the scalar `output` with respect to each node in `wrt`:
-    one direction per input entry (rows of the identity), in blocks."""
+    one direction per input entry (rows of the identity), in blocks;
+    `observe` as for `ForwardSweep.push`."""
     nodes = tape.nodes
     sweep = ForwardSweep(tape, output, wrt)
     offsets = np.cumsum([0] + [nodes[i].value.size for i in wrt])
@@ -117,7 +127,7 @@ def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagn
     def seed_block(start: int, k: int) -> dict[int, np.ndarray]:
         return {i: _identity_rows(nodes[i].value.shape, int(offsets[p]), start, k) for p, i in enumerate(wrt)}
 
-    flat = sweep.push_blocks(int(offsets[-1]), seed_block, diagnostics, budget_bytes)
+    flat = sweep.push_blocks(int(offsets[-1]), seed_block, diagnostics, budget_bytes, observe)
     return {i: flat[offsets[p]:offsets[p + 1]].reshape(nodes[i].value.shape) for p, i in enumerate(wrt)}
 
 

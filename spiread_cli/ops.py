@@ -911,3 +911,59 @@ defop("scatterRows", lambda x, index, rows: _scatter_rows(x, index, rows),
 
 # The ops a backward pass records that have no graph rule of their own.
 BACKWARD_ONLY = frozenset({"exclusiveProducts", "powLog"})
+
+
+# ---------------------------------------------------------- rules in words
+# What `spiread grad --explain` shows beside each step: for each operand, what
+# the vjp sends back (in terms of the incoming adjoint g, the op's value `out`
+# and its operands x; a, b; x0, x1, …), and the tangent the jvp makes (ẋ, ȧ, ḃ
+# are the operands' tangents). Kept beside the table, one entry per op;
+# tests/test_explain.py holds every op to having one.
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    vjp: tuple[str, ...]  # one per operand (a variadic op: one for all)
+    jvp: str
+
+
+def _elementwise_rule(name: str, derivative: str) -> Rule:
+    return Rule((f"g · ∂{name}/∂x = g · {derivative}",), f"ẋ · ∂{name}/∂x = ẋ · {derivative}")
+
+
+RULES: dict[str, Rule] = {
+    **{name: _elementwise_rule(name, d) for name, d in [
+        ("exp", "out"), ("log", "1/x"), ("sin", "cos x"), ("cos", "−sin x"), ("tan", "1 + out²"),
+        ("tanh", "1 − out²"), ("sinh", "cosh x"), ("cosh", "sinh x"), ("sqrt", "0.5/out"), ("abs", "sign x"),
+        ("square", "2x"), ("sigmoid", "out · (1 − out)"), ("relu", "(x > 0)"), ("log1p", "1/(1 + x)"),
+        ("neg", "−1")]},
+    "clampMin": Rule(("g · (x ≥ t)",), "ẋ · (x ≥ t)"),
+    "clampMax": Rule(("g · (x ≤ t)",), "ẋ · (x ≤ t)"),
+    "add": Rule(("g, summed to a's shape", "g, summed to b's shape"), "ȧ + ḃ"),
+    "sub": Rule(("g, summed to a's shape", "−g, summed to b's shape"), "ȧ − ḃ"),
+    "mul": Rule(("g · b, summed to a's shape", "g · a, summed to b's shape"), "ȧ · b + a · ḃ"),
+    "div": Rule(("g / b, summed to a's shape", "−g · a / b², summed to b's shape"), "ȧ / b − a · ḃ / b²"),
+    "pow": Rule(("g · b · a^(b−1), summed to a's shape", "g · out · log a, summed to b's shape"),
+                "ȧ · b · a^(b−1) + ḃ · out · log a"),
+    "matmul": Rule(("g @@ bᵀ", "aᵀ @@ g"), "ȧ @@ b + a @@ ḃ"),
+    "transpose": Rule(("gᵀ",), "ẋᵀ"),
+    "sum": Rule(("g, copied to every entry of x",), "sum(ẋ)"),
+    "mean": Rule(("g / size(x), copied to every entry of x",), "mean(ẋ)"),
+    "product": Rule(("g · (the product of x's other entries)",), "Σ ẋ · (the product of x's other entries)"),
+    "rowSum": Rule(("g[r], copied along row r of x",), "rowSum(ẋ)"),
+    "rowMean": Rule(("g[r] / columns, copied along row r of x",), "rowMean(ẋ)"),
+    "rowProduct": Rule(("g[r] · (the product of the row's other entries)",),
+                       "rowSum(ẋ · (the product of the row's other entries))"),
+    "normaliseRowsL1": Rule(("(g − sign(x) · rowSum(g · out)) / rowSum(|x|)",),
+                            "(ẋ − out · rowSum(sign(x) · ẋ)) / rowSum(|x|)"),
+    "normaliseRowsL2": Rule(("(g − out · rowSum(g · out)) / ‖row of x‖",), "(ẋ − out · rowSum(out · ẋ)) / ‖row of x‖"),
+    "softmaxRows": Rule(("out · (g − rowSum(g · out))",), "out · (ẋ − rowSum(out · ẋ))"),
+    "logSoftmaxRows": Rule(("g − exp(out) · rowSum(g)",), "ẋ − rowSum(exp(out) · ẋ)"),
+    "index": Rule(("g at the indexed entries, 0 elsewhere",), "ẋ[index]"),
+    "select": Rule(("g at the chosen entries, 0 elsewhere",), "ẋ at the chosen entries, 0 elsewhere"),
+    "arrange": Rule(("g[j] added at the j-th chosen (row, col)",), "ẋ[rows, cols]"),
+    "stack": Rule(("g's slice along the stacking axis",), "stack(ẋ0, ẋ1, …)"),
+    "gatherRows": Rule(("g's rows added to the rows of x they were gathered from",), "ẋ[index]"),
+    "meanLogSoftmaxPick": Rule(("g · (picks − counts · softmax(x)) / picks",),
+                               "sum(ẋ · (picks − counts · softmax(x))) / picks"),
+}

@@ -325,13 +325,21 @@ def write_printed(run, to_stderr: bool = False) -> None:
         write_stdout(text)
 
 
-def grad_document(result, mode: str) -> dict:
-    return {"value": json_value(result.value), "mode": mode,
-            "gradients": {n: json_value(g) for n, g in result.gradients.items()}}
+def grad_document(run, result, mode: str, explanation=None) -> dict:
+    document = {"value": json_value(result.value), "mode": mode,
+                "gradients": {n: json_value(g) for n, g in result.gradients.items()}}
+    if explanation is not None:
+        from .explain import explanation_document
+        document["explain"] = explanation_document(run, explanation)
+    return document
 
 
-def grad_text(run, result) -> None:
+def grad_text(run, result, explanation=None) -> None:
+    """With an explanation: the sweep step by step, then the gradients."""
     console = stdout_console()
+    if explanation is not None:
+        from .explain import explanation_text
+        console.print(explanation_text(run, explanation) + "\n", markup=False)
     console.print(values_table([(run.output_name, result.value)]))
     console.print()
     console.print(values_table([(f"∂{run.output_name}/∂{n}", g) for n, g in result.gradients.items()]))

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
 from .ops import OPS, Op
+
+
+# Told of each step of a sweep as it runs, without changing it: the finiteness
+# check (where a non-finite derivative was born) and `--explain` watch this way.
+SweepObserver = Callable[..., None]
 
 
 @dataclass(slots=True, eq=False)
@@ -195,25 +200,33 @@ class Tape:
 
     # --------------------------------------------------------- reverse mode
 
-    def backward(self, output: int, wrt: list[int], diagnostics: Diagnostics | None = None) -> dict[int, np.ndarray]:
+    def backward(self, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,
+                 observe: SweepObserver | None = None) -> dict[int, np.ndarray]:
         """Reverse sweep: the gradient of the (scalar) output with respect to
         each node in `wrt`. Only nodes between `wrt` and the output are visited,
-        and a vjp is evaluated only for inputs that lead back to a `wrt` node."""
+        and a vjp is evaluated only for inputs that lead back to a `wrt` node.
+        `observe(node, g, k, gi)` is told of each contribution as it is made
+        (`--explain`): node's adjoint g sent gi to its input number k."""
         needs = self.fed_by(wrt, output)
         with np.errstate(all="ignore"):
-            result = self._sweep(output, wrt, needs, None)
+            result = self._sweep(output, wrt, needs, observe)
             # Finiteness is checked only when a gradient came out non-finite:
             # then a second, checking sweep finds the op that made it.
             if diagnostics is not None and not all(_all_finite(g) for g in result.values()):
                 births: list = []
-                self._sweep(output, wrt, needs, births)
+
+                def find_births(node, g, k, gi):
+                    if derivative_born(node, self.nodes, [g], gi):
+                        births.append((node, gi, [self.nodes[i].value for i in node.inputs]))
+
+                self._sweep(output, wrt, needs, find_births)
                 if births:
                     warn_derivative(diagnostics, *births[0])  # the first op, sweeping back from the output
         return result
 
-    def _sweep(self, output: int, wrt: list[int], needs: list[bool], births: list | None) -> dict[int, np.ndarray]:
-        """The reverse loop. With a `births` list, also record each (node,
-        gradient, inputs) whose vjp turned finite values into non-finite ones."""
+    def _sweep(self, output: int, wrt: list[int], needs: list[bool],
+               observe: SweepObserver | None) -> dict[int, np.ndarray]:
+        """The reverse loop; `observe`, if given, sees every contribution."""
         nodes = self.nodes
         lowest = min(wrt, default=output + 1)
         grads: dict[int, np.ndarray] = {}
@@ -230,8 +243,8 @@ class Tape:
                 if not needs[i]:
                     continue
                 gi = vjp(k, g, out, *args, **params)
-                if births is not None and derivative_born(node, nodes, [g], gi):
-                    births.append((node, gi, args))
+                if observe is not None:
+                    observe(node, g, k, gi)
                 grads[i] = gi if i not in grads else grads[i] + gi
         return {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}
 

@@ -1,10 +1,11 @@
 """Shared helpers for the core tests: running programs through the library API
 and the real `spiread` binary, central finite differences, `.ad` literals of
-arrays, strict JSON, and a record of how closely gradients agree (printed at
-the end of the run)."""
+arrays, strict JSON held to its schemas, and a record of how closely gradients
+agree (printed at the end of the run)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spiread_cli import api
+from spiread_cli import api, output, schemas
 from spiread_cli.diagnostics import Source
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,10 +91,15 @@ def spiread_command() -> list[str]:
 
 
 def spiread(*args: str, stdin: str | None = None, cwd: Path | None = None, env: dict | None = None):
-    """Run the real binary; stdout and stderr are pipes (not a terminal)."""
+    """Run the real binary; stdout and stderr are pipes (not a terminal).
+    A --format json document it writes must follow its published schema."""
     environment = {**os.environ, **(env or {})}
-    return subprocess.run(spiread_command() + [str(a) for a in args], input=stdin, capture_output=True,
+    args = [str(a) for a in args]
+    done = subprocess.run(spiread_command() + args, input=stdin, capture_output=True,
                           text=True, cwd=cwd or REPO, env=environment, timeout=60)
+    if "json" in args and args[args.index("json") - 1] == "--format" and done.stdout:
+        strict_json(done.stdout)
+    return done
 
 
 def lit(x) -> str:
@@ -109,8 +115,46 @@ def _reject_constant(name: str):
 
 
 def strict_json(text: str):
-    """json.loads that refuses NaN and Infinity (RFC 8259 has neither)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    """A --format json document: json.loads that refuses NaN and Infinity
+    (RFC 8259 has neither), and that holds the document to the schema it
+    names (spiread_cli/schemas/)."""
+    document = json.loads(text, parse_constant=_reject_constant)
+    validate_document(document)
+    return document
+
+
+@functools.cache
+def schema_validator(command: str):
+    import jsonschema
+    schema = schemas.bundled(command)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate_document(document) -> None:
+    """Fail unless `document` names its schema in "schema" and follows it."""
+    assert isinstance(document, dict) and isinstance(document.get("schema"), str), \
+        f"a --format json document names its schema: {str(document)[:200]}"
+    command = document["schema"].split("/")[1]
+    assert command in schemas.commands() and document["schema"] == schemas.tag(command), document["schema"]
+    errors = sorted(schema_validator(command).iter_errors(document), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{document['schema']}: at {list(e.path)}: {e.message}"[:500] for e in errors)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def json_documents_follow_their_schemas():
+    """Every document written in-process (CliRunner, the library) is checked
+    as it is written; the real binary's through `spiread` and `strict_json`.
+    (Session-wide, so hypothesis's tests have it too.)"""
+    write_json = output.write_json
+
+    def checked(document: dict) -> None:
+        write_json(document)
+        strict_json(output.dumps(document))
+
+    output.write_json = checked
+    yield
+    output.write_json = write_json
 
 
 # ---------------------------------------------------------------- figures

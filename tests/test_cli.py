@@ -61,7 +61,7 @@ def test_eval_json_is_strict_and_complete():
     assert result.returncode == 0
     assert result.stderr == ""  # warnings travel in the document
     doc = strict_json(result.stdout)
-    assert set(doc) == {"file", "output", "values", "warnings"}
+    assert set(doc) == {"schema", "file", "output", "values", "warnings"} and doc["schema"] == "spiread/eval/1"
     assert doc["file"] == SEED and doc["output"] == "loss"
     assert list(doc["values"]) == ["data", "weights", "probits", "selected", "loss"]
     assert doc["values"]["loss"] == {"shape": [], "value": "inf"}
@@ -100,7 +100,7 @@ def test_grad_json(mode):
     result = spiread("grad", SEED, "--format", "json", "--mode", mode)
     assert result.returncode == 0, result.stderr
     doc = strict_json(result.stdout)
-    assert set(doc) == {"file", "output", "value", "mode", "gradients", "warnings"}
+    assert set(doc) == {"schema", "file", "output", "value", "mode", "gradients", "warnings"}
     assert doc["mode"] == mode and doc["output"] == "loss" and doc["value"] == {"shape": [], "value": "inf"}
     assert list(doc["gradients"]) == ["weights"]
     assert doc["gradients"]["weights"]["shape"] == [2, 2]

@@ -97,7 +97,7 @@ def test_cli_json_document():
     done = spiread("train", REGRESSION, "--wrt", "weights", "--steps", "100", "--lr", "0.01", "--format", "json")
     assert done.returncode == 0, done.stderr
     document = strict_json(done.stdout)
-    assert set(document) == {"file", "output", "steps", "loss", "saved", "values", "warnings"}
+    assert set(document) == {"schema", "file", "output", "steps", "loss", "saved", "values", "warnings"}
     assert document["output"] == "loss" and document["steps"] == 100 and document["saved"] is None
     assert document["warnings"] == []
     np.testing.assert_allclose(document["values"]["weights"]["value"], [[0.96 ** 100], [1.0]], rtol=1e-12)
