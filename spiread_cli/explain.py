@@ -217,7 +217,7 @@ def explanation_text(run: Run, explanation: Explanation) -> str:
                   "of its inputs (the chain rule); what reaches a node from several ops adds up.", ""]
         for step in explanation.steps:
             node = nodes[step.node]
-            lines.append(f"{handle(node.id)} = {formula(node)}" + (f"   {node.name}" if node.name else ""))
+            lines.append(f"{handle(node.id)} = {formula(node)}" + (f"   ({node.name})" if node.name else ""))
             if not step.sources:
                 lines.append(f"    g = {summary_text(step.value)}   (the seed: ∂{out}/∂{out} = 1)")
             elif len(step.sources) == 1:
@@ -236,7 +236,7 @@ def explanation_text(run: Run, explanation: Explanation) -> str:
                   "along each direction, and each op makes its own from its inputs' (the chain rule).", ""]
         for step in explanation.steps:
             node = nodes[step.node]
-            lines.append(f"{handle(node.id)} = {formula(node)}" + (f"   {node.name}" if node.name else ""))
+            lines.append(f"{handle(node.id)} = {formula(node)}" + (f"   ({node.name})" if node.name else ""))
             if not step.sources:
                 lines.append("    seed: one direction per entry")
             else:
