@@ -210,3 +210,9 @@ def test_every_trace_is_the_sweep_that_made_the_gradients(mode, program):
         ends = [s for s in explanation.steps if s.node == r.bindings[name]]
         if ends:
             np.testing.assert_array_equal(ends[0].value, result.gradients[name])
+
+
+def test_docs_show_the_trace_the_command_prints():
+    from conftest import REPO
+    page = (REPO / "docs" / "explain.md").read_text("utf-8")
+    assert SEED_TRACE in page
