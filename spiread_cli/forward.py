@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .diagnostics import Diagnostics
-from .tape import Node, SweepObserver, Tape, all_finite, derivative_born, warn_derivative
+from .tape import Births, Node, SweepObserver, Tape, all_finite
 
 TANGENT_BUDGET_BYTES = 256 << 20
 
@@ -100,16 +100,9 @@ class ForwardSweep:
             seeds = seed_block(start, k)
             result[start:start + k] = self.push(seeds, observe).reshape(k)
             if diagnostics is not None and not all_finite(result[start:start + k]):
-                births: list = []
-
-                def find_births(node, ts, t):
-                    if derivative_born(node, self.nodes, ts, t):
-                        direction = int(np.argwhere(~np.isfinite(t))[0][0])  # the first seed that met it
-                        births.append((node, t[direction], [self.nodes[i].value for i in node.inputs]))
-
-                self.push(seeds, find_births)
-                if births:
-                    warn_derivative(diagnostics, *births[0])
+                births = Births(self.nodes)
+                self.push(seeds, births.forward)
+                births.warn(diagnostics)
                 diagnostics = None  # one warning about the derivative is enough
         return result
 

@@ -22,7 +22,7 @@ import numpy as np
 from .diagnostics import Diagnostics, SpireadError, did_you_mean, shape_str
 from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, _identity_rows
 from .ops import OPS
-from .tape import Run, Tape, all_finite, warn_derivative
+from .tape import Births, Run, Tape, all_finite
 
 
 class SecondOrder:
@@ -68,10 +68,9 @@ class SecondOrder:
                          for p, i in enumerate(seeded)}
                 rows[start:start + k] = sweep.push(seeds)
                 if diagnostics is not None and not all_finite(rows[start:start + k]):
-                    births: list = []
-                    sweep.push(seeds, births)
-                    if births:
-                        warn_derivative(diagnostics, *births[0])
+                    births = Births(nodes)
+                    sweep.push(seeds, births.forward)
+                    births.warn(diagnostics)
                     diagnostics = None  # one warning about the second derivative is enough
             blocks[a] = {}
             for p, b in enumerate(names):

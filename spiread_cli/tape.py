@@ -213,15 +213,9 @@ class Tape:
             # Finiteness is checked only when a gradient came out non-finite:
             # then a second, checking sweep finds the op that made it.
             if diagnostics is not None and not all(_all_finite(g) for g in result.values()):
-                births: list = []
-
-                def find_births(node, g, k, gi):
-                    if derivative_born(node, self.nodes, [g], gi):
-                        births.append((node, gi, [self.nodes[i].value for i in node.inputs]))
-
-                self._sweep(output, wrt, needs, find_births)
-                if births:
-                    warn_derivative(diagnostics, *births[0])  # the first op, sweeping back from the output
+                births = Births(self.nodes)
+                self._sweep(output, wrt, needs, births.reverse)
+                births.warn(diagnostics)  # the first op, sweeping back from the output
         return result
 
     def _sweep(self, output: int, wrt: list[int], needs: list[bool],
@@ -336,6 +330,29 @@ def derivative_born(node: Node, nodes: list[Node], incoming: Iterable[np.ndarray
     both sweeps use to say where a non-finite derivative was born."""
     return (not _all_finite(produced) and all(nodes[i].finite for i in node.inputs)
             and all(t is None or _all_finite(t) for t in incoming))
+
+
+class Births:
+    """An observer for either sweep that records each node whose derivative
+    rule turned finite values into non-finite ones; `warn` names the first."""
+
+    def __init__(self, nodes: list[Node]):
+        self.nodes = nodes
+        self.found: list[tuple[Node, np.ndarray]] = []
+
+    def reverse(self, node: Node, g: np.ndarray, k: int, gi: np.ndarray) -> None:
+        if derivative_born(node, self.nodes, [g], gi):
+            self.found.append((node, gi))
+
+    def forward(self, node: Node, ts: list, t: np.ndarray) -> None:
+        if derivative_born(node, self.nodes, ts, t):
+            direction = int(np.argwhere(~np.isfinite(t))[0][0])  # the first seed that met it
+            self.found.append((node, t[direction]))
+
+    def warn(self, diagnostics: Diagnostics) -> None:
+        if self.found:
+            node, produced = self.found[0]
+            warn_derivative(diagnostics, node, produced, [self.nodes[i].value for i in node.inputs])
 
 
 def warn_derivative(diagnostics: Diagnostics, node: Node, produced: np.ndarray, args: list[np.ndarray]) -> None:

@@ -311,7 +311,7 @@ def test_hessian_command_json_has_every_block_in_torchs_layout(tmp_program):
     result = spiread("hessian", path, "--wrt", "w", "--wrt", "b", "--format", "json")
     assert result.returncode == 0, result.stderr
     doc = strict_json(result.stdout)
-    assert set(doc) == {"file", "output", "value", "hessian", "warnings"}
+    assert set(doc) == {"schema", "file", "output", "value", "hessian", "warnings"}
     x = np.array([[1.0, 0.5], [1.0, -1.2], [1.0, 2.3]])
     assert doc["output"] == "loss" and doc["warnings"] == []
     assert doc["hessian"]["w"]["w"] == {"shape": [2, 2], "value": (2 * x.T @ x).tolist()}
@@ -327,7 +327,7 @@ def test_hessian_command_hvp_matches_the_hessian_and_reads_any_set_form(tmp_prog
                      "--format", "json")
     assert result.returncode == 0, result.stderr
     doc = strict_json(result.stdout)
-    assert set(doc) == {"file", "output", "value", "hvp", "warnings"}
+    assert set(doc) == {"schema", "file", "output", "value", "hvp", "warnings"}
     x = np.array([[1.0, 0.5], [1.0, -1.2], [1.0, 2.3]])
     v, vb = np.array([1.0, -2.0]), 3.0
     np.testing.assert_allclose(doc["hvp"]["w"]["value"], 2 * x.T @ x @ v + 2 * x.sum(axis=0) * vb)
