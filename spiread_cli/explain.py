@@ -5,8 +5,8 @@ and are otherwise unchanged; the recorders here watch them run, so what is
 shown is the computation that produced the gradients, not a re-enactment.
 Reverse mode: each node in reverse topological order, its adjoint g (and
 which nodes' contributions added up to it), and what its op's rule (the
-`vjp_rules` beside each op in ops.py) sends to each input. Forward mode: each
-node in tape order, the tangent its op's `jvp_rule` makes from its inputs'.
+`rule` in ops.py's table) sends to each input. Forward mode: each node in tape
+order, the tangent its op's rule makes from its inputs'.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .ops import RULES
 from .tape import Node, Run
 
 # Arrays with at most this many entries are shown in full; larger ones by their
@@ -108,12 +107,12 @@ def operand(node: Node, k: int) -> str:
 
 
 def vjp_rule(node: Node, k: int) -> str:
-    rules = RULES[node.op.name].vjp
+    rules = node.op.rule.vjp
     return rules[min(k, len(rules) - 1)]  # a variadic op (stack) has one rule for every operand
 
 
 def jvp_rule(node: Node) -> str:
-    return RULES[node.op.name].jvp
+    return node.op.rule.jvp
 
 
 def formula(node: Node) -> str:

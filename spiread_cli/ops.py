@@ -20,7 +20,8 @@ derivative rules of an op written together):
   op and returns its id, ``emit.const(value)`` a constant, ``emit.shape(id)``
   a node's shape. It returns the id of the cotangent for input `i`, or None
   where it is zero. The numeric `vjp` stays the fast path for first order;
-  tests/test_second_order.py holds the two equal for every op.
+  tests/test_second_order.py holds the two equal for every op;
+- ``rule`` is the vjp and jvp in words (`Rule`), shown by `grad --explain`.
 
 Adding a primitive means adding one entry here. Broadcasting is undone by one
 shared helper, `unbroadcast`, as in HIPS autograd.
@@ -38,6 +39,16 @@ import numpy as np
 class ShapeError(Exception):
     """A shape rule refused its operands. `{0}`, `{1}` in the message stand for
     the operands as they appear in the source; the caller fills them in."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """An op's derivative rules in words, for `spiread grad --explain`: what
+    the vjp sends back to each operand, in terms of the incoming adjoint g, the
+    op's value `out` and its operands (x; a, b; x0, x1, …), and the tangent the
+    jvp makes from the operands' tangents ẋ, ȧ, ḃ."""
+    vjp: tuple[str, ...]  # one per operand (a variadic op: one for all)
+    jvp: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +74,8 @@ class Op:
     # The vjp as recorded ops (see the module docstring); None only for the
     # ops in BACKWARD_ONLY.
     vjp_graph: Callable | None = None
+    # The vjp and jvp in words (`grad --explain`); every op has them.
+    rule: Rule | None = None
 
 
 OPS: dict[str, Op] = {}
@@ -70,9 +83,9 @@ METHODS: dict[str, Op] = {}
 
 
 def defop(name, impl, vjp, jvp, shape, methods=None, params=(), arity=1, kink=None, row_wise=False,
-          vjp_graph=None) -> Op:
+          vjp_graph=None, *, rule: Rule) -> Op:
     op = Op(name, impl, vjp, jvp, shape, (name,) if methods is None else methods, params, arity, kink, row_wise,
-            vjp_graph)
+            vjp_graph, rule)
     OPS[name] = op
     METHODS.update((spelling, op) for spelling in op.methods)
     return op
@@ -148,17 +161,19 @@ def batch_rows(t: np.ndarray) -> np.ndarray:
 
 
 def elementwise(name: str, f: Callable, df: Callable, dgraph: Callable, kink: Callable | None = None,
-                bounded: bool = False) -> Op:
+                bounded: bool = False, *, derivative: str) -> Op:
     """A unary elementwise op from its function, its derivative df(x, out),
     and the same derivative as recorded ops, dgraph(x, out, emit) -> node id
-    (or a constant factor). `bounded`: df is finite at every input, ±inf
-    included, so a zero (co)tangent needs no guard and the product is a plain one."""
+    (or a constant factor); `derivative` is df in words. `bounded`: df is
+    finite at every input, ±inf included, so a zero (co)tangent needs no guard
+    and the product is a plain one."""
     times = np.multiply if bounded else scale
     return defop(name, f,
                  vjp=lambda i, g, out, x: times(g, df(x, out)),
                  jvp=lambda ts, out, x: times(ts[0], df(x, out)),
                  shape=same_shape, kink=kink, row_wise=True,
-                 vjp_graph=lambda i, g, out, x, emit: times_graph(emit, g, dgraph(x, out, emit), not bounded))
+                 vjp_graph=lambda i, g, out, x, emit: times_graph(emit, g, dgraph(x, out, emit), not bounded),
+                 rule=Rule((f"g · ∂{name}/∂x = g · {derivative}",), f"ẋ · ∂{name}/∂x = ẋ · {derivative}"))
 
 
 def times_graph(emit, g: int, d, guarded: bool = True) -> int:
@@ -182,38 +197,47 @@ def _one(emit):
     return emit.const(1.0)
 
 
-elementwise("exp", np.exp, lambda x, out: out, lambda x, out, e: out)
-elementwise("log", np.log, lambda x, out: 1 / x, lambda x, out, e: e("div", [_one(e), x]))
-elementwise("sin", np.sin, lambda x, out: np.cos(x), lambda x, out, e: e("cos", [x]), bounded=True)
-elementwise("cos", np.cos, lambda x, out: -np.sin(x), lambda x, out, e: e("neg", [e("sin", [x])]), bounded=True)
-elementwise("tan", np.tan, lambda x, out: 1 + out * out, lambda x, out, e: e("add", [_one(e), e("square", [out])]))
+elementwise("exp", np.exp, lambda x, out: out, lambda x, out, e: out, derivative="out")
+elementwise("log", np.log, lambda x, out: 1 / x, lambda x, out, e: e("div", [_one(e), x]), derivative="1/x")
+elementwise("sin", np.sin, lambda x, out: np.cos(x), lambda x, out, e: e("cos", [x]), bounded=True,
+            derivative="cos x")
+elementwise("cos", np.cos, lambda x, out: -np.sin(x), lambda x, out, e: e("neg", [e("sin", [x])]), bounded=True,
+            derivative="−sin x")
+elementwise("tan", np.tan, lambda x, out: 1 + out * out, lambda x, out, e: e("add", [_one(e), e("square", [out])]),
+            derivative="1 + out²")
 elementwise("tanh", np.tanh, lambda x, out: 1 - out * out, lambda x, out, e: e("sub", [_one(e), e("square", [out])]),
-            bounded=True)
-elementwise("sinh", np.sinh, lambda x, out: np.cosh(x), lambda x, out, e: e("cosh", [x]))
-elementwise("cosh", np.cosh, lambda x, out: np.sinh(x), lambda x, out, e: e("sinh", [x]))
-elementwise("sqrt", np.sqrt, lambda x, out: 0.5 / out, lambda x, out, e: e("div", [e.const(0.5), out]))
+            bounded=True, derivative="1 − out²")
+elementwise("sinh", np.sinh, lambda x, out: np.cosh(x), lambda x, out, e: e("cosh", [x]), derivative="cosh x")
+elementwise("cosh", np.cosh, lambda x, out: np.sinh(x), lambda x, out, e: e("sinh", [x]), derivative="sinh x")
+elementwise("sqrt", np.sqrt, lambda x, out: 0.5 / out, lambda x, out, e: e("div", [e.const(0.5), out]),
+            derivative="0.5/out")
 elementwise("abs", np.abs, lambda x, out: np.sign(x), lambda x, out, e: e("sign", [x]), kink=lambda x: x == 0,
-            bounded=True)
-elementwise("square", np.square, lambda x, out: 2 * x, lambda x, out, e: e("mul", [e.const(2.0), x]))
+            bounded=True, derivative="sign x")
+elementwise("square", np.square, lambda x, out: 2 * x, lambda x, out, e: e("mul", [e.const(2.0), x]),
+            derivative="2x")
 elementwise("sigmoid", _sigmoid, lambda x, out: out * (1 - out),
-            lambda x, out, e: e("mul", [out, e("sub", [_one(e), out])]), bounded=True)
+            lambda x, out, e: e("mul", [out, e("sub", [_one(e), out])]), bounded=True,
+            derivative="out · (1 − out)")
 elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out: (x > 0).astype(float),
-            lambda x, out, e: e("indicator", [x], relation=">", t=0.0), kink=lambda x: x == 0, bounded=True)
+            lambda x, out, e: e("indicator", [x], relation=">", t=0.0), kink=lambda x: x == 0, bounded=True,
+            derivative="(x > 0)")
 elementwise("log1p", np.log1p, lambda x, out: 1 / (1 + x),
-            lambda x, out, e: e("div", [_one(e), e("add", [_one(e), x])]))
-elementwise("neg", np.negative, lambda x, out: -1.0, lambda x, out, e: -1.0)
+            lambda x, out, e: e("div", [_one(e), e("add", [_one(e), x])]), derivative="1/(1 + x)")
+elementwise("neg", np.negative, lambda x, out: -1.0, lambda x, out, e: -1.0, derivative="−1")
 # clamps: the gradient passes where the bound is not active, and at the bound
 # itself, as torch.clamp does.
 defop("clampMin", lambda x, t: np.maximum(x, t),
       vjp=lambda i, g, out, x, t: g * (x >= t),
       jvp=lambda ts, out, x, t: ts[0] * (x >= t),
       shape=same_shape, params=("t",), kink=lambda x, t: x == t,
-      vjp_graph=lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x], relation=">=", t=t)]))
+      vjp_graph=lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x], relation=">=", t=t)]),
+      rule=Rule(("g · (x ≥ t)",), "ẋ · (x ≥ t)"))
 defop("clampMax", lambda x, t: np.minimum(x, t),
       vjp=lambda i, g, out, x, t: g * (x <= t),
       jvp=lambda ts, out, x, t: ts[0] * (x <= t),
       shape=same_shape, params=("t",), kink=lambda x, t: x == t,
-      vjp_graph=lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x], relation="<=", t=t)]))
+      vjp_graph=lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x], relation="<=", t=t)]),
+      rule=Rule(("g · (x ≤ t)",), "ẋ · (x ≤ t)"))
 
 
 # Ops with a derivative of 0 wherever they have one: the masks that the
@@ -228,18 +252,22 @@ def _zero_jvp(ts, out):
 
 
 defop("sign", np.sign, lambda i, g, out, x: np.zeros_like(x), lambda ts, out, x: _zero_jvp(ts, out),
-      same_shape, methods=(), kink=lambda x: x == 0, vjp_graph=lambda i, g, out, x, emit: None)
+      same_shape, methods=(), kink=lambda x: x == 0, vjp_graph=lambda i, g, out, x, emit: None,
+      rule=Rule(("0: sign is flat wherever it has a derivative",), "0"))
 defop("indicator", lambda x, relation, t: _RELATIONS[relation](x, t).astype(np.float64),
       lambda i, g, out, x, relation, t: np.zeros_like(x), lambda ts, out, x, relation, t: _zero_jvp(ts, out),
       same_shape, methods=(), kink=lambda x, relation, t: x == t,
-      vjp_graph=lambda i, g, out, x, emit, relation, t: None)
+      vjp_graph=lambda i, g, out, x, emit, relation, t: None,
+      rule=Rule(("0: a step is flat wherever it has a derivative",), "0"))
 # `x.value`: x without its history. Its value is x, its derivative 0.
 defop("stopGradient", lambda x: np.array(x), lambda i, g, out, x: np.zeros_like(x),
-      lambda ts, out, x: _zero_jvp(ts, out), same_shape, methods=(), vjp_graph=lambda i, g, out, x, emit: None)
+      lambda ts, out, x: _zero_jvp(ts, out), same_shape, methods=(), vjp_graph=lambda i, g, out, x, emit: None,
+      rule=Rule(("0: x.value has no history",), "0"))
 
 
 def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], methods=(),
-                 partials_graph: tuple[Callable, Callable] | None = None, times: Callable = scale) -> Op:
+                 partials_graph: tuple[Callable, Callable] | None = None, times: Callable = scale, *,
+                 rule: Rule) -> Op:
     """A broadcasting binary op from its function and the partial derivative
     with respect to each operand, partials[i](out, a, b); partials_graph[i](out,
     a, b, emit) is the same partial as recorded ops (or a constant factor).
@@ -259,7 +287,7 @@ def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], me
         return sum_to_graph(emit, times_graph(emit, g, partials_graph[i](out, a, b, emit)), emit.shape((a, b)[i]))
 
     return defop(name, f, vjp, jvp, broadcast_shape, methods, arity=2,
-                 vjp_graph=vjp_graph if partials_graph else None)
+                 vjp_graph=vjp_graph if partials_graph else None, rule=rule)
 
 
 def sum_to_graph(emit, g: int, shape: tuple) -> int:
@@ -308,24 +336,35 @@ def _pow_log_partials(out, a, b):
 
 
 elementwise2("add", np.add, (lambda out, a, b: 1.0, lambda out, a, b: 1.0),
-             partials_graph=(lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0))
+             partials_graph=(lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0),
+             rule=Rule(("g, summed to a's shape", "g, summed to b's shape"), "ȧ + ḃ"))
 elementwise2("sub", np.subtract, (lambda out, a, b: 1.0, lambda out, a, b: -1.0),
-             partials_graph=(lambda out, a, b, e: 1.0, lambda out, a, b, e: -1.0))
+             partials_graph=(lambda out, a, b, e: 1.0, lambda out, a, b, e: -1.0),
+             rule=Rule(("g, summed to a's shape", "−g, summed to b's shape"), "ȧ − ḃ"))
 elementwise2("mul", np.multiply, (lambda out, a, b: b, lambda out, a, b: a),
-             partials_graph=(lambda out, a, b, e: b, lambda out, a, b, e: a))
+             partials_graph=(lambda out, a, b, e: b, lambda out, a, b, e: a),
+             rule=Rule(("g · b, summed to a's shape", "g · a, summed to b's shape"), "ȧ · b + a · ḃ"))
 elementwise2("div", np.divide, (lambda out, a, b: 1 / b, lambda out, a, b: -a / (b * b)), methods=("div",),
              partials_graph=(lambda out, a, b, e: e("div", [_one(e), b]),
-                             lambda out, a, b, e: e("div", [e("neg", [a]), e("mul", [b, b])])))
+                             lambda out, a, b, e: e("div", [e("neg", [a]), e("mul", [b, b])])),
+             rule=Rule(("g / b, summed to a's shape", "−g · a / b², summed to b's shape"), "ȧ / b − a · ḃ / b²"))
 elementwise2("pow", np.power, (_pow_base, _pow_exponent), methods=("pow",),
              partials_graph=(lambda out, a, b, e: e("scale", [b, e("pow", [a, e("sub", [b, _one(e)])])]),
-                             lambda out, a, b, e: e("powLog", [a, b])))
+                             lambda out, a, b, e: e("powLog", [a, b])),
+             rule=Rule(("g · b · a^(b−1), summed to a's shape", "g · out · log a, summed to b's shape"),
+                       "ȧ · b · a^(b−1) + ḃ · out · log a"))
 # Only in recorded backward passes: `scale` is `mul` whose zero first operand
 # stays zero against an infinite second (the numeric rules' `scale` helper);
 # `powLog` is pow's partial in the exponent.
 elementwise2("scale", scale, (lambda out, t, d: d, lambda out, t, d: t),
-             partials_graph=(lambda out, t, d, e: d, lambda out, t, d, e: t), times=_scale_either)
+             partials_graph=(lambda out, t, d, e: d, lambda out, t, d, e: t), times=_scale_either,
+             rule=Rule(("g · b (0 where a is), summed to a's shape", "g · a, summed to b's shape"),
+                       "ȧ · b + a · ḃ (0 where a is)"))
 elementwise2("powLog", lambda a, b: _pow_exponent(np.power(a, b), a, b),
-             (lambda out, a, b: _pow_log_partials(out, a, b)[0], lambda out, a, b: _pow_log_partials(out, a, b)[1]))
+             (lambda out, a, b: _pow_log_partials(out, a, b)[0], lambda out, a, b: _pow_log_partials(out, a, b)[1]),
+             rule=Rule(("g · a^(b−1) · (b log a + 1), summed to a's shape",
+                        "g · a^b · (log a)², summed to b's shape"),
+                       "ȧ · a^(b−1) · (b log a + 1) + ḃ · a^b · (log a)²"))
 
 
 # ------------------------------------------------------------------ matmul
@@ -384,7 +423,8 @@ def reshape_graph(emit, x: int, shape: tuple) -> int:
 
 
 defop("matmul", np.matmul, _matmul_vjp, _matmul_jvp, _matmul_shape, methods=("matmul", "dot"), arity=2,
-      vjp_graph=_matmul_vjp_graph)
+      vjp_graph=_matmul_vjp_graph,
+      rule=Rule(("g @@ bᵀ", "aᵀ @@ g"), "ȧ @@ b + a @@ ḃ"))
 
 
 def _transpose_shape(s, **_):
@@ -395,7 +435,8 @@ defop("transpose", lambda x: x.T,
       vjp=lambda i, g, out, x: g.T,
       jvp=lambda ts, out, x: np.swapaxes(ts[0], -1, -2) if x.ndim == 2 else ts[0],
       shape=_transpose_shape, methods=("T", "transpose"),
-      vjp_graph=lambda i, g, out, x, emit: emit("transpose", [g]))
+      vjp_graph=lambda i, g, out, x, emit: emit("transpose", [g]),
+      rule=Rule(("gᵀ",), "ẋᵀ"))
 
 
 # --------------------------------------------------------------- reductions
@@ -419,18 +460,21 @@ defop("sum", lambda x: np.sum(x),
       vjp=lambda i, g, out, x: np.broadcast_to(g, x.shape),
       jvp=lambda ts, out, x: batch_sum(ts[0]),
       shape=scalar_shape,
-      vjp_graph=lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)))
+      vjp_graph=lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)),
+      rule=Rule(("g, copied to every entry of x",), "sum(ẋ)"))
 defop("mean", lambda x: np.sum(x) / x.size,
       vjp=lambda i, g, out, x: np.broadcast_to(g / max(x.size, 1), x.shape),
       jvp=lambda ts, out, x: batch_sum(ts[0]) / max(x.size, 1),
       shape=scalar_shape,
       vjp_graph=lambda i, g, out, x, emit: emit("broadcastTo", [_divide_by_count(emit, g, x, None)],
-                                                shape=emit.shape(x)))
+                                                shape=emit.shape(x)),
+      rule=Rule(("g / size(x), copied to every entry of x",), "mean(ẋ)"))
 defop("product", lambda x: np.prod(x),
       vjp=lambda i, g, out, x: g * _exclusive_products(x.ravel(), 0).reshape(x.shape),
       jvp=lambda ts, out, x: batch_rows(ts[0]) @ _exclusive_products(x.ravel(), 0),
       shape=scalar_shape,
-      vjp_graph=lambda i, g, out, x, emit: emit("mul", [g, emit("exclusiveProducts", [x], over="all")]))
+      vjp_graph=lambda i, g, out, x, emit: emit("mul", [g, emit("exclusiveProducts", [x], over="all")]),
+      rule=Rule(("g · (the product of x's other entries)",), "Σ ẋ · (the product of x's other entries)"))
 
 
 def _divide_by_count(emit, g: int, x: int, axis: int | None) -> int:
@@ -453,19 +497,23 @@ defop("rowSum", lambda x: x.sum(axis=1),
       vjp=lambda i, g, out, x: np.broadcast_to(g[:, None], x.shape),
       jvp=lambda ts, out, x: ts[0].sum(axis=-1),
       shape=_rows_shape, methods=(),
-      vjp_graph=lambda i, g, out, x, emit: emit("broadcastTo", [_per_row_graph(emit, g, x)], shape=emit.shape(x)))
+      vjp_graph=lambda i, g, out, x, emit: emit("broadcastTo", [_per_row_graph(emit, g, x)], shape=emit.shape(x)),
+      rule=Rule(("g[r], copied along row r of x",), "rowSum(ẋ)"))
 defop("rowMean", lambda x: x.sum(axis=1) / x.shape[1],
       vjp=lambda i, g, out, x: np.broadcast_to(g[:, None] / max(x.shape[1], 1), x.shape),
       jvp=lambda ts, out, x: ts[0].sum(axis=-1) / max(x.shape[1], 1),
       shape=_rows_shape, methods=(),
       vjp_graph=lambda i, g, out, x, emit: emit(
-          "broadcastTo", [_per_row_graph(emit, _divide_by_count(emit, g, x, 1), x)], shape=emit.shape(x)))
+          "broadcastTo", [_per_row_graph(emit, _divide_by_count(emit, g, x, 1), x)], shape=emit.shape(x)),
+      rule=Rule(("g[r] / columns, copied along row r of x",), "rowMean(ẋ)"))
 defop("rowProduct", lambda x: x.prod(axis=1),
       vjp=lambda i, g, out, x: g[:, None] * _exclusive_products(x, 1),
       jvp=lambda ts, out, x: (ts[0] * _exclusive_products(x, 1)).sum(axis=-1),
       shape=_rows_shape, methods=(),
       vjp_graph=lambda i, g, out, x, emit: emit("mul", [_per_row_graph(emit, g, x),
-                                                       emit("exclusiveProducts", [x], over="rows")]))
+                                                       emit("exclusiveProducts", [x], over="rows")]),
+      rule=Rule(("g[r] · (the product of the row's other entries)",),
+                "rowSum(ẋ · (the product of the row's other entries))"))
 
 
 # ------------------------------------------------------- row normalisations
@@ -523,24 +571,30 @@ defop("normaliseRowsL1", lambda x: x / _l1(x), methods=("normaliseRowsL1", "norm
       shape=_row_shape, kink=lambda x: x == 0, row_wise=True,
       vjp_graph=lambda i, g, out, x, emit: emit("div", [
           emit("sub", [g, emit("mul", [emit("sign", [x]), emit("rowTotal", [emit("mul", [g, out])])])]),
-          emit("rowTotal", [emit("abs", [x])])]))
+          emit("rowTotal", [emit("abs", [x])])]),
+      rule=Rule(("(g − sign(x) · rowSum(g · out)) / rowSum(|x|)",),
+                "(ẋ − out · rowSum(sign(x) · ẋ)) / rowSum(|x|)"))
 defop("normaliseRowsL2", lambda x: x / _l2(x), methods=("normaliseRowsL2", "normalizeRowsL2"),
       vjp=lambda i, g, out, x: (g - out * _row_total(g * out)) / _l2(x),
       jvp=lambda ts, out, x: (ts[0] - out * _row_total(out * ts[0])) / _l2(x),
       shape=_row_shape, row_wise=True,
       vjp_graph=lambda i, g, out, x, emit: emit("div", [
           emit("sub", [g, emit("mul", [out, emit("rowTotal", [emit("mul", [g, out])])])]),
-          emit("sqrt", [emit("rowTotal", [emit("mul", [x, x])])])]))
+          emit("sqrt", [emit("rowTotal", [emit("mul", [x, x])])])]),
+      rule=Rule(("(g − out · rowSum(g · out)) / ‖row of x‖",),
+                "(ẋ − out · rowSum(out · ẋ)) / ‖row of x‖"))
 defop("softmaxRows", _softmax,
       vjp=lambda i, g, out, x: out * (g - _row_total(g * out)),
       jvp=lambda ts, out, x: out * (ts[0] - _row_total(out * ts[0])),
       shape=_row_shape, row_wise=True,
-      vjp_graph=lambda i, g, out, x, emit: emit("mul", [out, emit("sub", [g, emit("rowTotal", [emit("mul", [g, out])])])]))
+      vjp_graph=lambda i, g, out, x, emit: emit("mul", [out, emit("sub", [g, emit("rowTotal", [emit("mul", [g, out])])])]),
+      rule=Rule(("out · (g − rowSum(g · out))",), "out · (ẋ − rowSum(out · ẋ))"))
 defop("logSoftmaxRows", _log_softmax,
       vjp=lambda i, g, out, x: g - np.exp(out) * _row_total(g),
       jvp=lambda ts, out, x: ts[0] - _row_total(np.exp(out) * ts[0]),
       shape=_row_shape, row_wise=True,
-      vjp_graph=lambda i, g, out, x, emit: emit("sub", [g, emit("mul", [emit("exp", [out]), emit("rowTotal", [g])])]))
+      vjp_graph=lambda i, g, out, x, emit: emit("sub", [g, emit("mul", [emit("exp", [out]), emit("rowTotal", [g])])]),
+      rule=Rule(("g − exp(out) · rowSum(g)",), "ẋ − rowSum(exp(out) · ẋ)"))
 
 
 # ---------------------------------------------------------------- indexing
@@ -562,7 +616,8 @@ defop("index", lambda x, key: np.array(x[key]),
       vjp=_index_vjp,
       jvp=lambda ts, out, x, key: ts[0][(slice(None),) + key],
       shape=_index_shape, methods=(),
-      vjp_graph=lambda i, g, out, x, emit, key: emit("indexScatter", [g], key=key, shape=emit.shape(x)))
+      vjp_graph=lambda i, g, out, x, emit, key: emit("indexScatter", [g], key=key, shape=emit.shape(x)),
+      rule=Rule(("g at the indexed entries, 0 elsewhere",), "ẋ[index]"))
 
 
 def _select(x, rows, cols):
@@ -593,7 +648,8 @@ defop("select", _select,
       vjp=lambda i, g, out, x, rows, cols: _select(g, rows, cols),
       jvp=_select_jvp,
       shape=_pairs_shape, methods=(),
-      vjp_graph=lambda i, g, out, x, emit, rows, cols: emit("select", [g], rows=rows, cols=cols))
+      vjp_graph=lambda i, g, out, x, emit, rows, cols: emit("select", [g], rows=rows, cols=cols),
+      rule=Rule(("g at the chosen entries, 0 elsewhere",), "ẋ at the chosen entries, 0 elsewhere"))
 
 
 def _scatter_pairs(shape: tuple, rows: np.ndarray, cols: np.ndarray, weights=None) -> np.ndarray:
@@ -613,7 +669,8 @@ defop("arrange", lambda x, rows, cols: x[rows, cols],
       jvp=lambda ts, out, x, rows, cols: ts[0][:, rows, cols],
       shape=lambda s, rows, cols: _pairs_shape(s, rows, cols, (len(rows),)), methods=(),
       vjp_graph=lambda i, g, out, x, emit, rows, cols: emit("scatterPairs", [g], rows=rows, cols=cols,
-                                                            shape=emit.shape(x)))
+                                                            shape=emit.shape(x)),
+      rule=Rule(("g[j] added at the j-th chosen (row, col)",), "ẋ[rows, cols]"))
 
 
 # ------------------------------------------------------------- construction
@@ -645,7 +702,8 @@ defop("stack", lambda *xs, axis: np.stack(xs, axis=axis),
       vjp=lambda i, g, out, *xs, axis: np.take(g, i, axis=axis),
       jvp=_stack_jvp,
       shape=_stack_shape, methods=(),
-      vjp_graph=lambda i, g, out, *xs, emit, axis: emit("index", [g], key=(slice(None),) * axis + (i,)))
+      vjp_graph=lambda i, g, out, *xs, emit, axis: emit("index", [g], key=(slice(None),) * axis + (i,)),
+      rule=Rule(("g's slice along the stacking axis",), "stack(ẋ0, ẋ1, …)"))
 
 
 # ------------------------------------------------------------- fused ops
@@ -675,7 +733,8 @@ defop("gatherRows", lambda x, index: np.take(x, index, axis=0),
       vjp=lambda i, g, out, x, index: _scatter_rows(g, index, x.shape[0]),
       jvp=lambda ts, out, x, index: np.take(ts[0], index, axis=1),
       shape=_gather_shape, methods=(),
-      vjp_graph=lambda i, g, out, x, emit, index: emit("scatterRows", [g], index=index, rows=emit.shape(x)[0]))
+      vjp_graph=lambda i, g, out, x, emit, index: emit("scatterRows", [g], index=index, rows=emit.shape(x)[0]),
+      rule=Rule(("g's rows added to the rows of x they were gathered from",), "ẋ[index]"))
 
 
 def _log_sum_exp(z):
@@ -710,7 +769,9 @@ defop("meanLogSoftmaxPick", _mean_log_softmax_pick,
       jvp=lambda ts, out, z, rows, cols: batch_sum(ts[0] * _mean_log_softmax_pick_grad(z, rows, cols)),
       shape=lambda s, rows, cols: _pairs_shape(s, rows, cols, ()), methods=(),
       vjp_graph=lambda i, g, out, z, emit, rows, cols: emit("mul", [g, _mean_log_softmax_pick_grad_graph(
-          emit, z, rows, cols)]))
+          emit, z, rows, cols)]),
+      rule=Rule(("g · (picks − counts · softmax(x)) / picks",),
+                "sum(ẋ · (picks − counts · softmax(x))) / picks"))
 
 
 def _mean_log_softmax_pick_grad_graph(emit, z: int, rows: np.ndarray, cols: np.ndarray) -> int:
@@ -774,17 +835,20 @@ defop("sumTo", lambda x, shape: unbroadcast(x, shape),
       vjp=lambda i, g, out, x, shape: np.broadcast_to(g, x.shape),
       jvp=lambda ts, out, x, shape: _sum_to_batched(ts[0], shape),
       shape=_sum_to_shape, methods=(),
-      vjp_graph=lambda i, g, out, x, emit, shape: emit("broadcastTo", [g], shape=emit.shape(x)))
+      vjp_graph=lambda i, g, out, x, emit, shape: emit("broadcastTo", [g], shape=emit.shape(x)),
+      rule=Rule(("g, copied back over the axes x was summed along",), "ẋ summed to the shape"))
 defop("broadcastTo", lambda x, shape: np.broadcast_to(x, shape),
       vjp=lambda i, g, out, x, shape: unbroadcast(g, x.shape),
       jvp=lambda ts, out, x, shape: np.broadcast_to(lift(ts[0], len(shape)), ts[0].shape[:1] + tuple(shape)),
       shape=_broadcast_to_shape, methods=(),
-      vjp_graph=lambda i, g, out, x, emit, shape: sum_to_graph(emit, g, emit.shape(x)))
+      vjp_graph=lambda i, g, out, x, emit, shape: sum_to_graph(emit, g, emit.shape(x)),
+      rule=Rule(("g, summed to x's shape",), "ẋ broadcast to the shape"))
 defop("reshape", lambda x, shape: x.reshape(shape),
       vjp=lambda i, g, out, x, shape: g.reshape(x.shape),
       jvp=lambda ts, out, x, shape: ts[0].reshape(ts[0].shape[:1] + tuple(shape)),
       shape=_reshape_shape, methods=(),
-      vjp_graph=lambda i, g, out, x, emit, shape: emit("reshape", [g], shape=emit.shape(x)))
+      vjp_graph=lambda i, g, out, x, emit, shape: emit("reshape", [g], shape=emit.shape(x)),
+      rule=Rule(("g, reshaped to x's shape",), "ẋ, reshaped"))
 
 
 def _row_total_shape(s, **_):
@@ -798,7 +862,8 @@ defop("rowTotal", _row_total,
       vjp=lambda i, g, out, x: np.broadcast_to(g, x.shape),
       jvp=lambda ts, out, x: _row_total(ts[0]),
       shape=_row_total_shape, methods=(),
-      vjp_graph=lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)))
+      vjp_graph=lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)),
+      rule=Rule(("g[r], copied along row r of x",), "rowTotal(ẋ)"))
 
 
 def _pairwise_exclusive(rows: np.ndarray) -> np.ndarray:
@@ -841,7 +906,9 @@ def _exclusive_shape(s, over):
 defop("exclusiveProducts",
       lambda x, over: (_exclusive_products(x.ravel(), 0).reshape(x.shape) if over == "all"
                        else _exclusive_products(x, 1)),
-      vjp=_exclusive_vjp, jvp=_exclusive_jvp, shape=_exclusive_shape, methods=())
+      vjp=_exclusive_vjp, jvp=_exclusive_jvp, shape=_exclusive_shape, methods=(),
+      rule=Rule(("Σ_i g_i · (the product of the entries other than i and j), at each j",),
+                "Σ_j ẋ_j · (the product of the entries other than i and j), at each i"))
 
 
 def _placed_shape(expected: tuple, s: tuple, result: tuple) -> tuple:
@@ -876,7 +943,8 @@ defop("indexScatter", _index_scatter,
       vjp=lambda i, g, out, x, key, shape: np.array(g[key]),
       jvp=_index_scatter_jvp,
       shape=lambda s, key, shape: _placed_shape(_key_shape(tuple(shape), key), s, shape), methods=(),
-      vjp_graph=lambda i, g, out, x, emit, key, shape: emit("index", [g], key=key))
+      vjp_graph=lambda i, g, out, x, emit, key, shape: emit("index", [g], key=key),
+      rule=Rule(("g at the indexed entries",), "ẋ placed at the indexed entries, 0 elsewhere"))
 
 
 def _scatter_pairs_jvp(ts, out, x, rows, cols, shape):
@@ -892,7 +960,8 @@ defop("scatterPairs", lambda x, rows, cols, shape: _scatter_pairs(shape, rows, c
       jvp=_scatter_pairs_jvp,
       shape=lambda s, rows, cols, shape: _placed_shape((len(rows),), s, _pairs_shape(tuple(shape), rows, cols)),
       methods=(),
-      vjp_graph=lambda i, g, out, x, emit, rows, cols, shape: emit("arrange", [g], rows=rows, cols=cols))
+      vjp_graph=lambda i, g, out, x, emit, rows, cols, shape: emit("arrange", [g], rows=rows, cols=cols),
+      rule=Rule(("g[rows, cols]",), "ẋ[j] added at the j-th (row, col)"))
 
 
 def _scatter_rows_jvp(ts, out, x, index, rows):
@@ -907,63 +976,9 @@ defop("scatterRows", lambda x, index, rows: _scatter_rows(x, index, rows),
       vjp=lambda i, g, out, x, index, rows: np.take(g, index, axis=0),
       jvp=_scatter_rows_jvp,
       shape=lambda s, index, rows: _placed_shape((len(index),) + s[1:], s, (rows,) + s[1:]), methods=(),
-      vjp_graph=lambda i, g, out, x, emit, index, rows: emit("gatherRows", [g], index=index))
+      vjp_graph=lambda i, g, out, x, emit, index, rows: emit("gatherRows", [g], index=index),
+      rule=Rule(("g's rows, gathered as x's rows were sent",),
+                "ẋ's rows added into the rows index sends them to"))
 
 # The ops a backward pass records that have no graph rule of their own.
 BACKWARD_ONLY = frozenset({"exclusiveProducts", "powLog"})
-
-
-# ---------------------------------------------------------- rules in words
-# What `spiread grad --explain` shows beside each step: for each operand, what
-# the vjp sends back (in terms of the incoming adjoint g, the op's value `out`
-# and its operands x; a, b; x0, x1, …), and the tangent the jvp makes (ẋ, ȧ, ḃ
-# are the operands' tangents). Kept beside the table, one entry per op;
-# tests/test_explain.py holds every op to having one.
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    vjp: tuple[str, ...]  # one per operand (a variadic op: one for all)
-    jvp: str
-
-
-def _elementwise_rule(name: str, derivative: str) -> Rule:
-    return Rule((f"g · ∂{name}/∂x = g · {derivative}",), f"ẋ · ∂{name}/∂x = ẋ · {derivative}")
-
-
-RULES: dict[str, Rule] = {
-    **{name: _elementwise_rule(name, d) for name, d in [
-        ("exp", "out"), ("log", "1/x"), ("sin", "cos x"), ("cos", "−sin x"), ("tan", "1 + out²"),
-        ("tanh", "1 − out²"), ("sinh", "cosh x"), ("cosh", "sinh x"), ("sqrt", "0.5/out"), ("abs", "sign x"),
-        ("square", "2x"), ("sigmoid", "out · (1 − out)"), ("relu", "(x > 0)"), ("log1p", "1/(1 + x)"),
-        ("neg", "−1")]},
-    "clampMin": Rule(("g · (x ≥ t)",), "ẋ · (x ≥ t)"),
-    "clampMax": Rule(("g · (x ≤ t)",), "ẋ · (x ≤ t)"),
-    "add": Rule(("g, summed to a's shape", "g, summed to b's shape"), "ȧ + ḃ"),
-    "sub": Rule(("g, summed to a's shape", "−g, summed to b's shape"), "ȧ − ḃ"),
-    "mul": Rule(("g · b, summed to a's shape", "g · a, summed to b's shape"), "ȧ · b + a · ḃ"),
-    "div": Rule(("g / b, summed to a's shape", "−g · a / b², summed to b's shape"), "ȧ / b − a · ḃ / b²"),
-    "pow": Rule(("g · b · a^(b−1), summed to a's shape", "g · out · log a, summed to b's shape"),
-                "ȧ · b · a^(b−1) + ḃ · out · log a"),
-    "matmul": Rule(("g @@ bᵀ", "aᵀ @@ g"), "ȧ @@ b + a @@ ḃ"),
-    "transpose": Rule(("gᵀ",), "ẋᵀ"),
-    "sum": Rule(("g, copied to every entry of x",), "sum(ẋ)"),
-    "mean": Rule(("g / size(x), copied to every entry of x",), "mean(ẋ)"),
-    "product": Rule(("g · (the product of x's other entries)",), "Σ ẋ · (the product of x's other entries)"),
-    "rowSum": Rule(("g[r], copied along row r of x",), "rowSum(ẋ)"),
-    "rowMean": Rule(("g[r] / columns, copied along row r of x",), "rowMean(ẋ)"),
-    "rowProduct": Rule(("g[r] · (the product of the row's other entries)",),
-                       "rowSum(ẋ · (the product of the row's other entries))"),
-    "normaliseRowsL1": Rule(("(g − sign(x) · rowSum(g · out)) / rowSum(|x|)",),
-                            "(ẋ − out · rowSum(sign(x) · ẋ)) / rowSum(|x|)"),
-    "normaliseRowsL2": Rule(("(g − out · rowSum(g · out)) / ‖row of x‖",), "(ẋ − out · rowSum(out · ẋ)) / ‖row of x‖"),
-    "softmaxRows": Rule(("out · (g − rowSum(g · out))",), "out · (ẋ − rowSum(out · ẋ))"),
-    "logSoftmaxRows": Rule(("g − exp(out) · rowSum(g)",), "ẋ − rowSum(exp(out) · ẋ)"),
-    "index": Rule(("g at the indexed entries, 0 elsewhere",), "ẋ[index]"),
-    "select": Rule(("g at the chosen entries, 0 elsewhere",), "ẋ at the chosen entries, 0 elsewhere"),
-    "arrange": Rule(("g[j] added at the j-th chosen (row, col)",), "ẋ[rows, cols]"),
-    "stack": Rule(("g's slice along the stacking axis",), "stack(ẋ0, ẋ1, …)"),
-    "gatherRows": Rule(("g's rows added to the rows of x they were gathered from",), "ẋ[index]"),
-    "meanLogSoftmaxPick": Rule(("g · (picks − counts · softmax(x)) / picks",),
-                               "sum(ẋ · (picks − counts · softmax(x))) / picks"),
-}
