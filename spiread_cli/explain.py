@@ -118,7 +118,10 @@ def jvp_rule(node: Node) -> str:
 def formula(node: Node) -> str:
     """The node as an equation's right side over the handles: `exp(v2)`, `v0 @@ v1`, `-v8`."""
     if node.op is None:
-        return "input" if node.kind == "input" else "constant"
+        if node.kind == "input":
+            return "input"
+        from .output import format_array
+        return format_array(node.value) if node.value.ndim == 0 else "constant"
     args = [handle(i) for i in node.inputs]
     label = node.label
     if label.isidentifier():
@@ -217,8 +220,10 @@ def explanation_text(run: Run, explanation: Explanation) -> str:
         for step in explanation.steps:
             node = nodes[step.node]
             lines.append(f"{handle(node.id)} = {formula(node)}" + (f"   ({node.name})" if node.name else ""))
-            if not step.sources:
+            if node.id == run.output:
                 lines.append(f"    g = {summary_text(step.value)}   (the seed: ∂{out}/∂{out} = 1)")
+            elif not step.sources:
+                lines.append(hang("    g = ", summary_text(step.value)) + f"   (nothing reaches it: `{out}` does not depend on it)")
             elif len(step.sources) == 1:
                 lines.append(hang(f"    g from {handle(step.sources[0])} = ", summary_text(step.value)))
             else:

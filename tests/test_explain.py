@@ -216,3 +216,12 @@ def test_docs_show_the_trace_the_command_prints():
     from conftest import REPO
     page = (REPO / "docs" / "explain.md").read_text("utf-8")
     assert SEED_TRACE in page
+
+
+def test_a_value_the_output_does_not_depend_on_gets_nothing():
+    text = "x = [1.0, 2.0]\nz = 3.0\nloss = x.sum\n"
+    done = spiread("grad", "-", "--wrt", "z", "--wrt", "x", "--explain", stdin=text)
+    assert done.returncode == 0 and "does not depend on `z`" in done.stderr
+    assert "v1 = input   (z)\n    g = 0.0   (nothing reaches it: `loss` does not depend on it)\n" in done.stdout
+    steps = strict_json(spiread("grad", "-", "--wrt", "z", "--explain", "--format", "json", stdin=text).stdout)["explain"]
+    assert [(s["node"], s["from"], s["sends"]) for s in steps] == [("v1", [], [])]
