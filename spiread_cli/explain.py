@@ -128,11 +128,14 @@ def formula(node: Node) -> str:
         return f"{label}({', '.join(args)})"
     if label == "-" and len(args) == 1:
         return f"-{args[0]}"
-    if len(args) == 2 and " " not in label:
+    if len(args) == 2 and set(label) <= set("+-*/@^"):
         return f"{args[0]} {label} {args[1]}"
     if label.startswith(node.op.name + " "):  # `select (0,0) (1,1)`: the op and its fixed parameters
         return f"{node.op.name}({', '.join(args)}){label[len(node.op.name):]}"
-    return f"{node.op.name}({', '.join(args)})"
+    # A step of a recorded backward pass (a gradient used as a value) is
+    # labelled by the rule that made it: `∂(*)/∂a`, `Σ∂ w`.
+    made_by = f"   [{label}]" if "∂" in label else ""
+    return f"{node.op.name}({', '.join(args)}){made_by}"
 
 
 def where(run: Run, node: Node) -> str:

@@ -225,3 +225,16 @@ def test_a_value_the_output_does_not_depend_on_gets_nothing():
     assert "v1 = input   (z)\n    g = 0.0   (nothing reaches it: `loss` does not depend on it)\n" in done.stdout
     steps = strict_json(spiread("grad", "-", "--wrt", "z", "--explain", "--format", "json", stdin=text).stdout)["explain"]
     assert [(s["node"], s["from"], s["sends"]) for s in steps] == [("v1", [], [])]
+
+
+def test_a_recorded_backward_pass_is_explained_by_the_rules_that_made_it():
+    """Differentiating a gradient value: its nodes are named by their rule."""
+    text = ("w = [1.0, 2.0]\nv = [1.0, 0.0]\nf = (w * w * w).sum\ng = f.backward(w)\n"
+            "h = (g.w * v).sum\nh.backward(w)\n")
+    done = spiread("grad", "-", "--explain", stdin=text)
+    assert done.returncode == 0, done.stderr
+    assert "v12 = add(v10, v11)   [Σ∂ w]       g.w  <stdin>:1:1\n" in done.stdout
+    assert "v7 = scale(v6, v0)   [∂(*)/∂a]" in done.stdout
+    result, explanation = explain(run(text))
+    np.testing.assert_allclose(result.gradients["w"], [6.0, 0.0])  # H·v of Σw³: 6w·v
+    assert explanation.steps[-1].node == 0 and len(explanation.steps[-1].sources) == 5
