@@ -38,6 +38,7 @@ from .data import checked, load_array, shown
 from .diagnostics import Diagnostic, Diagnostics, Source, Span, SpireadError, shape_str
 from .interpreter import Interpreter
 from .limits import max_bytes
+from .ops import same_shape
 from .tape import Run, Tape, all_finite
 
 PROBE_ROWS = (2, 3)          # the two recordings `Plan.of` compares
@@ -246,11 +247,20 @@ class Job:
 
 
 def probe(job: Job) -> tuple["Plan", Run]:
-    """Record the program on the first 2 and 3 rows and decide the plan; the
-    first recording is the driver's (names, structure, what follows the sums)."""
+    """Record the program on the first 2 and 3 rows, and on 3 rows from the
+    second, and decide the plan; the first recording is the driver's (names,
+    structure, what follows the sums)."""
     a, b = PROBE_ROWS
-    first = job.record(0, a)
-    return Plan.of(first, a, job.record(0, b), b, job.data.rows), first
+    runs = []
+    for start, stop in ((0, a), (0, b), (1, 1 + b)):
+        try:
+            runs.append(job.record(start, stop))
+        except SpireadError as err:  # e.g. `arange(6)` written for six rows of data
+            raise SpireadError(f"cannot run by row chunks: on data rows {start}–{stop - 1}, {err.diagnostic.message}",
+                               err.diagnostic.span, err.diagnostic.notes + (NO_CHUNKS,)).located_in(job.source) from None
+    plan = Plan.of(runs[0], a, runs[1], b, job.data.rows)
+    plan.check_window_free(runs[1], runs[2], b)
+    return plan, runs[0]
 
 
 # ------------------------------------------------------------------ the plan
@@ -263,7 +273,8 @@ class Plan:
     reductions: list[tuple[int, str]]   # (node id, "sum" | "mean"): totals over all rows
     row_counts: list[int]           # constant leaves that are the number of rows
     local_picks: list[int]          # selections from a row-chunked value: must pick within each row
-    chunk_part: list[bool]          # per node: computed in the chunk tasks (what the reductions need)
+    per_chunk: list[bool]           # per node: its value differs from chunk to chunk (row nodes, reductions)
+    post: list[bool]                # per node: computed from a total, so on the driver
     bytes_per_row: int              # what one row of the chunk part holds, recorded
 
     @staticmethod
@@ -303,7 +314,7 @@ class Plan:
                 continue
             if any(post[j] for j in na.inputs):
                 first = next(nodes_a[j] for j in na.inputs if post[j])
-                raise refuse(f"`{text(na)}` combines the data rows with `{text(first)}`, a total over all rows, "
+                raise refuse(f"`{na.label}` combines the data rows with {_what(run_a.tape, first)}, a total over all rows, "
                              "which is known only after every chunk has run", na.span)
             if leading and _row_local(na, row_in, row_params):
                 row[i] = True
@@ -314,25 +325,54 @@ class Plan:
                 post[i] = True
             else:
                 what = next((nodes_a[j] for j, r in zip(na.inputs, row_in) if r), na)
-                raise refuse(f"`{na.label}` in `{text(na)}` combines the rows of `{text(what)}` "
+                raise refuse(f"`{na.label}` combines the rows of {_what(run_a.tape, what)} "
                              "other than by a `.sum` or `.mean` of them", na.span)
         output = run_a.output
         if row[output]:
             raise refuse(f"the output `{run_a.output_name}` has one row per data row "
                          f"({shape_str(nodes_a[output].value.shape[1:]) or 'a number'} each); "
                          "row chunks compute totals, such as a `.sum` or `.mean` of it", nodes_a[output].span)
-        chunk_part = [False] * len(nodes_a)
+        per_chunk = list(row)
         for r, _ in reductions:
-            chunk_part = [x or y for x, y in zip(chunk_part, run_a.tape.feeding(r))]
+            per_chunk[r] = True
         held = sum(n.value.nbytes for n in nodes_a if row[n.id]) + sum(
             v.nbytes for n in nodes_a for v in n.params.values() if isinstance(v, np.ndarray) and len(v) == a)
-        return Plan(total_rows, row, reductions, row_counts, local_picks, chunk_part, max(held // a, 8))
+        return Plan(total_rows, row, reductions, row_counts, local_picks, per_chunk, post, max(held // a, 8))
+
+    def once_warnings(self, run: Run) -> list[Diagnostic]:
+        """A probe's warnings about values that are the same in every chunk
+        and not computed from a total: they are shown once, as recorded."""
+        spans = {n.span for n in run.tape.nodes if not self.per_chunk[n.id] and not self.post[n.id]}
+        return [w for w in run.diagnostics.warnings if w.span in spans]
+
+    def check_window_free(self, run_b: Run, run_c: Run, b: int) -> None:
+        """A recording on rows [1, 1+b) must be the one on [0, b) but for the
+        row-chunked values: positions within each chunk (`arange(rows(x))`)
+        pass; positions into all the data rows (read from a file) do not."""
+        nodes_b, nodes_c = run_b.tape.nodes, run_c.tape.nodes
+        for nb, nc in zip(nodes_b, nodes_c):
+            moved = nb.value.shape != nc.value.shape or (
+                nb.op is None and not self.row[nb.id] and nb.id not in self.row_counts
+                and not np.array_equal(nb.value, nc.value, equal_nan=True))
+            if nb.id in self.local_picks:
+                rows = nc.params["rows"]
+                moved = moved or not np.array_equal(np.where(rows < 0, rows + b, rows), np.arange(b))
+            if len(nodes_b) != len(nodes_c) or moved:
+                raise refuse(f"`{nb.label.split()[0]}` depends on where in the data a chunk starts; "
+                             "positions into the data rows can only be `arange(rows(x))`", nb.span)
 
     def refuse_row_wrt(self, wrt_ids: dict[str, int], probe: Run) -> None:
         for name, i in wrt_ids.items():
             if self.row[i]:
                 raise refuse(f"`{name}` has one row per data row, so its gradient is as large as the data",
                              probe.binding_spans.get(name))
+
+
+def _what(tape: Tape, node) -> str:
+    """A node as messages name it: its name, its text if a leaf, else its op."""
+    if node.name or node.op is None:
+        return f"`{node.name or tape.text(node)}`"
+    return f"the result of `{node.label}`"
 
 
 def _same_param(x, y) -> bool:
@@ -345,6 +385,8 @@ def _row_local(node, row_in: list[bool], row_params: list[str]) -> bool:
     """Whether row k of the node's value depends on row k of its row-chunked
     operands only (and on other values whole)."""
     op = node.op
+    if op.row_wise and node.value.ndim == 1:  # a vector is one row to a normalisation: only elementwise ops
+        return op.shape is same_shape
     if op.row_wise or op.name in ROW_LOCAL:
         return True
     if op.name == "matmul":               # X @@ W: each row of X times W
@@ -411,7 +453,11 @@ def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] 
     """Record the program on rows [start, stop), with the row-count constants
     set to the total N."""
     plan = job.plan
-    run = job.record(start, stop, values)
+    try:
+        run = job.record(start, stop, values)
+    except SpireadError as err:
+        raise SpireadError(f"in data rows {start}–{stop - 1}: {err.diagnostic.message}", err.diagnostic.span,
+                           err.diagnostic.notes + ("a chunk numbers its rows from 0",)).located_in(job.source) from None
     tape = run.tape
     if plan.row_counts:
         for i in plan.row_counts:
@@ -423,9 +469,9 @@ def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] 
         node = tape.nodes[i]
         rows = node.params["rows"]
         if not np.array_equal(np.where(rows < 0, rows + n, rows), np.arange(n)):
-            raise refuse(f"`{tape.text(node)}` picks from rows by position, which row chunks cannot do "
+            raise refuse(f"`{node.label.split()[0]}` picks from rows by position, which row chunks cannot do "
                          "unless it picks one entry in every row, in order (as `arange(rows(x))` does)", node.span)
-    kept = {tape.nodes[i].span for i, part in enumerate(plan.chunk_part) if part}
+    kept = {tape.nodes[i].span for i, part in enumerate(plan.per_chunk) if part}
     notes = (f"in data rows {start}–{stop - 1}",)
     warnings = [replace(w, notes=w.notes + notes) for w in run.diagnostics.warnings if w.span in kept]
     return Chunk(start, stop, tape, [run.bindings[name] for name in job.wrt], warnings)

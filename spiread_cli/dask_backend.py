@@ -97,10 +97,12 @@ class Program:
         except SpireadError as err:
             raise err.located_in(source)
         job = Job(source, module, base, of, constants, data)
-        if data.rows < PROBE_ROWS[1]:  # no data to chunk: the whole program in one piece
+        if data.rows < PROBE_ROWS[1] + 1:  # no data to chunk: the whole program in one piece
             run = job.record(0, data.rows)
             return Program(job, run, options)
         job.plan, run = probe(job)
+        # the probe's warnings were about 2 rows: keep those that hold for all
+        run.diagnostics = Diagnostics(job.plan.once_warnings(run))
         program = Program(job, run, options)
         threads = default_threads()
         chunk_rows = options.chunk_rows or default_chunk_rows(job.plan, threads)
