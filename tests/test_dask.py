@@ -167,16 +167,16 @@ def test_default_chunk_rows_give_every_thread_work(data):
     assert_same(numpy_result(source, {}, data), got)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
-@given(programs())
+@given(programs(max_dim=7))
 def test_random_programs_match_numpy_or_are_refused(tmp_path, program):
-    """The plan is sound: with any input of 3 or more rows as row data (in
+    """The plan is sound: with any input of 4 or more rows as row data (in
     chunks of 2), a generated program either gives numpy's values and
-    gradients or is refused with the op named — never other numbers."""
+    gradients or is refused — never other numbers."""
     source = Source(str(tmp_path / "generated.ad"), program.source)
     for name, value in program.inputs.items():
-        if np.ndim(value) == 0 or np.shape(value)[0] < 3:
+        if np.ndim(value) == 0 or np.shape(value)[0] < 4:  # the probes need 4 rows
             continue
         sets = {name: save(tmp_path, name, value)}
         wrt = [w for w in program.default_wrt() if w != name] or None
