@@ -39,7 +39,7 @@ from .diagnostics import Diagnostic, Diagnostics, Source, Span, SpireadError, sh
 from .interpreter import Interpreter
 from .limits import max_bytes
 from .ops import same_shape
-from .tape import Run, Tape, all_finite
+from .tape import Run, Tape
 
 PROBE_ROWS = (2, 3)          # the two recordings `Plan.of` compares
 CHUNK_BYTES = 128 << 20      # the default chunk's recorded values (see default_chunk_rows)
@@ -556,18 +556,3 @@ class Driver:
                 g = g + by_id[r] * share.grads[k][name]
             grads[name] = g
         return nodes[self.output].value, grads
-
-
-def finite_or_error(value: np.ndarray, grads: dict[str, np.ndarray], warnings: list[Diagnostic],
-                    what: str) -> None:
-    """Used by train: a non-finite loss or gradient stops it, at the op where
-    the first inf or nan was born."""
-    bad = [n for n, g in grads.items() if not all_finite(g)]
-    if all_finite(value) and not bad:
-        return
-    message = f"{what}: the loss is {float(value):g}" if not all_finite(value) else \
-        f"{what}: the gradient of `{bad[0]}` is not finite (the loss was {float(value):.6g})"
-    born = warnings[0] if warnings else None
-    if born is None:
-        raise SpireadError(message)
-    raise SpireadError(f"{message}; {born.message}", born.span, born.notes)

@@ -18,6 +18,7 @@ anew each step from the same few tasks and never grows.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +26,10 @@ import numpy as np
 
 from . import api, syntax
 from .chunks import (PROBE_ROWS, Data, Driver, Job, Share, add_shares, default_chunk_rows, default_threads,
-                     finite_or_error, probe, record_chunk, refuse, share_of_kept, share_of_rows)
+                     probe, record_chunk, share_of_kept, share_of_rows)
 from .data import SUFFIXES, parse_set_option
 from .diagnostics import Diagnostics, SpireadError, usage_error
-from .tape import Run
+from .tape import Run, all_finite
 
 FAN_IN = 8  # shares added per task in the tree sum
 _names = itertools.count()
@@ -43,8 +44,7 @@ class Options:
 
 def require_dask():
     try:
-        import dask  # noqa: F401
-        import dask.delayed  # noqa: F401
+        import dask  # noqa: F401 (only whether it is there)
     except ImportError:
         raise usage_error("`--backend dask` needs Dask, which is not installed",
                           ['pip install "spiread[dask]"']) from None
@@ -142,31 +142,28 @@ class Program:
         row = self.job.plan.row if self.chunked else [False] * len(tape.nodes)
         return [(name, None if row[i] else tape.nodes[i].value) for name, i in self.run.bindings.items()]
 
-    def stepper(self, names: list[str], strict: bool):
-        """For train: values -> (loss, gradients, warnings) for one step, one
-        compute each. A non-finite loss or gradient raises SpireadError at
-        the op where it was born."""
+    def steps(self, names: list[str], strict: bool):
+        """train.Steps over the row chunks: each step one compute. A
+        non-finite loss or gradient is train.NonFinite, at the op (and in the
+        rows) where the first inf or nan was born."""
+        from .train import NonFinite, tape_steps
+        if not self.chunked:
+            return tape_steps(self.run, names, strict)
         ids = {name: self.run.bindings[name] for name in names}
-        step_count = itertools.count(1)
+        self.job.plan.refuse_row_wrt(ids, self.run)
 
-        def step(values: dict[str, np.ndarray]):
-            number = next(step_count)
-            diagnostics = Diagnostics()
-            if not self.chunked:
-                tape = self.run.tape
-                for name, i in ids.items():
-                    tape.nodes[i].set_value(values[name])
-                tape.replay(tape.between(list(ids.values()), self.run.output), diagnostics)
-                by_id = tape.backward(self.run.output, list(ids.values()), diagnostics)
-                loss, grads = self.run.value, {n: by_id[i] for n, i in ids.items()}
-            else:
-                result = self._evaluate(names, ids, values, diagnostics, gradients=True)
-                loss, grads = result.value, result.gradients
-            finite_or_error(loss, grads, diagnostics.warnings, f"training stopped at step {number}")
-            return float(loss), grads, diagnostics.warnings
+        def step(number: int, values: dict[str, np.ndarray]):
+            result = self._evaluate(names, ids, values, Diagnostics(), gradients=True)
+            loss, warnings = float(result.value), result.diagnostics.warnings
+            born = warnings[0] if warnings else None
+            if not math.isfinite(loss):
+                raise NonFinite(stopped(f"training stopped at step {number}: the loss is {loss:g}", born))
+            bad = [n for n, g in result.gradients.items() if not all_finite(g)]
+            if bad:
+                raise NonFinite(stopped(f"training stopped at step {number}: the gradient of `{bad[0]}` is not "
+                                        f"finite (the loss was {loss:.6g})", born), loss)
+            return loss, result.gradients, warnings
 
-        if self.chunked:
-            self.job.plan.refuse_row_wrt(ids, self.run)
         return step
 
     # -------------------------------------------------------------- running
@@ -218,6 +215,12 @@ class Program:
             self.client = None
 
 
+def stopped(message: str, born) -> SpireadError:
+    if born is None:
+        return SpireadError(message)
+    return SpireadError(f"{message}; {born.message}", born.span, born.notes)
+
+
 def connect(address: str):
     """A distributed Client for `--scheduler ADDRESS`, or a located error."""
     try:
@@ -232,5 +235,3 @@ def connect(address: str):
                            notes=["start one with `dask scheduler`, and workers with `dask worker ADDRESS` "
                                   "(docs/scaling.md)"]) from None
 
-
-__all__ = ["Options", "Program", "Result", "refuse"]
