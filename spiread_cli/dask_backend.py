@@ -42,12 +42,10 @@ class Options:
     persist: bool = False            # keep each chunk's recording in memory between steps
 
 
-def require_dask():
-    try:
-        import dask  # noqa: F401 (only whether it is there)
-    except ImportError:
-        raise usage_error("`--backend dask` needs Dask, which is not installed",
-                          ['pip install "spiread[dask]"']) from None
+def require_dask() -> None:
+    from importlib.util import find_spec
+    if find_spec("dask") is None or find_spec("distributed") is None:
+        raise usage_error("`--backend dask` needs Dask, which is not installed", ['pip install "spiread[dask]"'])
 
 
 @dataclass
