@@ -39,6 +39,7 @@ from .diagnostics import Diagnostic, Diagnostics, Source, Span, SpireadError, sh
 from .interpreter import Interpreter
 from .limits import max_bytes
 from .ops import same_shape
+from .rewrite import fuse
 from .tape import Run, Tape
 
 PROBE_ROWS = (2, 3)          # the two recordings `Plan.of` compares
@@ -441,17 +442,20 @@ def add_shares(*shares: Share) -> Share:
 
 @dataclass
 class Chunk:
-    """A chunk's recorded tape, kept between steps under --persist."""
+    """A chunk's recording: per reduction, the tape that computes it, where
+    it is on that tape and where the trained values are."""
     start: int
     stop: int
-    tape: Tape
-    wrt: list[int]
+    parts: list[tuple[Tape, int, list[int]]]
     warnings: list[Diagnostic]
 
 
-def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None) -> Chunk:
+def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None,
+                 keep: bool = False) -> Chunk:
     """Record the program on rows [start, stop), with the row-count constants
-    set to the total N."""
+    set to the total N. A chunk to `keep` between steps (--persist) holds a
+    fused tape per reduction (spiread_cli/rewrite.py), as train's own: only
+    what that reduction needs, and the bigram's one log-likelihood op."""
     plan = job.plan
     try:
         run = job.record(start, stop, values)
@@ -474,30 +478,33 @@ def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] 
     kept = {tape.nodes[i].span for i, part in enumerate(plan.per_chunk) if part}
     notes = (f"in data rows {start}–{stop - 1}",)
     warnings = [replace(w, notes=w.notes + notes) for w in run.diagnostics.warnings if w.span in kept]
-    return Chunk(start, stop, tape, [run.bindings[name] for name in job.wrt], warnings)
+    wrt = [run.bindings[name] for name in job.wrt]
+    if keep:
+        parts = [(f.tape, f.output, f.wrt) for f in (fuse(tape, r, wrt) for r, _ in plan.reductions)]
+    else:
+        parts = [(tape, r, wrt) for r, _ in plan.reductions]
+    return Chunk(start, stop, parts, warnings)
 
 
 def chunk_share(job: Job, chunk: Chunk, values: dict[str, np.ndarray] | None = None) -> Share:
     """A chunk's share: with `values`, the trained leaves are set to them and
     what they move is replayed first (a chunk kept under --persist)."""
-    plan, tape = job.plan, chunk.tape
+    plan = job.plan
     diagnostics = Diagnostics()
-    warnings = list(chunk.warnings)
-    if values:
-        ids = [chunk.wrt[job.wrt.index(name)] for name in values]
-        for name, i in zip(values, ids):
-            tape.nodes[i].set_value(values[name])
-        last = max(r for r, _ in plan.reductions)
-        tape.replay(tape.between(ids, last), diagnostics)
     totals, grads = [], []
-    for r, kind in plan.reductions:
+    for (tape, r, wrt), (_, kind) in zip(chunk.parts, plan.reductions):
+        if values:
+            ids = [wrt[job.wrt.index(name)] for name in values]
+            for name, i in zip(values, ids):
+                tape.nodes[i].set_value(values[name])
+            tape.replay(tape.between(ids, r), diagnostics)
         weight = 1.0 if kind == "sum" else (chunk.stop - chunk.start) / plan.rows
         totals.append(weight * float(tape.nodes[r].value))
-        by_id = tape.backward(r, chunk.wrt, diagnostics) if chunk.wrt else {}
-        grads.append({name: weight * by_id[i] for name, i in zip(job.wrt, chunk.wrt)})
+        by_id = tape.backward(r, wrt, diagnostics) if wrt else {}
+        grads.append({name: weight * by_id[i] for name, i in zip(job.wrt, wrt)})
     notes = (f"in data rows {chunk.start}–{chunk.stop - 1}",)
-    warnings += [replace(w, notes=w.notes + notes) for w in diagnostics.warnings]
-    return Share(np.array(totals), grads, warnings)
+    recorded, chunk.warnings = chunk.warnings, []  # a kept chunk's recording warns once
+    return Share(np.array(totals), grads, recorded + [replace(w, notes=w.notes + notes) for w in diagnostics.warnings])
 
 
 def share_of_rows(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None) -> Share:
