@@ -450,12 +450,12 @@ class Chunk:
     warnings: list[Diagnostic]
 
 
-def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None,
-                 keep: bool = False) -> Chunk:
+def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None) -> Chunk:
     """Record the program on rows [start, stop), with the row-count constants
-    set to the total N. A chunk to `keep` between steps (--persist) holds a
-    fused tape per reduction (spiread_cli/rewrite.py), as train's own: only
-    what that reduction needs, and the bigram's one log-likelihood op."""
+    set to the total N, and fuse a tape per reduction (spiread_cli/rewrite.py),
+    as train does: it holds only what that reduction needs (the bigram's is one
+    log-likelihood op over its picks), so its backward sweep is the fast one
+    and a chunk kept between steps (--persist) is small."""
     plan = job.plan
     try:
         run = job.record(start, stop, values)
@@ -479,10 +479,7 @@ def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] 
     notes = (f"in data rows {start}–{stop - 1}",)
     warnings = [replace(w, notes=w.notes + notes) for w in run.diagnostics.warnings if w.span in kept]
     wrt = [run.bindings[name] for name in job.wrt]
-    if keep:
-        parts = [(f.tape, f.output, f.wrt) for f in (fuse(tape, r, wrt) for r, _ in plan.reductions)]
-    else:
-        parts = [(tape, r, wrt) for r, _ in plan.reductions]
+    parts = [(f.tape, f.output, f.wrt) for f in (fuse(tape, r, wrt) for r, _ in plan.reductions)]
     return Chunk(start, stop, parts, warnings)
 
 

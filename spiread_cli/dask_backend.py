@@ -187,7 +187,7 @@ class Program:
         given = delayed(values, name=f"spiread-values-{tag}", traverse=False) if values else None
         if self.options.persist:
             if self.kept is None:
-                chunks = [delayed(record_chunk)(job, start, stop, given, True, dask_key_name=f"spiread-chunk-{tag}-{k}")
+                chunks = [delayed(record_chunk)(job, start, stop, given, dask_key_name=f"spiread-chunk-{tag}-{k}")
                           for k, (start, stop) in enumerate(self.bounds)]
                 self.kept = self.client.persist(chunks) if self.client else list(dask.persist(*chunks, scheduler="threads"))
             shares = [delayed(share_of_kept)(job, chunk, given, dask_key_name=f"spiread-share-{tag}-{k}")
