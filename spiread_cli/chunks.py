@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import syntax as ast
-from .data import checked, load_array, shown
+from .data import as_float64, load_array, npy_layout, shown
 from .diagnostics import Diagnostic, Diagnostics, Source, Span, SpireadError, shape_str
 from .interpreter import Interpreter
 from .limits import max_bytes
@@ -72,18 +72,7 @@ class NpyRows:
 
     @staticmethod
     def open(path: Path, span: Span | None) -> "NpyRows":
-        try:
-            with open(path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read_header(f)
-                offset = f.tell()
-        except (OSError, ValueError) as err:
-            load_array(path, span)  # the numpy reader's own message for a bad file
-            raise SpireadError(f"cannot load `{shown(path)}`: {err}", span) from None
-        if dtype.hasobject or dtype.kind not in "biuf" or len(shape) > 2:
-            load_array(path, span)  # refused there with its message
+        offset, shape, fortran, dtype = npy_layout(path, span)
         return NpyRows(str(path), offset, tuple(shape), dtype.str, fortran)
 
     @property
@@ -104,7 +93,7 @@ class NpyRows:
                 f.seek(self.offset + start * row_bytes)
                 raw = f.read((stop - start) * row_bytes)
             part = np.frombuffer(raw, dtype).reshape((stop - start,) + self.shape[1:])
-        return checked(part, self.path, None)
+        return as_float64(part, self.path)
 
 
 @dataclass(frozen=True)
@@ -136,7 +125,7 @@ class ZarrRows:
     def read(self, start: int, stop: int) -> np.ndarray:
         import zarr
         array = zarr.open_array(self.path, mode="r")
-        return checked(np.asarray(array[start:stop] if self.shape else array[...]), self.path, None)
+        return as_float64(np.asarray(array[start:stop] if self.shape else array[...]), self.path)
 
 
 @dataclass(frozen=True)

@@ -119,26 +119,24 @@ class Program:
         """The output and its gradients with respect to `wrt` (names; default
         as `spiread grad`)."""
         ids = self.run.wrt_ids(wrt)
-        diagnostics = Diagnostics(list(self.run.diagnostics.warnings))
+        diagnostics = self.run.diagnostics  # the run's warnings, then the chunks' and the driver's
         if not self.chunked:
             by_id = self.run.tape.backward(self.run.output, list(ids.values()), diagnostics)
             return Result(self.run.value, {n: by_id[i] for n, i in ids.items()}, diagnostics)
         self.job.plan.refuse_row_wrt(ids, self.run)
         return self._evaluate(list(ids), ids, None, diagnostics, gradients=True)
 
-    def evaluate(self) -> Result:
-        """The output (its gradients empty)."""
-        diagnostics = Diagnostics(list(self.run.diagnostics.warnings))
+    def evaluated(self) -> Run:
+        """The program evaluated: a Run of the values computed once the totals
+        are in. A value with one row per data row is never gathered, so it is
+        not among its bindings."""
         if not self.chunked:
-            return Result(self.run.value, {}, diagnostics)
-        return self._evaluate([], {}, None, diagnostics, gradients=False)
-
-    def bound_values(self) -> list[tuple[str, np.ndarray | None]]:
-        """Every bound name with its value after `evaluate`; None for a
-        row-chunked value (one row per data row), which is never gathered."""
-        tape = self.driver.tape if self.chunked else self.run.tape
-        row = self.job.plan.row if self.chunked else [False] * len(tape.nodes)
-        return [(name, None if row[i] else tape.nodes[i].value) for name, i in self.run.bindings.items()]
+            return self.run
+        self._evaluate([], {}, None, self.run.diagnostics, gradients=False)
+        run = self.run
+        bindings = {name: i for name, i in run.bindings.items() if not self.job.plan.row[i]}
+        return Run(run.source, self.driver.tape, bindings, run.binding_spans, run.output, run.output_name,
+                   run.backward_wrt, run.diagnostics)
 
     def steps(self, names: list[str], strict: bool):
         """train.Steps over the row chunks: each step one compute. A

@@ -6,6 +6,10 @@ threads, a LocalCluster and a cluster started by `dask scheduler`/`dask worker`.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +18,7 @@ from spiread_cli import api
 from spiread_cli.dask_backend import Options, Program
 from spiread_cli.diagnostics import Source, SpireadError
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, spiread, strict_json
 from programs import programs
 
 pytest.importorskip("distributed")
@@ -267,8 +271,115 @@ def test_local_cluster_gives_the_same_numbers_with_and_without_persist(data):
     source = Source(str(data / "prog.ad"), PROGRAMS["MLP, two totals and a log of the total"])
     expected = numpy_result(source, {}, data)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+                      dashboard_address="127.0.0.1:0") as cluster:
         for persist in (False, True):
             _, got = dask_result(source, {}, data, chunk_rows=40, scheduler=cluster.scheduler_address,
                                  persist=persist)
             assert_same(expected, got, f"LocalCluster, persist={persist}")
+
+
+# ------------------------------------------------------------- the command line
+
+
+def test_cli_grad_and_train_match_numpy(data):
+    """`grad` and `train` end to end: the same JSON numbers on both backends."""
+    (data / "sm.ad").write_text(PROGRAMS["softmax regression, a pick per row"])
+    for command in (["grad", "sm.ad"], ["train", "sm.ad", "--wrt", "W", "--wrt", "b", "--steps", "3", "--lr", "0.5"]):
+        numpy_out = spiread(*command, "--format", "json", cwd=data)
+        dask_out = spiread(*command, "--format", "json", "--backend", "dask", "--chunk-rows", "50", "--persist",
+                           cwd=data)
+        assert numpy_out.returncode == 0 and dask_out.returncode == 0, dask_out.stderr
+        expected, got = strict_json(numpy_out.stdout), strict_json(dask_out.stdout)
+        for key in ("gradients", "values"):
+            for name, entry in expected.get(key, {}).items():
+                np.testing.assert_allclose(got[key][name]["value"], entry["value"], rtol=RTOL, atol=1e-13)
+        np.testing.assert_allclose(got.get("loss", got.get("value", {}).get("value")),
+                                   expected.get("loss", expected.get("value", {}).get("value")), rtol=RTOL)
+
+
+def test_cli_eval_shows_the_values_that_are_not_row_data(data):
+    (data / "ls.ad").write_text(PROGRAMS["least squares, sum over rows(X)"])
+    out = spiread("eval", "ls.ad", "--backend", "dask", "--chunk-rows", "64", "--format", "json", cwd=data)
+    assert out.returncode == 0, out.stderr
+    values = strict_json(out.stdout)["values"]
+    assert set(values) == {"w", "loss"}
+    expected = strict_json(spiread("eval", "ls.ad", "--format", "json", cwd=data).stdout)["values"]["loss"]
+    np.testing.assert_allclose(values["loss"]["value"], expected["value"], rtol=RTOL)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["grad", "--chunk-rows", "5"], "spiread: error: `--chunk-rows` is an option of `--backend dask`"),
+    (["grad", "--persist"], "spiread: error: `--persist` is an option of `--backend dask`"),
+    (["check", "--backend", "dask"], "spiread: error: `check` runs on `--backend numpy` only"),
+    (["grad", "--backend", "dask", "--mode", "forward"],
+     "spiread: error: `--mode forward` runs on `--backend numpy` only; `--backend dask` computes gradients "
+     "in reverse mode"),
+])
+def test_cli_backend_usage_errors(args, message, data):
+    (data / "ls.ad").write_text(PROGRAMS["least squares, sum over rows(X)"])
+    out = spiread(args[0], "ls.ad", *args[1:], cwd=data)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[0] == message
+
+
+def test_cli_refusal_points_at_the_op(data):
+    (data / "gram.ad").write_text('X = load("X.npy")\nw = [1, 2, 3, 4]\nloss = (X.T @@ X).sum + w.sum\n')
+    out = spiread("grad", "gram.ad", "--backend", "dask", cwd=data)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[0] == ("gram.ad:3:11: error: cannot run by row chunks: `T` combines the rows of "
+                                          "`X` other than by a `.sum` or `.mean` of them")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.cluster
+def test_command_started_cluster(data, tmp_path):
+    """`dask scheduler` and two `dask worker` processes started by command on
+    127.0.0.1; `train --scheduler` gives numpy's numbers; the processes are
+    stopped by their ids whatever happens."""
+    (data / "mlp.ad").write_text(PROGRAMS["MLP, two totals and a log of the total"])
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    worker = [sys.executable, "-m", "distributed.cli.dask_worker"]
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = open(tmp_path / "cluster.log", "w")
+    processes = []
+    try:
+        processes.append(subprocess.Popen(dask + ["--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                          stdout=logs, stderr=logs))
+        for _ in range(2):
+            processes.append(subprocess.Popen(worker + [address, "--nthreads", "1", "--host", "127.0.0.1",
+                                                        "--no-dashboard", "--no-nanny"], stdout=logs, stderr=logs))
+        from distributed import Client
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=60)
+        args = ["train", "mlp.ad", "--wrt", "W1", "--wrt", "W2", "--steps", "2", "--lr", "0.1", "--format", "json"]
+        expected = strict_json(spiread(*args, cwd=data).stdout)
+        out = spiread(*args, "--backend", "dask", "--scheduler", address, "--chunk-rows", "60", cwd=data)
+        assert out.returncode == 0, out.stderr
+        got = strict_json(out.stdout)
+        np.testing.assert_allclose(got["loss"], expected["loss"], rtol=RTOL)
+        for name in ("W1", "W2"):
+            np.testing.assert_allclose(got["values"][name]["value"], expected["values"][name]["value"], rtol=RTOL)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        logs.close()
+
+
+def test_unreachable_scheduler_is_an_error(data):
+    (data / "ls.ad").write_text(PROGRAMS["least squares, sum over rows(X)"])
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    out = spiread("grad", "ls.ad", "--backend", "dask", "--scheduler", address, cwd=data)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"spiread: error: `--scheduler {address}`: cannot reach a Dask scheduler there")
