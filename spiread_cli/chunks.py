@@ -546,6 +546,7 @@ class Driver:
         for name, i in self.wrt_ids.items():
             g = by_id[i]
             for k, r in enumerate(self.reductions):
-                g = g + by_id[r] * share.grads[k][name]
+                if name in share.grads[k]:  # through the chunks (not for a total itself, or what follows one)
+                    g = g + by_id[r] * share.grads[k][name]
             grads[name] = g
         return nodes[self.output].value, grads

@@ -166,8 +166,11 @@ class Program:
 
     def _evaluate(self, names: list[str], ids: dict[str, int], values, diagnostics: Diagnostics,
                   gradients: bool) -> Result:
-        if self.job.wrt != names or not hasattr(self, "driver"):
-            self.job.wrt = names
+        # The chunks differentiate by the names computed before the totals; a
+        # total itself, or what follows one, is the driver's alone.
+        before_totals = [n for n in names if not self.job.plan.post[ids[n]]]
+        if self.job.wrt != before_totals or not hasattr(self, "driver"):
+            self.job.wrt = before_totals
             self.driver = Driver.of(self.job.plan, self.run, ids)
             self.kept = None
         share = self.compute(values)
