@@ -98,7 +98,10 @@ class Program:
         if data.rows < PROBE_ROWS[1] + 1:  # no data to chunk: the whole program in one piece
             run = job.record(0, data.rows)
             return Program(job, run, options)
-        job.plan, run = probe(job)
+        try:
+            job.plan, run = probe(job)
+        except SpireadError as err:
+            raise err.located_in(source)
         # the probe's warnings were about 2 rows: keep those that hold for all
         run.diagnostics = Diagnostics(job.plan.once_warnings(run))
         program = Program(job, run, options)

@@ -206,7 +206,7 @@ def test_random_programs_match_numpy_or_are_refused(tmp_path, program):
      "which is known only after every chunk has run", 12),
     ("loss = (X @@ w).product",
      "`product` combines the rows of the result of `@@` other than by a `.sum` or `.mean` of them", 17),
-    ("loss = (X @@ w).sum * (1 / rows(X))", "`1 / rows(X)` is computed from the data's values", 24),
+    ("loss = (X @@ w).sum * (1 / rows(X))", "`(1 / rows(X))` is computed from the data's values", 23),
     ("loss = X @@ w", "the output `loss` has one row per data row (a scalar each); "
                       "row chunks compute totals, such as a `.sum` or `.mean` of it", 10),
 ])
@@ -231,7 +231,7 @@ WHERE_IT_STARTS = "`arrange` depends on where in the data a chunk starts"
 
 
 @pytest.mark.parametrize("positions, chunk_rows, message", [
-    (np.arange(200.0), 50, "on data rows 1–3, index (3, 0) is out of range for `X * w`, which is 3×4"),
+    (np.arange(200.0), 50, "on data rows 1–3, index (3, 0) is out of range for `(X * w)`, which is 3×4"),
     (np.zeros(200), 1, WHERE_IT_STARTS),  # 0 in every chunk of one row, yet row 0 of all the rows
     (np.tile(np.r_[0, np.arange(49.0)], 4), 50, "`arrange` picks from rows by position"),  # passes the probes
 ])
