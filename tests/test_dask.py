@@ -383,3 +383,12 @@ def test_unreachable_scheduler_is_an_error(data):
     out = spiread("grad", "ls.ad", "--backend", "dask", "--scheduler", address, cwd=data)
     assert out.returncode == 1
     assert out.stderr.startswith(f"spiread: error: `--scheduler {address}`: cannot reach a Dask scheduler there")
+
+
+def test_numpy_backend_never_imports_dask():
+    """The extra is imported only when `--backend dask` is used (start-up time)."""
+    code = ("import sys\nfrom spiread_cli.cli import app\n"
+            "try:\n    app(['grad', 'examples/least_squares.ad'])\nexcept SystemExit:\n    pass\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'zarr')], 'imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=EXAMPLES.parent, timeout=60)
+    assert out.returncode == 0, out.stderr
