@@ -248,6 +248,9 @@ def probe(job: Job) -> tuple["Plan", Run]:
         except SpireadError as err:  # e.g. `arange(6)` written for six rows of data
             raise SpireadError(f"cannot run by row chunks: on data rows {start}–{stop - 1}, {err.diagnostic.message}",
                                err.diagnostic.span, err.diagnostic.notes + (NO_CHUNKS,)).located_in(job.source) from None
+    if runs[0].printed != runs[1].printed or runs[1].printed != runs[2].printed:
+        raise refuse("`println` shows a value computed from the data rows, which are never gathered in one place",
+                     None).located_in(job.source)
     plan = Plan.of(runs[0], a, runs[1], b, job.data.rows)
     plan.check_window_free(runs[1], runs[2], b)
     return plan, runs[0]

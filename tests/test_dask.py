@@ -220,6 +220,14 @@ def test_what_cannot_be_chunked_is_refused_with_the_op_named(text, message, colu
     assert caught.value.diagnostic.notes == ("use --backend numpy (everything in memory)",)
 
 
+def test_println_of_row_data_is_refused_and_of_parameters_shown(data):
+    text = 'X = load("X.npy")\nw = [1, 2, 3, 4]\nprintln(w)\nloss = (X @@ w).sum\n'
+    program = Program.of_source(Source(str(data / "p.ad"), text), Options(chunk_rows=10), (), None, data)
+    assert program.run.printed == api.run_source(Source(str(data / "p.ad"), text), base_dir=data).printed
+    with pytest.raises(SpireadError, match="cannot run by row chunks: `println` shows a value computed from the data"):
+        Program.of_source(Source(str(data / "p.ad"), text + "println(X)\n"), Options(chunk_rows=10), (), None, data)
+
+
 def test_gradient_by_row_data_is_refused(data):
     program = Program.of_source(Source(str(data / "prog.ad"), PROGRAMS["least squares, sum over rows(X)"]),
                                 Options(chunk_rows=10), (), None, data)
