@@ -14,8 +14,10 @@ files) that have the most rows, N; every other file is read whole. `.npy` and
 rows, never the data); other files are read whole once and sliced.
 
 Whether a program can run this way is decided from its tape, never from its
-values: the program is recorded on the first 2 and on the first 3 rows
-(`probe`), and `Plan.of` compares the two tapes op by op. A node whose
+values: the program is recorded on the first 2 and the first 3 rows, and on
+rows 1–3 (`probe`); `Plan.of` compares the first two tapes op by op, and the
+third must match the second but for the row-chunked values (`check_window_free`:
+positions into all the data rows, read from a file, are refused). A node whose
 leading size follows the number of rows is row-chunked; an op that takes a
 row-chunked value must act on each row alone (`ROW_LOCAL`, `Op.row_wise`)
 or be a `sum`/`mean` of it (a *reduction*, whose total is the sum of the
