@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .data import load_array
 from .diagnostics import Span, SpireadError, did_you_mean, shape_str
 from .ops import OPS
 from .output import format_array
@@ -126,7 +125,7 @@ def _load(self: Interpreter, args, keywords, call):
         raise SpireadError("`load` names no file: the path is empty", args[0].expr.span,
                            ["e.g. `load(\"data.csv\")`, relative to the program's folder"])
     path = Path(args[0].value.value)
-    return Const(load_array(path if path.is_absolute() else self.base_dir / path, args[0].expr.span))
+    return Const(self.loader(path if path.is_absolute() else self.base_dir / path, args[0].expr.span))
 
 
 def _measure(what: str) -> Callable:

@@ -43,6 +43,38 @@ WrtOpt = Annotated[Optional[list[str]], typer.Option(
                                   "else every input the output depends on.")]
 
 
+class Backend(str, Enum):
+    numpy = "numpy"
+    dask = "dask"
+
+
+BackendOpt = Annotated[Backend, typer.Option(
+    "--backend", help="numpy: everything in this process's memory. dask: the data's rows in chunks, run by Dask "
+                      "(pip install 'spiread[dask]'; docs/scaling.md).")]
+SchedulerOpt = Annotated[Optional[str], typer.Option(
+    "--scheduler", metavar="ADDRESS", help="With --backend dask: a Dask scheduler, tcp://host:8786. "
+                                           "Default: Dask's threads in this process.")]
+ChunkRowsOpt = Annotated[Optional[int], typer.Option(
+    "--chunk-rows", metavar="N", min=1, help="With --backend dask: rows per chunk. Default: chosen from the memory "
+                                             "available (docs/scaling.md).")]
+PersistOpt = Annotated[bool, typer.Option(
+    "--persist", help="With --backend dask: keep each chunk's recording in memory between training steps.")]
+
+
+def backend_options(backend: Backend, scheduler: str | None, chunk_rows: int | None, persist: bool):
+    """dask_backend.Options for `--backend dask`, else None. The options of
+    the dask backend without it are a usage error, not silently ignored."""
+    from .diagnostics import usage_error
+    if backend == Backend.numpy:
+        given = [name for name, v in (("--scheduler", scheduler), ("--chunk-rows", chunk_rows),
+                                      ("--persist", persist)) if v]
+        if given:
+            raise usage_error(f"`{given[0]}` is an option of `--backend dask`", ["add `--backend dask`"])
+        return None
+    from .dask_backend import Options
+    return Options(scheduler, chunk_rows, persist)
+
+
 class Session:
     """What one command run shares: the source (for diagnostics) and the options."""
 
@@ -52,6 +84,7 @@ class Session:
         self.strict = strict
         self.run = None   # once loaded: errors after loading point into its source
         self.shown = 0    # warnings already printed
+        self.program = None  # --backend dask: the dask_backend.Program
 
     def finish_warnings(self, run) -> list[dict]:
         """Print the warnings not printed yet (text mode), and return all of
@@ -101,24 +134,29 @@ def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: b
               "This is a bug in spiread. Please report it with the program that caused it "
               "(run again with --debug for a traceback).", file=sys.stderr)
         raise typer.Exit(1) from None
+    finally:
+        if s.program is not None:  # a --scheduler connection
+            s.program.close()
 
 
 def run_command(file: str, sets, of, *, command: str, compute: Callable, text: Callable, document: Callable | None = None,
                 fmt: Format = Format.text, strict: bool = False, debug: bool = False,
-                outputs=(), prepare: Callable[[], None] = lambda: None, stdout_is_data: bool = False):
-    """The skeleton every command shares: check the output paths and `prepare`
-    (both before any work), load, the program's `println` lines (text mode;
-    on stderr when `stdout_is_data`), `compute(session, run)`, the warnings,
-    then `document(run, result)` as JSON (tagged with `command`'s schema) or
-    `text(run, result)`. Returns (run, result)."""
+                outputs=(), prepare: Callable[[], None] = lambda: None, stdout_is_data: bool = False,
+                backend: tuple = (Backend.numpy, None, None, False)):
+    """The skeleton every command shares: check the output paths, the
+    `backend` options (--backend, --scheduler, --chunk-rows, --persist) and
+    `prepare` (all before any work), load, the program's `println` lines (text
+    mode; on stderr when `stdout_is_data`), `compute(session, run)`, the
+    warnings, then `document(run, result)` as JSON (tagged with `command`'s
+    schema) or `text(run, result)`. Returns (run, result)."""
     from .files import check_outputs, command_inputs
     from .output import write_json, write_printed
     sets = list(sets or [])
     with session(file, fmt, strict, debug) as s:
         check_outputs([o for o in outputs if o.path is not None], command_inputs(file, sets))
+        options = backend_options(*backend)
         prepare()
-        from . import api
-        run = s.run = api.run_file(file, sets, of)
+        run = s.run = _load(s, file, sets, of, options)
         if not s.json:
             write_printed(run, to_stderr=stdout_is_data)
         result = compute(s, run)
@@ -133,13 +171,27 @@ def run_command(file: str, sets, of, *, command: str, compute: Callable, text: C
     return run, result
 
 
+def _load(s: Session, file: str, sets: list[str], of, options):
+    from . import api
+    if options is None:
+        return api.run_file(file, sets, of)
+    from .dask_backend import Program
+    s.program = Program.open(file, options, sets, of)
+    return s.program.run
+
+
 @app.command("eval")
 def eval_command(file: FileArg, of: OfOpt = None, set_: SetOpt = None, fmt: FormatOpt = Format.text,
-                 strict: StrictOpt = False, debug: DebugOpt = False):
+                 strict: StrictOpt = False, backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None,
+                 chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False, debug: DebugOpt = False):
     """Evaluate a program: every bound value, then the output."""
     from .output import eval_document, eval_text
-    run_command(file, set_, of, command="eval", compute=lambda s, run: None, document=lambda run, _: eval_document(run),
-                text=lambda run, _: eval_text(run), fmt=fmt, strict=strict, debug=debug)
+    # On dask, the values after the totals are in: those that are not one row per data row.
+    run_command(file, set_, of, command="eval",
+                compute=lambda s, run: s.program.evaluated() if s.program else run,
+                document=lambda run, evaluated: eval_document(evaluated),
+                text=lambda run, evaluated: eval_text(evaluated), fmt=fmt, strict=strict, debug=debug,
+                backend=(backend, scheduler, chunk_rows, persist))
 
 
 @app.command("grad")
@@ -149,12 +201,21 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                      "--explain", help="Show the sweep step by step: each node, the rule its op applies, and what it "
                                        "passes on (docs/explain.md).")] = False,
                  set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
-                 debug: DebugOpt = False):
+                 backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None, chunk_rows: ChunkRowsOpt = None,
+                 persist: PersistOpt = False, debug: DebugOpt = False):
     """Gradients of the scalar output with respect to --wrt values."""
     from . import api
+    from .diagnostics import usage_error
     from .output import grad_document, grad_text
 
+    def prepare():
+        if backend == Backend.dask and (mode == Mode.forward or explain):
+            raise usage_error(f"`{'--explain' if explain else '--mode forward'}` runs on `--backend numpy` only; "
+                              "`--backend dask` computes gradients in reverse mode, chunk by chunk")
+
     def compute(s, run):
+        if s.program:
+            return s.program.gradients(wrt), None
         if explain:
             from .explain import explain as explained
             return explained(run, wrt, mode.value)
@@ -162,7 +223,8 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
 
     run_command(file, set_, of, command="grad", compute=compute,
                 document=lambda run, outcome: grad_document(run, outcome[0], mode.value, outcome[1]),
-                text=lambda run, outcome: grad_text(run, *outcome), fmt=fmt, strict=strict, debug=debug)
+                text=lambda run, outcome: grad_text(run, *outcome), fmt=fmt, strict=strict, debug=debug,
+                prepare=prepare, backend=(backend, scheduler, chunk_rows, persist))
 
 
 @app.command("dot")
@@ -215,17 +277,24 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                   tol: Annotated[Optional[float], typer.Option("--tol", metavar="T", help="Tolerance, relative to the gradient's scale (default 1e-5; see docs/check.md).")] = None,
                   order: Annotated[int, typer.Option("--order", min=1, max=2, help="1: gradients; 2: second derivatives, against differences of the exact gradient.")] = 1,
                   set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
-                  debug: DebugOpt = False):
+                  backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None,
+                  chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False, debug: DebugOpt = False):
     """Compare AD gradients (reverse and forward) with central finite differences; exit 1 if any disagree."""
     from .check import check_gradients, check_second_order
-    from .diagnostics import emit
+    from .diagnostics import emit, usage_error
     from .output import check_document, check_table, stdout_console
+
+    def prepare():
+        if backend == Backend.dask:  # a difference per entry would be a pass over all the data per entry
+            raise usage_error("`check` runs on `--backend numpy` only",
+                              ["check the program on a sample of the data that fits in memory (docs/scaling.md)"])
 
     checker = check_gradients if order == 1 else check_second_order
     run, report = run_command(file, set_, of, command="check", compute=lambda s, run: checker(run, wrt, eps, tol),
                               document=lambda run, report: check_document(report),
                               text=lambda run, report: stdout_console().print(check_table(report)),
-                              fmt=fmt, strict=strict, debug=debug)
+                              fmt=fmt, strict=strict, debug=debug, prepare=prepare,
+                              backend=(backend, scheduler, chunk_rows, persist))
     for failure in report.failures(run):  # after the table: it is on stdout already
         emit(failure, run.source)
     if not report.ok:
@@ -253,7 +322,8 @@ def train_command(
         plot: Annotated[Optional[Path], typer.Option("--plot", metavar="PATH.png",
                                                      help="Draw the loss curve (needs spiread[plot]).")] = None,
         of: OfOpt = None, set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
-        debug: DebugOpt = False):
+        backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None, chunk_rows: ChunkRowsOpt = None,
+        persist: PersistOpt = False, debug: DebugOpt = False):
     """Train: repeat forward, backward and an optimizer step on the --wrt values."""
     from dataclasses import replace
     from . import files
@@ -276,7 +346,7 @@ def train_command(
         s.finish_warnings(run)  # before the progress lines
         with StepReporter(steps) as reporter:
             result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
-                                    stop_requested=stop_requested)
+                                    stop_requested=stop_requested, steps_by=s.program.steps if s.program else None)
         written = files.write_training_files(result, save, log, plot,
                                              f"{file}: {run.output_name}, {chosen.describe()}")
         if result.error is not None:
@@ -292,7 +362,8 @@ def train_command(
             run, (result, written) = run_command(
                 file, set_, of, command="train", compute=compute, document=lambda run, outcome: train_document(*outcome),
                 text=lambda run, outcome: train_text(run, *outcome, steps, chosen), fmt=fmt, strict=strict, debug=debug,
-                prepare=prepare, outputs=[files.Output("--save", save, (".npz",)),
+                prepare=prepare, backend=(backend, scheduler, chunk_rows, persist),
+                outputs=[files.Output("--save", save, (".npz",)),
                                           files.Output("--log", log, (".csv", ".txt")),
                                           files.Output("--plot", plot, (".png",))])
     except Interrupted as again:  # a second signal: stop at once, keeping no partial files

@@ -47,6 +47,8 @@ _NPY_MAGIC = b"\x93NUMPY"
 _NPY_HEADER_LENGTH = {1: ("<H", "latin1"), 2: ("<I", "latin1"), 3: ("<I", "utf8")}
 
 _LIMIT_NOTE = "set SPIREAD_MAX_BYTES (in bytes) to raise the limit"
+_CHUNKS_NOTE = ("for data larger than memory, `--backend dask` reads .npy and .zarr files a chunk of rows "
+                "at a time (docs/scaling.md)")
 _SHOWN_NAMES = 5  # how many names an error lists before saying how many more
 
 
@@ -71,14 +73,19 @@ def load_array(path: Path, span: Span | None = None, name: str | None = None) ->
         except MemoryError:
             raise SpireadError(f"{prefix}: there is not enough memory to read it", span,
                                ["the data may be too big for one process"]) from None
-    # float64 in C order, its rank kept (np.ascontiguousarray would make a scalar a vector of 1)
+    return as_float64(array, path, span)
+
+
+def as_float64(array: np.ndarray, path, span: Span | None = None) -> np.ndarray:
+    """float64 in C order, its rank kept (np.ascontiguousarray would make a
+    scalar a vector of 1); a long double beyond float64's range is refused."""
     with np.errstate(all="ignore"):
         result = np.asarray(array, dtype=np.float64, order="C")
     if array.dtype.itemsize > 8 and np.isinf(result).any():  # long double: its range is wider
         beyond = np.argwhere(np.isinf(result) & ~np.isinf(array))
         if beyond.size:
-            raise SpireadError(f"{prefix}: the number at {beyond[0].tolist()} is beyond the range spiread can hold "
-                               f"(a float64 reaches about ±1.8e308)", span)
+            raise SpireadError(f"cannot load `{shown(path)}`: the number at {beyond[0].tolist()} is beyond the range "
+                               f"spiread can hold (a float64 reaches about ±1.8e308)", span)
     return result
 
 
@@ -159,7 +166,7 @@ def _read_text_bytes(file, suffix: str, prefix: str, span: Span | None) -> bytes
             raise SpireadError(f"{prefix}: reading {human_bytes(size)} of {'JSON' if suffix == '.json' else 'text'} "
                                f"may take up to {human_bytes(most)}, more than the limit of {human_bytes(limit)}",
                                span, [_LIMIT_NOTE, "a number can be as short as 2 bytes (`1,`); "
-                                      ".npy holds large arrays compactly"])
+                                      ".npy holds large arrays compactly", _CHUNKS_NOTE])
 
     refuse_if_too_big(os.fstat(file.fileno()).st_size)
     raw = file.read(limit // per_byte + 1)  # one byte more than the largest size allowed
@@ -174,6 +181,26 @@ def _from_npy(stream, size: int, prefix: str, span: Span | None, member: str = "
     """An array from an `.npy` stream of `size` bytes (a file or a zip member),
     its declared size checked against the limit before the data is read."""
     where = f"its member `{_clip(member)}`" if member else "it"
+    shape, fortran_order, dtype = _npy_layout(stream, where)
+    check_shape(shape, f"{prefix}: {'its array' if not member else where}", span, notes=(_CHUNKS_NOTE,))
+    wanted = math.prod(shape) * dtype.itemsize
+    if size - stream.tell() < wanted:  # before allocating: a header may promise more than the file has
+        _cut_short(where, shape, wanted, size - stream.tell())
+    try:
+        array = np.empty(shape[::-1] if fortran_order else shape, dtype=dtype)  # within the limit, checked above
+    except MemoryError:
+        raise SpireadError(f"{prefix}: {'its array' if not member else where} would be {shape_str(shape)} "
+                           f"({human_bytes(math.prod(shape) * dtype.itemsize)}), and there is not that much memory",
+                           span, ["the data may be too big for one process"]) from None
+    got = stream.readinto(array.reshape(-1).view(np.uint8)) if wanted else 0
+    if got != wanted:
+        _cut_short(where, shape, wanted, got)
+    return array.T if fortran_order else array
+
+
+def _npy_layout(stream, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """An `.npy` stream's shape, order and element type, checked; the stream
+    is left at the start of the data."""
     start = stream.read(8)
     if not start:
         raise _Unreadable(f"{where} is empty")
@@ -194,20 +221,26 @@ def _from_npy(stream, size: int, prefix: str, span: Span | None, member: str = "
         raise _Unreadable(f"{where} holds {_kind_of(dtype)}, not real numbers")
     if len(shape) > 2:
         raise _Unreadable(f"{where} is {len(shape)}-dimensional, spiread handles at most 2")
-    check_shape(shape, f"{prefix}: {'its array' if not member else where}", span)
+    return shape, fortran_order, dtype
+
+
+def npy_layout(path: Path, span: Span | None = None) -> tuple[int, tuple[int, ...], bool, np.dtype]:
+    """Where an `.npy` file's data start, its shape, order and element type,
+    checked as `load_array` checks them, without reading the data (the
+    `--backend dask` reader, spiread_cli/chunks.py, reads rows from there)."""
+    prefix = f"cannot load `{shown(path)}`"
+    with _open_regular(path, prefix, span) as file:
+        try:
+            shape, fortran_order, dtype = _npy_layout(file, "it")
+            offset = file.tell()
+        except _Unreadable as err:
+            raise SpireadError(f"{prefix}: {err}", span) from None
+        size = os.fstat(file.fileno()).st_size
     wanted = math.prod(shape) * dtype.itemsize
-    if size - stream.tell() < wanted:  # before allocating: a header may promise more than the file has
-        _cut_short(where, shape, wanted, size - stream.tell())
-    try:
-        array = np.empty(shape[::-1] if fortran_order else shape, dtype=dtype)  # within the limit, checked above
-    except MemoryError:
-        raise SpireadError(f"{prefix}: {'its array' if not member else where} would be {shape_str(shape)} "
-                           f"({human_bytes(math.prod(shape) * dtype.itemsize)}), and there is not that much memory",
-                           span, ["the data may be too big for one process"]) from None
-    got = stream.readinto(array.reshape(-1).view(np.uint8)) if wanted else 0
-    if got != wanted:
-        _cut_short(where, shape, wanted, got)
-    return array.T if fortran_order else array
+    if size - offset < wanted:
+        raise SpireadError(f"{prefix}: it is cut short: its {'×'.join(map(str, shape)) or 'scalar'} array needs "
+                           f"{wanted:,} bytes, but only {max(size - offset, 0):,} are there", span)
+    return offset, shape, fortran_order, dtype
 
 
 def _cut_short(where: str, shape: tuple[int, ...], wanted: int, there: int):

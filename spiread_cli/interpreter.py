@@ -14,11 +14,13 @@ usually asked for. Builtin functions and method sugar live in builtins.py.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import syntax as ast
 from .builtins import FUNCTIONS, METHOD_SUGAR, REDUCTIONS, check_arguments
+from .data import load_array
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
 from .limits import check_shape, max_bytes
 from .ops import METHODS, OPS, Op, ShapeError
@@ -31,10 +33,12 @@ OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@@": "matmul", "**
 
 class Interpreter:
     def __init__(self, source: Source, overrides: dict[str, np.ndarray] | None = None,
-                 base_dir: Path | None = None):
+                 base_dir: Path | None = None, loader: Callable[[Path, Span], np.ndarray] = load_array):
         self.source = source
         self.overrides = dict(overrides or {})
         self.base_dir = base_dir or Path.cwd()
+        # How `load(path)` reads a file: whole, or (spiread_cli/chunked.py) one row chunk of it.
+        self.loader = loader
         self.tape = Tape(source=source)
         self.diagnostics = Diagnostics()
         self.env: dict[str, object] = {}            # name -> value: a Node, a Record, a Jet or a Function

@@ -50,11 +50,11 @@ def human_bytes(n: int) -> str:
 
 
 def check_shape(shape: Iterable[int], what: str | Callable[[], str], span: Span | None,
-                limit: int | None = None) -> None:
+                limit: int | None = None, notes: tuple[str, ...] = ()) -> None:
     """Refuse a float64 array of `shape` larger than the limit; `what` names
     it in the message (`zeros(3, 4)`, a file), or makes that name only when it
     is needed (quoting source text for every op of a long chain would cost
-    time quadratic in its length)."""
+    time quadratic in its length); `notes` follow the usual one."""
     shape = tuple(int(s) for s in shape)
     nbytes = math.prod(shape) * 8
     limit = max_bytes() if limit is None else limit
@@ -62,4 +62,4 @@ def check_shape(shape: Iterable[int], what: str | Callable[[], str], span: Span 
         what = what() if callable(what) else what
         raise SpireadError(f"{what} would be {shape_str(shape)} ({human_bytes(nbytes)}), "
                            f"more than the limit of {human_bytes(limit)}", span,
-                           ["set SPIREAD_MAX_BYTES (in bytes) to raise the limit"])
+                           ["set SPIREAD_MAX_BYTES (in bytes) to raise the limit", *notes])

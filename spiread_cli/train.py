@@ -46,12 +46,29 @@ def trainable_names(run: Run, wrt: list[str]) -> list[str]:
     return names
 
 
+class NonFinite(Exception):
+    """A step's loss (`loss` None) or gradient (`loss` the step's loss) is not
+    finite; `error` says where it was born."""
+
+    def __init__(self, error: SpireadError, loss: float | None = None):
+        super().__init__(error.diagnostic.message)
+        self.error, self.loss = error, loss
+
+
+# One step: (step number, the trained values) -> (loss, gradients, the
+# step's warnings), or NonFinite. The run's own tape makes it (`tape_steps`);
+# spiread_cli/dask_backend.py's Program.stepper makes one over row chunks.
+Steps = Callable[[int, dict[str, np.ndarray]], tuple[float, dict[str, np.ndarray], list]]
+
+
 def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = False,
           on_step: Callable[[int, float], None] | None = None,
-          stop_requested: Callable[[], bool] = lambda: False) -> TrainResult:
+          stop_requested: Callable[[], bool] = lambda: False,
+          steps_by: Callable[[list[str], bool], Steps] | None = None) -> TrainResult:
     """Run `steps` steps of forward, backward and `optimizer.step` on the `wrt`
     values (names, checked by `trainable_names`). The run itself is left as it
-    was: training works on a fused copy of its tape.
+    was: training works on a fused copy of its tape (or, with `steps_by`, on
+    what that makes of the names and `strict`).
 
     Stops early when `stop_requested()` turns true (after the step in
     progress), or with `result.error` set when the loss or a gradient is not
@@ -60,17 +77,13 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     after an error, the values at which the last finite loss was computed.
     """
     names = trainable_names(run, wrt)
-    # Only the trained leaves change between steps, which is what the fused
-    # rewrites assume (the bigram model becomes one log-softmax-pick op).
-    fused = fuse(run.tape, run.output, [run.bindings[n] for n in names])
-    tape, ids = fused.tape, fused.wrt
-    if getattr(optimizer, "needs_curvature", False):  # Newton: the gradient recorded on the copy, for HVPs
-        optimizer.attach(tape, fused.output, dict(zip(names, ids)))
-    nodes = tape.nodes
-    output = nodes[fused.output]
-    # A step recomputes only what lies between the trained values and the output.
-    moved = tape.between(ids, fused.output)
-    values = {n: nodes[i].value for n, i in zip(names, ids)}
+    if steps_by is None:
+        step_values = tape_steps(run, names, strict, optimizer)
+    elif getattr(optimizer, "needs_curvature", False):
+        raise usage_error(f"`--optimizer {optimizer.describe().split()[0]}` runs on `--backend numpy` only")
+    else:
+        step_values = steps_by(names, strict)
+    values = {n: run.node(n).value for n in names}
     previous = values
     losses: list[float] = []
     began = time.perf_counter()
@@ -83,22 +96,15 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     for step in range(1, steps + 1):
         if stop_requested():  # checked before a step, so a stop asked for while loading takes no step
             return finish("interrupted", values)
-        diagnostics = Diagnostics()
-        if step > 1:  # the first forward pass is the one recorded when the program ran
-            # Warnings from a step only matter under --strict; without it the
-            # replay skips the finiteness pass over every value.
-            tape.replay(moved, diagnostics if strict else None)
-        loss = float(output.value)
-        if not math.isfinite(loss):
-            kept = previous if step > 1 else values
-            return finish("stopped", kept, _nonfinite_loss(tape, step, loss, output), _kept_note(step - 1, losses))
-        grads_by_id = tape.backward(fused.output, ids, diagnostics)
+        try:
+            loss, grads, warnings = step_values(step, values)
+        except NonFinite as stop:
+            if stop.loss is None:
+                return finish("stopped", previous if step > 1 else values, stop.error, _kept_note(step - 1, losses))
+            losses.append(stop.loss)
+            return finish("stopped", values, stop.error, _kept_note(step, losses))
         losses.append(loss)
-        bad = [n for n, i in zip(names, ids) if not all_finite(grads_by_id[i])]
-        if bad:
-            return finish("stopped", values, _nonfinite_gradient(step, loss, bad[0], diagnostics),
-                          _kept_note(step, losses))
-        warnings = (run.diagnostics.warnings if step == 1 else []) + diagnostics.warnings
+        warnings = (run.diagnostics.warnings if step == 1 else []) + warnings
         if strict and warnings:
             first = warnings[0]
             return finish("stopped", values,
@@ -106,12 +112,43 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
                           _kept_note(step, losses))
         previous = values
         with np.errstate(all="ignore"):  # an update that overflows shows as a non-finite loss next step
-            values = optimizer.step(values, {n: grads_by_id[i] for n, i in zip(names, ids)})
-        for name, i in zip(names, ids):
-            nodes[i].set_value(values[name])
+            values = optimizer.step(values, grads)
         if on_step is not None:
             on_step(step, loss)
     return finish("interrupted" if stop_requested() else "done", values)
+
+
+def tape_steps(run: Run, names: list[str], strict: bool, optimizer=None) -> Steps:
+    """Steps on the run's tape, fused for its output and the trained leaves."""
+    # Only the trained leaves change between steps, which is what the fused
+    # rewrites assume (the bigram model becomes one log-softmax-pick op).
+    fused = fuse(run.tape, run.output, [run.bindings[n] for n in names])
+    tape, ids = fused.tape, fused.wrt
+    if getattr(optimizer, "needs_curvature", False):  # Newton: the gradient recorded on the copy, for HVPs
+        optimizer.attach(tape, fused.output, dict(zip(names, ids)))
+    nodes = tape.nodes
+    output = nodes[fused.output]
+    # A step recomputes only what lies between the trained values and the output.
+    moved = tape.between(ids, fused.output)
+
+    def step(number: int, values: dict[str, np.ndarray]):
+        diagnostics = Diagnostics()
+        if number > 1:  # the first forward pass is the one recorded when the program ran
+            for name, i in zip(names, ids):
+                nodes[i].set_value(values[name])
+            # Warnings from a step only matter under --strict; without it the
+            # replay skips the finiteness pass over every value.
+            tape.replay(moved, diagnostics if strict else None)
+        loss = float(output.value)
+        if not math.isfinite(loss):
+            raise NonFinite(_nonfinite_loss(tape, number, loss, output))
+        grads_by_id = tape.backward(fused.output, ids, diagnostics)
+        bad = [n for n, i in zip(names, ids) if not all_finite(grads_by_id[i])]
+        if bad:
+            raise NonFinite(_nonfinite_gradient(number, loss, bad[0], diagnostics), loss)
+        return loss, {n: grads_by_id[i] for n, i in zip(names, ids)}, diagnostics.warnings
+
+    return step
 
 
 def _kept_note(step: int, losses: list[float]) -> str:

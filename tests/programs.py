@@ -394,10 +394,10 @@ MAX_INPUTS = 5
 class _Builder:
     """Draws one program; keeps the names bound so far and their values."""
 
-    def __init__(self, draw):
+    def __init__(self, draw, max_dim: int = 3):
         self.draw = draw
         self.rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-        self.dims = [draw(st.integers(1, 3)) for _ in range(3)]
+        self.dims = [draw(st.integers(1, max_dim)) for _ in range(3)]
         self.bindings: list[tuple[str, object]] = []
         self.inputs: dict[str, np.ndarray] = {}
         self.lines: list[str] = []
@@ -697,6 +697,7 @@ class _Builder:
 
 
 @st.composite
-def programs(draw) -> Program:
-    """A random well-shaped program with a scalar output `loss`."""
-    return _Builder(draw).program()
+def programs(draw, max_dim: int = 3) -> Program:
+    """A random well-shaped program with a scalar output `loss`; every size is
+    at most `max_dim` (tests/test_dask.py needs enough rows to chunk)."""
+    return _Builder(draw, max_dim).program()

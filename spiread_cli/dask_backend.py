@@ -1,0 +1,239 @@
+"""`--backend dask`: a program's row chunks (spiread_cli/chunks.py) run as Dask
+tasks, on the local threaded scheduler or on a cluster (`--scheduler
+tcp://host:8786`), and their shares are tree-summed.
+
+Dask is imported here only, and only when this backend is used (`pip install
+"spiread[dask]"`). Each evaluation is one `compute` of one graph: a task per
+chunk that records the program on its rows and returns its share of every
+total (the loss's sums and means) with the gradients of those shares and the
+first warnings, then a tree of additions. The driver finishes what follows
+the totals and hands numpy gradients to the optimizer, so the graph is built
+anew each step from the same few tasks and never grows.
+
+    >>> from spiread_cli import dask_backend
+    >>> program = dask_backend.Program.open("model.ad", Options(chunk_rows=100_000))
+    >>> program.gradients(["W"]).gradients["W"]
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import api, syntax
+from .chunks import (PROBE_ROWS, Data, Driver, Job, Share, add_shares, default_chunk_rows, default_threads,
+                     probe, record_chunk, share_of_kept, share_of_rows)
+from .data import SUFFIXES, parse_set_option
+from .diagnostics import Diagnostics, SpireadError, usage_error
+from .tape import Run, all_finite
+
+FAN_IN = 8  # shares added per task in the tree sum
+_names = itertools.count()
+
+
+@dataclass
+class Options:
+    scheduler: str | None = None     # tcp://host:8786; None: Dask's local threaded scheduler
+    chunk_rows: int | None = None    # None: chunks.default_chunk_rows
+    persist: bool = False            # keep each chunk's recording in memory between steps
+
+
+def require_dask() -> None:
+    from importlib.util import find_spec
+    if find_spec("dask") is None or find_spec("distributed") is None:
+        raise usage_error("`--backend dask` needs Dask, which is not installed", ['pip install "spiread[dask]"'])
+
+
+@dataclass
+class Result:
+    value: np.ndarray
+    gradients: dict[str, np.ndarray]
+    diagnostics: Diagnostics
+
+
+@dataclass
+class Program:
+    """A program bound to its data, evaluated chunk by chunk on Dask."""
+    job: Job
+    run: Run                          # the probe recording: names, output, what follows the totals
+    options: Options
+    bounds: list[tuple[int, int]] = field(default_factory=list)
+    client: object = None
+    kept: list | None = None          # the chunks' recordings under --persist
+
+    @staticmethod
+    def open(path: str, options: Options, sets: list[str] = (), of: str | None = None) -> "Program":
+        source = api.read_source(path)
+        base = api.base_dir_of(source)
+        return Program.of_source(source, options, sets, of, base)
+
+    @staticmethod
+    def of_source(source, options: Options, sets: list[str] = (), of: str | None = None,
+                  base_dir: Path | None = None) -> "Program":
+        require_dask()
+        if options.chunk_rows is not None and options.chunk_rows < 1:
+            raise usage_error(f"`--chunk-rows {options.chunk_rows}`: a chunk needs at least one row")
+        base = base_dir or api.base_dir_of(source)
+        try:
+            module = syntax.parse(source)
+        except SpireadError as err:
+            raise err.located_in(source)
+        files, literal = {}, []
+        for option in sets:
+            name, text = parse_set_option(option)
+            if Path(text).suffix.lower() in SUFFIXES + (".zarr",):
+                files[name] = Path(text)
+            else:
+                literal.append(option)
+        constants = api.parse_overrides(literal, base)
+        try:
+            data = Data.open(module, base, files)
+        except SpireadError as err:
+            raise err.located_in(source)
+        job = Job(source, module, base, of, constants, data)
+        if data.rows < PROBE_ROWS[1] + 1:  # no data to chunk: the whole program in one piece
+            run = job.record(0, data.rows)
+            return Program(job, run, options)
+        try:
+            job.plan, run = probe(job)
+        except SpireadError as err:
+            raise err.located_in(source)
+        # the probe's warnings were about 2 rows: keep those that hold for all
+        run.diagnostics = Diagnostics(job.plan.once_warnings(run))
+        program = Program(job, run, options)
+        threads = default_threads()
+        chunk_rows = options.chunk_rows or default_chunk_rows(job.plan, threads)
+        program.bounds = data.row_bounds(chunk_rows)
+        if options.scheduler:
+            program.client = connect(options.scheduler)
+        return program
+
+    @property
+    def chunked(self) -> bool:
+        return self.job.plan is not None
+
+    # -------------------------------------------------------------- commands
+
+    def gradients(self, wrt: list[str] | None = None) -> Result:
+        """The output and its gradients with respect to `wrt` (names; default
+        as `spiread grad`)."""
+        ids = self.run.wrt_ids(wrt)
+        diagnostics = self.run.diagnostics  # the run's warnings, then the chunks' and the driver's
+        if not self.chunked:
+            by_id = self.run.tape.backward(self.run.output, list(ids.values()), diagnostics)
+            return Result(self.run.value, {n: by_id[i] for n, i in ids.items()}, diagnostics)
+        self.job.plan.refuse_row_wrt(ids, self.run)
+        return self._evaluate(list(ids), ids, None, diagnostics, gradients=True)
+
+    def evaluated(self) -> Run:
+        """The program evaluated: a Run of the values computed once the totals
+        are in. A value with one row per data row is never gathered, so it is
+        not among its bindings."""
+        if not self.chunked:
+            return self.run
+        self._evaluate([], {}, None, self.run.diagnostics, gradients=False)
+        run = self.run
+        bindings = {name: i for name, i in run.bindings.items() if not self.job.plan.row[i]}
+        return Run(run.source, self.driver.tape, bindings, run.binding_spans, run.output, run.output_name,
+                   run.backward_wrt, run.diagnostics)
+
+    def steps(self, names: list[str], strict: bool):
+        """train.Steps over the row chunks: each step one compute. A
+        non-finite loss or gradient is train.NonFinite, at the op (and in the
+        rows) where the first inf or nan was born."""
+        from .train import NonFinite, tape_steps
+        if not self.chunked:
+            return tape_steps(self.run, names, strict)
+        ids = {name: self.run.bindings[name] for name in names}
+        self.job.plan.refuse_row_wrt(ids, self.run)
+
+        def step(number: int, values: dict[str, np.ndarray]):
+            result = self._evaluate(names, ids, values, Diagnostics(), gradients=True)
+            loss, warnings = float(result.value), result.diagnostics.warnings
+            born = warnings[0] if warnings else None
+            if not math.isfinite(loss):
+                raise NonFinite(stopped(f"training stopped at step {number}: the loss is {loss:g}", born))
+            bad = [n for n, g in result.gradients.items() if not all_finite(g)]
+            if bad:
+                raise NonFinite(stopped(f"training stopped at step {number}: the gradient of `{bad[0]}` is not "
+                                        f"finite (the loss was {loss:.6g})", born), loss)
+            return loss, result.gradients, warnings
+
+        return step
+
+    # -------------------------------------------------------------- running
+
+    def _evaluate(self, names: list[str], ids: dict[str, int], values, diagnostics: Diagnostics,
+                  gradients: bool) -> Result:
+        # The chunks differentiate by the names computed before the totals; a
+        # total itself, or what follows one, is the driver's alone.
+        before_totals = [n for n in names if not self.job.plan.post[ids[n]]]
+        if self.job.wrt != before_totals or not hasattr(self, "driver"):
+            self.job.wrt = before_totals
+            self.driver = Driver.of(self.job.plan, self.run, ids)
+            self.kept = None
+        share = self.compute(values)
+        for warning in share.warnings:
+            diagnostics.warn(warning.message, warning.span, warning.notes)
+        value, grads = self.driver.finish(share, values, diagnostics, gradients)
+        return Result(value, grads, diagnostics)
+
+    def compute(self, values: dict[str, np.ndarray] | None) -> Share:
+        """One Dask compute: every chunk's share, tree-summed."""
+        import dask
+        from dask import delayed
+        tag = next(_names)
+        job = delayed(self.job, name=f"spiread-job-{id(self.job)}", traverse=False)
+        given = delayed(values, name=f"spiread-values-{tag}", traverse=False) if values else None
+        if self.options.persist:
+            if self.kept is None:
+                chunks = [delayed(record_chunk)(job, start, stop, given, dask_key_name=f"spiread-chunk-{tag}-{k}")
+                          for k, (start, stop) in enumerate(self.bounds)]
+                self.kept = self.client.persist(chunks) if self.client else list(dask.persist(*chunks, scheduler="threads"))
+            shares = [delayed(share_of_kept)(job, chunk, given, dask_key_name=f"spiread-share-{tag}-{k}")
+                      for k, chunk in enumerate(self.kept)]
+        else:
+            shares = [delayed(share_of_rows)(job, start, stop, given, dask_key_name=f"spiread-share-{tag}-{k}")
+                      for k, (start, stop) in enumerate(self.bounds)]
+        level = 0
+        while len(shares) > 1:
+            level += 1
+            shares = [delayed(add_shares)(*shares[i:i + FAN_IN], dask_key_name=f"spiread-sum-{tag}-{level}-{i}")
+                      for i in range(0, len(shares), FAN_IN)]
+        try:
+            if self.client is not None:
+                return self.client.compute(shares[0]).result()
+            return dask.compute(shares[0], scheduler="threads")[0]
+        except SpireadError as err:
+            raise err.located_in(self.job.source)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+def stopped(message: str, born) -> SpireadError:
+    if born is None:
+        return SpireadError(message)
+    return SpireadError(f"{message}; {born.message}", born.span, born.notes)
+
+
+def connect(address: str):
+    """A distributed Client for `--scheduler ADDRESS`, or a located error."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise usage_error("`--scheduler` needs dask.distributed, which is not installed",
+                          ['pip install "spiread[dask]"']) from None
+    try:
+        return Client(address, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as err:
+        raise SpireadError(f"`--scheduler {address}`: cannot reach a Dask scheduler there ({err})",
+                           notes=["start one with `dask scheduler`, and workers with `dask worker ADDRESS` "
+                                  "(docs/scaling.md)"]) from None
+

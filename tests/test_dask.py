@@ -1,0 +1,402 @@
+"""`--backend dask`: the row-chunk backend gives the numpy backend's values
+and gradients (rtol 1e-10), with chunks small enough that their boundaries
+matter; it refuses, naming the op, what it cannot chunk; it runs on Dask's
+threads, a LocalCluster and a cluster started by `dask scheduler`/`dask worker`.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from spiread_cli import api
+from spiread_cli.dask_backend import Options, Program
+from spiread_cli.diagnostics import Source, SpireadError
+
+from conftest import EXAMPLES, spiread, strict_json
+from programs import programs
+
+pytest.importorskip("distributed")
+
+RTOL = 1e-10
+
+
+def numpy_result(source: Source, sets: dict[str, str], base, wrt=None):
+    overrides = api.parse_overrides([f"{k}={v}" for k, v in sets.items()], base)
+    run = api.run_source(source, overrides, None, base)
+    return api.gradients(run, wrt)
+
+
+def dask_result(source: Source, sets: dict[str, str], base, wrt=None, **options):
+    program = Program.of_source(source, Options(**options), [f"{k}={v}" for k, v in sets.items()], None, base)
+    try:
+        return program, program.gradients(wrt)
+    finally:
+        program.close()
+
+
+def assert_same(expected, got, where: str = ""):
+    np.testing.assert_allclose(got.value, expected.value, rtol=RTOL, atol=1e-14, err_msg=f"value {where}")
+    assert list(got.gradients) == list(expected.gradients)
+    for name, g in expected.gradients.items():
+        np.testing.assert_allclose(got.gradients[name], g, rtol=RTOL, atol=1e-13, err_msg=f"∂/∂{name} {where}")
+
+
+def save(folder, name: str, value) -> str:
+    path = folder / f"{name}.npy"
+    np.save(path, np.asarray(value, dtype=float))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Row data: n rows of a regression, a 3-class classification and bigrams."""
+    folder = tmp_path_factory.mktemp("rows")
+    rng = np.random.default_rng(7)
+    n = 203  # a prime: no chunk size divides it, so the last chunk is short
+    X = rng.standard_normal((n, 4))
+    save(folder, "X", X)
+    save(folder, "y", X @ [1.0, -2.0, 0.5, 3.0] + 0.1 * rng.standard_normal(n))
+    save(folder, "labels", rng.integers(0, 3, n))
+    save(folder, "Y", np.eye(3)[rng.integers(0, 3, n)])
+    save(folder, "xs", rng.integers(0, 27, n))
+    save(folder, "ys", rng.integers(0, 27, n))
+    return folder
+
+
+# ------------------------------------------------------------- the examples
+
+
+EXAMPLE_DATA = {
+    # example: {binding: how to make its rows from the example's own value}
+    "least_squares.ad": {"X": None, "y": None},
+    "regression.ad": None,
+    "softmax_regression.ad": {"X": None, "labels": None},
+    "two_layer.ad": {"X": None, "Y": None},
+}
+
+
+@pytest.mark.parametrize("example", ["least_squares.ad", "softmax_regression.ad", "two_layer.ad"])
+@pytest.mark.parametrize("chunk_rows", [1, 3])
+def test_examples_match_numpy_with_their_data_as_row_files(example, chunk_rows, tmp_path):
+    """Each example's data bindings, written to .npy files and passed with
+    --set, are chunked; everything else is the example as written."""
+    source = api.read_source(str(EXAMPLES / example))
+    # written for its six rows; `rows(X)` is what follows the data's row count
+    source = Source(source.name, source.text.replace("arange(6)", "arange(rows(X))"))
+    run = api.run_source(source)
+    sets = {name: save(tmp_path, name, run.node(name).value) for name in EXAMPLE_DATA[example]}
+    expected = numpy_result(source, sets, EXAMPLES)
+    program, got = dask_result(source, sets, EXAMPLES, chunk_rows=chunk_rows)
+    assert program.chunked and len(program.bounds) > 1
+    assert_same(expected, got, example)
+
+
+def test_bigram_matches_numpy(bigram_slice, tmp_path):
+    """examples/bigram/bigram.ad on its text data (read whole, sliced) and on
+    .npy files (read a chunk at a time)."""
+    folder = bigram_slice
+    source = api.read_source(str(folder / "bigram.ad"))
+    expected = numpy_result(source, {}, folder)
+    program, got = dask_result(source, {}, folder, chunk_rows=500)
+    assert len(program.bounds) > 2
+    assert_same(expected, got, "bigram (text)")
+    run = api.run_source(source, base_dir=folder)
+    sets = {name: save(tmp_path, name, run.node(name).value) for name in ("xs", "ys")}
+    program, got = dask_result(source, sets, folder, chunk_rows=333)
+    assert_same(expected, got, "bigram (.npy)")
+
+
+PROGRAMS = {
+    "least squares, sum over rows(X)": """
+X = load("X.npy")
+y = load("y.npy")
+w = [0.5, -0.25, 1.0, 0.0]
+loss = ((X @@ w - y) ** 2).sum / rows(X) + (w * w).sum * 0.01
+loss.backward(w)""",
+    "softmax regression, a pick per row": """
+X = load("X.npy")
+labels = load("labels.npy")
+W = randn(4, 3, seed=2) * 0.1
+b = zeros(3)
+logp = (X @@ W + b).logSoftmaxRows
+loss = -logp.arrange(arange(rows(X)), labels).mean
+loss.backward(W, b)""",
+    "MLP, two totals and a log of the total": """
+X = load("X.npy")
+Y = load("Y.npy")
+W1 = randn(4, 5, seed=1) * 0.5
+b1 = zeros(5)
+W2 = randn(5, 3, seed=2) * 0.5
+h = (X @@ W1 + b1).tanh
+p = (h @@ W2).softmaxRows
+loss = -(Y * p.log).sum / rows(X) + ((h * h).mean + 1).log
+loss.backward(W1, b1, W2)""",
+    "bigram from .npy, one-hot and select": """
+xs = load("xs.npy")
+ys = load("ys.npy")
+W = randn(27, 27, seed=0)
+probs = (onehot(xs, 27) @@ W).exp.normaliseRowsL1
+loss = probs.select(arange(rows(xs)), ys).mapRowsToScalar(ReductionOps.Sum).log.mean * -1.0
+loss.backward(W)""",
+    "a gather by data positions (W[xs, ys]) and a column": """
+xs = load("xs.npy")
+ys = load("ys.npy")
+X = load("X.npy")
+W = randn(27, 27, seed=3)
+loss = (W.arrange(xs, ys) * X.col(1)).sum + Matrix.fromColumns(X.col(0), X.col(2)).sigmoid.mean
+loss.backward(W)""",
+}
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+@pytest.mark.parametrize("chunk_rows", [2, 64])
+def test_programs_match_numpy(name, chunk_rows, data):
+    source = Source(str(data / "prog.ad"), PROGRAMS[name])
+    expected = numpy_result(source, {}, data)
+    program, got = dask_result(source, {}, data, chunk_rows=chunk_rows)
+    assert len(program.bounds) == -(-203 // chunk_rows)
+    assert_same(expected, got, name)
+
+
+def test_default_chunk_rows_give_every_thread_work(data):
+    source = Source(str(data / "prog.ad"), PROGRAMS["least squares, sum over rows(X)"])
+    program, got = dask_result(source, {}, data)
+    assert 2 <= len(program.bounds) <= 203
+    assert_same(numpy_result(source, {}, data), got)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(programs(max_dim=7))
+def test_random_programs_match_numpy_or_are_refused(tmp_path, program):
+    """The plan is sound: with any input of 4 or more rows as row data (in
+    chunks of 2), a generated program either gives numpy's values and
+    gradients or is refused — never other numbers."""
+    source = Source(str(tmp_path / "generated.ad"), program.source)
+    for name, value in program.inputs.items():
+        if np.ndim(value) == 0 or np.shape(value)[0] < 4:  # the probes need 4 rows
+            continue
+        sets = {name: save(tmp_path, name, value)}
+        wrt = [w for w in program.default_wrt() if w != name] or None
+        if wrt is None:
+            continue
+        expected = numpy_result(source, sets, tmp_path, wrt)
+        try:
+            _, got = dask_result(source, sets, tmp_path, wrt, chunk_rows=2)
+        except SpireadError as err:
+            assert err.diagnostic.message.startswith("cannot run by row chunks: "), err.diagnostic.message
+            continue
+        assert_same(expected, got, f"with `{name}` as row data in\n{program.source}")
+
+
+# ------------------------------------------------------------- what is refused
+
+
+@pytest.mark.parametrize("text, message, column", [
+    ("loss = (X.T @@ X).sum + w.sum",
+     "`T` combines the rows of `X` other than by a `.sum` or `.mean` of them", 11),
+    ("loss = ((X - X.mean) @@ w).sum",
+     "`-` combines the data rows with the result of `mean`, a total over all rows, "
+     "which is known only after every chunk has run", 12),
+    ("loss = (X @@ w).product",
+     "`product` combines the rows of the result of `@@` other than by a `.sum` or `.mean` of them", 17),
+    ("loss = (X @@ w).sum * (1 / rows(X))", "`(1 / rows(X))` is computed from the data's values", 23),
+    ("loss = X @@ w", "the output `loss` has one row per data row (a scalar each); "
+                      "row chunks compute totals, such as a `.sum` or `.mean` of it", 10),
+])
+def test_what_cannot_be_chunked_is_refused_with_the_op_named(text, message, column, data):
+    text = 'X = load("X.npy")\nw = [1, 2, 3, 4]\n' + text
+    with pytest.raises(SpireadError) as caught:
+        program = Program.of_source(Source(str(data / "prog.ad"), text), Options(chunk_rows=10), (), None, data)
+        program.gradients(["w"])
+    assert caught.value.diagnostic.message == "cannot run by row chunks: " + message
+    assert (caught.value.diagnostic.span.line, caught.value.diagnostic.span.column) == (3, column)
+    assert caught.value.diagnostic.notes == ("use --backend numpy (everything in memory)",)
+
+
+def test_println_of_row_data_is_refused_and_of_parameters_shown(data):
+    text = 'X = load("X.npy")\nw = [1, 2, 3, 4]\nprintln(w)\nloss = (X @@ w).sum\n'
+    program = Program.of_source(Source(str(data / "p.ad"), text), Options(chunk_rows=10), (), None, data)
+    assert program.run.printed == api.run_source(Source(str(data / "p.ad"), text), base_dir=data).printed
+    with pytest.raises(SpireadError, match="cannot run by row chunks: `println` shows a value computed from the data"):
+        Program.of_source(Source(str(data / "p.ad"), text + "println(X)\n"), Options(chunk_rows=10), (), None, data)
+
+
+def test_gradient_by_row_data_is_refused(data):
+    program = Program.of_source(Source(str(data / "prog.ad"), PROGRAMS["least squares, sum over rows(X)"]),
+                                Options(chunk_rows=10), (), None, data)
+    with pytest.raises(SpireadError, match="`X` has one row per data row, so its gradient is as large as the data"):
+        program.gradients(["X"])
+
+
+WHERE_IT_STARTS = "`arrange` depends on where in the data a chunk starts"
+
+
+@pytest.mark.parametrize("positions, chunk_rows, message", [
+    (np.arange(200.0), 50, "on data rows 1–3, index (3, 0) is out of range for `(X * w)`, which is 3×4"),
+    (np.zeros(200), 1, WHERE_IT_STARTS),  # 0 in every chunk of one row, yet row 0 of all the rows
+    (np.tile(np.r_[0, np.arange(49.0)], 4), 50, "`arrange` picks from rows by position"),  # passes the probes
+])
+def test_picks_by_global_position_are_refused(positions, chunk_rows, message, data, tmp_path):
+    """Row positions read from a file index all the data rows, not a chunk's."""
+    save(tmp_path, "X", np.load(data / "X.npy")[:200])
+    save(tmp_path, "at", positions)
+    save(tmp_path, "cols", np.zeros(200))
+    text = 'X = load("X.npy")\nat = load("at.npy")\ncols = load("cols.npy")\nw = [1, 2, 3, 4]\n' \
+           'loss = (X * w).arrange(at, cols).sum'
+    with pytest.raises(SpireadError) as caught:
+        program = Program.of_source(Source(str(tmp_path / "p.ad"), text), Options(chunk_rows=chunk_rows), (), None,
+                                    tmp_path)
+        program.gradients(["w"])
+    assert caught.value.diagnostic.message.startswith("cannot run by row chunks: " + message)
+
+
+def test_nonfinite_warning_keeps_its_source_location_and_rows(data):
+    text = 'X = load("X.npy")\nw = [1, 0, 0, 0]\nloss = (X @@ w).log.sum\nloss.backward(w)'
+    source = Source(str(data / "prog.ad"), text)
+    _, got = dask_result(source, {}, data, chunk_rows=50)
+    overrides = {}
+    run = api.run_source(source, overrides, None, data)
+    assert np.isnan(got.value) and np.isnan(run.value)
+    first, numpy_first = got.diagnostics.warnings[0], run.diagnostics.warnings[0]
+    assert first.span == numpy_first.span and (first.span.line, first.span.column) == (3, 17)
+    assert first.message.startswith("`log` gave nan at ") and numpy_first.message.startswith("`log` gave nan at ")
+    assert first.notes == ("in data rows 0–49",)
+
+
+# ------------------------------------------------------------- clusters
+
+
+@pytest.mark.cluster
+def test_local_cluster_gives_the_same_numbers_with_and_without_persist(data):
+    from distributed import LocalCluster
+    source = Source(str(data / "prog.ad"), PROGRAMS["MLP, two totals and a log of the total"])
+    expected = numpy_result(source, {}, data)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster:
+        for persist in (False, True):
+            _, got = dask_result(source, {}, data, chunk_rows=40, scheduler=cluster.scheduler_address,
+                                 persist=persist)
+            assert_same(expected, got, f"LocalCluster, persist={persist}")
+
+
+# ------------------------------------------------------------- the command line
+
+
+def test_cli_grad_and_train_match_numpy(data):
+    """`grad` and `train` end to end: the same JSON numbers on both backends."""
+    (data / "sm.ad").write_text(PROGRAMS["softmax regression, a pick per row"])
+    for command in (["grad", "sm.ad"], ["train", "sm.ad", "--wrt", "W", "--wrt", "b", "--steps", "3", "--lr", "0.5"]):
+        numpy_out = spiread(*command, "--format", "json", cwd=data)
+        dask_out = spiread(*command, "--format", "json", "--backend", "dask", "--chunk-rows", "50", "--persist",
+                           cwd=data)
+        assert numpy_out.returncode == 0 and dask_out.returncode == 0, dask_out.stderr
+        expected, got = strict_json(numpy_out.stdout), strict_json(dask_out.stdout)
+        for key in ("gradients", "values"):
+            for name, entry in expected.get(key, {}).items():
+                np.testing.assert_allclose(got[key][name]["value"], entry["value"], rtol=RTOL, atol=1e-13)
+        np.testing.assert_allclose(got.get("loss", got.get("value", {}).get("value")),
+                                   expected.get("loss", expected.get("value", {}).get("value")), rtol=RTOL)
+
+
+def test_cli_eval_shows_the_values_that_are_not_row_data(data):
+    (data / "ls.ad").write_text(PROGRAMS["least squares, sum over rows(X)"])
+    out = spiread("eval", "ls.ad", "--backend", "dask", "--chunk-rows", "64", "--format", "json", cwd=data)
+    assert out.returncode == 0, out.stderr
+    values = strict_json(out.stdout)["values"]
+    assert set(values) == {"w", "loss"}
+    expected = strict_json(spiread("eval", "ls.ad", "--format", "json", cwd=data).stdout)["values"]["loss"]
+    np.testing.assert_allclose(values["loss"]["value"], expected["value"], rtol=RTOL)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["grad", "--chunk-rows", "5"], "spiread: error: `--chunk-rows` is an option of `--backend dask`"),
+    (["grad", "--persist"], "spiread: error: `--persist` is an option of `--backend dask`"),
+    (["check", "--backend", "dask"], "spiread: error: `check` runs on `--backend numpy` only"),
+    (["grad", "--backend", "dask", "--mode", "forward"],
+     "spiread: error: `--mode forward` runs on `--backend numpy` only; `--backend dask` computes gradients "
+     "in reverse mode"),
+])
+def test_cli_backend_usage_errors(args, message, data):
+    (data / "ls.ad").write_text(PROGRAMS["least squares, sum over rows(X)"])
+    out = spiread(args[0], "ls.ad", *args[1:], cwd=data)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[0] == message
+
+
+def test_cli_refusal_points_at_the_op(data):
+    (data / "gram.ad").write_text('X = load("X.npy")\nw = [1, 2, 3, 4]\nloss = (X.T @@ X).sum + w.sum\n')
+    out = spiread("grad", "gram.ad", "--backend", "dask", cwd=data)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[0] == ("gram.ad:3:11: error: cannot run by row chunks: `T` combines the rows of "
+                                          "`X` other than by a `.sum` or `.mean` of them")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.cluster
+def test_command_started_cluster(data, tmp_path):
+    """`dask scheduler` and two `dask worker` processes started by command on
+    127.0.0.1; `train --scheduler` gives numpy's numbers; the processes are
+    stopped by their ids whatever happens."""
+    (data / "mlp.ad").write_text(PROGRAMS["MLP, two totals and a log of the total"])
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    worker = [sys.executable, "-m", "distributed.cli.dask_worker"]
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = open(tmp_path / "cluster.log", "w")
+    processes = []
+    try:
+        processes.append(subprocess.Popen(dask + ["--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                          stdout=logs, stderr=logs))
+        for _ in range(2):
+            processes.append(subprocess.Popen(worker + [address, "--nthreads", "1", "--host", "127.0.0.1",
+                                                        "--no-dashboard", "--no-nanny"], stdout=logs, stderr=logs))
+        from distributed import Client
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=60)
+        args = ["train", "mlp.ad", "--wrt", "W1", "--wrt", "W2", "--steps", "2", "--lr", "0.1", "--format", "json"]
+        expected = strict_json(spiread(*args, cwd=data).stdout)
+        out = spiread(*args, "--backend", "dask", "--scheduler", address, "--chunk-rows", "60", cwd=data)
+        assert out.returncode == 0, out.stderr
+        got = strict_json(out.stdout)
+        np.testing.assert_allclose(got["loss"], expected["loss"], rtol=RTOL)
+        for name in ("W1", "W2"):
+            np.testing.assert_allclose(got["values"][name]["value"], expected["values"][name]["value"], rtol=RTOL)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        logs.close()
+
+
+def test_unreachable_scheduler_is_an_error(data):
+    (data / "ls.ad").write_text(PROGRAMS["least squares, sum over rows(X)"])
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    out = spiread("grad", "ls.ad", "--backend", "dask", "--scheduler", address, cwd=data)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"spiread: error: `--scheduler {address}`: cannot reach a Dask scheduler there")
+
+
+def test_numpy_backend_never_imports_dask():
+    """The extra is imported only when `--backend dask` is used (start-up time)."""
+    code = ("import sys\nfrom spiread_cli.cli import app\n"
+            "try:\n    app(['grad', 'examples/least_squares.ad'])\nexcept SystemExit:\n    pass\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'zarr')], 'imported'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=EXAMPLES.parent, timeout=60)
+    assert out.returncode == 0, out.stderr
