@@ -211,7 +211,7 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     def prepare():
         if backend == Backend.dask and (mode == Mode.forward or explain):
             raise usage_error(f"`{'--explain' if explain else '--mode forward'}` runs on `--backend numpy` only; "
-                              "`--backend dask` computes gradients in reverse mode, chunk by chunk")
+                              "`--backend dask` computes gradients in reverse mode")
 
     def compute(s, run):
         if s.program:

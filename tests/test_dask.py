@@ -400,3 +400,8 @@ def test_numpy_backend_never_imports_dask():
             "assert not [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'zarr')], 'imported'\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=EXAMPLES.parent, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_explain_is_refused_on_dask_before_any_work(tmp_path):
+    result = spiread("grad", EXAMPLES / "least_squares.ad", "--explain", "--backend", "dask")
+    assert result.returncode == 2 and "`--explain` runs on `--backend numpy` only" in result.stderr
