@@ -71,6 +71,14 @@ def _inputs_used(program) -> list[str]:
     return [n for n in program.names if n in program.inputs and program.depends_on(n)]
 
 
+def _draw_wrt(program, data) -> list[str]:
+    """One to three of the inputs the output depends on (the example is
+    skipped when there are none)."""
+    names = _inputs_used(program)
+    assume(names)
+    return data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True), label="wrt")
+
+
 def autograd_hessian(program, a: str, b: str) -> np.ndarray:
     """∂²output/∂a∂b by HIPS autograd, with both inputs as variables."""
     import autograd
@@ -93,10 +101,7 @@ def test_hessians_match_autograd(record_property):
     @SETTINGS
     @given(programs(), st.data())
     def check(program, data):
-        names = _inputs_used(program)
-        if not names:
-            return
-        wrt = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True), label="wrt")
+        wrt = _draw_wrt(program, data)
         r = run(program.source, name="generated.ad")
         # autograd writes pow's partial in the base as y · x ** where(y, y - 1, 1):
         # differentiated again, that gives ∂²(x**y)/∂x∂y = x (not 1/x) where y == 0.
@@ -129,10 +134,7 @@ def test_hvp_is_the_hessian_times_the_direction():
     @SETTINGS
     @given(programs(), st.data())
     def check(program, data):
-        names = _inputs_used(program)
-        if not names:
-            return
-        wrt = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True), label="wrt")
+        wrt = _draw_wrt(program, data)
         given_names = data.draw(st.lists(st.sampled_from(wrt), min_size=1, unique=True), label="directions")
         rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
         r = run(program.source, name="generated.ad")
