@@ -10,6 +10,7 @@ docs/forward-vs-reverse.md show where each wins.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -89,16 +90,17 @@ class ForwardSweep:
     def push_blocks(self, total: int, seed_block: Callable[[int, int], dict[int, np.ndarray]],
                     diagnostics: Diagnostics | None = None, budget_bytes: int = TANGENT_BUDGET_BYTES,
                     observe: SweepObserver | None = None) -> np.ndarray:
-        """Directional derivatives of the scalar output for `total` directions,
-        seed_block(start, k) giving directions start..start+k; shape (total,).
-        As in reverse mode, a block whose result is not finite is pushed again
-        with checks, to warn where the first non-finite derivative was born."""
-        result = np.zeros(total)
+        """Directional derivatives of the output for `total` directions,
+        seed_block(start, k) giving directions start..start+k; shape (total,)
+        + the output's shape. As in reverse mode, a block whose result is not
+        finite is pushed again with checks, to warn where the first
+        non-finite derivative was born."""
+        result = np.zeros((total,) + self.nodes[self.output].value.shape)
         block = self.block_size(total, budget_bytes)
         for start in range(0, total, block):
             k = min(block, total - start)
             seeds = seed_block(start, k)
-            result[start:start + k] = self.push(seeds, observe).reshape(k)
+            result[start:start + k] = self.push(seeds, observe)
             if diagnostics is not None and not all_finite(result[start:start + k]):
                 births = Births(self.nodes)
                 self.push(seeds, births.forward)
@@ -110,18 +112,23 @@ class ForwardSweep:
 def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,
                      budget_bytes: int = TANGENT_BUDGET_BYTES,
                      observe: SweepObserver | None = None) -> dict[int, np.ndarray]:
-    """The gradient of the scalar `output` with respect to each node in `wrt`:
-    one direction per input entry (rows of the identity), in blocks;
-    `observe` as for `ForwardSweep.push`."""
+    """The Jacobian of `output` with respect to each node W in `wrt`, shaped
+    shape(output) + shape(W) (for a scalar output, the gradient): one
+    direction per input entry (rows of the identity), in blocks; `observe`
+    as for `ForwardSweep.push`."""
     nodes = tape.nodes
     sweep = ForwardSweep(tape, output, wrt)
-    offsets = np.cumsum([0] + [nodes[i].value.size for i in wrt])
+    sizes = [nodes[i].value.size for i in wrt]
+    offsets = np.cumsum([0] + sizes)
 
     def seed_block(start: int, k: int) -> dict[int, np.ndarray]:
         return {i: _identity_rows(nodes[i].value.shape, int(offsets[p]), start, k) for p, i in enumerate(wrt)}
 
-    flat = sweep.push_blocks(int(offsets[-1]), seed_block, diagnostics, budget_bytes, observe)
-    return {i: flat[offsets[p]:offsets[p + 1]].reshape(nodes[i].value.shape) for p, i in enumerate(wrt)}
+    rows = sweep.push_blocks(int(offsets[-1]), seed_block, diagnostics, budget_bytes, observe)
+    out_shape = nodes[output].value.shape
+    # Row j is the derivative along entry j: a W's rows, transposed, are its block.
+    return {i: np.ascontiguousarray(rows[offsets[p]:offsets[p + 1]].reshape(sizes[p], math.prod(out_shape)).T)
+            .reshape(out_shape + nodes[i].value.shape) for p, i in enumerate(wrt)}
 
 
 def directional_forward(tape: Tape, output: int, node: int, directions: np.ndarray,

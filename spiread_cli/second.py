@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .diagnostics import Diagnostics, SpireadError, did_you_mean, shape_str
-from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, _identity_rows
+from .forward import TANGENT_BUDGET_BYTES, jacobian_forward
 from .ops import OPS
-from .tape import Births, Run, Tape, all_finite
+from .tape import Run, Tape
 
 
 class SecondOrder:
@@ -49,33 +49,16 @@ class SecondOrder:
     def hessian(self, budget_bytes: int = TANGENT_BUDGET_BYTES) -> dict[str, dict[str, np.ndarray]]:
         """Every block ∂²f/∂A∂B (A, B in wrt), shape shape(A) + shape(B), as
         torch.autograd.functional.hessian lays it out."""
-        tape, nodes = self.run.tape, self.run.tape.nodes
         names, seeded = list(self.ids), list(self.ids.values())
-        sizes = [nodes[i].value.size for i in seeded]
-        offsets = np.cumsum([0] + sizes)
-        total = int(offsets[-1])
         diagnostics = self.run.diagnostics
         blocks: dict[str, dict[str, np.ndarray]] = {}
         for a, a_id in self.ids.items():
-            g = self.grad_ids[a_id]
-            shape_a = nodes[a_id].value.shape
-            sweep = ForwardSweep(tape, g, seeded)
-            rows = np.zeros((total,) + shape_a)  # row j: ∂(∂f/∂A)/∂(entry j of the seeded values)
-            block = sweep.block_size(total, budget_bytes)
-            for start in range(0, total, block):
-                k = min(block, total - start)
-                seeds = {i: _identity_rows(nodes[i].value.shape, int(offsets[p]), start, k)
-                         for p, i in enumerate(seeded)}
-                rows[start:start + k] = sweep.push(seeds)
-                if diagnostics is not None and not all_finite(rows[start:start + k]):
-                    births = Births(nodes)
-                    sweep.push(seeds, births.forward)
-                    births.warn(diagnostics)
-                    diagnostics = None  # one warning about the second derivative is enough
-            blocks[a] = {}
-            for p, b in enumerate(names):
-                part = rows[offsets[p]:offsets[p + 1]].reshape(sizes[p], -1)  # (entries of B, entries of A)
-                blocks[a][b] = np.ascontiguousarray(part.T).reshape(shape_a + nodes[seeded[p]].value.shape)
+            # Forward over reverse: the Jacobian of the recorded ∂f/∂A is row A of the Hessian.
+            before = len(diagnostics.warnings) if diagnostics is not None else 0
+            jacobian = jacobian_forward(self.run.tape, self.grad_ids[a_id], seeded, diagnostics, budget_bytes)
+            if diagnostics is not None and len(diagnostics.warnings) > before:
+                diagnostics = None  # one warning about the second derivative is enough
+            blocks[a] = {b: jacobian[i] for b, i in zip(names, seeded)}
         return blocks
 
     # ------------------------------------------- Hessian-vector products

@@ -261,7 +261,7 @@ class Tape:
         if needs[output]:
             adjoints[output] = self.leaf(np.ones_like(out_node.value), "const", out_node.span).id
         wanted = set(wrt)
-        born = None
+        births = Births(nodes) if diagnostics is not None else None
         for node in reversed(nodes[lowest:output + 1]):
             g = adjoints.get(node.id) if node.id in wanted else adjoints.pop(node.id, None)
             if g is None or node.op is None:
@@ -276,14 +276,13 @@ class Tape:
                 gi = node.op.vjp_graph(k, g, node.id, *node.inputs, emit=emit, **node.params)
                 if gi is None:  # a derivative that is 0 (stopGradient, a mask)
                     continue
-                if diagnostics is not None and born is None and derivative_born(node, nodes, [nodes[g].value],
-                                                                                   nodes[gi].value):
-                    born = (node, nodes[gi].value, [nodes[j].value for j in node.inputs])
+                if births is not None:
+                    births.reverse(node, nodes[g].value, k, nodes[gi].value)
                 if i in adjoints:
                     gi = Emitter(self, nodes[i].span, f"Σ∂ {nodes[i].name or nodes[i].label}")("add", [adjoints[i], gi])
                 adjoints[i] = gi
-        if born is not None:
-            warn_derivative(diagnostics, *born)  # the first op, sweeping back from the output
+        if births is not None:
+            births.warn(diagnostics)  # the first op, sweeping back from the output
         return {w: adjoints[w] if w in adjoints else self.leaf(np.zeros_like(nodes[w].value), "const", nodes[w].span).id
                 for w in wrt}
 
@@ -333,30 +332,28 @@ def derivative_born(node: Node, nodes: list[Node], incoming: Iterable[np.ndarray
 
 
 class Births:
-    """An observer for either sweep that records each node whose derivative
-    rule turned finite values into non-finite ones; `warn` names the first."""
+    """An observer for any sweep (numeric or recorded, reverse or forward)
+    that finds the first node whose derivative rule turned finite values into
+    non-finite ones; `warn` names it."""
 
     def __init__(self, nodes: list[Node]):
         self.nodes = nodes
-        self.found: list[tuple[Node, np.ndarray]] = []
+        self.first: tuple[Node, np.ndarray] | None = None
 
     def reverse(self, node: Node, g: np.ndarray, k: int, gi: np.ndarray) -> None:
-        if derivative_born(node, self.nodes, [g], gi):
-            self.found.append((node, gi))
+        if self.first is None and derivative_born(node, self.nodes, [g], gi):
+            self.first = (node, gi)
 
     def forward(self, node: Node, ts: list, t: np.ndarray) -> None:
-        if derivative_born(node, self.nodes, ts, t):
+        if self.first is None and derivative_born(node, self.nodes, ts, t):
             direction = int(np.argwhere(~np.isfinite(t))[0][0])  # the first seed that met it
-            self.found.append((node, t[direction]))
+            self.first = (node, t[direction])
 
     def warn(self, diagnostics: Diagnostics) -> None:
-        if self.found:
-            node, produced = self.found[0]
-            warn_derivative(diagnostics, node, produced, [self.nodes[i].value for i in node.inputs])
-
-
-def warn_derivative(diagnostics: Diagnostics, node: Node, produced: np.ndarray, args: list[np.ndarray]) -> None:
-    diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", produced, args), node.span)
+        if self.first is not None:
+            node, produced = self.first
+            diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", produced,
+                                                [self.nodes[i].value for i in node.inputs]), node.span)
 
 
 # ------------------------------------------------------------------ runs

@@ -435,3 +435,10 @@ def test_the_mixed_partial_of_pow_at_a_zero_exponent_is_one_over_the_base():
     eps = 1e-6
     fd = ((0.52 + eps) ** eps - (0.52 + eps) ** -eps - (0.52 - eps) ** eps + (0.52 - eps) ** -eps) / (4 * eps * eps)
     assert blocks["w"]["h"] == pytest.approx(fd, rel=1e-4)
+
+
+def test_hessian_blocks_of_a_value_with_no_entries_are_empty_and_shaped():
+    r = run("w = zeros(0)\nv = [1.0, 2.0]\nloss = w.sum + (v * v).sum\n")
+    blocks = second.hessian(r, ["w", "v"]).blocks
+    assert blocks["w"]["w"].shape == (0, 0) and blocks["w"]["v"].shape == (0, 2) and blocks["v"]["w"].shape == (2, 0)
+    np.testing.assert_array_equal(blocks["v"]["v"], [[2.0, 0.0], [0.0, 2.0]])
