@@ -363,9 +363,8 @@ def train_command(
                 file, set_, of, command="train", compute=compute, document=lambda run, outcome: train_document(*outcome),
                 text=lambda run, outcome: train_text(run, *outcome, steps, chosen), fmt=fmt, strict=strict, debug=debug,
                 prepare=prepare, backend=(backend, scheduler, chunk_rows, persist),
-                outputs=[files.Output("--save", save, (".npz",)),
-                                          files.Output("--log", log, (".csv", ".txt")),
-                                          files.Output("--plot", plot, (".png",))])
+                outputs=[files.Output("--save", save, (".npz",)), files.Output("--log", log, (".csv", ".txt")),
+                         files.Output("--plot", plot, (".png",))])
     except Interrupted as again:  # a second signal: stop at once, keeping no partial files
         print("spiread: interrupted; nothing saved", file=sys.stderr)
         raise typer.Exit(again.exit_code) from None
