@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-import traceback
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -109,8 +107,7 @@ def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: b
     try:
         yield s
     except SpireadError as err:
-        if debug:
-            traceback.print_exc()
+        _traceback(debug)
         if err.source is None and s.run is not None:
             err.located_in(s.run.source)
         emit(err.diagnostic, err.source)
@@ -120,16 +117,14 @@ def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: b
         silence_standard_streams()
         raise typer.Exit(141) from None
     except RecursionError:
-        if debug:
-            traceback.print_exc()
+        _traceback(debug)
         print(f"spiread: error: {file}: the program nests too deeply to evaluate", file=sys.stderr)
         raise typer.Exit(1) from None
     except MemoryError:
         print(f"spiread: error: {file}: out of memory", file=sys.stderr)
         raise typer.Exit(1) from None
     except Exception as err:  # a bug of ours
-        if debug:
-            traceback.print_exc()
+        _traceback(debug)
         print(f"spiread: internal error: {type(err).__name__}: {err}\n"
               "This is a bug in spiread. Please report it with the program that caused it "
               "(run again with --debug for a traceback).", file=sys.stderr)
@@ -137,6 +132,12 @@ def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: b
     finally:
         if s.program is not None:  # a --scheduler connection
             s.program.close()
+
+
+def _traceback(debug: bool) -> None:
+    if debug:
+        import traceback  # only for --debug: start-up time
+        traceback.print_exc()
 
 
 def run_command(file: str, sets, of, *, command: str, compute: Callable, text: Callable, document: Callable | None = None,
@@ -149,11 +150,13 @@ def run_command(file: str, sets, of, *, command: str, compute: Callable, text: C
     mode; on stderr when `stdout_is_data`), `compute(session, run)`, the
     warnings, then `document(run, result)` as JSON (tagged with `command`'s
     schema) or `text(run, result)`. Returns (run, result)."""
-    from .files import check_outputs, command_inputs
     from .output import write_json, write_printed
     sets = list(sets or [])
     with session(file, fmt, strict, debug) as s:
-        check_outputs([o for o in outputs if o.path is not None], command_inputs(file, sets))
+        given = [o for o in outputs if o.path is not None]
+        if given:  # files.py (and tempfile) only for commands writing files: start-up time
+            from .files import check_outputs, command_inputs
+            check_outputs(given, command_inputs(file, sets))
         options = backend_options(*backend)
         prepare()
         run = s.run = _load(s, file, sets, of, options)
@@ -381,6 +384,7 @@ def schema_command(command: Annotated[str, typer.Argument(metavar="COMMAND",
                                                           help="The command whose --format json document to describe.")],
                    debug: DebugOpt = False):
     """The JSON Schema (draft 2020-12) of a command's --format json document."""
+    import json
     from . import schemas
     from .diagnostics import did_you_mean, usage_error
     from .output import write_stdout

@@ -56,23 +56,23 @@ def short_shape(shape: tuple) -> str:
     return "scalar" if not shape else "×".join(map(str, shape))
 
 
-def values_table(rows: list[tuple]):
+def values_table(rows: list[tuple]) -> list[tuple[str, str]]:
     """Aligned `name  shape  value` lines; a matrix continues on the lines below.
-    A row is (name, array), or (name, array, text) to show the value as `text`."""
-    from rich.text import Text
-
+    A row is (name, array), or (name, array, text) to show the value as `text`.
+    The table is (text, style) pieces, for `print_blocks`."""
     name_width = max((len(row[0]) for row in rows), default=0)
     shape_width = max((len(short_shape(np.shape(row[1]))) for row in rows), default=0)
     indent = " " * (name_width + shape_width + 4)
-    out = Text()
+    out = []
     for name, value, *text in rows:
-        out.append(name.ljust(name_width), style="bold cyan")
-        out.append("  ")
-        out.append(short_shape(np.shape(value)).ljust(shape_width), style="magenta")
-        out.append("  ")
-        out.append((text[0] if text and text[0] is not None else format_array(value)).replace("\n", "\n" + indent))
-        out.append("\n")
-    out.rstrip()
+        shown = text[0] if text and text[0] is not None else format_array(value)
+        out += [(name.ljust(name_width), "bold cyan"), ("  ", ""),
+                (short_shape(np.shape(value)).ljust(shape_width), "magenta"), ("  ", ""),
+                (shown.replace("\n", "\n" + indent), ""), ("\n", "")]
+    while out and not out[-1][0].rstrip():  # no trailing newline or blanks: print_blocks ends the block
+        out.pop()
+    if out:
+        out[-1] = (out[-1][0].rstrip(), out[-1][1])
     return out
 
 
@@ -139,6 +139,28 @@ def stdout_console():
     # Piped output is not wrapped at 80 columns: a script reads whole lines.
     out = _StandardOutput()
     return StdoutConsole(file=out, highlight=False, soft_wrap=True, width=None if out.isatty() else 10_000)
+
+
+def print_blocks(*blocks: str | list[tuple[str, str]]) -> None:
+    """Print each block, then a newline, on standard output. A block is plain
+    text or (text, style) pieces (`values_table`). On a terminal rich prints
+    them, coloured; anywhere else they are written as plain text without
+    importing rich at all, as diagnostics.emit does for stderr (rich costs a
+    sixth of `import numpy` at start-up: docs/performance.md)."""
+    if sys.stdout is not None and sys.stdout.isatty():
+        from rich.text import Text
+        console = stdout_console()
+        for block in blocks:
+            if isinstance(block, str):
+                console.print(block, markup=False)
+            else:
+                text = Text()
+                for piece, style in block:
+                    text.append(piece, style=style or None)
+                console.print(text)
+        return
+    write_stdout("".join((block if isinstance(block, str) else "".join(piece for piece, _ in block)) + "\n"
+                         for block in blocks))
 
 
 def write_json(document: dict) -> None:
@@ -304,12 +326,9 @@ def _run_value_row(run, name: str, node_id: int) -> tuple:
 
 def eval_text(run) -> None:
     """Every bound value, then the output."""
-    console = stdout_console()
     rows = [_run_value_row(run, name, i) for name, i in run.bindings.items()]
-    if rows:
-        console.print(values_table(rows))
-        console.print()
-    console.print(values_table([_run_value_row(run, f"output {run.output_name}", run.output)]))
+    output = values_table([_run_value_row(run, f"output {run.output_name}", run.output)])
+    print_blocks(*((values_table(rows), "") if rows else ()), output)
 
 
 def write_printed(run, to_stderr: bool = False) -> None:
@@ -336,13 +355,12 @@ def grad_document(run, result, mode: str, explanation=None) -> dict:
 
 def grad_text(run, result, explanation=None) -> None:
     """With an explanation: the sweep step by step, then the gradients."""
-    console = stdout_console()
+    blocks = []
     if explanation is not None:
         from .explain import explanation_text
-        console.print(explanation_text(run, explanation) + "\n", markup=False)
-    console.print(values_table([(run.output_name, result.value)]))
-    console.print()
-    console.print(values_table([(f"∂{run.output_name}/∂{n}", g) for n, g in result.gradients.items()]))
+        blocks.append(explanation_text(run, explanation) + "\n")
+    print_blocks(*blocks, values_table([(run.output_name, result.value)]), "",
+                 values_table([(f"∂{run.output_name}/∂{n}", g) for n, g in result.gradients.items()]))
 
 
 def hessian_document(result) -> dict:
@@ -354,15 +372,12 @@ def hessian_document(result) -> dict:
 
 
 def hessian_text(run, result) -> None:
-    console = stdout_console()
-    console.print(values_table([(run.output_name, result.value)]))
-    console.print()
     out = run.output_name
     if hasattr(result, "blocks"):
         rows = [(f"∂²{out}/∂{a}∂{b}", h) for a, row in result.blocks.items() for b, h in row.items()]
     else:
         rows = [(f"(H·v) for {a}", p) for a, p in result.products.items()]
-    console.print(values_table(rows))
+    print_blocks(values_table([(out, result.value)]), "", values_table(rows))
 
 
 def train_document(result, written) -> dict:
@@ -373,7 +388,5 @@ def train_document(result, written) -> dict:
 
 def train_text(run, result, written, steps: int, optimizer) -> None:
     """The summary, the files written, then the trained values."""
-    console = stdout_console()
-    console.print(train_summary(result, run, steps, optimizer) + "".join(f"\n{w}" for w in written.done) + "\n",
-                  markup=False)
-    console.print(values_table([(name, result.values[name]) for name in result.names]))
+    print_blocks(train_summary(result, run, steps, optimizer) + "".join(f"\n{w}" for w in written.done) + "\n",
+                 values_table([(name, result.values[name]) for name in result.names]))
