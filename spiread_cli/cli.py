@@ -349,7 +349,8 @@ def train_command(
         s.finish_warnings(run)  # before the progress lines
         with StepReporter(steps) as reporter:
             result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
-                                    stop_requested=stop_requested, steps_by=s.program.steps if s.program else None)
+                                    stop_requested=stop_requested, steps_by=s.program.steps if s.program else None,
+                                    spend_run=True)  # nothing below reads the run's values
         written = files.write_training_files(result, save, log, plot,
                                              f"{file}: {run.output_name}, {chosen.describe()}")
         if result.error is not None:

@@ -224,7 +224,7 @@ class Program:
         reporter = StepReporter(steps, live=True) if show else None
         with _stop_on_interrupt() as stop_requested, reporter or nullcontext():
             result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
-                                    stop_requested=stop_requested)
+                                    stop_requested=stop_requested, spend_run=True)  # the run is this call's own
         trained = Training(result.names, list(result.losses), {n: _array(v) for n, v in result.values.items()},
                            result.status, result.seconds, train_summary(result, run, steps, chosen))
         if result.error is not None:

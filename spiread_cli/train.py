@@ -64,11 +64,14 @@ Steps = Callable[[int, dict[str, np.ndarray]], tuple[float, dict[str, np.ndarray
 def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = False,
           on_step: Callable[[int, float], None] | None = None,
           stop_requested: Callable[[], bool] = lambda: False,
-          steps_by: Callable[[list[str], bool], Steps] | None = None) -> TrainResult:
+          steps_by: Callable[[list[str], bool], Steps] | None = None, spend_run: bool = False) -> TrainResult:
     """Run `steps` steps of forward, backward and `optimizer.step` on the `wrt`
     values (names, checked by `trainable_names`). The run itself is left as it
     was: training works on a fused copy of its tape (or, with `steps_by`, on
-    what that makes of the names and `strict`).
+    what that makes of the names and `strict`). With `spend_run`, a caller
+    that will not read the run's values again (the command line, `Program.train`)
+    lets the values only the run's tape holds go once the fused copy exists
+    (`release_unfused`), so they do not stay in memory through the steps.
 
     Stops early when `stop_requested()` turns true (after the step in
     progress), or with `result.error` set when the loss or a gradient is not
@@ -78,7 +81,7 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     """
     names = trainable_names(run, wrt)
     if steps_by is None:
-        step_values = tape_steps(run, names, strict, optimizer)
+        step_values = tape_steps(run, names, strict, optimizer, spend_run)
     elif getattr(optimizer, "needs_curvature", False):
         raise usage_error(f"`--optimizer {optimizer.describe().split()[0]}` runs on `--backend numpy` only")
     else:
@@ -118,12 +121,15 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     return finish("interrupted" if stop_requested() else "done", values)
 
 
-def tape_steps(run: Run, names: list[str], strict: bool, optimizer=None) -> Steps:
-    """Steps on the run's tape, fused for its output and the trained leaves."""
+def tape_steps(run: Run, names: list[str], strict: bool, optimizer=None, spend_run: bool = False) -> Steps:
+    """Steps on the run's tape, fused for its output and the trained leaves
+    (`spend_run`: see `train`)."""
     # Only the trained leaves change between steps, which is what the fused
     # rewrites assume (the bigram model becomes one log-softmax-pick op).
     fused = fuse(run.tape, run.output, [run.bindings[n] for n in names])
     tape, ids = fused.tape, fused.wrt
+    if spend_run:
+        release_unfused(run, tape)
     if getattr(optimizer, "needs_curvature", False):  # Newton: the gradient recorded on the copy, for HVPs
         optimizer.attach(tape, fused.output, dict(zip(names, ids)))
     nodes = tape.nodes
@@ -149,6 +155,18 @@ def tape_steps(run: Run, names: list[str], strict: bool, optimizer=None) -> Step
         return loss, {n: grads_by_id[i] for n, i in zip(names, ids)}, diagnostics.warnings
 
     return step
+
+
+def release_unfused(run: Run, fused: Tape) -> None:
+    """Let go of the recorded values that only the run's tape holds, now that
+    `fused` computes the output without them: for the bigram, the one-hot
+    matrix and the unfused logits, exponentials, probabilities and selection
+    (five 228,146 × 27 arrays, 230 MB), of which the fused steps read none.
+    The run keeps its nodes, names and output value; the others' values are None."""
+    kept = {id(node.value) for node in fused.nodes}
+    for node in run.tape.nodes:
+        if node.id != run.output and id(node.value) not in kept:
+            node.value = None
 
 
 def _kept_note(step: int, losses: list[float]) -> str:
