@@ -68,22 +68,23 @@ def test_a_terminal_gets_the_same_text_in_colour(args):
     text written without rich. Both must say the same thing."""
     piped = spiread(*args, cwd=EXAMPLES)
     primary, secondary = os.openpty()
+    shown = b""
     try:
-        done = subprocess.run([sys.executable, "-m", "spiread_cli", *args], stdout=secondary, stderr=subprocess.PIPE,
-                              cwd=EXAMPLES, timeout=60, env={**os.environ, "COLUMNS": "200"})
+        child = subprocess.Popen([sys.executable, "-m", "spiread_cli", *args], stdout=secondary,
+                                 stderr=subprocess.DEVNULL, cwd=EXAMPLES, env={**os.environ, "COLUMNS": "200"})
         os.close(secondary)
-        shown = b""
-        while True:
+        while True:  # read as it writes: a full terminal buffer would stop the child
             try:
                 chunk = os.read(primary, 1 << 16)
-            except OSError:  # the terminal's other end closed
+            except OSError:  # EIO: the child has exited and closed the terminal
                 break
             if not chunk:
                 break
             shown += chunk
+        code = child.wait(timeout=60)
     finally:
         os.close(primary)
-    assert done.returncode == piped.returncode == 0
+    assert code == piped.returncode == 0
     text = shown.decode("utf-8").replace("\r\n", "\n")
     assert ANSI.search(text), "no colour on a terminal"
     assert ANSI.sub("", text) == piped.stdout
