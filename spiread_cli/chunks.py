@@ -9,9 +9,10 @@ gradient are simply added up. Little but the parameters and the gradients
 moves between processes.
 
 Which data are row-chunked: the files a program loads (and `--set NAME=PATH`
-files) that have the most rows, N; every other file is read whole. `.npy` and
-`.zarr` files are read a chunk at a time (a task carries the path and the
-rows, never the data); other files are read whole once and sliced.
+files) that have the most rows, N; every other file is read whole. `.npy`,
+`.zarr` and text (CSV) files are read a chunk at a time (a task carries the
+path and the rows, never the data); `.npz` and JSON are read whole once and
+sliced.
 
 Whether a program can run this way is decided from its tape, never from its
 values: the program is recorded on the first 2 and the first 3 rows, and on
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from . import syntax as ast
-from .data import as_float64, load_array, npy_layout, shown
+from .data import TEXT_SUFFIXES, TextTable, as_float64, load_array, npy_layout, shown
 from .diagnostics import Diagnostic, Diagnostics, Source, Span, SpireadError, shape_str
 from .interpreter import Interpreter
 from .limits import max_bytes
@@ -131,8 +132,27 @@ class ZarrRows:
 
 
 @dataclass(frozen=True)
+class TextRows:
+    """Rows of a CSV (or other text) table, found by one scan of the file
+    (data.TextTable: the row count, the header rule and every row checked);
+    a task carries the path and the blocks' offsets, never the data."""
+    table: TextTable
+
+    @staticmethod
+    def open(path: Path, span: Span | None) -> "TextRows":
+        return TextRows(TextTable.scan(path, span))
+
+    @property
+    def rows(self) -> int:
+        return self.table.rows
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.table.read(start, stop)
+
+
+@dataclass(frozen=True)
 class ArrayRows:
-    """A file read whole (`.npz`, JSON, CSV and other text): sliced in memory."""
+    """A file read whole (`.npz`, JSON): sliced in memory."""
     array: np.ndarray
 
     @property
@@ -149,12 +169,15 @@ def open_rows(path: Path, span: Span | None, name: str | None = None):
         return ZarrRows.open(path, span)
     if suffix == ".npy" and path.is_file():
         return NpyRows.open(path, span)
+    if suffix in TEXT_SUFFIXES and path.is_file():
+        return TextRows.open(path, span)
     return ArrayRows(load_array(path, span, name))
 
 
-def loaded_paths(module: ast.Module, base_dir: Path) -> list[Path]:
-    """The files `load("…")` calls name (the path is always a literal), found
-    by walking the syntax tree with an explicit stack."""
+def loaded_paths(module: ast.Module, base_dir: Path) -> list[tuple[Path, Span]]:
+    """The files `load("…")` calls name (the path is always a literal), with
+    the literal's span (where a message about the file points), found by
+    walking the syntax tree with an explicit stack."""
     found, stack = [], [module]
     while stack:
         node = stack.pop()
@@ -164,7 +187,7 @@ def loaded_paths(module: ast.Module, base_dir: Path) -> list[Path]:
         if (isinstance(node, ast.Call) and isinstance(node.callee, ast.Name) and node.callee.id == "load"
                 and node.args and isinstance(node.args[0], ast.String)):
             path = Path(node.args[0].value)
-            found.append(path if path.is_absolute() else base_dir / path)
+            found.append((path if path.is_absolute() else base_dir / path, node.args[0].span))
         for slot in getattr(type(node), "__slots__", ()):
             child = getattr(node, slot, None)
             if isinstance(child, list) or hasattr(type(child), "__slots__") and not isinstance(child, (str, Span)):
@@ -183,10 +206,10 @@ class Data:
     @staticmethod
     def open(module: ast.Module, base_dir: Path, set_files: dict[str, Path]) -> "Data":
         files = {}
-        for path in loaded_paths(module, base_dir):
+        for path, span in loaded_paths(module, base_dir):
             key = str(path.resolve())
             if key not in files and (path.exists()):
-                files[key] = open_rows(path, None)
+                files[key] = open_rows(path, span)
         sets = {name: open_rows(path, None, name) for name, path in set_files.items()}
         return Data(files, sets, max([r.rows for r in [*files.values(), *sets.values()]], default=0))
 

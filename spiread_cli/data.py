@@ -23,6 +23,7 @@ import struct
 import warnings
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from .diagnostics import SpireadError, Span, shape_str
 from .limits import check_shape, human_bytes, max_bytes
 
 SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".txt", ".json")
+TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 
 # The most memory reading a byte of text may take: a number takes at least
 # 2 bytes (`1,`) and 8 as float64; JSON is parsed into Python objects first,
@@ -47,8 +49,8 @@ _NPY_MAGIC = b"\x93NUMPY"
 _NPY_HEADER_LENGTH = {1: ("<H", "latin1"), 2: ("<I", "latin1"), 3: ("<I", "utf8")}
 
 _LIMIT_NOTE = "set SPIREAD_MAX_BYTES (in bytes) to raise the limit"
-_CHUNKS_NOTE = ("for data larger than memory, `--backend dask` reads .npy and .zarr files a chunk of rows "
-                "at a time (docs/scaling.md)")
+_CHUNKS_NOTE = ("for data larger than memory, `--backend dask` reads .npy, .zarr and text (.csv, .tsv, .txt) "
+                "files a chunk of rows at a time (docs/scaling.md)")
 _SHOWN_NAMES = 5  # how many names an error lists before saying how many more
 
 
@@ -416,49 +418,69 @@ def _is_number(cell: str) -> bool:
 def _from_text(text: str, suffix: str) -> np.ndarray:
     """A table of numbers. Its first row is a header, skipped, only when none
     of its cells is a number; a single number is a scalar; one column a vector."""
-    first = next(((number, content) for number, content in _contents(text) if content.strip()), None)
+    delimiter, header_line = _table_start(text, suffix)
+    return _table_shaped(_parse_rows(text, delimiter, header_line))
+
+
+def _table_start(text: str, suffix: str, first_line: int = 1) -> tuple[str | None, int]:
+    """The delimiter, and the header's line number (0: no header), from the
+    first line with content: the header rule every text table is read by."""
+    first = next(((number, content) for number, content in _contents(text, first_line) if content.strip()), None)
     if first is None:
         raise _Unreadable("it holds no numbers")
     delimiter = "\t" if suffix == ".tsv" else "," if (suffix == ".csv" or "," in first[1]) else None
     cells = first[1].split(delimiter)
     numeric = [_is_number(cell) for cell in cells]
-    header_line = 0
     if not any(numeric):
-        header_line = first[0]
-    elif not all(numeric):
+        return delimiter, first[0]
+    if not all(numeric):
         column = numeric.index(False)
         raise _Unreadable(f"line {first[0]}, column {column + 1}: `{_clip(cells[column].strip())}` is not a number")
+    return delimiter, 0
+
+
+def _parse_rows(text: str, delimiter: str | None, header_line: int, first_line: int = 1,
+                width: tuple[int, int] | None = None) -> np.ndarray:
+    """The rows of a table (or of a block of one whose first line is line
+    `first_line` of the file) as a 2-D array; `width` is (line, columns) of the
+    table's first row when it is in an earlier block."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # numpy only warns about a file with no rows
-            array = np.loadtxt(_rows(text, header_line), delimiter=delimiter, dtype=np.float64, ndmin=2,
-                               comments=None)
+            array = np.loadtxt(_rows(text, header_line, first_line), delimiter=delimiter, dtype=np.float64,
+                               ndmin=2, comments=None)
     except (ValueError, UserWarning):
-        raise _Unreadable(_text_problem(text, delimiter, header_line)) from None
+        raise _Unreadable(_text_problem(text, delimiter, header_line, first_line, width)) from None
+    if width is not None and array.shape[1] != width[1]:
+        raise _Unreadable(_text_problem(text, delimiter, header_line, first_line, width))
+    return array
+
+
+def _table_shaped(array: np.ndarray) -> np.ndarray:
     if array.shape == (1, 1):
         return array.reshape(())
     return array[:, 0] if array.shape[1] == 1 else array
 
 
-def _contents(text: str):
+def _contents(text: str, first_line: int = 1):
     """(line number, the line without its comment), one line at a time."""
-    for number, line in enumerate(io.StringIO(text), start=1):
+    for number, line in enumerate(io.StringIO(text), start=first_line):
         yield number, line.split("#", 1)[0]
 
 
-def _rows(text: str, header_line: int):
+def _rows(text: str, header_line: int, first_line: int = 1):
     """The lines of the table proper: not the header, nor blank or comment-only
     lines (numpy would read a line of spaces in a CSV as an empty cell)."""
-    for number, content in _contents(text):
+    for number, content in _contents(text, first_line):
         if number > header_line and content.strip():
             yield content
 
 
-def _text_problem(text: str, delimiter: str | None, header_line: int) -> str:
+def _text_problem(text: str, delimiter: str | None, header_line: int, first_line: int = 1,
+                  width: tuple[int, int] | None = None) -> str:
     """What is wrong with a table numpy refused, by line and column (the
     slow path, taken only on error)."""
-    width = None
-    for number, content in _contents(text):
+    for number, content in _contents(text, first_line):
         if number <= header_line or not content.strip():
             continue  # as _rows skips
         cells = content.split(delimiter)
@@ -470,6 +492,126 @@ def _text_problem(text: str, delimiter: str | None, header_line: int) -> str:
         elif len(cells) != width[1]:
             return f"line {number} has {len(cells)} columns, but line {width[0]} has {width[1]}"
     return "it holds no numbers" if width is None else "it is not a table of numbers"
+
+
+# ------------------------------------------------------------------ text, a block of rows at a time
+
+TEXT_BLOCK_BYTES = 1 << 20  # a text table is scanned, and its rows found, a block of about this many bytes at a time
+
+
+@dataclass(frozen=True)
+class TextBlock:
+    offset: int        # where its bytes start in the file
+    size: int          # its bytes: whole lines
+    line: int          # the file's line number of its first line
+    rows: int          # the table rows in it
+
+
+@dataclass(frozen=True)
+class TextTable:
+    """A CSV (or other text) table read a block of rows at a time, for
+    `--backend dask`: `scan` reads the file once, in blocks of whole lines,
+    applying the header rule and checking every row as `load_array` does
+    (the same messages, the same line numbers), and keeps where each block
+    starts and how many rows it holds; `read` then parses only the blocks that
+    hold the rows asked for. Nothing holds more than a block and the rows read."""
+    path: str
+    delimiter: str | None
+    header_line: int
+    shape: tuple[int, ...]       # as load_array gives it: () for one number, (n,) for one column
+    blocks: tuple[TextBlock, ...]
+
+    @staticmethod
+    def scan(path: Path, span: Span | None = None, block_bytes: int | None = None) -> "TextTable":
+        block_bytes = block_bytes or TEXT_BLOCK_BYTES
+        prefix = f"cannot load `{shown(path)}`"
+        suffix = path.suffix.lower()
+        blocks, start, width, rows = [], None, None, 0
+        with _open_regular(path, prefix, span) as file:
+            try:
+                for offset, raw, line in _line_blocks(file, block_bytes):
+                    text = _decode_block(raw, line, offset == 0)
+                    if start is None and any(c.strip() for _, c in _contents(text, line)):
+                        start = _table_start(text, suffix, line)  # (delimiter, header line)
+                    first_row = _first_row(text, start[1], line) if start else None
+                    if first_row is None:  # blank lines, comments or the header only
+                        blocks.append(TextBlock(offset, len(raw), line, 0))
+                        continue
+                    array = _parse_rows(text, *start, line, width)
+                    width = width or (first_row, array.shape[1])
+                    blocks.append(TextBlock(offset, len(raw), line, len(array)))
+                    rows += len(array)
+            except _Unreadable as err:
+                raise SpireadError(f"{prefix}: {err}", span) from None
+        if width is None:
+            raise SpireadError(f"{prefix}: it holds no numbers", span)
+        shape = (rows, width[1]) if width[1] > 1 else (rows,) if rows > 1 else ()
+        return TextTable(str(path), *start, shape, tuple(blocks))
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 0
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) (the whole of a one-number table), parsing only
+        the blocks that hold them."""
+        if not self.shape:
+            start, stop = 0, 1
+        first, row, wanted = 0, 0, []
+        for block in self.blocks:
+            if block.rows and row < stop and row + block.rows > start:
+                first = first if wanted else row
+                wanted.append(block)
+            row += block.rows
+        if not wanted:
+            return np.empty((0,) + self.shape[1:])
+        prefix = f"cannot load `{shown(self.path)}`"
+        with _open_regular(Path(self.path), prefix, None) as file:
+            file.seek(wanted[0].offset)
+            raw = file.read(wanted[-1].offset + wanted[-1].size - wanted[0].offset)
+        try:
+            text = _decode_block(raw, wanted[0].line, wanted[0].offset == 0)
+            array = _parse_rows(text, self.delimiter, self.header_line, wanted[0].line)[start - first:stop - first]
+        except _Unreadable as err:  # the file changed since it was scanned
+            raise SpireadError(f"{prefix}: {err}") from None
+        if len(self.shape) == 2:
+            return array
+        return array[:, 0] if self.shape else array.reshape(())
+
+
+def _first_row(text: str, header_line: int, first_line: int) -> int | None:
+    """The line number of the first table row in a block, if it has one."""
+    return next((number for number, content in _contents(text, first_line)
+                 if number > header_line and content.strip()), None)
+
+
+def _line_blocks(file, block_bytes: int):
+    """(offset, bytes, first line number) of blocks of whole lines, each about
+    `block_bytes` long (longer when one line is)."""
+    offset, line, carry = 0, 1, b""
+    while True:
+        more = file.read(block_bytes)
+        raw = carry + more
+        if not more:
+            if raw:
+                yield offset, raw, line
+            return
+        cut = raw.rfind(b"\n") + 1
+        if cut == 0:  # no line ends in it yet: read on
+            carry = raw
+            continue
+        block, carry = raw[:cut], raw[cut:]
+        yield offset, block, line
+        offset += len(block)
+        line += block.count(b"\n")
+
+
+def _decode_block(raw: bytes, line: int, at_start: bool) -> str:
+    try:
+        return raw.decode("utf-8-sig" if at_start else "utf-8")
+    except UnicodeDecodeError as err:
+        line += raw[:err.start].count(b"\n")
+        raise _Unreadable(f"it is not UTF-8 text (line {line} holds the byte 0x{raw[err.start]:02x})") from None
 
 
 def parse_set_option(option: str) -> tuple[str, str]:

@@ -83,8 +83,8 @@ def test_an_npy_header_declaring_too_much_is_refused_before_reading(in_tmp, monk
     assert err.value.diagnostic.message == (
         "cannot load `big.npy`: its array would be 40000×40000 (11.9 GB), more than the limit of 1.0 GB")
     assert err.value.diagnostic.notes == ("set SPIREAD_MAX_BYTES (in bytes) to raise the limit",
-                                          "for data larger than memory, `--backend dask` reads .npy and .zarr files "
-                                          "a chunk of rows at a time (docs/scaling.md)")
+                                          "for data larger than memory, `--backend dask` reads .npy, .zarr and text "
+                                          "(.csv, .tsv, .txt) files a chunk of rows at a time (docs/scaling.md)")
 
 
 def test_the_limit_counts_float64_bytes_whatever_the_stored_type(in_tmp, monkeypatch):
