@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -123,7 +124,8 @@ class CheckReport:
 
 class Probe:
     """Evaluates the output with one node's value replaced, replaying only
-    the nodes between it and the output; `restore` puts every value back."""
+    the nodes between it and the output; `restore` puts every value back.
+    `forward(v)`: the output's derivatives along directions v, by forward mode."""
 
     def __init__(self, tape: Tape, node_id: int, output: int):
         self.tape = tape
@@ -132,43 +134,73 @@ class Probe:
         self.chain = [node for node in tape.between([node_id], output)[1:] if node.op is not None]
         self.saved = [(n, n.value, n.known_finite) for n in [self.node] + self.chain]
 
+    @property
+    def x(self) -> np.ndarray:
+        return self.node.value
+
     def __call__(self, value: np.ndarray) -> float:
         self.node.set_value(value)
         self.tape.replay(self.chain)
         return float(self.output.value)
+
+    def forward(self, v: np.ndarray) -> np.ndarray:
+        return directional_forward(self.tape, self.output.id, self.node.id, v)
 
     def restore(self) -> None:
         for node, value, finite in self.saved:
             node.value, node.known_finite = value, finite
 
 
-def check_gradients(run: Run, wrt: list[str] | None = None, eps: float | None = None, tol: float | None = None,
-                    max_entries: int = ELEMENTWISE_MAX_ENTRIES, directions: int = DIRECTIONS,
-                    seed: int = 0) -> CheckReport:
-    """Check reverse-mode (and forward-mode) gradients of the run's scalar
-    output against central finite differences, value by value."""
-    eps, tol = _steps(eps, tol)
+@dataclass
+class Subject:
+    """What a first-order check needs of a program, however it is evaluated:
+    the values checked (name -> node id of the run), the output and its
+    reverse-mode gradients there, the output's rounding bound
+    (`output_magnitude`), a probe per value and the kink sites of failed ones.
+    `tape_subject` is the numpy tape's; `--backend dask` makes one over row
+    chunks (spiread_cli/dask_check.py)."""
+    ids: dict[str, int]
+    value: float
+    gradients: dict[str, np.ndarray]
+    magnitude: float
+    probe: Callable[[str], object]
+    kink_sites: Callable[[list[str]], list[KinkSite]]
+
+
+def tape_subject(run: Run, wrt: list[str] | None) -> Subject:
     ids = run.wrt_ids(wrt)
     tape = run.tape
-    reverse = tape.backward(run.output, list(ids.values()), run.diagnostics)
-    f0 = float(run.value)
-    magnitude = output_magnitude(tape, run.output)
+    by_id = tape.backward(run.output, list(ids.values()), run.diagnostics)
+    return Subject(ids, float(run.value), {name: by_id[i] for name, i in ids.items()},
+                   output_magnitude(tape, run.output), lambda name: Probe(tape, ids[name], run.output),
+                   lambda names: kink_sites(tape, [ids[n] for n in names], run.output))
+
+
+def check_gradients(run: Run, wrt: list[str] | None = None, eps: float | None = None, tol: float | None = None,
+                    max_entries: int = ELEMENTWISE_MAX_ENTRIES, directions: int = DIRECTIONS,
+                    seed: int = 0, subject: Callable[[Run, list[str] | None], Subject] | None = None) -> CheckReport:
+    """Check reverse-mode (and forward-mode) gradients of the run's scalar
+    output against central finite differences, value by value (on the run's
+    tape, or on what `subject(run, wrt)` evaluates: row chunks)."""
+    eps, tol = _steps(eps, tol)
+    subject = (subject or tape_subject)(run, wrt)
+    f0 = subject.value
     problem = None
     if not np.isfinite(f0):
         problem = (f"the output `{run.output_name}` is {f0:g}: finite differences need a finite output, "
                    "so its gradients cannot be checked here")
     rng = np.random.default_rng(seed)
     results = {}
-    for name, i in ids.items():
-        probe = Probe(tape, i, run.output)
+    for name in subject.ids:
+        probe = subject.probe(name)
         try:
             method, v = _directions(probe, max_entries, directions, rng)
-            measured = measure(probe, reverse[i], v, f0, magnitude, eps)
+            measured = measure(probe, subject.gradients[name], v, f0, subject.magnitude, eps)
         finally:
             probe.restore()
-        results[name] = judge(name, tape.nodes[i].value.shape, method, measured, tol, eps)
-    failed = [run.bindings[name] for name, r in results.items() if not r.ok]
-    return CheckReport(run.output_name, f0, eps, tol, results, kink_sites(tape, failed, run.output), problem)
+        results[name] = judge(name, probe.x.shape, method, measured, tol, eps)
+    failed = [name for name, r in results.items() if not r.ok]
+    return CheckReport(run.output_name, f0, eps, tol, results, subject.kink_sites(failed), problem)
 
 
 def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None = None, tol: float | None = None,
@@ -255,7 +287,7 @@ def _directions(probe: Probe, max_entries: int, directions: int,
     """The directions to differentiate along, shape (k,) + the value's shape:
     every entry (the rows of the identity) when the value is small and 2·n
     evaluations fit the time budget, else a few random unit directions."""
-    x = probe.node.value
+    x = probe.x
     started = time.perf_counter()
     probe(x)
     seconds = time.perf_counter() - started
@@ -286,13 +318,13 @@ def measure(probe: Probe, grad: np.ndarray, v: np.ndarray, f0: float, magnitude:
     projected, and forward mode) and by central differences, and look for
     kinks: a gap between the one-sided slopes that stays as the step shrinks
     (curvature makes it shrink with the step)."""
-    x = probe.node.value
+    x = probe.x
     count = len(v)
     flat = v.reshape(count, x.size)
     with np.errstate(all="ignore"):
         # 0 · inf is 0 here: an entry a direction does not move has no say.
         ad = np.where(flat != 0, flat * grad.ravel(), 0.0).sum(axis=1)
-    forward = directional_forward(probe.tape, probe.output.id, probe.node.id, v)
+    forward = probe.forward(v)
 
     def differences(h: float, which) -> tuple[np.ndarray, np.ndarray]:
         plus = np.array([probe(x + h * v[j]) for j in which])

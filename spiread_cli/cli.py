@@ -212,13 +212,19 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     from .output import grad_document, grad_text
 
     def prepare():
-        if backend == Backend.dask and (mode == Mode.forward or explain):
-            raise usage_error(f"`{'--explain' if explain else '--mode forward'}` runs on `--backend numpy` only; "
-                              "`--backend dask` computes gradients in reverse mode")
+        if backend == Backend.dask and explain:
+            raise usage_error("`--explain` runs on `--backend numpy` only: it shows one sweep over one tape, and "
+                              "`--backend dask` sweeps each row chunk's own tape",
+                              ["explain the program on a sample of its rows with --backend numpy"])
 
     def compute(s, run):
-        if s.program:
+        if s.program and s.program.chunked:
+            if mode == Mode.forward:
+                from .dask_check import forward_gradients
+                return forward_gradients(s.program, wrt), None
             return s.program.gradients(wrt), None
+        if s.program:  # too few rows to chunk: the program was run whole
+            return api.gradients(run, wrt, mode.value), None
         if explain:
             from .explain import explain as explained
             return explained(run, wrt, mode.value)
@@ -288,12 +294,19 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     from .output import check_document, check_table, stdout_console
 
     def prepare():
-        if backend == Backend.dask:  # a difference per entry would be a pass over all the data per entry
-            raise usage_error("`check` runs on `--backend numpy` only",
-                              ["check the program on a sample of the data that fits in memory (docs/scaling.md)"])
+        if backend == Backend.dask and order == 2:
+            raise usage_error("`check --order 2` runs on `--backend numpy` only: it checks the recorded gradient "
+                              "of the whole program, and `--backend dask` records one per row chunk",
+                              ["check second derivatives on a sample of the rows with --backend numpy"])
 
-    checker = check_gradients if order == 1 else check_second_order
-    run, report = run_command(file, set_, of, command="check", compute=lambda s, run: checker(run, wrt, eps, tol),
+    def compute(s, run):
+        if s.program and s.program.chunked:  # each finite difference is one pass over the chunks
+            from functools import partial
+            from .dask_check import check_subject
+            return check_gradients(run, wrt, eps, tol, subject=partial(check_subject, s.program))
+        return (check_gradients if order == 1 else check_second_order)(run, wrt, eps, tol)
+
+    run, report = run_command(file, set_, of, command="check", compute=compute,
                               document=lambda run, report: check_document(report),
                               text=lambda run, report: stdout_console().print(check_table(report)),
                               fmt=fmt, strict=strict, debug=debug, prepare=prepare,

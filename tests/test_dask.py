@@ -318,10 +318,6 @@ def test_cli_eval_shows_the_values_that_are_not_row_data(data):
 @pytest.mark.parametrize("args, message", [
     (["grad", "--chunk-rows", "5"], "spiread: error: `--chunk-rows` is an option of `--backend dask`"),
     (["grad", "--persist"], "spiread: error: `--persist` is an option of `--backend dask`"),
-    (["check", "--backend", "dask"], "spiread: error: `check` runs on `--backend numpy` only"),
-    (["grad", "--backend", "dask", "--mode", "forward"],
-     "spiread: error: `--mode forward` runs on `--backend numpy` only; `--backend dask` computes gradients "
-     "in reverse mode"),
 ])
 def test_cli_backend_usage_errors(args, message, data):
     (data / "ls.ad").write_text(PROGRAMS["least squares, sum over rows(X)"])
