@@ -89,7 +89,8 @@ class ChunkedDerivatives:
                                   f"by values bound to constants, and `{name}` is computed",
                                   ["name the constants it is computed from, or use --backend numpy"])
         self.base = {name: run.tape.nodes[i].value for name, i in self.ids.items()}
-        result = program._evaluate(list(self.ids), self.ids, None, run.diagnostics, gradients=reverse)
+        # the values given, not None: the driver keeps the values of the last evaluation otherwise
+        result = program._evaluate(list(self.ids), self.ids, self.base, run.diagnostics, gradients=reverse)
         self.value, self.gradients = float(result.value), result.gradients
         self.driver = program.driver
         self.driver_values = [n.value for n in self.driver.tape.nodes]

@@ -173,3 +173,103 @@ def test_csv_over_the_memory_limit_runs_on_dask(csv_data):
     expected = numpy_gradients(Source(str(csv_data / "p.ad"), CSV_PROGRAM), csv_data)
     np.testing.assert_allclose(strict_json(dask_out.stdout)["gradients"]["w"]["value"], expected.gradients["w"],
                                rtol=RTOL)
+
+
+# ------------------------------------------------------------- check and forward mode over row chunks
+
+from spiread_cli.check import check_gradients  # noqa: E402
+from spiread_cli.dask_check import ChunkedDerivatives, check_subject, forward_gradients  # noqa: E402
+from spiread_cli.forward import directional_forward  # noqa: E402
+
+from test_dask import PROGRAMS, data  # noqa: E402,F401  (the row data fixture)
+
+
+def open_program(data_dir, text: str, **options) -> tuple[Source, Program]:
+    source = Source(str(data_dir / "prog.ad"), text)
+    return source, Program.of_source(source, Options(**options), [], None, data_dir)
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_forward_mode_over_chunks_matches_numpy(name, data):
+    """Directional derivatives by forward mode through the chunks and the
+    driver, the output at moved values, and `grad --mode forward`."""
+    source, program = open_program(data, PROGRAMS[name], chunk_rows=17)
+    run = api.run_source(source, None, None, data)
+    derivatives = ChunkedDerivatives(program, None)
+    rng = np.random.default_rng(0)
+    for wrt, i in derivatives.ids.items():
+        x = run.tape.nodes[i].value
+        v = rng.standard_normal((3,) + x.shape)
+        np.testing.assert_allclose(derivatives.directional(wrt, v), directional_forward(run.tape, run.output, i, v),
+                                   rtol=RTOL, atol=1e-13, err_msg=wrt)
+        moved = x + 0.01 * v[0]
+        expected = api.run_source(source, {wrt: moved}, None, data).value
+        np.testing.assert_allclose(derivatives.value_at(wrt, moved), expected, rtol=RTOL)
+    got = forward_gradients(program, None)
+    expected = api.gradients(run, None, "forward")
+    assert_same(expected, got)
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+@pytest.mark.parametrize("max_entries", [0, 64])
+def test_check_over_chunks_passes_as_on_numpy(name, max_entries, data, monkeypatch):
+    """The same check (elementwise, or along random directions) on both
+    backends: the same verdict on the same entries or directions. (Time
+    decides too, so it is lifted: a value is checked entry by entry by size.)"""
+    from spiread_cli import check
+    monkeypatch.setattr(check, "ELEMENTWISE_BUDGET_SECONDS", float("inf"))
+    source, program = open_program(data, PROGRAMS[name], chunk_rows=40)
+    run = api.run_source(source, None, None, data)
+    expected = check_gradients(run, max_entries=max_entries)
+    chunked = check_gradients(program.run, max_entries=max_entries, subject=lambda r, w: check_subject(program, r, w))
+    assert expected.ok and chunked.ok, [r.problem for r in chunked.results.values()]
+    for wrt, result in expected.results.items():
+        got = chunked.results[wrt]
+        assert (got.method, got.checked) == (result.method, result.checked)
+        assert got.forward_vs_reverse <= 1e-12 * max(1.0, abs(got.ad))
+        assert got.max_rel_error < 1e-5
+
+
+KINKED = 'X = load("X.npy")\nw = [0.0, 0.0, 0.0, 0.0]\nv = [1.0, 2.0]\nloss = (X @@ w).abs.mean + (v * v).sum\n'
+
+
+def test_cli_check_on_dask(data):
+    """Through the binary: a passing check reports numpy's entries; a kink
+    fails with exit 1 and the slopes to either side, as on numpy."""
+    (data / "sm.ad").write_text(PROGRAMS["softmax regression, a pick per row"])
+    numpy_out = spiread("check", "sm.ad", "--format", "json", cwd=data)
+    dask_out = spiread("check", "sm.ad", "--format", "json", "--backend", "dask", "--chunk-rows", "30", cwd=data)
+    assert numpy_out.returncode == dask_out.returncode == 0, dask_out.stderr
+    expected, got = strict_json(numpy_out.stdout), strict_json(dask_out.stdout)
+    assert got["ok"] and set(got["results"]) == set(expected["results"]) == {"W", "b"}
+    np.testing.assert_allclose(got["value"], expected["value"], rtol=RTOL)
+    for name, result in expected["results"].items():
+        assert got["results"][name]["checked"] == result["checked"]
+    (data / "kink.ad").write_text(KINKED)
+    outs = [spiread("check", "kink.ad", "--wrt", "w", "--wrt", "v", *extra, cwd=data)
+            for extra in ([], ["--backend", "dask", "--chunk-rows", "50"])]
+    assert [o.returncode for o in outs] == [1, 1]
+    first = "kink.ad:4:17: error: gradient check failed for `w[0]`: not differentiable there: the slope is "
+    assert outs[0].stderr.startswith(first)
+    # Each chunk has its own tape, so the op at the kink is not named: the slopes say it
+    assert outs[1].stderr.splitlines()[0] == "kink.ad:2:1" + outs[0].stderr.splitlines()[0][len("kink.ad:4:17"):]
+    assert "= note: the slopes to either side differ: the function has a kink here" in outs[1].stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["check", "--order", "2"], "spiread: error: `check --order 2` runs on `--backend numpy` only: it checks the "
+                                "recorded gradient of the whole program, and `--backend dask` records one per row "
+                                "chunk"),
+    (["grad", "--explain"], "spiread: error: `--explain` runs on `--backend numpy` only: it shows one sweep over one "
+                            "tape, and `--backend dask` sweeps each row chunk's own tape"),
+    (["grad", "--mode", "forward", "--wrt", "s"], "spiread: error: `--wrt s`: on `--backend dask`, derivatives along "
+                                                  "directions are taken by values bound to constants, and `s` is "
+                                                  "computed"),
+    (["check", "--wrt", "s"], "spiread: error: `--wrt s`: on `--backend dask`, derivatives along directions are "
+                              "taken by values bound to constants, and `s` is computed"),
+])
+def test_cli_what_dask_cannot_differentiate_says_why(args, message, data):
+    (data / "ls2.ad").write_text('X = load("X.npy")\nw = [1.0, 2.0, 3.0, 4.0]\ns = w * 2\nloss = (X @@ s).sum\n')
+    out = spiread(args[0], "ls2.ad", *args[1:], "--backend", "dask", "--chunk-rows", "50", cwd=data)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[0] == message
