@@ -100,8 +100,11 @@ class Program:
             return Program(job, run, options)
         try:
             job.plan, run = probe(job)
-        except SpireadError as err:
-            raise err.located_in(source)
+        except SpireadError as refusal:  # the whole program on Dask arrays instead (spiread_cli/dask_lazy.py)
+            from .dask_lazy import LazyProgram, default_chunk_rows as lazy_chunk_rows
+            bounds = data.row_bounds(options.chunk_rows or lazy_chunk_rows(data, default_threads()))
+            return LazyProgram.record(job, bounds, refusal.located_in(source),
+                                      connect(options.scheduler) if options.scheduler else None)
         # the probe's warnings were about 2 rows: keep those that hold for all
         run.diagnostics = Diagnostics(job.plan.once_warnings(run))
         program = Program(job, run, options)

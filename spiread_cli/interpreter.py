@@ -24,7 +24,7 @@ from .data import load_array
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
 from .limits import check_shape, max_bytes
 from .ops import METHODS, OPS, Op, ShapeError
-from .tape import Node, Run, Tape
+from .tape import Node, Run, Tape, is_lazy
 from .values import Arg, Const, Function, Jet, JetDim, Pairs, Record, Symbol, Text, TupleValue, Unit
 
 QUALIFIED_SYMBOLS = {f"ReductionOps.{k.capitalize()}": k for k in REDUCTIONS}
@@ -463,6 +463,8 @@ class Interpreter:
 
     def integers(self, arg: Arg, what: str) -> np.ndarray:
         array = self.tensor(arg).value
+        if is_lazy(array):  # positions are parameters, in memory: gathered once (--backend dask's fallback)
+            array = np.asarray(array)
         if array.ndim != 1:
             raise SpireadError(f"{what} must be a vector of positions, but `{self.text(arg.expr)}` is "
                                f"{shape_str(array.shape)}", arg.expr.span)

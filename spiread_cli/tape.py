@@ -92,8 +92,14 @@ def compute(op: Op, args: list[np.ndarray], params: dict) -> np.ndarray:
     tape at the op's span, not by numpy."""
     value = op.impl(*args, **params)
     if type(value) is not np.ndarray or value.dtype != np.float64:
-        value = np.asarray(value, dtype=np.float64)
+        # A lazy array (`--backend dask`'s fallback, spiread_cli/dask_lazy.py) stays lazy.
+        value = value.astype(np.float64) if is_lazy(value) else np.asarray(value, dtype=np.float64)
     return value
+
+
+def is_lazy(value) -> bool:
+    """A Dask array: computed later, so never inspected (for finiteness) here."""
+    return hasattr(value, "__dask_graph__")
 
 
 @dataclass
@@ -149,7 +155,7 @@ class Tape:
     def _evaluate(node: Node, nodes: list[Node], diagnostics: Diagnostics | None) -> None:
         args = [nodes[i].value for i in node.inputs]
         node.value = value = compute(node.op, args, node.params)
-        if diagnostics is None:
+        if diagnostics is None or type(value) is not np.ndarray:  # lazy: checked when computed
             node.known_finite = None  # found out if anyone asks
             return
         node.known_finite = _all_finite(value)

@@ -1,0 +1,197 @@
+"""`--backend dask`'s fallback: a program the row-chunk plan refuses (an op
+that mixes rows, such as `X.T @@ X`) runs through the tape's one evaluator
+with the row data as Dask arrays, a chunk of rows per block.
+
+The program is recorded as on numpy, but every value computed from the data
+is a lazy Dask array (tape.compute keeps it lazy and skips its finiteness
+check). An evaluation is then one `dask.compute` of the output, the
+gradients (the reverse sweep's rules run on the lazy values too) and a
+finiteness flag per lazy node; warnings are made from those flags afterwards,
+at the ops' spans, as the numpy tape makes them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .chunks import Job
+from .data import load_array
+from .diagnostics import Diagnostics, SpireadError
+from .interpreter import Interpreter
+from .tape import Run, is_lazy
+
+
+def default_chunk_rows(data, threads: int) -> int:
+    """Rows per block: the row data's own bytes per row within chunks.CHUNK_BYTES
+    (without a plan, what a program makes of a row is not measured), at most
+    N/threads so every thread has work."""
+    from .chunks import CHUNK_BYTES
+    row_bytes = sum(8 * int(np.prod(np.shape(r.read(0, 1))[1:])) for r in [*data.files.values(), *data.sets.values()]
+                    if data.chunked(r))
+    return max(1, min(CHUNK_BYTES // max(row_bytes, 8), math.ceil(data.rows / max(threads, 1))))
+
+
+def lazy_rows(reader, bounds: list[tuple[int, int]]):
+    """The reader's rows as one Dask array, a block per chunk of rows; each
+    block a task that reads its rows (the path and offsets, never the data)."""
+    import dask.array as da
+    from dask import delayed
+    tail = np.shape(reader.read(0, 1))[1:]
+    blocks = [da.from_delayed(delayed(reader.read, pure=True)(start, stop), (stop - start,) + tail, np.float64)
+              for start, stop in bounds]
+    return da.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+
+
+def record_lazy(job: Job, bounds: list[tuple[int, int]]) -> Run:
+    """The program recorded with its row data as Dask arrays."""
+    data = job.data
+    lazy = {}
+
+    def value_of(reader):
+        if not data.chunked(reader):
+            return reader.read(0, reader.rows)
+        if id(reader) not in lazy:
+            lazy[id(reader)] = lazy_rows(reader, bounds)
+        return lazy[id(reader)]
+
+    def load(path: Path, span):
+        reader = data.files.get(str(path.resolve()))
+        return load_array(path, span) if reader is None else value_of(reader)
+
+    overrides = {**job.constants, **{name: value_of(r) for name, r in data.sets.items()}}
+    interpreter = Interpreter(job.source, overrides, job.base_dir, load)
+    try:
+        return interpreter.run(job.module, job.of)
+    except SpireadError as err:
+        raise err.located_in(job.source)
+
+
+@dataclass
+class LazyProgram:
+    """A program on its whole data as Dask arrays: the interface of
+    dask_backend.Program (`run`, `gradients`, `evaluated`, `steps`, `close`)."""
+    job: Job
+    run: Run
+    rows: int                       # N: a value whose leading size is N is row data, never gathered whole
+    refusal: SpireadError           # why the row chunks could not run it (kept for messages)
+    client: object = None
+    chunked = False
+
+    @staticmethod
+    def record(job: Job, bounds: list[tuple[int, int]], refusal: SpireadError, client=None) -> "LazyProgram":
+        try:
+            run = record_lazy(job, bounds)
+        except SpireadError as err:
+            raise err.located_in(job.source)
+        return LazyProgram(job, run, job.data.rows, refusal, client)
+
+    # -------------------------------------------------------------- computing
+
+    def _compute(self, *values):
+        """One Dask compute of everything asked for (lazy or not)."""
+        import dask
+        try:
+            if self.client is not None:
+                return tuple(self.client.gather(self.client.compute(list(values))))
+            return dask.compute(*values, scheduler="threads")
+        except SpireadError as err:
+            raise err.located_in(self.job.source)
+
+    def _lazy_nodes(self, upto: int):
+        return [n for n in self.run.tape.nodes[:upto + 1] if is_lazy(n.value)]
+
+    def _evaluate(self, ids: dict[str, int], gradients: bool, diagnostics: Diagnostics):
+        """The output, the gradients by `ids` and every lazy node's
+        finiteness in one compute; warnings where an inf or nan was born."""
+        import dask.array as da
+        tape, output = self.run.tape, self.run.output
+        grads = tape.backward(output, list(ids.values())) if gradients and ids else {}
+        lazy = self._lazy_nodes(output)
+        flags = [da.isfinite(n.value).all() for n in lazy]
+        value, grads, flags = self._compute(tape.nodes[output].value, grads, flags)
+        finite = {n.id: bool(f) for n, f in zip(lazy, flags)}
+        self._warn_births(lazy, finite, diagnostics)
+        if not all(np.isfinite(g).all() for g in grads.values()):  # the checking sweep names the op (rare)
+            tape.backward(output, list(ids.values()), diagnostics)
+        return np.asarray(value), {name: np.asarray(grads[i]) for name, i in ids.items()}
+
+    def _warn_births(self, lazy, finite: dict[int, bool], diagnostics: Diagnostics) -> None:
+        """As the numpy tape warns: at an op whose inputs are finite and whose value is not."""
+        from .tape import describe_nonfinite
+        nodes = self.run.tape.nodes
+        for node in lazy:
+            if node.op is None or finite[node.id]:
+                continue
+            if all(finite.get(i, True) and (finite.get(i) is not None or nodes[i].finite) for i in node.inputs):
+                value, args = self._compute(node.value, [nodes[i].value for i in node.inputs])
+                diagnostics.warn(describe_nonfinite(f"`{node.label}`", np.asarray(value),
+                                                   [np.asarray(a) for a in args]), node.span)
+
+    # -------------------------------------------------------------- commands
+
+    def gradients(self, wrt: list[str] | None = None):
+        from .dask_backend import Result
+        ids = self.run.wrt_ids(wrt)
+        self.refuse_row_wrt(ids)
+        value, grads = self._evaluate(ids, True, self.run.diagnostics)
+        return Result(value, grads, self.run.diagnostics)
+
+    def refuse_row_wrt(self, ids: dict[str, int]) -> None:
+        for name, i in ids.items():
+            shape = self.run.tape.nodes[i].value.shape
+            if self.rows and shape and shape[0] == self.rows and is_lazy(self.run.tape.nodes[i].value):
+                raise SpireadError(f"`{name}` has one row per data row, so its gradient is as large as the data",
+                                   self.run.binding_spans.get(name), ["use --backend numpy (everything in memory)"])
+
+    def evaluated(self) -> Run:
+        """The values that are not one row per data row, computed (one compute)."""
+        run, nodes = self.run, self.run.tape.nodes
+        shown = {name: i for name, i in run.bindings.items() if not self._is_rows(nodes[i].value)}
+        wanted = sorted({*shown.values(), run.output})
+        self._evaluate({}, False, run.diagnostics)
+        values = self._compute(*[nodes[i].value for i in wanted])
+        for i, value in zip(wanted, values):
+            nodes[i].set_value(np.asarray(value, dtype=np.float64))
+        return Run(run.source, run.tape, shown, run.binding_spans, run.output, run.output_name, run.backward_wrt,
+                   run.diagnostics, run.printed, run.jets)
+
+    def _is_rows(self, value) -> bool:
+        return is_lazy(value) and bool(self.rows) and value.ndim >= 1 and value.shape[0] == self.rows
+
+    def steps(self, names: list[str], strict: bool):
+        """train.Steps: each step replays the tape between the trained values
+        and the output on Dask arrays and computes once."""
+        import math
+        from .dask_backend import stopped
+        from .train import NonFinite
+        ids = {name: self.run.bindings[name] for name in names}
+        self.refuse_row_wrt(ids)
+        tape = self.run.tape
+        moved = tape.between(list(ids.values()), self.run.output)
+
+        def step(number: int, values: dict[str, np.ndarray]):
+            diagnostics = Diagnostics()
+            for name, i in ids.items():
+                tape.nodes[i].set_value(values[name])
+            tape.replay(moved)
+            value, grads = self._evaluate(ids, True, diagnostics)
+            loss, warnings = float(value), diagnostics.warnings
+            born = warnings[0] if warnings else None
+            if not math.isfinite(loss):
+                raise NonFinite(stopped(f"training stopped at step {number}: the loss is {loss:g}", born))
+            bad = [n for n, g in grads.items() if not np.isfinite(g).all()]
+            if bad:
+                raise NonFinite(stopped(f"training stopped at step {number}: the gradient of `{bad[0]}` is not "
+                                        f"finite (the loss was {loss:.6g})", born), loss)
+            return loss, grads, warnings
+
+        return step
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
