@@ -218,13 +218,11 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                               ["explain the program on a sample of its rows with --backend numpy"])
 
     def compute(s, run):
-        if s.program and s.program.chunked:
-            if mode == Mode.forward:
-                from .dask_check import forward_gradients
-                return forward_gradients(s.program, wrt), None
+        if s.program and mode == Mode.forward:
+            from .dask_check import forward_gradients
+            return forward_gradients(s.program, wrt), None
+        if s.program:
             return s.program.gradients(wrt), None
-        if s.program:  # too few rows to chunk: the program was run whole
-            return api.gradients(run, wrt, mode.value), None
         if explain:
             from .explain import explain as explained
             return explained(run, wrt, mode.value)
@@ -300,10 +298,9 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                               ["check second derivatives on a sample of the rows with --backend numpy"])
 
     def compute(s, run):
-        if s.program and s.program.chunked:  # each finite difference is one pass over the chunks
-            from functools import partial
-            from .dask_check import check_subject
-            return check_gradients(run, wrt, eps, tol, subject=partial(check_subject, s.program))
+        if s.program:  # each finite difference is one pass over the chunks
+            from .dask_check import check
+            return check(s.program, run, wrt, eps, tol)
         return (check_gradients if order == 1 else check_second_order)(run, wrt, eps, tol)
 
     run, report = run_command(file, set_, of, command="check", compute=compute,

@@ -159,14 +159,38 @@ def check_subject(program, run, names: list[str] | None) -> Subject:
     return Subject(d.ids, d.value, d.gradients, magnitude, lambda name: ChunkedProbe(d, name), lambda names: [])
 
 
+def refuse_lazy(program, what: str) -> None:
+    """On the op-by-op fallback (spiread_cli/dask_lazy.py), forward mode is refused."""
+    if getattr(program, "lazy", False):
+        raise usage_error(f"{what} cannot run on this program with `--backend dask`: row chunks cannot run it "
+                          f"({program.refusal.diagnostic.message.removeprefix('cannot run by row chunks: ')}), and "
+                          "op by op on Dask arrays there is no forward mode (the ops' forward-mode rules are "
+                          "numpy only)", ["use --backend numpy"])
+
+
+def check(program, run, wrt: list[str] | None, eps: float | None, tol: float | None):
+    """`check --backend dask`: over row chunks, each finite difference one
+    pass; a program too small to chunk is checked whole, as on numpy."""
+    from .check import check_gradients
+    refuse_lazy(program, "`check`")
+    if not program.chunked:
+        return check_gradients(run, wrt, eps, tol)
+    return check_gradients(run, wrt, eps, tol, subject=lambda run, names: check_subject(program, run, names))
+
+
 def forward_gradients(program, names: list[str] | None):
     """`grad --mode forward` over row chunks: each value's gradient as its
     derivatives along the unit vectors, pushed forward (one pass per value)."""
+    from . import api
+    from .dask_backend import Result
+    refuse_lazy(program, "`grad --mode forward`")
+    if not program.chunked:  # too few rows to chunk: run whole
+        gradients = api.gradients(program.run, names, "forward")
+        return Result(gradients.value, gradients.gradients, program.run.diagnostics)
     d = ChunkedDerivatives(program, names, reverse=False)
     grads = {}
     for name in d.ids:
         shape = program.run.node(name).value.shape
         size = int(np.prod(shape))
         grads[name] = d.directional(name, np.eye(size).reshape((size,) + shape)).reshape(shape)
-    from .dask_backend import Result
     return Result(np.array(d.value), grads, program.run.diagnostics)

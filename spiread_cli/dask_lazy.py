@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunks import Job
+from .chunks import NO_CHUNKS, Job
 from .data import load_array
 from .diagnostics import Diagnostics, SpireadError
 from .interpreter import Interpreter
@@ -46,7 +46,15 @@ def lazy_rows(reader, bounds: list[tuple[int, int]]):
     return da.concatenate(blocks) if len(blocks) > 1 else blocks[0]
 
 
-def record_lazy(job: Job, bounds: list[tuple[int, int]]) -> Run:
+# The ops whose rules (impl or vjp) do not run on Dask arrays, or only by
+# computing them: a program using one on the row data is refused before any
+# compute. tests/test_dask_reach.py runs every op of the table on Dask arrays
+# to hold this set to the table.
+NO_LAZY_RULES = frozenset({"product", "rowProduct", "exclusiveProducts", "reshape", "gatherRows",
+                           "meanLogSoftmaxPick", "indexScatter", "scatterPairs", "scatterRows"})
+
+
+def record_lazy(job: Job, bounds: list[tuple[int, int]], refusal: SpireadError) -> Run:
     """The program recorded with its row data as Dask arrays."""
     data = job.data
     lazy = {}
@@ -65,9 +73,25 @@ def record_lazy(job: Job, bounds: list[tuple[int, int]]) -> Run:
     overrides = {**job.constants, **{name: value_of(r) for name, r in data.sets.items()}}
     interpreter = Interpreter(job.source, overrides, job.base_dir, load)
     try:
-        return interpreter.run(job.module, job.of)
+        run = interpreter.run(job.module, job.of)
     except SpireadError as err:
         raise err.located_in(job.source)
+    except Exception as err:  # an op's rule that does not take Dask arrays: the node being recorded
+        node = interpreter.tape.nodes[-1] if interpreter.tape.nodes else None
+        if node is None or node.op is None:
+            raise
+        raise no_lazy_rule(node, refusal, f" ({type(err).__name__})").located_in(job.source) from None
+    nodes = run.tape.nodes
+    for node in nodes:
+        if node.op is not None and node.op.name in NO_LAZY_RULES and any(is_lazy(nodes[i].value) for i in node.inputs):
+            raise no_lazy_rule(node, refusal).located_in(job.source)
+    return run
+
+
+def no_lazy_rule(node, refusal: SpireadError, detail: str = "") -> SpireadError:
+    reason = refusal.diagnostic.message.removeprefix("cannot run by row chunks: ")
+    return SpireadError(f"cannot run by row chunks ({reason}), nor op by op on Dask arrays: `{node.label}` has no "
+                        f"rule for Dask arrays{detail}", node.span, [NO_CHUNKS])
 
 
 @dataclass
@@ -80,11 +104,12 @@ class LazyProgram:
     refusal: SpireadError           # why the row chunks could not run it (kept for messages)
     client: object = None
     chunked = False
+    lazy = True
 
     @staticmethod
     def record(job: Job, bounds: list[tuple[int, int]], refusal: SpireadError, client=None) -> "LazyProgram":
         try:
-            run = record_lazy(job, bounds)
+            run = record_lazy(job, bounds, refusal)
         except SpireadError as err:
             raise err.located_in(job.source)
         return LazyProgram(job, run, job.data.rows, refusal, client)
@@ -104,20 +129,21 @@ class LazyProgram:
     def _lazy_nodes(self, upto: int):
         return [n for n in self.run.tape.nodes[:upto + 1] if is_lazy(n.value)]
 
-    def _evaluate(self, ids: dict[str, int], gradients: bool, diagnostics: Diagnostics):
-        """The output, the gradients by `ids` and every lazy node's
-        finiteness in one compute; warnings where an inf or nan was born."""
+    def _evaluate(self, ids: dict[str, int], gradients: bool, diagnostics: Diagnostics, also: list | None = None):
+        """The output, the gradients by `ids`, every lazy node's finiteness
+        (and the values `also`) in one compute; warnings where an inf or nan
+        was born."""
         import dask.array as da
         tape, output = self.run.tape, self.run.output
         grads = tape.backward(output, list(ids.values())) if gradients and ids else {}
         lazy = self._lazy_nodes(output)
         flags = [da.isfinite(n.value).all() for n in lazy]
-        value, grads, flags = self._compute(tape.nodes[output].value, grads, flags)
+        value, grads, flags, also = self._compute(tape.nodes[output].value, grads, flags, also or [])
         finite = {n.id: bool(f) for n, f in zip(lazy, flags)}
         self._warn_births(lazy, finite, diagnostics)
         if not all(np.isfinite(g).all() for g in grads.values()):  # the checking sweep names the op (rare)
             tape.backward(output, list(ids.values()), diagnostics)
-        return np.asarray(value), {name: np.asarray(grads[i]) for name, i in ids.items()}
+        return np.asarray(value), {name: np.asarray(grads[i]) for name, i in ids.items()}, also
 
     def _warn_births(self, lazy, finite: dict[int, bool], diagnostics: Diagnostics) -> None:
         """As the numpy tape warns: at an op whose inputs are finite and whose value is not."""
@@ -137,7 +163,7 @@ class LazyProgram:
         from .dask_backend import Result
         ids = self.run.wrt_ids(wrt)
         self.refuse_row_wrt(ids)
-        value, grads = self._evaluate(ids, True, self.run.diagnostics)
+        value, grads, _ = self._evaluate(ids, True, self.run.diagnostics)
         return Result(value, grads, self.run.diagnostics)
 
     def refuse_row_wrt(self, ids: dict[str, int]) -> None:
@@ -152,8 +178,7 @@ class LazyProgram:
         run, nodes = self.run, self.run.tape.nodes
         shown = {name: i for name, i in run.bindings.items() if not self._is_rows(nodes[i].value)}
         wanted = sorted({*shown.values(), run.output})
-        self._evaluate({}, False, run.diagnostics)
-        values = self._compute(*[nodes[i].value for i in wanted])
+        _, _, values = self._evaluate({}, False, run.diagnostics, also=[nodes[i].value for i in wanted])
         for i, value in zip(wanted, values):
             nodes[i].set_value(np.asarray(value, dtype=np.float64))
         return Run(run.source, run.tape, shown, run.binding_spans, run.output, run.output_name, run.backward_wrt,
@@ -178,7 +203,7 @@ class LazyProgram:
             for name, i in ids.items():
                 tape.nodes[i].set_value(values[name])
             tape.replay(moved)
-            value, grads = self._evaluate(ids, True, diagnostics)
+            value, grads, _ = self._evaluate(ids, True, diagnostics)
             loss, warnings = float(value), diagnostics.warnings
             born = warnings[0] if warnings else None
             if not math.isfinite(loss):
@@ -195,3 +220,11 @@ class LazyProgram:
         if self.client is not None:
             self.client.close()
             self.client = None
+
+
+def scatter_add(flat: np.ndarray, weights, shape: tuple):
+    """A `shape` array of zeros with each of the lazy `weights` added at its
+    flat position (np.bincount's scatter-add, which the array API lacks)."""
+    import dask.array as da
+    positions = da.from_array(flat, chunks=weights.chunks)
+    return da.bincount(positions, weights=weights, minlength=math.prod(shape)).reshape(shape)

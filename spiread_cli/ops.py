@@ -121,13 +121,25 @@ def scale(t: np.ndarray, d) -> np.ndarray:
     r = t * d
     # One sum is finite exactly when every entry is (bar overflow, which only
     # sends us down the slower, still correct path). Callers hold np.errstate.
-    if math.isfinite(r.sum()):
+    # A lazy product is not summed here (that would compute it): guarded as it stands.
+    if not is_lazy(r) and math.isfinite(r.sum()):
         return r
     return np.where(t == 0, 0.0, r)
 
 
 def same_shape(s, **_):
     return s
+
+
+def is_lazy(value) -> bool:
+    """A Dask array (`--backend dask`'s fallback, spiread_cli/dask_lazy.py):
+    computed later, so a rule never inspects its values."""
+    return hasattr(value, "__dask_graph__")
+
+
+def _copied(x):
+    """x as a new array (a lazy one is never written to, so it stays as it is)."""
+    return x if is_lazy(x) else np.array(x)
 
 
 def broadcast_shape(a, b, **_):
@@ -260,7 +272,7 @@ defop("indicator", lambda x, relation, t: _RELATIONS[relation](x, t).astype(np.f
       vjp_graph=lambda i, g, out, x, emit, relation, t: None,
       rule=Rule(("0: a step is flat wherever it has a derivative",), "0"))
 # `x.value`: x without its history. Its value is x, its derivative 0.
-defop("stopGradient", lambda x: np.array(x), lambda i, g, out, x: np.zeros_like(x),
+defop("stopGradient", lambda x: _copied(x), lambda i, g, out, x: np.zeros_like(x),
       lambda ts, out, x: _zero_jvp(ts, out), same_shape, methods=(), vjp_graph=lambda i, g, out, x, emit: None,
       rule=Rule(("0: x.value has no history",), "0"))
 
@@ -312,7 +324,7 @@ def _pow_exponent(out, a, b):
 def _zero_where(mask: np.ndarray, d: np.ndarray) -> np.ndarray:
     """`d`, 0 where `mask` holds. np.where costs 20× the product itself on a
     million entries (for a scalar mask too), so it runs only when needed."""
-    return np.where(mask, 0.0, d) if mask.any() else d
+    return np.where(mask, 0.0, d) if is_lazy(mask) or mask.any() else d
 
 
 def _scale_either(t: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -320,7 +332,7 @@ def _scale_either(t: np.ndarray, d: np.ndarray) -> np.ndarray:
     is 0 wherever t is, whatever d does, so an infinite change of d there moves
     nothing (the seed example's log(0), which a selection drops)."""
     r = t * d
-    if math.isfinite(r.sum()):
+    if not is_lazy(r) and math.isfinite(r.sum()):
         return r
     return np.where((t == 0) | (d == 0), 0.0, r)
 
@@ -612,7 +624,7 @@ def _index_shape(s, key):
     return np.broadcast_to(np.empty((), np.bool_), s)[key].shape  # a view of one byte: sizes only
 
 
-defop("index", lambda x, key: np.array(x[key]),
+defop("index", lambda x, key: _copied(x[key]),
       vjp=_index_vjp,
       jvp=lambda ts, out, x, key: ts[0][(slice(None),) + key],
       shape=_index_shape, methods=(),
@@ -622,6 +634,10 @@ defop("index", lambda x, key: np.array(x[key]),
 
 def _select(x, rows, cols):
     """vecxt selection: zeros except the chosen entries."""
+    if is_lazy(x):  # a lazy array is not written to: the chosen entries as a mask
+        chosen = np.zeros(x.shape, dtype=bool)
+        chosen[rows, cols] = True
+        return np.where(chosen, x, 0.0)
     out = np.zeros_like(x)
     out[rows, cols] = x[rows, cols]
     return out
@@ -657,6 +673,9 @@ def _scatter_pairs(shape: tuple, rows: np.ndarray, cols: np.ndarray, weights=Non
     (row, col): an entry chosen twice gets both. np.add.at's result, by one
     bincount over flat positions, which is several times faster."""
     flat = np.ravel_multi_index((rows, cols), shape, mode="wrap")  # wrap: negative positions count from the end
+    if is_lazy(weights):
+        from .dask_lazy import scatter_add
+        return scatter_add(flat, weights, shape)
     return np.bincount(flat, weights=weights, minlength=shape[0] * shape[1]).reshape(shape).astype(np.float64)
 
 
@@ -664,7 +683,7 @@ def _arrange_vjp(i, g, out, x, rows, cols):
     return _scatter_pairs(x.shape, rows, cols, g)
 
 
-defop("arrange", lambda x, rows, cols: x[rows, cols],
+defop("arrange", lambda x, rows, cols: x.vindex[rows, cols] if is_lazy(x) else x[rows, cols],
       vjp=_arrange_vjp,
       jvp=lambda ts, out, x, rows, cols: ts[0][:, rows, cols],
       shape=lambda s, rows, cols: _pairs_shape(s, rows, cols, (len(rows),)), methods=(),

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
-from .ops import OPS, Op
+from .ops import OPS, Op, is_lazy
 
 
 # Told of each step of a sweep as it runs, without changing it: the finiteness
@@ -96,10 +96,6 @@ def compute(op: Op, args: list[np.ndarray], params: dict) -> np.ndarray:
         value = value.astype(np.float64) if is_lazy(value) else np.asarray(value, dtype=np.float64)
     return value
 
-
-def is_lazy(value) -> bool:
-    """A Dask array: computed later, so never inspected (for finiteness) here."""
-    return hasattr(value, "__dask_graph__")
 
 
 @dataclass
