@@ -161,17 +161,9 @@ class LazyProgram:
 
     def gradients(self, wrt: list[str] | None = None):
         from .dask_backend import Result
-        ids = self.run.wrt_ids(wrt)
-        self.refuse_row_wrt(ids)
+        ids = self.run.wrt_ids(wrt)  # a gradient by row data is computed whole, as on numpy
         value, grads, _ = self._evaluate(ids, True, self.run.diagnostics)
         return Result(value, grads, self.run.diagnostics)
-
-    def refuse_row_wrt(self, ids: dict[str, int]) -> None:
-        for name, i in ids.items():
-            shape = self.run.tape.nodes[i].value.shape
-            if self.rows and shape and shape[0] == self.rows and is_lazy(self.run.tape.nodes[i].value):
-                raise SpireadError(f"`{name}` has one row per data row, so its gradient is as large as the data",
-                                   self.run.binding_spans.get(name), ["use --backend numpy (everything in memory)"])
 
     def evaluated(self) -> Run:
         """The values that are not one row per data row, computed (one compute)."""
@@ -194,7 +186,6 @@ class LazyProgram:
         from .dask_backend import stopped
         from .train import NonFinite
         ids = {name: self.run.bindings[name] for name in names}
-        self.refuse_row_wrt(ids)
         tape = self.run.tape
         moved = tape.between(list(ids.values()), self.run.output)
 

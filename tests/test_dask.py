@@ -189,8 +189,8 @@ def test_random_programs_match_numpy_or_are_refused(tmp_path, program):
         expected = numpy_result(source, sets, tmp_path, wrt)
         try:
             _, got = dask_result(source, sets, tmp_path, wrt, chunk_rows=2)
-        except SpireadError as err:
-            assert err.diagnostic.message.startswith("cannot run by row chunks: "), err.diagnostic.message
+        except SpireadError as err:  # by row chunks, nor op by op (tests/test_dask_reach.py)
+            assert err.diagnostic.message.startswith("cannot run by row chunks"), err.diagnostic.message
             continue
         assert_same(expected, got, f"with `{name}` as row data in\n{program.source}")
 
@@ -211,21 +211,24 @@ def test_random_programs_match_numpy_or_are_refused(tmp_path, program):
                       "row chunks compute totals, such as a `.sum` or `.mean` of it", 10),
 ])
 def test_what_cannot_be_chunked_is_refused_with_the_op_named(text, message, column, data):
+    """The plan's refusal (the program then runs op by op: tests/test_dask_reach.py)."""
     text = 'X = load("X.npy")\nw = [1, 2, 3, 4]\n' + text
-    with pytest.raises(SpireadError) as caught:
-        program = Program.of_source(Source(str(data / "prog.ad"), text), Options(chunk_rows=10), (), None, data)
-        program.gradients(["w"])
-    assert caught.value.diagnostic.message == "cannot run by row chunks: " + message
-    assert (caught.value.diagnostic.span.line, caught.value.diagnostic.span.column) == (3, column)
-    assert caught.value.diagnostic.notes == ("use --backend numpy (everything in memory)",)
+    try:
+        caught = Program.of_source(Source(str(data / "prog.ad"), text), Options(chunk_rows=10), (), None, data).refusal
+    except SpireadError as err:  # nor op by op: the plan's reason is in the message
+        caught = err
+    assert message in caught.diagnostic.message and caught.diagnostic.message.startswith("cannot run by row chunks")
+    assert (caught.diagnostic.span.line, caught.diagnostic.span.column) == (3, column)
+    assert caught.diagnostic.notes == ("use --backend numpy (everything in memory)",)
 
 
 def test_println_of_row_data_is_refused_and_of_parameters_shown(data):
     text = 'X = load("X.npy")\nw = [1, 2, 3, 4]\nprintln(w)\nloss = (X @@ w).sum\n'
     program = Program.of_source(Source(str(data / "p.ad"), text), Options(chunk_rows=10), (), None, data)
     assert program.run.printed == api.run_source(Source(str(data / "p.ad"), text), base_dir=data).printed
-    with pytest.raises(SpireadError, match="cannot run by row chunks: `println` shows a value computed from the data"):
-        Program.of_source(Source(str(data / "p.ad"), text + "println(X)\n"), Options(chunk_rows=10), (), None, data)
+    program = Program.of_source(Source(str(data / "p.ad"), text + "println(X)\n"), Options(chunk_rows=10), (), None, data)
+    assert program.refusal.diagnostic.message.startswith(
+        "cannot run by row chunks: `println` shows a value computed from the data")
 
 
 def test_gradient_by_row_data_is_refused(data):
@@ -250,11 +253,14 @@ def test_picks_by_global_position_are_refused(positions, chunk_rows, message, da
     save(tmp_path, "cols", np.zeros(200))
     text = 'X = load("X.npy")\nat = load("at.npy")\ncols = load("cols.npy")\nw = [1, 2, 3, 4]\n' \
            'loss = (X * w).arrange(at, cols).sum'
-    with pytest.raises(SpireadError) as caught:
+    try:
         program = Program.of_source(Source(str(tmp_path / "p.ad"), text), Options(chunk_rows=chunk_rows), (), None,
                                     tmp_path)
         program.gradients(["w"])
-    assert caught.value.diagnostic.message.startswith("cannot run by row chunks: " + message)
+        refusal = program.refusal  # the plan refused: the program ran op by op
+    except SpireadError as err:
+        refusal = err
+    assert refusal.diagnostic.message.startswith("cannot run by row chunks: " + message)
 
 
 def test_nonfinite_warning_keeps_its_source_location_and_rows(data):
@@ -327,11 +333,12 @@ def test_cli_backend_usage_errors(args, message, data):
 
 
 def test_cli_refusal_points_at_the_op(data):
-    (data / "gram.ad").write_text('X = load("X.npy")\nw = [1, 2, 3, 4]\nloss = (X.T @@ X).sum + w.sum\n')
-    out = spiread("grad", "gram.ad", "--backend", "dask", cwd=data)
+    (data / "prod.ad").write_text('X = load("X.npy")\nw = [1, 2, 3, 4]\nloss = (X @@ w).product + w.sum\n')
+    out = spiread("grad", "prod.ad", "--backend", "dask", cwd=data)
     assert out.returncode == 1
-    assert out.stderr.splitlines()[0] == ("gram.ad:3:11: error: cannot run by row chunks: `T` combines the rows of "
-                                          "`X` other than by a `.sum` or `.mean` of them")
+    assert out.stderr.splitlines()[0] == ("prod.ad:3:17: error: cannot run by row chunks (`product` combines the rows "
+                                          "of the result of `@@` other than by a `.sum` or `.mean` of them), nor op by "
+                                          "op on Dask arrays: `product` has no rule for Dask arrays")
 
 
 def free_port() -> int:
