@@ -13,6 +13,7 @@ at the ops' spans, as the numpy tape makes them.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,7 +123,11 @@ class LazyProgram:
         try:
             if self.client is not None:
                 return tuple(self.client.gather(self.client.compute(list(values))))
-            return dask.compute(*values, scheduler="threads")
+            # inf and nan are reported at the ops' spans (_warn_births), not by numpy in the worker threads,
+            # which np.errstate does not reach
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return dask.compute(*values, scheduler="threads")
         except SpireadError as err:
             raise err.located_in(self.job.source)
 

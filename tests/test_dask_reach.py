@@ -238,7 +238,7 @@ def test_cli_check_on_dask(data):
     fails with exit 1 and the slopes to either side, as on numpy."""
     (data / "sm.ad").write_text(PROGRAMS["softmax regression, a pick per row"])
     numpy_out = spiread("check", "sm.ad", "--format", "json", cwd=data)
-    dask_out = spiread("check", "sm.ad", "--format", "json", "--backend", "dask", "--chunk-rows", "30", cwd=data)
+    dask_out = spiread("check", "sm.ad", "--format", "json", "--backend", "dask", "--chunk-rows", "100", cwd=data)
     assert numpy_out.returncode == dask_out.returncode == 0, dask_out.stderr
     expected, got = strict_json(numpy_out.stdout), strict_json(dask_out.stdout)
     assert got["ok"] and set(got["results"]) == set(expected["results"]) == {"W", "b"}
@@ -273,3 +273,161 @@ def test_cli_what_dask_cannot_differentiate_says_why(args, message, data):
     out = spiread(args[0], "ls2.ad", *args[1:], "--backend", "dask", "--chunk-rows", "50", cwd=data)
     assert out.returncode == 2
     assert out.stderr.splitlines()[0] == message
+
+
+# ------------------------------------------------------------- op by op on Dask arrays (the fallback)
+
+from dask.callbacks import Callback  # noqa: E402
+
+from spiread_cli.dask_lazy import NO_LAZY_RULES, LazyProgram  # noqa: E402
+from spiread_cli.ops import OPS, is_lazy  # noqa: E402
+from spiread_cli.tape import compute  # noqa: E402
+
+
+class Computes(Callback):
+    """Counts Dask computes (each graph a scheduler is given)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def _start(self, dsk):
+        self.count += 1
+
+
+def _lazy(x):
+    import dask.array as da
+    x = np.asarray(x, dtype=float)
+    return da.from_array(x, chunks=1) if x.ndim else da.from_array(x)
+
+
+def _runs_lazily(case) -> str | None:
+    """Why an op's impl or vjp does not run on Dask arrays (a block per row)
+    as on numpy without computing, or None."""
+    op = OPS[case.op]
+    xs = [np.asarray(x, dtype=float) for x in case.xs]
+    out = np.asarray(op.impl(*xs, **case.params), dtype=float)
+    g = np.random.default_rng(0).normal(size=out.shape)
+    try:
+        with Computes() as computes:
+            lazy_out = compute(op, [_lazy(x) for x in xs], case.params)
+            lazy_vjps = [op.vjp(i, _lazy(g), lazy_out, *[_lazy(x) for x in xs], **case.params) for i in range(len(xs))]
+        if computes.count or not is_lazy(lazy_out) or not all(is_lazy(v) for v in lazy_vjps):
+            return f"{computes.count} computes; lazy results: {is_lazy(lazy_out)}, {[is_lazy(v) for v in lazy_vjps]}"
+        np.testing.assert_allclose(np.asarray(lazy_out), out, rtol=1e-12, atol=1e-13)
+        for i, v in enumerate(lazy_vjps):
+            np.testing.assert_allclose(np.asarray(v), op.vjp(i, g, out, *xs, **case.params), rtol=1e-12, atol=1e-13)
+    except Exception as err:  # a rule that does not take Dask arrays
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def test_every_op_runs_on_dask_arrays_or_is_refused_by_name():
+    """The op table on Dask arrays, on test_ops.py's cases (which cover the
+    table): an op's impl and vjp give numpy's values lazily, without a compute,
+    unless the op is in NO_LAZY_RULES, which is refused before any compute;
+    an op in the set fails somewhere, so the set never outlives the reason."""
+    from test_ops import CASES
+    problems = {}
+    for case in CASES:
+        problems.setdefault(case.op, []).append(_runs_lazily(case))
+    wrong = {op: [p for p in found if p] for op, found in problems.items() if op not in NO_LAZY_RULES and any(found)}
+    assert not wrong, wrong
+    stale = [op for op in NO_LAZY_RULES if not any(problems[op])]
+    assert not stale, f"these run on Dask arrays now: take them out of NO_LAZY_RULES: {stale}"
+
+
+REFUSED_BY_THE_PLAN = {
+    "a Gram matrix (X.T @@ X)": """
+X = load("X.npy")
+w = [0.5, -0.25, 1.0, 0.0]
+W = randn(4, 4, seed=1)
+loss = (X.T @@ X * W).sum / rows(X) + ((X @@ w).tanh ** 2).mean""",
+    "standardised by totals used row by row": """
+X = load("X.npy")
+y = load("y.npy")
+w = [0.5, -0.25, 1.0, 0.0]
+Z = (X - X.mean) / ((X * X).mean - X.mean * X.mean).sqrt
+loss = ((Z @@ w - y) ** 2).mean""",
+    "a constant folded from the row count": """
+X = load("X.npy")
+w = [0.5, -0.25, 1.0, 0.0]
+loss = (X @@ w).exp.sum * (1 / rows(X))""",
+    "softmax regression with labels and a penalty mixing rows": """
+X = load("X.npy")
+labels = load("labels.npy")
+W = randn(4, 3, seed=2) * 0.1
+b = zeros(3)
+logp = (X @@ W + b).logSoftmaxRows
+loss = -logp.arrange(arange(rows(X)), labels).mean + ((X @@ W).T @@ (X @@ W)).sum * 1e-4""",
+    "bigram with a selection and a dot product over rows": """
+xs = load("xs.npy")
+ys = load("ys.npy")
+W = randn(27, 27, seed=0)
+probs = (onehot(xs, 27) @@ W).exp.normaliseRowsL1
+loss = probs.select(arange(rows(xs)), ys).mapRowsToScalar(ReductionOps.Sum).log.mean * -1.0 + (xs @@ ys) * 1e-7""",
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED_BY_THE_PLAN))
+@pytest.mark.parametrize("chunk_rows", [7, 64])
+def test_programs_the_plan_refuses_run_op_by_op_as_on_numpy(name, chunk_rows, data):
+    source, program = open_program(data, REFUSED_BY_THE_PLAN[name], chunk_rows=chunk_rows)
+    assert isinstance(program, LazyProgram) and program.refusal.diagnostic.message.startswith(
+        "cannot run by row chunks: ")
+    assert all(is_lazy(program.run.node(n).value) for n in program.run.bindings if n in ("X", "xs"))
+    with Computes() as computes:
+        got = program.gradients()
+    assert computes.count == 1  # the output, the gradients and every finiteness flag together
+    assert_same(numpy_gradients(source, data), got)
+
+
+def test_training_op_by_op_computes_once_a_step(data):
+    from spiread_cli.optim import make_optimizer
+    from spiread_cli.train import train
+    text = REFUSED_BY_THE_PLAN["standardised by totals used row by row"]
+    source, program = open_program(data, text, chunk_rows=30)
+    with Computes() as computes:
+        got = train(program.run, ["w"], 4, make_optimizer("sgd", 0.1, 0.0), steps_by=program.steps)
+    assert computes.count == 4
+    expected = train(api.run_source(source, None, None, data), ["w"], 4, make_optimizer("sgd", 0.1, 0.0))
+    np.testing.assert_allclose(got.losses, expected.losses, rtol=RTOL)
+    np.testing.assert_allclose(got.values["w"], expected.values["w"], rtol=RTOL)
+
+
+def test_warnings_op_by_op_are_numpys(data):
+    text = 'X = load("X.npy")\nw = [1.0, 0.0, 0.0, 0.0]\nloss = (X.T @@ X).sum + (X @@ w).log.sum\n'
+    source, program = open_program(data, text, chunk_rows=50)
+    got = program.gradients(["w"])
+    run = api.run_source(source, None, None, data)
+    expected = api.gradients(run, ["w"])
+    assert np.isnan(got.value) and np.isnan(expected.value)
+    assert got.diagnostics.warnings == run.diagnostics.warnings
+    assert [(w.span.line, w.span.column) for w in got.diagnostics.warnings][:1] == [(3, 34)]
+
+
+def test_cli_runs_op_by_op(data):
+    """`eval`, `grad` and `train` end to end on a program the plan refuses:
+    numpy's numbers; `check` and `--mode forward` say why they cannot run."""
+    (data / "std.ad").write_text(REFUSED_BY_THE_PLAN["standardised by totals used row by row"])
+    dask = ["--backend", "dask", "--chunk-rows", "40", "--format", "json"]
+    for command in (["eval", "std.ad"], ["grad", "std.ad"], ["train", "std.ad", "--wrt", "w", "--steps", "3"]):
+        expected = strict_json(spiread(*command, "--format", "json", cwd=data).stdout)
+        out = spiread(*command, *dask, cwd=data)
+        assert out.returncode == 0, out.stderr
+        got = strict_json(out.stdout)
+        for key in ("gradients", "values"):
+            for name, entry in got.get(key, {}).items():
+                np.testing.assert_allclose(entry["value"], expected[key][name]["value"], rtol=RTOL, atol=1e-14)
+        if command[0] == "eval":
+            assert set(got["values"]) == {"w", "loss"}  # the row data and Z are never gathered
+        if command[0] == "train":
+            np.testing.assert_allclose(got["loss"], expected["loss"], rtol=RTOL)
+    reason = ("row chunks cannot run it (`-` combines the data rows with the result of `mean`, a total over all rows, "
+              "which is known only after every chunk has run), and op by op on Dask arrays there is no forward mode "
+              "(the ops' forward-mode rules are numpy only)")
+    for command, what in ((["check"], "`check`"), (["grad", "--mode", "forward"], "`grad --mode forward`")):
+        out = spiread(command[0], "std.ad", *command[1:], "--backend", "dask", cwd=data)
+        assert out.returncode == 2
+        assert out.stderr.splitlines()[0] == f"spiread: error: {what} cannot run on this program with " \
+                                             f"`--backend dask`: {reason}"
