@@ -431,3 +431,33 @@ def test_cli_runs_op_by_op(data):
         assert out.returncode == 2
         assert out.stderr.splitlines()[0] == f"spiread: error: {what} cannot run on this program with " \
                                              f"`--backend dask`: {reason}"
+
+
+@pytest.mark.cluster
+def test_local_cluster_runs_check_and_the_fallback(data, monkeypatch):
+    """Worker processes: the chunked check's tasks and the fallback's blocks
+    travel to them (paths and offsets, never the data)."""
+    from distributed import LocalCluster
+    from spiread_cli import check as check_module
+    monkeypatch.setattr(check_module, "ELEMENTWISE_BUDGET_SECONDS", float("inf"))  # entry by entry, however slow
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster:
+        source, program = open_program(data, REFUSED_BY_THE_PLAN["a Gram matrix (X.T @@ X)"], chunk_rows=50,
+                                       scheduler=cluster.scheduler_address)
+        try:
+            assert isinstance(program, LazyProgram)
+            assert_same(numpy_gradients(source, data), program.gradients())
+        finally:
+            program.close()
+        source, program = open_program(data, PROGRAMS["softmax regression, a pick per row"], chunk_rows=50,
+                                       scheduler=cluster.scheduler_address)
+        try:
+            from spiread_cli.dask_check import check
+            report = check(program, program.run, None, None, None)
+            expected = check_gradients(api.run_source(source, None, None, data))
+            assert report.ok and {n: r.checked for n, r in report.results.items()} == \
+                {n: r.checked for n, r in expected.results.items()}
+            np.testing.assert_allclose(forward_gradients(program, None).gradients["W"],
+                                       numpy_gradients(source, data).gradients["W"], rtol=RTOL)
+        finally:
+            program.close()
