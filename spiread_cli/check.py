@@ -410,7 +410,7 @@ def output_magnitude(tape: Tape, output: int) -> float:
     adjoints = tape.backward(output, ids)
     with np.errstate(all="ignore"):
         terms = [np.abs(nodes[i].value) * np.abs(adjoints[i]) for i in ids]
-    return float(sum(np.sum(t[np.isfinite(t)]) for t in terms))
+        return float(sum(np.sum(np.where(np.isfinite(t), t, 0.0)) for t in terms))  # the finite terms
 
 
 def _max(a: np.ndarray) -> float:

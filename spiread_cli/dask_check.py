@@ -159,20 +159,13 @@ def check_subject(program, run, names: list[str] | None) -> Subject:
     return Subject(d.ids, d.value, d.gradients, magnitude, lambda name: ChunkedProbe(d, name), lambda names: [])
 
 
-def refuse_lazy(program, what: str) -> None:
-    """On the op-by-op fallback (spiread_cli/dask_lazy.py), forward mode is refused."""
-    if getattr(program, "lazy", False):
-        raise usage_error(f"{what} cannot run on this program with `--backend dask`: row chunks cannot run it "
-                          f"({program.refusal.diagnostic.message.removeprefix('cannot run by row chunks: ')}), and "
-                          "op by op on Dask arrays there is no forward mode (the ops' forward-mode rules are "
-                          "numpy only)", ["use --backend numpy"])
-
-
 def check(program, run, wrt: list[str] | None, eps: float | None, tol: float | None):
     """`check --backend dask`: over row chunks, each finite difference one
-    pass; a program too small to chunk is checked whole, as on numpy."""
+    pass; op by op on Dask arrays (spiread_cli/dask_lazy.py), each one
+    compute; a program too small to chunk is checked whole, as on numpy."""
     from .check import check_gradients
-    refuse_lazy(program, "`check`")
+    if getattr(program, "lazy", False):
+        return check_gradients(run, wrt, eps, tol, subject=program.check_subject)
     if not program.chunked:
         return check_gradients(run, wrt, eps, tol)
     return check_gradients(run, wrt, eps, tol, subject=lambda run, names: check_subject(program, run, names))
@@ -183,8 +176,7 @@ def forward_gradients(program, names: list[str] | None):
     derivatives along the unit vectors, pushed forward (one pass per value)."""
     from . import api
     from .dask_backend import Result
-    refuse_lazy(program, "`grad --mode forward`")
-    if not program.chunked:  # too few rows to chunk: run whole
+    if not program.chunked:  # too few rows to chunk, or op by op on Dask arrays: forward mode on the tape
         gradients = api.gradients(program.run, names, "forward")
         return Result(gradients.value, gradients.gradients, program.run.diagnostics)
     d = ChunkedDerivatives(program, names, reverse=False)

@@ -181,6 +181,20 @@ class LazyProgram:
         return Run(run.source, run.tape, shown, run.binding_spans, run.output, run.output_name, run.backward_wrt,
                    run.diagnostics, run.printed, run.jets)
 
+    def check_subject(self, run: Run, names: list[str] | None):
+        """check.Subject on the lazy tape: the output and gradients in one
+        compute, the rounding bound in another; each probe and each block
+        of forward-mode directions is one compute."""
+        from .check import Probe, Subject, kink_sites, output_magnitude
+        ids = run.wrt_ids(names)
+        tape = run.tape
+        value, grads, _ = self._evaluate(ids, True, run.diagnostics)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            magnitude = output_magnitude(tape, run.output)
+        return Subject(ids, float(value), grads, magnitude, lambda name: Probe(tape, ids[name], run.output),
+                       lambda failed: kink_sites(tape, [ids[n] for n in failed], run.output))
+
     def _is_rows(self, value) -> bool:
         return is_lazy(value) and bool(self.rows) and value.ndim >= 1 and value.shape[0] == self.rows
 

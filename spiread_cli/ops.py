@@ -400,12 +400,13 @@ def _matmul_jvp(ts, out, a, b):
     a2, b2 = _as_matrices(a, b)
     (r, n), c = a2.shape, b2.shape[1]
     k = next(t for t in ts if t is not None).shape[0]
-    total = np.zeros((k, r, c))
+    terms = []  # added, not accumulated in place: a term may be lazy (a Dask array)
     if ts[0] is not None:
-        total += (ts[0].reshape(k * r, n) @ b2).reshape(k, r, c)
+        terms.append((ts[0].reshape(k * r, n) @ b2).reshape(k, r, c))
     if ts[1] is not None:  # (tb_k a2ᵀ)ᵀ for each k, as one (k·c)×n by n×r product
         tb = np.swapaxes(ts[1].reshape(k, n, c), 1, 2).reshape(k * c, n)
-        total += np.swapaxes((tb @ a2.T).reshape(k, c, r), 1, 2)
+        terms.append(np.swapaxes((tb @ a2.T).reshape(k, c, r), 1, 2))
+    total = terms[0] if len(terms) == 1 else terms[0] + terms[1]
     return total.reshape((k,) + out.shape)
 
 
@@ -645,6 +646,8 @@ def _select(x, rows, cols):
 
 def _select_jvp(ts, out, x, rows, cols):
     t = ts[0]
+    if is_lazy(t):
+        return _select(t.transpose(1, 2, 0), rows, cols).transpose(2, 0, 1)  # the batch axis last, then back
     result = np.zeros_like(t)
     result[:, rows, cols] = t[:, rows, cols]
     return result
@@ -683,9 +686,15 @@ def _arrange_vjp(i, g, out, x, rows, cols):
     return _scatter_pairs(x.shape, rows, cols, g)
 
 
-defop("arrange", lambda x, rows, cols: x.vindex[rows, cols] if is_lazy(x) else x[rows, cols],
+def _pick(x, rows, cols):
+    """x[rows, cols] (on further axes too); a Dask array picks by `vindex`."""
+    return x.vindex[rows, cols] if is_lazy(x) else x[rows, cols]
+
+
+defop("arrange", _pick,
       vjp=_arrange_vjp,
-      jvp=lambda ts, out, x, rows, cols: ts[0][:, rows, cols],
+      jvp=lambda ts, out, x, rows, cols: _pick(ts[0].transpose(1, 2, 0), rows, cols).T if is_lazy(ts[0])
+      else ts[0][:, rows, cols],
       shape=lambda s, rows, cols: _pairs_shape(s, rows, cols, (len(rows),)), methods=(),
       vjp_graph=lambda i, g, out, x, emit, rows, cols: emit("scatterPairs", [g], rows=rows, cols=cols,
                                                             shape=emit.shape(x)),

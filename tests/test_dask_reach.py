@@ -302,8 +302,8 @@ def _lazy(x):
 
 
 def _runs_lazily(case) -> str | None:
-    """Why an op's impl or vjp does not run on Dask arrays (a block per row)
-    as on numpy without computing, or None."""
+    """Why an op's impl, vjp or jvp does not run on Dask arrays (a block per
+    row) as on numpy without computing, or None."""
     op = OPS[case.op]
     xs = [np.asarray(x, dtype=float) for x in case.xs]
     out = np.asarray(op.impl(*xs, **case.params), dtype=float)
@@ -312,11 +312,18 @@ def _runs_lazily(case) -> str | None:
         with Computes() as computes:
             lazy_out = compute(op, [_lazy(x) for x in xs], case.params)
             lazy_vjps = [op.vjp(i, _lazy(g), lazy_out, *[_lazy(x) for x in xs], **case.params) for i in range(len(xs))]
-        if computes.count or not is_lazy(lazy_out) or not all(is_lazy(v) for v in lazy_vjps):
-            return f"{computes.count} computes; lazy results: {is_lazy(lazy_out)}, {[is_lazy(v) for v in lazy_vjps]}"
+            tangents = [np.random.default_rng(i).normal(size=(2,) + x.shape) for i, x in enumerate(xs)]
+            lazy_jvps = [op.jvp([_lazy(t) if j == i else None for j, t in enumerate(tangents)], lazy_out,
+                                *[_lazy(x) for x in xs], **case.params) for i in range(len(xs))]
+        results = [lazy_out, *lazy_vjps]  # a jvp may be a constant (zeros: sign, stopGradient)
+        if computes.count or not all(is_lazy(v) for v in results):
+            return f"{computes.count} computes; lazy results: {[is_lazy(v) for v in results]}"
         np.testing.assert_allclose(np.asarray(lazy_out), out, rtol=1e-12, atol=1e-13)
         for i, v in enumerate(lazy_vjps):
             np.testing.assert_allclose(np.asarray(v), op.vjp(i, g, out, *xs, **case.params), rtol=1e-12, atol=1e-13)
+        for i, v in enumerate(lazy_jvps):
+            ts = [t if j == i else None for j, t in enumerate(tangents)]
+            np.testing.assert_allclose(np.asarray(v), op.jvp(ts, out, *xs, **case.params), rtol=1e-12, atol=1e-13)
     except Exception as err:  # a rule that does not take Dask arrays
         return f"{type(err).__name__}: {err}"
     return None
@@ -324,7 +331,7 @@ def _runs_lazily(case) -> str | None:
 
 def test_every_op_runs_on_dask_arrays_or_is_refused_by_name():
     """The op table on Dask arrays, on test_ops.py's cases (which cover the
-    table): an op's impl and vjp give numpy's values lazily, without a compute,
+    table): an op's impl, vjp and jvp give numpy's values lazily, without a compute,
     unless the op is in NO_LAZY_RULES, which is refused before any compute;
     an op in the set fails somewhere, so the set never outlives the reason."""
     from test_ops import CASES
@@ -382,6 +389,23 @@ def test_programs_the_plan_refuses_run_op_by_op_as_on_numpy(name, chunk_rows, da
     assert_same(numpy_gradients(source, data), got)
 
 
+@pytest.mark.parametrize("name", list(REFUSED_BY_THE_PLAN))
+def test_check_and_forward_mode_op_by_op(name, data, monkeypatch):
+    """The numpy check on the lazy tape (each probe one compute), and forward
+    mode pushed through the ops' jvp rules on Dask arrays."""
+    from spiread_cli import check as check_module
+    from spiread_cli.dask_check import check
+    monkeypatch.setattr(check_module, "ELEMENTWISE_BUDGET_SECONDS", float("inf"))
+    source, program = open_program(data, REFUSED_BY_THE_PLAN[name], chunk_rows=30)
+    run = api.run_source(source, None, None, data)
+    report, expected = check(program, program.run, None, None, None, ), check_gradients(run)
+    assert report.ok and expected.ok, [r.problem for r in report.results.values()]
+    assert {n: (r.method, r.checked) for n, r in report.results.items()} == \
+        {n: (r.method, r.checked) for n, r in expected.results.items()}
+    source, program = open_program(data, REFUSED_BY_THE_PLAN[name], chunk_rows=30)
+    assert_same(api.gradients(run, None, "forward"), forward_gradients(program, None))
+
+
 def test_training_op_by_op_computes_once_a_step(data):
     from spiread_cli.optim import make_optimizer
     from spiread_cli.train import train
@@ -407,11 +431,12 @@ def test_warnings_op_by_op_are_numpys(data):
 
 
 def test_cli_runs_op_by_op(data):
-    """`eval`, `grad` and `train` end to end on a program the plan refuses:
-    numpy's numbers; `check` and `--mode forward` say why they cannot run."""
+    """`eval`, `grad` (both modes), `train` and `check` end to end on a
+    program the plan refuses: numpy's numbers."""
     (data / "std.ad").write_text(REFUSED_BY_THE_PLAN["standardised by totals used row by row"])
     dask = ["--backend", "dask", "--chunk-rows", "40", "--format", "json"]
-    for command in (["eval", "std.ad"], ["grad", "std.ad"], ["train", "std.ad", "--wrt", "w", "--steps", "3"]):
+    for command in (["eval", "std.ad"], ["grad", "std.ad"], ["grad", "std.ad", "--mode", "forward"],
+                    ["train", "std.ad", "--wrt", "w", "--steps", "3"], ["check", "std.ad", "--wrt", "w"]):
         expected = strict_json(spiread(*command, "--format", "json", cwd=data).stdout)
         out = spiread(*command, *dask, cwd=data)
         assert out.returncode == 0, out.stderr
@@ -423,14 +448,8 @@ def test_cli_runs_op_by_op(data):
             assert set(got["values"]) == {"w", "loss"}  # the row data and Z are never gathered
         if command[0] == "train":
             np.testing.assert_allclose(got["loss"], expected["loss"], rtol=RTOL)
-    reason = ("row chunks cannot run it (`-` combines the data rows with the result of `mean`, a total over all rows, "
-              "which is known only after every chunk has run), and op by op on Dask arrays there is no forward mode "
-              "(the ops' forward-mode rules are numpy only)")
-    for command, what in ((["check"], "`check`"), (["grad", "--mode", "forward"], "`grad --mode forward`")):
-        out = spiread(command[0], "std.ad", *command[1:], "--backend", "dask", cwd=data)
-        assert out.returncode == 2
-        assert out.stderr.splitlines()[0] == f"spiread: error: {what} cannot run on this program with " \
-                                             f"`--backend dask`: {reason}"
+        if command[0] == "check":
+            assert got["ok"] and {n: r["checked"] for n, r in got["results"].items()} == {"w": 4}
 
 
 @pytest.mark.cluster
