@@ -21,7 +21,6 @@ output made by cancelling large terms is only as exact as those terms.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,9 +33,14 @@ from .tape import Node, Run, Tape
 DEFAULT_EPS = 1e-6
 DEFAULT_TOL = 1e-5
 # Every entry is checked when a value has at most this many entries and the
-# 2·n evaluations fit the time budget; otherwise DIRECTIONS random directions.
+# 2·n evaluations fit the budget; otherwise DIRECTIONS random directions. The
+# budget counts array entries computed (each op node's value, plus a fixed
+# charge per node for its Python overhead), not seconds, so the same program
+# is checked the same way on a quiet or a loaded machine: 2·10⁸ entries is
+# about 2 seconds of numpy on this hardware class.
 ELEMENTWISE_MAX_ENTRIES = 1000
-ELEMENTWISE_BUDGET_SECONDS = 2.0
+ELEMENTWISE_BUDGET_ENTRIES = 2e8
+NODE_OVERHEAD_ENTRIES = 500
 DIRECTIONS = 8
 NOISE_ULPS = 64
 # A gap between the right and left slopes larger than this share of the
@@ -133,6 +137,8 @@ class Probe:
         self.output = tape.nodes[output]
         self.chain = [node for node in tape.between([node_id], output)[1:] if node.op is not None]
         self.saved = [(n, n.value, n.known_finite) for n in [self.node] + self.chain]
+        # array entries one evaluation computes (the budget of `_directions`)
+        self.work = sum(node.value.size + NODE_OVERHEAD_ENTRIES for node in self.chain)
 
     @property
     def x(self) -> np.ndarray:
@@ -286,12 +292,10 @@ def _directions(probe: Probe, max_entries: int, directions: int,
                 rng: np.random.Generator) -> tuple[str, np.ndarray]:
     """The directions to differentiate along, shape (k,) + the value's shape:
     every entry (the rows of the identity) when the value is small and 2·n
-    evaluations fit the time budget, else a few random unit directions."""
+    evaluations fit the budget (`probe.work` entries each), else a few random
+    unit directions."""
     x = probe.x
-    started = time.perf_counter()
-    probe(x)
-    seconds = time.perf_counter() - started
-    if x.size <= max_entries and 2 * x.size * seconds <= ELEMENTWISE_BUDGET_SECONDS:
+    if x.size <= max_entries and 2 * x.size * probe.work <= ELEMENTWISE_BUDGET_ENTRIES:
         return "elementwise", np.eye(x.size).reshape((x.size,) + x.shape)
     v = rng.standard_normal((directions, x.size))
     v /= np.linalg.norm(v, axis=1, keepdims=True)

@@ -23,7 +23,7 @@ import itertools
 
 import numpy as np
 
-from .check import Subject, output_magnitude
+from .check import NODE_OVERHEAD_ENTRIES, Subject, output_magnitude
 from .chunks import Job, record_chunk
 from .diagnostics import Diagnostics, SpireadError, usage_error
 from .forward import ForwardSweep, directional_forward
@@ -134,7 +134,11 @@ class ChunkedProbe:
 
     def __init__(self, derivatives: ChunkedDerivatives, name: str):
         self.derivatives, self.name = derivatives, name
-        self.x = derivatives.program.run.node(name).value
+        program = derivatives.program
+        self.x = program.run.node(name).value
+        # array entries one pass computes (check's budget): every row's recorded values, and each node's overhead
+        plan = program.job.plan
+        self.work = plan.rows * plan.bytes_per_row // 8 + NODE_OVERHEAD_ENTRIES * len(program.run.tape.nodes)
 
     def __call__(self, value: np.ndarray) -> float:
         return self.derivatives.value_at(self.name, value)

@@ -139,6 +139,19 @@ def test_directional_mode_can_be_asked_for_small_values():
     assert report.ok and report.results["M"].method == "directional"
 
 
+
+def test_the_method_follows_the_work_not_the_clock(monkeypatch):
+    """Entry by entry or along directions is decided by the entries an
+    evaluation computes, so a loaded machine checks as a quiet one does."""
+    import time
+    clock = iter(range(0, 10**9, 100))  # every timing would say 100 s
+    monkeypatch.setattr(time, "perf_counter", lambda: float(next(clock)))
+    small = check_gradients(run("W = randn(4, 16, seed=1)\nloss = (W @@ W.T).tanh.mean"), ["W"])
+    assert small.results["W"].method == "elementwise" and small.results["W"].checked == 64
+    # 100 entries, but each evaluation computes two 1000×1000 arrays: 2·100·2·10⁶ entries is over the budget
+    costly = check_gradients(run("x = randn(100, seed=2)\nbig = zeros(1000, 1000) + x.sum\nloss = big.tanh.mean"),
+                             ["x"])
+    assert costly.ok and costly.results["x"].method == "directional"
 # -------------------------------------------------------- wrong gradients
 
 

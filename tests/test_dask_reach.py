@@ -212,12 +212,9 @@ def test_forward_mode_over_chunks_matches_numpy(name, data):
 
 @pytest.mark.parametrize("name", list(PROGRAMS))
 @pytest.mark.parametrize("max_entries", [0, 64])
-def test_check_over_chunks_passes_as_on_numpy(name, max_entries, data, monkeypatch):
+def test_check_over_chunks_passes_as_on_numpy(name, max_entries, data):
     """The same check (elementwise, or along random directions) on both
-    backends: the same verdict on the same entries or directions. (Time
-    decides too, so it is lifted: a value is checked entry by entry by size.)"""
-    from spiread_cli import check
-    monkeypatch.setattr(check, "ELEMENTWISE_BUDGET_SECONDS", float("inf"))
+    backends: the same verdict on the same entries or directions."""
     source, program = open_program(data, PROGRAMS[name], chunk_rows=40)
     run = api.run_source(source, None, None, data)
     expected = check_gradients(run, max_entries=max_entries)
@@ -390,12 +387,10 @@ def test_programs_the_plan_refuses_run_op_by_op_as_on_numpy(name, chunk_rows, da
 
 
 @pytest.mark.parametrize("name", list(REFUSED_BY_THE_PLAN))
-def test_check_and_forward_mode_op_by_op(name, data, monkeypatch):
+def test_check_and_forward_mode_op_by_op(name, data):
     """The numpy check on the lazy tape (each probe one compute), and forward
     mode pushed through the ops' jvp rules on Dask arrays."""
-    from spiread_cli import check as check_module
     from spiread_cli.dask_check import check
-    monkeypatch.setattr(check_module, "ELEMENTWISE_BUDGET_SECONDS", float("inf"))
     source, program = open_program(data, REFUSED_BY_THE_PLAN[name], chunk_rows=30)
     run = api.run_source(source, None, None, data)
     report, expected = check(program, program.run, None, None, None, ), check_gradients(run)
@@ -453,12 +448,10 @@ def test_cli_runs_op_by_op(data):
 
 
 @pytest.mark.cluster
-def test_local_cluster_runs_check_and_the_fallback(data, monkeypatch):
+def test_local_cluster_runs_check_and_the_fallback(data):
     """Worker processes: the chunked check's tasks and the fallback's blocks
     travel to them (paths and offsets, never the data)."""
     from distributed import LocalCluster
-    from spiread_cli import check as check_module
-    monkeypatch.setattr(check_module, "ELEMENTWISE_BUDGET_SECONDS", float("inf"))  # entry by entry, however slow
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0") as cluster:
         source, program = open_program(data, REFUSED_BY_THE_PLAN["a Gram matrix (X.T @@ X)"], chunk_rows=50,
