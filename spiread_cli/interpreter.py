@@ -22,7 +22,7 @@ from . import syntax as ast
 from .builtins import FUNCTIONS, METHOD_SUGAR, REDUCTIONS, check_arguments
 from .data import load_array
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
-from .limits import check_shape, max_bytes
+from .limits import check_shape, max_bytes, no_cyclic_gc
 from .ops import METHODS, OPS, Op, ShapeError
 from .tape import Node, Run, Tape, is_lazy
 from .values import Arg, Const, Function, Jet, JetDim, Pairs, Record, Symbol, Text, TupleValue, Unit
@@ -56,6 +56,10 @@ class Interpreter:
     # ------------------------------------------------------- statements
 
     def run(self, module: ast.Module, of: str | None = None) -> Run:
+        with no_cyclic_gc():  # the tape is long-lived and acyclic (limits.py)
+            return self._run(module, of)
+
+    def _run(self, module: ast.Module, of: str | None) -> Run:
         self.later = {s.name: s.at for s in reversed(module.statements) if isinstance(s, (ast.Binding, ast.Definition))}
         values = [s.name for s in module.statements if isinstance(s, ast.Binding)]
         unknown = [name for name in self.overrides if name not in values]
@@ -202,14 +206,18 @@ class Interpreter:
         results: list[Arg] = []
         while stack:
             node, kind, n = stack.pop()
-            if n >= 0:
-                args = results[len(results) - n:] if n else []
-                del results[len(results) - n:]
+            if n > 0:
+                args = results[-n:]
+                del results[-n:]
                 results.append(Arg(self.visit(node, kind, args), node))
-            else:
+                continue
+            if n < 0:
                 kind, children = self.expand(node)
-                stack.append((node, kind, len(children)))
-                stack.extend((child, None, -1) for child in reversed(children))
+                if children:
+                    stack.append((node, kind, len(children)))
+                    stack.extend([(child, None, -1) for child in reversed(children)])
+                    continue
+            results.append(Arg(self.visit(node, kind, []), node))  # a leaf: visited as soon as it is reached
         return results[0]
 
     def expand(self, node) -> tuple[str | None, list]:
@@ -386,6 +394,7 @@ class Interpreter:
         `span` is the whole expression (quoted in messages), `at` where they point."""
         values = [self.tensor(a) for a in operands]
         shapes = [v.value.shape for v in values]
+        kinds = {type(v) for v in values}
         try:
             shape = op.shape(*shapes, **params)
         except ShapeError as err:
@@ -394,11 +403,11 @@ class Interpreter:
             message = str(err).format(*[texts[str(i)] for i in range(len(operands))], **texts)
             raise SpireadError(f"`{self.source.snippet(span)}`: {message}", at) from None
         self.check_size(shape, span, at)
-        if any(isinstance(v, Jet) for v in values):
+        if Jet in kinds:
             return self.jet_apply(op, values, params, span, at, label)
-        if all(isinstance(v, Const) for v in values):
+        if kinds == {Const}:
             return Const(self.tape.fold(op, [v.value for v in values], params, at, label, self.diagnostics))
-        inputs = tuple(self.materialize(Arg(v, a.expr)).id for v, a in zip(values, operands))
+        inputs = tuple([v.id if type(v) is Node else self.materialize(a).id for v, a in zip(values, operands)])
         return self.tape.record(op, inputs, params, at, label, self.diagnostics)
 
     def jet_apply(self, op: Op, values: list, params: dict, span: Span, at: Span, label: str) -> Jet:

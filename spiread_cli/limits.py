@@ -7,9 +7,11 @@ oversized request is a located error rather than an out-of-memory crash.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
-from typing import Callable, Iterable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 from .diagnostics import Span, SpireadError, shape_str
 
@@ -55,7 +57,7 @@ def check_shape(shape: Iterable[int], what: str | Callable[[], str], span: Span 
     it in the message (`zeros(3, 4)`, a file), or makes that name only when it
     is needed (quoting source text for every op of a long chain would cost
     time quadratic in its length); `notes` follow the usual one."""
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(map(int, shape))
     nbytes = math.prod(shape) * 8
     limit = max_bytes() if limit is None else limit
     if nbytes > limit:
@@ -63,3 +65,20 @@ def check_shape(shape: Iterable[int], what: str | Callable[[], str], span: Span 
         raise SpireadError(f"{what} would be {shape_str(shape)} ({human_bytes(nbytes)}), "
                            f"more than the limit of {human_bytes(limit)}", span,
                            ["set SPIREAD_MAX_BYTES (in bytes) to raise the limit", *notes])
+
+
+@contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """Loading a program (parsing, recording) allocates many long-lived
+    objects (tokens, AST nodes, spans, tape nodes) and no reference cycles, so
+    the cyclic collector would only re-scan the growing AST and tape again and
+    again: with it on, a third of recording time went there, and parse time
+    grew faster than the program. Whatever cyclic garbage a load does make is
+    collected as usual once it is on again."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()

@@ -7,7 +7,6 @@ needed however deeply the program nests.
 
 from __future__ import annotations
 
-import gc
 import re
 import unicodedata
 from collections import deque
@@ -23,6 +22,7 @@ from lark.parsers.lalr_analysis import Shift
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
 from .diagnostics import SpireadError, Source, Span
+from .limits import no_cyclic_gc
 
 # ---------------------------------------------------------------- AST nodes
 
@@ -795,16 +795,12 @@ def _unmatched(token: Token, opened: list[Token]) -> SpireadError | None:
 
 def parse(source: Source) -> Module:
     """Parse a whole program; raises SpireadError with a located message."""
-    # Parsing allocates many long-lived objects (tokens, nodes, spans) and no
-    # reference cycles, so the cyclic collector would only re-scan the growing
-    # AST again and again: with it on, parse time grew faster than the program.
-    collecting = gc.isenabled()
-    gc.disable()
     try:
-        try:
-            statements = _get_driver().parse(source.text)
-        except _NotOnTheFastPath:
-            statements = _get_parser().parse(source.text)  # Lark's own parse, for its error
+        with no_cyclic_gc():
+            try:
+                statements = _get_driver().parse(source.text)
+            except _NotOnTheFastPath:
+                statements = _get_parser().parse(source.text)  # Lark's own parse, for its error
     except UnexpectedInput as err:
         raise _syntax_error(err, source) from None
     except Exception as err:  # errors raised inside transformer callbacks arrive wrapped
@@ -812,9 +808,6 @@ def parse(source: Source) -> Module:
         if isinstance(inner, SpireadError):
             raise inner from None
         raise
-    finally:
-        if collecting:
-            gc.enable()
     return Module(statements, source)
 
 
