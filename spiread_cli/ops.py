@@ -143,6 +143,10 @@ def _copied(x):
 
 
 def broadcast_shape(a, b, **_):
+    if a == b or not b:  # the usual cases, answered without numpy's general rule (a tenth of recording)
+        return a
+    if not a:
+        return b
     try:
         return np.broadcast_shapes(a, b)
     except ValueError:

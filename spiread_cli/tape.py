@@ -116,7 +116,8 @@ class Tape:
         """Append an op node and evaluate it, warning if it makes inf or nan."""
         node = Node(len(self.nodes), "op", op, inputs, params, None, span, label)
         self.nodes.append(node)
-        self.replay([node], diagnostics)
+        with np.errstate(all="ignore"):
+            self._evaluate(node, self.nodes, diagnostics)
         return node
 
     def fold(self, op: Op, args: list[np.ndarray], params: dict, span: Span | None, label: str,
