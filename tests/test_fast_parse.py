@@ -1,0 +1,143 @@
+"""The fast parse path (syntax._TableDriver) against Lark's ordinary parse.
+
+`syntax.parse` reads a program with a tighter driver over Lark's own tables,
+lexers and rule callbacks, and falls back to Lark for a syntax error. Both
+must give the same AST (every node, every span) for any program that parses,
+and the same error, at the same span, for any that does not. The reference
+here is `syntax.parse` with the fast path switched off: Lark's parser alone,
+as it read every program before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import EXAMPLES
+from programs import programs
+from test_fuzz import language_text, mutated_programs
+from spiread_cli import syntax
+from spiread_cli.diagnostics import Source, SpireadError
+
+TESTS = Path(__file__).parent
+CORPUS = sorted({*EXAMPLES.rglob("*.ad"), *(TESTS / "golden").rglob("*.ad"), *(TESTS / "bad").rglob("*.ad")})
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+
+
+def text_of(path: Path) -> str:
+    return path.read_bytes().decode("utf-8", errors="replace")  # tests/bad has a UTF-16 file
+
+
+def dump(value):
+    """An AST as plain nested data, spans included (NumberArray's arrays as lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__name__,) + tuple(dump(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, np.ndarray):
+        return ("array", value.shape, value.tolist())
+    if isinstance(value, list):
+        return [dump(v) for v in value]
+    return value  # a Span, a str, a float, None
+
+
+def outcome(text: str, fast: bool, monkeypatch) -> tuple:
+    """What `syntax.parse` gives: the AST, or the error with its span and notes."""
+    def lark_only():
+        raise syntax._NotOnTheFastPath
+
+    with monkeypatch.context() as patch:
+        if not fast:
+            patch.setattr(syntax._get_driver(), "parse", lambda text: lark_only())
+        try:
+            module = syntax.parse(Source("t.ad", text))
+        except SpireadError as err:
+            d = err.diagnostic
+            return ("error", d.message, d.span, d.notes, d.related)
+    return ("ok", dump(module.statements))
+
+
+def same(text: str, monkeypatch) -> tuple:
+    fast, lark = outcome(text, True, monkeypatch), outcome(text, False, monkeypatch)
+    assert fast == lark, text
+    return fast
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_every_example_and_golden_program_reads_the_same(path, monkeypatch):
+    same(text_of(path), monkeypatch)
+
+
+def test_the_corpus_holds_both_programs_and_syntax_errors(monkeypatch):
+    """So the test above compares both paths of the driver, not one."""
+    kinds = {same(text_of(path), monkeypatch)[0] for path in CORPUS}
+    assert kinds == {"ok", "error"}
+    assert any(same(text_of(path), monkeypatch)[0] == "error"
+               and "unexpected" in same(text_of(path), monkeypatch)[1] for path in CORPUS)
+
+
+@SETTINGS
+@given(programs())
+def test_random_programs_read_the_same(program):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        assert same(program.source, monkeypatch)[0] == "ok"
+
+
+@settings(SETTINGS, max_examples=300)
+@given(mutated_programs())
+def test_mutated_examples_read_the_same(text):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        same(text, monkeypatch)
+
+
+@settings(SETTINGS, max_examples=300)
+@given(language_text)
+def test_random_text_reads_the_same(text):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        same(text, monkeypatch)
+
+
+# Pieces of every construct the grammar has, so random sequences of them meet
+# the keywords, blocks, givens, lambdas, imports, strings and literals too.
+PIECES = ["x", "y2", "_w", "1", "2.5", ".5", "3.", "1e-3", "[1, 2]", "[[1, 2], [3, 4]]", "[-1,\n 2]", '"a.csv"',
+          '"q\\"', "+", "-", "*", "/", "**", "@@", "@", "(", ")", "[", "]", "{", "}", ",", ".", "=", "=>", ":",
+          ";", "\n", "\r\n", " ", "\t", "# c\n", "// c\n", "val ", "def ", "given ", "import a.b\n", "import = 1\n",
+          "Double", "sum", ".exp", ".T", "(a = 1)", "x => x", "f(x: Double)", "[T: Field]"]
+
+
+@settings(SETTINGS, max_examples=400)
+@given(st.lists(st.sampled_from(PIECES), max_size=30).map("".join))
+def test_random_pieces_of_every_construct_read_the_same(text):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        same(text, monkeypatch)
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    "\n\n",
+    "x = 1",                                  # no final newline
+    "x = (1 +\n 2)\ny = [x,\n x]\n",          # newlines inside brackets
+    "x = {1}\n",                              # a brace outside a def
+    "def f[T: Field](x: T, y: T): T = {\n val s = x * y\n s + x\n}\nz = f(1, 2)\n",
+    "given jd: JetDim = JetDim(1)\nval x: Double = 1\nimport spire.math._\n",
+    "y = x.sin.cos\n" + "(" * 200 + "1" + ")" * 200 + "\n",
+    "x = [1, 2\ny = 3\n",                     # unclosed
+    "x = 1)\n",                               # unmatched
+    "x = [1, 2)\n",                           # the wrong closer
+    "x = \"abc\n",                            # unterminated string
+    "x = 1 × 2\n",                            # a character from elsewhere
+    "x = a[b = 1]\n",                         # an error the AST builder raises
+    "x = a[b = 1]\ny = (\n",                  # ... before a syntax error later
+    "val = 2\ndef = 3\ngiven = 4\n",
+])
+def test_edge_cases_read_the_same(text, monkeypatch):
+    same(text, monkeypatch)
+
+
+def test_a_long_program_reads_the_same(monkeypatch):
+    import sys
+    sys.path.insert(0, str(TESTS.parent / "benchmarks"))
+    from load import lines_program
+    assert same(lines_program(2_000), monkeypatch)[0] == "ok"
