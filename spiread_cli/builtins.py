@@ -40,7 +40,7 @@ def check_arguments(what: str, counts: tuple[int, ...] | range, given: int, at: 
                     keywords: dict[str, Arg] | None = None, allowed: tuple[str, ...] = ()) -> None:
     """Refuse a call whose arguments do not fit its signature. `what` is how
     the callee is written in messages: `` `zeros` ``, `` `.pow` ``."""
-    extra = sorted(set(keywords or ()) - set(allowed))
+    extra = sorted(set(keywords) - set(allowed)) if keywords else ()
     if extra:
         raise SpireadError(f"{what} has no argument `{extra[0]}`", at, did_you_mean(extra[0], allowed))
     if given in counts:

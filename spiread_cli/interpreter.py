@@ -522,7 +522,7 @@ class Interpreter:
                 raise SpireadError(f"index ({r}, {c}) is out of range for `{self.text(receiver.expr)}`, "
                                    f"which is {shape_str(shape)}", call.span,
                                    [f"rows count from 0 to {shape[0] - 1}, columns from 0 to {shape[1] - 1}"])
-        shown = " ".join(f"({r},{c})" for r, c in zip(pairs.rows[:4], pairs.cols[:4]))
+        shown = " ".join(f"({r},{c})" for r, c in zip(pairs.rows[:4].tolist(), pairs.cols[:4].tolist()))
         label = f"{op_name} {shown}{' …' if len(pairs.rows) > 4 else ''}"
         return self.apply(OPS[op_name], [receiver], {"rows": pairs.rows, "cols": pairs.cols},
                           call.span, call.at, label)

@@ -57,10 +57,10 @@ def check_shape(shape: Iterable[int], what: str | Callable[[], str], span: Span 
     it in the message (`zeros(3, 4)`, a file), or makes that name only when it
     is needed (quoting source text for every op of a long chain would cost
     time quadratic in its length); `notes` follow the usual one."""
-    shape = tuple(map(int, shape))
-    nbytes = math.prod(shape) * 8
+    nbytes = math.prod(map(int, shape)) * 8
     limit = max_bytes() if limit is None else limit
     if nbytes > limit:
+        shape = tuple(map(int, shape))
         what = what() if callable(what) else what
         raise SpireadError(f"{what} would be {shape_str(shape)} ({human_bytes(nbytes)}), "
                            f"more than the limit of {human_bytes(limit)}", span,

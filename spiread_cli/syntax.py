@@ -468,7 +468,8 @@ class _TableDriver:
       from the same `unless` tables, and newlines inside () and [] are dropped
       as `_BracketPostLexer` drops them; but it is one loop, not three
       generators and a method call per token;
-    - a token is a Lark `Token` made without the deprecation shim;
+    - a token is a Lark `Token` made without the deprecation shim, and only
+      for terminals some rule keeps;
     - a reduction calls the rule's callback exactly as Lark built it (child
       filters, placeholders, the transformer method), except the unit steps
       of `?` rules (`?sum: product`), whose callback would only hand its one
@@ -496,6 +497,10 @@ class _TableDriver:
         # None for a unit step of a `?` rule: its callback returns its one child.
         self.callbacks = [None if len(rule.expansion) == 1 and type(parser.callbacks[rule]) is ExpandSingleChild
                           else parser.callbacks[rule] for rule in rules]
+        # Terminals no rule keeps (`=`, `,`, `.`, `_NL`): their children are
+        # dropped by every rule's child filter, so no Token is made for them.
+        self.kept = frozenset(symbol.name for rule in rules for symbol in rule.expansion
+                              if symbol.is_term and (rule.options.keep_all_tokens or not symbol.filter_out))
         root = contextual.root_lexer
         self.ignore, self.newlines = root.ignore_types, root.newline_types
         scanners, keywords = {}, {}
@@ -523,7 +528,7 @@ class _TableDriver:
     def parse(self, text: str):
         actions, sizes, origins, callbacks = self.actions, self.sizes, self.origins, self.callbacks
         scanners, keywords, ignore, newlines = self.scanners, self.keywords, self.ignore, self.newlines
-        new, token_class = str.__new__, Token
+        new, token_class, kept = str.__new__, Token, self.kept
         states, values = [self.start], []
         opened: list[str] = []  # the closers of the open brackets, innermost last
         pos, line, line_start, end = 0, 1, 0, len(text)
@@ -557,9 +562,13 @@ class _TableDriver:
                 known = keywords[state].get(kind)
                 if known is not None:
                     kind = known.get(value, kind)
-                token = new(token_class, value)
-                token.type, token.value, token.start_pos, token.line, token.column = kind, value, start, start_line, column
-                token.end_line, token.end_column, token.end_pos = line, pos - line_start + 1, pos
+                if kind in kept:
+                    token = new(token_class, value)
+                    token.type, token.value, token.start_pos, token.line, token.column = \
+                        kind, value, start, start_line, column
+                    token.end_line, token.end_column, token.end_pos = line, pos - line_start + 1, pos
+                else:
+                    token = kind  # a placeholder its rule's child filter drops
                 at_end = False
             else:
                 kind, at_end = "$END", True
