@@ -503,15 +503,19 @@ class _TableDriver:
                               if symbol.is_term and (rule.options.keep_all_tokens or not symbol.filter_out))
         root = contextual.root_lexer
         self.ignore, self.newlines = root.ignore_types, root.newline_types
-        scanners, keywords = {}, {}
-        self.scanners, self.keywords = [None] * len(self.actions), [None] * len(self.actions)
-        for state, lexer in contextual.lexers.items():
-            if id(lexer) not in scanners:
-                matchers = lexer.scanner._mres
-                assert len(matchers) == 1, "one regular expression per state"
-                scanners[id(lexer)] = matchers[0].match
-                keywords[id(lexer)] = self._keywords(lexer.callback)
-            self.scanners[state], self.keywords[state] = scanners[id(lexer)], keywords[id(lexer)]
+        # Each state's scanner is Lark's, built when the state is first met
+        # (as Lark builds them): compiling all of them would cost a small
+        # program more than parsing it.
+        self.lexers = contextual.lexers
+        self.scanners: list = [None] * len(self.actions)
+        self.keywords: list = [None] * len(self.actions)
+
+    def _scanner(self, state: int):
+        lexer = self.lexers[state]
+        matchers = lexer.scanner._mres
+        assert len(matchers) == 1, "one regular expression per state"
+        self.scanners[state], self.keywords[state] = matchers[0].match, self._keywords(lexer.callback)
+        return self.scanners[state]
 
     @staticmethod
     def _keywords(callbacks: dict) -> dict:
@@ -537,7 +541,7 @@ class _TableDriver:
             # ---- the next token, lexed in the current state
             if pos < end:
                 state = states[-1]
-                match = scanners[state](text, pos)
+                match = (scanners[state] or self._scanner(state))(text, pos)
                 if match is None:
                     raise _NotOnTheFastPath
                 kind, value = match.lastgroup, match.group()
