@@ -473,8 +473,9 @@ class _TableDriver:
     - a reduction calls the rule's callback exactly as Lark built it (child
       filters, placeholders, the transformer method), except the unit steps
       of `?` rules (`?sum: product`), whose callback would only hand its one
-      child back: those change the state and nothing else. They are two of
-      every three reductions, down the precedence chain.
+      child back: those change the state and nothing else, and a run of them
+      (two of every three reductions, down the precedence chain) depends only
+      on the two states on top and the next token, so it is one lookup.
     Anything it cannot take (no action for a token, no token at a position)
     raises `_NotOnTheFastPath`, and `parse` reads the program again with Lark
     for the error message.
@@ -507,8 +508,23 @@ class _TableDriver:
         # (as Lark builds them): compiling all of them would cost a small
         # program more than parsing it.
         self.lexers = contextual.lexers
+        self.units: dict[tuple[int, int, str], int] = {}
         self.scanners: list = [None] * len(self.actions)
         self.keywords: list = [None] * len(self.actions)
+
+    def _unit_steps(self, key: tuple[int, int, str]) -> int:
+        """Where a run of unit steps ends: from state `top` over `below`,
+        with `kind` next, follow the unit reductions the table asks for until
+        it asks for anything else. The run depends on those three alone, so
+        it is worked out once (`self.units`)."""
+        below, top, kind = key
+        while True:
+            action = self.actions[top].get(kind)
+            if action is None or action >= 0 or self.callbacks[~action] is not None:
+                break
+            top = self.actions[below][self.origins[~action]]
+        self.units[key] = top
+        return top
 
     def _scanner(self, state: int):
         lexer = self.lexers[state]
@@ -532,7 +548,7 @@ class _TableDriver:
     def parse(self, text: str):
         actions, sizes, origins, callbacks = self.actions, self.sizes, self.origins, self.callbacks
         scanners, keywords, ignore, newlines = self.scanners, self.keywords, self.ignore, self.newlines
-        new, token_class, kept = str.__new__, Token, self.kept
+        new, token_class, kept, units = str.__new__, Token, self.kept, self.units
         states, values = [self.start], []
         opened: list[str] = []  # the closers of the open brackets, innermost last
         pos, line, line_start, end = 0, 1, 0, len(text)
@@ -589,10 +605,10 @@ class _TableDriver:
                     break
                 rule = ~action
                 callback = callbacks[rule]
-                if callback is None:  # a unit step: the value stays, the state moves
-                    states[-1] = actions[states[-2]][origins[rule]]
-                    if at_end and states[-1] == self.end:
-                        return values[-1]
+                if callback is None:  # unit steps: the value stays, the state moves
+                    key = (states[-2], states[-1], kind)
+                    top = units.get(key)
+                    states[-1] = top if top is not None else self._unit_steps(key)
                     continue
                 size = sizes[rule]
                 if size:
