@@ -141,3 +141,14 @@ def test_a_long_program_reads_the_same(monkeypatch):
     sys.path.insert(0, str(TESTS.parent / "benchmarks"))
     from load import lines_program
     assert same(lines_program(2_000), monkeypatch)[0] == "ok"
+
+
+def test_a_program_that_parses_never_reaches_lark_s_parser(monkeypatch):
+    """The fast path is taken, not quietly left for Lark on every program."""
+    def refuse(text):
+        raise AssertionError("Lark's parser was used")
+    monkeypatch.setattr(syntax._get_parser(), "parse", refuse)
+    for path in EXAMPLES.rglob("*.ad"):
+        syntax.parse(Source(path.name, text_of(path)))
+    with pytest.raises(AssertionError, match="Lark's parser was used"):
+        syntax.parse(Source("bad.ad", "x = (1\n"))
