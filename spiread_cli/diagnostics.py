@@ -17,15 +17,16 @@ import difflib
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple
+from typing import Iterable
 
 
-class Span(NamedTuple):
+@dataclass(slots=True, unsafe_hash=True)
+class Span:
     """A half-open range of source text; lines and columns count from 1.
 
-    Immutable and hashable; a named tuple rather than a frozen dataclass
-    because every token and AST node has one, and a frozen dataclass takes
-    five times as long to make (about a tenth of loading a program)."""
+    Never changed once made, and hashable. Not `frozen=True`: every token and
+    AST node has a span, and a frozen dataclass takes five times as long to
+    make (about a tenth of loading a program)."""
 
     line: int
     column: int

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from lark import Lark, Token, Transformer
 from lark.lexer import UnlessCallback
-from lark.parse_tree_builder import ExpandSingleChild
+from lark.parse_tree_builder import ChildFilterLALR, ChildFilterLALR_NoPlaceholders, ExpandSingleChild
 from lark.parsers.lalr_analysis import Shift
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
@@ -470,12 +470,14 @@ class _TableDriver:
       generators and a method call per token;
     - a token is a Lark `Token` made without the deprecation shim, and only
       for terminals some rule keeps;
-    - a reduction calls the rule's callback exactly as Lark built it (child
-      filters, placeholders, the transformer method), except the unit steps
-      of `?` rules (`?sum: product`), whose callback would only hand its one
-      child back: those change the state and nothing else, and a run of them
-      (two of every three reductions, down the precedence chain) depends only
-      on the two states on top and the next token, so it is one lookup.
+    - a reduction calls the callback Lark built for the rule (the
+      transformer method), after Lark's child filter read as the positions
+      to pick (one comprehension instead of a loop of tuple unpacking);
+    - the unit steps of `?` rules (`?sum: product`), whose callback would
+      only hand its one child back, change the state and nothing else, and
+      a run of them (two of every three reductions, down the precedence
+      chain) depends only on the two states on top and the next token, so
+      it is one lookup.
     Anything it cannot take (no action for a token, no token at a position)
     raises `_NotOnTheFastPath`, and `parse` reads the program again with Lark
     for the error message.
@@ -498,6 +500,9 @@ class _TableDriver:
         # None for a unit step of a `?` rule: its callback returns its one child.
         self.callbacks = [None if len(rule.expansion) == 1 and type(parser.callbacks[rule]) is ExpandSingleChild
                           else parser.callbacks[rule] for rule in rules]
+        self.picks: list[tuple[int, ...] | None] = [None] * len(rules)
+        for i, rule in enumerate(rules):
+            self.picks[i], self.callbacks[i] = self._child_filter(self.callbacks[i], len(rule.expansion))
         # Terminals no rule keeps (`=`, `,`, `.`, `_NL`): their children are
         # dropped by every rule's child filter, so no Token is made for them.
         self.kept = frozenset(symbol.name for rule in rules for symbol in rule.expansion
@@ -511,6 +516,23 @@ class _TableDriver:
         self.units: dict[tuple[int, int, str], int] = {}
         self.scanners: list = [None] * len(self.actions)
         self.keywords: list = [None] * len(self.actions)
+
+    @staticmethod
+    def _child_filter(callback, size: int):
+        """A rule's child filter (what Lark keeps of its children, with None
+        for each absent `[optional]`) as the positions to pick, position
+        `size` standing for a None; and the callback the filter calls. A
+        filter that also inlines a `_rule`'s children stays Lark's own."""
+        if type(callback) is ChildFilterLALR_NoPlaceholders:
+            if not any(inline for _, inline in callback.to_include):
+                return tuple(i for i, _ in callback.to_include), callback.node_builder
+        elif type(callback) is ChildFilterLALR:
+            if not any(inline for _, inline, _ in callback.to_include):
+                picks = []
+                for i, _, nones in callback.to_include:
+                    picks += [size] * nones + [i]
+                return tuple(picks + [size] * callback.append_none), callback.node_builder
+        return None, callback
 
     def _unit_steps(self, key: tuple[int, int, str]) -> int:
         """Where a run of unit steps ends: from state `top` over `below`,
@@ -548,7 +570,7 @@ class _TableDriver:
     def parse(self, text: str):
         actions, sizes, origins, callbacks = self.actions, self.sizes, self.origins, self.callbacks
         scanners, keywords, ignore, newlines = self.scanners, self.keywords, self.ignore, self.newlines
-        new, token_class, kept, units = str.__new__, Token, self.kept, self.units
+        new, token_class, kept, units, picks = str.__new__, Token, self.kept, self.units, self.picks
         states, values = [self.start], []
         opened: list[str] = []  # the closers of the open brackets, innermost last
         pos, line, line_start, end = 0, 1, 0, len(text)
@@ -617,6 +639,9 @@ class _TableDriver:
                     del values[-size:]
                 else:
                     children = []
+                if picks[rule] is not None:
+                    children.append(None)
+                    children = [children[i] for i in picks[rule]]
                 states.append(actions[states[-1]][origins[rule]])
                 values.append(callback(children))
                 if at_end and states[-1] == self.end:
