@@ -222,14 +222,16 @@ class Interpreter:
 
     def expand(self, node) -> tuple[str | None, list]:
         """What a node is, decided once, and the children to evaluate first."""
-        if isinstance(node, (ast.Call, ast.Attribute)) and _is_backward(node):
-            at = (node.callee if isinstance(node, ast.Call) else node).at
-            raise SpireadError("`.backward(...)` must be a statement of its own, or the value of a binding", at,
-                               ["e.g. `loss.backward(weights)` on its own line, or `g = loss.backward(weights)` "
-                                "and then `g.weights`"])
         match node:
             case ast.BinOp():
                 return "operator", [node.left, node.right]
+            case ast.Name() | ast.Number():
+                return None, []
+            case ast.Call() | ast.Attribute() if _is_backward(node):
+                at = (node.callee if isinstance(node, ast.Call) else node).at
+                raise SpireadError("`.backward(...)` must be a statement of its own, or the value of a binding", at,
+                                   ["e.g. `loss.backward(weights)` on its own line, or `g = loss.backward(weights)` "
+                                    "and then `g.weights`"])
             case ast.UnaryOp():
                 return "operator", [node.operand]
             case ast.Attribute():
@@ -270,6 +272,12 @@ class Interpreter:
 
     def visit(self, node, kind: str | None, args: list[Arg]):
         match node:
+            # The commonest first: each case is an isinstance test.
+            case ast.BinOp():  # quoted as `a @@ b`, without brackets around the whole
+                return self.apply(OPS[OPERATORS[node.op]], args, {}, node.left.span.to(node.right.span),
+                                  node.at, node.op)
+            case ast.Name():
+                return self.lookup(node)
             case ast.Number():
                 return Const(np.array(node.value))
             case ast.NumberArray():
@@ -277,11 +285,6 @@ class Interpreter:
                 return Const(node.value.copy())  # the tape may update it in place; the AST stays as parsed
             case ast.String():
                 return Text(node.value)
-            case ast.Name():
-                return self.lookup(node)
-            case ast.BinOp():  # quoted as `a @@ b`, without brackets around the whole
-                return self.apply(OPS[OPERATORS[node.op]], args, {}, node.left.span.to(node.right.span),
-                                  node.at, node.op)
             case ast.UnaryOp():
                 if node.op == "+":
                     return self.tensor(args[0])
@@ -513,18 +516,18 @@ class Interpreter:
     def selection(self, receiver: Arg, args: list[Arg], call, op_name: str):
         pairs = self.pairs(args, call)
         shape = self.tensor(receiver).value.shape
-        if len(shape) == 2:
-            outside = ((pairs.rows < -shape[0]) | (pairs.rows >= shape[0])
-                       | (pairs.cols < -shape[1]) | (pairs.cols >= shape[1]))
-            if outside.any():
-                first = int(np.argmax(outside))
-                r, c = int(pairs.rows[first]), int(pairs.cols[first])
-                raise SpireadError(f"index ({r}, {c}) is out of range for `{self.text(receiver.expr)}`, "
-                                   f"which is {shape_str(shape)}", call.span,
-                                   [f"rows count from 0 to {shape[0] - 1}, columns from 0 to {shape[1] - 1}"])
-        shown = " ".join(f"({r},{c})" for r, c in zip(pairs.rows[:4].tolist(), pairs.cols[:4].tolist()))
-        label = f"{op_name} {shown}{' …' if len(pairs.rows) > 4 else ''}"
-        return self.apply(OPS[op_name], [receiver], {"rows": pairs.rows, "cols": pairs.cols},
+        rows, cols = pairs.rows, pairs.cols
+        if len(shape) == 2 and len(rows) and (rows.min() < -shape[0] or rows.max() >= shape[0]
+                                              or cols.min() < -shape[1] or cols.max() >= shape[1]):
+            outside = (rows < -shape[0]) | (rows >= shape[0]) | (cols < -shape[1]) | (cols >= shape[1])
+            first = int(np.argmax(outside))
+            r, c = int(rows[first]), int(cols[first])
+            raise SpireadError(f"index ({r}, {c}) is out of range for `{self.text(receiver.expr)}`, "
+                               f"which is {shape_str(shape)}", call.span,
+                               [f"rows count from 0 to {shape[0] - 1}, columns from 0 to {shape[1] - 1}"])
+        shown = " ".join(f"({r},{c})" for r, c in zip(rows[:4].tolist(), cols[:4].tolist()))
+        label = f"{op_name} {shown}{' …' if len(rows) > 4 else ''}"
+        return self.apply(OPS[op_name], [receiver], {"rows": rows, "cols": cols},
                           call.span, call.at, label)
 
     def subscript(self, receiver: Arg, args: list[Arg], node: ast.Subscript):
