@@ -70,12 +70,11 @@ def test_every_example_and_golden_program_reads_the_same(path, monkeypatch):
     same(text_of(path), monkeypatch)
 
 
-def test_the_corpus_holds_both_programs_and_syntax_errors(monkeypatch):
-    """So the test above compares both paths of the driver, not one."""
-    kinds = {same(text_of(path), monkeypatch)[0] for path in CORPUS}
-    assert kinds == {"ok", "error"}
-    assert any(same(text_of(path), monkeypatch)[0] == "error"
-               and "unexpected" in same(text_of(path), monkeypatch)[1] for path in CORPUS)
+def test_the_corpus_holds_programs_and_syntax_errors(monkeypatch):
+    """So the test above compares both paths, the driver's and Lark's."""
+    outcomes = [same(text_of(path), monkeypatch) for path in CORPUS]
+    assert any(o[0] == "ok" for o in outcomes)
+    assert any(o[0] == "error" and o[1].startswith("unexpected") for o in outcomes)
 
 
 @SETTINGS
