@@ -187,6 +187,25 @@ def test_parse_memory_grows_linearly_with_a_chain():
     assert large < 6 * small, (small, large)
 
 
+def test_load_memory_grows_linearly_with_program_lines():
+    """Parse and record a realistic program (benchmarks/load.py's *lines*)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    from load import lines_program
+
+    def peak(n: int) -> int:
+        source = Source("lines.ad", lines_program(n))
+        tracemalloc.start()
+        try:
+            api.run_source(source)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    small, large = peak(300), peak(1_200)
+    assert large < 6 * small, (small, large)
+
+
 def test_the_possessive_entry_repeat_is_spelled_from_gap_and_number():
     """_MORE is (_GAP "," _GAP _SIGNED)* made possessive, written out by hand
     because the grammar's operators cannot say possessive: it must not drift."""
