@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -295,7 +295,7 @@ class _ToAst(Transformer):
         rows = _rows(tok)
         values = [_numbers(_COMMENT.sub("", row)) for row, _ in rows]
         if len({len(v) for v in values}) == 1:
-            return NumberArray(np.stack(values), span)
+            return NumberArray(np.array(values), span)  # rows of one length: np.stack's checks are not needed
         # Rows of different lengths: a list of rows, so the error is the one
         # any other list of vectors gets.
         return ListLit([NumberArray(v, row_span) for v, (_, row_span) in zip(values, rows)], span)
@@ -353,8 +353,12 @@ class _ToAst(Transformer):
     def paren(self, children):
         lpar, expr, rpar = children
         # The span takes in the brackets, so `(x * x).sum` is quoted whole.
-        span = Span.of_token(lpar).to(Span.of_token(rpar))
-        return replace(expr, span=span, grouped=True) if isinstance(expr, Attribute) else replace(expr, span=span)
+        # `expr` was made by the reduction just before and is held nowhere
+        # else, so it is changed in place rather than copied.
+        expr.span = Span.of_token(lpar).to(Span.of_token(rpar))
+        if isinstance(expr, Attribute):
+            expr.grouped = True
+        return expr
 
     def tuple(self, children):
         lpar, *items, rpar = children
