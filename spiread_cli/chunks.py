@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,10 +44,11 @@ from .interpreter import Interpreter
 from .limits import max_bytes
 from .ops import same_shape
 from .rewrite import fuse
-from .tape import Run, Tape
+from .tape import Node, Run, Tape
 
 PROBE_ROWS = (2, 3)          # the two recordings `Plan.of` compares
 CHUNK_BYTES = 128 << 20      # the default chunk's recorded values (see default_chunk_rows)
+TEMPLATE_BYTES = 128 << 20   # the chunks' templates a process keeps without --persist (Templates)
 
 # Ops that act on each row alone although they are not `row_wise` (which
 # also promises to commute with a row gather, and takes no second operand).
@@ -250,15 +252,102 @@ class Job:
     data: Data
     wrt: list[str] = field(default_factory=list)
     plan: "Plan | None" = None
+    # Set by the Program for the `wrt` above (a new token whenever they change):
+    token: str = ""                           # names this job's tasks and its chunks in TEMPLATES
+    defer: bool = False                       # whether a chunk may leave what the trained values move uncomputed
+    totals: dict[int, np.ndarray] = field(default_factory=dict)  # totals no trained value moves, once computed
+    moving: list[tuple[int, str]] = field(default_factory=list)  # the totals each step computes
 
-    def record(self, start: int, stop: int, values: dict[str, np.ndarray] | None = None) -> Run:
-        """The program recorded on rows [start, stop) of the row-chunked data."""
-        overrides = {**self.constants, **self.data.overrides(start, stop), **(values or {})}
-        interpreter = Interpreter(self.source, overrides, self.base_dir, self.data.loader(start, stop))
+    def record(self, start: int, stop: int, values: dict[str, np.ndarray] | None = None,
+               defer: bool = False) -> tuple[Run, dict[int, tuple[str, str]]]:
+        """The program recorded on rows [start, stop) of the row-chunked data,
+        and which of its leaves are rows read from a file (leaf id -> reader:
+        ("file", path) or ("set", name)), which a chunk can read again rather
+        than keep. With `defer`, what the trained values move is left
+        uncomputed (`Deferring`)."""
+        read: dict[int, tuple[str, str]] = {}   # id of an array read -> its reader
+        arrays = []                             # keeps them alive, so the ids stay theirs
+        loader = self.data.loader(start, stop)
+
+        def load(path: Path, span: Span | None) -> np.ndarray:
+            array = loader(path, span)
+            key = str(path.resolve())
+            if key in self.data.files and self.data.chunked(self.data.files[key]):
+                read[id(array)] = ("file", key)
+                arrays.append(array)
+            return array
+
+        sets = self.data.overrides(start, stop)
+        for name, array in sets.items():
+            if self.data.chunked(self.data.sets[name]):
+                read[id(array)] = ("set", name)
+        overrides = {**self.constants, **sets, **(values or {})}
+        interpreter = Interpreter(self.source, overrides, self.base_dir, load)
+        if defer:
+            interpreter.tape = Deferring(source=self.source, trained=set(self.wrt))
         try:
-            return interpreter.run(self.module, self.of)
+            run = interpreter.run(self.module, self.of)
         except SpireadError as err:
             raise err.located_in(self.source)
+        return run, {n.id: read[id(n.value)] for n in run.tape.nodes if n.op is None and id(n.value) in read}
+
+    def read(self, reader: tuple[str, str], start: int, stop: int) -> np.ndarray:
+        kind, key = reader
+        return self.data.window(self.data.files[key] if kind == "file" else self.data.sets[key], start, stop)
+
+
+class Deferring(Tape):
+    """A tape that records but does not compute what the trained leaves (the
+    input leaves named in `trained`) move: such a node holds a placeholder of
+    its shape (nan, read-only, no memory), and the fused tape computes it.
+    A chunk recorded this way computes only the data's part of the program
+    (reading, one-hot, positions), not `onehot @@ W` and the softmax the
+    fused tape replaces. `deferral_is_safe` checks, once, that the program
+    never reads such a value while it is recorded."""
+
+    def __init__(self, source: Source, trained: set[str]):
+        super().__init__(source=source)
+        self.trained = trained
+        self.deferred: set[int] = set()
+
+    def leaf(self, value, kind, span, name=None):
+        node = super().leaf(value, kind, span, name)
+        if kind == "input" and name in self.trained:
+            self.deferred.add(node.id)
+        return node
+
+    def record(self, op, inputs, params, span, label, diagnostics):
+        if not any(i in self.deferred for i in inputs):
+            return super().record(op, inputs, params, span, label, diagnostics)
+        shape = op.shape(*(self.nodes[i].value.shape for i in inputs), **params)
+        node = Node(len(self.nodes), "op", op, inputs, params, np.broadcast_to(np.float64(np.nan), shape), span, label)
+        self.nodes.append(node)
+        self.deferred.add(node.id)
+        return node
+
+
+def deferral_is_safe(job: Job) -> bool:
+    """Whether recording with `Deferring` gives the full recording but for
+    the deferred values, on the probe's first rows: a program that reads a
+    value the trained leaves move while it is recorded (a position computed
+    from `W`) would otherwise see the placeholder's nan."""
+    rows = PROBE_ROWS[0]
+    full, _ = job.record(0, rows)
+    try:
+        deferred, _ = job.record(0, rows, defer=True)
+    except SpireadError:
+        return False
+    skipped = deferred.tape.deferred
+    if len(full.tape.nodes) != len(deferred.tape.nodes):
+        return False
+    for a, b in zip(full.tape.nodes, deferred.tape.nodes):
+        if a.op is not b.op or a.inputs != b.inputs or a.params.keys() != b.params.keys():
+            return False
+        if any(not _same_param(v, b.params[k]) for k, v in a.params.items()):
+            return False
+        if b.id not in skipped and not np.array_equal(a.value, b.value, equal_nan=True):
+            return False
+    return True
 
 
 def probe(job: Job) -> tuple["Plan", Run]:
@@ -269,7 +358,7 @@ def probe(job: Job) -> tuple["Plan", Run]:
     runs = []
     for start, stop in ((0, a), (0, b), (1, 1 + b)):
         try:
-            runs.append(job.record(start, stop))
+            runs.append(job.record(start, stop)[0])
         except SpireadError as err:  # e.g. `arange(6)` written for six rows of data
             raise SpireadError(f"cannot run by row chunks: on data rows {start}–{stop - 1}, {err.diagnostic.message}",
                                err.diagnostic.span, err.diagnostic.notes + (NO_CHUNKS,)).located_in(job.source) from None
@@ -292,8 +381,13 @@ class Plan:
     row_counts: list[int]           # constant leaves that are the number of rows
     local_picks: list[int]          # selections from a row-chunked value: must pick within each row
     per_chunk: list[bool]           # per node: its value differs from chunk to chunk (row nodes, reductions)
-    post: list[bool]                # per node: computed from a total, so on the driver
+    post: list[bool]                # per node: computed from a total and no row data, so on the driver
     bytes_per_row: int              # what one row of the chunk part holds, recorded
+    # Totals used back on the rows (`X - X.mean`): (the row op, its operand
+    # holding totals, the reductions it holds). Allowed when none of them
+    # moves with a trained value (`Plan.totals_before`), refused otherwise.
+    combined: list[tuple[int, int, frozenset[int]]] = field(default_factory=list)
+    level: dict[int, int] = field(default_factory=dict)  # reduction -> how many totals deep it is computed
 
     @staticmethod
     def of(run_a: Run, a: int, run_b: Run, b: int, total_rows: int) -> "Plan":
@@ -303,7 +397,8 @@ class Plan:
             raise refuse(f"the program records {len(nodes_a)} operations on {a} rows but {len(nodes_b)} on {b}",
                          None)
         row, post = [False] * len(nodes_a), [False] * len(nodes_a)
-        reductions, row_counts, local_picks = [], [], []
+        totals: list[frozenset[int]] = [frozenset()] * len(nodes_a)  # the reductions a node is computed from
+        reductions, row_counts, local_picks, combined, level = [], [], [], [], {}
         for na, nb in zip(nodes_a, nodes_b):
             i = na.id
             if (na.op is None) != (nb.op is None) or (na.op and na.op.name != nb.op.name) or na.inputs != nb.inputs:
@@ -321,6 +416,7 @@ class Plan:
                     else:
                         raise refuse(f"`{text(na)}` is computed from the data's values", na.span)
                 continue
+            totals[i] = frozenset().union(*(totals[j] for j in na.inputs))
             row_in = [row[j] for j in na.inputs]
             row_params = [k for k, v in na.params.items()
                           if isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == a and len(nb.params[k]) == b]
@@ -330,16 +426,15 @@ class Plan:
             if not any(row_in) and not row_params:
                 post[i] = any(post[j] for j in na.inputs)
                 continue
-            if any(post[j] for j in na.inputs):
-                first = next(nodes_a[j] for j in na.inputs if post[j])
-                raise refuse(f"`{na.label}` combines the data rows with {_what(run_a.tape, first)}, a total over all rows, "
-                             "which is known only after every chunk has run", na.span)
             if leading and _row_local(na, row_in, row_params):
                 row[i] = True
                 if na.op.name in ("select", "arrange") and row_in[0]:
                     local_picks.append(i)
+                combined += [(i, j, totals[j]) for j in na.inputs if post[j]]
             elif sa == () and na.op.name in REDUCTIONS and row_in[0]:
                 reductions.append((i, na.op.name))
+                level[i] = 1 + max((level[r] for r in totals[i]), default=-1)
+                totals[i] |= {i}
                 post[i] = True
             else:
                 what = next((nodes_a[j] for j, r in zip(na.inputs, row_in) if r), na)
@@ -355,7 +450,24 @@ class Plan:
             per_chunk[r] = True
         held = sum(n.value.nbytes for n in nodes_a if row[n.id]) + sum(
             v.nbytes for n in nodes_a for v in n.params.values() if isinstance(v, np.ndarray) and len(v) == a)
-        return Plan(total_rows, row, reductions, row_counts, local_picks, per_chunk, post, max(held // a, 8))
+        return Plan(total_rows, row, reductions, row_counts, local_picks, per_chunk, post, max(held // a, 8),
+                    combined, level)
+
+    def totals_before(self, probe: Run, wrt_ids: dict[str, int]) -> list[int]:
+        """The totals that no trained value moves, which are computed once,
+        before the steps, and are constants to every chunk from then on; a
+        total that a trained value moves is refused where it is used back on
+        the rows (it is known only after every chunk has run)."""
+        moved = probe.tape.fed_by(wrt_ids.values(), len(probe.tape.nodes) - 1)
+        for i, j, used in self.combined:
+            by = next((r for r in sorted(used) if moved[r]), None)
+            if by is not None:
+                tape = probe.tape
+                name = next(n for n, w in wrt_ids.items() if tape.fed_by([w], by)[by])
+                raise refuse(f"`{tape.nodes[i].label}` combines the data rows with {_what(tape, tape.nodes[j])}, "
+                             f"a total over all rows that changes with `{name}`, which is known only after "
+                             "every chunk has run", tape.nodes[i].span)
+        return [r for r, _ in self.reductions if not moved[r]]
 
     def once_warnings(self, run: Run) -> list[Diagnostic]:
         """A probe's warnings about values that are the same in every chunk
@@ -457,34 +569,27 @@ def add_shares(*shares: Share) -> Share:
     return total
 
 
-@dataclass
-class Chunk:
-    """A chunk's recording: per reduction, the tape that computes it, where
-    it is on that tape and where the trained values are."""
-    start: int
-    stop: int
-    parts: list[tuple[Tape, int, list[int]]]
-    warnings: list[Diagnostic]
-
-
-def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None) -> Chunk:
-    """Record the program on rows [start, stop), with the row-count constants
-    set to the total N, and fuse a tape per reduction (spiread_cli/rewrite.py),
-    as train does: it holds only what that reduction needs (the bigram's is one
-    log-likelihood op over its picks), so its backward sweep is the fast one
-    and a chunk kept between steps (--persist) is small."""
+def recorded(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None) -> tuple[Run, dict, set[int]]:
+    """The program recorded on rows [start, stop) as a chunk computes it:
+    `rows(X)` is the total N, and the totals computed before the steps
+    (`job.totals`) are constants holding theirs. Returns the run, its leaves
+    read from files (Job.record) and the nodes left uncomputed (`Deferring`)."""
     plan = job.plan
     try:
-        run = job.record(start, stop, values)
+        run, reads = job.record(start, stop, values, defer=job.defer)
     except SpireadError as err:
         raise SpireadError(f"in data rows {start}–{stop - 1}: {err.diagnostic.message}", err.diagnostic.span,
                            err.diagnostic.notes + ("a chunk numbers its rows from 0",)).located_in(job.source) from None
     tape = run.tape
-    if plan.row_counts:
-        for i in plan.row_counts:
-            tape.nodes[i].set_value(np.array(float(plan.rows)))
-        fed = tape.fed_by(plan.row_counts, len(tape.nodes) - 1)
-        tape.replay([n for n in tape.nodes if fed[n.id]], run.diagnostics)
+    deferred = getattr(tape, "deferred", set())
+    for i, total in job.totals.items():  # the total over all rows, no longer this chunk's share of it
+        tape.nodes[i] = replace(tape.nodes[i], op=None, inputs=(), params={}, kind="const", value=total)
+    for i in plan.row_counts:
+        tape.nodes[i].set_value(np.array(float(plan.rows)))
+    constants = [*plan.row_counts, *job.totals]
+    if constants:
+        fed = tape.fed_by(constants, len(tape.nodes) - 1)
+        tape.replay([n for n in tape.nodes if fed[n.id] and n.id not in deferred], run.diagnostics)
     n = stop - start
     for i in plan.local_picks:
         node = tape.nodes[i]
@@ -492,43 +597,212 @@ def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] 
         if not np.array_equal(np.where(rows < 0, rows + n, rows), np.arange(n)):
             raise refuse(f"`{node.label.split()[0]}` picks from rows by position, which row chunks cannot do "
                          "unless it picks one entry in every row, in order (as `arange(rows(x))` does)", node.span)
-    kept = {tape.nodes[i].span for i, part in enumerate(plan.per_chunk) if part}
+    return run, reads, deferred
+
+
+def totals_of_rows(job: Job, start: int, stop: int, wanted: list[tuple[int, str]]) -> Share:
+    """One task of a pass before the steps: rows [start, stop)'s shares of
+    the totals `wanted`, which no trained value moves."""
+    run, _, _ = recorded(job, start, stop, None)
+    nodes = run.tape.nodes
+    shares = [float(nodes[r].value) * (1.0 if kind == "sum" else (stop - start) / job.plan.rows) for r, kind in wanted]
+    return Share(np.array(shares), [{} for _ in wanted], [])
+
+
+@dataclass
+class Part:
+    """One total's fused tape in a chunk, where its output and trained
+    leaves are, and which of its leaves are rows read from a file."""
+    tape: Tape
+    output: int
+    wrt: list[int]
+    kind: str                             # "sum" or "mean"
+    reads: dict[int, tuple[str, str]]     # leaf id -> reader (Job.read)
+
+
+@dataclass
+class Chunk:
+    """A chunk's fused tapes, one per total the steps compute. Recorded and
+    fused once (`record_chunk`); a step replays them with the trained values
+    (`chunk_share`). Kept whole under --persist; otherwise `template` keeps
+    only what the data do not give back cheaply (TEMPLATES)."""
+    start: int
+    stop: int
+    parts: list[Part]
+    warnings: list[Diagnostic]            # the recording's, reported with the first share
+
+    def template(self) -> "Chunk":
+        """This chunk without the values a step recomputes (op nodes) or reads
+        again (rows of files); positions and other data-made arrays packed."""
+        parts = []
+        for part in self.parts:
+            nodes = [replace(n, value=None if n.op is not None or n.id in part.reads else pack(n.value),
+                             params={k: pack(v) for k, v in n.params.items()}) for n in part.tape.nodes]
+            parts.append(replace(part, tape=Tape(nodes, part.tape.source)))
+        return Chunk(self.start, self.stop, parts, [])
+
+    def instance(self, job: Job) -> "Chunk":
+        """A template made whole again: rows read, arrays unpacked."""
+        read: dict[tuple[str, str], np.ndarray] = {}
+        parts = []
+        for part in self.parts:
+            nodes = []
+            for n in part.tape.nodes:
+                if n.id in part.reads:
+                    key = part.reads[n.id]
+                    if key not in read:
+                        read[key] = job.read(key, self.start, self.stop)
+                    value = read[key]
+                else:
+                    value = unpack(n.value)
+                nodes.append(replace(n, value=value, params={k: unpack(v) for k, v in n.params.items()}))
+            parts.append(replace(part, tape=Tape(nodes, part.tape.source)))
+        return Chunk(self.start, self.stop, parts, [])
+
+    def nbytes(self) -> int:
+        arrays = [v for p in self.parts for n in p.tape.nodes for v in (n.value, *n.params.values())]
+        return sum(a.nbytes for a in arrays if isinstance(a, (np.ndarray, Packed)))
+
+
+@dataclass(frozen=True)
+class Packed:
+    """An array of whole numbers kept in the smallest integer type that holds
+    them exactly (the bigram's positions: one byte each), or, for 0, 1, …,
+    n-1, not kept at all."""
+    data: np.ndarray | None
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.data is None else self.data.nbytes
+
+
+def pack(value):
+    if not isinstance(value, np.ndarray) or value.size < 64 or value.dtype.kind not in "iuf":
+        return value
+    if value.ndim == 1 and value.dtype.kind in "iu" and np.array_equal(value, np.arange(len(value))):
+        return Packed(None, value.dtype, value.shape)
+    with np.errstate(invalid="ignore"):
+        low, high = value.min(), value.max()
+    for small in (np.int8, np.int16, np.int32):
+        if np.iinfo(small).min <= low and high <= np.iinfo(small).max:
+            packed = value.astype(small)
+            exact = value.dtype.kind in "iu" or (np.array_equal(packed, value) and not np.signbit(value).any())
+            return Packed(packed, value.dtype, value.shape) if exact else value
+    return value
+
+
+def unpack(value):
+    if not isinstance(value, Packed):
+        return value
+    if value.data is None:
+        return np.arange(value.shape[0], dtype=value.dtype)
+    return value.data.astype(value.dtype)
+
+
+def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None) -> Chunk:
+    """Record the program on rows [start, stop) (`recorded`) and fuse a tape
+    per total the steps compute (spiread_cli/rewrite.py), as train does: it
+    holds only what that total needs (the bigram's is one log-likelihood op
+    over its picks), so its backward sweep is the fast one, and a chunk kept
+    between steps is small."""
+    plan = job.plan
+    run, reads, deferred = recorded(job, start, stop, values)
+    tape = run.tape
+    wrt = [run.bindings[name] for name in job.wrt]
+    # The recording's warnings are about the data's part; the trained values'
+    # part warns when a step replays it.
+    moved = tape.fed_by(wrt, len(tape.nodes) - 1) if wrt else [False] * len(tape.nodes)
+    kept = {tape.nodes[i].span for i, part in enumerate(plan.per_chunk) if part and not moved[i]}
     notes = (f"in data rows {start}–{stop - 1}",)
     warnings = [replace(w, notes=w.notes + notes) for w in run.diagnostics.warnings if w.span in kept]
-    wrt = [run.bindings[name] for name in job.wrt]
-    parts = [(f.tape, f.output, f.wrt) for f in (fuse(tape, r, wrt) for r, _ in plan.reductions)]
+    parts = []
+    where = {id(tape.nodes[i].value): reader for i, reader in reads.items()}  # a fused leaf shares its array
+    for r, kind in job.moving:
+        fused = fuse(tape, r, wrt)
+        fused_reads = {n.id: where[id(n.value)] for n in fused.tape.nodes if n.op is None and id(n.value) in where}
+        parts.append(Part(fused.tape, fused.output, fused.wrt, kind, fused_reads))
     return Chunk(start, stop, parts, warnings)
 
 
-def chunk_share(job: Job, chunk: Chunk, values: dict[str, np.ndarray] | None = None) -> Share:
-    """A chunk's share: with `values`, the trained leaves are set to them and
-    what they move is replayed first (a chunk kept under --persist)."""
-    plan = job.plan
+def chunk_share(job: Job, chunk: Chunk, values: dict[str, np.ndarray] | None, first: bool) -> Share:
+    """A chunk's share of the totals the steps compute and their gradients:
+    the trained leaves set to `values`, what they move replayed (warning
+    where an inf or nan is born), the rest computed if it is not (a
+    template's instance). The recording's warnings come with the first."""
     diagnostics = Diagnostics()
     totals, grads = [], []
-    for (tape, r, wrt), (_, kind) in zip(chunk.parts, plan.reductions):
-        if values:
-            ids = [wrt[job.wrt.index(name)] for name in values]
-            for name, i in zip(values, ids):
+    for part in chunk.parts:
+        tape, r, wrt = part.tape, part.output, part.wrt
+        for name, i in zip(job.wrt, wrt):
+            if values and name in values:
                 tape.nodes[i].set_value(values[name])
-            tape.replay(tape.between(ids, r), diagnostics)
-        weight = 1.0 if kind == "sum" else (chunk.stop - chunk.start) / plan.rows
+        moving = tape.between(wrt, r)
+        moved = {n.id for n in moving}
+        tape.replay([n for n in tape.nodes[:r + 1] if n.value is None and n.id not in moved])
+        tape.replay(moving, diagnostics)
+        weight = 1.0 if part.kind == "sum" else (chunk.stop - chunk.start) / job.plan.rows
         totals.append(weight * float(tape.nodes[r].value))
         by_id = tape.backward(r, wrt, diagnostics) if wrt else {}
         grads.append({name: weight * by_id[i] for name, i in zip(job.wrt, wrt)})
     notes = (f"in data rows {chunk.start}–{chunk.stop - 1}",)
-    recorded, chunk.warnings = chunk.warnings, []  # a kept chunk's recording warns once
-    return Share(np.array(totals), grads, recorded + [replace(w, notes=w.notes + notes) for w in diagnostics.warnings])
+    recorded_warnings, chunk.warnings = chunk.warnings, []  # a kept chunk's recording warns once
+    warnings = [replace(w, notes=w.notes + notes) for w in diagnostics.warnings]
+    return Share(np.array(totals), grads, (recorded_warnings if first else []) + warnings)
 
 
-def share_of_rows(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None) -> Share:
-    """One task: record rows [start, stop) with `values` and return their share
-    (the chunk is not kept)."""
-    return chunk_share(job, record_chunk(job, start, stop, values))
+class Templates:
+    """The chunks' templates (Chunk.template) this process keeps between
+    steps without --persist: a step then replays the fused tapes with the
+    rows read again, neither recording nor fusing. Shared by the threads of
+    a process (a worker's, or spiread's own); up to TEMPLATE_BYTES, so memory
+    stays bounded whatever the rows: a chunk beyond it is recorded and fused
+    again each step."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.kept: dict[tuple[str, int, int], Chunk] = {}
+        self.bytes = 0
+
+    def get(self, job: Job, start: int, stop: int) -> Chunk | None:
+        return self.kept.get((job.token, start, stop))
+
+    def put(self, job: Job, chunk: Chunk) -> None:
+        template = chunk.template()
+        size = template.nbytes()
+        with self.lock:
+            if self.bytes + size <= min(TEMPLATE_BYTES, max_bytes() // 4):
+                self.kept[(job.token, chunk.start, chunk.stop)] = template
+                self.bytes += size
+
+    def drop(self, token: str) -> None:
+        with self.lock:
+            for key in [k for k in self.kept if k[0] == token]:
+                self.bytes -= self.kept.pop(key).nbytes()
 
 
-def share_of_kept(job: Job, chunk: Chunk, values: dict[str, np.ndarray] | None) -> Share:
-    return chunk_share(job, chunk, values)
+TEMPLATES = Templates()
+
+
+def share_of_rows(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None, first: bool) -> Share:
+    """One task without --persist: rows [start, stop)'s share, from this
+    process's template of the chunk, or recorded and fused now (and the
+    template kept if there is room)."""
+    template = TEMPLATES.get(job, start, stop)
+    if template is not None:
+        return chunk_share(job, template.instance(job), values, first)
+    chunk = record_chunk(job, start, stop, values)
+    TEMPLATES.put(job, chunk)
+    return chunk_share(job, chunk, values, first)
+
+
+def share_of_kept(job: Job, chunk: Chunk, values: dict[str, np.ndarray] | None, first: bool) -> Share:
+    return chunk_share(job, chunk, values, first)
+
+
+def drop_templates(token: str) -> None:
+    TEMPLATES.drop(token)
 
 
 # ------------------------------------------------------------------ the driver
@@ -536,24 +810,26 @@ def share_of_kept(job: Job, chunk: Chunk, values: dict[str, np.ndarray] | None) 
 
 @dataclass
 class Driver:
-    """What follows the reductions, computed once per step on the driver: the
-    probe's tape with each reduction a leaf holding the total."""
+    """What follows the totals, computed once per step on the driver: the
+    probe's tape with each total a leaf holding it (those computed before
+    the steps set once, the others each step)."""
     tape: Tape
     output: int
-    reductions: list[int]
+    reductions: list[int]           # the totals each step computes
     wrt_ids: dict[str, int]
-
-    row_counts: list[int]
+    constants: list[int]            # row counts and the totals computed before the steps
 
     @staticmethod
-    def of(plan: Plan, probe: Run, wrt_ids: dict[str, int]) -> "Driver":
-        reductions = [r for r, _ in plan.reductions]
+    def of(plan: Plan, probe: Run, wrt_ids: dict[str, int], totals: dict[int, np.ndarray]) -> "Driver":
         nodes = [replace(n) for n in probe.tape.nodes]
-        for r in reductions:
+        for r, _ in plan.reductions:
             nodes[r] = replace(nodes[r], op=None, inputs=(), params={}, kind="input")
         for i in plan.row_counts:
             nodes[i].set_value(np.array(float(plan.rows)))
-        return Driver(Tape(nodes, probe.tape.source), probe.output, reductions, wrt_ids, plan.row_counts)
+        for i, total in totals.items():
+            nodes[i].set_value(total)
+        moving = [r for r, _ in plan.reductions if r not in totals]
+        return Driver(Tape(nodes, probe.tape.source), probe.output, moving, wrt_ids, [*plan.row_counts, *totals])
 
     def finish(self, share: Share, values: dict[str, np.ndarray] | None,
                diagnostics: Diagnostics, gradients: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -563,7 +839,7 @@ class Driver:
             nodes[r].set_value(np.array(total))
         for name, value in (values or {}).items():
             nodes[self.wrt_ids[name]].set_value(value)
-        sources = self.reductions + self.row_counts + list(self.wrt_ids.values())
+        sources = self.reductions + self.constants + list(self.wrt_ids.values())
         if sources:
             self.tape.replay(self.tape.between(sources, self.output), diagnostics)
         if not gradients:

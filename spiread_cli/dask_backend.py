@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,8 @@ import numpy as np
 
 from . import api, syntax
 from .chunks import (PROBE_ROWS, Data, Driver, Job, Share, add_shares, default_chunk_rows, default_threads,
-                     probe, record_chunk, share_of_kept, share_of_rows)
+                     deferral_is_safe, drop_templates, probe, record_chunk, share_of_kept, share_of_rows,
+                     totals_of_rows)
 from .data import SUFFIXES, parse_set_option
 from .diagnostics import Diagnostics, SpireadError, usage_error
 from .tape import Run, all_finite
@@ -64,6 +66,7 @@ class Program:
     bounds: list[tuple[int, int]] = field(default_factory=list)
     client: object = None
     kept: list | None = None          # the chunks' recordings under --persist
+    driver: Driver | None = None      # set up for the names differentiated by (`_prepare`)
 
     @staticmethod
     def open(path: str, options: Options, sets: list[str] = (), of: str | None = None) -> "Program":
@@ -96,7 +99,7 @@ class Program:
             raise err.located_in(source)
         job = Job(source, module, base, of, constants, data)
         if data.rows < PROBE_ROWS[1] + 1:  # no data to chunk: the whole program in one piece
-            run = job.record(0, data.rows)
+            run, _ = job.record(0, data.rows)
             return Program(job, run, options)
         try:
             job.plan, run = probe(job)
@@ -175,37 +178,58 @@ class Program:
         # The chunks differentiate by the names computed before the totals; a
         # total itself, or what follows one, is the driver's alone.
         before_totals = [n for n in names if not self.job.plan.post[ids[n]]]
-        if self.job.wrt != before_totals or not hasattr(self, "driver"):
-            self.job.wrt = before_totals
-            self.driver = Driver.of(self.job.plan, self.run, ids)
-            self.kept = None
-        share = self.compute(values)
+        first = self.driver is None or self.driver.wrt_ids != ids
+        if first:
+            self._prepare(before_totals, ids)
+        share = self.compute(values, first) if self.job.moving else Share(np.zeros(0), [], [])
         for warning in share.warnings:
             diagnostics.warn(warning.message, warning.span, warning.notes)
         value, grads = self.driver.finish(share, values, diagnostics, gradients)
         return Result(value, grads, diagnostics)
 
-    def compute(self, values: dict[str, np.ndarray] | None) -> Share:
+    def _prepare(self, wrt: list[str], ids: dict[str, int]) -> None:
+        """Set the job up for differentiating by `wrt`: whether chunks may
+        defer what those values move, the totals they do not move (computed
+        now, a pass over the data per level of totals used in totals), and
+        the driver."""
+        job, plan = self.job, self.job.plan
+        fixed = plan.totals_before(self.run, ids)
+        if job.token:
+            self._drop_templates()
+        job.wrt, job.token, job.totals, self.kept = wrt, f"{next(_names)}-{uuid.uuid4().hex}", {}, None
+        job.moving = [(r, kind) for r, kind in plan.reductions if r not in fixed]
+        job.defer = bool(wrt) and deferral_is_safe(job)
+        kinds = dict(plan.reductions)
+        for level in sorted({plan.level[r] for r in fixed}):
+            wanted = [(r, kinds[r]) for r in fixed if plan.level[r] == level]
+            share = self._run([delayed_call(totals_of_rows, job, start, stop, wanted)
+                               for start, stop in self.bounds], "totals")
+            job.totals.update((r, np.array(total)) for (r, _), total in zip(wanted, share.totals))
+        self.driver = Driver.of(plan, self.run, ids, job.totals)
+
+    def compute(self, values: dict[str, np.ndarray] | None, first: bool) -> Share:
         """One Dask compute: every chunk's share, tree-summed."""
         import dask
         from dask import delayed
-        tag = next(_names)
-        job = delayed(self.job, name=f"spiread-job-{id(self.job)}", traverse=False)
-        given = delayed(values, name=f"spiread-values-{tag}", traverse=False) if values else None
+        given = delayed(values, name=f"spiread-values-{next(_names)}", traverse=False) if values else None
         if self.options.persist:
             if self.kept is None:
-                chunks = [delayed(record_chunk)(job, start, stop, given, dask_key_name=f"spiread-chunk-{tag}-{k}")
-                          for k, (start, stop) in enumerate(self.bounds)]
+                chunks = [delayed_call(record_chunk, self.job, start, stop, given) for start, stop in self.bounds]
                 self.kept = self.client.persist(chunks) if self.client else list(dask.persist(*chunks, scheduler="threads"))
-            shares = [delayed(share_of_kept)(job, chunk, given, dask_key_name=f"spiread-share-{tag}-{k}")
-                      for k, chunk in enumerate(self.kept)]
+            shares = [delayed_call(share_of_kept, self.job, chunk, given, first) for chunk in self.kept]
         else:
-            shares = [delayed(share_of_rows)(job, start, stop, given, dask_key_name=f"spiread-share-{tag}-{k}")
-                      for k, (start, stop) in enumerate(self.bounds)]
+            shares = [delayed_call(share_of_rows, self.job, start, stop, given, first) for start, stop in self.bounds]
+        return self._run(shares, "share")
+
+    def _run(self, shares: list, what: str) -> Share:
+        """Tree-sum the shares and compute them (one Dask compute)."""
+        import dask
+        from dask import delayed
+        tag = next(_names)
         level = 0
         while len(shares) > 1:
             level += 1
-            shares = [delayed(add_shares)(*shares[i:i + FAN_IN], dask_key_name=f"spiread-sum-{tag}-{level}-{i}")
+            shares = [delayed(add_shares)(*shares[i:i + FAN_IN], dask_key_name=f"spiread-{what}-{tag}-{level}-{i}")
                       for i in range(0, len(shares), FAN_IN)]
         try:
             if self.client is not None:
@@ -214,10 +238,27 @@ class Program:
         except SpireadError as err:
             raise err.located_in(self.job.source)
 
+    def _drop_templates(self) -> None:
+        drop_templates(self.job.token)
+        if self.client is not None:
+            self.client.run(drop_templates, self.job.token)
+
     def close(self) -> None:
+        if self.chunked and self.job.token:
+            self._drop_templates()
         if self.client is not None:
             self.client.close()
             self.client = None
+
+
+def delayed_call(function, job: Job, *args):
+    """A task calling `function(job, *args)`, with the job one key of the
+    graph (sent to a worker once, not once per task): its token names it, so
+    a job set up anew is never mistaken for the one before."""
+    from dask import delayed
+    return delayed(function)(delayed(job, name=f"spiread-job-{job.token}-{len(job.totals)}",
+                                     traverse=False), *args,
+                             dask_key_name=f"spiread-{function.__name__}-{next(_names)}")
 
 
 def stopped(message: str, born) -> SpireadError:

@@ -151,6 +151,15 @@ X = load("X.npy")
 W = randn(27, 27, seed=3)
 loss = (W.arrange(xs, ys) * X.col(1)).sum + Matrix.fromColumns(X.col(0), X.col(2)).sigmoid.mean
 loss.backward(W)""",
+    "standardised columns: data-only totals used back on every row": """
+X = load("X.npy")
+y = load("y.npy")
+w = [0.5, -0.25, 1.0, 0.0]
+m = X.mean
+centred = X - m
+sd = ((centred * centred).mean + 1e-3).sqrt
+loss = (((centred / sd) @@ w - (y - y.mean)) ** 2).mean + m * (w * w).sum
+loss.backward(w)""",
 }
 
 
@@ -201,8 +210,8 @@ def test_random_programs_match_numpy_or_are_refused(tmp_path, program):
 @pytest.mark.parametrize("text, message, column", [
     ("loss = (X.T @@ X).sum + w.sum",
      "`T` combines the rows of `X` other than by a `.sum` or `.mean` of them", 11),
-    ("loss = ((X - X.mean) @@ w).sum",
-     "`-` combines the data rows with the result of `mean`, a total over all rows, "
+    ("loss = ((X - (X @@ w).mean) @@ w).sum",
+     "`-` combines the data rows with the result of `mean`, a total over all rows that changes with `w`, "
      "which is known only after every chunk has run", 12),
     ("loss = (X @@ w).product",
      "`product` combines the rows of the result of `@@` other than by a `.sum` or `.mean` of them", 17),
