@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from spiread_cli import api
+from spiread_cli import api, chunks, train
 from spiread_cli.dask_backend import Options, Program
 from spiread_cli.diagnostics import Source, SpireadError
 
@@ -171,6 +171,81 @@ def test_programs_match_numpy(name, chunk_rows, data):
     program, got = dask_result(source, {}, data, chunk_rows=chunk_rows)
     assert len(program.bounds) == -(-203 // chunk_rows)
     assert_same(expected, got, name)
+
+
+def steps_both_ways(source, data, names, starts, **options):
+    """Training steps on numpy (`train.tape_steps`) and on row chunks from
+    the same values: [(numpy's (loss, gradients, warnings), the chunks')]."""
+    run = api.run_source(source, None, None, data)
+    expected = train.tape_steps(run, names, False)
+    program = Program.of_source(source, Options(**options), (), None, data)
+    try:
+        got = program.steps(names, False)
+        return program, [(expected(k, v), got(k, v)) for k, v in enumerate(starts, 1)]
+    finally:
+        program.close()
+
+
+def assert_same_step(expected, got, where: str = ""):
+    np.testing.assert_allclose(got[0], expected[0], rtol=RTOL, err_msg=f"loss {where}")
+    for name, g in expected[1].items():
+        np.testing.assert_allclose(got[1][name], g, rtol=RTOL, atol=1e-13, err_msg=f"∂/∂{name} {where}")
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+@pytest.mark.parametrize("template_bytes", [0, 128 << 20])
+def test_steps_replay_the_chunks_templates_with_new_values(name, template_bytes, data, monkeypatch):
+    """Without --persist a step replays each chunk's fused template (or,
+    with no room for templates, records and fuses the chunk again): the
+    same losses and gradients as numpy's steps, at values that change from
+    step to step."""
+    monkeypatch.setattr(chunks, "TEMPLATE_BYTES", template_bytes)
+    source = Source(str(data / "prog.ad"), PROGRAMS[name])
+    run = api.run_source(source, None, None, data)
+    names = [n for n in run.backward_wrt]
+    rng = np.random.default_rng(3)
+    starts = [{n: run.node(n).value + 0.1 * k * rng.standard_normal(run.node(n).value.shape) for n in names}
+              for k in range(3)]
+    kept = []
+    monkeypatch.setattr(chunks.TEMPLATES, "put", lambda job, chunk, put=chunks.TEMPLATES.put: (
+        kept.append(chunk.start), put(job, chunk)))
+    program, pairs = steps_both_ways(source, data, names, starts, chunk_rows=16)
+    for k, (expected, got) in enumerate(pairs, 1):
+        assert_same_step(expected, got, f"step {k} of {name}")
+    chunk_count = len(program.bounds)
+    # each chunk recorded once when templates fit; every step otherwise
+    assert len(kept) == (chunk_count if template_bytes else 3 * chunk_count)
+    assert chunks.TEMPLATES.kept == {} or all(k[0] != program.job.token for k in chunks.TEMPLATES.kept)
+
+
+def test_a_program_that_reads_a_trained_value_while_recording_is_recorded_whole(data):
+    """A column chosen by a value computed from `w` cannot wait for the fused
+    tape: such a program is recorded in full in every chunk, with numpy's numbers."""
+    text = ('X = load("X.npy")\nw = [0.5, -0.25, 1.0, 0.0]\nk = (w * 0).sum + 2\n'
+            'loss = ((X @@ w) * X.col(k)).sum\nloss.backward(w)')
+    source = Source(str(data / "p.ad"), text)
+    program, pairs = steps_both_ways(source, data, ["w"], [{"w": np.array([0.5, -0.25, 1.0, 0.0])},
+                                                           {"w": np.array([0.1, 0.2, 0.3, 0.4])}], chunk_rows=10)
+    assert program.job.defer is False
+    for expected, got in pairs:
+        assert_same_step(expected, got)
+
+
+def test_a_warning_about_the_data_is_given_once_not_every_step(data):
+    """Warnings from the data's part of the program come with the first step
+    (as on numpy, where it is recorded once), with the rows they come from."""
+    text = ('X = load("X.npy")\nw = [0.5, -0.25, 1.0, 0.0]\nz = (X.col(0) * 0).log.clampMin(-1)\n'
+            'loss = ((X @@ w) * z).mean\nloss.backward(w)')
+    source = Source(str(data / "p.ad"), text)
+    w = np.array([0.5, -0.25, 1.0, 0.0])
+    _, pairs = steps_both_ways(source, data, ["w"], [{"w": w}, {"w": w * 2}], chunk_rows=50)
+    (numpy_first, first), (numpy_second, second) = pairs
+    assert_same_step(numpy_first, first)
+    recorded = api.run_source(source, None, None, data).diagnostics.warnings  # numpy's train shows these at step 1
+    assert [w.span for w in first[2]] == [w.span for w in recorded] and len(recorded) == 1
+    assert first[2][0].message.startswith("`log` gave -inf at 50 of 50 entries")
+    assert first[2][0].notes == ("in data rows 0–49",)
+    assert second[2] == [] == numpy_second[2]
 
 
 def test_default_chunk_rows_give_every_thread_work(data):
