@@ -291,6 +291,12 @@ class Job:
             raise err.located_in(self.source)
         return run, {n.id: read[id(n.value)] for n in run.tape.nodes if n.op is None and id(n.value) in read}
 
+    def before_steps(self, level: int) -> list[int]:
+        """The totals no trained value moves that are `level` deep: computed
+        from the data alone (0) or from such totals of lower levels."""
+        moving = dict(self.moving)
+        return [r for r, _ in self.plan.reductions if r not in moving and self.plan.level[r] == level]
+
     def read(self, reader: tuple[str, str], start: int, stop: int) -> np.ndarray:
         kind, key = reader
         return self.data.window(self.data.files[key] if kind == "file" else self.data.sets[key], start, stop)
@@ -600,12 +606,13 @@ def recorded(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | No
     return run, reads, deferred
 
 
-def totals_of_rows(job: Job, start: int, stop: int, wanted: list[tuple[int, str]]) -> Share:
+def totals_of_rows(job: Job, start: int, stop: int, level: int) -> Share:
     """One task of a pass before the steps: rows [start, stop)'s shares of
-    the totals `wanted`, which no trained value moves."""
+    the totals of `level` that no trained value moves (Job.before_steps)."""
     run, _, _ = recorded(job, start, stop, None)
-    nodes = run.tape.nodes
-    shares = [float(nodes[r].value) * (1.0 if kind == "sum" else (stop - start) / job.plan.rows) for r, kind in wanted]
+    nodes, kinds = run.tape.nodes, dict(job.plan.reductions)
+    wanted = job.before_steps(level)
+    shares = [float(nodes[r].value) * (1.0 if kinds[r] == "sum" else (stop - start) / job.plan.rows) for r in wanted]
     return Share(np.array(shares), [{} for _ in wanted], [])
 
 

@@ -67,6 +67,7 @@ class Program:
     client: object = None
     kept: list | None = None          # the chunks' recordings under --persist
     driver: Driver | None = None      # set up for the names differentiated by (`_prepare`)
+    scattered: tuple | None = None    # ((job token, totals known), the job sent to the cluster's workers)
 
     @staticmethod
     def open(path: str, options: Options, sets: list[str] = (), of: str | None = None) -> "Program":
@@ -199,42 +200,69 @@ class Program:
         job.wrt, job.token, job.totals, self.kept = wrt, f"{next(_names)}-{uuid.uuid4().hex}", {}, None
         job.moving = [(r, kind) for r, kind in plan.reductions if r not in fixed]
         job.defer = bool(wrt) and deferral_is_safe(job)
-        kinds = dict(plan.reductions)
         for level in sorted({plan.level[r] for r in fixed}):
-            wanted = [(r, kinds[r]) for r in fixed if plan.level[r] == level]
-            share = self._run([delayed_call(totals_of_rows, job, start, stop, wanted)
-                               for start, stop in self.bounds], "totals")
-            job.totals.update((r, np.array(total)) for (r, _), total in zip(wanted, share.totals))
+            graph, job_key, _ = self._graph(None)
+            share = self._run(graph, [self._task(graph, totals_of_rows, job_key, start, stop, level)
+                                      for start, stop in self.bounds])
+            wanted = job.before_steps(level)
+            job.totals.update((r, np.array(total)) for r, total in zip(wanted, share.totals))
         self.driver = Driver.of(plan, self.run, ids, job.totals)
 
     def compute(self, values: dict[str, np.ndarray] | None, first: bool) -> Share:
         """One Dask compute: every chunk's share, tree-summed."""
-        import dask
-        from dask import delayed
-        given = delayed(values, name=f"spiread-values-{next(_names)}", traverse=False) if values else None
+        graph, job_key, values_key = self._graph(values)
         if self.options.persist:
-            if self.kept is None:
-                chunks = [delayed_call(record_chunk, self.job, start, stop, given) for start, stop in self.bounds]
-                self.kept = self.client.persist(chunks) if self.client else list(dask.persist(*chunks, scheduler="threads"))
-            shares = [delayed_call(share_of_kept, self.job, chunk, given, first) for chunk in self.kept]
+            if self.kept is None:  # the chunks recorded, fused and kept where they ran
+                keys = [self._task(graph, record_chunk, job_key, start, stop, values_key) for start, stop in self.bounds]
+                self.kept = self.client.get(graph, keys, sync=False) if self.client else dask_threaded().get(graph, keys)
+                graph, job_key, values_key = self._graph(values)
+            shares = []
+            for chunk in self.kept:
+                kept_key = f"spiread-kept-{next(_names)}"
+                graph[kept_key] = chunk  # a future on a cluster, the chunk itself on threads
+                shares.append(self._task(graph, share_of_kept, job_key, kept_key, values_key, first))
         else:
-            shares = [delayed_call(share_of_rows, self.job, start, stop, given, first) for start, stop in self.bounds]
-        return self._run(shares, "share")
+            shares = [self._task(graph, share_of_rows, job_key, start, stop, values_key, first)
+                      for start, stop in self.bounds]
+        return self._run(graph, shares)
 
-    def _run(self, shares: list, what: str) -> Share:
-        """Tree-sum the shares and compute them (one Dask compute)."""
-        import dask
-        from dask import delayed
+    # A graph is a plain dict (Dask's own graph format): building one costs
+    # far less than `delayed`'s collections, which at 10⁵ rows cost more than
+    # the step itself. A task is (function, *arguments); a string argument
+    # that is a key is that key's value.
+
+    def _graph(self, values) -> tuple[dict, str, str | None]:
+        """A new graph holding the job (sent to a cluster once per setting
+        of the job, `client.scatter`) and the trained values."""
         tag = next(_names)
-        level = 0
+        job_key, values_key = f"spiread-job-{tag}", f"spiread-values-{tag}" if values else None
+        graph = {job_key: self._job_ref()}
+        if values:
+            graph[values_key] = values
+        return graph, job_key, values_key
+
+    def _job_ref(self):
+        if self.client is None:
+            return self.job
+        version = (self.job.token, len(self.job.totals))
+        if self.scattered is None or self.scattered[0] != version:
+            self.scattered = (version, self.client.scatter(self.job, broadcast=True, hash=False))
+        return self.scattered[1]
+
+    @staticmethod
+    def _task(graph: dict, function, *args) -> str:
+        key = f"spiread-{function.__name__}-{next(_names)}"
+        graph[key] = (function, *args)
+        return key
+
+    def _run(self, graph: dict, shares: list[str]) -> Share:
+        """Tree-sum the shares and compute them (one Dask compute)."""
         while len(shares) > 1:
-            level += 1
-            shares = [delayed(add_shares)(*shares[i:i + FAN_IN], dask_key_name=f"spiread-{what}-{tag}-{level}-{i}")
-                      for i in range(0, len(shares), FAN_IN)]
+            shares = [self._task(graph, add_shares, *shares[i:i + FAN_IN]) for i in range(0, len(shares), FAN_IN)]
         try:
             if self.client is not None:
-                return self.client.compute(shares[0]).result()
-            return dask.compute(shares[0], scheduler="threads")[0]
+                return self.client.get(graph, shares[0])
+            return dask_threaded().get(graph, shares[0])
         except SpireadError as err:
             raise err.located_in(self.job.source)
 
@@ -251,14 +279,10 @@ class Program:
             self.client = None
 
 
-def delayed_call(function, job: Job, *args):
-    """A task calling `function(job, *args)`, with the job one key of the
-    graph (sent to a worker once, not once per task): its token names it, so
-    a job set up anew is never mistaken for the one before."""
-    from dask import delayed
-    return delayed(function)(delayed(job, name=f"spiread-job-{job.token}-{len(job.totals)}",
-                                     traverse=False), *args,
-                             dask_key_name=f"spiread-{function.__name__}-{next(_names)}")
+def dask_threaded():
+    """Dask's local threaded scheduler (imported when first used)."""
+    import dask.threaded
+    return dask.threaded
 
 
 def stopped(message: str, born) -> SpireadError:
