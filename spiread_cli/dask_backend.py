@@ -216,11 +216,8 @@ class Program:
                 keys = [self._task(graph, record_chunk, job_key, start, stop, values_key) for start, stop in self.bounds]
                 self.kept = self.client.get(graph, keys, sync=False) if self.client else dask_threaded().get(graph, keys)
                 graph, job_key, values_key = self._graph(values)
-            shares = []
-            for chunk in self.kept:
-                kept_key = f"spiread-kept-{next(_names)}"
-                graph[kept_key] = chunk  # a future on a cluster, the chunk itself on threads
-                shares.append(self._task(graph, share_of_kept, job_key, kept_key, values_key, first))
+            shares = [self._task(graph, share_of_kept, job_key, self._data(graph, chunk), values_key, first)
+                      for chunk in self.kept]
         else:
             shares = [self._task(graph, share_of_rows, job_key, start, stop, values_key, first)
                       for start, stop in self.bounds]
@@ -231,23 +228,29 @@ class Program:
     # the step itself. A task is (function, *arguments); a string argument
     # that is a key is that key's value.
 
-    def _graph(self, values) -> tuple[dict, str, str | None]:
-        """A new graph holding the job (sent to a cluster once per setting
-        of the job, `client.scatter`) and the trained values."""
-        tag = next(_names)
-        job_key, values_key = f"spiread-job-{tag}", f"spiread-values-{tag}" if values else None
-        graph = {job_key: self._job_ref()}
-        if values:
-            graph[values_key] = values
-        return graph, job_key, values_key
-
-    def _job_ref(self):
+    def _graph(self, values) -> tuple[dict, object, str | None]:
+        """A new graph holding the trained values, and the job as tasks name
+        it: sent to a cluster's workers once per setting of the job
+        (`client.scatter`), the object itself on threads."""
+        graph: dict = {}
+        values_key = self._data(graph, values) if values else None
         if self.client is None:
-            return self.job
+            return graph, self._data(graph, self.job), values_key
         version = (self.job.token, len(self.job.totals))
         if self.scattered is None or self.scattered[0] != version:
             self.scattered = (version, self.client.scatter(self.job, broadcast=True, hash=False))
-        return self.scattered[1]
+        return graph, self.scattered[1], values_key
+
+    def _data(self, graph: dict, value) -> object:
+        """How a task names a value: a future (on the cluster already) is
+        named by itself; anything else is put in the graph under a new key."""
+        if self.client is not None:
+            from distributed import Future
+            if isinstance(value, Future):
+                return value
+        key = f"spiread-data-{next(_names)}"
+        graph[key] = value
+        return key
 
     @staticmethod
     def _task(graph: dict, function, *args) -> str:
