@@ -20,6 +20,10 @@ Each measurement runs in a fresh process; a sampler adds up the resident
 memory of that process and of the scheduler and workers every 20 ms and
 keeps the peak. numpy is skipped where its recorded values would pass
 --numpy-max-gb (the bigram at 10^7 rows records about 11 GB).
+
+On a shared machine the times are noisy: `--repeat N` measures every backend
+N times, interleaved (numpy, dask, …, numpy, dask, …), and ends with a
+summary of the median step time of each and its ratio to numpy's.
 """
 
 from __future__ import annotations
@@ -210,6 +214,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(PROGRAMS))
     parser.add_argument("--backends", nargs="+", default=["numpy", "dask", "dask-persist", "cluster", "cluster-persist"])
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=1, help="measure each backend this many times, interleaved")
     parser.add_argument("--numpy-max-gb", type=float, default=6.0)
     parser.add_argument("--data", type=Path, help="where to keep the data (default: a temporary folder)")
     parser.add_argument("--out", type=Path)
@@ -227,19 +232,40 @@ def main() -> None:
         for rows in [int(r) for r in args.rows]:
             for model in args.models:
                 program = make_data(folder / f"{model}-{rows}", model, rows)
-                for backend in args.backends:
-                    if backend == "numpy" and rows * PROGRAMS[model][3] > args.numpy_max_gb * 2**30:
-                        result = {"skipped": f"numpy would record about {rows * PROGRAMS[model][3] / 2**30:.0f} GB"}
-                    else:
-                        result = measure(model, backend, program, args.steps, cluster if backend.startswith("cluster") else None)
-                    result = {"model": model, "rows": rows, "backend": backend, **result}
-                    results.append(result)
-                    print(json.dumps(result), flush=True)
+                for _ in range(args.repeat):
+                    for backend in args.backends:
+                        if backend == "numpy" and rows * PROGRAMS[model][3] > args.numpy_max_gb * 2**30:
+                            result = {"skipped": f"numpy would record about {rows * PROGRAMS[model][3] / 2**30:.0f} GB"}
+                        else:
+                            result = measure(model, backend, program, args.steps,
+                                             cluster if backend.startswith("cluster") else None)
+                        result = {"model": model, "rows": rows, "backend": backend, **result}
+                        results.append(result)
+                        print(json.dumps(result), flush=True)
     finally:
         if cluster is not None:
             cluster.close()
+    summarise(results)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def summarise(results: list[dict]) -> None:
+    """Per model, rows and backend: the median step time over the repeats,
+    its ratio to numpy's, and the largest peak memory."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        if "step_s" in r:
+            groups.setdefault((r["model"], r["rows"], r["backend"]), []).append(r)
+    print(f"{'model':8} {'rows':>9} {'backend':16} {'runs':>4} {'step':>10} {'÷ numpy':>8} {'first step':>10} {'peak RSS':>9}")
+    for (model, rows, backend), runs in groups.items():
+        step = float(np.median([r["step_s"] for r in runs]))
+        numpy_runs = groups.get((model, rows, "numpy"))
+        ratio = f"{step / float(np.median([r['step_s'] for r in numpy_runs])):.2f}×" if numpy_runs else "—"
+        first = float(np.median([r["first_step_s"] for r in runs]))
+        peak = max(r["peak_rss_mb"] for r in runs)
+        print(f"{model:8} {rows:>9} {backend:16} {len(runs):>4} {step * 1e3:>8.1f}ms {ratio:>8} {first:>9.2f}s "
+              f"{peak:>7.0f}MB", flush=True)
 
 
 if __name__ == "__main__":
