@@ -825,6 +825,7 @@ class Driver:
     reductions: list[int]           # the totals each step computes
     wrt_ids: dict[str, int]
     constants: list[int]            # row counts and the totals computed before the steps
+    row: list[bool]                 # per node: one row per data row, so never computed here
 
     @staticmethod
     def of(plan: Plan, probe: Run, wrt_ids: dict[str, int], totals: dict[int, np.ndarray]) -> "Driver":
@@ -836,7 +837,8 @@ class Driver:
         for i, total in totals.items():
             nodes[i].set_value(total)
         moving = [r for r, _ in plan.reductions if r not in totals]
-        return Driver(Tape(nodes, probe.tape.source), probe.output, moving, wrt_ids, [*plan.row_counts, *totals])
+        return Driver(Tape(nodes, probe.tape.source), probe.output, moving, wrt_ids, [*plan.row_counts, *totals],
+                      plan.row)
 
     def finish(self, share: Share, values: dict[str, np.ndarray] | None,
                diagnostics: Diagnostics, gradients: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -847,8 +849,9 @@ class Driver:
         for name, value in (values or {}).items():
             nodes[self.wrt_ids[name]].set_value(value)
         sources = self.reductions + self.constants + list(self.wrt_ids.values())
-        if sources:
-            self.tape.replay(self.tape.between(sources, self.output), diagnostics)
+        if sources:  # every value shown, not only the output: a total's square root used on the rows, too
+            fed = self.tape.fed_by(sources, len(nodes) - 1)
+            self.tape.replay([n for n in nodes if fed[n.id] and not self.row[n.id]], diagnostics)
         if not gradients:
             return nodes[self.output].value, {}
         ids = list(self.wrt_ids.values())

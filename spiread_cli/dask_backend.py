@@ -182,7 +182,7 @@ class Program:
         first = self.driver is None or self.driver.wrt_ids != ids
         if first:
             self._prepare(before_totals, ids)
-        share = self.compute(values, first) if self.job.moving else Share(np.zeros(0), [], [])
+        share = self.compute(values, first)  # with no totals to compute, still the chunks' warnings
         for warning in share.warnings:
             diagnostics.warn(warning.message, warning.span, warning.notes)
         value, grads = self.driver.finish(share, values, diagnostics, gradients)
@@ -248,15 +248,19 @@ class Program:
             from distributed import Future
             if isinstance(value, Future):
                 return value
-        key = f"spiread-data-{next(_names)}"
+        key = self._key("data")
         graph[key] = value
         return key
 
-    @staticmethod
-    def _task(graph: dict, function, *args) -> str:
-        key = f"spiread-{function.__name__}-{next(_names)}"
+    def _task(self, graph: dict, function, *args) -> str:
+        key = self._key(function.__name__)
         graph[key] = (function, *args)
         return key
+
+    def _key(self, what: str) -> str:
+        """A key no other graph uses, on this scheduler or a shared one (the
+        job's token is unique to this setting of this job)."""
+        return f"spiread-{what}-{self.job.token}-{next(_names)}"
 
     def _run(self, graph: dict, shares: list[str]) -> Share:
         """Tree-sum the shares and compute them (one Dask compute)."""

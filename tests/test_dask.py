@@ -218,6 +218,38 @@ def test_steps_replay_the_chunks_templates_with_new_values(name, template_bytes,
     assert chunks.TEMPLATES.kept == {} or all(k[0] != program.job.token for k in chunks.TEMPLATES.kept)
 
 
+@pytest.mark.parametrize("array", [
+    np.arange(100), np.arange(100.0), np.arange(100)[::-1].copy(), np.tile([0.0, 26.0], 50), np.full(70, -3.0),
+    np.arange(70000.0), np.arange(1e6, 1e6 + 70), np.linspace(0, 1, 70), np.r_[np.arange(69.0), -0.0],
+    np.r_[np.arange(69.0), np.nan], np.r_[np.arange(69.0), np.inf], np.ones((10, 27)), np.arange(5.0)])
+def test_a_template_keeps_its_arrays_exactly(array):
+    """Packed positions and data-made arrays come back bit for bit (-0.0,
+    nan and non-integers are kept as they are)."""
+    back = chunks.unpack(chunks.pack(array))
+    assert back.dtype == array.dtype and back.shape == array.shape
+    assert back.tobytes() == array.tobytes()
+
+
+def test_eval_computes_the_totals_of_the_data_and_warns_about_the_data(data):
+    """With nothing differentiated every total is computed before the
+    steps, levels in turn (`sd` needs `m`); the values not one per row are
+    numpy's, and a warning born in the data's part is given, with its rows."""
+    text = PROGRAMS["standardised columns: data-only totals used back on every row"] + \
+        "\nz = ((X.col(0) * 0).log.clampMin(-1)).mean"
+    source = Source(str(data / "p.ad"), text.replace("loss.backward(w)", ""))
+    expected = api.run_source(source, None, None, data)
+    program = Program.of_source(source, Options(chunk_rows=20), (), None, data)
+    try:
+        got = program.evaluated()
+    finally:
+        program.close()
+    assert set(got.bindings) == {"w", "m", "sd", "loss", "z"}
+    for name in got.bindings:
+        np.testing.assert_allclose(got.node(name).value, expected.node(name).value, rtol=RTOL, err_msg=name)
+    assert [w.span for w in got.diagnostics.warnings] == [w.span for w in expected.diagnostics.warnings]
+    assert got.diagnostics.warnings[0].notes == ("in data rows 0–19",)
+
+
 def test_a_program_that_reads_a_trained_value_while_recording_is_recorded_whole(data):
     """A column chosen by a value computed from `w` cannot wait for the fused
     tape: such a program is recorded in full in every chunk, with numpy's numbers."""
@@ -277,6 +309,22 @@ def test_random_programs_match_numpy_or_are_refused(tmp_path, program):
             assert err.diagnostic.message.startswith("cannot run by row chunks"), err.diagnostic.message
             continue
         assert_same(expected, got, f"with `{name}` as row data in\n{program.source}")
+        # Training steps at moved values: the chunks' templates replayed
+        run = api.run_source(source, api.parse_overrides([f"{name}={sets[name]}"], tmp_path), None, tmp_path)
+        if all(run.node(w).kind == "input" for w in wrt):
+            moved = {w: run.node(w).value * 1.01 for w in wrt}
+            try:
+                expected_steps = [train.tape_steps(run, wrt, False)(1, {}), train.tape_steps(run, wrt, False)(2, moved)]
+            except train.NonFinite:
+                continue
+            chunked = Program.of_source(source, Options(chunk_rows=2), [f"{name}={sets[name]}"], None, tmp_path)
+            try:
+                step = chunked.steps(wrt, False)
+                got_steps = [step(1, {w: run.node(w).value for w in wrt}), step(2, moved)]
+            finally:
+                chunked.close()
+            for k, (e, g) in enumerate(zip(expected_steps, got_steps), 1):
+                assert_same_step(e, g, f"step {k} with `{name}` as row data in\n{program.source}")
 
 
 # ------------------------------------------------------------- what is refused
