@@ -776,10 +776,18 @@ class Templates:
         return self.kept.get((job.token, start, stop))
 
     def put(self, job: Job, chunk: Chunk) -> None:
+        """Keep the chunk's template if there is room, making room from other
+        jobs' templates (one whose program ended without saying so: a
+        worker outlives the spiread that used it)."""
         template = chunk.template()
         size = template.nbytes()
+        budget = min(TEMPLATE_BYTES, max_bytes() // 4)
         with self.lock:
-            if self.bytes + size <= min(TEMPLATE_BYTES, max_bytes() // 4):
+            for key in [k for k in self.kept if k[0] != job.token]:
+                if self.bytes + size <= budget:
+                    break
+                self.bytes -= self.kept.pop(key).nbytes()
+            if self.bytes + size <= budget:
                 self.kept[(job.token, chunk.start, chunk.stop)] = template
                 self.bytes += size
 

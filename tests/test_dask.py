@@ -218,6 +218,21 @@ def test_steps_replay_the_chunks_templates_with_new_values(name, template_bytes,
     assert chunks.TEMPLATES.kept == {} or all(k[0] != program.job.token for k in chunks.TEMPLATES.kept)
 
 
+def test_templates_of_a_program_that_ended_unannounced_give_way(data, monkeypatch):
+    """A worker outlives the spiread that used it: templates left by a
+    program never closed make room for the next program's."""
+    source = Source(str(data / "prog.ad"), PROGRAMS["softmax regression, a pick per row"])
+    left = Program.of_source(source, Options(chunk_rows=50), (), None, data)
+    left.gradients()  # and never closed
+    mine = {key: t for key, t in chunks.TEMPLATES.kept.items() if key[0] == left.job.token}
+    assert len(mine) == len(left.bounds)
+    monkeypatch.setattr(chunks, "TEMPLATE_BYTES", chunks.TEMPLATES.bytes)  # room for one program's
+    program, got = dask_result(source, {}, data, chunk_rows=50)
+    assert_same(numpy_result(source, {}, data), got)
+    assert not any(key[0] == left.job.token for key in chunks.TEMPLATES.kept)
+    left.close()
+
+
 @pytest.mark.parametrize("array", [
     np.arange(100), np.arange(100.0), np.arange(100)[::-1].copy(), np.tile([0.0, 26.0], 50), np.full(70, -3.0),
     np.arange(70000.0), np.arange(1e6, 1e6 + 70), np.linspace(0, 1, 70), np.r_[np.arange(69.0), -0.0],
