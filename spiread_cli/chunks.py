@@ -25,6 +25,14 @@ or be a `sum`/`mean` of it (a *reduction*, whose total is the sum of the
 chunks' shares: a mean is a sum over the total count); a constant that is
 the number of rows (`rows(X)`) is the total N. Anything else is refused with
 the op named. What follows the reductions runs once, on the driver (`Driver`).
+A total no trained value moves (`X.mean`) may be used back on the rows: it is
+computed before the steps (`totals_of_rows`) and is a constant in every chunk.
+
+A step does per chunk what the numpy backend's fused step does: the first
+time, the chunk is recorded with only the data's part computed (`Deferring`)
+and fused (`record_chunk`); its template (`Chunk.template`: no values a step
+recomputes, no rows it can read again) is kept by the process (`TEMPLATES`),
+and later steps replay it with the chunk's rows and the trained values.
 """
 
 from __future__ import annotations

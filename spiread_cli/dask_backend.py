@@ -4,11 +4,13 @@ tcp://host:8786`), and their shares are tree-summed.
 
 Dask is imported here only, and only when this backend is used (`pip install
 "spiread[dask]"`). Each evaluation is one `compute` of one graph: a task per
-chunk that records the program on its rows and returns its share of every
-total (the loss's sums and means) with the gradients of those shares and the
-first warnings, then a tree of additions. The driver finishes what follows
-the totals and hands numpy gradients to the optimizer, so the graph is built
-anew each step from the same few tasks and never grows.
+chunk that replays the chunk's fused template (recording and fusing the chunk
+the first time) and returns its share of every total (the loss's sums and
+means) with the gradients of those shares and the first warnings, then a tree
+of additions. The driver finishes what follows the totals and hands numpy
+gradients to the optimizer, so the graph is built anew each step from the
+same few tasks and never grows. Totals of the data alone are computed once,
+before the first step (`Program._prepare`).
 
     >>> from spiread_cli import dask_backend
     >>> program = dask_backend.Program.open("model.ad", Options(chunk_rows=100_000))

@@ -442,12 +442,13 @@ def test_local_cluster_gives_the_same_numbers_with_and_without_persist(data):
 # ------------------------------------------------------------- the command line
 
 
-def test_cli_grad_and_train_match_numpy(data):
+@pytest.mark.parametrize("persist", [[], ["--persist"]])
+def test_cli_grad_and_train_match_numpy(persist, data):
     """`grad` and `train` end to end: the same JSON numbers on both backends."""
     (data / "sm.ad").write_text(PROGRAMS["softmax regression, a pick per row"])
     for command in (["grad", "sm.ad"], ["train", "sm.ad", "--wrt", "W", "--wrt", "b", "--steps", "3", "--lr", "0.5"]):
         numpy_out = spiread(*command, "--format", "json", cwd=data)
-        dask_out = spiread(*command, "--format", "json", "--backend", "dask", "--chunk-rows", "50", "--persist",
+        dask_out = spiread(*command, "--format", "json", "--backend", "dask", "--chunk-rows", "50", *persist,
                            cwd=data)
         assert numpy_out.returncode == 0 and dask_out.returncode == 0, dask_out.stderr
         expected, got = strict_json(numpy_out.stdout), strict_json(dask_out.stdout)
