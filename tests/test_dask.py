@@ -302,6 +302,20 @@ def test_default_chunk_rows_give_every_thread_work(data):
     assert_same(numpy_result(source, {}, data), got)
 
 
+def centred(text: str, name: str) -> str | None:
+    """The program with input `name` read as `name_data` and bound to
+    `name_data - name_data.mean * 0.5`: a total of the data used back on
+    every row. None if `name` is not bound on a line of its own."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"{name} = ")), None)
+    if start is None:
+        return None
+    end = next((j for j in range(start + 1, len(lines)) if not lines[j].startswith(" ")), len(lines))
+    lines[start] = f"{name}_data = " + lines[start][len(f"{name} = "):]
+    lines.insert(end, f"{name} = {name}_data - {name}_data.mean * 0.5")
+    return "\n".join(lines)
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(programs(max_dim=7))
@@ -309,11 +323,27 @@ def test_random_programs_match_numpy_or_are_refused(tmp_path, program):
     """The plan is sound: with any input of 4 or more rows as row data (in
     chunks of 2), a generated program either gives numpy's values and
     gradients or is refused — never other numbers."""
-    source = Source(str(tmp_path / "generated.ad"), program.source)
+    random_program_on_row_data(tmp_path, program, program.source, "")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(programs(max_dim=7))
+def test_random_programs_with_a_total_of_the_data_on_every_row(tmp_path, program):
+    """The same with the row data centred by its own mean first (a total no
+    trained value moves, computed before the steps)."""
+    for name in program.inputs:
+        text = centred(program.source, name)
+        if text is not None:
+            random_program_on_row_data(tmp_path, program, text, "_data", only=name)
+
+
+def random_program_on_row_data(tmp_path, program, text: str, suffix: str, only: str | None = None):
+    source = Source(str(tmp_path / "generated.ad"), text)
     for name, value in program.inputs.items():
-        if np.ndim(value) == 0 or np.shape(value)[0] < 4:  # the probes need 4 rows
+        if np.ndim(value) == 0 or np.shape(value)[0] < 4 or only not in (None, name):  # the probes need 4 rows
             continue
-        sets = {name: save(tmp_path, name, value)}
+        sets = {name + suffix: save(tmp_path, name, value)}
         wrt = [w for w in program.default_wrt() if w != name] or None
         if wrt is None:
             continue
@@ -323,23 +353,24 @@ def test_random_programs_match_numpy_or_are_refused(tmp_path, program):
         except SpireadError as err:  # by row chunks, nor op by op (tests/test_dask_reach.py)
             assert err.diagnostic.message.startswith("cannot run by row chunks"), err.diagnostic.message
             continue
-        assert_same(expected, got, f"with `{name}` as row data in\n{program.source}")
+        assert_same(expected, got, f"with `{name}` as row data in\n{text}")
         # Training steps at moved values: the chunks' templates replayed
-        run = api.run_source(source, api.parse_overrides([f"{name}={sets[name]}"], tmp_path), None, tmp_path)
+        setting = [f"{key}={path}" for key, path in sets.items()]
+        run = api.run_source(source, api.parse_overrides(setting, tmp_path), None, tmp_path)
         if all(run.node(w).kind == "input" for w in wrt):
             moved = {w: run.node(w).value * 1.01 for w in wrt}
             try:
                 expected_steps = [train.tape_steps(run, wrt, False)(1, {}), train.tape_steps(run, wrt, False)(2, moved)]
             except train.NonFinite:
                 continue
-            chunked = Program.of_source(source, Options(chunk_rows=2), [f"{name}={sets[name]}"], None, tmp_path)
+            chunked = Program.of_source(source, Options(chunk_rows=2), setting, None, tmp_path)
             try:
                 step = chunked.steps(wrt, False)
                 got_steps = [step(1, {w: run.node(w).value for w in wrt}), step(2, moved)]
             finally:
                 chunked.close()
             for k, (e, g) in enumerate(zip(expected_steps, got_steps), 1):
-                assert_same_step(e, g, f"step {k} with `{name}` as row data in\n{program.source}")
+                assert_same_step(e, g, f"step {k} with `{name}` as row data in\n{text}")
 
 
 # ------------------------------------------------------------- what is refused
