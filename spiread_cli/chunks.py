@@ -601,9 +601,12 @@ def recorded(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | No
     for i in plan.row_counts:
         tape.nodes[i].set_value(np.array(float(plan.rows)))
     constants = [*plan.row_counts, *job.totals]
-    if constants:
+    if constants:  # what they feed, computed again (and warned about again: the chunk's own counts misled)
         fed = tape.fed_by(constants, len(tape.nodes) - 1)
-        tape.replay([n for n in tape.nodes if fed[n.id] and n.id not in deferred], run.diagnostics)
+        again = [n for n in tape.nodes if fed[n.id] and n.id not in deferred]
+        spans = {n.span for n in again}
+        run.diagnostics.warnings[:] = [w for w in run.diagnostics.warnings if w.span not in spans]
+        tape.replay(again, run.diagnostics)
     n = stop - start
     for i in plan.local_picks:
         node = tape.nodes[i]

@@ -265,6 +265,25 @@ def test_eval_computes_the_totals_of_the_data_and_warns_about_the_data(data):
     assert got.diagnostics.warnings[0].notes == ("in data rows 0–19",)
 
 
+@pytest.mark.parametrize("denominator, warned", [("x - x.mean + 1", 1), ("x - x.mean", 0)])
+def test_a_warning_about_values_computed_from_a_total_is_about_the_total_over_all_rows(denominator, warned,
+                                                                                         tmp_path):
+    """A chunk is recorded first with its own share of `x.mean`: the warnings
+    are those of the total over all rows, as on numpy — none lost (1 / 0
+    only with the total) and none made up (1 / 0 only with the chunk's own)."""
+    save(tmp_path, "x", np.r_[np.full(50, 1.0), np.full(50, 3.0)])  # the mean is 2; each chunk's its own value
+    text = f'x = load("x.npy")\nw = [2.0]\nloss = ((1 / ({denominator})).clampMax(5) * w).sum\nloss.backward(w)'
+    source = Source(str(tmp_path / "p.ad"), text)
+    expected = numpy_result(source, {}, tmp_path)
+    _, got = dask_result(source, {}, tmp_path, chunk_rows=50)
+    assert_same(expected, got)
+    warnings = api.run_source(source, None, None, tmp_path).diagnostics.warnings
+    assert [w.span for w in got.diagnostics.warnings] == [w.span for w in warnings] and len(warnings) == warned
+    if warned:
+        assert got.diagnostics.warnings[0].message.startswith("`/` gave inf at 50 of 50 entries")
+        assert got.diagnostics.warnings[0].notes == ("in data rows 0–49",)
+
+
 def test_a_program_that_reads_a_trained_value_while_recording_is_recorded_whole(data):
     """A column chosen by a value computed from `w` cannot wait for the fused
     tape: such a program is recorded in full in every chunk, with numpy's numbers."""
