@@ -40,11 +40,11 @@ def tangents_of_rows(job: Job, start: int, stop: int, name: str, directions: np.
     chunk = record_chunk(job, start, stop, None)
     k = len(directions)
     tangents, bounds = np.zeros((len(chunk.parts), k)), np.zeros(len(chunk.parts))
-    for j, ((tape, r, wrt), (_, kind)) in enumerate(zip(chunk.parts, job.plan.reductions)):
-        weight = 1.0 if kind == "sum" else (stop - start) / job.plan.rows
-        tangents[j] = weight * directional_forward(tape, r, wrt[job.wrt.index(name)], directions)
+    for j, part in enumerate(chunk.parts):  # one per total the steps compute (job.moving)
+        weight = 1.0 if part.kind == "sum" else (stop - start) / job.plan.rows
+        tangents[j] = weight * directional_forward(part.tape, part.output, part.wrt[job.wrt.index(name)], directions)
         if magnitudes:
-            bounds[j] = weight * output_magnitude(tape, r)
+            bounds[j] = weight * output_magnitude(part.tape, part.output)
     return tangents, bounds
 
 
@@ -58,7 +58,7 @@ def map_chunks(program, task, *args):
     import dask
     from dask import delayed
     tag = next(_names)
-    job = delayed(program.job, name=f"spiread-job-{id(program.job)}", traverse=False)
+    job = delayed(program.job, name=f"spiread-job-{program.job.token}-{len(program.job.totals)}", traverse=False)
     parts = [delayed(task)(job, start, stop, *args, dask_key_name=f"spiread-check-{tag}-{i}")
              for i, (start, stop) in enumerate(program.bounds)]
     level = 0
@@ -103,11 +103,11 @@ class ChunkedDerivatives:
     def directional(self, name: str, directions: np.ndarray, magnitude: bool = False):
         """∂f along each of `directions` (shape (k,) + the value's shape) in
         `name`, by forward mode; with `magnitude`, also the rounding bound."""
-        driver, plan = self.driver, self.program.job.plan
+        driver = self.driver
         if name in self.program.job.wrt:
             shares, bounds = map_chunks(self.program, tangents_of_rows, name, directions, magnitude)
         else:  # a value only what follows the totals reads
-            shares, bounds = np.zeros((len(plan.reductions), len(directions))), np.zeros(len(plan.reductions))
+            shares, bounds = np.zeros((len(driver.reductions), len(directions))), np.zeros(len(driver.reductions))
         self.restore()
         tape, output = driver.tape, driver.output
         seeds = {r: shares[j] for j, r in enumerate(driver.reductions)}
