@@ -203,9 +203,7 @@ class Program:
         job.moving = [(r, kind) for r, kind in plan.reductions if r not in fixed]
         job.defer = bool(wrt) and deferral_is_safe(job)
         for level in sorted({plan.level[r] for r in fixed}):
-            graph, job_key, _ = self._graph(None)
-            share = self._run(graph, [self._task(graph, totals_of_rows, job_key, start, stop, level)
-                                      for start, stop in self.bounds])
+            share = self.map_rows(totals_of_rows, add_shares, level)
             wanted = job.before_steps(level)
             job.totals.update((r, np.array(total)) for r, total in zip(wanted, share.totals))
         self.driver = Driver.of(plan, self.run, ids, job.totals)
@@ -264,10 +262,17 @@ class Program:
         job's token is unique to this setting of this job)."""
         return f"spiread-{what}-{self.job.token}-{next(_names)}"
 
-    def _run(self, graph: dict, shares: list[str]) -> Share:
-        """Tree-sum the shares and compute them (one Dask compute)."""
+    def map_rows(self, function, add, *args):
+        """One Dask compute: `function(job, start, stop, *args)` on every
+        chunk's rows, the results tree-summed by `add`."""
+        graph, job_key, _ = self._graph(None)
+        return self._run(graph, [self._task(graph, function, job_key, start, stop, *args)
+                                 for start, stop in self.bounds], add)
+
+    def _run(self, graph: dict, shares: list[str], add=add_shares):
+        """Tree-sum the shares with `add` and compute them (one Dask compute)."""
         while len(shares) > 1:
-            shares = [self._task(graph, add_shares, *shares[i:i + FAN_IN]) for i in range(0, len(shares), FAN_IN)]
+            shares = [self._task(graph, add, *shares[i:i + FAN_IN]) for i in range(0, len(shares), FAN_IN)]
         try:
             if self.client is not None:
                 return self.client.get(graph, shares[0])

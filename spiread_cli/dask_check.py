@@ -19,17 +19,12 @@ value replaced, one pass over the chunks each.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 from .check import NODE_OVERHEAD_ENTRIES, Subject, output_magnitude
 from .chunks import Job, record_chunk
-from .diagnostics import Diagnostics, SpireadError, usage_error
+from .diagnostics import Diagnostics, usage_error
 from .forward import ForwardSweep, directional_forward
-
-FAN_IN = 8
-_names = itertools.count()
 
 
 def tangents_of_rows(job: Job, start: int, stop: int, name: str, directions: np.ndarray,
@@ -48,30 +43,9 @@ def tangents_of_rows(job: Job, start: int, stop: int, name: str, directions: np.
     return tangents, bounds
 
 
-def _added(*parts):
+def added(*parts: tuple) -> tuple:
+    """Chunks' tuples of arrays, summed entry by entry (their tree-sum)."""
     return tuple(sum(p[i] for p in parts) for i in range(len(parts[0])))
-
-
-def map_chunks(program, task, *args):
-    """One Dask compute: `task(job, start, stop, *args)` on every chunk,
-    tree-summed (each returns a tuple of arrays)."""
-    import dask
-    from dask import delayed
-    tag = next(_names)
-    job = delayed(program.job, name=f"spiread-job-{program.job.token}-{len(program.job.totals)}", traverse=False)
-    parts = [delayed(task)(job, start, stop, *args, dask_key_name=f"spiread-check-{tag}-{i}")
-             for i, (start, stop) in enumerate(program.bounds)]
-    level = 0
-    while len(parts) > 1:
-        level += 1
-        parts = [delayed(_added)(*parts[i:i + FAN_IN], dask_key_name=f"spiread-check-sum-{tag}-{level}-{i}")
-                 for i in range(0, len(parts), FAN_IN)]
-    try:
-        if program.client is not None:
-            return program.client.compute(parts[0]).result()
-        return dask.compute(parts[0], scheduler="threads")[0]
-    except SpireadError as err:
-        raise err.located_in(program.job.source)
 
 
 class ChunkedDerivatives:
@@ -105,7 +79,7 @@ class ChunkedDerivatives:
         `name`, by forward mode; with `magnitude`, also the rounding bound."""
         driver = self.driver
         if name in self.program.job.wrt:
-            shares, bounds = map_chunks(self.program, tangents_of_rows, name, directions, magnitude)
+            shares, bounds = self.program.map_rows(tangents_of_rows, added, name, directions, magnitude)
         else:  # a value only what follows the totals reads
             shares, bounds = np.zeros((len(driver.reductions), len(directions))), np.zeros(len(driver.reductions))
         self.restore()
