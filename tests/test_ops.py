@@ -469,8 +469,9 @@ def test_gradient_at_kinks(expr, expected):
 
 def operands_and_params(op) -> tuple[int | None, tuple[str, ...]]:
     """How many array operands `op` takes (None: any number) and the names of
-    its parameters, from vjp(i, g, out, *operands, *params)."""
-    after = list(inspect.signature(op.vjp).parameters.values())[3:]
+    its parameters, from vjp(i, g, out, *operands, *params) (a `residual`
+    is not a parameter: see `Op.fwd`)."""
+    after = [p for p in inspect.signature(op.vjp).parameters.values() if p.name != "residual"][3:]
     if after[0].kind is inspect.Parameter.VAR_POSITIONAL:
         return None, tuple(p.name for p in after[1:])
     assert len(after) >= op.arity, f"`{op.name}`: its vjp takes fewer operands than its arity {op.arity}"
