@@ -183,7 +183,8 @@ class Tape:
         args = [nodes[i].value for i in node.inputs]
         value, kept = compute(node.op, args, node.params)
         node.value = value
-        node.residual = None if kept is None else Residual(value, kept)
+        if kept is not None:  # an op with `fwd` always keeps one
+            node.residual = Residual(value, kept)
         if diagnostics is None or type(value) is not np.ndarray:  # lazy: checked when computed
             node.known_finite = None  # found out if anyone asks
             return
@@ -264,7 +265,9 @@ class Tape:
         nodes = self.nodes
         lowest = min(wrt, default=output + 1)
         grads: dict[int, np.ndarray] = {}
-        sums: set[int] = set()  # nodes whose adjoint is a sum this sweep allocated and nothing else holds
+        # Nodes whose adjoint is a sum this sweep allocated, which nothing else
+        # holds until the node passes it on; no contribution comes after that.
+        sums: set[int] = set()
         if needs[output]:
             grads[output] = np.ones_like(nodes[output].value)
         wanted = set(wrt)
@@ -272,9 +275,8 @@ class Tape:
             g = grads.get(node.id) if node.id in wanted else grads.pop(node.id, None)
             if g is None or node.op is None:
                 continue
-            sums.discard(node.id)  # passed on from here: a vjp may return it as it is
-            args = [nodes[i].value for i in node.inputs]
-            vjp, out, params = node.op.vjp, node.value, rule_params(node, args)
+            op, args = node.op, [nodes[i].value for i in node.inputs]
+            vjp, out, params = op.vjp, node.value, node.params if op.fwd is None else rule_params(node, args)
             for k, i in enumerate(node.inputs):
                 if not needs[i]:
                     continue
@@ -290,7 +292,7 @@ class Tape:
                     grads[i] = total
                     if type(total) is np.ndarray:  # 0-d sums come back as numpy scalars
                         sums.add(i)
-            if node.residual is not None:
+            if op.fwd is not None:
                 node.residual.data = None  # handed to the vjp, which may have written into it
         return {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}
 
