@@ -819,12 +819,22 @@ defop("stack", lambda *xs, axis: np.stack(xs, axis=axis),
 def _scatter_rows(g: np.ndarray, index: np.ndarray, rows: int) -> np.ndarray:
     """The sum of the rows of `g` that `index` sends to each of `rows` rows
     (np.add.at's result). bincount over flat positions is several times
-    faster than np.add.at or a one-hot matmul."""
+    faster than np.add.at or a one-hot matmul. It runs over blocks of rows:
+    the positions of all of g at once took as much memory as g itself (the
+    bigram step's peak), and a block's stay in cache."""
     if g.ndim == 1:
         return np.bincount(index, weights=g, minlength=rows)
     k = g.shape[1]
-    flat = (index[:, None] * k + np.arange(k)).ravel()
-    return np.bincount(flat, weights=g.ravel(), minlength=rows * k).reshape(rows, k)
+    total = np.zeros(rows * k)
+    columns = np.arange(k)
+    block = max(SCATTER_BLOCK_ROWS, rows)  # each block adds rows · k entries into the total
+    for start in range(0, len(index), block):
+        flat = (index[start:start + block, None] * k + columns).ravel()
+        total += np.bincount(flat, weights=g[start:start + block].ravel(), minlength=rows * k)
+    return total.reshape(rows, k)
+
+
+SCATTER_BLOCK_ROWS = 4096
 
 
 def _gather_shape(s, index):

@@ -761,3 +761,16 @@ def test_every_method_on_empty_receivers_through_the_language(spelling):
                 continue
             for mode in ("reverse", "forward"):
                 assert api.gradients(r, ["x"], mode).gradients["x"].shape == shape, (text, mode)
+
+
+def test_scatter_rows_over_many_blocks_adds_every_row():
+    """gatherRows' vjp sums rows block by block (ops.SCATTER_BLOCK_ROWS): over
+    several blocks and a partial last one it is np.add.at's sum."""
+    from spiread_cli import ops
+    rows = 2 * ops.SCATTER_BLOCK_ROWS + 17
+    index = RNG.integers(0, 5, rows)
+    g = RNG.normal(size=(rows, 3))
+    expected = np.zeros((5, 3))
+    np.add.at(expected, index, g)
+    np.testing.assert_allclose(OPS["gatherRows"].vjp(0, g, None, np.zeros((5, 3)), index=index), expected,
+                               rtol=1e-12, atol=1e-12)
