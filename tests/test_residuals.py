@@ -188,3 +188,20 @@ def test_adjoints_summed_in_place_leave_every_value_alone(text):
     for i in wrt:
         np.testing.assert_array_equal(first[i], kept[i])
         np.testing.assert_array_equal(second[i], kept[i])
+
+
+@pytest.mark.parametrize("name, derivative", [("tanh", lambda x: 1 - np.tanh(x) ** 2), ("sin", np.cos),
+                                              ("sigmoid", lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2)])
+def test_a_large_elementwise_vjp_writes_only_into_its_own_array(name, derivative):
+    """Above ops.IN_PLACE_ENTRIES a bounded elementwise vjp multiplies into the
+    derivative array it made: the gradient is the closed form's, and x, the
+    op's value and the incoming cotangent are untouched."""
+    from spiread_cli import ops
+    op = OPS[name]
+    x = RNG.normal(size=(64, ops.IN_PLACE_ENTRIES // 64 + 1))
+    out = op.impl(x)
+    g = RNG.normal(size=x.shape)
+    copies = [np.array(a, copy=True) for a in (x, out, g)]
+    np.testing.assert_allclose(op.vjp(0, g, out, x), g * derivative(x), rtol=1e-12, atol=1e-15)
+    for a, copy in zip((x, out, g), copies):
+        np.testing.assert_array_equal(a, copy)
