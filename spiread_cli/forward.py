@@ -72,8 +72,8 @@ class ForwardSweep:
                 if node.op is None or all(t is None for t in ts):
                     t = seeds[node.id]
                 else:
-                    args = [nodes[i].value for i in node.inputs]
-                    t = node.op.jvp(ts, node.value, *args, **rule_params(node, args))
+                    op, args = node.op, [nodes[i].value for i in node.inputs]
+                    t = op.jvp(ts, node.value, *args, **(node.params if op.fwd is None else rule_params(node, args)))
                     t = np.broadcast_to(t, (k,) + node.value.shape)
                     # A seeded node that is an intermediate gets its own seed on top
                     # of what flows into it, as reverse mode's adjoints add up.

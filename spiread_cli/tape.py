@@ -116,9 +116,9 @@ def compute(op: Op, args: list[np.ndarray], params: dict) -> tuple[np.ndarray, o
 
 def rule_params(node: Node, args: list[np.ndarray]) -> dict:
     """The keywords of an op node's derivative rules: its params, and for an
-    op with a residual (`Op.fwd`) the one kept for its current value, which
-    is recomputed and kept again when there is none (a node evaluated
-    before, a stale one, one a reverse sweep has used)."""
+    op with a residual (`Op.fwd`) the one kept for its current value,
+    recomputed and kept again when there is none for it (never kept, kept
+    for another value, or used by a reverse sweep)."""
     if node.op.fwd is None:
         return node.params
     kept = node.residual
