@@ -244,3 +244,21 @@ def autograd_step(xenc, ys):
         W = W - LR * grad
         return loss
     return step
+
+
+if __name__ == "__main__":  # python benchmarks/bigram.py [ROUNDS]: both inputs, interleaved as run.py times them
+    import shutil
+    import sys
+
+    from run import interleaved, ms
+    ctx: dict = {}
+    xs, ys = pairs()
+    workloads = {"bigram": implementations(ctx) | {
+        "spiread, no hoisting": lambda: spiread_step(xs, ys, ctx | {"hoist": False})},
+        "bigram, dense inputs": dense_implementations(ctx)}
+    for workload, impls in workloads.items():
+        times = interleaved(impls, int(sys.argv[1]) if len(sys.argv) > 1 else 7, 2)
+        for name, t in times.items():
+            print(f"{workload:21} {name:22} {ms(t):>10}   spiread ÷ it {times['spiread'] / t:.3f}×")
+    for folder in ctx.get("cleanup", []):
+        shutil.rmtree(folder, ignore_errors=True)

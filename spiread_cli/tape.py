@@ -105,13 +105,17 @@ def compute(op: Op, args: list[np.ndarray], params: dict) -> tuple[np.ndarray, o
     is evaluated. Callers hold np.errstate(all="ignore"); inf and nan are
     reported by the tape at the op's span, not by numpy."""
     if op.fwd is None:
-        value, kept = op.impl(*args, **params), None
+        value = op.impl(*args, **params)
+        kept = None
     else:
         value, kept = op.fwd(*args, **params)
-    if type(value) is not np.ndarray or value.dtype != np.float64:
+    if type(value) is not np.ndarray or value.dtype is not FLOAT64:  # numpy's float64 dtype is one object
         # A lazy array (`--backend dask`'s fallback, spiread_cli/dask_lazy.py) stays lazy.
         value = value.astype(np.float64) if is_lazy(value) else np.asarray(value, dtype=np.float64)
     return value, kept
+
+
+FLOAT64 = np.dtype(np.float64)
 
 
 def rule_params(node: Node, args: list[np.ndarray]) -> dict:
