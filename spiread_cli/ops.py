@@ -231,8 +231,10 @@ def elementwise(name: str, f: Callable, df: Callable, dgraph: Callable, kink: Ca
                  rule=Rule((f"g · ∂{name}/∂x = g · {derivative}",), f"ẋ · ∂{name}/∂x = ẋ · {derivative}"))
 
 
-# Below this many entries an in-place product saves nothing measurable and
-# its checks cost more than they save (the chain benchmark's 4-vectors).
+# Below this many entries writing in place saves nothing measurable, and
+# numpy's `out=` costs more than the allocation it saves (the chain
+# benchmark's 4-vectors): the elementwise vjps and the reverse sweep's sums
+# work in place only from this size on.
 IN_PLACE_ENTRIES = 4096
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
-from .ops import OPS, Op, is_lazy
+from .ops import IN_PLACE_ENTRIES, OPS, Op, is_lazy
 
 
 # Told of each step of a sweep as it runs, without changing it: the finiteness
@@ -280,7 +280,8 @@ class Tape:
             if g is None or node.op is None:
                 continue
             op, args = node.op, [nodes[i].value for i in node.inputs]
-            vjp, out, params = op.vjp, node.value, node.params if op.fwd is None else rule_params(node, args)
+            keeps = op.fwd is not None
+            vjp, out, params = op.vjp, node.value, rule_params(node, args) if keeps else node.params
             for k, i in enumerate(node.inputs):
                 if not needs[i]:
                     continue
@@ -292,11 +293,10 @@ class Tape:
                 elif i in sums:
                     np.add(grads[i], gi, out=grads[i])
                 else:
-                    total = grads[i] + gi
-                    grads[i] = total
-                    if type(total) is np.ndarray:  # 0-d sums come back as numpy scalars
+                    total = grads[i] = grads[i] + gi
+                    if type(total) is np.ndarray and total.size >= IN_PLACE_ENTRIES:  # not worth it below
                         sums.add(i)
-            if op.fwd is not None:
+            if keeps:
                 node.residual.data = None  # handed to the vjp, which may have written into it
         return {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}
 

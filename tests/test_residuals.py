@@ -9,6 +9,8 @@ must never write into a value the tape or the caller holds."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -172,17 +174,26 @@ MANY_CONTRIBUTIONS = [
 ]
 
 
+@pytest.mark.parametrize("shape", [(2, 3), (64, 65)], ids=["small", "summed in place"])
 @pytest.mark.parametrize("text", MANY_CONTRIBUTIONS)
-def test_adjoints_summed_in_place_leave_every_value_alone(text):
-    x = RNG.normal(size=(2, 3))
-    program = f"x = {lit(x)}\n{text}\n"
+def test_adjoints_summed_in_place_leave_every_value_alone(text, shape):
+    """Sums of contributions of ops.IN_PLACE_ENTRIES entries or more are
+    made in place: the gradient is central differences' (small) or forward
+    mode's (large), and no value on the tape, nor a gradient already handed
+    to the caller, moves."""
+    from spiread_cli import ops
+    assert math.prod(shape) >= ops.IN_PLACE_ENTRIES or shape == (2, 3)
+    x = RNG.normal(size=shape)
+    program = f"x = {lit(x)}\n{text}\n".replace("[[1, 2, 3], [4, 5, 6]]", lit(RNG.normal(size=shape)))
     r = run(program)
     before = [np.array(n.value, copy=True) for n in r.tape.nodes]
     wrt = [r.bindings["x"]] + [n.id for n in r.tape.nodes if n.op is not None and n.id != r.output][:3]
     first = r.tape.backward(r.output, wrt, Diagnostics())
     for node, value in zip(r.tape.nodes, before):
         np.testing.assert_array_equal(node.value, value)
-    np.testing.assert_allclose(first[r.bindings["x"]], program_fd(program, "x"), rtol=1e-6, atol=1e-7)
+    want = (program_fd(program, "x") if shape == (2, 3)
+            else jacobian_forward(r.tape, r.output, [r.bindings["x"]])[r.bindings["x"]])
+    np.testing.assert_allclose(first[r.bindings["x"]], want, rtol=1e-6, atol=1e-7)
     kept = {i: np.array(g, copy=True) for i, g in first.items()}
     second = r.tape.backward(r.output, wrt, Diagnostics())  # nothing the caller holds moved either
     for i in wrt:
