@@ -218,13 +218,13 @@ def elementwise(name: str, f: Callable, df: Callable, dgraph: Callable, kink: Ca
     and the product is a plain one."""
     times = np.multiply if bounded else scale
 
-    def vjp(i, g, out, x):
+    def vjp_in_place(i, g, out, x):
         d = df(x, out)
-        if bounded and type(d) is np.ndarray and d.size >= IN_PLACE_ENTRIES and _made_here(d, x, out, g):
+        if type(d) is ndarray and d.size >= IN_PLACE_ENTRIES and _made_here(d, x, out, g):
             return np.multiply(g, d, out=d)  # one array allocated rather than two
-        return times(g, d)
+        return np.multiply(g, d)
 
-    return defop(name, f, vjp=vjp,
+    return defop(name, f, vjp=vjp_in_place if bounded else lambda i, g, out, x: scale(g, df(x, out)),
                  jvp=lambda ts, out, x: times(ts[0], df(x, out)),
                  shape=same_shape, kink=kink, row_wise=True,
                  vjp_graph=lambda i, g, out, x, emit: times_graph(emit, g, dgraph(x, out, emit), not bounded),
@@ -236,6 +236,7 @@ def elementwise(name: str, f: Callable, df: Callable, dgraph: Callable, kink: Ca
 # benchmark's 4-vectors): the elementwise vjps and the reverse sweep's sums
 # work in place only from this size on.
 IN_PLACE_ENTRIES = 4096
+ndarray = np.ndarray
 
 
 def _made_here(d: np.ndarray, x: np.ndarray, out: np.ndarray, g: np.ndarray) -> bool:

@@ -272,6 +272,7 @@ class Tape:
         # Nodes whose adjoint is a sum this sweep allocated, which nothing else
         # holds until the node passes it on; no contribution comes after that.
         sums: set[int] = set()
+        ndarray, in_place = np.ndarray, IN_PLACE_ENTRIES
         if needs[output]:
             grads[output] = np.ones_like(nodes[output].value)
         wanted = set(wrt)
@@ -294,7 +295,7 @@ class Tape:
                     np.add(grads[i], gi, out=grads[i])
                 else:
                     total = grads[i] = grads[i] + gi
-                    if type(total) is np.ndarray and total.size >= IN_PLACE_ENTRIES:  # not worth it below
+                    if type(total) is ndarray and total.size >= in_place:  # not worth it below
                         sums.add(i)
             if keeps:
                 node.residual.data = None  # handed to the vjp, which may have written into it
