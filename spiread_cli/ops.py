@@ -242,8 +242,9 @@ ndarray = np.ndarray
 def _made_here(d: np.ndarray, x: np.ndarray, out: np.ndarray, g: np.ndarray) -> bool:
     """Whether a derivative rule's result d is an array it made just now, so
     its vjp may write the product with g into it: g's shape, neither x nor
-    out, and no view of anything."""
-    return d.base is None and d is not x and d is not out and d.shape == g.shape
+    out, and no view of anything (and g no Dask array, which numpy would
+    compute to write it here)."""
+    return d.base is None and d is not x and d is not out and type(g) is ndarray and d.shape == g.shape
 
 
 def times_graph(emit, g: int, d, guarded: bool = True) -> int:
@@ -596,7 +597,7 @@ def _row_total(x):
     """np.sum(x, axis=-1, keepdims=True). Narrow rows sum faster by einsum
     (228,146 rows of 27: 1.7 ms against 5.3); long ones keep numpy's
     pairwise summation."""
-    if x.shape[-1] <= 64:
+    if x.shape[-1] <= 64 and not is_lazy(x):
         return np.einsum("...j->...", x)[..., None]
     return np.sum(x, axis=-1, keepdims=True)
 
@@ -612,7 +613,9 @@ def _l2(x):
 def _row_max(x):
     """np.max(x, axis=-1, keepdims=True); the maximum of an empty row is
     -inf, max's identity (so log-sum-exp of nothing is -inf)."""
-    return np.max(x, axis=-1, keepdims=True, initial=-np.inf)
+    if x.shape[-1] == 0:
+        return np.full(x.shape[:-1] + (1,), -np.inf)
+    return np.max(x, axis=-1, keepdims=True)
 
 
 def _exp_shifted(x):
@@ -621,27 +624,29 @@ def _exp_shifted(x):
     log-sum-exp is rowmax + log(total); what the softmax ops keep for their
     derivatives."""
     m = _row_max(x)
-    e = np.subtract(x, m, order="C")
-    np.exp(e, out=e)
+    if is_lazy(x):  # a Dask array is not written to
+        e = np.exp(x - m)
+    else:
+        e = np.subtract(x, m, order="C")
+        np.exp(e, out=e)
     return m, e, _row_total(e)
 
 
 def _softmax(x):
     _, e, total = _exp_shifted(x)
-    e /= total
-    return e
+    return e / total if is_lazy(e) else np.divide(e, total, out=e)
 
 
 def _log_softmax_fwd(x):
     m, e, total = _exp_shifted(x)
-    out = x - m
-    out -= np.log(total)
-    return out, (e, total)
+    return (x - m) - np.log(total), (e, total)
 
 
 def _log_softmax_vjp(i, g, out, x, *, residual):
     """g − softmax · rowSum(g), the softmax's exponentials (the residual) overwritten."""
     e, total = residual
+    if is_lazy(e) or is_lazy(g):
+        return g - e * (_row_total(g) / total)
     spread = np.multiply(e, _row_total(g) / total, out=e)
     return np.subtract(g, spread, out=spread)
 

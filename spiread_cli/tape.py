@@ -291,12 +291,14 @@ class Tape:
                     observe(node, g, k, gi)
                 if i not in grads:
                     grads[i] = gi
-                elif i in sums:
+                elif i in sums and type(gi) is ndarray:  # a lazy gi is added lazily, below
                     np.add(grads[i], gi, out=grads[i])
                 else:
                     total = grads[i] = grads[i] + gi
                     if type(total) is ndarray and total.size >= in_place:  # not worth it below
                         sums.add(i)
+                    elif i in sums:  # a lazy (Dask) contribution made the sum lazy
+                        sums.discard(i)
             if keeps:
                 node.residual.data = None  # handed to the vjp, which may have written into it
         return {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}
