@@ -3,6 +3,11 @@
 228,146 (previous char, next char) pairs from names.txt, one-hot encoded
 (228,146 × 27), times W (27 × 27), softmax, negative log-likelihood of the
 next character. Every implementation does the same work from the same data.
+
+The dense variant (`dense_implementations`) is the same model fed a dense
+228,146 × 27 matrix read from a file: each one-hot row smoothed towards the
+uniform row, so no entry is 0 and no one-hot rewrite applies. Its step is a
+real matrix product, softmax, log-likelihood and the product's transpose.
 """
 
 from __future__ import annotations
@@ -27,6 +32,18 @@ picked = probs.select(arange(rows(xs)), ys).mapRowsToScalar(ReductionOps.Sum)
 loss = picked.log.mean * -1.0
 loss.backward(W)
 """
+DENSE_PROGRAM = """\
+# the bigram model on dense inputs: no one-hot rows, so no row gather
+X = load("X.npy")
+ys = load("ys.npy")
+W = randn(27, 27, seed=0)
+logits = X @@ W
+probs = logits.exp.normaliseRowsL1
+picked = probs.select(arange(rows(X)), ys).mapRowsToScalar(ReductionOps.Sum)
+loss = picked.log.mean * -1.0
+loss.backward(W)
+"""
+SMOOTHING = 0.1
 
 
 def pairs(path: Path = NAMES) -> tuple[np.ndarray, np.ndarray]:
@@ -45,29 +62,62 @@ def initial_weights() -> np.ndarray:
     return np.random.default_rng(0).standard_normal((27, 27))
 
 
+def one_hot(xs: np.ndarray) -> np.ndarray:
+    xenc = np.zeros((len(xs), 27))
+    xenc[np.arange(len(xs)), xs] = 1.0
+    return xenc
+
+
+def smoothed(xs: np.ndarray) -> np.ndarray:
+    """The dense variant's inputs: one-hot rows smoothed towards uniform."""
+    return (1.0 - SMOOTHING) * one_hot(xs) + SMOOTHING / 27
+
+
 def implementations(ctx: dict) -> dict:
     xs, ys = pairs()
     impls = {"spiread": lambda: spiread_step(xs, ys, ctx),
              "numpy (by hand)": lambda: numpy_step(xs, ys)}
+    return impls | peers(lambda: one_hot(xs), ys)
+
+
+def dense_implementations(ctx: dict) -> dict:
+    xs, ys = pairs()
+    impls = {"spiread": lambda: spiread_dense_step(smoothed(xs), ys, ctx),
+             "numpy (by hand)": lambda: numpy_dense_step(smoothed(xs), ys)}
+    return impls | peers(lambda: smoothed(xs), ys)
+
+
+def peers(xenc, ys) -> dict:
+    """The peers that are installed, each computing `xenc() @ W` as written
+    (none of them turns a one-hot product into a gather)."""
+    impls = {}
     if have("torch"):
-        impls["PyTorch eager"] = lambda: torch_step(xs, ys)
+        impls["PyTorch eager"] = lambda: torch_step(xenc(), ys)
     if have("jax"):
-        impls["JAX jit"] = lambda: jax_step(xs, ys)
+        impls["JAX jit"] = lambda: jax_step(xenc(), ys)
     if have("autograd"):
-        impls["HIPS autograd"] = lambda: autograd_step(xs, ys)
+        impls["HIPS autograd"] = lambda: autograd_step(xenc(), ys)
     return impls
 
 
 def spiread_step(xs, ys, ctx):
+    return spiread_program_step(PROGRAM, {"xs": xs.astype(float), "ys": ys.astype(float)}, ctx)
+
+
+def spiread_dense_step(X, ys, ctx):
+    return spiread_program_step(DENSE_PROGRAM, {"X": X, "ys": ys.astype(float)}, ctx)
+
+
+def spiread_program_step(program: str, arrays: dict[str, np.ndarray], ctx: dict):
     from spiread_cli import api
     from spiread_cli.diagnostics import Diagnostics
     from spiread_cli.rewrite import fuse
 
     folder = Path(tempfile.mkdtemp(prefix="spiread-bigram-"))
     ctx.setdefault("cleanup", []).append(folder)
-    np.save(folder / "xs.npy", xs.astype(float))
-    np.save(folder / "ys.npy", ys.astype(float))
-    (folder / "bigram.ad").write_text(PROGRAM)
+    for name, value in arrays.items():
+        np.save(folder / f"{name}.npy", value)
+    (folder / "bigram.ad").write_text(program)
     run = api.run_file(str(folder / "bigram.ad"))
     tape, output, (w,) = run.tape, run.output, [run.bindings["W"]]
     if ctx.get("rewrite", True):
@@ -107,14 +157,33 @@ def numpy_step(xs, ys):
     return step
 
 
-def torch_step(xs, ys):
+def numpy_dense_step(X, ys):
+    """The dense variant by hand: the product, softmax in place, the product's transpose."""
+    W = initial_weights()
+    n = len(X)
+    rows = np.arange(n)
+
+    def step():
+        nonlocal W
+        logits = X @ W
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=1, keepdims=True)
+        loss = -np.log(logits[rows, ys]).mean()
+        logits[rows, ys] -= 1.0
+        logits /= n
+        W -= LR * (X.T @ logits)
+        return loss
+    return step
+
+
+def torch_step(xenc, ys):
     import torch
-    import torch.nn.functional as F
     torch.set_num_threads(2)
-    xs_t, ys_t = torch.from_numpy(xs), torch.from_numpy(ys)
-    xenc = F.one_hot(xs_t, num_classes=27).double()
+    ys_t = torch.from_numpy(ys)
+    xenc = torch.from_numpy(xenc)
     W = torch.tensor(initial_weights(), requires_grad=True)
-    rows = torch.arange(len(xs))
+    rows = torch.arange(len(xenc))
 
     def step():  # makemore, part 1, as Karpathy writes it
         logits = xenc @ W
@@ -129,13 +198,13 @@ def torch_step(xs, ys):
     return step
 
 
-def jax_step(xs, ys):
+def jax_step(xenc, ys):
     import jax
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
-    xenc = jax.nn.one_hot(jnp.asarray(xs), 27, dtype=jnp.float64)
+    xenc = jnp.asarray(xenc)
     ys_j = jnp.asarray(ys)
-    rows = jnp.arange(len(xs))
+    rows = jnp.arange(len(xenc))
 
     def loss_fn(W):
         counts = jnp.exp(xenc @ W)
@@ -156,12 +225,10 @@ def jax_step(xs, ys):
     return step
 
 
-def autograd_step(xs, ys):
+def autograd_step(xenc, ys):
     import autograd.numpy as anp
     from autograd import value_and_grad
-    xenc = np.zeros((len(xs), 27))
-    xenc[np.arange(len(xs)), xs] = 1.0
-    rows = np.arange(len(xs))
+    rows = np.arange(len(xenc))
 
     def loss_fn(W):
         counts = anp.exp(anp.dot(xenc, W))
@@ -177,3 +244,21 @@ def autograd_step(xs, ys):
         W = W - LR * grad
         return loss
     return step
+
+
+if __name__ == "__main__":  # python benchmarks/bigram.py [ROUNDS]: both inputs, interleaved as run.py times them
+    import shutil
+    import sys
+
+    from run import interleaved, ms
+    ctx: dict = {}
+    xs, ys = pairs()
+    workloads = {"bigram": implementations(ctx) | {
+        "spiread, no hoisting": lambda: spiread_step(xs, ys, ctx | {"hoist": False})},
+        "bigram, dense inputs": dense_implementations(ctx)}
+    for workload, impls in workloads.items():
+        times = interleaved(impls, int(sys.argv[1]) if len(sys.argv) > 1 else 7, 2)
+        for name, t in times.items():
+            print(f"{workload:21} {name:22} {ms(t):>10}   spiread ÷ it {times['spiread'] / t:.3f}×")
+    for folder in ctx.get("cleanup", []):
+        shutil.rmtree(folder, ignore_errors=True)

@@ -176,3 +176,16 @@ def autograd_step(arrays):
         p = {k: p[k] - LR * grads[k] for k in p}
         return loss
     return step
+
+
+if __name__ == "__main__":  # python benchmarks/mlp.py [ROUNDS]: interleaved as run.py times them
+    import shutil
+    import sys
+
+    from run import interleaved, ms
+    ctx: dict = {}
+    times = interleaved(implementations(ctx), int(sys.argv[1]) if len(sys.argv) > 1 else 7, 3)
+    for name, t in times.items():
+        print(f"mlp {name:22} {ms(t):>10}   spiread ÷ it {times['spiread'] / t:.3f}×")
+    for folder in ctx.get("cleanup", []):
+        shutil.rmtree(folder, ignore_errors=True)

@@ -59,6 +59,7 @@ def step_benchmarks(quick: bool) -> dict:
     bigram_impls["spiread, no hoisting"] = lambda: bigram.spiread_step(*xs_ys, ctx | {"hoist": False})
     bigram_impls["spiread, no rewrites"] = lambda: bigram.spiread_step(*xs_ys, ctx | {"rewrite": False})
     results["bigram"] = interleaved(bigram_impls, rounds, 2)
+    results["bigram, dense inputs"] = interleaved(bigram.dense_implementations(ctx), rounds, 2)
     mlp_impls = mlp.implementations(ctx)
     mlp_impls["spiread, no rewrites"] = lambda: mlp.spiread_step(mlp.data(), ctx | {"rewrite": False})
     results["mlp"] = interleaved(mlp_impls, rounds, 3)
@@ -158,7 +159,7 @@ def table(results: dict) -> str:
     out = [f"Machine: {common.blas_kernel()}; Python {sys.version.split()[0]}; "
            f"numpy {_version('numpy')}, torch {_version('torch')}, jax {_version('jax')}, autograd {_version('autograd')}.",
            ""]
-    for workload, unit in (("bigram", "step"), ("mlp", "step"), ("chain", "step")):
+    for workload, unit in (("bigram", "step"), ("bigram, dense inputs", "step"), ("mlp", "step"), ("chain", "step")):
         timings = results["steps"][workload]
         ours = timings["spiread"]
         out += [f"**{workload}** (forward + backward{' + SGD' if workload != 'chain' else ''}, median per {unit})", "",

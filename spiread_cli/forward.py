@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from .diagnostics import Diagnostics
-from .tape import Births, Node, SweepObserver, Tape, all_finite
+from .tape import Births, Node, SweepObserver, Tape, all_finite, rule_params
 
 TANGENT_BUDGET_BYTES = 256 << 20
 
@@ -72,7 +72,8 @@ class ForwardSweep:
                 if node.op is None or all(t is None for t in ts):
                     t = seeds[node.id]
                 else:
-                    t = node.op.jvp(ts, node.value, *[nodes[i].value for i in node.inputs], **node.params)
+                    op, args = node.op, [nodes[i].value for i in node.inputs]
+                    t = op.jvp(ts, node.value, *args, **(node.params if op.fwd is None else rule_params(node, args)))
                     t = np.broadcast_to(t, (k,) + node.value.shape)
                     # A seeded node that is an intermediate gets its own seed on top
                     # of what flows into it, as reverse mode's adjoints add up.

@@ -21,7 +21,16 @@ derivative rules of an op written together):
   a node's shape. It returns the id of the cotangent for input `i`, or None
   where it is zero. The numeric `vjp` stays the fast path for first order;
   tests/test_second_order.py holds the two equal for every op;
-- ``rule`` is the vjp and jvp in words (`Rule`), shown by `grad --explain`.
+- ``rule`` is the vjp and jvp in words (`Rule`), shown by `grad --explain`;
+- ``fwd(*xs, **params) -> (value, residual)``, for the few ops whose
+  derivative rules need what the forward pass computed anyway (JAX's
+  fwd/bwd pairs: the softmax's exponentials and row totals): it replaces
+  `impl` (which `defop` derives from it), and the vjp and jvp take the
+  residual as the keyword `residual`. The tape keeps it on the node, a
+  replay refreshes it, and the reverse sweep hands it to the vjp and drops
+  it; a caller without one (a test, a second sweep) gets it recomputed by
+  `fwd`. A vjp may overwrite the residual it is handed (only one-operand
+  ops do: each operand's vjp would see the same one); a jvp only reads it.
 
 Adding a primitive means adding one entry here. Broadcasting is undone by one
 shared helper, `unbroadcast`, as in HIPS autograd.
@@ -29,6 +38,7 @@ shared helper, `unbroadcast`, as in HIPS autograd.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -76,6 +86,9 @@ class Op:
     vjp_graph: Callable | None = None
     # The vjp and jvp in words (`grad --explain`); every op has them.
     rule: Rule | None = None
+    # The forward rule that also returns a residual for the derivative rules
+    # (see the module docstring); None for most ops.
+    fwd: Callable | None = None
 
 
 OPS: dict[str, Op] = {}
@@ -83,12 +96,32 @@ METHODS: dict[str, Op] = {}
 
 
 def defop(name, impl, vjp, jvp, shape, methods=None, params=(), arity=1, kink=None, row_wise=False,
-          vjp_graph=None, *, rule: Rule) -> Op:
+          vjp_graph=None, *, rule: Rule, fwd: Callable | None = None) -> Op:
+    if fwd is not None:  # impl is fwd's value; the derivative rules get a residual whoever calls them
+        impl, vjp, jvp = _value_of(fwd), _given_residual(fwd, vjp, 3), _given_residual(fwd, jvp, 2)
     op = Op(name, impl, vjp, jvp, shape, (name,) if methods is None else methods, params, arity, kink, row_wise,
-            vjp_graph, rule)
+            vjp_graph, rule, fwd)
     OPS[name] = op
     METHODS.update((spelling, op) for spelling in op.methods)
     return op
+
+
+def _value_of(fwd: Callable) -> Callable:
+    def impl(*xs, **params):
+        return fwd(*xs, **params)[0]
+    return impl
+
+
+def _given_residual(fwd: Callable, rule: Callable, lead: int) -> Callable:
+    """A derivative rule taking `residual=`; a caller that has none (tests,
+    a sweep after the residual was used) gets it recomputed from the
+    operands, which follow the rule's `lead` leading arguments."""
+    @functools.wraps(rule)
+    def with_residual(*args, residual=None, **params):
+        if residual is None:
+            residual = fwd(*args[lead:], **params)[1]
+        return rule(*args, residual=residual, **params)
+    return with_residual
 
 
 # ------------------------------------------------------------------ helpers
@@ -184,12 +217,34 @@ def elementwise(name: str, f: Callable, df: Callable, dgraph: Callable, kink: Ca
     finite at every input, ±inf included, so a zero (co)tangent needs no guard
     and the product is a plain one."""
     times = np.multiply if bounded else scale
-    return defop(name, f,
-                 vjp=lambda i, g, out, x: times(g, df(x, out)),
+
+    def vjp_in_place(i, g, out, x):
+        d = df(x, out)
+        if type(d) is ndarray and d.size >= IN_PLACE_ENTRIES and _made_here(d, x, out, g):
+            return np.multiply(g, d, out=d)  # one array allocated rather than two
+        return np.multiply(g, d)
+
+    return defop(name, f, vjp=vjp_in_place if bounded else lambda i, g, out, x: scale(g, df(x, out)),
                  jvp=lambda ts, out, x: times(ts[0], df(x, out)),
                  shape=same_shape, kink=kink, row_wise=True,
                  vjp_graph=lambda i, g, out, x, emit: times_graph(emit, g, dgraph(x, out, emit), not bounded),
                  rule=Rule((f"g · ∂{name}/∂x = g · {derivative}",), f"ẋ · ∂{name}/∂x = ẋ · {derivative}"))
+
+
+# Below this many entries writing in place saves nothing measurable, and
+# numpy's `out=` costs more than the allocation it saves (the chain
+# benchmark's 4-vectors): the elementwise vjps and the reverse sweep's sums
+# work in place only from this size on.
+IN_PLACE_ENTRIES = 4096
+ndarray = np.ndarray
+
+
+def _made_here(d: np.ndarray, x: np.ndarray, out: np.ndarray, g: np.ndarray) -> bool:
+    """Whether a derivative rule's result d is an array it made just now, so
+    its vjp may write the product with g into it: g's shape, neither x nor
+    out, and no view of anything (and g no Dask array, which numpy would
+    compute to write it here)."""
+    return d.base is None and d is not x and d is not out and type(g) is ndarray and d.shape == g.shape
 
 
 def times_graph(emit, g: int, d, guarded: bool = True) -> int:
@@ -539,6 +594,11 @@ defop("rowProduct", lambda x: x.prod(axis=1),
 
 
 def _row_total(x):
+    """np.sum(x, axis=-1, keepdims=True). Narrow rows sum faster by einsum
+    (228,146 rows of 27: 1.7 ms against 5.3); long ones keep numpy's
+    pairwise summation."""
+    if x.shape[-1] <= 64 and not is_lazy(x):
+        return np.einsum("...j->...", x)[..., None]
     return np.sum(x, axis=-1, keepdims=True)
 
 
@@ -551,29 +611,52 @@ def _l2(x):
 
 
 def _row_max(x):
-    """np.max(x, axis=-1, keepdims=True), exactly. numpy reduces a short last
-    axis slowly (228,146 rows of 27: 36 ms); halving the rows with elementwise
-    maximum takes 14 ms, so narrow rows go that way. The maximum of an
-    empty row is -inf, max's identity (so log-sum-exp of nothing is -inf)."""
-    if not 1 < x.shape[-1] <= 64:
-        return np.max(x, axis=-1, keepdims=True, initial=-np.inf)
-    while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        folded = np.maximum(x[..., :half], x[..., half:2 * half])
-        if x.shape[-1] % 2:
-            folded[..., :1] = np.maximum(folded[..., :1], x[..., -1:])
-        x = folded
-    return x
+    """np.max(x, axis=-1, keepdims=True); the maximum of an empty row is
+    -inf, max's identity (so log-sum-exp of nothing is -inf)."""
+    if x.shape[-1] == 0:
+        return np.full(x.shape[:-1] + (1,), -np.inf)
+    return np.max(x, axis=-1, keepdims=True)
+
+
+def _exp_shifted(x):
+    """exp(x − rowmax(x)), C-ordered whatever x's layout (the residuals'
+    users index it flat), and its row totals: the softmax is their ratio and
+    log-sum-exp is rowmax + log(total); what the softmax ops keep for their
+    derivatives."""
+    m = _row_max(x)
+    if is_lazy(x):  # a Dask array is not written to
+        e = np.exp(x - m)
+    else:
+        e = np.subtract(x, m, order="C")
+        np.exp(e, out=e)
+    return m, e, _row_total(e)
 
 
 def _softmax(x):
-    e = np.exp(x - _row_max(x))
-    return e / _row_total(e)
+    _, e, total = _exp_shifted(x)
+    return e / total if is_lazy(e) else np.divide(e, total, out=e)
 
 
-def _log_softmax(x):
-    shifted = x - _row_max(x)
-    return shifted - np.log(_row_total(np.exp(shifted)))
+def _log_softmax_fwd(x):
+    m, e, total = _exp_shifted(x)
+    return (x - m) - np.log(total), (e, total)
+
+
+def _log_softmax_vjp(i, g, out, x, *, residual):
+    """g − softmax · rowSum(g), the softmax's exponentials (the residual) overwritten."""
+    e, total = residual
+    if is_lazy(e) or is_lazy(g):
+        return g - e * (_row_total(g) / total)
+    spread = np.multiply(e, _row_total(g) / total, out=e)
+    return np.subtract(g, spread, out=spread)
+
+
+def _normalise_fwd(norm: Callable) -> Callable:
+    """A row normalisation's forward rule: x / norm(x), keeping the norms."""
+    def fwd(x):
+        n = norm(x)
+        return x / n, n
+    return fwd
 
 
 def _row_shape(s, **_):
@@ -582,18 +665,18 @@ def _row_shape(s, **_):
     return s
 
 
-defop("normaliseRowsL1", lambda x: x / _l1(x), methods=("normaliseRowsL1", "normalizeRowsL1"),
-      vjp=lambda i, g, out, x: (g - np.sign(x) * _row_total(g * out)) / _l1(x),
-      jvp=lambda ts, out, x: (ts[0] - out * _row_total(np.sign(x) * ts[0])) / _l1(x),
+defop("normaliseRowsL1", None, methods=("normaliseRowsL1", "normalizeRowsL1"), fwd=_normalise_fwd(_l1),
+      vjp=lambda i, g, out, x, *, residual: (g - np.sign(x) * _row_total(g * out)) / residual,
+      jvp=lambda ts, out, x, *, residual: (ts[0] - out * _row_total(np.sign(x) * ts[0])) / residual,
       shape=_row_shape, kink=lambda x: x == 0, row_wise=True,
       vjp_graph=lambda i, g, out, x, emit: emit("div", [
           emit("sub", [g, emit("mul", [emit("sign", [x]), emit("rowTotal", [emit("mul", [g, out])])])]),
           emit("rowTotal", [emit("abs", [x])])]),
       rule=Rule(("(g − sign(x) · rowSum(g · out)) / rowSum(|x|)",),
                 "(ẋ − out · rowSum(sign(x) · ẋ)) / rowSum(|x|)"))
-defop("normaliseRowsL2", lambda x: x / _l2(x), methods=("normaliseRowsL2", "normalizeRowsL2"),
-      vjp=lambda i, g, out, x: (g - out * _row_total(g * out)) / _l2(x),
-      jvp=lambda ts, out, x: (ts[0] - out * _row_total(out * ts[0])) / _l2(x),
+defop("normaliseRowsL2", None, methods=("normaliseRowsL2", "normalizeRowsL2"), fwd=_normalise_fwd(_l2),
+      vjp=lambda i, g, out, x, *, residual: (g - out * _row_total(g * out)) / residual,
+      jvp=lambda ts, out, x, *, residual: (ts[0] - out * _row_total(out * ts[0])) / residual,
       shape=_row_shape, row_wise=True,
       vjp_graph=lambda i, g, out, x, emit: emit("div", [
           emit("sub", [g, emit("mul", [out, emit("rowTotal", [emit("mul", [g, out])])])]),
@@ -606,9 +689,9 @@ defop("softmaxRows", _softmax,
       shape=_row_shape, row_wise=True,
       vjp_graph=lambda i, g, out, x, emit: emit("mul", [out, emit("sub", [g, emit("rowTotal", [emit("mul", [g, out])])])]),
       rule=Rule(("out · (g − rowSum(g · out))",), "out · (ẋ − rowSum(out · ẋ))"))
-defop("logSoftmaxRows", _log_softmax,
-      vjp=lambda i, g, out, x: g - np.exp(out) * _row_total(g),
-      jvp=lambda ts, out, x: ts[0] - _row_total(np.exp(out) * ts[0]),
+defop("logSoftmaxRows", None, fwd=_log_softmax_fwd,
+      vjp=_log_softmax_vjp,
+      jvp=lambda ts, out, x, *, residual: ts[0] - _row_total(residual[0] / residual[1] * ts[0]),
       shape=_row_shape, row_wise=True,
       vjp_graph=lambda i, g, out, x, emit: emit("sub", [g, emit("mul", [emit("exp", [out]), emit("rowTotal", [g])])]),
       rule=Rule(("g − exp(out) · rowSum(g)",), "ẋ − rowSum(exp(out) · ẋ)"))
@@ -746,12 +829,22 @@ defop("stack", lambda *xs, axis: np.stack(xs, axis=axis),
 def _scatter_rows(g: np.ndarray, index: np.ndarray, rows: int) -> np.ndarray:
     """The sum of the rows of `g` that `index` sends to each of `rows` rows
     (np.add.at's result). bincount over flat positions is several times
-    faster than np.add.at or a one-hot matmul."""
+    faster than np.add.at or a one-hot matmul. It runs over blocks of rows:
+    the positions of all of g at once took as much memory as g itself (the
+    bigram step's peak), and a block's stay in cache."""
     if g.ndim == 1:
         return np.bincount(index, weights=g, minlength=rows)
     k = g.shape[1]
-    flat = (index[:, None] * k + np.arange(k)).ravel()
-    return np.bincount(flat, weights=g.ravel(), minlength=rows * k).reshape(rows, k)
+    total = np.zeros(rows * k)
+    columns = np.arange(k)
+    block = max(SCATTER_BLOCK_ROWS, rows)  # each block adds rows · k entries into the total
+    for start in range(0, len(index), block):
+        flat = (index[start:start + block, None] * k + columns).ravel()
+        total += np.bincount(flat, weights=g[start:start + block].ravel(), minlength=rows * k)
+    return total.reshape(rows, k)
+
+
+SCATTER_BLOCK_ROWS = 4096
 
 
 def _gather_shape(s, index):
@@ -769,36 +862,37 @@ defop("gatherRows", lambda x, index: np.take(x, index, axis=0),
       rule=Rule(("g's rows added to the rows of x they were gathered from",), "ẋ[index]"))
 
 
-def _log_sum_exp(z):
-    m = _row_max(z)
-    return (m + np.log(_row_total(np.exp(z - m))))[..., 0]
+def _mean_log_softmax_pick_fwd(z, rows, cols):
+    m, e, total = _exp_shifted(z)
+    log_sum_exp = (m + np.log(total))[:, 0]
+    # The picks by flat position where z is C-ordered: 3× faster than 2-D fancy indexing.
+    picked = np.take(z.reshape(-1), rows * z.shape[1] + cols) if z.flags.c_contiguous else z[rows, cols]
+    value = np.sum(picked - log_sum_exp[rows]) / len(rows)  # nan for no picks, as `mean`
+    return value, (e, total)
 
 
-def _mean_log_softmax_pick(z, rows, cols):
-    return np.sum(z[rows, cols] - _log_sum_exp(z)[rows]) / len(rows)  # nan for no picks, as `mean`
-
-
-def _mean_log_softmax_pick_grad(z, rows, cols):
-    """d/dz of mean(log softmax(z)[rows, cols]): (picks − counts · softmax(z)) / n,
-    where counts[r] is how often row r is picked."""
+def _log_likelihood_grad(weight, e, total, rows, cols, out=None):
+    """weight · d/dz mean(log softmax(z)[rows, cols]) = weight · (picks −
+    counts · softmax(z)) / n, where counts[r] is how often row r is picked,
+    from the residual: e = exp(z − rowmax) and its row totals. Written into
+    `out` (the vjp's e) or a new array."""
     n = max(len(rows), 1)  # no picks: the mean is nan, a constant; its gradient is 0
-    counts = np.bincount(rows, minlength=z.shape[0])
-    grad = _softmax(z)
-    grad *= -counts[:, None]
+    counts = np.bincount(rows, minlength=e.shape[0])
+    grad = np.multiply(e, counts[:, None] * (-weight / n) / total, out=out)
     if counts.max(initial=0) <= 1:  # each row picked once at most (a batch): the pairs are distinct
-        grad[rows, cols] += 1.0
+        grad.reshape(-1)[rows * e.shape[1] + cols] += weight / n  # a view: e is C-ordered
     else:  # rows picked many times (z is a small table): count the picks
-        grad += _scatter_pairs(z.shape, rows, cols)
-    grad /= n
+        grad += _scatter_pairs(e.shape, rows, cols) * (weight / n)
     return grad
 
 
 # `softmaxRows(z)` (or `exp` → `normaliseRowsL1`) → pick (rows, cols) → `log`
 # → `mean`, and `logSoftmaxRows(z)` → pick → `mean`: the mean log-likelihood
-# (minus the cross-entropy), computed with log-sum-exp so it stays finite.
-defop("meanLogSoftmaxPick", _mean_log_softmax_pick,
-      vjp=lambda i, g, out, z, rows, cols: g * _mean_log_softmax_pick_grad(z, rows, cols),
-      jvp=lambda ts, out, z, rows, cols: batch_sum(ts[0] * _mean_log_softmax_pick_grad(z, rows, cols)),
+# (minus the cross-entropy), computed with log-sum-exp so it stays finite. Its
+# residual is the softmax's pieces, so the vjp is one pass over them, in place.
+defop("meanLogSoftmaxPick", None, fwd=_mean_log_softmax_pick_fwd,
+      vjp=lambda i, g, out, z, rows, cols, *, residual: _log_likelihood_grad(g, *residual, rows, cols, out=residual[0]),
+      jvp=lambda ts, out, z, rows, cols, *, residual: batch_sum(ts[0] * _log_likelihood_grad(1.0, *residual, rows, cols)),
       shape=lambda s, rows, cols: _pairs_shape(s, rows, cols, ()), methods=(),
       vjp_graph=lambda i, g, out, z, emit, rows, cols: emit("mul", [g, _mean_log_softmax_pick_grad_graph(
           emit, z, rows, cols)]),
@@ -807,7 +901,7 @@ defop("meanLogSoftmaxPick", _mean_log_softmax_pick,
 
 
 def _mean_log_softmax_pick_grad_graph(emit, z: int, rows: np.ndarray, cols: np.ndarray) -> int:
-    """_mean_log_softmax_pick_grad as recorded ops: the picks and their counts
+    """_log_likelihood_grad as recorded ops: the picks and their counts
     are fixed with the tape, softmax(z) is an op."""
     shape = emit.shape(z)
     counts = np.bincount(rows, minlength=shape[0]).astype(np.float64)[:, None]

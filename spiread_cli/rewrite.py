@@ -48,7 +48,7 @@ def fuse(tape: Tape, output: int, wrt: list[int], hoist: bool = True) -> Fused:
     """A new tape for computing `output` and its gradient with respect to the
     nodes `wrt`, with the fused rewrites applied. `hoist=False` keeps every
     gather where it was written (the benchmarks measure both)."""
-    copy = Tape([replace(node) for node in tape.nodes[:max([output, *wrt]) + 1]], tape.source)
+    copy = Tape([replace(node, residual=None) for node in tape.nodes[:max([output, *wrt]) + 1]], tape.source)
     rewriter = Rewriter(copy, output, set(wrt), hoist)
     rewriter.run()
     needed = copy.feeding(output)

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
-from .ops import OPS, Op, is_lazy
+from .ops import IN_PLACE_ENTRIES, OPS, Op, is_lazy
 
 
 # Told of each step of a sweep as it runs, without changing it: the finiteness
@@ -39,6 +39,7 @@ class Node:
     label: str                    # how the op is written: `log`, `@@`, `select`; "input" or "constant" for a leaf
     name: str | None = None       # the name it is bound to, if any
     known_finite: bool | None = None  # cache for `finite`; None until someone asks
+    residual: Residual | None = None  # what its op's forward rule kept for the derivative rules (`Op.fwd`)
 
     @property
     def finite(self) -> bool:
@@ -51,6 +52,18 @@ class Node:
     def set_value(self, value: np.ndarray) -> None:
         self.value = value
         self.known_finite = None
+
+
+@dataclass(slots=True, eq=False)
+class Residual:
+    """What an op's forward rule kept for its derivative rules (`Op.fwd`),
+    valid for one value of its node only: `of` is that value, so a value
+    set any other way (check's probes restoring the values they moved)
+    never meets a stale residual. `data` is None once a reverse sweep has
+    handed it to the vjp; the holder is shared by copies of the node (a
+    fused tape's), so none of them uses what a vjp may have overwritten."""
+    of: np.ndarray
+    data: object
 
 
 def all_finite(value: np.ndarray) -> bool:
@@ -86,15 +99,36 @@ def describe_nonfinite(what: str, value: np.ndarray, inputs: list[np.ndarray]) -
     return message
 
 
-def compute(op: Op, args: list[np.ndarray], params: dict) -> np.ndarray:
-    """An op's primal rule, as float64: the one place any op is evaluated.
-    Callers hold np.errstate(all="ignore"); inf and nan are reported by the
-    tape at the op's span, not by numpy."""
-    value = op.impl(*args, **params)
-    if type(value) is not np.ndarray or value.dtype != np.float64:
+def compute(op: Op, args: list[np.ndarray], params: dict) -> tuple[np.ndarray, object]:
+    """An op's primal rule, as float64, and the residual it keeps for its
+    derivative rules (None for an op without `fwd`): the one place any op
+    is evaluated. Callers hold np.errstate(all="ignore"); inf and nan are
+    reported by the tape at the op's span, not by numpy."""
+    if op.fwd is None:
+        value = op.impl(*args, **params)
+        kept = None
+    else:
+        value, kept = op.fwd(*args, **params)
+    if type(value) is not np.ndarray or value.dtype is not FLOAT64:  # numpy's float64 dtype is one object
         # A lazy array (`--backend dask`'s fallback, spiread_cli/dask_lazy.py) stays lazy.
         value = value.astype(np.float64) if is_lazy(value) else np.asarray(value, dtype=np.float64)
-    return value
+    return value, kept
+
+
+FLOAT64 = np.dtype(np.float64)
+
+
+def rule_params(node: Node, args: list[np.ndarray]) -> dict:
+    """The keywords of an op node's derivative rules: its params, and for an
+    op with a residual (`Op.fwd`) the one kept for its current value,
+    recomputed and kept again when there is none for it (never kept, kept
+    for another value, or used by a reverse sweep)."""
+    if node.op.fwd is None:
+        return node.params
+    kept = node.residual
+    if kept is None or kept.of is not node.value or kept.data is None:
+        kept = node.residual = Residual(node.value, compute(node.op, args, node.params)[1])
+    return {**node.params, "residual": kept.data}
 
 
 
@@ -151,7 +185,10 @@ class Tape:
     @staticmethod
     def _evaluate(node: Node, nodes: list[Node], diagnostics: Diagnostics | None) -> None:
         args = [nodes[i].value for i in node.inputs]
-        node.value = value = compute(node.op, args, node.params)
+        value, kept = compute(node.op, args, node.params)
+        node.value = value
+        if kept is not None:  # an op with `fwd` always keeps one
+            node.residual = Residual(value, kept)
         if diagnostics is None or type(value) is not np.ndarray:  # lazy: checked when computed
             node.known_finite = None  # found out if anyone asks
             return
@@ -223,10 +260,19 @@ class Tape:
 
     def _sweep(self, output: int, wrt: list[int], needs: list[bool],
                observe: SweepObserver | None) -> dict[int, np.ndarray]:
-        """The reverse loop; `observe`, if given, sees every contribution."""
+        """The reverse loop; `observe`, if given, sees every contribution.
+        An adjoint is dropped once its node has passed it on, and a residual
+        once its vjp has used it. Contributions meeting at a node are summed
+        in place into a sum the sweep made itself (never into a cotangent a
+        vjp returned, which may be another adjoint passed on unchanged, or a
+        view of one)."""
         nodes = self.nodes
         lowest = min(wrt, default=output + 1)
         grads: dict[int, np.ndarray] = {}
+        # Nodes whose adjoint is a sum this sweep allocated, which nothing else
+        # holds until the node passes it on; no contribution comes after that.
+        sums: set[int] = set()
+        ndarray, in_place = np.ndarray, IN_PLACE_ENTRIES
         if needs[output]:
             grads[output] = np.ones_like(nodes[output].value)
         wanted = set(wrt)
@@ -234,15 +280,27 @@ class Tape:
             g = grads.get(node.id) if node.id in wanted else grads.pop(node.id, None)
             if g is None or node.op is None:
                 continue
-            args = [nodes[i].value for i in node.inputs]
-            vjp, out, params = node.op.vjp, node.value, node.params
+            op, args = node.op, [nodes[i].value for i in node.inputs]
+            keeps = op.fwd is not None
+            vjp, out, params = op.vjp, node.value, rule_params(node, args) if keeps else node.params
             for k, i in enumerate(node.inputs):
                 if not needs[i]:
                     continue
                 gi = vjp(k, g, out, *args, **params)
                 if observe is not None:
                     observe(node, g, k, gi)
-                grads[i] = gi if i not in grads else grads[i] + gi
+                if i not in grads:
+                    grads[i] = gi
+                elif i in sums and type(gi) is ndarray:  # a lazy gi is added lazily, below
+                    np.add(grads[i], gi, out=grads[i])
+                else:
+                    total = grads[i] = grads[i] + gi
+                    if type(total) is ndarray and total.size >= in_place:  # not worth it below
+                        sums.add(i)
+                    elif i in sums:  # a lazy (Dask) contribution made the sum lazy
+                        sums.discard(i)
+            if keeps:
+                node.residual.data = None  # handed to the vjp, which may have written into it
         return {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}
 
 

@@ -307,7 +307,7 @@ def _runs_lazily(case) -> str | None:
     g = np.random.default_rng(0).normal(size=out.shape)
     try:
         with Computes() as computes:
-            lazy_out = compute(op, [_lazy(x) for x in xs], case.params)
+            lazy_out, _ = compute(op, [_lazy(x) for x in xs], case.params)
             lazy_vjps = [op.vjp(i, _lazy(g), lazy_out, *[_lazy(x) for x in xs], **case.params) for i in range(len(xs))]
             tangents = [np.random.default_rng(i).normal(size=(2,) + x.shape) for i, x in enumerate(xs)]
             lazy_jvps = [op.jvp([_lazy(t) if j == i else None for j, t in enumerate(tangents)], lazy_out,

@@ -469,8 +469,9 @@ def test_gradient_at_kinks(expr, expected):
 
 def operands_and_params(op) -> tuple[int | None, tuple[str, ...]]:
     """How many array operands `op` takes (None: any number) and the names of
-    its parameters, from vjp(i, g, out, *operands, *params)."""
-    after = list(inspect.signature(op.vjp).parameters.values())[3:]
+    its parameters, from vjp(i, g, out, *operands, *params) (a `residual`
+    is not a parameter: see `Op.fwd`)."""
+    after = [p for p in inspect.signature(op.vjp).parameters.values() if p.name != "residual"][3:]
     if after[0].kind is inspect.Parameter.VAR_POSITIONAL:
         return None, tuple(p.name for p in after[1:])
     assert len(after) >= op.arity, f"`{op.name}`: its vjp takes fewer operands than its arity {op.arity}"
@@ -760,3 +761,16 @@ def test_every_method_on_empty_receivers_through_the_language(spelling):
                 continue
             for mode in ("reverse", "forward"):
                 assert api.gradients(r, ["x"], mode).gradients["x"].shape == shape, (text, mode)
+
+
+def test_scatter_rows_over_many_blocks_adds_every_row():
+    """gatherRows' vjp sums rows block by block (ops.SCATTER_BLOCK_ROWS): over
+    several blocks and a partial last one it is np.add.at's sum."""
+    from spiread_cli import ops
+    rows = 2 * ops.SCATTER_BLOCK_ROWS + 17
+    index = RNG.integers(0, 5, rows)
+    g = RNG.normal(size=(rows, 3))
+    expected = np.zeros((5, 3))
+    np.add.at(expected, index, g)
+    np.testing.assert_allclose(OPS["gatherRows"].vjp(0, g, None, np.zeros((5, 3)), index=index), expected,
+                               rtol=1e-12, atol=1e-12)
