@@ -135,21 +135,27 @@ def spiread_program_step(program: str, arrays: dict[str, np.ndarray], ctx: dict)
     return step
 
 
+def softmax_loss_in_place(logits, rows, ys):
+    """The mean negative log-likelihood of picks `ys` under the rows'
+    softmax; `logits` becomes d loss / d logits = (p - onehot) / n."""
+    logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=1, keepdims=True)      # probabilities, in place
+    loss = -np.log(logits[rows, ys]).mean()
+    logits[rows, ys] -= 1.0
+    logits /= len(logits)
+    return loss
+
+
 def numpy_step(xs, ys):
     """The floor for this design: the fused computation written out by hand."""
     W = initial_weights()
-    n = len(xs)
-    rows = np.arange(n)
+    rows = np.arange(len(xs))
 
     def step():
         nonlocal W
         logits = W[xs]                                   # one-hot @ W is a row gather
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        logits /= logits.sum(axis=1, keepdims=True)      # probabilities, in place
-        loss = -np.log(logits[rows, ys]).mean()
-        logits[rows, ys] -= 1.0                          # d loss / d logits = (p - onehot) / n
-        logits /= n
+        loss = softmax_loss_in_place(logits, rows, ys)
         grad = np.zeros_like(W)
         np.add.at(grad, xs, logits)                      # the gather's backward: scatter-add
         W -= LR * grad
@@ -160,18 +166,12 @@ def numpy_step(xs, ys):
 def numpy_dense_step(X, ys):
     """The dense variant by hand: the product, softmax in place, the product's transpose."""
     W = initial_weights()
-    n = len(X)
-    rows = np.arange(n)
+    rows = np.arange(len(X))
 
     def step():
         nonlocal W
         logits = X @ W
-        logits -= logits.max(axis=1, keepdims=True)
-        np.exp(logits, out=logits)
-        logits /= logits.sum(axis=1, keepdims=True)
-        loss = -np.log(logits[rows, ys]).mean()
-        logits[rows, ys] -= 1.0
-        logits /= n
+        loss = softmax_loss_in_place(logits, rows, ys)
         W -= LR * (X.T @ logits)
         return loss
     return step
