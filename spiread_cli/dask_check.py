@@ -137,16 +137,18 @@ def check_subject(program, run, names: list[str] | None) -> Subject:
     return Subject(d.ids, d.value, d.gradients, magnitude, lambda name: ChunkedProbe(d, name), lambda names: [])
 
 
-def check(program, run, wrt: list[str] | None, eps: float | None, tol: float | None):
+def check(program, run, wrt: list[str] | None, eps: float | None, tol: float | None, **options):
     """`check --backend dask`: over row chunks, each finite difference one
     pass; op by op on Dask arrays (spiread_cli/dask_lazy.py), each one
-    compute; a program too small to chunk is checked whole, as on numpy."""
+    compute; a program too small to chunk is checked whole, as on numpy.
+    `options` are check_gradients' own (max_entries, directions, seed)."""
     from .check import check_gradients
     if getattr(program, "lazy", False):
-        return check_gradients(run, wrt, eps, tol, subject=program.check_subject)
+        return check_gradients(run, wrt, eps, tol, subject=program.check_subject, **options)
     if not program.chunked:
-        return check_gradients(run, wrt, eps, tol)
-    return check_gradients(run, wrt, eps, tol, subject=lambda run, names: check_subject(program, run, names))
+        return check_gradients(run, wrt, eps, tol, **options)
+    return check_gradients(run, wrt, eps, tol, subject=lambda run, names: check_subject(program, run, names),
+                           **options)
 
 
 def forward_gradients(program, names: list[str] | None):
