@@ -99,6 +99,9 @@ def describe_nonfinite(what: str, value: np.ndarray, inputs: list[np.ndarray]) -
     return message
 
 
+FLOAT64 = np.dtype(np.float64)
+
+
 def compute(op: Op, args: list[np.ndarray], params: dict) -> tuple[np.ndarray, object]:
     """An op's primal rule, as float64, and the residual it keeps for its
     derivative rules (None for an op without `fwd`): the one place any op
@@ -115,9 +118,6 @@ def compute(op: Op, args: list[np.ndarray], params: dict) -> tuple[np.ndarray, o
     return value, kept
 
 
-FLOAT64 = np.dtype(np.float64)
-
-
 def rule_params(node: Node, args: list[np.ndarray]) -> dict:
     """The keywords of an op node's derivative rules: its params, and for an
     op with a residual (`Op.fwd`) the one kept for its current value,
@@ -129,7 +129,6 @@ def rule_params(node: Node, args: list[np.ndarray]) -> dict:
     if kept is None or kept.of is not node.value or kept.data is None:
         kept = node.residual = Residual(node.value, compute(node.op, args, node.params)[1])
     return {**node.params, "residual": kept.data}
-
 
 
 @dataclass
