@@ -112,16 +112,20 @@ def spiread_program_step(program: str, arrays: dict[str, np.ndarray], ctx: dict)
     from spiread_cli import api
     from spiread_cli.diagnostics import Diagnostics
     from spiread_cli.rewrite import fuse
+    from spiread_cli.train import release_unfused
 
     folder = Path(tempfile.mkdtemp(prefix="spiread-bigram-"))
     ctx.setdefault("cleanup", []).append(folder)
     for name, value in arrays.items():
         np.save(folder / f"{name}.npy", value)
     (folder / "bigram.ad").write_text(program)
-    run = api.run_file(str(folder / "bigram.ad"))
+    # As `spiread train` does: record without computing, fuse, compute the
+    # fused tape only, and let go of what only the program as written held.
+    run = api.run_file(str(folder / "bigram.ad"), evaluate=False)
     tape, output, (w,) = run.tape, run.output, [run.bindings["W"]]
     if ctx.get("rewrite", True):
-        fused = fuse(tape, output, [w], hoist=ctx.get("hoist", True))
+        fused = fuse(tape, output, [w], hoist=ctx.get("hoist", True), diagnostics=run.diagnostics)
+        release_unfused(run, fused)
         tape, output, (w,) = fused.tape, fused.output, fused.wrt
     diagnostics = Diagnostics()
     weights = tape.nodes[w]

@@ -95,19 +95,21 @@ def parse_overrides(options: list[str], base_dir: Path | None = None) -> dict[st
 
 
 def run_source(source: Source, overrides: dict[str, np.ndarray] | None = None, of: str | None = None,
-               base_dir: Path | None = None) -> Run:
-    """Parse and run a program. An error carries the source it points into."""
+               base_dir: Path | None = None, evaluate: bool = True) -> Run:
+    """Parse and run a program. An error carries the source it points into.
+    With `evaluate=False` an op is computed only when its value is first read
+    (`Interpreter.run`)."""
     try:
         module = syntax.parse(source)
-        return Interpreter(source, overrides, base_dir or base_dir_of(source)).run(module, of)
+        return Interpreter(source, overrides, base_dir or base_dir_of(source)).run(module, of, evaluate)
     except SpireadError as err:
         raise err.located_in(source)
 
 
-def run_file(path: str, sets: list[str] = (), of: str | None = None) -> Run:
+def run_file(path: str, sets: list[str] = (), of: str | None = None, evaluate: bool = True) -> Run:
     source = read_source(path)
     base = base_dir_of(source)
-    return run_source(source, parse_overrides(list(sets), base), of, base)
+    return run_source(source, parse_overrides(list(sets), base), of, base, evaluate)
 
 
 @dataclass

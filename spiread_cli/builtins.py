@@ -130,7 +130,7 @@ def _load(self: Interpreter, args, keywords, call):
 
 def _measure(what: str) -> Callable:
     def body(self: Interpreter, args, keywords, call):
-        shape = self.tensor(args[0]).value.shape
+        shape = self.tensor(args[0]).shape
         return Const(np.array(float({"rows": shape[0] if shape else 1,
                                      "cols": shape[1] if len(shape) == 2 else (shape[0] if shape else 1),
                                      "size": int(np.prod(shape))}[what])))
@@ -236,15 +236,15 @@ def _map_rows(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
 
 def _row_or_col(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
     x = self.tensor(receiver)
-    if x.value.ndim != 2:
+    if len(x.shape) != 2:
         raise SpireadError(f"`.{attr.name}` needs a matrix, but `{self.text(receiver.expr)}` is "
-                           f"{shape_str(x.value.shape)}", attr.at)
+                           f"{shape_str(x.shape)}", attr.at)
     i = self.integer(args[0], f"the argument of `.{attr.name}`")
     key = (i, slice(None)) if attr.name == "row" else (slice(None), i)
     axis = 0 if attr.name == "row" else 1
-    if not -x.value.shape[axis] <= i < x.value.shape[axis]:
+    if not -x.shape[axis] <= i < x.shape[axis]:
         raise SpireadError(f"{attr.name} {i} is out of range for `{self.text(receiver.expr)}`, which is "
-                           f"{shape_str(x.value.shape)}", call.span)
+                           f"{shape_str(x.shape)}", call.span)
     return self.apply(OPS["index"], [receiver], {"key": key}, call.span, attr.at, f"{attr.name}({i})")
 
 
@@ -275,7 +275,7 @@ def _map(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
     if not isinstance(f, Function):
         raise SpireadError(f"`.map` takes a function, but `{self.text(args[0].expr)}` is not one", args[0].expr.span,
                            ["e.g. `v.map(sq)` after `def sq(x: Double) = x * x`, or `v.map(x => x * x)`"])
-    shape = self.tensor(receiver).value.shape
+    shape = self.tensor(receiver).shape
     if not shape:
         raise SpireadError(f"`.map` needs a vector or a matrix, but `{self.text(receiver.expr)}` is a scalar",
                            attr.at, [f"call the function on it instead: `{self.text(args[0].expr)}(…)`"])
@@ -283,9 +283,9 @@ def _map(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
     def entry(key) -> Arg:
         x = self.apply(OPS["index"], [receiver], {"key": key}, call.span, attr.at, f"[{', '.join(map(str, key))}]")
         y = Arg(self.inline(f, [Arg(x, receiver.expr)], call), call)
-        if self.tensor(y).value.shape != ():
+        if self.tensor(y).shape != ():
             raise SpireadError(f"`.map`: `{self.text(args[0].expr)}` must give a number for each entry, but it gives "
-                               f"{shape_str(self.tensor(y).value.shape)}", call.span)
+                               f"{shape_str(self.tensor(y).shape)}", call.span)
         return y
 
     def stacked(prefix: tuple) -> Arg:

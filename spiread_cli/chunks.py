@@ -330,11 +330,12 @@ class Deferring(Tape):
             self.deferred.add(node.id)
         return node
 
-    def record(self, op, inputs, params, span, label, diagnostics):
+    def record(self, op, inputs, params, span, label, diagnostics, shape=None):
         if not any(i in self.deferred for i in inputs):
-            return super().record(op, inputs, params, span, label, diagnostics)
-        shape = op.shape(*(self.nodes[i].value.shape for i in inputs), **params)
-        node = Node(len(self.nodes), "op", op, inputs, params, np.broadcast_to(np.float64(np.nan), shape), span, label)
+            return super().record(op, inputs, params, span, label, diagnostics, shape)
+        shape = op.shape(*(self.nodes[i].shape for i in inputs), **params)
+        node = Node(len(self.nodes), "op", op, inputs, params, np.broadcast_to(np.float64(np.nan), shape), shape,
+                    span, label)
         self.nodes.append(node)
         self.deferred.add(node.id)
         return node

@@ -143,10 +143,11 @@ def _traceback(debug: bool) -> None:
 def run_command(file: str, sets, of, *, command: str, compute: Callable, text: Callable, document: Callable | None = None,
                 fmt: Format = Format.text, strict: bool = False, debug: bool = False,
                 outputs=(), prepare: Callable[[], None] = lambda: None, stdout_is_data: bool = False,
-                backend: tuple = (Backend.numpy, None, None, False)):
+                backend: tuple = (Backend.numpy, None, None, False), evaluate: bool = True):
     """The skeleton every command shares: check the output paths, the
     `backend` options (--backend, --scheduler, --chunk-rows, --persist) and
-    `prepare` (all before any work), load, the program's `println` lines (text
+    `prepare` (all before any work), load (computing every value unless not
+    `evaluate`: `Interpreter.run`), the program's `println` lines (text
     mode; on stderr when `stdout_is_data`), `compute(session, run)`, the
     warnings, then `document(run, result)` as JSON (tagged with `command`'s
     schema) or `text(run, result)`. Returns (run, result)."""
@@ -159,7 +160,7 @@ def run_command(file: str, sets, of, *, command: str, compute: Callable, text: C
             check_outputs(given, command_inputs(file, sets))
         options = backend_options(*backend)
         prepare()
-        run = s.run = _load(s, file, sets, of, options)
+        run = s.run = _load(s, file, sets, of, options, evaluate)
         if not s.json:
             write_printed(run, to_stderr=stdout_is_data)
         result = compute(s, run)
@@ -174,10 +175,10 @@ def run_command(file: str, sets, of, *, command: str, compute: Callable, text: C
     return run, result
 
 
-def _load(s: Session, file: str, sets: list[str], of, options):
+def _load(s: Session, file: str, sets: list[str], of, options, evaluate: bool):
     from . import api
     if options is None:
-        return api.run_file(file, sets, of)
+        return api.run_file(file, sets, of, evaluate)
     from .dask_backend import Program
     s.program = Program.open(file, options, sets, of)
     return s.program.run
@@ -338,6 +339,7 @@ def train_command(
         backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None, chunk_rows: ChunkRowsOpt = None,
         persist: PersistOpt = False, debug: DebugOpt = False):
     """Train: repeat forward, backward and an optimizer step on the --wrt values."""
+    from contextlib import ExitStack
     from dataclasses import replace
     from . import files
     from . import train as training
@@ -356,11 +358,14 @@ def train_command(
 
     def compute(s, run):
         names = training.trainable_names(run, wrt)
-        s.finish_warnings(run)  # before the progress lines
-        with StepReporter(steps) as reporter:
+        reporter = StepReporter(steps)
+        with ExitStack() as progress:
+            def ready():  # the first forward pass has run: its warnings, then the progress lines
+                s.finish_warnings(run)
+                progress.enter_context(reporter)
             result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
                                     stop_requested=stop_requested, steps_by=s.program.steps if s.program else None,
-                                    spend_run=True)  # nothing below reads the run's values
+                                    spend_run=True, on_ready=ready)  # nothing below reads the run's values
         written = files.write_training_files(result, save, log, plot,
                                              f"{file}: {run.output_name}, {chosen.describe()}")
         if result.error is not None:
@@ -377,6 +382,7 @@ def train_command(
                 file, set_, of, command="train", compute=compute, document=lambda run, outcome: train_document(*outcome),
                 text=lambda run, outcome: train_text(run, *outcome, steps, chosen), fmt=fmt, strict=strict, debug=debug,
                 prepare=prepare, backend=(backend, scheduler, chunk_rows, persist),
+                evaluate=False,  # the fused tape computes what the steps need
                 outputs=[files.Output("--save", save, (".npz",)), files.Output("--log", log, (".csv", ".txt")),
                          files.Output("--plot", plot, (".png",))])
     except Interrupted as again:  # a second signal: stop at once, keeping no partial files

@@ -55,9 +55,20 @@ class Interpreter:
 
     # ------------------------------------------------------- statements
 
-    def run(self, module: ast.Module, of: str | None = None) -> Run:
-        with no_cyclic_gc():  # the tape is long-lived and acyclic (limits.py)
-            return self._run(module, of)
+    def run(self, module: ast.Module, of: str | None = None, evaluate: bool = True) -> Run:
+        """Record the program. Its ops are computed when the run ends, in tape
+        order; with `evaluate=False`, each only when its value is first read
+        (`Tape.defer`), which `train` uses so the values only the program as
+        written has, and not its fused form, are never computed."""
+        with no_cyclic_gc():  # the tape is long-lived and acyclic once computed (limits.py)
+            deferral = self.tape.defer(self.diagnostics)
+            try:
+                run = self._run(module, of)
+            finally:
+                self.tape.stop_deferring()
+            if evaluate:
+                deferral.compute_through(len(self.tape.nodes) - 1)
+            return run
 
     def _run(self, module: ast.Module, of: str | None) -> Run:
         self.later = {s.name: s.at for s in reversed(module.statements) if isinstance(s, (ast.Binding, ast.Definition))}
@@ -180,10 +191,10 @@ class Interpreter:
         """`g = f.backward((a = a))`: the gradients of the scalar `f`, as values."""
         output, pairs = self.declare_backward(call)
         receiver = call.callee.receiver if isinstance(call, ast.Call) else call.receiver
-        if output.value.shape != ():
+        if output.shape != ():
             text = self.text(receiver)
             shown = text if isinstance(receiver, ast.Name) else f"({text})"
-            raise SpireadError(f"`{text}` is {shape_str(output.value.shape)}, but a gradient is taken of a scalar",
+            raise SpireadError(f"`{text}` is {shape_str(output.shape)}, but a gradient is taken of a scalar",
                                receiver.span, [f"reduce it first, e.g. `{shown}.sum.backward(…)` or `.mean`"])
         if not pairs:
             raise SpireadError("`.backward()` bound to a name needs the values to differentiate by", call.span,
@@ -396,7 +407,7 @@ class Interpreter:
         """Check shapes, then fold constants or record the op on the tape.
         `span` is the whole expression (quoted in messages), `at` where they point."""
         values = [self.tensor(a) for a in operands]
-        shapes = [v.value.shape for v in values]
+        shapes = [v.shape for v in values]
         kinds = {type(v) for v in values}
         try:
             shape = op.shape(*shapes, **params)
@@ -411,7 +422,7 @@ class Interpreter:
         if kinds == {Const}:
             return Const(self.tape.fold(op, [v.value for v in values], params, at, label, self.diagnostics))
         inputs = tuple([v.id if type(v) is Node else self.materialize(a).id for v, a in zip(values, operands)])
-        return self.tape.record(op, inputs, params, at, label, self.diagnostics)
+        return self.tape.record(op, inputs, params, at, label, self.diagnostics, shape)
 
     def jet_apply(self, op: Op, values: list, params: dict, span: Span, at: Span, label: str) -> Jet:
         """An op on Jets: the real part by the op's primal rule, the
@@ -462,9 +473,9 @@ class Interpreter:
 
     def number(self, arg: Arg, what: str) -> float:
         value = self.tensor(arg)
-        if value.value.ndim != 0:
+        if value.shape != ():
             raise SpireadError(f"{what} must be a number, but `{self.text(arg.expr)}` is "
-                               f"{shape_str(value.value.shape)}", arg.expr.span)
+                               f"{shape_str(value.shape)}", arg.expr.span)
         return float(value.value)
 
     def integer(self, arg: Arg, what: str) -> int:
@@ -515,7 +526,7 @@ class Interpreter:
 
     def selection(self, receiver: Arg, args: list[Arg], call, op_name: str):
         pairs = self.pairs(args, call)
-        shape = self.tensor(receiver).value.shape
+        shape = self.tensor(receiver).shape
         rows, cols = pairs.rows, pairs.cols
         if len(shape) == 2 and len(rows) and (rows.min() < -shape[0] or rows.max() >= shape[0]
                                               or cols.min() < -shape[1] or cols.max() >= shape[1]):
@@ -533,7 +544,7 @@ class Interpreter:
     def subscript(self, receiver: Arg, args: list[Arg], node: ast.Subscript):
         if args and all(isinstance(a.value, (TupleValue, Pairs)) for a in args):
             return self.selection(receiver, args, node, "select")
-        shape = self.tensor(receiver).value.shape
+        shape = self.tensor(receiver).shape
         key = tuple(self.integer(a, "a position") for a in args)
         hint = ["is a `,` missing between two rows? Without it, a `[...]` right after a list picks entries from it"] \
             if isinstance(receiver.expr, (ast.ListLit, ast.NumberArray)) else []

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import warnings
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -216,15 +216,20 @@ class Program:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise SpireadError(f"steps={steps!r}: the number of steps is a whole number, at least 0", exit_code=2)
         chosen = make_optimizer(optimizer, lr, momentum)
-        run = self._run(bindings, more, of)
+        run = self._run(bindings, more, of, evaluate=False)  # computed as train's fused tape
         names = self._located(training.trainable_names, run, _names(wrt) or [])
-        self._warn(run)  # before the steps, as the command line does
         strict = _warnings_raise()
         show = _interactive() if progress is None else progress
         reporter = StepReporter(steps, live=True) if show else None
-        with _stop_on_interrupt() as stop_requested, reporter or nullcontext():
+
+        def ready():  # the first forward pass has run: its warnings before the steps, as the command line does
+            self._warn(run, stacklevel=5)  # past _warn, ready and training.train, at the user's call
+            if reporter is not None:
+                shown.enter_context(reporter)
+        with _stop_on_interrupt() as stop_requested, ExitStack() as shown:
             result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
-                                    stop_requested=stop_requested, spend_run=True)  # the run is this call's own
+                                    stop_requested=stop_requested, spend_run=True,  # the run is this call's own
+                                    on_ready=ready)
         trained = Training(result.names, list(result.losses), {n: _array(v) for n, v in result.values.items()},
                            result.status, result.seconds, train_summary(result, run, steps, chosen))
         if result.error is not None:
@@ -246,14 +251,15 @@ class Program:
 
     # ------------------------------------------------------------ plumbing
 
-    def _run(self, bindings: Mapping[str, ArrayLike] | None, more: dict[str, ArrayLike], of: str | None) -> Run:
+    def _run(self, bindings: Mapping[str, ArrayLike] | None, more: dict[str, ArrayLike], of: str | None,
+             evaluate: bool = True) -> Run:
         from .interpreter import Interpreter
         given = {**(bindings or {}), **more}
         overrides = {name: self._binding(name, value) for name, value in given.items()}
         if of is not None and of not in self.names:
             raise SpireadError(f"of={of!r}: the program binds no `{of}`", notes=did_you_mean(of, self.names),
                                exit_code=2)
-        return self._located(Interpreter(self.source, overrides, self._base_dir).run, self._module, of)
+        return self._located(Interpreter(self.source, overrides, self._base_dir).run, self._module, of, evaluate)
 
     def _binding(self, name: str, value: ArrayLike) -> np.ndarray:
         """A binding as the float64 array (of rank ≤ 2) the program gets: always a
@@ -280,10 +286,10 @@ class Program:
         except SpireadError as err:
             raise err.located_in(self.source) from None
 
-    def _warn(self, run: Run) -> None:
+    def _warn(self, run: Run, stacklevel: int = 3) -> None:
         # stacklevel 3: past this method and the public one, at the user's call.
         for warning in run.diagnostics.warnings:
-            warnings.warn(SpireadWarning.of(warning, self.source), stacklevel=3)
+            warnings.warn(SpireadWarning.of(warning, self.source), stacklevel=stacklevel)
 
 
 # ------------------------------------------------------------------ results

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .ops import OPS
+from .diagnostics import Diagnostics
 from .tape import Node, Tape
 
 
@@ -44,11 +45,15 @@ class Fused:
     wrt: list[int]      # the `wrt` nodes' ids on it, in the order given
 
 
-def fuse(tape: Tape, output: int, wrt: list[int], hoist: bool = True) -> Fused:
+def fuse(tape: Tape, output: int, wrt: list[int], hoist: bool = True,
+         diagnostics: Diagnostics | None = None) -> Fused:
     """A new tape for computing `output` and its gradient with respect to the
-    nodes `wrt`, with the fused rewrites applied. `hoist=False` keeps every
-    gather where it was written (the benchmarks measure both)."""
-    copy = Tape([replace(node, residual=None) for node in tape.nodes[:max([output, *wrt]) + 1]], tape.source)
+    nodes `wrt`, with the fused rewrites applied, and computed (warning in
+    `diagnostics`). It reads the values of leaves only, so the op nodes of a
+    tape recorded with `Tape.defer` stay uncomputed. `hoist=False` keeps
+    every gather where it was written (the benchmarks measure both)."""
+    copy = Tape([replace(node, value=node.stored_value, residual=None, deferred=None)
+                 for node in tape.nodes[:max([output, *wrt]) + 1]], tape.source)
     rewriter = Rewriter(copy, output, set(wrt), hoist)
     rewriter.run()
     needed = copy.feeding(output)
@@ -60,7 +65,7 @@ def fuse(tape: Tape, output: int, wrt: list[int], hoist: bool = True) -> Fused:
     for node in kept:
         node.id, node.inputs = where[node.id], tuple(where[i] for i in node.inputs)
     fused = Tape(kept, tape.source)
-    fused.replay(kept)  # the rewritten nodes' values, so backward may run before the next replay
+    fused.replay(kept, diagnostics)  # the rewritten nodes' values, so backward may run before the next replay
     return Fused(fused, where[output], [where[i] for i in wrt])
 
 
@@ -72,8 +77,6 @@ class Rewriter:
         self.output = output
         self.wrt = wrt
         self.users: list[int] = []
-        # Values go stale as nodes are rewritten; shapes are kept current.
-        self.shapes = [None if node.value is None else node.value.shape for node in self.nodes]
 
     def run(self) -> None:
         local = (self.onehot_matmul, self.exp_normalise, self.select_row_sum)
@@ -114,7 +117,7 @@ class Rewriter:
 
     def replace(self, node: Node, op_name: str, inputs: tuple[int, ...], params: dict, label: str) -> bool:
         node.op, node.inputs, node.params, node.label = OPS[op_name], inputs, params, label
-        self.shapes[node.id] = node.op.shape(*(self.shapes[i] for i in inputs), **params)
+        node.shape = node.op.shape(*(self.nodes[i].shape for i in inputs), **params)  # values are stale until replayed
         return True
 
     def fixed(self, i: int) -> bool:
@@ -128,7 +131,7 @@ class Rewriter:
         if node.op.name != "matmul" or not self.fixed(node.inputs[0]):
             return False
         a = self.nodes[node.inputs[0]].value
-        if a.ndim != 2 or len(self.shapes[node.inputs[1]]) != 2:
+        if a.ndim != 2 or len(self.nodes[node.inputs[1]].shape) != 2:
             return False
         labels = one_hot_labels(a)
         if labels is None:
@@ -150,7 +153,7 @@ class Rewriter:
         if select is None:
             return False
         rows, cols = select.params["rows"], select.params["cols"]
-        m = self.shapes[select.inputs[0]][0]
+        m = self.nodes[select.inputs[0]].shape[0]
         rows = np.where(rows < 0, rows + m, rows)
         if len(rows) != m or not np.array_equal(np.sort(rows), np.arange(m)):
             return False  # only one pick in every row makes the row sum that pick
@@ -166,7 +169,7 @@ class Rewriter:
         if gather is None:
             return False
         index = gather.params["index"]
-        if len(index) <= self.shapes[gather.inputs[0]][0]:
+        if len(index) <= self.nodes[gather.inputs[0]].shape[0]:
             return False  # it pays only when the gather makes more rows than its source has
         # The gather's slot, which precedes this node, now holds the row-wise op.
         self.replace(gather, node.op.name, gather.inputs, {}, f"{node.label} (before the gather)")
@@ -176,7 +179,7 @@ class Rewriter:
         if node.op.name != "arrange":
             return False
         gather = self.fusable(node.inputs[0], "gatherRows")
-        if gather is None or len(self.shapes[gather.inputs[0]]) != 2:
+        if gather is None or len(self.nodes[gather.inputs[0]].shape) != 2:
             return False
         rows = gather.params["index"][node.params["rows"]]
         return self.replace(node, "arrange", gather.inputs, {"rows": rows, "cols": node.params["cols"]},
@@ -194,9 +197,9 @@ class Rewriter:
         if pick is None or len(pick.params["rows"]) == 0:
             return False
         soft = self.fusable(pick.inputs[0], source)
-        if soft is None or len(self.shapes[soft.inputs[0]]) != 2:
+        if soft is None or len(self.nodes[soft.inputs[0]].shape) != 2:
             return False
-        m, k = self.shapes[soft.inputs[0]]
+        m, k = self.nodes[soft.inputs[0]].shape
         rows, cols = pick.params["rows"], pick.params["cols"]
         params = {"rows": np.where(rows < 0, rows + m, rows), "cols": np.where(cols < 0, cols + k, cols)}
         return self.replace(node, "meanLogSoftmaxPick", soft.inputs, params,

@@ -34,12 +34,27 @@ class Node:
     op: Op | None
     inputs: tuple[int, ...]
     params: dict
-    value: np.ndarray
+    value: np.ndarray             # empty while `deferred`: reading it computes it (`__getattr__`)
+    shape: tuple[int, ...]        # the value's, known before the value is
     span: Span | None             # where diagnostics about this node point; its source text is sliced from there
     label: str                    # how the op is written: `log`, `@@`, `select`; "input" or "constant" for a leaf
     name: str | None = None       # the name it is bound to, if any
     known_finite: bool | None = None  # cache for `finite`; None until someone asks
     residual: Residual | None = None  # what its op's forward rule kept for the derivative rules (`Op.fwd`)
+    deferred: Deferral | None = None  # set while the value waits to be computed (`Tape.defer`)
+
+    def __getattr__(self, name: str):
+        # Reached only for an empty slot: the value of a deferred node, which
+        # its tape computes now, with every deferred node before it.
+        if name != "value" or self.deferred is None:
+            raise AttributeError(f"'Node' object has no attribute {name!r}")
+        self.deferred.compute_through(self.id)
+        return self.value
+
+    @property
+    def stored_value(self) -> np.ndarray | None:
+        """The value if it has been computed, without computing it."""
+        return None if self.deferred is not None else self.value
 
     @property
     def finite(self) -> bool:
@@ -52,6 +67,7 @@ class Node:
     def set_value(self, value: np.ndarray) -> None:
         self.value = value
         self.known_finite = None
+        self.deferred = None
 
 
 @dataclass(slots=True, eq=False)
@@ -64,6 +80,31 @@ class Residual:
     fused tape's), so none of them uses what a vjp may have overwritten."""
     of: np.ndarray
     data: object
+
+
+class Deferral:
+    """The op nodes a tape recorded without computing them (`Tape.defer`),
+    and how to compute them: in tape order, each with the diagnostics it was
+    recorded with, so the values, the warnings and their order are those of
+    a tape that computed every node as it was recorded. A node waiting for
+    its value holds this, and this the tape's node list, until it is
+    computed (or released)."""
+
+    __slots__ = ("nodes", "diagnostics", "quiet", "done")
+
+    def __init__(self, nodes: list[Node], diagnostics: Diagnostics | None):
+        self.nodes, self.diagnostics = nodes, diagnostics
+        self.quiet: set[int] = set()  # recorded without diagnostics (a derivative rule's nodes): they never warn
+        self.done = 0                 # every node before this one is computed
+
+    def compute_through(self, stop: int) -> None:
+        """Compute every deferred node up to node `stop`, in tape order."""
+        nodes, evaluate = self.nodes, Tape._evaluate
+        with np.errstate(all="ignore"):
+            for node in nodes[self.done:stop + 1]:
+                if node.deferred is self:
+                    evaluate(node, nodes, None if node.id in self.quiet else self.diagnostics)
+        self.done = max(self.done, stop + 1)
 
 
 def all_finite(value: np.ndarray) -> bool:
@@ -135,32 +176,65 @@ def rule_params(node: Node, args: list[np.ndarray]) -> dict:
 class Tape:
     nodes: list[Node] = field(default_factory=list)
     source: Source | None = None  # the program, for the source text of a node's span
+    deferral: Deferral | None = None  # while set, `record` defers (`defer`)
 
     # ------------------------------------------------------------ recording
 
     def leaf(self, value: np.ndarray, kind: str, span: Span | None, name: str | None = None) -> Node:
-        node = Node(len(self.nodes), kind, None, (), {}, value, span,
+        node = Node(len(self.nodes), kind, None, (), {}, value, value.shape, span,
                     "input" if kind == "input" else "constant", name)
         self.nodes.append(node)
         return node
 
     def record(self, op: Op, inputs: tuple[int, ...], params: dict, span: Span | None, label: str,
-               diagnostics: Diagnostics | None) -> Node:
-        """Append an op node and evaluate it, warning if it makes inf or nan."""
-        node = Node(len(self.nodes), "op", op, inputs, params, None, span, label)
-        self.nodes.append(node)
+               diagnostics: Diagnostics | None, shape: tuple[int, ...] | None = None) -> Node:
+        """Append an op node and evaluate it, warning if it makes inf or nan;
+        while the tape defers (`defer`), it is evaluated when first read.
+        `shape` is the op's shape rule's, if the caller has it already."""
+        nodes, deferral = self.nodes, self.deferral
+        node = Node(len(nodes), "op", op, inputs, params, None, shape, span, label)
+        nodes.append(node)
+        if deferral is not None and (diagnostics is None or diagnostics is deferral.diagnostics):
+            if shape is None:
+                node.shape = op.shape(*[nodes[i].shape for i in inputs], **params)
+            del node.value
+            node.deferred = deferral
+            if diagnostics is None:
+                deferral.quiet.add(node.id)
+            return node
         with np.errstate(all="ignore"):
-            self._evaluate(node, self.nodes, diagnostics)
+            self._evaluate(node, nodes, diagnostics)
+        node.shape = node.value.shape
         return node
+
+    def defer(self, diagnostics: Diagnostics | None) -> Deferral:
+        """Record op nodes from now on without computing them: each is
+        computed, with every deferred node before it, when its value is first
+        read. A program recorded this way and then fused (`train`) never
+        computes the values only the program as written has (the bigram's
+        five 228,146 × 27 arrays). Ends with `stop_deferring`."""
+        self.deferral = Deferral(self.nodes, diagnostics)
+        return self.deferral
+
+    def stop_deferring(self) -> None:
+        """Record computing again; the nodes already deferred still wait to be read."""
+        self.deferral = None
 
     def fold(self, op: Op, args: list[np.ndarray], params: dict, span: Span | None, label: str,
              diagnostics: Diagnostics | None) -> np.ndarray:
         """Evaluate an op of constants without recording it (constant
         folding), warning exactly as a recorded op would."""
-        inputs = [Node(-1, "const", None, (), {}, a, None, "constant") for a in args]
-        node = Node(-1, "op", op, tuple(range(len(args))), params, None, span, label)
+        inputs = [Node(-1, "const", None, (), {}, a, a.shape, None, "constant") for a in args]
+        node = Node(-1, "op", op, tuple(range(len(args))), params, None, None, span, label)
+        deferral = self.deferral
+        folded = Diagnostics() if diagnostics is not None and deferral is not None else diagnostics
         with np.errstate(all="ignore"):
-            self._evaluate(node, inputs, diagnostics)
+            self._evaluate(node, inputs, folded)
+        if folded is not diagnostics and folded.warnings:
+            # The ops recorded before this one warn first, as computed eagerly.
+            deferral.compute_through(len(self.nodes) - 1)
+            for warning in folded.warnings:
+                diagnostics.warn(warning.message, warning.span, warning.notes)
         return node.value
 
     def text(self, node: Node) -> str:
@@ -186,6 +260,7 @@ class Tape:
         args = [nodes[i].value for i in node.inputs]
         value, kept = compute(node.op, args, node.params)
         node.value = value
+        node.deferred = None
         if kept is not None:  # an op with `fwd` always keeps one
             node.residual = Residual(value, kept)
         if diagnostics is None or type(value) is not np.ndarray:  # lazy: checked when computed
@@ -319,7 +394,7 @@ class Tape:
         out_node = nodes[output]
         adjoints: dict[int, int] = {}
         if needs[output]:
-            adjoints[output] = self.leaf(np.ones_like(out_node.value), "const", out_node.span).id
+            adjoints[output] = self.leaf(np.ones(out_node.shape), "const", out_node.span).id
         wanted = set(wrt)
         births = Births(nodes) if diagnostics is not None else None
         for node in reversed(nodes[lowest:output + 1]):
@@ -343,7 +418,7 @@ class Tape:
                 adjoints[i] = gi
         if births is not None:
             births.warn(diagnostics)  # the first op, sweeping back from the output
-        return {w: adjoints[w] if w in adjoints else self.leaf(np.zeros_like(nodes[w].value), "const", nodes[w].span).id
+        return {w: adjoints[w] if w in adjoints else self.leaf(np.zeros(nodes[w].shape), "const", nodes[w].span).id
                 for w in wrt}
 
 
@@ -364,7 +439,7 @@ class Emitter:
         return self.tape.leaf(np.asarray(value, dtype=np.float64), "const", self.span).id
 
     def shape(self, node_id: int) -> tuple:
-        return self.tape.nodes[node_id].value.shape
+        return self.tape.nodes[node_id].shape
 
 
 def made_by_rule(node: Node) -> bool:
@@ -451,7 +526,7 @@ class Run:
 
     def require_scalar(self) -> None:
         """Gradients need a scalar output; say how to get one."""
-        shape = self.value.shape
+        shape = self.tape.nodes[self.output].shape
         if shape != ():
             receiver = self.output_name if self.output_name.isidentifier() else f"({self.output_name})"
             raise SpireadError(f"the output `{self.output_name}` is {shape_str(shape)}, but gradients need a scalar",

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .diagnostics import Diagnostics, SpireadError, usage_error
-from .rewrite import fuse
+from .rewrite import Fused, fuse
 from .tape import Node, Run, Tape, all_finite, describe_nonfinite
 
 
@@ -64,7 +64,8 @@ Steps = Callable[[int, dict[str, np.ndarray]], tuple[float, dict[str, np.ndarray
 def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = False,
           on_step: Callable[[int, float], None] | None = None,
           stop_requested: Callable[[], bool] = lambda: False,
-          steps_by: Callable[[list[str], bool], Steps] | None = None, spend_run: bool = False) -> TrainResult:
+          steps_by: Callable[[list[str], bool], Steps] | None = None, spend_run: bool = False,
+          on_ready: Callable[[], None] = lambda: None) -> TrainResult:
     """Run `steps` steps of forward, backward and `optimizer.step` on the `wrt`
     values (names, checked by `trainable_names`). The run itself is left as it
     was: training works on a fused copy of its tape (or, with `steps_by`, on
@@ -72,6 +73,9 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     that will not read the run's values again (the command line, `Program.train`)
     lets the values only the run's tape holds go once the fused copy exists
     (`release_unfused`), so they do not stay in memory through the steps.
+    A run recorded with `evaluate=False` is computed only as its fused copy,
+    whose first pass warns in `run.diagnostics`; `on_ready()` is called
+    after it, before the first step (the command line shows the warnings then).
 
     Stops early when `stop_requested()` turns true (after the step in
     progress), or with `result.error` set when the loss or a gradient is not
@@ -86,6 +90,7 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
         raise usage_error(f"`--optimizer {optimizer.describe().split()[0]}` runs on `--backend numpy` only")
     else:
         step_values = steps_by(names, strict)
+    on_ready()
     values = {n: run.node(n).value for n in names}
     previous = values
     losses: list[float] = []
@@ -126,10 +131,13 @@ def tape_steps(run: Run, names: list[str], strict: bool, optimizer=None, spend_r
     (`spend_run`: see `train`)."""
     # Only the trained leaves change between steps, which is what the fused
     # rewrites assume (the bigram model becomes one log-softmax-pick op).
-    fused = fuse(run.tape, run.output, [run.bindings[n] for n in names])
+    # A run recorded without computing its ops (`Interpreter.run(evaluate=False)`)
+    # meets its values here: the fused tape's first pass is the program's first, and warns.
+    first_pass = run.diagnostics if run.tape.nodes[run.output].deferred is not None else None
+    fused = fuse(run.tape, run.output, [run.bindings[n] for n in names], diagnostics=first_pass)
     tape, ids = fused.tape, fused.wrt
     if spend_run:
-        release_unfused(run, tape)
+        release_unfused(run, fused)
     if getattr(optimizer, "needs_curvature", False):  # Newton: the gradient recorded on the copy, for HVPs
         optimizer.attach(tape, fused.output, dict(zip(names, ids)))
     nodes = tape.nodes
@@ -157,16 +165,21 @@ def tape_steps(run: Run, names: list[str], strict: bool, optimizer=None, spend_r
     return step
 
 
-def release_unfused(run: Run, fused: Tape) -> None:
+def release_unfused(run: Run, fused: Fused) -> None:
     """Let go of the recorded values that only the run's tape holds, now that
     `fused` computes the output without them: for the bigram, the one-hot
-    matrix and the unfused logits, exponentials, probabilities and selection
-    (five 228,146 × 27 arrays, 230 MB), of which the fused steps read none.
-    The run keeps its nodes, names and output value; the others' values are None."""
-    kept = {id(node.value) for node in fused.nodes}
+    matrix, and, if the run computed them, the unfused logits, exponentials,
+    probabilities and selection (five 228,146 × 27 arrays, 230 MB), of which
+    the fused steps read none. The run keeps its nodes, names and output
+    value (the fused tape's, if the run had not computed it); the others'
+    values are None, and nothing is left to compute."""
+    kept = {id(node.value) for node in fused.tape.nodes}
+    output = run.tape.nodes[run.output]
+    if output.deferred is not None:
+        output.value, output.deferred = fused.tape.nodes[fused.output].value, None
     for node in run.tape.nodes:
-        if node.id != run.output and id(node.value) not in kept:
-            node.value = None
+        if node is not output and id(node.stored_value) not in kept:
+            node.value, node.deferred = None, None
 
 
 def _kept_note(step: int, losses: list[float]) -> str:

@@ -19,6 +19,10 @@ class Const:
     """A value that depends on no input: folded now, put on the tape when used."""
     value: np.ndarray
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.value.shape
+
 
 @dataclass(slots=True)
 class Pairs:
@@ -65,6 +69,10 @@ class Jet:
     infinitesimal part per JetDim direction (`tangents[k]`)."""
     value: np.ndarray
     tangents: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.value.shape
 
 
 @dataclass(slots=True)

@@ -47,9 +47,9 @@ def bigram_slice(tmp_path_factory):
 
 
 def run(text: str, of: str | None = None, sets: dict | None = None, name: str = "test.ad",
-        base_dir: Path | None = None):
+        base_dir: Path | None = None, evaluate: bool = True):
     """Run program text through the library, as the CLI does."""
-    return api.run_source(Source(name, text), sets, of, base_dir or REPO)
+    return api.run_source(Source(name, text), sets, of, base_dir or REPO, evaluate)
 
 
 def value(text: str, **kwargs) -> np.ndarray:
