@@ -29,7 +29,7 @@ A total no trained value moves (`X.mean`) may be used back on the rows: it is
 computed before the steps (`totals_of_rows`) and is a constant in every chunk.
 
 A step does per chunk what the numpy backend's fused step does: the first
-time, the chunk is recorded with only the data's part computed (`Deferring`)
+time, the chunk is recorded with only the data's part computed (`Job.record`)
 and fused (`record_chunk`); its template (`Chunk.template`: no values a step
 recomputes, no rows it can read again) is kept by the process (`TEMPLATES`),
 and later steps replay it with the chunk's rows and the trained values.
@@ -52,7 +52,7 @@ from .interpreter import Interpreter
 from .limits import max_bytes
 from .ops import same_shape
 from .rewrite import fuse
-from .tape import Node, Run, Tape
+from .tape import Run, Tape
 
 PROBE_ROWS = (2, 3)          # the two recordings `Plan.of` compares
 CHUNK_BYTES = 128 << 20      # the default chunk's recorded values (see default_chunk_rows)
@@ -262,7 +262,6 @@ class Job:
     plan: "Plan | None" = None
     # Set by the Program for the `wrt` above (a new token whenever they change):
     token: str = ""                           # names this job's tasks and its chunks in TEMPLATES
-    defer: bool = False                       # whether a chunk may leave what the trained values move uncomputed
     totals: dict[int, np.ndarray] = field(default_factory=dict)  # totals no trained value moves, once computed
     moving: list[tuple[int, str]] = field(default_factory=list)  # the totals each step computes
 
@@ -271,8 +270,9 @@ class Job:
         """The program recorded on rows [start, stop) of the row-chunked data,
         and which of its leaves are rows read from a file (leaf id -> reader:
         ("file", path) or ("set", name)), which a chunk can read again rather
-        than keep. With `defer`, what the trained values move is left
-        uncomputed (`Deferring`)."""
+        than keep. With `defer`, only the data's part is computed: what the
+        trained values move waits to be read (`Tape.defer`), which the fused
+        tape does, so a chunk never computes the program as written."""
         read: dict[int, tuple[str, str]] = {}   # id of an array read -> its reader
         arrays = []                             # keeps them alive, so the ids stay theirs
         loader = self.data.loader(start, stop)
@@ -291,12 +291,14 @@ class Job:
                 read[id(array)] = ("set", name)
         overrides = {**self.constants, **sets, **(values or {})}
         interpreter = Interpreter(self.source, overrides, self.base_dir, load)
-        if defer:
-            interpreter.tape = Deferring(source=self.source, trained=set(self.wrt))
         try:
-            run = interpreter.run(self.module, self.of)
+            run = interpreter.run(self.module, self.of, evaluate=not defer)
         except SpireadError as err:
             raise err.located_in(self.source)
+        if defer:
+            tape = run.tape
+            moved = tape.fed_by([run.bindings[name] for name in self.wrt], len(tape.nodes) - 1)
+            tape.replay([n for n in tape.nodes if n.deferred is not None and not moved[n.id]], run.diagnostics)
         return run, {n.id: read[id(n.value)] for n in run.tape.nodes if n.op is None and id(n.value) in read}
 
     def before_steps(self, level: int) -> list[int]:
@@ -308,61 +310,6 @@ class Job:
     def read(self, reader: tuple[str, str], start: int, stop: int) -> np.ndarray:
         kind, key = reader
         return self.data.window(self.data.files[key] if kind == "file" else self.data.sets[key], start, stop)
-
-
-class Deferring(Tape):
-    """A tape that records but does not compute what the trained leaves (the
-    input leaves named in `trained`) move: such a node holds a placeholder of
-    its shape (nan, read-only, no memory), and the fused tape computes it.
-    A chunk recorded this way computes only the data's part of the program
-    (reading, one-hot, positions), not `onehot @@ W` and the softmax the
-    fused tape replaces. `deferral_is_safe` checks, once, that the program
-    never reads such a value while it is recorded."""
-
-    def __init__(self, source: Source, trained: set[str]):
-        super().__init__(source=source)
-        self.trained = trained
-        self.deferred: set[int] = set()
-
-    def leaf(self, value, kind, span, name=None):
-        node = super().leaf(value, kind, span, name)
-        if kind == "input" and name in self.trained:
-            self.deferred.add(node.id)
-        return node
-
-    def record(self, op, inputs, params, span, label, diagnostics, shape=None):
-        if not any(i in self.deferred for i in inputs):
-            return super().record(op, inputs, params, span, label, diagnostics, shape)
-        shape = op.shape(*(self.nodes[i].shape for i in inputs), **params)
-        node = Node(len(self.nodes), "op", op, inputs, params, np.broadcast_to(np.float64(np.nan), shape), shape,
-                    span, label)
-        self.nodes.append(node)
-        self.deferred.add(node.id)
-        return node
-
-
-def deferral_is_safe(job: Job) -> bool:
-    """Whether recording with `Deferring` gives the full recording but for
-    the deferred values, on the probe's first rows: a program that reads a
-    value the trained leaves move while it is recorded (a position computed
-    from `W`) would otherwise see the placeholder's nan."""
-    rows = PROBE_ROWS[0]
-    full, _ = job.record(0, rows)
-    try:
-        deferred, _ = job.record(0, rows, defer=True)
-    except SpireadError:
-        return False
-    skipped = deferred.tape.deferred
-    if len(full.tape.nodes) != len(deferred.tape.nodes):
-        return False
-    for a, b in zip(full.tape.nodes, deferred.tape.nodes):
-        if a.op is not b.op or a.inputs != b.inputs or a.params.keys() != b.params.keys():
-            return False
-        if any(not _same_param(v, b.params[k]) for k, v in a.params.items()):
-            return False
-        if b.id not in skipped and not np.array_equal(a.value, b.value, equal_nan=True):
-            return False
-    return True
 
 
 def probe(job: Job) -> tuple["Plan", Run]:
@@ -588,15 +535,16 @@ def recorded(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | No
     """The program recorded on rows [start, stop) as a chunk computes it:
     `rows(X)` is the total N, and the totals computed before the steps
     (`job.totals`) are constants holding theirs. Returns the run, its leaves
-    read from files (Job.record) and the nodes left uncomputed (`Deferring`)."""
+    read from files (Job.record) and the nodes left uncomputed (what the
+    trained values move, while `job.wrt` is set)."""
     plan = job.plan
     try:
-        run, reads = job.record(start, stop, values, defer=job.defer)
+        run, reads = job.record(start, stop, values, defer=bool(job.wrt))
     except SpireadError as err:
         raise SpireadError(f"in data rows {start}–{stop - 1}: {err.diagnostic.message}", err.diagnostic.span,
                            err.diagnostic.notes + ("a chunk numbers its rows from 0",)).located_in(job.source) from None
     tape = run.tape
-    deferred = getattr(tape, "deferred", set())
+    deferred = {n.id for n in tape.nodes if n.deferred is not None}
     for i, total in job.totals.items():  # the total over all rows, no longer this chunk's share of it
         tape.nodes[i] = replace(tape.nodes[i], op=None, inputs=(), params={}, kind="const", value=total)
     for i in plan.row_counts:

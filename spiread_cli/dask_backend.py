@@ -29,7 +29,7 @@ import numpy as np
 
 from . import api, syntax
 from .chunks import (PROBE_ROWS, Data, Driver, Job, Share, add_shares, default_chunk_rows, default_threads,
-                     deferral_is_safe, drop_templates, probe, record_chunk, share_of_kept, share_of_rows,
+                     drop_templates, probe, record_chunk, share_of_kept, share_of_rows,
                      totals_of_rows)
 from .data import SUFFIXES, parse_set_option
 from .diagnostics import Diagnostics, SpireadError, usage_error
@@ -191,17 +191,15 @@ class Program:
         return Result(value, grads, diagnostics)
 
     def _prepare(self, wrt: list[str], ids: dict[str, int]) -> None:
-        """Set the job up for differentiating by `wrt`: whether chunks may
-        defer what those values move, the totals they do not move (computed
-        now, a pass over the data per level of totals used in totals), and
-        the driver."""
+        """Set the job up for differentiating by `wrt`: the totals those
+        values do not move (computed now, a pass over the data per level of
+        totals used in totals), and the driver."""
         job, plan = self.job, self.job.plan
         fixed = plan.totals_before(self.run, ids)
         if job.token:
             self._drop_templates()
         job.wrt, job.token, job.totals, self.kept = wrt, f"{next(_names)}-{uuid.uuid4().hex}", {}, None
         job.moving = [(r, kind) for r, kind in plan.reductions if r not in fixed]
-        job.defer = bool(wrt) and deferral_is_safe(job)
         for level in sorted({plan.level[r] for r in fixed}):
             share = self.map_rows(totals_of_rows, add_shares, level)
             wanted = job.before_steps(level)
