@@ -29,7 +29,7 @@ that is the output, a `wrt` node, or used twice blocks it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,8 +52,7 @@ def fuse(tape: Tape, output: int, wrt: list[int], hoist: bool = True,
     `diagnostics`). It reads the values of leaves only, so the op nodes of a
     tape recorded with `Tape.defer` stay uncomputed. `hoist=False` keeps
     every gather where it was written (the benchmarks measure both)."""
-    copy = Tape([replace(node, value=node.stored_value, residual=None, deferred=None)
-                 for node in tape.nodes[:max([output, *wrt]) + 1]], tape.source)
+    copy = Tape([node.copy(residual=None) for node in tape.nodes[:max([output, *wrt]) + 1]], tape.source)
     rewriter = Rewriter(copy, output, set(wrt), hoist)
     rewriter.run()
     needed = copy.feeding(output)

@@ -13,7 +13,7 @@ to float64 and checked for inf and nan the same way, wherever it runs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Iterable
 
 import numpy as np
@@ -34,7 +34,7 @@ class Node:
     op: Op | None
     inputs: tuple[int, ...]
     params: dict
-    value: np.ndarray             # empty while `deferred`: reading it computes it (`__getattr__`)
+    value: np.ndarray             # empty in a `DeferredNode` until read
     shape: tuple[int, ...]        # the value's, known before the value is
     span: Span | None             # where diagnostics about this node point; its source text is sliced from there
     label: str                    # how the op is written: `log`, `@@`, `select`; "input" or "constant" for a leaf
@@ -43,18 +43,16 @@ class Node:
     residual: Residual | None = None  # what its op's forward rule kept for the derivative rules (`Op.fwd`)
     deferred: Deferral | None = None  # set while the value waits to be computed (`Tape.defer`)
 
-    def __getattr__(self, name: str):
-        # Reached only for an empty slot: the value of a deferred node, which
-        # its tape computes now, with every deferred node before it.
-        if name != "value" or self.deferred is None:
-            raise AttributeError(f"'Node' object has no attribute {name!r}")
-        self.deferred.compute_through(self.id)
-        return self.value
-
     @property
     def stored_value(self) -> np.ndarray | None:
         """The value if it has been computed, without computing it."""
         return None if self.deferred is not None else self.value
+
+    def copy(self, **changes) -> Node:
+        """A plain copy that shares the value if it is computed, and else
+        has none (its new owner computes it); this node is left as it is."""
+        kept = {f.name: getattr(self, f.name) for f in fields(Node) if f.name not in ("value", "deferred")}
+        return Node(**(kept | {"value": self.stored_value} | changes))
 
     @property
     def finite(self) -> bool:
@@ -67,7 +65,26 @@ class Node:
     def set_value(self, value: np.ndarray) -> None:
         self.value = value
         self.known_finite = None
-        self.deferred = None
+        if self.deferred is not None:
+            self.deferred = None
+            self.__class__ = Node
+
+
+class DeferredNode(Node):
+    """A node recorded while its tape deferred (`Tape.defer`), whose value
+    slot stays empty until it is read: reading it computes it, with every
+    deferred node before it, and the node becomes a plain `Node` again. A
+    class of its own because a `__getattr__` on `Node` would slow every
+    attribute read of every node (the hook runs for all of them)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str):
+        # Reached only for an empty slot.
+        if name != "value" or self.deferred is None:
+            raise AttributeError(f"'Node' object has no attribute {name!r}")
+        self.deferred.compute_through(self.id)
+        return self.value
 
 
 @dataclass(slots=True, eq=False)
@@ -198,7 +215,7 @@ class Tape:
             if shape is None:
                 node.shape = op.shape(*[nodes[i].shape for i in inputs], **params)
             del node.value
-            node.deferred = deferral
+            node.deferred, node.__class__ = deferral, DeferredNode
             if diagnostics is None:
                 deferral.quiet.add(node.id)
             return node
@@ -260,7 +277,8 @@ class Tape:
         args = [nodes[i].value for i in node.inputs]
         value, kept = compute(node.op, args, node.params)
         node.value = value
-        node.deferred = None
+        if node.deferred is not None:
+            node.deferred, node.__class__ = None, Node
         if kept is not None:  # an op with `fwd` always keeps one
             node.residual = Residual(value, kept)
         if diagnostics is None or type(value) is not np.ndarray:  # lazy: checked when computed

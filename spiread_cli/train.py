@@ -176,10 +176,10 @@ def release_unfused(run: Run, fused: Fused) -> None:
     kept = {id(node.value) for node in fused.tape.nodes}
     output = run.tape.nodes[run.output]
     if output.deferred is not None:
-        output.value, output.deferred = fused.tape.nodes[fused.output].value, None
+        output.set_value(fused.tape.nodes[fused.output].value)
     for node in run.tape.nodes:
         if node is not output and id(node.stored_value) not in kept:
-            node.value, node.deferred = None, None
+            node.set_value(None)
 
 
 def _kept_note(step: int, losses: list[float]) -> str:

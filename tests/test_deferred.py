@@ -20,6 +20,7 @@ from spiread_cli import api, optim, train
 from spiread_cli import tape as tape_module
 from spiread_cli.diagnostics import Source
 from spiread_cli.interpreter import Interpreter
+from spiread_cli.tape import Node
 from spiread_cli import syntax
 
 from conftest import EXAMPLES, REPO, run
@@ -72,6 +73,8 @@ def test_reading_a_value_computes_the_ops_before_it_and_no_more():
     np.testing.assert_allclose(r.node("b").value, 2 * np.exp([1.0, 2.0]))
     computed = [n.stored_value is not None for n in ops]
     assert computed == [n.id <= r.bindings["b"] for n in ops]
+    # A computed node is a plain Node again: reading its attributes costs no hook.
+    assert [type(n) is Node for n in ops] == computed
     assert r.value == pytest.approx(np.sin(2 * np.exp([1.0, 2.0])).sum())
 
 
