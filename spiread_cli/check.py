@@ -21,7 +21,7 @@ output made by cancelling large terms is only as exact as those terms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import numpy as np
@@ -48,6 +48,16 @@ NOISE_ULPS = 64
 # stays as the step shrinks 100-fold (curvature makes it shrink with the step).
 KINK_GAP = 1e-3
 KINK_SHRINK = 100
+# An entry that fails the rule at eps and is no kink is measured again at
+# eps / KINK_SHRINK, where the difference's own (truncation) error shrinks
+# 10⁴-fold if f is smooth and at least 100-fold at a jump of f'' (it is
+# ∝ step there, wherever in the step the jump sits), while a wrong
+# gradient's error stays. The error there is allowed the rule at that step
+# plus 1/TRUNCATION_SHRINK of the error at eps: a 10-fold shrink
+# (error ∝ step^½ or faster) leaves a factor 10 for higher-order terms; a
+# wrong gradient passes only if it is under about a ninth of the
+# difference's own error at eps.
+TRUNCATION_SHRINK = 10
 FORWARD_TOL = 1e-8
 ULP = float(np.finfo(np.float64).eps)
 
@@ -201,7 +211,7 @@ def check_gradients(run: Run, wrt: list[str] | None = None, eps: float | None = 
         probe = subject.probe(name)
         try:
             method, v = _directions(probe, max_entries, directions, rng)
-            measured = measure(probe, subject.gradients[name], v, f0, subject.magnitude, eps)
+            measured = measure(probe, subject.gradients[name], v, f0, subject.magnitude, eps, tol)
         finally:
             probe.restore()
         results[name] = judge(name, probe.x.shape, method, measured, tol, eps)
@@ -252,7 +262,7 @@ def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None
                 grad = tape.backward(phi.id, [b_id], run.diagnostics)[b_id]
                 probe = Probe(tape, b_id, phi.id)
                 try:
-                    parts.append(measure(probe, grad, v, float(phi.value), output_magnitude(tape, phi.id), eps))
+                    parts.append(measure(probe, grad, v, float(phi.value), output_magnitude(tape, phi.id), eps, tol))
                 finally:
                     probe.restore()
             name = f"∂²{run.output_name}/∂{a}∂{b}"
@@ -274,8 +284,8 @@ def _joined(parts: list[Measurement]) -> Measurement:
     """Measurements along several row directions as one, direction after direction."""
     def cat(field_name):
         return np.concatenate([getattr(p, field_name) for p in parts])
-    return Measurement(cat("ad"), cat("forward"), cat("fd"), cat("right"), cat("left"), cat("noise"), cat("kink"),
-                       max(p.scale for p in parts), max(p.magnitude for p in parts))
+    per_direction = {f.name: cat(f.name) for f in fields(Measurement) if f.name not in ("scale", "magnitude")}
+    return Measurement(**per_direction, scale=max(p.scale for p in parts), magnitude=max(p.magnitude for p in parts))
 
 
 def _steps(eps: float | None, tol: float | None) -> tuple[float, float]:
@@ -305,7 +315,9 @@ def _directions(probe: Probe, max_entries: int, directions: int,
 @dataclass
 class Measurement:
     """Per direction: AD (reverse and forward), the central difference, the
-    one-sided slopes' gap, the rounding allowance and whether it is a kink."""
+    one-sided slopes' gap, the rounding allowance and whether it is a kink;
+    where the difference at eps failed the rule and is no kink, the central
+    difference and its rounding allowance at eps / KINK_SHRINK (`refined`)."""
     ad: np.ndarray
     forward: np.ndarray
     fd: np.ndarray
@@ -313,15 +325,26 @@ class Measurement:
     left: np.ndarray
     noise: np.ndarray
     kink: np.ndarray
+    refined: np.ndarray         # measured again at eps / KINK_SHRINK
+    fine_fd: np.ndarray         # the central difference there (fd where not refined)
+    fine_noise: np.ndarray      # and its rounding allowance (noise where not refined)
     scale: float                # the largest finite |ad|
     magnitude: float            # the output's rounding bound (output_magnitude)
 
 
-def measure(probe: Probe, grad: np.ndarray, v: np.ndarray, f0: float, magnitude: float, eps: float) -> Measurement:
+def allowance(fd: np.ndarray, scale: float, noise: np.ndarray, tol: float) -> np.ndarray:
+    """The tolerance rule: how far AD may be from the central difference."""
+    return tol * np.maximum(np.abs(fd), scale) + noise
+
+
+def measure(probe: Probe, grad: np.ndarray, v: np.ndarray, f0: float, magnitude: float, eps: float,
+            tol: float) -> Measurement:
     """Differentiate along each direction in `v` by AD (the reverse gradient
     projected, and forward mode) and by central differences, and look for
     kinks: a gap between the one-sided slopes that stays as the step shrinks
-    (curvature makes it shrink with the step)."""
+    (curvature makes it shrink with the step). Directions that fail the
+    tolerance rule and are no kink are measured again at the smaller step
+    (`judge` decides whether the error shrank as truncation error does)."""
     x = probe.x
     count = len(v)
     flat = v.reshape(count, x.size)
@@ -335,38 +358,54 @@ def measure(probe: Probe, grad: np.ndarray, v: np.ndarray, f0: float, magnitude:
         minus = np.array([probe(x - h * v[j]) for j in which])
         return plus, minus
 
+    def rounding(plus: np.ndarray, minus: np.ndarray, h: float) -> np.ndarray:
+        return NOISE_ULPS * ULP * np.maximum(np.maximum(np.abs(plus), np.abs(minus)), magnitude) / h
+
     plus, minus = differences(eps, range(count))
     with np.errstate(all="ignore"):
         fd = (plus - minus) / (2 * eps)
         gap = (plus - 2 * f0 + minus) / eps                  # right slope minus left slope
-        noise = NOISE_ULPS * ULP * np.maximum(np.maximum(np.abs(plus), np.abs(minus)), magnitude) / eps
+        noise = rounding(plus, minus, eps)
         finite_ad = np.abs(ad[np.isfinite(ad)])
         scale = float(finite_ad.max()) if finite_ad.size else 0.0
-        candidates = np.flatnonzero((np.abs(gap) > KINK_GAP * np.maximum(scale, np.abs(fd))) & (np.abs(gap) > 4 * noise))
+        candidates = (np.abs(gap) > KINK_GAP * np.maximum(scale, np.abs(fd))) & (np.abs(gap) > 4 * noise)
+        failing = np.isfinite(ad) & np.isfinite(fd) & ~(np.abs(ad - fd) <= allowance(fd, scale, noise, tol))
+        again = np.flatnonzero(candidates | failing)         # one evaluation at the smaller step serves both
         kink = np.zeros(count, dtype=bool)
-        if candidates.size:
+        refined = np.zeros(count, dtype=bool)
+        fine_fd, fine_noise = fd.copy(), noise.copy()
+        if again.size:
             h = eps / KINK_SHRINK
-            p2, m2 = differences(h, candidates)
+            p2, m2 = differences(h, again)
             gap2 = (p2 - 2 * f0 + m2) / h
-            kink[candidates] = (np.abs(gap2) > 0.5 * np.abs(gap[candidates])) & \
-                (np.abs(gap2) > 4 * KINK_SHRINK * noise[candidates])
+            kink[again] = candidates[again] & (np.abs(gap2) > 0.5 * np.abs(gap[again])) & \
+                (np.abs(gap2) > 4 * KINK_SHRINK * noise[again])
+            fine_fd[again], fine_noise[again] = (p2 - m2) / (2 * h), rounding(p2, m2, h)
+            refined[again] = failing[again] & ~kink[again] & np.isfinite(fine_fd[again])
         right, left = (plus - f0) / eps, (f0 - minus) / eps
-    return Measurement(ad, forward, fd, right, left, noise, kink, scale, magnitude)
+    return Measurement(ad, forward, fd, right, left, noise, kink, refined, fine_fd, fine_noise, scale, magnitude)
 
 
 def judge(name: str, shape: tuple[int, ...], method: str, m: Measurement, tol: float, eps: float) -> ValueCheck:
     """Apply the tolerance rule to a measurement: the worst direction, and in
-    words why it fails if it does."""
+    words why it fails if it does. A direction that fails the rule at eps
+    and was measured again at eps / KINK_SHRINK is judged there, with
+    1/TRUNCATION_SHRINK of its error at eps allowed on top of the rule: the
+    difference's own error shrinks with the step, a wrong gradient's does not."""
     count = len(m.ad)
     with np.errstate(all="ignore"):
-        err = np.abs(m.ad - m.fd)
-        allowed = tol * np.maximum(np.abs(m.fd), m.scale) + m.noise
-        rel = np.where(err == 0, 0.0, err / np.maximum(np.abs(m.fd), m.scale))
+        coarse_err = np.abs(m.ad - m.fd)
+        fine = m.refined & ~(coarse_err <= allowance(m.fd, m.scale, m.noise, tol))
+        fd = np.where(fine, m.fine_fd, m.fd)
+        err = np.abs(m.ad - fd)
+        allowed = np.where(fine, allowance(m.fine_fd, m.scale, m.fine_noise, tol) + coarse_err / TRUNCATION_SHRINK,
+                           allowance(m.fd, m.scale, m.noise, tol))
+        rel = np.where(err == 0, 0.0, err / np.maximum(np.abs(fd), m.scale))
         fvr = np.where(m.forward == m.ad, 0.0, np.abs(m.forward - m.ad))
         # Forward and reverse mode sum the same terms in other orders: they
         # agree to rounding, relative to the gradient and to the output.
         fvr_bad = ~(fvr <= FORWARD_TOL * (m.scale + np.abs(m.ad)) + NOISE_ULPS * ULP * (1 + m.magnitude))
-        nonfinite = ~(np.isfinite(m.ad) & np.isfinite(m.fd))
+        nonfinite = ~(np.isfinite(m.ad) & np.isfinite(fd))
         bad = ~(err <= allowed) | m.kink | nonfinite
         ratio = np.where(err == 0, 0.0, err / allowed)
     if nonfinite.any():
@@ -381,21 +420,25 @@ def judge(name: str, shape: tuple[int, ...], method: str, m: Measurement, tol: f
         worst = tuple(int(i) for i in np.unravel_index(j, shape)) if shape and count else ()
     else:
         worst = j
-    ad, fd = (float(m.ad[j]), float(m.fd[j])) if count else (0.0, 0.0)
-    result = ValueCheck(name, shape, method, count, _max(err), _max(rel), _max(fvr), worst, ad, fd, ok=True)
+    ad, fd_j = (float(m.ad[j]), float(fd[j])) if count else (0.0, 0.0)
+    result = ValueCheck(name, shape, method, count, _max(err), _max(rel), _max(fvr), worst, ad, fd_j, ok=True)
     if bad.any() or fvr_bad.any():
         result.ok = False
         result.kink = bool(m.kink[j])
         if not np.isfinite(ad):
             result.problem = f"the AD gradient is {ad:g} there"
-        elif not np.isfinite(fd):
-            result.problem = (f"finite differences give {fd:g} there: the output is not finite "
+        elif not np.isfinite(fd_j):
+            result.problem = (f"finite differences give {fd_j:g} there: the output is not finite "
                               f"a step of {eps:g} away in that direction")
         elif m.kink[j]:
             result.problem = (f"not differentiable there: the slope is {m.right[j]:.6g} to the right and "
-                              f"{m.left[j]:.6g} to the left; AD gives {ad:.6g}, central differences {fd:.6g}")
+                              f"{m.left[j]:.6g} to the left; AD gives {ad:.6g}, central differences {fd_j:.6g}")
+        elif bad[j] and fine[j]:
+            result.problem = (f"AD gives {ad:.6g} but finite differences {fd_j:.6g} at a step of "
+                              f"{eps / KINK_SHRINK:g} (error {err[j]:.3g}, allowed {allowed[j]:.3g}; "
+                              f"{coarse_err[j]:.3g} at {eps:g}: the error did not shrink with the step)")
         elif bad[j]:
-            result.problem = (f"AD gives {ad:.6g} but finite differences {fd:.6g} "
+            result.problem = (f"AD gives {ad:.6g} but finite differences {fd_j:.6g} "
                               f"(error {err[j]:.3g}, allowed {allowed[j]:.3g})")
         else:
             result.problem = f"forward mode gives {m.forward[j]:.17g} but reverse mode {ad:.17g}"
