@@ -283,8 +283,8 @@ def test_a_wrong_gradient_at_a_curvature_jump_still_fails(offset):
     assert not result.ok and not result.kink and result.worst == (0,)
     assert result.ad == offset and result.fd == pytest.approx(5e-9, rel=1e-3)
     assert re.fullmatch(rf"AD gives {offset:.6g} but finite differences 5\.000\d*e-09 at a step of 1e-08 "
-                        r"\(error \S+, allowed \S+; \S+ at 1e-06: a difference's own error would have shrunk at least 10-fold\)",
-                        result.problem), result.problem
+                        r"\(error \S+, allowed \S+; \S+ at 1e-06: "
+                        r"a difference's own error would have shrunk at least 10-fold\)", result.problem), result.problem
 
 
 def test_only_failing_entries_are_measured_again(monkeypatch):
