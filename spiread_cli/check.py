@@ -58,14 +58,12 @@ NOISE_ULPS = 64
 # stays as the step shrinks 100-fold (curvature makes it shrink with the step).
 KINK_GAP = 1e-3
 KINK_SHRINK = 100
-# An entry that fails the rule at eps and is no kink is measured again at
-# eps / KINK_SHRINK, where the difference's own (truncation) error shrinks
-# 10⁴-fold if f is smooth and at least 100-fold at a jump of f'' (it is
-# ∝ step there, wherever in the step the jump sits), while a wrong
-# gradient's error stays. The error there is allowed the rule at that step
-# plus 1/TRUNCATION_SHRINK of the error at eps: a 10-fold shrink
-# (error ∝ step^½ or faster) leaves a factor 10 for higher-order terms; a
-# wrong gradient passes only if it is under about a ninth of the
+# An entry measured again at eps / KINK_SHRINK may keep this share of its
+# error at eps (besides the rule at that step): truncation error shrinks
+# 10⁴-fold there where f is smooth and at least 100-fold at a jump of f''
+# (wherever in the step the jump sits). Asking a 10-fold shrink (error ∝
+# step^½ or faster) leaves a factor 10 for higher-order terms; a wrong
+# gradient, whose error stays, passes only if under about a ninth of the
 # difference's own error at eps.
 TRUNCATION_SHRINK = 10
 FORWARD_TOL = 1e-8
@@ -379,6 +377,7 @@ def measure(probe: Probe, grad: np.ndarray, v: np.ndarray, f0: float, magnitude:
         finite_ad = np.abs(ad[np.isfinite(ad)])
         scale = float(finite_ad.max()) if finite_ad.size else 0.0
         candidates = (np.abs(gap) > KINK_GAP * np.maximum(scale, np.abs(fd))) & (np.abs(gap) > 4 * noise)
+        # (`scale` is this measurement's: a joined one's may be larger, so this may refine an entry that passes)
         failing = np.isfinite(ad) & np.isfinite(fd) & ~(np.abs(ad - fd) <= allowance(fd, scale, noise, tol))
         again = np.flatnonzero(candidates | failing)         # one evaluation at the smaller step serves both
         kink = np.zeros(count, dtype=bool)
@@ -405,7 +404,7 @@ def judge(name: str, shape: tuple[int, ...], method: str, m: Measurement, tol: f
     count = len(m.ad)
     with np.errstate(all="ignore"):
         coarse_err = np.abs(m.ad - m.fd)
-        fine = m.refined & ~(coarse_err <= allowance(m.fd, m.scale, m.noise, tol))
+        fine = m.refined & ~(coarse_err <= allowance(m.fd, m.scale, m.noise, tol))  # judged at the smaller step
         fd = np.where(fine, m.fine_fd, m.fd)
         err = np.abs(m.ad - fd)
         allowed = np.where(fine, allowance(m.fine_fd, m.scale, m.fine_noise, tol) + coarse_err / TRUNCATION_SHRINK,
