@@ -1,28 +1,31 @@
 """Source text to a small typed AST, every node carrying its span.
 
-The grammar (grammar/spiread.lark) holds all syntax. A Lark Transformer run
-inline with the LALR parser builds the nodes bottom-up, so no recursion is
-needed however deeply the program nests.
+The grammar (grammar/spiread.lark) holds all syntax. The AST builder's
+methods run inline with the LALR parse and build the nodes bottom-up, so no
+recursion is needed however deeply the program nests. Lark is imported only
+to make the parse tables (once; they are cached) and for a syntax error.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import unicodedata
 from collections import deque
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
-from lark import Lark, Token, Transformer
-from lark.lexer import UnlessCallback
-from lark.parse_tree_builder import ChildFilterLALR, ChildFilterLALR_NoPlaceholders, ExpandSingleChild
-from lark.parsers.lalr_analysis import Shift
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
 from .diagnostics import SpireadError, Source, Span
 from .limits import no_cyclic_gc
+
+# Not `from typing import TYPE_CHECKING` (see __init__.py); Lark is imported
+# where it is used.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from lark import Lark, Token
+    from lark.exceptions import UnexpectedCharacters, UnexpectedInput
 
 # ---------------------------------------------------------------- AST nodes
 
@@ -275,12 +278,14 @@ def _rows(tok: Token) -> list[tuple[str, Span]]:
 
 
 def _span(node) -> Span:
-    return node.span if not isinstance(node, Token) else Span.of_token(node)
+    return node.span if not isinstance(node, str) else Span.of_token(node)
 
 
-class _ToAst(Transformer):
-    """Each method gets the children of one rule as a list. Not `v_args(inline=True)`:
-    its wrappers cost three calls per rule, a tenth of the whole parse."""
+class _ToAst:
+    """Each method gets the children of one rule as a list, tokens as Lark's
+    Tokens (from Lark's parser) or `_Token`s (from the fast path): both are
+    str with the same attributes. A plain class, not a Lark Transformer, so
+    that the fast path needs no Lark; Lark calls its methods the same way."""
 
     def number(self, children):
         tok, = children
@@ -378,7 +383,7 @@ class _ToAst(Transformer):
         return Binding(str(name), value, at.to(value.span), at)
 
     def type(self, children):
-        names = [p for p in children if isinstance(p, Token) and p.type == "NAME"]
+        names = [p for p in children if isinstance(p, str) and p.type == "NAME"]
         end = children[-1] if children[-1] is not None else names[-1]
         return TypeName(".".join(str(n) for n in names), Span.of_token(names[0]).to(_span(end)))
 
@@ -427,19 +432,24 @@ class _ToAst(Transformer):
 _parser: Lark | None = None
 _driver: "_TableDriver | bool | None" = None  # False: this Lark cannot be driven
 _postlexer = _BracketPostLexer()
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def grammar_text() -> str:
-    """The grammar file. Installed, it travels inside the package as
-    `spiread_cli.grammar`; imported straight from a source checkout (as
-    `python -m pytest` at the top of the repository does), it sits in grammar/."""
-    try:
-        return resources.files("spiread_cli.grammar").joinpath("spiread.lark").read_text("utf-8")
-    except ModuleNotFoundError:
-        return (Path(__file__).resolve().parent.parent / "grammar" / "spiread.lark").read_text("utf-8")
+    """The grammar file. Installed, it travels inside the package
+    (spiread_cli/grammar/); in a source checkout it sits in grammar/ beside
+    the package. Read by path: `importlib.resources` costs more start-up
+    than the whole read."""
+    for folder in (os.path.join(_HERE, "grammar"), os.path.join(os.path.dirname(_HERE), "grammar")):
+        path = os.path.join(folder, "spiread.lark")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+    raise FileNotFoundError(f"spiread.lark is neither in {_HERE}/grammar nor in the checkout's grammar/")
 
 
 def _get_parser() -> Lark:
+    from lark import Lark
     global _parser
     if _parser is None:
         grammar = grammar_text()
@@ -455,8 +465,8 @@ def _get_driver() -> "_TableDriver | None":
     global _driver
     if _driver is None:
         try:
-            _driver = _TableDriver(_get_parser())
-        except (AttributeError, KeyError, TypeError):
+            _driver = _TableDriver(_load_tables())
+        except (AttributeError, KeyError, TypeError, _NotOnTheFastPath):
             _driver = False
     return _driver or None
 
@@ -465,24 +475,217 @@ class _NotOnTheFastPath(Exception):
     """The fast driver met something it leaves to Lark: a syntax error."""
 
 
+# ------------------------------------------------- Lark's tables, as data
+# What the fast path reads of Lark's parser is plain data (lists, dicts,
+# strings), so it is kept in a file beside Lark's own cache: a program that
+# parses is read without importing Lark at all (its import and cache load are
+# a sixth of a cold start). The file is used only when it was made from this
+# same grammar, Lark and module.
+
+
+def _cache_key() -> tuple[str, ...]:
+    """What the tables are made from: the grammar, Lark (its `__init__.py`,
+    which holds its version) and this module, which reads them."""
+    from importlib.util import find_spec
+    parts = [sys.version, grammar_text()]
+    for path in (find_spec("lark").origin, __file__):
+        with open(path, encoding="utf-8") as f:
+            parts.append(f.read())
+    return tuple(parts)
+
+
+def _load_tables() -> dict:
+    """The tables from the cache file when it was made from what is here now,
+    else from Lark (written to the cache for the next process)."""
+    import marshal
+    import tempfile
+    import zlib
+    key = _cache_key()
+    path = os.path.join(tempfile.gettempdir(),
+                        f".spiread_parse_tables_{zlib.crc32(''.join(key).encode('utf-8', 'replace')):08x}")
+    try:
+        with open(path, "rb") as f:
+            stored_key, tables = marshal.load(f)
+        if stored_key == key:
+            return tables
+    except (OSError, EOFError, ValueError, TypeError):
+        pass
+    tables = _tables(_get_parser())
+    try:  # whole or not at all: another process may be reading it
+        partial_path = f"{path}.{os.getpid()}"
+        with open(partial_path, "wb") as f:
+            marshal.dump((key, tables), f)
+        os.replace(partial_path, path)
+    except OSError:
+        pass  # an unwritable temporary folder: Lark makes the tables again next time
+    return tables
+
+
+def _tables(lark: Lark) -> dict:
+    """Lark's LALR table, rule callbacks and contextual lexer, as data:
+    - `actions[state][symbol]`: the state shifted to (≥ 0), or ~rule reduced;
+    - per rule: its length, its nonterminal, what builds its value (a
+      transformer method's name; "" for a `_rule`, whose children its parent
+      splices in, as Lark's Tree does; None for a unit step of a `?` rule,
+      whose callback hands its one child back), and Lark's child filter
+      (which children, which spliced, how many None placeholders before each
+      and after them all; None when all are kept as they are);
+    - per lexer (one per set of terminals a state accepts): its alternation
+      and its keywords (Lark's `unless` callbacks, as a table: NAME ->
+      {"val": "VAL", …}); and the root lexer's alternation, which holds every
+      terminal, with the terminals of each state it lexes as that state's own
+      would (see `_shared`).
+    Anything it does not recognise raises: then Lark parses alone."""
+    from lark import Tree
+    from lark.parse_tree_builder import ChildFilterLALR, ChildFilterLALR_NoPlaceholders, ExpandSingleChild
+    from lark.parsers.lalr_analysis import Shift
+    frontend = lark.parser
+    contextual = frontend.lexer.lexer
+    parser = frontend.parser.parser
+    table = parser.parse_table
+    rules = list(parser.callbacks)
+    index = {rule: i for i, rule in enumerate(rules)}
+    actions: list = [None] * (max(table.states) + 1)
+    for state, moves in table.states.items():
+        actions[state] = {symbol: (arg if action is Shift else ~index[arg]) for symbol, (action, arg) in moves.items()}
+    builders, filters = [], []
+    for rule in rules:
+        callback, size = parser.callbacks[rule], len(rule.expansion)
+        if size == 1 and type(callback) is ExpandSingleChild:
+            builders.append(None)
+            filters.append(None)
+            continue
+        if type(callback) is ChildFilterLALR:
+            filters.append((tuple(callback.to_include), callback.append_none))
+            callback = callback.node_builder
+        elif type(callback) is ChildFilterLALR_NoPlaceholders:
+            filters.append((tuple((i, spliced, 0) for i, spliced in callback.to_include), 0))
+            callback = callback.node_builder
+        else:
+            filters.append(None)
+        if getattr(callback, "__self__", None) is lark.options.transformer:
+            builders.append(callback.__name__)
+        elif getattr(callback, "func", None) is Tree and rule.origin.name.startswith("_"):
+            builders.append("")  # every parent splices a `_rule`'s children
+        else:
+            raise _NotOnTheFastPath
+    root = contextual.root_lexer.scanner
+    if len(root._mres) != 1:
+        raise _NotOnTheFastPath
+    lexers: dict[int, int] = {}  # id -> position in `alternations`
+    alternations, keywords, shared = [], [], []
+    for lexer in contextual.lexers.values():
+        if id(lexer) in lexers:
+            continue
+        lexers[id(lexer)] = len(alternations)
+        scanner = lexer.scanner
+        if len(scanner._mres) != 1 or scanner._mres[0].flags != root._mres[0].flags:
+            raise _NotOnTheFastPath
+        alternations.append(scanner._mres[0].pattern)
+        keywords.append(_keywords(lexer.callback))
+        shared.append(_shared([t.name for t in scanner.terminals], [t.name for t in root.terminals]))
+    kept = {symbol.name for rule in rules for symbol in rule.expansion
+            if symbol.is_term and (rule.options.keep_all_tokens or not symbol.filter_out)}
+    return {
+        "start": table.start_states["start"], "end": table.end_states["start"], "actions": actions,
+        "sizes": [len(rule.expansion) for rule in rules], "origins": [rule.origin.name for rule in rules],
+        "builders": builders, "filters": filters,
+        # Terminals no rule keeps (`=`, `,`, `.`, `_NL`): their children are
+        # dropped by every rule's child filter, so no token is made for them.
+        "kept": frozenset(kept), "ignore": frozenset(contextual.root_lexer.ignore_types),
+        "newlines": frozenset(contextual.root_lexer.newline_types),
+        "root": root._mres[0].pattern, "flags": root._mres[0].flags,
+        "lexer_of": [lexers[id(contextual.lexers[state])] if state in contextual.lexers else None
+                     for state in range(len(actions))],
+        "alternations": alternations, "keywords": keywords, "shared": shared,
+    }
+
+
+def _keywords(callbacks: dict) -> dict:
+    """Lark's `unless` callbacks as a table: NAME -> {"val": "VAL", …}.
+    They full-match literal strings only, so a lookup is the same test."""
+    from lark.lexer import UnlessCallback
+    out = {}
+    for kind, callback in callbacks.items():
+        terminals = callback.scanner.terminals if type(callback) is UnlessCallback else []
+        if not terminals or not all(t.pattern.type == "str" and not t.pattern.flags for t in terminals):
+            raise _NotOnTheFastPath
+        out[kind] = {t.pattern.value: t.name for t in terminals}
+    return out
+
+
+def _shared(own: list[str], root: list[str]) -> frozenset[str]:
+    """The terminals for which the root lexer's alternation answers as a
+    state's own would. Both try their terminals in one order (Lark sorts
+    every lexer's by the same key), and an alternation takes the first that
+    matches; so where the root's match is terminal X, the state's would be X
+    too if every terminal before X in the state's order also comes before it
+    in the root's (had one matched, the root would have taken it). Where the
+    root's match is not in this set, the state's own alternation is asked."""
+    where = {name: i for i, name in enumerate(root)}
+    shared, last = set(), -1
+    for name in own:
+        if name not in where:
+            break  # a keyword the root reads as a NAME: it and all after it are the state's own
+        if where[name] > last:
+            shared.add(name)
+            last = where[name]
+    return frozenset(shared)
+
+
+def _children(children: list) -> list:
+    """A `_rule`'s value: its children, for its parent to splice in."""
+    return children
+
+
+def _splicing(steps: tuple, append_none: int, build):
+    """Lark's child filter for a rule some of whose children are `_rule`s,
+    whose children it splices in (extending the left one in place, as Lark's
+    LALR filter does for left recursion)."""
+    def reduce(children):
+        kept = []
+        for i, spliced, nones in steps:
+            if nones:
+                kept += [None] * nones
+            if not spliced:
+                kept.append(children[i])
+            elif kept:
+                kept += children[i]
+            else:
+                kept = children[i]
+        if append_none:
+            kept += [None] * append_none
+        return build(kept)
+    return reduce
+
+
+class _Token(str):
+    """A token of the fast path: its text, with the attributes of Lark's
+    Token that the AST builder reads (Lark's own parse hands it Lark's)."""
+    __slots__ = ("type", "value", "start_pos", "line", "column", "end_line", "end_column", "end_pos")
+
+
 class _TableDriver:
-    """Lark's own LALR tables, lexers and rule callbacks, driven by a tighter
-    loop: Lark's parser stays the parser of record (the grammar file is the
-    only statement of the syntax, and every syntax error is Lark's own), but a
-    program that parses is read in about half the time.
+    """Lark's own LALR tables, lexers and rule callbacks (`_tables`), driven
+    by a tighter loop: Lark's parser stays the parser of record (the grammar
+    file is the only statement of the syntax, and every syntax error is
+    Lark's own), but a program that parses is read in about half the time,
+    without importing Lark.
 
     What it does the same as Lark's contextual lexer, bracket post-lexer and
     LALR parser, and how it is faster:
-    - each token is matched with the compiled scanner Lark built for the
-      parser state (the same alternation, in the same order), keywords come
-      from the same `unless` tables, and newlines inside () and [] are dropped
-      as `_BracketPostLexer` drops them; but it is one loop, not three
+    - each token is matched as the parser state's own scanner would match
+      it: by the root lexer's alternation where that gives the same answer
+      (`_shared`), else by the state's own, compiled only then (most states
+      never need theirs; each holds the long NUMBERS pattern, and compiling
+      them all cost a small program more than parsing it); keywords come from
+      the same `unless` tables, and newlines inside () and [] are dropped as
+      `_BracketPostLexer` drops them; but it is one loop, not three
       generators and a method call per token;
-    - a token is a Lark `Token` made without the deprecation shim, and only
-      for terminals some rule keeps;
-    - a reduction calls the callback Lark built for the rule (the
-      transformer method), after Lark's child filter read as the positions
-      to pick (one comprehension instead of a loop of tuple unpacking);
+    - a token is a `_Token`, made only for terminals some rule keeps;
+    - a reduction calls the transformer method Lark would, after Lark's child
+      filter read as the positions to pick (one comprehension instead of a
+      loop of tuple unpacking), or as `_splicing` where `_rule`s are spliced;
     - the unit steps of `?` rules (`?sum: product`), whose callback would
       only hand its one child back, change the state and nothing else, and
       a run of them (two of every three reductions, down the precedence
@@ -493,56 +696,33 @@ class _TableDriver:
     for the error message.
     """
 
-    def __init__(self, lark: Lark):
-        frontend = lark.parser
-        contextual = frontend.lexer.lexer
-        parser = frontend.parser.parser
-        table = parser.parse_table
-        rules = list(parser.callbacks)
-        index = {rule: i for i, rule in enumerate(rules)}
-        self.start, self.end = table.start_states["start"], table.end_states["start"]
-        self.actions = [None] * (max(table.states) + 1)
-        for state, actions in table.states.items():
-            self.actions[state] = {symbol: (arg if action is Shift else ~index[arg])
-                                   for symbol, (action, arg) in actions.items()}
-        self.sizes = [len(rule.expansion) for rule in rules]
-        self.origins = [rule.origin.name for rule in rules]
-        # None for a unit step of a `?` rule: its callback returns its one child.
-        self.callbacks = [None if len(rule.expansion) == 1 and type(parser.callbacks[rule]) is ExpandSingleChild
-                          else parser.callbacks[rule] for rule in rules]
-        self.picks: list[tuple[int, ...] | None] = [None] * len(rules)
-        for i, rule in enumerate(rules):
-            self.picks[i], self.callbacks[i] = self._child_filter(self.callbacks[i], len(rule.expansion))
-        # Terminals no rule keeps (`=`, `,`, `.`, `_NL`): their children are
-        # dropped by every rule's child filter, so no Token is made for them.
-        self.kept = frozenset(symbol.name for rule in rules for symbol in rule.expansion
-                              if symbol.is_term and (rule.options.keep_all_tokens or not symbol.filter_out))
-        root = contextual.root_lexer
-        self.ignore, self.newlines = root.ignore_types, root.newline_types
-        # Each state's scanner is Lark's, built when the state is first met
-        # (as Lark builds them): compiling all of them would cost a small
-        # program more than parsing it.
-        self.lexers = contextual.lexers
+    def __init__(self, tables: dict):
+        import re
+        self.start, self.end, self.actions = tables["start"], tables["end"], tables["actions"]
+        self.sizes, self.origins = tables["sizes"], tables["origins"]
+        self.kept, self.ignore, self.newlines = tables["kept"], tables["ignore"], tables["newlines"]
+        builder = _ToAst()
+        self.callbacks: list = []
+        self.picks: list[tuple[int, ...] | None] = []
+        for size, name, kept in zip(self.sizes, tables["builders"], tables["filters"]):
+            build = None if name is None else getattr(builder, name) if name else _children
+            picks = None
+            if kept is not None:
+                steps, append_none = kept
+                if any(spliced for _, spliced, _ in steps):
+                    build = _splicing(steps, append_none, build)
+                else:  # the positions to pick, `size` standing for a None
+                    picks = tuple(p for i, _, nones in steps for p in [size] * nones + [i]) + (size,) * append_none
+            self.callbacks.append(build)
+            self.picks.append(picks)
+        self.root = re.compile(tables["root"], tables["flags"]).match
+        self.flags, self.lexer_of, self.alternations = tables["flags"], tables["lexer_of"], tables["alternations"]
+        self.lexing: list = [None] * len(self.actions)  # per state: (match, shared, keywords, lexer)
+        for state, which in enumerate(self.lexer_of):
+            if which is not None:
+                self.lexing[state] = (tables["shared"][which], tables["keywords"][which], which)
+        self.own: list = [None] * len(self.alternations)  # a lexer's own scanner, compiled when first asked
         self.units: dict[tuple[int, int, str], int] = {}
-        self.scanners: list = [None] * len(self.actions)
-        self.keywords: list = [None] * len(self.actions)
-
-    @staticmethod
-    def _child_filter(callback, size: int):
-        """A rule's child filter (what Lark keeps of its children, with None
-        for each absent `[optional]`) as the positions to pick, position
-        `size` standing for a None; and the callback the filter calls. A
-        filter that also inlines a `_rule`'s children stays Lark's own."""
-        if type(callback) is ChildFilterLALR_NoPlaceholders:
-            if not any(inline for _, inline in callback.to_include):
-                return tuple(i for i, _ in callback.to_include), callback.node_builder
-        elif type(callback) is ChildFilterLALR:
-            if not any(inline for _, inline, _ in callback.to_include):
-                picks = []
-                for i, _, nones in callback.to_include:
-                    picks += [size] * nones + [i]
-                return tuple(picks + [size] * callback.append_none), callback.node_builder
-        return None, callback
 
     def _unit_steps(self, key: tuple[int, int, str]) -> int:
         """Where a run of unit steps ends: from state `top` over `below`,
@@ -558,32 +738,15 @@ class _TableDriver:
         self.units[key] = top
         return top
 
-    def _scanner(self, state: int):
-        """Lark's scanner for a state: one compiled alternation, and keywords
-        as a table. Anything else is left to Lark."""
-        lexer = self.lexers[state]
-        matchers = lexer.scanner._mres
-        if len(matchers) != 1:
-            raise _NotOnTheFastPath
-        self.scanners[state], self.keywords[state] = matchers[0].match, self._keywords(lexer.callback)
-        return self.scanners[state]
-
-    @staticmethod
-    def _keywords(callbacks: dict) -> dict:
-        """Lark's `unless` callbacks as a table: NAME -> {"val": "VAL", …}.
-        They full-match literal strings only, so a lookup is the same test."""
-        out = {}
-        for kind, callback in callbacks.items():
-            terminals = callback.scanner.terminals if type(callback) is UnlessCallback else []
-            if not terminals or not all(t.pattern.type == "str" and not t.pattern.flags for t in terminals):
-                raise _NotOnTheFastPath
-            out[kind] = {t.pattern.value: t.name for t in terminals}
-        return out
+    def _own(self, which: int):
+        import re
+        self.own[which] = re.compile(self.alternations[which], self.flags).match
+        return self.own[which]
 
     def parse(self, text: str):
         actions, sizes, origins, callbacks = self.actions, self.sizes, self.origins, self.callbacks
-        scanners, keywords, ignore, newlines = self.scanners, self.keywords, self.ignore, self.newlines
-        new, token_class, kept, units, picks = str.__new__, Token, self.kept, self.units, self.picks
+        root, lexing, own, ignore, newlines = self.root, self.lexing, self.own, self.ignore, self.newlines
+        new, token_class, kept, units, picks = str.__new__, _Token, self.kept, self.units, self.picks
         states, values = [self.start], []
         opened: list[str] = []  # the closers of the open brackets, innermost last
         pos, line, line_start, end = 0, 1, 0, len(text)
@@ -592,9 +755,15 @@ class _TableDriver:
             # ---- the next token, lexed in the current state
             if pos < end:
                 state = states[-1]
-                match = (scanners[state] or self._scanner(state))(text, pos)
-                if match is None:
+                lexer = lexing[state]
+                if lexer is None:
                     raise _NotOnTheFastPath
+                shared, keywords, which = lexer
+                match = root(text, pos)
+                if match is None or match.lastgroup not in shared:
+                    match = (own[which] or self._own(which))(text, pos)
+                    if match is None:
+                        raise _NotOnTheFastPath
                 kind, value = match.lastgroup, match.group()
                 start, start_line, column = pos, line, pos - line_start + 1
                 pos = match.end()
@@ -614,7 +783,7 @@ class _TableDriver:
                     opened.append("RSQB")
                 elif opened and kind == opened[-1]:
                     opened.pop()
-                known = keywords[state].get(kind)
+                known = keywords.get(kind)
                 if known is not None:
                     kind = known.get(value, kind)
                 if kind in kept:
@@ -774,6 +943,7 @@ def _bracket_of(token: Token | None, closing: bool) -> Token | None:
     literal, and reads as it would had the literal been read token by token."""
     if token is None or token.type != "NUMBERS":
         return token
+    from lark import Token
     if closing:
         return Token("RSQB", "]", token.end_pos - 1, token.end_line, token.end_column - 1,
                      token.end_line, token.end_column, token.end_pos)
@@ -782,6 +952,7 @@ def _bracket_of(token: Token | None, closing: bool) -> Token | None:
 
 
 def _syntax_error(err: UnexpectedInput, source: Source) -> SpireadError:
+    from lark.exceptions import UnexpectedCharacters
     if isinstance(err, UnexpectedCharacters):
         return _bad_character(err, source)
     token = getattr(err, "token", None)
@@ -862,23 +1033,28 @@ def _unmatched(token: Token, opened: list[Token]) -> SpireadError | None:
 
 def parse(source: Source) -> Module:
     """Parse a whole program; raises SpireadError with a located message."""
+    with no_cyclic_gc():
+        driver = _get_driver()
+        try:
+            if driver is None:
+                raise _NotOnTheFastPath
+            statements = driver.parse(source.text)
+        except _NotOnTheFastPath:
+            statements = _lark_parse(source)  # Lark's own parse, for its error
+    return Module(statements, source)
+
+
+def _lark_parse(source: Source) -> list:
+    from lark.exceptions import UnexpectedInput
     try:
-        with no_cyclic_gc():
-            driver = _get_driver()
-            try:
-                if driver is None:
-                    raise _NotOnTheFastPath
-                statements = driver.parse(source.text)
-            except _NotOnTheFastPath:
-                statements = _get_parser().parse(source.text)  # Lark's own parse, for its error
+        return _get_parser().parse(source.text)
     except UnexpectedInput as err:
         raise _syntax_error(err, source) from None
-    except Exception as err:  # errors raised inside transformer callbacks arrive wrapped
+    except Exception as err:  # errors raised inside the AST builder's methods arrive wrapped
         inner = getattr(err, "orig_exc", None)
         if isinstance(inner, SpireadError):
             raise inner from None
         raise
-    return Module(statements, source)
 
 
 def parse_expression(text: str, source_name: str = "<--set>"):
