@@ -151,3 +151,40 @@ def test_a_program_that_parses_never_reaches_lark_s_parser(monkeypatch):
         syntax.parse(Source(path.name, text_of(path)))
     with pytest.raises(AssertionError, match="Lark's parser was used"):
         syntax.parse(Source("bad.ad", "x = (1\n"))
+
+
+def test_the_cached_tables_are_lark_s(tmp_path, monkeypatch):
+    """The tables the fast path reads come from Lark, are written to the
+    cache, read back from it without Lark, and a cache made from anything
+    else (another grammar, Lark or syntax.py) is not used."""
+    import marshal
+    import tempfile
+    fresh = syntax._tables(syntax._get_parser())
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert syntax._load_tables() == fresh
+    cache, = tmp_path.iterdir()
+    made = []
+    monkeypatch.setattr(syntax, "_tables", lambda lark: made.append(lark) or fresh)
+    assert syntax._load_tables() == fresh and made == []
+    key, tables = marshal.loads(cache.read_bytes())
+    cache.write_bytes(marshal.dumps((key[:-1] + ("another syntax.py",), {**tables, "start": -1})))
+    assert syntax._load_tables() == fresh and len(made) == 1
+    assert marshal.loads(cache.read_bytes()) == (key, fresh)  # made again
+
+
+@settings(SETTINGS, max_examples=100)
+@given(st.lists(st.sampled_from(PIECES), max_size=20).map("".join))
+def test_the_root_alternation_lexes_as_each_state_s_own(text):
+    """Where the root lexer's match is a terminal the fast path takes from
+    it for a state (`_shared`), the state's own alternation matches the same
+    terminal and text, at every position of the text, in every state."""
+    import re
+    tables = syntax._load_tables()
+    root = re.compile(tables["root"], tables["flags"])
+    for alternation, shared in zip(tables["alternations"], tables["shared"]):
+        own = re.compile(alternation, tables["flags"])
+        for pos in range(len(text)):
+            match = root.match(text, pos)
+            if match is not None and match.lastgroup in shared:
+                mine = own.match(text, pos)
+                assert (mine.lastgroup, mine.group()) == (match.lastgroup, match.group())

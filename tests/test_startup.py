@@ -11,19 +11,24 @@ import sys
 import pytest
 
 from conftest import EXAMPLES, REPO, spiread
+from spiread_cli import syntax
 
 # Never needed to evaluate or differentiate on the numpy backend: each is a
 # command's or an option's own (--plot, --backend dask, --explain, hessian,
-# check, train, files written), the Python API's, or rich, which only a
-# terminal's colours need. pydantic comes with typer ≥ 0.29 (pyproject.toml).
-NOT_AT_START_UP = ["rich", "pydantic", "dask", "distributed", "zarr", "matplotlib", "jsonschema",
+# check, train, files written), the Python API's, rich, which only a
+# terminal's colours need, or lark, which only a syntax error needs (a program
+# that parses is read from Lark's tables, cached: syntax._load_tables).
+# pydantic comes with typer ≥ 0.29 (pyproject.toml).
+NOT_AT_START_UP = ["rich", "pydantic", "dask", "distributed", "zarr", "matplotlib", "jsonschema", "lark",
                    "spiread_cli.second", "spiread_cli.explain", "spiread_cli.check", "spiread_cli.train",
                    "spiread_cli.optim", "spiread_cli.rewrite", "spiread_cli.files", "spiread_cli.program",
                    "spiread_cli.dot", "spiread_cli.dask_backend", "spiread_cli.chunks"]
 
 
 def imported_by(*args: str) -> tuple[set[str], subprocess.CompletedProcess]:
-    """The modules a `python -m spiread_cli ARGS` process imports (`-X importtime`)."""
+    """The modules a `python -m spiread_cli ARGS` process imports (`-X importtime`),
+    once the parse tables are in their cache (as after any earlier run)."""
+    syntax._load_tables()
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "spiread_cli", *args], capture_output=True,
                           text=True, cwd=REPO, timeout=60)
     modules = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
@@ -48,6 +53,13 @@ def test_a_command_imports_only_what_it_uses(args, code):
     # The list is real: the process did import the evaluator (or, for a usage error, the CLI).
     assert "spiread_cli.cli" in modules and (code == 2 or {"numpy", "spiread_cli.interpreter"} <= modules)
     assert heavy(modules) == []
+
+
+def test_a_syntax_error_is_lark_s():
+    """Lark is imported when a program does not parse: its parser gives the message."""
+    modules, done = imported_by("eval", "tests/bad/syntax_two_values.ad")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "lark" in modules and "expected an operator" in done.stderr
 
 
 def test_the_guard_sees_a_heavy_import():
