@@ -21,8 +21,8 @@ def main() -> None:
         # spiread reports itself, at a place in the program.
         warnings.simplefilter("ignore")
     try:
-        from .cli import app
-        app()
+        from .cli import command_line
+        command_line(sys.argv[1:])()
     except Interrupted as stop:
         sys.exit(stop.exit_code)
     except KeyboardInterrupt:  # only before install() ran

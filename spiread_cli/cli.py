@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import sys
@@ -424,6 +425,21 @@ def _version(value: bool):
     if value:
         print(f"spiread {__version__}")
         raise typer.Exit()
+
+
+def command_line(args: list[str]) -> typer.Typer:
+    """The app to run on these arguments. Typer turns every registered command
+    into a click command on each run (a millisecond or more each), so when the
+    arguments start with a command's name, an app with that command alone: the
+    group then reads nothing but the name, and the command reads the rest, as
+    in the whole app. Anything else (`--help`, `--version`, no command, an
+    unknown one) gets the whole app, so what it prints is unchanged."""
+    named = [c for c in app.registered_commands if args and c.name == args[0]]
+    if not named:
+        return app
+    alone = copy.copy(app)  # `schema` reads the whole list from `app`
+    alone.registered_commands = named
+    return alone
 
 
 @app.callback()

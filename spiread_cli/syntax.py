@@ -13,6 +13,7 @@ import re
 import sys
 import unicodedata
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -449,13 +450,17 @@ def grammar_text() -> str:
 
 
 def _get_parser() -> Lark:
-    from lark import Lark
     global _parser
     if _parser is None:
-        grammar = grammar_text()
-        _parser = Lark(grammar, parser="lalr", postlex=_postlexer, transformer=_ToAst(),
-                       maybe_placeholders=True, cache=True)
+        _parser = _lark(cache=True)
     return _parser
+
+
+def _lark(cache: bool) -> Lark:
+    """Lark's parser for the grammar (`cache`: Lark's own, in the temporary folder)."""
+    from lark import Lark
+    return Lark(grammar_text(), parser="lalr", postlex=_postlexer, transformer=_ToAst(),
+                maybe_placeholders=True, cache=cache)
 
 
 def _get_driver() -> "_TableDriver | None":
@@ -511,13 +516,14 @@ def _load_tables() -> dict:
     except (OSError, EOFError, ValueError, TypeError):
         pass
     tables = _tables(_get_parser())
+    partial_path = f"{path}.{os.getpid()}"
     try:  # whole or not at all: another process may be reading it
-        partial_path = f"{path}.{os.getpid()}"
         with open(partial_path, "wb") as f:
-            marshal.dump((key, tables), f)
+            f.write(marshal.dumps((key, tables)))
         os.replace(partial_path, path)
-    except OSError:
-        pass  # an unwritable temporary folder: Lark makes the tables again next time
+    except OSError:  # no room, or a folder we cannot write to: Lark makes the tables again next time
+        with suppress(OSError):
+            os.remove(partial_path)
     return tables
 
 
@@ -586,7 +592,7 @@ def _tables(lark: Lark) -> dict:
         shared.append(_shared([t.name for t in scanner.terminals], [t.name for t in root.terminals]))
     kept = {symbol.name for rule in rules for symbol in rule.expansion
             if symbol.is_term and (rule.options.keep_all_tokens or not symbol.filter_out)}
-    return {
+    return _plain({
         "start": table.start_states["start"], "end": table.end_states["start"], "actions": actions,
         "sizes": [len(rule.expansion) for rule in rules], "origins": [rule.origin.name for rule in rules],
         "builders": builders, "filters": filters,
@@ -598,7 +604,20 @@ def _tables(lark: Lark) -> dict:
         "lexer_of": [lexers[id(contextual.lexers[state])] if state in contextual.lexers else None
                      for state in range(len(actions))],
         "alternations": alternations, "keywords": keywords, "shared": shared,
-    }
+    })
+
+
+def _plain(value):
+    """The tables with every string a plain str: Lark names terminals and
+    rules with its Tokens (str subclasses) unless it loaded them from its
+    cache, and marshal takes only plain types."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, frozenset)):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def _keywords(callbacks: dict) -> dict:

@@ -100,3 +100,20 @@ def test_a_terminal_gets_the_same_text_in_colour(args):
     text = shown.decode("utf-8").replace("\r\n", "\n")
     assert ANSI.search(text), "no colour on a terminal"
     assert ANSI.sub("", text) == piped.stdout
+
+
+@pytest.mark.parametrize("args", [["eval", "seed.ad"], ["grad", "--help"], ["schema", "eval"]])
+def test_a_command_line_builds_only_the_command_it_names(args):
+    """Typer makes a click command of every command it holds on each run:
+    arguments that start with a command's name get an app with that one alone
+    (what they print is pinned in tests/test_cli*.py)."""
+    from spiread_cli.cli import app, command_line
+    assert [c.name for c in command_line(args).registered_commands] == [args[0]]
+    assert len(app.registered_commands) > 1  # the app itself keeps them all
+
+
+@pytest.mark.parametrize("args", [[], ["--help"], ["--version"], ["--help", "eval"], ["evl", "seed.ad"]])
+def test_any_other_command_line_gets_the_whole_app(args):
+    """Help, the version, and an unknown command name list or suggest every command."""
+    from spiread_cli.cli import app, command_line
+    assert command_line(args) is app
