@@ -694,11 +694,12 @@ class _TableDriver:
     What it does the same as Lark's contextual lexer, bracket post-lexer and
     LALR parser, and how it is faster:
     - each token is matched as the parser state's own scanner would match
-      it: by the root lexer's alternation where that gives the same answer
-      (`_shared`), else by the state's own, compiled only then (most states
-      never need theirs; each holds the long NUMBERS pattern, and compiling
-      them all cost a small program more than parsing it); keywords come from
-      the same `unless` tables, and newlines inside () and [] are dropped as
+      it: where an operand may start, by the root lexer's alternation where
+      that gives the same answer (`_shared`), else by the state's own,
+      compiled only then (those states' alternations each hold the long
+      NUMBERS pattern, and compiling them all cost a small program more than
+      parsing it; see `_lexer`); keywords come from the same `unless`
+      tables, and newlines inside () and [] are dropped as
       `_BracketPostLexer` drops them; but it is one loop, not three
       generators and a method call per token;
     - a token is a `_Token`, made only for terminals some rule keeps;
@@ -736,10 +737,8 @@ class _TableDriver:
             self.picks.append(picks)
         self.root = re.compile(tables["root"], tables["flags"]).match
         self.flags, self.lexer_of, self.alternations = tables["flags"], tables["lexer_of"], tables["alternations"]
-        self.lexing: list = [None] * len(self.actions)  # per state: (match, shared, keywords, lexer)
-        for state, which in enumerate(self.lexer_of):
-            if which is not None:
-                self.lexing[state] = (tables["shared"][which], tables["keywords"][which], which)
+        self.shared, self.keywords = tables["shared"], tables["keywords"]
+        self.lexing: list = [None] * len(self.actions)  # per state, when first met: see `_lexer`
         self.own: list = [None] * len(self.alternations)  # a lexer's own scanner, compiled when first asked
         self.units: dict[tuple[int, int, str], int] = {}
 
@@ -757,6 +756,25 @@ class _TableDriver:
         self.units[key] = top
         return top
 
+    def _lexer(self, state: int) -> tuple:
+        """How a state lexes: the scanner asked first, the terminals taken from
+        it, the keyword table, and which lexer's own scanner answers for the
+        rest. A short alternation (after an operand: the operators, brackets,
+        ends of line) is the state's own, cheap to compile and with fewer
+        alternatives to try per token than the root's; a long one (where an
+        operand may start, with the long NUMBERS pattern) would cost about as
+        much to compile as the root's, so the root's is asked first."""
+        which = self.lexer_of[state]
+        if which is None:
+            raise _NotOnTheFastPath
+        if 2 * len(self.alternations[which]) < len(self.root.__self__.pattern):
+            own = self._own(which)
+            first, taken = own, frozenset(own.__self__.groupindex)
+        else:
+            first, taken = self.root, self.shared[which]
+        self.lexing[state] = (first, taken, self.keywords[which], which)
+        return self.lexing[state]
+
     def _own(self, which: int):
         import re
         self.own[which] = re.compile(self.alternations[which], self.flags).match
@@ -764,7 +782,7 @@ class _TableDriver:
 
     def parse(self, text: str):
         actions, sizes, origins, callbacks = self.actions, self.sizes, self.origins, self.callbacks
-        root, lexing, own, ignore, newlines = self.root, self.lexing, self.own, self.ignore, self.newlines
+        lexing, own, ignore, newlines = self.lexing, self.own, self.ignore, self.newlines
         new, token_class, kept, units, picks = str.__new__, _Token, self.kept, self.units, self.picks
         states, values = [self.start], []
         opened: list[str] = []  # the closers of the open brackets, innermost last
@@ -774,12 +792,9 @@ class _TableDriver:
             # ---- the next token, lexed in the current state
             if pos < end:
                 state = states[-1]
-                lexer = lexing[state]
-                if lexer is None:
-                    raise _NotOnTheFastPath
-                shared, keywords, which = lexer
-                match = root(text, pos)
-                if match is None or match.lastgroup not in shared:
+                first, taken, keywords, which = lexing[state] or self._lexer(state)
+                match = first(text, pos)
+                if match is None or match.lastgroup not in taken:
                     match = (own[which] or self._own(which))(text, pos)
                     if match is None:
                         raise _NotOnTheFastPath
