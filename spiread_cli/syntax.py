@@ -506,8 +506,10 @@ def _load_tables() -> dict:
     import tempfile
     import zlib
     key = _cache_key()
+    # One file per user, as Lark's cache: a shared temporary folder holds others' too.
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "")
     path = os.path.join(tempfile.gettempdir(),
-                        f".spiread_parse_tables_{zlib.crc32(''.join(key).encode('utf-8', 'replace')):08x}")
+                        f".spiread_parse_tables_{user}_{zlib.crc32(''.join(key).encode('utf-8', 'replace')):08x}")
     try:
         with open(path, "rb") as f:
             stored_key, tables = marshal.load(f)
