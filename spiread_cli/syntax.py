@@ -505,7 +505,10 @@ def _load_tables() -> dict:
     import marshal
     import tempfile
     import zlib
-    key = _cache_key()
+    try:
+        key = _cache_key()
+    except (OSError, ValueError):  # no source to key on (bytecode only, a zip): no cache
+        return _tables(_get_parser())
     # One file per user, as Lark's cache: a shared temporary folder holds others' too.
     user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "")
     path = os.path.join(tempfile.gettempdir(),

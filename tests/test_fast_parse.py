@@ -180,6 +180,19 @@ def test_the_cached_tables_are_lark_s(tmp_path, monkeypatch):
     assert marshal.loads(cache.read_bytes()) == (key, fresh)  # made again
 
 
+def test_without_sources_to_key_the_cache_on_the_tables_come_from_lark(tmp_path, monkeypatch):
+    """Installed as bytecode only, or from a zip, there is no syntax.py or
+    Lark source to read: no cache is written or read, Lark makes the tables."""
+    import tempfile
+
+    def unreadable():
+        raise FileNotFoundError("syntax.py")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(syntax, "_cache_key", unreadable)
+    assert syntax._load_tables() == syntax._tables(syntax._get_parser())
+    assert list(tmp_path.iterdir()) == []
+
+
 @settings(SETTINGS, max_examples=100)
 @given(st.lists(st.sampled_from(PIECES), max_size=20).map("".join))
 def test_the_root_alternation_lexes_as_each_state_s_own(text):
