@@ -515,21 +515,33 @@ def _load_tables() -> dict:
                         f".spiread_parse_tables_{user}_{zlib.crc32(''.join(key).encode('utf-8', 'replace')):08x}")
     try:
         with open(path, "rb") as f:
-            stored_key, tables = marshal.load(f)
-        if stored_key == key:
-            return tables
+            if _only_ours(f):
+                stored_key, tables = marshal.load(f)
+                if stored_key == key:
+                    return tables
     except (OSError, EOFError, ValueError, TypeError):
         pass
     tables = _tables(_get_parser())
     partial_path = f"{path}.{os.getpid()}"
     try:  # whole or not at all: another process may be reading it
-        with open(partial_path, "wb") as f:
+        # O_EXCL: never through a file or link someone else put at that name.
+        with os.fdopen(os.open(partial_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             f.write(marshal.dumps((key, tables)))
         os.replace(partial_path, path)
     except OSError:  # no room, or a folder we cannot write to: Lark makes the tables again next time
         with suppress(OSError):
             os.remove(partial_path)
     return tables
+
+
+def _only_ours(f) -> bool:
+    """Whether an open cache file is this user's and no one else may write
+    it: in a shared temporary folder another user can make a file of that
+    name, and marshal is not safe against data made to harm."""
+    if not hasattr(os, "getuid"):
+        return True
+    status = os.fstat(f.fileno())
+    return status.st_uid == os.getuid() and not status.st_mode & 0o022
 
 
 def _tables(lark: Lark) -> dict:

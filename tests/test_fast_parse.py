@@ -178,6 +178,12 @@ def test_the_cached_tables_are_lark_s(tmp_path, monkeypatch):
     cache.write_bytes(marshal.dumps((key[:-1] + ("another syntax.py",), {**tables, "start": -1})))
     assert syntax._load_tables() == fresh and len(made) == 1
     assert marshal.loads(cache.read_bytes()) == (key, fresh)  # made again
+    # Written for this user alone; one that others may write is not read
+    # (in a shared folder it may be anyone's, and marshal trusts its data).
+    assert cache.stat().st_mode & 0o777 == 0o600
+    cache.chmod(0o666)
+    assert syntax._load_tables() == fresh and len(made) == 2
+    assert cache.stat().st_mode & 0o777 == 0o600  # replaced by one of ours
 
 
 def test_without_sources_to_key_the_cache_on_the_tables_come_from_lark(tmp_path, monkeypatch):
