@@ -258,6 +258,15 @@ def times_graph(emit, g: int, d, guarded: bool = True) -> int:
     return emit("scale" if guarded else "mul", [g, d])
 
 
+def _reusing(ufunc: np.ufunc, a, made):
+    """ufunc(a, made) written into `made`, an array the derivative rule has
+    just made. numpy reuses a temporary by itself only as the first operand
+    (or either, for a commutative ufunc): `1 - out * out` allocates twice,
+    and a second fresh array is page-faulted in (half of tanh's vjp in the
+    mlp step)."""
+    return ufunc(a, made, out=made) if type(made) is ndarray else ufunc(a, made)
+
+
 def _sigmoid(x):
     # exp of a negative number only, so neither branch overflows.
     e = np.exp(-np.abs(x))
@@ -276,7 +285,8 @@ elementwise("cos", np.cos, lambda x, out: -np.sin(x), lambda x, out, e: e("neg",
             derivative="−sin x")
 elementwise("tan", np.tan, lambda x, out: 1 + out * out, lambda x, out, e: e("add", [_one(e), e("square", [out])]),
             derivative="1 + out²")
-elementwise("tanh", np.tanh, lambda x, out: 1 - out * out, lambda x, out, e: e("sub", [_one(e), e("square", [out])]),
+elementwise("tanh", np.tanh, lambda x, out: _reusing(np.subtract, 1.0, out * out),
+            lambda x, out, e: e("sub", [_one(e), e("square", [out])]),
             bounded=True, derivative="1 − out²")
 elementwise("sinh", np.sinh, lambda x, out: np.cosh(x), lambda x, out, e: e("cosh", [x]), derivative="cosh x")
 elementwise("cosh", np.cosh, lambda x, out: np.sinh(x), lambda x, out, e: e("sinh", [x]), derivative="sinh x")
@@ -292,7 +302,7 @@ elementwise("sigmoid", _sigmoid, lambda x, out: out * (1 - out),
 elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out: (x > 0).astype(float),
             lambda x, out, e: e("indicator", [x], relation=">", t=0.0), kink=lambda x: x == 0, bounded=True,
             derivative="(x > 0)")
-elementwise("log1p", np.log1p, lambda x, out: 1 / (1 + x),
+elementwise("log1p", np.log1p, lambda x, out: _reusing(np.divide, 1.0, 1 + x),
             lambda x, out, e: e("div", [_one(e), e("add", [_one(e), x])]), derivative="1/(1 + x)")
 elementwise("neg", np.negative, lambda x, out: -1.0, lambda x, out, e: -1.0, derivative="−1")
 # clamps: the gradient passes where the bound is not active, and at the bound
