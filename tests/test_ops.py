@@ -413,6 +413,40 @@ def test_matmul_follows_numpy(operator, shapes, record_property):
                              record_property)
 
 
+def _layout(x: np.ndarray) -> str:
+    return "C" if x.flags.c_contiguous else "F" if x.flags.f_contiguous else "strided"
+
+
+def _laid_out(shape: tuple, layout: str) -> np.ndarray:
+    return normal(shape[::-1]).T if layout == "F" else normal(shape)
+
+
+@pytest.mark.parametrize("layouts", ["CC", "CF", "FC", "FF"])
+@pytest.mark.parametrize("m, k, n", [(70, 64, 5), (5, 64, 70), (66, 64, 66), (70, 3, 5), (5, 3, 70), (66, 3, 66)],
+                         ids=["tall", "wide", "square", "tall, memory-bound", "wide, memory-bound",
+                              "square, memory-bound"])
+def test_matrix_products_in_every_layout_are_numpys(m, k, n, layouts):
+    """matmul lays a product out for BLAS's speed (ops.COMPUTE_BOUND_INNER):
+    whatever the operands' layouts and shapes, the value and both cotangents
+    are numpy's products; a compute-bound taller-than-wide value is
+    column-major, and a memory-bound cotangent has its primal's layout."""
+    from spiread_cli.ops import COMPUTE_BOUND_INNER
+    op = OPS["matmul"]
+    a, b = _laid_out((m, k), layouts[0]), _laid_out((k, n), layouts[1])
+    out = op.impl(a, b)
+    g = _laid_out((m, n), "F" if _layout(out) == "C" else "C")
+    for got, want in [(out, a @ b), (op.vjp(0, g, out, a, b), g @ b.T), (op.vjp(1, g, out, a, b), a.T @ g)]:
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13 * k)
+    if k >= COMPUTE_BOUND_INNER and m > n:
+        assert _layout(out) == "F"
+    if k < COMPUTE_BOUND_INNER:
+        assert _layout(out) == "C"
+    for i, primal in enumerate([a, b]):
+        inner = n if i == 0 else m  # the cotangent's product sums over the result's other side
+        if inner < COMPUTE_BOUND_INNER:
+            assert _layout(op.vjp(i, g, out, a, b)) == _layout(primal)
+
+
 def test_unary_minus_and_plus(record_property):
     x = normal(M)
     np.testing.assert_allclose(value(f"x = {lit(x)}\n-x"), -x)
