@@ -55,16 +55,18 @@ def spiread_step(arrays, ctx):
     from spiread_cli import api
     from spiread_cli.diagnostics import Diagnostics
     from spiread_cli.rewrite import fuse
+    from spiread_cli.train import release_unfused
 
     folder = Path(tempfile.mkdtemp(prefix="spiread-mlp-"))
     ctx.setdefault("cleanup", []).append(folder)
     for name, value in arrays.items():
         np.save(folder / f"{name}.npy", value)
     (folder / "mlp.ad").write_text(PROGRAM)
-    run = api.run_file(str(folder / "mlp.ad"))
+    run = api.run_file(str(folder / "mlp.ad"), evaluate=False)  # as `spiread train` does (benchmarks/bigram.py)
     tape, output, ids = run.tape, run.output, [run.bindings[p] for p in PARAMS]
     if ctx.get("rewrite", True):
-        fused = fuse(tape, output, ids)
+        fused = fuse(tape, output, ids, diagnostics=run.diagnostics)
+        release_unfused(run, fused)
         tape, output, ids = fused.tape, fused.output, fused.wrt
     diagnostics = Diagnostics()
     leaves = [tape.nodes[i] for i in ids]
