@@ -150,3 +150,18 @@ def test_a_program_trained_warns_from_its_first_pass_before_the_steps(tmp_path):
         spiread_cli.load(path).train(wrt="w", steps=3, progress=False)
     assert [w.filename for w in caught] == [__file__], [(w.filename, str(w.message)) for w in caught]
     assert "`log` gave -inf" in str(caught[0].message)
+
+
+def test_strict_training_stops_at_a_warning_of_the_first_pass(tmp_path):
+    """`--strict` still stops at a warning of an op the steps compute, when
+    the first pass is the fused tape's (the exp overflows in an entry the
+    loss does not see, so the loss stays finite)."""
+    path = tmp_path / "overflow.ad"
+    path.write_text("w = [[1, 800]]\nloss = w.exp.select([0], [0]).sum\n")
+    done = subprocess.run([sys.executable, "-m", "spiread_cli", "train", str(path), "--wrt", "w", "--steps", "3",
+                           "--strict"], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert f"{path}:2:10: error: `exp` gave inf" in done.stderr and "step 1/" not in done.stderr, done.stderr
+    relaxed = subprocess.run([sys.executable, "-m", "spiread_cli", "train", str(path), "--wrt", "w", "--steps", "3"],
+                             capture_output=True, text=True)
+    assert relaxed.returncode == 0 and "warning: `exp` gave inf" in relaxed.stderr, relaxed.stderr
