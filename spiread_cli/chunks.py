@@ -668,12 +668,15 @@ def unpack(value):
     return value.data.astype(value.dtype)
 
 
-def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None) -> Chunk:
+def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None,
+                 compute: bool = False) -> Chunk:
     """Record the program on rows [start, stop) (`recorded`) and fuse a tape
     per total the steps compute (spiread_cli/rewrite.py), as train does: it
     holds only what that total needs (the bigram's is one log-likelihood op
     over its picks), so its backward sweep is the fast one, and a chunk kept
-    between steps is small."""
+    between steps is small. Its first share computes the fused tapes
+    (`chunk_share`), so a forward pass is not run twice; with `compute`,
+    they are computed now, for a caller that reads them first."""
     plan = job.plan
     run, reads, deferred = recorded(job, start, stop, values)
     tape = run.tape
@@ -687,7 +690,7 @@ def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] 
     parts = []
     where = {id(tape.nodes[i].value): reader for i, reader in reads.items()}  # a fused leaf shares its array
     for r, kind in job.moving:
-        fused = fuse(tape, r, wrt)
+        fused = fuse(tape, r, wrt, compute=compute)
         fused_reads = {n.id: where[id(n.value)] for n in fused.tape.nodes if n.op is None and id(n.value) in where}
         parts.append(Part(fused.tape, fused.output, fused.wrt, kind, fused_reads))
     return Chunk(start, stop, parts, warnings)

@@ -32,7 +32,7 @@ def tangents_of_rows(job: Job, start: int, stop: int, name: str, directions: np.
     """One task: rows [start, stop)'s share of each total differentiated along
     `directions` in `name` (shape (reductions, k)), and the share's rounding
     bound per total (zeros unless `magnitudes`)."""
-    chunk = record_chunk(job, start, stop, None)
+    chunk = record_chunk(job, start, stop, None, compute=True)
     k = len(directions)
     tangents, bounds = np.zeros((len(chunk.parts), k)), np.zeros(len(chunk.parts))
     for j, part in enumerate(chunk.parts):  # one per total the steps compute (job.moving)

@@ -46,12 +46,16 @@ class Fused:
 
 
 def fuse(tape: Tape, output: int, wrt: list[int], hoist: bool = True,
-         diagnostics: Diagnostics | None = None) -> Fused:
+         diagnostics: Diagnostics | None = None, compute: bool = True) -> Fused:
     """A new tape for computing `output` and its gradient with respect to the
     nodes `wrt`, with the fused rewrites applied, and computed (warning in
-    `diagnostics`). It reads the values of leaves only, so the op nodes of a
-    tape recorded with `Tape.defer` stay uncomputed. `hoist=False` keeps
-    every gather where it was written (the benchmarks measure both)."""
+    `diagnostics`): the nodes the rewrites made and those the given tape had
+    not computed; the others share its values. It reads the values of leaves
+    only, so the op nodes of a tape recorded with `Tape.defer` stay
+    uncomputed. With `compute=False` the nodes without a value are left for
+    the caller to replay (a chunk's first share, with its own diagnostics).
+    `hoist=False` keeps every gather where it was written (the benchmarks
+    measure both)."""
     copy = Tape([node.copy(residual=None) for node in tape.nodes[:max([output, *wrt]) + 1]], tape.source)
     rewriter = Rewriter(copy, output, set(wrt), hoist)
     rewriter.run()
@@ -64,7 +68,14 @@ def fuse(tape: Tape, output: int, wrt: list[int], hoist: bool = True,
     for node in kept:
         node.id, node.inputs = where[node.id], tuple(where[i] for i in node.inputs)
     fused = Tape(kept, tape.source)
-    fused.replay(kept, diagnostics)  # the rewritten nodes' values, so backward may run before the next replay
+    # What a rewritten or uncomputed node feeds is computed anew too (a fused
+    # softmax's `log` is finite where the unfused one's was not).
+    fed = fused.fed_by([node.id for node in kept if node.op is not None and node.value is None], len(kept) - 1)
+    for node in kept:
+        if fed[node.id]:
+            node.value = None
+    if compute:  # so backward may run before the next replay
+        fused.replay([node for node in kept if node.value is None], diagnostics)
     return Fused(fused, where[output], [where[i] for i in wrt])
 
 
@@ -116,6 +127,7 @@ class Rewriter:
 
     def replace(self, node: Node, op_name: str, inputs: tuple[int, ...], params: dict, label: str) -> bool:
         node.op, node.inputs, node.params, node.label = OPS[op_name], inputs, params, label
+        node.value = None  # the old op's (a node a rewrite keeps computes what it did; this one is computed anew)
         node.shape = node.op.shape(*(self.nodes[i].shape for i in inputs), **params)  # values are stale until replayed
         return True
 

@@ -218,6 +218,26 @@ def test_steps_replay_the_chunks_templates_with_new_values(name, template_bytes,
     assert chunks.TEMPLATES.kept == {} or all(k[0] != program.job.token for k in chunks.TEMPLATES.kept)
 
 
+def test_a_chunks_first_step_computes_its_forward_pass_once(data, monkeypatch):
+    """A chunk is recorded with the trained values' part deferred and fused
+    without computing it: its first share computes that part, once (warnings
+    and all), not once in the fusing and again in the share."""
+    from spiread_cli import tape as tape_module
+    source = Source(str(data / "prog.ad"), PROGRAMS["least squares, sum over rows(X)"])
+    rows_of_chunks = []
+    compute = tape_module.compute
+
+    def counted(op, args, params):
+        if op.name == "matmul" and 3 < args[0].shape[0] <= 16:  # a chunk's rows: not the probe's 2 or 3, nor all 203
+            rows_of_chunks.append(args[0].shape[0])
+        return compute(op, args, params)
+    monkeypatch.setattr(tape_module, "compute", counted)
+    program, [(expected, got)] = steps_both_ways(source, data, ["w"], [{"w": np.array([0.5, -0.25, 1.0, 0.0])}],
+                                                 chunk_rows=16)
+    assert_same_step(expected, got)
+    assert sorted(rows_of_chunks) == sorted(stop - start for start, stop in program.bounds)
+
+
 def test_templates_of_a_program_that_ended_unannounced_give_way(data, monkeypatch):
     """A worker outlives the spiread that used it: templates left by a
     program never closed make room for the next program's."""

@@ -205,3 +205,22 @@ def test_the_seed_program_is_unchanged_by_rewriting():
     fused = fuse(run.tape, run.output, [run.bindings["weights"]])
     np.testing.assert_allclose(fused.tape.backward(fused.output, fused.wrt)[fused.wrt[0]],
                                [[-0.291882, 0.291882], [-0.583765, 0.583765]], atol=1e-6)
+
+
+def test_fuse_computes_only_what_the_rewrites_changed():
+    """On a computed tape, `fuse` shares the values of the nodes the rewrites
+    left as they were and computes the rewritten ones and what they feed;
+    with compute=False it leaves those without values (a chunk's first share
+    computes them)."""
+    run = api.run_source(Source("f.ad", "x = [[1.0, 2.0], [3.0, 4.0]]\nW = [[0.5, -1.0], [2.0, 0.25]]\n"
+                                        "h = (x @@ W).tanh\np = h.exp.normaliseRowsL1\nloss = (p * 2.0).sum\n"))
+    w = run.bindings["W"]
+    fused = fuse(run.tape, run.output, [w])
+    by_label = {node.label: node for node in fused.tape.nodes}
+    assert by_label["tanh"].value is run.node("h").value          # left as written: shared
+    assert by_label["softmax (exp → normaliseRowsL1)"].value is not run.node("p").value
+    np.testing.assert_allclose(by_label["softmax (exp → normaliseRowsL1)"].value, run.node("p").value)
+    assert fused.tape.nodes[fused.output].value == pytest.approx(float(run.value))
+    lazy = fuse(run.tape, run.output, [w], compute=False)
+    assert [n.label for n in lazy.tape.nodes if n.op is not None and n.value is None] == \
+        ["softmax (exp → normaliseRowsL1)", "*", "sum"]
