@@ -531,12 +531,12 @@ def add_shares(*shares: Share) -> Share:
     return total
 
 
-def recorded(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None) -> tuple[Run, dict, set[int]]:
+def recorded(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None) -> tuple[Run, dict]:
     """The program recorded on rows [start, stop) as a chunk computes it:
     `rows(X)` is the total N, and the totals computed before the steps
-    (`job.totals`) are constants holding theirs. Returns the run, its leaves
-    read from files (Job.record) and the nodes left uncomputed (what the
-    trained values move, while `job.wrt` is set)."""
+    (`job.totals`) are constants holding theirs; while `job.wrt` is set,
+    what the trained values move is left uncomputed. Returns the run and
+    its leaves read from files (Job.record)."""
     plan = job.plan
     try:
         run, reads = job.record(start, stop, values, defer=bool(job.wrt))
@@ -544,7 +544,6 @@ def recorded(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | No
         raise SpireadError(f"in data rows {start}–{stop - 1}: {err.diagnostic.message}", err.diagnostic.span,
                            err.diagnostic.notes + ("a chunk numbers its rows from 0",)).located_in(job.source) from None
     tape = run.tape
-    deferred = {n.id for n in tape.nodes if n.deferred is not None}
     for i, total in job.totals.items():  # the total over all rows, no longer this chunk's share of it
         tape.nodes[i] = replace(tape.nodes[i], op=None, inputs=(), params={}, kind="const", value=total)
     for i in plan.row_counts:
@@ -552,7 +551,7 @@ def recorded(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | No
     constants = [*plan.row_counts, *job.totals]
     if constants:  # what they feed, computed again (and warned about again: the chunk's own counts misled)
         fed = tape.fed_by(constants, len(tape.nodes) - 1)
-        again = [n for n in tape.nodes if fed[n.id] and n.id not in deferred]
+        again = [n for n in tape.nodes if fed[n.id] and n.deferred is None]  # the deferred wait for the fused tape
         spans = {n.span for n in again}
         run.diagnostics.warnings[:] = [w for w in run.diagnostics.warnings if w.span not in spans]
         tape.replay(again, run.diagnostics)
@@ -563,13 +562,13 @@ def recorded(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | No
         if not np.array_equal(np.where(rows < 0, rows + n, rows), np.arange(n)):
             raise refuse(f"`{node.label.split()[0]}` picks from rows by position, which row chunks cannot do "
                          "unless it picks one entry in every row, in order (as `arange(rows(x))` does)", node.span)
-    return run, reads, deferred
+    return run, reads
 
 
 def totals_of_rows(job: Job, start: int, stop: int, level: int) -> Share:
     """One task of a pass before the steps: rows [start, stop)'s shares of
     the totals of `level` that no trained value moves (Job.before_steps)."""
-    run, _, _ = recorded(job, start, stop, None)
+    run, _ = recorded(job, start, stop, None)
     nodes, kinds = run.tape.nodes, dict(job.plan.reductions)
     wanted = job.before_steps(level)
     shares = [float(nodes[r].value) * (1.0 if kinds[r] == "sum" else (stop - start) / job.plan.rows) for r in wanted]
@@ -678,7 +677,7 @@ def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] 
     (`chunk_share`), so a forward pass is not run twice; with `compute`,
     they are computed now, for a caller that reads them first."""
     plan = job.plan
-    run, reads, deferred = recorded(job, start, stop, values)
+    run, reads = recorded(job, start, stop, values)
     tape = run.tape
     wrt = [run.bindings[name] for name in job.wrt]
     # The recording's warnings are about the data's part; the trained values'
