@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 import unicodedata
 from collections import deque
 from contextlib import suppress
@@ -209,18 +210,28 @@ _CLOSERS = frozenset(_BRACKETS.values())
 class _BracketPostLexer:
     """Drops newlines inside () and [] and remembers what is still open, so an
     unclosed bracket can be reported where it was opened; also keeps the last
-    two tokens, so a syntax error can say what came before the bad one."""
+    two tokens, so a syntax error can say what came before the bad one. One
+    instance serves Lark's parser in every thread, so what it remembers is
+    the calling thread's own: a syntax error reports its own program's
+    brackets while another thread parses."""
 
     always_accept = ("_NL",)
 
     def __init__(self):
-        self.open: list[Token] = []
-        self.recent: deque[Token] = deque(maxlen=2)
+        self._mine = threading.local()
+
+    @property
+    def open(self) -> list[Token]:
+        return getattr(self._mine, "open", [])
+
+    @property
+    def recent(self) -> deque[Token]:
+        return getattr(self._mine, "recent", deque())
 
     def process(self, stream):
         # Runs once per token: locals and one dict test per token type.
-        self.open = opened = []
-        self.recent = recent = deque(maxlen=2)
+        self._mine.open = opened = []
+        self._mine.recent = recent = deque(maxlen=2)
         remember = recent.append
         for token in stream:
             kind = token.type
@@ -433,6 +444,7 @@ class _ToAst:
 _parser: Lark | None = None
 _driver: "_TableDriver | bool | None" = None  # False: this Lark cannot be driven
 _postlexer = _BracketPostLexer()
+_making = threading.RLock()  # the parser and the driver are made once, whichever thread asks first
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -451,16 +463,20 @@ def grammar_text() -> str:
 
 def _get_parser() -> Lark:
     global _parser
-    if _parser is None:
-        _parser = _lark(cache=True)
+    with _making:
+        if _parser is None:
+            _parser = _lark()
     return _parser
 
 
-def _lark(cache: bool) -> Lark:
-    """Lark's parser for the grammar (`cache`: Lark's own, in the temporary folder)."""
+def _lark() -> Lark:
+    """Lark's parser for the grammar. Never with Lark's own cache: it is a
+    pickle at a predictable name in the shared temporary folder, and a
+    pickle another user planted there would run as code (~80 ms to make
+    instead, paid only for a syntax error or new parse tables)."""
     from lark import Lark
     return Lark(grammar_text(), parser="lalr", postlex=_postlexer, transformer=_ToAst(),
-                maybe_placeholders=True, cache=cache)
+                maybe_placeholders=True)
 
 
 def _get_driver() -> "_TableDriver | None":
@@ -468,11 +484,12 @@ def _get_driver() -> "_TableDriver | None":
     it reads (then Lark's own parser reads every program, as it used to;
     tests/test_fast_parse.py fails loudly there)."""
     global _driver
-    if _driver is None:
-        try:
-            _driver = _TableDriver(_load_tables())
-        except (AttributeError, KeyError, TypeError, _NotOnTheFastPath):
-            _driver = False
+    with _making:
+        if _driver is None:
+            try:
+                _driver = _TableDriver(_load_tables())
+            except (AttributeError, KeyError, TypeError, _NotOnTheFastPath):
+                _driver = False
     return _driver or None
 
 
@@ -482,10 +499,13 @@ class _NotOnTheFastPath(Exception):
 
 # ------------------------------------------------- Lark's tables, as data
 # What the fast path reads of Lark's parser is plain data (lists, dicts,
-# strings), so it is kept in a file beside Lark's own cache: a program that
-# parses is read without importing Lark at all (its import and cache load are
-# a sixth of a cold start). The file is used only when it was made from this
-# same grammar, Lark and module.
+# strings), so it is kept in a file in this user's own cache folder: a
+# program that parses is read without importing Lark at all (its import and
+# table making are a sixth of a cold start). The file is used only when it
+# was made from this same grammar, Lark and module.
+
+_CACHE_NAME = "parse-tables"
+_CACHE_MOST_BYTES = 16 << 20  # the tables are ~100 kB; anything far larger is not ours
 
 
 def _cache_key() -> tuple[str, ...]:
@@ -503,45 +523,85 @@ def _load_tables() -> dict:
     """The tables from the cache file when it was made from what is here now,
     else from Lark (written to the cache for the next process)."""
     import marshal
-    import tempfile
-    import zlib
     try:
         key = _cache_key()
     except (OSError, ValueError):  # no source to key on (bytecode only, a zip): no cache
         return _tables(_get_parser())
-    # One file per user, as Lark's cache: a shared temporary folder holds others' too.
-    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "")
-    path = os.path.join(tempfile.gettempdir(),
-                        f".spiread_parse_tables_{user}_{zlib.crc32(''.join(key).encode('utf-8', 'replace')):08x}")
+    folder = _open_cache_folder()
+    if folder is None:
+        return _tables(_get_parser())
     try:
-        with open(path, "rb") as f:
-            if _only_ours(f):
-                stored_key, tables = marshal.load(f)
+        stored = _read_ours(folder, _CACHE_NAME)
+        if stored is not None:
+            with suppress(EOFError, ValueError, TypeError):
+                stored_key, tables = marshal.loads(stored)
                 if stored_key == key:
                     return tables
-    except (OSError, EOFError, ValueError, TypeError):
-        pass
-    tables = _tables(_get_parser())
-    partial_path = f"{path}.{os.getpid()}"
-    try:  # whole or not at all: another process may be reading it
-        # O_EXCL: never through a file or link someone else put at that name.
-        with os.fdopen(os.open(partial_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-            f.write(marshal.dumps((key, tables)))
-        os.replace(partial_path, path)
-    except OSError:  # no room, or a folder we cannot write to: Lark makes the tables again next time
-        with suppress(OSError):
-            os.remove(partial_path)
-    return tables
+        tables = _tables(_get_parser())
+        _write_ours(folder, _CACHE_NAME, marshal.dumps((key, tables)))
+        return tables
+    finally:
+        os.close(folder)
 
 
-def _only_ours(f) -> bool:
-    """Whether an open cache file is this user's and no one else may write
-    it: in a shared temporary folder another user can make a file of that
-    name, and marshal is not safe against data made to harm."""
-    if not hasattr(os, "getuid"):
-        return True
-    status = os.fstat(f.fileno())
+def _open_cache_folder() -> int | None:
+    """A descriptor of this user's cache folder for spiread
+    ($XDG_CACHE_HOME/spiread, else ~/.cache/spiread), made owner-only if
+    missing; None (no cache) where it is not a real folder of this user's
+    that only this user may write. Never the shared temporary folder: what
+    is read from the cache is trusted, so no one else may have put it there.
+    Files are then opened relative to the descriptor, so the folder cannot
+    be swapped between the check and the open."""
+    if not hasattr(os, "getuid") or os.open not in os.supports_dir_fd:
+        return None  # no owners to check (Windows): no cache
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "spiread")
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except (OSError, ValueError):
+        return None
+    if not _only_ours(os.fstat(folder)):
+        os.close(folder)
+        return None
+    return folder
+
+
+def _only_ours(status: os.stat_result) -> bool:
+    """Whether a file or folder is this user's and no one else may write it."""
     return status.st_uid == os.getuid() and not status.st_mode & 0o022
+
+
+def _read_ours(folder: int, name: str) -> bytes | None:
+    """The bytes of `name` in `folder` if it is a regular file of this
+    user's that no one else may write; else None. O_NONBLOCK, so that a
+    named pipe at that name cannot hang the run; O_NOFOLLOW, no link."""
+    import stat
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=folder)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode) or not _only_ours(status) or status.st_size > _CACHE_MOST_BYTES:
+            return None
+        return f.read(_CACHE_MOST_BYTES)
+
+
+def _write_ours(folder: int, name: str, data: bytes) -> None:
+    """Writes `name` in `folder` whole or not at all (another process may be
+    reading it), owner-only, never through a file or link already at the
+    temporary name. A failure (no room, a read-only folder) leaves no file:
+    the tables are made again next time."""
+    partial = f"{name}.{os.getpid()}"
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=folder)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(partial, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except OSError:
+        with suppress(OSError):
+            os.remove(partial, dir_fd=folder)
 
 
 def _tables(lark: Lark) -> dict:

@@ -34,9 +34,8 @@ def no_python_noise(stderr: str) -> None:
 
 
 def left_in(folder: Path) -> list[str]:
-    """The files in a folder but for the parser's caches in a temporary folder
-    (Lark's, and the parse tables syntax.py keeps beside it)."""
-    return [p.name for p in folder.iterdir() if not p.name.startswith((".lark", ".spiread_parse_tables"))]
+    """The files in a folder (the parser keeps no cache in a temporary folder)."""
+    return [p.name for p in folder.iterdir()]
 
 
 # ------------------------------------------- an output that is also an input

@@ -11,6 +11,10 @@ as it read every program before.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -153,24 +157,31 @@ def test_a_program_that_parses_never_reaches_lark_s_parser(monkeypatch):
         syntax.parse(Source("bad.ad", "x = (1\n"))
 
 
-def test_the_cached_tables_are_lark_s(tmp_path, monkeypatch):
+@pytest.fixture
+def cache_home(tmp_path, monkeypatch) -> Path:
+    """An empty cache home of this user's: the parse tables go to its `spiread/`."""
+    home = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
+def test_the_cached_tables_are_lark_s(cache_home, monkeypatch):
     """The tables the fast path reads come from Lark, are written to the
     cache, read back from it without Lark, and a cache made from anything
     else (another grammar, Lark or syntax.py) is not used."""
     import marshal
-    import tempfile
     fresh = syntax._tables(syntax._get_parser())
-    # Made by a Lark that did not read its own cache (which names terminals
-    # with its Tokens, and numbers the states in another order), they too
-    # can be written, and read every example the same.
-    afresh = syntax._tables(syntax._lark(cache=False))
+    # Made by another Lark (whose terminals are its Tokens, which marshal
+    # refuses), they too can be written, and read every example the same.
+    afresh = syntax._tables(syntax._lark())
     assert marshal.loads(marshal.dumps(afresh)) == afresh
     for path in EXAMPLES.rglob("*.ad"):
         text = text_of(path)
         assert dump(syntax._TableDriver(afresh).parse(text)) == dump(syntax._get_driver().parse(text)), path
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert syntax._load_tables() == fresh
-    cache, = tmp_path.iterdir()
+    folder = cache_home / "spiread"
+    cache, = folder.iterdir()
+    assert folder.stat().st_mode & 0o777 == 0o700  # made owner-only
     made = []
     monkeypatch.setattr(syntax, "_tables", lambda lark: made.append(lark) or fresh)
     assert syntax._load_tables() == fresh and made == []
@@ -179,24 +190,134 @@ def test_the_cached_tables_are_lark_s(tmp_path, monkeypatch):
     assert syntax._load_tables() == fresh and len(made) == 1
     assert marshal.loads(cache.read_bytes()) == (key, fresh)  # made again
     # Written for this user alone; one that others may write is not read
-    # (in a shared folder it may be anyone's, and marshal trusts its data).
+    # (marshal trusts its data).
     assert cache.stat().st_mode & 0o777 == 0o600
     cache.chmod(0o666)
     assert syntax._load_tables() == fresh and len(made) == 2
     assert cache.stat().st_mode & 0o777 == 0o600  # replaced by one of ours
+    assert [p.name for p in folder.iterdir()] == [cache.name]  # no partial file left
 
 
-def test_without_sources_to_key_the_cache_on_the_tables_come_from_lark(tmp_path, monkeypatch):
+def test_without_sources_to_key_the_cache_on_the_tables_come_from_lark(cache_home, monkeypatch):
     """Installed as bytecode only, or from a zip, there is no syntax.py or
     Lark source to read: no cache is written or read, Lark makes the tables."""
-    import tempfile
 
     def unreadable():
         raise FileNotFoundError("syntax.py")
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(syntax, "_cache_key", unreadable)
     assert syntax._load_tables() == syntax._tables(syntax._get_parser())
-    assert list(tmp_path.iterdir()) == []
+    assert not cache_home.exists()
+
+
+def planted(cache_home: Path) -> dict:
+    """A cache file whose key is right but whose tables are not Lark's; the
+    real tables are returned."""
+    import marshal
+    syntax._load_tables()
+    cache, = (cache_home / "spiread").iterdir()
+    key, tables = marshal.loads(cache.read_bytes())
+    cache.write_bytes(marshal.dumps((key, {**tables, "start": -1})))
+    return tables
+
+
+@pytest.mark.parametrize("make_unsafe", [
+    lambda folder: folder.chmod(0o777),  # others may write the folder
+    lambda folder: folder.chmod(0o720),
+    lambda folder: (folder.rename(folder.with_name("elsewhere")),  # a link, wherever it points
+                    folder.symlink_to(folder.with_name("elsewhere"))),
+], ids=["world-writable", "group-writable", "a symbolic link"])
+def test_a_cache_folder_others_may_write_is_not_read(cache_home, make_unsafe):
+    tables = planted(cache_home)
+    make_unsafe(cache_home / "spiread")
+    assert syntax._load_tables() == tables
+
+
+def test_a_named_pipe_at_the_cache_s_name_is_not_waited_on(cache_home):
+    """Opening a FIFO for reading blocks until a writer comes: the cache is
+    opened non-blocking and read only if it is a regular file."""
+    folder = cache_home / "spiread"
+    folder.mkdir(mode=0o700, parents=True)
+    os.mkfifo(folder / syntax._CACHE_NAME, 0o600)
+    assert syntax._load_tables() == syntax._tables(syntax._get_parser())
+    os.remove(folder / syntax._CACHE_NAME)
+    os.mkfifo(folder / syntax._CACHE_NAME, 0o600)
+    done = subprocess.run([sys.executable, "-m", "spiread_cli", "eval", str(EXAMPLES / "seed.ad")],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "XDG_CACHE_HOME": str(cache_home)})
+    assert done.returncode == 0, done.stderr
+
+
+# Run as `python -c PROBE eval FILE`: spiread's main with every file it opens
+# recorded and unpickling made to fail loudly.
+PROBE = """
+import json, pickle, sys
+opened = []
+sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == 'open' else None)
+def refuse(*args, **kwargs):
+    raise AssertionError('unpickled')
+pickle.load = pickle.loads = pickle.Unpickler = refuse
+from spiread_cli.__main__ import main
+try:
+    main()
+except SystemExit as stop:
+    print(json.dumps([stop.code, opened]), file=sys.__stdout__)
+"""
+
+
+def test_nothing_in_the_temporary_folder_is_read_or_unpickled(tmp_path, cache_home):
+    """Lark's own cache was a pickle at a predictable name in the shared
+    temporary folder: another user could plant one there that ran as code
+    at the next syntax error. Such a planted file (at the very name Lark
+    would use) is not read, nor is any other file in the temporary folder,
+    and nothing is unpickled, by a program that parses or one that does not."""
+    import tempfile
+    from lark import Lark
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    tempfile.tempdir, before = str(shared), tempfile.tempdir
+    try:  # Lark's cache, made as spiread used to make it, names the file to plant
+        Lark(syntax.grammar_text(), parser="lalr", postlex=syntax._BracketPostLexer(), transformer=syntax._ToAst(),
+             maybe_placeholders=True, cache=True)
+    finally:
+        tempfile.tempdir = before
+    lark_cache, = shared.iterdir()
+    ran = tmp_path / "ran"
+    lark_cache.write_bytes(b"cos\nsystem\n(S'touch " + str(ran).encode() + b"'\ntR.")
+    for text, code in (("x = (1 + 2\n", 1), ("x = 1 + 2\n", 0)):
+        program = tmp_path / "p.ad"
+        program.write_text(text)
+        done = subprocess.run([sys.executable, "-c", PROBE, "eval", str(program)], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "TMPDIR": str(shared), "XDG_CACHE_HOME": str(cache_home)})
+        exit_code, opened = json.loads(done.stdout.splitlines()[-1])
+        assert exit_code == code, done.stderr
+        assert [path for path in opened if path.startswith(str(shared))] == []
+        assert "unpickled" not in done.stderr
+    assert not ran.exists()
+    assert list(shared.iterdir()) == [lark_cache]
+
+
+def test_syntax_errors_in_threads_report_their_own_brackets():
+    """The post-lexer's memory of open brackets is per thread: programs that
+    fail in parallel each name the bracket they opened."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def error(width: int) -> tuple:
+        text = "x = " + " " * width + "(1 +\n" + "y = 2\n" * 200
+        with pytest.raises(SpireadError) as caught:
+            syntax._lark_parse(Source("t.ad", text))
+        d = caught.value.diagnostic
+        return d.message, d.span, d.notes, d.related
+
+    alone = {width: error(width) for width in range(4)}
+    assert len(set(map(str, alone.values()))) == len(alone)  # each names its own column
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns within one parse
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            widths = list(range(4)) * 3
+            assert list(pool.map(error, widths)) == [alone[w] for w in widths]
+    finally:
+        sys.setswitchinterval(switching)
 
 
 @settings(SETTINGS, max_examples=100)
