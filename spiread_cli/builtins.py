@@ -270,7 +270,8 @@ def _print_mat(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
 
 def _map(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
     """`v.map(f)`: f applied to each entry (each is a scalar), the results
-    stacked back into v's shape; f is inlined once per entry."""
+    stacked back into v's shape; f is inlined once per entry. A generator,
+    as `Interpreter.inline` is, whose expressions it passes on."""
     f = args[0].value
     if not isinstance(f, Function):
         raise SpireadError(f"`.map` takes a function, but `{self.text(args[0].expr)}` is not one", args[0].expr.span,
@@ -280,22 +281,24 @@ def _map(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
         raise SpireadError(f"`.map` needs a vector or a matrix, but `{self.text(receiver.expr)}` is a scalar",
                            attr.at, [f"call the function on it instead: `{self.text(args[0].expr)}(…)`"])
 
-    def entry(key) -> Arg:
+    def entry(key):
         x = self.apply(OPS["index"], [receiver], {"key": key}, call.span, attr.at, f"[{', '.join(map(str, key))}]")
-        y = Arg(self.inline(f, [Arg(x, receiver.expr)], call), call)
+        y = Arg((yield from self.inline(f, [Arg(x, receiver.expr)], call)), call)
         if self.tensor(y).shape != ():
             raise SpireadError(f"`.map`: `{self.text(args[0].expr)}` must give a number for each entry, but it gives "
                                f"{shape_str(self.tensor(y).shape)}", call.span)
         return y
 
-    def stacked(prefix: tuple) -> Arg:
+    def stacked(prefix: tuple):
         axis = len(prefix)
-        items = [entry(prefix + (i,)) if axis == len(shape) - 1 else stacked(prefix + (i,)) for i in range(shape[axis])]
+        items = []
+        for i in range(shape[axis]):
+            items.append((yield from entry(prefix + (i,)) if axis == len(shape) - 1 else stacked(prefix + (i,))))
         if not items:
             return Arg(Const(np.zeros(shape[axis:])), call)
         return Arg(self.apply(OPS["stack"], items, {"axis": 0}, call.span, attr.at, "map"), call)
 
-    return stacked(()).value
+    return (yield from stacked(())).value
 
 
 METHOD_SUGAR: dict[str, Builtin] = {

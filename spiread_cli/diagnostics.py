@@ -148,6 +148,19 @@ def did_you_mean(name: str, known: Iterable[str]) -> tuple[str, ...]:
     return ("did you mean " + " or ".join(f"`{c}`" for c in close) + "?",)
 
 
+def refuse_repeats(named: Iterable[tuple[str, Span]], message: str, note: str, first_here: str) -> None:
+    """A name given twice where each must be one of its own (a keyword
+    argument, a key of a named tuple, a parameter): an error at the second,
+    pointing back at the first. `message` and `note` are formatted with the
+    name as `{name}`."""
+    first: dict[str, Span] = {}
+    for name, span in named:
+        if name in first:
+            raise SpireadError(message.format(name=name), span, [note.format(name=name)],
+                               related=[(first[name], first_here)])
+        first[name] = span
+
+
 @dataclass
 class Diagnostics:
     """The warnings collected during one run."""

@@ -14,6 +14,7 @@ usually asked for. Builtin functions and method sugar live in builtins.py.
 from __future__ import annotations
 
 from pathlib import Path
+from types import GeneratorType
 from typing import Callable
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from . import syntax as ast
 from .builtins import FUNCTIONS, METHOD_SUGAR, REDUCTIONS, check_arguments
 from .data import load_array
-from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
+from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, refuse_repeats, shape_str
 from .limits import check_shape, max_bytes, no_cyclic_gc
 from .ops import METHODS, OPS, Op, ShapeError
 from .tape import Node, Run, Tape, is_lazy
@@ -29,6 +30,7 @@ from .values import Arg, Const, Function, Jet, JetDim, Pairs, Record, Symbol, Te
 
 QUALIFIED_SYMBOLS = {f"ReductionOps.{k.capitalize()}": k for k in REDUCTIONS}
 OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@@": "matmul", "**": "pow"}
+_EXPAND, _RESUME = -1, -2  # what `evaluate` does with a stack entry, besides visiting a node with n >= 0 values
 
 
 class Interpreter:
@@ -47,6 +49,7 @@ class Interpreter:
         self.later: dict[str, Span] = {}
         self.scope: dict[str, object] | None = None  # a function's parameters and a block's `val`s, inside one
         self.inlining: list[Function] = []          # the functions being inlined, outermost first
+        self.calls: dict[tuple, tuple] = {}          # (function, argument values) -> result, within one statement
         self.printed: list[str] = []                # `println` lines, in program order
         self.jets: dict[int, np.ndarray] = {}       # node id -> the infinitesimal parts of a Jet shown by name
         self.jet_dim: tuple[int, Span] | None = None  # from `given jd: JetDim = JetDim(n)`
@@ -184,6 +187,8 @@ class Interpreter:
                     raise SpireadError("`.backward(...)` takes the names of the values to differentiate by",
                                        item.span, ["e.g. `loss.backward(weights)` or `loss.backward((weights = weights))`"])
                 pairs.append((key or item.id, item))
+        refuse_repeats(((key, item.span) for key, item in pairs), "`.backward(...)` is given the key `{name}` twice",
+                       "name each value to differentiate by once", "first given here")
         self.declared = (output, self.text(receiver), [item.id for _, item in pairs] or None)
         return output, [(key, self.lookup(item)) for key, item in pairs]
 
@@ -212,24 +217,54 @@ class Interpreter:
     # ------------------------------------------------------ expressions
 
     def evaluate(self, root) -> Arg:
-        """Post-order evaluation with an explicit stack."""
-        stack = [(root, None, -1)]  # (node, kind, -1) to expand; (node, kind, n) to visit with n children's values
+        """Post-order evaluation with an explicit stack. A call that needs more
+        expressions evaluated (a `def` inlined, `.map`) is a generator: it
+        yields each expression and is sent back its value, and this loop
+        evaluates it on the same stack, so a chain of a thousand `def`s nests
+        no Python calls. Calls are shared within one statement (`calls`)."""
+        self.calls = {}
+        stack = [(root, None, _EXPAND)]  # (node, kind, _EXPAND); (node, kind, n): visit with n values; (node, call, _RESUME)
         results: list[Arg] = []
-        while stack:
-            node, kind, n = stack.pop()
-            if n > 0:
-                args = results[-n:]
-                del results[-n:]
-                results.append(Arg(self.visit(node, kind, args), node))
-                continue
-            if n < 0:
-                kind, children = self.expand(node)
-                if children:
-                    stack.append((node, kind, len(children)))
-                    stack.extend([(child, None, -1) for child in reversed(children)])
+        try:
+            while stack:
+                node, kind, n = stack.pop()
+                if n == _RESUME:
+                    self._advance(kind, results.pop(), node, stack, results)
                     continue
-            results.append(Arg(self.visit(node, kind, []), node))  # a leaf: visited as soon as it is reached
+                if n == _EXPAND:
+                    kind, children = self.expand(node)
+                    if children:
+                        stack.append((node, kind, len(children)))
+                        stack.extend([(child, None, _EXPAND) for child in reversed(children)])
+                        continue
+                if n > 0:
+                    args = results[-n:]
+                    del results[-n:]
+                else:
+                    args = []  # a leaf: visited as soon as it is reached
+                value = self.visit(node, kind, args)
+                if type(value) is GeneratorType:
+                    self._advance(value, None, node, stack, results)
+                else:
+                    results.append(Arg(value, node))
+        except BaseException:
+            # Close the calls still waiting, innermost first, so each restores the scope it replaced.
+            for _, call, n in reversed(stack):
+                if n == _RESUME:
+                    call.close()
+            raise
         return results[0]
+
+    @staticmethod
+    def _advance(call: GeneratorType, sent: Arg | None, node, stack: list, results: list[Arg]) -> None:
+        """Send a waiting call the value it asked for; queue the next expression it asks for, or take its result."""
+        try:
+            expr = call.send(sent)
+        except StopIteration as done:
+            results.append(Arg(done.value, node))
+            return
+        stack.append((node, call, _RESUME))
+        stack.append((expr, None, _EXPAND))
 
     def expand(self, node) -> tuple[str | None, list]:
         """What a node is, decided once, and the children to evaluate first."""
@@ -320,6 +355,8 @@ class Interpreter:
                     return self.call_function(self.function_name(node.callee), positional, keywords, node)
                 if kind == "apply":
                     return self.inline(self.find(node.callee.id), positional, node, keywords)
+                if isinstance(positional[0].value, Function):  # `mk(3.0)(2.0)`: a call of the function a call gave
+                    return self.inline(positional[0].value, positional[1:], node, keywords)
                 if isinstance(node.callee, ast.Name):
                     self.refuse_hidden_function(node.callee, node.callee.id)
                 return self.selection(positional[0], positional[1:], node, "select")
@@ -574,31 +611,42 @@ class Interpreter:
     def inline(self, function: Function, args: list[Arg], call, keywords: dict[str, Arg] | None = None):
         """A call of a `def` or a lambda: its body is evaluated here, with its
         parameters bound to the arguments, so its ops go on the tape pointing
-        at the body's source."""
+        at the body's source. A generator (see `evaluate`): it yields the
+        body's expressions and returns the call's value.
+
+        The same function applied to the same values within one statement is
+        computed once (`f(x) + f(x)`, and a chain of `def`s each calling the
+        previous twice, stay linear): a function sees only its arguments and
+        names bound once, so the result is the same. A call that printed is
+        not shared, so each call prints."""
         check_arguments(f"`{function.name}`", (len(function.params),), len(args), call.span, keywords)
+        key = (id(function), *[id(a.value) for a in args])
+        shared = self.calls.get(key)
+        if shared is not None:
+            return shared[0]
         if any(f is function for f in self.inlining):
             raise SpireadError(f"`{function.name}` calls itself; functions are inlined, so they cannot be recursive",
                                call.span)
+        printed = len(self.printed)
         saved = self.scope
         self.scope = {**(function.scope or {}), **{p.id: a.value for p, a in zip(function.params, args)}}
         self.inlining.append(function)
         try:
             body = function.body
             if isinstance(body, ast.Block):
-                bound: set[str] = set()
                 for statement in body.bindings:
-                    if statement.name in bound:
-                        raise SpireadError(f"`{statement.name}` is already bound in this block", statement.at,
-                                           ["names are bound once; give this value another name"])
-                    arg = self.evaluate(statement.value)
+                    arg = yield statement.value
                     self.refuse_unit(arg, f"`{statement.name}`")
                     self.scope[statement.name] = arg.value
-                    bound.add(statement.name)
                 body = body.value
-            return self.evaluate(body).value
+            value = (yield body).value
         finally:
             self.scope = saved
             self.inlining.pop()
+        if len(self.printed) == printed:
+            # The arguments are kept with the result, so the ids in the key stay theirs.
+            self.calls[key] = (value, function, args)
+        return value
 
     def array_literal(self, items: list[Arg], node):
         """`[1, 2]`, `[[1, 2], [3, 4]]`, `Array(1, 2)`: stack the items (a

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .diagnostics import SpireadError, Source, Span
+from .diagnostics import SpireadError, Source, Span, refuse_repeats
 from .limits import no_cyclic_gc
 
 # Not `from typing import TYPE_CHECKING` (see __init__.py); Lark is imported
@@ -348,6 +348,8 @@ class _ToAst:
     def call(self, children):
         callee, lpar, arguments, rpar = children
         args, keywords = self._split(arguments)
+        refuse_repeats(((k.name, k.span) for k in keywords), "the argument `{name}` is given twice",
+                       "give each argument once", "first given here")
         end = Span.of_token(rpar)
         at = callee.at.to(end) if isinstance(callee, Attribute) else Span.of_token(lpar).to(end)
         return Call(callee, args, keywords, callee.span.to(end), at)
@@ -383,6 +385,8 @@ class _ToAst:
 
     def named_tuple(self, children):
         lpar, *items, rpar = children
+        refuse_repeats(((k.name, k.span) for k in items), "the key `{name}` is given twice in this named tuple",
+                       "each key names one value; give this one another name", "first given here")
         return NamedTuple(items, Span.of_token(lpar).to(Span.of_token(rpar)))
 
     def list(self, children):
@@ -414,10 +418,14 @@ class _ToAst:
 
     def block(self, children):
         lbrace, *bindings, value, rbrace = children
+        refuse_repeats(((b.name, b.at) for b in bindings), "`{name}` is already bound in this block",
+                       "names are bound once; give this value another name, e.g. `{name}2`", "first bound here")
         return Block(bindings, value, Span.of_token(lbrace).to(Span.of_token(rbrace)))
 
     def definition(self, children):
         name, type_params, lpar, params, rpar, result_type, body = children
+        refuse_repeats(((p.id, p.span) for p in params or ()), f"`{name}` has two parameters named `{{name}}`",
+                       "give each parameter its own name", "the first")
         return Definition(str(name), params or [], body, Span.of_token(name).to(body.span), Span.of_token(name))
 
     def given(self, children):
