@@ -119,7 +119,7 @@ def _onehot(self: Interpreter, args, keywords, call):
 
 
 def _load(self: Interpreter, args, keywords, call):
-    if not isinstance(args[0].value, Text):
+    if not isinstance(args[0].value, Text) or not args[0].value.written:
         raise SpireadError("`load` takes a path in quotes, e.g. `load(\"x.csv\")`", call.span)
     if not args[0].value.value.strip():
         raise SpireadError("`load` names no file: the path is empty", args[0].expr.span,
@@ -265,7 +265,7 @@ def _stop_gradient(self: Interpreter, receiver: Arg, args: list[Arg], attr, call
 
 
 def _print_mat(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
-    return Text(shown(self, receiver))
+    return Text(shown(self, receiver), written=False)
 
 
 def _map(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .diagnostics import SpireadError, Span, shape_str
+from .diagnostics import BEYOND_FLOAT64, SpireadError, Span, shape_str
 from .limits import check_shape, human_bytes, max_bytes
 
 SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".txt", ".json")
@@ -382,7 +382,7 @@ def _entries(n: int) -> str:
 def _not_a_number(where: str, value) -> str:
     if isinstance(value, _OutOfRange):
         text = value.text if len(value.text) <= 20 else f"{value.text[:12]}… ({len(value.text)} characters)"
-        return f"{where} is {text}, beyond the range spiread can hold (a float64 reaches about ±1.8e308)"
+        return f"{where} is {text}, {BEYOND_FLOAT64}"
     return f"{where} is {_json_kind(value)}, not a number"
 
 

@@ -148,6 +148,10 @@ def did_you_mean(name: str, known: Iterable[str]) -> tuple[str, ...]:
     return ("did you mean " + " or ".join(f"`{c}`" for c in close) + "?",)
 
 
+# What a number too large for a float64 is, in a program or a data file.
+BEYOND_FLOAT64 = "beyond the range spiread can hold (a float64 reaches about ±1.8e308)"
+
+
 def refuse_repeats(named: Iterable[tuple[str, Span]], message: str, note: str, first_here: str) -> None:
     """A name given twice where each must be one of its own (a keyword
     argument, a key of a named tuple, a parameter): an error at the second,

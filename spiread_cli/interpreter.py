@@ -46,7 +46,7 @@ class Interpreter:
         self.env: dict[str, object] = {}            # name -> value: a Node, a Record, a Jet or a Function
         self.bindings: dict[str, int] = {}          # the tape nodes a run shows by name: `w`, `g.w`
         self.binding_spans: dict[str, Span] = {}
-        self.later: dict[str, Span] = {}
+        self.later: dict[str, ast.Binding | ast.Definition] = {}  # what each name is bound by, in the program
         self.scope: dict[str, object] | None = None  # a function's parameters and a block's `val`s, inside one
         self.inlining: list[Function] = []          # the functions being inlined, outermost first
         self.calls: dict[tuple, tuple] = {}          # (function, argument values) -> result, within one statement
@@ -74,7 +74,7 @@ class Interpreter:
             return run
 
     def _run(self, module: ast.Module, of: str | None) -> Run:
-        self.later = {s.name: s.at for s in reversed(module.statements) if isinstance(s, (ast.Binding, ast.Definition))}
+        self.later = {s.name: s for s in reversed(module.statements) if isinstance(s, (ast.Binding, ast.Definition))}
         values = [s.name for s in module.statements if isinstance(s, ast.Binding)]
         unknown = [name for name in self.overrides if name not in values]
         if unknown:
@@ -179,15 +179,17 @@ class Interpreter:
                                call.span)
         receiver = call.callee.receiver if isinstance(call, ast.Call) else call.receiver
         output = self.materialize(self.evaluate(receiver))
-        pairs = []
+        pairs, keys = [], []  # keys: each key and where it is given
         for arg in (call.args if isinstance(call, ast.Call) else []):
-            items = [(k.name, k.value) for k in arg.items] if isinstance(arg, ast.NamedTuple) else [(None, arg)]
-            for key, item in items:
+            items = [(k.name, k.value, k.span) for k in arg.items] if isinstance(arg, ast.NamedTuple) \
+                else [(None, arg, arg.span)]
+            for key, item, at in items:
                 if not isinstance(item, ast.Name) or not isinstance(self.lookup(item), Node):
                     raise SpireadError("`.backward(...)` takes the names of the values to differentiate by",
                                        item.span, ["e.g. `loss.backward(weights)` or `loss.backward((weights = weights))`"])
                 pairs.append((key or item.id, item))
-        refuse_repeats(((key, item.span) for key, item in pairs), "`.backward(...)` is given the key `{name}` twice",
+                keys.append((key or item.id, at))
+        refuse_repeats(keys, "`.backward(...)` is given the key `{name}` twice",
                        "name each value to differentiate by once", "first given here")
         self.declared = (output, self.text(receiver), [item.id for _, item in pairs] or None)
         return output, [(key, self.lookup(item)) for key, item in pairs]
@@ -223,7 +225,8 @@ class Interpreter:
         evaluates it on the same stack, so a chain of a thousand `def`s nests
         no Python calls. Calls are shared within one statement (`calls`)."""
         self.calls = {}
-        stack = [(root, None, _EXPAND)]  # (node, kind, _EXPAND); (node, kind, n): visit with n values; (node, call, _RESUME)
+        # (node, kind, _EXPAND): expand; (node, kind, n): visit with n values; (node, call, _RESUME): resume the call
+        stack = [(root, None, _EXPAND)]
         results: list[Arg] = []
         try:
             while stack:
@@ -394,11 +397,37 @@ class Interpreter:
             return found
         if name.id in REDUCTIONS:
             return Symbol(name.id)
-        if name.id in self.later:
-            at = self.later[name.id]
-            raise SpireadError(f"`{name.id}` is used before it is bound (at {at.line}:{at.column})", name.span,
-                               related=[(at, "bound here, later")])
-        raise SpireadError(f"unknown name `{name.id}`", name.span, did_you_mean(name.id, self.env))
+        raise self.unknown(name.id, "name", name.span, did_you_mean(name.id, self.env))
+
+    def unknown(self, name: str, what: str, span: Span, guesses: tuple[str, ...], args: list[Arg] = ()) -> SpireadError:
+        """An unknown name or function (`what`): say where it is bound, if
+        later, or what it is, if it is a method or a reserved word; else guess."""
+        later = self.later.get(name)
+        if isinstance(later, ast.Definition):
+            return SpireadError(f"`{name}` is defined below, on line {later.at.line}", span,
+                                ["a `def` can be called only after it; move it above this line"],
+                                related=[(later.at, "defined here")])
+        if later is not None:
+            return SpireadError(f"`{name}` is used before it is bound (at {later.at.line}:{later.at.column})", span,
+                                related=[(later.at, "bound here, later")])
+        if name in METHODS or name in METHOD_SUGAR:
+            if args:
+                receiver, *rest = args
+                call = f"({', '.join(self.text(a.expr) for a in rest)})" if rest else ""
+                spelled = f"{self.operand_text(receiver.expr)}.{name}{call}"
+            else:
+                spelled = f"x.{name}"
+            return SpireadError(f"unknown {what} `{name}`", span,
+                                [f"`{name}` is a method: it follows its value, `{spelled}`"])
+        if name in ast.RESERVED_WORDS:
+            return SpireadError(f"unknown {what} `{name}`", span, [ast.reserved_note(name)])
+        return SpireadError(f"unknown {what} `{name}`", span, guesses)
+
+    def operand_text(self, expr) -> str:
+        """An expression's text, bracketed if it needs brackets before a `.method`."""
+        text = self.text(expr)
+        loose = isinstance(expr, ast.BinOp | ast.UnaryOp | ast.Lambda) and not text.startswith("(")
+        return f"({text})" if loose else text
 
     # ----------------------------------------------------------- tensors
 
@@ -418,12 +447,21 @@ class Interpreter:
         text = self.text(arg.expr)
         kind = {Pairs: "index pairs", Symbol: "a reduction name", Text: "a string", Record: "a record of gradients",
                 Function: "a function", JetDim: "a JetDim"}[type(value)]
-        hint = {Text: [f"to read a file, write `load({text})`"],
+        hint = {Text: [f"to read a file, write `load({text})`" if value.written else self.printed_text_note(arg)]
+                if isinstance(value, Text) else [],
                 Record: [f"pick one gradient: {', '.join(f'`{text}.{k}`' for k in value.fields)}"]
                 if isinstance(value, Record) else [],
                 Function: [f"call it, e.g. `{text}(x)`, or apply it to each entry with `v.map({text})`"],
                 JetDim: ["give it to the program with `given jd: JetDim = JetDim(1)`"]}.get(type(value), [])
         raise SpireadError(f"`{text}` is {kind}, not an array", arg.expr.span, hint)
+
+    def printed_text_note(self, arg: Arg) -> str:
+        """What to write instead of a value's text, `x.printMat`, where an array is wanted."""
+        expr = arg.expr
+        if isinstance(expr, ast.Attribute) and expr.name == "printMat":
+            receiver = self.text(expr.receiver)
+            return f"`.printMat` gives the text of `{receiver}`, for `println`; compute with `{receiver}` itself"
+        return "it is a value's text (`.printMat` gives one, for `println`); compute with the value itself"
 
     def refuse_unit(self, arg: Arg, what: str) -> None:
         if isinstance(arg.value, Unit):
@@ -489,8 +527,12 @@ class Interpreter:
         if isinstance(attr.receiver, ast.Name):
             self.refuse_hidden_function(attr.receiver, f"{attr.receiver.id}.{name}")
         if sugar is None and op is None:
-            raise SpireadError(f"unknown method `.{name}`", attr.at,
-                               did_you_mean(name, list(METHODS) + list(METHOD_SUGAR) + ["backward"]))
+            if FUNCTIONS.get(name) and FUNCTIONS[name].counts == (1,):  # `x.rows`, `3.eye`
+                notes = [f"`{name}` is a function: it takes its value in brackets, "
+                         f"`{name}({self.text(receiver.expr)})`"]
+            else:
+                notes = did_you_mean(name, list(METHODS) + list(METHOD_SUGAR) + ["backward"])
+            raise SpireadError(f"unknown method `.{name}`", attr.at, notes)
         counts = sugar.counts if sugar else (op.arity - 1 + len(op.params),)
         check_arguments(f"`.{name}`", counts, len(args), attr.at if not keywords else span, keywords)
         if sugar is not None:
@@ -603,8 +645,8 @@ class Interpreter:
     def call_function(self, name: str, args: list[Arg], keywords: dict[str, Arg], call):
         function = FUNCTIONS.get(name)
         if function is None:
-            raise SpireadError(f"unknown function `{name}`", call.callee.span,
-                               did_you_mean(name, list(FUNCTIONS) + list(self.env)))
+            raise self.unknown(name, "function", call.callee.span, did_you_mean(name, list(FUNCTIONS) + list(self.env)),
+                               args)
         check_arguments(f"`{name}`", function.counts, len(args), call.span, keywords, function.keywords)
         return function.body(self, args, keywords, call)
 

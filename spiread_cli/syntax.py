@@ -8,6 +8,7 @@ to make the parse tables (once; they are cached) and for a syntax error.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .diagnostics import SpireadError, Source, Span, refuse_repeats
+from .diagnostics import BEYOND_FLOAT64, SpireadError, Source, Span, refuse_repeats
 from .limits import no_cyclic_gc
 
 # Not `from typing import TYPE_CHECKING` (see __init__.py); Lark is imported
@@ -269,6 +270,25 @@ def _numbers(text: str) -> np.ndarray:
     return np.fromiter(map(float, parts), dtype=np.float64, count=len(parts))
 
 
+_NUMBER_OR_COMMENT = re.compile(r"(?:#|//)[^\n]*|(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
+# After `import`: a name (Scala's `import a.b.{c, d}`, `import a.*`), else the line is not an import.
+_IMPORT_PATH = re.compile(r"[ \t]+[A-Za-z_`]")
+
+
+def _refuse_out_of_range(tok: Token) -> None:
+    """A number literal (alone, or an entry of a NUMBERS token) too large for
+    a float64 is an error at that number, as it is in a JSON file."""
+    for match in _NUMBER_OR_COMMENT.finditer(tok):
+        if match.group()[0] in "#/" or float(match.group()) != math.inf:
+            continue
+        before = tok[:match.start()]
+        line = tok.line + before.count("\n")
+        column = tok.column + len(before) if line == tok.line else len(before) - before.rindex("\n")
+        start = tok.start_pos + match.start()
+        raise SpireadError(f"the number `{match.group()}` is {BEYOND_FLOAT64}", Span(
+            line, column, line, column + len(match.group()), start, start + len(match.group())))
+
+
 def _rows(tok: Token) -> list[tuple[str, Span]]:
     """The rows of a NUMBERS matrix token, each with its text and span."""
     rows, line, line_start, depth, opened = [], tok.line, tok.start_pos - (tok.column - 1), 0, None
@@ -301,16 +321,24 @@ class _ToAst:
 
     def number(self, children):
         tok, = children
-        return Number(float(tok), Span.of_token(tok))
+        value = float(tok)
+        if value == math.inf:
+            _refuse_out_of_range(tok)
+        return Number(value, Span.of_token(tok))
 
     def numbers(self, children):
         tok, = children
         text = _COMMENT.sub("", tok.value) if "#" in tok.value or "/" in tok.value else tok.value
         span = Span.of_token(tok)
         if text[text.index("[") + 1:].lstrip()[0] != "[":
-            return NumberArray(_numbers(text), span)
+            values = _numbers(text)
+            if np.isinf(values).any():
+                _refuse_out_of_range(tok)
+            return NumberArray(values, span)
         rows = _rows(tok)
         values = [_numbers(_COMMENT.sub("", row)) for row, _ in rows]
+        if any(np.isinf(v).any() for v in values):
+            _refuse_out_of_range(tok)
         if len({len(v) for v in values}) == 1:
             return NumberArray(np.array(values), span)  # rows of one length: np.stack's checks are not needed
         # Rows of different lengths: a list of rows, so the error is the one
@@ -443,6 +471,11 @@ class _ToAst:
         return ExprStmt(value, value.span)
 
     def ignored(self, children):
+        tok, = children
+        if not _IMPORT_PATH.match(tok, len("import")):
+            raise SpireadError(f"`{tok.strip()}` is not an import line: `import` must be followed by a name",
+                               Span.of_token(tok),
+                               [reserved_note("import")])
         return None
 
     def start(self, children):
@@ -978,13 +1011,22 @@ _CHARACTER_HINTS = {
 
 
 _BRACE_NOTE = ["a block `{ … }` is only the body of a `def`, e.g. `def f(x: Double) = { val y = x * x; y + 1 }`"]
-# A statement that starts with one of these words is not a binding of it.
-_KEYWORD_NOTES = {
-    "GIVEN": "a statement that starts with `given` is a Scala given, e.g. `given jd: JetDim = JetDim(1)`; "
-             "to bind the name `given`, write `val given = …`",
-    "DEF": "a statement that starts with `def` defines a function, e.g. `def sq(x: Double) = x * x`; "
-           "to bind the name `def`, write `val def = …`",
+# Reserved words: a statement that starts with one is not a binding of it
+# (`import = 2` is: a binding is the one thing an import line cannot be).
+# Elsewhere they are ordinary names. docs/language.md lists them.
+RESERVED_WORDS = {
+    "val": ("binds a name", "val x = 3"),
+    "def": ("defines a function", "def sq(x: Double) = x * x"),
+    "given": ("is a Scala given", "given jd: JetDim = JetDim(1)"),
+    "import": ("is a Scala import line, which is ignored", "import spire.implicits.*"),
 }
+
+
+def reserved_note(word: str) -> str:
+    """What a reserved word's misuse says: what the word starts, and how to bind it as a name."""
+    does, example = RESERVED_WORDS[word]
+    return (f"`{word}` is a reserved word: a statement that starts with it {does}, e.g. `{example}`; "
+            f"to bind the name `{word}`, write `val {word} = …`")
 
 
 def _describe(token: Token | None) -> str:
@@ -1094,8 +1136,8 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> SpireadError:
     if {"NAME", "NUMBER"} <= expected:
         return SpireadError(f"expected an expression{after}, found {found}", span,
                             _BRACE_NOTE if token is not None and token.type == "LBRACE" else [])
-    if previous is not None and previous.type in _KEYWORD_NOTES:
-        return SpireadError(f"unexpected {found} after `{previous}`", span, [_KEYWORD_NOTES[previous.type]])
+    if previous is not None and previous.type in ("VAL", "DEF", "GIVEN"):
+        return SpireadError(f"unexpected {found} after `{previous}`", span, [reserved_note(str(previous))])
     if previous is not None and previous.type == "DOT":
         return SpireadError(f"expected a method name after `.`, found {found}", span,
                             ["e.g. `x.exp` or `x.pow(2)`"])

@@ -564,6 +564,12 @@ class Run:
                 raise SpireadError(f"`--wrt {name}`: the program binds no `{name}`",
                                    notes=did_you_mean(name, self.bindings), exit_code=2)
         for name in names:
+            if self.bindings[name] in self.jets:
+                real = float(self.tape.nodes[self.bindings[name]].value)
+                raise SpireadError(f"`{name}` is a Jet: it carries its own derivatives, in its infinitesimal parts, "
+                                   "and gradients treat it as a constant", self.binding_spans[name],
+                                   ["a Jet's infinitesimal parts, which `eval` shows, are its derivatives",
+                                    f"to differentiate by `{name}` here, bind a plain number: `{name} = {real!r}`"])
             if not self.depends_on(self.bindings[name]):
                 self.diagnostics.warn(f"the output `{self.output_name}` does not depend on `{name}`; "
                                       "its gradient is zero", self.binding_spans[name])

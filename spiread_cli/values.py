@@ -39,7 +39,10 @@ class Symbol:
 
 @dataclass(slots=True)
 class Text:
+    """A string: written in quotes (it may name a file, for `load`), or a
+    value's text from `.printMat` (`written` False), which names nothing."""
     value: str
+    written: bool = True
 
 
 @dataclass(slots=True)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import gradients, run, value
 from spiread_cli import api
-from spiread_cli.diagnostics import SpireadError
+from spiread_cli.diagnostics import BEYOND_FLOAT64, SpireadError
 
 A = "a = [[1.0, 2.0], [3.0, 4.0]]\n"
 B = "b = [[0.5, -1.0], [2.0, 0.25]]\n"
@@ -423,3 +426,207 @@ def test_load_txt_with_a_header(tmp_path):
 def test_an_unbound_output_is_named_as_written_brackets_and_all(statement, name):
     r = run(f"x = [1.0, 2.0]\n{statement}\n")
     assert r.output_name == name
+
+
+# ------------------------------------------ names given twice, calls, `def`s
+
+def snippet(text: str, span) -> str:
+    return text[span.start:span.end]
+
+
+@pytest.mark.parametrize("text, first, second, words", [
+    ("w = 1.0\nb = 2.0\nloss = w * b\ng = loss.backward((a = w, a = b))", "a = w", "a = b", "key `a` is given twice"),
+    ("w = 1.0\nb = 2.0\nloss = w * b\nloss.backward((a = w, b = b, a = b))", "a = w", "a = b", "key `a` is given twice"),
+    ("w = 1.0\nloss = w * w\ng = loss.backward(w, w)", "w", "w", "key `w` twice"),
+    ("w = 1.0\nb = 2.0\nloss = w * b\ng = loss.backward(b, (b = w))", "b", "b = w", "key `b` twice"),
+    ("x = randn(2, 2, seed=1, seed=2)", "seed=1", "seed=2", "argument `seed` is given twice"),
+    ("x = randn(2, seed=1, seed=1)", "seed=1", "seed=1", "argument `seed` is given twice"),
+    ("def f(x, y, x) = x * y\nf(1, 2, 3)", "x", "x", "`f` has two parameters named `x`"),
+    ("def f(x) = { val s = x\n val s = 2\n s }\nf(1)", "s", "s", "`s` is already bound in this block"),
+])
+def test_a_name_given_twice_is_an_error_at_the_second_pointing_at_the_first(text, first, second, words):
+    err = error(text).diagnostic
+    assert words in err.message
+    assert snippet(text, err.span) == second
+    (first_span, _), = err.related
+    assert snippet(text, first_span) == first and first_span.start < err.span.start
+
+
+def test_distinct_keys_still_name_each_gradient():
+    r = run("w = 3.0\nb = 2.0\nloss = w * w * b\ng = loss.backward((a = w, c = b))")
+    assert r.node("g.a").value == 12.0 and r.node("g.c").value == 9.0   # ∂(w²b)/∂w = 2wb, ∂/∂b = w²
+
+
+def test_a_chain_of_a_thousand_defs_inlines_without_recursion():
+    n = 1000
+    text = "def f0(x) = x + 1\n" + "".join(f"def f{k}(x) = f{k - 1}(x) * 2 - x\n" for k in range(1, n))
+    # f_k(x) = 2 f_{k-1}(x) - x, f_0 = x + 1: f_k(x) = x + 2^k, so ∂f/∂x = 1.
+    r = run(text + f"x = 0.5\ny = f{n - 1}(x)")
+    assert r.value == 0.5 + 2.0 ** (n - 1)
+    assert gradients(text + f"x = 0.5\ny = f{n - 1}(x) / 2 ** {n - 1}").gradients["x"] == pytest.approx(2.0 ** -(n - 1))
+
+
+def test_a_chain_of_defs_through_map_inlines_without_recursion():
+    n = 500
+    text = "def f0(v) = v\n" + "".join(f"def f{k}(v) = f{k - 1}(v).map(z => z + 1)\n" for k in range(1, n))
+    assert value(text + f"v = [1.0, 2.0]\nf{n - 1}(v)").tolist() == [float(n), float(n + 1)]
+
+
+def test_the_same_call_twice_is_computed_once():
+    """40 defs each calling the previous twice: 2^40 inlinings if nothing were
+    shared. The tape grows by a handful of ops per def."""
+    n = 40
+    text = "def f0(x) = x * 1.5\n" + "".join(f"def f{k}(x) = f{k - 1}(x) + f{k - 1}(x)\n" for k in range(1, n))
+    r = run(text + f"x = 2.0\ny = f{n - 1}(x)")
+    assert r.value == 2.0 * 1.5 * 2.0 ** (n - 1)
+    assert len(r.tape.nodes) < 5 * n
+    assert gradients(text + f"x = 2.0\ny = f{n - 1}(x)").gradients["x"] == 1.5 * 2.0 ** (n - 1)
+
+
+def test_shared_calls_stay_within_one_statement_and_one_set_of_values():
+    text = "def sq(x) = x * x\nx = 3.0\nb = 2.0\na = sq(x)\nc = sq(x)\nd = sq(b) + sq(x)\nloss = a * c"
+    r = run(text)
+    assert r.bindings["a"] != r.bindings["c"]               # two statements, two values
+    assert r.node("d").value == 13.0
+    assert gradients(text, wrt=["a"]).gradients["a"] == 9.0          # ∂(a·c)/∂a = c, c its own value
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("def mk(a) = (x => x * a)\nmk(3.0)(2.0)", 6.0),
+    ("def mk(a) = (x => x * a)\nf = mk(3.0)\nf(2.0)", 6.0),
+    ("(x => x * 2)(3.0)", 6.0),
+    ("def mk(a) = { val k = a + 1\n (x => x * k) }\ndef twice(g, x) = g(g(x))\ntwice(mk(1.0), 5.0)", 20.0),
+])
+def test_a_function_a_call_returns_can_be_called(text, expected):
+    assert value(text) == expected
+
+
+def test_gradient_through_a_returned_function():
+    text = "def mk(a) = (x => x * x * a)\nw = 3.0\nloss = mk(w)(2.0)"
+    assert gradients(text).gradients["w"] == 4.0                     # ∂(x²w)/∂w = x²
+    assert error("def mk(a) = (x => x * a)\nmk(3.0)(2.0, 1.0)").diagnostic.message == \
+        "`(x => x * a)` takes 1 argument, got 2"
+
+
+def test_a_jet_is_refused_as_wrt_at_its_binding():
+    text = "given jd: JetDim = JetDim(1)\nx = Jet(2.0) + Jet.h[Double](0)\ny = x * x\nw = 3.0\nz = w * w"
+    r = run(text)
+    assert r.jets[r.bindings["y"]].tolist() == [4.0]       # the Jet's own part: ∂(x²)/∂x = 2x
+    with pytest.raises(SpireadError) as caught:
+        api.gradients(run(text, of="y"), ["x"])
+    err = caught.value.diagnostic
+    assert "`x` is a Jet" in err.message and err.span.line == 2
+    assert "`x = 2.0`" in err.notes[-1]
+    assert api.gradients(run(text, of="z"), ["w"]).gradients["w"] == 6.0
+
+
+# ---------------------------------------------- hints at the right spelling
+
+def _methods_without_a_function_form():
+    from spiread_cli.builtins import FUNCTIONS, METHOD_SUGAR
+    from spiread_cli.ops import METHODS
+    return sorted(name for name in {*METHODS, *METHOD_SUGAR} if name not in FUNCTIONS)
+
+
+@pytest.mark.parametrize("name", _methods_without_a_function_form())
+def test_a_method_called_as_a_function_is_spelled_as_a_method(name):
+    err = error(f"x = [[1.0, 2.0], [3.0, 4.0]]\ny = {name}(x + 1)").diagnostic
+    assert err.message == f"unknown function `{name}`"
+    assert f"`(x + 1).{name}`" in err.notes[0]
+    assert "reserved" not in err.notes[0]
+
+
+@pytest.mark.parametrize("name", ["exp", "sum", "mean", "T", "sigmoid", "softmaxRows", "value"])
+def test_the_spelling_a_hint_gives_runs(name):
+    text = "x = [[1.0, 2.0], [3.0, 4.0]]\ny = {}"
+    spelled = error(text.format(f"{name}(x + 1)")).diagnostic.notes[0].rsplit("`", 2)[1]
+    assert np.array_equal(value(text.format(spelled)), value(text.format(f"(x + 1).{name}")))
+
+
+def test_a_method_with_arguments_is_spelled_with_them():
+    err = error("x = [1.0, 2.0]\ny = pow(-x, 2)").diagnostic
+    assert err.notes == ("`pow` is a method: it follows its value, `(-x).pow(2)`",)
+    assert value("x = [1.0, 2.0]\ny = (-x).pow(2)").tolist() == [1.0, 4.0]
+    assert "`exp` is a method" in error("x = [1.0]\ny = x.map(exp)").diagnostic.notes[0]
+
+
+@pytest.mark.parametrize("name", ["rows", "cols", "size"])
+def test_a_function_written_as_a_method_is_spelled_as_a_function(name):
+    err = error(f"x = [[1.0, 2.0]]\nn = x.{name}").diagnostic
+    assert f"`{name}(x)`" in err.notes[0]
+    assert value(f"x = [[1.0, 2.0]]\nn = {name}(x)") == {"rows": 1, "cols": 2, "size": 2}[name]
+
+
+@pytest.mark.parametrize("use", ["y = sq(2.0)", "y = [1.0, 2.0].map(sq)", "def g(x) = sq(x) + 1\ny = g(2.0)"])
+def test_a_def_used_above_its_definition_says_where_it_is(use):
+    text = f"x = 1.0\n{use}\ndef sq(x: Double) = x * x"
+    err = error(text).diagnostic
+    line = len(use.splitlines()) + 2
+    assert err.message == f"`sq` is defined below, on line {line}"
+    (at, label), = err.related
+    assert (at.line, label) == (line, "defined here")
+
+
+def test_a_value_used_as_a_function_above_its_binding_says_where_it_is():
+    assert error("y = f(2.0)\nf = 3").diagnostic.message == "`f` is used before it is bound (at 2:1)"
+
+
+@pytest.mark.parametrize("word", ["val", "def", "given", "import"])
+def test_reserved_words_are_named_where_misused_and_the_way_out_works(word):
+    misuse = "import + 1" if word == "import" else f"{word} = 3"
+    for text in (misuse, f"y = {word} + 1"):
+        notes = error(text).diagnostic.notes
+        assert any(f"`{word}` is a reserved word" in n and f"write `val {word} = …`" in n for n in notes), text
+    assert value(f"val {word} = 3\ny = {word} + 1") == 4.0
+
+
+def test_reserved_words_are_listed_in_the_language_page():
+    from pathlib import Path
+    from spiread_cli.syntax import RESERVED_WORDS
+    page = (Path(__file__).parent.parent / "docs" / "language.md").read_text("utf-8")
+    listed = page.split("**Reserved words:**", 1)[1].split(".", 1)[0]
+    assert set(re.findall(r"`(\w+)`", listed)) == set(RESERVED_WORDS)
+
+
+def test_import_lines_name_what_they_import():
+    assert value("import spire._\nimport vecxt.all.{*, given}\nimport\ta.b as c\nx = 2\nx") == 2.0
+    assert "not an import line" in error("import\nx = 1").diagnostic.message
+
+
+def test_printmat_text_is_not_a_path():
+    err = error("x = [1.0, 2.0]\nw = (x * 3).printMat").diagnostic
+    assert "load(" not in " ".join(err.notes) and "compute with `(x * 3)` itself" in err.notes[0]
+    assert "load(\"w.csv\")" in error('x = "w.csv" * 2').diagnostic.notes[0]
+    assert "takes a path in quotes" in error("x = [1.0]\ny = load(x.printMat)").diagnostic.message
+
+
+# ------------------------------------------------ numbers beyond float64
+
+@given(st.lists(st.floats(-1e300, 1e300), min_size=1, max_size=6), st.data())
+def test_a_literal_beyond_float64_is_an_error_at_that_number(entries, data):
+    entries = [repr(e) for e in entries]
+    big = data.draw(st.sampled_from(["1e309", "2.5E+400", "17976931348623159" + "0" * 292, ".9e310"]))
+    at = data.draw(st.integers(0, len(entries)))
+    entries.insert(at, ("-" if data.draw(st.booleans()) else "") + big)
+    gap = data.draw(st.sampled_from([", ", ",\n  ", " , # c\n"]))
+    for literal in (f"[{gap.join(entries)}]", f"[[1, 2], [{gap.join(entries)}]]", big):
+        text = f"x = 1\nw = {literal}\n"
+        err = error(text).diagnostic
+        assert snippet(text, err.span) == big, literal
+        assert err.message == f"the number `{big}` is {BEYOND_FLOAT64}"
+        assert (err.span.line, err.span.column) == _line_and_column(text, err.span.start)
+
+
+def _line_and_column(text: str, offset: int) -> tuple[int, int]:
+    before = text[:offset]
+    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
+
+
+def test_numbers_beyond_float64_say_the_same_in_a_program_a_data_file_and_set(tmp_path):
+    (tmp_path / "w.json").write_text("[1, 1e400]")
+    from_file = error('w = load("w.json")', base_dir=tmp_path).diagnostic.message
+    with pytest.raises(SpireadError) as caught:
+        api.parse_overrides(["w=[1, 1e400]"])
+    assert BEYOND_FLOAT64 in from_file and BEYOND_FLOAT64 in caught.value.diagnostic.message
+    assert caught.value.exit_code == 2 and "`--set w=[1, 1e400]`" in caught.value.diagnostic.message
+    assert value("x = 1e-400") == 0.0 and value("x = 1.7976931348623157e308") == np.finfo(float).max

@@ -200,6 +200,6 @@ def test_type_annotations_on_val_are_ignored():
 
 
 def test_scala_words_as_names():
-    assert value("import = 2\nimport * 3") == 2.0   # a binding; the next line is an import, ignored
+    assert value("import = 2\nimport a.b\nimport\tc\ny = import * 3") == 6.0   # a binding, two imports, a use
     assert value("val given = 2\nval def = 3\nx = given * def") == 6.0
     assert "write `val given = …`" in error("given = 2").diagnostic.notes[0]
