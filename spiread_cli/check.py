@@ -31,6 +31,7 @@ while a wrong gradient's error stays. It passes when, at h,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
@@ -258,11 +259,9 @@ def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None
         phi = tape.record(OPS["sum"], (weighted.id,), {}, u_leaf.span, f"⟨∂f/∂{a}, u⟩", None)
         for b, b_id in state.ids.items():
             shape_b = nodes[b_id].value.shape
-            elementwise = int(np.prod(shape_a)) * int(np.prod(shape_b)) <= max_entries
-            rows = (np.eye(u_leaf.value.size).reshape((-1,) + shape_a) if elementwise
-                    else _unit_directions(rng, 1, shape_a))
-            v = np.eye(int(np.prod(shape_b))).reshape((-1,) + shape_b) if elementwise \
-                else _unit_directions(rng, directions, shape_b)
+            elementwise = math.prod(shape_a) * math.prod(shape_b) <= max_entries
+            rows = _unit_rows(shape_a) if elementwise else _unit_directions(rng, 1, shape_a)
+            v = _unit_rows(shape_b) if elementwise else _unit_directions(rng, directions, shape_b)
             parts = []
             for u in rows:
                 u_leaf.set_value(u)
@@ -282,6 +281,12 @@ def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None
     return CheckReport(run.output_name, f0, eps, tol, results, list(sites.values()), problem, order=2)
 
 
+def _unit_rows(shape: tuple) -> np.ndarray:
+    """The identity's rows over a value's entries, shape (size,) + shape (none for an empty value)."""
+    size = math.prod(shape)
+    return np.eye(size).reshape((size,) + shape)
+
+
 def _unit_directions(rng: np.random.Generator, count: int, shape: tuple) -> np.ndarray:
     v = rng.standard_normal((count, int(np.prod(shape))))
     v /= np.linalg.norm(v, axis=1, keepdims=True)
@@ -289,11 +294,14 @@ def _unit_directions(rng: np.random.Generator, count: int, shape: tuple) -> np.n
 
 
 def _joined(parts: list[Measurement]) -> Measurement:
-    """Measurements along several row directions as one, direction after direction."""
+    """Measurements along several row directions as one, direction after
+    direction; none (a block over an empty value) measure no direction."""
     def cat(field_name):
-        return np.concatenate([getattr(p, field_name) for p in parts])
+        empty = np.zeros(0, dtype=bool if field_name in ("kink", "refined") else np.float64)
+        return np.concatenate([empty] + [getattr(p, field_name) for p in parts])
     per_direction = {f.name: cat(f.name) for f in fields(Measurement) if f.name not in ("scale", "magnitude")}
-    return Measurement(**per_direction, scale=max(p.scale for p in parts), magnitude=max(p.magnitude for p in parts))
+    return Measurement(**per_direction, scale=max((p.scale for p in parts), default=0.0),
+                       magnitude=max((p.magnitude for p in parts), default=0.0))
 
 
 def _steps(eps: float | None, tol: float | None) -> tuple[float, float]:
@@ -314,7 +322,7 @@ def _directions(probe: Probe, max_entries: int, directions: int,
     unit directions."""
     x = probe.x
     if x.size <= max_entries and 2 * x.size * probe.work <= ELEMENTWISE_BUDGET_ENTRIES:
-        return "elementwise", np.eye(x.size).reshape((x.size,) + x.shape)
+        return "elementwise", _unit_rows(x.shape)
     v = rng.standard_normal((directions, x.size))
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return "directional", v.reshape((directions,) + x.shape)
