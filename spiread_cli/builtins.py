@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .diagnostics import Span, SpireadError, did_you_mean, shape_str
+from .limits import check_shape
 from .ops import OPS
 from .output import format_array
 from .values import Arg, Const, Function, Jet, JetDim, Record, Symbol, Text, Unit, jet_text
@@ -185,13 +186,18 @@ def _jet_h(self: Interpreter, args, keywords, call):
     if not 0 <= k < n:
         raise SpireadError(f"`Jet.h`: part {k} is out of range for a JetDim of {n}", args[0].expr.span,
                            [f"parts count from 0 to {n - 1}"])
-    return Jet(np.array(0.0), np.eye(n)[k])
+    parts = np.zeros(n)
+    parts[k] = 1.0
+    return Jet(np.array(0.0), parts)
 
 
 def _make_jet_dim(self: Interpreter, args, keywords, call):
     n = self.integer(args[0], "the dimension of `JetDim`")
     if n < 1:
         raise SpireadError(f"`JetDim`: a Jet has at least 1 infinitesimal part, not {n}", args[0].expr.span)
+    # Every Jet holds its n parts (jvp rules push them as one batch of tangents).
+    check_shape((n,), lambda: f"the infinitesimal parts of a Jet of `{self.source.snippet(call.span)}`", call.span,
+                self.max_bytes)
     return JetDim(n)
 
 
