@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .diagnostics import BEYOND_FLOAT64, SpireadError, Span, shape_str
-from .limits import check_shape, human_bytes, max_bytes
+from .limits import LIMIT_NOTE, check_shape, human_bytes, max_bytes
 
 SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".txt", ".json")
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -48,7 +48,6 @@ _NPY_MAX_HEADER = 1 << 16
 _NPY_MAGIC = b"\x93NUMPY"
 _NPY_HEADER_LENGTH = {1: ("<H", "latin1"), 2: ("<I", "latin1"), 3: ("<I", "utf8")}
 
-_LIMIT_NOTE = "set SPIREAD_MAX_BYTES (in bytes) to raise the limit"
 _CHUNKS_NOTE = ("for data larger than memory, `--backend dask` reads .npy, .zarr and text (.csv, .tsv, .txt) "
                 "files a chunk of rows at a time (docs/scaling.md)")
 _SHOWN_NAMES = 5  # how many names an error lists before saying how many more
@@ -167,7 +166,7 @@ def _read_text_bytes(file, suffix: str, prefix: str, span: Span | None) -> bytes
         if most > limit:
             raise SpireadError(f"{prefix}: reading {human_bytes(size)} of {'JSON' if suffix == '.json' else 'text'} "
                                f"may take up to {human_bytes(most)}, more than the limit of {human_bytes(limit)}",
-                               span, [_LIMIT_NOTE, "a number can be as short as 2 bytes (`1,`); "
+                               span, [LIMIT_NOTE, "a number can be as short as 2 bytes (`1,`); "
                                       ".npy holds large arrays compactly", _CHUNKS_NOTE])
 
     refuse_if_too_big(os.fstat(file.fileno()).st_size)
@@ -288,7 +287,7 @@ def _from_npz(file, name: str | None, prefix: str, span: Span | None) -> np.ndar
         if end and end[zipfile._ECD_SIZE] * _MEMORY_PER_ZIP_DIRECTORY_BYTE > limit:
             raise SpireadError(f"{prefix}: its list of {end[zipfile._ECD_ENTRIES_TOTAL]:,} members may take up to "
                                f"{human_bytes(end[zipfile._ECD_SIZE] * _MEMORY_PER_ZIP_DIRECTORY_BYTE)} to read, "
-                               f"more than the limit of {human_bytes(limit)}", span, [_LIMIT_NOTE])
+                               f"more than the limit of {human_bytes(limit)}", span, [LIMIT_NOTE])
         with zipfile.ZipFile(file) as archive:
             arrays = {info.filename.removesuffix(".npy"): info
                       for info in archive.infolist() if info.filename.endswith(".npy")}
@@ -312,7 +311,7 @@ def _from_npz(file, name: str | None, prefix: str, span: Span | None) -> np.ndar
             if chosen.file_size > limit + _NPY_MAX_HEADER:
                 raise SpireadError(f"{prefix}: its member `{_clip(chosen.filename)}` unpacks to "
                                    f"{human_bytes(chosen.file_size)}, more than the limit of {human_bytes(limit)}",
-                                   span, [_LIMIT_NOTE])
+                                   span, [LIMIT_NOTE])
             with archive.open(chosen) as member:
                 return _from_npy(member, chosen.file_size, prefix, span, chosen.filename)
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError, struct.error,

@@ -5,7 +5,9 @@ vectorised jvp calls computes a whole block of directional derivatives; the
 block size is chosen so the live tangents fit a memory budget, and a tangent
 is freed as soon as its last consumer has run. Forward mode costs one sweep per
 block of input entries, reverse mode one sweep in all: `benchmarks/` and
-docs/forward-vs-reverse.md show where each wins.
+docs/forward-vs-reverse.md show where each wins. Both the tangents pushed at
+once and the derivatives a sweep returns are sized against the memory limit
+(limits.py) before they are allocated.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from .diagnostics import Diagnostics
+from .diagnostics import Diagnostics, shape_str
+from .limits import check_bytes, max_bytes
 from .tape import Births, Node, SweepObserver, Tape, all_finite, rule_params
 
 TANGENT_BUDGET_BYTES = 256 << 20
@@ -54,8 +57,16 @@ class ForwardSweep:
             live -= sum(self.nodes[i].value.size for i in self.free_after[p])
         return max(peak, 1)
 
-    def block_size(self, total: int, budget_bytes: int) -> int:
-        return max(1, min(total, budget_bytes // self.bytes_per_direction))
+    def block_size(self, total: int, budget_bytes: int, limit: int | None = None) -> int:
+        """How many directions to push at once: as many as keep the live
+        tangents within the budget and the limit (limits.py; read now if not
+        given); when one direction's alone are over the limit, none (refused,
+        at the output)."""
+        limit = max_bytes() if limit is None else limit
+        check_bytes(self.bytes_per_direction,
+                    lambda: f"forward mode would hold {self.bytes_per_direction // 8} tangent entries at once "
+                            "along each direction", self.nodes[self.output].span, limit)
+        return max(1, min(total, min(budget_bytes, limit) // self.bytes_per_direction))
 
     def push(self, seeds: dict[int, np.ndarray], observe: SweepObserver | None = None) -> np.ndarray:
         """Tangents of the output, shape (k,) + output shape, for seed tangents
@@ -90,14 +101,20 @@ class ForwardSweep:
 
     def push_blocks(self, total: int, seed_block: Callable[[int, int], dict[int, np.ndarray]],
                     diagnostics: Diagnostics | None = None, budget_bytes: int = TANGENT_BUDGET_BYTES,
-                    observe: SweepObserver | None = None) -> np.ndarray:
+                    observe: SweepObserver | None = None, what: Callable[[], str] | None = None) -> np.ndarray:
         """Directional derivatives of the output for `total` directions,
         seed_block(start, k) giving directions start..start+k; shape (total,)
-        + the output's shape. As in reverse mode, a block whose result is not
-        finite is pushed again with checks, to warn where the first
-        non-finite derivative was born."""
-        result = np.zeros((total,) + self.nodes[self.output].value.shape)
-        block = self.block_size(total, budget_bytes)
+        + the output's shape, refused (at the output) when over the limit:
+        `what()` says what it is and its shape for the message. As in reverse
+        mode, a block whose result is not finite is pushed again with checks,
+        to warn where the first non-finite derivative was born."""
+        output = self.nodes[self.output]
+        limit = max_bytes()
+        check_bytes(8 * total * output.value.size,
+                    what or (lambda: f"the derivatives along {total} directions would be "
+                                     f"{shape_str((total,) + output.value.shape)}"), output.span, limit)
+        result = np.zeros((total,) + output.value.shape)
+        block = self.block_size(total, budget_bytes, limit)
         for start in range(0, total, block):
             k = min(block, total - start)
             seeds = seed_block(start, k)
@@ -125,8 +142,15 @@ def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagn
     def seed_block(start: int, k: int) -> dict[int, np.ndarray]:
         return {i: _identity_rows(nodes[i].value.shape, int(offsets[p]), start, k) for p, i in enumerate(wrt)}
 
-    rows = sweep.push_blocks(int(offsets[-1]), seed_block, diagnostics, budget_bytes, observe)
     out_shape = nodes[output].value.shape
+
+    def what() -> str:
+        names = ", ".join(f"`{nodes[i].name or nodes[i].label}`" for i in wrt)
+        shape = out_shape + (nodes[wrt[0]].value.shape if len(wrt) == 1 else (int(offsets[-1]),))
+        of = nodes[output].name or nodes[output].label
+        return f"the Jacobian of `{of}` with respect to {names} would be {shape_str(shape)}"
+
+    rows = sweep.push_blocks(int(offsets[-1]), seed_block, diagnostics, budget_bytes, observe, what)
     # Row j is the derivative along entry j: a W's rows, transposed, are its block.
     return {i: np.ascontiguousarray(rows[offsets[p]:offsets[p + 1]].reshape(sizes[p], math.prod(out_shape)).T)
             .reshape(out_shape + nodes[i].value.shape) for p, i in enumerate(wrt)}

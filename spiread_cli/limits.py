@@ -51,6 +51,9 @@ def human_bytes(n: int) -> str:
     return f"{n / 1024 ** 5:.3g} PB" if n < 1024 ** 100 else "more than 10³⁰⁰ PB"
 
 
+LIMIT_NOTE = "set SPIREAD_MAX_BYTES (in bytes) to raise the limit"
+
+
 def check_shape(shape: Iterable[int], what: str | Callable[[], str], span: Span | None,
                 limit: int | None = None, notes: tuple[str, ...] = ()) -> None:
     """Refuse a float64 array of `shape` larger than the limit; `what` names
@@ -58,13 +61,24 @@ def check_shape(shape: Iterable[int], what: str | Callable[[], str], span: Span 
     is needed (quoting source text for every op of a long chain would cost
     time quadratic in its length); `notes` follow the usual one."""
     nbytes = math.prod(map(int, shape)) * 8
+    if nbytes > (max_bytes() if limit is None else limit):
+        shape = tuple(map(int, shape))
+        check_bytes(nbytes, lambda: f"{what() if callable(what) else what} would be {shape_str(shape)}",
+                    span, limit, notes)
+
+
+def check_bytes(nbytes: int, what: str | Callable[[], str], span: Span | None,
+                limit: int | None = None, notes: tuple[str, ...] = ()) -> None:
+    """Refuse to hold `nbytes` at once when that is more than the limit: the
+    one sizing check every allocation whose size the user controls goes
+    through (`check_shape` for a single array). `what` (or what it makes, only
+    when needed) says what would be held and how big, as the message's start:
+    "`zeros(3, 4)` would be 3×4"."""
     limit = max_bytes() if limit is None else limit
     if nbytes > limit:
-        shape = tuple(map(int, shape))
         what = what() if callable(what) else what
-        raise SpireadError(f"{what} would be {shape_str(shape)} ({human_bytes(nbytes)}), "
-                           f"more than the limit of {human_bytes(limit)}", span,
-                           ["set SPIREAD_MAX_BYTES (in bytes) to raise the limit", *notes])
+        raise SpireadError(f"{what} ({human_bytes(nbytes)}), more than the limit of {human_bytes(limit)}", span,
+                           [LIMIT_NOTE, *notes])
 
 
 @contextmanager

@@ -11,16 +11,20 @@ the gradient is itself a part of the graph and can be differentiated again:
   sweep of blocks per A (as jax.hessian = jacfwd(jacrev)).
 
 No finite differences anywhere; `check --order 2` compares these with them.
+A Hessian is sized against the memory limit (limits.py) before any of it is
+computed; an H·v has the shapes of the values, and never forms H.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .diagnostics import Diagnostics, SpireadError, did_you_mean, shape_str
 from .forward import TANGENT_BUDGET_BYTES, jacobian_forward
+from .limits import check_shape, max_bytes
 from .ops import OPS
 from .tape import Run, Tape
 
@@ -129,8 +133,42 @@ class Hessian:
 
 
 def hessian(run: Run, wrt: list[str] | None = None) -> Hessian:
-    """Every Hessian block of the run's scalar output with respect to `wrt` (names)."""
-    return Hessian(run.value, SecondOrder(run, wrt).hessian())
+    """Every Hessian block of the run's scalar output with respect to `wrt`
+    (names), refused before any of it is computed when it is over the limit."""
+    ids = run.wrt_ids(wrt)
+    check_hessian_size(run, ids, chosen=not wrt)
+    return Hessian(run.value, SecondOrder(run, list(ids)).hessian())
+
+
+def check_hessian_size(run: Run, ids: dict[str, int], chosen: bool) -> None:
+    """Refuse a Hessian over the limit: its largest block, ∂²f/∂A∂A for the
+    largest A, at A's name; else the whole, (Σ sizes)², at the output. When
+    the names were `chosen` by default (every input the output depends on,
+    or `.backward(...)`'s), the note says which of them would fit."""
+    nodes = run.tape.nodes
+    shapes = {name: nodes[i].shape for name, i in ids.items()}
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    if not sizes:
+        return
+    limit = max_bytes()
+    out = run.output_name
+    notes = ["`--hvp NAME=V` (`hvp=` in Python) gives H·v without forming H"]
+    if chosen:
+        fitting, total = [], 0
+        for name in sorted(sizes, key=sizes.get):
+            if 8 * (total + sizes[name]) ** 2 <= limit:
+                fitting.append(name)
+                total += sizes[name]
+        how = "the names `.backward(...)` gives" if run.backward_wrt else f"every input `{out}` depends on"
+        fits = f"; {' '.join(f'`--wrt {n}`' for n in sizes if n in fitting)} would fit" if fitting else ""
+        notes.append(f"`hessian` differentiates by {how} unless told ({', '.join(f'`{n}`' for n in sizes)}): "
+                     f"choose with `--wrt NAME` (`wrt=` in Python){fits}")
+    largest = max(sizes, key=sizes.get)
+    check_shape(shapes[largest] * 2, f"the Hessian block ∂²{out}/∂{largest}∂{largest}",
+                run.binding_spans.get(largest), limit, tuple(notes))
+    total = sum(sizes.values())
+    check_shape((total, total), f"the Hessian of `{out}` with respect to {', '.join(f'`{n}`' for n in sizes)}",
+                nodes[run.output].span, limit, tuple(notes))
 
 
 @dataclass
