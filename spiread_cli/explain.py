@@ -6,7 +6,9 @@ shown is the computation that produced the gradients, not a re-enactment.
 Reverse mode: each node in reverse topological order, its adjoint g (and
 which nodes' contributions added up to it), and what its op's rule (the
 `rule` in ops.py's table) sends to each input. Forward mode: each node in tape
-order, the tangent its op's rule makes from its inputs'.
+order, the tangent its op's rule makes from its inputs' (over all the sweep's
+blocks of directions, kept as its shape and norm once it is too large to show:
+an explanation holds a few numbers per node, not the sweep's tangents).
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ class Step:
     """One node of a sweep. Reverse mode: `value` is the node's adjoint g,
     `sources` the nodes whose contributions added up to it (none for the
     output's seed) and `sends` what it passed back. Forward mode: `value` is
-    the node's tangent (one row per seed direction) and `sources` the inputs
-    whose tangents it was made from (none for a seed)."""
+    the node's tangent (one row per seed direction; its shape and norm when
+    too large to show) and `sources` the inputs whose tangents it was made
+    from (none for a seed)."""
     node: int
-    value: np.ndarray
+    value: np.ndarray | Summarised
     sources: list[int] = field(default_factory=list)
     sends: list[Contribution] = field(default_factory=list)
 
@@ -71,14 +74,46 @@ class ReverseRecorder:
         return sorted(self.steps + ends, key=lambda step: -step.node)
 
 
+@dataclass
+class Summarised:
+    """An array too large to show, as it is shown: its shape and (Frobenius) norm."""
+    shape: tuple[int, ...]
+    norm: float
+
+
+def shown(value: np.ndarray) -> np.ndarray | Summarised:
+    """What an explanation keeps of an array: all of it when small, else its summary."""
+    if value.size <= SHOWN_ENTRIES:
+        return np.array(value, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        return Summarised(value.shape, float(np.linalg.norm(np.ravel(value))))
+
+
+def more_directions(kept: np.ndarray | Summarised, block: np.ndarray) -> np.ndarray | Summarised:
+    """A tangent's directions so far, as `shown` keeps them, with the next block's."""
+    if isinstance(kept, np.ndarray) and kept.size + block.size <= SHOWN_ENTRIES:
+        return np.concatenate([kept, block])
+    with np.errstate(all="ignore"):
+        before = kept.norm if isinstance(kept, Summarised) else np.linalg.norm(kept.ravel())
+        norm = float(np.hypot(before, np.linalg.norm(np.ravel(block))))
+    return Summarised((kept.shape[0] + block.shape[0],) + block.shape[1:], norm)
+
+
 class ForwardRecorder:
-    """An observer for `ForwardSweep.push`: a Step per node that gets a tangent."""
+    """An observer for `ForwardSweep.push`: a Step per node that gets a
+    tangent, its value growing by each block of directions the sweep pushes."""
 
     def __init__(self):
         self.steps: list[Step] = []
+        self.of_node: dict[int, Step] = {}
 
     def __call__(self, node: Node, ts: list, t: np.ndarray) -> None:
-        self.steps.append(Step(node.id, t, [i for i, ti in zip(node.inputs, ts) if ti is not None]))
+        step = self.of_node.get(node.id)
+        if step is None:
+            step = self.of_node[node.id] = Step(node.id, shown(t), [i for i, ti in zip(node.inputs, ts) if ti is not None])
+            self.steps.append(step)
+        else:
+            step.value = more_directions(step.value, t)
 
 
 def explain(run: Run, wrt: list[str] | None = None, mode: str = "reverse"):
@@ -145,29 +180,27 @@ def where(run: Run, node: Node) -> str:
 # ------------------------------------------------------------ presentation
 
 
-def summary(value: np.ndarray) -> dict:
+def summary(value: np.ndarray | Summarised) -> dict:
     """An array as JSON: whole when small, else its shape and (Frobenius) norm."""
     from .output import json_number, json_value
-    value = np.asarray(value, dtype=np.float64)
-    if value.size <= SHOWN_ENTRIES:
-        return json_value(value)
-    with np.errstate(all="ignore"):
-        return {"shape": list(value.shape), "norm": json_number(float(np.linalg.norm(value.ravel())))}
+    kept = value if isinstance(value, Summarised) else shown(np.asarray(value))
+    if isinstance(kept, Summarised):
+        return {"shape": list(kept.shape), "norm": json_number(kept.norm)}
+    return json_value(kept)
 
 
-def summary_text(value: np.ndarray, directions: bool = False) -> str:
+def summary_text(value: np.ndarray | Summarised, directions: bool = False) -> str:
     """An array for people: whole when small (matrices over several lines),
     else its shape and norm. Tangents have one row per seed direction."""
     from .output import format_array, short_shape
-    value = np.asarray(value, dtype=np.float64)
-    if value.ndim == 0:
-        return format_array(value)
-    shape = (f"{value.shape[0]} directions × {short_shape(value.shape[1:])}" if directions
-             else short_shape(value.shape))
-    if value.size > SHOWN_ENTRIES:
-        with np.errstate(all="ignore"):
-            return f"({shape}, norm {float(np.linalg.norm(value.ravel())):.6g})"
-    return hang(f"({shape}) ", format_array(value))
+    kept = value if isinstance(value, Summarised) else shown(np.asarray(value))
+    if len(kept.shape) == 0:
+        return format_array(kept)
+    shape = (f"{kept.shape[0]} directions × {short_shape(kept.shape[1:])}" if directions
+             else short_shape(kept.shape))
+    if isinstance(kept, Summarised):
+        return f"({shape}, norm {kept.norm:.6g})"
+    return hang(f"({shape}) ", format_array(kept))
 
 
 def hang(prefix: str, text: str) -> str:
