@@ -152,7 +152,7 @@ def check_hessian_size(run: Run, ids: dict[str, int], chosen: bool) -> None:
         return
     limit = max_bytes()
     out = run.output_name
-    notes = ["`--hvp NAME=V` (`hvp=` in Python) gives H·v without forming H"]
+    notes = []
     if chosen:
         fitting, total = [], 0
         for name in sorted(sizes, key=sizes.get):
@@ -160,9 +160,10 @@ def check_hessian_size(run: Run, ids: dict[str, int], chosen: bool) -> None:
                 fitting.append(name)
                 total += sizes[name]
         how = "the names `.backward(...)` gives" if run.backward_wrt else f"every input `{out}` depends on"
-        fits = f"; {' '.join(f'`--wrt {n}`' for n in sizes if n in fitting)} would fit" if fitting else ""
-        notes.append(f"`hessian` differentiates by {how} unless told ({', '.join(f'`{n}`' for n in sizes)}): "
+        fits = f": {' '.join(f'`--wrt {n}`' for n in sizes if n in fitting)} would fit" if fitting else ""
+        notes.append(f"without `--wrt`, `hessian` differentiates by {how}: {', '.join(f'`{n}`' for n in sizes)}; "
                      f"choose with `--wrt NAME` (`wrt=` in Python){fits}")
+    notes.append("`--hvp NAME=V` (`hvp=` in Python) gives H·v without forming H")
     largest = max(sizes, key=sizes.get)
     check_shape(shapes[largest] * 2, f"the Hessian block ∂²{out}/∂{largest}∂{largest}",
                 run.binding_spans.get(largest), limit, tuple(notes))

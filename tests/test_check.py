@@ -189,6 +189,25 @@ def test_an_empty_value_has_nothing_to_disagree_with():
     assert report.ok and report.results["x"].checked == 0 and report.results["x"].worst == ()
 
 
+@pytest.mark.parametrize("empty", ["zeros(0)", "zeros(3, 0)", "zeros(0, 2)"])
+@pytest.mark.parametrize("more", ["", " + (v * v * v).sum"])
+def test_second_order_over_an_empty_value_checks_the_blocks_hessian_gives(empty, more, tmp_program):
+    """`check --order 2` as `hessian` does: an empty value's blocks are empty,
+    shaped, and have nothing to disagree with; the others are checked."""
+    from spiread_cli import second
+    text = f"w = {empty}\nv = [1.0, 2.0]\nloss = (w * w).sum{more}\n"
+    blocks = second.hessian(run(text)).blocks
+    report = check_second_order(run(text))
+    assert report.ok
+    assert {name: r.shape for name, r in report.results.items()} == \
+        {f"∂²loss/∂{a}∂{b}": block.shape for a, row in blocks.items() for b, block in row.items()}
+    assert all(r.checked == block.size for r, block in
+               zip(report.results.values(), [block for row in blocks.values() for block in row.values()]))
+    done = spiread("check", "--order", "2", str(tmp_program(text)), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert strict_json(done.stdout)["results"]["∂²loss/∂w∂w"]["checked"] == 0
+
+
 def test_a_value_the_output_does_not_depend_on_passes_with_zero_gradient():
     r = run("a = [1, 2]\nb = 3\nloss = a.sum")
     report = check_gradients(r, ["a", "b"])

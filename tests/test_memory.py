@@ -1,13 +1,23 @@
 """Memory: what training keeps of a run once its fused copy exists
-(docs/performance.md, "Memory")."""
+(docs/performance.md, "Memory"); second derivatives, forward mode's batched
+tangents, Jets and explanations sized against the limit (SPIREAD_MAX_BYTES)
+before they are allocated, and refused with the located limit message."""
 
 from __future__ import annotations
 
+import json
+import tracemalloc
+
 import numpy as np
+import pytest
 
-from spiread_cli import api, optim, train
+import spiread_cli
+from spiread_cli import api, optim, second, train
+from spiread_cli.diagnostics import SpireadError
+from spiread_cli.explain import Summarised, explain
+from spiread_cli.forward import TANGENT_BUDGET_BYTES, ForwardSweep, jacobian_forward
 
-from conftest import REPO
+from conftest import REPO, run, spiread
 
 
 def test_spending_the_run_lets_the_unfused_values_go_and_trains_the_same(bigram_slice):
@@ -33,9 +43,6 @@ def test_training_holds_at_most_the_one_hot_matrix_of_the_rows(tmp_path):
     training computes only its fused tape, so the largest thing ever held is
     the one-hot matrix the program builds (which the rewrite reads to find
     its rows), not the five arrays of that size the program as written makes."""
-    import tracemalloc
-
-    import spiread_cli
     rows, width = 20_000, 27
     rng = np.random.default_rng(0)
     np.save(tmp_path / "xs.npy", rng.integers(0, width, rows).astype(float))
@@ -58,3 +65,129 @@ def test_training_holds_at_most_the_one_hot_matrix_of_the_rows(tmp_path):
     finally:
         tracemalloc.stop()
     assert whole > 4 * one_array
+
+
+# ------------------------------------------ second order within the limit
+
+LIMIT = 100_000  # bytes: each program's values fit, what its derivatives would hold does not
+TOO_BIG = "more than the limit of 97.7 KB"
+BIG_HESSIAN = "w = randn(2000)\nloss = (w.tanh * w).sum\n"
+FORWARD = "w = randn(10000)\nloss = (w.tanh * w).sum\n"
+
+
+@pytest.mark.parametrize("program, args, at, says", [
+    pytest.param(BIG_HESSIAN, ["hessian", "--wrt", "w"], "1:1",
+                 ["the Hessian block ∂²loss/∂w∂w would be 2000×2000 (30.5 MB)", "`--hvp NAME=V`"], id="hessian-block"),
+    pytest.param("u = randn(80)\nv = randn(80)\nloss = (u.sum * v).sum\n", ["hessian", "--wrt", "u", "--wrt", "v"],
+                 "3:20", ["the Hessian of `loss` with respect to `u`, `v` would be 160×160 (200.0 KB)"],
+                 id="hessian-whole"),
+    pytest.param("A = randn(30, 100)\nw = randn(100)\nloss = (A @@ w).tanh.sum\n", ["hessian"], "1:1",
+                 ["the Hessian block ∂²loss/∂A∂A would be 30×100×30×100 (68.7 MB)",
+                  "differentiates by every input `loss` depends on: `A`, `w`;",
+                  "choose with `--wrt NAME`", "`--wrt w` would fit"], id="hessian-default-wrt"),
+    pytest.param(FORWARD, ["grad", "--mode", "forward"], "2:21",
+                 ["forward mode would hold 50000 tangent entries at once along each direction (390.6 KB)"],
+                 id="forward-tangent-batch"),
+    pytest.param(FORWARD, ["grad", "--mode", "forward", "--explain"], "2:21",
+                 ["forward mode would hold 50000 tangent entries at once"], id="explain-forward"),
+    pytest.param("given jd: JetDim = JetDim(2000000000)\nx = Jet(2.0) + Jet.h(0)\ny = x * x\n", ["eval"], "1:20",
+                 ["the infinitesimal parts of a Jet of `JetDim(2000000000)` would be a vector of 2000000000 (14.9 GB)"],
+                 id="jet-dimension"),
+])
+def test_what_second_order_would_hold_is_refused_where_it_is_asked_for(tmp_program, program, args, at, says):
+    path = tmp_program(program)
+    done = spiread(*args, str(path), env={"SPIREAD_MAX_BYTES": str(LIMIT)})
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert done.stderr.startswith(f"{path}:{at}: error: "), done.stderr
+    for phrase in [*says, TOO_BIG, "set SPIREAD_MAX_BYTES (in bytes) to raise the limit"]:
+        assert phrase in done.stderr, done.stderr
+    assert "out of memory" not in done.stderr and "internal error" not in done.stderr
+
+
+def test_a_hessian_over_the_limit_is_refused_before_its_gradient_is_recorded(monkeypatch):
+    """From the Python API too, at the --wrt name, with the keyword arguments named."""
+    monkeypatch.setenv("SPIREAD_MAX_BYTES", str(LIMIT))
+    r = run(BIG_HESSIAN)
+    recorded = len(r.tape.nodes)
+    with pytest.raises(SpireadError, match="∂²loss/∂w∂w would be 2000×2000") as err:
+        second.hessian(r)
+    assert (err.value.span.line, err.value.span.column) == (1, 1)
+    assert len(r.tape.nodes) == recorded, "refused before the gradient is recorded"
+    with pytest.raises(SpireadError) as err:
+        spiread_cli.compile(BIG_HESSIAN).hessian()
+    assert any("`wrt=` in Python" in note for note in err.value.notes)
+
+
+def test_hvp_within_the_limit_where_the_hessian_is_not(tmp_program, tmp_path):
+    """H·v never forms H: under the limit that refuses H it is computed, and
+    right (w·tanh(w) summed has a diagonal Hessian, 2 sech² w (1 − w tanh w)).
+    A direction over the limit is refused before it is read."""
+    path = tmp_program(BIG_HESSIAN)
+    v = np.random.default_rng(0).standard_normal(2000)
+    np.save(tmp_path / "v.npy", v)
+    done = spiread("hessian", str(path), "--hvp", f"w={tmp_path / 'v.npy'}", "--format", "json",
+                   env={"SPIREAD_MAX_BYTES": str(LIMIT)})
+    assert done.returncode == 0, done.stderr
+    product = np.array(json.loads(done.stdout)["hvp"]["w"]["value"])
+    w = run(BIG_HESSIAN).node("w").value
+    sech2 = 1 / np.cosh(w) ** 2
+    np.testing.assert_allclose(product, 2 * sech2 * (1 - w * np.tanh(w)) * v, rtol=1e-10, atol=1e-12)
+    np.save(tmp_path / "big.npy", np.ones(20_000))
+    done = spiread("hessian", str(path), "--hvp", f"w={tmp_path / 'big.npy'}", env={"SPIREAD_MAX_BYTES": str(LIMIT)})
+    assert done.returncode == 1 and "its array would be a vector of 20000 (156.2 KB)" in done.stderr
+    assert TOO_BIG in done.stderr
+
+
+def test_a_jacobian_over_the_limit_is_refused_at_its_output(monkeypatch):
+    r = run("w = randn(100)\ny = w.tanh\n")
+    monkeypatch.setenv("SPIREAD_MAX_BYTES", "50000")
+    with pytest.raises(SpireadError, match=r"the Jacobian of `y` with respect to `w` would be 100×100 \(78.1 KB\), "
+                                           r"more than the limit of 48.8 KB") as err:
+        jacobian_forward(r.tape, r.output, [r.bindings["w"]])
+    assert err.value.span == r.tape.nodes[r.output].span
+    monkeypatch.setenv("SPIREAD_MAX_BYTES", "80000")  # exactly the Jacobian: allowed
+    jacobian = jacobian_forward(r.tape, r.output, [r.bindings["w"]])[r.bindings["w"]]
+    np.testing.assert_allclose(jacobian, np.diag(1 - np.tanh(r.node("w").value) ** 2), rtol=1e-14)
+
+
+def test_forward_tangent_batches_shrink_to_the_limit(monkeypatch):
+    r = run(FORWARD.replace("10000", "300"))
+    sweep = ForwardSweep(r.tape, r.output, [r.bindings["w"]])
+    per = sweep.bytes_per_direction
+    assert sweep.block_size(300, TANGENT_BUDGET_BYTES, 7 * per) == 7
+    assert sweep.block_size(300, 3 * per, 7 * per) == 3
+    with pytest.raises(SpireadError, match="along each direction"):
+        sweep.block_size(300, TANGENT_BUDGET_BYTES, per - 1)
+
+
+def test_forward_explain_keeps_a_summary_per_node_not_the_sweeps_tangents(monkeypatch):
+    """`grad --explain --mode forward` over 900 directions in many blocks:
+    one step per node, each tangent its shape and norm over all directions
+    (against the tangents worked out by hand), and the peak memory well
+    under one node's tangents over all directions (6.5 MB), which the
+    explanation used to hold for every node."""
+    text = "w = randn(30, 30, seed=3)\nloss = (w.tanh @@ w).sum\n"
+    limit = 400_000
+    monkeypatch.setenv("SPIREAD_MAX_BYTES", str(limit))
+    r = run(text)
+    sweep = ForwardSweep(r.tape, r.output, [r.bindings["w"]])
+    assert sweep.block_size(900, TANGENT_BUDGET_BYTES) < 900 / 10, "many blocks"
+    tracemalloc.start()
+    try:
+        result, explanation = explain(r, ["w"], "forward")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 900 * 900 * 8 / 3, f"{peak} bytes"
+    w = r.node("w").value
+    t = np.tanh(w)
+    eye = np.eye(30)
+    # ∂(tanh(w) @@ w)/∂w_ij = (1 − t²)_ij e_i w_j + t_:i e_jᵀ, for each entry (i, j)
+    d_matmul = (np.einsum("ij,ai,jb->ijab", 1 - t * t, eye, w) + np.einsum("ai,jb->ijab", t, eye)).reshape(900, 30, 30)
+    expected = [((900, 30, 30), 30.0), ((900, 30, 30), np.linalg.norm(1 - t * t)),
+                ((900, 30, 30), np.linalg.norm(d_matmul)), ((900,), np.linalg.norm(d_matmul.sum(axis=(1, 2))))]
+    assert [step.node for step in explanation.steps] == [0, 1, 2, 3]
+    for step, (shape, norm) in zip(explanation.steps, expected):
+        assert isinstance(step.value, Summarised) and step.value.shape == shape
+        assert step.value.norm == pytest.approx(norm, rel=1e-12)
+    np.testing.assert_allclose(result.gradients["w"], d_matmul.sum(axis=(1, 2)).reshape(30, 30), rtol=1e-12)
