@@ -110,7 +110,8 @@ class ForwardRecorder:
     def __call__(self, node: Node, ts: list, t: np.ndarray) -> None:
         step = self.of_node.get(node.id)
         if step is None:
-            step = self.of_node[node.id] = Step(node.id, shown(t), [i for i, ti in zip(node.inputs, ts) if ti is not None])
+            sources = [i for i, ti in zip(node.inputs, ts) if ti is not None]
+            step = self.of_node[node.id] = Step(node.id, shown(t), sources)
             self.steps.append(step)
         else:
             step.value = more_directions(step.value, t)

@@ -60,11 +60,9 @@ def check_shape(shape: Iterable[int], what: str | Callable[[], str], span: Span 
     it in the message (`zeros(3, 4)`, a file), or makes that name only when it
     is needed (quoting source text for every op of a long chain would cost
     time quadratic in its length); `notes` follow the usual one."""
-    nbytes = math.prod(map(int, shape)) * 8
-    if nbytes > (max_bytes() if limit is None else limit):
-        shape = tuple(map(int, shape))
-        check_bytes(nbytes, lambda: f"{what() if callable(what) else what} would be {shape_str(shape)}",
-                    span, limit, notes)
+    shape = tuple(map(int, shape))
+    check_bytes(math.prod(shape) * 8, lambda: f"{what() if callable(what) else what} would be {shape_str(shape)}",
+                span, limit, notes)
 
 
 def check_bytes(nbytes: int, what: str | Callable[[], str], span: Span | None,
