@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import syntax as ast
+from . import syntax_tree as ast
 from .data import TEXT_SUFFIXES, TextTable, as_float64, load_array, npy_layout, shown
 from .diagnostics import Diagnostic, Diagnostics, Source, Span, SpireadError, shape_str
 from .interpreter import Interpreter

@@ -19,12 +19,13 @@ from typing import Callable
 
 import numpy as np
 
-from . import syntax as ast
+from . import syntax_tree as ast
 from .builtins import FUNCTIONS, METHOD_SUGAR, REDUCTIONS, check_arguments
 from .data import load_array
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, refuse_repeats, shape_str
 from .limits import check_shape, max_bytes, no_cyclic_gc
 from .ops import METHODS, OPS, Op, ShapeError
+from .syntax_errors import RESERVED_WORDS, reserved_note
 from .tape import Node, Run, Tape, is_lazy
 from .values import Arg, Const, Function, Jet, JetDim, Pairs, Record, Symbol, Text, TupleValue, Unit
 
@@ -419,8 +420,8 @@ class Interpreter:
                 spelled = f"x.{name}"
             return SpireadError(f"unknown {what} `{name}`", span,
                                 [f"`{name}` is a method: it follows its value, `{spelled}`"])
-        if name in ast.RESERVED_WORDS:
-            return SpireadError(f"unknown {what} `{name}`", span, [ast.reserved_note(name)])
+        if name in RESERVED_WORDS:
+            return SpireadError(f"unknown {what} `{name}`", span, [reserved_note(name)])
         return SpireadError(f"unknown {what} `{name}`", span, guesses)
 
     def operand_text(self, expr) -> str:

@@ -1,4 +1,4 @@
-"""The fast parse path (syntax._TableDriver) against Lark's ordinary parse.
+"""The fast parse path (parse_driver.TableDriver) against Lark's ordinary parse.
 
 `syntax.parse` reads a program with a tighter driver over Lark's own tables,
 lexers and rule callbacks, and falls back to Lark for a syntax error. Both
@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import EXAMPLES
 from programs import programs
 from test_fuzz import language_text, mutated_programs
-from spiread_cli import syntax
+from spiread_cli import lark_tables, parse_driver, syntax
 from spiread_cli.diagnostics import Source, SpireadError
 
 TESTS = Path(__file__).parent
@@ -50,7 +50,7 @@ def dump(value):
 def outcome(text: str, fast: bool, monkeypatch) -> tuple:
     """What `syntax.parse` gives: the AST, or the error with its span and notes."""
     def lark_only():
-        raise syntax._NotOnTheFastPath
+        raise parse_driver.NotOnTheFastPath
 
     with monkeypatch.context() as patch:
         if not fast:
@@ -79,6 +79,33 @@ def test_the_corpus_holds_programs_and_syntax_errors(monkeypatch):
     outcomes = [same(text_of(path), monkeypatch) for path in CORPUS]
     assert any(o[0] == "ok" for o in outcomes)
     assert any(o[0] == "error" and o[1].startswith("unexpected") for o in outcomes)
+
+
+@pytest.mark.parametrize("version", ["1.2.2", "1.4.0", "2.0", "unknown"])
+def test_under_an_untested_lark_lark_parses_alone_and_the_same(version, cache_home, monkeypatch):
+    """The driver reads Lark's private structures, so it runs only under the
+    Lark releases it is tested against (pyproject.toml pins the same range).
+    Under any other Lark, Lark's own parser reads every program, giving the
+    same ASTs and the same messages as the driver does."""
+    import lark
+    fast = [outcome(text_of(path), True, monkeypatch) for path in CORPUS]
+    assert lark_tables.tested(lark.__version__)
+    assert not lark_tables.tested(version)
+    monkeypatch.setattr(lark, "__version__", version)
+    monkeypatch.setattr(syntax, "_driver", None)
+    assert syntax._get_driver() is None
+    lark_parses = []
+    monkeypatch.setattr(syntax, "_lark_parse", lambda source, read=syntax._lark_parse: lark_parses.append(1) or read(source))
+    assert [outcome(text_of(path), True, monkeypatch) for path in CORPUS] == fast
+    assert len(lark_parses) == len(CORPUS)
+
+
+def test_pyproject_pins_the_tested_lark():
+    import tomllib
+    project = tomllib.loads((TESTS.parent / "pyproject.toml").read_text())["project"]
+    (low, high), = [lark_tables.TESTED]
+    pin = f"lark>={low[0]}.{low[1]},<{high[0]}.{high[1]}"
+    assert pin in project["dependencies"]
 
 
 @SETTINGS
@@ -170,20 +197,20 @@ def test_the_cached_tables_are_lark_s(cache_home, monkeypatch):
     cache, read back from it without Lark, and a cache made from anything
     else (another grammar, Lark or syntax.py) is not used."""
     import marshal
-    fresh = syntax._tables(syntax._get_parser())
+    fresh = lark_tables.tables_of(syntax._get_parser())
     # Made by another Lark (whose terminals are its Tokens, which marshal
     # refuses), they too can be written, and read every example the same.
-    afresh = syntax._tables(syntax._lark())
+    afresh = lark_tables.tables_of(syntax._lark())
     assert marshal.loads(marshal.dumps(afresh)) == afresh
     for path in EXAMPLES.rglob("*.ad"):
         text = text_of(path)
-        assert dump(syntax._TableDriver(afresh).parse(text)) == dump(syntax._get_driver().parse(text)), path
+        assert dump(parse_driver.TableDriver(afresh, syntax._ToAst()).parse(text)) == dump(syntax._get_driver().parse(text)), path
     assert syntax._load_tables() == fresh
     folder = cache_home / "spiread"
     cache, = folder.iterdir()
     assert folder.stat().st_mode & 0o777 == 0o700  # made owner-only
     made = []
-    monkeypatch.setattr(syntax, "_tables", lambda lark: made.append(lark) or fresh)
+    monkeypatch.setattr(lark_tables, "tables_of", lambda lark: made.append(lark) or fresh)
     assert syntax._load_tables() == fresh and made == []
     key, tables = marshal.loads(cache.read_bytes())
     cache.write_bytes(marshal.dumps((key[:-1] + ("another syntax.py",), {**tables, "start": -1})))
@@ -205,7 +232,7 @@ def test_without_sources_to_key_the_cache_on_the_tables_come_from_lark(cache_hom
     def unreadable():
         raise FileNotFoundError("syntax.py")
     monkeypatch.setattr(syntax, "_cache_key", unreadable)
-    assert syntax._load_tables() == syntax._tables(syntax._get_parser())
+    assert syntax._load_tables() == lark_tables.tables_of(syntax._get_parser())
     assert not cache_home.exists()
 
 
@@ -237,10 +264,11 @@ def test_a_named_pipe_at_the_cache_s_name_is_not_waited_on(cache_home):
     opened non-blocking and read only if it is a regular file."""
     folder = cache_home / "spiread"
     folder.mkdir(mode=0o700, parents=True)
-    os.mkfifo(folder / syntax._CACHE_NAME, 0o600)
-    assert syntax._load_tables() == syntax._tables(syntax._get_parser())
-    os.remove(folder / syntax._CACHE_NAME)
-    os.mkfifo(folder / syntax._CACHE_NAME, 0o600)
+    cache = folder / syntax._cache_name(syntax._cache_key())
+    os.mkfifo(cache, 0o600)
+    assert syntax._load_tables() == lark_tables.tables_of(syntax._get_parser())
+    os.remove(cache)
+    os.mkfifo(cache, 0o600)
     done = subprocess.run([sys.executable, "-m", "spiread_cli", "eval", str(EXAMPLES / "seed.ad")],
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "XDG_CACHE_HOME": str(cache_home)})

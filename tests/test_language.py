@@ -582,7 +582,7 @@ def test_reserved_words_are_named_where_misused_and_the_way_out_works(word):
 
 def test_reserved_words_are_listed_in_the_language_page():
     from pathlib import Path
-    from spiread_cli.syntax import RESERVED_WORDS
+    from spiread_cli.syntax_errors import RESERVED_WORDS
     page = (Path(__file__).parent.parent / "docs" / "language.md").read_text("utf-8")
     listed = page.split("**Reserved words:**", 1)[1].split(".", 1)[0]
     assert set(re.findall(r"`(\w+)`", listed)) == set(RESERVED_WORDS)
