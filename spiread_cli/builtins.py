@@ -287,24 +287,23 @@ def _map(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
         raise SpireadError(f"`.map` needs a vector or a matrix, but `{self.text(receiver.expr)}` is a scalar",
                            attr.at, [f"call the function on it instead: `{self.text(args[0].expr)}(…)`"])
 
-    def entry(key):
+    entries = []
+    for key in np.ndindex(*shape):
         x = self.apply(OPS["index"], [receiver], {"key": key}, call.span, attr.at, f"[{', '.join(map(str, key))}]")
         y = Arg((yield from self.inline(f, [Arg(x, receiver.expr)], call)), call)
         if self.tensor(y).shape != ():
             raise SpireadError(f"`.map`: `{self.text(args[0].expr)}` must give a number for each entry, but it gives "
                                f"{shape_str(self.tensor(y).shape)}", call.span)
-        return y
+        entries.append(y)
+    if not entries:
+        return Const(np.zeros(shape))
 
-    def stacked(prefix: tuple):
-        axis = len(prefix)
-        items = []
-        for i in range(shape[axis]):
-            items.append((yield from entry(prefix + (i,)) if axis == len(shape) - 1 else stacked(prefix + (i,))))
-        if not items:
-            return Arg(Const(np.zeros(shape[axis:])), call)
+    def stacked(items: list[Arg]) -> Arg:
         return Arg(self.apply(OPS["stack"], items, {"axis": 0}, call.span, attr.at, "map"), call)
 
-    return (yield from stacked(())).value
+    if len(shape) == 2:  # a matrix: each row stacked, then the rows
+        entries = [stacked(entries[i:i + shape[1]]) for i in range(0, len(entries), shape[1])]
+    return stacked(entries).value
 
 
 METHOD_SUGAR: dict[str, Builtin] = {

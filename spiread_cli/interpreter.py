@@ -232,8 +232,14 @@ class Interpreter:
         try:
             while stack:
                 node, kind, n = stack.pop()
-                if n == _RESUME:
-                    self._advance(kind, results.pop(), node, stack, results)
+                if n == _RESUME:  # send a waiting call the value it asked for (None to start it)
+                    try:
+                        expr = kind.send(results.pop())
+                    except StopIteration as done:
+                        results.append(Arg(done.value, node))
+                        continue
+                    stack.append((node, kind, _RESUME))
+                    stack.append((expr, None, _EXPAND))  # the next expression it asks for
                     continue
                 if n == _EXPAND:
                     kind, children = self.expand(node)
@@ -248,7 +254,8 @@ class Interpreter:
                     args = []  # a leaf: visited as soon as it is reached
                 value = self.visit(node, kind, args)
                 if type(value) is GeneratorType:
-                    self._advance(value, None, node, stack, results)
+                    stack.append((node, value, _RESUME))
+                    results.append(None)
                 else:
                     results.append(Arg(value, node))
         except BaseException:
@@ -258,17 +265,6 @@ class Interpreter:
                     call.close()
             raise
         return results[0]
-
-    @staticmethod
-    def _advance(call: GeneratorType, sent: Arg | None, node, stack: list, results: list[Arg]) -> None:
-        """Send a waiting call the value it asked for; queue the next expression it asks for, or take its result."""
-        try:
-            expr = call.send(sent)
-        except StopIteration as done:
-            results.append(Arg(done.value, node))
-            return
-        stack.append((node, call, _RESUME))
-        stack.append((expr, None, _EXPAND))
 
     def expand(self, node) -> tuple[str | None, list]:
         """What a node is, decided once, and the children to evaluate first."""
