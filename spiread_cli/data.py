@@ -452,7 +452,20 @@ def _parse_rows(text: str, delimiter: str | None, header_line: int, first_line: 
         raise _Unreadable(_text_problem(text, delimiter, header_line, first_line, width)) from None
     if width is not None and array.shape[1] != width[1]:
         raise _Unreadable(_text_problem(text, delimiter, header_line, first_line, width))
+    if np.isinf(array).any():
+        _refuse_out_of_range(text, delimiter, header_line, first_line)
     return array
+
+
+def _refuse_out_of_range(text: str, delimiter: str | None, header_line: int, first_line: int) -> None:
+    """A cell written as a number too large for a float64 (`1e400`, not
+    `inf`) is an error, as in a JSON file or a program (the slow path, taken
+    only when a table holds an infinity)."""
+    for number, content in _contents(text, first_line):
+        if number > header_line and content.strip():
+            for column, cell in enumerate(content.split(delimiter), start=1):
+                if math.isinf(float(cell)) and "inf" not in cell.lower():
+                    raise _Unreadable(f"line {number}, column {column}: `{_clip(cell.strip())}` is {BEYOND_FLOAT64}")
 
 
 def _table_shaped(array: np.ndarray) -> np.ndarray:

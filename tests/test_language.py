@@ -624,9 +624,14 @@ def _line_and_column(text: str, offset: int) -> tuple[int, int]:
 
 def test_numbers_beyond_float64_say_the_same_in_a_program_a_data_file_and_set(tmp_path):
     (tmp_path / "w.json").write_text("[1, 1e400]")
-    from_file = error('w = load("w.json")', base_dir=tmp_path).diagnostic.message
+    (tmp_path / "w.csv").write_text("a,b\n1,inf\n2,-1e400\n")
+    (tmp_path / "inf.txt").write_text("1 -inf\n2 Infinity\n")
+    assert "`[1]` is 1e400, " + BEYOND_FLOAT64 in error('w = load("w.json")', base_dir=tmp_path).diagnostic.message
+    assert "line 3, column 2: `-1e400` is " + BEYOND_FLOAT64 in \
+        error('w = load("w.csv")', base_dir=tmp_path).diagnostic.message
+    assert value('w = load("inf.txt")', base_dir=tmp_path).tolist() == [[1, -np.inf], [2, np.inf]]  # written inf
     with pytest.raises(SpireadError) as caught:
         api.parse_overrides(["w=[1, 1e400]"])
-    assert BEYOND_FLOAT64 in from_file and BEYOND_FLOAT64 in caught.value.diagnostic.message
+    assert BEYOND_FLOAT64 in caught.value.diagnostic.message
     assert caught.value.exit_code == 2 and "`--set w=[1, 1e400]`" in caught.value.diagnostic.message
     assert value("x = 1e-400") == 0.0 and value("x = 1.7976931348623157e308") == np.finfo(float).max
