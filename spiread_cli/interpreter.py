@@ -1,8 +1,8 @@
 """Elaboration: runs a parsed program, recording every operation on a tape.
 
 Expressions are evaluated with an explicit stack (post-order), so a
-10,000-link method chain or deeply nested parentheses never meet Python's
-recursion limit; each value travels paired with its expression (`Arg`), so
+10,000-link method chain, deeply nested parentheses or a chain of `def`s
+(inlined on the same stack) never meet Python's recursion limit; each value travels paired with its expression (`Arg`), so
 every message can quote and point at what produced it. What a call is (a
 method, a function, a selection) is decided once, when it is expanded.
 Sub-expressions built only from literals and constructor functions are
@@ -416,6 +416,8 @@ class Interpreter:
                 spelled = f"x.{name}"
             return SpireadError(f"unknown {what} `{name}`", span,
                                 [f"`{name}` is a method: it follows its value, `{spelled}`"])
+        if name in FUNCTIONS:  # a function named without its arguments: `v.map(zeros)`
+            return SpireadError(f"`{name}` is a function; call it with arguments, e.g. `{name}(…)`", span)
         if name in RESERVED_WORDS:
             return SpireadError(f"unknown {what} `{name}`", span, [reserved_note(name)])
         return SpireadError(f"unknown {what} `{name}`", span, guesses)

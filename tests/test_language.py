@@ -550,6 +550,11 @@ def test_a_method_with_arguments_is_spelled_with_them():
     assert "`exp` is a method" in error("x = [1.0]\ny = x.map(exp)").diagnostic.notes[0]
 
 
+@pytest.mark.parametrize("text", ["y = zeros", "y = [1.0].map(eye)", "y = Matrix.fromRows"])
+def test_a_function_without_arguments_says_to_call_it(text):
+    assert "is a function; call it with arguments" in error(text).diagnostic.message
+
+
 @pytest.mark.parametrize("name", ["rows", "cols", "size"])
 def test_a_function_written_as_a_method_is_spelled_as_a_function(name):
     err = error(f"x = [[1.0, 2.0]]\nn = x.{name}").diagnostic
