@@ -474,13 +474,14 @@ def test_a_chain_of_defs_through_map_inlines_without_recursion():
 
 def test_the_same_call_twice_is_computed_once():
     """40 defs each calling the previous twice: 2^40 inlinings if nothing were
-    shared. The tape grows by a handful of ops per def."""
-    n = 40
-    text = "def f0(x) = x * 1.5\n" + "".join(f"def f{k}(x) = f{k - 1}(x) + f{k - 1}(x)\n" for k in range(1, n))
-    r = run(text + f"x = 2.0\ny = f{n - 1}(x)")
-    assert r.value == 2.0 * 1.5 * 2.0 ** (n - 1)
-    assert len(r.tape.nodes) < 5 * n
-    assert gradients(text + f"x = 2.0\ny = f{n - 1}(x)").gradients["x"] == 1.5 * 2.0 ** (n - 1)
+    shared. The tape grows by a handful of ops per def (checked at 12 levels
+    first, so that without sharing this fails rather than hangs)."""
+    for n in (12, 40):
+        text = "def f0(x) = x * 1.5\n" + "".join(f"def f{k}(x) = f{k - 1}(x) + f{k - 1}(x)\n" for k in range(1, n))
+        r = run(text + f"x = 2.0\ny = f{n - 1}(x)")
+        assert len(r.tape.nodes) < 5 * n
+        assert r.value == 2.0 * 1.5 * 2.0 ** (n - 1)
+        assert gradients(text + f"x = 2.0\ny = f{n - 1}(x)").gradients["x"] == 1.5 * 2.0 ** (n - 1)
 
 
 def test_shared_calls_stay_within_one_statement_and_one_set_of_values():
@@ -489,6 +490,19 @@ def test_shared_calls_stay_within_one_statement_and_one_set_of_values():
     assert r.bindings["a"] != r.bindings["c"]               # two statements, two values
     assert r.node("d").value == 13.0
     assert gradients(text, wrt=["a"]).gradients["a"] == 9.0          # ∂(a·c)/∂a = c, c its own value
+
+
+def test_an_error_inside_inlined_calls_leaves_no_call_open():
+    from spiread_cli.diagnostics import Source
+    from spiread_cli.interpreter import Interpreter
+    from spiread_cli.syntax import parse
+    source = Source("t.ad", "def g(x) = { val y = x * 2\n y @@ [1.0, 2.0, 3.0] }\ndef f(x) = g(x) + 1\n"
+                            "v = [1.0, 2.0].map(z => z)\nw = f(v)")
+    interpreter = Interpreter(source)
+    with pytest.raises(SpireadError, match="inner sizes differ") as caught:
+        interpreter.run(parse(source))
+    # While the error (and so its traceback and the evaluator's stack) lives, as in a caller's `except`:
+    assert caught.value and interpreter.scope is None and interpreter.inlining == []
 
 
 @pytest.mark.parametrize("text, expected", [
