@@ -52,7 +52,7 @@ def lazy_rows(reader, bounds: list[tuple[int, int]]):
 # compute. tests/test_dask_reach.py runs every op of the table on Dask arrays
 # to hold this set to the table.
 NO_LAZY_RULES = frozenset({"product", "rowProduct", "exclusiveProducts", "reshape", "gatherRows",
-                           "meanLogSoftmaxPick", "indexScatter", "scatterPairs", "scatterRows"})
+                           "meanLogSoftmaxPick", "scatterPairs", "scatterRows"})
 
 
 def record_lazy(job: Job, bounds: list[tuple[int, int]], refusal: SpireadError) -> Run:

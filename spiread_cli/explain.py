@@ -4,11 +4,13 @@ The sweeps themselves (`Tape.backward`, `ForwardSweep.push`) take an observer
 and are otherwise unchanged; the recorders here watch them run, so what is
 shown is the computation that produced the gradients, not a re-enactment.
 Reverse mode: each node in reverse topological order, its adjoint g (and
-which nodes' contributions added up to it), and what its op's rule (the
-`rule` in ops.py's table) sends to each input. Forward mode: each node in tape
-order, the tangent its op's rule makes from its inputs' (over all the sweep's
-blocks of directions, kept as its shape and norm once it is too large to show:
-an explanation holds a few numbers per node, not the sweep's tangents).
+which nodes' contributions added up to it), and what its op's rule sends to
+each input. Forward mode: each node in tape order, the tangent its op's rule
+makes from its inputs' (over all the sweep's blocks of directions, kept as its
+shape and norm once it is too large to show: an explanation holds a few
+numbers per node, not the sweep's tangents). The rules' text is printed from
+each op's derivative statement (spiread_cli/rules.py) at the node's shapes,
+so the words are the arithmetic that ran.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .rules import jvp_text, operand_names, vjp_text
 from .tape import Node, Run
 
 # Arrays with at most this many entries are shown in full; larger ones by their
@@ -138,17 +141,19 @@ def handle(node_id: int) -> str:
 
 def operand(node: Node, k: int) -> str:
     """The name a rule gives an operand: x; a and b; x0, x1, … (stack)."""
-    arity = len(node.inputs)
-    return "x" if arity == 1 else ("a", "b")[k] if arity == 2 else f"x{k}"
+    return operand_names(len(node.inputs))[k]
 
 
-def vjp_rule(node: Node, k: int) -> str:
-    rules = node.op.rule.vjp
-    return rules[min(k, len(rules) - 1)]  # a variadic op (stack) has one rule for every operand
+def vjp_rule(run: Run, node: Node, k: int) -> str:
+    nodes = run.tape.nodes
+    return vjp_text(node.op, k, [nodes[i].shape for i in node.inputs], node.shape, node.params)
 
 
-def jvp_rule(node: Node) -> str:
-    return node.op.rule.jvp
+def jvp_rule(run: Run, node: Node, sources: list[int]) -> str:
+    """The tangent rule for the operands whose tangents moved (`sources`)."""
+    nodes = run.tape.nodes
+    moving = [k for k, i in enumerate(node.inputs) if i in sources]
+    return jvp_text(node.op, moving, [nodes[i].shape for i in node.inputs], node.shape, node.params)
 
 
 def formula(node: Node) -> str:
@@ -227,11 +232,11 @@ def explanation_document(run: Run, explanation: Explanation) -> list[dict]:
         if explanation.mode == "reverse":
             doc.update({"adjoint": summary(step.value), "from": [handle(i) for i in step.sources],
                         "sends": [{"to": handle(c.to), "operand": operand(node, c.operand),
-                                   "rule": vjp_rule(node, c.operand), "value": summary(c.value)}
+                                   "rule": vjp_rule(run, node, c.operand), "value": summary(c.value)}
                                   for c in step.sends]})
         else:
             doc.update({"tangent": summary(step.value), "from": [handle(i) for i in step.sources],
-                        "rule": jvp_rule(node) if step.sources else "seed"})
+                        "rule": jvp_rule(run, node, step.sources) if step.sources else "seed"})
         steps.append(doc)
     return steps
 
@@ -267,7 +272,7 @@ def explanation_text(run: Run, explanation: Explanation) -> str:
                 parts = " + ".join(handle(i) for i in step.sources)
                 lines.append(hang(f"    g = {parts}, added up = ", summary_text(step.value)))
             for c in step.sends:
-                lines.append(f"    → {handle(c.to)} ({operand(node, c.operand)}) gets {vjp_rule(node, c.operand)}")
+                lines.append(f"    → {handle(c.to)} ({operand(node, c.operand)}) gets {vjp_rule(run, node, c.operand)}")
                 lines.append(hang("        = ", summary_text(c.value)))
             if node.id in explanation.wrt.values():
                 lines.append(f"    so ∂{out}/∂{node.name or handle(node.id)} is this g")
@@ -282,7 +287,7 @@ def explanation_text(run: Run, explanation: Explanation) -> str:
                 lines.append("    seed: one direction per entry")
             else:
                 ins = ", ".join(handle(i) for i in step.sources)
-                lines.append(f"    tangent from {ins}: {jvp_rule(node)}")
+                lines.append(f"    tangent from {ins}: {jvp_rule(run, node, step.sources)}")
             lines.append(hang("        = ", summary_text(step.value, directions=True)))
         lines.append(f"Along each direction, the tangent of `{out}` is one entry of the gradient.")
     return "\n".join(lines)

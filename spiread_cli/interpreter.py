@@ -207,7 +207,7 @@ class Interpreter:
         if not pairs:
             raise SpireadError("`.backward()` bound to a name needs the values to differentiate by", call.span,
                                [f"e.g. `{name} = {self.text(receiver)}.backward((w = w))`"])
-        # The backward pass is recorded on the tape (each op's graph rule), so
+        # The backward pass is recorded on the tape (each op's derivative statement), so
         # a gradient is a value like any other and can be differentiated again.
         ids = self.tape.backward_graph(output.id, [node.id for _, node in pairs], self.diagnostics)
         fields = {}

@@ -402,7 +402,8 @@ class Tape:
         """Reverse sweep that records instead of computing: for each node in
         `wrt`, the id of a node on this tape whose value is the gradient of
         the (scalar) output, built from the table's ops by each op's graph
-        rule (`vjp_graph`), so it can be differentiated again. It visits the
+        statement (`Op.derivative`), recorded, so it can be differentiated
+        again (to any order: every statement is made of ops with one). It visits the
         same nodes as `backward`; contributions meeting at a node are summed
         by `add` nodes. Each recorded node carries the span of the op whose
         rule made it and a label naming the rule (`∂log/∂x`)."""
@@ -419,14 +420,11 @@ class Tape:
             g = adjoints.get(node.id) if node.id in wanted else adjoints.pop(node.id, None)
             if g is None or node.op is None:
                 continue
-            if node.op.vjp_graph is None:
-                raise SpireadError(f"`{self.text(node)}`: a derivative of `{node.label}` cannot be differentiated "
-                                   "again (third derivatives through it are not supported)", node.span)
             for k, i in enumerate(node.inputs):
                 if not needs[i]:
                     continue
                 emit = Emitter(self, node.span, rule_label(node, k))
-                gi = node.op.vjp_graph(k, g, node.id, *node.inputs, emit=emit, **node.params)
+                gi = node.op.derivative(k, g, node.id, *node.inputs, emit=emit, **node.params)
                 if gi is None:  # a derivative that is 0 (stopGradient, a mask)
                     continue
                 if births is not None:
@@ -441,9 +439,9 @@ class Tape:
 
 
 class Emitter:
-    """What a graph rule records through: `emit(op_name, inputs, **params)`
-    appends an op (evaluated at once) and returns its id; `const` a constant;
-    `shape` a node's shape. Every node it makes has the span and label of the
+    """The recording interpreter of derivative statements (spiread_cli/rules.py):
+    `emit(op_name, inputs, **params)` appends an op (evaluated at once) and
+    returns its id; `const` a constant; `shape` a node's shape. Every node it makes has the span and label of the
     rule it records. Non-finite values are not reported node by node: the
     sweep warns where a rule's result is born non-finite, as `backward` does."""
 
@@ -453,7 +451,7 @@ class Emitter:
     def __call__(self, op_name: str, inputs: list[int], **params) -> int:
         return self.tape.record(OPS[op_name], tuple(inputs), params, self.span, self.label, None).id
 
-    def const(self, value) -> int:
+    def const(self, value, name: str | None = None) -> int:
         return self.tape.leaf(np.asarray(value, dtype=np.float64), "const", self.span).id
 
     def shape(self, node_id: int) -> tuple:

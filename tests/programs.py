@@ -365,7 +365,7 @@ NOT_GENERATED = {  # op: why no program writes it
     "gatherRows": "fused by rewrite.py from `onehot(labels, n) @@ W`; it has no syntax of its own",
     "meanLogSoftmaxPick": "fused by rewrite.py from the log-likelihood pattern; it has no syntax of its own",
     **{name: "recorded by the derivative rules (Tape.backward_graph), for second derivatives; no syntax"
-       for name in ("sumTo", "broadcastTo", "reshape", "rowTotal", "sign", "indicator", "scale", "powLog",
+       for name in ("sumTo", "broadcastTo", "reshape", "rowTotal", "sign", "indicator", "scale",
                     "exclusiveProducts", "indexScatter", "scatterPairs", "scatterRows")},
     "stopGradient": "`x.value`: its derivative is 0 by definition, which finite differences cannot check",
 }
