@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from . import syntax
 from .data import SUFFIXES, load_array, parse_set_option
 from .diagnostics import Source, Span, SpireadError
 from .interpreter import Const, Interpreter
+from .gradients import gradients  # noqa: F401  (re-exported: api.gradients)
 from .tape import Run
 
 MAX_SOURCE_BYTES = 64 << 20
@@ -110,21 +110,3 @@ def run_file(path: str, sets: list[str] = (), of: str | None = None, evaluate: b
     source = read_source(path)
     base = base_dir_of(source)
     return run_source(source, parse_overrides(list(sets), base), of, base, evaluate)
-
-
-@dataclass
-class Gradients:
-    value: np.ndarray                   # the output's value
-    gradients: dict[str, np.ndarray]    # name -> gradient, in --wrt order
-
-
-def gradients(run: Run, wrt: list[str] | None = None, mode: str = "reverse", observe=None) -> Gradients:
-    """Gradients of the run's scalar output with respect to `wrt` (names).
-    `observe` watches the sweep (`grad --explain`; see spiread_cli/explain.py)."""
-    ids = run.wrt_ids(wrt)
-    if mode == "forward":
-        from .forward import jacobian_forward
-        by_id = jacobian_forward(run.tape, run.output, list(ids.values()), run.diagnostics, observe=observe)
-    else:
-        by_id = run.tape.backward(run.output, list(ids.values()), run.diagnostics, observe)
-    return Gradients(run.value, {n: by_id[i] for n, i in ids.items()})

@@ -13,18 +13,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from .diagnostics import Span, SpireadError, did_you_mean, shape_str
 from .limits import check_shape
-from .ops import OPS
-from .output import format_array
+from .formatting import format_array
+from .ops import OPS, Op
 from .values import Arg, Const, Function, Jet, JetDim, Record, Symbol, Text, Unit, jet_text
 
-if TYPE_CHECKING:
-    from .interpreter import Interpreter
+
+
+class Elaborator(Protocol):
+    """What a builtin asks of the interpreter that calls it
+    (`interpreter.Interpreter`, the layer above, is the one implementation)."""
+    source: Any                        # diagnostics.Source: the program's text
+    base_dir: Path                     # where relative file names resolve
+    loader: Callable                   # reads a data file: (path, span) -> array
+    printed: list[str]                 # `println` lines, in program order
+    jet_dim: tuple[int, Span] | None   # from `given jd: JetDim = JetDim(n)`
+    max_bytes: int
+
+    def text(self, node) -> str: ...
+    def tensor(self, arg: Arg) -> Any: ...
+    def apply(self, op: Op, operands: list[Arg], params: dict, span: Span, at: Span, label: str) -> Any: ...
+    def check_size(self, shape, span: Span, at: Span) -> None: ...
+    def number(self, arg: Arg, what: str) -> float: ...
+    def integer(self, arg: Arg, what: str) -> int: ...
+    def integers(self, arg: Arg, what: str) -> np.ndarray: ...
+    def selection(self, receiver: Arg, args: list[Arg], call, op_name: str) -> Any: ...
+    def inline(self, function: Function, args: list[Arg], call, keywords: dict[str, Arg] | None = None) -> Any: ...
+    def array_literal(self, items: list[Arg], node) -> Any: ...
 
 ANY = range(0, 1 << 30)
 
@@ -58,7 +78,7 @@ def check_arguments(what: str, counts: tuple[int, ...] | range, given: int, at: 
 # Each body takes (interpreter, positional args, keyword args, call node).
 
 
-def _sizes(self: Interpreter, args: list[Arg], name: str, call) -> tuple[int, ...]:
+def _sizes(self: Elaborator, args: list[Arg], name: str, call) -> tuple[int, ...]:
     sizes = tuple(self.integer(a, f"a size for `{name}`") for a in args)
     if any(s < 0 for s in sizes):
         raise SpireadError(f"`{name}`: sizes cannot be negative", call.span)
@@ -67,33 +87,33 @@ def _sizes(self: Interpreter, args: list[Arg], name: str, call) -> tuple[int, ..
 
 def _filled(name: str, maker: Callable) -> Callable:
     """zeros, ones: a constant of the given sizes."""
-    def body(self: Interpreter, args, keywords, call):
+    def body(self: Elaborator, args, keywords, call):
         sizes = _sizes(self, args, name, call)
         self.check_size(sizes, call.span, call.at)
         return Const(maker(sizes))
     return body
 
 
-def _full(self: Interpreter, args, keywords, call):
+def _full(self: Elaborator, args, keywords, call):
     sizes = _sizes(self, args[:-1], "full", call)
     self.check_size(sizes, call.span, call.at)
     return Const(np.full(sizes, self.number(args[-1], "the fill value of `full`")))
 
 
-def _eye(self: Interpreter, args, keywords, call):
+def _eye(self: Elaborator, args, keywords, call):
     (n,) = _sizes(self, args, "eye", call)
     self.check_size((n, n), call.span, call.at)
     return Const(np.eye(n))
 
 
-def _arange(self: Interpreter, args, keywords, call):
+def _arange(self: Elaborator, args, keywords, call):
     (n,) = _sizes(self, args, "arange", call)
     self.check_size((n,), call.span, call.at)
     return Const(np.arange(n, dtype=float))
 
 
 def _random(name: str, kind: str) -> Callable:
-    def body(self: Interpreter, args, keywords, call):
+    def body(self: Elaborator, args, keywords, call):
         sizes = _sizes(self, args, name, call)
         seed = self.integer(keywords["seed"], "the seed") if "seed" in keywords else 0
         if seed < 0:
@@ -105,7 +125,7 @@ def _random(name: str, kind: str) -> Callable:
     return body
 
 
-def _onehot(self: Interpreter, args, keywords, call):
+def _onehot(self: Elaborator, args, keywords, call):
     labels = self.integers(args[0], "the labels of `onehot`")
     n = self.integer(args[1], "the width of `onehot`")
     if n < 0:
@@ -119,7 +139,7 @@ def _onehot(self: Interpreter, args, keywords, call):
     return Const(out)
 
 
-def _load(self: Interpreter, args, keywords, call):
+def _load(self: Elaborator, args, keywords, call):
     if not isinstance(args[0].value, Text) or not args[0].value.written:
         raise SpireadError("`load` takes a path in quotes, e.g. `load(\"x.csv\")`", call.span)
     if not args[0].value.value.strip():
@@ -130,7 +150,7 @@ def _load(self: Interpreter, args, keywords, call):
 
 
 def _measure(what: str) -> Callable:
-    def body(self: Interpreter, args, keywords, call):
+    def body(self: Elaborator, args, keywords, call):
         shape = self.tensor(args[0]).shape
         return Const(np.array(float({"rows": shape[0] if shape else 1,
                                      "cols": shape[1] if len(shape) == 2 else (shape[0] if shape else 1),
@@ -140,16 +160,16 @@ def _measure(what: str) -> Callable:
 
 def _from(axis: int) -> Callable:
     """Matrix.fromRows (axis 0) and Matrix.fromColumns (axis 1): stack vectors."""
-    def body(self: Interpreter, args, keywords, call):
+    def body(self: Elaborator, args, keywords, call):
         return self.apply(OPS["stack"], args, {"axis": axis}, call.span, call.at, self.text(call.callee))
     return body
 
 
-def _array(self: Interpreter, args, keywords, call):
+def _array(self: Elaborator, args, keywords, call):
     return self.array_literal(args, call)
 
 
-def shown(self: Interpreter, arg: Arg) -> str:
+def shown(self: Elaborator, arg: Arg) -> str:
     """A value's text, as `eval` shows it (a Jet as spire does): what
     `println` writes and `.printMat` gives."""
     value = arg.value
@@ -161,25 +181,25 @@ def shown(self: Interpreter, arg: Arg) -> str:
     return jet_text(value.value, value.tangents) if isinstance(value, Jet) else format_array(value.value)
 
 
-def _println(self: Interpreter, args, keywords, call):
+def _println(self: Elaborator, args, keywords, call):
     self.printed.append(shown(self, args[0]))
     return Unit()
 
 
-def _jet_dim(self: Interpreter, call) -> int:
+def _jet_dim(self: Elaborator, call) -> int:
     if self.jet_dim is None:
         raise SpireadError(f"`{self.text(call.callee)}` needs to know how many infinitesimal parts a Jet has",
                            call.span, ["give it first: `given jd: JetDim = JetDim(1)`"])
     return self.jet_dim[0]
 
 
-def _jet(self: Interpreter, args, keywords, call):
+def _jet(self: Elaborator, args, keywords, call):
     """`Jet(c)`: the number c, with no infinitesimal part."""
     n = _jet_dim(self, call)
     return Jet(np.array(self.number(args[0], "the real part of `Jet`")), np.zeros(n))
 
 
-def _jet_h(self: Interpreter, args, keywords, call):
+def _jet_h(self: Elaborator, args, keywords, call):
     """`Jet.h[Double](k)`: the k-th infinitesimal, h_k (real part 0)."""
     n = _jet_dim(self, call)
     k = self.integer(args[0], "the part of `Jet.h`")
@@ -191,7 +211,7 @@ def _jet_h(self: Interpreter, args, keywords, call):
     return Jet(np.array(0.0), parts)
 
 
-def _make_jet_dim(self: Interpreter, args, keywords, call):
+def _make_jet_dim(self: Elaborator, args, keywords, call):
     n = self.integer(args[0], "the dimension of `JetDim`")
     if n < 1:
         raise SpireadError(f"`JetDim`: a Jet has at least 1 infinitesimal part, not {n}", args[0].expr.span)
@@ -232,7 +252,7 @@ FUNCTIONS: dict[str, Builtin] = {
 REDUCTIONS = {"sum": "rowSum", "mean": "rowMean", "product": "rowProduct"}
 
 
-def _map_rows(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+def _map_rows(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     if not isinstance(args[0].value, Symbol):
         raise SpireadError(f"`.{attr.name}` takes a reduction: `sum`, `mean` or `product`", args[0].expr.span,
                            ["e.g. `x.mapRowsToScalar(ReductionOps.Sum)`"])
@@ -240,7 +260,7 @@ def _map_rows(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
     return self.apply(OPS[REDUCTIONS[name]], [receiver], {}, call.span, attr.at, f"mapRowsToScalar({name})")
 
 
-def _row_or_col(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+def _row_or_col(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     x = self.tensor(receiver)
     if len(x.shape) != 2:
         raise SpireadError(f"`.{attr.name}` needs a matrix, but `{self.text(receiver.expr)}` is "
@@ -255,26 +275,26 @@ def _row_or_col(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
 
 
 def _selection(op_name: str) -> Callable:
-    def body(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+    def body(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
         if call is None:
             raise SpireadError(f"`.{attr.name}` needs (row, col) pairs", attr.at)
         return self.selection(receiver, args, call, op_name)
     return body
 
 
-def _tej(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+def _tej(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     return self.tensor(receiver)
 
 
-def _stop_gradient(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+def _stop_gradient(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     return self.apply(OPS["stopGradient"], [receiver], {}, (call or attr).span, attr.at, "value")
 
 
-def _print_mat(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+def _print_mat(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     return Text(shown(self, receiver), written=False)
 
 
-def _map(self: Interpreter, receiver: Arg, args: list[Arg], attr, call):
+def _map(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     """`v.map(f)`: f applied to each entry (each is a scalar), the results
     stacked back into v's shape; f is inlined once per entry. A generator,
     as `Interpreter.inline` is, whose expressions it passes on."""

@@ -15,7 +15,7 @@ import html
 import numpy as np
 
 from .interpreter import Run
-from .output import format_array, short_shape
+from .formatting import format_array, short_shape
 from .tape import made_by_rule
 
 STYLE = {

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .formatting import format_array, json_number, json_value, short_shape
+from .gradients import gradients
 from .rules import jvp_text, operand_names, vjp_text
 from .tape import Node, Run
 
@@ -121,10 +123,9 @@ class ForwardRecorder:
 
 
 def explain(run: Run, wrt: list[str] | None = None, mode: str = "reverse"):
-    """The gradients (as api.gradients gives them) and the sweep that made them."""
-    from . import api
+    """The gradients (as `gradients.gradients` gives them) and the sweep that made them."""
     recorder = ForwardRecorder() if mode == "forward" else ReverseRecorder()
-    result = api.gradients(run, wrt, mode, observe=recorder)
+    result = gradients(run, wrt, mode, observe=recorder)
     ids = {name: run.bindings[name] for name in result.gradients}
     steps = (recorder.steps if mode == "forward"
              else recorder.finish({ids[n]: g for n, g in result.gradients.items()}))
@@ -161,7 +162,6 @@ def formula(node: Node) -> str:
     if node.op is None:
         if node.kind == "input":
             return "input"
-        from .output import format_array
         return format_array(node.value) if node.value.ndim == 0 else "constant"
     args = [handle(i) for i in node.inputs]
     label = node.label
@@ -188,7 +188,6 @@ def where(run: Run, node: Node) -> str:
 
 def summary(value: np.ndarray | Summarised) -> dict:
     """An array as JSON: whole when small, else its shape and (Frobenius) norm."""
-    from .output import json_number, json_value
     kept = value if isinstance(value, Summarised) else shown(np.asarray(value))
     if isinstance(kept, Summarised):
         return {"shape": list(kept.shape), "norm": json_number(kept.norm)}
@@ -198,7 +197,6 @@ def summary(value: np.ndarray | Summarised) -> dict:
 def summary_text(value: np.ndarray | Summarised, directions: bool = False) -> str:
     """An array for people: whole when small (matrices over several lines),
     else its shape and norm. Tangents have one row per seed direction."""
-    from .output import format_array, short_shape
     kept = value if isinstance(value, Summarised) else shown(np.asarray(value))
     if len(kept.shape) == 0:
         return format_array(kept)

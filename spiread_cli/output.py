@@ -4,8 +4,6 @@ standard output goes through `write_stdout`."""
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 import time
@@ -13,47 +11,8 @@ import time
 import numpy as np
 
 from .diagnostics import SpireadError, shape_str
+from .formatting import dumps, format_array, json_number, json_numbers, json_value, short_shape
 from .values import jet_text
-
-
-# Arrays larger than this are summarised with `...`, as numpy prints them.
-SUMMARY_THRESHOLD = 100
-
-
-def json_number(x: float):
-    """RFC 8259 has no inf or nan: they travel as strings."""
-    if math.isfinite(x):
-        return x
-    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-
-
-def json_value(array: np.ndarray) -> dict:
-    array = np.asarray(array, dtype=np.float64)
-    nested = array.tolist()
-    return {"shape": list(array.shape), "value": _map_numbers(nested)}
-
-
-def _map_numbers(nested):
-    if isinstance(nested, list):
-        return [_map_numbers(x) for x in nested]
-    return json_number(nested)
-
-
-def dumps(document: dict) -> str:
-    return json.dumps(document, allow_nan=False, ensure_ascii=False)
-
-
-def format_array(array: np.ndarray, precision: int = 6) -> str:
-    """A scalar in full (shortest round-trip form), arrays numpy-style."""
-    array = np.asarray(array)
-    if array.ndim == 0:
-        return str(json_number(float(array)))
-    return np.array2string(array, precision=precision, suppress_small=True, threshold=SUMMARY_THRESHOLD,
-                           edgeitems=3, max_line_width=120, separator=" ")
-
-
-def short_shape(shape: tuple) -> str:
-    return "scalar" if not shape else "×".join(map(str, shape))
 
 
 def values_table(rows: list[tuple]) -> list[tuple[str, str]]:
@@ -314,7 +273,7 @@ def _run_value_json(run, node_id: int) -> dict:
     """A value; a Jet's infinitesimal parts as `"jet"` beside its real part."""
     shown = json_value(run.tape.nodes[node_id].value)
     if node_id in run.jets:
-        shown["jet"] = _map_numbers(run.jets[node_id].tolist())
+        shown["jet"] = json_numbers(run.jets[node_id].tolist())
     return shown
 
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import gradients, run, value
 from spiread_cli import api
 from spiread_cli.diagnostics import SpireadError
-from spiread_cli.output import format_array
+from spiread_cli.formatting import format_array
 from spiread_cli.values import jet_text, scala_double
 
 
