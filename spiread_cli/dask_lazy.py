@@ -230,11 +230,3 @@ class LazyProgram:
         if self.client is not None:
             self.client.close()
             self.client = None
-
-
-def scatter_add(flat: np.ndarray, weights, shape: tuple):
-    """A `shape` array of zeros with each of the lazy `weights` added at its
-    flat position (np.bincount's scatter-add, which the array API lacks)."""
-    import dask.array as da
-    positions = da.from_array(flat, chunks=weights.chunks)
-    return da.bincount(positions, weights=weights, minlength=math.prod(shape)).reshape(shape)

@@ -678,9 +678,10 @@ def _scatter_pairs(shape: tuple, rows: np.ndarray, cols: np.ndarray, weights=Non
     (row, col): an entry chosen twice gets both. np.add.at's result, by one
     bincount over flat positions, which is several times faster."""
     flat = np.ravel_multi_index((rows, cols), shape, mode="wrap")  # wrap: negative positions count from the end
-    if is_lazy(weights):
-        from .dask_lazy import scatter_add
-        return scatter_add(flat, weights, shape)
+    if is_lazy(weights):  # Dask's bincount, from Dask itself: the table imports nothing of spiread above it
+        import dask.array as da
+        positions = da.from_array(flat, chunks=weights.chunks)
+        return da.bincount(positions, weights=weights, minlength=shape[0] * shape[1]).reshape(shape)
     return np.bincount(flat, weights=weights, minlength=shape[0] * shape[1]).reshape(shape).astype(np.float64)
 
 
