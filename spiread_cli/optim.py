@@ -9,6 +9,7 @@ the previous values, which are what it saves if the next loss is not finite.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -78,100 +79,167 @@ class Adam:
 
 
 class Newton:
-    """Newton steps by conjugate gradients on Hessian-vector products, never a
-    dense Hessian (truncated Newton, Nocedal & Wright's Algorithm 7.1, with
-    Levenberg–Marquardt damping as in Martens' Hessian-free optimisation):
+    """Trust-region Newton by conjugate gradients on Hessian-vector products,
+    never a dense Hessian (Steihaug's truncated CG inside Nocedal & Wright's
+    Algorithm 4.1; a trust region is Levenberg–Marquardt damping chosen by
+    its step length, Moré 1978):
 
-        solve (H + λI) p = −g by CG,   w ← w + lr · p
+    - CG solves H p = −g from p = 0 (`steihaug_path`) until the residual is
+      1e-10 of |g|, or until p would leave the trust region |p| ≤ Δ: along
+      a direction of negative or zero curvature, or of a curvature so small
+      against the gradient that the model's minimum along it lies outside
+      (as the rounding-level 1e-17 of `(w*w).sum.sqrt` along its gradient);
+      then p ends on the boundary. Inside it, the step is Newton's, so a
+      quadratic loss such as least squares is solved in one step.
+    - w + lr·p is tried: one loss evaluation. ρ, the loss's actual decrease
+      over the quadratic model's, decides: ρ ≤ 1e-4 (the loss rose, or
+      fell far less than predicted, or is not finite) rejects the step,
+      Δ becomes |p|/4, and the point at that length on the same CG path is
+      tried, with no new Hessian-vector products. An accepted step with
+      ρ < 1/4 also quarters Δ; ρ > 3/4 on the boundary doubles it.
+    - Δ starts at 100·max(|w|, 1) (MINPACK's rule), so the first steps
+      are Newton's unless they are absurd, and shrinks only when rejected.
 
-    CG stops when the residual is 1e-10 of |g|, after as many iterations as
-    there are entries (exact arithmetic needs no more), or at a direction of
-    non-positive curvature (then the step so far, or −g before the first).
-    The damping λ starts at `damping` (0: a pure Newton step, so a quadratic
-    such as least squares is solved in one step, up to rounding) and follows
-    the ratio ρ of the loss's actual decrease to the quadratic model's
-    prediction, seen at the next step: ρ < 1/4 doubles λ (at least 1e-3 of
-    the curvature pᵀHp/|p|² seen), ρ > 3/4 divides it by 3.
+    The loss thus never rises. When no step can lower it, `converged`
+    says why and the trainer stops: the gradient is zero (a flat region or
+    a stationary point), or the model predicts a decrease within the loss's
+    rounding. `rejected` counts the rejected trial steps.
     """
 
     default_lr = 1.0
     needs_curvature = True
+    acceptable = 1e-4       # ρ above this accepts a step (Nocedal & Wright's η)
+    rounding = 4 * np.finfo(float).eps  # a predicted decrease below this fraction of |loss| is none
 
-    def __init__(self, lr: float = default_lr, damping: float = 0.0):
-        self.lr, self.damping = lr, damping
-        self.products = None
-        self.predicted: float | None = None    # the model's decrease for the last step
-        self.last_loss: float | None = None
-        self.curvature = 0.0                   # pᵀHp/|p|² of the last step
+    def __init__(self, lr: float = default_lr):
+        self.lr = lr
+        self.radius: float | None = None       # Δ, set at the first step
+        self.rejected = 0
+        self.converged: str | None = None
 
-    def attach(self, tape, output: int, ids: dict[str, int]) -> None:
+    def attach(self, tape, output: int, ids: dict[str, int], loss_at) -> None:
         """Record the gradient of `output` on `tape` (a copy the trainer owns)
-        and the product h = Σ⟨∂f/∂w, v⟩ that every HVP sweeps back from."""
+        and the product h = Σ⟨∂f/∂w, v⟩ that every HVP sweeps back from;
+        `loss_at(values)` is the loss at trial values (a forward pass)."""
         from .second import HessianVectorProducts
-        self.tape, self.output, self.ids = tape, output, ids
+        self.tape, self.output, self.ids, self.loss_at = tape, output, ids, loss_at
         recorded_from = len(tape.nodes)
         self.products = HessianVectorProducts(tape, tape.backward_graph(output, list(ids.values())), recorded_from)
 
     def step(self, values: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.products.refresh()  # the recorded gradient at the current values (train replayed the forward pass)
         loss = float(self.tape.nodes[self.output].value)
-        self._adapt(loss)
         names = list(values)
         shapes = [np.shape(values[n]) for n in names]
-        sizes = [int(np.prod(s)) for s in shapes]
-        cuts = np.cumsum(sizes)[:-1]
+        cuts = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
         g = np.concatenate([np.ravel(grads[n]) for n in names])
+        w = np.concatenate([np.ravel(values[n]) for n in names])
+
+        def unflatten(v: np.ndarray) -> dict[str, np.ndarray]:
+            return {n: part.reshape(s) for n, part, s in zip(names, np.split(v, cuts), shapes)}
 
         def curvature_times(v: np.ndarray) -> np.ndarray:
-            parts = {self.ids[n]: part.reshape(s) for n, part, s in zip(names, np.split(v, cuts), shapes)}
-            by_id = self.products(parts, [self.ids[n] for n in names])
-            return np.concatenate([np.ravel(by_id[self.ids[n]]) for n in names]) + self.damping * v
+            by_id = self.products({self.ids[n]: part for n, part in unflatten(v).items()}, [self.ids[n] for n in names])
+            return np.concatenate([np.ravel(by_id[self.ids[n]]) for n in names])
 
-        p = conjugate_gradients(curvature_times, -g, len(g))
-        hp = curvature_times(p)
-        pp = float(p @ p)
-        self.curvature = float(p @ hp) / pp if pp else 0.0
-        self.predicted = -float(g @ p + 0.5 * (p @ hp)) * self.lr
-        self.last_loss = loss
-        return {n: values[n] + self.lr * part.reshape(s) for n, part, s in zip(names, np.split(p, cuts), shapes)}
-
-    def _adapt(self, loss: float) -> None:
-        """Levenberg–Marquardt: trust the quadratic model more or less by how
-        well it predicted the last step's decrease."""
-        if self.predicted is None or not self.predicted > 0:
-            return
-        rho = (self.last_loss - loss) / self.predicted
-        if rho < 0.25:
-            self.damping = max(2 * self.damping, 1e-3 * abs(self.curvature))
-        elif rho > 0.75:
-            self.damping /= 3
+        if not g.any():
+            self.converged = "the gradient is zero (a flat region or a stationary point), so no step lowers the loss"
+            return values
+        if self.radius is None:
+            self.radius = 100 * max(float(np.linalg.norm(w)), 1.0)
+        path = steihaug_path(curvature_times, g, self.radius, len(g))
+        floor = self.rounding * abs(loss)
+        while True:
+            p, hp, on_boundary = path.point(self.radius)
+            predicted = -(self.lr * float(g @ p) + 0.5 * self.lr ** 2 * float(p @ hp))
+            if not predicted > floor:
+                self.converged = ("no step lowers the loss by more than its rounding "
+                                  f"(the gradient's norm is {np.linalg.norm(g):.3g})")
+                return values
+            trial = unflatten(w + self.lr * p)
+            rho = (loss - self.loss_at(trial)) / predicted  # nan when the trial loss is not finite
+            length = float(np.linalg.norm(p))
+            if rho > self.acceptable:
+                if rho < 0.25:
+                    self.radius = length / 4
+                elif rho > 0.75 and on_boundary:
+                    self.radius *= 2
+                return trial
+            self.rejected += 1
+            self.radius = length / 4
 
     def describe(self) -> str:
-        return f"newton (conjugate gradients on Hessian-vector products, lr {self.lr:g}, damping from {self.damping:g})"
+        return f"newton (trust region, conjugate gradients on Hessian-vector products, lr {self.lr:g})"
 
 
-def conjugate_gradients(a_times, b: np.ndarray, max_iterations: int, rtol: float = 1e-10) -> np.ndarray:
-    """Solve A x = b for a symmetric A given as a product, from x = 0; stop at
-    a direction of non-positive curvature (truncated Newton), returning the
-    iterate so far, or b itself before the first step."""
-    x = np.zeros_like(b)
-    r = b.copy()
+@dataclass
+class SteihaugPath:
+    """Points x on the conjugate-gradient path from 0, each with its residual
+    r = −(g + Hx), so that on the chord between two of them the model
+    m(p) = gᵀp + ½pᵀHp is exact without another product (H is linear):
+    Hp = −r(p) − g. The iterates' lengths grow (Steihaug's Theorem 7.3);
+    only those at least twice as long as the last one kept are kept, and
+    the end, so the path costs O(log) vectors, not one per iteration."""
+    g: np.ndarray
+    points: list[tuple[np.ndarray, np.ndarray]]
+    ends_on_boundary: bool
+
+    def point(self, radius: float) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The point of the path at length `radius` (its end if shorter),
+        with H times it and whether the trust region cut it."""
+        previous = self.points[0]
+        for x, r in self.points[1:]:
+            if np.linalg.norm(x) >= radius:
+                t = _crossing(previous[0], x - previous[0], radius)
+                p, r = previous[0] + t * (x - previous[0]), previous[1] + t * (r - previous[1])
+                return p, -r - self.g, True
+            previous = (x, r)
+        x, r = previous
+        return x, -r - self.g, self.ends_on_boundary
+
+
+def steihaug_path(curvature_times, g: np.ndarray, radius: float, max_iterations: int,
+                  rtol: float = 1e-10) -> SteihaugPath:
+    """Conjugate gradients on H p = −g from p = 0 (H given as a product),
+    stopped at a residual of `rtol`·|g|, or at the trust region's boundary
+    |p| = radius when the next iterate would cross it or the curvature
+    along the direction is not positive (Nocedal & Wright, Algorithm 7.2)."""
+    x, r = np.zeros_like(g), -g
     d = r.copy()
     rr = float(r @ r)
     stop = (rtol * np.sqrt(rr)) ** 2
+    points, kept = [(x, r)], 0.0
     for _ in range(max_iterations):
         if rr <= stop:
             break
-        ad = a_times(d)
-        curvature = float(d @ ad)
-        if not curvature > 0:
-            return x if x.any() else b
-        alpha = rr / curvature
-        x = x + alpha * d
-        r = r - alpha * ad
-        rr, previous = float(r @ r), rr
-        d = r + (rr / previous) * d
-    return x
+        hd = curvature_times(d)
+        curvature = float(d @ hd)
+        if not math.isfinite(curvature):  # no usable curvature here: the linear model, to the boundary
+            hd, curvature = np.zeros_like(d), 0.0
+        if curvature > 0:
+            alpha = rr / curvature
+            if np.linalg.norm(x + alpha * d) < radius:
+                x, r = x + alpha * d, r - alpha * hd
+                if np.linalg.norm(x) >= 2 * kept:
+                    points.append((x, r))
+                    kept = float(np.linalg.norm(x))
+                rr, previous = float(r @ r), rr
+                d = r + (rr / previous) * d
+                continue
+        tau = _crossing(x, d, radius)
+        if points[-1][0] is not x:
+            points.append((x, r))
+        points.append((x + tau * d, r - tau * hd))
+        return SteihaugPath(g, points, True)
+    if points[-1][0] is not x:
+        points.append((x, r))
+    return SteihaugPath(g, points, False)
+
+
+def _crossing(x: np.ndarray, d: np.ndarray, radius: float) -> float:
+    """τ ≥ 0 with |x + τd| = radius, for |x| < radius."""
+    dd, xd, xx = float(d @ d), float(x @ d), float(x @ x)
+    return (-xd + math.sqrt(max(xd * xd + dd * (radius * radius - xx), 0.0))) / dd
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "newton": Newton}
@@ -187,6 +255,9 @@ def make_optimizer(name: str, lr: float | None = None, momentum: float = 0.0):
     lr = kind.default_lr if lr is None else lr
     if kind is SGD:
         return SGD(lr, momentum)
+    if kind is Newton and lr > 1:
+        raise usage_error(f"`--lr {lr:g}`: newton's step is at most the Newton step, `--lr 1`",
+                          ["a smaller --lr shortens each step; the trust region already bounds it"])
     if momentum:
         raise usage_error("`--momentum` is for sgd; " + ("adam has its own (beta1 = 0.9)" if kind is Adam
                                                           else f"{name} has none"))

@@ -257,6 +257,11 @@ def train_summary(result, run, steps: int, optimizer) -> str:
     lines = [f"{head} in {result.seconds:.3g} s ({each} a step)"]
     if result.losses:
         lines.append(f"{run.output_name}: {result.losses[0]:.6g} → {result.losses[-1]:.6g}  {sparkline(result.losses)}")
+    if result.rejected is not None:
+        lines.append(f"rejected {result.rejected} trial step{'s' * (result.rejected != 1)} that did not lower the loss "
+                     "as the model predicted (one loss evaluation each)")
+    if result.converged:
+        lines.append(f"converged at step {done} of {steps}: {result.converged}")
     return "\n".join(lines)
 
 
@@ -340,9 +345,12 @@ def hessian_text(run, result) -> None:
 
 
 def train_document(result, written) -> dict:
-    return {"steps": len(result.losses), "loss": result.losses,
-            "saved": str(written.saved) if written.saved is not None else None,
-            "values": {name: json_value(result.values[name]) for name in result.names}}
+    document = {"steps": len(result.losses), "loss": result.losses,
+                "saved": str(written.saved) if written.saved is not None else None,
+                "values": {name: json_value(result.values[name]) for name in result.names}}
+    if result.rejected is not None:  # an optimizer that tries steps (newton)
+        document.update(rejected_steps=result.rejected, converged=result.converged)
+    return document
 
 
 def train_text(run, result, written, steps: int, optimizer) -> None:

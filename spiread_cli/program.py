@@ -231,7 +231,8 @@ class Program:
                                     stop_requested=stop_requested, spend_run=True,  # the run is this call's own
                                     on_ready=ready)
         trained = Training(result.names, list(result.losses), {n: _array(v) for n, v in result.values.items()},
-                           result.status, result.seconds, train_summary(result, run, steps, chosen))
+                           result.status, result.seconds, train_summary(result, run, steps, chosen),
+                           result.rejected, result.converged)
         if result.error is not None:
             raise TrainingStopped.of(result.error.located_in(self.source), trained)
         return trained
@@ -342,13 +343,18 @@ class CheckResult:
 class Training:
     """What `Program.train` returns: the loss of each completed step (before
     its update), the trained values by name, and how it ended: "done",
-    "interrupted" when asked to stop, or "stopped" (in `TrainingStopped`)."""
+    "interrupted" when asked to stop, "converged" when newton found no step
+    that lowers the loss before the last step (`converged` says why), or
+    "stopped" (in `TrainingStopped`). With newton, `rejected_steps` counts
+    the trial steps it rejected."""
     names: list[str]
     losses: list[float]
     values: dict[str, np.ndarray]
     status: str
     seconds: float
     summary: str
+    rejected_steps: int | None = None
+    converged: str | None = None
 
     def __repr__(self) -> str:
         return self.summary

@@ -29,9 +29,11 @@ class TrainResult:
     names: list[str]                      # the trained values, in --wrt order
     losses: list[float]                   # one per completed step, before its update
     values: dict[str, np.ndarray]         # what to keep (see `train`)
-    status: str                           # "done", "interrupted" or "stopped" (an error)
+    status: str                           # "done", "interrupted", "converged" or "stopped" (an error)
     seconds: float
     error: SpireadError | None = None
+    rejected: int | None = None           # trial steps the optimizer rejected (Newton's), else None
+    converged: str | None = None          # why the optimizer found no step that lowers the loss
 
 
 def trainable_names(run: Run, wrt: list[str]) -> list[str]:
@@ -78,10 +80,13 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     after it, before the first step (the command line shows the warnings then).
 
     Stops early when `stop_requested()` turns true (after the step in
-    progress), or with `result.error` set when the loss or a gradient is not
-    finite (or, with `strict`, on any warning). `result.values` is what to
-    keep: after a normal or requested stop, the values after the last update;
-    after an error, the values at which the last finite loss was computed.
+    progress), with status "converged" when the optimizer finds no step that
+    lowers the loss (`result.converged` says why, also at the last step), or
+    with `result.error` set when the loss or a gradient is not finite (or,
+    with `strict`, on any warning). `result.values` is what to keep: after a
+    normal or requested stop, the values after the last update (none when
+    converged); after an error, the values at which the last finite loss
+    was computed.
     """
     names = trainable_names(run, wrt)
     if steps_by is None:
@@ -99,7 +104,8 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     def finish(status, kept, error=None, kept_note=None):
         if error is not None:
             error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + (kept_note,))
-        return TrainResult(names, losses, kept, status, time.perf_counter() - began, error)
+        return TrainResult(names, losses, kept, status, time.perf_counter() - began, error,
+                           getattr(optimizer, "rejected", None), getattr(optimizer, "converged", None))
 
     for step in range(1, steps + 1):
         if stop_requested():  # checked before a step, so a stop asked for while loading takes no step
@@ -123,6 +129,8 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
             values = optimizer.step(values, grads)
         if on_step is not None:
             on_step(step, loss)
+        if getattr(optimizer, "converged", None) and step < steps:  # Newton found no step that lowers the loss
+            return finish("converged", values)
     return finish("interrupted" if stop_requested() else "done", values)
 
 
@@ -138,22 +146,26 @@ def tape_steps(run: Run, names: list[str], strict: bool, optimizer=None, spend_r
     tape, ids = fused.tape, fused.wrt
     if spend_run:
         release_unfused(run, fused)
-    if getattr(optimizer, "needs_curvature", False):  # Newton: the gradient recorded on the copy, for HVPs
-        optimizer.attach(tape, fused.output, dict(zip(names, ids)))
     nodes = tape.nodes
     output = nodes[fused.output]
     # A step recomputes only what lies between the trained values and the output.
     moved = tape.between(ids, fused.output)
 
+    def forward(values: dict[str, np.ndarray], diagnostics: Diagnostics | None = None) -> float:
+        for name, i in zip(names, ids):
+            nodes[i].set_value(values[name])
+        tape.replay(moved, diagnostics)
+        return float(output.value)
+
+    if getattr(optimizer, "needs_curvature", False):  # Newton: the gradient recorded on the copy, for HVPs
+        optimizer.attach(tape, fused.output, dict(zip(names, ids)), forward)  # and its trial steps' losses
+
     def step(number: int, values: dict[str, np.ndarray]):
         diagnostics = Diagnostics()
-        if number > 1:  # the first forward pass is the one recorded when the program ran
-            for name, i in zip(names, ids):
-                nodes[i].set_value(values[name])
-            # Warnings from a step only matter under --strict; without it the
-            # replay skips the finiteness pass over every value.
-            tape.replay(moved, diagnostics if strict else None)
-        loss = float(output.value)
+        # The first forward pass is the one recorded when the program ran.
+        # Warnings from a step only matter under --strict; without it the
+        # replay skips the finiteness pass over every value.
+        loss = forward(values, diagnostics if strict else None) if number > 1 else float(output.value)
         if not math.isfinite(loss):
             raise NonFinite(_nonfinite_loss(tape, number, loss, output))
         grads_by_id = tape.backward(fused.output, ids, diagnostics)

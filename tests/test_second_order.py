@@ -313,27 +313,6 @@ def test_newton_reaches_the_least_squares_solution_in_two_steps():
     assert result.status == "done" and result.error is None
 
 
-def test_newton_decreases_a_nonconvex_loss_and_damps_itself():
-    text = "w = [1.5, -0.5]\nloss = (w[0] - 1.0) ** 2 * 0.1 + (w[0] * w[1]).sin + (w * w).sum * 0.05\n"
-    newton = optim.Newton()
-    result = train.train(run(text), ["w"], 15, newton)
-    assert result.error is None
-    assert result.losses[-1] < result.losses[0]
-    sgd = train.train(run(text), ["w"], 15, optim.SGD(0.1))
-    assert result.losses[-1] <= sgd.losses[-1] + 1e-9
-
-
-def test_conjugate_gradients_solves_a_symmetric_positive_system_and_stops_at_negative_curvature():
-    rng = np.random.default_rng(1)
-    m = rng.standard_normal((6, 6))
-    a = m @ m.T + np.eye(6)
-    b = rng.standard_normal(6)
-    np.testing.assert_allclose(optim.conjugate_gradients(lambda v: a @ v, b, 6), np.linalg.solve(a, b), rtol=1e-8)
-    indefinite = np.diag([1.0, -1.0])
-    np.testing.assert_array_equal(optim.conjugate_gradients(lambda v: indefinite @ v, np.array([0.0, 1.0]), 2),
-                                  [0.0, 1.0])
-
-
 # ------------------------------------------------------------ command line
 
 
