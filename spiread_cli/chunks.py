@@ -121,7 +121,7 @@ class ZarrRows:
             import zarr
         except ImportError:
             raise SpireadError(f"cannot load `{shown(path)}`: reading .zarr needs zarr", span,
-                               ['pip install "spiread[dask]"']) from None
+                               ['pip install zarr (or pip install ".[dask]" in spiread\'s checkout)']) from None
         try:
             array = zarr.open_array(str(path), mode="r")
         except Exception as err:  # zarr raises many kinds for a path that is not an array

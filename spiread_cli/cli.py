@@ -49,7 +49,7 @@ class Backend(str, Enum):
 
 BackendOpt = Annotated[Backend, typer.Option(
     "--backend", help="numpy: everything in this process's memory. dask: the data's rows in chunks, run by Dask "
-                      "(pip install 'spiread[dask]'; docs/scaling.md).")]
+                      "(pip install \".[dask]\" in spiread's checkout; docs/scaling.md).")]
 SchedulerOpt = Annotated[Optional[str], typer.Option(
     "--scheduler", metavar="ADDRESS", help="With --backend dask: a Dask scheduler, tcp://host:8786. "
                                            "Default: Dask's threads in this process.")]
@@ -335,7 +335,7 @@ def train_command(
                                                      help="Write the trained values here, keyed by name.")] = None,
         log: Annotated[Optional[Path], typer.Option("--log", metavar="PATH.csv", help="Write step,loss here.")] = None,
         plot: Annotated[Optional[Path], typer.Option("--plot", metavar="PATH.png",
-                                                     help="Draw the loss curve (needs spiread[plot]).")] = None,
+                                                     help="Draw the loss curve (needs matplotlib).")] = None,
         of: OfOpt = None, set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
         backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None, chunk_rows: ChunkRowsOpt = None,
         persist: PersistOpt = False, debug: DebugOpt = False):
@@ -355,7 +355,8 @@ def train_command(
         chosen = make_optimizer(optimizer.value, lr, momentum)
         if plot is not None and not files.plot_available():
             raise usage_error("`--plot` needs matplotlib, which is not installed",
-                              ["pip install 'spiread[plot]'; the summary's sparkline needs nothing"])
+                              ['pip install matplotlib (or pip install ".[plot]" in spiread\'s checkout); '
+                               "the summary's sparkline needs nothing"])
 
     def compute(s, run):
         names = training.trainable_names(run, wrt)

@@ -3,7 +3,7 @@ tasks, on the local threaded scheduler or on a cluster (`--scheduler
 tcp://host:8786`), and their shares are tree-summed.
 
 Dask is imported here only, and only when this backend is used (`pip install
-"spiread[dask]"`). Each evaluation is one `compute` of one graph: a task per
+".[dask]"` in spiread's checkout). Each evaluation is one `compute` of one graph: a task per
 chunk that replays the chunk's fused template (recording and fusing the chunk
 the first time) and returns its share of every total (the loss's sums and
 means) with the gradients of those shares and the first warnings, then a tree
@@ -35,6 +35,8 @@ from .data import SUFFIXES, parse_set_option
 from .diagnostics import Diagnostics, SpireadError, usage_error
 from .tape import Run, all_finite
 
+# dask[array,distributed] and zarr: spiread's `dask` extra, for a checkout or not.
+INSTALL_DASK = 'pip install "dask[array,distributed]" zarr (or pip install ".[dask]" in spiread\'s checkout)'
 FAN_IN = 8  # shares added per task in the tree sum
 _names = itertools.count()
 
@@ -49,7 +51,7 @@ class Options:
 def require_dask() -> None:
     from importlib.util import find_spec
     if find_spec("dask") is None or find_spec("distributed") is None:
-        raise usage_error("`--backend dask` needs Dask, which is not installed", ['pip install "spiread[dask]"'])
+        raise usage_error("`--backend dask` needs Dask, which is not installed", [INSTALL_DASK])
 
 
 @dataclass
@@ -309,7 +311,7 @@ def connect(address: str):
         from distributed import Client
     except ImportError:
         raise usage_error("`--scheduler` needs dask.distributed, which is not installed",
-                          ['pip install "spiread[dask]"']) from None
+                          [INSTALL_DASK]) from None
     try:
         return Client(address, timeout="10s")
     except (OSError, TimeoutError, ValueError) as err:

@@ -92,7 +92,10 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     if steps_by is None:
         step_values = tape_steps(run, names, strict, optimizer, spend_run)
     elif getattr(optimizer, "needs_curvature", False):
-        raise usage_error(f"`--optimizer {optimizer.describe().split()[0]}` runs on `--backend numpy` only")
+        raise usage_error(f"`--optimizer {optimizer.describe().split()[0]}` runs on `--backend numpy` only: its "
+                          "Hessian-vector products replay the recorded gradient of the whole program, and "
+                          "`--backend dask` records one per row chunk",
+                          ["train with --backend numpy, or with --optimizer sgd or adam on --backend dask"])
     else:
         step_values = steps_by(names, strict)
     on_ready()

@@ -327,7 +327,7 @@ def test_every_help_text_is_shown_verbatim():
         shown = " ".join(spiread(name, "--help").stdout.split())
         for text in [command.help] + [p.help for p in command.params if getattr(p, "help", None)]:
             assert " ".join(text.split()) in shown, (name, text)
-    assert "(needs spiread[plot])" in " ".join(spiread("train", "--help").stdout.split())
+    assert "(needs matplotlib)" in " ".join(spiread("train", "--help").stdout.split())
 
 
 # ------------------------------------------------------------ benchmarks

@@ -259,6 +259,10 @@ def test_cli_check_on_dask(data):
                                 "chunk"),
     (["grad", "--explain"], "spiread: error: `--explain` runs on `--backend numpy` only: it shows one sweep over one "
                             "tape, and `--backend dask` sweeps each row chunk's own tape"),
+    (["train", "--wrt", "w", "--optimizer", "newton"], "spiread: error: `--optimizer newton` runs on `--backend "
+                                                        "numpy` only: its Hessian-vector products replay the recorded "
+                                                        "gradient of the whole program, and `--backend dask` records "
+                                                        "one per row chunk"),
     (["grad", "--mode", "forward", "--wrt", "s"], "spiread: error: `--wrt s`: on `--backend dask`, derivatives along "
                                                   "directions are taken by values bound to constants, and `s` is "
                                                   "computed"),
