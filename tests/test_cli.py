@@ -279,24 +279,17 @@ def _readme_bash_commands() -> list[str]:
 
 
 def test_readme_commands():
+    """The set-up commands install from the checkout (spiread is on no package
+    index) with extras that exist; the README's spiread commands are run by
+    tests/test_docs.py."""
     commands = _readme_bash_commands()
-    if len(commands) < 2:
-        pytest.skip("README.md has no ```bash block with the two set-up commands yet")
-    grad = next((c for c in commands if "spiread grad" in c), None)
     tests = next((c for c in commands if "pytest" in c), None)
-    assert grad and tests, commands
+    installs = [shlex.split(step) for c in commands for step in c.split("&&") if "pip install" in step]
+    assert tests and installs, commands
     extras = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]["optional-dependencies"]
-    for command in (grad, tests):
-        steps = [shlex.split(step) for step in command.split("&&")]
-        for step in steps:
-            if step[:2] == ["pip", "install"]:  # installing is CI's job (.ci/run); check what it names
-                target = step[-1]
-                assert target == "." or (target.startswith(".[") and target[2:-1] in extras), step
-    # The spiread step runs as written.
-    [argv] = [shlex.split(s) for s in grad.split("&&") if "spiread" in s]
-    result = spiread(*argv[1:])
-    assert result.returncode == 0, result.stderr
-    assert "∂loss/∂weights" in result.stdout
+    for step in installs:  # installing is CI's job (.ci/run); check what it names
+        target = step[-1]
+        assert target == "." or (target.startswith(".[") and target[2:-1] in extras), step
     # The test step: the same pytest command collects this suite (running it
     # here would run these tests again, forever).
     [argv] = [shlex.split(s) for s in tests.split("&&") if "pytest" in s]
