@@ -22,9 +22,10 @@ How a page writes a block (the one convention; other fences show no `$ `):
 Each block runs in a scratch copy of the repository (hard links), so what
 the commands write (`> graph.svg`, `--save w.npz`) lands there.
 
-A block whose lines start `spiread COMMAND ... [--option ...]` under a
-`<!-- synopsis -->` comment lists the command's options: the last test holds
-each synopsis to the command's real options.
+A block of lines `spiread COMMAND ... [--option ...]` under a
+`<!-- synopsis: --debug ... -->` comment is a synopsis: the last test holds it
+to the command's real options (those named in the comment are described in
+the text beside it instead).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Block:
     cwd: str = "."
     given: dict[str, str] = field(default_factory=dict)
     not_run: str | None = None
-    synopsis: bool = False
+    synopsis: str | None = None     # the options a synopsis leaves to the text beside it
 
     @property
     def id(self) -> str:
@@ -83,7 +84,7 @@ def blocks(page: Path) -> list[Block]:
         elif fence:
             end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
             found.append(Block(page, i + 1, fence.group(1), lines[i + 1:end], cwd, pending.get("given", {}),
-                               pending.get("not run"), "synopsis" in pending))
+                               pending.get("not run"), pending.get("synopsis")))
             pending, i = {}, end
         i += 1
     return found
@@ -201,3 +202,37 @@ def test_the_matcher_compares_numbers_to_a_tolerance_and_the_rest_exactly():
     assert differs("head\n…\ntail 1", "head\na\nb\ntail 1.0000000001") is None
     assert differs("head\n…\ntail 1", "head\na\nb\ntail 2") is not None
     assert differs("a\nb", "a") is not None
+
+
+SYNOPSES = [b for b in ALL if b.synopsis is not None]
+
+
+def synopsis_lines(block: Block) -> dict[str, str]:
+    """COMMAND -> its synopsis, continuation lines (indented) joined."""
+    lines: dict[str, str] = {}
+    for line in block.lines:
+        if line.startswith("spiread "):
+            command = line.split()[1]
+            lines[command] = line
+        else:
+            lines[command] += " " + line.strip()
+    return lines
+
+
+@pytest.mark.parametrize("block", SYNOPSES, ids=lambda b: b.id)
+def test_synopsis_lists_the_commands_real_options(block: Block):
+    """Every option of the command, and each choice of an option that takes
+    one of a few, as `--help` has them; the options named in the directive
+    (`<!-- synopsis: --debug ... -->`) are described beside it instead."""
+    import typer
+
+    from spiread_cli.cli import app
+    described = set(block.synopsis.split())
+    for command, line in synopsis_lines(block).items():
+        params = [p for p in typer.main.get_command(app).commands[command].params if p.param_type_name == "option"]
+        real = {p.opts[0]: sorted(getattr(p.type, "choices", None) or []) for p in params}
+        shown = dict(re.findall(r"(--[a-z-]+)(?:[ =]([\w.]+(?:\|[\w.]+)+))?", line))
+        assert set(shown) | (described & set(real)) == set(real), f"spiread {command}: {line}"
+        for option, choices in shown.items():
+            if choices and real[option]:
+                assert sorted(choices.split("|")) == real[option], f"spiread {command} {option}"

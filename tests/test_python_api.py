@@ -46,12 +46,14 @@ def reference_gradient(w: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ doctests
 
 
-def test_the_tutorial_runs(monkeypatch):
-    """Every example in docs/python.md, from the repository's root."""
+@pytest.mark.parametrize("page, examples", [("docs/python.md", 40), ("README.md", 6), ("docs/check.md", 4)])
+def test_the_pages_python_runs(page, examples, monkeypatch):
+    """Every `>>>` example of the page (docs/python.md is the tutorial), from
+    the repository's root."""
     monkeypatch.chdir(REPO)
-    result = doctest.testfile(str(REPO / "docs" / "python.md"), module_relative=False,
+    result = doctest.testfile(str(REPO / page), module_relative=False,
                               optionflags=doctest.ELLIPSIS, raise_on_error=False, verbose=False)
-    assert result.attempted >= 40
+    assert result.attempted >= examples
     assert result.failed == 0
 
 

@@ -1,6 +1,6 @@
 """Turn a word list into the bigram index files that bigram.ad loads.
 
-    python prepare.py ../../../shared/data/names.txt
+    python prepare.py names.txt        # makemore's list of names
 
 Each word becomes the bigrams of `.word.`: (".", "e"), ("e", "m"), …, ("a", ".").
 The characters are numbered as in makemore: "." is 0, then the letters of the
