@@ -21,6 +21,7 @@ from .diagnostics import Span, SpireadError, did_you_mean, shape_str
 from .limits import check_shape
 from .formatting import format_array
 from .ops import OPS, Op
+from .tape import Node
 from .values import Arg, Const, Function, Jet, JetDim, Record, Symbol, Text, Unit, jet_text
 
 
@@ -44,6 +45,7 @@ class Elaborator(Protocol):
     def integers(self, arg: Arg, what: str) -> np.ndarray: ...
     def selection(self, receiver: Arg, args: list[Arg], call, op_name: str) -> Any: ...
     def inline(self, function: Function, args: list[Arg], call, keywords: dict[str, Arg] | None = None) -> Any: ...
+    def inline_tentatively(self, function: Function, args: list[Arg], call, keep: Callable) -> Any: ...
     def array_literal(self, items: list[Arg], node) -> Any: ...
 
 ANY = range(0, 1 << 30)
@@ -296,8 +298,9 @@ def _print_mat(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
 
 def _map(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     """`v.map(f)`: f applied to each entry (each is a scalar), the results
-    stacked back into v's shape; f is inlined once per entry. A generator,
-    as `Interpreter.inline` is, whose expressions it passes on."""
+    stacked back into v's shape: f inlined once on the whole of v when that
+    gives the same (`_map_whole`), else once per entry. A generator, as
+    `Interpreter.inline` is, whose expressions it passes on."""
     f = args[0].value
     if not isinstance(f, Function):
         raise SpireadError(f"`.map` takes a function, but `{self.text(args[0].expr)}` is not one", args[0].expr.span,
@@ -306,6 +309,9 @@ def _map(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     if not shape:
         raise SpireadError(f"`.map` needs a vector or a matrix, but `{self.text(receiver.expr)}` is a scalar",
                            attr.at, [f"call the function on it instead: `{self.text(args[0].expr)}(…)`"])
+    whole = _map_whole(self, f, receiver, call)
+    if whole is not None:
+        return whole
 
     entries = []
     for key in np.ndindex(*shape):
@@ -324,6 +330,38 @@ def _map(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     if len(shape) == 2:  # a matrix: each row stacked, then the rows
         entries = [stacked(entries[i:i + shape[1]]) for i in range(0, len(entries), shape[1])]
     return stacked(entries).value
+
+
+def _map_whole(self: Elaborator, f: Function, receiver: Arg, call):
+    """`v.map(f)` as f applied once to all of v, when that is what applying
+    it entry by entry gives: every op f records on its argument acts on each
+    entry alone (`Op.structure` "elementwise"), with nothing else of v's
+    shape (a number from outside f is used alike by every entry). The tape
+    then holds f's ops once, not once per entry, so the map costs what an op
+    costs and runs by row chunks on `--backend dask` (entry by entry, each
+    entry's gradient is an array as large as v: time grows with the square
+    of the entries). Otherwise nothing of the trial stays, and None."""
+    x = self.tensor(receiver)
+    if not isinstance(x, Node):  # constants fold entry by entry, recording nothing
+        return None
+    return self.inline_tentatively(f, [receiver], call, lambda nodes, mark, y: _acts_entrywise(nodes, x, mark, y))
+
+
+def _acts_entrywise(nodes: list[Node], x: Node, mark: int, y) -> bool:
+    """Whether `y`, recorded from node `mark` on, is computed from x entry by
+    entry (see _map_whole)."""
+    if not isinstance(y, Node):
+        return False
+    from_x = {x.id}
+    for node in nodes[mark:]:
+        if not any(i in from_x for i in node.inputs):
+            continue  # the same for every entry (`k * 2` of a `k` outside f)
+        if node.op.structure != "elementwise" or node.shape != x.shape:
+            return False
+        if any(i not in from_x and nodes[i].shape != () for i in node.inputs):
+            return False
+        from_x.add(node.id)
+    return y.id in from_x and y.id != x.id
 
 
 METHOD_SUGAR: dict[str, Builtin] = {

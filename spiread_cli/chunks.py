@@ -20,8 +20,8 @@ rows 1–3 (`probe`); `Plan.of` compares the first two tapes op by op, and the
 third must match the second but for the row-chunked values (`check_window_free`:
 positions into all the data rows, read from a file, are refused). A node whose
 leading size follows the number of rows is row-chunked; an op that takes a
-row-chunked value must act on each row alone (`ROW_LOCAL`, `Op.row_wise`)
-or be a `sum`/`mean` of it (a *reduction*, whose total is the sum of the
+row-chunked value must act on each row alone (`Op.row_wise`, `Op.structure`,
+`ROW_LOCAL`) or be a `sum`/`mean` of it (a *reduction*, whose total is the sum of the
 chunks' shares: a mean is a sum over the total count); a constant that is
 the number of rows (`rows(X)`) is the total N. Anything else is refused with
 the op named. What follows the reductions runs once, on the driver (`Driver`).
@@ -50,7 +50,6 @@ from .data import TEXT_SUFFIXES, TextTable, as_float64, load_array, npy_layout, 
 from .diagnostics import Diagnostic, Diagnostics, Source, Span, SpireadError, shape_str
 from .interpreter import Interpreter
 from .limits import max_bytes
-from .ops import same_shape
 from .rewrite import fuse
 from .tape import Run, Tape
 
@@ -58,9 +57,10 @@ PROBE_ROWS = (2, 3)          # the two recordings `Plan.of` compares
 CHUNK_BYTES = 128 << 20      # the default chunk's recorded values (see default_chunk_rows)
 TEMPLATE_BYTES = 128 << 20   # the chunks' templates a process keeps without --persist (Templates)
 
-# Ops that act on each row alone although they are not `row_wise` (which
-# also promises to commute with a row gather, and takes no second operand).
-ROW_LOCAL = {"rowSum", "rowMean", "rowProduct", "clampMin", "clampMax", "add", "sub", "mul", "div", "pow"}
+# Ops that act on each row alone although they are neither `row_wise` (which
+# also promises to commute with a row gather, and takes no second operand)
+# nor "elementwise" in structure.
+ROW_LOCAL = {"rowSum", "rowMean", "rowProduct"}
 REDUCTIONS = {"sum", "mean"}  # a total over all rows: the chunks' shares add up
 
 NO_CHUNKS = "use --backend numpy (everything in memory)"
@@ -478,8 +478,8 @@ def _row_local(node, row_in: list[bool], row_params: list[str]) -> bool:
     operands only (and on other values whole)."""
     op = node.op
     if op.row_wise and node.value.ndim == 1:  # a vector is one row to a normalisation: only elementwise ops
-        return op.shape is same_shape
-    if op.row_wise or op.name in ROW_LOCAL:
+        return op.structure == "elementwise"
+    if op.row_wise or op.structure == "elementwise" or op.name in ROW_LOCAL:
         return True
     if op.name == "matmul":               # X @@ W: each row of X times W
         return row_in == [True, False]

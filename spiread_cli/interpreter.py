@@ -689,6 +689,36 @@ class Interpreter:
             self.calls[key] = (value, function, args)
         return value
 
+    def inline_tentatively(self, function: Function, args: list[Arg], call, keep: Callable):
+        """`inline` on an evaluation stack of its own, its value kept if
+        `keep(tape nodes, first node it recorded, value)` holds (`.map` tries
+        f on a whole array). Otherwise, or if it fails with an error, nothing
+        of it stays — nodes, warnings, printed lines, Jets, shared calls —
+        and None."""
+        tape, calls = self.tape, self.calls
+        mark, printed = len(tape.nodes), len(self.printed)
+        trial = self.inline(function, args, call)
+        try:
+            asked = next(trial)
+            while True:
+                asked = trial.send(self.evaluate(asked))
+        except StopIteration as done:
+            value = done.value
+        except SpireadError:
+            trial.close()
+            value = None
+        finally:
+            self.calls = calls  # `evaluate` began its own; the trial's are not kept
+        if value is not None and keep(tape.nodes, mark, value):
+            return value
+        dropped = {n.span for n in tape.nodes[mark:]}
+        self.diagnostics.warnings[:] = [w for w in self.diagnostics.warnings if w.span not in dropped]
+        del self.printed[printed:]
+        for i in [i for i in self.jets if i >= mark]:
+            del self.jets[i]
+        tape.forget(mark)
+        return None
+
     def array_literal(self, items: list[Arg], node):
         """`[1, 2]`, `[[1, 2], [3, 4]]`, `Array(1, 2)`: stack the items (a
         differentiable op when an item depends on an input)."""

@@ -233,6 +233,14 @@ class Tape:
         self.deferral = Deferral(self.nodes, diagnostics)
         return self.deferral
 
+    def forget(self, length: int) -> None:
+        """Drop the nodes recorded from node `length` on: a trial recording
+        that is not kept (`.map`'s, spiread_cli/builtins.py)."""
+        del self.nodes[length:]
+        if self.deferral is not None:
+            self.deferral.quiet = {i for i in self.deferral.quiet if i < length}
+            self.deferral.done = min(self.deferral.done, length)
+
     def stop_deferring(self) -> None:
         """Record computing again; the nodes already deferred still wait to be read."""
         self.deferral = None

@@ -151,6 +151,13 @@ X = load("X.npy")
 W = randn(27, 27, seed=3)
 loss = (W.arrange(xs, ys) * X.col(1)).sum + Matrix.fromColumns(X.col(0), X.col(2)).sigmoid.mean
 loss.backward(W)""",
+    "a map of a def and of a lambda over each row's value": """
+X = load("X.npy")
+y = load("y.npy")
+w = [0.5, -0.25, 1.0, 0.0]
+def huber(r) = (r * r + 1.0).sqrt - 1.0
+loss = (X @@ w - y).map(huber).mean + (X @@ w).map(z => z * z * 0.01).sum
+loss.backward(w)""",
     "standardised columns: data-only totals used back on every row": """
 X = load("X.npy")
 y = load("y.npy")

@@ -143,6 +143,67 @@ def test_gradient_through_map_and_a_lambda_that_sees_its_block():
     assert api.gradients(r, ["v"]).gradients["v"].tolist() == [3.0, 3.0]
 
 
+# f written over one number, and the same f on numpy arrays: applied to all
+# of v at once when f acts entry by entry (Op.elementwise), else per entry.
+ENTRYWISE = {
+    "z => z * z": lambda z, k: z * z,
+    "z => (z * 2.0 + k).tanh": lambda z, k: np.tanh(z * 2.0 + k),
+    "sq": lambda z, k: z * z,
+    "hinge": lambda z, k: np.maximum(z - 3 * k, 0) ** 2 + np.exp(z) / (3 * k),
+    "z => z * w.sum": lambda z, k: z * 1.5,           # a total of another value: a number for every entry
+}
+PER_ENTRY = {
+    "z => [z, k].sum": lambda z, k: z + k,            # a vector made of each entry: an op over its entries
+    "z => z * (v * 0.0 + 1.0).sum": lambda z, k: z * 5,  # a total of v itself, taken inside f
+}
+
+
+def map_program(f: str, size: int) -> str:
+    values = ", ".join(str(0.1 * i - 0.2) for i in range(size))
+    return (f"k = 0.5\nw = [0.5, 1.0]\nv = [{values}]\ndef sq(x: Double) = x * x\n"
+            f"def hinge(z) = {{ val m = k * 3\n (z - m).clampMin(0.0) ** 2 + z.exp / m }}\nloss = v.map({f}).sum")
+
+
+@pytest.mark.parametrize("f", [*ENTRYWISE, *PER_ENTRY])
+def test_map_gives_f_of_each_entry_and_its_gradient(f):
+    """Whether f runs once on the whole vector or once per entry, the values
+    are f's of each entry and the gradient is f' (central differences)."""
+    reference = {**ENTRYWISE, **PER_ENTRY}[f]
+    r = run(map_program(f, 5))
+    v = r.node("v").value
+    np.testing.assert_allclose(float(r.value), reference(v, 0.5).sum(), rtol=1e-12)
+    h = 1e-6
+    slope = (reference(v + h, 0.5) - reference(v - h, 0.5)) / (2 * h)
+    np.testing.assert_allclose(api.gradients(r, ["v"]).gradients["v"], slope, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("f", ENTRYWISE)
+def test_a_map_of_an_entrywise_function_records_the_same_tape_at_any_size(f):
+    """f recorded once on the whole vector: the tape (and so the time and
+    memory of a gradient, and the row chunks on Dask) does not grow with
+    the entries; per entry, each entry's gradient is as large as v."""
+    sizes = {n: len(run(map_program(f, n)).tape.nodes) for n in (3, 40)}
+    assert sizes[3] == sizes[40]
+
+
+@pytest.mark.parametrize("f", PER_ENTRY)
+def test_a_map_of_a_function_that_is_not_entrywise_runs_per_entry(f):
+    small, large = (len(run(map_program(f, n)).tape.nodes) for n in (3, 40))
+    assert large > small + 37  # at least an op per entry more
+
+
+def test_a_map_whose_function_gives_a_vector_per_entry_is_refused_as_before():
+    err = error("v = [1.0, 2.0]\nw = [3.0, 4.0]\nu = v.map(x => x * w)")
+    assert err.diagnostic.message == ("`.map`: `x => x * w` must give a number for each entry, "
+                                      "but it gives a vector of 2")
+
+
+def test_a_trial_of_f_on_the_whole_vector_that_is_not_kept_leaves_nothing():
+    def recorded(text):
+        return [(n.op and n.op.name, n.inputs) for n in run("v = [1.0, 2.0]\n" + text).tape.nodes]
+    assert recorded("u = v.map(x => [x, 1.0].sum)") == recorded("u = [[v[0], 1.0].sum, [v[1], 1.0].sum]")
+
+
 def test_unbound_expression_is_the_output_unless_something_names_one():
     assert run("x = 2\nx * 3").output_name == "x * 3"
     assert run("x = 2\nloss = x * x\nloss.backward(x)\nx * 3").output_name == "loss"
