@@ -150,7 +150,7 @@ class Program:
         run = self.run
         bindings = {name: i for name, i in run.bindings.items() if not self.job.plan.row[i]}
         return Run(run.source, self.driver.tape, bindings, run.binding_spans, run.output, run.output_name,
-                   run.backward_wrt, run.diagnostics)
+                   run.backward_wrt, run.diagnostics, run.printed, run.jets)
 
     def steps(self, names: list[str], strict: bool):
         """train.Steps over the row chunks: each step one compute. A

@@ -6,6 +6,7 @@ threads, a LocalCluster and a cluster started by `dask scheduler`/`dask worker`.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -614,6 +615,36 @@ def test_command_started_cluster(data, tmp_path):
                 process.kill()
                 process.wait()
         logs.close()
+
+
+JET_PROGRAMS = {
+    "a Jet beside the data": 'y = x * x + Jet.h[Double](1) * 3.0\nprintln(y)\nloss = (X @@ [1.0, 2.0, 3.0]).mean',
+    "a Jet times a total": "m = (X @@ [1.0, 2.0, 3.0]).mean\nloss = m * x",
+    "a Jet and rows mixed (op by op on Dask arrays)": "loss = (X.T @@ X).sum * x.tej",
+}
+
+
+@pytest.mark.parametrize("name", list(JET_PROGRAMS))
+@pytest.mark.parametrize("form", ["text", "json"])
+def test_eval_shows_jets_and_printed_lines_as_numpy_does(name, form, tmp_path):
+    """`eval --backend dask` prints what the numpy backend prints: a Jet with
+    its infinitesimal parts, `"jet"` in the JSON, the `println` lines. The
+    rows are whole numbers, so every sum is exact in any order."""
+    np.save(tmp_path / "X.npy", np.arange(600.0).reshape(200, 3) % 7)
+    (tmp_path / "p.ad").write_text('given jd: JetDim = JetDim(2)\nX = load("X.npy")\n'
+                                   'x = Jet(2.0) + Jet.h[Double](0)\n' + JET_PROGRAMS[name])
+    expected = spiread("eval", "p.ad", "--format", form, cwd=tmp_path)
+    got = spiread("eval", "p.ad", "--format", form, "--backend", "dask", "--chunk-rows", "50", cwd=tmp_path)
+    assert got.returncode == expected.returncode == 0, got.stderr
+    shown = expected.stdout
+    if form == "json":  # the rows of X are never gathered on Dask
+        document = json.loads(shown)
+        del document["values"]["X"]
+        shown = json.dumps(document) + "\n"
+    else:
+        shown = "\n".join(line for line in shown.splitlines() if not line.startswith(("X ", "   "))) + "\n"
+    assert "h)" in got.stdout if form == "text" else '"jet": [' in got.stdout
+    assert got.stdout == shown
 
 
 def test_unreachable_scheduler_is_an_error(data):
