@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import syntax
-from .data import SUFFIXES, load_array, parse_set_option
+from .data import SET_PATH_SUFFIXES, load_array, parse_set_option
 from .diagnostics import Source, Span, SpireadError
 from .interpreter import Const, Interpreter
 from .gradients import gradients  # noqa: F401  (re-exported: api.gradients)
@@ -75,7 +75,7 @@ def parse_overrides(options: list[str], base_dir: Path | None = None) -> dict[st
     overrides = {}
     for option in options:
         name, text = parse_set_option(option)
-        if Path(text).suffix.lower() in SUFFIXES:
+        if Path(text).suffix.lower() in SET_PATH_SUFFIXES:
             try:
                 overrides[name] = load_array(Path(text), name=name)
             except SpireadError as err:  # no program to point into: name the option

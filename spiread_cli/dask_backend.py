@@ -31,7 +31,7 @@ from . import api, syntax
 from .chunks import (PROBE_ROWS, Data, Driver, Job, Share, add_shares, default_chunk_rows, default_threads,
                      drop_templates, probe, record_chunk, share_of_kept, share_of_rows,
                      totals_of_rows)
-from .data import SUFFIXES, parse_set_option
+from .data import SET_PATH_SUFFIXES, parse_set_option
 from .diagnostics import Diagnostics, SpireadError, usage_error
 from .tape import Run, all_finite
 
@@ -93,7 +93,7 @@ class Program:
         files, literal = {}, []
         for option in sets:
             name, text = parse_set_option(option)
-            if Path(text).suffix.lower() in SUFFIXES + (".zarr",):
+            if Path(text).suffix.lower() in SET_PATH_SUFFIXES:
                 files[name] = Path(text)
             else:
                 literal.append(option)

@@ -33,6 +33,7 @@ from .limits import LIMIT_NOTE, check_shape, human_bytes, max_bytes
 
 SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".txt", ".json")
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
+SET_PATH_SUFFIXES = SUFFIXES + (".zarr",)  # `--set NAME=VALUE` reads VALUE as a path (.zarr: --backend dask only)
 
 # The most memory reading a byte of text may take: a number takes at least
 # 2 bytes (`1,`) and 8 as float64; JSON is parsed into Python objects first,
@@ -57,7 +58,10 @@ def load_array(path: Path, span: Span | None = None, name: str | None = None) ->
     """Read a rank-0, -1 or -2 float64 array; `name` picks one from an `.npz`."""
     prefix = f"cannot load `{shown(path)}`"
     suffix = path.suffix.lower()
-    if suffix not in SUFFIXES and not path.is_dir():
+    if suffix == ".zarr" and path.exists():  # the dask backend opens an existing .zarr itself (chunks.ZarrRows)
+        raise SpireadError(f"{prefix}: a zarr array is read by `--backend dask` only", span,
+                           ['run with `--backend dask` (docs/scaling.md), or save the array as .npy'])
+    if suffix not in SET_PATH_SUFFIXES and not path.is_dir():
         raise SpireadError(f"{prefix}: unknown file type `{_clip(suffix or path.name)}`", span,
                            [f"spiread reads {', '.join(SUFFIXES)}"])
     with _open_regular(path, prefix, span) as file:

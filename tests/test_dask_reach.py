@@ -175,6 +175,29 @@ def test_csv_over_the_memory_limit_runs_on_dask(csv_data):
                                rtol=RTOL)
 
 
+@pytest.mark.parametrize("how", ["load", "--set"])
+def test_a_zarr_array_on_the_numpy_backend_points_at_dask(how, tmp_path):
+    """A .zarr array is a directory: the numpy backend says it reads it only
+    on `--backend dask` (not "it is a directory"), located at the `load` or
+    naming the option; `--backend dask` reads it, with numpy's numbers."""
+    zarr = pytest.importorskip("zarr")
+    X = np.arange(60.0).reshape(20, 3) % 7
+    zarr.open_array(str(tmp_path / "X.zarr"), mode="w", shape=X.shape, dtype="f8")[:] = X
+    np.save(tmp_path / "X.npy", X)
+    text = ('X = load("X.zarr")' if how == "load" else "X = [[1.0, 2.0, 3.0]]") + "\nloss = (X @@ [1.0, 2.0, 3.0]).sum"
+    (tmp_path / "p.ad").write_text(text)
+    sets = ["--set", "X=X.zarr"] if how == "--set" else []
+    out = spiread("eval", "p.ad", *sets, cwd=tmp_path)
+    where = "p.ad:1:10: error: " if how == "load" else "spiread: error: `--set X=X.zarr`: "
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[0] == where + "cannot load `X.zarr`: a zarr array is read by `--backend dask` only"
+    assert 'note: run with `--backend dask` (docs/scaling.md), or save the array as .npy' in out.stderr
+    dask_out = spiread("eval", "p.ad", *sets, "--backend", "dask", "--chunk-rows", "7", "--format", "json",
+                       cwd=tmp_path)
+    assert dask_out.returncode == 0, dask_out.stderr
+    assert strict_json(dask_out.stdout)["values"]["loss"]["value"] == (X @ [1.0, 2.0, 3.0]).sum()
+
+
 # ------------------------------------------------------------- check and forward mode over row chunks
 
 from spiread_cli.check import check_gradients  # noqa: E402
