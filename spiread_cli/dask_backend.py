@@ -305,17 +305,94 @@ def stopped(message: str, born) -> SpireadError:
     return SpireadError(f"{message}; {born.message}", born.span, born.notes)
 
 
+CONNECT_SECONDS = 10.0   # to reach a scheduler and hear its handshake
+GREETING_SECONDS = 2.0   # a scheduler greets at once; silence this long: ask as a browser would
+
+
 def connect(address: str):
-    """A distributed Client for `--scheduler ADDRESS`, or a located error."""
+    """A distributed Client for `--scheduler ADDRESS`, or a located error:
+    nothing reachable there, or something that is not a Dask scheduler
+    (`not_a_scheduler`; distributed's own handshake would wait for it
+    forever)."""
     try:
         from distributed import Client
     except ImportError:
         raise usage_error("`--scheduler` needs dask.distributed, which is not installed",
                           [INSTALL_DASK]) from None
+    answered = not_a_scheduler(address)
+    if answered is not None:
+        raise SpireadError(f"`--scheduler {address}`: answered, but not as a Dask scheduler ({answered})",
+                           notes=["a scheduler listens on port 8786 unless started with `--port`; its dashboard "
+                                  "(port 8787) is a web page, not the scheduler", START_A_CLUSTER])
     try:
-        return Client(address, timeout="10s")
+        return Client(address, timeout=f"{CONNECT_SECONDS:g}s")
     except (OSError, TimeoutError, ValueError) as err:
         raise SpireadError(f"`--scheduler {address}`: cannot reach a Dask scheduler there ({err})",
-                           notes=["start one with `dask scheduler`, and workers with `dask worker ADDRESS` "
-                                  "(docs/scaling.md)"]) from None
+                           notes=[START_A_CLUSTER]) from None
 
+
+START_A_CLUSTER = "start one with `dask scheduler`, and workers with `dask worker ADDRESS` (docs/scaling.md)"
+
+
+def not_a_scheduler(address: str, seconds: float = CONNECT_SECONDS,
+                    greeting_seconds: float = GREETING_SECONDS) -> str | None:
+    """What answers at a tcp:// address, in words, if it is not a Dask
+    scheduler; None if it is one or if this cannot tell (nothing listens,
+    which the Client reports; a tls:// address). A scheduler sends its
+    handshake as soon as it accepts a connection (distributed's Listener
+    writes before it reads), so its first bytes tell; a web server waits
+    for a request, so one that stays silent is sent one."""
+    import socket
+    from distributed.comm import parse_address, parse_host_port
+    try:
+        scheme, location = parse_address(address)
+        host, port = parse_host_port(location)
+    except ValueError:
+        return None
+    if scheme != "tcp":
+        return None
+    try:
+        connection = socket.create_connection((host, port), timeout=seconds)
+    except OSError:
+        return None
+    with connection:
+        heard = _heard(connection, greeting_seconds)
+        if heard is None:  # silent
+            try:
+                connection.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            except OSError:
+                return "it closed the connection without a word"
+            heard = _heard(connection, max(seconds - greeting_seconds, 0.1))
+            if heard is None:
+                return f"it said nothing in {seconds:g} s"
+        if _HANDSHAKE in heard:
+            return None
+        if heard.startswith(b"HTTP/"):
+            return "it looks like HTTP — the dashboard?"
+        if not heard:
+            return "it closed the connection without a word"
+        text = heard[:40].decode("ascii", "replace")
+        return "it sent `" + "".join(c if c.isprintable() else "·" for c in text) + "`"
+
+
+_HANDSHAKE = b"pickle-protocol"  # a key of distributed's handshake message (msgpack)
+
+
+def _heard(connection, seconds: float) -> bytes | None:
+    """What the other end sends within `seconds` (up to its handshake, at
+    most 4 kB), b"" if it closes the connection, None if it says nothing."""
+    import socket
+    import time
+    heard, deadline = b"", time.monotonic() + seconds
+    while _HANDSHAKE not in heard and len(heard) < 4096:
+        connection.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            part = connection.recv(4096)
+        except (socket.timeout, TimeoutError):
+            break
+        except OSError:
+            part = b""
+        if not part:
+            return heard
+        heard += part
+    return heard or None

@@ -509,11 +509,17 @@ def test_nonfinite_warning_keeps_its_source_location_and_rows(data):
 
 @pytest.mark.cluster
 def test_local_cluster_gives_the_same_numbers_with_and_without_persist(data):
+    """…and its scheduler is told from its dashboard by the first bytes each sends."""
+    from urllib.parse import urlparse
     from distributed import LocalCluster
+    from spiread_cli.dask_backend import not_a_scheduler
     source = Source(str(data / "prog.ad"), PROGRAMS["MLP, two totals and a log of the total"])
     expected = numpy_result(source, {}, data)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0") as cluster:
+        assert not_a_scheduler(cluster.scheduler_address) is None
+        dashboard = f"tcp://127.0.0.1:{urlparse(cluster.dashboard_link).port}"
+        assert not_a_scheduler(dashboard, greeting_seconds=0.3) == "it looks like HTTP — the dashboard?"
         for persist in (False, True):
             _, got = dask_result(source, {}, data, chunk_rows=40, scheduler=cluster.scheduler_address,
                                  persist=persist)
@@ -653,6 +659,84 @@ def test_unreachable_scheduler_is_an_error(data):
     out = spiread("grad", "ls.ad", "--backend", "dask", "--scheduler", address, cwd=data)
     assert out.returncode == 1
     assert out.stderr.startswith(f"spiread: error: `--scheduler {address}`: cannot reach a Dask scheduler there")
+
+
+class Listener:
+    """A TCP server on 127.0.0.1 that is not a Dask scheduler: it answers each
+    connection with `reply(connection)` in a thread of this process."""
+
+    def __init__(self, reply):
+        import threading
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.reply, self.open = reply, []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:  # closed
+                return
+            self.open.append(connection)
+            self.reply(connection)
+
+    def close(self):
+        self.socket.close()
+        for connection in self.open:
+            connection.close()
+
+
+def http_reply(connection):
+    """What a web server does (the dashboard): wait for a request, answer it."""
+    connection.settimeout(5)
+    try:
+        if connection.recv(4096).startswith(b"GET "):
+            connection.sendall(b"HTTP/1.1 302 Found\r\nLocation: /status\r\nContent-Length: 0\r\n\r\n")
+    except OSError:
+        pass
+
+
+SERVERS = {
+    "a web server": (http_reply, "it looks like HTTP — the dashboard?"),
+    "one that says nothing": (lambda connection: None, "it said nothing in 2 s"),
+    "one that greets in another protocol": (lambda c: c.sendall(b"SSH-2.0-OpenSSH_9.6\r\n"),
+                                            "it sent `SSH-2.0-OpenSSH_9.6··`"),
+    "one that hangs up": (lambda connection: connection.close(), "it closed the connection without a word"),
+}
+
+
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_what_answers_where_a_scheduler_was_expected_is_named(server):
+    """The handshake is bounded: what listens is found out in `seconds`,
+    however it behaves."""
+    from spiread_cli.dask_backend import not_a_scheduler
+    reply, said = SERVERS[server]
+    listener = Listener(reply)
+    try:
+        assert not_a_scheduler(listener.address, seconds=2.0, greeting_seconds=0.3) == said
+    finally:
+        listener.close()
+
+
+def test_nothing_listening_is_left_to_the_client():
+    from spiread_cli.dask_backend import not_a_scheduler
+    assert not_a_scheduler(f"tcp://127.0.0.1:{free_port()}") is None
+
+
+def test_a_web_server_given_as_the_scheduler_is_an_error_saying_so(data):
+    """`--scheduler` at the dashboard's port: exit 1 in seconds (distributed's
+    own handshake waits forever), naming what answered."""
+    (data / "ls.ad").write_text(PROGRAMS["least squares, sum over rows(X)"])
+    listener = Listener(http_reply)
+    try:
+        out = spiread("grad", "ls.ad", "--backend", "dask", "--scheduler", listener.address, cwd=data)
+    finally:
+        listener.close()
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[0] == (f"spiread: error: `--scheduler {listener.address}`: answered, but not as "
+                                          "a Dask scheduler (it looks like HTTP — the dashboard?)")
+    assert "its dashboard (port 8787) is a web page" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_numpy_backend_never_imports_dask():
