@@ -369,7 +369,7 @@ def train_command(
                                     stop_requested=stop_requested, steps_by=s.program.steps if s.program else None,
                                     spend_run=True, on_ready=ready)  # nothing below reads the run's values
         written = files.write_training_files(result, save, log, plot,
-                                             f"{file}: {run.output_name}, {chosen.describe()}")
+                                             f"{file}: {run.output_name}, {chosen.describe()}", Path(file).stem)
         if result.error is not None:
             for error in written.failed:
                 emit(error.diagnostic, None)

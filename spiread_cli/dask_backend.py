@@ -32,7 +32,7 @@ from .chunks import (PROBE_ROWS, Data, Driver, Job, Share, add_shares, default_c
                      drop_templates, probe, record_chunk, share_of_kept, share_of_rows,
                      totals_of_rows)
 from .data import SET_PATH_SUFFIXES, parse_set_option
-from .diagnostics import Diagnostics, SpireadError, usage_error
+from .diagnostics import BackendLost, Diagnostics, SpireadError, usage_error
 from .tape import Run, all_finite
 
 # dask[array,distributed] and zarr: spiread's `dask` extra, for a checkout or not.
@@ -112,7 +112,7 @@ class Program:
             from .dask_lazy import LazyProgram, default_chunk_rows as lazy_chunk_rows
             bounds = data.row_bounds(options.chunk_rows or lazy_chunk_rows(data, default_threads()))
             return LazyProgram.record(job, bounds, refusal.located_in(source),
-                                      connect(options.scheduler) if options.scheduler else None)
+                                      connect(options.scheduler) if options.scheduler else None, options.scheduler)
         # the probe's warnings were about 2 rows: keep those that hold for all
         run.diagnostics = Diagnostics(job.plan.once_warnings(run))
         program = Program(job, run, options)
@@ -214,7 +214,8 @@ class Program:
         if self.options.persist:
             if self.kept is None:  # the chunks recorded, fused and kept where they ran
                 keys = [self._task(graph, record_chunk, job_key, start, stop, values_key) for start, stop in self.bounds]
-                self.kept = self.client.get(graph, keys, sync=False) if self.client else dask_threaded().get(graph, keys)
+                self.kept = (self._on_cluster(self.client.get, graph, keys, sync=False) if self.client
+                             else dask_threaded().get(graph, keys))
                 graph, job_key, values_key = self._graph(values)
             shares = [self._task(graph, share_of_kept, job_key, self._data(graph, chunk), values_key, first)
                       for chunk in self.kept]
@@ -238,7 +239,7 @@ class Program:
             return graph, self._data(graph, self.job), values_key
         version = (self.job.token, len(self.job.totals))
         if self.scattered is None or self.scattered[0] != version:
-            self.scattered = (version, self.client.scatter(self.job, broadcast=True, hash=False))
+            self.scattered = (version, self._on_cluster(self.client.scatter, self.job, broadcast=True, hash=False))
         return graph, self.scattered[1], values_key
 
     def _data(self, graph: dict, value) -> object:
@@ -275,21 +276,25 @@ class Program:
             shares = [self._task(graph, add, *shares[i:i + FAN_IN]) for i in range(0, len(shares), FAN_IN)]
         try:
             if self.client is not None:
-                return self.client.get(graph, shares[0])
+                return self._on_cluster(self.client.get, graph, shares[0])
             return dask_threaded().get(graph, shares[0])
         except SpireadError as err:
             raise err.located_in(self.job.source)
 
+    def _on_cluster(self, call, *args, **kwargs):
+        return on_cluster(self.client, self.options.scheduler, call, *args, **kwargs)
+
     def _drop_templates(self) -> None:
         drop_templates(self.job.token)
-        if self.client is not None:
-            self.client.run(drop_templates, self.job.token)
+        if self.client is not None and self.client.status == "running":  # a lost scheduler took them with it
+            self._on_cluster(self.client.run, drop_templates, self.job.token)
 
     def close(self) -> None:
-        if self.chunked and self.job.token:
-            self._drop_templates()
-        if self.client is not None:
-            self.client.close()
+        try:
+            if self.chunked and self.job.token:
+                self._drop_templates()
+        finally:
+            close_client(self.client)
             self.client = None
 
 
@@ -319,6 +324,7 @@ def connect(address: str):
     except ImportError:
         raise usage_error("`--scheduler` needs dask.distributed, which is not installed",
                           [INSTALL_DASK]) from None
+    keep_dask_logs_off_the_terminal()
     answered = not_a_scheduler(address)
     if answered is not None:
         raise SpireadError(f"`--scheduler {address}`: answered, but not as a Dask scheduler ({answered})",
@@ -332,6 +338,45 @@ def connect(address: str):
 
 
 START_A_CLUSTER = "start one with `dask scheduler`, and workers with `dask worker ADDRESS` (docs/scaling.md)"
+
+
+def on_cluster(client, address: str, call, *args, **kwargs):
+    """`call(*args, **kwargs)`, a call of `client`'s; the scheduler at
+    `address` lost meanwhile (it stopped, or the network failed: every
+    future is cancelled, or the client is no longer connected) is
+    BackendLost, naming the address. A task's own error passes through."""
+    from distributed.client import FutureCancelledError
+    try:
+        return call(*args, **kwargs)
+    except (FutureCancelledError, OSError, TimeoutError) as err:
+        if not isinstance(err, FutureCancelledError) and client.status == "running":
+            raise
+        raise BackendLost(f"`--scheduler {address}`: the connection to the Dask scheduler was lost",
+                          notes=["it stopped, or the network to it failed; " + START_A_CLUSTER]) from None
+
+
+def close_client(client) -> None:
+    """Close a Client, at once if its scheduler is lost (rather than after
+    its attempts to reconnect)."""
+    if client is not None:
+        client.close(timeout=None if client.status == "running" else 1)
+
+
+DASK_LOGGERS = ("distributed", "tornado", "asyncio")  # and their children
+
+
+def keep_dask_logs_off_the_terminal() -> None:
+    """distributed logs to stderr through handlers of its own (its config's
+    `logging` section sets them on `distributed`, `distributed.client`,
+    `tornado`, …), and asyncio through Python's last-resort handler: when a
+    scheduler is lost, ~130 lines of tracebacks. spiread says what happened
+    itself, so their records are dropped."""
+    import logging
+    names = [n for n in logging.Logger.manager.loggerDict if n.split(".")[0] in DASK_LOGGERS]
+    for name in {*DASK_LOGGERS, *names}:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [logging.NullHandler()]
+        logger.propagate = False
 
 
 def not_a_scheduler(address: str, seconds: float = CONNECT_SECONDS,

@@ -104,16 +104,18 @@ class LazyProgram:
     rows: int                       # N: a value whose leading size is N is row data, never gathered whole
     refusal: SpireadError           # why the row chunks could not run it (kept for messages)
     client: object = None
+    scheduler: str | None = None    # the client's address, as --scheduler gave it
     chunked = False
     lazy = True
 
     @staticmethod
-    def record(job: Job, bounds: list[tuple[int, int]], refusal: SpireadError, client=None) -> "LazyProgram":
+    def record(job: Job, bounds: list[tuple[int, int]], refusal: SpireadError, client=None,
+               scheduler: str | None = None) -> "LazyProgram":
         try:
             run = record_lazy(job, bounds, refusal)
         except SpireadError as err:
             raise err.located_in(job.source)
-        return LazyProgram(job, run, job.data.rows, refusal, client)
+        return LazyProgram(job, run, job.data.rows, refusal, client, scheduler)
 
     # -------------------------------------------------------------- computing
 
@@ -122,7 +124,9 @@ class LazyProgram:
         import dask
         try:
             if self.client is not None:
-                return tuple(self.client.gather(self.client.compute(list(values))))
+                from .dask_backend import on_cluster
+                return tuple(on_cluster(self.client, self.scheduler, lambda: self.client.gather(
+                    self.client.compute(list(values)))))
             # inf and nan are reported at the ops' spans (_warn_births), not by numpy in the worker threads,
             # which np.errstate does not reach
             with warnings.catch_warnings():
@@ -227,6 +231,6 @@ class LazyProgram:
         return step
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        from .dask_backend import close_client
+        close_client(self.client)
+        self.client = None

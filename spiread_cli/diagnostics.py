@@ -132,6 +132,13 @@ class SpireadError(Exception):
         return error
 
 
+class BackendLost(SpireadError):
+    """What computes the program went away in the middle of a run (a Dask
+    scheduler lost): an error in the user's environment, not in the program.
+    `train` stops on it keeping the values of the last finished step, and the
+    command saves them even without --save (spiread_cli/train.py)."""
+
+
 def usage_error(message: str, notes: Iterable[str] = ()) -> SpireadError:
     return SpireadError(message, None, notes, exit_code=2)
 

@@ -183,23 +183,30 @@ def save_values_somewhere(path: Path, values: dict[str, np.ndarray]) -> SpireadE
         return None
     except WriteError as err:
         error = err
+    saved, reason = save_in_temporary_folder(Path(path).stem, values)
+    note = (f"the trained values are saved in {saved} instead" if saved is not None
+            else f"they could not be saved in the temporary folder either ({reason})")
+    error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + (note,))
+    return error
+
+
+def save_in_temporary_folder(stem: str, values: dict[str, np.ndarray]) -> tuple[str | None, str | None]:
+    """`save_values` into a new file `STEM-….npz` in the system's temporary
+    folder: (its path, None), or (None, why not)."""
     rescue = None
     try:
         with signals_deferred():
-            handle, rescue = tempfile.mkstemp(prefix=f"{Path(path).stem}-", suffix=".npz")
+            handle, rescue = tempfile.mkstemp(prefix=f"{stem}-", suffix=".npz")
         os.close(handle)
         save_values(Path(rescue), values)
-        note = f"the trained values are saved in {rescue} instead"
+        return rescue, None
     except BaseException as err:  # a signal too: no empty rescue file is left behind
         if rescue is not None:
             with signals_deferred():
                 Path(rescue).unlink(missing_ok=True)
         if not isinstance(err, (OSError, WriteError)):
             raise
-        reason = err.reason if isinstance(err, WriteError) else err.strerror or str(err)
-        note = f"they could not be saved in the temporary folder either ({reason})"
-    error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + (note,))
-    return error
+        return None, err.reason if isinstance(err, WriteError) else err.strerror or str(err)
 
 
 @dataclass
@@ -211,10 +218,17 @@ class Written:
 
 
 def write_training_files(result, save: Path | None, log: Path | None, plot: Path | None,
-                         title: str) -> Written:
+                         title: str, stem: str = "spiread") -> Written:
     """--save, --log and --plot of a training result, each on its own: one
-    that cannot be written does not keep the others from being written."""
+    that cannot be written does not keep the others from being written.
+    Training cut short by a lost backend (status "lost") saves its values
+    without --save too, in the temporary folder as `STEM-….npz`: the run
+    cannot simply be repeated."""
     written = Written([], [])
+    if save is None and result.status == "lost":
+        saved, reason = save_in_temporary_folder(stem, result.values)
+        written.done.append(f"saved {', '.join(result.names)} to {saved}" if saved is not None
+                            else f"the trained values could not be saved in the temporary folder ({reason})")
     if save is not None:
         error = save_values_somewhere(save, result.values)
         if error is None:

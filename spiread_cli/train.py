@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from .diagnostics import Diagnostics, SpireadError, usage_error
+from .diagnostics import BackendLost, Diagnostics, SpireadError, usage_error
 from .rewrite import Fused, fuse
 from .tape import Node, Run, Tape, all_finite, describe_nonfinite
 
@@ -29,7 +29,8 @@ class TrainResult:
     names: list[str]                      # the trained values, in --wrt order
     losses: list[float]                   # one per completed step, before its update
     values: dict[str, np.ndarray]         # what to keep (see `train`)
-    status: str                           # "done", "interrupted", "converged" or "stopped" (an error)
+    status: str                           # "done", "interrupted", "converged", "stopped" (an error),
+                                          # or "lost" (BackendLost: what computed the steps went away)
     seconds: float
     error: SpireadError | None = None
     rejected: int | None = None           # trial steps the optimizer rejected (Newton's), else None
@@ -86,7 +87,9 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     with `strict`, on any warning). `result.values` is what to keep: after a
     normal or requested stop, the values after the last update (none when
     converged); after an error, the values at which the last finite loss
-    was computed.
+    was computed; when what computes the steps is lost (`BackendLost`,
+    status "lost"), the values after the last finished step, as after a
+    requested stop.
     """
     names = trainable_names(run, wrt)
     if steps_by is None:
@@ -115,6 +118,8 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
             return finish("interrupted", values)
         try:
             loss, grads, warnings = step_values(step, values)
+        except BackendLost as lost:
+            return finish("lost", values, lost, _kept_note(step - 1, losses, updated=True))
         except NonFinite as stop:
             if stop.loss is None:
                 return finish("stopped", previous if step > 1 else values, stop.error, _kept_note(step - 1, losses))
@@ -197,9 +202,13 @@ def release_unfused(run: Run, fused: Fused) -> None:
             node.set_value(None)
 
 
-def _kept_note(step: int, losses: list[float]) -> str:
+def _kept_note(step: int, losses: list[float], updated: bool = False) -> str:
+    """Which values training kept: those at which step `step`'s loss was
+    computed, or (`updated`) those that step's update made."""
     if step == 0:
         return "the values kept are the starting ones"
+    if updated:
+        return f"the values kept are those step {step} ended with (its loss was {losses[step - 1]:.6g})"
     return f"the values kept are those of step {step}, whose loss was {losses[step - 1]:.6g}"
 
 

@@ -7,6 +7,8 @@ threads, a LocalCluster and a cluster started by `dask scheduler`/`dask worker`.
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from spiread_cli import api, chunks, train
 from spiread_cli.dask_backend import Options, Program
 from spiread_cli.diagnostics import Source, SpireadError
 
-from conftest import EXAMPLES, spiread, strict_json
+from conftest import EXAMPLES, spiread, spiread_command, strict_json
 from programs import programs
 
 pytest.importorskip("distributed")
@@ -582,36 +584,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.cluster
-def test_command_started_cluster(data, tmp_path):
+class CommandStartedCluster:
     """`dask scheduler` and two `dask worker` processes started by command on
-    127.0.0.1; `train --scheduler` gives numpy's numbers; the processes are
-    stopped by their ids whatever happens."""
-    (data / "mlp.ad").write_text(PROGRAMS["MLP, two totals and a log of the total"])
-    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    worker = [sys.executable, "-m", "distributed.cli.dask_worker"]
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    logs = open(tmp_path / "cluster.log", "w")
-    processes = []
-    try:
-        processes.append(subprocess.Popen(dask + ["--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                                          stdout=logs, stderr=logs))
-        for _ in range(2):
-            processes.append(subprocess.Popen(worker + [address, "--nthreads", "1", "--host", "127.0.0.1",
-                                                        "--no-dashboard", "--no-nanny"], stdout=logs, stderr=logs))
+    127.0.0.1 (their output in a log file); stopped by their ids whatever
+    happens, each killed if it does not stop."""
+
+    def __init__(self, tmp_path):
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.logs = open(tmp_path / "cluster.log", "w")
+        self.scheduler = self.start("distributed.cli.dask_scheduler", "--port", self.address.rsplit(":", 1)[1])
+        self.workers = [self.start("distributed.cli.dask_worker", self.address, "--nthreads", "1", "--no-nanny")
+                        for _ in range(2)]
         from distributed import Client
-        with Client(address, timeout="60s") as client:
+        with Client(self.address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=60)
-        args = ["train", "mlp.ad", "--wrt", "W1", "--wrt", "W2", "--steps", "2", "--lr", "0.1", "--format", "json"]
-        expected = strict_json(spiread(*args, cwd=data).stdout)
-        out = spiread(*args, "--backend", "dask", "--scheduler", address, "--chunk-rows", "60", cwd=data)
-        assert out.returncode == 0, out.stderr
-        got = strict_json(out.stdout)
-        np.testing.assert_allclose(got["loss"], expected["loss"], rtol=RTOL)
-        for name in ("W1", "W2"):
-            np.testing.assert_allclose(got["values"][name]["value"], expected["values"][name]["value"], rtol=RTOL)
-    finally:
+
+    def start(self, module: str, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", module, *args, "--host", "127.0.0.1", "--no-dashboard"],
+                                stdout=self.logs, stderr=self.logs)
+
+    def stop(self):
+        processes = [self.scheduler, *self.workers]
         for process in processes:
             process.terminate()
         for process in processes:
@@ -620,7 +613,74 @@ def test_command_started_cluster(data, tmp_path):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        logs.close()
+        self.logs.close()
+
+
+def train_until_killed(args: list[str], cwd, victim: subprocess.Popen, progress_lines: int, env=None):
+    """Run `spiread train`, SIGKILL `victim` once `progress_lines` progress
+    lines are on stderr (training is under way), and wait for the end:
+    (exit code, stdout, stderr)."""
+    command = spiread_command() + [str(a) for a in args]
+    training = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, **(env or {})})
+    try:
+        seen = [training.stderr.readline() for _ in range(progress_lines)]
+        assert all(line.startswith("step ") for line in seen), seen
+        assert training.poll() is None, "training ended before the kill: give it more steps"
+        victim.kill()
+        victim.wait()
+        out, err = training.communicate(timeout=60)
+    finally:
+        if training.poll() is None:
+            training.kill()
+            training.communicate()
+    return training.returncode, out, "".join(seen) + err
+
+
+@pytest.mark.cluster
+def test_command_started_cluster_and_its_faults(data, tmp_path):
+    """On a cluster started by `dask scheduler`/`dask worker`: `train
+    --scheduler` gives numpy's numbers, also when a worker is killed in the
+    middle (Dask runs its tasks again elsewhere). A scheduler killed in the
+    middle is an error of the environment: exit 1, a short message naming
+    it, none of Dask's log lines, and the values of the last finished step
+    saved (here without --save: in the temporary folder, its path named)."""
+    (data / "mlp.ad").write_text(PROGRAMS["MLP, two totals and a log of the total"])
+    train = ["train", "mlp.ad", "--wrt", "W1", "--wrt", "W2", "--lr", "0.1", "--format", "json"]
+    on_cluster = ["--chunk-rows", "20"]
+
+    def numpy_values(steps: int) -> dict:
+        return strict_json(spiread(*train, "--steps", str(steps), cwd=data).stdout)
+
+    def assert_values(got: dict, expected: dict):
+        for name in ("W1", "W2"):
+            np.testing.assert_allclose(got[name], expected["values"][name]["value"], rtol=RTOL, err_msg=name)
+
+    cluster = CommandStartedCluster(tmp_path)
+    try:
+        on_cluster += ["--backend", "dask", "--scheduler", cluster.address]
+        code, out, err = train_until_killed([*train, "--steps", "12", *on_cluster], data, cluster.workers[1], 2)
+        assert code == 0, err
+        got, expected = strict_json(out), numpy_values(12)
+        np.testing.assert_allclose(got["loss"], expected["loss"], rtol=RTOL)
+        assert_values({n: v["value"] for n, v in got["values"].items()}, expected)
+
+        rescue = tmp_path / "rescue"
+        rescue.mkdir()
+        code, out, err = train_until_killed([*train, "--steps", "100000", *on_cluster], data, cluster.scheduler, 1,
+                                            env={"TMPDIR": str(rescue)})
+    finally:
+        cluster.stop()
+    assert code == 1 and out == ""
+    lines = [line for line in err.splitlines() if not line.startswith("step ")]
+    assert lines[0] == f"spiread: error: `--scheduler {cluster.address}`: the connection to the Dask scheduler was lost"
+    assert len(lines) == 4 and all(line.startswith("  = note: ") for line in lines[1:]), err
+    steps = int(re.fullmatch(r"  = note: the values kept are those step (\d+) ended with \(its loss was .*\)",
+                             lines[2]).group(1))
+    [saved] = rescue.glob("mlp-*.npz")
+    assert lines[3] == f"  = note: saved W1, W2 to {saved}"
+    with np.load(saved) as values:
+        assert_values(dict(values), numpy_values(steps))
 
 
 JET_PROGRAMS = {
