@@ -240,3 +240,30 @@ def test_a_shorter_learning_rate_still_never_rises():
     result = train.train(run(PSEUDO_HUBER), ["w"], 30, optim.Newton(lr=0.5))
     assert_never_rises(result.losses)
     assert result.losses[-1] < 1.5
+
+
+def test_several_trained_values_of_any_shape_are_one_newton_system():
+    """A matrix and a scalar trained together: the step is solved over both."""
+    x, y = LOGISTIC_X[:, 1:], LOGISTIC_Y
+    text = (f"X = {lit(x.tolist())}\ny = {lit(y[:, None].tolist())}\nW = [[0.0], [0.0]]\nb = 0.0\nz = X @@ W + b\n"
+            "loss = (z.exp.log1p - y * z).mean\n")
+    result = train.train(run(text), ["W", "b"], 40, optim.Newton())
+    assert result.error is None and result.status == "converged"
+    assert_never_rises(result.losses)
+    optimum = reference_minimum(lambda v: anp.mean(anp.log1p(anp.exp(x @ v[1:] + v[0])) - y * (x @ v[1:] + v[0])),
+                                [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(result.values["W"], optimum[1:, None], rtol=1e-6)
+    assert result.values["b"] == pytest.approx(optimum[0], rel=1e-6)
+
+
+def test_save_and_log_keep_what_newton_converged_to(tmp_program, tmp_path):
+    saved, log = tmp_path / "w.npz", tmp_path / "loss.csv"
+    done = spiread("train", tmp_program(PSEUDO_HUBER), "--wrt", "w", "--optimizer", "newton", "--steps", "15",
+                   "--save", saved, "--log", log, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    document = strict_json(done.stdout)
+    with np.load(saved, allow_pickle=False) as archive:
+        assert archive["w"].tolist() == document["values"]["w"]["value"]
+    rows = log.read_text().splitlines()
+    assert rows[0] == "step,loss" and [float(r.split(",")[1]) for r in rows[1:]] == document["loss"]
+    assert document["steps"] == len(rows) - 1 < 15
