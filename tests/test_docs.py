@@ -236,3 +236,15 @@ def test_synopsis_lists_the_commands_real_options(block: Block):
         for option, choices in shown.items():
             if choices and real[option]:
                 assert sorted(choices.split("|")) == real[option], f"spiread {command} {option}"
+
+
+def test_directives_reach_the_blocks_they_stand_before(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("<!-- cwd: tests/bad -->\n<!-- not run: needs a cluster -->\n```console\n$ spiread eval a.ad\n```\n"
+                    "<!-- given: x/names.txt = ../shared/names.txt -->\n```console\n$ spiread eval b.ad\nout\n```\n"
+                    "<!-- synopsis: --debug -->\n```\nspiread eval FILE\n```\n")
+    first, second, third = blocks(page)
+    assert (first.cwd, first.not_run, first.given, first.line) == ("tests/bad", "needs a cluster", {}, 3)
+    assert (second.cwd, second.not_run, second.given) == ("tests/bad", None, {"x/names.txt": "../shared/names.txt"})
+    assert commands(second) == [("spiread eval b.ad", ["out"])]
+    assert (third.language, third.synopsis, first.synopsis) == ("", "--debug", None)
