@@ -107,8 +107,9 @@ def commands(block: Block) -> list[tuple[str, list[str]]]:
 
 def scratch_tree(block: Block, root: Path) -> Path:
     """The repository with its files hard-linked (not symbolic links, which
-    messages would show resolved), plus the block's givens. spiread replaces
-    the files it writes, so the repository's own are never written through."""
+    messages would show resolved), plus the block's givens. What the pages'
+    commands write are new files, or files spiread replaces by a rename, so
+    nothing is written through a link into the repository."""
     shutil.copytree(REPO, root, copy_function=os.link,
                     ignore=shutil.ignore_patterns(".git", "*.egg-info", "__pycache__", ".venv*", "dist"))
     for target, source in block.given.items():
@@ -132,7 +133,7 @@ def pattern(shown: str) -> tuple[re.Pattern, list[float]]:
     """A regex for the text a page shows, each number a group (and the
     numbers), `…` a wildcard."""
     parts, numbers = [], []
-    for line in shown.split("\n"):
+    for line in shown.splitlines():
         if line.strip() == "…":
             parts.append(r"(?:[^\n]*\n)*?")
             continue
@@ -155,7 +156,7 @@ def tidy(text: str) -> str:
 def differs(shown: str, printed: str) -> str | None:
     """None when `printed` is what the page shows, else how it differs."""
     shown, printed = tidy(shown), tidy(printed)
-    regex, expected = pattern(shown.rstrip("\n"))
+    regex, expected = pattern(shown)
     match = regex.fullmatch(printed)
     if match:
         got = [float(n) for n in match.groups()]
