@@ -23,6 +23,7 @@ import numpy as np
 
 from .check import NODE_OVERHEAD_ENTRIES, Subject, output_magnitude
 from .chunks import Job, record_chunk
+from .dask_common import Result
 from .diagnostics import Diagnostics, usage_error
 from .forward import ForwardSweep, directional_forward
 
@@ -155,7 +156,6 @@ def forward_gradients(program, names: list[str] | None):
     """`grad --mode forward` over row chunks: each value's gradient as its
     derivatives along the unit vectors, pushed forward (one pass per value)."""
     from . import api
-    from .dask_backend import Result
     if not program.chunked:  # too few rows to chunk, or op by op on Dask arrays: forward mode on the tape
         gradients = api.gradients(program.run, names, "forward")
         return Result(gradients.value, gradients.gradients, program.run.diagnostics)

@@ -21,6 +21,7 @@ import numpy as np
 
 from .chunks import NO_CHUNKS, Job
 from .data import load_array
+from .dask_common import Result, close_client, on_cluster, stopped
 from .diagnostics import Diagnostics, SpireadError
 from .interpreter import Interpreter
 from .tape import Run, is_lazy
@@ -124,7 +125,6 @@ class LazyProgram:
         import dask
         try:
             if self.client is not None:
-                from .dask_backend import on_cluster
                 return tuple(on_cluster(self.client, self.scheduler, lambda: self.client.gather(
                     self.client.compute(list(values)))))
             # inf and nan are reported at the ops' spans (_warn_births), not by numpy in the worker threads,
@@ -169,7 +169,6 @@ class LazyProgram:
     # -------------------------------------------------------------- commands
 
     def gradients(self, wrt: list[str] | None = None):
-        from .dask_backend import Result
         ids = self.run.wrt_ids(wrt)  # a gradient by row data is computed whole, as on numpy
         value, grads, _ = self._evaluate(ids, True, self.run.diagnostics)
         return Result(value, grads, self.run.diagnostics)
@@ -206,7 +205,6 @@ class LazyProgram:
         """train.Steps: each step replays the tape between the trained values
         and the output on Dask arrays and computes once."""
         import math
-        from .dask_backend import stopped
         from .train import NonFinite
         ids = {name: self.run.bindings[name] for name in names}
         tape = self.run.tape
@@ -231,6 +229,5 @@ class LazyProgram:
         return step
 
     def close(self) -> None:
-        from .dask_backend import close_client
         close_client(self.client)
         self.client = None

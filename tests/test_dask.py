@@ -514,7 +514,7 @@ def test_local_cluster_gives_the_same_numbers_with_and_without_persist(data):
     """…and its scheduler is told from its dashboard by the first bytes each sends."""
     from urllib.parse import urlparse
     from distributed import LocalCluster
-    from spiread_cli.dask_backend import not_a_scheduler
+    from spiread_cli.dask_common import not_a_scheduler
     source = Source(str(data / "prog.ad"), PROGRAMS["MLP, two totals and a log of the total"])
     expected = numpy_result(source, {}, data)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -770,7 +770,7 @@ SERVERS = {
 def test_what_answers_where_a_scheduler_was_expected_is_named(server):
     """The handshake is bounded: what listens is found out in `seconds`,
     however it behaves."""
-    from spiread_cli.dask_backend import not_a_scheduler
+    from spiread_cli.dask_common import not_a_scheduler
     reply, said = SERVERS[server]
     listener = Listener(reply)
     try:
@@ -780,7 +780,7 @@ def test_what_answers_where_a_scheduler_was_expected_is_named(server):
 
 
 def test_nothing_listening_is_left_to_the_client():
-    from spiread_cli.dask_backend import not_a_scheduler
+    from spiread_cli.dask_common import not_a_scheduler
     assert not_a_scheduler(f"tcp://127.0.0.1:{free_port()}") is None
 
 
