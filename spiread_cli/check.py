@@ -39,6 +39,7 @@ import numpy as np
 
 from .diagnostics import Diagnostic, SpireadError
 from .forward import directional_forward
+from .limits import max_bytes
 from .tape import Node, Run, Tape
 
 DEFAULT_EPS = 1e-6
@@ -259,7 +260,7 @@ def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None
         phi = tape.record(OPS["sum"], (weighted.id,), {}, u_leaf.span, f"⟨∂f/∂{a}, u⟩", None)
         for b, b_id in state.ids.items():
             shape_b = nodes[b_id].value.shape
-            elementwise = math.prod(shape_a) * math.prod(shape_b) <= max_entries
+            elementwise = math.prod(shape_a) * math.prod(shape_b) <= max_entries and _identity_fits(shape_a, shape_b)
             rows = _unit_rows(shape_a) if elementwise else _unit_directions(rng, 1, shape_a)
             v = _unit_rows(shape_b) if elementwise else _unit_directions(rng, directions, shape_b)
             parts = []
@@ -279,6 +280,14 @@ def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None
                 for site in kink_sites(tape, [b_id], phi.id):
                     sites.setdefault(site.node.span, site)
     return CheckReport(run.output_name, f0, eps, tol, results, list(sites.values()), problem, order=2)
+
+
+def _identity_fits(*shapes: tuple) -> bool:
+    """Whether the identity's rows over each value's entries (the directions
+    of an entry-by-entry check, pushed as a batch) are within the memory
+    limit (limits.py); where they are not, random directions are checked."""
+    limit = max_bytes()
+    return all(8 * math.prod(shape) ** 2 <= limit for shape in shapes)
 
 
 def _unit_rows(shape: tuple) -> np.ndarray:
@@ -317,11 +326,11 @@ def _steps(eps: float | None, tol: float | None) -> tuple[float, float]:
 def _directions(probe: Probe, max_entries: int, directions: int,
                 rng: np.random.Generator) -> tuple[str, np.ndarray]:
     """The directions to differentiate along, shape (k,) + the value's shape:
-    every entry (the rows of the identity) when the value is small and 2·n
-    evaluations fit the budget (`probe.work` entries each), else a few random
-    unit directions."""
+    every entry (the rows of the identity) when the value is small, 2·n
+    evaluations fit the budget (`probe.work` entries each) and the identity
+    the memory limit, else a few random unit directions."""
     x = probe.x
-    if x.size <= max_entries and 2 * x.size * probe.work <= ELEMENTWISE_BUDGET_ENTRIES:
+    if x.size <= max_entries and 2 * x.size * probe.work <= ELEMENTWISE_BUDGET_ENTRIES and _identity_fits(x.shape):
         return "elementwise", _unit_rows(x.shape)
     v = rng.standard_normal((directions, x.size))
     v /= np.linalg.norm(v, axis=1, keepdims=True)

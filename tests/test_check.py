@@ -127,6 +127,21 @@ def test_directional_mode_for_large_values():
     assert result.max_rel_error < report.tol and result.forward_vs_reverse < 1e-12
 
 
+def test_directions_whose_identity_is_over_the_memory_limit_are_random(monkeypatch):
+    """Entry by entry pushes the n×n identity as a batch of directions: over
+    SPIREAD_MAX_BYTES (here 2 MB for 500 entries), random directions instead."""
+    text = "x = randn(500, seed=1)\nv = randn(30, seed=2)\nloss = (x.tanh * x).sum + (v.sin * v).sum\n"
+    for limit, method in ((8 * 500 * 500, "elementwise"), (8 * 500 * 500 - 1, "directional")):
+        monkeypatch.setenv("SPIREAD_MAX_BYTES", str(limit))
+        report = check_gradients(run(text), ["x"])
+        assert report.ok and report.results["x"].method == method
+    monkeypatch.setenv("SPIREAD_MAX_BYTES", str(8 * 30 * 30 - 1))
+    report = check_second_order(run(text), ["v"])
+    assert report.ok and report.results["∂²loss/∂v∂v"].method == "directional"
+    monkeypatch.setenv("SPIREAD_MAX_BYTES", str(8 * 30 * 30))
+    assert check_second_order(run(text), ["v"]).results["∂²loss/∂v∂v"].method == "elementwise"
+
+
 def test_directional_mode_still_finds_a_kink():
     report = check_gradients(run("x = zeros(40, 30)\nloss = (x.relu + x.sin).sum"), ["x"])
     result = report.results["x"]
