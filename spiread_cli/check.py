@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from .diagnostics import Diagnostic, SpireadError
+from .diagnostics import Diagnostic, SpireadError, option
 from .forward import directional_forward
 from .limits import max_bytes
 from .tape import Node, Run, Tape
@@ -210,6 +210,7 @@ def check_gradients(run: Run, wrt: list[str] | None = None, eps: float | None = 
     tape, or on what `subject(run, wrt)` evaluates: row chunks)."""
     eps, tol = _steps(eps, tol)
     subject = (subject or tape_subject)(run, wrt)
+    _something_to_check(run, subject.ids)
     f0 = subject.value
     problem = None
     if not np.isfinite(f0):
@@ -245,6 +246,7 @@ def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None
     from .ops import OPS
     eps, tol = _steps(eps, tol)
     state = SecondOrder(run, wrt)
+    _something_to_check(run, state.ids)
     tape, nodes = run.tape, run.tape.nodes
     f0 = float(run.value)
     problem = None
@@ -313,13 +315,20 @@ def _joined(parts: list[Measurement]) -> Measurement:
                        magnitude=max((p.magnitude for p in parts), default=0.0))
 
 
+def _something_to_check(run: Run, ids: dict[str, int]) -> None:
+    """Values the output depends on none of would pass, zero against zero,
+    having checked nothing: that is an error, not a pass."""
+    if not any(run.depends_on(i) for i in ids.values()):
+        raise run.nothing_to_differentiate(list(ids))
+
+
 def _steps(eps: float | None, tol: float | None) -> tuple[float, float]:
     eps = DEFAULT_EPS if eps is None else eps
     tol = DEFAULT_TOL if tol is None else tol
     if not (np.isfinite(eps) and eps > 0):
-        raise SpireadError(f"`--eps {eps:g}`: the step must be a positive number", exit_code=2)
+        raise SpireadError(f"{option('eps', eps)}: the step must be a positive number", exit_code=2)
     if not (np.isfinite(tol) and tol > 0):
-        raise SpireadError(f"`--tol {tol:g}`: the tolerance must be a positive number", exit_code=2)
+        raise SpireadError(f"{option('tol', tol)}: the tolerance must be a positive number", exit_code=2)
     return eps, tol
 
 

@@ -33,13 +33,24 @@ class Mode(str, Enum):
 FileArg = Annotated[str, typer.Argument(metavar="FILE", help="The .ad program, or - for standard input.")]
 OfOpt = Annotated[Optional[str], typer.Option("--of", metavar="NAME", help="The output: a bound name.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
-    "--set", metavar="NAME=VALUE", help="Replace a binding: a number, a literal, or a .npy/.npz/.csv/.json path.")]
+    "--set", metavar="NAME=VALUE", help="Replace a binding: a number, a literal, or a .npy/.npz/.csv/.json path "
+                                        "(repeatable). --set FILE.npz binds each array in it by its name.")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="text for people, json for scripts.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Treat warnings (inf, nan) as errors.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.")]
+
+
+def _name_lists(values: list[str] | None) -> list[str] | None:
+    """`--wrt a,b` is `--wrt a --wrt b`."""
+    if not values:
+        return values
+    return [name.strip() for value in values for name in value.split(",") if name.strip()] or None
+
+
 WrtOpt = Annotated[Optional[list[str]], typer.Option(
-    "--wrt", metavar="NAME", help="Differentiate by this value (repeatable). Default: the .backward(...) names, "
-                                  "else every input the output depends on.")]
+    "--wrt", metavar="NAME", callback=_name_lists,
+    help="Differentiate by this value (repeatable, or a,b). Default: the .backward(...) names, else every input "
+         "the output depends on.")]
 
 
 class Backend(str, Enum):
@@ -77,13 +88,24 @@ def backend_options(backend: Backend, scheduler: str | None, chunk_rows: int | N
 class Session:
     """What one command run shares: the source (for diagnostics) and the options."""
 
-    def __init__(self, file: str, fmt: Format, strict: bool):
+    def __init__(self, file: str, fmt: Format, strict: bool, stdout_is_data: bool = False):
         self.file = file
         self.json = fmt == Format.json
         self.strict = strict
+        self.stdout_is_data = stdout_is_data
         self.run = None   # once loaded: errors after loading point into its source
         self.shown = 0    # warnings already printed
+        self.printed_shown = False  # the program's println lines
         self.program = None  # --backend dask: the dask_backend.Program
+
+    def show_printed(self, printed: list[str], failed: bool = False) -> None:
+        """The program's `println` lines, once: before the command's output
+        on stdout (stderr where stdout holds only data, DOT), and before an
+        error in any format, on stderr when stdout is for one JSON document."""
+        from .output import write_printed
+        if not self.printed_shown and (failed or not self.json):
+            write_printed(printed, to_stderr=self.stdout_is_data or self.json)
+            self.printed_shown = True
 
     def finish_warnings(self, run) -> list[dict]:
         """Print the warnings not printed yet (text mode), and return all of
@@ -100,17 +122,19 @@ class Session:
 
 
 @contextmanager
-def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: bool = False):
+def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: bool = False,
+            stdout_is_data: bool = False):
     """Run a command body; turn our errors into located messages and exit codes,
     and anything else into an internal-error report (never a bare traceback)."""
     from .diagnostics import SpireadError, emit
-    s = Session(file, fmt, strict)
+    s = Session(file, fmt, strict, stdout_is_data)
     try:
         yield s
     except SpireadError as err:
         _traceback(debug)
         if err.source is None and s.run is not None:
             err.located_in(s.run.source)
+        s.show_printed(err.printed or (s.run.printed if s.run is not None else []), failed=True)
         emit(err.diagnostic, err.source)
         raise typer.Exit(err.exit_code) from None
     except BrokenPipeError:  # the reader went away (`| head -1`): end quietly, as Unix tools do
@@ -152,9 +176,9 @@ def run_command(file: str, sets, of, *, command: str, compute: Callable, text: C
     mode; on stderr when `stdout_is_data`), `compute(session, run)`, the
     warnings, then `document(run, result)` as JSON (tagged with `command`'s
     schema) or `text(run, result)`. Returns (run, result)."""
-    from .output import write_json, write_printed
+    from .output import write_json
     sets = list(sets or [])
-    with session(file, fmt, strict, debug) as s:
+    with session(file, fmt, strict, debug, stdout_is_data) as s:
         given = [o for o in outputs if o.path is not None]
         if given:  # files.py (and tempfile) only for commands writing files: start-up time
             from .files import check_outputs, command_inputs
@@ -162,8 +186,7 @@ def run_command(file: str, sets, of, *, command: str, compute: Callable, text: C
         options = backend_options(*backend)
         prepare()
         run = s.run = _load(s, file, sets, of, options, evaluate)
-        if not s.json:
-            write_printed(run, to_stderr=stdout_is_data)
+        s.show_printed(run.printed)
         result = compute(s, run)
         warnings = s.finish_warnings(run)
         if s.json:
@@ -242,9 +265,9 @@ def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOp
                                                             help="Write the DOT to PATH (whole or not at all) instead of stdout.")] = None,
                 debug: DebugOpt = False):
     """The computation graph as Graphviz DOT: spiread dot f.ad | dot -Tpng > g.png"""
-    from . import api
     from .dot import to_dot
     from .files import Output, atomic_output
+    from .gradients import dot_gradients
     from .output import write_stdout
 
     def text(run, grads):
@@ -255,7 +278,7 @@ def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOp
             with atomic_output(out) as f:
                 f.write(dot.encode("utf-8"))
 
-    run_command(file, set_, of, command="dot", compute=lambda s, run: api.gradients(run, wrt).gradients if wrt else None,
+    run_command(file, set_, of, command="dot", compute=lambda s, run: dot_gradients(run, wrt),
                 text=text, debug=debug, outputs=[Output("--out", out, (".dot", ".gv"))], stdout_is_data=True)
 
 
@@ -273,7 +296,7 @@ def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
 
     def compute(s, run):
         if hvp:
-            return second.hvp(run, api.parse_overrides(hvp, api.base_dir_of(run.source)), wrt)
+            return second.hvp(run, api.parse_overrides(hvp, api.base_dir_of(run.source), "--hvp", run.bindings), wrt)
         return second.hessian(run, wrt)
 
     run_command(file, set_, of, command="hessian", compute=compute, document=lambda run, result: hessian_document(result),
@@ -325,14 +348,17 @@ class Optimizer(str, Enum):
 @app.command("train")
 def train_command(
         file: FileArg,
-        wrt: Annotated[list[str], typer.Option("--wrt", metavar="NAME",
-                                               help="A value to train (repeatable); it must be bound to a constant.")],
+        wrt: Annotated[list[str], typer.Option("--wrt", metavar="NAME", callback=_name_lists,
+                                               help="A value to train (repeatable, or a,b); it must be bound to a "
+                                                    "constant.")],
         steps: Annotated[int, typer.Option("--steps", min=0, help="How many steps.")] = 100,
         lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate. Default: sgd 0.01, adam 0.001, newton 1 (a full Newton step, the most it takes).")] = None,
         optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="sgd (with --momentum), adam, or newton (trust region, conjugate gradients on Hessian-vector products).")] = Optimizer.sgd,
         momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum; 0 is plain SGD.")] = 0.0,
         save: Annotated[Optional[Path], typer.Option("--save", metavar="PATH.npz",
-                                                     help="Write the trained values here, keyed by name.")] = None,
+                                                     help="Write the trained values here, keyed by name (.npz is "
+                                                          "added if PATH lacks it). It may be the --set archive "
+                                                          "training started from: continue with --set PATH.npz.")] = None,
         log: Annotated[Optional[Path], typer.Option("--log", metavar="PATH.csv", help="Write step,loss here.")] = None,
         plot: Annotated[Optional[Path], typer.Option("--plot", metavar="PATH.png",
                                                      help="Draw the loss curve (needs matplotlib).")] = None,
@@ -385,17 +411,18 @@ def train_command(
                 text=lambda run, outcome: train_text(run, *outcome, steps, chosen), fmt=fmt, strict=strict, debug=debug,
                 prepare=prepare, backend=(backend, scheduler, chunk_rows, persist),
                 evaluate=False,  # the fused tape computes what the steps need
-                outputs=[files.Output("--save", save, (".npz",)), files.Output("--log", log, (".csv", ".txt")),
+                outputs=[files.Output("--save", files.archive_path(save), (".npz",), continues=True),
+                         files.Output("--log", log, (".csv", ".txt")),
                          files.Output("--plot", plot, (".png",))])
     except Interrupted as again:  # a second signal: stop at once, keeping no partial files
         print("spiread: interrupted; nothing saved", file=sys.stderr)
         raise typer.Exit(again.exit_code) from None
     for error in written.failed:
         emit(error.diagnostic, None)
+    if stop_requested():  # a signal stopped the steps, or came while the files were written
+        raise typer.Exit(exit_code(stop_requested.signum))
     if written.failed:
         raise typer.Exit(1)
-    if result.status == "interrupted":
-        raise typer.Exit(exit_code(stop_requested.signum))
 
 
 @app.command("schema")

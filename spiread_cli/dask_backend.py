@@ -79,7 +79,7 @@ class Program:
         files, literal = {}, []
         for option in sets:
             name, text = parse_set_option(option)
-            if Path(text).suffix.lower() in SET_PATH_SUFFIXES:
+            if name is not None and Path(text).suffix.lower() in SET_PATH_SUFFIXES:  # an archive: read whole
                 files[name] = Path(text)
             else:
                 literal.append(option)

@@ -69,7 +69,7 @@ def load_array(path: Path, span: Span | None = None, name: str | None = None) ->
             if suffix == ".npy":
                 array = _from_npy(file, os.fstat(file.fileno()).st_size, prefix, span)
             elif suffix == ".npz":
-                array = _from_npz(file, name, prefix, span)
+                (array,) = _from_npz(file, name, prefix, span).values()
             else:
                 raw = _read_text_bytes(file, suffix, prefix, span)
                 array = _from_json(raw) if suffix == ".json" else _from_text(_decode(raw), suffix)
@@ -79,6 +79,20 @@ def load_array(path: Path, span: Span | None = None, name: str | None = None) ->
             raise SpireadError(f"{prefix}: there is not enough memory to read it", span,
                                ["the data may be too big for one process"]) from None
     return as_float64(array, path, span)
+
+
+def load_archive(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an `.npz` archive (as `train --save` writes), by name,
+    as float64 arrays of rank ≤ 2: read whole, with the checks `load_array` makes."""
+    prefix = f"cannot load `{shown(path)}`"
+    with _open_regular(path, prefix, None) as file:
+        try:
+            arrays = _from_npz(file, None, prefix, None, every=True)
+        except _Unreadable as err:
+            raise SpireadError(f"{prefix}: {err}") from None
+        except MemoryError:
+            raise SpireadError(f"{prefix}: there is not enough memory to read it") from None
+    return {name: as_float64(array, path) for name, array in arrays.items()}
 
 
 def as_float64(array: np.ndarray, path, span: Span | None = None) -> np.ndarray:
@@ -279,7 +293,9 @@ def _npy_header(header: bytes, encoding: str, where: str) -> tuple[tuple[int, ..
 # ------------------------------------------------------------------ .npz
 
 
-def _from_npz(file, name: str | None, prefix: str, span: Span | None) -> np.ndarray:
+def _from_npz(file, name: str | None, prefix: str, span: Span | None, every: bool = False) -> dict[str, np.ndarray]:
+    """The array called `name`, or the only one when `name` is None; with
+    `every`, all of them; by name."""
     start = file.read(2)
     if start != b"PK":
         raise _Unreadable("it is not a NumPy .npz archive" if start else "it is empty")
@@ -299,25 +315,34 @@ def _from_npz(file, name: str | None, prefix: str, span: Span | None) -> np.ndar
                 count = len(archive.infolist())
                 raise _Unreadable("it holds no arrays" + ("" if not count else " (its only member is not a .npy file)"
                                                           if count == 1 else f" (none of its {count:,} members is a .npy file)"))
-            if name is not None and name in arrays:
-                chosen = arrays[name]
+            if every:
+                chosen = arrays
+            elif name is not None and name in arrays:
+                chosen = {name: arrays[name]}
             elif name is None and len(arrays) == 1:
-                chosen = next(iter(arrays.values()))
+                chosen = arrays
             else:
                 wanted = f"no array called `{_clip(name)}`" if name else "more than one array"
-                raise SpireadError(f"{prefix}: it has {wanted}", span, [f"it holds: {_listed(arrays)}"])
-            if chosen.flag_bits & 0x1:
-                raise _Unreadable(f"its member `{_clip(chosen.filename)}` is encrypted")
-            if chosen.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                # numpy writes only these; LZMA's decoder allocates what the file asks for
-                raise _Unreadable(f"its member `{_clip(chosen.filename)}` is compressed in a way numpy never "
-                                  f"writes (zip method {chosen.compress_type})")
-            if chosen.file_size > limit + _NPY_MAX_HEADER:
-                raise SpireadError(f"{prefix}: its member `{_clip(chosen.filename)}` unpacks to "
-                                   f"{human_bytes(chosen.file_size)}, more than the limit of {human_bytes(limit)}",
-                                   span, [LIMIT_NOTE])
-            with archive.open(chosen) as member:
-                return _from_npy(member, chosen.file_size, prefix, span, chosen.filename)
+                every = [] if name else ["`--set FILE.npz`, with no NAME=, binds each array to the name it has there"]
+                raise SpireadError(f"{prefix}: it has {wanted}", span, [f"it holds: {_listed(arrays)}", *every])
+            for info in chosen.values():
+                if info.flag_bits & 0x1:
+                    raise _Unreadable(f"its member `{_clip(info.filename)}` is encrypted")
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    # numpy writes only these; LZMA's decoder allocates what the file asks for
+                    raise _Unreadable(f"its member `{_clip(info.filename)}` is compressed in a way numpy never "
+                                      f"writes (zip method {info.compress_type})")
+            total = sum(info.file_size for info in chosen.values())
+            if total > limit + _NPY_MAX_HEADER * len(chosen):
+                what = (f"its member `{_clip(next(iter(chosen.values())).filename)}` unpacks" if len(chosen) == 1
+                        else f"its {len(chosen):,} members unpack")
+                raise SpireadError(f"{prefix}: {what} to {human_bytes(total)}, more than the limit of "
+                                   f"{human_bytes(limit)}", span, [LIMIT_NOTE])
+            read = {}
+            for key, info in chosen.items():
+                with archive.open(info) as member:
+                    read[key] = _from_npy(member, info.file_size, prefix, span, info.filename)
+            return read
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError, struct.error,
             NotImplementedError, RuntimeError) as err:
         # damaged, encrypted, or compressed in a way Python cannot undo
@@ -630,11 +655,19 @@ def _decode_block(raw: bytes, line: int, at_start: bool) -> str:
         raise _Unreadable(f"it is not UTF-8 text (line {line} holds the byte 0x{raw[err.start]:02x})") from None
 
 
-def parse_set_option(option: str) -> tuple[str, str]:
-    """`NAME=VALUE` → (NAME, VALUE); the error is a usage error (exit 2)."""
+def parse_set_option(option: str, flag: str = "--set") -> tuple[str | None, str]:
+    """`NAME=VALUE` → (NAME, VALUE), or `FILE.npz` → (None, FILE.npz): an
+    archive whose arrays bind the names they have. The error, a usage error
+    (exit 2), names `flag`, the option given (`--set`, `--hvp`)."""
     name, sep, value = option.partition("=")
     name = name.strip()
+    if not sep and is_archive(option):
+        return None, option.strip()
     if not sep or not name.isidentifier() or not value.strip():
-        raise SpireadError(f"`--set {option}`: expected NAME=VALUE, e.g. `--set W=[[1,2],[3,4]]` or `--set W=w.npy`",
-                           exit_code=2)
+        raise SpireadError(f"`{flag} {option}`: expected NAME=VALUE, e.g. `{flag} W=[[1,2],[3,4]]` or "
+                           f"`{flag} W=w.npy`, or an archive of arrays by name, `{flag} w.npz`", exit_code=2)
     return name, value.strip()
+
+
+def is_archive(text: str) -> bool:
+    return Path(text.strip()).suffix.lower() == ".npz"

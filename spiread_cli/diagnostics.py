@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -96,6 +97,7 @@ class SpireadError(Exception):
         self.diagnostic = Diagnostic("error", message, span, tuple(notes), tuple(related), origin)
         self.exit_code = exit_code
         self.source: Source | None = None
+        self.printed: list[str] = []  # what the program's println wrote before the error
 
     def __str__(self) -> str:
         # The same text the command line prints (plain), so a traceback or a
@@ -137,6 +139,33 @@ class BackendLost(SpireadError):
     scheduler lost): an error in the user's environment, not in the program.
     `train` stops on it keeping the values of the last finished step, and the
     command saves them even without --save (spiread_cli/train.py)."""
+
+
+# Which front end is asking: messages name what its user wrote, the command
+# line's options (`--wrt w`) or the Python API's keyword arguments (`wrt="w"`).
+# program.py sets PYTHON for the length of each public call.
+COMMAND_LINE, PYTHON = "command line", "python"
+FRONT_END: ContextVar[str] = ContextVar("spiread_front_end", default=COMMAND_LINE)
+
+
+def option(keyword: str, value: object = None) -> str:
+    """An option as the user of this front end writes it, in backticks:
+    `--wrt w` on the command line, `wrt="w"` from Python. `set` is a binding
+    (`--set w=…`, a keyword argument `w=…`), `hvp` a direction (`--hvp w=…`,
+    `hvp={"w": …}`); no value stands for a name (`--of NAME`, `of="NAME"`)."""
+    python = FRONT_END.get() == PYTHON
+    if keyword == "set":
+        return f"`{value}=…`" if python else f"`--set {value}=…`"
+    if keyword == "hvp":
+        return f'`hvp={{"{value}": …}}`' if python else f"`--hvp {value}=…`"
+    if keyword == "strict":
+        return '`warnings.simplefilter("error", SpireadWarning)`' if python else "`--strict`"
+    if python:
+        shown = f'"{value or "NAME"}"' if value is None or isinstance(value, str) \
+            else f"{value:g}" if isinstance(value, float) else str(value)
+        return f"`{keyword}={shown}`"
+    shown = "NAME" if value is None else f"{value:g}" if isinstance(value, float) else value
+    return f"`--{keyword} {shown}`"
 
 
 def usage_error(message: str, notes: Iterable[str] = ()) -> SpireadError:

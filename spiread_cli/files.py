@@ -1,14 +1,17 @@
 """Output files (`--save`, `--log`, `--plot`, `--out`): the one place that
 checks and writes them. Checked before any work starts (a path that cannot
-be written, or that is also an input or another output, is refused), and
-written whole or not at all (a temporary file, renamed), even when a signal
-arrives during the write."""
+be written, or that is also an input or another output, is refused, except
+`--save` over the `--set` archive it continues), and written whole or not at
+all (a temporary file, renamed), even when a signal arrives during the
+write. A device, a pipe, or the file our standard output or error goes to
+(`--log /dev/stdout > out.txt`) is written in place, after what is there."""
 
 from __future__ import annotations
 
 import io
 import os
 import stat
+import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -30,25 +33,46 @@ class Output:
     option: str                  # "--save"
     path: Path
     suffixes: tuple[str, ...]    # the formats it is written in, the first the usual one
+    # May replace a `--set` data file: `train --set W=w.npz --save w.npz`
+    # continues training in place; the data are read whole before the first
+    # step, and the save replaces the file atomically.
+    continues: bool = False
 
     def __str__(self) -> str:
         return f"`{self.option} {self.path}`"
 
 
-def command_inputs(file: str, sets: list[str]) -> list[tuple[str, Path]]:
-    """The files a command reads, by role: the program and `--set` data files."""
-    inputs = [("the program", Path(file))] if file != "-" else []
+@dataclass(frozen=True)
+class Input:
+    role: str      # "the program", "`--set W=…`'s data"
+    path: Path
+    data: bool     # a `--set` data file (else the program)
+
+
+def command_inputs(file: str, sets: list[str]) -> list[Input]:
+    """The files a command reads: the program and `--set` data files."""
+    inputs = [Input("the program", Path(file), False)] if file != "-" else []
     for option in sets:
         try:
             name, text = parse_set_option(option)
         except SpireadError:
             continue  # reported when the options are read
         if Path(text).suffix.lower() in SUFFIXES:
-            inputs.append((f"`--set {name}=…`'s data", Path(text)))
+            inputs.append(Input(f"`--set {name}=…`'s data" if name else f"`--set {text}`'s data", Path(text), True))
     return inputs
 
 
-def check_outputs(outputs: list[Output], inputs: list[tuple[str, Path]]) -> None:
+def archive_path(path: Path | None) -> Path | None:
+    """Where `--save PATH` writes: PATH, with `.npz` added when it does not
+    end so, as numpy.savez adds it, so that `--set` reads the file back as
+    the archive it is (a device or pipe is written as named, and an ending
+    that promises another format is refused by `check_outputs`)."""
+    if path is None or path.suffix.lower() in FORMAT_SUFFIXES or _in_place(path):
+        return path
+    return path.with_name(path.name + ".npz")
+
+
+def check_outputs(outputs: list[Output], inputs: list[Input]) -> None:
     """Refuse, before any work, an output path that cannot be written, whose
     ending names another format (`--save w.npy` would not load as .npy), or
     that is also an input or another output (it would destroy the one or
@@ -56,10 +80,10 @@ def check_outputs(outputs: list[Output], inputs: list[tuple[str, Path]]) -> None
     for output in outputs:
         _check_writable(output)
     for i, output in enumerate(outputs):
-        if _special(output.path):  # `--save /dev/null --log /dev/null` overwrites nothing
+        if _in_place(output.path):  # `--save /dev/null --log /dev/null` overwrites nothing
             continue
-        for role, path in inputs:
-            if _same_file(output.path, path):
+        for role, path, data in ((i.role, i.path, i.data) for i in inputs):
+            if _same_file(output.path, path) and not (data and output.continues):
                 raise usage_error(f"{output} would overwrite {role}, `{path}`",
                                   [f"write to another file, e.g. `{output.option} "
                                    f"{_another_name(output)}`"])
@@ -78,7 +102,7 @@ def _check_writable(output: Output) -> None:
         raise usage_error(f"{output}: the folder `{folder}` does not exist")
     if path.is_dir():
         raise usage_error(f"{output}: it is a directory")
-    if not os.access(folder, os.W_OK) and not _special(path):
+    if not os.access(folder, os.W_OK) and not _in_place(path):
         raise usage_error(f"{output}: cannot write to the folder `{folder}`")
 
 
@@ -97,12 +121,28 @@ def _another_name(output: Output) -> Path:
     return output.path.with_name(f"{output.path.stem}-out{output.suffixes[0]}")
 
 
-def _special(path: Path) -> bool:
-    """A device or pipe (/dev/stdout, a FIFO): written in place, never replaced."""
+def _in_place(path: Path) -> bool:
+    """Written in place, never replaced: a device or pipe (/dev/null, a
+    FIFO), or the file our standard output or error goes to (`--log
+    /dev/stdout > out.txt`: replacing out.txt would lose what else is written
+    to standard output, which goes on into the file replaced)."""
     try:
-        return not stat.S_ISREG(path.stat().st_mode)
+        found = path.stat()
     except OSError:
         return False
+    return not stat.S_ISREG(found.st_mode) or _standard_stream(found) is not None
+
+
+def _standard_stream(found: os.stat_result):
+    """sys.stdout or sys.stderr, if it writes to the file `found` is of."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            here = os.fstat(stream.fileno())
+        except (AttributeError, OSError, ValueError):  # closed, or not a real file
+            continue
+        if (here.st_dev, here.st_ino) == (found.st_dev, found.st_ino):
+            return stream
+    return None
 
 
 @contextmanager
@@ -110,14 +150,22 @@ def atomic_output(path: Path):
     """Yield a binary file object whose contents replace `path` only once the
     block completes: a crash, a signal or an error leaves `path` as it was
     and removes the temporary file. A failed write is a SpireadError naming
-    the path and the reason. A device or pipe is written in place."""
-    if _special(path):
+    the path and the reason. A device, a pipe, or the file a standard stream
+    goes to is written in place (`_in_place`)."""
+    if _in_place(path):
         # Built in memory first: an archive seeks back to write its index,
         # which a pipe cannot do and /dev/null does wrongly.
         buffer = io.BytesIO()
         yield buffer
-        with _reported(path), open(path, "wb") as f:
-            f.write(buffer.getvalue())
+        stream = _standard_stream(path.stat())
+        with _reported(path):
+            if stream is not None:  # after what the stream has written, as `>>` would
+                stream.flush()
+                stream.buffer.write(buffer.getvalue())
+                stream.buffer.flush()
+            else:
+                with open(path, "wb") as f:
+                    f.write(buffer.getvalue())
         return
     path = path.resolve()  # through a symbolic link: the file it points to is replaced, not the link
     with signals_deferred():  # so a signal cannot come between creating the file and knowing its name
@@ -230,10 +278,12 @@ def write_training_files(result, save: Path | None, log: Path | None, plot: Path
         written.done.append(f"saved {', '.join(result.names)} to {saved}" if saved is not None
                             else f"the trained values could not be saved in the temporary folder ({reason})")
     if save is not None:
-        error = save_values_somewhere(save, result.values)
+        path = archive_path(save)
+        error = save_values_somewhere(path, result.values)
         if error is None:
-            written.saved = save
-            written.done.append(f"saved {', '.join(result.names)} to {save}")
+            written.saved = path
+            added = " (`.npz` added, as numpy.savez adds it)" if path != save else ""
+            written.done.append(f"saved {', '.join(result.names)} to {path}{added}")
         else:
             written.failed.append(error)
     for path, write, done in ((log, lambda: write_log(log, result.losses), f"wrote the losses to {log}"),

@@ -21,7 +21,7 @@ def json_number(x: float):
 
 
 def json_value(array: np.ndarray) -> dict:
-    array = np.asarray(array, dtype=np.float64)
+    array = np.asarray(array, dtype=np.float64) + 0.0  # zero is 0, never -0 (format_array)
     nested = array.tolist()
     return {"shape": list(array.shape), "value": json_numbers(nested)}
 
@@ -37,13 +37,22 @@ def dumps(document: dict) -> str:
     return json.dumps(document, allow_nan=False, ensure_ascii=False)
 
 
-def format_array(array: np.ndarray, precision: int = 6) -> str:
-    """A scalar in full (shortest round-trip form), arrays numpy-style."""
-    array = np.asarray(array)
+def format_array(array: np.ndarray, precision: int = 6, width: int = 120) -> str:
+    """A scalar in full (shortest round-trip form), arrays numpy-style in
+    lines of at most `width` characters. Zero is shown as 0, never -0:
+    forward and reverse mode reach a zero by different sums, and one may
+    carry a sign the other does not."""
+    array = np.asarray(array) + 0.0  # -0.0 + 0.0 is 0.0
     if array.ndim == 0:
         return str(json_number(float(array)))
     return np.array2string(array, precision=precision, suppress_small=True, threshold=SUMMARY_THRESHOLD,
-                           edgeitems=3, max_line_width=120, separator=" ")
+                           edgeitems=3, max_line_width=width, separator=" ")
+
+
+def terminal_width() -> int:
+    """The columns text for people may fill: the terminal's, or $COLUMNS, else 80."""
+    import shutil
+    return shutil.get_terminal_size().columns
 
 
 def short_shape(shape: tuple) -> str:

@@ -27,3 +27,12 @@ def gradients(run: Run, wrt: list[str] | None = None, mode: str = "reverse", obs
     else:
         by_id = run.tape.backward(run.output, list(ids.values()), run.diagnostics, observe)
     return RunGradients(run.value, {n: by_id[i] for n, i in ids.items()})
+
+
+def dot_gradients(run: Run, wrt: list[str] | None = None) -> dict[str, np.ndarray] | None:
+    """The gradients `dot` draws: by `wrt`, else by grad's default names, when
+    the output is a scalar computed from any; else none (a graph of anything
+    can be drawn; only a scalar computed from inputs has gradients)."""
+    if not wrt and (run.tape.nodes[run.output].shape != () or not run.default_wrt()):
+        return None
+    return gradients(run, wrt).gradients

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .diagnostics import usage_error
+from .diagnostics import option, usage_error
 
 
 class SGD:
@@ -248,9 +248,9 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam, "newton": Newton}
 def make_optimizer(name: str, lr: float | None = None, momentum: float = 0.0):
     """An optimizer by name; `lr` None means the optimizer's default."""
     if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise usage_error(f"`--lr {lr:g}`: the learning rate must be a positive number")
+        raise usage_error(f"{option('lr', lr)}: the learning rate must be a positive number")
     if not (math.isfinite(momentum) and 0 <= momentum < 1):
-        raise usage_error(f"`--momentum {momentum:g}`: momentum must be at least 0 and below 1")
+        raise usage_error(f"{option('momentum', momentum)}: momentum must be at least 0 and below 1")
     kind = OPTIMIZERS[name]
     lr = kind.default_lr if lr is None else lr
     if kind is SGD:
@@ -259,6 +259,6 @@ def make_optimizer(name: str, lr: float | None = None, momentum: float = 0.0):
         raise usage_error(f"`--lr {lr:g}`: newton's step is at most the Newton step, `--lr 1`",
                           ["a smaller --lr shortens each step; the trust region already bounds it"])
     if momentum:
-        raise usage_error("`--momentum` is for sgd; " + ("adam has its own (beta1 = 0.9)" if kind is Adam
+        raise usage_error(f"{option('momentum', momentum)} is for sgd; " + ("adam has its own (beta1 = 0.9)" if kind is Adam
                                                           else f"{name} has none"))
     return kind(lr)

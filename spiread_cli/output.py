@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from .diagnostics import SpireadError, shape_str
-from .formatting import dumps, format_array, json_number, json_numbers, json_value, short_shape
+from .formatting import dumps, format_array, json_number, json_numbers, json_value, short_shape, terminal_width
 from .values import jet_text
 
 
@@ -22,9 +22,10 @@ def values_table(rows: list[tuple]) -> list[tuple[str, str]]:
     name_width = max((len(row[0]) for row in rows), default=0)
     shape_width = max((len(short_shape(np.shape(row[1]))) for row in rows), default=0)
     indent = " " * (name_width + shape_width + 4)
+    width = max(terminal_width() - len(indent), 40)  # an array's lines, beside the names, fit the terminal
     out = []
     for name, value, *text in rows:
-        shown = text[0] if text and text[0] is not None else format_array(value)
+        shown = text[0] if text and text[0] is not None else format_array(value, width=width)
         out += [(name.ljust(name_width), "bold cyan"), ("  ", ""),
                 (short_shape(np.shape(value)).ljust(shape_width), "magenta"), ("  ", ""),
                 (shown.replace("\n", "\n" + indent), ""), ("\n", "")]
@@ -234,8 +235,16 @@ class StepReporter:
         return self
 
     def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
+        if self.bar is None:
+            return
+        console = self.bar.console
+        if console.is_jupyter:
+            # rich stops a bar in Jupyter without drawing it again (the widget
+            # would keep its last timed refresh, short of the end), and shows
+            # its console's empty buffer as an output cell of its own.
+            self.bar.refresh()
+            console.quiet = True
+        self.bar.stop()
 
     def __call__(self, step: int, loss: float) -> None:
         rate = step / max(time.perf_counter() - self.began, 1e-9)
@@ -295,12 +304,12 @@ def eval_text(run) -> None:
     print_blocks(*((values_table(rows), "") if rows else ()), output)
 
 
-def write_printed(run, to_stderr: bool = False) -> None:
+def write_printed(printed: list[str], to_stderr: bool = False) -> None:
     """The program's `println` lines, in order: on stdout before the command's
-    own output, or on stderr where stdout holds only data (DOT)."""
-    if not run.printed:
+    own output, or on stderr where stdout is not for them (DOT, JSON)."""
+    if not printed:
         return
-    text = "".join(line + "\n" for line in run.printed)
+    text = "".join(line + "\n" for line in printed)
     if to_stderr:
         sys.stderr.write(text)
         sys.stderr.flush()

@@ -15,7 +15,9 @@ located text the command line prints, and warnings go through Python's
 
 from __future__ import annotations
 
+import functools
 import io
+import numbers
 import shutil
 import subprocess
 import sys
@@ -25,13 +27,13 @@ from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Literal, Mapping, ParamSpec, TypeVar, Union
+from typing import Any, Callable, ContextManager, Iterable, Literal, Mapping, ParamSpec, TypeVar, Union
 
 import numpy as np
 
 from . import syntax
 from .check import CheckReport
-from .diagnostics import Diagnostic, Source, SpireadError, did_you_mean, render
+from .diagnostics import FRONT_END, PYTHON, Diagnostic, Source, SpireadError, did_you_mean, option, render
 from .tape import Run
 
 __all__ = ["load", "compile", "Program", "Gradients", "CheckResult", "Training", "Graph",
@@ -80,6 +82,38 @@ class TrainingStopped(SpireadError):
         return stopped
 
 
+def _front_door(call: Callable[P, T]) -> Callable[P, T]:
+    """The Python API's boundary, around each public call: messages name
+    what a Python user wrote (`wrt="w"`, not `--wrt w`: diagnostics.option),
+    and an error of the user's (a SpireadError, or a TypeError from
+    `_type_error`) is raised from here without spiread's own frames, so the
+    traceback shows the caller's line, then the located message."""
+    @functools.wraps(call)
+    def public(*args: P.args, **kwargs: P.kwargs) -> T:
+        asking = FRONT_END.set(PYTHON)
+        try:
+            return call(*args, **kwargs)
+        except SpireadError as err:
+            raise err.with_traceback(None) from None
+        except TypeError as err:
+            if not getattr(err, "spiread_argument", False):
+                raise  # a bug of ours: its traceback is what a report needs
+            raise err.with_traceback(None) from None
+        finally:
+            FRONT_END.reset(asking)
+    return public
+
+
+def _type_error(argument: str, value: object, expected: str, found: str | None = None) -> TypeError:
+    """`of=3: a name is a string, not int`: an argument of the wrong type
+    (or holding `found`), for `_front_door` to raise."""
+    import reprlib
+    error = TypeError(f"{argument}={reprlib.repr(value)}: {expected}, not {found or type(value).__name__}")
+    error.spiread_argument = True
+    return error
+
+
+@_front_door
 def load(path: str | PathLike[str]) -> "Program":
     """Read and parse a `.ad` file. Paths inside it (`load("x.csv")`) resolve
     from the file's folder, as on the command line."""
@@ -88,6 +122,7 @@ def load(path: str | PathLike[str]) -> "Program":
     return Program._parse(source, api.base_dir_of(source))
 
 
+@_front_door
 def compile(text: str, name: str = "<string>", base_dir: str | PathLike[str] | None = None) -> "Program":
     """Parse program text (a notebook cell, a string); `name` is what messages
     call it. Paths inside it resolve from `base_dir` (default: the working
@@ -107,16 +142,14 @@ class Program:
         self.source = source
         self._module = module
         self._base_dir = base_dir
+        from .api import bound_names
         # The names the program binds, in order: what bindings may replace.
-        self.names: list[str] = [s.name for s in module.statements if isinstance(s, syntax.Binding)]
+        self.names: list[str] = bound_names(module)
 
     @classmethod
     def _parse(cls, source: Source, base_dir: Path) -> "Program":
-        try:
-            module = syntax.parse(source)
-        except SpireadError as err:
-            raise err.located_in(source) from None
-        return cls(source, module, base_dir)
+        from . import api
+        return cls(source, api.parse(source), base_dir)
 
     @property
     def name(self) -> str:
@@ -127,6 +160,7 @@ class Program:
 
     # ------------------------------------------------------------ the calls
 
+    @_front_door
     def eval(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, of: str | None = None,
              **more: ArrayLike) -> dict[str, Value]:
         """Every bound value, then the output (when it is not a bound name),
@@ -140,6 +174,7 @@ class Program:
         self._warn(run)
         return values
 
+    @_front_door
     def grad(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
              of: str | None = None, mode: Literal["reverse", "forward"] = "reverse",
              **more: ArrayLike) -> "Gradients":
@@ -147,14 +182,15 @@ class Program:
         (default: `.backward(...)`'s names, else every input the output depends on)."""
         from . import api
         if mode not in ("reverse", "forward"):
-            raise SpireadError(f"mode={mode!r}: the mode is \"reverse\" or \"forward\"", exit_code=2)
+            raise SpireadError(f"{option('mode', mode)}: the mode is \"reverse\" or \"forward\"", exit_code=2)
         run = self._run(bindings, more, of)
         result = self._located(api.gradients, run, _names(wrt), mode)
         gradients = Gradients(run.output_name, float(result.value),
-                              {n: _array(g) for n, g in result.gradients.items()})
+                              {n: _result(g) for n, g in result.gradients.items()})
         self._warn(run)
         return gradients
 
+    @_front_door
     def hessian(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
                 of: str | None = None, hvp: Mapping[str, ArrayLike] | None = None,
                 **more: ArrayLike) -> "Hessian":
@@ -167,15 +203,19 @@ class Program:
         run = self._run(bindings, more, of)
         if hvp is None:
             result = self._located(second.hessian, run, _names(wrt))
-            blocks = {a: {b: _array(h) for b, h in row.items()} for a, row in result.blocks.items()}
+            blocks = {a: {b: _result(h) for b, h in row.items()} for a, row in result.blocks.items()}
             products = None
         else:
-            vectors = {name: self._binding(name, v) for name, v in hvp.items()}
+            if not isinstance(hvp, Mapping):
+                raise _type_error("hvp", hvp, "the directions are a mapping of names to values, e.g. {\"w\": [1, 0]}")
+            vectors = {_name("hvp", hvp, name): self._binding(name, v, option("hvp", name))
+                       for name, v in hvp.items()}
             result = self._located(second.hvp, run, vectors, _names(wrt))
-            blocks, products = None, {a: _array(p) for a, p in result.products.items()}
+            blocks, products = None, {a: _result(p) for a, p in result.products.items()}
         self._warn(run)
         return Hessian(run.output_name, float(result.value), blocks, products)
 
+    @_front_door
     def check(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
               of: str | None = None, eps: float | None = None, tol: float | None = None,
               **more: ArrayLike) -> "CheckResult":
@@ -184,6 +224,8 @@ class Program:
         not an exception: see `.ok` and `.failures`."""
         from .check import check_gradients
         from .output import check_table
+        _number("eps", eps)
+        _number("tol", tol)
         run = self._run(bindings, more, of)
         report = self._located(check_gradients, run, _names(wrt), eps, tol)
         result = CheckResult(report, _plain(check_table(report)),
@@ -191,6 +233,7 @@ class Program:
         self._warn(run)
         return result
 
+    @_front_door
     def train(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str,
               steps: int = 100, lr: float | None = None, optimizer: Literal["sgd", "adam", "newton"] = "sgd",
               momentum: float = 0.0, of: str | None = None, progress: bool | None = None,
@@ -210,11 +253,14 @@ class Program:
         from . import train as training
         from .optim import OPTIMIZERS, make_optimizer
         from .output import StepReporter, train_summary
-        if optimizer not in OPTIMIZERS:
-            raise SpireadError(f"optimizer={optimizer!r}: the optimizer is one of "
+        if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
+            raise SpireadError(f"{option('optimizer', optimizer)}: the optimizer is one of "
                                + ", ".join(f'"{k}"' for k in OPTIMIZERS), exit_code=2)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise SpireadError(f"steps={steps!r}: the number of steps is a whole number, at least 0", exit_code=2)
+            raise SpireadError(f"{option('steps', steps)}: the number of steps is a whole number, at least 0",
+                               exit_code=2)
+        _number("lr", lr)
+        _number("momentum", momentum)
         chosen = make_optimizer(optimizer, lr, momentum)
         run = self._run(bindings, more, of, evaluate=False)  # computed as train's fused tape
         names = self._located(training.trainable_names, run, _names(wrt) or [])
@@ -223,30 +269,29 @@ class Program:
         reporter = StepReporter(steps, live=True) if show else None
 
         def ready():  # the first forward pass has run: its warnings before the steps, as the command line does
-            self._warn(run, stacklevel=5)  # past _warn, ready and training.train, at the user's call
+            self._warn(run, stacklevel=6)  # past _warn, ready, training.train, train and _front_door's wrapper
             if reporter is not None:
                 shown.enter_context(reporter)
         with _stop_on_interrupt() as stop_requested, ExitStack() as shown:
             result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
                                     stop_requested=stop_requested, spend_run=True,  # the run is this call's own
                                     on_ready=ready)
-        trained = Training(result.names, list(result.losses), {n: _array(v) for n, v in result.values.items()},
+        trained = Training(result.names, list(result.losses), {n: _result(v) for n, v in result.values.items()},
                            result.status, result.seconds, train_summary(result, run, steps, chosen),
                            result.rejected, result.converged)
         if result.error is not None:
             raise TrainingStopped.of(result.error.located_in(self.source), trained)
         return trained
 
+    @_front_door
     def dot(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
             of: str | None = None, **more: ArrayLike) -> "Graph":
         """The computation graph (as `spiread dot`): with `wrt`, those values
         are highlighted and show their gradients. Renders itself in Jupyter."""
-        from . import api
         from .dot import to_dot
+        from .gradients import dot_gradients
         run = self._run(bindings, more, of)
-        names = _names(wrt)
-        grads = self._located(api.gradients, run, names).gradients if names else None
-        graph = Graph(to_dot(run, grads))
+        graph = Graph(to_dot(run, self._located(dot_gradients, run, _names(wrt))))
         self._warn(run)
         return graph
 
@@ -254,29 +299,42 @@ class Program:
 
     def _run(self, bindings: Mapping[str, ArrayLike] | None, more: dict[str, ArrayLike], of: str | None,
              evaluate: bool = True) -> Run:
-        from .interpreter import Interpreter
+        from . import api
+        if bindings is not None and not isinstance(bindings, Mapping):
+            raise _type_error("bindings", bindings, "the bindings passed first are a mapping of names to values, "
+                                                    "e.g. {\"w\": [1, 2]}")
         given = {**(bindings or {}), **more}
-        overrides = {name: self._binding(name, value) for name, value in given.items()}
-        if of is not None and of not in self.names:
-            raise SpireadError(f"of={of!r}: the program binds no `{of}`", notes=did_you_mean(of, self.names),
+        overrides = {_name("bindings", given, name): self._binding(name, value) for name, value in given.items()}
+        if _name("of", of, of) is not None and of not in self.names:
+            raise SpireadError(f"{option('of', of)}: the program binds no `{of}`", notes=did_you_mean(of, self.names),
                                exit_code=2)
-        return self._located(Interpreter(self.source, overrides, self._base_dir).run, self._module, of, evaluate)
+        try:
+            run = api.run_module(self.source, self._module, overrides, of, self._base_dir, evaluate)
+        except SpireadError as err:
+            _print(err.printed)
+            raise
+        _print(run.printed)
+        return run
 
-    def _binding(self, name: str, value: ArrayLike) -> np.ndarray:
-        """A binding as the float64 array (of rank ≤ 2) the program gets: always a
-        copy, so nothing the caller holds is shared with the run."""
+    def _binding(self, name: str, value: ArrayLike, what: str | None = None) -> np.ndarray:
+        """A binding (or, `what` saying which, another value given for a name,
+        an HVP's direction) as the float64 array of rank ≤ 2 the program gets:
+        always a copy, so nothing the caller holds is shared with the run."""
+        what = what or f"binding `{name}`"
         if name not in self.names:
-            raise SpireadError(f"binding `{name}`: the program binds no `{name}`", notes=did_you_mean(name, self.names),
+            raise SpireadError(f"{what}: the program binds no `{name}`", notes=did_you_mean(name, self.names),
                                exit_code=2)
         try:
             raw = np.asarray(value)
         except ValueError as err:
             problem = "its rows differ in length" if "inhomogeneous" in str(err) else _first_line(err)
-            raise SpireadError(f"binding `{name}`: {problem}", exit_code=2) from None
+            raise SpireadError(f"{what}: {problem}", exit_code=2) from None
+        if raw.dtype.kind == "O" and all(_python_number(x) for x in raw.flat):
+            raw = _as_floats(raw, what)  # Python numbers numpy keeps as objects: 2**70, Fraction, Decimal
         if raw.dtype.kind not in "biuf":
-            raise SpireadError(f"binding `{name}`: the value must be real numbers, not {_kind(raw)}", exit_code=2)
+            raise SpireadError(f"{what}: the value must be real numbers, not {_kind(raw)}", exit_code=2)
         if raw.ndim > 2:
-            raise SpireadError(f"binding `{name}`: the value is {raw.ndim}-dimensional; spiread values are scalars, "
+            raise SpireadError(f"{what}: the value is {raw.ndim}-dimensional; spiread values are scalars, "
                                "vectors and matrices", exit_code=2)
         return np.array(raw, dtype=np.float64, order="C", copy=True)
 
@@ -287,8 +345,8 @@ class Program:
         except SpireadError as err:
             raise err.located_in(self.source) from None
 
-    def _warn(self, run: Run, stacklevel: int = 3) -> None:
-        # stacklevel 3: past this method and the public one, at the user's call.
+    def _warn(self, run: Run, stacklevel: int = 4) -> None:
+        # stacklevel 4: past this method, the public one and _front_door's wrapper, at the user's call.
         for warning in run.diagnostics.warnings:
             warnings.warn(SpireadWarning.of(warning, self.source), stacklevel=stacklevel)
 
@@ -302,9 +360,9 @@ class Gradients:
     gradient per `wrt` name (in that order). `g["W"]` is `g.gradients["W"]`."""
     output: str
     value: float
-    gradients: dict[str, np.ndarray]
+    gradients: dict[str, Value]
 
-    def __getitem__(self, name: str) -> np.ndarray:
+    def __getitem__(self, name: str) -> Value:
         return self.gradients[name]
 
 
@@ -315,8 +373,8 @@ class Hessian:
     `hvp=`, the Hessian-vector product for each name (`products[A]`)."""
     output: str
     value: float
-    blocks: dict[str, dict[str, np.ndarray]] | None
-    products: dict[str, np.ndarray] | None = None
+    blocks: dict[str, dict[str, Value]] | None
+    products: dict[str, Value] | None = None
 
 
 @dataclass(frozen=True)
@@ -349,7 +407,7 @@ class Training:
     the trial steps it rejected."""
     names: list[str]
     losses: list[float]
-    values: dict[str, np.ndarray]
+    values: dict[str, Value]
     status: str
     seconds: float
     summary: str
@@ -402,15 +460,60 @@ class Graph:
 
 
 def _names(wrt: list[str] | str | None) -> list[str] | None:
-    return [wrt] if isinstance(wrt, str) else (list(wrt) if wrt else None)
+    """`wrt` as a list of names (None for none given)."""
+    if wrt is None or isinstance(wrt, str):
+        return [wrt] if wrt else None
+    if not isinstance(wrt, Iterable):
+        raise _type_error("wrt", wrt, "the names are a string or a list of strings")
+    names = list(wrt)
+    for name in names:
+        _name("wrt", wrt, name)
+    return names or None
 
 
-def _array(value: np.ndarray) -> np.ndarray:
-    return np.array(value, dtype=np.float64, copy=True)
+def _name(argument: str, value: object, name: object) -> str | None:
+    """A name (or None) in `value`, given for `argument`, checked to be a string."""
+    if name is not None and not isinstance(name, str):
+        raise _type_error(argument, value, "a name is a string",
+                          None if name is value else f"{name!r} ({type(name).__name__})")
+    return name
+
+
+def _python_number(x: object) -> bool:
+    """A real number of Python's own (numpy keeps 2**70, a Fraction or a Decimal as an object)."""
+    from decimal import Decimal
+    return isinstance(x, (numbers.Real, Decimal))
+
+
+def _number(argument: str, value: object) -> None:
+    """A real number (or None) given for `argument`."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise _type_error(argument, value, "a number")
+
+
+def _as_floats(raw: np.ndarray, what: str) -> np.ndarray:
+    try:
+        return raw.astype(np.float64)
+    except OverflowError:
+        raise SpireadError(f"{what}: a number is beyond the range spiread can hold (a float64 reaches about "
+                           "±1.8e308)", exit_code=2) from None
 
 
 def _result(value: np.ndarray) -> Value:
-    return float(value) if np.ndim(value) == 0 else _array(value)
+    """What every call returns for a value: a float for a scalar, else a
+    float64 array of the caller's own; zero is 0.0, never -0.0 (forward and
+    reverse mode reach a zero by different sums: output.py's rule too)."""
+    if np.ndim(value) == 0:
+        return float(value) + 0.0
+    array = np.array(value, dtype=np.float64, copy=True)
+    array += 0.0  # -0.0 + 0.0 is 0.0
+    return array
+
+
+def _print(printed: list[str]) -> None:
+    """The program's `println` lines, on the caller's standard output (a notebook cell's output)."""
+    if printed:
+        print("\n".join(printed), flush=True)
 
 
 def _kind(array: np.ndarray) -> str:

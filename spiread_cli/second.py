@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .diagnostics import Diagnostics, SpireadError, did_you_mean, shape_str
+from .diagnostics import Diagnostics, SpireadError, did_you_mean, option, shape_str
 from .forward import TANGENT_BUDGET_BYTES, jacobian_forward
 from .limits import check_shape, max_bytes
 from .ops import OPS
@@ -73,11 +73,11 @@ class SecondOrder:
         nodes = self.run.tape.nodes
         for name, v in vectors.items():
             if name not in self.all_ids:
-                raise SpireadError(f"`--hvp {name}=…`: `{name}` is not among the values differentiated by",
+                raise SpireadError(f"{option('hvp', name)}: `{name}` is not among the values differentiated by",
                                    exit_code=2)
             shape = nodes[self.all_ids[name]].value.shape
             if np.shape(v) != shape:
-                raise SpireadError(f"`--hvp {name}=…`: the direction is {shape_str(np.shape(v))}, but `{name}` "
+                raise SpireadError(f"{option('hvp', name)}: the direction is {shape_str(np.shape(v))}, but `{name}` "
                                    f"is {shape_str(shape)}", exit_code=2)
         if self._products is None:
             self._products = HessianVectorProducts(self.run.tape, self.grad_ids, self.recorded_from,
@@ -182,6 +182,6 @@ def hvp(run: Run, vectors: dict[str, np.ndarray], wrt: list[str] | None = None) 
     """The Hessian-vector product for each wrt name, without forming H."""
     for name in vectors:
         if name not in run.bindings:
-            raise SpireadError(f"`--hvp {name}=…`: the program binds no `{name}`",
+            raise SpireadError(f"{option('hvp', name)}: the program binds no `{name}`",
                                notes=did_you_mean(name, run.bindings), exit_code=2)
     return HessianVector(run.value, SecondOrder(run, wrt, also=list(vectors)).hvp(vectors))

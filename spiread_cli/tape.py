@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, shape_str
+from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, option, shape_str
 from .ops import IN_PLACE_ENTRIES, OPS, Op, is_lazy
 
 
@@ -556,19 +556,26 @@ class Run:
             raise SpireadError(f"the output `{self.output_name}` is {shape_str(shape)}, but gradients need a scalar",
                                self.tape.nodes[self.output].span,
                                [f"reduce it, e.g. `loss = {receiver}.sum` or `.mean`, "
-                                "or pick a scalar with `--of NAME`"])
+                                f"or pick a scalar with {option('of')}"])
+
+    def default_wrt(self) -> list[str]:
+        """What gradients are taken by when no names are given: the names given
+        to `.backward(...)`, else every input the output depends on."""
+        return list(self.backward_wrt or self.inputs_of_output())
 
     def wrt_ids(self, wrt: list[str] | None = None) -> dict[str, int]:
         """What to differentiate the scalar output by, name -> node id: the
-        names given, else `.backward(...)`'s, else every input the output
-        depends on. A name the output does not depend on gets a warning
-        (and a zero gradient)."""
+        names given, else `default_wrt`; nothing at all is an error, not an
+        empty result a check would pass. A name the output does not depend on
+        gets a warning (and a zero gradient)."""
         self.require_scalar()
-        names = list(dict.fromkeys(wrt if wrt else (self.backward_wrt or self.inputs_of_output())))
+        names = list(dict.fromkeys(wrt if wrt else self.default_wrt()))
+        if not names:
+            raise self.nothing_to_differentiate()
         for name in names:
             if name not in self.bindings:
-                raise SpireadError(f"`--wrt {name}`: the program binds no `{name}`",
-                                   notes=did_you_mean(name, self.bindings), exit_code=2)
+                raise SpireadError(f"{option('wrt', name)}: the program binds no `{name}`",
+                                   notes=self.names_note(name), exit_code=2)
         for name in names:
             if self.bindings[name] in self.jets:
                 real = float(self.tape.nodes[self.bindings[name]].value)
@@ -580,3 +587,34 @@ class Run:
                 self.diagnostics.warn(f"the output `{self.output_name}` does not depend on `{name}`; "
                                       "its gradient is zero", self.binding_spans[name])
         return {name: self.bindings[name] for name in names}
+
+    def nothing_to_differentiate(self, names: list[str] = ()) -> SpireadError:
+        """The error for a derivative of an output computed from none of
+        `names` (or from no input at all, when none are given)."""
+        output = self.tape.nodes[self.output]
+        if names:
+            which = f"on `{names[0]}`" if len(names) == 1 else "on any of " + ", ".join(f"`{n}`" for n in names)
+            return SpireadError(f"nothing to differentiate: the output `{self.output_name}` does not depend {which}",
+                                output.span, self.names_note(None))
+        notes = ["a Jet carries its own derivatives (`eval` shows them); grad, check and hessian differentiate "
+                 "by values bound to names"] if self.jets else []
+        return SpireadError(f"nothing to differentiate: the output `{self.output_name}` is computed from no input",
+                            output.span, notes + ["bind a value to a name, e.g. `w = [1, 2]`, and compute the "
+                                                  "output from it"])
+
+    def names_note(self, name: str | None) -> tuple[str, ...]:
+        """What a `--wrt` could name instead of `name`: the closest spelling,
+        then the inputs the output depends on, then the other bound names."""
+        inputs = self.inputs_of_output()
+        others = [n for n in self.bindings if n not in inputs]
+        close = did_you_mean(name, self.bindings) if name is not None else ()
+        listed = "; ".join(part for part in (
+            f"the output depends on the inputs {_listed(inputs)}" if inputs else "",
+            f"it also binds {_listed(others)}" if others else "") if part)
+        return close + ((listed,) if listed else ())
+
+
+def _listed(names: list[str], shown: int = 8) -> str:
+    """`a`, `b`, … and N more."""
+    more = len(names) - shown
+    return ", ".join(f"`{n}`" for n in names[:shown]) + (f" and {more} more" if more > 0 else "")

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from .diagnostics import BackendLost, Diagnostics, SpireadError, usage_error
+from .diagnostics import BackendLost, Diagnostics, SpireadError, option, usage_error
 from .rewrite import Fused, fuse
 from .tape import Node, Run, Tape, all_finite, describe_nonfinite
 
@@ -44,7 +44,7 @@ def trainable_names(run: Run, wrt: list[str]) -> list[str]:
     names = list(run.wrt_ids(wrt))
     for name in names:
         if run.node(name).kind != "input":
-            raise usage_error(f"`--wrt {name}`: `{name}` is computed from other values, so training cannot set it",
+            raise usage_error(f"{option('wrt', name)}: `{name}` is computed from other values, so training cannot set it",
                               [f"train a value bound to a constant, e.g. `{name}0 = randn(…)`, and compute `{name}` from it"])
     return names
 

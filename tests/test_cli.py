@@ -318,3 +318,80 @@ def test_json_carries_non_finite_numbers_as_strings():
     assert values["y"]["value"] == [0.0, "-inf", "nan"]
     assert values["z"]["value"] == [["inf", "nan"]]
     assert values["loss"]["value"] == "nan"
+
+
+# ------------------------------------------------ nothing to differentiate
+
+
+CONSTANT = "1 + 2\n"
+JETS = "given jd: JetDim = JetDim(1)\nval y = Jet(10.0) + Jet.h[Double](0)\ny * y\n"
+
+
+@pytest.mark.parametrize("command", ["grad", "check", "hessian"])
+@pytest.mark.parametrize("program", [CONSTANT, JETS], ids=["constant", "jets"])
+def test_nothing_to_differentiate_fails_saying_why(command, program):
+    """A CI job that runs `spiread check` must not pass a program it checked nothing of."""
+    done = spiread(command, "-", stdin=program)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "error: nothing to differentiate: the output" in done.stderr and "is computed from no input" in done.stderr
+    assert ("a Jet carries its own derivatives" in done.stderr) == (program == JETS)
+    assert "check passed" not in done.stdout
+
+
+def test_check_of_values_the_output_does_not_depend_on_fails():
+    program = "w = [1, 2]\nz = 3\nloss = (w * w).sum\n"
+    done = spiread("check", "-", "--wrt", "z", stdin=program)
+    assert done.returncode == 1
+    assert "error: nothing to differentiate: the output `loss` does not depend on `z`" in done.stderr
+    assert spiread("check", "-", "--wrt", "z,w", stdin=program).returncode == 0
+
+
+# ------------------------------------------------------------- --wrt lists
+
+
+@pytest.mark.parametrize("command", ["grad", "check", "hessian", "dot", "train"])
+def test_wrt_takes_a_comma_separated_list(command):
+    """`--wrt a,b` is `--wrt a --wrt b`, wherever --wrt is taken."""
+    program = "a = [1.0, 2.0]\nb = 3.0\nc = 4.0\nloss = (a * b).sum + c\n"
+    listed = spiread(command, "-", "--wrt", "a,b", *(["--steps", "1"] if command == "train" else []),
+                     stdin=program)
+    repeated = spiread(command, "-", "--wrt", "a", "--wrt", "b", *(["--steps", "1"] if command == "train" else []),
+                       stdin=program)
+    assert listed.returncode == 0, listed.stderr
+    strip = re.compile(r"[\d.]+ (m?s|steps/s)")  # timings
+    assert strip.sub("", listed.stdout) == strip.sub("", repeated.stdout)
+    if command != "dot":
+        assert "`c`" not in listed.stdout and "∂loss/∂c" not in listed.stdout
+
+
+def test_an_unknown_wrt_name_lists_what_could_be_meant():
+    done = spiread("grad", "examples/least_squares.ad", "--wrt", "weights")
+    assert done.returncode == 2
+    assert "error: `--wrt weights`: the program binds no `weights`" in done.stderr
+    assert "note: the output depends on the inputs `X`, `y`, `w`; it also binds `residual`, `loss`" in done.stderr
+    assert "--wrt NAME" in spiread("grad", "--help").stdout and "or a,b" in spiread("grad", "--help").stdout
+
+
+# ------------------------------------------------------------ dot's default
+
+
+def test_dot_draws_the_default_gradients_as_grad_takes_them():
+    """`--wrt` defaults to the .backward(...) names, else every input, as its help says."""
+    drawn = cached("dot", NATIVE)
+    assert drawn.returncode == 0 and "∇" in drawn.stdout
+    named = spiread("dot", NATIVE, "--wrt", ",".join(api.run_file(NATIVE).default_wrt()))
+    assert drawn.stdout == named.stdout
+    for program in ("1 + 2\n", "x = [1, 2]\ny = x * 2\n"):  # nothing to differentiate; a vector output
+        done = spiread("dot", "-", stdin=program)
+        assert done.returncode == 0 and done.stdout.startswith("digraph") and "∇" not in done.stdout
+
+
+# --------------------------------------------------------- the terminal width
+
+
+@pytest.mark.parametrize("columns", [60, 80, 200])
+def test_eval_fits_its_lines_to_the_terminal(columns):
+    done = spiread("eval", "-", stdin="x = randn(3, 40)\nv = rand(1, 40)\ny = x.sum\n", env={"COLUMNS": str(columns)})
+    widths = [len(line) for line in done.stdout.splitlines()]
+    assert max(widths) <= columns
+    assert max(widths) > columns - 20  # the room is used, not a fixed narrow width

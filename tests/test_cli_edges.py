@@ -49,17 +49,16 @@ def program(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["train", "w.ad", *TRAIN, "--save", "w.ad"], "`--save w.ad` would overwrite the program, `w.ad`"),
     (["train", "w.ad", *TRAIN, "--log", "./w.ad"], "`--log w.ad` would overwrite the program, `w.ad`"),
     (["train", "./w.ad", *TRAIN, "--plot", "w.ad"], "`--plot w.ad` would overwrite the program, `w.ad`"),
-    (["train", "w.ad", *TRAIN, "--save", "sub/../w.ad"], "would overwrite the program"),
+    (["train", "w.ad", *TRAIN, "--save", "sub/../hard.npz"], "would overwrite the program"),
     (["dot", "w.ad", "--out", "w.ad"], "`--out w.ad` would overwrite the program, `w.ad`"),
     (["train", "w.ad", *TRAIN, "--save", "hard.npz"], "`--save hard.npz` would overwrite the program, `w.ad`"),
     (["train", "w.ad", *TRAIN, "--save", "link.npz"], "`--save link.npz` would overwrite the program"),
     (["train", "w.ad", *TRAIN, "--set", "y=y.csv", "--log", "./y.csv"],
      "`--log y.csv` would overwrite `--set y=…`'s data, `y.csv`"),
-    (["train", "w.ad", *TRAIN, "--save", "out", "--log", "./out"],
-     "`--save out` and `--log out` name the same file; one would overwrite the other"),
+    (["train", "w.ad", *TRAIN, "--set", "weights=hard.npz", "--save", "hard.npz"],
+     "`--save hard.npz` would overwrite the program, `w.ad`"),
     (["train", "w.ad", *TRAIN, "--log", "loss", "--plot", "./loss"], "name the same file"),
 ])
 def test_an_output_that_is_an_input_or_another_output_is_refused_before_any_work(program, args, words):
@@ -363,3 +362,122 @@ def test_devices_pipes_and_links_as_outputs(tmp_path):
     link.symlink_to(real.name)
     assert spiread("train", REGRESSION, *TRAIN, "--save", link).returncode == 0
     assert link.is_symlink() and np.load(real)["weights"].shape == (2, 1)
+
+
+# ------------------------------------------------- what the user sees stays
+
+
+PRINTS_THEN_FAILS = "x = [1, 2]\nprintln(x)\nprintln(\"half way\")\ny = x @@ [1, 2, 3]\n"
+
+
+@pytest.mark.parametrize("args, stream", [
+    (["eval"], "stdout"), (["grad"], "stdout"), (["eval", "--format", "json"], "stderr"),
+    (["check", "--format", "json"], "stderr"), (["dot"], "stderr"),
+])
+def test_what_println_wrote_before_an_error_is_shown_before_it(tmp_path, args, stream):
+    """On stdout as the program runs; on stderr, before the error, where stdout is for one JSON document or DOT."""
+    (tmp_path / "p.ad").write_text(PRINTS_THEN_FAILS)
+    done = spiread(args[0], "p.ad", *args[1:], cwd=tmp_path)
+    assert done.returncode == 1
+    printed = "[1. 2.]\nhalf way\n"
+    if stream == "stdout":
+        assert done.stdout == printed and done.stderr.startswith("p.ad:4:7: error: `x @@ [1, 2, 3]`")
+    else:
+        assert done.stdout == "" and done.stderr.startswith(printed + "p.ad:4:7: error:")
+
+
+def test_println_before_an_error_after_loading_is_shown_once(tmp_path):
+    """The program ran; the command failed after (a vector output for grad): text mode printed the
+    lines already, JSON shows them on stderr before the error."""
+    (tmp_path / "p.ad").write_text("x = [1, 2]\nprintln(x)\ny = x * 2\n")
+    text = spiread("grad", "p.ad", cwd=tmp_path)
+    assert text.returncode == 1 and text.stdout == "[1. 2.]\n" and "[1. 2.]" not in text.stderr
+    document = spiread("grad", "p.ad", "--format", "json", cwd=tmp_path)
+    assert document.stdout == "" and document.stderr.startswith("[1. 2.]\np.ad:3:7: error: the output `y`")
+
+
+def test_a_log_to_the_file_stdout_goes_to_keeps_the_summary(tmp_path):
+    """`--log /dev/stdout > out.txt`: the CSV, then the summary, both in out.txt (it was replaced by the CSV alone)."""
+    command = " ".join(spiread_command() + ["train", str(REGRESSION), *TRAIN, "--log", "/dev/stdout"])
+    done = subprocess.run(["bash", "-c", f"{command} > out.txt"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = (tmp_path / "out.txt").read_text()
+    assert out.startswith("step,loss\n1,2.0\n") and len(out.split("step,loss")) == 2
+    assert "trained weights (2×1) with sgd (lr 0.01): 3 steps" in out and "wrote the losses to /dev/stdout" in out
+    assert out.index("3,") < out.index("trained weights")
+    assert left_in(tmp_path) == ["out.txt"]
+
+
+def test_save_adds_npz_as_numpy_does_and_set_reads_it_back(tmp_path):
+    done = spiread("train", REGRESSION, *TRAIN, "--save", "wsave", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "saved weights to wsave.npz (`.npz` added, as numpy.savez adds it)" in done.stdout
+    assert left_in(tmp_path) == ["wsave.npz"]
+    for given in ("weights=wsave.npz", "wsave.npz"):
+        again = strict_json(spiread("eval", REGRESSION, "--set", given, "--format", "json", cwd=tmp_path).stdout)
+        with np.load(tmp_path / "wsave.npz") as archive:
+            assert again["values"]["weights"]["value"] == archive["weights"].tolist()
+
+
+def test_a_multi_array_archive_binds_every_array_by_name(tmp_path):
+    (tmp_path / "m.ad").write_text("W = [[1.0], [1.0]]\nb = 0.5\nX = [[-2, 4], [-1, 1], [0, 0]]\n"
+                                   "loss = ((X @@ W).col(0) + b).sum\n")
+    np.savez(tmp_path / "both.npz", W=[[2.0], [3.0]], b=4.0)
+    np.savez(tmp_path / "more.npz", W=[[2.0], [3.0]], c=4.0)
+    done = strict_json(spiread("eval", "m.ad", "--set", "both.npz", "--format", "json", cwd=tmp_path).stdout)
+    assert done["values"]["W"]["value"] == [[2.0], [3.0]] and done["values"]["b"]["value"] == 4.0
+    assert done["values"]["loss"]["value"] == (-4 + 12 + 4) + (-2 + 3 + 4) + (0 + 0 + 4)
+    later = strict_json(spiread("eval", "m.ad", "--set", "both.npz", "--set", "b=1", "--format", "json",
+                                cwd=tmp_path).stdout)
+    assert later["values"]["b"]["value"] == 1.0  # a later --set wins
+    unknown = spiread("eval", "m.ad", "--set", "more.npz", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert "error: `--set more.npz`: the program binds no `c`, an array in it" in unknown.stderr
+    trained = spiread("train", "m.ad", "--wrt", "W,b", "--steps", "2", "--set", "both.npz", "--save", "both.npz",
+                      "--format", "json", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr  # continued in place
+    with np.load(tmp_path / "both.npz") as archive:
+        assert sorted(archive) == ["W", "b"] and archive["b"] < 4.0
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--hvp", "weights"], "`--hvp weights`: expected NAME=VALUE, e.g. `--hvp W=[[1,2],[3,4]]`"),
+    (["--hvp", "weights=[1,nan]"], "`--hvp weights=[1,nan]`: unknown name `nan`"),
+    (["--hvp", "weights=fifo.npy"], "`--hvp weights=fifo.npy`: cannot load `fifo.npy`: it is a named pipe (FIFO)"),
+    (["--hvp", "weights=huge.npy"], "`--hvp weights=huge.npy`: cannot load `huge.npy`"),
+    (["--hvp", "weights=[1,2,3]"], "`--hvp weights=…`: the direction is a vector of 3"),
+    (["--hvp", "wieghts=1"], "`--hvp wieghts=…`: the program binds no `wieghts`"),
+    (["--set", "weights"], "`--set weights`: expected NAME=VALUE"),
+])
+def test_an_option_that_reads_values_names_itself(tmp_path, args, words):
+    os.mkfifo(tmp_path / "fifo.npy")
+    np.save(tmp_path / "huge.npy", np.zeros((200, 200)))
+    done = spiread("hessian", REGRESSION, *args, cwd=tmp_path, env={"SPIREAD_MAX_BYTES": "100000"})
+    assert done.returncode in (1, 2) and words in done.stderr, done.stderr
+    assert "--set" not in done.stderr or args[0] == "--set"
+    no_python_noise(done.stderr)
+
+
+def test_sigterm_while_the_final_save_is_written_exits_143(tmp_path):
+    """The steps are done and the save is being written (to a FIFO, 800 kB
+    through a 64 kB pipe, so it waits for this reader) when SIGTERM comes:
+    the values are still written whole, and the exit code says the run was stopped."""
+    (tmp_path / "big.ad").write_text("W = ones(1000, 100)\nloss = (W * W).mean\n")
+    save = tmp_path / "w.npz"
+    os.mkfifo(save)
+    process = subprocess.Popen(spiread_command() + ["train", "big.ad", "--wrt", "W", "--steps", "3", "--save",
+                                                    str(save), "--format", "json"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        with open(save, "rb") as reader:
+            written = reader.read(1)  # the save has begun, and cannot end before this reader reads on
+            process.send_signal(signal.SIGTERM)
+            written += reader.read()
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    assert strict_json(stdout.decode())["steps"] == 3
+    with np.load(io.BytesIO(written)) as archive:
+        assert archive["W"].shape == (1000, 100)

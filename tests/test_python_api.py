@@ -12,8 +12,11 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import typing
 import warnings
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +95,7 @@ def test_of_picks_the_output():
     assert prog.grad(of="loss", wrt="residual")["residual"].shape == (4,)
     with pytest.raises(SpireadError) as caught:
         prog.eval(of="los")
-    assert caught.value.diagnostic.message == "of='los': the program binds no `los`"
+    assert caught.value.diagnostic.message == '`of="los"`: the program binds no `los`'
     assert caught.value.notes == ("did you mean `loss`?",) and caught.value.exit_code == 2
 
 
@@ -136,6 +139,133 @@ def test_an_unknown_binding_suggests_a_name():
         load(LEAST_SQUARES).grad(W=[1, 2])
     assert caught.value.diagnostic.message == "binding `W`: the program binds no `W`"
     assert caught.value.notes == ("did you mean `w`?",)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (2 ** 70, 2.0 ** 70), ([2 ** 70, 1], [2.0 ** 70, 1.0]), (Fraction(1, 3), 1 / 3),
+    ([Decimal("1.5"), 2], [1.5, 2.0]), (np.int64(7), 7.0), (True, 1.0),
+])
+def test_any_python_number_is_a_binding(value, expected):
+    assert compile("a = 0\nb = a * 1", name="<cell>").eval(a=value)["b"] == pytest.approx(expected, rel=1e-15)
+
+
+def test_a_number_beyond_float64_is_refused_naming_the_binding():
+    with pytest.raises(SpireadError) as caught:
+        compile("a = 0\nb = a", name="<cell>").eval(a=[10 ** 400, 1])
+    assert caught.value.diagnostic.message.startswith("binding `a`: a number is beyond the range")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p: p.eval({1: 2}), "bindings={1: 2}: a name is a string, not 1 (int)"),
+    (lambda p: p.eval([1, 2]), 'bindings=[1, 2]: the bindings passed first are a mapping of names to values, '
+                               'e.g. {"w": [1, 2]}, not list'),
+    (lambda p: p.eval(of=3), "of=3: a name is a string, not int"),
+    (lambda p: p.grad(wrt=["w", 3]), "wrt=['w', 3]: a name is a string, not 3 (int)"),
+    (lambda p: p.grad(wrt=3), "wrt=3: the names are a string or a list of strings, not int"),
+    (lambda p: p.hessian(hvp=[1, 2]), 'hvp=[1, 2]: the directions are a mapping of names to values, '
+                                      'e.g. {"w": [1, 0]}, not list'),
+    (lambda p: p.hessian(hvp={1: [1, 0]}), "hvp={1: [1, 0]}: a name is a string, not 1 (int)"),
+    (lambda p: p.check(eps="small"), "eps='small': a number, not str"),
+    (lambda p: p.train(wrt="w", lr="fast"), "lr='fast': a number, not str"),
+])
+def test_an_argument_of_the_wrong_type_is_a_type_error_naming_it(call, message):
+    """Raised where the call is made (one frame of spiread's, its boundary), never an AttributeError from inside."""
+    with pytest.raises(TypeError) as caught:
+        call(load(LEAST_SQUARES))
+    assert str(caught.value) == message
+    ours = [f for f in traceback.extract_tb(caught.value.__traceback__) if "spiread_cli" in f.filename]
+    assert [(Path(f.filename).name, f.name) for f in ours] == [("program.py", "public")]
+
+
+@pytest.mark.parametrize("call", [
+    lambda: load(LEAST_SQUARES).grad(w=[1, 2, 3]),                    # a shape error deep in the interpreter
+    lambda: load(LEAST_SQUARES).grad(wrt="ww"),                       # an unknown name, in the tape
+    lambda: load(LEAST_SQUARES).train(wrt="w", steps=-1),            # an option, at the method
+    lambda: compile("x = [1, 2]\ny = x @@ [1, 2, 3]", name="<cell>").eval(),  # fine to parse ...
+    lambda: compile("x = (1", name="<cell>"),                                   # ... not this
+])
+def test_an_error_shows_the_callers_line_and_not_spireads_stack(call):
+    with pytest.raises(SpireadError) as caught:
+        call()
+    error = caught.value
+    frames = traceback.extract_tb(error.__traceback__)
+    rendered = "".join(traceback.format_exception(error))
+    assert [(Path(f.filename).name, f.name) for f in frames if "spiread_cli" in f.filename] == [("program.py", "public")]
+    assert [f.name for f in frames[:2]] == ["test_an_error_shows_the_callers_line_and_not_spireads_stack", "<lambda>"]
+    assert "During handling" not in rendered and rendered.count("  File ") == len(frames) == 3
+    assert rendered.rstrip().endswith(str(error).splitlines()[-1])
+
+
+def test_errors_speak_the_apis_words_and_the_command_lines_after():
+    """The same library message names `wrt="ww"` to a Python caller and `--wrt ww` on the command line."""
+    from spiread_cli import api
+    with pytest.raises(SpireadError) as caught:
+        load(LEAST_SQUARES).grad(wrt="ww")
+    assert caught.value.diagnostic.message == '`wrt="ww"`: the program binds no `ww`'
+    assert caught.value.notes == ("did you mean `w`?",
+                                  "the output depends on the inputs `X`, `y`, `w`; it also binds `residual`, `loss`")
+    with pytest.raises(SpireadError) as caught:
+        load(LEAST_SQUARES).hessian(hvp={"w": [1, 2, 3]})
+    assert caught.value.diagnostic.message.startswith('`hvp={"w": …}`: the direction is a vector of 3')
+    with pytest.raises(SpireadError) as caught:  # after a Python call, the library speaks the command line's again
+        api.gradients(api.run_file(str(LEAST_SQUARES)), ["ww"])
+    assert caught.value.diagnostic.message == "`--wrt ww`: the program binds no `ww`"
+    done = spiread("grad", LEAST_SQUARES, "--wrt", "ww")
+    assert done.returncode == 2 and "error: `--wrt ww`: the program binds no `ww`" in done.stderr
+
+
+def test_println_lines_are_printed_before_the_result_and_before_an_error(capsys):
+    cell = compile("x = [1, 2]\nprintln(x)\nprintln(\"then\")\ny = x.sum", name="<cell>")
+    assert cell.eval()["y"] == 3.0
+    assert capsys.readouterr().out == "[1. 2.]\nthen\n"
+    with pytest.raises(SpireadError, match="inner sizes differ"):
+        compile("x = [1, 2]\nprintln(x)\ny = x @@ [1, 2, 3]", name="<cell>").eval()
+    assert capsys.readouterr().out == "[1. 2.]\n"
+
+
+def test_a_scalar_is_a_float_from_every_call():
+    """One rule: a scalar comes back as a float, anything else as an array, whichever call returns it."""
+    cell = compile("w = 2\nv = [1, 3]\nloss = w * w * (v * v).sum", name="<cell>")
+    assert type(cell.eval()["w"]) is float
+    assert type(cell.grad()["w"]) is float and type(cell.grad()["v"]) is np.ndarray
+    assert type(cell.grad(mode="forward")["w"]) is float
+    blocks = cell.hessian().blocks
+    assert type(blocks["w"]["w"]) is float and blocks["w"]["v"].shape == (2,) and blocks["v"]["v"].shape == (2, 2)
+    assert type(cell.hessian(hvp={"w": 1.0}).products["w"]) is float
+    assert type(cell.train(wrt=["w", "v"], steps=1, progress=False).values["w"]) is float
+
+
+def test_zero_is_never_negative_in_results():
+    """Forward mode reaches ∂/∂w₁ = 0 as −0.0 here; reverse mode as 0.0: both are 0.0."""
+    cell = compile("w = [1, 0]\nloss = (w * w * -1).sum", name="<cell>")
+    for mode in ("forward", "reverse"):
+        gradient = cell.grad(mode=mode)["w"]
+        assert gradient.tolist() == [-2.0, 0.0] and not np.signbit(gradient[1])
+    assert spiread("grad", "-", "--mode", "forward", stdin="w = [1, 0]\nloss = (w * w * -1).sum\n").stdout.endswith(
+        "[-2.  0.]\n")
+
+
+@pytest.mark.parametrize("text, call", [
+    ("1 + 2", "grad"), ("1 + 2", "check"), ("1 + 2", "hessian"),
+    ("given jd: JetDim = JetDim(1)\nval y = Jet(10.0) + Jet.h[Double](0)\ny * y", "grad"),
+    ("given jd: JetDim = JetDim(1)\nval y = Jet(10.0) + Jet.h[Double](0)\ny * y", "check"),
+])
+def test_nothing_to_differentiate_is_an_error(text, call):
+    with pytest.raises(SpireadError) as caught:
+        getattr(compile(text, name="<cell>"), call)()
+    assert "nothing to differentiate: the output" in caught.value.diagnostic.message
+    assert "computed from no input" in caught.value.diagnostic.message
+
+
+def test_checking_only_values_the_output_does_not_depend_on_is_an_error():
+    cell = compile("w = [1, 2]\nz = 3\nloss = (w * w).sum", name="<cell>")
+    with pytest.raises(SpireadError) as caught:
+        cell.check(wrt="z")
+    assert caught.value.diagnostic.message == "nothing to differentiate: the output `loss` does not depend on `z`"
+    with pytest.warns(SpireadWarning, match="does not depend on `z`"):
+        assert cell.check(wrt=["w", "z"]).ok  # one value the output depends on is something to check
+    with pytest.warns(SpireadWarning, match="does not depend on `z`"):
+        assert cell.grad(wrt="z")["z"] == 0.0  # a gradient that is zero is still an answer
 
 
 def test_nothing_returned_shares_memory():
@@ -183,13 +313,14 @@ def _golden_cases(command: str) -> list[Path]:
 def test_errors_read_as_the_command_line_prints_them(path, monkeypatch):
     """str(err) of every bad program in the corpus is the golden rendering
     the command line prints (tests/golden), whether the error comes when
-    loading or when running."""
+    loading or when running, in the API's words where it names an option."""
     monkeypatch.chdir(BAD)
     monkeypatch.setenv("SPIREAD_MAX_BYTES", "1e9")
     command = path.read_bytes().split(b"\n")[0].decode().split()[-1]
     with pytest.raises(SpireadError) as caught:
         getattr(load(path.name), command)()
-    assert str(caught.value) + "\n" == (GOLDEN / f"{path.stem}.txt").read_text("utf-8")
+    golden = (GOLDEN / f"{path.stem}.txt").read_text("utf-8")
+    assert str(caught.value) + "\n" == golden.replace("`--of NAME`", '`of="NAME"`')
     assert caught.value.span == caught.value.diagnostic.span
     assert caught.value.notes == caught.value.diagnostic.notes
 
@@ -329,11 +460,14 @@ def test_training_that_diverges_raises_located_and_keeps_what_was_done():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"optimizer": "lbfgs"}, "optimizer='lbfgs': the optimizer is one of \"sgd\", \"adam\", \"newton\""),
-    ({"steps": -1}, "steps=-1: the number of steps is a whole number, at least 0"),
-    ({"steps": 2.5}, "steps=2.5: the number of steps is a whole number, at least 0"),
-    ({"lr": -1.0}, "`--lr -1`: the learning rate must be a positive number"),
-    ({"wrt": "residual"}, "`--wrt residual`: `residual` is computed from other values, so training cannot set it"),
+    ({"optimizer": "lbfgs"}, '`optimizer="lbfgs"`: the optimizer is one of "sgd", "adam", "newton"'),
+    ({"steps": -1}, "`steps=-1`: the number of steps is a whole number, at least 0"),
+    ({"steps": 2.5}, "`steps=2.5`: the number of steps is a whole number, at least 0"),
+    ({"lr": -1.0}, "`lr=-1`: the learning rate must be a positive number"),
+    ({"momentum": 1}, "`momentum=1`: momentum must be at least 0 and below 1"),
+    ({"optimizer": "adam", "momentum": 0.5}, "`momentum=0.5` is for sgd; adam has its own (beta1 = 0.9)"),
+    ({"wrt": "residual"}, '`wrt="residual"`: `residual` is computed from other values, so training cannot set it'),
+    ({"wrt": "ww"}, '`wrt="ww"`: the program binds no `ww`'),
 ])
 def test_training_options_are_checked(options, message):
     with pytest.raises(SpireadError) as caught:
@@ -470,8 +604,8 @@ NOTEBOOK.append(NOTEBOOK[2])  # the warning's cell, run again
 
 def test_a_notebook_run_headless(monkeypatch):
     """The API in a real Jupyter kernel: the graph is drawn as SVG, a warning
-    shows once per run of its cell, the progress bar is a live widget, an error reads as on the
-    command line."""
+    shows once per run of its cell, the progress bar is a live widget that ends at the last step,
+    an error reads as on the command line."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code) for code in NOTEBOOK])
@@ -486,8 +620,14 @@ def test_a_notebook_run_headless(monkeypatch):
     assert warned[-1]["data"]["text/plain"] == "-inf"
     # Each run of a cell is a new place to Python's filter, as for numpy's warnings: shown once again.
     assert "".join(o.get("text", "") for o in warned_again).count("SpireadWarning: <cell>:2:7") == 1
-    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in trained)
+    # The bar, then the result: no empty output between (rich shows its console's empty buffer on stopping).
+    assert [o["output_type"] for o in trained] == ["display_data", "execute_result"]
+    bar = trained[0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
     assert float(trained[-1]["data"]["text/plain"]) == pytest.approx(0.0166514, rel=1e-5)
+    # The widget as saved shows the end of the run, not its last timed refresh.
+    widgets = notebook.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    drawn = "".join(o["data"]["text/plain"] for o in widgets[bar]["state"]["outputs"])
+    assert "step \x1b[32m50/50" in drawn and "loss 0.0166514" in drawn
     error = failed[-1]
     monkeypatch.chdir(REPO)
     assert error["ename"] == "SpireadError"

@@ -105,22 +105,30 @@ def test_cli_json_document():
 
 
 def test_save_then_set_continues_exactly(tmp_path):
-    """10 steps, saved, then 10 more from the save equal 20 in one go."""
-    first, second, log = tmp_path / "a.npz", tmp_path / "b", tmp_path / "loss.csv"  # any name but another format's
+    """10 steps, saved, then 10 more from the save, saved over it, equal 20
+    in one go: `--set FILE.npz` binds each array by its name, and `--save`
+    may replace the archive training started from. `--save b` writes b.npz,
+    as numpy.savez names it, which `--set` then reads back."""
+    first, log = tmp_path / "a.npz", tmp_path / "loss.csv"
     common = [REGRESSION, "--wrt", "weights", "--lr", "0.01", "--format", "json"]
     assert spiread("train", *common, "--steps", "10", "--save", first).returncode == 0
     with np.load(first, allow_pickle=False) as archive:
         assert list(archive.keys()) == ["weights"]
-    done = spiread("train", *common, "--steps", "10", "--set", f"weights={first}", "--save", second, "--log", log)
+    done = spiread("train", *common, "--steps", "10", "--set", first, "--save", first, "--log", log)
     assert done.returncode == 0, done.stderr
-    assert strict_json(done.stdout)["saved"] == str(second)
+    assert strict_json(done.stdout)["saved"] == str(first)
     direct = train.train(api.run_file(str(REGRESSION)), ["weights"], 20, optim.SGD(0.01))
-    with np.load(second) as archive:
+    with np.load(first) as archive:
         np.testing.assert_allclose(archive["weights"], direct.values["weights"], rtol=1e-14)
     rows = log.read_text().splitlines()
     assert rows[0] == "step,loss" and len(rows) == 11
     assert float(rows[1].split(",")[1]) == pytest.approx(direct.losses[10], rel=1e-14)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b", "loss.csv"]  # no temp files left
+    copied = spiread("train", *common, "--steps", "0", "--set", f"weights={first}", "--save", tmp_path / "b")
+    assert strict_json(copied.stdout)["saved"] == str(tmp_path / "b.npz")
+    again = api.run_file(str(REGRESSION), [f"weights={tmp_path / 'b.npz'}"])
+    with np.load(first) as archive:
+        np.testing.assert_array_equal(again.node("weights").value, archive["weights"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz", "loss.csv"]  # no temp files left
     assert first.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # not the temporary file's 0600
 
 
