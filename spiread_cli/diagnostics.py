@@ -151,11 +151,11 @@ FRONT_END: ContextVar[str] = ContextVar("spiread_front_end", default=COMMAND_LIN
 def option(keyword: str, value: object = None) -> str:
     """An option as the user of this front end writes it, in backticks:
     `--wrt w` on the command line, `wrt="w"` from Python. `set` is a binding
-    (`--set w=…`, a keyword argument `w=…`), `hvp` a direction (`--hvp w=…`,
+    (`--set w=…`; from Python, binding `w`), `hvp` a direction (`--hvp w=…`,
     `hvp={"w": …}`); no value stands for a name (`--of NAME`, `of="NAME"`)."""
     python = FRONT_END.get() == PYTHON
     if keyword == "set":
-        return f"`{value}=…`" if python else f"`--set {value}=…`"
+        return f"binding `{value}`" if python else f"`--set {value}=…`"
     if keyword == "hvp":
         return f'`hvp={{"{value}": …}}`' if python else f"`--hvp {value}=…`"
     if keyword == "strict":

@@ -22,7 +22,7 @@ import numpy as np
 from . import syntax_tree as ast
 from .builtins import FUNCTIONS, METHOD_SUGAR, REDUCTIONS, check_arguments
 from .data import load_array
-from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, refuse_repeats, shape_str
+from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, option, refuse_repeats, shape_str
 from .limits import check_shape, max_bytes, no_cyclic_gc
 from .ops import METHODS, OPS, Op, ShapeError
 from .syntax_errors import RESERVED_WORDS, reserved_note
@@ -121,7 +121,7 @@ class Interpreter:
                                related=[(first, "first bound here")])
         self.binding_spans[name] = statement.at
         if name in self.overrides and _is_backward(statement.value):
-            raise SpireadError(f"`--set {name}=…`: `{name}` is bound to gradients, which the program computes",
+            raise SpireadError(f"{option('set', name)}: `{name}` is bound to gradients, which the program computes",
                                notes=[f"replace the values `{self.text(statement.value)}` is computed from"],
                                exit_code=2)
         if name in self.overrides:

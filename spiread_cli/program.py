@@ -286,7 +286,8 @@ class Program:
     @_front_door
     def dot(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
             of: str | None = None, **more: ArrayLike) -> "Graph":
-        """The computation graph (as `spiread dot`): with `wrt`, those values
+        """The computation graph (as `spiread dot`): the `wrt` values (by
+        default `grad`'s, when the output is a scalar computed from inputs)
         are highlighted and show their gradients. Renders itself in Jupyter."""
         from .dot import to_dot
         from .gradients import dot_gradients
@@ -320,7 +321,7 @@ class Program:
         """A binding (or, `what` saying which, another value given for a name,
         an HVP's direction) as the float64 array of rank ≤ 2 the program gets:
         always a copy, so nothing the caller holds is shared with the run."""
-        what = what or f"binding `{name}`"
+        what = what or option("set", name)
         if name not in self.names:
             raise SpireadError(f"{what}: the program binds no `{name}`", notes=did_you_mean(name, self.names),
                                exit_code=2)

@@ -207,6 +207,9 @@ def test_errors_speak_the_apis_words_and_the_command_lines_after():
     with pytest.raises(SpireadError) as caught:
         load(LEAST_SQUARES).hessian(hvp={"w": [1, 2, 3]})
     assert caught.value.diagnostic.message.startswith('`hvp={"w": …}`: the direction is a vector of 3')
+    with pytest.raises(SpireadError) as caught:  # from inside the interpreter
+        compile("w = [1.0, 2]\nloss = (w * w).sum\ng = loss.backward(w)", name="<cell>").eval(g=1)
+    assert caught.value.diagnostic.message == "binding `g`: `g` is bound to gradients, which the program computes"
     with pytest.raises(SpireadError) as caught:  # after a Python call, the library speaks the command line's again
         api.gradients(api.run_file(str(LEAST_SQUARES)), ["ww"])
     assert caught.value.diagnostic.message == "`--wrt ww`: the program binds no `ww`"
