@@ -256,8 +256,8 @@ def make_optimizer(name: str, lr: float | None = None, momentum: float = 0.0):
     if kind is SGD:
         return SGD(lr, momentum)
     if kind is Newton and lr > 1:
-        raise usage_error(f"`--lr {lr:g}`: newton's step is at most the Newton step, `--lr 1`",
-                          ["a smaller --lr shortens each step; the trust region already bounds it"])
+        raise usage_error(f"{option('lr', lr)}: newton's step is at most the Newton step, {option('lr', 1)}",
+                          ["a smaller learning rate shortens each step; the trust region already bounds it"])
     if momentum:
         raise usage_error(f"{option('momentum', momentum)} is for sgd; " + ("adam has its own (beta1 = 0.9)" if kind is Adam
                                                           else f"{name} has none"))
