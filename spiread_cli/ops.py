@@ -52,7 +52,7 @@ from typing import Callable
 
 import numpy as np
 
-from .rules import IMPLS, OPS, compiled_vjp, derived_jvp, without_residual
+from .rules import IMPLS, OPS, compiled_jvp, compiled_vjp, without_residual
 
 
 class ShapeError(Exception):
@@ -118,7 +118,7 @@ def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callabl
           arity: int = 1, kink=None, row_wise: bool = False, structure: str = "dense", batched=None,
           fast: FastPath | None = None, fwd: Callable | None = None) -> Op:
     assert structure in STRUCTURES, structure
-    vjp, jvp = compiled_vjp(derivative), derived_jvp(derivative)
+    vjp, jvp = compiled_vjp(derivative), compiled_jvp(derivative)
     if fwd is not None:  # impl is fwd's value; the fast rules get a residual whoever calls them
         impl, vjp, jvp = _value_of(fwd), without_residual(vjp), without_residual(jvp)
     if fast is not None:
@@ -180,7 +180,7 @@ def scale(t: np.ndarray, d) -> np.ndarray:
     # One sum is finite exactly when every entry is (bar overflow, which only
     # sends us down the slower, still correct path). Callers hold np.errstate.
     # A lazy product is not summed here (that would compute it): guarded as it stands.
-    if not is_lazy(r) and math.isfinite(r.sum()):
+    if (type(r) is ndarray or not is_lazy(r)) and math.isfinite(r.sum()):
         return r
     return np.where(t == 0, 0.0, r)
 

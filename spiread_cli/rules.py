@@ -31,6 +31,7 @@ This module knows ops only by name, through `OPS`, which the table fills.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -163,27 +164,16 @@ class Tangents:
 class Batched:
     """Evaluates a statement on tangents with a leading batch axis
     (`Tangents`) among plain values: an op with no tangent operand by its
-    primal rule; else by its `batched` value rule, or an elementwise op
-    by broadcasting, or one direction at a time."""
-
-    def __init__(self, k: int):
-        self.k = k
+    primal rule, else by `apply_batched`."""
 
     def __call__(self, name: str, inputs: list, **params):
         if any(type(v) is Linear for v in inputs):
             raise NotLinear(f"`{name}` applied to a value linear in the cotangent")
-        batched = tuple(type(v) is Tangents for v in inputs)
-        op = OPS[name]
-        if not any(batched):
-            return op.impl(*inputs, **params)
-        args = [v.value if b else v for v, b in zip(inputs, batched)]
-        if op.batched is not None:
-            return Tangents(op.batched(args, batched, **params))
-        if op.structure == "elementwise":
-            ndim = len(op.shape(*[np.shape(a)[1:] if b else np.shape(a) for a, b in zip(args, batched)], **params))
-            return Tangents(op.impl(*[_lift(a, ndim) if b else a for a, b in zip(args, batched)], **params))
-        return Tangents(np.stack([op.impl(*[a[d] if b else a for a, b in zip(args, batched)], **params)
-                                  for d in range(self.k)]))
+        which = tuple(type(v) is Tangents for v in inputs)
+        if not any(which):
+            return IMPLS[name](*inputs, **params)
+        return Tangents(apply_batched(OPS[name], which, *[v.value if b else v for v, b in zip(inputs, which)],
+                                      **params))
 
     @staticmethod
     def const(value, name: str | None = None):
@@ -194,6 +184,22 @@ class Batched:
         if type(v) is Tangents:
             return np.shape(v.value)[1:]
         return v.shape if type(v) is Linear else np.shape(v)
+
+
+BATCHED = Batched()
+
+
+def apply_batched(op, which: tuple[bool, ...], *args, **params):
+    """An op applied to operands of which those marked in `which` carry a
+    leading batch axis: by its `batched` value rule, or an elementwise op by
+    broadcasting, or one direction at a time."""
+    if op.batched is not None:
+        return op.batched(list(args), which, **params)
+    if op.structure == "elementwise":
+        ndim = len(op.shape(*[np.shape(a)[1:] if b else np.shape(a) for a, b in zip(args, which)], **params))
+        return op.impl(*[_lift(a, ndim) if b else a for a, b in zip(args, which)], **params)
+    k = next(a for a, b in zip(args, which) if b).shape[0]
+    return np.stack([op.impl(*[a[d] if b else a for a, b in zip(args, which)], **params) for d in range(k)])
 
 
 def _lift(t, ndim: int):
@@ -208,12 +214,11 @@ def derived_jvp(derivative: Callable) -> Callable:
     with a tangent of `jvp_term`, tangents batched along a leading axis."""
     def jvp(ts, out, *xs, **params):
         k = next(t for t in ts if t is not None).shape[0]
-        emit = Batched(k)
         total = None
         for i, t in enumerate(ts):
             if t is None:
                 continue
-            term = jvp_term(derivative, i, Tangents(t), out, xs, params, NUMERIC, emit)
+            term = jvp_term(derivative, i, Tangents(t), out, xs, params, NUMERIC, BATCHED)
             if term is not None:
                 term = term.value if type(term) is Tangents else np.broadcast_to(term, (k,) + np.shape(out))
                 total = term if total is None else total + term
@@ -455,19 +460,124 @@ def compiled_vjp(derivative: Callable) -> Callable:
                 key = (i, xs[0].shape)
             else:
                 key = (i, xs[0].shape, xs[1].shape) if len(xs) == 2 else (i, *[x.shape for x in xs])
-            return written[key](g, out, *xs)
-        except KeyError:
-            pass
+            function = written.get(key)
         except (TypeError, AttributeError):  # an unhashable parameter, an operand without a shape
             return interpreted(i, g, out, *xs, **params)
-        if len(written) >= WRITTEN_PER_OP:
-            written.clear()
-        namespace = {}
-        source, names = vjp_code(derivative, i, [np.shape(x) for x in xs], np.shape(g), params)
-        exec(source, names, namespace)
-        function = written[key] = namespace["vjp"]
+        if function is None:
+            function = _written(written, key, vjp_code(derivative, i, [np.shape(x) for x in xs], np.shape(g), params),
+                                "vjp")
         return function(g, out, *xs)
     return vjp
+
+
+def _written(functions: dict, key: tuple, code: tuple[str, dict], name: str) -> Callable:
+    """The function `code` defines, kept under `key`."""
+    if len(functions) >= WRITTEN_PER_OP:
+        functions.clear()
+    source, names = code
+    namespace = {}
+    exec(source, names, namespace)
+    functions[key] = namespace[name]
+    return namespace[name]
+
+
+class BatchedWriter:
+    """Writes the steps a jvp applies to tangents (`jvp_term`'s `emit`): as
+    `CodeWriter`, except that an op applied to a tangent batch is a call of
+    `apply_batched`, chosen when written."""
+
+    def __init__(self, writer: CodeWriter):
+        self.writer = writer
+        self.batched: set = set()
+
+    def __call__(self, name: str, inputs: list, **params) -> str:
+        if any(type(v) is Linear for v in inputs):
+            raise NotLinear(f"`{name}` applied to a value linear in the cotangent")
+        which = tuple(v in self.batched for v in inputs)
+        writer = self.writer
+        if not any(which):
+            return writer(name, inputs, **params)
+        op = OPS[name]
+        shape = op.shape(*[writer.shapes[v] for v in inputs], **params)
+        if op.batched is None and op.structure == "elementwise":
+            # The primal rule broadcasts the batch axis itself, once each
+            # batched operand has the output's rank (`_lift`).
+            writer.namespace["lift_"] = _lift
+            lifted = []
+            for v, b in zip(inputs, which):
+                if b and len(writer.shapes[v]) < len(shape):
+                    writer.lines.append(f"t{len(writer.lines)} = lift_({v}, {len(shape)})")
+                    v = writer.bind(f"t{len(writer.lines) - 1}", shape)
+                lifted.append(v)
+            function, inputs = f"{name}_", lifted
+            writer.namespace[function] = op.impl
+        else:
+            function = f"batched{len(writer.lines)}_"
+            writer.namespace[function] = functools.partial(apply_batched, op, which)
+        target = writer.bind(f"t{len(writer.lines)}", shape)
+        args = ", ".join(list(inputs) + [f"{k}={writer.literal(v)}" for k, v in params.items()])
+        writer.lines.append(f"{target} = {function}({args})")
+        self.batched.add(target)
+        return target
+
+    def const(self, value, name: str | None = None) -> str:
+        return self.writer.const(value, name)
+
+    def shape(self, v) -> tuple:
+        return v.shape if type(v) is Linear else self.writer.shapes[v]
+
+
+def jvp_code(derivative: Callable, moving: list[int], shapes: list[tuple], out_shape: tuple,
+             params: dict) -> tuple[str, dict]:
+    """The jvp for tangents of the operands `moving` at these shapes and
+    parameters, written out as the source of a Python function `jvp(*the
+    tangents, out, *operands)`, and the names it reads: the statement
+    transposed (`jvp_term`), coefficients and tangent steps as code."""
+    writer = CodeWriter()
+    emit = BatchedWriter(writer)
+    names = operand_names(len(shapes))
+    args = [writer.bind(n, s) for n, s in zip(names, shapes)]
+    out = writer.bind("out", out_shape)
+    tangents = {i: writer.bind(f"d_{names[i]}", shapes[i]) for i in moving}
+    emit.batched.update(tangents.values())
+    terms = []
+    for i, tangent in tangents.items():
+        term = jvp_term(derivative, i, tangent, out, args, params, writer, emit)
+        if term is not None and term not in emit.batched:  # a tangent that does not depend on the direction
+            writer.namespace["broadcast_to"] = np.broadcast_to
+            writer.lines.append(f"t{len(writer.lines)} = broadcast_to({term}, (k,) + {tuple(out_shape)!r})")
+            term = f"t{len(writer.lines) - 1}"
+        if term is not None:
+            terms.append(term)
+    if not terms:
+        writer.namespace["zeros"] = np.zeros
+    body = [f"k = {tangents[moving[0]]}.shape[0]", *writer.lines,
+            f"return {' + '.join(terms) if terms else f'zeros((k,) + {tuple(out_shape)!r})'}"]
+    header = f"def jvp({', '.join([*tangents.values(), out, *args])}):\n"
+    return header + "".join(f"    {line}\n" for line in body), writer.namespace
+
+
+def compiled_jvp(derivative: Callable) -> Callable:
+    """The numeric jvp an op gets from its statement, fast: the transposed
+    statement written out as code (`jvp_code`) once for each set of moving
+    operands, shapes and parameters met, as `compiled_vjp`; `derived_jvp`
+    where the parameters cannot be a key."""
+    derived = derived_jvp(derivative)
+    written: dict[tuple, Callable] = {}
+
+    def jvp(ts, out, *xs, **params):
+        moving = tuple(t is not None for t in ts)
+        try:
+            key = (moving, *[x.shape for x in xs], *params.items())
+            function = written.get(key)
+        except (TypeError, AttributeError):
+            return derived(ts, out, *xs, **params)
+        if function is None:
+            code = jvp_code(derivative, [i for i, m in enumerate(moving) if m], [np.shape(x) for x in xs],
+                            np.shape(out), params)
+            function = _written(written, key, code, "jvp")
+        return function(*[t for t in ts if t is not None], out, *xs)
+    return jvp
 
 
 # The functions kept for one op's vjp (one per operand, shapes and parameters met).
