@@ -589,11 +589,6 @@ def _log_softmax_vjp(i, g, out, x, *, residual):
     return np.subtract(g, spread, out=spread)
 
 
-def _normalise_l1_fwd(x):
-    n = _l1(x)
-    return x / n, n
-
-
 def _row_shape(s, **_):
     if len(s) == 0:
         raise ShapeError("a row normalisation needs a vector or matrix, but {0} is {s0}")
@@ -605,11 +600,8 @@ def _normalise_l1_derivative(i, g, out, x, emit):
     return emit("div", [emit("sub", [g, spread]), emit("rowTotal", [emit("abs", [x])])])
 
 
-defop("normaliseRowsL1", None, _row_shape, _normalise_l1_derivative, methods=("normaliseRowsL1", "normalizeRowsL1"),
-      kink=lambda x: x == 0, row_wise=True, structure="rows", fwd=_normalise_l1_fwd,
-      # The statement with the row norms the forward pass kept.
-      fast=FastPath("bigram: spiread, no rewrites",
-                    vjp=lambda i, g, out, x, *, residual: (g - np.sign(x) * _row_total(g * out)) / residual))
+defop("normaliseRowsL1", lambda x: x / _l1(x), _row_shape, _normalise_l1_derivative,
+      methods=("normaliseRowsL1", "normalizeRowsL1"), kink=lambda x: x == 0, row_wise=True, structure="rows")
 defop("normaliseRowsL2", lambda x: x / np.sqrt(_row_total(x * x)), _row_shape,
       lambda i, g, out, x, emit: emit("div", [
           emit("sub", [g, emit("mul", [out, emit("rowTotal", [emit("mul", [g, out])])])]),

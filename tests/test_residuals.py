@@ -70,7 +70,6 @@ def _moved(xs, i, xi):
 
 # Programs through every op that keeps a residual, as written and fused.
 PROGRAMS = {
-    "normaliseRowsL1": "loss = ((w * 1.5 + 3).normaliseRowsL1 * c).sum",
     "logSoftmaxRows": "loss = (w.logSoftmaxRows * c).sum",
     "meanLogSoftmaxPick": "loss = -(w @@ c).logSoftmaxRows.arrange([0, 1, 2], [2, 0, 2]).mean",
 }
