@@ -72,7 +72,7 @@ class TableDriver:
       chain) depends only on the two states on top and the next token, so
       it is one lookup.
     Anything it cannot take (no action for a token, no token at a position)
-    raises `_NotOnTheFastPath`, and `parse` reads the program again with Lark
+    raises `NotOnTheFastPath`, and `syntax.parse` reads the program again with Lark
     for the error message.
     """
 
