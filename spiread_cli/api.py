@@ -15,7 +15,8 @@ from typing import Iterable
 import numpy as np
 
 from . import syntax
-from .data import SET_PATH_SUFFIXES, load_archive, load_array, parse_set_option
+from .data import load_archive, load_array, parse_set_option
+from .data_open import SET_PATH_SUFFIXES
 from .diagnostics import Source, Span, SpireadError, did_you_mean
 from .interpreter import Const, Interpreter
 from .gradients import gradients  # noqa: F401  (re-exported: api.gradients)

@@ -46,7 +46,10 @@ from pathlib import Path
 import numpy as np
 
 from . import syntax_tree as ast
-from .data import TEXT_SUFFIXES, TextTable, as_float64, load_array, npy_layout, shown
+from .data import as_float64, load_array
+from .data_npy import npy_layout
+from .data_open import TEXT_SUFFIXES, shown
+from .data_text import TextTable
 from .diagnostics import Diagnostic, Diagnostics, Source, Span, SpireadError, shape_str
 from .interpreter import Interpreter
 from .limits import max_bytes
@@ -144,7 +147,7 @@ class ZarrRows:
 @dataclass(frozen=True)
 class TextRows:
     """Rows of a CSV (or other text) table, found by one scan of the file
-    (data.TextTable: the row count, the header rule and every row checked);
+    (data_text.TextTable: the row count, the header rule and every row checked);
     a task carries the path and the blocks' offsets, never the data."""
     table: TextTable
 

@@ -31,7 +31,8 @@ from . import api, syntax
 from .chunks import (PROBE_ROWS, Data, Driver, Job, Share, add_shares, default_chunk_rows, default_threads,
                      drop_templates, probe, record_chunk, share_of_kept, share_of_rows,
                      totals_of_rows)
-from .data import SET_PATH_SUFFIXES, parse_set_option
+from .data import parse_set_option
+from .data_open import SET_PATH_SUFFIXES
 from .dask_common import Result, close_client, connect, dask_threaded, on_cluster, require_dask, stopped
 from .diagnostics import Diagnostics, SpireadError, usage_error
 from .tape import Run, all_finite

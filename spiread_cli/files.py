@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import SUFFIXES, parse_set_option
+from .data import parse_set_option
+from .data_open import SUFFIXES
 from .diagnostics import SpireadError, usage_error
 from .interrupts import signals_deferred
 

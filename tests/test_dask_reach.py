@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from spiread_cli import api, data as data_module
+from spiread_cli import api, data_text
 from spiread_cli.dask_backend import Options, Program
-from spiread_cli.data import TextTable, load_array
+from spiread_cli.data import load_array
+from spiread_cli.data_text import TextTable
 from spiread_cli.diagnostics import Source, SpireadError
 
 from conftest import spiread, strict_json
@@ -123,7 +124,7 @@ def csv_data(tmp_path_factory):
 @pytest.mark.parametrize("chunk_rows", [1, 5, 40])
 @pytest.mark.parametrize("block", [16, 1 << 20])
 def test_csv_rows_are_chunked_and_match_numpy(chunk_rows, block, csv_data, monkeypatch):
-    monkeypatch.setattr(data_module, "TEXT_BLOCK_BYTES", block)
+    monkeypatch.setattr(data_text, "TEXT_BLOCK_BYTES", block)
     source = Source(str(csv_data / "prog.ad"), CSV_PROGRAM)
     program, got = dask_gradients(source, csv_data, chunk_rows=chunk_rows)
     assert program.chunked and len(program.bounds) == -(-97 // chunk_rows)
@@ -135,11 +136,11 @@ def test_csv_is_never_read_whole_on_dask(csv_data, monkeypatch):
     """The eager loader is not called for row data, and no chunk parses more
     than its own blocks (a block boundary to either side)."""
     from spiread_cli import chunks
-    monkeypatch.setattr(data_module, "TEXT_BLOCK_BYTES", 64)
+    monkeypatch.setattr(data_text, "TEXT_BLOCK_BYTES", 64)
     monkeypatch.setattr(chunks, "load_array", lambda *a, **k: pytest.fail("a CSV was read whole"))
     parsed = []
-    real = data_module._parse_rows
-    monkeypatch.setattr(data_module, "_parse_rows", lambda *a, **k: parsed.append(real(*a, **k)) or parsed[-1])
+    real = data_text._parse_rows
+    monkeypatch.setattr(data_text, "_parse_rows", lambda *a, **k: parsed.append(real(*a, **k)) or parsed[-1])
     source = Source(str(csv_data / "prog.ad"), CSV_PROGRAM)
     _, got = dask_gradients(source, csv_data, chunk_rows=10)
     assert parsed and max(len(p) for p in parsed) < 97 / 2

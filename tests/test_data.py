@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import run, spiread
 from spiread_cli import api
-from spiread_cli.data import load_array, shown
+from spiread_cli.data import load_array
+from spiread_cli.data_open import shown
 from spiread_cli.diagnostics import SpireadError
 
 FUZZ = settings(max_examples=150, deadline=None, database=None,
