@@ -8,35 +8,19 @@ slopes, which expose kinks that central differences alone would average away
 (|x| at 0 has a central difference of 0, exactly what AD says). Forward mode
 is compared with reverse mode along the same directions.
 
-The tolerance rule (docs/check.md): an entry passes when
-
-    |ad - fd| <= tol * max(|fd|, scale) + noise
-
-where `scale` is the largest |ad| among the numbers compared for that value,
-and `noise` = 64 · 2⁻⁵² · max(|f(x±h)|, M) / h allows for rounding in the
-difference quotient, M = Σ |v| · |∂f/∂v| over the values v the output is
-computed from (a first-order bound on how far rounding moves f): a small
-output made by cancelling large terms is only as exact as those terms.
-
-An entry that fails the rule and is no kink is measured again at
-h = eps / 100, where the central difference's own (truncation) error has
-shrunk, 10⁴-fold where f is smooth and 100-fold at a jump of f'' (C¹ like
-clampMin(x, 0).square at 0, where the error is eps/2 and AD's 0 is exact),
-while a wrong gradient's error stays. It passes when, at h,
-
-    |ad - fd| <= tol * max(|fd|, scale) + noise + |ad - fd at eps| / 10
-
-(noise at h is 100 times that at eps); the figures reported are those at h.
+Each value's derivatives are measured and judged by the tolerance rule of
+check_measure.py (docs/check.md).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from .check_measure import ValueCheck, joined, judge, measure
 from .diagnostics import Diagnostic, SpireadError, option
 from .forward import directional_forward
 from .limits import max_bytes
@@ -54,22 +38,6 @@ ELEMENTWISE_MAX_ENTRIES = 1000
 ELEMENTWISE_BUDGET_ENTRIES = 2e8
 NODE_OVERHEAD_ENTRIES = 500
 DIRECTIONS = 8
-NOISE_ULPS = 64
-# A gap between the right and left slopes larger than this share of the
-# gradient's scale makes an entry a kink candidate; it is a kink when the gap
-# stays as the step shrinks 100-fold (curvature makes it shrink with the step).
-KINK_GAP = 1e-3
-KINK_SHRINK = 100
-# An entry measured again at eps / KINK_SHRINK may keep this share of its
-# error at eps (besides the rule at that step): truncation error shrinks
-# 10⁴-fold there where f is smooth and at least 100-fold at a jump of f''
-# (wherever in the step the jump sits). Asking a 10-fold shrink (error ∝
-# step^½ or faster) leaves a factor 10 for higher-order terms; a wrong
-# gradient, whose error stays, passes only if under about a ninth of the
-# difference's own error at eps.
-TRUNCATION_SHRINK = 10
-FORWARD_TOL = 1e-8
-ULP = float(np.finfo(np.float64).eps)
 
 
 @dataclass
@@ -89,28 +57,6 @@ class KinkSite:
         return (f"`{self.node.label}`{at} has input {self.value:g}{where} ({self.count} of {self.size} entries), "
                 "where it has no derivative: AD takes one side's slope there by convention (as PyTorch does), "
                 "finite differences see both sides; check at a point off the kink")
-
-
-@dataclass
-class ValueCheck:
-    name: str
-    shape: tuple[int, ...]
-    method: str                      # "elementwise" or "directional"
-    checked: int                     # entries, or random directions, compared
-    max_abs_error: float
-    max_rel_error: float
-    forward_vs_reverse: float        # largest |forward - reverse| among the same numbers
-    worst: tuple[int, ...] | int     # entry index (elementwise) or direction number
-    ad: float                        # reverse-mode AD at the worst entry / direction
-    fd: float                        # central finite difference there
-    ok: bool
-    problem: str | None = None       # why it failed, in words
-    kink: bool = False               # the failure is a point with no derivative
-
-    def where(self) -> str:
-        if self.method == "directional":
-            return f"`{self.name}` along random direction {self.worst} of {self.checked}"
-        return f"`{self.name}{list(self.worst) if self.worst else ''}`"
 
 
 @dataclass
@@ -277,7 +223,7 @@ def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None
                     probe.restore()
             name = f"∂²{run.output_name}/∂{a}∂{b}"
             results[name] = judge(name, shape_a + shape_b, "elementwise" if elementwise else "directional",
-                                  _joined(parts), tol, eps)
+                                  joined(parts), tol, eps)
             if not results[name].ok:  # one note per place in the source (an op and its rule share one)
                 for site in kink_sites(tape, [b_id], phi.id):
                     sites.setdefault(site.node.span, site)
@@ -303,16 +249,6 @@ def _unit_directions(rng: np.random.Generator, count: int, shape: tuple) -> np.n
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v.reshape((count,) + shape)
 
-
-def _joined(parts: list[Measurement]) -> Measurement:
-    """Measurements along several row directions as one, direction after
-    direction; none (a block over an empty value) measure no direction."""
-    def cat(field_name):
-        empty = np.zeros(0, dtype=bool if field_name in ("kink", "refined") else np.float64)
-        return np.concatenate([empty] + [getattr(p, field_name) for p in parts])
-    per_direction = {f.name: cat(f.name) for f in fields(Measurement) if f.name not in ("scale", "magnitude")}
-    return Measurement(**per_direction, scale=max((p.scale for p in parts), default=0.0),
-                       magnitude=max((p.magnitude for p in parts), default=0.0))
 
 
 def _something_to_check(run: Run, ids: dict[str, int]) -> None:
@@ -346,141 +282,6 @@ def _directions(probe: Probe, max_entries: int, directions: int,
     return "directional", v.reshape((directions,) + x.shape)
 
 
-@dataclass
-class Measurement:
-    """Per direction: AD (reverse and forward), the central difference, the
-    one-sided slopes' gap, the rounding allowance and whether it is a kink;
-    where the difference at eps failed the rule and is no kink, the central
-    difference and its rounding allowance at eps / KINK_SHRINK (`refined`)."""
-    ad: np.ndarray
-    forward: np.ndarray
-    fd: np.ndarray
-    right: np.ndarray           # one-sided slopes
-    left: np.ndarray
-    noise: np.ndarray
-    kink: np.ndarray
-    refined: np.ndarray         # measured again at eps / KINK_SHRINK
-    fine_fd: np.ndarray         # the central difference there (fd where not refined)
-    fine_noise: np.ndarray      # and its rounding allowance (noise where not refined)
-    scale: float                # the largest finite |ad|
-    magnitude: float            # the output's rounding bound (output_magnitude)
-
-
-def allowance(fd: np.ndarray, scale: float, noise: np.ndarray, tol: float) -> np.ndarray:
-    """The tolerance rule: how far AD may be from the central difference."""
-    return tol * np.maximum(np.abs(fd), scale) + noise
-
-
-def measure(probe: Probe, grad: np.ndarray, v: np.ndarray, f0: float, magnitude: float, eps: float,
-            tol: float) -> Measurement:
-    """Differentiate along each direction in `v` by AD (the reverse gradient
-    projected, and forward mode) and by central differences, and look for
-    kinks: a gap between the one-sided slopes that stays as the step shrinks
-    (curvature makes it shrink with the step). Directions that fail the
-    tolerance rule and are no kink are measured again at the smaller step
-    (`judge` decides whether the error shrank as truncation error does)."""
-    x = probe.x
-    count = len(v)
-    flat = v.reshape(count, x.size)
-    with np.errstate(all="ignore"):
-        # 0 · inf is 0 here: an entry a direction does not move has no say.
-        ad = np.where(flat != 0, flat * grad.ravel(), 0.0).sum(axis=1)
-    forward = probe.forward(v)
-
-    def differences(h: float, which) -> tuple[np.ndarray, np.ndarray]:
-        plus = np.array([probe(x + h * v[j]) for j in which])
-        minus = np.array([probe(x - h * v[j]) for j in which])
-        return plus, minus
-
-    def rounding(plus: np.ndarray, minus: np.ndarray, h: float) -> np.ndarray:
-        return NOISE_ULPS * ULP * np.maximum(np.maximum(np.abs(plus), np.abs(minus)), magnitude) / h
-
-    plus, minus = differences(eps, range(count))
-    with np.errstate(all="ignore"):
-        fd = (plus - minus) / (2 * eps)
-        gap = (plus - 2 * f0 + minus) / eps                  # right slope minus left slope
-        noise = rounding(plus, minus, eps)
-        finite_ad = np.abs(ad[np.isfinite(ad)])
-        scale = float(finite_ad.max()) if finite_ad.size else 0.0
-        candidates = (np.abs(gap) > KINK_GAP * np.maximum(scale, np.abs(fd))) & (np.abs(gap) > 4 * noise)
-        # (`scale` is this measurement's: a joined one's may be larger, so this may refine an entry that passes)
-        failing = np.isfinite(ad) & np.isfinite(fd) & ~(np.abs(ad - fd) <= allowance(fd, scale, noise, tol))
-        again = np.flatnonzero(candidates | failing)         # one evaluation at the smaller step serves both
-        kink = np.zeros(count, dtype=bool)
-        refined = np.zeros(count, dtype=bool)
-        fine_fd, fine_noise = fd.copy(), noise.copy()
-        if again.size:
-            h = eps / KINK_SHRINK
-            p2, m2 = differences(h, again)
-            gap2 = (p2 - 2 * f0 + m2) / h
-            kink[again] = candidates[again] & (np.abs(gap2) > 0.5 * np.abs(gap[again])) & \
-                (np.abs(gap2) > 4 * KINK_SHRINK * noise[again])
-            fine_fd[again], fine_noise[again] = (p2 - m2) / (2 * h), rounding(p2, m2, h)
-            refined[again] = failing[again] & ~kink[again] & np.isfinite(fine_fd[again])
-        right, left = (plus - f0) / eps, (f0 - minus) / eps
-    return Measurement(ad, forward, fd, right, left, noise, kink, refined, fine_fd, fine_noise, scale, magnitude)
-
-
-def judge(name: str, shape: tuple[int, ...], method: str, m: Measurement, tol: float, eps: float) -> ValueCheck:
-    """Apply the tolerance rule to a measurement: the worst direction, and in
-    words why it fails if it does. A direction that fails the rule at eps
-    and was measured again at eps / KINK_SHRINK is judged there, with
-    1/TRUNCATION_SHRINK of its error at eps allowed on top of the rule: the
-    difference's own error shrinks with the step, a wrong gradient's does not."""
-    count = len(m.ad)
-    with np.errstate(all="ignore"):
-        coarse_err = np.abs(m.ad - m.fd)
-        fine = m.refined & ~(coarse_err <= allowance(m.fd, m.scale, m.noise, tol))  # judged at the smaller step
-        fd = np.where(fine, m.fine_fd, m.fd)
-        err = np.abs(m.ad - fd)
-        allowed = np.where(fine, allowance(m.fine_fd, m.scale, m.fine_noise, tol) + coarse_err / TRUNCATION_SHRINK,
-                           allowance(m.fd, m.scale, m.noise, tol))
-        rel = np.where(err == 0, 0.0, err / np.maximum(np.abs(fd), m.scale))
-        fvr = np.where(m.forward == m.ad, 0.0, np.abs(m.forward - m.ad))
-        # Forward and reverse mode sum the same terms in other orders: they
-        # agree to rounding, relative to the gradient and to the output.
-        fvr_bad = ~(fvr <= FORWARD_TOL * (m.scale + np.abs(m.ad)) + NOISE_ULPS * ULP * (1 + m.magnitude))
-        nonfinite = ~(np.isfinite(m.ad) & np.isfinite(fd))
-        bad = ~(err <= allowed) | m.kink | nonfinite
-        ratio = np.where(err == 0, 0.0, err / allowed)
-    if nonfinite.any():
-        j = int(np.flatnonzero(nonfinite)[0])
-    elif m.kink.any():
-        j = int(np.flatnonzero(m.kink)[0])
-    elif fvr_bad.any() and not bad.any():
-        j = int(np.flatnonzero(fvr_bad)[0])
-    else:
-        j = int(np.nanargmax(np.where(np.isnan(ratio), np.inf, ratio))) if count else 0
-    if method == "elementwise":
-        worst = tuple(int(i) for i in np.unravel_index(j, shape)) if shape and count else ()
-    else:
-        worst = j
-    ad, fd_j = (float(m.ad[j]), float(fd[j])) if count else (0.0, 0.0)
-    result = ValueCheck(name, shape, method, count, _max(err), _max(rel), _max(fvr), worst, ad, fd_j, ok=True)
-    if bad.any() or fvr_bad.any():
-        result.ok = False
-        result.kink = bool(m.kink[j])
-        if not np.isfinite(ad):
-            result.problem = f"the AD gradient is {ad:g} there"
-        elif not np.isfinite(fd_j):
-            result.problem = (f"finite differences give {fd_j:g} there: the output is not finite "
-                              f"a step of {eps:g} away in that direction")
-        elif m.kink[j]:
-            result.problem = (f"not differentiable there: the slope is {m.right[j]:.6g} to the right and "
-                              f"{m.left[j]:.6g} to the left; AD gives {ad:.6g}, central differences {fd_j:.6g}")
-        elif bad[j] and fine[j]:
-            result.problem = (f"AD gives {ad:.6g} but finite differences {fd_j:.6g} at a step of "
-                              f"{eps / KINK_SHRINK:g} (error {err[j]:.3g}, allowed {allowed[j]:.3g}; "
-                              f"{coarse_err[j]:.3g} at {eps:g}: a difference's own error would have shrunk at least "
-                              f"{TRUNCATION_SHRINK}-fold)")
-        elif bad[j]:
-            result.problem = (f"AD gives {ad:.6g} but finite differences {fd_j:.6g} "
-                              f"(error {err[j]:.3g}, allowed {allowed[j]:.3g})")
-        else:
-            result.problem = f"forward mode gives {m.forward[j]:.17g} but reverse mode {ad:.17g}"
-    return result
-
-
 def output_magnitude(tape: Tape, output: int) -> float:
     """How far rounding can move the output, in units of one rounding: the
     first-order bound Σ |value| · |∂output/∂value| over every node the output
@@ -494,13 +295,6 @@ def output_magnitude(tape: Tape, output: int) -> float:
     with np.errstate(all="ignore"):
         terms = [np.abs(nodes[i].value) * np.abs(adjoints[i]) for i in ids]
         return float(sum(np.sum(np.where(np.isfinite(t), t, 0.0)) for t in terms))  # the finite terms
-
-
-def _max(a: np.ndarray) -> float:
-    """The largest entry; nan if any entry is nan (a failed comparison must show)."""
-    if a.size == 0:
-        return 0.0
-    return float(np.nan) if np.isnan(a).any() else float(a.max())
 
 
 def kink_sites(tape: Tape, wrt: list[int], output: int) -> list[KinkSite]:
