@@ -379,7 +379,7 @@ def train_command(
     def prepare():
         nonlocal chosen
         chosen = make_optimizer(optimizer.value, lr, momentum)
-        if plot is not None and not files.plot_available():
+        if plot is not None and not files.installed("matplotlib"):
             raise usage_error("`--plot` needs matplotlib, which is not installed",
                               ['pip install matplotlib (or pip install ".[plot]" in spiread\'s checkout); '
                                "the summary's sparkline needs nothing"])
@@ -423,6 +423,54 @@ def train_command(
         raise typer.Exit(exit_code(stop_requested.signum))
     if written.failed:
         raise typer.Exit(1)
+
+
+class Target(str, Enum):
+    python = "python"
+    onnx = "onnx"
+
+
+@app.command("export")
+def export_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
+                   to: Annotated[Target, typer.Option("--to", help="python: a module over the Python array API "
+                                                                   "(numpy, PyTorch, CuPy, Dask); onnx: an ONNX "
+                                                                   "model for onnxruntime.")] = ...,
+                   out: Annotated[Optional[Path], typer.Option(
+                       "--out", "-o", metavar="PATH", help="Where to write it. Default: FILE's name with .py or "
+                                                            ".onnx, in the current folder.")] = None,
+                   hvp: Annotated[bool, typer.Option("--hvp", help="Also export the Hessian-vector product "
+                                                                   "(python: hvp(direction, ...); onnx: inputs "
+                                                                   "v_NAME, outputs hvp_NAME).")] = False,
+                   set_: SetOpt = None, strict: StrictOpt = False, debug: DebugOpt = False):
+    """The value and its gradient (and H·v) as code that runs without spiread: Python or ONNX (docs/export.md)."""
+    from . import files
+    from .diagnostics import usage_error
+    suffix = ".py" if to == Target.python else ".onnx"
+    if out is None:
+        if file == "-":
+            raise usage_error("a program read from standard input has no name to export to", ["give one: `-o PATH`"])
+        out = Path(Path(file).stem + suffix)
+    outputs = [files.Output("-o", out, (suffix,))]
+    if to == Target.python:  # the companion archive of the module's larger arrays
+        outputs.append(files.Output("-o", out.with_suffix(".npz"), (".npz",)))
+
+    def prepare():
+        missing = [m for m in (("array_api_compat",) if to == Target.python else ("onnx",)) if not files.installed(m)]
+        if missing:
+            raise usage_error(f"`--to {to.value}` needs {missing[0]}, which is not installed",
+                              ['pip install "spiread[export]" (or pip install ".[export]" in spiread\'s checkout)'])
+
+    def compute(s, run):
+        from .export import export_onnx, export_python, graphs
+        exported = graphs(run, wrt, hvp)
+        return (export_python if to == Target.python else export_onnx)(exported, out)
+
+    def text(run, written):
+        from .output import write_stdout
+        write_stdout("".join(f"wrote {path}\n" for path in written))
+
+    run_command(file, set_, of, command="export", compute=compute, text=text, strict=strict, debug=debug,
+                prepare=prepare, outputs=outputs, evaluate=False)
 
 
 @app.command("schema")

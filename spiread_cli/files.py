@@ -26,7 +26,7 @@ from .interrupts import signals_deferred
 
 # File name endings that promise a format; an output file may have any other
 # name, but not one that promises a format it is not written in.
-FORMAT_SUFFIXES = set(SUFFIXES) | {".png", ".svg", ".pdf", ".jpg", ".jpeg"}
+FORMAT_SUFFIXES = set(SUFFIXES) | {".png", ".svg", ".pdf", ".jpg", ".jpeg", ".py", ".onnx"}
 
 
 @dataclass(frozen=True)
@@ -305,9 +305,10 @@ def write_log(path: Path, losses: list[float]) -> None:
         f.write(("\n".join(lines) + "\n").encode())
 
 
-def plot_available() -> bool:
+def installed(module: str) -> bool:
     from importlib.util import find_spec
-    return find_spec("matplotlib") is not None
+    return find_spec(module) is not None
+
 
 
 def plot_losses(path: Path, losses: list[float], title: str) -> None:

@@ -33,6 +33,11 @@ Each `Op` is a name with its rules side by side, one entry per primitive
   the residual it is handed (only one-operand ops do: each operand's vjp
   would see the same one); a jvp only reads it.
 
+Each op also says how it is written out of spiread (`export`, an
+`Export`): as an expression of the Python array API and as ONNX nodes, so
+the value, gradient and Hessian-vector-product graphs, all graphs of table
+ops, are exported op by op (spiread_cli/export.py).
+
 Per-op facts live on the op too: `kink` (where it has no derivative),
 `row_wise` (it commutes with a row gather), `structure` (how its entries
 depend on its operands') and `batched` (its value with a leading batch axis,
@@ -79,6 +84,29 @@ STRUCTURES = ("elementwise", "rows", "dense", "selection")
 
 
 @dataclass(frozen=True, slots=True)
+class Export:
+    """How an op is written out of spiread (`spiread export`, spiread_cli/export.py).
+
+    `python`: an expression over the array API namespace `xp`; a template
+    whose `{0}`, `{1}`, … are the operands and `{name}` the parameters, or
+    `python(w, *operands, **params) -> str`, where `w.literal(value)` writes
+    a value (an array becomes a named constant of the module) and
+    `w.shape(operand)` gives an operand's shape. A name starting with `_` is
+    a helper of spiread_cli/export_runtime.py, copied into the module that
+    calls it. `numbers`: the form takes Python numbers as operands (the
+    arithmetic operators do; any other form is given 0-d arrays).
+
+    `onnx`: an ONNX operator applied to the operands, or `onnx(b, *operands,
+    **params) -> name` building nodes with `b(op_type, inputs,
+    **attributes)`, `b.const(array)` (float64, or int64 for integers),
+    `b.ints(values)` and `b.shape(operand)`; None where the op has no ONNX
+    form (exporting it to ONNX is then an error at its span)."""
+    python: str | Callable
+    onnx: str | Callable | None
+    numbers: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Op:
     name: str
     impl: Callable
@@ -109,6 +137,8 @@ class Op:
     # The forward rule that also returns a residual for the fast paths (see
     # the module docstring); None for most ops.
     fwd: Callable | None = None
+    # How it is written out of spiread: array API Python and ONNX.
+    export: Export | None = None
 
 
 METHODS: dict[str, Op] = {}
@@ -116,7 +146,7 @@ METHODS: dict[str, Op] = {}
 
 def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callable, *, methods=None, params=(),
           arity: int = 1, kink=None, row_wise: bool = False, structure: str = "dense", batched=None,
-          fast: FastPath | None = None, fwd: Callable | None = None) -> Op:
+          fast: FastPath | None = None, fwd: Callable | None = None, export: Export | None = None) -> Op:
     assert structure in STRUCTURES, structure
     vjp, jvp = compiled_vjp(derivative), compiled_jvp(derivative)
     if fwd is not None:  # impl is fwd's value; the fast rules get a residual whoever calls them
@@ -125,7 +155,7 @@ def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callabl
         vjp = vjp if fast.vjp is None else fast.vjp if fwd is None else _given_residual(fwd, fast.vjp, 3)
         jvp = jvp if fast.jvp is None else fast.jvp if fwd is None else _given_residual(fwd, fast.jvp, 2)
     op = Op(name, impl, shape, derivative, vjp, jvp, (name,) if methods is None else methods, params, arity, kink,
-            row_wise, structure, batched, fast, fwd)
+            row_wise, structure, batched, fast, fwd, export)
     OPS[name], IMPLS[name] = op, impl
     METHODS.update((spelling, op) for spelling in op.methods)
     return op
@@ -234,8 +264,8 @@ def batch_rows(t: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------ elementwise
 
 
-def elementwise(name: str, f: Callable, dgraph: Callable, kink: Callable | None = None, bounded: bool = False,
-                fast: FastPath | None = None) -> Op:
+def elementwise(name: str, f: Callable, dgraph: Callable, export: Export, kink: Callable | None = None,
+                bounded: bool = False, fast: FastPath | None = None) -> Op:
     """A unary elementwise op from its function and its derivative as table
     ops, dgraph(x, out, emit) -> value (or a constant factor): the statement
     is g · dgraph. `bounded`: the derivative is finite at every input, ±inf
@@ -243,7 +273,8 @@ def elementwise(name: str, f: Callable, dgraph: Callable, kink: Callable | None 
     plain one (`mul`, else `scale`)."""
     def derivative(i, g, out, x, emit):
         return times_graph(emit, g, dgraph(x, out, emit), not bounded)
-    return defop(name, f, same_shape, derivative, kink=kink, row_wise=True, structure="elementwise", fast=fast)
+    return defop(name, f, same_shape, derivative, kink=kink, row_wise=True, structure="elementwise", fast=fast,
+                 export=export)
 
 
 # Below this many entries writing in place saves nothing measurable, and
@@ -285,31 +316,69 @@ def _one(emit):
     return emit.const(1.0)
 
 
-elementwise("exp", np.exp, lambda x, out, e: out)
-elementwise("log", np.log, lambda x, out, e: e("div", [_one(e), x]))
-elementwise("sin", np.sin, lambda x, out, e: e("cos", [x]), bounded=True)
-elementwise("cos", np.cos, lambda x, out, e: e("neg", [e("sin", [x])]), bounded=True)
-elementwise("tan", np.tan, lambda x, out, e: e("add", [_one(e), e("square", [out])]))
-elementwise("tanh", np.tanh, lambda x, out, e: e("sub", [_one(e), e("square", [out])]), bounded=True,
+def _unary(name: str) -> Export:
+    """An op that is one function of the array API and one ONNX operator of the same name."""
+    return Export(f"xp.{name}({{0}})", name.capitalize())
+
+
+def _onnx_log1p(b, x):
+    """log(1 + x), accurate for small x without a Log1p operator: log(u) · x / (u − 1)
+    for u = 1 + x rounded, which cancels the rounding of u (Goldberg's trick)."""
+    u = b("Add", [x, b.const(1.0)])
+    return b("Where", [b("Equal", [u, b.const(1.0)]), x,
+                       b("Div", [b("Mul", [b("Log", [u]), x]), b("Sub", [u, b.const(1.0)])])])
+
+
+def _onnx_sinh(b, x):
+    """sinh without a float64 Sinh in onnxruntime: 2t / (1 − t²), t = tanh(x/2),
+    where |x| < 1 (no cancellation), else (eˣ − e⁻ˣ) / 2 (at most a bit lost)."""
+    t = b("Tanh", [b("Mul", [x, b.const(0.5)])])
+    small = b("Div", [b("Mul", [t, b.const(2.0)]), b("Sub", [b.const(1.0), b("Mul", [t, t])])])
+    large = b("Mul", [b("Sub", [b("Exp", [x]), b("Exp", [b("Neg", [x])])]), b.const(0.5)])
+    return b("Where", [b("Less", [b("Abs", [x]), b.const(1.0)]), small, large])
+
+
+def _onnx_sigmoid(b, x):
+    """As `_sigmoid`: exp of a negative number only."""
+    e = b("Exp", [b("Neg", [b("Abs", [x])])])
+    total = b("Add", [b.const(1.0), e])
+    return b("Where", [b("GreaterOrEqual", [x, b.const(0.0)]), b("Div", [b.const(1.0), total]), b("Div", [e, total])])
+
+
+elementwise("exp", np.exp, lambda x, out, e: out, _unary("exp"))
+elementwise("log", np.log, lambda x, out, e: e("div", [_one(e), x]), _unary("log"))
+elementwise("sin", np.sin, lambda x, out, e: e("cos", [x]), _unary("sin"), bounded=True)
+elementwise("cos", np.cos, lambda x, out, e: e("neg", [e("sin", [x])]), _unary("cos"), bounded=True)
+elementwise("tan", np.tan, lambda x, out, e: e("add", [_one(e), e("square", [out])]),
+            Export("xp.tan({0})", lambda b, x: b("Div", [b("Sin", [x]), b("Cos", [x])])))
+elementwise("tanh", np.tanh, lambda x, out, e: e("sub", [_one(e), e("square", [out])]), _unary("tanh"), bounded=True,
             fast=FastPath("mlp", vjp=_tanh_vjp))
-elementwise("sinh", np.sinh, lambda x, out, e: e("cosh", [x]))
-elementwise("cosh", np.cosh, lambda x, out, e: e("sinh", [x]))
-elementwise("sqrt", np.sqrt, lambda x, out, e: e("div", [e.const(0.5), out]))
-elementwise("abs", np.abs, lambda x, out, e: e("sign", [x]), kink=lambda x: x == 0, bounded=True)
-elementwise("square", np.square, lambda x, out, e: e("mul", [e.const(2.0), x]))
-elementwise("sigmoid", _sigmoid, lambda x, out, e: e("mul", [out, e("sub", [_one(e), out])]), bounded=True)
+elementwise("sinh", np.sinh, lambda x, out, e: e("cosh", [x]), Export("xp.sinh({0})", _onnx_sinh))
+elementwise("cosh", np.cosh, lambda x, out, e: e("sinh", [x]),
+            Export("xp.cosh({0})", lambda b, x: b("Mul", [b("Add", [b("Exp", [x]), b("Exp", [b("Neg", [x])])]),
+                                                          b.const(0.5)])))
+elementwise("sqrt", np.sqrt, lambda x, out, e: e("div", [e.const(0.5), out]), _unary("sqrt"))
+elementwise("abs", np.abs, lambda x, out, e: e("sign", [x]), _unary("abs"), kink=lambda x: x == 0, bounded=True)
+elementwise("square", np.square, lambda x, out, e: e("mul", [e.const(2.0), x]),
+            Export("xp.square({0})", lambda b, x: b("Mul", [x, x])))
+elementwise("sigmoid", _sigmoid, lambda x, out, e: e("mul", [out, e("sub", [_one(e), out])]),
+            Export("_sigmoid({0})", _onnx_sigmoid), bounded=True)
 elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out, e: e("indicator", [x], relation=">", t=0.0),
+            Export("xp.clip({0}, min=0.0)", lambda b, x: b("Max", [x, b.const(0.0)])),
             kink=lambda x: x == 0, bounded=True)
-elementwise("log1p", np.log1p, lambda x, out, e: e("div", [_one(e), e("add", [_one(e), x])]))
-elementwise("neg", np.negative, lambda x, out, e: -1.0)
+elementwise("log1p", np.log1p, lambda x, out, e: e("div", [_one(e), e("add", [_one(e), x])]),
+            Export("xp.log1p({0})", _onnx_log1p))
+elementwise("neg", np.negative, lambda x, out, e: -1.0, Export("-{0}", "Neg"))
 # clamps: the gradient passes where the bound is not active, and at the bound
 # itself, as torch.clamp does.
 defop("clampMin", lambda x, t: np.maximum(x, t), same_shape,
       lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x], relation=">=", t=t)]),
-      params=("t",), kink=lambda x, t: x == t, structure="elementwise")
+      params=("t",), kink=lambda x, t: x == t, structure="elementwise",
+      export=Export("xp.clip({0}, min={t})", lambda b, x, t: b("Max", [x, b.const(t)])))
 defop("clampMax", lambda x, t: np.minimum(x, t), same_shape,
       lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x], relation="<=", t=t)]),
-      params=("t",), kink=lambda x, t: x == t, structure="elementwise")
+      params=("t",), kink=lambda x, t: x == t, structure="elementwise",
+      export=Export("xp.clip({0}, max={t})", lambda b, x, t: b("Min", [x, b.const(t)])))
 
 
 # Ops with a derivative of 0 wherever they have one: the masks that the
@@ -317,21 +386,27 @@ defop("clampMax", lambda x, t: np.minimum(x, t), same_shape,
 # At the jump itself the derivative is taken as 0 too (PyTorch's choice), so a
 # second derivative through a kink is 0 away from it; `check` reports the jump.
 _RELATIONS = {">": np.greater, ">=": np.greater_equal, "<=": np.less_equal, "==": np.equal}
+_ONNX_RELATIONS = {">": "Greater", ">=": "GreaterOrEqual", "<=": "LessOrEqual", "==": "Equal"}
 
 
 def _flat(i, g, out, x, emit):
     return None
 
 
-defop("sign", np.sign, same_shape, _flat, methods=(), kink=lambda x: x == 0, structure="elementwise")
+defop("sign", np.sign, same_shape, _flat, methods=(), kink=lambda x: x == 0, structure="elementwise",
+      export=_unary("sign"))
 defop("indicator", lambda x, relation, t: _RELATIONS[relation](x, t).astype(np.float64), same_shape,
       lambda i, g, out, x, emit, relation, t: None, methods=(), kink=lambda x, relation, t: x == t,
-      structure="elementwise")
+      structure="elementwise",
+      export=Export(lambda w, x, relation, t: f"xp.astype({x} {relation} {w.literal(t)}, xp.float64)",
+                    lambda b, x, relation, t: b("Cast", [b(_ONNX_RELATIONS[relation], [x, b.const(t)])],
+                                                to=b.FLOAT64)))
 # `x.value`: x without its history. Its value is x, its derivative 0.
-defop("stopGradient", lambda x: _copied(x), same_shape, _flat, methods=(), structure="elementwise")
+defop("stopGradient", lambda x: _copied(x), same_shape, _flat, methods=(), structure="elementwise",
+      export=Export("{0}", "Identity"))
 
 
-def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], methods=(),
+def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], export: Export, methods=(),
                  guarded: bool = True) -> Op:
     """A broadcasting binary op from its function and its partial derivative
     with respect to each operand as table ops, partials[i](out, a, b, emit)
@@ -339,7 +414,8 @@ def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], me
     operand's shape. `guarded`: see times_graph."""
     def derivative(i, g, out, a, b, emit):
         return sum_to_graph(emit, times_graph(emit, g, partials[i](out, a, b, emit), guarded), emit.shape((a, b)[i]))
-    return defop(name, f, broadcast_shape, derivative, methods=methods, arity=2, structure="elementwise")
+    return defop(name, f, broadcast_shape, derivative, methods=methods, arity=2, structure="elementwise",
+                 export=export)
 
 
 def sum_to_graph(emit, g, shape: tuple):
@@ -355,24 +431,28 @@ def _pow_exponent(out, a, b, e):
     return e("scale", [e("sub", [_one(e), held]), e("mul", [out, e("log", [a])])])
 
 
-elementwise2("add", np.add, (lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0))
-elementwise2("sub", np.subtract, (lambda out, a, b, e: 1.0, lambda out, a, b, e: -1.0))
-elementwise2("mul", np.multiply, (lambda out, a, b, e: b, lambda out, a, b, e: a))
+elementwise2("add", np.add, (lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0), Export("{0} + {1}", "Add", True))
+elementwise2("sub", np.subtract, (lambda out, a, b, e: 1.0, lambda out, a, b, e: -1.0),
+             Export("{0} - {1}", "Sub", True))
+elementwise2("mul", np.multiply, (lambda out, a, b, e: b, lambda out, a, b, e: a), Export("{0} * {1}", "Mul", True))
 elementwise2("div", np.divide, (lambda out, a, b, e: e("div", [_one(e), b]),
-                                lambda out, a, b, e: e("div", [e("neg", [a]), e("mul", [b, b])])), methods=("div",))
+                                lambda out, a, b, e: e("div", [e("neg", [a]), e("mul", [b, b])])),
+             Export("{0} / {1}", "Div", True), methods=("div",))
 # The partials of a**b follow PyTorch's autograd (pow_backward_self and
 # pow_backward_exponent) at every input, 0, negative and non-finite ones
 # included: d/da is 0 wherever b == 0 (a**0 is 1 for every a, so the 0 · a**-1
 # the formula gives at a = 0 is no nan: `scale` by b); d/db as _pow_exponent.
 elementwise2("pow", np.power, (lambda out, a, b, e: e("scale", [b, e("pow", [a, e("sub", [b, _one(e)])])]),
-                               _pow_exponent), methods=("pow",))
+                               _pow_exponent), Export("{0} ** {1}", "Pow", True), methods=("pow",))
 # `scale` is `mul` whose zero first operand stays zero against an infinite or
 # nan second (the numeric `scale` helper): the product of a (co)tangent and a
 # partial. Its partial in d is scaled by t, so it is 0 wherever t is too.
 defop("scale", scale, broadcast_shape,
       lambda i, g, out, t, d, emit: sum_to_graph(emit, emit("scale", [g, d]) if i == 0 else emit("scale", [t, g]),
                                                  emit.shape((t, d)[i])),
-      methods=(), arity=2, structure="elementwise")
+      methods=(), arity=2, structure="elementwise",
+      export=Export("_scale({0}, {1})", lambda b, t, d: b("Where", [b("Equal", [t, b.const(0.0)]), b.const(0.0),
+                                                                     b("Mul", [t, d])]), True))
 
 
 # ------------------------------------------------------------------ matmul
@@ -464,8 +544,20 @@ def reshape_graph(emit, x, shape: tuple):
     return x if emit.shape(x) == shape else emit("reshape", [x], shape=shape)
 
 
+def _onnx_matmul(b, x, y):
+    """A product of matrices, vectors made ones: onnxruntime's optimizer
+    fuses a Transpose into a MatMul wrongly when the MatMul's second operand
+    is a vector (1.32: it computes another product)."""
+    sx, sy = b.shape(x), b.shape(y)
+    if len(sx) == 2 and len(sy) == 2:
+        return b("MatMul", [x, y])
+    product = b("MatMul", [b("Reshape", [x, b.ints((1, sx[0]) if len(sx) == 1 else sx)]),
+                           b("Reshape", [y, b.ints((sy[0], 1) if len(sy) == 1 else sy)])])
+    return b("Reshape", [product, b.ints(_matmul_shape(sx, sy))])
+
+
 defop("matmul", _product, _matmul_shape, _matmul_derivative, methods=("matmul", "dot"), arity=2,
-      batched=_matmul_batched, fast=FastPath("mlp", vjp=_matmul_vjp))
+      batched=_matmul_batched, fast=FastPath("mlp", vjp=_matmul_vjp), export=Export("{0} @ {1}", _onnx_matmul))
 
 
 def _transpose_shape(s, **_):
@@ -474,7 +566,9 @@ def _transpose_shape(s, **_):
 
 defop("transpose", lambda x: x.T, _transpose_shape, lambda i, g, out, x, emit: emit("transpose", [g]),
       methods=("T", "transpose"),
-      batched=lambda args, which: np.swapaxes(args[0], -1, -2) if args[0].ndim == 3 else args[0])
+      batched=lambda args, which: np.swapaxes(args[0], -1, -2) if args[0].ndim == 3 else args[0],
+      export=Export(lambda w, x: f"{x}.T" if len(w.shape(x)) == 2 else x,
+                    lambda b, x: b("Transpose", [x]) if len(b.shape(x)) == 2 else b("Identity", [x])))
 
 
 # --------------------------------------------------------------- reductions
@@ -510,23 +604,43 @@ def _rows_shape(s, **_):
 # the mean nan. A mean is a sum divided by the count, not np.mean, which
 # warns about an empty slice through Python's warnings, past np.errstate.
 # Derivatives over no entries are empty sums: 0, whatever the value.
+def _reduce(function: str, operator: str, axis: int | None = None, divide: bool = False) -> Export:
+    """A sum or product over all entries or along `axis`; `divide`: by the
+    number of entries (a mean), as the value rules compute it."""
+    along = "" if axis is None else f", axis={axis}"
+
+    def python(w, x):
+        count = math.prod(w.shape(x)) if axis is None else w.shape(x)[axis]
+        return f"xp.{function}({x}{along})" + (f" / {float(count)!r}" if divide else "")
+
+    def onnx(b, x):
+        axes = [] if axis is None else [b.ints([axis])]
+        total = b(operator, [x, *axes], keepdims=0)
+        if not divide:
+            return total
+        return b("Div", [total, b.const(float(math.prod(b.shape(x)) if axis is None else b.shape(x)[axis]))])
+    return Export(python, onnx)
+
+
 defop("sum", lambda x: np.sum(x), scalar_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)),
-      batched=lambda args, which: batch_sum(args[0]))
+      batched=lambda args, which: batch_sum(args[0]), export=_reduce("sum", "ReduceSum"))
 defop("mean", lambda x: np.sum(x) / x.size, scalar_shape,
-      lambda i, g, out, x, emit: emit("broadcastTo", [_divide_by_count(emit, g, x, None)], shape=emit.shape(x)))
+      lambda i, g, out, x, emit: emit("broadcastTo", [_divide_by_count(emit, g, x, None)], shape=emit.shape(x)),
+      export=_reduce("sum", "ReduceSum", divide=True))
 defop("product", lambda x: np.prod(x), scalar_shape,
-      lambda i, g, out, x, emit: emit("mul", [g, emit("exclusiveProducts", [x], over="all")]))
+      lambda i, g, out, x, emit: emit("mul", [g, emit("exclusiveProducts", [x], over="all")]),
+      export=_reduce("prod", "ReduceProd"))
 defop("rowSum", lambda x: x.sum(axis=1), _rows_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [_per_row_graph(emit, g, x)], shape=emit.shape(x)),
-      methods=(), structure="rows")
+      methods=(), structure="rows", export=_reduce("sum", "ReduceSum", 1))
 defop("rowMean", lambda x: x.sum(axis=1) / x.shape[1], _rows_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [_per_row_graph(emit, _divide_by_count(emit, g, x, 1), x)],
                                       shape=emit.shape(x)),
-      methods=(), structure="rows")
+      methods=(), structure="rows", export=_reduce("sum", "ReduceSum", 1, divide=True))
 defop("rowProduct", lambda x: x.prod(axis=1), _rows_shape,
       lambda i, g, out, x, emit: emit("mul", [_per_row_graph(emit, g, x), emit("exclusiveProducts", [x], over="rows")]),
-      methods=(), structure="rows")
+      methods=(), structure="rows", export=_reduce("prod", "ReduceProd", 1))
 
 
 # ------------------------------------------------------- row normalisations
@@ -600,19 +714,44 @@ def _normalise_l1_derivative(i, g, out, x, emit):
     return emit("div", [emit("sub", [g, spread]), emit("rowTotal", [emit("abs", [x])])])
 
 
+def _onnx_row_total(b, x):
+    return b("ReduceSum", [x, b.ints([-1])], keepdims=1)
+
+
+def _onnx_shifted(b, x):
+    """x − rowmax(x) and its exponentials (`_exp_shifted`)."""
+    shifted = b("Sub", [x, b("ReduceMax", [x, b.ints([-1])], keepdims=1)])
+    return shifted, b("Exp", [shifted])
+
+
+def _onnx_softmax(b, x):
+    _, e = _onnx_shifted(b, x)
+    return b("Div", [e, _onnx_row_total(b, e)])
+
+
+def _onnx_log_softmax(b, x):
+    shifted, e = _onnx_shifted(b, x)
+    return b("Sub", [shifted, b("Log", [_onnx_row_total(b, e)])])
+
+
 defop("normaliseRowsL1", lambda x: x / _l1(x), _row_shape, _normalise_l1_derivative,
-      methods=("normaliseRowsL1", "normalizeRowsL1"), kink=lambda x: x == 0, row_wise=True, structure="rows")
+      methods=("normaliseRowsL1", "normalizeRowsL1"), kink=lambda x: x == 0, row_wise=True, structure="rows",
+      export=Export("{0} / xp.sum(xp.abs({0}), axis=-1, keepdims=True)",
+                    lambda b, x: b("Div", [x, _onnx_row_total(b, b("Abs", [x]))])))
 defop("normaliseRowsL2", lambda x: x / np.sqrt(_row_total(x * x)), _row_shape,
       lambda i, g, out, x, emit: emit("div", [
           emit("sub", [g, emit("mul", [out, emit("rowTotal", [emit("mul", [g, out])])])]),
           emit("sqrt", [emit("rowTotal", [emit("mul", [x, x])])])]),
-      methods=("normaliseRowsL2", "normalizeRowsL2"), row_wise=True, structure="rows")
+      methods=("normaliseRowsL2", "normalizeRowsL2"), row_wise=True, structure="rows",
+      export=Export("{0} / xp.sqrt(xp.sum({0} * {0}, axis=-1, keepdims=True))",
+                    lambda b, x: b("Div", [x, b("Sqrt", [_onnx_row_total(b, b("Mul", [x, x]))])])))
 defop("softmaxRows", _softmax, _row_shape,
       lambda i, g, out, x, emit: emit("mul", [out, emit("sub", [g, emit("rowTotal", [emit("mul", [g, out])])])]),
-      row_wise=True, structure="rows")
+      row_wise=True, structure="rows", export=Export("_softmax_rows({0})", _onnx_softmax))
 defop("logSoftmaxRows", None, _row_shape,
       lambda i, g, out, x, emit: emit("sub", [g, emit("mul", [emit("exp", [out]), emit("rowTotal", [g])])]),
-      row_wise=True, structure="rows", fwd=_log_softmax_fwd, fast=FastPath("mlp: spiread, no rewrites", vjp=_log_softmax_vjp))
+      row_wise=True, structure="rows", fwd=_log_softmax_fwd, fast=FastPath("mlp: spiread, no rewrites", vjp=_log_softmax_vjp),
+      export=Export("_log_softmax_rows({0})", _onnx_log_softmax))
 
 
 # ---------------------------------------------------------------- indexing
@@ -624,10 +763,44 @@ def _index_shape(s, key):
     return np.broadcast_to(np.empty((), np.bool_), s)[key].shape  # a view of one byte: sizes only
 
 
+def _key_code(key: tuple) -> str:
+    """A basic index as Python writes it: `1:3, ::2, 0`."""
+    def one(k):
+        if isinstance(k, slice):
+            text = ":".join("" if v is None else str(v) for v in (k.start, k.stop, k.step))
+            return text[:-1] if k.step is None else text
+        return "..." if k is Ellipsis else str(k)
+    return ", ".join(map(one, key)) if key else "()"
+
+
+def key_positions(shape: tuple, key: tuple) -> np.ndarray:
+    """The flat positions in a `shape` array of the entries `key` picks, in the shape it gives them."""
+    return np.arange(math.prod(shape)).reshape(shape)[key]
+
+
+def pair_positions(shape: tuple, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The flat positions of (row, col) pairs in a `shape` matrix (negative ones count from the end)."""
+    return np.ravel_multi_index((np.asarray(rows, np.intp), np.asarray(cols, np.intp)), shape, mode="wrap")
+
+
+def _onnx_pick(b, x, positions: np.ndarray):
+    """The entries of x at flat positions, in the positions' shape."""
+    return b("Gather", [b("Reshape", [x, b.ints([-1])]), b.const(positions)], axis=0)
+
+
+def _onnx_scatter(b, x, positions: np.ndarray, shape: tuple):
+    """A `shape` array of zeros with x's entries added at their flat positions."""
+    flat = b("ScatterND", [b.zeros((math.prod(shape),)), b.const(positions.reshape(-1, 1)),
+                           b("Reshape", [x, b.ints([-1])])], reduction="add")
+    return b("Reshape", [flat, b.ints(shape)])
+
+
 defop("index", lambda x, key: _copied(x[key]), _index_shape,
       lambda i, g, out, x, emit, key: emit("indexScatter", [g], key=key, shape=emit.shape(x)),
       methods=(), structure="selection",
-      batched=lambda args, which, key: _copied(args[0][(slice(None),) + key]))
+      batched=lambda args, which, key: _copied(args[0][(slice(None),) + key]),
+      export=Export(lambda w, x, key: f"{x}[{_key_code(key)}]",
+                    lambda b, x, key: _onnx_pick(b, x, key_positions(b.shape(x), key))))
 
 
 def _select(x, rows, cols):
@@ -660,9 +833,18 @@ def _pairs_shape(s, rows, cols, picked=None):
 # The gradient of a selection is a scatter of the upstream gradient onto the
 # chosen entries. It never multiplies the rest by zero, so an infinite
 # upstream gradient at an unchosen entry stays out of the result.
+def _chosen(shape: tuple, rows, cols) -> np.ndarray:
+    """The mask of the (row, col) pairs in a `shape` matrix."""
+    chosen = np.zeros(shape, dtype=bool)
+    chosen[rows, cols] = True
+    return chosen
+
+
 defop("select", _select, _pairs_shape,
       lambda i, g, out, x, emit, rows, cols: emit("select", [g], rows=rows, cols=cols),
-      methods=(), structure="selection", batched=_select_batched)
+      methods=(), structure="selection", batched=_select_batched,
+      export=Export(lambda w, x, rows, cols: f"xp.where({w.literal(_chosen(w.shape(x), rows, cols), 'chosen')}, {x}, 0.0)",
+                    lambda b, x, rows, cols: b("Where", [b.const(_chosen(b.shape(x), rows, cols)), x, b.const(0.0)])))
 
 
 def _scatter_pairs(shape: tuple, rows: np.ndarray, cols: np.ndarray, weights=None) -> np.ndarray:
@@ -686,7 +868,10 @@ defop("arrange", _pick, lambda s, rows, cols: _pairs_shape(s, rows, cols, (len(r
       lambda i, g, out, x, emit, rows, cols: emit("scatterPairs", [g], rows=rows, cols=cols, shape=emit.shape(x)),
       methods=(), structure="selection",
       batched=lambda args, which, rows, cols: _pick(args[0].transpose(1, 2, 0), rows, cols).T if is_lazy(args[0])
-      else args[0][:, rows, cols])
+      else args[0][:, rows, cols],
+      export=Export(lambda w, x, rows, cols:
+                    f"xp.take(xp.reshape({x}, (-1,)), {w.literal(pair_positions(w.shape(x), rows, cols), 'picks')})",
+                    lambda b, x, rows, cols: _onnx_pick(b, x, pair_positions(b.shape(x), rows, cols))))
 
 
 # ------------------------------------------------------------- construction
@@ -710,7 +895,9 @@ def _stack_shape(*shapes, axis):
 # `Matrix.fromColumns(c1, c2)` (axis 1).
 defop("stack", lambda *xs, axis: np.stack(xs, axis=axis), _stack_shape,
       lambda i, g, out, *xs, emit, axis: emit("index", [g], key=(slice(None),) * axis + (i,)),
-      methods=(), structure="selection")
+      methods=(), structure="selection",
+      export=Export(lambda w, *xs, axis: f"xp.stack([{', '.join(xs)}], axis={axis})",
+                    lambda b, *xs, axis: b("Concat", [b("Unsqueeze", [x, b.ints([axis])]) for x in xs], axis=axis)))
 
 
 # ------------------------------------------------------------- fused ops
@@ -748,7 +935,9 @@ def _gather_shape(s, index):
 # `onehot(labels, n) @@ W` with a constant one-hot: a row gather, W[index].
 defop("gatherRows", lambda x, index: np.take(x, index, axis=0), _gather_shape,
       lambda i, g, out, x, emit, index: emit("scatterRows", [g], index=index, rows=emit.shape(x)[0]),
-      methods=(), structure="selection", batched=lambda args, which, index: np.take(args[0], index, axis=1))
+      methods=(), structure="selection", batched=lambda args, which, index: np.take(args[0], index, axis=1),
+      export=Export(lambda w, x, index: f"xp.take({x}, {w.literal(np.asarray(index, np.intp), 'index')}, axis=0)",
+                    lambda b, x, index: b("Gather", [x, b.const(np.asarray(index, np.intp))], axis=0)))
 
 
 def _mean_log_softmax_pick_fwd(z, rows, cols):
@@ -800,7 +989,12 @@ def _mean_log_softmax_pick_derivative(i, g, out, z, emit, rows, cols):
 # fast vjp is one pass over the softmax's pieces the forward pass kept, in place.
 defop("meanLogSoftmaxPick", None, lambda s, rows, cols: _pairs_shape(s, rows, cols, ()),
       _mean_log_softmax_pick_derivative, methods=(), fwd=_mean_log_softmax_pick_fwd,
-      fast=FastPath("bigram, dense inputs", vjp=_mean_log_softmax_pick_vjp))
+      fast=FastPath("bigram, dense inputs", vjp=_mean_log_softmax_pick_vjp),
+      export=Export(lambda w, z, rows, cols:
+                    f"_mean_log_softmax_pick({z}, {w.literal(pair_positions(w.shape(z), rows, cols), 'picks')})",
+                    lambda b, z, rows, cols: b("Div", [
+                        b("ReduceSum", [_onnx_pick(b, _onnx_log_softmax(b, z), pair_positions(b.shape(z), rows, cols))],
+                          keepdims=0), b.const(float(len(rows)))])))
 
 
 # ------------------------------------------------ the ops statements record
@@ -846,17 +1040,34 @@ def _reshape_shape(s, shape):
     return tuple(shape)
 
 
+def summed_axes(s: tuple, shape: tuple) -> tuple:
+    """The axes of an `s` array that summing it to `shape` adds up: those
+    broadcasting added in front, and those it stretched from 1."""
+    lead = len(s) - len(shape)
+    return tuple(range(lead)) + tuple(lead + a for a, n in enumerate(shape) if n == 1 and s[lead + a] != 1)
+
+
+def _onnx_sum_to(b, x, shape):
+    axes = summed_axes(b.shape(x), tuple(shape))
+    total = b("ReduceSum", [x, b.ints(axes)], keepdims=0) if axes else x
+    return b("Reshape", [total, b.ints(shape)])
+
+
 # unbroadcast and its transpose, broadcasting.
 defop("sumTo", lambda x, shape: unbroadcast(x, shape), _sum_to_shape,
       lambda i, g, out, x, emit, shape: emit("broadcastTo", [g], shape=emit.shape(x)),
-      methods=(), batched=lambda args, which, shape: _sum_to_batched(args[0], shape))
+      methods=(), batched=lambda args, which, shape: _sum_to_batched(args[0], shape),
+      export=Export(lambda w, x, shape: f"xp.reshape(xp.sum({x}, axis={summed_axes(w.shape(x), tuple(shape))}), "
+                                        f"{tuple(shape)})", _onnx_sum_to))
 defop("broadcastTo", lambda x, shape: np.broadcast_to(x, shape), _broadcast_to_shape,
       lambda i, g, out, x, emit, shape: sum_to_graph(emit, g, emit.shape(x)),
       methods=(), batched=lambda args, which, shape: np.broadcast_to(
-          lift(args[0], len(shape)), args[0].shape[:1] + tuple(shape)))
+          lift(args[0], len(shape)), args[0].shape[:1] + tuple(shape)),
+      export=Export("xp.broadcast_to({0}, {shape})", lambda b, x, shape: b("Expand", [x, b.ints(shape)])))
 defop("reshape", lambda x, shape: x.reshape(shape), _reshape_shape,
       lambda i, g, out, x, emit, shape: emit("reshape", [g], shape=emit.shape(x)),
-      methods=(), batched=lambda args, which, shape: args[0].reshape(args[0].shape[:1] + tuple(shape)))
+      methods=(), batched=lambda args, which, shape: args[0].reshape(args[0].shape[:1] + tuple(shape)),
+      export=Export("xp.reshape({0}, {shape})", lambda b, x, shape: b("Reshape", [x, b.ints(shape)], allowzero=1)))
 
 
 def _row_total_shape(s, **_):
@@ -868,7 +1079,8 @@ def _row_total_shape(s, **_):
 # The sum of each row, kept as a column: the row normalisations' statements use it.
 defop("rowTotal", _row_total, _row_total_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)),
-      methods=(), structure="rows", batched=lambda args, which: _row_total(args[0]))
+      methods=(), structure="rows", batched=lambda args, which: _row_total(args[0]),
+      export=Export("xp.sum({0}, axis=-1, keepdims=True)", _onnx_row_total))
 
 
 def _exclusive_derivative(i, g, out, x, emit, over):
@@ -894,12 +1106,23 @@ def _exclusive_shape(s, over):
     return s
 
 
+def _onnx_exclusive_products(b, x, over):
+    """Along each row of n, the product of the row with entry k set to 1, for
+    each k: an n × n product per row (ONNX has no cumulative product)."""
+    shape = b.shape(x)
+    r, n = (1, math.prod(shape)) if over == "all" else shape
+    copies = b("Expand", [b("Reshape", [x, b.ints((r, 1, n))]), b.ints((r, n, n))])
+    others = b("Where", [b.const(np.eye(n, dtype=bool)), b.const(1.0), copies])
+    return b("Reshape", [b("ReduceProd", [others, b.ints([-1])], keepdims=0), b.ints(shape)])
+
+
 # `product`'s partials: each entry's product of the others (over "all"
 # entries, or along each of the "rows"), without dividing, so zeros are exact.
 defop("exclusiveProducts",
       lambda x, over: (_exclusive_products(x.ravel(), 0).reshape(x.shape) if over == "all"
                        else _exclusive_products(x, 1)),
-      _exclusive_shape, _exclusive_derivative, methods=())
+      _exclusive_shape, _exclusive_derivative, methods=(),
+      export=Export("_exclusive_products({0}, {over})", lambda b, x, over: _onnx_exclusive_products(b, x, over)))
 
 
 def _placed_shape(expected: tuple, s: tuple, result: tuple) -> tuple:
@@ -928,7 +1151,10 @@ defop("indexScatter", _index_scatter,
       lambda s, key, shape: _placed_shape(_key_shape(tuple(shape), key), s, shape),
       lambda i, g, out, x, emit, key, shape: emit("index", [g], key=key),
       methods=(), structure="selection",
-      batched=lambda args, which, key, shape: _index_scatter(args[0], key, shape, args[0].shape[:1]))
+      batched=lambda args, which, key, shape: _index_scatter(args[0], key, shape, args[0].shape[:1]),
+      export=Export(lambda w, x, key, shape: f"_scatter_flat({x}, {w.literal(key_positions(tuple(shape), key), 'placed')}, "
+                                             f"{tuple(shape)})",
+                    lambda b, x, key, shape: _onnx_scatter(b, x, key_positions(tuple(shape), key), tuple(shape))))
 
 
 def _scatter_pairs_batched(args, which, rows, cols, shape):
@@ -942,7 +1168,12 @@ def _scatter_pairs_batched(args, which, rows, cols, shape):
 defop("scatterPairs", lambda x, rows, cols, shape: _scatter_pairs(shape, rows, cols, x),
       lambda s, rows, cols, shape: _placed_shape((len(rows),), s, _pairs_shape(tuple(shape), rows, cols)),
       lambda i, g, out, x, emit, rows, cols, shape: emit("arrange", [g], rows=rows, cols=cols),
-      methods=(), structure="selection", batched=_scatter_pairs_batched)
+      methods=(), structure="selection", batched=_scatter_pairs_batched,
+      export=Export(lambda w, x, rows, cols, shape: f"_scatter_flat({x}, "
+                                                    f"{w.literal(pair_positions(tuple(shape), rows, cols), 'picks')}, "
+                                                    f"{tuple(shape)})",
+                    lambda b, x, rows, cols, shape: _onnx_scatter(b, x, pair_positions(tuple(shape), rows, cols),
+                                                                  tuple(shape))))
 
 
 def _scatter_rows_batched(args, which, index, rows):
@@ -956,4 +1187,8 @@ def _scatter_rows_batched(args, which, index, rows):
 defop("scatterRows", lambda x, index, rows: _scatter_rows(x, index, rows),
       lambda s, index, rows: _placed_shape((len(index),) + s[1:], s, (rows,) + s[1:]),
       lambda i, g, out, x, emit, index, rows: emit("gatherRows", [g], index=index),
-      methods=(), structure="selection", batched=_scatter_rows_batched)
+      methods=(), structure="selection", batched=_scatter_rows_batched,
+      export=Export(lambda w, x, index, rows: f"_scatter_add({x}, {w.literal(np.asarray(index, np.intp), 'index')}, {rows})",
+                    lambda b, x, index, rows: b("ScatterND", [b.zeros((rows,) + b.shape(x)[1:]),
+                                                              b.const(np.asarray(index, np.intp).reshape(-1, 1)), x],
+                                                reduction="add")))

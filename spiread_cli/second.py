@@ -98,17 +98,7 @@ class HessianVectorProducts:
     def __init__(self, tape: Tape, grad_ids: dict[int, int], recorded_from: int,
                  diagnostics: Diagnostics | None = None):
         self.tape, self.diagnostics = tape, diagnostics
-        nodes = tape.nodes
-        self.leaves: dict[int, int] = {}
-        h = None
-        for x, g in grad_ids.items():
-            span = nodes[x].span
-            leaf = tape.leaf(np.zeros(nodes[x].value.shape), "const", span)
-            self.leaves[x] = leaf.id
-            term = tape.record(OPS["mul"], (g, leaf.id), {}, span, "∂f/∂x · v", None)
-            term = tape.record(OPS["sum"], (term.id,), {}, span, "⟨∂f/∂x, v⟩", None)
-            h = term if h is None else tape.record(OPS["add"], (h.id, term.id), {}, span, "Σ ⟨∂f/∂x, v⟩", None)
-        self.h = h.id
+        self.leaves, self.h = record_inner_product(tape, grad_ids)
         self.from_directions = tape.between(list(self.leaves.values()), self.h)
         self.from_values = [n for n in tape.between(list(grad_ids), self.h) if n.id >= recorded_from]
 
@@ -124,6 +114,29 @@ class HessianVectorProducts:
             nodes[leaf].set_value(np.zeros(nodes[leaf].value.shape) if v is None else np.asarray(v, dtype=np.float64))
         self.tape.replay(self.from_directions)
         return self.tape.backward(self.h, wrt, self.diagnostics)
+
+
+def record_inner_product(tape: Tape, grad_ids: dict[int, int], names: dict[int, str] | None = None
+                         ) -> tuple[dict[int, int], int]:
+    """Record h = Σ ⟨∂f/∂x, v_x⟩ on a tape whose gradient is recorded
+    (grad_ids: value id -> gradient node id), with a leaf of zeros per
+    direction v_x: (value id -> the direction's leaf id, h's id). With
+    `names` (value id -> a name), the leaves are inputs of those names
+    (`spiread export`'s HVP arguments)."""
+    nodes = tape.nodes
+    leaves: dict[int, int] = {}
+    h = None
+    for x, g in grad_ids.items():
+        span = nodes[x].span
+        if names is None:
+            leaf = tape.leaf(np.zeros(nodes[x].value.shape), "const", span)
+        else:
+            leaf = tape.leaf(np.zeros(nodes[x].value.shape), "input", span, names[x])
+        leaves[x] = leaf.id
+        term = tape.record(OPS["mul"], (g, leaf.id), {}, span, "∂f/∂x · v", None)
+        term = tape.record(OPS["sum"], (term.id,), {}, span, "⟨∂f/∂x, v⟩", None)
+        h = term if h is None else tape.record(OPS["add"], (h.id, term.id), {}, span, "Σ ⟨∂f/∂x, v⟩", None)
+    return leaves, h.id
 
 
 @dataclass

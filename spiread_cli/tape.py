@@ -38,6 +38,7 @@ class Node:
     shape: tuple[int, ...]        # the value's, known before the value is
     span: Span | None             # where diagnostics about this node point; its source text is sliced from there
     label: str                    # how the op is written: `log`, `@@`, `select`; "input" or "constant" for a leaf
+    #                               (or what a derivative statement calls its constant: `picks`)
     name: str | None = None       # the name it is bound to, if any
     known_finite: bool | None = None  # cache for `finite`; None until someone asks
     residual: Residual | None = None  # what its op's forward rule kept for the derivative rules (`Op.fwd`)
@@ -460,7 +461,10 @@ class Emitter:
         return self.tape.record(OPS[op_name], tuple(inputs), params, self.span, self.label, None).id
 
     def const(self, value, name: str | None = None) -> int:
-        return self.tape.leaf(np.asarray(value, dtype=np.float64), "const", self.span).id
+        leaf = self.tape.leaf(np.asarray(value, dtype=np.float64), "const", self.span)
+        if name is not None:  # what the statement calls it (`picks`), which an export names it by
+            leaf.label = name
+        return leaf.id
 
     def shape(self, node_id: int) -> tuple:
         return self.tape.nodes[node_id].shape

@@ -1,0 +1,108 @@
+"""The helpers an exported module calls (`spiread export --to python`).
+
+spiread never imports this module: spiread_cli/export.py copies into each
+exported module the functions it calls (an op's `Export.python` form names
+them), so the module stands alone. They are written against the Python array
+API through array-api-compat, the namespace taken from their arguments, and
+compute what the op table's value rules compute (spiread_cli/ops.py).
+"""
+
+import numpy as np
+from array_api_compat import array_namespace, device, is_numpy_array, is_torch_array
+
+
+def _arguments(given: dict, own: dict) -> tuple:
+    """The namespace of the arrays given, and every argument as a float64
+    array of it on their device; one not given is the program's own value."""
+    arrays = [v for v in given.values() if v is not None and not isinstance(v, (int, float))]
+    xp = array_namespace(*arrays) if arrays else array_namespace(np.empty(0))
+    where = device(arrays[0]) if arrays else None
+    values = [xp.asarray(own[name] if v is None else v, dtype=xp.float64, device=where) for name, v in given.items()]
+    return xp, values
+
+
+def _constant(xp, value: np.ndarray, like):
+    """A constant of the program, in the namespace and on the device of `like`."""
+    return xp.asarray(value, device=device(like)) if value.dtype.kind in "biu" else \
+        xp.asarray(value, dtype=xp.float64, device=device(like))
+
+
+def _directions(xp, direction: dict, like: dict) -> list:
+    """The HVP's direction for each value differentiated by (zero where none is given)."""
+    unknown = set(direction) - set(like)
+    if unknown:
+        raise TypeError(f"hvp(): no value {sorted(unknown)[0]!r} is differentiated by; they are {sorted(like)}")
+    return [xp.zeros_like(x) if direction.get(name) is None else
+            xp.asarray(direction[name], dtype=xp.float64, device=device(x)) for name, x in like.items()]
+
+
+def _sigmoid(x):
+    # exp of a negative number only, so neither branch overflows.
+    xp = array_namespace(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _scale(t, d):
+    """t · d, except that a zero t stays zero where d is infinite or nan."""
+    product = t * d
+    xp = array_namespace(product)
+    if isinstance(t, (int, float)):  # a number: all zero or not at all
+        return xp.zeros_like(product) if t == 0 else product
+    return xp.where(t == 0, 0.0, product)
+
+
+def _softmax_rows(x):
+    xp = array_namespace(x)
+    e = xp.exp(x - xp.max(x, axis=-1, keepdims=True))
+    return e / xp.sum(e, axis=-1, keepdims=True)
+
+
+def _log_softmax_rows(x):
+    xp = array_namespace(x)
+    shifted = x - xp.max(x, axis=-1, keepdims=True)
+    return shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
+
+
+def _mean_log_softmax_pick(z, picks):
+    """The mean of log softmax(z) at the flat positions `picks`."""
+    xp = array_namespace(z)
+    return xp.sum(xp.take(xp.reshape(_log_softmax_rows(z), (-1,)), picks)) / picks.shape[0]
+
+
+def _exclusive_products(x, over: str):
+    """Each entry's product of the others (over "all" entries, or along each
+    of the "rows"), without dividing, so zeros are exact."""
+    xp = array_namespace(x)
+    rows = xp.reshape(x, (1, -1)) if over == "all" else x
+    n = rows.shape[1]
+    eye = xp.eye(n, dtype=xp.bool, device=device(x))
+    others = xp.where(eye, 1.0, xp.broadcast_to(rows[:, None, :], (rows.shape[0], n, n)))
+    return xp.reshape(xp.prod(others, axis=-1), x.shape)
+
+
+def _scatter_add(values, index, size: int):
+    """`size` rows of zeros with each row of `values` added into the row
+    `index` gives it (rows sent to the same place add up)."""
+    xp = array_namespace(values)
+    if is_numpy_array(values) and values.ndim == 1:
+        return np.bincount(index, weights=values, minlength=size).astype(np.float64)
+    if is_numpy_array(values):  # each row's entries at their flat positions: one bincount
+        k = values.size // max(values.shape[0], 1)
+        flat = (index[:, None] * k + np.arange(k)).reshape(-1)
+        return np.bincount(flat, weights=values.reshape(-1), minlength=size * k).reshape((size,) + values.shape[1:])
+    if is_torch_array(values):
+        zeros = xp.zeros((size,) + tuple(values.shape[1:]), dtype=values.dtype, device=device(values))
+        return zeros.index_add_(0, index, values)
+    # Any other namespace: a product with the one-hot matrix of the places.
+    places = xp.astype(xp.arange(size, device=device(values))[:, None] == index[None, :], values.dtype)
+    return xp.reshape(places @ xp.reshape(values, (values.shape[0], -1)), (size,) + tuple(values.shape[1:]))
+
+
+def _scatter_flat(x, positions, shape: tuple):
+    """A `shape` array of zeros with x's entries added at their flat positions."""
+    xp = array_namespace(x)
+    size = 1
+    for n in shape:
+        size *= n
+    return xp.reshape(_scatter_add(xp.reshape(x, (-1,)), xp.reshape(positions, (-1,)), size), shape)

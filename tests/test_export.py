@@ -1,0 +1,255 @@
+"""`spiread export`: the exported Python (on numpy and on PyTorch tensors)
+and the exported ONNX model (in onnxruntime) give spiread's value, gradients
+and Hessian-vector products, for every op of the table, every example and
+random programs."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import itertools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from conftest import EXAMPLES, CONSTANT_EXAMPLES, spiread
+from programs import programs
+from spiread_cli import api, second
+from spiread_cli.diagnostics import Diagnostics, Source
+from spiread_cli.export import Graphs, export_onnx, export_python, graphs, onnx_model
+from spiread_cli.ops import OPS
+from spiread_cli.tape import Run, Tape
+from test_ops import CASES
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+pyflakes_api = pytest.importorskip("pyflakes.api")
+from pyflakes.reporter import Reporter  # noqa: E402
+
+_loaded = itertools.count()
+
+
+def load_module(path: Path):
+    """Import an exported module from its file, as a caller would."""
+    spec = importlib.util.spec_from_file_location(f"exported_{next(_loaded)}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_close(got, want, what: str) -> None:
+    """rtol 1e-12. An entry near zero is held to an absolute error instead,
+    relative to the largest entry's magnitude (or 1): 1e-13 on numpy, whose
+    functions spiread calls too; 1e-11 on PyTorch and onnxruntime, whose tanh,
+    sin or exp may be a few ulp off numpy's (onnxruntime's tanh: 3 ulp), which
+    a derivative of a saturated tanh (1 − out², out within 1e-7 of 1) turns
+    into a larger error relative to its small result."""
+    other_library = isinstance(got, torch.Tensor) or what.startswith("onnx")
+    got = got.detach().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
+    want = np.asarray(want, dtype=float)
+    assert got.dtype == np.float64, f"{what}: {got.dtype}"
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, spiread's {want.shape}"
+    scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=(1e-11 if other_library else 1e-13) * scale, err_msg=what)
+
+
+def flakes(text: str) -> str:
+    out = io.StringIO()
+    pyflakes_api.check(text, "exported.py", Reporter(out, out))
+    return out.getvalue()
+
+
+def check_exported(g: Graphs, folder: Path, value, grads: dict, hvps: dict | None = None,
+                   directions: dict | None = None) -> None:
+    """Export `g` both ways and hold each to spiread's results: the module on
+    numpy and on PyTorch tensors, the model in onnxruntime."""
+    module_path = folder / "exported.py"
+    export_python(g, module_path)
+    text = module_path.read_text()
+    assert "spiread" not in "".join(line for line in text.splitlines() if line.startswith(("import", "from")))
+    assert flakes(text) == ""
+    module = load_module(module_path)
+    own = module.inputs()
+    for namespace, convert in (("numpy", np.asarray), ("torch", torch.from_numpy)):
+        given = {name: convert(np.array(v)) for name, v in own.items()}
+        assert_close(module.value(**given), value, f"{namespace}: value")
+        got_value, got_grads = module.value_and_grad(**given)
+        assert_close(got_value, value, f"{namespace}: value_and_grad's value")
+        assert set(got_grads) == set(grads)
+        for name, want in grads.items():
+            assert_close(got_grads[name], want, f"{namespace}: gradient by {name}")
+        if hvps is not None:
+            got = module.hvp({n: convert(np.array(v)) for n, v in directions.items()}, **given)
+            for name, want in hvps.items():
+                assert_close(got[name], want, f"{namespace}: H·v for {name}")
+
+    model_path = folder / "exported.onnx"
+    export_onnx(g, model_path)
+    model = onnx.load(str(model_path))
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    feeds = {name: np.asarray(g.nodes[i].value, dtype=float) for name, i in g.wrt.items()}
+    if hvps is not None:
+        feeds |= {f"v_{name}": np.asarray(v, dtype=float) for name, v in directions.items()}
+    assert {i.name for i in session.get_inputs()} == set(feeds)
+    results = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    assert_close(results["value"], value, "onnx: value")
+    for name, want in grads.items():
+        assert_close(results[f"grad_{name}"], want, f"onnx: gradient by {name}")
+    for name, want in (hvps or {}).items():
+        assert_close(results[f"hvp_{name}"], want, f"onnx: H·v for {name}")
+
+
+# --------------------------------------------------------------- every op
+
+
+def test_every_op_has_an_export_form():
+    """Python for every op, and ONNX too (an op without one would be a
+    located error when exported to ONNX)."""
+    missing = [name for name, op in OPS.items() if op.export is None or op.export.python is None]
+    assert missing == [], "give these ops an `export=Export(...)` entry in spiread_cli/ops.py"
+    assert [name for name, op in OPS.items() if op.export.onnx is None] == []
+
+
+def op_graphs(case) -> Graphs:
+    """One op on inputs x0, x1, …; the value is ⟨op(xs), r⟩ for a fixed r, its
+    gradient and HVP recorded from the op's statement (and the statements of
+    the ops it is made of), as `export.graphs` records a program's."""
+    rng = np.random.default_rng(11)
+    op = OPS[case.op]
+    tape = Tape()
+    xs = [tape.leaf(np.asarray(x, dtype=float), "input", None, f"x{k}").id for k, x in enumerate(case.xs)]
+    out = tape.record(op, tuple(xs), case.params, None, case.op, None)
+    r = tape.leaf(rng.normal(size=out.shape), "const", None)
+    weighted = tape.record(OPS["mul"], (out.id, r.id), {}, None, "*", None)
+    loss = tape.record(OPS["sum"], (weighted.id,), {}, None, "sum", None)
+    grad_ids = tape.backward_graph(loss.id, xs)
+    leaves, h = second.record_inner_product(tape, grad_ids, {x: f"v_x{k}" for k, x in enumerate(xs)})
+    hvp_ids = tape.backward_graph(h, xs)
+    run = Run(Source("case.ad", ""), tape, {f"x{k}": x for k, x in enumerate(xs)}, {}, loss.id, "loss", None,
+              Diagnostics())
+    names = {f"x{k}": x for k, x in enumerate(xs)}
+    return Graphs(run, tape.nodes, loss.id, names, {n: grad_ids[x] for n, x in names.items()},
+                  {n: leaves[x] for n, x in names.items()}, {n: hvp_ids[x] for n, x in names.items()})
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_every_op_exports_its_value_gradient_and_hvp(case, tmp_path):
+    """Each op's export form, and those of the ops its derivative statement
+    records (first and second order), against the tape's own values."""
+    g = op_graphs(case)
+    nodes = g.nodes
+    directions = {n: np.random.default_rng(5).normal(size=nodes[i].shape) for n, i in g.wrt.items()}
+    for n, i in g.directions.items():
+        nodes[i].set_value(directions[n])
+    Tape(nodes).replay([n for n in nodes if n.id > min(g.directions.values())])  # the HVP at these directions
+    check_exported(g, tmp_path, nodes[g.output].value, {n: nodes[i].value for n, i in g.grads.items()},
+                   {n: nodes[i].value for n, i in g.hvps.items()}, directions)
+
+
+# --------------------------------------------------------------- programs
+
+
+def check_program(run: Run, folder: Path, wrt: list[str] | None = None) -> None:
+    """A program's export against spiread's gradients and H·v (unfused: the
+    export is fused, so this checks the rewrites too)."""
+    grads = api.gradients(run, wrt).gradients
+    rng = np.random.default_rng(2)
+    directions = {name: rng.normal(size=np.shape(g)) for name, g in grads.items()}
+    hvps = second.hvp(run, directions, list(grads)).products
+    value = run.value
+    check_exported(graphs(run, list(grads), hvp=True), folder, value, grads, hvps, directions)
+
+
+EXPORTED_EXAMPLES = sorted(p.name for p in EXAMPLES.glob("*.ad") if p.name not in CONSTANT_EXAMPLES)
+
+
+@pytest.mark.parametrize("name", EXPORTED_EXAMPLES)
+def test_examples_export(name, tmp_path):
+    check_program(api.run_file(str(EXAMPLES / name)), tmp_path)
+
+
+def test_the_rows_example_exports(tmp_path):
+    check_program(api.run_file(str(EXAMPLES / "rows" / "model.ad")), tmp_path)
+
+
+def test_the_bigram_exports_its_fused_step(bigram_slice, tmp_path):
+    """The exported bigram is the fused one: one mean log-likelihood op, no
+    one-hot product, and the same numbers."""
+    run = api.run_file(str(bigram_slice / "bigram.ad"))
+    check_program(run, tmp_path)
+    text = (tmp_path / "exported.py").read_text()
+    assert "_mean_log_softmax_pick(W, " in text and " @ " not in text
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs())
+def test_random_programs_export(program):
+    run = api.run_source(Source("gen.ad", program.source))
+    wrt = [n for n in run.default_wrt() if run.tape.nodes[run.bindings[n]].kind == "input"]
+    if not wrt:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        check_program(run, Path(folder), wrt)
+
+
+# ------------------------------------------------------------ the command
+
+
+def test_the_command_writes_a_module_and_a_model(tmp_path):
+    module = tmp_path / "model.py"
+    done = spiread("export", str(EXAMPLES / "least_squares.ad"), "--to", "python", "-o", str(module), "--hvp")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"wrote {module}\n"
+    exported = load_module(module)
+    run = api.run_file(str(EXAMPLES / "least_squares.ad"))
+    grads = api.gradients(run).gradients
+    value, got = exported.value_and_grad()
+    assert_close(value, run.value, "value")
+    for name, want in grads.items():
+        assert_close(got[name], want, name)
+    model = tmp_path / "model.onnx"
+    done = spiread("export", str(EXAMPLES / "least_squares.ad"), "--to", "onnx", "-o", str(model), "--wrt", "w")
+    assert done.returncode == 0, done.stderr
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["w"]
+    assert [o.name for o in session.get_outputs()] == ["value", "grad_w"]
+
+
+def test_a_large_input_goes_into_the_companion_archive(tmp_path):
+    program = tmp_path / "big.ad"
+    program.write_text("W = randn(20, 30, seed=1)\nx = randn(30, seed=2)\nloss = (W @@ x).tanh.sum\n")
+    done = spiread("export", str(program), "--to", "python", "-o", str(tmp_path / "big.py"), "--wrt", "W")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "big.npz").is_file()
+    with np.load(tmp_path / "big.npz", allow_pickle=False) as stored:
+        assert sorted(stored.files) == ["INPUTS/W"]
+    module = load_module(tmp_path / "big.py")
+    assert set(module.inputs()) == {"W", "x"}
+    np.testing.assert_array_equal(module.inputs()["W"], api.run_file(str(program)).node("W").value)
+
+
+def test_an_intermediate_cannot_be_exported_by(tmp_path):
+    program = tmp_path / "p.ad"
+    program.write_text("w = [1.0, 2.0]\nh = w.exp\nloss = h.sum\n")
+    done = spiread("export", str(program), "--to", "python", "-o", str(tmp_path / "p.py"), "--wrt", "h")
+    assert done.returncode == 2
+    assert "`h` is computed by the program" in done.stderr and "p.ad:2:1" in done.stderr
+
+
+def test_an_op_without_an_onnx_form_is_a_located_error(tmp_path, monkeypatch):
+    from dataclasses import replace
+    run = api.run_source(Source("p.ad", "w = [1.0, 2.0]\nloss = w.sin.sum\n"))
+    monkeypatch.setitem(OPS, "sin", replace(OPS["sin"], export=replace(OPS["sin"].export, onnx=None)))
+    g = graphs(run, ["w"], hvp=False)
+    for node in g.nodes:
+        if node.op is not None and node.op.name == "sin":
+            node.op = OPS["sin"]
+    with pytest.raises(Exception) as raised:
+        onnx_model(g)
+    assert "the op `sin` has no ONNX form" in str(raised.value)
+    assert raised.value.span.line == 2
