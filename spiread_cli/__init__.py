@@ -17,7 +17,7 @@ from __future__ import annotations
 TYPE_CHECKING = False
 __version__ = "0.1.0"
 
-__all__ = ["CheckResult", "Gradients", "Graph", "Program", "SpireadError", "SpireadWarning", "Training",
+__all__ = ["CheckResult", "Gradients", "Graph", "Jacobian", "Program", "SpireadError", "SpireadWarning", "Training",
            "TrainingStopped", "compile", "load"]
 # name -> the module that defines it
 _PUBLIC = {name: "diagnostics" if name == "SpireadError" else "program" for name in __all__}
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .diagnostics import SpireadError
-    from .program import (CheckResult, Gradients, Graph, Program, SpireadWarning, Training, TrainingStopped,
+    from .program import (CheckResult, Gradients, Graph, Jacobian, Program, SpireadWarning, Training, TrainingStopped,
                           compile, load)
 
 

@@ -303,6 +303,32 @@ def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                 text=hessian_text, fmt=fmt, strict=strict, debug=debug)
 
 
+@app.command("jacobian")
+def jacobian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
+                     mode: Annotated[Optional[Mode], typer.Option(
+                         "--mode", help="forward (one sweep per block of input entries) or reverse (one per block "
+                                        "of output entries). Default: the fewer sweeps for these sizes.")] = None,
+                     out: Annotated[Optional[Path], typer.Option(
+                         "--out", metavar="PATH.npz", help="Also write the blocks to PATH.npz, keyed by --wrt "
+                                                           "name (whole or not at all).")] = None,
+                     set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
+                     debug: DebugOpt = False):
+    """The Jacobian of the output (scalar, vector or matrix): a block of shape shape(out) + shape(NAME) per --wrt."""
+    from . import files
+    from .jacobian import jacobian
+    from .output import jacobian_document, jacobian_text
+
+    def compute(s, run):
+        result = jacobian(run, wrt, mode.value if mode else None)
+        if out is not None:
+            files.save_values(out, result.blocks)
+        return result
+
+    run_command(file, set_, of, command="jacobian", compute=compute, document=lambda run, r: jacobian_document(r),
+                text=lambda run, r: jacobian_text(run, r, out), fmt=fmt, strict=strict, debug=debug,
+                outputs=[files.Output("--out", out, (".npz",))])
+
+
 @app.command("check")
 def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                   eps: Annotated[Optional[float], typer.Option("--eps", metavar="E", help="Finite-difference step (default 1e-6).")] = None,

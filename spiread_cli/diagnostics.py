@@ -168,6 +168,12 @@ def option(keyword: str, value: object = None) -> str:
     return f"`--{keyword} {shown}`"
 
 
+def command(name: str) -> str:
+    """A command as the user of this front end calls it: `spiread jacobian`
+    on the command line, `Program.jacobian(...)` from Python."""
+    return f"`Program.{name}(...)`" if FRONT_END.get() == PYTHON else f"`spiread {name}`"
+
+
 def usage_error(message: str, notes: Iterable[str] = ()) -> SpireadError:
     return SpireadError(message, None, notes, exit_code=2)
 

@@ -139,6 +139,9 @@ class Op:
     fwd: Callable | None = None
     # How it is written out of spiread: array API Python and ONNX.
     export: Export | None = None
+    # vjp(i, g, out, *xs, **params) for a batch of cotangents g (k, *out
+    # shape): the Jacobian's rows in reverse mode. Derived from the statement.
+    batched_vjp: Callable | None = None
 
 
 METHODS: dict[str, Op] = {}
@@ -148,14 +151,15 @@ def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callabl
           arity: int = 1, kink=None, row_wise: bool = False, structure: str = "dense", batched=None,
           fast: FastPath | None = None, fwd: Callable | None = None, export: Export | None = None) -> Op:
     assert structure in STRUCTURES, structure
-    vjp, jvp = compiled_vjp(derivative), compiled_jvp(derivative)
+    vjp, jvp, batched_vjp = compiled_vjp(derivative), compiled_jvp(derivative), compiled_vjp(derivative, batched=True)
     if fwd is not None:  # impl is fwd's value; the fast rules get a residual whoever calls them
         impl, vjp, jvp = _value_of(fwd), without_residual(vjp), without_residual(jvp)
+        batched_vjp = without_residual(batched_vjp)
     if fast is not None:
         vjp = vjp if fast.vjp is None else fast.vjp if fwd is None else _given_residual(fwd, fast.vjp, 3)
         jvp = jvp if fast.jvp is None else fast.jvp if fwd is None else _given_residual(fwd, fast.jvp, 2)
     op = Op(name, impl, shape, derivative, vjp, jvp, (name,) if methods is None else methods, params, arity, kink,
-            row_wise, structure, batched, fast, fwd, export)
+            row_wise, structure, batched, fast, fwd, export, batched_vjp)
     OPS[name], IMPLS[name] = op, impl
     METHODS.update((spelling, op) for spelling in op.methods)
     return op

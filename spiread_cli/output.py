@@ -353,6 +353,21 @@ def hessian_text(run, result) -> None:
     print_blocks(values_table([(out, result.value)]), "", values_table(rows))
 
 
+def jacobian_document(result) -> dict:
+    """`spiread jacobian --format json`'s fields: the output, the mode, every block."""
+    return {"value": json_value(result.value), "mode": result.mode,
+            "jacobian": {name: json_value(block) for name, block in result.blocks.items()}}
+
+
+def jacobian_text(run, result, written: str | None = None) -> None:
+    """The output, then each block ∂out/∂NAME (shape(out) + shape(NAME)) and
+    the mode that computed them; with `--out`, the file written."""
+    out = run.output_name
+    print_blocks(values_table([(out, result.value)]), "",
+                 values_table([(f"∂{out}/∂{name}", block) for name, block in result.blocks.items()]),
+                 f"{result.mode} mode" + (f"; wrote {written}" if written else ""))
+
+
 def train_document(result, written) -> dict:
     document = {"steps": len(result.losses), "loss": result.losses,
                 "saved": str(written.saved) if written.saved is not None else None,

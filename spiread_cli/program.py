@@ -36,7 +36,7 @@ from .check import CheckReport
 from .diagnostics import FRONT_END, PYTHON, Diagnostic, Source, SpireadError, did_you_mean, option, render
 from .tape import Run
 
-__all__ = ["load", "compile", "Program", "Gradients", "CheckResult", "Training", "Graph",
+__all__ = ["load", "compile", "Program", "Gradients", "Jacobian", "CheckResult", "Training", "Graph",
            "SpireadError", "SpireadWarning", "TrainingStopped"]
 
 # What a binding may be given as: a number, nested lists of numbers, or
@@ -216,6 +216,26 @@ class Program:
         return Hessian(run.output_name, float(result.value), blocks, products)
 
     @_front_door
+    def jacobian(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
+                 of: str | None = None, mode: Literal["forward", "reverse"] | None = None,
+                 **more: ArrayLike) -> "Jacobian":
+        """The output (a scalar, vector or matrix) and its Jacobian with
+        respect to each `wrt` name (default: `grad`'s): a block of shape
+        shape(output) + shape(name), as `torch.autograd.functional.jacobian`
+        gives it. `mode` picks the sweep; by default, the one with fewer
+        sweeps for these sizes (forward when the `wrt` values have fewer
+        entries than the output). `j["W"]` is `j.blocks["W"]`."""
+        from .jacobian import jacobian
+        if mode is not None and mode not in ("reverse", "forward"):
+            raise SpireadError(f"{option('mode', mode)}: the mode is \"forward\" or \"reverse\"", exit_code=2)
+        run = self._run(bindings, more, of)
+        result = self._located(jacobian, run, _names(wrt), mode)
+        found = Jacobian(run.output_name, _result(result.value), result.mode,
+                         {n: _result(block) for n, block in result.blocks.items()})
+        self._warn(run)
+        return found
+
+    @_front_door
     def check(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
               of: str | None = None, eps: float | None = None, tol: float | None = None,
               **more: ArrayLike) -> "CheckResult":
@@ -376,6 +396,20 @@ class Hessian:
     value: float
     blocks: dict[str, dict[str, Value]] | None
     products: dict[str, Value] | None = None
+
+
+@dataclass(frozen=True)
+class Jacobian:
+    """What `Program.jacobian` returns: the output's name and value, the mode
+    that computed the blocks, and one block per `wrt` name (in that order),
+    of shape shape(output) + shape(name). `j["W"]` is `j.blocks["W"]`."""
+    output: str
+    value: Value
+    mode: str
+    blocks: dict[str, Value]
+
+    def __getitem__(self, name: str) -> Value:
+        return self.blocks[name]
 
 
 @dataclass(frozen=True)

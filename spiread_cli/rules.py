@@ -424,30 +424,43 @@ def _plain(value) -> bool:
     return type(value) in (int, str, bool) or (type(value) is float and math.isfinite(value))
 
 
-def vjp_code(derivative: Callable, i: int, shapes: list[tuple], out_shape: tuple, params: dict) -> tuple[str, dict]:
+def vjp_code(derivative: Callable, i: int, shapes: list[tuple], out_shape: tuple, params: dict,
+             batched: bool = False) -> tuple[str, dict]:
     """Operand i's vjp at these shapes and parameters, written out as the
     source of a Python function `vjp(g, out, *operands)`, and the names it
-    reads (the primal rules it calls, its constants)."""
+    reads (the primal rules it calls, its constants). `batched`: g carries a
+    leading batch axis, one cotangent per slice (the rows of a Jacobian in
+    reverse mode), and the steps that meet it apply to the batch as the
+    forward tangents' do (`BatchedWriter`)."""
     writer = CodeWriter()
+    emit = BatchedWriter(writer) if batched else writer
     names = operand_names(len(shapes))
     args = [writer.bind(n, s) for n, s in zip(names, shapes)]
-    result = derivative(i, writer.bind("g", out_shape), writer.bind("out", out_shape), *args, emit=writer, **params)
-    if result is None:  # a zero derivative
+    g = writer.bind("g", out_shape)
+    if batched:
+        emit.batched.add(g)
+    result = derivative(i, g, writer.bind("out", out_shape), *args, emit=emit, **params)
+    if batched and result not in emit.batched:  # 0, or a cotangent that does not depend on g
+        writer.namespace.update(zeros=np.zeros, broadcast_to=np.broadcast_to)
+        whole = f"(g.shape[0],) + {tuple(shapes[i])!r}"
+        result = f"zeros({whole})" if result is None else f"broadcast_to({result}, {whole})"
+    elif result is None:  # a zero derivative
         writer.namespace["zeros_like"] = np.zeros_like
         result = f"zeros_like({args[i]}, dtype=float)"
     body = writer.lines + [f"return {result}"]
     return f"def vjp(g, out, {', '.join(names)}):\n" + "".join(f"    {line}\n" for line in body), writer.namespace
 
 
-def compiled_vjp(derivative: Callable) -> Callable:
+def compiled_vjp(derivative: Callable, batched: bool = False) -> Callable:
     """The numeric vjp an op gets from its statement, fast: the statement is
     written out as code (`vjp_code`) once for each operand, shapes and
     parameters met, and that function runs; a statement whose parameters
     cannot be a key (arrays, slices) is evaluated (`interpreted_vjp`). The
     same primal rules in the same order, so the same values: what a step of
     the interpreter costs is paid once, not at every call (the chain
-    benchmark's 10,000 small vjps)."""
-    interpreted = interpreted_vjp(derivative)
+    benchmark's 10,000 small vjps). `batched`: for cotangents with a leading
+    batch axis (`vjp_code`), the Jacobian's rows in reverse mode."""
+    interpreted = batched_interpreted_vjp(derivative) if batched else interpreted_vjp(derivative)
     written: dict[tuple, Callable] = {}
 
     def vjp(i, g, out, *xs, **params):
@@ -464,9 +477,21 @@ def compiled_vjp(derivative: Callable) -> Callable:
         except (TypeError, AttributeError):  # an unhashable parameter, an operand without a shape
             return interpreted(i, g, out, *xs, **params)
         if function is None:
-            function = _written(written, key, vjp_code(derivative, i, [np.shape(x) for x in xs], np.shape(g), params),
-                                "vjp")
+            function = _written(written, key, vjp_code(derivative, i, [np.shape(x) for x in xs], np.shape(out),
+                                                       params, batched), "vjp")
         return function(g, out, *xs)
+    return vjp
+
+
+def batched_interpreted_vjp(derivative: Callable) -> Callable:
+    """The vjp for a batch of cotangents (k, *shape), evaluated step by step
+    (`Batched`): for statements whose parameters cannot key a cache."""
+    def vjp(i, g, out, *xs, **params):
+        result = derivative(i, Tangents(g), out, *xs, emit=BATCHED, **params)
+        whole = (np.shape(g)[0],) + np.shape(xs[i])
+        if result is None:
+            return np.zeros(whole)
+        return result.value if type(result) is Tangents else np.broadcast_to(result, whole)
     return vjp
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, option, shape_str
+from .diagnostics import Diagnostics, Source, Span, SpireadError, command, did_you_mean, option, shape_str
 from .ops import IN_PLACE_ENTRIES, OPS, Op, is_lazy
 
 
@@ -342,31 +342,37 @@ class Tape:
     # --------------------------------------------------------- reverse mode
 
     def backward(self, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,
-                 observe: SweepObserver | None = None) -> dict[int, np.ndarray]:
+                 observe: SweepObserver | None = None, cotangents: np.ndarray | None = None) -> dict[int, np.ndarray]:
         """Reverse sweep: the gradient of the (scalar) output with respect to
         each node in `wrt`. Only nodes between `wrt` and the output are visited,
         and a vjp is evaluated only for inputs that lead back to a `wrt` node.
         `observe(node, g, k, gi)` is told of each contribution as it is made
-        (`--explain`): node's adjoint g sent gi to its input number k."""
+        (`--explain`): node's adjoint g sent gi to its input number k.
+        With `cotangents` (shape (k,) + the output's, any output), the sweep
+        carries that batch of k cotangents at once, each op applying its
+        statement to the batch (`Op.batched_vjp`), and each result has shape
+        (k,) + the node's: k rows of the Jacobian."""
         needs = self.fed_by(wrt, output)
         with np.errstate(all="ignore"):
-            result = self._sweep(output, wrt, needs, observe)
+            result = self._sweep(output, wrt, needs, observe, cotangents)
             # Finiteness is checked only when a gradient came out non-finite:
             # then a second, checking sweep finds the op that made it.
             if diagnostics is not None and not all(_all_finite(g) for g in result.values()):
                 births = Births(self.nodes)
-                self._sweep(output, wrt, needs, births.reverse)
+                self._sweep(output, wrt, needs, births.reverse, cotangents)
                 births.warn(diagnostics)  # the first op, sweeping back from the output
         return result
 
     def _sweep(self, output: int, wrt: list[int], needs: list[bool],
-               observe: SweepObserver | None) -> dict[int, np.ndarray]:
+               observe: SweepObserver | None, cotangents: np.ndarray | None = None) -> dict[int, np.ndarray]:
         """The reverse loop; `observe`, if given, sees every contribution.
         An adjoint is dropped once its node has passed it on, and a residual
         once its vjp has used it. Contributions meeting at a node are summed
         in place into a sum the sweep made itself (never into a cotangent a
         vjp returned, which may be another adjoint passed on unchanged, or a
-        view of one)."""
+        view of one). A batch of `cotangents` goes through each op's
+        statement, which reads no residual: the residuals stay for the next
+        batch."""
         nodes = self.nodes
         lowest = min(wrt, default=output + 1)
         grads: dict[int, np.ndarray] = {}
@@ -374,16 +380,18 @@ class Tape:
         # holds until the node passes it on; no contribution comes after that.
         sums: set[int] = set()
         ndarray, in_place = np.ndarray, IN_PLACE_ENTRIES
+        batched = cotangents is not None
         if needs[output]:
-            grads[output] = np.ones_like(nodes[output].value)
+            grads[output] = cotangents if batched else np.ones_like(nodes[output].value)
         wanted = set(wrt)
         for node in reversed(nodes[lowest:output + 1]):
             g = grads.get(node.id) if node.id in wanted else grads.pop(node.id, None)
             if g is None or node.op is None:
                 continue
             op, args = node.op, [nodes[i].value for i in node.inputs]
-            keeps = op.fwd is not None
-            vjp, out, params = op.vjp, node.value, rule_params(node, args) if keeps else node.params
+            keeps = op.fwd is not None and not batched
+            vjp, out, params = op.batched_vjp if batched else op.vjp, node.value, \
+                rule_params(node, args) if keeps else node.params
             for k, i in enumerate(node.inputs):
                 if not needs[i]:
                     continue
@@ -402,8 +410,9 @@ class Tape:
                         sums.discard(i)
             if keeps:
                 node.residual.data = None  # handed to the vjp, which may have written into it
+        if batched:
+            return {w: grads[w] if w in grads else np.zeros(cotangents.shape[:1] + nodes[w].value.shape) for w in wrt}
         return {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}
-
 
     # ------------------------------------------------- recorded reverse mode
 
@@ -560,19 +569,23 @@ class Run:
             raise SpireadError(f"the output `{self.output_name}` is {shape_str(shape)}, but gradients need a scalar",
                                self.tape.nodes[self.output].span,
                                [f"reduce it, e.g. `loss = {receiver}.sum` or `.mean`, "
-                                f"or pick a scalar with {option('of')}"])
+                                f"or pick a scalar with {option('of')}",
+                                f"{command('jacobian')} gives the derivatives of every entry of "
+                                f"`{self.output_name}`"])
 
     def default_wrt(self) -> list[str]:
         """What gradients are taken by when no names are given: the names given
         to `.backward(...)`, else every input the output depends on."""
         return list(self.backward_wrt or self.inputs_of_output())
 
-    def wrt_ids(self, wrt: list[str] | None = None) -> dict[str, int]:
-        """What to differentiate the scalar output by, name -> node id: the
-        names given, else `default_wrt`; nothing at all is an error, not an
-        empty result a check would pass. A name the output does not depend on
-        gets a warning (and a zero gradient)."""
-        self.require_scalar()
+    def wrt_ids(self, wrt: list[str] | None = None, scalar: bool = True) -> dict[str, int]:
+        """What to differentiate the output by, name -> node id: the names
+        given, else `default_wrt`; nothing at all is an error, not an empty
+        result a check would pass. A name the output does not depend on gets
+        a warning (and a zero gradient). The output must be a scalar unless
+        not `scalar` (a Jacobian)."""
+        if scalar:
+            self.require_scalar()
         names = list(dict.fromkeys(wrt if wrt else self.default_wrt()))
         if not names:
             raise self.nothing_to_differentiate()
@@ -589,7 +602,7 @@ class Run:
                                     f"to differentiate by `{name}` here, bind a plain number: `{name} = {real!r}`"])
             if not self.depends_on(self.bindings[name]):
                 self.diagnostics.warn(f"the output `{self.output_name}` does not depend on `{name}`; "
-                                      "its gradient is zero", self.binding_spans[name])
+                                      f"its {'gradient' if scalar else 'Jacobian'} is zero", self.binding_spans[name])
         return {name: self.bindings[name] for name in names}
 
     def nothing_to_differentiate(self, names: list[str] = ()) -> SpireadError:

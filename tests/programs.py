@@ -337,6 +337,27 @@ class Program:
         return grads
 
 
+    def autograd_jacobian(self, wrt: list[str], output: str | None = None) -> dict[str, np.ndarray]:
+        """∂output/∂name for each name by HIPS autograd's `jacobian` (shape
+        shape(output) + shape(name)), `output` any binding (default the
+        program's), each name seen as a variable as in `autograd_gradients`."""
+        import autograd
+        import autograd.numpy as anp
+
+        output = output or self.output
+        values = self.evaluate()
+        blocks = {}
+        for name in wrt:
+            def of(x, name=name):
+                return self.evaluate(anp, {name: x})[output]
+            blocks[name] = np.asarray(autograd.jacobian(of)(np.asarray(values[name], dtype=float)), dtype=float)
+        return blocks
+
+    def outputs(self) -> list[str]:
+        """The bindings that can be an output: those computed from an input."""
+        return [name for name, e in self.bindings if name not in self.inputs and free_names(e)]
+
+
 # --------------------------------------------------------------- generation
 
 # Every op of the table (spiread_cli.ops.OPS) is generated, in the way

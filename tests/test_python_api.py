@@ -323,7 +323,8 @@ def test_errors_read_as_the_command_line_prints_them(path, monkeypatch):
     with pytest.raises(SpireadError) as caught:
         getattr(load(path.name), command)()
     golden = (GOLDEN / f"{path.stem}.txt").read_text("utf-8")
-    assert str(caught.value) + "\n" == golden.replace("`--of NAME`", '`of="NAME"`')
+    assert str(caught.value) + "\n" == golden.replace("`--of NAME`", '`of="NAME"`').replace(
+        "`spiread jacobian`", "`Program.jacobian(...)`")
     assert caught.value.span == caught.value.diagnostic.span
     assert caught.value.notes == caught.value.diagnostic.notes
 

@@ -16,7 +16,7 @@ from conftest import EXAMPLES, spiread, strict_json, validate_document
 from spiread_cli import output, schemas
 from spiread_cli.cli import app
 
-DOCUMENTED = ["check", "eval", "grad", "hessian", "train"]  # the commands here that take --format json
+DOCUMENTED = ["check", "eval", "grad", "hessian", "jacobian", "train"]  # the commands here that take --format json
 
 
 def test_every_command_with_a_json_document_has_a_schema():
@@ -47,7 +47,7 @@ def test_a_command_without_a_document_is_a_usage_error():
     done = spiread("schema", "gard")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == ("spiread: error: `gard` has no --format json document; the commands with one are "
-                           "check, eval, grad, hessian, train\n  = note: did you mean `grad`?\n")
+                           "check, eval, grad, hessian, jacobian, train\n  = note: did you mean `grad`?\n")
     assert spiread("schema", "dot").returncode == 2
 
 

@@ -1,0 +1,159 @@
+"""Jacobians of any output: `spiread jacobian` and `Program.jacobian`.
+
+The block for each `--wrt` value X has the shape shape(Y) + shape(X), as
+`torch.autograd.functional.jacobian` lays it out (a scalar output's block is
+its gradient). Either sweep computes it, carrying a batch of directions at
+once: forward mode pushes rows of the identity over the inputs' entries
+(`forward.jacobian_forward`), reverse mode pulls rows of the identity over the
+output's entries back through each op's statement applied to the batch
+(`Tape.backward(cotangents=…)`). Forward mode costs one sweep per block of
+input entries, reverse one per block of output entries, so the mode is chosen
+from the sizes: forward when the inputs have fewer entries than the output,
+reverse otherwise (`mode=` overrides). Both the whole Jacobian and each batch
+of directions are sized against the memory limit (limits.py) first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .diagnostics import FRONT_END, PYTHON, SpireadError, option
+from .forward import TANGENT_BUDGET_BYTES, jacobian_forward
+from .limits import check_bytes, check_shape, max_bytes
+from .tape import Births, Run, Tape, all_finite
+
+MODES = ("forward", "reverse")
+
+
+@dataclass
+class RunJacobian:
+    value: np.ndarray                   # the output's value
+    mode: str                           # the sweep that computed it: "forward" or "reverse"
+    blocks: dict[str, np.ndarray]       # name -> ∂output/∂name, shape(output) + shape(name), in --wrt order
+
+
+def jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = None,
+             budget_bytes: int = TANGENT_BUDGET_BYTES) -> RunJacobian:
+    """The Jacobian of the run's output (of any shape) with respect to `wrt`
+    (names; default: grad's), by `mode`, or the cheaper sweep for these sizes
+    when it is None (`choose_mode`); refused before any sweep when it is over
+    the memory limit."""
+    if mode is not None and mode not in MODES:
+        raise SpireadError(f"{option('mode', mode)}: the mode is \"forward\" or \"reverse\"", exit_code=2)
+    ids = run.wrt_ids(wrt, scalar=False)
+    check_jacobian_size(run, ids, chosen=not wrt)
+    mode = mode or choose_mode(run, ids)
+    wrt_ids = list(ids.values())
+    if mode == "forward":
+        by_id = jacobian_forward(run.tape, run.output, wrt_ids, run.diagnostics, budget_bytes)
+    else:
+        by_id = jacobian_reverse(run.tape, run.output, wrt_ids, run.diagnostics, budget_bytes)
+    return RunJacobian(run.value, mode, {name: by_id[i] for name, i in ids.items()})
+
+
+def choose_mode(run: Run, ids: dict[str, int]) -> str:
+    """Forward when the values differentiated by have fewer entries than the
+    output (a sweep per input entry), reverse otherwise (one per output entry)."""
+    nodes = run.tape.nodes
+    inputs = sum(math.prod(nodes[i].shape) for i in ids.values())
+    return "forward" if inputs < math.prod(nodes[run.output].shape) else "reverse"
+
+
+def check_jacobian_size(run: Run, ids: dict[str, int], chosen: bool) -> None:
+    """Refuse a Jacobian over the limit: its largest block at that value's
+    name, else the whole at the output. The note names the `--wrt` values
+    that would fit, and, when the names were `chosen` by default, which they
+    were."""
+    nodes = run.tape.nodes
+    out, out_shape = run.output_name, nodes[run.output].shape
+    sizes = {name: math.prod(nodes[i].shape) for name, i in ids.items()}
+    rows = math.prod(out_shape)
+    limit = max_bytes()
+    if 8 * rows * sum(sizes.values()) <= limit:
+        return
+    notes = []
+    if chosen:
+        how = "the names `.backward(...)` gives" if run.backward_wrt else f"every input `{out}` depends on"
+        notes.append(f"without {option('wrt')}, `jacobian` differentiates by {how}: "
+                     f"{', '.join(f'`{n}`' for n in sizes)}")
+    fitting, total = [], 0
+    for name in sorted(sizes, key=sizes.get):
+        if 8 * rows * (total + sizes[name]) <= limit:
+            fitting.append(name)
+            total += sizes[name]
+    if fitting:
+        notes.append(f"{_wrt_option([n for n in sizes if n in fitting])} would fit")
+    notes.append(f"{option('of')} can name a smaller output")
+    largest = max(sizes, key=sizes.get)
+    check_shape(out_shape + nodes[ids[largest]].shape, f"the Jacobian block ∂{out}/∂{largest}",
+                run.binding_spans.get(largest), limit, tuple(notes))
+    check_shape((rows, sum(sizes.values())),
+                f"the Jacobian of `{out}` with respect to {', '.join(f'`{n}`' for n in sizes)}",
+                nodes[run.output].span, limit, tuple(notes))
+
+
+def jacobian_reverse(tape: Tape, output: int, wrt: list[int], diagnostics=None,
+                     budget_bytes: int = TANGENT_BUDGET_BYTES) -> dict[int, np.ndarray]:
+    """The Jacobian of `output` with respect to each node W in `wrt`, shaped
+    shape(output) + shape(W), by reverse mode: rows of the identity over the
+    output's entries as cotangents, as many at a time as keep the live
+    adjoints within the budget and the limit. As in forward mode, a block
+    whose rows are not finite is swept again with checks, to warn where the
+    first non-finite derivative was born."""
+    nodes = tape.nodes
+    out_shape = nodes[output].shape
+    rows = math.prod(out_shape)
+    limit = max_bytes()
+    per_row = 8 * _peak_adjoint_entries(tape, output, wrt)
+    check_bytes(per_row, lambda: f"reverse mode would hold {per_row // 8} adjoint entries at once for each entry "
+                                 f"of the output", nodes[output].span, limit)
+    block = max(1, min(rows, min(budget_bytes, limit) // per_row))
+    result = {w: np.empty((rows,) + nodes[w].shape) for w in wrt}
+    for start in range(0, rows, block):
+        k = min(block, rows - start)
+        seeds = np.zeros((k, rows))
+        seeds[np.arange(k), start + np.arange(k)] = 1.0
+        seeds = seeds.reshape((k,) + out_shape)
+        by_id = tape.backward(output, wrt, None, cotangents=seeds)
+        for w in wrt:
+            result[w][start:start + k] = by_id[w]
+        if diagnostics is not None and not all(all_finite(g) for g in by_id.values()):
+            births = Births(nodes)
+            tape.backward(output, wrt, None, births.reverse, cotangents=seeds)
+            births.warn(diagnostics)
+            diagnostics = None  # one warning about the derivative is enough
+    return {w: j.reshape(out_shape + nodes[w].shape) for w, j in result.items()}
+
+
+def _peak_adjoint_entries(tape: Tape, output: int, wrt: list[int]) -> int:
+    """Entries of adjoint alive at once, at worst, for one cotangent of the
+    reverse sweep (which keeps the `wrt` nodes' to the end and drops the
+    others' as it passes them), plus room for the temporaries of the largest
+    vjp (about two results' worth)."""
+    plan = tape.between(wrt, output)
+    in_plan = {node.id for node in plan}
+    kept = set(wrt)
+    size = {node.id: math.prod(node.shape) for node in plan}
+    live = {output}
+    entries = peak = size.get(output, 1)
+    for node in reversed(plan):
+        if node.op is not None:
+            for i in node.inputs:
+                if i in in_plan and i not in live:
+                    live.add(i)
+                    entries += size[i]
+            peak = max(peak, entries + 2 * size[node.id])
+        if node.id not in kept and node.id in live:
+            live.discard(node.id)
+            entries -= size[node.id]
+    return max(peak, 1)
+
+
+def _wrt_option(names: list[str]) -> str:
+    """`--wrt a,b` on the command line, `wrt=["a", "b"]` from Python."""
+    if len(names) > 1 and FRONT_END.get() == PYTHON:
+        return "`wrt=[" + ", ".join(f'"{n}"' for n in names) + "]`"
+    return option("wrt", ",".join(names))
