@@ -25,9 +25,10 @@ from .data import load_array
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, option, refuse_repeats, shape_str
 from .limits import check_shape, max_bytes, no_cyclic_gc
 from .ops import METHODS, OPS, Op, ShapeError
+from .rules import key_text
 from .syntax_errors import RESERVED_WORDS, reserved_note
 from .tape import Node, Run, Tape, is_lazy
-from .values import Arg, Const, Function, Jet, JetDim, Pairs, Record, Symbol, Text, TupleValue, Unit
+from .values import Arg, Const, Function, Jet, JetDim, Pairs, Record, SliceValue, Symbol, Text, TupleValue, Unit
 
 QUALIFIED_SYMBOLS = {f"ReductionOps.{k.capitalize()}": k for k in REDUCTIONS}
 OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@@": "matmul", "**": "pow"}
@@ -296,6 +297,8 @@ class Interpreter:
                 return "subscript", [node.receiver] + node.args
             case ast.TupleLit() | ast.ListLit():
                 return None, node.items
+            case ast.Slice():
+                return None, [p for p in (node.start, node.stop, node.step) if p is not None]
             case ast.NamedTuple():
                 return None, [k.value for k in node.items]
         return None, []
@@ -364,6 +367,9 @@ class Interpreter:
                 return self.subscript(args[0], args[1:], node)
             case ast.TupleLit():
                 return TupleValue(args)
+            case ast.Slice():
+                parts = iter(args)
+                return SliceValue(*[None if p is None else next(parts) for p in (node.start, node.stop, node.step)])
             case ast.ListLit():
                 return self.array_literal(args, node)
             case ast.NamedTuple():
@@ -444,7 +450,7 @@ class Interpreter:
             raise SpireadError("a tuple here must hold numbers", arg.expr.span)
         self.refuse_unit(arg, "it")
         text = self.text(arg.expr)
-        kind = {Pairs: "index pairs", Symbol: "a reduction name", Text: "a string", Record: "a record of gradients",
+        kind = {Pairs: "index pairs", SliceValue: "a slice", Symbol: "a reduction name", Text: "a string", Record: "a record of gradients",
                 Function: "a function", JetDim: "a JetDim"}[type(value)]
         hint = {Text: [f"to read a file, write `load({text})`" if value.written else self.printed_text_note(arg)]
                 if isinstance(value, Text) else [],
@@ -620,24 +626,56 @@ class Interpreter:
                           call.span, call.at, label)
 
     def subscript(self, receiver: Arg, args: list[Arg], node: ast.Subscript):
+        """`x[i, j]`, `v[i]`, numpy's slices `x[a:b:k]`, `X[:, j]`, and
+        selections `x[(i, j), …]`: basic indexing is the `index` op, whose
+        gradient scatters into zeros (`indexScatter`)."""
         if args and all(isinstance(a.value, (TupleValue, Pairs)) for a in args):
             return self.selection(receiver, args, node, "select")
         shape = self.tensor(receiver).shape
-        key = tuple(self.integer(a, "a position") for a in args)
         hint = ["is a `,` missing between two rows? Without it, a `[...]` right after a list picks entries from it"] \
             if isinstance(receiver.expr, (ast.ListLit, ast.NumberArray)) else []
         if not shape:
             raise SpireadError(f"`{self.text(receiver.expr)}` is a scalar; it has no positions to index",
                                node.span, hint)
-        if len(key) > len(shape):
+        if len(args) > len(shape):
             raise SpireadError(f"`{self.text(receiver.expr)}` is {shape_str(shape)}; it takes at most "
-                               f"{len(shape)} position{'s' * (len(shape) != 1)}, got {len(key)}", node.span, hint)
-        for axis, k in enumerate(key):
+                               f"{len(shape)} position{'s' * (len(shape) != 1)}, got {len(args)}", node.span, hint)
+        key = []
+        for axis, a in enumerate(args):
+            if isinstance(a.value, SliceValue):
+                key.append(self.slice_of(a, shape, axis, receiver))
+                continue
+            k = self.integer(a, "a position")
             if not -shape[axis] <= k < shape[axis]:
                 raise SpireadError(f"index {k} is out of range for `{self.text(receiver.expr)}`, which is "
                                    f"{shape_str(shape)}", node.span,
                                    hint or [f"positions count from 0, so the last of {shape[axis]} is {shape[axis] - 1}"])
-        return self.apply(OPS["index"], [receiver], {"key": key}, node.span, node.at, "[]")
+            key.append(k)
+        key = tuple(key)
+        return self.apply(OPS["index"], [receiver], {"key": key}, node.span, node.at, f"[{key_text(key)}]")
+
+    def slice_of(self, arg: Arg, shape: tuple, axis: int, receiver: Arg) -> slice:
+        """numpy's slice from `a:b:k`: its parts whole numbers and its step
+        not 0, else an error. A bound past either end is clipped, as numpy
+        and PyTorch clip it, with a warning there: it often hides a wrong count."""
+        part = arg.value
+        step = 1 if part.step is None else self.integer(part.step, "a slice's step")
+        if step == 0:
+            raise SpireadError("a slice's step cannot be 0", part.step.expr.span,
+                               ["`::2` takes every other entry, `::-1` reverses"])
+        n = shape[axis]
+        bounds = []
+        for bound in (part.start, part.stop):
+            k = None if bound is None else self.integer(bound, "a slice's bound")
+            if k is not None and not -n <= k <= n:
+                where = f"row{'s' * (n != 1)}" if len(shape) == 2 and axis == 0 else (
+                    f"column{'s' * (n != 1)}" if len(shape) == 2 else f"entr{'ies' if n != 1 else 'y'}")
+                self.diagnostics.warn(f"the slice bound {k} is past the {'end' if k > 0 else 'start'} of "
+                                      f"`{self.text(receiver.expr)}`, which is {shape_str(shape)}; it is taken as "
+                                      f"{n if k > 0 else -n}, as numpy does", bound.expr.span,
+                                      [f"`{self.text(receiver.expr)}` has {n} {where}: a bound runs from {-n} to {n}"])
+            bounds.append(k)
+        return slice(bounds[0], bounds[1], None if part.step is None else step)
 
     # -------------------------------------------------------- functions
 

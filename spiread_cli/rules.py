@@ -243,9 +243,11 @@ def shape_text(shape: tuple) -> str:
 
 
 def key_text(key: tuple) -> str:
+    """A basic-indexing key as numpy writes it: `1, :`, `1:`, `::2`."""
     def one(k):
         if isinstance(k, slice):
-            return ":" if k == slice(None) else f"{'' if k.start is None else k.start}:{'' if k.stop is None else k.stop}"
+            text = f"{'' if k.start is None else k.start}:{'' if k.stop is None else k.stop}"
+            return text if k.step is None else f"{text}:{k.step}"
         return str(k)
     return ", ".join(one(k) for k in key)
 

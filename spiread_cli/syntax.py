@@ -26,7 +26,7 @@ from .limits import no_cyclic_gc
 from .parse_driver import NotOnTheFastPath, TableDriver
 from .syntax_errors import BRACKETS, reserved_note, syntax_error
 from .syntax_tree import (Attribute, BinOp, Binding, Block, Call, Definition, ExprStmt, Given, Keyword, Lambda,
-                          ListLit, Module, Name, NamedTuple, Number, NumberArray, String, Subscript, TupleLit,
+                          ListLit, Module, Name, NamedTuple, Number, NumberArray, Slice, String, Subscript, TupleLit,
                           TypeName, UnaryOp)
 
 # Not `from typing import TYPE_CHECKING` (see __init__.py); Lark is imported
@@ -224,6 +224,16 @@ class _ToAst:
 
     def arguments(self, children):
         return children
+
+    def positions(self, children):
+        return children
+
+    def slice(self, children):
+        start, colon, stop, second_colon, step = children
+        ends = [p.span if hasattr(p, "span") else Span.of_token(p) for p in (colon, stop, second_colon, step)
+                if p is not None]
+        first = start.span if start is not None else Span.of_token(colon)
+        return Slice(start, stop, step, first.to(max(ends, key=lambda s: s.end)))
 
     def keyword(self, children):
         name, value = children

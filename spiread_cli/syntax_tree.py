@@ -84,11 +84,20 @@ class Call:
 
 @dataclass(slots=True)
 class Subscript:
-    """`receiver[args]`: an entry, or a selection of (row, col) pairs."""
+    """`receiver[args]`: an entry, a slice, or a selection of (row, col) pairs."""
     receiver: object
     args: list
     span: Span
     at: Span
+
+
+@dataclass(slots=True)
+class Slice(_WholeSpan):
+    """`a:b:k` in `x[...]`, numpy's slice; each part may be left out (None)."""
+    start: object
+    stop: object
+    step: object
+    span: Span
 
 
 @dataclass(slots=True)

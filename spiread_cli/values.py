@@ -32,6 +32,14 @@ class Pairs:
 
 
 @dataclass(slots=True)
+class SliceValue:
+    """`a:b:k` inside `x[...]`: its parts as written (None where left out)."""
+    start: Arg | None
+    stop: Arg | None
+    step: Arg | None
+
+
+@dataclass(slots=True)
 class Symbol:
     """A reduction named as an argument: `sum`, `ReductionOps.Sum`."""
     name: str
@@ -89,7 +97,7 @@ class Unit:
     """What `println(…)` gives: nothing."""
 
 
-Value = Node | Const | Pairs | Symbol | Text | TupleValue | Record | Function | Jet | JetDim | Unit
+Value = Node | Const | Pairs | SliceValue | Symbol | Text | TupleValue | Record | Function | Jet | JetDim | Unit
 
 
 def scala_double(x: float) -> str:

@@ -83,7 +83,7 @@ class RowReduce:
 @dataclass(frozen=True)
 class Index:
     receiver: object
-    key: tuple         # ints: x[i, j], v[i]; or ("row", i) / ("col", j)
+    key: tuple         # ints and slices: x[i, j], v[i], x[1:, ::2]; or ("row", i) / ("col", j)
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,14 @@ def fmt(x: float) -> str:
     return f"({text})" if text.startswith("-") else text
 
 
+def _position(k) -> str:
+    """An int, or a slice as numpy writes it (`1:`, `:-1`, `::2`, `:`)."""
+    if not isinstance(k, slice):
+        return str(k)
+    text = f"{'' if k.start is None else k.start}:{'' if k.stop is None else k.stop}"
+    return text if k.step is None else f"{text}:{k.step}"
+
+
 def render(e) -> str:
     """The `.ad` text. Operators are fully parenthesised (precedence has its
     own tests); postfix chains attach directly."""
@@ -140,7 +148,7 @@ def render(e) -> str:
         case Index(r, ("row", i)) | Index(r, ("col", i)):
             return f"{render(r)}.{e.key[0]}({i})"
         case Index(r, key):
-            return f"{render(r)}[{', '.join(map(str, key))}]"
+            return f"{render(r)}[{', '.join(map(_position, key))}]"
         case Select(form, r, rows, cols):
             pairs = ", ".join(f"({i}, {j})" for i, j in zip(rows, cols))
             if form == "brackets":
@@ -379,7 +387,7 @@ ROW_REDUCTIONS = {  # `x.mapRowsToScalar(arg)`: how the argument is written
 OTHER_OPS = {  # op: the generator's `kind` that writes it
     "add": "binary", "sub": "binary", "mul": "binary", "div": "binary", "pow": "power", "matmul": "matmul",
     "clampMin": "clamp", "clampMax": "clamp", "transpose": "T", "sum": "reduce", "mean": "reduce",
-    "product": "reduce", "index": "index, rowcol", "select": "select, likelihood",
+    "product": "reduce", "index": "index, rowcol, slice", "select": "select, likelihood",
     "arrange": "arrange, likelihood", "stack": "stack",
 }
 NOT_GENERATED = {  # op: why no program writes it
@@ -539,9 +547,9 @@ class _Builder:
         if depth <= 0 and not composite:
             return self.leaf(shape)
         kinds = ["leaf"] * (not composite) + ["unary"] * 3 + ["binary"] * 3 + ["power", "clamp", "matmul"]
-        kinds += {0: ["reduce", "reduce", "index", "likelihood"],
-                  1: ["rowreduce", "rowreduce", "rowcol", "arrange", "stack", "rownorm", "T"],
-                  2: ["T", "select", "rownorm", "rownorm", "stack"]}[len(shape)]
+        kinds += {0: ["reduce", "reduce", "index", "likelihood", "slice"],
+                  1: ["rowreduce", "rowreduce", "rowcol", "arrange", "stack", "rownorm", "T", "slice"],
+                  2: ["T", "select", "rownorm", "rownorm", "stack", "slice"]}[len(shape)]
         kind = self.draw(st.sampled_from(kinds))
         sub = functools.partial(self.expr, depth=depth - 1)
         d = self.dims
@@ -607,6 +615,8 @@ class _Builder:
             x_shape = self.draw(st.sampled_from([(d[0],), (d[0], d[1])]))
             key = tuple(self.draw(st.integers(0, n - 1)) for n in x_shape)
             return Index(sub(x_shape), key)
+        if kind == "slice":
+            return self.sliced(shape, sub)
         if kind == "rowreduce":
             op = self.draw(st.sampled_from(sorted(ROW_REDUCTIONS)))
             x = sub((shape[0], self.draw(st.sampled_from(d))))
@@ -661,6 +671,39 @@ class _Builder:
                         tuple(rows), tuple(cols))
         spelling = self.draw(st.sampled_from(ROW_REDUCTIONS["rowSum"]))
         return Method("mean", Method("log", RowReduce("rowSum", spelling, picked)))
+
+    def sliced(self, shape, sub):
+        """`x[…]` with numpy's slices (steps, negative steps, bounds counted
+        from the end, bounds left out) and negative positions, giving `shape`:
+        each axis of the result a slice of a longer axis, and sometimes a
+        position taking an axis away."""
+        key, x_shape = [], []
+        for n in shape:
+            step = self.draw(st.sampled_from([None, 1, 2, -1, -2]))
+            extra = self.draw(st.integers(0, 2))
+            stride = abs(step or 1)
+            m = (n - 1) * stride + 1 + extra
+            offset = self.draw(st.integers(0, extra))
+            if (step or 1) > 0:
+                start, stop = offset, offset + (n - 1) * stride + 1
+                start = self.draw(st.sampled_from([start, start - m] + [None] * (start == 0)))
+                stop = self.draw(st.sampled_from([stop] + [stop - m] * (stop < m) + [None] * (stop >= m)))
+            else:
+                first = m - 1 - offset
+                last = first - (n - 1) * stride
+                start = self.draw(st.sampled_from([first, first - m] + [None] * (first == m - 1)))
+                stop = None if last - stride < 0 else self.draw(st.sampled_from([last - stride, last - stride - m]))
+            key.append(slice(start, stop, step))
+            x_shape.append(m)
+        if len(shape) < 2 and self.draw(st.booleans()):  # a position takes an axis away: X[:, j], X[i, 1:], v[-1]
+            m = self.draw(st.sampled_from(self.dims))
+            axis = self.draw(st.integers(0, len(shape)))
+            key.insert(axis, self.draw(st.integers(-m, m - 1)))
+            x_shape.insert(axis, m)
+        if not key:  # a scalar from a vector
+            m = self.draw(st.sampled_from(self.dims))
+            key, x_shape = [self.draw(st.integers(-m, m - 1))], [m]
+        return Index(sub(tuple(x_shape)), tuple(key))
 
     def broadcast_pair(self, shape):
         """Operand shapes that broadcast to `shape`: r×c with c, r×1, 1×c, scalars."""

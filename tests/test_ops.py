@@ -163,6 +163,17 @@ def _cases() -> list[Case]:
               Case("index", [normal(V)], lambda x, key: x[key[0]], {"key": (2,)}),
               Case("index", [normal(M)], lambda x, key: np.array(list(x[key[0]])), {"key": (1, slice(None))}),
               Case("index", [normal(M)], lambda x, key: np.array([r[key[1]] for r in x]), {"key": (slice(None), 2)}),
+              # numpy's slices: the entries at range(start, stop, step) of each axis, as a loop takes them.
+              Case("index", [normal((5,))], lambda x, key: np.array([x[i] for i in range(1, 5)]), {"key": (slice(1, None),)}),
+              Case("index", [normal((5,))], lambda x, key: np.array([x[i] for i in range(0, 4)]), {"key": (slice(None, -1),)}),
+              Case("index", [normal((5,))], lambda x, key: np.array([x[i] for i in (4, 2, 0)]),
+                   {"key": (slice(None, None, -2),)}),
+              Case("index", [normal((4, 3))], lambda x, key: np.array([[x[i][j] for j in (0, 1)] for i in range(4)]),
+                   {"key": (slice(None), slice(0, 2))}),
+              Case("index", [normal((4, 3))], lambda x, key: np.array([x[i][1] for i in (3, 1)]),
+                   {"key": (slice(-1, 0, -2), 1)}),
+              Case("index", [normal((4, 3))], lambda x, key: np.array([list(x[i]) for i in (1, 2)]),
+                   {"key": (slice(1, 3), slice(None))}),
               Case("select", [x], _select_reference,
                    {"rows": np.array([0, 1, 1, 0]), "cols": np.array([0, 2, 2, 1])}),
               Case("arrange", [x], lambda x, rows, cols: np.array([x[r, c] for r, c in zip(rows, cols)]),
@@ -212,7 +223,9 @@ def _backward_pass_cases() -> list[Case]:
     cases += [Case("indexScatter", [normal(S)], lambda x, key, shape: np.where(np.arange(6).reshape(M) == 5, x, 0.0),
                    {"key": (1, 2), "shape": M}),
               Case("indexScatter", [normal(V)], lambda x, key, shape: np.array([[0.0] * 3, list(x)]),
-                   {"key": (1, slice(None)), "shape": M})]
+                   {"key": (1, slice(None)), "shape": M}),
+              Case("indexScatter", [normal((2,))], lambda x, key, shape: np.array([0.0, x[1], 0.0, x[0]]),
+                   {"key": (slice(None, None, -2),), "shape": (4,)})]
 
     def scatter_pairs(x, rows, cols, shape):
         out = np.zeros(shape)
@@ -513,9 +526,9 @@ def operands_and_params(op) -> tuple[int | None, tuple[str, ...]]:
 
 
 def _keys(shape):
-    """Basic-indexing keys into `shape`: an int (first and last) or a whole
-    axis, for one axis or more."""
-    options = [[slice(None)] + ([0, -1] if n else []) for n in shape]
+    """Basic-indexing keys into `shape`: an int (first and last), a whole
+    axis, or a slice (from 1, every other backwards), for one axis or more."""
+    options = [[slice(None), slice(1, None), slice(None, None, -2)] + ([0, -1] if n else []) for n in shape]
     return [{"key": key} for depth in range(1, len(shape) + 1) for key in itertools.product(*options[:depth])]
 
 

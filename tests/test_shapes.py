@@ -1,0 +1,162 @@
+"""numpy's 2-D vocabulary of positions and shapes (issue 23): slices, and
+the words that reshape, stack, split and pick diagonals and triangles.
+
+Values against numpy (the semantics the language follows), gradients in
+both modes against central differences of the whole program, Hessians
+against closed forms, and the errors located at what is wrong.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from conftest import gradients, lit, program_fd, run, spiread, value
+from spiread_cli import compile
+from spiread_cli.diagnostics import SpireadError
+
+RNG = np.random.default_rng(23)
+V = RNG.normal(size=5)
+X = RNG.normal(size=(4, 3))
+
+
+def assert_gradients_agree(text: str, names: list[str]) -> None:
+    """Reverse and forward mode equal central differences of the program."""
+    for mode in ("reverse", "forward"):
+        result = gradients(text, names, mode=mode)
+        for name in names:
+            np.testing.assert_allclose(result.gradients[name], program_fd(text, name), rtol=1e-6, atol=1e-7,
+                                       err_msg=f"{mode} ∂/∂{name}\n{text}")
+
+
+def weighted(expr: str, shape) -> str:
+    """A scalar that weighs each entry of `expr` differently."""
+    if 0 in shape:  # no entries to weigh
+        return f"({expr}).sum"
+    return f"({expr} * {lit(RNG.normal(size=shape))}).sum" if shape else f"({expr}) * 1.7"
+
+
+# ------------------------------------------------------------------ slices
+
+SLICES = [  # (the receiver, its subscript as written, numpy's key)
+    ("v", "1:3", (slice(1, 3),)), ("v", "1:", (slice(1, None),)), ("v", ":-1", (slice(None, -1),)),
+    ("v", "::2", (slice(None, None, 2),)), ("v", "::-1", (slice(None, None, -1),)), ("v", "-1", (-1,)),
+    ("v", "-4:-1:2", (slice(-4, -1, 2),)), ("v", "4:0:-2", (slice(4, 0, -2),)), ("v", ":", (slice(None),)),
+    ("v", "5:", (slice(5, None),)), ("v", "-5:-5", (slice(-5, -5),)),
+    ("X", ":, 0:2", (slice(None), slice(0, 2))), ("X", "1:3, :", (slice(1, 3), slice(None))),
+    ("X", "2:4, :", (slice(2, 4), slice(None))), ("X", ":, 1", (slice(None), 1)), ("X", "-1", (-1,)),
+    ("X", "1:", (slice(1, None),)), ("X", "::-1, ::2", (slice(None, None, -1), slice(None, None, 2))),
+    ("X", "-1, 1:", (-1, slice(1, None))), ("X", "0, -1", (0, -1)), ("X", "1:1, :", (slice(1, 1), slice(None))),
+]
+
+
+@pytest.mark.parametrize("name, subscript, key", SLICES, ids=[f"{n}[{s}]" for n, s, _ in SLICES])
+def test_slices_take_what_numpy_takes_and_scatter_their_gradient(name, subscript, key):
+    data = {"v": V, "X": X}[name]
+    setup = f"{name} = {lit(data)}\n"
+    np.testing.assert_array_equal(value(f"{setup}{name}[{subscript}]"), data[key])
+    shape = data[key].shape
+    text = f"{setup}loss = {weighted(f'{name}[{subscript}]', shape)}"
+    assert_gradients_agree(text, [name])
+    # The gradient is a scatter into zeros: nothing reaches the entries not taken.
+    taken = np.zeros(data.shape, dtype=bool)
+    taken[key] = True
+    assert np.all(gradients(text, [name]).gradients[name][~taken] == 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.data())
+def test_any_slice_within_the_bounds_is_numpys(n, data):
+    bound = st.none() | st.integers(-n, n)
+    start, stop = data.draw(bound), data.draw(bound)
+    step = data.draw(st.none() | st.sampled_from([1, 2, 3, -1, -2]))
+    parts = ["" if p is None else str(p) for p in (start, stop)]
+    subscript = ":".join(parts) + ("" if step is None else f":{step}")
+    x = np.arange(n, dtype=float) + 0.5
+    np.testing.assert_array_equal(value(f"x = {lit(x)}\nx[{subscript}]"), x[start:stop:step])
+
+
+ROSENBROCK = "x = [1.5, -0.5, 0.3, 2.0, -1.2]\nf = (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum\n"
+
+
+def rosenbrock_derivatives(x):
+    """The extended Rosenbrock function's gradient and Hessian, by hand."""
+    n = len(x)
+    g, h = np.zeros(n), np.zeros((n, n))
+    for i in range(n - 1):
+        a, b = x[i + 1] - x[i] ** 2, 1 - x[i]
+        g[i] += -400 * a * x[i] - 2 * b
+        g[i + 1] += 200 * a
+        h[i, i] += -400 * a + 800 * x[i] ** 2 + 2
+        h[i, i + 1] += -400 * x[i]
+        h[i + 1, i] += -400 * x[i]
+        h[i + 1, i + 1] += 200
+    return g, h
+
+
+def test_the_extended_rosenbrock_function_is_written_with_slices():
+    x = np.array([1.5, -0.5, 0.3, 2.0, -1.2])
+    expected = sum(100 * (x[i + 1] - x[i] ** 2) ** 2 + (1 - x[i]) ** 2 for i in range(4))
+    g, h = rosenbrock_derivatives(x)
+    program = compile(ROSENBROCK)
+    for mode in ("reverse", "forward"):
+        result = program.grad(wrt="x", mode=mode)
+        assert result.value == pytest.approx(expected, rel=1e-14)
+        np.testing.assert_allclose(result["x"], g, rtol=1e-13)
+    np.testing.assert_allclose(program.hessian(wrt="x").blocks["x"]["x"], h, rtol=1e-13)
+
+
+def test_check_passes_through_slices_and_names_no_kink(tmp_program):
+    """A slice has a derivative everywhere: `check` (first and second order)
+    agrees, and no op of the program has a kink to report."""
+    path = tmp_program(ROSENBROCK)
+    for order in ("1", "2"):
+        done = spiread("check", path, "--order", order)
+        assert done.returncode == 0, done.stderr
+        assert "kink" not in done.stdout + done.stderr
+    r = run(ROSENBROCK)
+    assert all(node.op is None or node.op.kink is None for node in r.tape.nodes)
+
+
+BAD_SLICES = [  # (program, message, column of the caret)
+    ("x = [1, 2, 3]\nx[::0]", "a slice's step cannot be 0", 5),
+    ("x = [1, 2, 3]\nx[0.5:]", "a slice's bound must be a whole number, but `0.5` is 0.5", 3),
+    ("x = [1, 2, 3]\nx[::1.5]", "a slice's step must be a whole number, but `1.5` is 1.5", 5),
+    ("x = [1, 2, 3]\nx[:, 1:]", "`x` is a vector of 3; it takes at most 1 position, got 2", 1),
+    ("x = 2\nx[1:]", "`x` is a scalar; it has no positions to index", 1),
+    ("x = [1, 2, 3]\nx[[1, 2]:]", "a slice's bound must be a number, but `[1, 2]` is a vector of 2", 3),
+    ("x = [1, 2, 3]\nx[1:(2, 3)]", "a slice's bound must be a number, but `(2, 3)` is a vector of 2", 5),
+]
+
+
+@pytest.mark.parametrize("text, message, column", BAD_SLICES, ids=[t.split("\n")[1] for t, _, _ in BAD_SLICES])
+def test_an_ill_formed_slice_is_a_located_error(text, message, column):
+    with pytest.raises(SpireadError) as error:
+        run(text)
+    diagnostic = error.value.diagnostic
+    assert diagnostic.message.startswith(message), diagnostic.message
+    assert (diagnostic.span.line, diagnostic.span.column) == (2, column)
+
+
+PAST_THE_ENDS = [  # (program, numpy's value, the warning, its column)
+    ("x = [1, 2, 3]\nx[1:5]", [2.0, 3.0], "the slice bound 5 is past the end of `x`, which is a vector of 3", 5),
+    ("x = [1, 2, 3]\nx[-4:]", [1.0, 2.0, 3.0], "the slice bound -4 is past the start of `x`", 3),
+    ("X = [[1, 2], [3, 4]]\nX[:, 0:3]", [[1.0, 2.0], [3.0, 4.0]], "the slice bound 3 is past the end of `X`, which is 2×2", 8),
+    ("x = [1, 2, 3]\nx[7:9]", np.zeros(0), "the slice bound 7 is past the end of `x`", 3),
+]
+
+
+@pytest.mark.parametrize("text, expected, message, column", PAST_THE_ENDS, ids=[t.split("\n")[1] for t, *_ in PAST_THE_ENDS])
+def test_a_bound_past_the_end_is_clipped_as_numpy_does_with_a_located_warning(text, expected, message, column):
+    r = run(text)
+    np.testing.assert_array_equal(r.tape.nodes[r.output].value, expected)
+    first = r.diagnostics.warnings[0]
+    assert first.message.startswith(message), first.message
+    assert (first.span.line, first.span.column) == (2, column)
+
+
+def test_strict_makes_a_bound_past_the_end_an_error(tmp_program):
+    done = spiread("eval", tmp_program("x = [1, 2, 3]\nx[1:5]\n"), "--strict")
+    assert done.returncode == 1
+    assert ":2:5: error: the slice bound 5 is past the end of `x`" in done.stderr
