@@ -167,6 +167,102 @@ def _from(axis: int) -> Callable:
     return body
 
 
+def _join(word: str) -> Callable:
+    """`hstack(a, b, …)`, `vstack(a, b, …)`, `concat(a, b, …, axis=0)`: the
+    `concat` op, the pieces promoted as numpy's hstack (scalars to vectors;
+    vectors end to end, matrices side by side) and vstack (scalars and
+    vectors to rows) promote them."""
+    def body(self: Elaborator, args, keywords, call):
+        ranks = [len(self.tensor(a).shape) for a in args]
+        label = self.text(call.callee)
+        if word == "concat":
+            axis = self.integer(keywords["axis"], "the axis of `concat`") if "axis" in keywords else 0
+            if axis not in (0, 1):
+                raise SpireadError(f"`concat`: the axis is 0 (rows after rows) or 1 (columns after columns), "
+                                   f"not {axis}", keywords["axis"].expr.span)
+            pieces = args
+        elif word == "hstack":
+            axis = 0 if all(r <= 1 for r in ranks) else 1
+            pieces = [_promoted(self, a, (1,), call) if r == 0 else a for a, r in zip(args, ranks)]
+        else:
+            axis = 0
+            pieces = [_promoted(self, a, (1, self.tensor(a).shape[0] if r else 1), call) if r < 2 else a
+                      for a, r in zip(args, ranks)]
+        return self.apply(OPS["concat"], pieces, {"axis": axis}, call.span, call.at, label)
+    return body
+
+
+def _promoted(self: Elaborator, arg: Arg, shape: tuple, call) -> Arg:
+    """A piece reshaped as numpy's atleast_1d/atleast_2d reshape it, still
+    quoted as written."""
+    return Arg(self.apply(OPS["reshape"], [arg], {"shape": shape}, arg.expr.span, arg.expr.span, "reshape"), arg.expr)
+
+
+def _diagonal(rows: int, cols: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the k-th diagonal of a rows × cols matrix (above the
+    main one for k > 0), as numpy's diagonal takes them."""
+    n = max(0, min(rows - max(-k, 0), cols - max(k, 0)))
+    return np.arange(n) + max(-k, 0), np.arange(n) + max(k, 0)
+
+
+def _diag_of(self: Elaborator, x: Arg, k_arg: Arg | None, span: Span, at: Span):
+    """numpy's diag: a vector on the k-th diagonal of a square matrix of zeros
+    (scatterPairs), or a matrix's k-th diagonal as a vector (arrange)."""
+    shape = self.tensor(x).shape
+    k = 0 if k_arg is None else self.integer(k_arg, "the diagonal of `diag`")
+    if len(shape) == 1:
+        n = shape[0] + abs(k)
+        rows, cols = _diagonal(n, n, k)
+        return self.apply(OPS["scatterPairs"], [x], {"rows": rows, "cols": cols, "shape": (n, n)}, span, at, "diag")
+    if len(shape) == 2:
+        rows, cols = _diagonal(*shape, k)
+        return self.apply(OPS["arrange"], [x], {"rows": rows, "cols": cols}, span, at, "diag")
+    raise SpireadError(f"`diag` needs a vector (to place on a diagonal) or a matrix (to take its diagonal), but "
+                       f"`{self.text(x.expr)}` is a scalar", at)
+
+
+def _diag(self: Elaborator, args, keywords, call):
+    return _diag_of(self, args[0], args[1] if len(args) > 1 else None, call.span, call.at)
+
+
+def _einsum(self: Elaborator, args, keywords, call):
+    spec = args[0]
+    if not isinstance(spec.value, Text) or not spec.value.written:
+        raise SpireadError("`einsum` takes its subscripts first, in quotes", spec.expr.span,
+                           ["e.g. `einsum(\"ij,jk->ik\", A, B)`"])
+    explicit = einsum_subscripts(spec.value.value, len(args) - 1, spec.expr.span)
+    return self.apply(OPS["einsum"], args[1:], {"spec": explicit}, call.span, call.at, f'einsum("{explicit}")')
+
+
+def einsum_subscripts(written: str, operands: int, at: Span) -> str:
+    """numpy's einsum subscripts, checked and made explicit: "ij,jk" is
+    "ij,jk->ik" (the letters met once, in alphabetical order, as numpy)."""
+    text = written.replace(" ", "")
+    inputs, arrow, output = text.partition("->")
+    example = ["e.g. `einsum(\"ij,jk->ik\", A, B)`: a letter per axis, `,` between operands, `->` before the result"]
+    stray = next((c for c in inputs + output if not (c.isascii() and c.isalpha()) and c != ","), None)
+    if "." in text:
+        raise SpireadError("`...` is not needed: every value has at most 2 axes; name each one by a letter", at, example)
+    if stray is not None or "," in output:
+        raise SpireadError(f"`{stray or ','}` is not a subscript" + (" of the result" if stray is None else ""), at, example)
+    subscripts = inputs.split(",")
+    if len(subscripts) != operands:
+        raise SpireadError(f"\"{written}\" has subscripts for {len(subscripts)} operand{'s' * (len(subscripts) != 1)}, "
+                           f"but `einsum` is given {operands}", at, example)
+    for letters in subscripts + [output]:
+        if len(letters) > 2:
+            raise SpireadError(f"\"{letters}\" names {len(letters)} axes, but a value has at most 2", at, example)
+    if not arrow:
+        output = "".join(sorted(c for c in set(inputs) - {","} if inputs.count(c) == 1))
+    for c in output:
+        if output.count(c) > 1:
+            raise SpireadError(f"`{c}` is twice in the result: each of its axes has a letter of its own", at,
+                               ["take a diagonal with `diag` after the einsum"])
+        if c not in inputs:
+            raise SpireadError(f"`{c}` is in the result but in no operand", at, example)
+    return ",".join(subscripts) + "->" + output
+
+
 def _array(self: Elaborator, args, keywords, call):
     return self.array_literal(args, call)
 
@@ -241,6 +337,11 @@ FUNCTIONS: dict[str, Builtin] = {
     "rand": Builtin(_random("rand", "uniform"), (1, 2), ("seed",)),
     "onehot": Builtin(_onehot, (2,)),
     "load": Builtin(_load, (1,)),
+    "hstack": Builtin(_join("hstack"), range(1, 1 << 30)),
+    "vstack": Builtin(_join("vstack"), range(1, 1 << 30)),
+    "concat": Builtin(_join("concat"), range(1, 1 << 30), ("axis",)),
+    "diag": Builtin(_diag, (1, 2)),
+    "einsum": Builtin(_einsum, range(2, 1 << 30)),
     "rows": Builtin(_measure("rows"), (1,)),
     "cols": Builtin(_measure("cols"), (1,)),
     "size": Builtin(_measure("size"), (1,)),
@@ -364,6 +465,72 @@ def _acts_entrywise(nodes: list[Node], x: Node, mark: int, y) -> bool:
     return y.id in from_x and y.id != x.id
 
 
+def _reshape(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
+    """`x.reshape(r, c)`, `x.reshape(n)` (one size may be -1: what the
+    entries leave, as numpy), `x.flatten`: the entries row by row."""
+    shape = self.tensor(receiver).shape
+    entries = int(np.prod(shape))
+    if attr.name == "flatten":
+        sizes = (entries,)
+    else:
+        sizes = tuple(self.integer(a, "a size for `.reshape`") for a in args)
+        if sizes.count(-1) > 1 or any(n < -1 for n in sizes):
+            raise SpireadError("`.reshape`: sizes are whole numbers from 0 up, and at most one is -1 (what the "
+                               "entries leave)", call.span)
+        if -1 in sizes:
+            known = int(np.prod([n for n in sizes if n != -1]))
+            if known == 0 or entries % known:
+                raise SpireadError(f"`.reshape`: `{self.text(receiver.expr)}` is {shape_str(shape)}, {entries} "
+                                   f"entries, which do not fill rows of {known}", call.span)
+            sizes = tuple(entries // known if n == -1 else n for n in sizes)
+    span = (call or attr).span
+    return self.apply(OPS["reshape"], [receiver], {"shape": sizes}, span, attr.at if call is None else attr.at.to(span),
+                      attr.name)
+
+
+def _diag_method(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
+    return _diag_of(self, receiver, args[0] if args else None, (call or attr).span, attr.at)
+
+
+def _matrix_shape(self: Elaborator, receiver: Arg, attr) -> tuple[int, int]:
+    shape = self.tensor(receiver).shape
+    if len(shape) != 2:
+        raise SpireadError(f"`.{attr.name}` needs a matrix, but `{self.text(receiver.expr)}` is {shape_str(shape)}",
+                           attr.at)
+    return shape
+
+
+def _trace(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
+    """`A.trace`, `A.trace(k)`: the sum of A's (k-th) diagonal, as numpy's trace."""
+    shape = _matrix_shape(self, receiver, attr)
+    k = self.integer(args[0], "the diagonal of `.trace`") if args else 0
+    rows, cols = _diagonal(*shape, k)
+    span = (call or attr).span
+    diagonal = self.apply(OPS["arrange"], [receiver], {"rows": rows, "cols": cols}, span, attr.at, "diag")
+    return self.apply(OPS["sum"], [Arg(diagonal, call or attr)], {}, span, attr.at, "trace")
+
+
+def _triangle(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
+    """`A.triu(k)`, `A.tril(k)`: A with zeros below (above) its k-th diagonal,
+    as numpy: a selection of the entries kept, so the gradient passes to them
+    alone."""
+    r, c = _matrix_shape(self, receiver, attr)
+    k = self.integer(args[0], f"the diagonal of `.{attr.name}`") if args else 0
+    rows, cols = (np.triu_indices if attr.name == "triu" else np.tril_indices)(r, k, c)
+    return self.apply(OPS["select"], [receiver], {"rows": rows, "cols": cols}, (call or attr).span, attr.at, attr.name)
+
+
+def _cumsum(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
+    """`x.cumsum`: the running sums of all entries, row by row (numpy's
+    cumsum without an axis); a matrix is flattened first."""
+    shape = self.tensor(receiver).shape
+    span = (call or attr).span
+    if len(shape) == 2:
+        flat = self.apply(OPS["reshape"], [receiver], {"shape": (shape[0] * shape[1],)}, span, attr.at, "flatten")
+        receiver = Arg(flat, receiver.expr)
+    return self.apply(OPS["rowCumsum"], [receiver], {}, span, attr.at, "cumsum")
+
+
 METHOD_SUGAR: dict[str, Builtin] = {
     "mapRowsToScalar": Builtin(_map_rows, (1,)),
     "row": Builtin(_row_or_col, (1,)),
@@ -374,4 +541,11 @@ METHOD_SUGAR: dict[str, Builtin] = {
     "value": Builtin(_stop_gradient, (0,)),
     "printMat": Builtin(_print_mat, (0,)),
     "map": Builtin(_map, (1,)),
+    "reshape": Builtin(_reshape, (1, 2)),
+    "flatten": Builtin(_reshape, (0,)),
+    "diag": Builtin(_diag_method, (0, 1)),
+    "trace": Builtin(_trace, (0, 1)),
+    "triu": Builtin(_triangle, (0, 1)),
+    "tril": Builtin(_triangle, (0, 1)),
+    "cumsum": Builtin(_cumsum, (0,)),
 }

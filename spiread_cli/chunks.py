@@ -491,7 +491,10 @@ def _row_local(node, row_in: list[bool], row_params: list[str]) -> bool:
     if op.name == "stack":                # Matrix.fromColumns(x1, x2) of row vectors
         return node.params["axis"] == 1 and all(row_in)
     if op.name in ("select", "arrange"):  # picks within each row (checked per chunk), or W[xs, ys]
-        return "rows" in row_params and "cols" in row_params
+        # Columns 0, 1, 2, … as many as the rows are positions from the row count (a diagonal: `A.diag`,
+        # `A.trace`), which differ from chunk to chunk: not within each row.
+        cols = node.params["cols"]
+        return "rows" in row_params and "cols" in row_params and not np.array_equal(cols, np.arange(len(cols)))
     return False
 
 

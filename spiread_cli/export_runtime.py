@@ -70,6 +70,14 @@ def _mean_log_softmax_pick(z, picks):
     return xp.sum(xp.take(xp.reshape(_log_softmax_rows(z), (-1,)), picks)) / picks.shape[0]
 
 
+def _row_cumsum(x, reverse=False):
+    """Running sums along each row (a vector is one row); `reverse`: from the end."""
+    xp = array_namespace(x)
+    if reverse:
+        return xp.flip(xp.cumulative_sum(xp.flip(x, axis=-1), axis=-1), axis=-1)
+    return xp.cumulative_sum(x, axis=-1)
+
+
 def _exclusive_products(x, over: str):
     """Each entry's product of the others (over "all" entries, or along each
     of the "rows"), without dividing, so zeros are exact."""

@@ -647,6 +647,112 @@ defop("rowProduct", lambda x: x.prod(axis=1), _rows_shape,
       methods=(), structure="rows", export=_reduce("prod", "ReduceProd", 1))
 
 
+def _row_cumsum(x, reverse=False):
+    """Running sums along each row (a vector is one row); `reverse`: from
+    the end, the transpose of the running sums."""
+    if reverse:
+        return np.flip(np.cumsum(np.flip(x, -1), axis=-1), -1)
+    return np.cumsum(x, axis=-1)
+
+
+def _running_shape(s, reverse=False):
+    if not s:
+        raise ShapeError("running sums need a vector or matrix, but {0} is {s0}")
+    return s
+
+
+# `X.rowCumsum`; `x.cumsum` is it on the entries flattened, as numpy's cumsum.
+defop("rowCumsum", _row_cumsum, _running_shape,
+      lambda i, g, out, x, emit, reverse=False: emit("rowCumsum", [g], reverse=not reverse),
+      row_wise=True, structure="rows", batched=lambda args, which, reverse=False: _row_cumsum(args[0], reverse),
+      export=Export(lambda w, x, reverse=False: f"_row_cumsum({x}, {reverse})",
+                    lambda b, x, reverse=False: b("CumSum", [x, b.const(np.array(-1))], reverse=int(reverse))))
+
+
+# --------------------------------------------------------------------- einsum
+# `einsum("ij,jk->ik", A, B)` over operands of rank ≤ 2. The interpreter
+# checks the subscripts and writes them explicitly ("ij,jk->ik", never
+# implicit), so `spec` always has its `->`.
+
+
+def _einsum_parts(spec: str) -> tuple[list[str], str]:
+    inputs, _, output = spec.partition("->")
+    return inputs.split(","), output
+
+
+def _einsum(*xs, spec):
+    if any(is_lazy(x) for x in xs):
+        return _lazy_einsum(spec, xs)
+    out = np.einsum(spec, *xs)
+    # A diagonal ("ii->i") is a view of its operand: a value of its own, as every op's.
+    return np.array(out) if isinstance(out, np.ndarray) and out.base is not None else out
+
+
+def _lazy_einsum(spec: str, xs):
+    """Dask's einsum, every axis of one letter cut into the same chunks
+    (Dask's own needs them alike, within an operand too: "ii")."""
+    import dask.array as da
+    inputs, _ = _einsum_parts(spec)
+    xs = [da.asarray(x) for x in xs]
+    chunks: dict[str, tuple] = {}
+    for letters, x in zip(inputs, xs):
+        for letter, c in zip(letters, x.chunks):
+            chunks.setdefault(letter, c)
+    return da.einsum(spec, *[x.rechunk(tuple(chunks[letter] for letter in letters)) for letters, x in zip(inputs, xs)])
+
+
+def _einsum_shape(*shapes, spec):
+    inputs, output = _einsum_parts(spec)
+    if len(inputs) != len(shapes):
+        raise ShapeError(f'"{spec}" has subscripts for {len(inputs)} operands, but there are {len(shapes)}')
+    sizes: dict[str, tuple[int, int]] = {}  # letter -> (its size, the operand it was first met in)
+    for k, (letters, shape) in enumerate(zip(inputs, shapes)):
+        if len(letters) != len(shape):
+            raise ShapeError(f'"{letters or "(none)"}" has {len(letters)} axes, but {{{k}}} is {{s{k}}}')
+        for letter, n in zip(letters, shape):
+            m, first = sizes.setdefault(letter, (n, k))
+            if m != n:
+                raise ShapeError(f'`{letter}` is {m} long in {{{first}}}, which is {{s{first}}}, '
+                                 f'but {n} long in {{{k}}}, which is {{s{k}}}')
+    return tuple(sizes[letter][0] for letter in output)
+
+
+def _einsum_derivative(i, g, out, *xs, emit, spec):
+    """An einsum of g and the other operands onto operand i's letters (each
+    once); then g spread along the letters only operand i has and the
+    output sums away, and a diagonal ("ii") placed back on the matrix."""
+    inputs, output = _einsum_parts(spec)
+    own = inputs[i]
+    letters = "".join(dict.fromkeys(own))
+    others = [(s, x) for j, (s, x) in enumerate(zip(inputs, xs)) if j != i]
+    reached = set(output).union(*[s for s, _ in others])
+    kept = "".join(letter for letter in letters if letter in reached)
+    if others or output != kept:
+        g = emit("einsum", [g] + [x for _, x in others], spec=",".join([output] + [s for s, _ in others]) + "->" + kept)
+    shape = emit.shape(xs[i])
+    size = dict(zip(own, shape))
+    if kept != letters:
+        spread = tuple(size[letter] if letter in kept else 1 for letter in letters)
+        g = emit("broadcastTo", [emit("reshape", [g], shape=spread)], shape=tuple(size[letter] for letter in letters))
+    if letters != own:
+        positions = np.arange(shape[0])
+        g = emit("scatterPairs", [g], rows=positions, cols=positions, shape=shape)
+    return g
+
+
+def _einsum_batched(args, which, spec):
+    """The einsum with a letter of its own for the batch axis."""
+    inputs, output = _einsum_parts(spec)
+    batch = next(letter for letter in "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA" if letter not in spec)
+    batched = ",".join(batch + s if b else s for s, b in zip(inputs, which)) + "->" + batch + output
+    return _lazy_einsum(batched, args) if any(is_lazy(x) for x in args) else np.einsum(batched, *args)
+
+
+defop("einsum", _einsum, _einsum_shape, _einsum_derivative, methods=(), batched=_einsum_batched,
+      export=Export(lambda w, *xs, spec: f"xp.einsum({spec!r}, {', '.join(xs)})",
+                    lambda b, *xs, spec: b("Einsum", list(xs), equation=spec)))
+
+
 # ------------------------------------------------------- row normalisations
 # A vector is normalised as a single row; the value rules work along the last
 # axis, so a leading batch axis passes through.
@@ -787,6 +893,16 @@ def pair_positions(shape: tuple, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     return np.ravel_multi_index((np.asarray(rows, np.intp), np.asarray(cols, np.intp)), shape, mode="wrap")
 
 
+def _index_code(w, x: str, key: tuple) -> str:
+    """x[key] as Python writes it; with a slice stepping backwards (which
+    PyTorch refuses), a gather of the flat positions it picks."""
+    if not any(isinstance(k, slice) and (k.step or 1) < 0 for k in key):
+        return f"{x}[{_key_code(key)}]"
+    positions = key_positions(w.shape(x), key)
+    return (f"xp.reshape(xp.take(xp.reshape({x}, (-1,)), {w.literal(positions.reshape(-1), 'positions')}), "
+            f"{positions.shape})")
+
+
 def _onnx_pick(b, x, positions: np.ndarray):
     """The entries of x at flat positions, in the positions' shape."""
     return b("Gather", [b("Reshape", [x, b.ints([-1])]), b.const(positions)], axis=0)
@@ -803,7 +919,7 @@ defop("index", lambda x, key: _copied(x[key]), _index_shape,
       lambda i, g, out, x, emit, key: emit("indexScatter", [g], key=key, shape=emit.shape(x)),
       methods=(), structure="selection",
       batched=lambda args, which, key: _copied(args[0][(slice(None),) + key]),
-      export=Export(lambda w, x, key: f"{x}[{_key_code(key)}]",
+      export=Export(lambda w, x, key: _index_code(w, x, key),
                     lambda b, x, key: _onnx_pick(b, x, key_positions(b.shape(x), key))))
 
 
@@ -902,6 +1018,36 @@ defop("stack", lambda *xs, axis: np.stack(xs, axis=axis), _stack_shape,
       methods=(), structure="selection",
       export=Export(lambda w, *xs, axis: f"xp.stack([{', '.join(xs)}], axis={axis})",
                     lambda b, *xs, axis: b("Concat", [b("Unsqueeze", [x, b.ints([axis])]) for x in xs], axis=axis)))
+
+
+def _concat_shape(*shapes, axis):
+    pieces = ", ".join("{%d} is {s%d}" % (i, i) for i in range(len(shapes)))
+    if not shapes:
+        raise ShapeError("there is nothing to join")
+    rank = len(shapes[0])
+    if rank == 0 or any(len(s) != rank for s in shapes):
+        raise ShapeError(f"the pieces must be all vectors or all matrices: {pieces}")
+    if axis >= rank:
+        raise ShapeError(f"vectors are joined end to end (axis 0), not along axis {axis}: {pieces}")
+    rest = shapes[0][:axis] + shapes[0][axis + 1:]
+    if any(s[:axis] + s[axis + 1:] != rest for s in shapes):
+        raise ShapeError(f"the pieces must have as many {'rows' if axis == 1 else 'columns'}: {pieces}")
+    return shapes[0][:axis] + (sum(s[axis] for s in shapes),) + shapes[0][axis + 1:]
+
+
+def _concat_derivative(i, g, out, *xs, emit, axis):
+    """Operand i's part of g: the slice of the positions it was put at."""
+    start = sum(emit.shape(x)[axis] for x in xs[:i])
+    return emit("index", [g], key=(slice(None),) * axis + (slice(start, start + emit.shape(xs[i])[axis]),))
+
+
+# `concat(a, b, axis=k)`, `hstack`, `vstack`: pieces of one rank end to end
+# along an axis (numpy's concatenate; the interpreter promotes hstack's and
+# vstack's pieces as numpy does).
+defop("concat", lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_shape, _concat_derivative,
+      methods=(), structure="selection",
+      export=Export(lambda w, *xs, axis: f"xp.concat([{', '.join(xs)}], axis={axis})",
+                    lambda b, *xs, axis: b("Concat", list(xs), axis=axis)))
 
 
 # ------------------------------------------------------------- fused ops
@@ -1040,7 +1186,9 @@ def _broadcasts(a, b) -> bool:
 
 def _reshape_shape(s, shape):
     if math.prod(s) != math.prod(shape):
-        raise ShapeError(f"{{0}} is {{s0}}, which has another number of entries than {tuple(shape)}")
+        shown = "×".join(map(str, shape)) or "a scalar"
+        raise ShapeError(f"{{0}} is {{s0}}, {math.prod(s)} entries, which cannot be laid out as {shown} "
+                         f"({math.prod(shape)} entries)")
     return tuple(shape)
 
 
@@ -1068,9 +1216,12 @@ defop("broadcastTo", lambda x, shape: np.broadcast_to(x, shape), _broadcast_to_s
       methods=(), batched=lambda args, which, shape: np.broadcast_to(
           lift(args[0], len(shape)), args[0].shape[:1] + tuple(shape)),
       export=Export("xp.broadcast_to({0}, {shape})", lambda b, x, shape: b("Expand", [x, b.ints(shape)])))
-defop("reshape", lambda x, shape: x.reshape(shape), _reshape_shape,
+# `X.reshape(r, c)`, `X.flatten` (row by row, as numpy's C order), and the
+# statements' own reshapes.
+defop("reshape", lambda x, shape: np.reshape(x, shape), _reshape_shape,
       lambda i, g, out, x, emit, shape: emit("reshape", [g], shape=emit.shape(x)),
-      methods=(), batched=lambda args, which, shape: args[0].reshape(args[0].shape[:1] + tuple(shape)),
+      methods=(), structure="selection",
+      batched=lambda args, which, shape: args[0].reshape(args[0].shape[:1] + tuple(shape)),
       export=Export("xp.reshape({0}, {shape})", lambda b, x, shape: b("Reshape", [x, b.ints(shape)], allowzero=1)))
 
 
@@ -1145,9 +1296,29 @@ def _key_shape(shape: tuple, key: tuple) -> tuple:
 
 def _index_scatter(x, key, shape, lead=()):
     """Zeros of `shape` (after `lead` axes) with the entries at `key` set to x."""
-    out = np.zeros_like(x, shape=lead + tuple(shape)) if is_lazy(x) else np.zeros(lead + tuple(shape))
+    if is_lazy(x):
+        out = np.zeros_like(x, shape=lead + tuple(shape))
+        key, x = _stepping_forwards(key, shape, x, len(lead))
+    else:
+        out = np.zeros(lead + tuple(shape))
     out[(slice(None),) * len(lead) + key] = x
     return out
+
+
+def _stepping_forwards(key: tuple, shape: tuple, x, axis: int):
+    """The same positions with every slice stepping forwards, and x turned
+    around along the axes whose slice stepped backwards (Dask assigns to
+    forward slices only). x's axis `axis` is the first one a slice makes."""
+    forwards = []
+    for k, n in zip(key, shape):
+        if isinstance(k, slice):
+            taken = range(*k.indices(n))
+            if taken.step < 0:
+                x = np.flip(x, axis)
+                k = slice(taken[-1], taken[0] + 1, -taken.step) if taken else slice(0, 0)
+            axis += 1
+        forwards.append(k)
+    return tuple(forwards), x
 
 
 # index's transpose: zeros with the entries at `key` set.

@@ -108,6 +108,38 @@ class Stack:
     items: tuple
 
 
+@dataclass(frozen=True)
+class Reshape:
+    receiver: object
+    sizes: tuple | None  # `x.reshape(*sizes)` (one may be -1); None: `x.flatten`
+
+
+@dataclass(frozen=True)
+class Join:
+    word: str          # hstack, vstack, concat
+    items: tuple
+    axis: int | None = None  # concat's `axis=` when written
+
+
+@dataclass(frozen=True)
+class Diagonal:
+    word: str          # diag (the function), .diag, trace, triu, tril
+    receiver: object
+    k: int | None = None
+
+
+@dataclass(frozen=True)
+class Cumsum:
+    word: str          # cumsum (all entries, flattened), rowCumsum
+    receiver: object
+
+
+@dataclass(frozen=True)
+class Einsum:
+    spec: str          # as written (explicit or implicit)
+    items: tuple
+
+
 # ---------------------------------------------------------------- rendering
 
 
@@ -167,7 +199,39 @@ def render(e) -> str:
             inner = ", ".join(render(i) for i in items)
             return {"list": f"[{inner}]", "Array": f"Array({inner})",
                     "fromRows": f"Matrix.fromRows({inner})", "fromColumns": f"Matrix.fromColumns({inner})"}[form]
+        case Reshape(r, None):
+            return f"{render(r)}.flatten"
+        case Reshape(r, sizes):
+            return f"{render(r)}.reshape({', '.join(map(str, sizes))})"
+        case Join(word, items, axis):
+            return f"{word}({', '.join(render(i) for i in items)}{'' if axis is None else f', axis={axis}'})"
+        case Diagonal("diag", r, k):
+            return f"diag({render(r)}{'' if k is None else f', {k}'})"
+        case Diagonal(word, r, k):
+            return f"{render(r)}.{word.lstrip('.')}{'' if k is None else f'({k})'}"
+        case Cumsum(word, r):
+            return f"{render(r)}.{word}"
+        case Einsum(spec, items):
+            return f'einsum("{spec}", {", ".join(render(i) for i in items)})'
     raise TypeError(e)
+
+
+def _diagonal(xp, x, k):
+    """x's k-th diagonal by a gather (autograd differentiates only the main
+    diagonal of a square matrix, and no `ii` einsum)."""
+    rows, cols = x.shape
+    n = max(0, min(rows - max(-k, 0), cols - max(k, 0)))
+    return x[np.arange(n) + max(-k, 0), np.arange(n) + max(k, 0)]
+
+
+def _einsum(xp, spec, xs):
+    """numpy's einsum, a repeated letter (`ii`) by a gather for autograd."""
+    inputs = spec.split("->")[0].split(",")
+    if any(len(set(s)) < len(s) for s in inputs):
+        (x,) = xs
+        diagonal = _diagonal(xp, x, 0)
+        return xp.sum(diagonal) if spec.replace(" ", "") in ("ii->", "ii") else diagonal
+    return xp.einsum(spec, *xs)
 
 
 # --------------------------------------------------------------- evaluation
@@ -217,6 +281,8 @@ def _unary(xp, spelling, x, t):
         case "softmaxRows":
             e = xp.exp(x - xp.max(x, axis=-1, keepdims=True))
             return e / row_total(e)
+        case "rowCumsum":
+            return xp.cumsum(x, axis=-1)
         case "logSoftmaxRows":
             shifted = x - xp.max(x, axis=-1, keepdims=True)
             return shifted - xp.log(row_total(xp.exp(shifted)))
@@ -275,10 +341,31 @@ def evaluate(e, env: dict, xp=np):
             return ev(r)[list(rows), list(cols)]
         case Stack(form, items):
             return xp.stack([ev(i) for i in items], axis=1 if form == "fromColumns" else 0)
+        case Reshape(r, sizes):
+            return xp.reshape(ev(r), (-1,) if sizes is None else sizes)
+        case Join(word, items, axis):
+            xs = [ev(i) for i in items]
+            if word == "concat":
+                return xp.concatenate(xs, axis=axis or 0)
+            return (xp.hstack if word == "hstack" else xp.vstack)(xs)
+        case Diagonal(word, r, k):
+            x = ev(r)
+            if word in ("diag", ".diag") and np.ndim(x) == 1:
+                return xp.diag(x, k or 0)
+            if word in ("diag", ".diag"):
+                return _diagonal(xp, x, k or 0)
+            if word == "trace":
+                return xp.sum(_diagonal(xp, x, k or 0))
+            return (xp.triu if word == "triu" else xp.tril)(x, k or 0)
+        case Cumsum(word, r):
+            return xp.cumsum(ev(r)) if word == "cumsum" else _unary(xp, word, ev(r), None)
+        case Einsum(spec, items):
+            return _einsum(xp, spec, [ev(i) for i in items])
     raise TypeError(e)
 
 
-NODES = (Var, Num, Const, Bin, Neg, Method, RowReduce, Index, Select, Arrange, Stack)
+NODES = (Var, Num, Const, Bin, Neg, Method, RowReduce, Index, Select, Arrange, Stack, Reshape, Join, Diagonal, Cumsum,
+         Einsum)
 
 
 def free_names(e) -> set[str]:
@@ -388,14 +475,15 @@ OTHER_OPS = {  # op: the generator's `kind` that writes it
     "add": "binary", "sub": "binary", "mul": "binary", "div": "binary", "pow": "power", "matmul": "matmul",
     "clampMin": "clamp", "clampMax": "clamp", "transpose": "T", "sum": "reduce", "mean": "reduce",
     "product": "reduce", "index": "index, rowcol, slice", "select": "select, likelihood",
-    "arrange": "arrange, likelihood", "stack": "stack",
+    "arrange": "arrange, likelihood, diagonal", "stack": "stack", "reshape": "reshape, cumsum", "concat": "join",
+    "scatterPairs": "diagonal", "rowCumsum": "cumsum", "einsum": "einsum",
 }
 NOT_GENERATED = {  # op: why no program writes it
     "gatherRows": "fused by rewrite.py from `onehot(labels, n) @@ W`; it has no syntax of its own",
     "meanLogSoftmaxPick": "fused by rewrite.py from the log-likelihood pattern; it has no syntax of its own",
     **{name: "recorded by the derivative rules (Tape.backward_graph), for second derivatives; no syntax"
-       for name in ("sumTo", "broadcastTo", "reshape", "rowTotal", "sign", "indicator", "scale",
-                    "exclusiveProducts", "indexScatter", "scatterPairs", "scatterRows")},
+       for name in ("sumTo", "broadcastTo", "rowTotal", "sign", "indicator", "scale",
+                    "exclusiveProducts", "indexScatter", "scatterRows")},
     "stopGradient": "`x.value`: its derivative is 0 by definition, which finite differences cannot check",
 }
 GENERATED = {**UNARY_DOMAINS, **ROW_NORMS, **ROW_REDUCTIONS, **OTHER_OPS}
@@ -412,7 +500,7 @@ REDUCE_SPELLINGS = written("sum", "mean", "product")
 ROW_NORM_SPELLINGS = written(*ROW_NORMS)
 TRANSPOSE_SPELLINGS = written("transpose")
 # Every method spelling and operator the generator draws.
-DRAWN = {*(s for spellings in UNARY.values() for s in spellings), *BINARY_SPELLINGS, *POWER_SPELLINGS,
+DRAWN = {*(s for spellings in UNARY.values() for s in spellings), *BINARY_SPELLINGS, *POWER_SPELLINGS, "rowCumsum",
          *MATMUL_SPELLINGS, *CLAMP_SPELLINGS, *REDUCE_SPELLINGS, *ROW_NORM_SPELLINGS, *TRANSPOSE_SPELLINGS}
 BOUND_EXP = 3.0
 POSITIVE = 0.2
@@ -547,9 +635,11 @@ class _Builder:
         if depth <= 0 and not composite:
             return self.leaf(shape)
         kinds = ["leaf"] * (not composite) + ["unary"] * 3 + ["binary"] * 3 + ["power", "clamp", "matmul"]
-        kinds += {0: ["reduce", "reduce", "index", "likelihood", "slice"],
-                  1: ["rowreduce", "rowreduce", "rowcol", "arrange", "stack", "rownorm", "T", "slice"],
-                  2: ["T", "select", "rownorm", "rownorm", "stack", "slice"]}[len(shape)]
+        kinds += {0: ["reduce", "reduce", "index", "likelihood", "slice", "diagonal", "einsum"],
+                  1: ["rowreduce", "rowreduce", "rowcol", "arrange", "stack", "rownorm", "T", "slice", "reshape",
+                      "join", "diagonal", "cumsum", "einsum"],
+                  2: ["T", "select", "rownorm", "rownorm", "stack", "slice", "reshape", "join", "diagonal", "cumsum",
+                      "einsum"]}[len(shape)]
         kind = self.draw(st.sampled_from(kinds))
         sub = functools.partial(self.expr, depth=depth - 1)
         d = self.dims
@@ -617,6 +707,19 @@ class _Builder:
             return Index(sub(x_shape), key)
         if kind == "slice":
             return self.sliced(shape, sub)
+        if kind == "reshape":
+            return self.reshaped(shape, sub)
+        if kind == "join":
+            return self.joined(shape, sub)
+        if kind == "diagonal":
+            return self.diagonal(shape, sub)
+        if kind == "cumsum":
+            if len(shape) == 2 or self.draw(st.booleans()):
+                return Cumsum("rowCumsum", sub(shape))
+            n = shape[0]
+            return Cumsum("cumsum", sub(self.draw(st.sampled_from([(n,), (1, n), (n, 1)] + [(2, n // 2)] * (n % 2 == 0)))))
+        if kind == "einsum":
+            return self.einsum(shape, sub)
         if kind == "rowreduce":
             op = self.draw(st.sampled_from(sorted(ROW_REDUCTIONS)))
             x = sub((shape[0], self.draw(st.sampled_from(d))))
@@ -704,6 +807,75 @@ class _Builder:
             m = self.draw(st.sampled_from(self.dims))
             key, x_shape = [self.draw(st.integers(-m, m - 1))], [m]
         return Index(sub(tuple(x_shape)), tuple(key))
+
+    def reshaped(self, shape, sub):
+        """`x.reshape(…)` (a size sometimes -1) or `x.flatten`, from another
+        shape with as many entries."""
+        n = int(np.prod(shape))
+        sources = [(n,), (n, 1), (1, n)] + [(a, n // a) for a in (2, 3) if n % a == 0 and a < n]
+        if len(shape) == 2:
+            sources.append(shape[::-1])
+        x_shape = self.draw(st.sampled_from([s for s in sources if s != shape] or sources))
+        if len(shape) == 1 and len(x_shape) == 2 and self.draw(st.booleans()):
+            return Reshape(sub(x_shape), None)
+        sizes = list(shape)
+        if self.draw(st.booleans()):
+            sizes[self.draw(st.integers(0, len(sizes) - 1))] = -1
+        return Reshape(sub(x_shape), tuple(sizes))
+
+    def joined(self, shape, sub):
+        """hstack, vstack or concat of pieces whose sizes add up to `shape`'s
+        along the axis joined; vstack's vectors and hstack's scalars promoted."""
+        axis = 0 if len(shape) == 1 else self.draw(st.integers(0, 1))
+        total = shape[axis]
+        cuts = sorted(self.draw(st.lists(st.integers(1, total - 1), max_size=2, unique=True))) if total > 1 else []
+        lengths = [b - a for a, b in zip([0] + cuts, cuts + [total])]
+        if len(shape) == 1:
+            word = self.draw(st.sampled_from(["hstack", "concat"]))
+            items = tuple(sub(()) if n == 1 and word == "hstack" and self.draw(st.booleans()) else sub((n,))
+                          for n in lengths)
+            return Join(word, items, None if word == "hstack" or self.draw(st.booleans()) else 0)
+        word = self.draw(st.sampled_from(["vstack" if axis == 0 else "hstack", "concat"]))
+        pieces = []
+        for n in lengths:
+            piece = shape[:axis] + (n,) + shape[axis + 1:]
+            if word == "vstack" and n == 1 and self.draw(st.booleans()):
+                piece = (shape[1],)  # a vector is a row to vstack
+            pieces.append(sub(piece))
+        return Join(word, tuple(pieces), axis if word == "concat" and (axis or self.draw(st.booleans())) else None)
+
+    def diagonal(self, shape, sub):
+        """`diag(v, k)` (a square matrix), `A.diag(k)` / `diag(A)` (a vector),
+        `A.trace(k)` (a scalar), `A.triu(k)` / `A.tril(k)` (a matrix)."""
+        k = self.draw(st.sampled_from([None, 0, 1, -1]))
+        if len(shape) == 0:
+            return Diagonal("trace", sub((self.draw(st.sampled_from(self.dims)), self.draw(st.sampled_from(self.dims)))), k)
+        if len(shape) == 1:
+            n, k0, extra = shape[0], k or 0, self.draw(st.integers(0, 1))
+            x_shape = self.draw(st.sampled_from([(n, n + k0 + extra), (n + extra, n + k0)] if k0 >= 0
+                                                else [(n - k0, n + extra), (n - k0 + extra, n)]))
+            return Diagonal(self.draw(st.sampled_from(["diag", ".diag"])), sub(x_shape), k)
+        if shape[0] == shape[1] and shape[0] > abs(k or 0) and self.draw(st.booleans()):
+            return Diagonal("diag", sub((shape[0] - abs(k or 0),)), k)
+        return Diagonal(self.draw(st.sampled_from(["triu", "tril"])), sub(shape), k)
+
+    def einsum(self, shape, sub):
+        """numpy's einsum subscripts that give `shape`, explicit or implicit."""
+        d = self.dims
+        n, m = self.draw(st.sampled_from(d)), self.draw(st.sampled_from(d))
+        if len(shape) == 0:
+            options = [("ij,ij->", [(n, m), (n, m)]), ("ii->", [(n, n)]), ("ii", [(n, n)]), ("i,i", [(n,), (n,)]),
+                       ("ij,ij", [(n, m), (n, m)])]
+        elif len(shape) == 1:
+            (r,) = shape
+            options = [("ij,j->i", [(r, m), (m,)]), ("ij->j", [(n, r)]), ("ii->i", [(r, r)]),
+                       ("ij,ij->i", [(r, m), (r, m)]), ("i,->i", [shape, ()]), ("ji,j", [(m, r), (m,)])]
+        else:
+            r, c = shape
+            options = [("ik,kj->ij", [(r, m), (m, c)]), ("ij->ji", [(c, r)]), ("i,j->ij", [(r,), (c,)]),
+                       ("ij,jk", [(r, m), (m, c)]), ("ji", [(c, r)]), ("ij,ij->ij", [shape, shape])]
+        spec, shapes = self.draw(st.sampled_from(options))
+        return Einsum(spec, tuple(self.bounded(sub(s), 5.0) for s in shapes))
 
     def broadcast_pair(self, shape):
         """Operand shapes that broadcast to `shape`: r×c with c, r×1, 1×c, scalars."""

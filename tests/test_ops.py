@@ -120,7 +120,7 @@ class Case:
     @property
     def id(self):
         shapes = ",".join("×".join(map(str, x.shape)) or "s" for x in self.xs)
-        extra = ",".join(f"{k}={v!r}" for k, v in self.params.items() if k in ("axis", "t"))
+        extra = ",".join(f"{k}={v!r}" for k, v in self.params.items() if k in ("axis", "t", "spec", "reverse"))
         return f"{self.op}({shapes}{';' + extra if extra else ''})"
 
 
@@ -183,6 +183,36 @@ def _cases() -> list[Case]:
                           if axis else np.array([list(v) for v in xs]), {"axis": axis}))
     cases.append(Case("stack", [normal(S), normal(S), normal(S)], lambda *xs, axis: np.array([float(v) for v in xs]),
                       {"axis": 0}))
+    # concat: the pieces' entries one after another along the axis, by loops.
+    cases += [Case("concat", [normal(V), normal((2,)), normal((1,))], lambda *xs, axis: np.array([v for x in xs for v in x]),
+                   {"axis": 0}),
+              Case("concat", [normal(M), normal((1, 3))], lambda *xs, axis: np.array([list(r) for x in xs for r in x]),
+                   {"axis": 0}),
+              Case("concat", [normal(M), normal((2, 1)), normal((2, 2))],
+                   lambda *xs, axis: np.array([[v for x in xs for v in x[i]] for i in range(2)]), {"axis": 1})]
+
+    def running(row, reverse):
+        return [sum(row[j:]) if reverse else sum(row[:j + 1]) for j in range(len(row))]
+
+    for reverse in (False, True):
+        cases += [Case("rowCumsum", [normal(s)], lambda x, reverse: np.array(running(list(x), reverse)) if x.ndim == 1
+                       else np.array([running(list(r), reverse) for r in x]), {"reverse": reverse}) for s in (V, M)]
+    a, b, square = normal((2, 3)), normal((3, 4)), normal((3, 3))
+    loops = {  # spec: its sums written as loops
+        "ij,jk->ik": lambda a, b: np.array([[sum(a[i][j] * b[j][k] for j in range(3)) for k in range(4)] for i in range(2)]),
+        "ii->": lambda s: sum(s[i][i] for i in range(3)),
+        "ii->i": lambda s: np.array([s[i][i] for i in range(3)]),
+        "ij,ij->i": lambda a, c: np.array([sum(a[i][j] * c[i][j] for j in range(3)) for i in range(2)]),
+        "ij->ji": lambda a: np.array([[a[i][j] for i in range(2)] for j in range(3)]),
+        "ij->j": lambda a: np.array([sum(a[i][j] for i in range(2)) for j in range(3)]),
+        "ij,kl->": lambda a, b: sum(np.ravel(a)) * sum(np.ravel(b)),
+        "i,j->ij": lambda u, v: np.array([[u[i] * v[j] for j in range(3)] for i in range(2)]),
+        ",ij->ij": lambda s, a: np.array([[float(s) * a[i][j] for j in range(3)] for i in range(2)]),
+    }
+    operands = {"ij,jk->ik": [a, b], "ii->": [square], "ii->i": [square], "ij,ij->i": [a, normal((2, 3))],
+                "ij->ji": [a], "ij->j": [a], "ij,kl->": [a, b], "i,j->ij": [normal((2,)), normal(V)],
+                ",ij->ij": [normal(S), a]}
+    cases += [Case("einsum", operands[spec], lambda *xs, spec, f=f: f(*xs), {"spec": spec}) for spec, f in loops.items()]
     index = np.array([2, 0, 2, 2])
     cases += [Case("gatherRows", [normal((3, 4))], lambda x, index: np.array([x[i] for i in index]), {"index": index}),
               Case("gatherRows", [normal(V)], lambda x, index: np.array([x[i] for i in index]), {"index": index})]
@@ -352,6 +382,9 @@ def _method_case(spelling):
     if op in ROW_NORMS:
         x = signed_away_from_zero(M)
         return f"x = {lit(x)}", f"x.{spelling}", ["x"], ROW_NORMS[op](x)
+    if op == "rowCumsum":
+        x = normal(M)
+        return f"x = {lit(x)}", f"x.{spelling}", ["x"], np.array([[sum(r[:j + 1]) for j in range(3)] for r in x])
     raise AssertionError(f"no language case for `.{spelling}`: add one")
 
 
@@ -559,6 +592,9 @@ EDGE_PARAMS = {  # parameter names -> the values to try, given the first operand
                                      {"key": (slice(None),), "shape": shape}],
     ("rows", "cols", "shape"): lambda shape: [{**pairs, "shape": (2, 3)} for pairs in _pairs((2, 3))],
     ("index", "rows"): lambda shape: [{"index": np.arange(shape[0] if shape else 0) % 2, "rows": 2}],
+    ("reverse",): lambda shape: [{"reverse": False}, {"reverse": True}],
+    ("spec",): lambda shape: [{"spec": spec} for spec in ("ij,jk->ik", "ii->", "ii->i", "ij->ji", "ij,ij->i", "i,j->ij",
+                                                          "i,i->", "ij->", ",i->i", "->", "ij,j->i")],
 }
 
 SHAPES = [(), (1,), (3,), (0,), (1, 0), (0, 1), (0, 0), (0, 3), (3, 0), (3, 1), (1, 3), (2, 3)]
@@ -566,7 +602,7 @@ SHAPES = [(), (1,), (3,), (0,), (1, 0), (0, 1), (0, 0), (0, 3), (3, 0), (3, 1), 
 # numpy's and PyTorch's conventions (torch 2.13 gives the same for
 # zeros(0).sum/prod/mean, zeros(3, 0).sum(1)/prod(1)/mean(1), and a matmul
 # over an inner size of 0).
-VALUE_OF_NOTHING = {"sum": 0.0, "rowSum": 0.0, "matmul": 0.0, "product": 1.0, "rowProduct": 1.0,
+VALUE_OF_NOTHING = {"sum": 0.0, "rowSum": 0.0, "matmul": 0.0, "einsum": 0.0, "product": 1.0, "rowProduct": 1.0,
                     "mean": np.nan, "rowMean": np.nan, "meanLogSoftmaxPick": np.nan,
                     "sumTo": 0.0, "rowTotal": 0.0, "indexScatter": 0.0, "scatterPairs": 0.0, "scatterRows": 0.0}
 

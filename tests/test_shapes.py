@@ -160,3 +160,103 @@ def test_strict_makes_a_bound_past_the_end_an_error(tmp_program):
     done = spiread("eval", tmp_program("x = [1, 2, 3]\nx[1:5]\n"), "--strict")
     assert done.returncode == 1
     assert ":2:5: error: the slice bound 5 is past the end of `x`" in done.stderr
+
+
+# ------------------------------------------------------------- shape words
+
+A = RNG.normal(size=(3, 3))
+B = RNG.normal(size=(3, 4))
+U = RNG.normal(size=3)
+SETUP = f"v = {lit(V)}\nX = {lit(X)}\nA = {lit(A)}\nB = {lit(B)}\nu = {lit(U)}\n"
+ENV = {"v": V, "X": X, "A": A, "B": B, "u": U}
+
+WORDS = [  # (expression, numpy's value, the names it reads)
+    ("X.reshape(2, 6)", lambda: X.reshape(2, 6), ["X"]), ("X.reshape(-1, 2)", lambda: X.reshape(-1, 2), ["X"]),
+    ("X.reshape(12)", lambda: X.reshape(12), ["X"]), ("v.reshape(5, 1)", lambda: V.reshape(5, 1), ["v"]),
+    ("X.flatten", lambda: X.flatten(), ["X"]),
+    ("hstack(v, u)", lambda: np.hstack([V, U]), ["v", "u"]), ("hstack(X, B.T, X)", lambda: np.hstack([X, B.T, X]), ["X", "B"]),
+    ("hstack(u, 2.5, v)", lambda: np.hstack([U, 2.5, V]), ["u", "v"]),
+    ("vstack(X, u, B.T)", lambda: np.vstack([X, U, B.T]), ["X", "u", "B"]), ("vstack(u, u * 2)", lambda: np.vstack([U, U * 2]), ["u"]),
+    ("concat(v, u)", lambda: np.concatenate([V, U]), ["v", "u"]),
+    ("concat(A, B, axis=1)", lambda: np.concatenate([A, B], axis=1), ["A", "B"]),
+    ("concat(X, A, axis=0)", lambda: np.concatenate([X, A], axis=0), ["X", "A"]),
+    ("diag(u)", lambda: np.diag(U), ["u"]), ("diag(u, 1)", lambda: np.diag(U, 1), ["u"]), ("u.diag(-2)", lambda: np.diag(U, -2), ["u"]),
+    ("A.diag", lambda: np.diag(A), ["A"]), ("diag(B)", lambda: np.diag(B), ["B"]), ("B.diag(2)", lambda: np.diag(B, 2), ["B"]),
+    ("X.diag(-1)", lambda: np.diag(X, -1), ["X"]),
+    ("A.trace", lambda: np.trace(A), ["A"]), ("B.trace(1)", lambda: np.trace(B, 1), ["B"]), ("X.trace(-2)", lambda: np.trace(X, -2), ["X"]),
+    ("A.triu", lambda: np.triu(A), ["A"]), ("B.triu(1)", lambda: np.triu(B, 1), ["B"]), ("X.tril", lambda: np.tril(X), ["X"]),
+    ("X.tril(-1)", lambda: np.tril(X, -1), ["X"]),
+    ("v.cumsum", lambda: np.cumsum(V), ["v"]), ("X.cumsum", lambda: np.cumsum(X), ["X"]),
+    ("X.rowCumsum", lambda: np.cumsum(X, axis=1), ["X"]), ("v.rowCumsum", lambda: np.cumsum(V), ["v"]),
+    ('einsum("ij,jk->ik", A, B)', lambda: A @ B, ["A", "B"]), ('einsum("ii->", A)', lambda: np.trace(A), ["A"]),
+    ('einsum("ii->i", A)', lambda: np.diag(A), ["A"]), ('einsum("ij,ij->i", X, X * 2)', lambda: np.sum(X * X * 2, axis=1), ["X"]),
+    ('einsum("ij->ji", B)', lambda: B.T, ["B"]), ('einsum("ij,jk", A, B)', lambda: A @ B, ["A", "B"]),
+    ('einsum("ji", B)', lambda: B.T, ["B"]), ('einsum("i,j->ij", u, v)', lambda: np.outer(U, V), ["u", "v"]),
+    ('einsum("ij,j->i", X, u)', lambda: X @ U, ["X", "u"]), ('einsum("ij->", X)', lambda: np.sum(X), ["X"]),
+    ('einsum("i,i", u, u)', lambda: U @ U, ["u"]), ('einsum("ij,kl->ik", A, B)', lambda: np.einsum("ij,kl->ik", A, B), ["A", "B"]),
+    ('einsum(",ij->ij", 2.5, A)', lambda: 2.5 * A, ["A"]),
+]
+
+
+@pytest.mark.parametrize("expr, expected, names", WORDS, ids=[w[0] for w in WORDS])
+def test_shape_words_are_numpys_and_differentiate_in_both_modes(expr, expected, names):
+    want = expected()
+    np.testing.assert_allclose(value(f"{SETUP}{expr}"), want, rtol=1e-13, atol=1e-14)
+    assert_gradients_agree(f"{SETUP}loss = {weighted(expr, np.shape(want))}", names)
+
+
+def test_the_hessian_through_shape_words_is_the_closed_form():
+    """(vstack(A.triu, A.T).cumsum · w)² summed: a quadratic whose Hessian
+    is 2 MᵀM for the linear map M it applies to A's entries."""
+    text = f"{SETUP}y = vstack(A.triu, einsum(\"ij->ji\", A)).cumsum\nloss = (y * y).sum\n"
+    columns = []
+    for k in range(9):
+        e = np.zeros(9)
+        e[k] = 1.0
+        a = e.reshape(3, 3)
+        columns.append(np.cumsum(np.vstack([np.triu(a), a.T])))
+    m = np.array(columns).T
+    hessian = compile(text).hessian(wrt="A").blocks["A"]["A"]
+    np.testing.assert_allclose(hessian.reshape(9, 9), 2 * m.T @ m, rtol=1e-13, atol=1e-13)
+
+
+BAD_WORDS = [  # (expression, the start of the message, the column it points at)
+    ("X.reshape(5, 2)", "`X.reshape(5, 2)`: `X` is 4×3, 12 entries, which cannot be laid out as 5×2 (10 entries)", 3),
+    ("X.reshape(-1, 5)", "`.reshape`: `X` is 4×3, 12 entries, which do not fill rows of 5", 1),
+    ("X.reshape(-1, -1)", "`.reshape`: sizes are whole numbers from 0 up, and at most one is -1", 1),
+    ("hstack(X, u)", "`hstack(X, u)`: the pieces must be all vectors or all matrices: `X` is 4×3, `u` is a vector of 3", 7),
+    ("vstack(X, v)", "`vstack(X, v)`: the pieces must have as many columns: `X` is 4×3, `v` is 1×5", 7),
+    ("concat(X, A, axis=1)", "`concat(X, A, axis=1)`: the pieces must have as many rows: `X` is 4×3, `A` is 3×3", 7),
+    ("concat(u, v, axis=1)", "`concat(u, v, axis=1)`: vectors are joined end to end (axis 0), not along axis 1", 7),
+    ("concat(u, v, axis=2)", "`concat`: the axis is 0 (rows after rows) or 1 (columns after columns), not 2", 19),
+    ("diag(2.0)", "`diag` needs a vector (to place on a diagonal) or a matrix (to take its diagonal), but `2.0` is a scalar", 5),
+    ("u.trace", "`.trace` needs a matrix, but `u` is a vector of 3", 3),
+    ("u.triu(1)", "`.triu` needs a matrix, but `u` is a vector of 3", 3),
+    ("(2.0).cumsum", "`(2.0).cumsum`: running sums need a vector or matrix, but `(2.0)` is a scalar", 7),
+    ('einsum("ij,jk->ik", A, X)', '`einsum("ij,jk->ik", A, X)`: `j` is 3 long in `A`, which is 3×3, but 4 long in `X`, which is 4×3', 7),
+    ('einsum("ij,jk->ik", A)', '"ij,jk->ik" has subscripts for 2 operands, but `einsum` is given 1', 8),
+    ('einsum("ijk->i", A)', '"ijk" names 3 axes, but a value has at most 2', 8),
+    ('einsum("ij->ii", A)', "`i` is twice in the result", 8),
+    ('einsum("ij->k", A)', "`k` is in the result but in no operand", 8),
+    ('einsum("...ij", A)', "`...` is not needed", 8),
+    ('einsum("i2", A)', "`2` is not a subscript", 8),
+    ('einsum("i,j", A, u)', '`einsum("i,j", A, u)`: "i" has 1 axes, but `A` is 3×3', 7),
+    ("einsum(A, A)", "`einsum` takes its subscripts first, in quotes", 8),
+]
+
+
+@pytest.mark.parametrize("expr, message, column", BAD_WORDS, ids=[w[0] for w in BAD_WORDS])
+def test_shape_words_refuse_what_does_not_fit_with_a_located_error(expr, message, column):
+    with pytest.raises(SpireadError) as error:
+        run(f"{SETUP}{expr}")
+    diagnostic = error.value.diagnostic
+    assert diagnostic.message.startswith(message), diagnostic.message
+    assert (diagnostic.span.line, diagnostic.span.column) == (6, column)
+
+
+def test_no_shape_word_has_a_kink():
+    """`check` never reports a kink at a shape word: no op they record has one."""
+    r = run(f"{SETUP}" + "\n".join(f"y{i} = {expr}" for i, (expr, _, _) in enumerate(WORDS)))
+    assert {node.op.name for node in r.tape.nodes if node.op} >= {"reshape", "concat", "arrange", "scatterPairs",
+                                                                   "select", "rowCumsum", "einsum", "sum"}
+    assert all(node.op.kink is None for node in r.tape.nodes if node.op)
