@@ -28,7 +28,7 @@ import common  # noqa: E402
 
 DOCS = common.ROOT / "docs" / "performance.md"
 PEERS = {"torch": "pip install -e '.[bench]'", "jax": "pip install -e '.[bench]'",
-         "autograd": "pip install -e '.[bench]'"}
+         "autograd": "pip install -e '.[bench]'", "onnxruntime": "pip install -e '.[bench]'"}
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -50,6 +50,7 @@ def interleaved(factories: dict, rounds: int, per_round: int) -> dict[str, float
 def step_benchmarks(quick: bool) -> dict:
     import bigram
     import chain
+    import exported
     import mlp
     results = {}
     ctx: dict = {}
@@ -64,6 +65,9 @@ def step_benchmarks(quick: bool) -> dict:
     mlp_impls["spiread, no rewrites"] = lambda: mlp.spiread_step(mlp.data(), ctx | {"rewrite": False})
     results["mlp"] = interleaved(mlp_impls, rounds, 3)
     results["chain"] = interleaved(chain.implementations(ctx), rounds, 1)
+    for workload in exported.WORKLOADS:  # `spiread export`'s code against the same step (benchmarks/exported.py)
+        results[f"exported: {workload}"] = interleaved(exported.implementations(workload, ctx), rounds,
+                                                       3 if workload == "mlp" else 2)
     for folder in ctx.get("cleanup", []):
         shutil.rmtree(folder, ignore_errors=True)
     return results
@@ -162,7 +166,9 @@ def table(results: dict) -> str:
     out = [f"Machine: {common.blas_kernel()}; Python {sys.version.split()[0]}; "
            f"numpy {_version('numpy')}, torch {_version('torch')}, jax {_version('jax')}, autograd {_version('autograd')}.",
            ""]
-    for workload, unit in (("bigram", "step"), ("bigram, dense inputs", "step"), ("mlp", "step"), ("chain", "step")):
+    exports = [(w, "step") for w in results["steps"] if w.startswith("exported: ")]
+    for workload, unit in (("bigram", "step"), ("bigram, dense inputs", "step"), ("mlp", "step"), ("chain", "step"),
+                           *exports):
         timings = results["steps"][workload]
         ours = timings["spiread"]
         out += [f"**{workload}** (forward + backward{' + SGD' if workload != 'chain' else ''}, median per {unit})", "",

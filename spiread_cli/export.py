@@ -205,6 +205,10 @@ class PythonWriter:
     def shape(self, operand: str) -> tuple:
         return self.shapes[operand]
 
+    def value(self, operand: str):
+        """An operand's value if it is a constant of the export, else None."""
+        return self.values.get(operand)
+
     # -------------------------------------------------------------- code
 
     def operand(self, node: Node, numbers: bool) -> str:
@@ -237,6 +241,7 @@ class PythonWriter:
         self.current = node
         operands = [self.operand(self.g.nodes[i], form.numbers) for i in node.inputs]
         self.shapes = {name: self.g.nodes[i].shape for name, i in zip(operands, node.inputs)}
+        self.values = {name: self.g.nodes[i].value for name, i in zip(operands, node.inputs) if self.constant[i]}
         if callable(form.python):
             code = form.python(self, *operands, **node.params)
         else:
@@ -388,6 +393,7 @@ class OnnxBuilder:
         self.nodes: list = []
         self.initializers: list = []
         self.shapes: dict[str, tuple] = {}
+        self.values: dict[str, np.ndarray] = {}  # the constants' values, by name
         self.count = 0
         self.prefix = "n"
 
@@ -396,6 +402,11 @@ class OnnxBuilder:
         return f"{stem}_{self.count}"
 
     def __call__(self, op_type: str, inputs: list[str], **attributes) -> str:
+        if op_type == "Mul":  # by the number 1: no node (onnxruntime 1.32's basic optimizer breaks
+            for one, other in ((inputs[0], inputs[1]), (inputs[1], inputs[0])):  # a graph with one, test_export)
+                value = self.values.get(one)
+                if value is not None and value.ndim == 0 and value == 1.0:
+                    return other
         out = self.fresh(self.prefix)
         self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [out], **attributes))
         return out
@@ -409,6 +420,7 @@ class OnnxBuilder:
         name = name or self.fresh("c")
         self.initializers.append(self.onnx.numpy_helper.from_array(value, name))
         self.shapes[name] = value.shape
+        self.values[name] = value
         return name
 
     def ints(self, values) -> str:
@@ -420,6 +432,10 @@ class OnnxBuilder:
 
     def shape(self, name: str) -> tuple:
         return self.shapes[name]
+
+    def value(self, name: str):
+        """The value of a constant (an initializer), else None."""
+        return self.values.get(name)
 
 
 def onnx_model(graphs: Graphs):

@@ -93,13 +93,14 @@ class Export:
     a value (an array becomes a named constant of the module) and
     `w.shape(operand)` gives an operand's shape. A name starting with `_` is
     a helper of spiread_cli/export_runtime.py, copied into the module that
-    calls it. `numbers`: the form takes Python numbers as operands (the
+    calls it. `w.value(operand)` is an operand's value where it is a
+    constant of the export (else None), for forms that simplify then. `numbers`: the form takes Python numbers as operands (the
     arithmetic operators do; any other form is given 0-d arrays).
 
     `onnx`: an ONNX operator applied to the operands, or `onnx(b, *operands,
     **params) -> name` building nodes with `b(op_type, inputs,
     **attributes)`, `b.const(array)` (float64, or int64 for integers),
-    `b.ints(values)` and `b.shape(operand)`; None where the op has no ONNX
+    `b.ints(values)`, `b.shape(operand)` and `b.value(operand)`; None where the op has no ONNX
     form (exporting it to ONNX is then an error at its span)."""
     python: str | Callable
     onnx: str | Callable | None
@@ -448,6 +449,13 @@ elementwise2("div", np.divide, (lambda out, a, b, e: e("div", [_one(e), b]),
 # the formula gives at a = 0 is no nan: `scale` by b); d/db as _pow_exponent.
 elementwise2("pow", np.power, (lambda out, a, b, e: e("scale", [b, e("pow", [a, e("sub", [b, _one(e)])])]),
                                _pow_exponent), Export("{0} ** {1}", "Pow", True), methods=("pow",))
+def _plain_product(w, t, d) -> bool:
+    """`scale` is a plain product when its guard cannot apply: d is a finite
+    constant, or t a constant without zeros (w: an exporter, ops.Export)."""
+    dv, tv = w.value(d), w.value(t)
+    return (dv is not None and bool(np.isfinite(dv).all())) or (tv is not None and bool(np.all(tv != 0)))
+
+
 # `scale` is `mul` whose zero first operand stays zero against an infinite or
 # nan second (the numeric `scale` helper): the product of a (co)tangent and a
 # partial. Its partial in d is scaled by t, so it is 0 wherever t is too.
@@ -455,8 +463,9 @@ defop("scale", scale, broadcast_shape,
       lambda i, g, out, t, d, emit: sum_to_graph(emit, emit("scale", [g, d]) if i == 0 else emit("scale", [t, g]),
                                                  emit.shape((t, d)[i])),
       methods=(), arity=2, structure="elementwise",
-      export=Export("_scale({0}, {1})", lambda b, t, d: b("Where", [b("Equal", [t, b.const(0.0)]), b.const(0.0),
-                                                                     b("Mul", [t, d])]), True))
+      export=Export(lambda w, t, d: f"{t} * {d}" if _plain_product(w, t, d) else f"_scale({t}, {d})",
+                    lambda b, t, d: b("Mul", [t, d]) if _plain_product(b, t, d) else
+                    b("Where", [b("Equal", [t, b.const(0.0)]), b.const(0.0), b("Mul", [t, d])]), True))
 
 
 # ------------------------------------------------------------------ matmul
@@ -1199,6 +1208,15 @@ def summed_axes(s: tuple, shape: tuple) -> tuple:
     return tuple(range(lead)) + tuple(lead + a for a, n in enumerate(shape) if n == 1 and s[lead + a] != 1)
 
 
+def _python_sum_to(x: str, s: tuple, shape: tuple) -> str:
+    axes = summed_axes(s, shape)
+    if not axes:
+        return f"xp.reshape({x}, {shape})"
+    total = f"xp.sum({x}, axis={axes[0] if len(axes) == 1 else axes})"
+    kept = tuple(n for a, n in enumerate(s) if a not in axes)
+    return total if kept == shape else f"xp.reshape({total}, {shape})"
+
+
 def _onnx_sum_to(b, x, shape):
     axes = summed_axes(b.shape(x), tuple(shape))
     total = b("ReduceSum", [x, b.ints(axes)], keepdims=0) if axes else x
@@ -1209,8 +1227,7 @@ def _onnx_sum_to(b, x, shape):
 defop("sumTo", lambda x, shape: unbroadcast(x, shape), _sum_to_shape,
       lambda i, g, out, x, emit, shape: emit("broadcastTo", [g], shape=emit.shape(x)),
       methods=(), batched=lambda args, which, shape: _sum_to_batched(args[0], shape),
-      export=Export(lambda w, x, shape: f"xp.reshape(xp.sum({x}, axis={summed_axes(w.shape(x), tuple(shape))}), "
-                                        f"{tuple(shape)})", _onnx_sum_to))
+      export=Export(lambda w, x, shape: _python_sum_to(x, w.shape(x), tuple(shape)), _onnx_sum_to))
 defop("broadcastTo", lambda x, shape: np.broadcast_to(x, shape), _broadcast_to_shape,
       lambda i, g, out, x, emit, shape: sum_to_graph(emit, g, emit.shape(x)),
       methods=(), batched=lambda args, which, shape: np.broadcast_to(

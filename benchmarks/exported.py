@@ -1,0 +1,119 @@
+"""Exported code: one training step (forward, backward, SGD) of the bigram
+(fused), the dense bigram and the mlp as `spiread export` writes them — the
+Python module on numpy, and the ONNX model in onnxruntime — against
+spiread's own step, numpy written by hand and JAX jit (the workloads and
+peers of bigram.py and mlp.py, the same data and learning rates).
+
+    python benchmarks/exported.py [ROUNDS [WORKLOAD...]]    # interleaved, as run.py times them
+
+Threads: numpy's OpenBLAS and onnxruntime take OMP_NUM_THREADS (with
+OPENBLAS_NUM_THREADS set alike; onnxruntime's default is one a core), JAX
+takes XLA_FLAGS (`--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1` for one).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import bigram
+import mlp
+from common import have
+
+WORKLOADS = ("bigram", "bigram, dense inputs", "mlp")
+
+
+def implementations(workload: str, ctx: dict) -> dict:
+    """Factories of one step each, by implementation name (common.py)."""
+    if workload == "mlp":
+        arrays = mlp.data()
+        program, inputs, wrt, lr = mlp.PROGRAM, arrays, list(mlp.PARAMS), mlp.LR
+        impls = {"spiread": lambda: mlp.spiread_step(arrays, ctx), "numpy (by hand)": lambda: mlp.numpy_step(arrays)}
+        if have("jax"):
+            impls["JAX jit"] = lambda: mlp.jax_step(arrays)
+    else:
+        xs, ys = bigram.pairs()
+        dense = workload != "bigram"
+        program = bigram.DENSE_PROGRAM if dense else bigram.PROGRAM
+        inputs = ({"X": bigram.smoothed(xs)} if dense else {"xs": xs.astype(float)}) | {"ys": ys.astype(float)}
+        wrt, lr = ["W"], bigram.LR
+        if dense:
+            impls = {"spiread": lambda: bigram.spiread_dense_step(bigram.smoothed(xs), ys, ctx),
+                     "numpy (by hand)": lambda: bigram.numpy_dense_step(bigram.smoothed(xs), ys)}
+        else:
+            impls = {"spiread": lambda: bigram.spiread_step(xs, ys, ctx),
+                     "numpy (by hand)": lambda: bigram.numpy_step(xs, ys)}
+        if have("jax"):
+            impls["JAX jit"] = lambda: bigram.jax_step(bigram.smoothed(xs) if dense else bigram.one_hot(xs), ys)
+    impls["exported Python, numpy"] = lambda: python_step(export(program, inputs, wrt, "python", ctx), wrt, lr)
+    if have("onnxruntime"):
+        impls["exported ONNX, onnxruntime"] = lambda: onnx_step(export(program, inputs, wrt, "onnx", ctx), wrt, lr)
+    return impls
+
+
+def export(program: str, arrays: dict[str, np.ndarray], wrt: list[str], to: str, ctx: dict) -> tuple[Path, dict]:
+    """`spiread export` of the program over these data (saved as .npy files it
+    loads), in-process: the file, and the program's values of `wrt`."""
+    from spiread_cli import api
+    from spiread_cli.export import export_onnx, export_python, graphs
+
+    folder = Path(tempfile.mkdtemp(prefix="spiread-export-"))
+    ctx.setdefault("cleanup", []).append(folder)
+    for name, value in arrays.items():
+        np.save(folder / f"{name}.npy", value)
+    (folder / "program.ad").write_text(program)
+    run = api.run_file(str(folder / "program.ad"), evaluate=False)  # as the command runs it
+    path = folder / ("step.py" if to == "python" else "step.onnx")
+    (export_python if to == "python" else export_onnx)(graphs(run, wrt, hvp=False), path)
+    return path, {name: run.node(name).value.copy() for name in wrt}
+
+
+def python_step(exported: tuple[Path, dict], wrt: list[str], lr: float):
+    path, values = exported
+    spec = importlib.util.spec_from_file_location(f"exported_{path.parent.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def step():
+        loss, grads = module.value_and_grad(**values)
+        for name in wrt:
+            values[name] -= lr * grads[name]
+        return float(loss)
+    return step
+
+
+def onnx_step(exported: tuple[Path, dict], wrt: list[str], lr: float):
+    import onnxruntime
+
+    path, values = exported
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0"))  # 0: one a core
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    outputs = ["value", *(f"grad_{name}" for name in wrt)]
+
+    def step():
+        loss, *grads = session.run(outputs, values)
+        for name, grad in zip(wrt, grads):
+            values[name] -= lr * grad
+        return float(loss)
+    return step
+
+
+if __name__ == "__main__":
+    import shutil
+    import sys
+
+    from run import interleaved, ms
+    ctx: dict = {}
+    for workload in sys.argv[2:] or WORKLOADS:
+        times = interleaved(implementations(workload, ctx), int(sys.argv[1]) if len(sys.argv) > 1 else 7,
+                            3 if workload == "mlp" else 2)
+        for name, t in times.items():
+            print(f"{workload:21} {name:27} {ms(t):>10}   spiread ÷ it {times['spiread'] / t:.3f}×")
+    for folder in ctx.get("cleanup", []):
+        shutil.rmtree(folder, ignore_errors=True)
