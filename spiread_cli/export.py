@@ -40,6 +40,9 @@ ONNX_OPSET = 21
 # ones go into the companion .npz.
 INLINE_ENTRIES = 64
 RUNTIME = Path(__file__).with_name("export_runtime.py")
+# An intermediate of at least this many entries (128 KiB: what glibc's
+# allocator gives its own pages) is freed after its last use (`del`).
+FREED_ENTRIES = 16384
 
 
 @dataclass
@@ -259,10 +262,9 @@ class PythonWriter:
         self.used = set()
         arguments = self.g.arguments()
         needed = self.g.needed(outputs)
-        body = []
-        for node in self.g.nodes:
-            if needed[node.id] and node.op is not None and not self.constant[node.id]:
-                body.append(self.line(node))
+        computed = [n for n in self.g.nodes if needed[n.id] and n.op is not None and not self.constant[n.id]]
+        body = [self.line(node) for node in computed]
+        body = self.freeing(computed, body, set(outputs))
         returned = returns(self.result)
         names = [self.name_of(n) for n in arguments]
         given = "{" + ", ".join(f"{n.name!r}: {self.name_of(n)}" for n in arguments) + "}"
@@ -279,6 +281,25 @@ class PythonWriter:
             lines.append(f"    {name} = _constant(xp, CONSTANTS[{name!r}], like={like})")
         lines += [f"    {line}" for line in body]
         lines.append(f"    return {returned}")
+        return lines
+
+    def freeing(self, computed: list[Node], body: list[str], kept: set[int]) -> list[str]:
+        """The lines, with `del` after the last use of each large intermediate:
+        a function holding every array it made until it returns made new
+        pages for each step, a third of the mlp step (benchmarks/exported.py)."""
+        last: dict[int, int] = {}
+        for k, node in enumerate(computed):
+            for i in node.inputs:
+                last[i] = k
+        dead: dict[int, list[str]] = {}
+        for node in computed:
+            if node.id in last and node.id not in kept and math.prod(node.shape) >= FREED_ENTRIES:
+                dead.setdefault(last[node.id], []).append(self.name_of(node))
+        lines = []
+        for k, line in enumerate(body):
+            lines.append(line)
+            if k in dead:
+                lines.append(f"del {', '.join(dead[k])}")
         return lines
 
     def module(self, companion: str | None) -> tuple[str, dict[str, np.ndarray]]:
@@ -319,7 +340,8 @@ class PythonWriter:
             "",
             "Every function takes the program's inputs as keyword arguments, arrays of",
             "any array API namespace (numpy, PyTorch, CuPy, Dask); one left out is the",
-            "program's own value (`inputs()`). Each line cites the program's FILE:LINE:COL.",
+            "program's own value (`inputs()`). Each line cites the program's FILE:LINE:COL;",
+            "`del` lets go of a large intermediate after its last use.",
             '"""',
             "",
             *(["from pathlib import Path", ""] if stored else []),

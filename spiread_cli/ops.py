@@ -1252,7 +1252,7 @@ def _row_total_shape(s, **_):
 defop("rowTotal", _row_total, _row_total_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)),
       methods=(), structure="rows", batched=lambda args, which: _row_total(args[0]),
-      export=Export("xp.sum({0}, axis=-1, keepdims=True)", _onnx_row_total))
+      export=Export("_row_total({0})", _onnx_row_total))
 
 
 def _exclusive_derivative(i, g, out, x, emit, over):
