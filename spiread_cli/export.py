@@ -424,14 +424,30 @@ class OnnxBuilder:
         return f"{stem}_{self.count}"
 
     def __call__(self, op_type: str, inputs: list[str], **attributes) -> str:
-        if op_type == "Mul":  # by the number 1: no node (onnxruntime 1.32's basic optimizer breaks
-            for one, other in ((inputs[0], inputs[1]), (inputs[1], inputs[0])):  # a graph with one, test_export)
-                value = self.values.get(one)
-                if value is not None and value.ndim == 0 and value == 1.0:
-                    return other
+        same = self.unchanged(op_type, inputs)
+        if same is not None:
+            return same
         out = self.fresh(self.prefix)
         self.nodes.append(self.onnx.helper.make_node(op_type, inputs, [out], **attributes))
         return out
+
+    # The operands (by position) that leave the other as it is when they are
+    # 1 (or 0) everywhere: x · 1, 1 · x, x / 1; x + 0, 0 + x, x − 0.
+    NEUTRAL = {"Mul": ((0, 1.0), (1, 1.0)), "Div": ((1, 1.0),), "Add": ((0, 0.0), (1, 0.0)), "Sub": ((1, 0.0),)}
+
+    def unchanged(self, op_type: str, inputs: list[str]) -> str | None:
+        """The operand an arithmetic node would return unchanged (a product by
+        a constant 1 that broadcasts nothing, …), or None: such a node is not
+        written. onnxruntime 1.32's graph optimizer, removing one itself,
+        left a model whose other nodes still read the removed node's output
+        ("not a graph input, initializer, or output of a previous node"),
+        found by tests/test_export.py's random programs."""
+        for position, neutral in self.NEUTRAL.get(op_type, ()):
+            value, other = self.values.get(inputs[position]), inputs[1 - position]
+            if (value is not None and value.size == 1 and bool(np.all(value == neutral)) and other in self.shapes
+                    and len(self.shapes[other]) >= value.ndim):
+                return other
+        return None
 
     def const(self, value, name: str | None = None) -> str:
         value = np.asarray(value)

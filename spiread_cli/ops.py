@@ -94,14 +94,16 @@ class Export:
     `w.shape(operand)` gives an operand's shape. A name starting with `_` is
     a helper of spiread_cli/export_runtime.py, copied into the module that
     calls it. `w.value(operand)` is an operand's value where it is a
-    constant of the export (else None), for forms that simplify then. `numbers`: the form takes Python numbers as operands (the
-    arithmetic operators do; any other form is given 0-d arrays).
+    constant of the export (else None), for forms that simplify then.
+    `numbers`: the form takes Python numbers as operands (the arithmetic
+    operators do; any other form is given 0-d arrays).
 
     `onnx`: an ONNX operator applied to the operands, or `onnx(b, *operands,
     **params) -> name` building nodes with `b(op_type, inputs,
     **attributes)`, `b.const(array)` (float64, or int64 for integers),
-    `b.ints(values)`, `b.shape(operand)` and `b.value(operand)`; None where the op has no ONNX
-    form (exporting it to ONNX is then an error at its span)."""
+    `b.ints(values)`, `b.zeros(shape)`, `b.shape(operand)` and
+    `b.value(operand)`; None where the op has no ONNX form (exporting it to
+    ONNX is then an error at its span)."""
     python: str | Callable
     onnx: str | Callable | None
     numbers: bool = False
