@@ -20,14 +20,16 @@ __version__ = "0.1.0"
 __all__ = ["CheckResult", "Gradients", "Graph", "Jacobian", "Program", "SpireadError", "SpireadWarning", "Training",
            "TrainingStopped", "compile", "load"]
 # name -> the module that defines it
-_PUBLIC = {name: "diagnostics" if name == "SpireadError" else "program" for name in __all__}
+_PUBLIC = {"SpireadError": "diagnostics", "Program": "program", "compile": "program", "load": "program",
+           **{name: "results" for name in ("CheckResult", "Gradients", "Graph", "Jacobian", "SpireadWarning",
+                                           "Training", "TrainingStopped")}}
 
 if TYPE_CHECKING:
     from typing import Any
 
     from .diagnostics import SpireadError
-    from .program import (CheckResult, Gradients, Graph, Jacobian, Program, SpireadWarning, Training, TrainingStopped,
-                          compile, load)
+    from .program import Program, compile, load
+    from .results import CheckResult, Gradients, Graph, Jacobian, SpireadWarning, Training, TrainingStopped
 
 
 def __getattr__(name: str) -> Any:

@@ -174,7 +174,7 @@ def test_an_argument_of_the_wrong_type_is_a_type_error_naming_it(call, message):
         call(load(LEAST_SQUARES))
     assert str(caught.value) == message
     ours = [f for f in traceback.extract_tb(caught.value.__traceback__) if "spiread_cli" in f.filename]
-    assert [(Path(f.filename).name, f.name) for f in ours] == [("program.py", "public")]
+    assert [(Path(f.filename).name, f.name) for f in ours] == [("python_args.py", "public")]
 
 
 @pytest.mark.parametrize("call", [
@@ -190,7 +190,7 @@ def test_an_error_shows_the_callers_line_and_not_spireads_stack(call):
     error = caught.value
     frames = traceback.extract_tb(error.__traceback__)
     rendered = "".join(traceback.format_exception(error))
-    assert [(Path(f.filename).name, f.name) for f in frames if "spiread_cli" in f.filename] == [("program.py", "public")]
+    assert [(Path(f.filename).name, f.name) for f in frames if "spiread_cli" in f.filename] == [("python_args.py", "public")]
     assert [f.name for f in frames[:2]] == ["test_an_error_shows_the_callers_line_and_not_spireads_stack", "<lambda>"]
     assert "During handling" not in rendered and rendered.count("  File ") == len(frames) == 3
     assert rendered.rstrip().endswith(str(error).splitlines()[-1])

@@ -1,0 +1,170 @@
+"""The Python API's boundary (program.py's calls): what a caller passes is
+checked as Python (a TypeError names the argument), and what the caller gets
+back is its own (floats, fresh float64 arrays); errors leave through
+`front_door` without spiread's frames.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import numbers
+import sys
+import threading
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Iterable, ParamSpec, TypeVar, Union
+
+import numpy as np
+
+from .diagnostics import FRONT_END, PYTHON, SpireadError
+
+# What a binding may be given as: a number, nested lists of numbers, or
+# anything numpy reads as an array of real numbers (rank 0, 1 or 2).
+ArrayLike = Union[float, int, list[Any], tuple[Any, ...], np.ndarray]
+P = ParamSpec("P")
+T = TypeVar("T")
+# What a result is: a float for a scalar, else a float64 array the caller owns.
+Value = Union[float, np.ndarray]
+
+
+def front_door(call: Callable[P, T]) -> Callable[P, T]:
+    """The Python API's boundary, around each public call: messages name
+    what a Python user wrote (`wrt="w"`, not `--wrt w`: diagnostics.option),
+    and an error of the user's (a SpireadError, or a TypeError from
+    `type_error`) is raised from here without spiread's own frames, so the
+    traceback shows the caller's line, then the located message."""
+    @functools.wraps(call)
+    def public(*args: P.args, **kwargs: P.kwargs) -> T:
+        asking = FRONT_END.set(PYTHON)
+        try:
+            return call(*args, **kwargs)
+        except SpireadError as err:
+            raise err.with_traceback(None) from None
+        except TypeError as err:
+            if not getattr(err, "spiread_argument", False):
+                raise  # a bug of ours: its traceback is what a report needs
+            raise err.with_traceback(None) from None
+        finally:
+            FRONT_END.reset(asking)
+    return public
+
+
+def type_error(argument: str, value: object, expected: str, found: str | None = None) -> TypeError:
+    """`of=3: a name is a string, not int`: an argument of the wrong type
+    (or holding `found`), for `front_door` to raise."""
+    import reprlib
+    error = TypeError(f"{argument}={reprlib.repr(value)}: {expected}, not {found or type(value).__name__}")
+    error.spiread_argument = True
+    return error
+
+
+def as_binding(value: ArrayLike, what: str) -> np.ndarray:
+    """A value given for a name (`what` says where: `set=`, `hvp=`) as the
+    float64 array of rank ≤ 2 the program gets: always a copy, so nothing the
+    caller holds is shared with the run."""
+    try:
+        raw = np.asarray(value)
+    except ValueError as err:
+        problem = "its rows differ in length" if "inhomogeneous" in str(err) else first_line(err)
+        raise SpireadError(f"{what}: {problem}", exit_code=2) from None
+    if raw.dtype.kind == "O" and all(python_number(x) for x in raw.flat):
+        raw = as_floats(raw, what)  # Python numbers numpy keeps as objects: 2**70, Fraction, Decimal
+    if raw.dtype.kind not in "biuf":
+        raise SpireadError(f"{what}: the value must be real numbers, not {kind_of(raw)}", exit_code=2)
+    if raw.ndim > 2:
+        raise SpireadError(f"{what}: the value is {raw.ndim}-dimensional; spiread values are scalars, "
+                           "vectors and matrices", exit_code=2)
+    return np.array(raw, dtype=np.float64, order="C", copy=True)
+
+
+def wrt_names(wrt: list[str] | str | None) -> list[str] | None:
+    """`wrt` as a list of names (None for none given)."""
+    if wrt is None or isinstance(wrt, str):
+        return [wrt] if wrt else None
+    if not isinstance(wrt, Iterable):
+        raise type_error("wrt", wrt, "the names are a string or a list of strings")
+    names = list(wrt)
+    for name in names:
+        checked_name("wrt", wrt, name)
+    return names or None
+
+
+def checked_name(argument: str, value: object, name: object) -> str | None:
+    """A name (or None) in `value`, given for `argument`, checked to be a string."""
+    if name is not None and not isinstance(name, str):
+        raise type_error(argument, value, "a name is a string",
+                          None if name is value else f"{name!r} ({type(name).__name__})")
+    return name
+
+
+def python_number(x: object) -> bool:
+    """A real number of Python's own (numpy keeps 2**70, a Fraction or a Decimal as an object)."""
+    from decimal import Decimal
+    return isinstance(x, (numbers.Real, Decimal))
+
+
+def checked_number(argument: str, value: object) -> None:
+    """A real number (or None) given for `argument`."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise type_error(argument, value, "a number")
+
+
+def as_floats(raw: np.ndarray, what: str) -> np.ndarray:
+    try:
+        return raw.astype(np.float64)
+    except OverflowError:
+        raise SpireadError(f"{what}: a number is beyond the range spiread can hold (a float64 reaches about "
+                           "±1.8e308)", exit_code=2) from None
+
+
+def result_value(value: np.ndarray) -> Value:
+    """What every call returns for a value: a float for a scalar, else a
+    float64 array of the caller's own; zero is 0.0, never -0.0 (forward and
+    reverse mode reach a zero by different sums: output.py's rule too)."""
+    if np.ndim(value) == 0:
+        return float(value) + 0.0
+    array = np.array(value, dtype=np.float64, copy=True)
+    array += 0.0  # -0.0 + 0.0 is 0.0
+    return array
+
+
+def print_lines(printed: list[str]) -> None:
+    """The program's `println` lines, on the caller's standard output (a notebook cell's output)."""
+    if printed:
+        print("\n".join(printed), flush=True)
+
+
+def kind_of(array: np.ndarray) -> str:
+    return {"U": "text", "S": "text", "c": "complex numbers", "O": "Python objects",
+            "M": "dates", "m": "time spans"}.get(array.dtype.kind, f"{array.dtype} values")
+
+
+def first_line(err: object) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
+
+
+def plain_text(renderable: Any) -> str:
+    """A rich renderable as plain text, unwrapped (as the command line prints it to a pipe)."""
+    from rich.console import Console
+    out = io.StringIO()
+    Console(file=out, width=10_000, soft_wrap=True, color_system=None, highlight=False, force_terminal=False,
+            force_jupyter=False).print(renderable)
+    return "\n".join(line.rstrip() for line in out.getvalue().strip("\n").splitlines())
+
+
+def interactive() -> bool:
+    """In a Jupyter kernel that can show a live bar (rich draws it with
+    ipywidgets), or with stderr on a terminal."""
+    from importlib.util import find_spec
+    from rich.console import Console
+    return (Console(stderr=True).is_jupyter and find_spec("ipywidgets") is not None) or sys.stderr.isatty()
+
+
+def stop_on_interrupt_here() -> ContextManager[Callable[[], bool]]:
+    """The first interrupt asks training to stop after the step in progress
+    (interrupts.stop_on_interrupt); signals can only be caught in the main
+    thread, so elsewhere an interrupt is not asked about."""
+    from .interrupts import stop_on_interrupt
+    if threading.current_thread() is threading.main_thread():
+        return stop_on_interrupt()
+    return nullcontext(lambda: False)
