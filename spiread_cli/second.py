@@ -140,17 +140,17 @@ def record_inner_product(tape: Tape, grad_ids: dict[int, int], names: dict[int, 
 
 
 @dataclass
-class Hessian:
+class RunHessian:
     value: np.ndarray                             # the output's value
     blocks: dict[str, dict[str, np.ndarray]]      # A -> B -> ∂²f/∂A∂B
 
 
-def hessian(run: Run, wrt: list[str] | None = None) -> Hessian:
+def hessian(run: Run, wrt: list[str] | None = None) -> RunHessian:
     """Every Hessian block of the run's scalar output with respect to `wrt`
     (names), refused before any of it is computed when it is over the limit."""
     ids = run.wrt_ids(wrt)
     check_hessian_size(run, ids, chosen=not wrt)
-    return Hessian(run.value, SecondOrder(run, list(ids)).hessian())
+    return RunHessian(run.value, SecondOrder(run, list(ids)).hessian())
 
 
 def check_hessian_size(run: Run, ids: dict[str, int], chosen: bool) -> None:
@@ -186,15 +186,15 @@ def check_hessian_size(run: Run, ids: dict[str, int], chosen: bool) -> None:
 
 
 @dataclass
-class HessianVector:
+class RunHessianProducts:
     value: np.ndarray                 # the output's value
     products: dict[str, np.ndarray]   # A -> Σ_B ∂²f/∂A∂B · v_B
 
 
-def hvp(run: Run, vectors: dict[str, np.ndarray], wrt: list[str] | None = None) -> HessianVector:
+def hvp(run: Run, vectors: dict[str, np.ndarray], wrt: list[str] | None = None) -> RunHessianProducts:
     """The Hessian-vector product for each wrt name, without forming H."""
     for name in vectors:
         if name not in run.bindings:
             raise SpireadError(f"{option('hvp', name)}: the program binds no `{name}`",
                                notes=did_you_mean(name, run.bindings), exit_code=2)
-    return HessianVector(run.value, SecondOrder(run, wrt, also=list(vectors)).hvp(vectors))
+    return RunHessianProducts(run.value, SecondOrder(run, wrt, also=list(vectors)).hvp(vectors))
