@@ -109,7 +109,7 @@ def spiread_dense_step(X, ys, ctx):
 
 
 def spiread_program_step(program: str, arrays: dict[str, np.ndarray], ctx: dict):
-    from spiread_cli import api
+    from spiread_cli.program import Program
     from spiread_cli.diagnostics import Diagnostics
     from spiread_cli.rewrite import fuse
     from spiread_cli.train import release_unfused
@@ -121,7 +121,7 @@ def spiread_program_step(program: str, arrays: dict[str, np.ndarray], ctx: dict)
     (folder / "bigram.ad").write_text(program)
     # As `spiread train` does: record without computing, fuse, compute the
     # fused tape only, and let go of what only the program as written held.
-    run = api.run_file(str(folder / "bigram.ad"), evaluate=False)
+    run = Program.open(str(folder / "bigram.ad")).run(evaluate=False)
     tape, output, (w,) = run.tape, run.output, [run.bindings["W"]]
     if ctx.get("rewrite", True):
         fused = fuse(tape, output, [w], hoist=ctx.get("hoist", True), diagnostics=run.diagnostics)

@@ -35,10 +35,10 @@ def implementations(ctx: dict) -> dict:
 
 
 def spiread_step(ctx):
-    from spiread_cli import api
+    from spiread_cli.program import Program
     from spiread_cli.diagnostics import Diagnostics, Source
 
-    run = api.run_source(Source("chain.ad", program()))
+    run = Program.parse(Source("chain.ad", program())).run()
     ops = sum(node.op is not None for node in run.tape.nodes)
     assert ops == OPS, ops
     wrt = [run.bindings["v0"], run.bindings["s0"]]

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spiread_cli import api  # noqa: E402
+from spiread_cli.program import Program  # noqa: E402
 from spiread_cli.diagnostics import Source  # noqa: E402
 from spiread_cli.forward import jacobian_forward  # noqa: E402
 
@@ -49,7 +49,7 @@ def seconds(fn, budget: float = 0.3) -> float:
 
 
 def measure(workload: str, n: int) -> dict:
-    run = api.run_source(Source(f"{workload}.ad", WORKLOADS[workload].format(n=n)))
+    run = Program.parse(Source(f"{workload}.ad", WORKLOADS[workload].format(n=n))).run()
     tape, out, w = run.tape, run.output, run.bindings["w"]
     reverse = tape.backward(out, [w])[w]
     forward = jacobian_forward(tape, out, [w])[w]

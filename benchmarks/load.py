@@ -109,7 +109,9 @@ def reset_peak() -> None:
 
 
 def child(workload: str, n: int, job: str) -> dict:
-    from spiread_cli import api, syntax
+    from spiread_cli import syntax
+    from spiread_cli.program import Program
+    from spiread_cli.set_options import parse_overrides
     from spiread_cli.diagnostics import Source
 
     text = PROGRAMS[workload](n)
@@ -118,9 +120,9 @@ def child(workload: str, n: int, job: str) -> dict:
     if workload == "set":
         literal = flat_literal(n)
         job_fn = (lambda: syntax.parse_expression(literal)) if job == "parse" else \
-                 (lambda: api.run_source(source, api.parse_overrides([f"x={literal}"])))
+                 (lambda: Program.parse(source).run(parse_overrides([f"x={literal}"])))
     else:
-        job_fn = (lambda: syntax.parse(source)) if job == "parse" else (lambda: api.run_source(source))
+        job_fn = (lambda: syntax.parse(source)) if job == "parse" else (lambda: Program.parse(source).run())
     reset_peak()
     base = peak_kb()
     start, start_wall = time.process_time(), time.perf_counter()

@@ -52,7 +52,7 @@ def implementations(ctx: dict) -> dict:
 
 
 def spiread_step(arrays, ctx):
-    from spiread_cli import api
+    from spiread_cli.program import Program
     from spiread_cli.diagnostics import Diagnostics
     from spiread_cli.rewrite import fuse
     from spiread_cli.train import release_unfused
@@ -62,7 +62,7 @@ def spiread_step(arrays, ctx):
     for name, value in arrays.items():
         np.save(folder / f"{name}.npy", value)
     (folder / "mlp.ad").write_text(PROGRAM)
-    run = api.run_file(str(folder / "mlp.ad"), evaluate=False)  # as `spiread train` does (benchmarks/bigram.py)
+    run = Program.open(str(folder / "mlp.ad")).run(evaluate=False)  # as `spiread train` does (benchmarks/bigram.py)
     tape, output, ids = run.tape, run.output, [run.bindings[p] for p in PARAMS]
     if ctx.get("rewrite", True):
         fused = fuse(tape, output, ids, diagnostics=run.diagnostics)

@@ -82,11 +82,12 @@ def parse_lines(n: int = 10_000) -> str:
 
 
 def parse_benchmark(repeats: int) -> dict:
-    from spiread_cli import api, syntax
+    from spiread_cli import syntax
+    from spiread_cli.program import Program
     from spiread_cli.diagnostics import Source
     source = Source("parse.ad", parse_lines())
     parse = min(_timed(lambda: syntax.parse(source)) for _ in range(repeats))
-    compile_ = min(_timed(lambda: api.run_source(source)) for _ in range(max(1, repeats // 2)))
+    compile_ = min(_timed(lambda: Program.parse(source).run()) for _ in range(max(1, repeats // 2)))
     return {"parse": parse, "parse + record": compile_, "lines": source.text.count("\n")}
 
 

@@ -96,11 +96,12 @@ def make_data(folder: Path, model: str, rows: int) -> Path:
 
 
 def child(model: str, backend: str, program: str, steps: int, scheduler: str | None) -> dict:
-    from spiread_cli import api, optim, train
+    from spiread_cli import optim, train
+    from spiread_cli.program import Program
     _, wrt, lr, _ = PROGRAMS[model]
     began = time.perf_counter()
     if backend == "numpy":
-        run = api.run_file(program)
+        run = Program.open(program).run()
         steps_by = None
     else:
         from spiread_cli.dask_backend import Options, Program

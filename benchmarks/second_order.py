@@ -42,7 +42,7 @@ THREADS = int(os.environ.get("OMP_NUM_THREADS", "2"))
 
 
 def spiread_hvp(arrays, v):
-    from spiread_cli import api
+    from spiread_cli.program import Program
     from spiread_cli.rewrite import fuse
     from spiread_cli.second import HessianVectorProducts
 
@@ -50,7 +50,7 @@ def spiread_hvp(arrays, v):
     for name, value in arrays.items():
         np.save(folder / f"{name}.npy", value)
     (folder / "mlp.ad").write_text(mlp.PROGRAM)
-    run = api.run_file(str(folder / "mlp.ad"))
+    run = Program.open(str(folder / "mlp.ad")).run()
     fused = fuse(run.tape, run.output, [run.bindings[p] for p in mlp.PARAMS])
     tape, ids = fused.tape, fused.wrt
     recorded_from = len(tape.nodes)
@@ -125,14 +125,14 @@ def logistic_data():
 
 
 def spiread_hessian(arrays):
-    from spiread_cli import api
+    from spiread_cli.program import Program
     from spiread_cli.second import SecondOrder
 
     folder = Path(tempfile.mkdtemp(prefix="spiread-hessian-"))
     for name, value in arrays.items():
         np.save(folder / f"{name}.npy", value)
     (folder / "logistic.ad").write_text(LOGISTIC)
-    state = SecondOrder(api.run_file(str(folder / "logistic.ad")), ["w"])
+    state = SecondOrder(Program.open(str(folder / "logistic.ad")).run(), ["w"])
     return lambda: state.hessian()["w"]["w"]
 
 

@@ -15,16 +15,16 @@ check_measure.py (docs/check.md).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from .check_measure import ValueCheck, joined, judge, measure
-from .diagnostics import Diagnostic, SpireadError, option
+from .check_measure import CheckReport, KinkSite, joined, judge, measure
+from .diagnostics import SpireadError, option
 from .forward import directional_forward
 from .limits import max_bytes
-from .tape import Node, Run, Tape
+from .tape import Run, Tape
 
 DEFAULT_EPS = 1e-6
 DEFAULT_TOL = 1e-5
@@ -38,58 +38,6 @@ ELEMENTWISE_MAX_ENTRIES = 1000
 ELEMENTWISE_BUDGET_ENTRIES = 2e8
 NODE_OVERHEAD_ENTRIES = 500
 DIRECTIONS = 8
-
-
-@dataclass
-class KinkSite:
-    """An op on the path from a checked value to the output whose input sits
-    exactly at a point where the op has no derivative."""
-    node: Node
-    count: int
-    size: int
-    where: tuple[int, ...]
-    value: float
-
-    def note(self) -> str:
-        span = self.node.span
-        at = f" (line {span.line}, column {span.column})" if span else ""
-        where = f" at {list(self.where)}" if self.where else ""
-        return (f"`{self.node.label}`{at} has input {self.value:g}{where} ({self.count} of {self.size} entries), "
-                "where it has no derivative: AD takes one side's slope there by convention (as PyTorch does), "
-                "finite differences see both sides; check at a point off the kink")
-
-
-@dataclass
-class CheckReport:
-    output_name: str
-    value: float
-    eps: float
-    tol: float
-    results: dict[str, ValueCheck]
-    kink_sites: list[KinkSite] = field(default_factory=list)
-    problem: str | None = None       # about the whole check (a non-finite output)
-    order: int = 1                   # 2: second derivatives (check_second_order)
-
-    @property
-    def ok(self) -> bool:
-        return self.problem is None and all(r.ok for r in self.results.values())
-
-    def failures(self, run: Run) -> list[Diagnostic]:
-        """One located error per failed value, with kink notes where they apply."""
-        out = []
-        if self.problem:  # then every value fails for the same reason: say it once
-            return [Diagnostic("error", self.problem, run.tape.nodes[run.output].span)]
-        for result in self.results.values():
-            if result.ok:
-                continue
-            notes = [site.note() for site in self.kink_sites]
-            if result.kink and not notes:
-                notes = ["the slopes to either side differ: the function has a kink here"]
-            span = self.kink_sites[0].node.span if notes and self.kink_sites else run.binding_spans.get(result.name)
-            what = "gradient" if self.order == 1 else "second-derivative"
-            out.append(Diagnostic("error", f"{what} check failed for {result.where()}: {result.problem}",
-                                  span, tuple(notes)))
-        return out
 
 
 class Probe:
@@ -248,7 +196,6 @@ def _unit_directions(rng: np.random.Generator, count: int, shape: tuple) -> np.n
     v = rng.standard_normal((count, int(np.prod(shape))))
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return v.reshape((count,) + shape)
-
 
 
 def _something_to_check(run: Run, ids: dict[str, int]) -> None:

@@ -1,6 +1,7 @@
 """The tolerance rule of `spiread check`: measure a derivative along
 directions by AD (reverse and forward) and by central differences, and judge
-the measurement (check.py runs it over a program's values).
+the measurement (check.py runs it over a program's values); the report it
+fills (`CheckReport`, light to import: the Python API's `CheckResult` holds one).
 
 The tolerance rule (docs/check.md): an entry passes when
 
@@ -25,10 +26,15 @@ while a wrong gradient's error stays. It passes when, at h,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Protocol
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from .diagnostics import Diagnostic
+
+if TYPE_CHECKING:
+    from .tape import Node, Run
 
 NOISE_ULPS = 64
 # A gap between the right and left slopes larger than this share of the
@@ -77,6 +83,59 @@ class ValueCheck:
         if self.method == "directional":
             return f"`{self.name}` along random direction {self.worst} of {self.checked}"
         return f"`{self.name}{list(self.worst) if self.worst else ''}`"
+
+
+@dataclass
+class KinkSite:
+    """An op on the path from a checked value to the output whose input sits
+    exactly at a point where the op has no derivative."""
+    node: Node
+    count: int
+    size: int
+    where: tuple[int, ...]
+    value: float
+
+    def note(self) -> str:
+        span = self.node.span
+        at = f" (line {span.line}, column {span.column})" if span else ""
+        where = f" at {list(self.where)}" if self.where else ""
+        return (f"`{self.node.label}`{at} has input {self.value:g}{where} ({self.count} of {self.size} entries), "
+                "where it has no derivative: AD takes one side's slope there by convention (as PyTorch does), "
+                "finite differences see both sides; check at a point off the kink")
+
+
+@dataclass
+class CheckReport:
+    output_name: str
+    value: float
+    eps: float
+    tol: float
+    results: dict[str, ValueCheck]
+    kink_sites: list[KinkSite] = field(default_factory=list)
+    problem: str | None = None       # about the whole check (a non-finite output)
+    order: int = 1                   # 2: second derivatives (check_second_order)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None and all(r.ok for r in self.results.values())
+
+    def failures(self, run: Run) -> list[Diagnostic]:
+        """One located error per failed value, with kink notes where they apply."""
+        out = []
+        if self.problem:  # then every value fails for the same reason: say it once
+            return [Diagnostic("error", self.problem, run.tape.nodes[run.output].span)]
+        for result in self.results.values():
+            if result.ok:
+                continue
+            notes = [site.note() for site in self.kink_sites]
+            if result.kink and not notes:
+                notes = ["the slopes to either side differ: the function has a kink here"]
+            span = self.kink_sites[0].node.span if notes and self.kink_sites else run.binding_spans.get(result.name)
+            what = "gradient" if self.order == 1 else "second-derivative"
+            out.append(Diagnostic("error", f"{what} check failed for {result.where()}: {result.problem}",
+                                  span, tuple(notes)))
+        return out
+
 
 @dataclass
 class Measurement:
@@ -212,11 +271,13 @@ def judge(name: str, shape: tuple[int, ...], method: str, m: Measurement, tol: f
             result.problem = f"forward mode gives {m.forward[j]:.17g} but reverse mode {ad:.17g}"
     return result
 
+
 def _max(a: np.ndarray) -> float:
     """The largest entry; nan if any entry is nan (a failed comparison must show)."""
     if a.size == 0:
         return 0.0
     return float(np.nan) if np.isnan(a).any() else float(a.max())
+
 
 def joined(parts: list[Measurement]) -> Measurement:
     """Measurements along several row directions as one, direction after

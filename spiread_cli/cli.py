@@ -1,4 +1,4 @@
-"""The `spiread` command line: thin wrappers over spiread_cli.api."""
+"""The `spiread` command line: thin wrappers over the library, program.Program."""
 
 from __future__ import annotations
 
@@ -200,9 +200,10 @@ def run_command(file: str, sets, of, *, command: str, compute: Callable, text: C
 
 
 def _load(s: Session, file: str, sets: list[str], of, options, evaluate: bool):
-    from . import api
     if options is None:
-        return api.run_file(file, sets, of, evaluate)
+        from .program import Program
+        program = Program.open(file)
+        return program.run(program.parse_sets(sets), of, evaluate)
     from .dask_backend import Program
     s.program = Program.open(file, options, sets, of)
     return s.program.run
@@ -232,8 +233,8 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                  backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None, chunk_rows: ChunkRowsOpt = None,
                  persist: PersistOpt = False, debug: DebugOpt = False):
     """Gradients of the scalar output with respect to --wrt values."""
-    from . import api
     from .diagnostics import usage_error
+    from .gradients import gradients
     from .output import grad_document, grad_text
 
     def prepare():
@@ -251,7 +252,7 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
         if explain:
             from .explain import explain as explained
             return explained(run, wrt, mode.value)
-        return api.gradients(run, wrt, mode.value), None
+        return gradients(run, wrt, mode.value), None
 
     run_command(file, set_, of, command="grad", compute=compute,
                 document=lambda run, outcome: grad_document(run, outcome[0], mode.value, outcome[1]),
@@ -291,12 +292,14 @@ def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                     set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
                     debug: DebugOpt = False):
     """Exact second derivatives of the scalar output: every block ∂²out/∂A∂B, or H·v with --hvp."""
-    from . import api, second
+    from . import second
     from .output import hessian_document, hessian_text
+    from .set_options import parse_overrides
+    from .sources import base_dir_of
 
     def compute(s, run):
         if hvp:
-            return second.hvp(run, api.parse_overrides(hvp, api.base_dir_of(run.source), "--hvp", run.bindings), wrt)
+            return second.hvp(run, parse_overrides(hvp, base_dir_of(run.source), "--hvp", run.bindings), wrt)
         return second.hessian(run, wrt)
 
     run_command(file, set_, of, command="hessian", compute=compute, document=lambda run, result: hessian_document(result),

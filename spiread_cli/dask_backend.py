@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import api, syntax
+from . import syntax
+from .set_options import parse_overrides
+from .sources import base_dir_of, read_source
 from .chunks import (PROBE_ROWS, Data, Driver, Job, Share, add_shares, default_chunk_rows, default_threads,
                      drop_templates, probe, record_chunk, share_of_kept, share_of_rows,
                      totals_of_rows)
@@ -62,8 +64,8 @@ class Program:
 
     @staticmethod
     def open(path: str, options: Options, sets: list[str] = (), of: str | None = None) -> "Program":
-        source = api.read_source(path)
-        base = api.base_dir_of(source)
+        source = read_source(path)
+        base = base_dir_of(source)
         return Program.of_source(source, options, sets, of, base)
 
     @staticmethod
@@ -72,7 +74,7 @@ class Program:
         require_dask()
         if options.chunk_rows is not None and options.chunk_rows < 1:
             raise usage_error(f"`--chunk-rows {options.chunk_rows}`: a chunk needs at least one row")
-        base = base_dir or api.base_dir_of(source)
+        base = base_dir or base_dir_of(source)
         try:
             module = syntax.parse(source)
         except SpireadError as err:
@@ -84,7 +86,7 @@ class Program:
                 files[name] = Path(text)
             else:
                 literal.append(option)
-        constants = api.parse_overrides(literal, base)
+        constants = parse_overrides(literal, base)
         try:
             data = Data.open(module, base, files)
         except SpireadError as err:

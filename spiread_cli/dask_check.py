@@ -155,9 +155,9 @@ def check(program, run, wrt: list[str] | None, eps: float | None, tol: float | N
 def forward_gradients(program, names: list[str] | None):
     """`grad --mode forward` over row chunks: each value's gradient as its
     derivatives along the unit vectors, pushed forward (one pass per value)."""
-    from . import api
+    from .gradients import gradients as run_gradients
     if not program.chunked:  # too few rows to chunk, or op by op on Dask arrays: forward mode on the tape
-        gradients = api.gradients(program.run, names, "forward")
+        gradients = run_gradients(program.run, names, "forward")
         return Result(gradients.value, gradients.gradients, program.run.diagnostics)
     d = ChunkedDerivatives(program, names, reverse=False)
     grads = {}

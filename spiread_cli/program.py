@@ -5,9 +5,10 @@
     >>> prog.grad(w=[0.5, 1.0])["w"]
     array([-0.1  , -0.445])
 
-docs/python.md is the tutorial (its examples run as tests). Everything here
-is a thin layer over the library the command line uses (api.py, check.py,
-train.py, dot.py): bindings become `--set` overrides, results come back as
+docs/python.md is the tutorial (its examples run as tests). `Program.run`
+is where a program runs, for the command line (cli.py) too; each call is a
+thin layer over the library's tasks on that run (gradients.py, second.py,
+check.py, train.py, dot.py): bindings become `--set` overrides, results come back as
 fresh float64 arrays or floats, errors are `SpireadError`s with the same
 located text the command line prints, and warnings go through Python's
 `warnings` module as `SpireadWarning`s.
@@ -24,11 +25,14 @@ from typing import Callable, Literal, Mapping
 import numpy as np
 
 from . import syntax
+from .interpreter import Interpreter
 from .diagnostics import Source, SpireadError, did_you_mean, option, render
 from .python_args import (ArrayLike, P, T, Value, as_binding, checked_name, checked_number, front_door, interactive,
                           plain_text, print_lines, result_value, stop_on_interrupt_here, type_error, wrt_names)
 from .results import (CheckResult, Gradients, Graph, Hessian, Jacobian, SpireadWarning, Training, TrainingStopped,
                       warnings_raise)
+from .set_options import parse_overrides
+from .sources import base_dir_of, parse, read_source
 from .tape import Run
 
 __all__ = ["load", "compile", "Program", "Gradients", "Jacobian", "CheckResult", "Training", "Graph",
@@ -39,9 +43,7 @@ __all__ = ["load", "compile", "Program", "Gradients", "Jacobian", "CheckResult",
 def load(path: str | PathLike[str]) -> "Program":
     """Read and parse a `.ad` file. Paths inside it (`load("x.csv")`) resolve
     from the file's folder, as on the command line."""
-    from . import api
-    source = api.read_source(str(path))
-    return Program._parse(source, api.base_dir_of(source))
+    return Program.open(str(path))
 
 
 @front_door
@@ -49,29 +51,57 @@ def compile(text: str, name: str = "<string>", base_dir: str | PathLike[str] | N
     """Parse program text (a notebook cell, a string); `name` is what messages
     call it. Paths inside it resolve from `base_dir` (default: the working
     directory)."""
-    return Program._parse(Source(name, text), Path(base_dir) if base_dir is not None else Path.cwd())
+    return Program.parse(Source(name, text), Path(base_dir) if base_dir is not None else Path.cwd())
 
 
 class Program:
-    """A parsed program. Each call runs it afresh with the given bindings,
-    which replace the program's own values of those names (like `--set`).
+    """A parsed program: the library's one front door. Each call runs it
+    afresh with the given bindings, which replace the program's own values
+    of those names (like `--set`).
 
     Bindings are keyword arguments, or a mapping passed first for names that
     are not Python identifiers or clash with a parameter: `prog.eval({"lr": 0.5})`.
+
+    Below the Python calls, `run(overrides, of, evaluate)` is where a program
+    runs, for them and for the command line (cli.py): the `Run` every task
+    (gradients, check, train, hessian, dot) works on.
     """
 
     def __init__(self, source: Source, module: syntax.Module, base_dir: Path):
         self.source = source
         self._module = module
         self._base_dir = base_dir
-        from .api import bound_names
         # The names the program binds, in order: what bindings may replace.
-        self.names: list[str] = bound_names(module)
+        self.names: list[str] = [s.name for s in module.statements if isinstance(s, syntax.Binding)]
 
     @classmethod
-    def _parse(cls, source: Source, base_dir: Path) -> "Program":
-        from . import api
-        return cls(source, api.parse(source), base_dir)
+    def open(cls, path: str) -> "Program":
+        """The program in a file (`-`: standard input); paths in it resolve from its folder."""
+        source = read_source(path)
+        return cls.parse(source, base_dir_of(source))
+
+    @classmethod
+    def parse(cls, source: Source, base_dir: Path | None = None) -> "Program":
+        """A program's text parsed; paths in it resolve from `base_dir` (default: its file's folder)."""
+        return cls(source, parse(source), base_dir or base_dir_of(source))
+
+    def run(self, overrides: dict[str, np.ndarray] | None = None, of: str | None = None,
+            evaluate: bool = True) -> Run:
+        """Run the program, `overrides` replacing the values of the names they
+        bind. With `evaluate=False` an op is computed only when its value is
+        first read (`Interpreter.run`). An error carries the source it points
+        into, and what the program's `println` wrote before it (`.printed`)."""
+        interpreter = Interpreter(self.source, overrides, self._base_dir)
+        try:
+            return interpreter.run(self._module, of, evaluate)
+        except SpireadError as err:
+            err.printed = list(interpreter.printed)
+            raise err.located_in(self.source)
+
+    def parse_sets(self, options: list[str], flag: str = "--set") -> dict[str, np.ndarray]:
+        """`--set NAME=VALUE` options (or, as `flag` says, `--hvp`'s) as
+        overrides; a name the program does not bind is refused."""
+        return parse_overrides(list(options), self._base_dir, flag, self.names)
 
     @property
     def name(self) -> str:
@@ -90,7 +120,7 @@ class Program:
 
         `of` picks the output among the bound names (default: the last
         binding, or `.backward(...)`'s receiver)."""
-        run = self._run(bindings, more, of)
+        run = self._run_bound(bindings, more, of)
         values = {name: result_value(run.tape.nodes[i].value) for name, i in run.bindings.items()}
         values.setdefault(run.output_name, result_value(run.value))
         self._warn(run)
@@ -102,15 +132,15 @@ class Program:
              **more: ArrayLike) -> "Gradients":
         """The scalar output and its gradient with respect to each `wrt` name
         (default: `.backward(...)`'s names, else every input the output depends on)."""
-        from . import api
+        from .gradients import gradients
         if mode not in ("reverse", "forward"):
             raise SpireadError(f"{option('mode', mode)}: the mode is \"reverse\" or \"forward\"", exit_code=2)
-        run = self._run(bindings, more, of)
-        result = self._located(api.gradients, run, wrt_names(wrt), mode)
-        gradients = Gradients(run.output_name, float(result.value),
-                              {n: result_value(g) for n, g in result.gradients.items()})
+        run = self._run_bound(bindings, more, of)
+        result = self._located(gradients, run, wrt_names(wrt), mode)
+        returned = Gradients(run.output_name, float(result.value),
+                             {n: result_value(g) for n, g in result.gradients.items()})
         self._warn(run)
-        return gradients
+        return returned
 
     @front_door
     def hessian(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
@@ -122,7 +152,7 @@ class Program:
         the Hessian-vector products Σ_B ∂²out/∂A∂B · V_B without forming the
         Hessian (names not given are zero), as `spiread hessian --hvp` does."""
         from . import second
-        run = self._run(bindings, more, of)
+        run = self._run_bound(bindings, more, of)
         if hvp is None:
             result = self._located(second.hessian, run, wrt_names(wrt))
             blocks = {a: {b: result_value(h) for b, h in row.items()} for a, row in result.blocks.items()}
@@ -150,7 +180,7 @@ class Program:
         from .jacobian import jacobian
         if mode is not None and mode not in ("reverse", "forward"):
             raise SpireadError(f"{option('mode', mode)}: the mode is \"forward\" or \"reverse\"", exit_code=2)
-        run = self._run(bindings, more, of)
+        run = self._run_bound(bindings, more, of)
         result = self._located(jacobian, run, wrt_names(wrt), mode)
         found = Jacobian(run.output_name, result_value(result.value), result.mode,
                          {n: result_value(block) for n, block in result.blocks.items()})
@@ -168,7 +198,7 @@ class Program:
         from .output import check_table
         checked_number("eps", eps)
         checked_number("tol", tol)
-        run = self._run(bindings, more, of)
+        run = self._run_bound(bindings, more, of)
         report = self._located(check_gradients, run, wrt_names(wrt), eps, tol)
         result = CheckResult(report, plain_text(check_table(report)),
                              [render(failure, run.source) for failure in report.failures(run)])
@@ -204,7 +234,7 @@ class Program:
         checked_number("lr", lr)
         checked_number("momentum", momentum)
         chosen = make_optimizer(optimizer, lr, momentum)
-        run = self._run(bindings, more, of, evaluate=False)  # computed as train's fused tape
+        run = self._run_bound(bindings, more, of, evaluate=False)  # computed as train's fused tape
         names = self._located(training.trainable_names, run, wrt_names(wrt) or [])
         strict = warnings_raise()
         show = interactive() if progress is None else progress
@@ -233,16 +263,15 @@ class Program:
         are highlighted and show their gradients. Renders itself in Jupyter."""
         from .dot import to_dot
         from .gradients import dot_gradients
-        run = self._run(bindings, more, of)
+        run = self._run_bound(bindings, more, of)
         graph = Graph(to_dot(run, self._located(dot_gradients, run, wrt_names(wrt))))
         self._warn(run)
         return graph
 
     # ------------------------------------------------------------ plumbing
 
-    def _run(self, bindings: Mapping[str, ArrayLike] | None, more: dict[str, ArrayLike], of: str | None,
-             evaluate: bool = True) -> Run:
-        from . import api
+    def _run_bound(self, bindings: Mapping[str, ArrayLike] | None, more: dict[str, ArrayLike], of: str | None,
+                   evaluate: bool = True) -> Run:
         if bindings is not None and not isinstance(bindings, Mapping):
             raise type_error("bindings", bindings, "the bindings passed first are a mapping of names to values, "
                                                     "e.g. {\"w\": [1, 2]}")
@@ -252,7 +281,7 @@ class Program:
             raise SpireadError(f"{option('of', of)}: the program binds no `{of}`", notes=did_you_mean(of, self.names),
                                exit_code=2)
         try:
-            run = api.run_module(self.source, self._module, overrides, of, self._base_dir, evaluate)
+            run = self.run(overrides, of, evaluate)
         except SpireadError as err:
             print_lines(err.printed)
             raise

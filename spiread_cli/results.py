@@ -10,7 +10,7 @@ import subprocess
 import warnings
 from dataclasses import dataclass, field
 
-from .check import CheckReport
+from .check_measure import CheckReport
 from .diagnostics import Diagnostic, Source, SpireadError
 from .python_args import Value, first_line
 
@@ -104,7 +104,7 @@ class Jacobian:
 class CheckResult:
     """What `Program.check` returns. `ok` is the verdict; `table` is the text
     `spiread check` prints; `failures` are the located errors it prints for the
-    values that failed; `report` has every figure (check.CheckReport)."""
+    values that failed; `report` has every figure (check_measure.CheckReport)."""
     report: CheckReport
     table: str
     failures: list[str] = field(default_factory=list)

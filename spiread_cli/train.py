@@ -1,8 +1,9 @@
 """Training: a program is parsed and recorded once, then forward, backward and
 an optimizer step are repeated on the tape with new leaf values.
 
-    >>> from spiread_cli import api, train, optim
-    >>> run = api.run_file("examples/regression.ad")
+    >>> from spiread_cli import optim, train
+    >>> from spiread_cli.program import Program
+    >>> run = Program.open("examples/regression.ad").run()
     >>> result = train.train(run, ["weights"], 100, optim.SGD(0.01))
     >>> result.losses[0], result.values["weights"]
 

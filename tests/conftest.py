@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spiread_cli import api, output, schemas
+from spiread_cli import output, schemas
+from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.program import Program
 from spiread_cli.diagnostics import Source
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +51,7 @@ def bigram_slice(tmp_path_factory):
 def run(text: str, of: str | None = None, sets: dict | None = None, name: str = "test.ad",
         base_dir: Path | None = None, evaluate: bool = True):
     """Run program text through the library, as the CLI does."""
-    return api.run_source(Source(name, text), sets, of, base_dir or REPO, evaluate)
+    return Program.parse(Source(name, text), base_dir or REPO).run(sets, of, evaluate)
 
 
 def value(text: str, **kwargs) -> np.ndarray:
@@ -59,7 +61,7 @@ def value(text: str, **kwargs) -> np.ndarray:
 
 def gradients(text: str, wrt: list[str] | None = None, of: str | None = None, mode: str = "reverse",
               sets: dict | None = None):
-    return api.gradients(run(text, of=of, sets=sets), wrt, mode)
+    return run_gradients(run(text, of=of, sets=sets), wrt, mode)
 
 
 def central_difference(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:

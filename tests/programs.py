@@ -7,7 +7,7 @@ program can be differentiated by an independent AD library::
 
     @given(programs())
     def test_something(program):
-        run = api.run_source(Source("gen.ad", program.source))
+        run = spiread_cli.compile(program.source, "gen.ad").run()
         expected = program.autograd_gradients(["w0", "h1"])
 
 A program binds inputs (`w0`, `w1`, … as literals, `Matrix.fromRows`,

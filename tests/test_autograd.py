@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from conftest import Agreement, run
 from programs import (DRAWN, GENERATED, NOT_GENERATED, OPERATORS, Bin, Method, Var, evaluate, programs,
                       written)
-from spiread_cli import api
+from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.ops import METHODS, OPS
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -43,7 +43,7 @@ def test_gradients_match_autograd(record_property):
     def check(program, data):
         r = run(program.source, name="generated.ad")
         wrt = data.draw(st.lists(st.sampled_from(program.names), min_size=1, max_size=4, unique=True), label="wrt")
-        result = api.gradients(r, wrt)
+        result = run_gradients(r, wrt)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # autograd: "Output seems independent of input"
             expected = program.autograd_gradients(wrt)

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 
 from conftest import CONSTANT_EXAMPLES, EXAMPLES, REPO, run, spiread, strict_json
 from programs import programs
-from spiread_cli import api
+from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.program import Program
 from spiread_cli.check import Probe, check_gradients, check_second_order
 from spiread_cli.diagnostics import SpireadError
 
@@ -30,7 +31,7 @@ def test_every_example_checks_out(path, request):
     The bigram model runs on data prepared from a slice of the names."""
     if path.parent.name == "bigram":
         path = request.getfixturevalue("bigram_slice") / path.name
-    r = api.run_file(str(REPO / path))
+    r = Program.open(str(REPO / path)).run()
     if path.name in CONSTANT_EXAMPLES:
         assert r.inputs_of_output() == [] and r.backward_wrt is None
         return
@@ -65,7 +66,7 @@ def test_random_smooth_programs_pass_unless_a_kink_is_hit():
         failed = [v.name for v in report.results.values() if not v.ok]
         context = (program.source, [v.problem for v in report.results.values()])
         assert only_kinks_fail(report), context
-        got = api.gradients(r, failed).gradients
+        got = run_gradients(r, failed).gradients
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # autograd: "Output seems independent of input"
             expected = program.autograd_gradients(failed)

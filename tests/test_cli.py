@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import CONSTANT_EXAMPLES, EXAMPLES, REPO, spiread, spiread_command, strict_json
-from spiread_cli import api
+from spiread_cli.program import Program
 
 SEED = "examples/seed.ad"
 NATIVE = "examples/seed_native.ad"
@@ -211,7 +211,7 @@ def _examples():
 
 
 def _wrt_for(path) -> list[str]:
-    return [] if path.name in CONSTANT_EXAMPLES else list(api.run_file(str(path)).wrt_ids())
+    return [] if path.name in CONSTANT_EXAMPLES else list(Program.open(str(path)).run().wrt_ids())
 
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
@@ -379,7 +379,7 @@ def test_dot_draws_the_default_gradients_as_grad_takes_them():
     """`--wrt` defaults to the .backward(...) names, else every input, as its help says."""
     drawn = cached("dot", NATIVE)
     assert drawn.returncode == 0 and "∇" in drawn.stdout
-    named = spiread("dot", NATIVE, "--wrt", ",".join(api.run_file(NATIVE).default_wrt()))
+    named = spiread("dot", NATIVE, "--wrt", ",".join(Program.open(NATIVE).run().default_wrt()))
     assert drawn.stdout == named.stdout
     for program in ("1 + 2\n", "x = [1, 2]\ny = x * 2\n"):  # nothing to differentiate; a vector output
         done = spiread("dot", "-", stdin=program)

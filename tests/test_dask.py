@@ -17,7 +17,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from spiread_cli import api, chunks, train
+from spiread_cli import chunks, train
+from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.program import Program as NumpyProgram  # beside dask_backend.Program
+from spiread_cli.set_options import parse_overrides
+from spiread_cli.sources import read_source
 from spiread_cli.dask_backend import Options, Program
 from spiread_cli.diagnostics import Source, SpireadError
 
@@ -30,9 +34,9 @@ RTOL = 1e-10
 
 
 def numpy_result(source: Source, sets: dict[str, str], base, wrt=None):
-    overrides = api.parse_overrides([f"{k}={v}" for k, v in sets.items()], base)
-    run = api.run_source(source, overrides, None, base)
-    return api.gradients(run, wrt)
+    overrides = parse_overrides([f"{k}={v}" for k, v in sets.items()], base)
+    run = NumpyProgram.parse(source, base).run(overrides)
+    return run_gradients(run, wrt)
 
 
 def dask_result(source: Source, sets: dict[str, str], base, wrt=None, **options):
@@ -89,10 +93,10 @@ EXAMPLE_DATA = {
 def test_examples_match_numpy_with_their_data_as_row_files(example, chunk_rows, tmp_path):
     """Each example's data bindings, written to .npy files and passed with
     --set, are chunked; everything else is the example as written."""
-    source = api.read_source(str(EXAMPLES / example))
+    source = read_source(str(EXAMPLES / example))
     # written for its six rows; `rows(X)` is what follows the data's row count
     source = Source(source.name, source.text.replace("arange(6)", "arange(rows(X))"))
-    run = api.run_source(source)
+    run = NumpyProgram.parse(source).run()
     sets = {name: save(tmp_path, name, run.node(name).value) for name in EXAMPLE_DATA[example]}
     expected = numpy_result(source, sets, EXAMPLES)
     program, got = dask_result(source, sets, EXAMPLES, chunk_rows=chunk_rows)
@@ -104,12 +108,12 @@ def test_bigram_matches_numpy(bigram_slice, tmp_path):
     """examples/bigram/bigram.ad on its text data (read whole, sliced) and on
     .npy files (read a chunk at a time)."""
     folder = bigram_slice
-    source = api.read_source(str(folder / "bigram.ad"))
+    source = read_source(str(folder / "bigram.ad"))
     expected = numpy_result(source, {}, folder)
     program, got = dask_result(source, {}, folder, chunk_rows=500)
     assert len(program.bounds) > 2
     assert_same(expected, got, "bigram (text)")
-    run = api.run_source(source, base_dir=folder)
+    run = NumpyProgram.parse(source, folder).run()
     sets = {name: save(tmp_path, name, run.node(name).value) for name in ("xs", "ys")}
     program, got = dask_result(source, sets, folder, chunk_rows=333)
     assert_same(expected, got, "bigram (.npy)")
@@ -186,7 +190,7 @@ def test_programs_match_numpy(name, chunk_rows, data):
 def steps_both_ways(source, data, names, starts, **options):
     """Training steps on numpy (`train.tape_steps`) and on row chunks from
     the same values: [(numpy's (loss, gradients, warnings), the chunks')]."""
-    run = api.run_source(source, None, None, data)
+    run = NumpyProgram.parse(source, data).run()
     expected = train.tape_steps(run, names, False)
     program = Program.of_source(source, Options(**options), (), None, data)
     try:
@@ -211,7 +215,7 @@ def test_steps_replay_the_chunks_templates_with_new_values(name, template_bytes,
     step to step."""
     monkeypatch.setattr(chunks, "TEMPLATE_BYTES", template_bytes)
     source = Source(str(data / "prog.ad"), PROGRAMS[name])
-    run = api.run_source(source, None, None, data)
+    run = NumpyProgram.parse(source, data).run()
     names = [n for n in run.backward_wrt]
     rng = np.random.default_rng(3)
     starts = [{n: run.node(n).value + 0.1 * k * rng.standard_normal(run.node(n).value.shape) for n in names}
@@ -282,7 +286,7 @@ def test_eval_computes_the_totals_of_the_data_and_warns_about_the_data(data):
     text = PROGRAMS["standardised columns: data-only totals used back on every row"] + \
         "\nz = ((X.col(0) * 0).log.clampMin(-1)).mean"
     source = Source(str(data / "p.ad"), text.replace("loss.backward(w)", ""))
-    expected = api.run_source(source, None, None, data)
+    expected = NumpyProgram.parse(source, data).run()
     program = Program.of_source(source, Options(chunk_rows=20), (), None, data)
     try:
         got = program.evaluated()
@@ -307,7 +311,7 @@ def test_a_warning_about_values_computed_from_a_total_is_about_the_total_over_al
     expected = numpy_result(source, {}, tmp_path)
     _, got = dask_result(source, {}, tmp_path, chunk_rows=50)
     assert_same(expected, got)
-    warnings = api.run_source(source, None, None, tmp_path).diagnostics.warnings
+    warnings = NumpyProgram.parse(source, tmp_path).run().diagnostics.warnings
     assert [w.span for w in got.diagnostics.warnings] == [w.span for w in warnings] and len(warnings) == warned
     if warned:
         assert got.diagnostics.warnings[0].message.startswith("`/` gave inf at 50 of 50 entries")
@@ -337,7 +341,7 @@ def test_a_warning_about_the_data_is_given_once_not_every_step(data):
     _, pairs = steps_both_ways(source, data, ["w"], [{"w": w}, {"w": w * 2}], chunk_rows=50)
     (numpy_first, first), (numpy_second, second) = pairs
     assert_same_step(numpy_first, first)
-    recorded = api.run_source(source, None, None, data).diagnostics.warnings  # numpy's train shows these at step 1
+    recorded = NumpyProgram.parse(source, data).run().diagnostics.warnings  # numpy's train shows these at step 1
     assert [w.span for w in first[2]] == [w.span for w in recorded] and len(recorded) == 1
     assert first[2][0].message.startswith("`log` gave -inf at 50 of 50 entries")
     assert first[2][0].notes == ("in data rows 0–49",)
@@ -405,7 +409,7 @@ def random_program_on_row_data(tmp_path, program, text: str, suffix: str, only: 
         assert_same(expected, got, f"with `{name}` as row data in\n{text}")
         # Training steps at moved values: the chunks' templates replayed
         setting = [f"{key}={path}" for key, path in sets.items()]
-        run = api.run_source(source, api.parse_overrides(setting, tmp_path), None, tmp_path)
+        run = NumpyProgram.parse(source, tmp_path).run(parse_overrides(setting, tmp_path))
         if all(run.node(w).kind == "input" for w in wrt):
             moved = {w: run.node(w).value * 1.01 for w in wrt}
             try:
@@ -455,7 +459,7 @@ def test_what_cannot_be_chunked_is_refused_with_the_op_named(text, message, colu
 def test_println_of_row_data_is_refused_and_of_parameters_shown(data):
     text = 'X = load("X.npy")\nw = [1, 2, 3, 4]\nprintln(w)\nloss = (X @@ w).sum\n'
     program = Program.of_source(Source(str(data / "p.ad"), text), Options(chunk_rows=10), (), None, data)
-    assert program.run.printed == api.run_source(Source(str(data / "p.ad"), text), base_dir=data).printed
+    assert program.run.printed == NumpyProgram.parse(Source(str(data / "p.ad"), text), data).run().printed
     program = Program.of_source(Source(str(data / "p.ad"), text + "println(X)\n"), Options(chunk_rows=10), (), None, data)
     assert program.refusal.diagnostic.message.startswith(
         "cannot run by row chunks: `println` shows a value computed from the data")
@@ -498,7 +502,7 @@ def test_nonfinite_warning_keeps_its_source_location_and_rows(data):
     source = Source(str(data / "prog.ad"), text)
     _, got = dask_result(source, {}, data, chunk_rows=50)
     overrides = {}
-    run = api.run_source(source, overrides, None, data)
+    run = NumpyProgram.parse(source, data).run(overrides)
     assert np.isnan(got.value) and np.isnan(run.value)
     first, numpy_first = got.diagnostics.warnings[0], run.diagnostics.warnings[0]
     assert first.span == numpy_first.span and (first.span.line, first.span.column) == (3, 17)

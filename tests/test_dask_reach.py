@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from spiread_cli import api, data_text
+from spiread_cli import data_text
+from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.program import Program as NumpyProgram  # beside dask_backend.Program
 from spiread_cli.dask_backend import Options, Program
 from spiread_cli.data import load_array
 from spiread_cli.data_text import TextTable
@@ -25,7 +27,7 @@ RTOL = 1e-10
 
 
 def numpy_gradients(source: Source, base, wrt=None):
-    return api.gradients(api.run_source(source, None, None, base), wrt)
+    return run_gradients(NumpyProgram.parse(source, base).run(), wrt)
 
 
 def dask_gradients(source: Source, base, wrt=None, **options):
@@ -218,7 +220,7 @@ def test_forward_mode_over_chunks_matches_numpy(name, data):
     """Directional derivatives by forward mode through the chunks and the
     driver, the output at moved values, and `grad --mode forward`."""
     source, program = open_program(data, PROGRAMS[name], chunk_rows=17)
-    run = api.run_source(source, None, None, data)
+    run = NumpyProgram.parse(source, data).run()
     derivatives = ChunkedDerivatives(program, None)
     rng = np.random.default_rng(0)
     for wrt, i in derivatives.ids.items():
@@ -227,10 +229,10 @@ def test_forward_mode_over_chunks_matches_numpy(name, data):
         np.testing.assert_allclose(derivatives.directional(wrt, v), directional_forward(run.tape, run.output, i, v),
                                    rtol=RTOL, atol=1e-13, err_msg=wrt)
         moved = x + 0.01 * v[0]
-        expected = api.run_source(source, {wrt: moved}, None, data).value
+        expected = NumpyProgram.parse(source, data).run({wrt: moved}).value
         np.testing.assert_allclose(derivatives.value_at(wrt, moved), expected, rtol=RTOL)
     got = forward_gradients(program, None)
-    expected = api.gradients(run, None, "forward")
+    expected = run_gradients(run, None, "forward")
     assert_same(expected, got)
 
 
@@ -240,7 +242,7 @@ def test_check_over_chunks_passes_as_on_numpy(name, max_entries, data):
     """The same check (elementwise, or along random directions) on both
     backends: the same verdict on the same entries or directions."""
     source, program = open_program(data, PROGRAMS[name], chunk_rows=40)
-    run = api.run_source(source, None, None, data)
+    run = NumpyProgram.parse(source, data).run()
     expected = check_gradients(run, max_entries=max_entries)
     chunked = check_gradients(program.run, max_entries=max_entries, subject=lambda r, w: check_subject(program, r, w))
     assert expected.ok and chunked.ok, [r.problem for r in chunked.results.values()]
@@ -423,7 +425,7 @@ def test_check_and_forward_mode_op_by_op(name, data):
     minutes); forward mode covers every input, the data included."""
     from spiread_cli.dask_check import check
     source, program = open_program(data, REFUSED_BY_THE_PLAN[name], chunk_rows=30)
-    run = api.run_source(source, None, None, data)
+    run = NumpyProgram.parse(source, data).run()
     wrt = [n for n in ("w", "W", "b") if n in run.bindings]
     report = check(program, program.run, wrt, None, None, max_entries=16)
     expected = check_gradients(run, wrt, max_entries=16)
@@ -431,7 +433,7 @@ def test_check_and_forward_mode_op_by_op(name, data):
     assert {n: (r.method, r.checked) for n, r in report.results.items()} == \
         {n: (r.method, r.checked) for n, r in expected.results.items()}
     source, program = open_program(data, REFUSED_BY_THE_PLAN[name], chunk_rows=30)
-    assert_same(api.gradients(run, None, "forward"), forward_gradients(program, None))
+    assert_same(run_gradients(run, None, "forward"), forward_gradients(program, None))
 
 
 def test_training_op_by_op_computes_once_a_step(data):
@@ -442,7 +444,7 @@ def test_training_op_by_op_computes_once_a_step(data):
     with Computes() as computes:
         got = train(program.run, ["w"], 4, make_optimizer("sgd", 0.1, 0.0), steps_by=program.steps)
     assert computes.count == 4
-    expected = train(api.run_source(source, None, None, data), ["w"], 4, make_optimizer("sgd", 0.1, 0.0))
+    expected = train(NumpyProgram.parse(source, data).run(), ["w"], 4, make_optimizer("sgd", 0.1, 0.0))
     np.testing.assert_allclose(got.losses, expected.losses, rtol=RTOL)
     np.testing.assert_allclose(got.values["w"], expected.values["w"], rtol=RTOL)
 
@@ -451,8 +453,8 @@ def test_warnings_op_by_op_are_numpys(data):
     text = 'X = load("X.npy")\nw = [1.0, 0.0, 0.0, 0.0]\nloss = (X.T @@ X).sum + (X @@ w).log.sum\n'
     source, program = open_program(data, text, chunk_rows=50)
     got = program.gradients(["w"])
-    run = api.run_source(source, None, None, data)
-    expected = api.gradients(run, ["w"])
+    run = NumpyProgram.parse(source, data).run()
+    expected = run_gradients(run, ["w"])
     assert np.isnan(got.value) and np.isnan(expected.value)
     assert got.diagnostics.warnings == run.diagnostics.warnings
     assert [(w.span.line, w.span.column) for w in got.diagnostics.warnings][:1] == [(3, 34)]
@@ -499,7 +501,7 @@ def test_local_cluster_runs_check_and_the_fallback(data):
         try:
             from spiread_cli.dask_check import check
             report = check(program, program.run, None, None, None)
-            expected = check_gradients(api.run_source(source, None, None, data))
+            expected = check_gradients(NumpyProgram.parse(source, data).run())
             assert report.ok and {n: r.checked for n, r in report.results.items()} == \
                 {n: r.checked for n, r in expected.results.items()}
             np.testing.assert_allclose(forward_gradients(program, None).gradients["W"],

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import run, spiread
-from spiread_cli import api
+from spiread_cli.program import Program
 from spiread_cli.data import load_array
 from spiread_cli.data_open import shown
 from spiread_cli.diagnostics import SpireadError
@@ -188,7 +188,7 @@ def test_unreadable_and_oddly_named_paths(in_tmp):
     assert message(in_tmp) == "cannot load `.`: it is a directory"
     write(in_tmp, "p.ad", 'x = load("")\n')
     with pytest.raises(SpireadError) as err:
-        api.run_file(str(in_tmp / "p.ad"))
+        Program.open(str(in_tmp / "p.ad")).run()
     assert err.value.diagnostic.message == "`load` names no file: the path is empty"
     assert (err.value.diagnostic.span.line, err.value.diagnostic.span.column) == (1, 10)
     locked = write(in_tmp, "locked.csv", "1\n")

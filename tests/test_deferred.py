@@ -16,7 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import spiread_cli
-from spiread_cli import api, optim, train
+from spiread_cli import optim, train
+from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.program import Program
 from spiread_cli import tape as tape_module
 from spiread_cli.diagnostics import Source
 from spiread_cli.interpreter import Interpreter
@@ -81,11 +83,11 @@ def test_reading_a_value_computes_the_ops_before_it_and_no_more():
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.ad")), ids=lambda p: p.name)
 def test_examples_run_deferred_as_eagerly(path):
     text = path.read_text()
-    deferred = api.run_source(Source(str(path), text), base_dir=path.parent, evaluate=False)
+    deferred = Program.parse(Source(str(path), text), path.parent).run(evaluate=False)
     expected = eager(text, str(path))
     if deferred.tape.nodes[deferred.output].shape == () and deferred.default_wrt():  # the sweep first: out of order
-        gradients = api.gradients(deferred).gradients
-        for name, g in api.gradients(expected).gradients.items():
+        gradients = run_gradients(deferred).gradients
+        for name, g in run_gradients(expected).gradients.items():
             np.testing.assert_array_equal(gradients[name], g)
     assert_same_run(deferred, expected)
 
@@ -122,7 +124,7 @@ def test_training_computes_only_the_fused_tape(bigram, monkeypatch):
     """The one-hot product, the exponentials, the row normalisation and the
     selection are fused away, and a run recorded for training never computes
     them; the losses are those of training from a run computed whole."""
-    reference = train.train(api.run_file(str(bigram)), ["W"], 4, optim.SGD(5.0))
+    reference = train.train(Program.open(str(bigram)).run(), ["W"], 4, optim.SGD(5.0))
     computed = []
     compute = tape_module.compute
     monkeypatch.setattr(tape_module, "compute", lambda op, *a: computed.append(op.name) or compute(op, *a))

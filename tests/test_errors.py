@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from spiread_cli import api
+from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.program import Program
 from spiread_cli.cli import app
 from spiread_cli.diagnostics import (Diagnostic, Source, Span, SpireadError, did_you_mean, emit, render,
                                      tidy)
@@ -243,7 +244,7 @@ def test_internal_errors_say_so_and_debug_shows_the_traceback(tmp_path, monkeypa
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(api, "run_module", broken)
+    monkeypatch.setattr(Program, "run", broken)
     program = tmp_path / "p.ad"
     program.write_text("x = [1, 2]\ny = x.exp\n")
     code, stdout, stderr = invoke(["eval", str(program)])
@@ -269,7 +270,7 @@ def test_library_raises_only_spiread_errors_for_bad_programs():
         if case.args != ["eval", f"{case.name}.ad"] or b"load(" in raw or b"\0" in raw or b"\xe9" in raw:
             continue
         with pytest.raises(SpireadError):
-            api.run_source(Source(case.name, raw.decode("utf-8")), base_dir=BAD)
+            Program.parse(Source(case.name, raw.decode("utf-8")), BAD).run()
 
 
 # -------------------------------------------- deep nesting and long chains
@@ -278,7 +279,7 @@ DEPTH = 10_000
 
 
 def run(text: str):
-    return api.run_source(Source("deep.ad", text), base_dir=TESTS)
+    return Program.parse(Source("deep.ad", text), TESTS).run()
 
 
 def test_deeply_nested_parentheses():
@@ -300,19 +301,19 @@ def test_long_method_chain_and_its_gradient():
         expected = np.sin(expected)
     assert np.allclose(r.node("y").value, expected)
     for mode in ("reverse", "forward"):
-        assert np.allclose(api.gradients(r, ["x"], mode).gradients["x"], slope)
+        assert np.allclose(run_gradients(r, ["x"], mode).gradients["x"], slope)
 
 
 def test_long_sum_and_unary_chains():
     r = run("x = [1.0, 2.0]\ny = (x" + " + x" * DEPTH + ").sum\nz = " + "-" * DEPTH + "y")
     assert float(r.node("z").value) == 3.0 * (DEPTH + 1)
-    assert np.allclose(api.gradients(r, ["x"]).gradients["x"], DEPTH + 1)
+    assert np.allclose(run_gradients(r, ["x"]).gradients["x"], DEPTH + 1)
 
 
 def test_long_right_associative_power_chain():
     r = run("x = 1.5\ny = x" + " ** 1" * DEPTH)
     assert float(r.node("y").value) == 1.5
-    assert float(api.gradients(r, ["x"]).gradients["x"]) == 1.0
+    assert float(run_gradients(r, ["x"]).gradients["x"]) == 1.0
 
 
 def test_deep_brackets_report_a_shape_error_not_a_crash():
@@ -325,7 +326,7 @@ def test_deep_brackets_report_a_shape_error_not_a_crash():
 def test_deeply_nested_json_data_is_refused_cleanly(tmp_path):
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(SpireadError, match="nest too deeply"):
-        api.run_source(Source(str(tmp_path / "p.ad"), 'x = load("deep.json")'), base_dir=tmp_path)
+        Program.parse(Source(str(tmp_path / "p.ad"), 'x = load("deep.json")'), tmp_path).run()
 
 
 def test_parse_errors_are_located_even_at_the_end_of_a_file_with_blank_lines():

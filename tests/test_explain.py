@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 
 from conftest import run, spiread, strict_json
 from programs import programs
-from spiread_cli import api
+from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.program import Program
 from spiread_cli.diagnostics import Source
 from spiread_cli.explain import SHOWN_ENTRIES, explain
 from spiread_cli.ops import OPS
@@ -189,9 +190,9 @@ def test_every_op_in_the_table_has_its_rules_in_words():
 @given(programs())
 @pytest.mark.parametrize("mode", ["reverse", "forward"])
 def test_every_trace_is_the_sweep_that_made_the_gradients(mode, program):
-    r = api.run_source(Source("gen.ad", program.source))
+    r = Program.parse(Source("gen.ad", program.source)).run()
     wrt = r.inputs_of_output()
-    expected = api.gradients(api.run_source(Source("gen.ad", program.source)), wrt, mode).gradients
+    expected = run_gradients(Program.parse(Source("gen.ad", program.source)).run(), wrt, mode).gradients
     result, explanation = explain(r, wrt, mode)
     for name in wrt:
         np.testing.assert_array_equal(result.gradients[name], expected[name])  # explaining changes nothing

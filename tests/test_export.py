@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 
 from conftest import EXAMPLES, CONSTANT_EXAMPLES, spiread
 from programs import programs
-from spiread_cli import api, second
+from spiread_cli import second
+from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.program import Program
 from spiread_cli.diagnostics import Diagnostics, Source
 from spiread_cli.export import Graphs, export_onnx, export_python, graphs, onnx_model
 from spiread_cli.ops import OPS
@@ -157,7 +159,7 @@ def test_every_op_exports_its_value_gradient_and_hvp(case, tmp_path):
 def check_program(run: Run, folder: Path, wrt: list[str] | None = None) -> None:
     """A program's export against spiread's gradients and H·v (unfused: the
     export is fused, so this checks the rewrites too)."""
-    grads = api.gradients(run, wrt).gradients
+    grads = run_gradients(run, wrt).gradients
     rng = np.random.default_rng(2)
     directions = {name: rng.normal(size=np.shape(g)) for name, g in grads.items()}
     hvps = second.hvp(run, directions, list(grads)).products
@@ -170,17 +172,17 @@ EXPORTED_EXAMPLES = sorted(p.name for p in EXAMPLES.glob("*.ad") if p.name not i
 
 @pytest.mark.parametrize("name", EXPORTED_EXAMPLES)
 def test_examples_export(name, tmp_path):
-    check_program(api.run_file(str(EXAMPLES / name)), tmp_path)
+    check_program(Program.open(str(EXAMPLES / name)).run(), tmp_path)
 
 
 def test_the_rows_example_exports(tmp_path):
-    check_program(api.run_file(str(EXAMPLES / "rows" / "model.ad")), tmp_path)
+    check_program(Program.open(str(EXAMPLES / "rows" / "model.ad")).run(), tmp_path)
 
 
 def test_the_bigram_exports_its_fused_step(bigram_slice, tmp_path):
     """The exported bigram is the fused one: one mean log-likelihood op, no
     one-hot product, and the same numbers."""
-    run = api.run_file(str(bigram_slice / "bigram.ad"))
+    run = Program.open(str(bigram_slice / "bigram.ad")).run()
     check_program(run, tmp_path)
     text = (tmp_path / "exported.py").read_text()
     assert "_mean_log_softmax_pick(W, " in text and " @ " not in text
@@ -189,7 +191,7 @@ def test_the_bigram_exports_its_fused_step(bigram_slice, tmp_path):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs())
 def test_random_programs_export(program):
-    run = api.run_source(Source("gen.ad", program.source))
+    run = Program.parse(Source("gen.ad", program.source)).run()
     wrt = [n for n in run.default_wrt() if run.tape.nodes[run.bindings[n]].kind == "input"]
     if not wrt:
         return
@@ -206,8 +208,8 @@ def test_the_command_writes_a_module_and_a_model(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"wrote {module}\n"
     exported = load_module(module)
-    run = api.run_file(str(EXAMPLES / "least_squares.ad"))
-    grads = api.gradients(run).gradients
+    run = Program.open(str(EXAMPLES / "least_squares.ad")).run()
+    grads = run_gradients(run).gradients
     value, got = exported.value_and_grad()
     assert_close(value, run.value, "value")
     for name, want in grads.items():
@@ -230,7 +232,7 @@ def test_a_large_input_goes_into_the_companion_archive(tmp_path):
         assert sorted(stored.files) == ["INPUTS/W"]
     module = load_module(tmp_path / "big.py")
     assert set(module.inputs()) == {"W", "x"}
-    np.testing.assert_array_equal(module.inputs()["W"], api.run_file(str(program)).node("W").value)
+    np.testing.assert_array_equal(module.inputs()["W"], Program.open(str(program)).run().node("W").value)
 
 
 def test_an_intermediate_cannot_be_exported_by(tmp_path):
@@ -243,7 +245,7 @@ def test_an_intermediate_cannot_be_exported_by(tmp_path):
 
 def test_an_op_without_an_onnx_form_is_a_located_error(tmp_path, monkeypatch):
     from dataclasses import replace
-    run = api.run_source(Source("p.ad", "w = [1.0, 2.0]\nloss = w.sin.sum\n"))
+    run = Program.parse(Source("p.ad", "w = [1.0, 2.0]\nloss = w.sin.sum\n")).run()
     monkeypatch.setitem(OPS, "sin", replace(OPS["sin"], export=replace(OPS["sin"].export, onnx=None)))
     g = graphs(run, ["w"], hvp=False)
     for node in g.nodes:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from conftest import Agreement, central_difference, run, spiread, strict_json
 from programs import programs
-from spiread_cli import api
+from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.forward import ForwardSweep, directional_forward, jacobian_forward
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -25,8 +25,8 @@ def test_forward_equals_reverse_on_random_programs(record_property):
     @given(programs(), st.data())
     def check(program, data):
         wrt = data.draw(st.lists(st.sampled_from(program.names), min_size=1, max_size=4, unique=True), label="wrt")
-        forward = api.gradients(run(program.source, name="generated.ad"), wrt, "forward").gradients
-        reverse = api.gradients(run(program.source, name="generated.ad"), wrt, "reverse").gradients
+        forward = run_gradients(run(program.source, name="generated.ad"), wrt, "forward").gradients
+        reverse = run_gradients(run(program.source, name="generated.ad"), wrt, "reverse").gradients
         for name in wrt:
             scale = np.max(np.abs(reverse[name]), initial=0.0)
             np.testing.assert_allclose(forward[name], reverse[name], rtol=1e-9, atol=1e-12 * (1 + scale),
@@ -86,7 +86,7 @@ def test_directional_derivatives_are_gradient_dot_direction():
     ("M = [[1, 2], [3, 0.5]]\nloss = (M @@ M.T).logSoftmaxRows.mean", "M"),   # matrix
 ])
 def test_forward_matches_finite_differences(text, name):
-    forward = api.gradients(run(text), [name], "forward").gradients[name]
+    forward = run_gradients(run(text), [name], "forward").gradients[name]
     x0 = run(text).node(name).value
     fd = central_difference(lambda x: run(text, sets={name: x}).tape.nodes[-1].value, x0)
     np.testing.assert_allclose(forward, fd, rtol=1e-7, atol=1e-9)
@@ -94,7 +94,7 @@ def test_forward_matches_finite_differences(text, name):
 
 def test_forward_warns_where_a_derivative_turns_infinite():
     r = run("x = [0, 1]\nloss = x.sqrt.sum")
-    grad = api.gradients(r, ["x"], "forward").gradients["x"]
+    grad = run_gradients(r, ["x"], "forward").gradients["x"]
     assert np.isinf(grad[0]) and grad[1] == 0.5
     assert any("derivative of `sqrt`" in w.message for w in r.diagnostics.warnings)
 

@@ -20,7 +20,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from typer.testing import CliRunner
 
 from conftest import EXAMPLES, strict_json
-from spiread_cli import api
+from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.program import Program
+from spiread_cli.set_options import parse_overrides
+from spiread_cli.sources import read_source
 from spiread_cli.cli import app
 from spiread_cli.diagnostics import Source, SpireadError, render
 
@@ -65,9 +68,9 @@ def run_everything(source: Source) -> None:
     """Evaluate and differentiate in both modes; only SpireadError may escape,
     and it must render."""
     try:
-        run = api.run_source(source, base_dir=EXAMPLES)
+        run = Program.parse(source, EXAMPLES).run()
         for mode in ("reverse", "forward"):
-            api.gradients(run, None, mode)
+            run_gradients(run, None, mode)
     except SpireadError as err:
         text = render(err.diagnostic, source)
         if err.diagnostic.span is not None:
@@ -119,7 +122,7 @@ def small_limit():
 def test_random_set_options(scratch, value):
     """`--set` values are parsed by the language's parser: same guarantee."""
     try:
-        api.parse_overrides([f"x={value}", value], scratch)
+        parse_overrides([f"x={value}", value], scratch)
     except SpireadError as err:
         assert err.exit_code in (1, 2)
 
@@ -130,7 +133,7 @@ def test_random_bytes_through_read_source(scratch, raw):
     path = scratch / "bytes.ad"
     path.write_bytes(raw)
     try:
-        source = api.read_source(str(path))
+        source = read_source(str(path))
     except SpireadError as err:
         assert render(err.diagnostic, None).startswith(str(path))
         return

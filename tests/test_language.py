@@ -11,7 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import gradients, run, value
-from spiread_cli import api
+from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.program import Program
+from spiread_cli.set_options import parse_overrides
 from spiread_cli.diagnostics import BEYOND_FLOAT64, SpireadError
 
 A = "a = [[1.0, 2.0], [3.0, 4.0]]\n"
@@ -139,7 +141,7 @@ def test_wrt_may_name_an_intermediate():
 
 def test_unrelated_wrt_gets_zero_and_a_warning_at_its_binding():
     r = run("w = [1.0, 2.0]\nz = [[1, 2], [3, 4]]\nloss = w.sum")
-    result = api.gradients(r, ["w", "z"])
+    result = run_gradients(r, ["w", "z"])
     np.testing.assert_array_equal(result.gradients["z"], np.zeros((2, 2)))
     np.testing.assert_array_equal(result.gradients["w"], [1.0, 1.0])
     [warning] = r.diagnostics.warnings
@@ -150,14 +152,14 @@ def test_unrelated_wrt_gets_zero_and_a_warning_at_its_binding():
 def test_unknown_wrt_is_a_usage_error():
     r = run("w = [1.0, 2.0]\nloss = w.sum")
     with pytest.raises(SpireadError) as err:
-        api.gradients(r, ["ww"])
+        run_gradients(r, ["ww"])
     assert err.value.exit_code == 2
 
 
 def test_gradients_need_a_scalar_output_and_say_how_to_reduce():
     r = run("w = [1.0, 2.0]\nh = w * 2")
     with pytest.raises(SpireadError) as err:
-        api.gradients(r, ["w"])
+        run_gradients(r, ["w"])
     text = err.value.diagnostic.message + " ".join(err.value.diagnostic.notes)
     assert ".sum" in text or ".mean" in text
 
@@ -365,7 +367,7 @@ def test_load_is_relative_to_the_program_file(tmp_path, monkeypatch):
     (folder / "data" / "x.json").write_text(json.dumps([[1, 2], [3, 4]]))
     (folder / "model.ad").write_text('x = load("data/x.json")\nloss = x.sum\n')
     monkeypatch.chdir(tmp_path)  # not the program's folder
-    r = api.run_file("project/model.ad")
+    r = Program.open("project/model.ad").run()
     assert r.tape.nodes[r.output].value == 10.0
 
 
@@ -527,11 +529,11 @@ def test_a_jet_is_refused_as_wrt_at_its_binding():
     r = run(text)
     assert r.jets[r.bindings["y"]].tolist() == [4.0]       # the Jet's own part: ∂(x²)/∂x = 2x
     with pytest.raises(SpireadError) as caught:
-        api.gradients(run(text, of="y"), ["x"])
+        run_gradients(run(text, of="y"), ["x"])
     err = caught.value.diagnostic
     assert "`x` is a Jet" in err.message and err.span.line == 2
     assert "`x = 2.0`" in err.notes[-1]
-    assert api.gradients(run(text, of="z"), ["w"]).gradients["w"] == 6.0
+    assert run_gradients(run(text, of="z"), ["w"]).gradients["w"] == 6.0
 
 
 # ---------------------------------------------- hints at the right spelling
@@ -650,7 +652,7 @@ def test_numbers_beyond_float64_say_the_same_in_a_program_a_data_file_and_set(tm
         error('w = load("w.csv")', base_dir=tmp_path).diagnostic.message
     assert value('w = load("inf.txt")', base_dir=tmp_path).tolist() == [[1, -np.inf], [2, np.inf]]  # written inf
     with pytest.raises(SpireadError) as caught:
-        api.parse_overrides(["w=[1, 1e400]"])
+        parse_overrides(["w=[1, 1e400]"])
     assert BEYOND_FLOAT64 in caught.value.diagnostic.message
     assert caught.value.exit_code == 2 and "`--set w=[1, 1e400]`" in caught.value.diagnostic.message
     assert value("x = 1e-400") == 0.0 and value("x = 1.7976931348623157e308") == np.finfo(float).max

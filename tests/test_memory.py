@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import spiread_cli
-from spiread_cli import api, optim, second, train
+from spiread_cli import optim, second, train
+from spiread_cli.program import Program
 from spiread_cli.diagnostics import SpireadError
 from spiread_cli.explain import Summarised, explain
 from spiread_cli.forward import TANGENT_BUDGET_BYTES, ForwardSweep, jacobian_forward
@@ -22,7 +23,7 @@ from conftest import REPO, run, spiread
 
 def test_spending_the_run_lets_the_unfused_values_go_and_trains_the_same(bigram_slice):
     program = str(bigram_slice / "bigram.ad")
-    kept_run, spent_run = api.run_file(program), api.run_file(program)
+    kept_run, spent_run = Program.open(program).run(), Program.open(program).run()
     rows = spent_run.node("xs").value.shape[0]
     # The one-hot matrix and the unfused intermediates: one row per data row.
     unfused = [n.id for n in spent_run.tape.nodes if n.value.ndim == 2 and n.value.shape[0] == rows]
@@ -60,7 +61,7 @@ def test_training_holds_at_most_the_one_hot_matrix_of_the_rows(tmp_path):
     assert peak < 1.6 * one_array, f"{peak / one_array:.2f} arrays of {rows}×{width}"
     tracemalloc.start()
     try:
-        api.run_file(str(tmp_path / "bigram.ad"))  # computed whole, for comparison
+        Program.open(str(tmp_path / "bigram.ad")).run()  # computed whole, for comparison
         whole = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run, spiread, strict_json, value
-from spiread_cli import api, syntax
+from spiread_cli import syntax
+from spiread_cli.program import Program
+from spiread_cli.set_options import parse_overrides
 from spiread_cli.diagnostics import Source, SpireadError
 
 
@@ -46,7 +48,7 @@ def test_a_long_literal_is_one_array_node_with_the_right_values():
 
 def test_a_long_literal_through_set_is_the_same_array():
     body, expected = numbers_text(100_000, seed=1)
-    overrides = api.parse_overrides([f"x=[{body}]"])
+    overrides = parse_overrides([f"x=[{body}]"])
     np.testing.assert_array_equal(overrides["x"], expected)
     np.testing.assert_array_equal(value("x = 0\ny = x * 2\n", of="y", sets=overrides), 2 * expected)
 
@@ -198,11 +200,11 @@ def test_load_memory_grows_linearly_with_program_lines():
         source = Source("lines.ad", lines_program(n))
         tracemalloc.start()
         try:
-            api.run_source(source)
+            Program.parse(source).run()
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    api.run_source(Source("warm.ad", lines_program(20)))  # the parser and its scanners are built once
+    Program.parse(Source("warm.ad", lines_program(20))).run()  # the parser and its scanners are built once
     small, large = peak(300), peak(1_200)
     # Four times the lines, about four times the memory (quadratic would be sixteen).
     assert large < 6 * small, (small, large)

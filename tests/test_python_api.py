@@ -198,7 +198,8 @@ def test_an_error_shows_the_callers_line_and_not_spireads_stack(call):
 
 def test_errors_speak_the_apis_words_and_the_command_lines_after():
     """The same library message names `wrt="ww"` to a Python caller and `--wrt ww` on the command line."""
-    from spiread_cli import api
+    from spiread_cli.gradients import gradients as run_gradients
+    from spiread_cli.program import Program
     with pytest.raises(SpireadError) as caught:
         load(LEAST_SQUARES).grad(wrt="ww")
     assert caught.value.diagnostic.message == '`wrt="ww"`: the program binds no `ww`'
@@ -211,7 +212,7 @@ def test_errors_speak_the_apis_words_and_the_command_lines_after():
         compile("w = [1.0, 2]\nloss = (w * w).sum\ng = loss.backward(w)", name="<cell>").eval(g=1)
     assert caught.value.diagnostic.message == "binding `g`: `g` is bound to gradients, which the program computes"
     with pytest.raises(SpireadError) as caught:  # after a Python call, the library speaks the command line's again
-        api.gradients(api.run_file(str(LEAST_SQUARES)), ["ww"])
+        run_gradients(Program.open(str(LEAST_SQUARES)).run(), ["ww"])
     assert caught.value.diagnostic.message == "`--wrt ww`: the program binds no `ww`"
     done = spiread("grad", LEAST_SQUARES, "--wrt", "ww")
     assert done.returncode == 2 and "error: `--wrt ww`: the program binds no `ww`" in done.stderr

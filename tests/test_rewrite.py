@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import lit
-from spiread_cli import api
+from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.program import Program
 from spiread_cli.diagnostics import Diagnostics, Source
 from spiread_cli.forward import jacobian_forward
 from spiread_cli.rewrite import fuse, one_hot_labels
@@ -21,12 +22,12 @@ FEW = settings(max_examples=20, deadline=None)
 
 
 def compiled(text: str, wrt: list[str], hoist: bool = True):
-    run = api.run_source(Source("rewrite.ad", text))
+    run = Program.parse(Source("rewrite.ad", text)).run()
     return fuse(run.tape, run.output, [run.bindings[n] for n in wrt], hoist)
 
 
 def unfused(text: str, wrt: list[str]) -> tuple[np.ndarray, dict]:
-    result = api.gradients(api.run_source(Source("plain.ad", text)), wrt)
+    result = run_gradients(Program.parse(Source("plain.ad", text)).run(), wrt)
     return result.value, result.gradients
 
 
@@ -190,18 +191,18 @@ def test_the_new_tape_holds_only_what_the_output_and_gradients_need():
 
 def test_a_pass_leaves_the_callers_tape_as_written():
     xs, ys, w = bigram_data(2, 12, 4)
-    run = api.run_source(Source("bigram.ad", bigram_text(xs, ys, w, 4)))
+    run = Program.parse(Source("bigram.ad", bigram_text(xs, ys, w, 4))).run()
     before = [(n.op, n.inputs, n.value) for n in run.tape.nodes]
-    want = api.gradients(run, ["probs"]).gradients["probs"]
+    want = run_gradients(run, ["probs"]).gradients["probs"]
     fused = fuse(run.tape, run.output, [run.bindings["W"]])
     fused.tape.nodes[fused.wrt[0]].set_value(np.zeros((4, 4)))
     fused.tape.replay(fused.tape.nodes)
     assert [(n.op, n.inputs, n.value) for n in run.tape.nodes] == before
-    np.testing.assert_array_equal(api.gradients(run, ["probs"]).gradients["probs"], want)
+    np.testing.assert_array_equal(run_gradients(run, ["probs"]).gradients["probs"], want)
 
 
 def test_the_seed_program_is_unchanged_by_rewriting():
-    run = api.run_file("examples/seed.ad")
+    run = Program.open("examples/seed.ad").run()
     fused = fuse(run.tape, run.output, [run.bindings["weights"]])
     np.testing.assert_allclose(fused.tape.backward(fused.output, fused.wrt)[fused.wrt[0]],
                                [[-0.291882, 0.291882], [-0.583765, 0.583765]], atol=1e-6)
@@ -212,8 +213,8 @@ def test_fuse_computes_only_what_the_rewrites_changed():
     left as they were and computes the rewritten ones and what they feed;
     with compute=False it leaves those without values (a chunk's first share
     computes them)."""
-    run = api.run_source(Source("f.ad", "x = [[1.0, 2.0], [3.0, 4.0]]\nW = [[0.5, -1.0], [2.0, 0.25]]\n"
-                                        "h = (x @@ W).tanh\np = h.exp.normaliseRowsL1\nloss = (p * 2.0).sum\n"))
+    run = Program.parse(Source("f.ad", "x = [[1.0, 2.0], [3.0, 4.0]]\nW = [[0.5, -1.0], [2.0, 0.25]]\n"
+                                        "h = (x @@ W).tanh\np = h.exp.normaliseRowsL1\nloss = (p * 2.0).sum\n")).run()
     w = run.bindings["W"]
     fused = fuse(run.tape, run.output, [w])
     by_label = {node.label: node for node in fused.tape.nodes}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import EXAMPLES, Agreement, program_fd, run
-from spiread_cli import api
+from spiread_cli.gradients import gradients as run_gradients
 
 # The code block from the spireAD "Backward Mode" page, exactly as it stands.
 SEED = """\
@@ -64,7 +64,7 @@ def test_eval_gives_inf_and_warns_at_the_log():
 @pytest.mark.parametrize("mode", ["reverse", "forward"])
 def test_grad_is_finite_despite_the_infinite_loss(mode):
     r = run(SEED, name="seed.ad")
-    result = api.gradients(r, None, mode)  # the default: the `.backward` names
+    result = run_gradients(r, None, mode)  # the default: the `.backward` names
     assert list(result.gradients) == ["weights"]
     g = result.gradients["weights"]
     assert np.all(np.isfinite(g))
@@ -79,7 +79,7 @@ def test_finite_seed_exact_numbers(text, record_property):
     r = run(text, name="seed.ad")
     assert r.diagnostics.warnings == []
     assert float(r.tape.nodes[r.output].value) == pytest.approx(FINITE_LOSS, rel=1e-15, abs=0)
-    g = api.gradients(r, ["weights"]).gradients["weights"]
+    g = run_gradients(r, ["weights"]).gradients["weights"]
     np.testing.assert_allclose(g, FINITE_GRADIENT, atol=5e-7)
     fd = program_fd(text, "weights")
     np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
@@ -102,6 +102,6 @@ def test_finite_seed_against_autograd():
         return -anp.mean(anp.log(anp.sum(probits * mask, axis=1)))
 
     weights = np.array([[0.1, 0.05], [0.2, 0.1]])
-    g = api.gradients(run(SEED_FINITE), ["weights"]).gradients["weights"]
+    g = run_gradients(run(SEED_FINITE), ["weights"]).gradients["weights"]
     np.testing.assert_allclose(g, autograd.grad(loss)(weights), rtol=1e-12)
     assert float(loss(weights)) == pytest.approx(FINITE_LOSS, rel=1e-14)

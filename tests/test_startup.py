@@ -15,13 +15,13 @@ from spiread_cli import syntax
 
 # Never needed to evaluate or differentiate on the numpy backend: each is a
 # command's or an option's own (--plot, --backend dask, --explain, hessian,
-# check, train, files written), the Python API's, rich, which only a
+# check, train, files written), rich, which only a
 # terminal's colours need, or lark, which only a syntax error needs (a program
 # that parses is read from Lark's tables, cached: syntax._load_tables).
 # pydantic comes with typer ≥ 0.29 (pyproject.toml).
 NOT_AT_START_UP = ["rich", "pydantic", "dask", "distributed", "zarr", "matplotlib", "jsonschema", "lark",
                    "spiread_cli.second", "spiread_cli.explain", "spiread_cli.check", "spiread_cli.train",
-                   "spiread_cli.optim", "spiread_cli.rewrite", "spiread_cli.files", "spiread_cli.program",
+                   "spiread_cli.optim", "spiread_cli.rewrite", "spiread_cli.files",
                    "spiread_cli.dot", "spiread_cli.dask_backend", "spiread_cli.chunks"]
 
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import run, spiread, strict_json
-from spiread_cli import api, optim, train
+from spiread_cli import optim, train
+from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.program import Program
 from spiread_cli.diagnostics import SpireadError
 
 # (expression over x, a value of x where the op's value is not finite): one
@@ -64,7 +66,7 @@ def test_every_nonfinite_gradient_says_where_it_was_born_in_both_modes(text, op)
     for mode in ("reverse", "forward"):
         r = run(text)
         before = len(r.diagnostics.warnings)
-        result = api.gradients(r, ["x"], mode)
+        result = run_gradients(r, ["x"], mode)
         assert not np.all(np.isfinite(result.gradients["x"]))
         born = r.diagnostics.warnings[before:]
         assert [w.message.split(" gave")[0] for w in born] == [f"the derivative of `{op}`"], (mode, born)
@@ -74,19 +76,19 @@ def test_every_nonfinite_gradient_says_where_it_was_born_in_both_modes(text, op)
 def test_a_finite_gradient_around_an_infinite_value_warns_only_about_the_value():
     # The seed example's case: log(0) at an entry the selection drops.
     r = run("x = [[0.5, 0.5], [0.0, 1.0]]\ny = x.log.select((0, 0), (1, 1)).sum\n")
-    result = api.gradients(r, ["x"])
+    result = run_gradients(r, ["x"])
     assert np.all(np.isfinite(result.gradients["x"]))
     assert [w.message.split(" gave")[0] for w in r.diagnostics.warnings] == ["`log`"]
 
 
 def test_training_from_the_library_leaves_the_run_as_it_was(bigram_slice):
-    r = api.run_file(str(bigram_slice / "bigram.ad"))
-    before = api.gradients(r, ["probs"]).gradients["probs"].copy()
+    r = Program.open(str(bigram_slice / "bigram.ad")).run()
+    before = run_gradients(r, ["probs"]).gradients["probs"].copy()
     values = [(n.op, n.inputs, n.value) for n in r.tape.nodes]
     result = train.train(r, ["W"], 3, optim.SGD(10.0))
     assert result.status == "done" and result.losses[2] < result.losses[0]
     assert [(n.op, n.inputs, n.value) for n in r.tape.nodes] == values
-    after = api.gradients(r, ["probs"]).gradients["probs"]
+    after = run_gradients(r, ["probs"]).gradients["probs"]
     assert after.dtype == np.float64
     np.testing.assert_array_equal(after, before)
 

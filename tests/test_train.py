@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import EXAMPLES, NAMES, REPO, run, spiread, strict_json
-from spiread_cli import api, optim, train
+from spiread_cli import optim, train
+from spiread_cli.program import Program
 from spiread_cli.diagnostics import SpireadError
 
 needs_names = pytest.mark.skipif(not NAMES.exists(), reason=f"{NAMES} is not here (it is not ours to ship)")
@@ -77,7 +78,7 @@ def test_bad_optimizer_settings_are_usage_errors():
 def test_regression_matches_spiread_closed_form():
     """The gradient of w2 is 0 throughout (the data is symmetric), and w1 shrinks
     by 1 − lr·(2/5)·Σx1² = 0.96 a step: after 100 steps, 0.96¹⁰⁰ ≈ 0.01687."""
-    result = train.train(api.run_file(str(REGRESSION)), ["weights"], 100, optim.SGD(0.01))
+    result = train.train(Program.open(str(REGRESSION)).run(), ["weights"], 100, optim.SGD(0.01))
     assert result.status == "done" and len(result.losses) == 100
     np.testing.assert_allclose(result.values["weights"], [[0.96 ** 100], [1.0]], rtol=1e-12)
     assert result.values["weights"][0, 0] == pytest.approx(0.01687, abs=1e-5)
@@ -88,7 +89,7 @@ def test_regression_matches_spiread_closed_form():
 
 def test_momentum_and_adam_also_fit_the_regression():
     for optimizer in (optim.SGD(0.01, momentum=0.9), optim.Adam(0.05)):
-        result = train.train(api.run_file(str(REGRESSION)), ["weights"], 300, optimizer)
+        result = train.train(Program.open(str(REGRESSION)).run(), ["weights"], 300, optimizer)
         assert result.losses[-1] < 1e-3 * result.losses[0], optimizer.describe()
 
 
@@ -117,7 +118,7 @@ def test_save_then_set_continues_exactly(tmp_path):
     done = spiread("train", *common, "--steps", "10", "--set", first, "--save", first, "--log", log)
     assert done.returncode == 0, done.stderr
     assert strict_json(done.stdout)["saved"] == str(first)
-    direct = train.train(api.run_file(str(REGRESSION)), ["weights"], 20, optim.SGD(0.01))
+    direct = train.train(Program.open(str(REGRESSION)).run(), ["weights"], 20, optim.SGD(0.01))
     with np.load(first) as archive:
         np.testing.assert_allclose(archive["weights"], direct.values["weights"], rtol=1e-14)
     rows = log.read_text().splitlines()
@@ -125,7 +126,8 @@ def test_save_then_set_continues_exactly(tmp_path):
     assert float(rows[1].split(",")[1]) == pytest.approx(direct.losses[10], rel=1e-14)
     copied = spiread("train", *common, "--steps", "0", "--set", f"weights={first}", "--save", tmp_path / "b")
     assert strict_json(copied.stdout)["saved"] == str(tmp_path / "b.npz")
-    again = api.run_file(str(REGRESSION), [f"weights={tmp_path / 'b.npz'}"])
+    program = Program.open(str(REGRESSION))
+    again = program.run(program.parse_sets([f"weights={tmp_path / 'b.npz'}"]))
     with np.load(first) as archive:
         np.testing.assert_array_equal(again.node("weights").value, archive["weights"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz", "loss.csv"]  # no temp files left
@@ -180,7 +182,8 @@ def test_divergence_stops_at_the_op_and_keeps_the_last_finite_values(tmp_path):
     with np.load(save) as archive:
         kept = archive["weights"]
     # What was saved is what gave the last finite loss.
-    again = api.run_file(str(REGRESSION), [f"weights={save}"])
+    program = Program.open(str(REGRESSION))
+    again = program.run(program.parse_sets([f"weights={save}"]))
     assert float(again.tape.nodes[again.output].value) == losses[-1]
     assert np.isfinite(kept).all()
 
@@ -216,11 +219,11 @@ def test_strict_stops_at_a_warning_even_with_a_finite_loss():
 
 def test_a_requested_stop_ends_after_the_step_in_progress():
     calls = []
-    result = train.train(api.run_file(str(REGRESSION)), ["weights"], 100, optim.SGD(0.01),
+    result = train.train(Program.open(str(REGRESSION)).run(), ["weights"], 100, optim.SGD(0.01),
                          on_step=lambda step, loss: calls.append(step), stop_requested=lambda: len(calls) >= 3)
     assert result.status == "interrupted" and calls == [1, 2, 3] and len(result.losses) == 3
     np.testing.assert_allclose(result.values["weights"], [[0.96 ** 3], [1.0]], rtol=1e-14)
-    before = train.train(api.run_file(str(REGRESSION)), ["weights"], 100, optim.SGD(0.01), stop_requested=lambda: True)
+    before = train.train(Program.open(str(REGRESSION)).run(), ["weights"], 100, optim.SGD(0.01), stop_requested=lambda: True)
     assert before.status == "interrupted" and before.losses == []
     np.testing.assert_array_equal(before.values["weights"], [[1.0], [1.0]])
 
@@ -247,7 +250,7 @@ def test_bigram_slice_trains_like_numpy_by_hand(bigram_slice):
     xs = np.loadtxt(bigram_slice / "xs.txt", dtype=int)
     ys = np.loadtxt(bigram_slice / "ys.txt", dtype=int)
     assert (bigram_slice / "vocab.txt").read_text().split() == list(".abcdefghijklmnopqrstuvwxyz")
-    result = train.train(api.run_file(str(bigram_slice / "bigram.ad")), ["W"], 8, optim.SGD(50))
+    result = train.train(Program.open(str(bigram_slice / "bigram.ad")).run(), ["W"], 8, optim.SGD(50))
     expected = bigram_reference(xs, ys, np.random.default_rng(0).standard_normal((27, 27)), 8, 50)
     np.testing.assert_allclose(result.losses, expected, rtol=1e-10)
     assert result.losses[-1] < result.losses[0]
@@ -259,5 +262,5 @@ def test_bigram_full_data_first_loss_and_count(tmp_path):
                                "--out", str(tmp_path)], capture_output=True, text=True)
     assert "32033 words, 228146 bigrams, 27 characters" in prepared.stdout
     shutil.copy(EXAMPLES / "bigram" / "bigram.ad", tmp_path)
-    program = api.run_file(str(tmp_path / "bigram.ad"))
+    program = Program.open(str(tmp_path / "bigram.ad")).run()
     assert float(program.tape.nodes[program.output].value) == pytest.approx(3.708, abs=5e-4)

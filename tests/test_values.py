@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import gradients, run, value
-from spiread_cli import api
+from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.diagnostics import SpireadError
 from spiread_cli.formatting import format_array
 from spiread_cli.values import jet_text, scala_double
@@ -39,7 +39,7 @@ def test_keys_follow_the_named_tuple_and_the_call_still_names_output_and_wrt():
     assert np.array_equal(r.node("g.q").value, a + 2 * b)           # ∂/∂b (Σab + Σb²) = a + 2b
     assert np.allclose(r.node("step").value, a - 0.1 * b)
     assert r.output_name == "loss" and r.backward_wrt == ["a", "b"]  # not the last statement, `step`
-    result = api.gradients(r)
+    result = run_gradients(r)
     assert list(result.gradients) == ["a", "b"] and np.array_equal(result.gradients["a"], b)
 
 
@@ -55,7 +55,7 @@ def test_a_gradient_of_a_gradient_is_the_second_derivative():
     r = run("w = 3.0\nloss = w * w * w\ng = loss.backward(w)\nslope = g.w\nslope.backward(w)")
     assert float(r.node("g.w").value) == 27.0                         # 3w²
     assert r.output_name == "slope"                                   # the last `.backward` names the output
-    assert float(api.gradients(r).gradients["w"]) == 18.0             # 6w
+    assert float(run_gradients(r).gradients["w"]) == 18.0             # 6w
 
 
 @pytest.mark.parametrize("mode", ["reverse", "forward"])
@@ -65,13 +65,13 @@ def test_hessian_vector_product_from_a_gradient_value(mode):
             "g = loss.backward((w = w))\nh = (g.w * v).sum\nh.backward(w)")
     r = run(text)
     assert r.node("g.w").value.tolist() == [3.0 + 2.0, 12.0 + 1.0]    # 3w² + (w1, w0)
-    assert api.gradients(r, mode=mode).gradients["w"].tolist() == [2.0, -11.5]
+    assert run_gradients(r, mode=mode).gradients["w"].tolist() == [2.0, -11.5]
 
 
 def test_value_inside_a_gradient_stops_the_second_derivative():
     r = run("w = 2.0\nloss = w * w * w.value\ng = loss.backward(w)\nh = g.w\nh.backward(w)")
     assert float(r.node("g.w").value) == 8.0                          # 2w·stop(w)
-    assert float(api.gradients(r).gradients["w"]) == 4.0              # 2·stop(w)
+    assert float(run_gradients(r).gradients["w"]) == 4.0              # 2·stop(w)
 
 
 def test_gradient_of_a_non_scalar_and_unknown_keys_are_located():
@@ -123,7 +123,7 @@ def test_def_with_annotations_and_a_block_is_inlined():
             "w = 2.0\nloss = f(w, 3.0)\n")
     r = run(text)
     assert float(r.value) == 8.0                                      # 2·3 + 2
-    assert float(api.gradients(r, ["w"]).gradients["w"]) == 4.0       # y + 1
+    assert float(run_gradients(r, ["w"]).gradients["w"]) == 4.0       # y + 1
     # the ops point at the body's source, not at the call
     mul = next(n for n in r.tape.nodes if n.label == "*")
     assert (mul.span.line, r.source.snippet(mul.span)) == (2, "*")
@@ -137,10 +137,10 @@ def test_map_applies_a_function_entry_by_entry():
 
 def test_gradient_through_map_and_a_lambda_that_sees_its_block():
     r = run("def sq(x: Double) = x * x\nv = [1.0, -2.0, 3.0]\nloss = v.map(sq).sum")
-    assert api.gradients(r, ["v"]).gradients["v"].tolist() == [2.0, -4.0, 6.0]
+    assert run_gradients(r, ["v"]).gradients["v"].tolist() == [2.0, -4.0, 6.0]
     r = run("def scaled(v, k) = { val m = k * 2\n v.map(x => x * m) }\nv = [1.0, 2.0]\nloss = scaled(v, 1.5).sum")
     assert float(r.value) == 9.0
-    assert api.gradients(r, ["v"]).gradients["v"].tolist() == [3.0, 3.0]
+    assert run_gradients(r, ["v"]).gradients["v"].tolist() == [3.0, 3.0]
 
 
 # f written over one number, and the same f on numpy arrays: applied to all
@@ -174,7 +174,7 @@ def test_map_gives_f_of_each_entry_and_its_gradient(f):
     np.testing.assert_allclose(float(r.value), reference(v, 0.5).sum(), rtol=1e-12)
     h = 1e-6
     slope = (reference(v + h, 0.5) - reference(v - h, 0.5)) / (2 * h)
-    np.testing.assert_allclose(api.gradients(r, ["v"]).gradients["v"], slope, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(run_gradients(r, ["v"]).gradients["v"], slope, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("f", ENTRYWISE)
