@@ -21,7 +21,7 @@ from .diagnostics import Span, SpireadError, did_you_mean, shape_str
 from .limits import check_shape
 from .formatting import format_array
 from .ops import OPS, Op
-from .tape import Node
+from .tape_nodes import Node
 from .values import Arg, Const, Function, Jet, JetDim, Record, Symbol, Text, Unit, jet_text
 
 

@@ -24,7 +24,8 @@ from .check_measure import CheckReport, KinkSite, joined, judge, measure
 from .diagnostics import SpireadError, option
 from .forward import directional_forward
 from .limits import max_bytes
-from .tape import Run, Tape
+from .run import Run
+from .tape import Tape
 
 DEFAULT_EPS = 1e-6
 DEFAULT_TOL = 1e-5

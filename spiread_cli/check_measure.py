@@ -34,7 +34,8 @@ import numpy as np
 from .diagnostics import Diagnostic
 
 if TYPE_CHECKING:
-    from .tape import Node, Run
+    from .run import Run
+    from .tape_nodes import Node
 
 NOISE_ULPS = 64
 # A gap between the right and left slopes larger than this share of the

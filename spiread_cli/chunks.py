@@ -54,7 +54,8 @@ from .diagnostics import Diagnostic, Diagnostics, Source, Span, SpireadError, sh
 from .interpreter import Interpreter
 from .limits import max_bytes
 from .rewrite import fuse
-from .tape import Run, Tape
+from .run import Run
+from .tape import Tape
 
 PROBE_ROWS = (2, 3)          # the two recordings `Plan.of` compares
 CHUNK_BYTES = 128 << 20      # the default chunk's recorded values (see default_chunk_rows)

@@ -37,7 +37,8 @@ from .data import parse_set_option
 from .data_open import SET_PATH_SUFFIXES
 from .dask_common import Result, close_client, connect, dask_threaded, on_cluster, require_dask, stopped
 from .diagnostics import Diagnostics, SpireadError, usage_error
-from .tape import Run, all_finite
+from .run import Run
+from .tape_nodes import all_finite
 
 FAN_IN = 8  # shares added per task in the tree sum
 _names = itertools.count()

@@ -24,7 +24,8 @@ from .data import load_array
 from .dask_common import Result, close_client, on_cluster, stopped
 from .diagnostics import Diagnostics, SpireadError
 from .interpreter import Interpreter
-from .tape import Run, is_lazy
+from .ops import is_lazy
+from .run import Run
 
 
 def default_chunk_rows(data, threads: int) -> int:
@@ -156,7 +157,7 @@ class LazyProgram:
 
     def _warn_births(self, lazy, finite: dict[int, bool], diagnostics: Diagnostics) -> None:
         """As the numpy tape warns: at an op whose inputs are finite and whose value is not."""
-        from .tape import describe_nonfinite
+        from .tape_nodes import describe_nonfinite
         nodes = self.run.tape.nodes
         for node in lazy:
             if node.op is None or finite[node.id]:

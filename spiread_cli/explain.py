@@ -22,7 +22,8 @@ import numpy as np
 from .formatting import format_array, json_number, json_value, short_shape
 from .gradients import gradients
 from .rules import jvp_text, operand_names, vjp_text
-from .tape import Node, Run
+from .run import Run
+from .tape_nodes import Node
 
 # Arrays with at most this many entries are shown in full; larger ones by their
 # shape and norm.

@@ -29,7 +29,9 @@ from .files import atomic_output
 from .ops import Op
 from .rewrite import fuse
 from .second import record_inner_product
-from .tape import Node, Run, made_by_rule
+from .run import Run
+from .tape import made_by_rule
+from .tape_nodes import Node
 
 # The names an exported module defines or imports itself: a program's name
 # that is one of them (or a keyword) is written with a `_` after it.

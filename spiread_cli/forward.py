@@ -19,7 +19,8 @@ import numpy as np
 
 from .diagnostics import Diagnostics, shape_str
 from .limits import check_bytes, max_bytes
-from .tape import Births, Node, SweepObserver, Tape, all_finite, rule_params
+from .tape import Births, SweepObserver, Tape
+from .tape_nodes import Node, all_finite, rule_params
 
 TANGENT_BUDGET_BYTES = 256 << 20
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .forward import jacobian_forward
-from .tape import Run
+from .run import Run
 
 
 @dataclass

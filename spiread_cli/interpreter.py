@@ -24,10 +24,12 @@ from .builtins import FUNCTIONS, METHOD_SUGAR, REDUCTIONS, check_arguments
 from .data import load_array
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, option, refuse_repeats, shape_str
 from .limits import check_shape, max_bytes, no_cyclic_gc
-from .ops import METHODS, OPS, Op, ShapeError
+from .ops import METHODS, OPS, Op, ShapeError, is_lazy
 from .rules import key_text
+from .run import Run
 from .syntax_errors import RESERVED_WORDS, reserved_note
-from .tape import Node, Run, Tape, is_lazy
+from .tape import Tape
+from .tape_nodes import Node
 from .values import Arg, Const, Function, Jet, JetDim, Pairs, Record, SliceValue, Symbol, Text, TupleValue, Unit
 
 QUALIFIED_SYMBOLS = {f"ReductionOps.{k.capitalize()}": k for k in REDUCTIONS}

@@ -23,7 +23,9 @@ import numpy as np
 from .diagnostics import FRONT_END, PYTHON, SpireadError, option
 from .forward import TANGENT_BUDGET_BYTES, jacobian_forward
 from .limits import check_bytes, check_shape, max_bytes
-from .tape import Births, Run, Tape, all_finite
+from .run import Run
+from .tape import Births, Tape
+from .tape_nodes import all_finite
 
 MODES = ("forward", "reverse")
 

@@ -33,7 +33,7 @@ from .results import (CheckResult, Gradients, Graph, Hessian, Jacobian, SpireadW
                       warnings_raise)
 from .set_options import parse_overrides
 from .sources import base_dir_of, parse, read_source
-from .tape import Run
+from .run import Run
 
 __all__ = ["load", "compile", "Program", "Gradients", "Jacobian", "CheckResult", "Training", "Graph",
            "SpireadError", "SpireadWarning", "TrainingStopped"]

@@ -35,7 +35,8 @@ import numpy as np
 
 from .ops import OPS
 from .diagnostics import Diagnostics
-from .tape import Node, Tape
+from .tape import Tape
+from .tape_nodes import Node
 
 
 @dataclass

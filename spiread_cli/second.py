@@ -26,7 +26,8 @@ from .diagnostics import Diagnostics, SpireadError, did_you_mean, option, shape_
 from .forward import TANGENT_BUDGET_BYTES, jacobian_forward
 from .limits import check_shape, max_bytes
 from .ops import OPS
-from .tape import Run, Tape
+from .run import Run
+from .tape import Tape
 
 
 class SecondOrder:

@@ -7,97 +7,26 @@ replay with new leaf values (`train`, `check`'s probes) and the rewrites all
 compute an op through `Tape.evaluate`/`Tape.fold`, so every op is converted
 to float64 and checked for inf and nan the same way, wherever it runs.
 
-`Run` is the result of running a program: its tape, its names and its output.
+`Run` (run.py) is the result of running a program: its tape, its names and
+its output. The nodes and the one call of an op are in tape_nodes.py.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
 
-from .diagnostics import Diagnostics, Source, Span, SpireadError, command, did_you_mean, option, shape_str
-from .ops import IN_PLACE_ENTRIES, OPS, Op, is_lazy
+from .diagnostics import Diagnostics, Source, Span
+from .ops import IN_PLACE_ENTRIES, OPS, Op
+from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, compute, describe_nonfinite,
+                         rule_params)
 
 
 # Told of each step of a sweep as it runs, without changing it: the finiteness
 # check (where a non-finite derivative was born) and `--explain` watch this way.
 SweepObserver = Callable[..., None]
-
-
-@dataclass(slots=True, eq=False)
-class Node:
-    id: int
-    kind: str                     # "input" (a bound leaf), "const" (an unnamed literal) or "op"
-    op: Op | None
-    inputs: tuple[int, ...]
-    params: dict
-    value: np.ndarray             # empty in a `DeferredNode` until read
-    shape: tuple[int, ...]        # the value's, known before the value is
-    span: Span | None             # where diagnostics about this node point; its source text is sliced from there
-    label: str                    # how the op is written: `log`, `@@`, `select`; "input" or "constant" for a leaf
-    #                               (or what a derivative statement calls its constant: `picks`)
-    name: str | None = None       # the name it is bound to, if any
-    known_finite: bool | None = None  # cache for `finite`; None until someone asks
-    residual: Residual | None = None  # what its op's forward rule kept for the derivative rules (`Op.fwd`)
-    deferred: Deferral | None = None  # set while the value waits to be computed (`Tape.defer`)
-
-    @property
-    def stored_value(self) -> np.ndarray | None:
-        """The value if it has been computed, without computing it."""
-        return None if self.deferred is not None else self.value
-
-    def copy(self, **changes) -> Node:
-        """A plain copy that shares the value if it is computed, and else
-        has none (its new owner computes it); this node is left as it is."""
-        kept = {f.name: getattr(self, f.name) for f in fields(Node) if f.name not in ("value", "deferred")}
-        return Node(**(kept | {"value": self.stored_value} | changes))
-
-    @property
-    def finite(self) -> bool:
-        """Every entry is finite. Computed when first asked, so a replay that
-        nobody inspects pays no extra pass over its values."""
-        if self.known_finite is None:
-            self.known_finite = all_finite(self.value)
-        return self.known_finite
-
-    def set_value(self, value: np.ndarray) -> None:
-        self.value = value
-        self.known_finite = None
-        if self.deferred is not None:
-            self.deferred = None
-            self.__class__ = Node
-
-
-class DeferredNode(Node):
-    """A node recorded while its tape deferred (`Tape.defer`), whose value
-    slot stays empty until it is read: reading it computes it, with every
-    deferred node before it, and the node becomes a plain `Node` again. A
-    class of its own because a `__getattr__` on `Node` would slow every
-    attribute read of every node (the hook runs for all of them)."""
-
-    __slots__ = ()
-
-    def __getattr__(self, name: str):
-        # Reached only for an empty slot.
-        if name != "value" or self.deferred is None:
-            raise AttributeError(f"'Node' object has no attribute {name!r}")
-        self.deferred.compute_through(self.id)
-        return self.value
-
-
-@dataclass(slots=True, eq=False)
-class Residual:
-    """What an op's forward rule kept for its derivative rules (`Op.fwd`),
-    valid for one value of its node only: `of` is that value, so a value
-    set any other way (check's probes restoring the values they moved)
-    never meets a stale residual. `data` is None once a reverse sweep has
-    handed it to the vjp; the holder is shared by copies of the node (a
-    fused tape's), so none of them uses what a vjp may have overwritten."""
-    of: np.ndarray
-    data: object
 
 
 class Deferral:
@@ -123,71 +52,6 @@ class Deferral:
                 if node.deferred is self:
                     evaluate(node, nodes, None if node.id in self.quiet else self.diagnostics)
         self.done = max(self.done, stop + 1)
-
-
-def all_finite(value: np.ndarray) -> bool:
-    # A sum is finite exactly when every entry is, unless it overflows; only
-    # then is the full elementwise check needed. This keeps the check to one
-    # cheap pass over large arrays.
-    with np.errstate(over="ignore", invalid="ignore"):
-        return _all_finite(value)
-
-
-def _all_finite(value: np.ndarray) -> bool:
-    """all_finite for callers already inside np.errstate(all="ignore"): the
-    sweeps, where this check runs once per node and its overhead counts."""
-    return math.isfinite(value.sum()) or bool(np.isfinite(value).all())
-
-
-def first_bad(value: np.ndarray) -> tuple[int, tuple[int, ...], float]:
-    """How many entries are not finite, where the first is, and what it is."""
-    bad = ~np.isfinite(value)
-    where = tuple(int(i) for i in np.argwhere(bad)[0]) if value.ndim else ()
-    return int(bad.sum()), where, float(value[where])
-
-
-def describe_nonfinite(what: str, value: np.ndarray, inputs: list[np.ndarray]) -> str:
-    count, where, bad = first_bad(value)
-    ins = [x for x in inputs if x.shape == value.shape]
-    if value.ndim == 0:
-        message = f"{what} gave {bad:g}"
-        return message + (f"; its input was {float(ins[0]):g}" if len(ins) == 1 else "")
-    message = f"{what} gave {bad:g} at {count} of {value.size} entries, first at {list(where)}"
-    if len(ins) == 1:
-        message += f"; its input was {float(ins[0][where]):g} there"
-    return message
-
-
-FLOAT64 = np.dtype(np.float64)
-
-
-def compute(op: Op, args: list[np.ndarray], params: dict) -> tuple[np.ndarray, object]:
-    """An op's primal rule, as float64, and the residual it keeps for its
-    derivative rules (None for an op without `fwd`): the one place any op
-    is evaluated. Callers hold np.errstate(all="ignore"); inf and nan are
-    reported by the tape at the op's span, not by numpy."""
-    if op.fwd is None:
-        value = op.impl(*args, **params)
-        kept = None
-    else:
-        value, kept = op.fwd(*args, **params)
-    if type(value) is not np.ndarray or value.dtype is not FLOAT64:  # numpy's float64 dtype is one object
-        # A lazy array (`--backend dask`'s fallback, spiread_cli/dask_lazy.py) stays lazy.
-        value = value.astype(np.float64) if is_lazy(value) else np.asarray(value, dtype=np.float64)
-    return value, kept
-
-
-def rule_params(node: Node, args: list[np.ndarray]) -> dict:
-    """The keywords of an op node's derivative rules: its params, and for an
-    op with a residual (`Op.fwd`) the one kept for its current value,
-    recomputed and kept again when there is none for it (never kept, kept
-    for another value, or used by a reverse sweep)."""
-    if node.op.fwd is None:
-        return node.params
-    kept = node.residual
-    if kept is None or kept.of is not node.value or kept.data is None:
-        kept = node.residual = Residual(node.value, compute(node.op, args, node.params)[1])
-    return {**node.params, "residual": kept.data}
 
 
 @dataclass
@@ -293,7 +157,7 @@ class Tape:
         if diagnostics is None or type(value) is not np.ndarray:  # lazy: checked when computed
             node.known_finite = None  # found out if anyone asks
             return
-        node.known_finite = _all_finite(value)
+        node.known_finite = all_finite_unguarded(value)
         if not node.known_finite and all([nodes[i].finite for i in node.inputs]):
             diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args), node.span)
 
@@ -357,7 +221,7 @@ class Tape:
             result = self._sweep(output, wrt, needs, observe, cotangents)
             # Finiteness is checked only when a gradient came out non-finite:
             # then a second, checking sweep finds the op that made it.
-            if diagnostics is not None and not all(_all_finite(g) for g in result.values()):
+            if diagnostics is not None and not all(all_finite_unguarded(g) for g in result.values()):
                 births = Births(self.nodes)
                 self._sweep(output, wrt, needs, births.reverse, cotangents)
                 births.warn(diagnostics)  # the first op, sweeping back from the output
@@ -499,8 +363,8 @@ def derivative_born(node: Node, nodes: list[Node], incoming: Iterable[np.ndarray
     """Whether a derivative rule of `node` turned finite values (its inputs'
     values and the incoming (co)tangents) into a non-finite result: the test
     both sweeps use to say where a non-finite derivative was born."""
-    return (not _all_finite(produced) and all(nodes[i].finite for i in node.inputs)
-            and all(t is None or _all_finite(t) for t in incoming))
+    return (not all_finite_unguarded(produced) and all(nodes[i].finite for i in node.inputs)
+            and all(t is None or all_finite_unguarded(t) for t in incoming))
 
 
 class Births:
@@ -526,112 +390,3 @@ class Births:
             node, produced = self.first
             diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", produced,
                                                 [self.nodes[i].value for i in node.inputs]), node.span)
-
-
-# ------------------------------------------------------------------ runs
-
-
-@dataclass
-class Run:
-    """A program run: its tape, its bound names and its output."""
-    source: Source
-    tape: Tape
-    bindings: dict[str, int]            # name -> node id, in the order bound
-    binding_spans: dict[str, Span]
-    output: int
-    output_name: str
-    backward_wrt: list[str] | None      # names given to `.backward(...)`
-    diagnostics: Diagnostics
-    printed: list[str] = field(default_factory=list)  # `println` lines, in program order
-    jets: dict[int, np.ndarray] = field(default_factory=dict)  # node id -> a Jet's infinitesimal parts
-
-    def node(self, name: str) -> Node:
-        return self.tape.nodes[self.bindings[name]]
-
-    @property
-    def value(self) -> np.ndarray:
-        return self.tape.nodes[self.output].value
-
-    def inputs_of_output(self) -> list[str]:
-        """The bound input leaves the output depends on, in the order bound."""
-        reach = self.tape.feeding(self.output)
-        return [name for name, i in self.bindings.items()
-                if reach[i] and self.tape.nodes[i].kind == "input" and self.tape.nodes[i].name == name]
-
-    def depends_on(self, node_id: int) -> bool:
-        return self.tape.fed_by([node_id], self.output)[self.output]
-
-    def require_scalar(self) -> None:
-        """Gradients need a scalar output; say how to get one."""
-        shape = self.tape.nodes[self.output].shape
-        if shape != ():
-            receiver = self.output_name if self.output_name.isidentifier() else f"({self.output_name})"
-            raise SpireadError(f"the output `{self.output_name}` is {shape_str(shape)}, but gradients need a scalar",
-                               self.tape.nodes[self.output].span,
-                               [f"reduce it, e.g. `loss = {receiver}.sum` or `.mean`, "
-                                f"or pick a scalar with {option('of')}",
-                                f"{command('jacobian')} gives the derivatives of every entry of "
-                                f"`{self.output_name}`"])
-
-    def default_wrt(self) -> list[str]:
-        """What gradients are taken by when no names are given: the names given
-        to `.backward(...)`, else every input the output depends on."""
-        return list(self.backward_wrt or self.inputs_of_output())
-
-    def wrt_ids(self, wrt: list[str] | None = None, scalar: bool = True) -> dict[str, int]:
-        """What to differentiate the output by, name -> node id: the names
-        given, else `default_wrt`; nothing at all is an error, not an empty
-        result a check would pass. A name the output does not depend on gets
-        a warning (and a zero gradient). The output must be a scalar unless
-        not `scalar` (a Jacobian)."""
-        if scalar:
-            self.require_scalar()
-        names = list(dict.fromkeys(wrt if wrt else self.default_wrt()))
-        if not names:
-            raise self.nothing_to_differentiate()
-        for name in names:
-            if name not in self.bindings:
-                raise SpireadError(f"{option('wrt', name)}: the program binds no `{name}`",
-                                   notes=self.names_note(name), exit_code=2)
-        for name in names:
-            if self.bindings[name] in self.jets:
-                real = float(self.tape.nodes[self.bindings[name]].value)
-                raise SpireadError(f"`{name}` is a Jet: it carries its own derivatives, in its infinitesimal parts, "
-                                   "and gradients treat it as a constant", self.binding_spans[name],
-                                   ["a Jet's infinitesimal parts, which `eval` shows, are its derivatives",
-                                    f"to differentiate by `{name}` here, bind a plain number: `{name} = {real!r}`"])
-            if not self.depends_on(self.bindings[name]):
-                self.diagnostics.warn(f"the output `{self.output_name}` does not depend on `{name}`; "
-                                      f"its {'gradient' if scalar else 'Jacobian'} is zero", self.binding_spans[name])
-        return {name: self.bindings[name] for name in names}
-
-    def nothing_to_differentiate(self, names: list[str] = ()) -> SpireadError:
-        """The error for a derivative of an output computed from none of
-        `names` (or from no input at all, when none are given)."""
-        output = self.tape.nodes[self.output]
-        if names:
-            which = f"on `{names[0]}`" if len(names) == 1 else "on any of " + ", ".join(f"`{n}`" for n in names)
-            return SpireadError(f"nothing to differentiate: the output `{self.output_name}` does not depend {which}",
-                                output.span, self.names_note(None))
-        notes = ["a Jet carries its own derivatives (`eval` shows them); grad, check and hessian differentiate "
-                 "by values bound to names"] if self.jets else []
-        return SpireadError(f"nothing to differentiate: the output `{self.output_name}` is computed from no input",
-                            output.span, notes + ["bind a value to a name, e.g. `w = [1, 2]`, and compute the "
-                                                  "output from it"])
-
-    def names_note(self, name: str | None) -> tuple[str, ...]:
-        """What a `--wrt` could name instead of `name`: the closest spelling,
-        then the inputs the output depends on, then the other bound names."""
-        inputs = self.inputs_of_output()
-        others = [n for n in self.bindings if n not in inputs]
-        close = did_you_mean(name, self.bindings) if name is not None else ()
-        listed = "; ".join(part for part in (
-            f"the output depends on the inputs {_listed(inputs)}" if inputs else "",
-            f"it also binds {_listed(others)}" if others else "") if part)
-        return close + ((listed,) if listed else ())
-
-
-def _listed(names: list[str], shown: int = 8) -> str:
-    """`a`, `b`, … and N more."""
-    more = len(names) - shown
-    return ", ".join(f"`{n}`" for n in names[:shown]) + (f" and {more} more" if more > 0 else "")

@@ -22,7 +22,9 @@ import numpy as np
 
 from .diagnostics import BackendLost, Diagnostics, SpireadError, option, usage_error
 from .rewrite import Fused, fuse
-from .tape import Node, Run, Tape, all_finite, describe_nonfinite
+from .run import Run
+from .tape import Tape
+from .tape_nodes import Node, all_finite, describe_nonfinite
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tape import Node
+from .tape_nodes import Node
 
 
 @dataclass(slots=True)

@@ -308,7 +308,7 @@ from dask.callbacks import Callback  # noqa: E402
 
 from spiread_cli.dask_lazy import NO_LAZY_RULES, LazyProgram  # noqa: E402
 from spiread_cli.ops import OPS, is_lazy  # noqa: E402
-from spiread_cli.tape import compute  # noqa: E402
+from spiread_cli.tape_nodes import compute  # noqa: E402
 
 
 class Computes(Callback):

@@ -22,7 +22,7 @@ from spiread_cli.program import Program
 from spiread_cli import tape as tape_module
 from spiread_cli.diagnostics import Source
 from spiread_cli.interpreter import Interpreter
-from spiread_cli.tape import Node
+from spiread_cli.tape_nodes import Node
 from spiread_cli import syntax
 
 from conftest import EXAMPLES, REPO, run

@@ -23,7 +23,8 @@ from spiread_cli.program import Program
 from spiread_cli.diagnostics import Diagnostics, Source
 from spiread_cli.export import Graphs, export_onnx, export_python, graphs, onnx_model
 from spiread_cli.ops import OPS
-from spiread_cli.tape import Run, Tape
+from spiread_cli.run import Run
+from spiread_cli.tape import Tape
 from test_ops import CASES
 
 onnx = pytest.importorskip("onnx")

@@ -1,0 +1,159 @@
+"""What the tape is made of: its nodes (a value, or a deferred one computed
+on first read, by tape.Deferral), an op's residual tied to its value, and
+`compute`, the one call of an op's `impl`/`fwd` (float64 out), with the
+finiteness tests every evaluation and sweep uses."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+import numpy as np
+
+from .diagnostics import Span
+from .ops import Op, is_lazy
+
+
+class Deferring(Protocol):
+    """What a deferred node asks of its tape's `Deferral` (tape.py)."""
+
+    def compute_through(self, stop: int) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    id: int
+    kind: str                     # "input" (a bound leaf), "const" (an unnamed literal) or "op"
+    op: Op | None
+    inputs: tuple[int, ...]
+    params: dict
+    value: np.ndarray             # empty in a `DeferredNode` until read
+    shape: tuple[int, ...]        # the value's, known before the value is
+    span: Span | None             # where diagnostics about this node point; its source text is sliced from there
+    label: str                    # how the op is written: `log`, `@@`, `select`; "input" or "constant" for a leaf
+    #                               (or what a derivative statement calls its constant: `picks`)
+    name: str | None = None       # the name it is bound to, if any
+    known_finite: bool | None = None  # cache for `finite`; None until someone asks
+    residual: Residual | None = None  # what its op's forward rule kept for the derivative rules (`Op.fwd`)
+    deferred: Deferring | None = None  # set while the value waits to be computed (`Tape.defer`)
+
+    @property
+    def stored_value(self) -> np.ndarray | None:
+        """The value if it has been computed, without computing it."""
+        return None if self.deferred is not None else self.value
+
+    def copy(self, **changes) -> Node:
+        """A plain copy that shares the value if it is computed, and else
+        has none (its new owner computes it); this node is left as it is."""
+        kept = {f.name: getattr(self, f.name) for f in fields(Node) if f.name not in ("value", "deferred")}
+        return Node(**(kept | {"value": self.stored_value} | changes))
+
+    @property
+    def finite(self) -> bool:
+        """Every entry is finite. Computed when first asked, so a replay that
+        nobody inspects pays no extra pass over its values."""
+        if self.known_finite is None:
+            self.known_finite = all_finite(self.value)
+        return self.known_finite
+
+    def set_value(self, value: np.ndarray) -> None:
+        self.value = value
+        self.known_finite = None
+        if self.deferred is not None:
+            self.deferred = None
+            self.__class__ = Node
+
+
+class DeferredNode(Node):
+    """A node recorded while its tape deferred (`Tape.defer`), whose value
+    slot stays empty until it is read: reading it computes it, with every
+    deferred node before it, and the node becomes a plain `Node` again. A
+    class of its own because a `__getattr__` on `Node` would slow every
+    attribute read of every node (the hook runs for all of them)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str):
+        # Reached only for an empty slot.
+        if name != "value" or self.deferred is None:
+            raise AttributeError(f"'Node' object has no attribute {name!r}")
+        self.deferred.compute_through(self.id)
+        return self.value
+
+
+@dataclass(slots=True, eq=False)
+class Residual:
+    """What an op's forward rule kept for its derivative rules (`Op.fwd`),
+    valid for one value of its node only: `of` is that value, so a value
+    set any other way (check's probes restoring the values they moved)
+    never meets a stale residual. `data` is None once a reverse sweep has
+    handed it to the vjp; the holder is shared by copies of the node (a
+    fused tape's), so none of them uses what a vjp may have overwritten."""
+    of: np.ndarray
+    data: object
+
+
+def all_finite(value: np.ndarray) -> bool:
+    # A sum is finite exactly when every entry is, unless it overflows; only
+    # then is the full elementwise check needed. This keeps the check to one
+    # cheap pass over large arrays.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return all_finite_unguarded(value)
+
+
+def all_finite_unguarded(value: np.ndarray) -> bool:
+    """all_finite for callers already inside np.errstate(all="ignore"): the
+    sweeps, where this check runs once per node and its overhead counts."""
+    return math.isfinite(value.sum()) or bool(np.isfinite(value).all())
+
+
+def first_bad(value: np.ndarray) -> tuple[int, tuple[int, ...], float]:
+    """How many entries are not finite, where the first is, and what it is."""
+    bad = ~np.isfinite(value)
+    where = tuple(int(i) for i in np.argwhere(bad)[0]) if value.ndim else ()
+    return int(bad.sum()), where, float(value[where])
+
+
+def describe_nonfinite(what: str, value: np.ndarray, inputs: list[np.ndarray]) -> str:
+    count, where, bad = first_bad(value)
+    ins = [x for x in inputs if x.shape == value.shape]
+    if value.ndim == 0:
+        message = f"{what} gave {bad:g}"
+        return message + (f"; its input was {float(ins[0]):g}" if len(ins) == 1 else "")
+    message = f"{what} gave {bad:g} at {count} of {value.size} entries, first at {list(where)}"
+    if len(ins) == 1:
+        message += f"; its input was {float(ins[0][where]):g} there"
+    return message
+
+
+FLOAT64 = np.dtype(np.float64)
+
+
+def compute(op: Op, args: list[np.ndarray], params: dict) -> tuple[np.ndarray, object]:
+    """An op's primal rule, as float64, and the residual it keeps for its
+    derivative rules (None for an op without `fwd`): the one place any op
+    is evaluated. Callers hold np.errstate(all="ignore"); inf and nan are
+    reported by the tape at the op's span, not by numpy."""
+    if op.fwd is None:
+        value = op.impl(*args, **params)
+        kept = None
+    else:
+        value, kept = op.fwd(*args, **params)
+    if type(value) is not np.ndarray or value.dtype is not FLOAT64:  # numpy's float64 dtype is one object
+        # A lazy array (`--backend dask`'s fallback, spiread_cli/dask_lazy.py) stays lazy.
+        value = value.astype(np.float64) if is_lazy(value) else np.asarray(value, dtype=np.float64)
+    return value, kept
+
+
+def rule_params(node: Node, args: list[np.ndarray]) -> dict:
+    """The keywords of an op node's derivative rules: its params, and for an
+    op with a residual (`Op.fwd`) the one kept for its current value,
+    recomputed and kept again when there is none for it (never kept, kept
+    for another value, or used by a reverse sweep)."""
+    if node.op.fwd is None:
+        return node.params
+    kept = node.residual
+    if kept is None or kept.of is not node.value or kept.data is None:
+        kept = node.residual = Residual(node.value, compute(node.op, args, node.params)[1])
+    return {**node.params, "residual": kept.data}
