@@ -59,15 +59,15 @@ def implementations(workload: str, ctx: dict) -> dict:
 def export(program: str, arrays: dict[str, np.ndarray], wrt: list[str], to: str, ctx: dict) -> tuple[Path, dict]:
     """`spiread export` of the program over these data (saved as .npy files it
     loads), in-process: the file, and the program's values of `wrt`."""
-    from spiread_cli import api
     from spiread_cli.export import export_onnx, export_python, graphs
+    from spiread_cli.program import Program
 
     folder = Path(tempfile.mkdtemp(prefix="spiread-export-"))
     ctx.setdefault("cleanup", []).append(folder)
     for name, value in arrays.items():
         np.save(folder / f"{name}.npy", value)
     (folder / "program.ad").write_text(program)
-    run = api.run_file(str(folder / "program.ad"), evaluate=False)  # as the command runs it
+    run = Program.open(str(folder / "program.ad")).run(evaluate=False)  # as the command runs it
     path = folder / ("step.py" if to == "python" else "step.onnx")
     (export_python if to == "python" else export_onnx)(graphs(run, wrt, hvp=False), path)
     return path, {name: run.node(name).value.copy() for name in wrt}
