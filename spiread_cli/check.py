@@ -78,8 +78,8 @@ class Subject:
     the values checked (name -> node id of the run), the output and its
     reverse-mode gradients there, the output's rounding bound
     (`output_magnitude`), a probe per value and the kink sites of failed ones.
-    `tape_subject` is the numpy tape's; `--backend dask` makes one over row
-    chunks (spiread_cli/dask_check.py)."""
+    `tape_subject` is the numpy tape's (on `--backend dask` too: the
+    driver's tape, whose totals over row chunks are ops)."""
     ids: dict[str, int]
     value: float
     gradients: dict[str, np.ndarray]

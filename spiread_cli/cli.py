@@ -30,7 +30,7 @@ def eval_command(file: FileArg, of: OfOpt = None, set_: SetOpt = None, fmt: Form
     from .output import eval_document, eval_text
     # On dask, the values after the totals are in: those that are not one row per data row.
     run_command(file, set_, of, command="eval",
-                compute=lambda s, run: s.program.evaluated() if s.program else run,
+                compute=lambda s, run: run, differentiate=False,
                 document=lambda run, evaluated: eval_document(evaluated),
                 text=lambda run, evaluated: eval_text(evaluated), fmt=fmt, strict=strict, debug=debug,
                 backend=(backend, scheduler, chunk_rows, persist))
@@ -46,22 +46,10 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                  backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None, chunk_rows: ChunkRowsOpt = None,
                  persist: PersistOpt = False, debug: DebugOpt = False):
     """Gradients of the scalar output with respect to --wrt values."""
-    from .diagnostics import usage_error
     from .gradients import gradients
     from .output import grad_document, grad_text
 
-    def prepare():
-        if backend == Backend.dask and explain:
-            raise usage_error("`--explain` runs on `--backend numpy` only: it shows one sweep over one tape, and "
-                              "`--backend dask` sweeps each row chunk's own tape",
-                              ["explain the program on a sample of its rows with --backend numpy"])
-
     def compute(s, run):
-        if s.program and mode == Mode.forward:
-            from .dask_check import forward_gradients
-            return forward_gradients(s.program, wrt), None
-        if s.program:
-            return s.program.gradients(wrt), None
         if explain:
             from .explain import explain as explained
             return explained(run, wrt, mode.value)
@@ -70,7 +58,7 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     run_command(file, set_, of, command="grad", compute=compute,
                 document=lambda run, outcome: grad_document(run, outcome[0], mode.value, outcome[1]),
                 text=lambda run, outcome: grad_text(run, *outcome), fmt=fmt, strict=strict, debug=debug,
-                prepare=prepare, backend=(backend, scheduler, chunk_rows, persist))
+                backend=(backend, scheduler, chunk_rows, persist), wrt=wrt)
 
 
 @app.command("dot")
@@ -103,7 +91,8 @@ def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                                                         "for NAME, in any --set form (repeatable; names not given are "
                                                         "zero).")] = None,
                     set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
-                    debug: DebugOpt = False):
+                    backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None,
+                    chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False, debug: DebugOpt = False):
     """Exact second derivatives of the scalar output: every block ∂²out/∂A∂B, or H·v with --hvp."""
     from . import second
     from .output import hessian_document, hessian_text
@@ -115,8 +104,11 @@ def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
             return second.hvp(run, parse_overrides(hvp, base_dir_of(run.source), "--hvp", run.bindings), wrt)
         return second.hessian(run, wrt)
 
+    # on dask, the driver differentiates by the directions' names too
+    directions = [text.partition("=")[0] for text in hvp or [] if "=" in text]
     run_command(file, set_, of, command="hessian", compute=compute, document=lambda run, result: hessian_document(result),
-                text=hessian_text, fmt=fmt, strict=strict, debug=debug)
+                text=hessian_text, fmt=fmt, strict=strict, debug=debug, backend=(backend, scheduler, chunk_rows, persist),
+                wrt=[*wrt, *directions] if wrt and directions else wrt)
 
 
 @app.command("jacobian")
@@ -155,26 +147,17 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                   chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False, debug: DebugOpt = False):
     """Compare AD gradients (reverse and forward) with central finite differences; exit 1 if any disagree."""
     from .check import check_gradients, check_second_order
-    from .diagnostics import emit, usage_error
+    from .diagnostics import emit
     from .output import check_document, check_table, stdout_console
 
-    def prepare():
-        if backend == Backend.dask and order == 2:
-            raise usage_error("`check --order 2` runs on `--backend numpy` only: it checks the recorded gradient "
-                              "of the whole program, and `--backend dask` records one per row chunk",
-                              ["check second derivatives on a sample of the rows with --backend numpy"])
-
-    def compute(s, run):
-        if s.program:  # each finite difference is one pass over the chunks
-            from .dask_check import check
-            return check(s.program, run, wrt, eps, tol)
+    def compute(s, run):  # on dask, each finite difference is one pass over the chunks
         return (check_gradients if order == 1 else check_second_order)(run, wrt, eps, tol)
 
     run, report = run_command(file, set_, of, command="check", compute=compute,
                               document=lambda run, report: check_document(report),
                               text=lambda run, report: stdout_console().print(check_table(report)),
-                              fmt=fmt, strict=strict, debug=debug, prepare=prepare,
-                              backend=(backend, scheduler, chunk_rows, persist))
+                              fmt=fmt, strict=strict, debug=debug,
+                              backend=(backend, scheduler, chunk_rows, persist), wrt=wrt)
     for failure in report.failures(run):  # after the table: it is on stdout already
         emit(failure, run.source)
     if not report.ok:
@@ -234,8 +217,7 @@ def train_command(
                 s.finish_warnings(run)
                 progress.enter_context(reporter)
             result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
-                                    stop_requested=stop_requested, steps_by=s.program.steps if s.program else None,
-                                    spend_run=True, on_ready=ready)  # nothing below reads the run's values
+                                    stop_requested=stop_requested, spend_run=True, on_ready=ready)  # nothing below reads the run's values
         written = files.write_training_files(result, save, log, plot,
                                              f"{file}: {run.output_name}, {chosen.describe()}", Path(file).stem)
         if result.error is not None:
@@ -251,7 +233,7 @@ def train_command(
             run, (result, written) = run_command(
                 file, set_, of, command="train", compute=compute, document=lambda run, outcome: train_document(*outcome),
                 text=lambda run, outcome: train_text(run, *outcome, steps, chosen), fmt=fmt, strict=strict, debug=debug,
-                prepare=prepare, backend=(backend, scheduler, chunk_rows, persist),
+                prepare=prepare, backend=(backend, scheduler, chunk_rows, persist), wrt=wrt,
                 evaluate=False,  # the fused tape computes what the steps need
                 outputs=[files.Output("--save", files.archive_path(save), (".npz",), continues=True),
                          files.Output("--log", log, (".csv", ".txt")),

@@ -96,7 +96,8 @@ def _traceback(debug: bool) -> None:
 def run_command(file: str, sets, of, *, command: str, compute: Callable, text: Callable, document: Callable | None = None,
                 fmt: Format = Format.text, strict: bool = False, debug: bool = False,
                 outputs=(), prepare: Callable[[], None] = lambda: None, stdout_is_data: bool = False,
-                backend: tuple = (Backend.numpy, None, None, False), evaluate: bool = True):
+                backend: tuple = (Backend.numpy, None, None, False), evaluate: bool = True,
+                wrt: list[str] | None = None, differentiate: bool = True):
     """The skeleton every command shares: check the output paths, the
     `backend` options (--backend, --scheduler, --chunk-rows, --persist) and
     `prepare` (all before any work), load (computing every value unless not
@@ -113,7 +114,7 @@ def run_command(file: str, sets, of, *, command: str, compute: Callable, text: C
             check_outputs(given, command_inputs(file, sets))
         options = backend_options(*backend)
         prepare()
-        run = s.run = _load(s, file, sets, of, options, evaluate)
+        run = s.run = _load(s, file, sets, of, options, evaluate, wrt, differentiate)
         s.show_printed(run.printed)
         result = compute(s, run)
         warnings = s.finish_warnings(run)
@@ -127,11 +128,16 @@ def run_command(file: str, sets, of, *, command: str, compute: Callable, text: C
     return run, result
 
 
-def _load(s: Session, file: str, sets: list[str], of, options, evaluate: bool):
+def _load(s: Session, file: str, sets: list[str], of, options, evaluate: bool, wrt: list[str] | None,
+          differentiate: bool):
+    """The run a command computes on. On `--backend dask`, the driver's for
+    the names it differentiates by, `wrt` (None: the default; none unless
+    `differentiate`), whose totals over the row chunks are ops
+    (spiread_cli/row_totals.py): every command computes on it as on numpy's."""
     if options is None:
         from .program import Program
         program = Program.open(file)
         return program.run(program.parse_sets(sets), of, evaluate)
     from .dask_backend import Program
     s.program = Program.open(file, options, sets, of)
-    return s.program.run
+    return s.program.run_for(wrt, differentiate)

@@ -1,44 +1,46 @@
-"""`--backend dask`: a program's row chunks (spiread_cli/chunks.py) run as Dask
+"""`--backend dask`: a program's row chunks (spiread_cli/chunk_tasks.py) run as Dask
 tasks, on the local threaded scheduler or on a cluster (`--scheduler
 tcp://host:8786`), and their shares are tree-summed.
 
 Dask is imported here only, and only when this backend is used (`pip install
-".[dask]"` in spiread's checkout). Each evaluation is one `compute` of one graph: a task per
-chunk that replays the chunk's fused template (recording and fusing the chunk
-the first time) and returns its share of every total (the loss's sums and
-means) with the gradients of those shares and the first warnings, then a tree
-of additions. The driver finishes what follows the totals and hands numpy
-gradients to the optimizer, so the graph is built anew each step from the
-same few tasks and never grows. Totals of the data alone are computed once,
-before the first step (`Program._prepare`).
+".[dask]"` in spiread's checkout). `Program.run_for(wrt)` is what the tasks
+see: the driver's run, whose totals over the row chunks are op nodes
+(spiread_cli/row_totals.py) reading `ChunkSums`. Each evaluation at new
+values is one `compute` of one graph: a task per chunk that replays the
+chunk's fused template (recording and fusing the chunk the first time) and
+returns its share of every total (the loss's sums and means) with the
+gradients of those shares and the first warnings, then a tree of additions;
+a Hessian-vector product or a block of tangents is one more. The graph is
+built anew each time from the same few tasks and never grows. Totals of the
+data alone are computed once, first (`Program._prepare`).
 
-    >>> from spiread_cli import dask_backend
-    >>> program = dask_backend.Program.open("model.ad", Options(chunk_rows=100_000))
-    >>> program.gradients(["W"]).gradients["W"]
+    >>> from spiread_cli import dask_backend, gradients
+    >>> program = dask_backend.Program.open("model.ad", dask_backend.Options(chunk_rows=100_000))
+    >>> gradients.gradients(program.run_for(["W"]), ["W"]).gradients["W"]
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import syntax
-from .set_options import parse_overrides
-from .sources import base_dir_of, read_source
-from .chunks import (PROBE_ROWS, Data, Driver, Job, Share, add_shares, default_chunk_rows, default_threads,
-                     drop_templates, probe, record_chunk, share_of_kept, share_of_rows,
-                     totals_of_rows)
+from .chunk_plan import PROBE_ROWS, Job, default_chunk_rows, default_threads, probe
+from .chunk_tasks import (Share, add_shares, added, drop_templates, gradient_tangents_of_rows, hvp_of_rows,
+                          record_chunk, share_of_kept, share_of_rows, tangents_of_rows, totals_of_rows)
 from .data import parse_set_option
 from .data_open import SET_PATH_SUFFIXES
-from .dask_common import Result, close_client, connect, dask_threaded, on_cluster, require_dask, stopped
-from .diagnostics import Diagnostics, SpireadError, usage_error
+from .dask_common import close_client, connect, dask_threaded, on_cluster, require_dask
+from .diagnostics import Diagnostics, SpireadError, option, usage_error
+from .row_data import Data
+from .row_totals import KeptSums, driver_run, names_to_differentiate, tangent_key
 from .run import Run
-from .tape_nodes import all_finite
+from .set_options import parse_overrides
+from .sources import base_dir_of, parse, read_source
+from .tape import warn_all
 
 FAN_IN = 8  # shares added per task in the tree sum
 _names = itertools.count()
@@ -60,7 +62,8 @@ class Program:
     bounds: list[tuple[int, int]] = field(default_factory=list)
     client: object = None
     kept: list | None = None          # the chunks' recordings under --persist
-    driver: Driver | None = None      # set up for the names differentiated by (`_prepare`)
+    sums: "ChunkSums | None" = None   # the sums over the chunks the driver's run reads (`run_for`)
+    once: list = field(default_factory=list)  # the probe's warnings that hold for all rows
     scattered: tuple | None = None    # ((job token, totals known), the job sent to the cluster's workers)
 
     @staticmethod
@@ -72,22 +75,29 @@ class Program:
     @staticmethod
     def of_source(source, options: Options, sets: list[str] = (), of: str | None = None,
                   base_dir: Path | None = None) -> "Program":
+        """The program `source` with `--set` options `sets` (a data file among
+        them is row data like the files it loads)."""
         require_dask()
-        if options.chunk_rows is not None and options.chunk_rows < 1:
-            raise usage_error(f"`--chunk-rows {options.chunk_rows}`: a chunk needs at least one row")
         base = base_dir or base_dir_of(source)
-        try:
-            module = syntax.parse(source)
-        except SpireadError as err:
-            raise err.located_in(source)
+        module = parse(source)
         files, literal = {}, []
-        for option in sets:
-            name, text = parse_set_option(option)
+        for given in sets:
+            name, text = parse_set_option(given)
             if name is not None and Path(text).suffix.lower() in SET_PATH_SUFFIXES:  # an archive: read whole
                 files[name] = Path(text)
             else:
-                literal.append(option)
-        constants = parse_overrides(literal, base)
+                literal.append(given)
+        return Program.of_module(source, module, base, options, parse_overrides(literal, base), files, of)
+
+    @staticmethod
+    def of_module(source, module, base: Path, options: Options, constants: dict[str, np.ndarray],
+                  files: dict[str, Path], of: str | None = None) -> "Program":
+        """A parsed program with bindings replaced by `constants` (arrays)
+        and by the row data of `files` (name -> path): the Python API's
+        way in (spiread_cli/program.py), and the command line's."""
+        require_dask()
+        if options.chunk_rows is not None and options.chunk_rows < 1:
+            raise usage_error(f"{option('chunk_rows', options.chunk_rows)}: a chunk needs at least one row")
         try:
             data = Data.open(module, base, files)
         except SpireadError as err:
@@ -103,9 +113,8 @@ class Program:
             bounds = data.row_bounds(options.chunk_rows or lazy_chunk_rows(data, default_threads()))
             return LazyProgram.record(job, bounds, refusal.located_in(source),
                                       connect(options.scheduler) if options.scheduler else None, options.scheduler)
-        # the probe's warnings were about 2 rows: keep those that hold for all
-        run.diagnostics = Diagnostics(job.plan.once_warnings(run))
         program = Program(job, run, options)
+        program.once = job.plan.once_warnings(run)  # the probe's warnings were about 2 rows: those that hold for all
         threads = default_threads()
         chunk_rows = options.chunk_rows or default_chunk_rows(job.plan, threads)
         program.bounds = data.row_bounds(chunk_rows)
@@ -117,86 +126,51 @@ class Program:
     def chunked(self) -> bool:
         return self.job.plan is not None
 
-    # -------------------------------------------------------------- commands
+    # -------------------------------------------------------------- the seam
 
-    def gradients(self, wrt: list[str] | None = None) -> Result:
-        """The output and its gradients with respect to `wrt` (names; default
-        as `spiread grad`)."""
-        ids = self.run.wrt_ids(wrt)
-        diagnostics = self.run.diagnostics  # the run's warnings, then the chunks' and the driver's
-        if not self.chunked:
-            by_id = self.run.tape.backward(self.run.output, list(ids.values()), diagnostics)
-            return Result(self.run.value, {n: by_id[i] for n, i in ids.items()}, diagnostics)
-        self.job.plan.refuse_row_wrt(ids, self.run)
-        return self._evaluate(list(ids), ids, None, diagnostics, gradients=True)
-
-    def evaluated(self) -> Run:
-        """The program evaluated: a Run of the values computed once the totals
-        are in. A value with one row per data row is never gathered, so it is
-        not among its bindings."""
+    def run_for(self, wrt: list[str] | None, differentiate: bool = True) -> Run:
+        """The program as the tasks see it: a Run whose totals over the row
+        chunks are op nodes (spiread_cli/row_totals.py) of the values the
+        chunks are differentiated by — `wrt`, or by default those the
+        output depends on but the row data (said in a warning); none when
+        not `differentiate` (`eval`). Its values are those at the program's
+        own values; every sweep the tasks run over it runs the chunks'."""
         if not self.chunked:
             return self.run
-        self._evaluate([], {}, None, self.run.diagnostics, gradients=False)
-        run = self.run
-        bindings = {name: i for name, i in run.bindings.items() if not self.job.plan.row[i]}
-        return Run(run.source, self.driver.tape, bindings, run.binding_spans, run.output, run.output_name,
-                   run.backward_wrt, run.diagnostics, run.printed, run.jets)
-
-    def steps(self, names: list[str], strict: bool):
-        """train.Steps over the row chunks: each step one compute. A
-        non-finite loss or gradient is train.NonFinite, at the op (and in the
-        rows) where the first inf or nan was born."""
-        from .train import NonFinite, tape_steps
-        if not self.chunked:
-            return tape_steps(self.run, names, strict)
-        ids = {name: self.run.bindings[name] for name in names}
-        self.job.plan.refuse_row_wrt(ids, self.run)
-
-        def step(number: int, values: dict[str, np.ndarray]):
-            result = self._evaluate(names, ids, values, Diagnostics(), gradients=True)
-            loss, warnings = float(result.value), result.diagnostics.warnings
-            born = warnings[0] if warnings else None
-            if not math.isfinite(loss):
-                raise NonFinite(stopped(f"training stopped at step {number}: the loss is {loss:g}", born))
-            bad = [n for n, g in result.gradients.items() if not all_finite(g)]
-            if bad:
-                raise NonFinite(stopped(f"training stopped at step {number}: the gradient of `{bad[0]}` is not "
-                                        f"finite (the loss was {loss:.6g})", born), loss)
-            return loss, result.gradients, warnings
-
-        return step
-
-    # -------------------------------------------------------------- running
-
-    def _evaluate(self, names: list[str], ids: dict[str, int], values, diagnostics: Diagnostics,
-                  gradients: bool) -> Result:
-        # The chunks differentiate by the names computed before the totals; a
-        # total itself, or what follows one, is the driver's alone.
-        before_totals = [n for n in names if not self.job.plan.post[ids[n]]]
-        first = self.driver is None or self.driver.wrt_ids != ids
-        if first:
-            self._prepare(before_totals, ids)
-        share = self.compute(values, first)  # with no totals to compute, still the chunks' warnings
-        for warning in share.warnings:
-            diagnostics.warn(warning.message, warning.span, warning.notes)
-        value, grads = self.driver.finish(share, values, diagnostics, gradients)
-        return Result(value, grads, diagnostics)
+        probe, plan = self.run, self.job.plan
+        probe.diagnostics = Diagnostics(list(self.once))
+        names = names_to_differentiate(probe, plan.row, wrt) if differentiate else []
+        ids = {name: probe.bindings[name] for name in names}
+        plan.refuse_row_wrt(ids, probe)
+        reductions = [r for r, _ in plan.reductions]
+        # the chunks differentiate by the names computed before the totals that feed one
+        reach = [n for n in names if not plan.post[ids[n]]
+                 and any(probe.tape.fed_by([ids[n]], r)[r] for r in reductions)]
+        self._prepare(reach, ids)
+        values = {name: probe.node(name).value for name in reach}
+        share = self.compute(values, True)
+        self.sums = ChunkSums(self, values, share)
+        if not self.job.moving:
+            warn_all(probe.diagnostics, self.sums.reports())
+        moving = [r for r, _ in self.job.moving]
+        return driver_run(probe, plan.row, moving, reach, self.job.totals, plan.row_counts, plan.rows, self.sums,
+                          probe.diagnostics)
 
     def _prepare(self, wrt: list[str], ids: dict[str, int]) -> None:
         """Set the job up for differentiating by `wrt`: the totals those
         values do not move (computed now, a pass over the data per level of
-        totals used in totals), and the driver."""
+        totals used in totals)."""
         job, plan = self.job, self.job.plan
         fixed = plan.totals_before(self.run, ids)
         if job.token:
             self._drop_templates()
         job.wrt, job.token, job.totals, self.kept = wrt, f"{next(_names)}-{uuid.uuid4().hex}", {}, None
+        job.computed = frozenset(n for n in wrt if self.run.node(n).op is not None)
         job.moving = [(r, kind) for r, kind in plan.reductions if r not in fixed]
         for level in sorted({plan.level[r] for r in fixed}):
             share = self.map_rows(totals_of_rows, add_shares, level)
             wanted = job.before_steps(level)
             job.totals.update((r, np.array(total)) for r, total in zip(wanted, share.totals))
-        self.driver = Driver.of(plan, self.run, ids, job.totals)
 
     def compute(self, values: dict[str, np.ndarray] | None, first: bool) -> Share:
         """One Dask compute: every chunk's share, tree-summed."""
@@ -286,3 +260,35 @@ class Program:
         finally:
             close_client(self.client)
             self.client = None
+
+
+class ChunkSums(KeptSums):
+    """row_totals.RowSums over the program's row chunks, on Dask: each
+    evaluation at new values one pass giving every total with its gradients,
+    each Hessian-vector product or block of tangents one pass."""
+
+    def __init__(self, program: Program, values: dict[str, np.ndarray], share: Share):
+        super().__init__(values, share)
+        self.program = program
+
+    def evaluate(self, values: dict[str, np.ndarray]) -> Share:
+        return self.program.compute(values, False)
+
+    def _rows(self, task, *args):
+        return self.program.map_rows(task, added, self.at_values, *args)
+
+    def hvp(self, total: int, name: str, values, v: np.ndarray) -> dict[str, np.ndarray]:
+        v = np.asarray(v, dtype=np.float64)
+        products = self.kept(tangent_key("hvp", total, name, tangents={name: v}), values,
+                             lambda: self._rows(hvp_of_rows, total, name, v))
+        return dict(zip(self.program.job.wrt, products))
+
+    def jvp(self, total: int, values, tangents: dict[str, np.ndarray]) -> np.ndarray:
+        along = self.kept(tangent_key("jvp", tangents=tangents), values,
+                          lambda: self._rows(tangents_of_rows, tangents))
+        return along[0][total]
+
+    def gradient_jvp(self, total: int, name: str, values, tangents: dict[str, np.ndarray]) -> np.ndarray:
+        products = self.kept(tangent_key("gradient_jvp", total, tangents=tangents), values,
+                             lambda: self._rows(gradient_tangents_of_rows, total, tangents))
+        return products[self.program.job.wrt.index(name)]

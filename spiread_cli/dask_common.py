@@ -1,15 +1,11 @@
 """What both ways of running on Dask share (row chunks, dask_backend.py; op
 by op on Dask arrays, dask_lazy.py): reaching Dask (installed or not, the
 local threaded scheduler, a cluster's handshake, a scheduler lost mid-run,
-Dask's logs kept off the terminal) and the result of an evaluation."""
+Dask's logs kept off the terminal)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
-from .diagnostics import BackendLost, Diagnostics, SpireadError, usage_error
+from .diagnostics import BackendLost, SpireadError, option, usage_error
 
 # dask[array,distributed] and zarr: spiread's `dask` extra, for a checkout or not.
 INSTALL_DASK = 'pip install "dask[array,distributed]" zarr (or pip install ".[dask]" in spiread\'s checkout)'
@@ -18,26 +14,13 @@ INSTALL_DASK = 'pip install "dask[array,distributed]" zarr (or pip install ".[da
 def require_dask() -> None:
     from importlib.util import find_spec
     if find_spec("dask") is None or find_spec("distributed") is None:
-        raise usage_error("`--backend dask` needs Dask, which is not installed", [INSTALL_DASK])
-
-
-@dataclass
-class Result:
-    value: np.ndarray
-    gradients: dict[str, np.ndarray]
-    diagnostics: Diagnostics
+        raise usage_error(f"{option('backend', 'dask')} needs Dask, which is not installed", [INSTALL_DASK])
 
 
 def dask_threaded():
     """Dask's local threaded scheduler (imported when first used)."""
     import dask.threaded
     return dask.threaded
-
-
-def stopped(message: str, born) -> SpireadError:
-    if born is None:
-        return SpireadError(message)
-    return SpireadError(f"{message}; {born.message}", born.span, born.notes)
 
 
 CONNECT_SECONDS = 10.0   # to reach a scheduler and hear its handshake
@@ -57,13 +40,13 @@ def connect(address: str):
     keep_dask_logs_off_the_terminal()
     answered = not_a_scheduler(address)
     if answered is not None:
-        raise SpireadError(f"`--scheduler {address}`: answered, but not as a Dask scheduler ({answered})",
+        raise SpireadError(f"{option('scheduler', address)}: answered, but not as a Dask scheduler ({answered})",
                            notes=["a scheduler listens on port 8786 unless started with `--port`; its dashboard "
                                   "(port 8787) is a web page, not the scheduler", START_A_CLUSTER])
     try:
         return Client(address, timeout=f"{CONNECT_SECONDS:g}s")
     except (OSError, TimeoutError, ValueError) as err:
-        raise SpireadError(f"`--scheduler {address}`: cannot reach a Dask scheduler there ({err})",
+        raise SpireadError(f"{option('scheduler', address)}: cannot reach a Dask scheduler there ({err})",
                            notes=[START_A_CLUSTER]) from None
 
 
@@ -81,7 +64,7 @@ def on_cluster(client, address: str, call, *args, **kwargs):
     except (FutureCancelledError, OSError, TimeoutError) as err:
         if not isinstance(err, FutureCancelledError) and client.status == "running":
             raise
-        raise BackendLost(f"`--scheduler {address}`: the connection to the Dask scheduler was lost",
+        raise BackendLost(f"{option('scheduler', address)}: the connection to the Dask scheduler was lost",
                           notes=["it stopped, or the network to it failed; " + START_A_CLUSTER]) from None
 
 

@@ -105,7 +105,7 @@ def _npy_layout(stream, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
 def npy_layout(path: Path, span: Span | None = None) -> tuple[int, tuple[int, ...], bool, np.dtype]:
     """Where an `.npy` file's data start, its shape, order and element type,
     checked as `load_array` checks them, without reading the data (the
-    `--backend dask` reader, spiread_cli/chunks.py, reads rows from there)."""
+    `--backend dask` reader, spiread_cli/row_data.py, reads rows from there)."""
     prefix = f"cannot load `{shown(path)}`"
     with open_regular(path, prefix, span) as file:
         try:

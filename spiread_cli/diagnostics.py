@@ -165,7 +165,7 @@ def option(keyword: str, value: object = None) -> str:
             else f"{value:g}" if isinstance(value, float) else str(value)
         return f"`{keyword}={shown}`"
     shown = "NAME" if value is None else f"{value:g}" if isinstance(value, float) else value
-    return f"`--{keyword} {shown}`"
+    return f"`--{keyword.replace('_', '-')} {shown}`"
 
 
 def command(name: str) -> str:

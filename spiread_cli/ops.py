@@ -145,6 +145,17 @@ class Op:
     # vjp(i, g, out, *xs, **params) for a batch of cotangents g (k, *out
     # shape): the Jacobian's rows in reverse mode. Derived from the statement.
     batched_vjp: Callable | None = None
+    # For an op neither `row_wise` nor elementwise that may still act on each
+    # row of a row-chunked operand alone (spiread_cli/chunk_plan.py):
+    # on_rows(row_in, row_params, **params) -> whether row k of its value
+    # depends only on row k of the operands marked in `row_in` (and on the
+    # others whole); `row_params` names the params holding a position per row.
+    on_rows: Callable | None = None
+    # For an op that runs tapes of its own (a sum over row chunks,
+    # spiread_cli/row_totals.py): reports(**params) -> the warnings its
+    # evaluations made inside since last asked (where an inf or nan was born,
+    # in which rows), which the tape gives in place of its own.
+    reports: Callable | None = None
 
 
 METHODS: dict[str, Op] = {}
@@ -152,7 +163,8 @@ METHODS: dict[str, Op] = {}
 
 def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callable, *, methods=None, params=(),
           arity: int = 1, kink=None, row_wise: bool = False, structure: str = "dense", batched=None,
-          fast: FastPath | None = None, fwd: Callable | None = None, export: Export | None = None) -> Op:
+          fast: FastPath | None = None, fwd: Callable | None = None, export: Export | None = None,
+          on_rows: Callable | None = None) -> Op:
     assert structure in STRUCTURES, structure
     vjp, jvp, batched_vjp = compiled_vjp(derivative), compiled_jvp(derivative), compiled_vjp(derivative, batched=True)
     if fwd is not None:  # impl is fwd's value; the fast rules get a residual whoever calls them
@@ -162,7 +174,7 @@ def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callabl
         vjp = vjp if fast.vjp is None else fast.vjp if fwd is None else _given_residual(fwd, fast.vjp, 3)
         jvp = jvp if fast.jvp is None else fast.jvp if fwd is None else _given_residual(fwd, fast.jvp, 2)
     op = Op(name, impl, shape, derivative, vjp, jvp, (name,) if methods is None else methods, params, arity, kink,
-            row_wise, structure, batched, fast, fwd, export, batched_vjp)
+            row_wise, structure, batched, fast, fwd, export, batched_vjp, on_rows=on_rows)
     OPS[name], IMPLS[name] = op, impl
     METHODS.update((spelling, op) for spelling in op.methods)
     return op
@@ -230,6 +242,19 @@ def is_lazy(value) -> bool:
     """A Dask array (`--backend dask`'s fallback, spiread_cli/dask_lazy.py):
     computed later, so a rule never inspects its values."""
     return hasattr(value, "__dask_graph__")
+
+
+def _each_row(row_in, row_params, **params) -> bool:
+    """`Op.on_rows` of a reduction along each row (rowSum): row k alone, always."""
+    return True
+
+
+def _picks_in_each_row(row_in, row_params, cols, **params) -> bool:
+    """`Op.on_rows` of a pick by positions (select, arrange): one pick in each
+    row when both positions come one per row (row chunks check each chunk's).
+    Columns 0, 1, 2, … as many as the rows are positions from the row count (a
+    diagonal: `A.diag`, `A.trace`), which differ from chunk to chunk."""
+    return "rows" in row_params and "cols" in row_params and not np.array_equal(cols, np.arange(len(cols)))
 
 
 def _copied(x):
@@ -572,7 +597,8 @@ def _onnx_matmul(b, x, y):
 
 
 defop("matmul", _product, _matmul_shape, _matmul_derivative, methods=("matmul", "dot"), arity=2,
-      batched=_matmul_batched, fast=FastPath("mlp", vjp=_matmul_vjp), export=Export("{0} @ {1}", _onnx_matmul))
+      batched=_matmul_batched, fast=FastPath("mlp", vjp=_matmul_vjp), export=Export("{0} @ {1}", _onnx_matmul),
+      on_rows=lambda row_in, row_params, **_: row_in == [True, False])
 
 
 def _transpose_shape(s, **_):
@@ -648,14 +674,17 @@ defop("product", lambda x: np.prod(x), scalar_shape,
       export=_reduce("prod", "ReduceProd"))
 defop("rowSum", lambda x: x.sum(axis=1), _rows_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [_per_row_graph(emit, g, x)], shape=emit.shape(x)),
-      methods=(), structure="rows", export=_reduce("sum", "ReduceSum", 1))
+      methods=(), structure="rows", export=_reduce("sum", "ReduceSum", 1),
+      on_rows=_each_row)
 defop("rowMean", lambda x: x.sum(axis=1) / x.shape[1], _rows_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [_per_row_graph(emit, _divide_by_count(emit, g, x, 1), x)],
                                       shape=emit.shape(x)),
-      methods=(), structure="rows", export=_reduce("sum", "ReduceSum", 1, divide=True))
+      methods=(), structure="rows", export=_reduce("sum", "ReduceSum", 1, divide=True),
+      on_rows=_each_row)
 defop("rowProduct", lambda x: x.prod(axis=1), _rows_shape,
       lambda i, g, out, x, emit: emit("mul", [_per_row_graph(emit, g, x), emit("exclusiveProducts", [x], over="rows")]),
-      methods=(), structure="rows", export=_reduce("prod", "ReduceProd", 1))
+      methods=(), structure="rows", export=_reduce("prod", "ReduceProd", 1),
+      on_rows=_each_row)
 
 
 def _row_cumsum(x, reverse=False):
@@ -931,7 +960,8 @@ defop("index", lambda x, key: _copied(x[key]), _index_shape,
       methods=(), structure="selection",
       batched=lambda args, which, key: _copied(args[0][(slice(None),) + key]),
       export=Export(lambda w, x, key: _index_code(w, x, key),
-                    lambda b, x, key: _onnx_pick(b, x, key_positions(b.shape(x), key))))
+                    lambda b, x, key: _onnx_pick(b, x, key_positions(b.shape(x), key))),
+      on_rows=lambda row_in, row_params, key: key[:1] == (slice(None),))
 
 
 def _select(x, rows, cols):
@@ -975,7 +1005,8 @@ defop("select", _select, _pairs_shape,
       lambda i, g, out, x, emit, rows, cols: emit("select", [g], rows=rows, cols=cols),
       methods=(), structure="selection", batched=_select_batched,
       export=Export(lambda w, x, rows, cols: f"xp.where({w.literal(_chosen(w.shape(x), rows, cols), 'chosen')}, {x}, 0.0)",
-                    lambda b, x, rows, cols: b("Where", [b.const(_chosen(b.shape(x), rows, cols)), x, b.const(0.0)])))
+                    lambda b, x, rows, cols: b("Where", [b.const(_chosen(b.shape(x), rows, cols)), x, b.const(0.0)])),
+      on_rows=_picks_in_each_row)
 
 
 def _scatter_pairs(shape: tuple, rows: np.ndarray, cols: np.ndarray, weights=None) -> np.ndarray:
@@ -1002,7 +1033,8 @@ defop("arrange", _pick, lambda s, rows, cols: _pairs_shape(s, rows, cols, (len(r
       else args[0][:, rows, cols],
       export=Export(lambda w, x, rows, cols:
                     f"xp.take(xp.reshape({x}, (-1,)), {w.literal(pair_positions(w.shape(x), rows, cols), 'picks')})",
-                    lambda b, x, rows, cols: _onnx_pick(b, x, pair_positions(b.shape(x), rows, cols))))
+                    lambda b, x, rows, cols: _onnx_pick(b, x, pair_positions(b.shape(x), rows, cols))),
+      on_rows=_picks_in_each_row)
 
 
 # ------------------------------------------------------------- construction
@@ -1028,7 +1060,8 @@ defop("stack", lambda *xs, axis: np.stack(xs, axis=axis), _stack_shape,
       lambda i, g, out, *xs, emit, axis: emit("index", [g], key=(slice(None),) * axis + (i,)),
       methods=(), structure="selection",
       export=Export(lambda w, *xs, axis: f"xp.stack([{', '.join(xs)}], axis={axis})",
-                    lambda b, *xs, axis: b("Concat", [b("Unsqueeze", [x, b.ints([axis])]) for x in xs], axis=axis)))
+                    lambda b, *xs, axis: b("Concat", [b("Unsqueeze", [x, b.ints([axis])]) for x in xs], axis=axis)),
+      on_rows=lambda row_in, row_params, axis: axis == 1 and all(row_in))
 
 
 def _concat_shape(*shapes, axis):

@@ -40,18 +40,55 @@ __all__ = ["load", "compile", "Program", "Gradients", "Jacobian", "CheckResult",
 
 
 @front_door
-def load(path: str | PathLike[str]) -> "Program":
+def load(path: str | PathLike[str], backend: Literal["numpy", "dask"] = "numpy", *, scheduler: str | None = None,
+         chunk_rows: int | None = None, persist: bool = False) -> "Program":
     """Read and parse a `.ad` file. Paths inside it (`load("x.csv")`) resolve
-    from the file's folder, as on the command line."""
-    return Program.open(str(path))
+    from the file's folder, as on the command line. `backend="dask"` runs it
+    on row chunks of its data, as `--backend dask` does (docs/scaling.md):
+    `scheduler` a Dask scheduler's address (default: Dask's threads in this
+    process), `chunk_rows` the rows per chunk, `persist` to keep each
+    chunk's recording between training steps."""
+    options = _backend(backend, scheduler, chunk_rows, persist)
+    program = Program.open(str(path))
+    program._backend = options
+    return program
 
 
 @front_door
-def compile(text: str, name: str = "<string>", base_dir: str | PathLike[str] | None = None) -> "Program":
+def compile(text: str, name: str = "<string>", base_dir: str | PathLike[str] | None = None,
+            backend: Literal["numpy", "dask"] = "numpy", *, scheduler: str | None = None,
+            chunk_rows: int | None = None, persist: bool = False) -> "Program":
     """Parse program text (a notebook cell, a string); `name` is what messages
     call it. Paths inside it resolve from `base_dir` (default: the working
-    directory)."""
-    return Program.parse(Source(name, text), Path(base_dir) if base_dir is not None else Path.cwd())
+    directory). The backend and its options are `load`'s."""
+    options = _backend(backend, scheduler, chunk_rows, persist)
+    program = Program.parse(Source(name, text), Path(base_dir) if base_dir is not None else Path.cwd())
+    program._backend = options
+    return program
+
+
+def _backend(backend: object, scheduler: object, chunk_rows: object, persist: object):
+    """dask_backend.Options for `backend="dask"`, else None; its options
+    without it are an error, as on the command line."""
+    import numbers
+    if backend not in ("numpy", "dask"):
+        raise SpireadError(f"{option('backend', backend)}: the backend is \"numpy\" or \"dask\"", exit_code=2)
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise type_error("scheduler", scheduler, "a scheduler's address is a string, e.g. \"tcp://host:8786\"")
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral)):
+        raise type_error("chunk_rows", chunk_rows, "the rows per chunk are a whole number")
+    if chunk_rows is not None and chunk_rows < 1:
+        raise SpireadError(f"{option('chunk_rows', chunk_rows)}: a chunk needs at least one row", exit_code=2)
+    if backend == "numpy":
+        given = [name for name, v in (("scheduler", scheduler), ("chunk_rows", chunk_rows), ("persist", persist)) if v]
+        if given:
+            raise SpireadError(f"`{given[0]}=`: an option of {option('backend', 'dask')}", exit_code=2,
+                               notes=[f"add {option('backend', 'dask')}"])
+        return None
+    from .dask_backend import Options
+    from .dask_common import require_dask
+    require_dask()
+    return Options(scheduler, None if chunk_rows is None else int(chunk_rows), bool(persist))
 
 
 class Program:
@@ -71,6 +108,8 @@ class Program:
         self.source = source
         self._module = module
         self._base_dir = base_dir
+        self._backend = None     # dask_backend.Options for backend="dask" (`load`), else None
+        self._running = None     # the dask_backend program of the last call (its client, its chunks' templates)
         # The names the program binds, in order: what bindings may replace.
         self.names: list[str] = [s.name for s in module.statements if isinstance(s, syntax.Binding)]
 
@@ -86,11 +125,16 @@ class Program:
         return cls(source, parse(source), base_dir or base_dir_of(source))
 
     def run(self, overrides: dict[str, np.ndarray] | None = None, of: str | None = None,
-            evaluate: bool = True) -> Run:
+            evaluate: bool = True, wrt: list[str] | None = None, differentiate: bool = True) -> Run:
         """Run the program, `overrides` replacing the values of the names they
         bind. With `evaluate=False` an op is computed only when its value is
         first read (`Interpreter.run`). An error carries the source it points
-        into, and what the program's `println` wrote before it (`.printed`)."""
+        into, and what the program's `println` wrote before it (`.printed`).
+        On `backend="dask"`, the driver's run for the names differentiated
+        by, `wrt` (None: the default; none unless `differentiate`), whose
+        totals over the row chunks are ops (spiread_cli/row_totals.py)."""
+        if self._backend is not None:
+            return self._on_dask(overrides or {}, of, wrt, differentiate)
         interpreter = Interpreter(self.source, overrides, self._base_dir)
         try:
             return interpreter.run(self._module, of, evaluate)
@@ -108,7 +152,33 @@ class Program:
         return self.source.name
 
     def __repr__(self) -> str:
-        return f"<spiread Program {self.name!r}: {', '.join(self.names) or 'no bindings'}>"
+        on = "" if self._backend is None else " (backend dask)"
+        return f"<spiread Program {self.name!r}{on}: {', '.join(self.names) or 'no bindings'}>"
+
+    def close(self) -> None:
+        """On `backend="dask"`, let go of the last call's Dask client and the
+        chunks' templates it kept (the next call makes them again);
+        `with load(...) as prog:` closes on leaving."""
+        running, self._running = self._running, None
+        if running is not None:
+            running.close()
+
+    def __enter__(self) -> "Program":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _on_dask(self, overrides: dict[str, np.ndarray], of: str | None, wrt: list[str] | None,
+                 differentiate: bool) -> Run:
+        from .dask_backend import Program as Chunked
+        self.close()  # the last call's
+        try:
+            self._running = Chunked.of_module(self.source, self._module, self._base_dir, self._backend, overrides, {},
+                                              of)
+            return self._running.run_for(wrt, differentiate)
+        except SpireadError as err:
+            raise err.located_in(self.source)
 
     # ------------------------------------------------------------ the calls
 
@@ -120,7 +190,7 @@ class Program:
 
         `of` picks the output among the bound names (default: the last
         binding, or `.backward(...)`'s receiver)."""
-        run = self._run_bound(bindings, more, of)
+        run = self._run_bound(bindings, more, of, differentiate=False)
         values = {name: result_value(run.tape.nodes[i].value) for name, i in run.bindings.items()}
         values.setdefault(run.output_name, result_value(run.value))
         self._warn(run)
@@ -135,7 +205,7 @@ class Program:
         from .gradients import gradients
         if mode not in ("reverse", "forward"):
             raise SpireadError(f"{option('mode', mode)}: the mode is \"reverse\" or \"forward\"", exit_code=2)
-        run = self._run_bound(bindings, more, of)
+        run = self._run_bound(bindings, more, of, wrt=wrt_names(wrt))
         result = self._located(gradients, run, wrt_names(wrt), mode)
         returned = Gradients(run.output_name, float(result.value),
                              {n: result_value(g) for n, g in result.gradients.items()})
@@ -152,7 +222,9 @@ class Program:
         the Hessian-vector products Σ_B ∂²out/∂A∂B · V_B without forming the
         Hessian (names not given are zero), as `spiread hessian --hvp` does."""
         from . import second
-        run = self._run_bound(bindings, more, of)
+        named = wrt_names(wrt)
+        directions = [n for n in hvp if isinstance(n, str)] if isinstance(hvp, Mapping) and named else []
+        run = self._run_bound(bindings, more, of, wrt=named + [n for n in directions if n not in named] if named else None)
         if hvp is None:
             result = self._located(second.hessian, run, wrt_names(wrt))
             blocks = {a: {b: result_value(h) for b, h in row.items()} for a, row in result.blocks.items()}
@@ -198,7 +270,7 @@ class Program:
         from .output import check_table
         checked_number("eps", eps)
         checked_number("tol", tol)
-        run = self._run_bound(bindings, more, of)
+        run = self._run_bound(bindings, more, of, wrt=wrt_names(wrt))
         report = self._located(check_gradients, run, wrt_names(wrt), eps, tol)
         result = CheckResult(report, plain_text(check_table(report)),
                              [render(failure, run.source) for failure in report.failures(run)])
@@ -234,7 +306,7 @@ class Program:
         checked_number("lr", lr)
         checked_number("momentum", momentum)
         chosen = make_optimizer(optimizer, lr, momentum)
-        run = self._run_bound(bindings, more, of, evaluate=False)  # computed as train's fused tape
+        run = self._run_bound(bindings, more, of, evaluate=False, wrt=wrt_names(wrt))  # computed as train's fused tape
         names = self._located(training.trainable_names, run, wrt_names(wrt) or [])
         strict = warnings_raise()
         show = interactive() if progress is None else progress
@@ -263,7 +335,7 @@ class Program:
         are highlighted and show their gradients. Renders itself in Jupyter."""
         from .dot import to_dot
         from .gradients import dot_gradients
-        run = self._run_bound(bindings, more, of)
+        run = self._run_bound(bindings, more, of, wrt=wrt_names(wrt))
         graph = Graph(to_dot(run, self._located(dot_gradients, run, wrt_names(wrt))))
         self._warn(run)
         return graph
@@ -271,7 +343,7 @@ class Program:
     # ------------------------------------------------------------ plumbing
 
     def _run_bound(self, bindings: Mapping[str, ArrayLike] | None, more: dict[str, ArrayLike], of: str | None,
-                   evaluate: bool = True) -> Run:
+                   evaluate: bool = True, wrt: list[str] | None = None, differentiate: bool = True) -> Run:
         if bindings is not None and not isinstance(bindings, Mapping):
             raise type_error("bindings", bindings, "the bindings passed first are a mapping of names to values, "
                                                     "e.g. {\"w\": [1, 2]}")
@@ -281,7 +353,7 @@ class Program:
             raise SpireadError(f"{option('of', of)}: the program binds no `{of}`", notes=did_you_mean(of, self.names),
                                exit_code=2)
         try:
-            run = self.run(overrides, of, evaluate)
+            run = self.run(overrides, of, evaluate, wrt, differentiate)
         except SpireadError as err:
             print_lines(err.printed)
             raise

@@ -37,8 +37,21 @@ from typing import Callable
 
 import numpy as np
 
-# The op table, name -> Op; filled by spiread_cli/ops.py as it defines them.
-OPS: dict = {}
+class Registry(dict):
+    """Name -> entry: the op table's primitives, filled by spiread_cli/ops.py
+    as it defines them (what tests and tools iterate over), and, found by
+    name but not listed, the ops that join a tape to what runs below it
+    (`beyond`: spiread_cli/row_totals.py's sums over row chunks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.beyond: dict = {}
+
+    def __missing__(self, name: str):
+        return self.beyond[name]
+
+
+OPS = Registry()
 
 
 # ---------------------------------------------------------------- numeric
@@ -46,7 +59,7 @@ OPS: dict = {}
 
 # The primal rules by name, for `Numeric` (one lookup fewer per step: the
 # first-order sweeps evaluate statements step by step).
-IMPLS: dict[str, Callable] = {}
+IMPLS = Registry()
 
 
 class Numeric:

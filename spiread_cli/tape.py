@@ -158,7 +158,9 @@ class Tape:
             node.known_finite = None  # found out if anyone asks
             return
         node.known_finite = all_finite_unguarded(value)
-        if not node.known_finite and all([nodes[i].finite for i in node.inputs]):
+        if node.op.reports is not None:  # it says what was born inside it, if anything
+            warn_all(diagnostics, node.op.reports(**node.params))
+        elif not node.known_finite and all([nodes[i].finite for i in node.inputs]):
             diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args), node.span)
 
     def first_nonfinite(self, nodes: Iterable[Node]) -> Node | None:
@@ -388,5 +390,15 @@ class Births:
     def warn(self, diagnostics: Diagnostics) -> None:
         if self.first is not None:
             node, produced = self.first
-            diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", produced,
-                                                [self.nodes[i].value for i in node.inputs]), node.span)
+            inside = node.op.reports(**node.params) if node.op.reports is not None else []
+            if inside:
+                warn_all(diagnostics, inside)
+            else:
+                diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", produced,
+                                                    [self.nodes[i].value for i in node.inputs]), node.span)
+
+
+def warn_all(diagnostics: Diagnostics, warnings: Iterable) -> None:
+    """Warnings made elsewhere (inside an op, `Op.reports`), given again here."""
+    for warning in warnings:
+        diagnostics.warn(warning.message, warning.span, warning.notes)

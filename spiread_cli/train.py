@@ -62,20 +62,20 @@ class NonFinite(Exception):
 
 
 # One step: (step number, the trained values) -> (loss, gradients, the
-# step's warnings), or NonFinite. The run's own tape makes it (`tape_steps`);
-# spiread_cli/dask_backend.py's Program.stepper makes one over row chunks.
+# step's warnings), or NonFinite. The run's own tape makes it (`tape_steps`),
+# on either backend: on `--backend dask` the run is the driver's, whose totals
+# over row chunks are ops (spiread_cli/row_totals.py).
 Steps = Callable[[int, dict[str, np.ndarray]], tuple[float, dict[str, np.ndarray], list]]
 
 
 def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = False,
           on_step: Callable[[int, float], None] | None = None,
           stop_requested: Callable[[], bool] = lambda: False,
-          steps_by: Callable[[list[str], bool], Steps] | None = None, spend_run: bool = False,
+          spend_run: bool = False,
           on_ready: Callable[[], None] = lambda: None) -> TrainResult:
     """Run `steps` steps of forward, backward and `optimizer.step` on the `wrt`
     values (names, checked by `trainable_names`). The run itself is left as it
-    was: training works on a fused copy of its tape (or, with `steps_by`, on
-    what that makes of the names and `strict`). With `spend_run`, a caller
+    was: training works on a fused copy of its tape. With `spend_run`, a caller
     that will not read the run's values again (the command line, `Program.train`)
     lets the values only the run's tape holds go once the fused copy exists
     (`release_unfused`), so they do not stay in memory through the steps.
@@ -95,15 +95,7 @@ def train(run: Run, wrt: list[str], steps: int, optimizer, *, strict: bool = Fal
     requested stop.
     """
     names = trainable_names(run, wrt)
-    if steps_by is None:
-        step_values = tape_steps(run, names, strict, optimizer, spend_run)
-    elif getattr(optimizer, "needs_curvature", False):
-        raise usage_error(f"`--optimizer {optimizer.describe().split()[0]}` runs on `--backend numpy` only: its "
-                          "Hessian-vector products replay the recorded gradient of the whole program, and "
-                          "`--backend dask` records one per row chunk",
-                          ["train with --backend numpy, or with --optimizer sgd or adam on --backend dask"])
-    else:
-        step_values = steps_by(names, strict)
+    step_values = tape_steps(run, names, strict, optimizer, spend_run)
     on_ready()
     values = {n: run.node(n).value for n in names}
     previous = values
@@ -222,6 +214,9 @@ def _nonfinite_loss(tape: Tape, step: int, loss: float, output: Node) -> Spiread
     node = tape.first_nonfinite(tape.nodes[:output.id + 1])
     if node is None:
         return SpireadError(message, output.span)
+    inside = node.op.reports(**node.params) if node.op is not None and node.op.reports is not None else []
+    if inside:  # born inside the op (a row chunk's): where, as it says
+        return SpireadError(f"{message}; {inside[0].message}", inside[0].span, inside[0].notes)
     if node.op is None:
         what = f"`{tape.text(node)}`" + (" (a trained value)" if node.kind == "input" else "")
         return SpireadError(f"{message}; {what} holds non-finite entries", node.span)

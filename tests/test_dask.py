@@ -13,11 +13,13 @@ import socket
 import subprocess
 import sys
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from spiread_cli import chunks, train
+from spiread_cli import chunk_tasks, train
 from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.program import Program as NumpyProgram  # beside dask_backend.Program
 from spiread_cli.set_options import parse_overrides
@@ -33,16 +35,30 @@ pytest.importorskip("distributed")
 RTOL = 1e-10
 
 
+@dataclass
+class Got:
+    value: np.ndarray
+    gradients: dict
+    diagnostics: object
+
+
 def numpy_result(source: Source, sets: dict[str, str], base, wrt=None):
     overrides = parse_overrides([f"{k}={v}" for k, v in sets.items()], base)
     run = NumpyProgram.parse(source, base).run(overrides)
     return run_gradients(run, wrt)
 
 
+def gradients_on(program, wrt=None) -> Got:
+    """`grad` on the program's driver run (what every task computes on)."""
+    run = program.run_for(wrt)
+    result = run_gradients(run, wrt)
+    return Got(result.value, result.gradients, run.diagnostics)
+
+
 def dask_result(source: Source, sets: dict[str, str], base, wrt=None, **options):
     program = Program.of_source(source, Options(**options), [f"{k}={v}" for k, v in sets.items()], None, base)
     try:
-        return program, program.gradients(wrt)
+        return program, gradients_on(program, wrt)
     finally:
         program.close()
 
@@ -194,7 +210,7 @@ def steps_both_ways(source, data, names, starts, **options):
     expected = train.tape_steps(run, names, False)
     program = Program.of_source(source, Options(**options), (), None, data)
     try:
-        got = program.steps(names, False)
+        got = train.tape_steps(program.run_for(names), names, False)
         return program, [(expected(k, v), got(k, v)) for k, v in enumerate(starts, 1)]
     finally:
         program.close()
@@ -213,7 +229,7 @@ def test_steps_replay_the_chunks_templates_with_new_values(name, template_bytes,
     with no room for templates, records and fuses the chunk again): the
     same losses and gradients as numpy's steps, at values that change from
     step to step."""
-    monkeypatch.setattr(chunks, "TEMPLATE_BYTES", template_bytes)
+    monkeypatch.setattr(chunk_tasks, "TEMPLATE_BYTES", template_bytes)
     source = Source(str(data / "prog.ad"), PROGRAMS[name])
     run = NumpyProgram.parse(source, data).run()
     names = [n for n in run.backward_wrt]
@@ -221,7 +237,7 @@ def test_steps_replay_the_chunks_templates_with_new_values(name, template_bytes,
     starts = [{n: run.node(n).value + 0.1 * k * rng.standard_normal(run.node(n).value.shape) for n in names}
               for k in range(3)]
     kept = []
-    monkeypatch.setattr(chunks.TEMPLATES, "put", lambda job, chunk, put=chunks.TEMPLATES.put: (
+    monkeypatch.setattr(chunk_tasks.TEMPLATES, "put", lambda job, chunk, put=chunk_tasks.TEMPLATES.put: (
         kept.append(chunk.start), put(job, chunk)))
     program, pairs = steps_both_ways(source, data, names, starts, chunk_rows=16)
     for k, (expected, got) in enumerate(pairs, 1):
@@ -229,7 +245,7 @@ def test_steps_replay_the_chunks_templates_with_new_values(name, template_bytes,
     chunk_count = len(program.bounds)
     # each chunk recorded once when templates fit; every step otherwise
     assert len(kept) == (chunk_count if template_bytes else 3 * chunk_count)
-    assert chunks.TEMPLATES.kept == {} or all(k[0] != program.job.token for k in chunks.TEMPLATES.kept)
+    assert chunk_tasks.TEMPLATES.kept == {} or all(k[0] != program.job.token for k in chunk_tasks.TEMPLATES.kept)
 
 
 def test_a_chunks_first_step_computes_its_forward_pass_once(data, monkeypatch):
@@ -257,13 +273,13 @@ def test_templates_of_a_program_that_ended_unannounced_give_way(data, monkeypatc
     program never closed make room for the next program's."""
     source = Source(str(data / "prog.ad"), PROGRAMS["softmax regression, a pick per row"])
     left = Program.of_source(source, Options(chunk_rows=50), (), None, data)
-    left.gradients()  # and never closed
-    mine = {key: t for key, t in chunks.TEMPLATES.kept.items() if key[0] == left.job.token}
+    gradients_on(left)  # and never closed
+    mine = {key: t for key, t in chunk_tasks.TEMPLATES.kept.items() if key[0] == left.job.token}
     assert len(mine) == len(left.bounds)
-    monkeypatch.setattr(chunks, "TEMPLATE_BYTES", chunks.TEMPLATES.bytes)  # room for one program's
+    monkeypatch.setattr(chunk_tasks, "TEMPLATE_BYTES", chunk_tasks.TEMPLATES.bytes)  # room for one program's
     program, got = dask_result(source, {}, data, chunk_rows=50)
     assert_same(numpy_result(source, {}, data), got)
-    assert not any(key[0] == left.job.token for key in chunks.TEMPLATES.kept)
+    assert not any(key[0] == left.job.token for key in chunk_tasks.TEMPLATES.kept)
     left.close()
 
 
@@ -274,7 +290,7 @@ def test_templates_of_a_program_that_ended_unannounced_give_way(data, monkeypatc
 def test_a_template_keeps_its_arrays_exactly(array):
     """Packed positions and data-made arrays come back bit for bit (-0.0,
     nan and non-integers are kept as they are)."""
-    back = chunks.unpack(chunks.pack(array))
+    back = chunk_tasks.unpack(chunk_tasks.pack(array))
     assert back.dtype == array.dtype and back.shape == array.shape
     assert back.tobytes() == array.tobytes()
 
@@ -289,7 +305,7 @@ def test_eval_computes_the_totals_of_the_data_and_warns_about_the_data(data):
     expected = NumpyProgram.parse(source, data).run()
     program = Program.of_source(source, Options(chunk_rows=20), (), None, data)
     try:
-        got = program.evaluated()
+        got = program.run_for(None, differentiate=False)
     finally:
         program.close()
     assert set(got.bindings) == {"w", "m", "sd", "loss", "z"}
@@ -338,14 +354,15 @@ def test_a_warning_about_the_data_is_given_once_not_every_step(data):
             'loss = ((X @@ w) * z).mean\nloss.backward(w)')
     source = Source(str(data / "p.ad"), text)
     w = np.array([0.5, -0.25, 1.0, 0.0])
-    _, pairs = steps_both_ways(source, data, ["w"], [{"w": w}, {"w": w * 2}], chunk_rows=50)
+    program, pairs = steps_both_ways(source, data, ["w"], [{"w": w}, {"w": w * 2}], chunk_rows=50)
     (numpy_first, first), (numpy_second, second) = pairs
     assert_same_step(numpy_first, first)
     recorded = NumpyProgram.parse(source, data).run().diagnostics.warnings  # numpy's train shows these at step 1
-    assert [w.span for w in first[2]] == [w.span for w in recorded] and len(recorded) == 1
-    assert first[2][0].message.startswith("`log` gave -inf at 50 of 50 entries")
-    assert first[2][0].notes == ("in data rows 0–49",)
-    assert second[2] == [] == numpy_second[2]
+    driver = program.run_for(["w"])  # the run train is given: its warnings are the first step's
+    assert [w.span for w in driver.diagnostics.warnings] == [w.span for w in recorded] and len(recorded) == 1
+    assert driver.diagnostics.warnings[0].message.startswith("`log` gave -inf at 50 of 50 entries")
+    assert driver.diagnostics.warnings[0].notes == ("in data rows 0–49",)
+    assert first[2] == second[2] == [] == numpy_first[2] == numpy_second[2]
 
 
 def test_default_chunk_rows_give_every_thread_work(data):
@@ -418,7 +435,7 @@ def random_program_on_row_data(tmp_path, program, text: str, suffix: str, only: 
                 continue
             chunked = Program.of_source(source, Options(chunk_rows=2), setting, None, tmp_path)
             try:
-                step = chunked.steps(wrt, False)
+                step = train.tape_steps(chunked.run_for(wrt), wrt, False)
                 got_steps = [step(1, {w: run.node(w).value for w in wrt}), step(2, moved)]
             finally:
                 chunked.close()
@@ -448,7 +465,7 @@ def test_what_cannot_be_chunked_is_refused_with_the_op_named(text, message, colu
         program = Program.of_source(Source(str(data / "prog.ad"), text), Options(chunk_rows=10), (), None, data)
         caught = getattr(program, "refusal", None)
         if caught is None:  # a total that moves with `w`: known to be one when `w` is differentiated
-            program.gradients(["w"])
+            gradients_on(program, ["w"])
     except SpireadError as err:  # nor op by op: the plan's reason is in the message
         caught = err
     assert message in caught.diagnostic.message and caught.diagnostic.message.startswith("cannot run by row chunks")
@@ -469,7 +486,7 @@ def test_gradient_by_row_data_is_refused(data):
     program = Program.of_source(Source(str(data / "prog.ad"), PROGRAMS["least squares, sum over rows(X)"]),
                                 Options(chunk_rows=10), (), None, data)
     with pytest.raises(SpireadError, match="`X` has one row per data row, so its gradient is as large as the data"):
-        program.gradients(["X"])
+        gradients_on(program, ["X"])
 
 
 WHERE_IT_STARTS = "`arrange` depends on where in the data a chunk starts"
@@ -490,7 +507,7 @@ def test_picks_by_global_position_are_refused(positions, chunk_rows, message, da
     try:
         program = Program.of_source(Source(str(tmp_path / "p.ad"), text), Options(chunk_rows=chunk_rows), (), None,
                                     tmp_path)
-        program.gradients(["w"])
+        gradients_on(program, ["w"])
         refusal = program.refusal  # the plan refused: the program ran op by op
     except SpireadError as err:
         refusal = err
@@ -812,6 +829,75 @@ def test_numpy_backend_never_imports_dask():
     assert out.returncode == 0, out.stderr
 
 
-def test_explain_is_refused_on_dask_before_any_work(tmp_path):
-    result = spiread("grad", EXAMPLES / "least_squares.ad", "--explain", "--backend", "dask")
-    assert result.returncode == 2 and "`--explain` runs on `--backend numpy` only" in result.stderr
+def assert_numbers_close(got, expected, where: str) -> None:
+    """Two JSON documents' numbers (rtol 1e-9), everything else equal."""
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys(), where
+        for key in expected:
+            assert_numbers_close(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, (list, float)) and not isinstance(expected, bool):
+        np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(expected, dtype=float), rtol=1e-9,
+                                   atol=1e-13, err_msg=where)
+    else:
+        assert got == expected, where
+
+
+def test_explain_hessian_and_newton_run_over_the_chunks(data):
+    """What once ran on numpy only runs on the driver's run, whose totals
+    over the chunks are ops: `grad --explain` (the driver's sweep, the
+    total's rule among its steps), `hessian` (and `--hvp`), `check --order 2`
+    and `train --optimizer newton`, with numpy's numbers."""
+    (data / "sm.ad").write_text(PROGRAMS["softmax regression, a pick per row"])
+    dask = ["--backend", "dask", "--chunk-rows", "50", "--format", "json"]
+    for command in (["grad", "sm.ad", "--explain"], ["hessian", "sm.ad"], ["hessian", "sm.ad", "--hvp", "b=[1,2,3]"],
+                    ["check", "sm.ad", "--order", "2"],
+                    ["train", "sm.ad", "--wrt", "W,b", "--optimizer", "newton", "--steps", "3"]):
+        expected = strict_json(spiread(*command, "--format", "json", cwd=data).stdout)
+        out = spiread(*command, *dask, cwd=data)
+        assert out.returncode == 0, out.stderr
+        got = strict_json(out.stdout)
+        for key in ("value", "gradients", "values", "hessian", "hvp"):
+            if key in expected:
+                assert_numbers_close(got[key], expected[key], key)
+        if command[0] == "grad":
+            assert "rowsTotal" in {step["op"] for step in got["explain"]}
+        if command[0] == "check":
+            assert got["ok"] and expected["ok"] and got["results"].keys() == expected["results"].keys()
+        if command[0] == "train":
+            np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-9)
+
+
+def test_what_an_op_says_of_its_rows_holds_for_its_values():
+    """`Op.on_rows` (the planner's reason to run an op by row chunks): for
+    every case of the op table (tests/test_ops.py) where it says row k of
+    the value depends only on row k of the row-chunked operands, moving
+    one row of those operands moves that row of the value alone. Each
+    operand with as many rows as the first is tried as the row data, and
+    positions held one per row are 0, 1, …, n-1 (what a chunk checks)."""
+    from spiread_cli.ops import OPS
+    from test_ops import CASES
+    said = 0
+    for case in CASES:
+        op = OPS[case.op]
+        xs = [np.asarray(x, dtype=float) for x in case.xs]
+        if op.on_rows is None or not xs or xs[0].ndim == 0:
+            continue
+        n = xs[0].shape[0]
+        params = dict(case.params)
+        row_params = [k for k, v in params.items() if isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == n]
+        if "rows" in row_params:
+            params["rows"] = np.arange(n)
+        for row_in in ([x.ndim >= 1 and x.shape[0] == n and j == 0 for j, x in enumerate(xs)],
+                       [x.ndim >= 1 and x.shape[0] == n for x in xs]):
+            out = np.asarray(op.impl(*xs, **params))
+            if out.ndim == 0 or out.shape[0] != n or not op.on_rows(row_in, row_params, **params):
+                continue  # the planner asks only of a value with one row per data row
+            moved = [x.copy() for x in xs]
+            for x, r in zip(moved, row_in):
+                if r:
+                    x[n // 2] += 0.375
+            after = np.asarray(op.impl(*moved, **params))
+            others = [k for k in range(n) if k != n // 2]
+            np.testing.assert_array_equal(after[others], out[others], err_msg=f"{case.id} {row_in}")
+            said += 1
+    assert said >= 6  # rowSum, rowMean, rowProduct, matmul, a column, fromColumns, the picks

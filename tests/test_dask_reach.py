@@ -20,6 +20,7 @@ from spiread_cli.data_text import TextTable
 from spiread_cli.diagnostics import Source, SpireadError
 
 from conftest import spiread, strict_json
+from test_dask import assert_numbers_close, gradients_on
 
 pytest.importorskip("distributed")
 
@@ -33,7 +34,7 @@ def numpy_gradients(source: Source, base, wrt=None):
 def dask_gradients(source: Source, base, wrt=None, **options):
     program = Program.of_source(source, Options(**options), [], None, base)
     try:
-        return program, program.gradients(wrt)
+        return program, gradients_on(program, wrt)
     finally:
         program.close()
 
@@ -137,9 +138,9 @@ def test_csv_rows_are_chunked_and_match_numpy(chunk_rows, block, csv_data, monke
 def test_csv_is_never_read_whole_on_dask(csv_data, monkeypatch):
     """The eager loader is not called for row data, and no chunk parses more
     than its own blocks (a block boundary to either side)."""
-    from spiread_cli import chunks
+    from spiread_cli import row_data
     monkeypatch.setattr(data_text, "TEXT_BLOCK_BYTES", 64)
-    monkeypatch.setattr(chunks, "load_array", lambda *a, **k: pytest.fail("a CSV was read whole"))
+    monkeypatch.setattr(row_data, "load_array", lambda *a, **k: pytest.fail("a CSV was read whole"))
     parsed = []
     real = data_text._parse_rows
     monkeypatch.setattr(data_text, "_parse_rows", lambda *a, **k: parsed.append(real(*a, **k)) or parsed[-1])
@@ -203,8 +204,7 @@ def test_a_zarr_array_on_the_numpy_backend_points_at_dask(how, tmp_path):
 
 # ------------------------------------------------------------- check and forward mode over row chunks
 
-from spiread_cli.check import check_gradients  # noqa: E402
-from spiread_cli.dask_check import ChunkedDerivatives, check_subject, forward_gradients  # noqa: E402
+from spiread_cli.check import Probe, check_gradients  # noqa: E402
 from spiread_cli.forward import directional_forward  # noqa: E402
 
 from test_dask import PROGRAMS, data  # noqa: E402,F401  (the row data fixture)
@@ -221,19 +221,20 @@ def test_forward_mode_over_chunks_matches_numpy(name, data):
     driver, the output at moved values, and `grad --mode forward`."""
     source, program = open_program(data, PROGRAMS[name], chunk_rows=17)
     run = NumpyProgram.parse(source, data).run()
-    derivatives = ChunkedDerivatives(program, None)
+    driver = program.run_for(None)
     rng = np.random.default_rng(0)
-    for wrt, i in derivatives.ids.items():
+    for wrt, i in run.wrt_ids(None).items():
         x = run.tape.nodes[i].value
         v = rng.standard_normal((3,) + x.shape)
-        np.testing.assert_allclose(derivatives.directional(wrt, v), directional_forward(run.tape, run.output, i, v),
-                                   rtol=RTOL, atol=1e-13, err_msg=wrt)
+        j = driver.bindings[wrt]
+        np.testing.assert_allclose(directional_forward(driver.tape, driver.output, j, v),
+                                   directional_forward(run.tape, run.output, i, v), rtol=RTOL, atol=1e-13, err_msg=wrt)
         moved = x + 0.01 * v[0]
         expected = NumpyProgram.parse(source, data).run({wrt: moved}).value
-        np.testing.assert_allclose(derivatives.value_at(wrt, moved), expected, rtol=RTOL)
-    got = forward_gradients(program, None)
-    expected = run_gradients(run, None, "forward")
-    assert_same(expected, got)
+        probe = Probe(driver.tape, j, driver.output)
+        np.testing.assert_allclose(probe(moved), expected, rtol=RTOL)
+        probe.restore()
+    assert_same(run_gradients(run, None, "forward"), run_gradients(driver, None, "forward"))
 
 
 @pytest.mark.parametrize("name", list(PROGRAMS))
@@ -244,7 +245,7 @@ def test_check_over_chunks_passes_as_on_numpy(name, max_entries, data):
     source, program = open_program(data, PROGRAMS[name], chunk_rows=40)
     run = NumpyProgram.parse(source, data).run()
     expected = check_gradients(run, max_entries=max_entries)
-    chunked = check_gradients(program.run, max_entries=max_entries, subject=lambda r, w: check_subject(program, r, w))
+    chunked = check_gradients(program.run_for(None), max_entries=max_entries)
     assert expected.ok and chunked.ok, [r.problem for r in chunked.results.values()]
     for wrt, result in expected.results.items():
         got = chunked.results[wrt]
@@ -279,27 +280,25 @@ def test_cli_check_on_dask(data):
     assert "= note: the slopes to either side differ: the function has a kink here" in outs[1].stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["check", "--order", "2"], "spiread: error: `check --order 2` runs on `--backend numpy` only: it checks the "
-                                "recorded gradient of the whole program, and `--backend dask` records one per row "
-                                "chunk"),
-    (["grad", "--explain"], "spiread: error: `--explain` runs on `--backend numpy` only: it shows one sweep over one "
-                            "tape, and `--backend dask` sweeps each row chunk's own tape"),
-    (["train", "--wrt", "w", "--optimizer", "newton"], "spiread: error: `--optimizer newton` runs on `--backend "
-                                                        "numpy` only: its Hessian-vector products replay the recorded "
-                                                        "gradient of the whole program, and `--backend dask` records "
-                                                        "one per row chunk"),
-    (["grad", "--mode", "forward", "--wrt", "s"], "spiread: error: `--wrt s`: on `--backend dask`, derivatives along "
-                                                  "directions are taken by values bound to constants, and `s` is "
-                                                  "computed"),
-    (["check", "--wrt", "s"], "spiread: error: `--wrt s`: on `--backend dask`, derivatives along directions are "
-                              "taken by values bound to constants, and `s` is computed"),
-])
-def test_cli_what_dask_cannot_differentiate_says_why(args, message, data):
-    (data / "ls2.ad").write_text('X = load("X.npy")\nw = [1.0, 2.0, 3.0, 4.0]\ns = w * 2\nloss = (X @@ s).sum\n')
-    out = spiread(args[0], "ls2.ad", *args[1:], "--backend", "dask", "--chunk-rows", "50", cwd=data)
-    assert out.returncode == 2
-    assert out.stderr.splitlines()[0] == message
+@pytest.mark.parametrize("args", [["check", "--order", "2", "--wrt", "w"], ["grad", "--explain", "--wrt", "w"],
+                                  ["train", "--wrt", "w", "--optimizer", "newton", "--steps", "2"],
+                                  ["grad", "--mode", "forward", "--wrt", "s"], ["check", "--wrt", "s"],
+                                  ["hessian", "--wrt", "s"]])
+def test_cli_what_dask_once_refused_gives_numpys_numbers(args, data):
+    """Second order, `--explain`, Newton and derivatives by a computed value
+    (`s = w * 2`) on the driver's run, as on numpy's."""
+    (data / "ls2.ad").write_text('X = load("X.npy")\nw = [1.0, 2.0, 3.0, 4.0]\ns = w * 2\n'
+                                 'loss = ((X @@ s).tanh - 0.5).square.sum + (w * w).sum\n')
+    expected = spiread(args[0], "ls2.ad", *args[1:], "--format", "json", cwd=data)
+    out = spiread(args[0], "ls2.ad", *args[1:], "--backend", "dask", "--chunk-rows", "50", "--format", "json",
+                  cwd=data)
+    assert out.returncode == expected.returncode == 0, out.stderr
+    got, expected = strict_json(out.stdout), strict_json(expected.stdout)
+    for key in ("value", "gradients", "values", "hessian", "loss"):
+        if key in expected:
+            assert_numbers_close(got[key], expected[key], key)
+    if args[0] == "check":
+        assert got["ok"] and got["results"].keys() == expected["results"].keys()
 
 
 # ------------------------------------------------------------- op by op on Dask arrays (the fallback)
@@ -411,9 +410,10 @@ def test_programs_the_plan_refuses_run_op_by_op_as_on_numpy(name, chunk_rows, da
         "cannot run by row chunks: ")
     assert all(is_lazy(program.run.node(n).value) for n in program.run.bindings if n in ("X", "xs"))
     with Computes() as computes:
-        got = program.gradients()
+        got = gradients_on(program)
     assert computes.count == 1  # the output, the gradients and every finiteness flag together
-    assert_same(numpy_gradients(source, data), got)
+    assert "X" not in got.gradients and "xs" not in got.gradients  # the row data are left out by default
+    assert_same(numpy_gradients(source, data, list(got.gradients)), got)
 
 
 @pytest.mark.parametrize("name", list(REFUSED_BY_THE_PLAN))
@@ -423,17 +423,17 @@ def test_check_and_forward_mode_op_by_op(name, data):
     the parameters, entry by entry up to 16 entries and along directions
     beyond (each probe is a Dask compute: the data's entries would take
     minutes); forward mode covers every input, the data included."""
-    from spiread_cli.dask_check import check
     source, program = open_program(data, REFUSED_BY_THE_PLAN[name], chunk_rows=30)
     run = NumpyProgram.parse(source, data).run()
     wrt = [n for n in ("w", "W", "b") if n in run.bindings]
-    report = check(program, program.run, wrt, None, None, max_entries=16)
+    report = check_gradients(program.run_for(wrt), wrt, max_entries=16)
     expected = check_gradients(run, wrt, max_entries=16)
     assert report.ok and expected.ok, [r.problem for r in report.results.values()]
     assert {n: (r.method, r.checked) for n, r in report.results.items()} == \
         {n: (r.method, r.checked) for n, r in expected.results.items()}
     source, program = open_program(data, REFUSED_BY_THE_PLAN[name], chunk_rows=30)
-    assert_same(run_gradients(run, None, "forward"), forward_gradients(program, None))
+    wrt = run.wrt_ids(None)
+    assert_same(run_gradients(run, None, "forward"), run_gradients(program.run_for(list(wrt)), list(wrt), "forward"))
 
 
 def test_training_op_by_op_computes_once_a_step(data):
@@ -442,8 +442,8 @@ def test_training_op_by_op_computes_once_a_step(data):
     text = REFUSED_BY_THE_PLAN["rows less half the first row"]
     source, program = open_program(data, text, chunk_rows=30)
     with Computes() as computes:
-        got = train(program.run, ["w"], 4, make_optimizer("sgd", 0.1, 0.0), steps_by=program.steps)
-    assert computes.count == 4
+        got = train(program.run_for(["w"]), ["w"], 4, make_optimizer("sgd", 0.1, 0.0))
+    assert computes.count == 4  # the first when the driver's run is made
     expected = train(NumpyProgram.parse(source, data).run(), ["w"], 4, make_optimizer("sgd", 0.1, 0.0))
     np.testing.assert_allclose(got.losses, expected.losses, rtol=RTOL)
     np.testing.assert_allclose(got.values["w"], expected.values["w"], rtol=RTOL)
@@ -452,7 +452,7 @@ def test_training_op_by_op_computes_once_a_step(data):
 def test_warnings_op_by_op_are_numpys(data):
     text = 'X = load("X.npy")\nw = [1.0, 0.0, 0.0, 0.0]\nloss = (X.T @@ X).sum + (X @@ w).log.sum\n'
     source, program = open_program(data, text, chunk_rows=50)
-    got = program.gradients(["w"])
+    got = gradients_on(program, ["w"])
     run = NumpyProgram.parse(source, data).run()
     expected = run_gradients(run, ["w"])
     assert np.isnan(got.value) and np.isnan(expected.value)
@@ -493,18 +493,73 @@ def test_local_cluster_runs_check_and_the_fallback(data):
                                        scheduler=cluster.scheduler_address)
         try:
             assert isinstance(program, LazyProgram)
-            assert_same(numpy_gradients(source, data), program.gradients())
+            got = gradients_on(program)
+            assert_same(numpy_gradients(source, data, list(got.gradients)), got)
         finally:
             program.close()
         source, program = open_program(data, PROGRAMS["softmax regression, a pick per row"], chunk_rows=50,
                                        scheduler=cluster.scheduler_address)
         try:
-            from spiread_cli.dask_check import check
-            report = check(program, program.run, None, None, None)
-            expected = check_gradients(NumpyProgram.parse(source, data).run())
+            report = check_gradients(program.run_for(None))
+            expected = check_gradients(NumpyProgram.parse(source, data).run(), list(report.results))
             assert report.ok and {n: r.checked for n, r in report.results.items()} == \
                 {n: r.checked for n, r in expected.results.items()}
-            np.testing.assert_allclose(forward_gradients(program, None).gradients["W"],
+            np.testing.assert_allclose(run_gradients(program.run_for(None), None, "forward").gradients["W"],
                                        numpy_gradients(source, data).gradients["W"], rtol=RTOL)
         finally:
             program.close()
+
+
+@pytest.mark.parametrize("text", [PROGRAMS["least squares, sum over rows(X)"].replace("loss.backward(w)", ""),
+                                  REFUSED_BY_THE_PLAN["a Gram matrix (X.T @@ X)"]])
+def test_default_wrt_leaves_the_row_data_out_and_says_so(text, data):
+    """Without --wrt, `grad` on dask differentiates by what the output
+    depends on but the row data, with a warning naming them; docs/scaling.md's
+    first command works on an ordinary program. The row data alone is
+    refused with a note that says to name a value."""
+    (data / "p.ad").write_text(text)
+    numpy_out = strict_json(spiread("grad", "p.ad", "--format", "json", cwd=data).stdout)
+    out = spiread("grad", "p.ad", "--backend", "dask", "--chunk-rows", "50", "--format", "json", cwd=data)
+    assert out.returncode == 0, out.stderr
+    got = strict_json(out.stdout)
+    assert "X" in numpy_out["gradients"] and set(got["gradients"]) == set(numpy_out["gradients"]) - {"X", "y"}
+    assert_numbers_close(got["gradients"], {n: numpy_out["gradients"][n] for n in got["gradients"]}, "gradients")
+    assert got["warnings"][0]["message"].startswith("the row data `X`")
+    (data / "only.ad").write_text('X = load("X.npy")\nloss = (X * X).sum\n')
+    out = spiread("grad", "only.ad", "--backend", "dask", "--chunk-rows", "50", cwd=data)
+    assert out.returncode == 1
+    assert "nothing to differentiate by: the output `loss` depends only on the row data `X`" in out.stderr
+    assert "note: name a value to differentiate by: `--wrt NAME`" in out.stderr
+
+
+def test_python_api_on_dask_gives_the_command_lines_numbers(data):
+    """`load(path, backend="dask", chunk_rows=…)` is the command line's
+    `--backend dask`: the same numbers for every call (numpy's, rtol 1e-9),
+    and the backend's options refused without it, in Python's words."""
+    import warnings
+    from spiread_cli import load
+    (data / "sm.ad").write_text(PROGRAMS["softmax regression, a pick per row"])
+    path = str(data / "sm.ad")
+    dask = ["--backend", "dask", "--chunk-rows", "50", "--format", "json"]
+    cli = {command[0]: strict_json(spiread(*command, *dask, cwd=data).stdout)
+           for command in (["grad", "sm.ad"], ["hessian", "sm.ad", "--hvp", "b=[1,2,3]"],
+                           ["train", "sm.ad", "--wrt", "W,b", "--optimizer", "newton", "--steps", "3"])}
+    numpy_program = load(path)
+    with load(path, backend="dask", chunk_rows=50) as program, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = program.grad()
+        assert list(got.gradients) == ["W", "b"] == list(cli["grad"]["gradients"])
+        for name, g in got.gradients.items():
+            np.testing.assert_allclose(g, cli["grad"]["gradients"][name]["value"], rtol=1e-9, atol=1e-13)
+            np.testing.assert_allclose(g, numpy_program.grad()[name], rtol=1e-9, atol=1e-13)
+        products = program.hessian(hvp={"b": [1.0, 2.0, 3.0]}).products
+        for name, p in products.items():
+            np.testing.assert_allclose(p, cli["hessian"]["hvp"][name]["value"], rtol=1e-9, atol=1e-13)
+        trained = program.train(wrt=["W", "b"], steps=3, optimizer="newton", progress=False)
+        np.testing.assert_allclose(trained.values["W"], cli["train"]["values"]["W"]["value"], rtol=1e-9)
+        assert program.check().ok
+        assert set(program.eval()) == {"W", "b", "loss"}  # the row data are never gathered
+    with pytest.raises(SpireadError, match=r'`persist=`: an option of `backend="dask"`'):
+        load(path, persist=True)
+    with pytest.raises(SpireadError, match=r'`chunk_rows=0`: a chunk needs at least one row'):
+        load(path, backend="dask", chunk_rows=0)

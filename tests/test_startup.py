@@ -22,7 +22,8 @@ from spiread_cli import syntax
 NOT_AT_START_UP = ["rich", "pydantic", "dask", "distributed", "zarr", "matplotlib", "jsonschema", "lark",
                    "spiread_cli.second", "spiread_cli.explain", "spiread_cli.check", "spiread_cli.train",
                    "spiread_cli.optim", "spiread_cli.rewrite", "spiread_cli.files",
-                   "spiread_cli.dot", "spiread_cli.dask_backend", "spiread_cli.chunks"]
+                   "spiread_cli.dot", "spiread_cli.dask_backend", "spiread_cli.chunk_plan", "spiread_cli.chunk_tasks",
+                   "spiread_cli.row_data", "spiread_cli.row_totals"]
 
 
 def imported_by(*args: str) -> tuple[set[str], subprocess.CompletedProcess]:
