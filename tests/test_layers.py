@@ -62,3 +62,11 @@ def test_no_module_imports_one_that_imports_it_back():
     assert {"ops", "tape", "interpreter", "cli", "dask_backend"} <= set(graph)  # the package was read
     assert "dask_lazy" in graph["dask_backend"]  # function-local imports count
     assert cycle(graph) is None
+
+
+def test_the_design_names_every_module():
+    """docs/design.md's table gives each module of the package its job: a new
+    module gets a row there (`name.py` in backquotes)."""
+    design = (REPO / "docs" / "design.md").read_text("utf-8")
+    unnamed = sorted(path.name for path in PACKAGE.glob("*.py") if f"`{path.name}`" not in design)
+    assert unnamed == []
