@@ -22,7 +22,7 @@ from .limits import check_shape
 from .formatting import format_array
 from .ops import OPS, Op
 from .tape_nodes import Node
-from .values import Arg, Const, Function, Jet, JetDim, Record, Symbol, Text, Unit, jet_text
+from .values import Arg, Const, Function, Jet, JetDim, Record, Symbol, Text, TupleValue, Unit, jet_text
 
 
 
@@ -57,6 +57,9 @@ class Builtin:
     body: Callable
     counts: tuple[int, ...] | range      # how many positional arguments it takes
     keywords: tuple[str, ...] = ()
+    # Takes its pieces one by one, `hstack(a, b)`, or as numpy does, in one
+    # list or tuple, `hstack([a, b])`: the same call.
+    pieces: bool = False
 
 
 def check_arguments(what: str, counts: tuple[int, ...] | range, given: int, at: Span | None,
@@ -198,6 +201,38 @@ def _promoted(self: Elaborator, arg: Arg, shape: tuple, call) -> Arg:
     return Arg(self.apply(OPS["reshape"], [arg], {"shape": shape}, arg.expr.span, arg.expr.span, "reshape"), arg.expr)
 
 
+def _split(self: Elaborator, args, keywords, call):
+    """`split(x, k, axis=0)`: k equal pieces; `split(x, [i, j], axis=0)`: the
+    pieces before i, from i to j and from j, as numpy's split. The pieces
+    are slices (`index`), given back as a tuple: `parts = split(x, 2)`, then
+    `parts[0]`."""
+    x, where = args
+    shape = self.tensor(x).shape
+    axis = self.integer(keywords["axis"], "the axis of `split`") if "axis" in keywords else 0
+    if not 0 <= axis < len(shape):
+        at = keywords["axis"].expr.span if "axis" in keywords else call.span
+        raise SpireadError(f"`split`: `{self.text(x.expr)}` is {shape_str(shape)}, which has no axis {axis}", at,
+                           ["axis 0 splits a matrix's rows (a vector's entries), axis 1 its columns"])
+    n = shape[axis]
+    if len(self.tensor(where).shape) == 0:
+        k = self.integer(where, "the number of pieces of `split`")
+        if k < 1 or n % k:
+            raise SpireadError(f"`split`: {n} {'rows' if axis == 0 and len(shape) == 2 else 'columns' if axis else 'entries'} "
+                               f"do not split into {k} equal pieces", where.expr.span,
+                               ["give the positions to cut at instead, e.g. `split(x, [2, 5])`"])
+        cuts = list(range(n // k, n, n // k))
+    else:
+        # numpy's: a position counts from the end when negative and stops at either end.
+        cuts = [min(max(int(c) + n if c < 0 else int(c), 0), n) for c in self.integers(where, "the positions `split` cuts at")]
+    bounds = [0] + cuts + [n]
+    pieces = []
+    for start, stop in zip(bounds, bounds[1:]):
+        key = (slice(None),) * axis + (slice(start, max(start, stop)),)
+        piece = self.apply(OPS["index"], [x], {"key": key}, call.span, call.at, f"split [{start}:{stop}]")
+        pieces.append(Arg(piece, call))
+    return TupleValue(pieces)
+
+
 def _diagonal(rows: int, cols: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The positions of the k-th diagonal of a rows × cols matrix (above the
     main one for k > 0), as numpy's diagonal takes them."""
@@ -337,11 +372,12 @@ FUNCTIONS: dict[str, Builtin] = {
     "rand": Builtin(_random("rand", "uniform"), (1, 2), ("seed",)),
     "onehot": Builtin(_onehot, (2,)),
     "load": Builtin(_load, (1,)),
-    "hstack": Builtin(_join("hstack"), range(1, 1 << 30)),
-    "vstack": Builtin(_join("vstack"), range(1, 1 << 30)),
-    "concat": Builtin(_join("concat"), range(1, 1 << 30), ("axis",)),
+    "hstack": Builtin(_join("hstack"), range(1, 1 << 30), pieces=True),
+    "vstack": Builtin(_join("vstack"), range(1, 1 << 30), pieces=True),
+    "concat": Builtin(_join("concat"), range(1, 1 << 30), ("axis",), pieces=True),
     "diag": Builtin(_diag, (1, 2)),
     "einsum": Builtin(_einsum, range(2, 1 << 30)),
+    "split": Builtin(_split, (2,), ("axis",)),
     "rows": Builtin(_measure("rows"), (1,)),
     "cols": Builtin(_measure("cols"), (1,)),
     "size": Builtin(_measure("size"), (1,)),

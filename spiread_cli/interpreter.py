@@ -136,7 +136,7 @@ class Interpreter:
             value = arg.value
             if isinstance(value, Const):
                 value = node = self.tape.leaf(value.value, "input", statement.at, name)
-            elif isinstance(value, (Record, Function)):
+            elif isinstance(value, (Record, Function)) or _pieces(value):
                 node = None
             else:
                 self.refuse_unit(arg, f"`{name}`")
@@ -293,6 +293,10 @@ class Interpreter:
                 if isinstance(callee, ast.Name) and isinstance(self.find(callee.id), Function):
                     return "apply", rest                          # `sq(2.0)`: a `def` or a lambda
                 if self.function_name(callee):
+                    function = FUNCTIONS.get(self.function_name(callee))
+                    if function is not None and function.pieces and len(node.args) == 1 and isinstance(
+                            node.args[0], (ast.ListLit, ast.TupleLit)):  # numpy's `hstack([a, b])`: a, b the pieces
+                        rest = node.args[0].items + [k.value for k in node.keywords]
                     return "function", rest                       # `zeros(2)`, `Matrix.fromRows(…)`
                 return "selection", [callee] + rest               # `x(pairs)`, `(x.T)(pairs)`
             case ast.Subscript():
@@ -447,8 +451,12 @@ class Interpreter:
         if isinstance(value, (Node, Const, Jet)):
             return value
         if isinstance(value, TupleValue):
-            if all(isinstance(a.value, Const) and a.value.value.ndim == 0 for a in value.items):
+            if not _pieces(value):
                 return Const(np.array([float(a.value.value) for a in value.items]))
+            if all(isinstance(a.value, (Node, Const)) for a in value.items):
+                text = self.text(arg.expr)
+                raise SpireadError(f"`{text}` holds {len(value.items)} values, not one array", arg.expr.span,
+                                   [f"pick one by its position, e.g. `{self.operand_text(arg.expr)}[0]`"])
             raise SpireadError("a tuple here must hold numbers", arg.expr.span)
         self.refuse_unit(arg, "it")
         text = self.text(arg.expr)
@@ -633,6 +641,8 @@ class Interpreter:
         gradient scatters into zeros (`indexScatter`)."""
         if args and all(isinstance(a.value, (TupleValue, Pairs)) for a in args):
             return self.selection(receiver, args, node, "select")
+        if _pieces(receiver.value):
+            return self.piece(receiver, args, node)
         shape = self.tensor(receiver).shape
         hint = ["is a `,` missing between two rows? Without it, a `[...]` right after a list picks entries from it"] \
             if isinstance(receiver.expr, (ast.ListLit, ast.NumberArray)) else []
@@ -655,6 +665,19 @@ class Interpreter:
             key.append(k)
         key = tuple(key)
         return self.apply(OPS["index"], [receiver], {"key": key}, node.span, node.at, f"[{key_text(key)}]")
+
+    def piece(self, receiver: Arg, args: list[Arg], node: ast.Subscript):
+        """`parts[i]`: one of the values a tuple holds (`split`'s pieces)."""
+        items = receiver.value.items
+        if len(args) != 1 or isinstance(args[0].value, SliceValue):
+            raise SpireadError(f"`{self.text(receiver.expr)}` holds {len(items)} values: pick one by its position, "
+                               f"e.g. `{self.text(receiver.expr)}[0]`", node.span)
+        i = self.integer(args[0], "a position")
+        if not -len(items) <= i < len(items):
+            raise SpireadError(f"index {i} is out of range for `{self.text(receiver.expr)}`, which holds "
+                               f"{len(items)} values", node.span,
+                               [f"positions count from 0, so the last is {len(items) - 1}"])
+        return items[i].value
 
     def slice_of(self, arg: Arg, shape: tuple, axis: int, receiver: Arg) -> slice:
         """numpy's slice from `a:b:k`: its parts whole numbers and its step
@@ -767,6 +790,12 @@ class Interpreter:
         if all(isinstance(a.value, TupleValue) for a in items):
             return self.tuples_to_pairs(items)
         return self.apply(OPS["stack"], items, {"axis": 0}, node.span, node.at, "stack")
+
+
+def _pieces(value) -> bool:
+    """A tuple of values that is not a list of numbers: `split`'s pieces."""
+    return isinstance(value, TupleValue) and not all(
+        isinstance(a.value, Const) and a.value.value.ndim == 0 for a in value.items)
 
 
 def _is_backward(expr) -> bool:

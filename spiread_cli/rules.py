@@ -336,6 +336,12 @@ class Printer:
             args.append("index")
         elif name == "exclusiveProducts":
             args.append(f"over {params['over']}")
+        elif name == "einsum":
+            args.insert(0, f'"{params["spec"]}"')
+        elif name == "concat":
+            args.append(f"axis={params['axis']}")
+        elif name == "rowCumsum" and params.get("reverse"):
+            args.append("from the end")
         return f"{name}({', '.join(args)})", 4
 
     @staticmethod

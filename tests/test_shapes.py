@@ -30,6 +30,15 @@ def assert_gradients_agree(text: str, names: list[str]) -> None:
                                        err_msg=f"{mode} ∂/∂{name}\n{text}")
 
 
+def assert_located_error(text: str, message: str, line: int, column: int) -> None:
+    """Running `text` fails with an error that starts with `message`, at line:column."""
+    with pytest.raises(SpireadError) as error:
+        run(text)
+    diagnostic = error.value.diagnostic
+    assert diagnostic.message.startswith(message), diagnostic.message
+    assert (diagnostic.span.line, diagnostic.span.column) == (line, column)
+
+
 def weighted(expr: str, shape) -> str:
     """A scalar that weighs each entry of `expr` differently."""
     if 0 in shape:  # no entries to weigh
@@ -132,11 +141,7 @@ BAD_SLICES = [  # (program, message, column of the caret)
 
 @pytest.mark.parametrize("text, message, column", BAD_SLICES, ids=[t.split("\n")[1] for t, _, _ in BAD_SLICES])
 def test_an_ill_formed_slice_is_a_located_error(text, message, column):
-    with pytest.raises(SpireadError) as error:
-        run(text)
-    diagnostic = error.value.diagnostic
-    assert diagnostic.message.startswith(message), diagnostic.message
-    assert (diagnostic.span.line, diagnostic.span.column) == (2, column)
+    assert_located_error(text, message, 2, column)
 
 
 PAST_THE_ENDS = [  # (program, numpy's value, the warning, its column)
@@ -178,6 +183,9 @@ WORDS = [  # (expression, numpy's value, the names it reads)
     ("hstack(u, 2.5, v)", lambda: np.hstack([U, 2.5, V]), ["u", "v"]),
     ("vstack(X, u, B.T)", lambda: np.vstack([X, U, B.T]), ["X", "u", "B"]), ("vstack(u, u * 2)", lambda: np.vstack([U, U * 2]), ["u"]),
     ("concat(v, u)", lambda: np.concatenate([V, U]), ["v", "u"]),
+    # numpy's spelling, the pieces in one list or tuple
+    ("hstack([v, u])", lambda: np.hstack([V, U]), ["v", "u"]), ("vstack((u, u * 2))", lambda: np.vstack((U, U * 2)), ["u"]),
+    ("concat([A, B], axis=1)", lambda: np.concatenate([A, B], axis=1), ["A", "B"]),
     ("concat(A, B, axis=1)", lambda: np.concatenate([A, B], axis=1), ["A", "B"]),
     ("concat(X, A, axis=0)", lambda: np.concatenate([X, A], axis=0), ["X", "A"]),
     ("diag(u)", lambda: np.diag(U), ["u"]), ("diag(u, 1)", lambda: np.diag(U, 1), ["u"]), ("u.diag(-2)", lambda: np.diag(U, -2), ["u"]),
@@ -247,11 +255,7 @@ BAD_WORDS = [  # (expression, the start of the message, the column it points at)
 
 @pytest.mark.parametrize("expr, message, column", BAD_WORDS, ids=[w[0] for w in BAD_WORDS])
 def test_shape_words_refuse_what_does_not_fit_with_a_located_error(expr, message, column):
-    with pytest.raises(SpireadError) as error:
-        run(f"{SETUP}{expr}")
-    diagnostic = error.value.diagnostic
-    assert diagnostic.message.startswith(message), diagnostic.message
-    assert (diagnostic.span.line, diagnostic.span.column) == (6, column)
+    assert_located_error(f"{SETUP}{expr}", message, 6, column)
 
 
 def test_no_shape_word_has_a_kink():
@@ -260,3 +264,40 @@ def test_no_shape_word_has_a_kink():
     assert {node.op.name for node in r.tape.nodes if node.op} >= {"reshape", "concat", "arrange", "scatterPairs",
                                                                    "select", "rowCumsum", "einsum", "sum"}
     assert all(node.op.kink is None for node in r.tape.nodes if node.op)
+
+
+# ------------------------------------------------------------------- split
+
+SPLITS = [  # (the call, numpy's pieces)
+    ("split(v, 5)", lambda: np.split(V, 5)), ("split(v, [2])", lambda: np.split(V, [2])),
+    ("split(v, [1, 3])", lambda: np.split(V, [1, 3])), ("split(v, [-2])", lambda: np.split(V, [-2])),
+    ("split(X, 2)", lambda: np.split(X, 2)), ("split(X, 3, axis=1)", lambda: np.split(X, 3, axis=1)),
+    ("split(X, [1], axis=1)", lambda: np.split(X, [1], axis=1)), ("split(X, [3, 9])", lambda: np.split(X, [3, 9])),
+]
+
+
+@pytest.mark.parametrize("call, expected", SPLITS, ids=[c for c, _ in SPLITS])
+def test_split_gives_numpys_pieces_and_each_differentiates(call, expected):
+    pieces = expected()
+    for i, piece in enumerate(pieces):
+        np.testing.assert_array_equal(value(f"{SETUP}parts = {call}\nparts[{i}]"), piece)
+        np.testing.assert_array_equal(value(f"{SETUP}{call}[{i - len(pieces)}]"), piece)
+    name = call[6]
+    used = [i for i, p in enumerate(pieces) if p.size]
+    text = f"{SETUP}parts = {call}\nloss = " + " + ".join(weighted(f"parts[{i}]", pieces[i].shape) for i in used)
+    assert_gradients_agree(text, [name])
+
+
+BAD_SPLITS = [
+    ("split(v, 2)", "`split`: 5 entries do not split into 2 equal pieces", 10),
+    ("split(X, 2, axis=2)", "`split`: `X` is 4×3, which has no axis 2", 18),
+    ("split(2.0, 1)", "`split`: `2.0` is a scalar, which has no axis 0", 1),
+    ("split(v, 5)[5]", "index 5 is out of range for `split(v, 5)`, which holds 5 values", 1),
+    ("split(v, 5)[1:]", "`split(v, 5)` holds 5 values: pick one by its position", 1),
+    ("split(v, 5) + 1", "`split(v, 5)` holds 5 values, not one array", 1),
+]
+
+
+@pytest.mark.parametrize("expr, message, column", BAD_SPLITS, ids=[b[0] for b in BAD_SPLITS])
+def test_a_split_that_does_not_fit_is_a_located_error(expr, message, column):
+    assert_located_error(f"{SETUP}{expr}", message, 6, column)
