@@ -493,7 +493,7 @@ def _acts_entrywise(nodes: list[Node], x: Node, mark: int, y) -> bool:
     for node in nodes[mark:]:
         if not any(i in from_x for i in node.inputs):
             continue  # the same for every entry (`k * 2` of a `k` outside f)
-        if node.op.structure != "elementwise" or node.shape != x.shape:
+        if node.op.structure.kind != "elementwise" or node.shape != x.shape:
             return False
         if any(i not in from_x and nodes[i].shape != () for i in node.inputs):
             return False

@@ -299,8 +299,8 @@ def _row_local(node, row_in: list[bool], row_params: list[str]) -> bool:
     operands only (and on other values whole): the op's own facts."""
     op = node.op
     if op.row_wise and node.value.ndim == 1:  # a vector is one row to a normalisation: only elementwise ops
-        return op.structure == "elementwise"
-    if op.row_wise or op.structure == "elementwise":
+        return op.structure.kind == "elementwise"
+    if op.row_wise or op.structure.kind == "elementwise":
         return True
     return op.on_rows is not None and op.on_rows(row_in, row_params, **node.params)
 

@@ -84,16 +84,67 @@ def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOp
                 text=text, debug=debug, outputs=[Output("--out", out, (".dot", ".gv"))], stdout_is_data=True)
 
 
+SparseOpt = Annotated[bool, typer.Option(
+    "--sparse", help="Find every nonzero from one sweep per colour of the exact sparsity pattern (needs scipy: "
+                     "pip install \".[sparse]\"); JSON gives COO triples and the sweeps.")]
+PatternOpt = Annotated[bool, typer.Option(
+    "--pattern", help="Print the exact sparsity pattern, read from the program without computing a derivative: "
+                      "counts, density, the sweeps --sparse takes, and a picture (needs scipy).")]
+SparseOutOpt = Annotated[Optional[Path], typer.Option(
+    "--out", metavar="PATH.npz", help="With --sparse or --pattern: write the matrix as the .npz that "
+                                      "scipy.sparse.load_npz reads (whole or not at all).")]
+SpyPlotOpt = Annotated[Optional[Path], typer.Option(
+    "--plot", metavar="PATH.png", help="With --sparse or --pattern: draw the pattern as a spy plot (needs matplotlib).")]
+
+
+def sparse_options(sparse: bool, pattern: bool, out: Path | None, plot: Path | None, conflicts: dict) -> None:
+    """Usage errors of --sparse, --pattern, --out and --plot, before any work:
+    `conflicts` names the options they cannot go with (and whether given)."""
+    from . import files
+    from .diagnostics import usage_error
+    chosen = "--sparse" if sparse else "--pattern" if pattern else None
+    if sparse and pattern:
+        raise usage_error("`--sparse` and `--pattern` are different results: the sparse matrix, or only where it "
+                          "is nonzero", ["give one of them"])
+    for option_name, given in conflicts.items():
+        if given and chosen:
+            raise usage_error(f"`{chosen}` and `{option_name}` cannot go together")
+    for option_name, given in (("--out", out), ("--plot", plot)):
+        if given is not None and chosen is None:
+            raise usage_error(f"`{option_name}` writes a sparse result", ["add `--sparse` or `--pattern`"])
+    if chosen and not files.installed("scipy"):
+        raise usage_error(f"`{chosen}` needs scipy, which is not installed",
+                          ['pip install scipy (or pip install ".[sparse]" in spiread\'s checkout)'])
+    if plot is not None and not files.installed("matplotlib"):
+        raise usage_error("`--plot` needs matplotlib, which is not installed",
+                          ['pip install matplotlib (or pip install ".[plot]" in spiread\'s checkout)'])
+
+
+def write_sparse_files(matrix, out: Path | None, plot: Path | None, title: str) -> None:
+    from . import files
+    if out is not None:
+        files.save_sparse(out, matrix)
+    if plot is not None:
+        files.plot_pattern(plot, matrix, title)
+
+
+def sparse_outputs(out: Path | None, plot: Path | None) -> list:
+    from .files import Output
+    return [Output("--out", out, (".npz",)), Output("--plot", plot, (".png", ".svg", ".pdf"))]
+
+
 @app.command("hessian")
 def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                     hvp: Annotated[Optional[list[str]], typer.Option(
                         "--hvp", metavar="NAME=V", help="Give H·v instead of H, without forming H: the direction "
                                                         "for NAME, in any --set form (repeatable; names not given are "
                                                         "zero).")] = None,
-                    set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
-                    backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None,
+                    sparse: SparseOpt = False, pattern: PatternOpt = False, out: SparseOutOpt = None,
+                    plot: SpyPlotOpt = None, set_: SetOpt = None, fmt: FormatOpt = Format.text,
+                    strict: StrictOpt = False, backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None,
                     chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False, debug: DebugOpt = False):
-    """Exact second derivatives of the scalar output: every block ∂²out/∂A∂B, or H·v with --hvp."""
+    """Exact second derivatives of the scalar output: every block ∂²out/∂A∂B, or H·v with --hvp, or the sparse
+    Hessian with --sparse, or its sparsity pattern with --pattern."""
     from . import second
     from .output import hessian_document, hessian_text
     from .set_options import parse_overrides
@@ -102,13 +153,19 @@ def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     def compute(s, run):
         if hvp:
             return second.hvp(run, parse_overrides(hvp, base_dir_of(run.source), "--hvp", run.bindings), wrt)
+        if pattern or sparse:
+            result = (second.hessian_pattern if pattern else second.sparse_hessian)(run, wrt)
+            write_sparse_files(result.pattern if pattern else result.matrix, out, plot,
+                               f"∂²{run.output_name}/∂({', '.join(result.names)})²")
+            return result
         return second.hessian(run, wrt)
 
     # on dask, the driver differentiates by the directions' names too
     directions = [text.partition("=")[0] for text in hvp or [] if "=" in text]
     run_command(file, set_, of, command="hessian", compute=compute, document=lambda run, result: hessian_document(result),
                 text=hessian_text, fmt=fmt, strict=strict, debug=debug, backend=(backend, scheduler, chunk_rows, persist),
-                wrt=[*wrt, *directions] if wrt and directions else wrt)
+                wrt=[*wrt, *directions] if wrt and directions else wrt, outputs=sparse_outputs(out, plot),
+                prepare=lambda: sparse_options(sparse, pattern, out, plot, {"--hvp": bool(hvp)}))
 
 
 @app.command("jacobian")

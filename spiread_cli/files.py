@@ -326,3 +326,29 @@ def plot_losses(path: Path, losses: list[float], title: str) -> None:
     axes.grid(alpha=0.3)
     with atomic_output(path) as f:
         figure.savefig(f, format="png")
+
+
+# --------------------------------------------------- sparse derivatives
+
+
+def save_sparse(path: Path, matrix) -> None:
+    """A sparse Jacobian or Hessian (or a pattern) as the `.npz` that
+    `scipy.sparse.load_npz` reads."""
+    import scipy.sparse as sp
+    with atomic_output(path) as f:
+        sp.save_npz(f, sp.csr_matrix(matrix))
+
+
+def plot_pattern(path: Path, pattern, title: str) -> None:
+    """A spy plot of a sparsity pattern (needs the optional `plot` extra: matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(5, 5), dpi=100, layout="constrained")
+    axes = figure.subplots()
+    m, n = pattern.shape
+    marker = max(0.5, min(6.0, 300.0 / max(m, n, 1)))
+    axes.spy(pattern, markersize=marker, color="#1f77b4")
+    axes.set_title(f"{title}: {pattern.nnz} nonzeros of {m}×{n}", fontsize=10, parse_math=False)
+    with atomic_output(path) as f:
+        figure.savefig(f, format=path.suffix.lstrip(".").lower() if path.suffix else "png")

@@ -58,6 +58,11 @@ from typing import Callable
 import numpy as np
 
 from .rules import IMPLS, OPS, compiled_jvp, compiled_vjp, without_residual
+from .structure import (COPIES, LINEAR_SUMS, MAX_LISTED_PAIRS, SUMS, Entries, Links, Structure, named, rows, whole,
+                        within_groups)
+from .structure import elementwise as elementwise_structure
+
+WHOLE = whole()
 
 
 class ShapeError(Exception):
@@ -73,14 +78,6 @@ class FastPath:
     benchmark: str
     vjp: Callable | None = None
     jvp: Callable | None = None
-
-
-# How an op's entries depend on its operands' (for forward mode's batching
-# and the coming sparsity patterns): each entry on the same entry of each
-# operand, broadcast ("elementwise"); on its own row ("rows"); on everything
-# ("dense"); or an entry picked, placed or summed by positions fixed with the
-# tape ("selection").
-STRUCTURES = ("elementwise", "rows", "dense", "selection")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +127,10 @@ class Op:
     # Acts on each row of a matrix on its own, so it commutes with a row
     # gather (spiread_cli/rewrite.py hoists it before one).
     row_wise: bool = False
-    structure: str = "dense"
+    # How its entries depend on its operands' (spiread_cli/structure.py):
+    # the kind forward mode's batching and the row chunks read, and the exact
+    # first- and second-order rules sparsity patterns are read from.
+    structure: Structure = WHOLE
     # batched(args, which, **params): the value when the operands marked in
     # `which` carry a leading batch axis; for the linear ops forward mode
     # applies to tangents. Without it, an elementwise op broadcasts and any
@@ -162,10 +162,11 @@ METHODS: dict[str, Op] = {}
 
 
 def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callable, *, methods=None, params=(),
-          arity: int = 1, kink=None, row_wise: bool = False, structure: str = "dense", batched=None,
+          arity: int = 1, kink=None, row_wise: bool = False, structure: Structure | str = "dense", batched=None,
           fast: FastPath | None = None, fwd: Callable | None = None, export: Export | None = None,
           on_rows: Callable | None = None) -> Op:
-    assert structure in STRUCTURES, structure
+    if isinstance(structure, str):
+        structure = named(structure)
     vjp, jvp, batched_vjp = compiled_vjp(derivative), compiled_jvp(derivative), compiled_vjp(derivative, batched=True)
     if fwd is not None:  # impl is fwd's value; the fast rules get a residual whoever calls them
         impl, vjp, jvp = _value_of(fwd), without_residual(vjp), without_residual(jvp)
@@ -297,16 +298,17 @@ def batch_rows(t: np.ndarray) -> np.ndarray:
 
 
 def elementwise(name: str, f: Callable, dgraph: Callable, export: Export, kink: Callable | None = None,
-                bounded: bool = False, fast: FastPath | None = None) -> Op:
+                bounded: bool = False, fast: FastPath | None = None, linear: bool = False) -> Op:
     """A unary elementwise op from its function and its derivative as table
     ops, dgraph(x, out, emit) -> value (or a constant factor): the statement
     is g · dgraph. `bounded`: the derivative is finite at every input, ±inf
     included, so a zero (co)tangent needs no guard and the product is a
-    plain one (`mul`, else `scale`)."""
+    plain one (`mul`, else `scale`). `linear`: linear, or linear on each
+    side of a kink, so its second derivative is 0 (its sparsity structure)."""
     def derivative(i, g, out, x, emit):
         return times_graph(emit, g, dgraph(x, out, emit), not bounded)
-    return defop(name, f, same_shape, derivative, kink=kink, row_wise=True, structure="elementwise", fast=fast,
-                 export=export)
+    return defop(name, f, same_shape, derivative, kink=kink, row_wise=True, fast=fast, export=export,
+                 structure=elementwise_structure(couples=() if linear else ((0, 0),)))
 
 
 # Below this many entries writing in place saves nothing measurable, and
@@ -390,26 +392,26 @@ elementwise("cosh", np.cosh, lambda x, out, e: e("sinh", [x]),
             Export("xp.cosh({0})", lambda b, x: b("Mul", [b("Add", [b("Exp", [x]), b("Exp", [b("Neg", [x])])]),
                                                           b.const(0.5)])))
 elementwise("sqrt", np.sqrt, lambda x, out, e: e("div", [e.const(0.5), out]), _unary("sqrt"))
-elementwise("abs", np.abs, lambda x, out, e: e("sign", [x]), _unary("abs"), kink=lambda x: x == 0, bounded=True)
+elementwise("abs", np.abs, lambda x, out, e: e("sign", [x]), _unary("abs"), kink=lambda x: x == 0, bounded=True, linear=True)
 elementwise("square", np.square, lambda x, out, e: e("mul", [e.const(2.0), x]),
             Export("xp.square({0})", lambda b, x: b("Mul", [x, x])))
 elementwise("sigmoid", _sigmoid, lambda x, out, e: e("mul", [out, e("sub", [_one(e), out])]),
             Export("_sigmoid({0})", _onnx_sigmoid), bounded=True)
 elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out, e: e("indicator", [x], relation=">", t=0.0),
             Export("xp.clip({0}, min=0.0)", lambda b, x: b("Max", [x, b.const(0.0)])),
-            kink=lambda x: x == 0, bounded=True)
+            kink=lambda x: x == 0, bounded=True, linear=True)
 elementwise("log1p", np.log1p, lambda x, out, e: e("div", [_one(e), e("add", [_one(e), x])]),
             Export("xp.log1p({0})", _onnx_log1p))
-elementwise("neg", np.negative, lambda x, out, e: -1.0, Export("-{0}", "Neg"))
+elementwise("neg", np.negative, lambda x, out, e: -1.0, Export("-{0}", "Neg"), linear=True)
 # clamps: the gradient passes where the bound is not active, and at the bound
 # itself, as torch.clamp does.
 defop("clampMin", lambda x, t: np.maximum(x, t), same_shape,
       lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x], relation=">=", t=t)]),
-      params=("t",), kink=lambda x, t: x == t, structure="elementwise",
+      params=("t",), kink=lambda x, t: x == t, structure=elementwise_structure(couples=()),
       export=Export("xp.clip({0}, min={t})", lambda b, x, t: b("Max", [x, b.const(t)])))
 defop("clampMax", lambda x, t: np.minimum(x, t), same_shape,
       lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x], relation="<=", t=t)]),
-      params=("t",), kink=lambda x, t: x == t, structure="elementwise",
+      params=("t",), kink=lambda x, t: x == t, structure=elementwise_structure(couples=()),
       export=Export("xp.clip({0}, max={t})", lambda b, x, t: b("Min", [x, b.const(t)])))
 
 
@@ -425,29 +427,31 @@ def _flat(i, g, out, x, emit):
     return None
 
 
-defop("sign", np.sign, same_shape, _flat, methods=(), kink=lambda x: x == 0, structure="elementwise",
+FLAT = elementwise_structure(flat=True)
+defop("sign", np.sign, same_shape, _flat, methods=(), kink=lambda x: x == 0, structure=FLAT,
       export=_unary("sign"))
 defop("indicator", lambda x, relation, t: _RELATIONS[relation](x, t).astype(np.float64), same_shape,
       lambda i, g, out, x, emit, relation, t: None, methods=(), kink=lambda x, relation, t: x == t,
-      structure="elementwise",
+      structure=FLAT,
       export=Export(lambda w, x, relation, t: f"xp.astype({x} {relation} {w.literal(t)}, xp.float64)",
                     lambda b, x, relation, t: b("Cast", [b(_ONNX_RELATIONS[relation], [x, b.const(t)])],
                                                 to=b.FLOAT64)))
 # `x.value`: x without its history. Its value is x, its derivative 0.
-defop("stopGradient", lambda x: _copied(x), same_shape, _flat, methods=(), structure="elementwise",
+defop("stopGradient", lambda x: _copied(x), same_shape, _flat, methods=(), structure=FLAT,
       export=Export("{0}", "Identity"))
 
 
-def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], export: Export, methods=(),
-                 guarded: bool = True) -> Op:
+def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], export: Export, couples: tuple,
+                 methods=(), guarded: bool = True, vanishes_with: tuple[int | None, int | None] | None = None) -> Op:
     """A broadcasting binary op from its function and its partial derivative
     with respect to each operand as table ops, partials[i](out, a, b, emit)
     (or a constant factor): the statement is g · partial, summed to the
-    operand's shape. `guarded`: see times_graph."""
+    operand's shape. `guarded`: see times_graph. `couples` and
+    `vanishes_with`: its sparsity structure (structure.elementwise)."""
     def derivative(i, g, out, a, b, emit):
         return sum_to_graph(emit, times_graph(emit, g, partials[i](out, a, b, emit), guarded), emit.shape((a, b)[i]))
-    return defop(name, f, broadcast_shape, derivative, methods=methods, arity=2, structure="elementwise",
-                 export=export)
+    return defop(name, f, broadcast_shape, derivative, methods=methods, arity=2, export=export,
+                 structure=elementwise_structure(couples, vanishes_with=vanishes_with))
 
 
 def sum_to_graph(emit, g, shape: tuple):
@@ -463,19 +467,20 @@ def _pow_exponent(out, a, b, e):
     return e("scale", [e("sub", [_one(e), held]), e("mul", [out, e("log", [a])])])
 
 
-elementwise2("add", np.add, (lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0), Export("{0} + {1}", "Add", True))
+elementwise2("add", np.add, (lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0), Export("{0} + {1}", "Add", True), couples=())
 elementwise2("sub", np.subtract, (lambda out, a, b, e: 1.0, lambda out, a, b, e: -1.0),
-             Export("{0} - {1}", "Sub", True))
-elementwise2("mul", np.multiply, (lambda out, a, b, e: b, lambda out, a, b, e: a), Export("{0} * {1}", "Mul", True))
+             Export("{0} - {1}", "Sub", True), couples=())
+elementwise2("mul", np.multiply, (lambda out, a, b, e: b, lambda out, a, b, e: a), Export("{0} * {1}", "Mul", True), couples=((0, 1),), vanishes_with=(1, 0))
 elementwise2("div", np.divide, (lambda out, a, b, e: e("div", [_one(e), b]),
                                 lambda out, a, b, e: e("div", [e("neg", [a]), e("mul", [b, b])])),
-             Export("{0} / {1}", "Div", True), methods=("div",))
+             Export("{0} / {1}", "Div", True), methods=("div",), couples=((0, 1), (1, 1)), vanishes_with=(None, 0))
 # The partials of a**b follow PyTorch's autograd (pow_backward_self and
 # pow_backward_exponent) at every input, 0, negative and non-finite ones
 # included: d/da is 0 wherever b == 0 (a**0 is 1 for every a, so the 0 · a**-1
 # the formula gives at a = 0 is no nan: `scale` by b); d/db as _pow_exponent.
 elementwise2("pow", np.power, (lambda out, a, b, e: e("scale", [b, e("pow", [a, e("sub", [b, _one(e)])])]),
-                               _pow_exponent), Export("{0} ** {1}", "Pow", True), methods=("pow",))
+                               _pow_exponent), Export("{0} ** {1}", "Pow", True), methods=("pow",),
+             couples=((0, 0), (0, 1), (1, 1)), vanishes_with=(1, None))
 def _plain_product(w, t, d) -> bool:
     """`scale` is a plain product when its guard cannot apply: d is a finite
     constant, or t a constant without zeros (w: an exporter, ops.Export)."""
@@ -489,7 +494,7 @@ def _plain_product(w, t, d) -> bool:
 defop("scale", scale, broadcast_shape,
       lambda i, g, out, t, d, emit: sum_to_graph(emit, emit("scale", [g, d]) if i == 0 else emit("scale", [t, g]),
                                                  emit.shape((t, d)[i])),
-      methods=(), arity=2, structure="elementwise",
+      methods=(), arity=2, structure=elementwise_structure(((0, 1),), vanishes_with=(1, 0)),
       export=Export(lambda w, t, d: f"{t} * {d}" if _plain_product(w, t, d) else f"_scale({t}, {d})",
                     lambda b, t, d: b("Mul", [t, d]) if _plain_product(b, t, d) else
                     b("Where", [b("Equal", [t, b.const(0.0)]), b.const(0.0), b("Mul", [t, d])]), True))
@@ -596,9 +601,51 @@ def _onnx_matmul(b, x, y):
     return b("Reshape", [product, b.ints(_matmul_shape(sx, sy))])
 
 
+def _matrix_sizes(e: Entries) -> tuple[int, int, int]:
+    """A product's r × k by k × c, vectors promoted as numpy.matmul does."""
+    sa, sb = e.shapes
+    return (sa[0] if len(sa) == 2 else 1), sa[-1], (sb[1] if len(sb) == 2 else 1)
+
+
+def _matmul_first(i: int, e: Entries) -> Links:
+    """out[p, q] depends on a[p, t] where b[t, q] may be nonzero, and on
+    b[t, q] where a[p, t] may be: a constant's zeros are structural. Every
+    entry of a row of a (a column of b) when the other has no zeros."""
+    r, k, c = _matrix_sizes(e)
+    other = e.nonzero(1 - i)
+    out = np.arange(r * c)
+    if other.all():
+        if i == 0:
+            return Links.grouped((r * c, r * k), out // c, np.arange(r * k) // max(k, 1), r)
+        return Links.grouped((r * c, k * c), out % max(c, 1), np.arange(k * c) % max(c, 1), c)
+    if i == 0:
+        t, q = np.nonzero(other.reshape(k, c))
+        p = np.repeat(np.arange(r), len(t))
+        return Links.pairs((r * c, r * k), p * c + np.tile(q, r), p * k + np.tile(t, r))
+    p, t = np.nonzero(other.reshape(r, k))
+    q = np.repeat(np.arange(c), len(p))
+    return Links.pairs((r * c, k * c), np.tile(p, c) * c + q, np.tile(t, c) * c + q)
+
+
+def _matmul_second(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
+    """Bilinear: a[p, t] meets b[t, q] for each out[p, q] with an adjoint."""
+    if (i, j) != (0, 1):
+        return None
+    r, k, c = _matrix_sizes(e)
+    p, q = np.divmod(np.flatnonzero(adj), max(c, 1))
+    if len(p) * k > MAX_LISTED_PAIRS:  # every row of a met with every column of b: conservative
+        rows_a, cols_b = np.zeros(r, bool), np.zeros(c, bool)
+        rows_a[p], cols_b[q] = True, True
+        return Links.grouped((r * k, k * c), np.where(np.repeat(rows_a, k), 0, -1), np.where(np.tile(cols_b, k), 0, -1), 1)
+    t = np.tile(np.arange(k), len(p))
+    p, q = np.repeat(p, k), np.repeat(q, k)
+    return Links.pairs((r * k, k * c), p * k + t, t * c + q)
+
+
 defop("matmul", _product, _matmul_shape, _matmul_derivative, methods=("matmul", "dot"), arity=2,
       batched=_matmul_batched, fast=FastPath("mlp", vjp=_matmul_vjp), export=Export("{0} @ {1}", _onnx_matmul),
-      on_rows=lambda row_in, row_params, **_: row_in == [True, False])
+      on_rows=lambda row_in, row_params, **_: row_in == [True, False],
+      structure=Structure("dense", _matmul_first, _matmul_second))
 
 
 def _transpose_shape(s, **_):
@@ -609,7 +656,7 @@ defop("transpose", lambda x: x.T, _transpose_shape, lambda i, g, out, x, emit: e
       methods=("T", "transpose"),
       batched=lambda args, which: np.swapaxes(args[0], -1, -2) if args[0].ndim == 3 else args[0],
       export=Export(lambda w, x: f"{x}.T" if len(w.shape(x)) == 2 else x,
-                    lambda b, x: b("Transpose", [x]) if len(b.shape(x)) == 2 else b("Identity", [x])))
+                    lambda b, x: b("Transpose", [x]) if len(b.shape(x)) == 2 else b("Identity", [x])), structure=COPIES)
 
 
 # --------------------------------------------------------------- reductions
@@ -665,25 +712,25 @@ def _reduce(function: str, operator: str, axis: int | None = None, divide: bool 
 
 defop("sum", lambda x: np.sum(x), scalar_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)),
-      batched=lambda args, which: batch_sum(args[0]), export=_reduce("sum", "ReduceSum"))
+      batched=lambda args, which: batch_sum(args[0]), export=_reduce("sum", "ReduceSum"), structure=whole(second=None))
 defop("mean", lambda x: np.sum(x) / x.size, scalar_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [_divide_by_count(emit, g, x, None)], shape=emit.shape(x)),
-      export=_reduce("sum", "ReduceSum", divide=True))
+      export=_reduce("sum", "ReduceSum", divide=True), structure=whole(second=None))
 defop("product", lambda x: np.prod(x), scalar_shape,
       lambda i, g, out, x, emit: emit("mul", [g, emit("exclusiveProducts", [x], over="all")]),
-      export=_reduce("prod", "ReduceProd"))
+      export=_reduce("prod", "ReduceProd"), structure=whole(second="off-diagonal"))
 defop("rowSum", lambda x: x.sum(axis=1), _rows_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [_per_row_graph(emit, g, x)], shape=emit.shape(x)),
-      methods=(), structure="rows", export=_reduce("sum", "ReduceSum", 1),
+      methods=(), structure=rows(second=None), export=_reduce("sum", "ReduceSum", 1),
       on_rows=_each_row)
 defop("rowMean", lambda x: x.sum(axis=1) / x.shape[1], _rows_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [_per_row_graph(emit, _divide_by_count(emit, g, x, 1), x)],
                                       shape=emit.shape(x)),
-      methods=(), structure="rows", export=_reduce("sum", "ReduceSum", 1, divide=True),
+      methods=(), structure=rows(second=None), export=_reduce("sum", "ReduceSum", 1, divide=True),
       on_rows=_each_row)
 defop("rowProduct", lambda x: x.prod(axis=1), _rows_shape,
       lambda i, g, out, x, emit: emit("mul", [_per_row_graph(emit, g, x), emit("exclusiveProducts", [x], over="rows")]),
-      methods=(), structure="rows", export=_reduce("prod", "ReduceProd", 1),
+      methods=(), structure=rows(second="off-diagonal"), export=_reduce("prod", "ReduceProd", 1),
       on_rows=_each_row)
 
 
@@ -701,10 +748,20 @@ def _running_shape(s, reverse=False):
     return s
 
 
+def _running_first(i: int, e: Entries) -> Links:
+    """Entry j of a row on entries 0..j of it (j..end, reversed)."""
+    group, count = (np.arange(e.size(0)) // max(e.shapes[0][-1], 1)), math.prod(e.shapes[0][:-1])
+    position = np.arange(e.size(0)) % max(e.shapes[0][-1], 1)
+    reverse = e.params.get("reverse", False)
+    pairs = within_groups(e.size(0), group, count, diagonal=True,
+                          keep=lambda a, b: position[b] >= position[a] if reverse else position[b] <= position[a])
+    return pairs
+
+
 # `X.rowCumsum`; `x.cumsum` is it on the entries flattened, as numpy's cumsum.
 defop("rowCumsum", _row_cumsum, _running_shape,
       lambda i, g, out, x, emit, reverse=False: emit("rowCumsum", [g], reverse=not reverse),
-      row_wise=True, structure="rows", batched=lambda args, which, reverse=False: _row_cumsum(args[0], reverse),
+      row_wise=True, structure=Structure("rows", _running_first, lambda i, j, e, adj: None), batched=lambda args, which, reverse=False: _row_cumsum(args[0], reverse),
       export=Export(lambda w, x, reverse=False: f"_row_cumsum({x}, {reverse})",
                     lambda b, x, reverse=False: b("CumSum", [x, b.const(np.array(-1))], reverse=int(reverse))))
 
@@ -788,7 +845,50 @@ def _einsum_batched(args, which, spec):
     return _lazy_einsum(batched, args) if any(is_lazy(x) for x in args) else np.einsum(batched, *args)
 
 
+def _einsum_links(e: Entries, i: int, j: int | None = None, adj: np.ndarray | None = None) -> Links | None:
+    """Every assignment of the letters, where the other operands' entries
+    may be nonzero: out entry with operand i's entry (first order), or
+    operand i's entry with operand j's where the out entry has an adjoint
+    (second order: multilinear, so only different operands meet). None
+    when there are more assignments than MAX_LISTED_PAIRS."""
+    inputs, output = _einsum_parts(e.params["spec"])
+    size: dict[str, int] = {}
+    for letters, shape in zip(inputs, e.shapes):
+        size.update(zip(letters, shape))
+    names = sorted(size)
+    if math.prod(size[n] for n in names) > MAX_LISTED_PAIRS:
+        return None
+    grid = dict(zip(names, np.indices([size[n] for n in names]).reshape(len(names), -1)))
+    total = math.prod(size[n] for n in names)
+
+    def flat(letters: str, shape: tuple) -> np.ndarray:
+        return (np.ravel_multi_index([grid[n] for n in letters], shape) if letters
+                else np.zeros(total, dtype=np.int64))
+
+    keep = np.ones(total, dtype=bool)
+    for k, (letters, shape) in enumerate(zip(inputs, e.shapes)):
+        if k not in (i, j):
+            keep &= e.nonzero(k)[flat(letters, shape)]
+    if j is None:
+        return Links.pairs((e.size(), e.size(i)), flat(output, e.out_shape)[keep], flat(inputs[i], e.shapes[i])[keep])
+    keep &= adj[flat(output, e.out_shape)]
+    return Links.pairs((e.size(i), e.size(j)), flat(inputs[i], e.shapes[i])[keep], flat(inputs[j], e.shapes[j])[keep])
+
+
+def _einsum_first(i: int, e: Entries) -> Links:
+    found = _einsum_links(e, i)
+    return WHOLE.first(i, e) if found is None else found
+
+
+def _einsum_second(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
+    if i == j:  # linear in each operand
+        return None
+    found = _einsum_links(e, i, j, adj)
+    return WHOLE.second(i, j, e, adj) if found is None else found
+
+
 defop("einsum", _einsum, _einsum_shape, _einsum_derivative, methods=(), batched=_einsum_batched,
+      structure=Structure("dense", _einsum_first, _einsum_second),
       export=Export(lambda w, *xs, spec: f"xp.einsum({spec!r}, {', '.join(xs)})",
                     lambda b, *xs, spec: b("Einsum", list(xs), equation=spec)))
 
@@ -885,22 +985,22 @@ def _onnx_log_softmax(b, x):
 
 
 defop("normaliseRowsL1", lambda x: x / _l1(x), _row_shape, _normalise_l1_derivative,
-      methods=("normaliseRowsL1", "normalizeRowsL1"), kink=lambda x: x == 0, row_wise=True, structure="rows",
+      methods=("normaliseRowsL1", "normalizeRowsL1"), kink=lambda x: x == 0, row_wise=True, structure=rows(),
       export=Export("{0} / xp.sum(xp.abs({0}), axis=-1, keepdims=True)",
                     lambda b, x: b("Div", [x, _onnx_row_total(b, b("Abs", [x]))])))
 defop("normaliseRowsL2", lambda x: x / np.sqrt(_row_total(x * x)), _row_shape,
       lambda i, g, out, x, emit: emit("div", [
           emit("sub", [g, emit("mul", [out, emit("rowTotal", [emit("mul", [g, out])])])]),
           emit("sqrt", [emit("rowTotal", [emit("mul", [x, x])])])]),
-      methods=("normaliseRowsL2", "normalizeRowsL2"), row_wise=True, structure="rows",
+      methods=("normaliseRowsL2", "normalizeRowsL2"), row_wise=True, structure=rows(),
       export=Export("{0} / xp.sqrt(xp.sum({0} * {0}, axis=-1, keepdims=True))",
                     lambda b, x: b("Div", [x, b("Sqrt", [_onnx_row_total(b, b("Mul", [x, x]))])])))
 defop("softmaxRows", _softmax, _row_shape,
       lambda i, g, out, x, emit: emit("mul", [out, emit("sub", [g, emit("rowTotal", [emit("mul", [g, out])])])]),
-      row_wise=True, structure="rows", export=Export("_softmax_rows({0})", _onnx_softmax))
+      row_wise=True, structure=rows(), export=Export("_softmax_rows({0})", _onnx_softmax))
 defop("logSoftmaxRows", None, _row_shape,
       lambda i, g, out, x, emit: emit("sub", [g, emit("mul", [emit("exp", [out]), emit("rowTotal", [g])])]),
-      row_wise=True, structure="rows", fwd=_log_softmax_fwd, fast=FastPath("mlp: spiread, no rewrites", vjp=_log_softmax_vjp),
+      row_wise=True, structure=rows(), fwd=_log_softmax_fwd, fast=FastPath("mlp: spiread, no rewrites", vjp=_log_softmax_vjp),
       export=Export("_log_softmax_rows({0})", _onnx_log_softmax))
 
 
@@ -957,7 +1057,7 @@ def _onnx_scatter(b, x, positions: np.ndarray, shape: tuple):
 
 defop("index", lambda x, key: _copied(x[key]), _index_shape,
       lambda i, g, out, x, emit, key: emit("indexScatter", [g], key=key, shape=emit.shape(x)),
-      methods=(), structure="selection",
+      methods=(), structure=COPIES,
       batched=lambda args, which, key: _copied(args[0][(slice(None),) + key]),
       export=Export(lambda w, x, key: _index_code(w, x, key),
                     lambda b, x, key: _onnx_pick(b, x, key_positions(b.shape(x), key))),
@@ -1003,7 +1103,7 @@ def _chosen(shape: tuple, rows, cols) -> np.ndarray:
 
 defop("select", _select, _pairs_shape,
       lambda i, g, out, x, emit, rows, cols: emit("select", [g], rows=rows, cols=cols),
-      methods=(), structure="selection", batched=_select_batched,
+      methods=(), structure=COPIES, batched=_select_batched,
       export=Export(lambda w, x, rows, cols: f"xp.where({w.literal(_chosen(w.shape(x), rows, cols), 'chosen')}, {x}, 0.0)",
                     lambda b, x, rows, cols: b("Where", [b.const(_chosen(b.shape(x), rows, cols)), x, b.const(0.0)])),
       on_rows=_picks_in_each_row)
@@ -1028,7 +1128,7 @@ def _pick(x, rows, cols):
 
 defop("arrange", _pick, lambda s, rows, cols: _pairs_shape(s, rows, cols, (len(rows),)),
       lambda i, g, out, x, emit, rows, cols: emit("scatterPairs", [g], rows=rows, cols=cols, shape=emit.shape(x)),
-      methods=(), structure="selection",
+      methods=(), structure=COPIES,
       batched=lambda args, which, rows, cols: _pick(args[0].transpose(1, 2, 0), rows, cols).T if is_lazy(args[0])
       else args[0][:, rows, cols],
       export=Export(lambda w, x, rows, cols:
@@ -1058,7 +1158,7 @@ def _stack_shape(*shapes, axis):
 # `Matrix.fromColumns(c1, c2)` (axis 1).
 defop("stack", lambda *xs, axis: np.stack(xs, axis=axis), _stack_shape,
       lambda i, g, out, *xs, emit, axis: emit("index", [g], key=(slice(None),) * axis + (i,)),
-      methods=(), structure="selection",
+      methods=(), structure=COPIES,
       export=Export(lambda w, *xs, axis: f"xp.stack([{', '.join(xs)}], axis={axis})",
                     lambda b, *xs, axis: b("Concat", [b("Unsqueeze", [x, b.ints([axis])]) for x in xs], axis=axis)),
       on_rows=lambda row_in, row_params, axis: axis == 1 and all(row_in))
@@ -1089,7 +1189,7 @@ def _concat_derivative(i, g, out, *xs, emit, axis):
 # along an axis (numpy's concatenate; the interpreter promotes hstack's and
 # vstack's pieces as numpy does).
 defop("concat", lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_shape, _concat_derivative,
-      methods=(), structure="selection",
+      methods=(), structure=COPIES,
       export=Export(lambda w, *xs, axis: f"xp.concat([{', '.join(xs)}], axis={axis})",
                     lambda b, *xs, axis: b("Concat", list(xs), axis=axis)))
 
@@ -1129,7 +1229,7 @@ def _gather_shape(s, index):
 # `onehot(labels, n) @@ W` with a constant one-hot: a row gather, W[index].
 defop("gatherRows", lambda x, index: np.take(x, index, axis=0), _gather_shape,
       lambda i, g, out, x, emit, index: emit("scatterRows", [g], index=index, rows=emit.shape(x)[0]),
-      methods=(), structure="selection", batched=lambda args, which, index: np.take(args[0], index, axis=1),
+      methods=(), structure=COPIES, batched=lambda args, which, index: np.take(args[0], index, axis=1),
       export=Export(lambda w, x, index: f"xp.take({x}, {w.literal(np.asarray(index, np.intp), 'index')}, axis=0)",
                     lambda b, x, index: b("Gather", [x, b.const(np.asarray(index, np.intp))], axis=0)))
 
@@ -1177,6 +1277,26 @@ def _mean_log_softmax_pick_derivative(i, g, out, z, emit, rows, cols):
     return emit("mul", [g, emit("div", [emit("sub", [picks, spread]), emit.const(float(max(len(rows), 1)))])])
 
 
+def _picked_rows(e: Entries) -> tuple[np.ndarray, int]:
+    """The row of each entry of z that is picked at least once, else -1."""
+    group, count = np.arange(e.size(0)) // max(e.shapes[0][1], 1), e.shapes[0][0]
+    picked = np.zeros(count, dtype=bool)
+    picked[e.params["rows"]] = True
+    return np.where(picked[group] if len(group) else group.astype(bool), group, -1), count
+
+
+def _picked_rows_first(i: int, e: Entries) -> Links:
+    """The mean depends on every entry of a picked row (its log-sum-exp)."""
+    group, _ = _picked_rows(e)
+    return Links.grouped((1, e.size(0)), [0], np.where(group >= 0, 0, -1), 1)
+
+
+def _picked_rows_second(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
+    """A log-sum-exp couples the entries of its row."""
+    group, count = _picked_rows(e)
+    return Links.grouped((e.size(0), e.size(0)), group, group, count) if adj.any() else None
+
+
 # `softmaxRows(z)` (or `exp` → `normaliseRowsL1`) → pick (rows, cols) → `log`
 # → `mean`, and `logSoftmaxRows(z)` → pick → `mean`: the mean log-likelihood
 # (minus the cross-entropy), computed with log-sum-exp so it stays finite. Its
@@ -1188,7 +1308,7 @@ defop("meanLogSoftmaxPick", None, lambda s, rows, cols: _pairs_shape(s, rows, co
                     f"_mean_log_softmax_pick({z}, {w.literal(pair_positions(w.shape(z), rows, cols), 'picks')})",
                     lambda b, z, rows, cols: b("Div", [
                         b("ReduceSum", [_onnx_pick(b, _onnx_log_softmax(b, z), pair_positions(b.shape(z), rows, cols))],
-                          keepdims=0), b.const(float(len(rows)))])))
+                          keepdims=0), b.const(float(len(rows)))])), structure=Structure("dense", _picked_rows_first, _picked_rows_second))
 
 
 # ------------------------------------------------ the ops statements record
@@ -1262,17 +1382,17 @@ def _onnx_sum_to(b, x, shape):
 defop("sumTo", lambda x, shape: unbroadcast(x, shape), _sum_to_shape,
       lambda i, g, out, x, emit, shape: emit("broadcastTo", [g], shape=emit.shape(x)),
       methods=(), batched=lambda args, which, shape: _sum_to_batched(args[0], shape),
-      export=Export(lambda w, x, shape: _python_sum_to(x, w.shape(x), tuple(shape)), _onnx_sum_to))
+      export=Export(lambda w, x, shape: _python_sum_to(x, w.shape(x), tuple(shape)), _onnx_sum_to), structure=LINEAR_SUMS)
 defop("broadcastTo", lambda x, shape: np.broadcast_to(x, shape), _broadcast_to_shape,
       lambda i, g, out, x, emit, shape: sum_to_graph(emit, g, emit.shape(x)),
       methods=(), batched=lambda args, which, shape: np.broadcast_to(
           lift(args[0], len(shape)), args[0].shape[:1] + tuple(shape)),
-      export=Export("xp.broadcast_to({0}, {shape})", lambda b, x, shape: b("Expand", [x, b.ints(shape)])))
+      export=Export("xp.broadcast_to({0}, {shape})", lambda b, x, shape: b("Expand", [x, b.ints(shape)])), structure=COPIES)
 # `X.reshape(r, c)`, `X.flatten` (row by row, as numpy's C order), and the
 # statements' own reshapes.
 defop("reshape", lambda x, shape: np.reshape(x, shape), _reshape_shape,
       lambda i, g, out, x, emit, shape: emit("reshape", [g], shape=emit.shape(x)),
-      methods=(), structure="selection",
+      methods=(), structure=COPIES,
       batched=lambda args, which, shape: args[0].reshape(args[0].shape[:1] + tuple(shape)),
       export=Export("xp.reshape({0}, {shape})", lambda b, x, shape: b("Reshape", [x, b.ints(shape)], allowzero=1)))
 
@@ -1286,7 +1406,7 @@ def _row_total_shape(s, **_):
 # The sum of each row, kept as a column: the row normalisations' statements use it.
 defop("rowTotal", _row_total, _row_total_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)),
-      methods=(), structure="rows", batched=lambda args, which: _row_total(args[0]),
+      methods=(), structure=rows(second=None), batched=lambda args, which: _row_total(args[0]),
       export=Export("_row_total({0})", _onnx_row_total))
 
 
@@ -1323,13 +1443,35 @@ def _onnx_exclusive_products(b, x, over):
     return b("Reshape", [b("ReduceProd", [others, b.ints([-1])], keepdims=0), b.ints(shape)])
 
 
+def _exclusive_groups(e: Entries) -> tuple[np.ndarray, int]:
+    if e.params["over"] == "all":
+        return np.zeros(e.size(0), dtype=np.int64), 1
+    return np.arange(e.size(0)) // max(e.shapes[0][1], 1), e.shapes[0][0]
+
+
+def _exclusive_first(i: int, e: Entries) -> Links:
+    """Entry k on the other entries of its group, not itself."""
+    group, count = _exclusive_groups(e)
+    return within_groups(e.size(0), group, count, diagonal=False)
+
+
+def _exclusive_second(i: int, j: int, e: Entries, adj: np.ndarray) -> Links:
+    """x[a] meets x[b] (a ≠ b) in the product of the entries other than k
+    for each k other than a and b: where a group has an adjoint elsewhere."""
+    group, count = _exclusive_groups(e)
+    adj = adj.astype(np.int64)
+    live = np.bincount(group, weights=adj, minlength=count)
+    return within_groups(e.size(0), group, count, diagonal=False,
+                         keep=lambda a, b: live[group[a]] - adj[a] - adj[b] > 0)
+
+
 # `product`'s partials: each entry's product of the others (over "all"
 # entries, or along each of the "rows"), without dividing, so zeros are exact.
 defop("exclusiveProducts",
       lambda x, over: (_exclusive_products(x.ravel(), 0).reshape(x.shape) if over == "all"
                        else _exclusive_products(x, 1)),
       _exclusive_shape, _exclusive_derivative, methods=(),
-      export=Export("_exclusive_products({0}, {over})", lambda b, x, over: _onnx_exclusive_products(b, x, over)))
+      export=Export("_exclusive_products({0}, {over})", lambda b, x, over: _onnx_exclusive_products(b, x, over)), structure=Structure("dense", _exclusive_first, _exclusive_second))
 
 
 def _placed_shape(expected: tuple, s: tuple, result: tuple) -> tuple:
@@ -1377,7 +1519,7 @@ def _stepping_forwards(key: tuple, shape: tuple, x, axis: int):
 defop("indexScatter", _index_scatter,
       lambda s, key, shape: _placed_shape(_key_shape(tuple(shape), key), s, shape),
       lambda i, g, out, x, emit, key, shape: emit("index", [g], key=key),
-      methods=(), structure="selection",
+      methods=(), structure=SUMS,
       batched=lambda args, which, key, shape: _index_scatter(args[0], key, shape, args[0].shape[:1]),
       export=Export(lambda w, x, key, shape: f"_scatter_flat({x}, {w.literal(key_positions(tuple(shape), key), 'placed')}, "
                                              f"{tuple(shape)})",
@@ -1395,7 +1537,7 @@ def _scatter_pairs_batched(args, which, rows, cols, shape):
 defop("scatterPairs", lambda x, rows, cols, shape: _scatter_pairs(shape, rows, cols, x),
       lambda s, rows, cols, shape: _placed_shape((len(rows),), s, _pairs_shape(tuple(shape), rows, cols)),
       lambda i, g, out, x, emit, rows, cols, shape: emit("arrange", [g], rows=rows, cols=cols),
-      methods=(), structure="selection", batched=_scatter_pairs_batched,
+      methods=(), structure=SUMS, batched=_scatter_pairs_batched,
       export=Export(lambda w, x, rows, cols, shape: f"_scatter_flat({x}, "
                                                     f"{w.literal(pair_positions(tuple(shape), rows, cols), 'picks')}, "
                                                     f"{tuple(shape)})",
@@ -1414,7 +1556,7 @@ def _scatter_rows_batched(args, which, index, rows):
 defop("scatterRows", lambda x, index, rows: _scatter_rows(x, index, rows),
       lambda s, index, rows: _placed_shape((len(index),) + s[1:], s, (rows,) + s[1:]),
       lambda i, g, out, x, emit, index, rows: emit("gatherRows", [g], index=index),
-      methods=(), structure="selection", batched=_scatter_rows_batched,
+      methods=(), structure=SUMS, batched=_scatter_rows_batched,
       export=Export(lambda w, x, index, rows: f"_scatter_add({x}, {w.literal(np.asarray(index, np.intp), 'index')}, {rows})",
                     lambda b, x, index, rows: b("ScatterND", [b.zeros((rows,) + b.shape(x)[1:]),
                                                               b.const(np.asarray(index, np.intp).reshape(-1, 1)), x],

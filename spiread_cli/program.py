@@ -28,7 +28,8 @@ from . import syntax
 from .interpreter import Interpreter
 from .diagnostics import Source, SpireadError, did_you_mean, option, render
 from .python_args import (ArrayLike, P, T, Value, as_binding, checked_name, checked_number, front_door, interactive,
-                          plain_text, print_lines, result_value, stop_on_interrupt_here, type_error, wrt_names)
+                          plain_text, print_lines, result_value, sparse_arguments, stop_on_interrupt_here, type_error,
+                          with_sweeps, wrt_names)
 from .results import (CheckResult, Gradients, Graph, Hessian, Jacobian, SpireadWarning, Training, TrainingStopped,
                       warnings_raise)
 from .set_options import parse_overrides
@@ -214,17 +215,29 @@ class Program:
 
     @front_door
     def hessian(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
-                of: str | None = None, hvp: Mapping[str, ArrayLike] | None = None,
-                **more: ArrayLike) -> "Hessian":
+                of: str | None = None, hvp: Mapping[str, ArrayLike] | None = None, sparse: bool = False,
+                pattern: bool = False, **more: ArrayLike) -> "Hessian | Any":
         """Second derivatives of the scalar output, exact (docs/design.md):
         every block ∂²out/∂A∂B with the shape shape(A) + shape(B), as
         `torch.autograd.functional.hessian` gives it; or, with `hvp={A: V}`,
         the Hessian-vector products Σ_B ∂²out/∂A∂B · V_B without forming the
-        Hessian (names not given are zero), as `spiread hessian --hvp` does."""
+        Hessian (names not given are zero), as `spiread hessian --hvp` does.
+
+        With `sparse=True`, the whole Hessian as a `scipy.sparse.csr_array`
+        over the entries of the `wrt` values (in order, each flat), found
+        from its exact sparsity pattern with one Hessian-vector product per
+        colour (`.sweeps` on the result says how many); with `pattern=True`,
+        that pattern alone, as booleans (docs/sparsity.md). Both need scipy."""
         from . import second
+        if sparse or pattern:
+            sparse_arguments(sparse, pattern, hvp=hvp is not None)
         named = wrt_names(wrt)
         directions = [n for n in hvp if isinstance(n, str)] if isinstance(hvp, Mapping) and named else []
         run = self._run_bound(bindings, more, of, wrt=named + [n for n in directions if n not in named] if named else None)
+        if sparse or pattern:
+            found = self._located(second.hessian_pattern if pattern else second.sparse_hessian, run, wrt_names(wrt))
+            self._warn(run)
+            return with_sweeps(found.pattern if pattern else found.matrix, found.sweeps)
         if hvp is None:
             result = self._located(second.hessian, run, wrt_names(wrt))
             blocks = {a: {b: result_value(h) for b, h in row.items()} for a, row in result.blocks.items()}

@@ -168,3 +168,28 @@ def stop_on_interrupt_here() -> ContextManager[Callable[[], bool]]:
     if threading.current_thread() is threading.main_thread():
         return stop_on_interrupt()
     return nullcontext(lambda: False)
+
+
+def sparse_arguments(sparse: object, pattern: object, **conflicting: bool) -> None:
+    """sparse= and pattern= are booleans, one at a time, not with the
+    `conflicting` arguments given, and with scipy installed."""
+    from importlib.util import find_spec
+    for argument, given in (("sparse", sparse), ("pattern", pattern)):
+        if not isinstance(given, bool):
+            raise type_error(argument, given, "True or False")
+    if sparse and pattern:
+        raise SpireadError("sparse=True and pattern=True are different results: the sparse matrix, or only where "
+                           "it is nonzero; give one of them", exit_code=2)
+    chosen = "sparse" if sparse else "pattern"
+    for argument, given in conflicting.items():
+        if given:
+            raise SpireadError(f"{chosen}=True and {argument}= cannot go together", exit_code=2)
+    if find_spec("scipy") is None:
+        raise SpireadError(f"{chosen}=True needs scipy, which is not installed",
+                           notes=['pip install scipy (or pip install ".[sparse]" in spiread\'s checkout)'], exit_code=2)
+
+
+def with_sweeps(matrix, sweeps: int):
+    """A sparse result (its caller's own), saying how many sweeps `sparse=True` takes."""
+    matrix.sweeps = sweeps
+    return matrix

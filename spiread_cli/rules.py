@@ -208,7 +208,7 @@ def apply_batched(op, which: tuple[bool, ...], *args, **params):
     broadcasting, or one direction at a time."""
     if op.batched is not None:
         return op.batched(list(args), which, **params)
-    if op.structure == "elementwise":
+    if op.structure.kind == "elementwise":
         ndim = len(op.shape(*[np.shape(a)[1:] if b else np.shape(a) for a, b in zip(args, which)], **params))
         return op.impl(*[_lift(a, ndim) if b else a for a, b in zip(args, which)], **params)
     k = next(a for a, b in zip(args, which) if b).shape[0]
@@ -545,7 +545,7 @@ class BatchedWriter:
             return writer(name, inputs, **params)
         op = OPS[name]
         shape = op.shape(*[writer.shapes[v] for v in inputs], **params)
-        if op.batched is None and op.structure == "elementwise":
+        if op.batched is None and op.structure.kind == "elementwise":
             # The primal rule broadcasts the batch axis itself, once each
             # batched operand has the output's rank (`_lift`).
             writer.namespace["lift_"] = _lift

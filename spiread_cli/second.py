@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .diagnostics import Diagnostics, SpireadError, did_you_mean, option, shape_str
-from .forward import TANGENT_BUDGET_BYTES, jacobian_forward
+from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, jacobian_forward
 from .limits import check_shape, max_bytes
 from .ops import OPS
 from .run import Run
@@ -65,6 +65,45 @@ class SecondOrder:
                 diagnostics = None  # one warning about the second derivative is enough
             blocks[a] = {b: jacobian[i] for b, i in zip(names, seeded)}
         return blocks
+
+    # --------------------------------------------------- sparse Hessian
+
+    def pattern(self):
+        """The Hessian's exact sparsity pattern (spiread_cli/sparsity.py),
+        read from the program's tape, over the wrt entries in order."""
+        from .sparsity import hessian_pattern
+        return hessian_pattern(self.run.tape, self.run.output, list(self.ids.values()))
+
+    def sparse_hessian(self, pattern=None, colouring=None, budget_bytes: int = TANGENT_BUDGET_BYTES):
+        """The Hessian as a scipy.sparse CSR matrix over the wrt entries (in
+        order, each value's entries flat), from one Hessian-vector product
+        per colour of its pattern: the colours' seeds pushed forward, all at
+        once, through the recorded gradient (forward over reverse, as
+        `hessian`). Returns (matrix, pattern, colouring)."""
+        from .sparsity import colour_symmetric, recover
+        pattern = self.pattern() if pattern is None else pattern
+        colouring = colour_symmetric(pattern) if colouring is None else colouring
+        return recover(pattern, colouring, self.products_with(colouring.seeds(), budget_bytes)), pattern, colouring
+
+    def products_with(self, seeds: np.ndarray, budget_bytes: int = TANGENT_BUDGET_BYTES) -> np.ndarray:
+        """H · seedsᵀ (wrt entries × directions) for directions over all the wrt
+        entries (directions × entries), pushed in batches."""
+        tape, nodes = self.run.tape, self.run.tape.nodes
+        seeded = list(self.ids.values())
+        sizes = [nodes[i].value.size for i in seeded]
+        cuts = np.cumsum([0] + sizes)
+        k = len(seeds)
+
+        def seed_block(start: int, count: int) -> dict[int, np.ndarray]:
+            return {i: seeds[start:start + count, cuts[p]:cuts[p + 1]].reshape((count,) + nodes[i].value.shape)
+                    for p, i in enumerate(seeded)}
+
+        rows = []
+        diagnostics = self.run.diagnostics
+        for a_id in seeded:
+            sweep = ForwardSweep(tape, self.grad_ids[a_id], seeded)
+            rows.append(sweep.push_blocks(k, seed_block, diagnostics, budget_bytes).reshape(k, -1).T)
+        return np.concatenate(rows, axis=0) if rows else np.zeros((0, k))
 
     # ------------------------------------------- Hessian-vector products
 
@@ -184,6 +223,59 @@ def check_hessian_size(run: Run, ids: dict[str, int], chosen: bool) -> None:
     total = sum(sizes.values())
     check_shape((total, total), f"the Hessian of `{out}` with respect to {', '.join(f'`{n}`' for n in sizes)}",
                 nodes[run.output].span, limit, tuple(notes))
+
+
+@dataclass
+class RunSparseHessian:
+    value: np.ndarray                 # the output's value
+    matrix: object                    # scipy.sparse CSR, over the wrt entries in order (`offsets`)
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    sweeps: int                       # Hessian-vector products: one per colour of the pattern
+    colouring: str                    # "columns" or "star"
+
+    @property
+    def offsets(self) -> list[int]:
+        return [0, *np.cumsum([math.prod(s) for s in self.shapes]).tolist()]
+
+    def block(self, a: str, b: str):
+        """∂²f/∂A∂B as a sparse matrix: A's entries × B's entries, flat."""
+        offsets, names = self.offsets, self.names
+        i, j = names.index(a), names.index(b)
+        return self.matrix[offsets[i]:offsets[i + 1], offsets[j]:offsets[j + 1]]
+
+
+def sparse_hessian(run: Run, wrt: list[str] | None = None) -> RunSparseHessian:
+    """The Hessian over the wrt entries from its exact sparsity pattern and one
+    Hessian-vector product per colour (`spiread hessian --sparse`); never
+    forms a dense block."""
+    order = SecondOrder(run, wrt)
+    matrix, pattern, colouring = order.sparse_hessian()
+    nodes = run.tape.nodes
+    return RunSparseHessian(run.value, matrix, list(order.ids), [nodes[i].shape for i in order.ids.values()],
+                         colouring.count, colouring.kind)
+
+
+@dataclass
+class RunHessianPattern:
+    value: np.ndarray
+    pattern: object                   # scipy.sparse CSR of booleans, over the wrt entries in order
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    sweeps: int                       # what `--sparse` would take
+    colouring: str
+
+
+def hessian_pattern(run: Run, wrt: list[str] | None = None) -> RunHessianPattern:
+    """The Hessian's exact sparsity pattern (`spiread hessian --pattern`),
+    and the colouring `--sparse` would use."""
+    from .sparsity import colour_symmetric, hessian_pattern as pattern_of
+    ids = run.wrt_ids(wrt)
+    pattern = pattern_of(run.tape, run.output, list(ids.values()))
+    colouring = colour_symmetric(pattern)
+    nodes = run.tape.nodes
+    return RunHessianPattern(run.value, pattern, list(ids), [nodes[i].shape for i in ids.values()], colouring.count,
+                          colouring.kind)
 
 
 @dataclass

@@ -49,7 +49,8 @@ def reference_gradient(w: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------ doctests
 
 
-@pytest.mark.parametrize("page, examples", [("docs/python.md", 40), ("README.md", 6), ("docs/check.md", 4)])
+@pytest.mark.parametrize("page, examples", [("docs/python.md", 40), ("README.md", 6), ("docs/check.md", 4),
+                                            ("docs/sparsity.md", 4)])
 def test_the_pages_python_runs(page, examples, monkeypatch):
     """Every `>>>` example of the page (docs/python.md is the tutorial), from
     the repository's root."""

@@ -23,7 +23,8 @@ NOT_AT_START_UP = ["rich", "pydantic", "dask", "distributed", "zarr", "matplotli
                    "spiread_cli.second", "spiread_cli.explain", "spiread_cli.check", "spiread_cli.train",
                    "spiread_cli.optim", "spiread_cli.rewrite", "spiread_cli.files",
                    "spiread_cli.dot", "spiread_cli.dask_backend", "spiread_cli.chunk_plan", "spiread_cli.chunk_tasks",
-                   "spiread_cli.row_data", "spiread_cli.row_totals"]
+                   "spiread_cli.row_data", "spiread_cli.row_totals",
+                   "scipy", "spiread_cli.sparsity"]
 
 
 def imported_by(*args: str) -> tuple[set[str], subprocess.CompletedProcess]:

@@ -1,0 +1,301 @@
+"""How an op's output entries depend on its operands' entries: `Op.structure`.
+
+Every op of the table (spiread_cli/ops.py) declares a `Structure` beside its
+value and derivative rules. Its `kind` is the coarse fact forward mode's
+batching, `.map` and the row chunks read (each entry on the same entry of
+each operand, broadcast: "elementwise"; on its own row: "rows"; on every
+entry: "dense"; entries picked, placed or summed by positions fixed with the
+tape: "selection"). Its two rules are the exact facts spiread_cli/sparsity.py
+propagates over a tape to read the sparsity pattern of a Jacobian or Hessian
+without probing:
+
+- ``first(i, entries) -> Links | None``: which entries of operand i each
+  output entry depends on (the pattern of the op's own Jacobian ∂out/∂x_i),
+  None where it is zero everywhere (`stopGradient`, the masks);
+- ``second(i, j, entries, adj) -> Links | None`` (i ≤ j): which pairs of an
+  entry of operand i and one of operand j meet in a second derivative of
+  an output entry the result depends on (`adj`, flat bool over the output):
+  None for a linear op, the same entry for a nonlinear elementwise one, the
+  entries of a row for a softmax, (a[p, t], b[t, q]) for a product.
+
+`entries` (`Entries`) tells a rule the shapes, the params, and which operand
+entries may be nonzero: a constant's zeros are structural (a matrix product
+by a constant banded matrix is banded).
+
+A new op declares its rule with its entry: one of the makers below, and
+tests/test_sparsity.py holds every op's declared pattern to its numeric
+derivatives (nothing missed, nothing reported that is zero at every point).
+A plain kind name ("elementwise", "rows", "dense", "selection") is accepted
+for a quick start and means the conservative rule of that kind (nonlinear,
+every operand coupled; a selection copies entries).
+
+Imports nothing of spiread's (layer 0): the rules run numpy only, and
+scipy is sparsity.py's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+STRUCTURES = ("elementwise", "rows", "dense", "selection")
+
+# Above this many pairs, a rule that could list pairs within groups exactly
+# (a product's partials: every pair of a row but the diagonal) states the
+# groups instead, diagonal included: conservative, and a size the pattern's
+# propagation handles without listing size² pairs.
+MAX_LISTED_PAIRS = 1 << 22
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """A 0/1 matrix between the entries (flat, C order) of two values, of
+    `shape` (entries of the one, entries of the other). `kind`:
+
+    - "same": the identity (an elementwise op on an operand of the output's shape);
+    - "pairs": ones at (rows[k], cols[k]);
+    - "groups": ones between every row entry and every column entry of the
+      same group; rows[r] and cols[c] are the groups (-1: none) of `groups`.
+      A softmax's rows or a sum's whole operand, without listing size² pairs.
+    """
+    kind: str
+    shape: tuple[int, int]
+    rows: np.ndarray | None = None
+    cols: np.ndarray | None = None
+    groups: int = 0
+
+    @staticmethod
+    def same(n: int) -> Links:
+        return Links("same", (n, n))
+
+    @staticmethod
+    def pairs(shape: tuple[int, int], rows, cols) -> Links:
+        return Links("pairs", shape, np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))
+
+    @staticmethod
+    def grouped(shape: tuple[int, int], rows, cols, groups: int) -> Links:
+        return Links("groups", shape, np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64), groups)
+
+
+@dataclass(frozen=True, slots=True)
+class Entries:
+    """What a structure rule is told of one op node: the op, its operands'
+    shapes, the output's, its params, and `nonzero(k)`: which entries of
+    operand k may be nonzero (flat bool; an entry that moves with the
+    values differentiated by may always be)."""
+    op: object
+    shapes: tuple[tuple[int, ...], ...]
+    out_shape: tuple[int, ...]
+    params: dict
+    nonzero: Callable[[int], np.ndarray]
+
+    def size(self, k: int | None = None) -> int:
+        return math.prod(self.out_shape if k is None else self.shapes[k])
+
+
+@dataclass(frozen=True, slots=True)
+class Structure:
+    kind: str
+    first: Callable[[int, Entries], Links | None]
+    second: Callable[[int, int, Entries, np.ndarray], Links | None]
+
+    def __post_init__(self):
+        assert self.kind in STRUCTURES, self.kind
+
+
+def _linear(i: int, j: int, entries: Entries, adj: np.ndarray) -> None:
+    return None
+
+
+def _flat_first(i: int, entries: Entries) -> None:
+    return None
+
+
+# ---------------------------------------------------------- elementwise
+
+
+def broadcast_positions(shape: tuple, to: tuple) -> np.ndarray:
+    """For each entry of a `to`-shaped result, the entry of a `shape`-shaped
+    operand broadcast to it (numpy's rule)."""
+    return np.broadcast_to(np.arange(math.prod(shape)).reshape(shape), to).ravel()
+
+
+def elementwise(couples: tuple[tuple[int, int], ...] | None = None, flat: bool = False,
+                vanishes_with: tuple[int | None, ...] | None = None) -> Structure:
+    """Each output entry on the same entry of each operand, broadcast.
+    `couples`: the pairs of operands (i ≤ j) whose second partial is not
+    zero, (0, 0) for a nonlinear unary op, (0, 1) for a product, () for a
+    linear or piecewise linear op; None: every pair (the conservative
+    default). `flat`: the derivative is 0 (a mask, `x.value`).
+    `vanishes_with[i]`: the partial in operand i is a factor of operand
+    vanishes_with[i] (a product's partial in a is b), so it is zero wherever
+    that operand is a constant zero."""
+
+    def first(i: int, e: Entries) -> Links | None:
+        if flat:
+            return None
+        shape, out = e.shapes[i], e.out_shape
+        keep = None
+        factor = None if vanishes_with is None else vanishes_with[i]
+        if factor is not None:
+            nonzero = e.nonzero(factor)
+            if not nonzero.all():
+                keep = np.broadcast_to(nonzero.reshape(e.shapes[factor]), out).ravel()
+        if shape == out and keep is None:
+            return Links.same(e.size())
+        rows, cols = np.arange(e.size()), broadcast_positions(shape, out)
+        if keep is not None:
+            rows, cols = rows[keep], cols[keep]
+        return Links.pairs((e.size(), e.size(i)), rows, cols)
+
+    def second(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
+        if flat or (couples is not None and (i, j) not in couples):
+            return None
+        at = np.flatnonzero(adj)
+        return Links.pairs((e.size(i), e.size(j)), broadcast_positions(e.shapes[i], e.out_shape)[at],
+                           broadcast_positions(e.shapes[j], e.out_shape)[at])
+
+    return Structure("elementwise", first, second)
+
+
+# ------------------------------------------------------- rows and wholes
+
+
+def _row_groups(shape: tuple) -> tuple[np.ndarray, int]:
+    """The row of each entry of a vector (one row) or matrix, and how many rows."""
+    size = math.prod(shape)
+    width = shape[-1] if shape else 1
+    return np.arange(size) // max(width, 1), math.prod(shape[:-1])
+
+
+def _groups_with_adjoint(group_in: np.ndarray, group_out: np.ndarray, groups: int, adj: np.ndarray) -> np.ndarray:
+    """group_in with -1 for the groups no output entry with an adjoint is in."""
+    live = np.zeros(groups, dtype=bool)
+    live[group_out[adj]] = True
+    return np.where(live[group_in] if len(group_in) else np.zeros(0, bool), group_in, -1)
+
+
+def within_groups(size: int, group: np.ndarray, groups: int, diagonal: bool,
+                  keep: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> Links:
+    """Every pair of entries of the same group (-1: none), without the
+    diagonal unless `diagonal`, filtered by `keep(a, b)`: listed, or stated
+    as groups (diagonal included: conservative) when there would be more
+    than MAX_LISTED_PAIRS."""
+    members = np.flatnonzero(group >= 0)
+    order = members[np.argsort(group[members], kind="stable")]
+    counts = np.bincount(group[members], minlength=groups)
+    if int((counts.astype(np.int64) ** 2).sum()) > MAX_LISTED_PAIRS:
+        return Links.grouped((size, size), group, group, groups)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    # For each member, pair it with every member of its group.
+    per = counts[group[order]]
+    a = np.repeat(order, per)
+    first_of = np.repeat(starts[group[order]], per)
+    offset = np.arange(len(a)) - np.repeat(np.cumsum(per) - per, per)
+    b = order[first_of + offset]
+    chosen = np.ones(len(a), dtype=bool) if diagonal else a != b
+    if keep is not None:
+        chosen &= keep(a, b)
+    return Links.pairs((size, size), a[chosen], b[chosen])
+
+
+def rows(second: str | None = "all") -> Structure:
+    """Each output entry on the entries of its own row (a vector is one row):
+    a row normalisation (output shaped as the operand; constant on rows of
+    one entry), or a row reduction (one entry per row). `second`: "all" pairs of a row's entries meet (a
+    softmax), "off-diagonal" all but an entry with itself (a row product,
+    linear in each entry), None (a linear op: row sums)."""
+
+    def groups_of(e: Entries):
+        group_in, count = _row_groups(e.shapes[0])
+        group_out = _row_groups(e.out_shape)[0] if e.out_shape == e.shapes[0] else np.arange(e.size())
+        return group_in, group_out, count
+
+    def constant(e: Entries) -> bool:
+        """A normalisation of rows of one entry is constant (1, ±1 or 0)."""
+        return e.out_shape == e.shapes[0] and (e.shapes[0][-1] if e.shapes[0] else 1) == 1
+
+    def first(i: int, e: Entries) -> Links | None:
+        if constant(e):
+            return None
+        group_in, group_out, count = groups_of(e)
+        return Links.grouped((e.size(), e.size(0)), group_out, group_in, count)
+
+    def pairs(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
+        if second is None or constant(e):
+            return None
+        group_in, group_out, count = groups_of(e)
+        group = _groups_with_adjoint(group_in, group_out, count, adj)
+        if second == "all":
+            return Links.grouped((e.size(0), e.size(0)), group, group, count)
+        return within_groups(e.size(0), group, count, diagonal=False)
+
+    return Structure("rows", first, pairs)
+
+
+def whole(second: str | None = "all") -> Structure:
+    """Each output entry on every entry of every operand (a sum, a mean, a
+    product, or an op that says no more); `second` as for `rows`."""
+
+    def first(i: int, e: Entries) -> Links:
+        return Links.grouped((e.size(), e.size(i)), np.zeros(e.size()), np.zeros(e.size(i)), 1)
+
+    def pairs(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
+        if second is None or not adj.any():
+            return None
+        if second == "all":
+            return Links.grouped((e.size(i), e.size(j)), np.zeros(e.size(i)), np.zeros(e.size(j)), 1)
+        return within_groups(e.size(0), np.zeros(e.size(0), dtype=np.int64), 1, diagonal=False)
+
+    return Structure("dense", first, pairs)
+
+
+# ------------------------------------------------------------ selections
+
+
+def _numbered(shapes: tuple, start: int = 1) -> list[np.ndarray]:
+    """Each operand's entries numbered, from `start` on across the operands (0: no entry)."""
+    numbered, offset = [], start
+    for shape in shapes:
+        size = math.prod(shape)
+        numbered.append((np.arange(size, dtype=np.float64) + offset).reshape(shape))
+        offset += size
+    return numbered
+
+
+def _copies_first(i: int, e: Entries) -> Links:
+    """Each output entry a copy of one operand entry, or 0: found by running
+    the op's own value rule on the operands' entry numbers."""
+    numbered = _numbered(e.shapes)
+    out = np.asarray(e.op.impl(*numbered, **e.params), dtype=np.float64).ravel()
+    low = sum(math.prod(s) for s in e.shapes[:i]) + 1
+    rows = np.flatnonzero((out >= low) & (out < low + e.size(i)))
+    return Links.pairs((e.size(), e.size(i)), rows, out[rows].astype(np.int64) - low)
+
+
+def _sums_first(i: int, e: Entries) -> Links:
+    """Each operand entry added into one output entry, or none (a scatter,
+    the transpose of a copy): found by pulling the output's entry numbers
+    back through the op's derivative, which copies them."""
+    numbered = _numbered((e.out_shape,))[0]
+    operands = [np.zeros(s) for s in e.shapes]
+    pulled = np.asarray(e.op.vjp(i, numbered, np.zeros(e.out_shape), *operands, **e.params),
+                        dtype=np.float64).ravel()
+    cols = np.flatnonzero(pulled > 0)
+    return Links.pairs((e.size(), e.size(i)), pulled[cols].astype(np.int64) - 1, cols)
+
+
+# A gather, slice, reshape, transpose, broadcast or stack: linear, each
+# output entry a copy of one operand entry (or zero).
+COPIES = Structure("selection", _copies_first, _linear)
+# A scatter or an unbroadcast: linear, each operand entry added into one output entry.
+SUMS = Structure("selection", _sums_first, _linear)
+LINEAR_SUMS = Structure("dense", _sums_first, _linear)  # the same, for ops that are not selections (sumTo)
+
+
+def named(kind: str) -> Structure:
+    """The conservative rule of a kind, for an op that names only its kind."""
+    return {"elementwise": elementwise(), "rows": rows(), "dense": whole(), "selection": COPIES}[kind]

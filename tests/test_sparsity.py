@@ -1,0 +1,427 @@
+"""Sparsity patterns: every op's declared structure (`Op.structure`,
+spiread_cli/structure.py) against its own derivatives, and the patterns of
+whole programs (spiread_cli/sparsity.py) against dense Jacobians and
+Hessians at random points.
+
+A pattern is exact when no derivative outside it is ever nonzero, and every
+entry in it is nonzero at some point (or is explained by the op's rule, as a
+product's second derivative at a point where another factor is 0)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("scipy")
+
+import scipy.sparse as sp  # noqa: E402
+
+from conftest import REPO, run, spiread, strict_json  # noqa: E402
+from programs import programs  # noqa: E402
+from spiread_cli import second  # noqa: E402
+from spiread_cli.ops import OPS  # noqa: E402
+from spiread_cli.sparsity import Sweep  # noqa: E402
+from spiread_cli.structure import Entries, Links  # noqa: E402
+from test_ops import CASES  # noqa: E402
+
+RNG = np.random.default_rng(24)
+
+
+def dense(links: Links | None, shape: tuple[int, int]) -> np.ndarray:
+    """A rule's 0/1 matrix, written out."""
+    m = np.zeros(shape, dtype=bool)
+    if links is None:
+        return m
+    assert links.shape == shape, (links.shape, shape)
+    if links.kind == "same":
+        return np.eye(shape[0], dtype=bool)
+    if links.kind == "pairs":
+        m[links.rows, links.cols] = True
+        return m
+    return (links.rows[:, None] >= 0) & (links.rows[:, None] == links.cols[None, :])
+
+
+def entries_of(op, xs, params, varying: set[int]) -> Entries:
+    out = op.impl(*xs, **params)
+    return Entries(op, tuple(np.shape(x) for x in xs), np.shape(out), params,
+                   lambda k: np.ones(np.size(xs[k]), bool) if k in varying else np.ravel(xs[k]) != 0)
+
+
+def jacobian(op, xs, params, i) -> np.ndarray:
+    """∂out/∂x_i, out entries × operand entries, by the op's own vjp on each unit cotangent."""
+    with np.errstate(all="ignore"):
+        out = np.asarray(op.impl(*xs, **params), dtype=float)
+        rows = []
+        for k in range(out.size):
+            g = np.zeros(out.size)
+            g[k] = 1.0
+            gi = op.vjp(i, g.reshape(out.shape), out, *xs, **params)
+            rows.append(np.zeros(np.size(xs[i])) if gi is None else np.ravel(np.broadcast_to(gi, np.shape(xs[i]))))
+    return np.array(rows).reshape(out.size, np.size(xs[i]))
+
+
+def mixed(op, xs, params, i, j, weights) -> np.ndarray:
+    """∂²⟨weights, out⟩/∂x_i∂x_j by central differences of the exact vjp."""
+    h = 1e-5
+    columns = []
+    for b in range(np.size(xs[j])):
+        parts = []
+        for step in (h, -h):
+            moved = [np.array(x, dtype=float, copy=True) for x in xs]
+            moved[j].reshape(-1)[b] += step
+            with np.errstate(all="ignore"):
+                out = np.asarray(op.impl(*moved, **params), dtype=float)
+                gi = op.vjp(i, weights.reshape(out.shape), out, *moved, **params)
+            parts.append(np.zeros(np.size(xs[i])) if gi is None else np.ravel(np.broadcast_to(gi, np.shape(xs[i]))))
+        columns.append((parts[0] - parts[1]) / (2 * h))
+    return np.array(columns).T.reshape(np.size(xs[i]), np.size(xs[j]))
+
+
+def shift(shape) -> np.ndarray:
+    """A small move of either sign, never so small that a zero it moves stays near 0."""
+    return RNG.choice([-1.0, 1.0], size=shape) * RNG.uniform(0.05, 0.1, shape)
+
+
+def points(xs):
+    """The case's operands and nearby points: scaled, and negated, where zeros stay zero (a
+    negated point is on the other side of a kink), and shifted, where they move."""
+    scaled = [[x * RNG.uniform(0.8, 1.2, np.shape(x)) for x in xs] for _ in range(2)] + [[-x for x in xs]]
+    shifted = [[x + shift(np.shape(x)) for x in xs] for _ in range(2)]
+    return [list(xs)] + scaled, shifted
+
+
+def nonzero(a: np.ndarray, tol: float) -> np.ndarray:
+    return np.abs(a) > tol * (1.0 + np.abs(a).max(initial=0.0))
+
+
+def test_every_op_declares_a_structure_with_rules():
+    for name, op in OPS.items():
+        assert callable(op.structure.first) and callable(op.structure.second), name
+    assert set(OPS) <= {c.op for c in CASES}, "test_ops.CASES covers every op, so every op's pattern is tested here"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_each_op_declares_its_first_order_pattern_exactly(case):
+    op, params = OPS[case.op], case.params
+    xs = [np.asarray(x, dtype=float) for x in case.xs]
+    same_zeros, moved = points(xs)
+    for i in range(len(xs)):
+        out_size = np.size(op.impl(*xs, **params))
+        shape = (out_size, np.size(xs[i]))
+        varying = dense(op.structure.first(i, entries_of(op, xs, params, set(range(len(xs))))), shape)
+        # The others constant: their zeros are structural.
+        held = dense(op.structure.first(i, entries_of(op, xs, params, {i})), shape)
+        seen = np.zeros(shape, dtype=bool)
+        # x_i moves (its zeros are not structural), the others keep theirs.
+        for at in same_zeros + [at[:i] + [at[i] + shift(np.shape(at[i]))] + at[i + 1:]
+                                for at in same_zeros]:
+            found = nonzero(jacobian(op, at, params, i), 1e-12)
+            assert not (found & ~held).any(), f"{case.id}: ∂out/∂x{i} nonzero outside the pattern (constants held)"
+            seen |= found
+        assert not (held & ~seen).any(), f"{case.id}: the pattern of ∂out/∂x{i} holds entries that are always 0"
+        for at in moved:
+            found = nonzero(jacobian(op, at, params, i), 1e-12)
+            assert not (found & ~varying).any(), f"{case.id}: ∂out/∂x{i} nonzero outside the pattern"
+            seen |= found
+        assert not (varying & ~seen).any(), f"{case.id}: the pattern of ∂out/∂x{i} holds entries that are always 0"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_each_op_declares_its_second_order_pattern_exactly(case):
+    op, params = OPS[case.op], case.params
+    xs = [np.asarray(x, dtype=float) for x in case.xs]
+    out_size = np.size(op.impl(*xs, **params))
+    everything = set(range(len(xs)))
+    for adj in (np.ones(out_size, dtype=bool), RNG.random(out_size) < 0.5):
+        for i in range(len(xs)):
+            for j in range(i, len(xs)):
+                shape = (np.size(xs[i]), np.size(xs[j]))
+                declared = dense(op.structure.second(i, j, entries_of(op, xs, params, everything), adj), shape)
+                seen = np.zeros(shape, dtype=bool)
+                for at in sum(points(xs), []):
+                    weights = RNG.uniform(0.5, 1.5, out_size) * adj
+                    found = nonzero(mixed(op, at, params, i, j, weights), 1e-5)
+                    assert not (found & ~declared).any(), \
+                        f"{case.id}: ∂²/∂x{i}∂x{j} nonzero outside the declared pairs\n{found.astype(int)}\n{declared.astype(int)}"
+                    seen |= found
+                assert not (declared & ~seen).any(), \
+                    f"{case.id}: ∂²/∂x{i}∂x{j}: declared pairs that are always 0\n{seen.astype(int)}\n{declared.astype(int)}"
+
+
+# ------------------------------------------------------------ whole programs
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _moved_runs(program, wrt: list[str], count=3):
+    """The program run at its own inputs and with the `wrt` inputs at random
+    points (the others are constants to a derivative, and a constant's zeros
+    are structural): near their values (scaled entry by entry and shifted a
+    little, so zeros move), negated, and drawn afresh (across the kinks of
+    relu, abs and the clamps). A point outside some op's domain gives
+    non-finite derivatives and is skipped."""
+    inputs = {n: np.asarray(v, dtype=float) for n, v in program.inputs.items() if n in wrt}
+    points = [{n: v * RNG.uniform(0.7, 1.3, v.shape) + RNG.uniform(-0.05, 0.05, v.shape) for n, v in inputs.items()}
+              for _ in range(count)]
+    points += [{n: -v for n, v in inputs.items()}] + [{n: RNG.normal(size=v.shape) for n, v in inputs.items()}
+                                                      for _ in range(2)]
+    yield run(program.source, name="generated.ad")
+    for sets in points:
+        yield run(program.source, name="generated.ad", sets=sets)
+
+
+def _flat_blocks(blocks: dict, names: list[str], rows: int) -> np.ndarray:
+    return np.concatenate([np.reshape(blocks[b], (rows, -1)) for b in names], axis=1)
+
+
+def _union(found: list[np.ndarray]) -> np.ndarray:
+    seen = np.zeros_like(found[0])
+    for f in found:
+        seen |= f
+    return seen
+
+
+def numeric_structures(runs: list, node_ids: list[int]):
+    """For each op node, a structure whose rules are the union over the runs'
+    points of the op's own numeric local derivatives (first: by its vjp,
+    exactly; second: by central differences of it): the pattern the tape
+    would have if every op declared exactly what its derivatives do there."""
+    structures = {}
+    for node_id in node_ids:
+        node = runs[0].tape.nodes[node_id]
+        op, params = node.op, node.params
+        at = [[r.tape.nodes[i].value for i in r.tape.nodes[node_id].inputs] for r in runs]
+        # And at operand values no input reaches: `w.exp.clampMax(0)` has a
+        # derivative for x = w.exp < 0, and `cosh` at a constant 0 for x ≠ 0.
+        at += [[RNG.normal(size=np.shape(x)) for x in at[0]], [0.5 + RNG.random(np.shape(x)) for x in at[0]]]
+
+        def first(i, e, op=op, params=params, at=at):
+            m = _union([np.nan_to_num(jacobian(op, xs, params, i)) != 0 for xs in at])
+            rows, cols = np.nonzero(m)
+            return Links.pairs(m.shape, rows, cols)
+
+        def second_(i, j, e, adj, op=op, params=params, at=at):
+            found = [nonzero(np.nan_to_num(mixed(op, xs, params, i, j, RNG.uniform(0.5, 1.5, adj.shape) * adj),
+                                           posinf=0, neginf=0), 1e-5) for xs in at]
+            rows, cols = np.nonzero(_union(found))
+            return Links.pairs((e.size(i), e.size(j)), rows, cols)
+
+        structures[node_id] = replace(op.structure, first=first, second=second_)
+    return structures
+
+
+def _sweep_with(run_, wrt_ids, structures):
+    """Sweep over a copy of the run's tape whose op nodes carry `structures`."""
+    tape = copy.copy(run_.tape)
+    tape.nodes = [n.copy(op=replace(n.op, structure=structures[n.id])) if n.id in structures else n
+                  for n in run_.tape.nodes]
+    return Sweep(tape, run_.output, wrt_ids)
+
+
+def _check_exact(pattern: np.ndarray, found: list[np.ndarray], explained: np.ndarray, what: str) -> None:
+    """No entry of a dense derivative outside the pattern, at any point; and
+    every entry of the pattern nonzero at some point, or in `explained`:
+    the pattern of the ops' numeric local derivatives at those points and
+    at random operand values (an entry missing from the dense derivatives
+    because two paths cancel, `w - w`, or because no input reaches the
+    operand values where an op's derivative is nonzero)."""
+    for f in found:
+        assert not (f & ~pattern).any(), f"{what}: a nonzero outside the pattern at {np.argwhere(f & ~pattern)[0]}"
+    unseen = pattern & ~_union(found)
+    assert not (unseen & ~explained).any(), \
+        f"{what}: pattern entries zero at every point: {np.argwhere(unseen & ~explained)[:5]}"
+
+
+@SETTINGS
+@given(programs(), st.data())
+def test_hessian_and_gradient_patterns_of_random_programs_are_exact(program, data):
+    names = [n for n in program.names if n in program.inputs and program.depends_on(n)]
+    assume(names)
+    wrt = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True), label="wrt")
+    base = run(program.source, name="generated.ad")
+    ids = list(base.wrt_ids(wrt).values())
+    sweep = Sweep(base.tape, base.output, ids)
+    hessians, gradients, finite_runs = [], [], []
+    for r in _moved_runs(program, wrt):
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            blocks = second.hessian(r, wrt).blocks
+            grads = r.tape.backward(r.output, [r.bindings[w] for w in wrt])
+        h = np.concatenate([_flat_blocks(blocks[a], wrt, np.size(r.node(a).value)) for a in wrt], axis=0)
+        g = np.concatenate([np.ravel(grads[r.bindings[w]]) for w in wrt])
+        if not (np.isfinite(h).all() and np.isfinite(g).all()):  # a point outside some op's domain
+            continue
+        hessians.append(h != 0)  # exact: AD computes a structural zero as 0
+        gradients.append(g[None, :] != 0)
+        finite_runs.append(r)
+    assume(finite_runs)
+    plan = [n.id for n in sweep.plan if n.op is not None]
+    numeric = _sweep_with(base, ids, numeric_structures(finite_runs, plan))
+    _check_exact(sweep.jacobian().toarray(), gradients, numeric.jacobian().toarray(), f"gradient of\n{program.source}")
+    _check_exact(sweep.hessian().toarray(), hessians, numeric.hessian().toarray(), f"hessian of\n{program.source}")
+
+
+# ------------------------------------------------------------- colouring
+
+
+def _random_symmetric(n: int, density: float) -> np.ndarray:
+    m = RNG.random((n, n)) < density
+    return m | m.T | np.eye(n, dtype=bool)
+
+
+@pytest.mark.parametrize("n", [4, 9, 100, 5000])
+def test_a_tridiagonal_pattern_takes_three_sweeps(n):
+    from spiread_cli.sparsity import colour_columns, colour_symmetric
+    pattern = sp.csr_array(sp.diags([np.ones(n - 1), np.ones(n), np.ones(n - 1)], [-1, 0, 1]).astype(bool))
+    assert colour_symmetric(pattern).count == 3
+    assert colour_columns(pattern).count == 3
+
+
+def test_an_arrowhead_takes_two_sweeps_by_a_star_colouring_and_n_by_columns():
+    from spiread_cli.sparsity import colour_columns, colour_symmetric
+    n = 40
+    arrow = np.eye(n, dtype=bool)
+    arrow[0, :] = arrow[:, 0] = True
+    star = colour_symmetric(sp.csr_array(arrow))
+    assert (star.kind, star.count) == ("star", 2)
+    assert colour_columns(sp.csr_array(arrow)).count == n
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 30), st.floats(0.0, 0.4), st.sampled_from(["star", "columns"]))
+def test_every_nonzero_is_recovered_from_one_product_per_colour(n, density, kind):
+    from spiread_cli.sparsity import Colouring, _greedy_columns, _greedy_star, recover
+    shape = _random_symmetric(n, density)
+    values = RNG.normal(size=(n, n)) * shape
+    values = values + values.T
+    pattern = sp.csr_array(shape)
+    colours = _greedy_star(pattern) if kind == "star" else _greedy_columns(pattern)
+    colouring = Colouring(colours, kind)
+    # A star colouring: neighbours differ, and no path of four vertices is two-coloured.
+    rows, cols = np.nonzero(shape & ~np.eye(n, dtype=bool))
+    assert (colours[rows] != colours[cols]).all()
+    recovered = recover(pattern, colouring, values @ colouring.seeds().T).toarray()
+    np.testing.assert_array_equal(recovered, values)
+
+
+# -------------------------------------------------------- sparse = dense
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), st.data())
+def test_the_sparse_hessian_equals_the_dense_one(program, data):
+    names = [n for n in program.names if n in program.inputs and program.depends_on(n)]
+    assume(names)
+    wrt = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True), label="wrt")
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        dense_run = run(program.source, name="generated.ad")
+        blocks = second.hessian(dense_run, wrt).blocks
+        found = second.sparse_hessian(run(program.source, name="generated.ad"), wrt)
+    expected = np.concatenate([_flat_blocks(blocks[a], wrt, np.size(dense_run.node(a).value)) for a in wrt], axis=0)
+    assume(np.isfinite(expected).all())
+    np.testing.assert_allclose(found.matrix.toarray(), expected, rtol=1e-10, atol=1e-12 * (1 + np.abs(expected).max()))
+    assert found.sweeps <= found.matrix.shape[0]
+
+
+# --------------------------------------------------------- programs we know
+
+
+ROSENBROCK = REPO / "examples" / "chained_rosenbrock.ad"
+
+
+def rosenbrock_hessian(x: np.ndarray) -> np.ndarray:
+    """The chained Rosenbrock function's Hessian, by hand."""
+    n = len(x)
+    h = np.zeros((n, n))
+    i = np.arange(n - 1)
+    h[i, i] += 1200 * x[i] ** 2 - 400 * x[i + 1] + 2
+    h[i + 1, i + 1] += 200
+    h[i, i + 1] = h[i + 1, i] = -400 * x[i]
+    return h
+
+
+def test_the_chained_rosenbrock_hessian_is_tridiagonal_and_exact_from_three_sweeps():
+    x = RNG.normal(size=(1, 50))
+    found = second.sparse_hessian(run(ROSENBROCK.read_text(), sets={"x": x}), ["x"])
+    assert found.sweeps == 3
+    np.testing.assert_allclose(found.matrix.toarray(), rosenbrock_hessian(x[0]), rtol=1e-12)
+    pattern = second.hessian_pattern(run(ROSENBROCK.read_text(), sets={"x": x}), ["x"]).pattern
+    assert pattern.nnz == 50 + 2 * 49
+
+
+def test_a_constant_s_zeros_are_structural_in_a_matrix_product():
+    """`A @@ x` with a constant banded A: ((A @@ x) ** 2).sum has Hessian AᵀA's pattern."""
+    n = 12
+    a = np.diag(np.ones(n)) + np.diag(np.ones(n - 1), 1)
+    text = f"A = {a.tolist()}\nx = {RNG.normal(size=n).tolist()}\nloss = ((A @@ x) ** 2).sum\n"
+    pattern = second.hessian_pattern(run(text), ["x"]).pattern.toarray()
+    np.testing.assert_array_equal(pattern, (a.T @ a) != 0)
+
+
+# ------------------------------------------------------------ the command line
+
+
+def test_hessian_sparse_json_gives_coo_triples_equal_to_the_dense_hessian(tmp_path):
+    out = tmp_path / "h.npz"
+    done = spiread("hessian", ROSENBROCK, "--sparse", "--format", "json", "--out", out)
+    assert done.returncode == 0, done.stderr
+    doc = strict_json(done.stdout)
+    assert doc["sweeps"] == 3 and doc["colouring"] == "columns"
+    block = doc["hessian"]["x"]["x"]
+    assert block["shape"] == [1, 10, 1, 10] and block["nonzeros"] == len(block["value"]) == 28
+    x = np.array(run(ROSENBROCK.read_text()).node("x").value)[0]
+    expected = rosenbrock_hessian(x)
+    np.testing.assert_allclose(block["value"], expected[block["row"], block["col"]], rtol=1e-12)
+    np.testing.assert_allclose(sp.load_npz(out).toarray(), expected, rtol=1e-12)
+    dense = strict_json(spiread("hessian", ROSENBROCK, "--format", "json").stdout)
+    np.testing.assert_allclose(np.reshape(dense["hessian"]["x"]["x"]["value"], (10, 10)), expected, rtol=1e-12)
+
+
+def test_hessian_pattern_prints_counts_density_sweeps_and_a_picture(tmp_path):
+    done = spiread("hessian", ROSENBROCK, "--pattern", "--plot", tmp_path / "spy.png")
+    assert done.returncode == 0, done.stderr
+    assert "10×10: 28 nonzeros (28%); --sparse takes 3 sweeps" in done.stdout
+    assert "██········\n███·······\n·███······" in done.stdout
+    assert (tmp_path / "spy.png").read_bytes()[:4] == b"\x89PNG"
+    doc = strict_json(spiread("hessian", ROSENBROCK, "--pattern", "--format", "json").stdout)
+    assert (doc["nonzeros"], doc["density"], doc["sweeps"]) == (28, 0.28, 3)
+    assert "value" not in doc["pattern"]["x"]["x"] and len(doc["pattern"]["x"]["x"]["row"]) == 28
+
+
+def test_a_large_pattern_is_drawn_in_shaded_cells():
+    done = spiread("hessian", ROSENBROCK, "--pattern", "--set", f"x={np.ones((1, 1000)).tolist()}")
+    assert done.returncode == 0, done.stderr
+    assert "1000×1000: 2998 nonzeros" in done.stdout and "each character 32×16 entries" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sparse", "--pattern"], "`--sparse` and `--pattern` are different results"),
+    (["--out", "h.npz"], "`--out` writes a sparse result"),
+    (["--sparse", "--hvp", "x=[[1,0,0,0,0,0,0,0,0,0]]"], "`--sparse` and `--hvp` cannot go together"),
+])
+def test_sparse_options_that_do_not_fit_are_usage_errors(args, message, tmp_path):
+    done = spiread("hessian", ROSENBROCK, *args, cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------ Python
+
+
+def test_program_hessian_sparse_is_a_scipy_matrix_equal_to_the_dense_hessian():
+    import spiread_cli
+    prog = spiread_cli.load(ROSENBROCK)
+    x = RNG.normal(size=(1, 10))
+    h = prog.hessian(x=x, wrt="x", sparse=True)
+    assert sp.issparse(h) and h.sweeps == 3
+    np.testing.assert_allclose(h.toarray(), prog.hessian(x=x, wrt="x").blocks["x"]["x"].reshape(10, 10), rtol=1e-12)
+    pattern = prog.hessian(x=x, wrt="x", pattern=True)
+    assert pattern.dtype == bool and pattern.nnz == 28 and pattern.sweeps == 3
+    with pytest.raises(spiread_cli.SpireadError, match="sparse=True and pattern=True"):
+        prog.hessian(sparse=True, pattern=True)
