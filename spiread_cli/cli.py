@@ -237,6 +237,10 @@ def train_command(
         lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate. Default: sgd 0.01, adam 0.001, newton 1 (a full Newton step, the most it takes).")] = None,
         optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="sgd (with --momentum), adam, or newton (trust region, conjugate gradients on Hessian-vector products).")] = Optimizer.sgd,
         momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum; 0 is plain SGD.")] = 0.0,
+        sparse: Annotated[Optional[bool], typer.Option(
+            "--sparse/--no-sparse", help="newton: solve with the sparse Hessian (from its exact pattern, one "
+                                         "Hessian-vector product per colour; needs scipy), or not. Default: where "
+                                         "the pattern is sparse and scipy is installed.")] = None,
         save: Annotated[Optional[Path], typer.Option("--save", metavar="PATH.npz",
                                                      help="Write the trained values here, keyed by name (.npz is "
                                                           "added if PATH lacks it). It may be the --set archive "
@@ -260,7 +264,7 @@ def train_command(
 
     def prepare():
         nonlocal chosen
-        chosen = make_optimizer(optimizer.value, lr, momentum)
+        chosen = make_optimizer(optimizer.value, lr, momentum, sparse)
         if plot is not None and not files.installed("matplotlib"):
             raise usage_error("`--plot` needs matplotlib, which is not installed",
                               ['pip install matplotlib (or pip install ".[plot]" in spiread\'s checkout); '

@@ -164,6 +164,8 @@ def option(keyword: str, value: object = None) -> str:
         shown = f'"{value or "NAME"}"' if value is None or isinstance(value, str) \
             else f"{value:g}" if isinstance(value, float) else str(value)
         return f"`{keyword}={shown}`"
+    if isinstance(value, bool):  # a flag: `--sparse`, `--no-sparse`
+        return f"`--{keyword}`" if value else f"`--no-{keyword}`"
     shown = "NAME" if value is None else f"{value:g}" if isinstance(value, float) else value
     return f"`--{keyword.replace('_', '-')} {shown}`"
 

@@ -110,21 +110,37 @@ class Newton:
     needs_curvature = True
     acceptable = 1e-4       # ρ above this accepts a step (Nocedal & Wright's η)
     rounding = 4 * np.finfo(float).eps  # a predicted decrease below this fraction of |loss| is none
+    # `sparse=None` takes the sparse Hessian when scipy is there, the values
+    # have at least this many entries, and a product per colour is at most
+    # this fraction of a product per entry.
+    sparse_from_entries = 256
+    sparse_sweeps_fraction = 1 / 16
 
-    def __init__(self, lr: float = default_lr):
+    def __init__(self, lr: float = default_lr, sparse: bool | None = None):
         self.lr = lr
+        self.sparse = sparse
         self.radius: float | None = None       # Δ, set at the first step
         self.rejected = 0
         self.converged: str | None = None
+        self.hessians = None                   # SparseHessians when the steps solve with the sparse Hessian
 
     def attach(self, tape, output: int, ids: dict[str, int], loss_at) -> None:
         """Record the gradient of `output` on `tape` (a copy the trainer owns)
         and the product h = Σ⟨∂f/∂w, v⟩ that every HVP sweeps back from;
-        `loss_at(values)` is the loss at trial values (a forward pass)."""
-        from .second import HessianVectorProducts
+        `loss_at(values)` is the loss at trial values (a forward pass). With
+        `sparse` (or by default where the Hessian's pattern is sparse: see
+        `sparse_from_entries`), the sparse Hessian from its colours instead."""
+        from importlib.util import find_spec
+        from .second import HessianVectorProducts, SparseHessians
         self.tape, self.output, self.ids, self.loss_at = tape, output, ids, loss_at
         recorded_from = len(tape.nodes)
-        self.products = HessianVectorProducts(tape, tape.backward_graph(output, list(ids.values())), recorded_from)
+        grad_ids = tape.backward_graph(output, list(ids.values()))
+        self.products = HessianVectorProducts(tape, grad_ids, recorded_from)
+        entries = sum(tape.nodes[i].value.size for i in ids.values())
+        if self.sparse or (self.sparse is None and entries >= self.sparse_from_entries and find_spec("scipy")):
+            hessians = SparseHessians(tape, output, grad_ids)
+            if self.sparse or hessians.colouring.count <= self.sparse_sweeps_fraction * entries:
+                self.hessians = hessians
 
     def step(self, values: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.products.refresh()  # the recorded gradient at the current values (train replayed the forward pass)
@@ -147,7 +163,10 @@ class Newton:
             return values
         if self.radius is None:
             self.radius = 100 * max(float(np.linalg.norm(w)), 1.0)
-        path = steihaug_path(curvature_times, g, self.radius, len(g))
+        if self.hessians is not None:
+            path = sparse_newton_path(self.hessians(), g, self.radius)
+        else:
+            path = steihaug_path(curvature_times, g, self.radius, len(g))
         floor = self.rounding * abs(loss)
         while True:
             p, hp, on_boundary = path.point(self.radius)
@@ -169,6 +188,10 @@ class Newton:
             self.radius = length / 4
 
     def describe(self) -> str:
+        if self.hessians is not None:
+            sweeps = self.hessians.colouring.count
+            return (f"newton (trust region, the sparse Hessian from {sweeps} Hessian-vector "
+                    f"product{'s' if sweeps != 1 else ''} a step, lr {self.lr:g})")
         return f"newton (trust region, conjugate gradients on Hessian-vector products, lr {self.lr:g})"
 
 
@@ -236,6 +259,26 @@ def steihaug_path(curvature_times, g: np.ndarray, radius: float, max_iterations:
     return SteihaugPath(g, points, False)
 
 
+def sparse_newton_path(hessian, g: np.ndarray, radius: float) -> SteihaugPath:
+    """The path of a step with the sparse Hessian H at hand: when H is
+    positive definite (a symmetric LU without pivoting off the diagonal has
+    a positive diagonal: scipy.sparse.linalg.splu) and the Newton step
+    −H⁻¹g, solved directly, lies inside the trust region, the chord from 0
+    to it (a rejected step tries a point on it); else Steihaug's conjugate
+    gradients, on products with H that cost one sparse product each."""
+    from scipy.sparse.linalg import splu
+    try:
+        lu = splu(hessian.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                  options={"SymmetricMode": True})
+    except RuntimeError:  # singular
+        lu = None
+    if lu is not None and (lu.perm_r == lu.perm_c).all() and (lu.U.diagonal() > 0).all():
+        p = lu.solve(-g)
+        if np.isfinite(p).all() and np.linalg.norm(p) < radius:
+            return SteihaugPath(g, [(np.zeros_like(g), -g), (p, -(g + hessian @ p))], False)
+    return steihaug_path(lambda v: hessian @ v, g, radius, len(g))
+
+
 def _crossing(x: np.ndarray, d: np.ndarray, radius: float) -> float:
     """τ ≥ 0 with |x + τd| = radius, for |x| < radius."""
     dd, xd, xx = float(d @ d), float(x @ d), float(x @ x)
@@ -245,8 +288,9 @@ def _crossing(x: np.ndarray, d: np.ndarray, radius: float) -> float:
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "newton": Newton}
 
 
-def make_optimizer(name: str, lr: float | None = None, momentum: float = 0.0):
-    """An optimizer by name; `lr` None means the optimizer's default."""
+def make_optimizer(name: str, lr: float | None = None, momentum: float = 0.0, sparse: bool | None = None):
+    """An optimizer by name; `lr` None means the optimizer's default;
+    `sparse` is newton's (None: where the Hessian's pattern is sparse)."""
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise usage_error(f"{option('lr', lr)}: the learning rate must be a positive number")
     if not (math.isfinite(momentum) and 0 <= momentum < 1):
@@ -258,6 +302,16 @@ def make_optimizer(name: str, lr: float | None = None, momentum: float = 0.0):
     if kind is Newton and lr > 1:
         raise usage_error(f"{option('lr', lr)}: newton's step is at most the Newton step, {option('lr', 1)}",
                           ["a smaller learning rate shortens each step; the trust region already bounds it"])
+    if sparse is not None and kind is not Newton:
+        raise usage_error(f"{option('sparse', sparse)} is newton's: the sparse Hessian it solves with",
+                          ["add `--optimizer newton`"])
+    if sparse:
+        from importlib.util import find_spec
+        if find_spec("scipy") is None:
+            raise usage_error(f"{option('sparse', sparse)} needs scipy, which is not installed",
+                              ['pip install scipy (or pip install ".[sparse]" in spiread\'s checkout)'])
+    if kind is Newton:
+        return Newton(lr, sparse)
     if momentum:
         raise usage_error(f"{option('momentum', momentum)} is for sgd; " + ("adam has its own (beta1 = 0.9)" if kind is Adam
                                                           else f"{name} has none"))

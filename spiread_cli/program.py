@@ -294,7 +294,7 @@ class Program:
     def train(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str,
               steps: int = 100, lr: float | None = None, optimizer: Literal["sgd", "adam", "newton"] = "sgd",
               momentum: float = 0.0, of: str | None = None, progress: bool | None = None,
-              **more: ArrayLike) -> "Training":
+              sparse: bool | None = None, **more: ArrayLike) -> "Training":
         """Repeat forward, backward and an optimizer step on the `wrt` values
         (each bound to a constant), from one run of the program.
 
@@ -306,7 +306,13 @@ class Program:
         gradient that stops being finite raises `TrainingStopped` (a
         SpireadError) saying where it was born; its `.training` holds the
         losses so far and the values kept. When the warning filters make a
-        SpireadWarning an error, so does a warning in any step (`--strict`)."""
+        SpireadWarning an error, so does a warning in any step (`--strict`).
+
+        `sparse` is newton's: True solves each step with the sparse Hessian
+        (from its exact pattern, one Hessian-vector product per colour;
+        needs scipy), False with conjugate gradients on Hessian-vector
+        products, None (the default) the sparse Hessian where its pattern
+        is sparse (docs/sparsity.md)."""
         from . import train as training
         from .optim import OPTIMIZERS, make_optimizer
         from .output import StepReporter, train_summary
@@ -318,7 +324,9 @@ class Program:
                                exit_code=2)
         checked_number("lr", lr)
         checked_number("momentum", momentum)
-        chosen = make_optimizer(optimizer, lr, momentum)
+        if sparse is not None and not isinstance(sparse, bool):
+            raise type_error("sparse", sparse, "True, False or None")
+        chosen = make_optimizer(optimizer, lr, momentum, sparse)
         run = self._run_bound(bindings, more, of, evaluate=False, wrt=wrt_names(wrt))  # computed as train's fused tape
         names = self._located(training.trainable_names, run, wrt_names(wrt) or [])
         strict = warnings_raise()

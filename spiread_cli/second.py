@@ -77,33 +77,11 @@ class SecondOrder:
     def sparse_hessian(self, pattern=None, colouring=None, budget_bytes: int = TANGENT_BUDGET_BYTES):
         """The Hessian as a scipy.sparse CSR matrix over the wrt entries (in
         order, each value's entries flat), from one Hessian-vector product
-        per colour of its pattern: the colours' seeds pushed forward, all at
-        once, through the recorded gradient (forward over reverse, as
-        `hessian`). Returns (matrix, pattern, colouring)."""
-        from .sparsity import colour_symmetric, recover
-        pattern = self.pattern() if pattern is None else pattern
-        colouring = colour_symmetric(pattern) if colouring is None else colouring
-        return recover(pattern, colouring, self.products_with(colouring.seeds(), budget_bytes)), pattern, colouring
-
-    def products_with(self, seeds: np.ndarray, budget_bytes: int = TANGENT_BUDGET_BYTES) -> np.ndarray:
-        """H · seedsᵀ (wrt entries × directions) for directions over all the wrt
-        entries (directions × entries), pushed in batches."""
-        tape, nodes = self.run.tape, self.run.tape.nodes
-        seeded = list(self.ids.values())
-        sizes = [nodes[i].value.size for i in seeded]
-        cuts = np.cumsum([0] + sizes)
-        k = len(seeds)
-
-        def seed_block(start: int, count: int) -> dict[int, np.ndarray]:
-            return {i: seeds[start:start + count, cuts[p]:cuts[p + 1]].reshape((count,) + nodes[i].value.shape)
-                    for p, i in enumerate(seeded)}
-
-        rows = []
-        diagnostics = self.run.diagnostics
-        for a_id in seeded:
-            sweep = ForwardSweep(tape, self.grad_ids[a_id], seeded)
-            rows.append(sweep.push_blocks(k, seed_block, diagnostics, budget_bytes).reshape(k, -1).T)
-        return np.concatenate(rows, axis=0) if rows else np.zeros((0, k))
+        per colour of its pattern (`SparseHessians`). Returns (matrix,
+        pattern, colouring)."""
+        hessians = SparseHessians(self.run.tape, self.run.output, {i: self.grad_ids[i] for i in self.ids.values()},
+                                  pattern, colouring, self.run.diagnostics)
+        return hessians(budget_bytes), hessians.pattern, hessians.colouring
 
     # ------------------------------------------- Hessian-vector products
 
@@ -124,6 +102,41 @@ class SecondOrder:
                                                    self.run.diagnostics)
         by_id = self._products({self.all_ids[n]: v for n, v in vectors.items()}, list(self.ids.values()))
         return {name: by_id[i] for name, i in self.ids.items()}
+
+
+class SparseHessians:
+    """The Hessian over the values `grad_ids` names (value id -> its recorded
+    gradient's id, on `tape`) as a sparse matrix, from its exact pattern
+    (read from the tape once: spiread_cli/sparsity.py) and one
+    Hessian-vector product per colour of it: the colours' seeds pushed
+    forward, all at once, through each recorded gradient (forward over
+    reverse, as `SecondOrder.hessian`). Call it again after the values
+    change and the recorded gradient is replayed (Newton's steps)."""
+
+    def __init__(self, tape: Tape, output: int, grad_ids: dict[int, int], pattern=None, colouring=None,
+                 diagnostics: Diagnostics | None = None):
+        from .sparsity import colour_symmetric, hessian_pattern
+        self.wrt = list(grad_ids)
+        self.pattern = hessian_pattern(tape, output, self.wrt) if pattern is None else pattern
+        self.colouring = colour_symmetric(self.pattern) if colouring is None else colouring
+        self.seeds = self.colouring.seeds()
+        self.diagnostics = diagnostics
+        nodes = tape.nodes
+        self.shapes = [nodes[i].value.shape for i in self.wrt]
+        self.cuts = np.cumsum([0] + [math.prod(s) for s in self.shapes])
+        self.sweeps = [ForwardSweep(tape, grad_ids[a], self.wrt) for a in self.wrt]
+
+    def __call__(self, budget_bytes: int = TANGENT_BUDGET_BYTES):
+        from .sparsity import recover
+        seeds, k = self.seeds, len(self.seeds)
+
+        def seed_block(start: int, count: int) -> dict[int, np.ndarray]:
+            return {i: seeds[start:start + count, self.cuts[p]:self.cuts[p + 1]].reshape((count,) + self.shapes[p])
+                    for p, i in enumerate(self.wrt)}
+
+        rows = [sweep.push_blocks(k, seed_block, self.diagnostics, budget_bytes).reshape(k, -1).T
+                for sweep in self.sweeps]
+        return recover(self.pattern, self.colouring, np.concatenate(rows, axis=0) if rows else np.zeros((0, k)))
 
 
 class HessianVectorProducts:

@@ -13,7 +13,7 @@ from autograd import grad, hessian
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import lit, run, spiread, strict_json
+from conftest import REPO, lit, run, spiread, strict_json
 from spiread_cli import optim, train
 
 X = [[1, .5], [1, -1.2], [1, 2.3], [1, .1], [1, 1.5]]
@@ -132,10 +132,11 @@ def test_the_norm_never_rises_and_goes_to_zero(tmp_program):
 # ------------------------------------------------------------ convex, nonconvex, flat
 
 
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("name", CONVEX)
-def test_convex_losses_reach_the_independent_minimum_without_rising(name):
+def test_convex_losses_reach_the_independent_minimum_without_rising(name, sparse):
     text, f, w0 = CONVEX[name]
-    result = train.train(run(text), ["w"], 40, optim.Newton())
+    result = train.train(run(text), ["w"], 40, optim.Newton(sparse=sparse))
     assert result.error is None
     assert_never_rises(result.losses)
     optimum = reference_minimum(f, w0)
@@ -167,8 +168,9 @@ def test_a_newton_step_never_raises_a_convex_loss(seed, delta, scale):
     ("w = [-1.2, 1.0]\nloss = (1 - w[0]) ** 2 + 100 * (w[1] - w[0] ** 2) ** 2\n", [1.0, 1.0]),  # Rosenbrock
     ("w = [0.1, -0.05]\nloss = ((w * w - 1) ** 2).sum\n", [1.0, -1.0]),  # starts where the curvature is negative
 ])
-def test_nonconvex_losses_fall_to_a_minimum_without_blowing_up(text, minimum):
-    result = train.train(run(text), ["w"], 100, optim.Newton())
+@pytest.mark.parametrize("sparse", [False, True])
+def test_nonconvex_losses_fall_to_a_minimum_without_blowing_up(text, minimum, sparse):
+    result = train.train(run(text), ["w"], 100, optim.Newton(sparse=sparse))
     assert result.error is None
     assert_never_rises(result.losses)
     assert result.losses[-1] < 1e-20
@@ -267,3 +269,51 @@ def test_save_and_log_keep_what_newton_converged_to(tmp_program, tmp_path):
     rows = log.read_text().splitlines()
     assert rows[0] == "step,loss" and [float(r.split(",")[1]) for r in rows[1:]] == document["loss"]
     assert document["steps"] == len(rows) - 1 < 15
+
+
+# ------------------------------------------------------------ the sparse Hessian
+
+CHAINED = (REPO / "examples" / "chained_rosenbrock.ad").read_text()
+
+
+def test_a_long_chained_rosenbrock_solves_with_the_sparse_hessian_by_default():
+    """400 entries, a tridiagonal Hessian: three Hessian-vector products a
+    step and a sparse LU, chosen without being asked; the same minimum as
+    conjugate gradients on Hessian-vector products."""
+    pytest.importorskip("scipy")
+    x0 = np.full((1, 400), 0.5)
+    chosen = optim.Newton()
+    result = train.train(run(CHAINED, sets={"x": x0}), ["x"], 100, chosen)
+    assert "the sparse Hessian from 3 Hessian-vector products" in chosen.describe()
+    assert result.status == "converged" and result.losses[-1] < 1e-20
+    assert_never_rises(result.losses)
+    np.testing.assert_allclose(result.values["x"], np.ones((1, 400)), atol=1e-9)
+    products = optim.Newton(sparse=False)
+    again = train.train(run(CHAINED, sets={"x": x0}), ["x"], 100, products)
+    assert "conjugate gradients" in products.describe()
+    np.testing.assert_allclose(again.values["x"], result.values["x"], atol=1e-9)
+
+
+def test_the_sparse_newton_path_is_newtons_step_inside_the_region_and_cg_outside_or_indefinite():
+    sp = pytest.importorskip("scipy.sparse")
+    h = sp.csr_array(np.array([[4.0, 1.0, 0.0], [1.0, 3.0, 1.0], [0.0, 1.0, 2.0]]))
+    g = np.array([1.0, -2.0, 0.5])
+    step = np.linalg.solve(h.toarray(), -g)
+    p, hp, on_boundary = optim.sparse_newton_path(h, g, 10.0).point(10.0)
+    np.testing.assert_allclose(p, step, rtol=1e-12)
+    np.testing.assert_allclose(hp, h @ p, rtol=1e-12)
+    assert not on_boundary
+    p, _, on_boundary = optim.sparse_newton_path(h, g, 0.1).point(0.1)
+    assert on_boundary and np.linalg.norm(p) == pytest.approx(0.1)
+    indefinite = sp.csr_array(np.diag([1.0, -1.0, 2.0]))
+    p, _, on_boundary = optim.sparse_newton_path(indefinite, g, 5.0).point(5.0)
+    assert on_boundary and np.linalg.norm(p) == pytest.approx(5.0)  # along negative curvature, to the boundary
+
+
+def test_sparse_is_newtons_option(tmp_program):
+    path = tmp_program("w = [1.0, 2.0]\nloss = (w * w).sum\n")
+    done = spiread("train", path, "--wrt", "w", "--sparse")
+    assert done.returncode == 2 and "`--sparse` is newton's" in done.stderr, done.stderr
+    done = spiread("train", path, "--wrt", "w", "--optimizer", "newton", "--sparse", "--steps", "3", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert strict_json(done.stdout)["loss"][-1] == 0.0
