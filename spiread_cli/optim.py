@@ -297,14 +297,14 @@ def make_optimizer(name: str, lr: float | None = None, momentum: float = 0.0, sp
         raise usage_error(f"{option('momentum', momentum)}: momentum must be at least 0 and below 1")
     kind = OPTIMIZERS[name]
     lr = kind.default_lr if lr is None else lr
+    if sparse is not None and kind is not Newton:
+        raise usage_error(f"{option('sparse', sparse)} is newton's: the sparse Hessian it solves with",
+                          [f"add {option('optimizer', 'newton')}"])
     if kind is SGD:
         return SGD(lr, momentum)
     if kind is Newton and lr > 1:
         raise usage_error(f"{option('lr', lr)}: newton's step is at most the Newton step, {option('lr', 1)}",
                           ["a smaller learning rate shortens each step; the trust region already bounds it"])
-    if sparse is not None and kind is not Newton:
-        raise usage_error(f"{option('sparse', sparse)} is newton's: the sparse Hessian it solves with",
-                          ["add `--optimizer newton`"])
     if sparse:
         from importlib.util import find_spec
         if find_spec("scipy") is None:

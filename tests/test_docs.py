@@ -231,7 +231,8 @@ def test_synopsis_lists_the_commands_real_options(block: Block):
     described = set(block.synopsis.split())
     for command, line in synopsis_lines(block).items():
         params = [p for p in typer.main.get_command(app).commands[command].params if p.param_type_name == "option"]
-        real = {p.opts[0]: sorted(getattr(p.type, "choices", None) or []) for p in params}
+        real = {opt: sorted(getattr(p.type, "choices", None) or []) for p in params
+                for opt in p.opts[:1] + p.secondary_opts}  # a flag's off switch too: --sparse/--no-sparse
         shown = dict(re.findall(r"(--[a-z-]+)(?:[ =]([\w.]+(?:\|[\w.]+)+))?", line))
         assert set(shown) | (described & set(real)) == set(real), f"spiread {command}: {line}"
         for option, choices in shown.items():
