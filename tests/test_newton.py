@@ -281,13 +281,13 @@ def test_a_long_chained_rosenbrock_solves_with_the_sparse_hessian_by_default():
     step and a sparse LU, chosen without being asked; the same minimum as
     conjugate gradients on Hessian-vector products."""
     pytest.importorskip("scipy")
-    x0 = np.full((1, 400), 0.5)
+    x0 = np.full(400, 0.5)
     chosen = optim.Newton()
     result = train.train(run(CHAINED, sets={"x": x0}), ["x"], 100, chosen)
     assert "the sparse Hessian from 3 Hessian-vector products" in chosen.describe()
     assert result.status == "converged" and result.losses[-1] < 1e-20
     assert_never_rises(result.losses)
-    np.testing.assert_allclose(result.values["x"], np.ones((1, 400)), atol=1e-9)
+    np.testing.assert_allclose(result.values["x"], np.ones(400), atol=1e-9)
     products = optim.Newton(sparse=False)
     again = train.train(run(CHAINED, sets={"x": x0}), ["x"], 100, products)
     assert "conjugate gradients" in products.describe()

@@ -348,10 +348,10 @@ def rosenbrock_hessian(x: np.ndarray) -> np.ndarray:
 
 
 def test_the_chained_rosenbrock_hessian_is_tridiagonal_and_exact_from_three_sweeps():
-    x = RNG.normal(size=(1, 50))
+    x = RNG.normal(size=50)
     found = second.sparse_hessian(run(ROSENBROCK.read_text(), sets={"x": x}), ["x"])
     assert found.sweeps == 3
-    np.testing.assert_allclose(found.matrix.toarray(), rosenbrock_hessian(x[0]), rtol=1e-12)
+    np.testing.assert_allclose(found.matrix.toarray(), rosenbrock_hessian(x), rtol=1e-12)
     pattern = second.hessian_pattern(run(ROSENBROCK.read_text(), sets={"x": x}), ["x"]).pattern
     assert pattern.nnz == 50 + 2 * 49
 
@@ -375,8 +375,8 @@ def test_hessian_sparse_json_gives_coo_triples_equal_to_the_dense_hessian(tmp_pa
     doc = strict_json(done.stdout)
     assert doc["sweeps"] == 3 and doc["colouring"] == "columns"
     block = doc["hessian"]["x"]["x"]
-    assert block["shape"] == [1, 10, 1, 10] and block["nonzeros"] == len(block["value"]) == 28
-    x = np.array(run(ROSENBROCK.read_text()).node("x").value)[0]
+    assert block["shape"] == [10, 10] and block["nonzeros"] == len(block["value"]) == 28
+    x = np.array(run(ROSENBROCK.read_text()).node("x").value)
     expected = rosenbrock_hessian(x)
     np.testing.assert_allclose(block["value"], expected[block["row"], block["col"]], rtol=1e-12)
     np.testing.assert_allclose(sp.load_npz(out).toarray(), expected, rtol=1e-12)
@@ -396,7 +396,7 @@ def test_hessian_pattern_prints_counts_density_sweeps_and_a_picture(tmp_path):
 
 
 def test_a_large_pattern_is_drawn_in_shaded_cells():
-    done = spiread("hessian", ROSENBROCK, "--pattern", "--set", f"x={np.ones((1, 1000)).tolist()}")
+    done = spiread("hessian", ROSENBROCK, "--pattern", "--set", f"x={np.ones(1000).tolist()}")
     assert done.returncode == 0, done.stderr
     assert "1000×1000: 2998 nonzeros" in done.stdout and "each character 32×16 entries" in done.stdout
 
@@ -417,7 +417,7 @@ def test_sparse_options_that_do_not_fit_are_usage_errors(args, message, tmp_path
 def test_program_hessian_sparse_is_a_scipy_matrix_equal_to_the_dense_hessian():
     import spiread_cli
     prog = spiread_cli.load(ROSENBROCK)
-    x = RNG.normal(size=(1, 10))
+    x = RNG.normal(size=10)
     h = prog.hessian(x=x, wrt="x", sparse=True)
     assert sp.issparse(h) and h.sweeps == 3
     np.testing.assert_allclose(h.toarray(), prog.hessian(x=x, wrt="x").blocks["x"]["x"].reshape(10, 10), rtol=1e-12)
