@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .diagnostics import SpireadError
-from .limits import check_bytes
+from .limits import check_bytes, max_bytes
 from .structure import Entries, Links
 from .tape import Node, Tape
 
@@ -98,6 +98,7 @@ class Sweep:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.n = int(self.offsets[-1])
         self.plan: list[Node] = self.tape.between(self.wrt, self.output)
+        self.limit = max_bytes()
         self.patterns: dict[int, sp.csr_array] = {}
         self.links: dict[tuple[int, int], Links] = {}
         self.entries: dict[int, Entries] = {}
@@ -139,7 +140,7 @@ class Sweep:
 
     def _check(self, pattern: sp.csr_array, node: Node) -> None:
         check_bytes(pattern.nnz * 9, lambda: f"the sparsity pattern at `{node.name or node.label}` would hold "
-                                             f"{pattern.nnz} entries", node.span)
+                                             f"{pattern.nnz} entries", node.span, self.limit)
 
     def jacobian(self) -> sp.csr_array:
         """The pattern of ∂output/∂wrt: output entries × differentiated entries."""
@@ -152,7 +153,7 @@ class Sweep:
         adjoints: dict[int, np.ndarray] = {}
         if self.output in self.patterns:
             adjoints[self.output] = np.ones(math.prod(nodes[self.output].shape), dtype=bool)
-        total = sp.csr_array((self.n, self.n), dtype=bool)
+        terms: list[sp.csr_array] = []  # summed once at the end: a running sum would copy it at every node
         for node in reversed(self.plan):
             adj = adjoints.get(node.id)
             if adj is None or node.op is None or not adj.any():
@@ -173,9 +174,14 @@ class Sweep:
                         continue
                     links = second(k, m, self.entries[node.id], adj)
                     if links is not None:
-                        total = total + met(links, self.patterns[i], self.patterns[j])
-                        self._check(total, node)
-        return (total + total.T).tocsr()
+                        terms.append(met(links, self.patterns[i], self.patterns[j]))
+                        self._check(terms[-1], node)
+        if not terms:
+            return sp.csr_array((self.n, self.n), dtype=bool)
+        parts = [term.tocoo() for term in terms]
+        rows = np.concatenate([p.row for p in parts] + [p.col for p in parts]).astype(np.int64)
+        cols = np.concatenate([p.col for p in parts] + [p.row for p in parts]).astype(np.int64)
+        return _csr((self.n, self.n), rows, cols)  # H and Hᵀ: duplicates meet in one entry
 
 
 def jacobian_pattern(tape: Tape, output: int, wrt: list[int]) -> sp.csr_array:

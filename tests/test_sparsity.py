@@ -199,7 +199,8 @@ def numeric_structures(runs: list, node_ids: list[int]):
         at = [[r.tape.nodes[i].value for i in r.tape.nodes[node_id].inputs] for r in runs]
         # And at operand values no input reaches: `w.exp.clampMax(0)` has a
         # derivative for x = w.exp < 0, and `cosh` at a constant 0 for x ≠ 0.
-        at += [[RNG.normal(size=np.shape(x)) for x in at[0]], [0.5 + RNG.random(np.shape(x)) for x in at[0]]]
+        at += [[RNG.normal(size=np.shape(x)) for x in at[0]], [3 * RNG.normal(size=np.shape(x)) for x in at[0]],
+               [0.5 + RNG.random(np.shape(x)) for x in at[0]], [-0.5 - RNG.random(np.shape(x)) for x in at[0]]]
 
         def first(i, e, op=op, params=params, at=at):
             m = _union([np.nan_to_num(jacobian(op, xs, params, i)) != 0 for xs in at])
