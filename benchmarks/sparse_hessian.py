@@ -60,10 +60,11 @@ def numpy_hessian(x: np.ndarray):
 
 def spiread_parts(x: np.ndarray):
     """A recorded run with its gradient recorded, and its pattern and colouring."""
-    from spiread_cli import api, second
+    from spiread_cli import second
     from spiread_cli.diagnostics import Source
+    from spiread_cli.program import Program
     from spiread_cli.sparsity import colour_symmetric, hessian_pattern
-    run = api.run_source(Source("chained_rosenbrock.ad", PROGRAM), {"x": x}, base_dir=ROOT)
+    run = Program.parse(Source("chained_rosenbrock.ad", PROGRAM), ROOT).run({"x": x})
     ids = [run.bindings["x"]]
     order = second.SecondOrder(run, ["x"])
     pattern = hessian_pattern(run.tape, run.output, ids)
@@ -112,8 +113,8 @@ def peak_memory(n: int) -> float:
 def newton_against_lbfgs(n: int) -> dict:
     import scipy.optimize
     import spiread_cli
-    from spiread_cli import api
     from spiread_cli.diagnostics import Source
+    from spiread_cli.program import Program
     x0 = np.full(n, 1.2)
     program = spiread_cli.compile(PROGRAM, base_dir=ROOT)
     began = time.perf_counter()
@@ -122,7 +123,7 @@ def newton_against_lbfgs(n: int) -> dict:
               "loss": float(program.eval(x=trained.values["x"])["loss"])}
 
     # L-BFGS with spiread's gradients: the tape replayed at each x, then the reverse sweep.
-    run = api.run_source(Source("chained_rosenbrock.ad", PROGRAM), {"x": x0}, base_dir=ROOT)
+    run = Program.parse(Source("chained_rosenbrock.ad", PROGRAM), ROOT).run({"x": x0})
     node, output = run.node("x"), run.tape.nodes[run.output]
     moved = run.tape.between([node.id], run.output)
 
