@@ -298,6 +298,15 @@ def einsum_subscripts(written: str, operands: int, at: Span) -> str:
     return ",".join(subscripts) + "->" + output
 
 
+
+def _op_function(op_name: str) -> Callable:
+    """A function that is an op of the table, its arguments the operands:
+    `maximum(a, b)`, `where(cond, a, b)`."""
+    def body(self: Elaborator, args, keywords, call):
+        return self.apply(OPS[op_name], args, {}, call.span, call.at, op_name)
+    return body
+
+
 def _array(self: Elaborator, args, keywords, call):
     return self.array_literal(args, call)
 
@@ -381,19 +390,53 @@ FUNCTIONS: dict[str, Builtin] = {
     "rows": Builtin(_measure("rows"), (1,)),
     "cols": Builtin(_measure("cols"), (1,)),
     "size": Builtin(_measure("size"), (1,)),
+    **{name: Builtin(_op_function(name), (OPS[name].arity,)) for name in ("maximum", "minimum", "logaddexp", "where")},
 }
+
+
+# What numpy, PyTorch and Scala call words that spiread spells otherwise:
+# an unknown method or function with one of these names is pointed at
+# spiread's words, rather than at whatever is spelled closest (`x.amax` was
+# offered `max`, and `x.max`, before there was one, `map`). Keyed by the
+# name as written, in lower case.
+_EXTREMES = {word: (f"x.{word}", f"X.row{word.capitalize()}", f"X.col{word.capitalize()}", f"{word}imum(a, b)")
+             for word in ("max", "min")}
+OTHER_SPELLINGS: dict[str, tuple[str, ...]] = {
+    **_EXTREMES, "amax": _EXTREMES["max"], "amin": _EXTREMES["min"], "fmax": _EXTREMES["max"][3:],
+    "fmin": _EXTREMES["min"][3:],
+    **{f"arc{f}": (f"x.a{f}",) for f in ("sin", "cos", "tan", "sinh", "cosh", "tanh")},
+    "prod": ("x.product", "X.rowProduct", "X.colProduct"),
+    "logsumexp": ("x.logSumExp", "X.rowLogSumExp", "X.colLogSumExp"),
+    "softmax": ("X.softmaxRows",), "log_softmax": ("X.logSoftmaxRows",), "logsoftmax": ("X.logSoftmaxRows",),
+    "log_sigmoid": ("x.logSigmoid",), "logsigmoid": ("x.logSigmoid",),
+    "clip": ("x.clampMin(lo).clampMax(hi)",), "clamp": ("x.clampMin(lo).clampMax(hi)",),
+    "mod": ("x % y",), "remainder": ("x % y",), "fmod": ("x % y",), "t": ("x.T",), "absolute": ("x.abs",),
+    "negative": ("-x",), "greater": ("x > y",), "less": ("x < y",), "equal": ("x == y",), "not_equal": ("x != y",),
+    "greater_equal": ("x >= y",), "less_equal": ("x <= y",), "nansum": ("x.sum",),
+}
+
+
+def other_spelling(name: str) -> tuple[str, ...]:
+    """The note for a word spiread spells otherwise, or nothing."""
+    words = [f"`{w}`" for w in OTHER_SPELLINGS.get(name.lower(), ())]
+    if not words:
+        return ()
+    return (f"spiread writes it {', '.join(words[:-1])} or {words[-1]}" if len(words) > 1
+            else f"spiread writes it {words[0]}",)
 
 
 # --------------------------------------------------------- method sugar
 # Methods that are other syntax for ops in the table. Each body takes
 # (interpreter, receiver, args, attribute node, call node or None).
 
-REDUCTIONS = {"sum": "rowSum", "mean": "rowMean", "product": "rowProduct"}
+REDUCTIONS = {"sum": "rowSum", "mean": "rowMean", "product": "rowProduct", "max": "rowMax", "min": "rowMin"}
 
 
 def _map_rows(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     if not isinstance(args[0].value, Symbol):
-        raise SpireadError(f"`.{attr.name}` takes a reduction: `sum`, `mean` or `product`", args[0].expr.span,
+        *others, last = [f"`{r}`" for r in REDUCTIONS]
+        raise SpireadError(f"`.{attr.name}` takes a reduction: {', '.join(others)} or {last}",
+                           args[0].expr.span,
                            ["e.g. `x.mapRowsToScalar(ReductionOps.Sum)`"])
     name = args[0].value.name
     return self.apply(OPS[REDUCTIONS[name]], [receiver], {}, call.span, attr.at, f"mapRowsToScalar({name})")

@@ -251,9 +251,10 @@ def kink_sites(tape: Tape, wrt: list[int], output: int) -> list[KinkSite]:
     for node in tape.between(wrt, output) if wrt else []:
         if node.op is None or node.op.kink is None:
             continue
-        x = tape.nodes[node.inputs[0]].value
-        mask = np.asarray(node.op.kink(x, **node.params))
-        if mask.any():
-            where = tuple(int(i) for i in np.argwhere(mask)[0]) if x.ndim else ()
-            sites.append(KinkSite(node, int(mask.sum()), x.size, where, float(x[where])))
+        xs = [tape.nodes[i].value for i in node.inputs]
+        mask = np.asarray(node.op.kink(*xs, **node.params))
+        if mask.any():  # a binary op's mask has the broadcast shape: the first operand is shown at its place
+            x = np.broadcast_to(xs[0], mask.shape)
+            where = tuple(int(i) for i in np.argwhere(mask)[0]) if mask.ndim else ()
+            sites.append(KinkSite(node, int(mask.sum()), mask.size, where, float(x[where])))
     return sites

@@ -57,7 +57,7 @@ def lazy_rows(reader, bounds: list[tuple[int, int]]):
 # computing them: a program using one on the row data is refused before any
 # compute. tests/test_dask_reach.py runs every op of the table on Dask arrays
 # to hold this set to the table.
-NO_LAZY_RULES = frozenset({"product", "rowProduct", "exclusiveProducts", "reshape", "gatherRows",
+NO_LAZY_RULES = frozenset({"product", "rowProduct", "colProduct", "exclusiveProducts", "reshape", "gatherRows",
                            "meanLogSoftmaxPick", "scatterPairs", "scatterRows"})
 
 

@@ -170,7 +170,7 @@ def formula(node: Node) -> str:
         return f"{label}({', '.join(args)})"
     if label == "-" and len(args) == 1:
         return f"-{args[0]}"
-    if len(args) == 2 and set(label) <= set("+-*/@^"):
+    if len(args) == 2 and set(label) <= set("+-*/%@^<>=!"):
         return f"{args[0]} {label} {args[1]}"
     if label.startswith(node.op.name + " "):  # `select (0,0) (1,1)`: the op and its fixed parameters
         return f"{node.op.name}({', '.join(args)}){label[len(node.op.name):]}"

@@ -72,6 +72,16 @@ def _log_softmax_rows(x):
     return shifted - xp.log(_row_total(xp.exp(shifted)))
 
 
+def _log_sum_exp(x, axis):
+    """log Σ exp(x) over all entries (axis None) or along `axis`, shifted by
+    the maximum so no exp overflows."""
+    xp = array_namespace(x)
+    m = xp.max(x, axis=axis, keepdims=True)
+    total = xp.sum(xp.exp(x - m), axis=axis, keepdims=True)
+    shape = () if axis is None else tuple(n for k, n in enumerate(x.shape) if k != axis)
+    return xp.reshape(xp.log(total) + m, shape)
+
+
 def _mean_log_softmax_pick(z, picks):
     """The mean of log softmax(z) at the flat positions `picks`: each pick
     less its row's log-sum-exp, which is all of log softmax(z) it needs."""

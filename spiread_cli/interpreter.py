@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from . import syntax_tree as ast
-from .builtins import FUNCTIONS, METHOD_SUGAR, REDUCTIONS, check_arguments
+from .builtins import FUNCTIONS, METHOD_SUGAR, REDUCTIONS, check_arguments, other_spelling
 from .data import load_array
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, option, refuse_repeats, shape_str
 from .limits import check_shape, max_bytes, no_cyclic_gc
@@ -33,7 +33,10 @@ from .tape_nodes import Node
 from .values import Arg, Const, Function, Jet, JetDim, Pairs, Record, SliceValue, Symbol, Text, TupleValue, Unit
 
 QUALIFIED_SYMBOLS = {f"ReductionOps.{k.capitalize()}": k for k in REDUCTIONS}
-OPERATORS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "@@": "matmul", "**": "pow"}
+# Each operator's op and parameters: the comparisons are the 0/1 masks of `indicator`.
+OPERATORS = {"+": ("add", {}), "-": ("sub", {}), "*": ("mul", {}), "/": ("div", {}), "%": ("remainder", {}),
+             "@@": ("matmul", {}), "**": ("pow", {}),
+             **{relation: ("indicator", {"relation": relation}) for relation in (">", ">=", "<", "<=", "==", "!=")}}
 _EXPAND, _RESUME = -1, -2  # what `evaluate` does with a stack entry, besides visiting a node with n >= 0 values
 
 
@@ -329,8 +332,8 @@ class Interpreter:
         match node:
             # The commonest first: each case is an isinstance test.
             case ast.BinOp():  # quoted as `a @@ b`, without brackets around the whole
-                return self.apply(OPS[OPERATORS[node.op]], args, {}, node.left.span.to(node.right.span),
-                                  node.at, node.op)
+                name, params = OPERATORS[node.op]
+                return self.apply(OPS[name], args, params, node.left.span.to(node.right.span), node.at, node.op)
             case ast.Name():
                 return self.lookup(node)
             case ast.Number():
@@ -419,7 +422,8 @@ class Interpreter:
         if later is not None:
             return SpireadError(f"`{name}` is used before it is bound (at {later.at.line}:{later.at.column})", span,
                                 related=[(later.at, "bound here, later")])
-        if name in METHODS or name in METHOD_SUGAR:
+        spelled = other_spelling(name)
+        if (name in METHODS or name in METHOD_SUGAR) and not (spelled and len(args) > 1):  # `max(a, b)`: maximum
             if args:
                 receiver, *rest = args
                 call = f"({', '.join(self.text(a.expr) for a in rest)})" if rest else ""
@@ -432,7 +436,7 @@ class Interpreter:
             return SpireadError(f"`{name}` is a function; call it with arguments, e.g. `{name}(…)`", span)
         if name in RESERVED_WORDS:
             return SpireadError(f"unknown {what} `{name}`", span, [reserved_note(name)])
-        return SpireadError(f"unknown {what} `{name}`", span, guesses)
+        return SpireadError(f"unknown {what} `{name}`", span, spelled or guesses)
 
     def operand_text(self, expr) -> str:
         """An expression's text, bracketed if it needs brackets before a `.method`."""
@@ -546,7 +550,7 @@ class Interpreter:
                 notes = [f"`{name}` is a function: it takes its value in brackets, "
                          f"`{name}({self.text(receiver.expr)})`"]
             else:
-                notes = did_you_mean(name, list(METHODS) + list(METHOD_SUGAR) + ["backward"])
+                notes = other_spelling(name) or did_you_mean(name, list(METHODS) + list(METHOD_SUGAR) + ["backward"])
             raise SpireadError(f"unknown method `.{name}`", attr.at, notes)
         counts = sugar.counts if sugar else (op.arity - 1 + len(op.params),)
         check_arguments(f"`.{name}`", counts, len(args), attr.at if not keywords else span, keywords)

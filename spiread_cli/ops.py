@@ -60,6 +60,7 @@ import numpy as np
 from .rules import IMPLS, OPS, compiled_jvp, compiled_vjp, without_residual
 from .structure import (COPIES, LINEAR_SUMS, MAX_LISTED_PAIRS, SUMS, Entries, Links, Structure, named, rows, whole,
                         within_groups)
+from .structure import along as reduction_structure
 from .structure import elementwise as elementwise_structure
 
 WHOLE = whole()
@@ -397,20 +398,102 @@ elementwise("square", np.square, lambda x, out, e: e("mul", [e.const(2.0), x]),
             Export("xp.square({0})", lambda b, x: b("Mul", [x, x])))
 elementwise("sigmoid", _sigmoid, lambda x, out, e: e("mul", [out, e("sub", [_one(e), out])]),
             Export("_sigmoid({0})", _onnx_sigmoid), bounded=True)
-elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out, e: e("indicator", [x], relation=">", t=0.0),
+elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out, e: e("indicator", [x, e.const(0.0)], relation=">"),
             Export("xp.clip({0}, min=0.0)", lambda b, x: b("Max", [x, b.const(0.0)])),
             kink=lambda x: x == 0, bounded=True, linear=True)
 elementwise("log1p", np.log1p, lambda x, out, e: e("div", [_one(e), e("add", [_one(e), x])]),
             Export("xp.log1p({0})", _onnx_log1p))
 elementwise("neg", np.negative, lambda x, out, e: -1.0, Export("-{0}", "Neg"), linear=True)
+
+
+def _one_over_root(e, x, sign: float):
+    """1 / sqrt(sign · (1 − x²)), the inverse sines' and cosh's derivatives (nan off their domains)."""
+    inside = e("sub", [_one(e), e("square", [x])]) if sign > 0 else e("sub", [e("square", [x]), _one(e)])
+    return e("div", [_one(e), e("sqrt", [inside])])
+
+
+def _onnx_atan(b, x):
+    """atan without a float64 Atan in onnxruntime: |x| > 1 is reflected
+    (atan x = π/2 − atan 1/x), the angle halved five times (atan y =
+    2 atan(y / (1 + √(1 + y²)))) to at most π/128, where six terms of the
+    series y − y³/3 + y⁵/5 − … leave less than 1e-21; a few ulps in all."""
+    a = b("Abs", [x])
+    reflected = b("Greater", [a, b.const(1.0)])
+    y = b("Where", [reflected, b("Div", [b.const(1.0), a]), a])
+    for _ in range(5):
+        y = b("Div", [y, b("Add", [b.const(1.0), b("Sqrt", [b("Add", [b.const(1.0), b("Mul", [y, y])])])])])
+    z = b("Mul", [y, y])
+    series = b.const(-1.0 / 11)
+    for k in (9, 7, 5, 3, 1):
+        series = b("Add", [b.const((-1.0) ** (k // 2) / k), b("Mul", [z, series])])
+    angle = b("Mul", [b("Mul", [y, series]), b.const(32.0)])
+    angle = b("Where", [reflected, b("Sub", [b.const(math.pi / 2), angle]), angle])
+    return b("Mul", [angle, b("Sign", [x])])
+
+
+def _onnx_asin(b, x):
+    """asin x = atan(x / √((1 − x)(1 + x))): no cancellation near ±1."""
+    return _onnx_atan(b, b("Div", [x, b("Sqrt", [b("Mul", [b("Sub", [b.const(1.0), x]), b("Add", [b.const(1.0), x])])])]))
+
+
+def _onnx_acos(b, x):
+    """acos x = 2 atan √((1 − x) / (1 + x)): accurate near 1, where acos is small."""
+    return b("Mul", [b.const(2.0), _onnx_atan(b, b("Sqrt", [b("Div", [b("Sub", [b.const(1.0), x]),
+                                                                       b("Add", [b.const(1.0), x])])]))])
+
+
+def _onnx_asinh(b, x):
+    """asinh |x| = log1p(|x| + x² / (1 + √(1 + x²))), signed: accurate near 0."""
+    a = b("Abs", [x])
+    root = b("Sqrt", [b("Add", [b.const(1.0), b("Mul", [a, a])])])
+    return b("Mul", [_onnx_log1p(b, b("Add", [a, b("Div", [b("Mul", [a, a]), b("Add", [b.const(1.0), root])])])),
+                     b("Sign", [x])])
+
+
+def _onnx_acosh(b, x):
+    """acosh x = log1p(t + √(t (t + 2))), t = x − 1: accurate near 1."""
+    t = b("Sub", [x, b.const(1.0)])
+    return _onnx_log1p(b, b("Add", [t, b("Sqrt", [b("Mul", [t, b("Add", [t, b.const(2.0)])])])]))
+
+
+def _onnx_atanh(b, x):
+    """atanh x = log1p(2x / (1 − x)) / 2."""
+    return b("Mul", [b.const(0.5), _onnx_log1p(b, b("Div", [b("Mul", [b.const(2.0), x]), b("Sub", [b.const(1.0), x])]))])
+
+
+def _onnx_log_sigmoid_tail(b, x):
+    """log1p(exp(−|x|)), the part softplus and log sigmoid share."""
+    return _onnx_log1p(b, b("Exp", [b("Neg", [b("Abs", [x])])]))
+
+
+elementwise("asin", np.arcsin, lambda x, out, e: _one_over_root(e, x, 1.0), Export("xp.asin({0})", _onnx_asin))
+elementwise("acos", np.arccos, lambda x, out, e: e("neg", [_one_over_root(e, x, 1.0)]),
+            Export("xp.acos({0})", _onnx_acos))
+elementwise("atan", np.arctan, lambda x, out, e: e("div", [_one(e), e("add", [_one(e), e("square", [x])])]),
+            Export("xp.atan({0})", _onnx_atan), bounded=True)
+elementwise("asinh", np.arcsinh, lambda x, out, e: e("div", [_one(e), e("sqrt", [e("add", [e("square", [x]), _one(e)])])]),
+            Export("xp.asinh({0})", _onnx_asinh), bounded=True)
+elementwise("acosh", np.arccosh, lambda x, out, e: _one_over_root(e, x, -1.0), Export("xp.acosh({0})", _onnx_acosh))
+elementwise("atanh", np.arctanh, lambda x, out, e: e("div", [_one(e), e("sub", [_one(e), e("square", [x])])]),
+            Export("xp.atanh({0})", _onnx_atanh))
+# log(1 + exp(x)) and log sigmoid(x) = −softplus(−x), by np.logaddexp: no exp
+# overflows, so both stay finite at ±1000, and so do their derivatives,
+# sigmoid(±x) (computed stably). Exported as max(x, 0) + log1p(exp(−|x|))
+# and min(x, 0) − log1p(exp(−|x|)), which overflow no more.
+elementwise("softplus", lambda x: np.logaddexp(0.0, x), lambda x, out, e: e("sigmoid", [x]),
+            Export("xp.clip({0}, min=0.0) + xp.log1p(xp.exp(-xp.abs({0})))",
+                   lambda b, x: b("Add", [b("Max", [x, b.const(0.0)]), _onnx_log_sigmoid_tail(b, x)])), bounded=True)
+elementwise("logSigmoid", lambda x: -np.logaddexp(0.0, -x), lambda x, out, e: e("sigmoid", [e("neg", [x])]),
+            Export("xp.clip({0}, max=0.0) - xp.log1p(xp.exp(-xp.abs({0})))",
+                   lambda b, x: b("Sub", [b("Min", [x, b.const(0.0)]), _onnx_log_sigmoid_tail(b, x)])), bounded=True)
 # clamps: the gradient passes where the bound is not active, and at the bound
 # itself, as torch.clamp does.
 defop("clampMin", lambda x, t: np.maximum(x, t), same_shape,
-      lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x], relation=">=", t=t)]),
+      lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x, emit.const(t)], relation=">=")]),
       params=("t",), kink=lambda x, t: x == t, structure=elementwise_structure(couples=()),
       export=Export("xp.clip({0}, min={t})", lambda b, x, t: b("Max", [x, b.const(t)])))
 defop("clampMax", lambda x, t: np.minimum(x, t), same_shape,
-      lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x], relation="<=", t=t)]),
+      lambda i, g, out, x, emit, t: emit("mul", [g, emit("indicator", [x, emit.const(t)], relation="<=")]),
       params=("t",), kink=lambda x, t: x == t, structure=elementwise_structure(couples=()),
       export=Export("xp.clip({0}, max={t})", lambda b, x, t: b("Min", [x, b.const(t)])))
 
@@ -419,8 +502,10 @@ defop("clampMax", lambda x, t: np.minimum(x, t), same_shape,
 # derivative rules of relu, abs, the clamps and L1 normalisation multiply by.
 # At the jump itself the derivative is taken as 0 too (PyTorch's choice), so a
 # second derivative through a kink is 0 away from it; `check` reports the jump.
-_RELATIONS = {">": np.greater, ">=": np.greater_equal, "<=": np.less_equal, "==": np.equal}
-_ONNX_RELATIONS = {">": "Greater", ">=": "GreaterOrEqual", "<=": "LessOrEqual", "==": "Equal"}
+# The same masks are the comparisons a program writes, `x > y` (0/1, broadcast).
+_RELATIONS = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "==": np.equal,
+              "!=": np.not_equal}
+_ONNX_RELATIONS = {">": "Greater", ">=": "GreaterOrEqual", "<": "Less", "<=": "LessOrEqual", "==": "Equal"}
 
 
 def _flat(i, g, out, x, emit):
@@ -430,19 +515,26 @@ def _flat(i, g, out, x, emit):
 FLAT = elementwise_structure(flat=True)
 defop("sign", np.sign, same_shape, _flat, methods=(), kink=lambda x: x == 0, structure=FLAT,
       export=_unary("sign"))
-defop("indicator", lambda x, relation, t: _RELATIONS[relation](x, t).astype(np.float64), same_shape,
-      lambda i, g, out, x, emit, relation, t: None, methods=(), kink=lambda x, relation, t: x == t,
+
+
+def _onnx_relation(b, a, c, relation):
+    """The 0/1 mask a `relation` c, as float64 (`!=` is the negation of Equal)."""
+    mask = b("Not", [b("Equal", [a, c])]) if relation == "!=" else b(_ONNX_RELATIONS[relation], [a, c])
+    return b("Cast", [mask], to=b.FLOAT64)
+
+
+defop("indicator", lambda a, b, relation: _RELATIONS[relation](a, b).astype(np.float64), broadcast_shape,
+      lambda i, g, out, a, b, emit, relation: None, methods=(), arity=2, kink=lambda a, b, relation: a == b,
       structure=FLAT,
-      export=Export(lambda w, x, relation, t: f"xp.astype({x} {relation} {w.literal(t)}, xp.float64)",
-                    lambda b, x, relation, t: b("Cast", [b(_ONNX_RELATIONS[relation], [x, b.const(t)])],
-                                                to=b.FLOAT64)))
+      export=Export(lambda w, a, b, relation: f"xp.astype({a} {relation} {b}, xp.float64)", _onnx_relation))
 # `x.value`: x without its history. Its value is x, its derivative 0.
 defop("stopGradient", lambda x: _copied(x), same_shape, _flat, methods=(), structure=FLAT,
       export=Export("{0}", "Identity"))
 
 
 def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], export: Export, couples: tuple,
-                 methods=(), guarded: bool = True, vanishes_with: tuple[int | None, int | None] | None = None) -> Op:
+                 methods=(), guarded: bool = True, vanishes_with: tuple[int | None, int | None] | None = None,
+                 kink: Callable | None = None) -> Op:
     """A broadcasting binary op from its function and its partial derivative
     with respect to each operand as table ops, partials[i](out, a, b, emit)
     (or a constant factor): the statement is g · partial, summed to the
@@ -450,7 +542,7 @@ def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], ex
     `vanishes_with`: its sparsity structure (structure.elementwise)."""
     def derivative(i, g, out, a, b, emit):
         return sum_to_graph(emit, times_graph(emit, g, partials[i](out, a, b, emit), guarded), emit.shape((a, b)[i]))
-    return defop(name, f, broadcast_shape, derivative, methods=methods, arity=2, export=export,
+    return defop(name, f, broadcast_shape, derivative, methods=methods, arity=2, kink=kink, export=export,
                  structure=elementwise_structure(couples, vanishes_with=vanishes_with))
 
 
@@ -463,7 +555,8 @@ def _pow_exponent(out, a, b, e):
     """d(a**b)/db = a**b log a, held at 0 where a == 0 and b >= 0 (the limit
     of 0**b log 0 from above; `scale` by the mask keeps it 0 against the
     log's -inf). For a < 0 it is nan: a**b has no real derivative in b."""
-    held = e("mul", [e("indicator", [a], relation="==", t=0.0), e("indicator", [b], relation=">=", t=0.0)])
+    zero = e.const(0.0)
+    held = e("mul", [e("indicator", [a, zero], relation="=="), e("indicator", [b, zero], relation=">=")])
     return e("scale", [e("sub", [_one(e), held]), e("mul", [out, e("log", [a])])])
 
 
@@ -481,6 +574,68 @@ elementwise2("div", np.divide, (lambda out, a, b, e: e("div", [_one(e), b]),
 elementwise2("pow", np.power, (lambda out, a, b, e: e("scale", [b, e("pow", [a, e("sub", [b, _one(e)])])]),
                                _pow_exponent), Export("{0} ** {1}", "Pow", True), methods=("pow",),
              couples=((0, 0), (0, 1), (1, 1)), vanishes_with=(1, None))
+
+
+def _wins(a, b, e, ahead: str):
+    """1 where a is ahead of b (`ahead` is ">" for the larger, "<" for the
+    smaller), ½ at a tie (infinite ones too), else 0: maximum and minimum
+    send g to the operand that wins and split it evenly at a tie, as
+    torch.maximum and torch.minimum do."""
+    return e("add", [e("indicator", [a, b], relation=ahead),
+                     e("mul", [e.const(0.5), e("indicator", [a, b], relation="==")])])
+
+
+elementwise2("maximum", np.maximum, (lambda out, a, b, e: _wins(a, b, e, ">"), lambda out, a, b, e: _wins(b, a, e, ">")),
+             Export("xp.maximum({0}, {1})", "Max"), couples=(), guarded=False, kink=np.equal)
+elementwise2("minimum", np.minimum, (lambda out, a, b, e: _wins(a, b, e, "<"), lambda out, a, b, e: _wins(b, a, e, "<")),
+             Export("xp.minimum({0}, {1})", "Min"), couples=(), guarded=False, kink=np.equal)
+# log(exp(a) + exp(b)), stable: its partials exp(a − out) = sigmoid(a − b) and
+# sigmoid(b − a) are at most 1, and the sigmoids are exact to rounding at
+# ±1000 (out's own rounding there would cost exp(a − out) 13 digits of 16).
+elementwise2("logaddexp", np.logaddexp, (lambda out, a, b, e: e("sigmoid", [e("sub", [a, b])]),
+                                         lambda out, a, b, e: e("sigmoid", [e("sub", [b, a])])),
+             Export("xp.maximum({0}, {1}) + xp.log1p(xp.exp(-xp.abs({0} - {1})))",
+                    lambda b, x, y: b("Add", [b("Max", [x, y]), _onnx_log_sigmoid_tail(b, b("Sub", [x, y]))])),
+             couples=((0, 0), (0, 1), (1, 1)), guarded=False)
+# `a % b`, numpy's remainder (the sign of b): a − b·floor(a/b). As
+# torch.remainder, ∂/∂a = 1 and ∂/∂b = −floor(a/b), written (out − a)/b so
+# that the second derivatives are those of the formula, 0. It jumps where
+# a/b is a whole number (out = 0): the kink `check` names.
+# ONNX's Mod takes floats only as C's fmod (the sign of a), so the export
+# writes the remainder out.
+elementwise2("remainder", np.remainder, (lambda out, a, b, e: 1.0,
+                                         lambda out, a, b, e: e("div", [e("sub", [out, a]), b])),
+             Export("xp.remainder({0}, {1})",
+                    lambda b, x, y: b("Sub", [x, b("Mul", [y, b("Floor", [b("Div", [x, y])])])])),
+             couples=(), kink=lambda a, b: np.remainder(a, b) == 0)
+
+
+def _where_shape(c, a, b, **_):
+    try:
+        return np.broadcast_shapes(c, a, b)
+    except ValueError:
+        raise ShapeError("shapes do not broadcast, {0} is {s0}, {1} is {s1}, {2} is {s2}") from None
+
+
+def _where_derivative(i, g, out, cond, a, b, emit):
+    """g where the condition picks the operand, else 0 (a `where` itself, so
+    an infinite g at an entry not picked stays out, as in PyTorch), summed to
+    the operand's shape. The condition has no derivative: it is 0/1 wherever
+    it is not a tie, and a tie is a choice between values, not a kink."""
+    if i == 0:
+        return None
+    zero = emit.const(0.0)
+    picked = emit("where", [cond, g, zero] if i == 1 else [cond, zero, g])
+    return sum_to_graph(emit, picked, emit.shape((cond, a, b)[i]))
+
+
+# `where(cond, a, b)`: a where cond is nonzero, else b (numpy.where, broadcast).
+defop("where", np.where, _where_shape, _where_derivative, methods=(), arity=3,
+      structure=elementwise_structure(couples=(), flat_operands=(0,)),
+      export=Export("xp.where({0} != 0, {1}, {2})",
+                    lambda b, c, x, y: b("Where", [b("Not", [b("Equal", [c, b.const(0.0)])]), x, y])))
+
+
 def _plain_product(w, t, d) -> bool:
     """`scale` is a plain product when its guard cannot apply: d is a finite
     constant, or t a constant without zeros (w: an exporter, ops.Export)."""
@@ -672,29 +827,92 @@ def _exclusive_products(x: np.ndarray, axis: int) -> np.ndarray:
     return np.take(left, range(n), axis=axis) * np.take(right, range(1, n + 1), axis=axis)
 
 
+# Every reduction is one rule over an axis: None (all entries, a scalar), 1
+# (along each row: `rowSum`, a vector of one entry per row) or 0 (along each
+# column: `colSum`). The statement sees the result with the reduced axis kept
+# (`_kept`), so it broadcasts back over x the same way for every axis.
+AXES = {None: "", 1: "row", 0: "col"}
+
+
+def _kept(shape: tuple, axis: int | None) -> tuple:
+    """A reduction's result shape with the reduced axis kept, as size 1."""
+    return () if axis is None else (shape[0], 1) if axis == 1 else (1, shape[1])
+
+
+def _spread_graph(emit, v, x, axis: int | None):
+    """A reduction's result (or cotangent) `v`, shaped to broadcast back over x."""
+    return reshape_graph(emit, v, _kept(emit.shape(x), axis))
+
+
 def _divide_by_count(emit, g, x, axis: int | None):
     """g / the number of entries a mean (over everything, or along `axis`) averages."""
     shape = emit.shape(x)
     return emit("div", [g, emit.const(float(max(math.prod(shape) if axis is None else shape[axis], 1)))])
 
 
-def _per_row_graph(emit, g, x):
-    """A row reduction's cotangent (r,) as a column (r, 1), to broadcast along rows."""
-    return emit("reshape", [g], shape=(emit.shape(x)[0], 1))
+def _reduced_shape(axis: int | None) -> Callable:
+    if axis is None:
+        return scalar_shape
+    what = "a row reduction" if axis == 1 else "a column reduction"
+
+    def shape(s, **_):
+        require_matrix(s, what)
+        return s[:1] if axis == 1 else s[1:]
+    return shape
 
 
-def _rows_shape(s, **_):
-    require_matrix(s, "a row reduction")
-    return s[:1]
+def _extreme(f: Callable, identity: float) -> Callable:
+    """np.max or np.min along an axis; of no entries, the identity (−inf for
+    the maximum, +inf for the minimum), as log-sum-exp of nothing is −inf."""
+    def value(x, axis=None, keepdims=False):
+        if x.size == 0:
+            shape = np.sum(np.zeros(x.shape), axis=axis, keepdims=keepdims).shape
+            return np.full(shape, identity)
+        return f(x, axis=axis, keepdims=keepdims)
+    return value
 
 
-# Of nothing, as numpy and PyTorch have it: the sum is 0, the product 1 and
-# the mean nan. A mean is a sum divided by the count, not np.mean, which
-# warns about an empty slice through Python's warnings, past np.errstate.
-# Derivatives over no entries are empty sums: 0, whatever the value.
+_max, _min = _extreme(np.max, -np.inf), _extreme(np.min, np.inf)
+
+
+def _log_sum_exp(x, axis=None):
+    """log Σ exp(x), shifted by the maximum so no exp overflows: finite at
+    ±1000. An infinite maximum is not subtracted (−inf − −inf is nan)."""
+    m = _max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    total = np.sum(np.exp(x - m), axis=axis, keepdims=True)
+    return np.squeeze(np.log(total) + m, axis=axis) if axis is not None else (np.log(total) + m).reshape(())
+
+
+def _ties_derivative(i, g, out, x, emit, axis):
+    """max and min: g goes to the entries equal to the result, split evenly
+    among ties (torch.amax's and torch.max(x)'s subgradient; JAX's too)."""
+    winners = emit("indicator", [x, _spread_graph(emit, out, x, axis)], relation="==")
+    share = emit("div", [winners, emit("sumTo", [winners], shape=_kept(emit.shape(x), axis))])
+    return emit("mul", [_spread_graph(emit, g, x, axis), share])
+
+
+def _tied(extreme: Callable, axis: int | None) -> Callable:
+    """The kink of max or min: the entries tied for the result (two or more)."""
+    def kink(x):
+        winners = x == extreme(x, axis=axis, keepdims=True)
+        return winners & (np.sum(winners, axis=axis, keepdims=True) > 1)
+    return kink
+
+
+def _product_derivative(i, g, out, x, emit, axis):
+    """g · the product of the other entries (exclusiveProducts, which divides
+    by nothing, so zeros are exact); along columns, that of the transpose."""
+    if axis == 0:
+        others = emit("transpose", [emit("exclusiveProducts", [emit("transpose", [x])], over="rows")])
+    else:
+        others = emit("exclusiveProducts", [x], over="all" if axis is None else "rows")
+    return emit("mul", [_spread_graph(emit, g, x, axis), others])
+
+
 def _reduce(function: str, operator: str, axis: int | None = None, divide: bool = False) -> Export:
-    """A sum or product over all entries or along `axis`; `divide`: by the
-    number of entries (a mean), as the value rules compute it."""
+    """A sum, product, maximum or minimum over all entries or along `axis`;
+    `divide`: by the number of entries (a mean), as the value rules compute it."""
     along = "" if axis is None else f", axis={axis}"
 
     def python(w, x):
@@ -710,28 +928,62 @@ def _reduce(function: str, operator: str, axis: int | None = None, divide: bool 
     return Export(python, onnx)
 
 
-defop("sum", lambda x: np.sum(x), scalar_shape,
-      lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)),
-      batched=lambda args, which: batch_sum(args[0]), export=_reduce("sum", "ReduceSum"), structure=whole(second=None))
-defop("mean", lambda x: np.sum(x) / x.size, scalar_shape,
-      lambda i, g, out, x, emit: emit("broadcastTo", [_divide_by_count(emit, g, x, None)], shape=emit.shape(x)),
-      export=_reduce("sum", "ReduceSum", divide=True), structure=whole(second=None))
-defop("product", lambda x: np.prod(x), scalar_shape,
-      lambda i, g, out, x, emit: emit("mul", [g, emit("exclusiveProducts", [x], over="all")]),
-      export=_reduce("prod", "ReduceProd"), structure=whole(second="off-diagonal"))
-defop("rowSum", lambda x: x.sum(axis=1), _rows_shape,
-      lambda i, g, out, x, emit: emit("broadcastTo", [_per_row_graph(emit, g, x)], shape=emit.shape(x)),
-      methods=(), structure=rows(second=None), export=_reduce("sum", "ReduceSum", 1),
-      on_rows=_each_row)
-defop("rowMean", lambda x: x.sum(axis=1) / x.shape[1], _rows_shape,
-      lambda i, g, out, x, emit: emit("broadcastTo", [_per_row_graph(emit, _divide_by_count(emit, g, x, 1), x)],
-                                      shape=emit.shape(x)),
-      methods=(), structure=rows(second=None), export=_reduce("sum", "ReduceSum", 1, divide=True),
-      on_rows=_each_row)
-defop("rowProduct", lambda x: x.prod(axis=1), _rows_shape,
-      lambda i, g, out, x, emit: emit("mul", [_per_row_graph(emit, g, x), emit("exclusiveProducts", [x], over="rows")]),
-      methods=(), structure=rows(second="off-diagonal"), export=_reduce("prod", "ReduceProd", 1),
-      on_rows=_each_row)
+def _log_sum_exp_export(axis: int | None) -> Export:
+    """As the value rule: shifted by the maximum (ONNX's ReduceLogSumExp is not)."""
+    def onnx(b, x):
+        axes = [] if axis is None else [b.ints([axis])]
+        m = b("ReduceMax", [x, *axes], keepdims=1)
+        total = b("ReduceSum", [b("Exp", [b("Sub", [x, m])]), *axes], keepdims=1)
+        shape = () if axis is None else tuple(n for k, n in enumerate(b.shape(x)) if k != axis)
+        return b("Reshape", [b("Add", [b("Log", [total]), m]), b.ints(shape)])
+    return Export(f"_log_sum_exp({{0}}, {axis})", onnx)
+
+
+REDUCTIONS = {  # word: (its value along an axis, its derivative statement along it, its export along it)
+    "sum": (lambda x, axis: np.sum(x, axis=axis),
+            lambda i, g, out, x, emit, axis: emit("broadcastTo", [_spread_graph(emit, g, x, axis)],
+                                                  shape=emit.shape(x)),
+            lambda axis: _reduce("sum", "ReduceSum", axis)),
+    # A mean is a sum divided by the count, not np.mean, which warns about an
+    # empty slice through Python's warnings, past np.errstate.
+    "mean": (lambda x, axis: np.sum(x, axis=axis) / (x.size if axis is None else x.shape[axis]),
+             lambda i, g, out, x, emit, axis: emit("broadcastTo", [_spread_graph(
+                 emit, _divide_by_count(emit, g, x, axis), x, axis)], shape=emit.shape(x)),
+             lambda axis: _reduce("sum", "ReduceSum", axis, divide=True)),
+    "product": (lambda x, axis: np.prod(x, axis=axis), _product_derivative,
+                lambda axis: _reduce("prod", "ReduceProd", axis)),
+    "max": (lambda x, axis: _max(x, axis=axis), _ties_derivative, lambda axis: _reduce("max", "ReduceMax", axis)),
+    "min": (lambda x, axis: _min(x, axis=axis), _ties_derivative, lambda axis: _reduce("min", "ReduceMin", axis)),
+    "logSumExp": (_log_sum_exp,
+                  lambda i, g, out, x, emit, axis: emit("mul", [_spread_graph(emit, g, x, axis), emit("exp", [
+                      emit("sub", [x, _spread_graph(emit, out, x, axis)])])]),
+                  _log_sum_exp_export),
+}
+KINKS = {"max": _max, "min": _min}
+# Which entries meet in a second derivative (structure.along): none for the
+# linear and the piecewise linear ones, all but an entry with itself for a
+# product (linear in each entry), all for a log-sum-exp.
+SECOND_ORDER = {"sum": None, "mean": None, "product": "off-diagonal", "max": None, "min": None, "logSumExp": "all"}
+
+
+def _reduction(word: str, axis: int | None, batched=None) -> Op:
+    value, derivative, export = REDUCTIONS[word]
+    name = AXES[axis] + (word[0].upper() + word[1:] if axis is not None else word)
+    kink = _tied(KINKS[word], axis) if word in KINKS else None
+    return defop(name, lambda x: value(x, axis), _reduced_shape(axis),
+                 lambda i, g, out, x, emit: derivative(i, g, out, x, emit, axis), kink=kink,
+                 structure=reduction_structure(axis, SECOND_ORDER[word]), batched=batched, export=export(axis),
+                 on_rows=_each_row if axis == 1 else None)
+
+
+# Of nothing, as numpy has it: the sum is 0, the product 1, the mean nan, the
+# maximum −inf and the minimum +inf (PyTorch refuses the last two).
+# Derivatives over no entries are empty sums: 0, whatever the value.
+for _word in REDUCTIONS:
+    for _axis in AXES:
+        _reduction(_word, _axis, batched=(lambda args, which: batch_sum(args[0]))
+                   if (_word, _axis) == ("sum", None) else None)
+del _word, _axis
 
 
 def _row_cumsum(x, reverse=False):
@@ -911,20 +1163,13 @@ def _l1(x):
     return _row_total(np.abs(x))
 
 
-def _row_max(x):
-    """np.max(x, axis=-1, keepdims=True); the maximum of an empty row is
-    -inf, max's identity (so log-sum-exp of nothing is -inf)."""
-    if x.shape[-1] == 0:
-        return np.full(x.shape[:-1] + (1,), -np.inf)
-    return np.max(x, axis=-1, keepdims=True)
-
-
 def _exp_shifted(x):
-    """exp(x − rowmax(x)), C-ordered whatever x's layout (the residuals'
-    users index it flat), and its row totals: the softmax is their ratio and
+    """exp(x − rowmax(x)) (the maximum of an empty row is −inf), C-ordered
+    whatever x's layout (the residuals' users index it flat), and its row
+    totals: the softmax is their ratio and
     log-sum-exp is rowmax + log(total); what the softmax ops keep for their
     derivatives."""
-    m = _row_max(x)
+    m = _max(x, axis=-1, keepdims=True)
     if is_lazy(x):  # a Dask array is not written to
         e = np.exp(x - m)
     else:

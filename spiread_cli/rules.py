@@ -269,7 +269,7 @@ def key_text(key: tuple) -> str:
 # go without brackets: as tightly for an associative op, more for − and /).
 INFIX = {"add": (" + ", 1, 1), "sub": (" − ", 1, 2), "mul": (" · ", 2, 2), "scale": (" · ", 2, 2),
          "div": (" / ", 2, 3), "matmul": (" @@ ", 2, 3)}
-RELATIONS = {">": ">", ">=": "≥", "<=": "≤", "==": "="}
+RELATIONS = {">": ">", ">=": "≥", "<": "<", "<=": "≤", "==": "=", "!=": "≠"}
 
 
 class Printer:
@@ -320,7 +320,7 @@ class Printer:
         if name == "abs":
             return f"|{xs[0].text}|", 4
         if name == "indicator":
-            return f"({xs[0].text} {RELATIONS[params['relation']]} {params['t']:g})", 4
+            return f"({xs[0].text} {RELATIONS[params['relation']]} {xs[1].text})", 4
         if name == "index":
             return f"{tight(xs[0], 4)}[{key_text(params['key'])}]", 4
         if name in ("arrange", "gatherRows"):

@@ -102,6 +102,9 @@ class Sweep:
         self.patterns: dict[int, sp.csr_array] = {}
         self.links: dict[tuple[int, int], Links] = {}
         self.entries: dict[int, Entries] = {}
+        # Nodes whose values move with the inputs through an op with no
+        # derivative (a comparison, x.value): their zeros are not structural.
+        self.moving_flat: set[int] = set()
         seeds = {i: p for p, i in enumerate(self.wrt)}
         for node in self.plan:
             pattern = None
@@ -111,6 +114,8 @@ class Sweep:
                     if i not in self.patterns:
                         continue
                     links = node.op.structure.first(k, entries)
+                    if links is None or i in self.moving_flat:
+                        self.moving_flat.add(node.id)
                     if links is None:
                         continue
                     self.links[node.id, k] = links
@@ -131,6 +136,8 @@ class Sweep:
 
         def nonzero(k: int) -> np.ndarray:
             i = node.inputs[k]
+            if i in self.moving_flat:
+                return np.ones(math.prod(nodes[i].shape), dtype=bool)
             value = np.ravel(nodes[i].value) != 0
             if i in patterns:
                 value |= np.diff(patterns[i].indptr) > 0

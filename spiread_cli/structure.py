@@ -124,7 +124,7 @@ def broadcast_positions(shape: tuple, to: tuple) -> np.ndarray:
 
 
 def elementwise(couples: tuple[tuple[int, int], ...] | None = None, flat: bool = False,
-                vanishes_with: tuple[int | None, ...] | None = None) -> Structure:
+                vanishes_with: tuple[int | None, ...] | None = None, flat_operands: tuple[int, ...] = ()) -> Structure:
     """Each output entry on the same entry of each operand, broadcast.
     `couples`: the pairs of operands (i ≤ j) whose second partial is not
     zero, (0, 0) for a nonlinear unary op, (0, 1) for a product, () for a
@@ -132,10 +132,11 @@ def elementwise(couples: tuple[tuple[int, int], ...] | None = None, flat: bool =
     default). `flat`: the derivative is 0 (a mask, `x.value`).
     `vanishes_with[i]`: the partial in operand i is a factor of operand
     vanishes_with[i] (a product's partial in a is b), so it is zero wherever
-    that operand is a constant zero."""
+    that operand is a constant zero. `flat_operands`: operands the output
+    does not vary with (where's condition)."""
 
     def first(i: int, e: Entries) -> Links | None:
-        if flat:
+        if flat or i in flat_operands:
             return None
         shape, out = e.shapes[i], e.out_shape
         keep = None
@@ -202,16 +203,26 @@ def within_groups(size: int, group: np.ndarray, groups: int, diagonal: bool,
     return Links.pairs((size, size), a[chosen], b[chosen])
 
 
-def rows(second: str | None = "all") -> Structure:
+def _column_groups(shape: tuple) -> tuple[np.ndarray, int]:
+    """The column of each entry of a matrix, and how many columns (a vector's
+    column reduction takes all its entries: one group)."""
+    size = math.prod(shape)
+    if len(shape) < 2:
+        return np.zeros(size, dtype=np.int64), 1
+    return np.arange(size) % max(shape[1], 1), shape[1]
+
+
+def rows(second: str | None = "all", groups: Callable = _row_groups, kind: str = "rows") -> Structure:
     """Each output entry on the entries of its own row (a vector is one row):
     a row normalisation (output shaped as the operand; constant on rows of
     one entry), or a row reduction (one entry per row). `second`: "all" pairs of a row's entries meet (a
     softmax), "off-diagonal" all but an entry with itself (a row product,
-    linear in each entry), None (a linear op: row sums)."""
+    linear in each entry), None (a linear op: row sums). `groups` (and the
+    kind the planner reads) make the same rule a column reduction's."""
 
     def groups_of(e: Entries):
-        group_in, count = _row_groups(e.shapes[0])
-        group_out = _row_groups(e.out_shape)[0] if e.out_shape == e.shapes[0] else np.arange(e.size())
+        group_in, count = groups(e.shapes[0])
+        group_out = groups(e.out_shape)[0] if e.out_shape == e.shapes[0] else np.arange(e.size())
         return group_in, group_out, count
 
     def constant(e: Entries) -> bool:
@@ -233,7 +244,7 @@ def rows(second: str | None = "all") -> Structure:
             return Links.grouped((e.size(0), e.size(0)), group, group, count)
         return within_groups(e.size(0), group, count, diagonal=False)
 
-    return Structure("rows", first, pairs)
+    return Structure(kind, first, pairs)
 
 
 def whole(second: str | None = "all") -> Structure:
@@ -251,6 +262,18 @@ def whole(second: str | None = "all") -> Structure:
         return within_groups(e.size(0), np.zeros(e.size(0), dtype=np.int64), 1, diagonal=False)
 
     return Structure("dense", first, pairs)
+
+
+def along(axis: int | None, second: str | None) -> Structure:
+    """A reduction over all entries (axis None), each row (1) or each column
+    (0). A reduction over groups of one entry is that entry: linear."""
+    groups = {None: lambda shape: (None, 1), 1: _row_groups, 0: _column_groups}[axis]
+    base = whole(second) if axis is None else rows(second, groups, "rows" if axis == 1 else "dense")
+
+    def pairs(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
+        return None if groups(e.shapes[0])[1] == e.size(0) else base.second(i, j, e, adj)
+
+    return Structure(base.kind, base.first, pairs)
 
 
 # ------------------------------------------------------------ selections

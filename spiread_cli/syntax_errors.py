@@ -20,12 +20,13 @@ BRACKETS = {"LPAR": "RPAR", "LSQB": "RSQB"}  # each opener's closer, by terminal
 
 _WORDS = {
     "PLUS": "`+`", "MINUS": "`-`", "STAR": "`*`", "SLASH": "`/`", "POW": "`**`", "MATMUL": "`@@`",
+    "PERCENT": "`%`", "COMPARE": "a comparison",
     "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`", "RSQB": "`]`", "COMMA": "`,`", "DOT": "`.`",
     "EQUAL": "`=`", "SEMICOLON": "`;`", "NUMBER": "a number", "STRING": "a string", "NAME": "a name",
     "IGNORED": "an import", "LBRACE": "`{`", "RBRACE": "`}`", "COLON": "`:`", "ARROW": "`=>`",
     "GIVEN": "`given`", "DEF": "`def`", "VAL": "`val`",
 }
-_BINARY = {"PLUS", "MINUS", "STAR", "SLASH", "POW", "MATMUL"}
+_BINARY = {"PLUS", "MINUS", "STAR", "SLASH", "POW", "MATMUL", "PERCENT", "COMPARE"}
 _POSTFIX = {"DOT", "LPAR", "LSQB"}
 _STATEMENT_END = {"_NL", "SEMICOLON", "$END"}
 _VALUE_TOKENS = {"NUMBER", "NAME", "STRING", "LPAR", "LSQB"}
@@ -36,7 +37,9 @@ _CHARACTER_HINTS = {
     "−": "subtract with `-` (this is a Unicode minus)", "–": "subtract with `-` (this is a dash)",
     "—": "subtract with `-` (this is a dash)", "“": 'strings use plain double quotes `"`',
     "”": 'strings use plain double quotes `"`', "'": 'strings use double quotes: `"x.csv"`',
-    "^": "powers are written `x ** 2`", "%": "there is no `%` operator", "!": "there is no `!` operator",
+    "^": "powers are written `x ** 2`", "!": "`!=` compares; there is no `!` on its own",
+    "&": "for both of two 0/1 conditions, multiply them: `(a > 0) * (b > 0)`",
+    "|": "for either of two 0/1 conditions, take their maximum: `maximum(a > 0, b > 0)`",
     "@": "the matrix product is `@@` (or `@`) between two values",
 }
 
@@ -194,6 +197,8 @@ def _syntax_notes(token: Token | None, previous: Token | None, opened: list[Toke
         if opened:
             return ["is a `,` or an operator missing between them?"]
         return ["two values side by side need an operator between them, e.g. `a * b`"]
+    if token.type == "COMPARE" and previous is not None:
+        return ["comparisons do not chain: for `a < b < c` write `(a < b) * (b < c)`"]
     if token.type == "EQUAL":
         if opened:
             return ["a `name=value` argument needs a plain name before `=`"]

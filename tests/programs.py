@@ -74,8 +74,15 @@ class Method:
 
 
 @dataclass(frozen=True)
+class Call:
+    """`name(a, b, …)`: a function of the table (maximum, minimum, logaddexp, where)."""
+    name: str
+    args: tuple
+
+
+@dataclass(frozen=True)
 class RowReduce:
-    op: str            # rowSum rowMean rowProduct
+    op: str            # rowSum rowMean rowProduct rowMax rowMin
     spelling: str      # how the argument is written: `sum`, `ReductionOps.Sum`
     receiver: object
 
@@ -168,6 +175,8 @@ def render(e) -> str:
             return text
         case Bin(op, a, b) if op in METHODS:
             return f"{render(a)}.{op}({render(b)})"
+        case Call(name, args):
+            return f"{name}({', '.join(render(a) for a in args)})"
         case Bin(op, a, b):
             return f"({render(a)} {op} {render(b)})"
         case Neg(a):
@@ -256,6 +265,14 @@ def _unary(xp, spelling, x, t):
     match name := METHODS[spelling].name:
         case "exp" | "log" | "sin" | "cos" | "tan" | "tanh" | "sinh" | "cosh" | "sqrt" | "abs" | "square" | "log1p":
             return getattr(xp, name)(x)
+        case "asin" | "acos" | "atan" | "asinh" | "acosh" | "atanh":
+            return getattr(xp, "arc" + name[1:])(x)
+        case "softplus":
+            return xp.logaddexp(0.0, x)
+        case "logSigmoid":
+            return -xp.logaddexp(0.0, -x)
+        case _ if name in AXIS_REDUCTIONS:
+            return _reduce(xp, name, x)
         case "sigmoid":
             return 1.0 / (1.0 + xp.exp(-x))
         case "relu":
@@ -266,12 +283,6 @@ def _unary(xp, spelling, x, t):
             return xp.where(x >= t, x, t)
         case "clampMax":
             return xp.where(x <= t, x, t)
-        case "sum":
-            return xp.sum(x)
-        case "mean":
-            return xp.mean(x)
-        case "product":
-            return _product(xp, x, None)
         case "transpose":
             return xp.transpose(x)
         case "normaliseRowsL1":
@@ -289,10 +300,33 @@ def _unary(xp, spelling, x, t):
     raise ValueError(f"no reference for `.{spelling}`")
 
 
+# Every reduction, by op: (word, axis). The references reduce by xp's own
+# functions (autograd's max and min split ties evenly, as spiread and
+# torch.amax do, but the generator keeps clear of ties anyway: finite
+# differences see one side there).
+AXIS_REDUCTIONS = {prefix + (word[0].upper() + word[1:] if prefix else word): (word, axis)
+                   for word in ("sum", "mean", "product", "max", "min", "logSumExp")
+                   for prefix, axis in (("", None), ("row", 1), ("col", 0))}
+
+
+def _reduce(xp, name, x):
+    word, axis = AXIS_REDUCTIONS[name]
+    if word == "product":
+        return _product(xp, x, axis) if axis != 0 else _product(xp, xp.transpose(x), 1)
+    if word == "logSumExp":  # the generator keeps values within MAX_MAGNITUDE: no exp overflows
+        return xp.log(xp.sum(xp.exp(x), axis=axis))
+    return getattr(xp, word)(x, axis=axis)
+
+
 # The operators that write binary ops; their method spellings are the table's.
-OPERATORS = {"add": ("+",), "sub": ("-",), "mul": ("*",), "div": ("/",), "pow": ("**",), "matmul": ("@@", "@")}
+OPERATORS = {"add": ("+",), "sub": ("-",), "mul": ("*",), "div": ("/",), "pow": ("**",), "matmul": ("@@", "@"),
+             "remainder": ("%",)}
 BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
-          "pow": operator.pow}
+          "pow": operator.pow, "remainder": operator.mod}
+# Comparisons: 0/1 masks (the op `indicator`), no gradient.
+COMPARISONS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le, "==": operator.eq,
+               "!=": operator.ne}
+FUNCTIONS = ("maximum", "minimum", "logaddexp", "where")
 
 
 def written(*names: str) -> list[str]:
@@ -314,8 +348,16 @@ def evaluate(e, env: dict, xp=np):
             return value
         case Const(_, value):
             return value
+        case Bin(op, a, b) if op in COMPARISONS:
+            return xp.where(COMPARISONS[op](ev(a), ev(b)), 1.0, 0.0)
         case Bin(op, a, b) if binary_op(op) == "matmul":
             return xp.matmul(ev(a), ev(b))
+        case Call("where", (c, a, b)):  # broadcast by adding zeros: autograd's where does not sum g back
+            c, a, b = ev(c), ev(a), ev(b)
+            zeros = np.zeros(np.broadcast_shapes(*(np.shape(v) for v in (c, a, b))))
+            return xp.where(c + zeros != 0, a + zeros, b + zeros)
+        case Call(name, args):
+            return getattr(xp, name)(*[ev(a) for a in args])
         case Bin(op, a, b):
             return BINARY[binary_op(op)](ev(a), ev(b))
         case Neg(a):
@@ -324,8 +366,7 @@ def evaluate(e, env: dict, xp=np):
             return _unary(xp, name, ev(r), param)
         case RowReduce(op, _, r):
             x = ev(r)
-            return {"rowSum": lambda: xp.sum(x, axis=1), "rowMean": lambda: xp.mean(x, axis=1),
-                    "rowProduct": lambda: _product(xp, x, 1)}[op]()
+            return _reduce(xp, op, x)
         case Index(r, ("row", i)):
             return ev(r)[i, :]
         case Index(r, ("col", j)):
@@ -364,8 +405,8 @@ def evaluate(e, env: dict, xp=np):
     raise TypeError(e)
 
 
-NODES = (Var, Num, Const, Bin, Neg, Method, RowReduce, Index, Select, Arrange, Stack, Reshape, Join, Diagonal, Cumsum,
-         Einsum)
+NODES = (Var, Num, Const, Bin, Call, Neg, Method, RowReduce, Index, Select, Arrange, Stack, Reshape, Join, Diagonal,
+         Cumsum, Einsum)
 
 
 def free_names(e) -> set[str]:
@@ -461,7 +502,9 @@ class Program:
 # a failing test until it is placed here.
 UNARY_DOMAINS = {  # elementwise ops, by the arguments they are kept to
     "sin": "free", "cos": "free", "tanh": "free", "abs": "free", "square": "free", "sigmoid": "free",
-    "relu": "free", "neg": "free",
+    "relu": "free", "neg": "free", "atan": "free", "asinh": "free", "softplus": "free", "logSigmoid": "free",
+    "asin": "unit", "acos": "unit", "atanh": "unit",           # within ±0.8
+    "acosh": "above one",                                      # above 1 + POSITIVE
     "exp": "bounded", "sinh": "bounded", "cosh": "bounded",   # within ±BOUND_EXP
     "log": "positive", "sqrt": "positive", "log1p": "positive",  # above POSITIVE
     "tan": "tan",                                              # within ±1.2
@@ -470,19 +513,23 @@ ROW_NORMS = {"normaliseRowsL1": "rows not small", "normaliseRowsL2": "rows not s
              "softmaxRows": "any rows", "logSoftmaxRows": "any rows"}
 ROW_REDUCTIONS = {  # `x.mapRowsToScalar(arg)`: how the argument is written
     "rowSum": ["sum", "ReductionOps.Sum"], "rowMean": ["mean", "ReductionOps.Mean"],
-    "rowProduct": ["product", "ReductionOps.Product"]}
+    "rowProduct": ["product", "ReductionOps.Product"], "rowMax": ["max", "ReductionOps.Max"],
+    "rowMin": ["min", "ReductionOps.Min"]}
 OTHER_OPS = {  # op: the generator's `kind` that writes it
     "add": "binary", "sub": "binary", "mul": "binary", "div": "binary", "pow": "power", "matmul": "matmul",
     "clampMin": "clamp", "clampMax": "clamp", "transpose": "T", "sum": "reduce", "mean": "reduce",
     "product": "reduce", "index": "index, rowcol, slice", "select": "select, likelihood",
     "arrange": "arrange, likelihood, diagonal", "stack": "stack", "reshape": "reshape, cumsum", "concat": "join",
     "scatterPairs": "diagonal", "rowCumsum": "cumsum", "einsum": "einsum",
+    "indicator": "compare, function", "max": "reduce", "min": "reduce", "logSumExp": "reduce", "remainder": "remainder",
+    **{name: "function" for name in FUNCTIONS},
+    **{name: "axisreduce" for name, (_, axis) in AXIS_REDUCTIONS.items() if axis is not None and name not in ROW_REDUCTIONS},
 }
 NOT_GENERATED = {  # op: why no program writes it
     "gatherRows": "fused by rewrite.py from `onehot(labels, n) @@ W`; it has no syntax of its own",
     "meanLogSoftmaxPick": "fused by rewrite.py from the log-likelihood pattern; it has no syntax of its own",
     **{name: "recorded by the derivative rules (Tape.backward_graph), for second derivatives; no syntax"
-       for name in ("sumTo", "broadcastTo", "rowTotal", "sign", "indicator", "scale",
+       for name in ("sumTo", "broadcastTo", "rowTotal", "sign", "scale",
                     "exclusiveProducts", "indexScatter", "scatterRows")},
     "stopGradient": "`x.value`: its derivative is 0 by definition, which finite differences cannot check",
 }
@@ -496,12 +543,14 @@ BINARY_SPELLINGS = written("add", "sub", "mul", "div")
 POWER_SPELLINGS = written("pow")
 MATMUL_SPELLINGS = written("matmul")
 CLAMP_SPELLINGS = written("clampMin", "clampMax")
-REDUCE_SPELLINGS = written("sum", "mean", "product")
+REDUCE_SPELLINGS = written("sum", "mean", "product", "max", "min", "logSumExp")
+AXIS_SPELLINGS = written(*(name for name, (_, axis) in AXIS_REDUCTIONS.items() if axis is not None))
 ROW_NORM_SPELLINGS = written(*ROW_NORMS)
 TRANSPOSE_SPELLINGS = written("transpose")
 # Every method spelling and operator the generator draws.
 DRAWN = {*(s for spellings in UNARY.values() for s in spellings), *BINARY_SPELLINGS, *POWER_SPELLINGS, "rowCumsum",
-         *MATMUL_SPELLINGS, *CLAMP_SPELLINGS, *REDUCE_SPELLINGS, *ROW_NORM_SPELLINGS, *TRANSPOSE_SPELLINGS}
+         *MATMUL_SPELLINGS, *CLAMP_SPELLINGS, *REDUCE_SPELLINGS, *ROW_NORM_SPELLINGS, *TRANSPOSE_SPELLINGS,
+         *AXIS_SPELLINGS, *written("remainder"), *COMPARISONS}
 BOUND_EXP = 3.0
 POSITIVE = 0.2
 MAX_MAGNITUDE = 50.0
@@ -635,9 +684,10 @@ class _Builder:
         if depth <= 0 and not composite:
             return self.leaf(shape)
         kinds = ["leaf"] * (not composite) + ["unary"] * 3 + ["binary"] * 3 + ["power", "clamp", "matmul"]
+        kinds += ["function", "remainder", "compare"]
         kinds += {0: ["reduce", "reduce", "index", "likelihood", "slice", "diagonal", "einsum"],
-                  1: ["rowreduce", "rowreduce", "rowcol", "arrange", "stack", "rownorm", "T", "slice", "reshape",
-                      "join", "diagonal", "cumsum", "einsum"],
+                  1: ["rowreduce", "rowreduce", "axisreduce", "rowcol", "arrange", "stack", "rownorm", "T", "slice",
+                      "reshape", "join", "diagonal", "cumsum", "einsum"],
                   2: ["T", "select", "rownorm", "rownorm", "stack", "slice", "reshape", "join", "diagonal", "cumsum",
                       "einsum"]}[len(shape)]
         kind = self.draw(st.sampled_from(kinds))
@@ -656,6 +706,10 @@ class _Builder:
                 x = self.positive(x)
             elif domain == "tan":
                 x = self.bounded(x, 1.2)
+            elif domain == "unit":
+                x = self.bounded(x, 0.8)
+            elif domain == "above one":
+                x = Bin("+", self.positive(x), Num(1.0))
             return Method(name, x, parens=self.draw(st.booleans()))
         if kind == "binary":
             a_shape, b_shape = self.broadcast_pair(shape)
@@ -695,10 +749,25 @@ class _Builder:
             return Bin(op, self.bounded(sub(a_shape), 5.0), self.bounded(sub(b_shape), 5.0))
         if kind == "reduce":
             name = self.draw(st.sampled_from(REDUCE_SPELLINGS))
-            x = sub(self.shape_choice())
-            if METHODS[name].name == "product":
-                x = self.bounded(x, 1.5)
+            x = self.reduced(sub(self.shape_choice()), METHODS[name].name)
             return Method(name, x, parens=self.draw(st.booleans()))
+        if kind == "axisreduce":
+            name = self.draw(st.sampled_from(AXIS_SPELLINGS))
+            other = self.draw(st.sampled_from(d))
+            x = sub((shape[0], other) if AXIS_REDUCTIONS[METHODS[name].name][1] == 1 else (other, shape[0]))
+            return Method(name, self.reduced(x, METHODS[name].name))
+        if kind == "compare":
+            return self.comparison(shape, sub)
+        if kind == "function":
+            name = self.draw(st.sampled_from(FUNCTIONS))
+            a_shape, b_shape = self.broadcast_pair(shape)
+            a, b = sub(a_shape), sub(b_shape)
+            if name == "where":
+                return Call(name, (self.comparison(self.draw(st.sampled_from(self.broadcast_options(shape))), sub), a, b))
+            return Call(name, (a, self.apart(a, b) if name in ("maximum", "minimum") else b))
+        if kind == "remainder":
+            b = self.away_from_zero(sub(self.draw(st.sampled_from(self.broadcast_options(shape)))))
+            return Bin("%", self.off_jumps(self.bounded(sub(shape), 10.0), b), b)
         if kind == "likelihood":
             return self.log_likelihood(sub((self.draw(st.sampled_from(d)), self.draw(st.sampled_from(d)))))
         if kind == "index":
@@ -722,9 +791,7 @@ class _Builder:
             return self.einsum(shape, sub)
         if kind == "rowreduce":
             op = self.draw(st.sampled_from(sorted(ROW_REDUCTIONS)))
-            x = sub((shape[0], self.draw(st.sampled_from(d))))
-            if op == "rowProduct":
-                x = self.bounded(x, 1.5)
+            x = self.reduced(sub((shape[0], self.draw(st.sampled_from(d)))), op)
             return RowReduce(op, self.draw(st.sampled_from(ROW_REDUCTIONS[op])), x)
         if kind == "rowcol":
             other = self.draw(st.sampled_from(d))
@@ -877,11 +944,58 @@ class _Builder:
         spec, shapes = self.draw(st.sampled_from(options))
         return Einsum(spec, tuple(self.bounded(sub(s), 5.0) for s in shapes))
 
-    def broadcast_pair(self, shape):
-        """Operand shapes that broadcast to `shape`: r×c with c, r×1, 1×c, scalars."""
+    def reduced(self, x, op):
+        """x kept where the reduction `op` is smooth: products of small
+        numbers, max and min off ties."""
+        word, axis = AXIS_REDUCTIONS[op]
+        if word == "product":
+            return self.bounded(x, 1.5)
+        if word in ("max", "min"):
+            for seed in range(10):
+                v = np.sort(np.atleast_2d(self.value(x)) if axis is not None else np.ravel(self.value(x)).reshape(1, -1),
+                            axis=axis if axis == 0 else -1)
+                gaps = np.diff(v, axis=0 if axis == 0 else -1)
+                if gaps.size == 0 or np.min(np.abs(gaps)) > 1e-3:
+                    return x
+                shape = np.shape(self.value(x))
+                x = Bin("+", x, Const(f"randn({', '.join(map(str, shape))}, seed={seed})",
+                                      np.random.default_rng(seed).standard_normal(shape)))
+        return x
+
+    def apart(self, a, b):
+        """b, or b moved by a number, so that no entry of a and b are tied
+        (maximum, minimum, comparisons: finite differences see one side at a tie)."""
+        for shift in (0.0, 0.5, 0.75, 1.25, 2.5):
+            moved = Bin("+", b, Num(shift)) if shift else b
+            if np.min(np.abs(self.value(a) - self.value(moved)), initial=1.0) > 1e-3:
+                return moved
+        return moved
+
+    def comparison(self, shape, sub):
+        a_shape, b_shape = self.broadcast_pair(shape)
+        a = sub(a_shape)
+        return Bin(self.draw(st.sampled_from(sorted(COMPARISONS))), a, self.apart(a, sub(b_shape)))
+
+    def off_jumps(self, a, b):
+        """a, moved by half of b where a / b is near a whole number (where a % b jumps)."""
+        va, vb = self.value(a), np.broadcast_to(self.value(b), np.shape(self.value(a)))
+        q = va / vb
+        near = np.abs(q - np.round(q)) < 1e-3
+        if not near.any():
+            return a
+        offset = np.where(near, 0.5 * vb, 0.0)
+        return Bin("+", a, Const(self.literal(offset, array_form=False), offset))
+
+    def broadcast_options(self, shape):
+        """The shapes that broadcast to `shape`: itself, r×c with c, r×1, 1×c, scalars."""
         options = [shape, shape, ()]
         if len(shape) == 2:
             options += [shape, (shape[1],), (shape[0], 1), (1, shape[1])]
+        return options
+
+    def broadcast_pair(self, shape):
+        """Operand shapes that broadcast to `shape`: r×c with c, r×1, 1×c, scalars."""
+        options = self.broadcast_options(shape)
         while True:
             a, b = self.draw(st.sampled_from(options)), self.draw(st.sampled_from(options))
             if np.broadcast_shapes(a, b) == shape:

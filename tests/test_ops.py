@@ -46,6 +46,16 @@ def small(shape):
     return RNG.uniform(-1.0, 1.0, size=shape)
 
 
+def inside_unit(shape):
+    """Within ±0.8: inside the domains of asin, acos and atanh, away from their poles."""
+    return RNG.uniform(-0.8, 0.8, size=shape)
+
+
+def above_one(shape):
+    """Above 1.2: acosh's domain, away from its pole at 1."""
+    return 1.2 + 1.5 * RNG.random(shape)
+
+
 # ----------------------------------------------------------- references
 # Written independently of spiread_cli/ops.py: textbook formulas, loops.
 
@@ -62,7 +72,31 @@ UNARY = {  # name: (reference, domain)
     "square": (lambda x: x * x, normal), "sigmoid": (_sigmoid, normal),
     "relu": (lambda x: np.where(x > 0, x, 0.0), signed_away_from_zero),
     "log1p": (lambda x: np.log(1 + x), positive), "neg": (lambda x: 0.0 - x, normal),
+    "asin": (lambda x: np.arctan2(x, np.sqrt(1 - x * x)), inside_unit),
+    "acos": (lambda x: np.arctan2(np.sqrt(1 - x * x), x), inside_unit),
+    "atan": (lambda x: np.arcsin(x / np.sqrt(1 + x * x)), normal),
+    "asinh": (lambda x: np.log(x + np.sqrt(x * x + 1)), normal),
+    "acosh": (lambda x: np.log(x + np.sqrt(x * x - 1)), above_one),
+    "atanh": (lambda x: 0.5 * np.log((1 + x) / (1 - x)), inside_unit),
+    "softplus": (lambda x: np.log(1 + np.exp(x)), normal), "logSigmoid": (lambda x: -np.log(1 + np.exp(-x)), normal),
 }
+
+
+def _along(f, axis):
+    """A reduction by `f` over a list of entries: of all of them (axis None),
+    of each row (1) or of each column (0)."""
+    if axis is None:
+        return lambda x: f(list(np.ravel(x)))
+    return lambda x: np.array([f(list(line)) for line in (x if axis == 1 else x.T)])
+
+
+REDUCTION_WORDS = {  # word: the reduction of a list of entries, written out
+    "sum": sum, "mean": lambda v: sum(v) / len(v), "product": lambda v: math.prod(v),
+    "max": lambda v: sorted(v)[-1], "min": lambda v: sorted(v)[0],
+    "logSumExp": lambda v: math.log(sum(math.exp(e) for e in v)),
+}
+REDUCTIONS = {prefix + (word if not prefix else word[0].upper() + word[1:]): (_along(f, axis), axis)
+              for word, f in REDUCTION_WORDS.items() for prefix, axis in (("", None), ("row", 1), ("col", 0))}
 
 
 def _rows(x):
@@ -128,7 +162,23 @@ BROADCASTS = [(M, M), (M, (3,)), ((3,), M), (M, (2, 1)), ((1, 3), M), ((2, 1), M
               ((2, 1), (1, 3)), ((2, 1), (3,)), (V, V), (V, S), (S, V), (S, S)]
 BINARY = {"add": (lambda a, b: a + b, normal), "sub": (lambda a, b: a - b, normal),
           "mul": (lambda a, b: a * b, normal), "div": (lambda a, b: a / b, signed_away_from_zero),
-          "pow": (lambda a, b: np.exp(b * np.log(a)), normal)}
+          "pow": (lambda a, b: np.exp(b * np.log(a)), normal),
+          "maximum": (lambda a, b: np.where(a > b, a, b), normal), "minimum": (lambda a, b: np.where(a < b, a, b), normal),
+          "logaddexp": (lambda a, b: np.log(np.exp(a) + np.exp(b)), normal),
+          "remainder": (lambda a, b: a - b * np.floor(a / b), signed_away_from_zero)}
+
+
+COMPARISONS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b,
+               "<=": lambda a, b: a <= b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
+# Operands whose derivative is 0 by definition, not by the values around
+# them: a condition, which finite differences would flip at its zeros.
+FLAT_OPERANDS = {("where", 0)}
+
+
+def _where_reference(c, a, b):
+    shape = np.broadcast_shapes(c.shape, a.shape, b.shape)
+    c, a, b = (np.broadcast_to(v, shape) for v in (c, a, b))
+    return np.array([x if k != 0 else y for k, x, y in zip(c.ravel(), a.ravel(), b.ravel())]).reshape(shape)
 
 
 def _cases() -> list[Case]:
@@ -141,20 +191,22 @@ def _cases() -> list[Case]:
         for sa, sb in BROADCASTS:
             first = positive(sa) if name == "pow" else normal(sa)
             cases.append(Case(name, [first, second(sb)], ref))
+    for sc, sa, sb in [(M, M, M), (M, S, (3,)), ((2, 1), (1, 3), S), ((3,), (2, 1), M), (S, V, V)]:
+        cases.append(Case("where", [RNG.choice([0.0, 1.0, -2.0], size=sc), normal(sa), normal(sb)], _where_reference))
     for sa, sb in [(V, V), (V, (3, 2)), ((2, 3), V), ((2, 3), (3, 4)), ((1, 3), (3, 1))]:
         cases.append(Case("matmul", [normal(sa), normal(sb)], _matmul_reference))
     cases += [Case("transpose", [normal(s)], lambda x: np.einsum("ij->ji", x) if x.ndim == 2 else x) for s in (V, M)]
-    for name, ref in (("sum", lambda x: sum(np.ravel(x))), ("mean", lambda x: sum(np.ravel(x)) / np.size(x)),
-                      ("product", lambda x: np.prod(np.ravel(x)))):
-        cases += [Case(name, [normal(s)], ref) for s in (S, V, M)]
+    for name, (ref, axis) in REDUCTIONS.items():
+        cases += [Case(name, [normal(s)], ref) for s in ((S, V, M) if axis is None else (M, (3, 1), (1, 3)))]
     with_zero = normal(M)
     with_zero[0, 1] = 0.0
     two_zeros = normal((4,))
     two_zeros[[1, 3]] = 0.0
     cases += [Case("product", [with_zero], lambda x: np.prod(np.ravel(x))),
               Case("product", [two_zeros], lambda x: np.prod(x))]
-    for name, f in (("rowSum", sum), ("rowMean", lambda r: sum(r) / len(r)), ("rowProduct", np.prod)):
-        cases += [Case(name, [x], lambda x, f=f: np.array([f(list(r)) for r in x])) for x in (normal(M), with_zero)]
+    cases += [Case(name, [x], REDUCTIONS[name][0]) for name in ("rowProduct", "colProduct") for x in (with_zero, two_zeros.reshape(2, 2))]
+    # Ties of max and min are held to PyTorch by test_max_and_min_split_ties_as_pytorch: central
+    # differences see one side there.
     for name, ref in ROW_NORMS.items():
         domain = signed_away_from_zero if name.startswith("normalise") else normal
         cases += [Case(name, [domain(s)], ref) for s in (V, M)]
@@ -236,10 +288,10 @@ def _backward_pass_cases() -> list[Case]:
              Case("rowTotal", [normal(V)], lambda x: np.array([sum(x)])),
              Case("sign", [signed_away_from_zero(M)], lambda x: np.where(x > 0, 1.0, -1.0)),
              Case("stopGradient", [normal(M)], lambda x: x)]
-    for relation, ref in ((">", lambda x, t: x > t), (">=", lambda x, t: x >= t), ("<=", lambda x, t: x <= t),
-                          ("==", lambda x, t: x == t)):
-        cases.append(Case("indicator", [0.1 + signed_away_from_zero(M)],
-                          lambda x, relation, t, ref=ref: ref(x, t).astype(float), {"relation": relation, "t": 0.1}))
+    for relation, ref in COMPARISONS.items():
+        for sa, sb in [(M, M), (M, S), ((2, 1), (3,))]:  # off the ties, where it is flat
+            cases.append(Case("indicator", [normal(sa), normal(sb)],
+                              lambda a, b, relation, ref=ref: ref(a, b).astype(float), {"relation": relation}))
     for sa, sb in [(M, M), (M, (3,)), (S, M), ((2, 1), (1, 3))]:
         cases.append(Case("scale", [normal(sa), normal(sb)], lambda t, d: t * d))
     others = lambda v: np.array([np.prod(np.delete(v, i)) for i in range(len(v))])  # noqa: E731
@@ -301,7 +353,8 @@ def test_op_forward_shape_vjp_jvp(case, record_property):
             return np.sum(g * op.impl(*args, **case.params))
 
         # stopGradient's derivative is 0 by definition, not by its values.
-        fd = np.zeros_like(x) if case.op == "stopGradient" else central_difference(pulled, x)
+        flat = case.op == "stopGradient" or (case.op, i) in FLAT_OPERANDS
+        fd = np.zeros_like(x) if flat else central_difference(pulled, x)
         vjp = np.asarray(op.vjp(i, g, out, *xs, **case.params), dtype=float)
         assert vjp.shape == x.shape, f"vjp {i} has shape {vjp.shape}, operand {x.shape}"
         np.testing.assert_allclose(vjp, fd, rtol=1e-6, atol=1e-7, err_msg=f"vjp of operand {i}")
@@ -319,7 +372,7 @@ def test_op_forward_shape_vjp_jvp(case, record_property):
             back = list(xs)
             back[i] = x - eps * ts[i][k]
             fd_dir = (op.impl(*step, **case.params) - op.impl(*back, **case.params)) / (2 * eps)
-            if case.op == "stopGradient":
+            if flat:
                 fd_dir = np.zeros_like(fd_dir)
             np.testing.assert_allclose(jvp[k], fd_dir, rtol=1e-6, atol=1e-7, err_msg=f"jvp of operand {i}")
     worst.record(record_property, "op vjp vs central FD")
@@ -376,9 +429,9 @@ def _method_case(spelling):
     if op == "transpose":
         a = normal((2, 3))
         return f"a = {lit(a)}", f"a.{spelling}", ["a"], a.T
-    if op in ("sum", "mean", "product"):
+    if op in REDUCTIONS:
         x = normal(M)
-        return f"x = {lit(x)}", f"x.{spelling}()", ["x"], {"sum": np.sum, "mean": np.mean, "product": np.prod}[op](x)
+        return f"x = {lit(x)}", f"x.{spelling}()", ["x"], REDUCTIONS[op][0](x)
     if op in ROW_NORMS:
         x = signed_away_from_zero(M)
         return f"x = {lit(x)}", f"x.{spelling}", ["x"], ROW_NORMS[op](x)
@@ -586,7 +639,7 @@ EDGE_PARAMS = {  # parameter names -> the values to try, given the first operand
     # parameters that do not fit the operand).
     ("shape",): lambda shape: [{"shape": shape}, {"shape": ()}, {"shape": (1,) + shape}, {"shape": (2,) + shape},
                                {"shape": shape[1:]}, {"shape": shape[::-1]}, {"shape": (math.prod(shape),)}],
-    ("relation", "t"): lambda shape: [{"relation": r, "t": t} for r in (">", ">=", "<=", "==") for t in (0.0, -np.inf, np.nan)],
+    ("relation",): lambda shape: [{"relation": r} for r in COMPARISONS],
     ("over",): lambda shape: [{"over": "all"}, {"over": "rows"}],
     ("key", "shape"): lambda shape: [{"key": (0,), "shape": (2,) + shape}, {"key": (-1,), "shape": (1,) + shape},
                                      {"key": (slice(None),), "shape": shape}],
@@ -602,8 +655,12 @@ SHAPES = [(), (1,), (3,), (0,), (1, 0), (0, 1), (0, 0), (0, 3), (3, 0), (3, 1), 
 # numpy's and PyTorch's conventions (torch 2.13 gives the same for
 # zeros(0).sum/prod/mean, zeros(3, 0).sum(1)/prod(1)/mean(1), and a matmul
 # over an inner size of 0).
-VALUE_OF_NOTHING = {"sum": 0.0, "rowSum": 0.0, "matmul": 0.0, "einsum": 0.0, "product": 1.0, "rowProduct": 1.0,
-                    "mean": np.nan, "rowMean": np.nan, "meanLogSoftmaxPick": np.nan,
+VALUE_OF_NOTHING = {"sum": 0.0, "rowSum": 0.0, "colSum": 0.0, "matmul": 0.0, "einsum": 0.0, "product": 1.0,
+                    "rowProduct": 1.0, "colProduct": 1.0, "mean": np.nan, "rowMean": np.nan, "colMean": np.nan,
+                    "meanLogSoftmaxPick": np.nan,
+                    # max's and min's identities (PyTorch refuses them); log Σ of nothing is log 0
+                    "max": -np.inf, "rowMax": -np.inf, "colMax": -np.inf, "min": np.inf, "rowMin": np.inf,
+                    "colMin": np.inf, "logSumExp": -np.inf, "rowLogSumExp": -np.inf, "colLogSumExp": -np.inf,
                     "sumTo": 0.0, "rowTotal": 0.0, "indexScatter": 0.0, "scatterPairs": 0.0, "scatterRows": 0.0}
 
 
@@ -665,8 +722,8 @@ def call_rules(op, xs, params, out_shape, g, tangent):
                 np.testing.assert_allclose(together, sum(jvp for _, jvp in alone), rtol=1e-12, atol=1e-300,
                                            err_msg="the jvp of all operands at once is the sum of each one's")
         jvps[k] = alone
-    if op.kink is not None:  # `check` asks where the first operand sits on a kink
-        assert np.shape(op.kink(xs[0], **params)) == xs[0].shape
+    if op.kink is not None:  # `check` asks where the operands sit on a kink, entry by entry of the output
+        assert np.shape(op.kink(*xs, **params)) == (out_shape if op.structure == "elementwise" else xs[0].shape)
     return out, vjps, jvps
 
 
