@@ -213,7 +213,9 @@ def render(e) -> str:
         case Reshape(r, sizes):
             return f"{render(r)}.reshape({', '.join(map(str, sizes))})"
         case Join(word, items, axis):
-            return f"{word}({', '.join(render(i) for i in items)}{'' if axis is None else f', axis={axis}'})"
+            # One piece is written in a list, as numpy would: a lone `[a]` would be read as the list of pieces.
+            pieces = ', '.join(render(i) for i in items)
+            return f"{word}({f'[{pieces}]' if len(items) == 1 else pieces}{'' if axis is None else f', axis={axis}'})"
         case Diagonal("diag", r, k):
             return f"diag({render(r)}{'' if k is None else f', {k}'})"
         case Diagonal(word, r, k):
