@@ -598,13 +598,15 @@ elementwise2("logaddexp", np.logaddexp, (lambda out, a, b, e: e("sigmoid", [e("s
                     lambda b, x, y: b("Add", [b("Max", [x, y]), _onnx_log_sigmoid_tail(b, b("Sub", [x, y]))])),
              couples=((0, 0), (0, 1), (1, 1)), guarded=False)
 # `a % b`, numpy's remainder (the sign of b): a − b·floor(a/b). As
-# torch.remainder, ∂/∂a = 1 and ∂/∂b = −floor(a/b), written (out − a)/b so
-# that the second derivatives are those of the formula, 0. It jumps where
+# torch.remainder, ∂/∂a = 1 and ∂/∂b = −floor(a/b), written (out − a)/b
+# without history: it is piecewise constant, so the second derivatives are
+# exactly 0 (differentiating (out − a)/b leaves rounding that grows as
+# 1/b²). It jumps where
 # a/b is a whole number (out = 0): the kink `check` names.
 # ONNX's Mod takes floats only as C's fmod (the sign of a), so the export
 # writes the remainder out.
 elementwise2("remainder", np.remainder, (lambda out, a, b, e: 1.0,
-                                         lambda out, a, b, e: e("div", [e("sub", [out, a]), b])),
+                                         lambda out, a, b, e: e("stopGradient", [e("div", [e("sub", [out, a]), b])])),
              Export("xp.remainder({0}, {1})",
                     lambda b, x, y: b("Sub", [x, b("Mul", [y, b("Floor", [b("Div", [x, y])])])])),
              couples=(), kink=lambda a, b: np.remainder(a, b) == 0)

@@ -723,7 +723,7 @@ def call_rules(op, xs, params, out_shape, g, tangent):
                                            err_msg="the jvp of all operands at once is the sum of each one's")
         jvps[k] = alone
     if op.kink is not None:  # `check` asks where the operands sit on a kink, entry by entry of the output
-        assert np.shape(op.kink(*xs, **params)) == (out_shape if op.structure == "elementwise" else xs[0].shape)
+        assert np.shape(op.kink(*xs, **params)) == (out_shape if op.structure.kind == "elementwise" else xs[0].shape)
     return out, vjps, jvps
 
 
