@@ -6,7 +6,9 @@ entry) when that is affordable, else for a few random unit directions (as
 `torch.autograd.gradcheck`'s fast mode does). The same points give one-sided
 slopes, which expose kinks that central differences alone would average away
 (|x| at 0 has a central difference of 0, exactly what AD says). Forward mode
-is compared with reverse mode along the same directions.
+is compared with reverse mode along the same directions. An output that is
+not a scalar has its Jacobian checked (`check_jacobian`): ⟨Y, u⟩ for output
+directions u is the scalar differentiated, both modes' Jacobians the AD side.
 
 Each value's derivatives are measured and judged by the tolerance rule of
 check_measure.py (docs/check.md).
@@ -23,6 +25,7 @@ import numpy as np
 from .check_measure import CheckReport, KinkSite, joined, judge, measure
 from .diagnostics import SpireadError, option
 from .forward import directional_forward
+from .jacobian import jacobian
 from .limits import max_bytes
 from .run import Run
 from .tape import Tape
@@ -72,6 +75,20 @@ class Probe:
             node.value, node.known_finite = value, finite
 
 
+class RowProbe(Probe):
+    """A probe of φ = ⟨Y, u⟩ for one output direction u, whose forward-mode
+    derivatives come from a Jacobian already computed by forward mode
+    (`uᵀJ`, shaped like the probed value), not from another sweep."""
+
+    def __init__(self, tape: Tape, node_id: int, output: int, forward_row: np.ndarray):
+        super().__init__(tape, node_id, output)
+        self.forward_row = forward_row
+
+    def forward(self, v: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return v.reshape(len(v), -1) @ self.forward_row.ravel()
+
+
 @dataclass
 class Subject:
     """What a first-order check needs of a program, however it is evaluated:
@@ -103,6 +120,8 @@ def check_gradients(run: Run, wrt: list[str] | None = None, eps: float | None = 
     """Check reverse-mode (and forward-mode) gradients of the run's scalar
     output against central finite differences, value by value (on the run's
     tape, or on what `subject(run, wrt)` evaluates: row chunks)."""
+    if subject is None and run.tape.nodes[run.output].shape != ():
+        return check_jacobian(run, wrt, eps, tol, max_entries, directions, seed)
     eps, tol = _steps(eps, tol)
     subject = (subject or tape_subject)(run, wrt)
     _something_to_check(run, subject.ids)
@@ -123,6 +142,57 @@ def check_gradients(run: Run, wrt: list[str] | None = None, eps: float | None = 
         results[name] = judge(name, probe.x.shape, method, measured, tol, eps)
     failed = [name for name, r in results.items() if not r.ok]
     return CheckReport(run.output_name, f0, eps, tol, results, subject.kink_sites(failed), problem)
+
+
+def check_jacobian(run: Run, wrt: list[str] | None = None, eps: float | None = None, tol: float | None = None,
+                   max_entries: int = ELEMENTWISE_MAX_ENTRIES, directions: int = DIRECTIONS,
+                   seed: int = 0) -> CheckReport:
+    """Check the Jacobian of a non-scalar output Y (`spiread jacobian`'s, by
+    both modes) against central differences, with the first-order check's
+    own machinery: for an output direction u, φ = ⟨Y, u⟩ is a scalar recorded
+    on the tape, so its derivative along v over X is uᵀ(∂Y/∂X)v, computed from
+    the reverse-mode Jacobian, from the forward-mode one, and by central
+    differences of φ; `measure` and `judge` compare them. Every entry of
+    each block ∂Y/∂X (u, v running over unit vectors) when the block has at
+    most `max_entries` entries, else random unit directions u and v."""
+    from .ops import OPS
+    eps, tol = _steps(eps, tol)
+    ids = run.wrt_ids(wrt, scalar=False)
+    _something_to_check(run, ids)
+    names = list(ids)
+    reverse, forward = (jacobian(run, names, mode).blocks for mode in ("reverse", "forward"))
+    tape, nodes = run.tape, run.tape.nodes
+    out = nodes[run.output]
+    shape_y = out.shape
+    problem = None
+    if not np.all(np.isfinite(out.value)):
+        problem = (f"the output `{run.output_name}` is not finite: finite differences need a finite output, "
+                   "so its Jacobian cannot be checked here")
+    u_leaf = tape.leaf(np.zeros(shape_y), "const", out.span)
+    weighted = tape.record(OPS["mul"], (run.output, u_leaf.id), {}, out.span, f"{run.output_name} · u", None)
+    phi = tape.record(OPS["sum"], (weighted.id,), {}, out.span, f"⟨{run.output_name}, u⟩", None)
+    rng = np.random.default_rng(seed)
+    results, sites = {}, {}
+    for name, x_id in ids.items():
+        shape_x = nodes[x_id].shape
+        elementwise, rows, v = _block_directions(rng, shape_y, shape_x, max_entries, directions)
+        parts = []
+        for u in rows:
+            u_leaf.set_value(u)
+            tape.replay([weighted, phi])
+            along = [np.tensordot(u, block[name], axes=u.ndim) for block in (reverse, forward)]
+            probe = RowProbe(tape, x_id, phi.id, along[1])
+            try:
+                parts.append(measure(probe, along[0], v, float(phi.value), output_magnitude(tape, phi.id), eps, tol))
+            finally:
+                probe.restore()
+        check_name = f"∂{run.output_name}/∂{name}"
+        results[check_name] = judge(check_name, shape_y + shape_x, "elementwise" if elementwise else "directional",
+                                    joined(parts), tol, eps)
+        if not results[check_name].ok:  # one note per place in the source
+            for site in kink_sites(tape, [x_id], phi.id):
+                sites.setdefault(site.node.span, site)
+    return CheckReport(run.output_name, out.value, eps, tol, results, list(sites.values()), problem)
 
 
 def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None = None, tol: float | None = None,
@@ -157,9 +227,7 @@ def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None
         phi = tape.record(OPS["sum"], (weighted.id,), {}, u_leaf.span, f"⟨∂f/∂{a}, u⟩", None)
         for b, b_id in state.ids.items():
             shape_b = nodes[b_id].value.shape
-            elementwise = math.prod(shape_a) * math.prod(shape_b) <= max_entries and _identity_fits(shape_a, shape_b)
-            rows = _unit_rows(shape_a) if elementwise else _unit_directions(rng, 1, shape_a)
-            v = _unit_rows(shape_b) if elementwise else _unit_directions(rng, directions, shape_b)
+            elementwise, rows, v = _block_directions(rng, shape_a, shape_b, max_entries, directions)
             parts = []
             for u in rows:
                 u_leaf.set_value(u)
@@ -177,6 +245,17 @@ def check_second_order(run: Run, wrt: list[str] | None = None, eps: float | None
                 for site in kink_sites(tape, [b_id], phi.id):
                     sites.setdefault(site.node.span, site)
     return CheckReport(run.output_name, f0, eps, tol, results, list(sites.values()), problem, order=2)
+
+
+def _block_directions(rng: np.random.Generator, shape_a: tuple, shape_b: tuple, max_entries: int,
+                      directions: int) -> tuple[bool, np.ndarray, np.ndarray]:
+    """How a block ∂/∂A∂B (or ∂Y/∂X) is checked: entry by entry, u and v the
+    unit rows over A and B, when it has at most `max_entries` entries and
+    the identities fit the memory limit; else one random unit u and
+    `directions` random unit v. Returns (entry by entry, the u, the v)."""
+    if math.prod(shape_a) * math.prod(shape_b) <= max_entries and _identity_fits(shape_a, shape_b):
+        return True, _unit_rows(shape_a), _unit_rows(shape_b)
+    return False, _unit_directions(rng, 1, shape_a), _unit_directions(rng, directions, shape_b)
 
 
 def _identity_fits(*shapes: tuple) -> bool:

@@ -108,13 +108,20 @@ class KinkSite:
 @dataclass
 class CheckReport:
     output_name: str
-    value: float
+    value: float | np.ndarray        # the output's (an array: a Jacobian's check)
     eps: float
     tol: float
     results: dict[str, ValueCheck]
     kink_sites: list[KinkSite] = field(default_factory=list)
     problem: str | None = None       # about the whole check (a non-finite output)
     order: int = 1                   # 2: second derivatives (check_second_order)
+
+    @property
+    def what(self) -> str:
+        """What was checked: "gradient", "Jacobian" or "second-derivative"."""
+        if self.order == 2:
+            return "second-derivative"
+        return "gradient" if np.ndim(self.value) == 0 else "Jacobian"
 
     @property
     def ok(self) -> bool:
@@ -132,8 +139,7 @@ class CheckReport:
             if result.kink and not notes:
                 notes = ["the slopes to either side differ: the function has a kink here"]
             span = self.kink_sites[0].node.span if notes and self.kink_sites else run.binding_spans.get(result.name)
-            what = "gradient" if self.order == 1 else "second-derivative"
-            out.append(Diagnostic("error", f"{what} check failed for {result.where()}: {result.problem}",
+            out.append(Diagnostic("error", f"{self.what} check failed for {result.where()}: {result.problem}",
                                   span, tuple(notes)))
         return out
 

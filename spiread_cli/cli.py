@@ -202,7 +202,7 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                   set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
                   backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None,
                   chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False, debug: DebugOpt = False):
-    """Compare AD gradients (reverse and forward) with central finite differences; exit 1 if any disagree."""
+    """Compare AD gradients (reverse and forward; of a non-scalar output, its Jacobian) with central finite differences; exit 1 if any disagree."""
     from .check import check_gradients, check_second_order
     from .diagnostics import emit
     from .output import check_document, check_table, stdout_console

@@ -138,7 +138,8 @@ def stderr_console():
 def check_document(report) -> dict:
     """`spiread check --format json`'s fields (besides file, output, warnings)."""
     return {"ok": report.ok, "results": {name: _value_check_json(r) for name, r in report.results.items()},
-            "value": json_number(report.value), "eps": report.eps, "tol": report.tol, "problem": report.problem}
+            "value": json_number(report.value) if np.ndim(report.value) == 0 else json_value(report.value),
+            "eps": report.eps, "tol": report.tol, "problem": report.problem}
 
 
 def _value_check_json(r) -> dict:
@@ -168,8 +169,8 @@ def check_table(report):
         rows.append([r.name, short_shape(r.shape), f"{r.max_abs_error:.1e}", f"{r.max_rel_error:.1e}",
                      worst, f"{r.ad:.6g}", f"{r.fd:.6g}", f"{r.forward_vs_reverse:.0e}", "ok" if r.ok else "FAIL"])
     # Narrow enough for an 80-column terminal, and no number is ever cut short.
-    what = "gradient" if report.order == 1 else "second-derivative"
-    table = Table(title=f"{what} check of `{report.output_name}` = {report.value:.10g}  "
+    shown = f"= {report.value:.10g}" if np.ndim(report.value) == 0 else f"({short_shape(np.shape(report.value))})"
+    table = Table(title=f"{report.what} check of `{report.output_name}` {shown}  "
                         f"(central differences, eps {report.eps:g}, tol {report.tol:g})",
                   title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)

@@ -277,8 +277,9 @@ class Program:
               of: str | None = None, eps: float | None = None, tol: float | None = None,
               **more: ArrayLike) -> "CheckResult":
         """Compare reverse-mode (and forward-mode) gradients with central finite
-        differences, as `spiread check` does (docs/check.md). A failed check is
-        not an exception: see `.ok` and `.failures`."""
+        differences, as `spiread check` does (docs/check.md); of an output
+        that is not a scalar, its Jacobian. A failed check is not an
+        exception: see `.ok` and `.failures`."""
         from .check import check_gradients
         from .output import check_table
         checked_number("eps", eps)

@@ -408,7 +408,7 @@ def test_cli_non_finite_output_fails_in_json_too():
 @pytest.mark.parametrize("args, code, words", [
     (["--wrt", "nope"], 2, "binds no `nope`"),
     (["--eps", "-1"], 2, "positive"),
-    (["--of", "residual"], 1, "gradients need a scalar"),
+    (["--of", "residual", "--order", "2"], 1, "gradients need a scalar"),
     (["--strict", "--set", "w=[1e200, 1e200]"], 1, "error: `**` gave inf"),
 ])
 def test_cli_exit_codes(args, code, words):

@@ -3,12 +3,13 @@ op's statement applied to a batch of cotangents against the op's vjp one
 cotangent at a time; Jacobians of random programs' vector and matrix
 outputs against HIPS autograd's `jacobian` in both modes; the mode chosen
 from the sizes; batches within the memory limit; the command line end to end
-(text, JSON and its schema, --out, errors)."""
+(text, JSON and its schema, --out, errors); `check` of a non-scalar output
+checks its Jacobian against central differences."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import warnings
 
 import numpy as np
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 import spiread_cli
 from conftest import Agreement, program_fd, run, spiread, strict_json
 from programs import programs
+from spiread_cli.check import check_gradients
 from spiread_cli.diagnostics import SpireadError
 from spiread_cli.jacobian import jacobian
 from spiread_cli.ops import OPS
@@ -248,3 +250,45 @@ def test_grad_of_a_vector_output_points_at_jacobian(tmp_program):
     with pytest.raises(SpireadError) as caught:
         spiread_cli.compile(VECTOR).grad()
     assert "`Program.jacobian(...)` gives the derivatives of every entry of `y`" in str(caught.value)
+
+
+# -------------------------------------------------------------- check
+
+
+def test_check_of_a_vector_or_matrix_output_checks_its_jacobian(tmp_program):
+    """Every entry of each block ∂Y/∂X, reverse and forward mode, against
+    central differences of ⟨Y, u⟩ along unit directions."""
+    text = VECTOR + "M = W * x.exp\n"
+    for output, shapes in (("y", {"∂y/∂x": (3, 2), "∂y/∂W": (3, 3, 2)}),
+                           ("M", {"∂M/∂x": (3, 2, 2), "∂M/∂W": (3, 2, 3, 2)})):
+        report = check_gradients(run(text, of=output))
+        assert report.ok and report.what == "Jacobian"
+        assert {n: r.shape for n, r in report.results.items()} == shapes
+        assert all(r.method == "elementwise" and r.checked == math.prod(r.shape) for r in report.results.values())
+    done = spiread("check", tmp_program(text), "--of", "M", "--format", "json")
+    document = strict_json(done.stdout)
+    assert done.returncode == 0 and document["ok"] and document["value"]["shape"] == [3, 2]
+    done = spiread("check", tmp_program(text), "--of", "y")
+    assert done.returncode == 0 and done.stdout.startswith("Jacobian check of `y` (3)")
+
+
+def test_check_catches_a_wrong_batched_rule_at_its_entry():
+    """Break `cos`'s rule for a batch of cotangents at one node: the reverse
+    Jacobian is wrong, the check fails at that entry, and forward mode
+    disagrees with reverse there."""
+    r = run("v = [0.3, 1.2, -0.7]\ny = (v * [1, 0, 0]).cos + v.sin\n")
+    node = next(n for n in r.tape.nodes if n.op is not None and n.op.name == "cos")
+    node.op = dataclasses.replace(node.op, batched_vjp=lambda i, g, out, x: g * np.sin(x))  # sign flipped
+    report = check_gradients(r)
+    (result,) = report.results.values()
+    assert not result.ok and result.worst == (0, 0) and "AD gives" in result.problem
+    assert result.forward_vs_reverse == pytest.approx(2 * math.sin(0.3))
+    (failure,) = report.failures(r)
+    assert failure.message.startswith("Jacobian check failed for `∂y/∂v[0, 0]`: AD gives")
+
+
+def test_check_of_a_large_jacobian_goes_along_random_directions():
+    text = "x = randn(40, seed=1)\nA = randn(30, 40, seed=2)\ny = (A @@ x).tanh\n"
+    report = check_gradients(run(text), ["x"])
+    (result,) = report.results.values()
+    assert report.ok and result.method == "directional" and result.checked == 8
