@@ -35,10 +35,12 @@ class ForwardSweep:
         self.output = output
         self.seeded = set(seeded)
         self.plan: list[Node] = tape.between(seeded, output)
+        # A node that repeats an earlier computation takes its tangent (Tape.repeats).
+        self.same = tape.repeats(self.plan, keep=seeded)
         # After plan[p] has run, the tangents of free_after[p] are needed no more.
         last_use = {n.id: len(self.plan) for n in self.plan}  # never used: kept to the end
         for p, node in enumerate(self.plan):
-            for i in node.inputs:
+            for i in (*node.inputs, self.same[node.id]) if node.id in self.same else node.inputs:
                 if i in last_use:
                     last_use[i] = p
         last_use[output] = len(self.plan)
@@ -75,13 +77,15 @@ class ForwardSweep:
         `observe(node, ts, t)`, if given, sees each node's tangent t as it is
         made, from the input tangents ts (None for an input without one; all
         None where t is a seed)."""
-        nodes = self.nodes
+        nodes, same = self.nodes, self.same
         k = next(iter(seeds.values())).shape[0]
         tangents: dict[int, np.ndarray] = {}
         with np.errstate(all="ignore"):
             for p, node in enumerate(self.plan):
                 ts = [tangents.get(i) for i in node.inputs]
-                if node.op is None or all(t is None for t in ts):
+                if node.id in same:
+                    t = tangents[same[node.id]]
+                elif node.op is None or all(t is None for t in ts):
                     t = seeds[node.id]
                 else:
                     op, args = node.op, [nodes[i].value for i in node.inputs]
@@ -114,18 +118,24 @@ class ForwardSweep:
         check_bytes(8 * total * output.value.size,
                     what or (lambda: f"the derivatives along {total} directions would be "
                                      f"{shape_str((total,) + output.value.shape)}"), output.span, limit)
-        result = np.zeros((total,) + output.value.shape)
         block = self.block_size(total, budget_bytes, limit)
+        # One block's tangents are the result as they come (no copy); several are copied in.
+        result = None if block >= total else np.empty((total,) + output.value.shape)
         for start in range(0, total, block):
             k = min(block, total - start)
             seeds = seed_block(start, k)
-            result[start:start + k] = self.push(seeds, observe)
+            if result is None:
+                result = self.push(seeds, observe)
+                if type(result) is not np.ndarray or not result.flags.writeable:
+                    result = np.array(result)  # a broadcast view, or a lazy (Dask) array, computed once
+            else:
+                result[start:start + k] = self.push(seeds, observe)
             if diagnostics is not None and not all_finite(result[start:start + k]):
                 births = Births(self.nodes)
                 self.push(seeds, births.forward)
                 births.warn(diagnostics)
                 diagnostics = None  # one warning about the derivative is enough
-        return result
+        return np.zeros((0,) + output.value.shape) if result is None else result
 
 
 def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,
@@ -152,8 +162,9 @@ def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagn
         return f"the Jacobian of `{of}` with respect to {names} would be {shape_str(shape)}"
 
     rows = sweep.push_blocks(int(offsets[-1]), seed_block, diagnostics, budget_bytes, observe, what)
-    # Row j is the derivative along entry j: a W's rows, transposed, are its block.
-    return {i: np.ascontiguousarray(rows[offsets[p]:offsets[p + 1]].reshape(sizes[p], math.prod(out_shape)).T)
+    # Row j is the derivative along entry j: a W's rows, transposed, are its
+    # block (a transposed view where the shapes allow, as numpy's reshape does).
+    return {i: rows[offsets[p]:offsets[p + 1]].reshape(sizes[p], math.prod(out_shape)).T
             .reshape(out_shape + nodes[i].value.shape) for p, i in enumerate(wrt)}
 
 

@@ -113,7 +113,8 @@ def jacobian_reverse(tape: Tape, output: int, wrt: list[int], diagnostics=None,
     check_bytes(per_row, lambda: f"reverse mode would hold {per_row // 8} adjoint entries at once for each entry "
                                  f"of the output", nodes[output].span, limit)
     block = max(1, min(rows, min(budget_bytes, limit) // per_row))
-    result = {w: np.empty((rows,) + nodes[w].shape) for w in wrt}
+    # One block's rows are the result as they come (no copy); several are copied in.
+    result = {} if block == rows else {w: np.empty((rows,) + nodes[w].shape) for w in wrt}
     for start in range(0, rows, block):
         k = min(block, rows - start)
         seeds = np.zeros((k, rows))
@@ -121,7 +122,10 @@ def jacobian_reverse(tape: Tape, output: int, wrt: list[int], diagnostics=None,
         seeds = seeds.reshape((k,) + out_shape)
         by_id = tape.backward(output, wrt, None, cotangents=seeds)
         for w in wrt:
-            result[w][start:start + k] = by_id[w]
+            if block == rows:
+                result[w] = np.ascontiguousarray(by_id[w])  # a broadcast view is made an array of its own
+            else:
+                result[w][start:start + k] = by_id[w]
         if diagnostics is not None and not all(all_finite(g) for g in by_id.values()):
             births = Births(nodes)
             tape.backward(output, wrt, None, births.reverse, cotangents=seeds)

@@ -227,13 +227,18 @@ def scale(t: np.ndarray, d) -> np.ndarray:
     (the seed example's empty row), in both modes alike."""
     if type(d) is float:  # a constant partial (add, sub): nothing to guard, often nothing to do
         return t if d == 1.0 else t * d
-    r = t * d
-    # One sum is finite exactly when every entry is (bar overflow, which only
-    # sends us down the slower, still correct path). Callers hold np.errstate.
-    # A lazy product is not summed here (that would compute it): guarded as it stands.
-    if (type(r) is ndarray or not is_lazy(r)) and math.isfinite(r.sum()):
-        return r
-    return np.where(t == 0, 0.0, r)
+    # The guard changes nothing where t has no zero, or where d is finite (0 ·
+    # d is 0 then); one sum is finite exactly when every entry is (bar
+    # overflow, which only sends us down the slower, still correct path).
+    # Asking it of the smaller operand costs a pass over it, not over the
+    # product, which may be a batch of (co)tangents many times larger (a
+    # Jacobian's, a Hessian's). Callers hold np.errstate. A lazy operand is
+    # not inspected here (that would compute it): guarded as it stands.
+    if type(t) is ndarray and t.size < getattr(d, "size", 1) and t.all():
+        return t * d
+    if (type(d) is ndarray or not is_lazy(d)) and math.isfinite(np.sum(d)):
+        return t * d
+    return np.where(t == 0, 0.0, t * d)
 
 
 def same_shape(s, **_):

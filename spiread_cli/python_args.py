@@ -123,9 +123,7 @@ def result_value(value: np.ndarray) -> Value:
     reverse mode reach a zero by different sums: output.py's rule too)."""
     if np.ndim(value) == 0:
         return float(value) + 0.0
-    array = np.array(value, dtype=np.float64, copy=True)
-    array += 0.0  # -0.0 + 0.0 is 0.0
-    return array
+    return np.add(np.asarray(value), 0.0, dtype=np.float64)  # a new array, in one pass: -0.0 + 0.0 is 0.0
 
 
 def print_lines(printed: list[str]) -> None:

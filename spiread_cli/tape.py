@@ -205,6 +205,35 @@ class Tape:
         return [node for node in self.nodes[min(sources, default=output + 1):output + 1]
                 if fed[node.id] and feeds[node.id]]
 
+    @staticmethod
+    def repeats(nodes: Iterable[Node], keep: Iterable[int] = ()) -> dict[int, int]:
+        """Among `nodes` (in tape order), each op node that computes what an
+        earlier one does — the same op with the same parameters on the same
+        inputs, or on inputs that are themselves repeats — mapped to that
+        earlier node: `(A @@ w).tanh + (A @@ w).exp` computes `A @@ w` twice.
+        Their values are equal, so are their derivatives: a sweep computes
+        them once (and the recorded gradient sums the two paths' cotangents
+        before the product's rule, one product instead of two). Nodes in
+        `keep` (the values differentiated by, the seeds) are never merged:
+        a derivative by one of them follows the paths through it alone.
+        Parameters that cannot be compared as a key (arrays) merge nothing."""
+        keep = set(keep)
+        first: dict[tuple, int] = {}
+        same: dict[int, int] = {}
+        for node in nodes:
+            if node.op is None or node.id in keep:
+                continue
+            try:
+                key = (node.op.name, *[same.get(i, i) for i in node.inputs])
+                if node.params:
+                    key += tuple(sorted(node.params.items()))
+                earlier = first.setdefault(key, node.id)
+            except TypeError:  # an unhashable parameter
+                continue
+            if earlier != node.id:
+                same[node.id] = earlier
+        return same
+
     # --------------------------------------------------------- reverse mode
 
     def backward(self, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,
@@ -295,6 +324,8 @@ class Tape:
         nodes = self.nodes
         lowest = min(wrt, default=output + 1)
         out_node = nodes[output]
+        # A repeated computation's cotangents go to its first occurrence, whose rule runs once for both.
+        same = self.repeats(self.between(wrt, output), keep=[*wrt, output])
         adjoints: dict[int, int] = {}
         if needs[output]:
             adjoints[output] = self.leaf(np.ones(out_node.shape), "const", out_node.span).id
@@ -313,6 +344,7 @@ class Tape:
                     continue
                 if births is not None:
                     births.reverse(node, nodes[g].value, k, nodes[gi].value)
+                i = same.get(i, i)
                 if i in adjoints:
                     gi = Emitter(self, nodes[i].span, f"Σ∂ {nodes[i].name or nodes[i].label}")("add", [adjoints[i], gi])
                 adjoints[i] = gi

@@ -292,3 +292,19 @@ def test_check_of_a_large_jacobian_goes_along_random_directions():
     report = check_gradients(run(text), ["x"])
     (result,) = report.results.values()
     assert report.ok and result.method == "directional" and result.checked == 8
+
+
+@pytest.mark.parametrize("t, d", [
+    (np.array([0.0, 1.0, 2.0]), np.array([np.inf, -np.inf, 3.0])),             # same sizes
+    (np.array([[0.0, 1.0], [0.0, 0.0], [2.0, 0.0]]), np.array([np.inf, 2.0])),  # a batch of t, a small d
+    (np.array([np.nan, 0.0]), np.array([[np.inf, 1.0], [2.0, -np.inf], [0.5, 0.5]])),  # a small t with a zero
+    (np.array([1.0, -2.0]), np.array([[np.inf, 1.0], [np.nan, 3.0]])),          # a small t without zeros
+])
+def test_scale_keeps_a_zero_zero_against_a_non_finite_partial_whichever_operand_is_small(t, d):
+    """`scale` (every rule's (co)tangent · partial) guards 0 · inf as 0; it
+    asks the smaller operand whether the guard is needed, so a batch of
+    tangents or cotangents is not summed first: the same values either way."""
+    from spiread_cli.ops import scale
+    with np.errstate(all="ignore"):
+        expected = np.where(np.broadcast_to(t, np.broadcast_shapes(t.shape, d.shape)) == 0, 0.0, t * d)
+        np.testing.assert_array_equal(scale(t, d), expected)

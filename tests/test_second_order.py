@@ -17,6 +17,8 @@ from programs import programs
 from spiread_cli import optim, second, train
 from spiread_cli.check import check_second_order, kink_sites
 from spiread_cli.diagnostics import SpireadError
+from spiread_cli.forward import ForwardSweep
+from spiread_cli.jacobian import jacobian
 from spiread_cli.ops import OPS
 from spiread_cli.tape import Emitter, Tape
 from test_ops import CASES
@@ -462,3 +464,31 @@ def test_hessian_blocks_of_a_value_with_no_entries_are_empty_and_shaped():
     blocks = second.hessian(r, ["w", "v"]).blocks
     assert blocks["w"]["w"].shape == (0, 0) and blocks["w"]["v"].shape == (0, 2) and blocks["v"]["w"].shape == (2, 0)
     np.testing.assert_array_equal(blocks["v"]["v"], [[2.0, 0.0], [0.0, 2.0]])
+
+
+def test_a_repeated_computation_is_differentiated_once():
+    """`(A @@ w)` written twice is one product for the derivatives
+    (Tape.repeats): the recorded gradient sums both paths' cotangents before
+    one product's rule, and forward mode pushes the tangents through one
+    product; the Hessian is still Aᵀ diag(tanh″ + exp) A. A repeat that is
+    itself differentiated by keeps its own paths."""
+    A, w = np.array([[1.0, 2.0], [0.5, -1.0], [0.3, 0.2]]), np.array([0.4, -0.3])
+    r = run(f"A = {A.tolist()}\nw = {w.tolist()}\nloss = (A @@ w).tanh.sum + (A @@ w).exp.sum\n")
+    first = len(r.tape.nodes)
+    state = second.SecondOrder(r, ["w"])
+    assert [n.op.name for n in r.tape.nodes[first:] if n.op is not None].count("matmul") == 1
+    assert len(ForwardSweep(r.tape, state.grad_ids[r.bindings["w"]], [r.bindings["w"]]).same) == 1
+    z = A @ w
+    expected = A.T @ np.diag(-2 * np.tanh(z) * (1 - np.tanh(z) ** 2) + np.exp(z)) @ A
+    np.testing.assert_allclose(state.hessian()["w"]["w"], expected, rtol=1e-13)
+
+    r = run("x = [0.5, 2.0]\nh = x.exp\nk = x.exp\ny = h * 2 + k\n")
+    for mode in ("forward", "reverse"):
+        blocks = jacobian(r, ["h", "k", "x"], mode).blocks
+        np.testing.assert_allclose(blocks["h"], 2 * np.eye(2))
+        np.testing.assert_allclose(blocks["k"], np.eye(2))
+        np.testing.assert_allclose(blocks["x"], np.diag(3 * np.exp([0.5, 2.0])))
+    h = second.hessian(run("x = [0.5, 2.0]\nh = x.exp\nk = x.exp\nloss = (h * h + k * k * k).sum\n"), ["h", "k"])
+    np.testing.assert_allclose(h.blocks["h"]["h"], 2 * np.eye(2))
+    np.testing.assert_allclose(h.blocks["k"]["k"], np.diag(6 * np.exp([0.5, 2.0])))
+    np.testing.assert_allclose(h.blocks["h"]["k"], np.zeros((2, 2)))
