@@ -71,3 +71,12 @@ def blas_kernel() -> str:
     infos = threadpoolctl.threadpool_info()
     return ", ".join(f"{i['internal_api']} {i.get('architecture', '?')} ×{i['num_threads']}" for i in infos
                      if i.get("user_api") == "blas") or "none found"
+
+
+def jax_threads(threads: int) -> None:
+    """Give XLA's CPU backend as many threads as numpy's BLAS has
+    (OPENBLAS_NUM_THREADS): its own pool ignores that variable, so one
+    thread for numpy would race two of JAX's. Only before jax is imported."""
+    if threads == 1 and "jax" not in sys.modules:
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()

@@ -32,8 +32,9 @@ PEERS = {"torch": "pip install -e '.[bench]'", "jax": "pip install -e '.[bench]'
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def interleaved(factories: dict, rounds: int, per_round: int) -> dict[str, float]:
-    """Median seconds per step of each implementation, timed round-robin."""
+def interleaved(factories: dict, rounds: int, per_round: int, statistic=statistics.median) -> dict[str, float]:
+    """Median (or `statistic`: min for best of the rounds) seconds per step
+    of each implementation, timed round-robin."""
     steps = {name: make() for name, make in factories.items()}
     for step in steps.values():
         step(), step()  # warm-up (and JAX's compile)
@@ -44,7 +45,7 @@ def interleaved(factories: dict, rounds: int, per_round: int) -> dict[str, float
             for _ in range(per_round):
                 step()
             samples[name].append((time.perf_counter() - start) / per_round)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return {name: statistic(s) for name, s in samples.items()}
 
 
 def step_benchmarks(quick: bool) -> dict:
@@ -71,6 +72,12 @@ def step_benchmarks(quick: bool) -> dict:
     for folder in ctx.get("cleanup", []):
         shutil.rmtree(folder, ignore_errors=True)
     return results
+
+
+def jacobian_benchmarks(quick: bool) -> dict:
+    """Dense Jacobians n×n against JAX and PyTorch (benchmarks/jacobian.py)."""
+    import jacobian
+    return jacobian.results(jacobian.SIZES[:3] if quick else jacobian.SIZES, 3 if quick else 5)
 
 
 def parse_lines(n: int = 10_000) -> str:
@@ -178,6 +185,9 @@ def table(results: dict) -> str:
             extra = f" ({t / _chain_ops() * 1e6:.2f} µs/op)" if workload == "chain" else ""
             out.append(f"| {name} | {ms(t)}{extra} | {ours / t:.3f}× |")
         out.append("")
+    if "jacobian" in results:
+        import jacobian
+        out += [jacobian.table(results["jacobian"])]
     p = results["parse"]
     out += [f"**parse** ({p['lines']:,} lines): parse {ms(p['parse'])}, parse + record on the tape {ms(p['parse + record'])}", ""]
     c = results["cold"]
@@ -231,7 +241,7 @@ def main() -> None:
         if not common.have(peer):
             print(f"note: {peer} is not installed, so its rows are skipped ({extra})", file=sys.stderr)
     results = {"steps": step_benchmarks(args.quick), "parse": parse_benchmark(3 if args.quick else 5),
-               "cold": cold_start(5 if args.quick else 15)}
+               "cold": cold_start(5 if args.quick else 15), "jacobian": jacobian_benchmarks(args.quick)}
     if not args.no_rss:
         results["rss"] = rss_benchmarks()
     text = table(results)

@@ -32,11 +32,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mlp  # noqa: E402
-from common import have  # noqa: E402
+from common import have, jax_threads  # noqa: E402
 from run import interleaved  # noqa: E402
 
 # PyTorch's threads; set OPENBLAS_NUM_THREADS (numpy's) to the same number.
 THREADS = int(os.environ.get("OMP_NUM_THREADS", "2"))
+jax_threads(THREADS)
 
 # ------------------------------------------------------------- HVP on mlp
 
@@ -158,14 +159,79 @@ def jax_hessian(arrays):
     return lambda: jax.block_until_ready(hessian(w))
 
 
+# ------------------------------------- dense Hessian of a 50-row loss, n = 100…1000
+
+SOFTMAX_LOSS = """\
+A = zeros(50, 3)
+w = zeros(3)
+loss = (A @@ w).tanh.sum + (w ** 4).sum / 4 + (A @@ w).exp.normaliseRowsL1.log.sum
+"""
+DENSE_SIZES = (100, 300, 1000)
+
+
+def softmax_loss_data(n: int) -> dict:
+    rng = np.random.default_rng(n)
+    return {"A": rng.standard_normal((50, n)) / np.sqrt(n), "w": rng.standard_normal(n) / 2,
+            "v": rng.standard_normal(n)}
+
+
+def spiread_dense(arrays, hvp: bool):
+    """In process through the Python API, as a user calls it: the program is
+    run afresh (recorded, evaluated) and differentiated at each call."""
+    import spiread_cli
+    prog = spiread_cli.compile(SOFTMAX_LOSS)
+    A, w, v = arrays["A"], arrays["w"], arrays["v"]
+    if hvp:
+        return lambda: prog.hessian(A=A, w=w, wrt="w", hvp={"w": v}).products["w"]
+    return lambda: prog.hessian(A=A, w=w, wrt="w").blocks["w"]["w"]
+
+
+def jax_dense(arrays, hvp: bool):
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    A, w, v = (jnp.asarray(arrays[k]) for k in ("A", "w", "v"))
+
+    def f(w):
+        z = A @ w
+        e = jnp.exp(z)
+        return jnp.tanh(z).sum() + (w ** 4).sum() / 4 + jnp.log(e / e.sum()).sum()
+    if hvp:
+        product = jax.jit(lambda w, v: jax.jvp(jax.grad(f), (w,), (v,))[1])
+        return lambda: jax.block_until_ready(product(w, v))
+    hessian = jax.jit(jax.hessian(f))
+    return lambda: jax.block_until_ready(hessian(w))
+
+
+def dense_hessians(repeats: int) -> None:
+    """The dense Hessian and an HVP of `SOFTMAX_LOSS` (A 50×n) at each n,
+    spiread against jax.jit(jax.hessian) and jit(jvp of grad): best of the
+    interleaved rounds, as issue 24 measured them."""
+    for n in DENSE_SIZES:
+        arrays = softmax_loss_data(n)
+        for hvp in (False, True):
+            factories = {"spiread": lambda hvp=hvp: spiread_dense(arrays, hvp)}
+            if have("jax"):
+                factories["JAX jit(jvp of grad)" if hvp else "JAX jit(hessian)"] = \
+                    lambda hvp=hvp: jax_dense(arrays, hvp)
+
+            def same(results):
+                for name, h in results.items():
+                    np.testing.assert_allclose(np.asarray(h), results["spiread"], rtol=1e-9, atol=1e-11,
+                                               err_msg=name)
+            compare(f"{'HVP' if hvp else 'dense Hessian'} of the 50-row softmax loss, n = {n} (best of {repeats})",
+                    factories, repeats, same, statistic=min)
+
+
 # ------------------------------------------------------------------- main
 
 
-def compare(title: str, factories: dict, rounds: int, check) -> None:
+def compare(title: str, factories: dict, rounds: int, check, statistic=None) -> None:
     """Check that every implementation computes the same, then time them in
-    interleaved rounds (run.py's harness), so load on the machine hits all alike."""
+    interleaved rounds (run.py's harness), so load on the machine hits all
+    alike: the median of the rounds, or `statistic` of them (min: the best)."""
     check({name: make()() for name, make in factories.items()})
-    times = interleaved(factories, rounds, per_round=1)
+    times = interleaved(factories, rounds, per_round=1, **({"statistic": statistic} if statistic else {}))
     base = times["spiread"]
     print(f"\n{title}")
     for name, seconds in times.items():
@@ -210,6 +276,7 @@ def main() -> None:
             np.testing.assert_allclose(np.asarray(h), results["spiread"], rtol=1e-9, atol=1e-14, err_msg=name)
     compare(f"full Hessian, {PARAMETERS} parameters (logistic regression on {ROWS} rows)", factories, repeats,
             same_hessian)
+    dense_hessians(repeats)
 
 
 if __name__ == "__main__":
