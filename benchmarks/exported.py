@@ -59,7 +59,9 @@ def implementations(workload: str, ctx: dict) -> dict:
 def export(program: str, arrays: dict[str, np.ndarray], wrt: list[str], to: str, ctx: dict) -> tuple[Path, dict]:
     """`spiread export` of the program over these data (saved as .npy files it
     loads), in-process: the file, and the program's values of `wrt`."""
-    from spiread_cli.export import export_onnx, export_python, graphs
+    from spiread_cli.export import graphs
+    from spiread_cli.export_onnx import export_onnx
+    from spiread_cli.export_python import export_python
     from spiread_cli.program import Program
 
     folder = Path(tempfile.mkdtemp(prefix="spiread-export-"))

@@ -346,9 +346,13 @@ def export_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                               ['pip install "spiread[export]" (or pip install ".[export]" in spiread\'s checkout)'])
 
     def compute(s, run):
-        from .export import export_onnx, export_python, graphs
+        from .export import graphs
         exported = graphs(run, wrt, hvp)
-        return (export_python if to == Target.python else export_onnx)(exported, out)
+        if to == Target.python:
+            from .export_python import export_python
+            return export_python(exported, out)
+        from .export_onnx import export_onnx
+        return export_onnx(exported, out)
 
     def text(run, written):
         from .output import write_stdout

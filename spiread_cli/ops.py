@@ -36,7 +36,7 @@ Each `Op` is a name with its rules side by side, one entry per primitive
 Each op also says how it is written out of spiread (`export`, an
 `Export`): as an expression of the Python array API and as ONNX nodes, so
 the value, gradient and Hessian-vector-product graphs, all graphs of table
-ops, are exported op by op (spiread_cli/export.py).
+ops, are exported op by op (spiread_cli/export_python.py, export_onnx.py).
 
 Per-op facts live on the op too: `kink` (where it has no derivative),
 `row_wise` (it commutes with a row gather), `structure` (how its entries
@@ -83,7 +83,7 @@ class FastPath:
 
 @dataclass(frozen=True, slots=True)
 class Export:
-    """How an op is written out of spiread (`spiread export`, spiread_cli/export.py).
+    """How an op is written out of spiread (`spiread export`: spiread_cli/export_python.py, export_onnx.py).
 
     `python`: an expression over the array API namespace `xp`; a template
     whose `{0}`, `{1}`, … are the operands and `{name}` the parameters, or

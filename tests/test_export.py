@@ -21,7 +21,9 @@ from spiread_cli import second
 from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.program import Program
 from spiread_cli.diagnostics import Diagnostics, Source
-from spiread_cli.export import Graphs, export_onnx, export_python, graphs, onnx_model
+from spiread_cli.export import Graphs, graphs
+from spiread_cli.export_onnx import export_onnx, onnx_model
+from spiread_cli.export_python import export_python
 from spiread_cli.ops import OPS
 from spiread_cli.run import Run
 from spiread_cli.tape import Tape
