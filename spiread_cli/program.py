@@ -24,7 +24,7 @@ from typing import Callable, Literal, Mapping
 
 import numpy as np
 
-from . import syntax
+from . import syntax_tree
 from .interpreter import Interpreter
 from .diagnostics import Source, SpireadError, did_you_mean, option, render
 from .python_args import (ArrayLike, P, T, Value, as_binding, checked_name, checked_number, front_door, interactive,
@@ -105,14 +105,14 @@ class Program:
     (gradients, check, train, hessian, dot) works on.
     """
 
-    def __init__(self, source: Source, module: syntax.Module, base_dir: Path):
+    def __init__(self, source: Source, module: syntax_tree.Module, base_dir: Path):
         self.source = source
         self._module = module
         self._base_dir = base_dir
         self._backend = None     # dask_backend.Options for backend="dask" (`load`), else None
         self._running = None     # the dask_backend program of the last call (its client, its chunks' templates)
         # The names the program binds, in order: what bindings may replace.
-        self.names: list[str] = [s.name for s in module.statements if isinstance(s, syntax.Binding)]
+        self.names: list[str] = [s.name for s in module.statements if isinstance(s, syntax_tree.Binding)]
 
     @classmethod
     def open(cls, path: str) -> "Program":

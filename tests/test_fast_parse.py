@@ -25,6 +25,7 @@ from conftest import EXAMPLES
 from programs import programs
 from test_fuzz import language_text, mutated_programs
 from spiread_cli import lark_tables, parse_driver, syntax
+from spiread_cli.syntax_builder import AstBuilder
 from spiread_cli.diagnostics import Source, SpireadError
 
 TESTS = Path(__file__).parent
@@ -204,7 +205,7 @@ def test_the_cached_tables_are_lark_s(cache_home, monkeypatch):
     assert marshal.loads(marshal.dumps(afresh)) == afresh
     for path in EXAMPLES.rglob("*.ad"):
         text = text_of(path)
-        assert dump(parse_driver.TableDriver(afresh, syntax._ToAst()).parse(text)) == dump(syntax._get_driver().parse(text)), path
+        assert dump(parse_driver.TableDriver(afresh, AstBuilder()).parse(text)) == dump(syntax._get_driver().parse(text)), path
     assert syntax._load_tables() == fresh
     folder = cache_home / "spiread"
     cache, = folder.iterdir()
@@ -304,7 +305,7 @@ def test_nothing_in_the_temporary_folder_is_read_or_unpickled(tmp_path, cache_ho
     shared.mkdir()
     tempfile.tempdir, before = str(shared), tempfile.tempdir
     try:  # Lark's cache, made as spiread used to make it, names the file to plant
-        Lark(syntax.grammar_text(), parser="lalr", postlex=syntax._BracketPostLexer(), transformer=syntax._ToAst(),
+        Lark(syntax.grammar_text(), parser="lalr", postlex=syntax._BracketPostLexer(), transformer=AstBuilder(),
              maybe_placeholders=True, cache=True)
     finally:
         tempfile.tempdir = before

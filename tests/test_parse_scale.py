@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run, spiread, strict_json, value
-from spiread_cli import syntax
+from spiread_cli import syntax, syntax_tree
 from spiread_cli.program import Program
 from spiread_cli.set_options import parse_overrides
 from spiread_cli.diagnostics import Source, SpireadError
@@ -41,7 +41,7 @@ def numbers_text(n: int, seed: int = 0) -> tuple[str, np.ndarray]:
 def test_a_long_literal_is_one_array_node_with_the_right_values():
     body, expected = numbers_text(100_000)
     statements = parse(f"x = [{body}]\n")
-    assert isinstance(statements[0].value, syntax.NumberArray)
+    assert isinstance(statements[0].value, syntax_tree.NumberArray)
     np.testing.assert_array_equal(statements[0].value.value, expected)
     np.testing.assert_array_equal(value(f"x = [{body}]\n"), expected)
 
@@ -57,7 +57,7 @@ def test_a_large_matrix_literal_is_one_array_node():
     rows = [numbers_text(50, seed=k) for k in range(400)]
     text = "m = [\n" + "".join(f"  [{body}],  // row {k}\n" for k, (body, _) in enumerate(rows)) + "]\n"
     statements = parse(text)
-    assert isinstance(statements[0].value, syntax.NumberArray)
+    assert isinstance(statements[0].value, syntax_tree.NumberArray)
     np.testing.assert_array_equal(value(text), np.stack([v for _, v in rows]))
 
 
@@ -116,11 +116,11 @@ def test_a_literal_reads_the_same_as_token_by_token(case):
     expected = np.array(values)
     text = f"x = {literal}\n"
     statement = parse(text)[0]
-    assert isinstance(statement.value, syntax.NumberArray)
+    assert isinstance(statement.value, syntax_tree.NumberArray)
     assert Source("t", text).snippet(statement.value.span) == literal
     np.testing.assert_array_equal(statement.value.value, expected)
     np.testing.assert_array_equal(value(text), expected)
-    assert not isinstance(parse(f"x = {reference}\n")[0].value, syntax.NumberArray)
+    assert not isinstance(parse(f"x = {reference}\n")[0].value, syntax_tree.NumberArray)
     np.testing.assert_array_equal(value(f"x = {reference}\n"), expected)
 
 
@@ -166,11 +166,11 @@ def test_the_ast_of_a_long_chain_holds_no_growing_text():
     names = ("sin", "tanh", "cos")
     node = parse("y = x" + "".join(f".{names[k % 3]}" for k in range(links)) + "\n")[0].value
     seen = 0
-    while isinstance(node, syntax.Attribute):
+    while isinstance(node, syntax_tree.Attribute):
         assert isinstance(node.name, str) and len(node.name) <= 4
         assert node.span.start == 4 and node.at.end == node.span.end
         node, seen = node.receiver, seen + 1
-    assert seen == links and isinstance(node, syntax.Name)
+    assert seen == links and isinstance(node, syntax_tree.Name)
 
 
 def parse_peak(text: str) -> int:
