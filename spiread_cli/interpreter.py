@@ -8,7 +8,8 @@ method, a function, a selection) is decided once, when it is expanded.
 Sub-expressions built only from literals and constructor functions are
 folded into constants (through the tape's own evaluator, so they warn
 alike); a bound constant becomes an *input* leaf, the things gradients are
-usually asked for. Builtin functions and method sugar live in builtins.py.
+usually asked for. Builtin functions and method sugar live in
+builtin_functions.py and builtin_methods.py, declared by builtins.py.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Callable
 import numpy as np
 
 from . import syntax_tree as ast
-from .builtins import FUNCTIONS, METHOD_SUGAR, REDUCTIONS, check_arguments, other_spelling
+from .builtin_functions import FUNCTIONS
+from .builtin_methods import METHOD_SUGAR, REDUCTIONS
+from .builtins import check_arguments, other_spelling
 from .data import load_array
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, option, refuse_repeats, shape_str
 from .limits import check_shape, max_bytes, no_cyclic_gc

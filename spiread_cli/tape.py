@@ -100,7 +100,7 @@ class Tape:
 
     def forget(self, length: int) -> None:
         """Drop the nodes recorded from node `length` on: a trial recording
-        that is not kept (`.map`'s, spiread_cli/builtins.py)."""
+        that is not kept (`.map`'s, spiread_cli/builtin_methods.py)."""
         del self.nodes[length:]
         if self.deferral is not None:
             self.deferral.quiet = {i for i in self.deferral.quiet if i < length}

@@ -539,7 +539,8 @@ def test_a_jet_is_refused_as_wrt_at_its_binding():
 # ---------------------------------------------- hints at the right spelling
 
 def _methods_without_a_function_form():
-    from spiread_cli.builtins import FUNCTIONS, METHOD_SUGAR
+    from spiread_cli.builtin_functions import FUNCTIONS
+    from spiread_cli.builtin_methods import METHOD_SUGAR
     from spiread_cli.ops import METHODS
     return sorted(name for name in {*METHODS, *METHOD_SUGAR} if name not in FUNCTIONS)
 
