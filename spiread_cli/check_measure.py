@@ -115,6 +115,7 @@ class CheckReport:
     kink_sites: list[KinkSite] = field(default_factory=list)
     problem: str | None = None       # about the whole check (a non-finite output)
     order: int = 1                   # 2: second derivatives (check_second_order)
+    sparse: SparseCheck | None = None  # `check --sparse`: the compressed evaluation against the dense one
 
     @property
     def what(self) -> str:
@@ -125,13 +126,16 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        return self.problem is None and all(r.ok for r in self.results.values())
+        return (self.problem is None and all(r.ok for r in self.results.values())
+                and (self.sparse is None or self.sparse.ok))
 
     def failures(self, run: Run) -> list[Diagnostic]:
         """One located error per failed value, with kink notes where they apply."""
         out = []
         if self.problem:  # then every value fails for the same reason: say it once
             return [Diagnostic("error", self.problem, run.tape.nodes[run.output].span)]
+        if self.sparse is not None:
+            out += self.sparse.failures(run.tape.nodes[run.output].span)
         for result in self.results.values():
             if result.ok:
                 continue
@@ -141,6 +145,44 @@ class CheckReport:
             span = self.kink_sites[0].node.span if notes and self.kink_sites else run.binding_spans.get(result.name)
             out.append(Diagnostic("error", f"{self.what} check failed for {result.where()}: {result.problem}",
                                   span, tuple(notes)))
+        return out
+
+
+@dataclass
+class SparseCheck:
+    """`check --sparse`: the Jacobian (order 1) or Hessian (order 2) that
+    `--sparse` computes, from one sweep per colour of the exact pattern, in
+    each direction it can take, against the dense one entry by entry; and
+    the dense one's nonzeros against the pattern (AD computes a structural
+    zero as exactly 0, so a nonzero outside it is a wrong structure rule)."""
+    what: str                        # "Jacobian" or "Hessian"
+    sweeps: int                      # what `--sparse` takes (its own choice of direction)
+    colouring: str                   # and how: "columns", "rows" or "star"
+    nonzeros: int                    # the pattern's entries
+    compared: list[str]              # the colourings whose results were compared ("columns", "rows", "star")
+    max_abs_error: float             # |sparse - dense|, worst over the entries and the colourings
+    scale: float                     # the largest |dense| entry
+    tol: float
+    worst: str | None                # the entry with that error, named (`∂y[1]/∂x[2]`)
+    missed: int                      # nonzeros of the dense derivative outside the pattern
+    first_missed: str | None         # one of them, named, with its value
+
+    @property
+    def ok(self) -> bool:
+        return self.missed == 0 and self.max_abs_error <= self.tol * self.scale
+
+    def failures(self, span) -> list[Diagnostic]:
+        out = []
+        if self.max_abs_error > self.tol * self.scale:
+            out.append(Diagnostic("error", f"sparse {self.what} check failed at `{self.worst}`: the compressed "
+                                           f"evaluation differs from the dense one by {self.max_abs_error:.3g} "
+                                           f"(tolerance {self.tol:g} × {self.scale:.3g}, the largest entry)", span))
+        if self.missed:
+            more = f" (and {self.missed - 1} more)" if self.missed > 1 else ""
+            out.append(Diagnostic("error", f"the sparsity pattern of the {self.what} misses `{self.first_missed}`"
+                                           f"{more}, nonzero at this point", span,
+                                  ("an entry outside the exact pattern is a wrong structure rule of an op, a bug "
+                                   "in spiread (spiread_cli/structure.py): please report it with this program",)))
         return out
 
 

@@ -16,6 +16,7 @@ from . import __version__
 from .cli_options import (Backend, BackendOpt, ChunkRowsOpt, DebugOpt, FileArg, Format, FormatOpt, Mode, OfOpt,
                           PersistOpt, SchedulerOpt, SetOpt, StrictOpt, WrtOpt, name_lists)
 from .cli_session import run_command, session
+from .cli_sparse import PatternOpt, SparseOpt, SparseOutOpt, SpyPlotOpt, sparse_options, sparse_outputs, write_sparse_files
 
 # rich_markup_mode=None: help texts are plain text (rich markup would eat `[plot]`).
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -84,55 +85,6 @@ def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOp
                 text=text, debug=debug, outputs=[Output("--out", out, (".dot", ".gv"))], stdout_is_data=True)
 
 
-SparseOpt = Annotated[bool, typer.Option(
-    "--sparse", help="Find every nonzero from one sweep per colour of the exact sparsity pattern (needs scipy: "
-                     "pip install \".[sparse]\"); JSON gives COO triples and the sweeps.")]
-PatternOpt = Annotated[bool, typer.Option(
-    "--pattern", help="Print the exact sparsity pattern, read from the program without computing a derivative: "
-                      "counts, density, the sweeps --sparse takes, and a picture (needs scipy).")]
-SparseOutOpt = Annotated[Optional[Path], typer.Option(
-    "--out", metavar="PATH.npz", help="With --sparse or --pattern: write the matrix as the .npz that "
-                                      "scipy.sparse.load_npz reads (whole or not at all).")]
-SpyPlotOpt = Annotated[Optional[Path], typer.Option(
-    "--plot", metavar="PATH.png", help="With --sparse or --pattern: draw the pattern as a spy plot (needs matplotlib).")]
-
-
-def sparse_options(sparse: bool, pattern: bool, out: Path | None, plot: Path | None, conflicts: dict) -> None:
-    """Usage errors of --sparse, --pattern, --out and --plot, before any work:
-    `conflicts` names the options they cannot go with (and whether given)."""
-    from . import files
-    from .diagnostics import usage_error
-    chosen = "--sparse" if sparse else "--pattern" if pattern else None
-    if sparse and pattern:
-        raise usage_error("`--sparse` and `--pattern` are different results: the sparse matrix, or only where it "
-                          "is nonzero", ["give one of them"])
-    for option_name, given in conflicts.items():
-        if given and chosen:
-            raise usage_error(f"`{chosen}` and `{option_name}` cannot go together")
-    for option_name, given in (("--out", out), ("--plot", plot)):
-        if given is not None and chosen is None:
-            raise usage_error(f"`{option_name}` writes a sparse result", ["add `--sparse` or `--pattern`"])
-    if chosen and not files.installed("scipy"):
-        raise usage_error(f"`{chosen}` needs scipy, which is not installed",
-                          ['pip install scipy (or pip install ".[sparse]" in spiread\'s checkout)'])
-    if plot is not None and not files.installed("matplotlib"):
-        raise usage_error("`--plot` needs matplotlib, which is not installed",
-                          ['pip install matplotlib (or pip install ".[plot]" in spiread\'s checkout)'])
-
-
-def write_sparse_files(matrix, out: Path | None, plot: Path | None, title: str) -> None:
-    from . import files
-    if out is not None:
-        files.save_sparse(out, matrix)
-    if plot is not None:
-        files.plot_pattern(plot, matrix, title)
-
-
-def sparse_outputs(out: Path | None, plot: Path | None) -> list:
-    from .files import Output
-    return [Output("--out", out, (".npz",)), Output("--plot", plot, (".png", ".svg", ".pdf"))]
-
-
 @app.command("hessian")
 def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                     hvp: Annotated[Optional[list[str]], typer.Option(
@@ -172,26 +124,37 @@ def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
 def jacobian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                      mode: Annotated[Optional[Mode], typer.Option(
                          "--mode", help="forward (one sweep per block of input entries) or reverse (one per block "
-                                        "of output entries). Default: the fewer sweeps for these sizes.")] = None,
+                                        "of output entries). Default: the fewer sweeps for these sizes. With "
+                                        "--sparse: colour the columns (forward) or the rows (reverse).")] = None,
+                     sparse: SparseOpt = False, pattern: PatternOpt = False,
                      out: Annotated[Optional[Path], typer.Option(
                          "--out", metavar="PATH.npz", help="Also write the blocks to PATH.npz, keyed by --wrt "
-                                                           "name (whole or not at all).")] = None,
-                     set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
-                     debug: DebugOpt = False):
-    """The Jacobian of the output (scalar, vector or matrix): a block of shape shape(out) + shape(NAME) per --wrt."""
+                                                           "name; with --sparse or --pattern, the matrix as "
+                                                           "scipy.sparse.load_npz reads it (whole or not at all).")] = None,
+                     plot: SpyPlotOpt = None, set_: SetOpt = None, fmt: FormatOpt = Format.text,
+                     strict: StrictOpt = False, debug: DebugOpt = False):
+    """The Jacobian of the output (scalar, vector or matrix): a block of shape shape(out) + shape(NAME) per --wrt;
+    the sparse Jacobian with --sparse, or its sparsity pattern with --pattern."""
     from . import files
-    from .jacobian import jacobian
+    from .jacobian import jacobian, jacobian_pattern, sparse_jacobian
     from .output import jacobian_document, jacobian_text
 
     def compute(s, run):
-        result = jacobian(run, wrt, mode.value if mode else None)
+        chosen = mode.value if mode else None
+        if pattern or sparse:
+            result = (jacobian_pattern if pattern else sparse_jacobian)(run, wrt, chosen)
+            write_sparse_files(result.pattern if pattern else result.matrix, out, plot,
+                               f"∂{run.output_name}/∂({', '.join(result.names)})")
+            return result
+        result = jacobian(run, wrt, chosen)
         if out is not None:
             files.save_values(out, result.blocks)
         return result
 
     run_command(file, set_, of, command="jacobian", compute=compute, document=lambda run, r: jacobian_document(r),
                 text=lambda run, r: jacobian_text(run, r, out), fmt=fmt, strict=strict, debug=debug,
-                outputs=[files.Output("--out", out, (".npz",))])
+                outputs=sparse_outputs(out, plot),
+                prepare=lambda: sparse_options(sparse, pattern, out, plot, {}, dense_out=True))
 
 
 @app.command("check")
@@ -199,22 +162,27 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                   eps: Annotated[Optional[float], typer.Option("--eps", metavar="E", help="Finite-difference step (default 1e-6).")] = None,
                   tol: Annotated[Optional[float], typer.Option("--tol", metavar="T", help="Tolerance, relative to the gradient's scale (default 1e-5; see docs/check.md).")] = None,
                   order: Annotated[int, typer.Option("--order", min=1, max=2, help="1: gradients; 2: second derivatives, against differences of the exact gradient.")] = 1,
+                  sparse: Annotated[bool, typer.Option(
+                      "--sparse", help="Also compare what --sparse computes (the Jacobian; with --order 2 the "
+                                       "Hessian, from one sweep per colour of the exact pattern) with the dense "
+                                       "result, and the dense result's nonzeros with the pattern (needs scipy).")] = False,
                   set_: SetOpt = None, fmt: FormatOpt = Format.text, strict: StrictOpt = False,
                   backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None,
                   chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False, debug: DebugOpt = False):
     """Compare AD gradients (reverse and forward; of a non-scalar output, its Jacobian) with central finite differences; exit 1 if any disagree."""
-    from .check import check_gradients, check_second_order
+    from .check import check
     from .diagnostics import emit
     from .output import check_document, check_table, stdout_console
 
     def compute(s, run):  # on dask, each finite difference is one pass over the chunks
-        return (check_gradients if order == 1 else check_second_order)(run, wrt, eps, tol)
+        return check(run, wrt, eps, tol, order, sparse)
 
     run, report = run_command(file, set_, of, command="check", compute=compute,
                               document=lambda run, report: check_document(report),
                               text=lambda run, report: stdout_console().print(check_table(report)),
                               fmt=fmt, strict=strict, debug=debug,
-                              backend=(backend, scheduler, chunk_rows, persist), wrt=wrt)
+                              backend=(backend, scheduler, chunk_rows, persist), wrt=wrt,
+                              prepare=lambda: sparse_options(sparse, False, None, None, {}))
     for failure in report.failures(run):  # after the table: it is on stdout already
         emit(failure, run.source)
     if not report.ok:

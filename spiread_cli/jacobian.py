@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from .diagnostics import FRONT_END, PYTHON, SpireadError, option
-from .forward import TANGENT_BUDGET_BYTES, jacobian_forward
+from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, jacobian_forward
 from .limits import check_bytes, check_shape, max_bytes
 from .run import Run
 from .tape import Births, Tape
 from .tape_nodes import all_finite
 
 MODES = ("forward", "reverse")
+SWEEP_OF = {"columns": "forward", "rows": "reverse"}  # the sweeps a colouring's colours are
 
 
 @dataclass
@@ -43,8 +45,7 @@ def jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = None,
     (names; default: grad's), by `mode`, or the cheaper sweep for these sizes
     when it is None (`choose_mode`); refused before any sweep when it is over
     the memory limit."""
-    if mode is not None and mode not in MODES:
-        raise SpireadError(f"{option('mode', mode)}: the mode is \"forward\" or \"reverse\"", exit_code=2)
+    _mode(mode)
     ids = run.wrt_ids(wrt, scalar=False)
     check_jacobian_size(run, ids, chosen=not wrt)
     mode = mode or choose_mode(run, ids)
@@ -54,6 +55,94 @@ def jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = None,
     else:
         by_id = jacobian_reverse(run.tape, run.output, wrt_ids, run.diagnostics, budget_bytes)
     return RunJacobian(run.value, mode, {name: by_id[i] for name, i in ids.items()})
+
+
+@dataclass
+class RunSparseJacobian:
+    value: np.ndarray                 # the output's value
+    matrix: object                    # scipy.sparse CSR: the output's entries × the wrt entries (each flat, in order)
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    sweeps: int                       # one per colour of the pattern's columns or rows
+    colouring: str                    # "columns" (forward sweeps) or "rows" (reverse sweeps)
+    mode: str                         # "forward" or "reverse", as the colouring says
+
+
+@dataclass
+class RunJacobianPattern:
+    value: np.ndarray
+    pattern: object                   # scipy.sparse CSR of booleans: the output's entries × the wrt entries
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    sweeps: int                       # what `--sparse` would take
+    colouring: str
+    mode: str
+
+
+def jacobian_pattern(run: Run, wrt: list[str] | None = None, mode: str | None = None) -> RunJacobianPattern:
+    """The Jacobian's exact sparsity pattern (`spiread jacobian --pattern`),
+    read from the tape with no derivative computed, and the colouring
+    `--sparse` would use (`mode` picks its direction, as `colour_jacobian`)."""
+    ids, pattern, colouring, direction = _compression(run, wrt, mode)
+    nodes = run.tape.nodes
+    return RunJacobianPattern(run.value, pattern, list(ids), [nodes[i].shape for i in ids.values()],
+                              colouring.count, direction, SWEEP_OF[direction])
+
+
+def _compression(run: Run, wrt: list[str] | None, mode: str | None):
+    """(the wrt ids by name, the Jacobian's pattern, its colouring, "columns" or "rows")."""
+    from .sparsity import jacobian_pattern as pattern_of
+    _mode(mode)
+    ids = run.wrt_ids(wrt, scalar=False)
+    pattern = pattern_of(run.tape, run.output, list(ids.values()))
+    return (ids, pattern, *colour_jacobian(pattern, mode))
+
+
+def colour_jacobian(pattern, mode: str | None = None):
+    """How `--sparse` compresses a Jacobian: its columns coloured (one
+    forward sweep per colour, the colour's input entries seeded together),
+    or its rows (the transpose's columns: one reverse sweep per colour, the
+    colour's output entries as one cotangent). `mode` "forward" or
+    "reverse" picks one; by default the one with fewer colours (columns on
+    a tie). Returns (the colouring, "columns" or "rows")."""
+    from .sparsity import colour_columns
+    columns = colour_columns(pattern) if mode != "reverse" else None
+    rows = colour_columns(pattern.T.tocsr()) if mode != "forward" else None
+    if rows is None or (columns is not None and columns.count <= rows.count):
+        return columns, "columns"
+    return rows, "rows"
+
+
+def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = None,
+                    budget_bytes: int = TANGENT_BUDGET_BYTES) -> RunSparseJacobian:
+    """The Jacobian as a scipy.sparse CSR matrix (`spiread jacobian
+    --sparse`), from its exact pattern and one sweep per colour: the
+    colours' seeds pushed forward (columns) or pulled back (rows) as one
+    batch, each nonzero read from the product of its colour
+    (sparsity.recover). Never forms a dense block."""
+    from .sparsity import recover
+    ids, pattern, colouring, direction = _compression(run, wrt, mode)
+    tape, nodes = run.tape, run.tape.nodes
+    wrt_ids = list(ids.values())
+    shapes = [nodes[i].shape for i in wrt_ids]
+    seeds, k = colouring.seeds(), colouring.count
+    out_shape = nodes[run.output].shape
+    if direction == "columns":
+        cuts = np.cumsum([0] + [math.prod(s) for s in shapes])
+
+        def seed_block(start: int, count: int) -> dict[int, np.ndarray]:
+            return {i: seeds[start:start + count, cuts[p]:cuts[p + 1]].reshape((count,) + shapes[p])
+                    for p, i in enumerate(wrt_ids)}
+
+        products = ForwardSweep(tape, run.output, wrt_ids).push_blocks(k, seed_block, run.diagnostics, budget_bytes)
+        matrix = recover(pattern, colouring, products.reshape(k, -1).T)
+    else:
+        pulled = pull_blocks(tape, run.output, wrt_ids, k,
+                             lambda start, count: seeds[start:start + count].reshape((count,) + out_shape),
+                             run.diagnostics, budget_bytes)
+        products = np.concatenate([pulled[i].reshape(k, -1) for i in wrt_ids], axis=1)
+        matrix = recover(pattern.T.tocsr(), colouring, products.T).T.tocsr()
+    return RunSparseJacobian(run.value, matrix, list(ids), shapes, k, direction, SWEEP_OF[direction])
 
 
 def choose_mode(run: Run, ids: dict[str, int]) -> str:
@@ -101,28 +190,46 @@ def jacobian_reverse(tape: Tape, output: int, wrt: list[int], diagnostics=None,
                      budget_bytes: int = TANGENT_BUDGET_BYTES) -> dict[int, np.ndarray]:
     """The Jacobian of `output` with respect to each node W in `wrt`, shaped
     shape(output) + shape(W), by reverse mode: rows of the identity over the
-    output's entries as cotangents, as many at a time as keep the live
-    adjoints within the budget and the limit. As in forward mode, a block
-    whose rows are not finite is swept again with checks, to warn where the
-    first non-finite derivative was born."""
+    output's entries as cotangents (`pull_blocks`)."""
     nodes = tape.nodes
     out_shape = nodes[output].shape
     rows = math.prod(out_shape)
-    limit = max_bytes()
-    per_row = 8 * _peak_adjoint_entries(tape, output, wrt)
-    check_bytes(per_row, lambda: f"reverse mode would hold {per_row // 8} adjoint entries at once for each entry "
-                                 f"of the output", nodes[output].span, limit)
-    block = max(1, min(rows, min(budget_bytes, limit) // per_row))
-    # One block's rows are the result as they come (no copy); several are copied in.
-    result = {} if block == rows else {w: np.empty((rows,) + nodes[w].shape) for w in wrt}
-    for start in range(0, rows, block):
-        k = min(block, rows - start)
+
+    def identity_rows(start: int, k: int) -> np.ndarray:
         seeds = np.zeros((k, rows))
         seeds[np.arange(k), start + np.arange(k)] = 1.0
-        seeds = seeds.reshape((k,) + out_shape)
+        return seeds.reshape((k,) + out_shape)
+
+    pulled = pull_blocks(tape, output, wrt, rows, identity_rows, diagnostics, budget_bytes)
+    return {w: j.reshape(out_shape + nodes[w].shape) for w, j in pulled.items()}
+
+
+def pull_blocks(tape: Tape, output: int, wrt: list[int], total: int,
+                seed_block: Callable[[int, int], np.ndarray], diagnostics=None,
+                budget_bytes: int = TANGENT_BUDGET_BYTES) -> dict[int, np.ndarray]:
+    """Reverse mode's `ForwardSweep.push_blocks`: `total` cotangents of the
+    output, seed_block(start, k) giving cotangents start..start+k (shape (k,)
+    + the output's), pulled back to each W in `wrt` (W -> (total,) +
+    shape(W)), as many at a time as keep the live adjoints within the budget
+    and the limit. A block whose result is not finite is swept again with
+    checks, to warn where the first non-finite derivative was born."""
+    nodes = tape.nodes
+    limit = max_bytes()
+    per_row = 8 * _peak_adjoint_entries(tape, output, wrt)
+    check_bytes(per_row, lambda: f"reverse mode would hold {per_row // 8} adjoint entries at once for each "
+                                 f"cotangent of the output", nodes[output].span, limit)
+    check_bytes(8 * total * sum(math.prod(nodes[w].shape) for w in wrt),
+                lambda: f"the derivatives of {total} cotangents of the output would hold "
+                        f"{total * sum(math.prod(nodes[w].shape) for w in wrt)} entries", nodes[output].span, limit)
+    block = max(1, min(total, min(budget_bytes, limit) // per_row))
+    # One block's rows are the result as they come (no copy); several are copied in.
+    result = {} if block == total else {w: np.empty((total,) + nodes[w].shape) for w in wrt}
+    for start in range(0, total, block):
+        k = min(block, total - start)
+        seeds = seed_block(start, k)
         by_id = tape.backward(output, wrt, None, cotangents=seeds)
         for w in wrt:
-            if block == rows:
+            if block == total:
                 result[w] = np.ascontiguousarray(by_id[w])  # a broadcast view is made an array of its own
             else:
                 result[w][start:start + k] = by_id[w]
@@ -131,7 +238,7 @@ def jacobian_reverse(tape: Tape, output: int, wrt: list[int], diagnostics=None,
             tape.backward(output, wrt, None, births.reverse, cotangents=seeds)
             births.warn(diagnostics)
             diagnostics = None  # one warning about the derivative is enough
-    return {w: j.reshape(out_shape + nodes[w].shape) for w, j in result.items()}
+    return result
 
 
 def _peak_adjoint_entries(tape: Tape, output: int, wrt: list[int]) -> int:
@@ -156,6 +263,11 @@ def _peak_adjoint_entries(tape: Tape, output: int, wrt: list[int]) -> int:
             live.discard(node.id)
             entries -= size[node.id]
     return max(peak, 1)
+
+
+def _mode(mode: str | None) -> None:
+    if mode is not None and mode not in MODES:
+        raise SpireadError(f"{option('mode', mode)}: the mode is \"forward\" or \"reverse\"", exit_code=2)
 
 
 def _wrt_option(names: list[str]) -> str:

@@ -139,7 +139,14 @@ def check_document(report) -> dict:
     """`spiread check --format json`'s fields (besides file, output, warnings)."""
     return {"ok": report.ok, "results": {name: _value_check_json(r) for name, r in report.results.items()},
             "value": json_number(report.value) if np.ndim(report.value) == 0 else json_value(report.value),
-            "eps": report.eps, "tol": report.tol, "problem": report.problem}
+            "eps": report.eps, "tol": report.tol, "problem": report.problem,
+            **({"sparse": _sparse_check_json(report.sparse)} if report.sparse is not None else {})}
+
+
+def _sparse_check_json(s) -> dict:
+    return {"ok": s.ok, "what": s.what, "sweeps": s.sweeps, "colouring": s.colouring, "nonzeros": s.nonzeros,
+            "compared": s.compared, "max_abs_error": json_number(s.max_abs_error), "scale": json_number(s.scale),
+            "worst": s.worst, "missed": s.missed, "first_missed": s.first_missed}
 
 
 def _value_check_json(r) -> dict:
@@ -187,12 +194,29 @@ def check_table(report):
         lines.append(Text("directional mode: " + ", ".join(directional) + " would take too long to check entry by "
                           "entry, so derivatives along random unit directions were compared instead"))
     failed = [n for n, r in report.results.items() if not r.ok]
+    if report.sparse is not None:
+        lines.append(_sparse_check_line(report.sparse))
+        if not report.sparse.ok:
+            failed.append(f"sparse {report.sparse.what}")
     if report.ok:
         lines.append(Text(f"check passed: {len(report.results)} value(s) agree", style="bold green"))
     else:
         lines.append(Text("check FAILED" + (": " + ", ".join(f"`{n}`" for n in failed) if failed else ""),
                           style="bold red"))
     return Group(*lines)
+
+
+def _sparse_check_line(s):
+    """`check --sparse`'s line: the compressed evaluation against the dense one, and the pattern."""
+    from rich.text import Text
+    sweeps = f"{s.sweeps} sweep{'s' if s.sweeps != 1 else ''} ({s.colouring} colouring)"
+    compared = " and ".join(s.compared)
+    outside = (f"{s.missed} nonzero(s) outside the pattern, e.g. `{s.first_missed}`" if s.missed
+               else "no nonzero outside the pattern")
+    text = Text(f"sparse {s.what}: --sparse takes {sweeps}; {s.nonzeros} pattern entries; compressed by {compared}, "
+                f"max |sparse − dense| {s.max_abs_error:.1e} (scale {s.scale:.3g}); {outside}  ")
+    text.append("ok" if s.ok else "FAIL", style="bold green" if s.ok else "bold red")
+    return text
 
 
 # ------------------------------------------------------------ train: progress and summary
@@ -466,18 +490,42 @@ def sparse_text(what: str, matrix, names: list[str], shapes: list[tuple], sweeps
 
 
 def jacobian_document(result) -> dict:
-    """`spiread jacobian --format json`'s fields: the output, the mode, every block."""
-    return {"value": json_value(result.value), "mode": result.mode,
-            "jacobian": {name: json_value(block) for name, block in result.blocks.items()}}
+    """`spiread jacobian --format json`'s fields: the output, the mode, every
+    block; with --sparse each block as COO triples, and the sweeps; with
+    --pattern the pattern's entries and counts."""
+    value = {"value": json_value(result.value), "mode": result.mode}
+    if hasattr(result, "pattern") or hasattr(result, "matrix"):
+        matrix = result.pattern if hasattr(result, "pattern") else result.matrix
+        blocks = {b: sparse_json(block, shape, values=not hasattr(result, "pattern"))
+                  for b, (block, shape) in _jacobian_blocks(matrix, result).items()}
+        if hasattr(result, "pattern"):
+            return {**value, **pattern_summary_json(matrix, result.sweeps, result.colouring), "pattern": blocks}
+        return {**value, "sweeps": result.sweeps, "colouring": result.colouring, "jacobian": blocks}
+    return {**value, "jacobian": {name: json_value(block) for name, block in result.blocks.items()}}
+
+
+def _jacobian_blocks(matrix, result) -> dict:
+    """A sparse Jacobian's blocks by --wrt name: (block, shape(out) + shape(name))."""
+    return named_blocks(matrix, result.names, result.shapes, [np.shape(result.value)], ["out"])["out"]
 
 
 def jacobian_text(run, result, written: str | None = None) -> None:
     """The output, then each block ∂out/∂NAME (shape(out) + shape(NAME)) and
-    the mode that computed them; with `--out`, the file written."""
+    the mode that computed them; with `--out`, the file written. With
+    --sparse or --pattern, the counts, the sweeps and the first nonzeros
+    or a picture of the pattern."""
     out = run.output_name
-    print_blocks(values_table([(out, result.value)]), "",
-                 values_table([(f"∂{out}/∂{name}", block) for name, block in result.blocks.items()]),
-                 f"{result.mode} mode" + (f"; wrote {written}" if written else ""))
+    value = values_table([(out, result.value)])
+    rows_over = f"{out} ({short_shape(np.shape(result.value))})"
+    if hasattr(result, "pattern"):
+        print_blocks(value, "", pattern_text(f"∂{out}", result.pattern, result.names, result.shapes, result.sweeps,
+                                             result.colouring, rows_over))
+    elif hasattr(result, "matrix"):
+        print_blocks(value, "", sparse_text(f"∂{out}", result.matrix, result.names, result.shapes, result.sweeps,
+                                            result.colouring, rows_over))
+    else:
+        print_blocks(value, "", values_table([(f"∂{out}/∂{name}", block) for name, block in result.blocks.items()]),
+                     f"{result.mode} mode" + (f"; wrote {written}" if written else ""))
 
 
 def train_document(result, written) -> dict:

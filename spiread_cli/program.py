@@ -20,7 +20,7 @@ import warnings
 from contextlib import ExitStack
 from os import PathLike
 from pathlib import Path
-from typing import Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
@@ -254,19 +254,34 @@ class Program:
 
     @front_door
     def jacobian(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
-                 of: str | None = None, mode: Literal["forward", "reverse"] | None = None,
-                 **more: ArrayLike) -> "Jacobian":
+                 of: str | None = None, mode: Literal["forward", "reverse"] | None = None, sparse: bool = False,
+                 pattern: bool = False, **more: ArrayLike) -> "Jacobian | Any":
         """The output (a scalar, vector or matrix) and its Jacobian with
         respect to each `wrt` name (default: `grad`'s): a block of shape
         shape(output) + shape(name), as `torch.autograd.functional.jacobian`
         gives it. `mode` picks the sweep; by default, the one with fewer
         sweeps for these sizes (forward when the `wrt` values have fewer
-        entries than the output). `j["W"]` is `j.blocks["W"]`."""
-        from .jacobian import jacobian
+        entries than the output). `j["W"]` is `j.blocks["W"]`.
+
+        With `sparse=True`, the whole Jacobian as a `scipy.sparse.csr_array`
+        (the output's entries × the entries of the `wrt` values, in order,
+        each flat), found from its exact sparsity pattern with one sweep per
+        colour of its columns (forward) or rows (reverse), whichever are
+        fewer or as `mode` says (`.sweeps` on the result says how many);
+        with `pattern=True`, that pattern alone, as booleans
+        (docs/sparsity.md). Both need scipy."""
+        from . import jacobian as jacobians
         if mode is not None and mode not in ("reverse", "forward"):
             raise SpireadError(f"{option('mode', mode)}: the mode is \"forward\" or \"reverse\"", exit_code=2)
+        if sparse or pattern:
+            sparse_arguments(sparse, pattern)
         run = self._run_bound(bindings, more, of)
-        result = self._located(jacobian, run, wrt_names(wrt), mode)
+        if sparse or pattern:
+            found = self._located(jacobians.jacobian_pattern if pattern else jacobians.sparse_jacobian, run,
+                                  wrt_names(wrt), mode)
+            self._warn(run)
+            return with_sweeps(found.pattern if pattern else found.matrix, found.sweeps)
+        result = self._located(jacobians.jacobian, run, wrt_names(wrt), mode)
         found = Jacobian(run.output_name, result_value(result.value), result.mode,
                          {n: result_value(block) for n, block in result.blocks.items()})
         self._warn(run)
@@ -274,18 +289,29 @@ class Program:
 
     @front_door
     def check(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
-              of: str | None = None, eps: float | None = None, tol: float | None = None,
-              **more: ArrayLike) -> "CheckResult":
+              of: str | None = None, eps: float | None = None, tol: float | None = None, order: int = 1,
+              sparse: bool = False, **more: ArrayLike) -> "CheckResult":
         """Compare reverse-mode (and forward-mode) gradients with central finite
         differences, as `spiread check` does (docs/check.md); of an output
-        that is not a scalar, its Jacobian. A failed check is not an
-        exception: see `.ok` and `.failures`."""
-        from .check import check_gradients
+        that is not a scalar, its Jacobian; with `order=2`, second
+        derivatives. With `sparse=True`, also what `sparse=True` computes
+        (the Jacobian, or with `order=2` the Hessian) against the dense
+        result, and the dense result's nonzeros against the exact pattern
+        (needs scipy). A failed check is not an exception: see `.ok` and
+        `.failures`."""
+        from .check import check
         from .output import check_table
         checked_number("eps", eps)
         checked_number("tol", tol)
+        if isinstance(order, bool) or not isinstance(order, int):
+            raise type_error("order", order, "the order is 1 or 2")
+        if order not in (1, 2):
+            raise SpireadError(f"order={order}: the order is 1 (first derivatives) or 2 (second derivatives)",
+                               exit_code=2)
+        if sparse:
+            sparse_arguments(sparse, False)
         run = self._run_bound(bindings, more, of, wrt=wrt_names(wrt))
-        report = self._located(check_gradients, run, wrt_names(wrt), eps, tol)
+        report = self._located(check, run, wrt_names(wrt), eps, tol, order, sparse)
         result = CheckResult(report, plain_text(check_table(report)),
                              [render(failure, run.source) for failure in report.failures(run)])
         self._warn(run)

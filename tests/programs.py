@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from hypothesis import strategies as st
@@ -494,6 +494,17 @@ class Program:
     def outputs(self) -> list[str]:
         """The bindings that can be an output: those computed from an input."""
         return [name for name, e in self.bindings if name not in self.inputs and free_names(e)]
+
+    def draw_jacobian(self, data) -> tuple[Program, list[str]]:
+        """For a Jacobian test: the program with one of its `outputs()` (a
+        scalar, vector or matrix) drawn as the output, and 1 to 3 inputs it
+        depends on to differentiate by (none: the example is rejected)."""
+        from hypothesis import assume
+        output = data.draw(st.sampled_from(self.outputs()), label="output")
+        program = replace(self, output=output, backward_names=None)
+        names = [n for n in program.names if n in program.inputs and program.depends_on(n)]
+        assume(names)
+        return program, data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True), label="wrt")
 
 
 # --------------------------------------------------------------- generation
