@@ -1,0 +1,98 @@
+"""Sparse Jacobians: `Program.jacobian(sparse=True)` on an elementwise map and
+a tridiagonal residual, against the dense Jacobian.
+
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/sparse_jacobian.py [--quick] [--n N]
+
+Two programs of one vector x of n entries (n = 10⁴ by default):
+
+- elementwise: y = x.tanh * x.exp + x.square (a diagonal Jacobian: 1 sweep);
+- banded: the Bratu residual of examples/bratu.ad (tridiagonal: 3 sweeps).
+
+In one process, timed round-robin (best of the rounds: a dense step of n²
+entries between two sparse ones leaves page faults and cold caches that a
+median would count): spiread's sparse Jacobian end to end (parse, record,
+the pattern, the colouring, the batched sweeps, the recovery), the same on
+one recorded run (no parse, no recording), and of that the pattern and
+colouring alone (the rest is the sweeps and the recovery); spiread's dense
+Jacobian (`Program.jacobian`, n² entries), and `jax.jit(jax.jacfwd(f))`
+dense where JAX is installed; each sparse result is checked equal to the
+dense one first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import have, jax_threads  # noqa: E402
+from run import interleaved  # noqa: E402
+
+ELEMENTWISE = "x = [0.5]\ny = x.tanh * x.exp + x.square\n"
+BANDED = ("x = [0.5]\nh = 1 / (size(x) + 1)\npadded = hstack([0.0], x, [0.0])\n"  # examples/bratu.ad, λ = 1
+          "residual = (padded[:-2] - 2 * x + padded[2:]) / h ** 2 + x.exp\n")
+
+
+def elementwise(xp, x):
+    return xp.tanh(x) * xp.exp(x) + x ** 2
+
+
+def bratu(xp, x):
+    h = 1 / (len(x) + 1)
+    padded = xp.concatenate([xp.zeros(1), x, xp.zeros(1)])
+    return (padded[:-2] - 2 * x + padded[2:]) / h ** 2 + xp.exp(x)
+
+
+def implementations(text: str, f, x: np.ndarray, with_dense: bool) -> dict:
+    import spiread_cli
+    from spiread_cli.jacobian import jacobian_pattern, sparse_jacobian
+    from spiread_cli.program import Program
+    from spiread_cli.sources import Source
+
+    prog = spiread_cli.compile(text)
+    recorded = Program.parse(Source("bench.ad", text), ROOT).run({"x": x})
+    expected = prog.jacobian(x=x, wrt="x", sparse=True)
+    steps = {
+        "spiread sparse, end to end": lambda: lambda: prog.jacobian(x=x, wrt="x", sparse=True),
+        "spiread sparse, recorded run": lambda: lambda: sparse_jacobian(recorded, ["x"]),
+        "  of which pattern + colouring": lambda: lambda: jacobian_pattern(recorded, ["x"]),
+    }
+    if with_dense:
+        dense = prog.jacobian(x=x, wrt="x").blocks["x"]
+        assert np.allclose(expected.toarray(), dense, rtol=1e-12, atol=1e-12)
+        steps["spiread dense"] = lambda: lambda: prog.jacobian(x=x, wrt="x")
+        if have("jax"):
+            import jax
+            jax.config.update("jax_enable_x64", True)
+            jacobian = jax.jit(jax.jacfwd(lambda v: f(jax.numpy, v)))
+            assert np.allclose(np.asarray(jacobian(x)), dense, rtol=1e-12, atol=1e-12)
+            steps["jax.jit(jacfwd) dense"] = lambda: lambda: jacobian(x).block_until_ready()
+    return steps, expected.sweeps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense Jacobians (n² entries)")
+    args = parser.parse_args()
+    jax_threads(1)
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, size=args.n)
+    rounds = 3 if args.quick else 5
+    for name, text, f in (("elementwise", ELEMENTWISE, elementwise), ("banded (Bratu)", BANDED, bratu)):
+        steps, sweeps = implementations(text, f, x, not args.no_dense)
+        times = interleaved(steps, rounds, 1, statistic=min)
+        fastest_dense = min((t for k, t in times.items() if "dense" in k), default=None)
+        print(f"{name}, n = {args.n}: {sweeps} sweep(s)")
+        for k, t in times.items():
+            ratio = f"  ({fastest_dense / t:.0f}x faster than the fastest dense)" if fastest_dense and "spiread sparse" in k else ""
+            print(f"  {k:30s} {t * 1e3:10.2f} ms{ratio}")
+
+
+if __name__ == "__main__":
+    main()
