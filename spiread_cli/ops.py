@@ -58,8 +58,8 @@ from typing import Callable
 import numpy as np
 
 from .rules import IMPLS, OPS, compiled_jvp, compiled_vjp, without_residual
-from .structure import (COPIES, LINEAR_SUMS, MAX_LISTED_PAIRS, SUMS, Entries, Links, Structure, named, rows, whole,
-                        within_groups)
+from .structure import (COPIES, LINEAR_SUMS, MAX_LISTED_PAIRS, SLICED, SUMS, Entries, Links, Structure, named, rows,
+                        whole, within_groups)
 from .structure import along as reduction_structure
 from .structure import elementwise as elementwise_structure
 
@@ -1309,7 +1309,7 @@ def _onnx_scatter(b, x, positions: np.ndarray, shape: tuple):
 
 defop("index", lambda x, key: _copied(x[key]), _index_shape,
       lambda i, g, out, x, emit, key: emit("indexScatter", [g], key=key, shape=emit.shape(x)),
-      methods=(), structure=COPIES,
+      methods=(), structure=SLICED,
       batched=lambda args, which, key: _copied(args[0][(slice(None),) + key]),
       export=Export(lambda w, x, key: _index_code(w, x, key),
                     lambda b, x, key: _onnx_pick(b, x, key_positions(b.shape(x), key))),

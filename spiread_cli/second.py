@@ -115,10 +115,11 @@ class SparseHessians:
 
     def __init__(self, tape: Tape, output: int, grad_ids: dict[int, int], pattern=None, colouring=None,
                  diagnostics: Diagnostics | None = None):
-        from .sparsity import colour_symmetric, hessian_pattern
+        from .sparsity import Recovery, colour_symmetric, hessian_pattern
         self.wrt = list(grad_ids)
         self.pattern = hessian_pattern(tape, output, self.wrt) if pattern is None else pattern
         self.colouring = colour_symmetric(self.pattern) if colouring is None else colouring
+        self.recovery = Recovery(self.pattern, self.colouring)
         self.seeds = self.colouring.seeds()
         self.diagnostics = diagnostics
         nodes = tape.nodes
@@ -127,16 +128,17 @@ class SparseHessians:
         self.sweeps = [ForwardSweep(tape, grad_ids[a], self.wrt) for a in self.wrt]
 
     def __call__(self, budget_bytes: int = TANGENT_BUDGET_BYTES):
-        from .sparsity import recover
         seeds, k = self.seeds, len(self.seeds)
 
         def seed_block(start: int, count: int) -> dict[int, np.ndarray]:
             return {i: seeds[start:start + count, self.cuts[p]:self.cuts[p + 1]].reshape((count,) + self.shapes[p])
                     for p, i in enumerate(self.wrt)}
 
-        rows = [sweep.push_blocks(k, seed_block, self.diagnostics, budget_bytes).reshape(k, -1).T
-                for sweep in self.sweeps]
-        return recover(self.pattern, self.colouring, np.concatenate(rows, axis=0) if rows else np.zeros((0, k)))
+        # Each sweep gives H·seeds over one value's entries: colours × its entries.
+        products = [sweep.push_blocks(k, seed_block, self.diagnostics, budget_bytes).reshape(k, -1)
+                    for sweep in self.sweeps]
+        return self.recovery(products[0] if len(products) == 1 else np.concatenate(products, axis=1)
+                             if products else np.zeros((k, 0)))
 
 
 class HessianVectorProducts:

@@ -56,6 +56,9 @@ class Links:
     `shape` (entries of the one, entries of the other). `kind`:
 
     - "same": the identity (an elementwise op on an operand of the output's shape);
+    - "copies": one 1 a row at most: row r at column cols[r] (-1: none), a
+      gather or a broadcast, each output entry a copy of one operand entry;
+    - "strided": row r at column start + step·r, a slice, without listing it;
     - "pairs": ones at (rows[k], cols[k]);
     - "groups": ones between every row entry and every column entry of the
       same group; rows[r] and cols[c] are the groups (-1: none) of `groups`.
@@ -66,10 +69,33 @@ class Links:
     rows: np.ndarray | None = None
     cols: np.ndarray | None = None
     groups: int = 0
+    start: int = 0
+    step: int = 0
 
     @staticmethod
     def same(n: int) -> Links:
         return Links("same", (n, n))
+
+    @staticmethod
+    def copies(shape: tuple[int, int], cols) -> Links:
+        return Links("copies", shape, cols=np.asarray(cols, dtype=np.int64))
+
+    @staticmethod
+    def strided(shape: tuple[int, int], start: int, step: int) -> Links:
+        return Links("strided", shape, start=int(start), step=int(step))
+
+    @staticmethod
+    def viewed(shape: tuple[int, int], picked: np.ndarray, numbers: np.ndarray) -> Links | None:
+        """"strided" when `picked`, taken from the operand's entries numbered
+        in the flat array `numbers`, is a view of it with one stride (a
+        slice, a broadcast scalar, a contiguous block), so a chain of slices
+        lists nothing; else None."""
+        if not (isinstance(picked, np.ndarray) and picked.size and picked.base is not None
+                and np.may_share_memory(picked, numbers) and (picked.ndim <= 1 or picked.flags.c_contiguous)):
+            return None
+        size = numbers.itemsize
+        step = picked.strides[0] // size if picked.ndim == 1 else int(picked.size > 1)
+        return Links.strided(shape, (picked.ctypes.data - numbers.ctypes.data) // size, step)
 
     @staticmethod
     def pairs(shape: tuple[int, int], rows, cols) -> Links:
@@ -147,14 +173,18 @@ def elementwise(couples: tuple[tuple[int, int], ...] | None = None, flat: bool =
                 keep = np.broadcast_to(nonzero.reshape(e.shapes[factor]), out).ravel()
         if shape == out and keep is None:
             return Links.same(e.size())
-        rows, cols = np.arange(e.size()), broadcast_positions(shape, out)
+        if keep is None and e.size(i) == 1:
+            return Links.strided((e.size(), 1), 0, 0)
+        cols = broadcast_positions(shape, out)
         if keep is not None:
-            rows, cols = rows[keep], cols[keep]
-        return Links.pairs((e.size(), e.size(i)), rows, cols)
+            cols = np.where(keep, cols, -1)
+        return Links.copies((e.size(), e.size(i)), cols)
 
     def second(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
         if flat or (couples is not None and (i, j) not in couples):
             return None
+        if e.shapes[i] == e.shapes[j] == e.out_shape and adj.all():
+            return Links.same(e.size())
         at = np.flatnonzero(adj)
         return Links.pairs((e.size(i), e.size(j)), broadcast_positions(e.shapes[i], e.out_shape)[at],
                            broadcast_positions(e.shapes[j], e.out_shape)[at])
@@ -293,10 +323,25 @@ def _copies_first(i: int, e: Entries) -> Links:
     """Each output entry a copy of one operand entry, or 0: found by running
     the op's own value rule on the operands' entry numbers."""
     numbered = _numbered(e.shapes)
-    out = np.asarray(e.op.impl(*numbered, **e.params), dtype=np.float64).ravel()
+    out = e.op.impl(*numbered, **e.params)
+    shape = (e.size(), e.size(i))
+    if len(numbered) == 1:
+        viewed = Links.viewed(shape, out, numbered[0])
+        if viewed is not None:
+            return viewed
+    out = np.asarray(out, dtype=np.float64).ravel()
     low = sum(math.prod(s) for s in e.shapes[:i]) + 1
-    rows = np.flatnonzero((out >= low) & (out < low + e.size(i)))
-    return Links.pairs((e.size(), e.size(i)), rows, out[rows].astype(np.int64) - low)
+    cols = out.astype(np.int64) - low
+    cols[(cols < 0) | (cols >= e.size(i))] = -1
+    return Links.copies(shape, cols)
+
+
+def _sliced_first(i: int, e: Entries) -> Links:
+    """x[key]'s: the key applied to x's entry numbers, a view for a slice."""
+    numbers = np.arange(e.size(0))
+    picked = numbers.reshape(e.shapes[0])[e.params["key"]]
+    shape = (e.size(), e.size(0))
+    return Links.viewed(shape, picked, numbers) or Links.copies(shape, np.ravel(picked))
 
 
 def _sums_first(i: int, e: Entries) -> Links:
@@ -314,6 +359,7 @@ def _sums_first(i: int, e: Entries) -> Links:
 # A gather, slice, reshape, transpose, broadcast or stack: linear, each
 # output entry a copy of one operand entry (or zero).
 COPIES = Structure("selection", _copies_first, _linear)
+SLICED = Structure("selection", _sliced_first, _linear)  # x[key] (`index`), whose value is a copy of the view
 # A scatter or an unbroadcast: linear, each operand entry added into one output entry.
 SUMS = Structure("selection", _sums_first, _linear)
 LINEAR_SUMS = Structure("dense", _sums_first, _linear)  # the same, for ops that are not selections (sumTo)

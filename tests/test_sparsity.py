@@ -44,6 +44,11 @@ def dense(links: Links | None, shape: tuple[int, int]) -> np.ndarray:
     if links.kind == "pairs":
         m[links.rows, links.cols] = True
         return m
+    if links.kind in ("copies", "strided"):
+        cols = links.cols if links.kind == "copies" else links.start + links.step * np.arange(shape[0])
+        rows = np.flatnonzero(cols >= 0)
+        m[rows, cols[rows]] = True
+        return m
     return (links.rows[:, None] >= 0) & (links.rows[:, None] == links.cols[None, :])
 
 
@@ -253,14 +258,19 @@ def _check_exact(pattern: np.ndarray, found: list[np.ndarray], explained: np.nda
         f"{what}: pattern entries zero at every point: {np.argwhere(unseen & ~explained)[:5]}"
 
 
-@SETTINGS
-@given(programs(), st.data())
-def test_hessian_and_gradient_patterns_of_random_programs_are_exact(program, data):
+def _drawn_run(program, data):
+    """The program run, some of the inputs it depends on drawn to differentiate by, and their ids."""
     names = [n for n in program.names if n in program.inputs and program.depends_on(n)]
     assume(names)
     wrt = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True), label="wrt")
     base = run(program.source, name="generated.ad")
-    ids = list(base.wrt_ids(wrt).values())
+    return base, wrt, list(base.wrt_ids(wrt).values())
+
+
+@SETTINGS
+@given(programs(), st.data())
+def test_hessian_and_gradient_patterns_of_random_programs_are_exact(program, data):
+    base, wrt, ids = _drawn_run(program, data)
     sweep = Sweep(base.tape, base.output, ids)
     hessians, gradients, finite_runs = [], [], []
     for r in _moved_runs(program, wrt):
@@ -280,6 +290,102 @@ def test_hessian_and_gradient_patterns_of_random_programs_are_exact(program, dat
     numeric = _sweep_with(base, ids, numeric_structures(finite_runs, plan))
     _check_exact(sweep.jacobian().toarray(), gradients, numeric.jacobian().toarray(), f"gradient of\n{program.source}")
     _check_exact(sweep.hessian().toarray(), hessians, numeric.hessian().toarray(), f"hessian of\n{program.source}")
+
+
+def dense_sweep(tape, output: int, wrt: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The Jacobian and Hessian patterns by the sweep's own rules with every
+    0/1 matrix written out: J(node) = ∪ first(i)·J(i), H = ∪ J(a)ᵀ·second·J(b)
+    (spiread_cli/sparsity.py's arithmetic, without its index arrays, progressions and bands)."""
+    sweep = Sweep(tape, output, wrt)
+    nodes, n = tape.nodes, sweep.n
+    size = {node.id: int(np.prod(node.shape)) for node in sweep.plan}
+    jac: dict[int, np.ndarray] = {}
+    for node in sweep.plan:
+        m = np.zeros((size[node.id], n), dtype=bool)
+        if node.op is not None:
+            for k, i in enumerate(node.inputs):
+                if (node.id, k) in sweep.links:
+                    m |= (dense(sweep.links[node.id, k], (size[node.id], size[i])).astype(int) @ jac[i]) > 0
+        if node.id in sweep.seeds:
+            p = sweep.seeds[node.id]
+            m[np.arange(size[node.id]), sweep.offsets[p] + np.arange(size[node.id])] = True
+        jac[node.id] = m
+    hessian = np.zeros((n, n), dtype=bool)
+    adjoints = {output: np.ones(size[output], dtype=bool)} if output in jac else {}
+    for node in reversed(sweep.plan):
+        adj = adjoints.get(node.id)
+        if adj is None or node.op is None or not adj.any():
+            continue
+        for k, i in enumerate(node.inputs):
+            if (node.id, k) in sweep.links:
+                back = (adj.astype(int) @ dense(sweep.links[node.id, k], (size[node.id], size[i]))) > 0
+                adjoints[i] = adjoints.get(i, np.zeros(size[i], dtype=bool)) | back
+        for k, i in enumerate(node.inputs):
+            for m_, j in enumerate(node.inputs[k:], start=k):
+                if i in jac and j in jac:
+                    links = node.op.structure.second(k, m_, sweep.entries[node.id], adj)
+                    pairs = dense(links, (size[i], size[j])).astype(int)
+                    hessian |= (jac[i].T.astype(int) @ pairs @ jac[j]) > 0
+    return (jac[output] if output in jac else np.zeros((int(np.prod(nodes[output].shape)), n), dtype=bool),
+            hessian | hessian.T)
+
+
+@SETTINGS
+@given(programs(), st.data())
+def test_the_sweep_s_index_arrays_and_bands_give_the_written_out_patterns(program, data):
+    base, _, ids = _drawn_run(program, data)
+    jacobian, hessian = dense_sweep(base.tape, base.output, ids)
+    sweep = Sweep(base.tape, base.output, ids)
+    np.testing.assert_array_equal(sweep.jacobian().toarray(), jacobian)
+    np.testing.assert_array_equal(Sweep(base.tape, base.output, ids).hessian().toarray(), hessian)
+
+
+SLICED = [
+    "loss = (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum",
+    "loss = (x[::2] * x[1::2]).sum + (x[::-1] * x).sum",
+    "loss = (x[2:9:3].exp * x[7:0:-3]).sum + (x[0] * x).sum",
+    "loss = (x[:4].sin * x[4:8]).sum + x[1:].sum * x[0]",
+    "A = x.reshape(3, 4)\nloss = (A[1:, :] * A[:-1, :]).sum + (A[:, 1:] ** 3).sum + (A.T[1:, ::2] ** 2).sum",
+]
+
+
+@pytest.mark.parametrize("text", SLICED)
+def test_slices_of_slices_read_exact_patterns(text):
+    """Chains of slices are kept as progressions and their pairs as bands: the
+    pattern is the written-out one's, and every entry of it is nonzero at random points."""
+    source = f"x = {RNG.normal(size=12).tolist()}\n{text}\n"
+    base = run(source)
+    ids = [base.bindings["x"]]
+    pattern = Sweep(base.tape, base.output, ids).hessian().toarray()
+    np.testing.assert_array_equal(pattern, dense_sweep(base.tape, base.output, ids)[1])
+    seen = np.zeros_like(pattern)
+    for _ in range(3):
+        h = second.hessian(run(source, sets={"x": RNG.normal(size=12)}), ["x"]).blocks["x"]["x"]
+        assert not ((h != 0) & ~pattern).any()
+        seen |= h != 0
+    np.testing.assert_array_equal(seen, pattern)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 6), st.integers(0, 30), st.data())
+def test_the_hessian_s_pairs_are_assembled_alike_through_a_band_or_scattered(n, band, count, data):
+    from spiread_cli.sparsity import HessianPairs, Progression
+    found, expected = HessianPairs(n), np.zeros((n, n), dtype=bool)
+    for _ in range(data.draw(st.integers(0, 3), label="diagonals")):
+        step = data.draw(st.sampled_from([1, 2, -1, 3]), label="step")
+        d = data.draw(st.integers(-band, band), label="distance")
+        rows = [r for r in range(n) if 0 <= r + d < n][::step]
+        if rows:
+            found.add(Progression(rows[0], step, len(rows)), Progression(rows[0] + d, step, len(rows)))
+            expected[rows, np.add(rows, d)] = True
+    a = RNG.integers(-1, n, count)
+    b = np.clip(a + RNG.integers(-band, band + 1, count), -1, n - 1)
+    found.add(a, b)
+    keep = (a >= 0) & (b >= 0)
+    expected[a[keep], b[keep]] = True
+    expected |= expected.T
+    np.testing.assert_array_equal(found.matrix().toarray(), expected)
+    np.testing.assert_array_equal(found._scattered().toarray() if found.entries else expected, expected)
 
 
 # ------------------------------------------------------------- colouring
