@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from .diagnostics import Diagnostics, shape_str
-from .limits import check_bytes, max_bytes
+from .limits import check_bytes, max_bytes, reuse_freed_memory
 from .tape import Births, SweepObserver, Tape
 from .tape_nodes import Node, all_finite, rule_params
 
@@ -30,6 +30,7 @@ class ForwardSweep:
     `output`, planned once and pushed through block after block."""
 
     def __init__(self, tape: Tape, output: int, seeded: list[int]):
+        reuse_freed_memory()
         nodes = tape.nodes
         self.nodes = nodes
         self.output = output

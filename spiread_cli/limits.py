@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import sys
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
@@ -94,3 +95,39 @@ def no_cyclic_gc() -> Iterator[None]:
     finally:
         if collecting:
             gc.enable()
+
+
+# glibc's malloc gives an array above M_MMAP_THRESHOLD (128 KB at first) pages
+# of its own from mmap, and returns freed heap memory to the system above
+# M_TRIM_THRESHOLD; each new page then costs a page fault when first written.
+# A derivative sweep makes and drops arrays of the same few sizes op after op,
+# so with those defaults much of a Hessian's or a Jacobian's time is page
+# faults (several times the arithmetic on a loaded machine:
+# docs/performance.md). Raised once, by the sweeps that batch directions.
+REUSED_BYTES = 256 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_reusing = False
+
+
+def reuse_freed_memory() -> None:
+    """From now on let malloc serve arrays up to REUSED_BYTES from memory
+    this process freed, and keep up to that much freed memory rather than
+    return it to the system (glibc on Linux only; not when the user has set
+    malloc's own variables: MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
+    GLIBC_TUNABLES with malloc)."""
+    global _reusing
+    if _reusing:
+        return
+    _reusing = True
+    chosen = ("MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ
+              or "malloc" in os.environ.get("GLIBC_TUNABLES", ""))
+    if chosen or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None)
+        if hasattr(libc, "gnu_get_libc_version"):
+            libc.mallopt(_M_MMAP_THRESHOLD, REUSED_BYTES)
+            libc.mallopt(_M_TRIM_THRESHOLD, REUSED_BYTES)
+    except (OSError, AttributeError):
+        pass

@@ -24,7 +24,7 @@ import numpy as np
 
 from .diagnostics import Diagnostics, SpireadError, did_you_mean, option, shape_str
 from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, jacobian_forward
-from .limits import check_shape, max_bytes
+from .limits import check_shape, max_bytes, reuse_freed_memory
 from .ops import OPS
 from .run import Run
 from .tape import Tape
@@ -152,6 +152,7 @@ class HessianVectorProducts:
 
     def __init__(self, tape: Tape, grad_ids: dict[int, int], recorded_from: int,
                  diagnostics: Diagnostics | None = None):
+        reuse_freed_memory()
         self.tape, self.diagnostics = tape, diagnostics
         self.leaves, self.h = record_inner_product(tape, grad_ids)
         self.from_directions = tape.between(list(self.leaves.values()), self.h)

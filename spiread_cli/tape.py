@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .diagnostics import Diagnostics, Source, Span
+from .limits import reuse_freed_memory
 from .ops import IN_PLACE_ENTRIES, OPS, Op
 from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, compute, describe_nonfinite,
                          rule_params)
@@ -247,6 +248,8 @@ class Tape:
         carries that batch of k cotangents at once, each op applying its
         statement to the batch (`Op.batched_vjp`), and each result has shape
         (k,) + the node's: k rows of the Jacobian."""
+        if cotangents is not None:
+            reuse_freed_memory()
         needs = self.fed_by(wrt, output)
         with np.errstate(all="ignore"):
             result = self._sweep(output, wrt, needs, observe, cotangents)

@@ -6,6 +6,9 @@ before they are allocated, and refused with the located limit message."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -195,3 +198,45 @@ def test_forward_explain_keeps_a_summary_per_node_not_the_sweeps_tangents(monkey
         assert isinstance(step.value, Summarised) and step.value.shape == shape
         assert step.value.norm == pytest.approx(norm, rel=1e-12)
     np.testing.assert_allclose(result.gradients["w"], d_matmul.sum(axis=(1, 2)).reshape(30, 30), rtol=1e-12)
+
+
+FAULTS = """
+import resource, numpy as np
+from spiread_cli.forward import ForwardSweep
+from spiread_cli.program import Program
+from spiread_cli.diagnostics import Source
+from pathlib import Path
+
+def faults():
+    # A sweep's pattern: a few 2 MB arrays alive at once, then all dropped, again and again.
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        live = [np.ones(1 << 18) for _ in range(4)]
+        del live
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults()
+first = faults()
+run = Program.parse(Source("p.ad", "x = [1.0, 2.0]\\ny = x.exp.sum"), Path(".")).run()
+ForwardSweep(run.tape, run.output, [run.bindings["x"]])
+print(first, faults())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_sweeps_let_freed_memory_serve_the_next_arrays_instead_of_fresh_pages():
+    """A sweep batching directions makes and drops arrays of a few sizes op
+    after op; with glibc's defaults each new one above its thresholds comes
+    as fresh pages, each a page fault. Once a sweep has started they are
+    served from the memory freed before (limits.reuse_freed_memory)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    done = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    before, after = map(int, done.stdout.split())
+    assert before > 20 * 4 * 100, "the default faults at least a hundred pages an array (else this test proves nothing)"
+    assert after < before / 10
+    # The user's own malloc settings are left alone.
+    env["MALLOC_TRIM_THRESHOLD_"] = str(128 << 10)
+    done = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, env=env, cwd=REPO)
+    before, after = map(int, done.stdout.split())
+    assert after > before / 2
