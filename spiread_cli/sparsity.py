@@ -579,7 +579,9 @@ class Recovery:
 
     def __init__(self, pattern: sp.csr_array, colouring: Colouring):
         pattern = sp.csr_array(pattern)
-        pattern.sum_duplicates()
+        if not pattern.has_canonical_format:  # summed on a copy: the caller's pattern stays as it is
+            pattern = pattern.copy()
+            pattern.sum_duplicates()
         self.shape, self.indptr, self.indices = pattern.shape, pattern.indptr, pattern.indices
         rows = np.repeat(np.arange(pattern.shape[0], dtype=np.int64), np.diff(self.indptr))
         cols = self.indices.astype(np.int64)
