@@ -19,17 +19,18 @@ from .values import Arg, Const, Function, Symbol, Text
 
 # Each body takes (interpreter, receiver, args, attribute node, call node or None).
 
-REDUCTIONS = {"sum": "rowSum", "mean": "rowMean", "product": "rowProduct", "max": "rowMax", "min": "rowMin"}
+# `mapRowsToScalar(ReductionOps.Sum)`: the symbols it takes, and the op along each row each names
+ROWS_TO_SCALAR = {"sum": "rowSum", "mean": "rowMean", "product": "rowProduct", "max": "rowMax", "min": "rowMin"}
 
 
 def _map_rows(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     if not isinstance(args[0].value, Symbol):
-        *others, last = [f"`{r}`" for r in REDUCTIONS]
+        *others, last = [f"`{r}`" for r in ROWS_TO_SCALAR]
         raise SpireadError(f"`.{attr.name}` takes a reduction: {', '.join(others)} or {last}",
                            args[0].expr.span,
                            ["e.g. `x.mapRowsToScalar(ReductionOps.Sum)`"])
     name = args[0].value.name
-    return self.apply(OPS[REDUCTIONS[name]], [receiver], {}, call.span, attr.at, f"mapRowsToScalar({name})")
+    return self.apply(OPS[ROWS_TO_SCALAR[name]], [receiver], {}, call.span, attr.at, f"mapRowsToScalar({name})")
 
 
 def _row_or_col(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):

@@ -38,14 +38,13 @@ from . import syntax_tree as ast
 from .diagnostics import Diagnostic, Source, Span, SpireadError, option, shape_str
 from .interpreter import Interpreter
 from .limits import max_bytes
+from .ops import Across
 from .row_data import Data
 from .run import Run
 from .tape import Tape
 
 PROBE_ROWS = (2, 3)          # the two recordings `Plan.of` compares
 CHUNK_BYTES = 128 << 20      # the default chunk's recorded values (see default_chunk_rows)
-
-REDUCTIONS = {"sum", "mean"}  # a total over all rows: the chunks' shares add up
 
 NO_CHUNKS = "use --backend numpy (everything in memory)"
 
@@ -157,7 +156,7 @@ def probe(job: Job) -> tuple["Plan", Run]:
 class Plan:
     rows: int                       # N, the total number of data rows
     row: list[bool]                 # per node: its leading axis is the data rows
-    reductions: list[tuple[int, str]]   # (node id, "sum" | "mean"): totals over all rows
+    reductions: list[tuple[int, Across]]  # (node id, how chunks' values combine): totals over all rows
     row_counts: list[int]           # constant leaves that are the number of rows
     local_picks: list[int]          # selections from a row-chunked value: must pick within each row
     per_chunk: list[bool]           # per node: its value differs from chunk to chunk (row nodes, reductions)
@@ -176,7 +175,8 @@ class Plan:
         if len(nodes_a) != len(nodes_b):
             raise refuse(f"the program records {len(nodes_a)} operations on {a} rows but {len(nodes_b)} on {b}",
                          None)
-        row, post = [False] * len(nodes_a), [False] * len(nodes_a)
+        axis: list[int | None] = [None] * len(nodes_a)  # the axis along which a node's data rows run
+        post = [False] * len(nodes_a)
         totals: list[frozenset[int]] = [frozenset()] * len(nodes_a)  # the reductions a node is computed from
         reductions, row_counts, local_picks, combined, level = [], [], [], [], {}
         for na, nb in zip(nodes_a, nodes_b):
@@ -184,42 +184,56 @@ class Plan:
             if (na.op is None) != (nb.op is None) or (na.op and na.op.name != nb.op.name) or na.inputs != nb.inputs:
                 raise refuse(f"`{text(na)}` records differently on {a} and {b} rows", na.span)
             sa, sb = na.value.shape, nb.value.shape
-            leading = len(sa) >= 1 and sa[0] == a and len(sb) >= 1 and sb[0] == b and sa[1:] == sb[1:]
+            follows = _rows_axes(sa, a, sb, b)
             if na.op is None:
-                if leading:
-                    row[i] = True
+                if len(follows) == 1:
+                    axis[i] = follows[0]
                 elif sa != sb:
                     raise refuse(f"`{text(na)}` is {shape_str(sa)} on {a} rows and {shape_str(sb)} on {b}", na.span)
                 elif not np.array_equal(na.value, nb.value, equal_nan=True):
                     if sa == () and float(na.value) == a and float(nb.value) == b:
                         row_counts.append(i)
                     else:
-                        raise refuse(f"`{text(na)}` is computed from the data's values", na.span)
+                        how = ("a Jet is computed while the program is recorded: make it of values that are not "
+                               "data rows" if i in run_a.jets else "`rows(X)` is the number of all the rows in every "
+                               "chunk: use it where the number is used (`x / rows(X)`, not `x * (1 / rows(X))`)")
+                        raise SpireadError(
+                            f"cannot run by row chunks: `{text(na)}` is computed from the data rows (their values "
+                            "or their number) while the program is recorded, so each chunk would compute its own",
+                            na.span, [how, NO_CHUNKS])
                 continue
             totals[i] = frozenset().union(*(totals[j] for j in na.inputs))
-            row_in = [row[j] for j in na.inputs]
+            row_axes = [axis[j] for j in na.inputs]
             row_params = [k for k, v in na.params.items()
                           if isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == a and len(nb.params[k]) == b]
             fixed = {k: v for k, v in na.params.items() if k not in row_params}
             if any(not _same_param(v, nb.params[k]) for k, v in fixed.items()):
                 raise refuse(f"`{text(na)}` takes parameters computed from the data's values", na.span)
-            if not any(row_in) and not row_params:
+            if all(r is None for r in row_axes) and not row_params:
                 post[i] = any(post[j] for j in na.inputs)
                 continue
-            if leading and _row_local(na, row_in, row_params):
-                row[i] = True
-                if "rows" in row_params and row_in[0]:  # positions within each row: checked per chunk
+            ndims = [nodes_a[j].value.ndim for j in na.inputs]
+            own = _on_rows(na, row_axes, ndims, row_params)
+            across = na.op.across_rows and na.op.across_rows(row_axes, ndims, **na.params)
+            if own is not None and follows == [own]:
+                axis[i] = own
+                if "rows" in row_params and row_axes[0] is not None:  # positions within each row: checked per chunk
                     local_picks.append(i)
                 combined += [(i, j, totals[j]) for j in na.inputs if post[j]]
-            elif sa == () and na.op.name in REDUCTIONS and row_in[0]:
-                reductions.append((i, na.op.name))
+            elif across and not follows and sa == sb:
+                reductions.append((i, across))
                 level[i] = 1 + max((level[r] for r in totals[i]), default=-1)
                 totals[i] |= {i}
                 post[i] = True
             else:
-                what = next((nodes_a[j] for j, r in zip(na.inputs, row_in) if r), na)
-                raise refuse(f"`{na.label}` combines the rows of {_what(run_a.tape, what)} "
-                             "other than by a `.sum` or `.mean` of them", na.span)
+                what = next((nodes_a[j] for j, r in zip(na.inputs, row_axes) if r is not None), na)
+                raise SpireadError(
+                    f"cannot run by row chunks: `{na.label}` uses the rows of {_what(run_a.tape, what)} together: "
+                    "a chunk holds its own rows only, and chunks meet only in totals over all the rows "
+                    "(`.sum`, `.mean`, `colSum`, `max`, `X.T @@ Y`, …)", na.span,
+                    ["compute from each row alone, then total; values made of particular rows are data of their "
+                     "own: load them from a file of their own", NO_CHUNKS])
+        row = [r is not None for r in axis]
         output = run_a.output
         if row[output]:
             raise refuse(f"the output `{run_a.output_name}` has one row per data row "
@@ -247,6 +261,20 @@ class Plan:
                 raise refuse(f"`{tape.nodes[i].label}` combines the data rows with {_what(tape, tape.nodes[j])}, "
                              f"a total over all rows that changes with `{name}`, which is known only after "
                              "every chunk has run", tape.nodes[i].span)
+        tape = probe.tape
+        for r, across in self.reductions:
+            node = tape.nodes[r]
+            if moved[r] and (node.value.shape != () or across.combine is not np.add):
+                name = next(n for n, w in wrt_ids.items() if tape.fed_by([w], r)[r])
+                what = next(tape.nodes[j] for j in node.inputs if self.row[j])
+                made = (f"a {across.word} over all rows" if across.combine is not np.add
+                        else f"a sum over all rows, {shape_str(node.value.shape)},")
+                raise SpireadError(
+                    f"cannot run by row chunks: `{node.label}` makes {made} of {_what(tape, what)}, which changes "
+                    f"with `{name}`: row chunks differentiate totals that are one number and a sum of the rows' "
+                    "shares (a `.sum` or `.mean`)", node.span,
+                    [f"differentiate by values the total does not depend on ({option('wrt', 'NAME')}), or write "
+                     "the total as a `.sum` or `.mean` of the rows", NO_CHUNKS])
         return [r for r, _ in self.reductions if not moved[r]]
 
     def once_warnings(self, run: Run) -> list[Diagnostic]:
@@ -258,7 +286,9 @@ class Plan:
     def check_window_free(self, run_b: Run, run_c: Run, b: int) -> None:
         """A recording on rows [1, 1+b) must be the one on [0, b) but for the
         row-chunked values: positions within each chunk (`arange(rows(x))`)
-        pass; positions into all the data rows (read from a file) do not."""
+        pass; positions into all the data rows (read from a file) do not, nor
+        positions held one per row that are not the data rows' own (the two
+        recordings' rows 1 and 2 must hold the same: not `arange(rows(x)) + 1`)."""
         nodes_b, nodes_c = run_b.tape.nodes, run_c.tape.nodes
         for nb, nc in zip(nodes_b, nodes_c):
             moved = nb.value.shape != nc.value.shape or (
@@ -267,6 +297,11 @@ class Plan:
             if nb.id in self.local_picks:
                 rows = nc.params["rows"]
                 moved = moved or not np.array_equal(np.where(rows < 0, rows + b, rows), np.arange(b))
+            for k, v in nb.params.items():
+                w = nc.params.get(k)
+                if (isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == b and isinstance(w, np.ndarray)
+                        and len(w) == b and not (k == "rows" and nb.id in self.local_picks)):
+                    moved = moved or not np.array_equal(v[1:], w[:-1])
             if len(nodes_b) != len(nodes_c) or moved:
                 raise refuse(f"`{nb.label.split()[0]}` depends on where in the data a chunk starts; "
                              "positions into the data rows can only be `arange(rows(x))`", nb.span)
@@ -294,15 +329,29 @@ def _same_param(x, y) -> bool:
     return x == y
 
 
-def _row_local(node, row_in: list[bool], row_params: list[str]) -> bool:
-    """Whether row k of the node's value depends on row k of its row-chunked
-    operands only (and on other values whole): the op's own facts."""
-    op = node.op
-    if op.row_wise and node.value.ndim == 1:  # a vector is one row to a normalisation: only elementwise ops
-        return op.structure.kind == "elementwise"
-    if op.row_wise or op.structure.kind == "elementwise":
-        return True
-    return op.on_rows is not None and op.on_rows(row_in, row_params, **node.params)
+def _rows_axes(sa: tuple, a: int, sb: tuple, b: int) -> list[int]:
+    """The axes of a value's shape that follow the number of data rows (`a`
+    on `a` rows, `b` on `b`), the rest the same."""
+    if len(sa) != len(sb):
+        return []
+    differ = [k for k, (x, y) in enumerate(zip(sa, sb)) if x != y]
+    return differ if all(sa[k] == a and sb[k] == b for k in differ) else []
+
+
+def _on_rows(node, row_axes: list[int | None], ndims: list[int], row_params: list[str]) -> int | None:
+    """The axis of the node's value whose entry k depends only on data row k
+    of its operands (and on the operands without rows, whole), or None: the
+    op's own facts (`Op.row_wise`, `Op.structure`, `Op.on_rows`)."""
+    op, ndim = node.op, node.value.ndim
+    if op.structure.kind == "elementwise":  # broadcasting aligns the operands' last axes with the value's
+        axes = {r + ndim - n for r, n in zip(row_axes, ndims) if r is not None}
+        return axes.pop() if len(axes) == 1 else None
+    if op.row_wise:  # along each row of a matrix; a vector is one row
+        return 0 if ndim == 2 and row_axes == [0] * len(row_axes) else None
+    if op.on_rows is None:
+        return None
+    own = op.on_rows(row_axes, ndims, row_params, **node.params)
+    return None if own is None else own % max(ndim, 1)
 
 
 def default_chunk_rows(plan: Plan, threads: int) -> int:

@@ -24,6 +24,7 @@ from .chunk_plan import Job, refuse
 from .diagnostics import Diagnostic, Diagnostics, SpireadError
 from .forward import ForwardSweep
 from .limits import max_bytes
+from .ops import Across
 from .rewrite import fuse
 from .second import HessianVectorProducts
 from .run import Run
@@ -36,15 +37,17 @@ TEMPLATE_BYTES = 128 << 20   # the chunks' templates a process keeps without --p
 class Share:
     """What chunks contribute: per reduction, its share of the total and the
     gradient of that share; the first warnings (in row order) with the rows
-    they come from. Shares add (`add`), so any tree of additions gives the total."""
-    totals: np.ndarray                          # one entry per reduction
+    they come from. Shares combine (`add`: each total as its `Across` says,
+    the gradients of sums by adding), so any tree of them gives the totals."""
+    totals: list[np.ndarray]                    # one entry per reduction
     grads: list[dict[str, np.ndarray]]          # per reduction: name -> gradient of its share
     warnings: list[Diagnostic]
+    across: tuple[Across, ...]                  # per reduction: how its shares combine
 
     def add(self, other: "Share") -> "Share":
-        return Share(self.totals + other.totals,
+        return Share([a.combine(x, y) for a, x, y in zip(self.across, self.totals, other.totals)],
                      [{n: g[n] + h[n] for n in g} for g, h in zip(self.grads, other.grads)],
-                     self.warnings or other.warnings)
+                     self.warnings or other.warnings, self.across)
 
 
 def add_shares(*shares: Share) -> Share:
@@ -92,10 +95,11 @@ def totals_of_rows(job: Job, start: int, stop: int, level: int) -> Share:
     """One task of a pass before the steps: rows [start, stop)'s shares of
     the totals of `level` that no trained value moves (Job.before_steps)."""
     run, _ = recorded(job, start, stop, None)
-    nodes, kinds = run.tape.nodes, dict(job.plan.reductions)
+    nodes, across = run.tape.nodes, dict(job.plan.reductions)
     wanted = job.before_steps(level)
-    shares = [float(nodes[r].value) * (1.0 if kinds[r] == "sum" else (stop - start) / job.plan.rows) for r in wanted]
-    return Share(np.array(shares), [{} for _ in wanted], [])
+    weight = (stop - start) / job.plan.rows
+    shares = [np.asarray(nodes[r].value, dtype=np.float64) * (weight if across[r].weighted else 1.0) for r in wanted]
+    return Share(shares, [{} for _ in wanted], [], tuple(across[r] for r in wanted))
 
 
 @dataclass
@@ -105,7 +109,7 @@ class Part:
     tape: Tape
     output: int
     wrt: list[int]
-    kind: str                             # "sum" or "mean"
+    across: Across                        # a sum's, or a mean's (weighted)
     reads: dict[int, tuple[str, str]]     # leaf id -> reader (Job.read)
 
 
@@ -211,10 +215,10 @@ def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] 
     warnings = [replace(w, notes=w.notes + notes) for w in run.diagnostics.warnings if w.span in kept]
     parts = []
     where = {id(tape.nodes[i].value): reader for i, reader in reads.items()}  # a fused leaf shares its array
-    for r, kind in job.moving:
+    for r, across in job.moving:
         fused = fuse(tape, r, wrt, compute=compute)
         fused_reads = {n.id: where[id(n.value)] for n in fused.tape.nodes if n.op is None and id(n.value) in where}
-        parts.append(Part(fused.tape, fused.output, fused.wrt, kind, fused_reads))
+        parts.append(Part(fused.tape, fused.output, fused.wrt, across, fused_reads))
     return Chunk(start, stop, parts, warnings)
 
 
@@ -234,14 +238,14 @@ def chunk_share(job: Job, chunk: Chunk, values: dict[str, np.ndarray] | None, fi
         moved = {n.id for n in moving}
         tape.replay([n for n in tape.nodes[:r + 1] if n.value is None and n.id not in moved])
         tape.replay(moving, diagnostics)
-        weight = 1.0 if part.kind == "sum" else (chunk.stop - chunk.start) / job.plan.rows
+        weight = (chunk.stop - chunk.start) / job.plan.rows if part.across.weighted else 1.0
         totals.append(weight * float(tape.nodes[r].value))
         by_id = tape.backward(r, wrt, diagnostics) if wrt else {}
         grads.append({name: weight * by_id[i] for name, i in zip(job.wrt, wrt)})
     notes = (f"in data rows {chunk.start}–{chunk.stop - 1}",)
     recorded_warnings, chunk.warnings = chunk.warnings, []  # a kept chunk's recording warns once
     warnings = [replace(w, notes=w.notes + notes) for w in diagnostics.warnings]
-    return Share(np.array(totals), grads, (recorded_warnings if first else []) + warnings)
+    return Share(totals, grads, (recorded_warnings if first else []) + warnings, tuple(p.across for p in chunk.parts))
 
 
 class Templates:
@@ -317,7 +321,7 @@ def _parts_at(job: Job, start: int, stop: int, values: dict[str, np.ndarray]) ->
     """The chunk's fused tapes at `values`, each with its share's weight."""
     chunk = record_chunk(job, start, stop, values, compute=True)
     weight = (stop - start) / job.plan.rows
-    return [(part, 1.0 if part.kind == "sum" else weight) for part in chunk.parts]
+    return [(part, weight if part.across.weighted else 1.0) for part in chunk.parts]
 
 
 def _products(part: Part) -> HessianVectorProducts:

@@ -24,7 +24,7 @@ class Session:
         self.run = None   # once loaded: errors after loading point into its source
         self.shown = 0    # warnings already printed
         self.printed_shown = False  # the program's println lines
-        self.program = None  # --backend dask: the dask_backend.Program
+        self.program = None  # --backend dask: the dask_backend.RowChunkRunner
 
     def show_printed(self, printed: list[str], failed: bool = False) -> None:
         """The program's `println` lines, once: before the command's output
@@ -138,6 +138,6 @@ def _load(s: Session, file: str, sets: list[str], of, options, evaluate: bool, w
         from .program import Program
         program = Program.open(file)
         return program.run(program.parse_sets(sets), of, evaluate)
-    from .dask_backend import Program
-    s.program = Program.open(file, options, sets, of)
+    from .dask_backend import RowChunkRunner
+    s.program = RowChunkRunner.open(file, options, sets, of)
     return s.program.run_for(wrt, differentiate)

@@ -3,7 +3,7 @@ tasks, on the local threaded scheduler or on a cluster (`--scheduler
 tcp://host:8786`), and their shares are tree-summed.
 
 Dask is imported here only, and only when this backend is used (`pip install
-".[dask]"` in spiread's checkout). `Program.run_for(wrt)` is what the tasks
+".[dask]"` in spiread's checkout). `RowChunkRunner.run_for(wrt)` is what the tasks
 see: the driver's run, whose totals over the row chunks are op nodes
 (spiread_cli/row_totals.py) reading `ChunkSums`. Each evaluation at new
 values is one `compute` of one graph: a task per chunk that replays the
@@ -12,10 +12,10 @@ returns its share of every total (the loss's sums and means) with the
 gradients of those shares and the first warnings, then a tree of additions;
 a Hessian-vector product or a block of tangents is one more. The graph is
 built anew each time from the same few tasks and never grows. Totals of the
-data alone are computed once, first (`Program._prepare`).
+data alone are computed once, first (`RowChunkRunner._prepare`).
 
     >>> from spiread_cli import dask_backend, gradients
-    >>> program = dask_backend.Program.open("model.ad", dask_backend.Options(chunk_rows=100_000))
+    >>> program = dask_backend.RowChunkRunner.open("model.ad", dask_backend.Options(chunk_rows=100_000))
     >>> gradients.gradients(program.run_for(["W"]), ["W"]).gradients["W"]
 """
 
@@ -49,12 +49,12 @@ _names = itertools.count()
 @dataclass
 class Options:
     scheduler: str | None = None     # tcp://host:8786; None: Dask's local threaded scheduler
-    chunk_rows: int | None = None    # None: chunks.default_chunk_rows
+    chunk_rows: int | None = None    # None: chunk_plan.default_chunk_rows
     persist: bool = False            # keep each chunk's recording in memory between steps
 
 
 @dataclass
-class Program:
+class RowChunkRunner:
     """A program bound to its data, evaluated chunk by chunk on Dask."""
     job: Job
     run: Run                          # the probe recording: names, output, what follows the totals
@@ -67,14 +67,14 @@ class Program:
     scattered: tuple | None = None    # ((job token, totals known), the job sent to the cluster's workers)
 
     @staticmethod
-    def open(path: str, options: Options, sets: list[str] = (), of: str | None = None) -> "Program":
+    def open(path: str, options: Options, sets: list[str] = (), of: str | None = None) -> "RowChunkRunner":
         source = read_source(path)
         base = base_dir_of(source)
-        return Program.of_source(source, options, sets, of, base)
+        return RowChunkRunner.of_source(source, options, sets, of, base)
 
     @staticmethod
     def of_source(source, options: Options, sets: list[str] = (), of: str | None = None,
-                  base_dir: Path | None = None) -> "Program":
+                  base_dir: Path | None = None) -> "RowChunkRunner":
         """The program `source` with `--set` options `sets` (a data file among
         them is row data like the files it loads)."""
         require_dask()
@@ -87,11 +87,11 @@ class Program:
                 files[name] = Path(text)
             else:
                 literal.append(given)
-        return Program.of_module(source, module, base, options, parse_overrides(literal, base), files, of)
+        return RowChunkRunner.of_module(source, module, base, options, parse_overrides(literal, base), files, of)
 
     @staticmethod
     def of_module(source, module, base: Path, options: Options, constants: dict[str, np.ndarray],
-                  files: dict[str, Path], of: str | None = None) -> "Program":
+                  files: dict[str, Path], of: str | None = None) -> "RowChunkRunner":
         """A parsed program with bindings replaced by `constants` (arrays)
         and by the row data of `files` (name -> path): the Python API's
         way in (spiread_cli/program.py), and the command line's."""
@@ -105,15 +105,12 @@ class Program:
         job = Job(source, module, base, of, constants, data)
         if data.rows < PROBE_ROWS[1] + 1:  # no data to chunk: the whole program in one piece
             run, _ = job.record(0, data.rows)
-            return Program(job, run, options)
+            return RowChunkRunner(job, run, options)
         try:
             job.plan, run = probe(job)
-        except SpireadError as refusal:  # the whole program on Dask arrays instead (spiread_cli/dask_lazy.py)
-            from .dask_lazy import LazyProgram, default_chunk_rows as lazy_chunk_rows
-            bounds = data.row_bounds(options.chunk_rows or lazy_chunk_rows(data, default_threads()))
-            return LazyProgram.record(job, bounds, refusal.located_in(source),
-                                      connect(options.scheduler) if options.scheduler else None, options.scheduler)
-        program = Program(job, run, options)
+        except SpireadError as err:
+            raise err.located_in(source)
+        program = RowChunkRunner(job, run, options)
         program.once = job.plan.once_warnings(run)  # the probe's warnings were about 2 rows: those that hold for all
         threads = default_threads()
         chunk_rows = options.chunk_rows or default_chunk_rows(job.plan, threads)
@@ -137,6 +134,12 @@ class Program:
         own values; every sweep the tasks run over it runs the chunks'."""
         if not self.chunked:
             return self.run
+        try:
+            return self._run_for(wrt, differentiate)
+        except SpireadError as err:
+            raise err.located_in(self.job.source)
+
+    def _run_for(self, wrt: list[str] | None, differentiate: bool) -> Run:
         probe, plan = self.run, self.job.plan
         probe.diagnostics = Diagnostics(list(self.once))
         names = names_to_differentiate(probe, plan.row, wrt) if differentiate else []
@@ -267,7 +270,7 @@ class ChunkSums(KeptSums):
     evaluation at new values one pass giving every total with its gradients,
     each Hessian-vector product or block of tangents one pass."""
 
-    def __init__(self, program: Program, values: dict[str, np.ndarray], share: Share):
+    def __init__(self, program: RowChunkRunner, values: dict[str, np.ndarray], share: Share):
         super().__init__(values, share)
         self.program = program
 

@@ -1,7 +1,7 @@
-"""What both ways of running on Dask share (row chunks, dask_backend.py; op
-by op on Dask arrays, dask_lazy.py): reaching Dask (installed or not, the
-local threaded scheduler, a cluster's handshake, a scheduler lost mid-run,
-Dask's logs kept off the terminal)."""
+"""Reaching Dask, for the row chunks (dask_backend.py) and the front door's
+checks (program.py): installed or not, the local threaded scheduler, a
+cluster's handshake, a scheduler lost mid-run, Dask's logs kept off the
+terminal."""
 
 from __future__ import annotations
 

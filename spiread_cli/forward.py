@@ -128,7 +128,7 @@ class ForwardSweep:
             if result is None:
                 result = self.push(seeds, observe)
                 if type(result) is not np.ndarray or not result.flags.writeable:
-                    result = np.array(result)  # a broadcast view, or a lazy (Dask) array, computed once
+                    result = np.array(result)  # a broadcast view, or not an array: one of its own
             else:
                 result[start:start + k] = self.push(seeds, observe)
             if diagnostics is not None and not all_finite(result[start:start + k]):

@@ -22,12 +22,12 @@ import numpy as np
 
 from . import syntax_tree as ast
 from .builtin_functions import FUNCTIONS
-from .builtin_methods import METHOD_SUGAR, REDUCTIONS
+from .builtin_methods import METHOD_SUGAR, ROWS_TO_SCALAR
 from .builtins import check_arguments, other_spelling
 from .data import load_array
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, option, refuse_repeats, shape_str
 from .limits import check_shape, max_bytes, no_cyclic_gc
-from .ops import METHODS, OPS, Op, ShapeError, is_lazy
+from .ops import METHODS, OPS, Op, ShapeError
 from .rules import key_text
 from .run import Run
 from .syntax_errors import RESERVED_WORDS, reserved_note
@@ -35,7 +35,7 @@ from .tape import Tape
 from .tape_nodes import Node
 from .values import Arg, Const, Function, Jet, JetDim, Pairs, Record, SliceValue, Symbol, Text, TupleValue, Unit
 
-QUALIFIED_SYMBOLS = {f"ReductionOps.{k.capitalize()}": k for k in REDUCTIONS}
+QUALIFIED_SYMBOLS = {f"ReductionOps.{k.capitalize()}": k for k in ROWS_TO_SCALAR}
 # Each operator's op and parameters: the comparisons are the 0/1 masks of `indicator`.
 OPERATORS = {"+": ("add", {}), "-": ("sub", {}), "*": ("mul", {}), "/": ("div", {}), "%": ("remainder", {}),
              "@@": ("matmul", {}), "**": ("pow", {}),
@@ -410,7 +410,7 @@ class Interpreter:
         found = self.find(name.id)
         if found is not None:
             return found
-        if name.id in REDUCTIONS:
+        if name.id in ROWS_TO_SCALAR:
             return Symbol(name.id)
         raise self.unknown(name.id, "name", name.span, did_you_mean(name.id, self.env))
 
@@ -587,8 +587,6 @@ class Interpreter:
 
     def integers(self, arg: Arg, what: str) -> np.ndarray:
         array = self.tensor(arg).value
-        if is_lazy(array):  # positions are parameters, in memory: gathered once (--backend dask's fallback)
-            array = np.asarray(array)
         if array.ndim != 1:
             raise SpireadError(f"{what} must be a vector of positions, but `{self.text(arg.expr)}` is "
                                f"{shape_str(array.shape)}", arg.expr.span)

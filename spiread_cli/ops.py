@@ -146,12 +146,19 @@ class Op:
     # vjp(i, g, out, *xs, **params) for a batch of cotangents g (k, *out
     # shape): the Jacobian's rows in reverse mode. Derived from the statement.
     batched_vjp: Callable | None = None
-    # For an op neither `row_wise` nor elementwise that may still act on each
-    # row of a row-chunked operand alone (spiread_cli/chunk_plan.py):
-    # on_rows(row_in, row_params, **params) -> whether row k of its value
-    # depends only on row k of the operands marked in `row_in` (and on the
-    # others whole); `row_params` names the params holding a position per row.
+    # What the row-chunk planner (spiread_cli/chunk_plan.py) reads of an op
+    # whose operands hold the data rows: `row_axes[i]` is the axis of operand
+    # i along which its data rows run (None: no data rows, used whole),
+    # `ndims[i]` its rank. For an op neither `row_wise` nor elementwise:
+    # on_rows(row_axes, ndims, row_params, **params) -> the axis of its value
+    # whose entry k depends only on data row k of the operands, or None
+    # (`row_params` names the params holding a position per row); -1 is the
+    # last axis.
     on_rows: Callable | None = None
+    # across_rows(row_axes, ndims, **params) -> an `Across` when the op sums
+    # (or takes the max, …, of) its operands' data rows away, so its value is
+    # its values over row chunks combined; None otherwise.
+    across_rows: Callable | None = None
     # For an op that runs tapes of its own (a sum over row chunks,
     # spiread_cli/row_totals.py): reports(**params) -> the warnings its
     # evaluations made inside since last asked (where an inf or nan was born,
@@ -165,7 +172,7 @@ METHODS: dict[str, Op] = {}
 def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callable, *, methods=None, params=(),
           arity: int = 1, kink=None, row_wise: bool = False, structure: Structure | str = "dense", batched=None,
           fast: FastPath | None = None, fwd: Callable | None = None, export: Export | None = None,
-          on_rows: Callable | None = None) -> Op:
+          on_rows: Callable | None = None, across_rows: Callable | None = None) -> Op:
     if isinstance(structure, str):
         structure = named(structure)
     vjp, jvp, batched_vjp = compiled_vjp(derivative), compiled_jvp(derivative), compiled_vjp(derivative, batched=True)
@@ -176,7 +183,8 @@ def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callabl
         vjp = vjp if fast.vjp is None else fast.vjp if fwd is None else _given_residual(fwd, fast.vjp, 3)
         jvp = jvp if fast.jvp is None else fast.jvp if fwd is None else _given_residual(fwd, fast.jvp, 2)
     op = Op(name, impl, shape, derivative, vjp, jvp, (name,) if methods is None else methods, params, arity, kink,
-            row_wise, structure, batched, fast, fwd, export, batched_vjp, on_rows=on_rows)
+            row_wise, structure, batched, fast, fwd, export, batched_vjp, on_rows=on_rows,
+            across_rows=across_rows)
     OPS[name], IMPLS[name] = op, impl
     METHODS.update((spelling, op) for spelling in op.methods)
     return op
@@ -232,11 +240,10 @@ def scale(t: np.ndarray, d) -> np.ndarray:
     # overflow, which only sends us down the slower, still correct path).
     # Asking it of the smaller operand costs a pass over it, not over the
     # product, which may be a batch of (co)tangents many times larger (a
-    # Jacobian's, a Hessian's). Callers hold np.errstate. A lazy operand is
-    # not inspected here (that would compute it): guarded as it stands.
+    # Jacobian's, a Hessian's). Callers hold np.errstate.
     if type(t) is ndarray and t.size < getattr(d, "size", 1) and t.all():
         return t * d
-    if (type(d) is ndarray or not is_lazy(d)) and math.isfinite(np.sum(d)):
+    if math.isfinite(np.sum(d)):
         return t * d
     return np.where(t == 0, 0.0, t * d)
 
@@ -245,28 +252,57 @@ def same_shape(s, **_):
     return s
 
 
-def is_lazy(value) -> bool:
-    """A Dask array (`--backend dask`'s fallback, spiread_cli/dask_lazy.py):
-    computed later, so a rule never inspects its values."""
-    return hasattr(value, "__dask_graph__")
+@dataclass(frozen=True)
+class Across:
+    """How a value over all the data rows is made of its values over row
+    chunks (`Op.across_rows`): `combine` two chunks' values (associative);
+    a mean's are weighted first, each by its chunk's share of the rows."""
+    word: str
+    combine: Callable
+    weighted: bool = False
 
 
-def _each_row(row_in, row_params, **params) -> bool:
-    """`Op.on_rows` of a reduction along each row (rowSum): row k alone, always."""
-    return True
+ACROSS = {"sum": Across("sum", np.add), "mean": Across("mean", np.add, weighted=True),
+          "product": Across("product", np.multiply), "max": Across("max", np.maximum),
+          "min": Across("min", np.minimum), "logSumExp": Across("logSumExp", np.logaddexp)}
 
 
-def _picks_in_each_row(row_in, row_params, cols, **params) -> bool:
+def _on_own_rows(row_axes, ndims, row_params, **params) -> int | None:
+    """`Op.on_rows` of an op that maps each row of a matrix to its own row or
+    entry (rowSum, a column `x[:, j]`): the rows must run along axis 0."""
+    return 0 if row_axes == [0] else None
+
+
+def _picks_in_each_row(row_axes, ndims, row_params, cols, **params) -> int | None:
     """`Op.on_rows` of a pick by positions (select, arrange): one pick in each
     row when both positions come one per row (row chunks check each chunk's).
     Columns 0, 1, 2, … as many as the rows are positions from the row count (a
     diagonal: `A.diag`, `A.trace`), which differ from chunk to chunk."""
-    return "rows" in row_params and "cols" in row_params and not np.array_equal(cols, np.arange(len(cols)))
+    one_per_row = "rows" in row_params and "cols" in row_params and not np.array_equal(cols, np.arange(len(cols)))
+    return 0 if one_per_row and row_axes[0] in (0, None) else None
 
 
-def _copied(x):
-    """x as a new array (a lazy one is never written to, so it stays as it is)."""
-    return x if is_lazy(x) else np.array(x)
+def _matmul_rows(row_axes, ndims, row_params, **params) -> int | None:
+    """`Op.on_rows` of `a @@ b`: a's rows (axis 0 of a matrix) are the
+    value's; so are b's columns (a transposed row value's rows), as its last axis."""
+    if row_axes == [0, None] and ndims[0] == 2:
+        return 0
+    if row_axes == [None, 1]:
+        return -1
+    return None
+
+
+def _matmul_across(row_axes, ndims, **params) -> Across | None:
+    """`a @@ b` sums over the data rows when they run along the axes it
+    contracts: a's last (`X.T @@ Y`, `x @@ y`) and b's first."""
+    return ACROSS["sum"] if row_axes == [ndims[0] - 1, 0] else None
+
+
+def _reduction_across(word: str, axis: int | None) -> Callable:
+    """`Op.across_rows` of a reduction: over every entry, or along the axis the data rows run."""
+    def across(row_axes, ndims, **params) -> Across | None:
+        return ACROSS[word] if axis is None or row_axes == [axis] else None
+    return across
 
 
 def broadcast_shape(a, b, **_):
@@ -533,7 +569,7 @@ defop("indicator", lambda a, b, relation: _RELATIONS[relation](a, b).astype(np.f
       structure=FLAT,
       export=Export(lambda w, a, b, relation: f"xp.astype({a} {relation} {b}, xp.float64)", _onnx_relation))
 # `x.value`: x without its history. Its value is x, its derivative 0.
-defop("stopGradient", lambda x: _copied(x), same_shape, _flat, methods=(), structure=FLAT,
+defop("stopGradient", lambda x: np.array(x), same_shape, _flat, methods=(), structure=FLAT,
       export=Export("{0}", "Identity"))
 
 
@@ -806,7 +842,7 @@ def _matmul_second(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
 
 defop("matmul", _product, _matmul_shape, _matmul_derivative, methods=("matmul", "dot"), arity=2,
       batched=_matmul_batched, fast=FastPath("mlp", vjp=_matmul_vjp), export=Export("{0} @ {1}", _onnx_matmul),
-      on_rows=lambda row_in, row_params, **_: row_in == [True, False],
+      on_rows=_matmul_rows, across_rows=_matmul_across,
       structure=Structure("dense", _matmul_first, _matmul_second))
 
 
@@ -815,7 +851,7 @@ def _transpose_shape(s, **_):
 
 
 defop("transpose", lambda x: x.T, _transpose_shape, lambda i, g, out, x, emit: emit("transpose", [g]),
-      methods=("T", "transpose"),
+      methods=("T", "transpose"), on_rows=lambda row_axes, ndims, row_params: ndims[0] - 1 - row_axes[0],
       batched=lambda args, which: np.swapaxes(args[0], -1, -2) if args[0].ndim == 3 else args[0],
       export=Export(lambda w, x: f"{x}.T" if len(w.shape(x)) == 2 else x,
                     lambda b, x: b("Transpose", [x]) if len(b.shape(x)) == 2 else b("Identity", [x])), structure=COPIES)
@@ -980,7 +1016,7 @@ def _reduction(word: str, axis: int | None, batched=None) -> Op:
     return defop(name, lambda x: value(x, axis), _reduced_shape(axis),
                  lambda i, g, out, x, emit: derivative(i, g, out, x, emit, axis), kink=kink,
                  structure=reduction_structure(axis, SECOND_ORDER[word]), batched=batched, export=export(axis),
-                 on_rows=_each_row if axis == 1 else None)
+                 on_rows=_on_own_rows if axis == 1 else None, across_rows=_reduction_across(word, axis))
 
 
 # Of nothing, as numpy has it: the sum is 0, the product 1, the mean nan, the
@@ -1037,24 +1073,9 @@ def _einsum_parts(spec: str) -> tuple[list[str], str]:
 
 
 def _einsum(*xs, spec):
-    if any(is_lazy(x) for x in xs):
-        return _lazy_einsum(spec, xs)
     out = np.einsum(spec, *xs)
     # A diagonal ("ii->i") is a view of its operand: a value of its own, as every op's.
     return np.array(out) if isinstance(out, np.ndarray) and out.base is not None else out
-
-
-def _lazy_einsum(spec: str, xs):
-    """Dask's einsum, every axis of one letter cut into the same chunks
-    (Dask's own needs them alike, within an operand too: "ii")."""
-    import dask.array as da
-    inputs, _ = _einsum_parts(spec)
-    xs = [da.asarray(x) for x in xs]
-    chunks: dict[str, tuple] = {}
-    for letters, x in zip(inputs, xs):
-        for letter, c in zip(letters, x.chunks):
-            chunks.setdefault(letter, c)
-    return da.einsum(spec, *[x.rechunk(tuple(chunks[letter] for letter in letters)) for letters, x in zip(inputs, xs)])
 
 
 def _einsum_shape(*shapes, spec):
@@ -1101,7 +1122,7 @@ def _einsum_batched(args, which, spec):
     inputs, output = _einsum_parts(spec)
     batch = next(letter for letter in "zyxwvutsrqponmlkjihgfedcbaZYXWVUTSRQPONMLKJIHGFEDCBA" if letter not in spec)
     batched = ",".join(batch + s if b else s for s, b in zip(inputs, which)) + "->" + batch + output
-    return _lazy_einsum(batched, args) if any(is_lazy(x) for x in args) else np.einsum(batched, *args)
+    return np.einsum(batched, *args)
 
 
 def _einsum_links(e: Entries, i: int, j: int | None = None, adj: np.ndarray | None = None) -> Links | None:
@@ -1161,7 +1182,7 @@ def _row_total(x):
     """np.sum(x, axis=-1, keepdims=True). Narrow rows sum faster by einsum
     (228,146 rows of 27: 1.7 ms against 5.3); long ones keep numpy's
     pairwise summation."""
-    if x.shape[-1] <= 64 and not is_lazy(x):
+    if x.shape[-1] <= 64:
         return np.einsum("...j->...", x)[..., None]
     return np.sum(x, axis=-1, keepdims=True)
 
@@ -1177,17 +1198,14 @@ def _exp_shifted(x):
     log-sum-exp is rowmax + log(total); what the softmax ops keep for their
     derivatives."""
     m = _max(x, axis=-1, keepdims=True)
-    if is_lazy(x):  # a Dask array is not written to
-        e = np.exp(x - m)
-    else:
-        e = np.subtract(x, m, order="C")
-        np.exp(e, out=e)
+    e = np.subtract(x, m, order="C")
+    np.exp(e, out=e)
     return m, e, _row_total(e)
 
 
 def _softmax(x):
     _, e, total = _exp_shifted(x)
-    return e / total if is_lazy(e) else np.divide(e, total, out=e)
+    return np.divide(e, total, out=e)
 
 
 def _log_softmax_fwd(x):
@@ -1199,8 +1217,6 @@ def _log_softmax_vjp(i, g, out, x, *, residual):
     """The statement from the residual: the softmax (exp(out)) is e / total,
     e computed by the forward pass and overwritten here."""
     e, total = residual
-    if is_lazy(e) or is_lazy(g):
-        return g - e * (_row_total(g) / total)
     spread = np.multiply(e, _row_total(g) / total, out=e)
     return np.subtract(g, spread, out=spread)
 
@@ -1307,21 +1323,18 @@ def _onnx_scatter(b, x, positions: np.ndarray, shape: tuple):
     return b("Reshape", [flat, b.ints(shape)])
 
 
-defop("index", lambda x, key: _copied(x[key]), _index_shape,
+defop("index", lambda x, key: np.array(x[key]), _index_shape,
       lambda i, g, out, x, emit, key: emit("indexScatter", [g], key=key, shape=emit.shape(x)),
       methods=(), structure=SLICED,
-      batched=lambda args, which, key: _copied(args[0][(slice(None),) + key]),
+      batched=lambda args, which, key: np.array(args[0][(slice(None),) + key]),
       export=Export(lambda w, x, key: _index_code(w, x, key),
                     lambda b, x, key: _onnx_pick(b, x, key_positions(b.shape(x), key))),
-      on_rows=lambda row_in, row_params, key: key[:1] == (slice(None),))
+      on_rows=lambda row_axes, ndims, row_params, key: _on_own_rows(row_axes, ndims, row_params)
+      if key[:1] == (slice(None),) else None)
 
 
 def _select(x, rows, cols):
     """vecxt selection: zeros except the chosen entries."""
-    if is_lazy(x):  # a lazy array is not written to: the chosen entries as a mask
-        chosen = np.zeros(x.shape, dtype=bool)
-        chosen[rows, cols] = True
-        return np.where(chosen, x, 0.0)
     out = np.zeros_like(x)
     out[rows, cols] = x[rows, cols]
     return out
@@ -1329,8 +1342,6 @@ def _select(x, rows, cols):
 
 def _select_batched(args, which, rows, cols):
     t = args[0]
-    if is_lazy(t):
-        return _select(t.transpose(1, 2, 0), rows, cols).transpose(2, 0, 1)  # the batch axis last, then back
     result = np.zeros_like(t)
     result[:, rows, cols] = t[:, rows, cols]
     return result
@@ -1366,23 +1377,13 @@ def _scatter_pairs(shape: tuple, rows: np.ndarray, cols: np.ndarray, weights=Non
     (row, col): an entry chosen twice gets both. np.add.at's result, by one
     bincount over flat positions, which is several times faster."""
     flat = np.ravel_multi_index((rows, cols), shape, mode="wrap")  # wrap: negative positions count from the end
-    if is_lazy(weights):  # Dask's bincount, from Dask itself: the table imports nothing of spiread above it
-        import dask.array as da
-        positions = da.from_array(flat, chunks=weights.chunks)
-        return da.bincount(positions, weights=weights, minlength=shape[0] * shape[1]).reshape(shape)
     return np.bincount(flat, weights=weights, minlength=shape[0] * shape[1]).reshape(shape).astype(np.float64)
 
 
-def _pick(x, rows, cols):
-    """x[rows, cols] (on further axes too); a Dask array picks by `vindex`."""
-    return x.vindex[rows, cols] if is_lazy(x) else x[rows, cols]
-
-
-defop("arrange", _pick, lambda s, rows, cols: _pairs_shape(s, rows, cols, (len(rows),)),
+defop("arrange", lambda x, rows, cols: x[rows, cols], lambda s, rows, cols: _pairs_shape(s, rows, cols, (len(rows),)),
       lambda i, g, out, x, emit, rows, cols: emit("scatterPairs", [g], rows=rows, cols=cols, shape=emit.shape(x)),
       methods=(), structure=COPIES,
-      batched=lambda args, which, rows, cols: _pick(args[0].transpose(1, 2, 0), rows, cols).T if is_lazy(args[0])
-      else args[0][:, rows, cols],
+      batched=lambda args, which, rows, cols: args[0][:, rows, cols],
       export=Export(lambda w, x, rows, cols:
                     f"xp.take(xp.reshape({x}, (-1,)), {w.literal(pair_positions(w.shape(x), rows, cols), 'picks')})",
                     lambda b, x, rows, cols: _onnx_pick(b, x, pair_positions(b.shape(x), rows, cols))),
@@ -1413,7 +1414,7 @@ defop("stack", lambda *xs, axis: np.stack(xs, axis=axis), _stack_shape,
       methods=(), structure=COPIES,
       export=Export(lambda w, *xs, axis: f"xp.stack([{', '.join(xs)}], axis={axis})",
                     lambda b, *xs, axis: b("Concat", [b("Unsqueeze", [x, b.ints([axis])]) for x in xs], axis=axis)),
-      on_rows=lambda row_in, row_params, axis: axis == 1 and all(row_in))
+      on_rows=lambda row_axes, ndims, row_params, axis: 0 if axis == 1 and row_axes == [0] * len(row_axes) else None)
 
 
 def _concat_shape(*shapes, axis):
@@ -1443,7 +1444,8 @@ def _concat_derivative(i, g, out, *xs, emit, axis):
 defop("concat", lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_shape, _concat_derivative,
       methods=(), structure=COPIES,
       export=Export(lambda w, *xs, axis: f"xp.concat([{', '.join(xs)}], axis={axis})",
-                    lambda b, *xs, axis: b("Concat", list(xs), axis=axis)))
+                    lambda b, *xs, axis: b("Concat", list(xs), axis=axis)),
+      on_rows=lambda row_axes, ndims, row_params, axis: 0 if axis == 1 and row_axes == [0] * len(row_axes) else None)
 
 
 # ------------------------------------------------------------- fused ops
@@ -1742,29 +1744,9 @@ def _key_shape(shape: tuple, key: tuple) -> tuple:
 
 def _index_scatter(x, key, shape, lead=()):
     """Zeros of `shape` (after `lead` axes) with the entries at `key` set to x."""
-    if is_lazy(x):
-        out = np.zeros_like(x, shape=lead + tuple(shape))
-        key, x = _stepping_forwards(key, shape, x, len(lead))
-    else:
-        out = np.zeros(lead + tuple(shape))
+    out = np.zeros(lead + tuple(shape))
     out[(slice(None),) * len(lead) + key] = x
     return out
-
-
-def _stepping_forwards(key: tuple, shape: tuple, x, axis: int):
-    """The same positions with every slice stepping forwards, and x turned
-    around along the axes whose slice stepped backwards (Dask assigns to
-    forward slices only). x's axis `axis` is the first one a slice makes."""
-    forwards = []
-    for k, n in zip(key, shape):
-        if isinstance(k, slice):
-            taken = range(*k.indices(n))
-            if taken.step < 0:
-                x = np.flip(x, axis)
-                k = slice(taken[-1], taken[0] + 1, -taken.step) if taken else slice(0, 0)
-            axis += 1
-        forwards.append(k)
-    return tuple(forwards), x
 
 
 # index's transpose: zeros with the entries at `key` set.

@@ -172,10 +172,10 @@ class Program:
 
     def _on_dask(self, overrides: dict[str, np.ndarray], of: str | None, wrt: list[str] | None,
                  differentiate: bool) -> Run:
-        from .dask_backend import Program as Chunked
+        from .dask_backend import RowChunkRunner
         self.close()  # the last call's
         try:
-            self._running = Chunked.of_module(self.source, self._module, self._base_dir, self._backend, overrides, {},
+            self._running = RowChunkRunner.of_module(self.source, self._module, self._base_dir, self._backend, overrides, {},
                                               of)
             return self._running.run_for(wrt, differentiate)
         except SpireadError as err:

@@ -5,8 +5,7 @@ N) and how to read any of them, a block of rows at a time.
 `.npy` and `.zarr` files are read at an offset, text (CSV) files by the
 blocks of lines one scan found (data_text.TextTable); a reader carries the
 path and the layout, never the data, so a task that holds one sends little
-to a worker. `.npz` and JSON are read whole once and sliced. The op-by-op
-fallback (spiread_cli/dask_lazy.py) reads its blocks through the same readers.
+to a worker. `.npz` and JSON are read whole once and sliced.
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ class Tape:
             node.deferred, node.__class__ = None, Node
         if kept is not None:  # an op with `fwd` always keeps one
             node.residual = Residual(value, kept)
-        if diagnostics is None or type(value) is not np.ndarray:  # lazy: checked when computed
+        if diagnostics is None:
             node.known_finite = None  # found out if anyone asks
             return
         node.known_finite = all_finite_unguarded(value)
@@ -298,14 +298,12 @@ class Tape:
                     observe(node, g, k, gi)
                 if i not in grads:
                     grads[i] = gi
-                elif i in sums and type(gi) is ndarray:  # a lazy gi is added lazily, below
+                elif i in sums and type(gi) is ndarray:  # a number (a scalar's gradient) is added below
                     np.add(grads[i], gi, out=grads[i])
                 else:
                     total = grads[i] = grads[i] + gi
                     if type(total) is ndarray and total.size >= in_place:  # not worth it below
                         sums.add(i)
-                    elif i in sums:  # a lazy (Dask) contribution made the sum lazy
-                        sums.discard(i)
             if keeps:
                 node.residual.data = None  # handed to the vjp, which may have written into it
         if batched:

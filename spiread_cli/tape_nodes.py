@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from .diagnostics import Span
-from .ops import Op, is_lazy
+from .ops import Op
 
 
 class Deferring(Protocol):
@@ -141,8 +141,7 @@ def compute(op: Op, args: list[np.ndarray], params: dict) -> tuple[np.ndarray, o
     else:
         value, kept = op.fwd(*args, **params)
     if type(value) is not np.ndarray or value.dtype is not FLOAT64:  # numpy's float64 dtype is one object
-        # A lazy array (`--backend dask`'s fallback, spiread_cli/dask_lazy.py) stays lazy.
-        value = value.astype(np.float64) if is_lazy(value) else np.asarray(value, dtype=np.float64)
+        value = np.asarray(value, dtype=np.float64)
     return value, kept
 
 

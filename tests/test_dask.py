@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 
 from spiread_cli import chunk_tasks, train
 from spiread_cli.gradients import gradients as run_gradients
-from spiread_cli.program import Program as NumpyProgram  # beside dask_backend.Program
+from spiread_cli.program import Program as NumpyProgram  # beside dask_backend.RowChunkRunner
 from spiread_cli.set_options import parse_overrides
 from spiread_cli.sources import read_source
-from spiread_cli.dask_backend import Options, Program
+from spiread_cli.dask_backend import Options, RowChunkRunner
 from spiread_cli.diagnostics import Source, SpireadError
 
 from conftest import EXAMPLES, spiread, spiread_command, strict_json
@@ -56,7 +56,7 @@ def gradients_on(program, wrt=None) -> Got:
 
 
 def dask_result(source: Source, sets: dict[str, str], base, wrt=None, **options):
-    program = Program.of_source(source, Options(**options), [f"{k}={v}" for k, v in sets.items()], None, base)
+    program = RowChunkRunner.of_source(source, Options(**options), [f"{k}={v}" for k, v in sets.items()], None, base)
     try:
         return program, gradients_on(program, wrt)
     finally:
@@ -208,7 +208,7 @@ def steps_both_ways(source, data, names, starts, **options):
     the same values: [(numpy's (loss, gradients, warnings), the chunks')]."""
     run = NumpyProgram.parse(source, data).run()
     expected = train.tape_steps(run, names, False)
-    program = Program.of_source(source, Options(**options), (), None, data)
+    program = RowChunkRunner.of_source(source, Options(**options), (), None, data)
     try:
         got = train.tape_steps(program.run_for(names), names, False)
         return program, [(expected(k, v), got(k, v)) for k, v in enumerate(starts, 1)]
@@ -272,7 +272,7 @@ def test_templates_of_a_program_that_ended_unannounced_give_way(data, monkeypatc
     """A worker outlives the spiread that used it: templates left by a
     program never closed make room for the next program's."""
     source = Source(str(data / "prog.ad"), PROGRAMS["softmax regression, a pick per row"])
-    left = Program.of_source(source, Options(chunk_rows=50), (), None, data)
+    left = RowChunkRunner.of_source(source, Options(chunk_rows=50), (), None, data)
     gradients_on(left)  # and never closed
     mine = {key: t for key, t in chunk_tasks.TEMPLATES.kept.items() if key[0] == left.job.token}
     assert len(mine) == len(left.bounds)
@@ -303,7 +303,7 @@ def test_eval_computes_the_totals_of_the_data_and_warns_about_the_data(data):
         "\nz = ((X.col(0) * 0).log.clampMin(-1)).mean"
     source = Source(str(data / "p.ad"), text.replace("loss.backward(w)", ""))
     expected = NumpyProgram.parse(source, data).run()
-    program = Program.of_source(source, Options(chunk_rows=20), (), None, data)
+    program = RowChunkRunner.of_source(source, Options(chunk_rows=20), (), None, data)
     try:
         got = program.run_for(None, differentiate=False)
     finally:
@@ -433,7 +433,7 @@ def random_program_on_row_data(tmp_path, program, text: str, suffix: str, only: 
                 expected_steps = [train.tape_steps(run, wrt, False)(1, {}), train.tape_steps(run, wrt, False)(2, moved)]
             except train.NonFinite:
                 continue
-            chunked = Program.of_source(source, Options(chunk_rows=2), setting, None, tmp_path)
+            chunked = RowChunkRunner.of_source(source, Options(chunk_rows=2), setting, None, tmp_path)
             try:
                 step = train.tape_steps(chunked.run_for(wrt), wrt, False)
                 got_steps = [step(1, {w: run.node(w).value for w in wrt}), step(2, moved)]
@@ -446,44 +446,47 @@ def random_program_on_row_data(tmp_path, program, text: str, suffix: str, only: 
 # ------------------------------------------------------------- what is refused
 
 
-@pytest.mark.parametrize("text, message, column", [
-    ("loss = (X.T @@ X).sum + w.sum",
-     "`T` combines the rows of `X` other than by a `.sum` or `.mean` of them", 11),
+@pytest.mark.parametrize("text, message, column, notes", [
     ("loss = ((X - (X @@ w).mean) @@ w).sum",
      "`-` combines the data rows with the result of `mean`, a total over all rows that changes with `w`, "
-     "which is known only after every chunk has run", 12),
+     "which is known only after every chunk has run", 12, 1),
     ("loss = (X @@ w).product",
-     "`product` combines the rows of the result of `@@` other than by a `.sum` or `.mean` of them", 17),
-    ("loss = (X @@ w).sum * (1 / rows(X))", "`(1 / rows(X))` is computed from the data's values", 23),
+     "`product` makes a product over all rows of the result of `@@`, which changes with `w`: row chunks "
+     "differentiate totals that are one number and a sum of the rows' shares (a `.sum` or `.mean`)", 17, 2),
+    ("loss = ((X * w).colSum * w).sum",
+     "`colSum` makes a sum over all rows, a vector of 4, of the result of `*`, which changes with `w`", 17, 2),
+    ("loss = (X @@ w).sum * (1 / rows(X))", "`(1 / rows(X))` is computed from the data rows (their values or "
+     "their number) while the program is recorded, so each chunk would compute its own", 23, 2),
+    ("loss = ((X - X.row(0)) @@ w).sum", "`row(0)` uses the rows of `X` together: a chunk holds its own rows "
+     "only, and chunks meet only in totals over all the rows", 16, 2),
     ("loss = X @@ w", "the output `loss` has one row per data row (a scalar each); "
-                      "row chunks compute totals, such as a `.sum` or `.mean` of it", 10),
+                      "row chunks compute totals, such as a `.sum` or `.mean` of it", 10, 1),
 ])
-def test_what_cannot_be_chunked_is_refused_with_the_op_named(text, message, column, data):
-    """The plan's refusal (the program then runs op by op: tests/test_dask_reach.py)."""
+def test_what_cannot_be_chunked_is_refused_with_the_data_named(text, message, column, notes, data):
+    """The plan's refusal names the data (or the value made of them) and
+    what about them prevents row chunks, and says what to do."""
     text = 'X = load("X.npy")\nw = [1, 2, 3, 4]\n' + text
-    try:
-        program = Program.of_source(Source(str(data / "prog.ad"), text), Options(chunk_rows=10), (), None, data)
-        caught = getattr(program, "refusal", None)
-        if caught is None:  # a total that moves with `w`: known to be one when `w` is differentiated
-            gradients_on(program, ["w"])
-    except SpireadError as err:  # nor op by op: the plan's reason is in the message
-        caught = err
-    assert message in caught.diagnostic.message and caught.diagnostic.message.startswith("cannot run by row chunks")
-    assert (caught.diagnostic.span.line, caught.diagnostic.span.column) == (3, column)
-    assert caught.diagnostic.notes == ("use --backend numpy (everything in memory)",)
+    with pytest.raises(SpireadError) as caught:
+        program = RowChunkRunner.of_source(Source(str(data / "prog.ad"), text), Options(chunk_rows=10), (), None,
+                                           data)
+        gradients_on(program, ["w"])  # a total that moves with `w`: known to be one when `w` is differentiated
+    diagnostic = caught.value.diagnostic
+    assert message in diagnostic.message and diagnostic.message.startswith("cannot run by row chunks")
+    assert (diagnostic.span.line, diagnostic.span.column) == (3, column)
+    assert len(diagnostic.notes) == notes and diagnostic.notes[-1] == "use --backend numpy (everything in memory)"
 
 
 def test_println_of_row_data_is_refused_and_of_parameters_shown(data):
     text = 'X = load("X.npy")\nw = [1, 2, 3, 4]\nprintln(w)\nloss = (X @@ w).sum\n'
-    program = Program.of_source(Source(str(data / "p.ad"), text), Options(chunk_rows=10), (), None, data)
+    program = RowChunkRunner.of_source(Source(str(data / "p.ad"), text), Options(chunk_rows=10), (), None, data)
     assert program.run.printed == NumpyProgram.parse(Source(str(data / "p.ad"), text), data).run().printed
-    program = Program.of_source(Source(str(data / "p.ad"), text + "println(X)\n"), Options(chunk_rows=10), (), None, data)
-    assert program.refusal.diagnostic.message.startswith(
-        "cannot run by row chunks: `println` shows a value computed from the data")
+    with pytest.raises(SpireadError, match="cannot run by row chunks: `println` shows a value computed from the data"):
+        RowChunkRunner.of_source(Source(str(data / "p.ad"), text + "println(X)\n"), Options(chunk_rows=10), (), None,
+                                 data)
 
 
 def test_gradient_by_row_data_is_refused(data):
-    program = Program.of_source(Source(str(data / "prog.ad"), PROGRAMS["least squares, sum over rows(X)"]),
+    program = RowChunkRunner.of_source(Source(str(data / "prog.ad"), PROGRAMS["least squares, sum over rows(X)"]),
                                 Options(chunk_rows=10), (), None, data)
     with pytest.raises(SpireadError, match="`X` has one row per data row, so its gradient is as large as the data"):
         gradients_on(program, ["X"])
@@ -505,7 +508,7 @@ def test_picks_by_global_position_are_refused(positions, chunk_rows, message, da
     text = 'X = load("X.npy")\nat = load("at.npy")\ncols = load("cols.npy")\nw = [1, 2, 3, 4]\n' \
            'loss = (X * w).arrange(at, cols).sum'
     try:
-        program = Program.of_source(Source(str(tmp_path / "p.ad"), text), Options(chunk_rows=chunk_rows), (), None,
+        program = RowChunkRunner.of_source(Source(str(tmp_path / "p.ad"), text), Options(chunk_rows=chunk_rows), (), None,
                                     tmp_path)
         gradients_on(program, ["w"])
         refusal = program.refusal  # the plan refused: the program ran op by op
@@ -594,9 +597,11 @@ def test_cli_refusal_points_at_the_op(data):
     (data / "prod.ad").write_text('X = load("X.npy")\nw = [1, 2, 3, 4]\nloss = (X @@ w).product + w.sum\n')
     out = spiread("grad", "prod.ad", "--backend", "dask", cwd=data)
     assert out.returncode == 1
-    assert out.stderr.splitlines()[0] == ("prod.ad:3:17: error: cannot run by row chunks (`product` combines the rows "
-                                          "of the result of `@@` other than by a `.sum` or `.mean` of them), nor op by "
-                                          "op on Dask arrays: `product` has no rule for Dask arrays")
+    assert out.stderr.splitlines()[0] == ("prod.ad:3:17: error: cannot run by row chunks: `product` makes a product "
+                                          "over all rows of the result of `@@`, which changes with `w`: row chunks "
+                                          "differentiate totals that are one number and a sum of the rows' shares "
+                                          "(a `.sum` or `.mean`)")
+    assert "= note: differentiate by values the total does not depend on (`--wrt NAME`)" in out.stderr
 
 
 def free_port() -> int:
@@ -706,8 +711,10 @@ def test_command_started_cluster_and_its_faults(data, tmp_path):
 
 JET_PROGRAMS = {
     "a Jet beside the data": 'y = x * x + Jet.h[Double](1) * 3.0\nprintln(y)\nloss = (X @@ [1.0, 2.0, 3.0]).mean',
+}
+JETS_OF_TOTALS = {
     "a Jet times a total": "m = (X @@ [1.0, 2.0, 3.0]).mean\nloss = m * x",
-    "a Jet and rows mixed (op by op on Dask arrays)": "loss = (X.T @@ X).sum * x.tej",
+    "a Jet times a total of a Gram matrix": "loss = (X.T @@ X).sum * x.tej",
 }
 
 
@@ -732,6 +739,21 @@ def test_eval_shows_jets_and_printed_lines_as_numpy_does(name, form, tmp_path):
         shown = "\n".join(line for line in shown.splitlines() if not line.startswith(("X ", "   "))) + "\n"
     assert "h)" in got.stdout if form == "text" else '"jet": [' in got.stdout
     assert got.stdout == shown
+
+
+@pytest.mark.parametrize("name", list(JETS_OF_TOTALS))
+def test_a_jet_of_a_total_over_the_rows_is_refused_saying_why(name, tmp_path):
+    """A Jet is computed while the program is recorded, so a Jet made of the
+    data rows would be each chunk's own: refused, at the Jet, saying so."""
+    np.save(tmp_path / "X.npy", np.arange(600.0).reshape(200, 3) % 7)
+    (tmp_path / "p.ad").write_text('given jd: JetDim = JetDim(2)\nX = load("X.npy")\n'
+                                   'x = Jet(2.0) + Jet.h[Double](0)\n' + JET_PROGRAMS.get(name, JETS_OF_TOTALS[name]))
+    assert spiread("eval", "p.ad", cwd=tmp_path).returncode == 0
+    got = spiread("eval", "p.ad", "--backend", "dask", "--chunk-rows", "50", cwd=tmp_path)
+    assert got.returncode == 1
+    assert re.match(r"p.ad:\d+:\d+: error: cannot run by row chunks: `.*` is computed from the data rows", got.stderr)
+    assert "= note: a Jet is computed while the program is recorded: make it of values that are not data rows" \
+        in got.stderr
 
 
 def test_unreachable_scheduler_is_an_error(data):
@@ -867,37 +889,79 @@ def test_explain_hessian_and_newton_run_over_the_chunks(data):
             np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-9)
 
 
+def _row_layouts(case):
+    """Every way test_ops.py's case could hold data rows: a row count m (a
+    size of one of its operands' axes) and, per operand, the axis of size m
+    its rows run along or None; positions held one per row are 0, 1, …, m-1
+    (what a chunk checks). Yields (m, row_axes, operands, params, row_params)."""
+    import itertools
+    xs = [np.asarray(x, dtype=float) for x in case.xs]
+    for m in sorted({n for x in xs for n in x.shape if n >= 2}):
+        row_params = [k for k, v in case.params.items() if isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == m]
+        options = [[None] + [k for k, n in enumerate(x.shape) if n == m] for x in xs]
+        for row_axes in itertools.product(*options):
+            params = dict(case.params)
+            if "rows" in row_params and row_axes[0] == 0:  # picks within each data row
+                params["rows"] = np.arange(m)
+            if any(a is not None for a in row_axes) or row_params:
+                yield m, list(row_axes), xs, params, row_params
+
+
 def test_what_an_op_says_of_its_rows_holds_for_its_values():
     """`Op.on_rows` (the planner's reason to run an op by row chunks): for
-    every case of the op table (tests/test_ops.py) where it says row k of
-    the value depends only on row k of the row-chunked operands, moving
-    one row of those operands moves that row of the value alone. Each
-    operand with as many rows as the first is tried as the row data, and
-    positions held one per row are 0, 1, …, n-1 (what a chunk checks)."""
+    every case of the op table (tests/test_ops.py) and every way it could
+    hold data rows where the op says entry k of its value along an axis
+    depends only on data row k of the operands, moving one data row of
+    those operands moves that entry alone."""
     from spiread_cli.ops import OPS
     from test_ops import CASES
-    said = 0
+    said = set()
     for case in CASES:
         op = OPS[case.op]
-        xs = [np.asarray(x, dtype=float) for x in case.xs]
-        if op.on_rows is None or not xs or xs[0].ndim == 0:
+        if op.on_rows is None:
             continue
-        n = xs[0].shape[0]
-        params = dict(case.params)
-        row_params = [k for k, v in params.items() if isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == n]
-        if "rows" in row_params:
-            params["rows"] = np.arange(n)
-        for row_in in ([x.ndim >= 1 and x.shape[0] == n and j == 0 for j, x in enumerate(xs)],
-                       [x.ndim >= 1 and x.shape[0] == n for x in xs]):
+        for m, row_axes, xs, params, row_params in _row_layouts(case):
+            own = op.on_rows(row_axes, [x.ndim for x in xs], row_params, **params)
             out = np.asarray(op.impl(*xs, **params))
-            if out.ndim == 0 or out.shape[0] != n or not op.on_rows(row_in, row_params, **params):
-                continue  # the planner asks only of a value with one row per data row
+            if own is None or out.ndim == 0 or out.shape[own % out.ndim] != m:
+                continue  # the planner asks only of a value with one entry per data row along that axis
+            own %= out.ndim
             moved = [x.copy() for x in xs]
-            for x, r in zip(moved, row_in):
-                if r:
-                    x[n // 2] += 0.375
+            for x, axis in zip(moved, row_axes):
+                if axis is not None:
+                    np.moveaxis(x, axis, 0)[m // 2] += 0.375
             after = np.asarray(op.impl(*moved, **params))
-            others = [k for k in range(n) if k != n // 2]
-            np.testing.assert_array_equal(after[others], out[others], err_msg=f"{case.id} {row_in}")
-            said += 1
-    assert said >= 6  # rowSum, rowMean, rowProduct, matmul, a column, fromColumns, the picks
+            others = [k for k in range(m) if k != m // 2]
+            np.testing.assert_array_equal(np.take(after, others, own), np.take(out, others, own),
+                                          err_msg=f"{case.id} {row_axes}")
+            said.add(case.op)
+    assert {"rowSum", "rowMean", "rowProduct", "matmul", "transpose", "index", "stack", "concat",
+            "arrange"} <= said
+
+
+def test_what_an_op_says_of_its_totals_holds_for_its_values():
+    """`Op.across_rows` (the planner's reason to total an op over row
+    chunks): for every case of the op table and every way it could hold
+    data rows where the op says it totals them, its values over two chunks
+    of the rows, combined as its `Across` says, are its value over all."""
+    from spiread_cli.ops import OPS
+    from test_ops import CASES
+    said = set()
+    for case in CASES:
+        op = OPS[case.op]
+        if op.across_rows is None:
+            continue
+        for m, row_axes, xs, params, row_params in _row_layouts(case):
+            across = op.across_rows(row_axes, [x.ndim for x in xs], **params)
+            if across is None or row_params:
+                continue
+            whole = np.asarray(op.impl(*xs, **params))
+            h = m // 2
+            parts = [np.asarray(op.impl(*[x if a is None else np.take(x, range(start, stop), a)
+                                          for x, a in zip(xs, row_axes)], **params)) * (
+                         (stop - start) / m if across.weighted else 1.0) for start, stop in ((0, h), (h, m))]
+            np.testing.assert_allclose(across.combine(*parts), whole, rtol=1e-12, atol=1e-12,
+                                       err_msg=f"{case.id} {row_axes}")
+            said.add(case.op)
+    words = ("sum", "mean", "product", "max", "min", "logSumExp")
+    assert {*words, *(f"col{w[0].upper()}{w[1:]}" for w in words), "matmul", "rowSum"} <= said

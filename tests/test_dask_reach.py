@@ -13,8 +13,8 @@ from hypothesis import given, settings, strategies as st
 
 from spiread_cli import data_text
 from spiread_cli.gradients import gradients as run_gradients
-from spiread_cli.program import Program as NumpyProgram  # beside dask_backend.Program
-from spiread_cli.dask_backend import Options, Program
+from spiread_cli.program import Program as NumpyProgram  # beside dask_backend.RowChunkRunner
+from spiread_cli.dask_backend import Options, RowChunkRunner
 from spiread_cli.data import load_array
 from spiread_cli.data_text import TextTable
 from spiread_cli.diagnostics import Source, SpireadError
@@ -32,7 +32,7 @@ def numpy_gradients(source: Source, base, wrt=None):
 
 
 def dask_gradients(source: Source, base, wrt=None, **options):
-    program = Program.of_source(source, Options(**options), [], None, base)
+    program = RowChunkRunner.of_source(source, Options(**options), [], None, base)
     try:
         return program, gradients_on(program, wrt)
     finally:
@@ -210,9 +210,9 @@ from spiread_cli.forward import directional_forward  # noqa: E402
 from test_dask import PROGRAMS, data  # noqa: E402,F401  (the row data fixture)
 
 
-def open_program(data_dir, text: str, **options) -> tuple[Source, Program]:
+def open_program(data_dir, text: str, **options) -> tuple[Source, RowChunkRunner]:
     source = Source(str(data_dir / "prog.ad"), text)
-    return source, Program.of_source(source, Options(**options), [], None, data_dir)
+    return source, RowChunkRunner.of_source(source, Options(**options), [], None, data_dir)
 
 
 @pytest.mark.parametrize("name", list(PROGRAMS))
@@ -301,13 +301,9 @@ def test_cli_what_dask_once_refused_gives_numpys_numbers(args, data):
         assert got["ok"] and got["results"].keys() == expected["results"].keys()
 
 
-# ------------------------------------------------------------- op by op on Dask arrays (the fallback)
+# ------------------------------------------------------------- totals over the rows of any shape
 
 from dask.callbacks import Callback  # noqa: E402
-
-from spiread_cli.dask_lazy import NO_LAZY_RULES, LazyProgram  # noqa: E402
-from spiread_cli.ops import OPS, is_lazy  # noqa: E402
-from spiread_cli.tape_nodes import compute  # noqa: E402
 
 
 class Computes(Callback):
@@ -321,78 +317,34 @@ class Computes(Callback):
         self.count += 1
 
 
-def _lazy(x):
-    import dask.array as da
-    x = np.asarray(x, dtype=float)
-    return da.from_array(x, chunks=1) if x.ndim else da.from_array(x)
-
-
-def _runs_lazily(case) -> str | None:
-    """Why an op's impl, vjp or jvp does not run on Dask arrays (a block per
-    row) as on numpy without computing, or None."""
-    op = OPS[case.op]
-    xs = [np.asarray(x, dtype=float) for x in case.xs]
-    out = np.asarray(op.impl(*xs, **case.params), dtype=float)
-    g = np.random.default_rng(0).normal(size=out.shape)
-    try:
-        with Computes() as computes:
-            lazy_out, _ = compute(op, [_lazy(x) for x in xs], case.params)
-            lazy_vjps = [op.vjp(i, _lazy(g), lazy_out, *[_lazy(x) for x in xs], **case.params) for i in range(len(xs))]
-            tangents = [np.random.default_rng(i).normal(size=(2,) + x.shape) for i, x in enumerate(xs)]
-            lazy_jvps = [op.jvp([_lazy(t) if j == i else None for j, t in enumerate(tangents)], lazy_out,
-                                *[_lazy(x) for x in xs], **case.params) for i in range(len(xs))]
-        results = [lazy_out, *lazy_vjps]  # a jvp may be a constant (zeros: sign, stopGradient)
-        if computes.count or not all(is_lazy(v) for v in results):
-            return f"{computes.count} computes; lazy results: {[is_lazy(v) for v in results]}"
-        np.testing.assert_allclose(np.asarray(lazy_out), out, rtol=1e-12, atol=1e-13)
-        for i, v in enumerate(lazy_vjps):
-            np.testing.assert_allclose(np.asarray(v), op.vjp(i, g, out, *xs, **case.params), rtol=1e-12, atol=1e-13)
-        for i, v in enumerate(lazy_jvps):
-            ts = [t if j == i else None for j, t in enumerate(tangents)]
-            np.testing.assert_allclose(np.asarray(v), op.jvp(ts, out, *xs, **case.params), rtol=1e-12, atol=1e-13)
-    except Exception as err:  # a rule that does not take Dask arrays
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
-def test_every_op_runs_on_dask_arrays_or_is_refused_by_name():
-    """The op table on Dask arrays, on test_ops.py's cases (which cover the
-    table): an op's impl, vjp and jvp give numpy's values lazily, without a compute,
-    unless the op is in NO_LAZY_RULES, which is refused before any compute;
-    an op in the set fails somewhere, so the set never outlives the reason."""
-    from test_ops import CASES
-    problems = {}
-    for case in CASES:
-        problems.setdefault(case.op, []).append(_runs_lazily(case))
-    wrong = {op: [p for p in found if p] for op, found in problems.items() if op not in NO_LAZY_RULES and any(found)}
-    assert not wrong, wrong
-    stale = [op for op in NO_LAZY_RULES if not any(problems[op])]
-    assert not stale, f"these run on Dask arrays now: take them out of NO_LAZY_RULES: {stale}"
-
-
-REFUSED_BY_THE_PLAN = {
+# Programs whose data do not split by rows alone: each mixes the rows through
+# a total over all of them (`Op.across_rows`) — a Gram matrix, column means,
+# maxima, a log-sum-exp, a dot product of two columns of data — or holds them
+# along a matrix's columns (`W @@ X.T`).
+TOTALS = {
     "a Gram matrix (X.T @@ X)": """
 X = load("X.npy")
 w = [0.5, -0.25, 1.0, 0.0]
 W = randn(4, 4, seed=1)
 loss = (X.T @@ X * W).sum / rows(X) + ((X @@ w).tanh ** 2).mean""",
-    "rows less half the first row": """
+    "standardised by the columns' means and spreads": """
 X = load("X.npy")
 y = load("y.npy")
 w = [0.5, -0.25, 1.0, 0.0]
-Z = X - X.row(0) * 0.5
-loss = ((Z @@ w - y) ** 2).mean""",
-    "a constant folded from the row count": """
+mu = X.colMean
+sd = ((X - mu) ** 2).colMean.sqrt
+loss = ((((X - mu) / sd) @@ w - y) ** 2).mean""",
+    "scaled by the columns' ranges, a log-sum-exp of the data": """
 X = load("X.npy")
 w = [0.5, -0.25, 1.0, 0.0]
-loss = (X @@ w).exp.sum * (1 / rows(X))""",
-    "softmax regression with labels and a penalty mixing rows": """
+range = X.colMax - X.colMin
+loss = ((X / range) @@ w).exp.sum / rows(X) + X.logSumExp * (w * w).sum + X.min * w.sum""",
+    "X.T @@ y and the rows as a matrix's columns (W @@ X.T)": """
 X = load("X.npy")
-labels = load("labels.npy")
-W = randn(4, 3, seed=2) * 0.1
-b = zeros(3)
-logp = (X @@ W + b).logSoftmaxRows
-loss = -logp.arrange(arange(rows(X)), labels).mean + ((X @@ W).T @@ (X @@ W)).sum * 1e-4""",
+y = load("y.npy")
+W = randn(3, 4, seed=2) * 0.3
+v = [1.0, -1.0, 0.5]
+loss = (v @@ (W @@ X.T).tanh).square.mean + ((X.T @@ y) @@ W.T @@ v) / rows(X)""",
     "bigram with a selection and a dot product over rows": """
 xs = load("xs.npy")
 ys = load("ys.npy")
@@ -402,68 +354,91 @@ loss = probs.select(arange(rows(xs)), ys).mapRowsToScalar(ReductionOps.Sum).log.
 }
 
 
-@pytest.mark.parametrize("name", list(REFUSED_BY_THE_PLAN))
+@pytest.mark.parametrize("name", list(TOTALS))
 @pytest.mark.parametrize("chunk_rows", [7, 64])
-def test_programs_the_plan_refuses_run_op_by_op_as_on_numpy(name, chunk_rows, data):
-    source, program = open_program(data, REFUSED_BY_THE_PLAN[name], chunk_rows=chunk_rows)
-    assert isinstance(program, LazyProgram) and program.refusal.diagnostic.message.startswith(
-        "cannot run by row chunks: ")
-    assert all(is_lazy(program.run.node(n).value) for n in program.run.bindings if n in ("X", "xs"))
-    with Computes() as computes:
-        got = gradients_on(program)
-    assert computes.count == 1  # the output, the gradients and every finiteness flag together
+def test_totals_over_the_rows_run_by_row_chunks_as_on_numpy(name, chunk_rows, data):
+    """Computed once, before the steps (no trained value moves them), then
+    constants in every chunk: numpy's gradients, one compute a step."""
+    source, program = open_program(data, TOTALS[name], chunk_rows=chunk_rows)
+    assert program.job.plan.reductions
+    got = gradients_on(program)
     assert "X" not in got.gradients and "xs" not in got.gradients  # the row data are left out by default
     assert_same(numpy_gradients(source, data, list(got.gradients)), got)
+    with Computes() as computes:
+        program.sums.at({name: value * 1.5 for name, value in program.sums.latest.items()})
+    assert computes.count == 1
 
 
-@pytest.mark.parametrize("name", list(REFUSED_BY_THE_PLAN))
-def test_check_and_forward_mode_op_by_op(name, data):
-    """The numpy check on the lazy tape (each probe one compute), and forward
-    mode pushed through the ops' jvp rules on Dask arrays. The check is of
-    the parameters, entry by entry up to 16 entries and along directions
-    beyond (each probe is a Dask compute: the data's entries would take
-    minutes); forward mode covers every input, the data included."""
-    source, program = open_program(data, REFUSED_BY_THE_PLAN[name], chunk_rows=30)
+@pytest.mark.parametrize("name", list(TOTALS))
+def test_check_and_forward_mode_with_totals(name, data):
+    """The check of the parameters (entry by entry up to 16 entries, along
+    directions beyond), and forward mode by every parameter: numpy's."""
+    source, program = open_program(data, TOTALS[name], chunk_rows=30)
     run = NumpyProgram.parse(source, data).run()
-    wrt = [n for n in ("w", "W", "b") if n in run.bindings]
+    wrt = [n for n in ("w", "W", "v") if n in run.bindings]
     report = check_gradients(program.run_for(wrt), wrt, max_entries=16)
     expected = check_gradients(run, wrt, max_entries=16)
     assert report.ok and expected.ok, [r.problem for r in report.results.values()]
     assert {n: (r.method, r.checked) for n, r in report.results.items()} == \
         {n: (r.method, r.checked) for n, r in expected.results.items()}
-    source, program = open_program(data, REFUSED_BY_THE_PLAN[name], chunk_rows=30)
-    wrt = run.wrt_ids(None)
-    assert_same(run_gradients(run, None, "forward"), run_gradients(program.run_for(list(wrt)), list(wrt), "forward"))
+    assert_same(run_gradients(run, wrt, "forward"), run_gradients(program.run_for(wrt), wrt, "forward"))
 
 
-def test_training_op_by_op_computes_once_a_step(data):
+def test_training_with_totals_computes_once_a_step(data):
     from spiread_cli.optim import make_optimizer
     from spiread_cli.train import train
-    text = REFUSED_BY_THE_PLAN["rows less half the first row"]
-    source, program = open_program(data, text, chunk_rows=30)
+    source, program = open_program(data, TOTALS["standardised by the columns' means and spreads"], chunk_rows=30)
     with Computes() as computes:
         got = train(program.run_for(["w"]), ["w"], 4, make_optimizer("sgd", 0.1, 0.0))
-    assert computes.count == 4  # the first when the driver's run is made
+    assert computes.count == 2 + 4  # the totals (means, then spreads: two levels), then one a step
     expected = train(NumpyProgram.parse(source, data).run(), ["w"], 4, make_optimizer("sgd", 0.1, 0.0))
     np.testing.assert_allclose(got.losses, expected.losses, rtol=RTOL)
     np.testing.assert_allclose(got.values["w"], expected.values["w"], rtol=RTOL)
 
 
-def test_warnings_op_by_op_are_numpys(data):
-    text = 'X = load("X.npy")\nw = [1.0, 0.0, 0.0, 0.0]\nloss = (X.T @@ X).sum + (X @@ w).log.sum\n'
-    source, program = open_program(data, text, chunk_rows=50)
-    got = gradients_on(program, ["w"])
-    run = NumpyProgram.parse(source, data).run()
-    expected = run_gradients(run, ["w"])
-    assert np.isnan(got.value) and np.isnan(expected.value)
-    assert got.diagnostics.warnings == run.diagnostics.warnings
-    assert [(w.span.line, w.span.column) for w in got.diagnostics.warnings][:1] == [(3, 34)]
+REFUSED = {  # what makes each not run by row chunks: said at the op, naming the data
+    "rows less half the first row": ("""
+X = load("X.npy")
+y = load("y.npy")
+w = [0.5, -0.25, 1.0, 0.0]
+Z = X - X.row(0) * 0.5
+loss = ((Z @@ w - y) ** 2).mean""", "`row(0)` uses the rows of `X` together", (5, 11)),
+    "a constant folded from the row count": ("""
+X = load("X.npy")
+w = [0.5, -0.25, 1.0, 0.0]
+loss = (X @@ w).exp.sum * (1 / rows(X))""", "`(1 / rows(X))` is computed from the data rows", (4, 27)),
+    "a Gram matrix of values the trained ones move": ("""
+X = load("X.npy")
+labels = load("labels.npy")
+W = randn(4, 3, seed=2) * 0.1
+logp = (X @@ W).logSoftmaxRows
+loss = -logp.arrange(arange(rows(X)), labels).mean + ((X @@ W).T @@ (X @@ W)).sum * 1e-4""",
+        "`@@` makes a sum over all rows, 3×3, of the result of `T`, which changes with `W`", (6, 66)),
+    "a maximum over the rows of values the trained ones move": ("""
+X = load("X.npy")
+w = [0.5, -0.25, 1.0, 0.0]
+loss = (X @@ w).max""", "`max` makes a max over all rows of the result of `@@`, which changes with `w`", (4, 17)),
+}
 
 
-def test_cli_runs_op_by_op(data):
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_what_row_chunks_cannot_run_is_refused_naming_the_data(name, data):
+    text, message, (line, column) = REFUSED[name]
+    (data / "refused.ad").write_text(text)
+    assert spiread("grad", "refused.ad", cwd=data).returncode == 0
+    out = spiread("grad", "refused.ad", "--backend", "dask", "--chunk-rows", "40", cwd=data)
+    assert out.returncode == 1
+    first = out.stderr.splitlines()[0]
+    assert first.startswith(f"refused.ad:{line}:{column}: error: cannot run by row chunks: ") and message in first, \
+        out.stderr
+    assert out.stderr.rstrip().endswith("= note: use --backend numpy (everything in memory)")
+    assert "Dask" not in out.stderr
+
+
+def test_cli_runs_totals(data):
     """`eval`, `grad` (both modes), `train` and `check` end to end on a
-    program the plan refuses: numpy's numbers."""
-    (data / "std.ad").write_text(REFUSED_BY_THE_PLAN["rows less half the first row"])
+    program with totals of every kind: numpy's numbers."""
+    (data / "std.ad").write_text(TOTALS["standardised by the columns' means and spreads"])
     dask = ["--backend", "dask", "--chunk-rows", "40", "--format", "json"]
     for command in (["eval", "std.ad"], ["grad", "std.ad"], ["grad", "std.ad", "--mode", "forward"],
                     ["train", "std.ad", "--wrt", "w", "--steps", "3"], ["check", "std.ad", "--wrt", "w"]):
@@ -475,7 +450,7 @@ def test_cli_runs_op_by_op(data):
             for name, entry in got.get(key, {}).items():
                 np.testing.assert_allclose(entry["value"], expected[key][name]["value"], rtol=RTOL, atol=1e-14)
         if command[0] == "eval":
-            assert set(got["values"]) == {"w", "loss"}  # the row data and Z are never gathered
+            assert set(got["values"]) == {"w", "mu", "sd", "loss"}  # the row data are never gathered
         if command[0] == "train":
             np.testing.assert_allclose(got["loss"], expected["loss"], rtol=RTOL)
         if command[0] == "check":
@@ -483,16 +458,15 @@ def test_cli_runs_op_by_op(data):
 
 
 @pytest.mark.cluster
-def test_local_cluster_runs_check_and_the_fallback(data):
-    """Worker processes: the chunked check's tasks and the fallback's blocks
-    travel to them (paths and offsets, never the data)."""
+def test_local_cluster_runs_check_and_totals(data):
+    """Worker processes: the chunked check's tasks and the totals' travel
+    to them (paths and offsets, never the data)."""
     from distributed import LocalCluster
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0") as cluster:
-        source, program = open_program(data, REFUSED_BY_THE_PLAN["a Gram matrix (X.T @@ X)"], chunk_rows=50,
+        source, program = open_program(data, TOTALS["a Gram matrix (X.T @@ X)"], chunk_rows=50,
                                        scheduler=cluster.scheduler_address)
         try:
-            assert isinstance(program, LazyProgram)
             got = gradients_on(program)
             assert_same(numpy_gradients(source, data, list(got.gradients)), got)
         finally:
@@ -511,7 +485,7 @@ def test_local_cluster_runs_check_and_the_fallback(data):
 
 
 @pytest.mark.parametrize("text", [PROGRAMS["least squares, sum over rows(X)"].replace("loss.backward(w)", ""),
-                                  REFUSED_BY_THE_PLAN["a Gram matrix (X.T @@ X)"]])
+                                  TOTALS["a Gram matrix (X.T @@ X)"]])
 def test_default_wrt_leaves_the_row_data_out_and_says_so(text, data):
     """Without --wrt, `grad` on dask differentiates by what the output
     depends on but the row data, with a warning naming them; docs/scaling.md's
