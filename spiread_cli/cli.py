@@ -28,7 +28,7 @@ def eval_command(file: FileArg, of: OfOpt = None, set_: SetOpt = None, fmt: Form
                  strict: StrictOpt = False, backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None,
                  chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False, debug: DebugOpt = False):
     """Evaluate a program: every bound value, then the output."""
-    from .output import eval_document, eval_text
+    from .output_results import eval_document, eval_text
     # On dask, the values after the totals are in: those that are not one row per data row.
     run_command(file, set_, of, command="eval",
                 compute=lambda s, run: run, differentiate=False,
@@ -48,7 +48,7 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                  persist: PersistOpt = False, debug: DebugOpt = False):
     """Gradients of the scalar output with respect to --wrt values."""
     from .gradients import gradients
-    from .output import grad_document, grad_text
+    from .output_results import grad_document, grad_text
 
     def compute(s, run):
         if explain:
@@ -98,7 +98,7 @@ def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     """Exact second derivatives of the scalar output: every block ∂²out/∂A∂B, or H·v with --hvp, or the sparse
     Hessian with --sparse, or its sparsity pattern with --pattern."""
     from . import second
-    from .output import hessian_document, hessian_text
+    from .output_results import hessian_document, hessian_text
     from .set_options import parse_overrides
     from .sources import base_dir_of
 
@@ -137,7 +137,7 @@ def jacobian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     the sparse Jacobian with --sparse, or its sparsity pattern with --pattern."""
     from . import files
     from .jacobian import jacobian, jacobian_pattern, sparse_jacobian
-    from .output import jacobian_document, jacobian_text
+    from .output_results import jacobian_document, jacobian_text
 
     def compute(s, run):
         chosen = mode.value if mode else None
@@ -172,7 +172,8 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     """Compare AD gradients (reverse and forward; of a non-scalar output, its Jacobian) with central finite differences; exit 1 if any disagree."""
     from .check import check
     from .diagnostics import emit
-    from .output import check_document, check_table, stdout_console
+    from .output import stdout_console
+    from .output_results import check_document, check_table
 
     def compute(s, run):  # on dask, each finite difference is one pass over the chunks
         return check(run, wrt, eps, tol, order, sparse)
@@ -227,7 +228,7 @@ def train_command(
     from .diagnostics import emit, usage_error
     from .interrupts import Interrupted, exit_code, stop_on_interrupt
     from .optim import make_optimizer
-    from .output import StepReporter, train_document, train_text
+    from .output_train import StepReporter, train_document, train_text
     chosen = None
 
     def prepare():

@@ -300,7 +300,7 @@ class Program:
         (needs scipy). A failed check is not an exception: see `.ok` and
         `.failures`."""
         from .check import check
-        from .output import check_table
+        from .output_results import check_table
         checked_number("eps", eps)
         checked_number("tol", tol)
         if isinstance(order, bool) or not isinstance(order, int):
@@ -342,7 +342,7 @@ class Program:
         is sparse (docs/sparsity.md)."""
         from . import train as training
         from .optim import OPTIMIZERS, make_optimizer
-        from .output import StepReporter, train_summary
+        from .output_train import StepReporter, train_summary
         if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
             raise SpireadError(f"{option('optimizer', optimizer)}: the optimizer is one of "
                                + ", ".join(f'"{k}"' for k in OPTIMIZERS), exit_code=2)

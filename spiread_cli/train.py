@@ -8,7 +8,7 @@ an optimizer step are repeated on the tape with new leaf values.
     >>> result.losses[0], result.values["weights"]
 
 The loss reported for a step is the one computed before that step's update.
-The output files are files.py's, the progress and summary output.py's.
+The output files are files.py's, the progress and summary output_train.py's.
 """
 
 from __future__ import annotations
