@@ -9,7 +9,7 @@ each input. Forward mode: each node in tape order, the tangent its op's rule
 makes from its inputs' (over all the sweep's blocks of directions, kept as its
 shape and norm once it is too large to show: an explanation holds a few
 numbers per node, not the sweep's tangents). The rules' text is printed from
-each op's derivative statement (spiread_cli/rules.py) at the node's shapes,
+each op's derivative statement (spiread_cli/rules_printed.py) at the node's shapes,
 so the words are the arithmetic that ran.
 """
 
@@ -21,7 +21,8 @@ import numpy as np
 
 from .formatting import format_array, json_number, json_value, short_shape
 from .gradients import gradients
-from .rules import jvp_text, operand_names, vjp_text
+from .rules import operand_names
+from .rules_printed import jvp_text, vjp_text
 from .run import Run
 from .tape_nodes import Node
 

@@ -28,7 +28,7 @@ from .data import load_array
 from .diagnostics import Diagnostics, Source, Span, SpireadError, did_you_mean, option, refuse_repeats, shape_str
 from .limits import check_shape, max_bytes, no_cyclic_gc
 from .ops import METHODS, OPS, Op, ShapeError
-from .rules import key_text
+from .rules_printed import key_text
 from .run import Run
 from .syntax_errors import RESERVED_WORDS, reserved_note
 from .tape import Tape

@@ -57,7 +57,8 @@ from typing import Callable
 
 import numpy as np
 
-from .rules import IMPLS, OPS, compiled_jvp, compiled_vjp, without_residual
+from .rules import IMPLS, OPS, without_residual
+from .rules_code import compiled_jvp, compiled_vjp
 from .structure import (COPIES, LINEAR_SUMS, MAX_LISTED_PAIRS, SLICED, SUMS, Entries, Links, Structure, named, rows,
                         whole, within_groups)
 from .structure import along as reduction_structure

@@ -18,7 +18,7 @@ from spiread_cli.program import Program
 from spiread_cli.diagnostics import Source
 from spiread_cli.explain import SHOWN_ENTRIES, explain
 from spiread_cli.ops import OPS
-from spiread_cli.rules import jvp_text, vjp_text
+from spiread_cli.rules_printed import jvp_text, vjp_text
 
 SEED = "examples/seed_native.ad"  # as typed in the repository, so the trace names it so
 

@@ -18,7 +18,10 @@ from hypothesis import strategies as st
 
 from conftest import REPO
 from spiread_cli.ops import OPS
-from spiread_cli.rules import derived_jvp, interpreted_vjp, jvp_code, jvp_text, vjp_code, vjp_text
+from spiread_cli.rules import interpreted_vjp
+from spiread_cli.rules_code import jvp_code, vjp_code
+from spiread_cli.rules_forward import derived_jvp
+from spiread_cli.rules_printed import jvp_text, vjp_text
 from test_ops import CASES
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

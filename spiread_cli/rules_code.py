@@ -1,0 +1,238 @@
+"""The derivative statement written as code (rules.py's interpretations):
+`CodeWriter` writes one assignment per op, each a call of its primal rule;
+`vjp_code` and `jvp_code` (the statement transposed, rules_forward.py)
+write whole functions, and `compiled_vjp`/`compiled_jvp` — the numeric
+rules every op gets — run them, written once per operand, shapes and
+parameters met. `BatchedWriter` writes the steps that meet a batch of
+tangents or cotangents."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import numpy as np
+
+from .rules import OPS, interpreted_vjp, operand_names
+from .rules_forward import Linear, NotLinear, apply_batched, batched_interpreted_vjp, derived_jvp, jvp_term, lift
+
+
+class CodeWriter:
+    """Writes a statement as Python: one assignment per op, each a call of
+    the op's primal rule, bound as `NAME_`; constants, and parameters other
+    than numbers, strings and tuples of them, are bound to names too. The
+    names a function written so reads are `namespace`."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.namespace: dict[str, object] = {}
+        self.shapes: dict[str, tuple] = {}
+
+    def bind(self, name: str, shape: tuple) -> str:
+        self.shapes[name] = tuple(shape)
+        return name
+
+    def __call__(self, name: str, inputs: list, **params) -> str:
+        op = OPS[name]
+        shape = op.shape(*[self.shapes[v] for v in inputs], **params)
+        target = self.bind(f"t{len(self.lines)}", shape)
+        self.namespace[f"{name}_"] = op.impl
+        args = ", ".join(list(inputs) + [f"{k}={self.literal(v)}" for k, v in params.items()])
+        self.lines.append(f"{target} = {name}_({args})")
+        return target
+
+    def literal(self, value) -> str:
+        if _plain(value):
+            return repr(value)
+        name = f"c{len(self.namespace)}"
+        self.namespace[name] = value
+        return name
+
+    def const(self, value, name: str | None = None) -> str:
+        target = f"c{len(self.namespace)}"
+        self.namespace[target] = value if type(value) is float else np.asarray(value, dtype=np.float64)
+        return self.bind(target, np.shape(value))
+
+    def shape(self, v) -> tuple:
+        return self.shapes[v]
+
+
+def _plain(value) -> bool:
+    """Written as itself in code: a finite number, a string, a tuple of them."""
+    if type(value) is tuple:
+        return all(_plain(v) for v in value)
+    return type(value) in (int, str, bool) or (type(value) is float and math.isfinite(value))
+
+
+def vjp_code(derivative: Callable, i: int, shapes: list[tuple], out_shape: tuple, params: dict,
+             batched: bool = False) -> tuple[str, dict]:
+    """Operand i's vjp at these shapes and parameters, written out as the
+    source of a Python function `vjp(g, out, *operands)`, and the names it
+    reads (the primal rules it calls, its constants). `batched`: g carries a
+    leading batch axis, one cotangent per slice (the rows of a Jacobian in
+    reverse mode), and the steps that meet it apply to the batch as the
+    forward tangents' do (`BatchedWriter`)."""
+    writer = CodeWriter()
+    emit = BatchedWriter(writer) if batched else writer
+    names = operand_names(len(shapes))
+    args = [writer.bind(n, s) for n, s in zip(names, shapes)]
+    g = writer.bind("g", out_shape)
+    if batched:
+        emit.batched.add(g)
+    result = derivative(i, g, writer.bind("out", out_shape), *args, emit=emit, **params)
+    if batched and result not in emit.batched:  # 0, or a cotangent that does not depend on g
+        writer.namespace.update(zeros=np.zeros, broadcast_to=np.broadcast_to)
+        whole = f"(g.shape[0],) + {tuple(shapes[i])!r}"
+        result = f"zeros({whole})" if result is None else f"broadcast_to({result}, {whole})"
+    elif result is None:  # a zero derivative
+        writer.namespace["zeros_like"] = np.zeros_like
+        result = f"zeros_like({args[i]}, dtype=float)"
+    body = writer.lines + [f"return {result}"]
+    return f"def vjp(g, out, {', '.join(names)}):\n" + "".join(f"    {line}\n" for line in body), writer.namespace
+
+
+def compiled_vjp(derivative: Callable, batched: bool = False) -> Callable:
+    """The numeric vjp an op gets from its statement, fast: the statement is
+    written out as code (`vjp_code`) once for each operand, shapes and
+    parameters met, and that function runs; a statement whose parameters
+    cannot be a key (arrays, slices) is evaluated (`interpreted_vjp`). The
+    same primal rules in the same order, so the same values: what a step of
+    the interpreter costs is paid once, not at every call (the chain
+    benchmark's 10,000 small vjps). `batched`: for cotangents with a leading
+    batch axis (`vjp_code`), the Jacobian's rows in reverse mode."""
+    interpreted = batched_interpreted_vjp(derivative) if batched else interpreted_vjp(derivative)
+    written: dict[tuple, Callable] = {}
+
+    def vjp(i, g, out, *xs, **params):
+        # The key spelled out for one and two operands: this runs at every
+        # node of every reverse sweep.
+        try:
+            if params:
+                key = (i, *[x.shape for x in xs], *params.items())
+            elif len(xs) == 1:
+                key = (i, xs[0].shape)
+            else:
+                key = (i, xs[0].shape, xs[1].shape) if len(xs) == 2 else (i, *[x.shape for x in xs])
+            function = written.get(key)
+        except (TypeError, AttributeError):  # an unhashable parameter, an operand without a shape
+            return interpreted(i, g, out, *xs, **params)
+        if function is None:
+            function = _written(written, key, vjp_code(derivative, i, [np.shape(x) for x in xs], np.shape(out),
+                                                       params, batched), "vjp")
+        return function(g, out, *xs)
+    return vjp
+
+
+def _written(functions: dict, key: tuple, code: tuple[str, dict], name: str) -> Callable:
+    """The function `code` defines, kept under `key`."""
+    if len(functions) >= WRITTEN_PER_OP:
+        functions.clear()
+    source, names = code
+    namespace = {}
+    exec(source, names, namespace)
+    functions[key] = namespace[name]
+    return namespace[name]
+
+
+class BatchedWriter:
+    """Writes the steps a jvp applies to tangents (`jvp_term`'s `emit`): as
+    `CodeWriter`, except that an op applied to a tangent batch is a call of
+    `apply_batched`, chosen when written."""
+
+    def __init__(self, writer: CodeWriter):
+        self.writer = writer
+        self.batched: set = set()
+
+    def __call__(self, name: str, inputs: list, **params) -> str:
+        if any(type(v) is Linear for v in inputs):
+            raise NotLinear(f"`{name}` applied to a value linear in the cotangent")
+        which = tuple(v in self.batched for v in inputs)
+        writer = self.writer
+        if not any(which):
+            return writer(name, inputs, **params)
+        op = OPS[name]
+        shape = op.shape(*[writer.shapes[v] for v in inputs], **params)
+        if op.batched is None and op.structure.kind == "elementwise":
+            # The primal rule broadcasts the batch axis itself, once each
+            # batched operand has the output's rank (`lift`).
+            writer.namespace["lift_"] = lift
+            lifted = []
+            for v, b in zip(inputs, which):
+                if b and len(writer.shapes[v]) < len(shape):
+                    writer.lines.append(f"t{len(writer.lines)} = lift_({v}, {len(shape)})")
+                    v = writer.bind(f"t{len(writer.lines) - 1}", shape)
+                lifted.append(v)
+            function, inputs = f"{name}_", lifted
+            writer.namespace[function] = op.impl
+        else:
+            function = f"batched{len(writer.lines)}_"
+            writer.namespace[function] = functools.partial(apply_batched, op, which)
+        target = writer.bind(f"t{len(writer.lines)}", shape)
+        args = ", ".join(list(inputs) + [f"{k}={writer.literal(v)}" for k, v in params.items()])
+        writer.lines.append(f"{target} = {function}({args})")
+        self.batched.add(target)
+        return target
+
+    def const(self, value, name: str | None = None) -> str:
+        return self.writer.const(value, name)
+
+    def shape(self, v) -> tuple:
+        return v.shape if type(v) is Linear else self.writer.shapes[v]
+
+
+def jvp_code(derivative: Callable, moving: list[int], shapes: list[tuple], out_shape: tuple,
+             params: dict) -> tuple[str, dict]:
+    """The jvp for tangents of the operands `moving` at these shapes and
+    parameters, written out as the source of a Python function `jvp(*the
+    tangents, out, *operands)`, and the names it reads: the statement
+    transposed (`jvp_term`), coefficients and tangent steps as code."""
+    writer = CodeWriter()
+    emit = BatchedWriter(writer)
+    names = operand_names(len(shapes))
+    args = [writer.bind(n, s) for n, s in zip(names, shapes)]
+    out = writer.bind("out", out_shape)
+    tangents = {i: writer.bind(f"d_{names[i]}", shapes[i]) for i in moving}
+    emit.batched.update(tangents.values())
+    terms = []
+    for i, tangent in tangents.items():
+        term = jvp_term(derivative, i, tangent, out, args, params, writer, emit)
+        if term is not None and term not in emit.batched:  # a tangent that does not depend on the direction
+            writer.namespace["broadcast_to"] = np.broadcast_to
+            writer.lines.append(f"t{len(writer.lines)} = broadcast_to({term}, (k,) + {tuple(out_shape)!r})")
+            term = f"t{len(writer.lines) - 1}"
+        if term is not None:
+            terms.append(term)
+    if not terms:
+        writer.namespace["zeros"] = np.zeros
+    body = [f"k = {tangents[moving[0]]}.shape[0]", *writer.lines,
+            f"return {' + '.join(terms) if terms else f'zeros((k,) + {tuple(out_shape)!r})'}"]
+    header = f"def jvp({', '.join([*tangents.values(), out, *args])}):\n"
+    return header + "".join(f"    {line}\n" for line in body), writer.namespace
+
+
+def compiled_jvp(derivative: Callable) -> Callable:
+    """The numeric jvp an op gets from its statement, fast: the transposed
+    statement written out as code (`jvp_code`) once for each set of moving
+    operands, shapes and parameters met, as `compiled_vjp`; `derived_jvp`
+    where the parameters cannot be a key."""
+    derived = derived_jvp(derivative)
+    written: dict[tuple, Callable] = {}
+
+    def jvp(ts, out, *xs, **params):
+        moving = tuple(t is not None for t in ts)
+        try:
+            key = (moving, *[x.shape for x in xs], *params.items())
+            function = written.get(key)
+        except (TypeError, AttributeError):
+            return derived(ts, out, *xs, **params)
+        if function is None:
+            code = jvp_code(derivative, [i for i, m in enumerate(moving) if m], [np.shape(x) for x in xs],
+                            np.shape(out), params)
+            function = _written(written, key, code, "jvp")
+        return function(*[t for t in ts if t is not None], out, *xs)
+    return jvp
+
+
+# The functions kept for one op's vjp (one per operand, shapes and parameters met).
+WRITTEN_PER_OP = 256
