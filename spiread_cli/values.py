@@ -58,6 +58,12 @@ class TupleValue:
     items: list[Arg]
 
 
+def is_pieces(value) -> bool:
+    """A tuple of values that is not a list of numbers: `split`'s pieces."""
+    return isinstance(value, TupleValue) and not all(
+        isinstance(a.value, Const) and a.value.value.ndim == 0 for a in value.items)
+
+
 @dataclass(slots=True)
 class Record:
     """`g = f.backward((a = a))`: the gradients of `f`, one tape node per key."""

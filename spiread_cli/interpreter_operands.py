@@ -1,0 +1,132 @@
+"""Operands: an argument as an array (or a message saying what it is
+instead), as a number or positions; and `apply`, where every operation is
+checked by its shape rule and the size limit, then folded when all its
+operands are constants, pushed through a Jet's parts, or recorded on the
+tape."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import syntax_tree as ast
+from .diagnostics import Span, SpireadError, shape_str
+from .limits import check_shape
+from .ops import Op, ShapeError
+from .tape_nodes import Node
+from .values import (Arg, Const, Function, Jet, JetDim, Pairs, Record, SliceValue, Symbol, Text, TupleValue, Unit,
+                     is_pieces)
+
+
+class Operands:
+    """How the interpreter reads operands and applies ops: a part of
+    `interpreter.Interpreter` (a mixin: `self` is the interpreter)."""
+
+    def text(self, node) -> str:
+        return self.source.snippet(node.span)
+
+    def tensor(self, arg: Arg) -> Node | Const:
+        """An array operand, or an error saying what the argument is instead."""
+        value = arg.value
+        if isinstance(value, (Node, Const, Jet)):
+            return value
+        if isinstance(value, TupleValue):
+            if not is_pieces(value):
+                return Const(np.array([float(a.value.value) for a in value.items]))
+            if all(isinstance(a.value, (Node, Const)) for a in value.items):
+                text = self.text(arg.expr)
+                raise SpireadError(f"`{text}` holds {len(value.items)} values, not one array", arg.expr.span,
+                                   [f"pick one by its position, e.g. `{self.operand_text(arg.expr)}[0]`"])
+            raise SpireadError("a tuple here must hold numbers", arg.expr.span)
+        self.refuse_unit(arg, "it")
+        text = self.text(arg.expr)
+        kind = {Pairs: "index pairs", SliceValue: "a slice", Symbol: "a reduction name", Text: "a string", Record: "a record of gradients",
+                Function: "a function", JetDim: "a JetDim"}[type(value)]
+        hint = {Text: [f"to read a file, write `load({text})`" if value.written else self.printed_text_note(arg)]
+                if isinstance(value, Text) else [],
+                Record: [f"pick one gradient: {', '.join(f'`{text}.{k}`' for k in value.fields)}"]
+                if isinstance(value, Record) else [],
+                Function: [f"call it, e.g. `{text}(x)`, or apply it to each entry with `v.map({text})`"],
+                JetDim: ["give it to the program with `given jd: JetDim = JetDim(1)`"]}.get(type(value), [])
+        raise SpireadError(f"`{text}` is {kind}, not an array", arg.expr.span, hint)
+
+    def printed_text_note(self, arg: Arg) -> str:
+        """What to write instead of a value's text, `x.printMat`, where an array is wanted."""
+        expr = arg.expr
+        if isinstance(expr, ast.Attribute) and expr.name == "printMat":
+            receiver = self.text(expr.receiver)
+            return f"`.printMat` gives the text of `{receiver}`, for `println`; compute with `{receiver}` itself"
+        return "it is a value's text (`.printMat` gives one, for `println`); compute with the value itself"
+
+    def refuse_unit(self, arg: Arg, what: str) -> None:
+        if isinstance(arg.value, Unit):
+            raise SpireadError(f"`{self.text(arg.expr)}` gives no value for {what} to use", arg.expr.span,
+                               ["`println(x)` prints `x` and gives nothing back"])
+
+    def materialize(self, arg: Arg) -> Node:
+        value = self.tensor(arg)
+        if isinstance(value, Jet):  # its real part goes on the tape; the run shows its infinitesimal parts too
+            node = self.tape.leaf(value.value, "const", arg.expr.span)
+            self.jets[node.id] = value.tangents
+            return node
+        if isinstance(value, Const):
+            return self.tape.leaf(value.value, "const", arg.expr.span)
+        return value
+
+    def apply(self, op: Op, operands: list[Arg], params: dict, span: Span, at: Span, label: str):
+        """Check shapes, then fold constants or record the op on the tape.
+        `span` is the whole expression (quoted in messages), `at` where they point."""
+        values = [self.tensor(a) for a in operands]
+        shapes = [v.shape for v in values]
+        kinds = {type(v) for v in values}
+        try:
+            shape = op.shape(*shapes, **params)
+        except ShapeError as err:
+            texts = {str(i): f"`{self.text(a.expr)}`" for i, a in enumerate(operands)}
+            texts.update({f"s{i}": shape_str(s) for i, s in enumerate(shapes)})
+            message = str(err).format(*[texts[str(i)] for i in range(len(operands))], **texts)
+            raise SpireadError(f"`{self.source.snippet(span)}`: {message}", at) from None
+        self.check_size(shape, span, at)
+        if Jet in kinds:
+            return self.jet_apply(op, values, params, span, at, label)
+        if kinds == {Const}:
+            return Const(self.tape.fold(op, [v.value for v in values], params, at, label, self.diagnostics))
+        inputs = tuple([v.id if type(v) is Node else self.materialize(a).id for v, a in zip(values, operands)])
+        return self.tape.record(op, inputs, params, at, label, self.diagnostics, shape)
+
+    def jet_apply(self, op: Op, values: list, params: dict, span: Span, at: Span, label: str) -> Jet:
+        """An op on Jets: the real part by the op's primal rule, the
+        infinitesimal parts by its forward-mode (jvp) rule, one per JetDim
+        direction (the tangents' batch axis). Other operands are constants."""
+        reals = [v.value for v in values]
+        value = self.tape.fold(op, reals, params, at, label, self.diagnostics)
+        if value.shape != ():
+            raise SpireadError(f"`{self.source.snippet(span)}` would be a Jet of {shape_str(value.shape)}; "
+                               "a Jet is a number", at)
+        with np.errstate(all="ignore"):
+            tangents = op.jvp([v.tangents if isinstance(v, Jet) else None for v in values], value, *reals, **params)
+        return Jet(value, np.asarray(tangents, dtype=np.float64))
+
+    def check_size(self, shape, span: Span, at: Span) -> None:
+        check_shape(shape, lambda: f"`{self.source.snippet(span)}`", at, self.max_bytes)
+
+    def number(self, arg: Arg, what: str) -> float:
+        value = self.tensor(arg)
+        if value.shape != ():
+            raise SpireadError(f"{what} must be a number, but `{self.text(arg.expr)}` is "
+                               f"{shape_str(value.shape)}", arg.expr.span)
+        return float(value.value)
+
+    def integer(self, arg: Arg, what: str) -> int:
+        x = self.number(arg, what)
+        if not float(x).is_integer():
+            raise SpireadError(f"{what} must be a whole number, but `{self.text(arg.expr)}` is {x:g}", arg.expr.span)
+        return int(x)
+
+    def integers(self, arg: Arg, what: str) -> np.ndarray:
+        array = self.tensor(arg).value
+        if array.ndim != 1:
+            raise SpireadError(f"{what} must be a vector of positions, but `{self.text(arg.expr)}` is "
+                               f"{shape_str(array.shape)}", arg.expr.span)
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise SpireadError(f"{what} must hold whole numbers: `{self.text(arg.expr)}`", arg.expr.span)
+        return array.astype(np.intp)
