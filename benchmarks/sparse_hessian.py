@@ -63,7 +63,8 @@ def spiread_parts(x: np.ndarray):
     from spiread_cli import second
     from spiread_cli.diagnostics import Source
     from spiread_cli.program import Program
-    from spiread_cli.sparsity import colour_symmetric, hessian_pattern
+    from spiread_cli.sparsity import hessian_pattern
+    from spiread_cli.sparsity_colouring import colour_symmetric
     run = Program.parse(Source("chained_rosenbrock.ad", PROGRAM), ROOT).run({"x": x})
     ids = [run.bindings["x"]]
     order = second.SecondOrder(run, ["x"])
@@ -74,7 +75,8 @@ def spiread_parts(x: np.ndarray):
 
 def hessian_factories(n: int) -> dict:
     import spiread_cli
-    from spiread_cli.sparsity import colour_symmetric, hessian_pattern
+    from spiread_cli.sparsity import hessian_pattern
+    from spiread_cli.sparsity_colouring import colour_symmetric
     x = start(n)
     program = spiread_cli.compile(PROGRAM, base_dir=ROOT)
     run, ids, order, pattern, colouring = spiread_parts(x)

@@ -105,7 +105,7 @@ def colour_jacobian(pattern, mode: str | None = None):
     colour's output entries as one cotangent). `mode` "forward" or
     "reverse" picks one; by default the one with fewer colours (columns on
     a tie). Returns (the colouring, "columns" or "rows")."""
-    from .sparsity import colour_columns
+    from .sparsity_colouring import colour_columns
     columns = colour_columns(pattern) if mode != "reverse" else None
     rows = colour_columns(pattern.T.tocsr()) if mode != "forward" else None
     if rows is None or (columns is not None and columns.count <= rows.count):
@@ -119,8 +119,8 @@ def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = N
     --sparse`), from its exact pattern and one sweep per colour: the
     colours' seeds pushed forward (columns) or pulled back (rows) as one
     batch, each nonzero read from the product of its colour
-    (sparsity.recover). Never forms a dense block."""
-    from .sparsity import recover
+    (sparsity_colouring.recover). Never forms a dense block."""
+    from .sparsity_colouring import recover
     ids, pattern, colouring, direction = _compression(run, wrt, mode)
     tape, nodes = run.tape, run.tape.nodes
     wrt_ids = list(ids.values())

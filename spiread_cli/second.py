@@ -115,7 +115,8 @@ class SparseHessians:
 
     def __init__(self, tape: Tape, output: int, grad_ids: dict[int, int], pattern=None, colouring=None,
                  diagnostics: Diagnostics | None = None):
-        from .sparsity import Recovery, colour_symmetric, hessian_pattern
+        from .sparsity import hessian_pattern
+        from .sparsity_colouring import Recovery, colour_symmetric
         self.wrt = list(grad_ids)
         self.pattern = hessian_pattern(tape, output, self.wrt) if pattern is None else pattern
         self.colouring = colour_symmetric(self.pattern) if colouring is None else colouring
@@ -285,7 +286,8 @@ class RunHessianPattern:
 def hessian_pattern(run: Run, wrt: list[str] | None = None) -> RunHessianPattern:
     """The Hessian's exact sparsity pattern (`spiread hessian --pattern`),
     and the colouring `--sparse` would use."""
-    from .sparsity import colour_symmetric, hessian_pattern as pattern_of
+    from .sparsity import hessian_pattern as pattern_of
+    from .sparsity_colouring import colour_symmetric
     ids = run.wrt_ids(wrt)
     pattern = pattern_of(run.tape, run.output, list(ids.values()))
     colouring = colour_symmetric(pattern)

@@ -372,7 +372,7 @@ def test_slices_of_slices_read_exact_patterns(text):
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 40), st.integers(0, 6), st.integers(0, 30), st.data())
 def test_the_hessian_s_pairs_are_assembled_alike_through_a_band_or_scattered(n, band, count, data):
-    from spiread_cli.sparsity import HessianPairs, Progression
+    from spiread_cli.sparsity_links import HessianPairs, Progression
     found, expected = HessianPairs(n), np.zeros((n, n), dtype=bool)
     for _ in range(data.draw(st.integers(0, 3), label="diagonals")):
         step = data.draw(st.sampled_from([1, 2, -1, 3]), label="step")
@@ -402,14 +402,14 @@ def _random_symmetric(n: int, density: float) -> np.ndarray:
 
 @pytest.mark.parametrize("n", [4, 9, 100, 5000])
 def test_a_tridiagonal_pattern_takes_three_sweeps(n):
-    from spiread_cli.sparsity import colour_columns, colour_symmetric
+    from spiread_cli.sparsity_colouring import colour_columns, colour_symmetric
     pattern = sp.csr_array(sp.diags([np.ones(n - 1), np.ones(n), np.ones(n - 1)], [-1, 0, 1]).astype(bool))
     assert colour_symmetric(pattern).count == 3
     assert colour_columns(pattern).count == 3
 
 
 def test_an_arrowhead_takes_two_sweeps_by_a_star_colouring_and_n_by_columns():
-    from spiread_cli.sparsity import colour_columns, colour_symmetric
+    from spiread_cli.sparsity_colouring import colour_columns, colour_symmetric
     n = 40
     arrow = np.eye(n, dtype=bool)
     arrow[0, :] = arrow[:, 0] = True
@@ -421,7 +421,7 @@ def test_an_arrowhead_takes_two_sweeps_by_a_star_colouring_and_n_by_columns():
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 30), st.floats(0.0, 0.4), st.sampled_from(["star", "columns"]))
 def test_every_nonzero_is_recovered_from_one_product_per_colour(n, density, kind):
-    from spiread_cli.sparsity import Colouring, _greedy_columns, _greedy_star, recover
+    from spiread_cli.sparsity_colouring import Colouring, _greedy_columns, _greedy_star, recover
     shape = _random_symmetric(n, density)
     values = RNG.normal(size=(n, n)) * shape
     values = values + values.T

@@ -24,7 +24,7 @@ NOT_AT_START_UP = ["rich", "pydantic", "dask", "distributed", "zarr", "matplotli
                    "spiread_cli.optim", "spiread_cli.rewrite", "spiread_cli.files",
                    "spiread_cli.dot", "spiread_cli.dask_backend", "spiread_cli.chunk_plan", "spiread_cli.chunk_tasks",
                    "spiread_cli.row_data", "spiread_cli.row_totals",
-                   "scipy", "spiread_cli.sparsity"]
+                   "scipy", "spiread_cli.sparsity", "spiread_cli.sparsity_links", "spiread_cli.sparsity_colouring"]
 
 
 def imported_by(*args: str) -> tuple[set[str], subprocess.CompletedProcess]:

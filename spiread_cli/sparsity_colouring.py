@@ -1,0 +1,164 @@
+"""Compressed evaluation of a sparse Jacobian or Hessian: colourings of
+its pattern's columns and the recovery of every nonzero from one product per
+colour (Curtis, Powell & Reid 1974; Coleman & Moré 1984; Gebremedhin, Manne
+& Pothen 2005): columns of a sparse matrix that share no row can be found
+from one product with the sum of their unit vectors; a colouring groups
+them, and one sweep per colour recovers every nonzero."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass
+class Colouring:
+    """colour[j] for each column; `kind` "columns" (structurally orthogonal
+    columns: direct recovery, any matrix) or "star" (a symmetric matrix's
+    star colouring: each nonzero read from the column of i's or of j's
+    colour, whichever is unique in the other's row)."""
+    colours: np.ndarray
+    kind: str
+
+    @property
+    def count(self) -> int:
+        return int(self.colours.max()) + 1 if len(self.colours) else 0
+
+    def seeds(self) -> np.ndarray:
+        """The colours' seed directions, colours × columns: the sum of each colour's unit vectors."""
+        seeds = np.zeros((self.count, len(self.colours)))
+        seeds[self.colours, np.arange(len(self.colours))] = 1.0
+        return seeds
+
+
+def _lists(m: sp.csr_array) -> list[list[int]]:
+    indptr, indices = m.indptr.tolist(), m.indices.tolist()
+    return [indices[indptr[r]:indptr[r + 1]] for r in range(m.shape[0])]
+
+
+def _banded(pattern: sp.csr_array) -> np.ndarray | None:
+    """Columns coloured j mod (lower + upper + 1) when every nonzero lies
+    within `lower` below and `upper` above the diagonal (Curtis–Powell–Reid):
+    columns of one colour are further apart than any row reaches."""
+    coo = pattern.tocoo()
+    if coo.nnz == 0:
+        return np.zeros(pattern.shape[1], dtype=np.int64)
+    offsets = coo.col.astype(np.int64) - coo.row
+    width = int(offsets.max()) - int(offsets.min()) + 1
+    return np.arange(pattern.shape[1]) % width if width < pattern.shape[1] else None
+
+
+def _greedy_columns(pattern: sp.csr_array) -> np.ndarray:
+    """Greedy distance-1 colouring of the column intersection graph, in
+    natural order: each column takes the least colour no column sharing a
+    row with it has."""
+    n = pattern.shape[1]
+    cols_of_row, rows_of_col = _lists(pattern), _lists(pattern.T.tocsr())
+    colour = [-1] * n
+    forbidden = [-1] * (n + 1)
+    for j in range(n):
+        for r in rows_of_col[j]:
+            for k in cols_of_row[r]:
+                c = colour[k]
+                if c >= 0:
+                    forbidden[c] = j
+        c = 0
+        while forbidden[c] == j:
+            c += 1
+        colour[j] = c
+    return np.asarray(colour, dtype=np.int64)
+
+
+def _greedy_star(pattern: sp.csr_array) -> np.ndarray:
+    """Greedy star colouring of a symmetric pattern's adjacency graph
+    (Gebremedhin, Manne & Pothen 2005, Algorithm 4.1): neighbours differ,
+    and no path on four vertices has only two colours."""
+    n = pattern.shape[0]
+    adjacent = [[k for k in row if k != v] for v, row in enumerate(_lists(pattern))]
+    colour = [-1] * n
+    forbidden = [-1] * (n + 1)
+    for v in range(n):
+        for w in adjacent[v]:
+            if colour[w] >= 0:
+                forbidden[colour[w]] = v
+        for w in adjacent[v]:
+            cw = colour[w]
+            for x in adjacent[w]:
+                cx = colour[x]
+                if x == v or cx < 0:
+                    continue
+                if cw < 0:
+                    forbidden[cx] = v
+                else:
+                    for y in adjacent[x]:
+                        if y != w and colour[y] == cw:
+                            forbidden[cx] = v
+                            break
+        c = 0
+        while forbidden[c] == v:
+            c += 1
+        colour[v] = c
+    return np.asarray(colour, dtype=np.int64)
+
+
+def colour_columns(pattern: sp.csr_array) -> Colouring:
+    """Structurally orthogonal column groups: the banded colouring when the
+    pattern is banded and that needs no more colours than its fullest row
+    (the least any colouring needs), else the fewer of it and the greedy one."""
+    fullest = int(np.diff(pattern.indptr).max(initial=0))
+    banded = _banded(pattern)
+    if banded is not None and (len(banded) == 0 or banded.max() + 1 <= fullest):
+        return Colouring(banded, "columns")
+    greedy = _greedy_columns(pattern)
+    best = greedy if banded is None or greedy.max(initial=0) <= banded.max(initial=0) else banded
+    return Colouring(best, "columns")
+
+
+def colour_symmetric(pattern: sp.csr_array) -> Colouring:
+    """For a symmetric pattern: the fewer colours of a star colouring and of
+    structurally orthogonal columns (a tridiagonal pattern's 3 by the
+    latter, which no star colouring beats when the graph has a path of
+    four vertices; an arrowhead's 2 by a star colouring, against n)."""
+    columns = colour_columns(pattern)
+    if columns.count <= 3:
+        return columns
+    star = Colouring(_greedy_star(pattern), "star")
+    return star if star.count < columns.count else columns
+
+
+class Recovery:
+    """Where each nonzero of `pattern` is read from the products of the
+    matrix with the colours' seeds, worked out once for every evaluation
+    (Newton's steps): reading is then one gather."""
+
+    def __init__(self, pattern: sp.csr_array, colouring: Colouring):
+        pattern = sp.csr_array(pattern)
+        if not pattern.has_canonical_format:  # summed on a copy: the caller's pattern stays as it is
+            pattern = pattern.copy()
+            pattern.sum_duplicates()
+        self.shape, self.indptr, self.indices = pattern.shape, pattern.indptr, pattern.indices
+        rows = np.repeat(np.arange(pattern.shape[0], dtype=np.int64), np.diff(self.indptr))
+        cols = self.indices.astype(np.int64)
+        colours = colouring.colours
+        colour = colours[cols]
+        if colouring.kind != "columns":
+            # Entry (i, j) is H·seed[colour j] at i when no other entry of row i
+            # has j's colour; else (a star colouring guarantees it) H·seed[colour i] at j.
+            k = colouring.count
+            counts = np.bincount(rows * k + colour, minlength=pattern.shape[0] * k)
+            unique_in_row = counts[rows * k + colour] == 1
+            rows, colour = np.where(unique_in_row, rows, cols), np.where(unique_in_row, colour, colours[rows])
+        self.at = colour * pattern.shape[0] + rows  # in the products laid out colours × rows
+
+    def __call__(self, products: np.ndarray) -> sp.csr_array:
+        """The matrix from `products` = (matrix · seeds)ᵀ, colours × rows."""
+        values = np.take(products, self.at)
+        return sp.csr_array((values, self.indices.copy(), self.indptr.copy()), shape=self.shape)
+
+
+def recover(pattern: sp.csr_array, colouring: Colouring, products: np.ndarray) -> sp.csr_array:
+    """Every nonzero of the matrix from `products` = matrix · seeds (rows ×
+    colours), as a CSR matrix with the pattern's entries."""
+    return Recovery(pattern, colouring)(np.ascontiguousarray(products.T))
