@@ -140,9 +140,9 @@ class Recovery:
             pattern.sum_duplicates()
         self.shape, self.indptr, self.indices = pattern.shape, pattern.indptr, pattern.indices
         rows = np.repeat(np.arange(pattern.shape[0], dtype=np.int64), np.diff(self.indptr))
-        cols = self.indices.astype(np.int64)
+        cols = self.indices.astype(np.int64, copy=False)
         colours = colouring.colours
-        colour = colours[cols]
+        colour = colours[cols].astype(np.int64, copy=False)
         if colouring.kind != "columns":
             # Entry (i, j) is H·seed[colour j] at i when no other entry of row i
             # has j's colour; else (a star colouring guarantees it) H·seed[colour i] at j.
@@ -150,7 +150,9 @@ class Recovery:
             counts = np.bincount(rows * k + colour, minlength=pattern.shape[0] * k)
             unique_in_row = counts[rows * k + colour] == 1
             rows, colour = np.where(unique_in_row, rows, cols), np.where(unique_in_row, colour, colours[rows])
-        self.at = colour * pattern.shape[0] + rows  # in the products laid out colours × rows
+        colour *= pattern.shape[0]
+        colour += rows
+        self.at = colour  # in the products laid out colours × rows
 
     def __call__(self, products: np.ndarray) -> sp.csr_array:
         """The matrix from `products` = (matrix · seeds)ᵀ, colours × rows."""
