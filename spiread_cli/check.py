@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from .check_measure import CheckReport, KinkSite, SparseCheck, joined, judge, measure
+from .check_measure import CheckReport, KinkSite, joined, judge, measure
 from .diagnostics import SpireadError, option
 from .forward import directional_forward
 from .jacobian import jacobian
@@ -255,72 +255,9 @@ def check(run: Run, wrt: list[str] | None = None, eps: float | None = None, tol:
     (`check_sparse`)."""
     report = (check_gradients if order == 1 else check_second_order)(run, wrt, eps, tol)
     if sparse and report.problem is None:
+        from .check_sparse import check_sparse
         report.sparse = check_sparse(run, wrt, order, report.tol)
     return report
-
-
-def check_sparse(run: Run, wrt: list[str] | None, order: int, tol: float) -> SparseCheck:
-    """The Jacobian (order 1) or Hessian (order 2) that `--sparse` computes,
-    from one sweep per colour of the exact pattern, against the dense one,
-    entry by entry: the Jacobian's compressed by columns (forward sweeps) and
-    by rows (reverse sweeps), whichever `--sparse` would choose; the
-    Hessian's as `hessian --sparse` colours it. Every finite nonzero of the
-    dense result must lie in the pattern."""
-    from . import second
-    from .jacobian import jacobian_pattern, sparse_jacobian
-    nodes = run.tape.nodes
-    ids = run.wrt_ids(wrt, scalar=order == 2)
-    names, shapes = list(ids), [nodes[i].shape for i in ids.values()]
-    column = _entry_names(names, shapes)
-    if order == 1:
-        blocks = jacobian(run, names).blocks
-        rows = math.prod(np.shape(run.value))
-        dense = np.concatenate([blocks[n].reshape(rows, -1) for n in names], axis=1)
-        found = jacobian_pattern(run, names)
-        results = {mode: sparse_jacobian(run, names, mode) for mode in ("forward", "reverse")}
-        results = {r.colouring: r.matrix for r in results.values()}
-        output = _entry_names([run.output_name], [np.shape(run.value)])
-
-        def name(i: int, j: int) -> str:
-            return f"∂{output(i)}/∂{column(j)}"
-        what, pattern, sweeps, colouring = "Jacobian", found.pattern, found.sweeps, found.colouring
-    else:
-        blocks = second.hessian(run, names).blocks
-        dense = np.concatenate([np.concatenate([blocks[a][b].reshape(math.prod(sa), math.prod(sb))
-                                                for b, sb in zip(names, shapes)], axis=1)
-                                for a, sa in zip(names, shapes)], axis=0)
-        found = second.sparse_hessian(run, names)
-        results = {found.colouring: found.matrix}
-        pattern = second.hessian_pattern(run, names).pattern
-
-        def name(i: int, j: int) -> str:
-            return f"∂²{run.output_name}/∂{column(i)}∂{column(j)}"
-        what, sweeps, colouring = "Hessian", found.sweeps, found.colouring
-    scale = float(np.max(np.abs(dense), initial=0.0))
-    error, worst = 0.0, None
-    for matrix in results.values():
-        with np.errstate(invalid="ignore"):
-            gap = np.abs(matrix.toarray() - dense)
-        gap[np.isnan(gap)] = np.inf
-        if gap.size and gap.max() > error:
-            error = float(gap.max())
-            worst = name(*np.unravel_index(int(np.argmax(gap)), gap.shape))
-    outside = np.argwhere(np.isfinite(dense) & (dense != 0) & ~pattern.toarray())
-    first = f"{name(*outside[0])} = {dense[tuple(outside[0])]:g}" if len(outside) else None
-    return SparseCheck(what, sweeps, colouring, int(pattern.nnz), list(results), error, scale, tol, worst,
-                       len(outside), first)
-
-
-def _entry_names(names: list[str], shapes: list[tuple]) -> Callable[[int], str]:
-    """Entry k of the values `names` (each flat, one after another) as `x[1, 2]`."""
-    offsets = np.cumsum([0] + [math.prod(s) for s in shapes])
-
-    def entry(k: int) -> str:
-        p = int(np.searchsorted(offsets, k, side="right")) - 1
-        index = np.unravel_index(int(k - offsets[p]), shapes[p]) if shapes[p] else ()
-        return f"{names[p]}{[int(i) for i in index]}" if index else names[p]
-
-    return entry
 
 
 def _block_directions(rng: np.random.Generator, shape_a: tuple, shape_b: tuple, max_entries: int,

@@ -166,6 +166,8 @@ class SparseCheck:
     worst: str | None                # the entry with that error, named (`∂y[1]/∂x[2]`)
     missed: int                      # nonzeros of the dense derivative outside the pattern
     first_missed: str | None         # one of them, named, with its value
+    rule_node: Node | None = None    # the op node whose structure rule misses a derivative (a Jacobian's)
+    rule_misses: str | None = None   # that derivative, named (`∂v[0]/∂x[0]`)
 
     @property
     def ok(self) -> bool:
@@ -179,10 +181,13 @@ class SparseCheck:
                                            f"(tolerance {self.tol:g} × {self.scale:.3g}, the largest entry)", span))
         if self.missed:
             more = f" (and {self.missed - 1} more)" if self.missed > 1 else ""
+            notes = ["an entry outside the exact pattern is a wrong structure rule of an op, a bug in spiread "
+                     "(spiread_cli/structure.py): please report it with this program"]
+            if self.rule_node is not None:
+                span = self.rule_node.span or span
+                notes.insert(0, f"the rule of `{self.rule_node.op.name}` here misses `{self.rule_misses}`")
             out.append(Diagnostic("error", f"the sparsity pattern of the {self.what} misses `{self.first_missed}`"
-                                           f"{more}, nonzero at this point", span,
-                                  ("an entry outside the exact pattern is a wrong structure rule of an op, a bug "
-                                   "in spiread (spiread_cli/structure.py): please report it with this program",)))
+                                           f"{more}, nonzero at this point", span, tuple(notes)))
         return out
 
 

@@ -83,19 +83,21 @@ def jacobian_pattern(run: Run, wrt: list[str] | None = None, mode: str | None = 
     """The Jacobian's exact sparsity pattern (`spiread jacobian --pattern`),
     read from the tape with no derivative computed, and the colouring
     `--sparse` would use (`mode` picks its direction, as `colour_jacobian`)."""
-    ids, pattern, colouring, direction = _compression(run, wrt, mode)
+    ids, pattern, colouring, direction, sweeps = _compression(run, wrt, mode)
     nodes = run.tape.nodes
     return RunJacobianPattern(run.value, pattern, list(ids), [nodes[i].shape for i in ids.values()],
-                              colouring.count, direction, SWEEP_OF[direction])
+                              sweeps, direction, SWEEP_OF[direction])
 
 
 def _compression(run: Run, wrt: list[str] | None, mode: str | None):
-    """(the wrt ids by name, the Jacobian's pattern, its colouring, "columns" or "rows")."""
+    """(the wrt ids by name, the Jacobian's pattern, its colouring, "columns"
+    or "rows", the sweeps: one per colour, none for a pattern with no entry)."""
     from .sparsity import jacobian_pattern as pattern_of
     _mode(mode)
     ids = run.wrt_ids(wrt, scalar=False)
     pattern = pattern_of(run.tape, run.output, list(ids.values()))
-    return (ids, pattern, *colour_jacobian(pattern, mode))
+    colouring, direction = colour_jacobian(pattern, mode)
+    return ids, pattern, colouring, direction, colouring.count if pattern.nnz else 0
 
 
 def colour_jacobian(pattern, mode: str | None = None):
@@ -121,11 +123,11 @@ def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = N
     batch, each nonzero read from the product of its colour
     (sparsity_colouring.recover). Never forms a dense block."""
     from .sparsity_colouring import recover
-    ids, pattern, colouring, direction = _compression(run, wrt, mode)
+    ids, pattern, colouring, direction, k = _compression(run, wrt, mode)
     tape, nodes = run.tape, run.tape.nodes
     wrt_ids = list(ids.values())
     shapes = [nodes[i].shape for i in wrt_ids]
-    seeds, k = colouring.seeds(), colouring.count
+    seeds = colouring.seeds()[:k]
     out_shape = nodes[run.output].shape
     if direction == "columns":
         cuts = np.cumsum([0] + [math.prod(s) for s in shapes])
@@ -135,12 +137,12 @@ def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = N
                     for p, i in enumerate(wrt_ids)}
 
         products = ForwardSweep(tape, run.output, wrt_ids).push_blocks(k, seed_block, run.diagnostics, budget_bytes)
-        matrix = recover(pattern, colouring, products.reshape(k, -1).T)
+        matrix = recover(pattern, colouring, products.reshape(k, math.prod(out_shape)).T)
     else:
         pulled = pull_blocks(tape, run.output, wrt_ids, k,
                              lambda start, count: seeds[start:start + count].reshape((count,) + out_shape),
                              run.diagnostics, budget_bytes)
-        products = np.concatenate([pulled[i].reshape(k, -1) for i in wrt_ids], axis=1)
+        products = np.concatenate([pulled[i].reshape(k, math.prod(nodes[i].shape)) for i in wrt_ids], axis=1)
         matrix = recover(pattern.T.tocsr(), colouring, products.T).T.tocsr()
     return RunSparseJacobian(run.value, matrix, list(ids), shapes, k, direction, SWEEP_OF[direction])
 

@@ -26,7 +26,11 @@ def check_document(report) -> dict:
 def _sparse_check_json(s) -> dict:
     return {"ok": s.ok, "what": s.what, "sweeps": s.sweeps, "colouring": s.colouring, "nonzeros": s.nonzeros,
             "compared": s.compared, "max_abs_error": json_number(s.max_abs_error), "scale": json_number(s.scale),
-            "worst": s.worst, "missed": s.missed, "first_missed": s.first_missed}
+            "worst": s.worst, "missed": s.missed, "first_missed": s.first_missed,
+            "wrong_rule": None if s.rule_node is None else {
+                "op": s.rule_node.op.name, "misses": s.rule_misses,
+                "line": s.rule_node.span.line if s.rule_node.span else None,
+                "column": s.rule_node.span.column if s.rule_node.span else None}}
 
 
 def _value_check_json(r) -> dict:
