@@ -13,8 +13,10 @@ from array_api_compat import array_namespace, device, is_numpy_array, is_torch_a
 
 def _arguments(given: dict, own: dict) -> tuple:
     """The namespace of the arrays given, and every argument as a float64
-    array of it on their device; one not given is the program's own value."""
-    arrays = [v for v in given.values() if v is not None and not isinstance(v, (int, float))]
+    array of it on their device; one not given is the program's own value.
+    Plain Python numbers and (nested) lists take the arrays' namespace, or
+    numpy's when no array is given."""
+    arrays = [v for v in given.values() if v is not None and not isinstance(v, (int, float, list, tuple))]
     xp = array_namespace(*arrays) if arrays else array_namespace(np.empty(0))
     where = device(arrays[0]) if arrays else None
     values = [xp.asarray(own[name] if v is None else v, dtype=xp.float64, device=where) for name, v in given.items()]

@@ -238,6 +238,22 @@ def test_a_large_input_goes_into_the_companion_archive(tmp_path):
     np.testing.assert_array_equal(module.inputs()["W"], Program.open(str(program)).run().node("W").value)
 
 
+def test_plain_python_lists_and_numbers_are_arguments(tmp_path):
+    program = tmp_path / "p.ad"
+    program.write_text("w = [1.0, 2.0]\nc = 3.0\nloss = (w * c).sin.sum\n")
+    done = spiread("export", str(program), "--to", "python", "-o", str(tmp_path / "p.py"), "--hvp")
+    assert done.returncode == 0, done.stderr
+    module = load_module(tmp_path / "p.py")
+    w, c = np.array([0.5, -1.5]), 2.0
+    value, grads = module.value_and_grad(w=[0.5, -1.5], c=c)
+    assert_close(value, np.sin(w * c).sum(), "value")
+    assert_close(grads["w"], c * np.cos(w * c), "w")
+    product = module.hvp({"w": [1.0, 0.0]}, w=(0.5, -1.5), c=c)
+    assert_close(product["w"], -c * c * np.sin(w * c) * np.array([1.0, 0.0]), "hvp")
+    torch_grads = module.value_and_grad(w=torch.tensor(w), c=c)[1]
+    assert isinstance(torch_grads["w"], torch.Tensor)
+
+
 def test_an_intermediate_cannot_be_exported_by(tmp_path):
     program = tmp_path / "p.ad"
     program.write_text("w = [1.0, 2.0]\nh = w.exp\nloss = h.sum\n")
