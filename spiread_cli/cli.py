@@ -29,12 +29,9 @@ def eval_command(file: FileArg, of: OfOpt = None, set_: SetOpt = None, fmt: Form
                  chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False, debug: DebugOpt = False):
     """Evaluate a program: every bound value, then the output."""
     from .output_results import eval_document, eval_text
-    # On dask, the values after the totals are in: those that are not one row per data row.
-    run_command(file, set_, of, command="eval",
-                compute=lambda s, run: run, differentiate=False,
-                document=lambda run, evaluated: eval_document(evaluated),
-                text=lambda run, evaluated: eval_text(evaluated), fmt=fmt, strict=strict, debug=debug,
-                backend=(backend, scheduler, chunk_rows, persist))
+    run_command(file, set_, command="eval", compute=lambda s, program, sets: program.run_eval(s, sets, of),
+                document=lambda run, values: eval_document(run), text=lambda run, values: eval_text(run), fmt=fmt,
+                strict=strict, debug=debug, backend=(backend, scheduler, chunk_rows, persist))
 
 
 @app.command("grad")
@@ -47,19 +44,13 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                  backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None, chunk_rows: ChunkRowsOpt = None,
                  persist: PersistOpt = False, debug: DebugOpt = False):
     """Gradients of the scalar output with respect to --wrt values."""
-    from .gradients import gradients
     from .output_results import grad_document, grad_text
-
-    def compute(s, run):
-        if explain:
-            from .explain import explain as explained
-            return explained(run, wrt, mode.value)
-        return gradients(run, wrt, mode.value), None
-
-    run_command(file, set_, of, command="grad", compute=compute,
-                document=lambda run, outcome: grad_document(run, outcome[0], mode.value, outcome[1]),
-                text=lambda run, outcome: grad_text(run, *outcome), fmt=fmt, strict=strict, debug=debug,
-                backend=(backend, scheduler, chunk_rows, persist), wrt=wrt)
+    run_command(file, set_, command="grad",
+                compute=lambda s, program, sets: program.run_grad(s, sets, wrt=wrt, of=of, mode=mode.value,
+                                                                  explain=explain),
+                document=lambda run, found: grad_document(run, found[0], mode.value, found[1]),
+                text=lambda run, found: grad_text(run, *found), fmt=fmt, strict=strict, debug=debug,
+                backend=(backend, scheduler, chunk_rows, persist))
 
 
 @app.command("dot")
@@ -68,20 +59,17 @@ def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOp
                                                             help="Write the DOT to PATH (whole or not at all) instead of stdout.")] = None,
                 debug: DebugOpt = False):
     """The computation graph as Graphviz DOT: spiread dot f.ad | dot -Tpng > g.png"""
-    from .dot import to_dot
     from .files import Output, atomic_output
-    from .gradients import dot_gradients
     from .output import write_stdout
 
-    def text(run, grads):
-        dot = to_dot(run, grads)
+    def text(run, dot):
         if out is None:
             write_stdout(dot)
         else:
             with atomic_output(out) as f:
                 f.write(dot.encode("utf-8"))
 
-    run_command(file, set_, of, command="dot", compute=lambda s, run: dot_gradients(run, wrt),
+    run_command(file, set_, command="dot", compute=lambda s, program, sets: program.run_dot(s, sets, wrt=wrt, of=of),
                 text=text, debug=debug, outputs=[Output("--out", out, (".dot", ".gv"))], stdout_is_data=True)
 
 
@@ -97,26 +85,20 @@ def hessian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                     chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False, debug: DebugOpt = False):
     """Exact second derivatives of the scalar output: every block ∂²out/∂A∂B, or H·v with --hvp, or the sparse
     Hessian with --sparse, or its sparsity pattern with --pattern."""
-    from . import second
     from .output_results import hessian_document, hessian_text
-    from .set_options import parse_overrides
-    from .sources import base_dir_of
 
-    def compute(s, run):
-        if hvp:
-            return second.hvp(run, parse_overrides(hvp, base_dir_of(run.source), "--hvp", run.bindings), wrt)
+    def compute(s, program, sets):
+        done = program.run_hessian(s, sets, wrt=wrt, of=of, hvp=program.parse_sets(hvp, "--hvp") if hvp else None,
+                                   sparse=sparse, pattern=pattern)
         if pattern or sparse:
-            result = (second.hessian_pattern if pattern else second.sparse_hessian)(run, wrt)
-            write_sparse_files(result.pattern if pattern else result.matrix, out, plot,
-                               f"∂²{run.output_name}/∂({', '.join(result.names)})²")
-            return result
-        return second.hessian(run, wrt)
+            found = done.result
+            write_sparse_files(found.pattern if pattern else found.matrix, out, plot,
+                               f"∂²{done.run.output_name}/∂({', '.join(found.names)})²")
+        return done
 
-    # on dask, the driver differentiates by the directions' names too
-    directions = [text.partition("=")[0] for text in hvp or [] if "=" in text]
-    run_command(file, set_, of, command="hessian", compute=compute, document=lambda run, result: hessian_document(result),
+    run_command(file, set_, command="hessian", compute=compute, document=lambda run, result: hessian_document(result),
                 text=hessian_text, fmt=fmt, strict=strict, debug=debug, backend=(backend, scheduler, chunk_rows, persist),
-                wrt=[*wrt, *directions] if wrt and directions else wrt, outputs=sparse_outputs(out, plot),
+                outputs=sparse_outputs(out, plot),
                 prepare=lambda: sparse_options(sparse, pattern, out, plot, {"--hvp": bool(hvp)}))
 
 
@@ -136,22 +118,20 @@ def jacobian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     """The Jacobian of the output (scalar, vector or matrix): a block of shape shape(out) + shape(NAME) per --wrt;
     the sparse Jacobian with --sparse, or its sparsity pattern with --pattern."""
     from . import files
-    from .jacobian import jacobian, jacobian_pattern, sparse_jacobian
     from .output_results import jacobian_document, jacobian_text
 
-    def compute(s, run):
-        chosen = mode.value if mode else None
+    def compute(s, program, sets):
+        done = program.run_jacobian(s, sets, wrt=wrt, of=of, mode=mode.value if mode else None, sparse=sparse,
+                                    pattern=pattern)
+        found = done.result
         if pattern or sparse:
-            result = (jacobian_pattern if pattern else sparse_jacobian)(run, wrt, chosen)
-            write_sparse_files(result.pattern if pattern else result.matrix, out, plot,
-                               f"∂{run.output_name}/∂({', '.join(result.names)})")
-            return result
-        result = jacobian(run, wrt, chosen)
-        if out is not None:
-            files.save_values(out, result.blocks)
-        return result
+            write_sparse_files(found.pattern if pattern else found.matrix, out, plot,
+                               f"∂{done.run.output_name}/∂({', '.join(found.names)})")
+        elif out is not None:
+            files.save_values(out, found.blocks)
+        return done
 
-    run_command(file, set_, of, command="jacobian", compute=compute, document=lambda run, r: jacobian_document(r),
+    run_command(file, set_, command="jacobian", compute=compute, document=lambda run, r: jacobian_document(r),
                 text=lambda run, r: jacobian_text(run, r, out), fmt=fmt, strict=strict, debug=debug,
                 outputs=sparse_outputs(out, plot),
                 prepare=lambda: sparse_options(sparse, pattern, out, plot, {}, dense_out=True))
@@ -170,23 +150,19 @@ def check_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                   backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None,
                   chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False, debug: DebugOpt = False):
     """Compare AD gradients (reverse and forward; of a non-scalar output, its Jacobian) with central finite differences; exit 1 if any disagree."""
-    from .check import check
     from .diagnostics import emit
     from .output import stdout_console
     from .output_results import check_document, check_table
-
-    def compute(s, run):  # on dask, each finite difference is one pass over the chunks
-        return check(run, wrt, eps, tol, order, sparse)
-
-    run, report = run_command(file, set_, of, command="check", compute=compute,
-                              document=lambda run, report: check_document(report),
-                              text=lambda run, report: stdout_console().print(check_table(report)),
-                              fmt=fmt, strict=strict, debug=debug,
-                              backend=(backend, scheduler, chunk_rows, persist), wrt=wrt,
-                              prepare=lambda: sparse_options(sparse, False, None, None, {}))
-    for failure in report.failures(run):  # after the table: it is on stdout already
-        emit(failure, run.source)
-    if not report.ok:
+    done = run_command(file, set_, command="check",
+                       compute=lambda s, program, sets: program.run_check(s, sets, wrt=wrt, of=of, eps=eps, tol=tol,
+                                                                          order=order, sparse=sparse),
+                       document=lambda run, report: check_document(report),
+                       text=lambda run, report: stdout_console().print(check_table(report)),
+                       fmt=fmt, strict=strict, debug=debug, backend=(backend, scheduler, chunk_rows, persist),
+                       prepare=lambda: sparse_options(sparse, False, None, None, {}))
+    for failure in done.result.failures(done.run):  # after the table: it is on stdout already
+        emit(failure, done.run.source)
+    if not done.result.ok:
         raise typer.Exit(1)
 
 
@@ -221,10 +197,9 @@ def train_command(
         backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None, chunk_rows: ChunkRowsOpt = None,
         persist: PersistOpt = False, debug: DebugOpt = False):
     """Train: repeat forward, backward and an optimizer step on the --wrt values."""
-    from contextlib import ExitStack
+    from contextlib import nullcontext
     from dataclasses import replace
     from . import files
-    from . import train as training
     from .diagnostics import emit, usage_error
     from .interrupts import Interrupted, exit_code, stop_on_interrupt
     from .optim import make_optimizer
@@ -239,35 +214,30 @@ def train_command(
                               ['pip install matplotlib (or pip install ".[plot]" in spiread\'s checkout); '
                                "the summary's sparkline needs nothing"])
 
-    def compute(s, run):
-        names = training.trainable_names(run, wrt)
-        reporter = StepReporter(steps)
-        with ExitStack() as progress:
-            def ready():  # the first forward pass has run: its warnings, then the progress lines
-                s.finish_warnings(run)
-                progress.enter_context(reporter)
-            result = training.train(run, names, steps, chosen, strict=strict, on_step=reporter,
-                                    stop_requested=stop_requested, spend_run=True, on_ready=ready)  # nothing below reads the run's values
+    def compute(s, program, sets):
+        done = program.run_train(s, sets, wrt=wrt, steps=steps, optimizer=chosen, of=of,
+                                 progress=StepReporter(steps), interrupts=lambda: nullcontext(stop_requested))
+        result = done.result
         written = files.write_training_files(result, save, log, plot,
-                                             f"{file}: {run.output_name}, {chosen.describe()}", Path(file).stem)
-        if result.error is not None:
+                                             f"{file}: {done.run.output_name}, {chosen.describe()}", Path(file).stem)
+        if result.error is not None:  # raised once the files are written: its notes name them
             for error in written.failed:
                 emit(error.diagnostic, None)
             error = result.error
             error.diagnostic = replace(error.diagnostic, notes=error.diagnostic.notes + tuple(written.done))
             raise error
-        return result, written
+        done.result = result, written
+        return done
 
     try:
         with stop_on_interrupt(_stopping_notice) as stop_requested:
-            run, (result, written) = run_command(
-                file, set_, of, command="train", compute=compute, document=lambda run, outcome: train_document(*outcome),
+            result, written = run_command(
+                file, set_, command="train", compute=compute, document=lambda run, outcome: train_document(*outcome),
                 text=lambda run, outcome: train_text(run, *outcome, steps, chosen), fmt=fmt, strict=strict, debug=debug,
-                prepare=prepare, backend=(backend, scheduler, chunk_rows, persist), wrt=wrt,
-                evaluate=False,  # the fused tape computes what the steps need
+                prepare=prepare, backend=(backend, scheduler, chunk_rows, persist),
                 outputs=[files.Output("--save", files.archive_path(save), (".npz",), continues=True),
                          files.Output("--log", log, (".csv", ".txt")),
-                         files.Output("--plot", plot, (".png",))])
+                         files.Output("--plot", plot, (".png",))]).result
     except Interrupted as again:  # a second signal: stop at once, keeping no partial files
         print("spiread: interrupted; nothing saved", file=sys.stderr)
         raise typer.Exit(again.exit_code) from None
@@ -314,21 +284,14 @@ def export_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
             raise usage_error(f"`--to {to.value}` needs {missing[0]}, which is not installed",
                               ['pip install "spiread[export]" (or pip install ".[export]" in spiread\'s checkout)'])
 
-    def compute(s, run):
-        from .export import graphs
-        exported = graphs(run, wrt, hvp)
-        if to == Target.python:
-            from .export_python import export_python
-            return export_python(exported, out)
-        from .export_onnx import export_onnx
-        return export_onnx(exported, out)
-
     def text(run, written):
         from .output import write_stdout
         write_stdout("".join(f"wrote {path}\n" for path in written))
 
-    run_command(file, set_, of, command="export", compute=compute, text=text, strict=strict, debug=debug,
-                prepare=prepare, outputs=outputs, evaluate=False)
+    run_command(file, set_, command="export",
+                compute=lambda s, program, sets: program.run_export(s, sets, to=to.value, out=out, wrt=wrt, of=of,
+                                                                    hvp=hvp),
+                text=text, strict=strict, debug=debug, prepare=prepare, outputs=outputs)
 
 
 @app.command("schema")

@@ -1,6 +1,8 @@
 """What every command shares (cli.py): the session that turns errors into
-located messages and exit codes, loading the program through the front door
-(program.Program), and `run_command`, the skeleton of a command."""
+located messages and exit codes, and shows what a run prints and warns (the
+`program.Caller` of the command line), and `run_command`, the skeleton of a
+command: its options checked, the program opened (program.Program), one
+task of the program's called, and its outcome presented."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ class Session:
         self.run = None   # once loaded: errors after loading point into its source
         self.shown = 0    # warnings already printed
         self.printed_shown = False  # the program's println lines
-        self.program = None  # --backend dask: the dask_backend.RowChunkRunner
+        self.program = None  # the program.Program opened (closed at the end: a --scheduler connection)
 
     def show_printed(self, printed: list[str], failed: bool = False) -> None:
         """The program's `println` lines, once: before the command's output
@@ -34,6 +36,13 @@ class Session:
         if not self.printed_shown and (failed or not self.json):
             write_printed(printed, to_stderr=self.stdout_is_data or self.json)
             self.printed_shown = True
+
+    def ran(self, run) -> None:  # program.Caller
+        self.run = run
+        self.show_printed(run.printed)
+
+    def warn(self, run) -> None:  # program.Caller
+        self.finish_warnings(run)
 
     def finish_warnings(self, run) -> list[dict]:
         """Print the warnings not printed yet (text mode), and return all of
@@ -83,7 +92,7 @@ def session(file: str, fmt: Format = Format.text, strict: bool = False, debug: b
               "(run again with --debug for a traceback).", file=sys.stderr)
         raise typer.Exit(1) from None
     finally:
-        if s.program is not None:  # a --scheduler connection
+        if s.program is not None:  # a --scheduler connection, chunks' templates
             s.program.close()
 
 
@@ -93,18 +102,20 @@ def _traceback(debug: bool) -> None:
         traceback.print_exc()
 
 
-def run_command(file: str, sets, of, *, command: str, compute: Callable, text: Callable, document: Callable | None = None,
+def run_command(file: str, sets, *, command: str, compute: Callable, text: Callable, document: Callable | None = None,
                 fmt: Format = Format.text, strict: bool = False, debug: bool = False,
                 outputs=(), prepare: Callable[[], None] = lambda: None, stdout_is_data: bool = False,
-                backend: tuple = (Backend.numpy, None, None, False), evaluate: bool = True,
-                wrt: list[str] | None = None, differentiate: bool = True):
+                backend: tuple = (Backend.numpy, None, None, False)):
     """The skeleton every command shares: check the output paths, the
     `backend` options (--backend, --scheduler, --chunk-rows, --persist) and
-    `prepare` (all before any work), load (computing every value unless not
-    `evaluate`: `Interpreter.run`), the program's `println` lines (text
-    mode; on stderr when `stdout_is_data`), `compute(session, run)`, the
-    warnings, then `document(run, result)` as JSON (tagged with `command`'s
-    schema) or `text(run, result)`. Returns (run, result)."""
+    `prepare` (all before any work), open the program (program.Program),
+    `compute(session, program, overrides)`, the command's one call of a
+    task of the program's (`program.run_grad(session, overrides, ...)`),
+    with the session as the `program.Caller` that shows the program's
+    `println` lines (text mode; on stderr when `stdout_is_data`) and its
+    warnings, then present the outcome: `document(run, result)` as JSON
+    (tagged with `command`'s schema) or `text(run, result)`. Returns the
+    outcome (program.Outcome)."""
     from .output import write_json
     sets = list(sets or [])
     with session(file, fmt, strict, debug, stdout_is_data) as s:
@@ -114,30 +125,16 @@ def run_command(file: str, sets, of, *, command: str, compute: Callable, text: C
             check_outputs(given, command_inputs(file, sets))
         options = backend_options(*backend)
         prepare()
-        run = s.run = _load(s, file, sets, of, options, evaluate, wrt, differentiate)
-        s.show_printed(run.printed)
-        result = compute(s, run)
+        from .program import Program
+        program = s.program = Program.open(file, options)
+        outcome = compute(s, program, program.parse_sets(sets))
+        run = outcome.run
         warnings = s.finish_warnings(run)
         if s.json:
             from .schemas import tag
             printed = {"printed": run.printed} if run.printed else {}
-            write_json({"schema": tag(command), "file": file, "output": run.output_name, **document(run, result),
-                        **printed, "warnings": warnings})
+            write_json({"schema": tag(command), "file": file, "output": run.output_name,
+                        **document(run, outcome.result), **printed, "warnings": warnings})
         else:
-            text(run, result)
-    return run, result
-
-
-def _load(s: Session, file: str, sets: list[str], of, options, evaluate: bool, wrt: list[str] | None,
-          differentiate: bool):
-    """The run a command computes on. On `--backend dask`, the driver's for
-    the names it differentiates by, `wrt` (None: the default; none unless
-    `differentiate`), whose totals over the row chunks are ops
-    (spiread_cli/row_totals.py): every command computes on it as on numpy's."""
-    if options is None:
-        from .program import Program
-        program = Program.open(file)
-        return program.run(program.parse_sets(sets), of, evaluate)
-    from .dask_backend import RowChunkRunner
-    s.program = RowChunkRunner.open(file, options, sets, of)
-    return s.program.run_for(wrt, differentiate)
+            text(run, outcome.result)
+    return outcome

@@ -33,7 +33,7 @@ from .chunk_tasks import (Share, add_shares, added, drop_templates, gradient_tan
                           record_chunk, share_of_kept, share_of_rows, tangents_of_rows, totals_of_rows)
 from .data import parse_set_option
 from .data_open import SET_PATH_SUFFIXES
-from .dask_common import close_client, connect, dask_threaded, on_cluster, require_dask
+from .dask_common import WorkerDataLost, close_client, connect, dask_threaded, on_cluster, require_dask
 from .diagnostics import Diagnostics, SpireadError, option, usage_error
 from .row_data import Data
 from .row_totals import KeptSums, driver_run, names_to_differentiate, tangent_key
@@ -43,6 +43,7 @@ from .sources import base_dir_of, parse, read_source
 from .tape import warn_all
 
 FAN_IN = 8  # shares added per task in the tree sum
+RESENDS = 3  # times a compute is made again after a worker took data only it held (WorkerDataLost)
 _names = itertools.count()
 
 
@@ -177,6 +178,22 @@ class RowChunkRunner:
 
     def compute(self, values: dict[str, np.ndarray] | None, first: bool) -> Share:
         """One Dask compute: every chunk's share, tree-summed."""
+        return self._resending(self._compute, values, first)
+
+    def _resending(self, compute, *args):
+        """`compute(*args)`, which makes a graph and computes it; made and
+        computed again when a worker that stopped took data only it held
+        (WorkerDataLost): Dask computes a lost worker's tasks again itself,
+        but what was sent or kept outside the graph, the job and the kept
+        recordings, is sent and made again."""
+        for _ in range(RESENDS):
+            try:
+                return compute(*args)
+            except WorkerDataLost:
+                self.scattered, self.kept = None, None
+        return compute(*args)
+
+    def _compute(self, values: dict[str, np.ndarray] | None, first: bool) -> Share:
         graph, job_key, values_key = self._graph(values)
         if self.options.persist:
             if self.kept is None:  # the chunks recorded, fused and kept where they ran
@@ -233,6 +250,9 @@ class RowChunkRunner:
     def map_rows(self, function, add, *args):
         """One Dask compute: `function(job, start, stop, *args)` on every
         chunk's rows, the results tree-summed by `add`."""
+        return self._resending(self._map_rows, function, add, *args)
+
+    def _map_rows(self, function, add, *args):
         graph, job_key, _ = self._graph(None)
         return self._run(graph, [self._task(graph, function, job_key, start, stop, *args)
                                  for start, stop in self.bounds], add)

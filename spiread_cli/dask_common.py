@@ -53,16 +53,30 @@ def connect(address: str):
 START_A_CLUSTER = "start one with `dask scheduler`, and workers with `dask worker ADDRESS` (docs/scaling.md)"
 
 
+class WorkerDataLost(BackendLost):
+    """A worker that died took with it data only it held, which Dask cannot
+    compute again: what was sent to the workers outside a graph (the job,
+    `client.scatter`; Dask's memory manager keeps one copy of it) or kept
+    on them (the chunks' recordings under --persist). Sending or making it
+    again recovers (dask_backend.RowChunkRunner)."""
+
+
 def on_cluster(client, address: str, call, *args, **kwargs):
     """`call(*args, **kwargs)`, a call of `client`'s; the scheduler at
     `address` lost meanwhile (it stopped, or the network failed: every
     future is cancelled, or the client is no longer connected) is
-    BackendLost, naming the address. A task's own error passes through."""
+    BackendLost, naming the address; a future cancelled while the scheduler
+    is there is WorkerDataLost. A task's own error passes through."""
     from distributed.client import FutureCancelledError
     try:
         return call(*args, **kwargs)
     except (FutureCancelledError, OSError, TimeoutError) as err:
-        if not isinstance(err, FutureCancelledError) and client.status == "running":
+        scheduler_lost = client.status != "running" or getattr(err, "reason", None) == "scheduler-connection-lost"
+        if isinstance(err, FutureCancelledError) and not scheduler_lost:
+            raise WorkerDataLost(f"{option('scheduler', address)}: the Dask workers keep stopping: data only a "
+                                 f"stopped worker held was lost ({err.reason})",
+                                 notes=["see the workers' logs (memory, crashes); " + START_A_CLUSTER]) from None
+        if not scheduler_lost:
             raise
         raise BackendLost(f"{option('scheduler', address)}: the connection to the Dask scheduler was lost",
                           notes=["it stopped, or the network to it failed; " + START_A_CLUSTER]) from None

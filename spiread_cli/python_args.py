@@ -16,7 +16,7 @@ from typing import Any, Callable, ContextManager, Iterable, ParamSpec, TypeVar, 
 
 import numpy as np
 
-from .diagnostics import FRONT_END, PYTHON, SpireadError
+from .diagnostics import FRONT_END, PYTHON, SpireadError, did_you_mean, option
 
 # What a binding may be given as: a number, nested lists of numbers, or
 # anything numpy reads as an array of real numbers (rank 0, 1 or 2).
@@ -39,6 +39,7 @@ def front_door(call: Callable[P, T]) -> Callable[P, T]:
         try:
             return call(*args, **kwargs)
         except SpireadError as err:
+            print_lines(err.printed)  # what the program's println wrote before it failed
             raise err.with_traceback(None) from None
         except TypeError as err:
             if not getattr(err, "spiread_argument", False):
@@ -75,6 +76,64 @@ def as_binding(value: ArrayLike, what: str) -> np.ndarray:
         raise SpireadError(f"{what}: the value is {raw.ndim}-dimensional; spiread values are scalars, "
                            "vectors and matrices", exit_code=2)
     return np.array(raw, dtype=np.float64, order="C", copy=True)
+
+
+def checked_overrides(bindings: object, more: dict[str, ArrayLike], of: object,
+                      names: list[str]) -> dict[str, np.ndarray]:
+    """A call's bindings (a mapping passed first, and keyword arguments) as
+    overrides of the program's `names`, and its `of`, checked."""
+    from collections.abc import Mapping
+    if bindings is not None and not isinstance(bindings, Mapping):
+        raise type_error("bindings", bindings, "the bindings passed first are a mapping of names to values, "
+                                                "e.g. {\"w\": [1, 2]}")
+    given = {**(bindings or {}), **more}
+    overrides = {checked_name("bindings", given, name): checked_binding(name, value, names)
+                 for name, value in given.items()}
+    if checked_name("of", of, of) is not None and of not in names:
+        raise SpireadError(f"{option('of', of)}: the program binds no `{of}`", notes=did_you_mean(of, names),
+                           exit_code=2)
+    return overrides
+
+
+def checked_binding(name: str, value: ArrayLike, names: list[str], what: str | None = None) -> np.ndarray:
+    """A binding (or, `what` saying which, another value given for a name,
+    an HVP's direction) as the float64 array of rank ≤ 2 the program gets:
+    always a copy, so nothing the caller holds is shared with the run."""
+    what = what or option("set", name)
+    if name not in names:
+        raise SpireadError(f"{what}: the program binds no `{name}`", notes=did_you_mean(name, names), exit_code=2)
+    return as_binding(value, what)
+
+
+def checked_backend(backend: object, scheduler: object, chunk_rows: object,
+                    persist: object) -> tuple[str | None, int | None, bool] | None:
+    """`backend="dask"`'s options (scheduler, chunk_rows, persist), checked;
+    None for `backend="numpy"`, where they are an error, as on the command line."""
+    if backend not in ("numpy", "dask"):
+        raise SpireadError(f"{option('backend', backend)}: the backend is \"numpy\" or \"dask\"", exit_code=2)
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise type_error("scheduler", scheduler, "a scheduler's address is a string, e.g. \"tcp://host:8786\"")
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral)):
+        raise type_error("chunk_rows", chunk_rows, "the rows per chunk are a whole number")
+    if chunk_rows is not None and chunk_rows < 1:
+        raise SpireadError(f"{option('chunk_rows', chunk_rows)}: a chunk needs at least one row", exit_code=2)
+    if backend == "numpy":
+        given = [name for name, v in (("scheduler", scheduler), ("chunk_rows", chunk_rows), ("persist", persist)) if v]
+        if given:
+            raise SpireadError(f"`{given[0]}=`: an option of {option('backend', 'dask')}", exit_code=2,
+                               notes=[f"add {option('backend', 'dask')}"])
+        return None
+    return scheduler, None if chunk_rows is None else int(chunk_rows), bool(persist)
+
+
+def outside_stacklevel() -> int:
+    """The `stacklevel` that makes a `warnings.warn` called by this
+    function's caller point at the first frame outside spiread: the line of
+    the user's that called the API."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "spiread_cli":
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def wrt_names(wrt: list[str] | str | None) -> list[str] | None:
@@ -124,6 +183,11 @@ def result_value(value: np.ndarray) -> Value:
     if np.ndim(value) == 0:
         return float(value) + 0.0
     return np.add(np.asarray(value), 0.0, dtype=np.float64)  # a new array, in one pass: -0.0 + 0.0 is 0.0
+
+
+def result_values(values: dict[str, np.ndarray]) -> dict[str, Value]:
+    """`result_value` of each value, by name."""
+    return {name: result_value(value) for name, value in values.items()}
 
 
 def print_lines(printed: list[str]) -> None:

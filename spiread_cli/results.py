@@ -9,10 +9,11 @@ import shutil
 import subprocess
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .check_measure import CheckReport
 from .diagnostics import Diagnostic, Source, SpireadError
-from .python_args import Value, first_line
+from .python_args import Value, first_line, outside_stacklevel
 
 
 class SpireadWarning(SpireadError, UserWarning):
@@ -42,7 +43,7 @@ def warnings_raise() -> bool:
     filters are asked first, with a warning that is never shown."""
     with warnings.catch_warnings(record=True):
         try:
-            warnings.warn(SpireadWarning("would a warning be an error?"), stacklevel=3)
+            warnings.warn(SpireadWarning("would a warning be an error?"), stacklevel=outside_stacklevel())
         except SpireadWarning:
             return True
     return False
@@ -64,15 +65,33 @@ class TrainingStopped(SpireadError):
 
 
 @dataclass(frozen=True)
-class Gradients:
-    """What `Program.grad` returns: the output's name and value, and one
-    gradient per `wrt` name (in that order). `g["W"]` is `g.gradients["W"]`."""
+class ByName:
+    """The output's name and value, and one result per `wrt` name (in that
+    order) in the field `BY` names: `r["W"]`."""
     output: str
-    value: float
-    gradients: dict[str, Value]
+    value: Value
+    BY: ClassVar[str]
 
     def __getitem__(self, name: str) -> Value:
-        return self.gradients[name]
+        return getattr(self, self.BY)[name]
+
+
+@dataclass(frozen=True)
+class Gradients(ByName):
+    """What `Program.grad` returns: the output's name and (scalar) value, and
+    one gradient per `wrt` name. `g["W"]` is `g.gradients["W"]`."""
+    gradients: dict[str, Value]
+    BY: ClassVar[str] = "gradients"
+
+
+@dataclass(frozen=True)
+class Jacobian(ByName):
+    """What `Program.jacobian` returns: the output's name and value, the mode
+    that computed the blocks, and one block per `wrt` name, of shape
+    shape(output) + shape(name). `j["W"]` is `j.blocks["W"]`."""
+    mode: str
+    blocks: dict[str, Value]
+    BY: ClassVar[str] = "blocks"
 
 
 @dataclass(frozen=True)
@@ -84,20 +103,6 @@ class Hessian:
     value: float
     blocks: dict[str, dict[str, Value]] | None
     products: dict[str, Value] | None = None
-
-
-@dataclass(frozen=True)
-class Jacobian:
-    """What `Program.jacobian` returns: the output's name and value, the mode
-    that computed the blocks, and one block per `wrt` name (in that order),
-    of shape shape(output) + shape(name). `j["W"]` is `j.blocks["W"]`."""
-    output: str
-    value: Value
-    mode: str
-    blocks: dict[str, Value]
-
-    def __getitem__(self, name: str) -> Value:
-        return self.blocks[name]
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,20 @@ from .interpreter import Const, Interpreter
 
 
 def parse_overrides(options: list[str], base_dir: Path | None = None, flag: str = "--set",
-                    bound: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+                    bound: Iterable[str] | None = None, row_files: bool = False) -> dict[str, np.ndarray | Path]:
     """`--set NAME=VALUE` options (or, as `flag` says, `--hvp`'s): a number,
     a literal, or a path to a data file; `--set FILE.npz` binds each of the
     archive's arrays by its name. Every message names the option as given.
-    With `bound` (the program's names), a name it does not bind is refused."""
+    With `bound` (the program's names), a name it does not bind is refused.
+    With `row_files` (`--backend dask`), `NAME=FILE` is left a path: row
+    data, which the chunks read a block of rows at a time."""
     overrides = {}
     for option in options:
         given = f"`{flag} {option}`"
         name, text = parse_set_option(option, flag)
-        if Path(text).suffix.lower() in SET_PATH_SUFFIXES:
+        if name and row_files and Path(text).suffix.lower() in SET_PATH_SUFFIXES:
+            read = {name: Path(text)}
+        elif Path(text).suffix.lower() in SET_PATH_SUFFIXES:
             try:
                 read = {name: load_array(Path(text), name=name)} if name else load_archive(Path(text))
             except SpireadError as err:  # no program to point into: name the option

@@ -14,12 +14,13 @@ import subprocess
 import sys
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from spiread_cli import chunk_tasks, train
+from spiread_cli import chunk_tasks, load, train
 from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.program import Program as NumpyProgram  # beside dask_backend.RowChunkRunner
 from spiread_cli.set_options import parse_overrides
@@ -610,6 +611,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Bounds for what a loaded machine may take (never met when all is well):
+# starting a cluster, and a training run to its end.
+CLUSTER_SECONDS = 300
+TRAINING_SECONDS = 900
+
+
 class CommandStartedCluster:
     """`dask scheduler` and two `dask worker` processes started by command on
     127.0.0.1 (their output in a log file); stopped by their ids whatever
@@ -621,9 +628,24 @@ class CommandStartedCluster:
         self.scheduler = self.start("distributed.cli.dask_scheduler", "--port", self.address.rsplit(":", 1)[1])
         self.workers = [self.start("distributed.cli.dask_worker", self.address, "--nthreads", "1", "--no-nanny")
                         for _ in range(2)]
+        with self.client() as client:
+            client.wait_for_workers(2, timeout=CLUSTER_SECONDS)
+
+    def client(self):
         from distributed import Client
-        with Client(self.address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=60)
+        return Client(self.address, timeout=f"{CLUSTER_SECONDS}s")
+
+    def holder_of_the_job(self) -> subprocess.Popen:
+        """A worker that holds the job spiread sent to the workers (with
+        `client.scatter`; Dask keeps one copy of it once nothing waits for
+        it): killing it loses data Dask cannot compute again."""
+        def holders(dask_scheduler):
+            return {ws.pid for ts in dask_scheduler.tasks.values() if str(ts.key).startswith("Job-")
+                    for ws in ts.who_has or ()}
+        with self.client() as client:
+            pids = client.run_on_scheduler(holders)
+        assert pids, "the job is on no worker: is the training under way?"
+        return next(w for w in self.workers if w.pid in pids)
 
     def start(self, module: str, *args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", module, *args, "--host", "127.0.0.1", "--no-dashboard"],
@@ -642,8 +664,8 @@ class CommandStartedCluster:
         self.logs.close()
 
 
-def train_until_killed(args: list[str], cwd, victim: subprocess.Popen, progress_lines: int, env=None):
-    """Run `spiread train`, SIGKILL `victim` once `progress_lines` progress
+def train_until_killed(args: list[str], cwd, victim: Callable[[], subprocess.Popen], progress_lines: int, env=None):
+    """Run `spiread train`, SIGKILL `victim()` once `progress_lines` progress
     lines are on stderr (training is under way), and wait for the end:
     (exit code, stdout, stderr)."""
     command = spiread_command() + [str(a) for a in args]
@@ -653,9 +675,10 @@ def train_until_killed(args: list[str], cwd, victim: subprocess.Popen, progress_
         seen = [training.stderr.readline() for _ in range(progress_lines)]
         assert all(line.startswith("step ") for line in seen), seen
         assert training.poll() is None, "training ended before the kill: give it more steps"
-        victim.kill()
-        victim.wait()
-        out, err = training.communicate(timeout=60)
+        killed = victim()
+        killed.kill()
+        killed.wait()
+        out, err = training.communicate(timeout=TRAINING_SECONDS)
     finally:
         if training.poll() is None:
             training.kill()
@@ -685,15 +708,21 @@ def test_command_started_cluster_and_its_faults(data, tmp_path):
     cluster = CommandStartedCluster(tmp_path)
     try:
         on_cluster += ["--backend", "dask", "--scheduler", cluster.address]
-        code, out, err = train_until_killed([*train, "--steps", "12", *on_cluster], data, cluster.workers[1], 2)
+        code, out, err = train_until_killed([*train, "--steps", "12", *on_cluster], data, cluster.holder_of_the_job, 2)
         assert code == 0, err
         got, expected = strict_json(out), numpy_values(12)
         np.testing.assert_allclose(got["loss"], expected["loss"], rtol=RTOL)
         assert_values({n: v["value"] for n, v in got["values"].items()}, expected)
+        # The Python API's way to the cluster: the same numbers, also keeping the chunks' recordings there.
+        with load(str(data / "mlp.ad"), backend="dask", scheduler=cluster.address, chunk_rows=20,
+                  persist=True) as program:
+            trained = program.train(wrt=["W1", "W2"], steps=12, lr=0.1, progress=False)
+        np.testing.assert_allclose(trained.losses, expected["loss"], rtol=RTOL)
+        assert_values(trained.values, expected)
 
         rescue = tmp_path / "rescue"
         rescue.mkdir()
-        code, out, err = train_until_killed([*train, "--steps", "100000", *on_cluster], data, cluster.scheduler, 1,
+        code, out, err = train_until_killed([*train, "--steps", "100000", *on_cluster], data, lambda: cluster.scheduler, 1,
                                             env={"TMPDIR": str(rescue)})
     finally:
         cluster.stop()
