@@ -351,6 +351,16 @@ def gradient_tangents_of_rows(job: Job, start: int, stop: int, values: dict[str,
     return tuple(weight * np.stack([a[i] for a in along]) for i in part.wrt)
 
 
+def patterns_of_rows(job: Job, start: int, stop: int, values: dict[str, np.ndarray], total: int) -> tuple:
+    """One task: the sparsity patterns of rows [start, stop)'s share of a
+    total over the entries of `job.wrt` (spiread_cli/sparsity.py): its
+    gradient's (1 × n) and its Hessian's (n × n), read from the chunk's
+    tape; added up over the chunks, their nonzeros are the total's."""
+    from .sparsity import hessian_pattern, jacobian_pattern
+    part, _ = _parts_at(job, start, stop, values)[total]
+    return jacobian_pattern(part.tape, part.output, part.wrt), hessian_pattern(part.tape, part.output, part.wrt)
+
+
 def tangents_of_rows(job: Job, start: int, stop: int, values: dict[str, np.ndarray],
                      tangents: dict[str, np.ndarray]) -> tuple:
     """One task: rows [start, stop)'s share of every total along each of a

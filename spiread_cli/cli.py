@@ -57,7 +57,8 @@ def grad_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
 def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOpt = None,
                 out: Annotated[Optional[Path], typer.Option("--out", metavar="PATH",
                                                             help="Write the DOT to PATH (whole or not at all) instead of stdout.")] = None,
-                debug: DebugOpt = False):
+                backend: BackendOpt = Backend.numpy, scheduler: SchedulerOpt = None, chunk_rows: ChunkRowsOpt = None,
+                persist: PersistOpt = False, debug: DebugOpt = False):
     """The computation graph as Graphviz DOT: spiread dot f.ad | dot -Tpng > g.png"""
     from .files import Output, atomic_output
     from .output import write_stdout
@@ -70,7 +71,8 @@ def dot_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None, set_: SetOp
                 f.write(dot.encode("utf-8"))
 
     run_command(file, set_, command="dot", compute=lambda s, program, sets: program.run_dot(s, sets, wrt=wrt, of=of),
-                text=text, debug=debug, outputs=[Output("--out", out, (".dot", ".gv"))], stdout_is_data=True)
+                text=text, debug=debug, outputs=[Output("--out", out, (".dot", ".gv"))], stdout_is_data=True,
+                backend=(backend, scheduler, chunk_rows, persist))
 
 
 @app.command("hessian")
@@ -114,7 +116,9 @@ def jacobian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                                                            "name; with --sparse or --pattern, the matrix as "
                                                            "scipy.sparse.load_npz reads it (whole or not at all).")] = None,
                      plot: SpyPlotOpt = None, set_: SetOpt = None, fmt: FormatOpt = Format.text,
-                     strict: StrictOpt = False, debug: DebugOpt = False):
+                     strict: StrictOpt = False, backend: BackendOpt = Backend.numpy,
+                     scheduler: SchedulerOpt = None, chunk_rows: ChunkRowsOpt = None,
+                     persist: PersistOpt = False, debug: DebugOpt = False):
     """The Jacobian of the output (scalar, vector or matrix): a block of shape shape(out) + shape(NAME) per --wrt;
     the sparse Jacobian with --sparse, or its sparsity pattern with --pattern."""
     from . import files
@@ -134,7 +138,8 @@ def jacobian_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     run_command(file, set_, command="jacobian", compute=compute, document=lambda run, r: jacobian_document(r),
                 text=lambda run, r: jacobian_text(run, r, out), fmt=fmt, strict=strict, debug=debug,
                 outputs=sparse_outputs(out, plot),
-                prepare=lambda: sparse_options(sparse, pattern, out, plot, {}, dense_out=True))
+                prepare=lambda: sparse_options(sparse, pattern, out, plot, {}, dense_out=True),
+                backend=(backend, scheduler, chunk_rows, persist))
 
 
 @app.command("check")
@@ -265,7 +270,9 @@ def export_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                    hvp: Annotated[bool, typer.Option("--hvp", help="Also export the Hessian-vector product "
                                                                    "(python: hvp(direction, ...); onnx: inputs "
                                                                    "v_NAME, outputs hvp_NAME).")] = False,
-                   set_: SetOpt = None, strict: StrictOpt = False, debug: DebugOpt = False):
+                   set_: SetOpt = None, strict: StrictOpt = False, backend: BackendOpt = Backend.numpy,
+                   scheduler: SchedulerOpt = None, chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False,
+                   debug: DebugOpt = False):
     """The value and its gradient (and H·v) as code that runs without spiread: Python or ONNX (docs/export.md)."""
     from . import files
     from .diagnostics import usage_error
@@ -291,7 +298,8 @@ def export_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     run_command(file, set_, command="export",
                 compute=lambda s, program, sets: program.run_export(s, sets, to=to.value, out=out, wrt=wrt, of=of,
                                                                     hvp=hvp),
-                text=text, strict=strict, debug=debug, prepare=prepare, outputs=outputs)
+                text=text, strict=strict, debug=debug, prepare=prepare, outputs=outputs,
+                backend=(backend, scheduler, chunk_rows, persist))
 
 
 @app.command("schema")

@@ -30,7 +30,8 @@ import numpy as np
 
 from .chunk_plan import PROBE_ROWS, Job, default_chunk_rows, default_threads, probe
 from .chunk_tasks import (Share, add_shares, added, drop_templates, gradient_tangents_of_rows, hvp_of_rows,
-                          record_chunk, share_of_kept, share_of_rows, tangents_of_rows, totals_of_rows)
+                          patterns_of_rows, record_chunk, share_of_kept, share_of_rows, tangents_of_rows,
+                          totals_of_rows)
 from .data import parse_set_option
 from .data_open import SET_PATH_SUFFIXES
 from .dask_common import WorkerDataLost, close_client, connect, dask_threaded, on_cluster, require_dask
@@ -153,7 +154,8 @@ class RowChunkRunner:
         self._prepare(reach, ids)
         values = {name: probe.node(name).value for name in reach}
         share = self.compute(values, True)
-        self.sums = ChunkSums(self, values, share)
+        data = [name for name, i in probe.bindings.items() if plan.row[i] and probe.tape.nodes[i].op is None]
+        self.sums = ChunkSums(self, values, share, data)
         if not self.job.moving:
             warn_all(probe.diagnostics, self.sums.reports())
         moving = [r for r, _ in self.job.moving]
@@ -290,9 +292,9 @@ class ChunkSums(KeptSums):
     evaluation at new values one pass giving every total with its gradients,
     each Hessian-vector product or block of tangents one pass."""
 
-    def __init__(self, program: RowChunkRunner, values: dict[str, np.ndarray], share: Share):
+    def __init__(self, program: RowChunkRunner, values: dict[str, np.ndarray], share: Share, data: list[str]):
         super().__init__(values, share)
-        self.program = program
+        self.program, self.data = program, data
 
     def evaluate(self, values: dict[str, np.ndarray]) -> Share:
         return self.program.compute(values, False)
@@ -315,3 +317,6 @@ class ChunkSums(KeptSums):
         products = self.kept(tangent_key("gradient_jvp", total, tangents=tangents), values,
                              lambda: self._rows(gradient_tangents_of_rows, total, tangents))
         return products[self.program.job.wrt.index(name)]
+
+    def patterns(self, total: int) -> tuple:
+        return self.kept(("patterns", total), self.latest, lambda: self._rows(patterns_of_rows, total))

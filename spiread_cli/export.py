@@ -99,6 +99,10 @@ def graphs(run: Run, wrt: list[str] | None, hvp: bool) -> Graphs:
                                exit_code=2)
     fused = fuse(run.tape, run.output, list(ids.values()), diagnostics=run.diagnostics)
     tape = fused.tape
+    for node in tape.nodes:
+        if node.op is not None and node.op.export is not None and node.op.export.refused is not None:
+            why, notes = node.op.export.refused(**node.params)
+            raise SpireadError(f"cannot export `{node.label}`: {why}", node.span, notes)
     wrt_ids = dict(zip(ids, fused.wrt))
     grad_ids = tape.backward_graph(fused.output, fused.wrt, run.diagnostics)
     grads = {name: grad_ids[i] for name, i in wrt_ids.items()}

@@ -102,10 +102,15 @@ class Export:
     **attributes)`, `b.const(array)` (float64, or int64 for integers),
     `b.ints(values)`, `b.zeros(shape)`, `b.shape(operand)` and
     `b.value(operand)`; None where the op has no ONNX form (exporting it to
-    ONNX is then an error at its span)."""
-    python: str | Callable
+    ONNX is then an error at its span).
+
+    `refused(**params) -> (why, what to do)`: for an op that cannot be
+    written out at all (it runs tapes of its own), why, in the user's
+    words; exporting it is an error at its span."""
+    python: str | Callable | None
     onnx: str | Callable | None
     numbers: bool = False
+    refused: Callable | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,7 +247,7 @@ class Program(PythonCalls):
         the sparse Jacobian, with `pattern` its sparsity pattern; `mode` picks
         the sweeps (None: the fewer)."""
         from . import jacobian as jacobians
-        run = self._ran(caller, overrides, of)
+        run = self._ran(caller, overrides, of, wrt=wrt)
         task = jacobians.jacobian_pattern if pattern else jacobians.sparse_jacobian if sparse else jacobians.jacobian
         result = self._located(task, run, wrt, mode)
         caller.warn(run)
@@ -294,7 +294,7 @@ class Program(PythonCalls):
             from .export_python import export_python as write
         else:
             from .export_onnx import export_onnx as write
-        run = self._ran(caller, overrides, of, evaluate=False)
+        run = self._ran(caller, overrides, of, evaluate=False, wrt=wrt)
         written = self._located(write, self._located(graphs, run, wrt, hvp), out)
         caller.warn(run)
         return Outcome(run, written)

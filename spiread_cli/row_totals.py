@@ -12,14 +12,18 @@ values differentiated by (w) an op node whose operands are those values:
 | vjp, operand j | g · ∂r_k/∂w_j | Σ chunks' HVPs: ∂⟨∂share/∂w_i, g⟩/∂w_j |
 | jvp | Σ chunks' forward sweeps | Σ chunks' HVPs along the tangents |
 | statement | mul(g, rowsGradient_k,j(w)) | (third derivatives are refused) |
+| batched vjp (Jacobians) | each g · ∂r_k/∂w_j | an HVP per cotangent |
+| structure (sparsity) | the union of the chunks' gradient and Hessian patterns | conservative |
+| export | refused, naming the data (they are never whole) | |
 
 Every rule is the chunk tape's own sweep, run per chunk and added up by the
 `RowSums` the node's parameters hold (dask_backend.ChunkSums schedules them
 on Dask); the driver's tape then runs its own sweeps, observers and messages
 over these nodes as over any other. So every task — gradients in either
-mode, `--explain`, check of both orders, Hessians and HVPs, training with
-any optimizer — works on the driver's `Run` as on the numpy backend's, and
-never learns which is below it. A value one pass computes (the totals with
+mode, `--explain`, `dot`, check of both orders, Hessians and HVPs (dense and
+sparse, and their patterns), Jacobians, training with any optimizer — works
+on the driver's `Run` as on the numpy backend's, and never learns which is
+below it. A value one pass computes (the totals with
 their gradients) is kept for the values it was computed at, so a training
 step is one pass over the data and each HVP one more.
 """
@@ -31,9 +35,10 @@ from typing import Protocol
 import numpy as np
 
 from .diagnostics import Diagnostic, Diagnostics, SpireadError, option
-from .ops import Op
+from .ops import Export, Op
 from .rules import IMPLS, OPS
 from .run import Run
+from .structure import Entries, Links, Structure, whole
 from .tape import Tape
 
 TOTAL, GRADIENT = "rowsTotal", "rowsGradient"
@@ -42,7 +47,9 @@ TOTAL, GRADIENT = "rowsTotal", "rowsGradient"
 class RowSums(Protocol):
     """Sums over row chunks of the chunks' tapes and their sweeps, at the
     values `values` (name -> array) of the names the chunks are
-    differentiated by; `total` numbers the totals, in tape order."""
+    differentiated by; `total` numbers the totals, in tape order. `data`:
+    the names of the row data, for messages."""
+    data: list[str]
 
     def total(self, total: int, values: dict[str, np.ndarray]) -> np.ndarray: ...
 
@@ -60,6 +67,14 @@ class RowSums(Protocol):
 
     def reports(self) -> list[Diagnostic]:
         """The warnings the chunks gave since last asked."""
+
+    def patterns(self, total: int) -> tuple:
+        """The sparsity patterns of the total by the entries of every name, in
+        order (spiread_cli/sparsity.py): its gradient's, 1 × n, and its
+        Hessian's, n × n (scipy arrays whose nonzeros are the pattern)."""
+
+    def entries(self, name: str) -> slice:
+        """Where a name's entries are among every name's, in order."""
 
 
 class KeptSums:
@@ -107,6 +122,14 @@ class KeptSums:
         reported, self.pending = self.pending, []
         return reported
 
+    def entries(self, name: str) -> slice:
+        start = 0
+        for other, value in self.latest.items():
+            if other == name:
+                return slice(start, start + value.size)
+            start += value.size
+        raise KeyError(name)
+
 
 def tangent_key(kind: str, *parts, tangents: dict[str, np.ndarray]) -> tuple:
     return (kind, *parts, tuple((n, t.shape, t.tobytes()) for n, t in tangents.items()))
@@ -116,7 +139,7 @@ def names_to_differentiate(probe: Run, row: list[bool], wrt: list[str] | None) -
     """`wrt`, or by default the names the output depends on but the row
     data (whose gradients would be as large as the data: a warning says so)."""
     if wrt:
-        return list(probe.wrt_ids(wrt))
+        return list(probe.wrt_ids(wrt, scalar=False))  # the task asks for a scalar if it needs one
     default = probe.default_wrt()
     rows = [n for n in default if row[probe.bindings[n]]]
     kept = [n for n in default if n not in rows]
@@ -131,7 +154,7 @@ def names_to_differentiate(probe: Run, row: list[bool], wrt: list[str] | None) -
                                "would be as large as the data", probe.binding_spans.get(rows[0]),
                                [f"differentiating by {', '.join(f'`{n}`' for n in kept)}; name others with "
                                 f"{option('wrt', 'NAME')}"])
-    return list(probe.wrt_ids(kept)) if kept else []
+    return list(probe.wrt_ids(kept, scalar=False)) if kept else []
 
 
 def _values(names: tuple[str, ...], ws) -> dict[str, np.ndarray]:
@@ -150,6 +173,12 @@ def _total_vjp(i, g, out, *ws, sums: RowSums, total: int, names: tuple[str, ...]
     return g * sums.gradient(total, names[i], _values(names, ws))
 
 
+def _total_batched_vjp(i, g, out, *ws, sums: RowSums, total: int, names: tuple[str, ...]):
+    """For a batch of cotangents g (k,): each times the gradient (a Jacobian's rows)."""
+    gradient = sums.gradient(total, names[i], _values(names, ws))
+    return np.multiply.outer(g, gradient)
+
+
 def _total_jvp(ts, out, *ws, sums: RowSums, total: int, names: tuple[str, ...]):
     return sums.jvp(total, _values(names, ws), _tangents(names, ts))
 
@@ -166,6 +195,12 @@ def _gradient_vjp(j, g, out, *ws, sums: RowSums, total: int, names: tuple[str, .
     return sums.hvp(total, names[of], _values(names, ws), g)[names[j]]
 
 
+def _gradient_batched_vjp(j, g, out, *ws, sums: RowSums, total: int, names: tuple[str, ...], of: int):
+    """For a batch of cotangents g (k, *shape): a Hessian-vector product each."""
+    values = _values(names, ws)
+    return np.stack([sums.hvp(total, names[of], values, v)[names[j]] for v in g])
+
+
 def _gradient_jvp(ts, out, *ws, sums: RowSums, total: int, names: tuple[str, ...], of: int):
     return sums.gradient_jvp(total, names[of], _values(names, ws), _tangents(names, ts))
 
@@ -179,15 +214,41 @@ def _reports(sums: RowSums, **_) -> list[Diagnostic]:
     return sums.reports()
 
 
-def _define(name: str, impl, shape, derivative, vjp, jvp) -> Op:
-    op = Op(name, impl, shape, derivative, vjp, jvp, methods=(), arity=0, reports=_reports)
+def _total_first(i: int, e: Entries) -> Links | None:
+    """The entries of operand i the total depends on: the chunks' gradients' patterns."""
+    sums, names = e.params["sums"], e.params["names"]
+    gradient = sums.patterns(e.params["total"])[0][:, sums.entries(names[i])].tocoo()
+    return Links.pairs((1, e.size(i)), np.zeros(gradient.nnz), gradient.col) if gradient.nnz else None
+
+
+def _total_second(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
+    """The entries of operands i and j that meet in its second derivative: the chunks' Hessians' patterns."""
+    if not adj.any():
+        return None
+    sums, names = e.params["sums"], e.params["names"]
+    block = sums.patterns(e.params["total"])[1][sums.entries(names[i]), :][:, sums.entries(names[j])].tocoo()
+    return Links.pairs((e.size(i), e.size(j)), block.row, block.col) if block.nnz else None
+
+
+def _not_exported(sums: RowSums, **_) -> tuple[str, list[str]]:
+    data = ", ".join(f"`{name}`" for name in sums.data)
+    return (f"it totals the rows of the data {data}, which are read a chunk at a time and never whole, and an "
+            "exported module computes on every value it is given whole",
+            [f"export with {option('backend', 'numpy')}; the module's functions take the data as arguments, Dask "
+             "arrays too (docs/export.md)"])
+
+
+def _define(name: str, impl, shape, derivative, vjp, jvp, batched_vjp, structure: Structure = whole()) -> Op:
+    op = Op(name, impl, shape, derivative, vjp, jvp, methods=(), arity=0, reports=_reports, batched_vjp=batched_vjp,
+            export=Export(None, None, refused=_not_exported), structure=structure)
     OPS.beyond[name], IMPLS.beyond[name] = op, impl  # found by name, not among the table's primitives
     return op
 
 
-TOTAL_OP = _define(TOTAL, _total, lambda *shapes, **_: (), _total_derivative, _total_vjp, _total_jvp)
+TOTAL_OP = _define(TOTAL, _total, lambda *shapes, **_: (), _total_derivative, _total_vjp, _total_jvp,
+                   _total_batched_vjp, Structure("dense", _total_first, _total_second))
 GRADIENT_OP = _define(GRADIENT, _gradient, lambda *shapes, of, **_: shapes[of], _third, _gradient_vjp,
-                      _gradient_jvp)
+                      _gradient_jvp, _gradient_batched_vjp)
 
 
 def driver_run(probe: Run, row: list[bool], moving: list[int], names: list[str], fixed: dict[int, np.ndarray],
