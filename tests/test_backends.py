@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import spiread, strict_json
+from test_dask import assert_numbers_close
 
 pytest.importorskip("distributed")
 
@@ -43,19 +44,6 @@ def folder(tmp_path_factory):
     np.save(folder / "y.npy", np.tanh(X @ [1.0, -0.5, 0.25]) + 0.05 * rng.standard_normal(61))
     (folder / "p.ad").write_text(PROGRAM)
     return folder
-
-
-def assert_numbers_close(got, expected, where: str) -> None:
-    """Two JSON documents' numbers (rtol 1e-9), everything else equal."""
-    if isinstance(expected, dict):
-        assert got.keys() == expected.keys(), where
-        for key in expected:
-            assert_numbers_close(got[key], expected[key], f"{where}.{key}")
-    elif isinstance(expected, (list, float)) and not isinstance(expected, bool):
-        np.testing.assert_allclose(np.asarray(got, dtype=float), np.asarray(expected, dtype=float), rtol=1e-9,
-                                   atol=1e-12, err_msg=where)
-    else:
-        assert got == expected, where
 
 
 COMMANDS = {
