@@ -191,3 +191,20 @@ def test_every_call_of_the_python_api_gives_numpys_numbers_on_dask(folder):
         gradient = re.compile(r"<b>w</b>.*?∇ ([^<]*)<")
         shown = [np.array(gradient.search(g).group(1).strip("[]").split(), dtype=float) for g in (graph, expected)]
         np.testing.assert_allclose(*shown, rtol=1e-9)
+
+
+def test_a_pattern_on_dask_is_the_union_of_the_chunks_own(folder):
+    """Which entries of W meet depends on the data (the rows' positions):
+    each chunk reads its own pattern, and their union is numpy's, not the
+    dense one a total could conservatively claim."""
+    xs = np.repeat([0.0, 1.0, 3.0, 1.0], 16)  # each chunk of 16 rows picks one row of W
+    np.save(folder / "xs.npy", xs)
+    (folder / "picks.ad").write_text('xs = load("xs.npy")\nW = randn(5, 5, seed=0)\n'
+                                     'loss = (onehot(xs, 5) @@ W).exp.sum + (W.row(4) * W.row(4)).sum\n')
+    for command in (["hessian", "--pattern"], ["hessian", "--sparse"]):
+        expected = strict_json(spiread(command[0], "picks.ad", *command[1:], "--format", "json", cwd=folder).stdout)
+        out = spiread(command[0], "picks.ad", *command[1:], "--format", "json", *DASK, cwd=folder)
+        assert out.returncode == 0, out.stderr
+        got = strict_json(out.stdout)
+        assert_numbers_close(without(got, SKIPPED), without(expected, SKIPPED), " ".join(command))
+    assert expected["hessian"]["W"]["W"]["nonzeros"] == 3 * 5 + 5  # rows 0, 1 and 3 of W; row 4 by itself
