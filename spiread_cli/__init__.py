@@ -12,10 +12,11 @@ command line's start-up) stays light.
 
 from __future__ import annotations
 
+from .version import __version__  # noqa: F401 (the package's own `spiread_cli.__version__`)
+
 # Not `from typing import TYPE_CHECKING`: importing typing would double this
 # module's import time; type checkers know the name either way.
 TYPE_CHECKING = False
-__version__ = "0.1.0"
 
 __all__ = ["CheckResult", "Gradients", "Graph", "Jacobian", "Program", "SpireadError", "SpireadWarning", "Training",
            "TrainingStopped", "compile", "load"]

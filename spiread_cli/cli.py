@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
+from .version import __version__
 from .cli_options import (Backend, BackendOpt, ChunkRowsOpt, DebugOpt, FileArg, Format, FormatOpt, Mode, OfOpt,
                           PersistOpt, SchedulerOpt, SetOpt, StrictOpt, WrtOpt, name_lists)
 from .cli_session import run_command, session

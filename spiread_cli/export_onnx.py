@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .diagnostics import SpireadError
 from .export import Graphs
 from .export_python import python_name
 from .files import atomic_output
+from .version import __version__
 
 ONNX_OPSET = 21
 

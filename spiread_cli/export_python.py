@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .export import Graphs
 from .files import atomic_output
 from .ops import Op
 from .tape_nodes import Node
+from .version import __version__
 
 # The names an exported module defines or imports itself: a program's name
 # that is one of them (or a keyword) is written with a `_` after it.
