@@ -553,6 +553,34 @@ def test_local_cluster_gives_the_same_numbers_with_and_without_persist(data):
             assert_same(expected, got, f"LocalCluster, persist={persist}")
 
 
+@pytest.mark.cluster
+@pytest.mark.parametrize("persist", [False, True])
+def test_what_a_stopped_worker_held_outside_a_graph_is_sent_again(persist, data):
+    """Dask computes a stopped worker's tasks again itself, but not what was
+    sent to the workers outside a graph: the job (`client.scatter`, of which
+    its memory manager keeps one copy) and, under --persist, the chunks'
+    recordings. Lost while the scheduler is there (a cancelled future, as
+    when the worker holding the one copy is killed), they are sent and made
+    again: the same totals, not a lost scheduler (the cluster-fault test
+    below kills that worker)."""
+    from distributed import LocalCluster
+    source = Source(str(data / "prog.ad"), PROGRAMS["MLP, two totals and a log of the total"])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        program = RowChunkRunner.of_source(source, Options(cluster.scheduler_address, 40, persist), [], None, data)
+        try:
+            program.run_for(None)
+            before = program.compute(None, True)
+            lost = [program.scattered[1], *(program.kept or [])]
+            program.client.cancel(lost)
+            after = program.compute(None, True)
+            assert program.scattered[1] not in lost  # the job was sent again
+        finally:
+            program.close()
+    assert len(after.totals) == len(before.totals) > 0
+    for got, expected in zip(after.totals, before.totals):
+        np.testing.assert_array_equal(got, expected)
+
+
 # ------------------------------------------------------------- the command line
 
 
