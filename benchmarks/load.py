@@ -88,7 +88,7 @@ def matrix_program(n: int) -> str:
 
 
 PROGRAMS = {"lines": lines_program, "chain": chain_program, "literal": literal_program,
-            "matrix": matrix_program, "set": lambda n: f"x = 0\nloss = x.sum\n"}
+            "matrix": matrix_program, "set": lambda n: "x = 0\nloss = x.sum\n"}
 
 
 # ------------------------------------------------------------ one measurement

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .diagnostics import SpireadError
 from .limits import check_bytes, max_bytes
 from .sparsity_links import Columns, HessianPairs, Progression, csr_of, met, pulled, pushed_back, union_of
 from .structure import Entries, Links
@@ -179,9 +178,3 @@ def jacobian_pattern(tape: Tape, output: int, wrt: list[int]) -> sp.csr_array:
 
 def hessian_pattern(tape: Tape, output: int, wrt: list[int]) -> sp.csr_array:
     return Sweep(tape, output, wrt).hessian()
-
-
-def scipy_missing(what: str) -> SpireadError:
-    """The error for an option that needs the `sparse` extra."""
-    return SpireadError(f"{what} needs scipy, which is not installed",
-                        notes=['pip install scipy (or pip install ".[sparse]" in spiread\'s checkout)'], exit_code=2)
