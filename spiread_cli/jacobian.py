@@ -91,13 +91,13 @@ def jacobian_pattern(run: Run, wrt: list[str] | None = None, mode: str | None = 
 
 def _compression(run: Run, wrt: list[str] | None, mode: str | None):
     """(the wrt ids by name, the Jacobian's pattern, its colouring, "columns"
-    or "rows", the sweeps: one per colour, none for a pattern with no entry)."""
+    or "rows", the sweeps: one per colour)."""
     from .sparsity import jacobian_pattern as pattern_of
     _mode(mode)
     ids = run.wrt_ids(wrt, scalar=False)
     pattern = pattern_of(run.tape, run.output, list(ids.values()))
     colouring, direction = colour_jacobian(pattern, mode)
-    return ids, pattern, colouring, direction, colouring.count if pattern.nnz else 0
+    return ids, pattern, colouring, direction, colouring.count
 
 
 def colour_jacobian(pattern, mode: str | None = None):
@@ -127,7 +127,7 @@ def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = N
     tape, nodes = run.tape, run.tape.nodes
     wrt_ids = list(ids.values())
     shapes = [nodes[i].shape for i in wrt_ids]
-    seeds = colouring.seeds()[:k]
+    seeds = colouring.seeds()
     out_shape = nodes[run.output].shape
     if direction == "columns":
         cuts = np.cumsum([0] + [math.prod(s) for s in shapes])

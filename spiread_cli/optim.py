@@ -138,9 +138,12 @@ class Newton:
         self.products = HessianVectorProducts(tape, grad_ids, recorded_from)
         entries = sum(tape.nodes[i].value.size for i in ids.values())
         if self.sparse or (self.sparse is None and entries >= self.sparse_from_entries and find_spec("scipy")):
-            hessians = SparseHessians(tape, output, grad_ids)
-            if self.sparse or hessians.colouring.count <= self.sparse_sweeps_fraction * entries:
-                self.hessians = hessians
+            from .sparsity import hessian_pattern
+            from .sparsity_colouring import colour_symmetric
+            pattern = hessian_pattern(tape, output, list(ids.values()))
+            colouring = colour_symmetric(pattern)
+            if self.sparse or colouring.count <= self.sparse_sweeps_fraction * entries:  # built only when used
+                self.hessians = SparseHessians(tape, output, grad_ids, pattern, colouring)
 
     def step(self, values: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.products.refresh()  # the recorded gradient at the current values (train replayed the forward pass)

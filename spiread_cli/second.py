@@ -68,20 +68,14 @@ class SecondOrder:
 
     # --------------------------------------------------- sparse Hessian
 
-    def pattern(self):
-        """The Hessian's exact sparsity pattern (spiread_cli/sparsity.py),
-        read from the program's tape, over the wrt entries in order."""
-        from .sparsity import hessian_pattern
-        return hessian_pattern(self.run.tape, self.run.output, list(self.ids.values()))
-
-    def sparse_hessian(self, pattern=None, colouring=None, budget_bytes: int = TANGENT_BUDGET_BYTES):
+    def sparse_hessian(self, budget_bytes: int = TANGENT_BUDGET_BYTES):
         """The Hessian as a scipy.sparse CSR matrix over the wrt entries (in
         order, each value's entries flat), from one Hessian-vector product
         per colour of its pattern (`SparseHessians`). Returns (matrix,
-        pattern, colouring)."""
+        colouring)."""
         hessians = SparseHessians(self.run.tape, self.run.output, {i: self.grad_ids[i] for i in self.ids.values()},
-                                  pattern, colouring, self.run.diagnostics)
-        return hessians(budget_bytes), hessians.pattern, hessians.colouring
+                                  diagnostics=self.run.diagnostics)
+        return hessians(budget_bytes), hessians.colouring
 
     # ------------------------------------------- Hessian-vector products
 
@@ -136,8 +130,8 @@ class SparseHessians:
                     for p, i in enumerate(self.wrt)}
 
         # Each sweep gives H·seeds over one value's entries: colours × its entries.
-        products = [sweep.push_blocks(k, seed_block, self.diagnostics, budget_bytes).reshape(k, -1)
-                    for sweep in self.sweeps]
+        products = [sweep.push_blocks(k, seed_block, self.diagnostics, budget_bytes).reshape(k, math.prod(shape))
+                    for sweep, shape in zip(self.sweeps, self.shapes)]
         return self.recovery(products[0] if len(products) == 1 else np.concatenate(products, axis=1)
                              if products else np.zeros((k, 0)))
 
@@ -267,7 +261,7 @@ def sparse_hessian(run: Run, wrt: list[str] | None = None) -> RunSparseHessian:
     Hessian-vector product per colour (`spiread hessian --sparse`); never
     forms a dense block."""
     order = SecondOrder(run, wrt)
-    matrix, pattern, colouring = order.sparse_hessian()
+    matrix, colouring = order.sparse_hessian()
     nodes = run.tape.nodes
     return RunSparseHessian(run.value, matrix, list(order.ids), [nodes[i].shape for i in order.ids.values()],
                          colouring.count, colouring.kind)

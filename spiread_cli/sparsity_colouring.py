@@ -18,7 +18,8 @@ class Colouring:
     """colour[j] for each column; `kind` "columns" (structurally orthogonal
     columns: direct recovery, any matrix) or "star" (a symmetric matrix's
     star colouring: each nonzero read from the column of i's or of j's
-    colour, whichever is unique in the other's row)."""
+    colour, whichever is unique in the other's row). A pattern with no entry
+    has no colour (every column -1): it takes no sweep."""
     colours: np.ndarray
     kind: str
 
@@ -29,7 +30,8 @@ class Colouring:
     def seeds(self) -> np.ndarray:
         """The colours' seed directions, colours × columns: the sum of each colour's unit vectors."""
         seeds = np.zeros((self.count, len(self.colours)))
-        seeds[self.colours, np.arange(len(self.colours))] = 1.0
+        coloured = np.flatnonzero(self.colours >= 0)
+        seeds[self.colours[coloured], coloured] = 1.0
         return seeds
 
 
@@ -43,8 +45,8 @@ def _banded(pattern: sp.csr_array) -> np.ndarray | None:
     within `lower` below and `upper` above the diagonal (Curtis–Powell–Reid):
     columns of one colour are further apart than any row reaches."""
     coo = pattern.tocoo()
-    if coo.nnz == 0:
-        return np.zeros(pattern.shape[1], dtype=np.int64)
+    if coo.nnz == 0:  # nothing to recover: no colour, no sweep
+        return np.full(pattern.shape[1], -1, dtype=np.int64)
     offsets = coo.col.astype(np.int64) - coo.row
     width = int(offsets.max()) - int(offsets.min()) + 1
     return np.arange(pattern.shape[1]) % width if width < pattern.shape[1] else None

@@ -136,10 +136,6 @@ def _linear(i: int, j: int, entries: Entries, adj: np.ndarray) -> None:
     return None
 
 
-def _flat_first(i: int, entries: Entries) -> None:
-    return None
-
-
 # ---------------------------------------------------------- elementwise
 
 
