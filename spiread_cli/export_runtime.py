@@ -76,9 +76,11 @@ def _log_softmax_rows(x):
 
 def _log_sum_exp(x, axis):
     """log Σ exp(x) over all entries (axis None) or along `axis`, shifted by
-    the maximum so no exp overflows."""
+    the maximum so no exp overflows; an infinite maximum is not subtracted
+    (−inf − −inf is nan), as the op's value rule."""
     xp = array_namespace(x)
     m = xp.max(x, axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, xp.zeros_like(m))
     total = xp.sum(xp.exp(x - m), axis=axis, keepdims=True)
     shape = () if axis is None else tuple(n for k, n in enumerate(x.shape) if k != axis)
     return xp.reshape(xp.log(total) + m, shape)

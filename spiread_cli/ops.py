@@ -982,6 +982,7 @@ def _log_sum_exp_export(axis: int | None) -> Export:
     def onnx(b, x):
         axes = [] if axis is None else [b.ints([axis])]
         m = b("ReduceMax", [x, *axes], keepdims=1)
+        m = b("Where", [b("IsInf", [m]), b.const(0.0), m])  # an infinite maximum is not subtracted
         total = b("ReduceSum", [b("Exp", [b("Sub", [x, m])]), *axes], keepdims=1)
         shape = () if axis is None else tuple(n for k, n in enumerate(b.shape(x)) if k != axis)
         return b("Reshape", [b("Add", [b("Log", [total]), m]), b.ints(shape)])

@@ -254,6 +254,25 @@ def test_plain_python_lists_and_numbers_are_arguments(tmp_path):
     assert isinstance(torch_grads["w"], torch.Tensor)
 
 
+def test_log_sum_exp_of_infinite_entries_exports_as_spiread_computes_it(tmp_path):
+    # An infinite maximum is not subtracted (−inf − −inf is nan): a row of
+    # -inf gives -inf, a +inf entry gives +inf, in both exports as in the op.
+    cases = [("x.rowLogSumExp.sum", np.array([[-np.inf, -np.inf], [0.0, 1.0]]), -np.inf),
+             ("x.logSumExp", np.array([[np.inf, 1.0], [0.0, 1.0]]), np.inf)]
+    for k, (expression, x, want) in enumerate(cases):
+        program = tmp_path / f"lse{k}.ad"
+        program.write_text(f"x = [[-1.0, 2.0], [3.0, 0.5]]\ny = {expression}\n")
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            assert Program.open(str(program)).run({"x": x}).value == want
+        for to, suffix in (("python", "py"), ("onnx", "onnx")):
+            done = spiread("export", str(program), "--to", to, "-o", str(tmp_path / f"lse{k}.{suffix}"), "--wrt", "x")
+            assert done.returncode == 0, done.stderr
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            assert load_module(tmp_path / f"lse{k}.py").value(x=x) == want, expression
+        session = ort.InferenceSession(str(tmp_path / f"lse{k}.onnx"), providers=["CPUExecutionProvider"])
+        assert session.run(["value"], {"x": x})[0] == want, expression
+
+
 def test_an_intermediate_cannot_be_exported_by(tmp_path):
     program = tmp_path / "p.ad"
     program.write_text("w = [1.0, 2.0]\nh = w.exp\nloss = h.sum\n")
