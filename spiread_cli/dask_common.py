@@ -74,7 +74,7 @@ def on_cluster(client, address: str, call, *args, **kwargs):
         scheduler_lost = client.status != "running" or getattr(err, "reason", None) == "scheduler-connection-lost"
         if isinstance(err, FutureCancelledError) and not scheduler_lost:
             raise WorkerDataLost(f"{option('scheduler', address)}: the Dask workers keep stopping: data only a "
-                                 f"stopped worker held was lost ({err.reason})",
+                                 f"stopped worker held was lost ({getattr(err, 'reason', err)})",
                                  notes=["see the workers' logs (memory, crashes); " + START_A_CLUSTER]) from None
         if not scheduler_lost:
             raise

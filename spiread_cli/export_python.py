@@ -269,8 +269,8 @@ class PythonWriter:
 
 def runtime_helpers(code: str) -> str:
     """The functions of export_runtime.py that `code` calls, and those they call."""
-    tree = ast.parse(RUNTIME.read_text())
     source = RUNTIME.read_text()
+    tree = ast.parse(source)
     defined = {f.name: ast.get_source_segment(source, f) for f in tree.body if isinstance(f, ast.FunctionDef)}
     wanted: list[str] = []
     pending = [n for n in defined if re.search(rf"\b{n}\(", code)]

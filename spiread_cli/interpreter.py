@@ -93,7 +93,7 @@ class Interpreter(Names, Operands, Calls, Indexing):
 
     def _run(self, module: ast.Module, of: str | None) -> Run:
         self.later = {s.name: s for s in reversed(module.statements) if isinstance(s, (ast.Binding, ast.Definition))}
-        values = [s.name for s in module.statements if isinstance(s, ast.Binding)]
+        values = module.bound_names()
         unknown = [name for name in self.overrides if name not in values]
         if unknown:
             raise SpireadError(f"`--set {unknown[0]}=…`: the program binds no `{unknown[0]}`",

@@ -112,8 +112,7 @@ class Program(PythonCalls):
         self._base_dir = base_dir
         self._backend = backend  # dask_backend.Options for backend="dask" (`load`, `--backend dask`), else None
         self._running = None     # the dask_backend program of the last call (its client, its chunks' templates)
-        # The names the program binds, in order: what bindings may replace.
-        self.names: list[str] = [s.name for s in module.statements if isinstance(s, syntax_tree.Binding)]
+        self.names: list[str] = module.bound_names()
 
     @classmethod
     def open(cls, path: str, backend=None) -> "Program":

@@ -187,3 +187,7 @@ class ExprStmt:
 class Module:
     statements: list
     source: Source
+
+    def bound_names(self) -> list[str]:
+        """The names the program binds, in order: what `--set` and bindings may replace."""
+        return [s.name for s in self.statements if isinstance(s, Binding)]

@@ -160,7 +160,7 @@ class Tape:
             return
         node.known_finite = all_finite_unguarded(value)
         if node.op.reports is not None:  # it says what was born inside it, if anything
-            warn_all(diagnostics, node.op.reports(**node.params))
+            warn_all(diagnostics, node.born_inside())
         elif not node.known_finite and all([nodes[i].finite for i in node.inputs]):
             diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args), node.span)
 
@@ -423,7 +423,7 @@ class Births:
     def warn(self, diagnostics: Diagnostics) -> None:
         if self.first is not None:
             node, produced = self.first
-            inside = node.op.reports(**node.params) if node.op.reports is not None else []
+            inside = node.born_inside()
             if inside:
                 warn_all(diagnostics, inside)
             else:

@@ -57,6 +57,11 @@ class Node:
             self.known_finite = all_finite(self.value)
         return self.known_finite
 
+    def born_inside(self) -> list:
+        """The warnings the op says were born inside it (a total over row
+        chunks reports its chunks'); none from an op that does not say."""
+        return self.op.reports(**self.params) if self.op is not None and self.op.reports is not None else []
+
     def set_value(self, value: np.ndarray) -> None:
         self.value = value
         self.known_finite = None

@@ -214,7 +214,7 @@ def _nonfinite_loss(tape: Tape, step: int, loss: float, output: Node) -> Spiread
     node = tape.first_nonfinite(tape.nodes[:output.id + 1])
     if node is None:
         return SpireadError(message, output.span)
-    inside = node.op.reports(**node.params) if node.op is not None and node.op.reports is not None else []
+    inside = node.born_inside()
     if inside:  # born inside the op (a row chunk's): where, as it says
         return SpireadError(f"{message}; {inside[0].message}", inside[0].span, inside[0].notes)
     if node.op is None:
