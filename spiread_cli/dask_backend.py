@@ -319,4 +319,4 @@ class ChunkSums(KeptSums):
         return products[self.program.job.wrt.index(name)]
 
     def patterns(self, total: int) -> tuple:
-        return self.kept(("patterns", total), self.latest, lambda: self._rows(patterns_of_rows, total))
+        return self.kept(("patterns", total), self.at_values, lambda: self._rows(patterns_of_rows, total))

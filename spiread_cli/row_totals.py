@@ -86,20 +86,19 @@ class KeptSums:
     them (`kept`), so the driver's nodes read one pass in any order."""
 
     def __init__(self, values: dict[str, np.ndarray], first):
-        self.latest = {name: np.array(v) for name, v in values.items()}
-        self.at_values, self.pass_, self.pending = dict(self.latest), first, list(first.warnings)
+        self.at_values = {name: np.array(v) for name, v in values.items()}
+        self.pass_, self.pending = first, list(first.warnings)
         self.derivatives: dict = {}  # (kind, …) -> a pass's result at `at_values`
 
     def evaluate(self, values: dict[str, np.ndarray]):
         raise NotImplementedError
 
     def at(self, values: dict[str, np.ndarray]):
-        for name, value in values.items():
-            if np.shape(self.latest[name]) != np.shape(value) or not np.array_equal(self.latest[name], value):
-                self.latest[name] = np.array(value)
-        if any(not np.array_equal(self.latest[n], self.at_values[n]) or
-               np.shape(self.latest[n]) != np.shape(self.at_values[n]) for n in self.latest):
-            self.at_values = dict(self.latest)
+        kept = self.at_values
+        changed = {name: np.array(value) for name, value in values.items()
+                   if np.shape(kept[name]) != np.shape(value) or not np.array_equal(kept[name], value)}
+        if changed:
+            self.at_values = self.at_values | changed
             self.pass_ = self.evaluate(self.at_values)
             self.pending, self.derivatives = list(self.pass_.warnings), {}
         return self.pass_
@@ -124,7 +123,7 @@ class KeptSums:
 
     def entries(self, name: str) -> slice:
         start = 0
-        for other, value in self.latest.items():
+        for other, value in self.at_values.items():
             if other == name:
                 return slice(start, start + value.size)
             start += value.size

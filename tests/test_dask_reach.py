@@ -365,7 +365,7 @@ def test_totals_over_the_rows_run_by_row_chunks_as_on_numpy(name, chunk_rows, da
     assert "X" not in got.gradients and "xs" not in got.gradients  # the row data are left out by default
     assert_same(numpy_gradients(source, data, list(got.gradients)), got)
     with Computes() as computes:
-        program.sums.at({name: value * 1.5 for name, value in program.sums.latest.items()})
+        program.sums.at({name: value * 1.5 for name, value in program.sums.at_values.items()})
     assert computes.count == 1
 
 
