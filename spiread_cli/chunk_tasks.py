@@ -331,15 +331,6 @@ def _products(part: Part) -> HessianVectorProducts:
     return HessianVectorProducts(tape, tape.backward_graph(part.output, part.wrt), recorded_from)
 
 
-def hvp_of_rows(job: Job, start: int, stop: int, values: dict[str, np.ndarray], total: int, name: str,
-                v: np.ndarray) -> tuple:
-    """One task: rows [start, stop)'s share of ∂⟨∂total/∂name, v⟩/∂w for
-    each w of `job.wrt` (a Hessian-vector product)."""
-    part, weight = _parts_at(job, start, stop, values)[total]
-    by_id = _products(part)({part.wrt[job.wrt.index(name)]: v}, part.wrt)
-    return tuple(weight * by_id[i] for i in part.wrt)
-
-
 def gradient_tangents_of_rows(job: Job, start: int, stop: int, values: dict[str, np.ndarray], total: int,
                               tangents: dict[str, np.ndarray]) -> tuple:
     """One task: rows [start, stop)'s share of each ∂total/∂w (w of

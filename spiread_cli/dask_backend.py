@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .chunk_plan import PROBE_ROWS, Job, default_chunk_rows, default_threads, probe
-from .chunk_tasks import (Share, add_shares, added, drop_templates, gradient_tangents_of_rows, hvp_of_rows,
+from .chunk_tasks import (Share, add_shares, added, drop_templates, gradient_tangents_of_rows,
                           patterns_of_rows, record_chunk, share_of_kept, share_of_rows, tangents_of_rows,
                           totals_of_rows)
 from .data import parse_set_option
@@ -301,12 +301,6 @@ class ChunkSums(KeptSums):
 
     def _rows(self, task, *args):
         return self.program.map_rows(task, added, self.at_values, *args)
-
-    def hvp(self, total: int, name: str, values, v: np.ndarray) -> dict[str, np.ndarray]:
-        v = np.asarray(v, dtype=np.float64)
-        products = self.kept(tangent_key("hvp", total, name, tangents={name: v}), values,
-                             lambda: self._rows(hvp_of_rows, total, name, v))
-        return dict(zip(self.program.job.wrt, products))
 
     def jvp(self, total: int, values, tangents: dict[str, np.ndarray]) -> np.ndarray:
         along = self.kept(tangent_key("jvp", tangents=tangents), values,

@@ -55,15 +55,13 @@ class RowSums(Protocol):
 
     def gradient(self, total: int, name: str, values: dict[str, np.ndarray]) -> np.ndarray: ...
 
-    def hvp(self, total: int, name: str, values: dict[str, np.ndarray], v: np.ndarray) -> dict[str, np.ndarray]:
-        """∂⟨∂r/∂name, v⟩/∂w for every name w."""
-
     def jvp(self, total: int, values: dict[str, np.ndarray], tangents: dict[str, np.ndarray]) -> np.ndarray:
         """The total along each of a batch of tangents (leading axis)."""
 
     def gradient_jvp(self, total: int, name: str, values: dict[str, np.ndarray],
                      tangents: dict[str, np.ndarray]) -> np.ndarray:
-        """∂r/∂name along each of a batch of tangents."""
+        """∂r/∂name along each of a batch of tangents (one pass gives every
+        name's: the Hessian's products with the tangents)."""
 
     def reports(self) -> list[Diagnostic]:
         """The warnings the chunks gave since last asked."""
@@ -191,13 +189,15 @@ def _gradient(*ws, sums: RowSums, total: int, names: tuple[str, ...], of: int) -
 
 
 def _gradient_vjp(j, g, out, *ws, sums: RowSums, total: int, names: tuple[str, ...], of: int):
-    return sums.hvp(total, names[of], _values(names, ws), g)[names[j]]
+    return _gradient_batched_vjp(j, np.asarray(g)[None], out, *ws, sums=sums, total=total, names=names, of=of)[0]
 
 
 def _gradient_batched_vjp(j, g, out, *ws, sums: RowSums, total: int, names: tuple[str, ...], of: int):
-    """For a batch of cotangents g (k, *shape): a Hessian-vector product each."""
-    values = _values(names, ws)
-    return np.stack([sums.hvp(total, names[of], values, v)[names[j]] for v in g])
+    """For a batch of cotangents g (k, *shape of w_of): ∂⟨∂r/∂w_of, g_d⟩/∂w_j
+    is, the Hessian being symmetric, ∂(∂r/∂w_j)/∂w_of along g_d: the
+    gradient's tangents, one pass over the chunks for the batch and every
+    operand j (the pass is kept by its tangents, whatever the name)."""
+    return sums.gradient_jvp(total, names[j], _values(names, ws), {names[of]: g})
 
 
 def _gradient_jvp(ts, out, *ws, sums: RowSums, total: int, names: tuple[str, ...], of: int):

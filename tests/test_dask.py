@@ -1022,3 +1022,46 @@ def test_what_an_op_says_of_its_totals_holds_for_its_values():
             said.add(case.op)
     words = ("sum", "mean", "product", "max", "min", "logSumExp")
     assert {*words, *(f"col{w[0].upper()}{w[1:]}" for w in words), "matmul", "rowSum"} <= said
+
+
+# ------------------------------------------------------------- passes over the chunks
+
+
+def counted_passes(program) -> list:
+    """The Dask computes a program makes from now on (each one pass over
+    the chunks), by the task each pass runs on every chunk."""
+    passes = []
+    run = program._run
+
+    def counted(graph, shares, *args):
+        passes.append(sorted({task[0].__name__ for task in graph.values()
+                              if isinstance(task, tuple) and callable(task[0]) and task[0] is not chunk_tasks.added
+                              and task[0] is not chunk_tasks.add_shares}))
+        return run(graph, shares, *args)
+    program._run = counted
+    return passes
+
+
+def test_cotangents_of_a_recorded_gradient_take_one_pass_for_the_batch(data):
+    """A reverse sweep carrying a batch of cotangents through a total's
+    recorded gradient (the reverse-mode Jacobian of ∂f/∂W: rows of the
+    Hessian) makes one pass over the chunks for the whole batch and every
+    value the total depends on, not one per cotangent and value; its
+    numbers are numpy's Hessian's."""
+    from spiread_cli.jacobian import jacobian_reverse
+    from spiread_cli.second import SecondOrder, hessian
+    source = Source(str(data / "prog.ad"), PROGRAMS["softmax regression, a pick per row"])
+    expected = hessian(NumpyProgram.parse(source, data).run(), ["W", "b"]).blocks
+    program = RowChunkRunner.of_source(source, Options(chunk_rows=50), (), None, data)
+    try:
+        run = program.run_for(["W", "b"])
+        recorded = SecondOrder(run, ["W", "b"])
+        passes = counted_passes(program)
+        ids = [run.bindings["W"], run.bindings["b"]]
+        rows = jacobian_reverse(run.tape, recorded.grad_ids[ids[0]], ids)
+    finally:
+        program.close()
+    for name, i in zip(["W", "b"], ids):
+        np.testing.assert_allclose(rows[i], expected["W"][name], rtol=1e-9, atol=1e-13, err_msg=name)
+    assert len(passes) == 1, passes
+
