@@ -1,10 +1,11 @@
 """The tasks a row chunk runs (spiread_cli/chunk_plan.py decides what they
 compute; dask_backend.py schedules them): the chunk recorded and fused per
 total the steps compute, its share of every total with the gradients of
-that share (`share_of_rows`, `share_of_kept`), the chunk's template kept by
+that share (`share_of_chunk`), the chunk's template kept by
 the process between steps (`Templates`), and the derivatives of the shares
 that the driver's `rowsTotal` nodes ask for (spiread_cli/row_totals.py):
-Hessian-vector products and tangents, each one pass over the chunks.
+Hessian-vector products and tangents, each one pass over the chunks, on the
+same fused tapes as the steps (`chunk_of`: kept by --persist, or a template).
 
 A step does per chunk what the numpy backend's fused step does: the first
 time, the chunk is recorded with only the data's part computed (`Job.record`)
@@ -194,15 +195,13 @@ def unpack(value):
     return value.data.astype(value.dtype)
 
 
-def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None,
-                 compute: bool = False) -> Chunk:
+def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None) -> Chunk:
     """Record the program on rows [start, stop) (`recorded`) and fuse a tape
     per total the steps compute (spiread_cli/rewrite.py), as train does: it
     holds only what that total needs (the bigram's is one log-likelihood op
     over its picks), so its backward sweep is the fast one, and a chunk kept
     between steps is small. Its first share computes the fused tapes
-    (`chunk_share`), so a forward pass is not run twice; with `compute`,
-    they are computed now, for a caller that reads them first."""
+    (`replay_part`), so a forward pass is not run twice."""
     plan = job.plan
     run, reads = recorded(job, start, stop, values)
     tape = run.tape
@@ -216,28 +215,36 @@ def record_chunk(job: Job, start: int, stop: int, values: dict[str, np.ndarray] 
     parts = []
     where = {id(tape.nodes[i].value): reader for i, reader in reads.items()}  # a fused leaf shares its array
     for r, across in job.moving:
-        fused = fuse(tape, r, wrt, compute=compute)
+        fused = fuse(tape, r, wrt, compute=False)
         fused_reads = {n.id: where[id(n.value)] for n in fused.tape.nodes if n.op is None and id(n.value) in where}
         parts.append(Part(fused.tape, fused.output, fused.wrt, across, fused_reads))
     return Chunk(start, stop, parts, warnings)
 
 
+def replay_part(job: Job, part: Part, values: dict[str, np.ndarray] | None,
+                diagnostics: Diagnostics | None = None) -> None:
+    """The part's trained leaves set to `values`, what they move replayed
+    (warning in `diagnostics`), the rest computed if it is not (a
+    template's instance, a chunk recorded without computing)."""
+    tape, r, wrt = part.tape, part.output, part.wrt
+    for name, i in zip(job.wrt, wrt):
+        if values and name in values:
+            tape.nodes[i].set_value(values[name])
+    moving = tape.between(wrt, r)
+    moved = {n.id for n in moving}
+    tape.replay([n for n in tape.nodes[:r + 1] if n.value is None and n.id not in moved])
+    tape.replay(moving, diagnostics)
+
+
 def chunk_share(job: Job, chunk: Chunk, values: dict[str, np.ndarray] | None, first: bool) -> Share:
-    """A chunk's share of the totals the steps compute and their gradients:
-    the trained leaves set to `values`, what they move replayed (warning
-    where an inf or nan is born), the rest computed if it is not (a
-    template's instance). The recording's warnings come with the first."""
+    """A chunk's share of the totals the steps compute and their gradients,
+    at `values` (`replay_part`, warning where an inf or nan is born). The
+    recording's warnings come with the first."""
     diagnostics = Diagnostics()
     totals, grads = [], []
     for part in chunk.parts:
+        replay_part(job, part, values, diagnostics)
         tape, r, wrt = part.tape, part.output, part.wrt
-        for name, i in zip(job.wrt, wrt):
-            if values and name in values:
-                tape.nodes[i].set_value(values[name])
-        moving = tape.between(wrt, r)
-        moved = {n.id for n in moving}
-        tape.replay([n for n in tape.nodes[:r + 1] if n.value is None and n.id not in moved])
-        tape.replay(moving, diagnostics)
         weight = (chunk.stop - chunk.start) / job.plan.rows if part.across.weighted else 1.0
         totals.append(weight * float(tape.nodes[r].value))
         by_id = tape.backward(r, wrt, diagnostics) if wrt else {}
@@ -289,20 +296,30 @@ class Templates:
 TEMPLATES = Templates()
 
 
-def share_of_rows(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | None, first: bool) -> Share:
-    """One task without --persist: rows [start, stop)'s share, from this
-    process's template of the chunk, or recorded and fused now (and the
-    template kept if there is room)."""
-    template = TEMPLATES.get(job, start, stop)
+@dataclass(frozen=True)
+class Rows:
+    """Where a chunk a task runs on is when --persist keeps none: its rows."""
+    start: int
+    stop: int
+
+
+def chunk_of(job: Job, where: Rows | Chunk, values: dict[str, np.ndarray] | None) -> Chunk:
+    """The chunk a task runs on: the one --persist keeps, else this
+    process's template of its rows made whole, else the rows recorded and
+    fused now (and the template kept if there is room)."""
+    if isinstance(where, Chunk):
+        return where
+    template = TEMPLATES.get(job, where.start, where.stop)
     if template is not None:
-        return chunk_share(job, template.instance(job), values, first)
-    chunk = record_chunk(job, start, stop, values)
+        return template.instance(job)
+    chunk = record_chunk(job, where.start, where.stop, values)
     TEMPLATES.put(job, chunk)
-    return chunk_share(job, chunk, values, first)
+    return chunk
 
 
-def share_of_kept(job: Job, chunk: Chunk, values: dict[str, np.ndarray] | None, first: bool) -> Share:
-    return chunk_share(job, chunk, values, first)
+def share_of_chunk(job: Job, where: Rows | Chunk, values: dict[str, np.ndarray] | None, first: bool) -> Share:
+    """One task of a step: the chunk's share of the totals and their gradients (`chunk_share`)."""
+    return chunk_share(job, chunk_of(job, where, values), values, first)
 
 
 def drop_templates(token: str) -> None:
@@ -317,46 +334,51 @@ def added(*parts: tuple) -> tuple:
     return tuple(sum(p[i] for p in parts) for i in range(len(parts[0])))
 
 
-def _parts_at(job: Job, start: int, stop: int, values: dict[str, np.ndarray]) -> list[tuple[Part, float]]:
-    """The chunk's fused tapes at `values`, each with its share's weight."""
-    chunk = record_chunk(job, start, stop, values, compute=True)
-    weight = (stop - start) / job.plan.rows
+def _parts_at(job: Job, where: Rows | Chunk, values: dict[str, np.ndarray]) -> list[tuple[Part, float]]:
+    """The chunk's fused tapes at `values` (the steps' own: kept, or a
+    template's instance), each with its share's weight."""
+    chunk = chunk_of(job, where, values)
+    weight = (chunk.stop - chunk.start) / job.plan.rows
+    for part in chunk.parts:
+        replay_part(job, part, values)
     return [(part, weight if part.across.weighted else 1.0) for part in chunk.parts]
 
 
 def _products(part: Part) -> HessianVectorProducts:
-    """H·v of the part's output by its trained leaves (reverse over reverse)."""
-    tape = part.tape
+    """H·v of the part's output by its trained leaves (reverse over
+    reverse), its gradient recorded on a copy of the tape (a kept chunk's
+    own stays as the steps replay it)."""
+    tape = Tape(list(part.tape.nodes), part.tape.source)
     recorded_from = len(tape.nodes)
     return HessianVectorProducts(tape, tape.backward_graph(part.output, part.wrt), recorded_from)
 
 
-def gradient_tangents_of_rows(job: Job, start: int, stop: int, values: dict[str, np.ndarray], total: int,
-                              tangents: dict[str, np.ndarray]) -> tuple:
-    """One task: rows [start, stop)'s share of each ∂total/∂w (w of
-    `job.wrt`) along each of a batch of tangents (leading axis)."""
-    part, weight = _parts_at(job, start, stop, values)[total]
+def gradient_tangents_of_chunk(job: Job, where: Rows | Chunk, values: dict[str, np.ndarray], total: int,
+                               tangents: dict[str, np.ndarray]) -> tuple:
+    """One task: the chunk's share of each ∂total/∂w (w of `job.wrt`) along
+    each of a batch of tangents (leading axis): a Hessian-vector product each."""
+    part, weight = _parts_at(job, where, values)[total]
     products, k = _products(part), len(next(iter(tangents.values())))
     wrt = {name: part.wrt[job.wrt.index(name)] for name in tangents}
     along = [products({wrt[n]: t[d] for n, t in tangents.items()}, part.wrt) for d in range(k)]
     return tuple(weight * np.stack([a[i] for a in along]) for i in part.wrt)
 
 
-def patterns_of_rows(job: Job, start: int, stop: int, values: dict[str, np.ndarray], total: int) -> tuple:
-    """One task: the sparsity patterns of rows [start, stop)'s share of a
-    total over the entries of `job.wrt` (spiread_cli/sparsity.py): its
-    gradient's (1 × n) and its Hessian's (n × n), read from the chunk's
-    tape; added up over the chunks, their nonzeros are the total's."""
+def patterns_of_chunk(job: Job, where: Rows | Chunk, values: dict[str, np.ndarray], total: int) -> tuple:
+    """One task: the sparsity patterns of the chunk's share of a total over
+    the entries of `job.wrt` (spiread_cli/sparsity.py): its gradient's
+    (1 × n) and its Hessian's (n × n), read from the chunk's tape; added up
+    over the chunks, their nonzeros are the total's."""
     from .sparsity import hessian_pattern, jacobian_pattern
-    part, _ = _parts_at(job, start, stop, values)[total]
+    part, _ = _parts_at(job, where, values)[total]
     return jacobian_pattern(part.tape, part.output, part.wrt), hessian_pattern(part.tape, part.output, part.wrt)
 
 
-def tangents_of_rows(job: Job, start: int, stop: int, values: dict[str, np.ndarray],
-                     tangents: dict[str, np.ndarray]) -> tuple:
-    """One task: rows [start, stop)'s share of every total along each of a
-    batch of tangents (shape (totals, k)), by forward mode."""
-    parts = _parts_at(job, start, stop, values)
+def tangents_of_chunk(job: Job, where: Rows | Chunk, values: dict[str, np.ndarray],
+                      tangents: dict[str, np.ndarray]) -> tuple:
+    """One task: the chunk's share of every total along each of a batch of
+    tangents (shape (totals, k)), by forward mode."""
+    parts = _parts_at(job, where, values)
     k = len(next(iter(tangents.values())))
     along = np.zeros((len(parts), k))
     for j, (part, weight) in enumerate(parts):

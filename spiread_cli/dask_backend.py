@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from .chunk_plan import PROBE_ROWS, Job, default_chunk_rows, default_threads, probe
-from .chunk_tasks import (Share, add_shares, added, drop_templates, gradient_tangents_of_rows,
-                          patterns_of_rows, record_chunk, share_of_kept, share_of_rows, tangents_of_rows,
-                          totals_of_rows)
+from .chunk_tasks import (Rows, Share, add_shares, added, drop_templates, gradient_tangents_of_chunk,
+                          patterns_of_chunk, record_chunk, share_of_chunk, tangents_of_chunk, totals_of_rows)
 from .data import parse_set_option
 from .data_open import SET_PATH_SUFFIXES
 from .dask_common import WorkerDataLost, close_client, connect, dask_threaded, on_cluster, require_dask
@@ -180,7 +179,7 @@ class RowChunkRunner:
 
     def compute(self, values: dict[str, np.ndarray] | None, first: bool) -> Share:
         """One Dask compute: every chunk's share, tree-summed."""
-        return self._resending(self._compute, values, first)
+        return self.map_chunks(share_of_chunk, add_shares, values, first)
 
     def _resending(self, compute, *args):
         """`compute(*args)`, which makes a graph and computes it; made and
@@ -195,20 +194,19 @@ class RowChunkRunner:
                 self.scattered, self.kept = None, None
         return compute(*args)
 
-    def _compute(self, values: dict[str, np.ndarray] | None, first: bool) -> Share:
+    def _chunks(self, values: dict[str, np.ndarray] | None) -> tuple[dict, object, str | None, list]:
+        """A new graph holding the values (`_graph`), and where each chunk is
+        for the tasks on it: the chunks --persist keeps where they ran
+        (recorded and fused the first time), else their rows."""
         graph, job_key, values_key = self._graph(values)
-        if self.options.persist:
-            if self.kept is None:  # the chunks recorded, fused and kept where they ran
-                keys = [self._task(graph, record_chunk, job_key, start, stop, values_key) for start, stop in self.bounds]
-                self.kept = (self._on_cluster(self.client.get, graph, keys, sync=False) if self.client
-                             else dask_threaded().get(graph, keys))
-                graph, job_key, values_key = self._graph(values)
-            shares = [self._task(graph, share_of_kept, job_key, self._data(graph, chunk), values_key, first)
-                      for chunk in self.kept]
-        else:
-            shares = [self._task(graph, share_of_rows, job_key, start, stop, values_key, first)
-                      for start, stop in self.bounds]
-        return self._run(graph, shares)
+        if not self.options.persist:
+            return graph, job_key, values_key, [Rows(start, stop) for start, stop in self.bounds]
+        if self.kept is None:
+            keys = [self._task(graph, record_chunk, job_key, start, stop, values_key) for start, stop in self.bounds]
+            self.kept = (self._on_cluster(self.client.get, graph, keys, sync=False) if self.client
+                         else dask_threaded().get(graph, keys))
+            graph, job_key, values_key = self._graph(values)
+        return graph, job_key, values_key, [self._data(graph, chunk) for chunk in self.kept]
 
     # A graph is a plain dict (Dask's own graph format): building one costs
     # far less than `delayed`'s collections, which at 10⁵ rows cost more than
@@ -253,6 +251,16 @@ class RowChunkRunner:
         """One Dask compute: `function(job, start, stop, *args)` on every
         chunk's rows, the results tree-summed by `add`."""
         return self._resending(self._map_rows, function, add, *args)
+
+    def map_chunks(self, function, add, values: dict[str, np.ndarray] | None, *args):
+        """One Dask compute: `function(job, where, values, *args)` on every
+        chunk as the steps hold it (`_chunks`), the results tree-summed by `add`."""
+        return self._resending(self._map_chunks, function, add, values, *args)
+
+    def _map_chunks(self, function, add, values: dict[str, np.ndarray] | None, *args):
+        graph, job_key, values_key, chunks = self._chunks(values)
+        return self._run(graph, [self._task(graph, function, job_key, where, values_key, *args) for where in chunks],
+                         add)
 
     def _map_rows(self, function, add, *args):
         graph, job_key, _ = self._graph(None)
@@ -299,18 +307,18 @@ class ChunkSums(KeptSums):
     def evaluate(self, values: dict[str, np.ndarray]) -> Share:
         return self.program.compute(values, False)
 
-    def _rows(self, task, *args):
-        return self.program.map_rows(task, added, self.at_values, *args)
+    def _pass(self, task, *args):
+        return self.program.map_chunks(task, added, self.at_values, *args)
 
     def jvp(self, total: int, values, tangents: dict[str, np.ndarray]) -> np.ndarray:
         along = self.kept(tangent_key("jvp", tangents=tangents), values,
-                          lambda: self._rows(tangents_of_rows, tangents))
+                          lambda: self._pass(tangents_of_chunk, tangents))
         return along[0][total]
 
     def gradient_jvp(self, total: int, name: str, values, tangents: dict[str, np.ndarray]) -> np.ndarray:
         products = self.kept(tangent_key("gradient_jvp", total, tangents=tangents), values,
-                             lambda: self._rows(gradient_tangents_of_rows, total, tangents))
+                             lambda: self._pass(gradient_tangents_of_chunk, total, tangents))
         return products[self.program.job.wrt.index(name)]
 
     def patterns(self, total: int) -> tuple:
-        return self.kept(("patterns", total), self.at_values, lambda: self._rows(patterns_of_rows, total))
+        return self.kept(("patterns", total), self.at_values, lambda: self._pass(patterns_of_chunk, total))

@@ -1065,3 +1065,38 @@ def test_cotangents_of_a_recorded_gradient_take_one_pass_for_the_batch(data):
         np.testing.assert_allclose(rows[i], expected["W"][name], rtol=1e-9, atol=1e-13, err_msg=name)
     assert len(passes) == 1, passes
 
+
+@pytest.mark.parametrize("persist", [False, True])
+def test_derivative_passes_replay_the_chunks_recording(persist, data, monkeypatch):
+    """Hessian-vector products, tangents of the gradient (a dense Hessian)
+    and the Hessian's pattern run on the chunks' fused tapes as the steps
+    do, from this process's templates or the chunks kept by --persist:
+    every chunk is recorded and fused once, by the first pass, however many
+    passes follow; the numbers are numpy's."""
+    from spiread_cli import second
+    source = Source(str(data / "prog.ad"), PROGRAMS["softmax regression, a pick per row"])
+    numpy_run = NumpyProgram.parse(source, data).run()
+    from spiread_cli import dask_backend
+    recorded = []
+
+    def record(job, start, stop, *args, record=chunk_tasks.record_chunk, **kwargs):
+        recorded.append(start)
+        return record(job, start, stop, *args, **kwargs)
+    monkeypatch.setattr(chunk_tasks, "record_chunk", record)
+    monkeypatch.setattr(dask_backend, "record_chunk", record)  # --persist's first pass
+    program = RowChunkRunner.of_source(source, Options(chunk_rows=50, persist=persist), (), None, data)
+    v = {"W": np.linspace(-1, 1, 12).reshape(4, 3), "b": np.array([0.5, 0.0, -1.0])}
+    try:
+        run = program.run_for(["W", "b"])
+        got = (second.hessian(run, ["W", "b"]).blocks, second.hvp(run, v, ["W", "b"]).products,
+               second.hessian_pattern(run, ["W", "b"]).pattern.toarray())
+    finally:
+        program.close()
+    expected = (second.hessian(numpy_run, ["W", "b"]).blocks, second.hvp(numpy_run, v, ["W", "b"]).products,
+                second.hessian_pattern(numpy_run, ["W", "b"]).pattern.toarray())
+    for a in ("W", "b"):
+        np.testing.assert_allclose(got[1][a], expected[1][a], rtol=1e-9, atol=1e-13, err_msg=f"H·v {a}")
+        for b in ("W", "b"):
+            np.testing.assert_allclose(got[0][a][b], expected[0][a][b], rtol=1e-9, atol=1e-13, err_msg=f"H {a} {b}")
+    np.testing.assert_array_equal(got[2], expected[2])
+    assert sorted(recorded) == [start for start, _ in program.bounds]
