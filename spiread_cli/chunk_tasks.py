@@ -94,13 +94,20 @@ def recorded(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | No
 
 def totals_of_rows(job: Job, start: int, stop: int, level: int) -> Share:
     """One task of a pass before the steps: rows [start, stop)'s shares of
-    the totals of `level` that no trained value moves (Job.before_steps)."""
+    the totals of `level` that no trained value moves (Job.before_steps),
+    with the recording's warnings about the chunk's values those totals do
+    not feed (computed from the data and the lower levels' totals, known by
+    now: final, so the last level's pass gives them when no step follows)."""
     run, _ = recorded(job, start, stop, None)
     nodes, across = run.tape.nodes, dict(job.plan.reductions)
     wanted = job.before_steps(level)
     weight = (stop - start) / job.plan.rows
     shares = [np.asarray(nodes[r].value, dtype=np.float64) * (weight if across[r].weighted else 1.0) for r in wanted]
-    return Share(shares, [{} for _ in wanted], [], tuple(across[r] for r in wanted))
+    fed = run.tape.fed_by(wanted, len(nodes) - 1)
+    final = {n.span for n in nodes if job.plan.per_chunk[n.id] and not fed[n.id]}
+    notes = (f"in data rows {start}–{stop - 1}",)
+    warnings = [replace(w, notes=w.notes + notes) for w in run.diagnostics.warnings if w.span in final]
+    return Share(shares, [{} for _ in wanted], warnings, tuple(across[r] for r in wanted))
 
 
 @dataclass

@@ -150,9 +150,8 @@ class RowChunkRunner:
         # the chunks differentiate by the names computed before the totals that feed one
         reach = [n for n in names if not plan.post[ids[n]]
                  and any(probe.tape.fed_by([ids[n]], r)[r] for r in reductions)]
-        self._prepare(reach, ids)
         values = {name: probe.node(name).value for name in reach}
-        share = self.compute(values, True)
+        share = self._prepare(reach, ids) or self.compute(values, True)
         data = [name for name, i in probe.bindings.items() if plan.row[i] and probe.tape.nodes[i].op is None]
         self.sums = ChunkSums(self, values, share, data)
         if not self.job.moving:
@@ -161,10 +160,12 @@ class RowChunkRunner:
         return driver_run(probe, plan.row, moving, reach, self.job.totals, plan.row_counts, plan.rows, self.sums,
                           probe.diagnostics)
 
-    def _prepare(self, wrt: list[str], ids: dict[str, int]) -> None:
+    def _prepare(self, wrt: list[str], ids: dict[str, int]) -> Share | None:
         """Set the job up for differentiating by `wrt`: the totals those
         values do not move (computed now, a pass over the data per level of
-        totals used in totals)."""
+        totals used in totals). When none moves and no value a chunk holds
+        is computed from the last level's totals, the last pass read every
+        chunk's final values: its share (the warnings) is the first step's."""
         job, plan = self.job, self.job.plan
         fixed = plan.totals_before(self.run, ids)
         if job.token:
@@ -172,10 +173,17 @@ class RowChunkRunner:
         job.wrt, job.token, job.totals, self.kept = wrt, f"{next(_names)}-{uuid.uuid4().hex}", {}, None
         job.computed = frozenset(n for n in wrt if self.run.node(n).op is not None)
         job.moving = [(r, kind) for r, kind in plan.reductions if r not in fixed]
+        share, wanted = None, []
         for level in sorted({plan.level[r] for r in fixed}):
             share = self.map_rows(totals_of_rows, add_shares, level)
             wanted = job.before_steps(level)
             job.totals.update((r, np.array(total)) for r, total in zip(wanted, share.totals))
+        if share is None or job.moving:
+            return None
+        fed = self.run.tape.fed_by(wanted, len(plan.row) - 1)
+        if any(plan.per_chunk[i] and fed[i] for i in range(len(fed)) if i not in wanted):
+            return None
+        return Share([], [], share.warnings, ())
 
     def compute(self, values: dict[str, np.ndarray] | None, first: bool) -> Share:
         """One Dask compute: every chunk's share, tree-summed."""

@@ -1100,3 +1100,32 @@ def test_derivative_passes_replay_the_chunks_recording(persist, data, monkeypatc
             np.testing.assert_allclose(got[0][a][b], expected[0][a][b], rtol=1e-9, atol=1e-13, err_msg=f"H {a} {b}")
     np.testing.assert_array_equal(got[2], expected[2])
     assert sorted(recorded) == [start for start, _ in program.bounds]
+
+
+@pytest.mark.parametrize("tail, passes", [
+    ("", 3),  # a pass per level of totals (m, sd, loss), the last one's warnings final
+    ("\nr = (X.col(0) * loss * 0 - 1).log", 4),  # a chunk's value computed from the last level's total: one more
+])
+def test_eval_records_each_chunk_once_per_pass_that_needs_it(tail, passes, data, monkeypatch):
+    """With nothing differentiated, every total is computed before the steps,
+    a pass per level; the last pass's recording gives the chunks' warnings
+    too, unless a value a chunk holds is computed from that level's totals
+    (then one more pass, with every total known). Values and warnings are
+    numpy's either way."""
+    text = PROGRAMS["standardised columns: data-only totals used back on every row"] + \
+        "\nz = ((X.col(0) * 0).log.clampMin(-1)).mean" + tail
+    source = Source(str(data / "p.ad"), text.replace("loss.backward(w)", ""))
+    expected = NumpyProgram.parse(source, data).run(None, "z")
+    recorded = []
+    monkeypatch.setattr(chunk_tasks, "recorded", lambda job, start, *args, record=chunk_tasks.recorded: (
+        recorded.append(start), record(job, start, *args))[1])
+    program = RowChunkRunner.of_source(source, Options(chunk_rows=50), (), "z", data)
+    try:
+        got = program.run_for(None, differentiate=False)
+    finally:
+        program.close()
+    for name in got.bindings:
+        np.testing.assert_allclose(got.node(name).value, expected.node(name).value, rtol=RTOL, err_msg=name)
+    assert [w.span for w in got.diagnostics.warnings] == [w.span for w in expected.diagnostics.warnings]
+    assert [w.notes for w in got.diagnostics.warnings] == [("in data rows 0–49",)] * (1 + bool(tail))
+    assert sorted(recorded) == sorted(start for start, _ in program.bounds for _ in range(passes))
