@@ -39,8 +39,13 @@ class Indexing:
             if len(t.value.items) != 2:
                 raise SpireadError(f"an index pair has two positions, `{self.text(t.expr)}` has "
                                    f"{len(t.value.items)}", t.expr.span)
-            rows.append(self.integer(t.value.items[0], "a row position"))
-            cols.append(self.integer(t.value.items[1], "a column position"))
+            for item, what, positions in ((t.value.items[0], "a row position", rows),
+                                          (t.value.items[1], "a column position", cols)):
+                position = self.integer(item, what)
+                if abs(position) > np.iinfo(np.intp).max:
+                    raise SpireadError(f"{what} is out of range of any array: `{self.text(item.expr)}` is "
+                                       f"{position:g}", item.expr.span)
+                positions.append(position)
         return Pairs(np.array(rows, dtype=np.intp), np.array(cols, dtype=np.intp))
 
     def selection(self, receiver: Arg, args: list[Arg], call, op_name: str):

@@ -129,4 +129,7 @@ class Operands:
                                f"{shape_str(array.shape)}", arg.expr.span)
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             raise SpireadError(f"{what} must hold whole numbers: `{self.text(arg.expr)}`", arg.expr.span)
+        if array.size and np.abs(array).max() > np.iinfo(np.intp).max:  # cast, it would wrap around
+            raise SpireadError(f"{what} are out of range of any array: `{self.text(arg.expr)}` holds "
+                               f"{np.abs(array).max():g}", arg.expr.span)
         return array.astype(np.intp)
