@@ -226,11 +226,13 @@ class Interpreter(Names, Operands, Calls, Indexing):
                                [f"e.g. `{name} = {self.text(receiver)}.backward((w = w))`"])
         # The backward pass is recorded on the tape (each op's derivative statement), so
         # a gradient is a value like any other and can be differentiated again.
+        recorded_from = len(self.tape.nodes)
         ids = self.tape.backward_graph(output.id, [node.id for _, node in pairs], self.diagnostics)
         fields = {}
         for key, node in pairs:
             field = fields[key] = self.tape.nodes[ids[node.id]]
-            if field.name is None:
+            # A gradient may be a value the program computed (∂(x · y)/∂x is y): its node keeps its own name.
+            if field.name is None and field.id >= recorded_from:
                 field.name = f"{name}.{key}"
         return Record(fields)
 
@@ -332,10 +334,10 @@ class Interpreter(Names, Operands, Calls, Indexing):
             case ast.Name():
                 return self.lookup(node)
             case ast.Number():
-                return Const(np.array(node.value))
+                return Const(np.array(node.value), fixed=True)
             case ast.NumberArray():
                 self.check_size(node.value.shape, node.span, node.span)
-                return Const(node.value.copy())  # the tape may update it in place; the AST stays as parsed
+                return Const(node.value.copy(), fixed=True)  # the tape may update it in place; the AST stays as parsed
             case ast.String():
                 return Text(node.value)
             case ast.UnaryOp():

@@ -31,7 +31,8 @@ class Operands:
             return value
         if isinstance(value, TupleValue):
             if not is_pieces(value):
-                return Const(np.array([float(a.value.value) for a in value.items]))
+                return Const(np.array([float(a.value.value) for a in value.items]),
+                             fixed=all(a.value.fixed for a in value.items))
             if all(isinstance(a.value, (Node, Const)) for a in value.items):
                 text = self.text(arg.expr)
                 raise SpireadError(f"`{text}` holds {len(value.items)} values, not one array", arg.expr.span,
@@ -69,7 +70,7 @@ class Operands:
             self.jets[node.id] = value.tangents
             return node
         if isinstance(value, Const):
-            return self.tape.leaf(value.value, "const", arg.expr.span)
+            return self.tape.leaf(value.value, "const", arg.expr.span, fixed=value.fixed)
         return value
 
     def apply(self, op: Op, operands: list[Arg], params: dict, span: Span, at: Span, label: str):
@@ -89,7 +90,8 @@ class Operands:
         if Jet in kinds:
             return self.jet_apply(op, values, params, span, at, label)
         if kinds == {Const}:
-            return Const(self.tape.fold(op, [v.value for v in values], params, at, label, self.diagnostics))
+            return Const(self.tape.fold(op, [v.value for v in values], params, at, label, self.diagnostics),
+                         fixed=all(v.fixed for v in values))
         inputs = tuple([v.id if type(v) is Node else self.materialize(a).id for v, a in zip(values, operands)])
         return self.tape.record(op, inputs, params, at, label, self.diagnostics, shape)
 

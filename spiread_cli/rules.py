@@ -100,6 +100,14 @@ def without_residual(rule: Callable) -> Callable:
     return rule_without_residual
 
 
+def comparable(param):
+    """A parameter as a key (of a cache, of `Tape.repeats`): a slice (`x[1:]`'s),
+    unhashable before Python 3.12, as its parts; an array stays unhashable."""
+    if type(param) is slice:
+        return ("slice", param.start, param.stop, param.step)
+    return tuple(map(comparable, param)) if type(param) is tuple else param
+
+
 def operand_names(arity: int) -> list[str]:
     """How a rule names its operands: x; a and b; x0, x1, … (stack)."""
     return ["x"] if arity == 1 else ["a", "b"] if arity == 2 else [f"x{k}" for k in range(arity)]

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .rules import OPS, interpreted_vjp, operand_names
+from .rules import OPS, comparable, interpreted_vjp, operand_names
 from .rules_forward import Linear, NotLinear, apply_batched, batched_interpreted_vjp, derived_jvp, jvp_term, lift
 
 
@@ -115,7 +115,13 @@ def compiled_vjp(derivative: Callable, batched: bool = False) -> Callable:
             else:
                 key = (i, xs[0].shape, xs[1].shape) if len(xs) == 2 else (i, *[x.shape for x in xs])
             function = written.get(key)
-        except (TypeError, AttributeError):  # an unhashable parameter, an operand without a shape
+        except TypeError:  # a slice (hashable from Python 3.12), an array
+            try:
+                key = (i, *[x.shape for x in xs], *[(k, comparable(v)) for k, v in params.items()])
+                function = written.get(key)
+            except (TypeError, AttributeError):
+                return interpreted(i, g, out, *xs, **params)
+        except AttributeError:  # an operand without a shape
             return interpreted(i, g, out, *xs, **params)
         if function is None:
             function = _written(written, key, vjp_code(derivative, i, [np.shape(x) for x in xs], np.shape(out),
@@ -222,9 +228,9 @@ def compiled_jvp(derivative: Callable) -> Callable:
     def jvp(ts, out, *xs, **params):
         moving = tuple(t is not None for t in ts)
         try:
-            key = (moving, *[x.shape for x in xs], *params.items())
+            key = (moving, *[x.shape for x in xs], *[(k, comparable(v)) for k, v in params.items()])
             function = written.get(key)
-        except (TypeError, AttributeError):
+        except (TypeError, AttributeError):  # an array parameter, an operand without a shape
             return derived(ts, out, *xs, **params)
         if function is None:
             code = jvp_code(derivative, [i for i, m in enumerate(moving) if m], [np.shape(x) for x in xs],

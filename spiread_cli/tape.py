@@ -21,6 +21,8 @@ import numpy as np
 from .diagnostics import Diagnostics, Source, Span
 from .limits import reuse_freed_memory
 from .ops import IN_PLACE_ENTRIES, OPS, Op
+from .rules import comparable
+from .emitter import Emitter
 from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, compute, describe_nonfinite,
                          rule_params)
 
@@ -63,9 +65,11 @@ class Tape:
 
     # ------------------------------------------------------------ recording
 
-    def leaf(self, value: np.ndarray, kind: str, span: Span | None, name: str | None = None) -> Node:
+    def leaf(self, value: np.ndarray, kind: str, span: Span | None, name: str | None = None,
+             fixed: bool = False) -> Node:
+        """A leaf; `fixed`: its value is never set again (`Node.fixed`)."""
         node = Node(len(self.nodes), kind, None, (), {}, value, value.shape, span,
-                    "input" if kind == "input" else "constant", name)
+                    "input" if kind == "input" else "constant", name, fixed=fixed)
         self.nodes.append(node)
         return node
 
@@ -227,7 +231,7 @@ class Tape:
             try:
                 key = (node.op.name, *[same.get(i, i) for i in node.inputs])
                 if node.params:
-                    key += tuple(sorted(node.params.items()))
+                    key += tuple(sorted((k, comparable(v)) for k, v in node.params.items()))
                 earlier = first.setdefault(key, node.id)
             except TypeError:  # an unhashable parameter
                 continue
@@ -329,7 +333,7 @@ class Tape:
         same = self.repeats(self.between(wrt, output), keep=[*wrt, output])
         adjoints: dict[int, int] = {}
         if needs[output]:
-            adjoints[output] = self.leaf(np.ones(out_node.shape), "const", out_node.span).id
+            adjoints[output] = self.leaf(np.ones(out_node.shape), "const", out_node.span, fixed=True).id
         wanted = set(wrt)
         births = Births(nodes) if diagnostics is not None else None
         for node in reversed(nodes[lowest:output + 1]):
@@ -351,31 +355,8 @@ class Tape:
                 adjoints[i] = gi
         if births is not None:
             births.warn(diagnostics)  # the first op, sweeping back from the output
-        return {w: adjoints[w] if w in adjoints else self.leaf(np.zeros(nodes[w].shape), "const", nodes[w].span).id
-                for w in wrt}
-
-
-class Emitter:
-    """The recording interpreter of derivative statements (spiread_cli/rules.py):
-    `emit(op_name, inputs, **params)` appends an op (evaluated at once) and
-    returns its id; `const` a constant; `shape` a node's shape. Every node it makes has the span and label of the
-    rule it records. Non-finite values are not reported node by node: the
-    sweep warns where a rule's result is born non-finite, as `backward` does."""
-
-    def __init__(self, tape: Tape, span: Span | None, label: str):
-        self.tape, self.span, self.label = tape, span, label
-
-    def __call__(self, op_name: str, inputs: list[int], **params) -> int:
-        return self.tape.record(OPS[op_name], tuple(inputs), params, self.span, self.label, None).id
-
-    def const(self, value, name: str | None = None) -> int:
-        leaf = self.tape.leaf(np.asarray(value, dtype=np.float64), "const", self.span)
-        if name is not None:  # what the statement calls it (`picks`), which an export names it by
-            leaf.label = name
-        return leaf.id
-
-    def shape(self, node_id: int) -> tuple:
-        return self.tape.nodes[node_id].shape
+        return {w: adjoints[w] if w in adjoints else self.leaf(np.zeros(nodes[w].shape), "const", nodes[w].span,
+                                                                fixed=True).id for w in wrt}
 
 
 def made_by_rule(node: Node) -> bool:

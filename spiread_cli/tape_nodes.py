@@ -37,6 +37,8 @@ class Node:
     known_finite: bool | None = None  # cache for `finite`; None until someone asks
     residual: Residual | None = None  # what its op's forward rule kept for the derivative rules (`Op.fwd`)
     deferred: Deferring | None = None  # set while the value waits to be computed (`Tape.defer`)
+    fixed: bool = False           # a leaf whose value nothing ever sets again: a literal of the program or a
+    #                               constant a derivative rule made (not data, which tasks set: simplify.py)
 
     @property
     def stored_value(self) -> np.ndarray | None:

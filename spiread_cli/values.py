@@ -16,8 +16,11 @@ from .tape_nodes import Node
 
 @dataclass(slots=True)
 class Const:
-    """A value that depends on no input: folded now, put on the tape when used."""
+    """A value that depends on no input: folded now, put on the tape when used.
+    `fixed`: made of the program's literals alone, so no task sets it again
+    (`Node.fixed`); a file's data or a count of rows is not."""
     value: np.ndarray
+    fixed: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:

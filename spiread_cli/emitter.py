@@ -1,0 +1,234 @@
+"""The recording interpreter of derivative statements (`Emitter`, which
+`Tape.backward_graph` records a gradient with), and the identity work it
+leaves out.
+
+An op's derivative statement (rules.py) is written once for every value it
+may meet, so, recorded, it carries work that does nothing at the values it
+does meet: `x ** 2`'s derivative raises x to the power 2 − 1, a sum's rule
+broadcasts ones that the next rule multiplies by, a subtraction negates a
+product of a constant. A Hessian's forward-over-reverse sweeps and every
+HVP pay for each such op again, n entries at a time. What may be left out
+is decided from constants whose value never changes (`Node.fixed`): the
+constants a rule made and the program's literals. Never from a leaf whose
+value is data — an input, an HVP's or `check`'s direction, a chunk's rows —
+which a task sets again after the gradient is recorded.
+
+Every rewrite is an identity of float64 arithmetic at every value, ±0, inf
+and nan included, so a recorded gradient has the values it had, each rule's
+result too (where the reverse sweep says a non-finite derivative was born),
+and a node left out could not have been one (an identity never turns finite
+values into non-finite ones). Not here, because they are not exact: `x + 0`
+with a +0 (it turns −0 into +0), a sum of a broadcast (n · x is not x added
+n times), a product of products of constants (rounded twice).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from .diagnostics import Diagnostics, Span
+from .ops import OPS, Op
+
+# A tape node (tape_nodes.Node, a layer above the op table this module sits on).
+Node = Any
+
+
+class Recording(Protocol):
+    """What the emitter records on (tape.Tape)."""
+
+    nodes: list[Node]
+
+    def leaf(self, value: np.ndarray, kind: str, span: Span | None, name: str | None = None,
+             fixed: bool = False) -> Node: ...
+
+    def record(self, op: Op, inputs: tuple[int, ...], params: dict, span: Span | None, label: str,
+               diagnostics: Diagnostics | None, shape: tuple[int, ...] | None = None) -> Node: ...
+
+    def fold(self, op: Op, args: list[np.ndarray], params: dict, span: Span | None, label: str,
+             diagnostics: Diagnostics | None) -> np.ndarray: ...
+
+
+class Emitter:
+    """The recording interpreter of derivative statements (spiread_cli/rules.py):
+    `emit(op_name, inputs, **params)` appends an op (evaluated at once) and
+    returns its id, or the id of what stands for it without identity work
+    (`simplified`: `x ** 1` is x); `const` a fixed constant; `shape` a node's
+    shape. Every node it makes has the span and label of the rule it records.
+    Non-finite values are not reported node by node: the sweep warns where a
+    rule's result is born non-finite, as `backward` does."""
+
+    def __init__(self, tape: Recording, span: Span | None, label: str):
+        self.tape, self.span, self.label, self.nodes = tape, span, label, tape.nodes
+
+    def __call__(self, op_name: str, inputs: list[int], **params) -> int:
+        found = simplified(self, op_name, inputs, params)
+        if found is not None:
+            return found
+        return self.tape.record(OPS[op_name], tuple(inputs), params, self.span, self.label, None).id
+
+    def fold(self, op_name: str, inputs: list[int], params: dict) -> int:
+        """An op of fixed constants, as the fixed constant it gives."""
+        value = self.tape.fold(OPS[op_name], [self.nodes[i].value for i in inputs], params, self.span, self.label, None)
+        return self.tape.leaf(uniform(value), "const", self.span, fixed=True).id
+
+    def like(self, node: Node, op_name: str, inputs: list[int], params: dict) -> int:
+        """An op emitted with the span and label of `node`, which it stands for."""
+        return Emitter(self.tape, node.span, node.label)(op_name, inputs, **params)
+
+    def const(self, value, name: str | None = None) -> int:
+        leaf = self.tape.leaf(uniform(np.asarray(value, dtype=np.float64)), "const", self.span, fixed=True)
+        if name is not None:  # what the statement calls it (`picks`), which an export names it by
+            leaf.label = name
+        return leaf.id
+
+    def shape(self, node_id: int) -> tuple:
+        return self.tape.nodes[node_id].shape
+
+
+def simplified(emit: Emitter, op_name: str, inputs: list[int], params: dict) -> int | None:
+    """The node that stands for `op_name(inputs)`: one already on the tape,
+    a fixed constant (every operand is one: folded), or an op recorded in its
+    place; None when it is recorded as it is."""
+    nodes = emit.nodes
+    operands = [nodes[i] for i in inputs]
+    if all(node.fixed for node in operands):
+        return emit.fold(op_name, inputs, params)
+    rule = RULES.get(op_name)
+    return None if rule is None else rule(emit, op_name, operands, params)
+
+
+def held(node: Node) -> float | None:
+    """The one number every entry of a fixed constant holds (a number, or a
+    fold's broadcast, `uniform`), else None; without reading more than one entry."""
+    if not node.fixed:
+        return None
+    value = node.value
+    if value.ndim == 0 or (value.size and not any(value.strides)):
+        return float(value.flat[0])
+    return None
+
+
+def uniform(value: np.ndarray) -> np.ndarray:
+    """A fixed constant's value, as a broadcast of its one entry when every
+    entry is that number bit for bit (so `held` reads it at once, and it
+    takes no memory)."""
+    if value.ndim == 0 or not value.size or not any(value.strides):
+        return value
+    flat = np.ascontiguousarray(value).reshape(-1)
+    bits = flat.view(np.uint64)
+    return np.broadcast_to(flat[:1].reshape(()), value.shape) if bool((bits == bits[0]).all()) else value
+
+
+def _is(number: float | None, wanted: float) -> bool:
+    """number is `wanted`, the sign of a zero included."""
+    return number is not None and number == wanted and np.signbit(number) == np.signbit(wanted)
+
+
+def _same(emit: Emitter, kept: Node, shape: tuple) -> int:
+    """`kept` as the result of shape `shape`: itself, or broadcast to it."""
+    return kept.id if kept.shape == shape else emit("broadcastTo", [kept.id], shape=shape)
+
+
+def _unit(number: float, *sides: int):
+    """A binary op that is its operand `k` when the other operand holds
+    `number` (for each k in `sides`): x · 1, 1 · x, x / 1, x ** 1, x − (+0), x + (−0)."""
+    def rule(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
+        for k in sides:
+            if _is(held(operands[1 - k]), number):
+                return _same(emit, operands[k], OPS[op_name].shape(*[n.shape for n in operands], **params))
+        return None
+    return rule
+
+
+def _product(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
+    """x · 1 and 1 · x are x (`mul`; `scale`, whose guard — a zero t keeps
+    0 — cannot apply against a one, nor to a one). c · (d · y), both steps of
+    one rule, is (c·d) · y when that is exact: d = ±2^k with k ≥ 0 (d · y is
+    exact, or overflows) and |c| ≥ 1 (so (c·d) · y overflows wherever
+    c · (d · y) does): `x ** 2`'s derivative doubled, then scaled."""
+    found = _times_one(emit, op_name, operands, params)
+    if found is not None:
+        return found
+    nodes = emit.nodes
+    for k in (0, 1):
+        c, inner = held(operands[k]), operands[1 - k]
+        if (c is None or not 1 <= abs(c) < np.inf or inner.op is None or inner.op.name not in ("mul", "scale")
+                or (inner.span, inner.label) != (emit.span, emit.label)):
+            continue
+        for j in (0, 1):
+            d = held(nodes[inner.inputs[j]])
+            if d is None or not 1 <= abs(d) < np.inf or np.frexp(d)[0] not in (0.5, -0.5) or not np.isfinite(c * d):
+                continue
+            inputs = [0, 0]
+            inputs[k] = emit.const(np.broadcast_to(np.float64(c * d), operands[k].shape))
+            inputs[1 - k] = inner.inputs[1 - j]
+            shape = OPS[op_name].shape
+            if shape(*[nodes[i].shape for i in inputs], **params) == shape(*[n.shape for n in operands], **params):
+                return emit(op_name, inputs, **params)
+    return None
+
+
+def _negated(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
+    """−(−x) is x; −(c · y) for a fixed finite nonzero number c is (−c) · y,
+    one op instead of two, when c · y is a rule's own step (a program's
+    product is computed anyway). The product keeps the place of the rule
+    that made it: where a non-finite derivative would have been born."""
+    inner = operands[0]
+    if inner.op is None:
+        return None
+    if inner.op.name == "neg":
+        return inner.inputs[0]
+    if inner.op.name not in ("mul", "scale") or not inner.label.startswith(("∂", "Σ∂")):
+        return None
+    nodes = emit.nodes
+    for k in (0, 1):
+        c = held(nodes[inner.inputs[k]])
+        if c is not None and c != 0 and np.isfinite(c):
+            constant = nodes[inner.inputs[k]]
+            flipped = emit.const(np.broadcast_to(np.float64(-c), constant.shape))
+            inputs = list(inner.inputs)
+            inputs[k] = flipped
+            return emit.like(inner, inner.op.name, inputs, inner.params)
+    return None
+
+
+def _undone(undoing: str):
+    """An op applied to its own result where that undoes it: a transpose of a transpose."""
+    def rule(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
+        inner = operands[0]
+        return inner.inputs[0] if inner.op is not None and inner.op.name == undoing else None
+    return rule
+
+
+def _reshaped(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
+    """A reshape to the shape it has is nothing; of a reshape, one reshape."""
+    x, shape = operands[0], tuple(params["shape"])
+    if x.shape == shape:
+        return x.id
+    if x.op is not None and x.op.name == "reshape":
+        return emit("reshape", [x.inputs[0]], shape=shape)
+    return None
+
+
+def _to_own_shape(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
+    """A broadcast or a sum to the shape its operand has is nothing."""
+    x = operands[0]
+    return x.id if x.shape == tuple(params["shape"]) else None
+
+
+_times_one = _unit(1.0, 0, 1)
+RULES = {
+    "mul": _product,
+    "scale": _product,
+    "div": _unit(1.0, 0),
+    "pow": _unit(1.0, 0),       # x ** 1 is x, −0, infinities and nan included
+    "add": _unit(-0.0, 0, 1),   # x + (−0) is x, for x = −0 too; x + (+0) is not
+    "sub": _unit(0.0, 0),       # x − (+0) is x
+    "neg": _negated,
+    "transpose": _undone("transpose"),
+    "reshape": _reshaped,
+    "broadcastTo": _to_own_shape,
+    "sumTo": _to_own_shape,
+}
