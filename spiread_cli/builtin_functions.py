@@ -255,9 +255,9 @@ def shown(self: Elaborator, arg: Arg) -> str:
     if isinstance(value, Text):
         return value.value
     if isinstance(value, Record):
-        return "\n".join(f"{key}: {format_array(node.value)}" for key, node in value.fields.items())
+        return "\n".join(f"{key}: {format_array(self.read(node))}" for key, node in value.fields.items())
     value = self.tensor(arg)
-    return jet_text(value.value, value.tangents) if isinstance(value, Jet) else format_array(value.value)
+    return jet_text(value.value, value.tangents) if isinstance(value, Jet) else format_array(self.read(value))
 
 
 def _println(self: Elaborator, args, keywords, call):

@@ -22,6 +22,7 @@ class Session:
         self.file = file
         self.json = fmt == Format.json
         self.strict = strict
+        self.keeps_runs = False  # a command runs its program once
         self.stdout_is_data = stdout_is_data
         self.run = None   # once loaded: errors after loading point into its source
         self.shown = 0    # warnings already printed

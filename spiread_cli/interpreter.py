@@ -58,7 +58,7 @@ class Interpreter(Names, Operands, Calls, Indexing):
         self.overrides = dict(overrides or {})
         self.base_dir = base_dir or Path.cwd()
         # How `load(path)` reads a file: whole, or (spiread_cli/chunked.py) one row chunk of it.
-        self.loader = loader
+        self.reader = loader
         self.tape = Tape(source=source)
         self.diagnostics = Diagnostics()
         self.env: dict[str, object] = {}            # name -> value: a Node, a Record, a Jet or a Function
@@ -73,6 +73,14 @@ class Interpreter(Names, Operands, Calls, Indexing):
         self.jet_dim: tuple[int, Span] | None = None  # from `given jd: JetDim = JetDim(n)`
         self.declared = None                        # (output node, its text, wrt names) from `.backward(...)`
         self.max_bytes = max_bytes()
+        self.read_ids: list[int] = []               # the nodes whose values decided what is recorded (`read`)
+        self.files: list[tuple[Path, Span, np.ndarray]] = []  # each file `load` read, and what it read
+
+    def loader(self, path: Path, span: Span) -> np.ndarray:
+        """`load(path)`: the file read, and noted with what it held (`Run.files`)."""
+        array = self.reader(path, span)
+        self.files.append((path, span, array))
+        return array
 
     # ------------------------------------------------------- statements
 
@@ -126,7 +134,7 @@ class Interpreter(Names, Operands, Calls, Indexing):
             raise SpireadError("the program computes nothing", None,
                                ["write an expression, e.g. `loss = (x * x).sum`"], origin=self.source.name)
         return Run(self.source, self.tape, self.bindings, self.binding_spans, output.id, output_name,
-                   backward_wrt, self.diagnostics, self.printed, self.jets)
+                   backward_wrt, self.diagnostics, self.printed, self.jets, self.read_ids, self.files)
 
     def bind(self, statement: ast.Binding) -> Node | None:
         """Bind a top-level name; returns the node it names, if it names one."""

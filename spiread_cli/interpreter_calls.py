@@ -130,5 +130,10 @@ class Calls:
         del self.printed[printed:]
         for i in [i for i in self.jets if i >= mark]:
             del self.jets[i]
+        # A value the trial read still decided something (that the trial is not kept): its leaves stay read.
+        for i in [i for i in self.read_ids if i >= mark]:
+            feeds = tape.feeding(i)
+            self.read_ids.extend(j for j in range(mark) if feeds[j] and tape.nodes[j].op is None)
+        self.read_ids[:] = [i for i in self.read_ids if i < mark]
         tape.forget(mark)
         return None

@@ -99,7 +99,7 @@ class Operands:
         """An op on Jets: the real part by the op's primal rule, the
         infinitesimal parts by its forward-mode (jvp) rule, one per JetDim
         direction (the tangents' batch axis). Other operands are constants."""
-        reals = [v.value for v in values]
+        reals = [self.read(v) for v in values]
         value = self.tape.fold(op, reals, params, at, label, self.diagnostics)
         if value.shape != ():
             raise SpireadError(f"`{self.source.snippet(span)}` would be a Jet of {shape_str(value.shape)}; "
@@ -107,6 +107,16 @@ class Operands:
         with np.errstate(all="ignore"):
             tangents = op.jvp([v.tangents if isinstance(v, Jet) else None for v in values], value, *reals, **params)
         return Jet(value, np.asarray(tangents, dtype=np.float64))
+
+    def read(self, value: Node | Const | Jet) -> np.ndarray:
+        """An operand's value as the elaborator itself uses it (a number, a
+        size, positions, a printed text, a Jet's real part): where a value
+        decides what is recorded instead of flowing through the tape. The
+        nodes read are noted (`Run.read`): a kept run is replayed only for the
+        same values of the bindings they are computed from (kept_runs.py)."""
+        if isinstance(value, Node):
+            self.read_ids.append(value.id)
+        return value.value
 
     def check_size(self, shape, span: Span, at: Span) -> None:
         check_shape(shape, lambda: f"`{self.source.snippet(span)}`", at, self.max_bytes)
@@ -116,7 +126,7 @@ class Operands:
         if value.shape != ():
             raise SpireadError(f"{what} must be a number, but `{self.text(arg.expr)}` is "
                                f"{shape_str(value.shape)}", arg.expr.span)
-        return float(value.value)
+        return float(self.read(value))
 
     def integer(self, arg: Arg, what: str) -> int:
         x = self.number(arg, what)
@@ -125,7 +135,7 @@ class Operands:
         return int(x)
 
     def integers(self, arg: Arg, what: str) -> np.ndarray:
-        array = self.tensor(arg).value
+        array = self.read(self.tensor(arg))
         if array.ndim != 1:
             raise SpireadError(f"{what} must be a vector of positions, but `{self.text(arg.expr)}` is "
                                f"{shape_str(array.shape)}", arg.expr.span)

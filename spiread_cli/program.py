@@ -19,15 +19,16 @@ Python's `warnings`.
 
 from __future__ import annotations
 
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, Callable, Generic, Literal, Protocol
+from typing import Any, Callable, Generic, Iterator, Literal, Protocol
 
 import numpy as np
 
 from . import syntax_tree
+from . import kept_runs
 from .interpreter import Interpreter
 from .dask_common import require_dask
 from .diagnostics import Source, SpireadError
@@ -65,6 +66,10 @@ def compile(text: str, name: str = "<string>", base_dir: str | PathLike[str] | N
                          _backend(backend, scheduler, chunk_rows, persist))
 
 
+def _names(names: list[str] | None) -> tuple[str, ...]:
+    return tuple(names or ())
+
+
 def _backend(backend: object, scheduler: object, chunk_rows: object, persist: object):
     """dask_backend.Options for `backend="dask"`, else None."""
     checked = checked_backend(backend, scheduler, chunk_rows, persist)
@@ -78,6 +83,7 @@ class Caller(Protocol):
     """Who called a task, and how it shows what a run says as it goes: the
     command line (cli_session.Session) or the Python API (python_calls.InPython)."""
     strict: bool  # a warning is an error (--strict; the warning filters' "error")
+    keeps_runs: bool  # its calls come again (the Python API): runs are kept and replayed (kept_runs.py)
 
     def ran(self, run: Run) -> None:
         """The run exists: show its `println` lines (errors from now on point into its source)."""
@@ -96,8 +102,10 @@ class Outcome(Generic[T]):
 
 class Program(PythonCalls):
     """A parsed program: the library's one front door. Each call runs it
-    afresh with the given bindings, which replace the program's own values
-    of those names (like `--set`).
+    with the given bindings, which replace the program's own values of those
+    names (like `--set`): afresh, or, for a Python call like an earlier one
+    (the same task and options, bindings of the same shapes), by replaying
+    that call's recorded run with the new values (kept_runs.py).
 
     Bindings are keyword arguments, or a mapping passed first for names that
     are not Python identifiers or clash with a parameter: `prog.eval({"lr": 0.5})`.
@@ -112,6 +120,7 @@ class Program(PythonCalls):
         self._base_dir = base_dir
         self._backend = backend  # dask_backend.Options for backend="dask" (`load`, `--backend dask`), else None
         self._running = None     # the dask_backend program of the last call (its client, its chunks' templates)
+        self._kept = kept_runs.KeptRuns()  # recorded runs of earlier Python calls, by signature
         self.names: list[str] = module.bound_names()
 
     @classmethod
@@ -162,8 +171,10 @@ class Program(PythonCalls):
         return f"<spiread Program {self.name!r}{on}: {', '.join(self.names) or 'no bindings'}>"
 
     def close(self) -> None:
-        """On `backend="dask"`, let go of the last call's Dask client and the
-        chunks' templates (the next call makes them again); also `with load(...) as prog:`."""
+        """Let go of the runs kept for calls to come (kept_runs.py) and, on
+        `backend="dask"`, of the last call's Dask client and the chunks'
+        templates (the next call makes them again); also `with load(...) as prog:`."""
+        self._kept.clear()
         running, self._running = self._running, None
         if running is not None:
             running.close()
@@ -192,10 +203,10 @@ class Program(PythonCalls):
     def run_eval(self, caller: Caller, overrides: dict, of: str | None = None) -> Outcome[dict[str, np.ndarray]]:
         """Every bound value, then the output (when it is not a bound name). On
         dask, the values after the totals are in: those that are not one row per data row."""
-        run = self._ran(caller, overrides, of, differentiate=False)
-        values = {name: run.tape.nodes[i].value for name, i in run.bindings.items()}
-        values.setdefault(run.output_name, run.value)
-        caller.warn(run)
+        with self._ran_kept(caller, overrides, of, ("eval",), differentiate=False) as run:
+            values = {name: run.tape.nodes[i].value for name, i in run.bindings.items()}
+            values.setdefault(run.output_name, run.value)
+            caller.warn(run)
         return Outcome(run, values)
 
     def run_grad(self, caller: Caller, overrides: dict, *, wrt: list[str] | None = None, of: str | None = None,
@@ -203,13 +214,13 @@ class Program(PythonCalls):
         """The gradients (gradients.RunGradients) and, with `explain`, the
         sweep that made them (explain.Explanation), else None."""
         from .gradients import gradients
-        run = self._ran(caller, overrides, of, wrt=wrt)
-        if explain:
-            from .explain import explain as explained
-            result = self._located(explained, run, wrt, mode)
-        else:
-            result = self._located(gradients, run, wrt, mode), None
-        caller.warn(run)
+        with self._ran_kept(caller, overrides, of, ("grad", _names(wrt), mode, explain), wrt=wrt) as run:
+            if explain:
+                from .explain import explain as explained
+                result = self._located(explained, run, wrt, mode)
+            else:
+                result = self._located(gradients, run, wrt, mode), None
+            caller.warn(run)
         return Outcome(run, result)
 
     def run_dot(self, caller: Caller, overrides: dict, *, wrt: list[str] | None = None,
@@ -218,9 +229,9 @@ class Program(PythonCalls):
         is a scalar computed from inputs) highlighted with their gradients."""
         from .dot import to_dot
         from .gradients import dot_gradients
-        run = self._ran(caller, overrides, of, wrt=wrt)
-        dot = to_dot(run, self._located(dot_gradients, run, wrt))
-        caller.warn(run)
+        with self._ran_kept(caller, overrides, of, ("dot", _names(wrt)), wrt=wrt) as run:
+            dot = to_dot(run, self._located(dot_gradients, run, wrt))
+            caller.warn(run)
         return Outcome(run, dot)
 
     def run_hessian(self, caller: Caller, overrides: dict, *, wrt: list[str] | None = None, of: str | None = None,
@@ -231,13 +242,14 @@ class Program(PythonCalls):
         from . import second
         # on dask, the driver differentiates by the directions' names too
         named = [*wrt, *(n for n in hvp or {} if n not in wrt)] if wrt else None
-        run = self._ran(caller, overrides, of, wrt=named)
-        if hvp is not None:
-            result = self._located(second.hvp, run, hvp, wrt)
-        else:
-            task = second.hessian_pattern if pattern else second.sparse_hessian if sparse else second.hessian
-            result = self._located(task, run, wrt)
-        caller.warn(run)
+        task = ("hessian", _names(wrt), None if hvp is None else tuple(hvp), sparse, pattern)
+        with self._ran_kept(caller, overrides, of, task, wrt=named) as run:
+            if hvp is not None:
+                result = self._located(second.hvp, run, hvp, wrt)
+            else:
+                task = second.hessian_pattern if pattern else second.sparse_hessian if sparse else second.hessian
+                result = self._located(task, run, wrt)
+            caller.warn(run)
         return Outcome(run, result)
 
     def run_jacobian(self, caller: Caller, overrides: dict, *, wrt: list[str] | None = None, of: str | None = None,
@@ -246,10 +258,10 @@ class Program(PythonCalls):
         the sparse Jacobian, with `pattern` its sparsity pattern; `mode` picks
         the sweeps (None: the fewer)."""
         from . import jacobian as jacobians
-        run = self._ran(caller, overrides, of, wrt=wrt)
-        task = jacobians.jacobian_pattern if pattern else jacobians.sparse_jacobian if sparse else jacobians.jacobian
-        result = self._located(task, run, wrt, mode)
-        caller.warn(run)
+        with self._ran_kept(caller, overrides, of, ("jacobian", _names(wrt), mode, sparse, pattern), wrt=wrt) as run:
+            task = jacobians.jacobian_pattern if pattern else jacobians.sparse_jacobian if sparse else jacobians.jacobian
+            result = self._located(task, run, wrt, mode)
+            caller.warn(run)
         return Outcome(run, result)
 
     def run_check(self, caller: Caller, overrides: dict, *, wrt: list[str] | None = None, of: str | None = None,
@@ -302,6 +314,28 @@ class Program(PythonCalls):
         run = self.run(overrides, of, **how)
         caller.ran(run)
         return run
+
+    @contextmanager
+    def _ran_kept(self, caller: Caller, overrides: dict, of: str | None, task: tuple, **how) -> Iterator[Run]:
+        """`_ran` for a task (and its options, `task`) that may work on a kept
+        run: for a caller that keeps runs, on numpy, the run of an earlier call
+        of the same signature replayed with these bindings, else a fresh run,
+        kept once the task is done (kept_runs.py)."""
+        if self._backend is not None or not caller.keeps_runs:
+            yield self._ran(caller, overrides, of, **how)
+            return
+        signature = kept_runs.signature(task, overrides, of)
+        kept = self._kept.replayed(signature, overrides)
+        if kept is None:
+            run = self._ran(caller, overrides, of, **how)
+            yield run
+            self._kept.keep(signature, overrides, run)
+            return
+        try:
+            caller.ran(kept.run)
+            yield kept.run
+        finally:
+            self._kept.done(kept)
 
     def _located(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Call into the library; an error comes out pointing into this program."""

@@ -26,6 +26,8 @@ class InPython:
     standard output, its warnings through `warnings`, pointing at the
     caller's line; `strict` as the filters make a SpireadWarning."""
 
+    keeps_runs = True  # a program is called again and again: its runs are kept (kept_runs.py)
+
     def __init__(self, source: Source):
         self.source = source
         self.shown = 0

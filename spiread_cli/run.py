@@ -5,6 +5,7 @@ output, and the questions every task asks of it (`require_scalar`,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +27,13 @@ class Run:
     diagnostics: Diagnostics
     printed: list[str] = field(default_factory=list)  # `println` lines, in program order
     jets: dict[int, np.ndarray] = field(default_factory=dict)  # node id -> a Jet's infinitesimal parts
+    # What decided the recording besides the program and the bindings' shapes: the nodes whose values the
+    # elaborator read (a size, a position, a printed text), and each file `load` read with what it held.
+    read: list[int] = field(default_factory=list)
+    files: list[tuple[Path, Span, np.ndarray]] = field(default_factory=list)
+    # What tasks recorded on the tape (a recorded gradient, its HVP), by what they recorded, for a run
+    # that is kept and replayed (kept_runs.py) to use again instead of recording it again.
+    prepared: dict[tuple, object] = field(default_factory=dict)
 
     def node(self, name: str) -> Node:
         return self.tape.nodes[self.bindings[name]]

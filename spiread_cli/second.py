@@ -45,6 +45,18 @@ class SecondOrder:
         self.recorded_from = len(run.tape.nodes)
         self.grad_ids = run.tape.backward_graph(run.output, list(self.all_ids.values()), run.diagnostics)
         self._products: HessianVectorProducts | None = None  # recorded at the first hvp
+        self._sparse: SparseHessians | None = None  # the pattern and its colouring, read at the first sparse_hessian
+
+    @classmethod
+    def of(cls, run: Run, wrt: list[str] | None = None, also: list[str] = ()) -> "SecondOrder":
+        """The run's recorded gradient by `wrt` (and `also`): recorded at the
+        first ask, then found in `run.prepared`, where a kept run replayed
+        with new values (kept_runs.py) has it, recomputed with the tape."""
+        key = ("second order", tuple(wrt or ()), tuple(also))
+        order = run.prepared.get(key)
+        if order is None:
+            order = run.prepared[key] = cls(run, wrt, also)
+        return order
 
     def gradient(self, name: str) -> np.ndarray:
         return self.run.tape.nodes[self.grad_ids[self.all_ids[name]]].value
@@ -73,9 +85,11 @@ class SecondOrder:
         order, each value's entries flat), from one Hessian-vector product
         per colour of its pattern (`SparseHessians`). Returns (matrix,
         colouring)."""
-        hessians = SparseHessians(self.run.tape, self.run.output, {i: self.grad_ids[i] for i in self.ids.values()},
-                                  diagnostics=self.run.diagnostics)
-        return hessians(budget_bytes), hessians.colouring
+        if self._sparse is None:
+            self._sparse = SparseHessians(self.run.tape, self.run.output,
+                                          {i: self.grad_ids[i] for i in self.ids.values()},
+                                          diagnostics=self.run.diagnostics)
+        return self._sparse(budget_bytes), self._sparse.colouring
 
     # ------------------------------------------- Hessian-vector products
 
@@ -201,7 +215,7 @@ def hessian(run: Run, wrt: list[str] | None = None) -> RunHessian:
     (names), refused before any of it is computed when it is over the limit."""
     ids = run.wrt_ids(wrt)
     check_hessian_size(run, ids, chosen=not wrt)
-    return RunHessian(run.value, SecondOrder(run, list(ids)).hessian())
+    return RunHessian(run.value, SecondOrder.of(run, list(ids)).hessian())
 
 
 def check_hessian_size(run: Run, ids: dict[str, int], chosen: bool) -> None:
@@ -260,7 +274,7 @@ def sparse_hessian(run: Run, wrt: list[str] | None = None) -> RunSparseHessian:
     """The Hessian over the wrt entries from its exact sparsity pattern and one
     Hessian-vector product per colour (`spiread hessian --sparse`); never
     forms a dense block."""
-    order = SecondOrder(run, wrt)
+    order = SecondOrder.of(run, wrt)
     matrix, colouring = order.sparse_hessian()
     nodes = run.tape.nodes
     return RunSparseHessian(run.value, matrix, list(order.ids), [nodes[i].shape for i in order.ids.values()],
@@ -302,4 +316,4 @@ def hvp(run: Run, vectors: dict[str, np.ndarray], wrt: list[str] | None = None) 
         if name not in run.bindings:
             raise SpireadError(f"{option('hvp', name)}: the program binds no `{name}`",
                                notes=did_you_mean(name, run.bindings), exit_code=2)
-    return RunHessianProducts(run.value, SecondOrder(run, wrt, also=list(vectors)).hvp(vectors))
+    return RunHessianProducts(run.value, SecondOrder.of(run, wrt, also=list(vectors)).hvp(vectors))

@@ -1,0 +1,176 @@
+"""Runs kept between a program's Python calls: a call whose signature
+matches an earlier one's replays that call's recorded run with its own
+values instead of running the program afresh (what `jax.jit` does with a
+trace per input shape, unseen: values, derivatives, warnings, printed
+lines and errors are a fresh run's).
+
+What a recording depends on, and so what a signature holds:
+- the program, and the task with its options (`Program.run_*`'s: the
+  names differentiated by, the mode, the HVP directions' names, …);
+- each binding's name, shape and dtype (values flow through the tape);
+- the bindings whose values decided what was recorded — a size, a
+  position, a parameter, a printed text, a Jet's real part: the values
+  of the nodes the elaborator read (`Run.read`), traced back to the
+  bindings they are computed from — by those values, bit for bit;
+- each file `load` read, by what it holds: it is read again at each
+  call, and a change means a fresh run;
+- SPIREAD_MAX_BYTES (the limit a fresh run's size checks use).
+
+A replay sets the bindings' leaves and recomputes every op node of the
+tape in tape order — the program's and what its task recorded (a
+recorded gradient, an HVP's inner product, which the task finds again in
+`Run.prepared`) — through the tape's one evaluator. Warnings stay exact
+because a run that warned is never kept, and a replay that meets a value
+that is not finite (where a fresh run could warn) or an error is given
+up for a fresh run. Neither is kept on the command line, which runs once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import load_array
+from .diagnostics import Span
+from .run import Run
+from .tape_nodes import Node, all_finite_unguarded
+
+KEPT_SIGNATURES = 4  # per program; the least recently used goes first
+
+
+@dataclass
+class Kept:
+    signature: tuple
+    run: Run
+    leaves: dict[str, Node]               # each binding's input leaf
+    deciding: dict[str, np.ndarray]       # the bindings whose values decided the recording: those values
+    files: list[tuple[Path, Span, bytes]]  # each file `load` read: what it held (`fingerprint`)
+    ops: list[Node]                       # the op nodes to recompute, in tape order
+    length: int                           # the tape's length once the task recorded what it uses
+
+    def matches(self, signature: tuple, bindings: dict[str, np.ndarray]) -> bool:
+        return signature == self.signature and all(
+            same_bits(bindings[name], value) for name, value in self.deciding.items())
+
+    def files_unchanged(self) -> bool:
+        """Whether each file `load` read holds what it held (a file that cannot be read: no)."""
+        for path, span, held in self.files:
+            try:
+                if fingerprint(load_array(path, span)) != held:
+                    return False
+            except Exception:  # noqa: BLE001 - a fresh run says what is wrong with it
+                return False
+        return True
+
+    def replayed(self, bindings: dict[str, np.ndarray]) -> bool:
+        """Recompute the run with these bindings; False where a fresh run
+        could differ: a value is not finite (it could warn), or an op failed.
+        The next replay recomputes every value again."""
+        for name, leaf in self.leaves.items():
+            leaf.set_value(bindings[name])
+        run = self.run
+        try:
+            run.tape.replay(self.ops)
+        except Exception:  # noqa: BLE001 - as above
+            return False
+        with np.errstate(all="ignore"):
+            for node in run.tape.nodes:
+                if not all_finite_unguarded(node.value):
+                    return False
+                node.known_finite = True
+        run.diagnostics.warnings.clear()
+        return True
+
+
+class KeptRuns:
+    """A program's kept runs, the most recently used first."""
+
+    def __init__(self, size: int = KEPT_SIGNATURES):
+        self.size = size
+        self.kept: list[Kept] = []
+        self.lock = threading.Lock()  # a kept run serves one call at a time; another runs afresh
+
+    def replayed(self, signature: tuple, bindings: dict[str, np.ndarray]) -> Kept | None:
+        """The kept run of this signature, replayed with `bindings`; None
+        when there is none, or it could not be replayed exactly (a file it
+        read changed: it is dropped). Holds the lock until `done`."""
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            kept = self._replayed(signature, bindings)
+        except BaseException:
+            self.lock.release()
+            raise
+        if kept is None:
+            self.lock.release()
+        return kept
+
+    def _replayed(self, signature: tuple, bindings: dict[str, np.ndarray]) -> Kept | None:
+        for kept in self.kept:
+            if kept.matches(signature, bindings):
+                self.kept.remove(kept)
+                if not kept.files_unchanged():
+                    return None
+                self.kept.insert(0, kept)
+                return kept if kept.replayed(bindings) else None
+        return None
+
+    def done(self, kept: Kept) -> None:
+        """The call on a replayed run is over; a task that recorded anything
+        more on it (which it should have found in `Run.prepared`) spoils it."""
+        if len(kept.run.tape.nodes) != kept.length and kept in self.kept:
+            self.kept.remove(kept)
+        self.lock.release()
+
+    def keep(self, signature: tuple, bindings: dict[str, np.ndarray], run: Run) -> None:
+        """Keep a fresh run once its task is done, unless it warned."""
+        if run.diagnostics.warnings:
+            return
+        nodes = run.tape.nodes
+        leaves = {name: nodes[run.bindings[name]] for name in bindings}
+        deciding = _deciders(run, leaves)
+        kept = Kept(signature, run, leaves, {name: bindings[name] for name in deciding},
+                    [(path, span, fingerprint(array)) for path, span, array in run.files],
+                    [node for node in nodes if node.op is not None], len(nodes))
+        run.files = []  # held as fingerprints now
+        with self.lock:
+            self.kept.insert(0, kept)
+            del self.kept[self.size:]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.kept.clear()
+
+
+def _deciders(run: Run, leaves: dict[str, Node]) -> list[str]:
+    """The bindings whose values the nodes the elaborator read are computed from."""
+    nodes = run.tape.nodes
+    feeds = [False] * len(nodes)
+    for i in run.read:
+        feeds[i] = True
+    for node in reversed(nodes[:max(run.read, default=-1) + 1]):
+        if feeds[node.id]:
+            for i in node.inputs:
+                feeds[i] = True
+    return [name for name, leaf in leaves.items() if feeds[leaf.id]]
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def fingerprint(array: np.ndarray) -> bytes:
+    """What an array holds, in a few bytes: its shape, dtype and a digest of its bits."""
+    bits = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    return f"{array.shape}{array.dtype.str}".encode() + hashlib.blake2b(bits).digest()
+
+
+def signature(task: tuple, bindings: dict[str, np.ndarray], of: str | None) -> tuple:
+    """What a kept run is found by, besides the deciding values."""
+    return (task, of, os.environ.get("SPIREAD_MAX_BYTES"),
+            tuple(sorted((name, value.shape, value.dtype.str) for name, value in bindings.items())))

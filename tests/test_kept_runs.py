@@ -1,0 +1,249 @@
+"""Runs kept between a program's Python calls (spiread_cli/kept_runs.py): a
+call like an earlier one replays that call's recording with its own values,
+and gives exactly what a fresh Program gives — values, gradients, Hessians,
+HVPs, Jacobians, warnings with their spans, printed lines, errors — while a
+call whose recording could differ (other shapes, other values of a binding
+used as a size or a position, a changed file) runs afresh."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import spiread_cli
+from spiread_cli import SpireadError, SpireadWarning
+from spiread_cli.interpreter import Interpreter
+from spiread_cli.kept_runs import KEPT_SIGNATURES
+from programs import programs
+
+
+@pytest.fixture
+def recordings(monkeypatch):
+    """How many times a program was run afresh (recorded by the interpreter)."""
+    count = [0]
+    run = Interpreter.run
+
+    def counted(self, *args, **kwargs):
+        count[0] += 1
+        return run(self, *args, **kwargs)
+    monkeypatch.setattr(Interpreter, "run", counted)
+    return count
+
+
+def outcome(prog, task: str, bindings: dict, **options):
+    """What a call gives and shows: its result as plain data (or the error's
+    text), its warnings (text and span) and its printed lines."""
+    out = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(out):
+        warnings.simplefilter("always")
+        try:
+            result = plain(getattr(prog, task)(bindings, **options))
+        except SpireadError as err:
+            result = ("error", str(err), err.span)
+    shown = [(str(w.message), getattr(w.message, "span", None)) for w in caught
+             if issubclass(w.category, SpireadWarning)]
+    return result, shown, out.getvalue()
+
+
+def plain(result):
+    """A result as nested tuples, arrays as (shape, bytes): equal means the same bits."""
+    if isinstance(result, dict):
+        return tuple((k, plain(v)) for k, v in result.items())
+    if isinstance(result, (float, int)):
+        return np.float64(result).tobytes()
+    if isinstance(result, np.ndarray):
+        return result.shape, (result + 0.0).tobytes()
+    if result is None or isinstance(result, str):
+        return result
+    return tuple((name, plain(getattr(result, name))) for name in vars(result))
+
+
+def fresh(source: str, task: str, bindings: dict, **options):
+    return outcome(spiread_cli.compile(source), task, bindings, **options)
+
+
+def assert_as_fresh(prog, source: str, task: str, bindings: dict, **options):
+    got = outcome(prog, task, bindings, **options)
+    assert got == fresh(source, task, bindings, **options)
+    return got
+
+
+# ------------------------------------------------------- random programs
+
+
+TASKS = ("eval", "grad", "hessian", "hvp", "jacobian")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), st.data())
+def test_random_programs_called_again_give_what_a_fresh_program_gives(program, data):
+    """Each task, called with the program's values and then twice with new
+    values of the same shapes: every call equals a fresh Program's call."""
+    task = data.draw(st.sampled_from(TASKS), label="task")
+    names = [n for n in program.names if n in program.inputs]
+    options: dict = {}
+    if task in ("hessian", "hvp", "jacobian"):
+        wrt = [n for n in program.default_wrt() if n in program.inputs][:2]
+        if not wrt:
+            task = "grad"
+        else:
+            options["wrt"] = wrt
+            if task == "hvp":
+                rng = np.random.default_rng(0)
+                options["hvp"] = {n: rng.standard_normal(np.shape(program.inputs[n])) for n in wrt}
+    call = "hessian" if task == "hvp" else task
+    prog = spiread_cli.compile(program.source)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    for scale in (0.0, 0.05, 0.2):
+        values = {n: np.asarray(program.inputs[n], dtype=float) * (1 + scale * rng.standard_normal(
+            np.shape(program.inputs[n]))) for n in names}
+        assert_as_fresh(prog, program.source, call, values, **options)
+
+
+# ------------------------------------------------- reuse, and what stops it
+
+
+SOFTMAX_LOSS = """\
+A = zeros(5, 3)
+w = zeros(3)
+loss = (A @@ w).tanh.sum + (w ** 4).sum / 4 + (A @@ w).exp.normaliseRowsL1.log.sum
+"""
+
+
+@pytest.mark.parametrize("task, options", [
+    ("eval", {}), ("grad", {"wrt": "w"}), ("grad", {"wrt": "w", "mode": "forward"}), ("hessian", {"wrt": "w"}),
+    ("hessian", {"wrt": "w", "hvp": {"w": [1.0, -2.0, 0.5]}}), ("hessian", {"wrt": ["w", "A"], "hvp": {"A": np.ones((5, 3))}}),
+    ("jacobian", {"wrt": "w"}), ("jacobian", {"wrt": "A", "mode": "forward"}), ("dot", {"wrt": "w"})])
+def test_a_call_like_an_earlier_one_replays_it(task, options, recordings):
+    prog = spiread_cli.compile(SOFTMAX_LOSS)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        values = {"A": rng.standard_normal((5, 3)), "w": rng.standard_normal(3)}
+        if task == "dot":  # a graph: its text
+            assert prog.dot(values, **options).source == spiread_cli.compile(SOFTMAX_LOSS).dot(values, **options).source
+        else:
+            assert_as_fresh(prog, SOFTMAX_LOSS, task, values, **options)
+    assert recordings[0] == 1 + 3  # the first call's own, and a fresh Program's at each call
+
+
+def test_other_shapes_options_or_tasks_record_afresh(recordings):
+    prog = spiread_cli.compile(SOFTMAX_LOSS)
+    A, w = np.ones((5, 3)) / 3, np.array([0.1, 0.2, 0.3])
+    prog.grad(A=A, w=w)
+    prog.grad(A=A, w=w)
+    assert recordings[0] == 1
+    prog.grad(A=np.ones((4, 3)), w=w)                     # another shape
+    prog.grad(A=A, w=w, wrt="A")                          # other options
+    prog.hessian(A=A, w=w, wrt="w")                       # another task
+    assert recordings[0] == 4
+    prog.grad(A=A, w=w)                                   # still kept
+    assert recordings[0] == 4
+    prog.grad(A=A)                                        # other names bound
+    assert recordings[0] == 5
+
+
+def test_kept_runs_are_bounded_and_close_drops_them(recordings):
+    prog = spiread_cli.compile(SOFTMAX_LOSS)
+    w = np.array([0.1, 0.2, 0.3])
+    for rows in range(1, KEPT_SIGNATURES + 2):  # one signature more than are kept
+        prog.grad(A=np.ones((rows, 3)), w=w)
+    assert recordings[0] == KEPT_SIGNATURES + 1
+    prog.grad(A=np.ones((1, 3)), w=w)             # the least recently used went
+    assert recordings[0] == KEPT_SIGNATURES + 2
+    prog.grad(A=np.ones((KEPT_SIGNATURES + 1, 3)), w=w)
+    assert recordings[0] == KEPT_SIGNATURES + 2
+    prog.close()
+    prog.grad(A=np.ones((KEPT_SIGNATURES + 1, 3)), w=w)
+    assert recordings[0] == KEPT_SIGNATURES + 3
+
+
+# Bindings whose values decide what is recorded: each program is called with
+# the first values, the second, the first again; each call equals a fresh one.
+DECIDING = [
+    ("x = [1.0, 2.0, 3.0]\ni = 0\ny = (x[i] * x).sum\n", {"i": [0.0, 2.0, 0.0]}),
+    ("x = [1.0, 2.0, 3.0]\nk = 2\ny = x[0:k].exp.sum\n", {"k": [2.0, 3.0, 2.0]}),
+    ("n = 2\nx = [1.0, 2.0, 3.0]\ny = ((zeros(n) + 1).sum * x).sum\n", {"n": [2.0, 4.0, 2.0]}),
+    ("m = [[1.0, 2.0], [3.0, 4.0]]\nr = 0\ny = (m.row(r) * m.row(1)).sum\n", {"r": [0.0, 1.0, 0.0]}),
+    ("w = [1.0, 2.0, 3.0]\nlabels = [0.0, 1.0]\ny = (onehot(labels, 3) @@ w).sum\n",
+     {"labels": [[0.0, 1.0], [2.0, 2.0], [0.0, 1.0]]}),
+    ("x = [1.0, 2.0, 3.0, 4.0]\nc = 2\ny = x.reshape(c, 4 / c).rowSum.exp.sum\n", {"c": [2.0, 1.0, 2.0]}),
+    ("x = [1.0, 2.0]\nt = 1.5\ny = x.clampMin(t).exp.sum\n", {"t": [1.5, 0.0, 1.5]}),
+    ("x = [1.0, 2.0]\nb = 3.0\ny = (x * full(2, b)).sum\n", {"b": [3.0, -1.0, 3.0]}),
+    ("x = [1.0, 2.0]\nb = 3.0\nprintln(b)\ny = (x * b).sum\n", {"b": [3.0, -1.0, 3.0]}),
+    ("given jd: JetDim = JetDim(1)\nc = 2.0\nj = Jet(c) * Jet.h[Double](0)\n", {"c": [2.0, 5.0, 2.0]}),
+]
+
+
+@pytest.mark.parametrize("source, changes", DECIDING)
+def test_a_binding_that_decides_the_recording_is_part_of_the_signature(source, changes, recordings):
+    prog = spiread_cli.compile(source)
+    (name, values), = changes.items()
+    tasks = ("eval",) if "Jet" in source else ("eval", "grad")
+    for value in values:
+        for task in tasks:
+            result = assert_as_fresh(prog, source, task, {name: np.asarray(value)})
+            assert result[0][0] != "error", result
+    # each call recorded afresh, but the last ones, whose values were kept
+    assert recordings[0] == 2 * len(values) * len(tasks) - len(tasks)
+
+
+def test_printed_lines_each_call(recordings):
+    """A text printed whole is shown again at each replay; a printed value
+    decides the recording (its text), so a new value records afresh."""
+    source = 'w = [1.0, 2.0]\nprintln("loss:")\nprintln(w)\nloss = (w * w).sum\n'
+    prog = spiread_cli.compile(source)
+    for w in ([1.0, 2.0], [1.0, 2.0], [3.0, -1.0]):
+        _, _, printed = assert_as_fresh(prog, source, "grad", {"w": np.array(w)})
+        assert printed.startswith("loss:\n")
+    assert recordings[0] == 2 + 3
+    source = 'w = [1.0, 2.0]\nprintln("loss:")\nloss = (w * w).sum\n'
+    prog = spiread_cli.compile(source)
+    for w in ([1.0, 2.0], [3.0, -1.0]):
+        assert assert_as_fresh(prog, source, "grad", {"w": np.array(w)})[2] == "loss:\n"
+    assert recordings[0] == 5 + 1 + 2
+
+
+def test_warnings_each_call_at_their_spans(recordings):
+    """A run that warned is not kept; a kept run whose new values would warn
+    (a value not finite) runs afresh and warns, at the same span."""
+    source = "x = [1.0, 2.0]\ny = x.log.sum + (x * x).sum\n"
+    prog = spiread_cli.compile(source)
+    for x in ([1.0, 2.0], [0.5, 2.0], [-1.0, 2.0], [-1.0, 2.0], [3.0, 1.0]):
+        for task, options in (("grad", {}), ("hessian", {"hvp": {"x": [1.0, 1.0]}}), ("jacobian", {})):
+            _, shown, _ = assert_as_fresh(prog, source, task, {"x": np.array(x)}, **options)
+            assert bool(shown) == (x[0] < 0)
+            assert all(span.line == 2 for _, span in shown)
+    # 15 fresh Programs' calls; the program's: each task's first, and both calls that warned
+    assert recordings[0] == 15 + 3 + 2 * 3
+
+
+def test_errors_on_a_kept_run_are_a_fresh_runs():
+    prog = spiread_cli.compile(SOFTMAX_LOSS)
+    values = {"A": np.ones((5, 3)), "w": np.ones(3)}
+    prog.hessian(values, wrt="w", hvp={"w": np.ones(3)})
+    for options in ({"wrt": "w", "hvp": {"w": np.ones(4)}}, {"wrt": "v", "hvp": {"w": np.ones(3)}}):
+        got = assert_as_fresh(prog, SOFTMAX_LOSS, "hessian", values, **options)
+        assert got[0][0] == "error"
+
+
+def test_a_file_read_again_at_each_call(tmp_path, recordings):
+    data = tmp_path / "x.npy"
+    np.save(data, np.array([1.0, 2.0]))
+    source = 'x = load("x.npy")\nw = [1.0, 1.0]\nloss = (x * w.exp).sum\n'
+    prog = spiread_cli.compile(source, base_dir=tmp_path)
+    w = np.array([0.5, 0.25])
+    first = prog.grad(w=w).gradients["w"]
+    np.testing.assert_array_equal(prog.grad(w=w).gradients["w"], first)
+    assert recordings[0] == 1
+    np.save(data, np.array([3.0, 4.0]))
+    np.testing.assert_array_equal(prog.grad(w=w).gradients["w"], np.array([3.0, 4.0]) * np.exp(w))
+    assert recordings[0] == 2
+    data.unlink()
+    with pytest.raises(SpireadError, match="x.npy"):
+        prog.grad(w=w)
