@@ -19,6 +19,7 @@ import numpy as np
 
 from .diagnostics import Diagnostics, shape_str
 from .limits import check_bytes, max_bytes, reuse_freed_memory
+from .rules_forward import Diagonal, added, dense, diagonal_jvp
 from .tape import Births, SweepObserver, Tape
 from .tape_nodes import Node, all_finite, rule_params
 
@@ -77,8 +78,12 @@ class ForwardSweep:
         seeds[id] of shape (k,) + that node's shape (one per seeded node).
         `observe(node, ts, t)`, if given, sees each node's tangent t as it is
         made, from the input tangents ts (None for an input without one; all
-        None where t is a seed)."""
+        None where t is a seed). A seed may be a `Diagonal` batch (rows of
+        the identity), which stays one through the ops with a rule for it
+        (`diagonal_jvp`); an observer sees arrays."""
         nodes, same = self.nodes, self.same
+        if observe is not None:
+            seeds = {i: dense(s) for i, s in seeds.items()}
         k = next(iter(seeds.values())).shape[0]
         tangents: dict[int, np.ndarray] = {}
         with np.errstate(all="ignore"):
@@ -90,20 +95,34 @@ class ForwardSweep:
                     t = seeds[node.id]
                 else:
                     op, args = node.op, [nodes[i].value for i in node.inputs]
-                    t = op.jvp(ts, node.value, *args, **(node.params if op.fwd is None else rule_params(node, args)))
-                    t = np.broadcast_to(t, (k,) + node.value.shape)
+                    params = node.params if op.fwd is None else rule_params(node, args)
+                    t = None
+                    if any(type(t) is Diagonal for t in ts):
+                        t = diagonal_jvp(op, ts, node.value, args, params, lambda a: self._owned(a, p, tangents, seeds))
+                        ts = [dense(t) for t in ts] if t is None else ts
+                    if t is None:
+                        t = op.jvp(ts, node.value, *args, **params)
+                        if np.shape(t) != (k,) + node.value.shape:
+                            t = np.broadcast_to(t, (k,) + node.value.shape)
                     # A seeded node that is an intermediate gets its own seed on top
                     # of what flows into it, as reverse mode's adjoints add up.
                     if node.id in self.seeded:
-                        t = t + seeds[node.id]
+                        t = added(t, seeds[node.id])
                 if observe is not None:
                     observe(node, ts, t)
                 tangents[node.id] = t
                 for i in self.free_after[p]:
                     tangents.pop(i, None)
         if self.output in tangents:
-            return tangents[self.output]
+            return dense(tangents[self.output])
         return np.zeros((k,) + nodes[self.output].value.shape)
+
+    def _owned(self, a: np.ndarray, p: int, tangents: dict, seeds: dict) -> bool:
+        """Whether no seed, and no tangent needed after plan[p], shares memory
+        with `a` (a jvp may return a tangent it was given, or a view of one)."""
+        dying = self.free_after[p]
+        return not any(np.may_share_memory(a, t) for i, t in tangents.items() if type(t) is np.ndarray and i not in dying) \
+            and not any(np.may_share_memory(a, s) for s in seeds.values() if type(s) is np.ndarray)
 
     def push_blocks(self, total: int, seed_block: Callable[[int, int], dict[int, np.ndarray]],
                     diagnostics: Diagnostics | None = None, budget_bytes: int = TANGENT_BUDGET_BYTES,
@@ -127,8 +146,9 @@ class ForwardSweep:
             seeds = seed_block(start, k)
             if result is None:
                 result = self.push(seeds, observe)
-                if type(result) is not np.ndarray or not result.flags.writeable:
-                    result = np.array(result)  # a broadcast view, or not an array: one of its own
+                if type(result) is not np.ndarray or not result.flags.writeable or any(
+                        np.may_share_memory(result, s) for s in seeds.values() if type(s) is np.ndarray):
+                    result = np.array(result)  # a broadcast view, a seed, or not an array: one of its own
             else:
                 result[start:start + k] = self.push(seeds, observe)
             if diagnostics is not None and not all_finite(result[start:start + k]):
@@ -151,8 +171,8 @@ def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagn
     sizes = [nodes[i].value.size for i in wrt]
     offsets = np.cumsum([0] + sizes)
 
-    def seed_block(start: int, k: int) -> dict[int, np.ndarray]:
-        return {i: _identity_rows(nodes[i].value.shape, int(offsets[p]), start, k) for p, i in enumerate(wrt)}
+    def seed_block(start: int, k: int) -> dict[int, Diagonal]:
+        return {i: Diagonal.identity_rows(nodes[i].value.shape, start - int(offsets[p]), k) for p, i in enumerate(wrt)}
 
     out_shape = nodes[output].value.shape
 
@@ -177,13 +197,3 @@ def directional_forward(tape: Tape, output: int, node: int, directions: np.ndarr
     return sweep.push_blocks(len(directions), lambda start, k: {node: directions[start:start + k]},
                              budget_bytes=budget_bytes)
 
-
-def _identity_rows(shape: tuple, offset: int, start: int, k: int) -> np.ndarray:
-    """Rows start..start+k of the identity, restricted to this value's entries."""
-    size = int(np.prod(shape, dtype=np.int64))
-    seed = np.zeros((k, size))
-    rows = np.arange(k)
-    entries = start + rows - offset
-    inside = (entries >= 0) & (entries < size)
-    seed[rows[inside], entries[inside]] = 1.0
-    return seed.reshape((k,) + shape)

@@ -24,6 +24,7 @@ import numpy as np
 from .diagnostics import FRONT_END, PYTHON, SpireadError, option
 from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, jacobian_forward
 from .limits import check_bytes, check_shape, max_bytes
+from .rules_forward import Diagonal
 from .run import Run
 from .tape import Births, Tape
 from .tape_nodes import all_finite
@@ -197,12 +198,8 @@ def jacobian_reverse(tape: Tape, output: int, wrt: list[int], diagnostics=None,
     out_shape = nodes[output].shape
     rows = math.prod(out_shape)
 
-    def identity_rows(start: int, k: int) -> np.ndarray:
-        seeds = np.zeros((k, rows))
-        seeds[np.arange(k), start + np.arange(k)] = 1.0
-        return seeds.reshape((k,) + out_shape)
-
-    pulled = pull_blocks(tape, output, wrt, rows, identity_rows, diagnostics, budget_bytes)
+    pulled = pull_blocks(tape, output, wrt, rows, lambda start, k: Diagonal.identity_rows(out_shape, start, k),
+                         diagnostics, budget_bytes)
     return {w: j.reshape(out_shape + nodes[w].shape) for w, j in pulled.items()}
 
 

@@ -59,6 +59,7 @@ import numpy as np
 
 from .rules import IMPLS, OPS, without_residual
 from .rules_code import compiled_jvp, compiled_vjp
+from .rules_forward import Diagonal
 from .structure import (COPIES, LINEAR_SUMS, MAX_LISTED_PAIRS, SLICED, SUMS, Entries, Links, Structure, named, rows,
                         whole, within_groups)
 from .structure import along as reduction_structure
@@ -170,6 +171,15 @@ class Op:
     # evaluations made inside since last asked (where an inf or nan was born,
     # in which rows), which the tape gives in place of its own.
     reports: Callable | None = None
+    # For a batch of tangents or cotangents each nonzero at one entry
+    # (rules_forward.Diagonal: the identity seeds of a dense Jacobian or
+    # Hessian): diagonal_jvp(i, t, out, *xs, **params) -> operand i's term of
+    # the jvp, and diagonal_vjp(i, g, out, *xs, **params) -> operand i's
+    # cotangents, as a Diagonal or an array, None where there is no cheaper
+    # form (the sweep makes the batch an array and runs jvp/batched_vjp). An
+    # elementwise op needs none: its own rule steps the batch in one value.
+    diagonal_jvp: Callable | None = None
+    diagonal_vjp: Callable | None = None
 
 
 METHODS: dict[str, Op] = {}
@@ -178,7 +188,8 @@ METHODS: dict[str, Op] = {}
 def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callable, *, methods=None, params=(),
           arity: int = 1, kink=None, row_wise: bool = False, structure: Structure | str = "dense", batched=None,
           fast: FastPath | None = None, fwd: Callable | None = None, export: Export | None = None,
-          on_rows: Callable | None = None, across_rows: Callable | None = None) -> Op:
+          on_rows: Callable | None = None, across_rows: Callable | None = None,
+          diagonal: tuple[Callable | None, Callable | None] = (None, None)) -> Op:
     if isinstance(structure, str):
         structure = named(structure)
     vjp, jvp, batched_vjp = compiled_vjp(derivative), compiled_jvp(derivative), compiled_vjp(derivative, batched=True)
@@ -190,7 +201,7 @@ def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callabl
         jvp = jvp if fast.jvp is None else fast.jvp if fwd is None else _given_residual(fwd, fast.jvp, 2)
     op = Op(name, impl, shape, derivative, vjp, jvp, (name,) if methods is None else methods, params, arity, kink,
             row_wise, structure, batched, fast, fwd, export, batched_vjp, on_rows=on_rows,
-            across_rows=across_rows)
+            across_rows=across_rows, diagonal_jvp=diagonal[0], diagonal_vjp=diagonal[1])
     OPS[name], IMPLS[name] = op, impl
     METHODS.update((spelling, op) for spelling in op.methods)
     return op
@@ -768,6 +779,47 @@ def _matmul_batched(args, which):
                      for d in range((a if which[0] else b).shape[0])])
 
 
+def _placed(k: int, rows: np.ndarray, shape: tuple, at: np.ndarray, lines: np.ndarray, column: bool) -> np.ndarray:
+    """A batch (k,) + shape (a matrix's), zero but in directions `rows`: each
+    one's line of `lines` as column at[j] (`column`) or as row at[j]."""
+    result = np.zeros((k,) + shape)
+    if column:
+        result[rows, :, at] = lines
+    else:
+        result[rows, at, :] = lines
+    return result
+
+
+def _matmul_diagonal_jvp(i, t: Diagonal, out, a, b):
+    """a @@ (tangents each moving one entry (j, q) of b): a's column j, scaled,
+    as column q (and (r, j) of a: b's row j as row r). k·m work, not a k·m·n
+    product of mostly zeros."""
+    a2, b2 = _as_matrices(a, b)
+    (m, n), p = a2.shape, b2.shape[1]
+    rows, entries, values = t.hits()
+    if i == 1:
+        j, q = np.divmod(entries, p)
+        result = _placed(t.shape[0], rows, (m, p), q, (a2[:, j] * values).T, column=True)
+    else:
+        r, j = np.divmod(entries, n)
+        result = _placed(t.shape[0], rows, (m, p), r, b2[j] * values[:, None], column=False)
+    return result.reshape(t.shape[:1] + np.shape(out))
+
+
+def _matmul_diagonal_vjp(i, g: Diagonal, out, a, b):
+    """Cotangents each on one entry (r, q) of the product: a's row r, scaled,
+    as column q of b's (aᵀ @@ g), or b's column q as row r of a's (g @@ bᵀ)."""
+    a2, b2 = _as_matrices(a, b)
+    (m, n), p = a2.shape, b2.shape[1]
+    rows, entries, values = g.hits()
+    r, q = np.divmod(entries, p)
+    if i == 1:
+        result = _placed(g.shape[0], rows, (n, p), q, a2[r] * values[:, None], column=True)
+    else:
+        result = _placed(g.shape[0], rows, (m, n), r, b2[:, q].T * values[:, None], column=False)
+    return result.reshape(g.shape[:1] + np.shape((a, b)[i]))
+
+
 def _matmul_shape(a, b, **_):
     if len(a) == 0 or len(b) == 0:
         raise ShapeError("`@@` needs vectors or matrices, but {0} is {s0} and {1} is {s1}; use `*` to scale")
@@ -848,8 +900,29 @@ def _matmul_second(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
 
 defop("matmul", _product, _matmul_shape, _matmul_derivative, methods=("matmul", "dot"), arity=2,
       batched=_matmul_batched, fast=FastPath("mlp", vjp=_matmul_vjp), export=Export("{0} @ {1}", _onnx_matmul),
-      on_rows=_matmul_rows, across_rows=_matmul_across,
+      on_rows=_matmul_rows, across_rows=_matmul_across, diagonal=(_matmul_diagonal_jvp, _matmul_diagonal_vjp),
       structure=Structure("dense", _matmul_first, _matmul_second))
+
+
+def _transposed(t: Diagonal, shape: tuple) -> Diagonal:
+    """A Diagonal batch over a value of `shape`, transposed: entry (r, c) to (c, r)."""
+    if len(shape) < 2:
+        return t
+    m, n = shape
+    return t.moved(lambda e: (e % n) * m + e // n, (n, m), True)
+
+
+def _summed(t: Diagonal, shape: tuple, kept: tuple, out_shape: tuple, factor: float = 1.0) -> Diagonal:
+    """A Diagonal batch over a value of `shape` summed to `kept` (each axis
+    shape's, or 1: summed over), whose entries, in order, are the result's
+    (`out_shape`); times `factor` (a mean's 1 / count)."""
+    if math.prod(kept) == 1:
+        return t.moved(np.zeros_like, out_shape, t.shape[0] <= 1, factor)
+
+    def where(entries):
+        index = np.unravel_index(entries, shape)
+        return np.ravel_multi_index(tuple(ix if k == n else 0 for ix, k, n in zip(index, kept, shape)), kept)
+    return t.moved(where, out_shape, tuple(kept) == tuple(shape), factor)
 
 
 def _transpose_shape(s, **_):
@@ -860,7 +933,8 @@ defop("transpose", lambda x: x.T, _transpose_shape, lambda i, g, out, x, emit: e
       methods=("T", "transpose"), on_rows=lambda row_axes, ndims, row_params: ndims[0] - 1 - row_axes[0],
       batched=lambda args, which: np.swapaxes(args[0], -1, -2) if args[0].ndim == 3 else args[0],
       export=Export(lambda w, x: f"{x}.T" if len(w.shape(x)) == 2 else x,
-                    lambda b, x: b("Transpose", [x]) if len(b.shape(x)) == 2 else b("Identity", [x])), structure=COPIES)
+                    lambda b, x: b("Transpose", [x]) if len(b.shape(x)) == 2 else b("Identity", [x])), structure=COPIES,
+      diagonal=(lambda i, t, out, x: _transposed(t, x.shape), lambda i, g, out, x: _transposed(g, out.shape)))
 
 
 # --------------------------------------------------------------- reductions
@@ -1016,6 +1090,18 @@ KINKS = {"max": _max, "min": _min}
 SECOND_ORDER = {"sum": None, "mean": None, "product": "off-diagonal", "max": None, "min": None, "logSumExp": "all"}
 
 
+def _reduction_diagonal(word: str, axis: int | None) -> Callable | None:
+    """A sum's or a mean's jvp of a Diagonal batch: each entry moved to the one it is summed into."""
+    if word not in ("sum", "mean"):
+        return None
+
+    def jvp(i, t, out, x):
+        count = math.prod(x.shape) if axis is None else x.shape[axis]
+        kept = (1,) * x.ndim if axis is None else _kept(x.shape, axis)
+        return _summed(t, x.shape, kept, out.shape, 1.0 / max(count, 1) if word == "mean" else 1.0)
+    return jvp
+
+
 def _reduction(word: str, axis: int | None, batched=None) -> Op:
     value, derivative, export = REDUCTIONS[word]
     name = AXES[axis] + (word[0].upper() + word[1:] if axis is not None else word)
@@ -1023,7 +1109,8 @@ def _reduction(word: str, axis: int | None, batched=None) -> Op:
     return defop(name, lambda x: value(x, axis), _reduced_shape(axis),
                  lambda i, g, out, x, emit: derivative(i, g, out, x, emit, axis), kink=kink,
                  structure=reduction_structure(axis, SECOND_ORDER[word]), batched=batched, export=export(axis),
-                 on_rows=_on_own_rows if axis == 1 else None, across_rows=_reduction_across(word, axis))
+                 on_rows=_on_own_rows if axis == 1 else None, across_rows=_reduction_across(word, axis),
+                 diagonal=(_reduction_diagonal(word, axis), None))
 
 
 # Of nothing, as numpy has it: the sum is 0, the product 1, the mean nan, the
@@ -1643,6 +1730,8 @@ def _onnx_sum_to(b, x, shape):
 defop("sumTo", lambda x, shape: unbroadcast(x, shape), _sum_to_shape,
       lambda i, g, out, x, emit, shape: emit("broadcastTo", [g], shape=emit.shape(x)),
       methods=(), batched=lambda args, which, shape: _sum_to_batched(args[0], shape),
+      diagonal=(lambda i, t, out, x, shape: _summed(t, x.shape, (1,) * (x.ndim - len(shape)) + tuple(shape), out.shape),
+                None),
       export=Export(lambda w, x, shape: _python_sum_to(x, w.shape(x), tuple(shape)), _onnx_sum_to), structure=LINEAR_SUMS)
 defop("broadcastTo", lambda x, shape: np.broadcast_to(x, shape), _broadcast_to_shape,
       lambda i, g, out, x, emit, shape: sum_to_graph(emit, g, emit.shape(x)),
@@ -1655,6 +1744,8 @@ defop("reshape", lambda x, shape: np.reshape(x, shape), _reshape_shape,
       lambda i, g, out, x, emit, shape: emit("reshape", [g], shape=emit.shape(x)),
       methods=(), structure=COPIES,
       batched=lambda args, which, shape: args[0].reshape(args[0].shape[:1] + tuple(shape)),
+      diagonal=(lambda i, t, out, x, shape: t.moved(lambda e: e, out.shape, True),
+                lambda i, g, out, x, shape: g.moved(lambda e: e, x.shape, True)),
       export=Export("xp.reshape({0}, {shape})", lambda b, x, shape: b("Reshape", [x, b.ints(shape)], allowzero=1)))
 
 
@@ -1668,6 +1759,7 @@ def _row_total_shape(s, **_):
 defop("rowTotal", _row_total, _row_total_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)),
       methods=(), structure=rows(second=None), batched=lambda args, which: _row_total(args[0]),
+      diagonal=(lambda i, t, out, x: _summed(t, x.shape, out.shape, out.shape), None),
       export=Export("_row_total({0})", _onnx_row_total))
 
 

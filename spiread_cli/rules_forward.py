@@ -11,10 +11,17 @@ statement on such batches, the linear ops applying to them by their
 `batched` value rule, elementwise ops by broadcasting, any other op one
 direction at a time (`apply_batched`); `batched_interpreted_vjp` is the
 same for a batch of cotangents (the rows of a Jacobian in reverse mode).
+
+A batch whose every direction is zero but at one entry (`Diagonal`: rows of
+the identity, the seeds of a dense Jacobian or Hessian) is kept as its k
+values: the sweeps step it by `diagonal_jvp` / `diagonal_vjp`, an O(k) pass
+where the batch as an array costs O(k · size), and make it an array only
+where an op has no rule for it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -172,3 +179,157 @@ def batched_interpreted_vjp(derivative: Callable) -> Callable:
             return np.zeros(whole)
         return result.value if type(result) is Tangents else np.broadcast_to(result, whole)
     return vjp
+
+
+class Diagonal:
+    """A batch of k tangents or cotangents, shape (k,) + a value's, in which
+    direction d is zero but at one entry: `values[d]` at flat entry
+    `entries[d]` (-1: nowhere, and values[d] is 0). Rows of the identity over
+    a value's entries, the seeds of a dense Jacobian or Hessian, are one; an
+    elementwise op keeps one (each value times the op's partial at its
+    entry), a sum or a reshape moves its entries, and a product with a
+    constant matrix reads k of its columns instead of multiplying k·size
+    zeros. `distinct`: no two directions share an entry, so the batch fits
+    in one value of that shape (`spread`), which an elementwise op's own
+    rule steps at once."""
+    __slots__ = ("entries", "values", "shape", "distinct", "full")
+
+    def __init__(self, entries: np.ndarray, values: np.ndarray, shape: tuple, distinct: bool):
+        self.entries, self.values, self.shape, self.distinct = entries, values, tuple(shape), distinct
+        self.full = bool(len(entries) == 0 or entries.min() >= 0)  # every direction has its entry
+
+    @classmethod
+    def identity_rows(cls, shape: tuple, first: int, k: int) -> "Diagonal":
+        """Rows first … first + k − 1 of the identity over the entries of a
+        value of `shape` (a row outside them is zero)."""
+        entries = np.arange(first, first + k)
+        inside = (entries >= 0) & (entries < math.prod(shape))
+        return cls(np.where(inside, entries, -1), inside.astype(np.float64), (k,) + tuple(shape), True)
+
+    def hits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the directions that have an entry, their entries, their values)."""
+        if self.full:
+            return np.arange(len(self.entries)), self.entries, self.values
+        rows = np.flatnonzero(self.entries >= 0)
+        return rows, self.entries[rows], self.values[rows]
+
+    def dense(self) -> np.ndarray:
+        """The batch as an array."""
+        out = np.zeros((self.shape[0], math.prod(self.shape[1:])))
+        self.add_into(out)
+        return out.reshape(self.shape)
+
+    def add_into(self, out: np.ndarray) -> None:
+        """out += the batch, for a writeable array `out` of the batch's shape (in any layout)."""
+        rows, entries, values = self.hits()
+        if out.flags.c_contiguous:
+            out.reshape(self.shape[0], math.prod(self.shape[1:]))[rows, entries] += values
+        elif len(self.shape) == 1:
+            out[rows] += values
+        else:
+            out[(rows, *np.unravel_index(entries, self.shape[1:]))] += values
+
+    def spread(self) -> np.ndarray:
+        """Every direction's entry in its place, in one value (distinct batches only)."""
+        rows, entries, values = self.hits()
+        u = np.zeros(math.prod(self.shape[1:]))
+        u[entries] = values
+        return u.reshape(self.shape[1:])
+
+    def gathered(self, u) -> "Diagonal":
+        """The batch over the same entries whose values are u's there (u: one value of the batch's shape)."""
+        flat = np.ravel(u if np.shape(u) == self.shape[1:] else np.broadcast_to(u, self.shape[1:]))
+        if self.full:
+            return Diagonal(self.entries, flat[self.entries], self.shape, self.distinct)
+        rows, entries, _ = self.hits()
+        values = np.zeros(len(self.entries))
+        values[rows] = flat[entries]
+        return Diagonal(self.entries, values, self.shape, self.distinct)
+
+    def moved(self, where: Callable[[np.ndarray], np.ndarray], shape: tuple, distinct: bool,
+              factor: float = 1.0) -> "Diagonal":
+        """The batch over a value of `shape` with each direction's entry e
+        moved to where(e) (a linear map that sends each entry to one), its
+        value times `factor`; `distinct`: the map sends no two entries to one."""
+        if self.full:
+            entries = where(self.entries)
+        else:
+            entries = np.full(len(self.entries), -1)
+            hit = self.entries >= 0
+            entries[hit] = where(self.entries[hit])
+        values = self.values if factor == 1.0 else self.values * factor
+        return Diagonal(entries, values, (self.shape[0],) + tuple(shape), distinct and self.distinct)
+
+
+def dense(t):
+    """A batch as an array (a Diagonal made one; anything else as it is)."""
+    return t.dense() if type(t) is Diagonal else t
+
+
+def added(a, b, owned: Callable[[np.ndarray], bool] | None = None):
+    """a + b for batches that may be Diagonal: a Diagonal when both are over
+    the same entries, else an array: a Diagonal added into the other, in
+    place where `owned` says nothing else holds it, else into a copy."""
+    if type(a) is Diagonal and type(b) is Diagonal and (a.entries is b.entries or np.array_equal(a.entries, b.entries)):
+        return Diagonal(a.entries, a.values + b.values, a.shape, a.distinct and b.distinct)
+    if type(b) is Diagonal:
+        a, b = b, a
+    if type(a) is not Diagonal:
+        return a + b
+    if type(b) is Diagonal:
+        total = b.dense()
+    elif owned is not None and b.shape == a.shape and b.flags.writeable and owned(b):
+        total = b
+    else:
+        total = np.array(np.broadcast_to(b, a.shape))
+    a.add_into(total)
+    return total
+
+
+def _spreads(op, batches: list, shape: tuple) -> bool:
+    """Whether an elementwise op's rule can step these Diagonal batches as one
+    value each: all over the same distinct entries, of the result's shape."""
+    first = batches[0]
+    return op.structure.kind == "elementwise" and all(
+        t.distinct and t.shape[1:] == shape and (t.entries is first.entries or np.array_equal(t.entries, first.entries))
+        for t in batches)
+
+
+def diagonal_jvp(op, ts: list, out, xs: list, params: dict, owned: Callable[[np.ndarray], bool] | None = None):
+    """The jvp for tangents `ts` of which some are `Diagonal`, or None where
+    the op has no rule for them (the caller makes them arrays and runs
+    `op.jvp`). An elementwise op's own jvp steps the Diagonal tangents
+    spread into one value each (entry e of its result depends on entry e
+    alone); another op's `diagonal_jvp(i, t, out, *xs, **params)` gives
+    operand i's term; the tangents that are arrays go through `op.jvp`, and
+    the Diagonal terms are added into theirs (`added`; `owned`: whether the
+    caller holds an array nowhere else, so it may be written into)."""
+    shape = np.shape(out)
+    diagonal = [t for t in ts if type(t) is Diagonal]
+    if _spreads(op, diagonal, shape):
+        total = diagonal[0].gathered(
+            op.jvp([t.spread()[None] if type(t) is Diagonal else None for t in ts], out, *xs, **params)[0])
+    elif op.diagonal_jvp is not None:
+        total = None
+        for i, t in enumerate(ts):
+            if type(t) is Diagonal:
+                term = op.diagonal_jvp(i, t, out, *xs, **params)
+                if term is None:
+                    return None
+                total = term if total is None else added(total, term)
+    else:
+        return None
+    rest = [None if type(t) is Diagonal else t for t in ts]
+    if any(t is not None for t in rest):
+        total = added(total, op.jvp(rest, out, *xs, **params), owned)
+    return total
+
+
+def diagonal_vjp(op, i: int, g: Diagonal, out, xs: list, params: dict):
+    """Operand i's part of a `Diagonal` batch of cotangents g, or None where
+    the op has no rule for it (the caller makes g an array and runs
+    `op.batched_vjp`): an elementwise op's own vjp on g spread into one value,
+    where the operand has the result's shape; else the op's `diagonal_vjp`."""
+    if np.shape(xs[i]) == g.shape[1:] and _spreads(op, [g], g.shape[1:]):
+        return g.gathered(op.vjp(i, g.spread(), out, *xs, **params))
+    return None if op.diagonal_vjp is None else op.diagonal_vjp(i, g, out, *xs, **params)

@@ -23,6 +23,7 @@ from .limits import reuse_freed_memory
 from .ops import IN_PLACE_ENTRIES, OPS, Op
 from .rules import comparable
 from .emitter import Emitter
+from .rules_forward import Diagonal, added, dense, diagonal_vjp
 from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, compute, describe_nonfinite,
                          rule_params)
 
@@ -251,7 +252,9 @@ class Tape:
         With `cotangents` (shape (k,) + the output's, any output), the sweep
         carries that batch of k cotangents at once, each op applying its
         statement to the batch (`Op.batched_vjp`), and each result has shape
-        (k,) + the node's: k rows of the Jacobian."""
+        (k,) + the node's: k rows of the Jacobian. A `Diagonal` batch (rows of
+        the identity) stays one through the ops with a rule for it
+        (`diagonal_vjp`)."""
         if cotangents is not None:
             reuse_freed_memory()
         needs = self.fed_by(wrt, output)
@@ -274,8 +277,11 @@ class Tape:
         vjp returned, which may be another adjoint passed on unchanged, or a
         view of one). A batch of `cotangents` goes through each op's
         statement, which reads no residual: the residuals stay for the next
-        batch."""
+        batch; a Diagonal one is made an array where an op has no rule for
+        it, and for an observer."""
         nodes = self.nodes
+        if observe is not None and type(cotangents) is Diagonal:
+            cotangents = cotangents.dense()
         lowest = min(wrt, default=output + 1)
         grads: dict[int, np.ndarray] = {}
         # Nodes whose adjoint is a sum this sweep allocated, which nothing else
@@ -297,21 +303,27 @@ class Tape:
             for k, i in enumerate(node.inputs):
                 if not needs[i]:
                     continue
-                gi = vjp(k, g, out, *args, **params)
+                gi = diagonal_vjp(op, k, g, out, args, params) if type(g) is Diagonal else None
+                if gi is None:
+                    g = dense(g)
+                    gi = vjp(k, g, out, *args, **params)
                 if observe is not None:
                     observe(node, g, k, gi)
                 if i not in grads:
                     grads[i] = gi
                 elif i in sums and type(gi) is ndarray:  # a number (a scalar's gradient) is added below
                     np.add(grads[i], gi, out=grads[i])
+                elif i in sums and type(gi) is Diagonal:
+                    gi.add_into(grads[i])
                 else:
-                    total = grads[i] = grads[i] + gi
+                    total = grads[i] = added(grads[i], gi)
                     if type(total) is ndarray and total.size >= in_place:  # not worth it below
                         sums.add(i)
             if keeps:
                 node.residual.data = None  # handed to the vjp, which may have written into it
         if batched:
-            return {w: grads[w] if w in grads else np.zeros(cotangents.shape[:1] + nodes[w].value.shape) for w in wrt}
+            return {w: dense(grads[w]) if w in grads else np.zeros(cotangents.shape[:1] + nodes[w].value.shape)
+                    for w in wrt}
         return {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}
 
     # ------------------------------------------------- recorded reverse mode

@@ -270,12 +270,14 @@ def test_check_of_a_vector_or_matrix_output_checks_its_jacobian(tmp_program):
 
 
 def test_check_catches_a_wrong_batched_rule_at_its_entry():
-    """Break `cos`'s rule for a batch of cotangents at one node: the reverse
+    """Break `cos`'s reverse rule at one node (for one cotangent, which steps
+    the identity's rows spread into one value, and for a batch): the reverse
     Jacobian is wrong, the check fails at that entry, and forward mode
     disagrees with reverse there."""
     r = run("v = [0.3, 1.2, -0.7]\ny = (v * [1, 0, 0]).cos + v.sin\n")
     node = next(n for n in r.tape.nodes if n.op is not None and n.op.name == "cos")
-    node.op = dataclasses.replace(node.op, batched_vjp=lambda i, g, out, x: g * np.sin(x))  # sign flipped
+    wrong = lambda i, g, out, x: g * np.sin(x)  # noqa: E731  (sign flipped)
+    node.op = dataclasses.replace(node.op, vjp=wrong, batched_vjp=wrong)
     report = check_gradients(r)
     (result,) = report.results.values()
     assert not result.ok and result.worst == (0, 0) and "AD gives" in result.problem
