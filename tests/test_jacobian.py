@@ -22,8 +22,10 @@ from conftest import Agreement, program_fd, run, spiread, strict_json
 from programs import programs
 from spiread_cli.check import check_gradients
 from spiread_cli.diagnostics import SpireadError
+from spiread_cli.forward import TANGENT_BUDGET_BYTES
 from spiread_cli.jacobian import jacobian
 from spiread_cli.ops import OPS
+from spiread_cli.rules_forward import Diagonal, dense, diagonal_jvp, diagonal_vjp
 from test_ops import CASES
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -56,13 +58,94 @@ def test_every_ops_statement_applied_to_a_batch_is_its_vjp_one_cotangent_at_a_ti
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13, err_msg=f"operand {i}")
 
 
+# ------------------------------- batches each nonzero at one entry (Diagonal)
+
+
+def _diagonal_batches(shape: tuple, rng) -> list[Diagonal]:
+    """Batches over a value of `shape`: the identity's rows (every entry, as
+    a dense Jacobian's seeds), a block of them shifted past the entries (rows
+    with none, as a later block or another value's seeds), and random
+    entries with repeats and random values (what a sum leaves)."""
+    size = math.prod(shape)
+    shifted = Diagonal.identity_rows(shape, size - 2, 4)
+    entries = rng.integers(-1, size, 5) if size else np.full(5, -1)
+    repeats = Diagonal(entries, np.where(entries >= 0, rng.normal(size=5), 0.0), (5,) + shape, False)
+    return [Diagonal.identity_rows(shape, 0, size), shifted,
+            Diagonal(shifted.entries, shifted.values * rng.normal(size=4), shifted.shape, True), repeats]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_every_ops_rule_for_a_diagonal_batch_is_its_rule_for_the_batch_as_an_array(case):
+    """The sweeps step a batch each nonzero at one entry (`Diagonal`) by
+    `diagonal_jvp` / `diagonal_vjp`: an elementwise op's own rule on the
+    batch spread into one value, or the op's Diagonal rules. For every op,
+    operand and kind of batch (with another operand's tangents an array
+    beside it), that equals the op's jvp / batched vjp of the batch as an
+    array; where there is no rule (None) the sweep uses exactly those."""
+    op = OPS[case.op]
+    xs = [np.asarray(x, dtype=float) for x in case.xs]
+    out = op.impl(*xs, **case.params)
+    rng = np.random.default_rng(7)
+    stepped = 0
+    for i in range(len(xs)):
+        for t in _diagonal_batches(xs[i].shape, rng):
+            k = t.shape[0]
+            for others in (False, True):
+                ts = [t if j == i else rng.normal(size=(k,) + x.shape) if others else None for j, x in enumerate(xs)]
+                got = diagonal_jvp(op, ts, out, xs, case.params)
+                if got is None:
+                    continue
+                stepped += 1
+                expected = op.jvp([dense(t) for t in ts], out, *xs, **case.params)
+                np.testing.assert_allclose(dense(got), np.broadcast_to(expected, (k,) + out.shape), rtol=1e-12,
+                                           atol=1e-13, err_msg=f"jvp, operand {i}, {t.entries}")
+        for g in _diagonal_batches(out.shape, rng):
+            got = diagonal_vjp(op, i, g, out, xs, case.params)
+            if got is not None:
+                stepped += 1
+                expected = op.batched_vjp(i, g.dense(), out, *xs, **case.params)
+                np.testing.assert_allclose(dense(got), np.broadcast_to(expected, g.shape[:1] + xs[i].shape),
+                                           rtol=1e-12, atol=1e-13, err_msg=f"vjp, operand {i}, {g.entries}")
+    # An op with rules of its own, and an elementwise op whose operands have
+    # its shape, steps a Diagonal batch without making it an array.
+    same = all(x.shape == out.shape for x in xs)
+    assert stepped or not (op.diagonal_jvp or op.diagonal_vjp or (op.structure.kind == "elementwise" and same))
+
+
+def test_identity_seeds_stay_diagonal_until_an_op_needs_them_whole(monkeypatch):
+    """The identity's rows stay one value per direction through elementwise
+    ops, sums, reshapes and transposes, and a product with a constant reads
+    them without an array of them: the batch is made an array (`dense`)
+    only where an op has no rule for it (a sum's spread back, an elementwise
+    op after a sum has made two directions share an entry), or as the
+    Jacobian itself."""
+    made = []
+    monkeypatch.setattr(Diagonal, "dense", lambda self, real=Diagonal.dense: made.append(self.shape) or real(self))
+    text = "x = [0.5, -1.0, 2.0, 0.1]\nA = [[1.0, 2.0, 0.0, 1.0], [0.3, -0.7, 1.0, 0.5]]\n"
+    arrays = {  # output: the batches made arrays by forward mode, by reverse mode
+        "x.tanh * x.exp + x * x": ([(4, 4)], [(4, 4)]),
+        "A @@ (x.sin * 2.0)": ([], []),
+        "(x * x).sum": ([(4,)], [(1,)]),
+        "x.reshape(2, 2).T.colSum.exp": ([(4, 2)], [(2, 2)]),
+    }
+    for output, by_mode in arrays.items():
+        found = []
+        for mode, expected in zip(("forward", "reverse"), by_mode):
+            made.clear()
+            found.append(jacobian(run(text + f"y = {output}\n", of="y"), ["x"], mode).blocks["x"])
+            assert made == expected, (output, mode)
+        np.testing.assert_allclose(found[0], found[1], rtol=1e-14, atol=1e-15)
+
+
 # -------------------------------------------------------- random programs
 
 
 def test_jacobians_of_vector_and_matrix_outputs_match_autograd(record_property):
     """The output is an intermediate of a random program (a scalar, vector or
     matrix); its Jacobian with respect to the inputs it depends on, by each
-    mode, equals HIPS autograd's `jacobian` (output shape + input shape)."""
+    mode, equals HIPS autograd's `jacobian` (output shape + input shape).
+    The identity's rows go through as one batch, or in blocks of one or two
+    (rows shifted past a value's entries: a later block's seeds)."""
     worst = Agreement()
     ranks = set()
 
@@ -71,12 +154,13 @@ def test_jacobians_of_vector_and_matrix_outputs_match_autograd(record_property):
     def check(program, data):
         program, wrt = program.draw_jacobian(data)
         output = program.output
+        budget = data.draw(st.sampled_from([TANGENT_BUDGET_BYTES, 1, 200]), label="budget_bytes")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # autograd: "Output seems independent of input"
             expected = program.autograd_jacobian(wrt)
         for mode in ("forward", "reverse"):
             r = run(program.source, of=output, name="generated.ad")
-            result = jacobian(r, wrt, mode)
+            result = jacobian(r, wrt, mode, budget)
             assert result.mode == mode
             for name in wrt:
                 got = result.blocks[name]
