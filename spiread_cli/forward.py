@@ -80,7 +80,7 @@ class ForwardSweep:
         made, from the input tangents ts (None for an input without one; all
         None where t is a seed). A seed may be a `Diagonal` batch (rows of
         the identity), which stays one through the ops with a rule for it
-        (`diagonal_jvp`); an observer sees arrays."""
+        (`diagonal_jvp`), and so may the result; an observer sees arrays."""
         nodes, same = self.nodes, self.same
         if observe is not None:
             seeds = {i: dense(s) for i, s in seeds.items()}
@@ -114,7 +114,7 @@ class ForwardSweep:
                 for i in self.free_after[p]:
                     tangents.pop(i, None)
         if self.output in tangents:
-            return dense(tangents[self.output])
+            return tangents[self.output]
         return np.zeros((k,) + nodes[self.output].value.shape)
 
     def _owned(self, a: np.ndarray, p: int, tangents: dict, seeds: dict) -> bool:
@@ -144,19 +144,25 @@ class ForwardSweep:
         for start in range(0, total, block):
             k = min(block, total - start)
             seeds = seed_block(start, k)
+            batch = self.push(seeds, observe)
             if result is None:
-                result = self.push(seeds, observe)
+                result = batch.dense() if type(batch) is Diagonal else batch
                 if type(result) is not np.ndarray or not result.flags.writeable or any(
                         np.may_share_memory(result, s) for s in seeds.values() if type(s) is np.ndarray):
                     result = np.array(result)  # a broadcast view, a seed, or not an array: one of its own
             else:
-                result[start:start + k] = self.push(seeds, observe)
-            if diagnostics is not None and not all_finite(result[start:start + k]):
+                result[start:start + k] = dense(batch)
+            if diagnostics is not None and not finite_batch(batch):
                 births = Births(self.nodes)
                 self.push(seeds, births.forward)
                 births.warn(diagnostics)
                 diagnostics = None  # one warning about the derivative is enough
         return np.zeros((0,) + output.value.shape) if result is None else result
+
+
+def finite_batch(batch) -> bool:
+    """Whether every entry of a batch of derivatives is finite (a Diagonal's by its values)."""
+    return all_finite(batch.values if type(batch) is Diagonal else batch)
 
 
 def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,

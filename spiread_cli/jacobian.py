@@ -22,12 +22,11 @@ from typing import Callable
 import numpy as np
 
 from .diagnostics import FRONT_END, PYTHON, SpireadError, option
-from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, jacobian_forward
+from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, finite_batch, jacobian_forward
 from .limits import check_bytes, check_shape, max_bytes
-from .rules_forward import Diagonal
+from .rules_forward import Diagonal, dense
 from .run import Run
 from .tape import Births, Tape
-from .tape_nodes import all_finite
 
 MODES = ("forward", "reverse")
 SWEEP_OF = {"columns": "forward", "rows": "reverse"}  # the sweeps a colouring's colours are
@@ -229,10 +228,10 @@ def pull_blocks(tape: Tape, output: int, wrt: list[int], total: int,
         by_id = tape.backward(output, wrt, None, cotangents=seeds)
         for w in wrt:
             if block == total:
-                result[w] = np.ascontiguousarray(by_id[w])  # a broadcast view is made an array of its own
+                result[w] = np.ascontiguousarray(dense(by_id[w]))  # a broadcast view is made an array of its own
             else:
-                result[w][start:start + k] = by_id[w]
-        if diagnostics is not None and not all(all_finite(g) for g in by_id.values()):
+                result[w][start:start + k] = dense(by_id[w])
+        if diagnostics is not None and not all(finite_batch(g) for g in by_id.values()):
             births = Births(nodes)
             tape.backward(output, wrt, None, births.reverse, cotangents=seeds)
             births.warn(diagnostics)

@@ -254,7 +254,7 @@ class Tape:
         statement to the batch (`Op.batched_vjp`), and each result has shape
         (k,) + the node's: k rows of the Jacobian. A `Diagonal` batch (rows of
         the identity) stays one through the ops with a rule for it
-        (`diagonal_vjp`)."""
+        (`diagonal_vjp`), and a result may be one."""
         if cotangents is not None:
             reuse_freed_memory()
         needs = self.fed_by(wrt, output)
@@ -262,7 +262,7 @@ class Tape:
             result = self._sweep(output, wrt, needs, observe, cotangents)
             # Finiteness is checked only when a gradient came out non-finite:
             # then a second, checking sweep finds the op that made it.
-            if diagnostics is not None and not all(all_finite_unguarded(g) for g in result.values()):
+            if diagnostics is not None and not all(all_finite_unguarded(dense(g)) for g in result.values()):
                 births = Births(self.nodes)
                 self._sweep(output, wrt, needs, births.reverse, cotangents)
                 births.warn(diagnostics)  # the first op, sweeping back from the output
@@ -322,8 +322,7 @@ class Tape:
             if keeps:
                 node.residual.data = None  # handed to the vjp, which may have written into it
         if batched:
-            return {w: dense(grads[w]) if w in grads else np.zeros(cotangents.shape[:1] + nodes[w].value.shape)
-                    for w in wrt}
+            return {w: grads[w] if w in grads else np.zeros(cotangents.shape[:1] + nodes[w].value.shape) for w in wrt}
         return {w: grads.get(w, np.zeros_like(nodes[w].value)) for w in wrt}
 
     # ------------------------------------------------- recorded reverse mode
