@@ -768,9 +768,11 @@ def _matmul_batched(args, which):
     the whole batch, not k small ones (the batch folded into the rows).
     Sizes are spelled out, never -1: reshape cannot infer one when a size is 0."""
     a, b = args
-    if which == (True, False) and a.ndim == 3 and b.ndim == 2:
-        k, r, n = a.shape
-        return (a.reshape(k * r, n) @ b).reshape(k, r, b.shape[1])
+    if which == (True, False) and a.ndim >= 2:  # every row of every a_k times b, as one product
+        rows = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+        return (rows @ b).reshape(a.shape[:-1] + b.shape[1:])
+    if which == (False, True) and b.ndim == 2:  # a batch of vectors b: a b_k is row k of b aᵀ
+        return b @ a.T
     if which == (False, True) and a.ndim == 2 and b.ndim == 3:  # (tb_k aᵀ)ᵀ for each k, as one (k·c)×n by n×r product
         k, n, c = b.shape
         tb = np.swapaxes(b, 1, 2).reshape(k * c, n)
