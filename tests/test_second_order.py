@@ -17,7 +17,7 @@ from programs import programs
 from spiread_cli import optim, second, train
 from spiread_cli.check import check_second_order, kink_sites
 from spiread_cli.diagnostics import SpireadError
-from spiread_cli.forward import ForwardSweep
+from spiread_cli.forward import TANGENT_BUDGET_BYTES, ForwardSweep
 from spiread_cli.jacobian import jacobian
 from spiread_cli.ops import OPS
 from spiread_cli.tape import Emitter, Tape
@@ -134,6 +134,8 @@ def autograd_hessian(program, a: str, b: str) -> np.ndarray:
 
 
 def test_hessians_match_autograd(record_property):
+    """Forward over the recorded gradient, the identity's rows as one batch
+    or in blocks of one direction, equals HIPS autograd's Hessian."""
     worst = Agreement()
 
     @SETTINGS
@@ -145,12 +147,13 @@ def test_hessians_match_autograd(record_property):
         # differentiated again, that gives ∂²(x**y)/∂x∂y = x (not 1/x) where y == 0.
         assume(not any(n.op is not None and n.op.name == "pow" and np.any(r.tape.nodes[n.inputs[1]].value == 0)
                        for n in r.tape.nodes))
-        h = second.hessian(r, wrt)
+        blocks = second.SecondOrder(r, wrt).hessian(data.draw(st.sampled_from([TANGENT_BUDGET_BYTES, 1]),
+                                                              label="budget_bytes"))
         for a, b in itertools.product(wrt, wrt):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # autograd: "Output seems independent of input"
                 expected = autograd_hessian(program, a, b)
-            got = h.blocks[a][b]
+            got = blocks[a][b]
             assert got.shape == r.node(a).value.shape + r.node(b).value.shape
             scale = 1.0 + np.max(np.abs(expected), initial=0.0)
             np.testing.assert_allclose(got, expected.reshape(got.shape), rtol=1e-7, atol=1e-9 * scale,
@@ -159,9 +162,9 @@ def test_hessians_match_autograd(record_property):
         # Symmetry: ∂²/∂A∂B is ∂²/∂B∂A with the axes swapped.
         for a, b in itertools.combinations(wrt, 2):
             na = r.node(a).value.ndim
-            swapped = np.moveaxis(h.blocks[b][a], list(range(h.blocks[b][a].ndim - na, h.blocks[b][a].ndim)),
+            swapped = np.moveaxis(blocks[b][a], list(range(blocks[b][a].ndim - na, blocks[b][a].ndim)),
                                   list(range(na)))
-            np.testing.assert_allclose(h.blocks[a][b], swapped, rtol=1e-9, atol=1e-10 * (1 + np.abs(swapped).max(initial=0)))
+            np.testing.assert_allclose(blocks[a][b], swapped, rtol=1e-9, atol=1e-10 * (1 + np.abs(swapped).max(initial=0)))
         assert r.diagnostics.warnings == [] or any("does not depend" in w.message for w in r.diagnostics.warnings)
 
     check()
