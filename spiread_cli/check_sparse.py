@@ -16,10 +16,11 @@ import math
 from typing import Callable
 
 import numpy as np
+import scipy.sparse as sp
 
 from .check_measure import SparseCheck
 from .forward import ForwardSweep
-from .jacobian import jacobian, jacobian_pattern, sparse_jacobian
+from .jacobian import cheapest, compressions, jacobian, read_pattern, sparse_jacobian
 from .run import Run
 from .tape_nodes import Node
 
@@ -40,13 +41,14 @@ def check_sparse(run: Run, wrt: list[str] | None, order: int, tol: float) -> Spa
         blocks = jacobian(run, names).blocks
         rows = math.prod(np.shape(run.value))
         dense = np.concatenate([blocks[n].reshape(rows, -1) for n in names], axis=1)
-        found = jacobian_pattern(run, names)
-        results = {r.colouring: r.matrix for r in (sparse_jacobian(run, names, mode) for mode in ("forward", "reverse"))}
+        both = compressions(read_pattern(run, ids))  # the pattern read once, each side coloured once
+        chosen = cheapest(both)
+        results = {c.direction: sparse_jacobian(run, names, compression=c).matrix for c in both}
         output = entry_names([run.output_name], [np.shape(run.value)])
 
         def name(i: int, j: int) -> str:
             return f"∂{output(i)}/∂{column(j)}"
-        what, pattern, sweeps, colouring = "Jacobian", found.pattern, found.sweeps, found.colouring
+        what, pattern, sweeps, colouring = "Jacobian", chosen.pattern, chosen.colouring.count, chosen.direction
     else:
         blocks = second.hessian(run, names).blocks
         dense = np.concatenate([np.concatenate([blocks[a][b].reshape(math.prod(sa), math.prod(sb))
@@ -54,7 +56,7 @@ def check_sparse(run: Run, wrt: list[str] | None, order: int, tol: float) -> Spa
                                 for a, sa in zip(names, shapes)], axis=0)
         found = second.sparse_hessian(run, names)
         results = {found.colouring: found.matrix}
-        pattern = second.hessian_pattern(run, names).pattern
+        pattern = stored(found.matrix)  # the pattern it was recovered on, not read again
 
         def name(i: int, j: int) -> str:
             return f"∂²{run.output_name}/∂{column(i)}∂{column(j)}"
@@ -83,12 +85,14 @@ def wrong_rule(run: Run, wrt: list[int], column: Callable[[int], str]) -> tuple[
     sparsity sweep read for it; the earliest node with a finite nonzero
     outside it (its operands' all within theirs, being earlier still)."""
     from .sparsity import Sweep
+    from .sparsity_links import csr_of
     tape = run.tape
     nodes = tape.nodes
     sizes = [math.prod(nodes[i].shape) for i in wrt]
     n, offsets = sum(sizes), np.cumsum([0] + sizes)
     start = 0
-    patterns: dict[int, object] = {}  # J(node), read as `jacobian --pattern` reads the output's (a failure's path only)
+    sweep = Sweep(tape, run.output, wrt)  # J(node) of every node on the way, as `jacobian --pattern` reads the output's
+    patterns: dict[int, object] = {}
     strays: dict[int, str] = {}
 
     def seed_block(first: int, k: int) -> dict[int, np.ndarray]:
@@ -102,7 +106,7 @@ def wrong_rule(run: Run, wrt: list[int], column: Callable[[int], str]) -> tuple[
         if node.op is None or node.id in strays:
             return
         if node.id not in patterns:
-            patterns[node.id] = Sweep(tape, node.id, wrt).jacobian()
+            patterns[node.id] = csr_of(sweep.pattern(node.id), sweep.n)
         t = np.asarray(t).reshape(len(t), -1).T  # the node's entries × directions start..start+k
         allowed = patterns[node.id][:, start:start + t.shape[1]].toarray()
         stray = np.argwhere(np.isfinite(t) & (t != 0) & ~allowed)
@@ -116,6 +120,12 @@ def wrong_rule(run: Run, wrt: list[int], column: Callable[[int], str]) -> tuple[
         return None
     culprit = min(strays)
     return nodes[culprit], strays[culprit]
+
+
+def stored(matrix) -> sp.csr_array:
+    """A recovered matrix's pattern: every entry it stores (recover stores
+    each entry of the pattern it was given, zeros too)."""
+    return sp.csr_array((np.ones(len(matrix.indices), dtype=bool), matrix.indices, matrix.indptr), shape=matrix.shape)
 
 
 def entry_names(names: list[str], shapes: list[tuple]) -> Callable[[int], str]:

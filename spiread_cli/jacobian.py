@@ -82,48 +82,67 @@ class RunJacobianPattern:
 def jacobian_pattern(run: Run, wrt: list[str] | None = None, mode: str | None = None) -> RunJacobianPattern:
     """The Jacobian's exact sparsity pattern (`spiread jacobian --pattern`),
     read from the tape with no derivative computed, and the colouring
-    `--sparse` would use (`mode` picks its direction, as `colour_jacobian`)."""
-    ids, pattern, colouring, direction, sweeps = _compression(run, wrt, mode)
-    nodes = run.tape.nodes
-    return RunJacobianPattern(run.value, pattern, list(ids), [nodes[i].shape for i in ids.values()],
-                              sweeps, direction, SWEEP_OF[direction])
-
-
-def _compression(run: Run, wrt: list[str] | None, mode: str | None):
-    """(the wrt ids by name, the Jacobian's pattern, its colouring, "columns"
-    or "rows", the sweeps: one per colour)."""
-    from .sparsity import jacobian_pattern as pattern_of
+    `--sparse` would use (`mode` picks its direction, as `compressions`)."""
     _mode(mode)
     ids = run.wrt_ids(wrt, scalar=False)
-    pattern = pattern_of(run.tape, run.output, list(ids.values()))
-    colouring, direction = colour_jacobian(pattern, mode)
-    return ids, pattern, colouring, direction, colouring.count
+    found = cheapest(compressions(read_pattern(run, ids), mode))
+    nodes = run.tape.nodes
+    return RunJacobianPattern(run.value, found.pattern, list(ids), [nodes[i].shape for i in ids.values()],
+                              found.colouring.count, found.direction, SWEEP_OF[found.direction])
 
 
-def colour_jacobian(pattern, mode: str | None = None):
-    """How `--sparse` compresses a Jacobian: its columns coloured (one
-    forward sweep per colour, the colour's input entries seeded together),
-    or its rows (the transpose's columns: one reverse sweep per colour, the
-    colour's output entries as one cotangent). `mode` "forward" or
-    "reverse" picks one; by default the one with fewer colours (columns on
-    a tie). Returns (the colouring, "columns" or "rows")."""
+def read_pattern(run: Run, ids: dict[str, int]):
+    """The pattern of the run's output's Jacobian by the values `ids` (sparsity.py)."""
+    from .sparsity import jacobian_pattern as pattern_of
+    return pattern_of(run.tape, run.output, list(ids.values()))
+
+
+@dataclass
+class Compression:
+    """How `--sparse` evaluates a Jacobian: one sweep per colour of its
+    pattern's columns (forward sweeps: the colour's input entries seeded
+    together) or of its rows (reverse sweeps: the colour's output entries
+    as one cotangent). `coloured` is the matrix whose columns the colouring
+    groups: the pattern, or for rows its transpose, made once for the
+    colouring and the recovery."""
+    pattern: object
+    coloured: object
+    colouring: object                 # sparsity_colouring.Colouring
+    direction: str                    # "columns" or "rows"
+
+
+def compressions(pattern, mode: str | None = None) -> list[Compression]:
+    """The compressions of a Jacobian's pattern that `mode` allows: by
+    columns ("forward"), by rows ("reverse"), or both (None), columns first."""
     from .sparsity_colouring import colour_columns
-    columns = colour_columns(pattern) if mode != "reverse" else None
-    rows = colour_columns(pattern.T.tocsr()) if mode != "forward" else None
-    if rows is None or (columns is not None and columns.count <= rows.count):
-        return columns, "columns"
-    return rows, "rows"
+    found = []
+    for direction, sweep in SWEEP_OF.items():
+        if mode in (None, sweep):
+            coloured = pattern if direction == "columns" else pattern.T.tocsr()
+            found.append(Compression(pattern, coloured, colour_columns(coloured), direction))
+    return found
+
+
+def cheapest(found: list[Compression]) -> Compression:
+    """The compression `--sparse` uses: the fewer colours, columns on a tie."""
+    return min(found, key=lambda c: c.colouring.count)
 
 
 def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = None,
-                    budget_bytes: int = TANGENT_BUDGET_BYTES) -> RunSparseJacobian:
+                    budget_bytes: int = TANGENT_BUDGET_BYTES, compression: Compression | None = None
+                    ) -> RunSparseJacobian:
     """The Jacobian as a scipy.sparse CSR matrix (`spiread jacobian
     --sparse`), from its exact pattern and one sweep per colour: the
     colours' seeds pushed forward (columns) or pulled back (rows) as one
     batch, each nonzero read from the product of its colour
-    (sparsity_colouring.recover). Never forms a dense block."""
+    (sparsity_colouring.recover). Never forms a dense block. `compression`:
+    the pattern already read and coloured (check --sparse: both ways from
+    one reading)."""
     from .sparsity_colouring import recover
-    ids, pattern, colouring, direction, k = _compression(run, wrt, mode)
+    _mode(mode)
+    ids = run.wrt_ids(wrt, scalar=False)
+    found = compression or cheapest(compressions(read_pattern(run, ids), mode))
+    colouring, direction, k = found.colouring, found.direction, found.colouring.count
     tape, nodes = run.tape, run.tape.nodes
     wrt_ids = list(ids.values())
     shapes = [nodes[i].shape for i in wrt_ids]
@@ -137,13 +156,13 @@ def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = N
                     for p, i in enumerate(wrt_ids)}
 
         products = ForwardSweep(tape, run.output, wrt_ids).push_blocks(k, seed_block, run.diagnostics, budget_bytes)
-        matrix = recover(pattern, colouring, products.reshape(k, math.prod(out_shape)).T)
+        matrix = recover(found.coloured, colouring, products.reshape(k, math.prod(out_shape)).T)
     else:
         pulled = pull_blocks(tape, run.output, wrt_ids, k,
                              lambda start, count: seeds[start:start + count].reshape((count,) + out_shape),
                              run.diagnostics, budget_bytes)
         products = np.concatenate([pulled[i].reshape(k, math.prod(nodes[i].shape)) for i in wrt_ids], axis=1)
-        matrix = recover(pattern.T.tocsr(), colouring, products.T).T.tocsr()
+        matrix = recover(found.coloured, colouring, products.T).T.tocsr()
     return RunSparseJacobian(run.value, matrix, list(ids), shapes, k, direction, SWEEP_OF[direction])
 
 

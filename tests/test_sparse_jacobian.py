@@ -249,6 +249,25 @@ def test_check_sparse_order_two_compares_the_sparse_hessian():
     assert "sparse Hessian: --sparse takes 3 sweeps" in result.table
 
 
+@pytest.mark.parametrize("order, of, colourings", [(1, "residual", 2), (2, "loss", 1)])
+def test_check_sparse_reads_the_pattern_once_and_colours_it_once_a_side(order, of, colourings, monkeypatch):
+    """`check --sparse` reads the pattern from the tape once and colours it
+    once for each compression it compares: the Jacobian's columns and rows,
+    the Hessian's symmetric colouring (whose column colouring comes first)."""
+    from spiread_cli import sparsity, sparsity_colouring
+    readings, coloured = [], []
+    monkeypatch.setattr(sparsity.Sweep, "__post_init__", lambda sweep, read=sparsity.Sweep.__post_init__: (
+        readings.append(sweep.output), read(sweep))[1])
+    colour = sparsity_colouring.colour_columns
+    monkeypatch.setattr(sparsity_colouring, "colour_columns", lambda pattern: (coloured.append(pattern.shape),
+                                                                             colour(pattern))[1])
+    x = np.linspace(0.1, 0.3, 30)
+    report = check(run((REPO / "examples" / "bratu.ad").read_text(), of=of, sets={"u": x}), ["u"], order=order,
+                   sparse=True)
+    assert report.ok and report.sparse.sweeps == (3 if order == 1 else 5) and report.sparse.missed == 0
+    assert (len(readings), len(coloured)) == (1, colourings)
+
+
 def test_check_sparse_catches_a_structure_rule_that_misses_entries():
     """sin declared as if its derivative were zero: the pattern of
     x.sin + x[::-1] misses the diagonal, the dense Jacobian has it; the
@@ -258,7 +277,14 @@ def test_check_sparse_catches_a_structure_rule_that_misses_entries():
     node = next(n for n in r.tape.nodes if n.op is not None and n.op.name == "sin")
     node.op = dataclasses.replace(node.op, structure=Structure("elementwise", lambda i, entries: None,
                                                                node.op.structure.second))
-    report = check(r, sparse=True)
+    from spiread_cli import sparsity
+    readings = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sparsity.Sweep, "__post_init__", lambda sweep, read=sparsity.Sweep.__post_init__: (
+            readings.append(sweep.output), read(sweep))[1])
+        report = check(r, sparse=True)
+    # one reading for the check, one for the search (every node's pattern from it), not one per node
+    assert readings == [r.output, r.output]
     assert not report.ok and report.sparse.missed == 4
     assert report.sparse.first_missed == f"∂y[0]/∂x[0] = {np.cos(0.5):g}"
     # One colour: ∂y[i]/∂x[3-i] is read as 1 + cos(x[i]), ∂y[i]/∂x[i] as 0; off by cos(x[i]) either way.
