@@ -254,7 +254,7 @@ if __name__ == "__main__":  # python benchmarks/bigram.py [ROUNDS]: both inputs,
     import shutil
     import sys
 
-    from run import interleaved, ms
+    from common import interleaved, ms
     ctx: dict = {}
     xs, ys = pairs()
     workloads = {"bigram": implementations(ctx) | {

@@ -80,3 +80,23 @@ def jax_threads(threads: int) -> None:
     if threads == 1 and "jax" not in sys.modules:
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()
+
+
+def interleaved(factories: dict, rounds: int, per_round: int, statistic=statistics.median) -> dict[str, float]:
+    """Median (or `statistic`: min for best of the rounds) seconds per step
+    of each implementation, timed round-robin."""
+    steps = {name: make() for name, make in factories.items()}
+    for step in steps.values():
+        step(), step()  # warm-up (and JAX's compile)
+    samples = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                step()
+            samples[name].append((time.perf_counter() - start) / per_round)
+    return {name: statistic(s) for name, s in samples.items()}
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"

@@ -110,7 +110,7 @@ if __name__ == "__main__":
     import shutil
     import sys
 
-    from run import interleaved, ms
+    from common import interleaved, ms
     ctx: dict = {}
     for workload in sys.argv[2:] or WORKLOADS:
         times = interleaved(implementations(workload, ctx), int(sys.argv[1]) if len(sys.argv) > 1 else 7,

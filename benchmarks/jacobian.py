@@ -109,7 +109,7 @@ def implementations(workload: str, n: int) -> dict:
 
 def results(sizes=SIZES, rounds: int = 5) -> dict:
     """{workload: {n: {implementation: seconds}}}, each checked first."""
-    from run import interleaved
+    from common import interleaved
     out = {}
     for workload in ("elementwise", "mlp output layer"):
         out[workload] = {}

@@ -184,7 +184,7 @@ if __name__ == "__main__":  # python benchmarks/mlp.py [ROUNDS]: interleaved as 
     import shutil
     import sys
 
-    from run import interleaved, ms
+    from common import interleaved, ms
     ctx: dict = {}
     times = interleaved(implementations(ctx), int(sys.argv[1]) if len(sys.argv) > 1 else 7, 3)
     for name, t in times.items():

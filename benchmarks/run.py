@@ -25,27 +25,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+from common import interleaved, ms  # noqa: E402
 
 DOCS = common.ROOT / "docs" / "performance.md"
 PEERS = {"torch": "pip install -e '.[bench]'", "jax": "pip install -e '.[bench]'",
          "autograd": "pip install -e '.[bench]'", "onnxruntime": "pip install -e '.[bench]'"}
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def interleaved(factories: dict, rounds: int, per_round: int, statistic=statistics.median) -> dict[str, float]:
-    """Median (or `statistic`: min for best of the rounds) seconds per step
-    of each implementation, timed round-robin."""
-    steps = {name: make() for name, make in factories.items()}
-    for step in steps.values():
-        step(), step()  # warm-up (and JAX's compile)
-    samples = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(per_round):
-                step()
-            samples[name].append((time.perf_counter() - start) / per_round)
-    return {name: statistic(s) for name, s in samples.items()}
 
 
 def step_benchmarks(quick: bool) -> dict:
@@ -164,10 +149,6 @@ def rss_child(workload: str, impl: str, steps: int) -> None:
 
 
 # ------------------------------------------------------------------ table
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def table(results: dict) -> str:

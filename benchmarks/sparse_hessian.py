@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import have, jax_threads  # noqa: E402
-from run import interleaved  # noqa: E402
+from common import interleaved  # noqa: E402
 
 jax_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import have, jax_threads  # noqa: E402
-from run import interleaved  # noqa: E402
+from common import interleaved  # noqa: E402
 
 ELEMENTWISE = "x = [0.5]\ny = x.tanh * x.exp + x.square\n"
 BANDED = ("x = [0.5]\nh = 1 / (size(x) + 1)\npadded = hstack([0.0], x, [0.0])\n"  # examples/bratu.ad, λ = 1
