@@ -34,7 +34,7 @@ from .chunk_tasks import (Rows, Share, add_shares, added, drop_templates, gradie
 from .data import parse_set_option
 from .data_open import SET_PATH_SUFFIXES
 from .dask_common import WorkerDataLost, close_client, connect, dask_threaded, on_cluster, require_dask
-from .diagnostics import Diagnostics, SpireadError, option, usage_error
+from .diagnostics import Diagnostics, SpireadError
 from .row_data import Data
 from .row_totals import KeptSums, driver_run, names_to_differentiate, tangent_key
 from .run import Run
@@ -50,7 +50,7 @@ _names = itertools.count()
 @dataclass
 class Options:
     scheduler: str | None = None     # tcp://host:8786; None: Dask's local threaded scheduler
-    chunk_rows: int | None = None    # None: chunk_plan.default_chunk_rows
+    chunk_rows: int | None = None    # None: chunk_plan.default_chunk_rows; at least 1 (checked by both front doors)
     persist: bool = False            # keep each chunk's recording in memory between steps
 
 
@@ -97,8 +97,6 @@ class RowChunkRunner:
         and by the row data of `files` (name -> path): the Python API's
         way in (spiread_cli/program.py), and the command line's."""
         require_dask()
-        if options.chunk_rows is not None and options.chunk_rows < 1:
-            raise usage_error(f"{option('chunk_rows', options.chunk_rows)}: a chunk needs at least one row")
         try:
             data = Data.open(module, base, files)
         except SpireadError as err:

@@ -614,12 +614,14 @@ def test_cli_eval_shows_the_values_that_are_not_row_data(data):
 @pytest.mark.parametrize("args, message", [
     (["grad", "--chunk-rows", "5"], "spiread: error: `--chunk-rows` is an option of `--backend dask`"),
     (["grad", "--persist"], "spiread: error: `--persist` is an option of `--backend dask`"),
+    (["grad", "--backend", "dask", "--chunk-rows", "0"], "Error: Invalid value for '--chunk-rows': 0 is not in the "
+                                                         "range x>=1."),
 ])
 def test_cli_backend_usage_errors(args, message, data):
     (data / "ls.ad").write_text(PROGRAMS["least squares, sum over rows(X)"])
     out = spiread(args[0], "ls.ad", *args[1:], cwd=data)
     assert out.returncode == 2
-    assert out.stderr.splitlines()[0] == message
+    assert message in out.stderr.splitlines()
 
 
 def test_cli_refusal_points_at_the_op(data):
