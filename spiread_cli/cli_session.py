@@ -43,11 +43,8 @@ class Session:
         self.show_printed(run.printed)
 
     def warn(self, run) -> None:  # program.Caller
-        self.finish_warnings(run)
-
-    def finish_warnings(self, run) -> list[dict]:
-        """Print the warnings not printed yet (text mode), and return all of
-        them for the JSON document; under --strict the first is an error."""
+        """Print the warnings not printed yet (text mode; JSON lists them all
+        in the document); under --strict the first is an error."""
         from .diagnostics import SpireadError, emit
         warnings = run.diagnostics.warnings
         if self.strict and warnings:
@@ -56,7 +53,6 @@ class Session:
             for warning in warnings[self.shown:]:
                 emit(warning, run.source)
         self.shown = len(warnings)
-        return [w.as_json() for w in warnings]
 
 
 @contextmanager
@@ -128,14 +124,14 @@ def run_command(file: str, sets, *, command: str, compute: Callable, text: Calla
         prepare()
         from .program import Program
         program = s.program = Program.open(file, options)
-        outcome = compute(s, program, program.parse_sets(sets))
+        outcome = compute(s, program, program.parse_sets(sets))  # the task has shown its warnings (s.warn)
         run = outcome.run
-        warnings = s.finish_warnings(run)
         if s.json:
             from .schemas import tag
             printed = {"printed": run.printed} if run.printed else {}
             write_json({"schema": tag(command), "file": file, "output": run.output_name,
-                        **document(run, outcome.result), **printed, "warnings": warnings})
+                        **document(run, outcome.result), **printed,
+                        "warnings": [w.as_json() for w in run.diagnostics.warnings]})
         else:
             text(run, outcome.result)
     return outcome

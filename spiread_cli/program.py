@@ -292,6 +292,7 @@ class Program(PythonCalls):
             result = self._located(training.train, run, wrt, steps, optimizer, strict=caller.strict,
                                    on_step=progress, stop_requested=stop_requested, spend_run=True,  # this call's run
                                    on_ready=ready)
+        caller.warn(run)  # any the steps added to the run's, as every task shows its warnings last
         if result.error is not None:
             result.error.located_in(self.source)
         return Outcome(run, result)
