@@ -30,7 +30,7 @@ def eval_command(file: FileArg, of: OfOpt = None, set_: SetOpt = None, fmt: Form
     """Evaluate a program: every bound value, then the output."""
     from .output_results import eval_document, eval_text
     run_command(file, set_, command="eval", compute=lambda s, program, sets: program.run_eval(s, sets, of),
-                document=lambda run, values: eval_document(run), text=lambda run, values: eval_text(run), fmt=fmt,
+                document=eval_document, text=eval_text, fmt=fmt,
                 strict=strict, debug=debug, backend=(backend, scheduler, chunk_rows, persist))
 
 

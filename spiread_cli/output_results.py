@@ -106,30 +106,35 @@ def _sparse_check_line(s):
 # ------------------------------------------------------------ eval, grad, hessian, jacobian
 
 
-def eval_document(run) -> dict:
-    values = {name: _run_value_json(run, i) for name, i in run.bindings.items()}
-    values.setdefault(run.output_name, _run_value_json(run, run.output))
-    return {"values": values}
+def eval_document(run, values: dict) -> dict:
+    """`values`: the task's (Program.run_eval), name → value."""
+    return {"values": {name: _value_json(run, name, value) for name, value in values.items()}}
 
 
-def _run_value_json(run, node_id: int) -> dict:
+def _node_of(run, name: str) -> int:
+    """The node of a value `eval` shows: a bound name's, or the output's."""
+    return run.bindings.get(name, run.output)
+
+
+def _value_json(run, name: str, value) -> dict:
     """A value; a Jet's infinitesimal parts as `"jet"` beside its real part."""
-    shown = json_value(run.tape.nodes[node_id].value)
-    if node_id in run.jets:
-        shown["jet"] = json_numbers(run.jets[node_id].tolist())
+    shown = json_value(value)
+    node = _node_of(run, name)
+    if node in run.jets:
+        shown["jet"] = json_numbers(run.jets[node].tolist())
     return shown
 
 
-def _run_value_row(run, name: str, node_id: int) -> tuple:
+def _value_row(run, label: str, name: str, value) -> tuple:
     """A values_table row; a Jet is shown as spire shows it."""
-    value = run.tape.nodes[node_id].value
-    return name, value, (jet_text(value, run.jets[node_id]) if node_id in run.jets else None)
+    node = _node_of(run, name)
+    return label, value, (jet_text(value, run.jets[node]) if node in run.jets else None)
 
 
-def eval_text(run) -> None:
-    """Every bound value, then the output."""
-    rows = [_run_value_row(run, name, i) for name, i in run.bindings.items()]
-    output = values_table([_run_value_row(run, f"output {run.output_name}", run.output)])
+def eval_text(run, values: dict) -> None:
+    """Every bound value, then the output (`values`: the task's)."""
+    rows = [_value_row(run, name, name, value) for name, value in values.items() if name in run.bindings]
+    output = values_table([_value_row(run, f"output {run.output_name}", run.output_name, values[run.output_name])])
     print_blocks(*((values_table(rows), "") if rows else ()), output)
 
 
