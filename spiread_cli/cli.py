@@ -276,7 +276,8 @@ def export_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     """The value and its gradient (and H·v) as code that runs without spiread: Python or ONNX (docs/export.md)."""
     from . import files
     from .diagnostics import usage_error
-    suffix = ".py" if to == Target.python else ".onnx"
+    from .export import TARGETS, check_target
+    suffix = TARGETS[to.value][0]
     if out is None:
         if file == "-":
             raise usage_error("a program read from standard input has no name to export to", ["give one: `-o PATH`"])
@@ -285,12 +286,6 @@ def export_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     if to == Target.python:  # the companion archive of the module's larger arrays
         outputs.append(files.Output("-o", out.with_suffix(".npz"), (".npz",)))
 
-    def prepare():
-        missing = [m for m in (("array_api_compat",) if to == Target.python else ("onnx",)) if not files.installed(m)]
-        if missing:
-            raise usage_error(f"`--to {to.value}` needs {missing[0]}, which is not installed",
-                              ['pip install "spiread[export]" (or pip install ".[export]" in spiread\'s checkout)'])
-
     def text(run, written):
         from .output import write_stdout
         write_stdout("".join(f"wrote {path}\n" for path in written))
@@ -298,7 +293,7 @@ def export_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     run_command(file, set_, command="export",
                 compute=lambda s, program, sets: program.run_export(s, sets, to=to.value, out=out, wrt=wrt, of=of,
                                                                     hvp=hvp),
-                text=text, strict=strict, debug=debug, prepare=prepare, outputs=outputs,
+                text=text, strict=strict, debug=debug, prepare=lambda: check_target(to.value), outputs=outputs,
                 backend=(backend, scheduler, chunk_rows, persist))
 
 

@@ -27,6 +27,20 @@ from .tape import made_by_rule
 from .tape_nodes import Node
 
 
+TARGETS = {"python": (".py", "array_api_compat"), "onnx": (".onnx", "onnx")}  # what each writes, what it needs
+
+
+def check_target(to: str) -> None:
+    """Refuse, before any work, a target whose writer's module is not
+    installed (in each front end's words: `--to python`, `to="python"`)."""
+    from .files import installed
+    module = TARGETS[to][1]
+    if not installed(module):
+        raise SpireadError(f"{option('to', to)} needs {module}, which is not installed",
+                           notes=['pip install "spiread[export]" (or pip install ".[export]" in spiread\'s checkout)'],
+                           exit_code=2)
+
+
 @dataclass
 class Graphs:
     """What is exported: the fused tape with the gradient (and the HVP)

@@ -8,6 +8,8 @@ own floats and float64 arrays (results.py)."""
 from __future__ import annotations
 
 import warnings
+from os import PathLike
+from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import numpy as np
@@ -217,6 +219,33 @@ class PythonCalls:
         are highlighted and show their gradients. Renders itself in Jupyter."""
         return Graph(self.run_dot(InPython(self.source), self._overrides(bindings, more, of), wrt=wrt_names(wrt),
                                   of=of).result)
+
+    @front_door
+    def export(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, to: Literal["python", "onnx"],
+               out: str | PathLike[str], wrt: list[str] | str | None = None, of: str | None = None,
+               hvp: bool = False, **more: ArrayLike) -> list[Path]:
+        """The output's value and its gradient with respect to each `wrt`
+        name (and with `hvp=True` its Hessian-vector product) written to
+        `out` as code that runs without spiread, as `spiread export` writes
+        it (docs/export.md): one array API Python module (`to="python"`,
+        `out` ending .py; larger arrays in a .npz beside it) or an ONNX
+        model (`to="onnx"`, .onnx). The paths written. Needs
+        array-api-compat or onnx: `pip install "spiread[export]"`."""
+        from .export import TARGETS, check_target
+        if to not in TARGETS:
+            raise SpireadError(f"{option('to', to)}: the target is \"python\" or \"onnx\"", exit_code=2)
+        if not isinstance(out, (str, PathLike)):
+            raise type_error("out", out, "the path to write is a str or a pathlib.Path")
+        if not isinstance(hvp, bool):
+            raise type_error("hvp", hvp, "True or False")
+        path, suffix = Path(out), TARGETS[to][0]
+        if path.suffix.lower() != suffix:
+            raise SpireadError(f"{option('out', str(path))}: {option('to', to)} writes {suffix}, not "
+                               f"{path.suffix or 'a name without one'}",
+                               notes=[f"e.g. {option('out', str(path.with_suffix(suffix)))}"], exit_code=2)
+        check_target(to)
+        return self.run_export(InPython(self.source), self._overrides(bindings, more, of), to=to, out=path,
+                               wrt=wrt_names(wrt), of=of, hvp=hvp).result
 
     # ------------------------------------------------------------ plumbing
 

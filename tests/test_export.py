@@ -225,6 +225,35 @@ def test_the_command_writes_a_module_and_a_model(tmp_path):
     assert [o.name for o in session.get_outputs()] == ["value", "grad_w"]
 
 
+@pytest.mark.parametrize("to, suffix, options", [("python", ".py", {"hvp": True}), ("onnx", ".onnx", {"wrt": "w"}),
+                                                  ("python", ".py", {"w": [0.5, -2.0], "of": "loss"})])
+def test_program_export_writes_what_the_command_writes(to, suffix, options, tmp_path):
+    """`Program.export` (the Python API) writes the files `spiread export`
+    writes for the same options, byte for byte, and returns their paths."""
+    import spiread_cli
+    argv = ["--hvp"] if options.get("hvp") else []
+    argv += ["--wrt", options["wrt"]] if "wrt" in options else []
+    argv += ["--set", "w=[0.5,-2]", "--of", "loss"] if "w" in options else []
+    done = spiread("export", str(EXAMPLES / "least_squares.ad"), "--to", to, "-o", str(tmp_path / f"cli{suffix}"),
+                   *argv)
+    assert done.returncode == 0, done.stderr
+    written = spiread_cli.load(EXAMPLES / "least_squares.ad").export(to=to, out=tmp_path / f"api{suffix}", **options)
+    assert written == [tmp_path / f"api{suffix}"]
+    assert written[0].read_bytes() == (tmp_path / f"cli{suffix}").read_bytes()
+
+
+def test_program_export_refuses_a_path_of_another_format_and_an_unknown_target(tmp_path):
+    import spiread_cli
+    prog = spiread_cli.load(EXAMPLES / "least_squares.ad")
+    with pytest.raises(spiread_cli.SpireadError, match=r'`out=".*model.onnx"`: `to="python"` writes .py, not .onnx'):
+        prog.export(to="python", out=tmp_path / "model.onnx")
+    with pytest.raises(spiread_cli.SpireadError, match=r'`to="torch"`: the target is "python" or "onnx"'):
+        prog.export(to="torch", out=tmp_path / "model.py")
+    with pytest.raises(TypeError, match=r"out=3: the path to write is a str or a pathlib.Path, not int"):
+        prog.export(to="python", out=3)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_large_input_goes_into_the_companion_archive(tmp_path):
     program = tmp_path / "big.ad"
     program.write_text("W = randn(20, 30, seed=1)\nx = randn(30, seed=2)\nloss = (W @@ x).tanh.sum\n")
