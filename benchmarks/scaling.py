@@ -103,8 +103,9 @@ def child(model: str, backend: str, program: str, steps: int, scheduler: str | N
     if backend == "numpy":
         run = Program.open(program).run()
     else:  # the driver's run, whose totals over the row chunks are ops: train runs on it as on numpy's
-        from spiread_cli.dask_backend import Options, RowChunkRunner
-        prepared = RowChunkRunner.open(program, Options(scheduler=scheduler, persist=backend.endswith("persist")))
+        from spiread_cli.dask_backend import Options
+        options = Options(scheduler=scheduler, persist=backend.endswith("persist"))
+        prepared = Program.open(program, options).dask_runner({})
         run = prepared.run_for(wrt)
     set_up = time.perf_counter() - began
     times = [time.perf_counter()]

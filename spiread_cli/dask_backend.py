@@ -14,9 +14,8 @@ a Hessian-vector product or a block of tangents is one more. The graph is
 built anew each time from the same few tasks and never grows. Totals of the
 data alone are computed once, first (`RowChunkRunner._prepare`).
 
-    >>> from spiread_cli import dask_backend, gradients
-    >>> program = dask_backend.RowChunkRunner.open("model.ad", dask_backend.Options(chunk_rows=100_000))
-    >>> gradients.gradients(program.run_for(["W"]), ["W"]).gradients["W"]
+    >>> import spiread_cli
+    >>> spiread_cli.load("model.ad", backend="dask", chunk_rows=100_000).grad(wrt="W")["W"]
 """
 
 from __future__ import annotations
@@ -31,15 +30,11 @@ import numpy as np
 from .chunk_plan import PROBE_ROWS, Job, default_chunk_rows, default_threads, probe
 from .chunk_tasks import (Rows, Share, add_shares, added, drop_templates, gradient_tangents_of_chunk,
                           patterns_of_chunk, record_chunk, share_of_chunk, tangents_of_chunk, totals_of_rows)
-from .data import parse_set_option
-from .data_open import SET_PATH_SUFFIXES
 from .dask_common import WorkerDataLost, close_client, connect, dask_threaded, on_cluster, require_dask
 from .diagnostics import Diagnostics, SpireadError
 from .row_data import Data
 from .row_totals import KeptSums, driver_run, names_to_differentiate, tangent_key
 from .run import Run
-from .set_options import parse_overrides
-from .sources import base_dir_of, parse, read_source
 from .tape import warn_all
 
 FAN_IN = 8  # shares added per task in the tree sum
@@ -68,34 +63,12 @@ class RowChunkRunner:
     scattered: tuple | None = None    # ((job token, totals known), the job sent to the cluster's workers)
 
     @staticmethod
-    def open(path: str, options: Options, sets: list[str] = (), of: str | None = None) -> "RowChunkRunner":
-        source = read_source(path)
-        base = base_dir_of(source)
-        return RowChunkRunner.of_source(source, options, sets, of, base)
-
-    @staticmethod
-    def of_source(source, options: Options, sets: list[str] = (), of: str | None = None,
-                  base_dir: Path | None = None) -> "RowChunkRunner":
-        """The program `source` with `--set` options `sets` (a data file among
-        them is row data like the files it loads)."""
-        require_dask()
-        base = base_dir or base_dir_of(source)
-        module = parse(source)
-        files, literal = {}, []
-        for given in sets:
-            name, text = parse_set_option(given)
-            if name is not None and Path(text).suffix.lower() in SET_PATH_SUFFIXES:  # an archive: read whole
-                files[name] = Path(text)
-            else:
-                literal.append(given)
-        return RowChunkRunner.of_module(source, module, base, options, parse_overrides(literal, base), files, of)
-
-    @staticmethod
     def of_module(source, module, base: Path, options: Options, constants: dict[str, np.ndarray],
                   files: dict[str, Path], of: str | None = None) -> "RowChunkRunner":
         """A parsed program with bindings replaced by `constants` (arrays)
-        and by the row data of `files` (name -> path): the Python API's
-        way in (spiread_cli/program.py), and the command line's."""
+        and by the row data of `files` (name -> path): made by the front
+        door (program.Program.dask_runner), for the Python API and the
+        command line."""
         require_dask()
         try:
             data = Data.open(module, base, files)

@@ -187,6 +187,16 @@ class Program(PythonCalls):
 
     def _on_dask(self, overrides: dict[str, np.ndarray | Path], of: str | None, wrt: list[str] | None,
                  differentiate: bool) -> Run:
+        runner = self.dask_runner(overrides, of)
+        try:
+            return runner.run_for(wrt, differentiate)
+        except SpireadError as err:
+            raise err.located_in(self.source)
+
+    def dask_runner(self, overrides: dict[str, np.ndarray | Path], of: str | None = None):
+        """On `backend="dask"`: the program bound to `overrides` (a path is
+        row data) as a dask_backend.RowChunkRunner, which `run` asks for the
+        driver's run; it replaces the last call's (`close`)."""
         from .dask_backend import RowChunkRunner
         self.close()  # the last call's
         constants = {name: v for name, v in overrides.items() if not isinstance(v, Path)}
@@ -194,9 +204,9 @@ class Program(PythonCalls):
         try:
             self._running = RowChunkRunner.of_module(self.source, self._module, self._base_dir, self._backend,
                                                      constants, files, of)
-            return self._running.run_for(wrt, differentiate)
         except SpireadError as err:
             raise err.located_in(self.source)
+        return self._running
 
     # ------------------------------------------------------------ the tasks, for both front ends
 

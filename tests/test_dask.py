@@ -56,8 +56,16 @@ def gradients_on(program, wrt=None) -> Got:
     return Got(result.value, result.gradients, run.diagnostics)
 
 
+def on_dask(source: Source, base, sets=(), of: str | None = None, **options) -> RowChunkRunner:
+    """The program on `backend="dask"` as the front door binds it
+    (program.Program.dask_runner: `--set NAME=FILE` is row data), for the
+    tests that look inside: its chunks, its job, its passes."""
+    program = NumpyProgram.parse(source, base, Options(**options))
+    return program.dask_runner(program.parse_sets(list(sets)), of)
+
+
 def dask_result(source: Source, sets: dict[str, str], base, wrt=None, **options):
-    program = RowChunkRunner.of_source(source, Options(**options), [f"{k}={v}" for k, v in sets.items()], None, base)
+    program = on_dask(source, base, [f"{k}={v}" for k, v in sets.items()], **options)
     try:
         return program, gradients_on(program, wrt)
     finally:
@@ -209,7 +217,7 @@ def steps_both_ways(source, data, names, starts, **options):
     the same values: [(numpy's (loss, gradients, warnings), the chunks')]."""
     run = NumpyProgram.parse(source, data).run()
     expected = train.tape_steps(run, names, False)
-    program = RowChunkRunner.of_source(source, Options(**options), (), None, data)
+    program = on_dask(source, data, **options)
     try:
         got = train.tape_steps(program.run_for(names), names, False)
         return program, [(expected(k, v), got(k, v)) for k, v in enumerate(starts, 1)]
@@ -273,7 +281,7 @@ def test_templates_of_a_program_that_ended_unannounced_give_way(data, monkeypatc
     """A worker outlives the spiread that used it: templates left by a
     program never closed make room for the next program's."""
     source = Source(str(data / "prog.ad"), PROGRAMS["softmax regression, a pick per row"])
-    left = RowChunkRunner.of_source(source, Options(chunk_rows=50), (), None, data)
+    left = on_dask(source, data, chunk_rows=50)
     gradients_on(left)  # and never closed
     mine = {key: t for key, t in chunk_tasks.TEMPLATES.kept.items() if key[0] == left.job.token}
     assert len(mine) == len(left.bounds)
@@ -304,7 +312,7 @@ def test_eval_computes_the_totals_of_the_data_and_warns_about_the_data(data):
         "\nz = ((X.col(0) * 0).log.clampMin(-1)).mean"
     source = Source(str(data / "p.ad"), text.replace("loss.backward(w)", ""))
     expected = NumpyProgram.parse(source, data).run()
-    program = RowChunkRunner.of_source(source, Options(chunk_rows=20), (), None, data)
+    program = on_dask(source, data, chunk_rows=20)
     try:
         got = program.run_for(None, differentiate=False)
     finally:
@@ -434,7 +442,7 @@ def random_program_on_row_data(tmp_path, program, text: str, suffix: str, only: 
                 expected_steps = [train.tape_steps(run, wrt, False)(1, {}), train.tape_steps(run, wrt, False)(2, moved)]
             except train.NonFinite:
                 continue
-            chunked = RowChunkRunner.of_source(source, Options(chunk_rows=2), setting, None, tmp_path)
+            chunked = on_dask(source, tmp_path, setting, chunk_rows=2)
             try:
                 step = train.tape_steps(chunked.run_for(wrt), wrt, False)
                 got_steps = [step(1, {w: run.node(w).value for w in wrt}), step(2, moved)]
@@ -468,8 +476,7 @@ def test_what_cannot_be_chunked_is_refused_with_the_data_named(text, message, co
     what about them prevents row chunks, and says what to do."""
     text = 'X = load("X.npy")\nw = [1, 2, 3, 4]\n' + text
     with pytest.raises(SpireadError) as caught:
-        program = RowChunkRunner.of_source(Source(str(data / "prog.ad"), text), Options(chunk_rows=10), (), None,
-                                           data)
+        program = on_dask(Source(str(data / "prog.ad"), text), data, chunk_rows=10)
         gradients_on(program, ["w"])  # a total that moves with `w`: known to be one when `w` is differentiated
     diagnostic = caught.value.diagnostic
     assert message in diagnostic.message and diagnostic.message.startswith("cannot run by row chunks")
@@ -479,16 +486,14 @@ def test_what_cannot_be_chunked_is_refused_with_the_data_named(text, message, co
 
 def test_println_of_row_data_is_refused_and_of_parameters_shown(data):
     text = 'X = load("X.npy")\nw = [1, 2, 3, 4]\nprintln(w)\nloss = (X @@ w).sum\n'
-    program = RowChunkRunner.of_source(Source(str(data / "p.ad"), text), Options(chunk_rows=10), (), None, data)
+    program = on_dask(Source(str(data / "p.ad"), text), data, chunk_rows=10)
     assert program.run.printed == NumpyProgram.parse(Source(str(data / "p.ad"), text), data).run().printed
     with pytest.raises(SpireadError, match="cannot run by row chunks: `println` shows a value computed from the data"):
-        RowChunkRunner.of_source(Source(str(data / "p.ad"), text + "println(X)\n"), Options(chunk_rows=10), (), None,
-                                 data)
+        on_dask(Source(str(data / "p.ad"), text + "println(X)\n"), data, chunk_rows=10)
 
 
 def test_gradient_by_row_data_is_refused(data):
-    program = RowChunkRunner.of_source(Source(str(data / "prog.ad"), PROGRAMS["least squares, sum over rows(X)"]),
-                                Options(chunk_rows=10), (), None, data)
+    program = on_dask(Source(str(data / "prog.ad"), PROGRAMS["least squares, sum over rows(X)"]), data, chunk_rows=10)
     with pytest.raises(SpireadError, match="`X` has one row per data row, so its gradient is as large as the data"):
         gradients_on(program, ["X"])
 
@@ -509,8 +514,7 @@ def test_picks_by_global_position_are_refused(positions, chunk_rows, message, da
     text = 'X = load("X.npy")\nat = load("at.npy")\ncols = load("cols.npy")\nw = [1, 2, 3, 4]\n' \
            'loss = (X * w).arrange(at, cols).sum'
     try:
-        program = RowChunkRunner.of_source(Source(str(tmp_path / "p.ad"), text), Options(chunk_rows=chunk_rows), (), None,
-                                    tmp_path)
+        program = on_dask(Source(str(tmp_path / "p.ad"), text), tmp_path, chunk_rows=chunk_rows)
         gradients_on(program, ["w"])
         refusal = program.refusal  # the plan refused: the program ran op by op
     except SpireadError as err:
@@ -566,7 +570,7 @@ def test_what_a_stopped_worker_held_outside_a_graph_is_sent_again(persist, data)
     from distributed import LocalCluster
     source = Source(str(data / "prog.ad"), PROGRAMS["MLP, two totals and a log of the total"])
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        program = RowChunkRunner.of_source(source, Options(cluster.scheduler_address, 40, persist), [], None, data)
+        program = on_dask(source, data, scheduler=cluster.scheduler_address, chunk_rows=40, persist=persist)
         try:
             program.run_for(None)
             before = program.compute(None, True)
@@ -1054,7 +1058,7 @@ def test_cotangents_of_a_recorded_gradient_take_one_pass_for_the_batch(data):
     from spiread_cli.second import SecondOrder, hessian
     source = Source(str(data / "prog.ad"), PROGRAMS["softmax regression, a pick per row"])
     expected = hessian(NumpyProgram.parse(source, data).run(), ["W", "b"]).blocks
-    program = RowChunkRunner.of_source(source, Options(chunk_rows=50), (), None, data)
+    program = on_dask(source, data, chunk_rows=50)
     try:
         run = program.run_for(["W", "b"])
         recorded = SecondOrder(run, ["W", "b"])
@@ -1086,7 +1090,7 @@ def test_derivative_passes_replay_the_chunks_recording(persist, data, monkeypatc
         return record(job, start, stop, *args, **kwargs)
     monkeypatch.setattr(chunk_tasks, "record_chunk", record)
     monkeypatch.setattr(dask_backend, "record_chunk", record)  # --persist's first pass
-    program = RowChunkRunner.of_source(source, Options(chunk_rows=50, persist=persist), (), None, data)
+    program = on_dask(source, data, chunk_rows=50, persist=persist)
     v = {"W": np.linspace(-1, 1, 12).reshape(4, 3), "b": np.array([0.5, 0.0, -1.0])}
     try:
         run = program.run_for(["W", "b"])
@@ -1121,7 +1125,7 @@ def test_eval_records_each_chunk_once_per_pass_that_needs_it(tail, passes, data,
     recorded = []
     monkeypatch.setattr(chunk_tasks, "recorded", lambda job, start, *args, record=chunk_tasks.recorded: (
         recorded.append(start), record(job, start, *args))[1])
-    program = RowChunkRunner.of_source(source, Options(chunk_rows=50), (), "z", data)
+    program = on_dask(source, data, of="z", chunk_rows=50)
     try:
         got = program.run_for(None, differentiate=False)
     finally:

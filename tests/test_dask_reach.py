@@ -20,7 +20,7 @@ from spiread_cli.data_text import TextTable
 from spiread_cli.diagnostics import Source, SpireadError
 
 from conftest import spiread, strict_json
-from test_dask import assert_numbers_close, gradients_on
+from test_dask import assert_numbers_close, gradients_on, on_dask
 
 pytest.importorskip("distributed")
 
@@ -32,7 +32,7 @@ def numpy_gradients(source: Source, base, wrt=None):
 
 
 def dask_gradients(source: Source, base, wrt=None, **options):
-    program = RowChunkRunner.of_source(source, Options(**options), [], None, base)
+    program = on_dask(source, base, **options)
     try:
         return program, gradients_on(program, wrt)
     finally:
@@ -212,7 +212,7 @@ from test_dask import PROGRAMS, data  # noqa: E402,F401  (the row data fixture)
 
 def open_program(data_dir, text: str, **options) -> tuple[Source, RowChunkRunner]:
     source = Source(str(data_dir / "prog.ad"), text)
-    return source, RowChunkRunner.of_source(source, Options(**options), [], None, data_dir)
+    return source, on_dask(source, data_dir, **options)
 
 
 @pytest.mark.parametrize("name", list(PROGRAMS))
