@@ -9,10 +9,10 @@ values differentiated by (w) an op node whose operands are those values:
 | rule | `rowsTotal` r_k(w) | `rowsGradient` ∂r_k/∂w_i (w) |
 |---|---|---|
 | value | Σ chunks' outputs | Σ chunks' reverse sweeps |
-| vjp, operand j | g · ∂r_k/∂w_j | Σ chunks' HVPs: ∂⟨∂share/∂w_i, g⟩/∂w_j |
-| jvp | Σ chunks' forward sweeps | Σ chunks' HVPs along the tangents |
+| vjp, operand j | g · ∂r_k/∂w_j | ∂⟨∂r_k/∂w_i, g⟩/∂w_j: the jvp below along g on w_i, read at w_j (the Hessian is symmetric) |
+| jvp | Σ chunks' forward sweeps | Σ chunks' HVPs along the tangents (one pass gives every w_j's, kept by its tangents) |
 | statement | mul(g, rowsGradient_k,j(w)) | (third derivatives are refused) |
-| batched vjp (Jacobians) | each g · ∂r_k/∂w_j | an HVP per cotangent |
+| batched vjp (Jacobians) | each g · ∂r_k/∂w_j | the jvp along the batch: one pass for it and every operand |
 | structure (sparsity) | the union of the chunks' gradient and Hessian patterns | conservative |
 | export | refused, naming the data (they are never whole) | |
 
