@@ -41,7 +41,8 @@ def check_sparse(run: Run, wrt: list[str] | None, order: int, tol: float) -> Spa
         blocks = jacobian(run, names).blocks
         rows = math.prod(np.shape(run.value))
         dense = np.concatenate([blocks[n].reshape(rows, -1) for n in names], axis=1)
-        both = compressions(read_pattern(run, ids))  # the pattern read once, each side coloured once
+        pattern = read_pattern(run, ids)  # read once; each side coloured once, both compared whatever --sparse picks
+        both = [*compressions(pattern, "forward"), *compressions(pattern, "reverse")]
         chosen = cheapest(both)
         results = {c.direction: sparse_jacobian(run, names, compression=c).matrix for c in both}
         output = entry_names([run.output_name], [np.shape(run.value)])
