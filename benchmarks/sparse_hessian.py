@@ -7,9 +7,12 @@ Hessian is tridiagonal. In one process, timed round-robin (the best of the round
 
 - spiread `Program.hessian(sparse=True)` end to end (parse, record, pattern,
   colouring, the HVP sweeps, recovery), and its parts on one recorded run:
-  the pattern, the colouring, and the evaluation (3 HVPs pushed as one batch
-  through the recorded gradient, and the recovery; "prepared": with the
-  sweeps planned and the recovery worked out before, as Newton's steps), against
+  the pattern, the colouring, the sparse Hessian set up each call (pattern,
+  colouring, recovery and the sweeps: `SecondOrder.sparse_hessian`), the
+  evaluation from a pattern (3 HVPs pushed as one batch through the recorded
+  gradient, planned, and the recovery worked out), and that evaluation
+  "prepared" (sweeps planned and recovery worked out before, as Newton's
+  steps), against
 - `jax.jit(jax.hessian(f))` dense, where it fits (n = 10⁴: 800 MB),
 - a hand-written tridiagonal Hessian in numpy (three diagonals, a CSR matrix);
 - the pattern against one dense gradient of the same program (spiread's
@@ -97,7 +100,9 @@ def hessian_factories(n: int) -> dict:
         "spiread sparse, end to end": lambda: lambda: program.hessian(x=x, wrt="x", sparse=True),
         "spiread pattern": lambda: lambda: hessian_pattern(run.tape, run.output, ids),
         "spiread colouring": lambda: lambda: colour_symmetric(pattern),
-        "spiread evaluation (sweeps + recovery)": lambda: lambda: order.sparse_hessian(pattern, colouring),
+        "spiread set up each call (pattern, colouring, recovery, sweeps)": lambda: lambda: order.sparse_hessian(),
+        "spiread evaluation from a pattern (plan, recovery, sweeps)":
+            lambda: lambda: prepared(run, order, pattern, colouring)(),
         "spiread evaluation, prepared": lambda: prepared(run, order, pattern, colouring),
         "spiread dense gradient": lambda: lambda: run.tape.backward(run.output, ids),
         "numpy by hand": lambda: lambda: numpy_hessian(x),
@@ -166,7 +171,8 @@ def main() -> None:
               f"load average {os.getloadavg()[0]:.1f})")
         hand = results["numpy by hand"]
         for name, seconds in results.items():
-            print(f"  {name:42s} {seconds * 1e3:10.3f} ms  {seconds / hand:8.2f}× numpy by hand")
+            print(f"  {name:64s} {seconds * 1e3:10.3f} ms  {seconds / hand:8.2f}× numpy by hand")
+        print(f"  pattern ÷ dense gradient: {results['spiread pattern'] / results['spiread dense gradient']:.2f}")
         run, ids, order, pattern, colouring = spiread_parts(start(n))
         print(f"  sweeps: {colouring.count} ({colouring.kind} colouring), {pattern.nnz} nonzeros")
         print(f"  peak memory, end to end: {peak_memory(n):.0f} bytes per entry of x")

@@ -60,8 +60,8 @@ import numpy as np
 from .rules import IMPLS, OPS, without_residual
 from .rules_code import compiled_jvp, compiled_vjp
 from .rules_forward import Diagonal
-from .structure import (COPIES, LINEAR_SUMS, MAX_LISTED_PAIRS, SLICED, SUMS, Entries, Links, Structure, named, rows,
-                        whole, within_groups)
+from .structure import (COPIES, JOINED, LINEAR_SUMS, MAX_LISTED_PAIRS, SLICED, SUMS, Entries, Links, Structure, named,
+                        rows, whole, within_groups)
 from .structure import along as reduction_structure
 from .structure import elementwise as elementwise_structure
 
@@ -1538,7 +1538,7 @@ def _concat_derivative(i, g, out, *xs, emit, axis):
 # along an axis (numpy's concatenate; the interpreter promotes hstack's and
 # vstack's pieces as numpy does).
 defop("concat", lambda *xs, axis: np.concatenate(xs, axis=axis), _concat_shape, _concat_derivative,
-      methods=(), structure=COPIES,
+      methods=(), structure=JOINED,
       export=Export(lambda w, *xs, axis: f"xp.concat([{', '.join(xs)}], axis={axis})",
                     lambda b, *xs, axis: b("Concat", list(xs), axis=axis)),
       on_rows=lambda row_axes, ndims, row_params, axis: 0 if axis == 1 and row_axes == [0] * len(row_axes) else None)

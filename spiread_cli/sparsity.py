@@ -66,7 +66,7 @@ class Sweep:
         self.n = int(self.offsets[-1])
         self.plan: list[Node] = self.tape.between(self.wrt, self.output)
         self.moving = {node.id for node in self.plan}
-        self.limit = max_bytes()
+        self.limit: int | None = None  # read when a pattern first holds entries
         self.patterns: dict[int, Columns | sp.csr_array] = {}
         self.links: dict[tuple[int, int], Links] = {}
         self.entries: dict[int, Entries] = {}
@@ -130,6 +130,10 @@ class Sweep:
         return Entries(node.op, tuple(nodes[i].shape for i in node.inputs), node.shape, node.params, nonzero)
 
     def _check(self, entries: int, node: Node) -> None:
+        if not entries:  # a pattern of progressions lists nothing
+            return
+        if self.limit is None:
+            self.limit = max_bytes()
         check_bytes(entries * 9, lambda: f"the sparsity pattern at `{node.name or node.label}` would hold "
                                          f"{entries} entries", node.span, self.limit)
 
@@ -153,7 +157,7 @@ class Sweep:
             inputs = node.inputs
             for k, i in enumerate(inputs):
                 links = self.links.get((node.id, k))
-                if links is not None:
+                if links is not None and nodes[i].op is not None:  # a leaf's adjoint would not be read
                     back = pushed_back(links, adj)
                     adjoints[i] = back if i not in adjoints else adjoints[i] | back
             second = node.op.structure.second

@@ -34,20 +34,51 @@ def _spreading(groups: np.ndarray, count: int) -> sp.csr_array:
     return _csr((len(groups), count), valid, groups[valid])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Progression:
-    """The entries start, start + step, … (`length` of them): a slice's
-    columns, not listed."""
+    """The entries start + step·r of the rows lo ≤ r < hi (the other rows of
+    the `length` have none; hi None: all of them): a slice's columns, or a
+    block of a concatenation's, not listed."""
     start: int
     step: int
     length: int
+    lo: int = 0
+    hi: int | None = None
+
+    def __post_init__(self):
+        if self.hi is None:
+            self.hi = self.length
+
+    @property
+    def whole(self) -> bool:
+        return self.lo == 0 and self.hi == self.length
 
     def array(self) -> np.ndarray:
-        return self.start + self.step * np.arange(self.length, dtype=np.int64)
+        out = self.start + self.step * np.arange(self.length, dtype=np.int64)
+        if not self.whole:
+            out[:self.lo] = -1
+            out[max(self.hi, self.lo):] = -1
+        return out
 
 
 def _array(column) -> np.ndarray:
     return column.array() if type(column) is Progression else column
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _rows_within(start: int, step: int, length: int, lo: int, hi: int) -> tuple[int, int]:
+    """The run of rows r < length with lo ≤ start + step·r < hi, as (first, end)."""
+    if step == 0:
+        first, end = (0, length) if lo <= start < hi else (0, 0)
+    elif step > 0:
+        first, end = _ceil_div(lo - start, step), _ceil_div(hi - start, step)
+    else:
+        first, end = (start - hi) // -step + 1, (start - lo) // -step + 1
+    first, end = max(first, 0), min(end, length)
+    return (first, end) if first < end else (0, 0)
 
 
 @dataclass(slots=True)
@@ -61,7 +92,10 @@ class Columns:
     def rows_used(self) -> np.ndarray:
         used = np.zeros(self.size, dtype=bool)
         for column in self.columns:
-            used |= True if type(column) is Progression else column >= 0
+            if type(column) is Progression:
+                used[column.lo:column.hi] = True
+            else:
+                used |= column >= 0
         return used
 
     def listed(self) -> int:
@@ -70,6 +104,14 @@ class Columns:
     def csr(self, n: int) -> sp.csr_array:
         if not self.columns:
             return sp.csr_array((self.size, n), dtype=bool)
+        if all(type(c) is Progression and c.step == 1 for c in self.columns):
+            # Each column a diagonal (row r at r + start): a band.
+            offsets = [c.start for c in self.columns]
+            low = min(offsets)
+            cells = np.zeros((max(offsets) - low + 1, self.size), dtype=bool)
+            for c in self.columns:
+                cells[c.start - low, c.lo:c.hi] = True
+            return band_csr(cells, low, n)
         table = np.stack([_array(c) for c in self.columns], axis=1)
         used = table >= 0
         indptr = np.zeros(self.size + 1, dtype=np.int64)
@@ -77,6 +119,58 @@ class Columns:
         m = sp.csr_array((np.ones(int(indptr[-1]), dtype=bool), table[used], indptr), shape=(self.size, n))
         m.sum_duplicates()
         return m
+
+
+def _windows(out: np.ndarray, first: int, width: int) -> None:
+    """Fill `out` with the rows first + r, …, first + r + width - 1 (r = 0,
+    1, …) end to end: the first row, then the rows so far copied one row
+    count up, doubling (contiguous passes, where a column at a time would
+    write with a stride)."""
+    done = min(width, len(out))
+    out[:done] = np.arange(first, first + done)
+    while done < len(out):
+        more = min(done, len(out) - done)
+        np.add(out[:more], done // width, out=out[done:done + more])
+        done += more
+
+
+def band_csr(cells: np.ndarray, low: int, n: int) -> sp.csr_array:
+    """The 0/1 CSR matrix (rows × n) whose row r has column r + low + c
+    wherever cells[c, r] (width × rows booleans, a diagonal a row; a cell
+    must be a column within 0..n-1), sorted as CSR keeps them. A band
+    whose every cell within the matrix is set (a chain's Hessian or
+    Jacobian) is written out without reading the cells."""
+    width, rows = cells.shape
+    kind = np.int32 if max(n, rows * width) < 2 ** 31 else np.int64
+    # Rows top..bottom-1 have all their cells within the matrix; the few others, some.
+    top = min(max(-low, 0), rows)
+    bottom = max(min(n - low - width + 1, rows), top)
+    edges = [*range(top), *range(bottom, rows)]
+    first = {r: max(0, -low - r) for r in edges}
+    inside = {r: max(min(width, n - low - r) - first[r], 0) for r in edges}
+    full = sum(inside.values()) + (bottom - top) * width
+    indptr = np.empty(rows + 1, dtype=kind)
+    if np.count_nonzero(cells) == full:
+        indptr[0] = 0
+        for r in range(top):
+            indptr[r + 1] = indptr[r] + inside[r]
+        head = int(indptr[top])
+        indptr[top:bottom + 1] = np.arange(head, head + (bottom - top) * width + 1, width, dtype=kind)
+        for r in range(bottom, rows):
+            indptr[r + 1] = indptr[r] + inside[r]
+        indices = np.empty(full, dtype=kind)
+        _windows(indices[head:head + (bottom - top) * width], top + low, width)
+        for r in edges:
+            indices[indptr[r]:indptr[r + 1]] = np.arange(r + low + first[r], r + low + first[r] + inside[r])
+    else:
+        indptr[0] = 0
+        np.cumsum(cells.sum(axis=0, dtype=kind), out=indptr[1:])
+        columns = np.empty((rows, width), dtype=kind)
+        _windows(columns.reshape(-1), low, width)
+        indices = columns[cells.T]
+    m = sp.csr_array((np.ones(len(indices), dtype=bool), indices, indptr), shape=(rows, n))
+    m.has_canonical_format = True  # each row's columns ascend, once each
+    return m
 
 
 def csr_of(pattern, n: int) -> sp.csr_array:
@@ -87,7 +181,9 @@ def _picked(column, cols: np.ndarray, missing: bool) -> np.ndarray:
     """column[cols], -1 where cols is -1 (`missing`: there are such)."""
     if type(column) is Progression:
         out = column.start + column.step * cols
-        if missing:
+        if not column.whole:
+            out[(cols < column.lo) | (cols >= column.hi)] = -1
+        elif missing:
             out[cols < 0] = -1
         return out
     if not missing:
@@ -98,14 +194,25 @@ def _picked(column, cols: np.ndarray, missing: bool) -> np.ndarray:
     return out
 
 
-def _strided(column, start: int, step: int, length: int):
-    """column[start + step·r] for r < length."""
+def _strided(column, start: int, step: int, length: int, lo: int, hi: int):
+    """column[start + step·r] for the rows lo ≤ r < hi of `length` (the others none)."""
     if type(column) is Progression:
-        return Progression(column.start + column.step * start, column.step * step, length)
+        first, end = _rows_within(start, step, length, column.lo, column.hi)
+        first, end = max(first, lo), min(end, hi)
+        return Progression(column.start + column.step * start, column.step * step, length, first, max(end, first))
+    if lo >= hi:
+        return np.full(length, -1, dtype=np.int64)
+    begin, count = start + step * lo, hi - lo
     if step == 0:
-        return np.full(length, column[start] if length else 0, dtype=np.int64)
-    stop = start + step * length
-    return column[start:stop if stop >= 0 else None:step]
+        picked = np.full(count, column[begin], dtype=np.int64)
+    else:
+        stop = begin + step * count
+        picked = column[begin:stop if stop >= 0 else None:step]
+    if lo == 0 and hi == length:
+        return picked
+    out = np.full(length, -1, dtype=np.int64)
+    out[lo:hi] = picked
+    return out
 
 
 def _as_copies(links: Links) -> Links | None:
@@ -120,7 +227,7 @@ def _as_copies(links: Links) -> Links | None:
 
 def _links_csr(links: Links) -> sp.csr_array:
     if links.kind == "strided":
-        rows = np.arange(links.shape[0])
+        rows = np.arange(links.lo, links.hi)
         return _csr(links.shape, rows, links.start + links.step * rows)
     if links.kind == "copies":
         rows = np.flatnonzero(links.cols >= 0)
@@ -138,7 +245,7 @@ def pulled(links: Links, j, n: int):
     if type(j) is Columns:
         size = links.shape[0]
         if links.kind == "strided":
-            return Columns(size, [_strided(c, links.start, links.step, size) for c in j.columns])
+            return Columns(size, [_strided(c, links.start, links.step, size, links.lo, links.hi) for c in j.columns])
         if links.kind == "copies":
             missing = bool(len(links.cols)) and links.cols.min() < 0
             return Columns(size, [_picked(c, links.cols, missing) for c in j.columns])
@@ -172,11 +279,15 @@ def pushed_back(links: Links, adj: np.ndarray) -> np.ndarray:
         return adj
     result = np.zeros(links.shape[1], dtype=bool)
     if links.kind == "strided":
-        if links.step == 0:
-            result[links.start] = adj.any()
+        lo, hi = links.lo, links.hi
+        begin = links.start + links.step * lo
+        if hi <= lo:
+            pass
+        elif links.step == 0:
+            result[begin] = adj[lo:hi].any()
         else:
-            stop = links.start + links.step * len(adj)
-            result[links.start:stop if stop >= 0 else None:links.step] = adj
+            stop = begin + links.step * (hi - lo)
+            result[begin:stop if stop >= 0 else None:links.step] = adj[lo:hi]
         return result
     if links.kind == "copies":
         cols = links.cols[adj]
@@ -187,6 +298,8 @@ def pushed_back(links: Links, adj: np.ndarray) -> np.ndarray:
         return result
     live = np.zeros(links.groups + 1, dtype=bool)  # the last slot stands for "no group"
     live[links.rows[adj & (links.rows >= 0)]] = True
+    if live[:-1].all():  # a sum's whole operand, or every row of a softmax: one pass
+        return links.cols >= 0
     return live[np.where(links.cols >= 0, links.cols, links.groups)]
 
 
@@ -205,17 +318,22 @@ class HessianPairs:
     def add(self, a, b) -> None:
         """Entry a[p] meets entry b[p], for every p (-1: none)."""
         if type(a) is Progression and type(b) is Progression and a.step == b.step != 0:
-            step, start = a.step, min(a.start, b.start)
+            first, end = max(a.lo, b.lo), min(a.hi, b.hi)
+            if first >= end:
+                return
+            step, length = a.step, end - first
+            start = min(a.start, b.start) + step * first
             if step < 0:
-                start, step = start + step * (a.length - 1), -step
-            self.diagonals.append((start, step, a.length, abs(b.start - a.start)))
-        else:
-            a, b = _array(a), _array(b)
-            if len(a) and (a.min() < 0 or b.min() < 0):
-                both = (a >= 0) & (b >= 0)
-                a, b = a[both], b[both]
-            self.listed.append((np.minimum(a, b), np.abs(b - a)))
-        self.entries += len(a) if type(a) is not Progression else a.length
+                start, step = start + step * (length - 1), -step
+            self.diagonals.append((start, step, length, abs(b.start - a.start)))
+            self.entries += length
+            return
+        a, b = _array(a), _array(b)
+        if len(a) and (a.min() < 0 or b.min() < 0):
+            both = (a >= 0) & (b >= 0)
+            a, b = a[both], b[both]
+        self.listed.append((np.minimum(a, b), np.abs(b - a)))
+        self.entries += len(a)
 
     def add_matrix(self, m: sp.csr_array) -> None:
         coo = m.tocoo()
@@ -229,27 +347,16 @@ class HessianPairs:
         band = max(widths)
         if n * (2 * band + 1) > 8 * self.entries + 4096:
             return self._scattered()
-        # One row of booleans per distance from the diagonal, d = column − row:
-        # upper[d, r] is the pair (r, r + d); full[band + d, r] the entry (r, r + d).
-        upper = np.zeros((band + 1, n), dtype=bool)
+        # cells[band + d, r]: the entry (r, r + d), set for each pair and its mirror.
+        cells = np.zeros((2 * band + 1, n), dtype=bool)
         for start, step, length, d in self.diagonals:
-            upper[d, start:start + step * length:step] = True
-        flat = upper.reshape(-1)
+            cells[band + d, start:start + step * length:step] = True
+            cells[band - d, start + d:start + d + step * length:step] = True
+        flat = cells.reshape(-1)
         for low, d in self.listed:
-            flat[d * n + low] = True
-        width = 2 * band + 1
-        full = np.zeros((width, n), dtype=bool)
-        full[band:] = upper
-        for d in range(1, band + 1):
-            full[band - d, d:] = upper[d, :n - d]
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(full.sum(axis=0), out=indptr[1:])
-        at = np.flatnonzero(full.T)  # row by row, d ascending: CSR order
-        rows = at // width
-        rows *= width - 1
-        at -= rows
-        at -= band  # r·width + band + d − r·(width − 1) − band = r + d
-        return sp.csr_array((np.ones(len(at), dtype=bool), at, indptr), shape=(n, n))
+            flat[(band + d) * n + low] = True
+            flat[(band - d) * n + low + d] = True
+        return band_csr(cells, -band, n)
 
     def _scattered(self) -> sp.csr_array:
         lows = [start + step * np.arange(length) for start, step, length, _ in self.diagonals]

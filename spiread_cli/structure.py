@@ -50,7 +50,7 @@ STRUCTURES = ("elementwise", "rows", "dense", "selection")
 MAX_LISTED_PAIRS = 1 << 22
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Links:
     """A 0/1 matrix between the entries (flat, C order) of two values, of
     `shape` (entries of the one, entries of the other). `kind`:
@@ -58,7 +58,8 @@ class Links:
     - "same": the identity (an elementwise op on an operand of the output's shape);
     - "copies": one 1 a row at most: row r at column cols[r] (-1: none), a
       gather or a broadcast, each output entry a copy of one operand entry;
-    - "strided": row r at column start + step·r, a slice, without listing it;
+    - "strided": row r at column start + step·r for rows lo ≤ r < hi (the
+      others none), a slice or a block of a concatenation, without listing it;
     - "pairs": ones at (rows[k], cols[k]);
     - "groups": ones between every row entry and every column entry of the
       same group; rows[r] and cols[c] are the groups (-1: none) of `groups`.
@@ -71,6 +72,8 @@ class Links:
     groups: int = 0
     start: int = 0
     step: int = 0
+    lo: int = 0
+    hi: int = 0
 
     @staticmethod
     def same(n: int) -> Links:
@@ -81,8 +84,24 @@ class Links:
         return Links("copies", shape, cols=np.asarray(cols, dtype=np.int64))
 
     @staticmethod
-    def strided(shape: tuple[int, int], start: int, step: int) -> Links:
-        return Links("strided", shape, start=int(start), step=int(step))
+    def strided(shape: tuple[int, int], start: int, step: int, lo: int = 0, hi: int | None = None) -> Links:
+        return Links("strided", shape, start=int(start), step=int(step), lo=int(lo),
+                     hi=shape[0] if hi is None else int(hi))
+
+    @staticmethod
+    def gathered(shape: tuple[int, int], cols: np.ndarray) -> Links:
+        """"copies" of cols (-1: none), or "strided" when the rows with a
+        column are one run and their columns one progression (a block of a
+        concatenation): a chain through it then lists nothing."""
+        cols = np.asarray(cols, dtype=np.int64)
+        there = np.flatnonzero(cols >= 0)
+        if len(there) and there[-1] - there[0] + 1 == len(there):
+            lo, hi = int(there[0]), int(there[-1]) + 1
+            step = int(cols[lo + 1] - cols[lo]) if hi - lo > 1 else 0
+            start = int(cols[lo]) - step * lo
+            if hi - lo == 1 or (np.diff(cols[lo:hi]) == step).all():
+                return Links.strided(shape, start, step, lo, hi)
+        return Links.copies(shape, cols)
 
     @staticmethod
     def viewed(shape: tuple[int, int], picked: np.ndarray, numbers: np.ndarray) -> Links | None:
@@ -106,7 +125,7 @@ class Links:
         return Links("groups", shape, np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64), groups)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entries:
     """What a structure rule is told of one op node: the op, its operands'
     shapes, the output's, its params, and `nonzero(k)`: which entries of
@@ -278,13 +297,15 @@ def whole(second: str | None = "all") -> Structure:
     product, or an op that says no more); `second` as for `rows`."""
 
     def first(i: int, e: Entries) -> Links:
-        return Links.grouped((e.size(), e.size(i)), np.zeros(e.size()), np.zeros(e.size(i)), 1)
+        return Links.grouped((e.size(), e.size(i)), np.zeros(e.size(), dtype=np.int64),
+                             np.zeros(e.size(i), dtype=np.int64), 1)
 
     def pairs(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
         if second is None or not adj.any():
             return None
         if second == "all":
-            return Links.grouped((e.size(i), e.size(j)), np.zeros(e.size(i)), np.zeros(e.size(j)), 1)
+            return Links.grouped((e.size(i), e.size(j)), np.zeros(e.size(i), dtype=np.int64),
+                                 np.zeros(e.size(j), dtype=np.int64), 1)
         return within_groups(e.size(0), np.zeros(e.size(0), dtype=np.int64), 1, diagonal=False)
 
     return Structure("dense", first, pairs)
@@ -329,15 +350,19 @@ def _copies_first(i: int, e: Entries) -> Links:
     low = sum(math.prod(s) for s in e.shapes[:i]) + 1
     cols = out.astype(np.int64) - low
     cols[(cols < 0) | (cols >= e.size(i))] = -1
-    return Links.copies(shape, cols)
+    return Links.gathered(shape, cols)
 
 
 def _sliced_first(i: int, e: Entries) -> Links:
-    """x[key]'s: the key applied to x's entry numbers, a view for a slice."""
-    numbers = np.arange(e.size(0))
-    picked = numbers.reshape(e.shapes[0])[e.params["key"]]
-    shape = (e.size(), e.size(0))
-    return Links.viewed(shape, picked, numbers) or Links.copies(shape, np.ravel(picked))
+    """x[key]'s: the key applied to x's entry numbers, a view for a slice
+    (whose place and strides say it all, so the numbers are not written
+    unless the key picks a copy)."""
+    shape, key = (e.size(), e.size(0)), e.params["key"]
+    places = np.empty(e.size(0), dtype=np.int64)
+    viewed = Links.viewed(shape, places.reshape(e.shapes[0])[key], places)
+    if viewed is not None:
+        return viewed
+    return Links.gathered(shape, np.ravel(np.arange(e.size(0)).reshape(e.shapes[0])[key]))
 
 
 def _sums_first(i: int, e: Entries) -> Links:
@@ -352,9 +377,20 @@ def _sums_first(i: int, e: Entries) -> Links:
     return Links.pairs((e.size(), e.size(i)), pulled[cols].astype(np.int64) - 1, cols)
 
 
+def _joined_first(i: int, e: Entries) -> Links:
+    """concat's: operand i is one block of the output. Joined along the
+    first axis, its entries are one run of the output's (C order), after
+    the operands before it: said without numbering them."""
+    if e.params["axis"] != 0:
+        return _copies_first(i, e)
+    before = sum(math.prod(s) for s in e.shapes[:i])
+    return Links.strided((e.size(), e.size(i)), -before, 1, before, before + e.size(i))
+
+
 # A gather, slice, reshape, transpose, broadcast or stack: linear, each
 # output entry a copy of one operand entry (or zero).
 COPIES = Structure("selection", _copies_first, _linear)
+JOINED = Structure("selection", _joined_first, _linear)  # concat's pieces end to end along an axis
 SLICED = Structure("selection", _sliced_first, _linear)  # x[key] (`index`), whose value is a copy of the view
 # A scatter or an unbroadcast: linear, each operand entry added into one output entry.
 SUMS = Structure("selection", _sums_first, _linear)

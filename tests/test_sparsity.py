@@ -44,10 +44,13 @@ def dense(links: Links | None, shape: tuple[int, int]) -> np.ndarray:
     if links.kind == "pairs":
         m[links.rows, links.cols] = True
         return m
-    if links.kind in ("copies", "strided"):
-        cols = links.cols if links.kind == "copies" else links.start + links.step * np.arange(shape[0])
-        rows = np.flatnonzero(cols >= 0)
-        m[rows, cols[rows]] = True
+    if links.kind == "copies":
+        rows = np.flatnonzero(links.cols >= 0)
+        m[rows, links.cols[rows]] = True
+        return m
+    if links.kind == "strided":
+        rows = np.arange(links.lo, links.hi)
+        m[rows, links.start + links.step * rows] = True
         return m
     return (links.rows[:, None] >= 0) & (links.rows[:, None] == links.cols[None, :])
 
@@ -348,6 +351,9 @@ SLICED = [
     "loss = (x[2:9:3].exp * x[7:0:-3]).sum + (x[0] * x).sum",
     "loss = (x[:4].sin * x[4:8]).sum + x[1:].sum * x[0]",
     "A = x.reshape(3, 4)\nloss = (A[1:, :] * A[:-1, :]).sum + (A[:, 1:] ** 3).sum + (A.T[1:, ::2] ** 2).sum",
+    # concatenated blocks (rows of a progression with none above or below), then sliced
+    "p = hstack([0.0], x, [0.0])\nloss = ((p[:-2] - 2 * x + p[2:]) ** 2).sum + (p[1:] * p[:-1]).sum",
+    "loss = (hstack(x[:3], x[5:]) * x[1:11]).sum + (hstack(x[::2], [1.0, 2.0]).exp * x[4:]).sum",
 ]
 
 
@@ -381,6 +387,17 @@ def test_the_hessian_s_pairs_are_assembled_alike_through_a_band_or_scattered(n, 
         if rows:
             found.add(Progression(rows[0], step, len(rows)), Progression(rows[0] + d, step, len(rows)))
             expected[rows, np.add(rows, d)] = True
+    for _ in range(data.draw(st.integers(0, 2), label="ranged")):  # rows of a progression with none outside lo..hi-1
+        a = data.draw(progressions(n, n), label="a")
+        lo, hi = data.draw(st.integers(0, n), label="lo"), data.draw(st.integers(0, n), label="hi")
+        rows = np.arange(max(a.lo, lo), min(a.hi, hi))
+        d = data.draw(st.integers(-band, band), label="distance")
+        rows = rows[(a.start + a.step * rows + d >= 0) & (a.start + a.step * rows + d < n)]
+        if len(rows):  # b's rows lo..hi-1 narrowed to where a's partner is within the matrix
+            b = Progression(a.start + d, a.step, n, int(rows[0]), int(rows[-1]) + 1)
+            found.add(a, b)
+            both = np.arange(max(a.lo, b.lo), min(a.hi, b.hi))
+            expected[a.start + a.step * both, b.start + b.step * both] = True
     rng = np.random.default_rng(n * 100 + count)
     a = rng.integers(-1, n, count)
     b = np.clip(a + rng.integers(-band, band + 1, count), -1, n - 1)
@@ -390,6 +407,74 @@ def test_the_hessian_s_pairs_are_assembled_alike_through_a_band_or_scattered(n, 
     expected |= expected.T
     np.testing.assert_array_equal(found.matrix().toarray(), expected)
     np.testing.assert_array_equal(found._scattered().toarray() if found.entries else expected, expected)
+
+
+@st.composite
+def progressions(draw, length: int, n: int):
+    """A Progression over `length` rows whose entries (rows lo..hi-1) are columns within 0..n-1."""
+    from spiread_cli.sparsity_links import Progression
+    step = draw(st.sampled_from([0, 1, 1, 2, -1, -3]), label="step")
+    lo = draw(st.integers(0, length), label="lo")
+    hi = draw(st.integers(lo, length), label="hi")
+    # 0 ≤ start + step·r < n at both ends of the rows, so at every row between
+    ends = (lo, hi - 1) if hi > lo else ()
+    first = max(-step * r for r in ends) if ends else 0
+    last = min(n - 1 - step * r for r in ends) if ends else n - 1
+    assume(first <= last)
+    return Progression(draw(st.integers(first, last), label="start"), step, length, lo, hi)
+
+
+def _written(column, n: int) -> np.ndarray:
+    from spiread_cli.sparsity_links import _array
+    cols = _array(column)
+    m = np.zeros((len(cols), n), dtype=bool)
+    rows = np.flatnonzero(cols >= 0)
+    m[rows, cols[rows]] = True
+    return m
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.data())
+def test_progressions_pulled_through_slices_and_gathers_are_their_arrays_pulled(length, n, data):
+    """A progression (a slice's or a concatenated block's rows, never listed)
+    pulled through a strided or copying link, or read in a band, gives the
+    pattern its written-out array gives."""
+    from spiread_cli.sparsity_links import Columns, pulled
+    column = data.draw(progressions(length, n), label="column")
+    written = _written(column, n)
+    np.testing.assert_array_equal(Columns(length, [column]).csr(n).toarray(), written)
+    size = data.draw(st.integers(1, 12), label="size")
+    cols = np.array(data.draw(st.lists(st.integers(-1, length - 1), min_size=size, max_size=size), label="cols"))
+    for links in (Links.gathered((size, length), cols), Links.copies((size, length), cols)):
+        expected = dense(links, (size, length)).astype(int) @ written > 0
+        for j in (Columns(length, [column]), Columns(length, [column.array()])):
+            np.testing.assert_array_equal(pulled(links, j, n).csr(n).toarray(), expected)
+    # a strided link: rows lo..hi-1 at start + step·r, within the operand
+    link = data.draw(progressions(size, length), label="link")
+    links = Links.strided((size, length), link.start, link.step, link.lo, link.hi)
+    expected = dense(links, (size, length)).astype(int) @ written > 0
+    for j in (Columns(length, [column]), Columns(length, [column.array()])):
+        np.testing.assert_array_equal(pulled(links, j, n).csr(n).toarray(), expected)
+    adj = np.array(data.draw(st.lists(st.booleans(), min_size=size, max_size=size), label="adj"))
+    from spiread_cli.sparsity_links import pushed_back
+    np.testing.assert_array_equal(pushed_back(links, adj), adj.astype(int) @ dense(links, (size, length)) > 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 15), st.integers(1, 15), st.integers(-4, 4), st.integers(1, 5), st.booleans(), st.data())
+def test_a_band_of_cells_is_written_out_as_its_matrix(rows, n, low, width, filled, data):
+    """band_csr: row r has column r + low + c wherever cells[c, r]; a band
+    with every cell within the matrix set takes the path that never reads them."""
+    from spiread_cli.sparsity_links import band_csr
+    r, c = np.meshgrid(np.arange(rows), np.arange(width))
+    within = (r + low + c >= 0) & (r + low + c < n)
+    cells = within.copy() if filled else within & np.array(
+        data.draw(st.lists(st.booleans(), min_size=rows * width, max_size=rows * width), label="cells")).reshape(width, rows)
+    expected = np.zeros((rows, n), dtype=bool)
+    expected[r[cells], (r + low + c)[cells]] = True
+    m = band_csr(cells, low, n)
+    np.testing.assert_array_equal(m.toarray(), expected)
+    assert m.has_sorted_indices and m.nnz == expected.sum()
 
 
 # ------------------------------------------------------------- colouring
