@@ -113,10 +113,15 @@ class Compression:
 
 def compressions(pattern, mode: str | None = None) -> list[Compression]:
     """The compressions of a Jacobian's pattern that `mode` allows: by
-    columns ("forward"), by rows ("reverse"), or both (None), columns first."""
+    columns ("forward"), by rows ("reverse"), or both (None), columns first;
+    with None, the rows only when they could need fewer colours."""
     from .sparsity_colouring import colour_columns
     found = []
     for direction, sweep in SWEEP_OF.items():
+        # The rows take at least as many colours as the fullest column has entries, at least
+        # nnz / columns: columns needing no more win (a tie goes to them), untransposed.
+        if mode is None and found and pattern.nnz > (found[0].colouring.count - 1) * pattern.shape[1]:
+            break
         if mode in (None, sweep):
             coloured = pattern if direction == "columns" else pattern.T.tocsr()
             found.append(Compression(pattern, coloured, colour_columns(coloured), direction))

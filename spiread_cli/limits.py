@@ -42,6 +42,17 @@ def max_bytes() -> int:
     return FALLBACK_BYTES
 
 
+# Half the memory available is more than this on any machine that has run a
+# program so far, so only a configured SPIREAD_MAX_BYTES can refuse a request
+# under it: a hot path (a sparsity pattern's nodes) need not read /proc/meminfo.
+SURELY_AVAILABLE_BYTES = 8 << 20
+
+
+def fits_anyway(nbytes: int) -> bool:
+    """`nbytes` is within the limit whatever the memory available now."""
+    return nbytes <= SURELY_AVAILABLE_BYTES and not os.environ.get("SPIREAD_MAX_BYTES")
+
+
 def human_bytes(n: int) -> str:
     """1.5 GB; exact integer arithmetic, so a size of 10³⁰⁰ bytes prints too."""
     n = int(n)

@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 import scipy.sparse as sp
 
-from .limits import check_bytes, max_bytes
+from .limits import check_bytes, fits_anyway, max_bytes
 from .sparsity_links import Columns, HessianPairs, Progression, csr_of, met, pulled, pushed_back, union_of
 from .structure import Entries, Links
 from .tape import Node, Tape
@@ -62,7 +63,7 @@ class Sweep:
     def __post_init__(self):
         nodes = self.tape.nodes
         self.sizes = [math.prod(nodes[i].shape) for i in self.wrt]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.offsets = np.array([0, *accumulate(self.sizes)], dtype=np.int64)
         self.n = int(self.offsets[-1])
         self.plan: list[Node] = self.tape.between(self.wrt, self.output)
         self.moving = {node.id for node in self.plan}
@@ -130,7 +131,7 @@ class Sweep:
         return Entries(node.op, tuple(nodes[i].shape for i in node.inputs), node.shape, node.params, nonzero)
 
     def _check(self, entries: int, node: Node) -> None:
-        if not entries:  # a pattern of progressions lists nothing
+        if fits_anyway(entries * 9):  # a pattern of progressions lists nothing
             return
         if self.limit is None:
             self.limit = max_bytes()
@@ -146,18 +147,36 @@ class Sweep:
     def hessian(self) -> sp.csr_array:
         """The pattern of the Hessian of the scalar output, symmetric."""
         nodes = self.tape.nodes
+        # Each node's adjoint entries (those the output depends on). Most are
+        # all of them, through a chain of elementwise ops: those share one
+        # read-only array of ones and are pushed and joined with no pass.
         adjoints: dict[int, np.ndarray] = {}
+        every: set[int] = set()
+        ones: dict[int, np.ndarray] = {}
+
+        def all_of(i: int) -> np.ndarray:
+            size = math.prod(nodes[i].shape)
+            if size not in ones:
+                ones[size] = np.ones(size, dtype=bool)
+                ones[size].flags.writeable = False
+            every.add(i)
+            return ones[size]
+
         if self.output in self.moving:
-            adjoints[self.output] = np.ones(math.prod(nodes[self.output].shape), dtype=bool)
+            adjoints[self.output] = all_of(self.output)
         found = HessianPairs(self.n)
         for node in reversed(self.plan):
             adj = adjoints.get(node.id)
-            if adj is None or node.op is None or not adj.any():
+            if adj is None or node.op is None or (node.id not in every and not adj.any()):
                 continue
             inputs = node.inputs
             for k, i in enumerate(inputs):
                 links = self.links.get((node.id, k))
-                if links is not None and nodes[i].op is not None:  # a leaf's adjoint would not be read
+                if links is None or nodes[i].op is None or i in every:  # a leaf's adjoint would not be read
+                    continue
+                if links.kind == "same" and node.id in every:
+                    adjoints[i] = all_of(i)
+                else:
                     back = pushed_back(links, adj)
                     adjoints[i] = back if i not in adjoints else adjoints[i] | back
             second = node.op.structure.second

@@ -44,12 +44,23 @@ def _banded(pattern: sp.csr_array) -> np.ndarray | None:
     """Columns coloured j mod (lower + upper + 1) when every nonzero lies
     within `lower` below and `upper` above the diagonal (Curtis–Powell–Reid):
     columns of one colour are further apart than any row reaches."""
-    coo = pattern.tocoo()
-    if coo.nnz == 0:  # nothing to recover: no colour, no sweep
+    if pattern.nnz == 0:  # nothing to recover: no colour, no sweep
         return np.full(pattern.shape[1], -1, dtype=np.int64)
-    offsets = coo.col.astype(np.int64) - coo.row
-    width = int(offsets.max()) - int(offsets.min()) + 1
-    return np.arange(pattern.shape[1]) % width if width < pattern.shape[1] else None
+    if pattern.has_sorted_indices:  # each row's first and last entry say how far it reaches
+        starts, ends = pattern.indptr[:-1], pattern.indptr[1:]
+        filled = ends > starts
+        if filled.all():
+            rows = np.arange(len(starts), dtype=starts.dtype)
+        else:
+            rows = np.flatnonzero(filled)
+            starts, ends = starts[rows], ends[rows]
+        reach = pattern.indices[starts] - rows, pattern.indices[ends - 1] - rows
+    else:
+        coo = pattern.tocoo()
+        reach = (coo.col.astype(np.int64) - coo.row,) * 2
+    width = int(reach[1].max()) - int(reach[0].min()) + 1
+    n = pattern.shape[1]
+    return np.tile(np.arange(width), -(-n // width))[:n] if width < n else None
 
 
 def _greedy_columns(pattern: sp.csr_array) -> np.ndarray:

@@ -358,6 +358,9 @@ def _sliced_first(i: int, e: Entries) -> Links:
     (whose place and strides say it all, so the numbers are not written
     unless the key picks a copy)."""
     shape, key = (e.size(), e.size(0)), e.params["key"]
+    if len(e.shapes[0]) == 1 and len(key) == 1 and isinstance(key[0], slice):  # v[a:b:c], said by the slice
+        start, _, step = key[0].indices(e.shapes[0][0])
+        return Links.strided(shape, start, step)
     places = np.empty(e.size(0), dtype=np.int64)
     viewed = Links.viewed(shape, places.reshape(e.shapes[0])[key], places)
     if viewed is not None:
