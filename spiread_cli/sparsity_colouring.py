@@ -7,7 +7,7 @@ them, and one sweep per colour recovers every nonzero."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,17 +22,14 @@ class Colouring:
     has no colour (every column -1): it takes no sweep."""
     colours: np.ndarray
     kind: str
+    count: int = field(init=False)  # the colours: one sweep each
 
-    @property
-    def count(self) -> int:
-        return int(self.colours.max()) + 1 if len(self.colours) else 0
+    def __post_init__(self):
+        self.count = int(self.colours.max()) + 1 if len(self.colours) else 0
 
     def seeds(self) -> np.ndarray:
         """The colours' seed directions, colours × columns: the sum of each colour's unit vectors."""
-        seeds = np.zeros((self.count, len(self.colours)))
-        coloured = np.flatnonzero(self.colours >= 0)
-        seeds[self.colours[coloured], coloured] = 1.0
-        return seeds
+        return (self.colours[None, :] == np.arange(self.count)[:, None]).astype(np.float64)
 
 
 def _lists(m: sp.csr_array) -> list[list[int]]:
@@ -54,7 +51,7 @@ def _banded(pattern: sp.csr_array) -> np.ndarray | None:
         else:
             rows = np.flatnonzero(filled)
             starts, ends = starts[rows], ends[rows]
-        reach = pattern.indices[starts] - rows, pattern.indices[ends - 1] - rows
+        reach = np.take(pattern.indices, starts) - rows, np.take(pattern.indices, ends - 1) - rows
     else:
         coo = pattern.tocoo()
         reach = (coo.col.astype(np.int64) - coo.row,) * 2
@@ -153,16 +150,17 @@ class Recovery:
             pattern.sum_duplicates()
         self.shape, self.indptr, self.indices = pattern.shape, pattern.indptr, pattern.indices
         rows = np.repeat(np.arange(pattern.shape[0], dtype=np.int64), np.diff(self.indptr))
-        cols = self.indices.astype(np.int64, copy=False)
+        cols = self.indices
         colours = colouring.colours
-        colour = colours[cols].astype(np.int64, copy=False)
+        colour = np.take(colours, cols).astype(np.int64, copy=False)
         if colouring.kind != "columns":
             # Entry (i, j) is H·seed[colour j] at i when no other entry of row i
             # has j's colour; else (a star colouring guarantees it) H·seed[colour i] at j.
             k = colouring.count
             counts = np.bincount(rows * k + colour, minlength=pattern.shape[0] * k)
             unique_in_row = counts[rows * k + colour] == 1
-            rows, colour = np.where(unique_in_row, rows, cols), np.where(unique_in_row, colour, colours[rows])
+            rows, colour = (np.where(unique_in_row, rows, cols),
+                            np.where(unique_in_row, colour, np.take(colours, rows)))
         colour *= pattern.shape[0]
         colour += rows
         self.at = colour  # in the products laid out colours × rows
