@@ -50,7 +50,7 @@ SURELY_AVAILABLE_BYTES = 8 << 20
 
 def fits_anyway(nbytes: int) -> bool:
     """`nbytes` is within the limit whatever the memory available now."""
-    return nbytes <= SURELY_AVAILABLE_BYTES and not os.environ.get("SPIREAD_MAX_BYTES")
+    return nbytes == 0 or (nbytes <= SURELY_AVAILABLE_BYTES and not os.environ.get("SPIREAD_MAX_BYTES"))
 
 
 def human_bytes(n: int) -> str:

@@ -3,7 +3,9 @@
 slice's as a `Progression` — or a scipy.sparse 0/1 matrix; J pulled through
 an op's first-order links (`pulled`, `union_of`), the output's adjoint
 entries pushed back (`pushed_back`), and the pairs an op's second-order
-links meet collected into the Hessian's pattern (`met`, `HessianPairs`)."""
+links meet collected into the Hessian's pattern (`met`, `HessianPairs`);
+a pattern of diagonals (a chain's Hessian, a stencil's Jacobian) becomes
+CSR through `band_csr`."""
 
 from __future__ import annotations
 
@@ -123,11 +125,12 @@ class Columns:
 
 def _windows(out: np.ndarray, first: int, width: int) -> None:
     """Fill `out` with the rows first + r, …, first + r + width - 1 (r = 0,
-    1, …) end to end: the first row, then the rows so far copied one row
-    count up, doubling (contiguous passes, where a column at a time would
-    write with a stride)."""
-    done = min(width, len(out))
-    out[:done] = np.arange(first, first + done)
+    1, …) end to end: a first block of rows, then the rows so far copied,
+    each raised by their count, doubling (contiguous passes, where a
+    column at a time would write with a stride)."""
+    rows = min(len(out) // width, 256)  # a first block at once, then fewer doublings
+    done = rows * width
+    out[:done] = np.add.outer(np.arange(first, first + rows), np.arange(width)).ravel()
     while done < len(out):
         more = min(done, len(out) - done)
         np.add(out[:more], done // width, out=out[done:done + more])
