@@ -106,9 +106,9 @@ class Columns:
     def csr(self, n: int) -> sp.csr_array:
         if not self.columns:
             return sp.csr_array((self.size, n), dtype=bool)
-        if all(type(c) is Progression and c.step == 1 for c in self.columns):
-            # Each column a diagonal (row r at r + start): a band.
-            offsets = [c.start for c in self.columns]
+        offsets = [c.start for c in self.columns if type(c) is Progression and c.step == 1]
+        if len(offsets) == len(self.columns) and max(offsets) - min(offsets) < 8 * len(offsets):
+            # Each column a diagonal (row r at r + start), near each other: a band.
             low = min(offsets)
             cells = np.zeros((max(offsets) - low + 1, self.size), dtype=bool)
             for c in self.columns:
@@ -145,15 +145,16 @@ def band_csr(cells: np.ndarray, low: int, n: int) -> sp.csr_array:
     Jacobian) is written out without reading the cells."""
     width, rows = cells.shape
     kind = np.int32 if max(n, rows * width) < 2 ** 31 else np.int64
-    # Rows top..bottom-1 have all their cells within the matrix; the few others, some.
+    # Rows top..bottom-1 have all their cells within the matrix; the few others (edges), some.
     top = min(max(-low, 0), rows)
     bottom = max(min(n - low - width + 1, rows), top)
-    edges = [*range(top), *range(bottom, rows)]
-    first = {r: max(0, -low - r) for r in edges}
-    inside = {r: max(min(width, n - low - r) - first[r], 0) for r in edges}
-    full = sum(inside.values()) + (bottom - top) * width
+    edges = [*range(top), *range(bottom, rows)] if rows - (bottom - top) <= 64 else None
+    if edges is not None:
+        first = {r: max(0, -low - r) for r in edges}
+        inside = {r: max(min(width, n - low - r) - first[r], 0) for r in edges}
+        full = sum(inside.values()) + (bottom - top) * width
     indptr = np.empty(rows + 1, dtype=kind)
-    if np.count_nonzero(cells) == full:
+    if edges is not None and np.count_nonzero(cells) == full:
         indptr[0] = 0
         for r in range(top):
             indptr[r + 1] = indptr[r] + inside[r]

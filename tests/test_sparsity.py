@@ -434,7 +434,7 @@ def _written(column, n: int) -> np.ndarray:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 12), st.integers(1, 12), st.data())
+@given(st.integers(1, 12), st.integers(1, 40), st.data())
 def test_progressions_pulled_through_slices_and_gathers_are_their_arrays_pulled(length, n, data):
     """A progression (a slice's or a concatenated block's rows, never listed)
     pulled through a strided or copying link, or read in a band, gives the
@@ -443,6 +443,8 @@ def test_progressions_pulled_through_slices_and_gathers_are_their_arrays_pulled(
     column = data.draw(progressions(length, n), label="column")
     written = _written(column, n)
     np.testing.assert_array_equal(Columns(length, [column]).csr(n).toarray(), written)
+    other = data.draw(progressions(length, n), label="other")  # two columns: a band, or apart
+    np.testing.assert_array_equal(Columns(length, [column, other]).csr(n).toarray(), written | _written(other, n))
     size = data.draw(st.integers(1, 12), label="size")
     cols = np.array(data.draw(st.lists(st.integers(-1, length - 1), min_size=size, max_size=size), label="cols"))
     for links in (Links.gathered((size, length), cols), Links.copies((size, length), cols)):
@@ -461,10 +463,11 @@ def test_progressions_pulled_through_slices_and_gathers_are_their_arrays_pulled(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 15), st.integers(1, 15), st.integers(-4, 4), st.integers(1, 5), st.booleans(), st.data())
+@given(st.integers(1, 80), st.integers(1, 80), st.integers(-90, 90), st.integers(1, 5), st.booleans(), st.data())
 def test_a_band_of_cells_is_written_out_as_its_matrix(rows, n, low, width, filled, data):
     """band_csr: row r has column r + low + c wherever cells[c, r]; a band
-    with every cell within the matrix set takes the path that never reads them."""
+    with every cell within the matrix set and few rows at its edges takes
+    the path that never reads them."""
     from spiread_cli.sparsity_links import band_csr
     r, c = np.meshgrid(np.arange(rows), np.arange(width))
     within = (r + low + c >= 0) & (r + low + c < n)
