@@ -16,7 +16,8 @@ Hessian is tridiagonal. In one process, timed round-robin (the best of the round
 - `jax.jit(jax.hessian(f))` dense, where it fits (n = 10⁴: 800 MB),
 - a hand-written tridiagonal Hessian in numpy (three diagonals, a CSR matrix);
 - the pattern against one dense gradient of the same program (spiread's
-  reverse sweep on the recorded run);
+  reverse sweep on the recorded run), and the same for examples/bratu.ad's
+  loss (a padded stencil's squared residual: pentadiagonal);
 - peak memory of the end-to-end sparse Hessian (tracemalloc), per entry of x;
 - sparse Newton (`train --optimizer newton --sparse`) against
   `scipy.optimize.minimize(method="L-BFGS-B")` with spiread's gradients, to
@@ -119,6 +120,19 @@ def hessian_factories(n: int) -> dict:
     return factories
 
 
+def bratu_pattern_factories(n: int) -> dict:
+    """examples/bratu.ad's loss (half the squared residual of a padded
+    stencil: a pentadiagonal Hessian): its pattern against its gradient."""
+    from spiread_cli.diagnostics import Source
+    from spiread_cli.program import Program
+    from spiread_cli.sparsity import hessian_pattern
+    text = (ROOT / "examples" / "bratu.ad").read_text()
+    run = Program.parse(Source("bratu.ad", text), ROOT).run({"u": start(n) / 2})
+    ids = [run.bindings["u"]]
+    return {"bratu: spiread pattern": lambda: lambda: hessian_pattern(run.tape, run.output, ids),
+            "bratu: spiread dense gradient": lambda: lambda: run.tape.backward(run.output, ids)}
+
+
 def peak_memory(n: int) -> float:
     """Peak bytes traced while computing the sparse Hessian end to end, per entry of x."""
     import spiread_cli
@@ -166,13 +180,15 @@ def main() -> None:
     args = parser.parse_args()
     rounds = 3 if args.quick else 7
     for n in (10_000, 100_000):
-        results = interleaved(hessian_factories(n), rounds, 1, statistic=min)
+        results = interleaved(hessian_factories(n) | bratu_pattern_factories(n), rounds, 1, statistic=min)
         print(f"\nn = {n:,}: sparse Hessian of the chained Rosenbrock function (best of {rounds} interleaved rounds, "
               f"load average {os.getloadavg()[0]:.1f})")
         hand = results["numpy by hand"]
         for name, seconds in results.items():
             print(f"  {name:64s} {seconds * 1e3:10.3f} ms  {seconds / hand:8.2f}× numpy by hand")
-        print(f"  pattern ÷ dense gradient: {results['spiread pattern'] / results['spiread dense gradient']:.2f}")
+        print(f"  pattern ÷ dense gradient: {results['spiread pattern'] / results['spiread dense gradient']:.2f}"
+              f" (bratu.ad's loss: "
+              f"{results['bratu: spiread pattern'] / results['bratu: spiread dense gradient']:.2f})")
         run, ids, order, pattern, colouring = spiread_parts(start(n))
         print(f"  sweeps: {colouring.count} ({colouring.kind} colouring), {pattern.nnz} nonzeros")
         print(f"  peak memory, end to end: {peak_memory(n):.0f} bytes per entry of x")

@@ -13,7 +13,9 @@ entries between two sparse ones leaves page faults and cold caches that a
 median would count): spiread's sparse Jacobian end to end (parse, record,
 the pattern, the colouring, the batched sweeps, the recovery), the same on
 one recorded run (no parse, no recording), and of that the pattern and
-colouring alone (the rest is the sweeps and the recovery); spiread's dense
+colouring alone (the rest is the sweeps and the recovery), and the pattern
+alone against one reverse sweep of the same run (the vector-Jacobian
+product of one cotangent: what one gradient of the program costs); spiread's dense
 Jacobian (`Program.jacobian`, n² entries), and `jax.jit(jax.jacfwd(f))`
 dense where JAX is installed; each sparse result is checked equal to the
 dense one first.
@@ -22,6 +24,7 @@ dense one first.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -54,13 +57,19 @@ def implementations(text: str, f, x: np.ndarray, with_dense: bool) -> dict:
     from spiread_cli.program import Program
     from spiread_cli.sources import Source
 
+    from spiread_cli.sparsity import jacobian_pattern as pattern_alone
+
     prog = spiread_cli.compile(text)
     recorded = Program.parse(Source("bench.ad", text), ROOT).run({"x": x})
     expected = prog.jacobian(x=x, wrt="x", sparse=True)
+    tape, output, wrt = recorded.tape, recorded.output, [recorded.bindings["x"]]
+    cotangent = np.ones((1,) + tape.nodes[output].shape)
     steps = {
         "spiread sparse, end to end": lambda: lambda: prog.jacobian(x=x, wrt="x", sparse=True),
         "spiread sparse, recorded run": lambda: lambda: sparse_jacobian(recorded, ["x"]),
         "  of which pattern + colouring": lambda: lambda: jacobian_pattern(recorded, ["x"]),
+        "  of which pattern": lambda: lambda: pattern_alone(tape, output, wrt),
+        "one reverse sweep (a VJP)": lambda: lambda: tape.backward(output, wrt, cotangents=cotangent),
     }
     if with_dense:
         dense = prog.jacobian(x=x, wrt="x").blocks["x"]
@@ -88,10 +97,14 @@ def main() -> None:
         steps, sweeps = implementations(text, f, x, not args.no_dense)
         times = interleaved(steps, rounds, 1, statistic=min)
         fastest_dense = min((t for k, t in times.items() if "dense" in k), default=None)
-        print(f"{name}, n = {args.n}: {sweeps} sweep(s)")
+        print(f"{name}, n = {args.n}: {sweeps} sweep(s) (best of {rounds} interleaved rounds, "
+              f"load average {os.getloadavg()[0]:.1f})")
         for k, t in times.items():
             ratio = f"  ({fastest_dense / t:.0f}x faster than the fastest dense)" if fastest_dense and "spiread sparse" in k else ""
-            print(f"  {k:30s} {t * 1e3:10.2f} ms{ratio}")
+            print(f"  {k:30s} {t * 1e3:10.3f} ms{ratio}")
+        print(f"  pattern ÷ one reverse sweep: {times['  of which pattern'] / times['one reverse sweep (a VJP)']:.2f}; "
+              f"pattern + colouring ÷ it: "
+              f"{times['  of which pattern + colouring'] / times['one reverse sweep (a VJP)']:.2f}")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ class Sweep:
         self.plan: list[Node] = self.tape.between(self.wrt, self.output)
         self.moving = {node.id for node in self.plan}
         self.limit: int | None = None  # read when a pattern first holds entries
+        self.ones: dict[int, np.ndarray] = {}
         self.patterns: dict[int, Columns | sp.csr_array] = {}
         self.links: dict[tuple[int, int], Links] = {}
         self.entries: dict[int, Entries] = {}
@@ -121,14 +122,22 @@ class Sweep:
         def nonzero(k: int) -> np.ndarray:
             i = node.inputs[k]
             if i in self.moving_flat:
-                return np.ones(math.prod(nodes[i].shape), dtype=bool)
-            value = np.ravel(nodes[i].value) != 0
-            if i in self.moving:
-                j = self.pattern(i)
-                value |= j.rows_used() if type(j) is Columns else np.diff(j.indptr) > 0
-            return value
+                return self.every(math.prod(nodes[i].shape))
+            if i not in self.moving:
+                return np.ravel(nodes[i].value) != 0
+            j = self.pattern(i)
+            if type(j) is Columns and any(type(c) is Progression and c.whole for c in j.columns):
+                return self.every(j.size)  # every entry moves: none is a structural zero
+            return (np.ravel(nodes[i].value) != 0) | (j.rows_used() if type(j) is Columns else np.diff(j.indptr) > 0)
 
         return Entries(node.op, tuple(nodes[i].shape for i in node.inputs), node.shape, node.params, nonzero)
+
+    def every(self, size: int) -> np.ndarray:
+        """`size` entries, all set: one read-only array for every use of that size."""
+        if size not in self.ones:
+            self.ones[size] = np.ones(size, dtype=bool)
+            self.ones[size].flags.writeable = False
+        return self.ones[size]
 
     def _check(self, entries: int, node: Node) -> None:
         if fits_anyway(entries * 9):  # a pattern of progressions lists nothing
@@ -152,15 +161,10 @@ class Sweep:
         # read-only array of ones and are pushed and joined with no pass.
         adjoints: dict[int, np.ndarray] = {}
         every: set[int] = set()
-        ones: dict[int, np.ndarray] = {}
 
         def all_of(i: int) -> np.ndarray:
-            size = math.prod(nodes[i].shape)
-            if size not in ones:
-                ones[size] = np.ones(size, dtype=bool)
-                ones[size].flags.writeable = False
             every.add(i)
-            return ones[size]
+            return self.every(math.prod(nodes[i].shape))
 
         if self.output in self.moving:
             adjoints[self.output] = all_of(self.output)
