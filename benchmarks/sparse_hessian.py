@@ -8,7 +8,7 @@ Hessian is tridiagonal. In one process, timed round-robin (the best of the round
 - spiread `Program.hessian(sparse=True)` end to end (parse, record, pattern,
   colouring, the HVP sweeps, recovery), and its parts on one recorded run:
   the pattern, the colouring, the sparse Hessian set up each call (pattern,
-  colouring, recovery and the sweeps: `SecondOrder.sparse_hessian`), the
+  colouring, recovery and the sweeps: a new `second.SparseHessians`), the
   evaluation from a pattern (3 HVPs pushed as one batch through the recorded
   gradient, planned, and the recovery worked out), and that evaluation
   "prepared" (sweeps planned and recovery worked out before, as Newton's
@@ -80,9 +80,10 @@ def spiread_parts(x: np.ndarray):
     return run, ids, order, pattern, colouring
 
 
-def prepared(run, order, pattern, colouring):
+def prepared(run, order, pattern=None, colouring=None):
     """The evaluation as Newton's steps call it: the sweeps planned and the
-    recovery worked out once (second.SparseHessians), then only the sweeps
+    recovery worked out once (second.SparseHessians, from the pattern and
+    colouring given, else read and coloured here), then only the sweeps
     and the gather."""
     from spiread_cli import second
     hessians = second.SparseHessians(run.tape, run.output, {i: order.grad_ids[i] for i in order.ids.values()},
@@ -101,7 +102,7 @@ def hessian_factories(n: int) -> dict:
         "spiread sparse, end to end": lambda: lambda: program.hessian(x=x, wrt="x", sparse=True),
         "spiread pattern": lambda: lambda: hessian_pattern(run.tape, run.output, ids),
         "spiread colouring": lambda: lambda: colour_symmetric(pattern),
-        "spiread set up each call (pattern, colouring, recovery, sweeps)": lambda: lambda: order.sparse_hessian(),
+        "spiread set up each call (pattern, colouring, recovery, sweeps)": lambda: lambda: prepared(run, order)(),
         "spiread evaluation from a pattern (plan, recovery, sweeps)":
             lambda: lambda: prepared(run, order, pattern, colouring)(),
         "spiread evaluation, prepared": lambda: prepared(run, order, pattern, colouring),
