@@ -27,31 +27,38 @@ def _sizes(self: Elaborator, args: list[Arg], name: str, call) -> tuple[int, ...
     return sizes
 
 
+def _literal(arg: Arg) -> bool:
+    """Whether an argument is made of the program's literals alone (`Const.fixed`), not of data."""
+    value = arg.value
+    return (isinstance(value, Const) and value.fixed) or (
+        isinstance(value, TupleValue) and all(_literal(item) for item in value.items))
+
+
 def _filled(name: str, maker: Callable) -> Callable:
     """zeros, ones: a constant of the given sizes."""
     def body(self: Elaborator, args, keywords, call):
         sizes = _sizes(self, args, name, call)
         self.check_size(sizes, call.span, call.at)
-        return Const(maker(sizes))
+        return Const(maker(sizes), fixed=True)  # its entries whatever the sizes (a count of rows, say)
     return body
 
 
 def _full(self: Elaborator, args, keywords, call):
     sizes = _sizes(self, args[:-1], "full", call)
     self.check_size(sizes, call.span, call.at)
-    return Const(np.full(sizes, self.number(args[-1], "the fill value of `full`")))
+    return Const(np.full(sizes, self.number(args[-1], "the fill value of `full`")), fixed=_literal(args[-1]))
 
 
 def _eye(self: Elaborator, args, keywords, call):
     (n,) = _sizes(self, args, "eye", call)
     self.check_size((n, n), call.span, call.at)
-    return Const(np.eye(n))
+    return Const(np.eye(n), fixed=True)
 
 
 def _arange(self: Elaborator, args, keywords, call):
     (n,) = _sizes(self, args, "arange", call)
     self.check_size((n,), call.span, call.at)
-    return Const(np.arange(n, dtype=float))
+    return Const(np.arange(n, dtype=float), fixed=True)
 
 
 def _random(name: str, kind: str) -> Callable:
@@ -63,7 +70,7 @@ def _random(name: str, kind: str) -> Callable:
                                keywords["seed"].expr.span)
         self.check_size(sizes, call.span, call.at)
         rng = np.random.default_rng(seed)
-        return Const(rng.standard_normal(sizes) if kind == "normal" else rng.random(sizes))
+        return Const(rng.standard_normal(sizes) if kind == "normal" else rng.random(sizes), fixed=True)
     return body
 
 
@@ -78,7 +85,7 @@ def _onehot(self: Elaborator, args, keywords, call):
     self.check_size((len(labels), n), call.span, call.at)
     out = np.zeros((len(labels), n))
     out[np.arange(len(labels)), labels] = 1.0
-    return Const(out)
+    return Const(out, fixed=_literal(args[0]))
 
 
 def _load(self: Elaborator, args, keywords, call):

@@ -199,6 +199,8 @@ IDENTITIES = {
     "a sum's ones": ("x = [0.5, -1.5]\ny = [2.0, 3.0]\nloss = (x * y).sum\n", ["x", "y"], {"scale by ones"}),
     "double negation": ("x = [0.5, -1.5]\nloss = (-(-x)).exp.sum\n", ["x"], {"neg of neg"}),
     "transposes": ("A = [[1.0, 2.0], [3.0, 4.0]]\nloss = (A.T.T * A).sum\n", ["A"], {"transpose of transpose"}),
+    "a constructor's ones": ("x = [0.5, -1.5]\nloss = (x / ones(2)).sum + (x ** ones(2, 1).sum).sum\n", ["x"],
+                             {"div by ones", "pow by ones"}),
     "a literal's arithmetic": ("x = [0.5, -1.5]\nloss = (x ** 3).sum\n", ["x"], {"sub of constants"}),
     "chained Rosenbrock": ((REPO / "examples" / "chained_rosenbrock.ad").read_text(), ["x"],
                            {"pow by ones", "scale by ones", "broadcastTo of constants"}),
@@ -234,14 +236,15 @@ def test_the_chained_rosenbrocks_gradient_negates_nothing_and_raises_to_no_power
 def test_only_literals_and_rules_constants_are_fixed(tmp_path):
     np.save(tmp_path / "ones.npy", np.ones(3))
     r = run('x = [1.0, 2.0, 3.0]\nd = x * load("ones.npy")\nn = x * rows(x)\nk = x * (2 * 3)\n'
-            'loss = (d + n + k + x ** 2).sum\n', base_dir=tmp_path)
+            'f = x * full(3, rows(x))\no = x * ones(3)\nl = x * full(3, 2.5)\n'
+            'loss = (d + n + k + f + o + l + x ** 2).sum\n', base_dir=tmp_path)
     nodes = r.tape.nodes
 
     def leaf_of(name: str):
         return next(nodes[i] for i in nodes[r.bindings[name]].inputs if nodes[i].op is None and nodes[i].kind == "const")
 
-    assert not leaf_of("d").fixed and not leaf_of("n").fixed  # a file's data, a count of rows
-    assert leaf_of("k").fixed  # literals, folded
+    assert not any(leaf_of(name).fixed for name in "dnf")  # a file's data, a count of rows, one filled with it
+    assert all(leaf_of(name).fixed for name in "kol")  # literals, folded; constructors of literals
     assert not nodes[r.bindings["x"]].fixed  # an input: train, check and --set give it other values
     first = len(nodes)
     grads = r.tape.backward_graph(r.output, [r.bindings["x"]])
