@@ -358,7 +358,7 @@ class Tape:
                 gi = node.op.derivative(k, g, node.id, *node.inputs, emit=emit, **node.params)
                 if gi is None:  # a derivative that is 0 (stopGradient, a mask)
                     continue
-                if births is not None:
+                if births is not None and not nodes[gi].finite:  # (`finite` is kept: a node's result is read once)
                     births.reverse(node, nodes[g].value, k, nodes[gi].value)
                 i = same.get(i, i)
                 if i in adjoints:
