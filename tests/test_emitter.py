@@ -274,3 +274,49 @@ def test_a_gradient_recorded_at_ones_follows_the_data_when_it_changes():
         expected = tape.backward(output, wrt)
         for i in wrt:
             np.testing.assert_allclose(tape.nodes[grads[i]].value, expected[i], rtol=1e-14, atol=1e-14)
+
+
+def test_hessians_and_hvps_on_dask_where_a_chunk_of_the_data_is_ones(tmp_path):
+    """Row chunks replay a chunk's recording (and its recorded gradient) with
+    the next chunk's rows in its data leaves: rows of ones in the first chunk
+    must not have let a product by them be left out. The numbers are the
+    numpy backend's."""
+    pytest.importorskip("distributed")
+    import spiread_cli
+    X = np.random.default_rng(2).standard_normal((70, 3))
+    X[:30] = 1.0
+    np.save(tmp_path / "X.npy", X)
+    (tmp_path / "p.ad").write_text('X = load("X.npy")\nw = [0.5, -1.0, 0.25]\nb = [2.0, 1.0, -0.5]\n'
+                                   "loss = ((X @@ w) ** 2).sum + (X * b).sum + (X * w * X).sum\n")
+    v = {"w": np.array([1.0, -2.0, 0.5]), "b": np.array([0.0, 1.0, 3.0])}
+    results = []
+    for options in ({}, {"backend": "dask", "chunk_rows": 30}):
+        with spiread_cli.load(str(tmp_path / "p.ad"), **options) as program:
+            results.append((program.hessian(wrt=["w", "b"]).blocks, program.hessian(wrt=["w", "b"], hvp=v).products))
+    (dense, products), (dense_on_dask, products_on_dask) = results
+    for a in ("w", "b"):
+        np.testing.assert_allclose(products_on_dask[a], products[a], rtol=1e-12, atol=1e-12, err_msg=a)
+        for b in ("w", "b"):
+            np.testing.assert_allclose(dense_on_dask[a][b], dense[a][b], rtol=1e-12, atol=1e-12, err_msg=f"{a} {b}")
+
+
+@pytest.mark.parametrize("source", [
+    "x = [1e200, 2.0]\nloss = (x ** 3).sum\n",                 # the second derivative overflows in pow's rule
+    "x = [0.0, 2.0]\nloss = (x ** 0.5).sum\n",                 # 0 ** -0.5 and -0.5 in the derivative's derivative
+    "x = [1e300, 1.0]\ny = [1e10, 1.0]\nloss = ((1 - x) * y * x).sum\n",  # a product by a constant, negated
+])
+def test_second_derivatives_warn_where_they_did(source, unsimplified):
+    """Where a non-finite second derivative is born, and what is said about
+    it, are what they were with every op of the statements recorded."""
+    def warned():
+        r = run(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = second.hessian(r, ["x"]).blocks["x"]["x"]
+        return blocks, [(w.message, w.span) for w in r.diagnostics.warnings]
+
+    got, said = warned()
+    unsimplified()
+    expected, said_before = warned()
+    same_bits(got, expected, source)
+    assert said == said_before and said
