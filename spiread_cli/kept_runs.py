@@ -117,7 +117,7 @@ class KeptRuns:
                 if not kept.files_unchanged():
                     return None
                 self.kept.insert(0, kept)
-                return kept if kept.replayed(bindings) else None
+                return kept if kept.replayed(bindings) else None  # refused: a fresh run that does not warn replaces it
         return None
 
     def done(self, kept: Kept) -> None:
@@ -139,12 +139,19 @@ class KeptRuns:
                     [node for node in nodes if node.op is not None], len(nodes))
         run.files = []  # held as fingerprints now
         with self.lock:
-            self.kept.insert(0, kept)
-            del self.kept[self.size:]
+            # one run per signature: a call made while the lock was taken ran afresh beside it
+            self.kept = [kept, *(k for k in self.kept if not k.matches(signature, bindings))][:self.size]
 
     def clear(self) -> None:
         with self.lock:
             self.kept.clear()
+
+    def __getstate__(self) -> dict:
+        """A copied or pickled Program keeps no runs (they hold tapes, and a lock)."""
+        return {"size": self.size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["size"])
 
 
 def _deciders(run: Run, leaves: dict[str, Node]) -> list[str]:

@@ -85,7 +85,7 @@ class SecondOrder:
         order, each value's entries flat), from one Hessian-vector product
         per colour of its pattern (`SparseHessians`). Returns (matrix,
         colouring)."""
-        if self._sparse is None:
+        if self._sparse is None or not self._sparse.pattern_holds():
             self._sparse = SparseHessians(self.run.tape, self.run.output,
                                           {i: self.grad_ids[i] for i in self.ids.values()},
                                           diagnostics=self.run.diagnostics)
@@ -123,10 +123,15 @@ class SparseHessians:
 
     def __init__(self, tape: Tape, output: int, grad_ids: dict[int, int], pattern=None, colouring=None,
                  diagnostics: Diagnostics | None = None):
-        from .sparsity import hessian_pattern
+        from .sparsity import Sweep
         from .sparsity_colouring import Recovery, colour_symmetric
         self.wrt = list(grad_ids)
-        self.pattern = hessian_pattern(tape, output, self.wrt) if pattern is None else pattern
+        self.tape = tape
+        self.zeros_read: dict[int, np.ndarray] = {}  # what a given pattern read is its giver's to watch
+        if pattern is None:
+            sweep = Sweep(tape, output, self.wrt)
+            pattern, self.zeros_read = sweep.hessian(), sweep.zeros_read
+        self.pattern = pattern
         self.colouring = colour_symmetric(self.pattern) if colouring is None else colouring
         self.recovery = Recovery(self.pattern, self.colouring)
         self.seeds = self.colouring.seeds()
@@ -135,6 +140,13 @@ class SparseHessians:
         self.shapes = [nodes[i].value.shape for i in self.wrt]
         self.cuts = np.cumsum([0] + [math.prod(s) for s in self.shapes])
         self.sweeps = [ForwardSweep(tape, grad_ids[a], self.wrt) for a in self.wrt]
+
+    def pattern_holds(self) -> bool:
+        """Whether the pattern is still exact at the tape's values: a
+        constant's zeros are structural, so other values of a binding not
+        differentiated by (a kept run replayed with new data) can move them."""
+        from .sparsity import zeros_hold
+        return zeros_hold(self.tape, self.zeros_read)
 
     def __call__(self, budget_bytes: int = TANGENT_BUDGET_BYTES):
         seeds, k = self.seeds, len(self.seeds)

@@ -75,6 +75,9 @@ class Sweep:
         # Nodes whose values move with the inputs through an op with no
         # derivative (a comparison, x.value): their zeros are not structural.
         self.moving_flat: set[int] = set()
+        # Which entries of a value were nonzero, as the rules read them: the
+        # pattern holds for other values while these masks do (`zeros_hold`).
+        self.zeros_read: dict[int, np.ndarray] = {}
         self.seeds = {i: p for p, i in enumerate(self.wrt)}
         for node in self.plan:
             if node.op is None:
@@ -124,13 +127,18 @@ class Sweep:
             if i in self.moving_flat:
                 return self.every(math.prod(nodes[i].shape))
             if i not in self.moving:
-                return np.ravel(nodes[i].value) != 0
+                return self._read_zeros(i)
             j = self.pattern(i)
             if type(j) is Columns and any(type(c) is Progression and c.whole for c in j.columns):
                 return self.every(j.size)  # every entry moves: none is a structural zero
-            return (np.ravel(nodes[i].value) != 0) | (j.rows_used() if type(j) is Columns else np.diff(j.indptr) > 0)
+            return self._read_zeros(i) | (j.rows_used() if type(j) is Columns else np.diff(j.indptr) > 0)
 
         return Entries(node.op, tuple(nodes[i].shape for i in node.inputs), node.shape, node.params, nonzero)
+
+    def _read_zeros(self, i: int) -> np.ndarray:
+        if i not in self.zeros_read:
+            self.zeros_read[i] = np.ravel(self.tape.nodes[i].value) != 0
+        return self.zeros_read[i]
 
     def every(self, size: int) -> np.ndarray:
         """`size` entries, all set: one read-only array for every use of that size."""
@@ -205,3 +213,10 @@ def jacobian_pattern(tape: Tape, output: int, wrt: list[int]) -> sp.csr_array:
 
 def hessian_pattern(tape: Tape, output: int, wrt: list[int]) -> sp.csr_array:
     return Sweep(tape, output, wrt).hessian()
+
+
+def zeros_hold(tape: Tape, zeros_read: dict[int, np.ndarray]) -> bool:
+    """Whether the values a pattern read (`Sweep.zeros_read`) still have
+    their zeros where they had them: if so, the pattern is still exact."""
+    nodes = tape.nodes
+    return all(np.array_equal(np.ravel(nodes[i].value) != 0, mask) for i, mask in zeros_read.items())

@@ -61,6 +61,8 @@ def plain(result):
         return result.shape, (result + 0.0).tobytes()
     if result is None or isinstance(result, str):
         return result
+    if hasattr(result, "toarray"):  # a sparse Jacobian or Hessian (scipy.sparse), or a pattern
+        return plain(result.toarray()), getattr(result, "sweeps", None)
     return tuple((name, plain(getattr(result, name))) for name in vars(result))
 
 
@@ -77,7 +79,7 @@ def assert_as_fresh(prog, source: str, task: str, bindings: dict, **options):
 # ------------------------------------------------------- random programs
 
 
-TASKS = ("eval", "grad", "hessian", "hvp", "jacobian")
+TASKS = ("eval", "grad", "hessian", "hvp", "sparse hessian", "hessian pattern", "jacobian", "sparse jacobian")
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -88,7 +90,7 @@ def test_random_programs_called_again_give_what_a_fresh_program_gives(program, d
     task = data.draw(st.sampled_from(TASKS), label="task")
     names = [n for n in program.names if n in program.inputs]
     options: dict = {}
-    if task in ("hessian", "hvp", "jacobian"):
+    if task not in ("eval", "grad"):
         wrt = [n for n in program.default_wrt() if n in program.inputs][:2]
         if not wrt:
             task = "grad"
@@ -97,13 +99,32 @@ def test_random_programs_called_again_give_what_a_fresh_program_gives(program, d
             if task == "hvp":
                 rng = np.random.default_rng(0)
                 options["hvp"] = {n: rng.standard_normal(np.shape(program.inputs[n])) for n in wrt}
-    call = "hessian" if task == "hvp" else task
+            options.update({"sparse hessian": {"sparse": True}, "hessian pattern": {"pattern": True},
+                            "sparse jacobian": {"sparse": True}}.get(task, {}))
+    call = task.split()[-1].replace("hvp", "hessian").replace("pattern", "hessian")
     prog = spiread_cli.compile(program.source)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    for scale in (0.0, 0.05, 0.2):
+    for scale in (0.0, 0.05, 0.2, None):
+        # the last call's values are new: zeros, other signs (what a pattern or a derivative's branch reads)
         values = {n: np.asarray(program.inputs[n], dtype=float) * (1 + scale * rng.standard_normal(
-            np.shape(program.inputs[n]))) for n in names}
+            np.shape(program.inputs[n]))) if scale is not None else
+            np.where(rng.random(np.shape(program.inputs[n])) < 0.3, 0.0, rng.standard_normal(np.shape(program.inputs[n])))
+            for n in names}
         assert_as_fresh(prog, program.source, call, values, **options)
+
+
+def test_a_sparse_hessian_follows_the_zeros_of_a_binding_not_differentiated_by():
+    """A constant's zeros are structural (the pattern of (a * x).sum² has a
+    zero row where a has a zero): a kept run's pattern is read again when
+    they move, and not when only the values differentiated by move."""
+    source = "a = zeros(3)\nx = zeros(3)\nloss = (a * x).sum.square\n"
+    prog = spiread_cli.compile(source)
+    for a in ([1.0, 0.0, 1.0], [1.0, 1.0, 1.0], [0.0, 2.0, 0.0], [0.0, 3.0, 0.0]):
+        got = prog.hessian(a=np.array(a), x=np.array([0.5, -1.0, 2.0]), wrt="x", sparse=True)
+        np.testing.assert_array_equal(got.toarray(), 2 * np.outer(a, a))
+        assert got.sweeps == sum(1 for v in a if v)
+        assert_as_fresh(prog, source, "hessian", {"a": np.array(a), "x": np.array([1.0, 2.0, 3.0])}, wrt="x",
+                        sparse=True)
 
 
 # ------------------------------------------------- reuse, and what stops it
@@ -247,3 +268,26 @@ def test_a_file_read_again_at_each_call(tmp_path, recordings):
     data.unlink()
     with pytest.raises(SpireadError, match="x.npy"):
         prog.grad(w=w)
+
+
+def test_a_refused_replay_leaves_one_run_of_its_signature(recordings):
+    """A replay that meets a non-finite value runs afresh; the fresh run
+    replaces the kept one rather than crowding out the other signatures."""
+    prog = spiread_cli.compile(SOFTMAX_LOSS)
+    A, w = np.ones((5, 3)) / 3, np.array([0.1, 0.2, 0.3])
+    prog.eval(A=A, w=w)
+    for _ in range(KEPT_SIGNATURES + 1):
+        prog.grad(A=A, w=np.array([np.nan, 0.2, 0.3]))
+    before = recordings[0]
+    prog.eval(A=A, w=w)
+    assert recordings[0] == before  # eval's run is still kept
+
+
+def test_a_program_copies_and_pickles_without_its_kept_runs():
+    import copy
+    import pickle
+    prog = spiread_cli.compile(SOFTMAX_LOSS)
+    A, w = np.ones((5, 3)) / 3, np.array([0.1, 0.2, 0.3])
+    expected = prog.grad(A=A, w=w)["w"]
+    for other in (copy.deepcopy(prog), pickle.loads(pickle.dumps(prog))):
+        np.testing.assert_array_equal(other.grad(A=A, w=w)["w"], expected)
