@@ -17,7 +17,10 @@ Every rewrite is an identity of float64 arithmetic at every value, ±0, inf
 and nan included, so a recorded gradient has the values it had, each rule's
 result too (where the reverse sweep says a non-finite derivative was born),
 and a node left out could not have been one (an identity never turns finite
-values into non-finite ones). Not here, because they are not exact: `x + 0`
+values into non-finite ones). What is differentiated again from a gradient
+may add the same terms in another order (cotangents meet elsewhere once a
+transpose of a transpose is gone), so equal to rounding. Not here, because
+they are not exact: `x + 0`
 with a +0 (it turns −0 into +0), a sum of a broadcast (n · x is not x added
 n times), a product of products of constants (rounded twice).
 """

@@ -153,7 +153,12 @@ class PythonWriter:
 
     def result(self, node_id: int) -> str:
         node = self.g.nodes[node_id]
-        return self.operand(node, False)  # a constant result as an array of the namespace
+        code = self.operand(node, False)  # a constant result as an array of the namespace
+        if node.op is None or self.constant[node.id]:
+            # A result that is an argument, a direction or a constant (∂(x·y)/∂x is y) is
+            # returned as a copy: the caller may write into it, and it is theirs or the module's.
+            code = f"xp.asarray({code}, copy=True)"
+        return code
 
     def function(self, header: str, doc: str, outputs: list[int], returns, directions: bool = False) -> list[str]:
         """A function computing `outputs`; `returns(result)` writes its return

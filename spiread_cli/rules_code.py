@@ -96,7 +96,7 @@ def compiled_vjp(derivative: Callable, batched: bool = False) -> Callable:
     """The numeric vjp an op gets from its statement, fast: the statement is
     written out as code (`vjp_code`) once for each operand, shapes and
     parameters met, and that function runs; a statement whose parameters
-    cannot be a key (arrays, slices) is evaluated (`interpreted_vjp`). The
+    cannot be a key (arrays) is evaluated (`interpreted_vjp`). The
     same primal rules in the same order, so the same values: what a step of
     the interpreter costs is paid once, not at every call (the chain
     benchmark's 10,000 small vjps). `batched`: for cotangents with a leading

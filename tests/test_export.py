@@ -322,3 +322,29 @@ def test_an_op_without_an_onnx_form_is_a_located_error(tmp_path, monkeypatch):
         onnx_model(g)
     assert "the op `sin` has no ONNX form" in str(raised.value)
     assert raised.value.span.line == 2
+
+
+def test_a_result_that_is_an_argument_or_a_constant_is_the_callers_own_copy(tmp_path):
+    """∂(x·y)/∂x is y itself, and ∂(c·x).sum/∂x is the constant c: the module
+    returns copies, so a caller scaling a gradient in place changes neither
+    their own array nor the next call's result."""
+    program = tmp_path / "p.ad"
+    program.write_text("x = [1.0, 2.0, 3.0]\ny = [4.0, 5.0, 6.0]\nc = [1.0, 2.0, 3.0]\n"
+                       "f = (x * y).sum + (c * x).sum\ng = (x * y).sum\n")
+    done = spiread("export", str(program), "--to", "python", "-o", str(tmp_path / "p.py"), "--hvp",
+                   "--of", "g", "--wrt", "x", "--wrt", "y")
+    assert done.returncode == 0, done.stderr
+    module = load_module(tmp_path / "p.py")
+    x, y = np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0])
+    grads = module.value_and_grad(x=x, y=y)[1]
+    grads["x"] *= 0.0
+    product = module.hvp({"y": y.copy()}, x=x, y=y)
+    product["x"] *= 0.0
+    np.testing.assert_array_equal(y, [4.0, 5.0, 6.0])
+    np.testing.assert_array_equal(module.value_and_grad(x=x, y=y)[1]["x"], y)
+    program.write_text("x = [1.0, 2.0, 3.0]\nc = [1.0, 2.0, 3.0]\nf = (c * x).sum\n")
+    done = spiread("export", str(program), "--to", "python", "-o", str(tmp_path / "q.py"), "--wrt", "x")
+    assert done.returncode == 0, done.stderr
+    module = load_module(tmp_path / "q.py")
+    module.value_and_grad(x=x)[1]["x"] *= 10.0
+    np.testing.assert_array_equal(module.value_and_grad(x=x)[1]["x"], [1.0, 2.0, 3.0])
