@@ -28,6 +28,7 @@ up for a fresh run. Neither is kept on the command line, which runs once.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ class Kept:
     leaves: dict[str, Node]               # each binding's input leaf
     deciding: dict[str, np.ndarray]       # the bindings whose values decided the recording: those values
     files: list[tuple[Path, Span, bytes]]  # each file `load` read: what it held (`fingerprint`)
-    ops: list[Node]                       # the op nodes to recompute, in tape order
+    ops: list[Node]                       # the op nodes computed from the bindings, in tape order: recomputed
     length: int                           # the tape's length once the task recorded what it uses
 
     def matches(self, signature: tuple, bindings: dict[str, np.ndarray]) -> bool:
@@ -76,13 +77,10 @@ class Kept:
         run = self.run
         try:
             run.tape.replay(self.ops)
-        except Exception:  # noqa: BLE001 - as above
+        except Exception:  # noqa: BLE001 - a fresh run says what is wrong
             return False
-        with np.errstate(all="ignore"):
-            for node in run.tape.nodes:
-                if not all_finite_unguarded(node.value):
-                    return False
-                node.known_finite = True
+        if not all_finite_values([bindings[name] for name in self.leaves] + [node.value for node in self.ops]):
+            return False
         run.diagnostics.warnings.clear()
         return True
 
@@ -134,9 +132,11 @@ class KeptRuns:
         nodes = run.tape.nodes
         leaves = {name: nodes[run.bindings[name]] for name in bindings}
         deciding = _deciders(run, leaves)
+        # The nodes computed from no binding (the program's constants, a rule's) keep their values.
+        moving = run.tape.fed_by([leaf.id for leaf in leaves.values()], len(nodes) - 1)
         kept = Kept(signature, run, leaves, {name: bindings[name] for name in deciding},
                     [(path, span, fingerprint(array)) for path, span, array in run.files],
-                    [node for node in nodes if node.op is not None], len(nodes))
+                    [node for node in nodes if node.op is not None and moving[node.id]], len(nodes))
         run.files = []  # held as fingerprints now
         with self.lock:
             # one run per signature: a call made while the lock was taken ran afresh beside it
@@ -165,6 +165,20 @@ def _deciders(run: Run, leaves: dict[str, Node]) -> list[str]:
             for i in node.inputs:
                 feeds[i] = True
     return [name for name, leaf in leaves.items() if feeds[leaf.id]]
+
+
+def all_finite_values(values: list[np.ndarray], small: int = 1024) -> bool:
+    """Whether every entry of `values` is finite: the small values summed in
+    one pass, the others one by one (a sum that overflows says no too: a
+    replay given up where it need not be, never the other way)."""
+    few = []
+    with np.errstate(all="ignore"):
+        for value in values:
+            if value.size <= small:
+                few.append(value.reshape(-1))
+            elif not all_finite_unguarded(value):
+                return False
+        return not few or math.isfinite(np.concatenate(few).sum())
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
