@@ -291,3 +291,45 @@ def test_a_program_copies_and_pickles_without_its_kept_runs():
     expected = prog.grad(A=A, w=w)["w"]
     for other in (copy.deepcopy(prog), pickle.loads(pickle.dumps(prog))):
         np.testing.assert_array_equal(other.grad(A=A, w=w)["w"], expected)
+
+
+# ------------------------------------- what the elaborator reads, checked
+
+
+def structure(run) -> tuple:
+    """Everything a recording decides besides the values that flow through
+    it: each node's op, inputs, parameters and shape, the constants'
+    values, the printed lines and the Jets' parts."""
+    nodes = tuple((n.op.name if n.op else n.kind, n.inputs, repr(sorted(n.params.items())), n.shape,
+                   None if n.op or n.kind == "input" else n.value.tobytes()) for n in run.tape.nodes)
+    return nodes, tuple(run.printed), tuple((i, t.tobytes()) for i, t in run.jets.items())
+
+
+def deciding_names(run, names) -> set[str]:
+    from spiread_cli.kept_runs import _deciders
+    return set(_deciders(run, {name: run.tape.nodes[run.bindings[name]] for name in names}))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), st.data())
+def test_values_the_elaborator_does_not_read_decide_nothing(program, data):
+    """A binding not traced to a read (`Run.read`) leaves the recording as it
+    was when its value changes: the read-tracking misses no value that
+    decides the tape (random programs, whose values are all bindings)."""
+    names = [n for n in program.names if n in program.inputs]
+    prog = spiread_cli.compile(program.source)
+    values = {n: np.asarray(program.inputs[n], dtype=float) for n in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = prog.run(values)
+        free = set(names) - deciding_names(first, names)
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+        moved = {n: v * (1 + rng.standard_normal(v.shape)) if n in free else v for n, v in values.items()}
+        assert structure(prog.run(moved)) == structure(first)
+
+
+@pytest.mark.parametrize("source, changes", DECIDING)
+def test_a_binding_read_as_a_size_or_position_is_traced(source, changes):
+    (name, _), = changes.items()
+    run = spiread_cli.compile(source).run()
+    assert deciding_names(run, [n for n in run.bindings if run.tape.nodes[run.bindings[n]].kind == "input"]) == {name}
