@@ -126,7 +126,9 @@ class KeptRuns:
         self.lock.release()
 
     def keep(self, signature: tuple, bindings: dict[str, np.ndarray], run: Run) -> None:
-        """Keep a fresh run once its task is done, unless it warned."""
+        """Keep a fresh run once its task is done, unless it warned (or a
+        kept run is in use: a call made while another is on it, from another
+        thread or from a warning's handler, is not kept)."""
         if run.diagnostics.warnings:
             return
         nodes = run.tape.nodes
@@ -138,13 +140,13 @@ class KeptRuns:
                     [(path, span, fingerprint(array)) for path, span, array in run.files],
                     [node for node in nodes if node.op is not None and moving[node.id]], len(nodes))
         run.files = []  # held as fingerprints now
-        with self.lock:
-            # one run per signature: a call made while the lock was taken ran afresh beside it
+        if self.lock.acquire(blocking=False):  # else another call (or this one's caller) is on a kept run
+            # one run per signature: a refused replay's fresh run replaces the kept one
             self.kept = [kept, *(k for k in self.kept if not k.matches(signature, bindings))][:self.size]
+            self.lock.release()
 
     def clear(self) -> None:
-        with self.lock:
-            self.kept.clear()
+        self.kept.clear()  # a call still on one of them finishes with it (`done` finds it gone)
 
     def __getstate__(self) -> dict:
         """A copied or pickled Program keeps no runs (they hold tapes, and a lock)."""

@@ -140,7 +140,9 @@ loss = (A @@ w).tanh.sum + (w ** 4).sum / 4 + (A @@ w).exp.normaliseRowsL1.log.s
 @pytest.mark.parametrize("task, options", [
     ("eval", {}), ("grad", {"wrt": "w"}), ("grad", {"wrt": "w", "mode": "forward"}), ("hessian", {"wrt": "w"}),
     ("hessian", {"wrt": "w", "hvp": {"w": [1.0, -2.0, 0.5]}}), ("hessian", {"wrt": ["w", "A"], "hvp": {"A": np.ones((5, 3))}}),
-    ("jacobian", {"wrt": "w"}), ("jacobian", {"wrt": "A", "mode": "forward"}), ("dot", {"wrt": "w"})])
+    ("jacobian", {"wrt": "w"}), ("jacobian", {"wrt": "A", "mode": "forward"}), ("dot", {"wrt": "w"}),
+    ("hessian", {"wrt": "w", "sparse": True}), ("hessian", {"wrt": "w", "pattern": True}),
+    ("jacobian", {"wrt": "A", "sparse": True}), ("jacobian", {"wrt": "w", "pattern": True, "mode": "reverse"})])
 def test_a_call_like_an_earlier_one_replays_it(task, options, recordings):
     prog = spiread_cli.compile(SOFTMAX_LOSS)
     rng = np.random.default_rng(1)
@@ -333,3 +335,15 @@ def test_a_binding_read_as_a_size_or_position_is_traced(source, changes):
     (name, _), = changes.items()
     run = spiread_cli.compile(source).run()
     assert deciding_names(run, [n for n in run.bindings if run.tape.nodes[run.bindings[n]].kind == "input"]) == {name}
+
+
+def test_a_call_while_another_uses_the_kept_run_runs_afresh(recordings):
+    """A kept run serves one call at a time (a second thread's call, while
+    the first's is on it, records afresh and gives the same)."""
+    prog = spiread_cli.compile(SOFTMAX_LOSS)
+    values = {"A": np.ones((5, 3)) / 4, "w": np.array([0.1, -0.2, 0.3])}
+    first = outcome(prog, "grad", values)
+    with prog._kept.lock:
+        assert outcome(prog, "grad", values) == first
+    assert outcome(prog, "grad", values) == first
+    assert recordings[0] == 2
