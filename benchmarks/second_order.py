@@ -176,8 +176,9 @@ def softmax_loss_data(n: int) -> dict:
 
 
 def spiread_dense(arrays, hvp: bool):
-    """In process through the Python API, as a user calls it: the program is
-    run afresh (recorded, evaluated) and differentiated at each call."""
+    """In process through the Python API, as a user calls it: the first call
+    runs the program and records its gradient, the later ones replay that
+    recording with the values (kept_runs.py)."""
     import spiread_cli
     prog = spiread_cli.compile(SOFTMAX_LOSS)
     A, w, v = arrays["A"], arrays["w"], arrays["v"]
