@@ -1419,10 +1419,28 @@ def _onnx_scatter(b, x, positions: np.ndarray, shape: tuple):
     return b("Reshape", [flat, b.ints(shape)])
 
 
+def _picked(t: Diagonal, shape: tuple, key: tuple, picked: tuple) -> Diagonal:
+    """A Diagonal batch over a value of `shape`, at the entries a basic `key`
+    picks (each once): an entry picked moves to where the pick puts it, one
+    not picked leaves its direction zero."""
+    where = np.full(math.prod(shape), -1)
+    where[key_positions(shape, key).reshape(-1)] = np.arange(math.prod(picked))
+    return t.moved(lambda e: where[e], picked, True)
+
+
+def _put_back(t: Diagonal, shape: tuple, key: tuple) -> Diagonal:
+    """A Diagonal batch over the entries a basic `key` picks from a value of
+    `shape`, put back where they were picked from (index's transpose)."""
+    positions = key_positions(shape, key).reshape(-1)
+    return t.moved(lambda e: positions[e], shape, True)
+
+
 defop("index", lambda x, key: np.array(x[key]), _index_shape,
       lambda i, g, out, x, emit, key: emit("indexScatter", [g], key=key, shape=emit.shape(x)),
       methods=(), structure=SLICED,
-      batched=lambda args, which, key: np.array(args[0][(slice(None),) + key]),
+      batched=lambda args, which, key: args[0][(slice(None),) + key],  # a view: the sweeps write into none
+      diagonal=(lambda i, t, out, x, key: _picked(t, x.shape, key, out.shape),
+                lambda i, g, out, x, key: _put_back(g, x.shape, key)),
       export=Export(lambda w, x, key: _index_code(w, x, key),
                     lambda b, x, key: _onnx_pick(b, x, key_positions(b.shape(x), key))),
       on_rows=lambda row_axes, ndims, row_params, key: _on_own_rows(row_axes, ndims, row_params)
@@ -1856,6 +1874,8 @@ defop("indexScatter", _index_scatter,
       lambda i, g, out, x, emit, key, shape: emit("index", [g], key=key),
       methods=(), structure=SUMS,
       batched=lambda args, which, key, shape: _index_scatter(args[0], key, shape, args[0].shape[:1]),
+      diagonal=(lambda i, t, out, x, key, shape: _put_back(t, tuple(shape), key),
+                lambda i, g, out, x, key, shape: _picked(g, tuple(shape), key, x.shape)),
       export=Export(lambda w, x, key, shape: f"_scatter_flat({x}, {w.literal(key_positions(tuple(shape), key), 'placed')}, "
                                              f"{tuple(shape)})",
                     lambda b, x, key, shape: _onnx_scatter(b, x, key_positions(tuple(shape), key), tuple(shape))))

@@ -249,8 +249,9 @@ class Diagonal:
     def moved(self, where: Callable[[np.ndarray], np.ndarray], shape: tuple, distinct: bool,
               factor: float = 1.0) -> "Diagonal":
         """The batch over a value of `shape` with each direction's entry e
-        moved to where(e) (a linear map that sends each entry to one), its
-        value times `factor`; `distinct`: the map sends no two entries to one."""
+        moved to where(e) (a linear map that sends each entry to one, or to
+        none: -1), its value times `factor`; `distinct`: the map sends no two
+        entries to one."""
         if self.full:
             entries = where(self.entries)
         else:
@@ -258,6 +259,8 @@ class Diagonal:
             hit = self.entries >= 0
             entries[hit] = where(self.entries[hit])
         values = self.values if factor == 1.0 else self.values * factor
+        if len(entries) and entries.min() < 0:
+            values = np.where(entries >= 0, values, 0.0)
         return Diagonal(entries, values, (self.shape[0],) + tuple(shape), distinct and self.distinct)
 
 
