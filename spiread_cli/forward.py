@@ -166,14 +166,14 @@ def finite_batch(batch) -> bool:
 
 
 def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,
-                     budget_bytes: int = TANGENT_BUDGET_BYTES,
-                     observe: SweepObserver | None = None) -> dict[int, np.ndarray]:
+                     budget_bytes: int = TANGENT_BUDGET_BYTES, observe: SweepObserver | None = None,
+                     sweep: ForwardSweep | None = None) -> dict[int, np.ndarray]:
     """The Jacobian of `output` with respect to each node W in `wrt`, shaped
     shape(output) + shape(W) (for a scalar output, the gradient): one
     direction per input entry (rows of the identity), in blocks; `observe`
-    as for `ForwardSweep.push`."""
+    as for `ForwardSweep.push`; `sweep`: this sweep, planned before."""
     nodes = tape.nodes
-    sweep = ForwardSweep(tape, output, wrt)
+    sweep = ForwardSweep(tape, output, wrt) if sweep is None else sweep
     sizes = [nodes[i].value.size for i in wrt]
     offsets = np.cumsum([0] + sizes)
 

@@ -46,6 +46,7 @@ class SecondOrder:
         self.grad_ids = run.tape.backward_graph(run.output, list(self.all_ids.values()), run.diagnostics)
         self._products: HessianVectorProducts | None = None  # recorded at the first hvp
         self._sparse: SparseHessians | None = None  # the pattern and its colouring, read at the first sparse_hessian
+        self._sweeps: dict[int, ForwardSweep] = {}  # by A: the forward sweep over ∂f/∂A, planned at the first hessian
 
     @classmethod
     def of(cls, run: Run, wrt: list[str] | None = None, also: list[str] = ()) -> "SecondOrder":
@@ -72,7 +73,11 @@ class SecondOrder:
         for a, a_id in self.ids.items():
             # Forward over reverse: the Jacobian of the recorded ∂f/∂A is row A of the Hessian.
             before = len(diagnostics.warnings) if diagnostics is not None else 0
-            jacobian = jacobian_forward(self.run.tape, self.grad_ids[a_id], seeded, diagnostics, budget_bytes)
+            sweep = self._sweeps.get(a_id)
+            if sweep is None:
+                sweep = self._sweeps[a_id] = ForwardSweep(self.run.tape, self.grad_ids[a_id], seeded)
+            jacobian = jacobian_forward(self.run.tape, self.grad_ids[a_id], seeded, diagnostics, budget_bytes,
+                                        sweep=sweep)
             if diagnostics is not None and len(diagnostics.warnings) > before:
                 diagnostics = None  # one warning about the second derivative is enough
             blocks[a] = {b: jacobian[i] for b, i in zip(names, seeded)}
