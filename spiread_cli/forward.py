@@ -97,9 +97,9 @@ class ForwardSweep:
                     op, args = node.op, [nodes[i].value for i in node.inputs]
                     params = node.params if op.fwd is None else rule_params(node, args)
                     t = None
-                    if any(type(t) is Diagonal for t in ts):
+                    if any(type(given) is Diagonal for given in ts):
                         t = diagonal_jvp(op, ts, node.value, args, params, lambda a: self._owned(a, p, tangents, seeds))
-                        ts = [dense(t) for t in ts] if t is None else ts
+                        ts = [dense(given) for given in ts] if t is None else ts
                     if t is None:
                         t = op.jvp(ts, node.value, *args, **params)
                         if np.shape(t) != (k,) + node.value.shape:
