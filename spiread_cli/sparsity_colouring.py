@@ -89,6 +89,9 @@ def _greedy_star(pattern: sp.csr_array) -> np.ndarray:
     adjacent = [[k for k in row if k != v] for v, row in enumerate(_lists(pattern))]
     colour = [-1] * n
     forbidden = [-1] * (n + 1)
+    # around[x][c]: how many of x's coloured neighbours have colour c, so "x has a
+    # neighbour other than w coloured as w" is one look-up, not a walk of x's row
+    around: list[dict[int, int]] = [{} for _ in range(n)]
     for v in range(n):
         for w in adjacent[v]:
             if colour[w] >= 0:
@@ -99,17 +102,14 @@ def _greedy_star(pattern: sp.csr_array) -> np.ndarray:
                 cx = colour[x]
                 if x == v or cx < 0:
                     continue
-                if cw < 0:
+                if cw < 0 or around[x].get(cw, 0) >= 2:  # w itself is one of x's neighbours coloured cw
                     forbidden[cx] = v
-                else:
-                    for y in adjacent[x]:
-                        if y != w and colour[y] == cw:
-                            forbidden[cx] = v
-                            break
         c = 0
         while forbidden[c] == v:
             c += 1
         colour[v] = c
+        for x in adjacent[v]:
+            around[x][c] = around[x].get(c, 0) + 1
     return np.asarray(colour, dtype=np.int64)
 
 

@@ -614,6 +614,16 @@ def test_a_large_pattern_is_drawn_in_shaded_cells():
     assert "1000×1000: 2998 nonzeros" in done.stdout and "each character 32×16 entries" in done.stdout
 
 
+def test_a_pattern_over_the_memory_limit_is_refused_at_the_op_that_would_hold_it(tmp_path):
+    """The values fit SPIREAD_MAX_BYTES, the dense Hessian's pattern (n² pairs) does not: refused at
+    the product that couples every pair, however small the pattern is against the memory available."""
+    (tmp_path / "dense.ad").write_text(f"x = {np.linspace(0.1, 1, 300).tolist()}\nloss = (x * x.sum).sum\n")
+    done = spiread("hessian", "dense.ad", "--pattern", cwd=tmp_path, env={"SPIREAD_MAX_BYTES": "100000"})
+    assert done.returncode != 0
+    assert "dense.ad:2:11: error: the sparsity pattern at `*` would hold 90000 entries" in done.stderr, done.stderr
+    assert "more than the limit of 97.7 KB" in done.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--sparse", "--pattern"], "`--sparse` and `--pattern` are different results"),
     (["--out", "h.npz"], "`--out` writes a sparse result"),
