@@ -62,8 +62,9 @@ class Emitter:
     Non-finite values are not reported node by node: the sweep warns where a
     rule's result is born non-finite, as `backward` does."""
 
-    def __init__(self, tape: Recording, span: Span | None, label: str):
+    def __init__(self, tape: Recording, span: Span | None, label: str, shared: dict | None = None):
         self.tape, self.span, self.label, self.nodes = tape, span, label, tape.nodes
+        self.shared = shared  # the nodes recorded `once` in this recording (Tape.backward_graph's)
 
     def __call__(self, op_name: str, inputs: list[int], **params) -> int:
         found = simplified(self, op_name, inputs, params)
@@ -79,6 +80,16 @@ class Emitter:
     def like(self, node: Node, op_name: str, inputs: list[int], params: dict) -> int:
         """An op emitted with the span and label of `node`, which it stands for."""
         return Emitter(self.tape, node.span, node.label)(op_name, inputs, **params)
+
+    def once(self, key: tuple, make) -> int:
+        """The node `make()` records, recorded once in this recording for
+        `key`: what the derivatives of several operands of one op share (a
+        total over row chunks' gradient by every operand, row_totals.py)."""
+        if self.shared is None:
+            return make()
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key]
 
     def const(self, value, name: str | None = None) -> int:
         leaf = self.tape.leaf(uniform(np.asarray(value, dtype=np.float64)), "const", self.span, fixed=True)

@@ -6,12 +6,12 @@ totals r_k, each the sum over row chunks of one chunk tape's output (a
 the program's own tape without its row data, each total that moves with the
 values differentiated by (w) an op node whose operands are those values:
 
-| rule | `rowsTotal` r_k(w) | `rowsGradient` ∂r_k/∂w_i (w) |
+| rule | `rowsTotal` r_k(w) | `rowsGradient` ∂r_k/∂w (every w_i's, flat) |
 |---|---|---|
 | value | Σ chunks' outputs | Σ chunks' reverse sweeps |
-| vjp, operand j | g · ∂r_k/∂w_j | ∂⟨∂r_k/∂w_i, g⟩/∂w_j: the jvp below along g on w_i, read at w_j (the Hessian is symmetric) |
+| vjp, operand j | g · ∂r_k/∂w_j | Σ_i ∂⟨∂r_k/∂w_i, g_i⟩/∂w_j: the jvp below along g, read at w_j (the Hessian is symmetric) |
 | jvp | Σ chunks' forward sweeps | Σ chunks' HVPs along the tangents (one pass gives every w_j's, kept by its tangents) |
-| statement | mul(g, rowsGradient_k,j(w)) | (third derivatives are refused) |
+| statement | mul(g, w_j's part of rowsGradient_k(w)), the node recorded once | (third derivatives are refused) |
 | batched vjp (Jacobians) | each g · ∂r_k/∂w_j | the jvp along the batch: one pass for it and every operand |
 | structure (sparsity) | the union of the chunks' gradient and Hessian patterns | conservative |
 | export | refused, naming the data (they are never whole) | |
@@ -30,6 +30,7 @@ step is one pass over the data and each HVP one more.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import numpy as np
@@ -181,30 +182,48 @@ def _total_jvp(ts, out, *ws, sums: RowSums, total: int, names: tuple[str, ...]):
 
 
 def _total_derivative(i, g, out, *ws, emit, sums: RowSums, total: int, names: tuple[str, ...]):
-    return emit("mul", [g, emit(GRADIENT, list(ws), sums=sums, total=total, names=names, of=i)])
+    """g · ∂r/∂w_i, read from one node holding every operand's gradient,
+    flat, recorded once for all of them (`Emitter.once`): a sweep back
+    through the recorded gradient meets that one node, so it makes one pass
+    over the chunks however many values the total depends on."""
+    sizes = [math.prod(emit.shape(w)) for w in ws]
+    start = sum(sizes[:i])
+    every = emit.once((GRADIENT, out), lambda: emit(GRADIENT, list(ws), sums=sums, total=total, names=names))
+    mine = emit("index", [every], key=(slice(start, start + sizes[i]),))
+    return emit("mul", [g, emit("reshape", [mine], shape=emit.shape(ws[i]))])
 
 
-def _gradient(*ws, sums: RowSums, total: int, names: tuple[str, ...], of: int) -> np.ndarray:
-    return np.asarray(sums.gradient(total, names[of], _values(names, ws)), dtype=np.float64)
+def _gradient(*ws, sums: RowSums, total: int, names: tuple[str, ...]) -> np.ndarray:
+    values = _values(names, ws)
+    return np.concatenate([np.ravel(sums.gradient(total, name, values)) for name in names]).astype(np.float64)
 
 
-def _gradient_vjp(j, g, out, *ws, sums: RowSums, total: int, names: tuple[str, ...], of: int):
-    return _gradient_batched_vjp(j, np.asarray(g)[None], out, *ws, sums=sums, total=total, names=names, of=of)[0]
+def _directions(g: np.ndarray, ws, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """A batch of directions over every operand's entries, flat (k, Σ
+    sizes), as tangents by name, each (k,) + its shape."""
+    cuts = np.cumsum([0] + [np.size(w) for w in ws])
+    return {name: g[:, a:b].reshape((len(g),) + np.shape(w)) for name, w, a, b in zip(names, ws, cuts, cuts[1:])}
 
 
-def _gradient_batched_vjp(j, g, out, *ws, sums: RowSums, total: int, names: tuple[str, ...], of: int):
-    """For a batch of cotangents g (k, *shape of w_of): ∂⟨∂r/∂w_of, g_d⟩/∂w_j
-    is, the Hessian being symmetric, ∂(∂r/∂w_j)/∂w_of along g_d: the
-    gradient's tangents, one pass over the chunks for the batch and every
-    operand j (the pass is kept by its tangents, whatever the name)."""
-    return sums.gradient_jvp(total, names[j], _values(names, ws), {names[of]: g})
+def _gradient_vjp(j, g, out, *ws, sums: RowSums, total: int, names: tuple[str, ...]):
+    return _gradient_batched_vjp(j, np.asarray(g)[None], out, *ws, sums=sums, total=total, names=names)[0]
 
 
-def _gradient_jvp(ts, out, *ws, sums: RowSums, total: int, names: tuple[str, ...], of: int):
-    return sums.gradient_jvp(total, names[of], _values(names, ws), _tangents(names, ts))
+def _gradient_batched_vjp(j, g, out, *ws, sums: RowSums, total: int, names: tuple[str, ...]):
+    """For a batch of cotangents g (k, Σ sizes) of every operand's gradient:
+    Σ_i ∂⟨∂r/∂w_i, g_i⟩/∂w_j is, the Hessian being symmetric, ∂(∂r/∂w_j)
+    along the tangents g_i on every w_i: one pass over the chunks for the
+    batch and every operand j (the pass is kept by its tangents)."""
+    return sums.gradient_jvp(total, names[j], _values(names, ws), _directions(g, ws, names))
 
 
-def _third(i, g, out, *ws, emit, sums: RowSums, total: int, names: tuple[str, ...], of: int):
+def _gradient_jvp(ts, out, *ws, sums: RowSums, total: int, names: tuple[str, ...]):
+    values, tangents = _values(names, ws), _tangents(names, ts)
+    along = [sums.gradient_jvp(total, name, values, tangents) for name in names]  # one pass, kept
+    return np.concatenate([a.reshape(len(a), -1) for a in along], axis=1)
+
+
+def _third(i, g, out, *ws, emit, sums: RowSums, total: int, names: tuple[str, ...]):
     raise SpireadError("third derivatives of a total over row chunks are not taken: each chunk's tape gives its "
                        "first and second derivatives only")
 
@@ -246,8 +265,8 @@ def _define(name: str, impl, shape, derivative, vjp, jvp, batched_vjp, structure
 
 TOTAL_OP = _define(TOTAL, _total, lambda *shapes, **_: (), _total_derivative, _total_vjp, _total_jvp,
                    _total_batched_vjp, Structure("dense", _total_first, _total_second))
-GRADIENT_OP = _define(GRADIENT, _gradient, lambda *shapes, of, **_: shapes[of], _third, _gradient_vjp,
-                      _gradient_jvp, _gradient_batched_vjp)
+GRADIENT_OP = _define(GRADIENT, _gradient, lambda *shapes, **_: (sum(math.prod(s) for s in shapes),), _third,
+                      _gradient_vjp, _gradient_jvp, _gradient_batched_vjp)
 
 
 def driver_run(probe: Run, row: list[bool], moving: list[int], names: list[str], fixed: dict[int, np.ndarray],

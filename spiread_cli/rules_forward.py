@@ -64,6 +64,9 @@ class LinearTrace:
     def shape(self, v) -> tuple:
         return v.shape if type(v) is Linear else self.base.shape(v)
 
+    def once(self, key, make):
+        return make()  # a traced statement records nothing to share (Emitter.once)
+
     def transpose(self, g: Linear, result, tangent, emit):
         """The transpose of the traced map g ↦ result, applied to `tangent`
         (the result's shape): each recorded step, last first, pulls its

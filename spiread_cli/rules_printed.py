@@ -126,6 +126,11 @@ class Printer:
     def shape(v) -> tuple:
         return v.shape
 
+    @staticmethod
+    def once(key, make) -> Formula:
+        """A value several statements share (Emitter.once): printed where it is used."""
+        return make()
+
 
 PRINTER = Printer()
 

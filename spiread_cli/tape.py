@@ -346,6 +346,7 @@ class Tape:
         if needs[output]:
             adjoints[output] = self.leaf(np.ones(out_node.shape), "const", out_node.span, fixed=True).id
         wanted = set(wrt)
+        shared: dict = {}  # Emitter.once's nodes, this recording's only
         births = Births(nodes) if diagnostics is not None else None
         for node in reversed(nodes[lowest:output + 1]):
             g = adjoints.get(node.id) if node.id in wanted else adjoints.pop(node.id, None)
@@ -354,7 +355,7 @@ class Tape:
             for k, i in enumerate(node.inputs):
                 if not needs[i]:
                     continue
-                emit = Emitter(self, node.span, rule_label(node, k))
+                emit = Emitter(self, node.span, rule_label(node, k), shared)
                 gi = node.op.derivative(k, g, node.id, *node.inputs, emit=emit, **node.params)
                 if gi is None:  # a derivative that is 0 (stopGradient, a mask)
                     continue

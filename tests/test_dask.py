@@ -1135,3 +1135,25 @@ def test_eval_records_each_chunk_once_per_pass_that_needs_it(tail, passes, data,
     assert [w.span for w in got.diagnostics.warnings] == [w.span for w in expected.diagnostics.warnings]
     assert [w.notes for w in got.diagnostics.warnings] == [("in data rows 0–49",)] * (1 + bool(tail))
     assert sorted(recorded) == sorted(start for start, _ in program.bounds for _ in range(passes))
+
+
+def test_a_hessian_vector_product_is_one_pass_whatever_the_values_with_directions(data):
+    """An HVP with directions on W and on b: the sweep back from
+    h = Σ⟨∂f/∂x, v_x⟩ meets the total's recorded gradient as one node
+    holding every operand's part (recorded once, Emitter.once), so it makes
+    one pass over the chunks, not one per value with a direction; numpy's
+    products."""
+    from spiread_cli.second import SecondOrder, hvp
+    source = Source(str(data / "prog.ad"), PROGRAMS["softmax regression, a pick per row"])
+    v = {"W": np.linspace(-1, 1, 12).reshape(4, 3), "b": np.array([0.5, 0.0, -1.0])}
+    expected = hvp(NumpyProgram.parse(source, data).run(), v, ["W", "b"]).products
+    program = on_dask(source, data, chunk_rows=50)
+    try:
+        recorded = SecondOrder(program.run_for(["W", "b"]), ["W", "b"])
+        passes = counted_passes(program)
+        got = recorded.hvp(v)
+    finally:
+        program.close()
+    for name in v:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-9, atol=1e-13, err_msg=name)
+    assert passes == [["gradient_tangents_of_chunk"]]
