@@ -342,6 +342,8 @@ class Tape:
         out_node = nodes[output]
         # A repeated computation's cotangents go to its first occurrence, whose rule runs once for both.
         same = self.repeats(self.between(wrt, output), keep=[*wrt, output])
+        # A warning about a merged rule names the last occurrence: the one a sweep of the repeats met first.
+        met_first = {i: j for j, i in same.items()}
         adjoints: dict[int, int] = {}
         if needs[output]:
             adjoints[output] = self.leaf(np.ones(out_node.shape), "const", out_node.span, fixed=True).id
@@ -360,7 +362,7 @@ class Tape:
                 if gi is None:  # a derivative that is 0 (stopGradient, a mask)
                     continue
                 if births is not None and not nodes[gi].finite:  # (`finite` is kept: a node's result is read once)
-                    births.reverse(node, nodes[g].value, k, nodes[gi].value)
+                    births.reverse(nodes[met_first.get(node.id, node.id)], nodes[g].value, k, nodes[gi].value)
                 i = same.get(i, i)
                 if i in adjoints:
                     gi = Emitter(self, nodes[i].span, f"Σ∂ {nodes[i].name or nodes[i].label}")("add", [adjoints[i], gi])

@@ -438,6 +438,18 @@ def test_a_recorded_gradient_warns_where_a_nonfinite_derivative_is_born_as_the_n
         [(w.message, w.span) for w in numeric.diagnostics.warnings]
 
 
+def test_a_merged_repeat_warns_where_the_numeric_sweep_does():
+    # x[:1] * y is written twice: the recorded gradient runs its rule once, on
+    # both cotangents, and names the occurrence the numeric sweep meets first.
+    text = "x = [1e-300, 2]\ny = [1e300]\nf = (x[:1] * y).sum + (x[:1] * y).sum * 1e10\n"
+    numeric, recorded = run(text), run(text)
+    x = numeric.bindings["x"]
+    numeric.tape.backward(numeric.output, [x], numeric.diagnostics)
+    recorded.tape.backward_graph(recorded.output, [x], recorded.diagnostics)
+    said = [(w.message, w.span) for w in recorded.diagnostics.warnings]
+    assert said == [(w.message, w.span) for w in numeric.diagnostics.warnings] and said[0][1].column == 30
+
+
 def test_a_recorded_gradient_around_an_infinite_value_stays_finite_and_quiet():
     # The seed example's case: log(0) at an entry the selection drops; `scale` keeps 0 · inf out.
     r = run("x = [[0.5, 0.5], [0.0, 1.0]]\ny = x.log.select((0, 0), (1, 1)).sum\n")
