@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from .diagnostics import Diagnostics, shape_str
-from .limits import check_bytes, max_bytes, reuse_freed_memory
+from .limits import check_bytes, limit_for, reuse_freed_memory
 from .rules_forward import Diagonal, added, dense, diagonal_jvp
 from .tape import Births, SweepObserver, Tape
 from .tape_nodes import Node, all_finite, rule_params
@@ -64,10 +64,10 @@ class ForwardSweep:
 
     def block_size(self, total: int, budget_bytes: int, limit: int | None = None) -> int:
         """How many directions to push at once: as many as keep the live
-        tangents within the budget and the limit (limits.py; read now if not
+        tangents within the budget and the limit (limits.py; found now if not
         given); when one direction's alone are over the limit, none (refused,
         at the output)."""
-        limit = max_bytes() if limit is None else limit
+        limit = limit_for(total * self.bytes_per_direction) if limit is None else limit
         check_bytes(self.bytes_per_direction,
                     lambda: f"forward mode would hold {self.bytes_per_direction // 8} tangent entries at once "
                             "along each direction", self.nodes[self.output].span, limit)
@@ -134,7 +134,7 @@ class ForwardSweep:
         mode, a block whose result is not finite is pushed again with checks,
         to warn where the first non-finite derivative was born."""
         output = self.nodes[self.output]
-        limit = max_bytes()
+        limit = limit_for(max(8 * total * output.value.size, total * self.bytes_per_direction))
         check_bytes(8 * total * output.value.size,
                     what or (lambda: f"the derivatives along {total} directions would be "
                                      f"{shape_str((total,) + output.value.shape)}"), output.span, limit)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .diagnostics import FRONT_END, PYTHON, SpireadError, option
 from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, finite_batch, jacobian_forward
-from .limits import check_bytes, check_shape, max_bytes
+from .limits import check_bytes, check_shape, limit_for
 from .rules_forward import Diagonal, dense
 from .run import Run
 from .tape import Births, Tape
@@ -50,10 +50,13 @@ def jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = None,
     check_jacobian_size(run, ids, chosen=not wrt)
     mode = mode or choose_mode(run, ids)
     wrt_ids = list(ids.values())
+    tape, output, plan = run.tape, run.output, ("jacobian sweep", mode, tuple(wrt_ids))
     if mode == "forward":
-        by_id = jacobian_forward(run.tape, run.output, wrt_ids, run.diagnostics, budget_bytes)
+        sweep = run.prepared_for(plan, lambda: ForwardSweep(tape, output, wrt_ids))
+        by_id = jacobian_forward(tape, output, wrt_ids, run.diagnostics, budget_bytes, sweep=sweep)
     else:
-        by_id = jacobian_reverse(run.tape, run.output, wrt_ids, run.diagnostics, budget_bytes)
+        peak = run.prepared_for(plan, lambda: peak_adjoint_entries(tape, output, wrt_ids))
+        by_id = jacobian_reverse(tape, output, wrt_ids, run.diagnostics, budget_bytes, peak)
     return RunJacobian(run.value, mode, {name: by_id[i] for name, i in ids.items()})
 
 
@@ -188,7 +191,7 @@ def check_jacobian_size(run: Run, ids: dict[str, int], chosen: bool) -> None:
     out, out_shape = run.output_name, nodes[run.output].shape
     sizes = {name: math.prod(nodes[i].shape) for name, i in ids.items()}
     rows = math.prod(out_shape)
-    limit = max_bytes()
+    limit = limit_for(8 * rows * sum(sizes.values()))
     if 8 * rows * sum(sizes.values()) <= limit:
         return
     notes = []
@@ -213,36 +216,38 @@ def check_jacobian_size(run: Run, ids: dict[str, int], chosen: bool) -> None:
 
 
 def jacobian_reverse(tape: Tape, output: int, wrt: list[int], diagnostics=None,
-                     budget_bytes: int = TANGENT_BUDGET_BYTES) -> dict[int, np.ndarray]:
+                     budget_bytes: int = TANGENT_BUDGET_BYTES, peak: int | None = None) -> dict[int, np.ndarray]:
     """The Jacobian of `output` with respect to each node W in `wrt`, shaped
     shape(output) + shape(W), by reverse mode: rows of the identity over the
-    output's entries as cotangents (`pull_blocks`)."""
+    output's entries as cotangents (`pull_blocks`; `peak` as there)."""
     nodes = tape.nodes
     out_shape = nodes[output].shape
     rows = math.prod(out_shape)
 
     pulled = pull_blocks(tape, output, wrt, rows, lambda start, k: Diagonal.identity_rows(out_shape, start, k),
-                         diagnostics, budget_bytes)
+                         diagnostics, budget_bytes, peak)
     return {w: j.reshape(out_shape + nodes[w].shape) for w, j in pulled.items()}
 
 
 def pull_blocks(tape: Tape, output: int, wrt: list[int], total: int,
                 seed_block: Callable[[int, int], np.ndarray], diagnostics=None,
-                budget_bytes: int = TANGENT_BUDGET_BYTES) -> dict[int, np.ndarray]:
+                budget_bytes: int = TANGENT_BUDGET_BYTES, peak: int | None = None) -> dict[int, np.ndarray]:
     """Reverse mode's `ForwardSweep.push_blocks`: `total` cotangents of the
     output, seed_block(start, k) giving cotangents start..start+k (shape (k,)
     + the output's), pulled back to each W in `wrt` (W -> (total,) +
     shape(W)), as many at a time as keep the live adjoints within the budget
-    and the limit. A block whose result is not finite is swept again with
-    checks, to warn where the first non-finite derivative was born."""
+    and the limit (`peak`: `peak_adjoint_entries`, found before). A block
+    whose result is not finite is swept again with checks, to warn where the
+    first non-finite derivative was born."""
     nodes = tape.nodes
-    limit = max_bytes()
-    per_row = 8 * _peak_adjoint_entries(tape, output, wrt)
+    per_row = 8 * (peak_adjoint_entries(tape, output, wrt) if peak is None else peak)
+    result_bytes = 8 * total * sum(math.prod(nodes[w].shape) for w in wrt)
+    limit = limit_for(max(per_row * total, result_bytes))
     check_bytes(per_row, lambda: f"reverse mode would hold {per_row // 8} adjoint entries at once for each "
                                  f"cotangent of the output", nodes[output].span, limit)
-    check_bytes(8 * total * sum(math.prod(nodes[w].shape) for w in wrt),
+    check_bytes(result_bytes,
                 lambda: f"the derivatives of {total} cotangents of the output would hold "
-                        f"{total * sum(math.prod(nodes[w].shape) for w in wrt)} entries", nodes[output].span, limit)
+                        f"{result_bytes // 8} entries", nodes[output].span, limit)
     block = max(1, min(total, min(budget_bytes, limit) // per_row))
     # One block's rows are the result as they come (no copy); several are copied in.
     result = {} if block == total else {w: np.empty((total,) + nodes[w].shape) for w in wrt}
@@ -263,7 +268,7 @@ def pull_blocks(tape: Tape, output: int, wrt: list[int], total: int,
     return result
 
 
-def _peak_adjoint_entries(tape: Tape, output: int, wrt: list[int]) -> int:
+def peak_adjoint_entries(tape: Tape, output: int, wrt: list[int]) -> int:
     """Entries of adjoint alive at once, at worst, for one cotangent of the
     reverse sweep (which keeps the `wrt` nodes' to the end and drops the
     others' as it passes them), plus room for the temporaries of the largest

@@ -47,6 +47,11 @@ class InPython:
             warnings.warn(SpireadWarning.of(warning, self.source), stacklevel=outside_stacklevel())
 
 
+def held(run: Run):
+    """What gives the arrays a run keeps (`result_values`): every value on its tape."""
+    return lambda: [node.stored_value for node in run.tape.nodes if node.stored_value is not None]
+
+
 class PythonCalls:
     """The Python calls of `program.Program`, made on its tasks (`run_eval`,
     `run_grad`, …), its `source` and the `names` it binds."""
@@ -73,7 +78,7 @@ class PythonCalls:
         done = self.run_grad(InPython(self.source), self._overrides(bindings, more, of), wrt=wrt_names(wrt), of=of,
                              mode=mode)
         found, _ = done.result
-        return Gradients(done.run.output_name, float(found.value), result_values(found.gradients))
+        return Gradients(done.run.output_name, float(found.value), result_values(found.gradients, held(done.run)))
 
     @front_door
     def hessian(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
@@ -102,8 +107,11 @@ class PythonCalls:
         if sparse or pattern:
             return with_sweeps(found.pattern if pattern else found.matrix, found.sweeps)
         if hvp is not None:
-            return Hessian(done.run.output_name, float(found.value), None, result_values(found.products))
-        return Hessian(done.run.output_name, float(found.value), {a: result_values(row) for a, row in found.blocks.items()})
+            return Hessian(done.run.output_name, float(found.value), None, result_values(found.products, held(done.run)))
+        blocks = result_values({(a, b): block for a, row in found.blocks.items() for b, block in row.items()},
+                               held(done.run))
+        return Hessian(done.run.output_name, float(found.value),
+                       {a: {b: blocks[a, b] for b in row} for a, row in found.blocks.items()})
 
     @front_door
     def jacobian(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,
@@ -132,7 +140,8 @@ class PythonCalls:
         found = done.result
         if sparse or pattern:
             return with_sweeps(found.pattern if pattern else found.matrix, found.sweeps)
-        return Jacobian(done.run.output_name, result_value(found.value), found.mode, result_values(found.blocks))
+        return Jacobian(done.run.output_name, result_value(found.value), found.mode,
+                        result_values(found.blocks, held(done.run)))
 
     @front_door
     def check(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,

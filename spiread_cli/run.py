@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 
 from .diagnostics import Diagnostics, Source, Span, SpireadError, command, did_you_mean, option, shape_str
 from .tape import Tape
 from .tape_nodes import Node
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,6 +37,14 @@ class Run:
     # What tasks recorded on the tape (a recorded gradient, its HVP), by what they recorded, for a run
     # that is kept and replayed (kept_runs.py) to use again instead of recording it again.
     prepared: dict[tuple, object] = field(default_factory=dict)
+
+    def prepared_for(self, key: tuple, make: Callable[[], T]) -> T:
+        """What a task made for `key` on this run (a recorded gradient, a
+        sweep's plan): made at the first ask, then kept in `prepared`, where
+        the calls that replay a kept run find it."""
+        if key not in self.prepared:
+            self.prepared[key] = make()
+        return self.prepared[key]
 
     def node(self, name: str) -> Node:
         return self.tape.nodes[self.bindings[name]]
@@ -73,7 +84,10 @@ class Run:
         given, else `default_wrt`; nothing at all is an error, not an empty
         result a check would pass. A name the output does not depend on gets
         a warning (and a zero gradient). The output must be a scalar unless
-        not `scalar` (a Jacobian)."""
+        not `scalar` (a Jacobian). Found once per run (`prepared_for`)."""
+        return dict(self.prepared_for(("wrt", tuple(wrt or ()), scalar), lambda: self._wrt_ids(wrt, scalar)))
+
+    def _wrt_ids(self, wrt: list[str] | None, scalar: bool) -> dict[str, int]:
         if scalar:
             self.require_scalar()
         names = list(dict.fromkeys(wrt if wrt else self.default_wrt()))

@@ -24,7 +24,7 @@ import numpy as np
 
 from .diagnostics import Diagnostics, SpireadError, did_you_mean, option, shape_str
 from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, jacobian_forward
-from .limits import check_shape, max_bytes, reuse_freed_memory
+from .limits import check_shape, limit_for, reuse_freed_memory
 from .ops import OPS
 from .run import Run
 from .tape import Tape
@@ -53,11 +53,7 @@ class SecondOrder:
         """The run's recorded gradient by `wrt` (and `also`): recorded at the
         first ask, then found in `run.prepared`, where a kept run replayed
         with new values (kept_runs.py) has it, recomputed with the tape."""
-        key = ("second order", tuple(wrt or ()), tuple(also))
-        order = run.prepared.get(key)
-        if order is None:
-            order = run.prepared[key] = cls(run, wrt, also)
-        return order
+        return run.prepared_for(("second order", tuple(wrt or ()), tuple(also)), lambda: cls(run, wrt, also))
 
     def gradient(self, name: str) -> np.ndarray:
         return self.run.tape.nodes[self.grad_ids[self.all_ids[name]]].value
@@ -243,17 +239,18 @@ def check_hessian_size(run: Run, ids: dict[str, int], chosen: bool) -> None:
     nodes = run.tape.nodes
     shapes = {name: nodes[i].shape for name, i in ids.items()}
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
-    if not sizes:
+    total = sum(sizes.values())
+    limit = limit_for(8 * total * total)
+    if 8 * total * total <= limit:  # then so is every block
         return
-    limit = max_bytes()
     out = run.output_name
     notes = []
     if chosen:
-        fitting, total = [], 0
+        fitting, held = [], 0
         for name in sorted(sizes, key=sizes.get):
-            if 8 * (total + sizes[name]) ** 2 <= limit:
+            if 8 * (held + sizes[name]) ** 2 <= limit:
                 fitting.append(name)
-                total += sizes[name]
+                held += sizes[name]
         how = "the names `.backward(...)` gives" if run.backward_wrt else f"every input `{out}` depends on"
         fits = f": {' '.join(f'`--wrt {n}`' for n in sizes if n in fitting)} would fit" if fitting else ""
         notes.append(f"without `--wrt`, `hessian` differentiates by {how}: {', '.join(f'`{n}`' for n in sizes)}; "
@@ -262,7 +259,6 @@ def check_hessian_size(run: Run, ids: dict[str, int], chosen: bool) -> None:
     largest = max(sizes, key=sizes.get)
     check_shape(shapes[largest] * 2, f"the Hessian block ∂²{out}/∂{largest}∂{largest}",
                 run.binding_spans.get(largest), limit, tuple(notes))
-    total = sum(sizes.values())
     check_shape((total, total), f"the Hessian of `{out}` with respect to {', '.join(f'`{n}`' for n in sizes)}",
                 nodes[run.output].span, limit, tuple(notes))
 

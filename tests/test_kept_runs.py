@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spiread_cli
-from spiread_cli import SpireadError, SpireadWarning
+from spiread_cli import SpireadError, SpireadWarning, python_args
 from spiread_cli.interpreter import Interpreter
 from spiread_cli.kept_runs import KEPT_SIGNATURES
 from programs import programs
@@ -111,6 +111,78 @@ def test_random_programs_called_again_give_what_a_fresh_program_gives(program, d
             np.where(rng.random(np.shape(program.inputs[n])) < 0.3, 0.0, rng.standard_normal(np.shape(program.inputs[n])))
             for n in names}
         assert_as_fresh(prog, program.source, call, values, **options)
+
+
+def arrays_in(result) -> list[np.ndarray]:
+    """Every array a call returned, however nested."""
+    if isinstance(result, np.ndarray):
+        return [result]
+    if isinstance(result, dict):
+        return [a for v in result.values() for a in arrays_in(v)]
+    if hasattr(result, "__dict__") and not hasattr(result, "toarray"):
+        return [a for v in vars(result).values() for a in arrays_in(v)]
+    return []
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), st.data())
+def test_results_made_in_place_are_the_callers_own(program, data):
+    """python_args.result_values makes a sweep's own array the result in
+    place (here every array, not only the large ones): each call still
+    equals a fresh Program's, no -0.0 comes back, no result shares memory
+    with another or with what was passed, and a caller writing into every
+    result changes nothing the next call gives."""
+    task = data.draw(st.sampled_from(("eval", "grad", "hessian", "hvp", "jacobian")), label="task")
+    names = [n for n in program.names if n in program.inputs]
+    options: dict = {}
+    wrt = [n for n in program.default_wrt() if n in program.inputs][:2]
+    if task != "eval" and wrt:
+        options["wrt"] = wrt
+        if task == "hvp":
+            options["hvp"] = {n: np.random.default_rng(0).standard_normal(np.shape(program.inputs[n])) for n in wrt}
+        elif task == "jacobian":
+            options["mode"] = data.draw(st.sampled_from(("forward", "reverse")), label="mode")
+    call = "hessian" if task == "hvp" else task
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    values = {n: np.asarray(program.inputs[n], dtype=float) * (1 + 0.1 * rng.standard_normal(
+        np.shape(program.inputs[n]))) for n in names}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(python_args, "OWNED_ENTRIES", 0)
+        prog = spiread_cli.compile(program.source)
+        for _ in range(3):
+            given = {n: v.copy() for n, v in values.items()}
+            expected = fresh(program.source, call, values, **options)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    result = getattr(prog, call)(given, **options)
+                except SpireadError:
+                    return  # errors: the random test above
+            assert outcome(prog, call, values, **options) == expected
+            returned = arrays_in(result)
+            assert not any(np.any((a == 0) & np.signbit(a)) for a in returned), "a -0.0 came back"
+            for k, a in enumerate(returned):
+                assert not any(np.shares_memory(a, b) for b in [*returned[k + 1:], *given.values()])
+                a[...] = 7.0  # the caller's to write into (finite: a replay meeting nan runs afresh)
+
+
+def test_a_result_the_run_keeps_is_a_copy():
+    """Where every array may become a result in place, those the kept run
+    holds are still copies: a binding folded from literals, a binding given,
+    the output's value beside a Jacobian."""
+    source = "c = [1.0, -2.0] * 2\nx = [1.0, 1.0]\ny = c * x\n"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(python_args, "OWNED_ENTRIES", 0)
+        prog = spiread_cli.compile(source)
+        for _ in range(3):
+            values = prog.eval(x=[3.0, 4.0])
+            np.testing.assert_array_equal(values["c"], [2.0, -4.0])
+            np.testing.assert_array_equal(values["x"], [3.0, 4.0])
+            jacobian = prog.jacobian(x=[3.0, 4.0], wrt="x")
+            np.testing.assert_array_equal(jacobian.value, [6.0, -16.0])
+            np.testing.assert_array_equal(jacobian["x"], np.diag([2.0, -4.0]))
+            for written in (values["c"], values["x"], jacobian.value, jacobian["x"]):
+                written[...] = 7.0  # finite: a replay meeting nan would run afresh
 
 
 def test_a_sparse_hessian_follows_the_zeros_of_a_binding_not_differentiated_by():
