@@ -65,6 +65,7 @@ class PythonWriter:
         self.used: set[str] = set()  # the constants the function being written uses
         self.current: Node | None = None
         self.lines: dict[int, tuple[str, set[str]]] = {}  # node id -> its line and the constants it reads
+        self.returned: set[int] = set()  # the nodes the function's results so far are, or are views of
         for prefix, results in (("grad", graphs.grads), ("hvp", graphs.hvps)):
             for name, i in results.items():  # a result line is named for what it is
                 node = graphs.nodes[i]
@@ -154,11 +155,21 @@ class PythonWriter:
     def result(self, node_id: int) -> str:
         node = self.g.nodes[node_id]
         code = self.operand(node, False)  # a constant result as an array of the namespace
-        if node.op is None or self.constant[node.id]:
-            # A result that is an argument, a direction or a constant (∂(x·y)/∂x is y) is
-            # returned as a copy: the caller may write into it, and it is theirs or the module's.
+        viewed = self.viewed(node)
+        if viewed.op is None or self.constant[viewed.id] or viewed.id in self.returned:
+            # A result that is an argument, a direction or a constant (∂(x·y)/∂x is y), or a view of
+            # one or of another result (∂(X·yᵀ)/∂X is yᵀ), is returned as a copy: the caller may write
+            # into it, and it is theirs, the module's or another result.
             code = f"xp.asarray({code}, copy=True)"
+        self.returned.add(viewed.id)
         return code
+
+    def viewed(self, node: Node) -> Node:
+        """The node whose array a node's value may be, or be a view of:
+        through the forms that may give their first operand (`Export.view`)."""
+        while node.op is not None and not self.constant[node.id] and node.op.export.view:
+            node = self.g.nodes[node.inputs[0]]
+        return node
 
     def function(self, header: str, doc: str, outputs: list[int], returns, directions: bool = False) -> list[str]:
         """A function computing `outputs`; `returns(result)` writes its return
@@ -169,6 +180,7 @@ class PythonWriter:
         computed = [n for n in self.g.nodes if needed[n.id] and n.op is not None and not self.constant[n.id]]
         body = [self.line(node) for node in computed]
         body = self.freeing(computed, body, set(outputs))
+        self.returned = set()
         returned = returns(self.result)
         names = [self.name_of(n) for n in arguments]
         given = "{" + ", ".join(f"{n.name!r}: {self.name_of(n)}" for n in arguments) + "}"

@@ -107,11 +107,16 @@ class Export:
 
     `refused(**params) -> (why, what to do)`: for an op that cannot be
     written out at all (it runs tapes of its own), why, in the user's
-    words; exporting it is an error at its span."""
+    words; exporting it is an error at its span.
+
+    `view`: the Python form may give its first operand, or a view of it
+    (`.T`, a slice, `reshape`, `broadcast_to`), which a function returns
+    as a copy when that operand is an argument, a constant or another result."""
     python: str | Callable | None
     onnx: str | Callable | None
     numbers: bool = False
     refused: Callable | None = None
+    view: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,7 +592,7 @@ defop("indicator", lambda a, b, relation: _RELATIONS[relation](a, b).astype(np.f
       export=Export(lambda w, a, b, relation: f"xp.astype({a} {relation} {b}, xp.float64)", _onnx_relation))
 # `x.value`: x without its history. Its value is x, its derivative 0.
 defop("stopGradient", lambda x: np.array(x), same_shape, _flat, methods=(), structure=FLAT,
-      export=Export("{0}", "Identity"))
+      export=Export("{0}", "Identity", view=True))
 
 
 def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], export: Export, couples: tuple,
@@ -935,7 +940,8 @@ defop("transpose", lambda x: x.T, _transpose_shape, lambda i, g, out, x, emit: e
       methods=("T", "transpose"), on_rows=lambda row_axes, ndims, row_params: ndims[0] - 1 - row_axes[0],
       batched=lambda args, which: np.swapaxes(args[0], -1, -2) if args[0].ndim == 3 else args[0],
       export=Export(lambda w, x: f"{x}.T" if len(w.shape(x)) == 2 else x,
-                    lambda b, x: b("Transpose", [x]) if len(b.shape(x)) == 2 else b("Identity", [x])), structure=COPIES,
+                    lambda b, x: b("Transpose", [x]) if len(b.shape(x)) == 2 else b("Identity", [x]), view=True),
+      structure=COPIES,
       diagonal=(lambda i, t, out, x: _transposed(t, x.shape), lambda i, g, out, x: _transposed(g, out.shape)))
 
 
@@ -1266,7 +1272,7 @@ def _einsum_second(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
 defop("einsum", _einsum, _einsum_shape, _einsum_derivative, methods=(), batched=_einsum_batched,
       structure=Structure("dense", _einsum_first, _einsum_second),
       export=Export(lambda w, *xs, spec: f"xp.einsum({spec!r}, {', '.join(xs)})",
-                    lambda b, *xs, spec: b("Einsum", list(xs), equation=spec)))
+                    lambda b, *xs, spec: b("Einsum", list(xs), equation=spec), view=True))
 
 
 # ------------------------------------------------------- row normalisations
@@ -1442,7 +1448,7 @@ defop("index", lambda x, key: np.array(x[key]), _index_shape,
       diagonal=(lambda i, t, out, x, key: _picked(t, x.shape, key, out.shape),
                 lambda i, g, out, x, key: _put_back(g, x.shape, key)),
       export=Export(lambda w, x, key: _index_code(w, x, key),
-                    lambda b, x, key: _onnx_pick(b, x, key_positions(b.shape(x), key))),
+                    lambda b, x, key: _onnx_pick(b, x, key_positions(b.shape(x), key)), view=True),
       on_rows=lambda row_axes, ndims, row_params, key: _on_own_rows(row_axes, ndims, row_params)
       if key[:1] == (slice(None),) else None)
 
@@ -1752,12 +1758,14 @@ defop("sumTo", lambda x, shape: unbroadcast(x, shape), _sum_to_shape,
       methods=(), batched=lambda args, which, shape: _sum_to_batched(args[0], shape),
       diagonal=(lambda i, t, out, x, shape: _summed(t, x.shape, (1,) * (x.ndim - len(shape)) + tuple(shape), out.shape),
                 None),
-      export=Export(lambda w, x, shape: _python_sum_to(x, w.shape(x), tuple(shape)), _onnx_sum_to), structure=LINEAR_SUMS)
+      export=Export(lambda w, x, shape: _python_sum_to(x, w.shape(x), tuple(shape)), _onnx_sum_to, view=True),
+      structure=LINEAR_SUMS)
 defop("broadcastTo", lambda x, shape: np.broadcast_to(x, shape), _broadcast_to_shape,
       lambda i, g, out, x, emit, shape: sum_to_graph(emit, g, emit.shape(x)),
       methods=(), batched=lambda args, which, shape: np.broadcast_to(
           lift(args[0], len(shape)), args[0].shape[:1] + tuple(shape)),
-      export=Export("xp.broadcast_to({0}, {shape})", lambda b, x, shape: b("Expand", [x, b.ints(shape)])), structure=COPIES)
+      export=Export("xp.broadcast_to({0}, {shape})", lambda b, x, shape: b("Expand", [x, b.ints(shape)]), view=True),
+      structure=COPIES)
 # `X.reshape(r, c)`, `X.flatten` (row by row, as numpy's C order), and the
 # statements' own reshapes.
 defop("reshape", lambda x, shape: np.reshape(x, shape), _reshape_shape,
@@ -1766,7 +1774,8 @@ defop("reshape", lambda x, shape: np.reshape(x, shape), _reshape_shape,
       batched=lambda args, which, shape: args[0].reshape(args[0].shape[:1] + tuple(shape)),
       diagonal=(lambda i, t, out, x, shape: t.moved(lambda e: e, out.shape, True),
                 lambda i, g, out, x, shape: g.moved(lambda e: e, x.shape, True)),
-      export=Export("xp.reshape({0}, {shape})", lambda b, x, shape: b("Reshape", [x, b.ints(shape)], allowzero=1)))
+      export=Export("xp.reshape({0}, {shape})", lambda b, x, shape: b("Reshape", [x, b.ints(shape)], allowzero=1),
+                    view=True))
 
 
 def _row_total_shape(s, **_):

@@ -88,9 +88,15 @@ def check_exported(g: Graphs, folder: Path, value, grads: dict, hvps: dict | Non
         for name, want in grads.items():
             assert_close(got_grads[name], want, f"{namespace}: gradient by {name}")
         if hvps is not None:
-            got = module.hvp({n: convert(np.array(v)) for n, v in directions.items()}, **given)
+            given_directions = {n: convert(np.array(v)) for n, v in directions.items()}
+            got = module.hvp(given_directions, **given)
             for name, want in hvps.items():
                 assert_close(got[name], want, f"{namespace}: H·v for {name}")
+            if namespace == "numpy":
+                owned_results(module, [*got.values()], [*given.values(), *given_directions.values()])
+        if namespace == "numpy":
+            owned_results(module, [got_value, *got_grads.values()], list(given.values()))
+            owned_results(module, list(module.value_and_grad()[1].values()), [])
 
     model_path = folder / "exported.onnx"
     export_onnx(g, model_path)
@@ -107,6 +113,16 @@ def check_exported(g: Graphs, folder: Path, value, grads: dict, hvps: dict | Non
         assert_close(results[f"grad_{name}"], want, f"onnx: gradient by {name}")
     for name, want in (hvps or {}).items():
         assert_close(results[f"hvp_{name}"], want, f"onnx: H·v for {name}")
+
+
+def owned_results(module, results: list, arguments: list) -> None:
+    """What the module returned is the caller's own: no result shares memory
+    with an argument or direction passed, the module's INPUTS (an argument
+    left out) or CONSTANTS, or another result (a view of one is a copy)."""
+    held = [*arguments, *module.INPUTS.values(), *module.CONSTANTS.values()]
+    for k, result in enumerate(results):
+        assert not any(np.shares_memory(result, other) for other in [*held, *results[k + 1:]]), \
+            f"result {k} shares memory with an argument, a constant or another result"
 
 
 # --------------------------------------------------------------- every op
@@ -129,15 +145,15 @@ def op_graphs(case) -> Graphs:
     tape = Tape()
     xs = [tape.leaf(np.asarray(x, dtype=float), "input", None, f"x{k}").id for k, x in enumerate(case.xs)]
     out = tape.record(op, tuple(xs), case.params, None, case.op, None)
-    r = tape.leaf(rng.normal(size=out.shape), "const", None)
+    # r is an argument too: ∂loss/∂r is the op's own line, a result (a view of an argument is copied)
+    r = tape.leaf(rng.normal(size=out.shape), "input", None, "r")
     weighted = tape.record(OPS["mul"], (out.id, r.id), {}, None, "*", None)
     loss = tape.record(OPS["sum"], (weighted.id,), {}, None, "sum", None)
-    grad_ids = tape.backward_graph(loss.id, xs)
-    leaves, h = second.record_inner_product(tape, grad_ids, {x: f"v_x{k}" for k, x in enumerate(xs)})
-    hvp_ids = tape.backward_graph(h, xs)
-    run = Run(Source("case.ad", ""), tape, {f"x{k}": x for k, x in enumerate(xs)}, {}, loss.id, "loss", None,
-              Diagnostics())
-    names = {f"x{k}": x for k, x in enumerate(xs)}
+    names = {**{f"x{k}": x for k, x in enumerate(xs)}, "r": r.id}
+    grad_ids = tape.backward_graph(loss.id, list(names.values()))
+    leaves, h = second.record_inner_product(tape, grad_ids, {x: f"v_{name}" for name, x in names.items()})
+    hvp_ids = tape.backward_graph(h, list(names.values()))
+    run = Run(Source("case.ad", ""), tape, dict(names), {}, loss.id, "loss", None, Diagnostics())
     return Graphs(run, tape.nodes, loss.id, names, {n: grad_ids[x] for n, x in names.items()},
                   {n: leaves[x] for n, x in names.items()}, {n: hvp_ids[x] for n, x in names.items()})
 
@@ -348,3 +364,25 @@ def test_a_result_that_is_an_argument_or_a_constant_is_the_callers_own_copy(tmp_
     module = load_module(tmp_path / "q.py")
     module.value_and_grad(x=x)[1]["x"] *= 10.0
     np.testing.assert_array_equal(module.value_and_grad(x=x)[1]["x"], [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("source, wrt", [
+    ("X = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]\ny = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]\nf = (X * y.T).sum\n", ["X", "y"]),
+    ("x = [1.0, 2.0, 3.0, 4.0]\ny = [5.0, 6.0]\nf = (x[1:3] * y).sum\n", ["x", "y"]),
+    ("x = [1.0, 2.0, 3.0, 4.0]\nM = [[1.0, 2.0], [3.0, 4.0]]\nf = (x.reshape(2, 2) * M).sum\n", ["x", "M"]),
+])
+def test_a_result_that_is_a_view_of_an_argument_is_a_copy(source, wrt, tmp_path):
+    """A gradient (or H·v) computed as a view of an argument or of another
+    result — a transpose, a slice, a reshape — is returned as a copy: the caller scaling it in
+    place changes neither their array nor the module's INPUTS."""
+    program = tmp_path / "p.ad"
+    program.write_text(source)
+    done = spiread("export", str(program), "--to", "python", "-o", str(tmp_path / "p.py"), "--hvp",
+                   *(f"--wrt={name}" for name in wrt))
+    assert done.returncode == 0, done.stderr
+    module = load_module(tmp_path / "p.py")
+    given = module.inputs()
+    directions = {name: np.ones_like(value) for name, value in given.items()}
+    owned_results(module, list(module.value_and_grad(**given)[1].values()), list(given.values()))
+    owned_results(module, list(module.value_and_grad()[1].values()), [])
+    owned_results(module, list(module.hvp(directions, **given).values()), [*given.values(), *directions.values()])
