@@ -318,9 +318,9 @@ class Interpreter(Names, Operands, Calls, Indexing):
                     return "apply", rest                          # `sq(2.0)`: a `def` or a lambda
                 if self.function_name(callee):
                     function = FUNCTIONS.get(self.function_name(callee))
-                    if function is not None and function.pieces and len(node.args) == 1 and isinstance(
-                            node.args[0], (ast.ListLit, ast.TupleLit)):  # numpy's `hstack([a, b])`: a, b the pieces
-                        rest = node.args[0].items + [k.value for k in node.keywords]
+                    listed = ast.listed(node.args[0]) if len(node.args) == 1 else None
+                    if function is not None and function.pieces and listed is not None:
+                        rest = listed + [k.value for k in node.keywords]  # numpy's `hstack([a, b])`: a, b the pieces
                     return "function", rest                       # `zeros(2)`, `Matrix.fromRows(…)`
                 return "selection", [callee] + rest               # `x(pairs)`, `(x.T)(pairs)`
             case ast.Subscript():

@@ -127,6 +127,17 @@ class NumberArray(_WholeSpan):
     span: Span
 
 
+def listed(node) -> list | None:
+    """The items of a bracket literal read as numpy reads a list (the pieces
+    of `hstack([a, b])`): a literal of numbers gives its rows, or its numbers;
+    None for anything else."""
+    if isinstance(node, (ListLit, TupleLit)):
+        return node.items
+    if isinstance(node, NumberArray):
+        return [NumberArray(row, node.span) if row.ndim else Number(float(row), node.span) for row in node.value]
+    return None
+
+
 @dataclass(slots=True)
 class Binding:
     name: str

@@ -188,6 +188,11 @@ WORDS = [  # (expression, numpy's value, the names it reads)
     ("concat([A, B], axis=1)", lambda: np.concatenate([A, B], axis=1), ["A", "B"]),
     ("concat(A, B, axis=1)", lambda: np.concatenate([A, B], axis=1), ["A", "B"]),
     ("concat(X, A, axis=0)", lambda: np.concatenate([X, A], axis=0), ["X", "A"]),
+    # a literal of numbers in that place is numpy's list too: its rows, or its numbers, are the pieces
+    ("hstack([[1, 2], [3, 4]]) * u.sum", lambda: np.hstack([[1, 2], [3, 4]]) * U.sum(), ["u"]),
+    ("vstack([1, 2]) * u.sum", lambda: np.vstack([1, 2]) * U.sum(), ["u"]),
+    ("concat([[0.5]], axis=0) * u.sum", lambda: np.concatenate([[0.5]], axis=0) * U.sum(), ["u"]),
+    ("vstack([[1, 2, 3]], u)", lambda: np.vstack([[[1, 2, 3]], U]), ["u"]),
     ("diag(u)", lambda: np.diag(U), ["u"]), ("diag(u, 1)", lambda: np.diag(U, 1), ["u"]), ("u.diag(-2)", lambda: np.diag(U, -2), ["u"]),
     ("A.diag", lambda: np.diag(A), ["A"]), ("diag(B)", lambda: np.diag(B), ["B"]), ("B.diag(2)", lambda: np.diag(B, 2), ["B"]),
     ("X.diag(-1)", lambda: np.diag(X, -1), ["X"]),
