@@ -45,7 +45,7 @@ from itertools import accumulate
 import numpy as np
 import scipy.sparse as sp
 
-from .limits import check_bytes, fits_anyway, max_bytes
+from .limits import SURELY_AVAILABLE_BYTES, check_bytes, fits_anyway, max_bytes
 from .sparsity_links import Columns, HessianPairs, Progression, csr_of, met, pulled, pushed_back, union_of
 from .structure import Entries, Links
 from .tape import Node, Tape
@@ -68,9 +68,12 @@ class Sweep:
         self.plan: list[Node] = self.tape.between(self.wrt, self.output)
         self.moving = {node.id for node in self.plan}
         self.limit: int | None = None  # read when a pattern first holds entries
+        # Under this many bytes only a configured limit could refuse a pattern (asked once, not per node).
+        self.fitting = SURELY_AVAILABLE_BYTES if fits_anyway(SURELY_AVAILABLE_BYTES) else 0
         self.ones: dict[int, np.ndarray] = {}
         self.patterns: dict[int, Columns | sp.csr_array] = {}
-        self.links: dict[tuple[int, int], Links] = {}
+        # Each op node's operands that move, with the links of those it depends on (None: flat).
+        self.linked: dict[int, list[tuple[int, int, Links | None]]] = {}
         self.entries: dict[int, Entries] = {}
         # Nodes whose values move with the inputs through an op with no
         # derivative (a comparison, x.value): their zeros are not structural.
@@ -79,44 +82,44 @@ class Sweep:
         # pattern holds for other values while these masks do (`zeros_hold`).
         self.zeros_read: dict[int, np.ndarray] = {}
         self.seeds = {i: p for p, i in enumerate(self.wrt)}
+        moving, flat = self.moving, self.moving_flat
         for node in self.plan:
             if node.op is None:
                 continue
             entries = self.entries[node.id] = self._entries(node)
+            first = node.op.structure.first
+            linked = self.linked[node.id] = []
             for k, i in enumerate(node.inputs):
-                if i not in self.moving:
-                    continue
-                links = node.op.structure.first(k, entries)
-                if links is None or i in self.moving_flat:
-                    self.moving_flat.add(node.id)
-                if links is not None:
-                    self.links[node.id, k] = links
+                if i in moving:
+                    links = first(k, entries)
+                    if links is None or i in flat:
+                        flat.add(node.id)
+                    linked.append((k, i, links))
 
     def pattern(self, node_id: int):
         """J(node), found with the patterns of the nodes it is computed from."""
-        if node_id in self.patterns:
-            return self.patterns[node_id]
-        nodes, needed, stack = self.tape.nodes, set(), [node_id]
+        patterns = self.patterns
+        if node_id in patterns:
+            return patterns[node_id]
+        needed, stack = set(), [node_id]
         while stack:
             i = stack.pop()
-            if i not in self.patterns and i not in needed:
+            if i not in patterns and i not in needed:
                 needed.add(i)
-                node = nodes[i]
-                if node.op is not None:
-                    stack.extend(j for k, j in enumerate(node.inputs) if (i, k) in self.links)
+                stack.extend(j for _, j, links in self.linked.get(i, ()) if links is not None)
+        nodes = self.tape.nodes
         for i in sorted(needed):  # tape order: operands first
-            self.patterns[i] = self._pattern_of(nodes[i])
-        return self.patterns[node_id]
+            patterns[i] = self._pattern_of(nodes[i])
+        return patterns[node_id]
 
     def _pattern_of(self, node: Node):
         size = math.prod(node.shape)
-        terms = [] if node.op is None else [pulled(self.links[node.id, k], self.patterns[i], self.n)
-                                            for k, i in enumerate(node.inputs) if (node.id, k) in self.links]
+        terms = [pulled(links, self.patterns[i], self.n) for _, i, links in self.linked.get(node.id, ())
+                 if links is not None]
         if node.id in self.seeds:  # a seeded intermediate gets its own seed on top, as in forward mode
             terms.append(Columns(size, [Progression(int(self.offsets[self.seeds[node.id]]), 1, size)]))
         pattern = union_of(terms, size, self.n) if terms else Columns(size, [])
-        listed = pattern.listed() if type(pattern) is Columns else pattern.nnz
-        self._check(listed, node)
+        self._check(pattern.listed() if type(pattern) is Columns else pattern.nnz, node)
         return pattern
 
     def _entries(self, node: Node) -> Entries:
@@ -133,7 +136,7 @@ class Sweep:
                 return self.every(j.size)  # every entry moves: none is a structural zero
             return self._read_zeros(i) | (j.rows_used() if type(j) is Columns else np.diff(j.indptr) > 0)
 
-        return Entries(node.op, tuple(nodes[i].shape for i in node.inputs), node.shape, node.params, nonzero)
+        return Entries(node.op, tuple([nodes[i].shape for i in node.inputs]), node.shape, node.params, nonzero)
 
     def _read_zeros(self, i: int) -> np.ndarray:
         if i not in self.zeros_read:
@@ -148,7 +151,7 @@ class Sweep:
         return self.ones[size]
 
     def _check(self, entries: int, node: Node) -> None:
-        if fits_anyway(entries * 9):  # a pattern of progressions lists nothing
+        if entries * 9 <= self.fitting or entries == 0:  # a pattern of progressions lists nothing
             return
         if self.limit is None:
             self.limit = max_bytes()
@@ -181,25 +184,27 @@ class Sweep:
             adj = adjoints.get(node.id)
             if adj is None or node.op is None or (node.id not in every and not adj.any()):
                 continue
-            inputs = node.inputs
-            for k, i in enumerate(inputs):
-                links = self.links.get((node.id, k))
+            linked = self.linked[node.id]
+            whole = node.id in every
+            for _, i, links in linked:
                 if links is None or nodes[i].op is None or i in every:  # a leaf's adjoint would not be read
                     continue
-                if links.kind == "same" and node.id in every:
+                if whole and links.kind == "same":
                     adjoints[i] = all_of(i)
-                else:
-                    back = pushed_back(links, adj)
-                    adjoints[i] = back if i not in adjoints else adjoints[i] | back
-            second = node.op.structure.second
-            for k, i in enumerate(inputs):
-                if i not in self.moving:
                     continue
-                for m in range(k, len(inputs)):
-                    j = inputs[m]
-                    if j not in self.moving:
-                        continue
-                    links = second(k, m, self.entries[node.id], adj)
+                back = pushed_back(links, adj)
+                if i in adjoints:
+                    back = back | adjoints[i]
+                # An adjoint that reaches every entry (a sum's operand) is the shared one, so
+                # the chain behind it is pushed with no pass and its rules see it whole.
+                adjoints[i] = all_of(i) if back.all() else back
+            structure = node.op.structure
+            if structure.linear:
+                continue
+            entries = self.entries[node.id]
+            for p, (k, i, _) in enumerate(linked):
+                for m, j, _ in linked[p:]:
+                    links = structure.second(k, m, entries, adj)
                     if links is not None:
                         before = found.entries
                         met(links, self.pattern(i), self.pattern(j), found, self.n)

@@ -7,7 +7,7 @@ them, and one sweep per colour recovers every nonzero."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,10 +22,11 @@ class Colouring:
     has no colour (every column -1): it takes no sweep."""
     colours: np.ndarray
     kind: str
-    count: int = field(init=False)  # the colours: one sweep each
+    count: int = -1  # the colours: one sweep each (counted when not given)
 
     def __post_init__(self):
-        self.count = int(self.colours.max()) + 1 if len(self.colours) else 0
+        if self.count < 0:
+            self.count = int(self.colours.max()) + 1 if len(self.colours) else 0
 
     def seeds(self) -> np.ndarray:
         """The colours' seed directions, colours × columns: the sum of each colour's unit vectors."""
@@ -119,11 +120,11 @@ def colour_columns(pattern: sp.csr_array) -> Colouring:
     (the least any colouring needs), else the fewer of it and the greedy one."""
     fullest = int(np.diff(pattern.indptr).max(initial=0))
     banded = _banded(pattern)
-    if banded is not None and (len(banded) == 0 or banded.max() + 1 <= fullest):
-        return Colouring(banded, "columns")
-    greedy = _greedy_columns(pattern)
-    best = greedy if banded is None or greedy.max(initial=0) <= banded.max(initial=0) else banded
-    return Colouring(best, "columns")
+    count = None if banded is None else int(banded.max(initial=-1)) + 1
+    if banded is not None and count <= fullest:
+        return Colouring(banded, "columns", count)
+    greedy = Colouring(_greedy_columns(pattern), "columns")
+    return greedy if banded is None or greedy.count <= count else Colouring(banded, "columns", count)
 
 
 def colour_symmetric(pattern: sp.csr_array) -> Colouring:
@@ -144,7 +145,8 @@ class Recovery:
     (Newton's steps): reading is then one gather."""
 
     def __init__(self, pattern: sp.csr_array, colouring: Colouring):
-        pattern = sp.csr_array(pattern)
+        if type(pattern) is not sp.csr_array:
+            pattern = sp.csr_array(pattern)
         if not pattern.has_canonical_format:  # summed on a copy: the caller's pattern stays as it is
             pattern = pattern.copy()
             pattern.sum_duplicates()

@@ -144,17 +144,22 @@ def band_csr(cells: np.ndarray, low: int, n: int) -> sp.csr_array:
     whose every cell within the matrix is set (a chain's Hessian or
     Jacobian) is written out without reading the cells."""
     width, rows = cells.shape
+    return _band_csr(width, rows, low, n, cells)
+
+
+def _band_csr(width: int, rows: int, low: int, n: int, cells: np.ndarray | None) -> sp.csr_array:
+    """band_csr of `cells`, or (None) of a band whose every cell within the matrix is set."""
     kind = np.int32 if max(n, rows * width) < 2 ** 31 else np.int64
     # Rows top..bottom-1 have all their cells within the matrix; the few others (edges), some.
     top = min(max(-low, 0), rows)
     bottom = max(min(n - low - width + 1, rows), top)
-    edges = [*range(top), *range(bottom, rows)] if rows - (bottom - top) <= 64 else None
+    edges = [*range(top), *range(bottom, rows)] if cells is None or rows - (bottom - top) <= 64 else None
     if edges is not None:
         first = {r: max(0, -low - r) for r in edges}
         inside = {r: max(min(width, n - low - r) - first[r], 0) for r in edges}
         full = sum(inside.values()) + (bottom - top) * width
     indptr = np.empty(rows + 1, dtype=kind)
-    if edges is not None and np.count_nonzero(cells) == full:
+    if edges is not None and (cells is None or np.count_nonzero(cells) == full):
         indptr[0] = 0
         for r in range(top):
             indptr[r + 1] = indptr[r] + inside[r]
@@ -351,6 +356,8 @@ class HessianPairs:
         band = max(widths)
         if n * (2 * band + 1) > 8 * self.entries + 4096:
             return self._scattered()
+        if not self.listed and self._covers(band):  # a chain's Hessian: written without cells
+            return _band_csr(2 * band + 1, n, -band, n, None)
         # cells[band + d, r]: the entry (r, r + d), set for each pair and its mirror.
         cells = np.zeros((2 * band + 1, n), dtype=bool)
         for start, step, length, d in self.diagonals:
@@ -361,6 +368,22 @@ class HessianPairs:
             flat[(band + d) * n + low] = True
             flat[(band - d) * n + low + d] = True
         return band_csr(cells, -band, n)
+
+    def _covers(self, band: int) -> bool:
+        """Whether the diagonals found cover every entry within `band` of the diagonal."""
+        runs: dict[int, list[tuple[int, int]]] = {}
+        for start, step, length, d in self.diagonals:
+            if step == 1:
+                runs.setdefault(d, []).append((start, start + length))
+        for d in range(band + 1):
+            reached = 0
+            for start, end in sorted(runs.get(d, ())):
+                if start > reached:
+                    return False
+                reached = max(reached, end)
+            if reached < self.n - d:
+                return False
+        return True
 
     def _scattered(self) -> sp.csr_array:
         lows = [start + step * np.arange(length) for start, step, length, _ in self.diagonals]

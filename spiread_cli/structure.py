@@ -36,7 +36,7 @@ scipy is sparsity.py's.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -136,9 +136,19 @@ class Entries:
     out_shape: tuple[int, ...]
     params: dict
     nonzero: Callable[[int], np.ndarray]
+    sizes: tuple[int, ...] = ()  # the operands' sizes, then the output's (made from the shapes when not given)
 
-    def size(self, k: int | None = None) -> int:
-        return math.prod(self.out_shape if k is None else self.shapes[k])
+    def __post_init__(self):
+        if not self.sizes:
+            self.sizes = (*map(math.prod, self.shapes), math.prod(self.out_shape))
+
+    def size(self, k: int = -1) -> int:
+        """Operand k's number of entries; the output's without k."""
+        return self.sizes[k]
+
+
+def _linear(i: int, j: int, entries: Entries, adj: np.ndarray) -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +156,11 @@ class Structure:
     kind: str
     first: Callable[[int, Entries], Links | None]
     second: Callable[[int, int, Entries, np.ndarray], Links | None]
+    linear: bool = field(init=False)  # no second derivative anywhere: a pattern's sweep need not ask
 
     def __post_init__(self):
         assert self.kind in STRUCTURES, self.kind
-
-
-def _linear(i: int, j: int, entries: Entries, adj: np.ndarray) -> None:
-    return None
+        object.__setattr__(self, "linear", self.second is _linear)
 
 
 # ---------------------------------------------------------- elementwise
@@ -186,25 +194,26 @@ def elementwise(couples: tuple[tuple[int, int], ...] | None = None, flat: bool =
             nonzero = e.nonzero(factor)
             if not nonzero.all():
                 keep = np.broadcast_to(nonzero.reshape(e.shapes[factor]), out).ravel()
+        size = e.sizes[-1]
         if shape == out and keep is None:
-            return Links.same(e.size())
-        if keep is None and e.size(i) == 1:
-            return Links.strided((e.size(), 1), 0, 0)
+            return Links("same", (size, size))
+        if keep is None and e.sizes[i] == 1:
+            return Links.strided((size, 1), 0, 0)
         cols = broadcast_positions(shape, out)
         if keep is not None:
             cols = np.where(keep, cols, -1)
-        return Links.copies((e.size(), e.size(i)), cols)
+        return Links.copies((size, e.sizes[i]), cols)
 
     def second(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
         if flat or (couples is not None and (i, j) not in couples):
             return None
         if e.shapes[i] == e.shapes[j] == e.out_shape and adj.all():
-            return Links.same(e.size())
+            return Links("same", (e.sizes[-1],) * 2)
         at = np.flatnonzero(adj)
         return Links.pairs((e.size(i), e.size(j)), broadcast_positions(e.shapes[i], e.out_shape)[at],
                            broadcast_positions(e.shapes[j], e.out_shape)[at])
 
-    return Structure("elementwise", first, second)
+    return Structure("elementwise", first, _linear if flat or couples == () else second)
 
 
 # ------------------------------------------------------- rows and wholes

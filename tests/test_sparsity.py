@@ -307,10 +307,9 @@ def dense_sweep(tape, output: int, wrt: list[int]) -> tuple[np.ndarray, np.ndarr
     jac: dict[int, np.ndarray] = {}
     for node in sweep.plan:
         m = np.zeros((size[node.id], n), dtype=bool)
-        if node.op is not None:
-            for k, i in enumerate(node.inputs):
-                if (node.id, k) in sweep.links:
-                    m |= (dense(sweep.links[node.id, k], (size[node.id], size[i])).astype(int) @ jac[i]) > 0
+        for _, i, links in sweep.linked.get(node.id, ()):
+            if links is not None:
+                m |= (dense(links, (size[node.id], size[i])).astype(int) @ jac[i]) > 0
         if node.id in sweep.seeds:
             p = sweep.seeds[node.id]
             m[np.arange(size[node.id]), sweep.offsets[p] + np.arange(size[node.id])] = True
@@ -321,9 +320,9 @@ def dense_sweep(tape, output: int, wrt: list[int]) -> tuple[np.ndarray, np.ndarr
         adj = adjoints.get(node.id)
         if adj is None or node.op is None or not adj.any():
             continue
-        for k, i in enumerate(node.inputs):
-            if (node.id, k) in sweep.links:
-                back = (adj.astype(int) @ dense(sweep.links[node.id, k], (size[node.id], size[i]))) > 0
+        for _, i, links in sweep.linked[node.id]:
+            if links is not None:
+                back = (adj.astype(int) @ dense(links, (size[node.id], size[i]))) > 0
                 adjoints[i] = adjoints.get(i, np.zeros(size[i], dtype=bool)) | back
         for k, i in enumerate(node.inputs):
             for m_, j in enumerate(node.inputs[k:], start=k):
