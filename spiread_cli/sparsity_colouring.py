@@ -64,17 +64,21 @@ def _banded(pattern: sp.csr_array) -> np.ndarray | None:
 def _greedy_columns(pattern: sp.csr_array) -> np.ndarray:
     """Greedy distance-1 colouring of the column intersection graph, in
     natural order: each column takes the least colour no column sharing a
-    row with it has."""
+    row with it has. The columns sharing a row with each are found once, by
+    a sparse product (each neighbour once, however many rows it shares),
+    and only the earlier ones are looked at: they alone have a colour yet."""
     n = pattern.shape[1]
-    cols_of_row, rows_of_col = _lists(pattern), _lists(pattern.T.tocsr())
+    counts = np.diff(pattern.indptr).astype(np.int64)
+    if counts.max(initial=0) >= n:  # a full row: every column its own colour, the fewest there can be
+        return np.arange(n, dtype=np.int64)
+    ones = sp.csr_array((np.ones(pattern.nnz, dtype=bool), pattern.indices, pattern.indptr), shape=pattern.shape)
+    earlier = sp.tril(ones.T @ ones, k=-1, format="csr")
+    indptr, indices = earlier.indptr.tolist(), earlier.indices.tolist()
     colour = [-1] * n
     forbidden = [-1] * (n + 1)
     for j in range(n):
-        for r in rows_of_col[j]:
-            for k in cols_of_row[r]:
-                c = colour[k]
-                if c >= 0:
-                    forbidden[c] = j
+        for k in indices[indptr[j]:indptr[j + 1]]:
+            forbidden[colour[k]] = j
         c = 0
         while forbidden[c] == j:
             c += 1

@@ -506,6 +506,23 @@ def test_an_arrowhead_takes_two_sweeps_by_a_star_colouring_and_n_by_columns():
 
 
 @settings(max_examples=60, deadline=None)
+@given(st.integers(1, 25), st.integers(1, 25), st.floats(0.0, 0.7), st.booleans())
+def test_greedy_columns_are_the_natural_order_greedy_colouring(m, n, density, full_row):
+    """Found through the column intersection graph, the colours are those of
+    the plain greedy walk: each column in turn takes the least colour no
+    earlier column sharing a row with it has (a full row: n colours)."""
+    from spiread_cli.sparsity_colouring import _greedy_columns
+    shape = RNG.random((m, n)) < density
+    if full_row:
+        shape[RNG.integers(m)] = True
+    expected: list[int] = []
+    for j in range(n):
+        taken = {expected[k] for k in range(j) if (shape[:, k] & shape[:, j]).any()}
+        expected.append(min(set(range(n + 1)) - taken))
+    assert _greedy_columns(sp.csr_array(shape)).tolist() == expected
+
+
+@settings(max_examples=60, deadline=None)
 @given(st.integers(1, 30), st.floats(0.0, 0.4), st.sampled_from(["star", "columns"]))
 def test_every_nonzero_is_recovered_from_one_product_per_colour(n, density, kind):
     from spiread_cli.sparsity_colouring import Colouring, _greedy_columns, _greedy_star, recover
