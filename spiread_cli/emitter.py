@@ -33,6 +33,7 @@ import numpy as np
 
 from .diagnostics import Diagnostics, Span
 from .ops import OPS, Op
+from .rules import comparable
 
 # A tape node (tape_nodes.Node, a layer above the op table this module sits on).
 Node = Any
@@ -62,15 +63,23 @@ class Emitter:
     Non-finite values are not reported node by node: the sweep warns where a
     rule's result is born non-finite, as `backward` does."""
 
-    def __init__(self, tape: Recording, span: Span | None, label: str, shared: dict | None = None):
+    def __init__(self, tape: Recording, span: Span | None, label: str, shared: Shared | None = None):
         self.tape, self.span, self.label, self.nodes = tape, span, label, tape.nodes
-        self.shared = shared  # the nodes recorded `once` in this recording (Tape.backward_graph's)
+        self.shared = shared  # what the emitters of one recording share (Tape.backward_graph's)
 
     def __call__(self, op_name: str, inputs: list[int], **params) -> int:
         found = simplified(self, op_name, inputs, params)
         if found is not None:
             return found
-        return self.tape.record(OPS[op_name], tuple(inputs), params, self.span, self.label, None).id
+        key = None if self.shared is None else op_key(self.nodes, op_name, inputs, params)
+        if key is not None:
+            found = self.shared.computed(self.nodes).get(key)
+            if found is not None:
+                return found
+        node = self.tape.record(OPS[op_name], tuple(inputs), params, self.span, self.label, None)
+        if key is not None:
+            self.shared.ops[key] = node.id
+        return node.id
 
     def fold(self, op_name: str, inputs: list[int], params: dict) -> int:
         """An op of fixed constants, as the fixed constant it gives."""
@@ -87,9 +96,10 @@ class Emitter:
         total over row chunks' gradient by every operand, row_totals.py)."""
         if self.shared is None:
             return make()
-        if key not in self.shared:
-            self.shared[key] = make()
-        return self.shared[key]
+        once = self.shared.once
+        if key not in once:
+            once[key] = make()
+        return once[key]
 
     def const(self, value, name: str | None = None) -> int:
         leaf = self.tape.leaf(uniform(np.asarray(value, dtype=np.float64)), "const", self.span, fixed=True)
@@ -99,6 +109,45 @@ class Emitter:
 
     def shape(self, node_id: int) -> tuple:
         return self.tape.nodes[node_id].shape
+
+
+class Shared:
+    """What the emitters of one recording share: the nodes recorded `once`,
+    and every op node of the tape by what it computes (`op_key`), so an op a
+    rule emits that the tape already computes — the program's own, or
+    another rule's, a first recorded gradient's when a second is recorded
+    (`tanh`'s 1 − out² again for an HVP) — is that node, not a new one."""
+
+    def __init__(self):
+        self.once: dict = {}
+        self.ops: dict | None = None
+
+    def computed(self, nodes: list[Node]) -> dict:
+        if self.ops is None:
+            self.ops = {}
+            for node in nodes:
+                if node.op is not None:
+                    key = op_key(nodes, node.op.name, node.inputs, node.params)
+                    if key is not None:
+                        self.ops.setdefault(key, node.id)
+        return self.ops
+
+
+def op_key(nodes: list[Node], op_name: str, inputs, params: dict) -> tuple | None:
+    """What an op node computes, as a key: its op, its params and its
+    operands, a fixed constant holding one number by that number (bit for
+    bit) and shape; None where a param cannot be compared (an array)."""
+    key: tuple = (op_name,)
+    for i in inputs:
+        number = held(nodes[i])
+        key += ((nodes[i].shape, np.float64(number).tobytes()),) if number is not None else (i,)
+    try:
+        if params:
+            key += tuple(sorted((k, comparable(v)) for k, v in params.items()))
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def simplified(emit: Emitter, op_name: str, inputs: list[int], params: dict) -> int | None:

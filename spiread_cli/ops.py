@@ -742,16 +742,19 @@ def _product(a, b, like=None):
     the longer side of its result contiguous (column-major if it is taller
     than wide, or square from two column-major operands); any other in the
     layout of `like`, the primal a cotangent stands for (so an elementwise
-    rule meets its value and cotangent in one layout), else column-major if
-    an operand is (a recorded backward pass's product with a transpose),
-    else row-major. Column-major is the transpose of the transposed product,
-    no copy."""
+    rule meets its value and cotangent in one layout), else in its
+    operands' layout, or, where they differ (a recorded backward pass's
+    product with a transpose), with the longer side contiguous as the
+    compute-bound products its result meets are. Column-major is the
+    transpose of the transposed product, no copy."""
     if type(a) is ndarray and type(b) is ndarray and a.ndim == 2 and b.ndim == 2:
+        m, n = a.shape[0], b.shape[1]
         if a.shape[1] >= COMPUTE_BOUND_INNER:
-            m, n = a.shape[0], b.shape[1]
             column_major = m > n or (m == n and _column_major(a) and _column_major(b))
+        elif like is not None:
+            column_major = _column_major(like)
         else:
-            column_major = _column_major(like) if like is not None else _column_major(a) or _column_major(b)
+            column_major = _column_major(a) if _column_major(a) == _column_major(b) else m > n
         if column_major:
             return np.matmul(b.T, a.T).T
     return np.matmul(a, b)

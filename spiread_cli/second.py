@@ -28,6 +28,7 @@ from .limits import check_shape, limit_for, reuse_freed_memory
 from .ops import OPS
 from .run import Run
 from .tape import Tape
+from .tape_nodes import all_finite
 
 
 class SecondOrder:
@@ -165,23 +166,42 @@ class SparseHessians:
 
 class HessianVectorProducts:
     """H·v on a tape whose gradient is recorded (grad_ids: value id ->
-    gradient node id): h = Σ ⟨∂f/∂x, v_x⟩ is recorded once, with a leaf per
-    direction; each product sets the leaves, replays only h's part of the
-    tape and sweeps back from h (reverse over reverse, PyTorch's double
-    backward). After the values change and the forward nodes are replayed,
-    `refresh` recomputes the recorded gradient: the nodes from
-    `recorded_from` (the tape's length before `backward_graph`) on."""
+    gradient node id), reverse over reverse (PyTorch's double backward):
+    h = Σ ⟨∂f/∂x, v_x⟩ is recorded, with a leaf per direction, and swept
+    back from. The first product sweeps numerically (`Tape.backward`); from
+    the second on, that sweep is recorded too (`Tape.backward_graph` of h:
+    H·v as nodes, on a copy of the tape's node list, so the tape itself is
+    unchanged), and a product replays only the nodes its result is computed
+    from. What no product reads is never computed again: the gradient's own
+    entries where h only multiplies them by v (∂f/∂W of `X @@ W`, a product
+    of the size of the data), and what the direction does not move is
+    recomputed only by `refresh`. A product that comes out not finite is
+    swept again numerically, which warns where it was born, as the first.
+
+    After the values change and the forward nodes are replayed, `refresh`
+    recomputes the recorded gradient (the nodes from `recorded_from`, the
+    tape's length before `backward_graph`, on): once products are recorded,
+    only what they read of it."""
 
     def __init__(self, tape: Tape, grad_ids: dict[int, int], recorded_from: int,
                  diagnostics: Diagnostics | None = None):
         reuse_freed_memory()
-        self.tape, self.diagnostics = tape, diagnostics
-        self.leaves, self.h = record_inner_product(tape, grad_ids)
-        self.from_directions = tape.between(list(self.leaves.values()), self.h)
-        self.from_values = [n for n in tape.between(list(grad_ids), self.h) if n.id >= recorded_from]
+        self.diagnostics, self.grad_ids, self.recorded_from = diagnostics, grad_ids, recorded_from
+        self.tape = Tape(list(tape.nodes), tape.source)  # what is recorded here is this object's own
+        self.own = len(tape.nodes)  # the nodes from here on
+        self.leaves, self.h = record_inner_product(self.tape, grad_ids)
+        self.from_directions = self.tape.between(list(self.leaves.values()), self.h)
+        swept = self.tape.between(list(grad_ids), self.h)
+        self.gradient = [n for n in swept if n.id >= recorded_from]
+        # An op that runs tapes of its own (a total over row chunks) takes its
+        # second derivatives by its own sweeps, numerically: not recorded.
+        self.recording = not any(n.op is not None and n.op.reports is not None for n in swept)
+        self.products: dict[int, int] | None = None  # value id -> the node of its H·v, once recorded
+        self.read: list = []                          # what `refresh` recomputes once they are
+        self.plans: dict[tuple[int, ...], list] = {}  # wrt -> the nodes a product replays
 
     def refresh(self) -> None:
-        self.tape.replay(self.from_values)
+        self.tape.replay(self.gradient if self.products is None else self.read)
 
     def __call__(self, directions: dict[int, np.ndarray], wrt: list[int]) -> dict[int, np.ndarray]:
         """H·v with respect to each node in `wrt`; v is `directions` (value id
@@ -190,8 +210,67 @@ class HessianVectorProducts:
         for x, leaf in self.leaves.items():
             v = directions.get(x)
             nodes[leaf].set_value(np.zeros(nodes[leaf].value.shape) if v is None else np.asarray(v, dtype=np.float64))
+        if not self.recording:
+            return self.swept(wrt)
+        if self.products is None:
+            self.tape.replay(self.from_directions)
+            self.record()
+        else:
+            self.tape.replay_dropping(*self.plan(tuple(wrt)))
+        products = {w: nodes[self.products[w]].value for w in wrt}
+        if self.diagnostics is not None and not all(all_finite(p) for p in products.values()):
+            self.tape.replay(self.gradient)
+            return self.swept(wrt)  # which warns where the first non-finite derivative was born
+        return products
+
+    def swept(self, wrt: list[int]) -> dict[int, np.ndarray]:
+        """The products by a numeric reverse sweep from h (its terms computed)."""
         self.tape.replay(self.from_directions)
         return self.tape.backward(self.h, wrt, self.diagnostics)
+
+    def record(self) -> None:
+        """Record the sweep from h (its nodes come after h), computing the
+        products at the directions set. `refresh` recomputes the recorded
+        gradient's nodes they are computed from that the direction does not
+        move; a product, the rest."""
+        tape = self.tape
+        values = list(self.grad_ids)
+        self.products = tape.backward_graph(self.h, values)
+        last = len(tape.nodes) - 1
+        needed = tape.feeding(*self.products.values())
+        moved = tape.fed_by(values, last)
+        self.directed = tape.fed_by(list(self.leaves.values()), last)
+        self.read = [n for n in tape.nodes[self.recorded_from:self.h] if n.op is not None and needed[n.id]
+                     and moved[n.id] and not self.directed[n.id]]
+        kept = set(self.products.values())
+        for node in tape.nodes[self.own:]:
+            if node.op is not None and node.id not in kept:
+                node.value = node.residual = None  # each product computes what it reads again
+
+    def plan(self, wrt: tuple[int, ...]) -> tuple[list, dict]:
+        """The recorded nodes a product by `wrt` replays: those the direction
+        moves, and the sweep's own that it does not (the values may have
+        moved since: a kept run replays the tape, not this copy); and when
+        each of this object's own values is read for the last time, after
+        which it is dropped, as a numeric sweep drops its adjoints."""
+        plan = self.plans.get(wrt)
+        if plan is None:
+            tape = self.tape
+            products = [self.products[w] for w in wrt]
+            needed = tape.feeding(*products)
+            nodes = [n for n in tape.nodes[self.recorded_from:] if n.op is not None
+                     and needed[n.id] and (self.directed[n.id] or n.id > self.h)]
+            last: dict[int, int] = {}
+            for node in nodes:
+                for i in node.inputs:
+                    if i >= self.own and tape.nodes[i].op is not None:
+                        last[i] = node.id
+            dropped: dict[int, list] = {}
+            for i, reader in last.items():
+                if i not in products:
+                    dropped.setdefault(reader, []).append(tape.nodes[i])
+            plan = self.plans[wrt] = (nodes, dropped)
+        return plan
 
 
 def record_inner_product(tape: Tape, grad_ids: dict[int, int], names: dict[int, str] | None = None

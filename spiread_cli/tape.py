@@ -22,7 +22,7 @@ from .diagnostics import Diagnostics, Source, Span
 from .limits import reuse_freed_memory
 from .ops import IN_PLACE_ENTRIES, OPS, Op
 from .rules import comparable
-from .emitter import Emitter
+from .emitter import Emitter, Shared
 from .rules_forward import Diagonal, added, dense, diagonal_vjp
 from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, compute, describe_nonfinite,
                          rule_params)
@@ -151,6 +151,17 @@ class Tape:
                 if node.op is not None:
                     evaluate(node, tape_nodes, diagnostics)
 
+    def replay_dropping(self, nodes: list[Node], dropped: dict[int, list[Node]]) -> None:
+        """`replay`, dropping values as it goes: once a node is computed, the
+        values of the nodes `dropped` lists for it (it was their last reader),
+        so a replay whose intermediates are its own holds few at a time."""
+        evaluate, tape_nodes = self._evaluate, self.nodes
+        with np.errstate(all="ignore"):
+            for node in nodes:
+                evaluate(node, tape_nodes, None)
+                for done in dropped.get(node.id, ()):
+                    done.value = done.residual = None
+
     @staticmethod
     def _evaluate(node: Node, nodes: list[Node], diagnostics: Diagnostics | None) -> None:
         args = [nodes[i].value for i in node.inputs]
@@ -180,11 +191,12 @@ class Tape:
 
     # ---------------------------------------------------------- graph queries
 
-    def feeding(self, output: int) -> list[bool]:
-        """For each node, whether `output` is computed from it (itself included)."""
+    def feeding(self, *outputs: int) -> list[bool]:
+        """For each node, whether an output is computed from it (itself included)."""
         feeds = [False] * len(self.nodes)
-        feeds[output] = True
-        for node in reversed(self.nodes[:output + 1]):
+        for output in outputs:
+            feeds[output] = True
+        for node in reversed(self.nodes[:max(outputs) + 1]):
             if feeds[node.id]:
                 for i in node.inputs:
                     feeds[i] = True
@@ -262,7 +274,7 @@ class Tape:
             result = self._sweep(output, wrt, needs, observe, cotangents)
             # Finiteness is checked only when a gradient came out non-finite:
             # then a second, checking sweep finds the op that made it.
-            if diagnostics is not None and not all(all_finite_unguarded(dense(g)) for g in result.values()):
+            if diagnostics is not None and not all(all_finite_unguarded(g) for g in result.values()):
                 births = Births(self.nodes)
                 self._sweep(output, wrt, needs, births.reverse, cotangents)
                 births.warn(diagnostics)  # the first op, sweeping back from the output
@@ -348,7 +360,7 @@ class Tape:
         if needs[output]:
             adjoints[output] = self.leaf(np.ones(out_node.shape), "const", out_node.span, fixed=True).id
         wanted = set(wrt)
-        shared: dict = {}  # Emitter.once's nodes, this recording's only
+        shared = Shared()  # this recording's emitters
         births = Births(nodes) if diagnostics is not None else None
         for node in reversed(nodes[lowest:output + 1]):
             g = adjoints.get(node.id) if node.id in wanted else adjoints.pop(node.id, None)
@@ -365,7 +377,8 @@ class Tape:
                     births.reverse(nodes[met_first.get(node.id, node.id)], nodes[g].value, k, nodes[gi].value)
                 i = same.get(i, i)
                 if i in adjoints:
-                    gi = Emitter(self, nodes[i].span, f"Σ∂ {nodes[i].name or nodes[i].label}")("add", [adjoints[i], gi])
+                    gi = Emitter(self, nodes[i].span, f"Σ∂ {nodes[i].name or nodes[i].label}", shared)(
+                        "add", [adjoints[i], gi])
                 adjoints[i] = gi
         if births is not None:
             births.warn(diagnostics)  # the first op, sweeping back from the output

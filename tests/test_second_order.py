@@ -4,6 +4,7 @@ HIPS autograd's and against central differences of the exact gradient."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import warnings
 
@@ -189,6 +190,71 @@ def test_hvp_is_the_hessian_times_the_direction():
                                        atol=1e-10 * (1 + np.abs(expected).max(initial=0)), err_msg=program.source)
 
     check()
+
+
+def test_hvps_made_again_are_the_hessian_times_each_direction():
+    """HessianVectorProducts sweeps its first product numerically, records
+    its second and replays only what the later ones read: each product is
+    H·v (H by HIPS autograd) for every direction it is given, on random
+    programs, and after the values move and `refresh` (Newton's steps) too."""
+    @SETTINGS
+    @given(programs(), st.data())
+    def check(program, data):
+        wrt = _draw_wrt(program, data)
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="seed"))
+        r = run(program.source, name="generated.ad")
+        ids = [r.bindings[n] for n in wrt]
+        recorded_from = len(r.tape.nodes)
+        products = second.HessianVectorProducts(r.tape, r.tape.backward_graph(r.output, ids), recorded_from)
+        moved = r.tape.between(ids, r.output)
+        for step in range(5):
+            if step == 3:  # the values move (signs kept): the forward nodes replayed, then the recorded gradient
+                for n, i in zip(wrt, ids):
+                    shape = np.shape(program.inputs[n])
+                    r.tape.nodes[i].set_value(program.inputs[n] * (1 + rng.uniform(-0.1, 0.1, size=shape)))
+                r.tape.replay(moved)
+                if not np.all(np.isfinite(r.tape.nodes[r.output].value)):
+                    return
+                products.refresh()
+            at = {n: r.tape.nodes[i].value for n, i in zip(wrt, ids)}
+            vectors = {n: rng.normal(size=np.shape(at[n])) for n in wrt if rng.random() < 0.8}
+            hv = products({r.bindings[n]: v for n, v in vectors.items()}, ids)
+            moved_program = dataclasses.replace(program, inputs={**program.inputs, **at})
+            for a, i in zip(wrt, ids):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # autograd: "Output seems independent of input"
+                    expected = sum((autograd_hessian(moved_program, a, b).reshape(np.size(at[a]), -1) @ v.ravel()
+                                    for b, v in vectors.items()), np.zeros(np.size(at[a])))
+                scale = 1 + np.abs(expected).max(initial=0)
+                np.testing.assert_allclose(np.ravel(hv[i]), expected, rtol=1e-7, atol=1e-9 * scale,
+                                           err_msg=f"product {step} by {a} in\n{program.source}")
+
+    check()
+
+
+@pytest.mark.parametrize("source, overflowing", [
+    ("x = [1.0, 2.0]\ny = [0.5, 3.0]\nloss = ((x * y).tanh).sum + (y ** 3).sum\n", {"y": [1e308, 1.0]}),
+    ("x = [1.0, 2.0]\nloss = (x.exp * 3).sum\n", {"x": [1e308, -1e306]}),
+    ("x = [1.0, 2.0]\nloss = (x.sin * 3).sum\n", {"x": [1e308, -1e306]}),
+])
+def test_a_replayed_hvp_that_is_not_finite_warns_as_the_first_sweep(source, overflowing):
+    """A product replayed from the recorded sweep that comes out not finite
+    is swept again numerically: the warning (what was born, where) is the
+    one the first, numeric, product gives for that direction."""
+    def warnings_of(calls: list[dict]) -> tuple[list, dict]:
+        r = run(source)
+        ids = list(r.bindings[n] for n in ("x", "y") if n in r.bindings)
+        products = second.HessianVectorProducts(r.tape, r.tape.backward_graph(r.output, ids), len(r.tape.nodes),
+                                                r.diagnostics)
+        for directions in calls:
+            got = products({r.bindings[n]: np.asarray(v, dtype=float) for n, v in directions.items()}, ids)
+        return r.diagnostics.warnings, got
+    fine = {name: [0.5, -1.0] for name in overflowing}
+    expected, expected_products = warnings_of([overflowing])
+    got, products = warnings_of([fine, fine, overflowing])
+    assert expected and [(w.message, w.span) for w in got] == [(w.message, w.span) for w in expected]
+    for i, value in expected_products.items():
+        np.testing.assert_array_equal(products[i], value)
 
 
 def test_hessian_matches_central_differences_of_the_gradient(record_property):
