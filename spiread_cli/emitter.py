@@ -230,6 +230,30 @@ def _product(emit: Emitter, op_name: str, operands: list[Node], params: dict) ->
             shape = OPS[op_name].shape
             if shape(*[nodes[i].shape for i in inputs], **params) == shape(*[n.shape for n in operands], **params):
                 return emit(op_name, inputs, **params)
+    return _negation_moved(emit, op_name, operands, params)
+
+
+def _negation_moved(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
+    """(−x) · (c · y) is x · ((−c) · y) for a fixed finite nonzero number c,
+    when c · y is this rule's own step: the negation, a pass of its own,
+    goes into the constant (`x ** 2`'s rule meeting a subtraction's
+    cotangent). `scale` keeps its guard: the negated operand must be its
+    cotangent (t, which is zero where −t is)."""
+    nodes = emit.nodes
+    for k in ((0, 1) if op_name == "mul" else (0,)):
+        negated, product = operands[k], operands[1 - k]
+        if (negated.op is None or negated.op.name != "neg" or product.op is None
+                or product.op.name not in ("mul", "scale") or (product.span, product.label) != (emit.span, emit.label)):
+            continue
+        for j in (0, 1):
+            c = held(nodes[product.inputs[j]])
+            if c is None or c == 0 or not np.isfinite(c):
+                continue
+            factors = list(product.inputs)
+            factors[j] = emit.const(np.broadcast_to(np.float64(-c), nodes[product.inputs[j]].shape))
+            inputs = [0, 0]
+            inputs[k], inputs[1 - k] = negated.inputs[0], emit(product.op.name, factors, **product.params)
+            return emit(op_name, inputs, **params)
     return None
 
 

@@ -134,6 +134,10 @@ REWRITES = {
     "−(x · 3)": (lambda e, x: e("neg", [e("mul", [x, e.const(3.0)])]), 1),
     "100 · (2 · x)": (lambda e, x: e("scale", [e.const(100.0), e("scale", [e.const(2.0), x])]), 1),
     "(x · 4) · −3": (lambda e, x: e("mul", [e("mul", [x, e.const(4.0)]), e.const(-3.0)]), 1),
+    "(−x) · (2 · x)": (lambda e, x: e("mul", [e("neg", [x]), e("mul", [e.const(2.0), x])]), 1),
+    "(x · −3) · (−x)": (lambda e, x: e("mul", [e("mul", [x, e.const(-3.0)]), e("neg", [x])]), 1),
+    "scale(−x, 2 · x)": (lambda e, x: e("scale", [e("neg", [x]), e("scale", [e.const(2.0), x])]), 1),
+    "scale(2 · x, −x) is kept": (lambda e, x: e("scale", [e("mul", [e.const(2.0), x]), e("neg", [x])]), 0),
     "0.5 · (2 · x) is kept": (lambda e, x: e("scale", [e.const(0.5), e("scale", [e.const(2.0), x])]), 0),
     "3 · (3 · x) is kept": (lambda e, x: e("mul", [e.const(3.0), e("mul", [e.const(3.0), x])]), 0),
     "transpose twice": (lambda e, x: e("reshape", [e("transpose", [e("transpose", [
