@@ -794,6 +794,8 @@ def _matmul_batched(args, which):
 def _placed(k: int, rows: np.ndarray, shape: tuple, at: np.ndarray, lines: np.ndarray, column: bool) -> np.ndarray:
     """A batch (k,) + shape (a matrix's), zero but in directions `rows`: each
     one's line of `lines` as column at[j] (`column`) or as row at[j]."""
+    if len(rows) == k and shape[1 if column else 0] == 1:  # every direction's one line: the batch itself
+        return lines.reshape((k,) + shape)
     result = np.zeros((k,) + shape)
     if column:
         result[rows, :, at] = lines

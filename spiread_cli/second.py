@@ -209,7 +209,8 @@ class HessianVectorProducts:
         nodes = self.tape.nodes
         for x, leaf in self.leaves.items():
             v = directions.get(x)
-            nodes[leaf].set_value(np.zeros(nodes[leaf].value.shape) if v is None else np.asarray(v, dtype=np.float64))
+            # A copy: a product may be a direction itself (by y, (x · y).sum's is v_x), handed to the caller.
+            nodes[leaf].set_value(np.zeros(nodes[leaf].value.shape) if v is None else np.array(v, dtype=np.float64))
         if not self.recording:
             return self.swept(wrt)
         if self.products is None:
