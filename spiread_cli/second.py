@@ -209,8 +209,7 @@ class HessianVectorProducts:
         nodes = self.tape.nodes
         for x, leaf in self.leaves.items():
             v = directions.get(x)
-            # A copy: a product may be a direction itself (by y, (x · y).sum's is v_x), handed to the caller.
-            nodes[leaf].set_value(np.zeros(nodes[leaf].value.shape) if v is None else np.array(v, dtype=np.float64))
+            nodes[leaf].set_value(np.zeros(nodes[leaf].value.shape) if v is None else np.asarray(v, dtype=np.float64))
         if not self.recording:
             return self.swept(wrt)
         if self.products is None:
@@ -218,7 +217,10 @@ class HessianVectorProducts:
             self.record()
         else:
             self.tape.replay_dropping(*self.plan(tuple(wrt)))
-        products = {w: nodes[self.products[w]].value for w in wrt}
+        # A product the replay does not compute anew (a direction, a zero, a value of the tape) is
+        # given as a copy: the caller may write into what they are given.
+        products = {w: nodes[i].value if nodes[i].op is not None and i >= self.own else nodes[i].value.copy()
+                    for w, i in ((w, self.products[w]) for w in wrt)}
         if self.diagnostics is not None and not all(all_finite(p) for p in products.values()):
             self.tape.replay(self.gradient)
             return self.swept(wrt)  # which warns where the first non-finite derivative was born
@@ -244,7 +246,7 @@ class HessianVectorProducts:
         self.read = [n for n in tape.nodes[self.recorded_from:self.h] if n.op is not None and needed[n.id]
                      and moved[n.id] and not self.directed[n.id]]
         kept = set(self.products.values())
-        for node in tape.nodes[self.own:]:
+        for node in tape.nodes[self.h + 1:]:
             if node.op is not None and node.id not in kept:
                 node.value = node.residual = None  # each product computes what it reads again
 
@@ -252,7 +254,7 @@ class HessianVectorProducts:
         """The recorded nodes a product by `wrt` replays: those the direction
         moves, and the sweep's own that it does not (the values may have
         moved since: a kept run replays the tape, not this copy); and when
-        each of this object's own values is read for the last time, after
+        each value of the recorded sweep's own is read for the last time, after
         which it is dropped, as a numeric sweep drops its adjoints."""
         plan = self.plans.get(wrt)
         if plan is None:
@@ -264,7 +266,7 @@ class HessianVectorProducts:
             last: dict[int, int] = {}
             for node in nodes:
                 for i in node.inputs:
-                    if i >= self.own and tape.nodes[i].op is not None:
+                    if i > self.h and tape.nodes[i].op is not None:
                         last[i] = node.id
             dropped: dict[int, list] = {}
             for i, reader in last.items():

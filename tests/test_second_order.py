@@ -236,6 +236,7 @@ def test_hvps_made_again_are_the_hessian_times_each_direction():
     ("x = [1.0, 2.0]\ny = [0.5, 3.0]\nloss = ((x * y).tanh).sum + (y ** 3).sum\n", {"y": [1e308, 1.0]}),
     ("x = [1.0, 2.0]\nloss = (x.exp * 3).sum\n", {"x": [1e308, -1e306]}),
     ("x = [1.0, 2.0]\nloss = (x.sin * 3).sum\n", {"x": [1e308, -1e306]}),
+    ("x = [1.0, 2.0]\ny = [0.5, 3.0]\nloss = (x.exp * 3).sum + (y * 2).sum\n", {"x": [1e308, -1e306]}),
 ])
 def test_a_replayed_hvp_that_is_not_finite_warns_as_the_first_sweep(source, overflowing):
     """A product replayed from the recorded sweep that comes out not finite
