@@ -235,7 +235,7 @@ class PythonWriter:
         if g.hvps:
             functions.append(self.function(
                 "hvp(direction, {arguments})", "The Hessian of the value times `direction` (a dict by name; a name "
-                "left out is zero): {" + ", ".join(f"{n!r}: H·v" for n in wrt) + "}.", list(g.hvps.values()),
+                "left out is zero" + ("; or the direction alone" if len(wrt) == 1 else "") + "): {" + ", ".join(f"{n!r}: H·v" for n in wrt) + "}.", list(g.hvps.values()),
                 lambda r: "{" + ", ".join(f"{n!r}: {r(i)}" for n, i in g.hvps.items()) + "}", directions=True))
         inputs = {n.name: np.asarray(n.value) for n in g.arguments()}
         stored: dict[str, np.ndarray] = {}

@@ -29,8 +29,15 @@ def _constant(xp, value: np.ndarray, like):
         xp.asarray(value, dtype=xp.float64, device=device(like))
 
 
-def _directions(xp, direction: dict, like: dict) -> list:
-    """The HVP's direction for each value differentiated by (zero where none is given)."""
+def _directions(xp, direction, like: dict) -> list:
+    """The HVP's direction for each value differentiated by (zero where none
+    is given): a dict by name, or, when one value is differentiated by, its
+    direction alone (as `jax.jvp` and `torch.func.jvp` take it)."""
+    if not isinstance(direction, dict):
+        if len(like) != 1:
+            raise TypeError(f"hvp(): the direction is a dict of names to values, e.g. {{{next(iter(like))!r}: ...}}, "
+                            f"since {len(like)} values are differentiated by: {sorted(like)}")
+        direction = {next(iter(like)): direction}
     unknown = set(direction) - set(like)
     if unknown:
         raise TypeError(f"hvp(): no value {sorted(unknown)[0]!r} is differentiated by; they are {sorted(like)}")

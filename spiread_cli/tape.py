@@ -177,8 +177,17 @@ class Tape:
         node.known_finite = all_finite_unguarded(value)
         if node.op.reports is not None:  # it says what was born inside it, if anything
             warn_all(diagnostics, node.born_inside())
-        elif not node.known_finite and all([nodes[i].finite for i in node.inputs]):
-            diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args), node.span)
+        elif not node.known_finite:
+            if all([nodes[i].finite for i in node.inputs]):
+                diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args), node.span)
+            elif node.op.structure.kind == "elementwise" and value.ndim:
+                # Entry by entry: an inf or nan made where every operand is
+                # finite is born here, even beside entries that only pass one on.
+                born = ~np.isfinite(value)
+                for a in args:
+                    born &= np.isfinite(a)
+                if born.any():
+                    diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args, born), node.span)
 
     def first_nonfinite(self, nodes: Iterable[Node]) -> Node | None:
         """The first of `nodes` whose value is not finite although its inputs

@@ -115,20 +115,35 @@ def all_finite_unguarded(value: np.ndarray) -> bool:
     return math.isfinite(value.sum()) or bool(np.isfinite(value).all())
 
 
-def first_bad(value: np.ndarray) -> tuple[int, tuple[int, ...], float]:
-    """How many entries are not finite, where the first is, and what it is."""
-    bad = ~np.isfinite(value)
+def first_bad(value: np.ndarray, bad: np.ndarray | None = None) -> tuple[int, tuple[int, ...], float]:
+    """How many entries are not finite (or marked in `bad`), where the first is, and what it is."""
+    if bad is None:
+        bad = ~np.isfinite(value)
     where = tuple(int(i) for i in np.argwhere(bad)[0]) if value.ndim else ()
     return int(bad.sum()), where, float(value[where])
 
 
-def describe_nonfinite(what: str, value: np.ndarray, inputs: list[np.ndarray]) -> str:
-    count, where, bad = first_bad(value)
+def nonfinite_kinds(values: np.ndarray) -> tuple[str, str]:
+    """What `values` (none finite) are, the first one's kind first, and with
+    several kinds how many of each: (`-inf`, ``) or (`-inf or nan`, ` (-inf at 2, nan at 1)`)."""
+    kinds = sorted((np.flatnonzero(mask)[0], f"{kind:g}", np.count_nonzero(mask))
+                   for kind, mask in ((np.inf, values == np.inf), (-np.inf, values == -np.inf), (np.nan, np.isnan(values)))
+                   if mask.any())
+    if len(kinds) == 1:
+        return kinds[0][1], ""
+    return " or ".join(kind for _, kind, _ in kinds), " (" + ", ".join(f"{kind} at {n}" for _, kind, n in kinds) + ")"
+
+
+def describe_nonfinite(what: str, value: np.ndarray, inputs: list[np.ndarray], born: np.ndarray | None = None) -> str:
+    """What an op made that is not finite: every such entry, or those marked
+    in `born` (the ones whose operands were all finite)."""
+    count, where, bad = first_bad(value, born)
     ins = [x for x in inputs if x.shape == value.shape]
     if value.ndim == 0:
         message = f"{what} gave {bad:g}"
         return message + (f"; its input was {float(ins[0]):g}" if len(ins) == 1 else "")
-    message = f"{what} gave {bad:g} at {count} of {value.size} entries, first at {list(where)}"
+    kinds, each = nonfinite_kinds(value[~np.isfinite(value) if born is None else born])
+    message = f"{what} gave {kinds} at {count} of {value.size} entries{each}, first at {list(where)}"
     if len(ins) == 1:
         message += f"; its input was {float(ins[0][where]):g} there"
     return message

@@ -1,0 +1,221 @@
+"""/work/shared/LANGUAGE.md read line by line, end to end: what the rest of
+the suite did not yet hold spiread to, through the real `spiread` binary
+(few subprocesses, each checking many lines of the contract) and the
+Python API."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import run, spiread, strict_json
+from test_export import load_module
+
+# spireAD's "Backward Mode" page (github.com/Quafadas/inspireRAD,
+# site/docs/backward.md) as published now, and its older version that ends
+# at `loss.backward(...)` (§3: both are valid files as they stand).
+IMPORTS = """
+import spire._
+import spire.math._
+import spire.implicits.*
+import _root_.algebra.ring.Field
+import spire.algebra.Trig
+import vecxt.all.*
+import vecxt.BoundsCheck.DoBoundsCheck.yes
+import spire.math.Jet.*
+import io.github.quafadas.inspireRAD.*
+import io.github.quafadas.inspireRAD.TejVDoubleAlgebra.*
+import io.github.quafadas.inspireRAD.TejVDoubleAlgebra.ShowDetails.given
+
+given graph: TejVGraph[Double] = TejVGraph[Double]()
+
+val data = Matrix.fromRows(
+  Array(1.0, 2.0),
+  Array(-1.0, -2),
+  Array(4.0, 5.0)
+).tej
+
+val weights = Matrix.fromColumns(Array(0.1, 0.2), Array(0.05, 0.1)).tej
+
+val probits = (data @@ weights).exp.normaliseRowsL1
+val selected = probits(Array((0,0), (1,1), (2, 0))).mapRowsToScalar(ReductionOps.Sum).log.mean
+
+val loss = selected * -1.0.tej
+"""
+PAGE_NOW = IMPORTS + """
+val gradient = loss.backward((weights = weights))
+
+println(weights.value.printMat)
+
+println(gradient.weights.printMat)
+
+val updated = weights - ((gradient.weights * 0.1).tej)
+
+println(updated.value.printMat)
+
+"""
+PAGE_BEFORE = IMPORTS + """
+loss.backward((weights = weights))
+
+
+
+
+"""
+
+
+def page_loss_and_gradient(w: np.ndarray) -> tuple[float, np.ndarray]:
+    """The page's loss and its gradient by hand: softmax rows' chosen entries."""
+    data = np.array([[1.0, 2.0], [-1.0, -2.0], [4.0, 5.0]])
+    p = np.exp(data @ w)
+    p /= p.sum(1, keepdims=True)
+    chosen = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    loss = -np.log((p * chosen).sum(1)).mean()
+    return loss, data.T @ (p - chosen) / 3  # ∂/∂(data @ w) of −mean log softmax is (p − onehot)/rows
+
+
+def test_the_backward_mode_page_as_published_now_and_before_read_from_stdin():
+    w = np.array([[0.1, 0.05], [0.2, 0.1]])
+    loss, gradient = page_loss_and_gradient(w)
+    now = spiread("eval", "-", "--format", "json", stdin=PAGE_NOW)
+    assert now.returncode == 0 and now.stderr == ""
+    doc = strict_json(now.stdout)
+    assert doc["file"] == "-" and doc["output"] == "loss"
+    np.testing.assert_allclose(doc["values"]["loss"]["value"], loss, rtol=1e-14)
+    np.testing.assert_allclose(doc["values"]["gradient.weights"]["value"], gradient, rtol=1e-12)
+    np.testing.assert_allclose(doc["values"]["updated"]["value"], w - 0.1 * gradient, rtol=1e-12)
+    assert doc["printed"] == ["[[0.1  0.05]\n [0.2  0.1 ]]", "[[-0.734299  0.734299]\n [-1.136785  1.136785]]",
+                              "[[ 0.17343  -0.02343 ]\n [ 0.313679 -0.013679]]"]
+    before = spiread("grad", "-", "--format", "json", stdin=PAGE_BEFORE)
+    assert before.returncode == 0 and before.stderr == ""
+    doc = strict_json(before.stdout)
+    assert doc["output"] == "loss" and list(doc["gradients"]) == ["weights"]
+    np.testing.assert_allclose(doc["gradients"]["weights"]["value"], gradient, rtol=1e-12)
+
+
+# Every spelling of §2, §4, §6 and §7 in one program, each bound to a name
+# and compared with numpy.
+X = np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]])
+P = np.abs(X) + 0.1
+SPELLINGS = """
+import whatever.you.like.*
+given jd: JetDim = JetDim(1)
+X = [[0.5, -1.0, 2.0],
+     [1.5, 0.25, -0.75]]   // a comment
+P = X.abs + 0.1            # another
+one = 1.0.tej; two = 2.tej; half = .5; small = 1e-3; big = 1.5E+2
+negsq = -two ** 2
+prec = 2 * X @@ X.T
+at = X @ X.T
+vec = Array(1, 2) @@ X
+sum_ = X.mapRowsToScalar(ReductionOps.Sum)
+mean_ = X.mapRowsToScalar(ReductionOps.Mean)
+prod_ = X.mapRowsToScalar(ReductionOps.Product)
+sum2 = X.mapRowsToScalar(sum)
+mean2 = X.mapRowsToScalar(mean)
+prod2 = X.mapRowsToScalar(product)
+l1 = P.normalizeRowsL1
+l1b = P.normaliseRowsL1
+l2 = X.normalizeRowsL2
+l2b = X.normaliseRowsL2
+pick = X(Array((0, 1), (1, 2)))
+pick1 = X(Array((0, 1)))
+pick2 = X[(0, 1), (1, 2)]
+pick3 = X.select((0, 1), (1, 2))
+pick4 = X.select([0, 1], [1, 2])
+gather = X.arrange((0, 1), (1, 2))
+gather2 = X.arrange([0, 1], [1, 2])
+byCols = Matrix.fromColumns(Array(1, 2), [3, 4])
+byRows = Matrix.fromRows(Array(1, 2), [3, 4])
+tr = X.transpose()
+tr2 = X.T
+d = X.div(2)
+t = X.tej
+e = X.exp()
+cmin = X.clampMin(0.3)
+cmax = X.clampMax(0.3)
+entry = X[1, 2]
+ventry = X.row(1)[0]
+sizes = Array(rows(X), cols(X), size(X))
+rn = randn(2, 3, seed=5)
+r0 = rand(2, 2)
+oh = onehot([0, 2], 3)
+f = full(1, 2, 7)
+z = zeros(2) + ones(2) + arange(2)
+eye(2)
+"""
+
+
+def test_every_spelling_of_the_contract_in_one_program():
+    done = spiread("eval", "-", "--format", "json", stdin=SPELLINGS)
+    assert done.returncode == 0, done.stderr
+    got = {name: np.array(v["value"]) for name, v in strict_json(done.stdout)["values"].items()}
+    chosen = np.zeros_like(X)
+    chosen[0, 1], chosen[1, 2] = X[0, 1], X[1, 2]
+    chosen1 = np.zeros_like(X)
+    chosen1[0, 1] = X[0, 1]
+    rng = np.random.default_rng
+    expected = {
+        "one": 1.0, "two": 2.0, "half": 0.5, "small": 1e-3, "big": 150.0, "negsq": -4.0,
+        "prec": 2 * (X @ X.T), "at": X @ X.T, "vec": np.array([1, 2]) @ X,
+        "sum_": X.sum(1), "mean_": X.mean(1), "prod_": X.prod(1), "sum2": X.sum(1), "mean2": X.mean(1),
+        "prod2": X.prod(1), "l1": P / P.sum(1, keepdims=True), "l1b": P / P.sum(1, keepdims=True),
+        "l2": X / np.linalg.norm(X, axis=1, keepdims=True), "l2b": X / np.linalg.norm(X, axis=1, keepdims=True),
+        "pick": chosen, "pick1": chosen1, "pick2": chosen, "pick3": chosen, "pick4": chosen,
+        "gather": np.array([X[0, 1], X[1, 2]]), "gather2": np.array([X[0, 1], X[1, 2]]),
+        "byCols": np.array([[1.0, 3.0], [2.0, 4.0]]), "byRows": np.array([[1.0, 2.0], [3.0, 4.0]]),
+        "tr": X.T, "tr2": X.T, "d": X / 2, "t": X, "e": np.exp(X),
+        "cmin": np.maximum(X, 0.3), "cmax": np.minimum(X, 0.3), "entry": X[1, 2], "ventry": X[1, 0],
+        "sizes": np.array([2.0, 3.0, 6.0]), "rn": rng(5).standard_normal((2, 3)), "r0": rng(0).random((2, 2)),
+        "oh": np.eye(3)[[0, 2]], "f": np.full((1, 2), 7.0), "z": np.array([1.0, 2.0]), "eye(2)": np.eye(2),
+    }
+    for name, want in expected.items():
+        assert got[name].shape == np.shape(want), name
+        np.testing.assert_allclose(got[name], want, rtol=1e-14, err_msg=name)
+
+
+def test_a_mixed_non_finite_result_is_counted_by_kind():
+    # log of [1, 0, -1, 0]: -inf twice and nan once. It said "-inf at 3 of 4".
+    [warning] = run("x = [1.0, 0.0, -1.0, 0.0]\ny = x.log").diagnostics.warnings
+    assert warning.message == ("`log` gave -inf or nan at 3 of 4 entries (-inf at 2, nan at 1), first at [1]; "
+                               "its input was 0 there")
+    [warning] = run("x = [[-1.0, 2.0], [0.0, 1.0]]\ny = x.log").diagnostics.warnings
+    assert "gave nan or -inf at 2 of 4 entries (nan at 1, -inf at 1), first at [0, 0]" in warning.message
+    [warning] = run("x = [0.0, 2.0]\ny = 1 / x").diagnostics.warnings  # one kind: as before
+    assert warning.message == "`/` gave inf at 1 of 2 entries, first at [0]; its input was 0 there"
+
+
+def test_an_entrywise_op_warns_for_the_entries_it_makes_bad_beside_an_inf_it_passes_on():
+    # §8: "an operation that turns finite inputs into inf or nan raises a
+    # warning". `1 / t` meets a -inf (passed on quietly) and three finite zeros
+    # (made inf: born here); `(y - 1).log` a -inf and a finite negative.
+    # Whole-array checks missed both. Ops that only pass an inf on stay quiet.
+    program = ("x = [1.0, 0.0]\nu = x.log\nt = hstack(u, [0.0, 0.0])\nr = 1 / t\n"
+               "y = [0.0, 2.0].log\nz = (y - 1).log\nq = (r * 2 + z.sum).sum\n")
+    done = spiread("eval", "-", "--format", "json", stdin=program)
+    assert done.returncode == 0, done.stderr
+    warnings = strict_json(done.stdout)["warnings"]
+    assert [(w["line"], w["column"]) for w in warnings] == [(2, 7), (4, 7), (5, 16), (6, 13)]
+    assert warnings[1]["message"] == "`/` gave inf at 3 of 4 entries, first at [0]; its input was 0 there"
+    assert warnings[3]["message"] == "`log` gave nan at 1 of 2 entries, first at [1]; its input was -0.306853 there"
+    strict = spiread("eval", "-", "--strict", stdin=program.replace("u = x.log", "u = [-1e308, 0] * 1e10"))
+    assert strict.returncode == 1 and strict.stderr.startswith("<stdin>:2:17: error: `*` gave -inf at 1 of 2 entries")
+    assert "Traceback" not in strict.stderr
+
+
+def test_an_exported_hvp_takes_the_direction_alone_when_one_value_is_differentiated(tmp_path):
+    source = tmp_path / "f.ad"
+    source.write_text("w = [1.0, 2.0]\nc = 3.0\nloss = (w * w * w).sum * c\n")
+    done = spiread("export", source, "--wrt", "w", "--hvp", "--to", "python", "-o", tmp_path / "one.py")
+    assert done.returncode == 0, done.stderr
+    both = spiread("export", source, "--wrt", "w,c", "--hvp", "--to", "python", "-o", tmp_path / "two.py")
+    assert both.returncode == 0, both.stderr
+    one, two = load_module(tmp_path / "one.py"), load_module(tmp_path / "two.py")
+    hessian = np.diag(6 * 3.0 * np.array([1.0, 2.0]))  # ∂²(c Σ w³)/∂w² = 6 c w
+    for direction in ([1.0, -1.0], np.array([1.0, -1.0]), {"w": [1.0, -1.0]}):
+        np.testing.assert_allclose(one.hvp(direction)["w"], hessian @ [1.0, -1.0], rtol=1e-15)
+    np.testing.assert_allclose(two.hvp({"w": [1.0, -1.0]})["c"], 3 * np.array([1.0, 4.0]) @ [1.0, -1.0])
+    try:
+        two.hvp([1.0, -1.0])
+    except TypeError as refused:
+        assert "dict of names to values" in str(refused) and "['c', 'w']" in str(refused)
+    else:
+        raise AssertionError("a bare direction for two values was taken")
