@@ -7,59 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import run, spiread, strict_json
+from conftest import EXAMPLES, run, spiread, strict_json
 from test_export import load_module
 
 # spireAD's "Backward Mode" page (github.com/Quafadas/inspireRAD,
-# site/docs/backward.md) as published now, and its older version that ends
-# at `loss.backward(...)` (§3: both are valid files as they stand).
-IMPORTS = """
-import spire._
-import spire.math._
-import spire.implicits.*
-import _root_.algebra.ring.Field
-import spire.algebra.Trig
-import vecxt.all.*
-import vecxt.BoundsCheck.DoBoundsCheck.yes
-import spire.math.Jet.*
-import io.github.quafadas.inspireRAD.*
-import io.github.quafadas.inspireRAD.TejVDoubleAlgebra.*
-import io.github.quafadas.inspireRAD.TejVDoubleAlgebra.ShowDetails.given
-
-given graph: TejVGraph[Double] = TejVGraph[Double]()
-
-val data = Matrix.fromRows(
-  Array(1.0, 2.0),
-  Array(-1.0, -2),
-  Array(4.0, 5.0)
-).tej
-
-val weights = Matrix.fromColumns(Array(0.1, 0.2), Array(0.05, 0.1)).tej
-
-val probits = (data @@ weights).exp.normaliseRowsL1
-val selected = probits(Array((0,0), (1,1), (2, 0))).mapRowsToScalar(ReductionOps.Sum).log.mean
-
-val loss = selected * -1.0.tej
-"""
-PAGE_NOW = IMPORTS + """
-val gradient = loss.backward((weights = weights))
-
-println(weights.value.printMat)
-
-println(gradient.weights.printMat)
-
-val updated = weights - ((gradient.weights * 0.1).tej)
-
-println(updated.value.printMat)
-
-"""
-PAGE_BEFORE = IMPORTS + """
-loss.backward((weights = weights))
-
-
-
-
-"""
+# site/docs/backward.md): examples/backward_mode.ad is its code block as
+# published now; its older version ended at `loss.backward(...)` (§3: both
+# are valid files as they stand).
+PAGE_NOW = (EXAMPLES / "backward_mode.ad").read_text()
+PAGE_BEFORE = PAGE_NOW[:PAGE_NOW.index("val gradient")] + "loss.backward((weights = weights))\n\n\n\n"
 
 
 def page_loss_and_gradient(w: np.ndarray) -> tuple[float, np.ndarray]:
