@@ -98,11 +98,15 @@ class Jacobian(ByName):
 class Hessian:
     """What `Program.hessian` returns: the output's name and value, and either
     every block (`blocks[A][B]`, shape shape(A) + shape(B)) or, when asked with
-    `hvp=`, the Hessian-vector product for each name (`products[A]`)."""
+    `hvp=`, the Hessian-vector product for each name (`products[A]`).
+    `h["A"]` is whichever of the two it holds, as the JSON's "hessian"/"hvp"."""
     output: str
     value: float
     blocks: dict[str, dict[str, Value]] | None
     products: dict[str, Value] | None = None
+
+    def __getitem__(self, name: str) -> dict[str, Value] | Value:
+        return (self.blocks if self.products is None else self.products)[name]
 
 
 @dataclass(frozen=True)

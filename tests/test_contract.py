@@ -175,3 +175,20 @@ def test_an_exported_hvp_takes_the_direction_alone_when_one_value_is_differentia
         assert "dict of names to values" in str(refused) and "['c', 'w']" in str(refused)
     else:
         raise AssertionError("a bare direction for two values was taken")
+
+
+def test_the_python_api_of_section_9_with_bindings_as_keywords():
+    from spiread_cli import compile, load
+    prog = compile("w = [0.0, 0.0]\nX = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]\nr = X @@ w - 1\nloss = (r ** 2).sum\n")
+    X, w = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), np.array([0.5, -0.25])
+    values = prog.eval(w=w)
+    assert isinstance(values["loss"], float) and values["loss"] == ((X @ w - 1) ** 2).sum()
+    np.testing.assert_allclose(prog.grad(w=w)["w"], 2 * X.T @ (X @ w - 1), rtol=1e-15)
+    hessian = prog.hessian(w=w, wrt="w")
+    assert isinstance(hessian["w"]["w"], np.ndarray)  # h["A"]["B"] as the JSON's "hessian": {A: {B: …}}
+    np.testing.assert_allclose(hessian["w"]["w"], 2 * X.T @ X, rtol=1e-15)
+    np.testing.assert_allclose(prog.hessian(w=w, hvp={"w": [1.0, 0.0]})["w"], 2 * X.T @ X[:, 0], rtol=1e-15)
+    np.testing.assert_allclose(prog.hessian(w=w, wrt="w", sparse=True).toarray(), 2 * X.T @ X, rtol=1e-15)
+    assert prog.check(w=w).ok
+    np.testing.assert_array_equal(prog.jacobian(of="r", w=w, wrt="w")["w"], X)
+    assert load(EXAMPLES / "least_squares.ad").grad().output == "loss"
