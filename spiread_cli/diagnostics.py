@@ -57,6 +57,13 @@ class Source:
     def snippet(self, span: Span) -> str:
         return self.text[span.start:span.end]
 
+    def end(self) -> Span:
+        """The place just after the last text that is not blank (1:1 in an empty file)."""
+        offset = len(self.text.rstrip())
+        line_start = self.text.rfind("\n", 0, offset) + 1
+        line, column = self.text.count("\n", 0, offset) + 1, offset - line_start + 1
+        return Span(line, column, line, column, offset, offset)
+
     def line_text(self, line: int) -> str:
         # Lines end at "\n" only, as the parser counts them (str.splitlines
         # would also split at form feeds and other separators).

@@ -131,8 +131,8 @@ class Interpreter(Names, Operands, Calls, Indexing):
                                    notes=did_you_mean(of, self.bindings), exit_code=2)
             output, output_name = self.tape.nodes[self.bindings[of]], of
         if output is None:
-            raise SpireadError("the program computes nothing", None,
-                               ["write an expression, e.g. `loss = (x * x).sum`"], origin=self.source.name)
+            raise SpireadError("the program computes nothing", self.source.end(),
+                               ["write an expression, e.g. `loss = (x * x).sum`"])
         return Run(self.source, self.tape, self.bindings, self.binding_spans, output.id, output_name,
                    backward_wrt, self.diagnostics, self.printed, self.jets, self.read_ids, self.files)
 
