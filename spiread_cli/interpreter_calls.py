@@ -74,7 +74,9 @@ class Calls:
         previous twice, stay linear): a function sees only its arguments and
         names bound once, so the result is the same. A call that printed is
         not shared, so each call prints."""
-        check_arguments(f"`{function.name}`", (len(function.params),), len(args), call.span, keywords)
+        if keywords:
+            args = self.by_position(function, args, keywords, call)
+        check_arguments(f"`{function.name}`", (len(function.params),), len(args), call.span)
         key = (id(function), *[id(a.value) for a in args])
         shared = self.calls.get(key)
         if shared is not None:
@@ -102,6 +104,19 @@ class Calls:
             # The arguments are kept with the result, so the ids in the key stay theirs.
             self.calls[key] = (value, function, args)
         return value
+
+    @staticmethod
+    def by_position(function: Function, args: list[Arg], keywords: dict[str, Arg], call) -> list[Arg]:
+        """The arguments of a call with some given by name (`f(2, y = 3)`), in
+        the order of the function's parameters."""
+        params = [p.id for p in function.params]
+        check_arguments(f"`{function.name}`", (len(params),), len(args) + len(keywords), call.span, keywords,
+                        tuple(params))
+        twice = [name for name in params[:len(args)] if name in keywords]
+        if twice:
+            raise SpireadError(f"`{function.name}` is given `{twice[0]}` twice: by position and by name",
+                               keywords[twice[0]].expr.span)
+        return args + [keywords[name] for name in params[len(args):]]
 
     def inline_tentatively(self, function: Function, args: list[Arg], call, keep: Callable):
         """`inline` on an evaluation stack of its own, its value kept if

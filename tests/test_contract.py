@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import EXAMPLES, run, spiread, strict_json
+from spiread_cli.diagnostics import SpireadError
+from spiread_cli.gradients import gradients as run_gradients
 from test_export import load_module
 
 # spireAD's "Backward Mode" page (github.com/Quafadas/inspireRAD,
@@ -192,3 +194,19 @@ def test_the_python_api_of_section_9_with_bindings_as_keywords():
     assert prog.check(w=w).ok
     np.testing.assert_array_equal(prog.jacobian(of="r", w=w, wrt="w")["w"], X)
     assert load(EXAMPLES / "least_squares.ad").grad().output == "loss"
+
+
+def test_a_def_takes_its_arguments_by_name_as_keyword_arguments():
+    # §4: `f(args)` with keyword arguments `k=v`; a def's were refused ("`f` has no argument `y`").
+    program = "w = [1.0, 2.0]\ndef f(x: Double, y) = (x * y).sum - y.sum\nf(3.0, y = w) + f(y = w, x = 2.0)"
+    r = run(program)
+    assert r.tape.nodes[r.output].value == (3 * 3 - 3) + (2 * 3 - 3)
+    np.testing.assert_array_equal(run_gradients(r, ["w"]).gradients["w"], [(3 - 1) + (2 - 1)] * 2)
+    for call, says in (("f(2.0, x = w)", "`f` is given `x` twice: by position and by name"),
+                       ("f(2.0, z = w)", "`f` has no argument `z`"), ("f(y = w)", "`f` takes 2 arguments, got 1")):
+        try:
+            run(program.replace("f(3.0, y = w) + f(y = w, x = 2.0)", call))
+        except SpireadError as refused:
+            assert refused.diagnostic.message == says
+        else:
+            raise AssertionError(call)
