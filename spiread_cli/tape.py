@@ -24,8 +24,8 @@ from .ops import IN_PLACE_ENTRIES, OPS, Op
 from .rules import comparable
 from .emitter import Emitter, Shared
 from .rules_forward import Diagonal, added, dense, diagonal_vjp
-from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, compute, describe_nonfinite,
-                         rule_params)
+from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, born_entries, compute,
+                         describe_nonfinite, rule_params)
 
 
 # Told of each step of a sweep as it runs, without changing it: the finiteness
@@ -178,24 +178,20 @@ class Tape:
         if node.op.reports is not None:  # it says what was born inside it, if anything
             warn_all(diagnostics, node.born_inside())
         elif not node.known_finite:
-            if all([nodes[i].finite for i in node.inputs]):
-                diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args), node.span)
-            elif node.op.structure.kind == "elementwise" and value.ndim:
-                # Entry by entry: an inf or nan made where every operand is
-                # finite is born here, even beside entries that only pass one on.
-                born = ~np.isfinite(value)
-                for a in args:
-                    born &= np.isfinite(a)
-                if born.any():
-                    diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args, born), node.span)
+            born = born_entries(node.op, value, args, [nodes[i].finite for i in node.inputs])
+            if born is not None:
+                diagnostics.warn(describe_nonfinite(f"`{node.label}`", value, args, born), node.span)
 
-    def first_nonfinite(self, nodes: Iterable[Node]) -> Node | None:
-        """The first of `nodes` whose value is not finite although its inputs
-        are: where an inf or nan was born (a leaf is its own origin)."""
+    def first_nonfinite(self, nodes: Iterable[Node]) -> tuple[Node, np.ndarray] | None:
+        """The first of `nodes` where an inf or nan was born, and where in its
+        value (`born_entries`; a leaf is its own origin)."""
         tape_nodes = self.nodes
         for node in nodes:
-            if not node.finite and all(tape_nodes[i].finite for i in node.inputs):
-                return node
+            if not node.finite:
+                operands = [tape_nodes[i] for i in node.inputs]
+                born = born_entries(node.op, node.value, [n.value for n in operands], [n.finite for n in operands])
+                if born is not None:
+                    return node, born
         return None
 
     # ---------------------------------------------------------- graph queries
@@ -411,41 +407,49 @@ def rule_label(node: Node, k: int) -> str:
     return f"∂{name}/∂{arg}"
 
 
-def derivative_born(node: Node, nodes: list[Node], incoming: Iterable[np.ndarray | None], produced: np.ndarray) -> bool:
-    """Whether a derivative rule of `node` turned finite values (its inputs'
-    values and the incoming (co)tangents) into a non-finite result: the test
+def derivative_born(node: Node, nodes: list[Node], incoming: Iterable[np.ndarray | None],
+                    produced: np.ndarray) -> np.ndarray | None:
+    """Where a derivative rule of `node` made an inf or nan from its inputs'
+    values and the incoming (co)tangents (`born_entries`), or None: the test
     both sweeps use to say where a non-finite derivative was born."""
-    return (not all_finite_unguarded(produced) and all(nodes[i].finite for i in node.inputs)
-            and all(t is None or all_finite_unguarded(t) for t in incoming))
+    if all_finite_unguarded(produced):
+        return None
+    incoming = list(incoming)
+    return born_entries(node.op, produced, [nodes[i].value for i in node.inputs] + incoming,
+                        [nodes[i].finite for i in node.inputs] + [t is None or all_finite_unguarded(t) for t in incoming])
 
 
 class Births:
     """An observer for any sweep (numeric or recorded, reverse or forward)
-    that finds the first node whose derivative rule turned finite values into
-    non-finite ones; `warn` names it."""
+    that finds the first node whose derivative rule made an inf or nan from
+    finite values; `warn` names it."""
 
     def __init__(self, nodes: list[Node]):
         self.nodes = nodes
-        self.first: tuple[Node, np.ndarray] | None = None
+        self.first: tuple[Node, np.ndarray, np.ndarray] | None = None
 
     def reverse(self, node: Node, g: np.ndarray, k: int, gi: np.ndarray) -> None:
-        if self.first is None and derivative_born(node, self.nodes, [g], gi):
-            self.first = (node, gi)
+        if self.first is None:
+            born = derivative_born(node, self.nodes, [g], gi)
+            if born is not None:
+                self.first = (node, gi, born)
 
     def forward(self, node: Node, ts: list, t: np.ndarray) -> None:
-        if self.first is None and derivative_born(node, self.nodes, ts, t):
-            direction = int(np.argwhere(~np.isfinite(t))[0][0])  # the first seed that met it
-            self.first = (node, t[direction])
+        if self.first is None:
+            born = derivative_born(node, self.nodes, ts, t)
+            if born is not None:
+                direction = int(np.argwhere(born)[0][0])  # the first seed that met it
+                self.first = (node, t[direction], born[direction])
 
     def warn(self, diagnostics: Diagnostics) -> None:
         if self.first is not None:
-            node, produced = self.first
+            node, produced, born = self.first
             inside = node.born_inside()
             if inside:
                 warn_all(diagnostics, inside)
             else:
                 diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", produced,
-                                                    [self.nodes[i].value for i in node.inputs]), node.span)
+                                                    [self.nodes[i].value for i in node.inputs], born), node.span)
 
 
 def warn_all(diagnostics: Diagnostics, warnings: Iterable) -> None:

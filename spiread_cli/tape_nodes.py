@@ -115,6 +115,29 @@ def all_finite_unguarded(value: np.ndarray) -> bool:
     return math.isfinite(value.sum()) or bool(np.isfinite(value).all())
 
 
+def born_entries(op: Op | None, produced: np.ndarray, operands: list, finite: list[bool]) -> np.ndarray | None:
+    """Where `produced`, not all finite, holds an inf or nan born there (a
+    mask), or None where it only passes them on: the one answer to "was it
+    born here?" for an op's value and for what its derivative rules make.
+    `operands`: what it was made from (the op's operand values; for a
+    derivative also the incoming (co)tangents, None for a zero one); `finite`:
+    whether each is all finite. With every operand finite, each non-finite
+    entry is born here. Otherwise an entrywise op (each entry from the same
+    entry of each operand, broadcast) still makes those where every operand
+    is finite (`1 / [0, -inf, 0]`); any other op mixes entries, so cannot tell."""
+    bad = ~np.isfinite(produced)
+    if all(finite):
+        return bad
+    if op is None or op.structure.kind != "elementwise" or type(produced) is not np.ndarray:
+        return None
+    for operand, ok in zip(operands, finite):
+        if not ok:
+            if type(operand) is not np.ndarray or np.broadcast_shapes(operand.shape, bad.shape) != bad.shape:
+                return None
+            bad &= np.isfinite(operand)
+    return bad if bad.any() else None
+
+
 def first_bad(value: np.ndarray, bad: np.ndarray | None = None) -> tuple[int, tuple[int, ...], float]:
     """How many entries are not finite (or marked in `bad`), where the first is, and what it is."""
     if bad is None:

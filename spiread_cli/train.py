@@ -209,18 +209,19 @@ def _kept_note(step: int, losses: list[float], updated: bool = False) -> str:
 
 def _nonfinite_loss(tape: Tape, step: int, loss: float, output: Node) -> SpireadError:
     """Name the node where the inf or nan was born: the first, in evaluation
-    order, whose value went non-finite although its inputs were finite."""
+    order, that made one from finite values (Tape.first_nonfinite)."""
     message = f"training stopped at step {step}: the loss is {loss:g}"
-    node = tape.first_nonfinite(tape.nodes[:output.id + 1])
-    if node is None:
+    found = tape.first_nonfinite(tape.nodes[:output.id + 1])
+    if found is None:
         return SpireadError(message, output.span)
+    node, born = found
     inside = node.born_inside()
     if inside:  # born inside the op (a row chunk's): where, as it says
         return SpireadError(f"{message}; {inside[0].message}", inside[0].span, inside[0].notes)
     if node.op is None:
         what = f"`{tape.text(node)}`" + (" (a trained value)" if node.kind == "input" else "")
         return SpireadError(f"{message}; {what} holds non-finite entries", node.span)
-    detail = describe_nonfinite(f"`{node.label}`", node.value, [tape.nodes[i].value for i in node.inputs])
+    detail = describe_nonfinite(f"`{node.label}`", node.value, [tape.nodes[i].value for i in node.inputs], born)
     return SpireadError(f"{message}; {detail}", node.span,
                         ["a smaller --lr often keeps the values in range"] if step > 1 else [])
 

@@ -6,10 +6,12 @@ Python API."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from conftest import EXAMPLES, run, spiread, strict_json
 from spiread_cli.diagnostics import SpireadError
 from spiread_cli.gradients import gradients as run_gradients
+from spiread_cli.results import SpireadWarning
 from test_export import load_module
 
 # spireAD's "Backward Mode" page (github.com/Quafadas/inspireRAD,
@@ -210,3 +212,30 @@ def test_a_def_takes_its_arguments_by_name_as_keyword_arguments():
             assert refused.diagnostic.message == says
         else:
             raise AssertionError(call)
+
+
+# `t` is -0 at x = 1 and +inf at x = 0 (log's -inf, passed on by the
+# product): sqrt's derivative, 0.5 / sqrt(t), is then -inf at entry 1 from
+# finite values, beside an entry where t was already inf.
+BESIDE = "x = [0.0, 1.0]\nt = x.log * -1\ns = t.sqrt\nloss = s.sum\n"
+SQRT_DERIVATIVE = "the derivative of `sqrt` gave -inf at 1 of 2 entries, first at [1]; its input was -0 there"
+
+
+def test_a_derivative_born_beside_an_inf_it_passes_on_is_found_by_every_sweep():
+    # One rule (tape_nodes.born_entries) for values and both sweeps' derivatives.
+    # Reverse mode warned of nothing before: every op past log had an inf operand.
+    from spiread_cli import compile
+    done = spiread("grad", "-", "--format", "json", stdin=BESIDE)
+    warnings = strict_json(done.stdout)["warnings"]
+    assert [w["message"] for w in warnings][1:] == [SQRT_DERIVATIVE] and warnings[1]["line"] == 3
+    prog = compile(BESIDE)
+    with pytest.warns(SpireadWarning) as hessian:
+        prog.hessian(wrt="x")  # the recorded sweep
+    assert SQRT_DERIVATIVE in [str(w.message).splitlines()[0].split(": warning: ")[1] for w in hessian]
+    with pytest.warns(SpireadWarning) as jacobian:
+        prog.jacobian(of="s", wrt="x", mode="reverse")  # a batch of cotangents
+    assert any("the derivative of `sqrt` gave -inf at 1 of 4 entries" in str(w.message) for w in jacobian)
+    assert np.isfinite(prog.grad(x=[0.5, 0.25])["x"]).all()  # finite: kept, then replayed afresh
+    with pytest.warns(SpireadWarning) as replayed:
+        prog.grad(x=[0.0, 1.0])
+    assert [str(w.message).splitlines()[0].split(": warning: ")[1] for w in replayed][1:] == [SQRT_DERIVATIVE]
