@@ -25,7 +25,7 @@ from .rules import comparable
 from .emitter import Emitter, Shared
 from .rules_forward import Diagonal, added, dense, diagonal_vjp
 from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, born_entries, compute,
-                         describe_nonfinite, rule_params)
+                         derivative_born, describe_nonfinite, rule_params)
 
 
 # Told of each step of a sweep as it runs, without changing it: the finiteness
@@ -405,18 +405,6 @@ def rule_label(node: Node, k: int) -> str:
     arity = len(node.inputs)
     arg = "x" if arity == 1 else ("a", "b")[k] if arity == 2 else f"x{k}"
     return f"∂{name}/∂{arg}"
-
-
-def derivative_born(node: Node, nodes: list[Node], incoming: Iterable[np.ndarray | None],
-                    produced: np.ndarray) -> np.ndarray | None:
-    """Where a derivative rule of `node` made an inf or nan from its inputs'
-    values and the incoming (co)tangents (`born_entries`), or None: the test
-    both sweeps use to say where a non-finite derivative was born."""
-    if all_finite_unguarded(produced):
-        return None
-    incoming = list(incoming)
-    return born_entries(node.op, produced, [nodes[i].value for i in node.inputs] + incoming,
-                        [nodes[i].finite for i in node.inputs] + [t is None or all_finite_unguarded(t) for t in incoming])
 
 
 class Births:

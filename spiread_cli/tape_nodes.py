@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Iterable, Protocol
 
 import numpy as np
 
@@ -136,6 +136,18 @@ def born_entries(op: Op | None, produced: np.ndarray, operands: list, finite: li
                 return None
             bad &= np.isfinite(operand)
     return bad if bad.any() else None
+
+
+def derivative_born(node: Node, nodes: list[Node], incoming: Iterable[np.ndarray | None],
+                    produced: np.ndarray) -> np.ndarray | None:
+    """Where a derivative rule of `node` made an inf or nan from its inputs'
+    values and the incoming (co)tangents (`born_entries`), or None: the test
+    both sweeps use to say where a non-finite derivative was born."""
+    if all_finite_unguarded(produced):
+        return None
+    incoming = list(incoming)
+    return born_entries(node.op, produced, [nodes[i].value for i in node.inputs] + incoming,
+                        [nodes[i].finite for i in node.inputs] + [t is None or all_finite_unguarded(t) for t in incoming])
 
 
 def first_bad(value: np.ndarray, bad: np.ndarray | None = None) -> tuple[int, tuple[int, ...], float]:
