@@ -262,14 +262,24 @@ def scale(t: np.ndarray, d) -> np.ndarray:
     # overflow, which only sends us down the slower, still correct path).
     # Asking it of the smaller operand costs a pass over it, not over the
     # product, which may be a batch of (co)tangents many times larger (a
-    # Jacobian's, a Hessian's). Callers hold np.errstate. A sum of squares is
-    # finite exactly when every entry is too (bar overflow past 1e154, again
-    # only the slower path), and BLAS makes it 3× faster than np.sum.
+    # Jacobian's, a Hessian's). Callers hold np.errstate.
     if type(t) is ndarray and t.size < getattr(d, "size", 1) and t.all():
         return t * d
-    if math.isfinite(np.vdot(d, d)):
+    if math.isfinite(_finite_if_all_are(d)):
         return t * d
     return np.where(t == 0, 0.0, t * d)
+
+
+def _finite_if_all_are(d) -> float:
+    """A number that is finite exactly when every entry of d is (bar
+    overflow, which only sends `scale` down its slower path): d's sum of
+    squares by BLAS over its memory as it lies (3× faster than np.sum), or,
+    for an array not contiguous either way (a broadcast, which vdot would
+    copy whole, as it copies a column-major one it is given as it is), its sum."""
+    if type(d) is ndarray and (d.flags.c_contiguous or d.flags.f_contiguous):
+        entries = d.ravel(order="K")  # a view in memory order
+        return np.vdot(entries, entries)
+    return np.sum(d)
 
 
 def same_shape(s, **_):
