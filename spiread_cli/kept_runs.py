@@ -33,13 +33,14 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .data import load_array
 from .diagnostics import Span
 from .run import Run
-from .tape_nodes import Node, all_finite_unguarded
+from .tape_nodes import Node, all_finite_unguarded, straight_line
 
 KEPT_SIGNATURES = 4  # per program; the least recently used goes first
 
@@ -53,6 +54,7 @@ class Kept:
     files: list[tuple[Path, Span, bytes]]  # each file `load` read: what it held (`fingerprint`)
     ops: list[Node]                       # the op nodes computed from the bindings, in tape order: recomputed
     length: int                           # the tape's length once the task recorded what it uses
+    replay: Callable[[], None] | None = None  # the ops as one function (tape_nodes.straight_line), at the first replay
 
     def matches(self, signature: tuple, bindings: dict[str, np.ndarray]) -> bool:
         return signature == self.signature and all(
@@ -75,12 +77,15 @@ class Kept:
         for name, leaf in self.leaves.items():
             leaf.set_value(bindings[name])
         run = self.run
-        try:
-            run.tape.replay(self.ops)
-        except Exception:  # noqa: BLE001 - a fresh run says what is wrong
-            return False
-        if not all_finite_values([bindings[name] for name in self.leaves] + [node.value for node in self.ops]):
-            return False
+        with np.errstate(all="ignore"):
+            try:
+                if self.replay is None:
+                    self.replay = straight_line(run.tape.nodes, self.ops) or (lambda: run.tape.replay(self.ops))
+                self.replay()
+            except Exception:  # noqa: BLE001 - a fresh run says what is wrong
+                return False
+            if not all_finite_values([bindings[name] for name in self.leaves] + [node.value for node in self.ops]):
+                return False
         run.diagnostics.warnings.clear()
         return True
 
@@ -170,17 +175,14 @@ def _deciders(run: Run, leaves: dict[str, Node]) -> list[str]:
 
 
 def all_finite_values(values: list[np.ndarray], small: int = 1024) -> bool:
-    """Whether every entry of `values` is finite: the small values summed in
-    one pass, the others one by one (a sum that overflows says no too: a
-    replay given up where it need not be, never the other way)."""
-    few = []
-    with np.errstate(all="ignore"):
-        for value in values:
-            if value.size <= small:
-                few.append(value.reshape(-1))
-            elif not all_finite_unguarded(value):
-                return False
-        return not few or math.isfinite(np.concatenate(few).sum())
+    """Whether every entry of `values` is finite, for a caller inside
+    np.errstate(all="ignore"): the small values summed in one pass, the
+    others one by one (a sum that overflows says no too: a replay given up
+    where it need not be, never the other way)."""
+    few = [value for value in values if value.size <= small]
+    if len(few) < len(values) and not all(all_finite_unguarded(value) for value in values if value.size > small):
+        return False
+    return not few or math.isfinite(np.concatenate(few, axis=None).sum())
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -213,3 +213,45 @@ def rule_params(node: Node, args: list[np.ndarray]) -> dict:
     if kept is None or kept.of is not node.value or kept.data is None:
         kept = node.residual = Residual(node.value, compute(node.op, args, node.params)[1])
     return {**node.params, "residual": kept.data}
+
+
+def straight_line(nodes: list[Node], ops: list[Node]) -> Callable[[], None] | None:
+    """A function that recomputes `ops` (op nodes of `nodes`, in tape
+    order) from the current values of their other inputs, as the tape's
+    evaluator does — each op's primal rule (`compute`: float64 out, a
+    residual kept), its value set on its node — written out once as one
+    Python function, a line per op, by rules_code.CodeWriter (which writes
+    derivative statements the same way): no loop, no look-ups per op, so a
+    kept run's replay (kept_runs.py) pays about half the tape's per-op cost.
+    None when an op is not the table's own (a total over row chunks)."""
+    from .rules import OPS
+    from .rules_code import CodeWriter
+    writer = CodeWriter()
+    writer.namespace.update(nodes=nodes, ndarray=np.ndarray, FLOAT64=FLOAT64, asarray=np.asarray,
+                            evaluated=_evaluated)
+    names: dict[int, str] = {}
+    for node in ops:
+        if OPS.get(node.op.name) is not node.op:
+            return None
+        for i in node.inputs:
+            if i not in names:  # a value the replay does not compute: read at each call
+                names[i] = writer.bind(f"v{i}", nodes[i].shape)
+                writer.lines.append(f"v{i} = nodes[{i}].value")
+        if node.op.fwd is None:
+            t = names[node.id] = writer(node.op.name, [names[i] for i in node.inputs], **node.params)
+        else:  # its residual is kept too
+            t = names[node.id] = writer.bind(f"r{node.id}", node.shape)
+            writer.lines.append(f"{t} = evaluated(nodes[{node.id}], nodes)")
+        writer.lines += [f"if {t}.__class__ is not ndarray or {t}.dtype is not FLOAT64: {t} = asarray({t}, FLOAT64)",
+                         f"nodes[{node.id}].value, nodes[{node.id}].known_finite = {t}, None"]
+    namespace: dict = {}
+    exec("def replay():\n" + "".join(f"    {line}\n" for line in writer.lines or ["pass"]), writer.namespace,
+         namespace)
+    return namespace["replay"]
+
+
+def _evaluated(node: Node, nodes: list[Node]) -> np.ndarray:
+    """An op with a forward rule (`Op.fwd`) computed, its residual kept."""
+    value, kept = compute(node.op, [nodes[i].value for i in node.inputs], node.params)
+    node.residual = Residual(value, kept)
+    return value

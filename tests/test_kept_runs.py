@@ -185,6 +185,24 @@ def test_a_result_the_run_keeps_is_a_copy():
                 written[...] = 7.0  # finite: a replay meeting nan would run afresh
 
 
+def test_a_replay_keeps_the_residual_of_an_op_with_a_forward_rule():
+    """A kept run is replayed as one written function (tape_nodes.straight_line);
+    an op with a forward rule (`Op.fwd`: logSoftmaxRows) keeps its residual
+    for the value replayed, as the tape's evaluator does, so a sweep on the
+    kept run reads it instead of computing the op again; results are a
+    fresh run's."""
+    source = "X = zeros(4, 3)\nW = zeros(3, 5)\nloss = (X @@ W).logSoftmaxRows.sum + (W * W).sum\n"
+    prog = spiread_cli.compile(source)
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        values = {"X": rng.standard_normal((4, 3)), "W": rng.standard_normal((3, 5))}
+        assert_as_fresh(prog, source, "eval", values)
+        assert_as_fresh(prog, source, "grad", values, wrt="W")
+        for kept in prog._kept.kept:
+            node = next(n for n in kept.run.tape.nodes if n.op is not None and n.op.name == "logSoftmaxRows")
+            assert node.residual is not None and node.residual.of is node.value
+
+
 def test_a_sparse_hessian_follows_the_zeros_of_a_binding_not_differentiated_by():
     """A constant's zeros are structural (the pattern of (a * x).sum² has a
     zero row where a has a zero): a kept run's pattern is read again when
