@@ -194,20 +194,32 @@ class Diagonal:
     constant matrix reads k of its columns instead of multiplying k·size
     zeros. `distinct`: no two directions share an entry, so the batch fits
     in one value of that shape (`spread`), which an elementwise op's own
-    rule steps at once."""
-    __slots__ = ("entries", "values", "shape", "distinct", "full")
+    rule steps at once. `full`: every direction has its entry; `ordered`:
+    direction d's entry is d, over all of them (the whole identity), so the
+    values are the batch spread as they stand. Both are known, not found
+    again, for a batch over another's entries."""
+    __slots__ = ("entries", "values", "shape", "distinct", "full", "ordered")
 
-    def __init__(self, entries: np.ndarray, values: np.ndarray, shape: tuple, distinct: bool):
+    def __init__(self, entries: np.ndarray, values: np.ndarray, shape: tuple, distinct: bool,
+                 full: bool | None = None, ordered: bool = False):
         self.entries, self.values, self.shape, self.distinct = entries, values, tuple(shape), distinct
-        self.full = bool(len(entries) == 0 or entries.min() >= 0)  # every direction has its entry
+        self.full = bool(len(entries) == 0 or entries.min() >= 0) if full is None else full
+        self.ordered = ordered
 
     @classmethod
     def identity_rows(cls, shape: tuple, first: int, k: int) -> "Diagonal":
         """Rows first … first + k − 1 of the identity over the entries of a
         value of `shape` (a row outside them is zero)."""
         entries = np.arange(first, first + k)
-        inside = (entries >= 0) & (entries < math.prod(shape))
+        size = math.prod(shape)
+        if first == 0 and k == size:
+            return cls(entries, np.ones(k), (k,) + tuple(shape), True, True, True)
+        inside = (entries >= 0) & (entries < size)
         return cls(np.where(inside, entries, -1), inside.astype(np.float64), (k,) + tuple(shape), True)
+
+    def over(self, values: np.ndarray) -> "Diagonal":
+        """The batch over the same entries with these values."""
+        return Diagonal(self.entries, values, self.shape, self.distinct, self.full, self.ordered)
 
     def hits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(the directions that have an entry, their entries, their values)."""
@@ -234,6 +246,8 @@ class Diagonal:
 
     def spread(self) -> np.ndarray:
         """Every direction's entry in its place, in one value (distinct batches only)."""
+        if self.ordered:
+            return self.values.reshape(self.shape[1:]).copy()
         rows, entries, values = self.hits()
         u = np.zeros(math.prod(self.shape[1:]))
         u[entries] = values
@@ -242,12 +256,14 @@ class Diagonal:
     def gathered(self, u) -> "Diagonal":
         """The batch over the same entries whose values are u's there (u: one value of the batch's shape)."""
         flat = np.ravel(u if np.shape(u) == self.shape[1:] else np.broadcast_to(u, self.shape[1:]))
+        if self.ordered:
+            return self.over(np.array(flat))
         if self.full:
-            return Diagonal(self.entries, flat[self.entries], self.shape, self.distinct)
+            return self.over(flat[self.entries])
         rows, entries, _ = self.hits()
         values = np.zeros(len(self.entries))
         values[rows] = flat[entries]
-        return Diagonal(self.entries, values, self.shape, self.distinct)
+        return self.over(values)
 
     def moved(self, where: Callable[[np.ndarray], np.ndarray], shape: tuple, distinct: bool,
               factor: float = 1.0) -> "Diagonal":
@@ -277,7 +293,7 @@ def added(a, b, owned: Callable[[np.ndarray], bool] | None = None):
     the same entries, else an array: a Diagonal added into the other, in
     place where `owned` says nothing else holds it, else into a copy."""
     if type(a) is Diagonal and type(b) is Diagonal and (a.entries is b.entries or np.array_equal(a.entries, b.entries)):
-        return Diagonal(a.entries, a.values + b.values, a.shape, a.distinct and b.distinct)
+        return Diagonal(a.entries, a.values + b.values, a.shape, a.distinct and b.distinct, a.full, a.ordered)
     if type(b) is Diagonal:
         a, b = b, a
     if type(a) is not Diagonal:
