@@ -9,9 +9,10 @@ Two maps of x ∈ Rⁿ, n = 100 … 4,000, each Jacobian n×n:
 - **mlp output layer**: y = W₂ tanh(W₁ x + b₁) + b₂ with 64 hidden units, so
   ∂y/∂x = W₂ diag(1 − h²) W₁ is dense.
 
-spiread is `Program.jacobian(x=…, wrt="x", mode=…)` from the Python API (each
-call runs the program afresh, as a user's would); JAX is
-`jax.jit(jax.jacfwd(f))` and `jax.jit(jax.jacrev(f))`; PyTorch is
+spiread is `Program.jacobian(x=…, wrt="x", mode=…)` from the Python API, as a
+user calls it: the first call runs the program, the later ones replay that
+run with the values (spiread_cli/kept_runs.py), as `jax.jit` reuses its
+trace; JAX is `jax.jit(jax.jacfwd(f))` and `jax.jit(jax.jacrev(f))`; PyTorch is
 `torch.func.jacfwd(f)` and `torch.func.jacrev(f)` (eager, vmapped). Each
 implementation is checked against the others before it is timed, then timed
 in interleaved rounds (run.py's harness): the best round of each, since on a
