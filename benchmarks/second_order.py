@@ -3,11 +3,13 @@
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/second_order.py [--quick]
 
 - HVP on the mlp workload (benchmarks/mlp.py: 4096 × 256 data, two tanh
-  layers, softmax cross-entropy, six parameters): one step is the loss, its
-  gradient and H·v for a random v over all parameters. spiread replays the
-  tape with its recorded gradient and sweeps back from h = ⟨∇f, v⟩ (reverse
+  layers, softmax cross-entropy, six parameters): one step is the loss and
+  H·v for a random v over all parameters, at values set anew. spiread
+  replays the forward pass, the part of its recorded gradient the products
+  read (`refresh`) and its recorded sweep back from h = ⟨∇f, v⟩ (reverse
   over reverse); PyTorch is double backward (create_graph=True, then
-  backward of ⟨g, v⟩); JAX is jit(jvp of grad) (forward over reverse).
+  backward of ⟨g, v⟩: the whole gradient too); JAX is jit(jvp of grad)
+  (forward over reverse; XLA drops the gradient's entries H·v does not read).
 - The full Hessian of a 100-parameter function (a logistic regression over
   500 × 100 data with an L2 term): spiread's forward mode over the recorded
   gradient with 100 identity seeds in one batched sweep;
