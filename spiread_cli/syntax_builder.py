@@ -116,7 +116,7 @@ class AstBuilder:
         if any(np.isinf(v).any() for v in values):
             _refuse_out_of_range(tok)
         if len({len(v) for v in values}) == 1:
-            return NumberArray(np.array(values), span)  # rows of one length: np.stack's checks are not needed
+            return NumberArray(np.array(values), span, tuple(at for _, at in rows))  # rows of one length: np.stack's checks are not needed
         # Rows of different lengths: a list of rows, so the error is the one
         # any other list of vectors gets.
         return ListLit([NumberArray(v, row_span) for v, (_, row_span) in zip(values, rows)], span)

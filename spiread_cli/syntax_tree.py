@@ -125,6 +125,7 @@ class NumberArray(_WholeSpan):
     one array (the NUMBERS terminal): a long literal is data."""
     value: np.ndarray
     span: Span
+    rows: tuple = ()  # a matrix literal's rows' spans, for messages about one row
 
 
 def listed(node) -> list | None:
@@ -134,7 +135,9 @@ def listed(node) -> list | None:
     if isinstance(node, (ListLit, TupleLit)):
         return node.items
     if isinstance(node, NumberArray):
-        return [NumberArray(row, node.span) if row.ndim else Number(float(row), node.span) for row in node.value]
+        if node.value.ndim == 2:
+            return [NumberArray(row, at) for row, at in zip(node.value, node.rows)]
+        return [Number(float(entry), node.span) for entry in node.value]
     return None
 
 

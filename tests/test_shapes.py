@@ -241,6 +241,8 @@ BAD_WORDS = [  # (expression, the start of the message, the column it points at)
     ("vstack(X, v)", "`vstack(X, v)`: the pieces must have as many columns: `X` is 4×3, `v` is 1×5", 7),
     ("concat(X, A, axis=1)", "`concat(X, A, axis=1)`: the pieces must have as many rows: `X` is 4×3, `A` is 3×3", 7),
     ("concat(u, v, axis=1)", "`concat(u, v, axis=1)`: vectors are joined end to end (axis 0), not along axis 1", 7),
+    ("concat([[1, 2], [3, 4]], axis=1)", "`concat([[1, 2], [3, 4]], axis=1)`: vectors are joined end to end (axis 0), "
+     "not along axis 1: `[1, 2]` is a vector of 2, `[3, 4]` is a vector of 2", 7),  # a literal's rows named as written
     ("concat(u, v, axis=2)", "`concat`: the axis is 0 (rows after rows) or 1 (columns after columns), not 2", 19),
     ("diag(2.0)", "`diag` needs a vector (to place on a diagonal) or a matrix (to take its diagonal), but `2.0` is a scalar", 5),
     ("u.trace", "`.trace` needs a matrix, but `u` is a vector of 3", 3),
