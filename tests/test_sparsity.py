@@ -408,6 +408,24 @@ def test_the_hessian_s_pairs_are_assembled_alike_through_a_band_or_scattered(n, 
     np.testing.assert_array_equal(found._scattered().toarray() if found.entries else expected, expected)
 
 
+@pytest.mark.parametrize("gap", [None, 0, 3, 8])
+def test_a_band_of_diagonals_with_or_without_a_gap_is_assembled_exactly(gap):
+    """Runs of pairs that cover every entry within the band (a chain's
+    Hessian, written without a table of cells) and the same runs with one
+    pair left out (through the table) give the pairs they hold, no more."""
+    from spiread_cli.sparsity_links import HessianPairs, Progression
+    n = 10
+    found, expected = HessianPairs(n), np.zeros((n, n), dtype=bool)
+    for d in (0, 1, 2):
+        rows = [r for r in range(n - d) if not (d == 1 and r == gap)]
+        for run_ in np.split(np.array(rows), np.flatnonzero(np.diff(rows) > 1) + 1):  # runs of consecutive rows
+            found.add(Progression(int(run_[0]), 1, len(run_)), Progression(int(run_[0]) + d, 1, len(run_)))
+            expected[run_, run_ + d] = expected[run_ + d, run_] = True
+    m = found.matrix()
+    np.testing.assert_array_equal(m.toarray(), expected)
+    assert m.has_canonical_format and (np.diff(m.indptr) == expected.sum(axis=1)).all()
+
+
 @st.composite
 def progressions(draw, length: int, n: int):
     """A Progression over `length` rows whose entries (rows lo..hi-1) are columns within 0..n-1."""
