@@ -110,6 +110,9 @@ class Columns:
         if len(offsets) == len(self.columns) and max(offsets) - min(offsets) < 8 * len(offsets):
             # Each column a diagonal (row r at r + start), near each other: a band.
             low = min(offsets)
+            if _band_covered({s: [(c.lo, c.hi) for c in self.columns if c.start == s] for s in offsets},
+                             range(low, max(offsets) + 1), lambda s: (max(0, -s), min(self.size, n - s))):
+                return _band_csr(max(offsets) - low + 1, self.size, low, n, None)  # a stencil's: no cells
             cells = np.zeros((max(offsets) - low + 1, self.size), dtype=bool)
             for c in self.columns:
                 cells[c.start - low, c.lo:c.hi] = True
@@ -180,6 +183,20 @@ def _band_csr(width: int, rows: int, low: int, n: int, cells: np.ndarray | None)
     m = sp.csr_array((np.ones(len(indices), dtype=bool), indices, indptr), shape=(rows, n))
     m.has_canonical_format = True  # each row's columns ascend, once each
     return m
+
+
+def _band_covered(runs: dict[int, list[tuple[int, int]]], diagonals: range, within) -> bool:
+    """Whether, for each diagonal d, the runs of rows runs[d] (first, end)
+    cover the rows within(d) = (first, end) whose cell on d lies in the matrix."""
+    for d in diagonals:
+        reached, end = within(d)
+        for start, stop in sorted(runs.get(d, ())):
+            if start > reached:
+                break
+            reached = max(reached, stop)
+        if reached < end:
+            return False
+    return True
 
 
 def csr_of(pattern, n: int) -> sp.csr_array:
@@ -375,15 +392,7 @@ class HessianPairs:
         for start, step, length, d in self.diagonals:
             if step == 1:
                 runs.setdefault(d, []).append((start, start + length))
-        for d in range(band + 1):
-            reached = 0
-            for start, end in sorted(runs.get(d, ())):
-                if start > reached:
-                    return False
-                reached = max(reached, end)
-            if reached < self.n - d:
-                return False
-        return True
+        return _band_covered(runs, range(band + 1), lambda d: (0, self.n - d))
 
     def _scattered(self) -> sp.csr_array:
         lows = [start + step * np.arange(length) for start, step, length, _ in self.diagonals]

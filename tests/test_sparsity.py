@@ -426,6 +426,26 @@ def test_a_band_of_diagonals_with_or_without_a_gap_is_assembled_exactly(gap):
     assert m.has_canonical_format and (np.diff(m.indptr) == expected.sum(axis=1)).all()
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12), st.data())
+def test_a_pattern_of_diagonals_is_written_out_exactly(size, n, data):
+    """Columns each a diagonal over a run of rows (a stencil's Jacobian):
+    the CSR holds their cells, whether they cover the band (written
+    without a table of cells) or leave some out."""
+    from spiread_cli.sparsity_links import Columns, Progression
+    columns, expected = [], np.zeros((size, n), dtype=bool)
+    for _ in range(data.draw(st.integers(1, 4), label="columns")):
+        start = data.draw(st.integers(-size + 1, n - 1), label="start")
+        inside = [r for r in range(size) if 0 <= r + start < n]
+        lo = data.draw(st.integers(inside[0], inside[-1]), label="lo") if inside else 0
+        hi = data.draw(st.integers(lo, inside[-1] + 1), label="hi") if inside else 0
+        columns.append(Progression(start, 1, size, lo, hi))
+        expected[np.arange(lo, hi), start + np.arange(lo, hi)] = True
+    m = Columns(size, columns).csr(n)
+    np.testing.assert_array_equal(m.toarray(), expected)
+    assert (np.diff(m.indptr) == expected.sum(axis=1)).all()
+
+
 @st.composite
 def progressions(draw, length: int, n: int):
     """A Progression over `length` rows whose entries (rows lo..hi-1) are columns within 0..n-1."""
