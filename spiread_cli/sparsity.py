@@ -39,6 +39,7 @@ colourings that `--sparse` evaluates a pattern with, sparsity_colouring.py's.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -124,17 +125,21 @@ class Sweep:
 
     def _entries(self, node: Node) -> Entries:
         nodes = self.tape.nodes
+        # Through a weak reference: the sweep holds its nodes' Entries, and a
+        # strong one back would make it a cycle that only the cyclic collector
+        # frees, later (its allocations counted toward collections meanwhile).
+        sweep = weakref.proxy(self)
 
         def nonzero(k: int) -> np.ndarray:
             i = node.inputs[k]
-            if i in self.moving_flat:
-                return self.every(math.prod(nodes[i].shape))
-            if i not in self.moving:
-                return self._read_zeros(i)
-            j = self.pattern(i)
+            if i in sweep.moving_flat:
+                return sweep.every(math.prod(nodes[i].shape))
+            if i not in sweep.moving:
+                return sweep._read_zeros(i)
+            j = sweep.pattern(i)
             if type(j) is Columns and any(type(c) is Progression and c.whole for c in j.columns):
-                return self.every(j.size)  # every entry moves: none is a structural zero
-            return self._read_zeros(i) | (j.rows_used() if type(j) is Columns else np.diff(j.indptr) > 0)
+                return sweep.every(j.size)  # every entry moves: none is a structural zero
+            return sweep._read_zeros(i) | (j.rows_used() if type(j) is Columns else np.diff(j.indptr) > 0)
 
         return Entries(node.op, tuple([nodes[i].shape for i in node.inputs]), node.shape, node.params, nonzero)
 

@@ -408,6 +408,27 @@ def test_the_hessian_s_pairs_are_assembled_alike_through_a_band_or_scattered(n, 
     np.testing.assert_array_equal(found._scattered().toarray() if found.entries else expected, expected)
 
 
+def test_a_sweep_is_freed_as_soon_as_it_is_dropped():
+    """No reference cycle: a pattern's sweep (its nodes' rules, patterns and
+    masks) is freed when its last reference goes, not at the cyclic
+    collector's next pass."""
+    import gc
+    import weakref
+    r = run((REPO / "examples" / "bratu.ad").read_text(), name="bratu.ad")
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        sweep = Sweep(r.tape, r.output, [r.bindings["u"]])
+        sweep.hessian()
+        sweep.jacobian()
+        dropped = weakref.ref(sweep)
+        del sweep
+        assert dropped() is None
+    finally:
+        if collecting:
+            gc.enable()
+
+
 @pytest.mark.parametrize("gap", [None, 0, 3, 8])
 def test_a_band_of_diagonals_with_or_without_a_gap_is_assembled_exactly(gap):
     """Runs of pairs that cover every entry within the band (a chain's
