@@ -116,17 +116,22 @@ class Shared:
     and every op node of the tape by what it computes (`op_key`), so an op a
     rule emits that the tape already computes — the program's own, or
     another rule's, a first recorded gradient's when a second is recorded
-    (`tanh`'s 1 − out² again for an HVP) — is that node, not a new one."""
+    (`tanh`'s 1 − out² again for an HVP) — is that node, not a new one.
+    Never one of `kept`, the nodes differentiated by (and the output): a
+    derivative by one follows the paths through it alone (`Tape.repeats`),
+    so a rule's op equal to it is another node, which moving it leaves as
+    it is."""
 
-    def __init__(self):
+    def __init__(self, kept: frozenset[int] = frozenset()):
         self.once: dict = {}
         self.ops: dict | None = None
+        self.kept = kept
 
     def computed(self, nodes: list[Node]) -> dict:
         if self.ops is None:
             self.ops = {}
             for node in nodes:
-                if node.op is not None:
+                if node.op is not None and node.id not in self.kept:
                     key = op_key(nodes, node.op.name, node.inputs, node.params)
                     if key is not None:
                         self.ops.setdefault(key, node.id)

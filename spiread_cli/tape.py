@@ -365,7 +365,7 @@ class Tape:
         if needs[output]:
             adjoints[output] = self.leaf(np.ones(out_node.shape), "const", out_node.span, fixed=True).id
         wanted = set(wrt)
-        shared = Shared()  # this recording's emitters
+        shared = Shared(frozenset([*wrt, output]))  # this recording's emitters
         births = Births(nodes) if diagnostics is not None else None
         for node in reversed(nodes[lowest:output + 1]):
             g = adjoints.get(node.id) if node.id in wanted else adjoints.pop(node.id, None)

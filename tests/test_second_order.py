@@ -258,6 +258,22 @@ def test_a_replayed_hvp_that_is_not_finite_warns_as_the_first_sweep(source, over
         np.testing.assert_array_equal(products[i], value)
 
 
+def test_a_value_differentiated_by_is_never_a_rules_op_that_computes_the_same():
+    """w = t.square is differentiated by, and tanh's rule computes t.square
+    again (1 − out²): recorded as w itself, the gradient by x would move
+    with w, and ∂²f/∂x∂w (zero: f = Σt + Σw) would not be (emitter.Shared
+    keeps the values differentiated by out of the ops it reuses)."""
+    source = "x = [0.3, -0.4]\nt = x.tanh\nw = t.square\nloss = t.sum + w.sum\n"
+    blocks = second.hessian(run(source), ["x", "w"]).blocks
+    np.testing.assert_array_equal(blocks["x"]["w"], np.zeros((2, 2)))
+    t = np.tanh([0.3, -0.4])  # ∂²/∂x² of Σ tanh x + Σ (tanh x)², every path from x
+    np.testing.assert_allclose(blocks["x"]["x"], np.diag(-2 * t * (1 - t**2) + 2 * (1 - t**2) ** 2 - 4 * t**2 * (1 - t**2)),
+                               rtol=1e-12)
+    products = second.hvp(run(source), {"w": np.array([1.0, 2.0]), "x": np.array([0.5, -1.0])}, ["x", "w"]).products
+    np.testing.assert_allclose(products["x"], blocks["x"]["x"] @ [0.5, -1.0], rtol=1e-12)
+    np.testing.assert_array_equal(products["w"], np.zeros(2))
+
+
 def test_hessian_matches_central_differences_of_the_gradient(record_property):
     """The recorded gradient is part of the tape, so moving an input and
     replaying the tape gives the exact gradient there: its central
