@@ -71,7 +71,7 @@ class Emitter:
         found = simplified(self, op_name, inputs, params)
         if found is not None:
             return found
-        key = None if self.shared is None else op_key(self.nodes, op_name, inputs, params)
+        key = None if self.shared is None else op_key(self.nodes, op_name, inputs, params, self.span, self.label)
         if key is not None:
             found = self.shared.computed(self.nodes).get(key)
             if found is not None:
@@ -113,14 +113,15 @@ class Emitter:
 
 class Shared:
     """What the emitters of one recording share: the nodes recorded `once`,
-    and every op node of the tape by what it computes (`op_key`), so an op a
-    rule emits that the tape already computes — the program's own, or
-    another rule's, a first recorded gradient's when a second is recorded
-    (`tanh`'s 1 − out² again for an HVP) — is that node, not a new one.
-    Never one of `kept`, the nodes differentiated by (and the output): a
-    derivative by one follows the paths through it alone (`Tape.repeats`),
-    so a rule's op equal to it is another node, which moving it leaves as
-    it is."""
+    and every op node of the tape by what it computes and where (`op_key`),
+    so an op a rule emits that the same rule of the same op already made —
+    a first recorded gradient's when a second is recorded (`tanh`'s
+    1 − out² again for an HVP) — is that node, not a new one. Only the same
+    rule's (span and label): a warning about a derivative names the node it
+    was born in, which is then the one it was. Never one of `kept`, the
+    nodes differentiated by (and the output): a derivative by one follows
+    the paths through it alone (`Tape.repeats`), so a rule's op equal to it
+    is another node, which moving it leaves as it is."""
 
     def __init__(self, kept: frozenset[int] = frozenset()):
         self.once: dict = {}
@@ -132,17 +133,18 @@ class Shared:
             self.ops = {}
             for node in nodes:
                 if node.op is not None and node.id not in self.kept:
-                    key = op_key(nodes, node.op.name, node.inputs, node.params)
+                    key = op_key(nodes, node.op.name, node.inputs, node.params, node.span, node.label)
                     if key is not None:
                         self.ops.setdefault(key, node.id)
         return self.ops
 
 
-def op_key(nodes: list[Node], op_name: str, inputs, params: dict) -> tuple | None:
-    """What an op node computes, as a key: its op, its params and its
-    operands, a fixed constant holding one number by that number (bit for
-    bit) and shape; None where a param cannot be compared (an array)."""
-    key: tuple = (op_name,)
+def op_key(nodes: list[Node], op_name: str, inputs, params: dict, span: Span | None, label: str) -> tuple | None:
+    """What an op node computes and where, as a key: its op, its params and
+    its operands, a fixed constant holding one number by that number (bit
+    for bit) and shape, its span and label; None where a param cannot be
+    compared (an array)."""
+    key: tuple = (op_name, span, label)
     for i in inputs:
         number = held(nodes[i])
         key += ((nodes[i].shape, np.float64(number).tobytes()),) if number is not None else (i,)

@@ -168,15 +168,15 @@ class HessianVectorProducts:
     """H·v on a tape whose gradient is recorded (grad_ids: value id ->
     gradient node id), reverse over reverse (PyTorch's double backward):
     h = Σ ⟨∂f/∂x, v_x⟩ is recorded, with a leaf per direction, and swept
-    back from. The first product sweeps numerically (`Tape.backward`); from
-    the second on, that sweep is recorded too (`Tape.backward_graph` of h:
-    H·v as nodes, on a copy of the tape's node list, so the tape itself is
-    unchanged), and a product replays only the nodes its result is computed
-    from. What no product reads is never computed again: the gradient's own
-    entries where h only multiplies them by v (∂f/∂W of `X @@ W`, a product
-    of the size of the data), and what the direction does not move is
-    recomputed only by `refresh`. A product that comes out not finite is
-    swept again numerically, which warns where it was born, as the first.
+    back from. The first product records that sweep too (`Tape.backward_graph`
+    of h: H·v as nodes, on a copy of the tape's node list, so the tape itself
+    is unchanged), and every later one replays only the nodes its result is
+    computed from. What no product reads is never computed again: the
+    gradient's own entries where h only multiplies them by v (∂f/∂W of
+    `X @@ W`, a product of the size of the data), and what the direction does
+    not move is recomputed only by `refresh`. A product that comes out not
+    finite is swept again numerically (`Tape.backward`), which warns where it
+    was born; so is every product through an op that runs tapes of its own.
 
     After the values change and the forward nodes are replayed, `refresh`
     recomputes the recorded gradient (the nodes from `recorded_from`, the

@@ -193,10 +193,10 @@ def test_hvp_is_the_hessian_times_the_direction():
 
 
 def test_hvps_made_again_are_the_hessian_times_each_direction():
-    """HessianVectorProducts sweeps its first product numerically, records
-    its second and replays only what the later ones read: each product is
-    H·v (H by HIPS autograd) for every direction it is given, on random
-    programs, and after the values move and `refresh` (Newton's steps) too."""
+    """HessianVectorProducts records its sweep at the first product and
+    replays only what the later ones read: each product is H·v (H by HIPS
+    autograd) for every direction it is given, on random programs, and
+    after the values move and `refresh` (Newton's steps) too."""
     @SETTINGS
     @given(programs(), st.data())
     def check(program, data):
@@ -241,7 +241,7 @@ def test_hvps_made_again_are_the_hessian_times_each_direction():
 def test_a_replayed_hvp_that_is_not_finite_warns_as_the_first_sweep(source, overflowing):
     """A product replayed from the recorded sweep that comes out not finite
     is swept again numerically: the warning (what was born, where) is the
-    one the first, numeric, product gives for that direction."""
+    one a first product (recorded, then swept) gives for that direction."""
     def warnings_of(calls: list[dict]) -> tuple[list, dict]:
         r = run(source)
         ids = list(r.bindings[n] for n in ("x", "y") if n in r.bindings)
@@ -272,6 +272,26 @@ def test_a_value_differentiated_by_is_never_a_rules_op_that_computes_the_same():
     products = second.hvp(run(source), {"w": np.array([1.0, 2.0]), "x": np.array([0.5, -1.0])}, ["x", "w"]).products
     np.testing.assert_allclose(products["x"], blocks["x"]["x"] @ [0.5, -1.0], rtol=1e-12)
     np.testing.assert_array_equal(products["w"], np.zeros(2))
+
+
+@pytest.mark.parametrize("source", ["x = [1e-200, 1.0]\nr = 1 / x\nloss = x.log.sum\n",
+                                    "x = [1e-200, 1.0]\nr = 1 / x\nloss = x.log.sum + (r * 1e-300).sum\n"])
+@pytest.mark.parametrize("hvp", [None, {"x": [1.0, 1.0]}])
+def test_a_rules_op_that_the_program_computes_too_warns_where_the_rule_is(source, hvp, monkeypatch):
+    """`log`'s rule computes 1 / x, which the program binds as r: a second
+    derivative born there is named as the rule's, as when every op a rule
+    emits is a node of its own (emitter.Shared shares only a rule's own)."""
+    import spiread_cli
+    from spiread_cli import emitter
+
+    def warned() -> list[tuple]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            spiread_cli.compile(source, "s.ad").hessian(**({"hvp": hvp} if hvp else {}))
+        return [(w.message.diagnostic.message, w.message.diagnostic.span) for w in caught]
+    shared = warned()
+    monkeypatch.setattr(emitter, "op_key", lambda *args: None)  # every op its own node
+    assert shared and shared == warned()
 
 
 def test_hessian_matches_central_differences_of_the_gradient(record_property):
