@@ -61,28 +61,43 @@ def _banded(pattern: sp.csr_array) -> np.ndarray | None:
     return np.tile(np.arange(width), -(-n // width))[:n] if width < n else None
 
 
+# At most this many (column, earlier neighbour) pairs are held at once: a row
+# that is nearly full makes ~n²/2 of them, which the columns are walked in
+# blocks to keep within reach of the pattern's own size.
+PAIRS_AT_ONCE = 1 << 20
+
+
 def _greedy_columns(pattern: sp.csr_array) -> np.ndarray:
     """Greedy distance-1 colouring of the column intersection graph, in
     natural order: each column takes the least colour no column sharing a
-    row with it has. The columns sharing a row with each are found once, by
-    a sparse product (each neighbour once, however many rows it shares),
-    and only the earlier ones are looked at: they alone have a colour yet."""
+    row with it has. The columns sharing a row with each are found by a
+    sparse product (each neighbour once, however many rows it shares), a
+    block of columns at a time, and only the earlier ones are looked at:
+    they alone have a colour yet."""
     n = pattern.shape[1]
     counts = np.diff(pattern.indptr).astype(np.int64)
     if counts.max(initial=0) >= n:  # a full row: every column its own colour, the fewest there can be
         return np.arange(n, dtype=np.int64)
     ones = sp.csr_array((np.ones(pattern.nnz, dtype=bool), pattern.indices, pattern.indptr), shape=pattern.shape)
-    earlier = sp.tril(ones.T @ ones, k=-1, format="csr")
-    indptr, indices = earlier.indptr.tolist(), earlier.indices.tolist()
+    columns = ones.T.tocsr()
+    # A column's neighbours (with repeats) number at most the entries of its rows: blocks of columns under the bound.
+    reach = np.cumsum(columns @ counts)
+    budget = max(PAIRS_AT_ONCE, 4 * pattern.nnz)
     colour = [-1] * n
     forbidden = [-1] * (n + 1)
-    for j in range(n):
-        for k in indices[indptr[j]:indptr[j + 1]]:
-            forbidden[colour[k]] = j
-        c = 0
-        while forbidden[c] == j:
-            c += 1
-        colour[j] = c
+    lo = 0
+    while lo < n:
+        hi = max(lo + 1, int(np.searchsorted(reach, (reach[lo - 1] if lo else 0) + budget, side="right")))
+        earlier = sp.tril(columns[lo:hi] @ ones, k=lo - 1, format="csr")  # row r is column lo + r
+        indptr, indices = earlier.indptr.tolist(), earlier.indices.tolist()
+        for r, j in enumerate(range(lo, hi)):
+            for k in indices[indptr[r]:indptr[r + 1]]:
+                forbidden[colour[k]] = j
+            c = 0
+            while forbidden[c] == j:
+                c += 1
+            colour[j] = c
+        lo = hi
     return np.asarray(colour, dtype=np.int64)
 
 
