@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from .limits import check_shape, limit_for, reuse_freed_memory
 from .ops import OPS
 from .run import Run
 from .tape import Tape
-from .tape_nodes import all_finite
+from .tape_nodes import all_finite, straight_line
 
 
 class SecondOrder:
@@ -198,7 +199,7 @@ class HessianVectorProducts:
         self.recording = not any(n.op is not None and n.op.reports is not None for n in swept)
         self.products: dict[int, int] | None = None  # value id -> the node of its H·v, once recorded
         self.read: list = []                          # what `refresh` recomputes once they are
-        self.plans: dict[tuple[int, ...], list] = {}  # wrt -> the nodes a product replays
+        self.plans: dict[tuple[int, ...], Callable[[], None]] = {}  # wrt -> the replay of a product's nodes
 
     def refresh(self) -> None:
         self.tape.replay(self.gradient if self.products is None else self.read)
@@ -216,7 +217,8 @@ class HessianVectorProducts:
             self.tape.replay(self.from_directions)
             self.record()
         else:
-            self.tape.replay_dropping(*self.plan(tuple(wrt)))
+            with np.errstate(all="ignore"):
+                self.plan(tuple(wrt))()
         # A product the replay does not compute anew (a direction, a zero, a value of the tape) is
         # given as a copy: the caller may write into what they are given.
         products = {w: nodes[i].value if nodes[i].op is not None and i >= self.own else nodes[i].value.copy()
@@ -250,12 +252,13 @@ class HessianVectorProducts:
             if node.op is not None and node.id not in kept:
                 node.value = node.residual = None  # each product computes what it reads again
 
-    def plan(self, wrt: tuple[int, ...]) -> tuple[list, dict]:
-        """The recorded nodes a product by `wrt` replays: those the direction
-        moves, and the sweep's own that it does not (the values may have
-        moved since: a kept run replays the tape, not this copy); and when
-        each value of the recorded sweep's own is read for the last time, after
-        which it is dropped, as a numeric sweep drops its adjoints."""
+    def plan(self, wrt: tuple[int, ...]) -> Callable[[], None]:
+        """The replay of the recorded nodes a product by `wrt` computes:
+        those the direction moves, and the sweep's own that it does not (the
+        values may have moved since: a kept run replays the tape, not this
+        copy), each value of the recorded sweep's own dropped once it is read
+        for the last time, as a numeric sweep drops its adjoints; written
+        as one function (tape_nodes.straight_line) the first time."""
         plan = self.plans.get(wrt)
         if plan is None:
             tape = self.tape
@@ -272,7 +275,8 @@ class HessianVectorProducts:
             for i, reader in last.items():
                 if i not in products:
                     dropped.setdefault(reader, []).append(tape.nodes[i])
-            plan = self.plans[wrt] = (nodes, dropped)
+            plan = self.plans[wrt] = straight_line(tape.nodes, nodes, dropped) or (
+                lambda: tape.replay_dropping(nodes, dropped))
         return plan
 
 

@@ -215,7 +215,8 @@ def rule_params(node: Node, args: list[np.ndarray]) -> dict:
     return {**node.params, "residual": kept.data}
 
 
-def straight_line(nodes: list[Node], ops: list[Node]) -> Callable[[], None] | None:
+def straight_line(nodes: list[Node], ops: list[Node],
+                  dropped: dict[int, list[Node]] | None = None) -> Callable[[], None] | None:
     """A function that recomputes `ops` (op nodes of `nodes`, in tape
     order) from the current values of their other inputs, as the tape's
     evaluator does — each op's primal rule (`compute`: float64 out, a
@@ -223,7 +224,9 @@ def straight_line(nodes: list[Node], ops: list[Node]) -> Callable[[], None] | No
     Python function, a line per op, by rules_code.CodeWriter (which writes
     derivative statements the same way): no loop, no look-ups per op, so a
     kept run's replay (kept_runs.py) pays about half the tape's per-op cost.
-    None when an op is not the table's own (a total over row chunks)."""
+    `dropped`: as `Tape.replay_dropping`'s, the nodes whose values go once
+    a node is computed (it was their last reader). None when an op is not
+    the table's own (a total over row chunks)."""
     from .rules import OPS
     from .rules_code import CodeWriter
     writer = CodeWriter()
@@ -244,6 +247,10 @@ def straight_line(nodes: list[Node], ops: list[Node]) -> Callable[[], None] | No
             writer.lines.append(f"{t} = evaluated(nodes[{node.id}], nodes)")
         writer.lines += [f"if {t}.__class__ is not ndarray or {t}.dtype is not FLOAT64: {t} = asarray({t}, FLOAT64)",
                          f"nodes[{node.id}].value, nodes[{node.id}].known_finite = {t}, None"]
+        for done in (dropped or {}).get(node.id, ()):
+            writer.lines.append(f"nodes[{done.id}].value = nodes[{done.id}].residual = None")
+            if done.id in names:
+                writer.lines.append(f"del {names.pop(done.id)}")
     namespace: dict = {}
     exec("def replay():\n" + "".join(f"    {line}\n" for line in writer.lines or ["pass"]), writer.namespace,
          namespace)
