@@ -216,3 +216,14 @@ def tmp_program(tmp_path):
         path.write_text(text)
         return path
     return write
+
+
+@pytest.fixture(autouse=True)
+def numbers_of_its_own(request):
+    """A test module's shared generator (`RNG`) restarts from each test's own
+    id, so what a test draws does not depend on which tests pytest-xdist gave
+    its worker before it (a different share each run: a random point could
+    land on a kink in one run and not the next)."""
+    rng = getattr(request.module, "RNG", None)
+    if isinstance(rng, np.random.Generator):
+        rng.bit_generator.state = np.random.default_rng(list(request.node.nodeid.encode())).bit_generator.state
