@@ -40,7 +40,7 @@ import numpy as np
 from .data import load_array
 from .diagnostics import Span
 from .run import Run
-from .tape_nodes import Node, all_finite_unguarded, straight_line
+from .tape_nodes import Node, all_finite_unguarded
 
 KEPT_SIGNATURES = 4  # per program; the least recently used goes first
 
@@ -54,7 +54,7 @@ class Kept:
     files: list[tuple[Path, Span, bytes]]  # each file `load` read: what it held (`fingerprint`)
     ops: list[Node]                       # the op nodes computed from the bindings, in tape order: recomputed
     length: int                           # the tape's length once the task recorded what it uses
-    replay: Callable[[], None] | None = None  # the ops as one function (tape_nodes.straight_line), at the first replay
+    replay: Callable[[], None] | None = None  # the ops as one function (Tape.replay_function), at the first replay
 
     def matches(self, signature: tuple, bindings: dict[str, np.ndarray]) -> bool:
         return signature == self.signature and all(
@@ -80,7 +80,7 @@ class Kept:
         with np.errstate(all="ignore"):
             try:
                 if self.replay is None:
-                    self.replay = straight_line(run.tape.nodes, self.ops) or (lambda: run.tape.replay(self.ops))
+                    self.replay = run.tape.replay_function(self.ops)
                 self.replay()
             except Exception:  # noqa: BLE001 - a fresh run says what is wrong
                 return False

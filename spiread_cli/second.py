@@ -29,7 +29,7 @@ from .limits import check_shape, limit_for, reuse_freed_memory
 from .ops import OPS
 from .run import Run
 from .tape import Tape
-from .tape_nodes import all_finite, straight_line
+from .tape_nodes import all_finite
 
 
 class SecondOrder:
@@ -275,8 +275,7 @@ class HessianVectorProducts:
             for i, reader in last.items():
                 if i not in products:
                     dropped.setdefault(reader, []).append(tape.nodes[i])
-            plan = self.plans[wrt] = straight_line(tape.nodes, nodes, dropped) or (
-                lambda: tape.replay_dropping(nodes, dropped))
+            plan = self.plans[wrt] = tape.replay_function(nodes, dropped)
         return plan
 
 

@@ -25,7 +25,7 @@ from .rules import comparable
 from .emitter import Emitter, Shared
 from .rules_forward import Diagonal, added, dense, diagonal_vjp
 from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, born_entries, compute,
-                         derivative_born, describe_nonfinite, rule_params)
+                         derivative_born, describe_nonfinite, rule_params, straight_line)
 
 
 # Told of each step of a sweep as it runs, without changing it: the finiteness
@@ -151,16 +151,20 @@ class Tape:
                 if node.op is not None:
                     evaluate(node, tape_nodes, diagnostics)
 
-    def replay_dropping(self, nodes: list[Node], dropped: dict[int, list[Node]]) -> None:
-        """`replay`, dropping values as it goes: once a node is computed, the
-        values of the nodes `dropped` lists for it (it was their last reader),
-        so a replay whose intermediates are its own holds few at a time."""
-        evaluate, tape_nodes = self._evaluate, self.nodes
-        with np.errstate(all="ignore"):
-            for node in nodes:
-                evaluate(node, tape_nodes, None)
-                for done in dropped.get(node.id, ()):
-                    done.value = done.residual = None
+    def replay_function(self, ops: list[Node], dropped: dict[int, list[Node]] | None = None) -> Callable[[], None]:
+        """A function recomputing `ops` (op nodes, in tape order), dropping the values `dropped` lists
+        for a node once it is computed: written once (tape_nodes.straight_line), else, where an op is
+        not the table's own (a total over row chunks), this tape's loop."""
+        written = straight_line(self.nodes, ops, dropped)
+        evaluate, tape_nodes, dropped = self._evaluate, self.nodes, dropped or {}
+
+        def looped() -> None:
+            with np.errstate(all="ignore"):
+                for node in ops:
+                    evaluate(node, tape_nodes, None)
+                    for done in dropped.get(node.id, ()):
+                        done.value = done.residual = None
+        return written or looped
 
     @staticmethod
     def _evaluate(node: Node, nodes: list[Node], diagnostics: Diagnostics | None) -> None:

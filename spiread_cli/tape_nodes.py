@@ -224,7 +224,7 @@ def straight_line(nodes: list[Node], ops: list[Node],
     Python function, a line per op, by rules_code.CodeWriter (which writes
     derivative statements the same way): no loop, no look-ups per op, so a
     kept run's replay (kept_runs.py) pays about half the tape's per-op cost.
-    `dropped`: as `Tape.replay_dropping`'s, the nodes whose values go once
+    `dropped`: as `Tape.replay_function`'s, the nodes whose values go once
     a node is computed (it was their last reader). None when an op is not
     the table's own (a total over row chunks)."""
     from .rules import OPS
