@@ -73,13 +73,20 @@ def blas_kernel() -> str:
                      if i.get("user_api") == "blas") or "none found"
 
 
-def jax_threads(threads: int) -> None:
-    """Give XLA's CPU backend as many threads as numpy's BLAS has
-    (OPENBLAS_NUM_THREADS): its own pool ignores that variable, so one
-    thread for numpy would race two of JAX's. Only before jax is imported."""
-    if threads == 1 and "jax" not in sys.modules:
-        flags = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()
+def limit_threads(threads: int) -> None:
+    """Give every peer as many threads as numpy's BLAS has
+    (OPENBLAS_NUM_THREADS). With one, pin this whole process to one CPU:
+    XLA's CPU runtime (JAX 0.10) ignores `--xla_cpu_multi_thread_eigen=false`
+    and ran a 4,096×256 by 256×256 product on two threads (29.8 ms of CPU
+    time in 15.3 ms), so without the pin "one thread each" was one for numpy
+    and two for JAX. Call before any peer starts its threads."""
+    if threads != 1:
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
 
 
 def interleaved(factories: dict, rounds: int, per_round: int, statistic=statistics.median) -> dict[str, float]:

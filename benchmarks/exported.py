@@ -7,9 +7,9 @@ peers of bigram.py and mlp.py, the same data and learning rates).
     python benchmarks/exported.py [ROUNDS [WORKLOAD...]]    # interleaved, as run.py times them
 
 Threads: numpy's OpenBLAS and onnxruntime take OMP_NUM_THREADS (with
-OPENBLAS_NUM_THREADS set alike; onnxruntime's default is one a core), JAX
-takes XLA_FLAGS (`--xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1` for one).
+OPENBLAS_NUM_THREADS set alike; onnxruntime's default is one a core); with
+one, the process is pinned to one CPU (common.limit_threads), the one way
+to hold JAX to one thread.
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ if __name__ == "__main__":
     import shutil
     import sys
 
-    from common import interleaved, ms
+    from common import interleaved, limit_threads, ms
+    limit_threads(int(os.environ.get("OMP_NUM_THREADS", "0")))
     ctx: dict = {}
     for workload in sys.argv[2:] or WORKLOADS:
         times = interleaved(implementations(workload, ctx), int(sys.argv[1]) if len(sys.argv) > 1 else 7,

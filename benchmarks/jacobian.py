@@ -30,10 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import have, jax_threads  # noqa: E402
+from common import have, limit_threads  # noqa: E402
 
 THREADS = int(os.environ.get("OMP_NUM_THREADS", "2"))
-jax_threads(THREADS)
+limit_threads(THREADS)
 SIZES = (100, 300, 1000, 4000)
 HIDDEN = 64
 

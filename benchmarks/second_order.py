@@ -34,12 +34,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mlp  # noqa: E402
-from common import have, jax_threads  # noqa: E402
+from common import have, limit_threads  # noqa: E402
 from common import interleaved  # noqa: E402
 
 # PyTorch's threads; set OPENBLAS_NUM_THREADS (numpy's) to the same number.
 THREADS = int(os.environ.get("OMP_NUM_THREADS", "2"))
-jax_threads(THREADS)
+limit_threads(THREADS)
 
 # ------------------------------------------------------------- HVP on mlp
 

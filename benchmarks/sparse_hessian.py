@@ -38,10 +38,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import have, jax_threads  # noqa: E402
+from common import have, limit_threads  # noqa: E402
 from common import interleaved  # noqa: E402
 
-jax_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+limit_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 PROGRAM = (ROOT / "examples" / "chained_rosenbrock.ad").read_text()
 

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import have, jax_threads  # noqa: E402
+from common import have, limit_threads  # noqa: E402
 from common import interleaved  # noqa: E402
 
 ELEMENTWISE = "x = [0.5]\ny = x.tanh * x.exp + x.square\n"
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--no-dense", action="store_true", help="skip the dense Jacobians (n² entries)")
     args = parser.parse_args()
-    jax_threads(1)
+    limit_threads(1)
     x = np.random.default_rng(0).uniform(-0.5, 0.5, size=args.n)
     rounds = 3 if args.quick else 5
     for name, text, f in (("elementwise", ELEMENTWISE, elementwise), ("banded (Bratu)", BANDED, bratu)):
