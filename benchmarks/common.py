@@ -25,18 +25,6 @@ def have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def time_steps(step, repeats: int, warmup: int = 2) -> float:
-    """Median seconds per call of `step` after `warmup` untimed calls."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def rss_mb() -> float:
     """Current resident set size (Linux /proc), in MB."""
     with open("/proc/self/statm") as f:
@@ -89,19 +77,32 @@ def limit_threads(threads: int) -> None:
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
 
 
+def step_clock():
+    """The clock steps are timed by. Pinned to one CPU (limit_threads), the
+    process's CPU time, every thread's (JAX computes on threads of its own):
+    there the wall clock also counts other processes' time slices on that
+    CPU, which fall more often into a long step than a short one, and so
+    biased best-of ratios against the slower implementation (a sparse
+    Hessian 6.3x numpy by the wall clock, 2.95x by CPU time, a minute
+    apart). With more CPUs than one, the wall clock: threads run in parallel."""
+    pinned = hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) == 1
+    return time.process_time if pinned else time.perf_counter
+
+
 def interleaved(factories: dict, rounds: int, per_round: int, statistic=statistics.median) -> dict[str, float]:
     """Median (or `statistic`: min for best of the rounds) seconds per step
-    of each implementation, timed round-robin."""
+    of each implementation, timed round-robin by `step_clock()`."""
+    clock = step_clock()
     steps = {name: make() for name, make in factories.items()}
     for step in steps.values():
         step(), step()  # warm-up (and JAX's compile)
     samples = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start = clock()
             for _ in range(per_round):
                 step()
-            samples[name].append((time.perf_counter() - start) / per_round)
+            samples[name].append((clock() - start) / per_round)
     return {name: statistic(s) for name, s in samples.items()}
 
 
