@@ -51,6 +51,9 @@ class ForwardSweep:
             if p < len(self.plan):
                 self.free_after[p].append(i)
         self.bytes_per_direction = 8 * self._peak_live_entries()
+        # By the seeds' kind: 1 once pushed, then the steps written out (`written_push`), or
+        # None where those met another kind of batch than written (pushed step by step).
+        self.written: dict[tuple, int | Callable | None] = {}
 
     def _peak_live_entries(self) -> int:
         """Entries of tangent alive at once, at worst, for one direction; plus
@@ -80,10 +83,33 @@ class ForwardSweep:
         made, from the input tangents ts (None for an input without one; all
         None where t is a seed). A seed may be a `Diagonal` batch (rows of
         the identity), which stays one through the ops with a rule for it
-        (`diagonal_jvp`), and so may the result; an observer sees arrays."""
-        nodes, same = self.nodes, self.same
+        (`diagonal_jvp`), and so may the result; an observer sees arrays.
+        Seeds of a kind pushed twice are pushed, from the third time on, by
+        the steps written out as one function (`written_push`)."""
         if observe is not None:
-            seeds = {i: dense(s) for i, s in seeds.items()}
+            return self._pushed({i: dense(s) for i, s in seeds.items()}, observe)
+        kind = tuple((i, type(s), s.shape, getattr(s, "full", None), getattr(s, "ordered", None))
+                     for i, s in seeds.items())
+        written = self.written.get(kind, 0)
+        if callable(written):
+            with np.errstate(all="ignore"):
+                try:
+                    return written(seeds)
+                except Untraced:  # a step's batch came out of another kind than written: step by step from now
+                    self.written[kind] = None
+        elif written == 1:  # the second push of this kind: written as it runs
+            trace: list = []
+            result = self._pushed(seeds, trace=trace)
+            self.written[kind] = written_push(self, seeds, trace)
+            return result
+        elif written == 0:
+            self.written[kind] = 1
+        return self._pushed(seeds)
+
+    def _pushed(self, seeds: dict, observe: SweepObserver | None = None, trace: list | None = None):
+        """`push`, step by step; `trace`: given, the kinds (classes) of each op step's input tangents
+        and result, in order."""
+        nodes, same = self.nodes, self.same
         k = next(iter(seeds.values())).shape[0]
         tangents: dict[int, np.ndarray] = {}
         with np.errstate(all="ignore"):
@@ -94,20 +120,17 @@ class ForwardSweep:
                 elif node.op is None or all(t is None for t in ts):
                     t = seeds[node.id]
                 else:
-                    op, args = node.op, [nodes[i].value for i in node.inputs]
-                    params = node.params if op.fwd is None else rule_params(node, args)
-                    t = None
-                    if any(type(given) is Diagonal for given in ts):
-                        t = diagonal_jvp(op, ts, node.value, args, params, lambda a: self._owned(a, p, tangents, seeds))
-                        ts = [dense(given) for given in ts] if t is None else ts
-                    if t is None:
-                        t = op.jvp(ts, node.value, *args, **params)
-                        if np.shape(t) != (k,) + node.value.shape:
-                            t = np.broadcast_to(t, (k,) + node.value.shape)
+                    args = [nodes[i].value for i in node.inputs]
+                    params = node.params if node.op.fwd is None else rule_params(node, args)
+                    t = jvp_step(node.op, ts, node.value, args, params, k,
+                                 lambda a: _shares_none(a, [t for i, t in tangents.items() if i not in self.free_after[p]],
+                                                        seeds))
                     # A seeded node that is an intermediate gets its own seed on top
                     # of what flows into it, as reverse mode's adjoints add up.
                     if node.id in self.seeded:
                         t = added(t, seeds[node.id])
+                    if trace is not None:
+                        trace.append(([type(given) for given in ts], type(t)))
                 if observe is not None:
                     observe(node, ts, t)
                 tangents[node.id] = t
@@ -116,13 +139,6 @@ class ForwardSweep:
         if self.output in tangents:
             return tangents[self.output]
         return np.zeros((k,) + nodes[self.output].value.shape)
-
-    def _owned(self, a: np.ndarray, p: int, tangents: dict, seeds: dict) -> bool:
-        """Whether no seed, and no tangent needed after plan[p], shares memory
-        with `a` (a jvp may return a tangent it was given, or a view of one)."""
-        dying = self.free_after[p]
-        return not any(np.may_share_memory(a, t) for i, t in tangents.items() if type(t) is np.ndarray and i not in dying) \
-            and not any(np.may_share_memory(a, s) for s in seeds.values() if type(s) is np.ndarray)
 
     def push_blocks(self, total: int, seed_block: Callable[[int, int], dict[int, np.ndarray]],
                     diagnostics: Diagnostics | None = None, budget_bytes: int = TANGENT_BUDGET_BYTES,
@@ -158,6 +174,109 @@ class ForwardSweep:
                 births.warn(diagnostics)
                 diagnostics = None  # one warning about the derivative is enough
         return np.zeros((0,) + output.value.shape) if result is None else result
+
+
+def jvp_step(op, ts: list, out: np.ndarray, args: list, params: dict, k: int, owned: Callable[[np.ndarray], bool]):
+    """One op's tangent from its operands' `ts` (None: no tangent; a
+    `Diagonal` batch stays one where the op has a rule for it), shape (k,) +
+    out's; `owned(a)`: whether no other tangent or seed shares memory with a."""
+    t = None
+    if any(type(given) is Diagonal for given in ts):
+        t = diagonal_jvp(op, ts, out, args, params, owned)
+        ts = [dense(given) for given in ts] if t is None else ts
+    if t is None:
+        t = op.jvp(ts, out, *args, **params)
+        if np.shape(t) != (k,) + out.shape:
+            t = np.broadcast_to(t, (k,) + out.shape)
+    return t
+
+
+class Untraced(Exception):
+    """A written push met a batch of another kind than when it was written."""
+
+
+def written_push(sweep: ForwardSweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray]:
+    """The sweep's push for seeds of this kind as one function, a line per
+    step, from `trace` (`ForwardSweep._pushed`'s, at these seeds): a step
+    whose tangents were arrays calls the function its op's jvp runs for them
+    (`jvp.resolve`: the same primal rules in the same order, so the same
+    bits) with no look-up; any other runs `jvp_step`, as the loop does, and
+    raises `Untraced` if its batch is of another kind than traced (the
+    caller pushes step by step then). Values are read from the nodes at each
+    call; a tangent is dropped after its last reader, as the loop drops it."""
+    nodes, plan, same = sweep.nodes, sweep.plan, sweep.same
+    k = next(iter(seeds.values())).shape[0]
+    namespace = {"nodes": nodes, "jvp_step": jvp_step, "added": added, "broadcast_to": np.broadcast_to,
+                 "Untraced": Untraced, "shares_none": _shares_none, "ndarray": np.ndarray, "Diagonal": Diagonal}
+    lines, read, live, steps = [], set(), [], iter(trace)
+
+    def value(i: int) -> str:
+        if i not in read:
+            read.add(i)
+            lines.append(f"x{i} = nodes[{i}].value")
+        return f"x{i}"
+
+    def tangent(i: int) -> str:
+        return f"t{i}" if i in live else "None"
+
+    for p, node in enumerate(plan):
+        t = f"t{node.id}"
+        ts = [tangent(i) for i in node.inputs]
+        if node.id in same:
+            lines.append(f"{t} = t{same[node.id]}")
+        elif node.op is None or all(given == "None" for given in ts):
+            lines.append(f"{t} = seeds[{node.id}]")
+        else:
+            traced_ts, traced = next(steps)
+            args = ", ".join(value(i) for i in node.inputs)
+            out, op = value(node.id), f"op{p}"
+            namespace[op] = node.op
+            resolve = getattr(node.op.jvp, "resolve", None)
+            function = None
+            if resolve is not None and all(kind in (np.ndarray, type(None)) for kind in traced_ts):
+                moves = [None if kind is type(None) else kind for kind in traced_ts]
+                function = resolve(moves, node.value, [nodes[i].value for i in node.inputs], node.params)
+            if function is not None:
+                namespace[f"jvp{p}"] = function
+                moving = ", ".join(given for given in ts if given != "None")
+                shape = (k,) + node.value.shape
+                lines += [f"{t} = jvp{p}({moving}, {out}, {args})",
+                          f"if {t}.shape != {shape!r}: {t} = broadcast_to({t}, {shape!r})"]
+            else:
+                params = f"params{p}"
+                namespace[params] = node.params
+                if node.op.fwd is not None:
+                    namespace["rule_params"] = rule_params
+                    params = f"rule_params(nodes[{node.id}], [{args}])"
+                others = ", ".join(f"t{i}" for i in live if i not in sweep.free_after[p])
+                lines.append(f"{t} = jvp_step({op}, [{', '.join(ts)}], {out}, [{args}], {params}, {k}, "
+                             f"lambda a: shares_none(a, ({others}{',' if others else ''}), seeds))")
+            if node.id in sweep.seeded:
+                lines.append(f"{t} = added({t}, seeds[{node.id}])")
+            if function is None or node.id in sweep.seeded:
+                lines.append(f"if {t}.__class__ is not {traced.__name__}: raise Untraced")
+        live.append(node.id)
+        for i in sweep.free_after[p]:
+            if i in live:
+                live.remove(i)
+                lines.append(f"del t{i}")
+    output = sweep.output
+    if output in live:
+        lines.append(f"return t{output}")
+    else:
+        namespace["zeros"] = np.zeros
+        lines.append(f"return zeros({(k,) + nodes[output].value.shape!r})")
+    code = "def push(seeds):\n" + "".join(f"    {line}\n" for line in lines)
+    exec(code, namespace)
+    return namespace["push"]
+
+
+def _shares_none(a: np.ndarray, live, seeds: dict) -> bool:
+    """Whether no tangent in `live` (those needed after the step) and no seed
+    that is an array shares memory with `a` (a jvp may return a tangent it
+    was given, or a view of one): so a step may write into it."""
+    return not any(np.may_share_memory(a, t) for t in live if type(t) is np.ndarray) \
+        and not any(np.may_share_memory(a, s) for s in seeds.values() if type(s) is np.ndarray)
 
 
 def finite_batch(batch) -> bool:

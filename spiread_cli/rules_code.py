@@ -230,22 +230,32 @@ def compiled_jvp(derivative: Callable) -> Callable:
     """The numeric jvp an op gets from its statement, fast: the transposed
     statement written out as code (`jvp_code`) once for each set of moving
     operands, shapes and parameters met, as `compiled_vjp`; `derived_jvp`
-    where the parameters cannot be a key."""
+    where the parameters cannot be a key. `jvp.resolve(ts, out, xs,
+    params)` is the written function a call would run, called as
+    function(*the tangents that are not None, out, *xs) (None where the
+    statement is evaluated): a sweep written as code calls it directly."""
     derived = derived_jvp(derivative)
     written: dict[tuple, Callable] = {}
 
-    def jvp(ts, out, *xs, **params):
+    def resolve(ts, out, xs, params) -> Callable | None:
         moving = tuple(t is not None for t in ts)
         try:
             key = (moving, *[x.shape for x in xs], *[(k, comparable(v)) for k, v in params.items()])
             function = written.get(key)
         except (TypeError, AttributeError):  # an array parameter, an operand without a shape
-            return derived(ts, out, *xs, **params)
+            return None
         if function is None:
             code = jvp_code(derivative, [i for i, m in enumerate(moving) if m], [np.shape(x) for x in xs],
                             np.shape(out), params)
             function = _written(written, key, code, "jvp")
+        return function
+
+    def jvp(ts, out, *xs, **params):
+        function = resolve(ts, out, xs, params)
+        if function is None:
+            return derived(ts, out, *xs, **params)
         return function(*[t for t in ts if t is not None], out, *xs)
+    jvp.resolve = resolve
     return jvp
 
 

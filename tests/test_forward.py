@@ -12,6 +12,7 @@ from conftest import Agreement, central_difference, run, spiread, strict_json
 from programs import programs
 from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.forward import ForwardSweep, directional_forward, jacobian_forward
+from spiread_cli.rules_forward import Diagonal, dense
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -106,3 +107,109 @@ def test_cli_forward_mode_on_the_seed():
     assert doc["mode"] == "forward" and doc["value"]["value"] == "inf"
     np.testing.assert_allclose(doc["gradients"]["weights"]["value"],
                                [[-0.291882, 0.291882], [-0.583765, 0.583765]], atol=5e-7)
+
+
+# ------------------------------------------------ the push written as code
+
+
+def _pushes_as_step_by_step(sweep: ForwardSweep, seeds: dict, times: int = 4) -> list:
+    """Push `seeds` `times` times (from the third, by the written function)
+    and each time step by step too: the same bits, and the kinds of batches."""
+    kinds = []
+    for _ in range(times):
+        got = sweep.push(seeds)
+        want = sweep._pushed(seeds)
+        assert type(got) is type(want)
+        if type(got) is Diagonal:
+            got, want = got.dense(), want.dense()
+        assert got.shape == want.shape and got.tobytes() == want.tobytes()
+        kinds.append(sweep.written)
+    return kinds
+
+
+@SETTINGS
+@given(programs(), st.data())
+def test_a_written_push_gives_the_step_by_step_bits(program, data):
+    """Random programs' forward sweeps (the output's Jacobian, and the
+    Hessian's sweeps over the recorded gradient), pushed again and again
+    with identity rows in one block and in several, with arrays of
+    directions, and after the values change: the written push (from the
+    third push of a kind on) gives what the loop gives, bit for bit."""
+    from spiread_cli.second import SecondOrder
+    r = run(program.source, name="generated.ad")
+    wrt = data.draw(st.lists(st.sampled_from([n for n in program.names if n in r.bindings]), min_size=1,
+                             max_size=2, unique=True), label="wrt")
+    ids = [r.bindings[n] for n in wrt]
+    nodes = r.tape.nodes
+    order = SecondOrder(r, wrt)
+    sweeps = [ForwardSweep(r.tape, r.output, ids)] + [ForwardSweep(r.tape, g, ids) for g in order.grad_ids.values()]
+    total = sum(nodes[i].value.size for i in ids)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    for change in range(2):
+        if change:  # new values of the same shapes, replayed through the run and its recorded gradient
+            for i in ids:
+                nodes[i].set_value(nodes[i].value * (1 + 0.1 * rng.standard_normal(nodes[i].value.shape)))
+            r.tape.replay([n for n in nodes if n.op is not None])
+        for sweep in sweeps:
+            offsets = np.cumsum([0] + [nodes[i].value.size for i in ids])
+            for first, k in ((0, total), (0, max(1, total // 2)), (total // 2, max(1, total - total // 2))):
+                seeds = {i: Diagonal.identity_rows(nodes[i].value.shape, first - int(offsets[p]), k)
+                         for p, i in enumerate(ids)}
+                _pushes_as_step_by_step(sweep, seeds)
+            arrays = {i: rng.standard_normal((3,) + nodes[i].value.shape) for i in ids}
+            _pushes_as_step_by_step(sweep, arrays)
+            assert all(callable(w) or w is None for w in sweep.written.values())
+
+
+def test_a_written_push_that_meets_another_kind_of_batch_pushes_step_by_step():
+    """A written push whose step makes a batch of another kind than when it
+    was written (here: told a Diagonal came out where an array does) stops,
+    and the sweep pushes step by step from then on, with the same result."""
+    from spiread_cli.forward import written_push
+    r = run("w = [0.5, -1, 2]\nA = [[1, 2, 3], [0, 1, -1]]\nloss = (A @@ w).tanh.sum + (w ** 3).sum")
+    sweep = ForwardSweep(r.tape, r.output, [r.bindings["w"]])
+    seeds = {r.bindings["w"]: Diagonal.identity_rows((3,), 0, 3)}
+    trace: list = []
+    want = sweep._pushed(seeds, trace=trace)
+    kind = next(iter(sweep.written), None)
+    assert kind is None and trace
+    wrong = [(ts, Diagonal if t is np.ndarray else np.ndarray) for ts, t in trace]
+    sweep.push(seeds)  # the first push of this kind
+    kind = next(iter(sweep.written))
+    sweep.written[kind] = written_push(sweep, seeds, wrong)
+    np.testing.assert_array_equal(dense(sweep.push(seeds)), dense(want))
+    assert sweep.written[kind] is None
+    np.testing.assert_array_equal(dense(sweep.push(seeds)), dense(want))
+
+
+def test_a_derivative_born_infinite_on_a_written_push_warns_where_it_is_born():
+    """The written push gives the loop's bits, so a block that is not finite
+    is pushed again step by step, which warns at the op it was born in."""
+    r = run("x = [4.0, 1.0]\nloss = (x.sqrt * x).sum")
+    x = r.bindings["x"]
+    sweep = ForwardSweep(r.tape, r.output, [x])
+    for value, finite in (([4.0, 1.0], True), ([9.0, 1.0], True), ([4.0, 2.0], True), ([0.0, 1.0], False)):
+        r.tape.nodes[x].set_value(np.array(value))
+        r.tape.replay([n for n in r.tape.nodes if n.op is not None])
+        r.diagnostics.warnings.clear()
+        jacobian = jacobian_forward(r.tape, r.output, [x], r.diagnostics, sweep=sweep)[x]
+        assert np.isfinite(jacobian).all() == finite
+        assert [w.message.split(" gave")[0] for w in r.diagnostics.warnings] == \
+            ([] if finite else ["the derivative of `sqrt`"])
+    assert callable(next(iter(sweep.written.values())))
+
+
+def test_a_written_push_never_writes_into_a_tangent_still_needed():
+    """`x + A @@ x` steps x's Diagonal seeds and adds the product's tangent
+    (an array) to them: into that array only where no later step reads it.
+    Here `y`'s tangent is read again, so the written push, like the loop,
+    must add into a copy."""
+    r = run("x = [0.5, -1, 2]\nA = [[1, 2, 3], [0, 1, -1], [2, 0, 1]]\ny = A @@ x\nz = x + y\n"
+            "loss = (z * z).sum + y.sum")
+    x = r.bindings["x"]
+    sweep = ForwardSweep(r.tape, r.output, [x])
+    A, xv = r.node("A").value, r.node("x").value
+    want = 2 * (xv + A @ xv) @ (np.eye(3) + A) + A.sum(axis=0)  # ∂loss/∂x
+    for _ in range(4):
+        np.testing.assert_allclose(jacobian_forward(r.tape, r.output, [x], sweep=sweep)[x], want, rtol=1e-14)
+    assert callable(next(iter(sweep.written.values())))
