@@ -83,19 +83,25 @@ class Sweep:
         # pattern holds for other values while these masks do (`zeros_hold`).
         self.zeros_read: dict[int, np.ndarray] = {}
         self.seeds = {i: p for p, i in enumerate(self.wrt)}
-        moving, flat = self.moving, self.moving_flat
+        # The rules reach the sweep through a weak reference: the sweep holds
+        # its nodes' Entries, and a strong one back would make it a cycle that
+        # only the cyclic collector frees, later (its allocations counted
+        # toward collections meanwhile).
+        self._weak = weakref.proxy(self)
+        moving, flat, all_entries, all_linked = self.moving, self.moving_flat, self.entries, self.linked
         for node in self.plan:
             if node.op is None:
                 continue
-            entries = self.entries[node.id] = self._entries(node)
+            entries = all_entries[node.id] = self._entries(node)
             first = node.op.structure.first
-            linked = self.linked[node.id] = []
+            linked = []
             for k, i in enumerate(node.inputs):
                 if i in moving:
                     links = first(k, entries)
                     if links is None or i in flat:
                         flat.add(node.id)
                     linked.append((k, i, links))
+            all_linked[node.id] = linked
 
     def pattern(self, node_id: int):
         """J(node), found with the patterns of the nodes it is computed from."""
@@ -124,11 +130,8 @@ class Sweep:
         return pattern
 
     def _entries(self, node: Node) -> Entries:
-        nodes = self.tape.nodes
-        # Through a weak reference: the sweep holds its nodes' Entries, and a
-        # strong one back would make it a cycle that only the cyclic collector
-        # frees, later (its allocations counted toward collections meanwhile).
-        sweep = weakref.proxy(self)
+        nodes, sweep = self.tape.nodes, self._weak
+        shapes = tuple([nodes[i].shape for i in node.inputs])
 
         def nonzero(k: int) -> np.ndarray:
             i = node.inputs[k]
@@ -141,7 +144,8 @@ class Sweep:
                 return sweep.every(j.size)  # every entry moves: none is a structural zero
             return sweep._read_zeros(i) | (j.rows_used() if type(j) is Columns else np.diff(j.indptr) > 0)
 
-        return Entries(node.op, tuple([nodes[i].shape for i in node.inputs]), node.shape, node.params, nonzero)
+        return Entries(node.op, shapes, node.shape, node.params, nonzero,
+                       (*[math.prod(shape) for shape in shapes], math.prod(node.shape)))
 
     def _read_zeros(self, i: int) -> np.ndarray:
         if i not in self.zeros_read:
