@@ -136,6 +136,35 @@ def cheapest(found: list[Compression]) -> Compression:
     return min(found, key=lambda c: c.colouring.count)
 
 
+@dataclass
+class SparsePlan:
+    """How a run's sparse Jacobian is evaluated, worked out once: the
+    compression, where each nonzero is read from the products (`Recovery`),
+    the colours' seeds, and the zeros of constants the pattern read, while
+    which it holds (`sparsity.zeros_hold`). Kept with the run, so a kept
+    run's calls (Program.jacobian(sparse=True) again, new values) only sweep
+    and gather, as Newton's steps do with a sparse Hessian."""
+    found: Compression
+    recovery: object                  # sparsity_colouring.Recovery over found.coloured
+    seeds: np.ndarray
+    zeros_read: dict
+
+
+def sparse_plan(run: Run, ids: dict[str, int], mode: str | None) -> SparsePlan:
+    """The run's plan for these values and mode: the one kept with it while
+    its pattern holds, else read (and kept) now."""
+    from .sparsity import Sweep, zeros_hold
+    from .sparsity_colouring import Recovery
+    key = ("sparse jacobian", tuple(ids.values()), mode)
+    plan = run.prepared.get(key)
+    if plan is None or not zeros_hold(run.tape, plan.zeros_read):
+        sweep = Sweep(run.tape, run.output, list(ids.values()))
+        found = cheapest(compressions(sweep.jacobian(), mode))
+        plan = run.prepared[key] = SparsePlan(found, Recovery(found.coloured, found.colouring),
+                                              found.colouring.seeds(), sweep.zeros_read)
+    return plan
+
+
 def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = None,
                     budget_bytes: int = TANGENT_BUDGET_BYTES, compression: Compression | None = None
                     ) -> RunSparseJacobian:
@@ -143,19 +172,25 @@ def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = N
     --sparse`), from its exact pattern and one sweep per colour: the
     colours' seeds pushed forward (columns) or pulled back (rows) as one
     batch, each nonzero read from the product of its colour
-    (sparsity_colouring.recover). Never forms a dense block. `compression`:
-    the pattern already read and coloured (check --sparse: both ways from
-    one reading)."""
-    from .sparsity_colouring import recover
+    (sparsity_colouring.Recovery). Never forms a dense block. The plan is
+    kept with the run (`sparse_plan`); `compression`: the pattern already
+    read and coloured instead (check --sparse: both ways from one reading)."""
+    from .sparsity_colouring import Recovery
     _mode(mode)
     ids = run.wrt_ids(wrt, scalar=False)
-    found = compression or cheapest(compressions(read_pattern(run, ids), mode))
-    colouring, direction, k = found.colouring, found.direction, found.colouring.count
-    tape, nodes = run.tape, run.tape.nodes
+    if compression is None:
+        plan = sparse_plan(run, ids, mode)
+        found, recovery, seeds = plan.found, plan.recovery, plan.seeds
+    else:
+        found = compression
+        recovery, seeds = Recovery(found.coloured, found.colouring), found.colouring.seeds()
+    direction, k = found.direction, found.colouring.count
+    tape, nodes, output = run.tape, run.tape.nodes, run.output
     wrt_ids = list(ids.values())
     shapes = [nodes[i].shape for i in wrt_ids]
-    seeds = colouring.seeds()
-    out_shape = nodes[run.output].shape
+    out_shape = nodes[output].shape
+    # The sweeps' plans are the dense Jacobian's, kept with the run as its are.
+    plan_key = ("jacobian sweep", SWEEP_OF[direction], tuple(wrt_ids))
     if direction == "columns":
         cuts = np.cumsum([0] + [math.prod(s) for s in shapes])
 
@@ -163,14 +198,16 @@ def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = N
             return {i: seeds[start:start + count, cuts[p]:cuts[p + 1]].reshape((count,) + shapes[p])
                     for p, i in enumerate(wrt_ids)}
 
-        products = ForwardSweep(tape, run.output, wrt_ids).push_blocks(k, seed_block, run.diagnostics, budget_bytes)
-        matrix = recover(found.coloured, colouring, products.reshape(k, math.prod(out_shape)).T)
+        sweep = run.prepared_for(plan_key, lambda: ForwardSweep(tape, output, wrt_ids))
+        products = sweep.push_blocks(k, seed_block, run.diagnostics, budget_bytes)
+        matrix = recovery(products.reshape(k, math.prod(out_shape)))
     else:
-        pulled = pull_blocks(tape, run.output, wrt_ids, k,
+        peak = run.prepared_for(plan_key, lambda: peak_adjoint_entries(tape, output, wrt_ids))
+        pulled = pull_blocks(tape, output, wrt_ids, k,
                              lambda start, count: seeds[start:start + count].reshape((count,) + out_shape),
-                             run.diagnostics, budget_bytes)
+                             run.diagnostics, budget_bytes, peak)
         products = np.concatenate([pulled[i].reshape(k, math.prod(nodes[i].shape)) for i in wrt_ids], axis=1)
-        matrix = recover(found.coloured, colouring, products.T).T.tocsr()
+        matrix = recovery(products).T.tocsr()
     return RunSparseJacobian(run.value, matrix, list(ids), shapes, k, direction, SWEEP_OF[direction])
 
 

@@ -207,9 +207,3 @@ class Recovery:
         """The matrix from `products` = (matrix · seeds)ᵀ, colours × rows."""
         values = np.take(products, self.at)
         return sp.csr_array((values, self.indices.copy(), self.indptr.copy()), shape=self.shape)
-
-
-def recover(pattern: sp.csr_array, colouring: Colouring, products: np.ndarray) -> sp.csr_array:
-    """Every nonzero of the matrix from `products` = matrix · seeds (rows ×
-    colours), as a CSR matrix with the pattern's entries."""
-    return Recovery(pattern, colouring)(np.ascontiguousarray(products.T))

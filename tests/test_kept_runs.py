@@ -217,6 +217,27 @@ def test_a_sparse_hessian_follows_the_zeros_of_a_binding_not_differentiated_by()
                         sparse=True)
 
 
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_a_sparse_jacobian_follows_the_zeros_of_a_binding_not_differentiated_by(mode):
+    """The same for a sparse Jacobian, whose plan (pattern, colouring,
+    recovery) is kept with the run: read again when a constant's zeros move
+    (a * x has a zero row where a has a zero), kept when only x moves."""
+    from spiread_cli.jacobian import sparse_plan
+    source = "a = zeros(4)\nx = zeros(4)\ny = a * x.exp\n"
+    prog = spiread_cli.compile(source)
+    plans = []
+    for a, x in (([1.0, 0.0, 1.0, 2.0], [0.5, -1.0, 2.0, 0.0]), ([1.0, 0.0, 1.0, 2.0], [1.0, 2.0, 3.0, 4.0]),
+                 ([0.0, 3.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]), ([1.0, 1.0, 1.0, 1.0], [0.0, 0.5, 1.0, 1.5])):
+        a, x = np.array(a), np.array(x)
+        got = prog.jacobian(a=a, x=x, wrt="x", sparse=True, mode=mode)
+        np.testing.assert_array_equal(got.toarray(), np.diag(a * np.exp(x)))
+        assert got.nnz == np.count_nonzero(a)
+        assert_as_fresh(prog, source, "jacobian", {"a": a, "x": x}, wrt="x", sparse=True, mode=mode)
+        (kept,) = [k for k in prog._kept.kept if k.signature[0][3]]
+        plans.append(sparse_plan(kept.run, kept.run.wrt_ids(["x"], scalar=False), mode))
+    assert plans[0] is plans[1] and plans[1] is not plans[2] and plans[2] is not plans[3]
+
+
 # ------------------------------------------------- reuse, and what stops it
 
 

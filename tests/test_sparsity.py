@@ -640,7 +640,7 @@ def test_a_banded_pattern_s_colours_are_structurally_orthogonal_and_recover_ever
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 30), st.floats(0.0, 0.4), st.sampled_from(["star", "columns"]))
 def test_every_nonzero_is_recovered_from_one_product_per_colour(n, density, kind):
-    from spiread_cli.sparsity_colouring import Colouring, _greedy_columns, _greedy_star, recover
+    from spiread_cli.sparsity_colouring import Colouring, Recovery, _greedy_columns, _greedy_star
     shape = _random_symmetric(n, density)
     values = RNG.normal(size=(n, n)) * shape
     values = values + values.T
@@ -650,7 +650,7 @@ def test_every_nonzero_is_recovered_from_one_product_per_colour(n, density, kind
     # A star colouring: neighbours differ, and no path of four vertices is two-coloured.
     rows, cols = np.nonzero(shape & ~np.eye(n, dtype=bool))
     assert (colours[rows] != colours[cols]).all()
-    recovered = recover(pattern, colouring, values @ colouring.seeds().T).toarray()
+    recovered = Recovery(pattern, colouring)(np.ascontiguousarray((values @ colouring.seeds().T).T)).toarray()
     np.testing.assert_array_equal(recovered, values)
 
 
