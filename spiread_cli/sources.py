@@ -36,23 +36,28 @@ def read_source(path: str) -> Source:
         raise SpireadError(f"{name}: larger than {MAX_SOURCE_BYTES >> 20} MB; this is not a program")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise SpireadError("this file is UTF-16 text; save it as UTF-8", origin=name)
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark; positions count from after it
     if b"\0" in raw:
-        raise SpireadError("this file holds a NUL byte; it looks like a binary file, not a program",
-                           _byte_span(raw, raw.index(b"\0")), origin=name)
+        raise _bad_byte("this file holds a NUL byte; it looks like a binary file, not a program",
+                        raw, raw.index(b"\0"), name)
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise SpireadError(f"this file is not UTF-8 text: the byte 0x{raw[err.start]:02x} cannot be read here",
-                           _byte_span(raw, err.start), ["save the file as UTF-8"], origin=name) from None
+        raise _bad_byte(f"this file is not UTF-8 text: the byte 0x{raw[err.start]:02x} cannot be read here",
+                        raw, err.start, name, ["save the file as UTF-8"]) from None
     return Source(name, text)
 
 
-def _byte_span(raw: bytes, offset: int) -> Span:
-    """Where a byte sits, as a line and column of the (undecodable) text."""
-    line_start = raw.rfind(b"\n", 0, offset) + 1
-    line = raw.count(b"\n", 0, offset) + 1
-    column = len(raw[line_start:offset].decode("utf-8", errors="replace")) + 1
-    return Span(line, column, line, column + 1, offset, offset + 1)
+def _bad_byte(message: str, raw: bytes, offset: int, name: str, notes: list[str] = ()) -> SpireadError:
+    """An error at a byte that cannot be program text, shown as every error
+    is, with its line and a caret: in the text as far as it can be read
+    (each bad byte, NUL too, as U+FFFD)."""
+    shown = raw.decode("utf-8", errors="replace").replace("\0", "\ufffd")
+    before = raw[:offset].decode("utf-8", errors="replace")
+    line_start = before.rfind("\n") + 1
+    line, column = before.count("\n") + 1, len(before) - line_start + 1
+    span = Span(line, column, line, column + 1, len(before), len(before) + 1)
+    return SpireadError(message, span, list(notes), origin=name).located_in(Source(name, shown))
 
 
 def base_dir_of(source: Source) -> Path:
