@@ -31,9 +31,8 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.
 
 def name_lists(values: list[str] | None) -> list[str] | None:
     """`--wrt a,b` is `--wrt a --wrt b`."""
-    if not values:
-        return values
-    return [name.strip() for value in values for name in value.split(",") if name.strip()] or None
+    from .diagnostics import listed_names
+    return (listed_names(values) or None) if values else values
 
 
 WrtOpt = Annotated[Optional[list[str]], typer.Option(

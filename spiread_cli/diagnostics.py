@@ -155,6 +155,12 @@ COMMAND_LINE, PYTHON = "command line", "python"
 FRONT_END: ContextVar[str] = ContextVar("spiread_front_end", default=COMMAND_LINE)
 
 
+def listed_names(given: Iterable[str]) -> list[str]:
+    """Names as either front end takes them: `--wrt a,b` is `--wrt a --wrt b`,
+    and `wrt="a,b"` is `wrt=["a", "b"]` (no name holds a comma)."""
+    return [name.strip() for text in given for name in text.split(",") if name.strip()]
+
+
 def option(keyword: str, value: object = None) -> str:
     """An option as the user of this front end writes it, in backticks:
     `--wrt w` on the command line, `wrt="w"` from Python. `set` is a binding
@@ -190,13 +196,16 @@ def usage_error(message: str, notes: Iterable[str] = ()) -> SpireadError:
 def did_you_mean(name: str, known: Iterable[str]) -> tuple[str, ...]:
     """A note suggesting the closest known spelling, or nothing.
 
-    Case slips (`Exp` for `exp`) count as close, whatever the length."""
+    Case slips (`Exp` for `exp`) count as close, whatever the length; the
+    name of a record of gradients means its entries (`g` for `g.w`, `g.b`)."""
     known = sorted(set(known))
+    entries = [k for k in known if k.startswith(f"{name}.")]
     folded = [k for k in known if k.lower() == name.lower() and k != name]
-    close = folded or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    close = entries or folded or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if not close:
         return ()
-    return ("did you mean " + " or ".join(f"`{c}`" for c in close) + "?",)
+    record = f"`{name}` is a record of gradients: " if entries else ""
+    return (record + "did you mean " + " or ".join(f"`{c}`" for c in close) + "?",)
 
 
 # What a number too large for a float64 is, in a program or a data file.

@@ -106,11 +106,14 @@ def graphs(run: Run, wrt: list[str] | None, hvp: bool) -> Graphs:
     ids = run.wrt_ids(wrt)
     for name, i in ids.items():
         if run.tape.nodes[i].kind != "input":
-            raise SpireadError(f"{option('wrt', name)}: `{name}` is computed by the program, and an export "
-                               "differentiates by the values a program is given", run.binding_spans.get(name),
-                               [f"differentiate by the inputs `{name}` is computed from; the program's inputs "
-                                f"are {', '.join(f'`{n}`' for n in run.inputs_of_output()) or 'none'}"],
-                               exit_code=2)
+            # A default named by `.backward(...)` is the program's error (exit 1), an option the user's (exit 2).
+            what = f"{option('wrt', name)}: `{name}` is computed by the program" if wrt else \
+                f"`.backward(...)` names `{name}`, which the program computes"
+            raise SpireadError(f"{what}, and an export differentiates by the values a program is given",
+                               run.binding_spans.get(name),
+                               [f"differentiate by the inputs `{name}` is computed from ({option('wrt')}); the "
+                                f"program's inputs are {', '.join(f'`{n}`' for n in run.inputs_of_output()) or 'none'}"],
+                               exit_code=2 if wrt else 1)
     fused = fuse(run.tape, run.output, list(ids.values()), diagnostics=run.diagnostics)
     tape = fused.tape
     for node in tape.nodes:

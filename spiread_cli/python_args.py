@@ -16,7 +16,7 @@ from typing import Any, Callable, ContextManager, Iterable, ParamSpec, TypeVar, 
 
 import numpy as np
 
-from .diagnostics import FRONT_END, PYTHON, SpireadError, did_you_mean, option
+from .diagnostics import FRONT_END, PYTHON, SpireadError, did_you_mean, listed_names, option
 
 # What a binding may be given as: a number, nested lists of numbers, or
 # anything numpy reads as an array of real numbers (rank 0, 1 or 2).
@@ -137,9 +137,9 @@ def outside_stacklevel() -> int:
 
 
 def wrt_names(wrt: list[str] | str | None) -> list[str] | None:
-    """`wrt` as a list of names (None for none given)."""
+    """`wrt` as a list of names (None for none given); "a,b" is ["a", "b"], as `--wrt a,b` is."""
     if wrt is None or isinstance(wrt, str):
-        return [wrt] if wrt else None
+        return listed_names([wrt]) or None if wrt else None
     if not isinstance(wrt, Iterable):
         raise type_error("wrt", wrt, "the names are a string or a list of strings")
     names = list(wrt)

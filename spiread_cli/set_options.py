@@ -53,6 +53,9 @@ def _literal(text: str, name: str, given: str, base_dir: Path | None) -> np.ndar
         interpreter = Interpreter(Source(f"--set {name}", text), base_dir=base_dir)
         value = interpreter.evaluate(expr).value
     except SpireadError as err:
+        if Path(text).is_file():  # a file spiread does not read arrays from, e.g. `--set w=model.ad`
+            raise SpireadError(f"{given}: `{text}` is a file, but not one of arrays: --set reads "
+                               f"{'/'.join(s for s in SET_PATH_SUFFIXES if s != '.zarr')} files", exit_code=2) from None
         raise SpireadError(f"{given}: {err.diagnostic.message}", exit_code=2,
                            notes=["VALUE is a number, a literal like [[1,2],[3,4]], or a .npy/.npz/.csv/.json "
                                   "path"]) from None
