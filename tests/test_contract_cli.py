@@ -1,0 +1,213 @@
+"""The command line's front door against LANGUAGE.md §8 ("Errors, warnings
+and exit codes"), fuzzed: every command, with options drawn from each
+command's whole vocabulary (right and wrong values alike), on the examples,
+mutated examples and random bytes (from a file and from standard input).
+Whatever comes in: exit 0, 1 or 2; never a Python traceback nor an internal
+error; an error on stderr, located ones as `FILE:LINE:COL: error:` with the
+source line and a caret under that column; under `--format json` one valid
+document or an empty stdout. tests/test_fuzz.py fuzzes the language through
+the library and `eval`/`grad`/`dot`; this is the rest of the front door."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+import typer.main
+from typer.testing import CliRunner
+
+from conftest import spiread, spiread_command, strict_json
+from spiread_cli.cli import app
+from test_fuzz import FUZZ, PROGRAMS, mutated_programs, small_limit  # noqa: F401 (its autouse fixture: a small memory limit)
+
+COMMANDS = ["eval", "grad", "dot", "hessian", "jacobian", "check", "train", "export"]
+NAMES = ["w", "X", "y", "loss", "weights", "data", "W1", "nope", "", ",", "w,X", "g.w", "loss.sum", "1"]
+VALUES = ["1", "-0.5", "[1, 2]", "[[1, 2], [3, 4]]", "1e400", "inf", "[", "zeros(2)", "", "=", "[[1], [2, 3]]",
+          "w.npy", "w.npz", "missing.csv", "prog.ad", '"s"', "randn(2, seed=0.5)"]
+NUMBERS = ["0", "1e-3", "-1", "inf", "nan", "1e300", "x"]
+# Each option and the values it is drawn with; a command given one it does not take is a usage error (exit 2).
+OPTIONS = {
+    "--wrt": NAMES, "--of": NAMES, "--set": [f"{n}={v}" for n in ("w", "X", "nope") for v in VALUES] + ["w.npz", "w"],
+    "--hvp": [f"{n}={v}" for n in ("w", "X", "y") for v in VALUES[:8]], "--mode": ["forward", "reverse", "sideways"],
+    "--format": ["json", "text", "xml"], "--order": ["1", "2", "3"], "--eps": NUMBERS, "--tol": NUMBERS,
+    "--steps": ["0", "1", "2", "-1"], "--lr": NUMBERS, "--momentum": NUMBERS, "--optimizer": ["sgd", "adam", "newton", "lbfgs"],
+    "--to": ["python", "onnx", "c"], "--out": ["o.npz", "o.py", "o.onnx", "o.dot", "o.png", "missing/o.npz", "."],
+    "-o": ["o.py", "o.onnx"], "--save": ["o.npz", "o.csv", "missing/o.npz"], "--log": ["o.csv", "o.npz"],
+    "--plot": ["o.png", "o.svg"], "--backend": ["numpy", "dask", "cuda"], "--chunk-rows": ["0", "2"],
+}
+FLAGS = ["--sparse", "--no-sparse", "--pattern", "--strict", "--explain", "--hvp", "--persist", "--debug"]
+COMMAND_LINE = typer.main.get_command(app)  # each command's options, as click reads them
+LOCATED = re.compile(r"^(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<column>\d+): (?P<severity>error|warning): ", re.M)
+
+
+@st.composite
+def option_lists(draw, command: str) -> list[str]:
+    """Options mostly of those `command` takes, now and then one it does not."""
+    takes = {option for parameter in COMMAND_LINE.commands[command].params
+             for option in parameter.opts + parameter.secondary_opts}
+    words: list[str] = []
+    for _ in range(draw(st.integers(0, 4))):
+        foreign = draw(st.integers(0, 9)) == 0
+        flags = [f for f in FLAGS if foreign or f in takes]
+        options = sorted(o for o in OPTIONS if foreign or o in takes)
+        if flags and draw(st.integers(0, 3)) == 0:
+            words.append(draw(st.sampled_from(flags)))
+        elif options:
+            option = draw(st.sampled_from(options))
+            words += [option, draw(st.sampled_from(OPTIONS[option]))]
+    return words
+
+
+@st.composite
+def command_lines(draw, programs) -> tuple[str, str, list[str]]:
+    command = draw(st.sampled_from(COMMANDS))
+    return command, draw(programs), draw(option_lists(command))
+
+
+def check_located(stderr: str, lines_of: dict[str, list[str]]) -> None:
+    """Every `FILE:LINE:COL: error|warning:` on stderr is followed by that
+    line of the program as written and a caret under COL (LANGUAGE.md §8;
+    other places it names, `opened here`, may be shown beside it)."""
+    rendered = stderr.splitlines()
+    for at, text in enumerate(rendered):
+        found = LOCATED.match(text)
+        if found is None or found["file"] not in lines_of:
+            continue
+        line, column = int(found["line"]), int(found["column"])
+        block = []
+        for shown in rendered[at + 1:]:
+            if not re.match(r"^ +(\d+ )?\| ", shown):
+                break
+            block.append(shown)
+        numbered = [k for k, shown in enumerate(block) if re.match(rf"^ +{line} \| ", shown)]
+        assert numbered, f"no source line after {text!r}:\n{stderr}"
+        k = numbered[0]
+        gutter = block[k].index("| ") + 2
+        shown = block[k][gutter:]
+        carets = block[k + 1][gutter:] if k + 1 < len(block) else ""
+        assert "^" in carets, f"no caret under line {line}:\n{stderr}"
+        program_lines = lines_of[found["file"]]
+        if line <= len(program_lines):
+            # The line as written (control characters as spaces), or the part of a long one around the
+            # place, `…` where it is cut; the caret under the character at COL.
+            written = "".join(c if c.isprintable() else " " for c in program_lines[line - 1].rstrip("\r"))
+            lead = 1 if shown.startswith("…") else 0
+            starts = [m.start() for m in re.finditer(re.escape(shown.strip("…")), written)]
+            assert any(carets.index("^") - lead + start == column - 1 for start in starts), \
+                f"the caret is not under {line}:{column}:\n{stderr}"
+
+
+def check_outcome(args: list[str], code: int, stdout: str, stderr: str, lines_of: dict[str, list[str]]) -> None:
+    assert "Traceback" not in stdout + stderr or "--debug" in args, stderr
+    assert "internal error" not in stderr, stderr
+    assert code in (0, 1, 2), (code, stderr)
+    if code != 0:
+        assert re.search(r"^(Error: |.*\berror: )", stderr, re.M), stderr
+    check_located(stderr, lines_of)
+    formats = [value for option, value in zip(args, args[1:]) if option == "--format"]
+    takes_json = formats[-1:] == ["json"]  # the last one given counts
+    if takes_json and code != 2:  # a failed check (exit 1) still writes its document
+        assert stdout == "" or strict_json(stdout)["schema"] == f"spiread/{args[0]}/1", stdout[:300]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """The examples, and the data files the options name, in one scratch folder."""
+    here = tmp_path_factory.mktemp("front_door")
+    for name, text in PROGRAMS.items():
+        (here / name).write_text(text, "utf-8")
+    np.save(here / "w.npy", np.array([1.0, 2.0]))
+    np.savez(here / "w.npz", w=np.array([1.0, 2.0]), X=np.eye(2))
+    (here / "prog.ad").write_text("x = 1\n")
+    return here
+
+
+def invoke(folder, args: list[str], stdin: bytes | None = None):
+    from contextlib import chdir
+    with chdir(folder):  # relative --out/--save/--set paths land in the scratch folder
+        return CliRunner().invoke(app, args, input=stdin)
+
+
+@settings(FUZZ, max_examples=120)
+@given(command_lines(st.sampled_from(sorted(PROGRAMS)) | mutated_programs()))
+def test_every_command_with_any_options_answers_by_the_contract(folder, command_line):
+    command, program, options = command_line
+    if program in PROGRAMS:
+        name = program
+    else:
+        name = "__mutated__.ad"
+        (folder / name).write_text(program, "utf-8")
+    args = [command, name, *options]
+    result = invoke(folder, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    check_outcome(args, result.exit_code, result.stdout, result.stderr,
+                  {name: (folder / name).read_text("utf-8").split("\n")})
+
+
+@settings(FUZZ, max_examples=80)
+@given(st.sampled_from(COMMANDS), st.binary(max_size=60) | mutated_programs().map(str.encode),
+       st.sampled_from([[], ["--format", "json"], ["--wrt", "w"], ["--to", "python", "-o", "o.py"]]))
+def test_any_bytes_on_standard_input_answer_by_the_contract(folder, command, raw, options):
+    args = [command, "-", *options]
+    result = invoke(folder, args, stdin=raw)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    check_outcome(args, result.exit_code, result.stdout, result.stderr,
+                  {"<stdin>": raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace").replace("\0", "\ufffd")
+                   .split("\n")})
+
+
+@pytest.mark.parametrize("raw, located, shown", [
+    (b"x = 1\nyy = 2 \xff y\n", "<stdin>:2:8: error: this file is not UTF-8 text: the byte 0xff", " 2 | yy = 2 \ufffd y"),
+    (b"x = 1\nyy = 2 \0 y\n", "<stdin>:2:8: error: this file holds a NUL byte", " 2 | yy = 2 \ufffd y"),
+    # After a byte-order mark: the byte was named wrongly (0xa9, inside the `é` before it) and 2 columns early.
+    ("\ufeffé = 1\ny = \"é\" ".encode() + b"\xe9\n", "<stdin>:2:9: error: this file is not UTF-8 text: the byte 0xe9",
+     ' 2 | y = "é" \ufffd'),
+])
+def test_a_byte_that_is_not_program_text_is_shown_in_its_line_under_a_caret(raw, located, shown):
+    done = subprocess.run(spiread_command() + ["eval", "-"], input=raw, capture_output=True, timeout=60)
+    stderr = done.stderr.decode()
+    assert done.returncode == 1 and done.stdout == b""
+    assert stderr.startswith(located), stderr
+    assert stderr.splitlines()[1] == shown
+    check_located(stderr, {"<stdin>": [shown[len(" 2 | "):]] * 2})
+
+
+def test_a_record_of_gradients_named_where_a_value_is_asked_for_suggests_its_entries(tmp_path):
+    program = "w = [1.0, 2.0]\nb = 1.0\nloss = (w * w).sum + b\ng = loss.backward((w = w, b = b))\nh = g.w.sum\n"
+    for args in (["eval", "-", "--of", "g"], ["grad", "-", "--of", "h", "--wrt", "g"]):
+        done = spiread(*args, stdin=program)
+        assert done.returncode == 2
+        assert "= note: `g` is a record of gradients: did you mean `g.b` or `g.w`?" in done.stderr
+    (tmp_path / "m.ad").write_text(program)
+    done = spiread("eval", "m.ad", "--set", "w=m.ad", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr == ("spiread: error: `--set w=m.ad`: `m.ad` is a file, but not one of "
+                                                    "arrays: --set reads .npy/.npz/.csv/.tsv/.txt/.json files\n")
+
+
+def test_an_export_by_a_computed_value_named_by_backward_says_so(tmp_path):
+    program = "w = [1.0]\nh = w * 3\nloss = (h * 2).sum\nloss.backward(h)\n"
+    done = spiread("export", "-", "--to", "python", "-o", tmp_path / "m.py", stdin=program)
+    # It said "`--wrt h`: …" (no --wrt was given) and exit 2, a usage error.
+    assert done.returncode == 1 and not (tmp_path / "m.py").exists()
+    assert done.stderr.startswith("<stdin>:2:1: error: `.backward(...)` names `h`, which the program computes, "
+                                  "and an export differentiates by the values a program is given")
+    given = spiread("export", "-", "--wrt", "h", "--to", "python", "-o", tmp_path / "m.py", stdin=program)
+    assert given.returncode == 2 and given.stderr.startswith("<stdin>:2:1: error: `--wrt h`: `h` is computed")
+    assert strict_json(spiread("grad", "-", "--format", "json", stdin=program).stdout)["gradients"]["h"]["value"] == [2.0]
+
+
+def test_names_with_commas_are_a_list_of_names_in_python_as_on_the_command_line():
+    # §10: `--wrt a,b` equals `--wrt a --wrt b`; `wrt="w,b"` was one name, "the program binds no `w,b`".
+    from spiread_cli import compile
+    prog = compile("w = [1.0, 2.0]\nb = 0.5\nr = w * b\nloss = (r * r).sum\n")
+    listed = prog.grad(wrt=["w", "b"]).gradients
+    for wrt in ("w,b", "w, b", " w ,b,"):
+        gradients = prog.grad(wrt=wrt).gradients
+        assert list(gradients) == ["w", "b"]
+        for name in gradients:
+            np.testing.assert_array_equal(gradients[name], listed[name])
+    np.testing.assert_array_equal(prog.hessian(wrt="w,b")["w"]["b"], 4 * 0.5 * np.array([1.0, 2.0]))
+    assert list(prog.jacobian(of="r", wrt="b,w").blocks) == ["b", "w"]
