@@ -266,8 +266,8 @@ def sparse_arguments(sparse: object, pattern: object, **conflicting: bool) -> No
         if not isinstance(given, bool):
             raise type_error(argument, given, "True or False")
     if sparse and pattern:
-        raise SpireadError("sparse=True and pattern=True are different results: the sparse matrix, or only where "
-                           "it is nonzero; give one of them", exit_code=2)
+        raise SpireadError(f"{option('sparse', True)} and {option('pattern', True)} are different results: the "
+                           "sparse matrix, or only where it is nonzero; give one of them", exit_code=2)
     chosen = "sparse" if sparse else "pattern"
     for argument, given in conflicting.items():
         if given:

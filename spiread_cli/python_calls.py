@@ -161,7 +161,7 @@ class PythonCalls:
         if isinstance(order, bool) or not isinstance(order, int):
             raise type_error("order", order, "the order is 1 or 2")
         if order not in (1, 2):
-            raise SpireadError(f"order={order}: the order is 1 (first derivatives) or 2 (second derivatives)",
+            raise SpireadError(f"{option('order', order)}: the order is 1 (first derivatives) or 2 (second derivatives)",
                                exit_code=2)
         if sparse:
             sparse_arguments(sparse, False)

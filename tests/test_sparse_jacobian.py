@@ -220,7 +220,7 @@ def test_program_jacobian_sparse_is_a_scipy_matrix_with_its_sweeps():
     np.testing.assert_allclose(by_rows.toarray(), j.toarray(), rtol=1e-13, atol=1e-15)
     pattern = prog.jacobian(wrt="x", pattern=True)
     assert pattern.dtype == bool and pattern.nnz == 88 and pattern.sweeps == 3
-    with pytest.raises(SpireadError, match="sparse=True and pattern=True"):
+    with pytest.raises(SpireadError, match="`sparse=True` and `pattern=True`"):
         prog.jacobian(sparse=True, pattern=True)
     with pytest.raises(TypeError, match="sparse='yes': True or False"):
         prog.jacobian(sparse="yes")

@@ -777,5 +777,5 @@ def test_program_hessian_sparse_is_a_scipy_matrix_equal_to_the_dense_hessian():
     np.testing.assert_allclose(h.toarray(), prog.hessian(x=x, wrt="x").blocks["x"]["x"].reshape(10, 10), rtol=1e-12)
     pattern = prog.hessian(x=x, wrt="x", pattern=True)
     assert pattern.dtype == bool and pattern.nnz == 28 and pattern.sweeps == 3
-    with pytest.raises(spiread_cli.SpireadError, match="sparse=True and pattern=True"):
+    with pytest.raises(spiread_cli.SpireadError, match="`sparse=True` and `pattern=True`"):
         prog.hessian(sparse=True, pattern=True)
