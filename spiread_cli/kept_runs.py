@@ -79,8 +79,8 @@ class Kept:
         run = self.run
         with np.errstate(all="ignore"):
             try:
-                if self.replay is None:
-                    self.replay = run.tape.replay_function(self.ops)
+                if self.replay is None:  # unguarded: every value is checked below, and a fresh run follows
+                    self.replay = run.tape.replay_function(self.ops, unguarded=True)
                 self.replay()
             except Exception:  # noqa: BLE001 - a fresh run says what is wrong
                 return False

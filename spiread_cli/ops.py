@@ -185,6 +185,10 @@ class Op:
     # elementwise op needs none: its own rule steps the batch in one value.
     diagonal_jvp: Callable | None = None
     diagonal_vjp: Callable | None = None
+    # The value rule without its guard for operands that are not finite
+    # (`scale`'s: multiply), for code whose every result is checked finite
+    # and computed again with `impl` where one is not (a written forward sweep).
+    unguarded: Callable | None = None
 
 
 METHODS: dict[str, Op] = {}
@@ -194,7 +198,7 @@ def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callabl
           arity: int = 1, kink=None, row_wise: bool = False, structure: Structure | str = "dense", batched=None,
           fast: FastPath | None = None, fwd: Callable | None = None, export: Export | None = None,
           on_rows: Callable | None = None, across_rows: Callable | None = None,
-          diagonal: tuple[Callable | None, Callable | None] = (None, None)) -> Op:
+          diagonal: tuple[Callable | None, Callable | None] = (None, None), unguarded: Callable | None = None) -> Op:
     if isinstance(structure, str):
         structure = named(structure)
     vjp, jvp, batched_vjp = compiled_vjp(derivative), compiled_jvp(derivative), compiled_vjp(derivative, batched=True)
@@ -206,7 +210,7 @@ def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callabl
         jvp = jvp if fast.jvp is None else fast.jvp if fwd is None else _given_residual(fwd, fast.jvp, 2)
     op = Op(name, impl, shape, derivative, vjp, jvp, (name,) if methods is None else methods, params, arity, kink,
             row_wise, structure, batched, fast, fwd, export, batched_vjp, on_rows=on_rows,
-            across_rows=across_rows, diagonal_jvp=diagonal[0], diagonal_vjp=diagonal[1])
+            across_rows=across_rows, diagonal_jvp=diagonal[0], diagonal_vjp=diagonal[1], unguarded=unguarded)
     OPS[name], IMPLS[name] = op, impl
     METHODS.update((spelling, op) for spelling in op.methods)
     return op
@@ -726,7 +730,7 @@ def _plain_product(w, t, d) -> bool:
 defop("scale", scale, broadcast_shape,
       lambda i, g, out, t, d, emit: sum_to_graph(emit, emit("scale", [g, d]) if i == 0 else emit("scale", [t, g]),
                                                  emit.shape((t, d)[i])),
-      methods=(), arity=2, structure=elementwise_structure(((0, 1),), vanishes_with=(1, 0)),
+      methods=(), arity=2, structure=elementwise_structure(((0, 1),), vanishes_with=(1, 0)), unguarded=np.multiply,
       export=Export(lambda w, t, d: f"{t} * {d}" if _plain_product(w, t, d) else f"_scale({t}, {d})",
                     lambda b, t, d: b("Mul", [t, d]) if _plain_product(b, t, d) else
                     b("Where", [b("Equal", [t, b.const(0.0)]), b.const(0.0), b("Mul", [t, d])]), True))

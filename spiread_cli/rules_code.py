@@ -233,21 +233,26 @@ def compiled_jvp(derivative: Callable) -> Callable:
     where the parameters cannot be a key. `jvp.resolve(ts, out, xs,
     params)` is the written function a call would run, called as
     function(*the tangents that are not None, out, *xs) (None where the
-    statement is evaluated): a sweep written as code calls it directly."""
+    statement is evaluated): a sweep written as code calls it directly;
+    `unguarded`: the function with each op's unguarded value rule
+    (`Op.unguarded`), for a caller that checks what it gives."""
     derived = derived_jvp(derivative)
     written: dict[tuple, Callable] = {}
 
-    def resolve(ts, out, xs, params) -> Callable | None:
+    def resolve(ts, out, xs, params, unguarded: bool = False) -> Callable | None:
         moving = tuple(t is not None for t in ts)
         try:
-            key = (moving, *[x.shape for x in xs], *[(k, comparable(v)) for k, v in params.items()])
+            key = (moving, *[x.shape for x in xs], *[(k, comparable(v)) for k, v in params.items()], unguarded)
             function = written.get(key)
         except (TypeError, AttributeError):  # an array parameter, an operand without a shape
             return None
         if function is None:
-            code = jvp_code(derivative, [i for i, m in enumerate(moving) if m], [np.shape(x) for x in xs],
-                            np.shape(out), params)
-            function = _written(written, key, code, "jvp")
+            source, names = jvp_code(derivative, [i for i, m in enumerate(moving) if m], [np.shape(x) for x in xs],
+                                     np.shape(out), params)
+            if unguarded:
+                names = {name: getattr(OPS.get(name[:-1]), "unguarded", None) or rule if name.endswith("_") else rule
+                         for name, rule in names.items()}
+            function = _written(written, key, (source, names), "jvp")
         return function
 
     def jvp(ts, out, *xs, **params):

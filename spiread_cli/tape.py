@@ -151,11 +151,11 @@ class Tape:
                 if node.op is not None:
                     evaluate(node, tape_nodes, diagnostics)
 
-    def replay_function(self, ops: list[Node], dropped: dict[int, list[Node]] | None = None) -> Callable[[], None]:
-        """A function recomputing `ops` (op nodes, in tape order), dropping the values `dropped` lists
-        for a node once it is computed: written once (tape_nodes.straight_line), else, where an op is
-        not the table's own (a total over row chunks), this tape's loop."""
-        written = straight_line(self.nodes, ops, dropped)
+    def replay_function(self, ops: list[Node], dropped: dict[int, list[Node]] | None = None, unguarded: bool = False) -> Callable[[], None]:
+        """A function recomputing `ops` (op nodes, in tape order), dropping the values `dropped` lists for a
+        node once it is computed: written once (tape_nodes.straight_line, `unguarded` as its), else this tape's
+        loop (where an op is not the table's own: a total over row chunks)."""
+        written = straight_line(self.nodes, ops, dropped, unguarded)
         evaluate, tape_nodes, dropped = self._evaluate, self.nodes, dropped or {}
 
         def looped() -> None:

@@ -215,8 +215,8 @@ def rule_params(node: Node, args: list[np.ndarray]) -> dict:
     return {**node.params, "residual": kept.data}
 
 
-def straight_line(nodes: list[Node], ops: list[Node],
-                  dropped: dict[int, list[Node]] | None = None) -> Callable[[], None] | None:
+def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[Node]] | None = None,
+                  unguarded: bool = False) -> Callable[[], None] | None:
     """A function that recomputes `ops` (op nodes of `nodes`, in tape
     order) from the current values of their other inputs, as the tape's
     evaluator does — each op's primal rule (`compute`: float64 out, a
@@ -225,8 +225,11 @@ def straight_line(nodes: list[Node], ops: list[Node],
     derivative statements the same way): no loop, no look-ups per op, so a
     kept run's replay (kept_runs.py) pays about half the tape's per-op cost.
     `dropped`: as `Tape.replay_function`'s, the nodes whose values go once
-    a node is computed (it was their last reader). None when an op is not
-    the table's own (a total over row chunks)."""
+    a node is computed (it was their last reader). `unguarded`: each op's
+    unguarded value rule (`Op.unguarded`, `scale`'s multiply), for a caller
+    that checks every value it computes is finite (else computes them again
+    with the guards): where all are, no guard had anything to do. None when
+    an op is not the table's own (a total over row chunks)."""
     from .rules import OPS
     from .rules_code import CodeWriter
     writer = CodeWriter()
@@ -251,6 +254,8 @@ def straight_line(nodes: list[Node], ops: list[Node],
             writer.lines.append(f"nodes[{done.id}].value = nodes[{done.id}].residual = None")
             if done.id in names:
                 writer.lines.append(f"del {names.pop(done.id)}")
+    if unguarded:
+        writer.namespace.update({f"{node.op.name}_": node.op.unguarded for node in ops if node.op.unguarded})
     namespace: dict = {}
     exec("def replay():\n" + "".join(f"    {line}\n" for line in writer.lines or ["pass"]), writer.namespace,
          namespace)

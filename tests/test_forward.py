@@ -213,3 +213,33 @@ def test_a_written_push_never_writes_into_a_tangent_still_needed():
     for _ in range(4):
         np.testing.assert_allclose(jacobian_forward(r.tape, r.output, [x], sweep=sweep)[x], want, rtol=1e-14)
     assert callable(next(iter(sweep.written.values())))
+
+
+def test_a_written_push_keeps_a_zero_tangent_zero_against_an_infinite_partial():
+    """A written push runs `scale` unguarded (a multiply) and checks its
+    result: sqrt's derivative at 0 is infinite, but no direction moves that
+    entry (A's first row is zero), so its row of the Jacobian is 0, with no
+    warning, on every push (the written one's nan sends it step by step)."""
+    r = run("x = [1.0, 1.0]\nA = [[0, 0], [1, 2]]\ny = (A @@ x).sqrt\n")
+    x = r.bindings["x"]
+    sweep = ForwardSweep(r.tape, r.output, [x])
+    want = np.array([[0.0, 0.0], [1 / (2 * np.sqrt(3)), 1 / np.sqrt(3)]])
+    for _ in range(4):
+        jacobian = jacobian_forward(r.tape, r.output, [x], r.diagnostics, sweep=sweep)[x]
+        np.testing.assert_allclose(jacobian, want, rtol=1e-15, atol=0)
+    assert callable(next(iter(sweep.written.values()))) and not r.diagnostics.warnings
+
+
+def test_an_ops_unguarded_rule_gives_its_rules_bits_at_finite_operands():
+    """`Op.unguarded` (scale's multiply) is the value rule with its guard for
+    operands that are not finite left out: at finite operands, broadcast or
+    not, the same bits."""
+    from spiread_cli.ops import OPS
+    rng = np.random.default_rng(5)
+    ops = [op for op in OPS.values() if op.unguarded is not None]
+    assert [op.name for op in ops] == ["scale"]
+    for op in ops:
+        for shapes in (((3, 4), (3, 4)), ((5, 3, 4), (4,)), ((4,), (5, 3, 4)), ((), (3,))):
+            args = [np.where(rng.random(s) < 0.3, 0.0, rng.standard_normal(s)) for s in shapes]
+            assert np.array_equal(op.unguarded(*args), op.impl(*args))
+            assert op.unguarded(*args).tobytes() == np.asarray(op.impl(*args), dtype=float).tobytes()

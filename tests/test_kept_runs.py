@@ -458,3 +458,25 @@ def test_a_call_while_another_uses_the_kept_run_runs_afresh(recordings):
         assert outcome(prog, "grad", values) == first
     assert outcome(prog, "grad", values) == first
     assert recordings[0] == 2
+
+
+def test_an_unguarded_replay_is_exact_where_every_value_is_finite():
+    """A kept run replays `scale` as a multiply (tape_nodes.straight_line,
+    `unguarded`) and checks every value it computes: where all are finite,
+    no guard had anything to do (the same bits as the guarded replay); where
+    the guard keeps a zero against an infinite partial, the multiply gives
+    a nan, so the check fails and a fresh run follows."""
+    from spiread_cli.ops import OPS
+    from spiread_cli.tape_nodes import straight_line
+    r = spiread_cli.compile("t = [0.0, 2.0, -1.0]\nd = [1.5, 3.0, 0.25]\ny = t * d\n").run({})
+    nodes = r.tape.nodes
+    t, d = nodes[r.bindings["t"]], nodes[r.bindings["d"]]
+    node = r.tape.record(OPS["scale"], (t.id, d.id), {}, nodes[r.output].span, "scale", None)
+    guarded, unguarded = straight_line(nodes, [node]), straight_line(nodes, [node], unguarded=True)
+    for dv, same in (([1.5, 3.0, 0.25], True), ([np.inf, 3.0, 0.25], False)):
+        d.set_value(np.array(dv))
+        guarded()
+        want = node.value
+        unguarded()
+        assert (node.value.tobytes() == want.tobytes()) == same
+        assert np.isfinite(node.value).all() == same and np.isfinite(want).all()
