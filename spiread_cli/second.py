@@ -29,7 +29,7 @@ from .limits import check_shape, limit_for, reuse_freed_memory
 from .ops import OPS
 from .run import Run
 from .tape import Tape
-from .tape_nodes import all_finite
+from .tape_nodes import all_finite, all_finite_unguarded
 
 
 class SecondOrder:
@@ -199,7 +199,7 @@ class HessianVectorProducts:
         self.recording = not any(n.op is not None and n.op.reports is not None for n in swept)
         self.products: dict[int, int] | None = None  # value id -> the node of its H·v, once recorded
         self.read: list = []                          # what `refresh` recomputes once they are
-        self.plans: dict[tuple[int, ...], Callable[[], None]] = {}  # wrt -> the replay of a product's nodes
+        self.plans: dict[tuple, Callable[[], None]] = {}  # (wrt, unguarded) -> the replay of a product's nodes
 
     def refresh(self) -> None:
         self.tape.replay(self.gradient if self.products is None else self.read)
@@ -218,7 +218,9 @@ class HessianVectorProducts:
             self.record()
         else:
             with np.errstate(all="ignore"):
-                self.plan(tuple(wrt))()
+                self.plan(tuple(wrt), unguarded=True)()
+                if not all(all_finite_unguarded(nodes[self.products[w]].value) for w in wrt):
+                    self.plan(tuple(wrt))()  # where an unguarded rule's nan may stand for a guard's zero
         # A product the replay does not compute anew (a direction, a zero, a value of the tape) is
         # given as a copy: the caller may write into what they are given.
         products = {w: nodes[i].value if nodes[i].op is not None and i >= self.own else nodes[i].value.copy()
@@ -252,14 +254,18 @@ class HessianVectorProducts:
             if node.op is not None and node.id not in kept:
                 node.value = node.residual = None  # each product computes what it reads again
 
-    def plan(self, wrt: tuple[int, ...]) -> Callable[[], None]:
+    def plan(self, wrt: tuple[int, ...], unguarded: bool = False) -> Callable[[], None]:
         """The replay of the recorded nodes a product by `wrt` computes:
         those the direction moves, and the sweep's own that it does not (the
         values may have moved since: a kept run replays the tape, not this
         copy), each value of the recorded sweep's own dropped once it is read
         for the last time, as a numeric sweep drops its adjoints; written
-        as one function (tape_nodes.straight_line) the first time."""
-        plan = self.plans.get(wrt)
+        as one function (tape_nodes.straight_line) the first time.
+        `unguarded`: with the ops' unguarded rules (`scale` a multiply), for
+        a caller that checks the products: an unguarded 0 · inf is a nan that
+        reaches a product (every node replayed feeds one, as a term or a
+        factor of the cotangents' linear maps) or goes with an entry dropped."""
+        plan = self.plans.get((wrt, unguarded))
         if plan is None:
             tape = self.tape
             products = [self.products[w] for w in wrt]
@@ -275,7 +281,7 @@ class HessianVectorProducts:
             for i, reader in last.items():
                 if i not in products:
                     dropped.setdefault(reader, []).append(tape.nodes[i])
-            plan = self.plans[wrt] = tape.replay_function(nodes, dropped)
+            plan = self.plans[wrt, unguarded] = tape.replay_function(nodes, dropped, unguarded)
         return plan
 
 

@@ -613,3 +613,18 @@ def test_a_repeated_computation_is_differentiated_once():
     np.testing.assert_allclose(h.blocks["h"]["h"], 2 * np.eye(2))
     np.testing.assert_allclose(h.blocks["k"]["k"], np.diag(6 * np.exp([0.5, 2.0])))
     np.testing.assert_allclose(h.blocks["h"]["k"], np.zeros((2, 2)))
+
+
+def test_a_replayed_hvp_keeps_a_zero_against_an_infinite_partial():
+    """An HVP after the first replays its recorded sweep with `scale` as a
+    multiply and checks the products: sqrt's second derivative at 0 is
+    infinite, but its cotangent there is 0 (c[0] = 0), so H·v is 0 there on
+    every call, as on the first (recorded with the guards)."""
+    r = run("w = [0.0, 4.0]\nc = [0.0, 1.0]\nloss = (w.sqrt * c).sum\n")
+    order = second.SecondOrder(r, ["w"])
+    v = np.array([1.0, 0.5])
+    first = order.hvp({"w": v})["w"]
+    np.testing.assert_array_equal(first, [0.0, -0.25 * 4.0 ** -1.5 * 0.5])
+    for _ in range(3):
+        assert order.hvp({"w": v})["w"].tobytes() == first.tobytes()
+    assert (order._products.plans.keys() >= {((r.bindings["w"],), True), ((r.bindings["w"],), False)})
