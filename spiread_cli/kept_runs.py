@@ -19,7 +19,8 @@ What a recording depends on, and so what a signature holds:
 A replay sets the bindings' leaves and recomputes every op node of the
 tape in tape order — the program's and what its task recorded (a
 recorded gradient, an HVP's inner product, which the task finds again in
-`Run.prepared`) — through the tape's one evaluator. Warnings stay exact
+`Run.prepared`) — by one function written for it (Tape.replay_function;
+`scale` unguarded, as every value is checked). Warnings stay exact
 because a run that warned is never kept, and a replay that meets a value
 that is not finite (where a fresh run could warn) or an error is given
 up for a fresh run. Neither is kept on the command line, which runs once.
