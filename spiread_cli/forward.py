@@ -19,7 +19,7 @@ import numpy as np
 
 from .diagnostics import Diagnostics, shape_str
 from .limits import check_bytes, limit_for, reuse_freed_memory
-from .rules_forward import Diagonal, added, dense, diagonal_jvp
+from .rules_forward import Diagonal, added, dense, diagonal_jvp, spreads
 from .tape import Births, SweepObserver, Tape
 from .tape_nodes import Node, all_finite, rule_params
 
@@ -204,9 +204,11 @@ def written_push(sweep: ForwardSweep, seeds: dict, trace: list) -> Callable[[dic
     step, from `trace` (`ForwardSweep._pushed`'s, at these seeds): a step
     whose tangents were arrays calls the function its op's jvp runs for them
     (`jvp.resolve`: the same primal rules in the same order, so the same
-    bits) with no look-up; any other runs `jvp_step`, as the loop does, and
-    raises `Untraced` if its batch is of another kind than traced (the
-    caller pushes step by step then). Values are read from the nodes at each
+    bits) with no look-up, and so does an elementwise step on `Diagonal`
+    batches over the same entries (on their values spread into one value
+    each, as `diagonal_jvp` steps them, after its own check); any other runs
+    `jvp_step`, as the loop does, and raises `Untraced` if its batch is of
+    another kind than traced (the caller pushes step by step then). Values are read from the nodes at each
     call; a tangent is dropped after its last reader, as the loop drops it.
     Where the result is small (`UNGUARDED_ENTRIES`), the array steps run
     their ops' unguarded rules (`scale` as a multiply) and the function
@@ -219,7 +221,8 @@ def written_push(sweep: ForwardSweep, seeds: dict, trace: list) -> Callable[[dic
     unguarded = k * nodes[sweep.output].value.size <= UNGUARDED_ENTRIES
     direct = False
     namespace = {"nodes": nodes, "jvp_step": jvp_step, "added": added, "broadcast_to": np.broadcast_to,
-                 "Untraced": Untraced, "shares_none": _shares_none, "ndarray": np.ndarray, "Diagonal": Diagonal}
+                 "Untraced": Untraced, "shares_none": _shares_none, "ndarray": np.ndarray, "Diagonal": Diagonal,
+                 "spreads": spreads}
     lines, read, live, steps = [], set(), [], iter(trace)
 
     def value(i: int) -> str:
@@ -245,15 +248,25 @@ def written_push(sweep: ForwardSweep, seeds: dict, trace: list) -> Callable[[dic
             namespace[op] = node.op
             resolve = getattr(node.op.jvp, "resolve", None)
             function = None
-            if resolve is not None and all(kind in (np.ndarray, type(None)) for kind in traced_ts):
+            # Arrays in and out; or Diagonal batches in and out of an elementwise op, which steps
+            # them spread into one value each (rules_forward.diagonal_jvp), checked as it does.
+            spread = traced is Diagonal and node.op.structure.kind == "elementwise" and \
+                all(kind in (Diagonal, type(None)) for kind in traced_ts)
+            if resolve is not None and (spread or traced is np.ndarray and all(
+                    kind in (np.ndarray, type(None)) for kind in traced_ts)):
                 moves = [None if kind is type(None) else kind for kind in traced_ts]
                 function = resolve(moves, node.value, [nodes[i].value for i in node.inputs], node.params, unguarded)
             if function is not None:
                 namespace[f"jvp{p}"] = function
                 direct = True
-                moving = ", ".join(given for given in ts if given != "None")
+                moving = [given for given in ts if given != "None"]
+            if function is not None and spread:
+                lines += [f"if not spreads({op}, [{', '.join(moving)}], {node.value.shape!r}): raise Untraced",
+                          f"{t} = {moving[0]}.gathered(jvp{p}({', '.join(f'{m}.spread()[None]' for m in moving)}, "
+                          f"{out}, {args})[0])"]
+            elif function is not None:
                 shape = (k,) + node.value.shape
-                lines += [f"{t} = jvp{p}({moving}, {out}, {args})",
+                lines += [f"{t} = jvp{p}({', '.join(moving)}, {out}, {args})",
                           f"if {t}.shape != {shape!r}: {t} = broadcast_to({t}, {shape!r})"]
             else:
                 params = f"params{p}"

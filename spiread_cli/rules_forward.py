@@ -308,7 +308,7 @@ def added(a, b, owned: Callable[[np.ndarray], bool] | None = None):
     return total
 
 
-def _spreads(op, batches: list, shape: tuple) -> bool:
+def spreads(op, batches: list, shape: tuple) -> bool:
     """Whether an elementwise op's rule can step these Diagonal batches as one
     value each: all over the same distinct entries, of the result's shape."""
     first = batches[0]
@@ -328,7 +328,7 @@ def diagonal_jvp(op, ts: list, out, xs: list, params: dict, owned: Callable[[np.
     caller holds an array nowhere else, so it may be written into)."""
     shape = np.shape(out)
     diagonal = [t for t in ts if type(t) is Diagonal]
-    if _spreads(op, diagonal, shape):
+    if spreads(op, diagonal, shape):
         total = diagonal[0].gathered(
             op.jvp([t.spread()[None] if type(t) is Diagonal else None for t in ts], out, *xs, **params)[0])
     elif op.diagonal_jvp is not None:
@@ -352,6 +352,6 @@ def diagonal_vjp(op, i: int, g: Diagonal, out, xs: list, params: dict):
     the op has no rule for it (the caller makes g an array and runs
     `op.batched_vjp`): an elementwise op's own vjp on g spread into one value,
     where the operand has the result's shape; else the op's `diagonal_vjp`."""
-    if np.shape(xs[i]) == g.shape[1:] and _spreads(op, [g], g.shape[1:]):
+    if np.shape(xs[i]) == g.shape[1:] and spreads(op, [g], g.shape[1:]):
         return g.gathered(op.vjp(i, g.spread(), out, *xs, **params))
     return None if op.diagonal_vjp is None else op.diagonal_vjp(i, g, out, *xs, **params)
