@@ -108,8 +108,13 @@ def _measure(what: str) -> Callable:
 
 
 def _from(axis: int) -> Callable:
-    """Matrix.fromRows (axis 0) and Matrix.fromColumns (axis 1): stack vectors."""
+    """Matrix.fromRows (axis 0) and Matrix.fromColumns (axis 1): stack
+    vectors into a matrix (the `stack` op of `[a, b]`, which makes a vector
+    of scalars: Matrix.fromRows(1, 2) is refused, as fromColumns is)."""
     def body(self: Elaborator, args, keywords, call):
+        if axis == 0 and (scalar := next((a for a in args if not self.tensor(a).shape), None)) is not None:
+            raise SpireadError(f"`{self.text(call)}`: rows are vectors, but `{self.text(scalar.expr)}` is a scalar",
+                               call.at, ["a vector is `[a, b]`; a matrix of one column, `Matrix.fromColumns([a, b])`"])
         return self.apply(OPS["stack"], args, {"axis": axis}, call.span, call.at, self.text(call.callee))
     return body
 

@@ -67,6 +67,11 @@ def _print_mat(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     return Text(shown(self, receiver), written=False)
 
 
+def _called(function: str) -> str:
+    """A function's text as the callee of a call: a lambda in parentheses."""
+    return function if function.isidentifier() else f"({function})"
+
+
 def _map(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     """`v.map(f)`: f applied to each entry (each is a scalar), the results
     stacked back into v's shape: f inlined once on the whole of v when that
@@ -79,7 +84,8 @@ def _map(self: Elaborator, receiver: Arg, args: list[Arg], attr, call):
     shape = self.tensor(receiver).shape
     if not shape:
         raise SpireadError(f"`.map` needs a vector or a matrix, but `{self.text(receiver.expr)}` is a scalar",
-                           attr.at, [f"call the function on it instead: `{self.text(args[0].expr)}(…)`"])
+                           attr.at, [f"call the function on it instead: `{_called(self.text(args[0].expr))}"
+                                     f"({self.text(receiver.expr)})`"])
     whole = _map_whole(self, f, receiver, call)
     if whole is not None:
         return whole

@@ -239,3 +239,21 @@ def test_a_derivative_born_beside_an_inf_it_passes_on_is_found_by_every_sweep():
     with pytest.warns(SpireadWarning) as replayed:
         prog.grad(x=[0.0, 1.0])
     assert [str(w.message).splitlines()[0].split(": warning: ")[1] for w in replayed][1:] == [SQRT_DERIVATIVE]
+
+
+def test_matrix_from_rows_of_numbers_is_refused_as_from_columns_is():
+    # §7: `Matrix.fromRows(r1, r2, …)` makes a matrix from vectors. Of numbers it made a vector
+    # (the `[a, b]` it shares its op with), while `Matrix.fromColumns(1, 2)` was refused.
+    for call, pieces in (("Matrix.fromRows(1, 2)", "rows"), ("Matrix.fromColumns(1, 2)", "columns")):
+        done = spiread("eval", "-", stdin=f"v = {call}\n")
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr.startswith(f"<stdin>:1:12: error: `{call}`: {pieces} are vectors, but `1` is a scalar\n")
+    np.testing.assert_array_equal(run("a = [1.0]\nv = Matrix.fromRows(a, [2.0])").tape.nodes[-1].value, [[1.0], [2.0]])
+
+
+def test_mapping_a_number_says_how_to_call_the_function_on_it():
+    for program, call in (("v = 3.0.map(x => x * 2)", "(x => x * 2)(3.0)"),
+                          ("def sq(x) = x * x\nv = 3.0\nw = v.map(sq)", "sq(v)")):
+        done = spiread("eval", "-", stdin=program)
+        assert done.returncode == 1 and f"= note: call the function on it instead: `{call}`" in done.stderr
+        assert spiread("eval", "-", stdin=program.rsplit("= ", 1)[0] + "= " + call).returncode == 0
