@@ -10,8 +10,10 @@ the library and `eval`/`grad`/`dot`; this is the rest of the front door."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -19,8 +21,9 @@ from hypothesis import given, settings, strategies as st
 import typer.main
 from typer.testing import CliRunner
 
-from conftest import spiread, spiread_command, strict_json
+from conftest import lit, spiread, spiread_command, strict_json
 from spiread_cli.cli import app
+from programs import programs
 from test_fuzz import FUZZ, PROGRAMS, mutated_programs, small_limit  # noqa: F401 (its autouse fixture: a small memory limit)
 
 COMMANDS = ["eval", "grad", "dot", "hessian", "jacobian", "check", "train", "export"]
@@ -211,3 +214,29 @@ def test_names_with_commas_are_a_list_of_names_in_python_as_on_the_command_line(
             np.testing.assert_array_equal(gradients[name], listed[name])
     np.testing.assert_array_equal(prog.hessian(wrt="w,b")["w"]["b"], 4 * 0.5 * np.array([1.0, 2.0]))
     assert list(prog.jacobian(of="r", wrt="b,w").blocks) == ["b", "w"]
+
+
+@settings(FUZZ, max_examples=25)
+@given(programs(), st.data())
+def test_random_programs_through_the_front_door_against_autograd(program, data):
+    """A random well-shaped program on standard input, one input replaced by
+    `--set NAME=LITERAL` (moved by 0.1 %), `--wrt a,b`, `--format json`:
+    the document's gradients are HIPS autograd's at the moved value."""
+    inputs = sorted(program.inputs)
+    moved = data.draw(st.sampled_from(inputs), label="--set")
+    value = np.asarray(program.inputs[moved], dtype=float) * 1.001
+    wrt = data.draw(st.lists(st.sampled_from(program.names), min_size=1, max_size=3, unique=True), label="wrt")
+    args = ["grad", "-", "--set", f"{moved}={lit(value)}", "--wrt", ",".join(wrt), "--format", "json"]
+    result = CliRunner().invoke(app, args, input=program.source)
+    assert result.exit_code == 0, result.stderr
+    document = strict_json(result.stdout)
+    assert list(document["gradients"]) == wrt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autograd: "Output seems independent of input"
+        expected = dataclasses.replace(program, inputs={**program.inputs, moved: value}).autograd_gradients(wrt)
+    for name in wrt:
+        got = np.asarray(document["gradients"][name]["value"], dtype=float)
+        assert got.shape == tuple(document["gradients"][name]["shape"]) == np.shape(expected[name])
+        scale = 1.0 + np.max(np.abs(expected[name]), initial=0.0)
+        np.testing.assert_allclose(got, expected[name], rtol=1e-7, atol=1e-10 * scale,
+                                   err_msg=f"∂loss/∂{name} with {args} in\n{program.source}")
