@@ -154,12 +154,15 @@ def test_every_command_with_any_options_answers_by_the_contract(folder, command_
 @given(st.sampled_from(COMMANDS), st.binary(max_size=60) | mutated_programs().map(str.encode),
        st.sampled_from([[], ["--format", "json"], ["--wrt", "w"], ["--to", "python", "-o", "o.py"]]))
 def test_any_bytes_on_standard_input_answer_by_the_contract(folder, command, raw, options):
+    """...and an error in the program, exit 1, is always located in it."""
     args = [command, "-", *options]
     result = invoke(folder, args, stdin=raw)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     check_outcome(args, result.exit_code, result.stdout, result.stderr,
                   {"<stdin>": raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace").replace("\0", "\ufffd")
                    .split("\n")})
+    if result.exit_code == 1:  # an error in the program (these options are right): located in it
+        assert re.search(r"^<stdin>:\d+:\d+: error: ", result.stderr, re.M), result.stderr
 
 
 @pytest.mark.parametrize("raw, located, shown", [
