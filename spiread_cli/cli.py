@@ -283,7 +283,7 @@ def export_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
             raise usage_error("a program read from standard input has no name to export to", ["give one: `-o PATH`"])
         out = Path(Path(file).stem + suffix)
     outputs = [files.Output("-o", out, (suffix,))]
-    if to == Target.python:  # the companion archive of the module's larger arrays
+    if to == Target.python and out.name:  # the companion archive of the module's larger arrays (`-o .`: refused)
         outputs.append(files.Output("-o", out.with_suffix(".npz"), (".npz",)))
 
     def text(run, written):

@@ -16,7 +16,7 @@ from typing import Any, Callable, ContextManager, Iterable, ParamSpec, TypeVar, 
 
 import numpy as np
 
-from .diagnostics import FRONT_END, PYTHON, SpireadError, did_you_mean, listed_names, option
+from .diagnostics import BEYOND_FLOAT64, FRONT_END, PYTHON, SpireadError, did_you_mean, listed_names, option
 
 # What a binding may be given as: a number, nested lists of numbers, or
 # anything numpy reads as an array of real numbers (rank 0, 1 or 2).
@@ -57,6 +57,18 @@ def type_error(argument: str, value: object, expected: str, found: str | None = 
     error = TypeError(f"{argument}={reprlib.repr(value)}: {expected}, not {found or type(value).__name__}")
     error.spiread_argument = True
     return error
+
+
+def checked_choice(argument: str, value: object, choices: Iterable[str], what: str) -> str:
+    """A keyword argument naming one of `choices` (`mode="forward"`): a
+    string, else a TypeError; one of them, else a usage error."""
+    listed = [f'"{choice}"' for choice in choices]
+    said = f"{what} is " + (" or ".join(listed) if len(listed) == 2 else "one of " + ", ".join(listed))
+    if not isinstance(value, str):
+        raise type_error(argument, value, said)
+    if value not in choices:
+        raise SpireadError(f"{option(argument, value)}: {said}", exit_code=2)
+    return value
 
 
 def as_binding(value: ArrayLike, what: str) -> np.ndarray:
@@ -162,10 +174,18 @@ def python_number(x: object) -> bool:
     return isinstance(x, (numbers.Real, Decimal))
 
 
-def checked_number(argument: str, value: object) -> None:
-    """A real number (or None) given for `argument`."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+def checked_number(argument: str, value: object, optional: bool = True) -> float | None:
+    """A real number (or, where `optional`, None) given for `argument`, as a
+    float (Python's 2**70 is one; 10**400 is beyond a float64's range)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise type_error(argument, value, "a number")
+    try:
+        return float(value)
+    except OverflowError:
+        import reprlib
+        raise SpireadError(f"`{argument}={reprlib.repr(value)}`: the number is {BEYOND_FLOAT64}", exit_code=2) from None
 
 
 def as_floats(raw: np.ndarray, what: str) -> np.ndarray:
@@ -259,21 +279,25 @@ def stop_on_interrupt_here() -> ContextManager[Callable[[], bool]]:
 
 
 def sparse_arguments(sparse: object, pattern: object, **conflicting: bool) -> None:
-    """sparse= and pattern= are booleans, one at a time, not with the
-    `conflicting` arguments given, and with scipy installed."""
+    """sparse= and pattern= are booleans (checked before anything asks
+    whether they are true: an array's truth is an error) and, where one is
+    True, one at a time, not with the `conflicting` arguments given, and
+    with scipy installed."""
     from importlib.util import find_spec
     for argument, given in (("sparse", sparse), ("pattern", pattern)):
         if not isinstance(given, bool):
             raise type_error(argument, given, "True or False")
+    if not (sparse or pattern):
+        return
     if sparse and pattern:
         raise SpireadError(f"{option('sparse', True)} and {option('pattern', True)} are different results: the "
                            "sparse matrix, or only where it is nonzero; give one of them", exit_code=2)
-    chosen = "sparse" if sparse else "pattern"
+    chosen = option("sparse" if sparse else "pattern", True)
     for argument, given in conflicting.items():
         if given:
-            raise SpireadError(f"{chosen}=True and {argument}= cannot go together", exit_code=2)
+            raise SpireadError(f"{chosen} and `{argument}=` cannot go together", exit_code=2)
     if find_spec("scipy") is None:
-        raise SpireadError(f"{chosen}=True needs scipy, which is not installed",
+        raise SpireadError(f"{chosen} needs scipy, which is not installed",
                            notes=['pip install scipy (or pip install ".[sparse]" in spiread\'s checkout)'], exit_code=2)
 
 

@@ -15,9 +15,10 @@ from typing import Any, Literal, Mapping
 import numpy as np
 
 from .diagnostics import Source, SpireadError, option, render
-from .python_args import (ArrayLike, Value, checked_binding, checked_name, checked_number, checked_overrides,
-                          front_door, interactive, outside_stacklevel, plain_text, print_lines, result_value,
-                          result_values, sparse_arguments, stop_on_interrupt_here, type_error, with_sweeps, wrt_names)
+from .python_args import (ArrayLike, Value, checked_binding, checked_choice, checked_name, checked_number,
+                          checked_overrides, front_door, interactive, outside_stacklevel, plain_text, print_lines,
+                          result_value, result_values, sparse_arguments, stop_on_interrupt_here, type_error,
+                          with_sweeps, wrt_names)
 from .results import (CheckResult, Gradients, Graph, Hessian, Jacobian, SpireadWarning, Training, TrainingStopped,
                       warnings_raise)
 from .run import Run
@@ -73,8 +74,7 @@ class PythonCalls:
              **more: ArrayLike) -> "Gradients":
         """The scalar output and its gradient with respect to each `wrt` name
         (default: `.backward(...)`'s names, else every input the output depends on)."""
-        if mode not in ("reverse", "forward"):
-            raise SpireadError(f"{option('mode', mode)}: the mode is \"reverse\" or \"forward\"", exit_code=2)
+        checked_choice("mode", mode, ("reverse", "forward"), "the mode")
         done = self.run_grad(InPython(self.source), self._overrides(bindings, more, of), wrt=wrt_names(wrt), of=of,
                              mode=mode)
         found, _ = done.result
@@ -95,8 +95,7 @@ class PythonCalls:
         from its exact sparsity pattern with one Hessian-vector product per
         colour (`.sweeps` on the result says how many); with `pattern=True`,
         that pattern alone, as booleans (docs/sparsity.md). Both need scipy."""
-        if sparse or pattern:
-            sparse_arguments(sparse, pattern, hvp=hvp is not None)
+        sparse_arguments(sparse, pattern, hvp=hvp is not None)
         if hvp is not None and not isinstance(hvp, Mapping):
             raise type_error("hvp", hvp, "the directions are a mapping of names to values, e.g. {\"w\": [1, 0]}")
         vectors = None if hvp is None else {checked_name("hvp", hvp, name): self._binding(name, v, option("hvp", name))
@@ -131,10 +130,9 @@ class PythonCalls:
         fewer or as `mode` says (`.sweeps` on the result says how many);
         with `pattern=True`, that pattern alone, as booleans
         (docs/sparsity.md). Both need scipy."""
-        if mode is not None and mode not in ("reverse", "forward"):
-            raise SpireadError(f"{option('mode', mode)}: the mode is \"forward\" or \"reverse\"", exit_code=2)
-        if sparse or pattern:
-            sparse_arguments(sparse, pattern)
+        if mode is not None:
+            checked_choice("mode", mode, ("forward", "reverse"), "the mode")
+        sparse_arguments(sparse, pattern)
         done = self.run_jacobian(InPython(self.source), self._overrides(bindings, more, of), wrt=wrt_names(wrt), of=of,
                                  mode=mode, sparse=sparse, pattern=pattern)
         found = done.result
@@ -156,15 +154,13 @@ class PythonCalls:
         (needs scipy). A failed check is not an exception: see `.ok` and
         `.failures`."""
         from .output_results import check_table
-        checked_number("eps", eps)
-        checked_number("tol", tol)
+        eps, tol = checked_number("eps", eps), checked_number("tol", tol)
         if isinstance(order, bool) or not isinstance(order, int):
             raise type_error("order", order, "the order is 1 or 2")
         if order not in (1, 2):
             raise SpireadError(f"{option('order', order)}: the order is 1 (first derivatives) or 2 (second derivatives)",
                                exit_code=2)
-        if sparse:
-            sparse_arguments(sparse, False)
+        sparse_arguments(sparse, False)
         done = self.run_check(InPython(self.source), self._overrides(bindings, more, of), wrt=wrt_names(wrt), of=of,
                               eps=eps, tol=tol, order=order, sparse=sparse)
         report = done.result
@@ -196,14 +192,12 @@ class PythonCalls:
         is sparse (docs/sparsity.md)."""
         from .optim import OPTIMIZERS, make_optimizer
         from .output_train import StepReporter, train_summary
-        if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
-            raise SpireadError(f"{option('optimizer', optimizer)}: the optimizer is one of "
-                               + ", ".join(f'"{k}"' for k in OPTIMIZERS), exit_code=2)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        checked_choice("optimizer", optimizer, OPTIMIZERS, "the optimizer")
+        checked_number("steps", steps, optional=False)
+        if not isinstance(steps, int) or steps < 0:
             raise SpireadError(f"{option('steps', steps)}: the number of steps is a whole number, at least 0",
                                exit_code=2)
-        checked_number("lr", lr)
-        checked_number("momentum", momentum)
+        lr, momentum = checked_number("lr", lr), checked_number("momentum", momentum, optional=False)
         if sparse is not None and not isinstance(sparse, bool):
             raise type_error("sparse", sparse, "True, False or None")
         chosen = make_optimizer(optimizer, lr, momentum, sparse)
@@ -241,13 +235,15 @@ class PythonCalls:
         model (`to="onnx"`, .onnx). The paths written. Needs
         array-api-compat or onnx: `pip install "spiread[export]"`."""
         from .export import TARGETS, check_target
-        if to not in TARGETS:
-            raise SpireadError(f"{option('to', to)}: the target is \"python\" or \"onnx\"", exit_code=2)
+        checked_choice("to", to, TARGETS, "the target")
         if not isinstance(out, (str, PathLike)):
             raise type_error("out", out, "the path to write is a str or a pathlib.Path")
         if not isinstance(hvp, bool):
             raise type_error("hvp", hvp, "True or False")
         path, suffix = Path(out), TARGETS[to][0]
+        if not path.name:  # "", ".", "/": Path has no name to give the suffix
+            raise SpireadError(f'`out="{out}"`: the path to write names a file, e.g. {option("out", "model" + suffix)}',
+                               exit_code=2)
         if path.suffix.lower() != suffix:
             raise SpireadError(f"{option('out', str(path))}: {option('to', to)} writes {suffix}, not "
                                f"{path.suffix or 'a name without one'}",

@@ -5,14 +5,18 @@ Python API."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from conftest import EXAMPLES, run, spiread, strict_json
 from spiread_cli.diagnostics import SpireadError
 from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.results import SpireadWarning
 from test_export import load_module
+from test_fuzz import FUZZ
 
 # spireAD's "Backward Mode" page (github.com/Quafadas/inspireRAD,
 # site/docs/backward.md): examples/backward_mode.ad is its code block as
@@ -257,3 +261,78 @@ def test_mapping_a_number_says_how_to_call_the_function_on_it():
         done = spiread("eval", "-", stdin=program)
         assert done.returncode == 1 and f"= note: call the function on it instead: `{call}`" in done.stderr
         assert spiread("eval", "-", stdin=program.rsplit("= ", 1)[0] + "= " + call).returncode == 0
+
+
+# §9's Python front door fuzzed: any keyword argument, of any type, to any
+# method: a result, or a SpireadError or TypeError naming the argument (never
+# numpy's "truth value of an array is ambiguous" from a check that asked
+# `if sparse:` first, nor pathlib's "has an empty name" for `out=""`).
+ODD_VALUES = [None, 0, 1.5, -1, True, "w", "w,X", "", [1.0, 2.0], [[1.0, 2.0], [3.0, 4.0]], np.ones(2), np.ones((2, 2)),
+              np.ones((2, 2, 2)), np.array([np.nan]), {"w": 1.0}, ("w",), float("inf"), 2 ** 70, 10 ** 400, b"w",
+              [1.0, [2.0]],
+              1j, object(), ".", "/"]
+ARGUMENTS = ["wrt", "of", "mode", "hvp", "sparse", "pattern", "eps", "tol", "order", "steps", "lr", "optimizer",
+             "momentum", "to", "out", "w", "X", "y", "nope"]
+
+
+@pytest.fixture(scope="module")
+def least_squares():
+    from spiread_cli import load
+    return load(EXAMPLES / "least_squares.ad")
+
+
+@settings(FUZZ, max_examples=150)
+@given(st.sampled_from(["eval", "grad", "hessian", "jacobian", "check", "train", "dot", "export"]),
+       st.dictionaries(st.sampled_from(ARGUMENTS), st.sampled_from(ODD_VALUES), max_size=3))
+def test_any_keyword_argument_of_any_type_is_a_result_or_a_named_refusal(least_squares, tmp_path_factory, method,
+                                                                          arguments):
+    if method == "export":
+        arguments.setdefault("to", "python")
+        arguments.setdefault("out", str(tmp_path_factory.mktemp("export") / "m.py"))
+    if method == "train":
+        arguments.setdefault("steps", 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            getattr(least_squares, method)(**arguments)
+    except SpireadError as refused:
+        assert refused.diagnostic.message and "internal error" not in refused.diagnostic.message
+    except TypeError as refused:  # a Python type error names the argument, as Python's own do
+        assert any(f"{name}=" in str(refused) or f"'{name}'" in str(refused) for name in ARGUMENTS), refused
+
+
+@pytest.mark.parametrize("method, arguments, refusal", [
+    ("grad", {"mode": np.ones(2)}, 'mode=array([1., 1.]): the mode is "reverse" or "forward", not ndarray'),
+    ("jacobian", {"of": "residual", "mode": 3}, 'mode=3: the mode is "forward" or "reverse", not int'),
+    ("check", {"sparse": np.ones(2)}, "sparse=array([1., 1.]): True or False, not ndarray"),
+    ("hessian", {"pattern": np.zeros(2)}, "pattern=array([0., 0.]): True or False, not ndarray"),
+    ("train", {"wrt": "w", "optimizer": ["sgd"]}, "optimizer=['sgd']: the optimizer is one of \"sgd\", \"adam\", "
+                                                 "\"newton\", not list"),
+    ("export", {"to": np.ones(2), "out": "m.py"}, 'to=array([1., 1.]): the target is "python" or "onnx", not ndarray'),
+    ("train", {"wrt": "w", "momentum": None}, "momentum=None: a number, not NoneType"),
+    ("train", {"wrt": "w", "steps": None}, "steps=None: a number, not NoneType"),
+    ("check", {"eps": 10 ** 400}, "spiread: error: `eps=100000000000000000...0000000000000000000`: the number is "
+                                  "beyond the range spiread can hold (a float64 reaches about ±1.8e308)"),
+    ("export", {"to": "python", "out": ""}, 'spiread: error: `out=""`: the path to write names a file, e.g. `out="model.py"`'),
+    ("export", {"to": "onnx", "out": "."}, 'spiread: error: `out="."`: the path to write names a file, e.g. '
+                                           '`out="model.onnx"`'),
+])
+def test_an_argument_of_the_wrong_kind_is_refused_by_name(least_squares, method, arguments, refusal):
+    # Each raised numpy's ValueError ("the truth value of an array … is ambiguous"), pathlib's ("has an empty
+    # name"), a bare TypeError ("must be real number, not NoneType") or OverflowError, or (steps=None) said
+    # `steps="NAME"`; check(eps=2**70) raised numpy's "ufunc 'isfinite' not supported".
+    with pytest.raises((SpireadError, TypeError)) as refused:
+        getattr(least_squares, method)(**arguments)
+    assert str(refused.value) == refusal
+
+
+@pytest.mark.parametrize("out", ["", ".", "/"])
+def test_export_to_a_path_with_no_file_name_is_a_usage_error(out):
+    # `-o ""` and `-o .` printed a Python traceback (exit 1): pathlib's "has an empty name".
+    done = spiread("export", EXAMPLES / "least_squares.ad", "--to", "python", "-o", out)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr == f"spiread: error: `-o {out or '.'}`: it is a directory\n"
+
+
+def test_a_python_int_beyond_int64_is_a_number(least_squares):
+    assert least_squares.check(eps=2 ** 70).ok  # a quadratic: central differences are exact at any step
