@@ -38,7 +38,7 @@ OPTIONS = {
     "--format": ["json", "text", "xml"], "--order": ["1", "2", "3"], "--eps": NUMBERS, "--tol": NUMBERS,
     "--steps": ["0", "1", "2", "-1"], "--lr": NUMBERS, "--momentum": NUMBERS, "--optimizer": ["sgd", "adam", "newton", "lbfgs"],
     "--to": ["python", "onnx", "c"], "--out": ["o.npz", "o.py", "o.onnx", "o.dot", "o.png", "missing/o.npz", "."],
-    "-o": ["o.py", "o.onnx"], "--save": ["o.npz", "o.csv", "missing/o.npz"], "--log": ["o.csv", "o.npz"],
+    "-o": ["o.py", "o.onnx", "", "."], "--save": ["o.npz", "o.csv", "missing/o.npz"], "--log": ["o.csv", "o.npz"],
     "--plot": ["o.png", "o.svg"], "--backend": ["numpy", "dask", "cuda"], "--chunk-rows": ["0", "2"],
 }
 FLAGS = ["--sparse", "--no-sparse", "--pattern", "--strict", "--explain", "--hvp", "--persist", "--debug"]
