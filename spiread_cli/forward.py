@@ -12,6 +12,7 @@ once and the derivatives a sweep returns are sized against the memory limit
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -323,20 +324,20 @@ def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagn
     nodes = tape.nodes
     sweep = ForwardSweep(tape, output, wrt) if sweep is None else sweep
     sizes = [nodes[i].value.size for i in wrt]
-    offsets = np.cumsum([0] + sizes)
+    offsets = list(itertools.accumulate(sizes, initial=0))
 
     def seed_block(start: int, k: int) -> dict[int, Diagonal]:
-        return {i: Diagonal.identity_rows(nodes[i].value.shape, start - int(offsets[p]), k) for p, i in enumerate(wrt)}
+        return {i: Diagonal.identity_rows(nodes[i].value.shape, start - offsets[p], k) for p, i in enumerate(wrt)}
 
     out_shape = nodes[output].value.shape
 
     def what() -> str:
         names = ", ".join(f"`{nodes[i].name or nodes[i].label}`" for i in wrt)
-        shape = out_shape + (nodes[wrt[0]].value.shape if len(wrt) == 1 else (int(offsets[-1]),))
+        shape = out_shape + (nodes[wrt[0]].value.shape if len(wrt) == 1 else (offsets[-1],))
         of = nodes[output].name or nodes[output].label
         return f"the Jacobian of `{of}` with respect to {names} would be {shape_str(shape)}"
 
-    rows = sweep.push_blocks(int(offsets[-1]), seed_block, diagnostics, budget_bytes, observe, what)
+    rows = sweep.push_blocks(offsets[-1], seed_block, diagnostics, budget_bytes, observe, what)
     # Row j is the derivative along entry j: a W's rows, transposed, are its
     # block (a transposed view where the shapes allow, as numpy's reshape does).
     return {i: rows[offsets[p]:offsets[p + 1]].reshape(sizes[p], math.prod(out_shape)).T

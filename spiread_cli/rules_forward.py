@@ -230,8 +230,13 @@ class Diagonal:
 
     def dense(self) -> np.ndarray:
         """The batch as an array."""
-        out = np.zeros((self.shape[0], math.prod(self.shape[1:])))
-        self.add_into(out)
+        size = math.prod(self.shape[1:])
+        out = np.zeros((self.shape[0], size))
+        if self.ordered:  # direction d's entry is d: the diagonal, a strided view
+            diagonal = out.reshape(-1)[::size + 1]
+            diagonal += self.values
+        else:
+            self.add_into(out)
         return out.reshape(self.shape)
 
     def add_into(self, out: np.ndarray) -> None:

@@ -243,3 +243,17 @@ def test_an_ops_unguarded_rule_gives_its_rules_bits_at_finite_operands():
             args = [np.where(rng.random(s) < 0.3, 0.0, rng.standard_normal(s)) for s in shapes]
             assert np.array_equal(op.unguarded(*args), op.impl(*args))
             assert op.unguarded(*args).tobytes() == np.asarray(op.impl(*args), dtype=float).tobytes()
+
+
+def test_a_whole_identitys_batch_is_made_an_array_as_any_other():
+    """`Diagonal.dense` of the whole identity in order (a strided view of
+    the diagonal) gives the bits of the same batch not known to be ordered
+    (written entry by entry): −0.0, inf and nan values included."""
+    values = np.array([1.5, -0.0, 0.0, np.inf, np.nan, -2.0])
+    for shape in ((6,), (2, 3)):
+        ordered = Diagonal.identity_rows(shape, 0, 6).over(values)
+        assert ordered.ordered
+        listed = Diagonal(ordered.entries, values, ordered.shape, True)
+        assert not listed.ordered
+        assert ordered.dense().shape == (6, *shape)
+        assert ordered.dense().tobytes() == listed.dense().tobytes()
