@@ -124,7 +124,7 @@ def wrong_rule(run: Run, wrt: list[int], column: Callable[[int], str]) -> tuple[
 
 
 def stored(matrix) -> sp.csr_array:
-    """A recovered matrix's pattern: every entry it stores (recover stores
+    """A recovered matrix's pattern: every entry it stores (a `Recovery` stores
     each entry of the pattern it was given, zeros too)."""
     return sp.csr_array((np.ones(len(matrix.indices), dtype=bool), matrix.indices, matrix.indptr), shape=matrix.shape)
 

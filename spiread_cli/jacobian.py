@@ -146,23 +146,23 @@ class SparsePlan:
     and gather, as Newton's steps do with a sparse Hessian."""
     found: Compression
     recovery: object                  # sparsity_colouring.Recovery over found.coloured
-    seeds: np.ndarray
+    seeds: Callable[[int, int], np.ndarray]  # found.colouring.seed_blocks()
     zeros_read: dict
 
 
 def sparse_plan(run: Run, ids: dict[str, int], mode: str | None) -> SparsePlan:
     """The run's plan for these values and mode: the one kept with it while
     its pattern holds, else read (and kept) now."""
-    from .sparsity import Sweep, zeros_hold
+    from .sparsity import Sweep, kept_while_exact
     from .sparsity_colouring import Recovery
-    key = ("sparse jacobian", tuple(ids.values()), mode)
-    plan = run.prepared.get(key)
-    if plan is None or not zeros_hold(run.tape, plan.zeros_read):
+
+    def plan() -> SparsePlan:
         sweep = Sweep(run.tape, run.output, list(ids.values()))
         found = cheapest(compressions(sweep.jacobian(), mode))
-        plan = run.prepared[key] = SparsePlan(found, Recovery(found.coloured, found.colouring),
-                                              found.colouring.seeds(), sweep.zeros_read)
-    return plan
+        return SparsePlan(found, Recovery(found.coloured, found.colouring), found.colouring.seed_blocks(),
+                          sweep.zeros_read)
+
+    return kept_while_exact(run.prepared, ("sparse jacobian", tuple(ids.values()), mode), run.tape, plan)
 
 
 def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = None,
@@ -183,7 +183,7 @@ def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = N
         found, recovery, seeds = plan.found, plan.recovery, plan.seeds
     else:
         found = compression
-        recovery, seeds = Recovery(found.coloured, found.colouring), found.colouring.seeds()
+        recovery, seeds = Recovery(found.coloured, found.colouring), found.colouring.seed_blocks()
     direction, k = found.direction, found.colouring.count
     tape, nodes, output = run.tape, run.tape.nodes, run.output
     wrt_ids = list(ids.values())
@@ -195,8 +195,8 @@ def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = N
         cuts = np.cumsum([0] + [math.prod(s) for s in shapes])
 
         def seed_block(start: int, count: int) -> dict[int, np.ndarray]:
-            return {i: seeds[start:start + count, cuts[p]:cuts[p + 1]].reshape((count,) + shapes[p])
-                    for p, i in enumerate(wrt_ids)}
+            block = seeds(start, count)
+            return {i: block[:, cuts[p]:cuts[p + 1]].reshape((count,) + shapes[p]) for p, i in enumerate(wrt_ids)}
 
         sweep = run.prepared_for(plan_key, lambda: ForwardSweep(tape, output, wrt_ids))
         products = sweep.push_blocks(k, seed_block, run.diagnostics, budget_bytes)
@@ -204,7 +204,7 @@ def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = N
     else:
         peak = run.prepared_for(plan_key, lambda: peak_adjoint_entries(tape, output, wrt_ids))
         pulled = pull_blocks(tape, output, wrt_ids, k,
-                             lambda start, count: seeds[start:start + count].reshape((count,) + out_shape),
+                             lambda start, count: seeds(start, count).reshape((count,) + out_shape),
                              run.diagnostics, budget_bytes, peak)
         products = np.concatenate([pulled[i].reshape(k, math.prod(nodes[i].shape)) for i in wrt_ids], axis=1)
         matrix = recovery(products).T.tocsr()

@@ -47,7 +47,6 @@ class SecondOrder:
         self.recorded_from = len(run.tape.nodes)
         self.grad_ids = run.tape.backward_graph(run.output, list(self.all_ids.values()), run.diagnostics)
         self._products: HessianVectorProducts | None = None  # recorded at the first hvp
-        self._sparse: SparseHessians | None = None  # the pattern and its colouring, read at the first sparse_hessian
         self._sweeps: dict[int, ForwardSweep] = {}  # by A: the forward sweep over ∂f/∂A, planned at the first hessian
 
     @classmethod
@@ -88,11 +87,12 @@ class SecondOrder:
         order, each value's entries flat), from one Hessian-vector product
         per colour of its pattern (`SparseHessians`). Returns (matrix,
         colouring)."""
-        if self._sparse is None or not self._sparse.pattern_holds():
-            self._sparse = SparseHessians(self.run.tape, self.run.output,
-                                          {i: self.grad_ids[i] for i in self.ids.values()},
-                                          diagnostics=self.run.diagnostics)
-        return self._sparse(budget_bytes), self._sparse.colouring
+        from .sparsity import kept_while_exact
+        run, grad_ids = self.run, {i: self.grad_ids[i] for i in self.ids.values()}
+        # Kept with the run while its pattern holds (a constant's zeros are structural: new data can move them).
+        sparse = kept_while_exact(run.prepared, ("sparse hessian", tuple(grad_ids.items())), run.tape,
+                                  lambda: SparseHessians(run.tape, run.output, grad_ids, diagnostics=run.diagnostics))
+        return sparse(budget_bytes), sparse.colouring
 
     # ------------------------------------------- Hessian-vector products
 
@@ -130,32 +130,26 @@ class SparseHessians:
         from .sparsity_colouring import Recovery, colour_symmetric
         self.wrt = list(grad_ids)
         self.tape = tape
-        self.zeros_read: dict[int, np.ndarray] = {}  # what a given pattern read is its giver's to watch
+        self.zeros_read: dict = {}  # what a given pattern read is its giver's to watch (sparsity.zeros_hold)
         if pattern is None:
             sweep = Sweep(tape, output, self.wrt)
             pattern, self.zeros_read = sweep.hessian(), sweep.zeros_read
         self.pattern = pattern
         self.colouring = colour_symmetric(self.pattern) if colouring is None else colouring
         self.recovery = Recovery(self.pattern, self.colouring)
-        self.seeds = self.colouring.seeds()
+        self.seeds = self.colouring.seed_blocks()
         self.diagnostics = diagnostics
         nodes = tape.nodes
         self.shapes = [nodes[i].value.shape for i in self.wrt]
         self.cuts = np.cumsum([0] + [math.prod(s) for s in self.shapes])
         self.sweeps = [ForwardSweep(tape, grad_ids[a], self.wrt) for a in self.wrt]
 
-    def pattern_holds(self) -> bool:
-        """Whether the pattern is still exact at the tape's values: a
-        constant's zeros are structural, so other values of a binding not
-        differentiated by (a kept run replayed with new data) can move them."""
-        from .sparsity import zeros_hold
-        return zeros_hold(self.tape, self.zeros_read)
-
     def __call__(self, budget_bytes: int = TANGENT_BUDGET_BYTES):
-        seeds, k = self.seeds, len(self.seeds)
+        k = self.colouring.count
 
         def seed_block(start: int, count: int) -> dict[int, np.ndarray]:
-            return {i: seeds[start:start + count, self.cuts[p]:self.cuts[p + 1]].reshape((count,) + self.shapes[p])
+            seeds = self.seeds(start, count)
+            return {i: seeds[:, self.cuts[p]:self.cuts[p + 1]].reshape((count,) + self.shapes[p])
                     for p, i in enumerate(self.wrt)}
 
         # Each sweep gives H·seeds over one value's entries: colours × its entries.

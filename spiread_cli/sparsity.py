@@ -42,6 +42,7 @@ import math
 import weakref
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -79,9 +80,11 @@ class Sweep:
         # Nodes whose values move with the inputs through an op with no
         # derivative (a comparison, x.value): their zeros are not structural.
         self.moving_flat: set[int] = set()
-        # Which entries of a value were nonzero, as the rules read them: the
-        # pattern holds for other values while these masks do (`zeros_hold`).
-        self.zeros_read: dict[int, np.ndarray] = {}
+        # Which entries of a value the rules read as nonzero, and for a value
+        # that moves, the entries its own pattern reaches (read as nonzero
+        # whatever the value there): the pattern holds for other values while
+        # these masks do (`zeros_hold`).
+        self.zeros_read: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self.seeds = {i: p for p, i in enumerate(self.wrt)}
         # The rules reach the sweep through a weak reference: the sweep holds
         # its nodes' Entries, and a strong one back would make it a cycle that
@@ -142,15 +145,16 @@ class Sweep:
             j = sweep.pattern(i)
             if type(j) is Columns and any(type(c) is Progression and c.whole for c in j.columns):
                 return sweep.every(j.size)  # every entry moves: none is a structural zero
-            return sweep._read_zeros(i) | (j.rows_used() if type(j) is Columns else np.diff(j.indptr) > 0)
+            return sweep._read_zeros(i, j.rows_used() if type(j) is Columns else np.diff(j.indptr) > 0)
 
         return Entries(node.op, shapes, node.shape, node.params, nonzero,
                        (*[math.prod(shape) for shape in shapes], math.prod(node.shape)))
 
-    def _read_zeros(self, i: int) -> np.ndarray:
+    def _read_zeros(self, i: int, moving: np.ndarray | None = None) -> np.ndarray:
+        """Value i's nonzero entries, with, for a value that moves, the rows its pattern reaches (`moving`)."""
         if i not in self.zeros_read:
-            self.zeros_read[i] = np.ravel(self.tape.nodes[i].value) != 0
-        return self.zeros_read[i]
+            self.zeros_read[i] = (_nonzero(self.tape.nodes[i].value, moving), moving)
+        return self.zeros_read[i][0]
 
     def every(self, size: int) -> np.ndarray:
         """`size` entries, all set: one read-only array for every use of that size."""
@@ -229,8 +233,26 @@ def hessian_pattern(tape: Tape, output: int, wrt: list[int]) -> sp.csr_array:
     return Sweep(tape, output, wrt).hessian()
 
 
-def zeros_hold(tape: Tape, zeros_read: dict[int, np.ndarray]) -> bool:
-    """Whether the values a pattern read (`Sweep.zeros_read`) still have
-    their zeros where they had them: if so, the pattern is still exact."""
+def kept_while_exact(kept: dict, key: tuple, tape: Tape, make: Callable):
+    """What `make()` gave for `key` in `kept` (a run's prepared plans: a
+    sparse Hessian's, a sparse Jacobian's, each with the `zeros_read` of the
+    pattern it evaluates), made again when that pattern no longer holds at
+    the tape's values (`zeros_hold`: a kept run replayed with new data)."""
+    plan = kept.get(key)
+    if plan is None or not zeros_hold(tape, plan.zeros_read):
+        plan = kept[key] = make()
+    return plan
+
+
+def _nonzero(value, moving: np.ndarray | None) -> np.ndarray:
+    nonzero = np.ravel(value) != 0
+    return nonzero if moving is None else nonzero | moving
+
+
+def zeros_hold(tape: Tape, zeros_read: dict[int, tuple[np.ndarray, np.ndarray | None]]) -> bool:
+    """Whether the values a pattern read (`Sweep.zeros_read`) still read as
+    they did (a value that moves, outside the rows its pattern reaches): if
+    so, the pattern is still exact. A relu's zeros moving with x change
+    nothing where x's own pattern reaches."""
     nodes = tape.nodes
-    return all(np.array_equal(np.ravel(nodes[i].value) != 0, mask) for i, mask in zeros_read.items())
+    return all(np.array_equal(_nonzero(nodes[i].value, moving), seen) for i, (seen, moving) in zeros_read.items())

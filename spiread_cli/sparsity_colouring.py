@@ -8,9 +8,16 @@ them, and one sweep per colour recovers every nonzero."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import scipy.sparse as sp
+
+
+# Seeds of this size or less are made once for every call of a kept sparse
+# evaluation (a pass over colours × columns each call, else); larger ones a
+# block at a time (limits.py's size under which nothing is refused).
+KEPT_SEEDS_BYTES = 8 << 20
 
 
 @dataclass
@@ -28,9 +35,22 @@ class Colouring:
         if self.count < 0:
             self.count = int(self.colours.max()) + 1 if len(self.colours) else 0
 
-    def seeds(self) -> np.ndarray:
-        """The colours' seed directions, colours × columns: the sum of each colour's unit vectors."""
-        return (self.colours[None, :] == np.arange(self.count)[:, None]).astype(np.float64)
+    def seeds(self, start: int = 0, count: int | None = None) -> np.ndarray:
+        """The seed directions of colours start … start + count − 1 (all of
+        them by default), colours × columns: the sum of each colour's unit vectors."""
+        count = self.count - start if count is None else count
+        return (self.colours[None, :] == np.arange(start, start + count)[:, None]).astype(np.float64)
+
+    def seed_blocks(self) -> Callable[[int, int], np.ndarray]:
+        """`seeds(start, count)` for a sweep that pushes its colours a block at
+        a time, again and again (Newton's steps, a kept run): the seeds made
+        once and kept when they are small (KEPT_SEEDS_BYTES), else each block's
+        made as it is asked for, so colours × columns is never held at once
+        beyond the block's own tangents, which the sweep sizes against the limit."""
+        if self.count * len(self.colours) * 8 > KEPT_SEEDS_BYTES:
+            return self.seeds
+        whole = self.seeds()
+        return lambda start, count: whole[start:start + count]
 
 
 def _lists(m: sp.csr_array) -> list[list[int]]:

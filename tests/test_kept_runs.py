@@ -221,8 +221,8 @@ def test_a_sparse_hessian_follows_the_zeros_of_a_binding_not_differentiated_by()
 def test_a_sparse_jacobian_follows_the_zeros_of_a_binding_not_differentiated_by(mode):
     """The same for a sparse Jacobian, whose plan (pattern, colouring,
     recovery) is kept with the run: read again when a constant's zeros move
-    (a * x has a zero row where a has a zero), kept when only x moves."""
-    from spiread_cli.jacobian import sparse_plan
+    (a * x has a zero row where a has a zero), kept when only x moves.
+    Found in the kept run's plans, not asked for again."""
     source = "a = zeros(4)\nx = zeros(4)\ny = a * x.exp\n"
     prog = spiread_cli.compile(source)
     plans = []
@@ -233,9 +233,30 @@ def test_a_sparse_jacobian_follows_the_zeros_of_a_binding_not_differentiated_by(
         np.testing.assert_array_equal(got.toarray(), np.diag(a * np.exp(x)))
         assert got.nnz == np.count_nonzero(a)
         assert_as_fresh(prog, source, "jacobian", {"a": a, "x": x}, wrt="x", sparse=True, mode=mode)
-        (kept,) = [k for k in prog._kept.kept if k.signature[0][3]]
-        plans.append(sparse_plan(kept.run, kept.run.wrt_ids(["x"], scalar=False), mode))
+        plans.append(_kept_plan(prog, "sparse jacobian"))
     assert plans[0] is plans[1] and plans[1] is not plans[2] and plans[2] is not plans[3]
+
+
+def _kept_plan(prog, kind: str):
+    """The one plan of `kind` ("sparse jacobian", "sparse hessian") the program's kept runs hold."""
+    (plan,) = [p for kept in prog._kept.kept for key, p in kept.run.prepared.items() if key[0] == kind]
+    return plan
+
+
+@pytest.mark.parametrize("task", ["jacobian", "hessian"])
+def test_a_kept_sparse_plan_outlives_zeros_that_move_with_the_values_differentiated_by(task):
+    """A relu's zeros move with x, but where they can, x's own pattern
+    reaches (the padding's zeros cannot move), so the pattern cannot change:
+    the kept plan stays (it was read again at every call), and every call
+    is a fresh one's."""
+    source = "x = zeros(5)\nz = hstack(0.0, x, 0.0)\ny = z[0:5].relu * z[2:7]\nloss = y.sum\n"
+    prog = spiread_cli.compile(source)
+    options = {"of": "y", "mode": "forward"} if task == "jacobian" else {}
+    plans = []
+    for x in ([1.0, -1.0, 2.0, -2.0, 0.5], [-1.0, 1.0, -2.0, 2.0, -0.5], [1.0, 2.0, 3.0, 4.0, 5.0]):
+        assert_as_fresh(prog, source, task, {"x": np.array(x)}, wrt="x", sparse=True, **options)
+        plans.append(_kept_plan(prog, f"sparse {task}"))
+    assert plans[0] is plans[1] is plans[2]
 
 
 # ------------------------------------------------- reuse, and what stops it

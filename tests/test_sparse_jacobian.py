@@ -297,3 +297,22 @@ def test_check_sparse_catches_a_structure_rule_that_misses_entries():
     assert (missed.span.line, missed.span.column) == (2, 7)
     assert missed.notes[0] == "the rule of `sin` here misses `∂sin[0]/∂x[0]`"
     assert any(m.startswith("sparse Jacobian check failed at `∂y[") for m in failures), failures
+
+
+def test_seeds_of_many_colours_are_made_a_block_at_a_time():
+    """A Jacobian whose rows are full takes a colour per column: its seeds
+    (colours × columns, 11 MB here) are made for each block the sweep pushes,
+    not held whole (KEPT_SEEDS_BYTES), and the result is the dense one."""
+    import tracemalloc
+    n = 1200
+    x = np.linspace(-1, 1, n)
+    recorded = run(f"x = zeros({n})\ny = hstack(x.sum, (x * x).sum)\n", sets={"x": x})
+    tracemalloc.start()
+    try:
+        got = sparse_jacobian(recorded, ["x"], "forward", budget_bytes=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got.sweeps == n
+    np.testing.assert_allclose(got.matrix.toarray(), np.stack([np.ones(n), 2 * x]), rtol=1e-15)
+    assert peak < 6 * 2**20, f"{peak / 2**20:.1f} MB held for {n} colours"
