@@ -333,10 +333,13 @@ def plot_losses(path: Path, losses: list[float], title: str) -> None:
 
 def save_sparse(path: Path, matrix) -> None:
     """A sparse Jacobian or Hessian (or a pattern) as the `.npz` that
-    `scipy.sparse.load_npz` reads."""
+    `scipy.sparse.load_npz` reads; zero is 0.0, never -0.0 (as printed)."""
     import scipy.sparse as sp
+    matrix = sp.csr_matrix(matrix)
+    if matrix.dtype.kind == "f":
+        matrix.data = matrix.data + 0.0
     with atomic_output(path) as f:
-        sp.save_npz(f, sp.csr_matrix(matrix))
+        sp.save_npz(f, matrix)
 
 
 def plot_pattern(path: Path, pattern, title: str) -> None:

@@ -214,9 +214,11 @@ def written_push(sweep: ForwardSweep, seeds: dict, trace: list) -> Callable[[dic
     Where the result is small (`UNGUARDED_ENTRIES`), the array steps run
     their ops' unguarded rules (`scale` as a multiply) and the function
     returns None where the result is not finite (the caller pushes step by
-    step): a finite result had no guard to apply, since an unguarded 0 · inf
-    is a nan that every later step keeps (the tangents' maps are linear) or
-    drops with its entry."""
+    step): a finite result is the guarded one up to the sign of a zero
+    (which every result's 0.0 rule removes: python_args.result_value), since
+    an unguarded 0 · inf is a nan that every later step keeps (the tangents'
+    maps are linear) or drops with its entry, and the guard differs from a
+    multiply only in giving 0.0 for a zero tangent."""
     nodes, plan, same = sweep.nodes, sweep.plan, sweep.same
     k = next(iter(seeds.values())).shape[0]
     unguarded = k * nodes[sweep.output].value.size <= UNGUARDED_ENTRIES

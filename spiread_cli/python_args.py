@@ -302,6 +302,9 @@ def sparse_arguments(sparse: object, pattern: object, **conflicting: bool) -> No
 
 
 def with_sweeps(matrix, sweeps: int):
-    """A sparse result (its caller's own), saying how many sweeps `sparse=True` takes."""
+    """A sparse result (its caller's own), saying how many sweeps `sparse=True` takes; its zeros
+    are 0.0, never -0.0, as `result_value` makes a dense one's."""
+    if matrix.dtype == np.float64:
+        matrix.data = matrix.data + 0.0
     matrix.sweeps = sweeps
     return matrix

@@ -258,7 +258,8 @@ class HessianVectorProducts:
         `unguarded`: with the ops' unguarded rules (`scale` a multiply), for
         a caller that checks the products: an unguarded 0 · inf is a nan that
         reaches a product (every node replayed feeds one, as a term or a
-        factor of the cotangents' linear maps) or goes with an entry dropped."""
+        factor of the cotangents' linear maps) or goes with an entry dropped,
+        so finite products are the guarded ones up to the sign of a zero."""
         plan = self.plans.get((wrt, unguarded))
         if plan is None:
             tape = self.tape

@@ -227,8 +227,10 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     `dropped`: as `Tape.replay_function`'s, the nodes whose values go once
     a node is computed (it was their last reader). `unguarded`: each op's
     unguarded value rule (`Op.unguarded`, `scale`'s multiply), for a caller
-    that checks every value it computes is finite (else computes them again
-    with the guards): where all are, no guard had anything to do. None when
+    that checks what it computes is finite (else computes it again with the
+    guards): where every value is, the guards' values exactly (scale's guard
+    acts only where the partial is not finite, and then so is the product);
+    where only the results are checked (an HVP's), up to the sign of a zero. None when
     an op is not the table's own (a total over row chunks)."""
     from .rules import OPS
     from .rules_code import CodeWriter

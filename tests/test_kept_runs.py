@@ -501,3 +501,23 @@ def test_an_unguarded_replay_is_exact_where_every_value_is_finite():
         unguarded()
         assert (node.value.tobytes() == want.tobytes()) == same
         assert np.isfinite(node.value).all() == same and np.isfinite(want).all()
+
+
+def test_sparse_results_have_no_negative_zero():
+    """A sparse result's zeros are 0.0, as a dense result's are (a written
+    forward push may make a -0.0 where the guarded sweep made 0.0):
+    python_args.with_sweeps and the `--out` file alike."""
+    import scipy.sparse as sp
+
+    from spiread_cli.files import save_sparse
+    from spiread_cli.python_args import with_sweeps
+    matrix = sp.csr_array(np.array([[-0.0, 1.0], [2.0, -0.0]]))
+    matrix.data = np.array([-0.0, 1.0, 2.0, -0.0])
+    matrix.indices, matrix.indptr = np.array([0, 1, 0, 1]), np.array([0, 2, 4])
+    assert np.signbit(matrix.data).any()
+    assert not np.signbit(with_sweeps(matrix.copy(), 2).data).any()
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as folder:
+        save_sparse(Path(folder) / "m.npz", matrix)
+        assert not np.signbit(sp.load_npz(Path(folder) / "m.npz").data).any()
