@@ -30,9 +30,15 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.
 
 
 def name_lists(values: list[str] | None) -> list[str] | None:
-    """`--wrt a,b` is `--wrt a --wrt b`."""
+    """`--wrt a,b` is `--wrt a --wrt b`; `--wrt ''` (an empty shell
+    variable) names nothing, and is refused rather than read as no --wrt."""
     from .diagnostics import listed_names
-    return (listed_names(values) or None) if values else values
+    if not values:
+        return values
+    names = listed_names(values)
+    if not names:
+        raise typer.BadParameter(f"{values[0]!r} names no value; give a name, e.g. `--wrt w`")
+    return names
 
 
 WrtOpt = Annotated[Optional[list[str]], typer.Option(

@@ -149,15 +149,25 @@ def outside_stacklevel() -> int:
 
 
 def wrt_names(wrt: list[str] | str | None) -> list[str] | None:
-    """`wrt` as a list of names (None for none given); "a,b" is ["a", "b"], as `--wrt a,b` is."""
-    if wrt is None or isinstance(wrt, str):
-        return listed_names([wrt]) or None if wrt else None
-    if not isinstance(wrt, Iterable):
+    """`wrt` as a list of names (None for none given); "a,b" is ["a", "b"],
+    as `--wrt a,b` is. Names that name nothing ("", [], ",") are refused,
+    not read as no `wrt` (the default is None)."""
+    if wrt is None:
+        return None
+    if isinstance(wrt, str):
+        names = listed_names([wrt])
+    elif isinstance(wrt, Iterable):
+        names = list(wrt)
+        for name in names:
+            checked_name("wrt", wrt, name)
+    else:
         raise type_error("wrt", wrt, "the names are a string or a list of strings")
-    names = list(wrt)
-    for name in names:
-        checked_name("wrt", wrt, name)
-    return names or None
+    if not names:
+        shown = f'"{wrt}"' if isinstance(wrt, str) else repr(wrt)
+        raise SpireadError(f"`wrt={shown}` names no value", exit_code=2,
+                           notes=['name one, e.g. `wrt="w"`; without `wrt` (None), `.backward(...)`\'s names are '
+                                  "taken, else every input the output depends on (not for `train`)"])
+    return names
 
 
 def checked_name(argument: str, value: object, name: object) -> str | None:

@@ -201,9 +201,11 @@ class PythonCalls:
         if sparse is not None and not isinstance(sparse, bool):
             raise type_error("sparse", sparse, "True, False or None")
         chosen = make_optimizer(optimizer, lr, momentum, sparse)
+        if wrt is None:  # --wrt is required of `spiread train` too: nothing is trained by default
+            raise SpireadError("`wrt=None`: train needs the values to train", notes=['e.g. `wrt="w"`'], exit_code=2)
         overrides = self._overrides(bindings, more, of)
         show = interactive() if progress is None else progress
-        done = self.run_train(InPython(self.source), overrides, wrt=wrt_names(wrt) or [], steps=steps, optimizer=chosen,
+        done = self.run_train(InPython(self.source), overrides, wrt=wrt_names(wrt), steps=steps, optimizer=chosen,
                               of=of, progress=StepReporter(steps, live=True) if show else None,
                               interrupts=stop_on_interrupt_here)
         result = done.result

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from conftest import lit, spiread, spiread_command, strict_json
 from spiread_cli.cli import app
+from spiread_cli.diagnostics import SpireadError
 from programs import programs
 from test_fuzz import FUZZ, PROGRAMS, mutated_programs, small_limit  # noqa: F401 (its autouse fixture: a small memory limit)
 
@@ -243,3 +244,21 @@ def test_random_programs_through_the_front_door_against_autograd(program, data):
         scale = 1.0 + np.max(np.abs(expected[name]), initial=0.0)
         np.testing.assert_allclose(got, expected[name], rtol=1e-7, atol=1e-10 * scale,
                                    err_msg=f"∂loss/∂{name} with {args} in\n{program.source}")
+
+
+@pytest.mark.parametrize("empty", ["", ",", " , "])
+def test_a_wrt_that_names_nothing_is_refused_not_read_as_the_default(tmp_path, empty):
+    # `train --wrt "$PARAMS"` with PARAMS empty trained every input, the data X too (`--wrt ''` was no --wrt).
+    from spiread_cli import compile
+    program = "X = [[1.0, 2.0], [3.0, 4.0]]\nw = [0.5, -0.5]\nloss = ((X @@ w) ** 2).sum\n"
+    for command in (["train", "-", "--steps", "1"], ["grad", "-"]):
+        done = spiread(*command, "--wrt", empty, stdin=program)
+        assert done.returncode == 2 and done.stdout == ""
+        assert f"Error: Invalid value for '--wrt': {empty!r} names no value; give a name, e.g. `--wrt w`" in done.stderr
+    prog = compile(program)
+    for method in (prog.grad, prog.hessian, prog.check, prog.train):
+        with pytest.raises(SpireadError, match=f'`wrt="{empty}"` names no value'):
+            method(wrt=empty)
+    with pytest.raises(SpireadError, match="`wrt=None`: train needs the values to train"):
+        prog.train(wrt=None)
+    assert list(prog.grad(wrt=None).gradients) == ["X", "w"] and list(prog.train(wrt="w,", steps=1).values) == ["w"]
