@@ -280,7 +280,9 @@ def export_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
     suffix = TARGETS[to.value][0]
     if out is None:
         if file == "-":
-            raise usage_error("a program read from standard input has no name to export to", ["give one: `-o PATH`"])
+            with session(file, debug=debug):  # a usage error as every other: exit 2, no traceback
+                raise usage_error("a program read from standard input has no name to export to",
+                                  ["give one: `-o PATH`"])
         out = Path(Path(file).stem + suffix)
     outputs = [files.Output("-o", out, (suffix,))]
     if to == Target.python and out.name:  # the companion archive of the module's larger arrays (`-o .`: refused)

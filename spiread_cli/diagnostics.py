@@ -73,7 +73,7 @@ class Source:
             if start == 0:
                 return ""
         end = self.text.find("\n", start)
-        return self.text[start:] if end < 0 else self.text[start:end].rstrip("\r")
+        return (self.text[start:] if end < 0 else self.text[start:end]).rstrip("\r")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,13 +193,16 @@ def usage_error(message: str, notes: Iterable[str] = ()) -> SpireadError:
     return SpireadError(message, None, notes, exit_code=2)
 
 
-def did_you_mean(name: str, known: Iterable[str]) -> tuple[str, ...]:
+def did_you_mean(name: str, known: Iterable[str], records: bool = False) -> tuple[str, ...]:
     """A note suggesting the closest known spelling, or nothing.
 
-    Case slips (`Exp` for `exp`) count as close, whatever the length; the
-    name of a record of gradients means its entries (`g` for `g.w`, `g.b`)."""
+    Case slips (`Exp` for `exp`) count as close, whatever the length. With
+    `records` (where a gradient record's entry is asked for by name: `--of`,
+    `--wrt`), the name of a record means its entries (`g` for `g.w`, `g.b`);
+    elsewhere a dotted name is not one (`Matrix.fromRows`, or `--set g.w`,
+    which no option takes)."""
     known = sorted(set(known))
-    entries = [k for k in known if k.startswith(f"{name}.")]
+    entries = [k for k in known if k.startswith(f"{name}.")] if records else []
     folded = [k for k in known if k.lower() == name.lower() and k != name]
     close = entries or folded or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if not close:

@@ -104,7 +104,7 @@ class Interpreter(Names, Operands, Calls, Indexing):
         values = module.bound_names()
         unknown = [name for name in self.overrides if name not in values]
         if unknown:
-            raise SpireadError(f"`--set {unknown[0]}=…`: the program binds no `{unknown[0]}`",
+            raise SpireadError(f"{option('set', unknown[0])}: the program binds no `{unknown[0]}`",
                                notes=did_you_mean(unknown[0], values), exit_code=2)
         output = output_name = backward_wrt = None
         for statement in module.statements:
@@ -127,8 +127,8 @@ class Interpreter(Names, Operands, Calls, Indexing):
             output, output_name, backward_wrt = self.declared
         if of is not None:
             if of not in self.bindings:
-                raise SpireadError(f"`--of {of}`: the program binds no `{of}`",
-                                   notes=did_you_mean(of, self.bindings), exit_code=2)
+                raise SpireadError(f"{option('of', of)}: the program binds no `{of}`",
+                                   notes=did_you_mean(of, self.bindings, records=True), exit_code=2)
             output, output_name = self.tape.nodes[self.bindings[of]], of
         if output is None:
             raise SpireadError("the program computes nothing", self.source.end(),

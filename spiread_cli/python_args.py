@@ -102,7 +102,7 @@ def checked_overrides(bindings: object, more: dict[str, ArrayLike], of: object,
     overrides = {checked_name("bindings", given, name): checked_binding(name, value, names)
                  for name, value in given.items()}
     if checked_name("of", of, of) is not None and of not in names:
-        raise SpireadError(f"{option('of', of)}: the program binds no `{of}`", notes=did_you_mean(of, names),
+        raise SpireadError(f"{option('of', of)}: the program binds no `{of}`", notes=did_you_mean(of, names, records=True),
                            exit_code=2)
     return overrides
 
@@ -149,17 +149,18 @@ def outside_stacklevel() -> int:
 
 
 def wrt_names(wrt: list[str] | str | None) -> list[str] | None:
-    """`wrt` as a list of names (None for none given); "a,b" is ["a", "b"],
-    as `--wrt a,b` is. Names that name nothing ("", [], ",") are refused,
+    """`wrt` as a list of names (None for none given); "a,b" is ["a", "b"]
+    (in a list too), as `--wrt a,b` is. Names that name nothing ("", [], ",") are refused,
     not read as no `wrt` (the default is None)."""
     if wrt is None:
         return None
     if isinstance(wrt, str):
         names = listed_names([wrt])
     elif isinstance(wrt, Iterable):
-        names = list(wrt)
-        for name in names:
-            checked_name("wrt", wrt, name)
+        names = [checked_name("wrt", wrt, name) for name in wrt]
+        if None in names:
+            raise type_error("wrt", wrt, "a name is a string", "None")
+        names = listed_names(names)
     else:
         raise type_error("wrt", wrt, "the names are a string or a list of strings")
     if not names:

@@ -128,7 +128,7 @@ class Run:
         then the inputs the output depends on, then the other bound names."""
         inputs = self.inputs_of_output()
         others = [n for n in self.bindings if n not in inputs]
-        close = did_you_mean(name, self.bindings) if name is not None else ()
+        close = did_you_mean(name, self.bindings, records=True) if name is not None else ()
         listed = "; ".join(part for part in (
             f"the output depends on the inputs {_listed(inputs)}" if inputs else "",
             f"it also binds {_listed(others)}" if others else "") if part)

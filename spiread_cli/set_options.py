@@ -4,6 +4,7 @@ archive's arrays by its name."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -36,7 +37,7 @@ def parse_overrides(options: list[str], base_dir: Path | None = None, flag: str 
             except SpireadError as err:  # no program to point into: name the option
                 raise SpireadError(f"{given}: {err.diagnostic.message}", notes=err.diagnostic.notes) from None
         else:
-            read = {name: _literal(text, name, given, base_dir)}
+            read = {name: _literal(text, name, given, base_dir, flag)}
         for key in read:
             if bound is not None and key not in bound:
                 what = f"`{flag} {key}=…`: the program binds no `{key}`" if name else \
@@ -46,15 +47,15 @@ def parse_overrides(options: list[str], base_dir: Path | None = None, flag: str 
     return overrides
 
 
-def _literal(text: str, name: str, given: str, base_dir: Path | None) -> np.ndarray:
-    """VALUE of `--set NAME=VALUE` when it is not a file: a number or a literal."""
+def _literal(text: str, name: str, given: str, base_dir: Path | None, flag: str) -> np.ndarray:
+    """VALUE of `--set NAME=VALUE` (or `flag`'s) when it is not a file: a number or a literal."""
     try:
         expr = syntax.parse_expression(text)
         interpreter = Interpreter(Source(f"--set {name}", text), base_dir=base_dir)
         value = interpreter.evaluate(expr).value
     except SpireadError as err:
-        if Path(text).is_file():  # a file spiread does not read arrays from, e.g. `--set w=model.ad`
-            raise SpireadError(f"{given}: `{text}` is a file, but not one of arrays: --set reads "
+        if os.path.isfile(text):  # not of arrays, e.g. `--set w=model.ad` (isfile: False for a name too long)
+            raise SpireadError(f"{given}: `{text}` is a file, but not one of arrays: {flag} reads "
                                f"{'/'.join(s for s in SET_PATH_SUFFIXES if s != '.zarr')} files", exit_code=2) from None
         raise SpireadError(f"{given}: {err.diagnostic.message}", exit_code=2,
                            notes=["VALUE is a number, a literal like [[1,2],[3,4]], or a .npy/.npz/.csv/.json "

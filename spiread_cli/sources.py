@@ -35,16 +35,18 @@ def read_source(path: str) -> Source:
     if len(raw) > MAX_SOURCE_BYTES:
         raise SpireadError(f"{name}: larger than {MAX_SOURCE_BYTES >> 20} MB; this is not a program")
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise SpireadError("this file is UTF-16 text; save it as UTF-8", origin=name)
+        raise _bad_byte("this file is UTF-16 text; save it as UTF-8", raw, 0, name)
     raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark; positions count from after it
-    if b"\0" in raw:
-        raise _bad_byte("this file holds a NUL byte; it looks like a binary file, not a program",
-                        raw, raw.index(b"\0"), name)
-    try:
-        text = raw.decode("utf-8")
+    try:  # the first bad byte is reported: a NUL, or one that is not UTF-8
+        text, bad = raw.decode("utf-8"), len(raw)
     except UnicodeDecodeError as err:
-        raise _bad_byte(f"this file is not UTF-8 text: the byte 0x{raw[err.start]:02x} cannot be read here",
-                        raw, err.start, name, ["save the file as UTF-8"]) from None
+        text, bad = None, err.start
+    nul = raw.find(b"\0", 0, bad)
+    if nul >= 0:
+        raise _bad_byte("this file holds a NUL byte; it looks like a binary file, not a program", raw, nul, name)
+    if text is None:
+        raise _bad_byte(f"this file is not UTF-8 text: the byte 0x{raw[bad]:02x} cannot be read here",
+                        raw, bad, name, ["save the file as UTF-8"])
     return Source(name, text)
 
 
