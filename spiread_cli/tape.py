@@ -20,7 +20,7 @@ import numpy as np
 
 from .diagnostics import Diagnostics, Source, Span
 from .limits import reuse_freed_memory
-from .ops import IN_PLACE_ENTRIES, OPS, Op
+from .ops import IN_PLACE_ENTRIES, Op
 from .rules import comparable
 from .emitter import Emitter, Shared
 from .rules_forward import Diagonal, added, dense, diagonal_vjp
