@@ -226,6 +226,14 @@ def jvp_code(derivative: Callable, moving: list[int], shapes: list[tuple], out_s
     return header + "".join(f"    {line}\n" for line in body), writer.namespace
 
 
+def unguarded_rules(namespace: dict) -> dict:
+    """A written function's `namespace` with each op's primal rule (bound as
+    `NAME_`) replaced by its unguarded one where it has one (`Op.unguarded`),
+    for code whose caller checks that what it computes is finite."""
+    return {name: getattr(OPS.get(name[:-1]), "unguarded", None) or rule if name.endswith("_") else rule
+            for name, rule in namespace.items()}
+
+
 def compiled_jvp(derivative: Callable) -> Callable:
     """The numeric jvp an op gets from its statement, fast: the transposed
     statement written out as code (`jvp_code`) once for each set of moving
@@ -249,10 +257,7 @@ def compiled_jvp(derivative: Callable) -> Callable:
         if function is None:
             source, names = jvp_code(derivative, [i for i, m in enumerate(moving) if m], [np.shape(x) for x in xs],
                                      np.shape(out), params)
-            if unguarded:
-                names = {name: getattr(OPS.get(name[:-1]), "unguarded", None) or rule if name.endswith("_") else rule
-                         for name, rule in names.items()}
-            function = _written(written, key, (source, names), "jvp")
+            function = _written(written, key, (source, unguarded_rules(names) if unguarded else names), "jvp")
         return function
 
     def jvp(ts, out, *xs, **params):

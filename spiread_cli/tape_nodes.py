@@ -233,7 +233,7 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     where only the results are checked (an HVP's), up to the sign of a zero. None when
     an op is not the table's own (a total over row chunks)."""
     from .rules import OPS
-    from .rules_code import CodeWriter
+    from .rules_code import CodeWriter, unguarded_rules
     writer = CodeWriter()
     writer.namespace.update(nodes=nodes, ndarray=np.ndarray, FLOAT64=FLOAT64, asarray=np.asarray,
                             evaluated=_evaluated)
@@ -256,11 +256,9 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
             writer.lines.append(f"nodes[{done.id}].value = nodes[{done.id}].residual = None")
             if done.id in names:
                 writer.lines.append(f"del {names.pop(done.id)}")
-    if unguarded:
-        writer.namespace.update({f"{node.op.name}_": node.op.unguarded for node in ops if node.op.unguarded})
     namespace: dict = {}
-    exec("def replay():\n" + "".join(f"    {line}\n" for line in writer.lines or ["pass"]), writer.namespace,
-         namespace)
+    exec("def replay():\n" + "".join(f"    {line}\n" for line in writer.lines or ["pass"]),
+         unguarded_rules(writer.namespace) if unguarded else writer.namespace, namespace)
     return namespace["replay"]
 
 
