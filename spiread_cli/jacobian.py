@@ -149,18 +149,21 @@ class SparsePlan:
     seeds: Callable[[int, int], np.ndarray]  # found.colouring.seed_blocks()
     zeros_read: dict
 
+    @classmethod
+    def of(cls, found: Compression, zeros_read: dict | None = None) -> "SparsePlan":
+        """The plan that evaluates `found` (a pattern read, coloured)."""
+        from .sparsity_colouring import Recovery
+        return cls(found, Recovery(found.coloured, found.colouring), found.colouring.seed_blocks(), zeros_read or {})
+
 
 def sparse_plan(run: Run, ids: dict[str, int], mode: str | None) -> SparsePlan:
     """The run's plan for these values and mode: the one kept with it while
     its pattern holds, else read (and kept) now."""
     from .sparsity import Sweep, kept_while_exact
-    from .sparsity_colouring import Recovery
 
     def plan() -> SparsePlan:
         sweep = Sweep(run.tape, run.output, list(ids.values()))
-        found = cheapest(compressions(sweep.jacobian(), mode))
-        return SparsePlan(found, Recovery(found.coloured, found.colouring), found.colouring.seed_blocks(),
-                          sweep.zeros_read)
+        return SparsePlan.of(cheapest(compressions(sweep.jacobian(), mode)), sweep.zeros_read)
 
     return kept_while_exact(run.prepared, ("sparse jacobian", tuple(ids.values()), mode), run.tape, plan)
 
@@ -175,15 +178,10 @@ def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = N
     (sparsity_colouring.Recovery). Never forms a dense block. The plan is
     kept with the run (`sparse_plan`); `compression`: the pattern already
     read and coloured instead (check --sparse: both ways from one reading)."""
-    from .sparsity_colouring import Recovery
     _mode(mode)
     ids = run.wrt_ids(wrt, scalar=False)
-    if compression is None:
-        plan = sparse_plan(run, ids, mode)
-        found, recovery, seeds = plan.found, plan.recovery, plan.seeds
-    else:
-        found = compression
-        recovery, seeds = Recovery(found.coloured, found.colouring), found.colouring.seed_blocks()
+    plan = sparse_plan(run, ids, mode) if compression is None else SparsePlan.of(compression)
+    found, recovery, seeds = plan.found, plan.recovery, plan.seeds
     direction, k = found.direction, found.colouring.count
     tape, nodes, output = run.tape, run.tape.nodes, run.output
     wrt_ids = list(ids.values())
