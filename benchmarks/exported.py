@@ -5,6 +5,7 @@ spiread's own step, numpy written by hand and JAX jit (the workloads and
 peers of bigram.py and mlp.py, the same data and learning rates).
 
     python benchmarks/exported.py [ROUNDS [WORKLOAD...]]    # interleaved, as run.py times them
+    python benchmarks/exported.py checks                     # what checking the arguments costs a call
 
 Threads: numpy's OpenBLAS and onnxruntime take OMP_NUM_THREADS (with
 OPENBLAS_NUM_THREADS set alike; onnxruntime's default is one a core); with
@@ -106,6 +107,47 @@ def onnx_step(exported: tuple[Path, dict], wrt: list[str], lr: float):
     return step
 
 
+def check_costs(ctx: dict) -> None:
+    """What checking the exported module's arguments costs a call: the checks
+    alone (`_checked`: each argument's kind and shape), taking the arguments
+    with them (`_arguments`: checked, then float64 arrays of their
+    namespace), taking them as the module did before it checked them (the
+    namespace looked up, then its asarray), and the whole `value_and_grad`;
+    for least_squares.ad (a 4×2 fit: the fixed cost of a call is all there
+    is) and the workloads, best of 7, by step_clock()."""
+    import timeit
+
+    from array_api_compat import array_namespace
+    from common import ROOT, step_clock
+
+    example = ROOT / "examples" / "least_squares.ad"
+    xs, ys = bigram.pairs()
+    cases = {"least_squares.ad": (example.read_text(), {}, ["w"]),
+             "bigram, dense inputs": (bigram.DENSE_PROGRAM, {"X": bigram.smoothed(xs), "ys": ys.astype(float)}, ["W"]),
+             "mlp": (mlp.PROGRAM, mlp.data(), list(mlp.PARAMS))}
+    for workload, (program, arrays, wrt) in cases.items():
+        path, _ = export(program, arrays, wrt, "python", ctx)
+        spec = importlib.util.spec_from_file_location(f"checked_{path.parent.name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        given = module.inputs()
+
+        def unchecked():
+            xp = array_namespace(*given.values())
+            return [xp.asarray(v, dtype=xp.float64) for v in given.values()]
+
+        calls = {"checks": lambda: [module._checked(v, module.SHAPES[n], "value_and_grad", n) for n, v in given.items()],
+                 "checked": lambda: module._arguments("value_and_grad", given, module.INPUTS, module.SHAPES),
+                 "unchecked": unchecked, "value_and_grad": lambda: module.value_and_grad(**given)}
+        us = {}
+        for name, call in calls.items():
+            number = 2000 if name != "value_and_grad" or workload == "least_squares.ad" else 3
+            us[name] = min(timeit.repeat(call, number=number, repeat=7, timer=step_clock())) / number * 1e6
+        print(f"{workload:21} {len(given)} arguments: checks {us['checks']:.1f} us "
+              f"({us['checks'] / us['value_and_grad']:.2%} of value_and_grad, {us['value_and_grad']:.0f} us); "
+              f"taken checked {us['checked']:.1f} us, before unchecked {us['unchecked']:.1f} us")
+
+
 if __name__ == "__main__":
     import shutil
     import sys
@@ -113,7 +155,9 @@ if __name__ == "__main__":
     from common import interleaved, limit_threads, ms
     limit_threads(int(os.environ.get("OMP_NUM_THREADS", "0")))
     ctx: dict = {}
-    for workload in sys.argv[2:] or WORKLOADS:
+    if sys.argv[1:] == ["checks"]:
+        check_costs(ctx)
+    for workload in [] if sys.argv[1:] == ["checks"] else sys.argv[2:] or WORKLOADS:
         times = interleaved(implementations(workload, ctx), int(sys.argv[1]) if len(sys.argv) > 1 else 7,
                             3 if workload == "mlp" else 2)
         for name, t in times.items():

@@ -103,6 +103,11 @@ def onnx_model(graphs: Graphs):
         names[i] = name
         b.shapes[name] = g.nodes[i].shape
         graph_inputs.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.DOUBLE, list(g.nodes[i].shape)))
+        if g.nodes[i].shape == ():
+            # onnxruntime checks every declared input shape but a scalar's (onnxruntime#19434), and a vector given
+            # for one broadcasts: the graph reads it through a Reshape to (), which refuses any size but 1.
+            names[i] = b("Reshape", [name, b.ints(())], name=f"{name} must have shape () (a scalar)")
+            b.shapes[names[i]] = ()
     for node in g.nodes:
         if not needed[node.id] or node.id in names:
             continue

@@ -20,7 +20,7 @@ from .version import __version__
 
 # The names an exported module defines or imports itself: a program's name
 # that is one of them (or a keyword) is written with a `_` after it.
-RESERVED = {"xp", "np", "Path", "INPUTS", "CONSTANTS", "inputs", "value", "value_and_grad", "hvp", "direction",
+RESERVED = {"xp", "np", "Path", "INPUTS", "CONSTANTS", "SHAPES", "inputs", "value", "value_and_grad", "hvp", "direction",
             "array_namespace", "device", "is_numpy_array", "is_torch_array"}
 # Arrays with at most this many entries are written into the module; larger
 # ones go into the companion .npz.
@@ -183,11 +183,11 @@ class PythonWriter:
         self.returned = set()
         returned = returns(self.result)
         names = [self.name_of(n) for n in arguments]
-        given = "{" + ", ".join(f"{n.name!r}: {self.name_of(n)}" for n in arguments) + "}"
+        given = "{" + ", ".join(f"{name!r}: {name}" for name in names) + "}"
         unpacked = ", ".join(names) + ("," if len(names) == 1 else "")
         like = names[0] if names else "None"
         lines = [f"def {header.format(arguments=', '.join(f'{n}=None' for n in names))}:", f'    """{doc}"""',
-                 f"    xp, ({unpacked}) = _arguments({given}, INPUTS)"]
+                 f"    xp, ({unpacked}) = _arguments({header.split('(')[0]!r}, {given}, INPUTS, SHAPES)"]
         if directions:
             moving = {name: self.name_of(self.g.nodes[i]) for name, i in self.g.wrt.items()}
             ds = [self.name_of(self.g.nodes[i]) for i in self.g.directions.values()]
@@ -237,7 +237,7 @@ class PythonWriter:
                 "hvp(direction, {arguments})", "The Hessian of the value times `direction` (a dict by name; a name "
                 "left out is zero" + ("; or the direction alone" if len(wrt) == 1 else "") + "): {" + ", ".join(f"{n!r}: H·v" for n in wrt) + "}.", list(g.hvps.values()),
                 lambda r: "{" + ", ".join(f"{n!r}: {r(i)}" for n, i in g.hvps.items()) + "}", directions=True))
-        inputs = {n.name: np.asarray(n.value) for n in g.arguments()}
+        inputs = {self.name_of(n): np.asarray(n.value) for n in g.arguments()}  # by keyword: `lambda_`
         stored: dict[str, np.ndarray] = {}
         tables = []
         for table, arrays in (("INPUTS", inputs), ("CONSTANTS", self.constants)):
@@ -256,7 +256,8 @@ class PythonWriter:
             "",
             "Every function takes the program's inputs as keyword arguments, arrays of",
             "any array API namespace (numpy, PyTorch, CuPy, Dask); one left out is the",
-            "program's own value (`inputs()`). Each line cites the program's FILE:LINE:COL;",
+            "program's own value (`inputs()`). Each must be real numbers of its shape in",
+            "SHAPES (another is an error naming it). Each line cites the program's FILE:LINE:COL;",
             "`del` lets go of a large intermediate after its last use.",
             '"""',
             "",
@@ -265,6 +266,8 @@ class PythonWriter:
             f"from array_api_compat import {', '.join(sorted(imported_names(code + helpers)))}",
             "",
             *tables[0], *tables[1],
+            "# The shape of each argument: the shapes the module was exported for.",
+            "SHAPES = {" + ", ".join(f"{name!r}: {value.shape!r}" for name, value in inputs.items()) + "}",
             *([f"_STORED = np.load(Path(__file__).with_name({companion!r}), allow_pickle=False)",
                "for _key in _STORED.files:",
                "    _table, _name = _key.split('/', 1)",

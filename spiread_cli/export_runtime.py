@@ -11,16 +11,46 @@ import numpy as np
 from array_api_compat import array_namespace, device, is_numpy_array, is_torch_array
 
 
-def _arguments(given: dict, own: dict) -> tuple:
+def _arguments(function: str, given: dict, own: dict, shapes: dict) -> tuple:
     """The namespace of the arrays given, and every argument as a float64
-    array of it on their device; one not given is the program's own value.
-    Plain Python numbers and (nested) lists take the arrays' namespace, or
-    numpy's when no array is given."""
+    array of it on their device, checked as spiread checks a value it is
+    given (`_checked`); one not given is the program's own value. Plain
+    Python numbers and (nested) lists take the arrays' namespace, or numpy's
+    when no array is given."""
     arrays = [v for v in given.values() if v is not None and not isinstance(v, (int, float, list, tuple))]
-    xp = array_namespace(*arrays) if arrays else array_namespace(np.empty(0))
-    where = device(arrays[0]) if arrays else None
-    values = [xp.asarray(own[name] if v is None else v, dtype=xp.float64, device=where) for name, v in given.items()]
-    return xp, values
+    if all(type(v) is np.ndarray for v in arrays):
+        # numpy's own arrays (or none): numpy's asarray, a tenth of the namespace's (0.1 against 0.9 us)
+        return array_namespace(*arrays[:1] or [np.empty(0)]), [
+            np.asarray(own[name] if v is None else _checked(v, shapes[name], function, name), dtype=np.float64)
+            for name, v in given.items()]
+    xp = array_namespace(*arrays)
+    where = device(arrays[0])
+    return xp, [xp.asarray(own[name] if v is None else _checked(v, shapes[name], function, name), dtype=xp.float64,
+                           device=where) for name, v in given.items()]
+
+
+def _checked(value, shape: tuple, function: str, name: str):
+    """`value` if it is real numbers (bool, integer or float: not complex,
+    text or objects) of `shape`, the shape `function` was exported for (a
+    plain number or list as a numpy array); else an error naming it (`name`),
+    the shape it needs and the shape it has. Non-finite entries are taken,
+    as spiread takes them."""
+    if isinstance(value, (int, float, list, tuple)):
+        try:
+            value = np.asarray(value)
+        except ValueError:
+            raise ValueError(f"{function}(): `{name}`: its rows differ in length") from None
+        if value.dtype.kind == "O" and all(isinstance(x, (int, float)) for x in value.flat):
+            value = value.astype(np.float64)  # numbers numpy keeps as objects: 2**70
+    kind = getattr(value.dtype, "kind", None)  # numpy's and CuPy's dtypes say it at once
+    if not (kind in "biuf" if kind is not None else
+            array_namespace(value).isdtype(value.dtype, ("bool", "integral", "real floating"))):
+        named = {"U": "text", "S": "text", "O": "Python objects", "c": "complex numbers"}.get(kind, value.dtype)
+        raise TypeError(f"{function}(): `{name}` must be real numbers, not {named}")
+    if value.shape != shape and tuple(value.shape) != shape:  # a torch.Size equals its tuple, a Dask shape may not
+        raise ValueError(f"{function}(): `{name}` must have shape {shape}, not {tuple(value.shape)}: the module was "
+                         f"exported for that shape (export the program again with a value of the new shape to use it)")
+    return value
 
 
 def _constant(xp, value: np.ndarray, like):
@@ -31,8 +61,9 @@ def _constant(xp, value: np.ndarray, like):
 
 def _directions(xp, direction, like: dict) -> list:
     """The HVP's direction for each value differentiated by (zero where none
-    is given): a dict by name, or, when one value is differentiated by, its
-    direction alone (as `jax.jvp` and `torch.func.jvp` take it)."""
+    is given), each checked as an argument is, for the shape of its value: a
+    dict by name, or, when one value is differentiated by, its direction
+    alone (as `jax.jvp` and `torch.func.jvp` take it)."""
     if not isinstance(direction, dict):
         if len(like) != 1:
             raise TypeError(f"hvp(): the direction is a dict of names to values, e.g. {{{next(iter(like))!r}: ...}}, "
@@ -42,7 +73,8 @@ def _directions(xp, direction, like: dict) -> list:
     if unknown:
         raise TypeError(f"hvp(): no value {sorted(unknown)[0]!r} is differentiated by; they are {sorted(like)}")
     return [xp.zeros_like(x) if direction.get(name) is None else
-            xp.asarray(direction[name], dtype=xp.float64, device=device(x)) for name, x in like.items()]
+            xp.asarray(_checked(direction[name], tuple(x.shape), "hvp", f"direction[{name!r}]"), dtype=xp.float64,
+                       device=device(x)) for name, x in like.items()]
 
 
 def _sigmoid(x):
