@@ -61,6 +61,12 @@ class Sweep:
     tape: Tape
     output: int
     wrt: list[int]
+    # An elementwise node whose moving operands are of its shape is linked
+    # from its rule's data (`Structure.elementwise`) and its second order
+    # read as the pairs of its patterns it meets, without building its
+    # `Entries` and asking its rules; False: every node through its rules
+    # (the reference the tests hold this to).
+    shortcuts: bool = True
 
     def __post_init__(self):
         nodes = self.tape.nodes
@@ -85,32 +91,63 @@ class Sweep:
         # whatever the value there): the pattern holds for other values while
         # these masks do (`zeros_hold`).
         self.zeros_read: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self.nonzeros: dict[int, np.ndarray] = {}  # each operand's answer to `Entries.nonzero`, asked once
         self.seeds = {i: p for p, i in enumerate(self.wrt)}
         # The rules reach the sweep through a weak reference: the sweep holds
         # its nodes' Entries, and a strong one back would make it a cycle that
         # only the cyclic collector frees, later (its allocations counted
         # toward collections meanwhile).
         self._weak = weakref.proxy(self)
-        moving, flat, all_entries, all_linked = self.moving, self.moving_flat, self.entries, self.linked
+        self.shortcut: set[int] = set()  # the nodes linked by `_same_links`
+        moving, flat, shortcut = self.moving, self.moving_flat, self.shortcut
+        all_entries, all_linked = self.entries, self.linked
         for node in self.plan:
             if node.op is None:
                 continue
-            entries = all_entries[node.id] = self._entries(node)
-            first = node.op.structure.first
-            linked = []
-            for k, i in enumerate(node.inputs):
-                if i in moving:
-                    links = first(k, entries)
-                    if links is None or i in flat:
-                        flat.add(node.id)
-                    linked.append((k, i, links))
+            rule = node.op.structure.elementwise
+            linked = self._same_links(node, rule) if rule is not None and self.shortcuts else None
+            if linked is not None:
+                shortcut.add(node.id)
+            else:
+                entries = all_entries[node.id] = self._entries(node)
+                first = node.op.structure.first
+                linked = [(k, i, first(k, entries)) for k, i in enumerate(node.inputs) if i in moving]
+            if any(links is None or i in flat for _, i, links in linked):
+                flat.add(node.id)
             all_linked[node.id] = linked
+
+    def _same_links(self, node: Node, rule) -> list | None:
+        """An elementwise node's links, each moving operand on the same
+        entry, as its rule (`structure.elementwise`'s `first`) gives them
+        when that operand is of the output's shape and a factor its partial
+        vanishes with is nowhere zero; None otherwise (the rule's own)."""
+        if rule.flat:
+            return None
+        nodes, moving, shape = self.tape.nodes, self.moving, node.shape
+        same, linked = None, []
+        for k, i in enumerate(node.inputs):
+            if i not in moving:
+                continue
+            if nodes[i].shape != shape:
+                return None
+            if k in rule.flat_operands:
+                linked.append((k, i, None))
+                continue
+            factor = None if rule.vanishes_with is None else rule.vanishes_with[k]
+            if factor is not None:
+                nonzero = self.nonzero_of(node.inputs[factor])
+                if nonzero is not self.ones.get(len(nonzero)) and not nonzero.all():
+                    return None
+            same = same or Links("same", (math.prod(shape),) * 2)
+            linked.append((k, i, same))
+        return linked
 
     def pattern(self, node_id: int):
         """J(node), found with the patterns of the nodes it is computed from."""
         patterns = self.patterns
-        if node_id in patterns:
-            return patterns[node_id]
+        found = patterns.get(node_id)
+        if found is not None:
+            return found
         needed, stack = set(), [node_id]
         while stack:
             i = stack.pop()
@@ -135,20 +172,32 @@ class Sweep:
     def _entries(self, node: Node) -> Entries:
         nodes, sweep = self.tape.nodes, self._weak
         shapes = tuple([nodes[i].shape for i in node.inputs])
-
-        def nonzero(k: int) -> np.ndarray:
-            i = node.inputs[k]
-            if i in sweep.moving_flat:
-                return sweep.every(math.prod(nodes[i].shape))
-            if i not in sweep.moving:
-                return sweep._read_zeros(i)
-            j = sweep.pattern(i)
-            if type(j) is Columns and any(type(c) is Progression and c.whole for c in j.columns):
-                return sweep.every(j.size)  # every entry moves: none is a structural zero
-            return sweep._read_zeros(i, j.rows_used() if type(j) is Columns else np.diff(j.indptr) > 0)
-
-        return Entries(node.op, shapes, node.shape, node.params, nonzero,
+        return Entries(node.op, shapes, node.shape, node.params, lambda k: sweep.nonzero_of(node.inputs[k]),
                        (*[math.prod(shape) for shape in shapes], math.prod(node.shape)))
+
+    def entries_of(self, node: Node) -> Entries:
+        """What node's rules are told (made when first asked: a shortcut's node has none at first)."""
+        entries = self.entries.get(node.id)
+        if entries is None:
+            entries = self.entries[node.id] = self._entries(node)
+        return entries
+
+    def nonzero_of(self, i: int) -> np.ndarray:
+        """Which entries of value i may be nonzero, as its users' rules are told (`Entries.nonzero`), found once."""
+        nonzero = self.nonzeros.get(i)
+        if nonzero is None:
+            nonzero = self.nonzeros[i] = self._nonzero(i)
+        return nonzero
+
+    def _nonzero(self, i: int) -> np.ndarray:
+        if i in self.moving_flat:
+            return self.every(math.prod(self.tape.nodes[i].shape))
+        if i not in self.moving:
+            return self._read_zeros(i)
+        j = self.pattern(i)
+        if type(j) is Columns and any(type(c) is Progression and c.whole for c in j.columns):
+            return self.every(j.size)  # every entry moves: none is a structural zero
+        return self._read_zeros(i, j.rows_used() if type(j) is Columns else np.diff(j.indptr) > 0)
 
     def _read_zeros(self, i: int, moving: np.ndarray | None = None) -> np.ndarray:
         """Value i's nonzero entries, with, for a value that moves, the rows its pattern reaches (`moving`)."""
@@ -170,6 +219,25 @@ class Sweep:
             self.limit = max_bytes()
         check_bytes(entries * 9, lambda: f"the sparsity pattern at `{node.name or node.label}` would hold "
                                          f"{entries} entries", node.span, self.limit)
+
+    def _coupled(self, node: Node, linked: list, whole: bool, adj: np.ndarray) -> list:
+        """Each pair of node's moving operands (i ≤ j) that a second
+        derivative couples, with its links (`Structure.second`): for a
+        shortcut's node seen whole, the pairs its rule's `couples` names,
+        each on the same entry, as that rule gives them."""
+        structure = node.op.structure
+        if whole and node.id in self.shortcut:
+            couples = structure.elementwise.couples
+            same = Links("same", (math.prod(node.shape),) * 2)
+            return [(same, i, j) for p, (k, i, _) in enumerate(linked) for m, j, _ in linked[p:]
+                    if couples is None or (k, m) in couples]
+        entries, coupled = self.entries_of(node), []
+        for p, (k, i, _) in enumerate(linked):
+            for m, j, _ in linked[p:]:
+                links = structure.second(k, m, entries, adj)
+                if links is not None:
+                    coupled.append((links, i, j))
+        return coupled
 
     def jacobian(self) -> sp.csr_array:
         """The pattern of ∂output/∂wrt: output entries × differentiated entries."""
@@ -193,6 +261,7 @@ class Sweep:
         if self.output in self.moving:
             adjoints[self.output] = all_of(self.output)
         found = HessianPairs(self.n)
+        same_met: set[tuple[int, int]] = set()
         for node in reversed(self.plan):
             adj = adjoints.get(node.id)
             if adj is None or node.op is None or (node.id not in every and not adj.any()):
@@ -211,17 +280,18 @@ class Sweep:
                 # An adjoint that reaches every entry (a sum's operand) is the shared one, so
                 # the chain behind it is pushed with no pass and its rules see it whole.
                 adjoints[i] = all_of(i) if back.all() else back
-            structure = node.op.structure
-            if structure.linear:
+            if node.op.structure.linear:
                 continue
-            entries = self.entries[node.id]
-            for p, (k, i, _) in enumerate(linked):
-                for m, j, _ in linked[p:]:
-                    links = structure.second(k, m, entries, adj)
-                    if links is not None:
-                        before = found.entries
-                        met(links, self.pattern(i), self.pattern(j), found, self.n)
-                        self._check(found.entries - before, node)
+            for links, i, j in self._coupled(node, linked, whole, adj):
+                ja, jb = self.pattern(i), self.pattern(j)
+                if links.kind == "same":  # a pair of patterns met on the same entries adds nothing met again
+                    key = (id(ja), id(jb)) if id(ja) <= id(jb) else (id(jb), id(ja))
+                    if key in same_met:
+                        continue
+                    same_met.add(key)
+                before = found.entries
+                met(links, ja, jb, found, self.n)
+                self._check(found.entries - before, node)
         return found.matrix()
 
 

@@ -283,8 +283,9 @@ def pulled(links: Links, j, n: int):
 
 def union_of(terms: list, size: int, n: int):
     """The union of patterns of the same rows."""
-    if len(terms) == 1:
-        return terms[0]
+    first = terms[0]
+    if all(t is first for t in terms):  # one pattern (`y * y`'s operands)
+        return first
     if all(type(t) is Columns for t in terms):
         columns: list = []
         for t in terms:

@@ -152,10 +152,22 @@ def _linear(i: int, j: int, entries: Entries, adj: np.ndarray) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class Elementwise:
+    """An elementwise op's rule as data (`elementwise`'s arguments): what a
+    sweep reads to link a node whose moving operands are of its output's
+    shape without asking the rules (sparsity.Sweep's shortcut)."""
+    couples: tuple[tuple[int, int], ...] | None
+    flat: bool
+    vanishes_with: tuple[int | None, ...] | None
+    flat_operands: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Structure:
     kind: str
     first: Callable[[int, Entries], Links | None]
     second: Callable[[int, int, Entries, np.ndarray], Links | None]
+    elementwise: Elementwise | None = None  # the rules' data, for an op made by `elementwise`
     linear: bool = field(init=False)  # no second derivative anywhere: a pattern's sweep need not ask
 
     def __post_init__(self):
@@ -213,7 +225,8 @@ def elementwise(couples: tuple[tuple[int, int], ...] | None = None, flat: bool =
         return Links.pairs((e.size(i), e.size(j)), broadcast_positions(e.shapes[i], e.out_shape)[at],
                            broadcast_positions(e.shapes[j], e.out_shape)[at])
 
-    return Structure("elementwise", first, _linear if flat or couples == () else second)
+    return Structure("elementwise", first, _linear if flat or couples == () else second,
+                     Elementwise(couples, flat, vanishes_with, flat_operands))
 
 
 # ------------------------------------------------------- rows and wholes

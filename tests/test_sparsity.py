@@ -246,7 +246,7 @@ def _sweep_with(run_, wrt_ids, structures):
     tape = copy.copy(run_.tape)
     tape.nodes = [n.copy(op=replace(n.op, structure=structures[n.id])) if n.id in structures else n
                   for n in run_.tape.nodes]
-    return Sweep(tape, run_.output, wrt_ids)
+    return Sweep(tape, run_.output, wrt_ids, shortcuts=False)  # every node through the rules given
 
 
 def _check_exact(pattern: np.ndarray, found: list[np.ndarray], explained: np.ndarray, what: str) -> None:
@@ -327,7 +327,7 @@ def dense_sweep(tape, output: int, wrt: list[int]) -> tuple[np.ndarray, np.ndarr
         for k, i in enumerate(node.inputs):
             for m_, j in enumerate(node.inputs[k:], start=k):
                 if i in jac and j in jac:
-                    links = node.op.structure.second(k, m_, sweep.entries[node.id], adj)
+                    links = node.op.structure.second(k, m_, sweep.entries_of(node), adj)
                     pairs = dense(links, (size[i], size[j])).astype(int)
                     hessian |= (jac[i].T.astype(int) @ pairs @ jac[j]) > 0
     return (jac[output] if output in jac else np.zeros((int(np.prod(nodes[output].shape)), n), dtype=bool),
@@ -342,6 +342,50 @@ def test_the_sweep_s_index_arrays_and_bands_give_the_written_out_patterns(progra
     sweep = Sweep(base.tape, base.output, ids)
     np.testing.assert_array_equal(sweep.jacobian().toarray(), jacobian)
     np.testing.assert_array_equal(Sweep(base.tape, base.output, ids).hessian().toarray(), hessian)
+
+
+def _same_sweeps(tape, output: int, ids: list[int], what: str) -> None:
+    """The sweep with its elementwise shortcuts and every node through its
+    op's rules read the same Jacobian and Hessian patterns, having read the
+    same values' zeros (what a kept plan watches)."""
+    for pattern in (Sweep.jacobian, Sweep.hessian):
+        fast, ruled = Sweep(tape, output, ids), Sweep(tape, output, ids, shortcuts=False)
+        got, expected = pattern(fast), pattern(ruled)
+        assert got.shape == expected.shape
+        assert (got != expected).nnz == 0, f"{pattern.__name__} of\n{what}: " \
+            f"added {np.argwhere((got > expected).toarray())[:5]}, dropped {np.argwhere((got < expected).toarray())[:5]}"
+        assert fast.zeros_read.keys() == ruled.zeros_read.keys(), what
+        for i, (seen, moving) in ruled.zeros_read.items():
+            np.testing.assert_array_equal(fast.zeros_read[i][0], seen)
+            assert (fast.zeros_read[i][1] is None) == (moving is None), what
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), st.data())
+def test_the_elementwise_shortcuts_read_what_the_rules_do_on_random_programs(program, data):
+    base, _, ids = _drawn_run(program, data)
+    _same_sweeps(base.tape, base.output, ids, program.source)
+
+
+SHORTCUTS = [  # each a case the shortcut takes, or leaves to the rules
+    "loss = (x.tanh.sin * x.exp + x * x).sum",                       # chains, a product of one value with itself
+    "loss = ((x * [1.0, 0.0, 2.0, 0.0, 3.0, 0.0]) ** 2).sum",         # a constant factor with zeros: the rule's copies
+    "loss = ((2 * x).sin * (x * 0)).sum",                              # a nowhere-zero constant, a zero scalar
+    "p = hstack([0.0], x, [0.0])\nloss = ((p * p[1:7].exp.sum) ** 2).sum + (p[:-2] * p[2:]).sum",  # a moving factor's unreached rows
+    "loss = (x.sum * x).exp.sum + (x[0] * x ** 3).sum",                # a moving scalar broadcast
+    "loss = where(x > 0, x ** 2, x.exp).sum + (x.value * x).sin.sum",  # flat operands, a moving value with no derivative
+    "y = x.tanh\nloss = (y * y.exp + y.sin * y.cos + y ** 3).sum",     # a value many nonlinear ops meet
+]
+
+
+@pytest.mark.parametrize("text", SHORTCUTS)
+def test_the_elementwise_shortcuts_read_what_the_rules_do(text):
+    source = f"x = [0.5, -1.0, 0.0, 2.0, 0.25, -0.75]\n{text}\n"
+    base = run(source)
+    _same_sweeps(base.tape, base.output, [base.bindings["x"]], source)
+    with np.errstate(all="ignore"):
+        h = second.hessian(run(source, sets={"x": RNG.normal(size=6)}), ["x"]).blocks["x"]["x"]
+    assert not ((h != 0) & ~Sweep(base.tape, base.output, [base.bindings["x"]]).hessian().toarray()).any()
 
 
 SLICED = [
