@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import Agreement, central_difference, gradients, lit, program_fd, run, spiread, strict_json, value
 from spiread_cli.gradients import gradients as run_gradients
@@ -843,6 +845,30 @@ def test_integer_powers_differentiate_at_zero_and_below(p, expected, mode):
     """`x ** p` in a program, at 0 and at ±2, as PyTorch differentiates it."""
     got = gradients(f"x = [0, -2, 2]\nloss = (x ** {p}).sum", ["x"], mode=mode).gradients["x"]
     np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=1, max_size=40),
+       st.integers(-8, 8) | st.sampled_from([0.5, -1.5, 2.0**60, 3.25]))
+def test_a_power_is_numpys_and_even_or_odd_in_its_base(base, exponent):
+    """`pow`'s value rule takes a whole-number power of a negative base as
+    ±|a| ** b (ops._power: libm's pow is ten times slower there): np.power's
+    value for every base that is not negative, within one unit in the last
+    place of it for those that are, and exactly even (or odd) in the base."""
+    a, b = np.array(base), np.array(float(exponent))
+    op = OPS["pow"]
+    with np.errstate(all="ignore"):
+        got, want, mirrored = op.impl(a, b), np.power(a, b), op.impl(-a, b)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    settled = ~np.isnan(want)
+    assert np.array_equal(np.signbit(got[settled]), np.signbit(want[settled]))
+    assert np.array_equal(got[~(a < 0)], want[~(a < 0)], equal_nan=True)
+    close = settled & np.isfinite(want) & np.isfinite(got)
+    np.testing.assert_array_max_ulp(got[close], want[close], maxulp=1)
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    if float(exponent).is_integer():
+        sign = 1.0 if float(exponent) % 2 == 0 else -1.0
+        assert np.array_equal(mirrored[settled], sign * got[settled])
 
 
 # ------------------------------------------- programs on empty values
