@@ -29,7 +29,6 @@ up for a fresh run. Neither is kept on the command line, which runs once.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import threading
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import numpy as np
 from .data import load_array
 from .diagnostics import Span
 from .run import Run
-from .tape_nodes import Node, all_finite_unguarded
+from .tape_nodes import Node, all_finite_values
 
 KEPT_SIGNATURES = 4  # per program; the least recently used goes first
 
@@ -55,7 +54,7 @@ class Kept:
     files: list[tuple[Path, Span, bytes]]  # each file `load` read: what it held (`fingerprint`)
     ops: list[Node]                       # the op nodes computed from the bindings, in tape order: recomputed
     length: int                           # the tape's length once the task recorded what it uses
-    replay: Callable[[], None] | None = None  # the ops as one function (Tape.replay_function), at the first replay
+    replay: Callable[[], bool] | None = None  # the ops as one function (Tape.replay_function), at the first replay
 
     def matches(self, signature: tuple, bindings: dict[str, np.ndarray]) -> bool:
         return signature == self.signature and all(
@@ -80,12 +79,13 @@ class Kept:
         run = self.run
         with np.errstate(all="ignore"):
             try:
-                if self.replay is None:  # unguarded: every value is checked below, and a fresh run follows
-                    self.replay = run.tape.replay_function(self.ops, unguarded=True)
-                self.replay()
+                if self.replay is None:  # unguarded: every value is checked, and a fresh run follows
+                    self.replay = run.tape.replay_function(self.ops, unguarded=True, checked=True)
+                if not self.replay():
+                    return False
             except Exception:  # noqa: BLE001 - a fresh run says what is wrong
                 return False
-            if not all_finite_values([bindings[name] for name in self.leaves] + [node.value for node in self.ops]):
+            if not all_finite_values([bindings[name] for name in self.leaves]):
                 return False
         run.diagnostics.warnings.clear()
         return True
@@ -173,17 +173,6 @@ def _deciders(run: Run, leaves: dict[str, Node]) -> list[str]:
             for i in node.inputs:
                 feeds[i] = True
     return [name for name, leaf in leaves.items() if feeds[leaf.id]]
-
-
-def all_finite_values(values: list[np.ndarray], small: int = 1024) -> bool:
-    """Whether every entry of `values` is finite, for a caller inside
-    np.errstate(all="ignore"): the small values summed in one pass, the
-    others one by one (a sum that overflows says no too: a replay given up
-    where it need not be, never the other way)."""
-    few = [value for value in values if value.size <= small]
-    if len(few) < len(values) and not all(all_finite_unguarded(value) for value in values if value.size > small):
-        return False
-    return not few or math.isfinite(np.concatenate(few, axis=None).sum())
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:

@@ -11,6 +11,7 @@ import io
 import numbers
 import sys
 import threading
+from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Iterable, ParamSpec, TypeVar, Union
 
@@ -94,7 +95,6 @@ def checked_overrides(bindings: object, more: dict[str, ArrayLike], of: object,
                       names: list[str]) -> dict[str, np.ndarray]:
     """A call's bindings (a mapping passed first, and keyword arguments) as
     overrides of the program's `names`, and its `of`, checked."""
-    from collections.abc import Mapping
     if bindings is not None and not isinstance(bindings, Mapping):
         raise type_error("bindings", bindings, "the bindings passed first are a mapping of names to values, "
                                                 "e.g. {\"w\": [1, 2]}")
@@ -294,12 +294,14 @@ def sparse_arguments(sparse: object, pattern: object, **conflicting: bool) -> No
     whether they are true: an array's truth is an error) and, where one is
     True, one at a time, not with the `conflicting` arguments given, and
     with scipy installed."""
-    from importlib.util import find_spec
+    if sparse is False and pattern is False:  # the usual call, at no cost
+        return
     for argument, given in (("sparse", sparse), ("pattern", pattern)):
         if not isinstance(given, bool):
             raise type_error(argument, given, "True or False")
     if not (sparse or pattern):
         return
+    from importlib.util import find_spec
     if sparse and pattern:
         raise SpireadError(f"{option('sparse', True)} and {option('pattern', True)} are different results: the "
                            "sparse matrix, or only where it is nonzero; give one of them", exit_code=2)

@@ -207,19 +207,22 @@ class HessianVectorProducts:
             nodes[leaf].set_value(np.zeros(nodes[leaf].value.shape) if v is None else np.asarray(v, dtype=np.float64))
         if not self.recording:
             return self.swept(wrt)
+        finite = False  # known to be, for every product
         if self.products is None:
             self.tape.replay(self.from_directions)
             self.record()
         else:
+            wrt = tuple(wrt)
             with np.errstate(all="ignore"):
-                self.plan(tuple(wrt), unguarded=True)()
-                if not all(all_finite_unguarded(nodes[self.products[w]].value) for w in wrt):
-                    self.plan(tuple(wrt))()  # where an unguarded rule's nan may stand for a guard's zero
+                self.plan(wrt, unguarded=True)()
+                finite = all(all_finite_unguarded(nodes[self.products[w]].value) for w in wrt)
+                if not finite:
+                    self.plan(wrt)()  # where an unguarded rule's nan may stand for a guard's zero
         # A product the replay does not compute anew (a direction, a zero, a value of the tape) is
         # given as a copy: the caller may write into what they are given.
         products = {w: nodes[i].value if nodes[i].op is not None and i >= self.own else nodes[i].value.copy()
                     for w, i in ((w, self.products[w]) for w in wrt)}
-        if self.diagnostics is not None and not all(all_finite(p) for p in products.values()):
+        if not finite and self.diagnostics is not None and not all(all_finite(p) for p in products.values()):
             self.tape.replay(self.gradient)
             return self.swept(wrt)  # which warns where the first non-finite derivative was born
         return products

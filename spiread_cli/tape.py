@@ -24,8 +24,8 @@ from .ops import IN_PLACE_ENTRIES, Op
 from .rules import comparable
 from .emitter import Emitter, Shared
 from .rules_forward import Diagonal, added, dense, diagonal_vjp
-from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, born_entries, compute,
-                         derivative_born, describe_nonfinite, rule_params, straight_line)
+from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, all_finite_values, born_entries,
+                         compute, derivative_born, describe_nonfinite, rule_params, straight_line)
 
 
 # Told of each step of a sweep as it runs, without changing it: the finiteness
@@ -151,19 +151,19 @@ class Tape:
                 if node.op is not None:
                     evaluate(node, tape_nodes, diagnostics)
 
-    def replay_function(self, ops: list[Node], dropped: dict[int, list[Node]] | None = None, unguarded: bool = False) -> Callable[[], None]:
-        """A function recomputing `ops` (op nodes, in tape order), dropping the values `dropped` lists for a
-        node once it is computed: written once (tape_nodes.straight_line, `unguarded` as its), else this tape's
-        loop (where an op is not the table's own: a total over row chunks)."""
-        written = straight_line(self.nodes, ops, dropped, unguarded)
+    def replay_function(self, ops: list[Node], dropped: dict[int, list[Node]] | None = None, unguarded: bool = False, checked: bool = False) -> Callable[[], bool | None]:
+        """A function recomputing `ops` (op nodes, in tape order), dropping the values `dropped` lists for a node once
+        it is computed: written once (tape_nodes.straight_line; `unguarded`, `checked` as its), else this tape's loop."""
+        written = straight_line(self.nodes, ops, dropped, unguarded, checked)
         evaluate, tape_nodes, dropped = self._evaluate, self.nodes, dropped or {}
 
-        def looped() -> None:
+        def looped() -> bool | None:
             with np.errstate(all="ignore"):
                 for node in ops:
                     evaluate(node, tape_nodes, None)
                     for done in dropped.get(node.id, ()):
                         done.value = done.residual = None
+                return all_finite_values([node.value for node in ops if node.value is not None]) if checked else None
         return written or looped
 
     @staticmethod

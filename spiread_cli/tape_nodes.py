@@ -115,6 +115,22 @@ def all_finite_unguarded(value: np.ndarray) -> bool:
     return math.isfinite(value.sum()) or bool(np.isfinite(value).all())
 
 
+# Values of up to this many entries are checked together, concatenated.
+FEW_ENTRIES = 1024
+
+
+def all_finite_values(values: list[np.ndarray]) -> bool:
+    """Whether every entry of `values` is finite, for a caller inside
+    np.errstate(all="ignore"): the small values summed in one pass, the
+    others one by one (a sum that overflows says no too: a replay given up
+    where it need not be, never the other way)."""
+    few = [value for value in values if value.size <= FEW_ENTRIES]
+    if len(few) < len(values) and not all(all_finite_unguarded(value) for value in values
+                                           if value.size > FEW_ENTRIES):
+        return False
+    return not few or math.isfinite(np.add.reduce(np.concatenate(few, axis=None), None))
+
+
 def born_entries(op: Op | None, produced: np.ndarray, operands: list, finite: list[bool]) -> np.ndarray | None:
     """Where `produced`, not all finite, holds an inf or nan born there (a
     mask), or None where it only passes them on: the one answer to "was it
@@ -216,7 +232,7 @@ def rule_params(node: Node, args: list[np.ndarray]) -> dict:
 
 
 def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[Node]] | None = None,
-                  unguarded: bool = False) -> Callable[[], None] | None:
+                  unguarded: bool = False, checked: bool = False) -> Callable[[], bool | None] | None:
     """A function that recomputes `ops` (op nodes of `nodes`, in tape
     order) from the current values of their other inputs, as the tape's
     evaluator does — each op's primal rule (`compute`: float64 out, a
@@ -230,14 +246,20 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     that checks what it computes is finite (else computes it again with the
     guards): where every value is, the guards' values exactly (scale's guard
     acts only where the partial is not finite, and then so is the product);
-    where only the results are checked (an HVP's), up to the sign of a zero. None when
-    an op is not the table's own (a total over row chunks)."""
+    where only the results are checked (an HVP's), up to the sign of a zero.
+    `checked`: the function returns whether every value it computed and
+    kept is finite (`all_finite_values`, its values' sizes known as it is
+    written: the small ones concatenated once, with no list made at each
+    call). None when an op is not the table's own (a total over row chunks)."""
     from .rules import OPS
     from .rules_code import CodeWriter, unguarded_rules
     writer = CodeWriter()
     writer.namespace.update(nodes=nodes, ndarray=np.ndarray, FLOAT64=FLOAT64, asarray=np.asarray,
-                            evaluated=_evaluated)
+                            evaluated=_evaluated, isfinite=math.isfinite, add_reduce=np.add.reduce,
+                            concatenate=np.concatenate, all_finite_unguarded=all_finite_unguarded)
     names: dict[int, str] = {}
+    few: list[str] = []    # what `checked` concatenates,
+    large: list[str] = []  # and what it checks one by one
     for node in ops:
         if OPS.get(node.op.name) is not node.op:
             return None
@@ -252,10 +274,19 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
             writer.lines.append(f"{t} = evaluated(nodes[{node.id}], nodes)")
         writer.lines += [f"if {t}.__class__ is not ndarray or {t}.dtype is not FLOAT64: {t} = asarray({t}, FLOAT64)",
                          f"nodes[{node.id}].value, nodes[{node.id}].known_finite = {t}, None"]
+        if checked:
+            (few if math.prod(node.shape) <= FEW_ENTRIES else large).append(t)
         for done in (dropped or {}).get(node.id, ()):
             writer.lines.append(f"nodes[{done.id}].value = nodes[{done.id}].residual = None")
             if done.id in names:
-                writer.lines.append(f"del {names.pop(done.id)}")
+                gone = names.pop(done.id)
+                writer.lines.append(f"del {gone}")
+                few[:], large[:] = [t for t in few if t != gone], [t for t in large if t != gone]
+    if checked:
+        tests = [f"all_finite_unguarded({t})" for t in large]
+        if few:
+            tests.insert(0, f"isfinite(add_reduce(concatenate(({', '.join(few)},), None)))")
+        writer.lines.append(f"return {' and '.join(tests) or 'True'}")
     namespace: dict = {}
     exec("def replay():\n" + "".join(f"    {line}\n" for line in writer.lines or ["pass"]),
          unguarded_rules(writer.namespace) if unguarded else writer.namespace, namespace)

@@ -521,3 +521,64 @@ def test_sparse_results_have_no_negative_zero():
     with tempfile.TemporaryDirectory() as folder:
         save_sparse(Path(folder) / "m.npz", matrix)
         assert not np.signbit(sp.load_npz(Path(folder) / "m.npz").data).any()
+
+
+def _replayed_ops(run, inputs):
+    nodes = run.tape.nodes
+    moving = run.tape.fed_by([run.bindings[n] for n in inputs], len(nodes) - 1)
+    return [node for node in nodes if node.op is not None and moving[node.id]]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), st.data())
+def test_a_checked_replay_says_finite_only_when_every_value_is(program, data):
+    """A kept run's replay checks what it computes as it is written
+    (tape_nodes.straight_line, `checked`): it says finite exactly when every
+    value it computed is (np.isfinite of each, an independent test), save a
+    sum that overflows, which may only say no where all are finite. Values
+    poisoned with inf and nan make some values not finite."""
+    from spiread_cli.tape_nodes import straight_line
+    run = spiread_cli.compile(program.source).run({})
+    ops = _replayed_ops(run, program.inputs)
+    replay = straight_line(run.tape.nodes, ops, unguarded=True, checked=True)
+    if replay is None:  # an op that is not the table's own
+        return
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    for poison in (None, np.inf, np.nan, -np.inf):
+        for name in program.inputs:
+            node = run.node(name)
+            value = np.array(program.inputs[name], dtype=float, ndmin=0).reshape(node.shape)
+            if poison is not None and value.size and rng.random() < 0.5:
+                value.flat[rng.integers(value.size)] = poison
+            node.set_value(value)
+        with np.errstate(all="ignore"):
+            said = replay()
+        every = all(np.isfinite(node.value).all() for node in ops)
+        if said:
+            assert every
+        elif every:  # only a sum past the largest float64 may say no
+            assert sum(np.abs(node.value).sum() for node in ops) > 1e300
+
+
+@pytest.mark.parametrize("where", [None, "few", "large"])
+def test_a_checked_replay_checks_large_values_one_by_one(where):
+    """Values over tape_nodes.FEW_ENTRIES are checked one by one, the others
+    together: a nan in either kind says no, and a kept call gives what a
+    fresh one gives (here a warning, so it is never kept)."""
+    from spiread_cli.tape_nodes import FEW_ENTRIES
+    n = int(np.sqrt(FEW_ENTRIES)) + 2
+    # 1 / inf is 0: what was not finite reaches no other value
+    source = f"X = zeros({n}, {n})\nv = zeros({n})\nloss = (1 / X.exp).sum + (1 / v.log).sum\n"
+    prog = spiread_cli.compile(source)
+    rng = np.random.default_rng(1)
+    values = {"X": rng.standard_normal((n, n)), "v": rng.random(n) + 2.0}
+    assert_as_fresh(prog, source, "grad", values)
+    if where is not None:
+        poisoned = {k: v.copy() for k, v in values.items()}
+        if where == "large":
+            poisoned["X"][3, 4] = 1e3  # exp overflows: a value of n² entries
+        else:
+            poisoned["v"][2] = 0.0     # log of 0: a value of n entries
+        result, shown, _ = assert_as_fresh(prog, source, "grad", poisoned)
+        assert shown
+    assert_as_fresh(prog, source, "grad", values)
