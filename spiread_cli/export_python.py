@@ -65,6 +65,11 @@ class PythonWriter:
         self.used: set[str] = set()  # the constants the function being written uses
         self.current: Node | None = None
         self.lines: dict[int, tuple[str, set[str]]] = {}  # node id -> its line and the constants it reads
+        self.operands: dict[int, list[str]] = {}  # node id -> how its line reads its operands
+        self.shares: dict[str, str] = {}  # code -> the name of its shared line (`shared`)
+        self.sharing: dict[int, list[str]] = {}  # node id -> the shared lines its line reads
+        self.last_readers: set[tuple[int, str]] = set()  # (node id, shared name): its last reader in the function
+        self.varying: set[int] = set()  # nodes whose line depends on the function (`last_reads`)
         self.returned: set[int] = set()  # the nodes the function's results so far are, or are views of
         for prefix, results in (("grad", graphs.grads), ("hvp", graphs.hvps)):
             for name, i in results.items():  # a result line is named for what it is
@@ -105,6 +110,24 @@ class PythonWriter:
         self.used.add(name)
         return name
 
+    def shared(self, code: str, stem: str) -> str:
+        """The name of `code` computed once per function, on a line of its
+        own before the first line that reads it: what several ops' forms
+        compute alike (the softmax family's exponentials, which a mean
+        log-likelihood and its derivative's softmax both need)."""
+        if code not in self.shares:
+            self.shares[code] = self.fresh(stem)
+        reading = self.sharing.setdefault(self.current.id, [])
+        if code not in reading:
+            reading.append(code)
+        return self.shares[code]
+
+    def last_reads(self, shared: str) -> bool:
+        """Whether the line being written is the last of its function to
+        read the shared line named `shared`: it may take over its arrays."""
+        self.varying.add(self.current.id)
+        return (self.current.id, shared) in self.last_readers
+
     def shape(self, operand: str) -> tuple:
         return self.shapes[operand]
 
@@ -129,8 +152,9 @@ class PythonWriter:
         return self.names[node.id]
 
     def line(self, node: Node) -> str:
-        """The node's line (written once, then reused by every function that needs it)."""
-        if node.id not in self.lines:
+        """The node's line (written once, then reused by every function that
+        needs it, unless it depends on the function: `last_reads`)."""
+        if node.id not in self.lines or node.id in self.varying:
             outer, self.used = self.used, set()
             self.lines[node.id] = (self.written(node), self.used)
             self.used = outer
@@ -142,7 +166,7 @@ class PythonWriter:
         op: Op = node.op
         form = op.export
         self.current = node
-        operands = [self.operand(self.g.nodes[i], form.numbers) for i in node.inputs]
+        operands = self.operands[node.id] = [self.operand(self.g.nodes[i], form.numbers) for i in node.inputs]
         self.shapes = {name: self.g.nodes[i].shape for name, i in zip(operands, node.inputs)}
         self.values = {name: self.g.nodes[i].value for name, i in zip(operands, node.inputs) if self.constant[i]}
         if callable(form.python):
@@ -178,8 +202,7 @@ class PythonWriter:
         arguments = self.g.arguments()
         needed = self.g.needed(outputs)
         computed = [n for n in self.g.nodes if needed[n.id] and n.op is not None and not self.constant[n.id]]
-        body = [self.line(node) for node in computed]
-        body = self.freeing(computed, body, set(outputs))
+        body = self.body(computed, set(outputs))
         self.returned = set()
         returned = returns(self.result)
         names = [self.name_of(n) for n in arguments]
@@ -199,24 +222,60 @@ class PythonWriter:
         lines.append(f"    return {returned}")
         return lines
 
-    def freeing(self, computed: list[Node], body: list[str], kept: set[int]) -> list[str]:
-        """The lines, with `del` after the last use of each large intermediate:
-        a function holding every array it made until it returns made new
-        pages for each step, a third of the mlp step (benchmarks/exported.py)."""
+    def body(self, computed: list[Node], kept: set[int]) -> list[str]:
+        """The nodes' lines, a large intermediate (128 KiB or more: what
+        glibc's allocator gives its own pages) let go of with `del` after its
+        last use, and a result written into the array of a large operand
+        that dies at its line where the op can (`Export.update`). Holding
+        every array until the function returned made new pages for each
+        step, a third of the mlp step; past 32 MiB glibc maps every new
+        array afresh, its page faults costing as much again as the pass
+        that fills it (the dense bigram's 49 MB arrays: benchmarks/exported.py)."""
         last: dict[int, int] = {}
         for k, node in enumerate(computed):
             for i in node.inputs:
                 last[i] = k
+        large = {n.id for n in computed if n.id in last and n.id not in kept and math.prod(n.shape) >= FREED_ENTRIES}
         dead: dict[int, list[str]] = {}
         for node in computed:
-            if node.id in last and node.id not in kept and math.prod(node.shape) >= FREED_ENTRIES:
+            if node.id in large:
                 dead.setdefault(last[node.id], []).append(self.name_of(node))
-        lines = []
-        for k, line in enumerate(body):
-            lines.append(line)
-            if k in dead:
-                lines.append(f"del {', '.join(dead[k])}")
+        # Its own: not a view of another array, and no view of it is read (an array it may be is not written).
+        own = large - {n.id for n in computed if n.op.export.view} - {n.inputs[0] for n in computed if n.op.export.view}
+        readers: dict[str, int] = {}  # a shared line -> its last reader
+        for k, node in enumerate(computed):
+            self.line(node)
+            readers |= dict.fromkeys(self.sharing.get(node.id, ()), k)
+        self.last_readers = {(computed[k].id, self.shares[code]) for code, k in readers.items()}
+        lines, written = [], set()
+        for k, node in enumerate(computed):
+            line = self.line(node)
+            for code in self.sharing.get(node.id, ()):
+                if code not in written:
+                    written.add(code)
+                    lines.append(f"{self.shares[code]} = {code}  # shared by the lines that read it")
+            into = self.updated(node, [i in own and last[i] == k for i in node.inputs])
+            if into is None:
+                lines.append(line)
+            else:
+                name, operands = self.name_of(node), self.operands[node.id]
+                statement = node.op.export.update[into].format(*operands, out=name)
+                if not statement.startswith(f"{name} = "):
+                    lines.append(f"{name} = {operands[into]}")
+                lines.append(f"{statement}  # {line.split('  # ', 1)[1]} (in place)")
+            gone = dead.get(k, []) + [self.shares[c] for c in self.sharing.get(node.id, ()) if readers[c] == k]
+            if gone:
+                lines.append(f"del {', '.join(gone)}")
         return lines
+
+    def updated(self, node: Node, dying: list[bool]) -> int | None:
+        """Which operand's array the node's result is written into (see
+        `body`: `dying` says which may be), or None."""
+        update = node.op.export.update
+        if len(node.inputs) != len(update) or len(set(node.inputs)) != len(node.inputs):
+            return None
+        return next((k for k, i in enumerate(node.inputs)
+                     if update[k] is not None and dying[k] and self.g.nodes[i].shape == node.shape), None)
 
     def module(self, companion: str | None) -> tuple[str, dict[str, np.ndarray]]:
         """The module's text, and the arrays for its companion .npz (empty

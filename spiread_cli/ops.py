@@ -95,6 +95,9 @@ class Export:
     a helper of spiread_cli/export_runtime.py, copied into the module that
     calls it. `w.value(operand)` is an operand's value where it is a
     constant of the export (else None), for forms that simplify then.
+    `w.shared(code, stem)` names `code` computed once on a line of its own
+    that every form of the function asking for it reads (the softmax
+    family's exponentials).
     `numbers`: the form takes Python numbers as operands (the arithmetic
     operators do; any other form is given 0-d arrays).
 
@@ -111,12 +114,21 @@ class Export:
 
     `view`: the Python form may give its first operand, or a view of it
     (`.T`, a slice, `reshape`, `broadcast_to`), which a function returns
-    as a copy when that operand is an argument, a constant or another result."""
+    as a copy when that operand is an argument, a constant or another result.
+
+    `update`: for each operand, a statement making the result `{out}` in
+    that operand's array: an augmented assignment (`"{out} -= {1}"`, after
+    `{out} = {0}`) or an assignment of a helper's result; None where it
+    cannot. A function writes it where
+    the operand is a large intermediate it made, of the result's shape and
+    read by nothing after, as a step written by hand works in place (arrays
+    that cannot be changed, JAX's, are rebound instead)."""
     python: str | Callable | None
     onnx: str | Callable | None
     numbers: bool = False
     refused: Callable | None = None
     view: bool = False
+    update: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -640,13 +652,13 @@ def _pow_exponent(out, a, b, e):
     return e("scale", [e("sub", [_one(e), held]), e("mul", [out, e("log", [a])])])
 
 
-elementwise2("add", np.add, (lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0), Export("{0} + {1}", "Add", True), couples=())
+elementwise2("add", np.add, (lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0), Export("{0} + {1}", "Add", True, update=("{out} += {1}", "{out} += {0}")), couples=())
 elementwise2("sub", np.subtract, (lambda out, a, b, e: 1.0, lambda out, a, b, e: -1.0),
-             Export("{0} - {1}", "Sub", True), couples=())
-elementwise2("mul", np.multiply, (lambda out, a, b, e: b, lambda out, a, b, e: a), Export("{0} * {1}", "Mul", True), couples=((0, 1),), vanishes_with=(1, 0))
+             Export("{0} - {1}", "Sub", True, update=("{out} -= {1}", "{out} = _subtract_into({0}, {1})")), couples=())
+elementwise2("mul", np.multiply, (lambda out, a, b, e: b, lambda out, a, b, e: a), Export("{0} * {1}", "Mul", True, update=("{out} *= {1}", "{out} *= {0}")), couples=((0, 1),), vanishes_with=(1, 0))
 elementwise2("div", np.divide, (lambda out, a, b, e: e("div", [_one(e), b]),
                                 lambda out, a, b, e: e("div", [e("neg", [a]), e("mul", [b, b])])),
-             Export("{0} / {1}", "Div", True), methods=("div",), couples=((0, 1), (1, 1)), vanishes_with=(None, 0))
+             Export("{0} / {1}", "Div", True, update=("{out} /= {1}", None)), methods=("div",), couples=((0, 1), (1, 1)), vanishes_with=(None, 0))
 def _power(a, b):
     """a ** b (np.power), for a whole-number exponent as |a| ** b given a's
     sign where b is odd: the same number (an even power is even in a, an
@@ -1342,6 +1354,19 @@ def _exp_shifted(x):
     return m, e, _row_total(e)
 
 
+def _exp_rows_shared(w, x: str) -> str:
+    """The exported line of `_exp_rows(x)` (the rows' maxima, exp(x − max)
+    and its totals, export_runtime.py) that every softmax op of x in a
+    function reads (ops.Export: `w.shared`)."""
+    return w.shared(f"_exp_rows({x})", f"exp_rows_{x}")
+
+
+def _softmax_export(w, x: str) -> str:
+    """e / total from the shared parts, into e where this line reads them last."""
+    parts = _exp_rows_shared(w, x)
+    return f"_softmax_of({parts}, in_place=True)" if w.last_reads(parts) else f"_softmax_of({parts})"
+
+
 def _softmax(x):
     _, e, total = _exp_shifted(x)
     return np.divide(e, total, out=e)
@@ -1404,11 +1429,11 @@ defop("normaliseRowsL2", lambda x: x / np.sqrt(_row_total(x * x)), _row_shape,
                     lambda b, x: b("Div", [x, b("Sqrt", [_onnx_row_total(b, b("Mul", [x, x]))])])))
 defop("softmaxRows", _softmax, _row_shape,
       lambda i, g, out, x, emit: emit("mul", [out, emit("sub", [g, emit("rowTotal", [emit("mul", [g, out])])])]),
-      row_wise=True, structure=rows(), export=Export("_softmax_rows({0})", _onnx_softmax))
+      row_wise=True, structure=rows(), export=Export(_softmax_export, _onnx_softmax))
 defop("logSoftmaxRows", None, _row_shape,
       lambda i, g, out, x, emit: emit("sub", [g, emit("mul", [emit("exp", [out]), emit("rowTotal", [g])])]),
       row_wise=True, structure=rows(), fwd=_log_softmax_fwd, fast=FastPath("mlp: spiread, no rewrites", vjp=_log_softmax_vjp),
-      export=Export("_log_softmax_rows({0})", _onnx_log_softmax))
+      export=Export(lambda w, x: f"_log_softmax_of({x}, {_exp_rows_shared(w, x)})", _onnx_log_softmax))
 
 
 # ---------------------------------------------------------------- indexing
@@ -1716,7 +1741,8 @@ defop("meanLogSoftmaxPick", None, lambda s, rows, cols: _pairs_shape(s, rows, co
       _mean_log_softmax_pick_derivative, methods=(), fwd=_mean_log_softmax_pick_fwd,
       fast=FastPath("bigram, dense inputs", vjp=_mean_log_softmax_pick_vjp),
       export=Export(lambda w, z, rows, cols:
-                    f"_mean_log_softmax_pick({z}, {w.literal(pair_positions(w.shape(z), rows, cols), 'picks')})",
+                    f"_mean_log_softmax_pick({z}, {w.literal(pair_positions(w.shape(z), rows, cols), 'picks')}, "
+                    f"{_exp_rows_shared(w, z)})",
                     lambda b, z, rows, cols: b("Div", [
                         b("ReduceSum", [_onnx_pick(b, _onnx_log_softmax(b, z), pair_positions(b.shape(z), rows, cols))],
                           keepdims=0), b.const(float(len(rows)))])), structure=Structure("dense", _picked_rows_first, _picked_rows_second))
