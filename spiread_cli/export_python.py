@@ -317,7 +317,7 @@ class PythonWriter:
             "any array API namespace (numpy, PyTorch, CuPy, Dask); one left out is the",
             "program's own value (`inputs()`). Each must be real numbers of its shape in",
             "SHAPES (another is an error naming it). Each line cites the program's FILE:LINE:COL;",
-            "`del` lets go of a large intermediate after its last use.",
+            "a large intermediate is let go (`del`) after its last use, or written into there (in place).",
             '"""',
             "",
             *(["from pathlib import Path", ""] if stored else []),
