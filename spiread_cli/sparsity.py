@@ -71,8 +71,8 @@ class Sweep:
     def __post_init__(self):
         nodes = self.tape.nodes
         self.sizes = [math.prod(nodes[i].shape) for i in self.wrt]
-        self.offsets = np.array([0, *accumulate(self.sizes)], dtype=np.int64)
-        self.n = int(self.offsets[-1])
+        self.offsets = [0, *accumulate(self.sizes)]
+        self.n = self.offsets[-1]
         self.plan: list[Node] = self.tape.between(self.wrt, self.output)
         self.moving = {node.id for node in self.plan}
         self.limit: int | None = None  # read when a pattern first holds entries
@@ -164,7 +164,7 @@ class Sweep:
         terms = [pulled(links, self.patterns[i], self.n) for _, i, links in self.linked.get(node.id, ())
                  if links is not None]
         if node.id in self.seeds:  # a seeded intermediate gets its own seed on top, as in forward mode
-            terms.append(Columns(size, [Progression(int(self.offsets[self.seeds[node.id]]), 1, size)]))
+            terms.append(Columns(size, [Progression(self.offsets[self.seeds[node.id]], 1, size)]))
         pattern = union_of(terms, size, self.n) if terms else Columns(size, [])
         self._check(pattern.listed() if type(pattern) is Columns else pattern.nnz, node)
         return pattern

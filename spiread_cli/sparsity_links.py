@@ -5,7 +5,8 @@ an op's first-order links (`pulled`, `union_of`), the output's adjoint
 entries pushed back (`pushed_back`), and the pairs an op's second-order
 links meet collected into the Hessian's pattern (`met`, `HessianPairs`);
 a pattern of diagonals (a chain's Hessian, a stencil's Jacobian) becomes
-CSR through `band_csr`."""
+CSR through `runs_csr` (whole runs of rows on each diagonal) or `band_csr`
+(a table of cells)."""
 
 from __future__ import annotations
 
@@ -109,14 +110,10 @@ class Columns:
         offsets = [c.start for c in self.columns if type(c) is Progression and c.step == 1]
         if len(offsets) == len(self.columns) and max(offsets) - min(offsets) < 8 * len(offsets):
             # Each column a diagonal (row r at r + start), near each other: a band.
-            low = min(offsets)
-            if _band_covered({s: [(c.lo, c.hi) for c in self.columns if c.start == s] for s in offsets},
-                             range(low, max(offsets) + 1), lambda s: (max(0, -s), min(self.size, n - s))):
-                return _band_csr(max(offsets) - low + 1, self.size, low, n, None)  # a stencil's: no cells
-            cells = np.zeros((max(offsets) - low + 1, self.size), dtype=bool)
+            runs: dict[int, list[tuple[int, int]]] = {}
             for c in self.columns:
-                cells[c.start - low, c.lo:c.hi] = True
-            return band_csr(cells, low, n)
+                runs.setdefault(c.start, []).append((c.lo, c.hi))
+            return runs_csr(runs, self.size, n)  # a stencil's: no table of cells
         table = np.stack([_array(c) for c in self.columns], axis=1)
         used = table >= 0
         indptr = np.zeros(self.size + 1, dtype=np.int64)
@@ -126,14 +123,15 @@ class Columns:
         return m
 
 
-def _windows(out: np.ndarray, first: int, width: int) -> None:
-    """Fill `out` with the rows first + r, …, first + r + width - 1 (r = 0,
-    1, …) end to end: a first block of rows, then the rows so far copied,
-    each raised by their count, doubling (contiguous passes, where a
-    column at a time would write with a stride)."""
+def _windows(out: np.ndarray, first: int, offsets: np.ndarray) -> None:
+    """Fill `out` with the rows first + r + offsets (r = 0, 1, …) end to
+    end: a first block of rows, then the rows so far copied, each raised by
+    their count, doubling (contiguous passes, where a column at a time
+    would write with a stride)."""
+    width = len(offsets)
     rows = min(len(out) // width, 256)  # a first block at once, then fewer doublings
     done = rows * width
-    out[:done] = np.add.outer(np.arange(first, first + rows), np.arange(width)).ravel()
+    out[:done] = np.add.outer(np.arange(first, first + rows), offsets).ravel()
     while done < len(out):
         more = min(done, len(out) - done)
         np.add(out[:more], done // width, out=out[done:done + more])
@@ -143,60 +141,75 @@ def _windows(out: np.ndarray, first: int, width: int) -> None:
 def band_csr(cells: np.ndarray, low: int, n: int) -> sp.csr_array:
     """The 0/1 CSR matrix (rows × n) whose row r has column r + low + c
     wherever cells[c, r] (width × rows booleans, a diagonal a row; a cell
-    must be a column within 0..n-1), sorted as CSR keeps them. A band
-    whose every cell within the matrix is set (a chain's Hessian or
-    Jacobian) is written out without reading the cells."""
+    must be a column within 0..n-1), sorted as CSR keeps them."""
     width, rows = cells.shape
-    return _band_csr(width, rows, low, n, cells)
-
-
-def _band_csr(width: int, rows: int, low: int, n: int, cells: np.ndarray | None) -> sp.csr_array:
-    """band_csr of `cells`, or (None) of a band whose every cell within the matrix is set."""
-    kind = np.int32 if max(n, rows * width) < 2 ** 31 else np.int64
-    # Rows top..bottom-1 have all their cells within the matrix; the few others (edges), some.
-    top = min(max(-low, 0), rows)
-    bottom = max(min(n - low - width + 1, rows), top)
-    edges = [*range(top), *range(bottom, rows)] if cells is None or rows - (bottom - top) <= 64 else None
-    if edges is not None:
-        first = {r: max(0, -low - r) for r in edges}
-        inside = {r: max(min(width, n - low - r) - first[r], 0) for r in edges}
-        full = sum(inside.values()) + (bottom - top) * width
+    kind = _index_kind(rows * width, n)
     indptr = np.empty(rows + 1, dtype=kind)
-    if edges is not None and (cells is None or np.count_nonzero(cells) == full):
-        indptr[0] = 0
-        for r in range(top):
-            indptr[r + 1] = indptr[r] + inside[r]
-        head = int(indptr[top])
-        indptr[top:bottom + 1] = np.arange(head, head + (bottom - top) * width + 1, width, dtype=kind)
-        for r in range(bottom, rows):
-            indptr[r + 1] = indptr[r] + inside[r]
-        indices = np.empty(full, dtype=kind)
-        _windows(indices[head:head + (bottom - top) * width], top + low, width)
-        for r in edges:
-            indices[indptr[r]:indptr[r + 1]] = np.arange(r + low + first[r], r + low + first[r] + inside[r])
-    else:
-        indptr[0] = 0
-        np.cumsum(cells.sum(axis=0, dtype=kind), out=indptr[1:])
-        columns = np.empty((rows, width), dtype=kind)
-        _windows(columns.reshape(-1), low, width)
-        indices = columns[cells.T]
+    indptr[0] = 0
+    np.cumsum(cells.sum(axis=0, dtype=kind), out=indptr[1:])
+    columns = np.empty((rows, width), dtype=kind)
+    _windows(columns.reshape(-1), low, np.arange(width))
+    return _canonical(columns[cells.T], indptr, rows, n)
+
+
+def _index_kind(entries: int, n: int):
+    return np.int32 if max(n, entries) < 2 ** 31 else np.int64
+
+
+def runs_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int) -> sp.csr_array:
+    """The 0/1 CSR matrix (rows × n) whose row r has column r + d wherever
+    a run (first, end) of runs[d] holds r (each cell within the matrix):
+    diagonals over runs of rows, as a chain's Hessian or a stencil's
+    Jacobian has them, gaps between diagonals allowed. When each diagonal's
+    runs make one run and the rows that some diagonal leaves out are few,
+    the rows every diagonal holds are written out without a table of cells
+    (`_windows`) and the few others one by one; else through one (`band_csr`)."""
+    spans = {}
+    for d, found in runs.items():
+        found = sorted(found)
+        first, end = found[0]
+        for a, b in found[1:]:
+            if a > end:  # a diagonal with a gap: the table
+                return _cells_csr(runs, rows, n)
+            end = max(end, b)
+        if end > first:
+            spans[d] = (first, end)
+    diagonals = sorted(spans)
+    top = max((first for first, _ in spans.values()), default=0)
+    bottom = min((end for _, end in spans.values()), default=0)
+    if bottom <= top or rows - (bottom - top) > 64:
+        return _cells_csr(runs, rows, n)
+    edges = {r: [r + d for d in diagonals if spans[d][0] <= r < spans[d][1]] for r in (*range(top), *range(bottom, rows))}
+    width = len(diagonals)
+    kind = _index_kind(rows * width, n)
+    indptr = np.empty(rows + 1, dtype=kind)
+    indptr[0] = 0
+    for r in range(top):
+        indptr[r + 1] = indptr[r] + len(edges[r])
+    head = int(indptr[top])
+    indptr[top:bottom + 1] = np.arange(head, head + (bottom - top) * width + 1, width, dtype=kind)
+    for r in range(bottom, rows):
+        indptr[r + 1] = indptr[r] + len(edges[r])
+    indices = np.empty(int(indptr[rows]), dtype=kind)
+    _windows(indices[head:head + (bottom - top) * width], top, np.array(diagonals))
+    for r, columns in edges.items():
+        indices[indptr[r]:indptr[r + 1]] = columns
+    return _canonical(indices, indptr, rows, n)
+
+
+def _cells_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int) -> sp.csr_array:
+    low = min(runs)
+    cells = np.zeros((max(runs) - low + 1, rows), dtype=bool)
+    for d, spans in runs.items():
+        for first, end in spans:
+            cells[d - low, first:end] = True
+    return band_csr(cells, low, n)
+
+
+def _canonical(indices: np.ndarray, indptr: np.ndarray, rows: int, n: int) -> sp.csr_array:
     m = sp.csr_array((np.ones(len(indices), dtype=bool), indices, indptr), shape=(rows, n))
     m.has_canonical_format = True  # each row's columns ascend, once each
     return m
-
-
-def _band_covered(runs: dict[int, list[tuple[int, int]]], diagonals: range, within) -> bool:
-    """Whether, for each diagonal d, the runs of rows runs[d] (first, end)
-    cover the rows within(d) = (first, end) whose cell on d lies in the matrix."""
-    for d in diagonals:
-        reached, end = within(d)
-        for start, stop in sorted(runs.get(d, ())):
-            if start > reached:
-                break
-            reached = max(reached, stop)
-        if reached < end:
-            return False
-    return True
 
 
 def csr_of(pattern, n: int) -> sp.csr_array:
@@ -374,8 +387,12 @@ class HessianPairs:
         band = max(widths)
         if n * (2 * band + 1) > 8 * self.entries + 4096:
             return self._scattered()
-        if not self.listed and self._covers(band):  # a chain's Hessian: written without cells
-            return _band_csr(2 * band + 1, n, -band, n, None)
+        if not self.listed and all(step == 1 for _, step, _, _ in self.diagonals):  # a chain's Hessian: no cells
+            runs: dict[int, list[tuple[int, int]]] = {}
+            for start, _, length, d in self.diagonals:
+                runs.setdefault(d, []).append((start, start + length))
+                runs.setdefault(-d, []).append((start + d, start + d + length))
+            return runs_csr(runs, n, n)
         # cells[band + d, r]: the entry (r, r + d), set for each pair and its mirror.
         cells = np.zeros((2 * band + 1, n), dtype=bool)
         for start, step, length, d in self.diagonals:
@@ -386,14 +403,6 @@ class HessianPairs:
             flat[(band + d) * n + low] = True
             flat[(band - d) * n + low + d] = True
         return band_csr(cells, -band, n)
-
-    def _covers(self, band: int) -> bool:
-        """Whether the diagonals found cover every entry within `band` of the diagonal."""
-        runs: dict[int, list[tuple[int, int]]] = {}
-        for start, step, length, d in self.diagonals:
-            if step == 1:
-                runs.setdefault(d, []).append((start, start + length))
-        return _band_covered(runs, range(band + 1), lambda d: (0, self.n - d))
 
     def _scattered(self) -> sp.csr_array:
         lows = [start + step * np.arange(length) for start, step, length, _ in self.diagonals]

@@ -565,6 +565,27 @@ def test_progressions_pulled_through_slices_and_gathers_are_their_arrays_pulled(
 
 
 @settings(max_examples=200, deadline=None)
+@given(st.integers(1, 150), st.integers(1, 150), st.data())
+def test_diagonals_over_runs_of_rows_are_written_out_as_their_matrix(rows, n, data):
+    """runs_csr: row r has column r + d wherever a run of diagonal d holds
+    r; diagonals with gaps between them, runs that overlap, a diagonal cut
+    in two, many rows some diagonal leaves out (the table's way) alike."""
+    from spiread_cli.sparsity_links import runs_csr
+    runs, expected = {}, np.zeros((rows, n), dtype=bool)
+    for _ in range(data.draw(st.integers(1, 5), label="runs")):
+        d = data.draw(st.integers(-rows + 1, n - 1), label="diagonal")
+        inside = [r for r in range(rows) if 0 <= r + d < n]
+        first = data.draw(st.integers(inside[0], inside[-1]), label="first")
+        end = data.draw(st.integers(first, inside[-1] + 1), label="end")
+        runs.setdefault(d, []).append((first, end))
+        expected[np.arange(first, end), d + np.arange(first, end)] = True
+    m = runs_csr(runs, rows, n)
+    np.testing.assert_array_equal(m.toarray(), expected)
+    assert m.has_canonical_format and m.nnz == expected.sum() and (np.diff(m.indices) > 0)[
+        np.diff(np.repeat(np.arange(rows), np.diff(m.indptr))) == 0].all()
+
+
+@settings(max_examples=200, deadline=None)
 @given(st.integers(1, 80), st.integers(1, 80), st.integers(-90, 90), st.integers(1, 5), st.booleans(), st.data())
 def test_a_band_of_cells_is_written_out_as_its_matrix(rows, n, low, width, filled, data):
     """band_csr: row r has column r + low + c wherever cells[c, r]; a band
