@@ -207,10 +207,11 @@ class Sweep:
 
     def every(self, size: int) -> np.ndarray:
         """`size` entries, all set: one read-only array for every use of that size."""
-        if size not in self.ones:
-            self.ones[size] = np.ones(size, dtype=bool)
-            self.ones[size].flags.writeable = False
-        return self.ones[size]
+        ones = self.ones.get(size)
+        if ones is None:
+            ones = self.ones[size] = np.ones(size, dtype=bool)
+            ones.flags.writeable = False
+        return ones
 
     def _check(self, entries: int, node: Node) -> None:
         if entries * 9 <= self.fitting or entries == 0:  # a pattern of progressions lists nothing

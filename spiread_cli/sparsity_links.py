@@ -102,7 +102,11 @@ class Columns:
         return used
 
     def listed(self) -> int:
-        return self.size * sum(type(c) is not Progression for c in self.columns)
+        listed = 0
+        for c in self.columns:
+            if type(c) is not Progression:
+                listed += self.size
+        return listed
 
     def csr(self, n: int) -> sp.csr_array:
         if not self.columns:
@@ -297,7 +301,10 @@ def pulled(links: Links, j, n: int):
 def union_of(terms: list, size: int, n: int):
     """The union of patterns of the same rows."""
     first = terms[0]
-    if all(t is first for t in terms):  # one pattern (`y * y`'s operands)
+    for t in terms:
+        if t is not first:
+            break
+    else:  # one pattern (`y * y`'s operands)
         return first
     if all(type(t) is Columns for t in terms):
         columns: list = []
