@@ -58,15 +58,16 @@ def _lists(m: sp.csr_array) -> list[list[int]]:
     return [indices[indptr[r]:indptr[r + 1]] for r in range(m.shape[0])]
 
 
-def _banded(pattern: sp.csr_array) -> np.ndarray | None:
+def _banded(pattern: sp.csr_array, counts: np.ndarray) -> tuple[np.ndarray, int] | None:
     """Columns coloured j mod (lower + upper + 1) when every nonzero lies
     within `lower` below and `upper` above the diagonal (Curtis–Powell–Reid):
-    columns of one colour are further apart than any row reaches."""
+    columns of one colour are further apart than any row reaches; and how
+    many colours. `counts`: each row's entries."""
     if pattern.nnz == 0:  # nothing to recover: no colour, no sweep
-        return np.full(pattern.shape[1], -1, dtype=np.int64)
+        return np.full(pattern.shape[1], -1, dtype=np.int64), 0
     if pattern.has_sorted_indices:  # each row's first and last entry say how far it reaches
         starts, ends = pattern.indptr[:-1], pattern.indptr[1:]
-        filled = ends > starts
+        filled = counts > 0
         if filled.all():
             rows = np.arange(len(starts), dtype=starts.dtype)
         else:
@@ -78,7 +79,7 @@ def _banded(pattern: sp.csr_array) -> np.ndarray | None:
         reach = (coo.col.astype(np.int64) - coo.row,) * 2
     width = int(reach[1].max()) - int(reach[0].min()) + 1
     n = pattern.shape[1]
-    return _repeating(width, n) if width < n else None
+    return (_repeating(width, n), width) if width < n else None
 
 
 def _repeating(width: int, n: int) -> np.ndarray:
@@ -171,9 +172,9 @@ def colour_columns(pattern: sp.csr_array) -> Colouring:
     """Structurally orthogonal column groups: the banded colouring when the
     pattern is banded and that needs no more colours than its fullest row
     (the least any colouring needs), else the fewer of it and the greedy one."""
-    fullest = int(np.diff(pattern.indptr).max(initial=0))
-    banded = _banded(pattern)
-    count = None if banded is None else int(banded.max(initial=-1)) + 1
+    counts = np.diff(pattern.indptr)
+    fullest = int(counts.max(initial=0))
+    banded, count = _banded(pattern, counts) or (None, None)
     if banded is not None and count <= fullest:
         return Colouring(banded, "columns", count)
     greedy = Colouring(_greedy_columns(pattern), "columns")
