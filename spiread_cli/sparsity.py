@@ -112,8 +112,10 @@ class Sweep:
                 entries = all_entries[node.id] = self._entries(node)
                 first = node.op.structure.first
                 linked = [(k, i, first(k, entries)) for k, i in enumerate(node.inputs) if i in moving]
-            if any(links is None or i in flat for _, i, links in linked):
-                flat.add(node.id)
+            for _, i, links in linked:
+                if links is None or i in flat:
+                    flat.add(node.id)
+                    break
             all_linked[node.id] = linked
 
     def _same_links(self, node: Node, rule) -> list | None:
