@@ -152,9 +152,9 @@ class Tape:
                     evaluate(node, tape_nodes, diagnostics)
 
     def replay_function(self, ops: list[Node], dropped: dict[int, list[Node]] | None = None, unguarded: bool = False, checked: bool = False) -> Callable[[], bool | None]:
-        """A function recomputing `ops` (op nodes, in tape order), dropping the values `dropped` lists for a node once
-        it is computed: written once (tape_nodes.straight_line; `unguarded`, `checked` as its), else this tape's loop."""
-        written = straight_line(self.nodes, ops, dropped, unguarded, checked)
+        """A function recomputing `ops` (in tape order), dropping what `dropped` lists for a node once it is computed:
+        written once (tape_nodes.straight_line, its `repeats` unless values are dropped), else this tape's loop."""
+        written = straight_line(self.nodes, ops, dropped, unguarded, checked, None if dropped else self.repeats(ops))
         evaluate, tape_nodes, dropped = self._evaluate, self.nodes, dropped or {}
 
         def looped() -> bool | None:

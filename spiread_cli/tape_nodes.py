@@ -232,7 +232,8 @@ def rule_params(node: Node, args: list[np.ndarray]) -> dict:
 
 
 def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[Node]] | None = None,
-                  unguarded: bool = False, checked: bool = False) -> Callable[[], bool | None] | None:
+                  unguarded: bool = False, checked: bool = False,
+                  repeats: dict[int, int] | None = None) -> Callable[[], bool | None] | None:
     """A function that recomputes `ops` (op nodes of `nodes`, in tape
     order) from the current values of their other inputs, as the tape's
     evaluator does — each op's primal rule (`compute`: float64 out, a
@@ -250,7 +251,10 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     `checked`: the function returns whether every value it computed and
     kept is finite (`all_finite_values`, its values' sizes known as it is
     written: the small ones concatenated once, with no list made at each
-    call). None when an op is not the table's own (a total over row chunks)."""
+    call). `repeats`: an op that computes what an earlier one of `ops`
+    does (Tape.repeats, not with `dropped`) is given that one's value, the
+    same bits, not computed again. None when an op is not the table's own
+    (a total over row chunks)."""
     from .rules import OPS
     from .rules_code import CodeWriter, unguarded_rules
     writer = CodeWriter()
@@ -263,6 +267,11 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     for node in ops:
         if OPS.get(node.op.name) is not node.op:
             return None
+        earlier = (repeats or {}).get(node.id)
+        if earlier in names and node.op.fwd is None:  # the earlier op's value: computed, and checked, once
+            names[node.id] = names[earlier]
+            writer.lines.append(f"nodes[{node.id}].value, nodes[{node.id}].known_finite = {names[earlier]}, None")
+            continue
         for i in node.inputs:
             if i not in names:  # a value the replay does not compute: read at each call
                 names[i] = writer.bind(f"v{i}", nodes[i].shape)

@@ -582,3 +582,20 @@ def test_a_checked_replay_checks_large_values_one_by_one(where):
         result, shown, _ = assert_as_fresh(prog, source, "grad", poisoned)
         assert shown
     assert_as_fresh(prog, source, "grad", values)
+
+
+def test_a_replay_computes_a_repeated_op_once():
+    """An op that computes what an earlier one does (`Tape.repeats`: `A @@ w`
+    written twice) is replayed once, and its node given that value (the same
+    array, so the same bits); every call equals a fresh run's."""
+    source = "A = zeros(4, 3)\nw = zeros(3)\nloss = (A @@ w).tanh.sum + (A @@ w).exp.sum + (w ** 3).sum\n"
+    prog = spiread_cli.compile(source)
+    rng = np.random.default_rng(5)
+    for task, options in (("eval", {}), ("hessian", {"wrt": "w"}), ("hessian", {"wrt": "w", "hvp": {"w": np.ones(3)}})):
+        for _ in range(3):
+            values = {"A": rng.standard_normal((4, 3)), "w": rng.standard_normal(3)}
+            assert_as_fresh(prog, source, task, values, **options)
+        run = prog._kept.kept[0].run
+        products = [node for node in run.tape.nodes if node.op is not None and node.op.name == "matmul"
+                    and node.inputs == (run.bindings["A"], run.bindings["w"])]
+        assert len(products) == 2 and products[1].value is products[0].value
