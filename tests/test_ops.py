@@ -871,6 +871,19 @@ def test_a_power_is_numpys_and_even_or_odd_in_its_base(base, exponent):
         assert np.array_equal(mirrored[settled], sign * got[settled])
 
 
+@pytest.mark.parametrize("shape, to", [((1,), (3,)), ((2, 1), (2, 5)), ((), (4, 4)), ((1, 3), (0, 3)),
+                                       ((1,), (1025,)), ((33, 1), (33, 32)), ((1, 40), (40, 40))])
+def test_broadcast_to_copies_a_small_result_and_views_a_large_one(shape, to):
+    """broadcastTo's value rule (ops._broadcast_to) gives np.broadcast_to's
+    values: a result of up to COPIED_BROADCAST_ENTRIES as a copy, a larger
+    one as np.broadcast_to's read-only view of its operand."""
+    from spiread_cli.ops import COPIED_BROADCAST_ENTRIES
+    x = RNG.standard_normal(shape)
+    got = OPS["broadcastTo"].impl(x, shape=to)
+    assert got.shape == to and np.array_equal(got, np.broadcast_to(x, to))
+    assert np.shares_memory(got, x) == (math.prod(to) > COPIED_BROADCAST_ENTRIES > 0 and x.size > 0)
+
+
 # ------------------------------------------- programs on empty values
 EMPTY_PROGRAMS = [  # (program, its value, the shape of x; its gradient is zeros of that shape)
     ("x = zeros(3, 0)\nloss = x.softmaxRows.sum", 0.0, (3, 0)),
