@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Collection, Iterable, Protocol
 
 import numpy as np
 
 from .diagnostics import Span
 from .ops import Op
+from .structure import COPIES
 
 
 class Deferring(Protocol):
@@ -232,7 +233,7 @@ def rule_params(node: Node, args: list[np.ndarray]) -> dict:
 
 
 def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[Node]] | None = None,
-                  unguarded: bool = False, checked: bool = False,
+                  unguarded: bool = False, checked: Collection[int] | None = None,
                   repeats: dict[int, int] | None = None) -> Callable[[], bool | None] | None:
     """A function that recomputes `ops` (op nodes of `nodes`, in tape
     order) from the current values of their other inputs, as the tape's
@@ -248,13 +249,16 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     guards): where every value is, the guards' values exactly (scale's guard
     acts only where the partial is not finite, and then so is the product);
     where only the results are checked (an HVP's), up to the sign of a zero.
-    `checked`: the function returns whether every value it computed and
-    kept is finite (`all_finite_values`, its values' sizes known as it is
-    written: the small ones concatenated once, with no list made at each
-    call). `repeats`: an op that computes what an earlier one of `ops`
-    does (Tape.repeats, not with `dropped`) is given that one's value, the
-    same bits, not computed again. None when an op is not the table's own
-    (a total over row chunks)."""
+    `checked` (not with `dropped`): the ids of values the caller checks
+    itself (a kept run's bindings); given, the function returns whether
+    every value it computes is finite (`all_finite_values`, the sizes known
+    as it is written: the small ones concatenated once, no list made at each
+    call), save a copy of checked entries (`structure.COPIES`: a transpose,
+    a reshape, a broadcast, a selection of them), finite if they are.
+    `repeats` (not with `dropped`): an op that computes what an earlier one
+    of `ops` does (Tape.repeats) is given that one's value, the same bits,
+    not computed again. None when an op is not the table's own (a total
+    over row chunks)."""
     from .rules import OPS
     from .rules_code import CodeWriter, unguarded_rules
     writer = CodeWriter()
@@ -263,7 +267,8 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
                             concatenate=np.concatenate, all_finite_unguarded=all_finite_unguarded)
     names: dict[int, str] = {}
     few: list[str] = []    # what `checked` concatenates,
-    large: list[str] = []  # and what it checks one by one
+    large: list[str] = []  # and what it checks one by one;
+    finite = set(checked or ())  # what is finite once those are
     for node in ops:
         if OPS.get(node.op.name) is not node.op:
             return None
@@ -283,15 +288,15 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
             writer.lines.append(f"{t} = evaluated(nodes[{node.id}], nodes)")
         writer.lines += [f"if {t}.__class__ is not ndarray or {t}.dtype is not FLOAT64: {t} = asarray({t}, FLOAT64)",
                          f"nodes[{node.id}].value, nodes[{node.id}].known_finite = {t}, None"]
-        if checked:
-            (few if math.prod(node.shape) <= FEW_ENTRIES else large).append(t)
+        if checked is not None:
+            if not (node.op.structure is COPIES and all(i in finite for i in node.inputs)):
+                (few if math.prod(node.shape) <= FEW_ENTRIES else large).append(t)
+            finite.add(node.id)
         for done in (dropped or {}).get(node.id, ()):
             writer.lines.append(f"nodes[{done.id}].value = nodes[{done.id}].residual = None")
             if done.id in names:
-                gone = names.pop(done.id)
-                writer.lines.append(f"del {gone}")
-                few[:], large[:] = [t for t in few if t != gone], [t for t in large if t != gone]
-    if checked:
+                writer.lines.append(f"del {names.pop(done.id)}")
+    if checked is not None:
         tests = [f"all_finite_unguarded({t})" for t in large]
         if few:
             tests.insert(0, f"isfinite(add_reduce(concatenate(({', '.join(few)},), None)))")

@@ -533,14 +533,16 @@ def _replayed_ops(run, inputs):
 @given(programs(), st.data())
 def test_a_checked_replay_says_finite_only_when_every_value_is(program, data):
     """A kept run's replay checks what it computes as it is written
-    (tape_nodes.straight_line, `checked`): it says finite exactly when every
-    value it computed is (np.isfinite of each, an independent test), save a
-    sum that overflows, which may only say no where all are finite. Values
-    poisoned with inf and nan make some values not finite."""
+    (tape_nodes.straight_line, `checked`: the bindings, which the kept run
+    checks itself): with the bindings finite, it says finite exactly when
+    every value it computed is (np.isfinite of each, an independent test),
+    save a sum that overflows, which may only say no where all are finite.
+    Values poisoned with inf and nan make some values not finite."""
     from spiread_cli.tape_nodes import straight_line
     run = spiread_cli.compile(program.source).run({})
     ops = _replayed_ops(run, program.inputs)
-    replay = straight_line(run.tape.nodes, ops, unguarded=True, checked=True)
+    inputs = [run.node(name) for name in program.inputs]
+    replay = straight_line(run.tape.nodes, ops, unguarded=True, checked=[node.id for node in inputs])
     if replay is None:  # an op that is not the table's own
         return
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
@@ -552,8 +554,8 @@ def test_a_checked_replay_says_finite_only_when_every_value_is(program, data):
                 value.flat[rng.integers(value.size)] = poison
             node.set_value(value)
         with np.errstate(all="ignore"):
-            said = replay()
-        every = all(np.isfinite(node.value).all() for node in ops)
+            said = replay() and all(np.isfinite(node.value).all() for node in inputs)
+        every = all(np.isfinite(node.value).all() for node in ops + inputs)
         if said:
             assert every
         elif every:  # only a sum past the largest float64 may say no
