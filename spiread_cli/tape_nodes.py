@@ -276,6 +276,8 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
         if earlier in names and node.op.fwd is None:  # the earlier op's value: computed, and checked, once
             names[node.id] = names[earlier]
             writer.lines.append(f"nodes[{node.id}].value, nodes[{node.id}].known_finite = {names[earlier]}, None")
+            if earlier in finite:
+                finite.add(node.id)
             continue
         for i in node.inputs:
             if i not in names:  # a value the replay does not compute: read at each call
