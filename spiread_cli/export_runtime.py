@@ -40,9 +40,16 @@ def _checked(value, shape: tuple, function: str, name: str):
             value = np.asarray(value)
         except ValueError:
             raise ValueError(f"{function}(): `{name}`: its rows differ in length") from None
-        if value.dtype.kind == "O" and all(isinstance(x, (int, float)) for x in value.flat):
-            value = value.astype(np.float64)  # numbers numpy keeps as objects: 2**70
     kind = getattr(value.dtype, "kind", None)  # numpy's and CuPy's dtypes say it at once
+    if kind == "O":  # numbers numpy keeps as objects (2**70, a Fraction, a Decimal) are numbers
+        from decimal import Decimal
+        from numbers import Real
+        if all(isinstance(x, (Real, Decimal)) for x in value.flat):
+            try:
+                value, kind = value.astype(np.float64), "f"
+            except OverflowError:
+                raise ValueError(f"{function}(): `{name}`: a number is beyond the range of a float64 (about "
+                                 "±1.8e308)") from None
     if not (kind in "biuf" if kind is not None else
             array_namespace(value).isdtype(value.dtype, ("bool", "integral", "real floating"))):
         named = {"U": "text", "S": "text", "O": "Python objects", "c": "complex numbers"}.get(kind, value.dtype)

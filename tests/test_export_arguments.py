@@ -10,6 +10,8 @@ fails deep inside with numpy's broadcasting error."""
 from __future__ import annotations
 
 import re
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +158,7 @@ def test_values_that_are_not_real_numbers_are_refused_as_spiread_refuses_them(tm
     module = load_module(tmp_path / "p.py")
     spiread = Program.open(str(program))
     for taken in ([True, False], np.array([1, 2], dtype=np.uint8), [2**70, 1], [np.inf, 1.0], [np.nan, 1.0],
-                  torch.tensor([1, 2], dtype=torch.int32)):
+                  np.array([Fraction(1, 3), Decimal("2.5")], dtype=object), torch.tensor([1, 2], dtype=torch.int32)):
         with np.errstate(invalid="ignore"):
             want = spiread.run({"w": np.asarray(taken, dtype=float)}).value
             got = module.value(w=taken)
@@ -172,6 +174,8 @@ def test_values_that_are_not_real_numbers_are_refused_as_spiread_refuses_them(tm
             module.hvp(refused)
     with pytest.raises(ValueError, match=re.escape("value(): `w`: its rows differ in length")):
         module.value(w=[[1.0, 2.0], [3.0]])
+    with pytest.raises(ValueError, match=re.escape("value(): `w`: a number is beyond the range of a float64")):
+        module.value(w=[10**400, 1])
 
 
 def test_an_argument_named_after_a_keyword_is_checked_and_given_by_its_keyword(tmp_path):
