@@ -20,16 +20,12 @@ import numpy as np
 
 from .diagnostics import Diagnostics, shape_str
 from .limits import check_bytes, limit_for, reuse_freed_memory
-from .rules_forward import Diagonal, added, dense, diagonal_jvp, spreads
+from .forward_steps import Untraced, finite_batch, jvp_step, shares_none, written_push
+from .rules_forward import Diagonal, added, dense
 from .tape import Births, SweepObserver, Tape
-from .tape_nodes import Node, all_finite, rule_params
+from .tape_nodes import Node, rule_params
 
 TANGENT_BUDGET_BYTES = 256 << 20
-# A written push with a result this small calls its ops' unguarded rules (`Op.unguarded`) and checks
-# the result once: a pass over it costs less than the guards (about 2 us a call, on the smaller operand).
-UNGUARDED_ENTRIES = 1 << 16
-
-
 class ForwardSweep:
     """The part of the tape that carries tangents from the `seeded` nodes to
     `output`, planned once and pushed through block after block."""
@@ -128,7 +124,7 @@ class ForwardSweep:
                     args = [nodes[i].value for i in node.inputs]
                     params = node.params if node.op.fwd is None else rule_params(node, args)
                     t = jvp_step(node.op, ts, node.value, args, params, k,
-                                 lambda a: _shares_none(a, [t for i, t in tangents.items() if i not in self.free_after[p]],
+                                 lambda a: shares_none(a, [t for i, t in tangents.items() if i not in self.free_after[p]],
                                                         seeds))
                     # A seeded node that is an intermediate gets its own seed on top
                     # of what flows into it, as reverse mode's adjoints add up.
@@ -179,141 +175,6 @@ class ForwardSweep:
                 births.warn(diagnostics)
                 diagnostics = None  # one warning about the derivative is enough
         return np.zeros((0,) + output.value.shape) if result is None else result
-
-
-def jvp_step(op, ts: list, out: np.ndarray, args: list, params: dict, k: int, owned: Callable[[np.ndarray], bool]):
-    """One op's tangent from its operands' `ts` (None: no tangent; a
-    `Diagonal` batch stays one where the op has a rule for it), shape (k,) +
-    out's; `owned(a)`: whether no other tangent or seed shares memory with a."""
-    t = None
-    if any(type(given) is Diagonal for given in ts):
-        t = diagonal_jvp(op, ts, out, args, params, owned)
-        ts = [dense(given) for given in ts] if t is None else ts
-    if t is None:
-        t = op.jvp(ts, out, *args, **params)
-        if np.shape(t) != (k,) + out.shape:
-            t = np.broadcast_to(t, (k,) + out.shape)
-    return t
-
-
-class Untraced(Exception):
-    """A written push met a batch of another kind than when it was written."""
-
-
-def written_push(sweep: ForwardSweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray]:
-    """The sweep's push for seeds of this kind as one function, a line per
-    step, from `trace` (`ForwardSweep._pushed`'s, at these seeds): a step
-    whose tangents were arrays calls the function its op's jvp runs for them
-    (`jvp.resolve`: the same primal rules in the same order, so the same
-    bits) with no look-up, and so does an elementwise step on `Diagonal`
-    batches over the same entries (on their values spread into one value
-    each, as `diagonal_jvp` steps them, after its own check); any other runs
-    `jvp_step`, as the loop does, and raises `Untraced` if its batch is of
-    another kind than traced (the caller pushes step by step then). Values are read from the nodes at each
-    call; a tangent is dropped after its last reader, as the loop drops it.
-    Where the result is small (`UNGUARDED_ENTRIES`), the array steps run
-    their ops' unguarded rules (`scale` as a multiply) and the function
-    returns None where the result is not finite (the caller pushes step by
-    step): a finite result is the guarded one up to the sign of a zero
-    (which every result's 0.0 rule removes: python_args.result_value), since
-    an unguarded 0 · inf is a nan that every later step keeps (the tangents'
-    maps are linear) or drops with its entry, and the guard differs from a
-    multiply only in giving 0.0 for a zero tangent."""
-    nodes, plan, same = sweep.nodes, sweep.plan, sweep.same
-    k = next(iter(seeds.values())).shape[0]
-    unguarded = k * nodes[sweep.output].value.size <= UNGUARDED_ENTRIES
-    direct = False
-    namespace = {"nodes": nodes, "jvp_step": jvp_step, "added": added, "broadcast_to": np.broadcast_to,
-                 "Untraced": Untraced, "shares_none": _shares_none, "ndarray": np.ndarray, "Diagonal": Diagonal,
-                 "spreads": spreads}
-    lines, read, live, steps = [], set(), [], iter(trace)
-
-    def value(i: int) -> str:
-        if i not in read:
-            read.add(i)
-            lines.append(f"x{i} = nodes[{i}].value")
-        return f"x{i}"
-
-    def tangent(i: int) -> str:
-        return f"t{i}" if i in live else "None"
-
-    for p, node in enumerate(plan):
-        t = f"t{node.id}"
-        ts = [tangent(i) for i in node.inputs]
-        if node.id in same:
-            lines.append(f"{t} = t{same[node.id]}")
-        elif node.op is None or all(given == "None" for given in ts):
-            lines.append(f"{t} = seeds[{node.id}]")
-        else:
-            traced_ts, traced = next(steps)
-            args = ", ".join(value(i) for i in node.inputs)
-            out, op = value(node.id), f"op{p}"
-            namespace[op] = node.op
-            resolve = getattr(node.op.jvp, "resolve", None)
-            function = None
-            # Arrays in and out; or Diagonal batches in and out of an elementwise op, which steps
-            # them spread into one value each (rules_forward.diagonal_jvp), checked as it does.
-            spread = traced is Diagonal and node.op.structure.kind == "elementwise" and \
-                all(kind in (Diagonal, type(None)) for kind in traced_ts)
-            if resolve is not None and (spread or traced is np.ndarray and all(
-                    kind in (np.ndarray, type(None)) for kind in traced_ts)):
-                moves = [None if kind is type(None) else kind for kind in traced_ts]
-                function = resolve(moves, node.value, [nodes[i].value for i in node.inputs], node.params, unguarded)
-            if function is not None:
-                namespace[f"jvp{p}"] = function
-                direct = True
-                moving = [given for given in ts if given != "None"]
-            if function is not None and spread:
-                lines += [f"if not spreads({op}, [{', '.join(moving)}], {node.value.shape!r}): raise Untraced",
-                          f"{t} = {moving[0]}.gathered(jvp{p}({', '.join(f'{m}.spread()[None]' for m in moving)}, "
-                          f"{out}, {args})[0])"]
-            elif function is not None:
-                shape = (k,) + node.value.shape
-                lines += [f"{t} = jvp{p}({', '.join(moving)}, {out}, {args})",
-                          f"if {t}.shape != {shape!r}: {t} = broadcast_to({t}, {shape!r})"]
-            else:
-                params = f"params{p}"
-                namespace[params] = node.params
-                if node.op.fwd is not None:
-                    namespace["rule_params"] = rule_params
-                    params = f"rule_params(nodes[{node.id}], [{args}])"
-                others = ", ".join(f"t{i}" for i in live if i not in sweep.free_after[p])
-                lines.append(f"{t} = jvp_step({op}, [{', '.join(ts)}], {out}, [{args}], {params}, {k}, "
-                             f"lambda a: shares_none(a, ({others}{',' if others else ''}), seeds))")
-            if node.id in sweep.seeded:
-                lines.append(f"{t} = added({t}, seeds[{node.id}])")
-            if function is None or node.id in sweep.seeded:
-                lines.append(f"if {t}.__class__ is not {traced.__name__}: raise Untraced")
-        live.append(node.id)
-        for i in sweep.free_after[p]:
-            if i in live:
-                live.remove(i)
-                lines.append(f"del t{i}")
-    output = sweep.output
-    if output in live and unguarded and direct:
-        namespace["finite_batch"] = finite_batch
-        lines.append(f"return t{output} if finite_batch(t{output}) else None")
-    elif output in live:
-        lines.append(f"return t{output}")
-    else:
-        namespace["zeros"] = np.zeros
-        lines.append(f"return zeros({(k,) + nodes[output].value.shape!r})")
-    code = "def push(seeds):\n" + "".join(f"    {line}\n" for line in lines)
-    exec(code, namespace)
-    return namespace["push"]
-
-
-def _shares_none(a: np.ndarray, live, seeds: dict) -> bool:
-    """Whether no tangent in `live` (those needed after the step) and no seed
-    that is an array shares memory with `a` (a jvp may return a tangent it
-    was given, or a view of one): so a step may write into it."""
-    return not any(np.may_share_memory(a, t) for t in live if type(t) is np.ndarray) \
-        and not any(np.may_share_memory(a, s) for s in seeds.values() if type(s) is np.ndarray)
-
-
-def finite_batch(batch) -> bool:
-    """Whether every entry of a batch of derivatives is finite (a Diagonal's by its values)."""
-    return all_finite(batch.values if type(batch) is Diagonal else batch)
 
 
 def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,

@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 
 from .diagnostics import FRONT_END, PYTHON, SpireadError, option
-from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, finite_batch, jacobian_forward
+from .forward import TANGENT_BUDGET_BYTES, ForwardSweep, jacobian_forward
+from .forward_steps import finite_batch
 from .limits import check_bytes, check_shape, limit_for
 from .rules_forward import Diagonal, dense
 from .run import Run

@@ -267,24 +267,30 @@ def lift(t: np.ndarray, ndim: int) -> np.ndarray:
     return t.reshape(t.shape[:1] + (1,) * missing + t.shape[1:]) if missing > 0 else t
 
 
-def scale(t: np.ndarray, d) -> np.ndarray:
+def scale(t: np.ndarray, d, out: np.ndarray | None = None) -> np.ndarray:
     """t * d, except that a zero (co)tangent stays zero where d is infinite or
     nan: an entry that does not move has no derivative to scale. This keeps a
     gradient finite when it flows around a -inf that the output never sees
-    (the seed example's empty row), in both modes alike."""
+    (the seed example's empty row), in both modes alike. `out`: an array of
+    the result's shape to write it into, as a ufunc's (t or d may be it)."""
     if type(d) is float:  # a constant partial (add, sub): nothing to guard, often nothing to do
-        return t if d == 1.0 else t * d
+        return t if d == 1.0 else t * d if out is None else np.multiply(t, d, out=out)
     # The guard changes nothing where t has no zero, or where d is finite (0 ·
     # d is 0 then); one sum is finite exactly when every entry is (bar
     # overflow, which only sends us down the slower, still correct path).
     # Asking it of the smaller operand costs a pass over it, not over the
     # product, which may be a batch of (co)tangents many times larger (a
     # Jacobian's, a Hessian's). Callers hold np.errstate.
-    if type(t) is ndarray and t.size < getattr(d, "size", 1) and t.all():
-        return t * d
-    if math.isfinite(_finite_if_all_are(d)):
-        return t * d
-    return np.where(t == 0, 0.0, t * d)
+    if (type(t) is ndarray and t.size < getattr(d, "size", 1) and t.all()) or math.isfinite(_finite_if_all_are(d)):
+        return t * d if out is None else np.multiply(t, d, out=out)
+    if out is None:
+        return np.where(t == 0, 0.0, t * d)
+    still = t == 0  # before `out`, which may be t, is written
+    np.copyto(np.multiply(t, d, out=out), 0.0, where=still)
+    return out
+
+
+scale.takes_out = True  # rules_code.takes_out
 
 
 def _finite_if_all_are(d) -> float:

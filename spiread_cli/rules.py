@@ -98,8 +98,8 @@ def without_residual(rule: Callable) -> Callable:
     def rule_without_residual(*args, residual=None, **params):
         return rule(*args, **params)
     if hasattr(rule, "resolve"):  # a compiled jvp's (rules_code.compiled_jvp)
-        rule_without_residual.resolve = lambda ts, out, xs, params, unguarded=False: rule.resolve(
-            ts, out, xs, {k: v for k, v in params.items() if k != "residual"}, unguarded)
+        rule_without_residual.resolve = lambda ts, out, xs, params, unguarded=False, into=False: rule.resolve(
+            ts, out, xs, {k: v for k, v in params.items() if k != "residual"}, unguarded, into)
     return rule_without_residual
 
 

@@ -191,11 +191,16 @@ class BatchedWriter:
 
 
 def jvp_code(derivative: Callable, moving: list[int], shapes: list[tuple], out_shape: tuple,
-             params: dict) -> tuple[str, dict]:
+             params: dict, into: bool = False) -> tuple[str, dict] | None:
     """The jvp for tangents of the operands `moving` at these shapes and
     parameters, written out as the source of a Python function `jvp(*the
     tangents, out, *operands)`, and the names it reads: the statement
-    transposed (`jvp_term`), coefficients and tangent steps as code."""
+    transposed (`jvp_term`), coefficients and tangent steps as code.
+    `into`: a function `jvp(*the tangents, out, *operands, into)` whose last
+    step writes its result into the array `into` (`out=`; a ufunc handles an
+    operand that shares its memory) where the two lie alike (`c_ordered`),
+    None where that step cannot (it is not an elementwise ufunc, or not the
+    last one)."""
     writer = CodeWriter()
     emit = BatchedWriter(writer)
     names = operand_names(len(shapes))
@@ -215,15 +220,54 @@ def jvp_code(derivative: Callable, moving: list[int], shapes: list[tuple], out_s
     if not terms:
         writer.namespace["zeros"] = np.zeros
     total = terms[0] if terms else f"zeros((k,) + {tuple(out_shape)!r})"
-    for term in terms[1:]:  # a + (−b) is a − b, one pass over the tangents fewer (sub's jvp)
+    for p, term in enumerate(terms[1:], 2):  # a + (−b) is a − b, one pass over the tangents fewer (sub's jvp)
         if term in emit.negations:
             writer.lines.remove(f"{term} = neg_({emit.negations[term]})")
-            total += f" - {emit.negations[term]}"
+            term, sign = emit.negations[term], "-"
         else:
-            total += f" + {term}"
+            sign = "+"
+        if into and p == len(terms):  # the last addition writes into `into`
+            if p > 2:
+                writer.lines.append(f"left = {total}")
+                total = "left"
+            ufunc = "into_subtract" if sign == "-" else "into_add"
+            writer.namespace.update({ufunc: np.subtract if sign == "-" else np.add, "c_ordered": c_ordered})
+            total = f"{ufunc}({total}, {term}, out=c_ordered(into, {total}, {term}))"
+        else:
+            total += f" {sign} {term}"
+    if into and len(terms) < 2:  # the one term's own last step writes into `into`, if it can
+        last = writer.lines[-1] if terms and writer.lines else ""
+        target, _, call = last.partition(" = ")
+        name = call.partition("(")[0]
+        op = OPS.get(name[:-1])
+        operands = call.partition("(")[2][:-1]
+        if target != total or op is None or writer.namespace.get(name) is not op.impl or not takes_out(op) \
+                or op.structure.kind != "elementwise" or "=" in operands:
+            return None
+        writer.namespace["c_ordered"] = c_ordered
+        writer.lines[-1] = f"{last[:-1]}, out=c_ordered(into, {operands}))"
     body = [f"k = {tangents[moving[0]]}.shape[0]", *writer.lines, f"return {total}"]
-    header = f"def jvp({', '.join([*tangents.values(), out, *args])}):\n"
+    header = f"def jvp({', '.join([*tangents.values(), out, *args, *(['into'] if into else [])])}):\n"
     return header + "".join(f"    {line}\n" for line in body), writer.namespace
+
+
+def c_ordered(into, *operands):
+    """`into` where it and every array operand lie in C order, else None (a
+    new array): the result then lies as the one a ufunc makes (in its
+    operands' order), which a reduction over it adds up in."""
+    if into is not None and into.flags.c_contiguous and all(
+            type(x) is not np.ndarray or x.flags.c_contiguous for x in operands):
+        return into
+    return None
+
+
+def takes_out(op) -> bool:
+    """Whether an op's value rules, guarded and unguarded, write their result
+    into an array given as `out=`: elementwise ufuncs (not a generalised one,
+    matmul, whose BLAS call may differ with the output's memory), and rules
+    that say so (`scale`)."""
+    return all(isinstance(rule, np.ufunc) and rule.signature is None or getattr(rule, "takes_out", False)
+               for rule in (op.impl, op.unguarded) if rule is not None)
 
 
 def unguarded_rules(namespace: dict) -> dict:
@@ -232,6 +276,12 @@ def unguarded_rules(namespace: dict) -> dict:
     for code whose caller checks that what it computes is finite."""
     return {name: getattr(OPS.get(name[:-1]), "unguarded", None) or rule if name.endswith("_") else rule
             for name, rule in namespace.items()}
+
+
+def guarded(function: Callable) -> bool:
+    """Whether a written function calls a value rule that has an unguarded one (`unguarded_rules`)."""
+    return any(name.endswith("_") and getattr(OPS.get(name[:-1]), "unguarded", None) is not None
+               for name in function.__globals__)
 
 
 def compiled_jvp(derivative: Callable) -> Callable:
@@ -243,21 +293,25 @@ def compiled_jvp(derivative: Callable) -> Callable:
     function(*the tangents that are not None, out, *xs) (None where the
     statement is evaluated): a sweep written as code calls it directly;
     `unguarded`: the function with each op's unguarded value rule
-    (`Op.unguarded`), for a caller that checks what it gives."""
+    (`Op.unguarded`), for a caller that checks what it gives; `into`: the
+    function that writes its result into an array given last (`jvp_code`),
+    None where it cannot."""
     derived = derived_jvp(derivative)
     written: dict[tuple, Callable] = {}
 
-    def resolve(ts, out, xs, params, unguarded: bool = False) -> Callable | None:
+    def resolve(ts, out, xs, params, unguarded: bool = False, into: bool = False) -> Callable | None:
         moving = tuple(t is not None for t in ts)
         try:
-            key = (moving, *[x.shape for x in xs], *[(k, comparable(v)) for k, v in params.items()], unguarded)
-            function = written.get(key)
+            key = (moving, *[x.shape for x in xs], *[(k, comparable(v)) for k, v in params.items()], unguarded, into)
+            function = written.get(key, written)
         except (TypeError, AttributeError):  # an array parameter, an operand without a shape
             return None
-        if function is None:
-            source, names = jvp_code(derivative, [i for i, m in enumerate(moving) if m], [np.shape(x) for x in xs],
-                                     np.shape(out), params)
-            function = _written(written, key, (source, unguarded_rules(names) if unguarded else names), "jvp")
+        if function is written:
+            code = jvp_code(derivative, [i for i, m in enumerate(moving) if m], [np.shape(x) for x in xs],
+                            np.shape(out), params, into)
+            function = None if code is None else _written(
+                written, key, (code[0], unguarded_rules(code[1]) if unguarded else code[1]), "jvp")
+            written[key] = function
         return function
 
     def jvp(ts, out, *xs, **params):

@@ -12,7 +12,10 @@ from conftest import Agreement, central_difference, run, spiread, strict_json
 from programs import programs
 from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.forward import ForwardSweep, directional_forward, jacobian_forward
+from spiread_cli.forward_steps import _scatters_folded
+from spiread_cli.ops import OPS
 from spiread_cli.rules_forward import Diagonal, dense
+from spiread_cli.tape import Tape
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -115,7 +118,10 @@ def test_cli_forward_mode_on_the_seed():
 def _pushes_as_step_by_step(sweep: ForwardSweep, seeds: dict, times: int = 4) -> None:
     """Push `seeds` `times` times (from the third, by the written function)
     and each time step by step too: the same bits, up to the sign of a zero
-    (which every result's 0.0 rule removes)."""
+    (which every result's 0.0 rule removes); and after them every seed and
+    every node's value as they were."""
+    kept = {i: np.array(dense(s)) for i, s in seeds.items()}
+    values = [np.array(node.value) for node in sweep.nodes]
     for _ in range(times):
         got = sweep.push(seeds)
         want = sweep._pushed(seeds)
@@ -123,6 +129,8 @@ def _pushes_as_step_by_step(sweep: ForwardSweep, seeds: dict, times: int = 4) ->
         if type(got) is Diagonal:
             got, want = got.dense(), want.dense()
         assert got.shape == want.shape and (got + 0.0).tobytes() == (want + 0.0).tobytes()
+    assert all(dense(seeds[i]).tobytes() == s.tobytes() for i, s in kept.items())
+    assert all(node.value.tobytes() == v.tobytes() for node, v in zip(sweep.nodes, values))
 
 
 @SETTINGS
@@ -131,39 +139,50 @@ def test_a_written_push_gives_the_step_by_step_bits(program, data):
     """Random programs' forward sweeps (the output's Jacobian, and the
     Hessian's sweeps over the recorded gradient), pushed again and again
     with identity rows in one block and in several, with arrays of
-    directions, and after the values change: the written push (from the
-    third push of a kind on) gives what the loop gives, bit for bit."""
+    directions (their own memory, a broadcast of a value, a node's value
+    itself), and after the values change: the written push (from the third
+    push of a kind on) gives what the loop gives, bit for bit, and leaves
+    seeds and values as they were; with every step written in place where
+    the sweep alone holds a dying tangent, or as large ones are."""
+    from spiread_cli import forward_steps
     from spiread_cli.second import SecondOrder
-    r = run(program.source, name="generated.ad")
-    wrt = data.draw(st.lists(st.sampled_from([n for n in program.names if n in r.bindings]), min_size=1,
-                             max_size=2, unique=True), label="wrt")
-    ids = [r.bindings[n] for n in wrt]
-    nodes = r.tape.nodes
-    order = SecondOrder(r, wrt)
-    sweeps = [ForwardSweep(r.tape, r.output, ids)] + [ForwardSweep(r.tape, g, ids) for g in order.grad_ids.values()]
-    total = sum(nodes[i].value.size for i in ids)
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    for change in range(2):
-        if change:  # new values of the same shapes, replayed through the run and its recorded gradient
-            for i in ids:
-                nodes[i].set_value(nodes[i].value * (1 + 0.1 * rng.standard_normal(nodes[i].value.shape)))
-            r.tape.replay([n for n in nodes if n.op is not None])
-        for sweep in sweeps:
-            offsets = np.cumsum([0] + [nodes[i].value.size for i in ids])
-            for first, k in ((0, total), (0, max(1, total // 2)), (total // 2, max(1, total - total // 2))):
-                seeds = {i: Diagonal.identity_rows(nodes[i].value.shape, first - int(offsets[p]), k)
-                         for p, i in enumerate(ids)}
-                _pushes_as_step_by_step(sweep, seeds)
-            arrays = {i: rng.standard_normal((3,) + nodes[i].value.shape) for i in ids}
-            _pushes_as_step_by_step(sweep, arrays)
-            assert all(callable(w) or w is None for w in sweep.written.values())
+    in_place = data.draw(st.booleans(), label="every step in place")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(forward_steps, "IN_PLACE_ENTRIES", 0 if in_place else forward_steps.IN_PLACE_ENTRIES)
+        r = run(program.source, name="generated.ad")
+        wrt = data.draw(st.lists(st.sampled_from([n for n in program.names if n in r.bindings]), min_size=1,
+                                 max_size=2, unique=True), label="wrt")
+        ids = [r.bindings[n] for n in wrt]
+        nodes = r.tape.nodes
+        order = SecondOrder(r, wrt)
+        sweeps = [ForwardSweep(r.tape, output, ids) for output in [r.output, *order.grad_ids.values()]]
+        total = sum(nodes[i].value.size for i in ids)
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+        for change in range(2):
+            if change:  # new values of the same shapes, replayed through the run and its recorded gradient
+                for i in ids:
+                    nodes[i].set_value(nodes[i].value * (1 + 0.1 * rng.standard_normal(nodes[i].value.shape)))
+                r.tape.replay([n for n in nodes if n.op is not None])
+            for sweep in sweeps:
+                offsets = np.cumsum([0] + [nodes[i].value.size for i in ids])
+                for first, k in ((0, total), (0, max(1, total // 2)), (total // 2, max(1, total - total // 2))):
+                    seeds = {i: Diagonal.identity_rows(nodes[i].value.shape, first - int(offsets[p]), k)
+                             for p, i in enumerate(ids)}
+                    _pushes_as_step_by_step(sweep, seeds)
+                arrays = {i: rng.standard_normal((3,) + nodes[i].value.shape) for i in ids}
+                _pushes_as_step_by_step(sweep, arrays)
+                _pushes_as_step_by_step(sweep, {i: np.broadcast_to(nodes[i].value, (2,) + nodes[i].value.shape)
+                                                for i in ids})
+                _pushes_as_step_by_step(ForwardSweep(r.tape, sweep.output, ids[:1]),
+                                        {ids[0]: nodes[ids[0]].value[None]})
+                assert all(callable(w) or w is None for w in sweep.written.values())
 
 
 def test_a_written_push_that_meets_another_kind_of_batch_pushes_step_by_step():
     """A written push whose step makes a batch of another kind than when it
     was written (here: told a Diagonal came out where an array does) stops,
     and the sweep pushes step by step from then on, with the same result."""
-    from spiread_cli.forward import written_push
+    from spiread_cli.forward_steps import written_push
     r = run("w = [0.5, -1, 2]\nA = [[1, 2, 3], [0, 1, -1]]\nloss = (A @@ w).tanh.sum + (w ** 3).sum")
     sweep = ForwardSweep(r.tape, r.output, [r.bindings["w"]])
     seeds = {r.bindings["w"]: Diagonal.identity_rows((3,), 0, 3)}
@@ -228,6 +247,24 @@ def test_a_written_push_keeps_a_zero_tangent_zero_against_an_infinite_partial():
     assert callable(next(iter(sweep.written.values()))) and not r.diagnostics.warnings
 
 
+def test_a_push_runs_unguarded_where_one_check_of_its_result_costs_less_than_its_guards(monkeypatch):
+    """However large the result (here: any), a written push runs its ops'
+    unguarded rules where the result has no more entries than the values
+    its guarded steps guard (sqrt's partial: 2 entries): for one direction,
+    not for two. Either way the loop's result, with sqrt's infinite partial
+    met by a zero tangent (A's first row)."""
+    from spiread_cli import forward_steps
+    monkeypatch.setattr(forward_steps, "UNGUARDED_ENTRIES", 0)
+    r = run("x = [1.0, 1.0]\nA = [[0, 0], [1, 2]]\ny = (A @@ x).sqrt\n")
+    x = r.bindings["x"]
+    for k, unguarded in ((1, True), (2, False)):
+        sweep = ForwardSweep(r.tape, r.output, [x])
+        seeds = {x: np.random.default_rng(k).standard_normal((k, 2))}
+        _pushes_as_step_by_step(sweep, seeds)
+        assert ("finite_batch" in next(iter(sweep.written.values())).__code__.co_names) == unguarded
+        assert np.isfinite(sweep.push(seeds)).all()
+
+
 def test_an_ops_unguarded_rule_gives_its_rules_bits_at_finite_operands():
     """`Op.unguarded` (scale's multiply) is the value rule with its guard for
     operands that are not finite left out: at finite operands, broadcast or
@@ -273,3 +310,148 @@ def test_a_written_push_differs_from_the_guarded_one_only_in_the_sign_of_a_zero(
     assert callable(next(iter(sweep.written.values())))
     jacobian = jacobian_forward(r.tape, r.output, [x], r.diagnostics, sweep=sweep)[x]
     assert (jacobian + 0.0).tobytes() == np.array([0.0, -0.25]).tobytes() and not r.diagnostics.warnings
+
+
+# ------------------------------------------------ written in place
+# A written push writes a step's result into an operand's tangent that dies
+# at that step where the sweep alone holds its memory, and adds a scatter
+# into the other operand of a sum (forward_steps.written_push). Every push
+# here writes in place where it may (`in_place`).
+
+
+@pytest.fixture
+def in_place(monkeypatch):
+    from spiread_cli import forward_steps
+    monkeypatch.setattr(forward_steps, "IN_PLACE_ENTRIES", 0)
+
+
+def _writes_in_place(sweep: ForwardSweep) -> bool:
+    """Whether a written push of the sweep has a step that may write into a tangent."""
+    return any(callable(w) and "into" in w.__code__.co_varnames for w in sweep.written.values())
+
+
+def _sweep_of(source: str, wrt: str = "x") -> tuple[ForwardSweep, dict]:
+    r = run(source)
+    x = r.bindings[wrt]
+    sweep = ForwardSweep(r.tape, r.output, [x])
+    return sweep, {x: np.random.default_rng(1).standard_normal((4,) + r.tape.nodes[x].value.shape)}
+
+
+@pytest.mark.parametrize("view", ["y.T", "y.reshape(3, 2)"])
+def test_a_view_of_a_tangent_still_read_is_never_written(view, in_place):
+    """`v`'s tangent is a view of `y`'s (a transpose's, a reshape's jvp), and
+    dies at `v.sin` while `y * y` still reads `y`'s: only an array that owns
+    its memory may be written into."""
+    sweep, seeds = _sweep_of(f"x = [[0.5, -1, 2], [1.5, 0.3, -0.7]]\ny = x * 3\nv = {view}\nw = v.sin\n"
+                             "loss = w.sum + (y * y).sum")
+    _pushes_as_step_by_step(sweep, seeds)
+    assert _writes_in_place(sweep)
+
+
+def test_a_tangent_a_jvp_returned_as_it_was_given_is_never_written_while_read(in_place):
+    """`y + c` moves only with y: its jvp returns y's tangent itself
+    (`scale(t, 1.0)` is t), so `z`'s tangent is `y`'s, which `y * y` still
+    reads after `z.sin`, where `z`'s dies: the array has two names then."""
+    sweep, seeds = _sweep_of("x = [0.5, -1, 2]\nc = [1, 2, 3]\ny = x * 3\nz = y + c\nw = z.sin\n"
+                             "loss = w.sum + (y * y).sum")
+    _pushes_as_step_by_step(sweep, seeds)
+    assert _writes_in_place(sweep)
+
+
+def test_a_tangent_two_nodes_share_is_never_written_while_one_is_read(in_place):
+    """`u` computes what `y` does (`Tape.repeats`), so the sweep gives it
+    `y`'s tangent: `y`'s dies at `y.sin` while `u * u` still reads it."""
+    sweep, seeds = _sweep_of("x = [0.5, -1, 2]\ny = x.exp\nu = x.exp\nloss = y.sin.sum + (u * u).sum")
+    assert sweep.same
+    _pushes_as_step_by_step(sweep, seeds)
+    assert _writes_in_place(sweep)
+
+
+def test_a_result_written_in_place_lies_in_memory_as_a_new_one(in_place):
+    """`onehot @@ w`'s batched jvp lies in memory in another order than C;
+    the acosh's jvp makes a new result in C order, and the sum adds its
+    entries in the order they lie: a result is written into a tangent only
+    where both lie in C order, else the sum's bits could differ."""
+    r = run('w = [[0.19, -0.2], [0.96, 0.16], [-0.8, 0.54]]\n'
+            'loss = ((einsum("ij->j", w) + (onehot([0, 0, 0], 3) @@ w)) + 1.0).acosh.sum')
+    w = r.bindings["w"]
+    sweep = ForwardSweep(r.tape, r.output, [w])
+    for seed in range(20):
+        _pushes_as_step_by_step(sweep, {w: np.random.default_rng(seed).standard_normal((3, 3, 2))})
+    assert _writes_in_place(sweep)
+
+
+@pytest.mark.parametrize("source", ["x = [0.5, -1, 2]\nloss = x.sin.sum",
+                                    "x = [0.5, -1, 2]\nloss = (x * 2).sum + x.cos.sum"])
+def test_seeds_and_values_are_never_written(source, in_place):
+    """x's tangent is its seed, which dies at the step reading it last:
+    seeds that own their memory, and a node's value given as the seeds."""
+    sweep, seeds = _sweep_of(source)
+    _pushes_as_step_by_step(sweep, seeds)
+    x = next(iter(seeds))
+    _pushes_as_step_by_step(ForwardSweep(Tape(sweep.nodes), sweep.output, [x]), {x: sweep.nodes[x].value[None]})
+    X = Tape(sweep.nodes).leaf(np.arange(9.0).reshape(3, 3), "input", None)
+    _pushes_as_step_by_step(ForwardSweep(Tape(sweep.nodes), sweep.output, [x]), {x: X.value})
+    assert _writes_in_place(sweep)
+
+
+def _scatter_added(first: str, op: str, key: tuple, n: int = 7, then: str = "") -> tuple[ForwardSweep, dict]:
+    """out = a ± (zeros with v at key), v = x's entries the key picks, times 2;
+    a = x itself ("x") or 3 · x ("3x"); `then` "a": out · a, a read after
+    the sum; "c": out · c for a constant c, the sum's value read after it."""
+    tape = Tape([])
+    x = tape.leaf(np.linspace(-1, 2, n), "input", None, "x").id
+    picked = tape.record(OPS["index"], (x,), {"key": key}, None, "[]", None).id
+    v = tape.record(OPS["scale"], (picked, tape.leaf(np.array(2.0), "const", None).id), {}, None, "*", None).id
+    s = tape.record(OPS["indexScatter"], (v,), {"key": key, "shape": (n,)}, None, "∂", None).id
+    a = x if first == "x" else tape.record(OPS["mul"], (x, tape.leaf(np.array(3.0), "const", None).id), {},
+                                           None, "*", None).id
+    out = tape.record(OPS[op], (a, s), {}, None, op, None).id
+    c = tape.leaf(np.array(5.0), "const", None).id
+    out = tape.record(OPS["mul"], (out, {"a": a, "c": c}[then]), {}, None, "*", None).id if then else out
+    sweep = ForwardSweep(tape, out, [x])
+    return sweep, {x: np.random.default_rng(2).standard_normal((3, n))}
+
+
+@pytest.mark.parametrize("op", ["add", "sub"])
+@pytest.mark.parametrize("key", [(slice(1, None),), (slice(None, -1),), (slice(1, 6, 2),), (3,)])
+@pytest.mark.parametrize("then", ["", "c"])
+def test_a_scatter_is_added_into_the_other_operands_tangent(op, key, then, in_place):
+    """a ± scatter(v): v added into (subtracted from) a's tangent at the
+    key, where the sweep alone holds it (a = 3 · x); then the sum times 5."""
+    sweep, seeds = _scatter_added("3x", op, key, then=then)
+    assert _scatters_folded(sweep)
+    _pushes_as_step_by_step(sweep, seeds)
+
+
+@pytest.mark.parametrize("op", ["add", "sub"])
+def test_a_scatter_is_never_added_into_a_seed(op, in_place):
+    """a ± scatter(v) with a = x: a's tangent is x's seed, so the scatter is
+    made and added as the loop does."""
+    sweep, seeds = _scatter_added("x", op, (slice(1, None),), then="c")
+    assert _scatters_folded(sweep)
+    _pushes_as_step_by_step(sweep, seeds)
+
+
+@pytest.mark.parametrize("op", ["add", "sub"])
+def test_a_scatter_is_never_added_into_a_tangent_read_after_the_sum(op, in_place):
+    """(a ± scatter(v)) · a: a's tangent is read after the sum, so the
+    scatter is made and added as the loop does."""
+    sweep, seeds = _scatter_added("3x", op, (slice(1, None),), then="a")
+    _pushes_as_step_by_step(sweep, seeds)
+    assert _writes_in_place(sweep)
+
+
+def test_the_chained_rosenbrock_hessians_sweep_adds_its_scatters_as_one_array(in_place):
+    """The recorded gradient of Σ 100 (x[i+1] − x[i]²)² + (1 − x[i])² ends
+    in the sum of two scatters (x[1:]'s and x[:-1]'s): folded, and the
+    pushes of its Hessian's colours give the loop's bits."""
+    from spiread_cli.second import SecondOrder
+    r = run("x = [0.3, -1.2, 1.0, 0.7, -0.4, 2.0]\n"
+            "loss = (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum")
+    order = SecondOrder(r, ["x"])
+    x = r.bindings["x"]
+    sweep = ForwardSweep(r.tape, order.grad_ids[x], [x])
+    assert _scatters_folded(sweep)
+    _pushes_as_step_by_step(sweep, {x: np.random.default_rng(3).standard_normal((3, 6))})
+    assert _writes_in_place(sweep)

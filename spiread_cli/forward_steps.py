@@ -1,0 +1,270 @@
+"""A forward sweep's steps: one op's tangent from its operands'
+(`jvp_step`, the loop's), and a sweep's steps written out as one function
+(`written_push`), which writes a large step's result into an operand's
+tangent that dies there where the sweep alone holds its memory, and adds a
+scatter into the other operand of a sum."""
+
+from __future__ import annotations
+
+import collections
+import sys
+from typing import Callable
+
+import numpy as np
+
+from .rules_code import guarded
+from .rules_forward import Diagonal, added, dense, diagonal_jvp, spreads
+from .tape_nodes import Node, all_finite, rule_params
+
+# A written push with a result this small, or no larger than the values its guarded steps guard, calls
+# its ops' unguarded rules (`Op.unguarded`) and checks the result once: a pass over it costs less than
+# the guards (about 2 us a call, on the smaller operand).
+UNGUARDED_ENTRIES = 1 << 16
+# A written push writes a step's result with this many entries or more into an operand's tangent that
+# dies at that step, where the sweep alone holds it: fewer distinct arrays passed over, in the caches at once.
+IN_PLACE_ENTRIES = 1 << 14
+
+
+def jvp_step(op, ts: list, out: np.ndarray, args: list, params: dict, k: int, owned: Callable[[np.ndarray], bool]):
+    """One op's tangent from its operands' `ts` (None: no tangent; a
+    `Diagonal` batch stays one where the op has a rule for it), shape (k,) +
+    out's; `owned(a)`: whether no other tangent or seed shares memory with a."""
+    t = None
+    if any(type(given) is Diagonal for given in ts):
+        t = diagonal_jvp(op, ts, out, args, params, owned)
+        ts = [dense(given) for given in ts] if t is None else ts
+    if t is None:
+        t = op.jvp(ts, out, *args, **params)
+        if np.shape(t) != (k,) + out.shape:
+            t = np.broadcast_to(t, (k,) + out.shape)
+    return t
+
+
+class Untraced(Exception):
+    """A written push met a batch of another kind than when it was written."""
+
+
+def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray]:
+    """The sweep's push for seeds of this kind as one function, a line per
+    step, from `trace` (`ForwardSweep._pushed`'s, at these seeds): a step
+    whose tangents were arrays calls the function its op's jvp runs for them
+    (`jvp.resolve`: the same primal rules in the same order, so the same
+    bits) with no look-up, and so does an elementwise step on `Diagonal`
+    batches over the same entries (on their values spread into one value
+    each, as `diagonal_jvp` steps them, after its own check); any other runs
+    `jvp_step`, as the loop does, and raises `Untraced` if its batch is of
+    another kind than traced (the caller pushes step by step then). Values
+    are read from the nodes at each call; a tangent is dropped after its last
+    reader, as the loop drops it. `sweep` is a forward.ForwardSweep.
+
+    In place: a step on arrays with a large result (`IN_PLACE_ENTRIES`)
+    writes it (`out=`, `jvp.resolve(into=True)`) into an operand's tangent
+    of its shape that dies at that step, if, when it runs, the sweep alone
+    holds that array's memory: the array owns it (`base` is None: not a view
+    of a seed, a value or another tangent, as a reshape's or a slice's jvp
+    gives) and its one name in this function is the only reference to it
+    (`SOLE_REFERENCES`: not a seed, which the caller and `seeds` hold, nor a
+    node's value, nor the tangent of a `same` node, nor one a jvp returned
+    as it was given, `scale(t, 1.0)`, still named as its operand's, nor an
+    array a live view is of). The ufunc reads its operands whole before it
+    writes, whatever memory they share. A sum (or difference) of a tangent
+    `a` and a scatter `zeros with v at key` that it alone reads
+    (`_scatters_folded`) is, where the sweep alone holds `a`, `v` added into
+    `a` at key (else the scatter made and added): the same values but the
+    sign of a zero, a + (+0.0) where a is −0.0.
+
+    Unguarded: the array steps run their ops' unguarded rules (`scale` as a
+    multiply) where one check of the result costs less than their guards (a
+    pass over each guarded step's value, at least) or the result is small
+    (`UNGUARDED_ENTRIES`), and the function returns None where the result is
+    not finite (the caller pushes step by step): a finite result is the
+    guarded one up to the sign of a zero (which every result's 0.0 rule
+    removes: python_args.result_value), since an unguarded 0 · inf is a nan
+    that every later step keeps (the tangents' maps are linear) or drops
+    with its entry, and the guard differs from a multiply only in giving 0.0
+    for a zero tangent."""
+    nodes, plan, same = sweep.nodes, sweep.plan, sweep.same
+    k = next(iter(seeds.values())).shape[0]
+    guards, rebound = 0, {}  # entries of the values the guarded steps guard; their functions unguarded
+    namespace = {"nodes": nodes, "jvp_step": jvp_step, "added": added, "broadcast_to": np.broadcast_to,
+                 "Untraced": Untraced, "shares_none": shares_none, "ndarray": np.ndarray, "Diagonal": Diagonal,
+                 "spreads": spreads, "getrefcount": sys.getrefcount, "SOLE": SOLE_REFERENCES}
+    lines, read, live, steps = [], set(), [], iter(trace)
+    folded = _scatters_folded(sweep)  # {a scatter's id: the add's that alone reads it}
+    deferred: dict[int, tuple] = {}  # a scatter stepped with its add: its traced kinds
+    postponed: dict[int, list[int]] = {}  # an add's id: the tangents to drop after it (its scatter's)
+
+    def value(i: int) -> str:
+        if i not in read:
+            read.add(i)
+            lines.append(f"x{i} = nodes[{i}].value")
+        return f"x{i}"
+
+    def tangent(i: int) -> str:
+        return f"t{i}" if i in live or i in deferred else "None"
+
+    def sole(i: int) -> str:
+        """Whether tangent i's memory is the sweep's alone: it owns it (no view of another array's) and
+        no name but its own refers to it (no seed, value, alias or view of it): `SOLE_REFERENCES`."""
+        return f"t{i}.base is None and getrefcount(t{i}) == SOLE"
+
+    def step(p: int, node: Node, traced_ts: list, traced: type) -> None:
+        nonlocal guards
+        t = f"t{node.id}"
+        ts = [tangent(i) for i in node.inputs]
+        args = ", ".join(value(i) for i in node.inputs)
+        out, op = value(node.id), f"op{p}"
+        namespace[op] = node.op
+        resolve = getattr(node.op.jvp, "resolve", None)
+        function, dying = None, []
+        # Arrays in and out; or Diagonal batches in and out of an elementwise op, which steps
+        # them spread into one value each (rules_forward.diagonal_jvp), checked as it does.
+        spread = traced is Diagonal and node.op.structure.kind == "elementwise" and \
+            all(kind in (Diagonal, type(None)) for kind in traced_ts)
+        arrays = traced is np.ndarray and all(kind in (np.ndarray, type(None)) for kind in traced_ts)
+        if resolve is not None and (spread or arrays):
+            moves = [None if kind is type(None) else kind for kind in traced_ts]
+            xs = [nodes[i].value for i in node.inputs]
+            # A large result is written into an operand's tangent that dies here, if the sweep alone holds it.
+            dying = [i for i, kind in dict(zip(node.inputs, traced_ts)).items() if arrays and kind is np.ndarray
+                     and i in sweep.free_after[p] and _writable_into(nodes[i], node, k)]
+            function = resolve(moves, node.value, xs, node.params, False, into=True) if dying else None
+            if function is None:
+                dying, function = [], resolve(moves, node.value, xs, node.params, False)
+            if function is not None and guarded(function):
+                guards += node.value.size
+                rebound[f"jvp{p}"] = resolve(moves, node.value, xs, node.params, True, into=bool(dying))
+        if function is not None:
+            namespace[f"jvp{p}"] = function
+            moving = [given for given in ts if given != "None"]
+        if function is not None and spread:
+            lines.extend([f"if not spreads({op}, [{', '.join(moving)}], {node.value.shape!r}): raise Untraced",
+                          f"{t} = {moving[0]}.gathered(jvp{p}({', '.join(f'{m}.spread()[None]' for m in moving)}, "
+                          f"{out}, {args})[0])"])
+        elif function is not None:
+            shape = (k,) + node.value.shape
+            if dying:  # `into`, bound first: the call's own arguments are references too
+                lines.append(f"into = {''.join(f't{i} if {sole(i)} else ' for i in dying)}None")
+            lines.extend([f"{t} = jvp{p}({', '.join(moving)}, {out}, {args}{', into' if dying else ''})",
+                          *(["del into"] if dying else []),
+                          f"if {t}.shape != {shape!r}: {t} = broadcast_to({t}, {shape!r})"])
+        else:
+            params = f"params{p}"
+            namespace[params] = node.params
+            if node.op.fwd is not None:
+                namespace["rule_params"] = rule_params
+                params = f"rule_params(nodes[{node.id}], [{args}])"
+            others = ", ".join(f"t{i}" for i in live if i not in sweep.free_after[p])
+            lines.append(f"{t} = jvp_step({op}, [{', '.join(ts)}], {out}, [{args}], {params}, {k}, "
+                         f"lambda a: shares_none(a, ({others}{',' if others else ''}), seeds))")
+        if node.id in sweep.seeded:
+            lines.append(f"{t} = added({t}, seeds[{node.id}])")
+        if function is None or node.id in sweep.seeded:
+            lines.append(f"if {t}.__class__ is not {traced.__name__}: raise Untraced")
+
+    for p, node in enumerate(plan):
+        t = f"t{node.id}"
+        if node.id in same:
+            lines.append(f"{t} = t{same[node.id]}")
+        elif node.op is None or all(tangent(i) == "None" for i in node.inputs):
+            lines.append(f"{t} = seeds[{node.id}]")
+        elif node.id in folded:  # stepped with the add that alone reads it
+            deferred[node.id] = next(steps)
+            postponed[folded[node.id]] = sweep.free_after[p]
+            continue
+        else:
+            traced_ts, traced = next(steps)
+            scatter = next((i for i in node.inputs if i in deferred), None)
+            if scatter is None:
+                step(p, node, traced_ts, traced)
+            else:
+                scattered = nodes[scatter]
+                other, v = node.inputs[1 - node.inputs.index(scatter)], scattered.inputs[0]
+                kinds = [*traced_ts, traced, *deferred[scatter][0], deferred[scatter][1]]
+                fold = tangent(other) != "None" and tangent(v) != "None" and all(kind is np.ndarray for kind in kinds)
+                if fold:  # a ± (zeros with v at key) is a with v added (subtracted) at key, where a is the sweep's
+                    for i in (*scattered.inputs, scatter, *node.inputs, node.id):
+                        value(i)  # read before the branches: later steps may read them too
+                    key = f"key{p}"
+                    namespace[key], namespace[node.op.name] = (slice(None),) + scattered.params["key"], node.op.impl
+                    lines.extend([f"if {sole(other)} and t{other}.flags.c_contiguous:", f"    into = t{other}[{key}]",
+                                  f"    {node.op.name}(into, t{v}, out=into)", "    del into", f"    {t} = t{other}",
+                                  "else:"])
+                start = len(lines)
+                step(plan.index(scattered), scattered, *deferred[scatter])
+                step(p, node, traced_ts, traced)
+                lines.append(f"del t{scatter}")
+                del deferred[scatter]
+                lines[start:] = [f"    {line}" if fold else line for line in lines[start:]]
+        live.append(node.id)
+        for i in sweep.free_after[p] + postponed.pop(node.id, []):
+            if i in live:
+                live.remove(i)
+                lines.append(f"del t{i}")
+    output = sweep.output
+    if output in live and rebound and k * nodes[output].value.size <= max(guards, UNGUARDED_ENTRIES):
+        namespace.update(rebound)
+        namespace["finite_batch"] = finite_batch
+        lines.append(f"return t{output} if finite_batch(t{output}) else None")
+    elif output in live:
+        lines.append(f"return t{output}")
+    else:
+        namespace["zeros"] = np.zeros
+        lines.append(f"return zeros({(k,) + nodes[output].value.shape!r})")
+    code = "def push(seeds):\n" + "".join(f"    {line}\n" for line in lines)
+    exec(code, namespace)
+    return namespace["push"]
+
+
+def _sole_references() -> int:
+    """What `sys.getrefcount` says of an array that one local name alone refers to."""
+    local = np.empty(0)
+    return sys.getrefcount(local)
+
+
+SOLE_REFERENCES = _sole_references()
+
+
+def _writable_into(operand: Node, node: Node, k: int) -> bool:
+    """Whether a step's result may be written into its operand's tangent by its kind: of the result's shape
+    and dtype, and large (`IN_PLACE_ENTRIES`). Whether the sweep alone holds it is known when it runs."""
+    return operand.value.shape == node.value.shape and operand.value.dtype == node.value.dtype == np.float64 \
+        and k * node.value.size >= IN_PLACE_ENTRIES
+
+
+def _scatters_folded(sweep) -> dict[int, int]:
+    """The plan's indexScatter nodes at a key of slices and integers that an add (or a subtraction, as
+    its second operand) of their shape alone reads, where the other operand's tangent dies: by id, the
+    add's id. A written push adds the scattered entries into that tangent where the sweep alone holds it."""
+    nodes, plan, same = sweep.nodes, sweep.plan, sweep.same
+    readers = collections.Counter(i for node in plan for i in node.inputs) + collections.Counter(same.values())
+    planned = {node.id for node in plan}
+    folded: dict[int, int] = {}
+    for p, node in enumerate(plan):
+        if node.op is None or node.op.name not in ("add", "sub") or node.id in same or node.id in sweep.seeded \
+                or len(set(node.inputs)) != 2:
+            continue
+        for s in node.inputs[::-1] if node.op.name == "add" else node.inputs[1:]:
+            scatter, other = nodes[s], nodes[node.inputs[node.inputs[0] == s]]
+            if (s in planned and scatter.op is not None and scatter.op.name == "indexScatter" and readers[s] == 1
+                    and s not in same and s not in sweep.seeded and other.id in planned
+                    and other.id in sweep.free_after[p] and scatter.inputs[0] in planned
+                    and all(type(part) in (slice, int) for part in scatter.params["key"])
+                    and scatter.value.shape == other.value.shape == node.value.shape
+                    and scatter.value.dtype == other.value.dtype == node.value.dtype == np.float64):
+                folded[s] = node.id
+                break
+    return folded
+
+
+def shares_none(a: np.ndarray, live, seeds: dict) -> bool:
+    """Whether no tangent in `live` (those needed after the step) and no seed
+    that is an array shares memory with `a` (a jvp may return a tangent it
+    was given, or a view of one): so a step may write into it."""
+    return not any(np.may_share_memory(a, t) for t in live if type(t) is np.ndarray) \
+        and not any(np.may_share_memory(a, s) for s in seeds.values() if type(s) is np.ndarray)
+
+
+def finite_batch(batch) -> bool:
+    """Whether every entry of a batch of derivatives is finite (a Diagonal's by its values)."""
+    return all_finite(batch.values if type(batch) is Diagonal else batch)
