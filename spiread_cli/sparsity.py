@@ -49,7 +49,7 @@ import scipy.sparse as sp
 
 from .limits import SURELY_AVAILABLE_BYTES, check_bytes, fits_anyway, max_bytes
 from .sparsity_links import Columns, HessianPairs, Progression, csr_of, met, pulled, pushed_back, union_of
-from .structure import Entries, Links
+from .structure import Elementwise, Entries, Links
 from .tape import Node, Tape
 
 
@@ -118,7 +118,7 @@ class Sweep:
                     break
             all_linked[node.id] = linked
 
-    def _same_links(self, node: Node, rule) -> list | None:
+    def _same_links(self, node: Node, rule: Elementwise) -> list | None:
         """An elementwise node's links, each moving operand on the same
         entry, as its rule (`structure.elementwise`'s `first`) gives them
         when that operand is of the output's shape and a factor its partial
@@ -204,7 +204,12 @@ class Sweep:
     def _read_zeros(self, i: int, moving: np.ndarray | None = None) -> np.ndarray:
         """Value i's nonzero entries, with, for a value that moves, the rows its pattern reaches (`moving`)."""
         if i not in self.zeros_read:
-            self.zeros_read[i] = (_nonzero(self.tape.nodes[i].value, moving), moving)
+            value = self.tape.nodes[i].value
+            if moving is None and np.ndim(value) == 0:  # a constant number (`2 * x`): read as a number
+                nonzero = self.every(1) if value != 0 else np.zeros(1, dtype=bool)
+            else:
+                nonzero = _nonzero(value, moving)
+            self.zeros_read[i] = (nonzero, moving)
         return self.zeros_read[i][0]
 
     def every(self, size: int) -> np.ndarray:
