@@ -324,6 +324,12 @@ def pushed_back(links: Links, adj: np.ndarray) -> np.ndarray:
     """Linksᵀ · adj as booleans: the operand entries linked to an entry in adj."""
     if links.kind == "same":
         return adj
+    if links.kind == "groups":
+        live = np.zeros(links.groups + 1, dtype=bool)  # the last slot stands for "no group"
+        live[links.rows[adj & (links.rows >= 0)]] = True
+        if live[:-1].all():  # a sum's whole operand, or every row of a softmax: one pass
+            return links.cols >= 0
+        return live[np.where(links.cols >= 0, links.cols, links.groups)]
     result = np.zeros(links.shape[1], dtype=bool)
     if links.kind == "strided":
         lo, hi = links.lo, links.hi
@@ -340,14 +346,8 @@ def pushed_back(links: Links, adj: np.ndarray) -> np.ndarray:
         cols = links.cols[adj]
         result[cols[cols >= 0]] = True
         return result
-    if links.kind == "pairs":
-        result[links.cols[adj[links.rows]]] = True
-        return result
-    live = np.zeros(links.groups + 1, dtype=bool)  # the last slot stands for "no group"
-    live[links.rows[adj & (links.rows >= 0)]] = True
-    if live[:-1].all():  # a sum's whole operand, or every row of a softmax: one pass
-        return links.cols >= 0
-    return live[np.where(links.cols >= 0, links.cols, links.groups)]
+    result[links.cols[adj[links.rows]]] = True  # "pairs"
+    return result
 
 
 class HessianPairs:
