@@ -131,6 +131,13 @@ def check_costs(ctx: dict) -> None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         given = module.inputs()
+        if have("torch"):
+            import torch
+            given_torch = {name: torch.from_numpy(value) for name, value in given.items()}
+            checks = min(timeit.repeat(lambda: [module._checked(v, module.SHAPES[n], "value_and_grad", n)
+                                                for n, v in given_torch.items()], number=2000, repeat=7,
+                                       timer=step_clock())) / 2000 * 1e6
+            print(f"{workload:21} {len(given)} arguments: checks of PyTorch tensors {checks:.1f} us")
 
         def unchecked():
             xp = array_namespace(*given.values())

@@ -258,11 +258,9 @@ class PythonWriter:
             if into is None:
                 lines.append(line)
             else:
-                name, operands = self.name_of(node), self.operands[node.id]
-                statement = node.op.export.update[into].format(*operands, out=name)
-                if not statement.startswith(f"{name} = "):
-                    lines.append(f"{name} = {operands[into]}")
-                lines.append(f"{statement}  # {line.split('  # ', 1)[1]} (in place)")
+                operands = self.operands[node.id]
+                lines.append(f"{self.name_of(node)} = _into(np.{node.op.export.update}, {', '.join(operands)}, "
+                             f"{operands[into]})  # {line.split('  # ', 1)[1]} (in place on numpy)")
             gone = dead.get(k, []) + [self.shares[c] for c in self.sharing.get(node.id, ()) if readers[c] == k]
             if gone:
                 lines.append(f"del {', '.join(gone)}")
@@ -270,12 +268,11 @@ class PythonWriter:
 
     def updated(self, node: Node, dying: list[bool]) -> int | None:
         """Which operand's array the node's result is written into (see
-        `body`: `dying` says which may be), or None."""
-        update = node.op.export.update
-        if len(node.inputs) != len(update) or len(set(node.inputs)) != len(node.inputs):
+        `body`: `dying` says which may be), or None: one of the result's
+        shape (one it broadcasts to a larger result cannot hold it)."""
+        if node.op.export.update is None or len(set(node.inputs)) != len(node.inputs):
             return None
-        return next((k for k, i in enumerate(node.inputs)
-                     if update[k] is not None and dying[k] and self.g.nodes[i].shape == node.shape), None)
+        return next((k for k, i in enumerate(node.inputs) if dying[k] and self.g.nodes[i].shape == node.shape), None)
 
     def module(self, companion: str | None) -> tuple[str, dict[str, np.ndarray]]:
         """The module's text, and the arrays for its companion .npz (empty
@@ -317,7 +314,7 @@ class PythonWriter:
             "any array API namespace (numpy, PyTorch, CuPy, Dask); one left out is the",
             "program's own value (`inputs()`). Each must be real numbers of its shape in",
             "SHAPES (another is an error naming it). Each line cites the program's FILE:LINE:COL;",
-            "a large intermediate is let go (`del`) after its last use, or written into there (in place).",
+            "a large intermediate is let go (`del`) after its last use, or written into there (in place on numpy).",
             '"""',
             "",
             *(["from pathlib import Path", ""] if stored else []),

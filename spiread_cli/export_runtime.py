@@ -17,7 +17,7 @@ def _arguments(function: str, given: dict, own: dict, shapes: dict) -> tuple:
     given (`_checked`); one not given is the program's own value. Plain
     Python numbers and (nested) lists take the arrays' namespace, or numpy's
     when no array is given."""
-    arrays = [v for v in given.values() if v is not None and not isinstance(v, (int, float, list, tuple))]
+    arrays = [v for v in given.values() if type(v) is np.ndarray or _an_array(v)]
     if all(type(v) is np.ndarray for v in arrays):
         # numpy's own arrays (or none): numpy's asarray, a tenth of the namespace's (0.1 against 0.9 us)
         return array_namespace(*arrays[:1] or [np.empty(0)]), [
@@ -29,18 +29,26 @@ def _arguments(function: str, given: dict, own: dict, shapes: dict) -> tuple:
                            device=where) for name, v in given.items()]
 
 
+def _an_array(value) -> bool:
+    """An array of some namespace (numpy's scalars that are Python numbers
+    aside); anything else (numbers, lists, text) is read by np.asarray."""
+    return hasattr(value, "dtype") and hasattr(value, "shape") and not isinstance(value, (int, float, complex))
+
+
 def _checked(value, shape: tuple, function: str, name: str):
     """`value` if it is real numbers (bool, integer or float: not complex,
     text or objects) of `shape`, the shape `function` was exported for (a
     plain number or list as a numpy array); else an error naming it (`name`),
     the shape it needs and the shape it has. Non-finite entries are taken,
     as spiread takes them."""
-    if isinstance(value, (int, float, list, tuple)):
+    if type(value) is not np.ndarray and not _an_array(value):
         try:
             value = np.asarray(value)
         except ValueError:
             raise ValueError(f"{function}(): `{name}`: its rows differ in length") from None
-    kind = getattr(value.dtype, "kind", None)  # numpy's and CuPy's dtypes say it at once
+    kind = getattr(value.dtype, "kind", None)  # numpy's dtype (CuPy's, Dask's, JAX's) says it at once
+    if kind is None and hasattr(value.dtype, "is_complex"):  # PyTorch's: every other dtype is real numbers
+        kind = "c" if value.dtype.is_complex else "f"
     if kind == "O":  # numbers numpy keeps as objects (2**70, a Fraction, a Decimal) are numbers
         from decimal import Decimal
         from numbers import Real
@@ -84,11 +92,15 @@ def _directions(xp, direction, like: dict) -> list:
                        device=device(x)) for name, x in like.items()]
 
 
-def _subtract_into(a, b):
-    """a − b, written into b (an array the caller lets go) where numpy's."""
-    if is_numpy_array(b):
-        return np.subtract(a, b, out=b)
-    return a - b
+def _into(ufunc, a, b, out):
+    """numpy's `ufunc` (add, subtract, multiply, divide) of a and b, written
+    into `out` (a or b: a large array the function lets go) where it is
+    numpy's; any other namespace gets a new array, as `a - b` makes it
+    (PyTorch's autograd may have kept `out`, JAX's arrays cannot change)."""
+    if is_numpy_array(out):
+        return ufunc(a, b, out=out)
+    import operator
+    return getattr(operator, {"add": "add", "subtract": "sub", "multiply": "mul", "divide": "truediv"}[ufunc.__name__])(a, b)
 
 
 def _sigmoid(x):
@@ -130,12 +142,9 @@ def _exp_rows(x):
 
 def _softmax_of(parts, in_place=False):
     """The rows' softmax from `_exp_rows`'s parts: `in_place` (where they
-    are read no more), into e where the namespace writes in place."""
+    are read no more), into e where it is numpy's."""
     _, e, total = parts
-    if in_place:
-        e /= total
-        return e
-    return e / total
+    return np.divide(e, total, out=e) if in_place and is_numpy_array(e) else e / total
 
 
 def _log_softmax_of(x, parts):

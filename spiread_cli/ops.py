@@ -116,19 +116,18 @@ class Export:
     (`.T`, a slice, `reshape`, `broadcast_to`), which a function returns
     as a copy when that operand is an argument, a constant or another result.
 
-    `update`: for each operand, a statement making the result `{out}` in
-    that operand's array: an augmented assignment (`"{out} -= {1}"`, after
-    `{out} = {0}`) or an assignment of a helper's result; None where it
-    cannot. A function writes it where
-    the operand is a large intermediate it made, of the result's shape and
-    read by nothing after, as a step written by hand works in place (arrays
-    that cannot be changed, JAX's, are rebound instead)."""
+    `update`: the numpy ufunc the op is (`"subtract"`). Where an operand is
+    a large intermediate the function made, of the result's shape and read
+    by nothing after, the result is written into its array on numpy
+    (`_into`: `out=`), as a step written by hand works in place; any other
+    namespace gets a new array (PyTorch's autograd may have kept the
+    operand, JAX's arrays cannot change)."""
     python: str | Callable | None
     onnx: str | Callable | None
     numbers: bool = False
     refused: Callable | None = None
     view: bool = False
-    update: tuple[str | None, ...] = ()
+    update: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,13 +657,13 @@ def _pow_exponent(out, a, b, e):
     return e("scale", [e("sub", [_one(e), held]), e("mul", [out, e("log", [a])])])
 
 
-elementwise2("add", np.add, (lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0), Export("{0} + {1}", "Add", True, update=("{out} += {1}", "{out} += {0}")), couples=())
+elementwise2("add", np.add, (lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0), Export("{0} + {1}", "Add", True, update="add"), couples=())
 elementwise2("sub", np.subtract, (lambda out, a, b, e: 1.0, lambda out, a, b, e: -1.0),
-             Export("{0} - {1}", "Sub", True, update=("{out} -= {1}", "{out} = _subtract_into({0}, {1})")), couples=())
-elementwise2("mul", np.multiply, (lambda out, a, b, e: b, lambda out, a, b, e: a), Export("{0} * {1}", "Mul", True, update=("{out} *= {1}", "{out} *= {0}")), couples=((0, 1),), vanishes_with=(1, 0))
+             Export("{0} - {1}", "Sub", True, update="subtract"), couples=())
+elementwise2("mul", np.multiply, (lambda out, a, b, e: b, lambda out, a, b, e: a), Export("{0} * {1}", "Mul", True, update="multiply"), couples=((0, 1),), vanishes_with=(1, 0))
 elementwise2("div", np.divide, (lambda out, a, b, e: e("div", [_one(e), b]),
                                 lambda out, a, b, e: e("div", [e("neg", [a]), e("mul", [b, b])])),
-             Export("{0} / {1}", "Div", True, update=("{out} /= {1}", None)), methods=("div",), couples=((0, 1), (1, 1)), vanishes_with=(None, 0))
+             Export("{0} / {1}", "Div", True, update="divide"), methods=("div",), couples=((0, 1), (1, 1)), vanishes_with=(None, 0))
 def _power(a, b):
     """a ** b (np.power), for a whole-number exponent as |a| ** b given a's
     sign where b is odd: the same number (an even power is even in a, an

@@ -165,13 +165,17 @@ def test_values_that_are_not_real_numbers_are_refused_as_spiread_refuses_them(tm
         np.testing.assert_array_equal(float(got), want)
     for refused, what in ((np.array([1 + 1j, 2]), "complex numbers"), (["1", "2"], "text"),
                           (np.array([object(), 1.0]), "Python objects"),
-                          (torch.tensor([1 + 1j, 2]), "torch.complex64")):
+                          (torch.tensor([1 + 1j, 2]), "complex numbers"), (1j, "complex numbers"),
+                          ("3", "text"), (object(), "Python objects")):
         with pytest.raises(TypeError, match=re.escape(f"value(): `w` must be real numbers, not {what}")):
             module.value(w=refused)
         with pytest.raises(Exception, match="real numbers"):  # spiread refuses them too
             spiread.eval(w=refused.numpy() if isinstance(refused, torch.Tensor) else refused, of="loss")
         with pytest.raises(TypeError, match=re.escape(f"hvp(): `direction['w']` must be real numbers, not {what}")):
             module.hvp(refused)
+    # a Decimal is a number; numpy's float64 scalar is a Python number beside PyTorch's tensors
+    assert float(module.value(c=Decimal("2"))) == spiread.run({"c": np.array(2.0)}).value
+    assert float(module.value(w=torch.tensor([1.0, 2.0], dtype=torch.float64), c=np.float64(2.0))) == 6.0
     with pytest.raises(ValueError, match=re.escape("value(): `w`: its rows differ in length")):
         module.value(w=[[1.0, 2.0], [3.0]])
     with pytest.raises(ValueError, match=re.escape("value(): `w`: a number is beyond the range of a float64")):
