@@ -58,20 +58,24 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
     reader, as the loop drops it. `sweep` is a forward.ForwardSweep.
 
     In place: a step on arrays with a large result (`IN_PLACE_ENTRIES`)
-    writes it (`out=`, `jvp.resolve(into=True)`) into an operand's tangent
-    of its shape that dies at that step, if, when it runs, the sweep alone
-    holds that array's memory: the array owns it (`base` is None: not a view
-    of a seed, a value or another tangent, as a reshape's or a slice's jvp
-    gives) and its one name in this function is the only reference to it
-    (`SOLE_REFERENCES`: not a seed, which the caller and `seeds` hold, nor a
-    node's value, nor the tangent of a `same` node, nor one a jvp returned
-    as it was given, `scale(t, 1.0)`, still named as its operand's, nor an
-    array a live view is of). The ufunc reads its operands whole before it
-    writes, whatever memory they share. A sum (or difference) of a tangent
-    `a` and a scatter `zeros with v at key` that it alone reads
-    (`_scatters_folded`) is, where the sweep alone holds `a`, `v` added into
-    `a` at key (else the scatter made and added): the same values but the
-    sign of a zero, a + (+0.0) where a is −0.0.
+    is given, as spares (`jvp.resolve(into=True)`), its operands' tangents
+    of its shape that die at that step, each read once (`x * x`'s is read
+    twice), and writes into them (`out=`: each operand's product by its
+    partial into its tangent, the sum into the first) where, when it runs,
+    the sweep alone holds that array's memory: the array owns it (`base` is
+    None: not a view of a seed, a value or another tangent, as a reshape's
+    or a slice's jvp gives) and its one name in this function is the only
+    reference to it (`SOLE_REFERENCES`: not a seed, which the caller and
+    `seeds` hold, nor a node's value, nor the tangent of a `same` node, nor
+    one a jvp returned as it was given, `scale(t, 1.0)`, still named as its
+    operand's, nor an array a live view is of); and where it and the
+    operands lie in C order (`rules_code.c_ordered`: a new result would lie
+    as they do, and a later sum adds in memory order). A ufunc reads its
+    operands whole before it writes, whatever memory they share. A sum (or
+    difference) of a tangent `a` and a scatter `zeros with v at key` that it
+    alone reads (`_scatters_folded`) is, where the sweep alone holds `a`
+    (in C order), `v` added into `a` at key (else the scatter made and
+    added): the same values but the sign of a zero, a + (+0.0) where a is −0.0.
 
     Unguarded: the array steps run their ops' unguarded rules (`scale` as a
     multiply) where one check of the result costs less than their guards (a
@@ -125,9 +129,12 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
         if resolve is not None and (spread or arrays):
             moves = [None if kind is type(None) else kind for kind in traced_ts]
             xs = [nodes[i].value for i in node.inputs]
-            # A large result is written into an operand's tangent that dies here, if the sweep alone holds it.
-            dying = [i for i, kind in dict(zip(node.inputs, traced_ts)).items() if arrays and kind is np.ndarray
-                     and i in sweep.free_after[p] and _writable_into(nodes[i], node, k)]
+            # Results are written into operands' tangents that die here, if the sweep alone holds them: each
+            # tangent given once (two operands' one tangent is read twice), large, of the result's shape.
+            given = [i for i, kind in zip(node.inputs, traced_ts) if kind is not type(None)]
+            dying = [i if arrays and given.count(i) == 1 and i in sweep.free_after[p]
+                     and _writable_into(nodes[i], node, k) else None for i in given]
+            dying = dying if any(i is not None for i in dying) else []
             function = resolve(moves, node.value, xs, node.params, False, into=True) if dying else None
             if function is None:
                 dying, function = [], resolve(moves, node.value, xs, node.params, False)
@@ -143,10 +150,11 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
                           f"{out}, {args})[0])"])
         elif function is not None:
             shape = (k,) + node.value.shape
-            if dying:  # `into`, bound first: the call's own arguments are references too
-                lines.append(f"into = {''.join(f't{i} if {sole(i)} else ' for i in dying)}None")
-            lines.extend([f"{t} = jvp{p}({', '.join(moving)}, {out}, {args}{', into' if dying else ''})",
-                          *(["del into"] if dying else []),
+            spares = [f"into{i}" if i is not None else "None" for i in dying]
+            # Bound before the call: its own arguments are references too.
+            lines.extend(f"into{i} = t{i} if {sole(i)} else None" for i in dying if i is not None)
+            lines.extend([f"{t} = jvp{p}({', '.join(moving + [out, args] + spares)})",
+                          *(f"del into{i}" for i in dying if i is not None),
                           f"if {t}.shape != {shape!r}: {t} = broadcast_to({t}, {shape!r})"])
         else:
             params = f"params{p}"

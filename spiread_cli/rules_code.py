@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Callable
 
 import numpy as np
@@ -196,11 +197,11 @@ def jvp_code(derivative: Callable, moving: list[int], shapes: list[tuple], out_s
     parameters, written out as the source of a Python function `jvp(*the
     tangents, out, *operands)`, and the names it reads: the statement
     transposed (`jvp_term`), coefficients and tangent steps as code.
-    `into`: a function `jvp(*the tangents, out, *operands, into)` whose last
-    step writes its result into the array `into` (`out=`; a ufunc handles an
-    operand that shares its memory) where the two lie alike (`c_ordered`),
-    None where that step cannot (it is not an elementwise ufunc, or not the
-    last one)."""
+    `into`: a function `jvp(*the tangents, out, *operands, *spares)`, a
+    spare for each tangent: None, or that tangent's array, which the
+    function may write into once nothing reads it (`_written_into`); None
+    where the last step cannot write into a spare (not an elementwise
+    ufunc)."""
     writer = CodeWriter()
     emit = BatchedWriter(writer)
     names = operand_names(len(shapes))
@@ -208,7 +209,7 @@ def jvp_code(derivative: Callable, moving: list[int], shapes: list[tuple], out_s
     out = writer.bind("out", out_shape)
     tangents = {i: writer.bind(f"d_{names[i]}", shapes[i]) for i in moving}
     emit.batched.update(tangents.values())
-    terms = []
+    terms, owners = [], []  # each term, and the tangent it is made from
     for i, tangent in tangents.items():
         term = jvp_term(derivative, i, tangent, out, args, params, writer, emit)
         if term is not None and term not in emit.batched:  # a tangent that does not depend on the direction
@@ -217,38 +218,74 @@ def jvp_code(derivative: Callable, moving: list[int], shapes: list[tuple], out_s
             term = f"t{len(writer.lines) - 1}"
         if term is not None:
             terms.append(term)
+            owners.append(tangent)
     if not terms:
         writer.namespace["zeros"] = np.zeros
     total = terms[0] if terms else f"zeros((k,) + {tuple(out_shape)!r})"
+    last = None  # the sum's last step: (ufunc, left, right)
     for p, term in enumerate(terms[1:], 2):  # a + (−b) is a − b, one pass over the tangents fewer (sub's jvp)
         if term in emit.negations:
             writer.lines.remove(f"{term} = neg_({emit.negations[term]})")
             term, sign = emit.negations[term], "-"
         else:
             sign = "+"
-        if into and p == len(terms):  # the last addition writes into `into`
+        if into and p == len(terms):
             if p > 2:
                 writer.lines.append(f"left = {total}")
                 total = "left"
-            ufunc = "into_subtract" if sign == "-" else "into_add"
-            writer.namespace.update({ufunc: np.subtract if sign == "-" else np.add, "c_ordered": c_ordered})
-            total = f"{ufunc}({total}, {term}, out=c_ordered(into, {total}, {term}))"
+            last = (np.subtract if sign == "-" else np.add, total, term)
         else:
             total += f" {sign} {term}"
-    if into and len(terms) < 2:  # the one term's own last step writes into `into`, if it can
-        last = writer.lines[-1] if terms and writer.lines else ""
-        target, _, call = last.partition(" = ")
-        name = call.partition("(")[0]
-        op = OPS.get(name[:-1])
-        operands = call.partition("(")[2][:-1]
-        if target != total or op is None or writer.namespace.get(name) is not op.impl or not takes_out(op) \
-                or op.structure.kind != "elementwise" or "=" in operands:
+    if into:
+        spares = [f"into_{tangent}" for tangent in tangents.values()]
+        first = " ".join(f"{spare} if {spare} is not None else" for spare in spares) + " None"
+        total = _written_into(writer, terms, owners, total, last, first if len(spares) > 1 else spares[0])
+        if total is None:
             return None
-        writer.namespace["c_ordered"] = c_ordered
-        writer.lines[-1] = f"{last[:-1]}, out=c_ordered(into, {operands}))"
+    else:
+        spares = []
     body = [f"k = {tangents[moving[0]]}.shape[0]", *writer.lines, f"return {total}"]
-    header = f"def jvp({', '.join([*tangents.values(), out, *args, *(['into'] if into else [])])}):\n"
+    header = f"def jvp({', '.join([*tangents.values(), out, *args, *spares])}):\n"
     return header + "".join(f"    {line}\n" for line in body), writer.namespace
+
+
+def _written_into(writer: CodeWriter, terms: list[str], owners: list[str], total: str, last: tuple | None,
+                  spare: str) -> str | None:
+    """`jvp_code`'s lines, and the value it returns, with results written into the tangents' spares: each
+    term's own last step into the spare of the tangent it is made from, where no later line reads that
+    tangent (the product by each operand's partial of a product, into its tangent; a tangent the sum
+    reads as it is, `a − b`'s b, is a term no line makes), and the last step into `spare` (the first
+    spare given); None where that last step is not an elementwise ufunc."""
+    writer.namespace["c_ordered"] = c_ordered
+    lines = writer.lines
+    for term, tangent in zip(terms, owners):
+        defined = [j for j, line in enumerate(lines) if line.startswith(f"{term} = ")]
+        read_after = defined and any(re.search(rf"\b{tangent}\b", line) for line in lines[defined[0] + 1:])
+        if len(terms) > 1 and defined and not read_after and writer.shapes[term] == writer.shapes[tangent] \
+                and _into_call(writer, defined[0]):
+            lines[defined[0]] = _into_call(writer, defined[0], f"into_{tangent}")
+    if last is not None:
+        ufunc, left, right = last
+        name = "into_subtract" if ufunc is np.subtract else "into_add"
+        writer.namespace[name] = ufunc
+        return f"{name}({left}, {right}, out=c_ordered({spare}, {left}, {right}))"
+    if not lines or not lines[-1].startswith(f"{total} = ") or not _into_call(writer, len(lines) - 1):
+        return None
+    lines[-1] = _into_call(writer, len(lines) - 1, f"{spare}")
+    return total
+
+
+def _into_call(writer: CodeWriter, j: int, spare: str | None = None) -> str | bool:
+    """Whether line j calls an elementwise op's value rule that takes `out=` (`takes_out`), on operands
+    alone; given a `spare`, the line written into it where it and the operands lie alike (`c_ordered`)."""
+    line = writer.lines[j]
+    call = line.partition(" = ")[2]
+    name, _, operands = call.partition("(")
+    op = OPS.get(name[:-1])
+    if op is None or writer.namespace.get(name) is not op.impl or not takes_out(op) \
+            or op.structure.kind != "elementwise" or "=" in operands or not operands.endswith(")"):
+        return False
+    return True if spare is None else f"{line[:-1]}, out=c_ordered({spare}, {operands[:-1]}))"
 
 
 def c_ordered(into, *operands):

@@ -327,7 +327,8 @@ def in_place(monkeypatch):
 
 def _writes_in_place(sweep: ForwardSweep) -> bool:
     """Whether a written push of the sweep has a step that may write into a tangent."""
-    return any(callable(w) and "into" in w.__code__.co_varnames for w in sweep.written.values())
+    return any(callable(w) and any(name.startswith("into") for name in w.__code__.co_varnames)
+               for w in sweep.written.values())
 
 
 def _sweep_of(source: str, wrt: str = "x") -> tuple[ForwardSweep, dict]:
@@ -363,6 +364,15 @@ def test_a_tangent_two_nodes_share_is_never_written_while_one_is_read(in_place):
     `y`'s tangent: `y`'s dies at `y.sin` while `u * u` still reads it."""
     sweep, seeds = _sweep_of("x = [0.5, -1, 2]\ny = x.exp\nu = x.exp\nloss = y.sin.sum + (u * u).sum")
     assert sweep.same
+    _pushes_as_step_by_step(sweep, seeds)
+    assert _writes_in_place(sweep)
+
+
+def test_a_tangent_both_operands_read_is_not_written_while_one_still_reads_it(in_place):
+    """`y * y` reads y's tangent as both operands, and its jvp writes the
+    product by each partial into that operand's tangent (`x * y`'s two
+    products, each into its tangent): not where the two are one array."""
+    sweep, seeds = _sweep_of("x = [0.5, -1, 2]\ny = x.exp\nz = x.sin\nloss = (y * z).sum + (y * y).sum")
     _pushes_as_step_by_step(sweep, seeds)
     assert _writes_in_place(sweep)
 
