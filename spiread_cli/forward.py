@@ -83,11 +83,13 @@ class ForwardSweep:
         made, from the input tangents ts (None for an input without one; all
         None where t is a seed). A seed may be a `Diagonal` batch (rows of
         the identity), which stays one through the ops with a rule for it
-        (`diagonal_jvp`), and so may the result; an observer sees arrays.
-        Seeds of a kind pushed twice are pushed, from the third time on, by
-        the steps written out as one function (`written_push`)."""
+        (`diagonal_jvp`), and so may the result; an observer sees each as an
+        array, while the sweep it watches steps the seeds it was given, so an
+        explained sweep makes the unexplained one's bits. Seeds of a kind
+        pushed twice are pushed, from the third time on, by the steps written
+        out as one function (`written_push`)."""
         if observe is not None:
-            return self._pushed({i: dense(s) for i, s in seeds.items()}, observe)
+            return self._pushed(seeds, observe)
         kind = tuple((i, type(s), s.shape, getattr(s, "full", None), getattr(s, "ordered", None))
                      for i, s in seeds.items())
         written = self.written.get(kind, 0)
@@ -133,7 +135,7 @@ class ForwardSweep:
                     if trace is not None:
                         trace.append(([type(given) for given in ts], type(t)))
                 if observe is not None:
-                    observe(node, ts, t)
+                    observe(node, [dense(given) for given in ts], dense(t))
                 tangents[node.id] = t
                 for i in self.free_after[p]:
                     tangents.pop(i, None)
