@@ -225,9 +225,19 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
 
 
 def _sole_references() -> int:
-    """What `sys.getrefcount` says of an array that one local name alone refers to."""
-    local = np.empty(0)
-    return sys.getrefcount(local)
+    """What `sys.getrefcount` says of an array that one local name alone refers to, with no trace
+    function that reads frames' locals (a debugger's: its copy of them is one reference more) and
+    never more than CPython's 2 (the name and the call's argument): a count too high would take a
+    seed, which `seeds` also holds, for the sweep's alone."""
+    tracing, profiling = sys.gettrace(), sys.getprofile()
+    sys.settrace(None)
+    sys.setprofile(None)
+    try:
+        local = np.empty(0)
+        return min(sys.getrefcount(local), 2)
+    finally:
+        sys.settrace(tracing)
+        sys.setprofile(profiling)
 
 
 SOLE_REFERENCES = _sole_references()

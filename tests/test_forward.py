@@ -377,6 +377,37 @@ def test_a_tangent_both_operands_read_is_not_written_while_one_still_reads_it(in
     assert _writes_in_place(sweep)
 
 
+def test_a_guarded_step_written_in_place_keeps_a_zero_tangent_zero(in_place, monkeypatch):
+    """x * x's tangent is zero at x = 0, where sqrt's partial is infinite:
+    the guarded `scale` (three directions: more entries than the values it
+    guards) writes into that dying tangent and gives the loop's 0.0."""
+    from spiread_cli import forward_steps
+    monkeypatch.setattr(forward_steps, "UNGUARDED_ENTRIES", 0)
+    sweep, _ = _sweep_of("x = [0.0, 1.0, 2.0]\ny = (x * x).sqrt")
+    x = next(iter(sweep.seeded))
+    _pushes_as_step_by_step(sweep, {x: np.random.default_rng(4).standard_normal((3, 3))})
+    assert _writes_in_place(sweep) and np.isfinite(sweep.push({x: np.ones((3, 3))})).all()
+
+
+def test_the_sole_reference_count_is_read_without_a_tracer_that_reads_locals():
+    """A debugger's trace function keeps a copy of a frame's locals: one
+    reference more. Read under one, the count would take a seed (held by
+    the caller and `seeds` too) for the sweep's alone."""
+    import sys
+    from spiread_cli import forward_steps
+
+    def tracer(frame, event, arg):
+        frame.f_locals
+        return tracer
+    untraced = forward_steps._sole_references()
+    sys.settrace(tracer)
+    try:
+        traced = forward_steps._sole_references()
+    finally:
+        sys.settrace(None)
+    assert traced == untraced == forward_steps.SOLE_REFERENCES <= 2
+
+
 def test_a_result_written_in_place_lies_in_memory_as_a_new_one(in_place):
     """`onehot @@ w`'s batched jvp lies in memory in another order than C;
     the acosh's jvp makes a new result in C order, and the sum adds its
