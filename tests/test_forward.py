@@ -143,12 +143,16 @@ def test_a_written_push_gives_the_step_by_step_bits(program, data):
     itself), and after the values change: the written push (from the third
     push of a kind on) gives what the loop gives, bit for bit, and leaves
     seeds and values as they were; with every step written in place where
-    the sweep alone holds a dying tangent, or as large ones are."""
+    the sweep alone holds a dying tangent, or as large ones are; with the
+    ops' guarded rules wherever their guards cost less than one check, or
+    also where the result is small."""
     from spiread_cli import forward_steps
     from spiread_cli.second import SecondOrder
     in_place = data.draw(st.booleans(), label="every step in place")
+    guarded = data.draw(st.booleans(), label="guarded unless the guards cost more than the check")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(forward_steps, "IN_PLACE_ENTRIES", 0 if in_place else forward_steps.IN_PLACE_ENTRIES)
+        patch.setattr(forward_steps, "UNGUARDED_ENTRIES", 0 if guarded else forward_steps.UNGUARDED_ENTRIES)
         r = run(program.source, name="generated.ad")
         wrt = data.draw(st.lists(st.sampled_from([n for n in program.names if n in r.bindings]), min_size=1,
                                  max_size=2, unique=True), label="wrt")
