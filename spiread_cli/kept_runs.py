@@ -80,8 +80,7 @@ class Kept:
         with np.errstate(all="ignore"):
             try:
                 if self.replay is None:  # unguarded: every value is checked, and a fresh run follows
-                    self.replay = run.tape.replay_function(self.ops, unguarded=True,
-                                                           checked=[leaf.id for leaf in self.leaves.values()])
+                    self.replay = run.tape.replay_function(self.ops, unguarded=True, checked=True)
                 if not self.replay():
                     return False
             except Exception:  # noqa: BLE001 - a fresh run says what is wrong

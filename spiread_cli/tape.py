@@ -14,7 +14,7 @@ its output. The nodes and the one call of an op are in tape_nodes.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -151,7 +151,7 @@ class Tape:
                 if node.op is not None:
                     evaluate(node, tape_nodes, diagnostics)
 
-    def replay_function(self, ops: list[Node], dropped: dict[int, list[Node]] | None = None, unguarded: bool = False, checked: Collection[int] | None = None) -> Callable[[], bool | None]:
+    def replay_function(self, ops: list[Node], dropped: dict[int, list[Node]] | None = None, unguarded: bool = False, checked: bool = False) -> Callable[[], bool | None]:
         """A function recomputing `ops` (in tape order), dropping what `dropped` lists for a node once it is computed:
         written once (tape_nodes.straight_line, its `repeats` unless values are dropped), else this tape's loop."""
         written = straight_line(self.nodes, ops, dropped, unguarded, checked, None if dropped else self.repeats(ops))
@@ -163,7 +163,7 @@ class Tape:
                     evaluate(node, tape_nodes, None)
                     for done in dropped.get(node.id, ()):
                         done.value = done.residual = None
-                return None if checked is None else all_finite_values([node.value for node in ops])
+                return all_finite_values([node.value for node in ops]) if checked else None
         return written or looped
 
     @staticmethod

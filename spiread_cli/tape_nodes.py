@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Callable, Collection, Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -233,7 +233,7 @@ def rule_params(node: Node, args: list[np.ndarray]) -> dict:
 
 
 def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[Node]] | None = None,
-                  unguarded: bool = False, checked: Collection[int] | None = None,
+                  unguarded: bool = False, checked: bool = False,
                   repeats: dict[int, int] | None = None) -> Callable[[], bool | None] | None:
     """A function that recomputes `ops` (op nodes of `nodes`, in tape
     order) from the current values of their other inputs, as the tape's
@@ -249,12 +249,13 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     guards): where every value is, the guards' values exactly (scale's guard
     acts only where the partial is not finite, and then so is the product);
     where only the results are checked (an HVP's), up to the sign of a zero.
-    `checked` (not with `dropped`): the ids of values the caller checks
-    itself (a kept run's bindings); given, the function returns whether
-    every value it computes is finite (`all_finite_values`, the sizes known
-    as it is written: the small ones concatenated once, no list made at each
-    call), save a copy of checked entries (`structure.COPIES`: a transpose,
-    a reshape, a broadcast, a selection of them), finite if they are.
+    `checked` (not with `dropped`): the function returns whether every
+    value it computes is finite (`all_finite_values`, the sizes known as it
+    is written: the small ones concatenated once, no list made at each
+    call), save a copy (`structure.COPIES`: a transpose, reshape, broadcast
+    or selection), which makes no entry that is not finite: its entries are
+    checked where they were made (a kept run checks its bindings too), and
+    an unguarded rule that meets one makes a value not finite, which is.
     `repeats` (not with `dropped`): an op that computes what an earlier one
     of `ops` does (Tape.repeats) is given that one's value, the same bits,
     not computed again. None when an op is not the table's own (a total
@@ -267,8 +268,7 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
                             concatenate=np.concatenate, all_finite_unguarded=all_finite_unguarded)
     names: dict[int, str] = {}
     few: list[str] = []    # what `checked` concatenates,
-    large: list[str] = []  # and what it checks one by one;
-    finite = set(checked or ())  # what is finite once those are
+    large: list[str] = []  # and what it checks one by one
     for node in ops:
         if OPS.get(node.op.name) is not node.op:
             return None
@@ -276,8 +276,6 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
         if earlier in names and node.op.fwd is None:  # the earlier op's value: computed, and checked, once
             names[node.id] = names[earlier]
             writer.lines.append(f"nodes[{node.id}].value, nodes[{node.id}].known_finite = {names[earlier]}, None")
-            if earlier in finite:
-                finite.add(node.id)
             continue
         for i in node.inputs:
             if i not in names:  # a value the replay does not compute: read at each call
@@ -290,15 +288,13 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
             writer.lines.append(f"{t} = evaluated(nodes[{node.id}], nodes)")
         writer.lines += [f"if {t}.__class__ is not ndarray or {t}.dtype is not FLOAT64: {t} = asarray({t}, FLOAT64)",
                          f"nodes[{node.id}].value, nodes[{node.id}].known_finite = {t}, None"]
-        if checked is not None:
-            if not (node.op.structure is COPIES and all(i in finite for i in node.inputs)):
-                (few if math.prod(node.shape) <= FEW_ENTRIES else large).append(t)
-            finite.add(node.id)
+        if checked and node.op.structure is not COPIES:
+            (few if math.prod(node.shape) <= FEW_ENTRIES else large).append(t)
         for done in (dropped or {}).get(node.id, ()):
             writer.lines.append(f"nodes[{done.id}].value = nodes[{done.id}].residual = None")
             if done.id in names:
                 writer.lines.append(f"del {names.pop(done.id)}")
-    if checked is not None:
+    if checked:
         tests = [f"all_finite_unguarded({t})" for t in large]
         if few:
             tests.insert(0, f"isfinite(add_reduce(concatenate(({', '.join(few)},), None)))")
