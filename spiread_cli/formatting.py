@@ -39,13 +39,15 @@ def dumps(document: dict) -> str:
 
 def format_array(array: np.ndarray, precision: int = 6, width: int = 120) -> str:
     """A scalar in full (shortest round-trip form), arrays numpy-style in
-    lines of at most `width` characters. Zero is shown as 0, never -0:
+    lines of at most `width` characters, small entries in scientific
+    notation rather than rounded to 0 (a derivative of 1e-10 is not a
+    structural zero). Zero is shown as 0, never -0:
     forward and reverse mode reach a zero by different sums, and one may
     carry a sign the other does not."""
     array = np.asarray(array) + 0.0  # -0.0 + 0.0 is 0.0
     if array.ndim == 0:
         return str(json_number(float(array)))
-    return np.array2string(array, precision=precision, suppress_small=True, threshold=SUMMARY_THRESHOLD,
+    return np.array2string(array, precision=precision, suppress_small=False, threshold=SUMMARY_THRESHOLD,
                            edgeitems=3, max_line_width=width, separator=" ")
 
 

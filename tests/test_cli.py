@@ -395,3 +395,13 @@ def test_eval_fits_its_lines_to_the_terminal(columns):
     widths = [len(line) for line in done.stdout.splitlines()]
     assert max(widths) <= columns
     assert max(widths) > columns - 20  # the room is used, not a fixed narrow width
+
+
+def test_a_small_nonzero_entry_is_never_printed_as_zero():
+    # A derivative of 6e-10 is not a structural zero: the text says so, as numpy and PyTorch print it.
+    done = spiread("jacobian", "-", "--wrt", "x", stdin="x = [1.0, 2.0, 3.0, 4.0]\ny = (x[1:] * x[:-1]).tanh\n")
+    assert done.returncode == 0
+    jacobian = done.stdout.split("∂y/∂x", 1)[1]
+    assert "6.040217e-10" in jacobian and "4.530163e-10" in jacobian
+    done = spiread("eval", "-", stdin="v = [-0.0, 1e-9, 2.0]\n")
+    assert "[0.e+00 1.e-09 2.e+00]" in done.stdout  # and zero without its sign
