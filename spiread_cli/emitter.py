@@ -8,21 +8,28 @@ does meet: `x ** 2`'s derivative raises x to the power 2 − 1, a sum's rule
 broadcasts ones that the next rule multiplies by, a subtraction negates a
 product of a constant. A Hessian's forward-over-reverse sweeps and every
 HVP pay for each such op again, n entries at a time. What may be left out
-is decided from constants whose value never changes (`Node.fixed`): the
-constants a rule made and the program's literals. Never from a leaf whose
-value is data — an input, an HVP's or `check`'s direction, a chunk's rows —
-which a task sets again after the gradient is recorded.
+is decided from what an op is (|x| of exp's values, which are never
+negative, is x; a product reads a broadcast's operand, broadcasting it
+itself), from shapes, and from constants whose value never changes
+(`Node.fixed`): the constants a rule made and the program's literals.
+Never from a leaf whose value is data — an input, an HVP's or `check`'s
+direction, a chunk's rows — which a task sets again after the gradient is
+recorded.
 
 Every rewrite is an identity of float64 arithmetic at every value, ±0, inf
-and nan included, so a recorded gradient has the values it had, each rule's
-result too (where the reverse sweep says a non-finite derivative was born),
-and a node left out could not have been one (an identity never turns finite
-values into non-finite ones). What is differentiated again from a gradient
-may add the same terms in another order (cotangents meet elsewhere once a
-transpose of a transpose is gone), so equal to rounding. Not here, because
-they are not exact: `x + 0`
-with a +0 (it turns −0 into +0), a sum of a broadcast (n · x is not x added
-n times), a product of products of constants (rounded twice).
+and nan included (a nan's sign aside: |x| of exp's −nan is +nan), so a
+recorded gradient has the values it had, each rule's result too (where the
+reverse sweep says a non-finite derivative was born), and a node left out
+could not have been one (an identity never turns finite values into
+non-finite ones). A broadcast another rule made that a product reads no
+more stays on the tape, read by no one: the sweeps and an HVP's replay pass
+it by (a kept run replays the tape whole). What is differentiated again
+from a gradient may add the same terms in another order (cotangents meet
+elsewhere once a transpose of a transpose is gone), so equal to rounding.
+Not here, because they are not exact: `x + 0` with a +0 (it turns −0 into
++0), a sum of a broadcast (n · x is not x added n times), a product of
+products of constants (rounded twice), sign(x) of exp's values (an exp
+that underflows is 0, whose sign is 0, not 1).
 """
 
 from __future__ import annotations
@@ -313,14 +320,51 @@ def _to_own_shape(emit: Emitter, op_name: str, operands: list[Node], params: dic
 
 
 _times_one = _unit(1.0, 0, 1)
+
+
+def _broadcasts_itself(rule):
+    """An op that broadcasts its operands itself (`add`, `mul`, …) reads a
+    broadcast operand's operand instead (a sum's or a row total's
+    derivative, `broadcastTo`, which a product by the rule of another op
+    reads): entry for entry it meets the same numbers, so the same bits,
+    and the copy is left to no one. Then the op's own `rule`, if any."""
+    def unbroadcast(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
+        shape = OPS[op_name].shape
+        result = shape(*[n.shape for n in operands], **params)
+        inputs = [n.id for n in operands]
+        for k, node in enumerate(operands):
+            if node.op is not None and node.op.name == "broadcastTo":
+                read = inputs[:k] + [node.inputs[0]] + inputs[k + 1:]
+                if shape(*[emit.nodes[i].shape for i in read], **params) == result:
+                    inputs = read
+        if inputs != [n.id for n in operands]:
+            return emit(op_name, inputs, **params)
+        return None if rule is None else rule(emit, op_name, operands, params)
+    return unbroadcast
+
+
+# Ops whose every value has its sign bit clear, a nan's aside (exp(−inf) is
+# +0, a square of −0 too, and −nan stays −nan): |x| of one is x.
+SIGN_BIT_CLEAR = frozenset({"exp", "abs", "square", "cosh"})
+
+
+def _absolute(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
+    """|x| is x where x is a value of an op in SIGN_BIT_CLEAR: the L1
+    normalisation's row totals of exp's values (a softmax written by hand).
+    Its sign is not: exp's values can be +0 (underflow), whose sign is 0."""
+    x = operands[0]
+    return x.id if x.op is not None and x.op.name in SIGN_BIT_CLEAR else None
+
+
 RULES = {
-    "mul": _product,
-    "scale": _product,
-    "div": _unit(1.0, 0),
+    "mul": _broadcasts_itself(_product),
+    "scale": _broadcasts_itself(_product),
+    "div": _broadcasts_itself(_unit(1.0, 0)),
     "pow": _unit(1.0, 0),       # x ** 1 is x, −0, infinities and nan included
-    "add": _unit(-0.0, 0, 1),   # x + (−0) is x, for x = −0 too; x + (+0) is not
-    "sub": _unit(0.0, 0),       # x − (+0) is x
+    "add": _broadcasts_itself(_unit(-0.0, 0, 1)),   # x + (−0) is x, for x = −0 too; x + (+0) is not
+    "sub": _broadcasts_itself(_unit(0.0, 0)),       # x − (+0) is x
     "neg": _negated,
+    "abs": _absolute,
     "transpose": _undone("transpose"),
     "reshape": _reshaped,
     "broadcastTo": _to_own_shape,

@@ -892,15 +892,26 @@ def _matmul_shape(a, b, **_):
 
 
 def _matmul_derivative(i, g, out, a, b, emit):
-    """g @@ bᵀ and aᵀ @@ g, with vectors reshaped to matrices and back."""
+    """g @@ bᵀ and aᵀ @@ g, as products of the operands' own ranks: with a
+    matrix and a vector, the vector's is the product it stands in — g @@ a
+    for a vector g, b @@ g for g @@ bᵀ: numpy's one BLAS call for either
+    form, so the bits are those of the product of matrices made of them —
+    and the matrix's (or, for two vectors, either's) an outer product,
+    a column times a row: each entry one product (and +0 for −0, as any
+    product of matrices), where a reshape and a transpose back and forth
+    were a step each."""
     sa, sb = emit.shape(a), emit.shape(b)
-    r, c = (sa[0] if len(sa) == 2 else 1), (sb[1] if len(sb) == 2 else 1)
-    g2 = reshape_graph(emit, g, (r, c))
-    if i == 0:
-        b2 = reshape_graph(emit, b, (sb[0], c))
-        return reshape_graph(emit, emit("matmul", [g2, emit("transpose", [b2])]), sa)
-    a2 = reshape_graph(emit, a, (r, sa[-1]))
-    return reshape_graph(emit, emit("matmul", [emit("transpose", [a2]), g2]), sb)
+    if len(sa) == 2 and len(sb) == 2:
+        return emit("matmul", [g, emit("transpose", [b])]) if i == 0 else emit("matmul", [emit("transpose", [a]), g])
+    if i == 0 and len(sb) == 2:
+        return emit("matmul", [b, g])
+    if i == 1 and len(sa) == 2:
+        return emit("matmul", [g, a])
+    if i == 0:  # a's entries: g's (a column, or one number) times b as a row
+        column = reshape_graph(emit, g, (sa[0], 1) if len(sa) == 2 else (1,))
+        return emit("matmul", [column, reshape_graph(emit, b, (1, sb[0]))])
+    row = reshape_graph(emit, g, (1, sb[1]) if len(sb) == 2 else (1,))  # b's: a as a column times g's
+    return emit("matmul", [reshape_graph(emit, a, (sa[0], 1)), row])
 
 
 def reshape_graph(emit, x, shape: tuple):

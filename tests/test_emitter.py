@@ -66,12 +66,33 @@ def _wrt(program, data) -> list[str]:
 # ------------------------------------------------------------------ exact
 
 
-def test_recorded_gradients_and_hessians_are_those_recorded_without_the_rewrites(unsimplified):
+def hvps(r, first: int, grads: dict[str, int], directions: dict[str, np.ndarray]) -> tuple[dict, int]:
+    """H·v by reverse over reverse (the sweep from ⟨∇f, v⟩ recorded), and how many ops it replays."""
+    ids = {r.bindings[n]: g for n, g in grads.items()}
+    products = second.HessianVectorProducts(r.tape, ids, first)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        by_id = {r.bindings[n]: v for n, v in directions.items()}
+        products(by_id, list(ids))  # recorded,
+        found = products(by_id, list(ids))  # then replayed
+    feeding = products.tape.feeding(*products.products.values())
+    recorded_ops = sum(1 for n in products.tape.nodes[first:] if n.op is not None and feeding[n.id])
+    return {n: found[r.bindings[n]] for n in grads}, recorded_ops
+
+
+def close(got: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """Equal to rounding: the same terms, maybe met in another order."""
+    np.testing.assert_allclose(got, expected, rtol=1e-13, equal_nan=True, err_msg=what,
+                               atol=1e-13 * np.nanmax(np.abs(np.where(np.isinf(got), 0, got)), initial=0.0))
+
+
+def test_recorded_gradients_hessians_and_hvps_are_those_recorded_without_the_rewrites(unsimplified):
     """Random programs over the whole table: the gradient recorded with the
     rewrites equals bit for bit what the statements recorded op for op give,
-    and the Hessian swept forward through it equals theirs to rounding — and
-    the rewrites did leave work out of some of them."""
-    fewer = []
+    and the Hessian swept forward through it and the HVP swept back from it
+    (recorded again, where a product reads a rule's broadcast) equal theirs
+    to rounding — and the rewrites did leave work out of some of them."""
+    fewer, fewer_in_hvps = [], []
 
     @SETTINGS
     @given(programs(), st.data())
@@ -79,21 +100,25 @@ def test_recorded_gradients_and_hessians_are_those_recorded_without_the_rewrites
         wrt = _wrt(program, data)
         r, first, grads = recorded(program.source, wrt)
         hessian = hessian_rows(r, grads, wrt)
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="direction seed"))
+        directions = {n: rng.normal(size=r.tape.nodes[r.bindings[n]].shape) for n in wrt}
+        products, replayed = hvps(r, first, grads, directions)
         kept = len(r.tape.between([r.bindings[n] for n in wrt], max(grads.values())))
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(emitter, "simplified", lambda emit, op_name, inputs, params: None)
-            r0, _, grads0 = recorded(program.source, wrt)
+            r0, first0, grads0 = recorded(program.source, wrt)
             hessian0 = hessian_rows(r0, grads0, wrt)
+            products0, replayed0 = hvps(r0, first0, grads0, directions)
         for a in wrt:
             same_bits(r.tape.nodes[grads[a]].value, r0.tape.nodes[grads0[a]].value, f"∂/∂{a}\n{program.source}")
             for b, block in hessian[a].items():
-                np.testing.assert_allclose(block, hessian0[a][b], rtol=1e-13, equal_nan=True,
-                                           atol=1e-13 * np.nanmax(np.abs(np.where(np.isinf(block), 0, block)),
-                                                                  initial=0.0), err_msg=f"∂²/∂{a}∂{b}\n{program.source}")
+                close(block, hessian0[a][b], f"∂²/∂{a}∂{b}\n{program.source}")
+            close(products[a], products0[a], f"H·v by {a}\n{program.source}")
         fewer.append(kept < len(r0.tape.between([r0.bindings[n] for n in wrt], max(grads0.values()))))
+        fewer_in_hvps.append(replayed < replayed0)
 
     check()
-    assert any(fewer)
+    assert any(fewer) and any(fewer_in_hvps)
 
 
 def test_hessians_and_hvps_of_the_chained_rosenbrock_are_autograds():
@@ -145,7 +170,25 @@ REWRITES = {
     "reshape of a reshape": (lambda e, x: e("reshape", [e("reshape", [x], shape=(1, 11))], shape=(11,)), 2),
     "a broadcast and a sum to its own shape": (lambda e, x: e("sumTo", [e("broadcastTo", [x], shape=(11,))],
                                                                   shape=(11,)), 2),
+    "|exp x|": (lambda e, x: e("abs", [e("exp", [x])]), 1),
+    "|x · x|": (lambda e, x: e("abs", [e("square", [x])]), 1),
+    "||x||": (lambda e, x: e("abs", [e("abs", [x])]), 1),
+    "|cosh x|": (lambda e, x: e("abs", [e("cosh", [x])]), 1),
+    "|sqrt x| is kept (sqrt(−0) is −0)": (lambda e, x: e("abs", [e("sqrt", [x])]), 0),
+    "|x| is kept": (lambda e, x: e("abs", [e("neg", [x])]), 0),
+    **{f"{op}(broadcast, x)": ((lambda op: lambda e, x: e(op, [_broadcast_total(e, x), x]))(op), 1)
+       for op in ("add", "sub", "mul", "div", "scale")},
+    "scale(x, broadcast)": (lambda e, x: e("scale", [x, _broadcast_total(e, x)]), 1),
+    "both broadcast: one read as it was": (lambda e, x: e("mul", [e("broadcastTo", [x], shape=(2, 11)),
+                                                                  e("broadcastTo", [x], shape=(2, 11))]), 1),
+    "a broadcast that makes the shape is kept": (lambda e, x: e("mul", [
+        _broadcast_total(e, x), e("sumTo", [x], shape=(1,))]), 0),
 }
+
+
+def _broadcast_total(e, x):
+    """x's total, broadcast back to x's shape (a row total's derivative meeting a product)."""
+    return e("broadcastTo", [e("sumTo", [x], shape=(1,))], shape=(11,))
 
 
 @pytest.mark.parametrize("name", REWRITES)
@@ -237,6 +280,41 @@ def test_the_chained_rosenbrocks_gradient_negates_nothing_and_raises_to_no_power
     # the two scatters back into x and the sums meeting there
     assert sorted(ops) == ["add", "add", "indexScatter", "indexScatter", "scale", "scale", "scale", "scale", "scale"]
 
+
+
+@pytest.mark.parametrize("sa, sb, recorded", [
+    ((5, 3), (3,), (["matmul", "reshape", "reshape"], ["matmul"])),   # a matrix times a vector
+    ((3,), (3, 4), (["matmul"], ["matmul", "reshape", "reshape"])),   # a vector times a matrix
+    ((3,), (3,), (["matmul", "reshape", "reshape"], ["matmul", "reshape", "reshape"])),  # two vectors
+    ((5, 3), (3, 4), (["matmul", "transpose"], ["matmul", "transpose"])),
+])
+def test_a_products_recorded_derivative_is_the_product_its_vector_stands_in(sa, sb, recorded):
+    """`@@`'s statement with a vector operand: aᵀ @@ g is g @@ a and g @@ bᵀ
+    is b @@ g, one op; the other operand's an outer product, a column times
+    a row — no reshape to a matrix and back, no transpose of one. Its
+    values are the numeric rule's (ops._matmul_vjp, products of matrices)
+    bit for bit, in either layout, zeros' signs included (a product of
+    matrices adds to +0)."""
+    from spiread_cli.ops import _matmul_vjp
+    from spiread_cli.tape import Emitter, Tape
+    rng = np.random.default_rng(3)
+
+    def value(shape, order):
+        x = rng.normal(size=shape) * 10.0 ** rng.integers(-3, 3, size=shape)
+        x.flat[::4] = -0.0
+        return np.asfortranarray(x) if order == "F" and x.ndim == 2 else x
+
+    for order in ("C", "F"):
+        tape = Tape()
+        a, b = (tape.leaf(value(s, order), "input", None).id for s in (sa, sb))
+        out = tape.record(OPS["matmul"], (a, b), {}, None, "@@", None)
+        g = tape.leaf(value(out.shape, order), "input", None).id
+        for i in (0, 1):
+            first = len(tape.nodes)
+            made = OPS["matmul"].derivative(i, g, out.id, a, b, emit=Emitter(tape, None, "∂(@@)/∂x"))
+            assert sorted(n.op.name for n in tape.nodes[first:]) == recorded[i], (order, i)
+            same_bits(tape.nodes[made].value, _matmul_vjp(i, tape.nodes[g].value, out.value, tape.nodes[a].value,
+                                                         tape.nodes[b].value), f"{order} ∂/∂{'ab'[i]}")
 
 # -------------------------------------------- data is never relied on
 
