@@ -40,7 +40,7 @@ import numpy as np
 from .data import load_array
 from .diagnostics import Span
 from .run import Run
-from .tape_nodes import Node, all_finite_values
+from .tape_nodes import Node
 
 KEPT_SIGNATURES = 4  # per program; the least recently used goes first
 
@@ -72,23 +72,42 @@ class Kept:
 
     def replayed(self, bindings: dict[str, np.ndarray]) -> bool:
         """Recompute the run with these bindings; False where a fresh run
-        could differ: a value is not finite (it could warn), or an op failed.
-        The next replay recomputes every value again."""
+        could differ: a value or a binding is not finite (it could warn), or
+        an op failed. The next replay recomputes every value again."""
         for name, leaf in self.leaves.items():
             leaf.set_value(bindings[name])
         run = self.run
         with np.errstate(all="ignore"):
             try:
-                if self.replay is None:  # unguarded: every value is checked, and a fresh run follows
-                    self.replay = run.tape.replay_function(self.ops, unguarded=True, checked=True)
+                if self.replay is None:  # unguarded: every value is checked (the bindings too), and a fresh run follows
+                    self.replay = run.tape.replay_function(self.ops, unguarded=True, checked=True,
+                                                           inputs=[leaf.id for leaf in self.leaves.values()])
                 if not self.replay():
                     return False
             except Exception:  # noqa: BLE001 - a fresh run says what is wrong
                 return False
-            if not all_finite_values([bindings[name] for name in self.leaves]):
-                return False
         run.diagnostics.warnings.clear()
         return True
+
+
+class Call:
+    """The run a call works on, as a context manager: a kept run replayed
+    (`kept`; given back when the call is over) or a fresh one (kept once the
+    task is done, unless it raised)."""
+    __slots__ = ("runs", "signature", "bindings", "kept", "run")
+
+    def __init__(self, runs: "KeptRuns", signature: tuple, bindings: dict[str, np.ndarray], kept: Kept | None,
+                 run: Run):
+        self.runs, self.signature, self.bindings, self.kept, self.run = runs, signature, bindings, kept, run
+
+    def __enter__(self) -> Run:
+        return self.run
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if self.kept is not None:
+            self.runs.done(self.kept)
+        elif kind is None:
+            self.runs.keep(self.signature, self.bindings, self.run)
 
 
 class KeptRuns:

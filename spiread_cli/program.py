@@ -19,11 +19,11 @@ Python's `warnings`.
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, Literal, Protocol
+from typing import Any, Callable, ContextManager, Generic, Literal, Mapping, Protocol
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from . import kept_runs
 from .interpreter import Interpreter
 from .dask_common import require_dask
 from .diagnostics import Source, SpireadError
-from .python_args import P, T, checked_backend, front_door
+from .python_args import ArrayLike, P, T, checked_backend, front_door, run_overrides
 from .python_calls import PythonCalls
 from .results import CheckResult, Gradients, Graph, Jacobian, SpireadWarning, Training, TrainingStopped
 from .set_options import parse_overrides
@@ -137,15 +137,23 @@ class Program(PythonCalls):
             require_dask()
         return cls(source, parse(source), base_dir or base_dir_of(source), backend)
 
-    def run(self, overrides: dict[str, np.ndarray | Path] | None = None, of: str | None = None,
+    def run(self, overrides: Mapping[str, ArrayLike | PathLike[str]] | None = None, of: str | None = None,
             evaluate: bool = True, wrt: list[str] | None = None, differentiate: bool = True) -> Run:
         """Run the program, `overrides` replacing the values of the names they
-        bind. With `evaluate=False` an op is computed only when its value is
-        first read (`Interpreter.run`). An error carries the source it points
-        into, and what the program's `println` wrote before it (`.printed`).
-        On `backend="dask"`, the driver's run for the names differentiated by,
+        bind, given as a Python call's bindings are (numbers, nested lists,
+        arrays: each checked and copied, python_args.run_overrides). With
+        `evaluate=False` an op is computed only when its value is first read
+        (`Interpreter.run`). An error carries the source it points into, and
+        what the program's `println` wrote before it (`.printed`). On
+        `backend="dask"`, the driver's run for the names differentiated by,
         `wrt` (None: the default; none unless `differentiate`), its totals over
         row chunks ops (row_totals.py); an override that is a path is row data."""
+        return self._run(run_overrides(overrides, self.names, row_data=self._backend is not None), of, evaluate, wrt,
+                         differentiate)
+
+    def _run(self, overrides: dict[str, np.ndarray | Path] | None, of: str | None = None, evaluate: bool = True,
+             wrt: list[str] | None = None, differentiate: bool = True) -> Run:
+        """`run`, its overrides checked: float64 arrays of the run's own, or paths (row data)."""
         if self._backend is not None:
             return self._on_dask(overrides or {}, of, wrt, differentiate)
         interpreter = Interpreter(self.source, overrides, self._base_dir)
@@ -322,31 +330,28 @@ class Program(PythonCalls):
         return Outcome(run, written)
 
     def _ran(self, caller: Caller, overrides: dict, of: str | None, **how) -> Run:
-        run = self.run(overrides, of, **how)
+        run = self._run(overrides, of, **how)
         caller.ran(run)
         return run
 
-    @contextmanager
-    def _ran_kept(self, caller: Caller, overrides: dict, of: str | None, task: tuple, **how) -> Iterator[Run]:
+    def _ran_kept(self, caller: Caller, overrides: dict, of: str | None, task: tuple,
+                  **how) -> ContextManager[Run]:
         """`_ran` for a task (and its options, `task`) that may work on a kept
         run: for a caller that keeps runs, on numpy, the run of an earlier call
         of the same signature replayed with these bindings, else a fresh run,
         kept once the task is done (kept_runs.py)."""
         if self._backend is not None or not caller.keeps_runs:
-            yield self._ran(caller, overrides, of, **how)
-            return
+            return nullcontext(self._ran(caller, overrides, of, **how))
         signature = kept_runs.signature(task, overrides, of)
         kept = self._kept.replayed(signature, overrides)
         if kept is None:
-            run = self._ran(caller, overrides, of, **how)
-            yield run
-            self._kept.keep(signature, overrides, run)
-            return
+            return kept_runs.Call(self._kept, signature, overrides, None, self._ran(caller, overrides, of, **how))
         try:
             caller.ran(kept.run)
-            yield kept.run
-        finally:
+        except BaseException:
             self._kept.done(kept)
+            raise
+        return kept_runs.Call(self._kept, signature, overrides, kept, kept.run)
 
     def _located(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Call into the library; an error comes out pointing into this program."""

@@ -13,6 +13,8 @@ import sys
 import threading
 from collections.abc import Mapping
 from contextlib import nullcontext
+from os import PathLike
+from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, ParamSpec, TypeVar, Union
 
 import numpy as np
@@ -72,10 +74,13 @@ def checked_choice(argument: str, value: object, choices: Iterable[str], what: s
     return value
 
 
-def as_binding(value: ArrayLike, what: str) -> np.ndarray:
-    """A value given for a name (`what` says where: `set=`, `hvp=`) as the
-    float64 array of rank ≤ 2 the program gets: always a copy, so nothing the
-    caller holds is shared with the run."""
+def as_binding(value: ArrayLike, name: str, keyword: str = "set") -> np.ndarray:
+    """A value given for `name` (as `keyword` says: a binding, "set", or an
+    HVP's direction, "hvp") as the float64 array of rank ≤ 2 the program
+    gets: always a copy, so nothing the caller holds is shared with the run."""
+    if type(value) is np.ndarray and value.dtype.kind in "biuf" and value.ndim <= 2:
+        return np.array(value, dtype=np.float64, order="C", copy=True)  # the usual call: no more to check
+    what = option(keyword, name)
     try:
         raw = np.asarray(value)
     except ValueError as err:
@@ -98,23 +103,39 @@ def checked_overrides(bindings: object, more: dict[str, ArrayLike], of: object,
     if bindings is not None and not isinstance(bindings, Mapping):
         raise type_error("bindings", bindings, "the bindings passed first are a mapping of names to values, "
                                                 "e.g. {\"w\": [1, 2]}")
-    given = {**(bindings or {}), **more}
+    given = more if bindings is None else {**bindings, **more}
     overrides = {checked_name("bindings", given, name): checked_binding(name, value, names)
                  for name, value in given.items()}
-    if checked_name("of", of, of) is not None and of not in names:
+    if of is not None and (checked_name("of", of, of) not in names):
         raise SpireadError(f"{option('of', of)}: the program binds no `{of}`", notes=did_you_mean(of, names, records=True),
                            exit_code=2)
     return overrides
 
 
-def checked_binding(name: str, value: ArrayLike, names: list[str], what: str | None = None) -> np.ndarray:
-    """A binding (or, `what` saying which, another value given for a name,
-    an HVP's direction) as the float64 array of rank ≤ 2 the program gets:
-    always a copy, so nothing the caller holds is shared with the run."""
-    what = what or option("set", name)
+def run_overrides(overrides: object, names: list[str], row_data: bool = False) -> dict[str, np.ndarray | Path]:
+    """`Program.run`'s overrides, taken as a Python call's bindings are
+    (`checked_overrides`: numbers, nested lists, arrays, each checked and
+    copied; an error in the Python API's words); with `row_data`
+    (`backend="dask"`), a path as a `pathlib.Path`: row data."""
+    asking = FRONT_END.set(PYTHON)
+    try:
+        rows = {}
+        if row_data and isinstance(overrides, Mapping):
+            rows = {name: Path(value) for name, value in overrides.items() if isinstance(value, PathLike)}
+            overrides = {name: value for name, value in overrides.items() if name not in rows}
+        return {**checked_overrides(overrides, {}, None, names), **rows}
+    finally:
+        FRONT_END.reset(asking)
+
+
+def checked_binding(name: str, value: ArrayLike, names: list[str], keyword: str = "set") -> np.ndarray:
+    """A binding (or, `keyword` saying which, another value given for a
+    name: "hvp", an HVP's direction) as the float64 array of rank ≤ 2 the
+    program gets (`as_binding`): always a copy."""
     if name not in names:
-        raise SpireadError(f"{what}: the program binds no `{name}`", notes=did_you_mean(name, names), exit_code=2)
-    return as_binding(value, what)
+        raise SpireadError(f"{option(keyword, name)}: the program binds no `{name}`", notes=did_you_mean(name, names),
+                           exit_code=2)
+    return as_binding(value, name, keyword)
 
 
 def checked_backend(backend: object, scheduler: object, chunk_rows: object,

@@ -10,7 +10,8 @@ from __future__ import annotations
 import warnings
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 
@@ -98,7 +99,7 @@ class PythonCalls:
         sparse_arguments(sparse, pattern, hvp=hvp is not None)
         if hvp is not None and not isinstance(hvp, Mapping):
             raise type_error("hvp", hvp, "the directions are a mapping of names to values, e.g. {\"w\": [1, 0]}")
-        vectors = None if hvp is None else {checked_name("hvp", hvp, name): self._binding(name, v, option("hvp", name))
+        vectors = None if hvp is None else {checked_name("hvp", hvp, name): checked_binding(name, v, self.names, "hvp")
                                             for name, v in hvp.items()}
         done = self.run_hessian(InPython(self.source), self._overrides(bindings, more, of), wrt=wrt_names(wrt), of=of,
                                 hvp=vectors, sparse=sparse, pattern=pattern)
@@ -258,6 +259,3 @@ class PythonCalls:
 
     def _overrides(self, bindings: object, more: dict[str, ArrayLike], of: str | None) -> dict[str, np.ndarray]:
         return checked_overrides(bindings, more, of, self.names)
-
-    def _binding(self, name: str, value: ArrayLike, what: str | None = None) -> np.ndarray:
-        return checked_binding(name, value, self.names, what)

@@ -113,7 +113,7 @@ def all_finite(value: np.ndarray) -> bool:
 def all_finite_unguarded(value: np.ndarray) -> bool:
     """all_finite for callers already inside np.errstate(all="ignore"): the
     sweeps, where this check runs once per node and its overhead counts."""
-    return math.isfinite(value.sum()) or bool(np.isfinite(value).all())
+    return math.isfinite(np.add.reduce(value, None)) or bool(np.isfinite(value).all())  # ndarray.sum, unwrapped
 
 
 # Values of up to this many entries are checked together, concatenated.
@@ -234,7 +234,7 @@ def rule_params(node: Node, args: list[np.ndarray]) -> dict:
 
 def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[Node]] | None = None,
                   unguarded: bool = False, checked: bool = False,
-                  repeats: dict[int, int] | None = None) -> Callable[[], bool | None] | None:
+                  repeats: dict[int, int] | None = None, inputs: list[int] = ()) -> Callable[[], bool | None] | None:
     """A function that recomputes `ops` (op nodes of `nodes`, in tape
     order) from the current values of their other inputs, as the tape's
     evaluator does — each op's primal rule (`compute`: float64 out, a
@@ -255,7 +255,9 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     call), save a copy (`structure.COPIES`: a transpose, reshape, broadcast
     or selection), which makes no entry that is not finite: its entries are
     checked where they were made (a kept run checks its bindings too), and
-    an unguarded rule that meets one makes a value not finite, which is.
+    an unguarded rule that meets one makes a value not finite, which is;
+    and the values of `inputs` (node ids: a kept run's bindings), in the
+    same pass.
     `repeats` (not with `dropped`): an op that computes what an earlier one
     of `ops` does (Tape.repeats) is given that one's value, the same bits,
     not computed again. None when an op is not the table's own (a total
@@ -269,6 +271,10 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     names: dict[int, str] = {}
     few: list[str] = []    # what `checked` concatenates,
     large: list[str] = []  # and what it checks one by one
+    for i in inputs if checked else ():
+        names[i] = writer.bind(f"v{i}", nodes[i].shape)
+        writer.lines.append(f"v{i} = nodes[{i}].value")
+        (few if math.prod(nodes[i].shape) <= FEW_ENTRIES else large).append(names[i])
     for node in ops:
         if OPS.get(node.op.name) is not node.op:
             return None

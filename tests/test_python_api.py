@@ -135,6 +135,38 @@ def test_bad_bindings_are_refused_naming_the_binding(value, message):
     assert caught.value.exit_code == 2
 
 
+@pytest.mark.parametrize("given_as", [
+    [[1, 2], [3, 4]], ((1, 2), (3, 4)), np.array([[1, 2], [3, 4]], dtype=np.int32),
+    np.array([[1, 2], [3, 4]], dtype=np.float32), np.array([[1, 3], [2, 4]]).T])
+def test_program_run_takes_what_the_calls_take(given_as):
+    """`Program.run`, the run every call works on, takes a binding as the
+    calls do (a list was an AttributeError inside the interpreter), as a
+    float64 array of the run's own: the caller's is neither held nor written."""
+    prog = compile("a = [[0, 0], [0, 0]]\nb = a * 2", name="<cell>")
+    run = prog.run({"a": given_as})
+    np.testing.assert_array_equal(run.value, prog.eval(a=given_as)["b"])
+    held = run.node("a").value
+    assert held.dtype == np.float64 and held.flags.c_contiguous
+    if isinstance(given_as, np.ndarray):
+        assert not np.shares_memory(held, given_as)
+
+
+@pytest.mark.parametrize("value, message", [
+    ([[1, 2], [3]], "binding `a`: its rows differ in length"),
+    (["1", "2"], "binding `a`: the value must be real numbers, not text"),
+    ([[[1.0]]], "binding `a`: the value is 3-dimensional; spiread values are scalars, vectors and matrices"),
+])
+def test_program_run_refuses_what_the_calls_refuse(value, message):
+    with pytest.raises(SpireadError) as caught:
+        compile("a = 1\nb = a", name="<cell>").run({"a": value})
+    assert caught.value.diagnostic.message == message and caught.value.exit_code == 2
+    with pytest.raises(SpireadError) as caught:
+        compile("a = 1\nb = a", name="<cell>").run({"c": 1})
+    assert caught.value.diagnostic.message == "binding `c`: the program binds no `c`"
+    with pytest.raises(TypeError, match="bindings=\\[1, 2\\]: the bindings passed first are a mapping"):
+        compile("a = 1\nb = a", name="<cell>").run([1, 2])
+
+
 def test_an_unknown_binding_suggests_a_name():
     with pytest.raises(SpireadError) as caught:
         load(LEAST_SQUARES).grad(W=[1, 2])
