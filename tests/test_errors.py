@@ -244,7 +244,7 @@ def test_internal_errors_say_so_and_debug_shows_the_traceback(tmp_path, monkeypa
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(Program, "run", broken)
+    monkeypatch.setattr(Program, "_run", broken)  # the run every command makes
     program = tmp_path / "p.ad"
     program.write_text("x = [1, 2]\ny = x.exp\n")
     code, stdout, stderr = invoke(["eval", str(program)])
