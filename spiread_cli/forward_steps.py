@@ -62,20 +62,12 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
     of its shape that die at that step, each read once (`x * x`'s is read
     twice), and writes into them (`out=`: each operand's product by its
     partial into its tangent, the sum into the first) where, when it runs,
-    the sweep alone holds that array's memory: the array owns it (`base` is
-    None: not a view of a seed, a value or another tangent, as a reshape's
-    or a slice's jvp gives) and its one name in this function is the only
-    reference to it (`SOLE_REFERENCES`: not a seed, which the caller and
-    `seeds` hold, nor a node's value, nor the tangent of a `same` node, nor
-    one a jvp returned as it was given, `scale(t, 1.0)`, still named as its
-    operand's, nor an array a live view is of); and where it and the
+    the sweep alone holds that array's memory (`_sole`) and it and the
     operands lie in C order (`rules_code.c_ordered`: a new result would lie
     as they do, and a later sum adds in memory order). A ufunc reads its
     operands whole before it writes, whatever memory they share. A sum (or
-    difference) of a tangent `a` and a scatter `zeros with v at key` that it
-    alone reads (`_scatters_folded`) is, where the sweep alone holds `a`
-    (in C order), `v` added into `a` at key (else the scatter made and
-    added): the same values but the sign of a zero, a + (+0.0) where a is −0.0.
+    difference) of a tangent and a scatter that it alone reads is stepped
+    with the scatter (`_Push.folded_step`).
 
     Unguarded: the array steps run their ops' unguarded rules (`scale` as a
     multiply) where one check of the result costs less than their guards (a
@@ -87,141 +79,187 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
     that every later step keeps (the tangents' maps are linear) or drops
     with its entry, and the guard differs from a multiply only in giving 0.0
     for a zero tangent."""
-    nodes, plan, same = sweep.nodes, sweep.plan, sweep.same
-    k = next(iter(seeds.values())).shape[0]
-    guards, rebound = 0, {}  # entries of the values the guarded steps guard; their functions unguarded
-    namespace = {"nodes": nodes, "jvp_step": jvp_step, "added": added, "broadcast_to": np.broadcast_to,
-                 "Untraced": Untraced, "shares_none": shares_none, "ndarray": np.ndarray, "Diagonal": Diagonal,
-                 "spreads": spreads, "getrefcount": sys.getrefcount, "SOLE": SOLE_REFERENCES}
-    lines, read, live, steps = [], set(), [], iter(trace)
+    push = _Push(sweep, next(iter(seeds.values())).shape[0])
     folded = _scatters_folded(sweep)  # {a scatter's id: the add's that alone reads it}
-    deferred: dict[int, tuple] = {}  # a scatter stepped with its add: its traced kinds
     postponed: dict[int, list[int]] = {}  # an add's id: the tangents to drop after it (its scatter's)
-
-    def value(i: int) -> str:
-        if i not in read:
-            read.add(i)
-            lines.append(f"x{i} = nodes[{i}].value")
-        return f"x{i}"
-
-    def tangent(i: int) -> str:
-        return f"t{i}" if i in live or i in deferred else "None"
-
-    def sole(i: int) -> str:
-        """Whether tangent i's memory is the sweep's alone: it owns it (no view of another array's) and
-        no name but its own refers to it (no seed, value, alias or view of it): `SOLE_REFERENCES`."""
-        return f"t{i}.base is None and getrefcount(t{i}) == SOLE"
-
-    def step(p: int, node: Node, traced_ts: list, traced: type) -> None:
-        nonlocal guards
-        t = f"t{node.id}"
-        ts = [tangent(i) for i in node.inputs]
-        args = ", ".join(value(i) for i in node.inputs)
-        out, op = value(node.id), f"op{p}"
-        namespace[op] = node.op
-        resolve = getattr(node.op.jvp, "resolve", None)
-        function, dying = None, []
-        # Arrays in and out; or Diagonal batches in and out of an elementwise op, which steps
-        # them spread into one value each (rules_forward.diagonal_jvp), checked as it does.
-        spread = traced is Diagonal and node.op.structure.kind == "elementwise" and \
-            all(kind in (Diagonal, type(None)) for kind in traced_ts)
-        arrays = traced is np.ndarray and all(kind in (np.ndarray, type(None)) for kind in traced_ts)
-        if resolve is not None and (spread or arrays):
-            moves = [None if kind is type(None) else kind for kind in traced_ts]
-            xs = [nodes[i].value for i in node.inputs]
-            # Results are written into operands' tangents that die here, if the sweep alone holds them: each
-            # tangent given once (two operands' one tangent is read twice), large, of the result's shape.
-            given = [i for i, kind in zip(node.inputs, traced_ts) if kind is not type(None)]
-            dying = [i if arrays and given.count(i) == 1 and i in sweep.free_after[p]
-                     and _writable_into(nodes[i], node, k) else None for i in given]
-            dying = dying if any(i is not None for i in dying) else []
-            function = resolve(moves, node.value, xs, node.params, False, into=True) if dying else None
-            if function is None:
-                dying, function = [], resolve(moves, node.value, xs, node.params, False)
-            if function is not None and guarded(function):
-                guards += node.value.size
-                rebound[f"jvp{p}"] = resolve(moves, node.value, xs, node.params, True, into=bool(dying))
-        if function is not None:
-            namespace[f"jvp{p}"] = function
-            moving = [given for given in ts if given != "None"]
-        if function is not None and spread:
-            lines.extend([f"if not spreads({op}, [{', '.join(moving)}], {node.value.shape!r}): raise Untraced",
-                          f"{t} = {moving[0]}.gathered(jvp{p}({', '.join(f'{m}.spread()[None]' for m in moving)}, "
-                          f"{out}, {args})[0])"])
-        elif function is not None:
-            shape = (k,) + node.value.shape
-            spares = [f"into{i}" if i is not None else "None" for i in dying]
-            # Bound before the call: its own arguments are references too.
-            lines.extend(f"into{i} = t{i} if {sole(i)} else None" for i in dying if i is not None)
-            lines.extend([f"{t} = jvp{p}({', '.join(moving + [out, args] + spares)})",
-                          *(f"del into{i}" for i in dying if i is not None),
-                          f"if {t}.shape != {shape!r}: {t} = broadcast_to({t}, {shape!r})"])
-        else:
-            params = f"params{p}"
-            namespace[params] = node.params
-            if node.op.fwd is not None:
-                namespace["rule_params"] = rule_params
-                params = f"rule_params(nodes[{node.id}], [{args}])"
-            others = ", ".join(f"t{i}" for i in live if i not in sweep.free_after[p])
-            lines.append(f"{t} = jvp_step({op}, [{', '.join(ts)}], {out}, [{args}], {params}, {k}, "
-                         f"lambda a: shares_none(a, ({others}{',' if others else ''}), seeds))")
-        if node.id in sweep.seeded:
-            lines.append(f"{t} = added({t}, seeds[{node.id}])")
-        if function is None or node.id in sweep.seeded:
-            lines.append(f"if {t}.__class__ is not {traced.__name__}: raise Untraced")
-
-    for p, node in enumerate(plan):
-        t = f"t{node.id}"
-        if node.id in same:
-            lines.append(f"{t} = t{same[node.id]}")
-        elif node.op is None or all(tangent(i) == "None" for i in node.inputs):
-            lines.append(f"{t} = seeds[{node.id}]")
+    steps = iter(trace)
+    for p, node in enumerate(sweep.plan):
+        if node.id in sweep.same:
+            push.lines.append(f"t{node.id} = t{sweep.same[node.id]}")
+        elif node.op is None or all(push.tangent(i) == "None" for i in node.inputs):
+            push.lines.append(f"t{node.id} = seeds[{node.id}]")
         elif node.id in folded:  # stepped with the add that alone reads it
-            deferred[node.id] = next(steps)
+            push.deferred[node.id] = (p, next(steps))
             postponed[folded[node.id]] = sweep.free_after[p]
             continue
         else:
             traced_ts, traced = next(steps)
-            scatter = next((i for i in node.inputs if i in deferred), None)
+            scatter = next((i for i in node.inputs if i in push.deferred), None)
             if scatter is None:
-                step(p, node, traced_ts, traced)
+                push.step(p, node, traced_ts, traced)
             else:
-                scattered = nodes[scatter]
-                other, v = node.inputs[1 - node.inputs.index(scatter)], scattered.inputs[0]
-                kinds = [*traced_ts, traced, *deferred[scatter][0], deferred[scatter][1]]
-                fold = tangent(other) != "None" and tangent(v) != "None" and all(kind is np.ndarray for kind in kinds)
-                if fold:  # a ± (zeros with v at key) is a with v added (subtracted) at key, where a is the sweep's
-                    for i in (*scattered.inputs, scatter, *node.inputs, node.id):
-                        value(i)  # read before the branches: later steps may read them too
-                    key = f"key{p}"
-                    namespace[key], namespace[node.op.name] = (slice(None),) + scattered.params["key"], node.op.impl
-                    lines.extend([f"if {sole(other)} and t{other}.flags.c_contiguous:", f"    into = t{other}[{key}]",
-                                  f"    {node.op.name}(into, t{v}, out=into)", "    del into", f"    {t} = t{other}",
-                                  "else:"])
-                start = len(lines)
-                step(plan.index(scattered), scattered, *deferred[scatter])
-                step(p, node, traced_ts, traced)
-                lines.append(f"del t{scatter}")
-                del deferred[scatter]
-                lines[start:] = [f"    {line}" if fold else line for line in lines[start:]]
-        live.append(node.id)
-        for i in sweep.free_after[p] + postponed.pop(node.id, []):
-            if i in live:
-                live.remove(i)
-                lines.append(f"del t{i}")
-    output = sweep.output
-    if output in live and rebound and k * nodes[output].value.size <= max(guards, UNGUARDED_ENTRIES):
-        namespace.update(rebound)
-        namespace["finite_batch"] = finite_batch
-        lines.append(f"return t{output} if finite_batch(t{output}) else None")
-    elif output in live:
-        lines.append(f"return t{output}")
-    else:
-        namespace["zeros"] = np.zeros
-        lines.append(f"return zeros({(k,) + nodes[output].value.shape!r})")
-    code = "def push(seeds):\n" + "".join(f"    {line}\n" for line in lines)
-    exec(code, namespace)
-    return namespace["push"]
+                push.folded_step(p, node, scatter, traced_ts, traced)
+        push.live.append(node.id)
+        push.drop(sweep.free_after[p] + postponed.pop(node.id, []))
+    return push.function(sweep.output)
+
+
+class _Push:
+    """A written push as it is written: its lines, the names they call
+    (`namespace`), the values read so far and the tangents live after the
+    last line, in the order they were made."""
+
+    def __init__(self, sweep, k: int):
+        self.sweep, self.nodes, self.k = sweep, sweep.nodes, k
+        self.namespace = {"nodes": sweep.nodes, "jvp_step": jvp_step, "added": added, "Untraced": Untraced,
+                          "broadcast_to": np.broadcast_to, "shares_none": shares_none, "ndarray": np.ndarray,
+                          "Diagonal": Diagonal, "spreads": spreads, "getrefcount": sys.getrefcount,
+                          "SOLE": SOLE_REFERENCES}
+        self.lines: list[str] = []
+        self.read: set[int] = set()
+        self.live: list[int] = []
+        self.deferred: dict[int, tuple] = {}  # a scatter stepped with its add: its place in the plan, traced kinds
+        self.guards, self.rebound = 0, {}  # entries of the values the guarded steps guard; their functions unguarded
+
+    def value(self, i: int) -> str:
+        if i not in self.read:
+            self.read.add(i)
+            self.lines.append(f"x{i} = nodes[{i}].value")
+        return f"x{i}"
+
+    def tangent(self, i: int) -> str:
+        return f"t{i}" if i in self.live or i in self.deferred else "None"
+
+    def step(self, p: int, node: Node, traced_ts: list, traced: type) -> None:
+        """The lines of plan[p]'s step, its operands' tangents traced as `traced_ts` and its own as `traced`."""
+        t, ts = f"t{node.id}", [self.tangent(i) for i in node.inputs]
+        args = ", ".join(self.value(i) for i in node.inputs)
+        out = self.value(node.id)
+        self.namespace[f"op{p}"] = node.op
+        function, dying = self._resolved(p, node, traced_ts, traced)
+        moving = [given for given in ts if given != "None"]
+        if function is not None and traced is Diagonal:
+            self.lines.extend([
+                f"if not spreads(op{p}, [{', '.join(moving)}], {node.value.shape!r}): raise Untraced",
+                f"{t} = {moving[0]}.gathered(jvp{p}({', '.join(f'{m}.spread()[None]' for m in moving)}, "
+                f"{out}, {args})[0])"])
+        elif function is not None:
+            shape = (self.k,) + node.value.shape
+            spares = [f"into{i}" if i is not None else "None" for i in dying]
+            # Bound before the call: its own arguments are references too.
+            self.lines.extend(f"into{i} = t{i} if {_sole(i)} else None" for i in dying if i is not None)
+            self.lines.extend([f"{t} = jvp{p}({', '.join(moving + [out, args] + spares)})",
+                               *(f"del into{i}" for i in dying if i is not None),
+                               f"if {t}.shape != {shape!r}: {t} = broadcast_to({t}, {shape!r})"])
+        else:
+            self._looped(p, node, ts, args, out)
+        if node.id in self.sweep.seeded:
+            self.lines.append(f"{t} = added({t}, seeds[{node.id}])")
+        if function is None or node.id in self.sweep.seeded:
+            self.lines.append(f"if {t}.__class__ is not {traced.__name__}: raise Untraced")
+
+    def _resolved(self, p: int, node: Node, traced_ts: list, traced: type) -> tuple[Callable | None, list]:
+        """The function plan[p]'s jvp runs for its traced kinds, bound as `jvp{p}` (None: the step runs
+        `jvp_step`), and the operands whose tangents it is given as spares (None where one is not):
+        arrays in and out, or Diagonal batches in and out of an elementwise op, which steps them spread
+        into one value each (rules_forward.diagonal_jvp), checked as it does. Its unguarded function
+        too where its own is guarded (`rebound`)."""
+        resolve = getattr(node.op.jvp, "resolve", None)
+        spread = traced is Diagonal and node.op.structure.kind == "elementwise" and \
+            all(kind in (Diagonal, type(None)) for kind in traced_ts)
+        arrays = traced is np.ndarray and all(kind in (np.ndarray, type(None)) for kind in traced_ts)
+        if resolve is None or not (spread or arrays):
+            return None, []
+        moves = [None if kind is type(None) else kind for kind in traced_ts]
+        xs = [self.nodes[i].value for i in node.inputs]
+        # Results are written into operands' tangents that die here, if the sweep alone holds them: each
+        # tangent given once (two operands' one tangent is read twice), large, of the result's shape.
+        given = [i for i, kind in zip(node.inputs, traced_ts) if kind is not type(None)]
+        dying = [i if arrays and given.count(i) == 1 and i in self.sweep.free_after[p]
+                 and _writable_into(self.nodes[i], node, self.k) else None for i in given]
+        dying = dying if any(i is not None for i in dying) else []
+        function = resolve(moves, node.value, xs, node.params, False, into=True) if dying else None
+        if function is None:
+            dying, function = [], resolve(moves, node.value, xs, node.params, False)
+        if function is not None:
+            self.namespace[f"jvp{p}"] = function
+            if guarded(function):
+                self.guards += node.value.size
+                self.rebound[f"jvp{p}"] = resolve(moves, node.value, xs, node.params, True, into=bool(dying))
+        return function, dying
+
+    def _looped(self, p: int, node: Node, ts: list, args: str, out: str) -> None:
+        """plan[p]'s step as the loop runs it (`jvp_step`), told which arrays it may write into."""
+        params = f"params{p}"
+        self.namespace[params] = node.params
+        if node.op.fwd is not None:
+            self.namespace["rule_params"] = rule_params
+            params = f"rule_params(nodes[{node.id}], [{args}])"
+        others = ", ".join(f"t{i}" for i in self.live if i not in self.sweep.free_after[p])
+        self.lines.append(f"t{node.id} = jvp_step(op{p}, [{', '.join(ts)}], {out}, [{args}], {params}, {self.k}, "
+                          f"lambda a: shares_none(a, ({others}{',' if others else ''}), seeds))")
+
+    def folded_step(self, p: int, node: Node, scatter: int, traced_ts: list, traced: type) -> None:
+        """plan[p], a ± s where s = (zeros with v at key) is a scatter that it alone reads (`_scatters_folded`),
+        stepped with s: where a's and v's tangents are arrays (as traced, and s's and the sum's) and, when it
+        runs, the sweep alone holds a's (`_sole`) in C order, v's added into (subtracted from) it at key, and
+        that is the sum's; else s's step and the sum's. The same values but the sign of a zero: a + (+0.0)
+        where a is −0.0."""
+        q, (scatter_ts, scatter_traced) = self.deferred[scatter]
+        scattered = self.nodes[scatter]
+        other, v = node.inputs[1 - node.inputs.index(scatter)], scattered.inputs[0]
+        kinds = [*traced_ts, traced, *scatter_ts, scatter_traced]
+        folds = self.tangent(other) != "None" and self.tangent(v) != "None" and \
+            all(kind is np.ndarray for kind in kinds)
+        if folds:
+            for i in (*scattered.inputs, scatter, *node.inputs, node.id):
+                self.value(i)  # read before the branches: later steps may read them too
+            key, name = f"key{p}", node.op.name
+            self.namespace[key], self.namespace[name] = (slice(None),) + scattered.params["key"], node.op.impl
+            self.lines.extend([f"if {_sole(other)} and t{other}.flags.c_contiguous:", f"    into = t{other}[{key}]",
+                               f"    {name}(into, t{v}, out=into)", "    del into", f"    t{node.id} = t{other}",
+                               "else:"])
+        start = len(self.lines)
+        self.step(q, scattered, scatter_ts, scatter_traced)
+        self.step(p, node, traced_ts, traced)
+        self.lines.append(f"del t{scatter}")
+        del self.deferred[scatter]
+        if folds:
+            self.lines[start:] = [f"    {line}" for line in self.lines[start:]]
+
+    def drop(self, dead: list[int]) -> None:
+        for i in dead:
+            if i in self.live:
+                self.live.remove(i)
+                self.lines.append(f"del t{i}")
+
+    def function(self, output: int) -> Callable[[dict], np.ndarray]:
+        """The push, returning the output's tangent, checked if its steps run unguarded: only where that
+        check costs no more than their guards or the result is small (`UNGUARDED_ENTRIES`)."""
+        shape = (self.k,) + self.nodes[output].value.shape
+        if output in self.live and self.rebound and self.k * self.nodes[output].value.size <= \
+                max(self.guards, UNGUARDED_ENTRIES):
+            self.namespace.update(self.rebound)
+            self.namespace["finite_batch"] = finite_batch
+            self.lines.append(f"return t{output} if finite_batch(t{output}) else None")
+        elif output in self.live:
+            self.lines.append(f"return t{output}")
+        else:
+            self.namespace["zeros"] = np.zeros
+            self.lines.append(f"return zeros({shape!r})")
+        code = "def push(seeds):\n" + "".join(f"    {line}\n" for line in self.lines)
+        exec(code, self.namespace)
+        return self.namespace["push"]
+
+
+def _sole(i: int) -> str:
+    """Whether tangent i's memory is the sweep's alone, as a written push tests it: the array owns its
+    memory (`base` is None: not a view of a seed, a value or another tangent, as a reshape's or a slice's
+    jvp gives) and its one name in the function is the only reference to it (`SOLE_REFERENCES`: not a
+    seed, which the caller and `seeds` hold, nor a node's value, nor the tangent of a `same` node, nor one
+    a jvp returned as it was given, `scale(t, 1.0)`, still named as its operand's, nor an array a live
+    view is of)."""
+    return f"t{i}.base is None and getrefcount(t{i}) == SOLE"
 
 
 def _sole_references() -> int:
