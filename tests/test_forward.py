@@ -487,6 +487,28 @@ def test_a_scatter_is_never_added_into_a_tangent_read_after_the_sum(op, in_place
     assert _writes_in_place(sweep)
 
 
+@pytest.mark.parametrize("op", ["add", "sub"])
+def test_a_scatter_is_never_added_into_a_tangent_that_lies_in_another_order(op, in_place):
+    """(m @@ w) · 3 ± scatter(v), then its sum: the product's tangent is
+    its own array but lies in memory in another order than C (the batched
+    matmul's does, and the scale keeps its order), so the scatter is made
+    and added as the loop does (a new array in C order), and the sum adds
+    the entries in the order the loop's do."""
+    key = (slice(1, None),)
+    tape = Tape([])
+    w = tape.leaf(np.linspace(-1, 2, 6).reshape(3, 2), "input", None, "w").id
+    m = tape.record(OPS["matmul"], (tape.leaf(np.eye(3)[[0, 0, 1]], "const", None).id, w), {}, None, "@@", None).id
+    a = tape.record(OPS["mul"], (m, tape.leaf(np.array(3.0), "const", None).id), {}, None, "*", None).id
+    picked = tape.record(OPS["index"], (w,), {"key": key}, None, "[]", None).id
+    v = tape.record(OPS["scale"], (picked, tape.leaf(np.array(2.0), "const", None).id), {}, None, "*", None).id
+    s = tape.record(OPS["indexScatter"], (v,), {"key": key, "shape": (3, 2)}, None, "∂", None).id
+    out = tape.record(OPS["sum"], (tape.record(OPS[op], (a, s), {}, None, op, None).id,), {}, None, "sum", None).id
+    sweep = ForwardSweep(tape, out, [w])
+    assert _scatters_folded(sweep)
+    for seed in range(20):
+        _pushes_as_step_by_step(sweep, {w: np.random.default_rng(seed).standard_normal((3, 3, 2))})
+
+
 def test_the_chained_rosenbrock_hessians_sweep_adds_its_scatters_as_one_array(in_place):
     """The recorded gradient of Σ 100 (x[i+1] − x[i]²)² + (1 − x[i])² ends
     in the sum of two scatters (x[1:]'s and x[:-1]'s): folded, and the
