@@ -260,7 +260,10 @@ class Diagonal:
 
     def gathered(self, u) -> "Diagonal":
         """The batch over the same entries whose values are u's there (u: one value of the batch's shape)."""
-        flat = np.ravel(u if np.shape(u) == self.shape[1:] else np.broadcast_to(u, self.shape[1:]))
+        if type(u) is np.ndarray and u.shape == self.shape[1:]:
+            flat = u.reshape(-1)  # np.ravel's, without its wrapper: an elementwise step's usual result
+        else:
+            flat = np.ravel(u if np.shape(u) == self.shape[1:] else np.broadcast_to(u, self.shape[1:]))
         if self.ordered:
             return self.over(np.array(flat))
         if self.full:

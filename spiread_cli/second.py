@@ -214,14 +214,16 @@ class HessianVectorProducts:
         else:
             wrt = tuple(wrt)
             with np.errstate(all="ignore"):
-                self.plan(wrt, unguarded=True)()
-                finite = all(all_finite_unguarded(nodes[self.products[w]].value) for w in wrt)
+                self.plan(wrt, True)()
+                finite = all([all_finite_unguarded(nodes[self.products[w]].value) for w in wrt])
                 if not finite:
                     self.plan(wrt)()  # where an unguarded rule's nan may stand for a guard's zero
         # A product the replay does not compute anew (a direction, a zero, a value of the tape) is
         # given as a copy: the caller may write into what they are given.
-        products = {w: nodes[i].value if nodes[i].op is not None and i >= self.own else nodes[i].value.copy()
-                    for w, i in ((w, self.products[w]) for w in wrt)}
+        products = {}
+        for w in wrt:
+            node = nodes[self.products[w]]
+            products[w] = node.value if node.op is not None and node.id >= self.own else node.value.copy()
         if not finite and self.diagnostics is not None and not all(all_finite(p) for p in products.values()):
             self.tape.replay(self.gradient)
             return self.swept(wrt)  # which warns where the first non-finite derivative was born
