@@ -234,7 +234,7 @@ def result_value(value: np.ndarray, mine: bool = False) -> Value:
     reverse mode reach a zero by different sums: output.py's rule too).
     `mine`: the array is the call's own, which nothing else holds, and
     becomes the result in place; any other is copied."""
-    if np.ndim(value) == 0:
+    if (value.ndim if type(value) is np.ndarray else np.ndim(value)) == 0:  # np.ndim's wrapper only where needed
         return float(value) + 0.0
     if mine:
         return np.add(value, 0.0, out=value)  # -0.0 + 0.0 is 0.0
