@@ -14,6 +14,8 @@
   500 × 100 data with an L2 term): spiread's forward mode over the recorded
   gradient with 100 identity seeds in one batched sweep;
   torch.autograd.functional.hessian(vectorize=True); jit(jax.hessian).
+- A kept call's fixed cost: the HVP of a 3-entry program, `(w * w).sum`,
+  called again through the Python API, against jit(jvp of grad).
 
 Peers that are not installed are left out. Prints the median time per step
 over interleaved rounds and spiread's time over each peer's. Set
@@ -226,6 +228,29 @@ def dense_hessians(repeats: int) -> None:
                     factories, repeats, same, statistic=min)
 
 
+def fixed_cost(repeats: int) -> None:
+    """What a kept call costs whatever the program: the HVP of `(w * w).sum`
+    over 3 entries, `Program.hessian(w=…, wrt="w", hvp=…)` called again,
+    against jit(jvp of grad) of the same (docs/performance.md, "Kept runs")."""
+    import spiread_cli
+    w, v = np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.5, -0.25])
+    prog = spiread_cli.compile("w = zeros(3)\nloss = (w * w).sum\n")
+    factories = {"spiread": lambda: lambda: prog.hessian(w=w, wrt="w", hvp={"w": v}).products["w"]}
+    if have("jax"):
+        def jax_fixed():
+            import jax
+            jax.config.update("jax_enable_x64", True)
+            product = jax.jit(lambda w, v: jax.jvp(jax.grad(lambda w: (w * w).sum()), (w,), (v,))[1])
+            return lambda: jax.block_until_ready(product(w, v))
+        factories["JAX jit(jvp of grad)"] = jax_fixed
+
+    def same(results):
+        for name, h in results.items():
+            np.testing.assert_allclose(np.asarray(h), 2 * v, rtol=1e-15, err_msg=name)
+    compare(f"a kept call's fixed cost: the HVP of (w * w).sum, 3 entries (best of {repeats * 100})", factories,
+            repeats * 100, same, statistic=min)
+
+
 # ------------------------------------------------------------------- main
 
 
@@ -239,7 +264,8 @@ def compare(title: str, factories: dict, rounds: int, check, statistic=None) -> 
     print(f"\n{title}")
     for name, seconds in times.items():
         ratio = "" if name == "spiread" else f"   spiread / {name} = {base / seconds:.2f}×"
-        print(f"  {name:<28} {seconds * 1e3:9.2f} ms{ratio}")
+        shown = f"{seconds * 1e6:9.1f} µs" if seconds < 1e-3 else f"{seconds * 1e3:9.2f} ms"
+        print(f"  {name:<28} {shown}{ratio}")
 
 
 def main() -> None:
@@ -280,6 +306,7 @@ def main() -> None:
     compare(f"full Hessian, {PARAMETERS} parameters (logistic regression on {ROWS} rows)", factories, repeats,
             same_hessian)
     dense_hessians(repeats)
+    fixed_cost(repeats)
 
 
 if __name__ == "__main__":
