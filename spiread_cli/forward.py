@@ -94,12 +94,11 @@ class ForwardSweep:
                      for i, s in seeds.items())
         written = self.written.get(kind, 0)
         if callable(written):
-            with np.errstate(all="ignore"):
-                try:
-                    result = written(seeds)
-                    return self._pushed(seeds) if result is None else result  # not finite: guarded, step by step
-                except Untraced:  # a step's batch came out of another kind than written: step by step from now
-                    self.written[kind] = None
+            try:
+                result = _quietly(written, seeds)
+                return self._pushed(seeds) if result is None else result  # not finite: guarded, step by step
+            except Untraced:  # a step's batch came out of another kind than written: step by step from now
+                self.written[kind] = None
         elif written == 1:  # the second push of this kind: written as it runs
             trace: list = []
             result = self._pushed(seeds, trace=trace)
@@ -177,6 +176,12 @@ class ForwardSweep:
                 births.warn(diagnostics)
                 diagnostics = None  # one warning about the derivative is enough
         return np.zeros((0,) + output.value.shape) if result is None else result
+
+
+@np.errstate(all="ignore")  # as a decorator, np.errstate costs half what a `with` costs
+def _quietly(push: Callable[[dict], np.ndarray | None], seeds: dict) -> np.ndarray | None:
+    """A written push, numpy's floating-point warnings off (the sweep's own diagnostics say what is not finite)."""
+    return push(seeds)
 
 
 def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,

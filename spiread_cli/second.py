@@ -213,11 +213,7 @@ class HessianVectorProducts:
             self.record()
         else:
             wrt = tuple(wrt)
-            with np.errstate(all="ignore"):
-                self.plan(wrt, True)()
-                finite = all([all_finite_unguarded(nodes[self.products[w]].value) for w in wrt])
-                if not finite:
-                    self.plan(wrt)()  # where an unguarded rule's nan may stand for a guard's zero
+            finite = self.replayed(wrt)
         # A product the replay does not compute anew (a direction, a zero, a value of the tape) is
         # given as a copy: the caller may write into what they are given.
         products = {}
@@ -228,6 +224,18 @@ class HessianVectorProducts:
             self.tape.replay(self.gradient)
             return self.swept(wrt)  # which warns where the first non-finite derivative was born
         return products
+
+    @np.errstate(all="ignore")  # as a decorator, np.errstate costs half what a `with` costs
+    def replayed(self, wrt: tuple[int, ...]) -> bool:
+        """The recorded products by `wrt` computed again, unguarded, and
+        again with the guards where one is not finite (an unguarded rule's
+        nan may stand for a guard's zero): whether they all were."""
+        self.plan(wrt, True)()
+        nodes = self.tape.nodes
+        if all([all_finite_unguarded(nodes[self.products[w]].value) for w in wrt]):
+            return True
+        self.plan(wrt)()
+        return False
 
     def swept(self, wrt: list[int]) -> dict[int, np.ndarray]:
         """The products by a numeric reverse sweep from h (its terms computed)."""
