@@ -144,13 +144,17 @@ class ForwardSweep:
 
     def push_blocks(self, total: int, seed_block: Callable[[int, int], dict[int, np.ndarray]],
                     diagnostics: Diagnostics | None = None, budget_bytes: int = TANGENT_BUDGET_BYTES,
-                    observe: SweepObserver | None = None, what: Callable[[], str] | None = None) -> np.ndarray:
+                    observe: SweepObserver | None = None, what: Callable[[], str] | None = None,
+                    kinds: list[type] | None = None) -> np.ndarray:
         """Directional derivatives of the output for `total` directions,
         seed_block(start, k) giving directions start..start+k; shape (total,)
         + the output's shape, refused (at the output) when over the limit:
         `what()` says what it is and its shape for the message. As in reverse
         mode, a block whose result is not finite is pushed again with checks,
-        to warn where the first non-finite derivative was born."""
+        to warn where the first non-finite derivative was born. `kinds`,
+        given, gets the kind (class) of each block's batch: where each is a
+        `Diagonal`, the result holds no −0.0 (its dense form adds the values
+        into +0.0 zeros)."""
         output = self.nodes[self.output]
         limit = limit_for(max(8 * total * output.value.size, total * self.bytes_per_direction))
         check_bytes(8 * total * output.value.size,
@@ -163,6 +167,8 @@ class ForwardSweep:
             k = min(block, total - start)
             seeds = seed_block(start, k)
             batch = self.push(seeds, observe)
+            if kinds is not None:
+                kinds.append(type(batch))
             if result is None:
                 result = batch.dense() if type(batch) is Diagonal else batch
                 if type(result) is not np.ndarray or not result.flags.writeable or any(
@@ -186,11 +192,12 @@ def _quietly(push: Callable[[dict], np.ndarray | None], seeds: dict) -> np.ndarr
 
 def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,
                      budget_bytes: int = TANGENT_BUDGET_BYTES, observe: SweepObserver | None = None,
-                     sweep: ForwardSweep | None = None) -> dict[int, np.ndarray]:
+                     sweep: ForwardSweep | None = None, kinds: list[type] | None = None) -> dict[int, np.ndarray]:
     """The Jacobian of `output` with respect to each node W in `wrt`, shaped
     shape(output) + shape(W) (for a scalar output, the gradient): one
     direction per input entry (rows of the identity), in blocks; `observe`
-    as for `ForwardSweep.push`; `sweep`: this sweep, planned before."""
+    as for `ForwardSweep.push`; `sweep`: this sweep, planned before; `kinds`
+    as for `push_blocks`."""
     nodes = tape.nodes
     sweep = ForwardSweep(tape, output, wrt) if sweep is None else sweep
     sizes = [nodes[i].value.size for i in wrt]
@@ -207,7 +214,7 @@ def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagn
         of = nodes[output].name or nodes[output].label
         return f"the Jacobian of `{of}` with respect to {names} would be {shape_str(shape)}"
 
-    rows = sweep.push_blocks(offsets[-1], seed_block, diagnostics, budget_bytes, observe, what)
+    rows = sweep.push_blocks(offsets[-1], seed_block, diagnostics, budget_bytes, observe, what, kinds)
     # Row j is the derivative along entry j: a W's rows, transposed, are its
     # block (a transposed view where the shapes allow, as numpy's reshape does).
     return {i: rows[offsets[p]:offsets[p + 1]].reshape(sizes[p], math.prod(out_shape)).T

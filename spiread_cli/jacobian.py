@@ -38,6 +38,7 @@ class RunJacobian:
     value: np.ndarray                   # the output's value
     mode: str                           # the sweep that computed it: "forward" or "reverse"
     blocks: dict[str, np.ndarray]       # name -> ∂output/∂name, shape(output) + shape(name), in --wrt order
+    signed_zeros: bool = True           # a block may hold −0.0 (False: written into +0.0 zeros, so none does)
 
 
 def jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = None,
@@ -52,13 +53,15 @@ def jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = None,
     mode = mode or choose_mode(run, ids)
     wrt_ids = list(ids.values())
     tape, output, plan = run.tape, run.output, ("jacobian sweep", mode, tuple(wrt_ids))
+    kinds: list[type] = []  # of the forward sweep's batches: Diagonal ones' dense forms hold no −0.0
     if mode == "forward":
         sweep = run.prepared_for(plan, lambda: ForwardSweep(tape, output, wrt_ids))
-        by_id = jacobian_forward(tape, output, wrt_ids, run.diagnostics, budget_bytes, sweep=sweep)
+        by_id = jacobian_forward(tape, output, wrt_ids, run.diagnostics, budget_bytes, sweep=sweep, kinds=kinds)
     else:
         peak = run.prepared_for(plan, lambda: peak_adjoint_entries(tape, output, wrt_ids))
         by_id = jacobian_reverse(tape, output, wrt_ids, run.diagnostics, budget_bytes, peak)
-    return RunJacobian(run.value, mode, {name: by_id[i] for name, i in ids.items()})
+    return RunJacobian(run.value, mode, {name: by_id[i] for name, i in ids.items()},
+                       not kinds or any(kind is not Diagonal for kind in kinds))
 
 
 @dataclass

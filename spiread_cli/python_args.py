@@ -245,14 +245,16 @@ def result_value(value: np.ndarray, mine: bool = False) -> Value:
 OWNED_ENTRIES = 1 << 16
 
 
-def result_values(values: dict[str, np.ndarray],
-                  held: Callable[[], Iterable[np.ndarray]] | None = None) -> dict[str, Value]:
+def result_values(values: dict[str, np.ndarray], held: Callable[[], Iterable[np.ndarray]] | None = None,
+                  signed_zeros: bool = True) -> dict[str, Value]:
     """`result_value` of each value, by name. With `held` (what gives the
     arrays the run keeps: its arguments, directions and constants, every
     value on its tape), a large float64 array that a sweep made — writeable,
     sharing memory with nothing `held` gives and with no other result kept —
     is the result in place, which saves a pass over it and its copy (a
-    quarter of an n = 1,000 Jacobian); else each is copied."""
+    quarter of an n = 1,000 Jacobian); else each is copied. Not
+    `signed_zeros`: the values hold no −0.0 (a sweep wrote them into +0.0
+    zeros), so a result in place needs no pass at all."""
     owned: list[np.ndarray] = []
     others: list[np.ndarray] | None = None
     results = {}
@@ -264,7 +266,7 @@ def result_values(values: dict[str, np.ndarray],
             mine = not any(np.may_share_memory(value, other) for other in (*others, *owned))
             if mine:
                 owned.append(value)
-        results[name] = result_value(value, mine)
+        results[name] = value if mine and not signed_zeros else result_value(value, mine)
     return results
 
 

@@ -140,7 +140,7 @@ class PythonCalls:
         if sparse or pattern:
             return with_sweeps(found.pattern if pattern else found.matrix, found.sweeps)
         return Jacobian(done.run.output_name, result_value(found.value), found.mode,
-                        result_values(found.blocks, held(done.run)))
+                        result_values(found.blocks, held(done.run), found.signed_zeros))
 
     @front_door
     def check(self, bindings: Mapping[str, ArrayLike] | None = None, /, *, wrt: list[str] | str | None = None,

@@ -240,3 +240,29 @@ def test_sweeps_let_freed_memory_serve_the_next_arrays_instead_of_fresh_pages():
     done = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, env=env, cwd=REPO)
     before, after = map(int, done.stdout.split())
     assert after > before / 2
+
+
+def test_the_memory_available_is_read_at_most_every_meminfo_seconds(monkeypatch):
+    """Without SPIREAD_MAX_BYTES the limit is half the memory available, read
+    from /proc/meminfo (30 µs, which a kept call sized by it paid every time)
+    at most every MEMINFO_SECONDS: a reading that old is used as it is, an
+    older one is read again (the clock moved by hand)."""
+    from spiread_cli import limits
+    monkeypatch.delenv("SPIREAD_MAX_BYTES", raising=False)
+    reads, now = [], [1000.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: now[0])
+    real_open = open
+
+    def counted(path, *args, **kwargs):
+        reads.append(path)
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(limits, "open", counted, raising=False)
+    monkeypatch.setattr(limits, "_read_at", -float("inf"))
+    first = limits.max_bytes()
+    now[0] += limits.MEMINFO_SECONDS / 2
+    assert limits.max_bytes() == first and len(reads) == 1
+    now[0] += limits.MEMINFO_SECONDS
+    limits.max_bytes()
+    assert len(reads) == 2
+    monkeypatch.setenv("SPIREAD_MAX_BYTES", "1000")
+    assert limits.max_bytes() == 1000 and len(reads) == 2  # a configured limit is asked every time

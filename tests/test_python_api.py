@@ -282,6 +282,21 @@ def test_zero_is_never_negative_in_results():
         "[-2.  0.]\n")
 
 
+@pytest.mark.parametrize("program, blocks", [
+    ("y = x * (zeros(300) * -1)", "diagonal"),         # forward mode's batch stays Diagonal: its −0.0s added into +0.0
+    ("W = zeros(300, 300) * -1\ny = W @@ x", "dense"),  # an array batch: W itself, −0.0 everywhere
+])
+def test_a_large_jacobian_given_in_place_has_no_negative_zero(program, blocks):
+    """A Jacobian of 90,000 entries is handed over in place (python_args.OWNED_ENTRIES): without its −0.0
+    pass where the forward sweep's batches were Diagonal (their dense form adds into +0.0 zeros), with it
+    otherwise; either way, each call's blocks are 0.0 where they are zero, never −0.0."""
+    prog = compile("x = zeros(300)\n" + program, name="<cell>")
+    x = np.linspace(-1, 1, 300)
+    for mode in ("forward", "reverse", "forward"):  # the last one kept
+        jacobian = prog.jacobian(x=x, wrt="x", mode=mode)["x"]
+        assert jacobian.shape == (300, 300) and not np.signbit(jacobian).any() and not jacobian.any()
+
+
 @pytest.mark.parametrize("text, call", [
     ("1 + 2", "grad"), ("1 + 2", "check"), ("1 + 2", "hessian"),
     ("given jd: JetDim = JetDim(1)\nval y = Jet(10.0) + Jet.h[Double](0)\ny * y", "grad"),
