@@ -99,24 +99,33 @@ class Sweep:
         # toward collections meanwhile).
         self._weak = weakref.proxy(self)
         self.shortcut: set[int] = set()  # the nodes linked by `_same_links`
+        self.same: dict[int, Links] = {}  # the identity's links over n entries, one for every use (`same_of`)
         moving, flat, shortcut = self.moving, self.moving_flat, self.shortcut
-        all_entries, all_linked = self.entries, self.linked
+        all_entries, all_linked, shortcuts = self.entries, self.linked, self.shortcuts
         for node in self.plan:
             if node.op is None:
                 continue
-            rule = node.op.structure.elementwise
-            linked = self._same_links(node, rule) if rule is not None and self.shortcuts else None
+            structure = node.op.structure
+            rule = structure.elementwise
+            linked = self._same_links(node, rule) if rule is not None and shortcuts else None
             if linked is not None:
                 shortcut.add(node.id)
             else:
                 entries = all_entries[node.id] = self._entries(node)
-                first = node.op.structure.first
+                first = structure.first
                 linked = [(k, i, first(k, entries)) for k, i in enumerate(node.inputs) if i in moving]
             for _, i, links in linked:
                 if links is None or i in flat:
                     flat.add(node.id)
                     break
             all_linked[node.id] = linked
+
+    def same_of(self, size: int) -> Links:
+        """The identity's links over `size` entries (`Links.same`), one for every node of that size."""
+        links = self.same.get(size)
+        if links is None:
+            links = self.same[size] = Links.same(size)
+        return links
 
     def _same_links(self, node: Node, rule: Elementwise) -> list | None:
         """An elementwise node's links, each moving operand on the same
@@ -126,21 +135,23 @@ class Sweep:
         if rule.flat:
             return None
         nodes, moving, shape = self.tape.nodes, self.moving, node.shape
+        vanishes_with, flat_operands = rule.vanishes_with, rule.flat_operands
         same, linked = None, []
         for k, i in enumerate(node.inputs):
             if i not in moving:
                 continue
             if nodes[i].shape != shape:
                 return None
-            if k in rule.flat_operands:
+            if k in flat_operands:
                 linked.append((k, i, None))
                 continue
-            factor = None if rule.vanishes_with is None else rule.vanishes_with[k]
+            factor = None if vanishes_with is None else vanishes_with[k]
             if factor is not None:
                 nonzero = self.nonzero_of(node.inputs[factor])
                 if nonzero is not self.ones.get(len(nonzero)) and not nonzero.all():
                     return None
-            same = same or Links("same", (math.prod(shape),) * 2)
+            if same is None:
+                same = self.same_of(math.prod(shape))
             linked.append((k, i, same))
         return linked
 
@@ -150,24 +161,31 @@ class Sweep:
         found = patterns.get(node_id)
         if found is not None:
             return found
-        needed, stack = set(), [node_id]
+        needed, stack, linked = set(), [node_id], self.linked
         while stack:
             i = stack.pop()
             if i not in patterns and i not in needed:
                 needed.add(i)
-                stack.extend(j for _, j, links in self.linked.get(i, ()) if links is not None)
+                for _, j, links in linked.get(i, ()):
+                    if links is not None:
+                        stack.append(j)
         nodes = self.tape.nodes
         for i in sorted(needed):  # tape order: operands first
             patterns[i] = self._pattern_of(nodes[i])
         return patterns[node_id]
 
     def _pattern_of(self, node: Node):
-        size = math.prod(node.shape)
-        terms = [pulled(links, self.patterns[i], self.n) for _, i, links in self.linked.get(node.id, ())
-                 if links is not None]
-        if node.id in self.seeds:  # a seeded intermediate gets its own seed on top, as in forward mode
-            terms.append(Columns(size, [Progression(self.offsets[self.seeds[node.id]], 1, size)]))
-        pattern = union_of(terms, size, self.n) if terms else Columns(size, [])
+        patterns, n = self.patterns, self.n
+        terms = [patterns[i] if links.kind == "same" else pulled(links, patterns[i], n)
+                 for _, i, links in self.linked.get(node.id, ()) if links is not None]
+        seeded = node.id in self.seeds
+        if len(terms) == 1 and not seeded:  # an operand's pattern as it is (`same`), or through its links
+            pattern = terms[0]
+        else:
+            size = math.prod(node.shape)
+            if seeded:  # a seeded intermediate gets its own seed on top, as in forward mode
+                terms.append(Columns(size, [Progression(self.offsets[self.seeds[node.id]], 1, size)]))
+            pattern = union_of(terms, size, n) if terms else Columns(size, [])
         self._check(pattern.listed() if type(pattern) is Columns else pattern.nnz, node)
         return pattern
 
@@ -205,8 +223,8 @@ class Sweep:
         """Value i's nonzero entries, with, for a value that moves, the rows its pattern reaches (`moving`)."""
         if i not in self.zeros_read:
             value = self.tape.nodes[i].value
-            if moving is None and np.ndim(value) == 0:  # a constant number (`2 * x`): read as a number
-                nonzero = self.every(1) if value != 0 else np.zeros(1, dtype=bool)
+            if moving is None and value.ndim == 0:  # a constant number (`2 * x`): read as a number
+                nonzero = self.every(1) if value.item() != 0 else np.zeros(1, dtype=bool)
             else:
                 nonzero = _nonzero(value, moving)
             self.zeros_read[i] = (nonzero, moving)
@@ -236,7 +254,7 @@ class Sweep:
         structure = node.op.structure
         if whole and node.id in self.shortcut:
             couples = structure.elementwise.couples
-            same = Links("same", (math.prod(node.shape),) * 2)
+            same = self.same_of(math.prod(node.shape))
             return [(same, i, j) for p, (k, i, _) in enumerate(linked) for m, j, _ in linked[p:]
                     if couples is None or (k, m) in couples]
         entries, coupled = self.entries_of(node), []
@@ -272,15 +290,18 @@ class Sweep:
         same_met: set[tuple[int, int]] = set()
         for node in reversed(self.plan):
             adj = adjoints.get(node.id)
-            if adj is None or node.op is None or (node.id not in every and not adj.any()):
+            if adj is None or node.op is None:
+                continue
+            whole = node.id in every
+            if not whole and not adj.any():
                 continue
             linked = self.linked[node.id]
-            whole = node.id in every
             for _, i, links in linked:
-                if links is None or nodes[i].op is None or i in every:  # a leaf's adjoint would not be read
+                if links is None or i in every or nodes[i].op is None:  # a leaf's adjoint would not be read
                     continue
-                if whole and links.kind == "same":
-                    adjoints[i] = all_of(i)
+                if whole and links.kind == "same":  # every entry of one of the same size: the shared array
+                    every.add(i)
+                    adjoints[i] = adj
                     continue
                 back = pushed_back(links, adj)
                 if i in adjoints:

@@ -11,10 +11,12 @@ CSR through `runs_csr` (whole runs of rows on each diagonal) or `band_csr`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 
 import numpy as np
 import scipy.sparse as sp
 
+from .sparsity_colouring import sorted_csr
 from .structure import Links
 
 # A pattern with more differentiated entries a row than this is a CSR matrix.
@@ -170,34 +172,37 @@ def runs_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int) -> sp.cs
     (`_windows`) and the few others one by one; else through one (`band_csr`)."""
     spans = {}
     for d, found in runs.items():
-        found = sorted(found)
+        if len(found) > 1:
+            found = sorted(found)
         first, end = found[0]
         for a, b in found[1:]:
             if a > end:  # a diagonal with a gap: the table
                 return _cells_csr(runs, rows, n)
-            end = max(end, b)
+            if b > end:
+                end = b
         if end > first:
             spans[d] = (first, end)
     diagonals = sorted(spans)
-    top = max((first for first, _ in spans.values()), default=0)
-    bottom = min((end for _, end in spans.values()), default=0)
+    top = max([first for first, _ in spans.values()], default=0)
+    bottom = min([end for _, end in spans.values()], default=0)
     if bottom <= top or rows - (bottom - top) > 64:
         return _cells_csr(runs, rows, n)
+    # The rows some diagonal leaves out (above `top`, from `bottom` on): their columns one by one.
     edges = {r: [r + d for d in diagonals if spans[d][0] <= r < spans[d][1]] for r in (*range(top), *range(bottom, rows))}
     width = len(diagonals)
     kind = _index_kind(rows * width, n)
     indptr = np.empty(rows + 1, dtype=kind)
-    indptr[0] = 0
-    for r in range(top):
-        indptr[r + 1] = indptr[r] + len(edges[r])
-    head = int(indptr[top])
-    indptr[top:bottom + 1] = np.arange(head, head + (bottom - top) * width + 1, width, dtype=kind)
-    for r in range(bottom, rows):
-        indptr[r + 1] = indptr[r] + len(edges[r])
+    counts = list(accumulate([len(edges[r]) for r in range(top)], initial=0))
+    indptr[:top + 1] = counts
+    head = counts[-1]
+    middle = head + (bottom - top) * width
+    indptr[top:bottom + 1] = np.arange(head, middle + 1, width, dtype=kind)
+    indptr[bottom + 1:] = list(accumulate([len(edges[r]) for r in range(bottom, rows)], initial=middle))[1:]
     indices = np.empty(int(indptr[rows]), dtype=kind)
-    _windows(indices[head:head + (bottom - top) * width], top, np.array(diagonals))
+    _windows(indices[head:middle], top, np.array(diagonals))
     for r, columns in edges.items():
-        indices[indptr[r]:indptr[r + 1]] = columns
+        if columns:
+            indices[indptr[r]:indptr[r + 1]] = columns
     return _canonical(indices, indptr, rows, n)
 
 
@@ -211,9 +216,7 @@ def _cells_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int) -> sp.
 
 
 def _canonical(indices: np.ndarray, indptr: np.ndarray, rows: int, n: int) -> sp.csr_array:
-    m = sp.csr_array((np.ones(len(indices), dtype=bool), indices, indptr), shape=(rows, n))
-    m.has_canonical_format = True  # each row's columns ascend, once each
-    return m
+    return sorted_csr(np.ones(len(indices), dtype=bool), indices, indptr, (rows, n))
 
 
 def csr_of(pattern, n: int) -> sp.csr_array:
@@ -307,13 +310,12 @@ def union_of(terms: list, size: int, n: int):
     else:  # one pattern (`y * y`'s operands)
         return first
     if all(type(t) is Columns for t in terms):
-        columns: list = []
+        columns: dict = {}  # each column once: a progression by its fields, an index array by its identity
         for t in terms:
             for c in t.columns:
-                if not any(c is d or (type(c) is Progression and type(d) is Progression and c == d) for d in columns):
-                    columns.append(c)
+                columns.setdefault((c.start, c.step, c.lo, c.hi) if type(c) is Progression else id(c), c)
         if len(columns) <= MAX_COLUMNS:
-            return Columns(size, columns)
+            return Columns(size, list(columns.values()))
     total = csr_of(terms[0], n)
     for t in terms[1:]:
         total = total + csr_of(t, n)
