@@ -176,10 +176,12 @@ class Sweep:
 
     def _pattern_of(self, node: Node):
         patterns, n = self.patterns, self.n
-        terms = [patterns[i] if links.kind == "same" else pulled(links, patterns[i], n)
-                 for _, i, links in self.linked.get(node.id, ()) if links is not None]
+        linked = [(i, links) for _, i, links in self.linked.get(node.id, ()) if links is not None]
+        terms = [patterns[i] if links.kind == "same" else pulled(links, patterns[i], n) for i, links in linked]
         seeded = node.id in self.seeds
-        if len(terms) == 1 and not seeded:  # an operand's pattern as it is (`same`), or through its links
+        if not seeded and terms and terms[0] is patterns[linked[0][0]] and all(t is terms[0] for t in terms):
+            return terms[0]  # the operands' one pattern as it is (a chain of elementwise ops), checked where made
+        if len(terms) == 1 and not seeded:  # an operand's pattern through its links
             pattern = terms[0]
         else:
             size = math.prod(node.shape)

@@ -297,7 +297,7 @@ def pulled(links: Links, j, n: int):
             return Columns(size, [_picked(c, links.cols, missing) for c in j.columns])
     j = csr_of(j, n)
     if links.kind == "groups":
-        return _spreading(links.rows, links.groups) @ (_grouping(links.cols, links.groups) @ j)
+        return _spreading(links.row_groups(), links.groups) @ (_grouping(links.col_groups(), links.groups) @ j)
     return _links_csr(links) @ j
 
 
@@ -327,6 +327,8 @@ def pushed_back(links: Links, adj: np.ndarray) -> np.ndarray:
     if links.kind == "same":
         return adj
     if links.kind == "groups":
+        if links.rows is None:  # one group of every entry
+            return np.full(links.shape[1], adj.any())
         live = np.zeros(links.groups + 1, dtype=bool)  # the last slot stands for "no group"
         live[links.rows[adj & (links.rows >= 0)]] = True
         if live[:-1].all():  # a sum's whole operand, or every row of a softmax: one pass
@@ -439,6 +441,7 @@ def met(links: Links, ja, jb, found: HessianPairs, n: int) -> None:
         return
     ja, jb = csr_of(ja, n), csr_of(jb, n)
     if links.kind == "groups":
-        found.add_matrix(((_grouping(links.rows, links.groups) @ ja).T @ (_grouping(links.cols, links.groups) @ jb)))
+        found.add_matrix(((_grouping(links.row_groups(), links.groups) @ ja).T
+                          @ (_grouping(links.col_groups(), links.groups) @ jb)))
     else:
         found.add_matrix(ja.T @ pulled(links, jb, n))

@@ -63,7 +63,9 @@ class Links:
     - "pairs": ones at (rows[k], cols[k]);
     - "groups": ones between every row entry and every column entry of the
       same group; rows[r] and cols[c] are the groups (-1: none) of `groups`.
-      A softmax's rows or a sum's whole operand, without listing size² pairs.
+      A softmax's rows or a sum's whole operand, without listing size² pairs;
+      rows and cols None: every entry in the one group (`every`: a whole
+      reduction's, read with no pass over it).
     """
     kind: str
     shape: tuple[int, int]
@@ -123,6 +125,19 @@ class Links:
     @staticmethod
     def grouped(shape: tuple[int, int], rows, cols, groups: int) -> Links:
         return Links("groups", shape, np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64), groups)
+
+    @staticmethod
+    def every(shape: tuple[int, int]) -> Links:
+        """Every entry of the one linked to every entry of the other: "groups" of one, not listed."""
+        return Links("groups", shape, groups=1)
+
+    def row_groups(self) -> np.ndarray:
+        """A "groups" link's rows, listed (every entry in group 0 where not given)."""
+        return np.zeros(self.shape[0], dtype=np.int64) if self.rows is None else self.rows
+
+    def col_groups(self) -> np.ndarray:
+        """A "groups" link's cols, listed (every entry in group 0 where not given)."""
+        return np.zeros(self.shape[1], dtype=np.int64) if self.cols is None else self.cols
 
 
 @dataclass(slots=True)
@@ -319,15 +334,13 @@ def whole(second: str | None = "all") -> Structure:
     product, or an op that says no more); `second` as for `rows`."""
 
     def first(i: int, e: Entries) -> Links:
-        return Links.grouped((e.size(), e.size(i)), np.zeros(e.size(), dtype=np.int64),
-                             np.zeros(e.size(i), dtype=np.int64), 1)
+        return Links.every((e.size(), e.size(i)))
 
     def pairs(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
         if second is None or not adj.any():
             return None
         if second == "all":
-            return Links.grouped((e.size(i), e.size(j)), np.zeros(e.size(i), dtype=np.int64),
-                                 np.zeros(e.size(j), dtype=np.int64), 1)
+            return Links.every((e.size(i), e.size(j)))
         return within_groups(e.size(0), np.zeros(e.size(0), dtype=np.int64), 1, diagonal=False)
 
     return Structure("dense", first, pairs)

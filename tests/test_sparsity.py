@@ -52,7 +52,8 @@ def dense(links: Links | None, shape: tuple[int, int]) -> np.ndarray:
         rows = np.arange(links.lo, links.hi)
         m[rows, links.start + links.step * rows] = True
         return m
-    return (links.rows[:, None] >= 0) & (links.rows[:, None] == links.cols[None, :])
+    rows, cols = links.row_groups(), links.col_groups()
+    return (rows[:, None] >= 0) & (rows[:, None] == cols[None, :])
 
 
 def entries_of(op, xs, params, varying: set[int]) -> Entries:
