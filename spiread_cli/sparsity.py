@@ -76,8 +76,9 @@ class Sweep:
         self.plan: list[Node] = self.tape.between(self.wrt, self.output)
         self.moving = {node.id for node in self.plan}
         self.limit: int | None = None  # read when a pattern first holds entries
-        # Under this many bytes only a configured limit could refuse a pattern (asked once, not per node).
-        self.fitting = SURELY_AVAILABLE_BYTES if fits_anyway(SURELY_AVAILABLE_BYTES) else 0
+        # Under this many bytes only a configured limit could refuse a pattern (asked once, when a pattern
+        # first lists entries: one of progressions lists none).
+        self.fitting: int | None = None
         self.ones: dict[int, np.ndarray] = {}
         self.patterns: dict[int, Columns | sp.csr_array] = {}
         # Each op node's operands that move, with the links of those it depends on (None: flat).
@@ -100,8 +101,11 @@ class Sweep:
         self._weak = weakref.proxy(self)
         self.shortcut: set[int] = set()  # the nodes linked by `_same_links`
         self.same: dict[int, Links] = {}  # the identity's links over n entries, one for every use (`same_of`)
-        moving, flat, shortcut = self.moving, self.moving_flat, self.shortcut
-        all_entries, all_linked, shortcuts = self.entries, self.linked, self.shortcuts
+        # A node whose one moving operand it depends on is linked on the same entries (not seeded) has that
+        # operand's pattern: by id, the node whose pattern it is (a chain's first), found with no step of its own.
+        self.alias: dict[int, int] = {}
+        moving, flat, shortcut, alias = self.moving, self.moving_flat, self.shortcut, self.alias
+        all_entries, all_linked, shortcuts, seeds = self.entries, self.linked, self.shortcuts, self.seeds
         for node in self.plan:
             if node.op is None:
                 continue
@@ -119,6 +123,8 @@ class Sweep:
                     flat.add(node.id)
                     break
             all_linked[node.id] = linked
+            if len(linked) == 1 and linked[0][2] is not None and linked[0][2].kind == "same" and node.id not in seeds:
+                alias[node.id] = alias.get(linked[0][1], linked[0][1])
 
     def same_of(self, size: int) -> Links:
         """The identity's links over `size` entries (`Links.same`), one for every node of that size."""
@@ -157,7 +163,8 @@ class Sweep:
 
     def pattern(self, node_id: int):
         """J(node), found with the patterns of the nodes it is computed from."""
-        patterns = self.patterns
+        patterns, alias = self.patterns, self.alias
+        node_id = alias.get(node_id, node_id)
         found = patterns.get(node_id)
         if found is not None:
             return found
@@ -168,15 +175,15 @@ class Sweep:
                 needed.add(i)
                 for _, j, links in linked.get(i, ()):
                     if links is not None:
-                        stack.append(j)
+                        stack.append(alias.get(j, j))
         nodes = self.tape.nodes
         for i in sorted(needed):  # tape order: operands first
             patterns[i] = self._pattern_of(nodes[i])
         return patterns[node_id]
 
     def _pattern_of(self, node: Node):
-        patterns, n = self.patterns, self.n
-        linked = [(i, links) for _, i, links in self.linked.get(node.id, ()) if links is not None]
+        patterns, n, alias = self.patterns, self.n, self.alias
+        linked = [(alias.get(i, i), links) for _, i, links in self.linked.get(node.id, ()) if links is not None]
         terms = [patterns[i] if links.kind == "same" else pulled(links, patterns[i], n) for i, links in linked]
         seeded = node.id in self.seeds
         if not seeded and terms and terms[0] is patterns[linked[0][0]] and all(t is terms[0] for t in terms):
@@ -241,7 +248,11 @@ class Sweep:
         return ones
 
     def _check(self, entries: int, node: Node) -> None:
-        if entries * 9 <= self.fitting or entries == 0:  # a pattern of progressions lists nothing
+        if entries == 0:
+            return
+        if self.fitting is None:
+            self.fitting = SURELY_AVAILABLE_BYTES if fits_anyway(SURELY_AVAILABLE_BYTES) else 0
+        if entries * 9 <= self.fitting:
             return
         if self.limit is None:
             self.limit = max_bytes()

@@ -328,7 +328,7 @@ def pushed_back(links: Links, adj: np.ndarray) -> np.ndarray:
         return adj
     if links.kind == "groups":
         if links.rows is None:  # one group of every entry
-            return np.full(links.shape[1], adj.any())
+            return np.ones(links.shape[1], dtype=bool) if adj.any() else np.zeros(links.shape[1], dtype=bool)
         live = np.zeros(links.groups + 1, dtype=bool)  # the last slot stands for "no group"
         live[links.rows[adj & (links.rows >= 0)]] = True
         if live[:-1].all():  # a sum's whole operand, or every row of a softmax: one pass
@@ -369,11 +369,12 @@ class HessianPairs:
     def add(self, a, b) -> None:
         """Entry a[p] meets entry b[p], for every p (-1: none)."""
         if type(a) is Progression and type(b) is Progression and a.step == b.step != 0:
-            first, end = max(a.lo, b.lo), min(a.hi, b.hi)
+            first = a.lo if a.lo > b.lo else b.lo
+            end = a.hi if a.hi < b.hi else b.hi
             if first >= end:
                 return
             step, length = a.step, end - first
-            start = min(a.start, b.start) + step * first
+            start = (a.start if a.start < b.start else b.start) + step * first
             if step < 0:
                 start, step = start + step * (length - 1), -step
             self.diagonals.append((start, step, length, abs(b.start - a.start)))
@@ -392,17 +393,17 @@ class HessianPairs:
 
     def matrix(self) -> sp.csr_array:
         n = self.n
-        widths = [d for *_, d in self.diagonals] + [int(d.max()) for _, d in self.listed if len(d)]
-        if not widths:
+        band = max([d for *_, d in self.diagonals] + [int(d.max()) for _, d in self.listed if len(d)], default=None)
+        if band is None:
             return sp.csr_array((n, n), dtype=bool)
-        band = max(widths)
         if n * (2 * band + 1) > 8 * self.entries + 4096:
             return self._scattered()
         if not self.listed and all(step == 1 for _, step, _, _ in self.diagonals):  # a chain's Hessian: no cells
             runs: dict[int, list[tuple[int, int]]] = {}
             for start, _, length, d in self.diagonals:
                 runs.setdefault(d, []).append((start, start + length))
-                runs.setdefault(-d, []).append((start + d, start + d + length))
+                if d:
+                    runs.setdefault(-d, []).append((start + d, start + d + length))
             return runs_csr(runs, n, n)
         # cells[band + d, r]: the entry (r, r + d), set for each pair and its mirror.
         cells = np.zeros((2 * band + 1, n), dtype=bool)
@@ -434,10 +435,10 @@ def met(links: Links, ja, jb, found: HessianPairs, n: int) -> None:
             left = [_picked(c, links.rows, False) for c in ja.columns]
             right = [_picked(c, links.cols, False) for c in jb.columns]
         symmetric = links.kind == "same" and ja is jb  # (a, b) and (b, a) are one pair
+        add = found.add
         for s, a in enumerate(left):
-            for t, b in enumerate(right):
-                if not (symmetric and t < s):
-                    found.add(a, b)
+            for b in right[s:] if symmetric else right:
+                add(a, b)
         return
     ja, jb = csr_of(ja, n), csr_of(jb, n)
     if links.kind == "groups":
