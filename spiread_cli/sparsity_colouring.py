@@ -49,6 +49,7 @@ class Colouring:
     colours: np.ndarray
     kind: str
     count: int = -1  # the colours: one sweep each (counted when not given)
+    periodic: bool = False  # colour j is j mod count (the banded colouring's)
 
     def __post_init__(self):
         if self.count < 0:
@@ -56,9 +57,16 @@ class Colouring:
 
     def seeds(self, start: int = 0, count: int | None = None) -> np.ndarray:
         """The seed directions of colours start … start + count − 1 (all of
-        them by default), colours × columns: the sum of each colour's unit vectors."""
+        them by default), colours × columns: the sum of each colour's unit
+        vectors (a periodic colouring's every count-th column from the
+        colour on, written as strided ones, with no pass over the colours)."""
         count = self.count - start if count is None else count
-        return (self.colours[None, :] == np.arange(start, start + count)[:, None]).astype(np.float64)
+        if not self.periodic:
+            return (self.colours[None, :] == np.arange(start, start + count)[:, None]).astype(np.float64)
+        seeds = np.zeros((count, len(self.colours)))
+        for row, colour in enumerate(range(start, start + count)):
+            seeds[row, colour::self.count] = 1.0
+        return seeds
 
     def seed_blocks(self) -> Callable[[int, int], np.ndarray]:
         """`seeds(start, count)` for a sweep that pushes its colours a block at
@@ -77,26 +85,28 @@ def _lists(m: sp.csr_array) -> list[list[int]]:
     return [indices[indptr[r]:indptr[r + 1]] for r in range(m.shape[0])]
 
 
-def _banded(pattern: sp.csr_array, counts: np.ndarray) -> tuple[np.ndarray, int] | None:
+def _banded(pattern: sp.csr_array, counts: np.ndarray, symmetric: bool = False) -> tuple[np.ndarray, int] | None:
     """Columns coloured j mod (lower + upper + 1) when every nonzero lies
     within `lower` below and `upper` above the diagonal (Curtis–Powell–Reid):
     columns of one colour are further apart than any row reaches; and how
-    many colours. `counts`: each row's entries."""
+    many colours. `counts`: each row's entries; `symmetric`: the pattern
+    is, so it reaches as far below as above."""
     if pattern.nnz == 0:  # nothing to recover: no colour, no sweep
         return np.full(pattern.shape[1], -1, dtype=np.int64), 0
     if pattern.has_sorted_indices:  # each row's first and last entry say how far it reaches
         starts, ends = pattern.indptr[:-1], pattern.indptr[1:]
-        filled = counts > 0
-        if filled.all():
+        if counts.min() > 0:
             rows = np.arange(len(starts), dtype=starts.dtype)
         else:
-            rows = np.flatnonzero(filled)
+            rows = np.flatnonzero(counts > 0)
             starts, ends = starts[rows], ends[rows]
-        reach = np.take(pattern.indices, starts) - rows, np.take(pattern.indices, ends - 1) - rows
+        upper = int((np.take(pattern.indices, ends - 1) - rows).max())
+        lower = upper if symmetric else -int((np.take(pattern.indices, starts) - rows).min())
     else:
         coo = pattern.tocoo()
-        reach = (coo.col.astype(np.int64) - coo.row,) * 2
-    width = int(reach[1].max()) - int(reach[0].min()) + 1
+        reach = coo.col.astype(np.int64) - coo.row
+        upper, lower = int(reach.max()), -int(reach.min())
+    width = upper + lower + 1
     n = pattern.shape[1]
     return (_repeating(width, n), width) if width < n else None
 
@@ -187,17 +197,18 @@ def _greedy_star(pattern: sp.csr_array) -> np.ndarray:
     return np.asarray(colour, dtype=np.int64)
 
 
-def colour_columns(pattern: sp.csr_array) -> Colouring:
+def colour_columns(pattern: sp.csr_array, symmetric: bool = False) -> Colouring:
     """Structurally orthogonal column groups: the banded colouring when the
     pattern is banded and that needs no more colours than its fullest row
-    (the least any colouring needs), else the fewer of it and the greedy one."""
+    (the least any colouring needs), else the fewer of it and the greedy one.
+    `symmetric`: the pattern is (its band read from one side)."""
     counts = np.diff(pattern.indptr)
     fullest = int(counts.max(initial=0))
-    banded, count = _banded(pattern, counts) or (None, None)
+    banded, count = _banded(pattern, counts, symmetric) or (None, None)
     if banded is not None and count <= fullest:
-        return Colouring(banded, "columns", count)
+        return Colouring(banded, "columns", count, periodic=count > 0)
     greedy = Colouring(_greedy_columns(pattern), "columns")
-    return greedy if banded is None or greedy.count <= count else Colouring(banded, "columns", count)
+    return greedy if banded is None or greedy.count <= count else Colouring(banded, "columns", count, periodic=True)
 
 
 def colour_symmetric(pattern: sp.csr_array) -> Colouring:
@@ -205,7 +216,7 @@ def colour_symmetric(pattern: sp.csr_array) -> Colouring:
     structurally orthogonal columns (a tridiagonal pattern's 3 by the
     latter, which no star colouring beats when the graph has a path of
     four vertices; an arrowhead's 2 by a star colouring, against n)."""
-    columns = colour_columns(pattern)
+    columns = colour_columns(pattern, symmetric=True)
     if columns.count <= 3:
         return columns
     star = Colouring(_greedy_star(pattern), "star")

@@ -703,6 +703,31 @@ def test_a_banded_pattern_s_colours_are_structurally_orthogonal_and_recover_ever
     np.testing.assert_array_equal(recovered.toarray(), values)
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 60), st.integers(0, 5), st.floats(0.3, 1.0), st.integers(0, 2**32 - 1), st.data())
+def test_a_symmetric_band_is_coloured_as_read_from_both_sides_and_seeded_alike(n, reach, fill, seed, data):
+    """colour_symmetric reads a symmetric band's width from one side: the
+    colours colour_columns finds reading both; its periodic seeds (strided
+    ones), for any block of colours, are the colours compared one by one."""
+    from spiread_cli.sparsity_colouring import Colouring, colour_columns, colour_symmetric
+    offsets = np.subtract.outer(np.arange(n), np.arange(n))
+    shape = (np.abs(offsets) <= reach) & (np.random.default_rng(seed).random((n, n)) < fill)
+    shape |= shape.T
+    pattern = sp.csr_array(shape)
+    symmetric, both = colour_symmetric(pattern), colour_columns(pattern)
+    if symmetric.kind == "columns":
+        assert (symmetric.count, symmetric.periodic) == (both.count, both.periodic)
+        np.testing.assert_array_equal(symmetric.colours, both.colours)
+    else:  # a star colouring, taken for needing fewer
+        assert symmetric.count < both.count
+    assume(both.periodic)
+    start = data.draw(st.integers(0, both.count - 1), label="start")
+    count = data.draw(st.integers(1, both.count - start), label="count")
+    compared = Colouring(both.colours, both.kind, both.count)  # not told it is periodic: compares
+    np.testing.assert_array_equal(both.seeds(start, count), compared.seeds(start, count))
+    np.testing.assert_array_equal(both.seeds(), compared.seeds())
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 30), st.floats(0.0, 0.4), st.sampled_from(["star", "columns"]))
 def test_every_nonzero_is_recovered_from_one_product_per_colour(n, density, kind):
