@@ -191,12 +191,12 @@ def runs_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int) -> sp.cs
     edges = {r: [r + d for d in diagonals if spans[d][0] <= r < spans[d][1]] for r in (*range(top), *range(bottom, rows))}
     width = len(diagonals)
     kind = _index_kind(rows * width, n)
-    indptr = np.empty(rows + 1, dtype=kind)
     counts = list(accumulate([len(edges[r]) for r in range(top)], initial=0))
-    indptr[:top + 1] = counts
     head = counts[-1]
     middle = head + (bottom - top) * width
-    indptr[top:bottom + 1] = np.arange(head, middle + 1, width, dtype=kind)
+    # Made as the middle rows' (width apart), the rows above and below then set.
+    indptr = np.arange(head - top * width, middle + (rows - bottom) * width + 1, width, dtype=kind)
+    indptr[:top + 1] = counts
     indptr[bottom + 1:] = list(accumulate([len(edges[r]) for r in range(bottom, rows)], initial=middle))[1:]
     indices = np.empty(int(indptr[rows]), dtype=kind)
     _windows(indices[head:middle], top, np.array(diagonals))
