@@ -259,8 +259,8 @@ def test_check_sparse_reads_the_pattern_once_and_colours_it_once_a_side(order, o
     monkeypatch.setattr(sparsity.Sweep, "__post_init__", lambda sweep, read=sparsity.Sweep.__post_init__: (
         readings.append(sweep.output), read(sweep))[1])
     colour = sparsity_colouring.colour_columns
-    monkeypatch.setattr(sparsity_colouring, "colour_columns", lambda pattern: (coloured.append(pattern.shape),
-                                                                             colour(pattern))[1])
+    monkeypatch.setattr(sparsity_colouring, "colour_columns", lambda pattern, **told: (
+        coloured.append(pattern.shape), colour(pattern, **told))[1])
     x = np.linspace(0.1, 0.3, 30)
     report = check(run((REPO / "examples" / "bratu.ad").read_text(), of=of, sets={"u": x}), ["u"], order=order,
                    sparse=True)
