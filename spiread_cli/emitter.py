@@ -21,9 +21,9 @@ and nan included (a nan's sign aside: |x| of exp's −nan is +nan), so a
 recorded gradient has the values it had, each rule's result too (where the
 reverse sweep says a non-finite derivative was born), and a node left out
 could not have been one (an identity never turns finite values into
-non-finite ones). A broadcast another rule made that a product reads no
-more stays on the tape, read by no one: the sweeps and an HVP's replay pass
-it by (a kept run replays the tape whole). What is differentiated again
+non-finite ones). What a rewrite left unread — a broadcast another rule
+made that a product reads no more — is dropped when the recording ends
+(`unread_dropped`). What is differentiated again
 from a gradient may add the same terms in another order (cotangents meet
 elsewhere once a transpose of a transpose is gone), so equal to rounding.
 Not here, because they are not exact: `x + 0` with a +0 (it turns −0 into
@@ -59,6 +59,8 @@ class Recording(Protocol):
 
     def fold(self, op: Op, args: list[np.ndarray], params: dict, span: Span | None, label: str,
              diagnostics: Diagnostics | None) -> np.ndarray: ...
+
+    def feeding(self, *outputs: int) -> list[bool]: ...
 
 
 class Emitter:
@@ -144,6 +146,26 @@ class Shared:
                     if key is not None:
                         self.ops.setdefault(key, node.id)
         return self.ops
+
+
+def unread_dropped(tape: Recording, start: int, results: dict[int, int]) -> dict[int, int]:
+    """`results` (value id -> node id) once the nodes recorded from `start`
+    on that none of them is computed from are dropped: a rule's step that a
+    rewrite then left out (the product of c · (2 · y)'s inner product, a
+    broadcast a product reads no more), which a replay of the whole tape (a
+    kept run's) would compute for no one. The others move down into their
+    places; only nodes from `start` on read them."""
+    nodes = tape.nodes
+    read = tape.feeding(*results.values()) if len(nodes) > start else []
+    kept = [node for node in nodes[start:] if read[node.id]]
+    if len(kept) == len(nodes) - start:
+        return results
+    moved: dict[int, int] = {}
+    for place, node in enumerate(kept, start):
+        moved[node.id], node.id = place, place
+        node.inputs = tuple(moved.get(i, i) for i in node.inputs)
+    nodes[start:] = kept
+    return {w: moved.get(g, g) for w, g in results.items()}
 
 
 def op_key(nodes: list[Node], op_name: str, inputs, params: dict, span: Span | None, label: str) -> tuple | None:

@@ -22,7 +22,7 @@ from .diagnostics import Diagnostics, Source, Span
 from .limits import reuse_freed_memory
 from .ops import IN_PLACE_ENTRIES, Op
 from .rules import comparable
-from .emitter import Emitter, Shared
+from .emitter import Emitter, Shared, unread_dropped
 from .rules_forward import Diagonal, added, dense, diagonal_vjp
 from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, all_finite_values, born_entries,
                          compute, derivative_born, describe_nonfinite, rule_params, straight_line)
@@ -352,15 +352,13 @@ class Tape:
         """Reverse sweep that records instead of computing: for each node in
         `wrt`, the id of a node on this tape whose value is the gradient of
         the (scalar) output, built from the table's ops by each op's graph
-        statement (`Op.derivative`), recorded, so it can be differentiated
-        again (to any order: every statement is made of ops with one). It visits the
-        same nodes as `backward`; contributions meeting at a node are summed
-        by `add` nodes. Each recorded node carries the span of the op whose
-        rule made it and a label naming the rule (`∂log/∂x`)."""
-        needs = self.fed_by(wrt, output)
-        nodes = self.nodes
-        lowest = min(wrt, default=output + 1)
-        out_node = nodes[output]
+        statement (`Op.derivative`) without identity work (emitter.py), so it
+        can be differentiated again (to any order: every statement is made of
+        ops with one). It visits the same nodes as `backward`; contributions
+        meeting at a node are summed by `add` nodes. Each recorded node has
+        the span of the op whose rule made it, its label the rule (`∂log/∂x`)."""
+        needs, nodes = self.fed_by(wrt, output), self.nodes
+        start, lowest, out_node = len(nodes), min(wrt, default=output + 1), nodes[output]
         # A repeated computation's cotangents go to its first occurrence, whose rule runs once for both.
         same = self.repeats(self.between(wrt, output), keep=[*wrt, output])
         # A warning about a merged rule names the last occurrence: the one a sweep of the repeats met first.
@@ -391,8 +389,9 @@ class Tape:
                 adjoints[i] = gi
         if births is not None:
             births.warn(diagnostics)  # the first op, sweeping back from the output
-        return {w: adjoints[w] if w in adjoints else self.leaf(np.zeros(nodes[w].shape), "const", nodes[w].span,
-                                                                fixed=True).id for w in wrt}
+        grads = {w: adjoints[w] if w in adjoints else self.leaf(np.zeros(nodes[w].shape), "const", nodes[w].span,
+                                                                 fixed=True).id for w in wrt}
+        return grads if self.deferral is not None else unread_dropped(self, start, grads)  # deferred: an id is a place
 
 
 def made_by_rule(node: Node) -> bool:
