@@ -349,7 +349,7 @@ def _broadcasts_itself(rule):
     broadcast operand's operand instead (a sum's or a row total's
     derivative, `broadcastTo`, which a product by the rule of another op
     reads): entry for entry it meets the same numbers, so the same bits,
-    and the copy is left to no one. Then the op's own `rule`, if any."""
+    and the copy is left to no one. Then the op's own `rule`."""
     def unbroadcast(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
         shape = OPS[op_name].shape
         result = shape(*[n.shape for n in operands], **params)
@@ -361,7 +361,7 @@ def _broadcasts_itself(rule):
                     inputs = read
         if inputs != [n.id for n in operands]:
             return emit(op_name, inputs, **params)
-        return None if rule is None else rule(emit, op_name, operands, params)
+        return rule(emit, op_name, operands, params)
     return unbroadcast
 
 
@@ -378,13 +378,37 @@ def _absolute(emit: Emitter, op_name: str, operands: list[Node], params: dict) -
     return x.id if x.op is not None and x.op.name in SIGN_BIT_CLEAR else None
 
 
+def _negation_subtracted(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
+    """a + (−b) is a − b (IEEE 754 defines the difference so), −a + b is
+    b − a, a − (−b) is a + b: one op for two where cotangents meet, one of
+    them negated (a difference's)."""
+    a, b = operands
+    if b.op is not None and b.op.name == "neg":
+        return emit("sub" if op_name == "add" else "add", [a.id, b.inputs[0]])
+    if op_name == "add" and a.op is not None and a.op.name == "neg":
+        return emit("sub", [b.id, a.inputs[0]])
+    return None
+
+
+def _first(*rules):
+    """The first of `rules` that finds a node to stand for the op."""
+    def rule(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
+        for each in rules:
+            found = each(emit, op_name, operands, params)
+            if found is not None:
+                return found
+        return None
+    return rule
+
+
 RULES = {
     "mul": _broadcasts_itself(_product),
     "scale": _broadcasts_itself(_product),
     "div": _broadcasts_itself(_unit(1.0, 0)),
     "pow": _unit(1.0, 0),       # x ** 1 is x, −0, infinities and nan included
-    "add": _broadcasts_itself(_unit(-0.0, 0, 1)),   # x + (−0) is x, for x = −0 too; x + (+0) is not
-    "sub": _broadcasts_itself(_unit(0.0, 0)),       # x − (+0) is x
+    # x + (−0) is x, for x = −0 too (x + (+0) is not); x − (+0) is x
+    "add": _broadcasts_itself(_first(_unit(-0.0, 0, 1), _negation_subtracted)),
+    "sub": _broadcasts_itself(_first(_unit(0.0, 0), _negation_subtracted)),
     "neg": _negated,
     "abs": _absolute,
     "transpose": _undone("transpose"),

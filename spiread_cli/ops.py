@@ -661,8 +661,10 @@ elementwise2("add", np.add, (lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0)
 elementwise2("sub", np.subtract, (lambda out, a, b, e: 1.0, lambda out, a, b, e: -1.0),
              Export("{0} - {1}", "Sub", True, update="subtract"), couples=())
 elementwise2("mul", np.multiply, (lambda out, a, b, e: b, lambda out, a, b, e: a), Export("{0} * {1}", "Mul", True, update="multiply"), couples=((0, 1),), vanishes_with=(1, 0))
+# −a / b² with b² as `square` (b · b, the same bits): differentiated again, one
+# product by 2b where `mul` is two products and their sum.
 elementwise2("div", np.divide, (lambda out, a, b, e: e("div", [_one(e), b]),
-                                lambda out, a, b, e: e("div", [e("neg", [a]), e("mul", [b, b])])),
+                                lambda out, a, b, e: e("div", [e("neg", [a]), e("square", [b])])),
              Export("{0} / {1}", "Div", True, update="divide"), methods=("div",), couples=((0, 1), (1, 1)), vanishes_with=(None, 0))
 def _power(a, b):
     """a ** b (np.power), for a whole-number exponent as |a| ** b given a's

@@ -183,6 +183,10 @@ REWRITES = {
     "scale(x, broadcast)": (lambda e, x: e("scale", [x, _broadcast_total(e, x)]), 1),
     "both broadcast: one read as it was": (lambda e, x: e("mul", [e("broadcastTo", [x], shape=(2, 11)),
                                                                   e("broadcastTo", [x], shape=(2, 11))]), 1),
+    "x + (−sin x)": (lambda e, x: e("add", [x, e("neg", [e("sin", [x])])]), 1),
+    "(−sin x) + x": (lambda e, x: e("add", [e("neg", [e("sin", [x])]), x]), 1),
+    "x − (−sin x)": (lambda e, x: e("sub", [x, e("neg", [e("sin", [x])])]), 1),
+    "(−sin x) − x is kept": (lambda e, x: e("sub", [e("neg", [e("sin", [x])]), x]), 0),
     "a broadcast that makes the shape is kept": (lambda e, x: e("mul", [
         _broadcast_total(e, x), e("sumTo", [x], shape=(1,))]), 0),
 }
@@ -319,6 +323,22 @@ def test_a_products_recorded_derivative_is_the_product_its_vector_stands_in(sa, 
             assert sorted(n.op.name for n in tape.nodes[first:]) == recorded[i], (order, i)
             same_bits(tape.nodes[made].value, _matmul_vjp(i, tape.nodes[g].value, out.value, tape.nodes[a].value,
                                                          tape.nodes[b].value), f"{order} ∂/∂{'ab'[i]}")
+
+
+def test_a_quotients_derivative_squares_its_divisor_as_one_op_with_one_derivative():
+    """∂(y / x)/∂x = −y / x² with x² as `square` (x · x, the same bits), so
+    differentiated again — an HVP's sweep, a Hessian's push — it is one
+    product by 2x where `mul` of x by itself was two products and their sum."""
+    x, y, v = np.array([0.5, -1.5, 2.0]), np.array([1.0, 2.0, -3.0]), np.array([0.25, 1.0, -2.0])
+    r, first, grads = recorded(f"x = {x.tolist()}\ny = {y.tolist()}\nloss = (y / x).sum\n", ["x"])
+    assert "square" in [n.op.name for n in r.tape.nodes[first:] if n.op is not None]
+    np.testing.assert_array_equal(r.tape.nodes[grads["x"]].value, r.tape.backward(r.output, [r.bindings["x"]])[
+        r.bindings["x"]])
+    products = second.HessianVectorProducts(r.tape, {r.bindings["x"]: grads["x"]}, first)
+    hv = products({r.bindings["x"]: v}, [r.bindings["x"]])[r.bindings["x"]]
+    np.testing.assert_allclose(hv, 2 * y / x ** 3 * v, rtol=1e-15)
+    recorded_ops = [n for n in products.tape.nodes[products.h + 1:] if n.op is not None]
+    assert not any(n.op.name == "mul" and n.inputs[0] == n.inputs[1] for n in recorded_ops)
 
 # -------------------------------------------- data is never relied on
 
