@@ -148,24 +148,35 @@ class Shared:
         return self.ops
 
 
-def unread_dropped(tape: Recording, start: int, results: dict[int, int]) -> dict[int, int]:
+def unread_dropped(tape: Recording, start: int, results: dict[int, int]) -> tuple[dict[int, int], dict[int, int]]:
     """`results` (value id -> node id) once the nodes recorded from `start`
     on that none of them is computed from are dropped: a rule's step that a
     rewrite then left out (the product of c · (2 · y)'s inner product, a
     broadcast a product reads no more), which a replay of the whole tape (a
     kept run's) would compute for no one. The others move down into their
-    places; only nodes from `start` on read them."""
+    places (only nodes from `start` on read them): the results, and where
+    each moved (old id -> new; empty when none was dropped)."""
     nodes = tape.nodes
     read = tape.feeding(*results.values()) if len(nodes) > start else []
     kept = [node for node in nodes[start:] if read[node.id]]
-    if len(kept) == len(nodes) - start:
-        return results
     moved: dict[int, int] = {}
+    if len(kept) == len(nodes) - start:
+        return results, moved
     for place, node in enumerate(kept, start):
         moved[node.id], node.id = place, place
         node.inputs = tuple(moved.get(i, i) for i in node.inputs)
     nodes[start:] = kept
-    return {w: moved.get(g, g) for w, g in results.items()}
+    return {w: moved.get(g, g) for w, g in results.items()}, moved
+
+
+def rule_label(node: Node, k: int) -> str:
+    """How a recorded derivative is named: `∂log/∂x`, `∂(@@)/∂a`, `∂stack/∂x2`."""
+    name = node.op.name if " " in node.label else node.label
+    if not name.replace("_", "").isalnum():
+        name = f"({name})"
+    arity = len(node.inputs)
+    arg = "x" if arity == 1 else ("a", "b")[k] if arity == 2 else f"x{k}"
+    return f"∂{name}/∂{arg}"
 
 
 def op_key(nodes: list[Node], op_name: str, inputs, params: dict, span: Span | None, label: str) -> tuple | None:

@@ -22,7 +22,7 @@ from .diagnostics import Diagnostics, Source, Span
 from .limits import reuse_freed_memory
 from .ops import IN_PLACE_ENTRIES, Op
 from .rules import comparable
-from .emitter import Emitter, Shared, unread_dropped
+from .emitter import Emitter, Shared, rule_label, unread_dropped
 from .rules_forward import Diagonal, added, dense, diagonal_vjp
 from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, all_finite_values, born_entries,
                          compute, derivative_born, describe_nonfinite, rule_params, straight_line)
@@ -391,23 +391,17 @@ class Tape:
             births.warn(diagnostics)  # the first op, sweeping back from the output
         grads = {w: adjoints[w] if w in adjoints else self.leaf(np.zeros(nodes[w].shape), "const", nodes[w].span,
                                                                  fixed=True).id for w in wrt}
-        return grads if self.deferral is not None else unread_dropped(self, start, grads)  # deferred: an id is a place
+        grads, moved = unread_dropped(self, start, grads)
+        if self.deferral is not None and moved:  # its nodes moved down: it computes them from there, each quietly
+            self.deferral.done = min(self.deferral.done, start)
+            self.deferral.quiet = {i for i in self.deferral.quiet if i < start} | set(moved.values())
+        return grads
 
 
 def made_by_rule(node: Node) -> bool:
     """Whether a node was recorded by a derivative rule (`backward_graph`):
     part of a backward pass, which `dot` draws as such."""
     return node.label.startswith(("∂", "Σ∂"))
-
-
-def rule_label(node: Node, k: int) -> str:
-    """How a recorded derivative is named: `∂log/∂x`, `∂(@@)/∂a`, `∂stack/∂x2`."""
-    name = node.op.name if " " in node.label else node.label
-    if not name.replace("_", "").isalnum():
-        name = f"({name})"
-    arity = len(node.inputs)
-    arg = "x" if arity == 1 else ("a", "b")[k] if arity == 2 else f"x{k}"
-    return f"∂{name}/∂{arg}"
 
 
 class Births:

@@ -28,7 +28,7 @@ GIVEN = f"A = randn({N}, {N}, seed=1) / 10\nB = randn({N}, {N}, seed=2) / 10\nc 
     ("loss = ((A @@ B).tanh * B).sum", r"(in place on numpy)", "A|B"),  # tanh's value, which PyTorch's autograd keeps
     # − and / into their dying second operand
     ("loss = (2.0 - A @@ B).exp.sum", r"= _into\(np\.subtract, 2\.0, (matmul_\d+), \1\)  #", "A|B"),
-    ("loss = (2.0 / (A @@ B + 3.0)).sum", r"= _into\(np\.divide, \(-2\.0\), (mul_\d+), \1\)  # p\.ad:4:13 ∂\(/\)/∂b", "A|B"),
+    ("loss = (2.0 / (A @@ B + 3.0)).sum", r"= _into\(np\.divide, \(-2\.0\), (square_\d+), \1\)  # p\.ad:4:13 ∂\(/\)/∂b", "A|B"),
     # C's transpose, made before C's last use as an operand, is read after it: C is never written
     ("C = A @@ B\nT = C.T\nD = C + 1.0\nloss = (D * T).sum", r"D = C \+ 1\.0  #", "A|B|C"),
     ("C = A @@ B\nloss = ((C + C.T) * A).sum", r"= C \+ transpose_\d+  #", "A|B|C"),
