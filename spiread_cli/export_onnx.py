@@ -47,12 +47,15 @@ class OnnxBuilder:
     NEUTRAL = {"Mul": ((0, 1.0), (1, 1.0)), "Div": ((1, 1.0),), "Add": ((0, 0.0), (1, 0.0)), "Sub": ((1, 0.0),)}
 
     def unchanged(self, op_type: str, inputs: list[str]) -> str | None:
-        """The operand an arithmetic node would return unchanged (a product by
-        a constant 1 that broadcasts nothing, …), or None: such a node is not
-        written. onnxruntime 1.32's graph optimizer, removing one itself,
-        left a model whose other nodes still read the removed node's output
-        ("not a graph input, initializer, or output of a previous node"),
-        found by tests/test_export.py's random programs."""
+        """The operand a node would return unchanged (an Identity, a product
+        by a constant 1 that broadcasts nothing, …), or None: such a node is
+        not written. onnxruntime 1.32's graph optimizer, removing one itself
+        (`EliminateIdentity` among them), left models whose other nodes still
+        read the removed node's output ("not a graph input, initializer, or
+        output of a previous node"), found by tests/test_export.py's random
+        programs; the graph's outputs are named by Identity nodes of their own."""
+        if op_type == "Identity":
+            return inputs[0]
         for position, neutral in self.NEUTRAL.get(op_type, ()):
             value, other = self.values.get(inputs[position]), inputs[1 - position]
             if (value is not None and value.size == 1 and bool(np.all(value == neutral)) and other in self.shapes

@@ -218,6 +218,25 @@ def test_random_programs_export(program):
         check_program(run, Path(folder), wrt)
 
 
+@pytest.mark.parametrize("source", [
+    # found by the test above: onnxruntime's EliminateIdentity broke the model of the transposed vector
+    "w0 = [[0.19]]\nh0 = ((w0.square + 0.5) + 1.0).acosh\nw1 = (-0.2)\nw2 = 0.96\n"
+    "loss = [0.5, w2].T.normaliseRowsL1[0]\n",
+    "w = [0.3, -0.7]\nloss = (w.T * w.value.T).sum + w.value.T.sum\n",
+])
+def test_an_op_that_changes_nothing_writes_no_onnx_node(source, tmp_path):
+    """Only the graph's outputs are named by Identity nodes: onnxruntime's
+    optimizer, removing an Identity inside the graph, left nodes reading its
+    removed output."""
+    import onnx
+    run = Program.parse(Source("gen.ad", source)).run()
+    wrt = [n for n in run.default_wrt() if run.tape.nodes[run.bindings[n]].kind == "input"]
+    check_program(run, tmp_path, wrt)
+    model = onnx.load(tmp_path / "exported.onnx")
+    outputs = {o.name for o in model.graph.output}
+    assert {out for node in model.graph.node if node.op_type == "Identity" for out in node.output} == outputs
+
+
 # ------------------------------------------------------------ the command
 
 
