@@ -1157,3 +1157,21 @@ def test_a_hessian_vector_product_is_one_pass_whatever_the_values_with_direction
     for name in v:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-9, atol=1e-13, err_msg=name)
     assert passes == [["gradient_tangents_of_chunk"]]
+
+
+def test_program_run_on_dask_takes_a_path_as_row_data_and_the_rest_as_the_calls_do(data):
+    """`Program.run` on `backend="dask"`: a path (pathlib) is row data, a list a binding as the
+    Python calls take it; the driver's gradients are numpy's with the rows as arrays."""
+    source = read_source(str(EXAMPLES / "least_squares.ad"))
+    source = Source(source.name, source.text.replace("arange(6)", "arange(rows(X))"))
+    w = [0.25, -0.5]
+    expected = run_gradients(NumpyProgram.parse(source, EXAMPLES).run(
+        {"X": np.load(data / "X.npy")[:, :2], "y": np.load(data / "y.npy"), "w": w}), ["w"])
+    save(data, "X2", np.load(data / "X.npy")[:, :2])
+    program = NumpyProgram.parse(source, EXAMPLES, Options(chunk_rows=50))
+    try:
+        run = program.run({"X": data / "X2.npy", "y": data / "y.npy", "w": w}, wrt=["w"])
+        got = run_gradients(run, ["w"])
+    finally:
+        program.close()
+    assert_same(expected, Got(got.value, got.gradients, run.diagnostics), "Program.run on dask")
