@@ -260,8 +260,10 @@ class Diagonal:
 
     def gathered(self, u) -> "Diagonal":
         """The batch over the same entries whose values are u's there (u: one value of the batch's shape)."""
-        if type(u) is np.ndarray and u.shape == self.shape[1:]:
-            flat = u.reshape(-1)  # np.ravel's, without its wrapper: an elementwise step's usual result
+        if type(u) is np.ndarray and u.shape == self.shape[1:]:  # an elementwise step's usual result
+            if self.ordered:  # its values as they lie, copied in one call
+                return Diagonal(self.entries, u.flatten(), self.shape, self.distinct, self.full, True)
+            flat = u.reshape(-1)  # np.ravel's, without its wrapper
         else:
             flat = np.ravel(u if np.shape(u) == self.shape[1:] else np.broadcast_to(u, self.shape[1:]))
         if self.ordered:
@@ -319,10 +321,13 @@ def added(a, b, owned: Callable[[np.ndarray], bool] | None = None):
 def spreads(op, batches: list, shape: tuple) -> bool:
     """Whether an elementwise op's rule can step these Diagonal batches as one
     value each: all over the same distinct entries, of the result's shape."""
-    first = batches[0]
-    return op.structure.kind == "elementwise" and all(
-        t.distinct and t.shape[1:] == shape and (t.entries is first.entries or np.array_equal(t.entries, first.entries))
-        for t in batches)
+    if op.structure.kind != "elementwise":
+        return False
+    first = batches[0].entries
+    for t in batches:  # a loop, not all() of a generator: a written push asks at every elementwise step
+        if not (t.distinct and t.shape[1:] == shape and (t.entries is first or np.array_equal(t.entries, first))):
+            return False
+    return True
 
 
 def diagonal_jvp(op, ts: list, out, xs: list, params: dict, owned: Callable[[np.ndarray], bool] | None = None):
