@@ -29,10 +29,21 @@ class OnnxBuilder:
         self.values: dict[str, np.ndarray] = {}  # the constants' values, by name
         self.count = 0
         self.prefix = "n"
+        # Every name in the graph is defined once (ONNX's single static assignment), and the names the
+        # model promises (the inputs, `value`, `grad_X`, `hvp_X`) are taken before a program's own names.
+        self.taken: set[str] = set()
 
     def fresh(self, stem: str) -> str:
-        self.count += 1
-        return f"{stem}_{self.count}"
+        while True:
+            self.count += 1
+            name = f"{stem}_{self.count}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+
+    def reserve(self, name: str) -> str:
+        self.taken.add(name)
+        return name
 
     def __call__(self, op_type: str, inputs: list[str], **attributes) -> str:
         same = self.unchanged(op_type, inputs)
@@ -69,7 +80,7 @@ class OnnxBuilder:
             value = value.astype(np.int64)
         elif value.dtype.kind != "b":
             value = value.astype(np.float64)
-        name = name or self.fresh("c")
+        name = self.reserve(name) if name and name not in self.taken else self.fresh(name or "c")
         self.initializers.append(self.onnx.numpy_helper.from_array(value, name))
         self.shapes[name] = value.shape
         self.values[name] = value
@@ -90,6 +101,23 @@ class OnnxBuilder:
         return self.values.get(name)
 
 
+def promised(b: OnnxBuilder, names: list[str], g: Graphs) -> None:
+    """Reserves the model's input and output names, which the program's own
+    names then avoid (an input `v_w` that is not `--wrt` becomes an
+    initializer of another name); two promised names that are one (`--wrt w,v_w
+    --hvp`, a `--wrt value`) are an error, since the model could not keep both."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            leaf = g.wrt.get(name)
+            raise SpireadError(f"the ONNX model cannot name two of its inputs and outputs `{name}`",
+                               g.nodes[leaf].span if leaf is not None else None,
+                               ["its inputs are the `--wrt` names and, with `--hvp`, `v_NAME` for each; its outputs "
+                                "`value`, `grad_NAME` and `hvp_NAME`: rename the value in the program, "
+                                "or export `--to python`"])
+        seen.add(b.reserve(name))
+
+
 def onnx_model(graphs: Graphs):
     """The ONNX model: inputs the `--wrt` values (and `v_NAME` with --hvp),
     every other input an initializer; outputs `value`, `grad_NAME`, `hvp_NAME`."""
@@ -102,7 +130,9 @@ def onnx_model(graphs: Graphs):
     needed = g.needed(g.results())
     names: dict[int, str] = {}
     graph_inputs = []
-    for name, i in [*g.wrt.items(), *((f"v_{n}", i) for n, i in g.directions.items())]:
+    inputs = [*g.wrt.items(), *((f"v_{n}", i) for n, i in g.directions.items())]
+    promised(b, [name for name, _ in inputs] + list(outputs), g)
+    for name, i in inputs:
         names[i] = name
         b.shapes[name] = g.nodes[i].shape
         graph_inputs.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.DOUBLE, list(g.nodes[i].shape)))

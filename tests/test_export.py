@@ -237,6 +237,25 @@ def test_an_op_that_changes_nothing_writes_no_onnx_node(source, tmp_path):
     assert {out for node in model.graph.node if node.op_type == "Identity" for out in node.output} == outputs
 
 
+@pytest.mark.parametrize("source", [
+    "w = [0.5, -0.3]\nv_w = [1.0, 2.0]\nloss = (w * w * v_w).sum\n",  # was the direction's default: wrong numbers
+    "value = [1.0, 2.0]\nw = [0.5, -0.3]\nloss = (w * value).sum\n",  # an output's name
+    "w = [0.5, -0.3]\nhvp_w = [1.0, 2.0]\nloss = (w * w * hvp_w).sum\n",
+    "w = [0.5, -0.3]\nmul_1 = [1.0, 3.0]\nc_1 = 2.0\nloss = (w * w * mul_1).sum * c_1\n",  # the exporter's names
+])
+def test_a_program_name_never_takes_a_name_of_the_onnx_model(source, tmp_path):
+    check_program(Program.parse(Source("gen.ad", source)).run(), tmp_path, ["w"])
+
+
+@pytest.mark.parametrize("source, wrt", [("w = [0.5, -0.3]\nv_w = [1.0, 2.0]\nloss = (w * v_w).sum\n", "w,v_w"),
+                                         ("value = [0.5, -0.3]\nloss = value.sum\n", "value")])
+def test_two_names_the_onnx_model_would_give_alike_are_refused(source, wrt, tmp_path):
+    (tmp_path / "p.ad").write_text(source)
+    done = spiread("export", str(tmp_path / "p.ad"), "--wrt", wrt, "--hvp", "--to", "onnx", "-o", str(tmp_path / "m.onnx"))
+    assert done.returncode == 1 and "cannot name two of its inputs and outputs" in done.stderr
+    assert "p.ad:" in done.stderr and not (tmp_path / "m.onnx").exists()
+
+
 # ------------------------------------------------------------ the command
 
 
