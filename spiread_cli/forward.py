@@ -20,6 +20,7 @@ import numpy as np
 
 from .diagnostics import Diagnostics, shape_str
 from .limits import check_bytes, limit_for, reuse_freed_memory
+from . import forward_steps
 from .forward_steps import Untraced, finite_batch, jvp_step, shares_none, written_push
 from .rules_forward import Diagonal, added, dense
 from .tape import Births, SweepObserver, Tape
@@ -87,7 +88,10 @@ class ForwardSweep:
         array, while the sweep it watches steps the seeds it was given, so an
         explained sweep makes the unexplained one's bits. Seeds of a kind
         pushed twice are pushed, from the third time on, by the steps written
-        out as one function (`written_push`)."""
+        out as one function (`written_push`); the first push of a kind, where
+        its result is small (`UNGUARDED_ENTRIES`), steps arrays by the ops'
+        unguarded rules as a written push does, and is pushed again guarded
+        where that result is not finite."""
         if observe is not None:
             return self._pushed(seeds, observe)
         kind = tuple((i, type(s), s.shape, getattr(s, "full", None), getattr(s, "ordered", None))
@@ -104,13 +108,19 @@ class ForwardSweep:
             result = self._pushed(seeds, trace=trace)
             self.written[kind] = written_push(self, seeds, trace)
             return result
-        elif written == 0:
+        elif written == 0:  # the first: unguarded where one check of its result is cheap, as a written push
             self.written[kind] = 1
+            if next(iter(seeds.values())).shape[0] * self.nodes[self.output].value.size <= \
+                    forward_steps.UNGUARDED_ENTRIES:
+                result = self._pushed(seeds, unguarded=True)
+                if finite_batch(result):
+                    return result
         return self._pushed(seeds)
 
-    def _pushed(self, seeds: dict, observe: SweepObserver | None = None, trace: list | None = None):
+    def _pushed(self, seeds: dict, observe: SweepObserver | None = None, trace: list | None = None,
+                unguarded: bool = False):
         """`push`, step by step; `trace`: given, the kinds (classes) of each op step's input tangents
-        and result, in order."""
+        and result, in order; `unguarded`: array steps by their unguarded rules (`jvp_step`)."""
         nodes, same = self.nodes, self.same
         k = next(iter(seeds.values())).shape[0]
         tangents: dict[int, np.ndarray] = {}
@@ -126,7 +136,7 @@ class ForwardSweep:
                     params = node.params if node.op.fwd is None else rule_params(node, args)
                     t = jvp_step(node.op, ts, node.value, args, params, k,
                                  lambda a: shares_none(a, [t for i, t in tangents.items() if i not in self.free_after[p]],
-                                                        seeds))
+                                                        seeds), unguarded)
                     # A seeded node that is an intermediate gets its own seed on top
                     # of what flows into it, as reverse mode's adjoints add up.
                     if node.id in self.seeded:

@@ -25,16 +25,24 @@ UNGUARDED_ENTRIES = 1 << 16
 IN_PLACE_ENTRIES = 1 << 14
 
 
-def jvp_step(op, ts: list, out: np.ndarray, args: list, params: dict, k: int, owned: Callable[[np.ndarray], bool]):
+def jvp_step(op, ts: list, out: np.ndarray, args: list, params: dict, k: int, owned: Callable[[np.ndarray], bool],
+             unguarded: bool = False):
     """One op's tangent from its operands' `ts` (None: no tangent; a
     `Diagonal` batch stays one where the op has a rule for it), shape (k,) +
-    out's; `owned(a)`: whether no other tangent or seed shares memory with a."""
+    out's; `owned(a)`: whether no other tangent or seed shares memory with a.
+    `unguarded`: arrays are stepped by the function the op's jvp runs with
+    its unguarded value rules (`jvp.resolve`, as a written push's), for a
+    caller that checks what the sweep gives and steps it guarded where that
+    is not finite."""
     t = None
     if any(type(given) is Diagonal for given in ts):
         t = diagonal_jvp(op, ts, out, args, params, owned)
         ts = [dense(given) for given in ts] if t is None else ts
     if t is None:
-        t = op.jvp(ts, out, *args, **params)
+        resolve = getattr(op.jvp, "resolve", None) if unguarded else None
+        function = None if resolve is None else resolve(ts, out, args, params, True)
+        t = op.jvp(ts, out, *args, **params) if function is None else \
+            function(*[given for given in ts if given is not None], out, *args)
         if np.shape(t) != (k,) + out.shape:
             t = np.broadcast_to(t, (k,) + out.shape)
     return t

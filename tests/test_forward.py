@@ -240,7 +240,8 @@ def test_a_written_push_keeps_a_zero_tangent_zero_against_an_infinite_partial():
     """A written push runs `scale` unguarded (a multiply) and checks its
     result: sqrt's derivative at 0 is infinite, but no direction moves that
     entry (A's first row is zero), so its row of the Jacobian is 0, with no
-    warning, on every push (the written one's nan sends it step by step)."""
+    warning, on every push (the first's and the written one's nan sends it
+    step by step)."""
     r = run("x = [1.0, 1.0]\nA = [[0, 0], [1, 2]]\ny = (A @@ x).sqrt\n")
     x = r.bindings["x"]
     sweep = ForwardSweep(r.tape, r.output, [x])
@@ -314,6 +315,25 @@ def test_a_written_push_differs_from_the_guarded_one_only_in_the_sign_of_a_zero(
     assert callable(next(iter(sweep.written.values())))
     jacobian = jacobian_forward(r.tape, r.output, [x], r.diagnostics, sweep=sweep)[x]
     assert (jacobian + 0.0).tobytes() == np.array([0.0, -0.25]).tobytes() and not r.diagnostics.warnings
+
+
+def test_a_fresh_sweeps_first_push_runs_unguarded_where_its_result_is_small(monkeypatch):
+    """The first push of a kind steps its arrays by the ops' unguarded rules
+    (`scale` as a multiply) and checks the result once, as a written push
+    does, where the result is small (UNGUARDED_ENTRIES): the program above's
+    −0.0 where the guarded loop gives +0.0, the same values; with a larger
+    result than that, the guarded loop's bits."""
+    from spiread_cli import forward_steps
+    source = "x = [1.0, 1.0]\nA = [[1, 1], [0, 1]]\nc = [2, 5]\ns = (c - A @@ x).sqrt\nout = s[1]\n"
+    r = run(source)
+    x = r.bindings["x"]
+    seeds = {x: np.eye(2)}
+    guarded = ForwardSweep(r.tape, r.output, [x])._pushed(seeds)
+    first = ForwardSweep(r.tape, r.output, [x]).push(seeds)
+    np.testing.assert_array_equal(first, guarded)
+    assert (np.signbit(first[0]), np.signbit(guarded[0])) == (True, False)
+    monkeypatch.setattr(forward_steps, "UNGUARDED_ENTRIES", 1)
+    assert ForwardSweep(r.tape, r.output, [x]).push(seeds).tobytes() == guarded.tobytes()
 
 
 # ------------------------------------------------ written in place
