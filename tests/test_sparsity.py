@@ -492,6 +492,39 @@ def test_a_band_of_diagonals_with_or_without_a_gap_is_assembled_exactly(gap):
     assert m.has_canonical_format and (np.diff(m.indptr) == expected.sum(axis=1)).all()
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 12), st.integers(0, 12), st.sampled_from([np.int32, np.int64]),
+       st.sampled_from([bool, np.float64]), st.integers(0, 2**32 - 1))
+def test_a_csr_matrix_made_without_the_constructor_is_the_constructors(rows, n, kind, dtype, seed):
+    """sorted_csr (canonical parts, no checks) leaves the matrix as scipy's
+    constructor does: the same attributes with the same values, canonical,
+    the parts themselves (no copy); it passes scipy's full check, and
+    arithmetic and conversions on it give the constructor's results."""
+    from spiread_cli.sparsity_colouring import sorted_csr
+    rng = np.random.default_rng(seed)
+    shape = rng.random((rows, n)) < 0.4
+    indptr = np.concatenate([[0], np.cumsum(shape.sum(axis=1))]).astype(kind)
+    indices = np.nonzero(shape)[1].astype(kind)
+    data = rng.standard_normal(len(indices)).astype(dtype)
+    made = sorted_csr(data, indices, indptr, (rows, n))
+    built = sp.csr_array((data, indices, indptr), shape=(rows, n))
+    assert built.has_canonical_format  # found by scanning the parts (and kept, as sorted_csr keeps it)
+    assert vars(made).keys() == vars(built).keys()
+    for name, value in vars(built).items():
+        if isinstance(value, np.ndarray):
+            assert made.__dict__[name].dtype == value.dtype and np.array_equal(made.__dict__[name], value), name
+        else:
+            assert made.__dict__[name] == value, name
+    assert made.data is data and made.indices is indices and made.indptr is indptr
+    made.check_format(full_check=True)
+    other = sp.random_array((n, 3), density=0.5, rng=rng, format="csr")
+    np.testing.assert_array_equal(made.toarray(), built.toarray())
+    np.testing.assert_array_equal((made @ other).toarray(), (built @ other).toarray())
+    np.testing.assert_array_equal((made + made).toarray(), (built + built).toarray())
+    np.testing.assert_array_equal(made.T.tocsr().toarray(), built.T.tocsr().toarray())
+    assert made.nnz == built.nnz and made.dtype == built.dtype and made.shape == built.shape
+
+
 @settings(max_examples=80, deadline=None)
 @given(st.integers(1, 12), st.integers(1, 12), st.data())
 def test_a_pattern_of_diagonals_is_written_out_exactly(size, n, data):
