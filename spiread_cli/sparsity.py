@@ -114,7 +114,13 @@ class Sweep:
             linked = self._same_links(node, rule) if rule is not None and shortcuts else None
             if linked is not None:
                 shortcut.add(node.id)
-            else:
+            elif structure.shaped is not None and shortcuts:  # said by the shapes and params: no Entries
+                shapes, shaped = tuple([nodes[i].shape for i in node.inputs]), structure.shaped
+                linked = [(k, i, shaped(k, shapes, node.shape, node.params)) for k, i in enumerate(node.inputs)
+                          if i in moving]
+                if any(links is None for _, _, links in linked):  # not said so: the rules
+                    linked = None
+            if linked is None:
                 entries = all_entries[node.id] = self._entries(node)
                 first = structure.first
                 linked = [(k, i, first(k, entries)) for k, i in enumerate(node.inputs) if i in moving]

@@ -183,6 +183,10 @@ class Structure:
     first: Callable[[int, Entries], Links | None]
     second: Callable[[int, int, Entries, np.ndarray], Links | None]
     elementwise: Elementwise | None = None  # the rules' data, for an op made by `elementwise`
+    # The first-order links as the shapes and params alone say them (a slice's, a joined block's, a whole
+    # reduction's), asked as shaped(i, operand shapes, output shape, params) with no `Entries` made; None
+    # where `first` must be asked. `first` gives the same links.
+    shaped: Callable[[int, tuple, tuple, dict], Links | None] | None = None
     linear: bool = field(init=False)  # no second derivative anywhere: a pattern's sweep need not ask
 
     def __post_init__(self):
@@ -326,7 +330,7 @@ def rows(second: str | None = "all", groups: Callable = _row_groups, kind: str =
             return Links.grouped((e.size(0), e.size(0)), group, group, count)
         return within_groups(e.size(0), group, count, diagonal=False)
 
-    return Structure(kind, first, pairs)
+    return Structure(kind, first, _linear if second is None else pairs)
 
 
 def whole(second: str | None = "all") -> Structure:
@@ -336,6 +340,9 @@ def whole(second: str | None = "all") -> Structure:
     def first(i: int, e: Entries) -> Links:
         return Links.every((e.size(), e.size(i)))
 
+    def shaped(i: int, shapes: tuple, out_shape: tuple, params: dict) -> Links:
+        return Links.every((math.prod(out_shape), math.prod(shapes[i])))
+
     def pairs(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
         if second is None or not adj.any():
             return None
@@ -343,7 +350,7 @@ def whole(second: str | None = "all") -> Structure:
             return Links.every((e.size(i), e.size(j)))
         return within_groups(e.size(0), np.zeros(e.size(0), dtype=np.int64), 1, diagonal=False)
 
-    return Structure("dense", first, pairs)
+    return Structure("dense", first, _linear if second is None else pairs, shaped=shaped)
 
 
 def along(axis: int | None, second: str | None) -> Structure:
@@ -355,7 +362,7 @@ def along(axis: int | None, second: str | None) -> Structure:
     def pairs(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
         return None if groups(e.shapes[0])[1] == e.size(0) else base.second(i, j, e, adj)
 
-    return Structure(base.kind, base.first, pairs)
+    return Structure(base.kind, base.first, _linear if second is None else pairs, shaped=base.shaped)
 
 
 # ------------------------------------------------------------ selections
@@ -388,14 +395,23 @@ def _copies_first(i: int, e: Entries) -> Links:
     return Links.gathered(shape, cols)
 
 
+def _sliced_links(i: int, shapes: tuple, out_shape: tuple, params: dict) -> Links | None:
+    """v[a:b:c]'s, said by the slice; None for another key."""
+    key = params["key"]
+    if len(shapes[0]) == 1 and len(key) == 1 and isinstance(key[0], slice):
+        start, _, step = key[0].indices(shapes[0][0])
+        return Links.strided((math.prod(out_shape), shapes[0][0]), start, step)
+    return None
+
+
 def _sliced_first(i: int, e: Entries) -> Links:
     """x[key]'s: the key applied to x's entry numbers, a view for a slice
     (whose place and strides say it all, so the numbers are not written
     unless the key picks a copy)."""
+    said = _sliced_links(i, e.shapes, e.out_shape, e.params)
+    if said is not None:
+        return said
     shape, key = (e.size(), e.size(0)), e.params["key"]
-    if len(e.shapes[0]) == 1 and len(key) == 1 and isinstance(key[0], slice):  # v[a:b:c], said by the slice
-        start, _, step = key[0].indices(e.shapes[0][0])
-        return Links.strided(shape, start, step)
     places = np.empty(e.size(0), dtype=np.int64)
     viewed = Links.viewed(shape, places.reshape(e.shapes[0])[key], places)
     if viewed is not None:
@@ -415,21 +431,27 @@ def _sums_first(i: int, e: Entries) -> Links:
     return Links.pairs((e.size(), e.size(i)), pulled[cols].astype(np.int64) - 1, cols)
 
 
+def _joined_links(i: int, shapes: tuple, out_shape: tuple, params: dict) -> Links | None:
+    """concat's along the first axis: operand i's entries are one run of the
+    output's (C order), after the operands before it; None along another."""
+    if params["axis"] != 0:
+        return None
+    before, size = sum(math.prod(s) for s in shapes[:i]), math.prod(shapes[i])
+    return Links.strided((math.prod(out_shape), size), -before, 1, before, before + size)
+
+
 def _joined_first(i: int, e: Entries) -> Links:
-    """concat's: operand i is one block of the output. Joined along the
-    first axis, its entries are one run of the output's (C order), after
-    the operands before it: said without numbering them."""
-    if e.params["axis"] != 0:
-        return _copies_first(i, e)
-    before = sum(math.prod(s) for s in e.shapes[:i])
-    return Links.strided((e.size(), e.size(i)), -before, 1, before, before + e.size(i))
+    """concat's: operand i is one block of the output, said without
+    numbering its entries when joined along the first axis."""
+    said = _joined_links(i, e.shapes, e.out_shape, e.params)
+    return _copies_first(i, e) if said is None else said
 
 
 # A gather, slice, reshape, transpose, broadcast or stack: linear, each
 # output entry a copy of one operand entry (or zero).
 COPIES = Structure("selection", _copies_first, _linear)
-JOINED = Structure("selection", _joined_first, _linear)  # concat's pieces end to end along an axis
-SLICED = Structure("selection", _sliced_first, _linear)  # x[key] (`index`), whose value is a copy of the view
+JOINED = Structure("selection", _joined_first, _linear, shaped=_joined_links)  # concat's pieces end to end along an axis
+SLICED = Structure("selection", _sliced_first, _linear, shaped=_sliced_links)  # x[key] (`index`): a copy of the view
 # A scatter or an unbroadcast: linear, each operand entry added into one output entry.
 SUMS = Structure("selection", _sums_first, _linear)
 LINEAR_SUMS = Structure("dense", _sums_first, _linear)  # the same, for ops that are not selections (sumTo)

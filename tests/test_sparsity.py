@@ -153,6 +153,23 @@ def test_each_op_declares_its_first_order_pattern_exactly(case):
             f"{case.id}: the pattern of ∂out/∂x{i} holds entries that are always 0"
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if OPS[c.op].structure.shaped is not None], ids=lambda c: c.id)
+def test_links_said_by_the_shapes_are_the_first_order_rules(case):
+    """An op whose structure says its first-order links from the shapes and
+    params alone (`Structure.shaped`: slices, joined blocks, whole
+    reductions) says what its `first` rule gives, where it says anything."""
+    op, params = OPS[case.op], case.params
+    xs = [np.asarray(x, dtype=float) for x in case.xs]
+    shapes, out_shape = tuple(np.shape(x) for x in xs), np.shape(op.impl(*xs, **params))
+    said = [op.structure.shaped(i, shapes, out_shape, params) for i in range(len(xs))]
+    for i, links in enumerate(said):
+        if links is not None:
+            shape = (int(np.prod(out_shape)), np.size(xs[i]))
+            ruled = op.structure.first(i, entries_of(op, xs, params, set(range(len(xs)))))
+            np.testing.assert_array_equal(dense(links, shape), dense(ruled, shape), err_msg=f"{case.id}: x{i}")
+    assert any(links is not None for links in said) or case.op in ("index", "concat"), case.id
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_each_op_declares_its_second_order_pattern_exactly(case):
     op, params = OPS[case.op], case.params
