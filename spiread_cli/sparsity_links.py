@@ -297,7 +297,8 @@ def pulled(links: Links, j, n: int):
             return Columns(size, [_picked(c, links.cols, missing) for c in j.columns])
     j = csr_of(j, n)
     if links.kind == "groups":
-        return _spreading(links.row_groups(), links.groups) @ (_grouping(links.col_groups(), links.groups) @ j)
+        rows, cols = links.listed_groups()
+        return _spreading(rows, links.groups) @ (_grouping(cols, links.groups) @ j)
     return _links_csr(links) @ j
 
 
@@ -442,7 +443,7 @@ def met(links: Links, ja, jb, found: HessianPairs, n: int) -> None:
         return
     ja, jb = csr_of(ja, n), csr_of(jb, n)
     if links.kind == "groups":
-        found.add_matrix(((_grouping(links.row_groups(), links.groups) @ ja).T
-                          @ (_grouping(links.col_groups(), links.groups) @ jb)))
+        rows, cols = links.listed_groups()
+        found.add_matrix((_grouping(rows, links.groups) @ ja).T @ (_grouping(cols, links.groups) @ jb))
     else:
         found.add_matrix(ja.T @ pulled(links, jb, n))

@@ -29,8 +29,7 @@ A plain kind name ("elementwise", "rows", "dense", "selection") is accepted
 for a quick start and means the conservative rule of that kind (nonlinear,
 every operand coupled; a selection copies entries).
 
-Imports nothing of spiread's (layer 0): the rules run numpy only, and
-scipy is sparsity.py's.
+Imports nothing of spiread's (layer 0): the rules run numpy only (scipy is sparsity.py's).
 """
 
 from __future__ import annotations
@@ -64,8 +63,7 @@ class Links:
     - "groups": ones between every row entry and every column entry of the
       same group; rows[r] and cols[c] are the groups (-1: none) of `groups`.
       A softmax's rows or a sum's whole operand, without listing size² pairs;
-      rows and cols None: every entry in the one group (`every`: a whole
-      reduction's, read with no pass over it).
+      rows and cols None: every entry in one group (`every`, no pass over it).
     """
     kind: str
     shape: tuple[int, int]
@@ -92,9 +90,8 @@ class Links:
 
     @staticmethod
     def gathered(shape: tuple[int, int], cols: np.ndarray) -> Links:
-        """"copies" of cols (-1: none), or "strided" when the rows with a
-        column are one run and their columns one progression (a block of a
-        concatenation): a chain through it then lists nothing."""
+        """"copies" of cols (-1: none), or "strided" when the rows with a column are one run and their
+        columns one progression (a block of a concatenation): a chain through it then lists nothing."""
         cols = np.asarray(cols, dtype=np.int64)
         there = np.flatnonzero(cols >= 0)
         if len(there) and there[-1] - there[0] + 1 == len(there):
@@ -131,21 +128,17 @@ class Links:
         """Every entry of the one linked to every entry of the other: "groups" of one, not listed."""
         return Links("groups", shape, groups=1)
 
-    def row_groups(self) -> np.ndarray:
-        """A "groups" link's rows, listed (every entry in group 0 where not given)."""
-        return np.zeros(self.shape[0], dtype=np.int64) if self.rows is None else self.rows
-
-    def col_groups(self) -> np.ndarray:
-        """A "groups" link's cols, listed (every entry in group 0 where not given)."""
-        return np.zeros(self.shape[1], dtype=np.int64) if self.cols is None else self.cols
+    def listed_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """A "groups" link's rows and cols, listed (every entry in group 0 where not given)."""
+        return tuple(np.zeros(size, dtype=np.int64) if given is None else given
+                     for given, size in ((self.rows, self.shape[0]), (self.cols, self.shape[1])))
 
 
 @dataclass(slots=True)
 class Entries:
-    """What a structure rule is told of one op node: the op, its operands'
-    shapes, the output's, its params, and `nonzero(k)`: which entries of
-    operand k may be nonzero (flat bool; an entry that moves with the
-    values differentiated by may always be)."""
+    """What a structure rule is told of one op node: the op, its operands' shapes, the output's, its
+    params, and `nonzero(k)`: which entries of operand k may be nonzero (flat bool; an entry that moves
+    with the values differentiated by may always be)."""
     op: object
     shapes: tuple[tuple[int, ...], ...]
     out_shape: tuple[int, ...]
@@ -168,9 +161,8 @@ def _linear(i: int, j: int, entries: Entries, adj: np.ndarray) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Elementwise:
-    """An elementwise op's rule as data (`elementwise`'s arguments): what a
-    sweep reads to link a node whose moving operands are of its output's
-    shape without asking the rules (sparsity.Sweep's shortcut)."""
+    """An elementwise op's rule as data (`elementwise`'s arguments): what a sweep reads to link a node whose
+    moving operands are of its output's shape without asking the rules (sparsity.Sweep's shortcut)."""
     couples: tuple[tuple[int, int], ...] | None
     flat: bool
     vanishes_with: tuple[int | None, ...] | None
@@ -183,9 +175,8 @@ class Structure:
     first: Callable[[int, Entries], Links | None]
     second: Callable[[int, int, Entries, np.ndarray], Links | None]
     elementwise: Elementwise | None = None  # the rules' data, for an op made by `elementwise`
-    # The first-order links as the shapes and params alone say them (a slice's, a joined block's, a whole
-    # reduction's), asked as shaped(i, operand shapes, output shape, params) with no `Entries` made; None
-    # where `first` must be asked. `first` gives the same links.
+    # `first`'s links as the shapes and params alone say them: shaped(i, operand shapes, output shape, params)
+    # (a slice's, a joined block's, a whole reduction's), asked with no `Entries` made; None: ask `first`.
     shaped: Callable[[int, tuple, tuple, dict], Links | None] | None = None
     linear: bool = field(init=False)  # no second derivative anywhere: a pattern's sweep need not ask
 
@@ -337,11 +328,11 @@ def whole(second: str | None = "all") -> Structure:
     """Each output entry on every entry of every operand (a sum, a mean, a
     product, or an op that says no more); `second` as for `rows`."""
 
-    def first(i: int, e: Entries) -> Links:
-        return Links.every((e.size(), e.size(i)))
-
     def shaped(i: int, shapes: tuple, out_shape: tuple, params: dict) -> Links:
         return Links.every((math.prod(out_shape), math.prod(shapes[i])))
+
+    def first(i: int, e: Entries) -> Links:
+        return shaped(i, e.shapes, e.out_shape, e.params)
 
     def pairs(i: int, j: int, e: Entries, adj: np.ndarray) -> Links | None:
         if second is None or not adj.any():
@@ -405,9 +396,8 @@ def _sliced_links(i: int, shapes: tuple, out_shape: tuple, params: dict) -> Link
 
 
 def _sliced_first(i: int, e: Entries) -> Links:
-    """x[key]'s: the key applied to x's entry numbers, a view for a slice
-    (whose place and strides say it all, so the numbers are not written
-    unless the key picks a copy)."""
+    """x[key]'s: the key applied to x's entry numbers, a view for a slice (whose place and strides say
+    it all, so the numbers are not written unless the key picks a copy)."""
     said = _sliced_links(i, e.shapes, e.out_shape, e.params)
     if said is not None:
         return said
@@ -432,8 +422,7 @@ def _sums_first(i: int, e: Entries) -> Links:
 
 
 def _joined_links(i: int, shapes: tuple, out_shape: tuple, params: dict) -> Links | None:
-    """concat's along the first axis: operand i's entries are one run of the
-    output's (C order), after the operands before it; None along another."""
+    """concat's along the first axis: operand i's entries one run of the output's; None along another."""
     if params["axis"] != 0:
         return None
     before, size = sum(math.prod(s) for s in shapes[:i]), math.prod(shapes[i])
@@ -441,8 +430,7 @@ def _joined_links(i: int, shapes: tuple, out_shape: tuple, params: dict) -> Link
 
 
 def _joined_first(i: int, e: Entries) -> Links:
-    """concat's: operand i is one block of the output, said without
-    numbering its entries when joined along the first axis."""
+    """concat's: operand i is one block of the output (unnumbered along the first axis)."""
     said = _joined_links(i, e.shapes, e.out_shape, e.params)
     return _copies_first(i, e) if said is None else said
 
@@ -450,7 +438,7 @@ def _joined_first(i: int, e: Entries) -> Links:
 # A gather, slice, reshape, transpose, broadcast or stack: linear, each
 # output entry a copy of one operand entry (or zero).
 COPIES = Structure("selection", _copies_first, _linear)
-JOINED = Structure("selection", _joined_first, _linear, shaped=_joined_links)  # concat's pieces end to end along an axis
+JOINED = Structure("selection", _joined_first, _linear, shaped=_joined_links)  # concat's pieces end to end
 SLICED = Structure("selection", _sliced_first, _linear, shaped=_sliced_links)  # x[key] (`index`): a copy of the view
 # A scatter or an unbroadcast: linear, each operand entry added into one output entry.
 SUMS = Structure("selection", _sums_first, _linear)

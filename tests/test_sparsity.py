@@ -52,7 +52,7 @@ def dense(links: Links | None, shape: tuple[int, int]) -> np.ndarray:
         rows = np.arange(links.lo, links.hi)
         m[rows, links.start + links.step * rows] = True
         return m
-    rows, cols = links.row_groups(), links.col_groups()
+    rows, cols = links.listed_groups()
     return (rows[:, None] >= 0) & (rows[:, None] == cols[None, :])
 
 
