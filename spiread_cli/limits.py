@@ -20,9 +20,10 @@ from .diagnostics import Span, SpireadError, shape_str
 FALLBACK_BYTES = 8 << 30
 
 
-def max_bytes() -> int:
+def max_bytes(nbytes: int | None = None) -> int:
     """The largest result allowed, in bytes: SPIREAD_MAX_BYTES, else half of
-    the memory available now (`available_bytes`)."""
+    the memory available now (`available_bytes`; for a request of `nbytes`,
+    a reading a moment old where the request is small next to it)."""
     configured = os.environ.get("SPIREAD_MAX_BYTES")
     if configured:
         try:
@@ -33,25 +34,28 @@ def max_bytes() -> int:
             raise SpireadError(f"SPIREAD_MAX_BYTES={configured!r} is not a number of bytes",
                                notes=["e.g. SPIREAD_MAX_BYTES=2e9 for 2 GB"], exit_code=2)
         return int(limit)
-    return available_bytes() // 2
+    return available_bytes(nbytes) // 2
 
 
-# How long a reading of the memory available is used: any reading is out of date as soon as it is
-# made (other processes allocate), and reading /proc/meminfo costs about 30 µs, which a kept call
-# whose sweep is sized by it (tangents over SURELY_AVAILABLE_BYTES: an n = 1,000 Jacobian, 350 µs)
-# paid at every call.
+# Reading /proc/meminfo costs about 30 µs, which a kept call whose sweep is sized by it (tangents over
+# SURELY_AVAILABLE_BYTES: an n = 1,000 Jacobian, 350 µs) paid at every call. A reading is used again
+# for MEMINFO_SECONDS, and only for a request of at most 1/SMALL_SHARE of it, which passes against a
+# reading made now too unless nearly all that memory (31/32) went within the moment; a larger one is
+# checked against memory as it is now (a second 4 GB result within the moment sees the first one's gone).
 MEMINFO_SECONDS = 0.1
-_read_at = -math.inf
-_available = FALLBACK_BYTES * 2
+SMALL_SHARE = 64
+_reading = (-math.inf, FALLBACK_BYTES * 2)  # (when, bytes available): one object, never seen half made
 
 
-def available_bytes() -> int:
+def available_bytes(nbytes: int | None = None) -> int:
     """The memory available (Linux's MemAvailable; elsewhere twice
-    FALLBACK_BYTES), read at most every MEMINFO_SECONDS."""
-    global _read_at, _available
+    FALLBACK_BYTES): read now, or, for a request of `nbytes` at most
+    1/SMALL_SHARE of a reading made within MEMINFO_SECONDS, that reading."""
+    global _reading
     now = time.monotonic()
-    if now - _read_at < MEMINFO_SECONDS:
-        return _available
+    read_at, available = _reading
+    if nbytes is not None and now - read_at < MEMINFO_SECONDS and nbytes * SMALL_SHARE <= available:
+        return available
     available = FALLBACK_BYTES * 2
     try:
         with open("/proc/meminfo") as meminfo:
@@ -61,7 +65,7 @@ def available_bytes() -> int:
                     break
     except (OSError, ValueError, IndexError):
         pass
-    _read_at, _available = now, available
+    _reading = (now, available)
     return available
 
 
@@ -77,11 +81,11 @@ def fits_anyway(nbytes: int) -> bool:
 
 
 def limit_for(nbytes: int) -> int:
-    """The limit to size requests of up to `nbytes` against: `max_bytes()`,
+    """The limit to size requests of up to `nbytes` against: `max_bytes(nbytes)`,
     or, where `nbytes` fits anyway, SURELY_AVAILABLE_BYTES, which refuses
     none of them and sizes batches as the limit would, without reading
     /proc/meminfo (about 30 µs, several times per Jacobian or Hessian)."""
-    return SURELY_AVAILABLE_BYTES if fits_anyway(nbytes) else max_bytes()
+    return SURELY_AVAILABLE_BYTES if fits_anyway(nbytes) else max_bytes(nbytes)
 
 
 def human_bytes(n: int) -> str:

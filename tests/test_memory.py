@@ -242,27 +242,38 @@ def test_sweeps_let_freed_memory_serve_the_next_arrays_instead_of_fresh_pages():
     assert after > before / 2
 
 
-def test_the_memory_available_is_read_at_most_every_meminfo_seconds(monkeypatch):
-    """Without SPIREAD_MAX_BYTES the limit is half the memory available, read
-    from /proc/meminfo (30 µs, which a kept call sized by it paid every time)
-    at most every MEMINFO_SECONDS: a reading that old is used as it is, an
-    older one is read again (the clock moved by hand)."""
+def test_a_reading_of_the_memory_available_serves_only_small_requests_for_a_moment(monkeypatch):
+    """Without SPIREAD_MAX_BYTES the limit is half the memory available, from
+    /proc/meminfo (here simulated, the clock moved by hand). A reading is used
+    again within MEMINFO_SECONDS for requests of at most 1/SMALL_SHARE of it
+    (a kept call's sweep sized by it read it at every call, 30 µs); a larger
+    request reads it again, so a second 4 GB result within the moment is
+    checked against what the first left (rev-c: it was accepted against the
+    old reading), and so is a large request after small ones."""
+    import io
     from spiread_cli import limits
     monkeypatch.delenv("SPIREAD_MAX_BYTES", raising=False)
-    reads, now = [], [1000.0]
-    monkeypatch.setattr(limits.time, "monotonic", lambda: now[0])
-    real_open = open
+    gb, available, reads, now = 1 << 30, [10 << 30], [], [1000.0]
 
-    def counted(path, *args, **kwargs):
-        reads.append(path)
-        return real_open(path, *args, **kwargs)
-    monkeypatch.setattr(limits, "open", counted, raising=False)
-    monkeypatch.setattr(limits, "_read_at", -float("inf"))
-    first = limits.max_bytes()
-    now[0] += limits.MEMINFO_SECONDS / 2
-    assert limits.max_bytes() == first and len(reads) == 1
-    now[0] += limits.MEMINFO_SECONDS
-    limits.max_bytes()
+    def meminfo(path, *args, **kwargs):
+        assert path == "/proc/meminfo"
+        reads.append(now[0])
+        return io.StringIO(f"MemTotal: 16000000 kB\nMemAvailable: {available[0] // 1024} kB\n")
+    monkeypatch.setattr(limits, "open", meminfo, raising=False)
+    monkeypatch.setattr(limits.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(limits, "_reading", (-float("inf"), 0))
+    small = 10 * gb // limits.SMALL_SHARE
+    for _ in range(3):  # small requests within the moment: one reading
+        limits.check_bytes(small, "a small result", None)
+    assert len(reads) == 1
+    limits.check_bytes(4 * gb, "a 4 GB result", None)  # large: read again, 10 GB available, limit 5 GB
     assert len(reads) == 2
+    available[0] -= 4 * gb  # the first result is held: 6 GB available, limit 3 GB
+    with pytest.raises(SpireadError, match="a 4 GB result"):
+        limits.check_bytes(4 * gb, "a 4 GB result", None)
+    assert len(reads) == 3
+    now[0] += limits.MEMINFO_SECONDS  # a moment later even a small request reads again
+    limits.check_bytes(16 << 20, "a small result", None)
+    assert len(reads) == 4
     monkeypatch.setenv("SPIREAD_MAX_BYTES", "1000")
-    assert limits.max_bytes() == 1000 and len(reads) == 2  # a configured limit is asked every time
+    assert limits.max_bytes(1) == 1000 and len(reads) == 4  # a configured limit is asked every time
