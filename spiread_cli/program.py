@@ -148,8 +148,8 @@ class Program(PythonCalls):
         `backend="dask"`, the driver's run for the names differentiated by,
         `wrt` (None: the default; none unless `differentiate`), its totals over
         row chunks ops (row_totals.py); an override that is a path is row data."""
-        return self._run(run_overrides(overrides, self.names, row_data=self._backend is not None), of, evaluate, wrt,
-                         differentiate)
+        overrides = run_overrides(overrides, of, self.names, row_data=self._backend is not None)
+        return self._run(overrides, of, evaluate, wrt, differentiate)
 
     def _run(self, overrides: dict[str, np.ndarray | Path] | None, of: str | None = None, evaluate: bool = True,
              wrt: list[str] | None = None, differentiate: bool = True) -> Run:

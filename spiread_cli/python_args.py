@@ -97,14 +97,15 @@ def as_binding(value: ArrayLike, name: str, keyword: str = "set") -> np.ndarray:
 
 
 def checked_overrides(bindings: object, more: dict[str, ArrayLike], of: object,
-                      names: list[str]) -> dict[str, np.ndarray]:
-    """A call's bindings (a mapping passed first, and keyword arguments) as
-    overrides of the program's `names`, and its `of`, checked."""
+                      names: list[str], argument: str = "bindings") -> dict[str, np.ndarray]:
+    """A call's bindings (a mapping passed first, its parameter called
+    `argument`, and keyword arguments) as overrides of the program's `names`,
+    and its `of`, checked."""
     if bindings is not None and not isinstance(bindings, Mapping):
-        raise type_error("bindings", bindings, "the bindings passed first are a mapping of names to values, "
-                                                "e.g. {\"w\": [1, 2]}")
+        raise type_error(argument, bindings, f"the {argument} passed first are a mapping of names to values, "
+                                             "e.g. {\"w\": [1, 2]}")
     given = more if bindings is None else {**bindings, **more}
-    overrides = {checked_name("bindings", given, name): checked_binding(name, value, names)
+    overrides = {checked_name(argument, given, name): checked_binding(name, value, names)
                  for name, value in given.items()}
     if of is not None and (checked_name("of", of, of) not in names):
         raise SpireadError(f"{option('of', of)}: the program binds no `{of}`", notes=did_you_mean(of, names, records=True),
@@ -112,8 +113,9 @@ def checked_overrides(bindings: object, more: dict[str, ArrayLike], of: object,
     return overrides
 
 
-def run_overrides(overrides: object, names: list[str], row_data: bool = False) -> dict[str, np.ndarray | Path]:
-    """`Program.run`'s overrides, taken as a Python call's bindings are
+def run_overrides(overrides: object, of: object, names: list[str],
+                  row_data: bool = False) -> dict[str, np.ndarray | Path]:
+    """`Program.run`'s overrides and `of`, taken as a Python call's are
     (`checked_overrides`: numbers, nested lists, arrays, each checked and
     copied; an error in the Python API's words); with `row_data`
     (`backend="dask"`), a path as a `pathlib.Path`: row data."""
@@ -123,7 +125,7 @@ def run_overrides(overrides: object, names: list[str], row_data: bool = False) -
         if row_data and isinstance(overrides, Mapping):
             rows = {name: Path(value) for name, value in overrides.items() if isinstance(value, PathLike)}
             overrides = {name: value for name, value in overrides.items() if name not in rows}
-        return {**checked_overrides(overrides, {}, None, names), **rows}
+        return {**checked_overrides(overrides, {}, of, names, "overrides"), **rows}
     finally:
         FRONT_END.reset(asking)
 

@@ -163,8 +163,11 @@ def test_program_run_refuses_what_the_calls_refuse(value, message):
     with pytest.raises(SpireadError) as caught:
         compile("a = 1\nb = a", name="<cell>").run({"c": 1})
     assert caught.value.diagnostic.message == "binding `c`: the program binds no `c`"
-    with pytest.raises(TypeError, match="bindings=\\[1, 2\\]: the bindings passed first are a mapping"):
+    with pytest.raises(TypeError, match="overrides=\\[1, 2\\]: the overrides passed first are a mapping"):
         compile("a = 1\nb = a", name="<cell>").run([1, 2])
+    with pytest.raises(SpireadError) as caught:  # in the API's words, as prog.eval(of=…) says it
+        compile("a = 1\nb = a", name="<cell>").run(None, of="bb")
+    assert caught.value.diagnostic.message == '`of="bb"`: the program binds no `bb`' and caught.value.exit_code == 2
 
 
 def test_an_unknown_binding_suggests_a_name():
