@@ -5,6 +5,7 @@ the helpers of export_runtime.py it calls copied in."""
 from __future__ import annotations
 
 import ast
+import hashlib
 import keyword
 import math
 import re
@@ -62,6 +63,7 @@ class PythonWriter:
         self.taken: set[str] = set(RESERVED)
         self.constants: dict[str, np.ndarray] = {}  # name -> value, for CONSTANTS
         self.by_identity: dict[int, tuple[object, str]] = {}  # id -> (a parameter or value, its constant)
+        self.by_content: dict[tuple, str] = {}  # an array's dtype, shape and digest -> its constant
         self.used: set[str] = set()  # the constants the function being written uses
         self.current: Node | None = None
         self.lines: dict[int, tuple[str, set[str]]] = {}  # node id -> its line and the constants it reads
@@ -103,8 +105,12 @@ class PythonWriter:
             return f"({', '.join(self.literal(v) for v in value)}{',' if len(value) == 1 else ''})"
         known = self.by_identity.get(id(value))
         if known is None:  # kept with the value, so that its id is not another's while it is known
-            known = self.by_identity[id(value)] = (value, self.fresh(f"{hint}_{self.current.id}" if self.current
-                                                                     else hint))
+            # An array equal to one written (a form written again, in place: `Export.update`) is that one.
+            digest = (np.asarray(value).dtype.str, np.shape(value),
+                      hashlib.blake2b(np.ascontiguousarray(value).tobytes(), digest_size=16).digest())
+            known = self.by_identity[id(value)] = (value, self.by_content.get(digest) or self.fresh(
+                f"{hint}_{self.current.id}" if self.current else hint))
+            self.by_content[digest] = known[1]
             self.constants[known[1]] = np.asarray(value)
         name = known[1]
         self.used.add(name)
@@ -162,14 +168,17 @@ class PythonWriter:
         self.used |= used
         return text
 
-    def written(self, node: Node) -> str:
+    def written(self, node: Node, out: str | None = None) -> str:
+        """The node's line; `out`: the operand its form writes into (`Export.update` "out")."""
         op: Op = node.op
         form = op.export
         self.current = node
         operands = self.operands[node.id] = [self.operand(self.g.nodes[i], form.numbers) for i in node.inputs]
         self.shapes = {name: self.g.nodes[i].shape for name, i in zip(operands, node.inputs)}
         self.values = {name: self.g.nodes[i].value for name, i in zip(operands, node.inputs) if self.constant[i]}
-        if callable(form.python):
+        if out is not None:
+            code = form.python(self, *operands, out=out, **node.params)
+        elif callable(form.python):
             code = form.python(self, *operands, **node.params)
         else:
             code = form.python.format(*operands, **{k: self.literal(v) for k, v in node.params.items()})
@@ -257,6 +266,8 @@ class PythonWriter:
             into = self.updated(node, [i in own and last[i] == k for i in node.inputs])
             if into is None:
                 lines.append(line)
+            elif node.op.export.update == "out":
+                lines.append(f"{self.written(node, self.operands[node.id][into])} (in place on numpy)")
             else:
                 operands = self.operands[node.id]
                 lines.append(f"{self.name_of(node)} = _into(np.{node.op.export.update}, {', '.join(operands)}, "

@@ -213,6 +213,20 @@ def _scatter_add(values, index, size: int):
     return xp.reshape(places @ xp.reshape(values, (values.shape[0], -1)), (size,) + tuple(values.shape[1:]))
 
 
+def _add_flat(x, v, positions, distinct: bool, out=None):
+    """x with v's entries added at their flat positions (an entry given twice
+    gets both). On numpy into `out` (x, an array the function lets go) where
+    it is given, else a new array; where the positions are `distinct`, at
+    them alone. Any other namespace gets a new array, as `_into` makes it."""
+    if not (is_numpy_array(x) and is_numpy_array(v)):
+        return x + _scatter_flat(v, positions, tuple(x.shape))
+    if not distinct:
+        return np.add(x, _scatter_flat(v, positions, x.shape), out=out)
+    out = np.array(x, dtype=np.float64, order="C") if out is None or not out.flags.c_contiguous else out
+    out.reshape(-1)[positions] += v
+    return out
+
+
 def _scatter_flat(x, positions, shape: tuple):
     """A `shape` array of zeros with x's entries added at their flat positions."""
     xp = array_namespace(x)

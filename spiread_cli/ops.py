@@ -116,12 +116,14 @@ class Export:
     (`.T`, a slice, `reshape`, `broadcast_to`), which a function returns
     as a copy when that operand is an argument, a constant or another result.
 
-    `update`: the numpy ufunc the op is (`"subtract"`). Where an operand is
-    a large intermediate the function made, of the result's shape and read
-    by nothing after, the result is written into its array on numpy
-    (`_into`: `out=`), as a step written by hand works in place; any other
-    namespace gets a new array (PyTorch's autograd may have kept the
-    operand, JAX's arrays cannot change)."""
+    `update`: the numpy ufunc the op is (`"subtract"`), or `"out"` for a
+    Python form that takes the array to write into (`python(w, *operands,
+    out=name, **params)`, a helper's `out=`). Where an operand is a large
+    intermediate the function made, of the result's shape and read by
+    nothing after, the result is written into its array on numpy (`_into`:
+    `out=`), as a step written by hand works in place; any other namespace
+    gets a new array (PyTorch's autograd may have kept the operand, JAX's
+    arrays cannot change)."""
     python: str | Callable | None
     onnx: str | Callable | None
     numbers: bool = False
@@ -1501,10 +1503,10 @@ def _onnx_pick(b, x, positions: np.ndarray):
     return b("Gather", [b("Reshape", [x, b.ints([-1])]), b.const(positions)], axis=0)
 
 
-def _onnx_scatter(b, x, positions: np.ndarray, shape: tuple):
-    """A `shape` array of zeros with x's entries added at their flat positions."""
-    flat = b("ScatterND", [b.zeros((math.prod(shape),)), b.const(positions.reshape(-1, 1)),
-                           b("Reshape", [x, b.ints([-1])])], reduction="add")
+def _onnx_scatter(b, x, positions: np.ndarray, shape: tuple, into=None):
+    """A `shape` array of zeros (or `into`) with x's entries added at their flat positions."""
+    flat = b("ScatterND", [b.zeros((math.prod(shape),)) if into is None else b("Reshape", [into, b.ints([-1])]),
+                           b.const(positions.reshape(-1, 1)), b("Reshape", [x, b.ints([-1])])], reduction="add")
     return b("Reshape", [flat, b.ints(shape)])
 
 
@@ -1725,13 +1727,18 @@ def _mean_log_softmax_pick_vjp(i, g, out, z, rows, cols, *, residual):
 
 
 def _mean_log_softmax_pick_derivative(i, g, out, z, emit, rows, cols):
-    """g · (picks − counts · softmax(z)) / n: the picks and their counts are
-    fixed with the tape, softmax(z) is an op."""
-    shape = emit.shape(z)
-    counts = np.bincount(rows, minlength=shape[0]).astype(np.float64)[:, None]
-    picks = emit.const(_scatter_pairs(shape, rows, cols), "picks")
-    spread = emit("mul", [emit.const(counts, "counts"), emit("softmaxRows", [z])])
-    return emit("mul", [g, emit("div", [emit("sub", [picks, spread]), emit.const(float(max(len(rows), 1)))])])
+    """g · (picks − counts · softmax(z)) / n, as a hand-written step
+    computes it: −(counts / n) · softmax(z) with 1 / n added at the picks by
+    their positions (`addPairs`: no dense array of them), times g last (an
+    infinite g meets no inf − inf). The picks and counts[r], how often row
+    r is picked, are fixed with the tape; softmax(z) is an op."""
+    n = float(max(len(rows), 1))  # no picks: the mean is nan, a constant; its gradient is 0
+    counts = np.bincount(rows, minlength=emit.shape(z)[0]).astype(np.float64)[:, None]
+    # A number where every row is picked as often (a batch: once), which scales a matrix in one pass.
+    weights = -counts[0, 0] / n if counts.size and (counts == counts[0, 0]).all() else -counts / n
+    spread = emit("mul", [emit.const(weights, "−counts / n"), emit("softmaxRows", [z])])
+    picked = emit("addPairs", [spread, emit.const(np.full(len(rows), 1.0 / n), "1 / n")], rows=rows, cols=cols)
+    return emit("mul", [g, picked])
 
 
 def _picked_rows(e: Entries) -> tuple[np.ndarray, int]:
@@ -1986,6 +1993,47 @@ defop("indexScatter", _index_scatter,
       export=Export(lambda w, x, key, shape: f"_scatter_flat({x}, {w.literal(key_positions(tuple(shape), key), 'placed')}, "
                                              f"{tuple(shape)})",
                     lambda b, x, key, shape: _onnx_scatter(b, x, key_positions(tuple(shape), key), tuple(shape))))
+
+
+def _add_pairs(x, v, rows, cols):
+    """x with each entry of v added at its (row, col), as x + scatterPairs(v)
+    gives it (an entry chosen twice gets both), without a dense array of
+    the pairs where no row is chosen twice (a likelihood's picks)."""
+    out = np.array(x, dtype=np.float64, order="C")
+    if np.bincount(np.asarray(rows, np.intp) % max(out.shape[0], 1), minlength=1).max(initial=0) <= 1:
+        out.reshape(-1)[pair_positions(out.shape, rows, cols)] += v
+    else:
+        out += _scatter_pairs(out.shape, rows, cols, v)
+    return out
+
+
+def _add_pairs_shape(s, v, rows, cols):
+    require_matrix(s, "adding at (row, col) entries")
+    if v != (len(rows),):
+        raise ShapeError(f"{{1}} is {{s1}}, but {len(rows)} (row, col) entries are added to")
+    return s
+
+
+def _add_pairs_batched(args, which, rows, cols):
+    x, v = args
+    shape = x.shape[1:] if which[0] else x.shape
+    return x + (_scatter_pairs_batched([v], which, rows, cols, shape) if which[1] else _scatter_pairs(shape, rows, cols, v))
+
+
+def _add_pairs_code(w, x: str, v: str, rows, cols, out: str | None = None) -> str:
+    positions = pair_positions(w.shape(x), rows, cols)
+    distinct = len(np.unique(positions)) == len(positions)
+    return f"_add_flat({x}, {v}, {w.literal(positions, 'picks')}, {distinct}{'' if out is None else f', out={out}'})"
+
+
+# x + scatterPairs(v) as one op: the mean log-likelihood's derivative adds
+# at its picks by their positions (a dense array of them is 49 MB for the
+# bigram's data).
+defop("addPairs", _add_pairs, _add_pairs_shape,
+      lambda i, g, out, x, v, emit, rows, cols: g if i == 0 else emit("arrange", [g], rows=rows, cols=cols),
+      methods=(), arity=2, structure=SUMS, batched=_add_pairs_batched,
+      export=Export(_add_pairs_code, lambda b, x, v, rows, cols: _onnx_scatter(
+          b, v, pair_positions(b.shape(x), rows, cols), b.shape(x), into=x), update="out"))
 
 
 def _scatter_pairs_batched(args, which, rows, cols, shape):

@@ -99,7 +99,7 @@ class Printer:
             if name == "indexScatter":
                 args.append(f"[{key_text(params['key'])}]")
             args.append(shape_text(tuple(params["shape"])))
-        elif name in ("select", "scatterPairs"):
+        elif name in ("select", "scatterPairs", "addPairs"):
             args.append("rows, cols")
         elif name == "scatterRows":
             args.append("index")

@@ -543,7 +543,7 @@ NOT_GENERATED = {  # op: why no program writes it
     "meanLogSoftmaxPick": "fused by rewrite.py from the log-likelihood pattern; it has no syntax of its own",
     **{name: "recorded by the derivative rules (Tape.backward_graph), for second derivatives; no syntax"
        for name in ("sumTo", "broadcastTo", "rowTotal", "sign", "scale",
-                    "exclusiveProducts", "indexScatter", "scatterRows")},
+                    "exclusiveProducts", "indexScatter", "scatterRows", "addPairs")},
     "stopGradient": "`x.value`: its derivative is 0 by definition, which finite differences cannot check",
 }
 GENERATED = {**UNARY_DOMAINS, **ROW_NORMS, **ROW_REDUCTIONS, **OTHER_OPS}

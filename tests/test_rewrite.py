@@ -158,6 +158,26 @@ def test_log_softmax_then_pick_then_mean_is_the_log_likelihood(seed):
     assert "meanLogSoftmaxPick" in ops_on(run)
 
 
+@pytest.mark.parametrize("rows", ["[0, 1, 2, 3, 4]", "[0, 0, 1, 4, 4]"])
+def test_the_log_likelihoods_recorded_derivative_adds_at_its_picks_by_position(rows):
+    """Recorded (a Hessian's or an export's gradient), meanLogSoftmaxPick's
+    derivative adds 1 / n at its picks by their positions (`addPairs`): no
+    constant it makes is an array of the logits' shape (the bigram's would
+    be 49 MB), and it gives the gradient the numeric sweep gives."""
+    rng = np.random.default_rng(3)
+    text = (f"X = {lit(rng.standard_normal((5, 3)))}\nW = {lit(rng.standard_normal((3, 4)))}\n"
+            f"loss = -(X @@ W).logSoftmaxRows.arrange({rows}, {lit(rng.integers(0, 4, 5))}).mean\n")
+    fused = compiled(text, ["W"])
+    tape, (w,) = fused.tape, fused.wrt
+    recorded = len(tape.nodes)
+    grad = tape.backward_graph(fused.output, [w])[w]
+    made = tape.nodes[recorded:]
+    assert "addPairs" in [n.op.name for n in made if n.op is not None]
+    assert not [n for n in made if n.op is None and n.value.shape == (5, 4) and any(n.value.strides)]
+    np.testing.assert_allclose(tape.nodes[grad].value, tape.backward(fused.output, [w], Diagnostics())[w],
+                               rtol=1e-12, atol=1e-15)
+
+
 def test_an_interior_node_asked_for_blocks_the_fusion():
     xs, ys, w = bigram_data(0, 6, 3)
     text = bigram_text(xs, ys, w, 3)
