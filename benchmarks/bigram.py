@@ -261,7 +261,7 @@ if __name__ == "__main__":  # python benchmarks/bigram.py [ROUNDS]: both inputs,
         "spiread, no hoisting": lambda: spiread_step(xs, ys, ctx | {"hoist": False})},
         "bigram, dense inputs": dense_implementations(ctx)}
     for workload, impls in workloads.items():
-        times = interleaved(impls, int(sys.argv[1]) if len(sys.argv) > 1 else 7, 2)
+        times = interleaved(impls, int(sys.argv[1]) if len(sys.argv) > 1 else 7, 2, fair=True)
         for name, t in times.items():
             print(f"{workload:21} {name:22} {ms(t):>10}   spiread ÷ it {times['spiread'] / t:.3f}×")
     for folder in ctx.get("cleanup", []):

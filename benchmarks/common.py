@@ -89,19 +89,44 @@ def step_clock():
     return time.process_time if pinned else time.perf_counter
 
 
-def interleaved(factories: dict, rounds: int, per_round: int, statistic=statistics.median) -> dict[str, float]:
+def settled(limit: float = 1.0, quiet: float = 0.002) -> None:
+    """Wait, at most `limit` seconds, until this process's other threads are
+    idle: while this one sleeps 20 ms, the process spends under `quiet` s of
+    CPU. After a step, thread pools spin for more work (two threads each:
+    OpenBLAS's and onnxruntime's for 50-100 ms, JAX's for 25-80, measured as
+    the CPU the process spends while its main thread sleeps)."""
+    end = time.perf_counter() + limit
+    while time.perf_counter() < end:
+        start = time.process_time()
+        time.sleep(0.02)
+        if time.process_time() - start < quiet:
+            return
+
+
+def interleaved(factories: dict, rounds: int, per_round: int, statistic=statistics.median,
+                fair: bool = False) -> dict[str, float]:
     """Median (or `statistic`: min for best of the rounds) seconds per step
-    of each implementation, timed round-robin by `step_clock()`."""
+    of each implementation, timed round-robin by `step_clock()`. `fair`:
+    each from a quiet process (`settled`), in an order that turns every
+    round, so each follows every other alike, for implementations that run
+    thread pools: what was timed just before weighs on a step. The dense
+    bigram's exported step, timed after JAX jit in every round, was
+    1.1-1.6x numpy by hand (two threads) and up to 1.5x pinned, where
+    without JAX in the process it was 0.9-1.2x and 1.00x, and numpy by hand
+    timed after JAX became the slower (docs/performance.md, "Exported code")."""
     clock = step_clock()
     steps = {name: make() for name, make in factories.items()}
     for step in steps.values():
         step(), step()  # warm-up (and JAX's compile)
     samples = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
+    names = list(steps)
+    for turn in range(rounds):
+        for name in names[turn % len(names):] + names[:turn % len(names)] if fair else names:
+            if fair:
+                settled()
             start = clock()
             for _ in range(per_round):
-                step()
+                steps[name]()
             samples[name].append((clock() - start) / per_round)
     return {name: statistic(s) for name, s in samples.items()}
 

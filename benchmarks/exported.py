@@ -166,7 +166,7 @@ if __name__ == "__main__":
         check_costs(ctx)
     for workload in [] if sys.argv[1:] == ["checks"] else sys.argv[2:] or WORKLOADS:
         times = interleaved(implementations(workload, ctx), int(sys.argv[1]) if len(sys.argv) > 1 else 7,
-                            3 if workload == "mlp" else 2)
+                            3 if workload == "mlp" else 2, fair=True)
         for name, t in times.items():
             print(f"{workload:21} {name:27} {ms(t):>10}   spiread ÷ it {times['spiread'] / t:.3f}×")
     for folder in ctx.get("cleanup", []):

@@ -186,7 +186,7 @@ if __name__ == "__main__":  # python benchmarks/mlp.py [ROUNDS]: interleaved as 
 
     from common import interleaved, ms
     ctx: dict = {}
-    times = interleaved(implementations(ctx), int(sys.argv[1]) if len(sys.argv) > 1 else 7, 3)
+    times = interleaved(implementations(ctx), int(sys.argv[1]) if len(sys.argv) > 1 else 7, 3, fair=True)
     for name, t in times.items():
         print(f"mlp {name:22} {ms(t):>10}   spiread ÷ it {times['spiread'] / t:.3f}×")
     for folder in ctx.get("cleanup", []):

@@ -3,17 +3,20 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/run.py [--quick] [--write-docs] [--data PATH]
 
 Peers (numpy by hand, PyTorch eager float64, JAX jit float64, HIPS autograd)
-run in the same process when installed: `pip install -e ".[bench]"`; a peer
-that is not installed has no rows (a note says so). spiread itself runs from
-this interpreter (`python -m spiread_cli`), not from whatever is on PATH.
-Implementations are timed in interleaved rounds, so a change in machine load
-hits them all alike; each figure is the median over rounds.
+run in the workload's process when installed: `pip install -e ".[bench]"`; a
+peer that is not installed has no rows (a note says so). spiread itself runs
+from this interpreter (`python -m spiread_cli`), not from whatever is on PATH.
+Each step workload runs in a process of its own with `--threads` threads for
+every implementation (default 1: pinned to one CPU, timed by CPU time), its
+implementations timed in interleaved rounds (common.interleaved), so a change
+in machine load hits them all alike; each figure is the median over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -33,30 +36,54 @@ PEERS = {"torch": "pip install -e '.[bench]'", "jax": "pip install -e '.[bench]'
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def step_benchmarks(quick: bool) -> dict:
+STEP_WORKLOADS = ("bigram", "bigram, dense inputs", "mlp", "chain", "exported: bigram",
+                  "exported: bigram, dense inputs", "exported: mlp")
+
+
+def step_benchmarks(quick: bool, threads: int) -> dict:
+    """Each workload in a process of its own, every implementation with
+    `threads` threads (one: pinned to one CPU and timed by CPU time,
+    common.limit_threads). In one process, what a workload's peers left
+    running weighed on the next (docs/performance.md, "Exported code")."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    return {workload: _from_child(["--steps-child", workload, str(3 if quick else 7), str(threads)], env)
+            for workload in STEP_WORKLOADS}
+
+
+def steps_child(workload: str, rounds: int, threads: int) -> None:
+    """Run in a fresh process: one workload's implementations, interleaved."""
     import bigram
     import chain
     import exported
     import mlp
-    results = {}
+    common.limit_threads(threads)
     ctx: dict = {}
-    rounds = 3 if quick else 7
-    bigram_impls = bigram.implementations(ctx)
-    xs_ys = bigram.pairs()
-    bigram_impls["spiread, no hoisting"] = lambda: bigram.spiread_step(*xs_ys, ctx | {"hoist": False})
-    bigram_impls["spiread, no rewrites"] = lambda: bigram.spiread_step(*xs_ys, ctx | {"rewrite": False})
-    results["bigram"] = interleaved(bigram_impls, rounds, 2)
-    results["bigram, dense inputs"] = interleaved(bigram.dense_implementations(ctx), rounds, 2)
-    mlp_impls = mlp.implementations(ctx)
-    mlp_impls["spiread, no rewrites"] = lambda: mlp.spiread_step(mlp.data(), ctx | {"rewrite": False})
-    results["mlp"] = interleaved(mlp_impls, rounds, 3)
-    results["chain"] = interleaved(chain.implementations(ctx), rounds, 1)
-    for workload in exported.WORKLOADS:  # `spiread export`'s code against the same step (benchmarks/exported.py)
-        results[f"exported: {workload}"] = interleaved(exported.implementations(workload, ctx), rounds,
-                                                       3 if workload == "mlp" else 2)
+    if workload == "bigram":
+        factories, per_round = bigram.implementations(ctx), 2
+        xs_ys = bigram.pairs()
+        factories["spiread, no hoisting"] = lambda: bigram.spiread_step(*xs_ys, ctx | {"hoist": False})
+        factories["spiread, no rewrites"] = lambda: bigram.spiread_step(*xs_ys, ctx | {"rewrite": False})
+    elif workload == "bigram, dense inputs":
+        factories, per_round = bigram.dense_implementations(ctx), 2
+    elif workload == "mlp":
+        factories, per_round = mlp.implementations(ctx), 3
+        factories["spiread, no rewrites"] = lambda: mlp.spiread_step(mlp.data(), ctx | {"rewrite": False})
+    elif workload == "chain":
+        factories, per_round = chain.implementations(ctx), 1
+    else:  # `spiread export`'s code against the same step (benchmarks/exported.py)
+        name = workload.removeprefix("exported: ")
+        factories, per_round = exported.implementations(name, ctx), 3 if name == "mlp" else 2
+    times = interleaved(factories, rounds, per_round, fair=True)
     for folder in ctx.get("cleanup", []):
         shutil.rmtree(folder, ignore_errors=True)
-    return results
+    print(json.dumps(times))
+
+
+def _from_child(arguments: list[str], env: dict | None = None) -> dict:
+    """What `run.py ARGUMENTS` prints last, as JSON, run as a child of this interpreter."""
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *arguments, "--data", str(common.NAMES)],
+                         capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def jacobian_benchmarks(quick: bool) -> dict:
@@ -154,7 +181,7 @@ def rss_child(workload: str, impl: str, steps: int) -> None:
 def table(results: dict) -> str:
     out = [f"Machine: {common.blas_kernel()}; Python {sys.version.split()[0]}; "
            f"numpy {_version('numpy')}, torch {_version('torch')}, jax {_version('jax')}, autograd {_version('autograd')}.",
-           ""]
+           "", _steps_note(results["threads"]), ""]
     exports = [(w, "step") for w in results["steps"] if w.startswith("exported: ")]
     for workload, unit in (("bigram", "step"), ("bigram, dense inputs", "step"), ("mlp", "step"), ("chain", "step"),
                            *exports):
@@ -188,6 +215,12 @@ def table(results: dict) -> str:
     return "\n".join(out)
 
 
+def _steps_note(threads: int) -> str:
+    how = "pinned to one CPU, timed by CPU time" if threads == 1 else "timed by the wall clock"
+    return (f"Steps: each workload in a process of its own, {threads} thread{'s' if threads != 1 else ''} for every "
+            f"implementation ({how}), interleaved in rounds whose order turns, each timed from a quiet process.")
+
+
 def _chain_ops() -> int:
     import chain
     return chain.OPS
@@ -208,7 +241,11 @@ def main() -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--data", type=Path, default=common.NAMES, metavar="PATH",
                         help=f"the makemore names file for the bigram workload (default: {common.NAMES})")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
+                        help="threads for every implementation of the step workloads (default 1: pinned to one CPU, "
+                             "CPU time)")
     parser.add_argument("--rss-child", nargs=3, metavar=("WORKLOAD", "IMPL", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--steps-child", nargs=3, metavar=("WORKLOAD", "ROUNDS", "THREADS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.data.is_file():
         parser.error(f"the names file {args.data} is not here (give it with --data PATH)")
@@ -218,10 +255,14 @@ def main() -> None:
     if args.rss_child:
         rss_child(args.rss_child[0], args.rss_child[1], int(args.rss_child[2]))
         return
+    if args.steps_child:
+        steps_child(args.steps_child[0], int(args.steps_child[1]), int(args.steps_child[2]))
+        return
     for peer, extra in PEERS.items():
         if not common.have(peer):
             print(f"note: {peer} is not installed, so its rows are skipped ({extra})", file=sys.stderr)
-    results = {"steps": step_benchmarks(args.quick), "parse": parse_benchmark(3 if args.quick else 5),
+    results = {"steps": step_benchmarks(args.quick, args.threads), "threads": args.threads,
+               "parse": parse_benchmark(3 if args.quick else 5),
                "cold": cold_start(5 if args.quick else 15), "jacobian": jacobian_benchmarks(args.quick)}
     if not args.no_rss:
         results["rss"] = rss_benchmarks()
