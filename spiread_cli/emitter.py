@@ -23,13 +23,13 @@ reverse sweep says a non-finite derivative was born), and a node left out
 could not have been one (an identity never turns finite values into
 non-finite ones). What a rewrite left unread — a broadcast another rule
 made that a product reads no more — is dropped when the recording ends
-(`unread_dropped`). What is differentiated again
-from a gradient may add the same terms in another order (cotangents meet
-elsewhere once a transpose of a transpose is gone), so equal to rounding.
-Not here, because they are not exact: `x + 0` with a +0 (it turns −0 into
-+0), a sum of a broadcast (n · x is not x added n times), a product of
-products of constants (rounded twice), sign(x) of exp's values (an exp
-that underflows is 0, whose sign is 0, not 1).
+(`unread_dropped`). What is differentiated again from a gradient may add
+the same terms in another order (cotangents meet elsewhere once a
+transpose of a transpose is gone), so equal to rounding. Not here, because
+they are not exact: `x + 0` with a +0 (it turns −0 into +0), a sum of a
+broadcast (n · x is not x added n times), a product of products of
+constants (rounded twice), sign(x) of exp's values (an exp that underflows
+is 0, whose sign is 0, not 1).
 """
 
 from __future__ import annotations
