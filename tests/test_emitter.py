@@ -289,7 +289,6 @@ def test_the_chained_rosenbrocks_gradient_negates_nothing_and_raises_to_no_power
     assert sorted(ops) == ["add", "add", "indexScatter", "indexScatter", "scale", "scale", "scale", "scale", "scale"]
 
 
-
 @pytest.mark.parametrize("sa, sb, recorded", [
     ((5, 3), (3,), (["matmul", "reshape", "reshape"], ["matmul"])),   # a matrix times a vector
     ((3,), (3, 4), (["matmul"], ["matmul", "reshape", "reshape"])),   # a vector times a matrix
