@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .diagnostics import Diagnostics, Span
-from .ops import OPS, Op
+from .ops import COPIED_BROADCAST_ENTRIES, OPS, Op
 from .rules import comparable
 
 # A tape node (tape_nodes.Node, a layer above the op table this module sits on).
@@ -210,21 +210,31 @@ def simplified(emit: Emitter, op_name: str, inputs: list[int], params: dict) -> 
 
 
 def held(node: Node) -> float | None:
-    """The one number every entry of a fixed constant holds (a number, or a
-    fold's broadcast, `uniform`), else None; without reading more than one entry."""
+    """The one number every entry of a fixed constant holds (a number, a
+    large fold's broadcast, `uniform`, read at one entry, or a small array
+    read whole), else None."""
     if not node.fixed:
         return None
     value = node.value
     if value.ndim == 0 or (value.size and not any(value.strides)):
         return float(value.flat[0])
+    if 0 < value.size <= COPIED_BROADCAST_ENTRIES:
+        bits = value.reshape(-1).view(np.uint64)
+        return float(value.flat[0]) if bool((bits == bits[0]).all()) else None
     return None
 
 
 def uniform(value: np.ndarray) -> np.ndarray:
-    """A fixed constant's value, as a broadcast of its one entry when every
-    entry is that number bit for bit (so `held` reads it at once, and it
-    takes no memory)."""
-    if value.ndim == 0 or not value.size or not any(value.strides):
+    """A fixed constant's value: up to COPIED_BROADCAST_ENTRIES entries an
+    array of its own, as `broadcastTo` copies one (an op whose bits depend
+    on a zero stride — einsum, which takes a broadcast factor out of its
+    sums, a product of matrices, which BLAS cannot read then — meets what
+    the recording without the fold made); above, a broadcast of its one
+    entry when every entry is that number bit for bit (`held` reads it at
+    once, and it takes no memory), as `broadcastTo`'s view."""
+    if value.size <= COPIED_BROADCAST_ENTRIES:
+        return value if value.flags.c_contiguous else value.copy()
+    if not any(value.strides):
         return value
     flat = np.ascontiguousarray(value).reshape(-1)
     bits = flat.view(np.uint64)

@@ -216,6 +216,27 @@ def test_each_rewrite_is_exact_at_every_value(name, unsimplified):
     assert ops_before - ops == left_out
 
 
+
+@pytest.mark.parametrize("product", ['einsum("ik,kj->ij", w1, w2)', "w1 @@ w2", 'einsum("ji,jk->ik", w2, w1.T)'])
+def test_a_folded_constant_is_laid_out_as_the_broadcast_it_stands_for(product, unsimplified):
+    """The mean's 1/n spread over a product is a constant the emitter folds;
+    a product reading it meets an array laid out as `broadcastTo` makes one
+    (its own up to COPIED_BROADCAST_ENTRIES entries): einsum takes a zero
+    stride's factor out of its sums, and BLAS cannot read one, so a
+    broadcast view there was an ulp off the recording without the fold."""
+    rng = np.random.default_rng(8)
+    w1, w2 = rng.normal(size=(1, 7)).round(2), rng.normal(size=(7, 9)).round(2)
+    source = f"w1 = {w1.tolist()}\nw2 = {w2.tolist()}\nloss = ({product}).mean\n"
+
+    def gradients():
+        r, first, grads = recorded(source, ["w1", "w2"])
+        return [r.tape.nodes[g].value for g in grads.values()]
+
+    got = gradients()
+    unsimplified()
+    for a, b in zip(got, gradients()):
+        same_bits(a, b, f"{product}")
+
 # ------------------------------------------------------- identities gone
 
 
