@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from spiread_cli import data_text
 from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.program import Program as NumpyProgram  # beside dask_backend.RowChunkRunner
-from spiread_cli.dask_backend import Options, RowChunkRunner
+from spiread_cli.dask_backend import RowChunkRunner
 from spiread_cli.data import load_array
 from spiread_cli.data_text import TextTable
 from spiread_cli.diagnostics import Source, SpireadError
