@@ -27,6 +27,8 @@ from .tape import Births, SweepObserver, Tape
 from .tape_nodes import Node, rule_params
 
 TANGENT_BUDGET_BYTES = 256 << 20
+
+
 class ForwardSweep:
     """The part of the tape that carries tangents from the `seeded` nodes to
     `output`, planned once and pushed through block after block."""

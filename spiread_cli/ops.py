@@ -668,6 +668,8 @@ elementwise2("mul", np.multiply, (lambda out, a, b, e: b, lambda out, a, b, e: a
 elementwise2("div", np.divide, (lambda out, a, b, e: e("div", [_one(e), b]),
                                 lambda out, a, b, e: e("div", [e("neg", [a]), e("square", [b])])),
              Export("{0} / {1}", "Div", True, update="divide"), methods=("div",), couples=((0, 1), (1, 1)), vanishes_with=(None, 0))
+
+
 def _power(a, b):
     """a ** b (np.power), for a whole-number exponent as |a| ** b given a's
     sign where b is odd: the same number (an even power is even in a, an
