@@ -106,20 +106,26 @@ class Sweep:
         self.alias: dict[int, int] = {}
         moving, flat, shortcut, alias = self.moving, self.moving_flat, self.shortcut, self.alias
         all_entries, all_linked, shortcuts, seeds = self.entries, self.linked, self.shortcuts, self.seeds
+        # Plain loops, not comprehensions: on Python 3.11 each comprehension is a function call, per node.
         for node in self.plan:
-            if node.op is None:
+            op = node.op
+            if op is None:
                 continue
-            structure = node.op.structure
+            structure = op.structure
             rule = structure.elementwise
             linked = self._same_links(node, rule) if rule is not None and shortcuts else None
             if linked is not None:
                 shortcut.add(node.id)
             elif structure.shaped is not None and shortcuts:  # said by the shapes and params: no Entries
-                shapes, shaped = tuple([nodes[i].shape for i in node.inputs]), structure.shaped
-                linked = [(k, i, shaped(k, shapes, node.shape, node.params)) for k, i in enumerate(node.inputs)
-                          if i in moving]
-                if any(links is None for _, _, links in linked):  # not said so: the rules
-                    linked = None
+                shaped, inputs, linked = structure.shaped, node.inputs, []
+                shapes = tuple([nodes[i].shape for i in inputs])
+                for k, i in enumerate(inputs):
+                    if i in moving:
+                        links = shaped(k, shapes, node.shape, node.params)
+                        if links is None:  # not said so: the rules
+                            linked = None
+                            break
+                        linked.append((k, i, links))
             if linked is None:
                 entries = all_entries[node.id] = self._entries(node)
                 first = structure.first
@@ -129,8 +135,10 @@ class Sweep:
                     flat.add(node.id)
                     break
             all_linked[node.id] = linked
-            if len(linked) == 1 and linked[0][2] is not None and linked[0][2].kind == "same" and node.id not in seeds:
-                alias[node.id] = alias.get(linked[0][1], linked[0][1])
+            if len(linked) == 1:
+                _, i, links = linked[0]
+                if links is not None and links.kind == "same" and node.id not in seeds:
+                    alias[node.id] = alias.get(i, i)
 
     def same_of(self, size: int) -> Links:
         """The identity's links over `size` entries (`Links.same`), one for every node of that size."""
@@ -154,12 +162,11 @@ class Sweep:
                 continue
             if nodes[i].shape != shape:
                 return None
-            if k in flat_operands:
+            if flat_operands and k in flat_operands:
                 linked.append((k, i, None))
                 continue
-            factor = None if vanishes_with is None else vanishes_with[k]
-            if factor is not None:
-                nonzero = self.nonzero_of(node.inputs[factor])
+            if vanishes_with is not None and vanishes_with[k] is not None:
+                nonzero = self.nonzero_of(node.inputs[vanishes_with[k]])
                 if nonzero is not self.ones.get(len(nonzero)) and not nonzero.all():
                     return None
             if same is None:
@@ -189,10 +196,18 @@ class Sweep:
 
     def _pattern_of(self, node: Node):
         patterns, n, alias = self.patterns, self.n, self.alias
-        linked = [(alias.get(i, i), links) for _, i, links in self.linked.get(node.id, ()) if links is not None]
-        terms = [patterns[i] if links.kind == "same" else pulled(links, patterns[i], n) for i, links in linked]
+        terms, shared = [], True  # shared: every term is one operand's pattern as it is, the same one
+        for _, i, links in self.linked.get(node.id, ()):
+            if links is None:
+                continue
+            j = patterns[alias.get(i, i)]
+            if links.kind != "same":
+                j, shared = pulled(links, j, n), False
+            elif terms and j is not terms[0]:
+                shared = False
+            terms.append(j)
         seeded = node.id in self.seeds
-        if not seeded and terms and terms[0] is patterns[linked[0][0]] and all(t is terms[0] for t in terms):
+        if not seeded and terms and shared:
             return terms[0]  # the operands' one pattern as it is (a chain of elementwise ops), checked where made
         if len(terms) == 1 and not seeded:  # an operand's pattern through its links
             pattern = terms[0]
@@ -265,21 +280,13 @@ class Sweep:
         check_bytes(entries * 9, lambda: f"the sparsity pattern at `{node.name or node.label}` would hold "
                                          f"{entries} entries", node.span, self.limit)
 
-    def _coupled(self, node: Node, linked: list, whole: bool, adj: np.ndarray) -> list:
+    def _coupled(self, node: Node, linked: list, adj: np.ndarray) -> list:
         """Each pair of node's moving operands (i ≤ j) that a second
-        derivative couples, with its links (`Structure.second`): for a
-        shortcut's node seen whole, the pairs its rule's `couples` names,
-        each on the same entry, as that rule gives them."""
-        structure = node.op.structure
-        if whole and node.id in self.shortcut:
-            couples = structure.elementwise.couples
-            same = self.same_of(math.prod(node.shape))
-            return [(same, i, j) for p, (k, i, _) in enumerate(linked) for m, j, _ in linked[p:]
-                    if couples is None or (k, m) in couples]
-        entries, coupled = self.entries_of(node), []
+        derivative couples, with its links, as its rules give them (`Structure.second`)."""
+        second, entries, coupled = node.op.structure.second, self.entries_of(node), []
         for p, (k, i, _) in enumerate(linked):
             for m, j, _ in linked[p:]:
-                links = structure.second(k, m, entries, adj)
+                links = second(k, m, entries, adj)
                 if links is not None:
                     coupled.append((links, i, j))
         return coupled
@@ -307,14 +314,28 @@ class Sweep:
             adjoints[self.output] = all_of(self.output)
         found = HessianPairs(self.n)
         same_met: set[tuple[int, int]] = set()
+        all_linked, shortcut, n = self.linked, self.shortcut, self.n
+
+        def meet(links, i: int, j: int, node: Node) -> None:
+            ja, jb = self.pattern(i), self.pattern(j)
+            if links.kind == "same":  # a pair of patterns met on the same entries adds nothing met again
+                key = (id(ja), id(jb)) if id(ja) <= id(jb) else (id(jb), id(ja))
+                if key in same_met:
+                    return
+                same_met.add(key)
+            before = found.entries
+            met(links, ja, jb, found, n)
+            self._check(found.entries - before, node)
+
         for node in reversed(self.plan):
-            adj = adjoints.get(node.id)
+            node_id = node.id
+            adj = adjoints.get(node_id)
             if adj is None or node.op is None:
                 continue
-            whole = node.id in every
+            whole = node_id in every
             if not whole and not adj.any():
                 continue
-            linked = self.linked[node.id]
+            linked = all_linked[node_id]
             for _, i, links in linked:
                 if links is None or i in every or nodes[i].op is None:  # a leaf's adjoint would not be read
                     continue
@@ -322,24 +343,30 @@ class Sweep:
                     every.add(i)
                     adjoints[i] = adj
                     continue
+                if links.kind == "groups" and links.rows is None:  # every entry linked to every entry: all or none
+                    if whole or adj.any():
+                        adjoints[i] = all_of(i)
+                    continue
                 back = pushed_back(links, adj)
                 if i in adjoints:
                     back = back | adjoints[i]
                 # An adjoint that reaches every entry (a sum's operand) is the shared one, so
                 # the chain behind it is pushed with no pass and its rules see it whole.
                 adjoints[i] = all_of(i) if back.all() else back
-            if node.op.structure.linear:
+            structure = node.op.structure
+            if structure.linear:
                 continue
-            for links, i, j in self._coupled(node, linked, whole, adj):
-                ja, jb = self.pattern(i), self.pattern(j)
-                if links.kind == "same":  # a pair of patterns met on the same entries adds nothing met again
-                    key = (id(ja), id(jb)) if id(ja) <= id(jb) else (id(jb), id(ja))
-                    if key in same_met:
-                        continue
-                    same_met.add(key)
-                before = found.entries
-                met(links, ja, jb, found, self.n)
-                self._check(found.entries - before, node)
+            if whole and node_id in shortcut:  # seen whole: the pairs its rule's `couples` names, on the same entry
+                couples, same = structure.elementwise.couples, None
+                for p, (k, i, _) in enumerate(linked):
+                    for m, j, _ in linked[p:]:
+                        if couples is None or (k, m) in couples:
+                            if same is None:
+                                same = self.same_of(math.prod(node.shape))
+                            meet(same, i, j, node)
+            else:
+                for links, i, j in self._coupled(node, linked, adj):
+                    meet(links, i, j, node)
         return found.matrix()
 
 

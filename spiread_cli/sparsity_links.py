@@ -5,18 +5,15 @@ an op's first-order links (`pulled`, `union_of`), the output's adjoint
 entries pushed back (`pushed_back`), and the pairs an op's second-order
 links meet collected into the Hessian's pattern (`met`, `HessianPairs`);
 a pattern of diagonals (a chain's Hessian, a stencil's Jacobian) becomes
-CSR through `runs_csr` (whole runs of rows on each diagonal) or `band_csr`
-(a table of cells)."""
+CSR through sparsity_csr.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import accumulate
-
 import numpy as np
 import scipy.sparse as sp
 
-from .sparsity_colouring import sorted_csr
+from .sparsity_csr import band_csr, empty_csr, runs_csr
 from .structure import Links
 
 # A pattern with more differentiated entries a row than this is a CSR matrix.
@@ -127,96 +124,6 @@ class Columns:
         m = sp.csr_array((np.ones(int(indptr[-1]), dtype=bool), table[used], indptr), shape=(self.size, n))
         m.sum_duplicates()
         return m
-
-
-def _windows(out: np.ndarray, first: int, offsets: np.ndarray) -> None:
-    """Fill `out` with the rows first + r + offsets (r = 0, 1, …) end to
-    end: a first block of rows, then the rows so far copied, each raised by
-    their count, doubling (contiguous passes, where a column at a time
-    would write with a stride)."""
-    width = len(offsets)
-    rows = min(len(out) // width, 256)  # a first block at once, then fewer doublings
-    done = rows * width
-    out[:done] = np.add.outer(np.arange(first, first + rows), offsets).ravel()
-    while done < len(out):
-        more = min(done, len(out) - done)
-        np.add(out[:more], done // width, out=out[done:done + more])
-        done += more
-
-
-def band_csr(cells: np.ndarray, low: int, n: int) -> sp.csr_array:
-    """The 0/1 CSR matrix (rows × n) whose row r has column r + low + c
-    wherever cells[c, r] (width × rows booleans, a diagonal a row; a cell
-    must be a column within 0..n-1), sorted as CSR keeps them."""
-    width, rows = cells.shape
-    kind = _index_kind(rows * width, n)
-    indptr = np.empty(rows + 1, dtype=kind)
-    indptr[0] = 0
-    np.cumsum(cells.sum(axis=0, dtype=kind), out=indptr[1:])
-    columns = np.empty((rows, width), dtype=kind)
-    _windows(columns.reshape(-1), low, np.arange(width))
-    return _canonical(columns[cells.T], indptr, rows, n)
-
-
-def _index_kind(entries: int, n: int):
-    return np.int32 if max(n, entries) < 2 ** 31 else np.int64
-
-
-def runs_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int) -> sp.csr_array:
-    """The 0/1 CSR matrix (rows × n) whose row r has column r + d wherever
-    a run (first, end) of runs[d] holds r (each cell within the matrix):
-    diagonals over runs of rows, as a chain's Hessian or a stencil's
-    Jacobian has them, gaps between diagonals allowed. When each diagonal's
-    runs make one run and the rows that some diagonal leaves out are few,
-    the rows every diagonal holds are written out without a table of cells
-    (`_windows`) and the few others one by one; else through one (`band_csr`)."""
-    spans = {}
-    for d, found in runs.items():
-        if len(found) > 1:
-            found = sorted(found)
-        first, end = found[0]
-        for a, b in found[1:]:
-            if a > end:  # a diagonal with a gap: the table
-                return _cells_csr(runs, rows, n)
-            if b > end:
-                end = b
-        if end > first:
-            spans[d] = (first, end)
-    diagonals = sorted(spans)
-    top = max([first for first, _ in spans.values()], default=0)
-    bottom = min([end for _, end in spans.values()], default=0)
-    if bottom <= top or rows - (bottom - top) > 64:
-        return _cells_csr(runs, rows, n)
-    # The rows some diagonal leaves out (above `top`, from `bottom` on): their columns one by one.
-    edges = {r: [r + d for d in diagonals if spans[d][0] <= r < spans[d][1]] for r in (*range(top), *range(bottom, rows))}
-    width = len(diagonals)
-    kind = _index_kind(rows * width, n)
-    counts = list(accumulate([len(edges[r]) for r in range(top)], initial=0))
-    head = counts[-1]
-    middle = head + (bottom - top) * width
-    # Made as the middle rows' (width apart), the rows above and below then set.
-    indptr = np.arange(head - top * width, middle + (rows - bottom) * width + 1, width, dtype=kind)
-    indptr[:top + 1] = counts
-    indptr[bottom + 1:] = list(accumulate([len(edges[r]) for r in range(bottom, rows)], initial=middle))[1:]
-    indices = np.empty(int(indptr[rows]), dtype=kind)
-    _windows(indices[head:middle], top, np.array(diagonals))
-    for r, columns in edges.items():
-        if columns:
-            indices[indptr[r]:indptr[r + 1]] = columns
-    return _canonical(indices, indptr, rows, n)
-
-
-def _cells_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int) -> sp.csr_array:
-    low = min(runs)
-    cells = np.zeros((max(runs) - low + 1, rows), dtype=bool)
-    for d, spans in runs.items():
-        for first, end in spans:
-            cells[d - low, first:end] = True
-    return band_csr(cells, low, n)
-
-
-def _canonical(indices: np.ndarray, indptr: np.ndarray, rows: int, n: int) -> sp.csr_array:
-    return sorted_csr(np.ones(len(indices), dtype=bool), indices, indptr, (rows, n))
 
 
 def csr_of(pattern, n: int) -> sp.csr_array:
@@ -393,18 +300,29 @@ class HessianPairs:
         self.add(coo.row.astype(np.int64), coo.col.astype(np.int64))
 
     def matrix(self) -> sp.csr_array:
-        n = self.n
-        band = max([d for *_, d in self.diagonals] + [int(d.max()) for _, d in self.listed if len(d)], default=None)
-        if band is None:
-            return sp.csr_array((n, n), dtype=bool)
+        n, band, unit_steps = self.n, -1, True
+        for _, step, _, d in self.diagonals:
+            band, unit_steps = max(band, d), unit_steps and step == 1
+        for _, d in self.listed:
+            if len(d):
+                band = max(band, int(d.max()))
+        if band < 0:
+            return empty_csr(n, n)
         if n * (2 * band + 1) > 8 * self.entries + 4096:
             return self._scattered()
-        if not self.listed and all(step == 1 for _, step, _, _ in self.diagonals):  # a chain's Hessian: no cells
+        if not self.listed and unit_steps:  # a chain's Hessian: no cells
             runs: dict[int, list[tuple[int, int]]] = {}
             for start, _, length, d in self.diagonals:
-                runs.setdefault(d, []).append((start, start + length))
+                end = start + length
+                if d in runs:
+                    runs[d].append((start, end))
+                else:
+                    runs[d] = [(start, end)]
                 if d:
-                    runs.setdefault(-d, []).append((start + d, start + d + length))
+                    if -d in runs:
+                        runs[-d].append((start + d, end + d))
+                    else:
+                        runs[-d] = [(start + d, end + d)]
             return runs_csr(runs, n, n)
         # cells[band + d, r]: the entry (r, r + d), set for each pair and its mirror.
         cells = np.zeros((2 * band + 1, n), dtype=bool)

@@ -225,12 +225,19 @@ class Tape:
 
     def between(self, sources: Iterable[int], output: int) -> list[Node]:
         """The nodes that are computed from `sources` (or are one) and that
-        `output` is computed from, in tape order: what a change of the
-        sources moves, and what a derivative flows through."""
-        sources = list(sources)
-        fed, feeds = self.fed_by(sources, output), self.feeding(output)
-        return [node for node in self.nodes[min(sources, default=output + 1):output + 1]
-                if fed[node.id] and feeds[node.id]]
+        `output` is computed from, in tape order: what a change of the sources moves, and what a
+        derivative flows through. (A path from a source into `output` runs through such nodes alone.)"""
+        fed = set(sources)
+        nodes = self.nodes[min(fed, default=output + 1):output + 1]
+        for node in nodes:
+            if node.op is not None and node.id not in fed and not fed.isdisjoint(node.inputs):
+                fed.add(node.id)
+        feeds, kept = {output}, []
+        for node in reversed(nodes):
+            if node.id in feeds and node.id in fed:
+                kept.append(node)
+                feeds.update(node.inputs)
+        return kept[::-1]
 
     @staticmethod
     def repeats(nodes: Iterable[Node], keep: Iterable[int] = ()) -> dict[int, int]:

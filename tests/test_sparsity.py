@@ -509,6 +509,18 @@ def test_a_band_of_diagonals_with_or_without_a_gap_is_assembled_exactly(gap):
     assert m.has_canonical_format and (np.diff(m.indptr) == expected.sum(axis=1)).all()
 
 
+@pytest.mark.parametrize("text", ["loss = x.sum", "loss = (2 * x).sum + x[1:].sum - x.mean", "loss = x[0]"])
+def test_the_hessian_pattern_of_a_linear_program_is_an_empty_matrix_as_scipys(text):
+    """No pair met: the n × n matrix with no entry, made as scipy's constructor makes it."""
+    r = run("x = [1.0, 2.0, 3.0, 4.0]\n" + text)
+    found = Sweep(r.tape, r.output, [r.bindings["x"]]).hessian()
+    built = sp.csr_array((4, 4), dtype=bool)
+    found.check_format(full_check=True)
+    assert found.nnz == 0 and found.shape == built.shape and found.dtype == built.dtype
+    assert found.indptr.dtype == built.indptr.dtype and found.has_canonical_format
+    np.testing.assert_array_equal((found + sp.eye_array(4, dtype=bool)).toarray(), np.eye(4, dtype=bool))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 12), st.integers(0, 12), st.sampled_from([np.int32, np.int64]),
        st.sampled_from([bool, np.float64]), st.integers(0, 2**32 - 1))
@@ -621,7 +633,7 @@ def test_diagonals_over_runs_of_rows_are_written_out_as_their_matrix(rows, n, da
     """runs_csr: row r has column r + d wherever a run of diagonal d holds
     r; diagonals with gaps between them, runs that overlap, a diagonal cut
     in two, many rows some diagonal leaves out (the table's way) alike."""
-    from spiread_cli.sparsity_links import runs_csr
+    from spiread_cli.sparsity_csr import runs_csr
     runs, expected = {}, np.zeros((rows, n), dtype=bool)
     for _ in range(data.draw(st.integers(1, 5), label="runs")):
         d = data.draw(st.integers(-rows + 1, n - 1), label="diagonal")
@@ -642,7 +654,7 @@ def test_a_band_of_cells_is_written_out_as_its_matrix(rows, n, low, width, fille
     """band_csr: row r has column r + low + c wherever cells[c, r]; a band
     with every cell within the matrix set and few rows at its edges takes
     the path that never reads them."""
-    from spiread_cli.sparsity_links import band_csr
+    from spiread_cli.sparsity_csr import band_csr
     r, c = np.meshgrid(np.arange(rows), np.arange(width))
     within = (r + low + c >= 0) & (r + low + c < n)
     cells = within.copy() if filled else within & np.array(

@@ -8,8 +8,11 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import run, spiread, strict_json
+from programs import programs
 from spiread_cli import optim, train
 from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.program import Program
@@ -98,6 +101,18 @@ def test_between_is_what_a_change_moves_and_the_output_reads():
     ids = [n.id for n in r.tape.between([r.bindings["a"]], r.output)]
     assert ids == [r.bindings["a"], r.bindings["c"], r.bindings["e"]]
     assert r.tape.between([r.bindings["unused"]], r.output) == []
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), st.data())
+def test_between_is_every_node_a_source_feeds_that_feeds_the_output(program, data):
+    """`between` (one walk each way from the lowest source) against its definition over the whole tape."""
+    tape = run(program.source, name="generated.ad").tape
+    nodes = tape.nodes
+    sources = data.draw(st.lists(st.sampled_from(range(len(nodes))), min_size=0, max_size=3, unique=True))
+    output = data.draw(st.sampled_from(range(len(nodes))))
+    fed, feeds = tape.fed_by(sources, output), tape.feeding(output)
+    assert [n.id for n in tape.between(sources, output)] == [n.id for n in nodes[:output + 1] if fed[n.id] and feeds[n.id]]
 
 
 @pytest.mark.parametrize("text, words", [
