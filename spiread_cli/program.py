@@ -325,9 +325,9 @@ class Program(PythonCalls):
         else:
             from .export_onnx import export_onnx as write
         run = self._ran(caller, overrides, of, evaluate=False, wrt=wrt)
-        written = self._located(write, self._located(graphs, run, wrt, hvp), out)
-        caller.warn(run)
-        return Outcome(run, written)
+        exported = self._located(graphs, run, wrt, hvp)
+        caller.warn(run)  # before writing: under --strict a warning is an error, and an error writes nothing
+        return Outcome(run, self._located(write, exported, out))
 
     def _ran(self, caller: Caller, overrides: dict, of: str | None, **how) -> Run:
         run = self._run(overrides, of, **how)
