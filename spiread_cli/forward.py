@@ -182,7 +182,7 @@ class ForwardSweep:
             if kinds is not None:
                 kinds.append(type(batch))
             if result is None:
-                result = batch.dense() if type(batch) is Diagonal else batch
+                result = dense(batch)
                 if type(result) is not np.ndarray or not result.flags.writeable or any(
                         np.may_share_memory(result, s) for s in seeds.values() if type(s) is np.ndarray):
                     result = np.array(result)  # a broadcast view, a seed, or not an array: one of its own

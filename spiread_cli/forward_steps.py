@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .rules_code import guarded
-from .rules_forward import Diagonal, added, dense, diagonal_jvp, spreads
+from .rules_forward import Diagonal, Scaled, added, dense, diagonal_jvp, scaled_jvp, spreads
 from .tape_nodes import Node, all_finite, rule_params
 
 # A written push with a result this small, or no larger than the values its guarded steps guard, calls
@@ -28,13 +28,23 @@ IN_PLACE_ENTRIES = 1 << 14
 def jvp_step(op, ts: list, out: np.ndarray, args: list, params: dict, k: int, owned: Callable[[np.ndarray], bool],
              unguarded: bool = False):
     """One op's tangent from its operands' `ts` (None: no tangent; a
-    `Diagonal` batch stays one where the op has a rule for it), shape (k,) +
-    out's; `owned(a)`: whether no other tangent or seed shares memory with a.
-    `unguarded`: arrays are stepped by the function the op's jvp runs with
-    its unguarded value rules (`jvp.resolve`, as a written push's), for a
-    caller that checks what the sweep gives and steps it guarded where that
-    is not finite."""
+    `Diagonal` batch stays one where the op has a rule for it, and a
+    `Scaled` one through an elementwise op, else an array, or no tangent
+    where its coefficient is zero: the rules' guards give a zero tangent's
+    term as 0), shape (k,) + out's; `owned(a)`: whether no other tangent or
+    seed shares memory with a. `unguarded`: arrays are stepped by the
+    function the op's jvp runs with its unguarded value rules
+    (`jvp.resolve`, as a written push's), for a caller that checks what the
+    sweep gives and steps it guarded where that is not finite."""
     t = None
+    if any(type(given) is Scaled for given in ts):
+        t = scaled_jvp(op, ts, out, args, params)
+        if t is not None:
+            return t
+        ts = [(given.dense() if given.coefficient.any() else None) if type(given) is Scaled else given
+              for given in ts]
+        if all(given is None for given in ts):
+            return np.zeros((k,) + out.shape)
     if any(type(given) is Diagonal for given in ts):
         t = diagonal_jvp(op, ts, out, args, params, owned)
         ts = [dense(given) for given in ts] if t is None else ts
@@ -58,8 +68,11 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
     whose tangents were arrays calls the function its op's jvp runs for them
     (`jvp.resolve`: the same primal rules in the same order, so the same
     bits) with no look-up, and so does an elementwise step on `Diagonal`
-    batches over the same entries (on their values spread into one value
-    each, as `diagonal_jvp` steps them, after its own check); any other runs
+    batches over the same entries, or on `Scaled` ones over one base (on
+    their values or coefficients spread into one value each, as
+    `diagonal_jvp` and `scaled_jvp` step them, after their own check; a
+    coefficient that comes out not finite returns None, and the caller
+    pushes step by step, guarded); any other runs
     `jvp_step`, as the loop does, and raises `Untraced` if its batch is of
     another kind than traced (the caller pushes step by step then). Values
     are read from the nodes at each call; a tangent is dropped after its last
@@ -121,7 +134,7 @@ class _Push:
         self.sweep, self.nodes, self.k = sweep, sweep.nodes, k
         self.namespace = {"nodes": sweep.nodes, "jvp_step": jvp_step, "added": added, "Untraced": Untraced,
                           "broadcast_to": np.broadcast_to, "shares_none": shares_none, "ndarray": np.ndarray,
-                          "Diagonal": Diagonal, "spreads": spreads, "getrefcount": sys.getrefcount,
+                          "Diagonal": Diagonal, "Scaled": Scaled, "spreads": spreads, "getrefcount": sys.getrefcount,
                           "SOLE": SOLE_REFERENCES}
         self.lines: list[str] = []
         self.read: set[int] = set()
@@ -146,11 +159,13 @@ class _Push:
         self.namespace[f"op{p}"] = node.op
         function, dying = self._resolved(p, node, traced_ts, traced)
         moving = [given for given in ts if given != "None"]
-        if function is not None and traced is Diagonal:
+        if function is not None and traced in (Diagonal, Scaled):
             self.lines.extend([
                 f"if not spreads(op{p}, [{', '.join(moving)}], {node.value.shape!r}): raise Untraced",
                 f"{t} = {moving[0]}.gathered(jvp{p}({', '.join(f'{m}.spread()[None]' for m in moving)}, "
                 f"{out}, {args})[0])"])
+            if traced is Scaled:  # a coefficient not finite (Scaled.gathered): this push step by step, guarded
+                self.lines.append(f"if {t} is None: return None")
         elif function is not None:
             shape = (self.k,) + node.value.shape
             spares = [f"into{i}" if i is not None else "None" for i in dying]
@@ -169,12 +184,12 @@ class _Push:
     def _resolved(self, p: int, node: Node, traced_ts: list, traced: type) -> tuple[Callable | None, list]:
         """The function plan[p]'s jvp runs for its traced kinds, bound as `jvp{p}` (None: the step runs
         `jvp_step`), and the operands whose tangents it is given as spares (None where one is not):
-        arrays in and out, or Diagonal batches in and out of an elementwise op, which steps them spread
-        into one value each (rules_forward.diagonal_jvp), checked as it does. Its unguarded function
+        arrays in and out, or Diagonal (or Scaled) batches in and out of an elementwise op, which steps
+        them spread into one value each (rules_forward.diagonal_jvp, scaled_jvp), checked as it does. Its unguarded function
         too where its own is guarded (`rebound`)."""
         resolve = getattr(node.op.jvp, "resolve", None)
-        spread = traced is Diagonal and node.op.structure.kind == "elementwise" and \
-            all(kind in (Diagonal, type(None)) for kind in traced_ts)
+        spread = traced in (Diagonal, Scaled) and node.op.structure.kind == "elementwise" and \
+            all(kind in (traced, type(None)) for kind in traced_ts)
         arrays = traced is np.ndarray and all(kind in (np.ndarray, type(None)) for kind in traced_ts)
         if resolve is None or not (spread or arrays):
             return None, []
@@ -266,8 +281,8 @@ def _sole(i: int) -> str:
     jvp gives) and its one name in the function is the only reference to it (`SOLE_REFERENCES`: not a
     seed, which the caller and `seeds` hold, nor a node's value, nor the tangent of a `same` node, nor one
     a jvp returned as it was given, `scale(t, 1.0)`, still named as its operand's, nor an array a live
-    view is of)."""
-    return f"t{i}.base is None and getrefcount(t{i}) == SOLE"
+    view is of), and is writeable (not a `Scaled` batch's array, which its readers share)."""
+    return f"t{i}.base is None and t{i}.flags.writeable and getrefcount(t{i}) == SOLE"
 
 
 def _sole_references() -> int:
@@ -331,4 +346,4 @@ def shares_none(a: np.ndarray, live, seeds: dict) -> bool:
 
 def finite_batch(batch) -> bool:
     """Whether every entry of a batch of derivatives is finite (a Diagonal's by its values)."""
-    return all_finite(batch.values if type(batch) is Diagonal else batch)
+    return all_finite(batch.values if type(batch) is Diagonal else dense(batch))

@@ -16,7 +16,10 @@ A batch whose every direction is zero but at one entry (`Diagonal`: rows of
 the identity, the seeds of a dense Jacobian or Hessian) is kept as its k
 values: the sweeps step it by `diagonal_jvp` / `diagonal_vjp`, an O(k) pass
 where the batch as an array costs O(k · size), and make it an array only
-where an op has no rule for it.
+where an op has no rule for it. A product's tangents from those seeds, a
+matrix's columns (`Scaled`: a batch that one value scales entry by entry),
+are kept as that value through a run of elementwise steps, which scale it
+alone (`scaled_jvp`), and made an array once, where another op reads them.
 """
 
 from __future__ import annotations
@@ -293,15 +296,63 @@ class Diagonal:
         return Diagonal(entries, values, (self.shape[0],) + tuple(shape), distinct and self.distinct)
 
 
+class Scaled:
+    """A batch of k tangents, shape (k,) + a value's, that is a fixed batch
+    `base` times one value `coefficient` entry by entry: t[d, e] = base[d, e]
+    · coefficient[e]. A product's tangents along the identity's rows are its
+    matrix's columns, as they lie (`base`: a view, never written), times
+    ones; an elementwise op, whose jvp is its partials times the tangents,
+    entry by entry, steps the coefficient alone as one value (`spread`,
+    `gathered`), where a batch's own step is k passes over it. The array
+    (`dense`) is made once, at the first op that reads it as one, and shared
+    by every reader, so it is read-only. Its bits are the batch's made step
+    by step up to rounding: base · (c₁ · c₂) where the steps make
+    (base · c₁) · c₂."""
+    __slots__ = ("base", "coefficient", "shape", "made")
+
+    def __init__(self, base: np.ndarray, coefficient: np.ndarray):
+        self.base, self.coefficient, self.shape, self.made = base, coefficient, base.shape, None
+
+    def dense(self) -> np.ndarray:
+        if self.made is None:  # a zero coefficient (a zero derivative's, sign's) is zeros, as its array rule gives
+            self.made = np.multiply(self.base, self.coefficient) if self.coefficient.any() else np.zeros(self.shape)
+            self.made.flags.writeable = False
+        return self.made
+
+    def spread(self) -> np.ndarray:
+        return self.coefficient
+
+    def gathered(self, u) -> "Scaled | None":
+        """The batch over the same base scaled by u (one value of the batch's
+        shape): None where u is not finite, since base · u then differs from
+        the steps' batch where base is 0 (their guards keep a zero tangent
+        zero against an infinite partial; a coefficient cannot)."""
+        if not (type(u) is np.ndarray and u.shape == self.shape[1:] and u.dtype == np.float64):
+            u = np.array(np.broadcast_to(u, self.shape[1:]), dtype=np.float64)
+        return Scaled(self.base, u) if math.isfinite(np.add.reduce(u, axis=None)) else None
+
+
+def scaled_jvp(op, ts: list, out, xs: list, params: dict) -> Scaled | None:
+    """The jvp of an elementwise op whose tangents are all `Scaled` over one
+    base, of the result's shape: its own jvp on their coefficients, as one
+    value each; None where it cannot (the caller makes them arrays)."""
+    moving = [t for t in ts if t is not None]
+    if not spreads(op, moving, np.shape(out)):
+        return None
+    return moving[0].gathered(op.jvp([None if t is None else t.spread()[None] for t in ts], out, *xs, **params)[0])
+
+
 def dense(t):
-    """A batch as an array (a Diagonal made one; anything else as it is)."""
-    return t.dense() if type(t) is Diagonal else t
+    """A batch as an array (a Diagonal or a Scaled made one; anything else as it is)."""
+    return t.dense() if type(t) is Diagonal or type(t) is Scaled else t
 
 
 def added(a, b, owned: Callable[[np.ndarray], bool] | None = None):
     """a + b for batches that may be Diagonal: a Diagonal when both are over
     the same entries, else an array: a Diagonal added into the other, in
     place where `owned` says nothing else holds it, else into a copy."""
+    if type(a) is Scaled or type(b) is Scaled:
+        a, b = dense(a), dense(b)
     if type(a) is Diagonal and type(b) is Diagonal and (a.entries is b.entries or np.array_equal(a.entries, b.entries)):
         return Diagonal(a.entries, a.values + b.values, a.shape, a.distinct and b.distinct, a.full, a.ordered)
     if type(b) is Diagonal:
@@ -319,13 +370,23 @@ def added(a, b, owned: Callable[[np.ndarray], bool] | None = None):
 
 
 def spreads(op, batches: list, shape: tuple) -> bool:
-    """Whether an elementwise op's rule can step these Diagonal batches as one
-    value each: all over the same distinct entries, of the result's shape."""
+    """Whether an elementwise op's rule can step these batches as one value
+    each, of the result's shape: Diagonal ones all over the same distinct
+    entries, or Scaled ones all over the same base."""
     if op.structure.kind != "elementwise":
+        return False
+    if type(batches[0]) is Scaled:
+        base = batches[0].base
+        for t in batches:
+            if not (type(t) is Scaled and t.base is base and t.shape[1:] == shape):
+                return False
+        return True
+    if type(batches[0]) is not Diagonal:
         return False
     first = batches[0].entries
     for t in batches:  # a loop, not all() of a generator: a written push asks at every elementwise step
-        if not (t.distinct and t.shape[1:] == shape and (t.entries is first or np.array_equal(t.entries, first))):
+        if not (type(t) is Diagonal and t.distinct and t.shape[1:] == shape
+                and (t.entries is first or np.array_equal(t.entries, first))):
             return False
     return True
 

@@ -14,7 +14,7 @@ from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.forward import ForwardSweep, directional_forward, jacobian_forward
 from spiread_cli.forward_steps import _scatters_folded
 from spiread_cli.ops import OPS
-from spiread_cli.rules_forward import Diagonal, dense
+from spiread_cli.rules_forward import Diagonal, Scaled, dense
 from spiread_cli.tape import Tape
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -126,8 +126,7 @@ def _pushes_as_step_by_step(sweep: ForwardSweep, seeds: dict, times: int = 4) ->
         got = sweep.push(seeds)
         want = sweep._pushed(seeds)
         assert type(got) is type(want)
-        if type(got) is Diagonal:
-            got, want = got.dense(), want.dense()
+        got, want = dense(got), dense(want)
         assert got.shape == want.shape and (got + 0.0).tobytes() == (want + 0.0).tobytes()
     assert all(dense(seeds[i]).tobytes() == s.tobytes() for i, s in kept.items())
     assert all(node.value.tobytes() == v.tobytes() for node, v in zip(sweep.nodes, values))
@@ -145,14 +144,17 @@ def test_a_written_push_gives_the_step_by_step_bits(program, data):
     seeds and values as they were; with every step written in place where
     the sweep alone holds a dying tangent, or as large ones are; with the
     ops' guarded rules wherever their guards cost less than one check, or
-    also where the result is small."""
-    from spiread_cli import forward_steps
+    also where the result is small; with a product's tangents along the
+    identity kept Scaled however small, or as large ones are."""
+    from spiread_cli import forward_steps, ops
     from spiread_cli.second import SecondOrder
     in_place = data.draw(st.booleans(), label="every step in place")
     guarded = data.draw(st.booleans(), label="guarded unless the guards cost more than the check")
+    scaled = data.draw(st.booleans(), label="every product's tangents along the identity Scaled")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(forward_steps, "IN_PLACE_ENTRIES", 0 if in_place else forward_steps.IN_PLACE_ENTRIES)
         patch.setattr(forward_steps, "UNGUARDED_ENTRIES", 0 if guarded else forward_steps.UNGUARDED_ENTRIES)
+        patch.setattr(ops, "SCALED_ENTRIES", 0 if scaled else ops.SCALED_ENTRIES)
         r = run(program.source, name="generated.ad")
         wrt = data.draw(st.lists(st.sampled_from([n for n in program.names if n in r.bindings]), min_size=1,
                                  max_size=2, unique=True), label="wrt")
@@ -334,6 +336,108 @@ def test_a_fresh_sweeps_first_push_runs_unguarded_where_its_result_is_small(monk
     assert (np.signbit(first[0]), np.signbit(guarded[0])) == (True, False)
     monkeypatch.setattr(forward_steps, "UNGUARDED_ENTRIES", 1)
     assert ForwardSweep(r.tape, r.output, [x]).push(seeds).tobytes() == guarded.tobytes()
+
+
+# ------------------------------------------------ a product's columns, scaled
+# The identity's rows over w through `M @@ w` are M's columns as they lie
+# (rules_forward.Scaled), which elementwise steps scale by one value each.
+
+SCALED = "z = M @@ w\nloss = (z.tanh * z.exp + z * z * 0.5).sum + (w * w).sum * 0.01\n"
+LAYOUTS = {  # the matrix operand: its own memory, transposed, views, a vector, and w a column
+    "C order": "M = [[0.3, -1.2, 0.5], [0.8, 0.1, -0.4], [0.0, 0.0, 0.0], [2.0, -0.7, 1.1]]\nw = [0.2, -0.5, 0.9]\n",
+    "transposed": "M = [[0.3, 0.8, 0.0, 2.0], [-1.2, 0.1, 0.0, -0.7], [0.5, -0.4, 0.0, 1.1]].T\nw = [0.2, -0.5, 0.9]\n",
+    "rows of a matrix": "N = [[9, 9, 9], [0.3, -1.2, 0.5], [0.8, 0.1, -0.4], [2.0, -0.7, 1.1], [9, 9, 9]]\n"
+                        "M = N[1:4, :]\nw = [0.2, -0.5, 0.9]\n",
+    "columns of a matrix": "N = [[0.3, 9, -1.2, 0.5], [0.8, 9, 0.1, -0.4], [2.0, 9, -0.7, 1.1]]\n"
+                           "M = N[:, 1:4]\nw = [0.2, -0.5, 0.9]\n",
+    "a vector": "M = [0.3, -1.2, 0.5]\nw = [0.2, -0.5, 0.9]\n",
+    "w a column": "M = [[0.3, -1.2, 0.5], [0.8, 0.1, -0.4]]\nw = [[0.2], [-0.5], [0.9]]\n",
+}
+
+
+@pytest.fixture
+def scaled(monkeypatch):
+    from spiread_cli import ops
+    monkeypatch.setattr(ops, "SCALED_ENTRIES", 0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_products_tangents_along_the_identity_are_its_matrix_scaled(layout, in_place, scaled):
+    """The Hessian's sweep over the recorded gradient: the product's tangent
+    is Scaled (over a view of M, whatever its layout) and stays one through
+    the elementwise steps (two of them over one base: `z.tanh * z.exp`),
+    made an array where the gradient's product reads it. Every push (the
+    first, the loop's, the written one) gives what the same sweep gives
+    from the identity as an array, stepped batch by batch, up to rounding;
+    the written push the loop's bits."""
+    from spiread_cli.second import SecondOrder
+    r = run(LAYOUTS[layout] + SCALED)
+    w = r.bindings["w"]
+    shape = r.tape.nodes[w].value.shape
+    order = SecondOrder(r, ["w"])
+    sweep = ForwardSweep(r.tape, order.grad_ids[w], [w])
+    seeds = {w: Diagonal.identity_rows(shape, 0, 3)}
+    trace: list = []
+    sweep._pushed(seeds, trace=trace)
+    assert sum(kind is Scaled for _, kind in trace) >= 6
+    want = sweep._pushed({w: np.eye(3).reshape((3,) + shape)})
+    for _ in range(4):
+        np.testing.assert_allclose(order.hessian()["w"]["w"].reshape(3, 3), want.reshape(3, 3), rtol=1e-13,
+                                   atol=1e-15)
+    _pushes_as_step_by_step(sweep, seeds)
+    assert callable(sweep.written[next(iter(sweep.written))])
+
+
+def test_a_products_jvp_along_the_identity_is_its_matrix_as_it_lies(scaled):
+    """`matmul`'s rule for the identity's rows over b: a's columns, a view of
+    a in whatever layout it lies (C, F, strided), the same bits as the batch
+    made entry by entry; rows scaled by other values, or not in order, an
+    array of the same values."""
+    a = np.random.default_rng(2).standard_normal((4, 7))
+    rule = OPS["matmul"].diagonal_jvp
+    for m in (a[:, :3].copy(), np.asfortranarray(a[:, :3]), a[:, ::3], a[:, :3].T.copy().T):
+        out = m @ np.ones(3)
+        identity = Diagonal.identity_rows((3,), 0, 3)
+        t = rule(1, identity, out, m, np.ones(3))
+        assert type(t) is Scaled and np.shares_memory(t.base, m) and t.shape == (3, 4)
+        assert t.dense().tobytes() == np.ascontiguousarray(m.T).tobytes()
+        for seeds in (identity.over(np.array([2.0, -0.0, 0.5])),
+                      Diagonal(np.array([2, 0, 1]), np.ones(3), (3, 3), True)):
+            got = rule(1, seeds, out, m, np.ones(3))
+            assert type(got) is np.ndarray
+            assert np.array_equal(got, seeds.dense() @ m.T)
+
+
+def test_a_products_scaled_tangents_as_the_output_are_the_jacobian(scaled):
+    """A Jacobian whose output is still Scaled: the caller's array, its own
+    and writeable, equal to reverse mode's rows."""
+    y = "((M @@ w).tanh * 2 + (M @@ w).exp)"
+    r = run(LAYOUTS["C order"] + f"y = {y}\n")
+    w = r.bindings["w"]
+    rows = [run_gradients(run(LAYOUTS["C order"] + f"y = {y}[{i}]\n"), ["w"], "reverse").gradients["w"]
+            for i in range(4)]
+    for _ in range(4):
+        forward = jacobian_forward(r.tape, r.output, [w])[w]
+        assert forward.flags.writeable and not np.shares_memory(forward, r.tape.nodes[r.bindings["M"]].value)
+        np.testing.assert_allclose(forward, rows, rtol=1e-14)
+
+
+def test_a_zero_row_against_an_infinite_partial_keeps_its_tangent_zero(scaled):
+    """M's row 1 is zero, so z[1] = 0, where the second derivative of
+    z ** 1.5 is infinite: the batch's own steps keep that column of the
+    tangents zero (the guard), a coefficient cannot (0 · inf), so a
+    coefficient that comes out not finite makes the batch an array there.
+    Finite, and what the identity as an array gives, on every push."""
+    from spiread_cli.second import SecondOrder
+    r = run("M = [[1.0, 2.0, 0.5], [0.0, 0.0, 0.0], [0.3, 0.1, 0.2]]\nw = [0.5, 0.25, 1.0]\n"
+            "loss = ((M @@ w) ** 1.5).sum\n")
+    w = r.bindings["w"]
+    order = SecondOrder(r, ["w"])
+    want = ForwardSweep(r.tape, order.grad_ids[w], [w])._pushed({w: np.eye(3)})
+    assert np.isfinite(want).all()
+    for _ in range(4):
+        np.testing.assert_allclose(order.hessian()["w"]["w"], want, rtol=1e-14)
+    assert not r.diagnostics.warnings
 
 
 # ------------------------------------------------ written in place
