@@ -57,6 +57,7 @@ class ForwardSweep:
         # By the seeds' kind: 1 once pushed, then the steps written out (`written_push`), or
         # None where those met another kind of batch than written (pushed step by step).
         self.written: dict[tuple, int | Callable | None] = {}
+        self.finite = False  # whether the last push's result was checked finite (`push`)
 
     def _peak_live_entries(self) -> int:
         """Entries of tangent alive at once, at worst, for one direction; plus
@@ -93,7 +94,9 @@ class ForwardSweep:
         out as one function (`written_push`); the first push of a kind, where
         its result is small (`UNGUARDED_ENTRIES`), steps arrays by the ops'
         unguarded rules as a written push does, and is pushed again guarded
-        where that result is not finite."""
+        where that result is not finite. `finite`, after it: whether its
+        result was checked finite on the way (by an unguarded push's check)."""
+        self.finite = False
         if observe is not None:
             return self._pushed(seeds, observe)
         kind = tuple((i, type(s), s.shape, getattr(s, "full", None), getattr(s, "ordered", None))
@@ -102,7 +105,10 @@ class ForwardSweep:
         if callable(written):
             try:
                 result = _quietly(written, seeds)
-                return self._pushed(seeds) if result is None else result  # not finite: guarded, step by step
+                if result is None:  # not finite: guarded, step by step
+                    return self._pushed(seeds)
+                self.finite = getattr(written, "checks", False)  # its own check (written_push)
+                return result
             except Untraced:  # a step's batch came out of another kind than written: step by step from now
                 self.written[kind] = None
         elif written == 1:  # the second push of this kind: written as it runs
@@ -116,6 +122,7 @@ class ForwardSweep:
                     forward_steps.UNGUARDED_ENTRIES:
                 result = self._pushed(seeds, unguarded=True)
                 if finite_batch(result):
+                    self.finite = True
                     return result
         return self._pushed(seeds)
 
@@ -188,7 +195,7 @@ class ForwardSweep:
                     result = np.array(result)  # a broadcast view, a seed, or not an array: one of its own
             else:
                 result[start:start + k] = dense(batch)
-            if diagnostics is not None and not finite_batch(batch):
+            if diagnostics is not None and not self.finite and not finite_batch(batch):
                 births = Births(self.nodes)
                 self.push(seeds, births.forward)
                 births.warn(diagnostics)

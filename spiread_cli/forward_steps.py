@@ -258,10 +258,12 @@ class _Push:
 
     def function(self, output: int) -> Callable[[dict], np.ndarray]:
         """The push, returning the output's tangent, checked if its steps run unguarded: only where that
-        check costs no more than their guards or the result is small (`UNGUARDED_ENTRIES`)."""
+        check costs no more than their guards or the result is small (`UNGUARDED_ENTRIES`). Its `checks`
+        says whether it checks: what such a push returns is finite."""
         shape = (self.k,) + self.nodes[output].value.shape
-        if output in self.live and self.rebound and self.k * self.nodes[output].value.size <= \
-                max(self.guards, UNGUARDED_ENTRIES):
+        checks = output in self.live and bool(self.rebound) and self.k * self.nodes[output].value.size <= \
+            max(self.guards, UNGUARDED_ENTRIES)
+        if checks:
             self.namespace.update(self.rebound)
             self.namespace["finite_batch"] = finite_batch
             self.lines.append(f"return t{output} if finite_batch(t{output}) else None")
@@ -272,6 +274,7 @@ class _Push:
             self.lines.append(f"return zeros({shape!r})")
         code = "def push(seeds):\n" + "".join(f"    {line}\n" for line in self.lines)
         exec(code, self.namespace)
+        self.namespace["push"].checks = checks  # what it returns is known finite
         return self.namespace["push"]
 
 

@@ -233,17 +233,16 @@ class Diagonal:
 
     def dense(self) -> np.ndarray:
         """The batch as an array."""
-        size = math.prod(self.shape[1:])
-        out = np.zeros((self.shape[0], size))
-        if self.ordered:  # direction d's entry is d: the diagonal, a strided view
-            diagonal = out.reshape(-1)[::size + 1]
-            diagonal += self.values
-        else:
-            self.add_into(out)
-        return out.reshape(self.shape)
+        out = np.zeros(self.shape)
+        self.add_into(out)
+        return out
 
     def add_into(self, out: np.ndarray) -> None:
         """out += the batch, for a writeable array `out` of the batch's shape (in any layout)."""
+        if self.ordered and out.flags.c_contiguous:  # direction d's entry is d: the diagonal, a strided view
+            diagonal = out.reshape(-1)[::math.prod(self.shape[1:]) + 1]
+            diagonal += self.values
+            return
         rows, entries, values = self.hits()
         if out.flags.c_contiguous:
             out.reshape(self.shape[0], math.prod(self.shape[1:]))[rows, entries] += values

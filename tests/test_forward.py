@@ -184,6 +184,30 @@ def test_a_written_push_gives_the_step_by_step_bits(program, data):
                 assert all(callable(w) or w is None for w in sweep.written.values())
 
 
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_result_its_push_checked_finite_is_not_checked_again(guarded, monkeypatch):
+    """A push whose steps run unguarded checks its result (`ForwardSweep.finite`):
+    push_blocks does not pass over it again. The first push of a kind (small:
+    unguarded) and the written ones from the third are checked, the second
+    (the loop's, guarded, traced) is not; with a result larger than the values
+    the guards guard, and UNGUARDED_ENTRIES 0, none is but push_blocks's."""
+    from spiread_cli import forward, forward_steps
+    if guarded:
+        monkeypatch.setattr(forward_steps, "UNGUARDED_ENTRIES", 0)
+    r = run("x = [4.0, 1.0]\ny = x.sqrt.sum * [1, 2, 3, 4, 5, 6]\n")
+    x = r.bindings["x"]
+    sweep = ForwardSweep(r.tape, r.output, [x])
+    checks = []
+    monkeypatch.setattr(forward, "finite_batch", lambda batch: checks.append(batch) or True)
+    for checked in ([False] * 4 if guarded else [True, False, True, True]):
+        checks.clear()
+        jacobian_forward(r.tape, r.output, [x], r.diagnostics, sweep=sweep)
+        # The first push's check is push's, a written push's its own (forward_steps.finite_batch).
+        written = next(iter(sweep.written.values()))
+        assert sweep.finite == checked and len(checks) == (0 if checked and callable(written) else 1)
+    assert callable(written) and written.checks == (not guarded)
+
+
 def test_a_written_push_that_meets_another_kind_of_batch_pushes_step_by_step():
     """A written push whose step makes a batch of another kind than when it
     was written (here: told a Diagonal came out where an array does) stops,
@@ -289,8 +313,9 @@ def test_an_ops_unguarded_rule_gives_its_rules_bits_at_finite_operands():
 
 def test_a_whole_identitys_batch_is_made_an_array_as_any_other():
     """`Diagonal.dense` of the whole identity in order (a strided view of
-    the diagonal) gives the bits of the same batch not known to be ordered
-    (written entry by entry): −0.0, inf and nan values included."""
+    the diagonal), and the batch added into an array, give the bits of the
+    same batch not known to be ordered (written entry by entry): −0.0, inf
+    and nan values included."""
     values = np.array([1.5, -0.0, 0.0, np.inf, np.nan, -2.0])
     for shape in ((6,), (2, 3)):
         ordered = Diagonal.identity_rows(shape, 0, 6).over(values)
@@ -299,6 +324,12 @@ def test_a_whole_identitys_batch_is_made_an_array_as_any_other():
         assert not listed.ordered
         assert ordered.dense().shape == (6, *shape)
         assert ordered.dense().tobytes() == listed.dense().tobytes()
+        base = np.random.default_rng(3).standard_normal((6, *shape))
+        for out in (base.copy(), np.asfortranarray(base)):  # added into an array: C order by the strided view
+            into = out.copy(order="A")
+            ordered.add_into(out)
+            listed.add_into(into)
+            assert np.ascontiguousarray(out).tobytes() == np.ascontiguousarray(into).tobytes()
 
 
 def test_a_written_push_differs_from_the_guarded_one_only_in_the_sign_of_a_zero():
