@@ -29,7 +29,6 @@ up for a fresh run. Neither is kept on the command line, which runs once.
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Callable
 import numpy as np
 
 from .data import load_array
+from .limits import configured_limit
 from .diagnostics import Span
 from .run import Run
 from .tape_nodes import Node
@@ -57,8 +57,12 @@ class Kept:
     replay: Callable[[], bool] | None = None  # the ops as one function (Tape.replay_function), at the first replay
 
     def matches(self, signature: tuple, bindings: dict[str, np.ndarray]) -> bool:
-        return signature == self.signature and all(
-            same_bits(bindings[name], value) for name, value in self.deciding.items())
+        if signature != self.signature:
+            return False
+        for name, value in self.deciding.items():
+            if not same_bits(bindings[name], value):
+                return False
+        return True
 
     def files_unchanged(self) -> bool:
         """Whether each file `load` read holds what it held (a file that cannot be read: no)."""
@@ -137,12 +141,13 @@ class KeptRuns:
         return kept
 
     def _replayed(self, signature: tuple, bindings: dict[str, np.ndarray]) -> Kept | None:
-        for kept in self.kept:
+        for place, kept in enumerate(self.kept):
             if kept.matches(signature, bindings):
-                self.kept.remove(kept)
-                if not kept.files_unchanged():
+                if kept.files and not kept.files_unchanged():
+                    del self.kept[place]
                     return None
-                self.kept.insert(0, kept)
+                if place:  # the most recently used first
+                    self.kept.insert(0, self.kept.pop(place))
                 return kept if kept.replayed(bindings) else None  # refused: a fresh run that does not warn replaces it
         return None
 
@@ -209,5 +214,5 @@ def fingerprint(array: np.ndarray) -> bytes:
 
 def signature(task: tuple, bindings: dict[str, np.ndarray], of: str | None) -> tuple:
     """What a kept run is found by, besides the deciding values."""
-    return (task, of, os.environ.get("SPIREAD_MAX_BYTES"),
-            tuple(sorted((name, value.shape, value.dtype.str) for name, value in bindings.items())))
+    return (task, of, configured_limit(),
+            tuple(sorted([(name, value.shape, value.dtype) for name, value in bindings.items()])))

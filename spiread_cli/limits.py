@@ -19,12 +19,23 @@ from .diagnostics import Span, SpireadError, shape_str
 
 FALLBACK_BYTES = 8 << 30
 
+# os.environ.get costs about 1 µs for a name that is not set (os.environ's __getitem__ raises a KeyError
+# inside), and a kept call asks for SPIREAD_MAX_BYTES up to three times (its signature, its size checks):
+# the mapping os.environ keeps, of names and values encoded as it gave them to putenv, is asked instead.
+_CONFIGURED = os.environ.encodekey("SPIREAD_MAX_BYTES")
+
+
+def configured_limit() -> str | None:
+    """SPIREAD_MAX_BYTES as os.environ holds it now, or None (not set)."""
+    held = os.environ._data.get(_CONFIGURED)
+    return None if held is None else os.environ.decodevalue(held)
+
 
 def max_bytes(nbytes: int | None = None) -> int:
     """The largest result allowed, in bytes: SPIREAD_MAX_BYTES, else half of
     the memory available now (`available_bytes`; for a request of `nbytes`,
     a reading a moment old where the request is small next to it)."""
-    configured = os.environ.get("SPIREAD_MAX_BYTES")
+    configured = configured_limit()
     if configured:
         try:
             limit = float(configured)
@@ -77,7 +88,7 @@ SURELY_AVAILABLE_BYTES = 8 << 20
 
 def fits_anyway(nbytes: int) -> bool:
     """`nbytes` is within the limit whatever the memory available now."""
-    return nbytes == 0 or (nbytes <= SURELY_AVAILABLE_BYTES and not os.environ.get("SPIREAD_MAX_BYTES"))
+    return nbytes == 0 or (nbytes <= SURELY_AVAILABLE_BYTES and not configured_limit())
 
 
 def limit_for(nbytes: int) -> int:

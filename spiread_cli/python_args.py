@@ -105,8 +105,10 @@ def checked_overrides(bindings: object, more: dict[str, ArrayLike], of: object,
         raise type_error(argument, bindings, f"the {argument} passed first are a mapping of names to values, "
                                              "e.g. {\"w\": [1, 2]}")
     given = more if bindings is None else {**bindings, **more}
-    overrides = {checked_name(argument, given, name): checked_binding(name, value, names)
-                 for name, value in given.items()}
+    overrides = {}
+    for name, value in given.items():
+        checked_name(argument, given, name)
+        overrides[name] = checked_binding(name, value, names)
     if of is not None and (checked_name("of", of, of) not in names):
         raise SpireadError(f"{option('of', of)}: the program binds no `{of}`", notes=did_you_mean(of, names, records=True),
                            exit_code=2)
@@ -177,6 +179,8 @@ def wrt_names(wrt: list[str] | str | None) -> list[str] | None:
     not read as no `wrt` (the default is None)."""
     if wrt is None:
         return None
+    if type(wrt) is str and wrt.isidentifier():  # the usual call, `wrt="w"`: one name, as written
+        return [wrt]
     if isinstance(wrt, str):
         names = listed_names([wrt])
     elif isinstance(wrt, Iterable):
@@ -230,16 +234,23 @@ def as_floats(raw: np.ndarray, what: str) -> np.ndarray:
                            "±1.8e308)", exit_code=2) from None
 
 
+FLOAT64 = np.dtype(np.float64)
+
+
 def result_value(value: np.ndarray, mine: bool = False) -> Value:
     """What every call returns for a value: a float for a scalar, else a
     float64 array of the caller's own; zero is 0.0, never -0.0 (forward and
     reverse mode reach a zero by different sums: output.py's rule too).
     `mine`: the array is the call's own, which nothing else holds, and
     becomes the result in place; any other is copied."""
-    if (value.ndim if type(value) is np.ndarray else np.ndim(value)) == 0:  # np.ndim's wrapper only where needed
+    if type(value) is np.ndarray:  # the usual result: no numpy wrappers (np.ndim, np.asarray) asked
+        if value.ndim == 0:
+            return float(value) + 0.0
+        if mine:
+            return np.add(value, 0.0, out=value)  # -0.0 + 0.0 is 0.0
+        return np.add(value, 0.0) if value.dtype is FLOAT64 else np.add(value, 0.0, dtype=np.float64)
+    if np.ndim(value) == 0:
         return float(value) + 0.0
-    if mine:
-        return np.add(value, 0.0, out=value)  # -0.0 + 0.0 is 0.0
     return np.add(np.asarray(value), 0.0, dtype=np.float64)  # a new array, in one pass
 
 

@@ -97,10 +97,14 @@ class PythonCalls:
         colour (`.sweeps` on the result says how many); with `pattern=True`,
         that pattern alone, as booleans (docs/sparsity.md). Both need scipy."""
         sparse_arguments(sparse, pattern, hvp=hvp is not None)
-        if hvp is not None and not isinstance(hvp, Mapping):
-            raise type_error("hvp", hvp, "the directions are a mapping of names to values, e.g. {\"w\": [1, 0]}")
-        vectors = None if hvp is None else {checked_name("hvp", hvp, name): checked_binding(name, v, self.names, "hvp")
-                                            for name, v in hvp.items()}
+        vectors = None
+        if hvp is not None:
+            if type(hvp) is not dict and not isinstance(hvp, Mapping):
+                raise type_error("hvp", hvp, "the directions are a mapping of names to values, e.g. {\"w\": [1, 0]}")
+            vectors = {}
+            for name, v in hvp.items():
+                checked_name("hvp", hvp, name)
+                vectors[name] = checked_binding(name, v, self.names, "hvp")
         done = self.run_hessian(InPython(self.source), self._overrides(bindings, more, of), wrt=wrt_names(wrt), of=of,
                                 hvp=vectors, sparse=sparse, pattern=pattern)
         found = done.result

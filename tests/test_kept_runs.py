@@ -303,6 +303,22 @@ def test_other_shapes_options_or_tasks_record_afresh(recordings):
     assert recordings[0] == 5
 
 
+def test_the_memory_limit_set_between_calls_holds_at_the_next(monkeypatch, recordings):
+    """SPIREAD_MAX_BYTES is read at each call (limits.configured_limit): set, it is in the signature (a
+    fresh run) and refuses a result over it; unset again, the run kept before is replayed."""
+    prog = spiread_cli.compile("w = zeros(3)\ny = w.tanh\n")
+    w = np.array([0.1, 0.2, 0.3])
+    for _ in range(2):
+        prog.jacobian(w=w, wrt="w")
+    assert recordings[0] == 1
+    monkeypatch.setenv("SPIREAD_MAX_BYTES", "64")  # the 3×3 Jacobian is 72 bytes
+    with pytest.raises(SpireadError, match="more than the limit of 64 bytes"):
+        prog.jacobian(w=w, wrt="w")
+    monkeypatch.delenv("SPIREAD_MAX_BYTES")
+    np.testing.assert_array_equal(prog.jacobian(w=w, wrt="w")["w"], np.diag(1 - np.tanh(w) ** 2))
+    assert recordings[0] == 2  # the refused call's own; then the kept run, replayed
+
+
 def test_kept_runs_are_bounded_and_close_drops_them(recordings):
     prog = spiread_cli.compile(SOFTMAX_LOSS)
     w = np.array([0.1, 0.2, 0.3])
