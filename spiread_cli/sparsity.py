@@ -100,7 +100,7 @@ class Sweep:
         # toward collections meanwhile).
         self._weak = weakref.proxy(self)
         self.shortcut: set[int] = set()  # the nodes linked by `_same_links`
-        self.same: dict[int, Links] = {}  # the identity's links over n entries, one for every use (`same_of`)
+        self.same: dict[tuple, Links] = {}  # the identity's links over a shape's entries, one for every use (`same_of`)
         # A node whose one moving operand it depends on is linked on the same entries (not seeded) has that
         # operand's pattern: by id, the node whose pattern it is (a chain's first), found with no step of its own.
         self.alias: dict[int, int] = {}
@@ -113,10 +113,10 @@ class Sweep:
                 continue
             structure = op.structure
             rule = structure.elementwise
-            linked = self._same_links(node, rule) if rule is not None and shortcuts else None
-            if linked is not None:
-                shortcut.add(node.id)
-            elif structure.shaped is not None and shortcuts:  # said by the shapes and params: no Entries
+            if rule is not None and shortcuts and self._same_links(node, rule):
+                continue
+            linked = None
+            if structure.shaped is not None and shortcuts:  # said by the shapes and params: no Entries
                 shaped, inputs, linked = structure.shaped, node.inputs, []
                 shapes = tuple([nodes[i].shape for i in inputs])
                 for k, i in enumerate(inputs):
@@ -140,39 +140,51 @@ class Sweep:
                 if links is not None and links.kind == "same" and node.id not in seeds:
                     alias[node.id] = alias.get(i, i)
 
-    def same_of(self, size: int) -> Links:
-        """The identity's links over `size` entries (`Links.same`), one for every node of that size."""
-        links = self.same.get(size)
+    def same_of(self, shape: tuple) -> Links:
+        """The identity's links over the entries of `shape` (`Links.same`), one for every node of that shape."""
+        links = self.same.get(shape)
         if links is None:
-            links = self.same[size] = Links.same(size)
+            links = self.same[shape] = Links.same(math.prod(shape))
         return links
 
-    def _same_links(self, node: Node, rule: Elementwise) -> list | None:
-        """An elementwise node's links, each moving operand on the same
-        entry, as its rule (`structure.elementwise`'s `first`) gives them
-        when that operand is of the output's shape and a factor its partial
-        vanishes with is nowhere zero; None otherwise (the rule's own)."""
+    def _same_links(self, node: Node, rule: Elementwise) -> bool:
+        """Link an elementwise node, each moving operand on the same entry,
+        as its rule (`structure.elementwise`'s `first`) gives them, when that
+        operand is of the output's shape and a factor its partial vanishes
+        with is nowhere zero (and say whether it is flat, or an alias);
+        False otherwise (the rule's own, then)."""
         if rule.flat:
-            return None
-        nodes, moving, shape = self.tape.nodes, self.moving, node.shape
-        vanishes_with, flat_operands = rule.vanishes_with, rule.flat_operands
-        same, linked = None, []
-        for k, i in enumerate(node.inputs):
+            return False
+        nodes, moving, shape, inputs = self.tape.nodes, self.moving, node.shape, node.inputs
+        vanishes_with, flat_operands, flat = rule.vanishes_with, rule.flat_operands, self.moving_flat
+        same, linked, is_flat = None, [], False
+        for k, i in enumerate(inputs):
             if i not in moving:
                 continue
             if nodes[i].shape != shape:
-                return None
+                return False
             if flat_operands and k in flat_operands:
                 linked.append((k, i, None))
+                is_flat = True
                 continue
             if vanishes_with is not None and vanishes_with[k] is not None:
-                nonzero = self.nonzero_of(node.inputs[vanishes_with[k]])
+                nonzero = self.nonzero_of(inputs[vanishes_with[k]])
                 if nonzero is not self.ones.get(len(nonzero)) and not nonzero.all():
-                    return None
+                    return False
             if same is None:
-                same = self.same_of(math.prod(shape))
+                same = self.same.get(shape) or self.same_of(shape)
             linked.append((k, i, same))
-        return linked
+            if i in flat:
+                is_flat = True
+        node_id = node.id
+        self.linked[node_id] = linked
+        self.shortcut.add(node_id)
+        if is_flat:
+            flat.add(node_id)
+        if len(linked) == 1 and same is not None and node_id not in self.seeds:
+            i = linked[0][1]
+            self.alias[node_id] = self.alias.get(i, i)
+        return True
 
     def pattern(self, node_id: int):
         """J(node), found with the patterns of the nodes it is computed from."""
@@ -362,7 +374,7 @@ class Sweep:
                     for m, j, _ in linked[p:]:
                         if couples is None or (k, m) in couples:
                             if same is None:
-                                same = self.same_of(math.prod(node.shape))
+                                same = self.same_of(node.shape)
                             meet(same, i, j, node)
             else:
                 for links, i, j in self._coupled(node, linked, adj):

@@ -48,14 +48,15 @@ def _index_kind(entries: int, n: int):
     return np.int32 if max(n, entries) < 2 ** 31 else np.int64
 
 
-def runs_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int) -> sp.csr_array:
+def runs_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int, mirrored: bool = False) -> sp.csr_array:
     """The 0/1 CSR matrix (rows × n) whose row r has column r + d wherever
-    a run (first, end) of runs[d] holds r (each cell within the matrix):
-    diagonals over runs of rows, as a chain's Hessian or a stencil's
-    Jacobian has them, gaps between diagonals allowed. When each diagonal's
-    runs make one run and the rows that some diagonal leaves out are few,
-    the rows every diagonal holds are written out without a table of cells
-    (`_windows`) and the few others one by one; else through one (`band_csr`)."""
+    a run (first, end) of runs[d] holds r (each cell within the matrix;
+    `mirrored`: and column r + d of row r + d for each, a symmetric matrix's
+    other side): diagonals over runs of rows, as a chain's Hessian or a
+    stencil's Jacobian has them, gaps between diagonals allowed. When each
+    diagonal's runs make one run and the rows that some diagonal leaves out
+    are few, the rows every diagonal holds are written out without a table
+    of cells (`_windows`) and the few others one by one; else through one (`band_csr`)."""
     spans = {}
     for d, found in runs.items():
         if len(found) > 1:
@@ -63,17 +64,19 @@ def runs_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int) -> sp.cs
         first, end = found[0]
         for a, b in found[1:]:
             if a > end:  # a diagonal with a gap: the table
-                return _cells_csr(runs, rows, n)
+                return _cells_csr(runs, rows, n, mirrored)
             if b > end:
                 end = b
         if end > first:
             spans[d] = (first, end)
+            if mirrored and d:
+                spans[-d] = (first + d, end + d)
     diagonals = sorted(spans)
     top, bottom = 0, rows
     for first, end in spans.values():
         top, bottom = max(top, first), min(bottom, end)
     if not diagonals or bottom <= top or rows - (bottom - top) > 64:
-        return _cells_csr(runs, rows, n)
+        return _cells_csr(runs, rows, n, mirrored)
     # The rows some diagonal leaves out (above `top`, from `bottom` on): their columns listed.
     width = len(diagonals)
     head_columns, head_ends = _listed_rows(spans, diagonals, 0, top, 0)
@@ -111,12 +114,15 @@ def _listed_rows(spans: dict[int, tuple[int, int]], diagonals: list[int], lo: in
     return columns, ends
 
 
-def _cells_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int) -> sp.csr_array:
-    low = min(runs)
-    cells = np.zeros((max(runs) - low + 1, rows), dtype=bool)
+def _cells_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int, mirrored: bool) -> sp.csr_array:
+    low, high = min(runs), max(runs)
+    low = -high if mirrored else low
+    cells = np.zeros((high - low + 1, rows), dtype=bool)
     for d, spans in runs.items():
         for first, end in spans:
             cells[d - low, first:end] = True
+            if mirrored:
+                cells[-d - low, first + d:end + d] = True
     return band_csr(cells, low, n)
 
 

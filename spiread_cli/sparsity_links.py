@@ -36,7 +36,7 @@ def _spreading(groups: np.ndarray, count: int) -> sp.csr_array:
     return _csr((len(groups), count), valid, groups[valid])
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Progression:
     """The entries start + step·r of the rows lo ≤ r < hi (the other rows of
     the `length` have none; hi None: all of them): a slice's columns, or a
@@ -44,12 +44,11 @@ class Progression:
     start: int
     step: int
     length: int
-    lo: int = 0
-    hi: int | None = None
+    lo: int
+    hi: int
 
-    def __post_init__(self):
-        if self.hi is None:
-            self.hi = self.length
+    def __init__(self, start: int, step: int, length: int, lo: int = 0, hi: int | None = None):
+        self.start, self.step, self.length, self.lo, self.hi = start, step, length, lo, length if hi is None else hi
 
     @property
     def whole(self) -> bool:
@@ -67,16 +66,12 @@ def _array(column) -> np.ndarray:
     return column.array() if type(column) is Progression else column
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _rows_within(start: int, step: int, length: int, lo: int, hi: int) -> tuple[int, int]:
     """The run of rows r < length with lo ≤ start + step·r < hi, as (first, end)."""
     if step == 0:
         first, end = (0, length) if lo <= start < hi else (0, 0)
     elif step > 0:
-        first, end = _ceil_div(lo - start, step), _ceil_div(hi - start, step)
+        first, end = -((start - lo) // step), -((start - hi) // step)  # ceilings of (lo − start) / step, …
     else:
         first, end = (start - hi) // -step + 1, (start - lo) // -step + 1
     first, end = max(first, 0), min(end, length)
@@ -217,11 +212,13 @@ def union_of(terms: list, size: int, n: int):
             break
     else:  # one pattern (`y * y`'s operands)
         return first
-    if all(type(t) is Columns for t in terms):
-        columns: dict = {}  # each column once: a progression by its fields, an index array by its identity
-        for t in terms:
-            for c in t.columns:
-                columns.setdefault((c.start, c.step, c.lo, c.hi) if type(c) is Progression else id(c), c)
+    columns: dict = {}  # each column once: a progression by its fields, an index array by its identity
+    for t in terms:
+        if type(t) is not Columns:
+            break
+        for c in t.columns:
+            columns.setdefault((c.start, c.step, c.lo, c.hi) if type(c) is Progression else id(c), c)
+    else:
         if len(columns) <= MAX_COLUMNS:
             return Columns(size, list(columns.values()))
     total = csr_of(terms[0], n)
@@ -270,9 +267,30 @@ class HessianPairs:
 
     def __init__(self, n: int):
         self.n = n
-        self.diagonals: list[tuple[int, int, int, int]] = []  # (row start, row step, length, column − row)
+        self.runs: dict[int, list[tuple[int, int]]] = {}  # column − row (≥ 0) -> runs of rows (first, end)
+        self.diagonals: list[tuple[int, int, int, int]] = []  # (row start, row step > 1, length, column − row)
         self.listed: list[tuple[np.ndarray, np.ndarray]] = []  # (rows ≤ columns, column − row)
         self.entries = 0
+        self.band = -1  # the largest column − row
+
+    def add_all(self, left: list, right: list, symmetric: bool) -> None:
+        """Each column of `left` meets each of `right` (`add`); `symmetric`: the two are one list, each pair met once."""
+        runs = self.runs
+        for s, a in enumerate(left):
+            for b in right[s:] if symmetric else right:
+                if type(a) is not Progression or type(b) is not Progression or a.step != 1 or b.step != 1:
+                    self.add(a, b)
+                    continue
+                first, end = (a.lo if a.lo > b.lo else b.lo), (a.hi if a.hi < b.hi else b.hi)
+                if first < end:  # a run of one diagonal (steps of 1: `add`'s commonest case, without its call)
+                    low, d = (a.start, b.start - a.start) if a.start < b.start else (b.start, a.start - b.start)
+                    if d in runs:
+                        runs[d].append((low + first, low + end))
+                    else:
+                        runs[d] = [(low + first, low + end)]
+                    self.entries += end - first
+                    if d > self.band:
+                        self.band = d
 
     def add(self, a, b) -> None:
         """Entry a[p] meets entry b[p], for every p (-1: none)."""
@@ -285,48 +303,39 @@ class HessianPairs:
             start = (a.start if a.start < b.start else b.start) + step * first
             if step < 0:
                 start, step = start + step * (length - 1), -step
-            self.diagonals.append((start, step, length, abs(b.start - a.start)))
+            d = b.start - a.start if b.start > a.start else a.start - b.start
+            if step == 1:
+                self.runs.setdefault(d, []).append((start, start + length))
+            else:
+                self.diagonals.append((start, step, length, d))
             self.entries += length
+            self.band = max(self.band, d)
             return
         a, b = _array(a), _array(b)
         if len(a) and (a.min() < 0 or b.min() < 0):
             both = (a >= 0) & (b >= 0)
             a, b = a[both], b[both]
-        self.listed.append((np.minimum(a, b), np.abs(b - a)))
+        d = np.abs(b - a)
+        self.listed.append((np.minimum(a, b), d))
         self.entries += len(a)
+        if len(d):
+            self.band = max(self.band, int(d.max()))
 
     def add_matrix(self, m: sp.csr_array) -> None:
         coo = m.tocoo()
         self.add(coo.row.astype(np.int64), coo.col.astype(np.int64))
 
     def matrix(self) -> sp.csr_array:
-        n, band, unit_steps = self.n, -1, True
-        for _, step, _, d in self.diagonals:
-            band, unit_steps = max(band, d), unit_steps and step == 1
-        for _, d in self.listed:
-            if len(d):
-                band = max(band, int(d.max()))
+        n, band = self.n, self.band
         if band < 0:
             return empty_csr(n, n)
         if n * (2 * band + 1) > 8 * self.entries + 4096:
             return self._scattered()
-        if not self.listed and unit_steps:  # a chain's Hessian: no cells
-            runs: dict[int, list[tuple[int, int]]] = {}
-            for start, _, length, d in self.diagonals:
-                end = start + length
-                if d in runs:
-                    runs[d].append((start, end))
-                else:
-                    runs[d] = [(start, end)]
-                if d:
-                    if -d in runs:
-                        runs[-d].append((start + d, end + d))
-                    else:
-                        runs[-d] = [(start + d, end + d)]
-            return runs_csr(runs, n, n)
+        if not self.listed and not self.diagonals:  # a chain's Hessian: no cells
+            return runs_csr(self.runs, n, n, mirrored=True)
         # cells[band + d, r]: the entry (r, r + d), set for each pair and its mirror.
         cells = np.zeros((2 * band + 1, n), dtype=bool)
-        for start, step, length, d in self.diagonals:
+        for start, step, length, d in self._all_diagonals():
             cells[band + d, start:start + step * length:step] = True
             cells[band - d, start + d:start + d + step * length:step] = True
         flat = cells.reshape(-1)
@@ -335,9 +344,13 @@ class HessianPairs:
             flat[(band - d) * n + low + d] = True
         return band_csr(cells, -band, n)
 
+    def _all_diagonals(self) -> list[tuple[int, int, int, int]]:
+        return [(first, 1, end - first, d) for d, runs in self.runs.items() for first, end in runs] + self.diagonals
+
     def _scattered(self) -> sp.csr_array:
-        lows = [start + step * np.arange(length) for start, step, length, _ in self.diagonals]
-        ds = [np.full(length, d) for *_, length, d in self.diagonals]
+        diagonals = self._all_diagonals()
+        lows = [start + step * np.arange(length) for start, step, length, _ in diagonals]
+        ds = [np.full(length, d) for *_, length, d in diagonals]
         lows += [low for low, _ in self.listed]
         ds += [d for _, d in self.listed]
         low, d = np.concatenate(lows), np.concatenate(ds)
@@ -353,11 +366,7 @@ def met(links: Links, ja, jb, found: HessianPairs, n: int) -> None:
         else:
             left = [_picked(c, links.rows, False) for c in ja.columns]
             right = [_picked(c, links.cols, False) for c in jb.columns]
-        symmetric = links.kind == "same" and ja is jb  # (a, b) and (b, a) are one pair
-        add = found.add
-        for s, a in enumerate(left):
-            for b in right[s:] if symmetric else right:
-                add(a, b)
+        found.add_all(left, right, links.kind == "same" and ja is jb)  # symmetric: (a, b) and (b, a) are one pair
         return
     ja, jb = csr_of(ja, n), csr_of(jb, n)
     if links.kind == "groups":

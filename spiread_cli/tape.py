@@ -227,14 +227,14 @@ class Tape:
         """The nodes that are computed from `sources` (or are one) and that
         `output` is computed from, in tape order: what a change of the sources moves, and what a
         derivative flows through. (A path from a source into `output` runs through such nodes alone.)"""
-        fed = set(sources)
-        nodes = self.nodes[min(fed, default=output + 1):output + 1]
-        for node in nodes:
-            if node.op is not None and node.id not in fed and not fed.isdisjoint(node.inputs):
+        fed, moved = set(sources), []
+        for node in self.nodes[min(fed, default=output + 1):output + 1]:
+            if node.id in fed or node.op is not None and not fed.isdisjoint(node.inputs):
                 fed.add(node.id)
+                moved.append(node)
         feeds, kept = {output}, []
-        for node in reversed(nodes):
-            if node.id in feeds and node.id in fed:
+        for node in reversed(moved):
+            if node.id in feeds:
                 kept.append(node)
                 feeds.update(node.inputs)
         return kept[::-1]
