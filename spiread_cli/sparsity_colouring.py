@@ -235,9 +235,12 @@ class Recovery:
             pattern = pattern.copy()
             pattern.sum_duplicates()
         self.shape, self.indptr, self.indices = pattern.shape, pattern.indptr, pattern.indices
+        colours = colouring.colours.astype(np.int64, copy=False)
+        if colouring.kind == "columns" and colouring.periodic:
+            self.at = _periodic_positions(pattern, colours, colouring.count)
+            return
         rows = np.repeat(np.arange(pattern.shape[0], dtype=np.int64), np.diff(self.indptr))
         cols = self.indices
-        colours = colouring.colours.astype(np.int64, copy=False)
         if colouring.kind == "columns":
             # Entry (i, j) is H·seed[colour j] at i: the colours scaled once per column, not per entry.
             self.at = np.take(colours * pattern.shape[0], cols)
@@ -257,3 +260,42 @@ class Recovery:
     def __call__(self, products: np.ndarray) -> sp.csr_array:
         """The matrix from `products` = (matrix · seeds)ᵀ, colours × rows."""
         return sorted_csr(np.take(products, self.at), self.indices.copy(), self.indptr.copy(), self.shape)
+
+
+def _periodic_positions(pattern: sp.csr_array, colours: np.ndarray, count: int) -> np.ndarray:
+    """`Recovery`'s positions for a periodic (banded) column colouring:
+    entry (i, j) at colour(j) · rows + i. Every entry of a row lies within
+    `count` consecutive columns (the band the colouring is periodic over), so
+    a row of `count` entries holds all of them, and across a run of such
+    rows the positions repeat every `count` rows, each raised by the rows
+    between: written as a first block of whole periods, then copied after
+    themselves, raised (contiguous passes, no gather); the rows outside the
+    run entry by entry."""
+    rows, indptr, indices = pattern.shape[0], pattern.indptr, pattern.indices
+    counts = np.diff(indptr)
+    full = counts == count
+    top = int(np.argmax(full)) if count else 0
+    bottom = top + (int(np.argmin(full[top:])) if not full[top:].all() else rows - top)
+    if bottom - top < 2 * count:  # no run to speak of: every entry by its row and colour
+        top = bottom = rows
+    at = np.empty(len(indices), dtype=np.int64)
+    for first, end in ((0, top), (bottom, rows)):
+        begin, stop = int(indptr[first]), int(indptr[end])
+        if stop > begin:
+            at[begin:stop] = np.take(colours, indices[begin:stop]) * rows
+            at[begin:stop] += np.repeat(np.arange(first, end, dtype=np.int64), counts[first:end])
+    if bottom > top:
+        run = at[indptr[top]:indptr[bottom]]
+        low = int(indices[indptr[top]]) - top  # row r holds columns r + low … r + low + count − 1
+        block = min(bottom - top, count * max(1, 256 // count))  # whole periods of rows
+        r = np.arange(top, top + block, dtype=np.int64)
+        first = np.add.outer(r, np.arange(low, low + count)) % count
+        first *= rows
+        first += r[:, None]
+        done = block * count
+        run[:done] = first.ravel()
+        while done < len(run):  # rows done (a whole number of periods) later, the same colours
+            more = min(done, len(run) - done)
+            np.add(run[:more], done // count, out=run[done:done + more])
+            done += more
+    return at

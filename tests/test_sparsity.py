@@ -766,6 +766,31 @@ def test_a_banded_pattern_s_colours_are_structurally_orthogonal_and_recover_ever
 
 
 @settings(max_examples=80, deadline=None)
+@given(st.integers(1, 3000), st.integers(0, 4), st.integers(0, 4), st.lists(st.integers(0, 10**6), max_size=6),
+       st.booleans())
+def test_a_periodic_colouring_s_recovery_positions_are_each_entry_s_colour_and_row(n, below, above, holes, symmetric):
+    """A banded colouring's positions, written in runs of full rows by
+    copies, are colour(j) · rows + i for every entry (i, j): bands with and
+    without holes (an emptied cell or row ends a run), long and short."""
+    from spiread_cli.sparsity_colouring import Recovery, colour_columns, colour_symmetric
+    rows = np.repeat(np.arange(n), below + above + 1)
+    cols = rows + np.tile(np.arange(-below, above + 1), n)
+    kept = (cols >= 0) & (cols < n)
+    for hole in holes:
+        cell = hole % (n * (below + above + 1))
+        kept[cell if hole % 2 else slice(cell - cell % (below + above + 1), cell)] = False  # a cell, or a row's start
+    shape = np.zeros((n, n), dtype=bool)
+    shape[rows[kept], cols[kept]] = True
+    if symmetric:
+        shape |= shape.T
+    pattern = sp.csr_array(shape)
+    colouring = colour_symmetric(pattern) if symmetric else colour_columns(pattern)
+    assume(colouring.periodic)
+    expected = colouring.colours[pattern.indices] * n + np.repeat(np.arange(n), np.diff(pattern.indptr))
+    np.testing.assert_array_equal(Recovery(pattern, colouring).at, expected)
+
+
+@settings(max_examples=80, deadline=None)
 @given(st.integers(1, 60), st.integers(0, 5), st.floats(0.3, 1.0), st.integers(0, 2**32 - 1), st.data())
 def test_a_symmetric_band_is_coloured_as_read_from_both_sides_and_seeded_alike(n, reach, fill, seed, data):
     """colour_symmetric reads a symmetric band's width from one side: the
