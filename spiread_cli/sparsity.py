@@ -228,7 +228,13 @@ class Sweep:
             if seeded:  # a seeded intermediate gets its own seed on top, as in forward mode
                 terms.append(Columns(size, [Progression(self.offsets[self.seeds[node.id]], 1, size)]))
             pattern = union_of(terms, size, n) if terms else Columns(size, [])
-        self._check(pattern.listed() if type(pattern) is Columns else pattern.nnz, node)
+        if type(pattern) is not Columns:
+            self._check(pattern.nnz, node)
+        else:
+            for column in pattern.columns:
+                if type(column) is not Progression:  # one of progressions lists nothing
+                    self._check(pattern.listed(), node)
+                    break
         return pattern
 
     def _entries(self, node: Node) -> Entries:
@@ -326,10 +332,12 @@ class Sweep:
             adjoints[self.output] = all_of(self.output)
         found = HessianPairs(self.n)
         same_met: set[tuple[int, int]] = set()
-        all_linked, shortcut, n = self.linked, self.shortcut, self.n
+        all_linked, shortcut, n, patterns, alias = self.linked, self.shortcut, self.n, self.patterns, self.alias
 
         def meet(links, i: int, j: int, node: Node) -> None:
-            ja, jb = self.pattern(i), self.pattern(j)
+            ja = patterns.get(alias.get(i, i))
+            ja = self.pattern(i) if ja is None else ja
+            jb = ja if j == i else self.pattern(j)
             if links.kind == "same":  # a pair of patterns met on the same entries adds nothing met again
                 key = (id(ja), id(jb)) if id(ja) <= id(jb) else (id(jb), id(ja))
                 if key in same_met:

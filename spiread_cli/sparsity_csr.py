@@ -79,10 +79,11 @@ def runs_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int, mirrored
         return _cells_csr(runs, rows, n, mirrored)
     # The rows some diagonal leaves out (above `top`, from `bottom` on): their columns listed.
     width = len(diagonals)
-    head_columns, head_ends = _listed_rows(spans, diagonals, 0, top, 0)
+    bounds = [(d, *spans[d]) for d in diagonals]
+    head_columns, head_ends = _listed_rows(bounds, 0, top, 0)
     head = len(head_columns)
     middle = head + (bottom - top) * width
-    tail_columns, tail_ends = _listed_rows(spans, diagonals, bottom, rows, middle)
+    tail_columns, tail_ends = _listed_rows(bounds, bottom, rows, middle)
     kind = _index_kind(rows * width, n)
     # Made as the middle rows' (width apart), the rows above and below then set.
     indptr = np.arange(head - top * width, middle + (rows - bottom) * width + 1, width, dtype=kind)
@@ -100,14 +101,12 @@ def runs_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int, mirrored
     return _canonical(indices, indptr, rows, n)
 
 
-def _listed_rows(spans: dict[int, tuple[int, int]], diagonals: list[int], lo: int, hi: int,
-                 before: int) -> tuple[list[int], list[int]]:
-    """Rows lo ≤ r < hi of the diagonals whose spans hold them: their columns
+def _listed_rows(bounds: list[tuple[int, int, int]], lo: int, hi: int, before: int) -> tuple[list[int], list[int]]:
+    """Rows lo ≤ r < hi of the diagonals d whose runs (d, first, end) hold them: their columns
     in order, and where each row ends (after `before` entries)."""
     columns, ends = [], []
     for r in range(lo, hi):
-        for d in diagonals:
-            first, end = spans[d]
+        for d, first, end in bounds:
             if first <= r < end:
                 columns.append(r + d)
         ends.append(before + len(columns))
