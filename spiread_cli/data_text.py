@@ -219,7 +219,7 @@ def _text_problem(text: str, delimiter: str | None, header_line: int, first_line
         if width is None:
             width = (number, len(cells))
         elif len(cells) != width[1]:
-            return f"line {number} has {len(cells)} columns, but line {width[0]} has {width[1]}"
+            return f"line {number} has {len(cells)} column{'s' * (len(cells) != 1)}, but line {width[0]} has {width[1]}"
     return "it holds no numbers" if width is None else "it is not a table of numbers"
 
 

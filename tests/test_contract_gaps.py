@@ -4,6 +4,7 @@ binary (few processes, many lines of the contract each)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from conftest import spiread
@@ -32,3 +33,44 @@ def test_a_strict_error_leaves_no_output_file(tmp_path, args, written):
     relaxed = spiread(args[0], "f.ad", *args[1:], cwd=tmp_path)  # without --strict: a warning, and the file
     assert relaxed.returncode == 0 and "f.ad:2:7: warning: the derivative of `sqrt` gave inf" in relaxed.stderr
     assert (tmp_path / written).is_file()
+
+
+def test_an_exported_module_takes_dask_arrays_as_it_takes_numpys(tmp_path):
+    # §10: the Python module is array API code for "numpy, PyTorch, CuPy, Dask";
+    # numpy and PyTorch are tried op by op in test_export, Dask was never given.
+    da = pytest.importorskip("dask.array")
+    from test_export import load_module
+    program = ("X = [[1.0, 2.0, -1.0], [0.5, -0.3, 2.0]]\nw = [0.3, -0.2, 0.1]\nb = 0.25\n"
+               "z = X @@ w + b\np = (X * w).softmaxRows\n"
+               "loss = z.logSumExp + (p[:, 1:] * X[::-1, ::2]).sum + where(z > 0, z, z * 0.1).sum "
+               "+ maximum(w, 0.0).square.sum + (X.T @@ X @@ w).tanh.mean\n")
+    (tmp_path / "f.ad").write_text(program)
+    done = spiread("export", "f.ad", "--wrt", "w,b", "--hvp", "--to", "python", "-o", "f.py", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    module = load_module(tmp_path / "f.py")
+    inputs = module.inputs()
+    direction = {"w": np.array([1.0, -0.5, 2.0]), "b": np.array(0.5)}
+    value, gradients = module.value_and_grad(**inputs)
+    products = module.hvp(direction, **inputs)
+    lazy = {name: da.from_array(np.asarray(v)) for name, v in inputs.items()}
+    lazy_value, lazy_gradients = module.value_and_grad(**lazy)
+    lazy_products = module.hvp({name: da.from_array(v) for name, v in direction.items()}, **lazy)
+    assert isinstance(lazy_value, da.Array) and isinstance(lazy_gradients["w"], da.Array)
+    np.testing.assert_allclose(np.asarray(module.value(**lazy)), value, rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(lazy_value), value, rtol=1e-14)
+    for name in ("w", "b"):
+        np.testing.assert_allclose(np.asarray(lazy_gradients[name]), gradients[name], rtol=1e-13, atol=1e-15)
+        np.testing.assert_allclose(np.asarray(lazy_products[name]), products[name], rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("content, says", [
+    ("1,2\n3\n", "line 2 has 1 column, but line 1 has 2"),  # said "1 columns"
+    ("1\n2,3\n", "line 2 has 2 columns, but line 1 has 1"),
+    ("1,2\n3,x\n", "line 2, column 2: `x` is not a number"),
+])
+def test_a_table_that_is_not_one_says_where_in_the_words_of_its_counts(tmp_path, content, says):
+    (tmp_path / "t.csv").write_text(content)
+    (tmp_path / "f.ad").write_text('X = load("t.csv")\n')
+    done = spiread("eval", "f.ad", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"f.ad:1:10: error: cannot load `t.csv`: {says}\n 1 | X = load(\"t.csv\")\n")
