@@ -115,3 +115,24 @@ def test_every_method_and_function_is_pytorchs_to_second_order(x0, expression, r
     assert jacobians["reverse"].shape == np.shape(values["y"]) + np.shape(x0)  # shape(Y) + shape(X), as torch
     for got in (hessian, sparse):
         np.testing.assert_allclose(got, expected_hessian, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer, options", [("sgd", {"lr": 0.001}), ("sgd", {"lr": 0.001, "momentum": 0.9}),
+                                                ("adam", {"lr": 0.05})])
+def test_training_steps_are_torch_optims_and_each_loss_is_before_its_step(optimizer, options):
+    # §8: train repeats forward, backward and an optimizer step; "the loss reported for a step is the one
+    # computed before that step's update". torch.optim's SGD (with momentum) and Adam, step by step.
+    prog = compile("w = [1.5, -0.5]\n"
+                   "loss = (w[0] - 1) ** 2 * 100 + (w[1] - w[0] * w[0]) ** 2 * 3 + (w.square.sum - 1).square\n")
+    w = T([1.5, -0.5]).requires_grad_()
+    step = (torch.optim.Adam([w], **options) if optimizer == "adam" else torch.optim.SGD([w], **options))
+    losses = []
+    for _ in range(20):
+        step.zero_grad()
+        loss = (w[0] - 1) ** 2 * 100 + (w[1] - w[0] * w[0]) ** 2 * 3 + (w.square().sum() - 1).square()
+        losses.append(loss.item())
+        loss.backward()
+        step.step()
+    trained = prog.train(wrt="w", steps=20, optimizer=optimizer, **options)
+    np.testing.assert_allclose(trained.losses, losses, rtol=1e-13)
+    np.testing.assert_allclose(trained.values["w"], w.detach().numpy(), rtol=1e-13)
