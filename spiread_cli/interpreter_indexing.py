@@ -49,6 +49,13 @@ class Indexing:
         return Pairs(np.array(rows, dtype=np.intp), np.array(cols, dtype=np.intp))
 
     def selection(self, receiver: Arg, args: list[Arg], call, op_name: str):
+        if len(args) == 2 and all(self.tensor(a).shape == () for a in args) and len(self.tensor(receiver).shape) == 2:
+            # vecxt's entry, `x(0, 1)`: said only that `0` was not a vector of rows
+            x, i, j = (self.text(a.expr) for a in (receiver, *args))
+            kept = f"`{x}[({i}, {j})]`, zeros elsewhere" if op_name == "select" else f"`{x}.arrange(({i}, {j}))`"
+            raise SpireadError(f"a selection takes (row, col) pairs, or a vector of rows and one of columns, but "
+                               f"`{i}` and `{j}` are numbers", call.span,
+                               [f"for the entry in row {i}, column {j}, write `{x}[{i}, {j}]`; as a selection, {kept}"])
         pairs = self.pairs(args, call)
         shape = self.tensor(receiver).shape
         rows, cols = pairs.rows, pairs.cols

@@ -74,3 +74,24 @@ def test_a_table_that_is_not_one_says_where_in_the_words_of_its_counts(tmp_path,
     done = spiread("eval", "f.ad", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.startswith(f"f.ad:1:10: error: cannot load `t.csv`: {says}\n 1 | X = load(\"t.csv\")\n")
+
+
+@pytest.mark.parametrize("call, note", [
+    ("x(0, 1)", "for the entry in row 0, column 1, write `x[0, 1]`; as a selection, `x[(0, 1)]`, zeros elsewhere"),
+    ("x.select(1, -1)", "for the entry in row 1, column -1, write `x[1, -1]`; as a selection, `x[(1, -1)]`, zeros "
+                        "elsewhere"),
+    ("x.arrange(1, 0)", "for the entry in row 1, column 0, write `x[1, 0]`; as a selection, `x.arrange((1, 0))`"),
+])
+def test_a_selection_by_two_numbers_shows_the_entry_and_the_selection_it_may_mean(call, note):
+    # §6: `x.select(rows, cols)` takes vectors; vecxt's `m(0, 1)` (one entry) pasted from Scala was told only
+    # "the row positions must be a vector of positions, but `0` is a scalar".
+    from spiread_cli import compile
+    from spiread_cli.diagnostics import SpireadError
+    program = "x = [[1.0, 2.0], [3.0, 4.0]]\ny = "
+    with pytest.raises(SpireadError) as refused:
+        compile(program + call).eval()
+    row, column = call[call.index("(") + 1:-1].split(", ")
+    assert refused.value.diagnostic.message.endswith(f"but `{row}` and `{column}` are numbers")
+    assert refused.value.diagnostic.notes == (note,)
+    for spelling in note.split("`")[1::2]:
+        assert compile(program + spelling).eval()["y"] is not None
