@@ -247,7 +247,6 @@ def einsum_subscripts(written: str, operands: int, at: Span) -> str:
     return ",".join(subscripts) + "->" + output
 
 
-
 def _op_function(op_name: str) -> Callable:
     """A function that is an op of the table, its arguments the operands:
     `maximum(a, b)`, `where(cond, a, b)`."""

@@ -26,6 +26,7 @@ from .limits import LIMIT_NOTE, human_bytes, max_bytes
 _MEMORY_PER_TEXT_BYTE = {".json": 32}
 _MEMORY_PER_TEXT_BYTE_DEFAULT = 4
 
+
 def read_text_bytes(file, suffix: str, prefix: str, span: Span | None) -> bytes:
     """The whole of a text file, refused before reading if a file of its size
     could hold more numbers than the limit allows. The read is capped too, in

@@ -310,7 +310,6 @@ def installed(module: str) -> bool:
     return find_spec(module) is not None
 
 
-
 def plot_losses(path: Path, losses: list[float], title: str) -> None:
     """A PNG of the loss curve (needs the optional `plot` extra: matplotlib)."""
     import matplotlib

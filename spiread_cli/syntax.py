@@ -133,7 +133,6 @@ def _get_driver() -> TableDriver | None:
 # same grammar, Lark and the modules that read it.
 
 
-
 def _cache_key() -> tuple[str, ...]:
     """What the tables are made from: the grammar, Lark (its `__init__.py`,
     which holds its version), the adapter that reads Lark, the AST builder,

@@ -156,7 +156,6 @@ def test_directional_mode_can_be_asked_for_small_values():
     assert report.ok and report.results["M"].method == "directional"
 
 
-
 def test_the_method_follows_the_work_not_the_clock(monkeypatch):
     """Entry by entry or along directions is decided by the entries an
     evaluation computes, so a loaded machine checks as a quiet one does."""

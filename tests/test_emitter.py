@@ -216,7 +216,6 @@ def test_each_rewrite_is_exact_at_every_value(name, unsimplified):
     assert ops_before - ops == left_out
 
 
-
 @pytest.mark.parametrize("product", ['einsum("ik,kj->ij", w1, w2)', "w1 @@ w2", 'einsum("ji,jk->ik", w2, w1.T)'])
 def test_a_folded_constant_is_laid_out_as_the_broadcast_it_stands_for(product, unsimplified):
     """The mean's 1/n spread over a product is a constant the emitter folds;
