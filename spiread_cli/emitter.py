@@ -411,6 +411,17 @@ def _negation_subtracted(emit: Emitter, op_name: str, operands: list[Node], para
     return None
 
 
+def _squared(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
+    """x ** 2 is x · x, `square`, bit for bit (ops._power: numpy's own
+    power computes x · x for an exponent of 2), where x has the result's
+    shape: `x ** 3`'s derivative, 3 · x ** (3 − 1), squares in one pass,
+    and its own derivative is 2 · x."""
+    x, exponent = operands
+    if _is(held(exponent), 2.0) and OPS[op_name].shape(x.shape, exponent.shape) == x.shape:
+        return emit("square", [x.id])
+    return None
+
+
 def _first(*rules):
     """The first of `rules` that finds a node to stand for the op."""
     def rule(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
@@ -426,7 +437,7 @@ RULES = {
     "mul": _broadcasts_itself(_product),
     "scale": _broadcasts_itself(_product),
     "div": _broadcasts_itself(_unit(1.0, 0)),
-    "pow": _unit(1.0, 0),       # x ** 1 is x, −0, infinities and nan included
+    "pow": _first(_unit(1.0, 0), _squared),  # x ** 1 is x, −0, infinities and nan included; x ** 2 is x · x
     # x + (−0) is x, for x = −0 too (x + (+0) is not); x − (+0) is x
     "add": _broadcasts_itself(_first(_unit(-0.0, 0, 1), _negation_subtracted)),
     "sub": _broadcasts_itself(_first(_unit(0.0, 0), _negation_subtracted)),

@@ -677,9 +677,17 @@ def _power(a, b):
     path for every negative base (a vector of 100 entries: 2.5 µs against 12;
     10⁶: 6.8 ms against 227). So x ** 4 is exactly (-x) ** 4. np.power's
     bits for every base that is not negative, up to the sign of a nan;
-    within one unit in the last place for a negative one."""
+    within one unit in the last place for a negative one. x ** 2 is x · x
+    (np.square, one pass: 0.8 -> 0.2 µs at 100 entries, 1.05 -> 0.30 ms at
+    10⁶), np.power's own bits, a nan's sign included: numpy's power loop
+    computes x · x for a scalar exponent of 2 (DOUBLE_power's fast path in
+    numpy/_core/src/umath/loops_umath_fp.dispatch.c.src, numpy ≥ 2.1; its
+    `x ** 2` with an int 2 squares too), so the emitter records a
+    derivative's x ** 2 as `square` (emitter._squared)."""
     if (type(b) is ndarray and b.ndim == 0 or type(b) is float) and type(a) is ndarray and a.ndim and \
             a.dtype.kind == "f" and float(b).is_integer():
+        if b == 2.0:
+            return np.square(a)
         out = np.abs(a)
         np.power(out, b, out=out)
         return np.copysign(out, a, out=out) if float(b) % 2 else out

@@ -878,6 +878,15 @@ def test_a_power_is_numpys_and_even_or_odd_in_its_base(base, exponent):
         assert np.array_equal(mirrored[settled], sign * got[settled])
 
 
+def test_a_square_is_numpys_power_of_two_bit_for_bit():
+    """x ** 2 is np.square (ops._power), which is np.power's own x · x for
+    a scalar exponent of 2 (numpy ≥ 2.1), the sign of a nan included."""
+    x = np.array([-np.nan, np.nan, -0.0, 0.0, -3.5, 1e200, -1.5e154, 5e-324, -np.inf, np.inf])
+    with np.errstate(all="ignore"):
+        got, want = OPS["pow"].impl(x, np.array(2.0)), np.power(x, 2.0)
+    assert got.tobytes() == want.tobytes() == np.square(x).tobytes()
+
+
 @pytest.mark.parametrize("shape, to", [((1,), (3,)), ((2, 1), (2, 5)), ((), (4, 4)), ((1, 3), (0, 3)),
                                        ((1,), (1025,)), ((33, 1), (33, 32)), ((1, 40), (40, 40))])
 def test_broadcast_to_copies_a_small_result_and_views_a_large_one(shape, to):
