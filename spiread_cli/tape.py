@@ -23,7 +23,7 @@ from .limits import reuse_freed_memory
 from .ops import IN_PLACE_ENTRIES, Op
 from .rules import comparable
 from .emitter import Emitter, Shared, rule_label, unread_dropped
-from .rules_forward import Diagonal, added, dense, diagonal_vjp
+from .rules_forward import Diagonal, added, dense, diagonal_vjp, lift
 from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, all_finite_values, born_entries,
                          compute, derivative_born, describe_nonfinite, rule_params, straight_line)
 
@@ -427,8 +427,9 @@ class Births:
                 self.first = (node, gi, born)
 
     def forward(self, node: Node, ts: list, t: np.ndarray) -> None:
-        if self.first is None:
-            born = derivative_born(node, self.nodes, ts, t)
+        if self.first is None:  # each batch of tangents lined up with the batch it makes, as the step met it
+            born = derivative_born(node, self.nodes, [None if given is None else lift(given, node.value.ndim)
+                                                      for given in ts], t)
             if born is not None:
                 direction = int(np.argwhere(born)[0][0])  # the first seed that met it
                 self.first = (node, t[direction], born[direction])

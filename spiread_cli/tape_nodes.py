@@ -149,10 +149,19 @@ def born_entries(op: Op | None, produced: np.ndarray, operands: list, finite: li
         return None
     for operand, ok in zip(operands, finite):
         if not ok:
-            if type(operand) is not np.ndarray or np.broadcast_shapes(operand.shape, bad.shape) != bad.shape:
+            if type(operand) is not np.ndarray or not _broadcasts_to(operand.shape, bad.shape):
                 return None
             bad &= np.isfinite(operand)
     return bad if bad.any() else None
+
+
+def _broadcasts_to(shape: tuple, to: tuple) -> bool:
+    """Whether an array of `shape` broadcasts to `to` (a batch of cotangents
+    summed to an operand's shape may not, nor its operand's batch)."""
+    try:
+        return np.broadcast_shapes(shape, to) == to
+    except ValueError:
+        return False
 
 
 def derivative_born(node: Node, nodes: list[Node], incoming: Iterable[np.ndarray | None],

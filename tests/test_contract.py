@@ -245,6 +245,26 @@ def test_a_derivative_born_beside_an_inf_it_passes_on_is_found_by_every_sweep():
     assert [str(w.message).splitlines()[0].split(": warning: ")[1] for w in replayed][1:] == [SQRT_DERIVATIVE]
 
 
+def test_a_binding_not_finite_is_no_internal_error_where_a_batch_of_derivatives_is_not_finite():
+    """The search for where a non-finite derivative was born (tape.Births)
+    with a scalar binding of nan: a dense Hessian's tangents of it (a batch
+    of k numbers, lined up now with the batch of matrices it makes) and a
+    reverse Jacobian's cotangents summed to it (which cannot be lined up
+    with its matrices: born_entries cannot tell) were a numpy ValueError;
+    now each sweep gives its derivatives, the Jacobian's those of the other
+    mode, with no warning (nothing was born from finite values)."""
+    from spiread_cli import compile
+    prog = compile("c = 0.5\nW = [[0.87, 0.55], [0.44, 0.04]]\nS = (W / c).square\nloss = S.sum\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hessian = prog.hessian(c=np.nan, wrt=["c", "W"])
+        by_mode = {mode: prog.jacobian(c=np.nan, of="S", wrt=["c", "W"], mode=mode) for mode in ("reverse", "forward")}
+    assert all(np.isnan(hessian[a][b]).all() for a in ("c", "W") for b in ("c", "W"))  # each is 2 / c² times …
+    for name in ("c", "W"):
+        np.testing.assert_array_equal(by_mode["reverse"][name], by_mode["forward"][name])
+    assert np.isnan(by_mode["reverse"]["c"]).all()
+
+
 def test_matrix_from_rows_of_numbers_is_refused_as_from_columns_is():
     # §7: `Matrix.fromRows(r1, r2, …)` makes a matrix from vectors. Of numbers it made a vector
     # (the `[a, b]` it shares its op with), while `Matrix.fromColumns(1, 2)` was refused.
