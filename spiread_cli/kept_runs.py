@@ -76,8 +76,12 @@ class Kept:
 
     def replayed(self, bindings: dict[str, np.ndarray]) -> bool:
         """Recompute the run with these bindings; False where a fresh run
-        could differ: a value or a binding is not finite (it could warn), or
-        an op failed. The next replay recomputes every value again."""
+        could differ: a value computed is not finite (it could warn), or an
+        op failed. The next replay recomputes every value again. A binding
+        that is not finite is not itself a reason: a fresh run computes the
+        same values from it, and where all those are finite it warns of
+        nothing (an op warns where finite operands made an inf or nan; a
+        copy of a binding, never checked, holds only what the binding did)."""
         for name, leaf in self.leaves.items():
             leaf.set_value(bindings[name])
         if not self._recomputed():
@@ -87,11 +91,10 @@ class Kept:
 
     @np.errstate(all="ignore")  # as a decorator, np.errstate costs half what a `with` costs
     def _recomputed(self) -> bool:
-        """Whether the replay computed every value, all finite, as were the bindings."""
+        """Whether the replay computed every value, all finite."""
         try:
-            if self.replay is None:  # unguarded: every value is checked (the bindings too), and a fresh run follows
-                self.replay = self.run.tape.replay_function(self.ops, unguarded=True, checked=True,
-                                                            inputs=[leaf.id for leaf in self.leaves.values()])
+            if self.replay is None:  # unguarded: every value is checked, and a fresh run follows one that is not
+                self.replay = self.run.tape.replay_function(self.ops, unguarded=True, checked=True)
             return self.replay()
         except Exception:  # noqa: BLE001 - a fresh run says what is wrong
             return False

@@ -151,10 +151,11 @@ class Tape:
                 if node.op is not None:
                     evaluate(node, tape_nodes, diagnostics)
 
-    def replay_function(self, ops: list[Node], dropped: dict[int, list[Node]] | None = None, unguarded: bool = False, checked: bool = False, inputs: list[int] = ()) -> Callable[[], bool | None]:
+    def replay_function(self, ops: list[Node], dropped: dict[int, list[Node]] | None = None, unguarded: bool = False,
+                        checked: bool = False) -> Callable[[], bool | None]:
         """A function recomputing `ops` (in tape order), dropping what `dropped` lists for a node once it is computed:
-        written once (tape_nodes.straight_line, `checked` and `inputs` as there, its `repeats` unless values are dropped), else this tape's loop."""
-        written = straight_line(self.nodes, ops, dropped, unguarded, checked, None if dropped else self.repeats(ops), inputs)
+        written once (tape_nodes.straight_line, `checked` as there, its `repeats` unless values are dropped), else this tape's loop."""
+        written = straight_line(self.nodes, ops, dropped, unguarded, checked, None if dropped else self.repeats(ops))
         evaluate, tape_nodes, dropped = self._evaluate, self.nodes, dropped or {}
 
         def looped() -> bool | None:
@@ -163,7 +164,7 @@ class Tape:
                     evaluate(node, tape_nodes, None)
                     for done in dropped.get(node.id, ()):
                         done.value = done.residual = None
-                return all_finite_values([tape_nodes[i].value for i in (*inputs, *(n.id for n in ops))]) if checked else None
+                return all_finite_values([node.value for node in ops]) if checked else None
         return written or looped
 
     @staticmethod

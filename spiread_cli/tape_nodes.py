@@ -243,7 +243,7 @@ def rule_params(node: Node, args: list[np.ndarray]) -> dict:
 
 def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[Node]] | None = None,
                   unguarded: bool = False, checked: bool = False,
-                  repeats: dict[int, int] | None = None, inputs: list[int] = ()) -> Callable[[], bool | None] | None:
+                  repeats: dict[int, int] | None = None) -> Callable[[], bool | None] | None:
     """A function that recomputes `ops` (op nodes of `nodes`, in tape
     order) from the current values of their other inputs, as the tape's
     evaluator does — each op's primal rule (`compute`: float64 out, a
@@ -262,11 +262,9 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     value it computes is finite (`all_finite_values`, the sizes known as it
     is written: the small ones concatenated once, no list made at each
     call), save a copy (`structure.COPIES`: a transpose, reshape, broadcast
-    or selection), which makes no entry that is not finite: its entries are
-    checked where they were made (a kept run checks its bindings too), and
-    an unguarded rule that meets one makes a value not finite, which is;
-    and the values of `inputs` (node ids: a kept run's bindings), in the
-    same pass.
+    or selection), which makes no entry that is not finite from finite
+    ones: its entries are checked where they were made, or are a binding's,
+    and an unguarded rule that meets one makes a value not finite, which is.
     `repeats` (not with `dropped`): an op that computes what an earlier one
     of `ops` does (Tape.repeats) is given that one's value, the same bits,
     not computed again. None when an op is not the table's own (a total
@@ -280,10 +278,6 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     names: dict[int, str] = {}
     few: list[str] = []    # what `checked` concatenates,
     large: list[str] = []  # and what it checks one by one
-    for i in inputs if checked else ():
-        names[i] = writer.bind(f"v{i}", nodes[i].shape)
-        writer.lines.append(f"v{i} = nodes[{i}].value")
-        (few if math.prod(nodes[i].shape) <= FEW_ENTRIES else large).append(names[i])
     for node in ops:
         if OPS.get(node.op.name) is not node.op:
             return None
