@@ -35,7 +35,7 @@ from .diagnostics import Diagnostics, SpireadError
 from .row_data import Data
 from .row_totals import KeptSums, driver_run, names_to_differentiate, tangent_key
 from .run import Run
-from .tape import warn_all
+from .tape_nodes import warn_all
 
 FAN_IN = 8  # shares added per task in the tree sum
 RESENDS = 3  # times a compute is made again after a worker took data only it held (WorkerDataLost)

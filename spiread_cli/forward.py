@@ -23,8 +23,8 @@ from .limits import check_bytes, limit_for, reuse_freed_memory
 from . import forward_steps
 from .forward_steps import Untraced, finite_batch, jvp_step, shares_none, written_push
 from .rules_forward import Diagonal, added, dense
-from .tape import Births, SweepObserver, Tape
-from .tape_nodes import Node, rule_params
+from .tape import SweepObserver, Tape
+from .tape_nodes import Births, Node, rule_params
 
 TANGENT_BUDGET_BYTES = 256 << 20
 

@@ -27,7 +27,8 @@ from .forward_steps import finite_batch
 from .limits import check_bytes, check_shape, limit_for
 from .rules_forward import Diagonal, dense
 from .run import Run
-from .tape import Births, Tape
+from .tape import Tape
+from .tape_nodes import Births
 
 MODES = ("forward", "reverse")
 SWEEP_OF = {"columns": "forward", "rows": "reverse"}  # the sweeps a colouring's colours are

@@ -23,9 +23,9 @@ from .limits import reuse_freed_memory
 from .ops import IN_PLACE_ENTRIES, Op
 from .rules import comparable
 from .emitter import Emitter, Shared, rule_label, unread_dropped
-from .rules_forward import Diagonal, added, dense, diagonal_vjp, lift
-from .tape_nodes import (DeferredNode, Node, Residual, all_finite_unguarded, all_finite_values, born_entries,
-                         compute, derivative_born, describe_nonfinite, rule_params, straight_line)
+from .rules_forward import Diagonal, added, dense, diagonal_vjp
+from .tape_nodes import (Births, DeferredNode, Node, Residual, all_finite_unguarded, all_finite_values, born_entries,
+                         compute, describe_nonfinite, rule_params, straight_line, warn_all)
 
 
 # Told of each step of a sweep as it runs, without changing it: the finiteness
@@ -410,43 +410,3 @@ def made_by_rule(node: Node) -> bool:
     """Whether a node was recorded by a derivative rule (`backward_graph`):
     part of a backward pass, which `dot` draws as such."""
     return node.label.startswith(("∂", "Σ∂"))
-
-
-class Births:
-    """An observer for any sweep (numeric or recorded, reverse or forward)
-    that finds the first node whose derivative rule made an inf or nan from
-    finite values; `warn` names it."""
-
-    def __init__(self, nodes: list[Node]):
-        self.nodes = nodes
-        self.first: tuple[Node, np.ndarray, np.ndarray] | None = None
-
-    def reverse(self, node: Node, g: np.ndarray, k: int, gi: np.ndarray) -> None:
-        if self.first is None:
-            born = derivative_born(node, self.nodes, [g], gi)
-            if born is not None:
-                self.first = (node, gi, born)
-
-    def forward(self, node: Node, ts: list, t: np.ndarray) -> None:
-        if self.first is None:  # each batch of tangents lined up with the batch it makes, as the step met it
-            born = derivative_born(node, self.nodes, [None if given is None else lift(given, node.value.ndim)
-                                                      for given in ts], t)
-            if born is not None:
-                direction = int(np.argwhere(born)[0][0])  # the first seed that met it
-                self.first = (node, t[direction], born[direction])
-
-    def warn(self, diagnostics: Diagnostics) -> None:
-        if self.first is not None:
-            node, produced, born = self.first
-            inside = node.born_inside()
-            if inside:
-                warn_all(diagnostics, inside)
-            else:
-                diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", produced,
-                                                    [self.nodes[i].value for i in node.inputs], born), node.span)
-
-
-def warn_all(diagnostics: Diagnostics, warnings: Iterable) -> None:
-    """Warnings made elsewhere (inside an op, `Op.reports`), given again here."""
-    for warning in warnings:
-        diagnostics.warn(warning.message, warning.span, warning.notes)

@@ -1,7 +1,8 @@
 """What the tape is made of: its nodes (a value, or a deferred one computed
 on first read, by tape.Deferral), an op's residual tied to its value, and
 `compute`, the one call of an op's `impl`/`fwd` (float64 out), with the
-finiteness tests every evaluation and sweep uses."""
+finiteness tests every evaluation and sweep uses and the sweeps' observer
+that finds where a non-finite derivative was born (`Births`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 
-from .diagnostics import Span
+from .diagnostics import Diagnostics, Span
 from .ops import Op
+from .rules_forward import lift
 from .structure import COPIES
 
 
@@ -319,3 +321,43 @@ def _evaluated(node: Node, nodes: list[Node]) -> np.ndarray:
     value, kept = compute(node.op, [nodes[i].value for i in node.inputs], node.params)
     node.residual = Residual(value, kept)
     return value
+
+
+class Births:
+    """An observer for any sweep (numeric or recorded, reverse or forward)
+    that finds the first node whose derivative rule made an inf or nan from
+    finite values; `warn` names it."""
+
+    def __init__(self, nodes: list[Node]):
+        self.nodes = nodes
+        self.first: tuple[Node, np.ndarray, np.ndarray] | None = None
+
+    def reverse(self, node: Node, g: np.ndarray, k: int, gi: np.ndarray) -> None:
+        if self.first is None:
+            born = derivative_born(node, self.nodes, [g], gi)
+            if born is not None:
+                self.first = (node, gi, born)
+
+    def forward(self, node: Node, ts: list, t: np.ndarray) -> None:
+        if self.first is None:  # each batch of tangents lined up with the batch it makes, as the step met it
+            born = derivative_born(node, self.nodes, [None if given is None else lift(given, node.value.ndim)
+                                                      for given in ts], t)
+            if born is not None:
+                direction = int(np.argwhere(born)[0][0])  # the first seed that met it
+                self.first = (node, t[direction], born[direction])
+
+    def warn(self, diagnostics: Diagnostics) -> None:
+        if self.first is not None:
+            node, produced, born = self.first
+            inside = node.born_inside()
+            if inside:
+                warn_all(diagnostics, inside)
+            else:
+                diagnostics.warn(describe_nonfinite(f"the derivative of `{node.label}`", produced,
+                                                    [self.nodes[i].value for i in node.inputs], born), node.span)
+
+
+def warn_all(diagnostics: Diagnostics, warnings: Iterable) -> None:
+    """Warnings made elsewhere (inside an op, `Op.reports`), given again here."""
+    for warning in warnings:
+        diagnostics.warn(warning.message, warning.span, warning.notes)

@@ -246,7 +246,7 @@ def test_a_derivative_born_beside_an_inf_it_passes_on_is_found_by_every_sweep():
 
 
 def test_a_binding_not_finite_is_no_internal_error_where_a_batch_of_derivatives_is_not_finite():
-    """The search for where a non-finite derivative was born (tape.Births)
+    """The search for where a non-finite derivative was born (tape_nodes.Births)
     with a scalar binding of nan: a dense Hessian's tangents of it (a batch
     of k numbers, lined up now with the batch of matrices it makes) and a
     reverse Jacobian's cotangents summed to it (which cannot be lined up
