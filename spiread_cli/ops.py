@@ -931,11 +931,13 @@ def _matmul_derivative(i, g, out, a, b, emit):
         return emit("matmul", [b, g])
     if i == 1 and len(sa) == 2:
         return emit("matmul", [g, a])
-    if i == 0:  # a's entries: g's (a column, or one number) times b as a row
-        column = reshape_graph(emit, g, (sa[0], 1) if len(sa) == 2 else (1,))
-        return emit("matmul", [column, reshape_graph(emit, b, (1, sb[0]))])
-    row = reshape_graph(emit, g, (1, sb[1]) if len(sb) == 2 else (1,))  # b's: a as a column times g's
-    return emit("matmul", [reshape_graph(emit, a, (sa[0], 1)), row])
+    if len(sa) == 1 and len(sb) == 1:  # two vectors: the other times g, its column first for a's and its row last
+        one = reshape_graph(emit, g, (1,))  # for b's, so the statement transposed is ȧ @@ b and a @@ ḃ
+        return emit("matmul", [reshape_graph(emit, b, (sb[0], 1)), one] if i == 0 else
+                    [one, reshape_graph(emit, a, (1, sa[0]))])
+    if i == 0:  # a's entries: g's column times b as a row
+        return emit("matmul", [reshape_graph(emit, g, (sa[0], 1)), reshape_graph(emit, b, (1, sb[0]))])
+    return emit("matmul", [reshape_graph(emit, a, (sa[0], 1)), reshape_graph(emit, g, (1, sb[1]))])  # b's: a's column times g's row
 
 
 def reshape_graph(emit, x, shape: tuple):

@@ -55,6 +55,10 @@ class Printer:
             return inputs[0]
         if name == "transpose" and inputs[0].made_by == "transpose":
             return inputs[0].inputs[0]  # (xᵀ)ᵀ is x
+        if name == "reshape" and inputs[0].made_by == "matmul":  # a product of vectors made matrices, and back
+            product = self.of_vectors(*inputs[0].inputs)
+            if product is not None and product.shape == shape:
+                return product
         if name in ("add", "sub", "mul", "scale", "div"):  # broadcasting is implied by an elementwise op
             unbroadcast = [v.inputs[0] if v.made_by == "broadcastTo" else v for v in inputs]
             if np.broadcast_shapes(*[v.shape for v in unbroadcast]) == shape:
@@ -70,6 +74,15 @@ class Printer:
                 name = "rowTotal"
         text, binds = self.notation(name, list(inputs), params)
         return Formula(text, shape, binds, name, tuple(inputs))
+
+    def of_vectors(self, left: Formula, right: Formula) -> Formula | None:
+        """left @@ right with each operand that is a vector made a matrix as
+        numpy's matmul promotes one (a row on the left, a column on the
+        right) written as that vector; None where neither is one."""
+        vectors = [promoted(left, True), promoted(right, False)]
+        if vectors == [None, None]:
+            return None
+        return self("matmul", [v or x for v, x in zip(vectors, (left, right))])
 
     @staticmethod
     def notation(name: str, xs: list[Formula], params: dict) -> tuple[str, int]:
@@ -130,6 +143,17 @@ class Printer:
     def once(key, make) -> Formula:
         """A value several statements share (Emitter.once): printed where it is used."""
         return make()
+
+
+def promoted(x: Formula, row: bool) -> Formula | None:
+    """The vector x stands for when x is that vector made a row (`row`) or
+    a column: its reshape to one, or the transpose of its reshape to the other."""
+    if x.made_by == "transpose":
+        x, row = x.inputs[0], not row
+    if x.made_by != "reshape" or len(x.inputs[0].shape) != 1:
+        return None
+    n = x.inputs[0].shape[0]
+    return x.inputs[0] if x.shape == ((1, n) if row else (n, 1)) else None
 
 
 PRINTER = Printer()

@@ -134,6 +134,20 @@ def test_the_seed_examples_steps_in_json_hold_the_hand_worked_values():
                                [[-0.734299, 0.734299], [-1.136785, 1.136785]], atol=5e-7)
 
 
+def test_forward_mode_explains_a_products_tangent_as_the_product_written(tmp_path):
+    """A product with a vector operand: `ȧ @@ b + a @@ ḃ` as for matrices,
+    not the matrices its statement makes of the vector (`reshape(ȧ @@
+    reshape(b, 1×2)ᵀ, 2)`)."""
+    program = tmp_path / "products.ad"
+    program.write_text("A = [[1.0, 2.0], [3.0, 4.0]]\nb = [0.5, -1.0]\ny = A @@ b\nz = b @@ A\n"
+                       "loss = y.sum + z.sum + b @@ b\n")
+    done = spiread("grad", str(program), "--mode", "forward", "--explain")
+    assert done.returncode == 0, done.stderr
+    products = [line.strip() for line in done.stdout.splitlines() if "@@ " in line and "tangent from" in line]
+    assert products == ["tangent from v0, v1: ȧ @@ b + a @@ ḃ", "tangent from v1, v0: ȧ @@ b + a @@ ḃ",
+                        "tangent from v1, v1: ȧ @@ b + a @@ ḃ"]
+
+
 def test_forward_mode_explains_the_tangents_in_tape_order():
     done = spiread("grad", SEED, "--mode", "forward", "--explain")
     assert done.returncode == 0, done.stderr

@@ -120,6 +120,23 @@ def test_a_rule_is_printed_from_its_statement_at_the_operands_shapes():
     assert vjp_text(OPS["sign"], 0, [(3,)], (3,), {}) == "0"
 
 
+@pytest.mark.parametrize("sa, sb", [((2, 3), (3,)), ((3,), (3, 4)), ((3,), (3,)), ((1, 3), (3,)), ((3,), (3, 1)),
+                                    ((3, 1), (1,)), ((1,), (1, 4))])
+def test_a_products_tangent_is_printed_as_the_product_written(sa, sb):
+    """`@@` with a vector operand: its statement makes the vector a row or a
+    column (an outer product, or the product of matrices it stands in),
+    and transposed that was printed as such, `reshape(ȧ @@ reshape(b,
+    1×3)ᵀ, 2)`; a reshape of a product whose vector was made a matrix as
+    numpy's matmul promotes one is printed as the product of the vector
+    (rules_printed.Printer.of_vectors), and two vectors' statements are
+    written so that their transposes keep the operands' order."""
+    matmul = OPS["matmul"]
+    out = matmul.shape(sa, sb)
+    assert jvp_text(matmul, [0, 1], [sa, sb], out, {}) == "ȧ @@ b + a @@ ḃ"
+    assert jvp_text(matmul, [0], [sa, sb], out, {}) == "ȧ @@ b"
+    assert jvp_text(matmul, [1], [sa, sb], out, {}) == "a @@ ḃ"
+
+
 def test_a_rule_is_written_as_code_over_the_primal_rules():
     source, names = vjp_code(OPS["mul"].derivative, 1, [(2, 3), (3,)], (2, 3), {})
     assert source == ("def vjp(g, out, a, b):\n"
