@@ -91,9 +91,13 @@ class Emitter:
         return node.id
 
     def fold(self, op_name: str, inputs: list[int], params: dict) -> int:
-        """An op of fixed constants, as the fixed constant it gives."""
+        """An op of fixed constants, as the fixed constant it gives, laid out
+        as the op lays it out (a large broadcast's view, a product's array),
+        as the recording without the fold holds it: einsum, which takes a
+        zero stride's factor out of its sums, and `@@` give other bits on a
+        view of an array's numbers (`(g / n) · 3`'s, made a view, was)."""
         value = self.tape.fold(OPS[op_name], [self.nodes[i].value for i in inputs], params, self.span, self.label, None)
-        return self.tape.leaf(uniform(value), "const", self.span, fixed=True).id
+        return self.tape.leaf(value, "const", self.span, fixed=True).id
 
     def like(self, node: Node, op_name: str, inputs: list[int], params: dict) -> int:
         """An op emitted with the span and label of `node`, which it stands for."""
@@ -211,8 +215,8 @@ def simplified(emit: Emitter, op_name: str, inputs: list[int], params: dict) -> 
 
 def held(node: Node) -> float | None:
     """The one number every entry of a fixed constant holds (a number, a
-    large fold's broadcast, `uniform`, read at one entry, or a small array
-    read whole), else None."""
+    broadcast of one, read at one entry, or a small array read whole),
+    else None."""
     if not node.fixed:
         return None
     value = node.value
@@ -225,13 +229,10 @@ def held(node: Node) -> float | None:
 
 
 def uniform(value: np.ndarray) -> np.ndarray:
-    """A fixed constant's value: up to COPIED_BROADCAST_ENTRIES entries an
-    array of its own, as `broadcastTo` copies one (an op whose bits depend
-    on a zero stride — einsum, which takes a broadcast factor out of its
-    sums, a product of matrices, which BLAS cannot read then — meets what
-    the recording without the fold made); above, a broadcast of its one
-    entry when every entry is that number bit for bit (`held` reads it at
-    once, and it takes no memory), as `broadcastTo`'s view."""
+    """A constant a statement gives (`Emitter.const`, with the rewrites or
+    without): up to COPIED_BROADCAST_ENTRIES entries an array of its own, as
+    `broadcastTo` copies one; above, a broadcast of its one entry when every
+    entry is that number bit for bit (`held` reads it at once; no memory)."""
     if value.size <= COPIED_BROADCAST_ENTRIES:
         return value if value.flags.c_contiguous else value.copy()
     if not any(value.strides):
@@ -412,10 +413,8 @@ def _negation_subtracted(emit: Emitter, op_name: str, operands: list[Node], para
 
 
 def _squared(emit: Emitter, op_name: str, operands: list[Node], params: dict) -> int | None:
-    """x ** 2 is x · x, `square`, bit for bit (ops._power: numpy's own
-    power computes x · x for an exponent of 2), where x has the result's
-    shape: `x ** 3`'s derivative, 3 · x ** (3 − 1), squares in one pass,
-    and its own derivative is 2 · x."""
+    """x ** 2 is `square`, x · x, bit for bit (ops._power), where x has the
+    result's shape: `x ** 3`'s derivative, 3 · x ** (3 − 1), in one pass."""
     x, exponent = operands
     if _is(held(exponent), 2.0) and OPS[op_name].shape(x.shape, exponent.shape) == x.shape:
         return emit("square", [x.id])

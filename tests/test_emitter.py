@@ -219,16 +219,21 @@ def test_each_rewrite_is_exact_at_every_value(name, unsimplified):
     assert ops_before - ops == left_out
 
 
+@pytest.mark.parametrize("mean", ["({p}).mean", "({p} / 3).mean", "(3 * {p}).mean", "({p}).rowMean.sum"])
 @pytest.mark.parametrize("product", ['einsum("ik,kj->ij", w1, w2)', "w1 @@ w2", 'einsum("ji,jk->ik", w2, w1.T)'])
-def test_a_folded_constant_is_laid_out_as_the_broadcast_it_stands_for(product, unsimplified):
-    """The mean's 1/n spread over a product is a constant the emitter folds;
-    a product reading it meets an array laid out as `broadcastTo` makes one
-    (its own up to COPIED_BROADCAST_ENTRIES entries): einsum takes a zero
-    stride's factor out of its sums, and BLAS cannot read one, so a
-    broadcast view there was an ulp off the recording without the fold."""
+@pytest.mark.parametrize("rows, columns", [(1, 9), (40, 40), (1100, 1)])  # 9 entries; over COPIED_BROADCAST_ENTRIES
+def test_a_folded_constant_is_laid_out_as_the_op_lays_it_out(rows, columns, product, mean, unsimplified):
+    """The mean's 1/n spread over a product (and scaled) is a constant the
+    emitter folds; a product reading it meets an array laid out as the op
+    that made it lays it out (Emitter.fold): a broadcast's copy up to
+    COPIED_BROADCAST_ENTRIES entries and its view above, a scaling's array
+    of its own at any size. einsum takes a zero stride's factor out of its
+    sums, and a product of matrices reads a zero stride by another loop
+    than BLAS's, so a fold's broadcast view where the op made an array was
+    an ulp off the recording without the fold."""
     rng = np.random.default_rng(8)
-    w1, w2 = rng.normal(size=(1, 7)).round(2), rng.normal(size=(7, 9)).round(2)
-    source = f"w1 = {w1.tolist()}\nw2 = {w2.tolist()}\nloss = ({product}).mean\n"
+    w1, w2 = rng.normal(size=(rows, 7)).round(2), rng.normal(size=(7, columns)).round(2)
+    source = f"w1 = {w1.tolist()}\nw2 = {w2.tolist()}\nloss = {mean.format(p=product)}\n"
 
     def gradients():
         r, first, grads = recorded(source, ["w1", "w2"])
@@ -237,7 +242,8 @@ def test_a_folded_constant_is_laid_out_as_the_broadcast_it_stands_for(product, u
     got = gradients()
     unsimplified()
     for a, b in zip(got, gradients()):
-        same_bits(a, b, f"{product}")
+        same_bits(a, b, f"{mean.format(p=product)}")
+
 
 # ------------------------------------------------------- identities gone
 
