@@ -274,9 +274,8 @@ def export_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                    scheduler: SchedulerOpt = None, chunk_rows: ChunkRowsOpt = None, persist: PersistOpt = False,
                    debug: DebugOpt = False):
     """The value and its gradient (and H·v) as code that runs without spiread: Python or ONNX (docs/export.md)."""
-    from . import files
     from .diagnostics import usage_error
-    from .export import TARGETS, check_target
+    from .export import TARGETS, check_target, written_files
     suffix = TARGETS[to.value][0]
     if out is None:
         if file == "-":
@@ -284,9 +283,7 @@ def export_command(file: FileArg, wrt: WrtOpt = None, of: OfOpt = None,
                 raise usage_error("a program read from standard input has no name to export to",
                                   ["give one: `-o PATH`"])
         out = Path(Path(file).stem + suffix)
-    outputs = [files.Output("-o", out, (suffix,))]
-    if to == Target.python and out.name:  # the companion archive of the module's larger arrays (`-o .`: refused)
-        outputs.append(files.Output("-o", out.with_suffix(".npz"), (".npz",)))
+    outputs = written_files(to.value, out, "-o")
 
     def text(run, written):
         from .output import write_stdout

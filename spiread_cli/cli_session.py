@@ -103,9 +103,10 @@ def run_command(file: str, sets, *, command: str, compute: Callable, text: Calla
                 fmt: Format = Format.text, strict: bool = False, debug: bool = False,
                 outputs=(), prepare: Callable[[], None] = lambda: None, stdout_is_data: bool = False,
                 backend: tuple = (Backend.numpy, None, None, False)):
-    """The skeleton every command shares: check the output paths, the
-    `backend` options (--backend, --scheduler, --chunk-rows, --persist) and
-    `prepare` (all before any work), open the program (program.Program),
+    """The skeleton every command shares: check the `backend` options
+    (--backend, --scheduler, --chunk-rows, --persist) and `prepare`, open
+    the program (program.Program) and check the output paths against the
+    files it reads (all before any work),
     `compute(session, program, overrides)`, the command's one call of a
     task of the program's (`program.run_grad(session, overrides, ...)`),
     with the session as the `program.Caller` that shows the program's
@@ -116,14 +117,14 @@ def run_command(file: str, sets, *, command: str, compute: Callable, text: Calla
     from .output import write_json
     sets = list(sets or [])
     with session(file, fmt, strict, debug, stdout_is_data) as s:
-        given = [o for o in outputs if o.path is not None]
-        if given:  # files.py (and tempfile) only for commands writing files: start-up time
-            from .files import check_outputs, command_inputs
-            check_outputs(given, command_inputs(file, sets))
         options = backend_options(*backend)
         prepare()
         from .program import Program
         program = s.program = Program.open(file, options)
+        given = [o for o in outputs if o.path is not None]
+        if given:  # files.py (and tempfile) only for commands writing files: start-up time
+            from .files import check_outputs, command_inputs
+            check_outputs(given, command_inputs(file, sets, program.loaded_files()))
         outcome = compute(s, program, program.parse_sets(sets))  # the task has shown its warnings (s.warn)
         run = outcome.run
         if s.json:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 from .diagnostics import SpireadError, option
 from .rewrite import fuse
@@ -39,6 +40,17 @@ def check_target(to: str) -> None:
         raise SpireadError(f"{option('to', to)} needs {module}, which is not installed",
                            notes=['pip install "spiread[export]" (or pip install ".[export]" in spiread\'s checkout)'],
                            exit_code=2)
+
+
+def written_files(to: str, out: Path, option: str):
+    """The files exporting to `out` may write (files.Output, named by the
+    front end's `option`): the module or model, and beside a Python module
+    the archive of its larger arrays (export_python.py)."""
+    from .files import Output
+    written = Output(option, out, (TARGETS[to][0],))
+    if to != "python" or not out.name:  # `-o .` has no name to give the archive, and is refused as a folder
+        return [written]
+    return [written, Output(option, out.with_suffix(".npz"), (".npz",), beside=written)]
 
 
 @dataclass

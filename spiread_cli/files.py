@@ -38,9 +38,15 @@ class Output:
     # continues training in place; the data are read whole before the first
     # step, and the save replaces the file atomically.
     continues: bool = False
+    # Written beside another output, named after it (an exported module's
+    # companion archive): said, and another name suggested, through that one.
+    beside: "Output | None" = None
 
     def __str__(self) -> str:
-        return f"`{self.option} {self.path}`"
+        if self.beside is not None:
+            return f"{self.beside}'s companion archive `{self.path}`"
+        # An option of the command line (`--save w.npz`), or of the Python API (`out="m.py"`).
+        return f"`{self.option} {self.path}`" if self.option.startswith("-") else f'`{self.option}="{self.path}"`'
 
 
 @dataclass(frozen=True)
@@ -50,9 +56,11 @@ class Input:
     data: bool     # a `--set` data file (else the program)
 
 
-def command_inputs(file: str, sets: list[str]) -> list[Input]:
-    """The files a command reads: the program and `--set` data files."""
+def command_inputs(file: str, sets: list[str], loaded: list[Path] = ()) -> list[Input]:
+    """The files a command reads: the program, `--set` data files and the
+    files its `load("…")` calls name (`loaded`)."""
     inputs = [Input("the program", Path(file), False)] if file != "-" else []
+    inputs += [Input("a file the program loads", path, False) for path in loaded]
     for option in sets:
         try:
             name, text = parse_set_option(option)
@@ -85,9 +93,9 @@ def check_outputs(outputs: list[Output], inputs: list[Input]) -> None:
             continue
         for role, path, data in ((i.role, i.path, i.data) for i in inputs):
             if _same_file(output.path, path) and not (data and output.continues):
+                named = output.beside or output
                 raise usage_error(f"{output} would overwrite {role}, `{path}`",
-                                  [f"write to another file, e.g. `{output.option} "
-                                   f"{_another_name(output)}`"])
+                                  [f"write to another file, e.g. {replace(named, path=_another_name(named))}"])
         for other in outputs[:i]:
             if _same_file(output.path, other.path):
                 raise usage_error(f"{other} and {output} name the same file; one would overwrite the other")

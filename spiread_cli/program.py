@@ -170,6 +170,11 @@ class Program(PythonCalls):
         return parse_overrides(list(options), self._base_dir, flag, self.names,
                                row_files=self._backend is not None and flag == "--set")
 
+    def loaded_files(self) -> list[Path]:
+        """The files the program's `load("…")` calls name, resolved as it resolves them."""
+        from .row_data import loaded_paths  # only for commands writing files: start-up time
+        return [path for path, _ in loaded_paths(self._module, self._base_dir)]
+
     @property
     def name(self) -> str:
         return self.source.name

@@ -241,7 +241,7 @@ class PythonCalls:
         `out` ending .py; larger arrays in a .npz beside it) or an ONNX
         model (`to="onnx"`, .onnx). The paths written. Needs
         array-api-compat or onnx: `pip install "spiread[export]"`."""
-        from .export import TARGETS, check_target
+        from .export import TARGETS, check_target, written_files
         checked_choice("to", to, TARGETS, "the target")
         if not isinstance(out, (str, PathLike)):
             raise type_error("out", out, "the path to write is a str or a pathlib.Path")
@@ -256,6 +256,8 @@ class PythonCalls:
                                f"{path.suffix or 'a name without one'}",
                                notes=[f"e.g. {option('out', str(path.with_suffix(suffix)))}"], exit_code=2)
         check_target(to)
+        from .files import check_outputs, command_inputs
+        check_outputs(written_files(to, path, "out"), command_inputs(self.source.name, [], self.loaded_files()))
         return self.run_export(InPython(self.source), self._overrides(bindings, more, of), to=to, out=path,
                                wrt=wrt_names(wrt), of=of, hvp=hvp).result
 

@@ -75,6 +75,34 @@ def test_an_output_that_is_an_input_or_another_output_is_refused_before_any_work
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
 
 
+LOADS = 'W = load("data.npz")\nb = load("data/b.csv")\nx = [1.0, 2.0]\nloss = ((W @@ x) + b).softplus.sum\n'
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", *TRAIN[:1], "x", "--save", "data.npz"], "`--save data.npz` would overwrite a file the program loads"),
+    (["train", *TRAIN[:1], "x", "--log", "data/b.csv"], "`--log data/b.csv` would overwrite a file the program loads"),
+    (["hessian", "--sparse", "--out", "./data.npz"], "`--out data.npz` would overwrite a file the program loads"),
+    (["jacobian", "--pattern", "--out", "data.npz"], "`--out data.npz` would overwrite a file the program loads"),
+    (["train", *TRAIN[:1], "x", "--log", "data/../data/b.csv"], "would overwrite a file the program loads"),
+    (["export", "--to", "python", "-o", "data.py"],
+     "`-o data.py`'s companion archive `data.npz` would overwrite a file the program loads"),
+])
+def test_an_output_that_is_a_file_the_program_loads_is_refused(tmp_path, args, words):
+    """`load("…")`'s files are inputs as the program and `--set` files are:
+    every command that writes files refuses to write over one (an export's
+    companion archive too), before any work."""
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data.npz", W=np.eye(2))
+    (tmp_path / "data" / "b.csv").write_text("1\n2\n")
+    (tmp_path / "p.ad").write_text(LOADS)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    result = spiread(args[0], "p.ad", *args[1:], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert words in result.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert spiread("eval", "p.ad", cwd=tmp_path).returncode == 0  # the data still load
+
+
 # ------------------------------------------------------------ signals
 
 

@@ -308,6 +308,19 @@ def test_program_export_refuses_a_path_of_another_format_and_an_unknown_target(t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_program_export_refuses_to_write_over_a_file_the_program_loads(tmp_path):
+    """As `spiread export` does (test_cli_edges): the module's companion
+    archive would replace the data `load` reads."""
+    import spiread_cli
+    np.savez(tmp_path / "data.npz", W=np.eye(2))
+    (tmp_path / "p.ad").write_text('W = load("data.npz")\nx = [1.0, 2.0]\nloss = (W @@ x).softplus.sum\n')
+    before = (tmp_path / "data.npz").read_bytes()
+    with pytest.raises(spiread_cli.SpireadError, match=r"`out=\".*data.py\"`'s companion archive `.*data.npz` would "
+                                                       r"overwrite a file the program loads"):
+        spiread_cli.load(tmp_path / "p.ad").export(to="python", out=tmp_path / "data.py")
+    assert (tmp_path / "data.npz").read_bytes() == before and not (tmp_path / "data.py").exists()
+
+
 def test_a_large_input_goes_into_the_companion_archive(tmp_path):
     program = tmp_path / "big.ad"
     program.write_text("W = randn(20, 30, seed=1)\nx = randn(30, seed=2)\nloss = (W @@ x).tanh.sum\n")
