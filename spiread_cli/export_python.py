@@ -36,6 +36,15 @@ def python_name(name: str) -> str:
     return f"{name}_" if keyword.iskeyword(name) or name in RESERVED or name.startswith("_") else name
 
 
+def code_text(text: str) -> str:
+    """Text from outside (a file's name) as it may stand in the module's
+    comments and docstrings: a line break would end a comment and put the
+    rest in code, a quote or backslash would end or escape a docstring, so
+    those and every other unprintable character are written escaped."""
+    return "".join('\\"' if c == '"' else c if c.isprintable() and c != "\\" else
+                   c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def array_code(value: np.ndarray) -> str:
     """An array as a numpy literal that reads back exactly (repr of floats round-trips)."""
     value = np.asarray(value)
@@ -183,7 +192,7 @@ class PythonWriter:
         else:
             code = form.python.format(*operands, **{k: self.literal(v) for k, v in node.params.items()})
         self.current = None
-        return f"{self.name_of(node)} = {code}  # {self.g.where(node)} {self.g.describe(node)}"
+        return f"{self.name_of(node)} = {code}  # {code_text(f'{self.g.where(node)} {self.g.describe(node)}')}"
 
     def result(self, node_id: int) -> str:
         node = self.g.nodes[node_id]
@@ -290,7 +299,7 @@ class PythonWriter:
         when every array is written into the module)."""
         g = self.g
         out_name = g.run.output_name
-        value_doc = f"`{out_name}` of {Path(g.run.source.name).name}"
+        value_doc = f"`{out_name}` of {code_text(Path(g.run.source.name).name)}"
         wrt = list(g.wrt)
         grads = ", ".join(f"{n!r}: ∂{out_name}/∂{n}" for n in wrt)
         functions = [

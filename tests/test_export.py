@@ -321,6 +321,19 @@ def test_program_export_refuses_to_write_over_a_file_the_program_loads(tmp_path)
     assert (tmp_path / "data.npz").read_bytes() == before and not (tmp_path / "data.py").exists()
 
 
+@pytest.mark.parametrize("name", ["two\nlines.ad", 'say """hi""".ad', "back\\slash\\x41.ad", "tab\tand\u2028.ad"])
+def test_a_file_name_stands_in_the_module_as_text_never_as_code(name, tmp_path):
+    """The program's file name goes into the module's docstrings and each
+    line's comment: a line break, quotes or backslashes in it stay text."""
+    program = tmp_path / name
+    program.write_text("x = [1.0, 2.0]\nloss = (x * x).sum\n")
+    done = spiread("export", str(program), "--to", "python", "-o", str(tmp_path / "m.py"))
+    assert done.returncode == 0, done.stderr
+    module = load_module(tmp_path / "m.py")
+    assert module.value() == 5.0
+    assert module.__doc__.startswith(f"`loss` of {name}, ") and module.value.__doc__ == f"`loss` of {name}."
+
+
 def test_a_large_input_goes_into_the_companion_archive(tmp_path):
     program = tmp_path / "big.ad"
     program.write_text("W = randn(20, 30, seed=1)\nx = randn(30, seed=2)\nloss = (W @@ x).tanh.sum\n")
