@@ -453,6 +453,48 @@ def test_a_products_scaled_tangents_as_the_output_are_the_jacobian(scaled):
         np.testing.assert_allclose(forward, rows, rtol=1e-14)
 
 
+UNARY = [".tanh", ".exp", ".sin", " * 2.5", " + 1", ".square", ".abs", ".relu", " / 3", " - w.sum", ".square.sqrt",
+         ".abs ** 1.5"]  # the last two: infinite partials where a zero row of M makes z 0
+BINARY = ["{0} * {1}", "{0} + {1}", "{0} - {1}", "{0} / ({1}.exp + 1)", "{0} * (N @@ w)", "{0} + (N @@ w).tanh"]
+ENDS = ["{0}.sum", "({0}.exp.normaliseRowsL1 * [1, 2, 3, 4, 5]).sum", "(K @@ {0}).sin.sum", "({0} * {0}).mean",
+        "{0}[1:4].sum + w.sum"]
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(UNARY), max_size=4), st.lists(st.sampled_from(UNARY), max_size=3),
+       st.sampled_from(BINARY), st.sampled_from(ENDS), st.booleans(), st.data())
+def test_scaled_runs_of_elementwise_steps_give_the_batchs_values(first, second, binary, end, zero_row, data):
+    """Runs of elementwise ops after `M @@ w` (one base, two runs of it met
+    by a binary op, or met by another product's array), ended by ops that
+    read the batch as an array: the forward Jacobian of the run and the
+    Hessian of the loss, from the identity kept Scaled, equal what the same
+    sweeps give from the identity as an array; every push the loop's bits."""
+    from spiread_cli import ops
+    from spiread_cli.second import SecondOrder
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    M = rng.standard_normal((5, 3)) / 2
+    if zero_row:
+        M[2] = 0.0
+    values = (f"M = {M.tolist()}\nN = {(rng.standard_normal((5, 3)) / 2).tolist()}\n"
+              f"K = {rng.standard_normal((2, 5)).tolist()}\nw = {(rng.standard_normal(3) / 2).tolist()}\n")
+    z = "(M @@ w)"
+    a, b = z + "".join(first), z + "".join(second)
+    y = binary.format(f"({a})", f"({b})")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ops, "SCALED_ENTRIES", 0)
+        for source in (values + f"y = {y}\n", values + f"loss = {end.format(f'({y})')}\n"):
+            r = run(source)
+            w = r.bindings["w"]
+            outputs = [r.output] if r.tape.nodes[r.output].value.shape else list(SecondOrder(r, ["w"]).grad_ids.values())
+            for output in outputs:
+                sweep = ForwardSweep(r.tape, output, [w])
+                want = sweep._pushed({w: np.eye(3)})
+                seeds = {w: Diagonal.identity_rows((3,), 0, 3)}
+                for _ in range(4):
+                    np.testing.assert_allclose(dense(sweep.push(seeds)), want, rtol=1e-12, atol=1e-12, err_msg=source)
+                _pushes_as_step_by_step(sweep, seeds)
+
+
 def test_a_zero_row_against_an_infinite_partial_keeps_its_tangent_zero(scaled):
     """M's row 1 is zero, so z[1] = 0, where the second derivative of
     z ** 1.5 is infinite: the batch's own steps keep that column of the
