@@ -252,9 +252,11 @@ class Diagonal:
             out[(rows, *np.unravel_index(entries, self.shape[1:]))] += values
 
     def spread(self) -> np.ndarray:
-        """Every direction's entry in its place, in one value (distinct batches only)."""
+        """Every direction's entry in its place, in one value (distinct batches only): for the whole
+        identity in order, the values as they lie (a rule reads it and never writes it; `gathered`
+        copies what it is given)."""
         if self.ordered:
-            return self.values.reshape(self.shape[1:]).copy()
+            return self.values.reshape(self.shape[1:])
         rows, entries, values = self.hits()
         u = np.zeros(math.prod(self.shape[1:]))
         u[entries] = values
