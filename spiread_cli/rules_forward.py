@@ -323,14 +323,17 @@ class Scaled:
     def spread(self) -> np.ndarray:
         return self.coefficient
 
-    def gathered(self, u) -> "Scaled | None":
-        """The batch over the same base scaled by u (one value of the batch's
-        shape): None where u is not finite, since base · u then differs from
-        the steps' batch where base is 0 (their guards keep a zero tangent
-        zero against an infinite partial; a coefficient cannot)."""
+    def over(self, u) -> "Scaled":
+        """The batch over the same base scaled by u (one value of the batch's shape)."""
         if not (type(u) is np.ndarray and u.shape == self.shape[1:] and u.dtype == np.float64):
             u = np.array(np.broadcast_to(u, self.shape[1:]), dtype=np.float64)
-        return Scaled(self.base, u) if math.isfinite(np.add.reduce(u, axis=None)) else None
+        return Scaled(self.base, u)
+
+    def gathered(self, u) -> "Scaled | None":
+        """`over`, or None where u is not finite, since base · u then differs
+        from the steps' batch where base is 0 (their guards keep a zero
+        tangent zero against an infinite partial; a coefficient cannot)."""
+        return self.over(u) if math.isfinite(np.add.reduce(u, axis=None)) else None
 
 
 def scaled_jvp(op, ts: list, out, xs: list, params: dict) -> Scaled | None:

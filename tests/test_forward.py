@@ -462,14 +462,18 @@ ENDS = ["{0}.sum", "({0}.exp.normaliseRowsL1 * [1, 2, 3, 4, 5]).sum", "(K @@ {0}
 
 @SETTINGS
 @given(st.lists(st.sampled_from(UNARY), max_size=4), st.lists(st.sampled_from(UNARY), max_size=3),
-       st.sampled_from(BINARY), st.sampled_from(ENDS), st.booleans(), st.data())
-def test_scaled_runs_of_elementwise_steps_give_the_batchs_values(first, second, binary, end, zero_row, data):
+       st.sampled_from(BINARY), st.sampled_from(ENDS), st.booleans(), st.booleans(), st.data())
+def test_scaled_runs_of_elementwise_steps_give_the_batchs_values(first, second, binary, end, zero_row, guarded,
+                                                                  data):
     """Runs of elementwise ops after `M @@ w` (one base, two runs of it met
     by a binary op, or met by another product's array), ended by ops that
     read the batch as an array: the forward Jacobian of the run and the
     Hessian of the loss, from the identity kept Scaled, equal what the same
-    sweeps give from the identity as an array; every push the loop's bits."""
-    from spiread_cli import ops
+    sweeps give from the identity as an array; every push the loop's bits.
+    Written pushes that check their result (and so not each coefficient),
+    and, `guarded`, ones whose result is larger than their guards' values,
+    which check each coefficient."""
+    from spiread_cli import forward_steps, ops
     from spiread_cli.second import SecondOrder
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     M = rng.standard_normal((5, 3)) / 2
@@ -482,6 +486,7 @@ def test_scaled_runs_of_elementwise_steps_give_the_batchs_values(first, second, 
     y = binary.format(f"({a})", f"({b})")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ops, "SCALED_ENTRIES", 0)
+        patch.setattr(forward_steps, "UNGUARDED_ENTRIES", 0 if guarded else forward_steps.UNGUARDED_ENTRIES)
         for source in (values + f"y = {y}\n", values + f"loss = {end.format(f'({y})')}\n"):
             r = run(source)
             w = r.bindings["w"]
@@ -495,22 +500,32 @@ def test_scaled_runs_of_elementwise_steps_give_the_batchs_values(first, second, 
                 _pushes_as_step_by_step(sweep, seeds)
 
 
-def test_a_zero_row_against_an_infinite_partial_keeps_its_tangent_zero(scaled):
-    """M's row 1 is zero, so z[1] = 0, where the second derivative of
-    z ** 1.5 is infinite: the batch's own steps keep that column of the
-    tangents zero (the guard), a coefficient cannot (0 · inf), so a
-    coefficient that comes out not finite makes the batch an array there.
-    Finite, and what the identity as an array gives, on every push."""
+@pytest.mark.parametrize("task", ["Hessian", "Jacobian"])
+def test_a_zero_row_against_an_infinite_partial_keeps_its_tangent_zero(task, scaled, monkeypatch):
+    """Once its pushes are written, M's row 1 becomes zero, so z[1] = 0,
+    where the second derivative of z ** 1.5 (the Hessian's sweep, whose
+    written push checks its result) or the first of sqrt (the Jacobian's,
+    15 entries against 5 guarded: one that does not) is infinite. The
+    batch's own steps keep that column of the tangents zero (the guard), a
+    coefficient cannot (0 · inf): a written push that checks its result
+    finds it not finite, one that does not checks each coefficient, and
+    both push step by step then. Finite, and what the identity as an array
+    gives, on every push."""
+    from spiread_cli import forward_steps
     from spiread_cli.second import SecondOrder
-    r = run("M = [[1.0, 2.0, 0.5], [0.0, 0.0, 0.0], [0.3, 0.1, 0.2]]\nw = [0.5, 0.25, 1.0]\n"
-            "loss = ((M @@ w) ** 1.5).sum\n")
-    w = r.bindings["w"]
-    order = SecondOrder(r, ["w"])
-    want = ForwardSweep(r.tape, order.grad_ids[w], [w])._pushed({w: np.eye(3)})
-    assert np.isfinite(want).all()
-    for _ in range(4):
-        np.testing.assert_allclose(order.hessian()["w"]["w"], want, rtol=1e-14)
-    assert not r.diagnostics.warnings
+    monkeypatch.setattr(forward_steps, "UNGUARDED_ENTRIES", 0)
+    r = run("M = [[1.0, 2.0, 0.5], [0.5, 0.5, 0.5], [0.3, 0.1, 0.2], [1.0, -1.0, 0.5], [0.2, 0.4, 0.6]]\n"
+            "w = [0.5, 0.25, 1.0]\n" + ("loss = ((M @@ w) ** 1.5).sum\n" if task == "Hessian" else "y = (M @@ w).sqrt\n"))
+    w, M = r.bindings["w"], r.bindings["M"]
+    sweep = ForwardSweep(r.tape, r.output if task == "Jacobian" else SecondOrder(r, ["w"]).grad_ids[w], [w])
+    for push in range(6):
+        if push == 4:
+            r.tape.nodes[M].set_value(r.tape.nodes[M].value * [[1.0], [0.0], [1.0], [1.0], [1.0]])
+            r.tape.replay([n for n in r.tape.nodes if n.op is not None])
+        want = sweep._pushed({w: np.eye(3)})
+        assert np.isfinite(want).all()
+        np.testing.assert_allclose(dense(sweep.push({w: Diagonal.identity_rows((3,), 0, 3)})), want, rtol=1e-14)
+    assert next(iter(sweep.written.values())).checks == (task == "Hessian") and not r.diagnostics.warnings
 
 
 # ------------------------------------------------ written in place
