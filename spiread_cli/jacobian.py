@@ -49,9 +49,10 @@ def jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = None,
     when it is None (`choose_mode`); refused before any sweep when it is over
     the memory limit."""
     _mode(mode)
-    ids = run.wrt_ids(wrt, scalar=False)
-    check_jacobian_size(run, ids, chosen=not wrt)
-    mode = mode or choose_mode(run, ids)
+    # The names' ids, the mode and the whole's bytes, found once per run (a kept run's calls find them).
+    ids, mode, nbytes = run.prepared_for(("jacobian", tuple(wrt or ()), mode), lambda: _set_up(run, wrt, mode))
+    if nbytes > limit_for(nbytes):  # the memory available has changed since (SPIREAD_MAX_BYTES is the signature's)
+        check_jacobian_size(run, ids, chosen=not wrt)
     wrt_ids = list(ids.values())
     tape, output, plan = run.tape, run.output, ("jacobian sweep", mode, tuple(wrt_ids))
     kinds: list[type] = []  # of the forward sweep's batches: Diagonal ones' dense forms hold no −0.0
@@ -212,6 +213,16 @@ def sparse_jacobian(run: Run, wrt: list[str] | None = None, mode: str | None = N
         products = np.concatenate([pulled[i].reshape(k, math.prod(nodes[i].shape)) for i in wrt_ids], axis=1)
         matrix = recovery(products).T.tocsr()
     return RunSparseJacobian(run.value, matrix, list(ids), shapes, k, direction, SWEEP_OF[direction])
+
+
+def _set_up(run: Run, wrt: list[str] | None, mode: str | None) -> tuple[dict[str, int], str, int]:
+    """A dense Jacobian's names (ids), its mode (as given, else `choose_mode`)
+    and its bytes, refused when over the limit (`check_jacobian_size`)."""
+    ids = run.wrt_ids(wrt, scalar=False)
+    check_jacobian_size(run, ids, chosen=not wrt)
+    nodes = run.tape.nodes
+    nbytes = 8 * math.prod(nodes[run.output].shape) * sum(math.prod(nodes[i].shape) for i in ids.values())
+    return ids, mode or choose_mode(run, ids), nbytes
 
 
 def choose_mode(run: Run, ids: dict[str, int]) -> str:

@@ -217,5 +217,7 @@ def fingerprint(array: np.ndarray) -> bytes:
 
 def signature(task: tuple, bindings: dict[str, np.ndarray], of: str | None) -> tuple:
     """What a kept run is found by, besides the deciding values."""
-    return (task, of, configured_limit(),
-            tuple(sorted([(name, value.shape, value.dtype) for name, value in bindings.items()])))
+    shapes = [(name, value.shape, value.dtype) for name, value in bindings.items()]
+    if len(shapes) > 1:
+        shapes.sort()
+    return task, of, configured_limit(), tuple(shapes)

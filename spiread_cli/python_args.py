@@ -65,6 +65,8 @@ def type_error(argument: str, value: object, expected: str, found: str | None = 
 def checked_choice(argument: str, value: object, choices: Iterable[str], what: str) -> str:
     """A keyword argument naming one of `choices` (`mode="forward"`): a
     string, else a TypeError; one of them, else a usage error."""
+    if type(value) is str and value in choices:  # the usual call: no message made
+        return value
     listed = [f'"{choice}"' for choice in choices]
     said = f"{what} is " + (" or ".join(listed) if len(listed) == 2 else "one of " + ", ".join(listed))
     if not isinstance(value, str):
@@ -234,7 +236,10 @@ def as_floats(raw: np.ndarray, what: str) -> np.ndarray:
                            "±1.8e308)", exit_code=2) from None
 
 
-FLOAT64 = np.dtype(np.float64)
+# What a result's entries are added to, making -0.0 0.0 and any value float64: a 0-d float64 array, which
+# numpy adds without a Python float's conversion (half the time a call for a small result).
+POSITIVE_ZERO = np.zeros(())
+POSITIVE_ZERO.flags.writeable = False
 
 
 def result_value(value: np.ndarray, mine: bool = False) -> Value:
@@ -243,15 +248,11 @@ def result_value(value: np.ndarray, mine: bool = False) -> Value:
     reverse mode reach a zero by different sums: output.py's rule too).
     `mine`: the array is the call's own, which nothing else holds, and
     becomes the result in place; any other is copied."""
-    if type(value) is np.ndarray:  # the usual result: no numpy wrappers (np.ndim, np.asarray) asked
-        if value.ndim == 0:
-            return float(value) + 0.0
-        if mine:
-            return np.add(value, 0.0, out=value)  # -0.0 + 0.0 is 0.0
-        return np.add(value, 0.0) if value.dtype is FLOAT64 else np.add(value, 0.0, dtype=np.float64)
-    if np.ndim(value) == 0:
+    if (value.ndim if type(value) is np.ndarray else np.ndim(value)) == 0:  # np.ndim's wrapper only where needed
         return float(value) + 0.0
-    return np.add(np.asarray(value), 0.0, dtype=np.float64)  # a new array, in one pass
+    if mine:
+        return np.add(value, POSITIVE_ZERO, out=value)  # -0.0 + 0.0 is 0.0
+    return np.add(value, POSITIVE_ZERO)  # a new float64 array, in one pass
 
 
 # Below this many entries a copy costs less than asking whether an array may become the result in place.

@@ -322,6 +322,21 @@ def test_the_memory_limit_set_between_calls_holds_at_the_next(monkeypatch, recor
     assert recordings[0] == 2  # the refused call's own; then the kept run, replayed
 
 
+def test_a_kept_jacobian_is_sized_against_the_memory_available_at_each_call(monkeypatch, recordings):
+    """Its size is found once per run (jacobian._set_up), its check against the limit made at every call: a
+    9.7 MB Jacobian (over what fits whatever the memory) is refused once the memory available is 1 MB."""
+    from spiread_cli import limits
+    prog = spiread_cli.compile("w = zeros(3)\ny = w.tanh\n")
+    w = np.linspace(-1, 1, 1100)
+    for _ in range(2):
+        assert prog.jacobian(w=w, wrt="w")["w"].shape == (1100, 1100)
+    monkeypatch.setattr(limits, "available_bytes", lambda nbytes=None: 1 << 20)
+    with pytest.raises(SpireadError, match=r"the Jacobian block ∂y/∂w would be 1100×1100 \(9.2 MB\), more than the "
+                                           r"limit of 512.0 KB"):
+        prog.jacobian(w=w, wrt="w")
+    assert recordings[0] == 1
+
+
 def test_kept_runs_are_bounded_and_close_drops_them(recordings):
     prog = spiread_cli.compile(SOFTMAX_LOSS)
     w = np.array([0.1, 0.2, 0.3])
