@@ -131,11 +131,12 @@ class SparseHessians:
         self.wrt = list(grad_ids)
         self.tape = tape
         self.zeros_read: dict = {}  # what a given pattern read is its giver's to watch (sparsity.zeros_hold)
+        reach = None  # how far the pattern reaches from the diagonal, when this reads it (else the colouring reads it)
         if pattern is None:
             sweep = Sweep(tape, output, self.wrt)
-            pattern, self.zeros_read = sweep.hessian(), sweep.zeros_read
+            pattern, self.zeros_read, reach = sweep.hessian(), sweep.zeros_read, sweep.reach
         self.pattern = pattern
-        self.colouring = colour_symmetric(self.pattern) if colouring is None else colouring
+        self.colouring = colour_symmetric(self.pattern, reach) if colouring is None else colouring
         self.recovery = Recovery(self.pattern, self.colouring)
         self.seeds = self.colouring.seed_blocks()
         self.diagnostics = diagnostics

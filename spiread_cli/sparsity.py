@@ -104,6 +104,7 @@ class Sweep:
         # A node whose one moving operand it depends on is linked on the same entries (not seeded) has that
         # operand's pattern: by id, the node whose pattern it is (a chain's first), found with no step of its own.
         self.alias: dict[int, int] = {}
+        self.reach: int | None = None  # the Hessian pattern's, once read (`hessian`)
         moving, flat, alias = self.moving, self.moving_flat, self.alias
         all_entries, all_linked, shortcuts, seeds = self.entries, self.linked, self.shortcuts, self.seeds
         # Plain loops, not comprehensions: on Python 3.11 each comprehension is a function call, per node.
@@ -387,6 +388,7 @@ class Sweep:
             else:
                 for links, i, j in self._coupled(node, linked, adj):
                     meet(links, i, j, node)
+        self.reach = found.band  # the largest |column − row| of its entries (-1: none), for the colouring
         return found.matrix()
 
 

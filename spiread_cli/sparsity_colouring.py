@@ -85,15 +85,19 @@ def _lists(m: sp.csr_array) -> list[list[int]]:
     return [indices[indptr[r]:indptr[r + 1]] for r in range(m.shape[0])]
 
 
-def _banded(pattern: sp.csr_array, counts: np.ndarray, symmetric: bool = False) -> tuple[np.ndarray, int] | None:
+def _banded(pattern: sp.csr_array, counts: np.ndarray, symmetric: bool = False,
+            reach: int | None = None) -> tuple[np.ndarray, int] | None:
     """Columns coloured j mod (lower + upper + 1) when every nonzero lies
     within `lower` below and `upper` above the diagonal (Curtis–Powell–Reid):
     columns of one colour are further apart than any row reaches; and how
     many colours. `counts`: each row's entries; `symmetric`: the pattern
-    is, so it reaches as far below as above."""
+    is, so it reaches as far below as above; `reach`: how far, if known
+    (the largest |column − row| of a symmetric pattern's entries)."""
     if pattern.nnz == 0:  # nothing to recover: no colour, no sweep
         return np.full(pattern.shape[1], -1, dtype=np.int64), 0
-    if pattern.has_sorted_indices:  # each row's first and last entry say how far it reaches
+    if symmetric and reach is not None:
+        upper = lower = reach
+    elif pattern.has_sorted_indices:  # each row's first and last entry say how far it reaches
         starts, ends = pattern.indptr[:-1], pattern.indptr[1:]
         if counts.min() > 0:
             rows = np.arange(len(starts), dtype=starts.dtype)
@@ -197,26 +201,28 @@ def _greedy_star(pattern: sp.csr_array) -> np.ndarray:
     return np.asarray(colour, dtype=np.int64)
 
 
-def colour_columns(pattern: sp.csr_array, symmetric: bool = False) -> Colouring:
+def colour_columns(pattern: sp.csr_array, symmetric: bool = False, reach: int | None = None) -> Colouring:
     """Structurally orthogonal column groups: the banded colouring when the
     pattern is banded and that needs no more colours than its fullest row
     (the least any colouring needs), else the fewer of it and the greedy one.
-    `symmetric`: the pattern is (its band read from one side)."""
+    `symmetric`: the pattern is (its band read from one side, or told: `reach`, as `_banded`)."""
     counts = np.diff(pattern.indptr)
     fullest = int(counts.max(initial=0))
-    banded, count = _banded(pattern, counts, symmetric) or (None, None)
+    banded, count = _banded(pattern, counts, symmetric, reach) or (None, None)
     if banded is not None and count <= fullest:
         return Colouring(banded, "columns", count, periodic=count > 0)
     greedy = Colouring(_greedy_columns(pattern), "columns")
     return greedy if banded is None or greedy.count <= count else Colouring(banded, "columns", count, periodic=True)
 
 
-def colour_symmetric(pattern: sp.csr_array) -> Colouring:
+def colour_symmetric(pattern: sp.csr_array, reach: int | None = None) -> Colouring:
     """For a symmetric pattern: the fewer colours of a star colouring and of
     structurally orthogonal columns (a tridiagonal pattern's 3 by the
     latter, which no star colouring beats when the graph has a path of
-    four vertices; an arrowhead's 2 by a star colouring, against n)."""
-    columns = colour_columns(pattern, symmetric=True)
+    four vertices; an arrowhead's 2 by a star colouring, against n).
+    `reach`: the largest |column − row| of its entries, if known (as the
+    sweep that made it knows it: `sparsity.Sweep.reach`), else read."""
+    columns = colour_columns(pattern, symmetric=True, reach=reach)
     if columns.count <= 3:
         return columns
     star = Colouring(_greedy_star(pattern), "star")

@@ -385,6 +385,22 @@ def test_the_elementwise_shortcuts_read_what_the_rules_do_on_random_programs(pro
     _same_sweeps(base.tape, base.output, ids, program.source)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), st.data())
+def test_the_hessian_sweep_s_reach_is_its_pattern_s_and_colours_alike(program, data):
+    """`Sweep.reach` (the Hessian's pairs' largest |column − row|, kept as they are met) is the
+    pattern's, and the colouring told it is the colouring that reads it."""
+    from spiread_cli.sparsity_colouring import colour_symmetric
+    base, _, ids = _drawn_run(program, data)
+    sweep = Sweep(base.tape, base.output, ids)
+    pattern = sweep.hessian()
+    coo = pattern.tocoo()
+    assert sweep.reach == int(np.abs(coo.col.astype(np.int64) - coo.row).max(initial=-1))
+    told, read = colour_symmetric(pattern, sweep.reach), colour_symmetric(pattern)
+    assert (told.kind, told.count, told.periodic) == (read.kind, read.count, read.periodic)
+    np.testing.assert_array_equal(told.colours, read.colours)
+
+
 SHORTCUTS = [  # each a case the shortcut takes, or leaves to the rules
     "loss = (x.tanh.sin * x.exp + x * x).sum",                       # chains, a product of one value with itself
     "loss = ((x * [1.0, 0.0, 2.0, 0.0, 3.0, 0.0]) ** 2).sum",         # a constant factor with zeros: the rule's copies
