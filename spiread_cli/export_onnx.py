@@ -160,8 +160,10 @@ def onnx_model(graphs: Graphs):
     for name, i in outputs.items():
         b.nodes.append(onnx.helper.make_node("Identity", [names[i]], [name]))
         graph_outputs.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.DOUBLE, list(g.nodes[i].shape)))
+    # A constant whose reader was left out (`unchanged`: the 1 of x · 1) is not written: onnxruntime warns of it.
+    read = {name for node in b.nodes for name in node.input}
     graph = onnx.helper.make_graph(b.nodes, f"{Path(g.run.source.name).stem}_{g.run.output_name}", graph_inputs,
-                                   graph_outputs, b.initializers)
+                                   graph_outputs, [t for t in b.initializers if t.name in read])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", ONNX_OPSET)],
                                    producer_name="spiread", producer_version=__version__)
     model.doc_string = (f"`{g.run.output_name}` of {g.run.source.name} and its gradient with respect to "

@@ -102,6 +102,8 @@ def check_exported(g: Graphs, folder: Path, value, grads: dict, hvps: dict | Non
     export_onnx(g, model_path)
     model = onnx.load(str(model_path))
     onnx.checker.check_model(model, full_check=True)
+    read = {name for node in model.graph.node for name in node.input}
+    assert [t.name for t in model.graph.initializer if t.name not in read] == [], "an initializer no node reads"
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     feeds = {name: np.asarray(g.nodes[i].value, dtype=float) for name, i in g.wrt.items()}
     if hvps is not None:
@@ -223,11 +225,13 @@ def test_random_programs_export(program):
     "w0 = [[0.19]]\nh0 = ((w0.square + 0.5) + 1.0).acosh\nw1 = (-0.2)\nw2 = 0.96\n"
     "loss = [0.5, w2].T.normaliseRowsL1[0]\n",
     "w = [0.3, -0.7]\nloss = (w.T * w.value.T).sum + w.value.T.sum\n",
+    "w = [1.0, 2.0]\nloss = (w * 1).sum\n",  # the 1 was an initializer no node read (onnxruntime warned)
 ])
 def test_an_op_that_changes_nothing_writes_no_onnx_node(source, tmp_path):
     """Only the graph's outputs are named by Identity nodes: onnxruntime's
     optimizer, removing an Identity inside the graph, left nodes reading its
-    removed output."""
+    removed output. Nor is a constant only such a node read written
+    (check_program: every initializer is read)."""
     import onnx
     run = Program.parse(Source("gen.ad", source)).run()
     wrt = [n for n in run.default_wrt() if run.tape.nodes[run.bindings[n]].kind == "input"]
