@@ -103,7 +103,9 @@ class Newton:
     The loss thus never rises. When no step can lower it, `converged`
     says why and the trainer stops: the gradient is zero (a flat region or
     a stationary point), or the model predicts a decrease within the loss's
-    rounding. `rejected` counts the rejected trial steps.
+    rounding — for the Newton step itself, or only for the step rejected
+    steps shrank the trust region to (the loss did not follow its model: a
+    kink). `rejected` counts the rejected trial steps.
     """
 
     default_lr = 1.0
@@ -175,8 +177,15 @@ class Newton:
             p, hp, on_boundary = path.point(self.radius)
             predicted = -(self.lr * float(g @ p) + 0.5 * self.lr ** 2 * float(p @ hp))
             if not predicted > floor:
-                self.converged = ("no step lowers the loss by more than its rounding "
-                                  f"(the gradient's norm is {np.linalg.norm(g):.3g})")
+                if on_boundary:  # the model asks for a longer step, which rejected ones shrank below rounding
+                    self.converged = ("no step lowers the loss as its model predicts: rejected trial steps shrank "
+                                      f"the trust region to {self.radius:.3g}, where the predicted decrease is within "
+                                      f"the loss's rounding, though the gradient's norm is {np.linalg.norm(g):.3g} "
+                                      "(the loss may have a kink here, as abs or max do, where its gradient is not "
+                                      "its slope in every direction)")
+                else:
+                    self.converged = ("no step lowers the loss by more than its rounding "
+                                      f"(the gradient's norm is {np.linalg.norm(g):.3g})")
                 return values
             trial = unflatten(w + self.lr * p)
             rho = (loss - self.loss_at(trial)) / predicted  # nan when the trial loss is not finite

@@ -204,6 +204,23 @@ def test_reaching_a_flat_region_stops_there():
     assert result.values["w"].tolist() == [3.0, 3.0] and result.converged.startswith("the gradient is zero")
 
 
+def test_a_stall_at_a_kink_is_not_called_rounding():
+    """At w0 = w1, the kink of |w1 − w0|, the gradient (sign(0) = 0 there)
+    is not the loss's slope in every direction: the model predicts
+    decreases no step makes, and rejected steps shrink the trust region
+    until the predicted decrease is within rounding. The reason says so
+    (the step was cut by the trust region), not that the Newton step
+    itself predicts nothing left, which a smooth minimum still says."""
+    result = train.train(run("w = [1.0, 0.5]\nloss = ((w - [0.3, 0.31]) ** 2).sum + 0.1 * (w[1] - w[0]).abs\n"),
+                         ["w"], 60, optim.Newton())
+    assert result.status == "converged" and result.values["w"].tolist() == pytest.approx([0.305, 0.305])
+    assert result.converged.startswith("no step lowers the loss as its model predicts: rejected trial steps shrank "
+                                       "the trust region to ")
+    assert "the gradient's norm is 0.0141 (the loss may have a kink here" in result.converged
+    smooth = train.train(run(PSEUDO_HUBER), ["w"], 15, optim.Newton())
+    assert smooth.converged.startswith("no step lowers the loss by more than its rounding (the gradient's norm is")
+
+
 # ------------------------------------------------------------ rejected steps reported
 
 
