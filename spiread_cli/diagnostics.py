@@ -17,7 +17,7 @@ import difflib
 import re
 import sys
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 
@@ -105,6 +105,14 @@ class SpireadError(Exception):
         self.exit_code = exit_code
         self.source: Source | None = None
         self.printed: list[str] = []  # what the program's println wrote before the error
+
+    def called_from(self, calls: list[Span]) -> None:
+        """An error in the body of a function, inlined at `calls` (outermost
+        first): each call it is not part of is shown beside it, so a body
+        called from several places says from which."""
+        at = self.diagnostic.span
+        shown = tuple((call, "in this call") for call in calls if not call.start <= at.start <= at.end <= call.end)
+        self.diagnostic = replace(self.diagnostic, related=self.diagnostic.related + shown)
 
     def __str__(self) -> str:
         # The same text the command line prints (plain), so a traceback or a

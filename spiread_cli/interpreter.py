@@ -285,11 +285,13 @@ class Interpreter(Names, Operands, Calls, Indexing):
                     results.append(None)
                 else:
                     results.append(Arg(value, node))
-        except BaseException:
+        except BaseException as err:
             # Close the calls still waiting, innermost first, so each restores the scope it replaced.
             for _, call, n in reversed(stack):
                 if n == _RESUME:
                     call.close()
+            if isinstance(err, SpireadError) and err.diagnostic.span is not None:
+                err.called_from([node.span for node, _, n in stack if n == _RESUME])
             raise
         return results[0]
 

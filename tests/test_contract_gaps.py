@@ -95,3 +95,29 @@ def test_a_selection_by_two_numbers_shows_the_entry_and_the_selection_it_may_mea
     assert refused.value.diagnostic.notes == (note,)
     for spelling in note.split("`")[1::2]:
         assert compile(program + spelling).eval()["y"] is not None
+
+
+def test_an_error_in_a_function_body_shows_the_calls_it_was_met_in():
+    # §8: an error points at FILE:LINE:COL. In a `def`'s body, inlined at several calls, it pointed at the body
+    # alone: which call, with which shapes, was left to guess. Each call it was met in is shown beside it.
+    from spiread_cli import compile
+    from spiread_cli.diagnostics import SpireadError
+    program = ("def g(a) = a @@ [1.0, 2.0]\n"
+               "def f(a) = g(a * 2) + 1\n"
+               "z = f([1.0, 2.0]) + f([1.0, 2.0, 3.0])\n")
+    with pytest.raises(SpireadError) as refused:
+        compile(program).eval()
+    assert str(refused.value).splitlines() == [
+        "<string>:1:14: error: `a @@ [1.0, 2.0]`: inner sizes differ, `a` is a vector of 3, `[1.0, 2.0]` is a vector "
+        "of 2",
+        " 1 | def g(a) = a @@ [1.0, 2.0]",
+        "   |              ^^",
+        " 2 | def f(a) = g(a * 2) + 1",
+        "   |            -------- in this call",
+        " 3 | z = f([1.0, 2.0]) + f([1.0, 2.0, 3.0])",
+        "   |                     ------------------ in this call"]
+    # An error in a call's own arguments, or in a lambda written inside the call, is in the call: nothing beside it.
+    for text in ("def f(a) = a\nz = f([1.0, 2.0, 3.0] + [1.0, 2.0])", "z = [1.0, 2.0].map(x => x @@ [1.0])"):
+        with pytest.raises(SpireadError) as refused:
+            compile(text).eval()
+        assert refused.value.diagnostic.related == ()
