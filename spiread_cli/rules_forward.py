@@ -314,6 +314,7 @@ class Scaled:
     def __init__(self, base: np.ndarray, coefficient: np.ndarray):
         self.base, self.coefficient, self.shape, self.made = base, coefficient, base.shape, None
 
+    @np.errstate(all="ignore")  # made wherever it is read, as the sweeps' steps are: a non-finite entry is theirs to report
     def dense(self) -> np.ndarray:
         if self.made is None:  # a zero coefficient (a zero derivative's, sign's) is zeros, as its array rule gives
             self.made = np.multiply(self.base, self.coefficient) if self.coefficient.any() else np.zeros(self.shape)

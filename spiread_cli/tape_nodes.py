@@ -166,6 +166,7 @@ def _broadcasts_to(shape: tuple, to: tuple) -> bool:
         return False
 
 
+@np.errstate(over="ignore", invalid="ignore")  # a recorded sweep calls it outside the numeric sweeps' error state
 def derivative_born(node: Node, nodes: list[Node], incoming: Iterable[np.ndarray | None],
                     produced: np.ndarray) -> np.ndarray | None:
     """Where a derivative rule of `node` made an inf or nan from its inputs'
