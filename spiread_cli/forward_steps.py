@@ -72,8 +72,10 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
     their values or coefficients spread into one value each, as
     `diagonal_jvp` and `scaled_jvp` step them, after their own check; a
     coefficient that comes out not finite returns None, and the caller
-    pushes step by step, guarded: checked at each step where the push does
-    not check its result, which it makes not finite otherwise); any other runs
+    pushes step by step, guarded, even where the push checks its result: a
+    later op may drop the column it would make not finite, and the steps
+    then round as (base · u) · p where the coefficient would round as
+    base · (u · p), so a kept call would not give a fresh one's bits); any other runs
     `jvp_step`, as the loop does, and raises `Untraced` if its batch is of
     another kind than traced (the caller pushes step by step then). Values
     are read from the nodes at each call; a tangent is dropped after its last
@@ -164,8 +166,7 @@ class _Push:
             stepped = f"jvp{p}({', '.join(f'{m}.spread()[None]' for m in moving)}, {out}, {args})[0]"
             self.lines.extend([
                 f"if not spreads(op{p}, [{', '.join(moving)}], {node.value.shape!r}): raise Untraced",
-                f"{t} = {moving[0]}.gathered({stepped})" if traced is Diagonal else
-                f"{t} = scaled_over({moving[0]}, {stepped})"])
+                f"{t} = {moving[0]}.gathered({stepped})"])
             if traced is Scaled:  # a coefficient not finite (Scaled.gathered): this push step by step, guarded
                 self.lines.append(f"if {t} is None: return None")
         elif function is not None:
@@ -265,9 +266,6 @@ class _Push:
         shape = (self.k,) + self.nodes[output].value.shape
         checks = output in self.live and bool(self.rebound) and self.k * self.nodes[output].value.size <= \
             max(self.guards, UNGUARDED_ENTRIES)
-        # A coefficient not finite makes the result not finite, or is dropped where the batch's own steps
-        # drop its column too: a push that checks its result need not check each coefficient.
-        self.namespace["scaled_over"] = Scaled.over if checks else Scaled.gathered
         if checks:
             self.namespace.update(self.rebound)
             self.namespace["finite_batch"] = finite_batch

@@ -470,9 +470,8 @@ def test_scaled_runs_of_elementwise_steps_give_the_batchs_values(first, second, 
     read the batch as an array: the forward Jacobian of the run and the
     Hessian of the loss, from the identity kept Scaled, equal what the same
     sweeps give from the identity as an array; every push the loop's bits.
-    Written pushes that check their result (and so not each coefficient),
-    and, `guarded`, ones whose result is larger than their guards' values,
-    which check each coefficient."""
+    Written pushes that check their result, and, `guarded`, ones whose
+    result is larger than their guards' values: both check each coefficient."""
     from spiread_cli import forward_steps, ops
     from spiread_cli.second import SecondOrder
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
@@ -533,9 +532,8 @@ def test_a_zero_row_against_an_infinite_partial_keeps_its_tangent_zero(task, sca
     written push checks its result) or the first of sqrt (the Jacobian's,
     15 entries against 5 guarded: one that does not) is infinite. The
     batch's own steps keep that column of the tangents zero (the guard), a
-    coefficient cannot (0 · inf): a written push that checks its result
-    finds it not finite, one that does not checks each coefficient, and
-    both push step by step then. Finite, and what the identity as an array
+    coefficient cannot (0 · inf): a written push, whether or not it
+    checks its result, checks each coefficient, and pushes step by step then. Finite, and what the identity as an array
     gives, on every push."""
     from spiread_cli import forward_steps
     from spiread_cli.second import SecondOrder
