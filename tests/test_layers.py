@@ -5,7 +5,6 @@ long the way round. docs/design.md ("Layers") draws the layers this keeps."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from conftest import REPO
 
