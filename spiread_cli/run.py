@@ -5,6 +5,7 @@ output, and the questions every task asks of it (`require_scalar`,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain, count
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -67,9 +68,12 @@ class Run:
         shape = self.tape.nodes[self.output].shape
         if shape != ():
             receiver = self.output_name if self.output_name.isidentifier() else f"({self.output_name})"
+            # A name the program does not bind: `loss = loss.sum` would be a second binding.
+            names = chain(("loss", "total"), (f"loss{k}" for k in count(2)))
+            unbound = next(name for name in names if name not in self.bindings)
             raise SpireadError(f"the output `{self.output_name}` is {shape_str(shape)}, but gradients need a scalar",
                                self.tape.nodes[self.output].span,
-                               [f"reduce it, e.g. `loss = {receiver}.sum` or `.mean`, "
+                               [f"reduce it, e.g. `{unbound} = {receiver}.sum` or `.mean`, "
                                 f"or pick a scalar with {option('of')}",
                                 f"{command('jacobian')} gives the derivatives of every entry of "
                                 f"`{self.output_name}`"])

@@ -121,3 +121,19 @@ def test_an_error_in_a_function_body_shows_the_calls_it_was_met_in():
         with pytest.raises(SpireadError) as refused:
             compile(text).eval()
         assert refused.value.diagnostic.related == ()
+
+
+@pytest.mark.parametrize("program, suggested", [
+    ("w = [1.0, 2.0]\nloss = w * w\n", "total = loss.sum"),  # said `loss = loss.sum`
+    ("w = [1.0, 2.0]\ny = w * w\n", "loss = y.sum"),
+    ("w = [1.0, 2.0]\nloss = w * w\ntotal = 2.0\n", "loss2 = loss.sum"),
+])
+def test_the_reduction_grad_suggests_for_a_vector_output_runs_as_written(program, suggested):
+    # §8: grad of a non-scalar "is an error that says how to reduce it"; §3: a second binding is an error.
+    from spiread_cli import compile
+    from spiread_cli.diagnostics import SpireadError
+    output = suggested.split(" = ")[1][:-len(".sum")]
+    with pytest.raises(SpireadError) as refused:
+        compile(program).grad(of=output)
+    assert f"reduce it, e.g. `{suggested}` or `.mean`" in refused.value.diagnostic.notes[0]
+    assert compile(program + suggested + "\n").grad(of=suggested.split(" = ")[0])["w"].tolist() == [2.0, 4.0]
