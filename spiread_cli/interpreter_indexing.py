@@ -53,9 +53,13 @@ class Indexing:
             # vecxt's entry, `x(0, 1)`: said only that `0` was not a vector of rows
             x, i, j = (self.text(a.expr) for a in (receiver, *args))
             kept = f"`{x}[({i}, {j})]`, zeros elsewhere" if op_name == "select" else f"`{x}.arrange(({i}, {j}))`"
+            # The spellings only where they would run: whole numbers within the matrix's shape.
+            positions = [float(self.read(self.tensor(a))) for a in args]
+            fits = all(v.is_integer() and -n <= v < n for v, n in zip(positions, self.tensor(receiver).shape))
             raise SpireadError(f"a selection takes (row, col) pairs, or a vector of rows and one of columns, but "
                                f"`{i}` and `{j}` are numbers", call.span,
-                               [f"for the entry in row {i}, column {j}, write `{x}[{i}, {j}]`; as a selection, {kept}"])
+                               [f"for the entry in row {i}, column {j}, write `{x}[{i}, {j}]`; as a selection, {kept}"]
+                               if fits else [])
         pairs = self.pairs(args, call)
         shape = self.tensor(receiver).shape
         rows, cols = pairs.rows, pairs.cols

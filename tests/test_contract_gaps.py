@@ -81,6 +81,8 @@ def test_a_table_that_is_not_one_says_where_in_the_words_of_its_counts(tmp_path,
     ("x.select(1, -1)", "for the entry in row 1, column -1, write `x[1, -1]`; as a selection, `x[(1, -1)]`, zeros "
                         "elsewhere"),
     ("x.arrange(1, 0)", "for the entry in row 1, column 0, write `x[1, 0]`; as a selection, `x.arrange((1, 0))`"),
+    # No spelling that would itself be an error (rev-b): outside the 2 × 2 matrix, or not whole numbers.
+    ("x(5, 7)", None), ("x(0, -3)", None), ("x(0.5, 1)", None), ("x.select(1, 0 / 0)", None),
 ])
 def test_a_selection_by_two_numbers_shows_the_entry_and_the_selection_it_may_mean(call, note):
     # §6: `x.select(rows, cols)` takes vectors; vecxt's `m(0, 1)` (one entry) pasted from Scala was told only
@@ -92,8 +94,8 @@ def test_a_selection_by_two_numbers_shows_the_entry_and_the_selection_it_may_mea
         compile(program + call).eval()
     row, column = call[call.index("(") + 1:-1].split(", ")
     assert refused.value.diagnostic.message.endswith(f"but `{row}` and `{column}` are numbers")
-    assert refused.value.diagnostic.notes == (note,)
-    for spelling in note.split("`")[1::2]:
+    assert refused.value.diagnostic.notes == ((note,) if note else ())
+    for spelling in (note or "").split("`")[1::2]:
         assert compile(program + spelling).eval()["y"] is not None
 
 
