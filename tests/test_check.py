@@ -426,3 +426,18 @@ def test_rounding_deep_in_the_program_is_allowed_for():
     report = check_gradients(r, ["w"])
     assert report.ok, {n: v.problem for n, v in report.results.items()}
     assert report.results["w"].max_abs_error < 1e-9
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan, 1e308])
+@pytest.mark.parametrize("output", ["y = M @@ w", "y = (M @@ w).tanh * w", "y = (M @@ w).sum"])
+def test_a_check_over_data_not_finite_lets_no_numpy_warning_out(output, bad):
+    """Whatever the blocks hold, `check` reports through its results and
+    spiread's located warnings, never numpy's RuntimeWarning (an error
+    here): a Jacobian's block met its directions outside the sweeps' error
+    state (rev-d)."""
+    import spiread_cli
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", RuntimeWarning)
+        spiread_cli.compile(f"M = zeros(2, 2)\nw = zeros(2)\n{output}\n").check(M=[[bad, 1.0], [1.0, 2.0]], w=[1.0, 1.0],
+                                                                                  wrt="w")
