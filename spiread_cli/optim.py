@@ -177,7 +177,7 @@ class Newton:
             p, hp, on_boundary = path.point(self.radius)
             predicted = -(self.lr * float(g @ p) + 0.5 * self.lr ** 2 * float(p @ hp))
             if not predicted > floor:
-                if on_boundary:  # the model asks for a longer step, which rejected ones shrank below rounding
+                if on_boundary and self.rejected:  # a longer step is asked for, which rejected ones shrank
                     self.converged = ("no step lowers the loss as its model predicts: rejected trial steps shrank "
                                       f"the trust region to {self.radius:.3g}, where the predicted decrease is within "
                                       f"the loss's rounding, though the gradient's norm is {np.linalg.norm(g):.3g} "

@@ -219,6 +219,11 @@ def test_a_stall_at_a_kink_is_not_called_rounding():
     assert "the gradient's norm is 0.0141 (the loss may have a kink here" in result.converged
     smooth = train.train(run(PSEUDO_HUBER), ["w"], 15, optim.Newton())
     assert smooth.converged.startswith("no step lowers the loss by more than its rounding (the gradient's norm is")
+    # A step cut by the first trust region, with no step rejected, is not the kink's (rev-d): the loss's
+    # rounding (at 1e18) swallows what a linear term's steps could lower it by.
+    far = train.train(run("w = [0.0, 0.0]\nloss = 1e18 + (w * [1.0, 1.0]).sum + 1e-12 * (w * w).sum\n"), ["w"], 5,
+                      optim.Newton())
+    assert far.rejected == 0 and far.converged.startswith("no step lowers the loss by more than its rounding")
 
 
 # ------------------------------------------------------------ rejected steps reported
