@@ -4,6 +4,7 @@ output, and the questions every task asks of it (`require_scalar`,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from itertools import chain, count
 from pathlib import Path
@@ -68,9 +69,10 @@ class Run:
         shape = self.tape.nodes[self.output].shape
         if shape != ():
             receiver = self.output_name if self.output_name.isidentifier() else f"({self.output_name})"
-            # A name the program does not bind: `loss = loss.sum` would be a second binding.
+            # A name the program's text never uses: `loss = loss.sum` would be a second binding, and a `def`'s
+            # name is bound too.
             names = chain(("loss", "total"), (f"loss{k}" for k in count(2)))
-            unbound = next(name for name in names if name not in self.bindings)
+            unbound = next(name for name in names if not re.search(rf"\b{name}\b", self.source.text))
             raise SpireadError(f"the output `{self.output_name}` is {shape_str(shape)}, but gradients need a scalar",
                                self.tape.nodes[self.output].span,
                                [f"reduce it, e.g. `{unbound} = {receiver}.sum` or `.mean`, "

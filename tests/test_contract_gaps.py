@@ -129,6 +129,7 @@ def test_an_error_in_a_function_body_shows_the_calls_it_was_met_in():
     ("w = [1.0, 2.0]\nloss = w * w\n", "total = loss.sum"),  # said `loss = loss.sum`
     ("w = [1.0, 2.0]\ny = w * w\n", "loss = y.sum"),
     ("w = [1.0, 2.0]\nloss = w * w\ntotal = 2.0\n", "loss2 = loss.sum"),
+    ("def loss(a: Double) = a * 1.0\nw = [1.0, 2.0]\ny = w * loss(w)\n", "total = y.sum"),  # a def binds its name
 ])
 def test_the_reduction_grad_suggests_for_a_vector_output_runs_as_written(program, suggested):
     # §8: grad of a non-scalar "is an error that says how to reduce it"; §3: a second binding is an error.
