@@ -69,10 +69,11 @@ class Run:
         shape = self.tape.nodes[self.output].shape
         if shape != ():
             receiver = self.output_name if self.output_name.isidentifier() else f"({self.output_name})"
-            # A name the program's text never uses: `loss = loss.sum` would be a second binding, and a `def`'s
-            # name is bound too.
+            # A name the program's code never uses (its comments aside): `loss = loss.sum` would be a second
+            # binding, and a `def`'s name is bound too.
+            code = re.sub(r"(#|//)[^\n]*", "", self.source.text)
             names = chain(("loss", "total"), (f"loss{k}" for k in count(2)))
-            unbound = next(name for name in names if not re.search(rf"\b{name}\b", self.source.text))
+            unbound = next(name for name in names if not re.search(rf"\b{name}\b", code))
             raise SpireadError(f"the output `{self.output_name}` is {shape_str(shape)}, but gradients need a scalar",
                                self.tape.nodes[self.output].span,
                                [f"reduce it, e.g. `{unbound} = {receiver}.sum` or `.mean`, "
