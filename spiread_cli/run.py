@@ -4,7 +4,6 @@ output, and the questions every task asks of it (`require_scalar`,
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from itertools import chain, count
 from pathlib import Path
@@ -69,11 +68,10 @@ class Run:
         shape = self.tape.nodes[self.output].shape
         if shape != ():
             receiver = self.output_name if self.output_name.isidentifier() else f"({self.output_name})"
-            # A name the program's code never uses (its comments aside): `loss = loss.sum` would be a second
-            # binding, and a `def`'s name is bound too.
-            code = re.sub(r"(#|//)[^\n]*", "", self.source.text)
+            # A name the program does not bind (`binding_spans` holds its `def`s' too): `loss = loss.sum`
+            # would be a second binding.
             names = chain(("loss", "total"), (f"loss{k}" for k in count(2)))
-            unbound = next(name for name in names if not re.search(rf"\b{name}\b", code))
+            unbound = next(name for name in names if name not in self.binding_spans)
             raise SpireadError(f"the output `{self.output_name}` is {shape_str(shape)}, but gradients need a scalar",
                                self.tape.nodes[self.output].span,
                                [f"reduce it, e.g. `{unbound} = {receiver}.sum` or `.mean`, "
