@@ -128,6 +128,7 @@ def compiled_vjp(derivative: Callable, batched: bool = False) -> Callable:
             function = _written(written, key, vjp_code(derivative, i, [np.shape(x) for x in xs], np.shape(out),
                                                        params, batched), "vjp")
         return function(g, out, *xs)
+    vjp.statement = derivative  # a sweep written as code writes the statement itself (reverse_steps.py)
     return vjp
 
 

@@ -23,6 +23,7 @@ from .limits import reuse_freed_memory
 from .ops import IN_PLACE_ENTRIES, Op
 from .rules import comparable
 from .emitter import Emitter, Shared, rule_label, unread_dropped
+from .reverse_steps import written_sweep
 from .rules_forward import Diagonal, added, dense, diagonal_vjp
 from .tape_nodes import (Births, DeferredNode, Node, Residual, all_finite_unguarded, all_finite_values, born_entries,
                          compute, describe_nonfinite, rule_params, straight_line, warn_all)
@@ -63,6 +64,9 @@ class Tape:
     nodes: list[Node] = field(default_factory=list)
     source: Source | None = None  # the program, for the source text of a node's span
     deferral: Deferral | None = None  # while set, `record` defers (`defer`)
+    # The unobserved reverse sweeps made on this tape, by output, wrt and whether batched: 1 once swept,
+    # then the sweep written out as one function (reverse_steps.written_sweep).
+    sweeps: dict[tuple, int | Callable] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ recording
 
@@ -108,6 +112,7 @@ class Tape:
         """Drop the nodes recorded from node `length` on: a trial recording
         that is not kept (`.map`'s, spiread_cli/builtin_methods.py)."""
         del self.nodes[length:]
+        self.sweeps = {key: sweep for key, sweep in self.sweeps.items() if max(key[0], *key[1]) < length}
         if self.deferral is not None:
             self.deferral.quiet = {i for i in self.deferral.quiet if i < length}
             self.deferral.done = min(self.deferral.done, length)
@@ -283,17 +288,30 @@ class Tape:
         statement to the batch (`Op.batched_vjp`), and each result has shape
         (k,) + the node's: k rows of the Jacobian. A `Diagonal` batch (rows of
         the identity) stays one through the ops with a rule for it
-        (`diagonal_vjp`), and a result may be one."""
+        (`diagonal_vjp`), and a result may be one. A sweep made again
+        (unobserved, of the same output and `wrt`, batched or not) runs the
+        loop written out as one function (`sweeps`), with the loop's bits."""
         if cotangents is not None:
             reuse_freed_memory()
-        needs = self.fed_by(wrt, output)
+        needs = None
         with np.errstate(all="ignore"):
-            result = self._sweep(output, wrt, needs, observe, cotangents)
+            written = self.sweeps.get(key := (output, tuple(wrt), cotangents is not None), 0) if observe is None else 0
+            if callable(written):
+                result = written(cotangents)
+            else:
+                needs = self.fed_by(wrt, output)
+                if written == 1:  # swept again: from now on by the sweep written out, which gives the loop's bits
+                    written = self.sweeps[key] = written_sweep(self.nodes, output, wrt, needs, cotangents is not None)
+                    result = written(cotangents)
+                else:
+                    result = self._sweep(output, wrt, needs, observe, cotangents)
+                    if observe is None:
+                        self.sweeps[key] = 1
             # Finiteness is checked only when a gradient came out non-finite:
             # then a second, checking sweep finds the op that made it.
             if diagnostics is not None and not all(all_finite_unguarded(g) for g in result.values()):
                 births = Births(self.nodes)
-                self._sweep(output, wrt, needs, births.reverse, cotangents)
+                self._sweep(output, wrt, needs or self.fed_by(wrt, output), births.reverse, cotangents)
                 births.warn(diagnostics)  # the first op, sweeping back from the output
         return result
 

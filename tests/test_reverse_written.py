@@ -1,0 +1,149 @@
+"""A reverse sweep made again is written out as one function
+(spiread_cli/reverse_steps.py, `Tape.sweeps`): a kept call's gradient and
+reverse-mode Jacobian, a training step's gradient. It gives the loop's bits,
+batched or not, finite or not, with the loop's warnings at their spans and no
+numpy RuntimeWarning, and holds no more memory than the loop."""
+
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import spiread_cli
+from spiread_cli import tape as tape_module
+from spiread_cli.diagnostics import Diagnostics
+from spiread_cli.rules_forward import Diagonal, dense
+from spiread_cli.tape import Tape
+from programs import programs
+
+
+@pytest.fixture
+def looped(monkeypatch):
+    """How many sweeps the tape's loop made (`Tape._sweep`)."""
+    count = [0]
+    sweep = Tape._sweep
+
+    def counted(self, *args, **kwargs):
+        count[0] += 1
+        return sweep(self, *args, **kwargs)
+    monkeypatch.setattr(Tape, "_sweep", counted)
+    return count
+
+
+def bits(result: dict) -> list:
+    """A sweep's result as (node, kind, shape, bytes): equal means the same bits and kinds."""
+    return [(w, type(g).__name__, np.shape(dense(g)), np.asarray(dense(g)).tobytes()) for w, g in result.items()]
+
+
+def warned(diagnostics: Diagnostics | None) -> list:
+    return [] if diagnostics is None else [(w.message, w.span) for w in diagnostics.warnings]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), st.data())
+def test_a_sweep_made_again_is_written_and_gives_the_loops_bits(program, data):
+    """On random programs, at values with zeros, infs and nans, of the scalar
+    output or (batched: arrays or rows of the identity as cotangents) of a
+    random value: each sweep after the first runs the written function and
+    gives what the loop gives for the same values, bit for bit, and its
+    warnings (the loop's checking sweep, where a result is not finite)."""
+    run = spiread_cli.compile(program.source).run({})
+    tape, names = run.tape, [n for n in program.default_wrt() if n in program.inputs]
+    if not names:
+        return
+    wrt = [run.bindings[n] for n in names]
+    fed = tape.fed_by(wrt, len(tape.nodes) - 1)
+    reached = [node.id for node in tape.nodes if node.op is not None and fed[node.id] and node.id <= run.output]
+    batched = data.draw(st.sampled_from([None, "arrays", "identity"]), label="batched")
+    output = run.output if batched is None or not reached else data.draw(st.sampled_from(reached), label="output")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    shape = tape.nodes[output].shape
+    for call, poison in enumerate((None, None, 0.0, np.inf, np.nan, None)):
+        for name in names:
+            node = run.node(name)
+            value = np.asarray(program.inputs[name], dtype=float) * (1 + 0.1 * rng.standard_normal(node.shape))
+            if poison is not None and value.size:
+                value.flat[rng.integers(value.size)] = poison
+            node.set_value(value.reshape(node.shape))
+        with np.errstate(all="ignore"):
+            tape.replay(tape.nodes[:output + 1])
+        size = int(np.prod(shape))
+        cotangents = None if batched is None else rng.standard_normal((3,) + shape) if batched == "arrays" else \
+            Diagonal.identity_rows(shape, 0, size) if size else None
+        # (a batch's non-finite derivatives are found by its caller: jacobian.pull_blocks)
+        expected_warnings, diagnostics = (Diagnostics(), Diagnostics()) if cotangents is None else (None, None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # none leaks from either sweep
+            expected = Tape(tape.nodes).backward(output, wrt, expected_warnings, cotangents=cotangents)  # a first
+            got = tape.backward(output, wrt, diagnostics, cotangents=cotangents)
+        assert bits(got) == bits(expected)
+        assert warned(diagnostics) == warned(expected_warnings)
+        assert callable(tape.sweeps[(output, tuple(wrt), cotangents is not None)]) == (call > 0)
+
+
+def test_kept_gradients_and_reverse_jacobians_sweep_by_the_written_function(looped):
+    """A kept call's sweep is the written one: the loop runs for the fresh
+    call alone, and again only where a gradient is not finite (its checking
+    sweep); each call equals a fresh Program's, warnings included."""
+    source = "A = zeros(4, 3)\nw = zeros(3)\ny = (A @@ w).tanh\nloss = y.sum + (w ** 4).sum + w.sqrt.sum\n"
+    rng = np.random.default_rng(3)
+    A, w = rng.standard_normal((4, 3)), rng.random(3) + 0.5
+    for call, of in (("grad", None), ("jacobian", "y")):
+        prog = spiread_cli.compile(source)
+        options = {"wrt": "w", "of": of} | ({"mode": "reverse"} if call == "jacobian" else {})
+        looped[0] = 0
+        for scale in (1.0, 1.5, 2.0, 0.5):
+            got = getattr(prog, call)({"A": A, "w": w * scale}, **options)
+            want = getattr(spiread_cli.compile(source), call)({"A": A, "w": w * scale}, **options)
+            assert np.asarray(got["w"]).tobytes() == np.asarray(want["w"]).tobytes()
+        assert looped[0] == 4 + 1  # the fresh Programs' four and the first call's
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            looped[0] = 0
+            got = prog.grad({"A": A, "w": np.array([0.0, 1.0, 2.0])}, wrt="w") if call == "grad" else None
+            kept = [(str(c.message), c.category) for c in caught]
+            caught.clear()
+            if got is not None:
+                assert looped[0] == 1  # the checking sweep that finds sqrt
+                want = spiread_cli.compile(source).grad({"A": A, "w": np.array([0.0, 1.0, 2.0])}, wrt="w")
+                assert np.asarray(got["w"]).tobytes() == np.asarray(want["w"]).tobytes()
+                assert kept == [(str(c.message), c.category) for c in caught] and "`sqrt`" in kept[0][0]
+                assert not any(issubclass(category, RuntimeWarning) for _, category in kept)
+
+
+def test_training_steps_sweep_by_the_written_function(looped, monkeypatch):
+    """Every training step after the first sweeps by the written function,
+    and training gives the bits it gives with the loop at every step."""
+    source = "X = zeros(20, 4)\ny = zeros(20)\nw = zeros(4)\nloss = ((X @@ w).tanh - y).square.mean + (w * w).sum\n"
+    rng = np.random.default_rng(7)
+    values = {"X": rng.standard_normal((20, 4)), "y": rng.standard_normal(20), "w": rng.standard_normal(4)}
+    written = spiread_cli.compile(source).train(values, wrt="w", steps=12, lr=0.1, optimizer="adam")
+    assert looped[0] == 1
+    monkeypatch.setattr(tape_module, "written_sweep", lambda nodes, output, wrt, needs, batched: lambda cotangents:
+                        Tape(nodes)._sweep(output, wrt, needs, None, cotangents))
+    loop = spiread_cli.compile(source).train(values, wrt="w", steps=12, lr=0.1, optimizer="adam")
+    assert np.array(written.losses).tobytes() == np.array(loop.losses).tobytes()
+    assert written.values["w"].tobytes() == loop.values["w"].tobytes()
+
+
+def test_a_written_sweep_holds_no_more_than_the_loop():
+    """Adjoints and a statement's temporaries are dropped as the loop drops
+    them: the written sweep's peak memory is the loop's, or less."""
+    n = 200_000
+    source = f"w = zeros({n})\nloss = (((w.tanh * 2).exp + w).sin * w).sum\n"
+    run = spiread_cli.compile(source).run({"w": np.linspace(-1, 1, n)})
+    tape, wrt = run.tape, [run.bindings["w"]]
+    peaks = []
+    for _ in range(2):  # the loop, then the written sweep
+        tracemalloc.start()
+        result = tape.backward(run.output, wrt)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        del result
+    assert callable(tape.sweeps[(run.output, tuple(wrt), False)])
+    assert peaks[1] <= peaks[0] + 4096
