@@ -24,14 +24,10 @@ from programs import programs
 
 @pytest.fixture
 def looped(monkeypatch):
-    """How many sweeps the tape's loop made (`Tape._sweep`)."""
+    """How many sweeps the tape's loop made (`Tape._sweep`): its first item."""
     count = [0]
-    sweep = Tape._sweep
-
-    def counted(self, *args, **kwargs):
-        count[0] += 1
-        return sweep(self, *args, **kwargs)
-    monkeypatch.setattr(Tape, "_sweep", counted)
+    monkeypatch.setattr(Tape, "_sweep", lambda tape, *args, sweep=Tape._sweep: count.__setitem__(0, count[0] + 1)
+                        or sweep(tape, *args))
     return count
 
 
