@@ -1749,17 +1749,27 @@ def _mean_log_softmax_pick_vjp(i, g, out, z, rows, cols, *, residual):
 
 
 def _mean_log_softmax_pick_derivative(i, g, out, z, emit, rows, cols):
-    """g · (picks − counts · softmax(z)) / n, as a hand-written step
-    computes it: −(counts / n) · softmax(z) with 1 / n added at the picks by
-    their positions (`addPairs`: no dense array of them), times g last (an
-    infinite g meets no inf − inf). The picks and counts[r], how often row
-    r is picked, are fixed with the tape; softmax(z) is an op."""
-    n = float(max(len(rows), 1))  # no picks: the mean is nan, a constant; its gradient is 0
+    """g · (picks − counts · softmax(z)) / n, as the fast path computes it:
+    −counts · (1 / n) · softmax(z) with count · (1 / n) added once at each
+    picked position (`addPairs`: no dense array of them), times g last (an
+    infinite g meets no inf − inf). Once a position: 1 / n added there c
+    times rounds apart from the c · (1 / n) it cancels where the softmax is
+    1 (a one-wide row), and an infinite g then gave ±inf where the fast path
+    gives nan. The picks and counts[r], how often row r is picked, are fixed
+    with the tape; softmax(z) is an op."""
+    per_pick = 1.0 / max(len(rows), 1)  # no picks: the mean is nan, a constant; its gradient is 0
     counts = np.bincount(rows, minlength=emit.shape(z)[0]).astype(np.float64)[:, None]
     # A number where every row is picked as often (a batch: once), which scales a matrix in one pass.
-    weights = -counts[0, 0] / n if counts.size and (counts == counts[0, 0]).all() else -counts / n
+    weights = counts[0, 0] * -per_pick if counts.size and (counts == counts[0, 0]).all() else counts * -per_pick
     spread = emit("mul", [emit.const(weights, "−counts / n"), emit("softmaxRows", [z])])
-    picked = emit("addPairs", [spread, emit.const(np.full(len(rows), 1.0 / n), "1 / n")], rows=rows, cols=cols)
+    if counts.max(initial=0) > 1:  # rows picked many times: each position once, with its count
+        shape = emit.shape(z)
+        times = np.bincount(pair_positions(shape, rows, cols), minlength=shape[0] * shape[1])
+        rows, cols = np.divmod(np.flatnonzero(times), shape[1])
+        added = times[times > 0] * per_pick
+    else:
+        added = np.full(len(rows), per_pick)
+    picked = emit("addPairs", [spread, emit.const(added, "count / n")], rows=rows, cols=cols)
     return emit("mul", [g, picked])
 
 

@@ -32,12 +32,12 @@ GIVEN = f"A = randn({N}, {N}, seed=1) / 10\nB = randn({N}, {N}, seed=2) / 10\nc 
     # C's transpose, made before C's last use as an operand, is read after it: C is never written
     ("C = A @@ B\nT = C.T\nD = C + 1.0\nloss = (D * T).sum", r"D = C \+ 1\.0  #", "A|B|C"),
     ("C = A @@ B\nloss = ((C + C.T) * A).sum", r"= C \+ transpose_\d+  #", "A|B|C"),
-    # the mean log-likelihood's derivative adds 1 / n at its picks into the array it scales (`addPairs`):
-    # each row picked once, and pairs picked two or three times
+    # the mean log-likelihood's derivative adds count / n at its picks into the array it scales (`addPairs`),
+    # once a position: each row picked once, and pairs picked two or three times
     ("loss = -(A @@ B).logSoftmaxRows.arrange(arange(130), arange(130) * 7 % 130).mean",
      r"= _add_flat\((mul_\d+), c_\d+, picks_\d+, True, out=\1\)  #", "A|B"),
     ("loss = -(A @@ B).logSoftmaxRows.arrange(arange(130) % 50, arange(130) % 2).mean",
-     r"= _add_flat\((mul_\d+), c_\d+, picks_\d+, False, out=\1\)  #", "A|B"),
+     r"= _add_flat\((mul_\d+), c_\d+, picks_\d+, True, out=\1\)  #", "A|B"),
     # nor an array read again after the line (C, until its last use), or an argument (A, B)
     ("C = A @@ B\nloss = (C * A).sum + (C * B).sum", r"= C \* A  #", "A|B"),
 ])

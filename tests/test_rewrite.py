@@ -161,7 +161,7 @@ def test_log_softmax_then_pick_then_mean_is_the_log_likelihood(seed):
 @pytest.mark.parametrize("rows", ["[0, 1, 2, 3, 4]", "[0, 0, 1, 4, 4]"])
 def test_the_log_likelihoods_recorded_derivative_adds_at_its_picks_by_position(rows):
     """Recorded (a Hessian's or an export's gradient), meanLogSoftmaxPick's
-    derivative adds 1 / n at its picks by their positions (`addPairs`): no
+    derivative adds count / n at its picks by their positions (`addPairs`): no
     constant it makes is an array of the logits' shape (the bigram's would
     be 49 MB), and it gives the gradient the numeric sweep gives."""
     rng = np.random.default_rng(3)

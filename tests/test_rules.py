@@ -198,3 +198,24 @@ def test_every_fast_path_equals_its_statement_at_zeros_infinities_and_nans(call,
             scale = max([0.0, *np.abs(g[np.isfinite(g)]).reshape(-1)])
             np.testing.assert_allclose(fast, stated, rtol=1e-12, atol=np.finfo(float).eps * scale,
                                        err_msg=f"{name}, operand {i}")
+
+
+@pytest.mark.parametrize("picks", [3, 5, 6, 7, 10])
+@pytest.mark.parametrize("width", [1, 3])
+def test_the_log_likelihoods_statement_cancels_as_its_fast_path_where_a_softmax_is_one(picks, width):
+    """Where a picked row's softmax is exactly 1 (a one-wide row, or its other
+    logits −inf), the pick's 1 − softmax is 0 both ways, so an infinite
+    cotangent gives nan both ways, and every other entry the same bits: the
+    statement adds count · (1 / n) once a position, as the fast path does,
+    not 1 / n count times (3 × 0.2 rounds apart from 3 · 0.2)."""
+    op = OPS["meanLogSoftmaxPick"]
+    z = np.full((3, width), -np.inf)
+    z[:, 0] = [0.3, -1.2, 2.0]
+    rows = np.arange(picks) % 2 * 2  # rows 0 and 2, each picked many times
+    cols = np.zeros(picks, dtype=int)
+    with np.errstate(all="ignore"):
+        out = np.asarray(op.impl(z, rows=rows, cols=cols), dtype=float)
+        for g in (np.inf, -np.inf, 1.0, 3.0):
+            fast = op.vjp(0, np.asarray(g), out, z, rows=rows, cols=cols)
+            stated = interpreted_vjp(op.derivative)(0, np.asarray(g), out, z, rows=rows, cols=cols)
+            assert np.array_equal(fast, stated, equal_nan=True), (g, fast, stated)
