@@ -316,7 +316,7 @@ class Scaled:
 
     @np.errstate(all="ignore")  # made wherever it is read, as the sweeps' steps are: a non-finite entry is theirs to report
     def dense(self) -> np.ndarray:
-        if self.made is None:  # a zero coefficient (a zero derivative's, sign's) is zeros, as its array rule gives
+        if self.made is None:  # a zero coefficient is zeros: its base is finite (`gathered`)
             self.made = np.multiply(self.base, self.coefficient) if self.coefficient.any() else np.zeros(self.shape)
             self.made.flags.writeable = False
         return self.made
@@ -331,10 +331,19 @@ class Scaled:
         return Scaled(self.base, u)
 
     def gathered(self, u) -> "Scaled | None":
-        """`over`, or None where u is not finite, since base · u then differs
-        from the steps' batch where base is 0 (their guards keep a zero
-        tangent zero against an infinite partial; a coefficient cannot)."""
-        return self.over(u) if math.isfinite(np.add.reduce(u, axis=None)) else None
+        """`over`, or None where base · u would differ from the steps' batch:
+        where u is not finite and base is 0 (their guards keep a zero tangent
+        zero against an infinite partial; a coefficient cannot), and where u
+        is all zero and base is not finite: a partial of 0 times an infinite
+        tangent is nan in the steps' batch, but a rule that reads no tangent
+        (sign's, a condition's) gives zeros, and a zero coefficient cannot
+        tell the two apart. Rare: base's test runs only at a zero u."""
+        total = np.add.reduce(u, axis=None)
+        if not math.isfinite(total):
+            return None
+        if total == 0 and not u.any() and not math.isfinite(np.add.reduce(self.base, axis=None)):
+            return None
+        return self.over(u)
 
 
 def scaled_jvp(op, ts: list, out, xs: list, params: dict) -> Scaled | None:

@@ -525,6 +525,40 @@ def test_scaled_runs_over_non_finite_data_warn_only_at_their_spans(first, binary
         spiread_cli.compile(values + f"loss = {end.format(f'({y})')}\n").hessian(M=M, wrt="w")
 
 
+@pytest.mark.parametrize("tail", [".relu", ".relu * 2.0 + (M @@ w).tanh", ".relu.exp", " > 0.0", ".relu + ((M @@ w) > 0.0)"])
+@pytest.mark.parametrize("shape", [(8, 4), (128, 128)])  # below and at SCALED_ENTRIES: an array, or Scaled
+def test_a_zero_partial_against_infinite_data_gives_what_the_batch_as_an_array_gives(tail, shape):
+    """M holds inf and z = M @@ w is negative, so relu's partial is 0
+    everywhere: 0 times the infinite tangent is nan, as the batch as an
+    array steps it and as reverse mode gives it, where `>` reads no tangent
+    and gives zeros. So too where the product's tangents are kept Scaled,
+    whose coefficient of zeros alone cannot tell the two apart: the forward
+    Jacobian does not hang on the problem's size, Scaled at either size or
+    an array at either, and kept calls (the written push) give the same bits."""
+    import warnings
+    import spiread_cli
+    from spiread_cli import ops
+    n, m = shape
+    M = np.linspace(0.1, 1.0, n * m).reshape(n, m)
+    M[1, 2] = np.inf
+    w = -np.linspace(0.5, 1.0, m)
+    text = f"M = zeros({n}, {m})\nw = zeros({m})\ny = (M @@ w){tail}\n"
+    found = []
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", RuntimeWarning)
+        reverse = spiread_cli.compile(text).jacobian(M=M, w=w, wrt="w", mode="reverse")["w"]
+        for least in (ops.SCALED_ENTRIES, 0, n * m + 1):  # as it is, every such product Scaled, none
+            patch.setattr(ops, "SCALED_ENTRIES", least)
+            program = spiread_cli.compile(text)
+            found.extend(program.jacobian(M=M, w=w, wrt="w", mode="forward")["w"] for _ in range(3))
+    assert np.isnan(found[0]).any() == ("relu" in tail)
+    for each in found:
+        assert each.tobytes() == found[0].tobytes() or np.array_equal(each, found[0], equal_nan=True)
+    if "relu" in tail:
+        np.testing.assert_allclose(found[0], reverse, rtol=1e-13, atol=0)
+
+
 @pytest.mark.parametrize("task", ["Hessian", "Jacobian"])
 def test_a_zero_row_against_an_infinite_partial_keeps_its_tangent_zero(task, scaled, monkeypatch):
     """Once its pushes are written, M's row 1 becomes zero, so z[1] = 0,
