@@ -21,7 +21,7 @@ import numpy as np
 from .diagnostics import Diagnostics, shape_str
 from .limits import check_bytes, limit_for, reuse_freed_memory
 from . import forward_steps
-from .forward_steps import Untraced, finite_batch, jvp_step, shares_none, written_push
+from .forward_steps import Untraced, finite_batch, jvp_step, shares_none, sole_spares, spare_positions, written_push
 from .rules_forward import Diagonal, added, dense
 from .tape import SweepObserver, Tape
 from .tape_nodes import Births, Node, rule_params
@@ -54,6 +54,8 @@ class ForwardSweep:
             if p < len(self.plan):
                 self.free_after[p].append(i)
         self.bytes_per_direction = 8 * self._peak_live_entries()
+        # Each step's operands whose tangents it may write into (`forward_steps.spare_positions`).
+        self.spare_positions = spare_positions(self.plan, self.free_after, nodes)
         # By the seeds' kind: 1 once pushed, then the steps written out (`written_push`), or
         # None where those met another kind of batch than written (pushed step by step).
         self.written: dict[tuple, int | Callable | None] = {}
@@ -143,9 +145,13 @@ class ForwardSweep:
                 else:
                     args = [nodes[i].value for i in node.inputs]
                     params = node.params if node.op.fwd is None else rule_params(node, args)
+                    positions = self.spare_positions[p]
+                    spares = sole_spares(ts, positions) if positions and observe is None and \
+                        k * node.value.size >= forward_steps.IN_PLACE_ENTRIES else None
                     t = jvp_step(node.op, ts, node.value, args, params, k,
                                  lambda a: shares_none(a, [t for i, t in tangents.items() if i not in self.free_after[p]],
-                                                        seeds), unguarded)
+                                                        seeds), unguarded, spares)
+                    del spares
                     # A seeded node that is an intermediate gets its own seed on top
                     # of what flows into it, as reverse mode's adjoints add up.
                     if node.id in self.seeded:
@@ -155,6 +161,7 @@ class ForwardSweep:
                 if observe is not None:
                     observe(node, [dense(given) for given in ts], dense(t))
                 tangents[node.id] = t
+                t = None  # held by `tangents` alone: a later step may write into it (`sole_spares`)
                 for i in self.free_after[p]:
                     tangents.pop(i, None)
         if self.output in tangents:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import sys
+from sys import getrefcount
 from typing import Callable
 
 import numpy as np
@@ -26,7 +27,7 @@ IN_PLACE_ENTRIES = 1 << 14
 
 
 def jvp_step(op, ts: list, out: np.ndarray, args: list, params: dict, k: int, owned: Callable[[np.ndarray], bool],
-             unguarded: bool = False):
+             unguarded: bool = False, spares: list | None = None):
     """One op's tangent from its operands' `ts` (None: no tangent; a
     `Diagonal` batch stays one where the op has a rule for it, and a
     `Scaled` one through an elementwise op, else an array, or no tangent
@@ -35,7 +36,9 @@ def jvp_step(op, ts: list, out: np.ndarray, args: list, params: dict, k: int, ow
     seed shares memory with a. `unguarded`: arrays are stepped by the
     function the op's jvp runs with its unguarded value rules
     (`jvp.resolve`, as a written push's), for a caller that checks what the
-    sweep gives and steps it guarded where that is not finite."""
+    sweep gives and steps it guarded where that is not finite. `spares`:
+    arrays, a spare (or None) for each tangent given, that the step may
+    write its result into (`sole_spares`), as a written push's does."""
     t = None
     if any(type(given) is Scaled for given in ts):
         t = scaled_jvp(op, ts, out, args, params)
@@ -49,10 +52,12 @@ def jvp_step(op, ts: list, out: np.ndarray, args: list, params: dict, k: int, ow
         t = diagonal_jvp(op, ts, out, args, params, owned)
         ts = [dense(given) for given in ts] if t is None else ts
     if t is None:
-        resolve = getattr(op.jvp, "resolve", None) if unguarded else None
-        function = None if resolve is None else resolve(ts, out, args, params, True)
+        resolve = getattr(op.jvp, "resolve", None) if unguarded or spares else None
+        function = None if resolve is None else resolve(ts, out, args, params, unguarded, into=bool(spares))
+        if function is None and spares:  # no writing into a spare: its own result
+            spares, function = None, resolve(ts, out, args, params, True) if unguarded else None
         t = op.jvp(ts, out, *args, **params) if function is None else \
-            function(*[given for given in ts if given is not None], out, *args)
+            function(*[given for given in ts if given is not None], out, *args, *(spares or ()))
         if np.shape(t) != (k,) + out.shape:
             t = np.broadcast_to(t, (k,) + out.shape)
     return t
@@ -200,9 +205,9 @@ class _Push:
         xs = [self.nodes[i].value for i in node.inputs]
         # Results are written into operands' tangents that die here, if the sweep alone holds them: each
         # tangent given once (two operands' one tangent is read twice), large, of the result's shape.
-        given = [i for i, kind in zip(node.inputs, traced_ts) if kind is not type(None)]
-        dying = [i if arrays and given.count(i) == 1 and i in self.sweep.free_after[p]
-                 and _writable_into(self.nodes[i], node, self.k) else None for i in given]
+        spare = self.sweep.spare_positions[p] if arrays and self.k * node.value.size >= IN_PLACE_ENTRIES else ()
+        dying = [node.inputs[pos] if pos in spare else None
+                 for pos, kind in enumerate(traced_ts) if kind is not type(None)]
         dying = dying if any(i is not None for i in dying) else []
         function = resolve(moves, node.value, xs, node.params, False, into=True) if dying else None
         if function is None:
@@ -307,14 +312,55 @@ def _sole_references() -> int:
         sys.setprofile(profiling)
 
 
+def _listed_sole_references() -> int:
+    """What `sys.getrefcount` says of an array held by a dict and a list alone, read from the list as
+    `sole_spares` reads a step's tangents (untraced, as `_sole_references`; never more than CPython's 3)."""
+    tracing, profiling = sys.gettrace(), sys.getprofile()
+    sys.settrace(None)
+    sys.setprofile(None)
+    try:
+        held = {0: np.empty(0)}
+        listed = [held[0]]
+        return min(sys.getrefcount(listed[0]), 3)
+    finally:
+        sys.settrace(tracing)
+        sys.setprofile(profiling)
+
+
 SOLE_REFERENCES = _sole_references()
+LISTED_SOLE = _listed_sole_references()
 
 
-def _writable_into(operand: Node, node: Node, k: int) -> bool:
-    """Whether a step's result may be written into its operand's tangent by its kind: of the result's shape
-    and dtype, and large (`IN_PLACE_ENTRIES`). Whether the sweep alone holds it is known when it runs."""
-    return operand.value.shape == node.value.shape and operand.value.dtype == node.value.dtype == np.float64 \
-        and k * node.value.size >= IN_PLACE_ENTRIES
+def spare_positions(plan: list[Node], free_after: list[list[int]], nodes: list[Node]) -> list[frozenset[int]]:
+    """For each step of a sweep's plan, its operands (by position) whose tangents it may write its result
+    into, by their kind: each dies at that step and is read once there (`x * x`'s is read twice), of the
+    result's shape and float64. Whether the sweep alone holds it, and the result is large
+    (`IN_PLACE_ENTRIES`), is known when it runs."""
+    positions = []
+    for p, node in enumerate(plan):
+        inputs, dying = node.inputs, free_after[p]
+        positions.append(frozenset(
+            pos for pos, i in enumerate(inputs) if node.op is not None and i in dying and inputs.count(i) == 1
+            and nodes[i].value.shape == node.value.shape and nodes[i].value.dtype == node.value.dtype == np.float64))
+    return positions
+
+
+def sole_spares(ts: list, positions: frozenset[int]) -> list | None:
+    """A step's spares for `jvp_step` as the loop holds its tangents (a dict of them and the step's list
+    `ts`, no other name): for each tangent given, itself where its position is in `positions` and the loop
+    alone holds its memory (as `_sole`: no seed, value, view's base or tangent under two names), else
+    None; None where none is, or a tangent is not an array (a batch that stays a `Diagonal` or `Scaled`)."""
+    spares, found = [], False
+    for pos in range(len(ts)):
+        if ts[pos] is None:
+            continue
+        if type(ts[pos]) is not np.ndarray:
+            return None
+        sole = pos in positions and ts[pos].base is None and ts[pos].flags.writeable and \
+            getrefcount(ts[pos]) == LISTED_SOLE
+        spares.append(ts[pos] if sole else None)
+        found = found or sole
+    return spares if found else None
 
 
 def _scatters_folded(sweep) -> dict[int, int]:

@@ -118,8 +118,10 @@ def test_cli_forward_mode_on_the_seed():
 def _pushes_as_step_by_step(sweep: ForwardSweep, seeds: dict, times: int = 4) -> None:
     """Push `seeds` `times` times (from the third, by the written function)
     and each time step by step too: the same bits, up to the sign of a zero
-    (which every result's 0.0 rule removes); and after them every seed and
-    every node's value as they were."""
+    (which every result's 0.0 rule removes); the loop's (which writes into
+    dying tangents it alone holds) those of an observed loop (which writes
+    into none), to the sign of a zero; and after them every seed and every
+    node's value as they were."""
     kept = {i: np.array(dense(s)) for i, s in seeds.items()}
     values = [np.array(node.value) for node in sweep.nodes]
     for _ in range(times):
@@ -128,6 +130,7 @@ def _pushes_as_step_by_step(sweep: ForwardSweep, seeds: dict, times: int = 4) ->
         assert type(got) is type(want)
         got, want = dense(got), dense(want)
         assert got.shape == want.shape and (got + 0.0).tobytes() == (want + 0.0).tobytes()
+        assert want.tobytes() == dense(sweep._pushed(seeds, observe=lambda *seen: None)).tobytes()
     assert all(dense(seeds[i]).tobytes() == s.tobytes() for i, s in kept.items())
     assert all(node.value.tobytes() == v.tobytes() for node, v in zip(sweep.nodes, values))
 
@@ -661,6 +664,34 @@ def test_a_guarded_step_written_in_place_keeps_a_zero_tangent_zero(in_place, mon
     x = next(iter(sweep.seeded))
     _pushes_as_step_by_step(sweep, {x: np.random.default_rng(4).standard_normal((3, 3))})
     assert _writes_in_place(sweep) and np.isfinite(sweep.push({x: np.ones((3, 3))})).all()
+
+
+def test_a_fresh_sweeps_first_push_writes_into_tangents_that_die_where_it_alone_holds_them(in_place, monkeypatch):
+    """The loop (a sweep's first pushes) writes a large step's result into
+    an operand's tangent that dies at that step where it alone holds it, as
+    a written push does: along `x.exp.sin.cos`, each step's into the one
+    before's; never into the seed, nor into `y`'s, which `y * y` reads
+    after `y.sin`. The same bits as an observed loop, which writes into none."""
+    from spiread_cli import forward
+    sweep, seeds = _sweep_of("x = [0.5, -1, 2]\ny = x.exp\nz = y.sin.cos\nloss = z.sum + (y * y).sum")
+    memory = lambda a: a.__array_interface__["data"][0] if type(a) is np.ndarray else None
+    steps, jvp_step = [], forward.jvp_step
+
+    def watched(op, ts, *args, **kwargs):
+        before = [memory(t) for t in ts]
+        t = jvp_step(op, ts, *args, **kwargs)
+        steps.append((op.name, before, memory(t)))
+        return t
+    monkeypatch.setattr(forward, "jvp_step", watched)
+    want = sweep._pushed(seeds, observe=lambda *seen: None)
+    steps.clear()
+    got = sweep.push(seeds)  # the first push
+    assert got.tobytes() == want.tobytes()
+    written = {name: out in before for name, before, out in steps}
+    seed = memory(next(iter(seeds.values())))
+    assert written == {"exp": False, "sin": False, "cos": True, "mul": False, "add": True, "sum": False}
+    assert all(seed not in before or out != seed for _, before, out in steps)
+    _pushes_as_step_by_step(sweep, seeds)
 
 
 def test_the_sole_reference_count_is_read_without_a_tracer_that_reads_locals():
