@@ -17,6 +17,17 @@ from .rules_code import CodeWriter
 from .rules_forward import Diagonal, added, dense, diagonal_vjp
 from .tape_nodes import Node, rule_params
 
+# Writing a sweep out and compiling it costs about one loop for each this many nodes it spans: the 10,000-op
+# chain's (benchmarks/chain.py) 0.7-0.9 s, about 20 of its 30-40 ms loops; the softmax loss's 17 nodes
+# 0.4-0.6 ms, about 10 of its 40 us loops, paid at a kept call's second call.
+NODES_A_WRITING_COSTS = 500
+
+
+def sweeps_before_writing(spanned: int) -> int:
+    """How many times a sweep over `spanned` nodes is made before it is written out (the loop made the
+    others): the second time, or where the nodes are many, once the loops have cost about what writing does."""
+    return max(2, spanned // NODES_A_WRITING_COSTS)
+
 
 def written_sweep(nodes: list[Node], output: int, wrt: list[int], needs: list[bool],
                   batched: bool) -> Callable[[object], dict[int, np.ndarray]]:
@@ -41,21 +52,29 @@ def written_sweep(nodes: list[Node], output: int, wrt: list[int], needs: list[bo
     for node in reversed(nodes[min(wrt, default=output + 1):output + 1]):
         if node.id not in sweep.made or node.op is None:
             continue
-        lines.append(f"g = g{node.id}")
-        if node.id not in wanted:
-            lines.append(f"del g{node.id}")
-        sweep.writer.bind("g", ((0,) if batched else ()) + node.shape)
+        # A batch's steps may make the adjoint an array (`dense`) for the operands after: a name of their own.
+        g = "g" if batched else f"g{node.id}"
+        if batched:
+            lines.append(f"g = g{node.id}")
+        sweep.writer.bind(g, ((0,) if batched else ()) + node.shape)
         keeps = node.op.fwd is not None and not batched
         if keeps:  # its residual, handed to each operand's vjp, then dropped
             lines.append(f"p{node.id} = rule_params(nodes[{node.id}], [{', '.join(map(sweep.value, node.inputs))}])")
         for k, i in enumerate(node.inputs):
             if needs[i]:
-                result, temporaries = sweep.step(node, k, keeps)
-                sweep.contribute(i, result)
+                result, temporaries = sweep.step(node, k, g, keeps)
+                if i not in sweep.made and temporaries and temporaries[-1] == result:  # its last line makes it:
+                    lines[-1] = f"g{i}{lines[-1][len(result):]}"                     # the adjoint's first value
+                    sweep.made[i] = 1
+                    temporaries.pop()
+                else:
+                    sweep.contribute(i, result)
                 if temporaries:  # as the compiled statement's are when it returns
                     lines.append(f"del {', '.join(temporaries)}")
         if keeps:
             lines.extend([f"nodes[{node.id}].residual.data = None", f"del p{node.id}"])
+        if node.id not in wanted:
+            lines.append(f"del g{node.id}")
     zeros = "zeros(cotangents.shape[:1] + {shape!r})" if batched else "zeros_like({value})"
     results = ", ".join(f"{w}: g{w}" if w in sweep.made else
                         f"{w}: " + zeros.format(shape=nodes[w].shape, value=sweep.value(w)) for w in wrt)
@@ -88,24 +107,25 @@ class _Sweep:
             self.writer.lines.append(f"x{i} = nodes[{i}].value")
         return f"x{i}"
 
-    def step(self, node: Node, k: int, keeps: bool) -> tuple[str, list[str]]:
+    def step(self, node: Node, k: int, g: str, keeps: bool) -> tuple[str, list[str]]:
         """The lines of operand k's vjp at `node`, from its adjoint `g`: the name of its result, and the
         temporaries they make (a statement's), which the result's place in the adjoint no longer needs."""
         writer, lines, op = self.writer, self.writer.lines, node.op
         args, out = [self.value(i) for i in node.inputs], self.value(node.id)
         if not self.batched and getattr(op.vjp, "statement", None) is op.derivative:
-            first = len(writer.shapes)
-            result = op.derivative(k, "g", out, *args, emit=writer, **node.params)
+            first = len(lines)
+            result = op.derivative(k, g, out, *args, emit=writer, **node.params)
+            made = [line.partition(" = ")[0] for line in lines[first:]]  # each line a temporary's
             if result is None:  # a zero derivative, as the compiled statement gives it
                 lines.append(f"r = zeros_like({args[k]}, dtype=float)")
-            return result or "r", [name for name in list(writer.shapes)[first:] if name.startswith("t")]
+            return result or "r", made
         rule, parameters = f"vjp{node.id}", writer.literal(node.params)
         writer.namespace[rule] = op.batched_vjp if self.batched else op.vjp
         params = f", **p{node.id}" if keeps else f", **{parameters}" if node.params else ""
-        call = f"{rule}({k}, g, {out}, {', '.join(args)}{params})"
+        call = f"{rule}({k}, {g}, {out}, {', '.join(args)}{params})"
         if not self.batched:
             lines.append(f"r = {call}")
-            return "r", []
+            return "r", ["r"]
         writer.namespace[f"op{node.id}"] = op
         lines.extend([f"r = diagonal_vjp(op{node.id}, {k}, g, {out}, [{', '.join(args)}], {parameters}) "
                       f"if g.__class__ is Diagonal else None",

@@ -23,7 +23,7 @@ from .limits import reuse_freed_memory
 from .ops import IN_PLACE_ENTRIES, Op
 from .rules import comparable
 from .emitter import Emitter, Shared, rule_label, unread_dropped
-from .reverse_steps import written_sweep
+from .reverse_steps import sweeps_before_writing, written_sweep
 from .rules_forward import Diagonal, added, dense, diagonal_vjp
 from .tape_nodes import (Births, DeferredNode, Node, Residual, all_finite_unguarded, all_finite_values, born_entries,
                          compute, describe_nonfinite, rule_params, straight_line, warn_all)
@@ -64,8 +64,8 @@ class Tape:
     nodes: list[Node] = field(default_factory=list)
     source: Source | None = None  # the program, for the source text of a node's span
     deferral: Deferral | None = None  # while set, `record` defers (`defer`)
-    # The unobserved reverse sweeps made on this tape, by output, wrt and whether batched: 1 once swept,
-    # then the sweep written out as one function (reverse_steps.written_sweep).
+    # The unobserved reverse sweeps made on this tape, by output, wrt and whether batched: how many times
+    # the loop made each, then the sweep written out as one function (reverse_steps.written_sweep).
     sweeps: dict[tuple, int | Callable] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ recording
@@ -291,7 +291,9 @@ class Tape:
         the identity) stays one through the ops with a rule for it
         (`diagonal_vjp`), and a result may be one. A sweep made again
         (unobserved, of the same output and `wrt`, batched or not) runs the
-        loop written out as one function (`sweeps`), with the loop's bits."""
+        loop written out as one function (`sweeps`), with the loop's bits:
+        from the second time, or over many nodes once the loop has run it
+        about as often as writing it costs (`sweeps_before_writing`)."""
         if cotangents is not None:
             reuse_freed_memory()
         needs = None
@@ -300,13 +302,14 @@ class Tape:
             result = written(cotangents)
         else:
             needs = self.fed_by(wrt, output)
-            if written == 1:  # swept again: from now on by the sweep written out, which gives the loop's bits
+            if observe is None and written + 1 >= sweeps_before_writing(output + 1 - min(wrt, default=output + 1)):
+                # from now on by the sweep written out, which gives the loop's bits
                 written = self.sweeps[key] = written_sweep(self.nodes, output, wrt, needs, cotangents is not None)
                 result = written(cotangents)
             else:
                 result = self._sweep(output, wrt, needs, observe, cotangents)
                 if observe is None:
-                    self.sweeps[key] = 1
+                    self.sweeps[key] = written + 1
         # Finiteness is checked only when a gradient came out non-finite:
         # then a second, checking sweep finds the op that made it.
         if diagnostics is not None and not all([all_finite_unguarded(g) for g in result.values()]):

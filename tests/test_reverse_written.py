@@ -143,3 +143,20 @@ def test_a_written_sweep_holds_no_more_than_the_loop():
         del result
     assert callable(tape.sweeps[(run.output, tuple(wrt), False)])
     assert peaks[1] <= peaks[0] + 4096
+
+
+def test_a_long_sweep_is_written_once_the_loop_has_cost_what_writing_does():
+    """A sweep over many nodes is written out only after as many loops as
+    writing it costs (`sweeps_before_writing`); a short one the second time."""
+    from spiread_cli.reverse_steps import NODES_A_WRITING_COSTS, sweeps_before_writing
+    blocks = NODES_A_WRITING_COSTS  # three nodes a block: written at the third sweep
+    source = "v0 = [0.1, 0.2]\n" + "".join(f"v{i} = (v{i - 1} * 0.5).sin\n" for i in range(1, blocks + 1)) + \
+        f"loss = v{blocks}.sum\n"
+    run = spiread_cli.compile(source).run({})
+    tape, wrt = run.tape, [run.bindings["v0"]]
+    before = sweeps_before_writing(run.output + 1 - wrt[0])
+    assert before == 3 and sweeps_before_writing(12) == 2
+    first = bits(tape.backward(run.output, wrt))
+    for call in range(2, before + 2):
+        assert bits(tape.backward(run.output, wrt)) == first
+        assert callable(tape.sweeps[(run.output, tuple(wrt), False)]) == (call >= before)
