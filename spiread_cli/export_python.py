@@ -50,7 +50,16 @@ def array_code(value: np.ndarray) -> str:
     value = np.asarray(value)
     if value.size == 0:
         return f"np.zeros({value.shape}, dtype=np.{value.dtype.name})"
+    if value.dtype.kind == "f" and not np.isfinite(value).all():  # inf and nan are no Python literals
+        return f"np.array({_list_code(value.tolist())})"
     return f"np.array({value.tolist()!r})"
+
+
+def _list_code(entries) -> str:
+    """Nested lists of floats as code, each entry by number_code."""
+    if isinstance(entries, list):
+        return f"[{', '.join(_list_code(e) for e in entries)}]"
+    return number_code(entries)
 
 
 def number_code(value: float) -> str:

@@ -497,7 +497,9 @@ elementwise("square", np.square, lambda x, out, e: e("mul", [e.const(2.0), x]),
             Export("xp.square({0})", lambda b, x: b("Mul", [x, x])))
 elementwise("sigmoid", _sigmoid, lambda x, out, e: e("mul", [out, e("sub", [_one(e), out])]),
             Export("_sigmoid({0})", _onnx_sigmoid), bounded=True)
-elementwise("relu", lambda x: np.maximum(x, 0.0), lambda x, out, e: e("indicator", [x, e.const(0.0)], relation=">"),
+# relu'(x) is 1 − [x ≤ 0]: 0 at 0 (the contract's relu'(0) = 0), 1 at a nan, as torch.relu's.
+elementwise("relu", lambda x: np.maximum(x, 0.0),
+            lambda x, out, e: e("sub", [_one(e), e("indicator", [x, e.const(0.0)], relation="<=")]),
             Export("xp.clip({0}, min=0.0)", lambda b, x: b("Max", [x, b.const(0.0)])),
             kink=lambda x: x == 0, bounded=True, linear=True)
 elementwise("log1p", np.log1p, lambda x, out, e: e("div", [_one(e), e("add", [_one(e), x])]),
@@ -612,8 +614,20 @@ def _flat(i, g, out, x, emit):
 
 
 FLAT = elementwise_structure(flat=True)
-defop("sign", np.sign, same_shape, _flat, methods=(), kink=lambda x: x == 0, structure=FLAT,
-      export=_unary("sign"))
+
+
+def _sign(x):
+    """torch.sign's: [x > 0] − [x < 0], so 0 at a nan (np.sign's is nan): abs'(nan) = 0, as torch.abs's."""
+    return np.subtract(np.greater(x, 0.0), np.less(x, 0.0), dtype=np.float64)
+
+
+defop("sign", _sign, same_shape, _flat, methods=(), kink=lambda x: x == 0, structure=FLAT,
+      export=Export("xp.astype({0} > 0, xp.float64) - xp.astype({0} < 0, xp.float64)",
+                    lambda b, x: b("Sub", [b("Cast", [b("Greater", [x, b.const(0.0)])], to=b.FLOAT64),
+                                           b("Cast", [b("Less", [x, b.const(0.0)])], to=b.FLOAT64)])))
+# 1 at a nan, else 0: where max and min send their subgradient when a nan is the result.
+defop("isNan", lambda x: np.isnan(x).astype(np.float64), same_shape, _flat, methods=(), structure=FLAT,
+      export=Export("xp.astype(xp.isnan({0}), xp.float64)", lambda b, x: b("Cast", [b("IsNaN", [x])], to=b.FLOAT64)))
 
 
 def _onnx_relation(b, a, c, relation):
@@ -703,18 +717,19 @@ elementwise2("pow", _power, (lambda out, a, b, e: e("scale", [b, e("pow", [a, e(
              couples=((0, 0), (0, 1), (1, 1)), vanishes_with=(1, None))
 
 
-def _wins(a, b, e, ahead: str):
-    """1 where a is ahead of b (`ahead` is ">" for the larger, "<" for the
-    smaller), ½ at a tie (infinite ones too), else 0: maximum and minimum
-    send g to the operand that wins and split it evenly at a tie, as
-    torch.maximum and torch.minimum do."""
-    return e("add", [e("indicator", [a, b], relation=ahead),
-                     e("mul", [e.const(0.5), e("indicator", [a, b], relation="==")])])
+def _wins(a, b, e, behind: str):
+    """1 − [a behind b] − ½[a = b] (`behind` is "<" for the larger, ">" for
+    the smaller): maximum and minimum send g to the operand that wins and
+    split it evenly at a tie (infinite ones too), as torch.maximum's and
+    torch.minimum's backward do; where either is nan, neither is behind
+    nor tied, so both get g, as there."""
+    return e("sub", [_one(e), e("add", [e("indicator", [a, b], relation=behind),
+                                        e("mul", [e.const(0.5), e("indicator", [a, b], relation="==")])])])
 
 
-elementwise2("maximum", np.maximum, (lambda out, a, b, e: _wins(a, b, e, ">"), lambda out, a, b, e: _wins(b, a, e, ">")),
+elementwise2("maximum", np.maximum, (lambda out, a, b, e: _wins(a, b, e, "<"), lambda out, a, b, e: _wins(b, a, e, "<")),
              Export("xp.maximum({0}, {1})", "Max"), couples=(), guarded=False, kink=np.equal)
-elementwise2("minimum", np.minimum, (lambda out, a, b, e: _wins(a, b, e, "<"), lambda out, a, b, e: _wins(b, a, e, "<")),
+elementwise2("minimum", np.minimum, (lambda out, a, b, e: _wins(a, b, e, ">"), lambda out, a, b, e: _wins(b, a, e, ">")),
              Export("xp.minimum({0}, {1})", "Min"), couples=(), guarded=False, kink=np.equal)
 # log(exp(a) + exp(b)), stable: its partials exp(a − out) = sigmoid(a − b) and
 # sigmoid(b − a) are at most 1, and the sigmoids are exact to rounding at
@@ -1109,8 +1124,12 @@ def _log_sum_exp(x, axis=None):
 
 def _ties_derivative(i, g, out, x, emit, axis):
     """max and min: g goes to the entries equal to the result, split evenly
-    among ties (torch.amax's and torch.max(x)'s subgradient; JAX's too)."""
-    winners = emit("indicator", [x, _spread_graph(emit, out, x, axis)], relation="==")
+    among ties (torch.amax's and torch.max(x)'s subgradient; JAX's too). A
+    nan is the result wherever there is one, and then the nans are the
+    entries that win (torch.max(x)'s, and torch.max(x, dim)'s pick; `==`
+    finds none, so amax's share is nan everywhere)."""
+    winners = emit("add", [emit("indicator", [x, _spread_graph(emit, out, x, axis)], relation="=="),
+                           emit("isNan", [x])])
     share = emit("div", [winners, emit("sumTo", [winners], shape=_kept(emit.shape(x), axis))])
     return emit("mul", [_spread_graph(emit, g, x, axis), share])
 

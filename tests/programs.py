@@ -542,7 +542,7 @@ NOT_GENERATED = {  # op: why no program writes it
     "gatherRows": "fused by rewrite.py from `onehot(labels, n) @@ W`; it has no syntax of its own",
     "meanLogSoftmaxPick": "fused by rewrite.py from the log-likelihood pattern; it has no syntax of its own",
     **{name: "recorded by the derivative rules (Tape.backward_graph), for second derivatives; no syntax"
-       for name in ("sumTo", "broadcastTo", "rowTotal", "sign", "scale",
+       for name in ("sumTo", "broadcastTo", "rowTotal", "sign", "isNan", "scale",
                     "exclusiveProducts", "indexScatter", "scatterRows", "addPairs")},
     "stopGradient": "`x.value`: its derivative is 0 by definition, which finite differences cannot check",
 }

@@ -386,6 +386,19 @@ def test_log_sum_exp_of_infinite_entries_exports_as_spiread_computes_it(tmp_path
         assert session.run(["value"], {"x": x})[0] == want, expression
 
 
+def test_non_finite_constants_and_inputs_export_as_code_that_reads_them_back(tmp_path):
+    """inf and nan are no Python literals: the module writes them as float('…')."""
+    np.save(tmp_path / "c.npy", np.array([1.0, np.nan, -np.inf]))
+    program = tmp_path / "p.ad"
+    program.write_text('x = [1.0, 2.0, 3.0]\nw = [0.0, 1.0, 2.0]\nc = load("c.npy")\nloss = (x * c + w).max\n')
+    done = spiread("export", str(program), "--to", "python", "-o", str(tmp_path / "p.py"), "--wrt", "w")
+    assert done.returncode == 0, done.stderr
+    with np.errstate(invalid="ignore"):
+        value, grads = load_module(tmp_path / "p.py").value_and_grad(x=[1.0, 2.0, np.inf])
+    assert np.isnan(value)
+    np.testing.assert_array_equal(grads["w"], [0.0, 1.0, 0.0])
+
+
 def test_an_intermediate_cannot_be_exported_by(tmp_path):
     program = tmp_path / "p.ad"
     program.write_text("w = [1.0, 2.0]\nh = w.exp\nloss = h.sum\n")

@@ -289,6 +289,8 @@ def _backward_pass_cases() -> list[Case]:
              Case("rowTotal", [normal(M)], lambda x: np.array([[sum(r)] for r in x])),
              Case("rowTotal", [normal(V)], lambda x: np.array([sum(x)])),
              Case("sign", [signed_away_from_zero(M)], lambda x: np.where(x > 0, 1.0, -1.0)),
+             Case("isNan", [np.array([[1.0, np.nan, -np.inf], [np.inf, 0.0, np.nan]])],
+                  lambda x: np.array([[float(v != v) for v in row] for row in x])),
              Case("stopGradient", [normal(M)], lambda x: x)]
     for relation, ref in COMPARISONS.items():
         for sa, sb in [(M, M), (M, S), ((2, 1), (3,))]:  # off the ties, where it is flat
