@@ -138,7 +138,11 @@ def probe(job: Job) -> tuple["Plan", Run]:
     for start, stop in ((0, a), (0, b), (1, 1 + b)):
         try:
             runs.append(job.record(start, stop)[0])
-        except SpireadError as err:  # e.g. `arange(6)` written for six rows of data
+        except SpireadError as err:
+            own = _own_error(job, err, not runs)
+            if own is not None:
+                raise own from None
+            # one the rows make, e.g. `arange(6)` written for six rows of data
             raise SpireadError(f"cannot run by row chunks: on data rows {start}–{stop - 1}, {err.diagnostic.message}",
                                err.diagnostic.span, err.diagnostic.notes + (NO_CHUNKS,)).located_in(job.source) from None
     if runs[0].printed != runs[1].printed or runs[1].printed != runs[2].printed:
@@ -147,6 +151,24 @@ def probe(job: Job) -> tuple["Plan", Run]:
     plan = Plan.of(runs[0], a, runs[1], b, job.data.rows)
     plan.check_window_free(runs[1], runs[2], b)
     return plan, runs[0]
+
+
+def _own_error(job: Job, err: SpireadError, first: bool) -> SpireadError | None:
+    """The program's own error, which the numpy backend gives as well, or
+    None where a probe's few rows made it (`arange(6)` beside six rows of
+    data): the program recorded on all the rows, as numpy runs it, where they
+    are few enough to read whole (CHUNK_BYTES); else, when the first probe
+    failed, the same error on the second's rows, as many as another probe's."""
+    data = job.data
+    whole = sum(data.window(r, 0, 1).nbytes for r in (*data.files.values(), *data.sets.values())
+                if data.chunked(r)) * data.rows <= CHUNK_BYTES
+    if not (whole or first):
+        return None
+    try:
+        job.record(0, data.rows if whole else PROBE_ROWS[1])
+    except SpireadError as other:
+        return other if whole or other.diagnostic == err.diagnostic else None
+    return None
 
 
 # ------------------------------------------------------------------ the plan
@@ -159,6 +181,7 @@ class Plan:
     reductions: list[tuple[int, Across]]  # (node id, how chunks' values combine): totals over all rows
     row_counts: list[int]           # constant leaves that are the number of rows
     local_picks: list[int]          # selections from a row-chunked value: must pick within each row
+    row_params: dict[int, list[str]]  # per op node: its parameters that run along the data rows (positions)
     per_chunk: list[bool]           # per node: its value differs from chunk to chunk (row nodes, reductions)
     post: list[bool]                # per node: computed from a total and no row data, so on the driver
     bytes_per_row: int              # what one row of the chunk part holds, recorded
@@ -178,7 +201,7 @@ class Plan:
         axis: list[int | None] = [None] * len(nodes_a)  # the axis along which a node's data rows run
         post = [False] * len(nodes_a)
         totals: list[frozenset[int]] = [frozenset()] * len(nodes_a)  # the reductions a node is computed from
-        reductions, row_counts, local_picks, combined, level = [], [], [], [], {}
+        reductions, row_counts, local_picks, combined, level, along = [], [], [], [], {}, {}
         for na, nb in zip(nodes_a, nodes_b):
             i = na.id
             if (na.op is None) != (nb.op is None) or (na.op and na.op.name != nb.op.name) or na.inputs != nb.inputs:
@@ -209,6 +232,8 @@ class Plan:
             fixed = {k: v for k, v in na.params.items() if k not in row_params}
             if any(not _same_param(v, nb.params[k]) for k, v in fixed.items()):
                 raise refuse(f"`{text(na)}` takes parameters computed from the data's values", na.span)
+            if row_params:
+                along[i] = row_params
             if all(r is None for r in row_axes) and not row_params:
                 post[i] = any(post[j] for j in na.inputs)
                 continue
@@ -243,9 +268,9 @@ class Plan:
         for r, _ in reductions:
             per_chunk[r] = True
         held = sum(n.value.nbytes for n in nodes_a if row[n.id]) + sum(
-            v.nbytes for n in nodes_a for v in n.params.values() if isinstance(v, np.ndarray) and len(v) == a)
-        return Plan(total_rows, row, reductions, row_counts, local_picks, per_chunk, post, max(held // a, 8),
-                    combined, level)
+            nodes_a[i].params[k].nbytes for i, names in along.items() for k in names)
+        return Plan(total_rows, row, reductions, row_counts, local_picks, along, per_chunk, post,
+                    max(held // a, 8), combined, level)
 
     def totals_before(self, probe: Run, wrt_ids: dict[str, int]) -> list[int]:
         """The totals that no trained value moves, which are computed once,
@@ -297,11 +322,9 @@ class Plan:
             if nb.id in self.local_picks:
                 rows = nc.params["rows"]
                 moved = moved or not np.array_equal(np.where(rows < 0, rows + b, rows), np.arange(b))
-            for k, v in nb.params.items():
-                w = nc.params.get(k)
-                if (isinstance(v, np.ndarray) and v.ndim == 1 and len(v) == b and isinstance(w, np.ndarray)
-                        and len(w) == b and not (k == "rows" and nb.id in self.local_picks)):
-                    moved = moved or not np.array_equal(v[1:], w[:-1])
+            for k in self.row_params.get(nb.id, ()):  # positions one per data row; others are the node's own
+                if not (k == "rows" and nb.id in self.local_picks):
+                    moved = moved or not np.array_equal(nb.params[k][1:], nc.params[k][:-1])
             if len(nodes_b) != len(nodes_c) or moved:
                 raise refuse(f"`{nb.label.split()[0]}` depends on where in the data a chunk starts; "
                              "positions into the data rows can only be `arange(rows(x))`", nb.span)
