@@ -61,6 +61,12 @@ class ForwardSweep:
         self.written: dict[tuple, int | Callable | None] = {}
         self.finite = False  # whether the last push's result was checked finite (`push`)
 
+    @property
+    def reads(self) -> set[int]:
+        """The nodes whose values a push reads: the plan's (a jvp may read its
+        own value) and their operands (a replayed kept run computes them: `Run.reading`)."""
+        return {i for node in self.plan for i in (node.id, *node.inputs)}
+
     def _peak_live_entries(self) -> int:
         """Entries of tangent alive at once, at worst, for one direction; plus
         room for the temporaries of the largest jvp (about two results' worth)."""

@@ -16,14 +16,17 @@ What a recording depends on, and so what a signature holds:
   call, and a change means a fresh run;
 - SPIREAD_MAX_BYTES (the limit a fresh run's size checks use).
 
-A replay sets the bindings' leaves and recomputes every op node of the
-tape in tape order — the program's and what its task recorded (a
-recorded gradient, an HVP's inner product, which the task finds again in
-`Run.prepared`) — by one function written for it (Tape.replay_function;
+A replay sets the bindings' leaves and recomputes, in tape order, every
+op node of the program computed from them and, of what its task recorded
+(a recorded gradient, which the task finds again in `Run.prepared`), the
+nodes the task reads or a fresh run of it checks (`Run.reading`: an HVP
+reads no ∂f/∂w itself, and a fresh run checks each rule's result, not the
+sum of two) — by one function written for it (Tape.replay_function;
 `scale` unguarded, as every value is checked). Warnings stay exact
 because a run that warned is never kept, and a replay that meets a value
 that is not finite (where a fresh run could warn) or an error is given
-up for a fresh run. Neither is kept on the command line, which runs once.
+up for a fresh run; what it leaves out, a fresh run computes without a
+warning whatever it holds. Neither is kept on the command line, which runs once.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class Kept:
     leaves: dict[str, Node]               # each binding's input leaf
     deciding: dict[str, np.ndarray]       # the bindings whose values decided the recording: those values
     files: list[tuple[Path, Span, bytes]]  # each file `load` read: what it held (`fingerprint`)
-    ops: list[Node]                       # the op nodes computed from the bindings, in tape order: recomputed
+    ops: list[Node]                       # the op nodes a replay recomputes, in tape order (`KeptRuns.keep`)
     length: int                           # the tape's length once the task recorded what it uses
     replay: Callable[[], bool] | None = None  # the ops as one function (Tape.replay_function), at the first replay
 
@@ -169,12 +172,15 @@ class KeptRuns:
             return
         nodes = run.tape.nodes
         leaves = {name: nodes[run.bindings[name]] for name in bindings}
+        # Of what the task recorded, what it reads, or a fresh run of it checks (`Run.reading`).
+        read = run.tape.feeding(*run.reads) if run.reads else [False] * len(nodes)
         deciding = _deciders(run, leaves)
         # The nodes computed from no binding (the program's constants, a rule's) keep their values.
         moving = run.tape.fed_by([leaf.id for leaf in leaves.values()], len(nodes) - 1)
         kept = Kept(signature, run, leaves, {name: bindings[name] for name in deciding},
                     [(path, span, fingerprint(array)) for path, span, array in run.files],
-                    [node for node in nodes if node.op is not None and moving[node.id]], len(nodes))
+                    [node for node in nodes if node.op is not None and moving[node.id]
+                     and (node.id < run.recorded_from or read[node.id])], len(nodes))
         run.files = []  # held as fingerprints now
         if self.lock.acquire(blocking=False):  # else another call (or this one's caller) is on a kept run
             # one run per signature: a refused replay's fresh run replaces the kept one

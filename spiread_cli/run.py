@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import chain, count
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,20 @@ class Run:
     # What tasks recorded on the tape (a recorded gradient, its HVP), by what they recorded, for a run
     # that is kept and replayed (kept_runs.py) to use again instead of recording it again.
     prepared: dict[tuple, object] = field(default_factory=dict)
+    # What a replay of the run kept for a later call computes (kept_runs.py): every node of the program (a
+    # fresh run computes each, and warns where one is born not finite), and of what tasks recorded after it
+    # (from `recorded_from`), what feeds the nodes `reads` holds (`reading`).
+    reads: set[int] = field(default_factory=set)
+    recorded_from: int = field(init=False)  # the program's nodes are those before
+
+    def __post_init__(self) -> None:
+        self.recorded_from = len(self.tape.nodes)
+
+    def reading(self, ids: Iterable[int]) -> None:
+        """State nodes a task reads once it is done, or whose values a fresh
+        run of it checks (and would warn about): a replay of the kept run
+        computes them, and of what tasks recorded, nothing else."""
+        self.reads.update(ids)
 
     def prepared_for(self, key: tuple, make: Callable[[], T]) -> T:
         """What a task made for `key` on this run (a recorded gradient, a

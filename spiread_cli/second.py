@@ -45,7 +45,9 @@ class SecondOrder:
         extra = [name for name in also if name not in self.ids]
         self.all_ids = {**self.ids, **(run.wrt_ids(extra) if extra else {})}
         self.recorded_from = len(run.tape.nodes)
-        self.grad_ids = run.tape.backward_graph(run.output, list(self.all_ids.values()), run.diagnostics)
+        checked: list[int] = []
+        self.grad_ids = run.tape.backward_graph(run.output, list(self.all_ids.values()), run.diagnostics, checked)
+        run.reading(checked)  # a fresh recording warns where one is born not finite: a kept run's replay checks them
         self._products: HessianVectorProducts | None = None  # recorded at the first hvp
         self._sweeps: dict[int, ForwardSweep] = {}  # by A: the forward sweep over ∂f/∂A, planned at the first hessian
 
@@ -73,6 +75,7 @@ class SecondOrder:
             sweep = self._sweeps.get(a_id)
             if sweep is None:
                 sweep = self._sweeps[a_id] = ForwardSweep(self.run.tape, self.grad_ids[a_id], seeded)
+                self.run.reading(sweep.reads)
             jacobian = jacobian_forward(self.run.tape, self.grad_ids[a_id], seeded, diagnostics, budget_bytes,
                                         sweep=sweep)
             if diagnostics is not None and len(diagnostics.warnings) > before:
@@ -90,8 +93,11 @@ class SecondOrder:
         from .sparsity import kept_while_exact
         run, grad_ids = self.run, {i: self.grad_ids[i] for i in self.ids.values()}
         # Kept with the run while its pattern holds (a constant's zeros are structural: new data can move them).
-        sparse = kept_while_exact(run.prepared, ("sparse hessian", tuple(grad_ids.items())), run.tape,
-                                  lambda: SparseHessians(run.tape, run.output, grad_ids, diagnostics=run.diagnostics))
+        def planned() -> SparseHessians:
+            hessians = SparseHessians(run.tape, run.output, grad_ids, diagnostics=run.diagnostics)
+            run.reading(i for sweep in hessians.sweeps for i in sweep.reads)
+            return hessians
+        sparse = kept_while_exact(run.prepared, ("sparse hessian", tuple(grad_ids.items())), run.tape, planned)
         return sparse(budget_bytes), sparse.colouring
 
     # ------------------------------------------- Hessian-vector products
@@ -108,10 +114,13 @@ class SecondOrder:
             if np.shape(v) != shape:
                 raise SpireadError(f"{option('hvp', name)}: the direction is {shape_str(np.shape(v))}, but `{name}` "
                                    f"is {shape_str(shape)}", exit_code=2)
-        if self._products is None:
+        first = self._products is None
+        if first:
             self._products = HessianVectorProducts(self.run.tape, self.grad_ids, self.recorded_from,
                                                    self.run.diagnostics)
         by_id = self._products({self.all_ids[n]: v for n, v in vectors.items()}, list(self.ids.values()))
+        if first:  # what the products read of the run, once recorded
+            self.run.reading(self._products.reads)
         return {name: by_id[i] for name, i in self.ids.items()}
 
 
@@ -188,12 +197,15 @@ class HessianVectorProducts:
         self.leaves, self.h = record_inner_product(self.tape, grad_ids)
         self.from_directions = self.tape.between(list(self.leaves.values()), self.h)
         swept = self.tape.between(list(grad_ids), self.h)
-        self.gradient = [n for n in swept if n.id >= recorded_from]
+        # What a numeric sweep from h reads of the recorded gradient (computed from the direction or not).
+        feeds_h = self.tape.feeding(self.h)
+        self.gradient = [n for n in self.tape.nodes[recorded_from:self.own] if n.op is not None and feeds_h[n.id]]
         # An op that runs tapes of its own (a total over row chunks) takes its
         # second derivatives by its own sweeps, numerically: not recorded.
         self.recording = not any(n.op is not None and n.op.reports is not None for n in swept)
         self.products: dict[int, int] | None = None  # value id -> the node of its H·v, once recorded
         self.read: list = []                          # what `refresh` recomputes once they are
+        self.reads: set[int] = set(grad_ids.values())  # what they read of `tape` (`Run.reading`): all, until `record`
         self.plans: dict[tuple, Callable[[], None]] = {}  # (wrt, unguarded) -> the replay of a product's nodes
 
     def refresh(self) -> None:
@@ -257,6 +269,11 @@ class HessianVectorProducts:
         self.directed = tape.fed_by(list(self.leaves.values()), last)
         self.read = [n for n in tape.nodes[self.recorded_from:self.h] if n.op is not None and needed[n.id]
                      and moved[n.id] and not self.directed[n.id]]
+        # A product's replay (`plan`) computes the nodes from `own` on that it is computed from: it reads
+        # their inputs below (values of the program, and of its gradient: not the gradient itself, which
+        # h only multiplies by a direction), and a product that is a node below.
+        self.reads = {i for node in tape.nodes[self.own:] if needed[node.id] for i in node.inputs if i < self.own}
+        self.reads.update(i for i in self.products.values() if i < self.own)
         kept = set(self.products.values())
         for node in tape.nodes[self.h + 1:]:
             if node.op is not None and node.id not in kept:

@@ -377,7 +377,8 @@ class Tape:
 
     # ------------------------------------------------- recorded reverse mode
 
-    def backward_graph(self, output: int, wrt: list[int], diagnostics: Diagnostics | None = None) -> dict[int, int]:
+    def backward_graph(self, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,
+                       checked: list[int] | None = None) -> dict[int, int]:
         """Reverse sweep that records instead of computing: for each node in
         `wrt`, the id of a node on this tape whose value is the gradient of
         the (scalar) output, built from the table's ops by each op's graph
@@ -385,7 +386,10 @@ class Tape:
         can be differentiated again (to any order: every statement is made of
         ops with one). It visits the same nodes as `backward`; contributions
         meeting at a node are summed by `add` nodes. Each recorded node has
-        the span of the op whose rule made it, its label the rule (`∂log/∂x`)."""
+        the span of the op whose rule made it, its label the rule (`∂log/∂x`).
+        With `diagnostics`, each rule's result is checked (where one is born
+        not finite, it warns); `checked` is given their ids (a kept run's
+        replay computes them: `Run.reading`)."""
         needs, nodes = self.fed_by(wrt, output), self.nodes
         start, lowest, out_node = len(nodes), min(wrt, default=output + 1), nodes[output]
         # A repeated computation's cotangents go to its first occurrence, whose rule runs once for both.
@@ -398,6 +402,7 @@ class Tape:
         wanted = set(wrt)
         shared = Shared(frozenset([*wrt, output]))  # this recording's emitters
         births = Births(nodes) if diagnostics is not None else None
+        results: list[int] = []  # the rules' results, checked
         for node in reversed(nodes[lowest:output + 1]):
             g = adjoints.get(node.id) if node.id in wanted else adjoints.pop(node.id, None)
             if g is None or node.op is None:
@@ -409,8 +414,10 @@ class Tape:
                 gi = node.op.derivative(k, g, node.id, *node.inputs, emit=emit, **node.params)
                 if gi is None:  # a derivative that is 0 (stopGradient, a mask)
                     continue
-                if births is not None and not nodes[gi].finite:  # (`finite` is kept: a node's result is read once)
-                    births.reverse(nodes[met_first.get(node.id, node.id)], nodes[g].value, k, nodes[gi].value)
+                if births is not None:
+                    results.append(gi)
+                    if not nodes[gi].finite:  # (`finite` is kept: a node's result is read once)
+                        births.reverse(nodes[met_first.get(node.id, node.id)], nodes[g].value, k, nodes[gi].value)
                 i = same.get(i, i)
                 if i in adjoints:
                     gi = Emitter(self, nodes[i].span, f"Σ∂ {nodes[i].name or nodes[i].label}", shared)(
@@ -421,6 +428,8 @@ class Tape:
         grads = {w: adjoints[w] if w in adjoints else self.leaf(np.zeros(nodes[w].shape), "const", nodes[w].span,
                                                                  fixed=True).id for w in wrt}
         grads, moved = unread_dropped(self, start, grads)
+        if checked is not None:  # a result no gradient reads was dropped: it is not replayed
+            checked += [moved.get(i, i) for i in results if i < start or not moved or i in moved]
         if self.deferral is not None and moved:  # its nodes moved down: it computes them from there, each quietly
             self.deferral.done = min(self.deferral.done, start)
             self.deferral.quiet = {i for i in self.deferral.quiet if i < start} | set(moved.values())

@@ -681,3 +681,83 @@ def test_a_replay_computes_a_repeated_op_once():
         products = [node for node in run.tape.nodes if node.op is not None and node.op.name == "matmul"
                     and node.inputs == (run.bindings["A"], run.bindings["w"])]
         assert len(products) == 2 and products[1].value is products[0].value
+
+
+# ------------------------------------------------ what a replay computes
+
+
+SECOND_ORDER_TASKS = {"hvp": "hvp", "hessian": None, "sparse hessian": "sparse"}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), st.data())
+def test_a_replay_leaves_out_only_what_its_task_never_reads(program, data):
+    """A kept run's replay computes the program's nodes and, of what its task
+    recorded, what the task reads or a fresh run of it checks (`Run.reading`):
+    the recorded nodes it leaves out are set to nan before each later call,
+    which still gives a fresh Program's bits and warnings — at the values
+    given, scaled (an overflow), or poisoned with inf and nan."""
+    task = data.draw(st.sampled_from(sorted(SECOND_ORDER_TASKS)), label="task")
+    wrt = [n for n in program.default_wrt() if n in program.inputs][:2]
+    if not wrt:
+        return
+    options: dict = {"wrt": wrt}
+    if task == "hvp":
+        options["hvp"] = {n: np.random.default_rng(0).standard_normal(np.shape(program.inputs[n])) for n in wrt}
+    elif task == "sparse hessian":
+        options["sparse"] = True
+    prog = spiread_cli.compile(program.source)
+    names = [n for n in program.names if n in program.inputs]
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    for scale in (None, 1.0, 1e160, "poisoned", 1.0):
+        values = {n: np.asarray(program.inputs[n], dtype=float) * (1 + 0.2 * rng.standard_normal(
+            np.shape(program.inputs[n]))) for n in names}
+        if type(scale) is float:
+            values = {n: v * scale for n, v in values.items()}
+        elif scale == "poisoned":
+            for n in names:
+                values[n].flat[rng.integers(values[n].size)] = rng.choice([np.inf, -np.inf, np.nan])
+        for kept in prog._kept.kept:
+            replayed = {node.id for node in kept.ops}
+            for node in kept.run.tape.nodes[kept.run.recorded_from:]:
+                if node.op is not None and node.id not in replayed:
+                    node.set_value(np.full(node.shape, np.nan))
+        assert_as_fresh(prog, program.source, "hessian", values, **options)
+
+
+LOGITS = "A = zeros(6, 4)\nw = zeros(4)\nloss = (A @@ w).tanh.sum + (w ** 4).sum / 4 + (A @@ w).exp.normaliseRowsL1.log.sum\n"
+
+
+def test_a_kept_hvp_replays_no_gradient_its_products_do_not_read():
+    """The products of a kept HVP never read the recorded gradient ∂f/∂w
+    itself (h only multiplies it by v): its last sum, which a fresh run
+    computes but never checks, is not replayed; the rules' results it adds,
+    which a fresh run checks, are."""
+    prog = spiread_cli.compile(LOGITS)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        values = {"A": rng.standard_normal((6, 4)), "w": rng.standard_normal(4)}
+        assert_as_fresh(prog, LOGITS, "hessian", values, wrt="w", hvp={"w": rng.standard_normal(4)})
+    kept = prog._kept.kept[0]
+    nodes = kept.run.tape.nodes
+    gradient = max(kept.run.reads - {node.id for node in kept.ops} | {len(nodes) - 1})
+    assert nodes[gradient].label == "Σ∂ w" and gradient == len(nodes) - 1
+    assert nodes[gradient] not in kept.ops
+    recorded = [node for node in kept.ops if node.id >= kept.run.recorded_from]
+    assert 0 < len(recorded) < len([node for node in nodes[kept.run.recorded_from:] if node.op is not None])
+
+
+@pytest.mark.parametrize("hvp", [False, True])
+def test_a_derivative_born_not_finite_where_no_product_reads_it_warns_each_call(hvp):
+    """∂f/∂w of `(A @@ w).sum` is the columns' sums of A, which no HVP reads
+    (H·v = 2v): a fresh call computes it, and warns where it overflows; a
+    kept call does too (a fresh run's checks are what the task reads)."""
+    source = "A = zeros(2, 3)\nw = zeros(3)\nloss = (A @@ w).sum + (w * w).sum\n"
+    prog = spiread_cli.compile(source)
+    options = {"wrt": "w", **({"hvp": {"w": np.ones(3)}} if hvp else {})}
+    values = {"A": np.ones((2, 3)), "w": np.ones(3)}
+    assert_as_fresh(prog, source, "hessian", values, **options)
+    overflowing = {"A": np.array([[1e308, 1.0, 1.0], [1e308, 1.0, 1.0]]), "w": np.array([1e-300, 1.0, 1.0])}
+    result, shown, _ = assert_as_fresh(prog, source, "hessian", overflowing, **options)
+    assert shown and "derivative of `@@`" in shown[0][0]
+    assert_as_fresh(prog, source, "hessian", values, **options)
