@@ -34,7 +34,7 @@ is 0, whose sign is 0, not 1).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 
@@ -152,16 +152,17 @@ class Shared:
         return self.ops
 
 
-def unread_dropped(tape: Recording, start: int, results: dict[int, int]) -> tuple[dict[int, int], dict[int, int]]:
+def unread_dropped(tape: Recording, start: int, results: dict[int, int],
+                   checked: Iterable[int] = ()) -> tuple[dict[int, int], dict[int, int]]:
     """`results` (value id -> node id) once the nodes recorded from `start`
-    on that none of them is computed from are dropped: a rule's step that a
-    rewrite then left out (the product of c · (2 · y)'s inner product, a
-    broadcast a product reads no more), which a replay of the whole tape (a
-    kept run's) would compute for no one. The others move down into their
-    places (only nodes from `start` on read them): the results, and where
-    each moved (old id -> new; empty when none was dropped)."""
+    on that none of them nor of `checked` (what a replay checks again) is
+    computed from are dropped: a rule's step that a rewrite then left out
+    (the product of c · (2 · y)'s inner product, a broadcast a product reads
+    no more), which a replay of the whole tape (a kept run's) would compute
+    for no one. The others move down into their places (only nodes from
+    `start` on read them): the results, and where each moved (old id -> new)."""
     nodes = tape.nodes
-    read = tape.feeding(*results.values()) if len(nodes) > start else []
+    read = tape.feeding(*results.values(), *checked) if len(nodes) > start else []
     kept = [node for node in nodes[start:] if read[node.id]]
     moved: dict[int, int] = {}
     if len(kept) == len(nodes) - start:

@@ -427,9 +427,14 @@ class Tape:
             births.warn(diagnostics)  # the first op, sweeping back from the output
         grads = {w: adjoints[w] if w in adjoints else self.leaf(np.zeros(nodes[w].shape), "const", nodes[w].span,
                                                                  fixed=True).id for w in wrt}
-        grads, moved = unread_dropped(self, start, grads)
-        if checked is not None:  # a result no gradient reads was dropped: it is not replayed
-            checked += [moved.get(i, i) for i in results if i < start or not moved or i in moved]
+        # A result no gradient reads (a derivative into a comparison's) stays, for a replay to check as this
+        # did, unless it is of constants alone (a seed's ones broadcast), which hold the values checked now.
+        if results:
+            moving = self.fed_by([n.id for n in nodes if n.op is None and not n.fixed], len(nodes) - 1)
+            results = [i for i in results if moving[i]]
+        grads, moved = unread_dropped(self, start, grads, results)
+        if checked is not None:
+            checked += [moved.get(i, i) for i in results]
         if self.deferral is not None and moved:  # its nodes moved down: it computes them from there, each quietly
             self.deferral.done = min(self.deferral.done, start)
             self.deferral.quiet = {i for i in self.deferral.quiet if i < start} | set(moved.values())

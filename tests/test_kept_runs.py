@@ -761,3 +761,22 @@ def test_a_derivative_born_not_finite_where_no_product_reads_it_warns_each_call(
     result, shown, _ = assert_as_fresh(prog, source, "hessian", overflowing, **options)
     assert shown and "derivative of `@@`" in shown[0][0]
     assert_as_fresh(prog, source, "hessian", values, **options)
+
+
+@pytest.mark.parametrize("task", ["hessian", "eval"])
+def test_a_derivative_no_gradient_reads_warns_on_a_kept_call_too(task):
+    """∂/∂(A == w) of `(A == w) @@ v` is computed and checked by a fresh
+    recording (a fresh call warns where it overflows), though the comparison
+    passes nothing on: it stays on the tape (emitter.unread_dropped keeps
+    what a recording checked), so a kept call computes and checks it too —
+    the recorded gradient of a Hessian's, and a program's own `.backward`."""
+    source = "A = zeros(1, 1)\nw = ones(1, 1)\nv = ones(1)\nloss = ((A == w) @@ v).sum * w.sum\n"
+    if task == "eval":
+        source += "g = loss.backward(w)\nout = g.w.sum\n"
+    prog = spiread_cli.compile(source)
+    options = {"wrt": "w"} if task == "hessian" else {}
+    values = {"A": np.zeros((1, 1)), "w": np.ones((1, 1)), "v": np.ones(1)}
+    assert_as_fresh(prog, source, task, values, **options)
+    result, shown, _ = assert_as_fresh(prog, source, task, {**values, "w": np.full((1, 1), 1e200),
+                                                           "v": np.full(1, 1e200)}, **options)
+    assert shown and "derivative of `@@`" in shown[0][0]
