@@ -30,14 +30,16 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks.
 
 
 def name_lists(values: list[str] | None) -> list[str] | None:
-    """`--wrt a,b` is `--wrt a --wrt b`; `--wrt ''` (an empty shell
-    variable) names nothing, and is refused rather than read as no --wrt."""
+    """`--wrt a,b` is `--wrt a --wrt b`; an empty name (`--wrt ''`, an
+    empty shell variable, or `--wrt a,,b`) is refused, not read as no --wrt
+    or dropped."""
     from .diagnostics import listed_names
     if not values:
         return values
     names = listed_names(values)
-    if not names:
-        raise typer.BadParameter(f"{values[0]!r} names no value; give a name, e.g. `--wrt w`")
+    if names is None:
+        empty = next(value for value in values if listed_names([value]) is None)
+        raise typer.BadParameter(f"{empty!r} holds an empty name; give names, e.g. `--wrt w` or `--wrt a,b`")
     return names
 
 

@@ -163,10 +163,13 @@ COMMAND_LINE, PYTHON = "command line", "python"
 FRONT_END: ContextVar[str] = ContextVar("spiread_front_end", default=COMMAND_LINE)
 
 
-def listed_names(given: Iterable[str]) -> list[str]:
+def listed_names(given: Iterable[str]) -> list[str] | None:
     """Names as either front end takes them: `--wrt a,b` is `--wrt a --wrt b`,
-    and `wrt="a,b"` is `wrt=["a", "b"]` (no name holds a comma)."""
-    return [name.strip() for text in given for name in text.split(",") if name.strip()]
+    and `wrt="a,b"` is `wrt=["a", "b"]` (no name holds a comma). None where
+    a name is empty (`''`, an empty shell variable; `,`; `a,,b`; `a,`): the
+    front ends refuse it, not read it as no name or drop it."""
+    names = [name.strip() for text in given for name in text.split(",")]
+    return names if names and "" not in names else None
 
 
 def option(keyword: str, value: object = None) -> str:

@@ -177,8 +177,8 @@ def outside_stacklevel() -> int:
 
 def wrt_names(wrt: list[str] | str | None) -> list[str] | None:
     """`wrt` as a list of names (None for none given); "a,b" is ["a", "b"]
-    (in a list too), as `--wrt a,b` is. Names that name nothing ("", [], ",") are refused,
-    not read as no `wrt` (the default is None)."""
+    (in a list too), as `--wrt a,b` is. An empty name ("", [], ",", "a,,b") is refused,
+    not read as no `wrt` (the default is None) or dropped."""
     if wrt is None:
         return None
     if type(wrt) is str and wrt.isidentifier():  # the usual call, `wrt="w"`: one name, as written
@@ -192,9 +192,9 @@ def wrt_names(wrt: list[str] | str | None) -> list[str] | None:
         names = listed_names(names)
     else:
         raise type_error("wrt", wrt, "the names are a string or a list of strings")
-    if not names:
+    if names is None:
         shown = f'"{wrt}"' if isinstance(wrt, str) else repr(wrt)
-        raise SpireadError(f"`wrt={shown}` names no value", exit_code=2,
+        raise SpireadError(f"`wrt={shown}` " + ("holds an empty name" if isinstance(wrt, str) or wrt else "names no value"), exit_code=2,
                            notes=['name one, e.g. `wrt="w"`; without `wrt` (None), `.backward(...)`\'s names are '
                                   "taken, else every input the output depends on (not for `train`)"])
     return names

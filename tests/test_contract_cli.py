@@ -243,7 +243,7 @@ def test_names_with_commas_are_a_list_of_names_in_python_as_on_the_command_line(
     from spiread_cli import compile
     prog = compile("w = [1.0, 2.0]\nb = 0.5\nr = w * b\nloss = (r * r).sum\n")
     listed = prog.grad(wrt=["w", "b"]).gradients
-    for wrt in ("w,b", "w, b", " w ,b,"):
+    for wrt in ("w,b", "w, b", " w ,b"):  # an empty name ("w,b,") is refused: test_a_wrt_with_an_empty_name…
         gradients = prog.grad(wrt=wrt).gradients
         assert list(gradients) == ["w", "b"]
         for name in gradients:
@@ -278,22 +278,32 @@ def test_random_programs_through_the_front_door_against_autograd(program, data):
                                    err_msg=f"∂loss/∂{name} with {args} in\n{program.source}")
 
 
-@pytest.mark.parametrize("empty", ["", ",", " , "])
-def test_a_wrt_that_names_nothing_is_refused_not_read_as_the_default(tmp_path, empty):
-    # `train --wrt "$PARAMS"` with PARAMS empty trained every input, the data X too (`--wrt ''` was no --wrt).
+@pytest.mark.parametrize("empty", ["", ",", " , ", "w,,X", "w,", ",w", "w, ,X"])
+def test_a_wrt_with_an_empty_name_is_refused_not_read_as_the_default_or_dropped(tmp_path, empty):
+    # `train --wrt "$PARAMS"` with PARAMS empty trained every input, the data X too (`--wrt ''` was no --wrt);
+    # `--wrt w,,X` dropped the empty name where `--wrt ,` was refused.
     from spiread_cli import compile
     program = "X = [[1.0, 2.0], [3.0, 4.0]]\nw = [0.5, -0.5]\nloss = ((X @@ w) ** 2).sum\n"
     for command in (["train", "-", "--steps", "1"], ["grad", "-"]):
-        done = spiread(*command, "--wrt", empty, stdin=program)
+        done = spiread(*command, "--wrt", "w", "--wrt", empty, stdin=program)
         assert done.returncode == 2 and done.stdout == ""
-        assert f"Error: Invalid value for '--wrt': {empty!r} names no value; give a name, e.g. `--wrt w`" in done.stderr
+        assert (f"Error: Invalid value for '--wrt': {empty!r} holds an empty name; give names, e.g. `--wrt w` or "
+                "`--wrt a,b`") in done.stderr
     prog = compile(program)
     for method in (prog.grad, prog.hessian, prog.check, prog.train):
-        with pytest.raises(SpireadError, match=f'`wrt="{empty}"` names no value'):
-            method(wrt=empty)
+        for wrt, shown in ((empty, f'"{empty}"'), (["w", empty], repr(["w", empty]))):
+            with pytest.raises(SpireadError, match=re.escape(f"`wrt={shown}` holds an empty name")):
+                method(wrt=wrt)
+
+
+def test_a_wrt_of_no_names_is_refused_and_none_is_the_default():
+    from spiread_cli import compile
+    prog = compile("X = [[1.0, 2.0], [3.0, 4.0]]\nw = [0.5, -0.5]\nloss = ((X @@ w) ** 2).sum\n")
+    with pytest.raises(SpireadError, match=re.escape("`wrt=[]` names no value")):
+        prog.grad(wrt=[])
     with pytest.raises(SpireadError, match="`wrt=None`: train needs the values to train"):
         prog.train(wrt=None)
-    assert list(prog.grad(wrt=None).gradients) == ["X", "w"] and list(prog.train(wrt="w,", steps=1).values) == ["w"]
+    assert list(prog.grad(wrt=None).gradients) == ["X", "w"] and list(prog.train(wrt="w, X", steps=1).values) == ["w", "X"]
 
 
 RECORD = "w = [1.0, 2.0]\nb = 1.0\nloss = (w * w).sum + b\ng = loss.backward((w = w, b = b))\nh = g.w.sum\n"
