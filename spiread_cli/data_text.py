@@ -134,7 +134,8 @@ def _is_number(cell: str) -> bool:
 
 def from_text(text: str, suffix: str) -> np.ndarray:
     """A table of numbers. Its first row is a header, skipped, only when none
-    of its cells is a number; a single number is a scalar; one column a vector."""
+    of its cells is a number; one column is a vector (LANGUAGE.md §7), of
+    one number too: a scalar is a .json number or a rank-0 .npy."""
     delimiter, header_line = _table_start(text, suffix)
     return _table_shaped(_parse_rows(text, delimiter, header_line))
 
@@ -187,8 +188,6 @@ def _refuse_out_of_range(text: str, delimiter: str | None, header_line: int, fir
 
 
 def _table_shaped(array: np.ndarray) -> np.ndarray:
-    if array.shape == (1, 1):
-        return array.reshape(())
     return array[:, 0] if array.shape[1] == 1 else array
 
 
@@ -248,7 +247,7 @@ class TextTable:
     path: str
     delimiter: str | None
     header_line: int
-    shape: tuple[int, ...]       # as load_array gives it: () for one number, (n,) for one column
+    shape: tuple[int, ...]       # as load_array gives it: (n,) for one column
     blocks: tuple[TextBlock, ...]
 
     @staticmethod
@@ -275,7 +274,7 @@ class TextTable:
                 raise SpireadError(f"{prefix}: {err}", span) from None
         if width is None:
             raise SpireadError(f"{prefix}: it holds no numbers", span)
-        shape = (rows, width[1]) if width[1] > 1 else (rows,) if rows > 1 else ()
+        shape = (rows, width[1]) if width[1] > 1 else (rows,)
         return TextTable(str(path), *start, shape, tuple(blocks))
 
     @property
@@ -283,10 +282,7 @@ class TextTable:
         return self.shape[0] if self.shape else 0
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) (the whole of a one-number table), parsing only
-        the blocks that hold them."""
-        if not self.shape:
-            start, stop = 0, 1
+        """Rows [start, stop), parsing only the blocks that hold them."""
         first, row, wanted = 0, 0, []
         for block in self.blocks:
             if block.rows and row < stop and row + block.rows > start:
@@ -304,9 +300,7 @@ class TextTable:
             array = _parse_rows(text, self.delimiter, self.header_line, wanted[0].line)[start - first:stop - first]
         except Unreadable as err:  # the file changed since it was scanned
             raise SpireadError(f"{prefix}: {err}") from None
-        if len(self.shape) == 2:
-            return array
-        return array[:, 0] if self.shape else array.reshape(())
+        return _table_shaped(array) if len(self.shape) == 1 else array
 
 
 def _first_row(text: str, header_line: int, first_line: int) -> int | None:

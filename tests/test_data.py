@@ -23,6 +23,7 @@ from conftest import run, spiread
 from spiread_cli.program import Program
 from spiread_cli.data import load_array
 from spiread_cli.data_open import shown
+from spiread_cli.data_text import TextTable
 from spiread_cli.diagnostics import SpireadError
 
 FUZZ = settings(max_examples=150, deadline=None, database=None,
@@ -205,12 +206,21 @@ def test_unreadable_and_oddly_named_paths(in_tmp):
     ("s.npy", npy_bytes(np.array(2.5))),
     ("s.npz", npz_bytes({"s.npy": npy_bytes(np.array(2.5))})),
     ("s.json", "2.5"),
-    ("s.csv", "2.5\n"),
-    ("s.txt", "# a learning rate\n2.5"),
-], ids=["npy", "npz", "json", "csv", "txt"])  # an npz's bytes hold a timestamp: not an id xdist workers agree on
-def test_a_scalar_stays_a_scalar_in_every_format(in_tmp, name, content):
+], ids=["npy", "npz", "json"])  # an npz's bytes hold a timestamp: not an id xdist workers agree on
+def test_a_scalar_stays_a_scalar_in_every_format_that_has_one(in_tmp, name, content):
     value = load_array(write(in_tmp, name, content))
     assert value.shape == () and value.dtype == np.float64 and float(value) == 2.5
+
+
+@pytest.mark.parametrize("name, content", [("s.csv", "2.5\n"), ("s.txt", "# a learning rate\n2.5"),
+                                           ("s.tsv", "rate\n2.5\n"), ("h.csv", "a\n2.5")])
+def test_a_table_of_one_number_is_a_column_so_a_vector_of_one(in_tmp, name, content):
+    """LANGUAGE.md §7: one column gives a vector; a table has no rank 0 (a scalar is a JSON number or an .npy's)."""
+    path = write(in_tmp, name, content)
+    np.testing.assert_array_equal(load_array(path), np.array([2.5]), strict=True)
+    table = TextTable.scan(path)
+    assert table.shape == (1,) and table.rows == 1
+    np.testing.assert_array_equal(table.read(0, 1), np.array([2.5]), strict=True)
 
 
 @pytest.mark.parametrize("array", [np.arange(3.0), np.arange(6.0).reshape(2, 3), np.arange(6.0).reshape(2, 3).T,
@@ -272,7 +282,7 @@ def test_header_rule(tmp_path, cells):
     if all(numeric):
         assert load_array(path).shape == ((2, len(cells)) if len(cells) > 1 else (2,))
     elif not any(numeric):
-        expected = np.full((1, len(cells)), 7.0) if len(cells) > 1 else np.array(7.0)  # one row; one number
+        expected = np.full((1, len(cells)), 7.0) if len(cells) > 1 else np.array([7.0])  # one row; one column
         np.testing.assert_array_equal(load_array(path), expected, strict=True)
     else:
         column = numeric.index(False) + 1
