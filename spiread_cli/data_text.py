@@ -18,6 +18,7 @@ import numpy as np
 
 from .data_open import CHUNKS_NOTE, Unreadable, clip, open_regular, shown
 from .diagnostics import BEYOND_FLOAT64, SpireadError, Span
+from .formatting import NON_FINITE
 from .limits import LIMIT_NOTE, human_bytes, max_bytes
 
 # The most memory reading a byte of text may take: a number takes at least
@@ -70,6 +71,8 @@ def from_json(raw: bytes) -> np.ndarray:
         raise Unreadable(f"it is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
     except RecursionError:
         raise Unreadable("its lists nest too deeply") from None
+    if type(data) is str and data in NON_FINITE:
+        data = NON_FINITE[data]
     if type(data) is float:
         return np.array(data)
     if not isinstance(data, list):
@@ -83,6 +86,8 @@ def from_json(raw: bytes) -> np.ndarray:
             raise Unreadable(f"`{at}` is {_json_kind(row)}, but `[0]` is a list (a row)")
         if rank == 2 and len(row) != len(rows[0]):
             raise Unreadable(f"its rows have different lengths: `{at}` has {_entries(len(row))}, `[0]` has {_entries(len(rows[0]))}")
+        if not all(type(x) is float for x in row):
+            row[:] = [NON_FINITE.get(x, x) if type(x) is str else x for x in row]  # as spiread writes them
         if not all(type(x) is float for x in row):
             j, x = next((j, x) for j, x in enumerate(row) if type(x) is not float)
             if isinstance(x, list):

@@ -13,8 +13,12 @@ import numpy as np
 SUMMARY_THRESHOLD = 100
 
 
+# RFC 8259 has no inf or nan: they travel as these strings (LANGUAGE.md §8),
+# which spiread reads back as the numbers in JSON data and in `--set`.
+NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
 def json_number(x: float):
-    """RFC 8259 has no inf or nan: they travel as strings."""
     if math.isfinite(x):
         return x
     return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")

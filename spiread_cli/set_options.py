@@ -14,6 +14,7 @@ from . import syntax
 from .data import load_archive, load_array, parse_set_option
 from .data_open import SET_PATH_SUFFIXES
 from .diagnostics import Source, SpireadError, did_you_mean
+from .formatting import NON_FINITE
 from .interpreter import Const, Interpreter
 
 
@@ -48,7 +49,10 @@ def parse_overrides(options: list[str], base_dir: Path | None = None, flag: str 
 
 
 def _literal(text: str, name: str, given: str, base_dir: Path | None, flag: str) -> np.ndarray:
-    """VALUE of `--set NAME=VALUE` (or `flag`'s) when it is not a file: a number or a literal."""
+    """VALUE of `--set NAME=VALUE` (or `flag`'s) when it is not a file: a number or a literal.
+    A non-finite number is spelled as spiread's JSON writes it: `inf`, `-inf`, `nan`."""
+    if text in NON_FINITE:
+        return np.array(NON_FINITE[text])
     try:
         expr = syntax.parse_expression(text)
         interpreter = Interpreter(Source(f"--set {name}", text), base_dir=base_dir)
@@ -58,8 +62,9 @@ def _literal(text: str, name: str, given: str, base_dir: Path | None, flag: str)
             raise SpireadError(f"{given}: `{text}` is a file, but not one of arrays: {flag} reads "
                                f"{'/'.join(s for s in SET_PATH_SUFFIXES if s != '.zarr')} files", exit_code=2) from None
         raise SpireadError(f"{given}: {err.diagnostic.message}", exit_code=2,
-                           notes=["VALUE is a number, a literal like [[1,2],[3,4]], or a .npy/.npz/.csv/.json "
-                                  "path"]) from None
+                           notes=["VALUE is a number (`inf`, `-inf` and `nan` too), a literal like [[1,2],[3,4]], "
+                                  "or a .npy/.npz/.csv/.json path (a list holding inf or nan: a file, such as the "
+                                  "JSON spiread writes)"]) from None
     if not isinstance(value, Const):
         raise SpireadError(f"{given}: the value must be a constant", exit_code=2)
     return value.value

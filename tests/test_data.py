@@ -296,6 +296,9 @@ def test_header_rule(tmp_path, cells):
     ("[[1, 2], [3, null]]", "`[1][1]` is null, not a number"),
     ("[1, true]", "`[1]` is true, not a number"),
     ('[1, "2"]', "`[1]` is text (`2`), not a number"),
+    ('[1, "Infinity"]', "`[1]` is text (`Infinity`), not a number"),  # the strings spiread writes, and no others
+    ('[["nan", "-inf"], [1, "NaN"]]', "`[1][1]` is text (`NaN`), not a number"),
+    ('"inf "', "it holds text (`inf `), not a number or lists of numbers"),
     ("[[1], [{}]]", "`[1][0]` is an object (`{…}`), not a number"),
     ("null", "it holds null, not a number or lists of numbers"),
     ('{"w": [1]}', "it holds an object (`{…}`), not a number or lists of numbers"),
@@ -315,6 +318,43 @@ def test_json_numbers_of_every_spelling(in_tmp):
     value = load_array(write(in_tmp, "d.json", "[[1, -2.5e3, 1" + "0" * 300 + "], [NaN, Infinity, 1E-400]]"))
     np.testing.assert_array_equal(value, [[1, -2500, 1e300], [np.nan, np.inf, 0.0]])
     assert load_array(write(in_tmp, "e.json", "[]")).shape == (0,)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('["-inf", 0.0, "inf", "nan"]', [-np.inf, 0.0, np.inf, np.nan]),
+    ('[["nan", 1], [2, "-inf"]]', [[np.nan, 1.0], [2.0, -np.inf]]),
+    ('"inf"', np.inf),
+])
+def test_json_reads_the_strings_spiread_writes_for_non_finite_numbers(in_tmp, content, expected):
+    """LANGUAGE.md §8: non-finite numbers are the strings "inf", "-inf", "nan" in spiread's JSON."""
+    np.testing.assert_array_equal(load_array(write(in_tmp, "d.json", content)), np.array(expected), strict=True)
+
+
+def test_what_eval_writes_as_json_reads_back_through_load_and_set(in_tmp):
+    write(in_tmp, "w.ad", "x = [1, 2, 3, 0]\ny = (x - 1).log / (x - 2)\n")  # inf, 0/0, log(2) / 1, nan / -2
+    written = spiread("eval", "w.ad", "--format", "json", cwd=in_tmp)
+    y = json.loads(written.stdout)["values"]["y"]
+    assert y["value"][:2] == ["inf", "nan"] and y["value"][3] == "nan"
+    (in_tmp / "y.json").write_text(json.dumps(y["value"]))
+    with np.errstate(all="ignore"):
+        want = np.log(np.array([1.0, 2.0, 3.0, 0.0]) - 1) / (np.array([1.0, 2.0, 3.0, 0.0]) - 2)
+    write(in_tmp, "r.ad", 'x = load("y.json")\nz = [0, 0, 0, 0]\n')
+    for sets in ([], ["--set", "z=y.json"]):
+        done = spiread("eval", "r.ad", *sets, "--format", "json", cwd=in_tmp)
+        assert done.returncode == 0, done.stderr
+        values = json.loads(done.stdout)["values"]
+        assert values["x"] == y and (values["z"] == y if sets else True)
+    np.testing.assert_array_equal(run('x = load("y.json")', base_dir=in_tmp).value, want)
+
+
+@pytest.mark.parametrize("word", ["inf", "-inf", "nan"])
+def test_set_takes_a_non_finite_number_as_json_spells_it(in_tmp, word):
+    write(in_tmp, "s.ad", "x = 1.0\ny = x * 2\n")
+    done = spiread("eval", "s.ad", "--set", f"x={word}", "--format", "json", cwd=in_tmp)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["values"]["x"] == {"shape": [], "value": word}
+    refused = spiread("eval", "s.ad", "--set", f"x=[1, {word}]", cwd=in_tmp)  # in a list: a file holds it
+    assert refused.returncode == 2 and "a list holding inf or nan: a file" in refused.stderr
 
 
 # ------------------------------------------------ 6. damaged files: one bounded sentence
