@@ -177,7 +177,7 @@ class ForwardSweep:
     def push_blocks(self, total: int, seed_block: Callable[[int, int], dict[int, np.ndarray]],
                     diagnostics: Diagnostics | None = None, budget_bytes: int = TANGENT_BUDGET_BYTES,
                     observe: SweepObserver | None = None, what: Callable[[], str] | None = None,
-                    kinds: list[type] | None = None) -> np.ndarray:
+                    kinds: list[type] | None = None, as_arrays: bool = False) -> np.ndarray:
         """Directional derivatives of the output for `total` directions,
         seed_block(start, k) giving directions start..start+k; shape (total,)
         + the output's shape, refused (at the output) when over the limit:
@@ -186,7 +186,11 @@ class ForwardSweep:
         to warn where the first non-finite derivative was born. `kinds`,
         given, gets the kind (class) of each block's batch: where each is a
         `Diagonal`, the result holds no −0.0 (its dense form adds the values
-        into +0.0 zeros)."""
+        into +0.0 zeros). `as_arrays`: a block whose result is not finite is
+        pushed again from its seeds as arrays, where seeds kept as their
+        values (`Diagonal`) step a direction at its entry alone and so lose
+        a 0 · inf elsewhere (a dense Hessian, as its H·v and its compressed
+        sweeps, which push arrays, keep it: docs/design.md)."""
         output = self.nodes[self.output]
         limit = limit_for(max(8 * total * output.value.size, total * self.bytes_per_direction))
         check_bytes(8 * total * output.value.size,
@@ -199,6 +203,10 @@ class ForwardSweep:
             k = min(block, total - start)
             seeds = seed_block(start, k)
             batch = self.push(seeds, observe)
+            finite = self.finite or (diagnostics is None and not as_arrays) or finite_batch(batch)
+            if not finite and as_arrays and any(type(s) is not np.ndarray for s in seeds.values()):
+                seeds = {i: dense(s) for i, s in seeds.items()}
+                batch = self.push(seeds, observe)
             if kinds is not None:
                 kinds.append(type(batch))
             if result is None:
@@ -208,7 +216,7 @@ class ForwardSweep:
                     result = np.array(result)  # a broadcast view, a seed, or not an array: one of its own
             else:
                 result[start:start + k] = dense(batch)
-            if diagnostics is not None and not self.finite and not finite_batch(batch):
+            if diagnostics is not None and not finite:
                 births = Births(self.nodes)
                 self.push(seeds, births.forward)
                 births.warn(diagnostics)
@@ -224,12 +232,13 @@ def _quietly(push: Callable[[dict], np.ndarray | None], seeds: dict) -> np.ndarr
 
 def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagnostics | None = None,
                      budget_bytes: int = TANGENT_BUDGET_BYTES, observe: SweepObserver | None = None,
-                     sweep: ForwardSweep | None = None, kinds: list[type] | None = None) -> dict[int, np.ndarray]:
+                     sweep: ForwardSweep | None = None, kinds: list[type] | None = None,
+                     as_arrays: bool = False) -> dict[int, np.ndarray]:
     """The Jacobian of `output` with respect to each node W in `wrt`, shaped
     shape(output) + shape(W) (for a scalar output, the gradient): one
     direction per input entry (rows of the identity), in blocks; `observe`
     as for `ForwardSweep.push`; `sweep`: this sweep, planned before; `kinds`
-    as for `push_blocks`."""
+    and `as_arrays` as for `push_blocks`."""
     nodes = tape.nodes
     sweep = ForwardSweep(tape, output, wrt) if sweep is None else sweep
     sizes = [nodes[i].value.size for i in wrt]
@@ -246,7 +255,7 @@ def jacobian_forward(tape: Tape, output: int, wrt: list[int], diagnostics: Diagn
         of = nodes[output].name or nodes[output].label
         return f"the Jacobian of `{of}` with respect to {names} would be {shape_str(shape)}"
 
-    rows = sweep.push_blocks(offsets[-1], seed_block, diagnostics, budget_bytes, observe, what, kinds)
+    rows = sweep.push_blocks(offsets[-1], seed_block, diagnostics, budget_bytes, observe, what, kinds, as_arrays)
     # Row j is the derivative along entry j: a W's rows, transposed, are its
     # block (a transposed view where the shapes allow, as numpy's reshape does).
     return {i: rows[offsets[p]:offsets[p + 1]].reshape(sizes[p], math.prod(out_shape)).T

@@ -77,7 +77,7 @@ class SecondOrder:
                 sweep = self._sweeps[a_id] = ForwardSweep(self.run.tape, self.grad_ids[a_id], seeded)
                 self.run.reading(sweep.reads)
             jacobian = jacobian_forward(self.run.tape, self.grad_ids[a_id], seeded, diagnostics, budget_bytes,
-                                        sweep=sweep)
+                                        sweep=sweep, as_arrays=True)
             if diagnostics is not None and len(diagnostics.warnings) > before:
                 diagnostics = None  # one warning about the second derivative is enough
             blocks[a] = {b: jacobian[i] for b, i in zip(names, seeded)}

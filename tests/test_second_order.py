@@ -628,3 +628,41 @@ def test_a_replayed_hvp_keeps_a_zero_against_an_infinite_partial():
     for _ in range(3):
         assert order.hvp({"w": v})["w"].tobytes() == first.tobytes()
     assert (order._products.plans.keys() >= {((r.bindings["w"],), True), ((r.bindings["w"],), False)})
+
+
+# Losses whose first derivatives are infinite (or nan) where x has zeros or leaves a log's domain.
+NOT_FINITE_AT_ZEROS = ["(x[1:] * x[:-1]).sqrt.sum", "(x * x).sqrt.sum", "x.sqrt.sum + (x * y).sum",
+                       "(x[1:] * x[:-1]).abs.sqrt.sum", "(x.sqrt * y).sum", "(x ** 1.5).sum + x.sum * x[0]",
+                       "x.sqrt.sum * y.sqrt.sum", "((x + 1.0).log * x[:1].sqrt).sum", "(x.sqrt * x.sqrt).sum",
+                       "(x[1:] - x[:-1]).abs.sqrt.sum", "(x.abs ** 0.5).sum / (y * y).sum"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(NOT_FINITE_AT_ZEROS), st.integers(2, 5), st.booleans(), st.data())
+def test_the_dense_hessian_its_hvps_and_its_sparse_form_agree_where_a_first_derivative_is_not_finite(
+        loss, n, y_zero, data):
+    """At zeros of x a first derivative is infinite, so 0 · inf meets the
+    second: the dense Hessian (its rows' seeds kept as values, pushed again
+    as arrays where a block is not finite), H·eⱼ for every j (reverse over
+    reverse) and the sparse Hessian (compressed seeds, arrays) give the same
+    nan and inf at the same entries, and the same values elsewhere; the
+    sparse one reads each pair once, so its (i, j) is the dense (i, j) or
+    (j, i). As PyTorch's and JAX's Hessians, nan where they meet 0 · inf
+    (docs/design.md)."""
+    import spiread_cli
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    x, y = rng.normal(size=n), (np.zeros(n) if y_zero else rng.normal(size=n))
+    x[data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n), label="zeros")] = 0.0
+    program = spiread_cli.compile(f"x = zeros({n})\ny = zeros({n})\nloss = {loss}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", RuntimeWarning)
+        dense = np.asarray(program.hessian(x=x, y=y, wrt="x")["x"]["x"])
+        assert np.asarray(program.hessian(x=x, y=y, wrt="x")["x"]["x"]).tobytes() == dense.tobytes()  # kept
+        products = np.stack([program.hessian(x=x, y=y, wrt="x", hvp={"x": e})["x"] for e in np.eye(n)], axis=1)
+        sparse = program.hessian(x=x, y=y, wrt="x", sparse=True).tocoo()
+    assume(not np.isfinite(dense).all())
+    close = dict(rtol=1e-9, atol=1e-12 * (1 + np.abs(dense[np.isfinite(dense)]).max(initial=0)))
+    np.testing.assert_allclose(products, dense, **close, err_msg=f"{loss} at x = {x}, y = {y}")
+    for i, j, value in zip(sparse.row, sparse.col, sparse.data):
+        assert any(np.allclose(value, dense[p, q], equal_nan=True, **close) for p, q in ((i, j), (j, i))), (i, j)
