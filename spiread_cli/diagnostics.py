@@ -47,6 +47,32 @@ class Span:
                     self.start, other.end)
 
 
+@dataclass(slots=True, unsafe_hash=True)
+class CalledSpan(Span):
+    """A place in the body of a function, as inlined at `calls` (the calls'
+    own spans, outermost first): what is recorded there is this call's, so
+    a warning about it shows each call beside the body (`beside`), as an
+    error raised there does."""
+
+    calls: tuple[Span, ...] = ()
+
+
+def in_calls(span: Span, calls: tuple[Span, ...]) -> Span:
+    """`span` as met inside `calls` (none: the span itself)."""
+    if not calls or span is None:
+        return span
+    return CalledSpan(span.line, span.column, span.end_line, span.end_column, span.start, span.end, calls)
+
+
+def beside(at: Span | None, calls: Iterable[Span]) -> tuple[tuple[Span, str], ...]:
+    """The calls to show beside a diagnostic at `at` in a function's body:
+    each it is not part of (an argument's or a lambda's own text is in its
+    call), so a body called from several places says from which."""
+    if at is None:
+        return ()
+    return tuple((call, "in this call") for call in calls if not call.start <= at.start <= at.end <= call.end)
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """A program's text and the name to show for it (a path, or `<stdin>`)."""
@@ -101,7 +127,8 @@ class SpireadError(Exception):
     def __init__(self, message: str, span: Span | None = None, notes: Iterable[str] = (),
                  exit_code: int = 1, related: Iterable[tuple[Span, str]] = (), origin: str | None = None):
         super().__init__(message)
-        self.diagnostic = Diagnostic("error", message, span, tuple(notes), tuple(related), origin)
+        self.diagnostic = Diagnostic("error", message, span, tuple(notes),
+                                     tuple(related) + beside(span, getattr(span, "calls", ())), origin)
         self.exit_code = exit_code
         self.source: Source | None = None
         self.printed: list[str] = []  # what the program's println wrote before the error
@@ -110,9 +137,9 @@ class SpireadError(Exception):
         """An error in the body of a function, inlined at `calls` (outermost
         first): each call it is not part of is shown beside it, so a body
         called from several places says from which."""
-        at = self.diagnostic.span
-        shown = tuple((call, "in this call") for call in calls if not call.start <= at.start <= at.end <= call.end)
-        self.diagnostic = replace(self.diagnostic, related=self.diagnostic.related + shown)
+        related = self.diagnostic.related
+        shown = tuple(place for place in beside(self.diagnostic.span, calls) if place not in related)
+        self.diagnostic = replace(self.diagnostic, related=related + shown)
 
     def __str__(self) -> str:
         # The same text the command line prints (plain), so a traceback or a
@@ -247,8 +274,9 @@ class Diagnostics:
 
     def warn(self, message: str, span: Span | None, notes: Iterable[str] = ()) -> None:
         """Record a warning; the same warning at the same place is kept once
-        (a query asked twice, or a replay, does not repeat it)."""
-        warning = Diagnostic("warning", message, span, tuple(notes))
+        (a query asked twice, or a replay, does not repeat it). At a place in
+        a function's body (`CalledSpan`), each call is shown beside it."""
+        warning = Diagnostic("warning", message, span, tuple(notes), beside(span, getattr(span, "calls", ())))
         if warning not in self.warnings:
             self.warnings.append(warning)
 
@@ -300,19 +328,29 @@ def _source_line(source: Source, line: int, places: list, gutter: int) -> list[t
         width = place.end_column - place.column if place.end_line == place.line else len(text) - place.column + 1
         offset = max(0, place.column - 1 + shift)
         marks.append((offset, max(1, min(width, len(shown) - offset)), mark, style, label))
+    # Each mark in the first underline row it fits in after the marks there (a call inside another's text
+    # on the same line: a row below), each row's last label after it and the others' below.
+    rows: list[list] = []
+    for place in marks:
+        row = next((row for row in rows if place[0] >= row[-1][0] + row[-1][1]), None)
+        if row is None:
+            rows.append([place])
+        else:
+            row.append(place)
     blank = (f"{'':>{gutter}} | ", "bold blue")
-    out = [("\n", ""), (f"{line:>{gutter}} | ", "bold blue"), (shown, ""), ("\n", ""), blank]
-    at = 0
-    for offset, fits, mark, style, _ in marks:
-        if offset >= at:
+    out = [("\n", ""), (f"{line:>{gutter}} | ", "bold blue"), (shown, "")]
+    for row in rows:
+        out += [("\n", ""), blank]
+        at = 0
+        for offset, fits, mark, style, _ in row:
             out += [(" " * (offset - at), ""), (mark * fits, f"bold {style}")]
             at = offset + fits
-    *earlier, (_, _, _, last_style, last_label) = marks
-    if last_label:
-        out.append((f" {last_label}", f"bold {last_style}"))
-    for offset, _, _, style, label in earlier:
-        if label:
-            out += [("\n", ""), blank, (" " * offset + label, f"bold {style}")]
+        *earlier, (_, _, _, last_style, last_label) = row
+        if last_label:
+            out.append((f" {last_label}", f"bold {last_style}"))
+        for offset, _, _, style, label in earlier:
+            if label:
+                out += [("\n", ""), blank, (" " * offset + label, f"bold {style}")]
     return out
 
 

@@ -68,6 +68,7 @@ class Interpreter(Names, Operands, Calls, Indexing):
         self.scope: dict[str, object] | None = None  # a function's parameters and a block's `val`s, inside one
         self.inlining: list[Function] = []          # the functions being inlined, outermost first
         self.calls: dict[tuple, tuple] = {}          # (function, argument values) -> result, within one statement
+        self.inside: tuple[Span, ...] = ()           # the calls being evaluated (`evaluate`'s), outermost first
         self.printed: list[str] = []                # `println` lines, in program order
         self.jets: dict[int, np.ndarray] = {}       # node id -> the infinitesimal parts of a Jet shown by name
         self.jet_dim: tuple[int, Span] | None = None  # from `given jd: JetDim = JetDim(n)`
@@ -253,6 +254,7 @@ class Interpreter(Names, Operands, Calls, Indexing):
         evaluates it on the same stack, so a chain of a thousand `def`s nests
         no Python calls. Calls are shared within one statement (`calls`)."""
         self.calls = {}
+        inside = self.inside  # a trial's evaluation (`inline_tentatively`) is inside the calls that began it
         # (node, kind, _EXPAND): expand; (node, kind, n): visit with n values; (node, call, _RESUME): resume the call
         stack = [(root, None, _EXPAND)]
         results: list[Arg] = []
@@ -264,6 +266,7 @@ class Interpreter(Names, Operands, Calls, Indexing):
                         expr = kind.send(results.pop())
                     except StopIteration as done:
                         results.append(Arg(done.value, node))
+                        self.inside = self.inside[:-1]
                         continue
                     stack.append((node, kind, _RESUME))
                     stack.append((expr, None, _EXPAND))  # the next expression it asks for
@@ -283,6 +286,7 @@ class Interpreter(Names, Operands, Calls, Indexing):
                 if type(value) is GeneratorType:
                     stack.append((node, value, _RESUME))
                     results.append(None)
+                    self.inside += (node.span,)
                 else:
                     results.append(Arg(value, node))
         except BaseException as err:
@@ -290,6 +294,7 @@ class Interpreter(Names, Operands, Calls, Indexing):
             for _, call, n in reversed(stack):
                 if n == _RESUME:
                     call.close()
+            self.inside = inside
             if isinstance(err, SpireadError) and err.diagnostic.span is not None:
                 err.called_from([node.span for node, _, n in stack if n == _RESUME])
             raise

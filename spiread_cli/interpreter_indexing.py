@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import syntax_tree as ast
-from .diagnostics import SpireadError, shape_str
+from .diagnostics import SpireadError, in_calls, shape_str
 from .ops import OPS
 from .rules_printed import key_text
 from .values import Arg, Const, Pairs, SliceValue, TupleValue, is_pieces
@@ -138,7 +138,7 @@ class Indexing:
                     f"column{'s' * (n != 1)}" if len(shape) == 2 else f"entr{'ies' if n != 1 else 'y'}")
                 self.diagnostics.warn(f"the slice bound {k} is past the {'end' if k > 0 else 'start'} of "
                                       f"`{self.text(receiver.expr)}`, which is {shape_str(shape)}; it is taken as "
-                                      f"{n if k > 0 else -n}, as numpy does", bound.expr.span,
+                                      f"{n if k > 0 else -n}, as numpy does", in_calls(bound.expr.span, self.inside),
                                       [f"`{self.text(receiver.expr)}` has {n} {where}: a bound runs from {-n} to {n}"])
             bounds.append(k)
         return slice(bounds[0], bounds[1], None if part.step is None else step)

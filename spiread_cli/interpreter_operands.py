@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import syntax_tree as ast
-from .diagnostics import Span, SpireadError, shape_str
+from .diagnostics import Span, SpireadError, in_calls, shape_str
 from .limits import check_shape
 from .ops import Op, ShapeError
 from .tape_nodes import Node
@@ -87,6 +87,7 @@ class Operands:
             message = str(err).format(*[texts[str(i)] for i in range(len(operands))], **texts)
             raise SpireadError(f"`{self.source.snippet(span)}`: {message}", at) from None
         self.check_size(shape, span, at)
+        at = in_calls(at, self.inside)  # what it records is this call's: its warnings show the calls (diagnostics)
         if Jet in kinds:
             return self.jet_apply(op, values, params, span, at, label)
         if kinds == {Const}:

@@ -125,6 +125,49 @@ def test_an_error_in_a_function_body_shows_the_calls_it_was_met_in():
         assert refused.value.diagnostic.related == ()
 
 
+@pytest.mark.parametrize("task", ["eval", "grad", "hessian"])
+def test_a_warning_in_a_function_body_shows_the_calls_it_was_met_in_as_an_error_does(task):
+    # §8: "Warnings the same" as errors, which show each call of a `def`'s body they were met in. A warning
+    # pointed at the body alone, so which call made the inf was left to guess: each warning about what a call
+    # records (its values, at recording; its derivatives, in the sweeps; a slice's bound) shows that call's chain.
+    import warnings
+    from spiread_cli import compile
+    program = ("def g(a) = a.log + a[0:3].sum\n"
+               "def f(a) = g(a * 2.0) + 1.0\n"
+               "x = [1.0, 2.0, 3.0]\n"
+               "loss = f(x).sum + f(x * [1.0, 0.0, 3.0]).sum\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        getattr(compile(program), task)(wrt=["x"]) if task != "eval" else compile(program).eval()
+    chain = [" 1 | def g(a) = a.log + a[0:3].sum",
+             "   |              ^^^",
+             " 2 | def f(a) = g(a * 2.0) + 1.0",
+             "   |            ---------- in this call",
+             " 4 | loss = f(x).sum + f(x * [1.0, 0.0, 3.0]).sum",
+             "   |                   ---------------------- in this call"]
+    assert [str(w.message).splitlines()[1:] for w in caught] == [chain] * (1 + (task != "eval"))
+    assert "the derivative of `log` gave inf" in str(caught[-1].message) or task == "eval"
+    caught.clear()
+    with warnings.catch_warnings(record=True) as caught:  # a slice's bound past the end, in the second call only
+        warnings.simplefilter("always")
+        compile("def h(a) = a[0:3]\nz = h([1.0, 2.0, 3.0]) + h([1.0, 2.0])[0]\n").eval()
+    assert [str(w.message).splitlines()[-3:-1] for w in caught] == [
+        [" 2 | z = h([1.0, 2.0, 3.0]) + h([1.0, 2.0])[0]", "   |                          ------------- in this call"]]
+
+
+def test_a_call_inside_another_call_on_one_line_is_underlined_on_a_row_of_its_own():
+    # Both calls are shown beside an error in a lambda's `def`, each with its underline: the renderer drew one
+    # mark where they overlap and left the inner call's label under nothing.
+    from spiread_cli import compile
+    from spiread_cli.diagnostics import SpireadError
+    with pytest.raises(SpireadError) as refused:
+        compile("def f(v) = v @@ [1.0, 2.0]\nx = [[1.0, 0.0, 3.0]]\nloss = x.map(r => f(r)).sum\n").eval()
+    assert str(refused.value).splitlines()[-3:] == [
+        " 3 | loss = x.map(r => f(r)).sum",
+        "   |        ---------------- in this call",
+        "   |                   ---- in this call"]
+
+
 @pytest.mark.parametrize("program, suggested", [
     ("w = [1.0, 2.0]\nloss = w * w\n", "total = loss.sum"),  # said `loss = loss.sum`
     ("w = [1.0, 2.0]\ny = w * w\n", "loss = y.sum"),
