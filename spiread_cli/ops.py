@@ -202,6 +202,11 @@ class Op:
     # (`scale`'s: multiply), for code whose every result is checked finite
     # and computed again with `impl` where one is not (a written forward sweep).
     unguarded: Callable | None = None
+    # The operands each of whose inf or nan entries makes one in the value
+    # (where it has entries), guarded or not: a sum's, a product's (IEEE: inf
+    # · 0 is nan), a quotient's numerator; not a BLAS product's (which may
+    # skip a zero's column). A replay that checks the value need not check them.
+    keeps_nonfinite: tuple[int, ...] = ()
 
 
 METHODS: dict[str, Op] = {}
@@ -211,7 +216,8 @@ def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callabl
           arity: int = 1, kink=None, row_wise: bool = False, structure: Structure | str = "dense", batched=None,
           fast: FastPath | None = None, fwd: Callable | None = None, export: Export | None = None,
           on_rows: Callable | None = None, across_rows: Callable | None = None,
-          diagonal: tuple[Callable | None, Callable | None] = (None, None), unguarded: Callable | None = None) -> Op:
+          diagonal: tuple[Callable | None, Callable | None] = (None, None), unguarded: Callable | None = None,
+          keeps_nonfinite: tuple[int, ...] = ()) -> Op:
     if isinstance(structure, str):
         structure = named(structure)
     vjp, jvp, batched_vjp = compiled_vjp(derivative), compiled_jvp(derivative), compiled_vjp(derivative, batched=True)
@@ -223,7 +229,8 @@ def defop(name: str, impl: Callable | None, shape: Callable, derivative: Callabl
         jvp = jvp if fast.jvp is None else fast.jvp if fwd is None else _given_residual(fwd, fast.jvp, 2)
     op = Op(name, impl, shape, derivative, vjp, jvp, (name,) if methods is None else methods, params, arity, kink,
             row_wise, structure, batched, fast, fwd, export, batched_vjp, on_rows=on_rows,
-            across_rows=across_rows, diagonal_jvp=diagonal[0], diagonal_vjp=diagonal[1], unguarded=unguarded)
+            across_rows=across_rows, diagonal_jvp=diagonal[0], diagonal_vjp=diagonal[1], unguarded=unguarded,
+            keeps_nonfinite=keeps_nonfinite)
     OPS[name], IMPLS[name] = op, impl
     METHODS.update((spelling, op) for spelling in op.methods)
     return op
@@ -398,17 +405,20 @@ def batch_rows(t: np.ndarray) -> np.ndarray:
 
 
 def elementwise(name: str, f: Callable, dgraph: Callable, export: Export, kink: Callable | None = None,
-                bounded: bool = False, fast: FastPath | None = None, linear: bool = False) -> Op:
+                bounded: bool = False, fast: FastPath | None = None, linear: bool = False,
+                keeps_nonfinite: bool = False) -> Op:
     """A unary elementwise op from its function and its derivative as table
     ops, dgraph(x, out, emit) -> value (or a constant factor): the statement
     is g · dgraph. `bounded`: the derivative is finite at every input, ±inf
     included, so a zero (co)tangent needs no guard and the product is a
     plain one (`mul`, else `scale`). `linear`: linear, or linear on each
-    side of a kink, so its second derivative is 0 (its sparsity structure)."""
+    side of a kink, so its second derivative is 0 (its sparsity structure).
+    `keeps_nonfinite`: an inf or nan gives one (Op.keeps_nonfinite)."""
     def derivative(i, g, out, x, emit):
         return times_graph(emit, g, dgraph(x, out, emit), not bounded)
     return defop(name, f, same_shape, derivative, kink=kink, row_wise=True, fast=fast, export=export,
-                 structure=elementwise_structure(couples=() if linear else ((0, 0),)))
+                 structure=elementwise_structure(couples=() if linear else ((0, 0),)),
+                 keeps_nonfinite=(0,) if keeps_nonfinite else ())
 
 
 # Below this many entries writing in place saves nothing measurable, and
@@ -494,7 +504,7 @@ elementwise("cosh", np.cosh, lambda x, out, e: e("sinh", [x]),
 elementwise("sqrt", np.sqrt, lambda x, out, e: e("div", [e.const(0.5), out]), _unary("sqrt"))
 elementwise("abs", np.abs, lambda x, out, e: e("sign", [x]), _unary("abs"), kink=lambda x: x == 0, bounded=True, linear=True)
 elementwise("square", np.square, lambda x, out, e: e("mul", [e.const(2.0), x]),
-            Export("xp.square({0})", lambda b, x: b("Mul", [x, x])))
+            Export("xp.square({0})", lambda b, x: b("Mul", [x, x])), keeps_nonfinite=True)
 elementwise("sigmoid", _sigmoid, lambda x, out, e: e("mul", [out, e("sub", [_one(e), out])]),
             Export("_sigmoid({0})", _onnx_sigmoid), bounded=True)
 # relu'(x) is 1 − [x ≤ 0]: 0 at 0 (the contract's relu'(0) = 0), 1 at a nan, as torch.relu's.
@@ -504,7 +514,7 @@ elementwise("relu", lambda x: np.maximum(x, 0.0),
             kink=lambda x: x == 0, bounded=True, linear=True)
 elementwise("log1p", np.log1p, lambda x, out, e: e("div", [_one(e), e("add", [_one(e), x])]),
             Export("xp.log1p({0})", _onnx_log1p))
-elementwise("neg", np.negative, lambda x, out, e: -1.0, Export("-{0}", "Neg"), linear=True)
+elementwise("neg", np.negative, lambda x, out, e: -1.0, Export("-{0}", "Neg"), linear=True, keeps_nonfinite=True)
 
 
 def _one_over_root(e, x, sign: float):
@@ -647,16 +657,16 @@ defop("stopGradient", lambda x: np.array(x), same_shape, _flat, methods=(), stru
 
 def elementwise2(name: str, f: Callable, partials: tuple[Callable, Callable], export: Export, couples: tuple,
                  methods=(), guarded: bool = True, vanishes_with: tuple[int | None, int | None] | None = None,
-                 kink: Callable | None = None) -> Op:
+                 kink: Callable | None = None, keeps_nonfinite: tuple[int, ...] = ()) -> Op:
     """A broadcasting binary op from its function and its partial derivative
     with respect to each operand as table ops, partials[i](out, a, b, emit)
     (or a constant factor): the statement is g · partial, summed to the
     operand's shape. `guarded`: see times_graph. `couples` and
-    `vanishes_with`: its sparsity structure (structure.elementwise)."""
+    `vanishes_with`: its sparsity structure (structure.elementwise); `keeps_nonfinite`: Op's."""
     def derivative(i, g, out, a, b, emit):
         return sum_to_graph(emit, times_graph(emit, g, partials[i](out, a, b, emit), guarded), emit.shape((a, b)[i]))
     return defop(name, f, broadcast_shape, derivative, methods=methods, arity=2, kink=kink, export=export,
-                 structure=elementwise_structure(couples, vanishes_with=vanishes_with))
+                 structure=elementwise_structure(couples, vanishes_with=vanishes_with), keeps_nonfinite=keeps_nonfinite)
 
 
 def sum_to_graph(emit, g, shape: tuple):
@@ -673,15 +683,18 @@ def _pow_exponent(out, a, b, e):
     return e("scale", [e("sub", [_one(e), held]), e("mul", [out, e("log", [a])])])
 
 
-elementwise2("add", np.add, (lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0), Export("{0} + {1}", "Add", True, update="add"), couples=())
+elementwise2("add", np.add, (lambda out, a, b, e: 1.0, lambda out, a, b, e: 1.0), Export("{0} + {1}", "Add", True, update="add"), couples=(),
+             keeps_nonfinite=(0, 1))
 elementwise2("sub", np.subtract, (lambda out, a, b, e: 1.0, lambda out, a, b, e: -1.0),
-             Export("{0} - {1}", "Sub", True, update="subtract"), couples=())
-elementwise2("mul", np.multiply, (lambda out, a, b, e: b, lambda out, a, b, e: a), Export("{0} * {1}", "Mul", True, update="multiply"), couples=((0, 1),), vanishes_with=(1, 0))
+             Export("{0} - {1}", "Sub", True, update="subtract"), couples=(), keeps_nonfinite=(0, 1))
+elementwise2("mul", np.multiply, (lambda out, a, b, e: b, lambda out, a, b, e: a), Export("{0} * {1}", "Mul", True, update="multiply"), couples=((0, 1),), vanishes_with=(1, 0),
+             keeps_nonfinite=(0, 1))
 # −a / b² with b² as `square` (b · b, the same bits): differentiated again, one
 # product by 2b where `mul` is two products and their sum.
 elementwise2("div", np.divide, (lambda out, a, b, e: e("div", [_one(e), b]),
                                 lambda out, a, b, e: e("div", [e("neg", [a]), e("square", [b])])),
-             Export("{0} / {1}", "Div", True, update="divide"), methods=("div",), couples=((0, 1), (1, 1)), vanishes_with=(None, 0))
+             Export("{0} / {1}", "Div", True, update="divide"), methods=("div",), couples=((0, 1), (1, 1)), vanishes_with=(None, 0),
+             keeps_nonfinite=(0,))  # x / inf is 0
 
 
 def _power(a, b):
@@ -794,6 +807,7 @@ defop("scale", scale, broadcast_shape,
       lambda i, g, out, t, d, emit: sum_to_graph(emit, emit("scale", [g, d]) if i == 0 else emit("scale", [t, g]),
                                                  emit.shape((t, d)[i])),
       methods=(), arity=2, structure=elementwise_structure(((0, 1),), vanishes_with=(1, 0)), unguarded=np.multiply,
+      keeps_nonfinite=(0,),  # not d: the guard makes 0 · inf a 0
       export=Export(lambda w, t, d: f"{t} * {d}" if _plain_product(w, t, d) else f"_scale({t}, {d})",
                     lambda b, t, d: b("Mul", [t, d]) if _plain_product(b, t, d) else
                     b("Where", [b("Equal", [t, b.const(0.0)]), b.const(0.0), b("Mul", [t, d])]), True))
@@ -1230,7 +1244,8 @@ def _reduction(word: str, axis: int | None, batched=None) -> Op:
                  lambda i, g, out, x, emit: derivative(i, g, out, x, emit, axis), kink=kink,
                  structure=reduction_structure(axis, SECOND_ORDER[word]), batched=batched, export=export(axis),
                  on_rows=_on_own_rows if axis == 1 else None, across_rows=_reduction_across(word, axis),
-                 diagonal=(_reduction_diagonal(word, axis), None))
+                 diagonal=(_reduction_diagonal(word, axis), None),
+                 keeps_nonfinite=(0,) if word in ("sum", "mean", "product") else ())  # max(-inf, 1) is 1
 
 
 # Of nothing, as numpy has it: the sum is 0, the product 1, the mean nan, the
@@ -1897,7 +1912,7 @@ def _onnx_sum_to(b, x, shape):
 # unbroadcast and its transpose, broadcasting.
 defop("sumTo", lambda x, shape: unbroadcast(x, shape), _sum_to_shape,
       lambda i, g, out, x, emit, shape: emit("broadcastTo", [g], shape=emit.shape(x)),
-      methods=(), batched=lambda args, which, shape: _sum_to_batched(args[0], shape),
+      methods=(), batched=lambda args, which, shape: _sum_to_batched(args[0], shape), keeps_nonfinite=(0,),
       diagonal=(lambda i, t, out, x, shape: _summed(t, x.shape, (1,) * (x.ndim - len(shape)) + tuple(shape), out.shape),
                 None),
       export=Export(lambda w, x, shape: _python_sum_to(x, w.shape(x), tuple(shape)), _onnx_sum_to, view=True),
@@ -1943,7 +1958,7 @@ def _row_total_shape(s, **_):
 # The sum of each row, kept as a column: the row normalisations' statements use it.
 defop("rowTotal", _row_total, _row_total_shape,
       lambda i, g, out, x, emit: emit("broadcastTo", [g], shape=emit.shape(x)),
-      methods=(), structure=rows(second=None), batched=lambda args, which: _row_total(args[0]),
+      methods=(), structure=rows(second=None), batched=lambda args, which: _row_total(args[0]), keeps_nonfinite=(0,),
       diagonal=(lambda i, t, out, x: _summed(t, x.shape, out.shape, out.shape), None),
       export=Export("_row_total({0})", _onnx_row_total))
 

@@ -267,7 +267,9 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     call), save a copy (`structure.COPIES`: a transpose, reshape, broadcast
     or selection), which makes no entry that is not finite from finite
     ones: its entries are checked where they were made, or are a binding's,
-    and an unguarded rule that meets one makes a value not finite, which is.
+    and an unguarded rule that meets one makes a value not finite, which is;
+    and save a value an op of `ops` keeps the non-finite entries of (a
+    sum's, a product's operand: `Op.keeps_nonfinite`), checked in its value.
     `repeats` (not with `dropped`): an op that computes what an earlier one
     of `ops` does (Tape.repeats) is given that one's value, the same bits,
     not computed again. None when an op is not the table's own (a total
@@ -279,8 +281,7 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
                             evaluated=_evaluated, isfinite=math.isfinite, add_reduce=np.add.reduce,
                             concatenate=np.concatenate, all_finite_unguarded=all_finite_unguarded)
     names: dict[int, str] = {}
-    few: list[str] = []    # what `checked` concatenates,
-    large: list[str] = []  # and what it checks one by one
+    computed: list[Node] = []  # what `checked` may test: the ops computed, but for copies
     for node in ops:
         if OPS.get(node.op.name) is not node.op:
             return None
@@ -301,13 +302,16 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
         writer.lines += [f"if {t}.__class__ is not ndarray or {t}.dtype is not FLOAT64: {t} = asarray({t}, FLOAT64)",
                          f"nodes[{node.id}].value, nodes[{node.id}].known_finite = {t}, None"]
         if checked and node.op.structure is not COPIES:
-            (few if math.prod(node.shape) <= FEW_ENTRIES else large).append(t)
+            computed.append(node)
         for done in (dropped or {}).get(node.id, ()):
             writer.lines.append(f"nodes[{done.id}].value = nodes[{done.id}].residual = None")
             if done.id in names:
                 writer.lines.append(f"del {names.pop(done.id)}")
     if checked:
-        tests = [f"all_finite_unguarded({t})" for t in large]
+        shown = _shown(computed, names)
+        few = [names[n.id] for n in computed if names[n.id] not in shown and math.prod(n.shape) <= FEW_ENTRIES]
+        tests = [f"all_finite_unguarded({names[n.id]})" for n in computed
+                 if names[n.id] not in shown and math.prod(n.shape) > FEW_ENTRIES]
         if few:
             tests.insert(0, f"isfinite(add_reduce(concatenate(({', '.join(few)},), None)))")
         writer.lines.append(f"return {' and '.join(tests) or 'True'}")
@@ -315,6 +319,14 @@ def straight_line(nodes: list[Node], ops: list[Node], dropped: dict[int, list[No
     exec("def replay():\n" + "".join(f"    {line}\n" for line in writer.lines or ["pass"]),
          unguarded_rules(writer.namespace) if unguarded else writer.namespace, namespace)
     return namespace["replay"]
+
+
+def _shown(computed: list[Node], names: dict[int, str]) -> set[str]:
+    """The values (by name) each inf or nan of which makes one in a value of
+    `computed`, so need no test of their own: an operand an op of them keeps
+    the non-finite entries of (`Op.keeps_nonfinite`: a sum's, a product's),
+    where its value has entries. That value is tested, or shown in a later one."""
+    return {names[node.inputs[k]] for node in computed if math.prod(node.shape) for k in node.op.keeps_nonfinite}
 
 
 def _evaluated(node: Node, nodes: list[Node]) -> np.ndarray:

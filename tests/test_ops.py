@@ -972,3 +972,26 @@ def test_scatter_rows_over_many_blocks_adds_every_row():
     np.add.at(expected, index, g)
     np.testing.assert_allclose(OPS["gatherRows"].vjp(0, g, None, np.zeros((5, 3)), index=index), expected,
                                rtol=1e-12, atol=1e-12)
+
+
+KEEPING = [(case, k) for case in CASES for k in OPS[case.op].keeps_nonfinite]
+
+
+@pytest.mark.parametrize("case, k", KEEPING, ids=lambda c: c.id if isinstance(c, Case) else str(c))
+def test_an_operand_whose_nonfinite_entries_an_op_keeps_makes_its_value_not_finite(case, k):
+    """`Op.keeps_nonfinite`: an inf, -inf or nan at any entry of operand k
+    gives the value one (a written replay that checks the value checks the
+    operand so: tape_nodes.straight_line), the other operands as given or
+    zero (inf · 0 is nan), by the op's rule and its unguarded one."""
+    op = OPS[case.op]
+    assert op.structure.kind != "copies" and op.name != "matmul"
+    for others in ("given", "zero"):
+        for at in range(np.size(case.xs[k])):
+            for poison in (np.inf, -np.inf, np.nan):
+                xs = [np.array(x, dtype=float) if i == k or others == "given" else np.zeros(np.shape(x))
+                      for i, x in enumerate(case.xs)]
+                xs[k].flat[at] = poison
+                for rule in filter(None, (op.impl, op.unguarded)):
+                    with np.errstate(all="ignore"):
+                        value = np.asarray(rule(*xs, **case.params))
+                    assert value.size == 0 or not np.isfinite(value).all(), (case.id, at, poison, others)
