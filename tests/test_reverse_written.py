@@ -20,6 +20,7 @@ from spiread_cli.diagnostics import Diagnostics
 from spiread_cli.rules_forward import Diagonal, dense
 from spiread_cli.tape import Tape
 from programs import programs
+from test_kept_runs import assert_as_fresh
 
 
 @pytest.fixture
@@ -160,3 +161,31 @@ def test_a_long_sweep_is_written_once_the_loop_has_cost_what_writing_does():
     for call in range(2, before + 2):
         assert bits(tape.backward(run.output, wrt)) == first
         assert callable(tape.sweeps[(run.output, tuple(wrt), False)]) == (call >= before)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs(), st.data())
+def test_random_programs_kept_gradients_and_reverse_jacobians_are_fresh_ones(program, data):
+    """Through the Python API, a program's gradient and reverse Jacobian
+    called again and again — at new values, with zeros, with an inf or a nan
+    — equal a fresh Program's, warnings included; the run kept last, called
+    three times, sweeps by its written function."""
+    task = data.draw(st.sampled_from(["grad", "jacobian"]), label="task")
+    names = [n for n in program.names if n in program.inputs]
+    wrt = [n for n in program.default_wrt() if n in program.inputs][:2]
+    if not wrt:
+        return
+    options = {"wrt": wrt} | ({"mode": "reverse"} if task == "jacobian" else {})
+    prog = spiread_cli.compile(program.source)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    for kind in ("values", "zeros", "poisoned", "values", "values", "values"):
+        values = {n: np.asarray(program.inputs[n], dtype=float) * (1 + 0.1 * rng.standard_normal(
+            np.shape(program.inputs[n]))) for n in names}
+        for n in names:
+            if kind != "values" and values[n].size:
+                values[n].flat[rng.integers(values[n].size)] = 0.0 if kind == "zeros" else \
+                    rng.choice([np.inf, -np.inf, np.nan])
+        assert_as_fresh(prog, program.source, task, values, **options)
+    kept = prog._kept.kept
+    if kept and not kept[0].run.diagnostics.warnings:
+        assert any(callable(sweep) for sweep in kept[0].run.tape.sweeps.values())
