@@ -153,11 +153,17 @@ def tape_steps(run: Run, names: list[str], strict: bool, optimizer=None, spend_r
     output = nodes[fused.output]
     # A step recomputes only what lies between the trained values and the output.
     moved = tape.between(ids, fused.output)
+    written: list[Callable] = []  # without diagnostics, the replay as one function (as a kept run's), once used
 
     def forward(values: dict[str, np.ndarray], diagnostics: Diagnostics | None = None) -> float:
         for name, i in zip(names, ids):
             nodes[i].set_value(values[name])
-        tape.replay(moved, diagnostics)
+        if diagnostics is not None:
+            tape.replay(moved, diagnostics)
+            return float(output.value)
+        if not written:
+            written.append(np.errstate(all="ignore")(tape.replay_function([n for n in moved if n.op is not None])))
+        written[0]()
         return float(output.value)
 
     if getattr(optimizer, "needs_curvature", False):  # Newton: the gradient recorded on the copy, for HVPs
