@@ -63,14 +63,18 @@ def written_sweep(nodes: list[Node], output: int, wrt: list[int], needs: list[bo
         for k, i in enumerate(node.inputs):
             if needs[i]:
                 result, temporaries = sweep.step(node, k, g, keeps)
-                if i not in sweep.made and temporaries and temporaries[-1] == result:  # its last line makes it:
-                    lines[-1] = f"g{i}{lines[-1][len(result):]}"                     # the adjoint's first value
+                first = i not in sweep.made and temporaries and temporaries[-1] == result
+                if first:  # its last line makes it: the adjoint's first value
+                    lines[-1] = f"g{i}{lines[-1][len(result):]}"
                     sweep.made[i] = 1
-                    temporaries.pop()
-                else:
+                # The others go before it is added in, as the compiled statement's when it returns; it, after.
+                others = [t for t in temporaries if t != result]
+                if others:
+                    lines.append(f"del {', '.join(others)}")
+                if not first:
                     sweep.contribute(i, result)
-                if temporaries:  # as the compiled statement's are when it returns
-                    lines.append(f"del {', '.join(temporaries)}")
+                    if result in temporaries:
+                        lines.append(f"del {result}")
         if keeps:
             lines.extend([f"nodes[{node.id}].residual.data = None", f"del p{node.id}"])
         if node.id not in wanted:
@@ -118,6 +122,7 @@ class _Sweep:
             made = [line.partition(" = ")[0] for line in lines[first:]]  # each line a temporary's
             if result is None:  # a zero derivative, as the compiled statement gives it
                 lines.append(f"r = zeros_like({args[k]}, dtype=float)")
+                made.append("r")
             return result or "r", made
         rule, parameters = f"vjp{node.id}", writer.literal(node.params)
         writer.namespace[rule] = op.batched_vjp if self.batched else op.vjp

@@ -112,7 +112,7 @@ class Tape:
         """Drop the nodes recorded from node `length` on: a trial recording
         that is not kept (`.map`'s, spiread_cli/builtin_methods.py)."""
         del self.nodes[length:]
-        self.sweeps = {key: sweep for key, sweep in self.sweeps.items() if max(key[0], *key[1]) < length}
+        self.sweeps = {key: sweep for key, sweep in self.sweeps.items() if max((key[0], *key[1])) < length}
         if self.deferral is not None:
             self.deferral.quiet = {i for i in self.deferral.quiet if i < length}
             self.deferral.done = min(self.deferral.done, length)
