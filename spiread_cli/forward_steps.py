@@ -80,7 +80,9 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
     pushes step by step, guarded, even where the push checks its result: a
     later op may drop the column it would make not finite, and the steps
     then round as (base · u) · p where the coefficient would round as
-    base · (u · p), so a kept call would not give a fresh one's bits); any other runs
+    base · (u · p), so a kept call would not give a fresh one's bits; a run of
+    Diagonal steps is lines over the values alone, `_spread_step`); a step an
+    op's Diagonal rule takes calls it (`_ruled`); any other runs
     `jvp_step`, as the loop does, and raises `Untraced` if its batch is of
     another kind than traced (the caller pushes step by step then). Values
     are read from the nodes at each call; a tangent is dropped after its last
@@ -114,8 +116,8 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
     steps = iter(trace)
     for p, node in enumerate(sweep.plan):
         if node.id in sweep.same:
-            push.lines.append(f"t{node.id} = t{sweep.same[node.id]}")
-        elif node.op is None or all(push.tangent(i) == "None" for i in node.inputs):
+            push.alias(node.id, sweep.same[node.id])
+        elif node.op is None or not any(push.has(i) for i in node.inputs):
             push.lines.append(f"t{node.id} = seeds[{node.id}]")
         elif node.id in folded:  # stepped with the add that alone reads it
             push.deferred[node.id] = (p, next(steps))
@@ -149,6 +151,11 @@ class _Push:
         self.live: list[int] = []
         self.deferred: dict[int, tuple] = {}  # a scatter stepped with its add: its place in the plan, traced kinds
         self.guards, self.rebound = 0, {}  # entries of the values the guarded steps guard; their functions unguarded
+        # Diagonal tangents held spread (`u{id}`: their values in one value, as an elementwise step's rule steps
+        # them) by id: the name of a Diagonal over their entries (`gathered` makes theirs from it, kept to the end).
+        self.spread: dict[int, str] = {}
+        self.made: set[int] = set()  # of those, the ones whose Diagonal is made (`t{id}`)
+        self.checked: set[tuple] = set()  # the Diagonals, by name, and the shape that `spreads` was asked of
 
     def value(self, i: int) -> str:
         if i not in self.read:
@@ -156,11 +163,31 @@ class _Push:
             self.lines.append(f"x{i} = nodes[{i}].value")
         return f"x{i}"
 
+    def has(self, i: int) -> bool:
+        return i in self.live or i in self.deferred
+
     def tangent(self, i: int) -> str:
-        return f"t{i}" if i in self.live or i in self.deferred else "None"
+        """Tangent i's name in the lines (its Diagonal gathered from its spread values first, if not yet made)."""
+        if not self.has(i):
+            return "None"
+        if i in self.spread and i not in self.made:
+            self.lines.append(f"t{i} = {self.spread[i]}.gathered(u{i})")
+            self.made.add(i)
+        return f"t{i}"
+
+    def alias(self, i: int, same: int) -> None:
+        """Node i repeats node `same`: the one tangent, in the forms it has."""
+        if same in self.spread:
+            self.lines.append(f"u{i} = u{same}")
+            self.spread[i] = self.spread[same]
+        if same not in self.spread or same in self.made:
+            self.lines.append(f"t{i} = t{same}")
+            self.made.add(i)
 
     def step(self, p: int, node: Node, traced_ts: list, traced: type) -> None:
         """The lines of plan[p]'s step, its operands' tangents traced as `traced_ts` and its own as `traced`."""
+        if self._spread_step(p, node, traced_ts, traced):
+            return
         t, ts = f"t{node.id}", [self.tangent(i) for i in node.inputs]
         args = ", ".join(self.value(i) for i in node.inputs)
         out = self.value(node.id)
@@ -182,12 +209,43 @@ class _Push:
             self.lines.extend([f"{t} = jvp{p}({', '.join(moving + [out, args] + spares)})",
                                *(f"del into{i}" for i in dying if i is not None),
                                f"if {t}.shape != {shape!r}: {t} = broadcast_to({t}, {shape!r})"])
-        else:
+        elif not self._ruled(p, node, ts, traced_ts, traced, args, out):
             self._looped(p, node, ts, args, out)
         if node.id in self.sweep.seeded:
             self.lines.append(f"{t} = added({t}, seeds[{node.id}])")
         if function is None or node.id in self.sweep.seeded:
             self.lines.append(f"if {t}.__class__ is not {traced.__name__}: raise Untraced")
+
+    def _spread_step(self, p: int, node: Node, traced_ts: list, traced: type) -> bool:
+        """plan[p], an elementwise step on Diagonal batches over one value's entries, as a line over their
+        spread values (`u{id}`), where it is: its op's jvp on them, as `diagonal_jvp` steps them, with no
+        batch made or checked at each step. `spreads` is asked once of the Diagonals a run of such steps
+        starts from (every batch it makes is over their entries), and a batch is gathered from its values
+        only where a line reads it as one (`tangent`): an entry of the result depends on that entry alone,
+        so the values at the batch's entries are the per-step batches' bits."""
+        moving = [i for i, kind in zip(node.inputs, traced_ts) if kind is not type(None)]
+        if traced is not Diagonal or node.id in self.sweep.seeded or node.op.structure.kind != "elementwise" \
+                or any(kind not in (Diagonal, type(None)) for kind in traced_ts) or not moving \
+                or any(self.nodes[i].value.shape != node.value.shape for i in moving):
+            return False
+        function, _ = self._resolved(p, node, traced_ts, traced)
+        if function is None:
+            return False
+        bases = tuple(sorted({self.spread.get(i, f"t{i}") for i in moving}))
+        if (bases, node.value.shape) not in self.checked:
+            self.checked.add((bases, node.value.shape))
+            self.namespace[f"op{p}"] = node.op
+            self.lines.append(f"if not spreads(op{p}, [{', '.join(bases)}], {node.value.shape!r}): raise Untraced")
+        for i in dict.fromkeys(moving):
+            if i not in self.spread:  # a Diagonal a run starts from: its values spread
+                self.lines.append(f"u{i} = t{i}.spread()")
+                self.spread[i] = f"t{i}"
+                self.made.add(i)
+        args = ", ".join(self.value(i) for i in node.inputs)
+        values = ", ".join(f"u{i}[None]" for i in moving)
+        self.lines.append(f"u{node.id} = jvp{p}({values}, {self.value(node.id)}, {args})[0]")
+        self.spread[node.id] = self.spread[moving[0]]
+        return True
 
     def _resolved(self, p: int, node: Node, traced_ts: list, traced: type) -> tuple[Callable | None, list]:
         """The function plan[p]'s jvp runs for its traced kinds, bound as `jvp{p}` (None: the step runs
@@ -219,6 +277,21 @@ class _Push:
                 self.rebound[f"jvp{p}"] = resolve(moves, node.value, xs, node.params, True, into=bool(dying))
         return function, dying
 
+    def _ruled(self, p: int, node: Node, ts: list, traced_ts: list, traced: type, args: str, out: str) -> bool:
+        """plan[p], an op that is not elementwise with one Diagonal tangent, as a line calling its rule for it
+        (`Op.diagonal_jvp`), as `diagonal_jvp` does, where it was traced so (the caller checks its kind)."""
+        moving = [j for j, kind in enumerate(traced_ts) if kind is not type(None)]
+        if len(moving) != 1 or traced_ts[moving[0]] is not Diagonal or traced not in (Diagonal, np.ndarray) \
+                or node.op.diagonal_jvp is None or node.op.structure.kind == "elementwise" or node.op.fwd is not None:
+            return False
+        self.namespace[f"params{p}"] = node.params
+        shape, params = (self.k,) + node.value.shape, f", **params{p}" if node.params else ""
+        self.lines.append(f"t{node.id} = op{p}.diagonal_jvp({moving[0]}, {ts[moving[0]]}, {out}, {args}{params})")
+        if traced is np.ndarray:
+            self.lines.append(f"if t{node.id}.__class__ is ndarray and t{node.id}.shape != {shape!r}: "
+                              f"t{node.id} = broadcast_to(t{node.id}, {shape!r})")
+        return True
+
     def _looped(self, p: int, node: Node, ts: list, args: str, out: str) -> None:
         """plan[p]'s step as the loop runs it (`jvp_step`), told which arrays it may write into."""
         params = f"params{p}"
@@ -226,7 +299,8 @@ class _Push:
         if node.op.fwd is not None:
             self.namespace["rule_params"] = rule_params
             params = f"rule_params(nodes[{node.id}], [{args}])"
-        others = ", ".join(f"t{i}" for i in self.live if i not in self.sweep.free_after[p])
+        others = ", ".join(f"u{i}" if i in self.spread and i not in self.made else f"t{i}"
+                           for i in self.live if i not in self.sweep.free_after[p])
         self.lines.append(f"t{node.id} = jvp_step(op{p}, [{', '.join(ts)}], {out}, [{args}], {params}, {self.k}, "
                           f"lambda a: shares_none(a, ({others}{',' if others else ''}), seeds))")
 
@@ -259,16 +333,21 @@ class _Push:
             self.lines[start:] = [f"    {line}" for line in self.lines[start:]]
 
     def drop(self, dead: list[int]) -> None:
+        bases = set(self.spread.values())  # kept to the end: a batch is gathered from one
         for i in dead:
             if i in self.live:
                 self.live.remove(i)
-                self.lines.append(f"del t{i}")
+                if i in self.spread:
+                    self.lines.append(f"del u{i}")
+                if (i not in self.spread or i in self.made) and f"t{i}" not in bases:
+                    self.lines.append(f"del t{i}")
 
     def function(self, output: int) -> Callable[[dict], np.ndarray]:
         """The push, returning the output's tangent, checked if its steps run unguarded: only where that
         check costs no more than their guards or the result is small (`UNGUARDED_ENTRIES`). Its `checks`
         says whether it checks: what such a push returns is finite."""
         shape = (self.k,) + self.nodes[output].value.shape
+        self.tangent(output)
         checks = output in self.live and bool(self.rebound) and self.k * self.nodes[output].value.size <= \
             max(self.guards, UNGUARDED_ENTRIES)
         if checks:

@@ -910,11 +910,12 @@ def _matmul_diagonal_jvp(i, t: Diagonal, out, a, b):
     if i == 1 and p == 1 and t.ordered and n * m >= SCALED_ENTRIES and not (t.values != 1.0).any():
         # The identity over a vector's entries: a's columns as they lie, which elementwise steps scale (Scaled).
         return Scaled(a2.T.reshape(t.shape[:1] + np.shape(out)), np.ones(np.shape(out)))
+    if i == 1 and p == 1 and t.ordered:  # j is every column, in order: a's columns, scaled, are the batch
+        return (a2 * t.values).T.reshape(t.shape[:1] + np.shape(out))
     rows, entries, values = t.hits()
     if i == 1:
         j, q = np.divmod(entries, p)
-        columns = a2 if t.ordered and p == 1 else a2[:, j]  # j is every column, in order: no gather
-        result = _placed(t.shape[0], rows, (m, p), q, (columns * values).T, column=True)
+        result = _placed(t.shape[0], rows, (m, p), q, (a2[:, j] * values).T, column=True)
     else:
         r, j = np.divmod(entries, n)
         result = _placed(t.shape[0], rows, (m, p), r, b2[j] * values[:, None], column=False)

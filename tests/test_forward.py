@@ -372,6 +372,57 @@ def test_a_fresh_sweeps_first_push_runs_unguarded_where_its_result_is_small(monk
     assert ForwardSweep(r.tape, r.output, [x]).push(seeds).tobytes() == guarded.tobytes()
 
 
+def test_a_written_push_steps_a_run_of_elementwise_diagonal_steps_on_their_values():
+    """A run of elementwise steps on the identity's rows (`Diagonal`), two
+    runs meeting, is written as lines over their values spread into one
+    value: `spreads` asked once, where the runs start, and one batch
+    gathered, where a line reads it as one (the output); the loop's bits."""
+    r = run("x = [0.5, -1.0, 2.0, 0.1]\ny = x.tanh * x.exp + x * x\n")
+    x = r.bindings["x"]
+    sweep = ForwardSweep(r.tape, r.output, [x])
+    seeds = {x: Diagonal.identity_rows((4,), 0, 4)}
+    _pushes_as_step_by_step(sweep, seeds)
+    push = next(iter(sweep.written.values()))
+    calls = []
+    spreads = push.__globals__["spreads"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(push.__globals__, "spreads", lambda *a: calls.append("spreads") or spreads(*a))
+        patch.setattr(Diagonal, "gathered", lambda self, u, real=Diagonal.gathered: calls.append("gathered")
+                      or real(self, u))
+        got = sweep.push(seeds)
+    assert calls == ["spreads", "gathered"]
+    assert got.values.tobytes() == sweep._pushed(seeds).values.tobytes()
+
+
+def test_a_written_run_over_diagonals_of_other_entries_than_written_pushes_step_by_step():
+    """Two values seeded with one Diagonal (the same entries) make `x * z`'s
+    run spread; pushed again with seeds of the same kinds over other entries,
+    the check where the run starts finds them apart, and the sweep pushes
+    step by step from then on: the loop's bits every time."""
+    r = run("x = [0.5, -1.0, 2.0]\nz = [1.5, 0.3, -0.2]\ny = (x * z).tanh + x.exp\n")
+    x, z = r.bindings["x"], r.bindings["z"]
+    sweep = ForwardSweep(r.tape, r.output, [x, z])
+    same = Diagonal(np.arange(3), np.array([1.0, -2.0, 0.5]), (3, 3), True)
+    _pushes_as_step_by_step(sweep, {x: same, z: same})
+    kind = next(iter(sweep.written))
+    assert callable(sweep.written[kind])
+    apart = {x: same, z: Diagonal(np.array([2, 0, 1]), np.ones(3), (3, 3), True)}
+    for _ in range(2):
+        assert dense(sweep.push(apart)).tobytes() == dense(sweep._pushed(apart)).tobytes()
+    assert sweep.written[kind] is None
+
+
+def test_a_step_by_an_ops_diagonal_rule_is_written_as_a_call_of_it():
+    """A product with a constant meets the identity's rows by its Diagonal
+    rule (`Op.diagonal_jvp`): a written push calls it in a line, not through
+    the loop's `jvp_step`; the loop's bits."""
+    r = run("x = [0.5, -1.0, 2.0]\nA = [[1, 2, 3], [0, 1, -1]]\ny = (A @@ x).tanh\n")
+    x = r.bindings["x"]
+    sweep = ForwardSweep(r.tape, r.output, [x])
+    _pushes_as_step_by_step(sweep, {x: Diagonal.identity_rows((3,), 0, 3)})
+    assert "jvp_step" not in next(iter(sweep.written.values())).__code__.co_names
+
+
 # ------------------------------------------------ a product's columns, scaled
 # The identity's rows over w through `M @@ w` are M's columns as they lie
 # (rules_forward.Scaled), which elementwise steps scale by one value each.
