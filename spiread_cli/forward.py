@@ -12,6 +12,7 @@ once and the derivatives a sweep returns are sized against the memory limit
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 from typing import Callable
@@ -60,6 +61,7 @@ class ForwardSweep:
         # None where those met another kind of batch than written (pushed step by step).
         self.written: dict[tuple, int | Callable | None] = {}
         self.finite = False  # whether the last push's result was checked finite (`push`)
+        self.folded = self._scatters_folded()  # {a scatter's id: the add's that alone reads it}
 
     @property
     def reads(self) -> set[int]:
@@ -76,6 +78,31 @@ class ForwardSweep:
             peak = max(peak, live + 2 * node.value.size)
             live -= sum(self.nodes[i].value.size for i in self.free_after[p])
         return max(peak, 1)
+
+    def _scatters_folded(self) -> dict[int, int]:
+        """The plan's indexScatter nodes at a key of slices and integers that an add (or a subtraction, as
+        its second operand) of their shape alone reads, where the other operand's tangent dies: by id, the
+        add's id. A written push adds the scattered entries into that tangent where the sweep alone holds it
+        (forward_steps.written_push)."""
+        nodes, plan, same = self.nodes, self.plan, self.same
+        readers = collections.Counter(i for node in plan for i in node.inputs) + collections.Counter(same.values())
+        planned = {node.id for node in plan}
+        folded: dict[int, int] = {}
+        for p, node in enumerate(plan):
+            if node.op is None or node.op.name not in ("add", "sub") or node.id in same or node.id in self.seeded \
+                    or len(set(node.inputs)) != 2:
+                continue
+            for s in node.inputs[::-1] if node.op.name == "add" else node.inputs[1:]:
+                scatter, other = nodes[s], nodes[node.inputs[node.inputs[0] == s]]
+                if (s in planned and scatter.op is not None and scatter.op.name == "indexScatter" and readers[s] == 1
+                        and s not in same and s not in self.seeded and other.id in planned
+                        and other.id in self.free_after[p] and scatter.inputs[0] in planned
+                        and all(type(part) in (slice, int) for part in scatter.params["key"])
+                        and scatter.value.shape == other.value.shape == node.value.shape
+                        and scatter.value.dtype == other.value.dtype == node.value.dtype == np.float64):
+                    folded[s] = node.id
+                    break
+        return folded
 
     def block_size(self, total: int, budget_bytes: int, limit: int | None = None) -> int:
         """How many directions to push at once: as many as keep the live

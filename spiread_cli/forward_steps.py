@@ -6,7 +6,6 @@ scatter into the other operand of a sum."""
 
 from __future__ import annotations
 
-import collections
 import sys
 from sys import getrefcount
 from typing import Callable
@@ -111,7 +110,7 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
     with its entry, and the guard differs from a multiply only in giving 0.0
     for a zero tangent."""
     push = _Push(sweep, next(iter(seeds.values())).shape[0])
-    folded = _scatters_folded(sweep)  # {a scatter's id: the add's that alone reads it}
+    folded = sweep.folded  # {a scatter's id: the add's that alone reads it}
     postponed: dict[int, list[int]] = {}  # an add's id: the tangents to drop after it (its scatter's)
     steps = iter(trace)
     for p, node in enumerate(sweep.plan):
@@ -188,6 +187,15 @@ class _Push:
         """The lines of plan[p]'s step, its operands' tangents traced as `traced_ts` and its own as `traced`."""
         if self._spread_step(p, node, traced_ts, traced):
             return
+        t = f"t{node.id}"
+        called = not self._mixed_step(p, node, traced_ts, traced) and self._called(p, node, traced_ts, traced)
+        if node.id in self.sweep.seeded:
+            self.lines.append(f"{t} = added({t}, seeds[{node.id}])")
+        if not called or node.id in self.sweep.seeded:
+            self.lines.append(f"if {t}.__class__ is not {traced.__name__}: raise Untraced")
+
+    def _called(self, p: int, node: Node, traced_ts: list, traced: type) -> bool:
+        """plan[p]'s lines but `step`'s; whether they call the function its op's jvp runs for the traced kinds."""
         t, ts = f"t{node.id}", [self.tangent(i) for i in node.inputs]
         args = ", ".join(self.value(i) for i in node.inputs)
         out = self.value(node.id)
@@ -211,10 +219,7 @@ class _Push:
                                f"if {t}.shape != {shape!r}: {t} = broadcast_to({t}, {shape!r})"])
         elif not self._ruled(p, node, ts, traced_ts, traced, args, out):
             self._looped(p, node, ts, args, out)
-        if node.id in self.sweep.seeded:
-            self.lines.append(f"{t} = added({t}, seeds[{node.id}])")
-        if function is None or node.id in self.sweep.seeded:
-            self.lines.append(f"if {t}.__class__ is not {traced.__name__}: raise Untraced")
+        return function is not None
 
     def _spread_step(self, p: int, node: Node, traced_ts: list, traced: type) -> bool:
         """plan[p], an elementwise step on Diagonal batches over one value's entries, as a line over their
@@ -247,6 +252,47 @@ class _Push:
         self.spread[node.id] = self.spread[moving[0]]
         return True
 
+    def _mixed_step(self, p: int, node: Node, traced_ts: list, traced: type) -> bool:
+        """plan[p], an elementwise step on Diagonal tangents held spread, over one value's entries, and arrays,
+        whose result is an array: as `diagonal_jvp` steps it, the op's jvp on the values, gathered, added into
+        its jvp on the arrays (`added`: in place where no live tangent or seed shares that array's memory)."""
+        spread = [i for i, kind in zip(node.inputs, traced_ts) if kind is Diagonal]
+        arrays = [i for i, kind in zip(node.inputs, traced_ts) if kind is np.ndarray]
+        if traced is not np.ndarray or node.op.structure.kind != "elementwise" or not spread or not arrays \
+                or any(kind not in (Diagonal, np.ndarray, type(None)) for kind in traced_ts) \
+                or any(i not in self.spread for i in spread) or len({self.spread[i] for i in spread}) != 1 \
+                or any(self.nodes[i].value.shape != node.value.shape for i in spread + arrays):
+            return False
+        functions = [self._bound(f"jvp{p}{part}", node, [kind if kind is moved else None for kind in traced_ts])
+                     for part, moved in (("d", Diagonal), ("a", np.ndarray))]
+        if None in functions:
+            return False
+        args = ", ".join([self.value(node.id)] + [self.value(i) for i in node.inputs])
+        others = ", ".join(self._live_names(p))
+        self.lines.append(f"t{node.id} = added({self.spread[spread[0]]}.gathered(jvp{p}d("
+                          f"{', '.join(f'u{i}[None]' for i in spread)}, {args})[0]), "
+                          f"jvp{p}a({', '.join(f't{i}' for i in arrays)}, {args}), "
+                          f"lambda a: shares_none(a, ({others}{',' if others else ''}), seeds))")
+        return True
+
+    def _bound(self, name: str, node: Node, moves: list, into: bool = False) -> Callable | None:
+        """The function node's jvp runs for tangents of the operands `moves` (None: none), bound as `name`,
+        and its unguarded one where it is guarded (`rebound`); None where the statement is evaluated."""
+        resolve = getattr(node.op.jvp, "resolve", None)
+        xs = [self.nodes[i].value for i in node.inputs]
+        function = None if resolve is None else resolve(moves, node.value, xs, node.params, False, into=into)
+        if function is not None:
+            self.namespace[name] = function
+            if guarded(function):
+                self.guards += node.value.size
+                self.rebound[name] = resolve(moves, node.value, xs, node.params, True, into=into)
+        return function
+
+    def _live_names(self, p: int) -> list[str]:
+        """The names of the tangents live after plan[p] (a spread one's values where its batch is not made)."""
+        return [f"u{i}" if i in self.spread and i not in self.made else f"t{i}"
+                for i in self.live if i not in self.sweep.free_after[p]]
+
     def _resolved(self, p: int, node: Node, traced_ts: list, traced: type) -> tuple[Callable | None, list]:
         """The function plan[p]'s jvp runs for its traced kinds, bound as `jvp{p}` (None: the step runs
         `jvp_step`), and the operands whose tangents it is given as spares (None where one is not):
@@ -260,21 +306,15 @@ class _Push:
         if resolve is None or not (spread or arrays):
             return None, []
         moves = [None if kind is type(None) else kind for kind in traced_ts]
-        xs = [self.nodes[i].value for i in node.inputs]
         # Results are written into operands' tangents that die here, if the sweep alone holds them: each
         # tangent given once (two operands' one tangent is read twice), large, of the result's shape.
         spare = self.sweep.spare_positions[p] if arrays and self.k * node.value.size >= IN_PLACE_ENTRIES else ()
         dying = [node.inputs[pos] if pos in spare else None
                  for pos, kind in enumerate(traced_ts) if kind is not type(None)]
         dying = dying if any(i is not None for i in dying) else []
-        function = resolve(moves, node.value, xs, node.params, False, into=True) if dying else None
+        function = self._bound(f"jvp{p}", node, moves, into=True) if dying else None
         if function is None:
-            dying, function = [], resolve(moves, node.value, xs, node.params, False)
-        if function is not None:
-            self.namespace[f"jvp{p}"] = function
-            if guarded(function):
-                self.guards += node.value.size
-                self.rebound[f"jvp{p}"] = resolve(moves, node.value, xs, node.params, True, into=bool(dying))
+            dying, function = [], self._bound(f"jvp{p}", node, moves)
         return function, dying
 
     def _ruled(self, p: int, node: Node, ts: list, traced_ts: list, traced: type, args: str, out: str) -> bool:
@@ -299,13 +339,12 @@ class _Push:
         if node.op.fwd is not None:
             self.namespace["rule_params"] = rule_params
             params = f"rule_params(nodes[{node.id}], [{args}])"
-        others = ", ".join(f"u{i}" if i in self.spread and i not in self.made else f"t{i}"
-                           for i in self.live if i not in self.sweep.free_after[p])
+        others = ", ".join(self._live_names(p))
         self.lines.append(f"t{node.id} = jvp_step(op{p}, [{', '.join(ts)}], {out}, [{args}], {params}, {self.k}, "
                           f"lambda a: shares_none(a, ({others}{',' if others else ''}), seeds))")
 
     def folded_step(self, p: int, node: Node, scatter: int, traced_ts: list, traced: type) -> None:
-        """plan[p], a ± s where s = (zeros with v at key) is a scatter that it alone reads (`_scatters_folded`),
+        """plan[p], a ± s where s = (zeros with v at key) is a scatter that it alone reads (`ForwardSweep.folded`),
         stepped with s: where a's and v's tangents are arrays (as traced, and s's and the sum's) and, when it
         runs, the sweep alone holds a's (`_sole`) in C order, v's added into (subtracted from) it at key, and
         that is the sum's; else s's step and the sum's. The same values but the sign of a zero: a + (+0.0)
@@ -440,31 +479,6 @@ def sole_spares(ts: list, positions: frozenset[int]) -> list | None:
         spares.append(ts[pos] if sole else None)
         found = found or sole
     return spares if found else None
-
-
-def _scatters_folded(sweep) -> dict[int, int]:
-    """The plan's indexScatter nodes at a key of slices and integers that an add (or a subtraction, as
-    its second operand) of their shape alone reads, where the other operand's tangent dies: by id, the
-    add's id. A written push adds the scattered entries into that tangent where the sweep alone holds it."""
-    nodes, plan, same = sweep.nodes, sweep.plan, sweep.same
-    readers = collections.Counter(i for node in plan for i in node.inputs) + collections.Counter(same.values())
-    planned = {node.id for node in plan}
-    folded: dict[int, int] = {}
-    for p, node in enumerate(plan):
-        if node.op is None or node.op.name not in ("add", "sub") or node.id in same or node.id in sweep.seeded \
-                or len(set(node.inputs)) != 2:
-            continue
-        for s in node.inputs[::-1] if node.op.name == "add" else node.inputs[1:]:
-            scatter, other = nodes[s], nodes[node.inputs[node.inputs[0] == s]]
-            if (s in planned and scatter.op is not None and scatter.op.name == "indexScatter" and readers[s] == 1
-                    and s not in same and s not in sweep.seeded and other.id in planned
-                    and other.id in sweep.free_after[p] and scatter.inputs[0] in planned
-                    and all(type(part) in (slice, int) for part in scatter.params["key"])
-                    and scatter.value.shape == other.value.shape == node.value.shape
-                    and scatter.value.dtype == other.value.dtype == node.value.dtype == np.float64):
-                folded[s] = node.id
-                break
-    return folded
 
 
 def shares_none(a: np.ndarray, live, seeds: dict) -> bool:

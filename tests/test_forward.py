@@ -12,7 +12,6 @@ from conftest import Agreement, central_difference, run, spiread, strict_json
 from programs import programs
 from spiread_cli.gradients import gradients as run_gradients
 from spiread_cli.forward import ForwardSweep, directional_forward, jacobian_forward
-from spiread_cli.forward_steps import _scatters_folded
 from spiread_cli.ops import OPS
 from spiread_cli.rules_forward import Diagonal, Scaled, dense
 from spiread_cli.tape import Tape
@@ -423,6 +422,21 @@ def test_a_step_by_an_ops_diagonal_rule_is_written_as_a_call_of_it():
     assert "jvp_step" not in next(iter(sweep.written.values())).__code__.co_names
 
 
+@pytest.mark.parametrize("then", ["z", "z * y", "z * z.sin"])
+def test_an_elementwise_step_on_a_spread_diagonal_and_an_array_is_written_as_a_line(then):
+    """`x.exp + A @@ x`: a Diagonal held spread (the run of `exp`) and an
+    array (the product's rule) meet in an add, written as a line (no
+    `jvp_step`) that adds the gathered batch into the array, in place only
+    where nothing read later shares it (here `y`'s tangent is read again);
+    the loop's bits."""
+    r = run("x = [0.5, -1.0, 2.0]\nA = [[1, 2, 3], [0, 1, -1], [2, 0.5, 1]]\ny = A @@ x\nz = x.exp + y\n"
+            f"out = {then}\n")
+    x = r.bindings["x"]
+    sweep = ForwardSweep(r.tape, r.output, [x])
+    _pushes_as_step_by_step(sweep, {x: Diagonal.identity_rows((3,), 0, 3)})
+    assert "jvp_step" not in next(iter(sweep.written.values())).__code__.co_names
+
+
 # ------------------------------------------------ a product's columns, scaled
 # The identity's rows over w through `M @@ w` are M's columns as they lie
 # (rules_forward.Scaled), which elementwise steps scale by one value each.
@@ -817,7 +831,7 @@ def test_a_scatter_is_added_into_the_other_operands_tangent(op, key, then, in_pl
     """a ± scatter(v): v added into (subtracted from) a's tangent at the
     key, where the sweep alone holds it (a = 3 · x); then the sum times 5."""
     sweep, seeds = _scatter_added("3x", op, key, then=then)
-    assert _scatters_folded(sweep)
+    assert sweep.folded
     _pushes_as_step_by_step(sweep, seeds)
 
 
@@ -826,7 +840,7 @@ def test_a_scatter_is_never_added_into_a_seed(op, in_place):
     """a ± scatter(v) with a = x: a's tangent is x's seed, so the scatter is
     made and added as the loop does."""
     sweep, seeds = _scatter_added("x", op, (slice(1, None),), then="c")
-    assert _scatters_folded(sweep)
+    assert sweep.folded
     _pushes_as_step_by_step(sweep, seeds)
 
 
@@ -856,7 +870,7 @@ def test_a_scatter_is_never_added_into_a_tangent_that_lies_in_another_order(op, 
     s = tape.record(OPS["indexScatter"], (v,), {"key": key, "shape": (3, 2)}, None, "∂", None).id
     out = tape.record(OPS["sum"], (tape.record(OPS[op], (a, s), {}, None, op, None).id,), {}, None, "sum", None).id
     sweep = ForwardSweep(tape, out, [w])
-    assert _scatters_folded(sweep)
+    assert sweep.folded
     for seed in range(20):
         _pushes_as_step_by_step(sweep, {w: np.random.default_rng(seed).standard_normal((3, 3, 2))})
 
@@ -871,6 +885,6 @@ def test_the_chained_rosenbrock_hessians_sweep_adds_its_scatters_as_one_array(in
     order = SecondOrder(r, ["x"])
     x = r.bindings["x"]
     sweep = ForwardSweep(r.tape, order.grad_ids[x], [x])
-    assert _scatters_folded(sweep)
+    assert sweep.folded
     _pushes_as_step_by_step(sweep, {x: np.random.default_rng(3).standard_normal((3, 6))})
     assert _writes_in_place(sweep)
