@@ -902,6 +902,39 @@ def test_broadcast_to_copies_a_small_result_and_views_a_large_one(shape, to):
     assert np.shares_memory(got, x) == (math.prod(to) > COPIED_BROADCAST_ENTRIES > 0 and x.size > 0)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 4), max_size=3), st.lists(st.booleans(), max_size=3), st.integers(0, 2),
+       st.sampled_from(["C", "F", "strided", "int", "float32"]), st.data())
+def test_a_broadcast_view_is_numpys(shape, stretched, lead, layout, data):
+    """`ops.broadcast_view` (broadcastTo's larger results, and its batched
+    rule, every forward sweep's broadcast tangent) is np.broadcast_to: the
+    same shape, strides, values and memory, read-only, for operands in any
+    layout and dtype (those not float64 in C order are np.broadcast_to's own),
+    and the same error where the shapes do not broadcast."""
+    from spiread_cli.ops import broadcast_view
+    to = tuple([data.draw(st.integers(0, 3), label="new axis") for _ in range(lead)] + shape)
+    given_shape = tuple(1 if i < len(stretched) and stretched[i] else n for i, n in enumerate(shape))
+    x = RNG.standard_normal(given_shape)
+    if layout == "F":
+        x = np.array(x, order="F")
+    elif layout == "strided":
+        x = RNG.standard_normal(tuple(2 * n for n in given_shape))[tuple(slice(None, None, 2) for _ in given_shape)]
+    elif layout in ("int", "float32"):
+        x = (x * 10).astype(int if layout == "int" else np.float32)
+    if data.draw(st.booleans(), label="a shape it does not broadcast to") and to and to[-1] > 1:
+        wrong = to[:-1] + (to[-1] + 1,)
+        if x.ndim and x.shape[-1] == to[-1]:
+            with pytest.raises(ValueError):
+                np.broadcast_to(x, wrong)
+            with pytest.raises(ValueError):
+                broadcast_view(x, wrong)
+        return
+    got, want = broadcast_view(x, to), np.broadcast_to(x, to)
+    assert got.shape == want.shape and got.dtype == want.dtype and not got.flags.writeable
+    assert got.tobytes() == want.tobytes() and (got.strides == want.strides or got.size == 0)
+    assert np.shares_memory(got, x) == np.shares_memory(want, x)
+
+
 # ------------------------------------------- programs on empty values
 EMPTY_PROGRAMS = [  # (program, its value, the shape of x; its gradient is zeros of that shape)
     ("x = zeros(3, 0)\nloss = x.softmaxRows.sum", 0.0, (3, 0)),
