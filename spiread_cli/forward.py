@@ -22,7 +22,8 @@ import numpy as np
 from .diagnostics import Diagnostics, shape_str
 from .limits import check_bytes, limit_for, reuse_freed_memory
 from . import forward_steps
-from .forward_steps import Untraced, finite_batch, jvp_step, shares_none, sole_spares, spare_positions, written_push
+from .forward_steps import Untraced, finite_batch, jvp_step, shares_none, sole_spares, spare_positions
+from .forward_written import written_push
 from .rules_forward import Diagonal, added, dense
 from .tape import SweepObserver, Tape
 from .tape_nodes import Births, Node, rule_params
@@ -83,7 +84,7 @@ class ForwardSweep:
         """The plan's indexScatter nodes at a key of slices and integers that an add (or a subtraction, as
         its second operand) of their shape alone reads, where the other operand's tangent dies: by id, the
         add's id. A written push adds the scattered entries into that tangent where the sweep alone holds it
-        (forward_steps.written_push)."""
+        (forward_written.written_push)."""
         nodes, plan, same = self.nodes, self.plan, self.same
         readers = collections.Counter(i for node in plan for i in node.inputs) + collections.Counter(same.values())
         planned = {node.id for node in plan}

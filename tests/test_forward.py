@@ -214,7 +214,7 @@ def test_a_written_push_that_meets_another_kind_of_batch_pushes_step_by_step():
     """A written push whose step makes a batch of another kind than when it
     was written (here: told a Diagonal came out where an array does) stops,
     and the sweep pushes step by step from then on, with the same result."""
-    from spiread_cli.forward_steps import written_push
+    from spiread_cli.forward_written import written_push
     r = run("w = [0.5, -1, 2]\nA = [[1, 2, 3], [0, 1, -1]]\nloss = (A @@ w).tanh.sum + (w ** 3).sum")
     sweep = ForwardSweep(r.tape, r.output, [r.bindings["w"]])
     seeds = {r.bindings["w"]: Diagonal.identity_rows((3,), 0, 3)}
@@ -657,7 +657,7 @@ def test_a_zero_row_against_an_infinite_partial_keeps_its_tangent_zero(task, sca
 # ------------------------------------------------ written in place
 # A written push writes a step's result into an operand's tangent that dies
 # at that step where the sweep alone holds its memory, and adds a scatter
-# into the other operand of a sum (forward_steps.written_push). Every push
+# into the other operand of a sum (forward_written.written_push). Every push
 # here writes in place where it may (`in_place`).
 
 
