@@ -116,7 +116,8 @@ class ForwardSweep:
                             "along each direction", self.nodes[self.output].span, limit)
         return max(1, min(total, min(budget_bytes, limit) // self.bytes_per_direction))
 
-    def push(self, seeds: dict[int, np.ndarray], observe: SweepObserver | None = None) -> np.ndarray:
+    def push(self, seeds: dict[int, np.ndarray], observe: SweepObserver | None = None,
+             checked: bool = False) -> np.ndarray:
         """Tangents of the output, shape (k,) + output shape, for seed tangents
         seeds[id] of shape (k,) + that node's shape (one per seeded node).
         `observe(node, ts, t)`, if given, sees each node's tangent t as it is
@@ -131,12 +132,16 @@ class ForwardSweep:
         its result is small (`UNGUARDED_ENTRIES`), steps arrays by the ops'
         unguarded rules as a written push does, and is pushed again guarded
         where that result is not finite. `finite`, after it: whether its
-        result was checked finite on the way (by an unguarded push's check)."""
+        result was checked finite on the way (by an unguarded push's check).
+        `checked`: the caller checks the result where the push has not
+        (`push_blocks`, to warn), so the push's own check costs nothing: the
+        first push and the written one run unguarded and check, whatever the
+        result's size."""
         self.finite = False
         if observe is not None:
             return self._pushed(seeds, observe)
-        kind = tuple((i, type(s), s.shape, getattr(s, "full", None), getattr(s, "ordered", None))
-                     for i, s in seeds.items())
+        kind = (checked, *((i, type(s), s.shape, getattr(s, "full", None), getattr(s, "ordered", None))
+                           for i, s in seeds.items()))
         written = self.written.get(kind, 0)
         if callable(written):
             try:
@@ -150,11 +155,11 @@ class ForwardSweep:
         elif written == 1:  # the second push of this kind: written as it runs
             trace: list = []
             result = self._pushed(seeds, trace=trace)
-            self.written[kind] = written_push(self, seeds, trace)
+            self.written[kind] = written_push(self, seeds, trace, checked)
             return result
         elif written == 0:  # the first: unguarded where one check of its result is cheap, as a written push
             self.written[kind] = 1
-            if next(iter(seeds.values())).shape[0] * self.nodes[self.output].value.size <= \
+            if checked or next(iter(seeds.values())).shape[0] * self.nodes[self.output].value.size <= \
                     forward_steps.UNGUARDED_ENTRIES:
                 result = self._pushed(seeds, unguarded=True)
                 if finite_batch(result):
@@ -230,11 +235,12 @@ class ForwardSweep:
         for start in range(0, total, block):
             k = min(block, total - start)
             seeds = seed_block(start, k)
-            batch = self.push(seeds, observe)
-            finite = self.finite or (diagnostics is None and not as_arrays) or finite_batch(batch)
+            checked = diagnostics is not None or as_arrays  # the result is checked here where the push has not
+            batch = self.push(seeds, observe, checked)
+            finite = self.finite or not checked or finite_batch(batch)
             if not finite and as_arrays and any(type(s) is not np.ndarray for s in seeds.values()):
                 seeds = {i: dense(s) for i, s in seeds.items()}
-                batch = self.push(seeds, observe)
+                batch = self.push(seeds, observe, checked)
             if kinds is not None:
                 kinds.append(type(batch))
             if result is None:

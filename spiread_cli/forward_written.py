@@ -5,6 +5,7 @@ operand of a sum, and steps Diagonal batches on their values."""
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Callable
 
@@ -17,7 +18,7 @@ from .rules_forward import Diagonal, Scaled, added, spreads
 from .tape_nodes import Node, rule_params
 
 
-def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray]:
+def written_push(sweep, seeds: dict, trace: list, checked: bool = False) -> Callable[[dict], np.ndarray]:
     """The sweep's push for seeds of this kind as one function, a line per
     step, from `trace` (`ForwardSweep._pushed`'s, at these seeds): a step
     whose tangents were arrays calls the function its op's jvp runs for them
@@ -53,7 +54,8 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
     Unguarded: the array steps run their ops' unguarded rules (`scale` as a
     multiply) where one check of the result costs less than their guards (a
     pass over each guarded step's value, at least) or the result is small
-    (`forward_steps.UNGUARDED_ENTRIES`), and the function returns None where the result is
+    (`forward_steps.UNGUARDED_ENTRIES`; a Diagonal's is its values), or its caller checks it
+    anyway (`checked`), and the function returns None where the result is
     not finite (the caller pushes step by step): a finite result is the
     guarded one up to the sign of a zero (which every result's 0.0 rule
     removes: python_args.result_value), since an unguarded 0 · inf is a nan
@@ -82,7 +84,7 @@ def written_push(sweep, seeds: dict, trace: list) -> Callable[[dict], np.ndarray
                 push.folded_step(p, node, scatter, traced_ts, traced)
         push.live.append(node.id)
         push.drop(sweep.free_after[p] + postponed.pop(node.id, []))
-    return push.function(sweep.output)
+    return push.function(sweep.output, checked)
 
 
 class _Push:
@@ -106,6 +108,7 @@ class _Push:
         self.spread: dict[int, str] = {}
         self.made: set[int] = set()  # of those, the ones whose Diagonal is made (`t{id}`)
         self.checked: set[tuple] = set()  # the Diagonals, by name, and the shape that `spreads` was asked of
+        self.traced: dict[int, type] = {}  # each step's kind of tangent, as traced
 
     def value(self, i: int) -> str:
         if i not in self.read:
@@ -136,6 +139,7 @@ class _Push:
 
     def step(self, p: int, node: Node, traced_ts: list, traced: type) -> None:
         """The lines of plan[p]'s step, its operands' tangents traced as `traced_ts` and its own as `traced`."""
+        self.traced[node.id] = traced
         if self._spread_step(p, node, traced_ts, traced):
             return
         t = f"t{node.id}"
@@ -333,14 +337,16 @@ class _Push:
                 if (i not in self.spread or i in self.made) and f"t{i}" not in bases:
                     self.lines.append(f"del t{i}")
 
-    def function(self, output: int) -> Callable[[dict], np.ndarray]:
+    def function(self, output: int, checked: bool = False) -> Callable[[dict], np.ndarray]:
         """The push, returning the output's tangent, checked if its steps run unguarded: only where that
-        check costs no more than their guards or the result is small (`forward_steps.UNGUARDED_ENTRIES`). Its `checks`
+        check costs no more than their guards, or the result is small (`forward_steps.UNGUARDED_ENTRIES`;
+        a Diagonal's entries are its values), or the caller checks it anyway (`checked`). Its `checks`
         says whether it checks: what such a push returns is finite."""
         shape = (self.k,) + self.nodes[output].value.shape
+        entries = self.k if output in self.spread or self.traced.get(output) is Diagonal else math.prod(shape)
         self.tangent(output)
-        checks = output in self.live and bool(self.rebound) and self.k * self.nodes[output].value.size <= \
-            max(self.guards, forward_steps.UNGUARDED_ENTRIES)
+        checks = output in self.live and bool(self.rebound) and \
+            (checked or entries <= max(self.guards, forward_steps.UNGUARDED_ENTRIES))
         if checks:
             self.namespace.update(self.rebound)
             self.namespace["finite_batch"] = finite_batch

@@ -187,12 +187,15 @@ def test_a_written_push_gives_the_step_by_step_bits(program, data):
 
 
 @pytest.mark.parametrize("guarded", [False, True])
-def test_a_result_its_push_checked_finite_is_not_checked_again(guarded, monkeypatch):
+@pytest.mark.parametrize("warned", [False, True])
+def test_a_result_its_push_checked_finite_is_not_checked_again(guarded, warned, monkeypatch):
     """A push whose steps run unguarded checks its result (`ForwardSweep.finite`):
-    push_blocks does not pass over it again. The first push of a kind (small:
-    unguarded) and the written ones from the third are checked, the second
-    (the loop's, guarded, traced) is not; with a result larger than the values
-    the guards guard, and UNGUARDED_ENTRIES 0, none is but push_blocks's."""
+    push_blocks does not pass over it again. The first push of a kind and the
+    written ones from the third are checked, the second (the loop's, guarded,
+    traced) is not: where the result is small, or where push_blocks would
+    check it anyway (`warned`: its diagnostics given), whatever its size. With
+    a result larger than the values the guards guard, and UNGUARDED_ENTRIES 0,
+    none is checked but by push_blocks, which checks only to warn."""
     from spiread_cli import forward, forward_steps
     if guarded:
         monkeypatch.setattr(forward_steps, "UNGUARDED_ENTRIES", 0)
@@ -201,13 +204,16 @@ def test_a_result_its_push_checked_finite_is_not_checked_again(guarded, monkeypa
     sweep = ForwardSweep(r.tape, r.output, [x])
     checks = []
     monkeypatch.setattr(forward, "finite_batch", lambda batch: checks.append(batch) or True)
-    for checked in ([False] * 4 if guarded else [True, False, True, True]):
+    unguarded = warned or not guarded
+    for checked in ([True, False, True, True] if unguarded else [False] * 4):
         checks.clear()
-        jacobian_forward(r.tape, r.output, [x], r.diagnostics, sweep=sweep)
-        # The first push's check is push's, a written push's its own (forward_steps.finite_batch).
+        jacobian_forward(r.tape, r.output, [x], r.diagnostics if warned else None, sweep=sweep)
+        # The first push's check is push's, a written push's its own (forward_written's finite_batch).
         written = next(iter(sweep.written.values()))
-        assert sweep.finite == checked and len(checks) == (0 if checked and callable(written) else 1)
-    assert callable(written) and written.checks == (not guarded)
+        first = not callable(written) and written == 1
+        assert sweep.finite == checked
+        assert len(checks) == (checked and first) + (warned and not checked)
+    assert callable(written) and written.checks == unguarded
 
 
 def test_a_written_push_that_meets_another_kind_of_batch_pushes_step_by_step():
