@@ -12,18 +12,34 @@ import scipy.sparse as sp
 from .sparsity_colouring import sorted_csr
 
 
-def _windows(out: np.ndarray, first: int, offsets) -> None:
+# The first block of rows `_windows` writes, r + offsets for r < rows, by the offsets and index dtype: made
+# once, as the same diagonals recur (a chain's Hessian, a stencil's Jacobian), and kept for a few of them.
+_FIRST_ROWS: dict[tuple, np.ndarray] = {}
+FIRST_ENTRIES = 1 << 13
+
+
+def _first_rows(offsets: tuple, kind) -> np.ndarray:
+    key = (offsets, kind)
+    rows = _FIRST_ROWS.get(key)
+    if rows is None:
+        count = max(FIRST_ENTRIES // len(offsets), 1)
+        rows = np.add.outer(np.arange(count, dtype=kind), np.array(offsets, dtype=kind)).ravel()
+        if len(offsets) <= FIRST_ENTRIES:  # (a band wider than that is not kept)
+            if len(_FIRST_ROWS) >= 32:
+                _FIRST_ROWS.clear()
+            _FIRST_ROWS[key] = rows
+    return rows
+
+
+def _windows(out: np.ndarray, first: int, offsets: tuple) -> None:
     """Fill `out` with the rows first + r + offsets (r = 0, 1, …) end to
-    end: a first block of rows, then the rows so far copied, each raised by
-    their count, doubling (contiguous passes, where a column at a time
-    would write with a stride)."""
+    end: a first block of rows (`_first_rows`, raised by `first`), then the
+    rows so far copied, each raised by their count, doubling (contiguous
+    passes, where a column at a time would write with a stride)."""
     width = len(offsets)
-    rows = min(len(out) // width, 256)  # a first block at once, then fewer doublings
-    done = rows * width
-    if width == 1:
-        out[:done] = np.arange(first + offsets[0], first + offsets[0] + rows)
-    else:
-        np.add.outer(np.arange(first, first + rows), offsets, out=out[:done].reshape(rows, width))
+    block = _first_rows(offsets, out.dtype.type)
+    done = min(len(out) // width * width, len(block))
+    np.add(block[:done], first, out=out[:done])
     while done < len(out):
         more = min(done, len(out) - done)
         np.add(out[:more], done // width, out=out[done:done + more])
@@ -40,7 +56,7 @@ def band_csr(cells: np.ndarray, low: int, n: int) -> sp.csr_array:
     indptr[0] = 0
     np.cumsum(cells.sum(axis=0, dtype=kind), out=indptr[1:])
     columns = np.empty((rows, width), dtype=kind)
-    _windows(columns.reshape(-1), low, np.arange(width))
+    _windows(columns.reshape(-1), low, tuple(range(width)))
     return _canonical(columns[cells.T], indptr, rows, n)
 
 
@@ -93,7 +109,7 @@ def runs_csr(runs: dict[int, list[tuple[int, int]]], rows: int, n: int, mirrored
     if tail_ends:
         indptr[bottom + 1:] = tail_ends
     indices = np.empty(middle + len(tail_columns), dtype=kind)
-    _windows(indices[head:middle], top, diagonals)
+    _windows(indices[head:middle], top, tuple(diagonals))
     if head:
         indices[:head] = head_columns
     if tail_columns:

@@ -664,6 +664,24 @@ def test_diagonals_over_runs_of_rows_are_written_out_as_their_matrix(rows, n, da
         np.diff(np.repeat(np.arange(rows), np.diff(m.indptr))) == 0].all()
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-50, 50), min_size=1, max_size=12, unique=True).map(sorted),
+       st.integers(0, 40_000), st.integers(-100, 100), st.sampled_from([np.int32, np.int64]), st.booleans())
+def test_the_rows_of_a_band_are_written_end_to_end(offsets, rows, first, kind, small_first_block):
+    """_windows: row r of the band is first + r + offsets, however many
+    rows (past the first block, kept by its offsets and dtype, and made
+    again when the kept ones are dropped), for each index dtype."""
+    from spiread_cli import sparsity_csr
+    if small_first_block:  # doubling from a first block of a row or a few
+        sparsity_csr._FIRST_ROWS.clear()
+    out = np.empty(rows * len(offsets), dtype=kind)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sparsity_csr, "FIRST_ENTRIES", 1 if small_first_block else sparsity_csr.FIRST_ENTRIES)
+        sparsity_csr._windows(out, first, tuple(offsets))
+        sparsity_csr._FIRST_ROWS.clear()
+    np.testing.assert_array_equal(out, (first + np.add.outer(np.arange(rows), offsets)).ravel())
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 80), st.integers(1, 80), st.integers(-90, 90), st.integers(1, 5), st.booleans(), st.data())
 def test_a_band_of_cells_is_written_out_as_its_matrix(rows, n, low, width, filled, data):
