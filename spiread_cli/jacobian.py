@@ -91,12 +91,14 @@ class RunJacobianPattern:
 def jacobian_pattern(run: Run, wrt: list[str] | None = None, mode: str | None = None) -> RunJacobianPattern:
     """The Jacobian's exact sparsity pattern (`spiread jacobian --pattern`),
     read from the tape with no derivative computed, and the colouring
-    `--sparse` would use (`mode` picks its direction, as `compressions`)."""
+    `--sparse` would use (`mode` picks its direction, as `compressions`):
+    kept with the run while the zeros it read hold, as a sparse Jacobian's
+    plan is (a kept run's call again reads neither); each call's matrix its own."""
     _mode(mode)
     ids = run.wrt_ids(wrt, scalar=False)
-    found = cheapest(compressions(read_pattern(run, ids), mode))
+    found = pattern_read(run, ids, mode).found
     nodes = run.tape.nodes
-    return RunJacobianPattern(run.value, found.pattern, list(ids), [nodes[i].shape for i in ids.values()],
+    return RunJacobianPattern(run.value, found.pattern.copy(), list(ids), [nodes[i].shape for i in ids.values()],
                               found.colouring.count, found.direction, SWEEP_OF[found.direction])
 
 
@@ -162,14 +164,27 @@ class SparsePlan:
         return cls(found, Recovery(found.coloured, found.colouring), found.colouring.seed_blocks(), zeros_read or {})
 
 
+def pattern_read(run: Run, ids: dict[str, int], mode: str | None):
+    """The run's pattern for these values, coloured for this mode (a
+    `Compression`, as `found` of a sparsity.KeptRead): the one kept with
+    it while the zeros it read hold, else read (and kept) now."""
+    from .sparsity import KeptRead, Sweep, kept_while_exact
+
+    def read() -> KeptRead:
+        sweep = Sweep(run.tape, run.output, list(ids.values()))
+        return KeptRead(cheapest(compressions(sweep.jacobian(), mode)), sweep.zeros_read)
+
+    return kept_while_exact(run.prepared, ("jacobian pattern", tuple(ids.values()), mode), run.tape, read)
+
+
 def sparse_plan(run: Run, ids: dict[str, int], mode: str | None) -> SparsePlan:
     """The run's plan for these values and mode: the one kept with it while
-    its pattern holds, else read (and kept) now."""
-    from .sparsity import Sweep, kept_while_exact
+    its pattern holds, else made (and kept) now from the pattern read (`pattern_read`)."""
+    from .sparsity import kept_while_exact
 
     def plan() -> SparsePlan:
-        sweep = Sweep(run.tape, run.output, list(ids.values()))
-        return SparsePlan.of(cheapest(compressions(sweep.jacobian(), mode)), sweep.zeros_read)
+        read = pattern_read(run, ids, mode)
+        return SparsePlan.of(read.found, read.zeros_read)
 
     return kept_while_exact(run.prepared, ("sparse jacobian", tuple(ids.values()), mode), run.tape, plan)
 

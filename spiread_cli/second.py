@@ -423,15 +423,22 @@ class RunHessianPattern:
 
 def hessian_pattern(run: Run, wrt: list[str] | None = None) -> RunHessianPattern:
     """The Hessian's exact sparsity pattern (`spiread hessian --pattern`),
-    and the colouring `--sparse` would use."""
-    from .sparsity import hessian_pattern as pattern_of
+    and the colouring `--sparse` would use: kept with the run while the
+    zeros it read hold, as a sparse Hessian's plan is (a kept run's call
+    again reads neither); each call's matrix its own."""
+    from .sparsity import KeptRead, Sweep, kept_while_exact
     from .sparsity_colouring import colour_symmetric
     ids = run.wrt_ids(wrt)
-    pattern = pattern_of(run.tape, run.output, list(ids.values()))
-    colouring = colour_symmetric(pattern)
+
+    def read() -> KeptRead:
+        sweep = Sweep(run.tape, run.output, list(ids.values()))
+        pattern = sweep.hessian()
+        return KeptRead((pattern, colour_symmetric(pattern, sweep.reach)), sweep.zeros_read)
+
+    pattern, colouring = kept_while_exact(run.prepared, ("hessian pattern", tuple(ids.values())), run.tape, read).found
     nodes = run.tape.nodes
-    return RunHessianPattern(run.value, pattern, list(ids), [nodes[i].shape for i in ids.values()], colouring.count,
-                          colouring.kind)
+    return RunHessianPattern(run.value, pattern.copy(), list(ids), [nodes[i].shape for i in ids.values()],
+                             colouring.count, colouring.kind)
 
 
 @dataclass

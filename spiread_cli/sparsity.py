@@ -400,10 +400,19 @@ def hessian_pattern(tape: Tape, output: int, wrt: list[int]) -> sp.csr_array:
     return Sweep(tape, output, wrt).hessian()
 
 
+@dataclass
+class KeptRead:
+    """What a caller made of a pattern read from a run's tape (`found`: the
+    pattern and its colouring), kept with the run as a plan is
+    (`kept_while_exact`) while the zeros its sweep read hold."""
+    found: object
+    zeros_read: dict
+
+
 def kept_while_exact(kept: dict, key: tuple, tape: Tape, make: Callable):
     """What `make()` gave for `key` in `kept` (a run's prepared plans: a
-    sparse Hessian's, a sparse Jacobian's, each with the `zeros_read` of the
-    pattern it evaluates), made again when that pattern no longer holds at
+    sparse Hessian's, a sparse Jacobian's, a pattern read, each with the
+    `zeros_read` of its pattern), made again when that pattern no longer holds at
     the tape's values (`zeros_hold`: a kept run replayed with new data)."""
     plan = kept.get(key)
     if plan is None or not zeros_hold(tape, plan.zeros_read):

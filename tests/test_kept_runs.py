@@ -265,6 +265,31 @@ def test_a_sparse_jacobian_follows_the_zeros_of_a_binding_not_differentiated_by(
     assert plans[0] is plans[1] and plans[1] is not plans[2] and plans[2] is not plans[3]
 
 
+@pytest.mark.parametrize("task", ["jacobian", "hessian"])
+def test_a_kept_runs_pattern_is_read_again_only_when_a_constants_zeros_move(task, monkeypatch):
+    """`pattern=True` called again: the pattern and its colouring are kept
+    with the run, as a sparse plan is, and read again only when a
+    constant's zeros move (a's); every call is a fresh one's, and its matrix
+    the caller's own (a caller's writes into it reach no later call)."""
+    from spiread_cli import sparsity
+    source = "a = zeros(4)\nx = zeros(4)\ny = a * x.exp\nloss = (y * y).sum\n"
+    prog = spiread_cli.compile(source)
+    options = {"of": "y"} if task == "jacobian" else {}
+    reads, read = [], getattr(sparsity.Sweep, task)
+    monkeypatch.setattr(sparsity.Sweep, task, lambda sweep: reads.append(task) or read(sweep))
+    for a, x, read_again in (([1.0, 0.0, 1.0, 2.0], [0.5, -1.0, 2.0, 0.0], True),
+                             ([1.0, 0.0, 1.0, 2.0], [1.0, 2.0, 3.0, 4.0], False),
+                             ([0.0, 3.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0], True),
+                             ([0.0, 5.0, 0.0, 0.0], [0.0, 0.5, 1.0, 1.5], False)):
+        bindings = {"a": np.array(a), "x": np.array(x)}
+        reads.clear()
+        got = getattr(prog, task)(bindings, wrt="x", pattern=True, **options)
+        assert reads == ([task] if read_again else [])
+        np.testing.assert_array_equal(got.toarray(), np.diag(np.array(a) != 0))
+        got.data[:] = False  # the caller's own
+        assert_as_fresh(prog, source, task, bindings, wrt="x", pattern=True, **options)
+
+
 def _kept_plan(prog, kind: str):
     """The one plan of `kind` ("sparse jacobian", "sparse hessian") the program's kept runs hold."""
     (plan,) = [p for kept in prog._kept.kept for key, p in kept.run.prepared.items() if key[0] == kind]
