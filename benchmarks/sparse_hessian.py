@@ -22,7 +22,9 @@ rounds; JAX's dense Hessian in rounds of its own):
   reverse sweep on the recorded run, as its first: the loop, where the
   pattern is read fresh too; and "kept", the sweep the tape writes out
   once swept twice, `Tape.sweeps`), and the same for examples/bratu.ad's
-  loss (a padded stencil's squared residual: pentadiagonal);
+  loss (a padded stencil's squared residual: pentadiagonal), and its
+  `Program.hessian(pattern=True)` called again (a kept run: its values
+  replayed, its pattern kept) against `Program.grad` called again;
 - peak memory of a first `Program.hessian(sparse=True)` (tracemalloc), per entry of x;
 - sparse Newton (`train --optimizer newton --sparse`) against
   `scipy.optimize.minimize(method="L-BFGS-B")` with spiread's gradients, to
@@ -146,12 +148,17 @@ def bratu_pattern_factories(n: int) -> dict:
     from spiread_cli.diagnostics import Source
     from spiread_cli.program import Program
     from spiread_cli.sparsity import hessian_pattern
+    import spiread_cli
     text = (ROOT / "examples" / "bratu.ad").read_text()
     run = Program.parse(Source("bratu.ad", text), ROOT).run({"u": start(n) / 2})
     ids = [run.bindings["u"]]
+    program = spiread_cli.compile(text, base_dir=ROOT)
     return {"bratu: spiread pattern": lambda: lambda: hessian_pattern(run.tape, run.output, ids),
             "bratu: spiread dense gradient": lambda: fresh_gradient(text, {"u": start(n) / 2}),
-            "bratu: spiread dense gradient, kept": lambda: lambda: run.tape.backward(run.output, ids)}
+            "bratu: spiread dense gradient, kept": lambda: lambda: run.tape.backward(run.output, ids),
+            "bratu: Program.hessian(pattern=True) called again":
+                lambda: lambda: program.hessian(u=start(n) / 2, wrt="u", pattern=True),
+            "bratu: Program.grad called again": lambda: lambda: program.grad(u=start(n) / 2, wrt="u")}
 
 
 def peak_memory(n: int) -> float:
@@ -219,6 +226,8 @@ def main() -> None:
         hand = results["numpy by hand"]
         for name, seconds in results.items():
             print(f"  {name:64s} {seconds * 1e3:10.3f} ms  {seconds / hand:8.2f}× numpy by hand")
+        print(f"  called again, pattern ÷ gradient (bratu.ad's loss): "
+              f"{results['bratu: Program.hessian(pattern=True) called again'] / results['bratu: Program.grad called again']:.2f}")
         for kept in ("", ", kept"):
             print(f"  pattern ÷ dense gradient{kept}: "
                   f"{results['spiread pattern'] / results['spiread dense gradient' + kept]:.2f} (bratu.ad's loss: "

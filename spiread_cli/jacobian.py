@@ -94,11 +94,12 @@ def jacobian_pattern(run: Run, wrt: list[str] | None = None, mode: str | None = 
     `--sparse` would use (`mode` picks its direction, as `compressions`):
     kept with the run while the zeros it read hold, as a sparse Jacobian's
     plan is (a kept run's call again reads neither); each call's matrix its own."""
+    from .sparsity_colouring import csr_copy
     _mode(mode)
     ids = run.wrt_ids(wrt, scalar=False)
     found = pattern_read(run, ids, mode).found
     nodes = run.tape.nodes
-    return RunJacobianPattern(run.value, found.pattern.copy(), list(ids), [nodes[i].shape for i in ids.values()],
+    return RunJacobianPattern(run.value, csr_copy(found.pattern), list(ids), [nodes[i].shape for i in ids.values()],
                               found.colouring.count, found.direction, SWEEP_OF[found.direction])
 
 

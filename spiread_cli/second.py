@@ -427,7 +427,7 @@ def hessian_pattern(run: Run, wrt: list[str] | None = None) -> RunHessianPattern
     zeros it read hold, as a sparse Hessian's plan is (a kept run's call
     again reads neither); each call's matrix its own."""
     from .sparsity import KeptRead, Sweep, kept_while_exact
-    from .sparsity_colouring import colour_symmetric
+    from .sparsity_colouring import colour_symmetric, csr_copy
     ids = run.wrt_ids(wrt)
 
     def read() -> KeptRead:
@@ -437,7 +437,7 @@ def hessian_pattern(run: Run, wrt: list[str] | None = None) -> RunHessianPattern
 
     pattern, colouring = kept_while_exact(run.prepared, ("hessian pattern", tuple(ids.values())), run.tape, read).found
     nodes = run.tape.nodes
-    return RunHessianPattern(run.value, pattern.copy(), list(ids), [nodes[i].shape for i in ids.values()],
+    return RunHessianPattern(run.value, csr_copy(pattern), list(ids), [nodes[i].shape for i in ids.values()],
                              colouring.count, colouring.kind)
 
 

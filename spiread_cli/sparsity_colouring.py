@@ -39,6 +39,15 @@ def sorted_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape:
     return m
 
 
+def csr_copy(m: sp.csr_array) -> sp.csr_array:
+    """A copy of a CSR matrix that owns its parts: made by `sorted_csr`
+    where it is canonical with one index dtype (a kept pattern, each call's
+    own), else by scipy's `copy`, which checks them."""
+    if m.indices.dtype == m.indptr.dtype and m.has_canonical_format:
+        return sorted_csr(m.data.copy(), m.indices.copy(), m.indptr.copy(), m.shape)
+    return m.copy()
+
+
 @dataclass
 class Colouring:
     """colour[j] for each column; `kind` "columns" (structurally orthogonal

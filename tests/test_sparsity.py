@@ -570,6 +570,34 @@ def test_a_csr_matrix_made_without_the_constructor_is_the_constructors(rows, n, 
     assert made.nnz == built.nnz and made.dtype == built.dtype and made.shape == built.shape
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 12), st.integers(1, 12), st.sampled_from([np.int32, np.int64]), st.booleans(),
+       st.integers(0, 2**32 - 1))
+def test_a_csr_copy_is_scipys_and_shares_no_part(rows, n, kind, canonical, seed):
+    """csr_copy (a kept pattern, each call's own): scipy's copy, attribute
+    by attribute, whether the matrix is canonical (copied without scipy's
+    checks) or not (a row's indices unsorted), and no part shared."""
+    from spiread_cli.sparsity_colouring import csr_copy
+    rng = np.random.default_rng(seed)
+    cells = rng.random((rows, n)) < 0.4
+    indptr = np.concatenate([[0], np.cumsum(cells.sum(axis=1))]).astype(kind)
+    indices = np.nonzero(cells)[1].astype(kind)
+    if not canonical and len(indices) > 1 and indptr[1] > 1:
+        indices[:indptr[1]] = indices[:indptr[1]][::-1]  # the first row's unsorted
+    m = sp.csr_array((np.ones(len(indices), dtype=bool), indices, indptr), shape=(rows, n))
+    got, want = csr_copy(m), m.copy()
+    # besides scipy's, only the flags a canonical copy keeps (as sorted_csr does), which hold
+    assert vars(got).keys() - vars(want).keys() <= {"_has_sorted_indices", "_has_canonical_format"}
+    assert got.has_canonical_format == want.has_canonical_format == canonical or len(indices) <= 1 or indptr[1] <= 1
+    got.check_format(full_check=True)
+    for name, value in vars(want).items():
+        if isinstance(value, np.ndarray):
+            assert got.__dict__[name].dtype == value.dtype and np.array_equal(got.__dict__[name], value), name
+            assert not np.shares_memory(got.__dict__[name], m.__dict__[name]), name
+        else:
+            assert got.__dict__[name] == value, name
+
+
 @settings(max_examples=80, deadline=None)
 @given(st.integers(1, 12), st.integers(1, 12), st.data())
 def test_a_pattern_of_diagonals_is_written_out_exactly(size, n, data):
