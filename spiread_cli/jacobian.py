@@ -166,16 +166,11 @@ class SparsePlan:
 
 
 def pattern_read(run: Run, ids: dict[str, int], mode: str | None):
-    """The run's pattern for these values, coloured for this mode (a
-    `Compression`, as `found` of a sparsity.KeptRead): the one kept with
-    it while the zeros it read hold, else read (and kept) now."""
-    from .sparsity import KeptRead, Sweep, kept_while_exact
-
-    def read() -> KeptRead:
-        sweep = Sweep(run.tape, run.output, list(ids.values()))
-        return KeptRead(cheapest(compressions(sweep.jacobian(), mode)), sweep.zeros_read)
-
-    return kept_while_exact(run.prepared, ("jacobian pattern", tuple(ids.values()), mode), run.tape, read)
+    """The run's pattern for these values, coloured for this mode (a `Compression`, as `found` of a
+    sparsity.KeptRead): kept with it while the zeros it read hold (`sparsity.read_kept`)."""
+    from .sparsity import read_kept
+    return read_kept(run, ("jacobian pattern", tuple(ids.values()), mode), list(ids.values()),
+                     lambda sweep: cheapest(compressions(sweep.jacobian(), mode)))
 
 
 def sparse_plan(run: Run, ids: dict[str, int], mode: str | None) -> SparsePlan:

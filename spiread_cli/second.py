@@ -135,17 +135,16 @@ class SparseHessians:
 
     def __init__(self, tape: Tape, output: int, grad_ids: dict[int, int], pattern=None, colouring=None,
                  diagnostics: Diagnostics | None = None):
-        from .sparsity import Sweep
+        from .sparsity import Sweep, coloured_hessian
         from .sparsity_colouring import Recovery, colour_symmetric
         self.wrt = list(grad_ids)
         self.tape = tape
         self.zeros_read: dict = {}  # what a given pattern read is its giver's to watch (sparsity.zeros_hold)
-        reach = None  # how far the pattern reaches from the diagonal, when this reads it (else the colouring reads it)
-        if pattern is None:
+        if pattern is None:  # read here, and coloured told how far it reaches (a colouring comes with its pattern)
             sweep = Sweep(tape, output, self.wrt)
-            pattern, self.zeros_read, reach = sweep.hessian(), sweep.zeros_read, sweep.reach
+            (pattern, colouring), self.zeros_read = coloured_hessian(sweep), sweep.zeros_read
         self.pattern = pattern
-        self.colouring = colour_symmetric(self.pattern, reach) if colouring is None else colouring
+        self.colouring = colour_symmetric(self.pattern) if colouring is None else colouring
         self.recovery = Recovery(self.pattern, self.colouring)
         self.seeds = self.colouring.seed_blocks()
         self.diagnostics = diagnostics
@@ -422,20 +421,14 @@ class RunHessianPattern:
 
 
 def hessian_pattern(run: Run, wrt: list[str] | None = None) -> RunHessianPattern:
-    """The Hessian's exact sparsity pattern (`spiread hessian --pattern`),
-    and the colouring `--sparse` would use: kept with the run while the
-    zeros it read hold, as a sparse Hessian's plan is (a kept run's call
-    again reads neither); each call's matrix its own."""
-    from .sparsity import KeptRead, Sweep, kept_while_exact
-    from .sparsity_colouring import colour_symmetric, csr_copy
+    """The Hessian's exact sparsity pattern (`spiread hessian --pattern`), and the colouring `--sparse`
+    would use: kept with the run while the zeros it read hold (`sparsity.read_kept`, as a sparse Hessian's
+    plan is); each call's matrix its own."""
+    from .sparsity import coloured_hessian, read_kept
+    from .sparsity_colouring import csr_copy
     ids = run.wrt_ids(wrt)
-
-    def read() -> KeptRead:
-        sweep = Sweep(run.tape, run.output, list(ids.values()))
-        pattern = sweep.hessian()
-        return KeptRead((pattern, colour_symmetric(pattern, sweep.reach)), sweep.zeros_read)
-
-    pattern, colouring = kept_while_exact(run.prepared, ("hessian pattern", tuple(ids.values())), run.tape, read).found
+    pattern, colouring = read_kept(run, ("hessian pattern", tuple(ids.values())), list(ids.values()),
+                                   coloured_hessian).found
     nodes = run.tape.nodes
     return RunHessianPattern(run.value, csr_copy(pattern), list(ids), [nodes[i].shape for i in ids.values()],
                              colouring.count, colouring.kind)

@@ -402,11 +402,26 @@ def hessian_pattern(tape: Tape, output: int, wrt: list[int]) -> sp.csr_array:
 
 @dataclass
 class KeptRead:
-    """What a caller made of a pattern read from a run's tape (`found`: the
-    pattern and its colouring), kept with the run as a plan is
-    (`kept_while_exact`) while the zeros its sweep read hold."""
+    """What a caller made of a pattern read from a run's tape (`found`: the pattern and its colouring),
+    kept with the run as a plan is (`kept_while_exact`) while the zeros its sweep read hold."""
     found: object
     zeros_read: dict
+
+
+def read_kept(run, key: tuple, wrt: list[int], made: Callable[[Sweep], object]) -> KeptRead:
+    """What `made(sweep)` gives of a sweep over `wrt` on the run's tape (its pattern, coloured), kept in
+    `run.prepared` under `key` while the zeros the sweep read hold (`kept_while_exact`)."""
+    def read() -> KeptRead:
+        sweep = Sweep(run.tape, run.output, wrt)
+        return KeptRead(made(sweep), sweep.zeros_read)
+    return kept_while_exact(run.prepared, key, run.tape, read)
+
+
+def coloured_hessian(sweep: Sweep) -> tuple:
+    """The sweep's Hessian pattern and its symmetric colouring (told how far the pattern reaches)."""
+    from .sparsity_colouring import colour_symmetric
+    pattern = sweep.hessian()
+    return pattern, colour_symmetric(pattern, sweep.reach)
 
 
 def kept_while_exact(kept: dict, key: tuple, tape: Tape, make: Callable):
