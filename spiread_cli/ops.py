@@ -756,12 +756,14 @@ elementwise2("logaddexp", np.logaddexp, (lambda out, a, b, e: e("sigmoid", [e("s
 # torch.remainder, ∂/∂a = 1 and ∂/∂b = −floor(a/b), written (out − a)/b
 # without history: it is piecewise constant, so the second derivatives are
 # exactly 0 (differentiating (out − a)/b leaves rounding that grows as
-# 1/b²). It jumps where
-# a/b is a whole number (out = 0): the kink `check` names.
+# 1/b²). At b = 0 (out is nan) it is −a/b, −floor(±inf): ∓inf, nan at a = 0,
+# as torch's. It jumps where a/b is a whole number (out = 0): the kink `check` names.
 # ONNX's Mod takes floats only as C's fmod (the sign of a), so the export
 # writes the remainder out.
 elementwise2("remainder", np.remainder, (lambda out, a, b, e: 1.0,
-                                         lambda out, a, b, e: e("stopGradient", [e("div", [e("sub", [out, a]), b])])),
+                                         lambda out, a, b, e: e("stopGradient", [e("where", [
+                                             e("indicator", [b, e.const(0.0)], relation="=="),
+                                             e("neg", [e("div", [a, b])]), e("div", [e("sub", [out, a]), b])])])),
              Export("xp.remainder({0}, {1})",
                     lambda b, x, y: b("Sub", [x, b("Mul", [y, b("Floor", [b("Div", [x, y])])])])),
              couples=(), kink=lambda a, b: np.remainder(a, b) == 0)

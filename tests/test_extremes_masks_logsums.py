@@ -7,11 +7,13 @@ tests/test_ops.py and the random programs of tests/programs.py)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from conftest import gradients, lit, program_fd, run, spiread, value
-from spiread_cli import second
+from spiread_cli import compile, second
 from spiread_cli.check import check_gradients
 from spiread_cli.diagnostics import SpireadError
 
@@ -226,6 +228,19 @@ def test_remainder_is_numpys_and_differentiates_as_torch_remainder(mode):
     for name in ("a", "b"):
         np.testing.assert_allclose(gradients(signs, [name], mode=mode).gradients[name], program_fd(signs, name),
                                    rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_remainder_by_zero_and_of_infinities_differentiates_as_torch_remainder(mode):
+    """∂(a % b)/∂b = −floor(a / b) wherever torch.remainder's gradient is: ∓inf at b = 0
+    (nan at a = 0), where (out − a) / b was nan (the value is nan there); read off torch 2.13."""
+    a = [1.0, -1.0, 0.0, 5.0, np.inf, 1.0, -7.5, 1.0]
+    b = [0.0, 0.0, 0.0, -3.0, 2.0, np.inf, 2.0, 0.1]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the nans of the value and the infinities of the gradient warn
+        g = compile(f"a = {[0.0] * 8}\nb = {[1.0] * 8}\nloss = (a % b).sum").grad(a=a, b=b, mode=mode)
+    np.testing.assert_array_equal(g["a"], np.ones(8))
+    np.testing.assert_array_equal(g["b"], [-np.inf, np.inf, np.nan, 2.0, np.nan, 0.0, 4.0, -9.0])
 
 
 # ------------------------------------------------ words from elsewhere
