@@ -64,13 +64,16 @@ def in_calls(span: Span, calls: tuple[Span, ...]) -> Span:
     return CalledSpan(span.line, span.column, span.end_line, span.end_column, span.start, span.end, calls)
 
 
+IN_THIS_CALL = "in this call"  # the label of a call shown beside a diagnostic in its function's body
+
+
 def beside(at: Span | None, calls: Iterable[Span]) -> tuple[tuple[Span, str], ...]:
     """The calls to show beside a diagnostic at `at` in a function's body:
     each it is not part of (an argument's or a lambda's own text is in its
     call), so a body called from several places says from which."""
     if at is None:
         return ()
-    return tuple((call, "in this call") for call in calls if not call.start <= at.start <= at.end <= call.end)
+    return tuple((call, IN_THIS_CALL) for call in calls if not call.start <= at.start <= at.end <= call.end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +115,13 @@ class Diagnostic:
     origin: str | None = None                      # the file, when there is no source to show
 
     def as_json(self) -> dict:
+        # The calls the text shows beside a function body's place are named in the message: a body met in
+        # two calls gives two entries, which would otherwise be the same.
+        calls = [f"{span.line}:{span.column}" for span, label in self.related if label == IN_THIS_CALL]
+        where = f" (in the call{'s' if len(calls) > 1 else ''} at {', '.join(calls)})" if calls else ""
         return {"line": self.span.line if self.span else None,
                 "column": self.span.column if self.span else None,
-                "message": tidy(self.message)}
+                "message": tidy(self.message) + where}
 
 
 class SpireadError(Exception):

@@ -155,6 +155,20 @@ def test_a_warning_in_a_function_body_shows_the_calls_it_was_met_in_as_an_error_
         [" 2 | z = h([1.0, 2.0, 3.0]) + h([1.0, 2.0])[0]", "   |                          ------------- in this call"]]
 
 
+def test_a_warning_met_in_two_calls_is_two_json_entries_each_naming_its_call(tmp_path):
+    # §8's W is line, column and message: a body's place met in two calls gave two entries alike, so a script
+    # could not tell them apart (or took them for one repeated); each message names its calls, outermost first.
+    import json
+    (tmp_path / "f.ad").write_text("def g(a) = a.log\ndef f(a) = g(a) + 1.0\n"
+                                   "y = f([0.0, 1.0]).sum + g([2.0, 0.0]).sum + [3.0].log.sum\n")
+    done = spiread("eval", "f.ad", "--format", "json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    said = "`log` gave -inf at 1 of 2 entries, first at [{}]; its input was 0 there"
+    assert json.loads(done.stdout)["warnings"] == [
+        {"line": 1, "column": 14, "message": said.format(0) + " (in the calls at 3:5, 2:12)"},
+        {"line": 1, "column": 14, "message": said.format(1) + " (in the call at 3:25)"}]
+
+
 def test_a_call_inside_another_call_on_one_line_is_underlined_on_a_row_of_its_own():
     # Both calls are shown beside an error in a lambda's `def`, each with its underline: the renderer drew one
     # mark where they overlap and left the inner call's label under nothing.
