@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -14,7 +15,7 @@ from .diagnostics import Span, SpireadError, shape_str
 from .formatting import format_array
 from .limits import check_shape
 from .ops import OPS
-from .values import Arg, Const, Jet, JetDim, Record, Text, TupleValue, Unit, jet_text
+from .values import Arg, Const, Jet, JetDim, Made, Record, Text, TupleValue, Unit, jet_text
 
 
 # Each body takes (interpreter, positional args, keyword args, call node).
@@ -39,26 +40,27 @@ def _filled(name: str, maker: Callable) -> Callable:
     def body(self: Elaborator, args, keywords, call):
         sizes = _sizes(self, args, name, call)
         self.check_size(sizes, call.span, call.at)
-        return Const(maker(sizes), fixed=True)  # its entries whatever the sizes (a count of rows, say)
+        return Const(maker(sizes), fixed=True, made=self.made("rows"))  # its entries whatever the sizes
     return body
 
 
 def _full(self: Elaborator, args, keywords, call):
     sizes = _sizes(self, args[:-1], "full", call)
     self.check_size(sizes, call.span, call.at)
-    return Const(np.full(sizes, self.number(args[-1], "the fill value of `full`")), fixed=_literal(args[-1]))
+    return Const(np.full(sizes, self.number(args[-1], "the fill value of `full`")), fixed=_literal(args[-1]),
+                 made=self.made("rows"))
 
 
 def _eye(self: Elaborator, args, keywords, call):
     (n,) = _sizes(self, args, "eye", call)
     self.check_size((n, n), call.span, call.at)
-    return Const(np.eye(n), fixed=True)
+    return Const(np.eye(n), fixed=True, made=self.made("rows"))
 
 
 def _arange(self: Elaborator, args, keywords, call):
     (n,) = _sizes(self, args, "arange", call)
     self.check_size((n,), call.span, call.at)
-    return Const(np.arange(n, dtype=float), fixed=True)
+    return Const(np.arange(n, dtype=float), fixed=True, made=self.made("arange"))
 
 
 def _random(name: str, kind: str) -> Callable:
@@ -69,9 +71,34 @@ def _random(name: str, kind: str) -> Callable:
             raise SpireadError(f"the seed must be 0 or more, but `{self.text(keywords['seed'].expr)}` is {seed}",
                                keywords["seed"].expr.span)
         self.check_size(sizes, call.span, call.at)
-        rng = np.random.default_rng(seed)
-        return Const(rng.standard_normal(sizes) if kind == "normal" else rng.random(sizes), fixed=True)
+        return Const(_drawing(kind, seed)(sizes), fixed=True, made=self.made(kind, seed))
     return body
+
+
+def _drawing(kind: str, seed: int) -> Callable:
+    """`randn`'s (kind "normal") or `rand`'s ("uniform") draws: a function of the sizes."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal if kind == "normal" else rng.random
+
+
+DRAW_BLOCK = 1 << 20  # the draws a chunk skips at a time (rows_of_made)
+
+
+def rows_of_made(made: Made, shape: tuple[int, ...], axis: int, start: int, stop: int, total: int) -> np.ndarray:
+    """Rows [start, stop) along `axis` of the positions or draws `made`
+    makes where that axis holds all `total` data rows (`shape`: a chunk's):
+    a chunk's part of the whole program's value. A draw along the first
+    axis skips the draws before the chunk's in blocks, never drawing whole."""
+    if made.kind == "arange":
+        return np.arange(start, stop, dtype=float)
+    draw = _drawing(made.kind, made.seed)
+    if axis:
+        whole = draw(shape[:axis] + (total,) + shape[axis + 1:])
+        return whole[(slice(None),) * axis + (slice(start, stop),)]
+    skip = start * math.prod(shape[1:])
+    while skip:
+        skip -= draw(min(skip, DRAW_BLOCK)).size
+    return draw((stop - start, *shape[1:]))
 
 
 def _onehot(self: Elaborator, args, keywords, call):
@@ -85,7 +112,8 @@ def _onehot(self: Elaborator, args, keywords, call):
     self.check_size((len(labels), n), call.span, call.at)
     out = np.zeros((len(labels), n))
     out[np.arange(len(labels)), labels] = 1.0
-    return Const(out, fixed=_literal(args[0]))
+    made = self.made("derived" if self.made_of_positions(args[0]) else "rows")  # labels made from positions: derived
+    return Const(out, fixed=_literal(args[0]), made=made)
 
 
 def _load(self: Elaborator, args, keywords, call):
@@ -95,7 +123,8 @@ def _load(self: Elaborator, args, keywords, call):
         raise SpireadError("`load` names no file: the path is empty", args[0].expr.span,
                            ["e.g. `load(\"data.csv\")`, relative to the program's folder"])
     path = Path(args[0].value.value)
-    return Const(self.loader(path if path.is_absolute() else self.base_dir / path, args[0].expr.span))
+    array = self.loader(path if path.is_absolute() else self.base_dir / path, args[0].expr.span)
+    return Const(array, made=self.made("rows", read=array))
 
 
 def _measure(what: str) -> Callable:
@@ -103,7 +132,8 @@ def _measure(what: str) -> Callable:
         shape = self.tensor(args[0]).shape
         return Const(np.array(float({"rows": shape[0] if shape else 1,
                                      "cols": shape[1] if len(shape) == 2 else (shape[0] if shape else 1),
-                                     "size": int(np.prod(shape))}[what])))
+                                     "size": int(np.prod(shape))}[what])),
+                     made=self.made("rows") if what == "rows" else None)  # the total N in every chunk
     return body
 
 

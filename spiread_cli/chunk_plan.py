@@ -18,9 +18,12 @@ leading size follows the number of rows is row-chunked; an op that takes a
 row-chunked value must act on each row alone (`Op.row_wise`, `Op.structure`,
 `Op.on_rows`) or be a `sum`/`mean` of it (a *reduction*, whose total is the sum of the
 chunks' shares: a mean is a sum over the total count); a constant that is
-the number of rows (`rows(X)`) is the total N. Anything else is refused with
-the op named. What follows the reductions is the driver's tape, on which each
-total is an op node (spiread_cli/row_totals.py). A total no trained value
+the number of rows (`rows(X)`) is the total N, and positions or draws along
+the rows (`arange(rows(X))`) are made again by each chunk as its rows of the
+whole (`Plan.remade`; values.Made says how the recording made them).
+Anything else is refused with the op named. What follows the reductions is
+the driver's tape, on which each total is an op node
+(spiread_cli/row_totals.py). A total no trained value
 moves (`X.mean`) may be used back on the rows: it is computed before the
 steps (`chunk_tasks.totals_of_rows`) and is a constant in every chunk.
 """
@@ -42,6 +45,7 @@ from .ops import Across
 from .row_data import Data
 from .run import Run
 from .tape import Tape
+from .values import Made
 
 PROBE_ROWS = (2, 3)          # the two recordings `Plan.of` compares
 CHUNK_BYTES = 128 << 20      # the default chunk's recorded values (see default_chunk_rows)
@@ -68,7 +72,7 @@ class Job:
     constants: dict[str, np.ndarray]          # --set values that are not files
     data: Data
     wrt: list[str] = field(default_factory=list)
-    computed: frozenset[str] = frozenset()     # those of `wrt` computed by the program (not bound to constants)
+    computed: frozenset[str] = frozenset()     # those of `wrt` the program computes (Run.copied ones too)
     plan: "Plan | None" = None
     # Set by the Program for the `wrt` above (a new token whenever they change):
     token: str = ""                           # names this job's tasks and its chunks in TEMPLATES
@@ -103,7 +107,7 @@ class Job:
         # instead, the program would record other nodes than the probe's.
         given = {name: v for name, v in (values or {}).items() if name not in self.computed}
         overrides = {**self.constants, **sets, **given}
-        interpreter = Interpreter(self.source, overrides, self.base_dir, load)
+        interpreter = Interpreter(self.source, overrides, self.base_dir, load, lambda array: id(array) in read)
         try:
             run = interpreter.run(self.module, self.of, evaluate=not defer)
         except SpireadError as err:
@@ -182,6 +186,8 @@ class Plan:
     row_counts: list[int]           # constant leaves that are the number of rows
     local_picks: list[int]          # selections from a row-chunked value: must pick within each row
     row_params: dict[int, list[str]]  # per op node: its parameters that run along the data rows (positions)
+    remade: dict[int, tuple[Made, int]]  # leaves of positions or draws along the rows -> how made, along which axis
+    copies: dict[int, int]          # names bound to what ops on constants made from the rows compute -> that node
     per_chunk: list[bool]           # per node: its value differs from chunk to chunk (row nodes, reductions)
     post: list[bool]                # per node: computed from a total and no row data, so on the driver
     bytes_per_row: int              # what one row of the chunk part holds, recorded
@@ -201,7 +207,7 @@ class Plan:
         axis: list[int | None] = [None] * len(nodes_a)  # the axis along which a node's data rows run
         post = [False] * len(nodes_a)
         totals: list[frozenset[int]] = [frozenset()] * len(nodes_a)  # the reductions a node is computed from
-        reductions, row_counts, local_picks, combined, level, along = [], [], [], [], {}, {}
+        reductions, row_counts, local_picks, combined, level, along, remade, copies = [], [], [], [], {}, {}, {}, {}
         for na, nb in zip(nodes_a, nodes_b):
             i = na.id
             if (na.op is None) != (nb.op is None) or (na.op and na.op.name != nb.op.name) or na.inputs != nb.inputs:
@@ -209,17 +215,28 @@ class Plan:
             sa, sb = na.value.shape, nb.value.shape
             follows = _rows_axes(sa, a, sb, b)
             if na.op is None:
+                made = run_a.made.get(i)
+                if len(follows) == 1 and made is not None and made.kind == "derived":
+                    raise SpireadError(
+                        f"cannot run by row chunks: `{text(na)}` is made from positions or draws along the data "
+                        "rows while the program is recorded, so each chunk would make its own", na.span,
+                        [_POSITIONS_AS_VALUES, NO_CHUNKS])
                 if len(follows) == 1:
                     axis[i] = follows[0]
+                    if made is not None and made.positions:  # made again per chunk, as its rows of the whole
+                        remade[i] = (made, follows[0])
+                    elif made is not None and made.kind == "copy":  # the node's value, once computed again
+                        copies[i] = made.of
                 elif sa != sb:
                     raise refuse(f"`{text(na)}` is {shape_str(sa)} on {a} rows and {shape_str(sb)} on {b}", na.span)
                 elif not np.array_equal(na.value, nb.value, equal_nan=True):
                     if sa == () and float(na.value) == a and float(nb.value) == b:
                         row_counts.append(i)
+                        post[i] = True  # the total N, known before any chunk runs
                     else:
                         how = ("a Jet is computed while the program is recorded: make it of values that are not "
                                "data rows" if i in run_a.jets else "`rows(X)` is the number of all the rows in every "
-                               "chunk: use it where the number is used (`x / rows(X)`, not `x * (1 / rows(X))`)")
+                               "chunk: compute with it (`rows(X) * cols(X)`, not `size(X)`)")
                         raise SpireadError(
                             f"cannot run by row chunks: `{text(na)}` is computed from the data rows (their values "
                             "or their number) while the program is recorded, so each chunk would compute its own",
@@ -258,6 +275,7 @@ class Plan:
                     "(`.sum`, `.mean`, `colSum`, `max`, `X.T @@ Y`, …)", na.span,
                     ["compute from each row alone, then total; values made of particular rows are data of their "
                      "own: load them from a file of their own", NO_CHUNKS])
+        _refuse_reads(run_a, remade, copies, totals)
         row = [r is not None for r in axis]
         output = run_a.output
         if row[output]:
@@ -269,7 +287,7 @@ class Plan:
             per_chunk[r] = True
         held = sum(n.value.nbytes for n in nodes_a if row[n.id]) + sum(
             nodes_a[i].params[k].nbytes for i, names in along.items() for k in names)
-        return Plan(total_rows, row, reductions, row_counts, local_picks, along, per_chunk, post,
+        return Plan(total_rows, row, reductions, row_counts, local_picks, along, remade, copies, per_chunk, post,
                     max(held // a, 8), combined, level)
 
     def totals_before(self, probe: Run, wrt_ids: dict[str, int]) -> list[int]:
@@ -337,6 +355,41 @@ class Plan:
                                    "is as large as the data", probe.binding_spans.get(name),
                                    [f"differentiate by other values, {option('wrt', 'NAME')}"
                                     + (f": {', '.join(f'`{n}`' for n in others)}" if others else "")])
+
+
+_POSITIONS_AS_VALUES = ("positions and draws along the rows run by row chunks as values in ops on the rows "
+                        "(`y * arange(rows(y))`, `where(arange(rows(X)) < 5, …)`, `X * randn(rows(X), 1)`)")
+
+
+def fed_by(tape: Tape, sources, copies: dict[int, int]) -> list[bool]:
+    """For each node, whether it is one of `sources` or computed from one
+    (Tape.fed_by), a copy (Plan.copies) where the node it copies is."""
+    fed = [False] * len(tape.nodes)
+    for s in sources:
+        fed[s] = True
+    for node in tape.nodes:
+        fed[node.id] = fed[node.id] or (any([fed[i] for i in node.inputs]) if node.op is not None
+                                        else node.id in copies and fed[copies[node.id]])
+    return fed
+
+
+def _refuse_reads(run: Run, remade: dict[int, tuple[Made, int]], copies: dict[int, int],
+                  totals: list[frozenset[int]]) -> None:
+    """A value the program reads while it is recorded (a size, positions,
+    labels: `Run.read`) is read as the chunk recorded it: a total over the
+    rows is the chunk's share of it, and what positions or draws along the
+    rows feed is the chunk's own making (they are made again as its rows of
+    the whole, but what was read is not read again). The positions
+    themselves may be read, as a pick's: the probes check those."""
+    fed = fed_by(run.tape, remade, copies)
+    node = next((run.tape.nodes[i] for i in run.read if totals[i] or (fed[i] and i not in remade)), None)
+    if node is None:
+        return
+    made, how = (("a total over the data rows, of which a chunk knows its own share", [NO_CHUNKS]) if totals[node.id]
+                 else ("positions or draws along the data rows, which each chunk makes for its own rows",
+                       [_POSITIONS_AS_VALUES, NO_CHUNKS]))
+    raise SpireadError(f"cannot run by row chunks: `{node.label.split()[0]}` is read while the program is recorded "
+                       f"(a size, positions or labels), but it is computed from {made}", node.span, how)
 
 
 def _what(tape: Tape, node) -> str:

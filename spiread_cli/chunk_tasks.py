@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .chunk_plan import Job, refuse
+from .builtin_functions import rows_of_made
+from .chunk_plan import Job, fed_by, refuse
 from .diagnostics import Diagnostic, Diagnostics, SpireadError
 from .forward import ForwardSweep
 from .limits import max_bytes
@@ -75,13 +76,19 @@ def recorded(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | No
         tape.nodes[i] = replace(tape.nodes[i], op=None, inputs=(), params={}, kind="const", value=total)
     for i in plan.row_counts:
         tape.nodes[i].set_value(np.array(float(plan.rows)))
-    constants = [*plan.row_counts, *job.totals]
+    for i, (made, axis) in plan.remade.items():  # positions, draws: the chunk's rows of the whole program's
+        tape.nodes[i].set_value(rows_of_made(made, tape.nodes[i].value.shape, axis, start, stop, plan.rows))
+    constants = [*plan.row_counts, *plan.remade, *job.totals]
     if constants:  # what they feed, computed again (and warned about again: the chunk's own counts misled)
-        fed = tape.fed_by(constants, len(tape.nodes) - 1)
+        fed = fed_by(tape, constants, plan.copies)
         again = [n for n in tape.nodes if fed[n.id] and n.deferred is None]  # the deferred wait for the fused tape
         spans = {n.span for n in again}
         run.diagnostics.warnings[:] = [w for w in run.diagnostics.warnings if w.span not in spans]
-        tape.replay(again, run.diagnostics)
+        for node in again:
+            if node.id in plan.copies:
+                node.set_value(tape.nodes[plan.copies[node.id]].value)
+            else:
+                tape.replay([node], run.diagnostics)
     n = stop - start
     for i in plan.local_picks:
         node = tape.nodes[i]

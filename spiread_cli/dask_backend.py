@@ -142,7 +142,7 @@ class RowChunkRunner:
         if job.token:
             self._drop_templates()
         job.wrt, job.token, job.totals, self.kept = wrt, f"{next(_names)}-{uuid.uuid4().hex}", {}, None
-        job.computed = frozenset(n for n in wrt if self.run.node(n).op is not None)
+        job.computed = frozenset(n for n in wrt if self.run.node(n).op is not None or self.run.copied(n))
         job.moving = [(r, kind) for r, kind in plan.reductions if r not in fixed]
         share, wanted = None, []
         for level in sorted({plan.level[r] for r in fixed}):

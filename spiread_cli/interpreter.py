@@ -40,7 +40,8 @@ from .ops import OPS
 from .run import Run
 from .tape import Tape
 from .tape_nodes import Node
-from .values import Arg, Const, Function, JetDim, Record, SliceValue, Symbol, Text, TupleValue, Unit, is_pieces
+from .values import (Arg, Const, Function, JetDim, Made, Record, SliceValue, Symbol, Text, TupleValue, Unit,
+                     is_pieces)
 
 # Each operator's op and parameters: the comparisons are the 0/1 masks of `indicator`.
 OPERATORS = {"+": ("add", {}), "-": ("sub", {}), "*": ("mul", {}), "/": ("div", {}), "%": ("remainder", {}),
@@ -53,7 +54,8 @@ class Interpreter(Names, Operands, Calls, Indexing):
     """Runs a program onto a tape (`run`): the builtins' `Elaborator`."""
 
     def __init__(self, source: Source, overrides: dict[str, np.ndarray] | None = None,
-                 base_dir: Path | None = None, loader: Callable[[Path, Span], np.ndarray] = load_array):
+                 base_dir: Path | None = None, loader: Callable[[Path, Span], np.ndarray] = load_array,
+                 row_data: Callable[[np.ndarray], bool] | None = None):
         self.source = source
         self.overrides = dict(overrides or {})
         self.base_dir = base_dir or Path.cwd()
@@ -76,6 +78,11 @@ class Interpreter(Names, Operands, Calls, Indexing):
         self.max_bytes = max_bytes()
         self.read_ids: list[int] = []               # the nodes whose values decided what is recorded (`read`)
         self.files: list[tuple[Path, Span, np.ndarray]] = []  # each file `load` read, and what it read
+        # Recording a row chunk (chunk_plan.Job.record): whether an array read holds the data rows; and
+        # the leaves of constants made from the rows, by how (values.Made).
+        self.row_data = row_data
+        self.made_leaves: dict[int, Made] = {}
+        self.unfolded: set[int] = set()  # the op nodes computed from such constants alone
 
     def loader(self, path: Path, span: Span) -> np.ndarray:
         """`load(path)`: the file read, and noted with what it held (`Run.files`)."""
@@ -135,7 +142,8 @@ class Interpreter(Names, Operands, Calls, Indexing):
             raise SpireadError("the program computes nothing", self.source.end(),
                                ["write an expression, e.g. `loss = (x * x).sum`"])
         return Run(self.source, self.tape, self.bindings, self.binding_spans, output.id, output_name,
-                   backward_wrt, self.diagnostics, self.printed, self.jets, self.read_ids, self.files)
+                   backward_wrt, self.diagnostics, self.printed, self.jets, self.read_ids, self.files,
+                   made=self.made_leaves)
 
     def bind(self, statement: ast.Binding) -> Node | None:
         """Bind a top-level name; returns the node it names, if it names one."""
@@ -157,8 +165,10 @@ class Interpreter(Names, Operands, Calls, Indexing):
         else:
             arg = self.evaluate(statement.value)
             value = arg.value
+            if isinstance(value, Node) and value.id in self.unfolded:  # numpy's backend folds it: an input
+                value = Const(value.value, made=Made("copy", of=value.id))
             if isinstance(value, Const):
-                value = node = self.tape.leaf(value.value, "input", statement.at, name)
+                value = node = self.leaf(value, "input", statement.at, name)
             elif isinstance(value, (Record, Function)) or is_pieces(value):
                 node = None
             else:

@@ -13,7 +13,7 @@ from .diagnostics import Span, SpireadError, in_calls, shape_str
 from .limits import check_shape
 from .ops import Op, ShapeError
 from .tape_nodes import Node
-from .values import (Arg, Const, Function, Jet, JetDim, Pairs, Record, SliceValue, Symbol, Text, TupleValue, Unit,
+from .values import (Arg, Const, Function, Jet, JetDim, Made, Pairs, Record, SliceValue, Symbol, Text, TupleValue, Unit,
                      is_pieces)
 
 
@@ -70,8 +70,28 @@ class Operands:
             self.jets[node.id] = value.tangents
             return node
         if isinstance(value, Const):
-            return self.tape.leaf(value.value, "const", arg.expr.span, fixed=value.fixed)
+            return self.leaf(value, "const", arg.expr.span)
         return value
+
+    def leaf(self, value: Const, kind: str, span: Span, name: str | None = None) -> Node:
+        """A constant put on the tape: a leaf, noted with how a chunk made it (`made_leaves`)."""
+        node = self.tape.leaf(value.value, kind, span, name, fixed=value.fixed and kind == "const")
+        if value.made is not None:
+            self.made_leaves[node.id] = value.made
+        return node
+
+    def made(self, kind: str, seed: int = 0, read: np.ndarray | None = None) -> Made | None:
+        """How a row chunk's recording made a constant (values.Made); None
+        outside one, and for an array read (`read`) that is not the data rows."""
+        if self.row_data is None or (read is not None and not self.row_data(read)):
+            return None
+        return Made(kind, seed)
+
+    def made_of_positions(self, arg: Arg) -> bool:
+        """Whether an argument is positions or draws a row chunk made along its own rows."""
+        value = arg.value
+        made = value.made if isinstance(value, Const) else self.made_leaves.get(getattr(value, "id", None))
+        return made is not None and made.positions
 
     def apply(self, op: Op, operands: list[Arg], params: dict, span: Span, at: Span, label: str):
         """Check shapes, then fold constants or record the op on the tape.
@@ -90,11 +110,14 @@ class Operands:
         at = in_calls(at, self.inside)  # what it records is this call's: its warnings show the calls (diagnostics)
         if Jet in kinds:
             return self.jet_apply(op, values, params, span, at, label)
-        if kinds == {Const}:
+        if kinds == {Const} and all(v.made is None for v in values):  # in a chunk, the plan judges ops on rows
             return Const(self.tape.fold(op, [v.value for v in values], params, at, label, self.diagnostics),
                          fixed=all(v.fixed for v in values))
         inputs = tuple([v.id if type(v) is Node else self.materialize(a).id for v, a in zip(values, operands)])
-        return self.tape.record(op, inputs, params, at, label, self.diagnostics, shape)
+        node = self.tape.record(op, inputs, params, at, label, self.diagnostics, shape)
+        if all(type(v) is Const or v.id in self.unfolded for v in values):
+            self.unfolded.add(node.id)
+        return node
 
     def jet_apply(self, op: Op, values: list, params: dict, span: Span, at: Span, label: str) -> Jet:
         """An op on Jets: the real part by the op's primal rule, the

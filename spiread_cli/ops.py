@@ -338,13 +338,11 @@ def _on_own_rows(row_axes, ndims, row_params, **params) -> int | None:
     return 0 if row_axes == [0] else None
 
 
-def _picks_in_each_row(row_axes, ndims, row_params, cols, **params) -> int | None:
+def _picks_in_each_row(row_axes, ndims, row_params, **params) -> int | None:
     """`Op.on_rows` of a pick by positions (select, arrange): one pick in each
-    row when both positions come one per row (row chunks check each chunk's).
-    Columns 0, 1, 2, … as many as the rows are positions from the row count (a
-    diagonal: `A.diag`, `A.trace`), which differ from chunk to chunk."""
-    one_per_row = "rows" in row_params and "cols" in row_params and not np.array_equal(cols, np.arange(len(cols)))
-    return 0 if one_per_row and row_axes[0] in (0, None) else None
+    row when both positions come one per row (row chunks check each chunk's,
+    and that the columns are the rows' own: not 0, 1, 2, … of a diagonal)."""
+    return 0 if "rows" in row_params and "cols" in row_params and row_axes[0] in (0, None) else None
 
 
 def _matmul_rows(row_axes, ndims, row_params, **params) -> int | None:

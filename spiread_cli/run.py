@@ -14,6 +14,7 @@ import numpy as np
 from .diagnostics import Diagnostics, Source, Span, SpireadError, command, did_you_mean, option, shape_str
 from .tape import Tape
 from .tape_nodes import Node
+from .values import Made
 
 T = TypeVar("T")
 
@@ -35,6 +36,7 @@ class Run:
     # elaborator read (a size, a position, a printed text), and each file `load` read with what it held.
     read: list[int] = field(default_factory=list)
     files: list[tuple[Path, Span, np.ndarray]] = field(default_factory=list)
+    made: dict[int, Made] = field(default_factory=dict)  # a row chunk's leaves made from its rows (values.Made)
     # What tasks recorded on the tape (a recorded gradient, its HVP), by what they recorded, for a run
     # that is kept and replayed (kept_runs.py) to use again instead of recording it again.
     prepared: dict[tuple, object] = field(default_factory=dict)
@@ -63,6 +65,12 @@ class Run:
 
     def node(self, name: str) -> Node:
         return self.tape.nodes[self.bindings[name]]
+
+    def copied(self, name: str) -> bool:
+        """Whether a name is bound, in a row chunk's recording, to what ops on
+        constants compute (values.Made "copy"): recorded, as computed names are."""
+        made = self.made.get(self.bindings[name])
+        return made is not None and made.kind == "copy"
 
     @property
     def value(self) -> np.ndarray:

@@ -14,13 +14,37 @@ import numpy as np
 from .tape_nodes import Node
 
 
+@dataclass(frozen=True, slots=True)
+class Made:
+    """How a row chunk's recording (chunk_plan.Job.record) made a constant
+    that may run along the data rows; the ops on it are recorded, not
+    folded, so the plan judges each as it judges the data's. `kind`: "rows",
+    the data rows as read, their count, or entries alike in any rows
+    (`ones(rows(X))`); "arange", "normal", "uniform", positions or draws along
+    them, which a chunk makes again as its rows of the whole program's
+    (builtin_functions.rows_of_made); "derived", made from those while
+    recording (`onehot(arange(rows(X)), k)`), which it cannot; "copy", a
+    name bound to what ops on such constants compute (node `of`): an input
+    leaf, as numpy's folding makes it, holding that node's value."""
+    kind: str
+    seed: int = 0           # a draw's
+    of: int | None = None   # a copy's
+
+    @property
+    def positions(self) -> bool:
+        """Whether a chunk's own making differs from its rows of the whole."""
+        return self.kind in ("arange", "normal", "uniform", "derived")
+
+
 @dataclass(slots=True)
 class Const:
     """A value that depends on no input: folded now, put on the tape when used.
     `fixed`: made of the program's literals alone, so no task sets it again
-    (`Node.fixed`); a file's data or a count of rows is not."""
+    (`Node.fixed`); a file's data or a count of rows is not. `made`: in a
+    row chunk's recording, how it was made from the rows (Made)."""
     value: np.ndarray
     fixed: bool = False
+    made: Made | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:

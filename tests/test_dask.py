@@ -464,7 +464,7 @@ def random_program_on_row_data(tmp_path, program, text: str, suffix: str, only: 
      "differentiate totals that are one number and a sum of the rows' shares (a `.sum` or `.mean`)", 17, 2),
     ("loss = ((X * w).colSum * w).sum",
      "`colSum` makes a sum over all rows, a vector of 4, of the result of `*`, which changes with `w`", 17, 2),
-    ("loss = (X @@ w).sum * (1 / rows(X))", "`(1 / rows(X))` is computed from the data rows (their values or "
+    ("loss = (X @@ w).sum * (1 / size(X))", "`(1 / size(X))` is computed from the data rows (their values or "
      "their number) while the program is recorded, so each chunk would compute its own", 23, 2),
     ("loss = ((X - X.row(0)) @@ w).sum", "`row(0)` uses the rows of `X` together: a chunk holds its own rows "
      "only, and chunks meet only in totals over all the rows", 16, 2),

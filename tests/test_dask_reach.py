@@ -403,10 +403,10 @@ y = load("y.npy")
 w = [0.5, -0.25, 1.0, 0.0]
 Z = X - X.row(0) * 0.5
 loss = ((Z @@ w - y) ** 2).mean""", "`row(0)` uses the rows of `X` together", (5, 11)),
-    "a constant folded from the row count": ("""
+    "a size of the data": ("""
 X = load("X.npy")
 w = [0.5, -0.25, 1.0, 0.0]
-loss = (X @@ w).exp.sum * (1 / rows(X))""", "`(1 / rows(X))` is computed from the data rows", (4, 27)),
+loss = (X @@ w).exp.sum * (1 / size(X))""", "`(1 / size(X))` is computed from the data rows", (4, 27)),
     "a Gram matrix of values the trained ones move": ("""
 X = load("X.npy")
 labels = load("labels.npy")
