@@ -644,11 +644,12 @@ def test_the_dense_hessian_its_hvps_and_its_sparse_form_agree_where_a_first_deri
     """At zeros of x a first derivative is infinite, so 0 · inf meets the
     second: the dense Hessian (its rows' seeds kept as values, pushed again
     as arrays where a block is not finite), H·eⱼ for every j (reverse over
-    reverse) and the sparse Hessian (compressed seeds, arrays) give the same
-    nan and inf at the same entries, and the same values elsewhere; the
-    sparse one reads each pair once, so its (i, j) is the dense (i, j) or
-    (j, i). As PyTorch's and JAX's Hessians, nan where they meet 0 · inf
-    (docs/design.md)."""
+    reverse) give the same nan and inf at the same entries, and the same
+    values elsewhere; the sparse Hessian (compressed seeds, arrays) gives
+    them at the entries it stores, reading each pair once, so its (i, j) is
+    the dense (i, j) or (j, i); outside its pattern it is a structural 0,
+    where the dense one is 0 or the nan of a 0 · inf. As PyTorch's and JAX's
+    Hessians, nan where they meet 0 · inf (docs/design.md)."""
     import spiread_cli
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
     x, y = rng.normal(size=n), (np.zeros(n) if y_zero else rng.normal(size=n))
@@ -666,3 +667,6 @@ def test_the_dense_hessian_its_hvps_and_its_sparse_form_agree_where_a_first_deri
     np.testing.assert_allclose(products, dense, **close, err_msg=f"{loss} at x = {x}, y = {y}")
     for i, j, value in zip(sparse.row, sparse.col, sparse.data):
         assert any(np.allclose(value, dense[p, q], equal_nan=True, **close) for p, q in ((i, j), (j, i))), (i, j)
+    outside = np.ones((n, n), dtype=bool)
+    outside[sparse.row, sparse.col] = False
+    assert ((dense[outside] == 0) | ~np.isfinite(dense[outside])).all()
