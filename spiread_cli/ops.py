@@ -1179,6 +1179,9 @@ def _reduce(function: str, operator: str, axis: int | None = None, divide: bool 
     def onnx(b, x):
         axes = [] if axis is None else [b.ints([axis])]
         total = b(operator, [x, *axes], keepdims=0)
+        if operator in ("ReduceMax", "ReduceMin"):  # onnxruntime's skip a nan; numpy's, and spiread's, are nan
+            nans = b("ReduceMax", [b("Cast", [b("IsNaN", [x])], to=b.FLOAT64), *axes], keepdims=0)
+            return b("Where", [b("Greater", [nans, b.const(0.0)]), b.const(np.nan), total])
         if not divide:
             return total
         return b("Div", [total, b.const(float(math.prod(b.shape(x)) if axis is None else b.shape(x)[axis]))])

@@ -399,6 +399,22 @@ def test_non_finite_constants_and_inputs_export_as_code_that_reads_them_back(tmp
     np.testing.assert_array_equal(grads["w"], [0.0, 1.0, 0.0])
 
 
+@pytest.mark.parametrize("expr, x", [("x.max", [1.0, np.nan, 3.0]), ("x.min", [[1.0, -1.0], [np.nan, 2.0]]),
+                                     ("x.rowMax.sum", [[1.0, np.nan], [2.0, 3.0]]), ("x.colMin.sum", [[1.0, np.nan], [2.0, 3.0]]),
+                                     ("x.max * x.sum", [[-1.0, -2.0], [-3.0, -4.0]])])
+def test_max_and_min_at_a_nan_export_to_onnx_as_spiread_computes_them(expr, x, tmp_path):
+    """onnxruntime's ReduceMax and ReduceMin skip a nan; the export's are nan, as numpy's and spiread's."""
+    x = np.array(x)
+    program = Program.parse(Source("m.ad", f"x = {np.zeros(x.shape).tolist()}\ny = {expr}\n"))
+    with np.errstate(invalid="ignore"):
+        export_onnx(graphs(program.run({"x": x}), ["x"], hvp=True), tmp_path / "m.onnx")
+        want = run_gradients(program.run({"x": x}), ["x"])
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    value, grad = session.run(["value", "grad_x"], {"x": x, "v_x": np.ones_like(x)})
+    np.testing.assert_array_equal(value, want.value)
+    np.testing.assert_array_equal(grad, want.gradients["x"])
+
+
 def test_an_intermediate_cannot_be_exported_by(tmp_path):
     program = tmp_path / "p.ad"
     program.write_text("w = [1.0, 2.0]\nh = w.exp\nloss = h.sum\n")
