@@ -47,6 +47,7 @@ def _filled(name: str, maker: Callable) -> Callable:
 def _full(self: Elaborator, args, keywords, call):
     sizes = _sizes(self, args[:-1], "full", call)
     self.check_size(sizes, call.span, call.at)
+    self.refuse_row_count(args[-1], "the fill value")
     return Const(np.full(sizes, self.number(args[-1], "the fill value of `full`")), fixed=_literal(args[-1]),
                  made=self.made("rows"))
 
@@ -66,6 +67,8 @@ def _arange(self: Elaborator, args, keywords, call):
 def _random(name: str, kind: str) -> Callable:
     def body(self: Elaborator, args, keywords, call):
         sizes = _sizes(self, args, name, call)
+        if "seed" in keywords:
+            self.refuse_row_count(keywords["seed"], "the seed")
         seed = self.integer(keywords["seed"], "the seed") if "seed" in keywords else 0
         if seed < 0:
             raise SpireadError(f"the seed must be 0 or more, but `{self.text(keywords['seed'].expr)}` is {seed}",

@@ -45,12 +45,11 @@ from .ops import Across
 from .row_data import Data
 from .run import Run
 from .tape import Tape
-from .values import Made
+from .values import NO_CHUNKS, Made
 
 PROBE_ROWS = (2, 3)          # the two recordings `Plan.of` compares
 CHUNK_BYTES = 128 << 20      # the default chunk's recorded values (see default_chunk_rows)
 
-NO_CHUNKS = "use --backend numpy (everything in memory)"
 
 
 def refuse(message: str, span: Span | None) -> SpireadError:

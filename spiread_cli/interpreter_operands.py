@@ -13,8 +13,8 @@ from .diagnostics import Span, SpireadError, in_calls, shape_str
 from .limits import check_shape
 from .ops import Op, ShapeError
 from .tape_nodes import Node
-from .values import (Arg, Const, Function, Jet, JetDim, Made, Pairs, Record, SliceValue, Symbol, Text, TupleValue, Unit,
-                     is_pieces)
+from .values import (NO_CHUNKS, Arg, Const, Function, Jet, JetDim, Made, Pairs, Record, SliceValue, Symbol, Text,
+                     TupleValue, Unit, is_pieces)
 
 
 class Operands:
@@ -86,6 +86,28 @@ class Operands:
         if self.row_data is None or (read is not None and not self.row_data(read)):
             return None
         return Made(kind, seed)
+
+    def refuse_row_count(self, arg: Arg, what: str) -> None:
+        """In a row chunk's recording, refuse a number read to decide a value
+        (`what`: a fill, a seed) that is computed from the data rows' number:
+        the chunk reads its own rows' number, and what it decides is not made
+        again per chunk as positions and draws are (values.Made)."""
+        if self.row_data is None:
+            return
+        value, seen = arg.value, set()
+        pending = [] if isinstance(value, Const) else [getattr(value, "id", None)]
+        counted = isinstance(value, Const) and value.made is not None and value.value.shape == ()
+        while pending and not counted:
+            i = pending.pop()
+            if i is None or i in seen:
+                continue
+            seen.add(i)
+            made = self.made_leaves.get(i)
+            counted = made is not None and made.kind == "rows" and self.tape.nodes[i].value.shape == ()
+            pending.extend(self.tape.nodes[i].inputs)
+        if counted:  # the count is the one scalar a chunk makes from its rows (a file's numbers are not its rows)
+            raise SpireadError(f"cannot run by row chunks: {what} `{self.text(arg.expr)}` is computed from the "
+                               "number of data rows, which a chunk knows only as its own", arg.expr.span, [NO_CHUNKS])
 
     def made_of_positions(self, arg: Arg) -> bool:
         """Whether an argument is positions or draws a row chunk made along its own rows."""

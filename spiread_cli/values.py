@@ -14,6 +14,9 @@ import numpy as np
 from .tape_nodes import Node
 
 
+NO_CHUNKS = "use --backend numpy (everything in memory)"  # the note of a refusal to run by row chunks
+
+
 @dataclass(frozen=True, slots=True)
 class Made:
     """How a row chunk's recording (chunk_plan.Job.record) made a constant

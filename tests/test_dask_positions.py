@@ -146,6 +146,11 @@ def test_values_made_from_the_rows_are_numpys(name, chunk_rows, columns):
     ("(X @@ w).sum + X.select(randn(rows(X), seed=1) > 0, arange(rows(X)) * 0).sum", "`>` is read", ">"),
     ("(full(rows(X), X.sum) * (X @@ w)).sum", "`sum` is read while the program is recorded (a size, positions or "
      "labels), but it is computed from a total over the data rows", "sum"),
+    # rev-i: a fill or a seed read from the rows' number was the chunk's own number, with no word
+    ("(full(rows(X), 1, rows(X) - 1)[:, 0] * (X @@ w)).sum", "the fill value `rows(X) - 1` is computed from the "
+     "number of data rows", "rows(X) - 1"),
+    ("(randn(rows(X), seed=rows(X)) * (X @@ w)).sum", "the seed `rows(X)` is computed from the number of data rows",
+     "rows(X))"),
 ])
 def test_what_is_made_from_the_rows_and_cannot_be_made_again_is_refused(tail, message, at, columns):
     """What a chunk cannot make as its rows of the whole — a running total
