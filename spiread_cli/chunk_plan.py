@@ -200,9 +200,11 @@ class Plan:
     def of(run_a: Run, a: int, run_b: Run, b: int, total_rows: int) -> "Plan":
         nodes_a, nodes_b = run_a.tape.nodes, run_b.tape.nodes
         text = run_a.tape.text
-        if len(nodes_a) != len(nodes_b):
+        if len(nodes_a) != len(nodes_b):  # at the first op the two recordings do not share (a `map` over rows)
+            first = next((k for k, (na, nb) in enumerate(zip(nodes_a, nodes_b))
+                          if (na.span, na.label) != (nb.span, nb.label)), min(len(nodes_a), len(nodes_b)))
             raise refuse(f"the program records {len(nodes_a)} operations on {a} rows but {len(nodes_b)} on {b}",
-                         None)
+                         (nodes_b if first < len(nodes_b) else nodes_a)[first].span)
         axis: list[int | None] = [None] * len(nodes_a)  # the axis along which a node's data rows run
         post = [False] * len(nodes_a)
         totals: list[frozenset[int]] = [frozenset()] * len(nodes_a)  # the reductions a node is computed from

@@ -167,6 +167,19 @@ def test_what_is_made_from_the_rows_and_cannot_be_made_again_is_refused(tail, me
     assert diagnostic.notes[-1] == "use --backend numpy (everything in memory)"
 
 
+def test_a_recording_whose_length_follows_the_rows_is_refused_where_it_starts_to_differ(columns):
+    # rev-i: `map` over a value made from the rows records an op per row, so the probes' recordings differ in
+    # length; the refusal said so with no place (§8: every error at FILE:LINE:COL)
+    text = 'X = load("X3.npy")\nw = [0.3, -0.2, 0.5]\nloss = ((X @@ w) * arange(rows(X)).map(t => t * t)).sum\n'
+    source = Source(str(columns / "prog.ad"), text)
+    numpy_result(source, {}, columns, ["w"])
+    with pytest.raises(SpireadError) as caught:
+        dask_result(source, {}, columns, ["w"], chunk_rows=4)
+    diagnostic = caught.value.diagnostic
+    assert diagnostic.message.startswith("cannot run by row chunks: the program records "), diagnostic.message
+    assert (diagnostic.span.line, diagnostic.span.column) == (3, text.splitlines()[2].index("arange") + 1)
+
+
 @pytest.mark.parametrize("labels", ["labels", "counting"])
 def test_labels_that_begin_0_1_2_are_a_pick_per_row(labels, columns):
     """Columns picked one per row that begin 0, 1, 2 like the probes' rows
