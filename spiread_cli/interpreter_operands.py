@@ -94,17 +94,13 @@ class Operands:
         again per chunk as positions and draws are (values.Made)."""
         if self.row_data is None:
             return
-        value, seen = arg.value, set()
-        pending = [] if isinstance(value, Const) else [getattr(value, "id", None)]
-        counted = isinstance(value, Const) and value.made is not None and value.value.shape == ()
-        while pending and not counted:
-            i = pending.pop()
-            if i is None or i in seen:
-                continue
-            seen.add(i)
-            made = self.made_leaves.get(i)
-            counted = made is not None and made.kind == "rows" and self.tape.nodes[i].value.shape == ()
-            pending.extend(self.tape.nodes[i].inputs)
+        value = arg.value
+        if isinstance(value, Const):
+            counted = value.made is not None and value.value.shape == ()
+        else:
+            feeds = self.tape.feeding(value.id) if isinstance(value, Node) else []
+            counted = any(feeds[i] and made.kind == "rows" and self.tape.nodes[i].value.shape == ()
+                          for i, made in self.made_leaves.items())
         if counted:  # the count is the one scalar a chunk makes from its rows (a file's numbers are not its rows)
             raise SpireadError(f"cannot run by row chunks: {what} `{self.text(arg.expr)}` is computed from the "
                                "number of data rows, which a chunk knows only as its own", arg.expr.span, [NO_CHUNKS])
