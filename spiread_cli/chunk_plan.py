@@ -362,18 +362,6 @@ _POSITIONS_AS_VALUES = ("positions and draws along the rows run by row chunks as
                         "(`y * arange(rows(y))`, `where(arange(rows(X)) < 5, …)`, `X * randn(rows(X), 1)`)")
 
 
-def fed_by(tape: Tape, sources, copies: dict[int, int]) -> list[bool]:
-    """For each node, whether it is one of `sources` or computed from one
-    (Tape.fed_by), a copy (Plan.copies) where the node it copies is."""
-    fed = [False] * len(tape.nodes)
-    for s in sources:
-        fed[s] = True
-    for node in tape.nodes:
-        fed[node.id] = fed[node.id] or (any([fed[i] for i in node.inputs]) if node.op is not None
-                                        else node.id in copies and fed[copies[node.id]])
-    return fed
-
-
 def _refuse_reads(run: Run, remade: dict[int, tuple[Made, int]], copies: dict[int, int],
                   totals: list[frozenset[int]]) -> None:
     """A value the program reads while it is recorded (a size, positions,
@@ -382,7 +370,7 @@ def _refuse_reads(run: Run, remade: dict[int, tuple[Made, int]], copies: dict[in
     rows feed is the chunk's own making (they are made again as its rows of
     the whole, but what was read is not read again). The positions
     themselves may be read, as a pick's: the probes check those."""
-    fed = fed_by(run.tape, remade, copies)
+    fed = run.tape.fed_by(remade, len(run.tape.nodes) - 1, copies)
     node = next((run.tape.nodes[i] for i in run.read if totals[i] or (fed[i] and i not in remade)), None)
     if node is None:
         return

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .builtin_functions import rows_of_made
-from .chunk_plan import Job, fed_by, refuse
+from .chunk_plan import Job, refuse
 from .diagnostics import Diagnostic, Diagnostics, SpireadError
 from .forward import ForwardSweep
 from .limits import max_bytes
@@ -80,7 +80,7 @@ def recorded(job: Job, start: int, stop: int, values: dict[str, np.ndarray] | No
         tape.nodes[i].set_value(rows_of_made(made, tape.nodes[i].value.shape, axis, start, stop, plan.rows))
     constants = [*plan.row_counts, *plan.remade, *job.totals]
     if constants:  # what they feed, computed again (and warned about again: the chunk's own counts misled)
-        fed = fed_by(tape, constants, plan.copies)
+        fed = tape.fed_by(constants, len(tape.nodes) - 1, plan.copies)
         again = [n for n in tape.nodes if fed[n.id] and n.deferred is None]  # the deferred wait for the fused tape
         spans = {n.span for n in again}
         run.diagnostics.warnings[:] = [w for w in run.diagnostics.warnings if w.span not in spans]

@@ -217,9 +217,9 @@ class Tape:
                     feeds[i] = True
         return feeds
 
-    def fed_by(self, sources: Iterable[int], stop: int) -> list[bool]:
-        """For each node up to `stop`, whether it is one of `sources` or is
-        computed from one; nodes after `stop` are left False."""
+    def fed_by(self, sources: Iterable[int], stop: int, copies: dict[int, int] | None = None) -> list[bool]:
+        """For each node up to `stop`, whether it is one of `sources` or is computed from one; nodes after
+        `stop` are left False. `copies`: leaves holding an earlier node's value (a row chunk's, Plan.copies)."""
         fed = [False] * len(self.nodes)
         sources = list(sources)
         for s in sources:
@@ -227,6 +227,8 @@ class Tape:
         for node in self.nodes[min(sources, default=stop + 1):stop + 1]:
             if node.op is not None and not fed[node.id]:
                 fed[node.id] = any([fed[i] for i in node.inputs])
+            elif copies and node.id in copies:
+                fed[node.id] = fed[node.id] or fed[copies[node.id]]
         return fed
 
     def between(self, sources: Iterable[int], output: int) -> list[Node]:
